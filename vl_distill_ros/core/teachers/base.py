@@ -1,0 +1,40 @@
+"""The teacher interface: a vision-language model with aligned image and text encoders."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+import torch
+
+#: Images handed to a teacher: RGB uint8 arrays of shape (H, W, 3), any size.
+ImageBatch = Sequence[np.ndarray]
+
+
+class TeacherWeightsMissing(RuntimeError):
+    """A teacher's weights are neither cached locally nor downloadable; says what to fetch."""
+
+
+class Teacher(ABC):
+    """A vision-language teacher.
+
+    Both encoders return L2-normalised float32 tensors in the same ``embed_dim`` space.
+    ``id`` names the model and its weights exactly; caches and bundles are keyed by it.
+    """
+
+    #: Exact identity of model + weights + any setting that changes the embeddings.
+    id: str
+    #: Embedding dimension D.
+    embed_dim: int
+
+    @abstractmethod
+    def encode_images(self, images: ImageBatch) -> torch.Tensor:
+        """Embed RGB uint8 (H, W, 3) images -> (N, D), L2-normalised, on the CPU."""
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embed strings -> (M, D), L2-normalised, on the CPU."""
+
+    def to(self, device: str | torch.device) -> "Teacher":
+        """Move the teacher's networks to ``device`` (default: no-op)."""
+        return self

@@ -1,0 +1,252 @@
+"""Vocabularies: labels with optional one-sentence appearance descriptions.
+
+A vocabulary is an ordered list of :class:`Label`. Each label has a natural ``name`` (what
+goes into the prompt and what the node publishes), a stable ``key`` (folder names of image
+datasets, split files; defaults to the name with spaces replaced by underscores) and an
+optional ``description`` used for language enrichment (Li et al., ICCV 2023, Sec. 4.3).
+
+YAML format (``config/ycb_vocabulary.yaml``)::
+
+    labels:
+      - key: 011_banana          # optional; default: name with '_' for ' '
+        name: banana
+        description: A curved yellow fruit with a green stem and brown tips.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+
+#: The question asked of a language model to write a label's description (the paper's).
+DESCRIPTION_QUESTION = (
+    "Use a single sentence to describe the appearance and shape of {cls}. "
+    "Only describe the shape and appearance."
+)
+
+#: Default prompt: "a photo of a {name}." followed by the description when enriched.
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {name}.",)
+
+MAX_NAME_LENGTH = 64
+MAX_DESCRIPTION_LENGTH = 300
+MAX_LABELS = 1000
+
+
+class VocabularyError(ValueError):
+    """A vocabulary entry or file is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """One vocabulary entry."""
+
+    name: str
+    description: str = ""
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.name.strip().replace(" ", "_"))
+
+
+def build_prompts(label: Label, templates: Sequence[str] = DEFAULT_TEMPLATES,
+                  enrich: bool = True) -> list[str]:
+    """Return one prompt per template: ``template.format(name=...)`` plus the description.
+
+    With ``enrich`` and a non-empty description the prompt is
+    ``"a photo of a {name}. {description}"``.
+    """
+    prompts = []
+    for template in templates:
+        text = template.format(name=label.name)
+        if enrich and label.description:
+            text = f"{text} {label.description.strip()}"
+        prompts.append(text)
+    return prompts
+
+
+def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
+                    max_name_length: int = MAX_NAME_LENGTH) -> None:
+    """Raise :class:`VocabularyError` with a reason if the labels do not form a vocabulary.
+
+    Rejects: no labels, too many labels, empty/whitespace names, names that are too long or
+    contain control characters, over-long descriptions, duplicate names (case-insensitive)
+    and duplicate keys.
+    """
+    if len(labels) == 0:
+        raise VocabularyError("vocabulary is empty: give at least one label")
+    if len(labels) > max_labels:
+        raise VocabularyError(f"vocabulary has {len(labels)} labels; the limit is {max_labels}")
+    seen: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if not isinstance(label.name, str) or not label.name.strip():
+            raise VocabularyError(f"label {i} has an empty name")
+        if len(label.name) > max_name_length:
+            raise VocabularyError(
+                f"label {i} name {label.name[:20]!r}... is {len(label.name)} characters; "
+                f"the limit is {max_name_length}")
+        if any(ord(c) < 32 for c in label.name):
+            raise VocabularyError(f"label {i} name {label.name!r} contains control characters")
+        if not isinstance(label.description, str):
+            raise VocabularyError(f"label {i} ({label.name!r}) description must be a string")
+        if len(label.description) > MAX_DESCRIPTION_LENGTH:
+            raise VocabularyError(
+                f"label {i} ({label.name!r}) description is {len(label.description)} "
+                f"characters; the limit is {MAX_DESCRIPTION_LENGTH}")
+        folded = label.name.strip().casefold()
+        if folded in seen:
+            raise VocabularyError(
+                f"duplicate label {label.name!r} (entries {seen[folded]} and {i}, "
+                "compared case-insensitively)")
+        seen[folded] = i
+        if label.key in keys:
+            raise VocabularyError(f"duplicate key {label.key!r} (entries {keys[label.key]} and {i})")
+        keys[label.key] = i
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An ordered, validated list of labels."""
+
+    labels: tuple[Label, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        validate_labels(self.labels)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_names(cls, names: Iterable[str],
+                   descriptions: Sequence[str] | None = None) -> "Vocabulary":
+        """Build from parallel lists of names and (optional, same length) descriptions."""
+        names = list(names)
+        if descriptions is None or len(descriptions) == 0:
+            descriptions = [""] * len(names)
+        if len(descriptions) != len(names):
+            raise VocabularyError(
+                f"{len(names)} labels but {len(descriptions)} descriptions; give none or one "
+                "per label")
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise VocabularyError(f"label {i} is not a string: {name!r}")
+        return cls(tuple(Label(name=n.strip(), description=(d or "").strip())
+                         for n, d in zip(names, descriptions)))
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "<dict>") -> "Vocabulary":
+        """Build from the parsed YAML structure ``{"labels": [{name, description, key}]}``."""
+        if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
+            raise VocabularyError(f"{source}: expected a mapping with a 'labels' list")
+        labels = []
+        for i, entry in enumerate(data["labels"]):
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise VocabularyError(f"{source}: labels[{i}] needs a 'name'")
+            unknown = set(entry) - {"name", "description", "key"}
+            if unknown:
+                raise VocabularyError(f"{source}: labels[{i}] has unknown fields {sorted(unknown)}")
+            name = entry["name"]
+            if not isinstance(name, str):
+                raise VocabularyError(f"{source}: labels[{i}] name must be a string")
+            labels.append(Label(name=name.strip(),
+                                description=str(entry.get("description") or "").strip(),
+                                key=str(entry.get("key") or "")))
+        try:
+            return cls(tuple(labels))
+        except VocabularyError as exc:
+            raise VocabularyError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        """Load a vocabulary YAML file, raising :class:`VocabularyError` on any problem."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise VocabularyError(f"vocabulary file not found: {path}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise VocabularyError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict:
+        """The YAML-ready structure that :meth:`from_dict` reads."""
+        return {"labels": [{"key": lb.key, "name": lb.name, "description": lb.description}
+                           for lb in self.labels]}
+
+    def save(self, path: str | Path) -> None:
+        """Write the vocabulary as YAML (not atomic; see the node's store for that)."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True),
+                              encoding="utf-8")
+
+    # -- access -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        return iter(self.labels)
+
+    def __getitem__(self, i: int) -> Label:
+        return self.labels[i]
+
+    @property
+    def names(self) -> list[str]:
+        return [lb.name for lb in self.labels]
+
+    @property
+    def keys(self) -> list[str]:
+        return [lb.key for lb in self.labels]
+
+    def index(self, key_or_name: str) -> int:
+        """Index of the label whose key or name (case-insensitive, '_' = ' ') matches."""
+        want = key_or_name.strip().casefold().replace("_", " ")
+        for i, lb in enumerate(self.labels):
+            if lb.key.casefold().replace("_", " ") == want or lb.name.casefold() == want:
+                return i
+        raise KeyError(f"{key_or_name!r} is not in the vocabulary")
+
+    def subset(self, keys: Sequence[str]) -> "Vocabulary":
+        """The labels named by ``keys`` (keys or names), in that order."""
+        return Vocabulary(tuple(self.labels[self.index(k)] for k in keys))
+
+    def without_descriptions(self) -> "Vocabulary":
+        """The same labels with descriptions removed (no language enrichment)."""
+        return Vocabulary(tuple(Label(name=lb.name, key=lb.key) for lb in self.labels))
+
+
+@dataclass(frozen=True)
+class Split:
+    """An in-distribution / out-of-distribution split of a vocabulary's labels (by key)."""
+
+    name: str
+    in_distribution: tuple[str, ...]
+    out_of_distribution: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Split":
+        """Load a split YAML: ``{name, in_distribution: [keys], out_of_distribution: [keys]}``."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise VocabularyError(f"split file not found: {path}") from None
+        if not isinstance(data, dict):
+            raise VocabularyError(f"{path}: expected a mapping")
+        try:
+            split = cls(name=str(data.get("name", path.stem)),
+                        in_distribution=tuple(data["in_distribution"]),
+                        out_of_distribution=tuple(data["out_of_distribution"]))
+        except (KeyError, TypeError) as exc:
+            raise VocabularyError(
+                f"{path}: needs 'in_distribution' and 'out_of_distribution' lists ({exc})") from None
+        overlap = set(split.in_distribution) & set(split.out_of_distribution)
+        if overlap:
+            raise VocabularyError(f"{path}: keys in both ID and OOD: {sorted(overlap)}")
+        return split
+
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        return self.in_distribution + self.out_of_distribution
