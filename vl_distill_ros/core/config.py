@@ -194,18 +194,36 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     return data
 
 
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml_with_base(path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
+    """Read a YAML mapping; a top-level ``base: other.yaml`` (relative to the working
+    directory or to this file) is read first and deep-merged under this file's keys."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base:
+        base_path = Path(base) if Path(base).exists() else path.parent / base
+        if str(base_path.resolve()) in _seen:
+            raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
+        data = _deep_merge(read_yaml_with_base(base_path, _seen + (str(path.resolve()),)), data)
+    return data
+
+
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a training YAML (optional) plus overrides into a :class:`TrainConfig`."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    data: dict = read_yaml_with_base(path) if path is not None else {}
     apply_overrides(data, overrides)
     return from_dict(TrainConfig, data, where=str(path or "config"))

@@ -1,0 +1,76 @@
+"""Plots write valid, non-trivial PNG files into directories they create."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from vl_distill_ros.core.plots import (  # noqa: E402
+    plot_confusion_matrix,
+    plot_per_class_accuracy,
+    plot_results_bars,
+    plot_training_curves,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LABELS = [f"{chr(ord('a') + i)}_object_{i:02d}" for i in range(26)]
+
+
+def assert_png(path: Path, min_kb: float = 5.0) -> None:
+    assert path.is_file()
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > min_kb * 1024, f"{path} is only {len(data)} bytes"
+
+
+def test_confusion_matrix_26_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 26, size=400)
+    pred = np.where(rng.random(400) < 0.7, target, rng.integers(0, 26, size=400))
+    cm = np.zeros((26, 26), dtype=np.int64)
+    np.add.at(cm, (target, pred), 1)
+    out = plot_confusion_matrix(cm, LABELS, tmp_path / "a" / "b" / "cm.png", "26 labels")
+    assert out == tmp_path / "a" / "b" / "cm.png"
+    assert_png(out, min_kb=20)
+
+
+def test_confusion_matrix_shape_mismatch(tmp_path):
+    with pytest.raises(ValueError):
+        plot_confusion_matrix(np.zeros((3, 3)), ["a", "b"], tmp_path / "x.png", "t")
+
+
+def test_per_class_accuracy(tmp_path):
+    acc = {name: (i % 7) / 6 for i, name in enumerate(LABELS)}
+    acc[LABELS[3]] = math.nan
+    out = plot_per_class_accuracy(acc, tmp_path / "sub" / "acc.png", "per class")
+    assert_png(out)
+
+
+def test_training_curves(tmp_path):
+    rows = [
+        {"epoch": e, "loss": 2.0 / e, "cls": 1.0 / e, "imcst": 1.0 / e, "val_acc": 0.1 * e,
+         "note": "text is ignored"}
+        for e in range(1, 6)
+    ]
+    rows[2].pop("val_acc")
+    out = plot_training_curves(rows, tmp_path / "curves" / "train.png")
+    assert_png(out)
+
+
+def test_training_curves_without_epoch_column(tmp_path):
+    out = plot_training_curves([{"loss": 1.0}, {"loss": 0.5}], tmp_path / "c.png")
+    assert_png(out, min_kb=3)
+
+
+def test_results_bars(tmp_path):
+    table = {
+        "teacher": {"acc": 0.91, "macro_f1": 0.9},
+        "student_cls": {"acc": 0.72, "macro_f1": 0.70, "vlalign@3": 1.2},
+        "student_cls_imcst": {"acc": 0.80, "macro_f1": 0.78, "vlalign@3": 0.8},
+    }
+    out = plot_results_bars(table, tmp_path / "bars" / "results.png")
+    assert_png(out)

@@ -1,0 +1,181 @@
+"""Student networks, preprocessing, augmentation and the deployable bundle format."""
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from vl_distill_ros.core.bundle import BundleError, load_bundle, read_manifest, save_bundle
+from vl_distill_ros.core.config import StudentConfig
+from vl_distill_ros.core.data.augment import CropAugment
+from vl_distill_ros.core.preprocess import ImageInputError, preprocess_crops
+from vl_distill_ros.core.student import StudentError, build_student
+from vl_distill_ros.core.vocabulary import Vocabulary
+
+SMALL = StudentConfig(backbone="mobilenet_v3_small", pretrained="none", image_size=64)
+
+
+def test_student_outputs_unit_vectors_of_teacher_dim():
+    s = build_student(SMALL, embed_dim=24).eval()
+    out = s(torch.randn(3, 3, 64, 64))
+    assert out.shape == (3, 24)
+    assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_efficientnet_student_loads_packaged_imagenet_weights():
+    cfg = StudentConfig(backbone="efficientnet_lite0", pretrained="imagenet", image_size=64)
+    a = build_student(cfg, 8)
+    b = build_student(cfg, 8)
+    c = build_student(StudentConfig(backbone="efficientnet_lite0", pretrained="none",
+                                    image_size=64), 8)
+    wa = a.backbone.inner._conv_stem.weight
+    assert torch.equal(wa, b.backbone.inner._conv_stem.weight)  # same packaged weights
+    assert not torch.equal(wa, c.backbone.inner._conv_stem.weight)
+    assert a.input_spec.mean == (0.5, 0.5, 0.5)
+
+
+def test_freeze_stages_freezes_and_keeps_bn_in_eval():
+    cfg = StudentConfig(backbone="efficientnet_lite0", pretrained="none", image_size=64,
+                        freeze_stages=2)
+    s = build_student(cfg, 8).train()
+    inner = s.backbone.inner
+    assert not inner._conv_stem.weight.requires_grad
+    assert not inner._bn0.training
+    assert inner._blocks[-1]._project_conv.weight.requires_grad
+    assert inner._blocks[-1]._bn2.training
+
+
+@pytest.mark.parametrize("cfg,msg", [
+    (StudentConfig(backbone="vgg"), "unknown student backbone"),
+    (StudentConfig(backbone="resnet18", pretrained="imagenet"), "no packaged ImageNet"),
+    (StudentConfig(image_size=100, pretrained="none"), "multiple of 32"),
+    (StudentConfig(backbone="resnet18", pretrained="/nonexistent.pt"), "not found"),
+])
+def test_bad_student_configs(cfg, msg):
+    with pytest.raises(StudentError, match=msg):
+        build_student(cfg, 8)
+
+
+def test_preprocess_matches_spec_and_rejects_bad_crops():
+    s = build_student(SMALL, 8)
+    crop = np.full((40, 50, 3), 255, np.uint8)
+    x = preprocess_crops([crop, crop[:10]], s.input_spec)
+    assert x.shape == (2, 3, 64, 64) and x.dtype == np.float32
+    expected = (1.0 - np.array(s.input_spec.mean)) / np.array(s.input_spec.std)
+    assert np.allclose(x[0, :, 5, 5], expected, atol=1e-5)
+    with pytest.raises(ImageInputError, match="empty"):
+        preprocess_crops([np.zeros((0, 5, 3), np.uint8)], s.input_spec)
+    with pytest.raises(ImageInputError, match="RGB"):
+        preprocess_crops([np.zeros((5, 5), np.uint8)], s.input_spec)
+
+
+def test_augment_is_deterministic_and_changes_images():
+    spec = build_student(SMALL, 8).input_spec
+    imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 80, 80, 3), np.uint8))
+    aug = CropAugment(spec)
+    a = aug(imgs, torch.Generator().manual_seed(1))
+    b = aug(imgs, torch.Generator().manual_seed(1))
+    c = aug(imgs, torch.Generator().manual_seed(2))
+    assert a.shape == (4, 3, 64, 64)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# -- bundle ------------------------------------------------------------------------------
+VOCAB = Vocabulary.from_names(["banana", "power drill", "mug"], ["A yellow fruit.", "", ""])
+
+
+def _bundle(tmp_path, name="b.vdb"):
+    torch.manual_seed(0)
+    s = build_student(SMALL, 16)
+    emb = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+    path = save_bundle(tmp_path / name, s, emb, VOCAB, "test-teacher:1", {"backend": "x"},
+                       ["a photo of a {name}."], enrich=True, metrics={"acc": 0.5})
+    return path, s, emb
+
+
+def test_bundle_round_trip(tmp_path):
+    path, s, emb = _bundle(tmp_path)
+    b = load_bundle(path, expected_teacher_id="test-teacher:1")
+    assert b.vocabulary.names == VOCAB.names
+    assert b.vocabulary[0].description == "A yellow fruit."
+    assert torch.allclose(b.text_embeddings, emb)
+    assert b.teacher_id == "test-teacher:1" and b.enrich and b.embed_dim == 16
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(b.student(x), s.eval()(x), atol=1e-6)
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write left no temp file
+
+
+def test_bundle_rejects_wrong_teacher(tmp_path):
+    path, _, _ = _bundle(tmp_path)
+    with pytest.raises(BundleError, match="distilled from teacher 'test-teacher:1'"):
+        load_bundle(path, expected_teacher_id="open_clip:ViT-B-32:openai")
+
+
+def test_bundle_rejects_missing_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "none.vdb")
+    path, _, _ = _bundle(tmp_path)
+    data = path.read_bytes()
+    trunc = tmp_path / "trunc.vdb"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="not a zip|truncated|corrupt"):
+        load_bundle(trunc)
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(foreign)
+
+
+def _rewrite(path, out, change):
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    change(members)
+    with zipfile.ZipFile(out, "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    return out
+
+
+def test_bundle_detects_tampered_weights_and_bad_manifest(tmp_path):
+    path, _, _ = _bundle(tmp_path)
+
+    def flip(m):
+        w = bytearray(m["student.pt"])
+        w[len(w) // 2] ^= 0xFF
+        m["student.pt"] = bytes(w)
+    with pytest.raises(BundleError, match="student.pt is corrupt"):
+        load_bundle(_rewrite(path, tmp_path / "t1.vdb", flip))
+
+    def version(m):
+        man = json.loads(m["manifest.json"])
+        man["format_version"] = 99
+        m["manifest.json"] = json.dumps(man).encode()
+    with pytest.raises(BundleError, match="version 99"):
+        read_manifest(_rewrite(path, tmp_path / "t2.vdb", version))
+
+
+def test_bundle_rejects_mismatched_student(tmp_path):
+    path, _, _ = _bundle(tmp_path)
+
+    def other_backbone(m):
+        man = json.loads(m["manifest.json"])
+        man["student"]["config"]["backbone"] = "resnet18"
+        m["manifest.json"] = json.dumps(man).encode()
+    with pytest.raises(BundleError, match="do not fit the declared resnet18"):
+        load_bundle(_rewrite(path, tmp_path / "t3.vdb", other_backbone))
+
+    def fewer_labels(m):
+        man = json.loads(m["manifest.json"])
+        man["vocabulary"]["labels"] = man["vocabulary"]["labels"][:2]
+        m["manifest.json"] = json.dumps(man).encode()
+    with pytest.raises(BundleError, match="shape"):
+        load_bundle(_rewrite(path, tmp_path / "t4.vdb", fewer_labels))
+
+
+def test_save_bundle_checks_embedding_shape(tmp_path):
+    s = build_student(SMALL, 16)
+    with pytest.raises(BundleError, match="do not match"):
+        save_bundle(tmp_path / "x.vdb", s, torch.zeros(2, 16), VOCAB, "t", {}, ["{name}"], False)

@@ -1,0 +1,39 @@
+"""``vl-distill export``: write the deployable bundle the ROS node loads."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a trained student as a bundle for the node",
+        description="Bundle = student weights + input spec + vocabulary with precomputed "
+                    "teacher text embeddings + teacher id, in one checked zip file.")
+    p.add_argument("--run", required=True, help="training output directory")
+    p.add_argument("--out", required=True, help="bundle file to write, e.g. models/student.vdb")
+    p.add_argument("--vocabulary", default=None,
+                   help="vocabulary YAML (default: the run's split, ID + OOD labels)")
+    p.add_argument("--labels", nargs="*", default=None, help="keep only these label keys/names")
+    enrich = p.add_mutually_exclusive_group()
+    enrich.add_argument("--enrich", dest="enrich", action="store_true", default=None,
+                        help="embed labels with their descriptions")
+    enrich.add_argument("--no-enrich", dest="enrich", action="store_false",
+                        help="embed plain label names")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.bundle import BundleError, load_bundle
+    from ..core.vocabulary import VocabularyError
+    from ..training.export import export_bundle
+    from ..training.trainer import TrainingError
+
+    try:
+        path = export_bundle(args.run, args.out, args.vocabulary, args.labels, args.enrich)
+        bundle = load_bundle(path)  # validate what was written
+    except (TrainingError, VocabularyError, BundleError, KeyError) as exc:
+        print(f"vl-distill export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[export] {path}: {len(bundle.vocabulary)} labels, teacher {bundle.teacher_id}")
+    return 0

@@ -1,0 +1,214 @@
+"""Deployable bundles: what the node loads.
+
+A bundle is one zip file holding
+
+- ``manifest.json``: format version, teacher id and spec (to rebuild its text encoder for
+  new names), student config and input spec, the vocabulary with its prompt settings, and
+  the SHA-256 of every other member;
+- ``student.pt``: the student's state_dict (loaded with ``weights_only=True``);
+- ``text_embeddings.npy``: (L, D) float32 teacher text embeddings of the vocabulary.
+
+Loading checks all of it and raises :class:`BundleError` with a clear message on a corrupt,
+truncated, tampered or mismatched bundle.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ConfigError, StudentConfig, from_dict, to_dict
+from .student import InputSpec, Student, StudentError, build_student
+from .vocabulary import Vocabulary, VocabularyError
+
+BUNDLE_FORMAT = "vl_distill_ros.bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "student.pt"
+TEXT_EMB = "text_embeddings.npy"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt or does not match what the caller expects."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: a student in eval mode plus its vocabulary embeddings."""
+
+    path: Path
+    manifest: dict
+    student: Student
+    text_embeddings: torch.Tensor  # (L, D)
+    vocabulary: Vocabulary
+    templates: list[str]
+    enrich: bool
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def teacher_id(self) -> str:
+        return self.manifest["teacher"]["id"]
+
+    @property
+    def teacher_spec(self) -> dict:
+        return self.manifest["teacher"]["spec"]
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.student.input_spec
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["teacher"]["embed_dim"])
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tensor,
+                vocabulary: Vocabulary, teacher_id: str, teacher_spec: dict[str, Any],
+                templates: list[str], enrich: bool, metrics: dict | None = None,
+                name: str = "") -> Path:
+    """Write a bundle atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    emb = text_embeddings.detach().float().cpu().numpy()
+    if emb.shape != (len(vocabulary), student.embed_dim):
+        raise BundleError(f"text embeddings {emb.shape} do not match {len(vocabulary)} labels "
+                          f"x {student.embed_dim} dims")
+    weights = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, weights)
+    emb_bytes = io.BytesIO()
+    np.save(emb_bytes, emb.astype(np.float32))
+    members = {WEIGHTS: weights.getvalue(), TEXT_EMB: emb_bytes.getvalue()}
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "name": name,
+        "created_unix": int(time.time()),
+        "teacher": {"id": teacher_id, "spec": teacher_spec, "embed_dim": student.embed_dim},
+        "student": {"config": to_dict(student.cfg), "input_spec": student.input_spec.to_dict()},
+        "vocabulary": {**vocabulary.to_dict(), "templates": list(templates), "enrich": enrich},
+        "metrics": metrics or {},
+        "files": {k: _sha256(v) for k, v in members.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
+                for k, v in members.items():
+                    zf.writestr(k, v)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Read and check a bundle's manifest without loading the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"bundle not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            raw = zf.read(MANIFEST)
+    except zipfile.BadZipFile:
+        raise BundleError(f"{path} is not a bundle (not a zip file, or truncated)") from None
+    except KeyError:
+        raise BundleError(f"{path} has no {MANIFEST}; not a vl_distill_ros bundle") from None
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not a vl_distill_ros bundle (format field missing)")
+    if manifest.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle format version {manifest.get('format_version')} is not "
+                          f"supported (this build reads version {BUNDLE_VERSION})")
+    for key in ("teacher", "student", "vocabulary", "files"):
+        if key not in manifest:
+            raise BundleError(f"{path}: manifest lacks '{key}'")
+    return manifest
+
+
+def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
+                device: str | torch.device = "cpu") -> Bundle:
+    """Load and validate a bundle.
+
+    Raises :class:`BundleError` when the file is missing, not a zip, truncated, has a member
+    whose checksum differs from the manifest, has weights that do not fit the declared
+    student, embeddings that do not fit the vocabulary, or (with ``expected_teacher_id``)
+    was distilled from another teacher.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    teacher_id = manifest["teacher"].get("id")
+    if expected_teacher_id is not None and teacher_id != expected_teacher_id:
+        raise BundleError(f"{path}: distilled from teacher {teacher_id!r}, but "
+                          f"{expected_teacher_id!r} was expected; its embeddings are not "
+                          "comparable")
+    members: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name, digest in manifest["files"].items():
+                try:
+                    data = zf.read(name)
+                except KeyError:
+                    raise BundleError(f"{path}: member {name} is missing") from None
+                if _sha256(data) != digest:
+                    raise BundleError(f"{path}: member {name} is corrupt (checksum mismatch)")
+                members[name] = data
+    except (zipfile.BadZipFile, zlib_error()) as exc:
+        raise BundleError(f"{path}: corrupt bundle ({exc})") from None
+    try:
+        vocabulary = Vocabulary.from_dict(manifest["vocabulary"], source=f"{path}:vocabulary")
+        student_cfg = from_dict(StudentConfig, manifest["student"]["config"], "student")
+        embed_dim = int(manifest["teacher"]["embed_dim"])
+    except (VocabularyError, ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: invalid manifest: {exc}") from None
+    try:
+        emb = np.load(io.BytesIO(members[TEXT_EMB]), allow_pickle=False)
+    except (KeyError, ValueError, OSError) as exc:
+        raise BundleError(f"{path}: cannot read {TEXT_EMB}: {exc}") from None
+    if emb.shape != (len(vocabulary), embed_dim):
+        raise BundleError(f"{path}: text embeddings have shape {emb.shape}, expected "
+                          f"({len(vocabulary)}, {embed_dim})")
+    try:
+        student = build_student(student_cfg, embed_dim, load_weights=False)
+        state = torch.load(io.BytesIO(members[WEIGHTS]), map_location="cpu", weights_only=True)
+        student.load_state_dict(state, strict=True)
+    except (StudentError, RuntimeError, KeyError, Exception) as exc:  # noqa: BLE001
+        raise BundleError(f"{path}: student weights do not fit the declared "
+                          f"{student_cfg.backbone} student: {str(exc)[:300]}") from None
+    declared = InputSpec.from_dict(manifest["student"]["input_spec"])
+    if declared != student.input_spec:
+        raise BundleError(f"{path}: input spec {declared} differs from the student's "
+                          f"{student.input_spec}")
+    student.eval().to(device)
+    voc = manifest["vocabulary"]
+    return Bundle(path=path, manifest=manifest, student=student,
+                  text_embeddings=torch.from_numpy(emb).float(), vocabulary=vocabulary,
+                  templates=list(voc.get("templates") or ["a photo of a {name}."]),
+                  enrich=bool(voc.get("enrich", True)))
+
+
+def zlib_error() -> type[Exception]:
+    """zlib's error type (a truncated deflate stream raises it)."""
+    import zlib
+
+    return zlib.error

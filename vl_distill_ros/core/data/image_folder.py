@@ -1,0 +1,92 @@
+"""Image-folder datasets: ``<root>/<label key or name>/*.png|jpg``, one folder per label.
+
+``vl-distill render`` writes this layout, and users' own data uses it too. Folder names
+match vocabulary labels by key, by name, or by name with underscores for spaces.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ..vocabulary import Vocabulary
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, empty or does not match the vocabulary."""
+
+
+@dataclass
+class LabeledImages:
+    """Images held in memory with integer labels into ``vocabulary``."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64
+    paths: list[Path]
+    vocabulary: Vocabulary
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_rgb(path: Path, size: int | None = None) -> np.ndarray:
+    """Read an image file as RGB uint8; with ``size``, centre-crop square and resize."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f"cannot read image {path} (missing or corrupt)")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if size is not None:
+        h, w = rgb.shape[:2]
+        s = min(h, w)
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        rgb = rgb[y0:y0 + s, x0:x0 + s]
+        if s != size:
+            rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if s > size
+                             else cv2.INTER_LINEAR)
+    return rgb
+
+
+def list_image_folder(root: str | Path, vocabulary: Vocabulary,
+                      keys: Sequence[str] | None = None) -> tuple[list[Path], list[int]]:
+    """Paths and label indices (into ``vocabulary``) of the images under ``root``.
+
+    ``keys`` restricts to those labels (folders for other labels are ignored); without it,
+    every folder must match a label.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    wanted = None if keys is None else {vocabulary.index(k) for k in keys}
+    paths: list[Path] = []
+    labels: list[int] = []
+    unknown = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            idx = vocabulary.index(folder.name)
+        except KeyError:
+            unknown.append(folder.name)
+            continue
+        if wanted is not None and idx not in wanted:
+            continue
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        paths.extend(files)
+        labels.extend([idx] * len(files))
+    if unknown and keys is None:
+        raise DatasetError(f"{root}: folders {unknown[:10]} match no vocabulary label")
+    if not paths:
+        raise DatasetError(f"{root}: no images found for the requested labels")
+    return paths, labels
+
+
+def load_image_folder(root: str | Path, vocabulary: Vocabulary,
+                      keys: Sequence[str] | None = None, size: int = 160) -> LabeledImages:
+    """Load an image folder into memory as square ``size`` RGB crops."""
+    paths, labels = list_image_folder(root, vocabulary, keys)
+    images = np.stack([read_rgb(p, size) for p in paths])
+    return LabeledImages(images=images, labels=np.asarray(labels, np.int64), paths=paths,
+                         vocabulary=vocabulary)

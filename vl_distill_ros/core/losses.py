@@ -1,0 +1,223 @@
+"""Distillation losses (Li et al., ICCV 2023, "Distilling Large Vision-Language Model with
+Out-of-Distribution Generalizability", Sec. 4).
+
+Notation used throughout:
+
+* ``student``  -- S(x), student image embeddings, shape (B, D), expected L2-normalised;
+* ``teacher``  -- T_img(x), teacher image embeddings, shape (B, D), expected L2-normalised;
+* ``text_emb`` -- T_txt, teacher text embeddings of the training labels, shape (L, D),
+  expected L2-normalised;
+* ``labels``   -- y, ground-truth label indices into ``text_emb``, shape (B,), int64.
+
+Every loss treats the teacher image and text embeddings as fixed targets: they are
+detached, so gradients only ever reach the student. Losses built on cosine similarity
+normalise their inputs themselves; :class:`MseLoss` and the ``l2`` variant of
+:class:`ImageContrastiveLoss` use the embeddings exactly as given.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LossConfig
+
+__all__ = [
+    "ClsLoss",
+    "MseLoss",
+    "ImageContrastiveLoss",
+    "VLProxLoss",
+    "DistillLoss",
+    "cosine_logits",
+]
+
+
+def cosine_logits(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """Return ``cos(a_i, b_j) / tau`` as an (N, M) matrix for ``a`` (N, D) and ``b`` (M, D)."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / tau
+
+
+def _check_tau(tau: float, name: str = "tau") -> float:
+    if not tau > 0:
+        raise ValueError(f"{name} must be positive, got {tau!r}")
+    return float(tau)
+
+
+class ClsLoss(nn.Module):
+    """L_cls: cross-entropy of the student against the label text embeddings.
+
+    ``logits[i, l] = cos(S(x_i), T_txt[l]) / tau``; the loss is the mean cross-entropy of
+    these logits against ``labels``.
+    """
+
+    def __init__(self, tau: float = 0.07) -> None:
+        super().__init__()
+        self.tau = _check_tau(tau)
+
+    def forward(
+        self, student: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the batch (a scalar tensor)."""
+        logits = cosine_logits(student, text_emb.detach(), self.tau)
+        return F.cross_entropy(logits, labels)
+
+
+class MseLoss(nn.Module):
+    """L_mse: mean over the batch of the squared L2 distance ``||S(x) - T_img(x)||^2``.
+
+    The squared differences are summed over the embedding dimension D and averaged over
+    the batch (so this is D times ``torch.nn.functional.mse_loss``).
+    """
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean squared embedding distance (a scalar tensor)."""
+        return (student - teacher.detach()).pow(2).sum(dim=-1).mean()
+
+
+class ImageContrastiveLoss(nn.Module):
+    """L_im-cst: symmetric InfoNCE between student and teacher image embeddings.
+
+    ``logits[i, j] = -||S(x_i) - T_img(x_j)||^2 / tau`` (``similarity='l2'``) or
+    ``cos(S(x_i), T_img(x_j)) / tau`` (``similarity='cosine'``). The positive pair for row
+    ``i`` is column ``i``; the loss is
+    ``0.5 * (CE(logits, arange(B)) + CE(logits.T, arange(B)))``.
+    """
+
+    SIMILARITIES = ("l2", "cosine")
+
+    def __init__(self, tau: float = 0.07, similarity: str = "l2") -> None:
+        super().__init__()
+        if similarity not in self.SIMILARITIES:
+            raise ValueError(
+                f"similarity must be one of {self.SIMILARITIES}, got {similarity!r}"
+            )
+        self.tau = _check_tau(tau)
+        self.similarity = similarity
+
+    def logits(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The (B, B) student-by-teacher logit matrix."""
+        teacher = teacher.detach()
+        if self.similarity == "cosine":
+            return cosine_logits(student, teacher, self.tau)
+        # ||s - t||^2 written out; clamp guards tiny negative values from rounding.
+        sq = (
+            student.pow(2).sum(-1, keepdim=True)
+            + teacher.pow(2).sum(-1).unsqueeze(0)
+            - 2.0 * student @ teacher.t()
+        ).clamp_min(0.0)
+        return -sq / self.tau
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Symmetric contrastive loss (a scalar tensor)."""
+        logits = self.logits(student, teacher)
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+class VLProxLoss(nn.Module):
+    """L_vlprox: match the student's label distribution to the teacher's where it is right.
+
+    With ``t = cos(T_img, T_txt) / tau`` and ``s = cos(S, T_txt) / tau`` (both (B, L)):
+
+    * ``I_i = 1`` when ``argmax_l t[i, l] == y_i`` (the teacher classifies sample i
+      correctly), else 0;
+    * ``K_i`` = indices of the teacher's ``topk`` largest logits for sample i (``topk`` is
+      clipped to L);
+    * ``P_T_i = softmax(t[i, K_i])`` and ``P_S_i = softmax(s[i, K_i])`` -- both
+      renormalised over the same k labels;
+    * ``loss = sum_i I_i * KL(P_T_i || P_S_i) / B``.
+
+    The division is by the whole batch size B, not by the number of samples with
+    ``I_i = 1``: samples where the teacher is wrong contribute zero terms to the mean. The
+    loss is exactly 0 when the teacher is wrong on every sample. The teacher side is
+    detached, so no gradient reaches the teacher.
+    """
+
+    def __init__(self, topk: int = 5, tau: float = 0.07) -> None:
+        super().__init__()
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk!r}")
+        self.topk = int(topk)
+        self.tau = _check_tau(tau)
+
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        text_emb: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Batch-mean masked KL divergence (a scalar tensor)."""
+        text_emb = text_emb.detach()
+        with torch.no_grad():
+            t = cosine_logits(teacher.detach(), text_emb, self.tau)
+            correct = (t.argmax(dim=-1) == labels).to(t.dtype)  # I(x), (B,)
+            k = min(self.topk, t.shape[-1])
+            t_top, idx = t.topk(k, dim=-1)  # (B, k), (B, k)
+            log_p_t = F.log_softmax(t_top, dim=-1)
+            p_t = log_p_t.exp()
+        s = cosine_logits(student, text_emb, self.tau)
+        log_p_s = F.log_softmax(s.gather(-1, idx), dim=-1)
+        kl = (p_t * (log_p_t - log_p_s)).sum(dim=-1)  # (B,)
+        return (correct * kl).sum() / student.shape[0]
+
+
+class DistillLoss(nn.Module):
+    """Weighted sum of L_cls, L_mse, L_im-cst and L_vlprox configured by :class:`LossConfig`.
+
+    Only terms with a non-zero weight are built and computed. :meth:`forward` returns
+    ``(total, components)`` where ``total = sum_name weight_name * loss_name`` is a scalar
+    tensor and ``components`` maps each active term's name (``cls``, ``mse``, ``imcst``,
+    ``vlprox``) to its *unweighted* value as a python float.
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        weights = {
+            "cls": cfg.cls_weight,
+            "mse": cfg.mse_weight,
+            "imcst": cfg.imcst_weight,
+            "vlprox": cfg.vlprox_weight,
+        }
+        for name, w in weights.items():
+            if w < 0:
+                raise ValueError(f"loss weight {name!r} must be >= 0, got {w!r}")
+        self.weights = {name: float(w) for name, w in weights.items() if w != 0}
+        if not self.weights:
+            raise ValueError("all loss weights are zero; nothing to train")
+        terms: dict[str, nn.Module] = {}
+        if "cls" in self.weights:
+            terms["cls"] = ClsLoss(cfg.tau)
+        if "mse" in self.weights:
+            terms["mse"] = MseLoss()
+        if "imcst" in self.weights:
+            terms["imcst"] = ImageContrastiveLoss(cfg.tau, cfg.imcst_similarity)
+        if "vlprox" in self.weights:
+            terms["vlprox"] = VLProxLoss(cfg.vlprox_topk, cfg.vlprox_tau)
+        self.terms = nn.ModuleDict(terms)
+
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        text_emb: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return ``(weighted total, {term: unweighted value})`` for the active terms."""
+        total: torch.Tensor | None = None
+        components: dict[str, float] = {}
+        for name, module in self.terms.items():
+            if name == "cls":
+                value = module(student, text_emb, labels)
+            elif name == "mse":
+                value = module(student, teacher)
+            elif name == "imcst":
+                value = module(student, teacher)
+            else:
+                value = module(student, teacher, text_emb, labels)
+            components[name] = float(value.detach())
+            weighted = self.weights[name] * value
+            total = weighted if total is None else total + weighted
+        assert total is not None
+        return total, components

