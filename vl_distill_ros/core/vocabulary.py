@@ -47,7 +47,7 @@ class Label:
     key: str = ""
 
     def __post_init__(self) -> None:
-        if not self.key:
+        if not self.key and isinstance(self.name, str):
             object.__setattr__(self, "key", self.name.strip().replace(" ", "_"))
 
 
@@ -65,6 +65,11 @@ def build_prompts(label: Label, templates: Sequence[str] = DEFAULT_TEMPLATES,
             text = f"{text} {label.description.strip()}"
         prompts.append(text)
     return prompts
+
+
+def _fold_key(text: str) -> str:
+    """Case- and underscore-insensitive form used to compare keys and names."""
+    return text.strip().casefold().replace("_", " ")
 
 
 def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
@@ -102,9 +107,12 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
                 f"duplicate label {label.name!r} (entries {seen[folded]} and {i}, "
                 "compared case-insensitively)")
         seen[folded] = i
-        if label.key in keys:
-            raise VocabularyError(f"duplicate key {label.key!r} (entries {keys[label.key]} and {i})")
-        keys[label.key] = i
+        if not isinstance(label.key, str) or not label.key.strip() or any(ord(c) < 32 for c in label.key):
+            raise VocabularyError(f"label {i} ({label.name!r}) has an empty or invalid key")
+        if _fold_key(label.key) in keys:
+            raise VocabularyError(f"duplicate key {label.key!r} (entries "
+                                  f"{keys[_fold_key(label.key)]} and {i})")
+        keys[_fold_key(label.key)] = i
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,11 @@ class Vocabulary:
             name = entry["name"]
             if not isinstance(name, str):
                 raise VocabularyError(f"{source}: labels[{i}] name must be a string")
+            description = entry.get("description")
+            if description is not None and not isinstance(description, str):
+                raise VocabularyError(f"{source}: labels[{i}] description must be a string")
             labels.append(Label(name=name.strip(),
-                                description=str(entry.get("description") or "").strip(),
+                                description=(description or "").strip(),
                                 key=str(entry.get("key") or "")))
         try:
             return cls(tuple(labels))
@@ -168,6 +179,8 @@ class Vocabulary:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise VocabularyError(f"vocabulary file not found: {path}") from None
+        except OSError as exc:
+            raise VocabularyError(f"cannot read vocabulary file {path}: {exc}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise VocabularyError(f"{path}: not valid YAML: {exc}") from None
         return cls.from_dict(data, source=str(path))
@@ -202,9 +215,9 @@ class Vocabulary:
 
     def index(self, key_or_name: str) -> int:
         """Index of the label whose key or name (case-insensitive, '_' = ' ') matches."""
-        want = key_or_name.strip().casefold().replace("_", " ")
+        want = _fold_key(key_or_name)
         for i, lb in enumerate(self.labels):
-            if lb.key.casefold().replace("_", " ") == want or lb.name.casefold() == want:
+            if _fold_key(lb.key) == want or _fold_key(lb.name) == want:
                 return i
         raise KeyError(f"{key_or_name!r} is not in the vocabulary")
 
@@ -233,8 +246,14 @@ class Split:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise VocabularyError(f"split file not found: {path}") from None
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise VocabularyError(f"cannot read split file {path}: {exc}") from None
         if not isinstance(data, dict):
             raise VocabularyError(f"{path}: expected a mapping")
+        for field_name in ("in_distribution", "out_of_distribution"):
+            value = data.get(field_name)
+            if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+                raise VocabularyError(f"{path}: '{field_name}' must be a list of label keys")
         try:
             split = cls(name=str(data.get("name", path.stem)),
                         in_distribution=tuple(data["in_distribution"]),

@@ -1,0 +1,147 @@
+"""A tiny end-to-end run: train -> resume -> eval -> export -> load, plus DDP with two
+gloo processes. Uses the real offline teacher on a small synthetic image folder."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from vl_distill_ros.cli import main as cli_main
+from vl_distill_ros.core.bundle import load_bundle
+from vl_distill_ros.core.config import load_train_config
+
+KEYS = {"id": ["red_ball", "green_box"], "ood": ["blue_ball", "yellow_box"]}
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
+          "yellow": (230, 210, 30)}
+
+
+def _draw(key: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    color, shape = key.split("_")
+    img = np.full((size, size, 3), rng.integers(170, 240), np.uint8)
+    img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    c = tuple(int(v) for v in np.clip(np.array(COLORS[color]) + rng.integers(-20, 20, 3), 0, 255))
+    cx, cy, r = (int(v) for v in rng.integers(24, 40, 3) * (1, 1, 0.6))
+    if shape == "ball":
+        cv2.circle(img, (cx, cy), r, c, -1)
+    else:
+        cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), c, -1)
+    return img
+
+
+def make_dataset(root: Path, per_label: int = 6) -> Path:
+    """An image folder per split and label, plus vocabulary and split files."""
+    rng = np.random.default_rng(0)
+    splits = {"train": KEYS["id"], "test_id": KEYS["id"], "test_shift_id": KEYS["id"],
+              "test_ood": KEYS["ood"]}
+    for split, keys in splits.items():
+        for key in keys:
+            d = root / "data" / split / key
+            d.mkdir(parents=True)
+            for i in range(per_label * (2 if split == "train" else 1)):
+                cv2.imwrite(str(d / f"{key}_{i:03d}.png"), _draw(key, rng)[..., ::-1])
+    vocab = {"labels": [{"key": k, "name": k.replace("_", " "),
+                         "description": f"A {k.split('_')[0]} coloured {k.split('_')[1]}."}
+                        for k in KEYS["id"] + KEYS["ood"]]}
+    (root / "vocab.yaml").write_text(yaml.safe_dump(vocab))
+    (root / "split.yaml").write_text(yaml.safe_dump(
+        {"name": "toy", "in_distribution": KEYS["id"], "out_of_distribution": KEYS["ood"]}))
+    return root
+
+
+def _config(root: Path, out: str, **extra) -> Path:
+    cfg = {
+        "name": "tiny", "output_dir": str(root / out),
+        "teacher": {"backend": "offline", "top_t": 5, "batch_size": 16},
+        "student": {"backbone": "efficientnet_lite0", "pretrained": "imagenet",
+                    "image_size": 64, "freeze_stages": 4},
+        "loss": {"cls_weight": 1.0, "imcst_weight": 1.0, "vlprox_weight": 1.0, "vlprox_topk": 2},
+        "data": {"root": str(root / "data"), "vocabulary": str(root / "vocab.yaml"),
+                 "split": str(root / "split.yaml"), "enrich": True,
+                 "cache_dir": str(root / "cache")},
+        "optim": {"epochs": 2, "batch_size": 8, "lr": 0.003, "threads": 1},
+    }
+    for k, v in extra.items():
+        cfg[k].update(v)
+    path = root / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("toy"))
+
+
+def test_train_resume_eval_export(toy: Path, capsys):
+    cfg_path = _config(toy, "run")
+    assert cli_main(["train", "--config", str(cfg_path), "--no-progress"]) == 0
+    run = toy / "run"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"loss", "cls", "imcst", "vlprox", "val_id_acc"} <= set(rows[0])
+    assert (run / "metrics.csv").exists() and (run / "training_curves.png").stat().st_size > 5000
+    # teacher cache holds the training images' embeddings
+    assert any((toy / "cache").rglob("*"))
+
+    # resume: one more epoch continues from the checkpoint instead of restarting
+    assert cli_main(["train", "--config", str(cfg_path), "--resume", "--no-progress",
+                     "optim.epochs=3"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert "starting from scratch" not in capsys.readouterr().out
+
+    assert cli_main(["eval", "--run", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert set(metrics["splits"]) == {"test_id", "test_shift_id", "test_ood"}
+    assert metrics["splits"]["test_ood"]["labels"] == "ood"
+    assert metrics["all_labels"]["n"] == 4 * 6
+    for key in ("vlalign@2", "vlalign@3"):
+        assert 0.0 <= metrics["vlalign"][key] <= 3.0
+    assert "vlalign@5" not in metrics["vlalign"]  # only 4 labels
+    assert 0.0 <= metrics["embedding"]["mean_angle_deg"] <= 180.0
+    for png in ("confusion_matrix.png", "per_class_accuracy.png"):
+        assert (run / "eval" / png).stat().st_size > 5000
+
+    bundle_path = toy / "student.vdb"
+    assert cli_main(["export", "--run", str(run), "--out", str(bundle_path)]) == 0
+    bundle = load_bundle(bundle_path)
+    assert bundle.vocabulary.names == ["red ball", "green box", "blue ball", "yellow box"]
+    assert bundle.enrich and bundle.vocabulary[0].description == "A red coloured ball."
+    assert bundle.text_embeddings.shape == (4, 384)
+    assert bundle.teacher_id.startswith("offline-conse")
+
+
+def test_corrupt_checkpoint_is_reported(toy: Path, capsys):
+    cfg_path = _config(toy, "corrupt")
+    (toy / "corrupt").mkdir()
+    (toy / "corrupt" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert cli_main(["train", "--config", str(cfg_path), "--resume", "--no-progress"]) == 2
+    assert "corrupt or unreadable" in capsys.readouterr().err
+
+
+def test_missing_data_is_reported(toy: Path, capsys):
+    cfg_path = _config(toy, "nodata", data={"root": str(toy / "nowhere")})
+    assert cli_main(["train", "--config", str(cfg_path), "--no-progress"]) == 2
+    assert "no training images" in capsys.readouterr().err
+
+
+def test_ddp_two_gloo_processes(toy: Path):
+    """torchrun with two CPU processes trains the same model and rank 0 writes the run."""
+    cfg_path = _config(toy, "ddp", optim={"epochs": 1, "batch_size": 8, "threads": 1})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "vl_distill_ros.cli", "train", "--config", str(cfg_path), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world 2" in proc.stdout
+    cfg = load_train_config(cfg_path)
+    assert (Path(cfg.output_dir) / "student_final.pt").exists()
+    rows = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1  # only rank 0 logs

@@ -1,0 +1,412 @@
+"""Tests of vl_distill_ros.core.vocabulary and the shipped YCB vocabulary/split files."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vl_distill_ros.core.vocabulary import (
+    DEFAULT_TEMPLATES,
+    DESCRIPTION_QUESTION,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_NAME_LENGTH,
+    Label,
+    Split,
+    Vocabulary,
+    VocabularyError,
+    build_prompts,
+    validate_labels,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VOCAB_FILE = REPO_ROOT / "config" / "ycb_vocabulary.yaml"
+SPLIT_FILE = REPO_ROOT / "config" / "splits" / "ycb_paper.yaml"
+
+# The robotics split of Li et al., ICCV 2023, as listed in ../shared/ycb_models/README.md:
+# key -> the simple name the paper uses.
+PAPER_ID = {
+    "002_master_chef_can": "master chef can",
+    "006_mustard_bottle": "mustard bottle",
+    "011_banana": "banana",
+    "013_apple": "apple",
+    "015_peach": "peach",
+    "024_bowl": "bowl",
+    "030_fork": "fork",
+    "032_knife": "knife",
+    "035_power_drill": "power drill",
+    "037_scissors": "scissors",
+    "048_hammer": "hammer",
+    "056_tennis_ball": "tennis ball",
+    "058_golf_ball": "golf ball",
+    "062_dice": "dice",
+}
+PAPER_OOD = {
+    "003_cracker_box": "cracker box",
+    "012_strawberry": "strawberry",
+    "014_lemon": "lemon",
+    "016_pear": "pear",
+    "017_orange": "orange",
+    "021_bleach_cleanser": "bleach cleanser",
+    "026_sponge": "sponge",
+    "031_spoon": "spoon",
+    "036_wood_block": "wood block",
+    "043_phillips_screwdriver": "phillips screwdriver",
+    "053_mini_soccer_ball": "mini soccer ball",
+    "077_rubiks_cube": "Rubik's cube",
+}
+# Objects with lettered variants (063-a, 065-b, ...): the YCB id prefix of each family.
+VARIANT_FAMILIES = ("063", "065", "070", "072", "073")
+KEY_PATTERN = re.compile(r"^\d{3}(-[a-z])?_[a-z0-9_]+$")
+
+
+@pytest.fixture(scope="module")
+def ycb_vocab() -> Vocabulary:
+    return Vocabulary.load(VOCAB_FILE)
+
+
+@pytest.fixture
+def small_vocab() -> Vocabulary:
+    return Vocabulary((
+        Label(name="banana", description="A curved yellow fruit.", key="011_banana"),
+        Label(name="power drill", description="An orange handheld drill.", key="035_power_drill"),
+        Label(name="mug"),
+    ))
+
+
+# -- the shipped YCB vocabulary ---------------------------------------------------------
+def test_shipped_vocabulary_loads_with_78_labels(ycb_vocab):
+    assert len(ycb_vocab) == 78
+    assert len(set(ycb_vocab.keys)) == 78
+    assert len({n.casefold() for n in ycb_vocab.names}) == 78
+
+
+def test_shipped_vocabulary_starts_with_attribution_comment():
+    head = VOCAB_FILE.read_text(encoding="utf-8").splitlines()[:12]
+    assert head[0].startswith("#")
+    comment = " ".join(line for line in head if line.startswith("#"))
+    assert "YCB Object and Model Set" in comment
+    assert "Calli" in comment and "2015" in comment
+    assert "CC BY 4.0" in comment
+
+
+def test_shipped_vocabulary_has_only_known_fields():
+    data = yaml.safe_load(VOCAB_FILE.read_text(encoding="utf-8"))
+    assert set(data) == {"labels"}
+    for entry in data["labels"]:
+        assert set(entry) == {"key", "name", "description"}, entry
+
+
+def test_shipped_keys_are_folder_style_and_sorted(ycb_vocab):
+    for key in ycb_vocab.keys:
+        assert KEY_PATTERN.match(key), key
+    # Folder order: the keys are sorted as the model folders are listed.
+    assert ycb_vocab.keys == sorted(ycb_vocab.keys)
+
+
+def test_shipped_keys_contain_paper_split_plus_others(ycb_vocab):
+    paper = set(PAPER_ID) | set(PAPER_OOD)
+    assert len(paper) == 26
+    assert paper <= set(ycb_vocab.keys)
+    assert len(set(ycb_vocab.keys) - paper) == 78 - 26
+
+
+def test_shipped_keys_equal_model_folders(ycb_vocab, ycb_models):
+    folders = sorted(p.name for p in ycb_models.iterdir() if p.is_dir())
+    assert ycb_vocab.keys == folders
+
+
+def test_paper_objects_keep_simple_names(ycb_vocab):
+    for key, name in {**PAPER_ID, **PAPER_OOD}.items():
+        assert ycb_vocab[ycb_vocab.index(key)].name == name, key
+
+
+def test_shipped_names_are_natural(ycb_vocab):
+    for label in ycb_vocab:
+        assert label.name == label.name.strip()
+        assert "_" not in label.name and "  " not in label.name, label.name
+        assert 0 < len(label.name) <= MAX_NAME_LENGTH
+        assert not re.search(r"\d", label.name), f"ordinal or id in name {label.name!r}"
+        if label.key != "077_rubiks_cube":
+            assert label.name == label.name.lower(), label.name
+
+
+def test_variant_names_are_distinct(ycb_vocab):
+    for family in VARIANT_FAMILIES:
+        names = [lb.name for lb in ycb_vocab if lb.key.startswith(family + "-")]
+        assert len(names) >= 2, family
+        assert len(set(names)) == len(names), names
+
+
+def test_every_description_is_one_sentence_within_limits(ycb_vocab):
+    for label in ycb_vocab:
+        d = label.description
+        assert d == d.strip() and d, label.key
+        assert len(d) <= MAX_DESCRIPTION_LENGTH, label.key
+        assert 8 <= len(d.split()) <= 30, (label.key, len(d.split()))
+        assert d[0].isupper(), label.key
+        assert d.endswith("."), label.key
+        # No further sentence inside: no terminator followed by more text, no line breaks.
+        assert not re.search(r"[.!?]\s", d), label.key
+        assert "!" not in d and "?" not in d and "\n" not in d, label.key
+
+
+def test_descriptions_are_distinct(ycb_vocab):
+    descriptions = [lb.description for lb in ycb_vocab]
+    assert len(set(descriptions)) == len(descriptions)
+
+
+def test_description_question_is_the_papers():
+    q = DESCRIPTION_QUESTION.format(cls="banana")
+    assert q == ("Use a single sentence to describe the appearance and shape of banana. "
+                 "Only describe the shape and appearance.")
+
+
+# -- the paper split ----------------------------------------------------------------------
+def test_paper_split_resolves_against_vocabulary(ycb_vocab):
+    split = Split.load(SPLIT_FILE)
+    assert split.name == "ycb_paper"
+    assert list(split.in_distribution) == list(PAPER_ID)
+    assert list(split.out_of_distribution) == list(PAPER_OOD)
+    assert len(split.in_distribution) == 14 and len(split.out_of_distribution) == 12
+    assert split.all_keys == split.in_distribution + split.out_of_distribution
+    assert set(split.all_keys) <= set(ycb_vocab.keys)
+
+    id_vocab = ycb_vocab.subset(split.in_distribution)
+    ood_vocab = ycb_vocab.subset(split.out_of_distribution)
+    assert id_vocab.keys == list(split.in_distribution)
+    assert ood_vocab.keys == list(split.out_of_distribution)
+    assert id_vocab.names == list(PAPER_ID.values())
+    assert ood_vocab.names == list(PAPER_OOD.values())
+    # Labels carry their descriptions into the subset.
+    assert all(lb.description for lb in ycb_vocab.subset(split.all_keys))
+
+
+def test_subset_accepts_names_and_keeps_order(small_vocab):
+    sub = small_vocab.subset(["mug", "011_banana"])
+    assert sub.names == ["mug", "banana"]
+    with pytest.raises(KeyError, match="kiwi"):
+        small_vocab.subset(["kiwi"])
+
+
+def test_split_rejects_overlap_missing_lists_and_missing_file(tmp_path):
+    p = tmp_path / "split.yaml"
+    p.write_text("in_distribution: [a, b]\nout_of_distribution: [b]\n", encoding="utf-8")
+    with pytest.raises(VocabularyError, match="both ID and OOD"):
+        Split.load(p)
+    p.write_text("in_distribution: [a]\n", encoding="utf-8")
+    with pytest.raises(VocabularyError, match="out_of_distribution"):
+        Split.load(p)
+    p.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(VocabularyError, match="expected a mapping"):
+        Split.load(p)
+    with pytest.raises(VocabularyError, match="not found"):
+        Split.load(tmp_path / "nope.yaml")
+
+
+# -- validation ---------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["", "   ", "\t\n"])
+def test_rejects_empty_or_whitespace_name(bad):
+    with pytest.raises(VocabularyError, match="empty name"):
+        Vocabulary.from_names(["banana", bad])
+    with pytest.raises(VocabularyError, match="empty name"):
+        Vocabulary((Label(name=bad, key="k"),))
+    with pytest.raises(VocabularyError, match="empty name"):
+        Vocabulary.from_dict({"labels": [{"name": bad}]})
+
+
+def test_rejects_empty_vocabulary():
+    with pytest.raises(VocabularyError, match="empty"):
+        Vocabulary.from_names([])
+    with pytest.raises(VocabularyError, match="empty"):
+        Vocabulary.from_dict({"labels": []})
+
+
+def test_rejects_duplicates_differing_only_in_case():
+    with pytest.raises(VocabularyError, match="duplicate label.*case-insensitive"):
+        Vocabulary.from_names(["Banana", "apple", "banana"])
+    with pytest.raises(VocabularyError, match="duplicate label"):
+        Vocabulary.from_dict({"labels": [{"name": "Mug", "key": "a"}, {"name": "mug", "key": "b"}]})
+
+
+def test_rejects_duplicate_keys():
+    with pytest.raises(VocabularyError, match="duplicate key '011_banana'"):
+        Vocabulary.from_dict({"labels": [{"name": "banana", "key": "011_banana"},
+                                         {"name": "plantain", "key": "011_banana"}]})
+
+
+def test_from_names_rejects_mismatched_descriptions():
+    with pytest.raises(VocabularyError, match="2 labels but 1 descriptions"):
+        Vocabulary.from_names(["banana", "apple"], ["A curved yellow fruit."])
+    with pytest.raises(VocabularyError, match="2 labels but 3 descriptions"):
+        Vocabulary.from_names(["banana", "apple"], ["a", "b", "c"])
+
+
+def test_from_names_builds_labels_with_default_keys():
+    v = Vocabulary.from_names([" power drill ", "mug"], ["An orange drill. ", ""])
+    assert v.names == ["power drill", "mug"]
+    assert v.keys == ["power_drill", "mug"]
+    assert [lb.description for lb in v] == ["An orange drill.", ""]
+    # No descriptions (None or empty list): every description is empty.
+    assert [lb.description for lb in Vocabulary.from_names(["a", "b"], [])] == ["", ""]
+    with pytest.raises(VocabularyError, match="not a string"):
+        Vocabulary.from_names(["a", 3])
+
+
+def test_rejects_over_long_name_and_description():
+    ok = "x" * MAX_NAME_LENGTH
+    assert Vocabulary.from_names([ok]).names == [ok]
+    with pytest.raises(VocabularyError, match=f"{MAX_NAME_LENGTH + 1} characters.*limit is "
+                                              f"{MAX_NAME_LENGTH}"):
+        Vocabulary.from_names(["x" * (MAX_NAME_LENGTH + 1)])
+    with pytest.raises(VocabularyError, match=f"description is {MAX_DESCRIPTION_LENGTH + 1} "
+                                              f"characters"):
+        Vocabulary.from_names(["mug"], ["d" * (MAX_DESCRIPTION_LENGTH + 1)])
+
+
+def test_rejects_too_many_labels_and_control_characters():
+    with pytest.raises(VocabularyError, match="limit is 2"):
+        validate_labels([Label("a"), Label("b"), Label("c")], max_labels=2)
+    with pytest.raises(VocabularyError, match="control characters"):
+        Vocabulary.from_dict({"labels": [{"name": "ba\x07nana"}]})
+
+
+def test_rejects_unknown_yaml_fields(tmp_path):
+    p = tmp_path / "v.yaml"
+    p.write_text("labels:\n  - name: banana\n    colour: yellow\n", encoding="utf-8")
+    with pytest.raises(VocabularyError, match=r"unknown fields \['colour'\]") as err:
+        Vocabulary.load(p)
+    assert str(p) in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["- banana\n- apple\n", "just a string\n", "42\n", "",
+                                  "labels: banana\n", "names: [banana]\n"])
+def test_rejects_non_mapping_yaml(tmp_path, text):
+    p = tmp_path / "v.yaml"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(VocabularyError, match="expected a mapping with a 'labels' list"):
+        Vocabulary.load(p)
+
+
+def test_rejects_entries_without_name_or_with_non_string_name():
+    with pytest.raises(VocabularyError, match=r"labels\[0\] needs a 'name'"):
+        Vocabulary.from_dict({"labels": [{"key": "011_banana"}]})
+    with pytest.raises(VocabularyError, match=r"labels\[1\] name must be a string"):
+        Vocabulary.from_dict({"labels": ["banana", {"name": 7}]})
+
+
+def test_rejects_missing_file_and_invalid_yaml(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(VocabularyError, match="vocabulary file not found") as err:
+        Vocabulary.load(missing)
+    assert "nope.yaml" in str(err.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("labels: [\n", encoding="utf-8")
+    with pytest.raises(VocabularyError, match="not valid YAML"):
+        Vocabulary.load(bad)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"labels:\n  - name: \xff\xfe\n")
+    with pytest.raises(VocabularyError, match="not valid YAML"):
+        Vocabulary.load(binary)
+
+
+def test_errors_are_value_errors():
+    assert issubclass(VocabularyError, ValueError)
+
+
+# -- prompts ------------------------------------------------------------------------------
+def test_build_prompts_enriched_and_plain(small_vocab):
+    banana = small_vocab[0]
+    assert build_prompts(banana) == ["a photo of a banana. A curved yellow fruit."]
+    assert build_prompts(banana, enrich=False) == ["a photo of a banana."]
+    # No description: the plain prompt even when enriching.
+    assert build_prompts(small_vocab[2]) == ["a photo of a mug."]
+    assert DEFAULT_TEMPLATES == ("a photo of a {name}.",)
+
+
+def test_build_prompts_one_per_template_and_strips_description():
+    label = Label(name="mug", description="  A red mug.  ")
+    prompts = build_prompts(label, templates=("a photo of a {name}.", "a {name} on a table."))
+    assert prompts == ["a photo of a mug. A red mug.", "a mug on a table. A red mug."]
+
+
+def test_build_prompts_for_shipped_vocabulary(ycb_vocab):
+    drill = ycb_vocab[ycb_vocab.index("035_power_drill")]
+    assert build_prompts(drill) == [f"a photo of a power drill. {drill.description}"]
+    plain = ycb_vocab.without_descriptions()
+    assert plain.names == ycb_vocab.names and plain.keys == ycb_vocab.keys
+    assert all(build_prompts(lb) == [f"a photo of a {lb.name}."] for lb in plain)
+
+
+# -- lookup -------------------------------------------------------------------------------
+def test_index_matches_key_name_and_underscored_name(small_vocab, ycb_vocab):
+    assert small_vocab.index("035_power_drill") == 1
+    assert small_vocab.index("power drill") == 1
+    assert small_vocab.index("power_drill") == 1
+    assert small_vocab.index("  Power Drill ") == 1
+    assert small_vocab.index("011_BANANA") == 0
+    assert small_vocab.index("mug") == 2
+    with pytest.raises(KeyError, match="kiwi"):
+        small_vocab.index("kiwi")
+
+    i = ycb_vocab.index("077_rubiks_cube")
+    assert ycb_vocab.index("Rubik's cube") == i
+    assert ycb_vocab.index("rubik's_cube") == i
+    assert ycb_vocab.index("phillips_screwdriver") == ycb_vocab.index("043_phillips_screwdriver")
+    assert ycb_vocab.index("065-c_cups") == ycb_vocab.index("small green stacking cup")
+
+
+def test_access_helpers(small_vocab):
+    assert len(small_vocab) == 3
+    assert [lb.name for lb in small_vocab] == small_vocab.names
+    assert small_vocab[1].key == "035_power_drill"
+    assert small_vocab.keys == ["011_banana", "035_power_drill", "mug"]
+
+
+# -- persistence --------------------------------------------------------------------------
+def test_save_load_round_trip(tmp_path, small_vocab):
+    p = tmp_path / "vocab.yaml"
+    small_vocab.save(p)
+    again = Vocabulary.load(p)
+    assert again == small_vocab
+    assert again.to_dict() == small_vocab.to_dict()
+    assert Vocabulary.from_dict(small_vocab.to_dict()) == small_vocab
+
+
+def test_save_load_round_trip_of_shipped_vocabulary(tmp_path, ycb_vocab):
+    p = tmp_path / "ycb.yaml"
+    ycb_vocab.save(p)
+    assert Vocabulary.load(p) == ycb_vocab
+
+
+# -- formerly known defects, now fixed ------------------------------------------------
+def test_load_of_a_directory_raises_vocabulary_error(tmp_path):
+    with pytest.raises(VocabularyError):
+        Vocabulary.load(tmp_path)
+
+
+def test_keys_differing_only_in_case_are_rejected():
+    with pytest.raises(VocabularyError, match="duplicate key"):
+        Vocabulary.from_dict({"labels": [{"name": "a", "key": "Banana"},
+                                         {"name": "b", "key": "banana"}]})
+
+
+def test_non_string_description_is_rejected():
+    with pytest.raises(VocabularyError, match="description"):
+        Vocabulary.from_dict({"labels": [{"name": "mug", "description": ["red", "round"]}]})
+
+
+def test_split_fields_must_be_lists(tmp_path):
+    p = tmp_path / "split.yaml"
+    p.write_text("in_distribution: abc\nout_of_distribution: [x]\n")
+    with pytest.raises(VocabularyError, match="list of label keys"):
+        Split.load(p)
+    p.write_text("in_distribution: [a\n")
+    with pytest.raises(VocabularyError, match="cannot read split file"):
+        Split.load(p)
+
+
+def test_names_with_underscores_are_found_by_name():
+    v = Vocabulary.from_dict({"labels": [{"name": "big_mug", "key": "k1"}]})
+    assert v.index("big_mug") == 0 and v.index("big mug") == 0

@@ -1,0 +1,174 @@
+"""Persisting the node's active vocabulary across restarts, crash-safely.
+
+The file is the same YAML as ``config/ycb_vocabulary.yaml`` (:meth:`Vocabulary.to_dict`).
+
+Writing (:func:`save_vocabulary_atomic`) goes to a temporary file in the same directory which
+is flushed, fsynced and then renamed over the target with :func:`os.replace`; the directory
+is fsynced too. A crash or an error at any point leaves either the old file or the new one,
+never a mix, and no temporary file behind (on errors it is removed).
+
+Reading contract (:func:`load_vocabulary_store_result` / :func:`load_vocabulary_store`):
+
+* the file does not exist -> no vocabulary, no error (``status == "missing"``);
+* the file is readable but corrupt (not UTF-8, not YAML, not a valid vocabulary) -> an error
+  is logged, the file is renamed to ``<path>.corrupt-<UTC timestamp>`` so the next save does
+  not destroy the evidence, and no vocabulary is returned; the reason and the new location
+  are in the :class:`StoreLoadResult` (``status == "corrupt"``) so the node can publish a
+  diagnostic and fall back to its configured vocabulary;
+* the file cannot be read at all (permissions, a directory, I/O error) -> an error is logged
+  and returned, and the file is left where it is (``status == "unreadable"``).
+
+Nothing here raises for a bad store file; only :func:`save_vocabulary_atomic` raises
+(``OSError``) when the new file cannot be written, and then the old file is intact.
+
+The small helpers :func:`atomic_write_bytes` and :func:`set_aside` are shared with
+:mod:`vl_distill_ros.core.text_service`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from .vocabulary import Vocabulary, VocabularyError
+
+log = logging.getLogger(__name__)
+
+#: First lines of a saved store file.
+STORE_HEADER = ("# Active vocabulary of the vl_distill_ros node (written automatically; "
+                "same format as config/ycb_vocabulary.yaml).\n")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it is durable (best effort; not on all platforms)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably; creates parent directories.
+
+    Temp file in the same directory, flush + fsync, :func:`os.replace`, fsync the directory.
+    On any error the temp file is removed, the previous ``path`` (if any) is untouched and
+    the error is re-raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def set_aside(path: str | Path) -> Path | None:
+    """Rename a corrupt file to ``<path>.corrupt-<UTC timestamp>``; return the new path.
+
+    Returns None (after logging a warning) when the rename itself fails.
+    """
+    path = Path(path)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        log.warning("could not move corrupt file %s aside: %s", path, exc)
+        return None
+    _fsync_dir(path.parent)
+    return target
+
+
+def save_vocabulary_atomic(vocab: Vocabulary, path: str | Path) -> Path:
+    """Save ``vocab`` as YAML at ``path`` atomically (see module doc); returns the path.
+
+    Raises:
+        OSError: the file could not be written; an existing file at ``path`` is unchanged.
+    """
+    text = STORE_HEADER + yaml.safe_dump(vocab.to_dict(), sort_keys=False, allow_unicode=True)
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class StoreLoadResult:
+    """What :func:`load_vocabulary_store_result` found.
+
+    Attributes:
+        path: the store file asked for.
+        vocabulary: the stored vocabulary, or None (missing, corrupt or unreadable file).
+        error: why the file could not be used (None when loaded or simply missing).
+        moved_to: where a corrupt file was moved (None unless it was set aside).
+    """
+
+    path: Path
+    vocabulary: Vocabulary | None = None
+    error: str | None = None
+    moved_to: Path | None = None
+
+    @property
+    def status(self) -> str:
+        """``loaded``, ``missing``, ``corrupt`` (set aside) or ``unreadable`` (left in place)."""
+        if self.vocabulary is not None:
+            return "loaded"
+        if self.error is None:
+            return "missing"
+        return "corrupt" if self.moved_to is not None else "unreadable"
+
+
+def load_vocabulary_store_result(path: str | Path) -> StoreLoadResult:
+    """Load the stored vocabulary per the module's reading contract; never raises for bad files."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return StoreLoadResult(path=path)
+    except OSError as exc:
+        error = f"cannot read vocabulary store {path}: {exc}"
+        log.error("%s", error)
+        return StoreLoadResult(path=path, error=error)
+    try:
+        try:
+            data = yaml.safe_load(raw.decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise VocabularyError(f"not valid YAML: {exc}") from None
+        vocabulary = Vocabulary.from_dict(data, source=str(path))
+    except VocabularyError as exc:
+        reason = str(exc)
+        moved_to = set_aside(path)
+        where = f"moved to {moved_to}" if moved_to else "could not be moved aside"
+        error = f"vocabulary store {path} is corrupt ({reason}); {where}"
+        log.error("%s", error)
+        return StoreLoadResult(path=path, error=error, moved_to=moved_to)
+    return StoreLoadResult(path=path, vocabulary=vocabulary)
+
+
+def load_vocabulary_store(path: str | Path) -> Vocabulary | None:
+    """The stored vocabulary, or None when the file is missing, corrupt or unreadable.
+
+    A corrupt file is logged and set aside as described in the module doc; call
+    :func:`load_vocabulary_store_result` instead to learn why and where it went.
+    """
+    return load_vocabulary_store_result(path).vocabulary
