@@ -101,7 +101,7 @@ def test_train_resume_eval_export(toy: Path, capsys):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert set(metrics["splits"]) == {"test_id", "test_shift_id", "test_ood"}
     assert metrics["splits"]["test_ood"]["labels"] == "ood"
-    assert metrics["all_labels"]["n"] == 4 * 6
+    assert metrics["all_labels"]["n"] == 3 * 2 * 6
     for key in ("vlalign@2", "vlalign@3"):
         assert 0.0 <= metrics["vlalign"][key] <= 3.0
     assert "vlalign@5" not in metrics["vlalign"]  # only 4 labels

@@ -58,6 +58,7 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> tuple[nn.Module, in
                 image_size=image_size)
     else:
         net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    net._fc = nn.Identity()  # the ImageNet classifier is not part of the student
     # Stages: 0 = stem, 1..7 = the seven block groups, 8 = head conv.
     repeats = [1, 2, 2, 3, 3, 4, 1]
     stages: list[list[nn.Module]] = [[net._conv_stem, net._bn0]]

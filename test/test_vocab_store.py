@@ -1,0 +1,84 @@
+"""The node's persisted vocabulary: atomic saves, corrupt files set aside, missing -> None."""
+import logging
+import os
+
+import pytest
+
+from vl_distill_ros.core import vocab_store
+from vl_distill_ros.core.vocab_store import (
+    load_vocabulary_store,
+    load_vocabulary_store_result,
+    save_vocabulary_atomic,
+)
+from vl_distill_ros.core.vocabulary import Vocabulary
+
+VOCAB = Vocabulary.from_names(["banana", "power drill", "mug"],
+                              ["A curved yellow fruit.", "", "A red ceramic cup with a handle."])
+
+
+def test_round_trip_creates_parents_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "a" / "b" / "vocab.yaml"
+    assert save_vocabulary_atomic(VOCAB, path) == path
+    assert load_vocabulary_store(path) == VOCAB
+    assert Vocabulary.load(path) == VOCAB  # same format as config/ycb_vocabulary.yaml
+    assert os.listdir(path.parent) == ["vocab.yaml"]
+    other = Vocabulary.from_names(["cup"])
+    save_vocabulary_atomic(other, path)
+    result = load_vocabulary_store_result(path)
+    assert result.vocabulary == other and result.status == "loaded" and result.error is None
+    assert os.listdir(path.parent) == ["vocab.yaml"]
+
+
+def test_missing_file_gives_none(tmp_path):
+    path = tmp_path / "nope.yaml"
+    assert load_vocabulary_store(path) is None
+    result = load_vocabulary_store_result(path)
+    assert result.status == "missing" and result.error is None and result.moved_to is None
+
+
+def test_failed_replace_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
+    path = tmp_path / "vocab.yaml"
+    save_vocabulary_atomic(VOCAB, path)
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vocab_store.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space"):
+        save_vocabulary_atomic(Vocabulary.from_names(["cup"]), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["vocab.yaml"]
+    assert load_vocabulary_store(path) == VOCAB
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"labels: [unclosed\n", "not valid YAML"),
+    (b"\xff\xfe\x00garbage", "not valid YAML"),
+    (b"labels:\n  - name: cup\n  - name: CUP\n", "duplicate label"),
+    (b"", "expected a mapping"),
+])
+def test_corrupt_file_is_set_aside_with_reason(tmp_path, caplog, content, reason):
+    path = tmp_path / "vocab.yaml"
+    path.write_bytes(content)
+    with caplog.at_level(logging.ERROR, logger="vl_distill_ros.core.vocab_store"):
+        result = load_vocabulary_store_result(path)
+    assert result.vocabulary is None and result.status == "corrupt"
+    assert reason in result.error
+    assert not path.exists()
+    assert result.moved_to is not None and result.moved_to.read_bytes() == content
+    assert result.moved_to.name.startswith("vocab.yaml.corrupt-")
+    assert str(path) in caplog.text and reason in caplog.text
+    # the next save works and the evidence stays
+    save_vocabulary_atomic(VOCAB, path)
+    assert load_vocabulary_store(path) == VOCAB
+    assert result.moved_to.exists()
+
+
+def test_unreadable_store_is_left_in_place(tmp_path):
+    path = tmp_path / "vocab.yaml"
+    path.mkdir()  # a directory where the file should be
+    result = load_vocabulary_store_result(path)
+    assert result.status == "unreadable" and result.vocabulary is None
+    assert result.moved_to is None and path.is_dir()

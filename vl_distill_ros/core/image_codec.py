@@ -1,0 +1,198 @@
+"""Decode ``sensor_msgs/Image`` payloads to RGB numpy arrays, and encode RGB for publishing.
+
+ROS-free: the node passes the message fields in (``encoding``, ``height``, ``width``,
+``step``, ``data``, ``is_bigendian``); no ``cv_bridge`` is needed.
+
+Semantics follow ``sensor_msgs/Image``:
+
+* ``step`` is the length of one row in bytes. It must be at least ``width * bpp`` (bytes per
+  pixel of the encoding); rows may be padded, the padding is ignored.
+* ``data`` must hold exactly ``step * height`` bytes. Shorter data is a truncated frame, longer
+  data is a malformed message; both are rejected with the two numbers in the message.
+* ``is_bigendian`` only matters for the 16-bit encodings.
+
+Decoding is zero-copy up to the final conversion: the payload is viewed through the buffer
+protocol (``rclpy`` hands ``msg.data`` over as ``array.array('B')``, which works without a
+copy, as do ``bytes``, ``bytearray``, ``memoryview`` and numpy arrays), rows are sliced as a
+strided view, and a single OpenCV/numpy conversion writes the output. Only a Python ``list``
+payload needs an extra conversion.
+
+16-bit mono (``mono16``/``16UC1``) is scaled to 8 bits by the frame's own maximum:
+``round(x * 255 / max(frame))`` when the maximum is > 0 (an all-zero frame stays black). This
+makes depth-like or 12-bit data visible, at the price of the brightness not being comparable
+between frames.
+"""
+from __future__ import annotations
+
+import array
+from typing import Union
+
+import cv2
+import numpy as np
+
+__all__ = ["ImageDecodeError", "SUPPORTED_ENCODINGS", "BYTES_PER_PIXEL", "decode_image",
+           "encode_rgb8"]
+
+
+class ImageDecodeError(ValueError):
+    """An image message cannot be decoded; the message names the problem and the values."""
+
+
+#: Encodings :func:`decode_image` accepts (``8UC3`` is read as ``bgr8``, ``8UC1`` as ``mono8``
+#: and ``16UC1`` as ``mono16``, as ``cv_bridge`` does).
+SUPPORTED_ENCODINGS: tuple[str, ...] = (
+    "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "8UC1", "8UC3")
+
+#: Bytes per pixel of every supported encoding.
+BYTES_PER_PIXEL: dict[str, int] = {
+    "rgb8": 3, "bgr8": 3, "8UC3": 3, "rgba8": 4, "bgra8": 4,
+    "mono8": 1, "8UC1": 1, "mono16": 2, "16UC1": 2,
+}
+
+# encoding -> OpenCV conversion to RGB (None: already RGB)
+_TO_RGB: dict[str, int | None] = {
+    "rgb8": None,
+    "bgr8": cv2.COLOR_BGR2RGB, "8UC3": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB, "8UC1": cv2.COLOR_GRAY2RGB,
+    "mono16": cv2.COLOR_GRAY2RGB, "16UC1": cv2.COLOR_GRAY2RGB,
+}
+
+ImageData = Union[bytes, bytearray, memoryview, np.ndarray, array.array, list]
+
+
+def _as_byte_view(data: ImageData) -> np.ndarray:
+    """A flat uint8 view of ``data`` (no copy for buffer-protocol objects)."""
+    if isinstance(data, np.ndarray):
+        flat = np.ascontiguousarray(data).reshape(-1)  # copies only if non-contiguous
+        return flat.view(np.uint8)
+    if isinstance(data, (bytes, bytearray, memoryview, array.array)):
+        try:
+            return np.frombuffer(data, dtype=np.uint8)
+        except (ValueError, TypeError, BufferError):  # e.g. a non-contiguous memoryview
+            return np.frombuffer(bytes(memoryview(data)), dtype=np.uint8)
+    if isinstance(data, (list, tuple)):
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise ImageDecodeError(f"image data list is not a flat list of bytes: {exc}") from exc
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
+            raise ImageDecodeError(
+                f"image data list must be a flat list of integers 0..255, got dtype "
+                f"{arr.dtype} and shape {arr.shape}")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
+            raise ImageDecodeError(
+                f"image data list values must be bytes 0..255, got values in "
+                f"[{int(arr.min())}, {int(arr.max())}]")
+        return arr.astype(np.uint8)
+    raise ImageDecodeError(
+        f"unsupported image data type {type(data).__name__}; expected bytes, bytearray, "
+        f"memoryview, array.array, numpy array or list of ints")
+
+
+def _check_int(name: str, value: int) -> int:
+    try:
+        ivalue = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(f"{name} must be an integer, got {value!r}") from exc
+    if ivalue != value or ivalue < 0:
+        raise ImageDecodeError(f"{name} must be a non-negative integer, got {value!r}")
+    return ivalue
+
+
+def decode_image(encoding: str, height: int, width: int, step: int, data: ImageData,
+                 is_bigendian: int = 0, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode a ``sensor_msgs/Image`` payload to an RGB uint8 ``(height, width, 3)`` array.
+
+    Args:
+        encoding: one of :data:`SUPPORTED_ENCODINGS`.
+        height: rows.
+        width: columns.
+        step: bytes per row, ``>= width * bytes_per_pixel`` (padding at row ends is ignored).
+        data: exactly ``step * height`` bytes (``bytes``, ``bytearray``, ``memoryview``,
+            ``array.array``, numpy array of any dtype, viewed as raw bytes, or a list of ints).
+        is_bigendian: byte order of 16-bit encodings (non-zero: big-endian).
+        max_pixels: frames with ``width * height`` above this are rejected.
+
+    Returns:
+        A new, writable, C-contiguous ``(height, width, 3)`` uint8 RGB array that does not share
+        memory with ``data``. 16-bit mono is scaled as ``round(x * 255 / max(frame))`` (a frame
+        whose maximum is 0 stays black) and replicated to three channels, as is 8-bit mono.
+
+    Raises:
+        ImageDecodeError: unsupported encoding, empty frame, frame too large, ``step`` too
+            small, or ``data`` not ``step * height`` bytes long; the message gives the values.
+    """
+    if encoding not in BYTES_PER_PIXEL:
+        raise ImageDecodeError(
+            f"unsupported image encoding {encoding!r}; supported encodings: "
+            f"{', '.join(SUPPORTED_ENCODINGS)}")
+    height = _check_int("height", height)
+    width = _check_int("width", width)
+    step = _check_int("step", step)
+    if height == 0 or width == 0:
+        raise ImageDecodeError(f"empty frame: width={width}, height={height}")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"frame too large: {width}x{height} = {width * height} pixels > max_pixels="
+            f"{max_pixels}")
+    bpp = BYTES_PER_PIXEL[encoding]
+    row_bytes = width * bpp
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f"step {step} is smaller than width * bytes_per_pixel = {width} * {bpp} = "
+            f"{row_bytes} for encoding {encoding!r}")
+
+    buf = _as_byte_view(data)
+    expected = step * height
+    if buf.size != expected:
+        problem = "truncated image data" if buf.size < expected else "image data too long"
+        raise ImageDecodeError(
+            f"{problem}: data has {buf.size} bytes, expected step*height = {step}*{height} = "
+            f"{expected}")
+
+    rows = buf.reshape(height, step)[:, :row_bytes]  # strided view, no copy
+    if bpp == 2:
+        dtype = np.dtype(">u2" if is_bigendian else "<u2")
+        mono16 = rows.view(dtype)  # (H, W), last axis contiguous
+        if not dtype.isnative:
+            mono16 = mono16.astype(np.uint16)  # byte swap (one copy)
+        elif not mono16.flags.aligned or mono16.strides[0] % 2:
+            # OpenCV needs 2-byte aligned rows; an odd step (legal, if unusual) needs a copy
+            mono16 = np.ascontiguousarray(mono16)
+        peak = int(mono16.max())
+        if peak > 0:
+            # saturating, rounding scale, done in one pass by OpenCV
+            gray = cv2.convertScaleAbs(mono16, alpha=255.0 / peak)
+        else:
+            gray = np.zeros((height, width), np.uint8)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+
+    channels = bpp
+    pixels = rows.reshape(height, width, channels) if channels > 1 else rows
+    code = _TO_RGB[encoding]
+    if code is None:
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
+    return cv2.cvtColor(pixels, code)
+
+
+def encode_rgb8(image: np.ndarray) -> tuple[str, int, int, int, bytes]:
+    """Encode an RGB uint8 ``(H, W, 3)`` image for a ``sensor_msgs/Image`` message.
+
+    Returns:
+        ``(encoding, height, width, step, data)`` = ``("rgb8", H, W, W * 3, bytes)``, ready to
+        assign to the message fields (``is_bigendian`` is 0).
+
+    Raises:
+        ValueError: the array is not a non-empty ``(H, W, 3)`` uint8 image.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if height == 0 or width == 0:
+        raise ValueError(f"empty image of shape {image.shape}")
+    data = np.ascontiguousarray(image).tobytes()
+    return "rgb8", height, width, width * 3, data

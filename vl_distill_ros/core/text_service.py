@@ -1,0 +1,337 @@
+"""Label text embeddings for a deployed bundle: cached, lazily computed, thread-safe.
+
+:class:`TextEmbeddingService` turns labels (name + optional description) into the teacher
+text embeddings the bundle's student was distilled towards, with exactly the math of
+:func:`~vl_distill_ros.core.zero_shot.build_zero_shot_classifier`: per label the mean over
+templates of the L2-normalised prompt embeddings, renormalised.
+
+Cache
+    Keyed by ``(teacher id, tuple(build_prompts(label, templates, enrich)))``: the same name
+    with another description (or other templates) is another entry. Entries live in memory
+    and, with a ``cache_dir``, in one file per teacher id,
+    ``<cache_dir>/<sanitised id>-<sha256(id)[:12]>.npz`` (no pickles), rewritten atomically
+    (temp file + fsync + rename) after each teacher call. A file that cannot be read is
+    reported with ``logging.warning`` (naming the path), renamed to
+    ``<file>.corrupt-<UTC timestamp>`` and the service starts with an empty cache. A failed
+    write is logged and the service keeps working from memory. One process per cache file is
+    assumed: two processes writing the same file never corrupt it, but may drop each other's
+    new entries (last writer wins).
+
+Teacher
+    Built lazily, on the first cache miss (or :meth:`TextEmbeddingService.warm`), by
+    ``teacher_factory`` or ``build_teacher(teacher_config_from_spec(teacher_spec))``; its id
+    must equal ``teacher_id``, else :class:`TeacherMismatchError`. All misses of one
+    :meth:`~TextEmbeddingService.embed` call go to the teacher in one ``encode_texts`` call.
+
+Threads
+    A lock guards the cache (held only for look-ups and inserts, so cached look-ups are not
+    blocked by a running teacher call); a second lock serialises teacher loading, teacher
+    calls and cache writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .vocab_store import atomic_write_bytes, set_aside
+from .vocabulary import Label, Vocabulary, build_prompts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bundle import Bundle
+    from .teachers.base import Teacher
+
+log = logging.getLogger(__name__)
+
+#: Format version written into cache files.
+CACHE_VERSION = 1
+
+CacheKey = tuple[str, tuple[str, ...]]
+
+
+class TeacherMismatchError(ValueError):
+    """The teacher that was built (or a bundle) has another id than the service expects."""
+
+
+def cache_file_name(teacher_id: str) -> str:
+    """File name of the cache for ``teacher_id``: a readable prefix plus a hash of the id."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher_id).strip("._")[:80] or "teacher"
+    digest = hashlib.sha256(teacher_id.encode("utf-8")).hexdigest()[:12]
+    return f"{readable}-{digest}.npz"
+
+
+def _combine(prompt_embeddings: torch.Tensor, n_labels: int, n_templates: int) -> torch.Tensor:
+    """(n_labels * n_templates, D) prompt embeddings -> (n_labels, D), as build_zero_shot_classifier."""
+    emb = F.normalize(prompt_embeddings.float(), dim=-1)
+    emb = emb.view(n_labels, n_templates, -1).mean(dim=1)
+    return F.normalize(emb, dim=-1)
+
+
+class TextEmbeddingService:
+    """Label -> teacher text embedding, cached in memory and on disk (see module doc).
+
+    Args:
+        teacher_spec: the teacher record of a bundle (:func:`teacher_spec`), used to build
+            the teacher when no ``teacher_factory`` is given.
+        teacher_id: the id embeddings must come from (the bundle's teacher id).
+        templates: prompt templates, e.g. ``["a photo of a {name}."]``.
+        enrich: append each label's description to its prompts.
+        cache_dir: folder of the persistent cache; None keeps it in memory only.
+        teacher_factory: builds the teacher (called at most once, on first need).
+    """
+
+    def __init__(self, teacher_spec: dict, teacher_id: str, templates: Sequence[str],
+                 enrich: bool, cache_dir: str | Path | None = None,
+                 teacher_factory: Callable[[], "Teacher"] | None = None) -> None:
+        if isinstance(templates, str):
+            raise TypeError("templates must be a sequence of strings, not one string")
+        self.templates: tuple[str, ...] = tuple(templates)
+        if not self.templates:
+            raise ValueError("at least one prompt template is needed")
+        if not isinstance(teacher_id, str) or not teacher_id:
+            raise ValueError("teacher_id must be a non-empty string")
+        self.teacher_spec = dict(teacher_spec or {})
+        self.teacher_id = teacher_id
+        self.enrich = bool(enrich)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._factory = teacher_factory
+        self._teacher: Teacher | None = None
+        self._cache: dict[CacheKey, torch.Tensor] = {}
+        self._dim: int | None = None
+        self._lock = threading.Lock()          # guards _cache, _dim and the counters
+        self._teacher_lock = threading.Lock()  # serialises teacher load/calls and writes
+        self._hits = 0
+        self._misses = 0
+        self._teacher_loads = 0
+        #: Why the on-disk cache could not be used at start-up (None when fine or absent).
+        self.cache_error: str | None = None
+        if self.cache_dir is not None:
+            self._load_disk_cache()
+
+    # -- construction from a bundle -------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, bundle: "Bundle", cache_dir: str | Path | None = None,
+                    teacher_factory: Callable[[], "Teacher"] | None = None
+                    ) -> "TextEmbeddingService":
+        """A service for ``bundle``'s teacher and prompt settings, seeded with its embeddings."""
+        service = cls(bundle.teacher_spec, bundle.teacher_id, bundle.templates, bundle.enrich,
+                      cache_dir=cache_dir, teacher_factory=teacher_factory)
+        service.seed_from_bundle(bundle)
+        return service
+
+    def seed_from_bundle(self, bundle: "Bundle") -> int:
+        """Put the bundle's precomputed vocabulary embeddings into the cache; returns the count.
+
+        Keys use the bundle's own templates/enrich; the vectors are taken exactly as stored
+        (already normalised by the exporter). Seeded entries replace cached ones with
+        the same key (the bundle is authoritative) and are written to disk with the next
+        teacher call, not now. Raises :class:`TeacherMismatchError` for another teacher.
+        """
+        if bundle.teacher_id != self.teacher_id:
+            raise TeacherMismatchError(
+                f"bundle embeddings come from teacher {bundle.teacher_id!r} but this service "
+                f"serves {self.teacher_id!r}; they are not comparable")
+        emb = bundle.text_embeddings.detach().float().cpu()
+        if emb.ndim != 2 or emb.shape[0] != len(bundle.vocabulary):
+            raise ValueError(f"bundle text embeddings {tuple(emb.shape)} do not match its "
+                             f"{len(bundle.vocabulary)} labels")
+        with self._lock:
+            if self._dim is not None and self._dim != emb.shape[1]:
+                log.warning("text embedding cache for %s holds %d-d entries but the bundle's are "
+                            "%d-d; dropping the cached entries", self.teacher_id, self._dim,
+                            emb.shape[1])
+                self._cache.clear()
+            self._dim = int(emb.shape[1])
+            for label, vec in zip(bundle.vocabulary, emb):
+                key = (self.teacher_id, tuple(build_prompts(label, bundle.templates,
+                                                            bundle.enrich)))
+                self._cache[key] = vec.clone().contiguous()
+        return len(bundle.vocabulary)
+
+    # -- public API ------------------------------------------------------------------------
+    def key(self, label: Label) -> CacheKey:
+        """The cache key of ``label`` under this service's templates and enrichment."""
+        return (self.teacher_id, tuple(build_prompts(label, self.templates, self.enrich)))
+
+    def missing(self, labels: Sequence[Label]) -> list[Label]:
+        """The labels (unique, in order) that are not cached, i.e. would need the teacher."""
+        out: dict[CacheKey, Label] = {}
+        with self._lock:
+            for label in labels:
+                key = self.key(label)
+                if key not in self._cache and key not in out:
+                    out[key] = label
+        return list(out.values())
+
+    def embed(self, labels: Sequence[Label]) -> torch.Tensor:
+        """(L, D) float32 L2-normalised text embeddings of ``labels``, in order.
+
+        Cached labels cost nothing; all others are embedded in one teacher call (building
+        the teacher first if needed) and cached. An empty ``labels`` gives a (0, D) tensor
+        (D = 0 while nothing is known about the teacher).
+
+        Raises:
+            TeacherMismatchError: the built teacher has another id.
+            Exception: whatever building the teacher raises (e.g. ``TeacherWeightsMissing``).
+        """
+        labels = list(labels)
+        for i, label in enumerate(labels):
+            if not isinstance(label, Label):
+                raise TypeError(f"labels[{i}] is a {type(label).__name__}, expected a Label")
+        keys = [self.key(label) for label in labels]
+        with self._lock:
+            found = {k: self._cache[k] for k in keys if k in self._cache}
+        computed = 0
+        if len(found) < len(set(keys)):
+            with self._teacher_lock:
+                with self._lock:  # another thread may have computed some meanwhile
+                    found = {k: self._cache[k] for k in keys if k in self._cache}
+                todo: dict[CacheKey, Label] = {}
+                for k, label in zip(keys, labels):
+                    if k not in found and k not in todo:
+                        todo[k] = label
+                if todo:
+                    new = self._compute(list(todo))
+                    computed = len(todo)
+                    found.update(new)
+                    with self._lock:
+                        self._cache.update(new)
+                    self._save_disk_cache()
+        with self._lock:
+            self._misses += computed
+            self._hits += len(labels) - computed
+            dim = self._dim or 0
+        if not labels:
+            return torch.zeros(0, dim)
+        return torch.stack([found[k] for k in keys]).contiguous()
+
+    def embed_vocabulary(self, vocab: Vocabulary) -> torch.Tensor:
+        """(len(vocab), D) embeddings of a vocabulary's labels (see :meth:`embed`)."""
+        return self.embed(vocab.labels)
+
+    def warm(self) -> "Teacher":
+        """Build the teacher now (if not yet built) and return it."""
+        with self._teacher_lock:
+            return self._get_teacher()
+
+    @property
+    def teacher_loaded(self) -> bool:
+        """Whether the teacher has been built."""
+        return self._teacher is not None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: ``hits``, ``misses`` (labels sent to the teacher), ``teacher_loads``,
+        ``cached_entries``."""
+        with self._lock:
+            return {"hits": self._hits, "misses": self._misses,
+                    "teacher_loads": self._teacher_loads, "cached_entries": len(self._cache)}
+
+    @property
+    def cache_path(self) -> Path | None:
+        """The on-disk cache file for this teacher (None without a ``cache_dir``)."""
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / cache_file_name(self.teacher_id)
+
+    # -- internals (callers hold _teacher_lock) --------------------------------------------
+    def _get_teacher(self) -> "Teacher":
+        if self._teacher is None:
+            if self._factory is not None:
+                teacher = self._factory()
+            else:
+                from .teachers.factory import build_teacher, teacher_config_from_spec
+
+                teacher = build_teacher(teacher_config_from_spec(self.teacher_spec))
+            with self._lock:
+                self._teacher_loads += 1
+            if teacher.id != self.teacher_id:
+                raise TeacherMismatchError(
+                    f"the text teacher that was built is {teacher.id!r} but the embeddings "
+                    f"must come from {self.teacher_id!r}; they would not be comparable")
+            self._teacher = teacher
+            log.info("text embedding service: teacher %s loaded", teacher.id)
+        return self._teacher
+
+    def _compute(self, keys: list[CacheKey]) -> dict[CacheKey, torch.Tensor]:
+        """Embed the labels behind ``keys`` (their prompts) in one teacher call."""
+        teacher = self._get_teacher()
+        prompts = [p for _, label_prompts in keys for p in label_prompts]
+        n_templates = len(self.templates)
+        with torch.no_grad():
+            raw = teacher.encode_texts(prompts)
+        if raw.ndim != 2 or raw.shape[0] != len(prompts):
+            raise ValueError(f"teacher {teacher.id!r} returned {tuple(raw.shape)} for "
+                             f"{len(prompts)} prompts")
+        emb = _combine(raw.detach().cpu(), len(keys), n_templates)
+        with self._lock:
+            if self._dim is not None and self._dim != emb.shape[1]:
+                raise ValueError(f"teacher {teacher.id!r} gives {emb.shape[1]}-d embeddings but "
+                                 f"the cache holds {self._dim}-d ones")
+            self._dim = int(emb.shape[1])
+        return {k: emb[i].clone().contiguous() for i, k in enumerate(keys)}
+
+    def _load_disk_cache(self) -> None:
+        path = self.cache_path
+        assert path is not None
+        if not path.exists():
+            return
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                version = int(data["version"])
+                file_teacher = str(data["teacher_id"])
+                prompts = json.loads(str(data["prompts"]))
+                emb = np.asarray(data["embeddings"], dtype=np.float32)
+            if version != CACHE_VERSION:
+                raise ValueError(f"cache format version {version}, expected {CACHE_VERSION}")
+            if file_teacher != self.teacher_id:
+                raise ValueError(f"cache is for teacher {file_teacher!r}")
+            if (not isinstance(prompts, list) or emb.ndim != 2 or emb.shape[0] != len(prompts)
+                    or not all(isinstance(p, list) and all(isinstance(s, str) for s in p)
+                               for p in prompts)):
+                raise ValueError(f"inconsistent contents ({len(prompts)} keys, embeddings "
+                                 f"{emb.shape})")
+            if not np.isfinite(emb).all():
+                raise ValueError("non-finite embeddings")
+        except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+            moved = set_aside(path)
+            self.cache_error = (f"text embedding cache {path} is corrupt or unreadable ({exc}); "
+                                f"{'moved to ' + str(moved) if moved else 'left in place'}; "
+                                "starting with an empty cache")
+            log.warning("%s", self.cache_error)
+            return
+        tensor = torch.from_numpy(emb)
+        with self._lock:
+            self._dim = int(emb.shape[1]) if len(prompts) else self._dim
+            for p, vec in zip(prompts, tensor):
+                self._cache[(self.teacher_id, tuple(p))] = vec.clone()
+        log.info("text embedding cache %s: %d entries", path, len(prompts))
+
+    def _save_disk_cache(self) -> None:
+        path = self.cache_path
+        if path is None:
+            return
+        with self._lock:
+            items = list(self._cache.items())
+            dim = self._dim or 0
+        prompts = [list(k[1]) for k, _ in items]
+        emb = (torch.stack([v for _, v in items]).numpy() if items
+               else np.zeros((0, dim), np.float32))
+        buf = io.BytesIO()
+        np.savez(buf, version=np.array(CACHE_VERSION), teacher_id=np.array(self.teacher_id),
+                 prompts=np.array(json.dumps(prompts, ensure_ascii=False)),
+                 embeddings=emb.astype(np.float32))
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError as exc:
+            log.warning("could not write text embedding cache %s: %s (continuing in memory)",
+                        path, exc)
