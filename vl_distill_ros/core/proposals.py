@@ -249,18 +249,14 @@ def _background_modes(samples: np.ndarray, cfg: ProposalConfig) -> list[tuple[np
     remaining = samples
     total = len(samples)
     bins = np.array([16.0, 8.0, 8.0], np.float32)  # coarse Lab histogram cells
+    dims = np.array([16, 32, 32])
     for _ in range(cfg.max_background_modes):
         if len(remaining) == 0 or (modes and len(remaining) < cfg.min_mode_frac * total):
             break
-        q = np.minimum((remaining / bins).astype(np.int32), np.int32(255 // 8))
-        nb = 32
-        key = (q[:, 0] * nb + q[:, 1]) * nb + q[:, 2]
-        counts = np.bincount(key, minlength=nb ** 3).reshape(nb, nb, nb)
-        # a peak's mass includes its 3x3x3 neighbourhood (a colour straddling cell edges)
-        smooth = counts.astype(np.float32)
-        for axis in range(3):
-            smooth = smooth + np.roll(smooth, 1, axis) + np.roll(smooth, -1, axis)
-        peak = np.array(np.unravel_index(int(np.argmax(smooth)), smooth.shape))
+        q = np.minimum((remaining / bins).astype(np.int32), dims - 1)
+        key = (q[:, 0] * dims[1] + q[:, 1]) * dims[2] + q[:, 2]
+        peak = np.array(np.unravel_index(int(np.argmax(np.bincount(key))), tuple(dims)))
+        # the peak cell and its neighbours (a colour may straddle cell edges)
         near = np.all(np.abs(q - peak) <= 1, axis=1)
         if modes and near.sum() < cfg.min_mode_frac * total:
             break
@@ -375,6 +371,20 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
         is_outline = edge_count[i] >= cfg.min_edge_perimeter_frac * 2.0 * (w + h)
         if not (is_blob or is_outline):
             continue
+        # tighten to the component's "half maximum" outline: the weak threshold and the blur
+        # otherwise widen high-contrast objects by a pixel or two on every side
+        roi = labels[y:y + h, x:x + w] == i
+        roi_dist = dist[y:y + h, x:x + w]
+        peak = float(np.percentile(roi_dist[roi], 90))
+        keep = roi_dist >= max(cfg.weak_thresh, 0.5 * peak)
+        if not is_blob:  # an outline: Canny edges lie on both sides of the true boundary
+            keep |= edges[y:y + h, x:x + w]
+        keep &= roi
+        cols, rows = np.flatnonzero(keep.any(axis=0)), np.flatnonzero(keep.any(axis=1))
+        if cols.size and rows.size:
+            x, w = x + int(cols[0]), int(cols[-1] - cols[0]) + 1
+            y, h = y + int(rows[0]), int(rows[-1] - rows[0]) + 1
+            fx, fy, fw, fh = x * sx, y * sy, w * sx, h * sy
         candidates.append([fx, fy, fw, fh])
 
     # 5. merge, pad, sort, cap

@@ -171,7 +171,8 @@ def find_models(models_dir: str | Path) -> dict[str, Path]:
     return found
 
 
-def _unknown_keys_error(unknown: Sequence[str], available: Sequence[str], root: Path) -> RenderError:
+def _unknown_keys_error(unknown: Sequence[str], available: Sequence[str],
+                        root: Path) -> RenderError:
     hints = []
     for key in unknown:
         close = difflib.get_close_matches(key, available, n=3, cutoff=0.5)
@@ -288,8 +289,11 @@ class ObjectRenderer:
         self.supersample = max(1, int(supersample))
         self.texture_size = int(texture_size)
         self.max_bodies = max(2, int(max_bodies))
-        import pybullet  # local: keeps `import vl_distill_ros.core.data.render` light
-
+        try:
+            import pybullet  # local: keeps `import vl_distill_ros.core.data.render` light
+        except ImportError as exc:
+            raise RenderError(f"rendering needs pybullet ({exc}); install it with "
+                              "'pip install pybullet'") from None
         self._p = pybullet
         self._client: int | None = pybullet.connect(pybullet.DIRECT)
         self._tmp = tempfile.TemporaryDirectory(prefix="vl_distill_render_")
@@ -300,9 +304,10 @@ class ObjectRenderer:
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
         """Disconnect the pybullet client and delete the temporary textures."""
-        if self._client is not None:
+        client = getattr(self, "_client", None)  # absent if __init__ failed early
+        if client is not None:
             try:
-                self._p.disconnect(physicsClientId=self._client)
+                self._p.disconnect(physicsClientId=client)
             finally:
                 self._client = None
                 self._bodies.clear()
@@ -655,9 +660,11 @@ def validate_spec(spec: RenderSpec) -> None:
                 or name != name.strip():
             raise RenderError(f"split name {name!r} is not a valid folder name")
         if split.domain not in DOMAINS:
-            raise RenderError(f"splits.{name}.domain {split.domain!r} is not one of {list(DOMAINS)}")
+            raise RenderError(
+                f"splits.{name}.domain {split.domain!r} is not one of {list(DOMAINS)}")
         if not isinstance(split.views, int) or split.views < 1:
-            raise RenderError(f"splits.{name}.views must be a positive integer, got {split.views!r}")
+            raise RenderError(
+                f"splits.{name}.views must be a positive integer, got {split.views!r}")
         if not split.objects:
             raise RenderError(f"splits.{name}.objects is empty")
         for key in split.objects:
@@ -827,7 +834,8 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
         try:
             data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
-            raise RenderError(f"render config not found: {config_path}") from None
+            raise RenderError(f"render config not found: {config_path} (give the path of a "
+                              "render YAML such as config/render_ycb.yaml)") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise RenderError(f"{config_path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):

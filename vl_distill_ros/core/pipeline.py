@@ -1,0 +1,391 @@
+"""The perception pipeline: image -> boxes -> crops -> student -> open-vocabulary labels.
+
+ROS-free, so the node (:mod:`vl_distill_ros.ros.node`) and an offline replay evaluator run
+exactly the same code. One call of :meth:`PerceptionPipeline.process` handles one frame:
+
+1. **Boxes** from the configured crop source: ``proposals`` (the class-agnostic proposer of
+   :mod:`~vl_distill_ros.core.proposals`), ``full_frame`` (one box, e.g. for a hand camera)
+   or ``rois`` (fixed regions). Every box goes through
+   :func:`~vl_distill_ros.core.proposals.sanitize_boxes`: boxes are clipped to the image and
+   degenerate, non-finite or out-of-image boxes are dropped, so the network never sees an
+   empty crop.
+2. **Crops** of one frame are preprocessed into ONE batch and run through the student under
+   :func:`torch.inference_mode`.
+3. **Scores**: cosine similarity of each crop embedding to the active vocabulary's text
+   embeddings, turned into a distribution over the vocabulary with a softmax at
+   ``score_temperature``::
+
+       score[i, l] = softmax_l( cos(student(crop_i), text_l) / score_temperature )
+
+   The default temperature 0.01 equals CLIP's logit scale of 100. Scores are *relative* to
+   the active vocabulary (they sum to 1 over it).
+4. **Open set**: a crop whose best score is below ``unknown_threshold`` (or whose best raw
+   cosine is below ``min_similarity``, off by default) is labelled ``"unknown"`` with
+   ``known=False``; its ``top_k`` list still names the closest labels.
+
+Vocabulary swaps are atomic: :meth:`PerceptionPipeline.set_vocabulary` replaces one
+reference to a frozen :class:`ActiveVocabulary`; :meth:`~PerceptionPipeline.process` reads
+that reference once per frame, so a frame in flight finishes with the vocabulary it started
+with and reports that vocabulary's version. Settings (:class:`PipelineSettings`) are swapped
+the same way with :meth:`~PerceptionPipeline.configure`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .preprocess import preprocess_crops
+from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
+from .vocabulary import Vocabulary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bundle import Bundle
+
+__all__ = ["CROP_SOURCES", "UNKNOWN_LABEL", "ObjectResult", "ActiveVocabulary",
+           "PipelineSettings", "PerceptionPipeline", "PipelineError", "labels_document",
+           "draw_annotations", "rois_from_flat"]
+
+#: Valid values of ``crop_source``.
+CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")
+#: Label published for crops below the open-set threshold.
+UNKNOWN_LABEL = "unknown"
+#: Default softmax temperature (CLIP's logit scale 100).
+DEFAULT_TEMPERATURE = 0.01
+
+
+class PipelineError(ValueError):
+    """Invalid pipeline settings, vocabulary embeddings or input image; says why."""
+
+
+@dataclass
+class ObjectResult:
+    """One classified crop.
+
+    Attributes:
+        bbox: ``(x, y, w, h)`` integer pixel box in the input image.
+        label: best label name, or ``"unknown"`` below the open-set threshold.
+        score: softmax score of the best label (even when ``label`` is ``"unknown"``).
+        known: False when the crop was labelled ``"unknown"``.
+        top_k: the ``top_k`` best ``(label, score)`` pairs, best first.
+    """
+
+    bbox: tuple[int, int, int, int]
+    label: str
+    score: float
+    known: bool
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class ActiveVocabulary:
+    """The vocabulary in use: labels, their (L, D) unit text embeddings and a version number."""
+
+    vocabulary: Vocabulary
+    embeddings: torch.Tensor
+    version: int
+
+    @property
+    def names(self) -> list[str]:
+        """The label names, in order."""
+        return self.vocabulary.names
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Per-frame settings of :class:`PerceptionPipeline` (validated, immutable).
+
+    Attributes:
+        crop_source: ``proposals``, ``full_frame`` or ``rois``.
+        proposal_cfg: proposer settings (``proposals`` only).
+        rois: fixed ``(x, y, w, h)`` regions (``rois`` only); clipped to each frame.
+        unknown_threshold: best softmax score below this -> ``"unknown"`` (0 disables).
+        min_similarity: best raw cosine below this -> ``"unknown"`` (-1 disables).
+        top_k: number of ``(label, score)`` pairs reported per object.
+        score_temperature: softmax temperature applied to the cosine similarities.
+        min_box_size: boxes narrower or shorter than this (after clipping) are dropped.
+    """
+
+    crop_source: str = "proposals"
+    proposal_cfg: ProposalConfig = field(default_factory=ProposalConfig)
+    rois: tuple[tuple[int, int, int, int], ...] = ()
+    unknown_threshold: float = 0.5
+    min_similarity: float = -1.0
+    top_k: int = 3
+    score_temperature: float = DEFAULT_TEMPERATURE
+    min_box_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.crop_source not in CROP_SOURCES:
+            raise PipelineError(f"crop_source must be one of {list(CROP_SOURCES)}, got "
+                                f"{self.crop_source!r}")
+        rois = []
+        for i, roi in enumerate(self.rois):
+            if len(roi) != 4:
+                raise PipelineError(f"roi {i} must be (x, y, w, h), got {roi!r}")
+            rois.append(tuple(int(v) for v in roi))
+        object.__setattr__(self, "rois", tuple(rois))
+        if self.crop_source == "rois" and not self.rois:
+            raise PipelineError("crop_source 'rois' needs at least one roi (x, y, w, h)")
+        if not 0.0 <= float(self.unknown_threshold) <= 1.0:
+            raise PipelineError(f"unknown_threshold must be in [0, 1], got "
+                                f"{self.unknown_threshold}")
+        if not -1.0 <= float(self.min_similarity) <= 1.0:
+            raise PipelineError(f"min_similarity must be in [-1, 1], got {self.min_similarity}")
+        if int(self.top_k) < 1:
+            raise PipelineError(f"top_k must be >= 1, got {self.top_k}")
+        t = float(self.score_temperature)
+        if not (math.isfinite(t) and t > 0):
+            raise PipelineError(f"score_temperature must be > 0, got {self.score_temperature}")
+        if int(self.min_box_size) < 1:
+            raise PipelineError(f"min_box_size must be >= 1, got {self.min_box_size}")
+
+
+def rois_from_flat(values: Sequence[int]) -> tuple[tuple[int, int, int, int], ...]:
+    """``[x0, y0, w0, h0, x1, y1, ...]`` (a ROS integer-array parameter) -> tuple of boxes.
+
+    Raises:
+        PipelineError: the length is not a multiple of 4.
+    """
+    values = [int(v) for v in values]
+    if len(values) % 4:
+        raise PipelineError(f"rois must hold 4 integers (x, y, w, h) per region; got "
+                            f"{len(values)} values")
+    return tuple(tuple(values[i:i + 4]) for i in range(0, len(values), 4))  # type: ignore[misc]
+
+
+def _check_embeddings(vocab: Vocabulary, embeddings: torch.Tensor | np.ndarray,
+                      embed_dim: int) -> torch.Tensor:
+    emb = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor)
+                          else embeddings).detach().float().cpu()
+    if emb.ndim != 2 or emb.shape != (len(vocab), embed_dim):
+        raise PipelineError(f"text embeddings have shape {tuple(emb.shape)}, expected "
+                            f"({len(vocab)}, {embed_dim}) for {len(vocab)} labels")
+    if not torch.isfinite(emb).all():
+        raise PipelineError("text embeddings contain NaN or infinite values")
+    if (emb.norm(dim=1) < 1e-8).any():
+        raise PipelineError("a text embedding is the zero vector")
+    return F.normalize(emb, dim=-1).contiguous()
+
+
+class PerceptionPipeline:
+    """Classify the objects of a frame against the active (runtime-changeable) vocabulary.
+
+    Args:
+        bundle: a loaded bundle (its student is used in eval mode; see
+            :func:`~vl_distill_ros.core.bundle.load_bundle`).
+        crop_source: ``proposals``, ``full_frame`` or ``rois``.
+        proposal_cfg: proposer settings (default :class:`ProposalConfig`).
+        rois: fixed ``(x, y, w, h)`` regions for ``crop_source='rois'``.
+        unknown_threshold: best score below this -> ``"unknown"``.
+        top_k: ``(label, score)`` pairs reported per object.
+        score_temperature: softmax temperature over cosine similarities (0.01 = CLIP's 100).
+        vocabulary: initial vocabulary (default: the bundle's).
+        embeddings: its (L, D) text embeddings (required with ``vocabulary``).
+        min_similarity: best raw cosine below this -> ``"unknown"`` (-1 = off).
+        min_box_size: smallest box side kept after clipping.
+
+    Thread safety: :meth:`process` may run in one worker thread while other threads call
+    :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
+    threads at once (the student is shared).
+    """
+
+    def __init__(self, bundle: "Bundle", crop_source: str = "proposals",
+                 proposal_cfg: ProposalConfig | None = None,
+                 rois: Sequence[Sequence[int]] = (), unknown_threshold: float = 0.5,
+                 top_k: int = 3, score_temperature: float = DEFAULT_TEMPERATURE,
+                 vocabulary: Vocabulary | None = None,
+                 embeddings: torch.Tensor | None = None, min_similarity: float = -1.0,
+                 min_box_size: int = 4) -> None:
+        self.student = bundle.student.eval()
+        self.input_spec = bundle.input_spec
+        self.embed_dim = int(bundle.student.embed_dim)
+        try:
+            self.device = next(self.student.parameters()).device
+        except StopIteration:  # pragma: no cover - a student always has parameters
+            self.device = torch.device("cpu")
+        self._settings = PipelineSettings(
+            crop_source=crop_source, proposal_cfg=proposal_cfg or ProposalConfig(),
+            rois=tuple(tuple(r) for r in rois), unknown_threshold=float(unknown_threshold),
+            min_similarity=float(min_similarity), top_k=int(top_k),
+            score_temperature=float(score_temperature), min_box_size=int(min_box_size))
+        if vocabulary is None:
+            if embeddings is not None:
+                raise PipelineError("embeddings given without their vocabulary")
+            vocabulary, embeddings = bundle.vocabulary, bundle.text_embeddings
+        elif embeddings is None:
+            raise PipelineError("a vocabulary needs its text embeddings")
+        self._write_lock = threading.Lock()
+        self._active = ActiveVocabulary(vocabulary,
+                                        _check_embeddings(vocabulary, embeddings, self.embed_dim),
+                                        version=1)
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def active(self) -> ActiveVocabulary:
+        """The vocabulary the next frame will use."""
+        return self._active
+
+    @property
+    def settings(self) -> PipelineSettings:
+        """The settings the next frame will use."""
+        return self._settings
+
+    def set_vocabulary(self, vocab: Vocabulary, embeddings: torch.Tensor | np.ndarray) -> int:
+        """Atomically make ``vocab`` (with its (L, D) text embeddings) the active vocabulary.
+
+        Frames already being processed finish with the previous vocabulary. Returns the new
+        version (previous + 1).
+
+        Raises:
+            PipelineError: embeddings of the wrong shape, non-finite or zero.
+        """
+        emb = _check_embeddings(vocab, embeddings, self.embed_dim)
+        with self._write_lock:
+            new = ActiveVocabulary(vocab, emb, self._active.version + 1)
+            self._active = new  # one reference assignment: atomic for readers
+        return new.version
+
+    def configure(self, **changes: Any) -> PipelineSettings:
+        """Replace some settings (names of :class:`PipelineSettings`), validated, atomically.
+
+        ``rois`` may be given as boxes or as a flat ``[x, y, w, h, ...]`` list;
+        ``proposal_cfg`` may be a :class:`ProposalConfig` or a dict of its fields to change.
+
+        Raises:
+            PipelineError: an unknown name or an invalid value; nothing is changed then.
+        """
+        with self._write_lock:
+            current = self._settings
+            known = {f.name for f in dataclasses.fields(PipelineSettings)}
+            unknown = set(changes) - known
+            if unknown:
+                raise PipelineError(f"unknown pipeline settings {sorted(unknown)}")
+            if "rois" in changes:
+                rois = list(changes["rois"])
+                if rois and not isinstance(rois[0], (tuple, list)):
+                    changes["rois"] = rois_from_flat(rois)
+            if isinstance(changes.get("proposal_cfg"), dict):
+                try:
+                    changes["proposal_cfg"] = dataclasses.replace(current.proposal_cfg,
+                                                                  **changes["proposal_cfg"])
+                except (TypeError, ValueError) as exc:
+                    raise PipelineError(f"invalid proposal settings: {exc}") from None
+            try:
+                new = dataclasses.replace(current, **changes)
+            except (TypeError, ValueError) as exc:
+                raise PipelineError(str(exc)) from None
+            self._settings = new
+        return new
+
+    # -- per frame ------------------------------------------------------------------------
+    def boxes(self, image_rgb: np.ndarray, settings: PipelineSettings | None = None) -> list[Box]:
+        """The sanitized boxes the crop source gives for this frame (may be empty)."""
+        s = settings or self._settings
+        height, width = image_rgb.shape[:2]
+        if s.crop_source == "full_frame":
+            raw: list = [full_frame_box(width, height)]
+        elif s.crop_source == "rois":
+            raw = list(s.rois)
+        else:
+            raw = propose_boxes(image_rgb, s.proposal_cfg)
+        return sanitize_boxes(raw, width, height, min_size=s.min_box_size)
+
+    def process(self, image_rgb: np.ndarray) -> tuple[list[ObjectResult], int]:
+        """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame.
+
+        Returns:
+            ``(objects, vocabulary_version)``: one :class:`ObjectResult` per kept box (in box
+            order) and the version of the vocabulary the frame was scored against.
+
+        Raises:
+            PipelineError: the image is not a non-empty (H, W, 3) uint8 array.
+        """
+        active = self._active      # read once: a swap mid-frame does not affect this frame
+        settings = self._settings
+        image = np.asarray(image_rgb)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise PipelineError(f"expected an RGB uint8 image (H, W, 3), got shape "
+                                f"{image.shape} dtype {image.dtype}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise PipelineError(f"empty image of shape {image.shape}")
+        boxes = self.boxes(image, settings)
+        if not boxes:
+            return [], active.version
+        batch = preprocess_crops([crop(image, b) for b in boxes], self.input_spec)
+        with torch.inference_mode():
+            emb = self.student(torch.from_numpy(batch).to(self.device)).float().cpu()
+            emb = F.normalize(emb, dim=-1)
+            cos = emb @ active.embeddings.T                           # (N, L)
+            probs = torch.softmax(cos / settings.score_temperature, dim=-1)
+            k = min(int(settings.top_k), probs.shape[1])
+            top_p, top_i = probs.topk(k, dim=-1)
+            best_cos = cos.gather(1, top_i[:, :1]).squeeze(1)
+        names = active.vocabulary.names
+        top_p_l, top_i_l, best_cos_l = top_p.tolist(), top_i.tolist(), best_cos.tolist()
+        objects = []
+        for box, ps, idx, bc in zip(boxes, top_p_l, top_i_l, best_cos_l):
+            known = ps[0] >= settings.unknown_threshold and bc >= settings.min_similarity
+            objects.append(ObjectResult(
+                bbox=tuple(int(v) for v in box), label=names[idx[0]] if known else UNKNOWN_LABEL,
+                score=float(ps[0]), known=bool(known),
+                top_k=[(names[i], float(p)) for i, p in zip(idx, ps)]))
+        return objects, active.version
+
+
+def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,
+                    version: int, objects: Sequence[ObjectResult],
+                    score_digits: int = 6) -> dict:
+    """The JSON document published on ``~/labels`` for one frame.
+
+    Schema::
+
+        {"header": {"stamp": {"sec": int, "nanosec": int}, "frame_id": str},
+         "camera": str,                      # the image topic
+         "vocabulary_version": int,
+         "objects": [{"bbox": [x, y, w, h], "label": str, "score": float, "known": bool,
+                      "top_k": [[label, score], ...]}]}
+
+    Scores are rounded to ``score_digits`` decimals.
+    """
+    return {
+        "header": {"stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
+                   "frame_id": str(frame_id)},
+        "camera": str(camera),
+        "vocabulary_version": int(version),
+        "objects": [
+            {"bbox": [int(v) for v in o.bbox], "label": o.label,
+             "score": round(float(o.score), score_digits), "known": bool(o.known),
+             "top_k": [[str(name), round(float(s), score_digits)] for name, s in o.top_k]}
+            for o in objects],
+    }
+
+
+def draw_annotations(image: np.ndarray, objects: Sequence[ObjectResult]) -> np.ndarray:
+    """A copy of the RGB ``image`` with each object's box and ``label score`` drawn.
+
+    Known objects are drawn in green, unknown ones in red.
+    """
+    out = np.ascontiguousarray(np.array(image, dtype=np.uint8, copy=True))
+    height, width = out.shape[:2]
+    thickness = max(1, round(min(height, width) / 240))
+    font_scale = max(0.35, min(height, width) / 960)
+    for o in objects:
+        x, y, w, h = (int(v) for v in o.bbox)
+        colour = (40, 200, 40) if o.known else (220, 40, 40)
+        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, thickness)
+        text = f"{o.label} {o.score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y - 3 if y - th - base - 3 >= 0 else min(height - 1, y + th + 3)
+        cv2.rectangle(out, (x, ty - th - 2), (min(width - 1, x + tw + 2), ty + base - 1),
+                      colour, -1)
+        cv2.putText(out, text, (x + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return out
