@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vl-distill = vl_distill_ros.cli:main",
+            "vl_distill_node = vl_distill_ros.ros.node:main",
         ],
     },
 )

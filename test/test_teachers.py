@@ -108,6 +108,31 @@ def test_open_clip_local_checkpoint(tiny_teacher: OpenClipTeacher, tiny_arch: st
     assert teacher_id_for(cfg) == loaded.id
 
 
+def test_open_clip_tag_from_local_hub_cache(tiny_teacher: OpenClipTeacher, tiny_arch: str,
+                                            tmp_path: Path, monkeypatch) -> None:
+    """A tag whose file is already in the HF cache loads offline with the tag's settings."""
+    import open_clip.pretrained
+    from open_clip.transformer import QuickGELU
+
+    tag_cfg = {"hf_hub": "vld-test/tiny-clip/", "quick_gelu": True,
+               "mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5)}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, tiny_arch, {"fake_tag": tag_cfg})
+    repo = tmp_path / "models--vld-test--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.save(tiny_teacher._model.state_dict(), snapshot / "open_clip_pytorch_model.bin")
+
+    teacher = OpenClipTeacher(tiny_arch, "Fake-Tag", cache_dir=str(tmp_path))
+    assert teacher.id == f"open_clip:{tiny_arch}:fake_tag"
+    assert teacher_id_for(TeacherConfig(model=tiny_arch, pretrained="fake_tag")) == teacher.id
+    assert any(isinstance(m, QuickGELU) for m in teacher._model.modules())
+    normalize = teacher._preprocess.transforms[-1]
+    assert tuple(normalize.mean) == tag_cfg["mean"]
+    _assert_unit(teacher.encode_images(_images(2)))
+
+
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1",
                     reason="needs HF_HUB_OFFLINE=1 (set by conftest) so nothing is downloaded")
 def test_open_clip_missing_tag_weights_say_what_to_fetch() -> None:

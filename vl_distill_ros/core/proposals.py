@@ -76,13 +76,19 @@ class ProposalConfig:
     #: Weight of the lightness channel in the colour distance (chroma has weight 1); below 1
     #: so that shadows and lighting gradients count less than colour changes.
     lightness_weight: float = 0.6
+    #: Floor of a background colour's spread in rgb chromaticity ``(r, g) / (r + g + b)``.
+    min_chroma_sigma: float = 0.006
+    #: Pixels with the background's chromaticity and ``shadow_min_ratio`` to 1 times its
+    #: brightness are treated as shadowed table (their lightness change is ignored); 1.0
+    #: disables this. Darker same-hue objects are then found by their outline only.
+    shadow_min_ratio: float = 0.5
     #: Colour distance (in background spreads) above which a pixel is a confident object pixel.
     strong_thresh: float = 6.0
     #: Colour distance above which a pixel may extend an object that has confident pixels.
     weak_thresh: float = 3.5
     #: Canny thresholds on the blurred 8-bit Lab lightness of the working image.
-    canny_low: float = 40.0
-    canny_high: float = 100.0
+    canny_low: float = 30.0
+    canny_high: float = 80.0
     #: Side, in working-image pixels, of the square kernel of the closing that joins the
     #: pieces of one object (odd; 1 disables it).
     close_kernel: int = 5
@@ -234,60 +240,96 @@ def _merge_boxes(boxes: list[list[float]], iou_thresh: float,
 # ---------------------------------------------------------------------------------------
 # Background model
 # ---------------------------------------------------------------------------------------
-def _border_pixels(lab: np.ndarray, border: int) -> np.ndarray:
-    h, w = lab.shape[:2]
-    parts = [lab[:border].reshape(-1, 3), lab[h - border:].reshape(-1, 3),
-             lab[border:h - border, :border].reshape(-1, 3),
-             lab[border:h - border, w - border:].reshape(-1, 3)]
+def _border_pixels(img: np.ndarray, border: int) -> np.ndarray:
+    """The pixels of a ``border``-wide strip along the image edges, as ``(N, C)`` float32."""
+    h, w, c = img.shape
+    parts = [img[:border].reshape(-1, c), img[h - border:].reshape(-1, c),
+             img[border:h - border, :border].reshape(-1, c),
+             img[border:h - border, w - border:].reshape(-1, c)]
     return np.concatenate(parts).astype(np.float32)
 
 
-def _background_modes(samples: np.ndarray, cfg: ProposalConfig) -> list[tuple[np.ndarray,
-                                                                               np.ndarray]]:
-    """Dominant colours of the border samples: a list of (mean, sigma) per Lab channel."""
-    modes: list[tuple[np.ndarray, np.ndarray]] = []
-    remaining = samples
-    total = len(samples)
+@dataclass
+class _Mode:
+    """One background colour: Lab centre/spread, rgb chromaticity centre/spread, brightness."""
+
+    lab: np.ndarray
+    lab_sigma: np.ndarray
+    chroma: np.ndarray
+    chroma_sigma: np.ndarray
+    brightness: float
+
+
+def _chromaticity(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(r, g) / (r + g + b)`` (invariant to shading) and ``r + g + b`` of float RGB."""
+    total = rgb.sum(axis=-1) + np.float32(3.0)
+    return rgb[..., :2] / total[..., None], total
+
+
+def _background_modes(lab: np.ndarray, rgb: np.ndarray, cfg: ProposalConfig) -> list[_Mode]:
+    """Dominant colours of the border samples (``lab``/``rgb``: ``(N, 3)`` float32 each)."""
+    modes: list[_Mode] = []
+    total = len(lab)
     bins = np.array([16.0, 8.0, 8.0], np.float32)  # coarse Lab histogram cells
     dims = np.array([16, 32, 32])
     for _ in range(cfg.max_background_modes):
-        if len(remaining) == 0 or (modes and len(remaining) < cfg.min_mode_frac * total):
+        if len(lab) == 0 or (modes and len(lab) < cfg.min_mode_frac * total):
             break
-        q = np.minimum((remaining / bins).astype(np.int32), dims - 1)
+        q = np.minimum((lab / bins).astype(np.int32), dims - 1)
         key = (q[:, 0] * dims[1] + q[:, 1]) * dims[2] + q[:, 2]
         peak = np.array(np.unravel_index(int(np.argmax(np.bincount(key))), tuple(dims)))
         # the peak cell and its neighbours (a colour may straddle cell edges)
         near = np.all(np.abs(q - peak) <= 1, axis=1)
         if modes and near.sum() < cfg.min_mode_frac * total:
             break
-        members = remaining[near]
-        # refine: robust centre and spread of the peak's members
+        # robust centre and spread of the peak's members
+        members = lab[near]
         centre = np.median(members, axis=0)
-        mad = np.median(np.abs(members - centre), axis=0) * 1.4826
-        sigma = np.maximum(mad, cfg.min_sigma).astype(np.float32)
-        modes.append((centre.astype(np.float32), sigma))
+        sigma = np.maximum(np.median(np.abs(members - centre), axis=0) * 1.4826, cfg.min_sigma)
+        chroma, bright = _chromaticity(rgb[near])
+        c_centre = np.median(chroma, axis=0)
+        c_sigma = np.maximum(np.median(np.abs(chroma - c_centre), axis=0) * 1.4826,
+                             cfg.min_chroma_sigma)
+        modes.append(_Mode(centre.astype(np.float32), sigma.astype(np.float32),
+                           c_centre.astype(np.float32), c_sigma.astype(np.float32),
+                           float(np.median(bright))))
         # drop every sample this mode explains before looking for the next one
-        z = (remaining - centre) / sigma
+        z = (lab - centre) / sigma
         explained = np.einsum("ij,ij->i", z, z) < (cfg.weak_thresh ** 2) * 3.0
-        remaining = remaining[~(explained | near)]
+        lab, rgb = lab[~(explained | near)], rgb[~(explained | near)]
     return modes
 
 
-def _colour_distance(lab: np.ndarray, modes: list[tuple[np.ndarray, np.ndarray]],
-                     lightness_weight: float) -> np.ndarray:
-    """Per-pixel distance to the nearest background mode, in units of its spread."""
+def _colour_distance(lab: np.ndarray, rgb: np.ndarray, modes: list[_Mode],
+                     cfg: ProposalConfig) -> np.ndarray:
+    """Per-pixel distance to the nearest background mode, in units of its spread.
+
+    Pixels that look like the mode in shadow (same chromaticity, ``shadow_min_ratio`` to 1
+    times as bright) get their chromaticity distance instead of the Lab distance.
+    """
     best: np.ndarray | None = None
-    wl = np.float32(lightness_weight)
-    for centre, sigma in modes:
-        inv = (1.0 / sigma).astype(np.float32)
-        scale = np.array([wl * inv[0], inv[1], inv[2]], np.float32)
+    wl = float(cfg.lightness_weight)
+    weak2 = np.float32(cfg.weak_thresh ** 2)
+    rgb_flat = rgb.reshape(-1, 3)
+    for mode in modes:
+        inv = 1.0 / mode.lab_sigma
         # (lab - centre) * scale, squared and summed over channels, in float32 via OpenCV
-        z = cv2.multiply(cv2.subtract(lab, tuple(float(c) for c in centre) + (0.0,)),
-                         tuple(float(s) for s in scale) + (0.0,))
-        d2 = cv2.transform(cv2.multiply(z, z), np.ones((1, 3), np.float32))
+        z = cv2.multiply(cv2.subtract(lab, tuple(float(c) for c in mode.lab) + (0.0,)),
+                         (wl * float(inv[0]), float(inv[1]), float(inv[2]), 0.0))
+        d2 = cv2.transform(cv2.multiply(z, z), np.ones((1, 3), np.float32)).reshape(-1)
+        if cfg.shadow_min_ratio < 1.0:
+            # only pixels that would otherwise count as object can be shadow
+            idx = np.flatnonzero(d2 > weak2)
+            if idx.size:
+                chroma, total = _chromaticity(rgb_flat[idx])
+                ratio = total * np.float32(1.0 / mode.brightness)
+                zc = (chroma - mode.chroma) * (1.0 / mode.chroma_sigma)
+                c2 = np.einsum("ij,ij->i", zc, zc)
+                shadow = (ratio >= cfg.shadow_min_ratio) & (ratio <= 1.0) & (c2 < d2[idx])
+                d2[idx[shadow]] = c2[shadow]
         best = d2 if best is None else np.minimum(best, d2)
     assert best is not None
-    return np.sqrt(best.reshape(lab.shape[:2]))
+    return np.sqrt(best).reshape(lab.shape[:2])
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,6 +355,8 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.strides[1] != 3 or image.strides[2] != 1:  # e.g. a channel-reversed view
+        image = np.ascontiguousarray(image)
     height, width = image.shape[:2]
     if height < 8 or width < 8 or cfg.max_count == 0:
         return []
@@ -330,11 +374,14 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
         small = cv2.GaussianBlur(small, (0, 0), cfg.blur_sigma)
     lab_u8 = cv2.cvtColor(small, cv2.COLOR_RGB2Lab)
     lab = lab_u8.astype(np.float32)
+    rgb = small.astype(np.float32)
 
     # 2.-3. background model, colour distance, edges
     border = max(2, int(round(cfg.border_frac * min(wh, ww))))
-    modes = _background_modes(_border_pixels(lab, border), cfg)
-    dist = _colour_distance(lab, modes, cfg.lightness_weight)
+    # every other border pixel is plenty for the statistics
+    modes = _background_modes(_border_pixels(lab, border)[::2], _border_pixels(rgb, border)[::2],
+                              cfg)
+    dist = _colour_distance(lab, rgb, modes, cfg)
     strong = (dist > cfg.strong_thresh).view(np.uint8)
     weak = (dist > cfg.weak_thresh).view(np.uint8)
     edges = cv2.Canny(lab_u8[..., 0].copy(), cfg.canny_low, cfg.canny_high) > 0
@@ -375,7 +422,9 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
         # otherwise widen high-contrast objects by a pixel or two on every side
         roi = labels[y:y + h, x:x + w] == i
         roi_dist = dist[y:y + h, x:x + w]
-        peak = float(np.percentile(roi_dist[roi], 90))
+        vals = roi_dist[roi]
+        k90 = int(0.9 * (vals.size - 1))
+        peak = float(np.partition(vals, k90)[k90])
         keep = roi_dist >= max(cfg.weak_thresh, 0.5 * peak)
         if not is_blob:  # an outline: Canny edges lie on both sides of the true boundary
             keep |= edges[y:y + h, x:x + w]

@@ -26,9 +26,10 @@ every rank read it::
     targets = cache.lookup(keys)   # every rank, rank 0 included; KeyError if anything is absent
 
 Every read rescans the folder for shards written by other processes, so an instance created
-before the barrier still sees everything rank 0 wrote. Concurrent *writers* never corrupt each other (unique shard
-names, atomic renames) but would duplicate work, and a writer's :meth:`compact` can remove a
-shard while another process lists the folder (that process then just recomputes).
+before the barrier still sees everything rank 0 wrote. Concurrent *writers* never corrupt each
+other (unique shard names, atomic renames) but would duplicate work, and a writer's
+:meth:`compact` can remove a shard while another process lists the folder (that process then
+just recomputes).
 """
 from __future__ import annotations
 

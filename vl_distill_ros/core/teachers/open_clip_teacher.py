@@ -17,7 +17,6 @@ import functools
 import hashlib
 import logging
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -87,7 +86,7 @@ def _missing_file_error(model: str, path: str) -> TeacherWeightsMissing:
 def open_clip_teacher_id(model: str, pretrained: str | None) -> str:
     """The :attr:`OpenClipTeacher.id` for these settings, computed without loading weights.
 
-    * tag: ``open_clip:<model>:<tag>``
+    * tag: ``open_clip:<model>:<tag>`` (tag lower-cased, ``-`` as ``_``, as open_clip reads it)
     * local file: ``open_clip:<model>:file:<basename>:<first 12 hex of its SHA-256>``
       (the file is hashed; the result is memoised)
     * ``None``: ``open_clip:<model>:random-init-seed0``
@@ -96,7 +95,8 @@ def open_clip_teacher_id(model: str, pretrained: str | None) -> str:
     if not pretrained:
         return f"open_clip:{model}:random-init-seed{RANDOM_INIT_SEED}"
     if pretrained_tag_cfg(model, pretrained):
-        return f"open_clip:{model}:{pretrained}"
+        # open_clip matches tags case-insensitively with '-' == '_'; name them one way.
+        return f"open_clip:{model}:{pretrained.lower().replace('-', '_')}"
     path = os.path.expanduser(pretrained)
     if not os.path.isfile(path):
         raise _missing_file_error(model, pretrained)
@@ -157,16 +157,23 @@ def weights_missing_message(model: str, tag: str, tag_cfg: dict, cache_dir: str 
                      + ").")
     if tag_cfg.get("url") and not repo:
         lines.append(f"Download: {tag_cfg['url']}")
+    filename = files[-1] if repo else os.path.basename(tag_cfg.get("url", "")) or "checkpoint.bin"
+    quick = f"{model}-quickgelu"
+    needs_quick = (tag_cfg.get("quick_gelu") and not model.endswith("-quickgelu")
+                   and _open_clip().get_model_config(quick) is not None)
     lines.append("Then either (a) copy it anywhere and set "
-                 f"`teacher.pretrained: /path/to/{files[-1] if repo else os.path.basename(tag_cfg.get('url', 'checkpoint.bin'))}` "
-                 "in the training config (or override teacher.pretrained=/path/...)"
-                 + (f" and, because this tag uses QuickGELU, `teacher.model: {model}-quickgelu`"
-                    if tag_cfg.get("quick_gelu") and not model.endswith("-quickgelu") else "")
-                 + ", or (b) on a connected machine run "
-                 + (f"`huggingface-cli download {repo} {files[-1]}`" if repo else
-                    "open_clip.create_model_and_transforms once")
-                 + f" and copy its cache into {cache_dir or hub_cache} here "
-                 "(HF_HOME / HF_HUB_CACHE move it).")
+                 f"`teacher.pretrained: /path/to/{filename}` in the training config "
+                 "(or override teacher.pretrained=/path/...)"
+                 + (f" together with `teacher.model: {quick}` (this tag was trained with "
+                    "QuickGELU)" if needs_quick else "") + ",")
+    if repo:
+        lines.append(f"or (b) on a connected machine run `huggingface-cli download {repo} "
+                     f"{filename}` and copy the resulting cache folder models--"
+                     f"{repo.replace('/', '--')} into {cache_dir or hub_cache} here "
+                     "(HF_HOME / HF_HUB_CACHE relocate it); the tag then works offline.")
+    else:
+        lines.append(f"or (b) put it at {os.path.join(cache_dir or '~/.cache/clip', filename)}; "
+                     "the tag then works offline.")
     if cause is not None:
         lines.append(f"Cause: {type(cause).__name__}: {str(cause)[:300]}")
     return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""PerceptionPipeline (ROS-free): scoring math, open set, top-k, crop sources, box sanitising,
+atomic vocabulary swaps, the labels JSON document and annotation drawing.
+
+The bundles here use a fake 16-d teacher space (random unit text embeddings) and an untrained
+student whose projection head is overwritten: weight = 0 and bias = a chosen direction, so the
+student outputs that direction for every crop and the expected scores can be computed by hand.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vl_distill_ros.core.bundle import load_bundle, save_bundle
+from vl_distill_ros.core.config import StudentConfig
+from vl_distill_ros.core.pipeline import (UNKNOWN_LABEL, PerceptionPipeline, PipelineError,
+                                          draw_annotations, labels_document, rois_from_flat)
+from vl_distill_ros.core.proposals import ProposalConfig
+from vl_distill_ros.core.student import build_student
+from vl_distill_ros.core.vocabulary import Vocabulary
+
+DIM = 16
+SMALL = StudentConfig(backbone="mobilenet_v3_small", pretrained="none", image_size=64)
+NAMES = ["banana", "mug", "power drill", "scissors"]
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    return F.normalize(v.float(), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def text_emb() -> torch.Tensor:
+    return unit(torch.randn(len(NAMES), DIM, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.fixture(scope="module")
+def direction(text_emb) -> torch.Tensor:
+    """What the student outputs for every crop: close to 'power drill', not equal to it."""
+    noise = torch.randn(DIM, generator=torch.Generator().manual_seed(1))
+    return unit(text_emb[2] + 0.3 * unit(noise))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, text_emb, direction):
+    student = build_student(SMALL, DIM)
+    with torch.no_grad():  # constant output: the trick described in the module docstring
+        student.head.weight.zero_()
+        student.head.bias.copy_(direction)
+    path = save_bundle(tmp_path_factory.mktemp("bundle") / "b.vdb", student, text_emb,
+                       Vocabulary.from_names(NAMES), "fake-teacher:v1",
+                       {"backend": "fake", "id": "fake-teacher:v1"},
+                       ["a photo of a {name}."], enrich=False)
+    return load_bundle(path)
+
+
+def expected_scores(direction, text_emb, temperature):
+    return torch.softmax((text_emb @ direction) / temperature, dim=0)
+
+
+def frame(h=48, w=64, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
+
+
+class BatchRecorder:
+    """Forward hook that records the batch shapes the student sees."""
+
+    def __init__(self, student):
+        self.shapes = []
+        self.handle = student.register_forward_hook(
+            lambda mod, inp, out: self.shapes.append(tuple(inp[0].shape)))
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_full_frame_scores_match_softmax_of_cosines(bundle, direction, text_emb):
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0, top_k=3)
+    objects, version = pipe.process(frame())
+    assert version == 1 and len(objects) == 1
+    o = objects[0]
+    probs = expected_scores(direction, text_emb, 0.01)
+    assert o.bbox == (0, 0, 64, 48)
+    assert o.label == "power drill" and o.known
+    assert o.score == pytest.approx(float(probs.max()), abs=1e-4)
+    order = torch.argsort(probs, descending=True)[:3].tolist()
+    assert [name for name, _ in o.top_k] == [NAMES[i] for i in order]
+    assert [s for _, s in o.top_k] == pytest.approx([float(probs[i]) for i in order], abs=1e-4)
+
+
+def test_top_k_is_capped_sorted_and_scores_sum_to_one(bundle):
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame", top_k=10, score_temperature=1.0,
+                              unknown_threshold=0.0)
+    (o,), _ = pipe.process(frame())
+    scores = [s for _, s in o.top_k]
+    assert len(o.top_k) == len(NAMES)
+    assert scores == sorted(scores, reverse=True)
+    assert sum(scores) == pytest.approx(1.0, abs=1e-5)
+    pipe.configure(top_k=1)
+    (o,), _ = pipe.process(frame())
+    assert len(o.top_k) == 1 and o.top_k[0][0] == o.label
+
+
+def test_unknown_threshold_and_min_similarity(bundle, direction, text_emb):
+    # temperature 1: scores are nearly uniform over 4 labels, far below 0.9
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.9,
+                              score_temperature=1.0)
+    (o,), _ = pipe.process(frame())
+    assert o.label == UNKNOWN_LABEL and o.known is False
+    assert o.score < 0.9 and o.top_k[0][0] == "power drill"  # closest labels still reported
+    pipe.configure(unknown_threshold=0.0)
+    (o,), _ = pipe.process(frame())
+    assert o.label == "power drill" and o.known
+    best_cos = float((text_emb @ direction).max())
+    pipe.configure(min_similarity=min(1.0, best_cos + 0.01))
+    (o,), _ = pipe.process(frame())
+    assert o.label == UNKNOWN_LABEL and not o.known
+    pipe.configure(min_similarity=best_cos - 0.01)
+    (o,), _ = pipe.process(frame())
+    assert o.known
+
+
+def test_rois_degenerate_boxes_dropped_and_one_batch(bundle):
+    rois = [(-20, -20, 10, 10),   # fully outside -> dropped
+            (5, 5, 0, 10),        # zero width -> dropped
+            (50, 30, 100, 100),   # partly outside -> clipped to (50, 30, 14, 18)
+            (1, 1, 2, 2),         # smaller than min_box_size -> dropped
+            (10, 10, 20, 20)]     # fine
+    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=rois, unknown_threshold=0.0)
+    rec = BatchRecorder(bundle.student)
+    try:
+        objects, _ = pipe.process(frame(48, 64))
+    finally:
+        rec.close()
+    assert [o.bbox for o in objects] == [(50, 30, 14, 18), (10, 10, 20, 20)]
+    assert rec.shapes == [(2, 3, 64, 64)]  # the crops of one frame: ONE batch
+    # all boxes degenerate: nothing reaches the network
+    pipe.configure(rois=[(-5, -5, 3, 3), (70, 0, 10, 10)])
+    rec = BatchRecorder(bundle.student)
+    try:
+        objects, version = pipe.process(frame(48, 64))
+    finally:
+        rec.close()
+    assert objects == [] and version == 1 and rec.shapes == []
+
+
+def test_proposals_mode_finds_objects_on_a_plain_table(bundle):
+    image = np.full((120, 160, 3), (200, 190, 170), np.uint8)
+    image[20:60, 20:60] = (200, 30, 30)
+    image[70:110, 100:150] = (30, 60, 200)
+    pipe = PerceptionPipeline(bundle, crop_source="proposals", unknown_threshold=0.0,
+                              proposal_cfg=ProposalConfig(max_count=5))
+    rec = BatchRecorder(bundle.student)
+    try:
+        objects, _ = pipe.process(image)
+        empty, _ = pipe.process(np.full((120, 160, 3), 128, np.uint8))
+    finally:
+        rec.close()
+    assert len(objects) == 2
+    for o in objects:
+        x, y, w, h = o.bbox
+        assert x >= 0 and y >= 0 and w >= 4 and h >= 4 and x + w <= 160 and y + h <= 120
+    assert empty == []
+    assert rec.shapes == [(2, 3, 64, 64)]
+
+
+def test_vocabulary_swap_is_atomic_and_versioned(bundle, direction, text_emb):
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0)
+    new_vocab = Vocabulary.from_names(["cup", "cordless drill"])
+    new_emb = torch.stack([text_emb[1], direction])  # 'cordless drill' == student output
+    # a swap that happens while a frame is in the network does not affect that frame
+    swapped = {}
+
+    def swap_mid_frame(mod, inp, out):
+        if not swapped:
+            swapped["version"] = pipe.set_vocabulary(new_vocab, new_emb)
+
+    handle = bundle.student.register_forward_hook(swap_mid_frame)
+    try:
+        (o,), version = pipe.process(frame())
+    finally:
+        handle.remove()
+    assert swapped["version"] == 2
+    assert version == 1 and o.label == "power drill"       # in-flight frame: old vocabulary
+    (o,), version = pipe.process(frame())
+    assert version == 2 and o.label == "cordless drill"    # next frame: new vocabulary
+    assert o.score == pytest.approx(1.0, abs=1e-3)
+    assert pipe.active.version == 2 and pipe.active.names == ["cup", "cordless drill"]
+    with pytest.raises(PipelineError, match="shape"):
+        pipe.set_vocabulary(new_vocab, text_emb)          # 4 rows for 2 labels
+    with pytest.raises(PipelineError, match="NaN"):
+        pipe.set_vocabulary(new_vocab, torch.full((2, DIM), float("nan")))
+    assert pipe.active.version == 2                         # failed swaps change nothing
+
+
+def test_settings_validation(bundle):
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame")
+    for bad in ({"crop_source": "everything"}, {"top_k": 0}, {"score_temperature": 0.0},
+                {"unknown_threshold": 1.5}, {"crop_source": "rois", "rois": []},
+                {"nonsense": 1}, {"proposal_cfg": {"min_area_frac": 0.9, "max_area_frac": 0.1}}):
+        with pytest.raises(PipelineError):
+            pipe.configure(**bad)
+    assert pipe.settings.crop_source == "full_frame"
+    s = pipe.configure(crop_source="rois", rois=[0, 0, 8, 8, 4, 4, 10, 10])
+    assert s.rois == ((0, 0, 8, 8), (4, 4, 10, 10))
+    assert rois_from_flat([1, 2, 3, 4]) == ((1, 2, 3, 4),)
+    with pytest.raises(PipelineError, match="multiple|4 integers"):
+        rois_from_flat([1, 2, 3, 4, 5])
+    with pytest.raises(PipelineError, match="RGB uint8"):
+        pipe.process(np.zeros((10, 10), np.uint8))
+    with pytest.raises(PipelineError):
+        PerceptionPipeline(bundle, crop_source="bogus")
+
+
+def test_labels_document_schema(bundle):
+    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(0, 0, 32, 24), (32, 24, 32, 24)],
+                              unknown_threshold=0.0, top_k=2)
+    objects, version = pipe.process(frame())
+    doc = labels_document(12, 345, "cam_optical", "/cam/image", version, objects)
+    doc = json.loads(json.dumps(doc))  # JSON-serialisable as published
+    assert set(doc) == {"header", "camera", "vocabulary_version", "objects"}
+    assert doc["header"] == {"stamp": {"sec": 12, "nanosec": 345}, "frame_id": "cam_optical"}
+    assert doc["camera"] == "/cam/image" and doc["vocabulary_version"] == 1
+    assert len(doc["objects"]) == 2
+    for obj, o in zip(doc["objects"], objects):
+        assert set(obj) == {"bbox", "label", "score", "known", "top_k"}
+        assert obj["bbox"] == list(o.bbox) and all(isinstance(v, int) for v in obj["bbox"])
+        assert obj["label"] == o.label and isinstance(obj["known"], bool)
+        assert isinstance(obj["score"], float)
+        assert len(obj["top_k"]) == 2 and all(len(p) == 2 for p in obj["top_k"])
+
+
+def test_draw_annotations_draws_on_a_copy(bundle):
+    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(10, 10, 30, 20)],
+                              unknown_threshold=0.0)
+    image = np.zeros((48, 64, 3), np.uint8)
+    objects, _ = pipe.process(image)
+    out = draw_annotations(image, objects)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert image.max() == 0                  # input untouched
+    assert out[10:30, 10].any()               # left edge of the box drawn
+    assert not out[45:, 50:].any()            # far from the box: untouched

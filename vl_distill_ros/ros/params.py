@@ -1,0 +1,206 @@
+"""Every parameter of ``vl_distill_node``, declared up front with a descriptor.
+
+:data:`PARAMETERS` is the single source of truth: :func:`declare_parameters` declares each
+entry on the node with a :class:`rcl_interfaces.msg.ParameterDescriptor` (description,
+type, ``read_only`` for what only takes effect at start-up, and integer/floating-point
+ranges that rclpy enforces on every set), ``config/vl_distill.yaml`` lists the same names
+with the same defaults, and ``docs/node.md`` documents them in a table (a test checks all
+three agree).
+
+The table itself is ROS-free (types are named by strings), so it can be read without rclpy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rclpy.node import Node
+
+#: Parameter types used here -> rcl_interfaces ParameterType constant names.
+TYPE_NAMES: dict[str, str] = {
+    "bool": "PARAMETER_BOOL",
+    "integer": "PARAMETER_INTEGER",
+    "double": "PARAMETER_DOUBLE",
+    "string": "PARAMETER_STRING",
+    "string_array": "PARAMETER_STRING_ARRAY",
+    "integer_array": "PARAMETER_INTEGER_ARRAY",
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: name, default, type, documentation and constraints."""
+
+    name: str
+    default: Any
+    type: str
+    description: str
+    read_only: bool = False
+    #: (from, to) inclusive bounds, enforced by rclpy for integer/double parameters.
+    range: tuple[float, float] | None = None
+    #: Free-text constraints shown by ``ros2 param describe`` (e.g. allowed values).
+    constraints: str = ""
+
+
+#: Every parameter of the node, in the order they are declared and documented.
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # -- start-up (read-only) -----------------------------------------------------------------
+    ParamSpec("model_path", "", "string",
+              "Exported student bundle (.vdb) to load. Empty: the bundle shipped with the "
+              "package (vl_distill_ros/models/default_student.vdb).", read_only=True),
+    ParamSpec("image_topics", ["image"], "string_array",
+              "Camera topics (sensor_msgs/Image) to subscribe to; relative names resolve in "
+              "the node's namespace, so remapping 'image' works as usual. One model serves "
+              "all of them.", read_only=True),
+    ParamSpec("qos_reliability", "best_effort", "string",
+              "Reliability of the image subscriptions (sensor-data QoS otherwise).",
+              read_only=True, constraints="best_effort or reliable"),
+    ParamSpec("qos_depth", 1, "integer",
+              "History depth of the image subscriptions. Frames are processed 'latest wins' "
+              "per camera regardless, so a deeper queue only adds latency.",
+              read_only=True, range=(1, 100)),
+    ParamSpec("device", "auto", "string",
+              "Torch device of the student: cpu, cuda, cuda:N, or auto (cuda when available).",
+              read_only=True),
+    ParamSpec("torch_threads", 0, "integer",
+              "Intra-op CPU threads for torch (torch.set_num_threads); 0 keeps torch's default.",
+              read_only=True, range=(0, 256)),
+    ParamSpec("text_cache_dir", "~/.cache/vl_distill_ros/text_embeddings", "string",
+              "Directory of the persistent label text-embedding cache (one file per teacher); "
+              "empty disables the disk cache.", read_only=True),
+    ParamSpec("vocabulary_store", "", "string",
+              "YAML file the active vocabulary is saved to (~/save_vocabulary, "
+              "persist_vocabulary). Empty: $ROS_HOME/vl_distill_ros/<namespace_node>"
+              ".vocabulary.yaml (ROS_HOME defaults to ~/.ros).", read_only=True),
+    ParamSpec("diagnostics_period", 1.0, "double",
+              "Seconds between diagnostic_msgs/DiagnosticArray messages on /diagnostics.",
+              read_only=True, range=(0.05, 60.0)),
+    # -- vocabulary (dynamic) -----------------------------------------------------------------
+    ParamSpec("labels", [], "string_array",
+              "Active label names. Empty at start-up: the bundle's vocabulary. After start-up "
+              "it always shows the active (or being embedded) vocabulary. Setting it alone "
+              "keeps the descriptions of names that stay and clears the others.",
+              constraints="1..1000 unique (case-insensitive) non-empty names of <= 64 chars"),
+    ParamSpec("descriptions", [], "string_array",
+              "One-sentence appearance descriptions, empty or one per label (same order); "
+              "used for language enrichment when the bundle was exported with it.",
+              constraints="empty or len(labels) entries of <= 300 chars"),
+    ParamSpec("vocabulary_file", "", "string",
+              "Vocabulary YAML to load (format of config/ycb_vocabulary.yaml). Setting it "
+              "replaces labels and descriptions; setting labels clears it."),
+    ParamSpec("persist_vocabulary", False, "bool",
+              "Save every accepted vocabulary change to vocabulary_store, and start with the "
+              "stored vocabulary (it takes precedence over labels/vocabulary_file)."),
+    # -- crops (dynamic) ----------------------------------------------------------------------
+    ParamSpec("crop_source", "proposals", "string",
+              "Where crops come from: proposals (class-agnostic proposer), full_frame (one "
+              "crop, e.g. a hand camera) or rois (fixed regions from 'rois').",
+              constraints="proposals, full_frame or rois"),
+    ParamSpec("rois", [], "integer_array",
+              "Fixed regions for crop_source=rois, flattened: [x0, y0, w0, h0, x1, y1, ...] in "
+              "pixels. Clipped to each frame; degenerate ones are dropped.",
+              constraints="a multiple of 4 integers"),
+    ParamSpec("proposal_min_area_frac", 0.002, "double",
+              "Proposals: smallest box kept, as a fraction of the frame area.",
+              range=(0.0, 1.0)),
+    ParamSpec("proposal_max_area_frac", 0.6, "double",
+              "Proposals: largest box kept, as a fraction of the frame area.",
+              range=(0.0, 1.0)),
+    ParamSpec("proposal_max_count", 10, "integer",
+              "Proposals: most boxes per frame (largest first); they go through the student "
+              "as one batch.", range=(1, 256)),
+    ParamSpec("proposal_pad_frac", 0.1, "double",
+              "Proposals: fraction of a box's size added on each side.", range=(0.0, 1.0)),
+    ParamSpec("min_box_size", 4, "integer",
+              "Boxes narrower or shorter than this many pixels after clipping are dropped.",
+              range=(1, 4096)),
+    # -- scoring (dynamic) --------------------------------------------------------------------
+    ParamSpec("unknown_threshold", 0.5, "double",
+              "Open set: a crop whose best softmax score is below this is labelled 'unknown' "
+              "(known: false). 0 disables.", range=(0.0, 1.0)),
+    ParamSpec("min_similarity", -1.0, "double",
+              "Open set: a crop whose best raw cosine similarity is below this is labelled "
+              "'unknown' (useful with tiny vocabularies, where softmax scores are high "
+              "anyway). -1 disables.", range=(-1.0, 1.0)),
+    ParamSpec("top_k", 3, "integer", "Number of [label, score] pairs reported per object.",
+              range=(1, 100)),
+    ParamSpec("score_temperature", 0.01, "double",
+              "Softmax temperature over cosine similarities; 0.01 equals CLIP's logit scale "
+              "100.", range=(0.0001, 10.0)),
+    # -- outputs (dynamic) --------------------------------------------------------------------
+    ParamSpec("publish_annotated", False, "bool",
+              "Publish ~/image_annotated (sensor_msgs/Image, rgb8) with boxes and labels."),
+)
+
+#: Parameters that change the vocabulary.
+VOCABULARY_PARAMS = frozenset({"labels", "descriptions", "vocabulary_file"})
+#: Parameters that change :class:`~vl_distill_ros.core.pipeline.PipelineSettings`.
+SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
+                             "proposal_max_area_frac", "proposal_max_count",
+                             "proposal_pad_frac", "min_box_size", "unknown_threshold",
+                             "min_similarity", "top_k", "score_temperature"})
+
+BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+
+
+def descriptor_for(spec: ParamSpec):
+    """The :class:`rcl_interfaces.msg.ParameterDescriptor` of ``spec``."""
+    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                    ParameterType)
+
+    desc = ParameterDescriptor(name=spec.name, type=getattr(ParameterType, TYPE_NAMES[spec.type]),
+                               description=spec.description, read_only=spec.read_only,
+                               additional_constraints=spec.constraints)
+    if spec.range is not None:
+        lo, hi = spec.range
+        if spec.type == "integer":
+            desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        elif spec.type == "double":
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo),
+                                                            to_value=float(hi), step=0.0)]
+    return desc
+
+
+def _rclpy_type(spec: ParamSpec):
+    from rclpy.parameter import Parameter
+
+    return {"bool": Parameter.Type.BOOL, "integer": Parameter.Type.INTEGER,
+            "double": Parameter.Type.DOUBLE, "string": Parameter.Type.STRING,
+            "string_array": Parameter.Type.STRING_ARRAY,
+            "integer_array": Parameter.Type.INTEGER_ARRAY}[spec.type]
+
+
+def declare_parameters(node: "Node") -> dict[str, Any]:
+    """Declare every parameter of :data:`PARAMETERS` on ``node``; return ``{name: value}``.
+
+    Empty-array defaults are declared by type (rclpy cannot infer a type from ``[]``, and an
+    empty list in a YAML parameter file carries no type either) and then set to a typed
+    empty array, so every parameter has a value of its declared type. Must run before any
+    set-parameters callback is registered.
+    """
+    from rclpy.parameter import Parameter
+
+    values: dict[str, Any] = {}
+    fixups = []
+    for spec in PARAMETERS:
+        desc = descriptor_for(spec)
+        if isinstance(spec.default, list) and not spec.default:
+            param = node.declare_parameter(spec.name, _rclpy_type(spec), desc)
+            if param.type_ == Parameter.Type.NOT_SET:
+                fixups.append(Parameter(spec.name, _rclpy_type(spec), []))
+                values[spec.name] = []
+                continue
+        else:
+            param = node.declare_parameter(spec.name, spec.default, desc)
+        values[spec.name] = param.value
+    if fixups:
+        # read-only parameters cannot be set after declaration; none of the empty-array ones is
+        results = node.set_parameters(fixups)
+        for p, r in zip(fixups, results):
+            if not r.successful:  # pragma: no cover - nothing registered yet
+                raise RuntimeError(f"could not initialise parameter {p.name}: {r.reason}")
+    for name, value in values.items():
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
+            values[name] = list(value)
+    return values
