@@ -164,6 +164,9 @@ def test_proposals_mode_finds_objects_on_a_plain_table(bundle):
         assert x >= 0 and y >= 0 and w >= 4 and h >= 4 and x + w <= 160 and y + h <= 120
     assert empty == []
     assert rec.shapes == [(2, 3, 64, 64)]
+    pipe.configure(fallback_full_frame=True)  # nothing proposed -> the whole frame
+    (whole,), _ = pipe.process(np.full((120, 160, 3), 128, np.uint8))
+    assert whole.bbox == (0, 0, 160, 120)
 
 
 def test_vocabulary_swap_is_atomic_and_versioned(bundle, direction, text_emb):

@@ -111,6 +111,9 @@ class PipelineSettings:
         top_k: number of ``(label, score)`` pairs reported per object.
         score_temperature: softmax temperature applied to the cosine similarities.
         min_box_size: boxes narrower or shorter than this (after clipping) are dropped.
+        fallback_full_frame: with ``proposals``, classify the whole frame when no box is
+            proposed (an object filling the view is larger than ``max_area_frac``; an empty
+            table then yields one full-frame object too).
     """
 
     crop_source: str = "proposals"
@@ -121,6 +124,7 @@ class PipelineSettings:
     top_k: int = 3
     score_temperature: float = DEFAULT_TEMPERATURE
     min_box_size: int = 4
+    fallback_full_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.crop_source not in CROP_SOURCES:
@@ -191,6 +195,7 @@ class PerceptionPipeline:
         embeddings: its (L, D) text embeddings (required with ``vocabulary``).
         min_similarity: best raw cosine below this -> ``"unknown"`` (-1 = off).
         min_box_size: smallest box side kept after clipping.
+        fallback_full_frame: with ``proposals``, use the full frame when nothing is proposed.
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
@@ -203,7 +208,7 @@ class PerceptionPipeline:
                  top_k: int = 3, score_temperature: float = DEFAULT_TEMPERATURE,
                  vocabulary: Vocabulary | None = None,
                  embeddings: torch.Tensor | None = None, min_similarity: float = -1.0,
-                 min_box_size: int = 4) -> None:
+                 min_box_size: int = 4, fallback_full_frame: bool = False) -> None:
         self.student = bundle.student.eval()
         self.input_spec = bundle.input_spec
         self.embed_dim = int(bundle.student.embed_dim)
@@ -215,7 +220,8 @@ class PerceptionPipeline:
             crop_source=crop_source, proposal_cfg=proposal_cfg or ProposalConfig(),
             rois=tuple(tuple(r) for r in rois), unknown_threshold=float(unknown_threshold),
             min_similarity=float(min_similarity), top_k=int(top_k),
-            score_temperature=float(score_temperature), min_box_size=int(min_box_size))
+            score_temperature=float(score_temperature), min_box_size=int(min_box_size),
+            fallback_full_frame=bool(fallback_full_frame))
         if vocabulary is None:
             if embeddings is not None:
                 raise PipelineError("embeddings given without their vocabulary")
@@ -296,7 +302,11 @@ class PerceptionPipeline:
             raw = list(s.rois)
         else:
             raw = propose_boxes(image_rgb, s.proposal_cfg)
-        return sanitize_boxes(raw, width, height, min_size=s.min_box_size)
+        boxes = sanitize_boxes(raw, width, height, min_size=s.min_box_size)
+        if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
+            boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
+                                   min_size=s.min_box_size)
+        return boxes
 
     def process(self, image_rgb: np.ndarray) -> tuple[list[ObjectResult], int]:
         """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame.

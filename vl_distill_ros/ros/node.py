@@ -374,14 +374,15 @@ class VlDistillNode(Node):
             unknown_threshold=float(values["unknown_threshold"]),
             min_similarity=float(values["min_similarity"]), top_k=int(values["top_k"]),
             score_temperature=float(values["score_temperature"]),
-            min_box_size=int(values["min_box_size"]))
+            min_box_size=int(values["min_box_size"]),
+            fallback_full_frame=bool(values["proposal_fallback_full_frame"]))
 
     @staticmethod
     def _settings_kwargs(s: PipelineSettings) -> dict:
         return {"crop_source": s.crop_source, "proposal_cfg": s.proposal_cfg, "rois": s.rois,
                 "unknown_threshold": s.unknown_threshold, "min_similarity": s.min_similarity,
                 "top_k": s.top_k, "score_temperature": s.score_temperature,
-                "min_box_size": s.min_box_size}
+                "min_box_size": s.min_box_size, "fallback_full_frame": s.fallback_full_frame}
 
     # =========================================================================================
     # parameter callbacks (executor thread; pre -> on -> post run in one thread per set)
@@ -748,7 +749,8 @@ class VlDistillNode(Node):
             values["latency_ms_last"] = f"{cam.last_latency * 1e3:.1f}"
             if lat:
                 values["latency_ms_mean"] = f"{sum(lat) / len(lat) * 1e3:.1f}"
-                values["latency_ms_p95"] = f"{lat[min(len(lat) - 1, int(0.95 * len(lat)))] * 1e3:.1f}"
+                p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+                values["latency_ms_p95"] = f"{p95 * 1e3:.1f}"
                 values["latency_ms_max"] = f"{lat[-1] * 1e3:.1f}"
                 values["processing_ms_mean"] = f"{sum(proc) / max(1, len(proc)) * 1e3:.1f}"
             values["vocabulary_version"] = active.version

@@ -112,6 +112,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "as one batch.", range=(1, 256)),
     ParamSpec("proposal_pad_frac", 0.1, "double",
               "Proposals: fraction of a box's size added on each side.", range=(0.0, 1.0)),
+    ParamSpec("proposal_fallback_full_frame", False, "bool",
+              "Proposals: classify the whole frame when nothing is proposed (an object filling "
+              "the view is larger than proposal_max_area_frac; an empty table then yields one "
+              "full-frame object, usually 'unknown')."),
     ParamSpec("min_box_size", 4, "integer",
               "Boxes narrower or shorter than this many pixels after clipping are dropped.",
               range=(1, 4096)),
@@ -138,7 +142,8 @@ VOCABULARY_PARAMS = frozenset({"labels", "descriptions", "vocabulary_file"})
 #: Parameters that change :class:`~vl_distill_ros.core.pipeline.PipelineSettings`.
 SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
-                             "proposal_pad_frac", "min_box_size", "unknown_threshold",
+                             "proposal_pad_frac", "proposal_fallback_full_frame",
+                             "min_box_size", "unknown_threshold",
                              "min_similarity", "top_k", "score_temperature"})
 
 BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
