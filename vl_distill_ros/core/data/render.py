@@ -155,6 +155,48 @@ def _read_texture(path: Path, max_size: int) -> np.ndarray | None:
     return None
 
 
+def prepare_mesh_files(src: Path, folder: Path, texture_size: int, key: str = "") -> Path:
+    """Prepare ``folder`` for loading the OBJ ``src`` into pybullet; return the OBJ to load.
+
+    ``folder`` gets the OBJ (symlinked, else copied), a downsampled copy of its diffuse
+    texture (``texture.bmp``, longest side at most ``texture_size``) and an MTL file for
+    every material library the OBJ names, each holding one material that points at that
+    texture. pybullet loads an OBJ's ``map_Kd`` texture itself; pointing it at a downsampled
+    copy keeps a 4096^2 YCB texture from costing ~100 MB per loaded object. ``key`` only
+    names the object in log messages.
+    """
+    src = Path(src)
+    name = key or src.parent.name
+    folder.mkdir(parents=True, exist_ok=True)
+    obj = folder / MESH_FILE
+    if not obj.exists():
+        try:
+            os.symlink(src.resolve(), obj)
+        except OSError:
+            shutil.copyfile(src, obj)
+    texture = _texture_file(src)
+    mtl_body = "newmtl material_0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\n"
+    if texture is not None:
+        img = _read_texture(texture, texture_size)
+        if img is None:
+            LOG.warning("%s: could not read texture %s; rendering untextured", name, texture)
+        else:
+            h, w = img.shape[:2]
+            scale = texture_size / max(h, w)
+            if scale < 1:
+                img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                 interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(folder / "texture.bmp"), img)  # BMP: fastest to write and read
+            mtl_body += "map_Kd texture.bmp\n"
+    else:
+        LOG.warning("%s: no texture found next to %s; rendering untextured", name, src)
+    # every material library the OBJ names gets the same single material; YCB meshes use
+    # one material ('material_0'), and unknown 'usemtl' names fall back to the first one
+    for lib in _obj_mtllibs(src) or ["textured.mtl"]:
+        (folder / lib).write_text(mtl_body, encoding="utf-8")
+    return obj
+
+
 def find_models(models_dir: str | Path) -> dict[str, Path]:
     """Map object key (folder name) -> ``textured.obj`` for every model under ``models_dir``.
 
@@ -353,41 +395,10 @@ class ObjectRenderer:
         return self._geometry[key]
 
     def _prepare_files(self, key: str) -> Path:
-        """A folder with the OBJ (linked), an MTL naming a downsampled texture, the texture.
-
-        pybullet loads an OBJ's ``map_Kd`` texture itself; pointing it at a downsampled copy
-        keeps a 4096^2 YCB texture from costing ~100 MB per loaded object.
-        """
-        src = self._models[key]
-        folder = Path(self._tmp.name) / key
-        folder.mkdir(parents=True, exist_ok=True)
-        obj = folder / MESH_FILE
-        if not obj.exists():
-            try:
-                os.symlink(src.resolve(), obj)
-            except OSError:
-                shutil.copyfile(src, obj)
-        texture = _texture_file(src)
-        mtl_body = "newmtl material_0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\n"
-        if texture is not None:
-            img = _read_texture(texture, self.texture_size)
-            if img is None:
-                LOG.warning("%s: could not read texture %s; rendering untextured", key, texture)
-            else:
-                h, w = img.shape[:2]
-                scale = self.texture_size / max(h, w)
-                if scale < 1:
-                    img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                     interpolation=cv2.INTER_AREA)
-                cv2.imwrite(str(folder / "texture.bmp"), img)  # BMP: fastest to write and read
-                mtl_body += "map_Kd texture.bmp\n"
-        else:
-            LOG.warning("%s: no texture found next to %s; rendering untextured", key, src)
-        # every material library the OBJ names gets the same single material; YCB meshes use
-        # one material ('material_0'), and unknown 'usemtl' names fall back to the first one
-        for lib in _obj_mtllibs(src) or ["textured.mtl"]:
-            (folder / lib).write_text(mtl_body, encoding="utf-8")
-        return obj
+        """A folder with the OBJ (linked), an MTL naming a downsampled texture, the texture
+        (see :func:`prepare_mesh_files`)."""
+        return prepare_mesh_files(self._models[key], Path(self._tmp.name) / key,
+                                  self.texture_size, key=key)
 
     def _body(self, key: str) -> int:
         """The (cached) pybullet body of ``key``, loading it on first use (hidden)."""

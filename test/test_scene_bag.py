@@ -1,0 +1,409 @@
+"""Tabletop scene rendering (core.data.scene), camera bags (core.bag_io), `make-bag`."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vl_distill_ros.core.bag_io import (
+    BagError,
+    BagFrame,
+    GroundTruthObject,
+    iter_raw_messages,
+    read_camera_bag,
+    read_ground_truth_sidecar,
+    write_camera_bag,
+    write_ground_truth_sidecar,
+)
+
+POOL = ["006_mustard_bottle", "011_banana", "013_apple", "024_bowl", "003_cracker_box"]
+BAG_KEYS = "011_banana,013_apple,024_bowl"
+CAMERA, HAND, GT = "/camera/image_raw", "/hand_camera/image_raw", "/ground_truth"
+
+
+# -- bag-corruption helpers ---------------------------------------------------------------
+def storage_file(bag: Path) -> Path:
+    """The single storage file (.mcap or .db3) of a bag folder."""
+    (found,) = [p for p in bag.iterdir() if p.suffix in (".mcap", ".db3")]
+    return found
+
+
+def truncate_storage(bag: Path, keep: float = 0.5) -> Path:
+    """Cut the bag's storage file to ``keep`` of its size (a crashed recorder)."""
+    path = storage_file(bag)
+    with path.open("r+b") as fh:
+        fh.truncate(int(path.stat().st_size * keep))
+    return path
+
+
+def garble_metadata(bag: Path) -> Path:
+    """Overwrite the bag's metadata.yaml with text that is not YAML."""
+    path = bag / "metadata.yaml"
+    path.write_text("rosbag2_bagfile_information: {version: [unclosed\n", encoding="utf-8")
+    return path
+
+
+def copy_bag(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# -- scenes -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scene_renderer(ycb_models: Path):
+    from vl_distill_ros.core.data.scene import SceneRenderer
+
+    with SceneRenderer(ycb_models) as r:
+        yield r
+
+
+def _ring_median(image: np.ndarray, box: tuple[int, int, int, int], pad: int = 6) -> np.ndarray:
+    """Median colour of a ring of pixels just outside ``box`` (the table around it)."""
+    x, y, w, h = box
+    H, W = image.shape[:2]
+    x0, y0, x1, y1 = max(x - pad, 0), max(y - pad, 0), min(x + w + pad, W), min(y + h + pad, H)
+    ring = np.ones((y1 - y0, x1 - x0), bool)
+    ring[y - y0:y - y0 + h, x - x0:x - x0 + w] = False
+    return np.median(image[y0:y1, x0:x1][ring], axis=0)
+
+
+def test_scene_has_requested_objects_with_boxes_on_the_table(scene_renderer):
+    from vl_distill_ros.core.data.scene import SceneSpec, render_scene
+
+    spec = SceneSpec(objects_per_scene=(3, 3))
+    for seed in (1, 2):
+        frame = render_scene(scene_renderer, POOL, np.random.default_rng(seed), spec)
+        assert frame.image.shape == (480, 640, 3) and frame.image.dtype == np.uint8
+        assert frame.hand_image is None and frame.hand_objects == []
+        assert len(frame.objects) == 3, frame.meta["placed"]
+        keys = [o.key for o in frame.objects]
+        assert len(set(keys)) == 3 and set(keys) <= set(POOL)
+        for key, (x, y, w, h), frac in frame.objects:
+            assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 640 and y + h <= 480
+            assert w * h >= spec.min_visible_pixels
+            assert 0.25 <= frac <= 1.0
+            # the object's pixels differ from the table around its box
+            crop = frame.image[y:y + h, x:x + w].astype(np.int16)
+            table = _ring_median(frame.image, (x, y, w, h)).astype(np.int16)
+            differs = np.abs(crop - table).max(axis=2) > 30
+            assert differs.mean() > 0.2, (key, differs.mean())
+        # boxes of different objects do not coincide
+        boxes = {o.bbox for o in frame.objects}
+        assert len(boxes) == 3
+    json.dumps(frame.meta)  # metadata is JSON-serialisable
+
+
+def test_scene_is_deterministic_and_hand_camera(scene_renderer):
+    from vl_distill_ros.core.data.scene import SceneSpec, render_scene
+
+    spec = SceneSpec(width=320, height=240, objects_per_scene=(2, 3), hand_camera=True,
+                     hand_width=160, hand_height=120)
+    a = render_scene(scene_renderer, POOL, np.random.default_rng(7), spec)
+    b = render_scene(scene_renderer, POOL, np.random.default_rng(7), spec)
+    c = render_scene(scene_renderer, POOL, np.random.default_rng(8), spec)
+    assert np.array_equal(a.image, b.image) and a.objects == b.objects
+    assert np.array_equal(a.hand_image, b.hand_image) and a.hand_objects == b.hand_objects
+    assert not np.array_equal(a.image, c.image)
+    assert a.image.shape == (240, 320, 3) and a.hand_image.shape == (120, 160, 3)
+    assert a.hand_target in [o.key for o in a.objects]
+    target = [o for o in a.hand_objects if o.key == a.hand_target]
+    assert target, "the hand camera's target is visible in the hand image"
+    x, y, w, h = target[0].bbox
+    assert x + w <= 160 and y + h <= 120 and w * h > 0.1 * 160 * 120  # a close-up
+
+
+def test_scene_spec_and_keys_are_checked(scene_renderer):
+    from vl_distill_ros.core.data.render import RenderError
+    from vl_distill_ros.core.data.scene import SceneSpec, render_scene
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(RenderError, match="objects_per_scene"):
+        render_scene(scene_renderer, POOL, rng, SceneSpec(objects_per_scene=(4, 2)))
+    with pytest.raises(RenderError, match="011_banan.*did you mean"):
+        render_scene(scene_renderer, ["011_banan"], rng, SceneSpec())
+    with pytest.raises(RenderError, match="no objects"):
+        render_scene(scene_renderer, [], rng, SceneSpec())
+
+
+# -- make-bag ------------------------------------------------------------------------------
+def _make_bag(argv: list[str]) -> int:
+    from vl_distill_ros.cli import build_parser
+
+    args = build_parser().parse_args(["make-bag", *argv])
+    return args.func(args)
+
+
+def _vocab_names(repo_root: Path) -> set[str]:
+    from vl_distill_ros.core.vocabulary import Vocabulary
+
+    return set(Vocabulary.load(repo_root / "config" / "ycb_vocabulary.yaml").names)
+
+
+@pytest.fixture(scope="module")
+def made_bags(ycb_models: Path, tmp_path_factory, repo_root: Path):
+    """Two small bags written by `make-bag`: MCAP with the hand camera and a sidecar, and
+    sqlite3 without."""
+    root = tmp_path_factory.mktemp("bags")
+    common = ["--frames", "3", "--fps", "5", "--width", "160", "--height", "120",
+              "--hand-width", "96", "--hand-height", "72", "--objects", BAG_KEYS,
+              "--objects-per-scene", "2", "--models-dir", str(ycb_models),
+              "--vocabulary", str(repo_root / "config" / "ycb_vocabulary.yaml"),
+              "--split", str(repo_root / "config" / "splits" / "ycb_paper.yaml"),
+              "--no-progress", "--seed", "3"]
+    mcap, sqlite = root / "scenes_mcap", root / "scenes_sqlite"
+    sidecar = root / "gt.jsonl"
+    assert _make_bag(["--out", str(mcap), "--storage", "mcap", "--hand-camera",
+                      "--sidecar", str(sidecar), *common]) == 0
+    assert _make_bag(["--out", str(sqlite), "--storage", "sqlite3", "--compression", "none",
+                      *common]) == 0
+    return {"mcap": mcap, "sqlite3": sqlite, "sidecar": sidecar, "root": root}
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_make_bag_reads_back_with_rosbags(made_bags, storage, repo_root: Path):
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    bag = made_bags[storage]
+    hand = storage == "mcap"
+    assert sorted(p.name for p in bag.iterdir()) == sorted(
+        ["metadata.yaml", f"{bag.name}.{'mcap' if storage == 'mcap' else 'db3'}"])
+    assert not list(bag.parent.glob(".*partial*")), "no temporary folders left behind"
+    names = _vocab_names(repo_root)
+
+    images: dict[str, list] = {CAMERA: [], HAND: []}
+    truth: dict[tuple[str, int], dict] = {}
+    with Reader(bag) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        expected = {CAMERA: "sensor_msgs/msg/Image", GT: "std_msgs/msg/String"}
+        if hand:
+            expected[HAND] = "sensor_msgs/msg/Image"
+        assert topics == expected
+        for conn, t, raw in reader.messages():
+            msg = store.deserialize_cdr(raw, conn.msgtype)
+            if conn.msgtype == "sensor_msgs/msg/Image":
+                stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+                assert stamp == t and msg.encoding == "rgb8"
+                assert msg.step == msg.width * 3 and len(msg.data) == msg.step * msg.height
+                images[conn.topic].append((stamp, msg.height, msg.width, msg.header.frame_id))
+            else:
+                doc = json.loads(msg.data)
+                stamp = doc["header"]["stamp"]["sec"] * 10**9 + doc["header"]["stamp"]["nanosec"]
+                assert stamp == t
+                truth[(doc["camera"], stamp)] = doc
+    assert len(images[CAMERA]) == 3 and len(images[HAND]) == (3 if hand else 0)
+    assert {(h, w) for _, h, w, _ in images[CAMERA]} == {(120, 160)}
+    assert {f for *_, f in images[CAMERA]} == {"camera_color_optical_frame"}
+    stamps = [s for s, *_ in images[CAMERA]]
+    assert stamps == [1_700_000_000 * 10**9 + i * 200_000_000 for i in range(3)]  # 5 fps
+    if hand:
+        assert {(h, w) for _, h, w, _ in images[HAND]} == {(72, 96)}
+        assert [s for s, *_ in images[HAND]] == stamps
+    # one ground-truth document per image, same stamp, the ~/labels schema, vocabulary names
+    assert set(truth) == {(topic, s) for topic in images for s, *_ in images[topic]}
+    for (topic, _), doc in truth.items():
+        assert set(doc) == {"header", "camera", "vocabulary_version", "objects"}
+        for obj in doc["objects"]:
+            assert set(obj) == {"bbox", "label", "key", "score", "known", "top_k"}
+            assert obj["label"] in names and obj["key"] in BAG_KEYS.split(",")
+            assert obj["score"] == 1.0 and obj["known"] is True and obj["top_k"] == []
+            assert len(obj["bbox"]) == 4 and all(isinstance(v, int) for v in obj["bbox"])
+    assert sum(len(d["objects"]) for (t, _), d in truth.items() if t == CAMERA) >= 4
+
+
+def test_read_camera_bag_and_sidecar(made_bags):
+    contents = read_camera_bag(made_bags["mcap"])
+    assert contents.storage == "mcap" and contents.ground_truth_source == "topic"
+    assert contents.image_topics == [CAMERA, HAND]
+    assert contents.message_counts == {CAMERA: 3, HAND: 3, GT: 6}
+    frames = list(contents.images())
+    assert [f.topic for f in frames] == [CAMERA, HAND] * 3  # bag-time order
+    for f in frames:
+        assert f.image.shape == ((120, 160, 3) if f.topic == CAMERA else (72, 96, 3))
+        assert f.stamp_ns == f.log_time_ns
+        objects = contents.objects_for(f.topic, f.stamp_ns)
+        assert objects is not None
+        for o in objects:
+            x, y, w, h = o.bbox
+            assert 0 <= x and 0 <= y and x + w <= f.image.shape[1] and y + h <= f.image.shape[0]
+    # the sidecar written by make-bag holds the same ground truth
+    from_sidecar = read_camera_bag(made_bags["mcap"], ground_truth=made_bags["sidecar"])
+    assert from_sidecar.ground_truth_source == "sidecar"
+    assert from_sidecar.ground_truth == contents.ground_truth
+    assert only_topic(list(contents.images([HAND]))) == HAND
+
+
+def only_topic(frames) -> str:
+    (topic,) = {f.topic for f in frames}
+    return topic
+
+
+def test_cdr_payload_deserialises_with_rclpy(made_bags):
+    serialization = pytest.importorskip("rclpy.serialization")
+    sensor_msgs = pytest.importorskip("sensor_msgs.msg")
+    raw = next(m for m in iter_raw_messages(made_bags["sqlite3"]) if m.topic == CAMERA)
+    assert raw.msgtype == "sensor_msgs/msg/Image"
+    msg = serialization.deserialize_message(raw.data, sensor_msgs.Image)
+    decoded = next(read_camera_bag(made_bags["sqlite3"]).images())
+    assert (msg.height, msg.width, msg.encoding) == (120, 160, "rgb8")
+    assert msg.header.frame_id == "camera_color_optical_frame"
+    assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == decoded.stamp_ns
+    pixels = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+    assert np.array_equal(pixels, decoded.image)
+
+
+def test_corrupt_missing_and_imageless_bags(made_bags, tmp_path: Path):
+    with pytest.raises(BagError, match="bag not found"):
+        read_camera_bag(tmp_path / "no_such_bag")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BagError, match="no metadata.yaml"):
+        read_camera_bag(tmp_path / "empty")
+
+    cut = copy_bag(made_bags["mcap"], tmp_path / "truncated")
+    truncate_storage(cut)
+    with pytest.raises(BagError, match="truncated.*corrupt or not a rosbag2 bag"):
+        read_camera_bag(cut)
+
+    cut_db = copy_bag(made_bags["sqlite3"], tmp_path / "truncated_db")
+    truncate_storage(cut_db)
+    with pytest.raises(BagError, match="corrupt"):
+        read_camera_bag(cut_db)
+
+    garbled = copy_bag(made_bags["sqlite3"], tmp_path / "garbled")
+    garble_metadata(garbled)
+    with pytest.raises(BagError, match="metadata.yaml"):
+        read_camera_bag(garbled)
+
+    # a valid bag with only a String topic
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    strings = tmp_path / "strings_only"
+    with Writer(strings, version=9) as writer:
+        conn = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        writer.write(conn, 5, store.serialize_cdr(store.types["std_msgs/msg/String"](data="hi"),
+                                                  "std_msgs/msg/String"))
+    with pytest.raises(BagError, match=r"no image topics.*/chatter \(std_msgs/msg/String\)"):
+        read_camera_bag(strings)
+
+
+# -- bag_io without models ---------------------------------------------------------------
+def _write_raw_image_bag(path: Path, images: list[tuple[str, int, int, int, bytes]]) -> None:
+    """A bag of Image messages with arbitrary (encoding, height, width, step, data)."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    t = store.types
+    with Writer(path, version=9) as writer:
+        conn = writer.add_connection("/cam", "sensor_msgs/msg/Image", typestore=store)
+        for i, (enc, h, w, step, data) in enumerate(images):
+            header = t["std_msgs/msg/Header"](
+                stamp=t["builtin_interfaces/msg/Time"](sec=10 + i, nanosec=0), frame_id="f")
+            msg = t["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=enc,
+                                             is_bigendian=0, step=step,
+                                             data=np.frombuffer(data, np.uint8))
+            writer.write(conn, (10 + i) * 10**9, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+def test_images_respect_encoding_and_step(tmp_path: Path):
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    padded = np.zeros((2, 12), np.uint8)  # step 12 > width * 3 = 9
+    padded[:, :9] = rgb[:, :, ::-1].reshape(2, 9)  # bgr8 rows plus padding
+    mono = np.array([[0, 128, 255]], np.uint8)
+    bag = tmp_path / "encodings"
+    _write_raw_image_bag(bag, [("bgr8", 2, 3, 12, padded.tobytes()),
+                               ("mono8", 1, 3, 3, mono.tobytes()),
+                               ("rgb8", 2, 3, 9, rgb.tobytes()[:-1])])  # truncated
+    contents = read_camera_bag(bag)
+    assert contents.ground_truth_source == "none" and contents.image_topics == ["/cam"]
+    frames = contents.images()
+    first = next(frames)
+    assert first.encoding == "bgr8" and np.array_equal(first.image, rgb)
+    assert first.stamp_ns == 10 * 10**9
+    assert np.array_equal(next(frames).image[0, :, 0], mono[0])
+    with pytest.raises(BagError, match="/cam at 12000000000 ns.*truncated"):
+        next(frames)
+
+
+def test_write_camera_bag_refuses_and_replaces(tmp_path: Path):
+    image = np.zeros((8, 10, 3), np.uint8)
+    frames = [BagFrame(i * 10**8, image, [GroundTruthObject((1, 2, 3, 4), "banana",
+                                                             "011_banana")]) for i in range(2)]
+    other = tmp_path / "not_a_bag"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(BagError, match="exists"):
+        write_camera_bag(other, frames)
+    with pytest.raises(BagError, match="not a rosbag2 bag"):
+        write_camera_bag(other, frames, overwrite=True)
+    bag = write_camera_bag(tmp_path / "bag", frames)
+    with pytest.raises(BagError, match="exists"):
+        write_camera_bag(bag, frames)
+    write_camera_bag(bag, frames[:1], storage="sqlite3", overwrite=True)
+    assert read_camera_bag(bag).message_counts == {CAMERA: 1, GT: 1}
+    with pytest.raises(BagError, match="RGB"):
+        write_camera_bag(tmp_path / "bad", [BagFrame(0, np.zeros((8, 10), np.uint8))])
+    with pytest.raises(BagError, match="earlier"):
+        write_camera_bag(tmp_path / "bad", [BagFrame(5, image), BagFrame(4, image)])
+    with pytest.raises(BagError, match="storage"):
+        write_camera_bag(tmp_path / "bad", frames, storage="rosbag1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "not_a_bag"]
+
+
+def test_sidecar_round_trip_and_errors(tmp_path: Path):
+    objs = [GroundTruthObject((1, 2, 3, 4), "banana", "011_banana"),
+            GroundTruthObject((5, 6, 7, 8), "apple")]
+    path = write_ground_truth_sidecar(tmp_path / "gt.jsonl",
+                                      [(CAMERA, 12_500_000_000, objs), (HAND, 13 * 10**9, [])])
+    assert read_ground_truth_sidecar(path) == {(CAMERA, 12_500_000_000): objs,
+                                               (HAND, 13 * 10**9): []}
+    first = path.read_text().splitlines()[0]
+    assert json.loads(first) == {"stamp": {"sec": 12, "nanosec": 500000000}, "camera": CAMERA,
+                                 "objects": [{"bbox": [1, 2, 3, 4], "label": "banana",
+                                              "key": "011_banana"},
+                                             {"bbox": [5, 6, 7, 8], "label": "apple"}]}
+    good = first + "\n\n"  # blank lines are fine
+    bad_lines = {
+        "{not json": "not valid JSON",
+        "[1, 2]": "expected a JSON object",
+        json.dumps({"stamp": {"sec": 1}, "camera": CAMERA}): "missing 'objects'",
+        json.dumps({"stamp": {"sec": -1}, "camera": CAMERA, "objects": []}): "stamp.sec",
+        json.dumps({"stamp": {"sec": 1, "nanosec": 10**9}, "camera": CAMERA,
+                    "objects": []}): "nanosec",
+        json.dumps({"stamp": {"sec": 1}, "camera": "cam", "objects": []}): "'camera'",
+        json.dumps({"stamp": {"sec": 1}, "camera": CAMERA,
+                    "objects": [{"bbox": [1, 2, 3], "label": "x"}]}): r"objects\[0\]: 'bbox'",
+        json.dumps({"stamp": {"sec": 1}, "camera": CAMERA,
+                    "objects": [{"bbox": [1, 2, 3, 4], "label": ""}]}): "'label'",
+    }
+    for line, reason in bad_lines.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(good + line + "\n")
+        with pytest.raises(BagError, match=rf"bad.jsonl:3: .*{reason}"):
+            read_ground_truth_sidecar(bad)
+    with pytest.raises(BagError, match="not found"):
+        read_ground_truth_sidecar(tmp_path / "missing.jsonl")
+
+
+def test_make_bag_missing_models_is_exit_2(tmp_path: Path, capsys):
+    from vl_distill_ros.commands import make_bag
+
+    parser = argparse.ArgumentParser()
+    make_bag.register(parser.add_subparsers())
+    args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"), "--models-dir",
+                              str(tmp_path / "no_models"), "--no-progress"])
+    assert make_bag.run(args) == 2
+    err = capsys.readouterr().err
+    assert "no_models" in err and "ycbbenchmarks.com" in err and "--models-dir" in err
+    assert not (tmp_path / "bag").exists()
+    args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"),
+                              "--objects-per-scene", "4-2"])
+    assert make_bag.run(args) == 2
+    assert "--objects-per-scene" in capsys.readouterr().err

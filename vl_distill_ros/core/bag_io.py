@@ -1,0 +1,595 @@
+"""Camera bags with ground truth: write and read rosbag2 bags without ROS (``rosbags``).
+
+ROS-free apart from the pure-Python ``rosbags`` package, which writes and reads rosbag2 bags
+(MCAP or sqlite3 storage) in the format ``ros2 bag`` uses; its CDR payloads are byte-for-byte
+what ``rclpy.serialization`` produces and consumes, so a replay tool can publish them
+unchanged.
+
+Bag layout written by :func:`write_camera_bag` (topic names are settable, see
+:class:`BagTopics`):
+
+* ``/camera/image_raw`` -- ``sensor_msgs/msg/Image``, ``rgb8``, ``header.stamp`` = the frame
+  time, ``header.frame_id`` = ``camera_color_optical_frame``;
+* ``/hand_camera/image_raw`` -- optional second camera (``hand_camera_color_optical_frame``),
+  same stamps;
+* ``/ground_truth`` -- ``std_msgs/msg/String``, one per camera image, with the image's stamp
+  (also as the bag time), whose ``data`` is a JSON document in the schema of the node's
+  ``~/labels`` output (:func:`vl_distill_ros.core.pipeline.labels_document`) plus the
+  object ``key``::
+
+    {"header": {"stamp": {"sec": 12, "nanosec": 500000000},
+                "frame_id": "camera_color_optical_frame"},
+     "camera": "/camera/image_raw",
+     "vocabulary_version": 0,
+     "objects": [{"bbox": [x, y, w, h], "label": "banana", "key": "011_banana",
+                  "score": 1.0, "known": true, "top_k": []}]}
+
+  ``bbox`` is in pixels of that image (x right, y down, top-left corner, width, height).
+
+Ground truth can instead come from a **JSON Lines sidecar** file (:func:`read_camera_bag`'s
+``ground_truth`` argument), e.g. for bags recorded on a robot and labelled afterwards. One
+JSON object per line (blank lines are skipped)::
+
+    {"stamp": {"sec": 12, "nanosec": 500000000}, "camera": "/camera/image_raw",
+     "objects": [{"bbox": [x, y, w, h], "label": "banana"}]}
+
+``stamp`` is the ``header.stamp`` of the image it labels, ``camera`` that image's topic,
+``objects`` may be empty (a frame known to show nothing); an object may also carry a
+``key``. A later line for the same (camera, stamp) replaces an earlier one.
+:func:`write_ground_truth_sidecar` writes such files.
+
+Reading: :func:`read_camera_bag` returns :class:`BagContents` (topics, counts, image topics,
+ground truth keyed by ``(camera topic, stamp in ns)``); :meth:`BagContents.images` iterates
+the images in bag-time order decoded to RGB numpy arrays (any ``sensor_msgs/Image`` encoding
+that :func:`~vl_distill_ros.core.image_codec.decode_image` supports, honouring ``step`` and
+``is_bigendian``); :func:`iter_raw_messages` yields ``(topic, msgtype, timestamp_ns, cdr)``
+for a replay publisher. Every problem is a :class:`BagError` (a ``ValueError``) whose
+message names the path and what is wrong.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = [
+    "BagError", "BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RawMessage",
+    "BagContents", "write_camera_bag", "read_camera_bag", "iter_raw_messages",
+    "read_ground_truth_sidecar", "write_ground_truth_sidecar", "ground_truth_document",
+    "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS",
+]
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+STRING_TYPE = "std_msgs/msg/String"
+#: Storage plugins :func:`write_camera_bag` can write.
+STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
+#: Compressions :func:`write_camera_bag` can apply: ``zstd`` is MCAP chunk compression for
+#: ``mcap`` (standard MCAP, read by ``ros2 bag`` without any setting) and rosbag2 per-message
+#: compression for ``sqlite3`` (recorded in ``metadata.yaml``; ``ros2 bag`` decompresses it
+#: with its default zstd plugin).
+COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
+
+
+class BagError(ValueError):
+    """A bag or ground-truth file cannot be written or read; the message says why."""
+
+
+@dataclass(frozen=True)
+class BagTopics:
+    """Topic names and frame ids of a camera bag."""
+
+    camera: str = "/camera/image_raw"
+    hand_camera: str = "/hand_camera/image_raw"
+    ground_truth: str = "/ground_truth"
+    camera_frame_id: str = "camera_color_optical_frame"
+    hand_frame_id: str = "hand_camera_color_optical_frame"
+
+
+class GroundTruthObject(NamedTuple):
+    """One labelled object of one image."""
+
+    #: ``(x, y, w, h)`` in pixels.
+    bbox: tuple[int, int, int, int]
+    #: Natural vocabulary name (what the node publishes), e.g. ``banana``.
+    label: str
+    #: Stable key (model folder name), e.g. ``011_banana``; may be empty.
+    key: str = ""
+
+
+@dataclass
+class BagFrame:
+    """One time step to write: the main image, its objects, optionally a hand image."""
+
+    #: Stamp (ns since the epoch) of the images, their ground truth and the bag time.
+    stamp_ns: int
+    #: ``(H, W, 3)`` uint8 RGB.
+    image: np.ndarray
+    objects: Sequence[GroundTruthObject] = ()
+    hand_image: np.ndarray | None = None
+    hand_objects: Sequence[GroundTruthObject] = ()
+
+
+class ImageMessage(NamedTuple):
+    """One decoded image read from a bag."""
+
+    topic: str
+    #: ``header.stamp`` in ns (what ground truth is keyed by).
+    stamp_ns: int
+    #: Bag (log) time in ns.
+    log_time_ns: int
+    frame_id: str
+    #: Encoding as recorded, e.g. ``rgb8``.
+    encoding: str
+    #: ``(H, W, 3)`` uint8 RGB.
+    image: np.ndarray
+
+
+class RawMessage(NamedTuple):
+    """One serialised message as stored: CDR bytes ``rclpy.serialization`` understands."""
+
+    topic: str
+    msgtype: str
+    timestamp_ns: int
+    data: bytes
+
+
+@functools.lru_cache(maxsize=1)
+def _typestore():
+    try:
+        from rosbags.typesys import Stores, get_typestore
+    except ImportError as exc:  # pragma: no cover - rosbags is a requirement
+        raise BagError(f"reading and writing bags needs the 'rosbags' package ({exc}); "
+                       "install it with 'pip install rosbags'") from None
+    return get_typestore(Stores.ROS2_JAZZY)
+
+
+def stamp_to_ns(sec: int, nanosec: int) -> int:
+    """``sec`` + ``nanosec`` as integer nanoseconds."""
+    return int(sec) * 1_000_000_000 + int(nanosec)
+
+
+def ns_to_stamp(ns: int) -> tuple[int, int]:
+    """Integer nanoseconds as ``(sec, nanosec)``."""
+    return int(ns) // 1_000_000_000, int(ns) % 1_000_000_000
+
+
+def ground_truth_document(stamp_ns: int, frame_id: str, camera: str,
+                          objects: Sequence[GroundTruthObject]) -> dict[str, Any]:
+    """The ``/ground_truth`` JSON document of one image (the node's ``~/labels`` schema with
+    ``score`` 1, ``known`` true, an empty ``top_k`` and each object's ``key``)."""
+    sec, nanosec = ns_to_stamp(stamp_ns)
+    return {
+        "header": {"stamp": {"sec": sec, "nanosec": nanosec}, "frame_id": str(frame_id)},
+        "camera": str(camera),
+        "vocabulary_version": 0,
+        "objects": [{"bbox": [int(v) for v in o.bbox], "label": str(o.label),
+                     "key": str(o.key), "score": 1.0, "known": True, "top_k": []}
+                    for o in objects],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+def _image_msg(store: Any, image: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
+    from vl_distill_ros.core.image_codec import encode_rgb8
+
+    try:
+        encoding, height, width, step, data = encode_rgb8(image)
+    except ValueError as exc:
+        raise BagError(f"cannot write image: {exc}") from None
+    sec, nanosec = ns_to_stamp(stamp_ns)
+    types = store.types
+    header = types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+    return types[IMAGE_TYPE](header=header, height=height, width=width, encoding=encoding,
+                             is_bigendian=0, step=step,
+                             data=np.frombuffer(data, dtype=np.uint8))
+
+
+def _check_out_path(out: Path, overwrite: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise BagError(f"{out} exists already; choose another path or allow overwriting")
+        if not out.is_dir() or not (out / "metadata.yaml").is_file():
+            raise BagError(f"{out} exists and is not a rosbag2 bag (no metadata.yaml); "
+                           "refusing to replace it")
+
+
+def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str = "mcap",
+                     topics: BagTopics = BagTopics(), compression: str = "none",
+                     overwrite: bool = False) -> Path:
+    """Write ``frames`` to a new rosbag2 bag folder at ``path`` and return it.
+
+    Each frame gives an ``Image`` on ``topics.camera`` and a ground-truth ``String`` on
+    ``topics.ground_truth`` (same stamp, written after the image); a frame with a
+    ``hand_image`` adds an ``Image`` on ``topics.hand_camera`` and its own ground-truth
+    document. ``frames`` may be a generator: frames are written as they come.
+
+    The bag is written into a hidden temporary sibling folder and renamed to ``path`` only
+    when complete, so a half-written bag never sits at ``path``. An existing bag at ``path``
+    is replaced only with ``overwrite``; anything else there is refused.
+
+    Args:
+        path: the bag folder to create.
+        frames: the frames, in time order.
+        storage: ``mcap`` or ``sqlite3``.
+        topics: topic names and frame ids.
+        compression: ``none`` or ``zstd`` (see :data:`COMPRESSIONS`).
+        overwrite: replace an existing bag at ``path``.
+
+    Raises:
+        BagError: bad arguments, an existing path, or an image that is not RGB uint8.
+    """
+    if storage not in STORAGES:
+        raise BagError(f"unknown storage {storage!r}; choose one of {list(STORAGES)}")
+    if compression not in COMPRESSIONS:
+        raise BagError(f"unknown compression {compression!r}; choose one of {list(COMPRESSIONS)}")
+    for name in (topics.camera, topics.hand_camera, topics.ground_truth):
+        if not name.startswith("/") or " " in name:
+            raise BagError(f"topic {name!r} must be an absolute ROS topic name")
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
+
+    out = Path(path).expanduser()
+    _check_out_path(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = _typestore()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    bag_dir = tmp / out.name  # the storage file inside is named after this folder
+    try:
+        writer = Writer(bag_dir, version=Writer.VERSION_LATEST,
+                        storage_plugin=StoragePlugin.MCAP if storage == "mcap"
+                        else StoragePlugin.SQLITE3)
+        if compression == "zstd":
+            writer.set_compression(
+                CompressionMode.STORAGE if storage == "mcap" else CompressionMode.MESSAGE,
+                CompressionFormat.ZSTD)
+        with writer:
+            cam = writer.add_connection(topics.camera, IMAGE_TYPE, typestore=store)
+            gt = writer.add_connection(topics.ground_truth, STRING_TYPE, typestore=store)
+            hand = None
+            last = -1
+            for i, frame in enumerate(frames):
+                stamp = int(frame.stamp_ns)
+                if stamp < 0 or stamp < last:
+                    raise BagError(f"frame {i}: stamp {stamp} ns is negative or earlier than "
+                                   f"the previous frame's ({last} ns)")
+                last = stamp
+                views = [(cam, topics.camera, topics.camera_frame_id, frame.image,
+                          frame.objects)]
+                if frame.hand_image is not None:
+                    if hand is None:
+                        hand = writer.add_connection(topics.hand_camera, IMAGE_TYPE,
+                                                     typestore=store)
+                    views.append((hand, topics.hand_camera, topics.hand_frame_id,
+                                  frame.hand_image, frame.hand_objects))
+                for conn, topic, frame_id, image, objects in views:
+                    msg = _image_msg(store, image, stamp, frame_id)
+                    writer.write(conn, stamp, store.serialize_cdr(msg, IMAGE_TYPE))
+                    doc = ground_truth_document(stamp, frame_id, topic, objects)
+                    text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
+                    writer.write(gt, stamp, store.serialize_cdr(text, STRING_TYPE))
+        _replace_bag(bag_dir, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _replace_bag(new: Path, out: Path) -> None:
+    """Move the finished bag ``new`` to ``out`` (an existing bag there is moved aside first
+    and deleted afterwards)."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old.rmdir()
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)
+
+
+# ---------------------------------------------------------------------------------------
+# Ground-truth sidecar files
+# ---------------------------------------------------------------------------------------
+def _parse_stamp(value: Any, where: str) -> int:
+    if not isinstance(value, dict) or set(value) - {"sec", "nanosec"} or "sec" not in value:
+        raise BagError(f"{where}: 'stamp' must be {{\"sec\": int, \"nanosec\": int}}, "
+                       f"got {value!r}")
+    sec, nanosec = value.get("sec"), value.get("nanosec", 0)
+    for name, v in (("sec", sec), ("nanosec", nanosec)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise BagError(f"{where}: stamp.{name} must be a non-negative integer, got {v!r}")
+    if nanosec >= 1_000_000_000:
+        raise BagError(f"{where}: stamp.nanosec must be < 1000000000, got {nanosec}")
+    return stamp_to_ns(sec, nanosec)
+
+
+def _parse_objects(value: Any, where: str) -> list[GroundTruthObject]:
+    if not isinstance(value, list):
+        raise BagError(f"{where}: 'objects' must be a list, got {type(value).__name__}")
+    out = []
+    for j, obj in enumerate(value):
+        here = f"{where}: objects[{j}]"
+        if not isinstance(obj, dict):
+            raise BagError(f"{here} must be an object with 'bbox' and 'label'")
+        bbox, label = obj.get("bbox"), obj.get("label")
+        if (not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in bbox)):
+            raise BagError(f"{here}: 'bbox' must be [x, y, w, h] (4 numbers), got {bbox!r}")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise BagError(f"{here}: bbox width and height must be >= 0, got {bbox!r}")
+        if not isinstance(label, str) or not label.strip():
+            raise BagError(f"{here}: 'label' must be a non-empty string, got {label!r}")
+        key = obj.get("key", "")
+        if not isinstance(key, str):
+            raise BagError(f"{here}: 'key' must be a string, got {key!r}")
+        out.append(GroundTruthObject(tuple(int(round(v)) for v in bbox), label, key))
+    return out
+
+
+def read_ground_truth_sidecar(path: str | Path) -> dict[tuple[str, int], list[GroundTruthObject]]:
+    """Read a JSON Lines ground-truth file (format in the module docstring).
+
+    Returns ``{(camera topic, stamp ns): objects}``. Raises :class:`BagError` naming the
+    file and line of the first bad line.
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BagError(f"ground-truth file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BagError(f"cannot read ground-truth file {path}: {exc}") from None
+    out: dict[tuple[str, int], list[GroundTruthObject]] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BagError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(entry, dict):
+            raise BagError(f"{where}: expected a JSON object with 'stamp', 'camera' and "
+                           f"'objects', got {type(entry).__name__}")
+        missing = [k for k in ("stamp", "camera", "objects") if k not in entry]
+        if missing:
+            raise BagError(f"{where}: missing {', '.join(repr(m) for m in missing)}")
+        camera = entry["camera"]
+        if not isinstance(camera, str) or not camera.startswith("/"):
+            raise BagError(f"{where}: 'camera' must be the image topic (e.g. "
+                           f"\"/camera/image_raw\"), got {camera!r}")
+        out[(camera, _parse_stamp(entry["stamp"], where))] = _parse_objects(entry["objects"],
+                                                                            where)
+    return out
+
+
+def write_ground_truth_sidecar(path: str | Path,
+                               entries: Iterable[tuple[str, int, Sequence[GroundTruthObject]]]
+                               ) -> Path:
+    """Write ``(camera topic, stamp ns, objects)`` entries as a JSON Lines sidecar file
+    (atomically: a temporary file renamed into place)."""
+    path = Path(path).expanduser()
+    lines = []
+    for camera, stamp_ns, objects in entries:
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        obj_list = []
+        for o in objects:
+            item: dict[str, Any] = {"bbox": [int(v) for v in o.bbox], "label": o.label}
+            if o.key:
+                item["key"] = o.key
+            obj_list.append(item)
+        lines.append(json.dumps({"stamp": {"sec": sec, "nanosec": nanosec}, "camera": camera,
+                                 "objects": obj_list}, separators=(",", ":")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+def _open_reader(path: Path):
+    """An open ``rosbags`` reader of the bag folder (or single .mcap/.db3 file) ``path``."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.rosbag2.errors import ReaderError
+
+    if not path.exists():
+        raise BagError(f"bag not found: {path}")
+    if path.is_dir() and not (path / "metadata.yaml").is_file():
+        raise BagError(f"{path} is not a rosbag2 bag: no metadata.yaml in the folder")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except ReaderError as exc:
+        raise BagError(f"cannot open bag {path}: {exc} (corrupt or not a rosbag2 bag)") from None
+    except (FileNotFoundError, OSError, sqlite3.Error, ValueError, KeyError, EOFError) as exc:
+        raise BagError(f"cannot open bag {path}: {exc} (corrupt or not a rosbag2 bag)") from None
+    return reader
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from rosbags.rosbag2.errors import ReaderError
+
+    return (ReaderError, OSError, sqlite3.Error, EOFError, ValueError, KeyError, IndexError)
+
+
+def iter_raw_messages(path: str | Path, topics: Sequence[str] | None = None
+                      ) -> Iterator[RawMessage]:
+    """Yield every message of the bag (or of ``topics``) in bag-time order as
+    :class:`RawMessage` ``(topic, msgtype, timestamp_ns, CDR bytes)``.
+
+    The bytes are the serialised message exactly as stored: pass them to
+    ``rclpy.serialization.deserialize_message`` or publish them with a raw publisher.
+    Raises :class:`BagError` when the bag is missing, corrupt or (part way) unreadable.
+    """
+    path = Path(path).expanduser()
+    reader = _open_reader(path)
+    try:
+        conns = [c for c in reader.connections if topics is None or c.topic in set(topics)]
+        if topics is not None:
+            known = {c.topic for c in reader.connections}
+            unknown = [t for t in topics if t not in known]
+            if unknown:
+                raise BagError(f"{path}: no topic(s) {unknown}; the bag has {sorted(known)}")
+        if not conns:
+            return
+        try:
+            for conn, timestamp, data in reader.messages(connections=conns):
+                yield RawMessage(conn.topic, conn.msgtype, int(timestamp), bytes(data))
+        except _read_errors() as exc:
+            raise BagError(f"cannot read messages of bag {path}: {exc} (the storage file is "
+                           "corrupt or truncated)") from None
+    finally:
+        reader.close()
+
+
+@dataclass
+class BagContents:
+    """What :func:`read_camera_bag` found in a bag (images are read lazily)."""
+
+    path: Path
+    #: Storage of the bag (``mcap`` or ``sqlite3``).
+    storage: str
+    #: Message type of every topic.
+    topics: dict[str, str]
+    #: Message count of every topic.
+    message_counts: dict[str, int]
+    #: Topics of type ``sensor_msgs/msg/Image``, sorted.
+    image_topics: list[str]
+    #: Ground truth: ``{(camera topic, header stamp ns): objects}``.
+    ground_truth: dict[tuple[str, int], list[GroundTruthObject]] = field(default_factory=dict)
+    #: Where the ground truth came from: ``topic``, ``sidecar`` or ``none``.
+    ground_truth_source: str = "none"
+    #: First and last message time (ns); 0 for an empty bag.
+    start_ns: int = 0
+    end_ns: int = 0
+
+    def objects_for(self, topic: str, stamp_ns: int) -> list[GroundTruthObject] | None:
+        """Ground-truth objects of the image on ``topic`` stamped ``stamp_ns`` (``None`` if
+        that image has no ground truth)."""
+        return self.ground_truth.get((topic, int(stamp_ns)))
+
+    def images(self, topics: Sequence[str] | None = None) -> Iterator[ImageMessage]:
+        """Decoded images of ``topics`` (default: every image topic) in bag-time order.
+
+        Raises :class:`BagError` on an image that cannot be decoded (the message names the
+        topic and time) or a storage read error.
+        """
+        from vl_distill_ros.core.image_codec import ImageDecodeError, decode_image
+
+        wanted = list(self.image_topics if topics is None else topics)
+        bad = [t for t in wanted if t not in self.image_topics]
+        if bad:
+            raise BagError(f"{self.path}: {bad} are not image topics; image topics: "
+                           f"{self.image_topics}")
+        store = _typestore()
+        for raw in iter_raw_messages(self.path, wanted):
+            try:
+                msg = store.deserialize_cdr(raw.data, IMAGE_TYPE)
+            except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
+                raise BagError(f"{self.path}: cannot deserialise the image on {raw.topic} at "
+                               f"{raw.timestamp_ns} ns: {exc}") from None
+            try:
+                image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                     msg.is_bigendian)
+            except ImageDecodeError as exc:
+                raise BagError(f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns: "
+                               f"{exc}") from None
+            yield ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
+                                                      msg.header.stamp.nanosec),
+                               raw.timestamp_ns, msg.header.frame_id, msg.encoding, image)
+
+
+def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
+                    ground_truth_topic: str = BagTopics.ground_truth) -> BagContents:
+    """Open a camera bag: topics, message counts, image topics and ground truth.
+
+    Args:
+        path: a rosbag2 bag folder (MCAP or sqlite3 storage; a bare ``.mcap``/``.db3``
+            file also works).
+        ground_truth: a JSON Lines sidecar file with the ground truth (format in the module
+            docstring); when given it is used instead of the bag's ground-truth topic.
+        ground_truth_topic: the ``std_msgs/msg/String`` topic holding ground-truth documents
+            in the ``~/labels`` schema (read when present and no sidecar is given).
+
+    Raises:
+        BagError: missing path, not a bag, corrupt metadata or storage, no image topic, an
+            unreadable ground-truth message or sidecar line.
+    """
+    path = Path(path).expanduser()
+    reader = _open_reader(path)
+    try:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        counts: dict[str, int] = {}
+        for c in reader.connections:
+            counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
+        storage = _storage_of(path)
+        start, end = (reader.start_time, reader.end_time) if reader.message_count else (0, 0)
+    finally:
+        reader.close()
+    image_topics = sorted(t for t, ty in topics.items() if ty == IMAGE_TYPE)
+    if not image_topics:
+        listing = ", ".join(f"{t} ({ty})" for t, ty in sorted(topics.items())) or "none"
+        raise BagError(f"{path} has no image topics (sensor_msgs/msg/Image); its topics: "
+                       f"{listing}")
+    contents = BagContents(path=path, storage=storage, topics=topics, message_counts=counts,
+                           image_topics=image_topics, start_ns=int(start),
+                           end_ns=int(max(end - 1, start)) if end else 0)
+    if ground_truth is not None:
+        contents.ground_truth = read_ground_truth_sidecar(ground_truth)
+        contents.ground_truth_source = "sidecar"
+    elif ground_truth_topic in topics:
+        if topics[ground_truth_topic] != STRING_TYPE:
+            raise BagError(f"{path}: ground-truth topic {ground_truth_topic} has type "
+                           f"{topics[ground_truth_topic]}, expected {STRING_TYPE}")
+        contents.ground_truth = _read_ground_truth_topic(path, ground_truth_topic)
+        contents.ground_truth_source = "topic"
+    return contents
+
+
+def _read_ground_truth_topic(path: Path, topic: str
+                             ) -> dict[tuple[str, int], list[GroundTruthObject]]:
+    store = _typestore()
+    out: dict[tuple[str, int], list[GroundTruthObject]] = {}
+    for raw in iter_raw_messages(path, [topic]):
+        where = f"{path}: {topic} message at {raw.timestamp_ns} ns"
+        try:
+            text = store.deserialize_cdr(raw.data, STRING_TYPE).data
+            doc = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - CDR or JSON: either way unreadable
+            raise BagError(f"{where}: not a JSON ground-truth document ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("header"), dict):
+            raise BagError(f"{where}: expected a ~/labels-style document with 'header', "
+                           "'camera' and 'objects'")
+        camera = doc.get("camera")
+        if not isinstance(camera, str):
+            raise BagError(f"{where}: 'camera' must be the image topic, got {camera!r}")
+        stamp = _parse_stamp(doc["header"].get("stamp"), where)
+        out[(camera, stamp)] = _parse_objects(doc.get("objects"), where)
+    return out
+
+
+def _storage_of(path: Path) -> str:
+    if path.is_file():
+        return "mcap" if path.suffix == ".mcap" else "sqlite3"
+    try:
+        import yaml
+
+        meta = yaml.safe_load((path / "metadata.yaml").read_text(encoding="utf-8"))
+        return str(meta["rosbag2_bagfile_information"]["storage_identifier"])
+    except Exception:  # noqa: BLE001 - informational only; the reader already accepted it
+        return "unknown"
