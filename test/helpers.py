@@ -1,0 +1,125 @@
+"""Shared test helpers: a tiny deterministic bundle and synthetic tabletop camera bags.
+
+* :func:`make_colour_bundle`: an untrained tiny student (mobilenet_v3_small, 64 px) whose
+  projection head is fitted in closed form (ridge regression on the backbone's features of
+  plain coloured crops) so that crops of a label's colour map to that label's text
+  embedding. Text embeddings come from the real offline teacher's text encoder (MiniLM via
+  :class:`~vl_distill_ros.core.text_service.TextEmbeddingService`). Predictions are then
+  deterministic, vary with the object's colour, and OOD objects of a similar colour are
+  confused with an ID label (a lemon looks like a banana) or come out ``unknown``.
+* :func:`synthetic_frames` / :func:`make_synthetic_bag`: frames of a plain noisy table with
+  coloured rectangles (objects) and their ground-truth boxes, written with
+  :func:`~vl_distill_ros.core.bag_io.write_camera_bag`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+#: Label -> (RGB colour, key in config/ycb_vocabulary.yaml).
+OBJECTS: dict[str, tuple[tuple[int, int, int], str]] = {
+    "banana": ((232, 202, 40), "011_banana"),          # ID
+    "apple": ((196, 28, 32), "013_apple"),             # ID
+    "power drill": ((30, 32, 38), "035_power_drill"),  # ID
+    "tennis ball": ((190, 235, 60), "056_tennis_ball"),  # ID
+    "lemon": ((248, 232, 96), "014_lemon"),            # OOD (close to banana)
+    "strawberry": ((214, 24, 66), "012_strawberry"),   # OOD (close to apple)
+}
+TABLE = (168, 138, 108)
+TEMPLATES = ["a photo of a {name}."]
+
+
+def _crop_of(colour: Sequence[int], rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """A crop like the proposer gives: a coloured block with a margin of table."""
+    h = int(rng.integers(size - 10, size + 10))
+    w = int(rng.integers(size - 10, size + 10))
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = TABLE
+    my, mx = max(1, h // 11), max(1, w // 11)
+    img[my:h - my, mx:w - mx] = colour
+    img += rng.normal(0.0, 2.0, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def make_colour_bundle(path: Path, names: Sequence[str], fit: Sequence[str],
+                       seed: int = 0) -> Path:
+    """Write a bundle for vocabulary ``names`` whose head maps each colour in ``fit`` to its
+    label's text embedding (see the module docstring). Returns the bundle path."""
+    import torch
+
+    from vl_distill_ros.core.bundle import save_bundle
+    from vl_distill_ros.core.config import StudentConfig, TeacherConfig
+    from vl_distill_ros.core.preprocess import preprocess_crops
+    from vl_distill_ros.core.student import build_student
+    from vl_distill_ros.core.teachers.factory import teacher_spec
+    from vl_distill_ros.core.text_service import TextEmbeddingService
+    from vl_distill_ros.core.vocabulary import Label, Vocabulary
+
+    spec = teacher_spec(TeacherConfig(backend="offline", device="cpu"))
+    service = TextEmbeddingService(spec, spec["id"], TEMPLATES, enrich=True)
+    vocab = Vocabulary(tuple(Label(name=n, key=OBJECTS[n][1] if n in OBJECTS else "")
+                             for n in names))
+    emb = service.embed_vocabulary(vocab)
+    torch.manual_seed(seed)
+    student = build_student(StudentConfig(backbone="mobilenet_v3_small", pretrained="none",
+                                          image_size=64), emb.shape[1]).eval()
+    rng = np.random.default_rng(seed)
+    feats, targets = [], []
+    for name in fit:
+        crops = [_crop_of(OBJECTS[name][0], rng) for _ in range(6)]
+        batch = torch.from_numpy(preprocess_crops(crops, student.input_spec))
+        with torch.no_grad():
+            feats.append(student.backbone(batch))
+        targets.append(emb[names.index(name)].expand(len(crops), -1))
+    x = torch.cat(feats).double()
+    y = torch.cat(targets).double()
+    mean = x.mean(0, keepdim=True)
+    xc = x - mean
+    ridge = 1e-3 * torch.eye(xc.shape[1], dtype=torch.float64) * xc.pow(2).sum() / xc.shape[0]
+    w = torch.linalg.solve(xc.T @ xc + ridge, xc.T @ y)          # (feat, D)
+    with torch.no_grad():
+        student.head.weight.copy_(w.T.float())
+        student.head.bias.copy_((-(mean @ w)).squeeze(0).float())
+    return save_bundle(path, student, emb, vocab, spec["id"], spec, TEMPLATES, enrich=True,
+                       onnx=False)
+
+
+def synthetic_frames(n: int, labels: Sequence[str], size: tuple[int, int] = (120, 160),
+                     per_frame: int = 3, seed: int = 0, start_ns: int = 1_700_000_000 * 10**9,
+                     fps: float = 10.0) -> list:
+    """``n`` :class:`~vl_distill_ros.core.bag_io.BagFrame` of coloured rectangles on a table,
+    each object's ground truth its rectangle; objects are spread over the frame width."""
+    from vl_distill_ros.core.bag_io import BagFrame, GroundTruthObject
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    frames = []
+    slot = w // per_frame
+    for i in range(n):
+        img = np.empty((h, w, 3), np.float32)
+        img[:] = TABLE
+        img += rng.normal(0.0, 1.5, img.shape)
+        objects = []
+        chosen = rng.choice(len(labels), size=per_frame, replace=len(labels) < per_frame)
+        for j, k in enumerate(chosen):
+            name = labels[int(k)]
+            ow = int(rng.integers(slot // 2, slot - 12))
+            oh = int(rng.integers(h // 5, h // 2))
+            x = j * slot + int(rng.integers(6, slot - ow - 5))
+            y = int(rng.integers(8, h - oh - 8))
+            img[y:y + oh, x:x + ow] = OBJECTS[name][0]
+            objects.append(GroundTruthObject((x, y, ow, oh), name, OBJECTS[name][1]))
+        frames.append(BagFrame(stamp_ns=start_ns + int(round(i * 1e9 / fps)),
+                               image=img.clip(0, 255).astype(np.uint8), objects=objects))
+    return frames
+
+
+def make_synthetic_bag(path: Path, n: int, labels: Sequence[str], fps: float = 10.0,
+                       seed: int = 0, storage: str = "mcap") -> Path:
+    """Write :func:`synthetic_frames` to a rosbag2 bag at ``path`` and return it."""
+    from vl_distill_ros.core.bag_io import write_camera_bag
+
+    return write_camera_bag(path, synthetic_frames(n, labels, seed=seed, fps=fps),
+                            storage=storage)

@@ -1,0 +1,348 @@
+"""``vl-distill replay-eval``: scoring, live replay through the real node, offline agreement,
+bad inputs.
+
+The bag is synthetic (coloured rectangles on a plain table, written with
+``bag_io.write_camera_bag``) and the bundle is tiny with a head fitted in closed form so that
+each ID colour maps to its label's text embedding (see test/helpers.py): predictions are
+deterministic, the ID objects are named, the OOD ones (lemon, strawberry) are confused with
+ID labels, and a high ``unknown_threshold`` turns the less certain ones into ``unknown``.
+The live runs start the real ``vl_distill_node`` as a subprocess and talk to it over DDS on
+loopback (conftest.py sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a per-session
+ROS_DOMAIN_ID, inherited by the node).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import OBJECTS, make_colour_bundle, make_synthetic_bag
+from vl_distill_ros import cli
+from vl_distill_ros.core.bag_io import read_camera_bag
+from vl_distill_ros.core.vocabulary import Label, Split, Vocabulary
+from vl_distill_ros.evaluation import replay
+from vl_distill_ros.evaluation.report import load_labels_jsonl
+from vl_distill_ros.evaluation.scoring import (Membership, compare_documents, doc_frame_key,
+                                               match_boxes, score_frames)
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["banana", "apple", "power drill", "tennis ball", "lemon", "strawberry"]
+ID_FIT = ["banana", "apple", "power drill", "tennis ball"]
+N_FRAMES = 16
+# Scores at temperature 0.08: drill / tennis ball >= 0.9994, apple ~0.9975, banana ~0.995,
+# so 0.999 makes apples and bananas (and the OOD look-alikes) "unknown", far from any tie.
+PARAMS = ["-p", "torch_threads:=1", "-p", "score_temperature:=0.08",
+          "-p", "unknown_threshold:=0.999"]
+
+
+# ----------------------------------------------------------------------------------------
+# scoring (no ROS)
+# ----------------------------------------------------------------------------------------
+def _doc(camera: str, stamp_ns: int, objects: list[tuple]) -> dict:
+    return {"header": {"stamp": {"sec": stamp_ns // 10**9, "nanosec": stamp_ns % 10**9},
+                       "frame_id": "f"}, "camera": camera, "vocabulary_version": 1,
+            "objects": [{"bbox": list(b), "label": lb, "score": 0.9, "known": lb != "unknown",
+                         "top_k": []} for b, lb in objects]}
+
+
+def test_greedy_iou_matching_prefers_the_best_pair():
+    gt = [(0, 0, 10, 10), (8, 0, 10, 10)]
+    pred = [(7, 0, 10, 10), (1, 0, 10, 10), (100, 100, 5, 5)]
+    assert [(i, j) for i, j, _ in match_boxes(gt, pred, 0.5)] == [(0, 1), (1, 0)]
+    assert match_boxes(gt, pred, 0.95) == []
+
+
+def test_score_frames_counts_every_outcome():
+    split = Split("s", ("011_banana", "013_apple"), ("014_lemon",))
+    vocab = Vocabulary((Label("banana", key="011_banana"), Label("apple", key="013_apple"),
+                        Label("lemon", key="014_lemon")))
+    membership = Membership.from_split(split, [vocab])
+    cam = "/cam"
+    frames = [(cam, 1), (cam, 2), (cam, 3)]
+    gt = {(cam, 1): [((0, 0, 10, 10), "banana", "011_banana"), ((20, 0, 10, 10), "apple", ""),
+                     ((40, 0, 10, 10), "lemon", "")],
+          (cam, 2): [((0, 0, 10, 10), "Banana", "")],       # case-insensitive
+          (cam, 3): [((0, 0, 10, 10), "apple", "")]}         # frame 3 is dropped
+    labels = {(cam, 1): _doc(cam, 1, [((1, 0, 10, 10), "banana"),    # correct
+                                      ((20, 1, 10, 10), "unknown"),  # unknown (wrong)
+                                      ((70, 0, 10, 10), "apple")]),  # background FP; lemon missed
+              (cam, 2): _doc(cam, 2, [((0, 0, 10, 10), "lemon")]),   # confused
+              ("/other", 9): _doc("/other", 9, [])}
+    s = score_frames(frames, gt, labels, membership, 0.5, latencies_s={(cam, 1): 0.01,
+                                                                       (cam, 2): 0.03})
+    assert s["frames"] == {"total": 3, "labelled": 2, "dropped": 1, "with_ground_truth": 3,
+                           "evaluated": 2, "unexpected": 1,
+                           "ground_truth_objects_in_dropped_frames": 1}
+    a, i, o = s["groups"]["all"], s["groups"]["id"], s["groups"]["ood"]
+    assert (a["objects"], a["matched"], a["missed"], a["correct"], a["wrong"], a["unknown"]) \
+        == (4, 3, 1, 1, 1, 1)
+    assert a["accuracy"] == pytest.approx(1 / 3) and a["recall"] == pytest.approx(1 / 4)
+    assert (i["objects"], i["correct"], i["unknown"]) == (3, 1, 1)
+    assert (o["objects"], o["missed"], o["accuracy"]) == (1, 1, None)
+    banana, apple, lemon = (s["per_object"][n] for n in ("banana", "apple", "lemon"))
+    assert (banana["tp"], banana["fp"], banana["fn"], banana["support"]) == (1, 0, 1, 2)
+    assert (apple["tp"], apple["fp_background"], apple["unknown"]) == (0, 1, 1)
+    assert (lemon["tp"], lemon["fp_confused"], lemon["missed"], lemon["group"]) == (0, 1, 1,
+                                                                                     "ood")
+    assert banana["precision"] == 1.0 and banana["f1"] == pytest.approx(2 / 3)
+    assert s["false_positives"] == {"boxes": 1, "known": 1, "unknown": 0}
+    c = s["confusion"]
+    assert c["rows"] == ["apple", "banana", "lemon"]  # ID then OOD, each sorted
+    assert c["columns"] == ["apple", "banana", "lemon", "unknown", "(missed)"]
+    assert c["matrix"] == [[0, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 1]]
+    assert s["latency_ms"]["n"] == 2 and s["latency_ms"]["p50"] == pytest.approx(20.0)
+
+
+def test_offline_settings_are_the_nodes(monkeypatch):
+    """The offline pipeline settings come from the same parameter values by the node's rule."""
+    node_mod = pytest.importorskip("vl_distill_ros.ros.node")
+    name, value = replay.parse_param("rois:=[0, 0, 20, 20]")
+    values = replay.node_parameter_values({"crop_source": "rois", name: value,
+                                           "unknown_threshold": 0.25, "top_k": 2})
+    assert replay.pipeline_settings(values) == node_mod.VlDistillNode._settings_from(values)
+    with pytest.raises(replay.InputError, match="not a tunable"):
+        replay.parse_param("model_path:=/x.vdb")
+    with pytest.raises(replay.InputError, match=r"\[0.0, 1.0\]"):
+        replay.parse_param("unknown_threshold:=3")
+
+
+# ----------------------------------------------------------------------------------------
+# fixtures
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "colour.vdb", NAMES, ID_FIT)
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory) -> Path:
+    return make_synthetic_bag(tmp_path_factory.mktemp("bags") / "table", N_FRAMES, NAMES,
+                              fps=10.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def vocabulary_file(tmp_path_factory) -> Path:
+    """The bundle's labels in another order (all embeddings come from the bundle's cache)."""
+    path = tmp_path_factory.mktemp("vocab") / "vocabulary.yaml"
+    Vocabulary(tuple(Label(n, key=OBJECTS[n][1]) for n in reversed(NAMES))).save(path)
+    return path
+
+
+class PopenSpy:
+    """Wraps subprocess.Popen in the replay module to record the processes it starts."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.pids: list[int] = []
+        real = subprocess.Popen
+
+        def spy(*args, **kwargs):
+            proc = real(*args, **kwargs)
+            self.pids.append(proc.pid)
+            return proc
+
+        monkeypatch.setattr(replay.subprocess, "Popen", spy)
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` is neither running nor a zombie, and nothing is left in its group."""
+    if Path(f"/proc/{pid}").exists():
+        return False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid:  # process group id
+            return False
+    return True
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(["replay-eval", *args, "--no-progress"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def live_run(bundle, bag, vocabulary_file, tmp_path_factory):
+    """One live replay (rate 1: 16 frames at 10 fps) through the real node."""
+    out = tmp_path_factory.mktemp("live")
+    mp = pytest.MonkeyPatch()
+    spy = PopenSpy(mp)
+    try:
+        code = cli.main(["replay-eval", str(bag), "--model", str(bundle), "--vocabulary",
+                         str(vocabulary_file), "--out", str(out), "--text-cache-dir", "",
+                         "--rate", "1.0", "--node-timeout", "90", "--no-progress", *PARAMS])
+    finally:
+        mp.undo()
+    return code, out, spy.pids
+
+
+# ----------------------------------------------------------------------------------------
+# live and offline
+# ----------------------------------------------------------------------------------------
+def _recompute(out: Path, bag: Path, vocabulary_file: Path) -> tuple[dict, dict]:
+    """Scores recomputed from labels.jsonl (first document per frame) and the bag."""
+    report = json.loads((out / "report.json").read_text())
+    rows = load_labels_jsonl(out / "labels.jsonl")
+    contents = read_camera_bag(bag)
+    frames = [(img.topic, img.stamp_ns) for img in contents.images()]
+    docs: dict = {}
+    lat: dict = {}
+    for row in rows:
+        key = tuple(row["frame"])
+        if key not in docs:
+            docs[key] = row["doc"]
+            lat[key] = row["latency_s"]
+        # the frame key is the document's own (namespace stripped)
+        assert doc_frame_key(row["doc"])[1] == key[1]
+    split = Split.load(REPO / "config" / "splits" / "ycb_paper.yaml")
+    membership = Membership.from_split(split, [Vocabulary.load(vocabulary_file)])
+    scores = score_frames(frames, contents.ground_truth, docs, membership, 0.5,
+                          latencies_s=lat, vocabulary_names=NAMES)
+    return report, scores
+
+
+def test_live_report_matches_the_labels_the_node_published(live_run, bag, vocabulary_file,
+                                                           capsys):
+    code, out, pids = live_run
+    assert code == 0
+    for name in ("report.json", "report.md", "labels.jsonl", "node.log",
+                 "confusion_matrix.png", "per_object_f1.png", "latency_hist.png"):
+        assert (out / name).is_file(), name
+    report, scores = _recompute(out, bag, vocabulary_file)
+    fr = report["frames"]
+    assert fr["in_bag"] == fr["published"] == fr["total"] == N_FRAMES
+    assert fr["labelled"] + fr["dropped"] == N_FRAMES
+    assert fr["labelled"] >= N_FRAMES // 2, fr
+    assert fr["node_received"] + fr["lost_in_transport"] == N_FRAMES
+    assert fr["node_dropped_latest_wins"] is not None
+    rows = load_labels_jsonl(out / "labels.jsonl")
+    assert len(rows) == fr["labelled"] + fr["duplicate_documents"]
+    assert all(r["doc"]["camera"].endswith("/camera/image_raw") for r in rows)
+    # every number of the report is what the recorded documents give
+    for key in ("groups", "per_object", "confusion", "macro_f1", "false_positives",
+                "latency_ms"):
+        assert report[key] == scores[key], key
+    assert {k: v for k, v in report["frames"].items() if k in scores["frames"]} == \
+        {k: v for k, v in scores["frames"].items() if k != "unexpected"}
+    # and they are not trivial: ID objects named, apples/bananas "unknown", OOD confused
+    g = report["groups"]
+    assert g["id"]["correct"] > 0 and g["all"]["unknown"] > 0 and g["ood"]["correct"] == 0
+    assert g["id"]["objects"] + g["ood"]["objects"] == g["all"]["objects"] > 0
+    assert report["accuracy"]["id"] == g["id"]["accuracy"] and report["mode"] == "live"
+    assert report["latency_ms"]["n"] == fr["labelled"] and report["latency_ms"]["p50"] > 0
+    assert report["vocabulary"]["names"] == list(reversed(NAMES))
+    assert report["node"]["vocabulary_size"] == len(NAMES)
+    assert "| ID |" in (out / "report.md").read_text()
+    # the node was stopped cleanly and nothing is left running
+    assert len(pids) == 1 and report["node"]["pid"] == pids[0]
+    assert report["node"]["returncode"] == 0
+    assert process_gone(pids[0])
+
+
+def test_offline_gives_the_same_labels_as_live(live_run, bundle, bag, vocabulary_file,
+                                               tmp_path, capsys):
+    _, live_out, _ = live_run
+    out = tmp_path / "offline"
+    code, stdout, err = run_cli([str(bag), "--offline", "--model", str(bundle), "--vocabulary",
+                                 str(vocabulary_file), "--out", str(out), "--text-cache-dir",
+                                 "", *PARAMS], capsys)
+    assert code == 0, err
+    assert "ID" in stdout and "processing time" in stdout
+    off = json.loads((out / "report.json").read_text())
+    assert off["mode"] == "offline" and off["frames"]["labelled"] == N_FRAMES
+    assert off["frames"]["dropped"] == 0
+
+    def docs(path: Path) -> dict:
+        got: dict = {}
+        for row in load_labels_jsonl(path / "labels.jsonl"):
+            got.setdefault(tuple(row["frame"]), row["doc"])
+        return got
+
+    live_docs, off_docs = docs(live_out), docs(out)
+    cmp = compare_documents(live_docs, off_docs, score_tolerance=1e-4)
+    print(f"\nlive vs offline: {cmp['common']} common frames, {cmp['agree']} agree, "
+          f"max score difference {cmp['max_score_diff']:.2e}")
+    assert cmp["common"] == len(live_docs) >= N_FRAMES // 2
+    assert cmp["disagree"] == [], cmp
+    # scored on the same frames, the two modes give the same numbers
+    contents = read_camera_bag(bag)
+    common = [k for k in ((i.topic, i.stamp_ns) for i in contents.images()) if k in live_docs]
+    membership = Membership.from_split(Split.load(REPO / "config/splits/ycb_paper.yaml"),
+                                       [Vocabulary.load(vocabulary_file)])
+    a = score_frames(common, contents.ground_truth, live_docs, membership)
+    b = score_frames(common, contents.ground_truth, off_docs, membership)
+    assert a["groups"] == b["groups"] and a["per_object"] == b["per_object"]
+    if json.loads((live_out / "report.json").read_text())["frames"]["dropped"] == 0:
+        assert off["groups"] == json.loads((live_out / "report.json").read_text())["groups"]
+
+
+# ----------------------------------------------------------------------------------------
+# bad input -> exit 2, node problems -> exit 3, never a stray process
+# ----------------------------------------------------------------------------------------
+def _strings_only_bag(path: Path) -> Path:
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    with Writer(path, version=9) as writer:
+        conn = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        writer.write(conn, 5, store.serialize_cdr(store.types["std_msgs/msg/String"](data="hi"),
+                                                  "std_msgs/msg/String"))
+    return path
+
+
+def test_bad_inputs_exit_2_with_a_message_and_start_nothing(bag, bundle, tmp_path, capsys,
+                                                             monkeypatch):
+    spy = PopenSpy(monkeypatch)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(bag, corrupt)
+    storage = next(corrupt.glob("*.mcap"))
+    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 3])
+    bad_sidecar = tmp_path / "gt.jsonl"
+    bad_sidecar.write_text('{"stamp": {"sec": 1}, "camera": "/camera/image_raw"}\n')
+    cases = [
+        ([str(tmp_path / "no_such_bag")], "bag not found"),
+        ([str(corrupt)], "corrupt"),
+        ([str(_strings_only_bag(tmp_path / "strings"))], "no image topics"),
+        ([str(bag), "--sidecar", str(bad_sidecar)], "missing 'objects'"),
+        ([str(bag), "--model", str(tmp_path / "none.vdb")], "model bundle not found"),
+        ([str(bag), "-p", "crop_source:=everything"], "crop_source must be one of"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(["--model", str(bundle), "--out", str(tmp_path / "o"), *args],
+                               capsys)
+        assert code == 2, (args, err)
+        assert message in err and "replay-eval: error:" in err, (args, err)
+    assert spy.pids == []  # no node was started for bad input
+    # the installed command exits with status 2 too
+    exe = Path(sys.executable).with_name("vl-distill")
+    if exe.exists():
+        res = subprocess.run([str(exe), "replay-eval", str(tmp_path / "no_such_bag")],
+                             capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        assert res.returncode == 2 and "bag not found" in res.stderr
+
+
+def test_node_that_fails_or_never_answers_exits_3_and_leaves_no_process(bag, bundle, tmp_path,
+                                                                        capsys, monkeypatch):
+    spy = PopenSpy(monkeypatch)
+    broken = tmp_path / "broken.vdb"
+    broken.write_bytes(bundle.read_bytes()[:2000])  # the node cannot load it
+    code, _, err = run_cli([str(bag), "--model", str(broken), "--out", str(tmp_path / "a"),
+                            "--node-timeout", "60"], capsys)
+    assert code == 3, err
+    assert "exited with code 1 before it was ready" in err and "cannot load model bundle" in err
+    code, _, err = run_cli([str(bag), "--model", str(bundle), "--out", str(tmp_path / "b"),
+                            "--node-timeout", "2", "--node-command",
+                            f"{sys.executable} -c 'import time; time.sleep(600)'"], capsys)
+    assert code == 3, err
+    assert "never answered" in err and "image subscriptions matched 0/1" in err
+    assert len(spy.pids) == 2
+    for pid in spy.pids:
+        assert process_gone(pid), pid

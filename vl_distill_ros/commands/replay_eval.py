@@ -1,0 +1,173 @@
+"""``vl-distill replay-eval``: replay a camera bag through the node and score its labels.
+
+Live (default): starts ``vl_distill_node`` with the bundle and vocabulary, publishes the bag's
+images with the recorded timing scaled by ``--rate`` (what ``ros2 bag play`` does), records
+``~/labels`` and scores them against the bag's ground truth. ``--offline`` runs the same
+pipeline on the bag's images without ROS, as fast as the CPU allows. See
+:mod:`vl_distill_ros.evaluation.replay` for the details and ``launch/replay_eval.launch.py``
+for the equivalent on a ROS 2 install.
+
+Exit codes: 0 evaluation completed; 2 bad input (missing or corrupt bag, no image topics,
+unreadable ground truth, model, vocabulary, split or parameter); 3 the node never answered
+or exited (its last output lines are shown); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+PROG = "vl-distill replay-eval"
+DEFAULT_SPLIT = "config/splits/ycb_paper.yaml"
+DEFAULT_REFERENCE_VOCABULARY = "config/ycb_vocabulary.yaml"
+
+
+def find_config(relative: str) -> Path | None:
+    """A packaged config file: the source tree's, the installed share folder's, or the
+    current directory's (first that exists)."""
+    candidates = [Path(__file__).resolve().parents[2] / relative,
+                  Path(sys.prefix) / "share" / "vl_distill_ros" / relative,
+                  Path.cwd() / relative]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``replay-eval`` subcommand to ``sub`` (sets ``func=run``)."""
+    p = sub.add_parser(
+        "replay-eval", help="replay a camera bag through the node and score its labels",
+        description="Start vl_distill_node with the given bundle and vocabulary, publish the "
+                    "bag's camera images into the ROS graph with the recorded timing scaled "
+                    "by --rate (like 'ros2 bag play'), record the node's ~/labels, match them "
+                    "to the bag's ground truth by IoU and score them: accuracy on ID and OOD "
+                    "objects, per-object precision/recall/F1, unknown rate, confusion matrix, "
+                    "missed objects, end-to-end latency p50/p95, processed vs dropped frames. "
+                    "Writes report.json, report.md, labels.jsonl and PNG plots. --offline "
+                    "runs the same pipeline on the bag without ROS. Exit codes: 0 done, 2 bad "
+                    "input, 3 the node never answered or exited.")
+    p.add_argument("bag", metavar="BAG",
+                   help="rosbag2 bag folder (MCAP or sqlite3; e.g. from 'vl-distill make-bag')")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="replay speed factor, as 'ros2 bag play --rate' (default: %(default)s)")
+    p.add_argument("--model", default=None, metavar="BUNDLE",
+                   help="student bundle (.vdb) (default: the packaged default bundle)")
+    p.add_argument("--vocabulary", default=None, metavar="FILE",
+                   help="vocabulary YAML for the node (format of config/ycb_vocabulary.yaml; "
+                        "default: the bundle's own vocabulary)")
+    p.add_argument("--split", default=None, metavar="FILE",
+                   help=f"ID/OOD split YAML (default: {DEFAULT_SPLIT}); 'none' groups "
+                        "nothing")
+    p.add_argument("--reference-vocabulary", default=None, metavar="FILE",
+                   help="vocabulary YAML that maps the split's keys to label names "
+                        f"(default: {DEFAULT_REFERENCE_VOCABULARY})")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: runs/replay/<bag name>[_offline])")
+    p.add_argument("--offline", action="store_true",
+                   help="run the pipeline directly on the bag's images, without ROS, as fast "
+                        "as possible")
+    p.add_argument("--crop-source", choices=("proposals", "full_frame", "rois"), default=None,
+                   help="the node's crop_source parameter (default: the node's, proposals)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="another node parameter (pipeline settings, qos_reliability, "
+                        "qos_depth, torch_threads), e.g. -p unknown_threshold:=0.3; "
+                        "repeatable")
+    p.add_argument("--iou", type=float, default=0.5,
+                   help="IoU needed to match a box to a ground-truth object "
+                        "(default: %(default)s)")
+    p.add_argument("--sidecar", default=None, metavar="JSONL",
+                   help="ground truth from this JSON Lines file instead of the bag's "
+                        "/ground_truth topic")
+    p.add_argument("--device", default="auto",
+                   help="torch device of the student: auto, cpu, cuda, cuda:N "
+                        "(default: %(default)s)")
+    p.add_argument("--text-cache-dir", default=None, metavar="DIR",
+                   help="label text-embedding cache (default: the node's, "
+                        "~/.cache/vl_distill_ros/text_embeddings; '' disables it)")
+    p.add_argument("--node-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds the node may take to come up (default: %(default)s)")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for labels after the last frame "
+                        "(default: %(default)s)")
+    p.add_argument("--namespace", default=None,
+                   help="namespace of the node and the replayed topics (default: a unique "
+                        "/vl_replay_<pid>_<hex>, so nothing else in the ROS domain mixes in)")
+    p.add_argument("--node-command", default=None, metavar="CMD",
+                   help="command that starts the node ('--ros-args ...' is appended; default: "
+                        "'<this python> -m vl_distill_ros.ros.node')")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def _error(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation; returns the exit code (0, 2, 3 or 130)."""
+    from ..core.vocabulary import Split, Vocabulary, VocabularyError
+    from ..evaluation.replay import (InputError, ReplayError, ReplaySettings, evaluate_bag,
+                                     parse_param)
+    from ..evaluation.report import summary_table
+
+    if not args.offline and not os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        print(f"{PROG}: warning: ROS_AUTOMATIC_DISCOVERY_RANGE is not set, so DDS discovery "
+              "may reach other machines; export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST to keep "
+              "the replay on this machine (and set ROS_DOMAIN_ID to keep it apart from other "
+              "runs)", file=sys.stderr)
+    try:
+        if args.rate <= 0:
+            raise InputError(f"--rate must be > 0, got {args.rate}")
+        params = dict(parse_param(text) for text in args.param)
+        if args.crop_source:
+            params["crop_source"] = args.crop_source
+        for name, value in (("--node-timeout", args.node_timeout),
+                            ("--drain-timeout", args.drain_timeout)):
+            if value <= 0:
+                raise InputError(f"{name} must be > 0, got {value}")
+        bag = Path(args.bag).expanduser()
+        out = Path(args.out) if args.out else Path("runs") / "replay" / (
+            (bag.name or "bag") + ("_offline" if args.offline else ""))
+
+        split, split_path = None, ""
+        if args.split != "none":
+            path = Path(args.split) if args.split else find_config(DEFAULT_SPLIT)
+            if path is None:
+                print(f"{PROG}: warning: {DEFAULT_SPLIT} not found; objects are not grouped "
+                      "into ID/OOD (pass --split)", file=sys.stderr)
+            else:
+                split, split_path = Split.load(path), str(path)
+        ref_path = (Path(args.reference_vocabulary) if args.reference_vocabulary
+                    else find_config(DEFAULT_REFERENCE_VOCABULARY))
+        references = [Vocabulary.load(ref_path)] if ref_path is not None else []
+
+        settings = ReplaySettings(
+            model=Path(args.model).expanduser() if args.model else None,
+            vocabulary=Path(args.vocabulary).expanduser() if args.vocabulary else None,
+            params=params, device=args.device, rate=args.rate,
+            node_timeout=args.node_timeout, drain_timeout=args.drain_timeout,
+            namespace=args.namespace,
+            node_command=shlex.split(args.node_command) if args.node_command else None,
+            progress=not args.no_progress)
+        if args.text_cache_dir is not None:
+            settings.text_cache_dir = args.text_cache_dir
+        report = evaluate_bag(bag, settings, out, offline=args.offline, sidecar=args.sidecar,
+                              split=split, split_path=split_path,
+                              reference_vocabularies=references, iou_threshold=args.iou,
+                              plots=not args.no_plots)
+    except VocabularyError as exc:
+        _error(str(exc))
+        return 2
+    except ReplayError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    print(summary_table(report))
+    if not report["bag"]["ground_truth_frames"]:
+        print(f"{PROG}: warning: the bag has no ground truth (no /ground_truth topic and no "
+              "--sidecar): only frames and latency are reported", file=sys.stderr)
+    print(f"report: {report['files']['report_json']}")
+    return 0

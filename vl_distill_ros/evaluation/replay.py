@@ -1,0 +1,909 @@
+"""Replay a camera bag through ``vl_distill_node`` (live) or the same pipeline (offline).
+
+Live mode (:func:`run_live`) does what ``ros2 bag play`` plus a recorder would do, without
+either being installed:
+
+1. the node is started as a subprocess (``python -m vl_distill_ros.ros.node``) in a private
+   namespace (default ``/vl_replay_<pid>_<random>``) with the bundle, the vocabulary file
+   and the pipeline parameters, its output going to ``node.log``; it runs in its own process
+   group, so it is stopped (SIGINT, then SIGTERM / SIGKILL to the group) whatever happens,
+   and on Linux it also receives SIGTERM should this process die;
+2. a replay node in this process publishes each image message of the bag, as the stored CDR
+   bytes (``Publisher.publish(bytes)``, exactly what ``ros2 bag play`` sends), on
+   ``<namespace><topic>`` at ``t0 + (bag time - first bag time) / rate``; the node's
+   ``image_topics`` are those namespaced topics, so other publishers of the bag's topic
+   names in the same ROS domain cannot mix in;
+3. it records ``<namespace>/vl_distill_node/labels`` (reliable QoS, deep queue) with the
+   receive time, and the node's ``/diagnostics`` (its received / processed / dropped
+   counters and its vocabulary state);
+4. replay starts only once the node is up: its labels publisher is discovered, every image
+   topic has its subscription matched and a first diagnostics message arrived; if that does
+   not happen within ``node_timeout`` seconds, or the node exits, a :class:`NodeError`
+   quotes the end of ``node.log``;
+5. after the last frame it waits until every published frame is labelled, or no label has
+   arrived for a quiet period (frames the node dropped under its latest-wins policy, or lost
+   in best-effort transport, are never labelled), at most ``drain_timeout`` seconds.
+
+End-to-end latency of a frame is the time from its publication by the replay node to the
+arrival of its labels document (both measured here with one monotonic clock).
+
+Offline mode (:func:`run_offline`) decodes the bag's images and runs
+:class:`~vl_distill_ros.core.pipeline.PerceptionPipeline` frame by frame, as fast as the CPU
+allows, with the same bundle, the same vocabulary (embedded by the same
+:class:`~vl_distill_ros.core.text_service.TextEmbeddingService`) and the same settings
+(built from the same parameter values as the node's, see :func:`pipeline_settings`), and
+makes the same documents with :func:`~vl_distill_ros.core.pipeline.labels_document`. The
+two modes therefore give the same labels for the frames both labelled.
+
+Errors: :class:`InputError` (exit code 2: missing or corrupt bag, no image topics, bad
+sidecar, bad model or vocabulary file, bad parameter) and :class:`NodeError` (exit code 3:
+the node never answered, or exited).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..core.bag_io import BagContents, BagError, iter_raw_messages, read_camera_bag
+from ..ros import params as P
+from .scoring import FrameKey, doc_frame_key
+
+__all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
+           "TUNABLE_PARAMS", "NODE_NAME", "default_model_path", "parse_param",
+           "node_parameter_values", "pipeline_settings", "open_bag", "run_live",
+           "run_offline", "stamp_from_cdr", "resolve_device"]
+
+#: Name of the node under test (as in :mod:`vl_distill_ros.ros.node`).
+NODE_NAME = "vl_distill_node"
+#: Node parameters that ``--param`` may set (the others have dedicated options or are
+#: controlled by the replay).
+TUNABLE_PARAMS: frozenset[str] = frozenset(P.SETTINGS_PARAMS | {
+    "qos_reliability", "qos_depth", "torch_threads", "publish_annotated"})
+#: Diagnostics period requested from the node (s): counters are read from diagnostics.
+DIAGNOSTICS_PERIOD = 0.5
+#: Lines of node output quoted in errors.
+LOG_TAIL_LINES = 25
+
+
+class ReplayError(RuntimeError):
+    """A replay evaluation cannot complete; :attr:`exit_code` is the CLI exit status."""
+
+    exit_code = 1
+
+
+class InputError(ReplayError):
+    """Bad input: missing or corrupt bag, no image topics, bad sidecar, model, vocabulary or
+    parameter (exit code 2)."""
+
+    exit_code = 2
+
+
+class NodeError(ReplayError):
+    """The node never answered, or exited during the replay (exit code 3)."""
+
+    exit_code = 3
+
+
+@dataclass
+class ReplaySettings:
+    """What to replay the bag through.
+
+    Attributes:
+        model: bundle (.vdb); ``None``: the packaged default bundle.
+        vocabulary: vocabulary YAML; ``None``: the bundle's own vocabulary.
+        params: extra node parameters (names in :data:`TUNABLE_PARAMS`), already typed.
+        device: torch device of the student (``auto``: cuda when available).
+        text_cache_dir: label text-embedding cache folder ("" disables it).
+        rate: replay speed factor (live mode).
+        node_timeout: seconds the node may take to come up (live mode).
+        drain_timeout: seconds to wait for outstanding labels after the last frame.
+        namespace: namespace of the node and the replayed topics (default: a unique one).
+        node_command: command that starts the node (``--ros-args ...`` is appended);
+            default ``python -m vl_distill_ros.ros.node``.
+        log_dir: where ``node.log`` goes (default: a temporary folder).
+        progress: show a progress bar on stderr.
+    """
+
+    model: Path | None = None
+    vocabulary: Path | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    text_cache_dir: str = str(P.BY_NAME["text_cache_dir"].default)
+    rate: float = 1.0
+    node_timeout: float = 60.0
+    drain_timeout: float = 30.0
+    namespace: str | None = None
+    node_command: Sequence[str] | None = None
+    log_dir: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class Recording:
+    """What one replay produced.
+
+    Attributes:
+        mode: ``live`` or ``offline``.
+        frames: every image frame that was input (published or processed), in order.
+        labels: the first labels document of each frame, keyed by ``(topic, stamp ns)``
+            (topics are the bag's, without the replay namespace).
+        rows: every document in arrival order with its times (what ``labels.jsonl`` holds).
+        latencies_s: input-to-labels time per labelled frame (live: publication to arrival;
+            offline: processing time).
+        published: frames published (live) or processed (offline).
+        duplicates: extra documents for an already labelled frame.
+        unexpected: documents for frames that were not input.
+        node: facts about the node run (command, pid, return code, counters, log file).
+        vocabulary: ``{"source", "names"}`` of the vocabulary in use.
+        settings: the pipeline parameter values used.
+        duration_s: wall time of the replay (first input to last label).
+    """
+
+    mode: str
+    frames: list[FrameKey] = field(default_factory=list)
+    labels: dict[FrameKey, dict] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    latencies_s: dict[FrameKey, float] = field(default_factory=dict)
+    published: int = 0
+    duplicates: int = 0
+    unexpected: int = 0
+    node: dict[str, Any] = field(default_factory=dict)
+    vocabulary: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+# -------------------------------------------------------------------------------------------
+# inputs and parameters
+# -------------------------------------------------------------------------------------------
+def default_model_path() -> Path:
+    """The packaged default bundle, as the node resolves it:
+    ``vl_distill_ros/models/default_student.vdb``."""
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("vl_distill_ros") / "models" / "default_student.vdb"))
+    except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover
+        return Path(__file__).resolve().parents[1] / "models" / "default_student.vdb"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu`` (the node's rule); others unchanged."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _coerce(name: str, value: Any) -> Any:
+    spec = P.BY_NAME[name]
+    kind = spec.type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if kind == "integer":
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            out: Any = int(value)
+        elif kind == "double":
+            if isinstance(value, bool):
+                raise TypeError
+            out = float(value)
+        elif kind == "string":
+            out = str(value)
+        elif kind == "integer_array":
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            out = [int(v) for v in value]
+        elif kind == "string_array":
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            out = [str(v) for v in value]
+        else:  # pragma: no cover - every type is listed above
+            raise TypeError
+    except (TypeError, ValueError):
+        raise InputError(f"parameter {name} must be of type {kind}, got {value!r}") from None
+    if name == "qos_reliability" and out not in ("best_effort", "reliable"):
+        raise InputError(f"parameter qos_reliability must be best_effort or reliable, got "
+                         f"{out!r}")
+    if spec.range is not None and kind in ("integer", "double"):
+        lo, hi = spec.range
+        if not lo <= out <= hi:
+            raise InputError(f"parameter {name} must lie in [{lo}, {hi}], got {out}")
+    return out
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``NAME:=VALUE`` (or ``NAME=VALUE``) -> ``(name, typed value)``; the value is read as
+    YAML like ``ros2 run ... -p`` does (``0.3``, ``true``, ``[0, 0, 64, 64]``).
+
+    Raises:
+        InputError: bad syntax, a name not in :data:`TUNABLE_PARAMS`, or a bad value.
+    """
+    import yaml
+
+    sep = ":=" if ":=" in text else "="
+    name, _, raw = text.partition(sep)
+    name = name.strip()
+    if not _ or not name:
+        raise InputError(f"--param expects NAME:=VALUE, got {text!r}")
+    if name not in TUNABLE_PARAMS:
+        raise InputError(f"--param {name}: not a tunable node parameter; choose one of "
+                         f"{sorted(TUNABLE_PARAMS)} (model, vocabulary, device and text "
+                         "cache have their own options)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise InputError(f"--param {name}: cannot parse {raw!r}: {exc}") from None
+    return name, _coerce(name, value)
+
+
+def node_parameter_values(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every node parameter's value: the declared defaults updated with ``params``."""
+    values = {spec.name: (list(spec.default) if isinstance(spec.default, list) else spec.default)
+              for spec in P.PARAMETERS}
+    for name, value in (params or {}).items():
+        if name not in P.BY_NAME:
+            raise InputError(f"unknown node parameter {name!r}")
+        values[name] = _coerce(name, value)
+    return values
+
+
+def pipeline_settings(values: Mapping[str, Any]):
+    """The :class:`~vl_distill_ros.core.pipeline.PipelineSettings` the node builds from these
+    parameter values (same rule as the node's start-up), without ROS.
+
+    Raises:
+        InputError: invalid settings.
+    """
+    from ..core.pipeline import PipelineError, PipelineSettings, rois_from_flat
+    from ..core.proposals import ProposalConfig
+
+    try:
+        proposal_cfg = ProposalConfig(
+            min_area_frac=float(values["proposal_min_area_frac"]),
+            max_area_frac=float(values["proposal_max_area_frac"]),
+            max_count=int(values["proposal_max_count"]),
+            pad_frac=float(values["proposal_pad_frac"]))
+        return PipelineSettings(
+            crop_source=str(values["crop_source"]), proposal_cfg=proposal_cfg,
+            rois=rois_from_flat(values["rois"]),
+            unknown_threshold=float(values["unknown_threshold"]),
+            min_similarity=float(values["min_similarity"]), top_k=int(values["top_k"]),
+            score_temperature=float(values["score_temperature"]),
+            min_box_size=int(values["min_box_size"]),
+            fallback_full_frame=bool(values["proposal_fallback_full_frame"]))
+    except (PipelineError, ValueError) as exc:
+        raise InputError(f"invalid pipeline settings: {exc}") from None
+
+
+def _settings_kwargs(s: Any) -> dict[str, Any]:
+    return {"crop_source": s.crop_source, "proposal_cfg": s.proposal_cfg, "rois": s.rois,
+            "unknown_threshold": s.unknown_threshold, "min_similarity": s.min_similarity,
+            "top_k": s.top_k, "score_temperature": s.score_temperature,
+            "min_box_size": s.min_box_size, "fallback_full_frame": s.fallback_full_frame}
+
+
+def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    keys = sorted(P.SETTINGS_PARAMS | {"qos_reliability", "qos_depth", "torch_threads"})
+    return {k: values[k] for k in keys}
+
+
+def open_bag(path: str | Path, sidecar: str | Path | None = None) -> BagContents:
+    """:func:`~vl_distill_ros.core.bag_io.read_camera_bag`, with every problem an
+    :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth)."""
+    try:
+        return read_camera_bag(path, ground_truth=sidecar)
+    except BagError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _check_model(model: Path | None) -> Path:
+    path = Path(model).expanduser() if model else default_model_path()
+    if not path.is_file():
+        if model:
+            raise InputError(f"model bundle not found: {path}")
+        raise InputError(f"no --model given and the packaged default bundle {path} does not "
+                         "exist; pass --model /path/to/student.vdb (made by 'vl-distill "
+                         "export')")
+    return path.resolve()
+
+
+def _load_vocabulary_file(path: Path | None):
+    if path is None:
+        return None
+    from ..core.vocabulary import Vocabulary, VocabularyError
+
+    try:
+        return Vocabulary.load(Path(path).expanduser())
+    except VocabularyError as exc:
+        raise InputError(f"--vocabulary: {exc}") from None
+
+
+def _manifest_names(model: Path) -> list[str] | None:
+    """The bundle's vocabulary names from its manifest (None when unreadable)."""
+    try:
+        from ..core.bundle import read_manifest
+        from ..core.vocabulary import Vocabulary
+
+        return Vocabulary.from_dict(read_manifest(model)["vocabulary"]).names
+    except Exception:  # noqa: BLE001 - the node reports a broken bundle itself
+        return None
+
+
+def stamp_from_cdr(data: bytes) -> int:
+    """``header.stamp`` (ns) of a serialised ``sensor_msgs/msg/Image`` (it starts the message,
+    right after the 4-byte CDR encapsulation header).
+
+    Raises:
+        InputError: too short or an unknown encapsulation.
+    """
+    if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1, 2, 3):
+        raise InputError("an image message in the bag is not a CDR-serialised "
+                         "sensor_msgs/msg/Image (corrupt bag)")
+    order = "<" if data[1] & 1 else ">"
+    sec, nanosec = struct.unpack_from(order + "iI", data, 4)
+    if sec < 0 or nanosec >= 1_000_000_000:
+        raise InputError(f"an image message in the bag has an invalid stamp ({sec} s, "
+                         f"{nanosec} ns) (corrupt bag)")
+    return sec * 1_000_000_000 + nanosec
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, disable=not enabled, unit="frame", desc=desc,
+                    file=sys.stderr, leave=False)
+    except ImportError:  # pragma: no cover - tqdm is a requirement
+        class _Null:
+            def update(self, n: int = 1) -> None: ...
+            def set_postfix_str(self, s: str) -> None: ...
+            def close(self) -> None: ...
+        return _Null()
+
+
+def _image_count(contents: BagContents) -> int:
+    return sum(contents.message_counts.get(t, 0) for t in contents.image_topics)
+
+
+# -------------------------------------------------------------------------------------------
+# offline
+# -------------------------------------------------------------------------------------------
+def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
+    """Run the pipeline on every image of the bag (see the module docstring).
+
+    Raises:
+        InputError: bad model, vocabulary, settings or an undecodable image.
+    """
+    import torch
+
+    from ..core.bundle import BundleError, load_bundle
+    from ..core.pipeline import PerceptionPipeline, PipelineError, labels_document
+    from ..core.text_service import TextEmbeddingService
+
+    model = _check_model(settings.model)
+    vocab_file = _load_vocabulary_file(settings.vocabulary)
+    values = node_parameter_values(settings.params)
+    pipe_settings = pipeline_settings(values)
+    device = resolve_device(settings.device)
+    if int(values["torch_threads"]) > 0:
+        torch.set_num_threads(int(values["torch_threads"]))
+    try:
+        bundle = load_bundle(model, device=device)
+    except BundleError as exc:
+        raise InputError(f"cannot load model bundle: {exc}") from None
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot load model bundle {model} on device {device!r}: "
+                         f"{exc}") from None
+    if vocab_file is not None:
+        cache = os.path.expanduser(settings.text_cache_dir) if settings.text_cache_dir else None
+        service = TextEmbeddingService.from_bundle(bundle, cache_dir=cache)
+        try:
+            emb = service.embed_vocabulary(vocab_file)
+        except Exception as exc:  # noqa: BLE001 - e.g. teacher weights missing offline
+            raise InputError(f"could not embed the vocabulary {settings.vocabulary}: "
+                             f"{exc}") from None
+        vocab, source = vocab_file, f"file {settings.vocabulary}"
+    else:
+        vocab, emb, source = bundle.vocabulary, bundle.text_embeddings, "bundle"
+    try:
+        pipe = PerceptionPipeline(bundle, vocabulary=vocab, embeddings=emb,
+                                  **_settings_kwargs(pipe_settings))
+    except PipelineError as exc:
+        raise InputError(f"cannot build the pipeline: {exc}") from None
+
+    rec = Recording(mode="offline", settings=_reported_settings(values),
+                    vocabulary={"source": source, "names": vocab.names},
+                    node={"model_path": str(model), "device": device})
+    bar = _progress(_image_count(contents), settings.progress, "offline")
+    t_start = time.monotonic()
+    try:
+        for img in contents.images():
+            key = (img.topic, int(img.stamp_ns))
+            t0 = time.perf_counter()
+            objects, version = pipe.process(img.image)
+            dt = time.perf_counter() - t0
+            sec, nanosec = divmod(int(img.stamp_ns), 1_000_000_000)
+            # the JSON round trip makes the document exactly what a subscriber would decode
+            doc = json.loads(json.dumps(labels_document(sec, nanosec, img.frame_id, img.topic,
+                                                        version, objects)))
+            rec.frames.append(key)
+            rec.published += 1
+            now = time.monotonic() - t_start
+            rec.rows.append({"frame": [key[0], key[1]], "received_s": now,
+                             "published_s": now - dt, "latency_s": dt, "doc": doc})
+            if key in rec.labels:
+                rec.duplicates += 1
+            else:
+                rec.labels[key] = doc
+                rec.latencies_s[key] = dt
+            bar.update(1)
+    except BagError as exc:
+        raise InputError(str(exc)) from None
+    except PipelineError as exc:
+        raise InputError(f"an image of the bag cannot be processed: {exc}") from None
+    finally:
+        bar.close()
+    rec.duration_s = time.monotonic() - t_start
+    return rec
+
+
+# -------------------------------------------------------------------------------------------
+# live
+# -------------------------------------------------------------------------------------------
+def _ros_value(value: Any) -> str:
+    """A parameter value as ``-p name:=VALUE`` text (YAML; strings double-quoted)."""
+    return json.dumps(value)
+
+
+def _tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    out = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join("    " + ln for ln in out)
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
+    """Linux: the child gets SIGTERM when the parent dies (best effort)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class _NodeProcess:
+    """The node subprocess: started in its own process group, always stopped."""
+
+    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.cmd = cmd
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+                preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux")
+                else None)
+        except OSError as exc:
+            self._log.close()
+            raise NodeError(f"cannot start the node ({shlex.join(cmd[:3])} ...): {exc}") from None
+        self.pid = self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGINT (clean shutdown), then SIGTERM and SIGKILL to the whole group; reaps it."""
+        try:
+            if self.proc.poll() is None:
+                self._signal_group(signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(signal.SIGTERM)
+                    try:
+                        self.proc.wait(timeout=5.0)
+                    except subprocess.TimeoutExpired:
+                        self._signal_group(signal.SIGKILL)
+                        self.proc.wait(timeout=10.0)
+            # anything the node left behind in its group goes too
+            self._signal_group(signal.SIGKILL)
+        finally:
+            self._log.close()
+        return self.proc.returncode
+
+
+def _wait_until(cond: Callable[[], bool], deadline: float, node: _NodeProcess,
+                what: str, interval: float = 0.05) -> bool:
+    """Poll ``cond`` until true or ``deadline``; a node that exits raises :class:`NodeError`."""
+    while True:
+        if cond():
+            return True
+        rc = node.poll()
+        if rc is not None:
+            raise NodeError(f"the node exited with code {rc} {what}. Last lines of its "
+                            f"output ({node.log_path}):\n{_tail(node.log_path)}")
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
+    """Replay the bag into a live node and record its labels (see the module docstring).
+
+    Raises:
+        InputError: bad model, vocabulary, parameters or a corrupt message in the bag.
+        NodeError: the node never answered or exited.
+    """
+    if settings.rate <= 0:
+        raise InputError(f"--rate must be > 0, got {settings.rate}")
+    model = _check_model(settings.model)
+    vocab_file = _load_vocabulary_file(settings.vocabulary)
+    values = node_parameter_values(settings.params)
+    pipeline_settings(values)  # invalid settings are bad input, not a node failure
+    try:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+    except ImportError as exc:
+        raise NodeError(f"live replay needs rclpy and the ROS 2 message packages ({exc}); "
+                        "use --offline to evaluate without ROS") from None
+
+    ns = settings.namespace or f"/vl_replay_{os.getpid()}_{secrets.token_hex(3)}"
+    ns = "/" + ns.strip("/")
+    fqn = f"{ns}/{NODE_NAME}"
+    labels_topic = f"{fqn}/labels"
+    topics = list(contents.image_topics)
+    replay_topic = {t: ns + (t if t.startswith("/") else "/" + t) for t in topics}
+    camera_map = {v: k for k, v in replay_topic.items()}
+
+    node_values = {"model_path": str(model), "image_topics": [replay_topic[t] for t in topics],
+                   "persist_vocabulary": False, "text_cache_dir": settings.text_cache_dir,
+                   "device": settings.device, "diagnostics_period": DIAGNOSTICS_PERIOD,
+                   **{k: values[k] for k in settings.params}}
+    if vocab_file is not None:
+        node_values["vocabulary_file"] = str(Path(settings.vocabulary).expanduser().resolve())
+    base_cmd = list(settings.node_command or [sys.executable, "-m", "vl_distill_ros.ros.node"])
+    cmd = base_cmd + ["--ros-args", "-r", f"__ns:={ns}", "-r", f"__node:={NODE_NAME}"]
+    for name, value in node_values.items():
+        cmd += ["-p", f"{name}:={_ros_value(value)}"]
+
+    log_dir = settings.log_dir
+    tmp_log = None
+    if log_dir is None:
+        import tempfile
+
+        tmp_log = tempfile.mkdtemp(prefix="vl_replay_")
+        log_dir = Path(tmp_log)
+    log_path = Path(log_dir) / "node.log"
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("ROS_LOG_DIR", str(Path(log_dir) / "ros_log"))
+
+    rec = Recording(mode="live", settings=_reported_settings(values))
+    rec.vocabulary = {"source": f"file {settings.vocabulary}" if vocab_file is not None
+                      else "bundle",
+                      "names": vocab_file.names if vocab_file is not None
+                      else _manifest_names(model)}
+    arrivals: list[tuple[float, str]] = []
+    diag: dict[str, Any] = {"node": None, "cameras": {}, "count": 0, "t": 0.0}
+    diag_lock = threading.Lock()
+
+    def on_labels(msg: Any) -> None:
+        arrivals.append((time.monotonic(), msg.data))
+
+    def on_diagnostics(msg: Any) -> None:
+        mine = [st for st in msg.status if st.hardware_id == fqn]
+        if not mine:
+            return
+        with diag_lock:
+            for st in mine:
+                vals = {kv.key: kv.value for kv in st.values}
+                if st.name.endswith("model and vocabulary"):
+                    diag["node"] = {"level": int.from_bytes(st.level, "little")
+                                    if isinstance(st.level, bytes) else int(st.level),
+                                    "message": st.message, **vals}
+                elif ": camera " in st.name:
+                    diag["cameras"][vals.get("topic", st.name)] = vals
+            diag["count"] += 1
+            diag["t"] = time.monotonic()
+
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    node_proc: _NodeProcess | None = None
+    completed = False
+    executor = None
+    spin_thread = None
+    replay_node = None
+    try:
+        replay_node = rclpy.create_node("vl_distill_replay", namespace=ns, context=context,
+                                        start_parameter_services=False)
+        pub_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.VOLATILE)
+        pubs = {t: replay_node.create_publisher(Image, replay_topic[t], pub_qos) for t in topics}
+        replay_node.create_subscription(
+            String, labels_topic, on_labels,
+            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                       reliability=ReliabilityPolicy.RELIABLE))
+        replay_node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(replay_node)
+        spin_thread = threading.Thread(target=executor.spin, name="vl_replay_spin", daemon=True)
+        spin_thread.start()
+
+        node_proc = _NodeProcess(cmd, log_path, env)
+        rec.node = {"command": cmd, "pid": node_proc.pid, "namespace": ns,
+                    "labels_topic": labels_topic, "log": str(log_path)}
+
+        # ---- wait for the node to come up
+        t_launch = time.monotonic()
+
+        def ready() -> bool:
+            with diag_lock:
+                seen = diag["node"] is not None
+            return (seen and replay_node.count_publishers(labels_topic) > 0
+                    and all(p.get_subscription_count() > 0 for p in pubs.values()))
+
+        if not _wait_until(ready, t_launch + settings.node_timeout, node_proc,
+                           "before it was ready"):
+            with diag_lock:
+                seen = diag["node"] is not None
+            matched = sum(1 for p in pubs.values() if p.get_subscription_count() > 0)
+            labels_seen = replay_node.count_publishers(labels_topic) > 0
+            raise NodeError(
+                f"the node never answered: not ready within {settings.node_timeout:g} s "
+                f"(labels publisher {'seen' if labels_seen else 'not seen'} "
+                f"on {labels_topic}, image subscriptions matched {matched}/{len(pubs)}, "
+                f"diagnostics {'seen' if seen else 'not seen'}). Command: "
+                f"{shlex.join(base_cmd)} ... Last lines of its output ({log_path}):\n"
+                f"{_tail(log_path) or '    (no output)'}")
+        rec.node["startup_s"] = time.monotonic() - t_launch
+        with diag_lock:
+            status = dict(diag["node"])
+        if status.get("vocabulary_error"):
+            raise InputError(f"the node could not use the vocabulary: "
+                             f"{status['vocabulary_error']}")
+        rec.node["vocabulary_size"] = int(status.get("vocabulary_size", 0) or 0)
+        rec.node["model_path"] = status.get("model_path", str(model))
+        time.sleep(0.3)  # let the endpoint matching settle on both sides
+
+        # ---- replay
+        pub_time: dict[FrameKey, float] = {}
+        bar = _progress(_image_count(contents), settings.progress, f"replay x{settings.rate:g}")
+        t_start = t_bag0 = None
+        n = 0
+        try:
+            for raw in iter_raw_messages(contents.path, topics):
+                key = (raw.topic, stamp_from_cdr(raw.data))
+                if t_start is None:
+                    t_start, t_bag0 = time.monotonic(), raw.timestamp_ns
+                target = t_start + (raw.timestamp_ns - t_bag0) / 1e9 / settings.rate
+                while True:
+                    now = time.monotonic()
+                    if now >= target:
+                        break
+                    rc = node_proc.poll()
+                    if rc is not None:
+                        raise NodeError(f"the node exited with code {rc} during the replay "
+                                        f"(after {n} frames). Last lines of its output "
+                                        f"({log_path}):\n{_tail(log_path)}")
+                    time.sleep(min(0.05, target - now))
+                pubs[raw.topic].publish(raw.data)
+                pub_time[key] = time.monotonic()
+                rec.frames.append(key)
+                n += 1
+                bar.update(1)
+                if n % 10 == 0:
+                    bar.set_postfix_str(f"{len(arrivals)} labelled")
+                if n % 20 == 0 and node_proc.poll() is not None:
+                    raise NodeError(f"the node exited with code {node_proc.poll()} during the "
+                                    f"replay (after {n} frames). Last lines of its output "
+                                    f"({log_path}):\n{_tail(log_path)}")
+        except BagError as exc:
+            raise InputError(str(exc)) from None
+        finally:
+            bar.close()
+        rec.published = n
+        t_last_pub = time.monotonic()
+
+        # ---- drain: every frame labelled, or quiet for a while, or the drain timeout
+        wanted = set(rec.frames)
+        got: set[FrameKey] = set()
+        recent_latency: list[float] = []
+        parsed = 0
+
+        def absorb() -> None:
+            """Parse the documents that arrived since the last call."""
+            nonlocal parsed
+            current = len(arrivals)
+            for t_recv, data in arrivals[parsed:current]:
+                try:
+                    key = doc_frame_key(json.loads(data), camera_map)
+                except (ValueError, KeyError, TypeError):
+                    continue
+                got.add(key)
+                if key in pub_time:
+                    recent_latency.append(t_recv - pub_time[key])
+            parsed = current
+            del recent_latency[:-20]
+
+        deadline = t_last_pub + settings.drain_timeout
+        while True:
+            absorb()
+            if wanted <= got:
+                break
+            last_arrival = arrivals[-1][0] if arrivals else t_last_pub
+            quiet = max(2.0, 3.0 * max(recent_latency, default=0.0))
+            now = time.monotonic()
+            if now - max(last_arrival, t_last_pub) > quiet or now >= deadline:
+                break
+            rc = node_proc.poll()
+            if rc is not None:
+                raise NodeError(f"the node exited with code {rc} while its last frames were "
+                                f"processed. Last lines of its output ({log_path}):\n"
+                                f"{_tail(log_path)}")
+            time.sleep(0.05)
+        if rec.published and not arrivals:
+            raise NodeError(f"the node never answered: it came up but published no labels for "
+                            f"any of the {rec.published} frames within "
+                            f"{time.monotonic() - t_last_pub:.0f} s of the last one. Last lines "
+                            f"of its output ({log_path}):\n{_tail(log_path) or '    (none)'}")
+        # one more diagnostics message for the final counters
+        with diag_lock:
+            before = diag["count"]
+        _wait_until(lambda: diag["count"] > before, time.monotonic() + 4 * DIAGNOSTICS_PERIOD
+                    + 1.0, node_proc, "after the replay")
+        rec.duration_s = ((arrivals[-1][0] if arrivals else t_last_pub) - t_start
+                          if t_start is not None else 0.0)
+
+        # ---- the recorded documents
+        for t_recv, data in list(arrivals):
+            try:
+                doc = json.loads(data)
+                key = doc_frame_key(doc, camera_map)
+            except (ValueError, KeyError, TypeError):
+                rec.unexpected += 1
+                continue
+            t_pub = pub_time.get(key)
+            latency = (t_recv - t_pub) if t_pub is not None else None
+            rec.rows.append({"frame": [key[0], key[1]],
+                             "received_s": t_recv - (t_start or t_recv),
+                             "published_s": (t_pub - t_start) if t_pub is not None
+                             and t_start is not None else None,
+                             "latency_s": latency, "doc": doc})
+            if key not in wanted:
+                rec.unexpected += 1
+            elif key in rec.labels:
+                rec.duplicates += 1
+            else:
+                rec.labels[key] = doc
+                if latency is not None:
+                    rec.latencies_s[key] = latency
+        with diag_lock:
+            cams = {camera_map.get(t, t): dict(v) for t, v in diag["cameras"].items()}
+        counters = {}
+        for name in ("received", "processed", "dropped", "bad_frames", "errors"):
+            try:
+                counters[name] = sum(int(c.get(name, 0)) for c in cams.values())
+            except ValueError:
+                counters[name] = None
+        rec.node["counters"] = counters
+        rec.node["cameras"] = cams
+        completed = True
+    finally:
+        if node_proc is not None:
+            rec.node["returncode"] = node_proc.stop()
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
+        if spin_thread is not None:
+            spin_thread.join(timeout=5.0)
+        if replay_node is not None:
+            replay_node.destroy_node()
+        context.try_shutdown()
+        if tmp_log is not None and completed:
+            import shutil
+
+            shutil.rmtree(tmp_log, ignore_errors=True)
+    return rec
+
+
+# -------------------------------------------------------------------------------------------
+# the whole evaluation
+# -------------------------------------------------------------------------------------------
+def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path, *,
+                 offline: bool = False, sidecar: str | Path | None = None,
+                 split: Any | None = None, split_path: str = "",
+                 reference_vocabularies: Sequence[Any] = (), iou_threshold: float = 0.5,
+                 plots: bool = True) -> dict[str, Any]:
+    """Read the bag, replay it (live or offline), score the labels and write the report.
+
+    Args:
+        bag: rosbag2 bag folder (or a single ``.mcap`` / ``.db3`` file).
+        settings: model, vocabulary, parameters and replay options.
+        out_dir: where ``report.json``, ``report.md``, ``labels.jsonl``, ``node.log`` (live)
+            and the plots go.
+        offline: run the pipeline directly instead of the node.
+        sidecar: JSON Lines ground truth instead of the bag's ``/ground_truth`` topic.
+        split: :class:`~vl_distill_ros.core.vocabulary.Split` for the ID / OOD groups.
+        split_path: where the split came from (reported).
+        reference_vocabularies: vocabularies that map split keys to label names (besides the
+            evaluated vocabulary and the bundle's own).
+        iou_threshold: minimum IoU of a prediction-to-ground-truth match.
+        plots: write the PNG plots.
+
+    Returns:
+        The report (also written to ``out_dir/report.json``).
+
+    Raises:
+        InputError, NodeError: see the module docstring.
+    """
+    from ..core.vocabulary import Vocabulary
+    from .report import build_report, write_report
+    from .scoring import Membership, score_frames
+
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise InputError(f"--iou must be in (0, 1], got {iou_threshold}")
+    contents = open_bag(bag, sidecar)
+    if _image_count(contents) == 0:
+        raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
+                         "image messages")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.log_dir is None:
+        settings.log_dir = out
+    rec = run_offline(contents, settings) if offline else run_live(contents, settings)
+
+    vocabularies: list[Any] = []
+    names = rec.vocabulary.get("names") or []
+    if settings.vocabulary is not None:
+        vocabularies.append(_load_vocabulary_file(settings.vocabulary))
+    model = _check_model(settings.model)
+    try:
+        from ..core.bundle import read_manifest
+
+        vocabularies.append(Vocabulary.from_dict(read_manifest(model)["vocabulary"]))
+    except Exception:  # noqa: BLE001 - only used to map keys to names
+        pass
+    vocabularies += [v for v in reference_vocabularies if v is not None]
+    membership = Membership.from_split(split, vocabularies)
+    gt = {k: list(v) for k, v in contents.ground_truth.items()}
+    scores = score_frames(rec.frames, gt, rec.labels, membership, iou_threshold,
+                          latencies_s=rec.latencies_s, vocabulary_names=names or None)
+    report = build_report(contents, rec, scores, rate=settings.rate if not offline else None,
+                          split_name=membership.split_name, split_path=split_path,
+                          model=str(model))
+    lat_ms = [rec.latencies_s[k] * 1e3 for k in rec.frames if k in rec.latencies_s]
+    write_report(out, report, rec.rows, lat_ms, plots=plots)
+    return report

@@ -1,0 +1,338 @@
+"""Replay-evaluation reports: ``report.json``, ``labels.jsonl``, ``report.md`` and PNG plots.
+
+:func:`build_report` assembles the JSON-ready report from the bag, the
+:class:`~vl_distill_ros.evaluation.replay.Recording` and the scores of
+:func:`~vl_distill_ros.evaluation.scoring.score_frames`; :func:`write_report` writes every
+file; :func:`summary_table` is the text printed at the end of a run.
+
+``labels.jsonl`` holds every labels document received (live) or made (offline), one JSON
+object per line in arrival order::
+
+    {"frame": ["/camera/image_raw", 1700000000100000000], "received_s": 0.61,
+     "published_s": 0.58, "latency_s": 0.03, "doc": {... the ~/labels document ...}}
+
+so the report's numbers can be recomputed from what the node actually published
+(:func:`load_labels_jsonl`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["build_report", "write_report", "summary_table", "markdown_report",
+           "load_labels_jsonl", "plot_confusion", "plot_per_object", "plot_latency"]
+
+_DPI = 110
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: float | None,
+                 split_name: str = "", split_path: str = "",
+                 model: str = "") -> dict[str, Any]:
+    """The ``report.json`` content (see the module docstring of
+    :mod:`vl_distill_ros.evaluation.scoring` for the metric definitions)."""
+    from .. import __version__
+
+    image_messages = {t: int(contents.message_counts.get(t, 0)) for t in contents.image_topics}
+    frames = dict(scores["frames"])
+    frames["in_bag"] = sum(image_messages.values())
+    frames["published"] = rec.published
+    frames["duplicate_documents"] = rec.duplicates
+    frames["unexpected_documents"] = rec.unexpected + frames.pop("unexpected", 0)
+    counters = rec.node.get("counters") or {}
+    if rec.mode == "live":
+        received = counters.get("received")
+        frames["node_received"] = received
+        frames["node_dropped_latest_wins"] = counters.get("dropped")
+        frames["node_bad_frames"] = counters.get("bad_frames")
+        frames["node_errors"] = counters.get("errors")
+        frames["lost_in_transport"] = (rec.published - received if received is not None
+                                       else None)
+    groups = scores["groups"]
+    return {
+        "tool": "vl-distill replay-eval",
+        "version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mode": rec.mode,
+        "rate": rate if rec.mode == "live" else None,
+        "bag": {"path": str(contents.path), "storage": contents.storage,
+                "image_topics": list(contents.image_topics), "image_messages": image_messages,
+                "ground_truth_source": contents.ground_truth_source,
+                "ground_truth_frames": len(contents.ground_truth),
+                "duration_s": max(0, contents.end_ns - contents.start_ns) / 1e9},
+        "model": model or rec.node.get("model_path", ""),
+        "vocabulary": rec.vocabulary,
+        "split": {"name": split_name, "path": split_path},
+        "settings": rec.settings,
+        "iou_threshold": scores["iou_threshold"],
+        "frames": frames,
+        "accuracy": {"id": groups["id"]["accuracy"], "ood": groups["ood"]["accuracy"],
+                     "all": groups["all"]["accuracy"]},
+        "unknown_rate": groups["all"]["unknown_rate"],
+        "missed_objects": groups["all"]["missed"],
+        "groups": groups,
+        "per_object": scores["per_object"],
+        "macro_f1": scores["macro_f1"],
+        "false_positives": scores["false_positives"],
+        "not_in_vocabulary": scores.get("not_in_vocabulary"),
+        "confusion": scores["confusion"],
+        "latency_kind": "end_to_end" if rec.mode == "live" else "processing",
+        "latency_ms": scores["latency_ms"],
+        "duration_s": rec.duration_s,
+        "node": {k: v for k, v in rec.node.items() if k != "cameras"},
+        "cameras": rec.node.get("cameras", {}),
+        "files": {},
+    }
+
+
+def summary_table(report: Mapping[str, Any]) -> str:
+    """A short plain-text summary: frames, one row per object group, latency."""
+    fr = report["frames"]
+    head = f"replay-eval {report['bag']['path']} ({report['mode']}"
+    head += f", rate {report['rate']:g})" if report.get("rate") else ")"
+    lines = [head]
+    frames = (f"frames: {fr['in_bag']} in bag, {fr['published']} "
+              f"{'published' if report['mode'] == 'live' else 'processed'}, "
+              f"{fr['labelled']} labelled, {fr['dropped']} dropped")
+    if report["mode"] == "live":
+        frames += (f" (node latest-wins {_fmt(fr.get('node_dropped_latest_wins'))}, lost in "
+                   f"transport {_fmt(fr.get('lost_in_transport'))})")
+    frames += f"; {fr['evaluated']} with ground truth scored"
+    lines.append(frames)
+    cols = ["group", "objects", "matched", "missed", "correct", "unknown", "accuracy", "recall",
+            "unknown_rate"]
+    rows = []
+    for g in ("id", "ood", "other", "all"):
+        c = report["groups"][g]
+        if g == "other" and not c["objects"]:
+            continue
+        rows.append([g.upper() if g != "all" else "all", str(c["objects"]), str(c["matched"]),
+                     str(c["missed"]), str(c["correct"]), str(c["unknown"]),
+                     _fmt(c["accuracy"]), _fmt(c["recall"]), _fmt(c["unknown_rate"])])
+    widths = [max(len(cols[i]), *(len(r[i]) for r in rows)) for i in range(len(cols))]
+    lines.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                           for i, (c, w) in enumerate(zip(cols, widths))))
+    for r in rows:
+        lines.append("  ".join(v.rjust(w) if i else v.ljust(w)
+                               for i, (v, w) in enumerate(zip(r, widths))))
+    lat = report["latency_ms"]
+    kind = "end-to-end latency" if report["latency_kind"] == "end_to_end" else "processing time"
+    lines.append(f"{kind}: p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms "
+                 f"(n={lat['n']}); macro F1 {_fmt(report['macro_f1'])}; false-positive boxes "
+                 f"{report['false_positives']['boxes']}")
+    return "\n".join(lines)
+
+
+def markdown_report(report: Mapping[str, Any]) -> str:
+    """``report.md``: the summary table and the per-object table."""
+    fr = report["frames"]
+    out = [f"# Replay evaluation: `{Path(report['bag']['path']).name}`", ""]
+    out.append(f"- mode: **{report['mode']}**"
+               + (f", rate {report['rate']:g}" if report.get("rate") else ""))
+    out.append(f"- bag: `{report['bag']['path']}` ({report['bag']['storage']}; image topics "
+               f"{', '.join(report['bag']['image_topics'])}; ground truth from "
+               f"{report['bag']['ground_truth_source']})")
+    out.append(f"- model: `{report['model']}`; vocabulary: {report['vocabulary'].get('source')}"
+               f" ({len(report['vocabulary'].get('names') or [])} labels); split: "
+               f"{report['split']['name'] or 'none'}; IoU threshold "
+               f"{report['iou_threshold']:g}")
+    frames = (f"- frames: {fr['in_bag']} in bag, {fr['published']} "
+              f"{'published' if report['mode'] == 'live' else 'processed'}, "
+              f"{fr['labelled']} labelled, {fr['dropped']} dropped")
+    if report["mode"] == "live":
+        frames += (f" (dropped by the node's latest-wins policy: "
+                   f"{_fmt(fr.get('node_dropped_latest_wins'))}, lost in transport: "
+                   f"{_fmt(fr.get('lost_in_transport'))})")
+    out.append(frames + f"; {fr['evaluated']} frames with ground truth scored; "
+               f"{fr['ground_truth_objects_in_dropped_frames']} objects in dropped frames not "
+               "scored")
+    lat = report["latency_ms"]
+    kind = ("end-to-end latency (publication to labels)" if report["latency_kind"] ==
+            "end_to_end" else "processing time per frame")
+    out.append(f"- {kind}: p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms, "
+               f"max {_fmt(lat['max'], 1)} ms")
+    out.append(f"- macro F1 {_fmt(report['macro_f1'])}; false-positive boxes "
+               f"{report['false_positives']['boxes']} ({report['false_positives']['known']} "
+               "named, " f"{report['false_positives']['unknown']} unknown)")
+    out += ["", "## Summary", "",
+            "| group | objects | matched | missed | correct | unknown | accuracy | recall | "
+            "unknown rate |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for g in ("id", "ood", "other", "all"):
+        c = report["groups"][g]
+        if g == "other" and not c["objects"]:
+            continue
+        out.append(f"| {g.upper() if g != 'all' else 'all'} | {c['objects']} | {c['matched']} | "
+                   f"{c['missed']} | {c['correct']} | {c['unknown']} | {_fmt(c['accuracy'])} | "
+                   f"{_fmt(c['recall'])} | {_fmt(c['unknown_rate'])} |")
+    out += ["", "Accuracy = correct / matched objects; recall = correct / all objects (missed "
+            "ones count as wrong); `unknown` predictions count as wrong.", "",
+            "## Per object", "",
+            "| label | group | support | missed | unknown | TP | FP | FN | precision | recall "
+            "| F1 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, o in report["per_object"].items():
+        out.append(f"| {name} | {o['group']} | {o['support']} | {o['missed']} | {o['unknown']} | "
+                   f"{o['tp']} | {o['fp']} | {o['fn']} | {_fmt(o['precision'])} | "
+                   f"{_fmt(o['recall'])} | {_fmt(o['f1'])} |")
+    files = report.get("files") or {}
+    if files:
+        out += ["", "## Files", ""]
+        out += [f"- {k}: `{Path(v).name}`" for k, v in files.items()]
+    return "\n".join(out) + "\n"
+
+
+def plot_confusion(confusion: Mapping[str, Any], path: str | Path) -> Path:
+    """Rectangular confusion matrix (rows: true labels; columns: predicted, ``unknown``,
+    ``(missed)``), coloured by the row-normalised fraction, annotated with counts."""
+    import numpy as np
+
+    plt = _pyplot()
+    rows, cols = list(confusion["rows"]), list(confusion["columns"])
+    cm = np.asarray(confusion["matrix"], dtype=float).reshape(len(rows), len(cols))
+    fig_w = max(5.0, 0.42 * len(cols) + 2.8)
+    fig_h = max(3.0, 0.42 * len(rows) + 2.2)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+    if not rows:
+        ax.text(0.5, 0.5, "no ground-truth objects were scored", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        support = cm.sum(axis=1, keepdims=True)
+        frac = np.divide(cm, support, out=np.zeros_like(cm), where=support > 0)
+        im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("fraction of true label")
+        font = 9 if max(len(rows), len(cols)) <= 15 else 7
+        ax.set_xticks(range(len(cols)))
+        ax.set_yticks(range(len(rows)))
+        ax.set_xticklabels(cols, rotation=60, ha="right", rotation_mode="anchor", fontsize=font)
+        ax.set_yticklabels(rows, fontsize=font)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                if cm[i, j]:
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                            fontsize=font - 1, color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_title("Confusion matrix (replay)")
+    return _save(fig, path)
+
+
+def plot_per_object(per_object: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
+    """Horizontal bars of precision, recall and F1 per label (ID / OOD marked)."""
+    import numpy as np
+
+    plt = _pyplot()
+    names = [n for n, o in per_object.items() if o["support"]]
+    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(names) + 1.3)))
+    if not names:
+        ax.text(0.5, 0.5, "no ground-truth objects were scored", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        ys = np.arange(len(names))
+        h = 0.27
+        for k, (metric, colour) in enumerate((("precision", "tab:gray"),
+                                              ("recall", "tab:orange"), ("f1", "tab:blue"))):
+            vals = [per_object[n][metric] for n in names]
+            ax.barh(ys + (k - 1) * h, [0.0 if v is None else v for v in vals], h,
+                    color=colour, label=metric)
+        for y, n in zip(ys, names):
+            f1 = per_object[n]["f1"]
+            ax.text(min(1.0, f1 or 0.0) + 0.01, y + h, _fmt(f1, 2), va="center", fontsize=7)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([f"{n} ({per_object[n]['group'].upper()})" for n in names],
+                           fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0.0, 1.1)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Per-object precision / recall / F1")
+    return _save(fig, path)
+
+
+def plot_latency(latencies_ms: Sequence[float], path: str | Path, kind: str) -> Path:
+    """Histogram of per-frame latency with the p50 and p95 marked."""
+    from .scoring import percentiles
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    vals = [float(v) for v in latencies_ms if v is not None]
+    if not vals:
+        ax.text(0.5, 0.5, "no labelled frames", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        ax.hist(vals, bins=min(40, max(5, len(vals) // 3)), color="tab:blue", alpha=0.8)
+        p = percentiles(vals)
+        for q, style in (("p50", "--"), ("p95", ":")):
+            ax.axvline(p[q], color="tab:red", linestyle=style,
+                       label=f"{q} {p[q]:.1f} ms")
+        ax.legend(fontsize=8)
+        ax.set_xlabel("ms")
+        ax.set_ylabel("frames")
+    ax.set_title("End-to-end latency (publication to labels)" if kind == "end_to_end"
+                 else "Processing time per frame (offline)")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    plt = _pyplot()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=_DPI, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any], rows: Sequence[Mapping[str, Any]],
+                 latencies_ms: Sequence[float], plots: bool = True) -> dict[str, str]:
+    """Write ``labels.jsonl``, the PNG plots, ``report.json`` and ``report.md`` into
+    ``out_dir``; ``report["files"]`` is filled in. Returns that mapping."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    labels_path = out / "labels.jsonl"
+    with open(labels_path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+    files["labels"] = str(labels_path)
+    if plots:
+        files["confusion_matrix"] = str(plot_confusion(report["confusion"],
+                                                       out / "confusion_matrix.png"))
+        files["per_object_f1"] = str(plot_per_object(report["per_object"],
+                                                     out / "per_object_f1.png"))
+        files["latency"] = str(plot_latency(latencies_ms, out / "latency_hist.png",
+                                            report["latency_kind"]))
+    files["report_md"] = str(out / "report.md")
+    files["report_json"] = str(out / "report.json")
+    report["files"] = files
+    (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
+    tmp = out / ".report.json.partial"
+    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    tmp.replace(out / "report.json")
+    return files
+
+
+def load_labels_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``labels.jsonl`` file (see the module docstring)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows

@@ -1,0 +1,424 @@
+"""Score recorded ``~/labels`` documents against ground truth (ROS-free).
+
+The input is what a replay produced: for every image frame of a bag, its ground-truth
+objects (or ``None`` when the frame has no ground truth) and the labels document the node
+published for it (or nothing, when the frame was dropped); the output is a JSON-ready dict.
+
+Matching (per frame)
+    Predicted boxes are matched to ground-truth boxes greedily by IoU: all pairs with
+    ``IoU >= iou_threshold`` are sorted by IoU (highest first; ties by ground-truth then
+    prediction order) and accepted when neither side is matched yet. Every ground-truth
+    object then has one outcome:
+
+    * ``correct``: matched, and the predicted label equals the ground-truth label (compared
+      case-insensitively, ``_`` = space);
+    * ``unknown``: matched, but the node said ``"unknown"`` (below its open-set threshold);
+      counted as wrong: the object was seen but not named;
+    * ``wrong``: matched with another label;
+    * ``missed``: no predicted box matches it (no proposal covered it).
+
+    Predicted boxes that match no ground truth are false positives (background boxes).
+
+Groups
+    Objects are grouped into ``id`` / ``ood`` by the split (keys of ``config/splits/*.yaml``,
+    mapped to label names through vocabularies, see :class:`Membership`); anything else is
+    ``other``. ``all`` holds every object.
+
+Metrics per group
+    ``objects``, ``matched``, ``missed``, ``correct``, ``wrong``, ``unknown``;
+    ``accuracy`` = correct / matched (classification accuracy of the objects that got a
+    box), ``recall`` = correct / objects (end to end, missed objects count as wrong),
+    ``unknown_rate`` = unknown / matched, ``missed_rate`` = missed / objects. A ratio with a
+    zero denominator is ``None``.
+
+Per object (label)
+    ``tp`` = correct predictions of the label; ``fp`` = predictions of the label on objects
+    of another label (``fp_confused``) or on background boxes (``fp_background``);
+    ``fn`` = objects of the label not predicted as it (wrong, unknown or missed);
+    ``precision``, ``recall``, ``f1`` (``None`` when undefined).
+
+Confusion matrix
+    Rows: ground-truth labels (ID first, then OOD, then other, each sorted); columns: the
+    same labels, then labels only ever predicted, then ``unknown`` and ``(missed)``.
+
+Frames and latency
+    ``frames``: total, labelled, dropped (= total - labelled), with ground truth, evaluated
+    (labelled and with ground truth), unexpected (labels for frames not in the input).
+    ``latency_ms``: p50 / p95 / mean / max over the labelled frames' latencies when given.
+
+Only frames that were labelled are scored: objects in dropped frames are counted in
+``frames.ground_truth_objects_in_dropped_frames`` but not in the metrics, so the numbers
+describe the labels the node actually published.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+__all__ = ["FrameKey", "GTObject", "Membership", "UNKNOWN_LABEL", "MISSED_COLUMN", "GROUPS",
+           "box_iou", "match_boxes", "fold_label", "score_frames", "percentiles",
+           "compare_documents", "doc_frame_key"]
+
+#: A frame: ``(camera topic, header stamp in ns)``.
+FrameKey = tuple[str, int]
+#: What the node publishes below its open-set threshold.
+UNKNOWN_LABEL = "unknown"
+#: Column of the confusion matrix for objects no box matched.
+MISSED_COLUMN = "(missed)"
+#: Object groups, in report order.
+GROUPS: tuple[str, ...] = ("all", "id", "ood", "other")
+
+
+class GTObject(NamedTuple):
+    """One ground-truth object (the fields of
+    :class:`vl_distill_ros.core.bag_io.GroundTruthObject`)."""
+
+    bbox: tuple[int, int, int, int]
+    label: str
+    key: str = ""
+
+
+def fold_label(text: str) -> str:
+    """Case- and underscore-insensitive form of a label or key
+    (``Power_Drill`` -> ``power drill``)."""
+    return str(text).strip().casefold().replace("_", " ")
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes (0 when either is empty)."""
+    ax, ay, aw, ah = (float(v) for v in a)
+    bx, by, bw, bh = (float(v) for v in b)
+    iw = min(ax + aw, bx + bw) - max(ax, bx)
+    ih = min(ay + ah, by + bh) - max(ay, by)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_boxes(gt_boxes: Sequence[Sequence[float]], pred_boxes: Sequence[Sequence[float]],
+                iou_threshold: float = 0.5) -> list[tuple[int, int, float]]:
+    """Greedy one-to-one matching by IoU.
+
+    Returns ``(gt index, prediction index, iou)`` triples, highest IoU first. Pairs below
+    ``iou_threshold`` are never matched.
+    """
+    pairs = []
+    for i, g in enumerate(gt_boxes):
+        for j, p in enumerate(pred_boxes):
+            iou = box_iou(g, p)
+            if iou >= iou_threshold and iou > 0.0:
+                pairs.append((-iou, i, j))
+    pairs.sort()
+    used_g: set[int] = set()
+    used_p: set[int] = set()
+    out = []
+    for neg, i, j in pairs:
+        if i in used_g or j in used_p:
+            continue
+        used_g.add(i)
+        used_p.add(j)
+        out.append((i, j, -neg))
+    return out
+
+
+@dataclass
+class Membership:
+    """Which objects are in-distribution (``id``) and out-of-distribution (``ood``).
+
+    Built from split keys; a key is also known by the label *name* that any of the given
+    vocabularies assigns to it, so ground truth carrying only names is grouped too.
+    Everything else is ``other``.
+    """
+
+    id_keys: frozenset[str] = frozenset()
+    ood_keys: frozenset[str] = frozenset()
+    names: dict[str, str] = field(default_factory=dict)  # folded name or key -> group
+    split_name: str = ""
+
+    @classmethod
+    def from_split(cls, split: Any | None, vocabularies: Iterable[Any] = ()) -> "Membership":
+        """``split``: a :class:`~vl_distill_ros.core.vocabulary.Split` (or ``None``: all
+        objects are ``other``); ``vocabularies``: :class:`Vocabulary` objects mapping keys
+        to names (first one wins for a key)."""
+        if split is None:
+            return cls()
+        id_keys = frozenset(fold_label(k) for k in split.in_distribution)
+        ood_keys = frozenset(fold_label(k) for k in split.out_of_distribution)
+        names: dict[str, str] = {}
+        for k in id_keys:
+            names[k] = "id"
+        for k in ood_keys:
+            names[k] = "ood"
+        for vocab in vocabularies:
+            if vocab is None:
+                continue
+            for lb in vocab:
+                group = names.get(fold_label(lb.key))
+                if group is not None and fold_label(lb.name) not in names:
+                    names[fold_label(lb.name)] = group
+        return cls(id_keys, ood_keys, names, str(getattr(split, "name", "")))
+
+    def group(self, label: str, key: str = "") -> str:
+        """``id``, ``ood`` or ``other`` for an object with this label (and key)."""
+        if key:
+            g = self.names.get(fold_label(key))
+            if g is not None:
+                return g
+        return self.names.get(fold_label(label), "other")
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    """``{"n", "p50", "p95", "mean", "max"}`` of ``values`` (linear interpolation), in the
+    input's unit; ``None`` entries when empty."""
+    vals = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
+    if not vals:
+        return {"n": 0, "p50": None, "p95": None, "mean": None, "max": None}
+
+    def pct(q: float) -> float:
+        pos = (len(vals) - 1) * q
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(vals) - 1)
+        return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+
+    return {"n": len(vals), "p50": pct(0.5), "p95": pct(0.95),
+            "mean": sum(vals) / len(vals), "max": vals[-1]}
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den else None
+
+
+def _gt_list(objects: Iterable[Any]) -> list[GTObject]:
+    out = []
+    for o in objects:
+        if isinstance(o, Mapping):
+            out.append(GTObject(tuple(int(v) for v in o["bbox"]), str(o["label"]),
+                                str(o.get("key", "") or "")))
+        elif hasattr(o, "bbox"):
+            out.append(GTObject(tuple(int(v) for v in o.bbox), str(o.label),
+                                str(getattr(o, "key", "") or "")))
+        else:  # a plain (bbox, label[, key]) tuple
+            bbox, label, *rest = o
+            out.append(GTObject(tuple(int(v) for v in bbox), str(label),
+                                str(rest[0]) if rest and rest[0] else ""))
+    return out
+
+
+def doc_frame_key(doc: Mapping[str, Any], camera_map: Mapping[str, str] | None = None
+                  ) -> FrameKey:
+    """``(camera, stamp ns)`` of a labels document; ``camera_map`` renames cameras (e.g.
+    strips a replay namespace)."""
+    stamp = doc["header"]["stamp"]
+    camera = str(doc.get("camera", ""))
+    if camera_map:
+        camera = camera_map.get(camera, camera)
+    return camera, int(stamp["sec"]) * 1_000_000_000 + int(stamp.get("nanosec", 0))
+
+
+def score_frames(frames: Sequence[FrameKey],
+                 ground_truth: Mapping[FrameKey, Sequence[Any] | None],
+                 labels: Mapping[FrameKey, Mapping[str, Any]],
+                 membership: Membership | None = None, iou_threshold: float = 0.5,
+                 latencies_s: Mapping[FrameKey, float] | None = None,
+                 vocabulary_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Score labels documents against ground truth (see the module docstring).
+
+    Args:
+        frames: every frame that was input (replayed or processed), in order.
+        ground_truth: ``{frame: objects}``; objects are ``(bbox, label, key)`` tuples or
+            dicts; a frame missing from it (or ``None``) has no ground truth.
+        labels: ``{frame: labels document}`` in the ``~/labels`` schema.
+        membership: ID/OOD grouping (default: everything is ``other``).
+        iou_threshold: minimum IoU of a match.
+        latencies_s: ``{frame: seconds}`` from input to labels, for the latency summary.
+        vocabulary_names: the active vocabulary; when given, objects whose label is not in
+            it are counted in ``not_in_vocabulary``.
+
+    Returns:
+        A JSON-ready dict: ``frames``, ``groups``, ``per_object``, ``macro_f1``,
+        ``false_positives``, ``confusion``, ``latency_ms``, ``iou_threshold``.
+    """
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    membership = membership or Membership()
+    frame_set = set(frames)
+    vocab_fold = {fold_label(n) for n in vocabulary_names} if vocabulary_names else None
+
+    groups = {g: {"objects": 0, "matched": 0, "missed": 0, "correct": 0, "wrong": 0,
+                  "unknown": 0} for g in GROUPS}
+    display: dict[str, str] = {}        # folded label -> display name (first seen)
+    label_group: dict[str, str] = {}    # folded GT label -> group
+    support: dict[str, int] = {}
+    tp: dict[str, int] = {}
+    fp_confused: dict[str, int] = {}
+    fp_background: dict[str, int] = {}
+    per_gt: dict[str, dict[str, int]] = {}   # folded GT label -> outcome counts
+    confusion: dict[tuple[str, str], int] = {}
+    fp_boxes = {"boxes": 0, "known": 0, "unknown": 0}
+    not_in_vocab = {"objects": 0, "rejected": 0}
+    gt_in_dropped = 0
+    with_gt = evaluated = 0
+
+    def name_of(label: str) -> str:
+        return display.setdefault(fold_label(label), str(label))
+
+    for key in frames:
+        gt_raw = ground_truth.get(key)
+        doc = labels.get(key)
+        if gt_raw is not None:
+            with_gt += 1
+        if gt_raw is None:
+            continue
+        gt = _gt_list(gt_raw)
+        if doc is None:
+            gt_in_dropped += len(gt)
+            continue
+        evaluated += 1
+        preds = list(doc.get("objects") or [])
+        matches = match_boxes([g.bbox for g in gt], [p["bbox"] for p in preds], iou_threshold)
+        by_gt = {i: j for i, j, _ in matches}
+        matched_preds = {j for _, j, _ in matches}
+        for i, g in enumerate(gt):
+            gl = fold_label(g.label)
+            name_of(g.label)
+            grp = membership.group(g.label, g.key)
+            label_group.setdefault(gl, grp)
+            support[gl] = support.get(gl, 0) + 1
+            outcome_counts = per_gt.setdefault(gl, {"matched": 0, "missed": 0, "correct": 0,
+                                                     "wrong": 0, "unknown": 0})
+            if vocab_fold is not None and gl not in vocab_fold:
+                not_in_vocab["objects"] += 1
+            j = by_gt.get(i)
+            if j is None:
+                outcome, pred_col = "missed", MISSED_COLUMN
+            else:
+                pl_raw = str(preds[j].get("label", ""))
+                pl = fold_label(pl_raw)
+                if pl == fold_label(UNKNOWN_LABEL) and not preds[j].get("known", False):
+                    outcome, pred_col = "unknown", UNKNOWN_LABEL
+                    if vocab_fold is not None and gl not in vocab_fold:
+                        not_in_vocab["rejected"] += 1
+                elif pl == gl:
+                    outcome, pred_col = "correct", pl
+                    tp[gl] = tp.get(gl, 0) + 1
+                else:
+                    outcome, pred_col = "wrong", pl
+                    name_of(pl_raw)
+                    fp_confused[pl] = fp_confused.get(pl, 0) + 1
+            confusion[(gl, pred_col)] = confusion.get((gl, pred_col), 0) + 1
+            outcome_counts[outcome] += 1
+            if outcome != "missed":
+                outcome_counts["matched"] += 1
+            for grp_name in ("all", grp):
+                c = groups[grp_name]
+                c["objects"] += 1
+                c[outcome] += 1
+                if outcome != "missed":
+                    c["matched"] += 1
+        for j, p in enumerate(preds):
+            if j in matched_preds:
+                continue
+            fp_boxes["boxes"] += 1
+            pl_raw = str(p.get("label", ""))
+            pl = fold_label(pl_raw)
+            if pl == fold_label(UNKNOWN_LABEL) and not p.get("known", False):
+                fp_boxes["unknown"] += 1
+            else:
+                fp_boxes["known"] += 1
+                name_of(pl_raw)
+                fp_background[pl] = fp_background.get(pl, 0) + 1
+
+    group_out = {}
+    for g, c in groups.items():
+        group_out[g] = {**c, "accuracy": _ratio(c["correct"], c["matched"]),
+                        "recall": _ratio(c["correct"], c["objects"]),
+                        "unknown_rate": _ratio(c["unknown"], c["matched"]),
+                        "missed_rate": _ratio(c["missed"], c["objects"])}
+
+    order = {"id": 0, "ood": 1, "other": 2}
+    gt_labels = sorted(support, key=lambda lb: (order[label_group[lb]], display[lb]))
+    pred_only = sorted((lb for lb in set(fp_confused) | set(fp_background) if lb not in support),
+                       key=lambda lb: display[lb])
+    per_object: dict[str, dict[str, Any]] = {}
+    f1s = []
+    for lb in gt_labels + pred_only:
+        t = tp.get(lb, 0)
+        fpc, fpb = fp_confused.get(lb, 0), fp_background.get(lb, 0)
+        fp = fpc + fpb
+        sup = support.get(lb, 0)
+        fn = sup - t
+        precision = _ratio(t, t + fp)
+        recall = _ratio(t, sup)
+        f1 = _ratio(2 * t, 2 * t + fp + fn)
+        counts = per_gt.get(lb, {"matched": 0, "missed": 0, "correct": 0, "wrong": 0,
+                                 "unknown": 0})
+        per_object[display[lb]] = {
+            "group": label_group.get(lb, membership.group(display[lb])), "support": sup,
+            "matched": counts["matched"], "missed": counts["missed"],
+            "unknown": counts["unknown"], "tp": t, "fp": fp, "fp_confused": fpc,
+            "fp_background": fpb, "fn": fn, "precision": precision, "recall": recall,
+            "f1": f1}
+        if sup and f1 is not None:
+            f1s.append(f1)
+
+    columns = gt_labels + pred_only + [fold_label(UNKNOWN_LABEL), MISSED_COLUMN]
+    matrix = [[confusion.get((r, c), 0) for c in columns] for r in gt_labels]
+    col_names = [display.get(c, c) if c not in (MISSED_COLUMN,) else c for c in columns]
+    col_names[-2] = UNKNOWN_LABEL
+
+    labelled = sum(1 for k in frames if k in labels)
+    lat = [latencies_s[k] * 1e3 for k in frames if latencies_s and k in labels
+           and latencies_s.get(k) is not None]
+    return {
+        "iou_threshold": float(iou_threshold),
+        "frames": {"total": len(frames), "labelled": labelled,
+                   "dropped": len(frames) - labelled, "with_ground_truth": with_gt,
+                   "evaluated": evaluated,
+                   "unexpected": sum(1 for k in labels if k not in frame_set),
+                   "ground_truth_objects_in_dropped_frames": gt_in_dropped},
+        "groups": group_out,
+        "per_object": per_object,
+        "macro_f1": (sum(f1s) / len(f1s)) if f1s else None,
+        "false_positives": fp_boxes,
+        "not_in_vocabulary": not_in_vocab if vocab_fold is not None else None,
+        "confusion": {"rows": [display[r] for r in gt_labels], "columns": col_names,
+                      "matrix": matrix},
+        "latency_ms": percentiles(lat),
+    }
+
+
+def compare_documents(a: Mapping[FrameKey, Mapping[str, Any]],
+                      b: Mapping[FrameKey, Mapping[str, Any]],
+                      score_tolerance: float = 1e-4) -> dict[str, Any]:
+    """Compare two runs' labels documents on the frames both labelled.
+
+    Two documents agree when they have the same boxes with the same labels, ``known`` flags
+    and top-k label order, in the same order, and every score differs by at most
+    ``score_tolerance``. Returns ``{"common", "agree", "disagree": [frame keys],
+    "max_score_diff"}``.
+    """
+    common = sorted(set(a) & set(b))
+    disagree = []
+    max_diff = 0.0
+    for key in common:
+        oa, ob = list(a[key].get("objects") or []), list(b[key].get("objects") or [])
+        same = len(oa) == len(ob)
+        for x, y in zip(oa, ob):
+            if (list(x["bbox"]) != list(y["bbox"]) or x["label"] != y["label"]
+                    or bool(x["known"]) != bool(y["known"])
+                    or [t[0] for t in x.get("top_k", [])] != [t[0] for t in y.get("top_k", [])]):
+                same = False
+            diffs = [abs(float(x["score"]) - float(y["score"]))]
+            diffs += [abs(float(s) - float(t)) for (_, s), (_, t)
+                      in zip(x.get("top_k", []), y.get("top_k", []))]
+            d = max(diffs)
+            max_diff = max(max_diff, d)
+            if d > score_tolerance:
+                same = False
+        if not same:
+            disagree.append(key)
+    return {"common": len(common), "agree": len(common) - len(disagree),
+            "disagree": disagree, "max_score_diff": max_diff}
