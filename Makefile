@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
-.PHONY: setup test results render clean
+.PHONY: setup test results render clean bench
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test: setup
 # Render the paper's YCB split, train the four ablation configs, evaluate, write results.
 results: setup
 	$(VENV)/bin/vl-distill ablate --config config/ablation/ycb_paper.yaml
+
+# Speed benches (bench/README.md): each script prints one JSON object on stdout.
+bench: setup
+	@status=0; for f in bench/*.py; do echo "# $$f" >&2; $(PY) $$f || status=$$?; done; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sensor noise standard deviation range in 8-bit levels; noise "
                         "limits compression, '0,0' gives the smallest bags "
                         "(default: %(default)s)")
+    p.add_argument("--camera-distance", default="0.6,1.2", metavar="LO,HI",
+                   help="main camera distance range to the aim point on the table, in metres "
+                        "(default: %(default)s)")
     p.add_argument("--start-time", type=float, default=DEFAULT_START_TIME,
                    help="stamp of the first frame in seconds since the epoch "
                         "(default: %(default)s)")
@@ -138,9 +141,10 @@ def run(args: argparse.Namespace) -> int:
         noise = _parse_range(args.noise_sigma, "--noise-sigma", cast=float, sep=",")
         if noise[0] < 0:
             raise _UsageError(f"--noise-sigma must be >= 0, got {args.noise_sigma!r}")
+        distance = _parse_range(args.camera_distance, "--camera-distance", cast=float, sep=",")
         spec = SceneSpec(width=args.width, height=args.height, objects_per_scene=per_scene,
                          hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
-                         hand_height=args.hand_height, noise_sigma=noise)
+                         hand_height=args.hand_height, noise_sigma=noise, distance_m=distance)
         spec.validate()
         find_models(args.models_dir)  # before the vocabulary: without models nothing works
         pool = _object_pool(args.objects, args.split)

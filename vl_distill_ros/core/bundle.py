@@ -6,7 +6,10 @@ A bundle is one zip file holding
   new names), student config and input spec, the vocabulary with its prompt settings, and
   the SHA-256 of every other member;
 - ``student.pt``: the student's state_dict (loaded with ``weights_only=True``);
-- ``text_embeddings.npy``: (L, D) float32 teacher text embeddings of the vocabulary.
+- ``text_embeddings.npy``: (L, D) float32 teacher text embeddings of the vocabulary;
+- ``student.onnx`` (optional, written by default): the same student exported to ONNX for
+  ONNX Runtime (see :mod:`vl_distill_ros.core.runtime`). Bundles without it still load;
+  the runtime then exports the student in memory or runs it with PyTorch.
 
 Loading checks all of it and raises :class:`BundleError` with a clear message on a corrupt,
 truncated, tampered or mismatched bundle.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -36,6 +40,9 @@ BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "student.pt"
 TEXT_EMB = "text_embeddings.npy"
+ONNX_MODEL = "student.onnx"
+
+log = logging.getLogger(__name__)
 
 
 class BundleError(ValueError):
@@ -54,6 +61,8 @@ class Bundle:
     templates: list[str]
     enrich: bool
     extra: dict = field(default_factory=dict)
+    #: The serialised ONNX export of ``student`` (checksummed), or None in older bundles.
+    onnx_bytes: bytes | None = None
 
     @property
     def teacher_id(self) -> str:
@@ -79,8 +88,13 @@ def _sha256(data: bytes) -> str:
 def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tensor,
                 vocabulary: Vocabulary, teacher_id: str, teacher_spec: dict[str, Any],
                 templates: list[str], enrich: bool, metrics: dict | None = None,
-                name: str = "") -> Path:
-    """Write a bundle atomically (temp file in the same folder, fsync, rename)."""
+                name: str = "", onnx: bool = True) -> Path:
+    """Write a bundle atomically (temp file in the same folder, fsync, rename).
+
+    With ``onnx=True`` the student is also exported to ONNX (member ``student.onnx``,
+    checksummed like the others). If the export fails the bundle is written without it
+    and a warning is logged: the runtime can still run the student with PyTorch.
+    """
     path = Path(path)
     emb = text_embeddings.detach().float().cpu().numpy()
     if emb.shape != (len(vocabulary), student.embed_dim):
@@ -91,13 +105,25 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
     emb_bytes = io.BytesIO()
     np.save(emb_bytes, emb.astype(np.float32))
     members = {WEIGHTS: weights.getvalue(), TEXT_EMB: emb_bytes.getvalue()}
+    onnx_info: dict | None = None
+    if onnx:
+        from .runtime import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, RuntimeBackendError, \
+            export_student_onnx
+
+        try:
+            members[ONNX_MODEL] = export_student_onnx(student, opset=DEFAULT_OPSET)
+            onnx_info = {"file": ONNX_MODEL, "opset": DEFAULT_OPSET, "input": INPUT_NAME,
+                         "output": OUTPUT_NAME}
+        except RuntimeBackendError as exc:
+            log.warning("bundle %s written without %s: %s", path, ONNX_MODEL, exc)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "name": name,
         "created_unix": int(time.time()),
         "teacher": {"id": teacher_id, "spec": teacher_spec, "embed_dim": student.embed_dim},
-        "student": {"config": to_dict(student.cfg), "input_spec": student.input_spec.to_dict()},
+        "student": {"config": to_dict(student.cfg), "input_spec": student.input_spec.to_dict(),
+                    **({"onnx": onnx_info} if onnx_info else {})},
         "vocabulary": {**vocabulary.to_dict(), "templates": list(templates), "enrich": enrich},
         "metrics": metrics or {},
         "files": {k: _sha256(v) for k, v in members.items()},
@@ -204,7 +230,7 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
     return Bundle(path=path, manifest=manifest, student=student,
                   text_embeddings=torch.from_numpy(emb).float(), vocabulary=vocabulary,
                   templates=list(voc.get("templates") or ["a photo of a {name}."]),
-                  enrich=bool(voc.get("enrich", True)))
+                  enrich=bool(voc.get("enrich", True)), onnx_bytes=members.get(ONNX_MODEL))
 
 
 def zlib_error() -> type[Exception]:

@@ -1,0 +1,321 @@
+"""Fast student inference: ONNX export, ONNX Runtime and PyTorch runners.
+
+The node and ``replay-eval --offline`` embed one batch of crops per frame. Two runners do
+the same thing, ``(N, 3, S, S)`` float32 normalised images -> ``(N, D)`` L2-normalised
+float32 embeddings:
+
+- :class:`OnnxRunner`: the student exported to ONNX (:func:`export_student_onnx`, the
+  L2 normalisation is inside the graph) and run by ONNX Runtime's CPU execution provider;
+- :class:`TorchRunner`: PyTorch eager in ``inference_mode`` with channels-last tensors,
+  the fallback when ONNX Runtime is missing or fails.
+
+:func:`make_runner` picks one for a bundle: ``auto`` prefers ONNX Runtime (the bundle's
+``student.onnx`` member, else an in-memory export), checks that it agrees with PyTorch on
+one probe batch, and falls back to PyTorch with a logged warning on any failure.
+Preprocessing (crop, resize, normalise) is :func:`vl_distill_ros.core.preprocess.preprocess_crops`.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from .student import Student
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+#: Name of the ONNX graph input: (N, 3, S, S) float32, normalised as the student's InputSpec.
+INPUT_NAME = "images"
+#: Name of the ONNX graph output: (N, D) float32, L2-normalised.
+OUTPUT_NAME = "embeddings"
+#: Default ONNX opset.
+DEFAULT_OPSET = 17
+#: Backends accepted by :func:`make_runner`.
+BACKENDS = ("auto", "onnxruntime", "torch")
+#: Smallest per-row cosine between the ONNX and PyTorch outputs accepted by :func:`make_runner`.
+PARITY_MIN_COSINE = 1.0 - 1e-4
+
+
+class RuntimeBackendError(RuntimeError):
+    """A runner cannot be built or cannot run (ONNX export, ONNX Runtime session...)."""
+
+
+@runtime_checkable
+class StudentRunner(Protocol):
+    """Embeds a preprocessed batch with a student; what the node and replay-eval call."""
+
+    #: ``"onnxruntime"`` or ``"torch"``.
+    backend: str
+    #: Square input size S the runner expects.
+    image_size: int
+    #: Embedding dimension D.
+    embed_dim: int
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 normalised images -> (N, D) float32 unit vectors."""
+        ...
+
+
+def _check_batch(batch: np.ndarray, image_size: int) -> np.ndarray:
+    """Validate a batch and return it as a C-contiguous float32 array."""
+    batch = np.asarray(batch)
+    if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[2:] != (image_size, image_size):
+        raise ValueError(f"expected a batch of shape (N, 3, {image_size}, {image_size}), "
+                         f"got {batch.shape}")
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+# -- export --------------------------------------------------------------------------------
+def export_student_onnx(student: Student, path_or_buffer: str | os.PathLike | BinaryIO | None = None,
+                        opset: int = DEFAULT_OPSET) -> bytes:
+    """Export ``student`` to ONNX and return the serialised model.
+
+    The graph has one input ``images`` (N, 3, S, S) float32 with a dynamic batch axis and
+    one output ``embeddings`` (N, D) float32, already L2-normalised. BatchNorm is folded
+    into the convolutions (eval mode). The model is checked with ``onnx.checker`` and,
+    when ``path_or_buffer`` is given, also written there (a path or a binary file object).
+    The student is not modified (its train/eval mode is restored; a copy is exported when
+    it lives on an accelerator).
+
+    Raises:
+        RuntimeBackendError: the exporter failed or produced an invalid model.
+    """
+    try:
+        import onnx
+    except ImportError as exc:
+        raise RuntimeBackendError(f"ONNX export needs the 'onnx' package: {exc}") from None
+    size = int(student.input_spec.image_size)
+    model = student
+    if any(p.device.type != "cpu" for p in student.parameters()):
+        model = copy.deepcopy(student).cpu()
+    was_training = model.training
+    model.eval()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter (no onnxscript dependency) warns that it is
+            # legacy, and constant folding warns about the padding slices of EfficientNet.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (torch.zeros(1, 3, size, size),), buf, dynamo=False,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=int(opset), do_constant_folding=True)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+        raise RuntimeBackendError(f"ONNX export of the {student.cfg.backbone} student failed: "
+                                  f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    finally:
+        model.train(was_training)
+    proto = onnx.load_from_string(buf.getvalue())
+    # Name the output's embedding axis with its size (the exporter leaves it symbolic).
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    if len(out_dims) == 2:
+        out_dims[1].Clear()
+        out_dims[1].dim_value = int(student.embed_dim)
+    proto.doc_string = (f"vl_distill_ros student {student.cfg.backbone}@{size} -> "
+                        f"{student.embed_dim}-d L2-normalised embeddings")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise RuntimeBackendError(f"exported ONNX model is invalid: {exc}") from None
+    data = proto.SerializeToString()
+    if path_or_buffer is not None:
+        if isinstance(path_or_buffer, (str, os.PathLike)):
+            Path(path_or_buffer).write_bytes(data)
+        else:
+            path_or_buffer.write(data)
+    return data
+
+
+# -- runners -------------------------------------------------------------------------------
+class TorchRunner:
+    """PyTorch eager inference (``inference_mode``, optionally channels-last).
+
+    Args:
+        student: the student; it is put in eval mode (the runner shares its weights).
+        threads: ``torch.set_num_threads`` value applied once here (process-wide);
+            0 leaves torch's setting alone.
+        channels_last: run in ``torch.channels_last`` memory format (faster for the
+            depthwise convolutions of EfficientNet-Lite/MobileNet on CPU).
+    """
+
+    backend = "torch"
+
+    def __init__(self, student: Student, threads: int = 0, channels_last: bool = True) -> None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        if threads > 0:
+            torch.set_num_threads(int(threads))
+        self.student = student.eval()
+        self.channels_last = bool(channels_last)
+        self.device = next(student.parameters()).device
+        if self.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        self.image_size = int(student.input_spec.image_size)
+        self.embed_dim = int(student.embed_dim)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 normalised images -> (N, D) float32 unit vectors."""
+        batch = _check_batch(batch, self.image_size)
+        if len(batch) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        x = torch.from_numpy(batch).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = self.student(x)
+        return out.float().cpu().numpy()
+
+    def __repr__(self) -> str:
+        return (f"TorchRunner({self.student.cfg.backbone}@{self.image_size}, "
+                f"channels_last={self.channels_last}, threads={torch.get_num_threads()})")
+
+
+class OnnxRunner:
+    """ONNX Runtime inference of an exported student.
+
+    Args:
+        model: serialised ONNX model (bytes) or a path to a ``.onnx`` file, as written by
+            :func:`export_student_onnx`.
+        threads: intra-op threads of the session (0 = ONNX Runtime's default, all cores).
+        providers: execution providers, default ``["CPUExecutionProvider"]``.
+        allow_spinning: let idle worker threads spin briefly (more throughput, but burns
+            CPU between calls; turn off when sharing cores with other busy processes).
+
+    Raises:
+        RuntimeBackendError: onnxruntime is missing or the session cannot be created.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, model: bytes | str | os.PathLike, threads: int = 2,
+                 providers: Sequence[str] | None = None, allow_spinning: bool = False) -> None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeBackendError(f"onnxruntime is not installed: {exc}") from None
+        if isinstance(model, (str, os.PathLike)):
+            model = Path(model).read_bytes()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only
+        if not allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(bytes(model), sess_options=opts,
+                                                providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise RuntimeBackendError(f"ONNX Runtime cannot load the student model: "
+                                      f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or outputs[0].name != OUTPUT_NAME:
+            raise RuntimeBackendError(
+                f"ONNX model has inputs {[i.name for i in inputs]} and outputs "
+                f"{[o.name for o in outputs]}; expected [{INPUT_NAME!r}] -> {OUTPUT_NAME!r}")
+        shape = inputs[0].shape
+        out_shape = outputs[0].shape
+        if (len(shape) != 4 or not isinstance(shape[2], int) or shape[2] != shape[3]
+                or len(out_shape) != 2 or not isinstance(out_shape[1], int)):
+            raise RuntimeBackendError(f"ONNX model has input shape {shape} and output shape "
+                                      f"{out_shape}; expected (N, 3, S, S) -> (N, D)")
+        self.image_size = int(shape[2])
+        self.embed_dim = int(out_shape[1])
+        self.threads = int(threads)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32 normalised images -> (N, D) float32 unit vectors."""
+        batch = _check_batch(batch, self.image_size)
+        if len(batch) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def __repr__(self) -> str:
+        return (f"OnnxRunner(S={self.image_size}, D={self.embed_dim}, threads={self.threads}, "
+                f"providers={self.providers})")
+
+
+def _min_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return float((a * b).sum(axis=1).min())
+
+
+def check_parity(runner: StudentRunner, reference: StudentRunner, batch_size: int = 2,
+                 seed: int = 0) -> float:
+    """Smallest per-row cosine between two runners on a random probe batch."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch_size, 3, runner.image_size, runner.image_size)).astype(np.float32)
+    return _min_row_cosine(runner.embed(x), reference.embed(x))
+
+
+def make_runner(bundle: "Bundle | Student", backend: str = "auto", threads: int = 2,
+                verify: bool = True) -> StudentRunner:
+    """The fastest working runner for a bundle's (or a bare) student.
+
+    Args:
+        bundle: a loaded :class:`~vl_distill_ros.core.bundle.Bundle` (its ``onnx_bytes``
+            member is used when present) or a :class:`Student`.
+        backend: ``auto`` (ONNX Runtime if it imports and works, else PyTorch; PyTorch
+            when the student was loaded onto a GPU), ``onnxruntime`` (ONNX Runtime's CPU
+            provider, or an error) or ``torch``.
+        threads: CPU threads for the chosen backend (0 = the library default).
+        verify: with ONNX Runtime, check once that it agrees with PyTorch on a probe
+            batch (cosine >= 1 - 1e-4 per row); ``auto`` falls back to PyTorch if not.
+
+    Without an ONNX member the student is exported in memory (about a second).
+
+    Raises:
+        ValueError: unknown ``backend``.
+        RuntimeBackendError: ``backend='onnxruntime'`` and ONNX Runtime cannot be used.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inference backend {backend!r}; choose one of {BACKENDS}")
+    student: Student = bundle if isinstance(bundle, Student) else bundle.student
+    onnx_bytes: bytes | None = None if isinstance(bundle, Student) else getattr(
+        bundle, "onnx_bytes", None)
+    on_accelerator = any(p.device.type != "cpu" for p in student.parameters())
+    if backend == "torch" or (backend == "auto" and on_accelerator):
+        return TorchRunner(student, threads=threads)
+    try:
+        import onnxruntime  # noqa: F401 - fail fast, before spending a second on the export
+
+        if onnx_bytes is None:
+            onnx_bytes = export_student_onnx(student)
+        runner = OnnxRunner(onnx_bytes, threads=threads)
+        if runner.image_size != student.input_spec.image_size or runner.embed_dim != student.embed_dim:
+            raise RuntimeBackendError(
+                f"ONNX model is {runner.image_size} px -> {runner.embed_dim}-d but the student "
+                f"is {student.input_spec.image_size} px -> {student.embed_dim}-d")
+        if verify:
+            cos = check_parity(runner, TorchRunner(student, threads=0, channels_last=False))
+            if cos < PARITY_MIN_COSINE:
+                raise RuntimeBackendError(f"ONNX Runtime and PyTorch disagree (min cosine "
+                                          f"{cos:.6f} < {PARITY_MIN_COSINE})")
+        return runner
+    except Exception as exc:  # noqa: BLE001 - any ORT/export failure means: use torch
+        if isinstance(exc, ImportError):
+            exc = RuntimeBackendError(f"onnxruntime is not installed: {exc}")
+        if backend == "onnxruntime":
+            if isinstance(exc, RuntimeBackendError):
+                raise exc
+            raise RuntimeBackendError(f"ONNX Runtime backend failed: {type(exc).__name__}: "
+                                      f"{str(exc)[:300]}") from exc
+        log.warning("ONNX Runtime unavailable for the student (%s); falling back to PyTorch",
+                    str(exc)[:300])
+        return TorchRunner(student, threads=threads)
