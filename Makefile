@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= $(shell echo $$(( ($$$$ % 100) + 101 )))
 export HF_HUB_OFFLINE := 1
+export OMP_WAIT_POLICY ?= PASSIVE
 export TRANSFORMERS_OFFLINE := 1
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 

@@ -128,7 +128,8 @@ def test_rois_degenerate_boxes_dropped_and_one_batch(bundle):
             (50, 30, 100, 100),   # partly outside -> clipped to (50, 30, 14, 18)
             (1, 1, 2, 2),         # smaller than min_box_size -> dropped
             (10, 10, 20, 20)]     # fine
-    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=rois, unknown_threshold=0.0)
+    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=rois, unknown_threshold=0.0,
+                              inference_backend="torch")  # the recorder hooks torch
     rec = BatchRecorder(bundle.student)
     try:
         objects, _ = pipe.process(frame(48, 64))
@@ -151,7 +152,8 @@ def test_proposals_mode_finds_objects_on_a_plain_table(bundle):
     image[20:60, 20:60] = (200, 30, 30)
     image[70:110, 100:150] = (30, 60, 200)
     pipe = PerceptionPipeline(bundle, crop_source="proposals", unknown_threshold=0.0,
-                              proposal_cfg=ProposalConfig(max_count=5))
+                              proposal_cfg=ProposalConfig(max_count=5),
+                              inference_backend="torch")  # the recorder hooks torch
     rec = BatchRecorder(bundle.student)
     try:
         objects, _ = pipe.process(image)
@@ -170,7 +172,8 @@ def test_proposals_mode_finds_objects_on_a_plain_table(bundle):
 
 
 def test_vocabulary_swap_is_atomic_and_versioned(bundle, direction, text_emb):
-    pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0)
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0,
+                              inference_backend="torch")  # the swap hook is on torch
     new_vocab = Vocabulary.from_names(["cup", "cordless drill"])
     new_emb = torch.stack([text_emb[1], direction])  # 'cordless drill' == student output
     # a swap that happens while a frame is in the network does not affect that frame

@@ -208,14 +208,15 @@ class PerceptionPipeline:
                  top_k: int = 3, score_temperature: float = DEFAULT_TEMPERATURE,
                  vocabulary: Vocabulary | None = None,
                  embeddings: torch.Tensor | None = None, min_similarity: float = -1.0,
-                 min_box_size: int = 4, fallback_full_frame: bool = False) -> None:
+                 min_box_size: int = 4, fallback_full_frame: bool = False,
+                 inference_backend: str = "auto", inference_threads: int = 2) -> None:
+        from .runtime import make_runner
+
         self.student = bundle.student.eval()
         self.input_spec = bundle.input_spec
         self.embed_dim = int(bundle.student.embed_dim)
-        try:
-            self.device = next(self.student.parameters()).device
-        except StopIteration:  # pragma: no cover - a student always has parameters
-            self.device = torch.device("cpu")
+        #: ONNX Runtime when available (checked against torch once), else torch eager.
+        self.runner = make_runner(bundle, backend=inference_backend, threads=inference_threads)
         self._settings = PipelineSettings(
             crop_source=crop_source, proposal_cfg=proposal_cfg or ProposalConfig(),
             rois=tuple(tuple(r) for r in rois), unknown_threshold=float(unknown_threshold),
@@ -331,8 +332,7 @@ class PerceptionPipeline:
             return [], active.version
         batch = preprocess_crops([crop(image, b) for b in boxes], self.input_spec)
         with torch.inference_mode():
-            emb = self.student(torch.from_numpy(batch).to(self.device)).float().cpu()
-            emb = F.normalize(emb, dim=-1)
+            emb = F.normalize(torch.from_numpy(self.runner.embed(batch)).float(), dim=-1)
             cos = emb @ active.embeddings.T                           # (N, L)
             probs = torch.softmax(cos / settings.score_temperature, dim=-1)
             k = min(int(settings.top_k), probs.shape[1])

@@ -69,7 +69,8 @@ NODE_NAME = "vl_distill_node"
 #: Node parameters that ``--param`` may set (the others have dedicated options or are
 #: controlled by the replay).
 TUNABLE_PARAMS: frozenset[str] = frozenset(P.SETTINGS_PARAMS | {
-    "qos_reliability", "qos_depth", "torch_threads", "publish_annotated"})
+    "qos_reliability", "qos_depth", "torch_threads", "publish_annotated",
+    "inference_backend", "inference_threads"})
 #: Diagnostics period requested from the node (s): counters are read from diagnostics.
 DIAGNOSTICS_PERIOD = 0.5
 #: Lines of node output quoted in errors.
@@ -299,7 +300,8 @@ def _settings_kwargs(s: Any) -> dict[str, Any]:
 
 
 def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    keys = sorted(P.SETTINGS_PARAMS | {"qos_reliability", "qos_depth", "torch_threads"})
+    keys = sorted(P.SETTINGS_PARAMS | {"qos_reliability", "qos_depth", "torch_threads",
+                                        "inference_backend", "inference_threads"})
     return {k: values[k] for k in keys}
 
 
@@ -423,6 +425,8 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
         vocab, emb, source = bundle.vocabulary, bundle.text_embeddings, "bundle"
     try:
         pipe = PerceptionPipeline(bundle, vocabulary=vocab, embeddings=emb,
+                                  inference_backend=str(values["inference_backend"]),
+                                  inference_threads=int(values["inference_threads"]),
                                   **_settings_kwargs(pipe_settings))
     except PipelineError as exc:
         raise InputError(f"cannot build the pipeline: {exc}") from None

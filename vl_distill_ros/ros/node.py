@@ -194,6 +194,9 @@ class VlDistillNode(Node):
     def _start(self) -> None:
         p = P.declare_parameters(self)
         self._p = p
+        if p["inference_backend"] not in ("auto", "onnxruntime", "torch"):
+            raise StartupError(f"inference_backend must be auto, onnxruntime or torch, got "
+                               f"{p['inference_backend']!r}")
         if p["qos_reliability"] not in ("best_effort", "reliable"):
             raise StartupError(f"qos_reliability must be best_effort or reliable, got "
                                f"{p['qos_reliability']!r}")
@@ -229,7 +232,10 @@ class VlDistillNode(Node):
         except PipelineError as exc:
             raise StartupError(str(exc)) from None
         self.pipeline = PerceptionPipeline(self.bundle, vocabulary=vocab, embeddings=emb,
+                                           inference_backend=str(p["inference_backend"]),
+                                           inference_threads=int(p["inference_threads"]),
                                            **self._settings_kwargs(settings))
+        self.get_logger().info(f"student runtime: {self.pipeline.runner.backend}")
         # mirror the active vocabulary into the parameters (no callbacks registered yet)
         self.set_parameters([
             Parameter("labels", Parameter.Type.STRING_ARRAY, vocab.names),

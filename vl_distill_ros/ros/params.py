@@ -66,6 +66,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("torch_threads", 0, "integer",
               "Intra-op CPU threads for torch (torch.set_num_threads); 0 keeps torch's default.",
               read_only=True, range=(0, 256)),
+    ParamSpec("inference_backend", "auto", "string",
+              "Student runtime: auto (ONNX Runtime when it loads and agrees with PyTorch, "
+              "else PyTorch), onnxruntime or torch.", read_only=True,
+              constraints="auto, onnxruntime or torch"),
+    ParamSpec("inference_threads", 2, "integer",
+              "CPU threads of the student runtime (ONNX Runtime intra-op threads, or "
+              "torch.set_num_threads for the PyTorch fallback); 0 = the library default.",
+              read_only=True, range=(0, 256)),
     ParamSpec("text_cache_dir", "~/.cache/vl_distill_ros/text_embeddings", "string",
               "Directory of the persistent label text-embedding cache (one file per teacher); "
               "empty disables the disk cache.", read_only=True),
