@@ -628,7 +628,7 @@ def test_config_yaml_is_a_valid_ros_params_file(ctx, bundle_path, tmp_path):
 
 
 def test_docs_table_documents_every_parameter():
-    text = (REPO / "docs" / "node.md").read_text()
+    text = (REPO / "README.md").read_text()
     for p in PARAMETERS:
         assert f"| `{p.name}` |" in text, p.name
 

@@ -18,7 +18,7 @@ A thin layer over :class:`~vl_distill_ros.core.pipeline.PerceptionPipeline`:
   vocabulary across restarts (:mod:`~vl_distill_ros.core.vocab_store`);
 * counts, latencies and the vocabulary version go to ``/diagnostics``.
 
-Vocabulary parameter semantics (see docs/node.md):
+Vocabulary parameter semantics (see the README):
 
 * ``labels`` set alone keeps the description of every name that stays (case-insensitive)
   and clears the others; ``descriptions`` is updated in the same atomic set, so

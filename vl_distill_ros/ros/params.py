@@ -4,7 +4,7 @@
 entry on the node with a :class:`rcl_interfaces.msg.ParameterDescriptor` (description,
 type, ``read_only`` for what only takes effect at start-up, and integer/floating-point
 ranges that rclpy enforces on every set), ``config/vl_distill.yaml`` lists the same names
-with the same defaults, and ``docs/node.md`` documents them in a table (a test checks all
+with the same defaults, and ``README.md`` documents them in a table (a test checks all
 three agree).
 
 The table itself is ROS-free (types are named by strings), so it can be read without rclpy.
