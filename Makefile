@@ -49,7 +49,7 @@ bench: setup
 default-bundle: setup
 	$(VENV)/bin/vl-distill train --config config/ablation/cls_imcst_vlprox_enrich.yaml --resume
 	$(VENV)/bin/vl-distill export --run runs/ablation_ycb/cls_imcst_vlprox_enrich \
-	    --out vl_distill_ros/models/default_student.vdb
+	    --out vl_distill_ros/models/default_student.vdb --no-onnx
 
 # Rebuild the shipped sample bag (needs the YCB models at ../shared/ycb_models).
 sample-bag: setup

@@ -179,3 +179,14 @@ def test_save_bundle_checks_embedding_shape(tmp_path):
     s = build_student(SMALL, 16)
     with pytest.raises(BundleError, match="do not match"):
         save_bundle(tmp_path / "x.vdb", s, torch.zeros(2, 16), VOCAB, "t", {}, ["{name}"], False)
+
+
+def test_bundle_is_readable_by_others(tmp_path):
+    """Shipped bundles must not inherit mkstemp's owner-only 0600 mode."""
+    import os
+    import stat
+
+    path, _, _ = _bundle(tmp_path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

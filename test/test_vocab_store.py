@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from vl_distill_ros.core import vocab_store
+from vl_distill_ros.core import atomic_io, vocab_store
 from vl_distill_ros.core.vocab_store import (
     load_vocabulary_store,
     load_vocabulary_store_result,
@@ -44,7 +44,7 @@ def test_failed_replace_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vocab_store.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic_io.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
         save_vocabulary_atomic(Vocabulary.from_names(["cup"]), path)
     monkeypatch.undo()

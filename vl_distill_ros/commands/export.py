@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="embed labels with their descriptions")
     enrich.add_argument("--no-enrich", dest="enrich", action="store_false",
                         help="embed plain label names")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="leave out the ONNX copy of the student (halves the file; the node then "
+                        "exports it in memory at start-up, ~1 s)")
     p.set_defaults(func=run)
 
 
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.trainer import TrainingError
 
     try:
-        path = export_bundle(args.run, args.out, args.vocabulary, args.labels, args.enrich)
+        path = export_bundle(args.run, args.out, args.vocabulary, args.labels, args.enrich,
+                             onnx=args.onnx)
         bundle = load_bundle(path)  # validate what was written
     except (TrainingError, VocabularyError, BundleError, KeyError) as exc:
         print(f"vl-distill export: error: {exc}", file=sys.stderr)

@@ -20,8 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic_io import atomic_write_bytes
 from .config import ConfigError, StudentConfig, from_dict, to_dict
 from .student import InputSpec, Student, StudentError, build_student
 from .vocabulary import Vocabulary, VocabularyError
@@ -128,20 +127,12 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
         "metrics": metrics or {},
         "files": {k: _sha256(v) for k, v in members.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
-                for k, v in members.items():
-                    zf.writestr(k, v)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        for k, v in members.items():
+            zf.writestr(k, v)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

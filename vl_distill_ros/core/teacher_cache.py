@@ -34,6 +34,7 @@ just recomputes).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import time
@@ -44,6 +45,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from .atomic_io import atomic_write_bytes
 
 #: Signature of the image loader handed to :meth:`TeacherImageCache.get_or_compute`: it gets
 #: positions into the requested key list and returns those images (RGB uint8 arrays).
@@ -81,19 +84,9 @@ def cache_dir_name(teacher_id: str) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+    buf = io.BytesIO()
+    write(buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class TeacherImageCache:

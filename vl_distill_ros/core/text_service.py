@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .vocab_store import atomic_write_bytes, set_aside
+from .atomic_io import atomic_write_bytes, set_aside
 from .vocabulary import Label, Vocabulary, build_prompts
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -21,20 +21,17 @@ Reading contract (:func:`load_vocabulary_store_result` / :func:`load_vocabulary_
 Nothing here raises for a bad store file; only :func:`save_vocabulary_atomic` raises
 (``OSError``) when the new file cannot be written, and then the old file is intact.
 
-The small helpers :func:`atomic_write_bytes` and :func:`set_aside` are shared with
-:mod:`vl_distill_ros.core.text_service`.
+The crash-safe helpers live in :mod:`vl_distill_ros.core.atomic_io`.
 """
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
+from .atomic_io import atomic_write_bytes, set_aside  # noqa: F401 (re-exported)
 from .vocabulary import Vocabulary, VocabularyError
 
 log = logging.getLogger(__name__)
@@ -42,64 +39,6 @@ log = logging.getLogger(__name__)
 #: First lines of a saved store file.
 STORE_HEADER = ("# Active vocabulary of the vl_distill_ros node (written automatically; "
                 "same format as config/ycb_vocabulary.yaml).\n")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory so a rename in it is durable (best effort; not on all platforms)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably; creates parent directories.
-
-    Temp file in the same directory, flush + fsync, :func:`os.replace`, fsync the directory.
-    On any error the temp file is removed, the previous ``path`` (if any) is untouched and
-    the error is re-raised.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def set_aside(path: str | Path) -> Path | None:
-    """Rename a corrupt file to ``<path>.corrupt-<UTC timestamp>``; return the new path.
-
-    Returns None (after logging a warning) when the rename itself fails.
-    """
-    path = Path(path)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    try:
-        os.replace(path, target)
-    except OSError as exc:
-        log.warning("could not move corrupt file %s aside: %s", path, exc)
-        return None
-    _fsync_dir(path.parent)
-    return target
 
 
 def save_vocabulary_atomic(vocab: Vocabulary, path: str | Path) -> Path:

@@ -13,7 +13,7 @@ from .trainer import TrainingError, load_trained_student
 
 def export_bundle(run_dir: str | Path, out: str | Path, vocabulary: str | None = None,
                   keys: Sequence[str] | None = None, enrich: bool | None = None,
-                  metrics: dict | None = None) -> Path:
+                  metrics: dict | None = None, onnx: bool = True) -> Path:
     """Write a bundle for a run's student with precomputed teacher text embeddings.
 
     The vocabulary defaults to all labels of the run's split (ID + OOD); ``vocabulary``
@@ -37,4 +37,4 @@ def export_bundle(run_dir: str | Path, out: str | Path, vocabulary: str | None =
     text = text_classifier(teacher, vocab, cfg.data)
     return save_bundle(out, student, text, vocab, teacher_id, teacher_spec(cfg.teacher),
                        templates=list(cfg.data.templates), enrich=cfg.data.enrich,
-                       metrics=metrics, name=cfg.name)
+                       metrics=metrics, name=cfg.name, onnx=onnx)

@@ -8,10 +8,10 @@ logs, validates and writes checkpoints; the global batch is split across ranks.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..core.atomic_io import atomic_write_bytes
 from ..core.config import TrainConfig, from_dict, to_dict
 from ..core.data.augment import CropAugment
 from ..core.losses import DistillLoss
@@ -75,16 +76,9 @@ def _barrier(env: DistEnv) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict:
