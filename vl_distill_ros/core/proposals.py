@@ -1,23 +1,31 @@
 """Class-agnostic object proposals for objects lying on a table (OpenCV only, no learning).
 
-The scene model is "a background surface (table, floor, plain backdrop) with objects on it":
+The scene model is "a background (table top, floor, wall, table edge) that reaches the image
+border, with objects on it":
 
 1. The frame is downscaled so its longer side is at most :attr:`ProposalConfig.work_size`
    pixels (area filter, which also averages out sensor noise) and lightly blurred.
-2. The background is modelled in CIE Lab from the pixels of a strip along the image border:
-   up to :attr:`ProposalConfig.max_background_modes` dominant colours (the table, and e.g. a
-   wall behind it), each with a robust per-channel spread (median absolute deviation), so a
-   textured wooden table gets a wider tolerance than a plain white sheet.
-3. Each pixel's distance to the nearest background mode, in units of that mode's spread
-   (lightness down-weighted so lighting changes count less; pixels with the table's
-   chromaticity but 50-100 % of its brightness count as shadow), is thresholded with
-   hysteresis (strong seeds, weak extension), and OpenCV's Canny edges of the lightness
-   channel are added so low-contrast objects with crisp outlines are found too.
+2. The background is modelled **non-parametrically** in 8-bit CIE Lab: every colour of a
+   strip along the image border goes into a coarse colour grid (8 lightness x 4 x 4 chroma
+   levels a cell); cells holding enough samples are background. So are the blends of
+   neighbouring border colours (the blurred or minified boundaries of a checkerboard's or a
+   striped cloth's cells, the line where the table meets the wall) and, for the shadow
+   tolerance, every background colour darkened down to :attr:`ProposalConfig.
+   shadow_min_ratio` of its brightness. Any number of background colours can be modelled:
+   a wood grain, a two-colour checkerboard, three-colour stripes, the floor and the wall
+   at the top of the frame.
+3. Each pixel's distance to the nearest background cell (Lab units, lightness
+   down-weighted so lighting changes count less) comes from a distance transform of the
+   grid, looked up per pixel. It is thresholded with hysteresis (strong seeds, weak
+   extension), and OpenCV's Canny edges of the lightness channel are added where the
+   colour is not a plain background colour (so the texture's own edges do not count, but
+   the outline of a grey fork on a white sheet, which looks like shadowed sheet, does).
 4. A morphological closing joins the pieces of one object; connected components become
    candidate boxes, kept when they hold enough strong pixels or enough outline edges. Each
-   box is tightened to the half-maximum of the object's colour distance with sub-pixel
-   interpolation (so thin objects such as forks keep their width), then filtered by area,
-   aspect ratio and "spans the whole frame" (table edges, walls).
+   box is tightened to half the object's local colour distance (separately at each end,
+   with sub-pixel interpolation, so thin objects keep their width and a low-contrast part
+   such as a fork's tines still counts), then filtered by area, aspect ratio and "spans the
+   whole frame" (table edges).
 5. Overlapping or nested boxes are merged, boxes are padded, sorted by area (largest
    first) and capped at :attr:`ProposalConfig.max_count`.
 
@@ -25,13 +33,15 @@ Cost: about 5 ms for a 640x480 frame on one (shared) CPU core, independent of th
 size beyond the initial downscale.
 
 Known limitations: objects that touch each other (or overlap in the image) are proposed as
-one box, and an object touching a line that spans the frame (the table's edge) is dropped
-with it; an object whose colour and outline both match the table is missed, as is a darker
-object of the table's own hue without a crisp outline (it looks like a shadow); an object
-coloured like a second background colour (a grey object in front of a grey wall) gets less
-contrast; a background that does not reach the image border (a close-up of a busy shelf)
-breaks the model; boxes larger than ``max_area_frac`` of the frame (an object filling the
-view) are not proposed, so callers should fall back to :func:`full_frame_box`.
+one box, and an object touching a line that spans the frame is dropped with it; an object
+coloured like the background (a wooden block on a wooden table, a white ball on a white
+stripe) is missed or only partly boxed, as is a grey object part (a fork's tines, a
+screwdriver's shaft) on a grey or white table without a crisp outline; a colour that
+appears in the image but not at the border (a far, minified part of a patterned cloth that
+the border does not show) can give a false box; a background that does not reach the
+image border (a close-up of a busy shelf) breaks the model; boxes larger than
+``max_area_frac`` of the frame (an object filling the view) are not proposed, so callers
+should fall back to :func:`full_frame_box`.
 """
 from __future__ import annotations
 
@@ -53,18 +63,21 @@ Box = tuple[int, int, int, int]
 class ProposalConfig:
     """Tuning knobs of :func:`propose_boxes`. Sizes are fractions of the frame unless noted.
 
-    The defaults suit a 640x480 camera looking down at a table 0.5-1.5 m away.
+    The defaults suit a 640x480 (or 480x360) camera looking down at a table 0.5-1.5 m away;
+    they were tuned on rendered YCB tabletop bags (``bench/proposals_recall.py``).
     """
 
     #: Smallest box kept, as a fraction of the frame area (bounding-box area, before padding).
-    min_area_frac: float = 0.002
+    #: 0.0004 is a 12x10-pixel box at 640x480 (a die or a golf ball a metre away).
+    min_area_frac: float = 0.0004
     #: Largest box kept, as a fraction of the frame area (larger ones are the background).
     max_area_frac: float = 0.6
     #: Most boxes returned (the largest ones are kept).
     max_count: int = 10
     #: Fraction of a box's width (height) added on the left and the right (top and bottom);
-    #: the padded box is clipped to the frame.
-    pad_frac: float = 0.1
+    #: the padded box is clipped to the frame. Ground-truth boxes are tight, so padding
+    #: lowers the IoU (recall at IoU 0.5 on rendered tabletops: 0.91 at 0.05, 0.87 at 0.1).
+    pad_frac: float = 0.05
     #: Longest side, in pixels, of the internal working image (smaller is faster but loses
     #: thin objects); frames already smaller are not upscaled.
     work_size: int = 320
@@ -74,30 +87,32 @@ class ProposalConfig:
     #: Width of the border strip that samples the background, as a fraction of the shorter
     #: image side.
     border_frac: float = 0.04
-    #: At most this many background colours are modelled (table, wall, ...).
-    max_background_modes: int = 3
-    #: A further background colour is only modelled if it covers at least this fraction of
-    #: the border strip (objects touching the border cover less).
-    min_mode_frac: float = 0.15
-    #: Floor of a background colour's per-channel spread, in 8-bit Lab units, so a noise-free
-    #: plain background does not make every tiny colour change an object.
-    min_sigma: float = 2.5
+    #: A colour cell is background if it holds at least this many border samples ...
+    min_bin_count: int = 2
+    #: ... and at least this fraction of them (so an object touching the border, which
+    #: covers a few cells with few samples each, stays an object).
+    min_bin_frac: float = 0.0005
+    #: Border pixels this far apart (working-image pixels, along rows and columns) whose
+    #: colours are both background make every blend of the two background too (0 disables).
+    blend_offset: int = 3
     #: Weight of the lightness channel in the colour distance (chroma has weight 1); below 1
     #: so that shadows and lighting gradients count less than colour changes.
     lightness_weight: float = 0.6
-    #: Floor of a background colour's spread in rgb chromaticity ``(r, g) / (r + g + b)``.
-    min_chroma_sigma: float = 0.006
-    #: Pixels with the background's chromaticity and ``shadow_min_ratio`` to 1 times its
-    #: brightness are treated as shadowed table (their lightness change is ignored); 1.0
-    #: disables this. Darker same-hue objects are then found by their outline only.
+    #: Every background colour darkened to ``shadow_min_ratio`` .. 1 times its brightness is
+    #: background too (shadowed table); 1.0 disables this. Darker same-hue objects are then
+    #: found by their outline only.
     shadow_min_ratio: float = 0.5
-    #: Colour distance (in background spreads) above which a pixel is a confident object pixel.
-    strong_thresh: float = 6.0
+    #: Colour distance (Lab units) above which a pixel is a confident object pixel.
+    strong_thresh: float = 14.0
     #: Colour distance above which a pixel may extend an object that has confident pixels.
-    weak_thresh: float = 3.5
+    weak_thresh: float = 8.0
     #: Canny thresholds on the blurred 8-bit Lab lightness of the working image.
     canny_low: float = 30.0
     canny_high: float = 80.0
+    #: Canny edges count only next to pixels at least this far (Lab units) from every
+    #: background colour without the shadow tolerance (texture edges are blends of
+    #: background colours); 0 keeps all edges.
+    edge_gate: float = 4.0
     #: Diameter, in working-image pixels, of the elliptical kernel of the closing that joins
     #: the pieces of one object (made odd; 1 disables it).
     close_kernel: int = 5
@@ -107,6 +122,9 @@ class ProposalConfig:
     #: ... or if its Canny edge pixels number at least this fraction of its bounding-box
     #: perimeter (an outline rather than a stray texture line).
     min_edge_perimeter_frac: float = 0.6
+    #: Each end of a box is placed where the colour distance falls to this fraction of its
+    #: peak within the outermost 3 working-image pixels of the object (0: at ``weak_thresh``).
+    refine_frac: float = 0.5
     #: Largest ratio of the longer to the shorter box side (forks and knives are ~10-20).
     max_aspect: float = 25.0
     #: Drop components that span the whole frame width or height (table edges, walls).
@@ -131,15 +149,23 @@ class ProposalConfig:
         if self.weak_thresh > self.strong_thresh:
             raise ValueError(f"weak_thresh ({self.weak_thresh}) must be <= strong_thresh "
                              f"({self.strong_thresh})")
+        if self.weak_thresh <= 0:
+            raise ValueError(f"weak_thresh must be > 0, got {self.weak_thresh}")
         if self.close_kernel < 1:
             raise ValueError(f"close_kernel must be >= 1, got {self.close_kernel}")
         if not 0.0 < self.shadow_min_ratio <= 1.0:
             raise ValueError(f"shadow_min_ratio must be in (0, 1], got {self.shadow_min_ratio}")
         if self.max_aspect < 1.0:
             raise ValueError(f"max_aspect must be >= 1, got {self.max_aspect}")
-        if self.max_background_modes < 1:
-            raise ValueError(
-                f"max_background_modes must be >= 1, got {self.max_background_modes}")
+        if self.min_bin_count < 1 or not 0.0 <= self.min_bin_frac < 1.0:
+            raise ValueError(f"need min_bin_count >= 1 and 0 <= min_bin_frac < 1, got "
+                             f"{self.min_bin_count} and {self.min_bin_frac}")
+        if self.blend_offset < 0:
+            raise ValueError(f"blend_offset must be >= 0, got {self.blend_offset}")
+        if self.lightness_weight <= 0:
+            raise ValueError(f"lightness_weight must be > 0, got {self.lightness_weight}")
+        if not 0.0 <= self.refine_frac < 1.0:
+            raise ValueError(f"refine_frac must be in [0, 1), got {self.refine_frac}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,113 +279,194 @@ def _merge_boxes(boxes: list[list[float]], iou_thresh: float,
 # ---------------------------------------------------------------------------------------
 # Background model
 # ---------------------------------------------------------------------------------------
+#: Colour grid cells: 8 lightness levels (32 cells) x 4 a* levels x 4 b* levels, on the
+#: 8-bit Lab of OpenCV (L in 0..255, a and b offset by 128).
+_L_SHIFT = 3
+_AB_SHIFT = 2
+
+
+def _border_strips(img: np.ndarray, border: int) -> list[np.ndarray]:
+    """The four non-overlapping strips, ``border`` pixels wide, along the image edges."""
+    h, w = img.shape[:2]
+    return [img[:border], img[h - border:], img[border:h - border, :border],
+            img[border:h - border, w - border:]]
+
+
 def _border_pixels(img: np.ndarray, border: int) -> np.ndarray:
-    """The pixels of a ``border``-wide strip along the image edges, as ``(N, C)`` float32."""
-    h, w, c = img.shape
-    parts = [img[:border].reshape(-1, c), img[h - border:].reshape(-1, c),
-             img[border:h - border, :border].reshape(-1, c),
-             img[border:h - border, w - border:].reshape(-1, c)]
-    return np.concatenate(parts).astype(np.float32)
+    """The pixels of a ``border``-wide strip along the image edges, as ``(N, C)``."""
+    c = img.shape[2]
+    return np.concatenate([s.reshape(-1, c) for s in _border_strips(img, border)])
 
 
-@dataclass
-class _Mode:
-    """One background colour: Lab centre/spread, rgb chromaticity centre/spread, brightness."""
-
-    lab: np.ndarray
-    lab_sigma: np.ndarray
-    chroma: np.ndarray
-    chroma_sigma: np.ndarray
-    brightness: float
-
-
-def _chromaticity(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(r, g) / (r + g + b)`` (invariant to shading) and ``r + g + b`` of float RGB."""
-    total = rgb.sum(axis=-1) + np.float32(3.0)
-    return rgb[..., :2] / total[..., None], total
-
-
-def _background_modes(lab: np.ndarray, rgb: np.ndarray, cfg: ProposalConfig) -> list[_Mode]:
-    """Dominant colours of the border samples (``lab``/``rgb``: ``(N, 3)`` float32 each)."""
-    modes: list[_Mode] = []
-    total = len(lab)
-    bins = np.array([16.0, 8.0, 8.0], np.float32)  # coarse Lab histogram cells
-    dims = np.array([16, 32, 32])
-    for _ in range(cfg.max_background_modes):
-        if len(lab) == 0 or (modes and len(lab) < cfg.min_mode_frac * total):
-            break
-        q = np.minimum((lab / bins).astype(np.int32), dims - 1)
-        key = (q[:, 0] * dims[1] + q[:, 1]) * dims[2] + q[:, 2]
-        peak = np.array(np.unravel_index(int(np.argmax(np.bincount(key))), tuple(dims)))
-        # the peak cell and its neighbours (a colour may straddle cell edges)
-        near = np.all(np.abs(q - peak) <= 1, axis=1)
-        if modes and near.sum() < cfg.min_mode_frac * total:
-            break
-        # robust centre and spread of the peak's members
-        members = lab[near]
-        centre = np.median(members, axis=0)
-        sigma = np.maximum(np.median(np.abs(members - centre), axis=0) * 1.4826, cfg.min_sigma)
-        chroma, bright = _chromaticity(rgb[near])
-        c_centre = np.median(chroma, axis=0)
-        c_sigma = np.maximum(np.median(np.abs(chroma - c_centre), axis=0) * 1.4826,
-                             cfg.min_chroma_sigma)
-        modes.append(_Mode(centre.astype(np.float32), sigma.astype(np.float32),
-                           c_centre.astype(np.float32), c_sigma.astype(np.float32),
-                           float(np.median(bright))))
-        # drop every sample this mode explains before looking for the next one
-        z = (lab - centre) / sigma
-        explained = np.einsum("ij,ij->i", z, z) < (cfg.weak_thresh ** 2) * 3.0
-        lab, rgb = lab[~(explained | near)], rgb[~(explained | near)]
-    return modes
+def _border_pairs(img: np.ndarray, border: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel pairs ``offset`` apart along rows and along columns inside the border strip,
+    as two ``(N, C)`` arrays."""
+    c = img.shape[2]
+    first, second = [], []
+    for s in _border_strips(img, border):
+        if s.shape[0] > offset:
+            first.append(s[:-offset].reshape(-1, c))
+            second.append(s[offset:].reshape(-1, c))
+        if s.shape[1] > offset:
+            first.append(s[:, :-offset].reshape(-1, c))
+            second.append(s[:, offset:].reshape(-1, c))
+    if not first:
+        empty = np.zeros((0, c), img.dtype)
+        return empty, empty
+    return np.concatenate(first), np.concatenate(second)
 
 
-def _colour_distance(lab: np.ndarray, rgb: np.ndarray, modes: list[_Mode],
-                     cfg: ProposalConfig) -> np.ndarray:
-    """Per-pixel distance to the nearest background mode, in units of its spread.
+class _ColourGrid:
+    """Cell indices of 8-bit Lab colours in a grid spanning the colours of one frame."""
 
-    Pixels that look like the mode in shadow (same chromaticity, ``shadow_min_ratio`` to 1
-    times as bright) get their chromaticity distance instead of the Lab distance.
+    def __init__(self, lab: np.ndarray) -> None:
+        flat = lab.reshape(-1, 3)
+        lo = flat.min(axis=0).astype(np.int32)
+        hi = flat.max(axis=0).astype(np.int32)
+        self.a_lo, self.b_lo = int(lo[1]), int(lo[2])
+        self.a_hi, self.b_hi = int(hi[1]), int(hi[2])
+        self.shape = (256 >> _L_SHIFT, ((self.a_hi - self.a_lo) >> _AB_SHIFT) + 1,
+                      ((self.b_hi - self.b_lo) >> _AB_SHIFT) + 1)
+        self.size = int(np.prod(self.shape))
+
+    def index(self, colours: np.ndarray) -> np.ndarray:
+        """Flat cell index of ``(N, 3)`` Lab colours inside the grid's range."""
+        v = colours.astype(np.int32)
+        _, na, nb = self.shape
+        return (((v[:, 0] >> _L_SHIFT) * na + ((v[:, 1] - self.a_lo) >> _AB_SHIFT)) * nb
+                + ((v[:, 2] - self.b_lo) >> _AB_SHIFT))
+
+    def centres(self, cells: np.ndarray) -> np.ndarray:
+        """8-bit Lab colours ``(N, 3)`` float32 of the centres of flat cell indices."""
+        cl, ca, cb = np.unravel_index(cells, self.shape)
+        half_l, half_ab = (1 << _L_SHIFT) / 2.0, (1 << _AB_SHIFT) / 2.0
+        return np.stack([(cl << _L_SHIFT) + half_l, (ca << _AB_SHIFT) + self.a_lo + half_ab,
+                         (cb << _AB_SHIFT) + self.b_lo + half_ab], 1).astype(np.float32)
+
+    def inside(self, colours: np.ndarray) -> np.ndarray:
+        """Which ``(N, 3)`` Lab colours lie in the grid's range."""
+        return ((colours[:, 0] >= 0) & (colours[:, 0] <= 255)
+                & (colours[:, 1] >= self.a_lo) & (colours[:, 1] <= self.a_hi)
+                & (colours[:, 2] >= self.b_lo) & (colours[:, 2] <= self.b_hi))
+
+
+def _background_cells(grid: _ColourGrid, samples: np.ndarray,
+                      pairs: tuple[np.ndarray, np.ndarray], cfg: ProposalConfig) -> np.ndarray:
+    """Boolean grid (flat) of background colours: well-sampled border colours and the
+    blends of neighbouring ones."""
+    counts = np.bincount(grid.index(samples), minlength=grid.size)
+    occ = counts >= max(cfg.min_bin_count, cfg.min_bin_frac * len(samples))
+    if not occ.any():
+        occ[int(np.argmax(counts))] = True
+    first, second = pairs
+    if len(first):
+        ia, ib = grid.index(first), grid.index(second)
+        keep = occ[ia] & occ[ib] & (ia != ib)
+        if keep.any():
+            lo, hi = np.minimum(ia[keep], ib[keep]), np.maximum(ia[keep], ib[keep])
+            unique = np.unique(lo.astype(np.int64) * grid.size + hi)
+            c0 = np.stack(np.unravel_index(unique // grid.size, grid.shape), 1)
+            c1 = np.stack(np.unravel_index(unique % grid.size, grid.shape), 1)
+            c0, c1 = c0.astype(np.float32), c1.astype(np.float32)
+            steps = int(np.abs(c1 - c0).max()) + 1
+            t = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)[:, None, None]
+            cells = np.rint(c0[None] + t * (c1 - c0)[None]).astype(np.int64).reshape(-1, 3)
+            _, na, nb = grid.shape
+            occ[(cells[:, 0] * na + cells[:, 1]) * nb + cells[:, 2]] = True
+    return occ
+
+
+def _with_shadows(grid: _ColourGrid, occ: np.ndarray, min_ratio: float) -> np.ndarray:
+    """``occ`` plus every background colour darkened to ``min_ratio`` .. 1 of its brightness.
+
+    Scaling 8-bit RGB by ``k`` scales linear RGB by about ``k ** 2.2``, which scales
+    ``(L* + 16, a*, b*)`` by ``k ** (2.2 / 3)``: a ray towards black in Lab.
     """
-    best: np.ndarray | None = None
-    wl = float(cfg.lightness_weight)
-    weak2 = np.float32(cfg.weak_thresh ** 2)
-    rgb_flat = rgb.reshape(-1, 3)
-    for mode in modes:
-        inv = 1.0 / mode.lab_sigma
-        # (lab - centre) * scale, squared and summed over channels, in float32 via OpenCV
-        z = cv2.multiply(cv2.subtract(lab, tuple(float(c) for c in mode.lab) + (0.0,)),
-                         (wl * float(inv[0]), float(inv[1]), float(inv[2]), 0.0))
-        d2 = cv2.transform(cv2.multiply(z, z), np.ones((1, 3), np.float32)).reshape(-1)
-        if cfg.shadow_min_ratio < 1.0:
-            # only pixels that would otherwise count as object can be shadow
-            idx = np.flatnonzero(d2 > weak2)
-            if idx.size:
-                chroma, total = _chromaticity(rgb_flat[idx])
-                ratio = total * np.float32(1.0 / mode.brightness)
-                zc = (chroma - mode.chroma) * (1.0 / mode.chroma_sigma)
-                c2 = np.einsum("ij,ij->i", zc, zc)
-                shadow = (ratio >= cfg.shadow_min_ratio) & (ratio <= 1.0) & (c2 < d2[idx])
-                d2[idx[shadow]] = c2[shadow]
-        best = d2 if best is None else np.minimum(best, d2)
-    assert best is not None
-    return np.sqrt(best).reshape(lab.shape[:2])
+    centres = grid.centres(np.flatnonzero(occ))
+    lum = centres[:, 0] / 2.55 + 16.0          # L* + 16
+    a, b = centres[:, 1] - 128.0, centres[:, 2] - 128.0
+    out = occ.copy()
+    s_min = min_ratio ** (2.2 / 3.0)
+    for s in np.linspace(s_min, 1.0, int(math.ceil((1.0 - s_min) * 40)) + 2)[:-1]:
+        v = np.stack([(lum * s - 16.0) * 2.55, a * s + 128.0, b * s + 128.0], 1)
+        v = np.rint(v[grid.inside(v)])
+        out[grid.index(v)] = True
+    return out
 
 
-def _subpixel_extent(profile: np.ndarray, thr: float) -> tuple[float, float] | None:
-    """Where ``profile`` first rises above and last falls below ``thr``, interpolated
+def _cell_distance(occ: np.ndarray, shape: tuple[int, int, int], lightness_weight: float,
+                   cap: float) -> np.ndarray:
+    """Distance (Lab units, lightness weighted) from every grid cell to the nearest ``occ``
+    cell, capped at ``cap``, flat float32: exact 2-D distance transforms of the chroma
+    planes, then a truncated pass along lightness."""
+    nl = shape[0]
+    occ3 = occ.reshape(shape)
+    ab_step = float(1 << _AB_SHIFT)
+    big = np.float32(cap * cap)
+    d2 = np.full(shape, big, np.float32)
+    for level in np.flatnonzero(occ3.reshape(nl, -1).any(axis=1)):
+        plane = (~occ3[level]).view(np.uint8)   # zero on background cells
+        dt = cv2.distanceTransform(plane, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        np.minimum(d2[level], (dt * ab_step) ** 2, out=d2[level])
+    step_l = lightness_weight * float(1 << _L_SHIFT)
+    out = d2.copy()
+    for shift in range(1, min(int(cap / step_l) + 1, nl - 1) + 1):
+        penalty = np.float32((shift * step_l) ** 2)
+        np.minimum(out[shift:], d2[:-shift] + penalty, out=out[shift:])
+        np.minimum(out[:-shift], d2[shift:] + penalty, out=out[:-shift])
+    return np.sqrt(np.minimum(out, big)).reshape(-1)
+
+
+def _background_distance(lab: np.ndarray, border: int,
+                         cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel distance of the 8-bit Lab image ``lab`` to the nearest background colour
+    (sampled from a ``border``-wide strip), with and without the shadow tolerance, as two
+    float32 ``(H, W)`` maps in Lab units (lightness weighted)."""
+    grid = _ColourGrid(lab)
+    pairs = (_border_pairs(lab, border, cfg.blend_offset) if cfg.blend_offset > 0
+             else (np.zeros((0, 3), np.uint8),) * 2)
+    occ = _background_cells(grid, _border_pixels(lab, border), pairs, cfg)
+    cap = 2.0 * cfg.strong_thresh
+    plain = _cell_distance(occ, grid.shape, cfg.lightness_weight, cap)
+    if cfg.shadow_min_ratio < 1.0:
+        shaded = _cell_distance(_with_shadows(grid, occ, cfg.shadow_min_ratio), grid.shape,
+                                cfg.lightness_weight, cap)
+    else:
+        shaded = plain
+    idx = grid.index(lab.reshape(-1, 3))
+    h, w = lab.shape[:2]
+    return shaded[idx].reshape(h, w), plain[idx].reshape(h, w)
+
+
+def _subpixel_extent(profile: np.ndarray, thr: float, frac: float = 0.0,
+                     window: int = 3) -> tuple[float, float] | None:
+    """Where ``profile`` first rises above and last falls below a threshold, interpolated
     linearly between pixel centres; in pixel-edge coordinates (pixel ``i`` spans
-    ``[i, i + 1)``). ``None`` if it never reaches ``thr``."""
+    ``[i, i + 1)``). ``None`` if it never reaches ``thr``.
+
+    The threshold is ``thr``, or at each end ``frac`` times the profile's peak within the
+    ``window`` pixels inside that end, if that is higher (the half-maximum of the local
+    step, where a blurred edge really is).
+    """
     above = np.flatnonzero(profile >= thr)
     if above.size == 0:
         return None
     i0, i1 = int(above[0]), int(above[-1])
+    t0 = t1 = thr
+    if frac > 0:
+        t0 = max(thr, frac * float(profile[i0:i0 + window].max()))
+        t1 = max(thr, frac * float(profile[max(i1 - window + 1, 0):i1 + 1].max()))
+        while profile[i0] < t0:
+            i0 += 1
+        while profile[i1] < t1:
+            i1 -= 1
     lo, hi = float(i0), float(i1 + 1)
     if i0 > 0:
         p0, p1 = float(profile[i0 - 1]), float(profile[i0])
-        lo = i0 - 0.5 + (thr - p0) / max(p1 - p0, 1e-6)
+        lo = i0 - 0.5 + (t0 - p0) / max(p1 - p0, 1e-6)
     if i1 < profile.size - 1:
         p1, p2 = float(profile[i1]), float(profile[i1 + 1])
-        hi = i1 + 0.5 + (p1 - thr) / max(p1 - p2, 1e-6)
+        hi = i1 + 0.5 + (p1 - t1) / max(p1 - p2, 1e-6)
     return lo, hi
 
 
@@ -369,29 +476,32 @@ def _refine_extent(labels: np.ndarray, index: int, box: tuple[int, int, int, int
     """Tight ``(x0, y0, x1, y1)`` of component ``index`` in working-image coordinates.
 
     The closing, the blur and the low (weak) threshold widen an object by a pixel or two on
-    every side, which matters for thin objects. A colour blob is cut at half its typical
-    (90th percentile) distance, with sub-pixel interpolation; an outline-only component is
-    bounded by its above-threshold pixels and Canny edges.
+    every side, which matters for thin objects. A colour blob is cut, at each end, at
+    ``refine_frac`` of its local colour distance, with sub-pixel interpolation; its outline
+    edges count as reaching the weak threshold, so a low-contrast part (a fork's metal
+    tines next to its red handle) stays in the box. An outline-only component is bounded by
+    its above-threshold pixels and Canny edges.
     """
     x, y, w, h = box
     hh, ww = labels.shape
     x0, y0, x1, y1 = max(x - 1, 0), max(y - 1, 0), min(x + w + 1, ww), min(y + h + 1, hh)
     comp = labels[y0:y1, x0:x1] == index
     roi_dist = dist[y0:y1, x0:x1]
-    vals = roi_dist[comp]
-    k90 = int(0.9 * (vals.size - 1))
-    thr = max(cfg.weak_thresh, 0.5 * float(np.partition(vals, k90)[k90]))
+    roi_edges = edges[y0:y1, x0:x1]
+    thr = float(cfg.weak_thresh)
     if is_blob:
         # distances of the component and its 1-pixel fringe, so the crossing is interpolated
         near = cv2.dilate(comp.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
         masked = np.where(near, roi_dist, np.float32(0.0))
-        xs = _subpixel_extent(masked.max(axis=0), thr)
-        ys = _subpixel_extent(masked.max(axis=1), thr)
+        outline = comp & roi_edges
+        masked[outline] = np.maximum(masked[outline], np.float32(thr))
+        xs = _subpixel_extent(masked.max(axis=0), thr, cfg.refine_frac)
+        ys = _subpixel_extent(masked.max(axis=1), thr, cfg.refine_frac)
         if xs is not None and ys is not None and xs[1] > xs[0] and ys[1] > ys[0]:
             return x0 + xs[0], y0 + ys[0], x0 + xs[1], y0 + ys[1]
         return float(x), float(y), float(x + w), float(y + h)
     # an outline: Canny edges lie on both sides of the true boundary
-    keep = ((roi_dist >= thr) | edges[y0:y1, x0:x1]) & comp
+    keep = ((roi_dist >= thr) | roi_edges) & comp
     cols, rows = np.flatnonzero(keep.any(axis=0)), np.flatnonzero(keep.any(axis=1))
     if cols.size == 0 or rows.size == 0:
         return float(x), float(y), float(x + w), float(y + h)
@@ -402,6 +512,30 @@ def _refine_extent(labels: np.ndarray, index: int, box: tuple[int, int, int, int
 # ---------------------------------------------------------------------------------------
 # Proposals
 # ---------------------------------------------------------------------------------------
+def _object_maps(image: np.ndarray,
+                 cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Working-image colour distance, strong mask and gated edges of a uint8 RGB frame,
+    and the working image's scale ``(sx, sy)`` (frame pixels per working pixel)."""
+    height, width = image.shape[:2]
+    scale = min(1.0, cfg.work_size / max(height, width))
+    if scale < 1.0:
+        ww, wh = max(8, int(round(width * scale))), max(8, int(round(height * scale)))
+        small = cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA)
+    else:
+        ww, wh = width, height
+        small = np.ascontiguousarray(image)
+    if cfg.blur_sigma > 0:
+        small = cv2.GaussianBlur(small, (0, 0), cfg.blur_sigma)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2Lab)
+    border = max(2, int(round(cfg.border_frac * min(wh, ww))))
+    dist, plain = _background_distance(lab, border, cfg)
+    edges = cv2.Canny(lab[..., 0].copy(), cfg.canny_low, cfg.canny_high) > 0
+    if cfg.edge_gate > 0:
+        gate = cv2.dilate((plain > cfg.edge_gate).view(np.uint8), np.ones((3, 3), np.uint8))
+        edges &= gate.view(bool)
+    return dist, edges, lab, width / ww, height / wh
+
+
 def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> list[Box]:
     """Class-agnostic boxes around the objects in a tabletop frame.
 
@@ -428,30 +562,11 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
     if height < 8 or width < 8 or cfg.max_count == 0:
         return []
 
-    # 1. working image
-    scale = min(1.0, cfg.work_size / max(height, width))
-    if scale < 1.0:
-        ww, wh = max(8, int(round(width * scale))), max(8, int(round(height * scale)))
-        small = cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA)
-    else:
-        ww, wh = width, height
-        small = np.ascontiguousarray(image)
-    sx, sy = width / ww, height / wh
-    if cfg.blur_sigma > 0:
-        small = cv2.GaussianBlur(small, (0, 0), cfg.blur_sigma)
-    lab_u8 = cv2.cvtColor(small, cv2.COLOR_RGB2Lab)
-    lab = lab_u8.astype(np.float32)
-    rgb = small.astype(np.float32)
-
-    # 2.-3. background model, colour distance, edges
-    border = max(2, int(round(cfg.border_frac * min(wh, ww))))
-    # every third border pixel is plenty for the statistics
-    modes = _background_modes(_border_pixels(lab, border)[::3], _border_pixels(rgb, border)[::3],
-                              cfg)
-    dist = _colour_distance(lab, rgb, modes, cfg)
+    # 1.-3. working image, background model, colour distance, edges
+    dist, edges, _, sx, sy = _object_maps(image, cfg)
+    wh, ww = dist.shape
     strong = (dist > cfg.strong_thresh).view(np.uint8)
     weak = (dist > cfg.weak_thresh).view(np.uint8)
-    edges = cv2.Canny(lab_u8[..., 0].copy(), cfg.canny_low, cfg.canny_high) > 0
     mask = (weak | edges).view(np.uint8)
 
     # 4. join pieces, components

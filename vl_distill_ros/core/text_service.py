@@ -219,9 +219,12 @@ class TextEmbeddingService:
         return self.embed(vocab.labels)
 
     def warm(self) -> "Teacher":
-        """Build the teacher now (if not yet built) and return it."""
+        """Build the teacher and load its text encoder now, so the first new name costs
+        only its embedding; return the teacher. (Nothing is added to the cache.)"""
         with self._teacher_lock:
-            return self._get_teacher()
+            teacher = self._get_teacher()
+            teacher.encode_texts(["a photo of an object."])  # lazy encoders load here
+            return teacher
 
     @property
     def teacher_loaded(self) -> bool:

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Recall of the class-agnostic proposer against the ground truth of camera bags.
+
+For every image of every ``--bags`` bag that has ground truth, :func:`propose_boxes` runs
+with the default :class:`ProposalConfig` (changed by ``-p field=value``) and its boxes are
+matched to the ground-truth boxes one-to-one, greedily by IoU (``--iou``, 0.5), exactly as
+``vl-distill replay-eval`` matches the node's boxes
+(:func:`vl_distill_ros.evaluation.scoring.match_boxes`).
+
+Prints ONE JSON object on stdout (progress goes to stderr): recall, precision, false
+positives, mean best IoU, recall by object size and by label, proposer ms/frame, per bag
+and over all bags.
+
+    .venv/bin/python bench/proposals_recall.py --bags demo/sample_tabletop
+    .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.05
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+#: Size buckets by the square root of the ground-truth box area, in pixels (as COCO's
+#: 32^2 / 96^2 area limits): ``small`` < 32, ``medium`` < 96, ``large`` otherwise.
+SIZE_BUCKETS: tuple[tuple[str, float], ...] = (("small", 32.0), ("medium", 96.0),
+                                               ("large", float("inf")))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def size_bucket(box: Sequence[float]) -> str:
+    side = float(np.sqrt(max(float(box[2]) * float(box[3]), 0.0)))
+    for name, limit in SIZE_BUCKETS:
+        if side < limit:
+            return name
+    return SIZE_BUCKETS[-1][0]
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``field=value`` strings -> typed :class:`ProposalConfig` changes (raises ValueError)."""
+    from vl_distill_ros.core.proposals import ProposalConfig
+
+    types = {f.name: f.type for f in dataclasses.fields(ProposalConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in types:
+            raise ValueError(f"bad override {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(types)}")
+        kind = str(types[name])
+        if kind in ("bool", "<class 'bool'>"):
+            value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif kind in ("int", "<class 'int'>"):
+            value = int(raw)
+        else:
+            value = float(raw)
+        out[name] = value
+    return out
+
+
+def load_frames(bag: str | Path, max_frames: int = 0,
+                topics: Sequence[str] | None = None) -> list[tuple[np.ndarray, list]]:
+    """``(RGB image, [(x, y, w, h, label), ...])`` of every image with ground truth."""
+    from vl_distill_ros.core.bag_io import read_camera_bag
+
+    contents = read_camera_bag(bag)
+    frames = []
+    for msg in contents.images(topics):
+        objs = contents.objects_for(msg.topic, msg.stamp_ns)
+        if objs is None:
+            continue
+        frames.append((msg.image, [(*o.bbox, o.label) for o in objs]))
+        if max_frames and len(frames) >= max_frames:
+            break
+    return frames
+
+
+class Tally:
+    """Running counts of one set of frames."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.objects = 0
+        self.matched = 0
+        self.proposals = 0
+        self.best_ious: list[float] = []
+        self.ms: list[float] = []
+        self.by_size: dict[str, list[int]] = {name: [0, 0] for name, _ in SIZE_BUCKETS}
+        self.by_label: dict[str, list[int]] = {}
+
+    def add(self, truth: list, boxes: list, iou: float, ms: float) -> None:
+        from vl_distill_ros.evaluation.scoring import box_iou, match_boxes
+
+        gt = [t[:4] for t in truth]
+        hit = {i for i, _, _ in match_boxes(gt, boxes, iou)}
+        self.frames += 1
+        self.ms.append(ms)
+        self.objects += len(gt)
+        self.matched += len(hit)
+        self.proposals += len(boxes)
+        for i, t in enumerate(truth):
+            self.best_ious.append(max([box_iou(t[:4], b) for b in boxes] or [0.0]))
+            for table, key in ((self.by_size, size_bucket(t)), (self.by_label, str(t[4]))):
+                cell = table.setdefault(key, [0, 0])
+                cell[0] += 1
+                cell[1] += int(i in hit)
+
+    def merge(self, other: "Tally") -> None:
+        self.frames += other.frames
+        self.objects += other.objects
+        self.matched += other.matched
+        self.proposals += other.proposals
+        self.best_ious += other.best_ious
+        self.ms += other.ms
+        for mine, theirs in ((self.by_size, other.by_size), (self.by_label, other.by_label)):
+            for key, (n, m) in theirs.items():
+                cell = mine.setdefault(key, [0, 0])
+                cell[0] += n
+                cell[1] += m
+
+    def summary(self, with_labels: bool = True) -> dict[str, Any]:
+        ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
+        ms = np.asarray(self.ms or [0.0])
+        out: dict[str, Any] = {
+            "frames": self.frames, "objects": self.objects, "matched": self.matched,
+            "missed": self.objects - self.matched, "proposals": self.proposals,
+            "false_positives": self.proposals - self.matched,
+            "recall": ratio(self.matched, self.objects),
+            "precision": ratio(self.matched, self.proposals),
+            "mean_best_iou": round(float(np.mean(self.best_ious)), 4) if self.best_ious else None,
+            "proposals_per_frame": ratio(self.proposals, self.frames),
+            "recall_by_size": {k: {"objects": n, "recall": ratio(m, n)}
+                               for k, (n, m) in self.by_size.items()},
+            "ms_per_frame": {"median": round(float(np.median(ms)), 3),
+                             "mean": round(float(np.mean(ms)), 3),
+                             "p95": round(float(np.percentile(ms, 95)), 3)},
+        }
+        if with_labels:
+            out["recall_by_label"] = {k: {"objects": n, "recall": ratio(m, n)}
+                                      for k, (n, m) in sorted(self.by_label.items())}
+        return out
+
+
+def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) -> Tally:
+    """Run the proposer on ``frames`` and tally the matches."""
+    from vl_distill_ros.core.proposals import propose_boxes
+
+    tally = Tally()
+    for image, truth in frames:
+        t0 = time.perf_counter()
+        boxes = propose_boxes(image, cfg)
+        ms = 1000.0 * (time.perf_counter() - t0)
+        tally.add(truth, boxes, iou, ms)
+    return tally
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bags", nargs="+", required=True, help="camera bags with ground truth")
+    ap.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default: 0.5)")
+    ap.add_argument("-p", "--param", dest="params", action="append", default=[],
+                    metavar="FIELD=VALUE", help="ProposalConfig override (repeatable)")
+    ap.add_argument("--topics", nargs="*", default=None,
+                    help="image topics to use (default: every image topic)")
+    ap.add_argument("--max-frames", type=int, default=0,
+                    help="at most this many frames per bag (0: all)")
+    ap.add_argument("--no-labels", action="store_true", help="leave out recall_by_label")
+    args = ap.parse_args(argv)
+
+    from vl_distill_ros.core.proposals import ProposalConfig
+
+    try:
+        cfg = ProposalConfig(**parse_overrides(args.params))
+    except (TypeError, ValueError) as exc:
+        print(json.dumps({"bench": "proposals_recall", "error": str(exc)}))
+        return 2
+    import cv2
+
+    total = Tally()
+    per_bag: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    for bag in args.bags:
+        print(f"[bench] proposals_recall: reading {bag}", file=sys.stderr)
+        try:
+            frames = load_frames(bag, args.max_frames, args.topics)
+        except (OSError, ValueError) as exc:
+            print(json.dumps({"bench": "proposals_recall", "error": f"{bag}: {exc}"}))
+            return 2
+        if frames:  # warm-up (first-call allocations), not timed
+            from vl_distill_ros.core.proposals import propose_boxes
+            propose_boxes(frames[0][0], cfg)
+        tally = evaluate(frames, cfg, args.iou)
+        sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im, _ in frames})
+        per_bag[str(bag)] = {"image_sizes": sizes, **tally.summary(not args.no_labels)}
+        total.merge(tally)
+    result = {
+        "bench": "proposals_recall",
+        "iou_threshold": args.iou,
+        "config": dataclasses.asdict(cfg),
+        "overrides": parse_overrides(args.params),
+        "size_buckets_px": {name: limit if np.isfinite(limit) else None
+                            for name, limit in SIZE_BUCKETS},
+        "all": total.summary(not args.no_labels),
+        "bags": per_bag,
+        "total_s": round(time.perf_counter() - t_start, 2),
+        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+                    "python": platform.python_version(), "numpy": np.__version__,
+                    "opencv": cv2.__version__,
+                    "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
