@@ -9,10 +9,10 @@ matched to the ground-truth boxes one-to-one, greedily by IoU (``--iou``, 0.5), 
 
 Prints ONE JSON object on stdout (progress goes to stderr): recall, precision, false
 positives, mean best IoU, recall by object size and by label, proposer ms/frame, per bag
-and over all bags.
+and over all bags. Exit status 2 with a JSON ``error`` object when a bag cannot be read.
 
-    .venv/bin/python bench/proposals_recall.py --bags demo/sample_tabletop
-    .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.05
+    .venv/bin/python bench/proposals_recall.py                   # demo/sample_tabletop
+    .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.1
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ import numpy as np
 #: 32^2 / 96^2 area limits): ``small`` < 32, ``medium`` < 96, ``large`` otherwise.
 SIZE_BUCKETS: tuple[tuple[str, float], ...] = (("small", 32.0), ("medium", 96.0),
                                                ("large", float("inf")))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BAG = REPO_ROOT / "demo" / "sample_tabletop"
+HINT = "pass --bags, or write the demo bag with `make sample-bag` (needs the YCB models)"
 
 
 def cpu_model() -> str:
@@ -174,7 +177,8 @@ def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bags", nargs="+", required=True, help="camera bags with ground truth")
+    ap.add_argument("--bags", nargs="+", default=[str(DEFAULT_BAG)],
+                    help="camera bags with ground truth (default: demo/sample_tabletop)")
     ap.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default: 0.5)")
     ap.add_argument("-p", "--param", dest="params", action="append", default=[],
                     metavar="FIELD=VALUE", help="ProposalConfig override (repeatable)")
@@ -202,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             frames = load_frames(bag, args.max_frames, args.topics)
         except (OSError, ValueError) as exc:
-            print(json.dumps({"bench": "proposals_recall", "error": f"{bag}: {exc}"}))
+            print(json.dumps({"bench": "proposals_recall", "error": f"{bag}: {exc}",
+                              "hint": HINT}))
+            print(f"[bench] proposals_recall: {bag}: {exc}; {HINT}", file=sys.stderr)
             return 2
         if frames:  # warm-up (first-call allocations), not timed
             from vl_distill_ros.core.proposals import propose_boxes

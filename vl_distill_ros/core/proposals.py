@@ -5,43 +5,49 @@ border, with objects on it":
 
 1. The frame is downscaled so its longer side is at most :attr:`ProposalConfig.work_size`
    pixels (area filter, which also averages out sensor noise) and lightly blurred.
-2. The background is modelled **non-parametrically** in 8-bit CIE Lab: every colour of a
-   strip along the image border goes into a coarse colour grid (8 lightness x 4 x 4 chroma
-   levels a cell); cells holding enough samples are background. So are the blends of
-   neighbouring border colours (the blurred or minified boundaries of a checkerboard's or a
-   striped cloth's cells, the line where the table meets the wall) and, for the shadow
-   tolerance, every background colour darkened down to :attr:`ProposalConfig.
-   shadow_min_ratio` of its brightness. Any number of background colours can be modelled:
-   a wood grain, a two-colour checkerboard, three-colour stripes, the floor and the wall
-   at the top of the frame.
-3. Each pixel's distance to the nearest background cell (Lab units, lightness
-   down-weighted so lighting changes count less) comes from a distance transform of the
+2. The background is modelled **non-parametrically** in OpenCV's 8-bit CIE Lab: the colours
+   of a strip along the image border go into a coarse colour grid (cells of 8 lightness x
+   4 x 4 chroma levels). Background colours are the cells holding enough samples, rarely
+   sampled cells next to them (noise), the blends of colours seen side by side at the
+   border (the blurred or minified cells of a checkerboard or a striped cloth) and, for the
+   shadow tolerance, every background colour darkened to down to
+   :attr:`ProposalConfig.shadow_min_ratio` of its brightness. So any number of background
+   colours is modelled at once: wood grain, a two-colour checkerboard, three-colour
+   stripes, and the floor and the wall at the top of the frame.
+3. Each pixel's distance to the nearest background colour (Lab units, lightness
+   down-weighted so lighting changes count less) comes from distance transforms of the
    grid, looked up per pixel. It is thresholded with hysteresis (strong seeds, weak
-   extension), and OpenCV's Canny edges of the lightness channel are added where the
-   colour is not a plain background colour (so the texture's own edges do not count, but
-   the outline of a grey fork on a white sheet, which looks like shadowed sheet, does).
+   extension), and OpenCV's Canny edges of the lightness channel are added; on a textured
+   background only where the colour is not a plain background colour (the texture's own
+   edges are background colours and their blends, while the outline of a grey fork on a
+   white sheet, which looks like shadowed sheet, is not).
 4. A morphological closing joins the pieces of one object; connected components become
-   candidate boxes, kept when they hold enough strong pixels or enough outline edges. Each
-   box is tightened to half the object's local colour distance (separately at each end,
-   with sub-pixel interpolation, so thin objects keep their width and a low-contrast part
-   such as a fork's tines still counts), then filtered by area, aspect ratio and "spans the
+   candidate boxes, kept when they hold enough strong pixels or enough outline edges, and
+   enough pixels of their own (crumbs that the closing joined are not). Each blob's box is
+   tightened, at each end, to half its local colour distance with sub-pixel interpolation
+   (thin objects keep their width; a fork's low-contrast tines next to its red handle stay
+   in through their outline) after trimming the thin tails of its mass (a crumb, a shadow
+   or a texture line touching it), then filtered by area, aspect ratio and "spans the
    whole frame" (table edges).
 5. Overlapping or nested boxes are merged, boxes are padded, sorted by area (largest
    first) and capped at :attr:`ProposalConfig.max_count`.
 
-Cost: about 5 ms for a 640x480 frame on one (shared) CPU core, independent of the input
-size beyond the initial downscale.
+Cost: about 7 ms of CPU for a 640x480 frame measured on a 2-core machine shared with a
+training job (less on a quiet core), independent of the input size beyond the initial
+downscale. Recall at IoU 0.5 on rendered YCB tabletop bags (2-4 objects on wood, plain,
+cloth, striped and checkered tables with the floor and the wall in view): 0.84-0.91 with
+0.3-0.45 false boxes per frame (``bench/proposals_recall.py``).
 
 Known limitations: objects that touch each other (or overlap in the image) are proposed as
 one box, and an object touching a line that spans the frame is dropped with it; an object
 coloured like the background (a wooden block on a wooden table, a white ball on a white
-stripe) is missed or only partly boxed, as is a grey object part (a fork's tines, a
-screwdriver's shaft) on a grey or white table without a crisp outline; a colour that
-appears in the image but not at the border (a far, minified part of a patterned cloth that
-the border does not show) can give a false box; a background that does not reach the
-image border (a close-up of a busy shelf) breaks the model; boxes larger than
-``max_area_frac`` of the frame (an object filling the view) are not proposed, so callers
-should fall back to :func:`full_frame_box`.
+stripe, a grey bottle in front of a grey wall) is missed or only partly boxed, as is a grey
+part (a screwdriver's shaft, scissors' blades) on a grey or white table without a crisp
+outline; a colour that appears in the image but not at the border (a far, minified part of
+a patterned floor) can give a false box; a background that does not reach the image border
+(a close-up of a busy shelf) breaks the model; boxes larger than ``max_area_frac`` of the
+frame (an object filling the view) are not proposed, so callers should fall back to
+:func:`full_frame_box`.
 """
 from __future__ import annotations
 
@@ -75,8 +81,8 @@ class ProposalConfig:
     #: Most boxes returned (the largest ones are kept).
     max_count: int = 10
     #: Fraction of a box's width (height) added on the left and the right (top and bottom);
-    #: the padded box is clipped to the frame. Ground-truth boxes are tight, so padding
-    #: lowers the IoU (recall at IoU 0.5 on rendered tabletops: 0.91 at 0.05, 0.87 at 0.1).
+    #: the padded box is clipped to the frame. Ground-truth boxes hug the visible pixels,
+    #: so padding costs IoU; 0.05 keeps a little context for the classifier.
     pad_frac: float = 0.05
     #: Longest side, in pixels, of the internal working image (smaller is faster but loses
     #: thin objects); frames already smaller are not upscaled.
@@ -89,30 +95,42 @@ class ProposalConfig:
     border_frac: float = 0.04
     #: A colour cell is background if it holds at least this many border samples ...
     min_bin_count: int = 2
-    #: ... and at least this fraction of them (so an object touching the border, which
-    #: covers a few cells with few samples each, stays an object).
+    #: ... and at least this fraction of them (an object touching the border covers few
+    #: samples of its colours, so it stays an object) ...
     min_bin_frac: float = 0.0005
+    #: ... or if it was sampled at all and lies within this many cells (through sampled
+    #: cells) of a background cell: the tails of sensor noise and texture.
+    grow_bins: int = 2
     #: Border pixels this far apart (working-image pixels, along rows and columns) whose
-    #: colours are both background make every blend of the two background too (0 disables).
+    #: colours are both background make every blend of the two background too (the blurred
+    #: or minified cells of a checkerboard); 0 disables it ...
     blend_offset: int = 3
+    #: ... for pairs of colour cells seen side by side at least this often.
+    min_pair_count: int = 2
     #: Weight of the lightness channel in the colour distance (chroma has weight 1); below 1
     #: so that shadows and lighting gradients count less than colour changes.
     lightness_weight: float = 0.6
     #: Every background colour darkened to ``shadow_min_ratio`` .. 1 times its brightness is
-    #: background too (shadowed table); 1.0 disables this. Darker same-hue objects are then
-    #: found by their outline only.
+    #: background too (shadowed table); 1.0 disables this. Darker same-hue objects (and a
+    #: grey object on a white table) are then found by their outline only.
     shadow_min_ratio: float = 0.5
-    #: Colour distance (Lab units) above which a pixel is a confident object pixel.
+    #: Colour distance (8-bit Lab units, lightness weighted) above which a pixel is a
+    #: confident object pixel.
     strong_thresh: float = 14.0
     #: Colour distance above which a pixel may extend an object that has confident pixels.
     weak_thresh: float = 8.0
     #: Canny thresholds on the blurred 8-bit Lab lightness of the working image.
     canny_low: float = 30.0
     canny_high: float = 80.0
-    #: Canny edges count only next to pixels at least this far (Lab units) from every
-    #: background colour without the shadow tolerance (texture edges are blends of
-    #: background colours); 0 keeps all edges.
+    #: On a textured background, Canny edges count only next to pixels at least this far
+    #: from every background colour without the shadow tolerance (the texture's own edges
+    #: are background colours and their blends); 0 keeps all edges. Blobs are always
+    #: bounded with the gated edges.
     edge_gate: float = 4.0
+    #: The background is textured if more than this fraction of the border strip lies on
+    #: Canny edge chains of 12 or more pixels; on a smoother one every edge counts, so an
+    #: object of the table's own colour, a little lighter, is found by its outline.
+    smooth_border_edges: float = 0.004
     #: Diameter, in working-image pixels, of the elliptical kernel of the closing that joins
     #: the pieces of one object (made odd; 1 disables it).
     close_kernel: int = 5
@@ -122,9 +140,17 @@ class ProposalConfig:
     #: ... or if its Canny edge pixels number at least this fraction of its bounding-box
     #: perimeter (an outline rather than a stray texture line).
     min_edge_perimeter_frac: float = 0.6
-    #: Each end of a box is placed where the colour distance falls to this fraction of its
-    #: peak within the outermost 3 working-image pixels of the object (0: at ``weak_thresh``).
+    #: A blob's own pixels (object colour or edges, before the closing joined them) must
+    #: cover at least this fraction of the smallest box area (an outline's all of it), so
+    #: crumbs that the closing joined give no box.
+    min_pixel_frac: float = 0.5
+    #: Each end of a blob's box is placed where its colour distance falls to this fraction
+    #: of its peak within the outermost 3 working-image pixels (0: at ``weak_thresh``) ...
     refine_frac: float = 0.5
+    #: ... after dropping, at each end, the columns (rows) that hold less than this
+    #: fraction of the blob's colour distance in all (a crumb, a shadow or a texture line
+    #: that touches it; a sharp corner loses a little too).
+    refine_trim: float = 0.01
     #: Largest ratio of the longer to the shorter box side (forks and knives are ~10-20).
     max_aspect: float = 25.0
     #: Drop components that span the whole frame width or height (table edges, walls).
@@ -166,6 +192,11 @@ class ProposalConfig:
             raise ValueError(f"lightness_weight must be > 0, got {self.lightness_weight}")
         if not 0.0 <= self.refine_frac < 1.0:
             raise ValueError(f"refine_frac must be in [0, 1), got {self.refine_frac}")
+        if not 0.0 <= self.refine_trim < 0.5:
+            raise ValueError(f"refine_trim must be in [0, 0.5), got {self.refine_trim}")
+        if self.grow_bins < 0 or self.min_pair_count < 1:
+            raise ValueError(f"need grow_bins >= 0 and min_pair_count >= 1, got "
+                             f"{self.grow_bins} and {self.min_pair_count}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,11 +351,9 @@ class _ColourGrid:
     """Cell indices of 8-bit Lab colours in a grid spanning the colours of one frame."""
 
     def __init__(self, lab: np.ndarray) -> None:
-        flat = lab.reshape(-1, 3)
-        lo = flat.min(axis=0).astype(np.int32)
-        hi = flat.max(axis=0).astype(np.int32)
-        self.a_lo, self.b_lo = int(lo[1]), int(lo[2])
-        self.a_hi, self.b_hi = int(hi[1]), int(hi[2])
+        # OpenCV's min/max of each channel (numpy's strided reductions are ~10x slower)
+        (self.a_lo, self.a_hi), (self.b_lo, self.b_hi) = (
+            (int(lo), int(hi)) for lo, hi, _, _ in map(cv2.minMaxLoc, cv2.split(lab)[1:]))
         self.shape = (256 >> _L_SHIFT, ((self.a_hi - self.a_lo) >> _AB_SHIFT) + 1,
                       ((self.b_hi - self.b_lo) >> _AB_SHIFT) + 1)
         self.size = int(np.prod(self.shape))
@@ -350,29 +379,50 @@ class _ColourGrid:
                 & (colours[:, 2] >= self.b_lo) & (colours[:, 2] <= self.b_hi))
 
 
+def _grow_cells(cells: np.ndarray, steps: int) -> np.ndarray:
+    """``cells`` (a boolean grid) dilated ``steps`` times by its 3x3x3 neighbourhood."""
+    out = cells.copy()
+    for _ in range(steps):
+        for axis in range(3):
+            a = [slice(None)] * 3
+            b = [slice(None)] * 3
+            a[axis], b[axis] = slice(None, -1), slice(1, None)
+            shifted_up, shifted_down = out[tuple(b)].copy(), out[tuple(a)].copy()
+            out[tuple(a)] |= shifted_up
+            out[tuple(b)] |= shifted_down
+    return out
+
+
 def _background_cells(grid: _ColourGrid, samples: np.ndarray,
                       pairs: tuple[np.ndarray, np.ndarray], cfg: ProposalConfig) -> np.ndarray:
-    """Boolean grid (flat) of background colours: well-sampled border colours and the
-    blends of neighbouring ones."""
+    """Boolean grid (flat) of background colours: well-sampled border colours, rarely
+    sampled ones next to them, and the blends of colours seen side by side."""
     counts = np.bincount(grid.index(samples), minlength=grid.size)
     occ = counts >= max(cfg.min_bin_count, cfg.min_bin_frac * len(samples))
     if not occ.any():
         occ[int(np.argmax(counts))] = True
+    if cfg.grow_bins > 0:
+        # the tails of noise and texture: sampled colours near well-sampled ones
+        seen = counts > 0
+        for _ in range(cfg.grow_bins):
+            occ |= _grow_cells(occ.reshape(grid.shape), 1).reshape(-1) & seen
     first, second = pairs
     if len(first):
         ia, ib = grid.index(first), grid.index(second)
         keep = occ[ia] & occ[ib] & (ia != ib)
-        if keep.any():
-            lo, hi = np.minimum(ia[keep], ib[keep]), np.maximum(ia[keep], ib[keep])
-            unique = np.unique(lo.astype(np.int64) * grid.size + hi)
+        lo, hi = np.minimum(ia[keep], ib[keep]), np.maximum(ia[keep], ib[keep])
+        unique, seen_pairs = np.unique(lo.astype(np.int64) * grid.size + hi,
+                                       return_counts=True)
+        unique = unique[seen_pairs >= cfg.min_pair_count]
+        if unique.size:
             c0 = np.stack(np.unravel_index(unique // grid.size, grid.shape), 1)
             c1 = np.stack(np.unravel_index(unique % grid.size, grid.shape), 1)
             c0, c1 = c0.astype(np.float32), c1.astype(np.float32)
-            steps = int(np.abs(c1 - c0).max()) + 1
-            t = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)[:, None, None]
-            cells = np.rint(c0[None] + t * (c1 - c0)[None]).astype(np.int64).reshape(-1, 3)
+            # cells along each segment, densely enough not to skip one
+            t = np.linspace(0.0, 1.0, int(np.abs(c1 - c0).max()) + 2, dtype=np.float32)
+            cells = np.rint(c0[None] + t[:, None, None] * (c1 - c0)[None]).astype(np.int64)
             _, na, nb = grid.shape
-            occ[(cells[:, 0] * na + cells[:, 1]) * nb + cells[:, 2]] = True
+            occ[((cells[..., 0] * na + cells[..., 1]) * nb + cells[..., 2]).reshape(-1)] = True
     return occ
 
 
@@ -394,27 +444,24 @@ def _with_shadows(grid: _ColourGrid, occ: np.ndarray, min_ratio: float) -> np.nd
     return out
 
 
-def _cell_distance(occ: np.ndarray, shape: tuple[int, int, int], lightness_weight: float,
-                   cap: float) -> np.ndarray:
-    """Distance (Lab units, lightness weighted) from every grid cell to the nearest ``occ``
-    cell, capped at ``cap``, flat float32: exact 2-D distance transforms of the chroma
-    planes, then a truncated pass along lightness."""
-    nl = shape[0]
+def _cell_distance(occ: np.ndarray, shape: tuple[int, int, int], cells: np.ndarray,
+                   lightness_weight: float) -> np.ndarray:
+    """Distance (Lab units, lightness weighted) from each of the flat grid ``cells`` to the
+    nearest ``occ`` cell, float32: exact 2-D distance transforms of the chroma planes that
+    hold background cells, then the minimum over those planes plus the lightness offset."""
+    nl, na, nb = shape
     occ3 = occ.reshape(shape)
+    levels = np.flatnonzero(occ3.reshape(nl, -1).any(axis=1))
     ab_step = float(1 << _AB_SHIFT)
-    big = np.float32(cap * cap)
-    d2 = np.full(shape, big, np.float32)
-    for level in np.flatnonzero(occ3.reshape(nl, -1).any(axis=1)):
+    planes = np.empty((levels.size, na * nb), np.float32)
+    for row, level in enumerate(levels):
         plane = (~occ3[level]).view(np.uint8)   # zero on background cells
         dt = cv2.distanceTransform(plane, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        np.minimum(d2[level], (dt * ab_step) ** 2, out=d2[level])
-    step_l = lightness_weight * float(1 << _L_SHIFT)
-    out = d2.copy()
-    for shift in range(1, min(int(cap / step_l) + 1, nl - 1) + 1):
-        penalty = np.float32((shift * step_l) ** 2)
-        np.minimum(out[shift:], d2[:-shift] + penalty, out=out[shift:])
-        np.minimum(out[:-shift], d2[shift:] + penalty, out=out[:-shift])
-    return np.sqrt(np.minimum(out, big)).reshape(-1)
+        planes[row] = (dt * ab_step).reshape(-1) ** 2
+    cell_l, cell_ab = np.divmod(cells, na * nb)
+    step_l = np.float32(lightness_weight * (1 << _L_SHIFT))
+    dl = (cell_l[None, :] - levels[:, None]).astype(np.float32) * step_l
+    return np.sqrt((planes[:, cell_ab] + dl * dl).min(axis=0))
 
 
 def _background_distance(lab: np.ndarray, border: int,
@@ -426,16 +473,17 @@ def _background_distance(lab: np.ndarray, border: int,
     pairs = (_border_pairs(lab, border, cfg.blend_offset) if cfg.blend_offset > 0
              else (np.zeros((0, 3), np.uint8),) * 2)
     occ = _background_cells(grid, _border_pixels(lab, border), pairs, cfg)
-    cap = 2.0 * cfg.strong_thresh
-    plain = _cell_distance(occ, grid.shape, cfg.lightness_weight, cap)
-    if cfg.shadow_min_ratio < 1.0:
-        shaded = _cell_distance(_with_shadows(grid, occ, cfg.shadow_min_ratio), grid.shape,
-                                cfg.lightness_weight, cap)
-    else:
-        shaded = plain
     idx = grid.index(lab.reshape(-1, 3))
+    cells = np.flatnonzero(np.bincount(idx, minlength=grid.size))  # colours in the image
+    lut = np.zeros(grid.size, np.float32)
+    lut[cells] = _cell_distance(occ, grid.shape, cells, cfg.lightness_weight)
     h, w = lab.shape[:2]
-    return shaded[idx].reshape(h, w), plain[idx].reshape(h, w)
+    plain = lut[idx].reshape(h, w)
+    if cfg.shadow_min_ratio >= 1.0:
+        return plain, plain
+    lut[cells] = _cell_distance(_with_shadows(grid, occ, cfg.shadow_min_ratio), grid.shape,
+                                cells, cfg.lightness_weight)
+    return lut[idx].reshape(h, w), plain
 
 
 def _subpixel_extent(profile: np.ndarray, thr: float, frac: float = 0.0,
@@ -470,6 +518,26 @@ def _subpixel_extent(profile: np.ndarray, thr: float, frac: float = 0.0,
     return lo, hi
 
 
+def _trimmed_profile(masked: np.ndarray, axis: int, thr: float, trim: float) -> np.ndarray:
+    """Maximum of ``masked`` along ``axis``, zeroed (but for one fringe pixel) where the
+    first and last ``trim`` of the object's mass (its above-``thr`` distance) lie: a crumb
+    or a texture line touching a blob then does not widen its box."""
+    profile = masked.max(axis=axis)
+    if trim <= 0:
+        return profile
+    mass = np.where(masked >= thr, masked, np.float32(0.0)).sum(axis=axis)
+    cum = np.cumsum(mass)
+    total = float(cum[-1])
+    if total <= 0:
+        return profile
+    first = int(np.searchsorted(cum, trim * total, side="left"))
+    last = int(np.searchsorted(cum, (1.0 - trim) * total, side="left"))
+    out = profile.copy()
+    out[:max(first - 1, 0)] = 0.0
+    out[last + 2:] = 0.0
+    return out
+
+
 def _refine_extent(labels: np.ndarray, index: int, box: tuple[int, int, int, int],
                    dist: np.ndarray, edges: np.ndarray, is_blob: bool,
                    cfg: ProposalConfig) -> tuple[float, float, float, float]:
@@ -495,8 +563,10 @@ def _refine_extent(labels: np.ndarray, index: int, box: tuple[int, int, int, int
         masked = np.where(near, roi_dist, np.float32(0.0))
         outline = comp & roi_edges
         masked[outline] = np.maximum(masked[outline], np.float32(thr))
-        xs = _subpixel_extent(masked.max(axis=0), thr, cfg.refine_frac)
-        ys = _subpixel_extent(masked.max(axis=1), thr, cfg.refine_frac)
+        xs = _subpixel_extent(_trimmed_profile(masked, 0, thr, cfg.refine_trim), thr,
+                              cfg.refine_frac)
+        ys = _subpixel_extent(_trimmed_profile(masked, 1, thr, cfg.refine_trim), thr,
+                              cfg.refine_frac)
         if xs is not None and ys is not None and xs[1] > xs[0] and ys[1] > ys[0]:
             return x0 + xs[0], y0 + ys[0], x0 + xs[1], y0 + ys[1]
         return float(x), float(y), float(x + w), float(y + h)
@@ -512,10 +582,11 @@ def _refine_extent(labels: np.ndarray, index: int, box: tuple[int, int, int, int
 # ---------------------------------------------------------------------------------------
 # Proposals
 # ---------------------------------------------------------------------------------------
-def _object_maps(image: np.ndarray,
-                 cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """Working-image colour distance, strong mask and gated edges of a uint8 RGB frame,
-    and the working image's scale ``(sx, sy)`` (frame pixels per working pixel)."""
+def _object_maps(image: np.ndarray, cfg: ProposalConfig
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """The working image's colour distance to the background, its edges (for finding
+    objects) and its gated edges (for bounding blobs), and its scale ``(sx, sy)`` (frame
+    pixels per working pixel) for a uint8 RGB frame."""
     height, width = image.shape[:2]
     scale = min(1.0, cfg.work_size / max(height, width))
     if scale < 1.0:
@@ -530,10 +601,25 @@ def _object_maps(image: np.ndarray,
     border = max(2, int(round(cfg.border_frac * min(wh, ww))))
     dist, plain = _background_distance(lab, border, cfg)
     edges = cv2.Canny(lab[..., 0].copy(), cfg.canny_low, cfg.canny_high) > 0
+    gated = edges
     if cfg.edge_gate > 0:
         gate = cv2.dilate((plain > cfg.edge_gate).view(np.uint8), np.ones((3, 3), np.uint8))
-        edges &= gate.view(bool)
-    return dist, edges, lab, width / ww, height / wh
+        gated = edges & gate.view(bool)
+        if _texture_edge_density(edges, border) > cfg.smooth_border_edges:
+            edges = gated
+    return dist, edges, gated, width / ww, height / wh
+
+
+def _texture_edge_density(edges: np.ndarray, border: int, min_chain: int = 12) -> float:
+    """Fraction of the border strip's pixels on edge chains of at least ``min_chain``
+    pixels (a crumb's ring of edges does not make the table textured)."""
+    strip = _border_pixels(edges[..., None], border)
+    if not strip.any():
+        return 0.0
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(edges.view(np.uint8), connectivity=8)
+    chain = stats[:, cv2.CC_STAT_AREA] >= min_chain
+    chain[0] = False
+    return float(_border_pixels(chain[labels][..., None], border).mean())
 
 
 def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> list[Box]:
@@ -563,23 +649,25 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
         return []
 
     # 1.-3. working image, background model, colour distance, edges
-    dist, edges, _, sx, sy = _object_maps(image, cfg)
+    dist, edges, gated, sx, sy = _object_maps(image, cfg)
     wh, ww = dist.shape
     strong = (dist > cfg.strong_thresh).view(np.uint8)
     weak = (dist > cfg.weak_thresh).view(np.uint8)
-    mask = (weak | edges).view(np.uint8)
+    own = (weak | edges).view(np.uint8)
 
     # 4. join pieces, components
     k = int(cfg.close_kernel) | 1
+    mask = own
     if k > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        mask = cv2.morphologyEx(own, cv2.MORPH_CLOSE, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return []
     flat = labels.reshape(-1)
     strong_count = np.bincount(flat, weights=strong.reshape(-1), minlength=n)
     edge_count = np.bincount(flat, weights=edges.reshape(-1).view(np.uint8), minlength=n)
+    own_count = np.bincount(flat, weights=own.reshape(-1), minlength=n)
 
     frame_area = float(width * height)
     min_area = cfg.min_area_frac * frame_area
@@ -596,7 +684,11 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
         is_outline = edge_count[i] >= cfg.min_edge_perimeter_frac * 2.0 * (w + h)
         if not (is_blob or is_outline):
             continue
-        bx0, by0, bx1, by1 = _refine_extent(labels, i, (x, y, w, h), dist, edges, is_blob, cfg)
+        # a few crumbs that the closing joined (an outline alone must cover min_area)
+        if own_count[i] * sx * sy < (cfg.min_pixel_frac if is_blob else 1.0) * min_area:
+            continue
+        bx0, by0, bx1, by1 = _refine_extent(labels, i, (x, y, w, h), dist,
+                                            gated if is_blob else edges, is_blob, cfg)
         fx, fy, fw, fh = bx0 * sx, by0 * sy, (bx1 - bx0) * sx, (by1 - by0) * sy
         if not min_area <= fw * fh <= max_area:
             continue

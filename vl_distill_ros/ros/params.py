@@ -12,6 +12,7 @@ The table itself is ROS-free (types are named by strings), so it can be read wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +27,17 @@ TYPE_NAMES: dict[str, str] = {
     "string_array": "PARAMETER_STRING_ARRAY",
     "integer_array": "PARAMETER_INTEGER_ARRAY",
 }
+
+
+def default_model_path() -> Path:
+    """The bundle an empty ``model_path`` means: the packaged
+    ``vl_distill_ros/models/default_student.vdb``."""
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("vl_distill_ros") / "models" / "default_student.vdb"))
+    except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover
+        return Path(__file__).resolve().parents[1] / "models" / "default_student.vdb"
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Fixed regions for crop_source=rois, flattened: [x0, y0, w0, h0, x1, y1, ...] in "
               "pixels. Clipped to each frame; degenerate ones are dropped.",
               constraints="a multiple of 4 integers"),
-    ParamSpec("proposal_min_area_frac", 0.002, "double",
+    ParamSpec("proposal_min_area_frac", 0.0004, "double",
               "Proposals: smallest box kept, as a fraction of the frame area.",
               range=(0.0, 1.0)),
     ParamSpec("proposal_max_area_frac", 0.6, "double",
@@ -123,7 +135,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("proposal_max_count", 10, "integer",
               "Proposals: most boxes per frame (largest first); they go through the student "
               "as one batch.", range=(1, 256)),
-    ParamSpec("proposal_pad_frac", 0.1, "double",
+    ParamSpec("proposal_pad_frac", 0.05, "double",
               "Proposals: fraction of a box's size added on each side.", range=(0.0, 1.0)),
     ParamSpec("proposal_fallback_full_frame", False, "bool",
               "Proposals: classify the whole frame when nothing is proposed (an object filling "
