@@ -40,9 +40,10 @@ demo: setup
 results: setup
 	$(VENV)/bin/vl-distill ablate --config config/ablation/ycb_paper.yaml
 
-# Speed benches (bench/README.md): each script prints one JSON object on stdout.
+# Speed benches (bench/README.md): each script prints one JSON object on stdout
+# (bench/_*.py are shared helpers, not benches).
 bench: setup
-	@status=0; for f in bench/*.py; do echo "# $$f" >&2; $(PY) $$f || status=$$?; done; exit $$status
+	@status=0; for f in bench/[!_]*.py; do echo "# $$f" >&2; $(PY) $$f || status=$$?; done; exit $$status
 
 # Rebuild the shipped default student: the "+ enrichment" ablation row (config/train_ycb.yaml
 # settings), trained by `make results`, exported with the 26-label paper vocabulary.

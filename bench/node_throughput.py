@@ -35,18 +35,13 @@ when the node fails to start or dies, 130 when interrupted. Run from the reposit
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
-import platform
 import re
 import secrets
 import shlex
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,11 +51,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import (REPO, BenchError, args_config, emit, install_sigterm_handler, loadavg, log,
+                     machine_info, percentile, r, run_bench)
+
 if str(REPO) not in sys.path:  # the package, when it is not installed in the venv
     sys.path.insert(1, str(REPO))
 
-NODE_NAME = "vl_distill_node"
+from vl_distill_ros.ros import node_process  # noqa: E402 - ROS-free, no rclpy import
+from vl_distill_ros.ros.node_process import NODE_NAME, log_tail, node_command  # noqa: E402
+
 ISSUE_TARGET = ("The node sustains 30 frames/s from one 640x480 camera with 5 objects per "
                 "frame on 2 cores, p95 latency under 100 ms, no growth in RSS over 5 minutes.")
 #: Teacher text prompts of the bench bundles (as config/train_ycb.yaml).
@@ -70,15 +69,11 @@ PALETTE = [(200, 30, 35), (30, 80, 200), (40, 160, 60), (240, 210, 40), (130, 40
            (240, 120, 20), (20, 170, 190), (230, 230, 235), (25, 25, 30), (220, 60, 150),
            (120, 200, 40), (90, 90, 100), (0, 110, 110), (250, 170, 190), (60, 40, 120),
            (180, 180, 40)]
+#: Libraries whose versions the JSON records (the node's runtime).
+LIBRARIES = ("torch", "onnxruntime", "cv2", "numpy")
 #: Vocabulary of a built bundle when config/ycb_vocabulary.yaml is missing.
 FALLBACK_NAMES = ["banana", "apple", "mug", "bowl", "power drill", "scissors", "tennis ball",
                   "sugar box", "mustard bottle", "cracker box", "spoon", "marker"]
-
-# preloaded so the forked child never has to dlopen (see _child_setup)
-try:
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
-except OSError:  # pragma: no cover
-    _LIBC = None
 
 
 # ==========================================================================================
@@ -101,60 +96,9 @@ def setup_ros_env() -> dict[str, str]:
 ROS_ENV = setup_ros_env()
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    """The bench cannot run; ``exit_code`` 2 = bad input, 3 = the node failed."""
-
-    def __init__(self, message: str, exit_code: int = 2, **extra: Any) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.extra = extra
-
-
-def emit(obj: dict) -> None:
-    """Print the one JSON object of the run on stdout."""
-    print(json.dumps(obj, indent=2, default=str), flush=True)
-
-
-def install_sigterm_handler() -> None:
-    """SIGTERM -> SystemExit in the main thread, so ``finally`` blocks stop the node."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, handler)
-
-
 # ==========================================================================================
 # machine
 # ==========================================================================================
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    for mod in ("torch", "onnxruntime", "cv2", "numpy"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional
-            info[mod] = None
-    return info
-
-
 def other_busy_processes(limit: int = 3, exclude: Sequence[int] = ()) -> list[dict[str, Any]]:
     """The processes that used the most CPU over the last ~1 s (context: a shared CPU)."""
     def ticks() -> dict[int, tuple[int, str]]:
@@ -263,11 +207,6 @@ def yaml_value(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-
-
-def ros_value(value: Any) -> str:
-    """A Python value as ``-p name:=VALUE`` text (YAML flow; strings double-quoted)."""
-    return json.dumps(value)
 
 
 # ==========================================================================================
@@ -506,97 +445,32 @@ def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
 # ==========================================================================================
 # node subprocess
 # ==========================================================================================
-def _child_setup(cpus: tuple[int, ...] | None) -> Callable[[], None]:
-    def setup() -> None:  # pragma: no cover - runs in the forked child
-        if _LIBC is not None:
-            try:
-                _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with the bench
-            except Exception:  # noqa: BLE001
-                pass
-        if cpus:
-            try:
-                os.sched_setaffinity(0, cpus)
-            except OSError:
-                pass
-    return setup
-
-
-def tail(path: Path | None, lines: int = 25) -> str:
-    if path is None:
-        return ""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
-
-
-class NodeProcess:
-    """``vl_distill_node`` in its own process group; :meth:`stop` always ends the group."""
+class NodeProcess(node_process.NodeProcess):
+    """``vl_distill_node`` in its own process group (:class:`vl_distill_ros.ros.node_process.
+    NodeProcess`: :meth:`stop` always ends the group) with its /proc statistics."""
 
     def __init__(self, namespace: str, params: dict[str, Any], raw_params: dict[str, str],
                  log_path: Path, cpus: tuple[int, ...] | None = None) -> None:
         self.namespace = namespace
         self.fqn = f"{namespace}/{NODE_NAME}"
         self.labels_topic = f"{self.fqn}/labels"
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "vl_distill_ros.ros.node", "--ros-args",
-               "-r", f"__ns:={namespace}", "-r", f"__node:={NODE_NAME}"]
-        for name, value in params.items():
-            cmd += ["-p", f"{name}:={ros_value(value)}"]
-        for name, text in raw_params.items():
-            cmd += ["-p", f"{name}:={text}"]
-        self.cmd = cmd
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("ROS_LOG_DIR", str(log_path.parent / "ros_log"))
         env["RCUTILS_CONSOLE_OUTPUT_FORMAT"] = "[{severity}] [{time}] [{name}]: {message}"
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")
         self.t_start = time.monotonic()
         try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-                                         start_new_session=True, preexec_fn=_child_setup(cpus))
+            super().__init__(node_command(namespace, params, raw_params), log_path, env,
+                             cwd=REPO, append=True, cpus=cpus)
         except OSError as exc:
-            self._log.close()
             raise BenchError(f"cannot start the node: {exc}", exit_code=3) from None
-        self.pid = self.proc.pid
         self.stats = ProcStats(self.pid)
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def _killpg(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGINT (clean shutdown), then SIGTERM, then SIGKILL, to the node's group."""
-        try:
-            if self.proc.poll() is None:
-                self._killpg(signal.SIGINT)
-                try:
-                    self.proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    self._killpg(signal.SIGTERM)
-                    try:
-                        self.proc.wait(timeout=5.0)
-                    except subprocess.TimeoutExpired:
-                        self._killpg(signal.SIGKILL)
-                        self.proc.wait(timeout=10.0)
-            self._killpg(signal.SIGKILL)  # anything left in the group
-        finally:
-            self._log.close()
-        return self.proc.returncode
 
     def died(self, when: str) -> BenchError:
         return BenchError(f"the node exited with code {self.proc.returncode} {when}",
-                          exit_code=3, node_log_tail=tail(self.log_path))
+                          exit_code=3, node_log_tail=log_tail(self.log_path))
 
 
 # ==========================================================================================
@@ -692,7 +566,7 @@ class Recorder:
                     f"{'seen' if pubs_ok else 'not seen'}, camera subscriptions "
                     f"{'matched' if subs_ok else 'not matched'}, diagnostics "
                     f"{'seen' if diag_ok else 'not seen'})", exit_code=3,
-                    node_log_tail=tail(node.log_path))
+                    node_log_tail=log_tail(node.log_path))
             time.sleep(0.05)
 
     def close(self) -> None:
@@ -865,7 +739,7 @@ class Publisher:
             self.poll(timeout=0.2)
             if self.error:
                 raise BenchError(f"camera publisher: {self.error}", exit_code=3,
-                                 node_log_tail=tail(node.log_path))
+                                 node_log_tail=log_tail(node.log_path))
             if node.poll() is not None:
                 raise node.died("before publishing started")
             if self.started_ns is None and (not self.proc.is_alive()
@@ -890,14 +764,6 @@ class Publisher:
 # ==========================================================================================
 # statistics
 # ==========================================================================================
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of sorted values (``q`` in [0, 100])."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return float(sorted_values[min(len(sorted_values), rank) - 1])
-
-
 def lstsq_slope(points: Sequence[tuple[float, float]]) -> float | None:
     """Least-squares slope dy/dx of (x, y) points (None for fewer than 2 distinct x)."""
     if len(points) < 2:
@@ -907,10 +773,6 @@ def lstsq_slope(points: Sequence[tuple[float, float]]) -> float | None:
     if np.ptp(xs) == 0:
         return None
     return float(np.polyfit(xs, ys, 1)[0])
-
-
-def r(x: Any, nd: int = 2) -> Any:
-    return None if x is None else round(float(x), nd)
 
 
 def stamp_ns(doc: dict) -> int:
@@ -1009,7 +871,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     cpus = tuple(int(c) for c in a.node_cpus.split(",") if c.strip()) if a.node_cpus else None
     raw_params = parse_node_params(a.param, controlled=("model_path", "image_topics",
                                                         "diagnostics_period", "device"))
-    out["machine"] = machine_info()
+    out["machine"] = machine_info(LIBRARIES)
     out["ros"] = dict(ROS_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="vl_bench_tp_"))
     out["_tmp"] = tmp
@@ -1269,7 +1131,7 @@ def summarise(a, pub: dict, rec: Recorder, w_start: int, w_end: int, cpu_mark: d
         "node_cpu_percent": r(node_cpu, 1),
         "node_cpu_cores": r(node_cpu / 100.0, 2) if node_cpu is not None else None,
         "system_cpu_busy_percent": r(sys_busy, 1),
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_end": loadavg(),
         "rss": rss_out,
         "transport_hint": (
             "frames never reached the node: with the default best_effort image QoS a large "
@@ -1335,28 +1197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_sigterm_handler()
     a = build_parser().parse_args(argv)
     out: dict[str, Any] = {"bench": "node_throughput", "issue_target": ISSUE_TARGET,
-                           "config": {k: (str(v) if isinstance(v, Path) else v)
-                                      for k, v in vars(a).items()}}
-    code = 0
-    try:
-        run(a, out)
-    except BenchError as exc:
-        out["error"] = str(exc)
-        out.update(exc.extra)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        out["error"] = "interrupted"
-        code = 130
-    except Exception as exc:  # noqa: BLE001 - still one JSON object on stdout
-        import traceback
-
-        out["error"] = f"unexpected error: {exc!r}"
-        out["traceback"] = traceback.format_exc(limit=8)
-        code = 1
-    finally:
-        tmp = out.pop("_tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+                           "config": args_config(a)}
+    code = run_bench(lambda: run(a, out), out)
     emit(out)
     return code
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from _common import cpu_model
 
 #: Size buckets by the square root of the ground-truth box area, in pixels (as COCO's
 #: 32^2 / 96^2 area limits): ``small`` < 32, ``medium`` < 96, ``large`` otherwise.
@@ -35,17 +36,6 @@ SIZE_BUCKETS: tuple[tuple[str, float], ...] = (("small", 32.0), ("medium", 96.0)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BAG = REPO_ROOT / "demo" / "sample_tabletop"
 HINT = "pass --bags, or write the demo bag with `make sample-bag` (needs the YCB models)"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def size_bucket(box: Sequence[float]) -> str:

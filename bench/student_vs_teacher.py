@@ -23,13 +23,14 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from _common import loadavg, log, machine_info
 
 
 def _set_omp_wait_policy(argv: Sequence[str]) -> str:
@@ -65,38 +66,11 @@ EMBED_DIM = 512
 TARGET_RATIO = 10.0
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """CPU model, core counts, load and library versions."""
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "threads": threads,
-        "omp_wait_policy": OMP_WAIT_POLICY,
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
-    for mod in ("onnxruntime", "onnx", "cv2", "open_clip"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional packages
-            info[mod] = None
-    return info
+def bench_machine_info(threads: int) -> dict[str, Any]:
+    """CPU model, core counts, load, threads, OpenMP wait policy and library versions."""
+    return machine_info(("onnxruntime", "onnx", "cv2", "open_clip"), threads=threads,
+                        omp_wait_policy=OMP_WAIT_POLICY, torch=torch.__version__,
+                        numpy=np.__version__)
 
 
 def make_crops(n: int, lo: int, hi: int, seed: int) -> list[np.ndarray]:
@@ -272,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "bench": "student_vs_teacher",
-        "machine": machine_info(args.threads),
+        "machine": bench_machine_info(args.threads),
         "settings": {"crops": n, "batch": args.batch, "repeats": args.repeats,
                      "threads": args.threads, "crop_side_px": [args.crop_min, args.crop_max],
                      "max_run_s": args.max_run_s, "min_batches": args.min_batches,
@@ -304,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "met_by": [f"{s['backbone']}@{s['image_size']}/{s['backend']}" for s in students
                        if s["ratio_vs_teacher"] >= TARGET_RATIO],
         }
-    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["machine"]["loadavg_end"] = loadavg()
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result))
     return 0

@@ -19,12 +19,13 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from _common import cpu_model, loadavg
 
 HINT = ("run `make results` (renders the split and trains, filling the teacher cache) or "
         "`vl-distill render` followed by one `vl-distill train` first")
@@ -35,17 +36,6 @@ def fail(message: str, **extra: Any) -> int:
     print(json.dumps({"bench": "train_epoch", "error": message, "hint": HINT, **extra}))
     print(f"[bench] train_epoch: {message}; {HINT}", file=sys.stderr)
     return 2
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available(),
-                    "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+                    "loadavg": loadavg()},
         "seconds_per_epoch": round(epoch_s, 2),
         "images_per_s": round(steps * cfg.optim.batch_size / epoch_s, 1),
         "steps_per_epoch": steps,

@@ -58,7 +58,6 @@ import random
 import re
 import secrets
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
@@ -70,6 +69,9 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import node_throughput as nt  # noqa: E402 - sets the ROS environment before any rclpy import
+from _common import (BenchError, args_config, emit, install_sigterm_handler, log,  # noqa: E402
+                     machine_info, percentile, r, run_bench)
+from vl_distill_ros.ros.node_process import log_tail  # noqa: E402
 
 ISSUE_TARGET = ("A new name is usable within 1 s (uncached, offline teacher) and 50 ms "
                 "(cached)")
@@ -83,10 +85,6 @@ FILLERS = ["stapler", "kettle", "candle", "wallet", "sponge", "toaster", "ladle"
 KINDS = ("cached_disk", "uncached_teacher_cold", "uncached_teacher_warm", "cached_memory")
 LOG_LINE = re.compile(r"\[(?P<t>\d+\.\d+)\] \[[^\]]*\]: vocabulary version (?P<v>\d+): "
                       r"(?P<n>\d+) labels, embedded in (?P<e>[\d.]+) s \((?P<stats>\{.*\})\)")
-
-log = nt.log
-BenchError = nt.BenchError
-r = nt.r
 
 
 def new_names(n: int, tag: str) -> list[str]:
@@ -269,7 +267,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         "labels", "descriptions", "vocabulary_file", "persist_vocabulary", "crop_source",
         "vocabulary_store"))
     rng = random.Random(a.seed)
-    out["machine"] = nt.machine_info()
+    out["machine"] = machine_info(nt.LIBRARIES)
     out["ros"] = dict(nt.ROS_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="vl_bench_vocab_"))
     out["_tmp"] = tmp
@@ -369,7 +367,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
                     raise node.died("before it labelled a frame")
                 if time.monotonic() - t_w > a.timeout:
                     raise BenchError(f"the node labelled no frame within {a.timeout:g} s",
-                                     exit_code=3, node_log_tail=nt.tail(node_log))
+                                     exit_code=3, node_log_tail=log_tail(node_log))
             time.sleep(1.0)  # past the first (slow) frames
             log(f"node n={n} repeat={rep}: ready in {run_info['startup_s']} s")
             order = [("cached_disk", "s")] if seeded else []
@@ -528,7 +526,7 @@ def frame_stats(recorder: nt.Recorder, watch: LabelWatch) -> dict[str, Any]:
         times = [t for t, _ in watch.events]
     gaps = [(b - a) / 1e6 for a, b in zip(times, times[1:]) if 0 < b - a < 1e9]
     return {"label_interval_ms_median": r(statistics.median(gaps)) if gaps else None,
-            "label_interval_ms_p95": r(nt.percentile(sorted(gaps), 95)) if gaps else None,
+            "label_interval_ms_p95": r(percentile(sorted(gaps), 95)) if gaps else None,
             "processing_ms_mean_median": r(statistics.median(proc)) if proc else None,
             "latency_ms_mean_median": r(statistics.median(lat)) if lat else None,
             "vocabulary_debounce_ms": r(debounce * 1e3) if debounce is not None else None,
@@ -557,34 +555,14 @@ def judge(a, res: dict) -> tuple[dict[str, Any], bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    nt.install_sigterm_handler()
+    install_sigterm_handler()
     a = build_parser().parse_args(argv)
     out: dict[str, Any] = {"bench": "vocabulary_update", "issue_target": ISSUE_TARGET,
-                           "config": {k: (str(v) if isinstance(v, Path) else v)
-                                      for k, v in vars(a).items()}}
-    code = 0
+                           "config": args_config(a)}
     t0 = time.monotonic()
-    try:
-        run(a, out)
-    except BenchError as exc:
-        out["error"] = str(exc)
-        out.update(exc.extra)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        out["error"] = "interrupted"
-        code = 130
-    except Exception as exc:  # noqa: BLE001 - still one JSON object on stdout
-        import traceback
-
-        out["error"] = f"unexpected error: {exc!r}"
-        out["traceback"] = traceback.format_exc(limit=8)
-        code = 1
-    finally:
-        tmp = out.pop("_tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    code = run_bench(lambda: run(a, out), out)
     out["wall_s"] = r(time.monotonic() - t0, 1)
-    nt.emit(out)
+    emit(out)
     return code
 
 

@@ -10,11 +10,13 @@
 * :func:`synthetic_frames` / :func:`make_synthetic_bag`: frames of a plain noisy table with
   coloured rectangles (objects) and their ground-truth boxes, written with
   :func:`~vl_distill_ros.core.bag_io.write_camera_bag`.
+* :func:`rewrite_zip`: a copy of a zip file (a bundle) with its members changed, for
+  tampering tests.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -123,3 +125,17 @@ def make_synthetic_bag(path: Path, n: int, labels: Sequence[str], fps: float = 1
 
     return write_camera_bag(path, synthetic_frames(n, labels, seed=seed, fps=fps),
                             storage=storage)
+
+
+def rewrite_zip(path: Path, out: Path, change: Callable[[dict[str, bytes]], None]) -> Path:
+    """Copy the zip file ``path`` to ``out`` after ``change`` edited its ``{name: bytes}``
+    members in place (members may be changed, added or removed); returns ``out``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    change(members)
+    with zipfile.ZipFile(out, "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    return out

@@ -496,6 +496,15 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
     rois = [v for i in range(24) for v in ((i % 6) * 50, (i // 6) * 50, 60, 60)]
     with running_node(ctx, ns, bundle_path, tmp_path, crop_source="rois", rois=rois) as node:
         fqn = node.get_fully_qualified_name()
+        # However fast this machine's runtime is, a frame must take longer than the 10 ms
+        # between frames for latest-wins dropping to be exercised: add 25 ms per frame.
+        real_process = node.pipeline.process
+
+        def slow_process(image):
+            time.sleep(0.025)
+            return real_process(image)
+
+        node.pipeline.process = slow_process
         labels = tester.watch_labels(f"{fqn}/labels")
         topic = f"{ns}/image"
         msg = make_msg("rgb8", rgb_image(240, 320), "warmup", 0)

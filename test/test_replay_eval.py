@@ -29,6 +29,7 @@ from vl_distill_ros.evaluation import replay
 from vl_distill_ros.evaluation.report import load_labels_jsonl
 from vl_distill_ros.evaluation.scoring import (Membership, compare_documents, doc_frame_key,
                                                match_boxes, score_frames)
+from vl_distill_ros.ros import node_process
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["banana", "apple", "power drill", "tennis ball", "lemon", "strawberry"]
@@ -99,12 +100,17 @@ def test_score_frames_counts_every_outcome():
 
 
 def test_offline_settings_are_the_nodes(monkeypatch):
-    """The offline pipeline settings come from the same parameter values by the node's rule."""
-    node_mod = pytest.importorskip("vl_distill_ros.ros.node")
+    """The offline pipeline settings come from the same parameter values by the node's rule
+    (``PipelineSettings.from_params``, which the node calls too)."""
+    from vl_distill_ros.core.pipeline import PipelineSettings
+
     name, value = replay.parse_param("rois:=[0, 0, 20, 20]")
     values = replay.node_parameter_values({"crop_source": "rois", name: value,
                                            "unknown_threshold": 0.25, "top_k": 2})
-    assert replay.pipeline_settings(values) == node_mod.VlDistillNode._settings_from(values)
+    settings = replay.pipeline_settings(values)
+    assert settings == PipelineSettings.from_params(values)
+    assert settings.crop_source == "rois" and settings.rois == ((0, 0, 20, 20),)
+    assert settings.unknown_threshold == 0.25 and settings.top_k == 2
     with pytest.raises(replay.InputError, match="not a tunable"):
         replay.parse_param("model_path:=/x.vdb")
     with pytest.raises(replay.InputError, match=r"\[0.0, 1.0\]"):
@@ -134,7 +140,8 @@ def vocabulary_file(tmp_path_factory) -> Path:
 
 
 class PopenSpy:
-    """Wraps subprocess.Popen in the replay module to record the processes it starts."""
+    """Wraps subprocess.Popen where the replay starts the node
+    (:mod:`vl_distill_ros.ros.node_process`) to record the processes it starts."""
 
     def __init__(self, monkeypatch) -> None:
         self.pids: list[int] = []
@@ -145,7 +152,7 @@ class PopenSpy:
             self.pids.append(proc.pid)
             return proc
 
-        monkeypatch.setattr(replay.subprocess, "Popen", spy)
+        monkeypatch.setattr(node_process.subprocess, "Popen", spy)
 
 
 def process_gone(pid: int) -> bool:

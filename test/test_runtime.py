@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import rewrite_zip
 from vl_distill_ros.core.bundle import ONNX_MODEL, BundleError, load_bundle, save_bundle
 from vl_distill_ros.core.config import StudentConfig
 from vl_distill_ros.core.preprocess import preprocess_crops, resize_square
@@ -185,16 +186,6 @@ def test_bundle_without_onnx_member_still_loads(tmp_path):
     assert make_runner(b).backend == "onnxruntime"  # exported on the fly
 
 
-def _rewrite(path, out, change):
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    change(members)
-    with zipfile.ZipFile(out, "w") as zf:
-        for n, d in members.items():
-            zf.writestr(n, d)
-    return out
-
-
 def test_bundle_rejects_tampered_or_missing_onnx_member(tmp_path):
     path, _ = _save(tmp_path)
 
@@ -203,9 +194,9 @@ def test_bundle_rejects_tampered_or_missing_onnx_member(tmp_path):
         w[len(w) // 2] ^= 0xFF
         m[ONNX_MODEL] = bytes(w)
     with pytest.raises(BundleError, match="student.onnx is corrupt"):
-        load_bundle(_rewrite(path, tmp_path / "t1.vdb", flip))
+        load_bundle(rewrite_zip(path, tmp_path / "t1.vdb", flip))
     with pytest.raises(BundleError, match="student.onnx is missing"):
-        load_bundle(_rewrite(path, tmp_path / "t2.vdb", lambda m: m.pop(ONNX_MODEL)))
+        load_bundle(rewrite_zip(path, tmp_path / "t2.vdb", lambda m: m.pop(ONNX_MODEL)))
 
 
 # -- preprocessing -------------------------------------------------------------------------

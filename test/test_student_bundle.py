@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import rewrite_zip
 from vl_distill_ros.core.bundle import BundleError, load_bundle, read_manifest, save_bundle
 from vl_distill_ros.core.config import StudentConfig
 from vl_distill_ros.core.data.augment import CropAugment
@@ -129,16 +130,6 @@ def test_bundle_rejects_missing_truncated_and_foreign_files(tmp_path):
         load_bundle(foreign)
 
 
-def _rewrite(path, out, change):
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    change(members)
-    with zipfile.ZipFile(out, "w") as zf:
-        for n, d in members.items():
-            zf.writestr(n, d)
-    return out
-
-
 def test_bundle_detects_tampered_weights_and_bad_manifest(tmp_path):
     path, _, _ = _bundle(tmp_path)
 
@@ -147,14 +138,14 @@ def test_bundle_detects_tampered_weights_and_bad_manifest(tmp_path):
         w[len(w) // 2] ^= 0xFF
         m["student.pt"] = bytes(w)
     with pytest.raises(BundleError, match="student.pt is corrupt"):
-        load_bundle(_rewrite(path, tmp_path / "t1.vdb", flip))
+        load_bundle(rewrite_zip(path, tmp_path / "t1.vdb", flip))
 
     def version(m):
         man = json.loads(m["manifest.json"])
         man["format_version"] = 99
         m["manifest.json"] = json.dumps(man).encode()
     with pytest.raises(BundleError, match="version 99"):
-        read_manifest(_rewrite(path, tmp_path / "t2.vdb", version))
+        read_manifest(rewrite_zip(path, tmp_path / "t2.vdb", version))
 
 
 def test_bundle_rejects_mismatched_student(tmp_path):
@@ -165,14 +156,14 @@ def test_bundle_rejects_mismatched_student(tmp_path):
         man["student"]["config"]["backbone"] = "resnet18"
         m["manifest.json"] = json.dumps(man).encode()
     with pytest.raises(BundleError, match="do not fit the declared resnet18"):
-        load_bundle(_rewrite(path, tmp_path / "t3.vdb", other_backbone))
+        load_bundle(rewrite_zip(path, tmp_path / "t3.vdb", other_backbone))
 
     def fewer_labels(m):
         man = json.loads(m["manifest.json"])
         man["vocabulary"]["labels"] = man["vocabulary"]["labels"][:2]
         m["manifest.json"] = json.dumps(man).encode()
     with pytest.raises(BundleError, match="shape"):
-        load_bundle(_rewrite(path, tmp_path / "t4.vdb", fewer_labels))
+        load_bundle(rewrite_zip(path, tmp_path / "t4.vdb", fewer_labels))
 
 
 def test_save_bundle_checks_embedding_shape(tmp_path):

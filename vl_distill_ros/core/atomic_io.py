@@ -4,11 +4,13 @@
 fsyncs it, renames it over the target with :func:`os.replace` and fsyncs the directory: a
 crash leaves the old file or the new one, never a mix, and no temporary file behind.
 :func:`set_aside` moves a corrupt file out of the way, keeping it as evidence.
+:func:`replace_dir` publishes a finished folder (a rendered dataset, a bag) in one rename.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,3 +85,22 @@ def set_aside(path: str | Path) -> Path | None:
         return None
     _fsync_dir(path.parent)
     return target
+
+
+def replace_dir(new: str | Path, out: str | Path) -> Path:
+    """Move the finished folder ``new`` to ``out`` (same file system) and return ``out``.
+
+    An existing ``out`` is first renamed aside (``.<name>.old-*`` next to it), then ``new``
+    is renamed into place and the old folder deleted, so ``out`` is at every moment either
+    the complete old folder or the complete new one.
+    """
+    new, out = Path(new), Path(out)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old.rmdir()
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)
+    return out

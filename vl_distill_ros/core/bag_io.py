@@ -61,6 +61,8 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from vl_distill_ros.core.atomic_io import replace_dir
+
 __all__ = [
     "BagError", "BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RawMessage",
     "BagContents", "write_camera_bag", "read_camera_bag", "iter_raw_messages",
@@ -279,23 +281,10 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
                     doc = ground_truth_document(stamp, frame_id, topic, objects)
                     text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
                     writer.write(gt, stamp, store.serialize_cdr(text, STRING_TYPE))
-        _replace_bag(bag_dir, out)
+        replace_dir(bag_dir, out)  # an existing bag there is moved aside, then deleted
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _replace_bag(new: Path, out: Path) -> None:
-    """Move the finished bag ``new`` to ``out`` (an existing bag there is moved aside first
-    and deleted afterwards)."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        os.replace(out, old)
-        os.replace(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)
 
 
 # ---------------------------------------------------------------------------------------

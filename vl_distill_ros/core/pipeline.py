@@ -35,7 +35,7 @@ import dataclasses
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -150,6 +150,38 @@ class PipelineSettings:
             raise PipelineError(f"score_temperature must be > 0, got {self.score_temperature}")
         if int(self.min_box_size) < 1:
             raise PipelineError(f"min_box_size must be >= 1, got {self.min_box_size}")
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any]) -> "PipelineSettings":
+        """Validated settings from the node's parameter values (``crop_source``, ``rois``,
+        ``proposal_*``, ``unknown_threshold``, ... as named in :mod:`vl_distill_ros.ros.params`):
+        the one rule of the node and of the offline replay.
+
+        Raises:
+            PipelineError: an invalid setting.
+            ValueError: a value that does not convert to the setting's type.
+        """
+        try:
+            proposal_cfg = ProposalConfig(
+                min_area_frac=float(values["proposal_min_area_frac"]),
+                max_area_frac=float(values["proposal_max_area_frac"]),
+                max_count=int(values["proposal_max_count"]),
+                pad_frac=float(values["proposal_pad_frac"]))
+        except ValueError as exc:
+            raise PipelineError(f"proposal settings: {exc}") from None
+        return cls(
+            crop_source=str(values["crop_source"]), proposal_cfg=proposal_cfg,
+            rois=rois_from_flat(values["rois"]),
+            unknown_threshold=float(values["unknown_threshold"]),
+            min_similarity=float(values["min_similarity"]), top_k=int(values["top_k"]),
+            score_temperature=float(values["score_temperature"]),
+            min_box_size=int(values["min_box_size"]),
+            fallback_full_frame=bool(values["proposal_fallback_full_frame"]))
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments of :class:`PerceptionPipeline` and
+        :meth:`PerceptionPipeline.configure` (field values as they are, not copied)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def rois_from_flat(values: Sequence[int]) -> tuple[tuple[int, int, int, int], ...]:

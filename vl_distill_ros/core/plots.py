@@ -23,7 +23,8 @@ __all__ = [
 _DPI = 120
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive ``Agg`` backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -32,11 +33,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | Path, dpi: int = _DPI) -> Path:
+    """Write ``fig`` as a PNG to ``path`` (parent folders created), close it; return the path."""
+    plt = pyplot()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI, bbox_inches="tight")
+    fig.savefig(out, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -50,7 +52,7 @@ def plot_confusion_matrix(
     visible; non-zero cells are annotated with their raw counts. The figure grows with the
     number of labels so that 20-30 label names stay readable.
     """
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm)
     n = cm.shape[0]
     if cm.shape != (n, n) or len(labels) != n:
@@ -77,14 +79,14 @@ def plot_confusion_matrix(
                     colour = "white" if frac[i, j] > 0.5 else "black"
                     ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
                             fontsize=font - 1, color=colour)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class_accuracy(
     acc_by_label: Mapping[str, float], path: str | Path, title: str = "Per-class accuracy"
 ) -> Path:
     """Horizontal bar chart of accuracy per label (NaN = no test samples, drawn as 'n/a')."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(acc_by_label)
     values = [float(acc_by_label[k]) for k in names]
     n = len(names)
@@ -108,7 +110,7 @@ def plot_per_class_accuracy(
                    label=f"mean {mean:.2f}")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _is_number(v: Any) -> bool:
@@ -123,7 +125,7 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) ->
     Columns may be missing from some rows; those points are skipped. Non-numeric columns
     are ignored.
     """
-    plt = _pyplot()
+    plt = pyplot()
     columns: list[str] = []
     for row in rows:
         for key, value in row.items():
@@ -148,7 +150,7 @@ def plot_training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path) ->
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_results_bars(
@@ -158,7 +160,7 @@ def plot_results_bars(
 
     Metrics missing for a run are left empty. Bars are annotated with their values.
     """
-    plt = _pyplot()
+    plt = pyplot()
     runs = list(table)
     metrics: list[str] = []
     for run in runs:
@@ -186,4 +188,4 @@ def plot_results_bars(
     ax.margins(y=0.15)
     if runs:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -45,9 +45,7 @@ import json
 import os
 import secrets
 import shlex
-import signal
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -57,6 +55,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..core.bag_io import BagContents, BagError, iter_raw_messages, read_camera_bag
 from ..ros import params as P
+from ..ros.node_process import (NODE_NAME, NodeProcess, default_node_command, log_tail,
+                                node_command)
+from ..ros.params import default_model_path  # the packaged bundle, as the node resolves it
 from .scoring import FrameKey, doc_frame_key
 
 __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
@@ -64,8 +65,6 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
            "node_parameter_values", "pipeline_settings", "open_bag", "run_live",
            "run_offline", "stamp_from_cdr", "resolve_device"]
 
-#: Name of the node under test (as in :mod:`vl_distill_ros.ros.node`).
-NODE_NAME = "vl_distill_node"
 #: Node parameters that ``--param`` may set (the others have dedicated options or are
 #: controlled by the replay).
 TUNABLE_PARAMS: frozenset[str] = frozenset(P.SETTINGS_PARAMS | {
@@ -168,17 +167,6 @@ class Recording:
 # -------------------------------------------------------------------------------------------
 # inputs and parameters
 # -------------------------------------------------------------------------------------------
-def default_model_path() -> Path:
-    """The packaged default bundle, as the node resolves it:
-    ``vl_distill_ros/models/default_student.vdb``."""
-    try:
-        from importlib.resources import files
-
-        return Path(str(files("vl_distill_ros") / "models" / "default_student.vdb"))
-    except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover
-        return Path(__file__).resolve().parents[1] / "models" / "default_student.vdb"
-
-
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu`` (the node's rule); others unchanged."""
     if device == "auto":
@@ -266,37 +254,17 @@ def node_parameter_values(params: Mapping[str, Any] | None = None) -> dict[str, 
 
 def pipeline_settings(values: Mapping[str, Any]):
     """The :class:`~vl_distill_ros.core.pipeline.PipelineSettings` the node builds from these
-    parameter values (same rule as the node's start-up), without ROS.
+    parameter values (the node's own rule, :meth:`PipelineSettings.from_params`), without ROS.
 
     Raises:
         InputError: invalid settings.
     """
-    from ..core.pipeline import PipelineError, PipelineSettings, rois_from_flat
-    from ..core.proposals import ProposalConfig
+    from ..core.pipeline import PipelineError, PipelineSettings
 
     try:
-        proposal_cfg = ProposalConfig(
-            min_area_frac=float(values["proposal_min_area_frac"]),
-            max_area_frac=float(values["proposal_max_area_frac"]),
-            max_count=int(values["proposal_max_count"]),
-            pad_frac=float(values["proposal_pad_frac"]))
-        return PipelineSettings(
-            crop_source=str(values["crop_source"]), proposal_cfg=proposal_cfg,
-            rois=rois_from_flat(values["rois"]),
-            unknown_threshold=float(values["unknown_threshold"]),
-            min_similarity=float(values["min_similarity"]), top_k=int(values["top_k"]),
-            score_temperature=float(values["score_temperature"]),
-            min_box_size=int(values["min_box_size"]),
-            fallback_full_frame=bool(values["proposal_fallback_full_frame"]))
+        return PipelineSettings.from_params(values)
     except (PipelineError, ValueError) as exc:
         raise InputError(f"invalid pipeline settings: {exc}") from None
-
-
-def _settings_kwargs(s: Any) -> dict[str, Any]:
-    return {"crop_source": s.crop_source, "proposal_cfg": s.proposal_cfg, "rois": s.rois,
-            "unknown_threshold": s.unknown_threshold, "min_similarity": s.min_similarity,
-            "top_k": s.top_k, "score_temperature": s.score_temperature,
-            "min_box_size": s.min_box_size, "fallback_full_frame": s.fallback_full_frame}
 
 
 def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -427,7 +395,7 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
         pipe = PerceptionPipeline(bundle, vocabulary=vocab, embeddings=emb,
                                   inference_backend=str(values["inference_backend"]),
                                   inference_threads=int(values["inference_threads"]),
-                                  **_settings_kwargs(pipe_settings))
+                                  **pipe_settings.as_kwargs())
     except PipelineError as exc:
         raise InputError(f"cannot build the pipeline: {exc}") from None
 
@@ -470,91 +438,25 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
 # -------------------------------------------------------------------------------------------
 # live
 # -------------------------------------------------------------------------------------------
-def _ros_value(value: Any) -> str:
-    """A parameter value as ``-p name:=VALUE`` text (YAML; strings double-quoted)."""
-    return json.dumps(value)
-
-
 def _tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
-    if path is None:
-        return ""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    out = [ln for ln in text.splitlines() if ln.strip()][-lines:]
-    return "\n".join("    " + ln for ln in out)
+    return log_tail(path, lines, indent="    ")
 
 
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Linux: the child gets SIGTERM when the parent dies (best effort)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
+def _check_running(node: NodeProcess, when: str) -> None:
+    """Raise :class:`NodeError` quoting the end of the node's log if the node has exited."""
+    rc = node.poll()
+    if rc is not None:
+        raise NodeError(f"the node exited with code {rc} {when}. Last lines of its output "
+                        f"({node.log_path}):\n{_tail(node.log_path)}")
 
 
-class _NodeProcess:
-    """The node subprocess: started in its own process group, always stopped."""
-
-    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str]) -> None:
-        self.cmd = cmd
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "wb")
-        try:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-                preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux")
-                else None)
-        except OSError as exc:
-            self._log.close()
-            raise NodeError(f"cannot start the node ({shlex.join(cmd[:3])} ...): {exc}") from None
-        self.pid = self.proc.pid
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGINT (clean shutdown), then SIGTERM and SIGKILL to the whole group; reaps it."""
-        try:
-            if self.proc.poll() is None:
-                self._signal_group(signal.SIGINT)
-                try:
-                    self.proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    self._signal_group(signal.SIGTERM)
-                    try:
-                        self.proc.wait(timeout=5.0)
-                    except subprocess.TimeoutExpired:
-                        self._signal_group(signal.SIGKILL)
-                        self.proc.wait(timeout=10.0)
-            # anything the node left behind in its group goes too
-            self._signal_group(signal.SIGKILL)
-        finally:
-            self._log.close()
-        return self.proc.returncode
-
-
-def _wait_until(cond: Callable[[], bool], deadline: float, node: _NodeProcess,
+def _wait_until(cond: Callable[[], bool], deadline: float, node: NodeProcess,
                 what: str, interval: float = 0.05) -> bool:
     """Poll ``cond`` until true or ``deadline``; a node that exits raises :class:`NodeError`."""
     while True:
         if cond():
             return True
-        rc = node.poll()
-        if rc is not None:
-            raise NodeError(f"the node exited with code {rc} {what}. Last lines of its "
-                            f"output ({node.log_path}):\n{_tail(node.log_path)}")
+        _check_running(node, what)
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
@@ -598,10 +500,8 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
                    **{k: values[k] for k in settings.params}}
     if vocab_file is not None:
         node_values["vocabulary_file"] = str(Path(settings.vocabulary).expanduser().resolve())
-    base_cmd = list(settings.node_command or [sys.executable, "-m", "vl_distill_ros.ros.node"])
-    cmd = base_cmd + ["--ros-args", "-r", f"__ns:={ns}", "-r", f"__node:={NODE_NAME}"]
-    for name, value in node_values.items():
-        cmd += ["-p", f"{name}:={_ros_value(value)}"]
+    base_cmd = list(settings.node_command or default_node_command())
+    cmd = node_command(ns, node_values, base_cmd=base_cmd)
 
     log_dir = settings.log_dir
     tmp_log = None
@@ -645,7 +545,7 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
 
     context = rclpy.Context()
     rclpy.init(args=[], context=context)
-    node_proc: _NodeProcess | None = None
+    node_proc: NodeProcess | None = None
     completed = False
     executor = None
     spin_thread = None
@@ -667,7 +567,10 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
         spin_thread = threading.Thread(target=executor.spin, name="vl_replay_spin", daemon=True)
         spin_thread.start()
 
-        node_proc = _NodeProcess(cmd, log_path, env)
+        try:
+            node_proc = NodeProcess(cmd, log_path, env)
+        except OSError as exc:
+            raise NodeError(f"cannot start the node ({shlex.join(cmd[:3])} ...): {exc}") from None
         rec.node = {"command": cmd, "pid": node_proc.pid, "namespace": ns,
                     "labels_topic": labels_topic, "log": str(log_path)}
 
@@ -718,11 +621,7 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
                     now = time.monotonic()
                     if now >= target:
                         break
-                    rc = node_proc.poll()
-                    if rc is not None:
-                        raise NodeError(f"the node exited with code {rc} during the replay "
-                                        f"(after {n} frames). Last lines of its output "
-                                        f"({log_path}):\n{_tail(log_path)}")
+                    _check_running(node_proc, f"during the replay (after {n} frames)")
                     time.sleep(min(0.05, target - now))
                 pubs[raw.topic].publish(raw.data)
                 pub_time[key] = time.monotonic()
@@ -731,10 +630,8 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
                 bar.update(1)
                 if n % 10 == 0:
                     bar.set_postfix_str(f"{len(arrivals)} labelled")
-                if n % 20 == 0 and node_proc.poll() is not None:
-                    raise NodeError(f"the node exited with code {node_proc.poll()} during the "
-                                    f"replay (after {n} frames). Last lines of its output "
-                                    f"({log_path}):\n{_tail(log_path)}")
+                if n % 20 == 0:
+                    _check_running(node_proc, f"during the replay (after {n} frames)")
         except BagError as exc:
             raise InputError(str(exc)) from None
         finally:
@@ -773,11 +670,7 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
             now = time.monotonic()
             if now - max(last_arrival, t_last_pub) > quiet or now >= deadline:
                 break
-            rc = node_proc.poll()
-            if rc is not None:
-                raise NodeError(f"the node exited with code {rc} while its last frames were "
-                                f"processed. Last lines of its output ({log_path}):\n"
-                                f"{_tail(log_path)}")
+            _check_running(node_proc, "while its last frames were processed")
             time.sleep(0.05)
         if rec.published and not arrivals:
             raise NodeError(f"the node never answered: it came up but published no labels for "

@@ -22,19 +22,12 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..core.plots import pyplot, save_figure
+
 __all__ = ["build_report", "write_report", "summary_table", "markdown_report",
            "load_labels_jsonl", "plot_confusion", "plot_per_object", "plot_latency"]
 
 _DPI = 110
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -206,7 +199,7 @@ def plot_confusion(confusion: Mapping[str, Any], path: str | Path) -> Path:
     ``(missed)``), coloured by the row-normalised fraction, annotated with counts."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     rows, cols = list(confusion["rows"]), list(confusion["columns"])
     cm = np.asarray(confusion["matrix"], dtype=float).reshape(len(rows), len(cols))
     fig_w = max(5.0, 0.42 * len(cols) + 2.8)
@@ -233,14 +226,14 @@ def plot_confusion(confusion: Mapping[str, Any], path: str | Path) -> Path:
                     ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
                             fontsize=font - 1, color="white" if frac[i, j] > 0.5 else "black")
     ax.set_title("Confusion matrix (replay)")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_per_object(per_object: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
     """Horizontal bars of precision, recall and F1 per label (ID / OOD marked)."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     names = [n for n, o in per_object.items() if o["support"]]
     fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(names) + 1.3)))
     if not names:
@@ -264,14 +257,14 @@ def plot_per_object(per_object: Mapping[str, Mapping[str, Any]], path: str | Pat
         ax.set_xlim(0.0, 1.1)
         ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Per-object precision / recall / F1")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_latency(latencies_ms: Sequence[float], path: str | Path, kind: str) -> Path:
     """Histogram of per-frame latency with the p50 and p95 marked."""
     from .scoring import percentiles
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     vals = [float(v) for v in latencies_ms if v is not None]
     if not vals:
@@ -288,16 +281,7 @@ def plot_latency(latencies_ms: Sequence[float], path: str | Path, kind: str) -> 
         ax.set_ylabel("frames")
     ax.set_title("End-to-end latency (publication to labels)" if kind == "end_to_end"
                  else "Processing time per frame (offline)")
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    plt = _pyplot()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any], rows: Sequence[Mapping[str, Any]],

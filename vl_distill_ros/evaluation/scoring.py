@@ -56,6 +56,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+# the proposer's IoU (re-exported: ``scoring.box_iou`` is part of this module's API)
+from ..core.proposals import box_iou
+
 __all__ = ["FrameKey", "GTObject", "Membership", "UNKNOWN_LABEL", "MISSED_COLUMN", "GROUPS",
            "box_iou", "match_boxes", "fold_label", "score_frames", "percentiles",
            "compare_documents", "doc_frame_key"]
@@ -83,19 +86,6 @@ def fold_label(text: str) -> str:
     """Case- and underscore-insensitive form of a label or key
     (``Power_Drill`` -> ``power drill``)."""
     return str(text).strip().casefold().replace("_", " ")
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x, y, w, h)`` boxes (0 when either is empty)."""
-    ax, ay, aw, ah = (float(v) for v in a)
-    bx, by, bw, bh = (float(v) for v in b)
-    iw = min(ax + aw, bx + bw) - max(ax, bx)
-    ih = min(ay + ah, by + bh) - max(ay, by)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match_boxes(gt_boxes: Sequence[Sequence[float]], pred_boxes: Sequence[Sequence[float]],

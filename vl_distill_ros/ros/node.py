@@ -56,12 +56,12 @@ from std_srvs.srv import Trigger
 from ..core.bundle import Bundle, BundleError, load_bundle
 from ..core.image_codec import ImageDecodeError, decode_image, encode_rgb8
 from ..core.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PipelineSettings,
-                             draw_annotations, labels_document, rois_from_flat)
-from ..core.proposals import ProposalConfig
+                             draw_annotations, labels_document)
 from ..core.text_service import TextEmbeddingService
 from ..core.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
 from ..core.vocabulary import Label, Vocabulary, VocabularyError
 from . import params as P
+from .params import default_model_path
 
 NODE_NAME = "vl_distill_node"
 #: Seconds between repeated log lines about the same kind of bad frame on one camera.
@@ -75,16 +75,6 @@ LATENCY_WINDOW = 200
 
 class StartupError(RuntimeError):
     """The node cannot start (no model, bad start-up vocabulary); the message says why."""
-
-
-def default_model_path() -> Path:
-    """Where the packaged default bundle lives: ``vl_distill_ros/models/default_student.vdb``."""
-    try:
-        from importlib.resources import files
-
-        return Path(str(files("vl_distill_ros") / "models" / "default_student.vdb"))
-    except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover
-        return Path(__file__).resolve().parents[1] / "models" / "default_student.vdb"
 
 
 def missing_default_model_message(path: Path) -> str:
@@ -231,13 +221,13 @@ class VlDistillNode(Node):
         self._vocab_source = source
         self._requested_vocab = vocab
         try:
-            settings = self._settings_from(p)
+            settings = PipelineSettings.from_params(p)
         except PipelineError as exc:
             raise StartupError(str(exc)) from None
         self.pipeline = PerceptionPipeline(self.bundle, vocabulary=vocab, embeddings=emb,
                                            inference_backend=str(p["inference_backend"]),
                                            inference_threads=int(p["inference_threads"]),
-                                           **self._settings_kwargs(settings))
+                                           **settings.as_kwargs())
         self.get_logger().info(f"student runtime: {self.pipeline.runner.backend}")
         # mirror the active vocabulary into the parameters (no callbacks registered yet)
         self.set_parameters([
@@ -364,36 +354,6 @@ class VlDistillNode(Node):
                 "ObjectHypothesisWithPose": ObjectHypothesisWithPose}
 
     # =========================================================================================
-    # settings
-    # =========================================================================================
-    @staticmethod
-    def _settings_from(values: dict) -> PipelineSettings:
-        """Validated :class:`PipelineSettings` from parameter values (raises on bad ones)."""
-        try:
-            proposal_cfg = ProposalConfig(
-                min_area_frac=float(values["proposal_min_area_frac"]),
-                max_area_frac=float(values["proposal_max_area_frac"]),
-                max_count=int(values["proposal_max_count"]),
-                pad_frac=float(values["proposal_pad_frac"]))
-        except ValueError as exc:
-            raise PipelineError(f"proposal settings: {exc}") from None
-        return PipelineSettings(
-            crop_source=str(values["crop_source"]), proposal_cfg=proposal_cfg,
-            rois=rois_from_flat(values["rois"]),
-            unknown_threshold=float(values["unknown_threshold"]),
-            min_similarity=float(values["min_similarity"]), top_k=int(values["top_k"]),
-            score_temperature=float(values["score_temperature"]),
-            min_box_size=int(values["min_box_size"]),
-            fallback_full_frame=bool(values["proposal_fallback_full_frame"]))
-
-    @staticmethod
-    def _settings_kwargs(s: PipelineSettings) -> dict:
-        return {"crop_source": s.crop_source, "proposal_cfg": s.proposal_cfg, "rois": s.rois,
-                "unknown_threshold": s.unknown_threshold, "min_similarity": s.min_similarity,
-                "top_k": s.top_k, "score_temperature": s.score_temperature,
-                "min_box_size": s.min_box_size, "fallback_full_frame": s.fallback_full_frame}
-
-    # =========================================================================================
     # parameter callbacks (executor thread; pre -> on -> post run in one thread per set)
     # =========================================================================================
     def _current(self, name: str) -> Any:
@@ -461,7 +421,7 @@ class VlDistillNode(Node):
             values = {name: self._current(name) for name in P.SETTINGS_PARAMS}
             values.update({name: by[name].value for name in P.SETTINGS_PARAMS & by.keys()})
             try:
-                self._tls.settings = self._settings_from(values)
+                self._tls.settings = PipelineSettings.from_params(values)
             except (PipelineError, ValueError) as exc:
                 reason = f"rejected: {exc}"
                 self.get_logger().warning(reason)
@@ -475,7 +435,7 @@ class VlDistillNode(Node):
         self._tls.vocab = self._tls.settings = self._tls.file_vocab = None
         names = {p.name for p in parameters}
         if settings is not None:
-            self.pipeline.configure(**self._settings_kwargs(settings))
+            self.pipeline.configure(**settings.as_kwargs())
         if "publish_annotated" in names:
             self._publish_annotated = bool(self.get_parameter("publish_annotated").value)
         if vocab is not None:

@@ -40,12 +40,13 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
 import yaml
 
+from vl_distill_ros.core.atomic_io import replace_dir
 from vl_distill_ros.core.data.backgrounds import sample_background
 
 LOG = logging.getLogger(__name__)
@@ -306,31 +307,32 @@ def _rounded(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 # Renderer
 # ---------------------------------------------------------------------------------------
-class ObjectRenderer:
-    """Renders framed crops of textured mesh objects with pybullet's CPU TinyRenderer.
+_MeshBodiesT = TypeVar("_MeshBodiesT", bound="MeshBodies")
 
-    Owns one pybullet ``DIRECT`` client and a temporary folder (downsampled textures);
-    use it as a context manager or call :meth:`close`. Each model is loaded once (mesh and a
-    texture downsampled to ``texture_size``) and cached as a body; only the body being
-    rendered is visible (the others are fully transparent, which TinyRenderer skips). At
-    most ``max_bodies`` bodies are kept (least recently used ones are removed).
 
-    Args:
-        models_dir: folder with one ``<key>/textured.obj`` per object.
-        exclude: keys never used as clutter distractors (e.g. all keys of the ID/OOD split).
-        supersample: render at this multiple of the output size, then downsample.
-        texture_size: longest side textures are downsampled to before loading.
-        max_bodies: cap on cached pybullet bodies.
+class MeshBodies:
+    """A pybullet ``DIRECT`` client holding the textured meshes of a models folder as bodies:
+    what :class:`ObjectRenderer` and :class:`~vl_distill_ros.core.data.scene.SceneRenderer`
+    share.
+
+    Each model is loaded on first use (:meth:`_body`: the mesh plus a texture downsampled to
+    ``texture_size``, see :func:`prepare_mesh_files`, in a temporary folder) and cached as a
+    hidden body; after each load the subclass's :meth:`_evict` keeps the cache at about
+    ``max_bodies`` bodies. Use it as a context manager or call :meth:`close`.
+
+    Raises:
+        RenderError: no models in ``models_dir``, or pybullet is not installed.
     """
 
-    def __init__(self, models_dir: str | Path, exclude: Sequence[str] = (),
-                 supersample: int = 2, texture_size: int = 1024, max_bodies: int = 128) -> None:
+    #: Message of the :class:`RenderError` raised once the client is closed.
+    _closed_message = "the renderer is closed"
+
+    def __init__(self, models_dir: str | Path, texture_size: int, max_bodies: int,
+                 tmp_prefix: str) -> None:
         self.models_dir = Path(models_dir).expanduser()
         self._models = find_models(self.models_dir)
-        self.exclude = frozenset(exclude)
-        self.supersample = max(1, int(supersample))
         self.texture_size = int(texture_size)
-        self.max_bodies = max(2, int(max_bodies))
+        self.max_bodies = int(max_bodies)
         try:
             import pybullet  # local: keeps `import vl_distill_ros.core.data.render` light
         except ImportError as exc:
@@ -338,10 +340,8 @@ class ObjectRenderer:
                               "'pip install pybullet'") from None
         self._p = pybullet
         self._client: int | None = pybullet.connect(pybullet.DIRECT)
-        self._tmp = tempfile.TemporaryDirectory(prefix="vl_distill_render_")
+        self._tmp = tempfile.TemporaryDirectory(prefix=tmp_prefix)
         self._bodies: OrderedDict[str, int] = OrderedDict()
-        self._visible: str | None = None
-        self._geometry: dict[str, tuple[np.ndarray, float]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -353,10 +353,13 @@ class ObjectRenderer:
             finally:
                 self._client = None
                 self._bodies.clear()
-                self._visible = None
+                self._forget_visible()
                 self._tmp.cleanup()
 
-    def __enter__(self) -> "ObjectRenderer":
+    def _forget_visible(self) -> None:
+        """Called by :meth:`close` once every body is gone (subclasses track what shows)."""
+
+    def __enter__(self: _MeshBodiesT) -> _MeshBodiesT:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -368,16 +371,11 @@ class ObjectRenderer:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    # -- model access -----------------------------------------------------------------------
+    # -- models -----------------------------------------------------------------------------
     @property
     def keys(self) -> list[str]:
         """All object keys found in the models folder (sorted)."""
         return list(self._models)
-
-    @property
-    def distractor_pool(self) -> list[str]:
-        """Keys that may appear as clutter distractors (all keys minus ``exclude``)."""
-        return [k for k in self._models if k not in self.exclude]
 
     def check_keys(self, keys: Sequence[str]) -> None:
         """Raise :class:`RenderError` naming any key that has no model."""
@@ -385,14 +383,10 @@ class ObjectRenderer:
         if unknown:
             raise _unknown_keys_error(unknown, list(self._models), self.models_dir)
 
-    def _geometry_of(self, key: str) -> tuple[np.ndarray, float]:
-        """(centre, radius) of the key's mesh bounding sphere (around the AABB centre)."""
-        if key not in self._geometry:
-            verts = load_mesh_vertices(self._models[key])
-            centre = 0.5 * (verts.min(axis=0) + verts.max(axis=0))
-            radius = float(np.linalg.norm(verts - centre, axis=1).max())
-            self._geometry[key] = (centre, max(radius, 1e-4))
-        return self._geometry[key]
+    def _require_client(self) -> int:
+        if self._client is None:
+            raise RenderError(self._closed_message)
+        return self._client
 
     def _prepare_files(self, key: str) -> Path:
         """A folder with the OBJ (linked), an MTL naming a downsampled texture, the texture
@@ -414,12 +408,65 @@ class ObjectRenderer:
         body = p.createMultiBody(baseMass=0, baseVisualShapeIndex=shape, physicsClientId=cid)
         p.changeVisualShape(body, -1, rgbaColor=[1, 1, 1, 0], physicsClientId=cid)
         self._bodies[key] = body
+        self._evict()
+        return body
+
+    def _evict(self) -> None:
+        """Remove least recently used bodies while more than ``max_bodies`` are cached."""
+        raise NotImplementedError
+
+
+class ObjectRenderer(MeshBodies):
+    """Renders framed crops of textured mesh objects with pybullet's CPU TinyRenderer.
+
+    Owns one pybullet ``DIRECT`` client and a temporary folder (downsampled textures);
+    use it as a context manager or call :meth:`close`. Each model is loaded once (mesh and a
+    texture downsampled to ``texture_size``) and cached as a body; only the body being
+    rendered is visible (the others are fully transparent, which TinyRenderer skips). At
+    most ``max_bodies`` bodies are kept (least recently used ones are removed).
+
+    Args:
+        models_dir: folder with one ``<key>/textured.obj`` per object.
+        exclude: keys never used as clutter distractors (e.g. all keys of the ID/OOD split).
+        supersample: render at this multiple of the output size, then downsample.
+        texture_size: longest side textures are downsampled to before loading.
+        max_bodies: cap on cached pybullet bodies.
+    """
+
+    def __init__(self, models_dir: str | Path, exclude: Sequence[str] = (),
+                 supersample: int = 2, texture_size: int = 1024, max_bodies: int = 128) -> None:
+        self.exclude = frozenset(exclude)
+        self.supersample = max(1, int(supersample))
+        super().__init__(models_dir, texture_size, max(2, int(max_bodies)),
+                         tmp_prefix="vl_distill_render_")
+        self._visible: str | None = None
+        self._geometry: dict[str, tuple[np.ndarray, float]] = {}
+
+    def _forget_visible(self) -> None:
+        self._visible = None
+
+    # -- model access -----------------------------------------------------------------------
+    @property
+    def distractor_pool(self) -> list[str]:
+        """Keys that may appear as clutter distractors (all keys minus ``exclude``)."""
+        return [k for k in self._models if k not in self.exclude]
+
+    def _geometry_of(self, key: str) -> tuple[np.ndarray, float]:
+        """(centre, radius) of the key's mesh bounding sphere (around the AABB centre)."""
+        if key not in self._geometry:
+            verts = load_mesh_vertices(self._models[key])
+            centre = 0.5 * (verts.min(axis=0) + verts.max(axis=0))
+            radius = float(np.linalg.norm(verts - centre, axis=1).max())
+            self._geometry[key] = (centre, max(radius, 1e-4))
+        return self._geometry[key]
+
+    def _evict(self) -> None:
+        p, cid = self._p, self._require_client()
         while len(self._bodies) > self.max_bodies:
             old_key, old_body = self._bodies.popitem(last=False)
             p.removeBody(old_body, physicsClientId=cid)
             if self._visible == old_key:
                 self._visible = None
-        return body
 
     def _show(self, key: str) -> int:
         """Make ``key`` the only visible body and return its id."""
@@ -432,11 +479,6 @@ class ObjectRenderer:
             p.changeVisualShape(body, -1, rgbaColor=[1, 1, 1, 1], physicsClientId=cid)
             self._visible = key
         return body
-
-    def _require_client(self) -> int:
-        if self._client is None:
-            raise RenderError("the renderer is closed")
-        return self._client
 
     # -- rendering --------------------------------------------------------------------------
     def _render_layer(self, key: str, rng: np.random.Generator, size: int, harsh: bool,
@@ -774,13 +816,7 @@ def _replace_dir(new: Path, out: Path) -> None:
     moved aside first and deleted afterwards."""
     if out.exists():
         _check_out_dir(out)
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        os.replace(out, old)
-        os.replace(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)
+    replace_dir(new, out)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import functools
 import math
-import tempfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -50,14 +48,13 @@ import numpy as np
 
 from vl_distill_ros.core.data.backgrounds import make_background
 from vl_distill_ros.core.data.render import (
+    MeshBodies,
     RenderError,
     _frustum,
     _look_at,
-    _unknown_keys_error,
-    find_models,
     load_mesh_vertices,
-    prepare_mesh_files,
 )
+from vl_distill_ros.core.data.render import _rounded as _r
 
 __all__ = ["SceneSpec", "SceneObject", "SceneFrame", "SceneRenderer", "render_scene",
            "TABLE_KINDS", "bbox_from_mask"]
@@ -336,19 +333,10 @@ class _Camera:
                 "fov_y": _r(self.fov_y), "width": self.width, "height": self.height}
 
 
-def _r(x: Any) -> Any:
-    """Round floats (and arrays of them) for compact JSON metadata."""
-    if isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
-        return [_r(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return round(float(x), 5)
-    return x
-
-
 # ---------------------------------------------------------------------------------------
 # Renderer
 # ---------------------------------------------------------------------------------------
-class SceneRenderer:
+class SceneRenderer(MeshBodies):
     """Owns a pybullet ``DIRECT`` client with the objects of a models folder, for
     :func:`render_scene`.
 
@@ -362,61 +350,19 @@ class SceneRenderer:
         max_bodies: cap on cached pybullet bodies (at least 10, the most one scene places).
     """
 
+    _closed_message = "the scene renderer is closed"
+
     def __init__(self, models_dir: str | Path, texture_size: int = 512,
                  max_bodies: int = 64) -> None:
-        self.models_dir = Path(models_dir).expanduser()
-        self._models = find_models(self.models_dir)
-        self.texture_size = int(texture_size)
-        self.max_bodies = max(10, int(max_bodies))
-        try:
-            import pybullet  # local: keeps importing this module light
-        except ImportError as exc:
-            raise RenderError(f"rendering needs pybullet ({exc}); install it with "
-                              "'pip install pybullet'") from None
-        self._p = pybullet
-        self._client: int | None = pybullet.connect(pybullet.DIRECT)
-        self._tmp = tempfile.TemporaryDirectory(prefix="vl_distill_scene_")
-        self._bodies: OrderedDict[str, int] = OrderedDict()
+        super().__init__(models_dir, texture_size, max(10, int(max_bodies)),
+                         tmp_prefix="vl_distill_scene_")
         self._visible: set[str] = set()
         self._geometry: dict[str, dict[str, Any]] = {}
 
-    # -- lifecycle ------------------------------------------------------------------------
-    def close(self) -> None:
-        """Disconnect the pybullet client and delete the temporary textures."""
-        client = getattr(self, "_client", None)
-        if client is not None:
-            try:
-                self._p.disconnect(physicsClientId=client)
-            finally:
-                self._client = None
-                self._bodies.clear()
-                self._visible.clear()
-                self._tmp.cleanup()
-
-    def __enter__(self) -> "SceneRenderer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # best effort; close() is the contract
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
+    def _forget_visible(self) -> None:
+        self._visible.clear()
 
     # -- models -----------------------------------------------------------------------------
-    @property
-    def keys(self) -> list[str]:
-        """All object keys found in the models folder (sorted)."""
-        return list(self._models)
-
-    def check_keys(self, keys: Sequence[str]) -> None:
-        """Raise :class:`RenderError` naming any key that has no model."""
-        unknown = [k for k in keys if k not in self._models]
-        if unknown:
-            raise _unknown_keys_error(unknown, list(self._models), self.models_dir)
-
     def geometry(self, key: str) -> dict[str, Any]:
         """Footprint of ``key`` in its model frame: ``centre_xy``, ``half`` (xy half extents),
         ``zmin``, ``height``, ``radius`` and a vertex subsample ``points`` (model frame)."""
@@ -433,33 +379,15 @@ class SceneRenderer:
             }
         return self._geometry[key]
 
-    def _require_client(self) -> int:
-        if self._client is None:
-            raise RenderError("the scene renderer is closed")
-        return self._client
-
-    def _body(self, key: str) -> int:
-        """The cached (hidden) body of ``key``, loading it on first use."""
-        if key in self._bodies:
-            self._bodies.move_to_end(key)
-            return self._bodies[key]
-        self.check_keys([key])
+    def _evict(self) -> None:
+        """Least recently used first, but never a visible body (the scene being set up)."""
         p, cid = self._p, self._require_client()
-        obj = prepare_mesh_files(self._models[key], Path(self._tmp.name) / key,
-                                 self.texture_size, key=key)
-        shape = p.createVisualShape(p.GEOM_MESH, fileName=str(obj), physicsClientId=cid)
-        if shape < 0:
-            raise RenderError(f"pybullet could not load the mesh {self._models[key]}")
-        body = p.createMultiBody(baseMass=0, baseVisualShapeIndex=shape, physicsClientId=cid)
-        p.changeVisualShape(body, -1, rgbaColor=[1, 1, 1, 0], physicsClientId=cid)
-        self._bodies[key] = body
         while len(self._bodies) > self.max_bodies:
             old_key, old_body = next(iter(self._bodies.items()))
             if old_key in self._visible:
                 break
             self._bodies.pop(old_key)
             p.removeBody(old_body, physicsClientId=cid)
-        return body
 
     def _show(self, poses: dict[str, tuple[np.ndarray, float]]) -> dict[str, int]:
         """Make exactly the keys of ``poses`` visible, at ``(position, yaw)``; body ids."""
