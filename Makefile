@@ -33,6 +33,7 @@ test: setup
 
 # The README's first command: replay the bundled sample bag through the live node with the
 # bundled default student and the 26-object vocabulary; prints the summary table.
+demo: export FASTRTPS_DEFAULT_PROFILES_FILE ?= $(abspath config/fastdds_shm_localhost.xml)
 demo: setup
 	$(VENV)/bin/vl-distill replay-eval demo/sample_tabletop --out runs/demo --no-progress
 
@@ -42,6 +43,7 @@ results: setup
 
 # Speed benches (bench/README.md): each script prints one JSON object on stdout
 # (bench/_*.py are shared helpers, not benches).
+bench: export FASTRTPS_DEFAULT_PROFILES_FILE ?= $(abspath config/fastdds_shm_localhost.xml)
 bench: setup
 	@status=0; for f in bench/[!_]*.py; do echo "# $$f" >&2; $(PY) $$f || status=$$?; done; exit $$status
 
