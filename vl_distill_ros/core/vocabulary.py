@@ -67,6 +67,18 @@ def build_prompts(label: Label, templates: Sequence[str] = DEFAULT_TEMPLATES,
     return prompts
 
 
+def _read_yaml(path: Path, what: str) -> object:
+    """Parse a YAML file; any problem becomes a :class:`VocabularyError` naming ``what``."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VocabularyError(f"{what} file not found: {path}") from None
+    except OSError as exc:
+        raise VocabularyError(f"cannot read {what} file {path}: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise VocabularyError(f"cannot read {what} file {path}: not valid YAML: {exc}") from None
+
+
 def _fold_key(text: str) -> str:
     """Case- and underscore-insensitive form used to compare keys and names."""
     return text.strip().casefold().replace("_", " ")
@@ -175,14 +187,7 @@ class Vocabulary:
     def load(cls, path: str | Path) -> "Vocabulary":
         """Load a vocabulary YAML file, raising :class:`VocabularyError` on any problem."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise VocabularyError(f"vocabulary file not found: {path}") from None
-        except OSError as exc:
-            raise VocabularyError(f"cannot read vocabulary file {path}: {exc}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise VocabularyError(f"{path}: not valid YAML: {exc}") from None
+        data = _read_yaml(path, "vocabulary")
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
@@ -242,12 +247,7 @@ class Split:
     def load(cls, path: str | Path) -> "Split":
         """Load a split YAML: ``{name, in_distribution: [keys], out_of_distribution: [keys]}``."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise VocabularyError(f"split file not found: {path}") from None
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise VocabularyError(f"cannot read split file {path}: {exc}") from None
+        data = _read_yaml(path, "split")
         if not isinstance(data, dict):
             raise VocabularyError(f"{path}: expected a mapping")
         for field_name in ("in_distribution", "out_of_distribution"):
