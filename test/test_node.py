@@ -668,3 +668,17 @@ def test_launch_file_is_valid_and_uses_config_parameter_names():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.generate_launch_description().entities
+
+
+def test_help_prints_parameters_without_starting_ros(capsys, monkeypatch):
+    """`vl_distill_node --help` documents every parameter and creates no DDS participant."""
+    from vl_distill_ros.ros import node as node_mod
+
+    def no_init(*a, **k):
+        raise AssertionError("--help must not initialise rclpy")
+
+    monkeypatch.setattr(node_mod.rclpy, "init", no_init)
+    assert node_mod.main(["vl_distill_node", "--help"]) == 0
+    out = capsys.readouterr().out
+    for p in PARAMETERS:
+        assert p.name in out

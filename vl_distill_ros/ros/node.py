@@ -763,10 +763,33 @@ class VlDistillNode(Node):
         super().destroy_node()
 
 
+def usage_text() -> str:
+    """``vl_distill_node --help``: how to run it and every parameter with its default."""
+    from .params import PARAMETERS
+
+    lines = [f"usage: {NODE_NAME} [--ros-args -p NAME:=VALUE ... -r image:=/camera/topic]",
+             "",
+             "Open-vocabulary object labels from camera images (see the README). Keep DDS",
+             "discovery local with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST where required.",
+             "", "parameters (read-only ones are start-up only):"]
+    for spec in PARAMETERS:
+        ro = " (read-only)" if spec.read_only else ""
+        lines.append(f"  {spec.name} [{spec.type}] = {spec.default!r}{ro}")
+        lines.append(f"      {spec.description}")
+    return "\n".join(lines)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Console script ``vl_distill_node``: run the node until Ctrl-C; returns the exit code."""
+    import sys
+
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    argv = list(sys.argv if args is None else args)
+    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "-h" in own or "--help" in own:
+        print(usage_text())  # without starting rclpy: no DDS participant for --help
+        return 0
     rclpy.init(args=args)
     node = None
     code = 0
