@@ -81,7 +81,7 @@ def missing_default_model_message(path: Path) -> str:
     """The start-up error shown when the packaged default bundle is absent."""
     return (f"no model: model_path is empty and the packaged default bundle {path} does not "
             "exist. Train and export one, e.g.\n"
-            "  vl-distill train --config config/train_ycb.yaml --out runs/ycb\n"
+            "  vl-distill train --config config/train_ycb.yaml   (writes runs/ycb)\n"
             f"  vl-distill export --run runs/ycb --out {path}\n"
             "(then reinstall the package), or start the node with "
             "-p model_path:=/path/to/student.vdb")

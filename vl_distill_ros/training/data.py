@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -101,5 +100,3 @@ def load_split_images(root: str | Path, split: str, vocab: Vocabulary,
         return None
     return load_image_folder(folder, vocab, keys=vocab.keys, size=size)
 
-
-ProgressFn = Callable[[str], None]

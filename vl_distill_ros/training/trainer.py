@@ -88,7 +88,7 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise TrainingError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
                             f"{str(exc)[:200]}); delete it or train without --resume") from None
-    if not isinstance(ckpt, dict) or "student" not in ckpt or "config" not in ckpt:
+    if not isinstance(ckpt, dict) or not {"student", "config", "embed_dim"} <= set(ckpt):
         raise TrainingError(f"{path} is not a vl_distill_ros checkpoint")
     return ckpt
 
@@ -283,15 +283,9 @@ def load_trained_student(run_dir: str | Path) -> tuple[Student, TrainConfig, str
         raise TrainingError(f"no trained student in {run_dir} (expected {FINAL} or {CHECKPOINT})")
     ckpt = load_checkpoint(path)
     cfg = from_dict(TrainConfig, ckpt["config"])
-    embed_dim = ckpt.get("embed_dim") or _head_out_dim(ckpt["student"])
-    student = build_student(cfg.student, int(embed_dim), load_weights=False)
+    student = build_student(cfg.student, int(ckpt["embed_dim"]), load_weights=False)
     student.load_state_dict(ckpt["student"])
     return student.eval(), cfg, ckpt["teacher_id"]
-
-
-def _head_out_dim(state: dict) -> int:
-    keys = [k for k in state if k.startswith("head") and k.endswith("weight")]
-    return int(state[sorted(keys)[-1]].shape[0])
 
 
 def _yaml_dump(data: dict) -> str:
