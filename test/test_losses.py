@@ -13,6 +13,7 @@ from vl_distill_ros.core.losses import (
     DistillLoss,
     ImageContrastiveLoss,
     MseLoss,
+    VLKLLoss,
     VLProxLoss,
 )
 
@@ -286,3 +287,55 @@ def test_distill_config_errors():
         DistillLoss(LossConfig(cls_weight=0, mse_weight=0, imcst_weight=0, vlprox_weight=0))
     with pytest.raises(ValueError):
         DistillLoss(LossConfig(mse_weight=-1.0))
+
+
+# ---------------------------------------------------------------------------------------
+# L_vl-kl and unlabelled rows
+# ---------------------------------------------------------------------------------------
+def test_vlkl_equals_hand_kl_over_the_broad_vocabulary():
+    broad = t([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    teacher = t([[1.0, 0.0]])
+    student = t([[0.0, 1.0]])
+    tau = 0.5
+    tl = [1.0 / tau, 0.0, 0.6 / tau]
+    sl = [0.0, 1.0 / tau, 0.8 / tau]
+    got = VLKLLoss(tau)(student, teacher, broad)
+    assert float(got) == pytest.approx(kl(softmax(tl), softmax(sl)))
+    assert float(VLKLLoss(tau)(teacher, teacher, broad)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_vlkl_needs_no_labels_and_only_trains_the_student():
+    student = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    broad = torch.randn(5, 3, dtype=torch.float64)
+    VLKLLoss(0.1)(student, teacher, broad).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+
+
+def test_unlabelled_rows_only_feed_the_teacher_terms():
+    student, teacher, text, labels = _toy_batch()
+    cfg = LossConfig(cls_weight=1.0, imcst_weight=1.0, vlprox_weight=1.0)
+    loss = DistillLoss(cfg)
+    labelled = labels.clone()
+    labelled[2:] = -1
+    _, parts = loss(student, teacher, text, labelled)
+    keep = slice(0, 2)
+    assert parts["cls"] == pytest.approx(float(ClsLoss(cfg.tau)(student[keep], text,
+                                                                 labels[keep])))
+    assert parts["vlprox"] == pytest.approx(float(VLProxLoss(cfg.vlprox_topk, cfg.vlprox_tau)(
+        student[keep], teacher[keep], text, labels[keep])))
+    assert parts["imcst"] == pytest.approx(float(ImageContrastiveLoss(cfg.tau)(student, teacher)))
+    none = torch.full_like(labels, -1)
+    total, parts = loss(student, teacher, text, none)
+    assert parts["cls"] == 0.0 and parts["vlprox"] == 0.0 and parts["imcst"] > 0
+
+
+def test_distill_vlkl_term_needs_the_broad_embeddings():
+    student, teacher, text, labels = _toy_batch()
+    loss = DistillLoss(LossConfig(cls_weight=0.0, imcst_weight=0.0, vlkl_weight=2.0))
+    broad = torch.randn(7, student.shape[1], dtype=student.dtype)
+    total, parts = loss(student, teacher, text, labels, broad)
+    assert float(total) == pytest.approx(2.0 * parts["vlkl"])
+    with pytest.raises(ValueError, match="broad"):
+        loss(student, teacher, text, labels)

@@ -248,3 +248,81 @@ def test_draw_annotations_draws_on_a_copy(bundle):
     assert image.max() == 0                  # input untouched
     assert out[10:30, 10].any()               # left edge of the box drawn
     assert not out[45:, 50:].any()            # far from the box: untouched
+
+
+# ---------------------------------------------------------------------------------------
+# Calibration from the bundle: seen bias (calibrated stacking) and the open-set threshold
+# ---------------------------------------------------------------------------------------
+def _calibrated_bundle(tmp_path, text_emb, direction, **record):
+    from vl_distill_ros.core.calibration import Calibration
+
+    student = build_student(SMALL, DIM)
+    with torch.no_grad():
+        student.head.weight.zero_()
+        student.head.bias.copy_(direction)
+    cal = Calibration(**{"seen_bias": 0.0, "unknown_threshold": 0.0, "score_temperature": 0.01,
+                         "trained_names": ("power drill",), **record})
+    path = save_bundle(tmp_path / "cal.vdb", student, text_emb, Vocabulary.from_names(NAMES),
+                       "fake-teacher:v1", {"backend": "fake", "id": "fake-teacher:v1"},
+                       ["a photo of a {name}."], enrich=False, calibration=cal, onnx=False)
+    return load_bundle(path)
+
+
+def test_bundle_seen_bias_moves_the_label_off_trained_names(tmp_path, text_emb, direction):
+    cos = (text_emb @ direction)
+    order = torch.argsort(cos, descending=True).tolist()
+    assert NAMES[order[0]] == "power drill"
+    gap = float(cos[order[0]] - cos[order[1]])
+    b = _calibrated_bundle(tmp_path, text_emb, direction, seen_bias=min(1.0, gap + 0.02))
+    pipe = PerceptionPipeline(b, crop_source="full_frame", unknown_threshold=0.0)
+    (o,), _ = pipe.process(frame())
+    assert o.label == NAMES[order[1]]                  # the bias comes from the bundle (-1)
+    adjusted = cos.clone()
+    adjusted[NAMES.index("power drill")] -= min(1.0, gap + 0.02)
+    assert o.score == pytest.approx(float(torch.softmax(adjusted / 0.01, 0).max()), abs=1e-4)
+    pipe.configure(seen_bias=0.0)                      # 0 turns it off
+    (o,), _ = pipe.process(frame())
+    assert o.label == "power drill"
+    # a renamed vocabulary without the trained name gets no bias at all
+    pipe.configure(seen_bias=-1.0)
+    other = Vocabulary.from_names(["a", "b", "c", "d"])
+    pipe.set_vocabulary(other, text_emb)
+    (o,), _ = pipe.process(frame())
+    assert o.label == "c"                              # index of 'power drill' in text_emb
+
+
+def test_bundle_threshold_is_the_default_and_can_be_overridden(tmp_path, text_emb, direction):
+    b = _calibrated_bundle(tmp_path, text_emb, direction, unknown_threshold=1.0)
+    pipe = PerceptionPipeline(b, crop_source="full_frame", score_temperature=1.0)
+    (o,), _ = pipe.process(frame())
+    assert not o.known and pipe.effective_unknown_threshold() == 1.0
+    pipe.configure(unknown_threshold=0.0)
+    (o,), _ = pipe.process(frame())
+    assert o.known
+
+
+def test_old_bundle_without_calibration_behaves_as_before(bundle):
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame")
+    assert bundle.calibration is None
+    assert pipe.effective_unknown_threshold() == 0.5 and pipe.effective_seen_bias() == 0.0
+    for bad in ({"seen_bias": -0.5}, {"seen_bias": 1.5}, {"unknown_threshold": -0.2}):
+        with pytest.raises(PipelineError, match="-1"):
+            pipe.configure(**bad)
+
+
+def test_bundle_with_a_bad_calibration_record_is_rejected(tmp_path, text_emb, direction):
+    import json as _json
+
+    from helpers import rewrite_zip
+    from vl_distill_ros.core.bundle import BundleError
+
+    good = _calibrated_bundle(tmp_path, text_emb, direction).path
+
+    def tamper(members):
+        m = _json.loads(members["manifest.json"])
+        m["calibration"]["seen_bias"] = 7
+        members["manifest.json"] = _json.dumps(m).encode()
+
+    bad = rewrite_zip(good, tmp_path / "bad.vdb", tamper)
+    with pytest.raises(BundleError, match="calibration"):
+        load_bundle(bad)

@@ -113,8 +113,10 @@ def test_offline_settings_are_the_nodes(monkeypatch):
     assert settings.unknown_threshold == 0.25 and settings.top_k == 2
     with pytest.raises(replay.InputError, match="not a tunable"):
         replay.parse_param("model_path:=/x.vdb")
-    with pytest.raises(replay.InputError, match=r"\[0.0, 1.0\]"):
+    with pytest.raises(replay.InputError, match=r"\[-1.0, 1.0\]"):
         replay.parse_param("unknown_threshold:=3")
+    with pytest.raises(replay.InputError, match=r"\[-1.0, 1.0\]"):
+        replay.parse_param("seen_bias:=2")
 
 
 # ----------------------------------------------------------------------------------------

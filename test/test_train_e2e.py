@@ -19,7 +19,12 @@ from vl_distill_ros.core.config import load_train_config
 
 KEYS = {"id": ["red_ball", "green_box"], "ood": ["blue_ball", "yellow_box"]}
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
-          "yellow": (230, 210, 30)}
+          "yellow": (230, 210, 30), "purple": (140, 40, 170), "orange": (240, 140, 20),
+          "cyan": (30, 200, 210), "black": (20, 20, 20)}
+#: Objects outside the toy split: auxiliary (trained on, unlabelled or labelled),
+#: pseudo-unseen (calibration only) and open-set (scored as out-of-vocabulary only).
+AUX = {"aux": ["purple_ball", "orange_box"], "calib_unseen": ["cyan_ball"],
+       "openset": ["black_box"]}
 
 
 def _draw(key: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
@@ -46,9 +51,18 @@ def make_dataset(root: Path, per_label: int = 6) -> Path:
             d.mkdir(parents=True)
             for i in range(per_label * (2 if split == "train" else 1)):
                 cv2.imwrite(str(d / f"{key}_{i:03d}.png"), _draw(key, rng)[..., ::-1])
+    extra = {"aux": AUX["aux"], "calib_id": KEYS["id"], "calib_unseen": AUX["calib_unseen"],
+             "openset": AUX["openset"]}
+    for split, keys in extra.items():
+        for key in keys:
+            d = root / "aux" / split / key
+            d.mkdir(parents=True)
+            for i in range(per_label):
+                cv2.imwrite(str(d / f"{key}_{i:03d}.png"), _draw(key, rng)[..., ::-1])
+    every = KEYS["id"] + KEYS["ood"] + AUX["aux"] + AUX["calib_unseen"] + AUX["openset"]
     vocab = {"labels": [{"key": k, "name": k.replace("_", " "),
                          "description": f"A {k.split('_')[0]} coloured {k.split('_')[1]}."}
-                        for k in KEYS["id"] + KEYS["ood"]]}
+                        for k in every]}
     (root / "vocab.yaml").write_text(yaml.safe_dump(vocab))
     (root / "split.yaml").write_text(yaml.safe_dump(
         {"name": "toy", "in_distribution": KEYS["id"], "out_of_distribution": KEYS["ood"]}))
@@ -68,7 +82,7 @@ def _config(root: Path, out: str, **extra) -> Path:
         "optim": {"epochs": 2, "batch_size": 8, "lr": 0.003, "threads": 1},
     }
     for k, v in extra.items():
-        cfg[k].update(v)
+        cfg.setdefault(k, {}).update(v)
     path = root / f"{out}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -145,3 +159,48 @@ def test_ddp_two_gloo_processes(toy: Path):
     assert (Path(cfg.output_dir) / "student_final.pt").exists()
     rows = (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # only rank 0 logs
+
+
+def test_auxiliary_distillation_calibration_and_open_set(toy: Path, capsys):
+    """Auxiliary objects (labelled into L_cls, plus L_vl-kl over ImageNet names), then the
+    calibration record (seen bias, threshold) in the run, the metrics and the bundle."""
+    aux = toy / "aux"
+    cfg = _config(toy, "run_aux",
+                  data={"aux_splits": [str(aux / "aux")], "broad_vocabulary": "imagenet"},
+                  loss={"cls_label_set": "id+aux", "vlkl_weight": 1.0},
+                  calibration={"seen": str(aux / "calib_id"), "unseen": str(aux / "calib_unseen"),
+                               "openset_test": str(aux / "openset")})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(24 labelled ID, 12 auxiliary), L_cls over 4 labels" in out
+    run = toy / "run_aux"
+    cal = json.loads((run / "calibration.json").read_text())
+    rec = cal["calibration"]
+    assert 0.0 <= rec["seen_bias"] <= 0.3 and 0.0 <= rec["unknown_threshold"] <= 1.0
+    assert rec["trained_names"] == ["red ball", "green box", "purple ball", "orange box"]
+    assert rec["chosen_on"]["unseen_objects"] == ["cyan_ball"]
+    best = max(cal["curve"], key=lambda r: r["h"])
+    assert rec["chosen_on"]["h"] == pytest.approx(best["h"])
+    assert cli_main(["eval", "--run", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    g = metrics["gzsl"]
+    assert g["student_calibrated"]["bias"] == rec["seen_bias"]
+    assert g["student_calibrated"]["h"] >= 0 and len(g["bias_curve"]) > 10
+    assert (run / "eval" / "gzsl_bias_curve.png").stat().st_size > 0
+    o = metrics["open_set"]
+    assert o["n_out_of_vocabulary"] == 6 and o["oov_objects"] == ["black_box"]
+    assert 0.0 <= o["auroc"] <= 1.0 and o["unknown_threshold"] == rec["unknown_threshold"]
+    assert "H (all)" in metrics["summary"] and "open-set AUROC" in metrics["summary"]
+    bundle_path = toy / "aux.vdb"
+    assert cli_main(["export", "--run", str(run), "--out", str(bundle_path), "--no-onnx"]) == 0
+    b = load_bundle(bundle_path)
+    assert b.calibration is not None and b.calibration.seen_bias == rec["seen_bias"]
+    assert list(b.calibration.trained_names) == rec["trained_names"]
+
+
+def test_auxiliary_folder_with_a_split_object_is_refused(toy: Path, capsys):
+    """Images of the split's OOD objects can never be auxiliary training data."""
+    cfg = _config(toy, "run_leak", data={"aux_splits": [str(toy / "data" / "test_ood")]})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "outside" in err and "blue_ball" in err

@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.calibration import CalibrationError
     from ..core.config import ConfigError
     from ..core.data.image_folder import DatasetError
     from ..core.vocabulary import VocabularyError
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         run_ablation(args.config, args.skip_render, args.force, progress=not args.no_progress)
-    except (ConfigError, DatasetError, VocabularyError, TrainingError) as exc:
+    except (ConfigError, DatasetError, VocabularyError, TrainingError, CalibrationError) as exc:
         print(f"vl-distill ablate: error: {exc}", file=sys.stderr)
         return 2
     return 0

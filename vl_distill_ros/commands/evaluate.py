@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.calibration import CalibrationError
     from ..core.data.image_folder import DatasetError
     from ..core.vocabulary import VocabularyError
     from ..training.evaluate import evaluate_run
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate_run(args.run, args.data_root, args.out, progress=not args.no_progress)
-    except (TrainingError, DatasetError, VocabularyError) as exc:
+    except (TrainingError, DatasetError, VocabularyError, CalibrationError) as exc:
         print(f"vl-distill eval: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result["summary"], indent=2))

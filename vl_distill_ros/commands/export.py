@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.calibration import CalibrationError
     from ..core.bundle import BundleError, load_bundle
     from ..core.vocabulary import VocabularyError
     from ..training.export import export_bundle
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         path = export_bundle(args.run, args.out, args.vocabulary, args.labels, args.enrich,
                              onnx=args.onnx)
         bundle = load_bundle(path)  # validate what was written
-    except (TrainingError, VocabularyError, BundleError, KeyError) as exc:
+    except (TrainingError, VocabularyError, BundleError, KeyError, CalibrationError) as exc:
         print(f"vl-distill export: error: {exc}", file=sys.stderr)
         return 2
     print(f"[export] {path}: {len(bundle.vocabulary)} labels, teacher {bundle.teacher_id}")

@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.calibration import CalibrationError
     from ..core.config import ConfigError, load_train_config
     from ..core.vocabulary import VocabularyError
     from ..core.data.image_folder import DatasetError
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         out = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, VocabularyError, DatasetError, TrainingError) as exc:
+    except (ConfigError, VocabularyError, DatasetError, TrainingError, CalibrationError) as exc:
         print(f"vl-distill train: error: {exc}", file=sys.stderr)
         return 2
     print(f"[train] done: {out}")

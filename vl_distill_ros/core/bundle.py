@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .atomic_io import atomic_write_bytes
+from .calibration import Calibration, CalibrationError
 from .config import ConfigError, StudentConfig, from_dict, to_dict
 from .student import InputSpec, Student, StudentError, build_student
 from .vocabulary import Vocabulary, VocabularyError
@@ -62,6 +63,9 @@ class Bundle:
     extra: dict = field(default_factory=dict)
     #: The serialised ONNX export of ``student`` (checksummed), or None in older bundles.
     onnx_bytes: bytes | None = None
+    #: Seen bias and open-set threshold chosen after training, or None (older bundles:
+    #: no bias, the fixed default threshold).
+    calibration: Calibration | None = None
 
     @property
     def teacher_id(self) -> str:
@@ -87,8 +91,12 @@ def _sha256(data: bytes) -> str:
 def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tensor,
                 vocabulary: Vocabulary, teacher_id: str, teacher_spec: dict[str, Any],
                 templates: list[str], enrich: bool, metrics: dict | None = None,
-                name: str = "", onnx: bool = True) -> Path:
+                name: str = "", onnx: bool = True,
+                calibration: Calibration | None = None) -> Path:
     """Write a bundle atomically (temp file in the same folder, fsync, rename).
+
+    ``calibration`` (optional) is stored as the manifest's ``calibration`` record: the
+    seen bias, open-set threshold and trained names the node applies by default.
 
     With ``onnx=True`` the student is also exported to ONNX (member ``student.onnx``,
     checksummed like the others). If the export fails the bundle is written without it
@@ -125,6 +133,7 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
                     **({"onnx": onnx_info} if onnx_info else {})},
         "vocabulary": {**vocabulary.to_dict(), "templates": list(templates), "enrich": enrich},
         "metrics": metrics or {},
+        **({"calibration": calibration.to_dict()} if calibration is not None else {}),
         "files": {k: _sha256(v) for k, v in members.items()},
     }
     buf = io.BytesIO()
@@ -198,6 +207,12 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
         embed_dim = int(manifest["teacher"]["embed_dim"])
     except (VocabularyError, ConfigError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: invalid manifest: {exc}") from None
+    calibration = None
+    if "calibration" in manifest:
+        try:
+            calibration = Calibration.from_dict(manifest["calibration"])
+        except CalibrationError as exc:
+            raise BundleError(f"{path}: invalid calibration record: {exc}") from None
     try:
         emb = np.load(io.BytesIO(members[TEXT_EMB]), allow_pickle=False)
     except (KeyError, ValueError, OSError) as exc:
@@ -221,7 +236,8 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
     return Bundle(path=path, manifest=manifest, student=student,
                   text_embeddings=torch.from_numpy(emb).float(), vocabulary=vocabulary,
                   templates=list(voc.get("templates") or ["a photo of a {name}."]),
-                  enrich=bool(voc.get("enrich", True)), onnx_bytes=members.get(ONNX_MODEL))
+                  enrich=bool(voc.get("enrich", True)), onnx_bytes=members.get(ONNX_MODEL),
+                  calibration=calibration)
 
 
 def zlib_error() -> type[Exception]:

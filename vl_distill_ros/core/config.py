@@ -69,6 +69,16 @@ class LossConfig:
     vlprox_topk: int = 5
     #: L_vlprox temperature.
     vlprox_tau: float = 0.07
+    #: Label set of L_cls: ``id`` (the split's training labels, the paper) or ``id+aux``
+    #: (training labels plus the names of the auxiliary objects, whose images are then
+    #: labelled too), so the student is not pulled onto the training names alone.
+    cls_label_set: str = "id"
+    #: L_vl-kl: weight of the label-free KL between the teacher's and the student's
+    #: distributions over a broad text vocabulary (``data.broad_vocabulary``), on every
+    #: training image (labelled and auxiliary).
+    vlkl_weight: float = 0.0
+    #: L_vl-kl temperature.
+    vlkl_tau: float = 0.05
 
 
 @dataclass
@@ -87,6 +97,37 @@ class DataConfig:
     workers: int = 0
     #: Teacher embedding cache directory.
     cache_dir: str = "cache/teacher"
+    #: Labelled training image folders of the split's ID objects: a split name under
+    #: ``root`` or a folder path (with a ``/``), e.g. ``data/ycb_aux/train_id_clutter``.
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    #: Auxiliary image folders of objects OUTSIDE the split (never its OOD objects):
+    #: distilled on with the label-free losses; folder names must be vocabulary keys.
+    aux_splits: list[str] = field(default_factory=list)
+    #: Broad text vocabulary of L_vl-kl: ``imagenet`` (the 1000 ImageNet class names that
+    #: ship with open_clip), a vocabulary YAML path, or empty (none).
+    broad_vocabulary: str = ""
+
+
+@dataclass
+class CalibrationConfig:
+    """Calibrated stacking and the open-set threshold, chosen after training.
+
+    Only images of objects that are not among the split's OOD objects are used: ID objects
+    (``seen``) and pseudo-unseen auxiliary objects that were never trained on (``unseen``).
+    """
+
+    #: Image folder of ID objects for calibration (views not used for training).
+    seen: str = ""
+    #: Image folder of pseudo-unseen objects (outside the split, never trained on).
+    unseen: str = ""
+    #: Fraction of correctly classified in-vocabulary calibration crops that must stay
+    #: known at the chosen ``unknown_threshold``.
+    known_coverage: float = 0.9
+    #: Largest seen bias (cosine units) searched.
+    max_bias: float = 0.3
+    #: Image folder of out-of-vocabulary objects scored by ``vl-distill eval`` as the
+    #: open-set test (never trained or calibrated on); empty: no open-set columns.
+    openset_test: str = ""
 
 
 @dataclass
@@ -120,6 +161,39 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        validate_train_config(self)
+
+
+#: Allowed values of the string settings, checked when a config is loaded.
+CHOICES = {
+    "teacher.backend": ("open_clip", "offline"),
+    "loss.imcst_similarity": ("l2", "cosine"),
+    "loss.cls_label_set": ("id", "id+aux"),
+}
+
+
+def validate_train_config(cfg: "TrainConfig") -> None:
+    """Raise :class:`ConfigError` for an out-of-range string enum or number."""
+    for dotted, allowed in CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{dotted} must be one of {list(allowed)}, got {value!r}")
+    if not 0.0 < cfg.calibration.known_coverage <= 1.0:
+        raise ConfigError(f"calibration.known_coverage must be in (0, 1], got "
+                          f"{cfg.calibration.known_coverage}")
+    if not 0.0 <= cfg.calibration.max_bias <= 1.0:
+        raise ConfigError(f"calibration.max_bias must be in [0, 1], got "
+                          f"{cfg.calibration.max_bias}")
+    if cfg.loss.vlkl_weight > 0 and not cfg.data.broad_vocabulary:
+        raise ConfigError("loss.vlkl_weight > 0 needs data.broad_vocabulary (e.g. imagenet)")
+    if cfg.loss.cls_label_set == "id+aux" and not cfg.data.aux_splits:
+        raise ConfigError("loss.cls_label_set 'id+aux' needs data.aux_splits")
+    if not cfg.data.train_splits:
+        raise ConfigError("data.train_splits is empty")
 
 
 T = TypeVar("T")

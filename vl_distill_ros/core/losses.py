@@ -27,6 +27,7 @@ __all__ = [
     "MseLoss",
     "ImageContrastiveLoss",
     "VLProxLoss",
+    "VLKLLoss",
     "DistillLoss",
     "cosine_logits",
 ]
@@ -162,13 +163,43 @@ class VLProxLoss(nn.Module):
         return (correct * kl).sum() / student.shape[0]
 
 
+class VLKLLoss(nn.Module):
+    """L_vl-kl: label-free vision-language distillation over a broad text vocabulary.
+
+    With ``broad`` the (M, D) teacher text embeddings of a broad name list (e.g. the 1000
+    ImageNet class names), ``t = cos(T_img, broad) / tau`` and ``s = cos(S, broad) / tau``::
+
+        loss = mean_i KL( softmax(t_i) || softmax(s_i) )
+
+    Needs no labels, so it applies to auxiliary images too (as CLIP-KD and DIME-FM distil
+    on data beyond the labelled set). The teacher side is detached.
+    """
+
+    def __init__(self, tau: float = 0.05) -> None:
+        super().__init__()
+        self.tau = _check_tau(tau)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                broad: torch.Tensor) -> torch.Tensor:
+        """Batch-mean KL divergence (a scalar tensor)."""
+        broad = broad.detach()
+        with torch.no_grad():
+            log_p_t = F.log_softmax(cosine_logits(teacher.detach(), broad, self.tau), dim=-1)
+        log_p_s = F.log_softmax(cosine_logits(student, broad, self.tau), dim=-1)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1).mean()
+
+
 class DistillLoss(nn.Module):
-    """Weighted sum of L_cls, L_mse, L_im-cst and L_vlprox configured by :class:`LossConfig`.
+    """Weighted sum of L_cls, L_mse, L_im-cst, L_vlprox and L_vl-kl (:class:`LossConfig`).
 
     Only terms with a non-zero weight are built and computed. :meth:`forward` returns
     ``(total, components)`` where ``total = sum_name weight_name * loss_name`` is a scalar
     tensor and ``components`` maps each active term's name (``cls``, ``mse``, ``imcst``,
-    ``vlprox``) to its *unweighted* value as a python float.
+    ``vlprox``, ``vlkl``) to its *unweighted* value as a python float.
+
+    Labels of ``-1`` mark unlabelled (auxiliary) images: L_cls and L_vlprox are computed
+    over the labelled rows only (zero when a batch has none); the teacher-only terms use
+    every row.
     """
 
     def __init__(self, cfg: LossConfig) -> None:
@@ -179,6 +210,7 @@ class DistillLoss(nn.Module):
             "mse": cfg.mse_weight,
             "imcst": cfg.imcst_weight,
             "vlprox": cfg.vlprox_weight,
+            "vlkl": cfg.vlkl_weight,
         }
         for name, w in weights.items():
             if w < 0:
@@ -195,6 +227,8 @@ class DistillLoss(nn.Module):
             terms["imcst"] = ImageContrastiveLoss(cfg.tau, cfg.imcst_similarity)
         if "vlprox" in self.weights:
             terms["vlprox"] = VLProxLoss(cfg.vlprox_topk, cfg.vlprox_tau)
+        if "vlkl" in self.weights:
+            terms["vlkl"] = VLKLLoss(cfg.vlkl_tau)
         self.terms = nn.ModuleDict(terms)
 
     def forward(
@@ -203,19 +237,30 @@ class DistillLoss(nn.Module):
         teacher: torch.Tensor,
         text_emb: torch.Tensor,
         labels: torch.Tensor,
+        broad_text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return ``(weighted total, {term: unweighted value})`` for the active terms."""
+        """Return ``(weighted total, {term: unweighted value})`` for the active terms.
+
+        ``broad_text`` (M, D) is required when L_vl-kl is active.
+        """
         total: torch.Tensor | None = None
         components: dict[str, float] = {}
+        labelled = labels >= 0
+        some = bool(labelled.any())
         for name, module in self.terms.items():
-            if name == "cls":
-                value = module(student, text_emb, labels)
-            elif name == "mse":
+            if name in ("cls", "vlprox") and not some:
+                value = student.sum() * 0.0  # keeps the graph; no labelled rows
+            elif name == "cls":
+                value = module(student[labelled], text_emb, labels[labelled])
+            elif name in ("mse", "imcst"):
                 value = module(student, teacher)
-            elif name == "imcst":
-                value = module(student, teacher)
+            elif name == "vlkl":
+                if broad_text is None:
+                    raise ValueError("L_vl-kl needs the broad vocabulary's text embeddings")
+                value = module(student, teacher, broad_text)
             else:
-                value = module(student, teacher, text_emb, labels)
+                value = module(student[labelled], teacher[labelled], text_emb,
+                               labels[labelled])
             components[name] = float(value.detach())
             weighted = self.weights[name] * value
             total = weighted if total is None else total + weighted

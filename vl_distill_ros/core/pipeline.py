@@ -19,9 +19,14 @@ exactly the same code. One call of :meth:`PerceptionPipeline.process` handles on
 
    The default temperature 0.01 equals CLIP's logit scale of 100. Scores are *relative* to
    the active vocabulary (they sum to 1 over it).
+   With a calibrated bundle, ``seen_bias`` is first subtracted from the cosine of every
+   active name the student was trained on (calibrated stacking, see
+   :mod:`~vl_distill_ros.core.calibration`), so names it never saw are not crowded out.
 4. **Open set**: a crop whose best score is below ``unknown_threshold`` (or whose best raw
    cosine is below ``min_similarity``, off by default) is labelled ``"unknown"`` with
    ``known=False``; its ``top_k`` list still names the closest labels.
+   ``unknown_threshold`` and ``seen_bias`` of ``-1`` (the defaults) mean "the bundle's
+   calibrated value" (0.5 and 0 for a bundle without a calibration record).
 
 Vocabulary swaps are atomic: :meth:`PerceptionPipeline.set_vocabulary` replaces one
 reference to a frozen :class:`ActiveVocabulary`; :meth:`~PerceptionPipeline.process` reads
@@ -42,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .calibration import DEFAULT_UNKNOWN_THRESHOLD, bias_vector
 from .preprocess import preprocess_crops
 from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
 from .vocabulary import Vocabulary
@@ -59,6 +65,8 @@ CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")
 UNKNOWN_LABEL = "unknown"
 #: Default softmax temperature (CLIP's logit scale 100).
 DEFAULT_TEMPERATURE = 0.01
+#: ``unknown_threshold`` / ``seen_bias`` value meaning "the bundle's calibrated value".
+FROM_BUNDLE = -1.0
 
 
 class PipelineError(ValueError):
@@ -91,6 +99,8 @@ class ActiveVocabulary:
     vocabulary: Vocabulary
     embeddings: torch.Tensor
     version: int
+    #: (L,) 1.0 for names the student was trained on (they get the seen bias), else 0.
+    trained_mask: torch.Tensor | None = None
 
     @property
     def names(self) -> list[str]:
@@ -106,7 +116,10 @@ class PipelineSettings:
         crop_source: ``proposals``, ``full_frame`` or ``rois``.
         proposal_cfg: proposer settings (``proposals`` only).
         rois: fixed ``(x, y, w, h)`` regions (``rois`` only); clipped to each frame.
-        unknown_threshold: best softmax score below this -> ``"unknown"`` (0 disables).
+        unknown_threshold: best softmax score below this -> ``"unknown"`` (0 disables;
+            -1: the bundle's calibrated threshold).
+        seen_bias: cosine subtracted from trained names' similarities (0 disables; -1:
+            the bundle's calibrated bias).
         min_similarity: best raw cosine below this -> ``"unknown"`` (-1 disables).
         top_k: number of ``(label, score)`` pairs reported per object.
         score_temperature: softmax temperature applied to the cosine similarities.
@@ -119,12 +132,13 @@ class PipelineSettings:
     crop_source: str = "proposals"
     proposal_cfg: ProposalConfig = field(default_factory=ProposalConfig)
     rois: tuple[tuple[int, int, int, int], ...] = ()
-    unknown_threshold: float = 0.5
+    unknown_threshold: float = FROM_BUNDLE
     min_similarity: float = -1.0
     top_k: int = 3
     score_temperature: float = DEFAULT_TEMPERATURE
     min_box_size: int = 4
     fallback_full_frame: bool = False
+    seen_bias: float = FROM_BUNDLE
 
     def __post_init__(self) -> None:
         if self.crop_source not in CROP_SOURCES:
@@ -138,9 +152,11 @@ class PipelineSettings:
         object.__setattr__(self, "rois", tuple(rois))
         if self.crop_source == "rois" and not self.rois:
             raise PipelineError("crop_source 'rois' needs at least one roi (x, y, w, h)")
-        if not 0.0 <= float(self.unknown_threshold) <= 1.0:
-            raise PipelineError(f"unknown_threshold must be in [0, 1], got "
-                                f"{self.unknown_threshold}")
+        for name in ("unknown_threshold", "seen_bias"):
+            value = float(getattr(self, name))
+            if not (value == FROM_BUNDLE or 0.0 <= value <= 1.0):
+                raise PipelineError(f"{name} must be in [0, 1], or -1 for the bundle's "
+                                    f"calibrated value; got {getattr(self, name)}")
         if not -1.0 <= float(self.min_similarity) <= 1.0:
             raise PipelineError(f"min_similarity must be in [-1, 1], got {self.min_similarity}")
         if int(self.top_k) < 1:
@@ -176,7 +192,8 @@ class PipelineSettings:
             min_similarity=float(values["min_similarity"]), top_k=int(values["top_k"]),
             score_temperature=float(values["score_temperature"]),
             min_box_size=int(values["min_box_size"]),
-            fallback_full_frame=bool(values["proposal_fallback_full_frame"]))
+            fallback_full_frame=bool(values["proposal_fallback_full_frame"]),
+            seen_bias=float(values.get("seen_bias", FROM_BUNDLE)))
 
     def as_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of :class:`PerceptionPipeline` and
@@ -236,12 +253,13 @@ class PerceptionPipeline:
 
     def __init__(self, bundle: "Bundle", crop_source: str = "proposals",
                  proposal_cfg: ProposalConfig | None = None,
-                 rois: Sequence[Sequence[int]] = (), unknown_threshold: float = 0.5,
+                 rois: Sequence[Sequence[int]] = (), unknown_threshold: float = FROM_BUNDLE,
                  top_k: int = 3, score_temperature: float = DEFAULT_TEMPERATURE,
                  vocabulary: Vocabulary | None = None,
                  embeddings: torch.Tensor | None = None, min_similarity: float = -1.0,
                  min_box_size: int = 4, fallback_full_frame: bool = False,
-                 inference_backend: str = "auto", inference_threads: int = 2) -> None:
+                 inference_backend: str = "auto", inference_threads: int = 2,
+                 seen_bias: float = FROM_BUNDLE) -> None:
         from .runtime import make_runner
 
         self.student = bundle.student.eval()
@@ -249,12 +267,14 @@ class PerceptionPipeline:
         self.embed_dim = int(bundle.student.embed_dim)
         #: ONNX Runtime when available (checked against torch once), else torch eager.
         self.runner = make_runner(bundle, backend=inference_backend, threads=inference_threads)
+        #: The bundle's calibration record (None: no bias, the fixed default threshold).
+        self.calibration = bundle.calibration
         self._settings = PipelineSettings(
             crop_source=crop_source, proposal_cfg=proposal_cfg or ProposalConfig(),
             rois=tuple(tuple(r) for r in rois), unknown_threshold=float(unknown_threshold),
             min_similarity=float(min_similarity), top_k=int(top_k),
             score_temperature=float(score_temperature), min_box_size=int(min_box_size),
-            fallback_full_frame=bool(fallback_full_frame))
+            fallback_full_frame=bool(fallback_full_frame), seen_bias=float(seen_bias))
         if vocabulary is None:
             if embeddings is not None:
                 raise PipelineError("embeddings given without their vocabulary")
@@ -264,7 +284,26 @@ class PerceptionPipeline:
         self._write_lock = threading.Lock()
         self._active = ActiveVocabulary(vocabulary,
                                         _check_embeddings(vocabulary, embeddings, self.embed_dim),
-                                        version=1)
+                                        version=1, trained_mask=self._trained_mask(vocabulary))
+
+    def _trained_mask(self, vocab: Vocabulary) -> torch.Tensor:
+        names = self.calibration.trained_names if self.calibration else ()
+        return torch.from_numpy(bias_vector(vocab.names, names, 1.0))
+
+    def effective_seen_bias(self, settings: PipelineSettings | None = None) -> float:
+        """The seen bias in use: the setting, or the bundle's calibrated one for -1."""
+        s = settings or self._settings
+        if s.seen_bias != FROM_BUNDLE:
+            return float(s.seen_bias)
+        return self.calibration.seen_bias if self.calibration else 0.0
+
+    def effective_unknown_threshold(self, settings: PipelineSettings | None = None) -> float:
+        """The open-set threshold in use: the setting, or the bundle's for -1."""
+        s = settings or self._settings
+        if s.unknown_threshold != FROM_BUNDLE:
+            return float(s.unknown_threshold)
+        return self.calibration.unknown_threshold if self.calibration \
+            else DEFAULT_UNKNOWN_THRESHOLD
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -288,7 +327,8 @@ class PerceptionPipeline:
         """
         emb = _check_embeddings(vocab, embeddings, self.embed_dim)
         with self._write_lock:
-            new = ActiveVocabulary(vocab, emb, self._active.version + 1)
+            new = ActiveVocabulary(vocab, emb, self._active.version + 1,
+                                   trained_mask=self._trained_mask(vocab))
             self._active = new  # one reference assignment: atomic for readers
         return new.version
 
@@ -366,15 +406,19 @@ class PerceptionPipeline:
         with torch.inference_mode():
             emb = F.normalize(torch.from_numpy(self.runner.embed(batch)).float(), dim=-1)
             cos = emb @ active.embeddings.T                           # (N, L)
-            probs = torch.softmax(cos / settings.score_temperature, dim=-1)
+            bias = self.effective_seen_bias(settings)
+            adjusted = cos - bias * active.trained_mask if bias and \
+                active.trained_mask is not None else cos
+            probs = torch.softmax(adjusted / settings.score_temperature, dim=-1)
             k = min(int(settings.top_k), probs.shape[1])
             top_p, top_i = probs.topk(k, dim=-1)
             best_cos = cos.gather(1, top_i[:, :1]).squeeze(1)
         names = active.vocabulary.names
         top_p_l, top_i_l, best_cos_l = top_p.tolist(), top_i.tolist(), best_cos.tolist()
         objects = []
+        threshold = self.effective_unknown_threshold(settings)
         for box, ps, idx, bc in zip(boxes, top_p_l, top_i_l, best_cos_l):
-            known = ps[0] >= settings.unknown_threshold and bc >= settings.min_similarity
+            known = ps[0] >= threshold and bc >= settings.min_similarity
             objects.append(ObjectResult(
                 bbox=tuple(int(v) for v in box), label=names[idx[0]] if known else UNKNOWN_LABEL,
                 score=float(ps[0]), known=bool(known),

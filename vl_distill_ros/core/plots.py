@@ -189,3 +189,36 @@ def plot_results_bars(
     if runs:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path)
+
+
+def plot_bias_curve(curve: Sequence[Mapping[str, float]], path: str | Path,
+                    chosen: float | None = None,
+                    teacher: Mapping[str, float] | None = None,
+                    title: str = "Calibrated stacking: seen vs unseen accuracy") -> Path:
+    """Seen and unseen accuracy and H against the seen bias (left), and unseen against
+    seen accuracy (right), with the chosen bias and the teacher's point marked."""
+    plt = pyplot()
+    bias = [r["bias"] for r in curve]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("seen", "seen"), ("unseen", "unseen"), ("h", "H")):
+        ax.plot(bias, [100 * r[key] for r in curve], label=label)
+    if chosen is not None:
+        ax.axvline(chosen, color="k", ls="--", lw=1, label=f"chosen bias {chosen:.3f}")
+    ax.set_xlabel("seen bias (cosine)")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax2.plot([100 * r["seen"] for r in curve], [100 * r["unseen"] for r in curve],
+             label="student")
+    if chosen is not None:
+        row = min(curve, key=lambda r: abs(r["bias"] - chosen))
+        ax2.plot([100 * row["seen"]], [100 * row["unseen"]], "ko", label="student, chosen")
+    if teacher is not None:
+        ax2.plot([100 * teacher["seen"]], [100 * teacher["unseen"]], "r*", ms=12,
+                 label="teacher zero-shot")
+    ax2.set_xlabel("seen accuracy (%)")
+    ax2.set_ylabel("unseen accuracy (%)")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    return save_figure(fig, path)

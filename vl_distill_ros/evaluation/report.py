@@ -87,6 +87,8 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
         "macro_f1": scores["macro_f1"],
         "false_positives": scores["false_positives"],
         "not_in_vocabulary": scores.get("not_in_vocabulary"),
+        "gzsl": scores.get("gzsl"),
+        "open_set": scores.get("open_set"),
         "confusion": scores["confusion"],
         "latency_kind": "end_to_end" if rec.mode == "live" else "processing",
         "latency_ms": scores["latency_ms"],
@@ -132,7 +134,22 @@ def summary_table(report: Mapping[str, Any]) -> str:
     lines.append(f"{kind}: p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms "
                  f"(n={lat['n']}); macro F1 {_fmt(report['macro_f1'])}; false-positive boxes "
                  f"{report['false_positives']['boxes']}")
+    lines.append(_gzsl_line(report))
     return "\n".join(lines)
+
+
+def _gzsl_line(report: Mapping[str, Any]) -> str:
+    """``seen / unseen / H`` (per-class mean over matched objects) and the open-set line."""
+    g = report.get("gzsl") or {}
+    line = (f"per-class accuracy over the whole vocabulary: seen {_fmt(g.get('seen'))}, "
+            f"unseen {_fmt(g.get('unseen'))}, H {_fmt(g.get('h'))}")
+    o = report.get("open_set")
+    if o:
+        line += (f"; open set: {o['in_vocabulary']} in-vocabulary vs {o['out_of_vocabulary']} "
+                 f"out-of-vocabulary objects, AUROC {_fmt(o['auroc'])}, unknown rate "
+                 f"{_fmt(o['unknown_rate_in_vocabulary'])} / "
+                 f"{_fmt(o['unknown_rate_out_of_vocabulary'])}")
+    return line
 
 
 def markdown_report(report: Mapping[str, Any]) -> str:
@@ -163,6 +180,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             "end_to_end" else "processing time per frame")
     out.append(f"- {kind}: p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms, "
                f"max {_fmt(lat['max'], 1)} ms")
+    out.append(f"- {_gzsl_line(report)}")
     out.append(f"- macro F1 {_fmt(report['macro_f1'])}; false-positive boxes "
                f"{report['false_positives']['boxes']} ({report['false_positives']['known']} "
                "named, " f"{report['false_positives']['unknown']} unknown)")

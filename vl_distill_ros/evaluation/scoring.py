@@ -41,6 +41,13 @@ Confusion matrix
     Rows: ground-truth labels (ID first, then OOD, then other, each sorted); columns: the
     same labels, then labels only ever predicted, then ``unknown`` and ``(missed)``.
 
+Generalised zero-shot and open set
+    ``gzsl``: per-class mean accuracy over matched objects (each label's correct / matched,
+    averaged over the labels of the group) for ``seen`` (ID group) and ``unseen`` (OOD
+    group), and their harmonic mean ``h``. ``open_set`` (with ``vocabulary_names``): the
+    AUROC of the published ``score`` between matched objects whose label is in the active
+    vocabulary and those whose label is not, and the ``unknown`` rate of each.
+
 Frames and latency
     ``frames``: total, labelled, dropped (= total - labelled), with ground truth, evaluated
     (labelled and with ground truth), unexpected (labels for frames not in the input).
@@ -248,6 +255,8 @@ def score_frames(frames: Sequence[FrameKey],
     per_gt: dict[str, dict[str, int]] = {}   # folded GT label -> outcome counts
     confusion: dict[tuple[str, str], int] = {}
     fp_boxes = {"boxes": 0, "known": 0, "unknown": 0}
+    vocab_scores: dict[bool, list[float]] = {True: [], False: []}
+    vocab_unknown = {True: 0, False: 0}
     not_in_vocab = {"objects": 0, "rejected": 0}
     gt_in_dropped = 0
     with_gt = evaluated = 0
@@ -298,6 +307,10 @@ def score_frames(frames: Sequence[FrameKey],
                     outcome, pred_col = "wrong", pl
                     name_of(pl_raw)
                     fp_confused[pl] = fp_confused.get(pl, 0) + 1
+            if j is not None and vocab_fold is not None:
+                in_vocab = gl in vocab_fold
+                vocab_scores[in_vocab].append(float(preds[j].get("score", 0.0) or 0.0))
+                vocab_unknown[in_vocab] += outcome == "unknown"
             confusion[(gl, pred_col)] = confusion.get((gl, pred_col), 0) + 1
             outcome_counts[outcome] += 1
             if outcome != "missed":
@@ -359,6 +372,27 @@ def score_frames(frames: Sequence[FrameKey],
     col_names = [display.get(c, c) if c not in (MISSED_COLUMN,) else c for c in columns]
     col_names[-2] = UNKNOWN_LABEL
 
+    def class_mean(group: str) -> float | None:
+        accs = [per_gt[lb]["correct"] / per_gt[lb]["matched"] for lb in per_gt
+                if label_group.get(lb) == group and per_gt[lb]["matched"]]
+        return sum(accs) / len(accs) if accs else None
+
+    seen_acc, unseen_acc = class_mean("id"), class_mean("ood")
+    gzsl = {"seen": seen_acc, "unseen": unseen_acc,
+            "h": None if seen_acc is None or unseen_acc is None else
+            (0.0 if seen_acc + unseen_acc == 0 else
+             2 * seen_acc * unseen_acc / (seen_acc + unseen_acc))}
+    open_set = None
+    if vocab_fold is not None:
+        from ..core.calibration import auroc
+
+        n_in, n_out = len(vocab_scores[True]), len(vocab_scores[False])
+        a = auroc(vocab_scores[True], vocab_scores[False])
+        open_set = {"in_vocabulary": n_in, "out_of_vocabulary": n_out,
+                    "auroc": None if math.isnan(a) else a,
+                    "unknown_rate_in_vocabulary": _ratio(vocab_unknown[True], n_in),
+                    "unknown_rate_out_of_vocabulary": _ratio(vocab_unknown[False], n_out)}
+
     labelled = sum(1 for k in frames if k in labels)
     lat = [latencies_s[k] * 1e3 for k in frames if latencies_s and k in labels
            and latencies_s.get(k) is not None]
@@ -374,6 +408,8 @@ def score_frames(frames: Sequence[FrameKey],
         "macro_f1": (sum(f1s) / len(f1s)) if f1s else None,
         "false_positives": fp_boxes,
         "not_in_vocabulary": not_in_vocab if vocab_fold is not None else None,
+        "gzsl": gzsl,
+        "open_set": open_set,
         "confusion": {"rows": [display[r] for r in gt_labels], "columns": col_names,
                       "matrix": matrix},
         "latency_ms": percentiles(lat),

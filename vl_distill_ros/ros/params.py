@@ -145,9 +145,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Boxes narrower or shorter than this many pixels after clipping are dropped.",
               range=(1, 4096)),
     # -- scoring (dynamic) --------------------------------------------------------------------
-    ParamSpec("unknown_threshold", 0.5, "double",
+    ParamSpec("unknown_threshold", -1.0, "double",
               "Open set: a crop whose best softmax score is below this is labelled 'unknown' "
-              "(known: false). 0 disables.", range=(0.0, 1.0)),
+              "(known: false). -1: the bundle's calibrated threshold (0.5 for a bundle without "
+              "calibration); 0 disables. Allowed: -1 or 0..1.", range=(-1.0, 1.0)),
+    ParamSpec("seen_bias", -1.0, "double",
+              "Calibrated stacking: cosine subtracted from the similarity of every active name "
+              "the student was trained on, so names it never saw are not crowded out. -1: the "
+              "bundle's calibrated bias (0 for a bundle without calibration); 0 disables. "
+              "Allowed: -1 or 0..1.", range=(-1.0, 1.0)),
     ParamSpec("min_similarity", -1.0, "double",
               "Open set: a crop whose best raw cosine similarity is below this is labelled "
               "'unknown' (useful with tiny vocabularies, where softmax scores are high "
@@ -168,7 +174,7 @@ VOCABULARY_PARAMS = frozenset({"labels", "descriptions", "vocabulary_file"})
 SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",
-                             "min_box_size", "unknown_threshold",
+                             "min_box_size", "unknown_threshold", "seen_bias",
                              "min_similarity", "top_k", "score_temperature"})
 
 BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}

@@ -12,10 +12,67 @@ from .evaluate import evaluate_run
 from .trainer import FINAL, train
 
 TABLE_COLUMNS = ("X_id", "Y_id on X_ood", "Y_ood on X_ood", "all labels")
+#: Generalised zero-shot and open-set columns (rows evaluated with a calibration section).
+GZSL_TABLE_COLUMNS = ("uncalibrated seen (all)", "uncalibrated unseen (all)",
+                      "uncalibrated H (all)", "seen (all)", "unseen (all)", "H (all)",
+                      "open-set AUROC", "unknown rate OOV", "known rate ID-correct")
 
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _cell(values: list[float] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean`` for one run, ``mean ± std`` (sample std) for several; ``-`` for none."""
+    import math
+
+    vals = [v for v in (values or []) if v is not None and not math.isnan(v)]
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{scale * mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def aggregate_seeds(summaries: list[dict]) -> dict[str, list[float]]:
+    """Column -> the values of each seed's summary (in seed order)."""
+    cols: dict[str, list[float]] = {}
+    for summary in summaries:
+        for k, v in summary.items():
+            cols.setdefault(k, []).append(v)
+    return cols
+
+
+def gzsl_markdown(rows: list[dict]) -> str:
+    """The generalised zero-shot table: all labels at once, raw and calibrated, open set,
+    the teacher's zero-shot numbers on the same images; mean ± std over seeds."""
+    head = ("| distillation | seeds | seen | unseen | H | seen (cal.) | unseen (cal.) | "
+            "H (cal.) | Y_ood on X_ood | open-set AUROC | OOV unknown | ID-correct known | "
+            "train time |")
+    lines = [head, "|" + "---|" * 13]
+    cols = ("uncalibrated seen (all)", "uncalibrated unseen (all)", "uncalibrated H (all)",
+            "seen (all)", "unseen (all)", "H (all)", "Y_ood on X_ood", "open-set AUROC",
+            "unknown rate OOV", "known rate ID-correct")
+    for r in rows:
+        per = r.get("per_seed") or {k: [v] for k, v in r["summary"].items()}
+        cells = [_cell(per.get(c), 1.0 if c == "open-set AUROC" else 100.0,
+                       2 if c == "open-set AUROC" else 1) for c in cols]
+        lines.append(f"| {r['row']} | {len(r.get('seeds') or [0])} | " + " | ".join(cells)
+                     + f" | {r['train_s'] / 60:.1f} min |")
+    seen = set()
+    for r in rows:
+        if r["enrich"] in seen or "teacher H (all)" not in r["summary"]:
+            continue
+        seen.add(r["enrich"])
+        t = r["summary"]
+        name = "teacher zero-shot (" + ("enriched prompts" if r["enrich"] else "plain names") + ")"
+        lines.append(f"| {name} | - | {_pct(t.get('teacher seen (all)'))} | "
+                     f"{_pct(t.get('teacher unseen (all)'))} | {_pct(t.get('teacher H (all)'))} "
+                     f"| - | - | - | {_pct(t.get('teacher Y_ood on X_ood'))} | "
+                     f"{_cell([t.get('teacher open-set AUROC')], 1.0, 2)} | - | - | - |")
+    return "\n".join(lines) + "\n"
 
 
 def results_markdown(rows: list[dict]) -> str:
@@ -37,6 +94,16 @@ def results_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_seed(cfg, seed: int):
+    """A copy of ``cfg`` trained with ``optim.seed = seed`` into ``<output_dir>/seed<seed>``."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.optim.seed = int(seed)
+    out.output_dir = str(Path(cfg.output_dir) / f"seed{seed}")
+    return out
+
+
 def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool = False,
                  progress: bool = True) -> dict:
     """Run every row of an ablation YAML; write results.{json,md,png} to its out_dir."""
@@ -55,21 +122,39 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
                 rspec = load_render_spec(spec["render"], [f"out_dir={root}"])
                 print(f"[ablate] rendering {root}")
                 render_dataset(rspec, progress=progress)
+        if spec.get("render_aux"):
+            aux_spec = load_render_spec(spec["render_aux"])
+            if not (Path(aux_spec.out_dir) / "manifest.json").exists():
+                print(f"[ablate] rendering {aux_spec.out_dir}")
+                render_dataset(aux_spec, progress=progress)
     rows = []
+    seeds_of = {r["row"]: list(r.get("seeds") or []) for r in spec["runs"]}
     for row_name, cfg in cfgs:
-        run_dir = Path(cfg.output_dir)
-        timing = run_dir / "train_time.json"
-        if force or not (run_dir / FINAL).exists():
-            t0 = time.time()
-            train(cfg, resume=not force, progress=progress)
-            timing.write_text(json.dumps({"train_s": time.time() - t0}))
-        train_s = json.loads(timing.read_text())["train_s"] if timing.exists() else float("nan")
-        result = evaluate_run(run_dir, progress=progress)
+        seeds = seeds_of.get(row_name) or []
+        runs = [(cfg, Path(cfg.output_dir))] if not seeds else [
+            (_with_seed(cfg, seed), Path(cfg.output_dir) / f"seed{seed}") for seed in seeds]
+        summaries, times, first = [], [], None
+        for run_cfg, run_dir in runs:
+            timing = run_dir / "train_time.json"
+            if force or not (run_dir / FINAL).exists():
+                t0 = time.time()
+                train(run_cfg, resume=not force, progress=progress)
+                timing.write_text(json.dumps({"train_s": time.time() - t0}))
+            times.append(json.loads(timing.read_text())["train_s"] if timing.exists()
+                         else float("nan"))
+            result = evaluate_run(run_dir, progress=progress)
+            summaries.append(result["summary"])
+            first = first or result
+            print(f"[ablate] {row_name} ({run_dir}): " + json.dumps(result["summary"]))
+        per_seed = aggregate_seeds(summaries)
+        mean = {k: sum(v) / len(v) for k, v in per_seed.items()}
         rows.append({"row": row_name, "name": cfg.name, "enrich": cfg.data.enrich,
-                     "train_s": train_s, "summary": result["summary"],
-                     "vlalign": result["vlalign"], "embedding": result["embedding"]})
-        print(f"[ablate] {row_name}: " + json.dumps(result["summary"]))
+                     "train_s": sum(times) / len(times), "summary": mean,
+                     "seeds": seeds or [cfg.optim.seed], "per_seed": per_seed,
+                     "vlalign": first["vlalign"], "embedding": first["embedding"]})
     md = results_markdown(rows)
+    if any("H (all)" in r["summary"] for r in rows):
+        md += "\n" + gzsl_markdown(rows)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     from ..core.plots import plot_results_bars

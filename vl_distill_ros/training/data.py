@@ -95,8 +95,106 @@ def teacher_image_targets(teacher: LazyTeacher, data: LabeledImages, cache_dir: 
 def load_split_images(root: str | Path, split: str, vocab: Vocabulary,
                       size: int = 160) -> LabeledImages | None:
     """Images of a rendered split restricted to ``vocab``; None if the split is absent."""
-    folder = Path(root) / split
+    folder = split_folder(root, split)
     if not folder.is_dir():
         return None
     return load_image_folder(folder, vocab, keys=vocab.keys, size=size)
+
+
+def split_folder(root: str | Path, split: str) -> Path:
+    """``split`` as a folder: a plain name is a split under ``root``; a name with a ``/``
+    is a folder path of its own (e.g. ``data/ycb_aux/train_id_clutter``)."""
+    return Path(split) if "/" in split else Path(root) / split
+
+
+def _concat(parts: list[LabeledImages], vocab: Vocabulary) -> LabeledImages:
+    return LabeledImages(images=np.concatenate([p.images for p in parts]),
+                         labels=np.concatenate([p.labels for p in parts]),
+                         paths=[q for p in parts for q in p.paths], vocabulary=vocab)
+
+
+@dataclass
+class TrainingSet:
+    """Everything a run trains on.
+
+    Attributes:
+        data: all training images; ``labels`` index ``cls_vocab`` or are -1 (unlabelled
+            auxiliary images, used by the teacher-only losses alone).
+        cls_vocab: the label set of L_cls (the ID labels, plus the auxiliary names with
+            ``loss.cls_label_set: id+aux``); these are the names the student was trained on.
+        n_labelled_id: images of the split's ID objects.
+        n_aux: auxiliary images.
+    """
+
+    data: LabeledImages
+    cls_vocab: Vocabulary
+    n_labelled_id: int
+    n_aux: int
+
+
+def load_training_set(data_cfg: DataConfig, cls_label_set: str,
+                      vocabs: Vocabularies) -> TrainingSet | None:
+    """Labelled ID images of ``data.train_splits`` plus ``data.aux_splits``; None when the
+    first training split is missing (nothing rendered yet).
+
+    Raises:
+        DatasetError: an auxiliary folder holds an object of the split (ID or OOD): only
+            objects outside the split may be auxiliary, so no OOD image is ever trained on.
+    """
+    from ..core.data.image_folder import DatasetError, list_image_folder
+
+    parts = []
+    for name in data_cfg.train_splits:
+        part = load_split_images(data_cfg.root, name, vocabs.id)
+        if part is None:
+            if not parts:
+                return None
+            raise DatasetError(f"training split {split_folder(data_cfg.root, name)} not found")
+        parts.append(part)
+    n_id = sum(len(p) for p in parts)
+    full = Vocabulary.load(data_cfg.vocabulary)
+    if not data_cfg.enrich:
+        full = full.without_descriptions()
+    forbidden = set(vocabs.split.all_keys)
+    aux_keys: list[str] = []
+    aux_parts = []
+    for name in data_cfg.aux_splits:
+        folder = split_folder(data_cfg.root, name)
+        _, idx = list_image_folder(folder, full)
+        keys = [full[i].key for i in sorted(set(idx))]
+        bad = sorted(set(keys) & forbidden)
+        if bad:
+            raise DatasetError(f"auxiliary folder {folder} holds objects of the split {bad}; "
+                               "auxiliary images must show objects outside it")
+        aux_parts.append((folder, keys))
+        aux_keys += [k for k in keys if k not in aux_keys]
+    cls_vocab = vocabs.id
+    if cls_label_set == "id+aux" and aux_keys:
+        cls_vocab = full.subset(list(vocabs.id.keys) + aux_keys)
+    for folder, keys in aux_parts:
+        part = load_image_folder(folder, full, keys=keys)
+        if cls_label_set == "id+aux":
+            part.labels = np.array([cls_vocab.index(full[i].key) for i in part.labels])
+        else:
+            part.labels = np.full(len(part), -1, np.int64)
+        parts.append(part)
+    return TrainingSet(data=_concat(parts, cls_vocab), cls_vocab=cls_vocab,
+                       n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id)
+
+
+def broad_text_embeddings(teacher: LazyTeacher, data_cfg: DataConfig) -> torch.Tensor | None:
+    """(M, D) teacher text embeddings of ``data.broad_vocabulary`` (plain names with the
+    run's templates), or None when it is empty."""
+    spec = data_cfg.broad_vocabulary
+    if not spec:
+        return None
+    if spec == "imagenet":
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        names = list({n.strip().lower(): n.strip() for n in IMAGENET_CLASSNAMES}.values())
+        vocab = Vocabulary.from_names(names)
+    else:
+        vocab = Vocabulary.load(spec).without_descriptions()
+    return build_zero_shot_classifier(teacher.get().encode_texts, vocab, data_cfg.templates,
+                                      enrich=False)
 

@@ -18,6 +18,10 @@ from ..core.metrics import (accuracy, confusion_matrix, embedding_distances, mac
                             vl_alignment)
 from .data import (EVAL_SPLITS, LazyTeacher, load_split_images, load_vocabularies,
                    teacher_image_targets, text_classifier)
+from ..core.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, Calibration,
+                                adjusted_scores, auroc, bias_curve, bias_vector,
+                                gzsl_accuracies)
+from .calibrate import calibrate, read_calibration, write_calibration
 from .trainer import TrainingError, embed_images, load_trained_student
 
 SUMMARY_COLUMNS = {
@@ -75,6 +79,13 @@ def evaluate_run(run_dir: str | Path, data_root: str | None = None,
         raise TrainingError(f"no evaluation splits ({', '.join(EVAL_SPLITS)}) under "
                             f"{cfg.data.root}")
     s, t, y = torch.cat(all_s), torch.cat(all_t), np.concatenate(all_y)
+    calibration = _run_calibration(run_dir, student, cfg, teacher)
+    per_split = {split: (s_, t_, y_) for split, s_, t_, y_ in zip(
+        [k for k in EVAL_SPLITS if k in result["splits"]], all_s, all_t, all_y)}
+    result.update(generalised_zero_shot(per_split, text["all"], vocabs, calibration, out))
+    if cfg.calibration.openset_test:
+        result["open_set"] = open_set_metrics(student, teacher, cfg, per_split, text["all"],
+                                              vocabs, calibration, device, progress)
     emb = text["all"]
     sp = (s @ emb.T).argmax(1).numpy()
     tp = (t @ emb.T).argmax(1).numpy()
@@ -111,4 +122,113 @@ def summary_row(result: dict) -> dict[str, float]:
             row[f"teacher {col}"] = result["splits"][split]["teacher_acc"]
     row["all labels"] = result["all_labels"]["student_acc"]
     row["teacher all labels"] = result["all_labels"]["teacher_acc"]
+    g = result.get("gzsl")
+    if g:
+        for col, key in GZSL_COLUMNS.items():
+            row[col] = g["student_calibrated"][key]
+            row[f"teacher {col}"] = g["teacher"][key]
+            row[f"uncalibrated {col}"] = g["student"][key]
+    o = result.get("open_set")
+    if o:
+        row["open-set AUROC"] = o["auroc"]
+        row["teacher open-set AUROC"] = o["teacher_auroc"]
+        row["unknown rate OOV"] = o["unknown_rate_oov"]
+        row["known rate ID-correct"] = o["known_rate_correct_in_vocab"]
     return row
+
+
+#: Generalised zero-shot columns: clutter renders, all labels of the split at once.
+GZSL_COLUMNS = {"seen (all)": "seen", "unseen (all)": "unseen", "H (all)": "h"}
+
+
+def _run_calibration(run_dir, student, cfg, teacher) -> Calibration | None:
+    """The run's calibration record; computed (and saved) now for a run that predates it."""
+    record = read_calibration(run_dir)
+    if record is None and cfg.calibration.seen and cfg.calibration.unseen:
+        from .trainer import FINAL, load_checkpoint
+
+        final = Path(run_dir) / FINAL
+        names = None
+        if final.exists():
+            names = load_checkpoint(final).get("trained_names")
+        if names is None:
+            names = load_vocabularies(cfg.data).id.names
+        record, curve = calibrate(student, cfg, teacher, list(names), embed_images,
+                                  torch.device("cpu"))
+        write_calibration(run_dir, record, curve)
+    return record
+
+
+def generalised_zero_shot(per_split: dict, text_all: torch.Tensor, vocabs,
+                          calibration: Calibration | None, out: Path) -> dict:
+    """Seen / unseen / H over ALL labels on the shifted (clutter) renders: seen = ID objects
+    (``test_shift_id``), unseen = OOD objects (``test_ood``); per-class mean top-1, for the
+    student (raw and with the calibrated seen bias) and the teacher. Also writes
+    ``gzsl_bias_curve.png`` (seen vs unseen accuracy as the bias varies)."""
+    if "test_shift_id" not in per_split or "test_ood" not in per_split:
+        return {}
+    s = torch.cat([per_split["test_shift_id"][0], per_split["test_ood"][0]]).numpy()
+    t = torch.cat([per_split["test_shift_id"][1], per_split["test_ood"][1]]).numpy()
+    y = np.concatenate([per_split["test_shift_id"][2], per_split["test_ood"][2]])
+    is_seen = np.arange(len(y)) < len(per_split["test_shift_id"][2])
+    text = text_all.numpy()
+    trained = calibration.trained_names if calibration else vocabs.id.names
+    mask = bias_vector(vocabs.all.names, trained, 1.0) > 0
+    bias = calibration.seen_bias if calibration else 0.0
+
+    def pack(cos: np.ndarray, b: float) -> dict:
+        seen, unseen, h = gzsl_accuracies(cos, y, is_seen, mask, b)
+        return {"seen": seen, "unseen": unseen, "h": h, "bias": b}
+
+    cos_s, cos_t = s @ text.T, t @ text.T
+    curve = bias_curve(cos_s, y, is_seen, mask, max_bias=0.3)
+    from ..core.plots import plot_bias_curve
+
+    plot_bias_curve(curve, out / "gzsl_bias_curve.png", chosen=bias,
+                    teacher=pack(cos_t, 0.0))
+    return {"gzsl": {"student": pack(cos_s, 0.0), "student_calibrated": pack(cos_s, bias),
+                     "teacher": pack(cos_t, 0.0), "bias_curve": curve,
+                     "calibration": calibration.to_dict() if calibration else None}}
+
+
+def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Tensor, vocabs,
+                     calibration: Calibration | None, device, progress: bool) -> dict:
+    """Open set over all labels: in-vocabulary crops (``test_shift_id`` + ``test_ood``)
+    against crops of objects outside the vocabulary (``calibration.openset_test``, never
+    trained or calibrated on). Scores are the best calibrated softmax score, as the node
+    publishes it; reports AUROC and the unknown rates at the calibrated threshold."""
+    from ..core.data.image_folder import load_image_folder
+    from .calibrate import full_vocabulary, outside_split_keys
+
+    full = full_vocabulary(cfg)
+    keys = outside_split_keys(cfg.calibration.openset_test, full, vocabs, "openset_test")
+    data = load_image_folder(cfg.calibration.openset_test, full, keys=keys)
+    s_oov = embed_images(student, data.images, device).numpy()
+    t_oov = teacher_image_targets(teacher, data, cfg.data.cache_dir, cfg.teacher.batch_size,
+                                  progress=progress).numpy()
+    splits = [k for k in ("test_shift_id", "test_ood") if k in per_split]
+    s_in = torch.cat([per_split[k][0] for k in splits]).numpy()
+    t_in = torch.cat([per_split[k][1] for k in splits]).numpy()
+    y_in = np.concatenate([per_split[k][2] for k in splits])
+    text = text_all.numpy()
+    trained = calibration.trained_names if calibration else vocabs.id.names
+    bias = bias_vector(vocabs.all.names, trained,
+                       calibration.seen_bias if calibration else 0.0)
+    temp = calibration.score_temperature if calibration else DEFAULT_TEMPERATURE
+    thr = calibration.unknown_threshold if calibration else DEFAULT_UNKNOWN_THRESHOLD
+    p_in = adjusted_scores(s_in @ text.T, bias, temp)
+    p_oov = adjusted_scores(s_oov @ text.T, bias, temp)
+    pt_in = adjusted_scores(t_in @ text.T, 0.0 * bias, temp)
+    pt_oov = adjusted_scores(t_oov @ text.T, 0.0 * bias, temp)
+    best_in, best_oov = p_in.max(1), p_oov.max(1)
+    correct = p_in.argmax(1) == y_in
+    return {
+        "n_in_vocabulary": int(len(y_in)), "n_out_of_vocabulary": int(len(data)),
+        "oov_objects": keys, "unknown_threshold": thr, "score_temperature": temp,
+        "auroc": auroc(best_in, best_oov),
+        "teacher_auroc": auroc(pt_in.max(1), pt_oov.max(1)),
+        "unknown_rate_in_vocab": float(np.mean(best_in < thr)),
+        "unknown_rate_oov": float(np.mean(best_oov < thr)),
+        "known_rate_correct_in_vocab": float(np.mean(best_in[correct] >= thr))
+        if correct.any() else float("nan"),
+    }

@@ -7,6 +7,7 @@ from typing import Sequence
 from ..core.bundle import save_bundle
 from ..core.teachers.factory import teacher_spec
 from ..core.vocabulary import Vocabulary
+from .calibrate import read_calibration
 from .data import LazyTeacher, load_vocabularies, text_classifier
 from .trainer import TrainingError, load_trained_student
 
@@ -35,6 +36,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, vocabulary: str | None =
     if teacher.id != teacher_id:
         raise TrainingError(f"run was distilled from {teacher_id!r}, config gives {teacher.id!r}")
     text = text_classifier(teacher, vocab, cfg.data)
+    calibration = read_calibration(run_dir)
     return save_bundle(out, student, text, vocab, teacher_id, teacher_spec(cfg.teacher),
                        templates=list(cfg.data.templates), enrich=cfg.data.enrich,
-                       metrics=metrics, name=cfg.name, onnx=onnx)
+                       metrics=metrics, name=cfg.name, onnx=onnx, calibration=calibration)

@@ -29,8 +29,8 @@ from ..core.losses import DistillLoss
 from ..core.metrics import accuracy
 from ..core.preprocess import preprocess_crops
 from ..core.student import Student, build_student
-from .data import (LazyTeacher, load_split_images, load_vocabularies, teacher_image_targets,
-                   text_classifier)
+from .data import (LazyTeacher, broad_text_embeddings, load_split_images, load_training_set,
+                   load_vocabularies, teacher_image_targets, text_classifier)
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "student_final.pt"
@@ -168,10 +168,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     torch.manual_seed(cfg.optim.seed)
     np.random.seed(cfg.optim.seed)
     vocabs = load_vocabularies(cfg.data)
-    train_data = load_split_images(cfg.data.root, "train", vocabs.id)
-    if train_data is None:
-        raise TrainingError(f"no training images at {Path(cfg.data.root) / 'train'}; run "
-                            "`vl-distill render` first or point data.root at an image folder")
+    train_set = load_training_set(cfg.data, cfg.loss.cls_label_set, vocabs)
+    if train_set is None:
+        raise TrainingError(f"no training images at {Path(cfg.data.root) / cfg.data.train_splits[0]}"
+                            "; run `vl-distill render` first or point data.root at an image "
+                            "folder")
+    train_data = train_set.data
     val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
 
     teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
@@ -182,8 +184,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if not env.is_main:
         targets = teacher_image_targets(teacher, train_data, cfg.data.cache_dir,
                                         cfg.teacher.batch_size, progress=False, compute=False)
-    text_emb = text_classifier(teacher, vocabs.id, cfg.data).to(env.device)
+    text_emb = text_classifier(teacher, train_set.cls_vocab, cfg.data).to(env.device)
     embed_dim = text_emb.shape[1]
+    val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
+    broad = None
+    if cfg.loss.vlkl_weight > 0:
+        broad = broad_text_embeddings(teacher, cfg.data).to(env.device)
 
     student = build_student(cfg.student, embed_dim, load_weights=ckpt is None).to(env.device)
     if ckpt is not None:
@@ -214,7 +220,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     log = _CsvLog(out) if env.is_main else None
     if env.is_main:
         (out / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
-        print(f"[train] {cfg.name}: {n} images, {len(vocabs.id)} labels, teacher {teacher.id}, "
+        print(f"[train] {cfg.name}: {n} images ({train_set.n_labelled_id} labelled ID, "
+              f"{train_set.n_aux} auxiliary), L_cls over {len(train_set.cls_vocab)} labels, "
+              f"teacher {teacher.id}, "
               f"student {cfg.student.backbone}@{cfg.student.image_size}, world {env.world}, "
               f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs")
 
@@ -238,7 +246,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             x = augment(images_t[idx], aug_gen).to(env.device)
             s = model(x)
             total, parts = loss_fn(s, targets[idx].to(env.device), text_emb,
-                                   labels_t[idx].to(env.device))
+                                   labels_t[idx].to(env.device), broad)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -252,7 +260,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if env.is_main:
             if val_data is not None:
                 emb = embed_images(student, val_data.images, env.device)
-                pred = (emb @ text_emb.cpu().T).argmax(1).numpy()
+                pred = (emb @ val_text.T).argmax(1).numpy()
                 row["val_id_acc"] = accuracy(pred, val_data.labels)
             log.append(row)
             _atomic_torch_save({"epoch": epoch + 1, "student": student.state_dict(),
@@ -264,11 +272,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
     if env.is_main:
         _atomic_torch_save({"student": student.state_dict(), "config": to_dict(cfg),
-                            "teacher_id": teacher.id, "embed_dim": embed_dim}, out / FINAL)
+                            "teacher_id": teacher.id, "embed_dim": embed_dim,
+                            "trained_names": train_set.cls_vocab.names}, out / FINAL)
         if log.rows:
             from ..core.plots import plot_training_curves
 
             plot_training_curves(log.rows, out / "training_curves.png")
+        if cfg.calibration.seen and cfg.calibration.unseen:
+            from .calibrate import calibrate, write_calibration
+
+            record, curve = calibrate(student, cfg, teacher, train_set.cls_vocab.names,
+                                      embed_images, env.device)
+            write_calibration(out, record, curve)
+            print(f"[train] calibration: seen_bias={record.seen_bias:.4f} "
+                  f"unknown_threshold={record.unknown_threshold:.4f} "
+                  f"(seen {record.chosen_on['seen_acc']:.3f}, pseudo-unseen "
+                  f"{record.chosen_on['unseen_acc']:.3f}, H {record.chosen_on['h']:.3f})")
     _barrier(env)
     if env.world > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -684,6 +684,10 @@ class RenderSpec:
     splits: dict[str, SplitSpec] = field(default_factory=dict)
     #: Keys never used as clutter distractors (besides every rendered object).
     distractor_exclude: list[str] = field(default_factory=list)
+    #: When non-empty, clutter distractors come only from these keys (rendered objects
+    #: included; ``distractor_exclude`` still applies). Empty: every model that is neither
+    #: rendered nor excluded.
+    distractor_pool: list[str] = field(default_factory=list)
 
 
 def view_seed(seed: int, split: str, key: str, index: int) -> list[int]:
@@ -765,7 +769,16 @@ def render_dataset(spec: RenderSpec, progress: bool = True) -> Path:
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    exclude = set(spec.distractor_exclude) | set(wanted)
+    if spec.distractor_pool:
+        unknown_pool = [k for k in spec.distractor_pool if k not in models]
+        if unknown_pool:
+            raise _unknown_keys_error(unknown_pool, list(models), Path(spec.models_dir))
+        clash = sorted(set(spec.distractor_pool) & set(spec.distractor_exclude))
+        if clash:
+            raise RenderError(f"distractor_pool lists excluded keys {clash}")
+        exclude = set(models) - set(spec.distractor_pool)
+    else:
+        exclude = set(spec.distractor_exclude) | set(wanted)
     total = sum(len(s.objects) * s.views for s in spec.splits.values())
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     records: list[dict[str, Any]] = []

@@ -1,0 +1,92 @@
+"""Calibrated stacking and open-set scoring (vl_distill_ros.core.calibration)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vl_distill_ros.core.calibration import (Calibration, CalibrationError, adjusted_scores,
+                                             auroc, bias_curve, bias_vector, choose_seen_bias,
+                                             gzsl_accuracies, harmonic_mean,
+                                             mean_class_accuracy, threshold_for_coverage)
+
+
+def test_bias_vector_matches_trained_names_case_and_space_insensitively():
+    v = bias_vector(["Banana", "zebra", "power  drill"], ["banana", "power drill"], 0.2)
+    assert v.tolist() == pytest.approx([0.2, 0.0, 0.2])
+
+
+def test_adjusted_scores_subtract_the_bias_before_the_softmax():
+    cos = np.array([[0.50, 0.45]])
+    plain = adjusted_scores(cos, np.zeros(2), 0.01)
+    biased = adjusted_scores(cos, np.array([0.1, 0.0]), 0.01)
+    assert plain.argmax() == 0 and biased.argmax() == 1
+    assert biased.sum() == pytest.approx(1.0)
+    # softmax((0.40, 0.45) / 0.01) by hand
+    assert biased[0, 1] == pytest.approx(1 / (1 + np.exp(-5.0)))
+
+
+def test_mean_class_accuracy_weights_classes_equally():
+    target = np.array([0, 0, 0, 0, 1])
+    pred = np.array([0, 0, 0, 0, 0])
+    assert mean_class_accuracy(pred, target) == pytest.approx(0.5)
+    assert harmonic_mean(1.0, 0.0) == 0.0
+    assert harmonic_mean(0.5, 0.5) == pytest.approx(0.5)
+
+
+def test_auroc_against_hand_counts():
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auroc([0.1], [0.9]) == 0.0
+    # one tie counts one half: pairs (0.5 vs 0.5) = 0.5, (0.5 vs 0.1) = 1 -> 0.75
+    assert auroc([0.5], [0.5, 0.1]) == pytest.approx(0.75)
+    assert np.isnan(auroc([], [0.1]))
+
+
+def _toy_gzsl():
+    # labels 0, 1 are trained ("seen"), 2 is not; unseen samples (true label 2) score a bit
+    # higher on label 0 than on their own label unless a bias is subtracted.
+    cos = np.array([[0.9, 0.1, 0.2],    # seen, class 0
+                    [0.1, 0.8, 0.2],    # seen, class 1
+                    [0.55, 0.1, 0.5],   # unseen, class 2
+                    [0.52, 0.1, 0.5]])  # unseen, class 2
+    target = np.array([0, 1, 2, 2])
+    is_seen = np.array([True, True, False, False])
+    mask = np.array([True, True, False])
+    return cos, target, is_seen, mask
+
+
+def test_calibrated_stacking_recovers_unseen_classes():
+    cos, target, is_seen, mask = _toy_gzsl()
+    assert gzsl_accuracies(cos, target, is_seen, mask, 0.0) == (1.0, 0.0, 0.0)
+    seen, unseen, h = gzsl_accuracies(cos, target, is_seen, mask, 0.1)
+    assert (seen, unseen, h) == (1.0, 1.0, 1.0)
+    curve = bias_curve(cos, target, is_seen, mask, max_bias=0.3, step=0.01)
+    best = choose_seen_bias(curve)
+    # the smallest bias that flips both unseen samples: > 0.05, and seen stays right
+    assert 0.05 < best["bias"] <= 0.06 and best["h"] == 1.0
+    # too much bias costs the seen classes
+    assert gzsl_accuracies(cos, target, is_seen, mask, 0.75)[0] < 1.0
+
+
+def test_threshold_keeps_the_requested_coverage():
+    scores = np.linspace(0.0, 1.0, 101)
+    thr = threshold_for_coverage(scores, 0.9)
+    assert np.mean(scores >= thr) >= 0.9
+    assert np.mean(scores >= thr + 0.011) < 0.9
+    with pytest.raises(CalibrationError):
+        threshold_for_coverage(scores, 0.0)
+
+
+def test_record_round_trip_and_validation():
+    rec = Calibration(seen_bias=0.05, unknown_threshold=0.4, score_temperature=0.01,
+                      trained_names=("banana", "bowl"), chosen_on={"n_seen": 3})
+    assert Calibration.from_dict(rec.to_dict()) == rec
+    bad = [dict(rec.to_dict(), seen_bias=1.5), dict(rec.to_dict(), unknown_threshold=-0.1),
+           dict(rec.to_dict(), seen_bias="x"), dict(rec.to_dict(), score_temperature=0),
+           dict(rec.to_dict(), trained_names="banana"), dict(rec.to_dict(), extra=1)]
+    for data in bad:
+        with pytest.raises(CalibrationError):
+            Calibration.from_dict(data)
+    incomplete = rec.to_dict()
+    del incomplete["unknown_threshold"]
+    with pytest.raises(CalibrationError, match="lacks"):
+        Calibration.from_dict(incomplete)

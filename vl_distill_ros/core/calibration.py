@@ -1,0 +1,192 @@
+"""Calibration of mixed vocabularies: calibrated stacking and the open-set threshold.
+
+A student distilled with labels scores the names it was trained on higher than names it
+never saw, so with a vocabulary mixing both, unseen objects are labelled as trained ones.
+Calibrated stacking (Chao et al., ECCV 2016) subtracts a constant ``seen_bias`` from the
+cosine similarity of every trained name::
+
+    adjusted[i, l] = cos(S(x_i), T_txt(l)) - seen_bias * [l is a trained name]
+    score[i, l]    = softmax_l(adjusted[i, l] / temperature)
+
+A crop whose best score is below ``unknown_threshold`` is ``unknown``. Both numbers are
+chosen after training on calibration images that never include the split's OOD objects
+(ID objects plus pseudo-unseen auxiliary objects) and stored in the bundle as a
+:class:`Calibration` record. This module is ROS-free and training-free: the node, the
+evaluator and the calibration step all import it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["Calibration", "CalibrationError", "bias_vector", "adjusted_scores",
+           "mean_class_accuracy", "harmonic_mean", "auroc", "choose_seen_bias",
+           "threshold_for_coverage"]
+
+#: Fallbacks used when a bundle has no calibration record (behaviour before calibration).
+DEFAULT_UNKNOWN_THRESHOLD = 0.5
+DEFAULT_TEMPERATURE = 0.01
+
+
+class CalibrationError(ValueError):
+    """A calibration record or setting is out of range; the message says which."""
+
+
+def _fold(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration record stored in a bundle's manifest.
+
+    Attributes:
+        seen_bias: cosine subtracted from the trained names' similarities, in [0, 1].
+        unknown_threshold: best softmax score below this -> ``unknown``, in [0, 1].
+        score_temperature: softmax temperature the threshold was chosen at, > 0.
+        trained_names: the names the student was trained on with labels (L_cls).
+        chosen_on: how the numbers were chosen (image folders, counts, accuracies).
+    """
+
+    seen_bias: float
+    unknown_threshold: float
+    score_temperature: float
+    trained_names: tuple[str, ...]
+    chosen_on: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("seen_bias", 0.0, 1.0), ("unknown_threshold", 0.0, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not lo <= float(value) <= hi:
+                raise CalibrationError(f"calibration {name} must be a number in [{lo}, {hi}], "
+                                       f"got {value!r}")
+        t = self.score_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) <= 10.0:
+            raise CalibrationError(f"calibration score_temperature must be in (0, 10], got {t!r}")
+        names = self.trained_names
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or \
+                not all(isinstance(n, str) and n.strip() for n in names):
+            raise CalibrationError("calibration trained_names must be a list of non-empty "
+                                   f"names, got {names!r}")
+        if not isinstance(self.chosen_on, dict):
+            raise CalibrationError("calibration chosen_on must be a mapping")
+        object.__setattr__(self, "trained_names", tuple(names))
+        object.__setattr__(self, "seen_bias", float(self.seen_bias))
+        object.__setattr__(self, "unknown_threshold", float(self.unknown_threshold))
+        object.__setattr__(self, "score_temperature", float(t))
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the manifest's ``calibration`` entry)."""
+        d = asdict(self)
+        d["trained_names"] = list(self.trained_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Calibration":
+        """Validate a manifest entry; raises :class:`CalibrationError` naming the problem."""
+        if not isinstance(data, dict):
+            raise CalibrationError(f"calibration record must be a mapping, got {type(data).__name__}")
+        required = {"seen_bias", "unknown_threshold", "score_temperature", "trained_names"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise CalibrationError(f"calibration record lacks {missing}")
+        unknown = sorted(set(data) - required - {"chosen_on"})
+        if unknown:
+            raise CalibrationError(f"calibration record has unknown keys {unknown}")
+        return cls(seen_bias=data["seen_bias"], unknown_threshold=data["unknown_threshold"],
+                   score_temperature=data["score_temperature"],
+                   trained_names=data["trained_names"], chosen_on=data.get("chosen_on", {}))
+
+
+def bias_vector(names: Sequence[str], trained_names: Sequence[str], seen_bias: float) -> np.ndarray:
+    """(L,) float32: ``seen_bias`` for each of ``names`` that matches a trained name
+    (case- and whitespace-insensitive), else 0."""
+    trained = {_fold(n) for n in trained_names}
+    return np.array([seen_bias if _fold(n) in trained else 0.0 for n in names], np.float32)
+
+
+def adjusted_scores(cos: np.ndarray, bias: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax over ``(cos - bias) / temperature`` along the last axis."""
+    z = (np.asarray(cos, np.float64) - np.asarray(bias, np.float64)) / float(temperature)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def mean_class_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Per-class mean top-1 accuracy over the classes present in ``target`` (0 if empty)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    classes = np.unique(target)
+    if classes.size == 0:
+        return 0.0
+    return float(np.mean([np.mean(pred[target == c] == c) for c in classes]))
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """H = 2ab / (a + b) (0 when both are 0)."""
+    return 0.0 if a + b <= 0 else 2.0 * a * b / (a + b)
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Area under the ROC curve of scores where ``positive`` should score higher (ties
+    count one half); NaN when either side is empty."""
+    pos, neg = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    allv = np.concatenate([pos, neg])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty_like(order, dtype=np.float64)
+    sorted_v = allv[order]
+    # average ranks over ties
+    i = 0
+    while i < len(sorted_v):
+        j = i
+        while j + 1 < len(sorted_v) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    u = ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+def gzsl_accuracies(cos: np.ndarray, target: np.ndarray, is_seen_sample: np.ndarray,
+                    trained_mask: np.ndarray, bias: float) -> tuple[float, float, float]:
+    """(seen, unseen, H) per-class mean accuracies with the bias applied to trained names."""
+    pred = (np.asarray(cos) - bias * np.asarray(trained_mask, np.float64)).argmax(axis=1)
+    seen = mean_class_accuracy(pred[is_seen_sample], target[is_seen_sample])
+    unseen = mean_class_accuracy(pred[~is_seen_sample], target[~is_seen_sample])
+    return seen, unseen, harmonic_mean(seen, unseen)
+
+
+def bias_curve(cos: np.ndarray, target: np.ndarray, is_seen_sample: np.ndarray,
+               trained_mask: np.ndarray, max_bias: float = 0.3,
+               step: float = 0.0025) -> list[dict[str, float]]:
+    """Seen/unseen accuracy and H for each bias in ``[0, max_bias]`` (the plot's data)."""
+    biases = np.round(np.arange(0.0, max_bias + 1e-9, step), 6)
+    out = []
+    for b in biases:
+        s, u, h = gzsl_accuracies(cos, target, is_seen_sample, trained_mask, float(b))
+        out.append({"bias": float(b), "seen": s, "unseen": u, "h": h})
+    return out
+
+
+def choose_seen_bias(curve: list[dict[str, float]]) -> dict[str, float]:
+    """The row of :func:`bias_curve` with the highest H (the smallest bias among ties)."""
+    if not curve:
+        raise CalibrationError("empty bias curve")
+    best = max(curve, key=lambda r: (round(r["h"], 9), -r["bias"]))
+    return dict(best)
+
+
+def threshold_for_coverage(correct_scores: np.ndarray, coverage: float) -> float:
+    """The largest threshold that keeps ``coverage`` of ``correct_scores`` at or above it."""
+    if not 0.0 < coverage <= 1.0:
+        raise CalibrationError(f"coverage must be in (0, 1], got {coverage}")
+    scores = np.sort(np.asarray(correct_scores, np.float64))
+    if scores.size == 0:
+        return DEFAULT_UNKNOWN_THRESHOLD
+    k = int(np.floor((1.0 - coverage) * scores.size))
+    return float(np.clip(scores[min(k, scores.size - 1)], 0.0, 1.0))
