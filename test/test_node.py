@@ -629,7 +629,7 @@ def test_config_yaml_is_a_valid_ros_params_file(ctx, bundle_path, tmp_path):
     try:
         assert node.get_parameter("crop_source").value == "full_frame"
         assert node.get_parameter("image_topics").value == ["image"]
-        assert node.get_parameter("score_temperature").value == 0.01
+        assert node.get_parameter("score_temperature").value == 0.0
         assert node.get_parameter("labels").value == NAMES  # empty -> the bundle's vocabulary
         assert list(node.get_parameter("rois").value) == []
     finally:

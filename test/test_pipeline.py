@@ -203,7 +203,7 @@ def test_vocabulary_swap_is_atomic_and_versioned(bundle, direction, text_emb):
 
 def test_settings_validation(bundle):
     pipe = PerceptionPipeline(bundle, crop_source="full_frame")
-    for bad in ({"crop_source": "everything"}, {"top_k": 0}, {"score_temperature": 0.0},
+    for bad in ({"crop_source": "everything"}, {"top_k": 0}, {"score_temperature": -1.0},
                 {"unknown_threshold": 1.5}, {"crop_source": "rois", "rois": []},
                 {"nonsense": 1}, {"proposal_cfg": {"min_area_frac": 0.9, "max_area_frac": 0.1}}):
         with pytest.raises(PipelineError):
@@ -253,7 +253,7 @@ def test_draw_annotations_draws_on_a_copy(bundle):
 # ---------------------------------------------------------------------------------------
 # Calibration from the bundle: seen bias (calibrated stacking) and the open-set threshold
 # ---------------------------------------------------------------------------------------
-def _calibrated_bundle(tmp_path, text_emb, direction, **record):
+def _calibrated_bundle(tmp_path, text_emb, direction, trained_embeddings=None, **record):
     from vl_distill_ros.core.calibration import Calibration
 
     student = build_student(SMALL, DIM)
@@ -264,7 +264,8 @@ def _calibrated_bundle(tmp_path, text_emb, direction, **record):
                          "trained_names": ("power drill",), **record})
     path = save_bundle(tmp_path / "cal.vdb", student, text_emb, Vocabulary.from_names(NAMES),
                        "fake-teacher:v1", {"backend": "fake", "id": "fake-teacher:v1"},
-                       ["a photo of a {name}."], enrich=False, calibration=cal, onnx=False)
+                       ["a photo of a {name}."], enrich=False, calibration=cal, onnx=False,
+                       trained_embeddings=trained_embeddings)
     return load_bundle(path)
 
 
@@ -326,3 +327,43 @@ def test_bundle_with_a_bad_calibration_record_is_rejected(tmp_path, text_emb, di
     bad = rewrite_zip(good, tmp_path / "bad.vdb", tamper)
     with pytest.raises(BundleError, match="calibration"):
         load_bundle(bad)
+
+
+def test_negative_names_lower_the_score_of_look_alikes(tmp_path, text_emb, direction):
+    """A trained name outside the vocabulary whose embedding is what the crop looks like
+    takes the probability mass: every active name scores low, the crop becomes unknown."""
+    trained = torch.stack([text_emb[2], direction])          # 'power drill', 'zebra'
+    b = _calibrated_bundle(tmp_path, text_emb, direction, trained_embeddings=trained,
+                           trained_names=("power drill", "zebra"), negatives=True,
+                           negative_similarity=0.999, unknown_threshold=0.5)
+    assert b.trained_embeddings.shape == (2, DIM)
+    pipe = PerceptionPipeline(b, crop_source="full_frame", seen_bias=0.0)
+    assert pipe.active.negatives.shape == (1, DIM)             # only 'zebra'
+    (o,), _ = pipe.process(frame())
+    cos = text_emb @ direction
+    cos64 = cos.double()
+    # softmax over the 4 labels plus the negative (cosine 1: the crop's own direction)
+    expect = torch.exp((cos64 - 1) / 0.01) / (torch.exp((cos64 - 1) / 0.01).sum() + 1.0)
+    assert o.top_k[0][0] == "power drill" and not o.known
+    assert o.score == pytest.approx(float(expect.max()), rel=1e-3)
+    assert sum(s for _, s in o.top_k) < 1.0
+    pipe.configure(negative_names=False)
+    (o,), _ = pipe.process(frame())
+    assert o.known and o.label == "power drill"
+    # 'zebra' in the vocabulary is a label, not a negative
+    pipe.configure(negative_names=True)
+    pipe.set_vocabulary(Vocabulary.from_names(NAMES + ["zebra"]),
+                        torch.cat([text_emb, direction[None]]))
+    assert pipe.active.negatives.shape == (0, DIM)
+    (o,), _ = pipe.process(frame())
+    assert o.label == "zebra" and o.known
+
+
+def test_negatives_without_their_embeddings_are_refused(tmp_path, text_emb, direction):
+    from vl_distill_ros.core.bundle import BundleError
+
+    with pytest.raises(BundleError, match="embeddings"):
+        _calibrated_bundle(tmp_path, text_emb, direction, negatives=True)
+    with pytest.raises(BundleError, match="do not match"):
+        _calibrated_bundle(tmp_path, text_emb, direction, negatives=True,
+                           trained_embeddings=torch.zeros(3, DIM))

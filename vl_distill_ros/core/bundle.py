@@ -41,6 +41,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "student.pt"
 TEXT_EMB = "text_embeddings.npy"
 ONNX_MODEL = "student.onnx"
+TRAINED_EMB = "trained_text_embeddings.npy"
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class Bundle:
     #: Seen bias and open-set threshold chosen after training, or None (older bundles:
     #: no bias, the fixed default threshold).
     calibration: Calibration | None = None
+    #: (T, D) teacher text embeddings of ``calibration.trained_names`` (open-set
+    #: negatives), or None.
+    trained_embeddings: torch.Tensor | None = None
 
     @property
     def teacher_id(self) -> str:
@@ -92,11 +96,14 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
                 vocabulary: Vocabulary, teacher_id: str, teacher_spec: dict[str, Any],
                 templates: list[str], enrich: bool, metrics: dict | None = None,
                 name: str = "", onnx: bool = True,
-                calibration: Calibration | None = None) -> Path:
+                calibration: Calibration | None = None,
+                trained_embeddings: torch.Tensor | np.ndarray | None = None) -> Path:
     """Write a bundle atomically (temp file in the same folder, fsync, rename).
 
     ``calibration`` (optional) is stored as the manifest's ``calibration`` record: the
-    seen bias, open-set threshold and trained names the node applies by default.
+    seen bias, open-set threshold and trained names the node applies by default; a record
+    with ``negatives`` needs ``trained_embeddings`` (one row per trained name), stored as
+    ``trained_text_embeddings.npy``.
 
     With ``onnx=True`` the student is also exported to ONNX (member ``student.onnx``,
     checksummed like the others). If the export fails the bundle is written without it
@@ -112,6 +119,18 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
     emb_bytes = io.BytesIO()
     np.save(emb_bytes, emb.astype(np.float32))
     members = {WEIGHTS: weights.getvalue(), TEXT_EMB: emb_bytes.getvalue()}
+    if calibration is not None and calibration.negatives:
+        if trained_embeddings is None:
+            raise BundleError("a calibration record with negatives needs the trained names' "
+                              "text embeddings")
+        tr = np.asarray(torch.as_tensor(trained_embeddings).detach().float().cpu())
+        if tr.shape != (len(calibration.trained_names), student.embed_dim):
+            raise BundleError(f"trained embeddings {tr.shape} do not match "
+                              f"{len(calibration.trained_names)} trained names x "
+                              f"{student.embed_dim} dims")
+        tr_bytes = io.BytesIO()
+        np.save(tr_bytes, tr.astype(np.float32))
+        members[TRAINED_EMB] = tr_bytes.getvalue()
     onnx_info: dict | None = None
     if onnx:
         from .runtime import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, RuntimeBackendError, \
@@ -213,6 +232,20 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
             calibration = Calibration.from_dict(manifest["calibration"])
         except CalibrationError as exc:
             raise BundleError(f"{path}: invalid calibration record: {exc}") from None
+    trained_emb = None
+    if calibration is not None and calibration.negatives:
+        if TRAINED_EMB not in members:
+            raise BundleError(f"{path}: calibration record uses negatives but {TRAINED_EMB} "
+                              "is missing")
+        try:
+            tr = np.load(io.BytesIO(members[TRAINED_EMB]), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise BundleError(f"{path}: cannot read {TRAINED_EMB}: {exc}") from None
+        if tr.shape != (len(calibration.trained_names), embed_dim) or \
+                not np.isfinite(tr).all():
+            raise BundleError(f"{path}: {TRAINED_EMB} has shape {tr.shape} (or non-finite "
+                              f"values), expected ({len(calibration.trained_names)}, {embed_dim})")
+        trained_emb = torch.from_numpy(tr).float()
     try:
         emb = np.load(io.BytesIO(members[TEXT_EMB]), allow_pickle=False)
     except (KeyError, ValueError, OSError) as exc:
@@ -237,7 +270,7 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
                   text_embeddings=torch.from_numpy(emb).float(), vocabulary=vocabulary,
                   templates=list(voc.get("templates") or ["a photo of a {name}."]),
                   enrich=bool(voc.get("enrich", True)), onnx_bytes=members.get(ONNX_MODEL),
-                  calibration=calibration)
+                  calibration=calibration, trained_embeddings=trained_emb)
 
 
 def zlib_error() -> type[Exception]:

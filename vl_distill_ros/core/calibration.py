@@ -8,11 +8,24 @@ cosine similarity of every trained name::
     adjusted[i, l] = cos(S(x_i), T_txt(l)) - seen_bias * [l is a trained name]
     score[i, l]    = softmax_l(adjusted[i, l] / temperature)
 
-A crop whose best score is below ``unknown_threshold`` is ``unknown``. Both numbers are
-chosen after training on calibration images that never include the split's OOD objects
-(ID objects plus pseudo-unseen auxiliary objects) and stored in the bundle as a
-:class:`Calibration` record. This module is ROS-free and training-free: the node, the
-evaluator and the calibration step all import it.
+**Negative names** (open set). The student also learned names outside any operator's
+vocabulary (the auxiliary objects it was distilled on with labels). Those trained names
+that are not in the active vocabulary, and whose text embedding is not close to an active
+name (cosine below ``negative_similarity``), join the softmax as negatives, but are never
+published::
+
+    score[i, l] = exp(adjusted[i, l] / T) / (sum_active exp(adjusted / T)
+                                              + sum_negatives exp(cos(S(x_i), neg) / T))
+
+so a crop that looks like an object the student knows by another name gets a low score for
+every active name (cf. negative-label open-set detection, Jiang et al., ICLR 2024). The
+scores of a frame then sum to at most 1.
+
+A crop whose best score is below ``unknown_threshold`` is ``unknown``. The bias, the
+temperature and the threshold are chosen after training on calibration images that never
+include the split's OOD objects (ID objects plus pseudo-unseen auxiliary objects) and
+stored in the bundle as a :class:`Calibration` record. This module is ROS-free and
+training-free: the node, the evaluator and the calibration step all import it.
 """
 from __future__ import annotations
 
@@ -21,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Calibration", "CalibrationError", "bias_vector", "adjusted_scores",
+__all__ = ["Calibration", "CalibrationError", "bias_vector", "adjusted_scores", "negative_mask",
            "mean_class_accuracy", "harmonic_mean", "auroc", "choose_seen_bias",
            "threshold_for_coverage"]
 
@@ -55,6 +68,10 @@ class Calibration:
     score_temperature: float
     trained_names: tuple[str, ...]
     chosen_on: dict = field(default_factory=dict)
+    #: Trained names not in the active vocabulary act as negatives (needs their text
+    #: embeddings in the bundle); negatives this close (cosine) to an active name are dropped.
+    negatives: bool = False
+    negative_similarity: float = 0.8
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("seen_bias", 0.0, 1.0), ("unknown_threshold", 0.0, 1.0)):
@@ -73,6 +90,14 @@ class Calibration:
                                    f"names, got {names!r}")
         if not isinstance(self.chosen_on, dict):
             raise CalibrationError("calibration chosen_on must be a mapping")
+        if not isinstance(self.negatives, bool):
+            raise CalibrationError(f"calibration negatives must be true/false, got "
+                                   f"{self.negatives!r}")
+        ns = self.negative_similarity
+        if isinstance(ns, bool) or not isinstance(ns, (int, float)) or not -1.0 <= ns <= 1.0:
+            raise CalibrationError(f"calibration negative_similarity must be in [-1, 1], got "
+                                   f"{ns!r}")
+        object.__setattr__(self, "negative_similarity", float(ns))
         object.__setattr__(self, "trained_names", tuple(names))
         object.__setattr__(self, "seen_bias", float(self.seen_bias))
         object.__setattr__(self, "unknown_threshold", float(self.unknown_threshold))
@@ -93,12 +118,15 @@ class Calibration:
         missing = sorted(required - set(data))
         if missing:
             raise CalibrationError(f"calibration record lacks {missing}")
-        unknown = sorted(set(data) - required - {"chosen_on"})
+        unknown = sorted(set(data) - required - {"chosen_on", "negatives",
+                                                 "negative_similarity"})
         if unknown:
             raise CalibrationError(f"calibration record has unknown keys {unknown}")
         return cls(seen_bias=data["seen_bias"], unknown_threshold=data["unknown_threshold"],
                    score_temperature=data["score_temperature"],
-                   trained_names=data["trained_names"], chosen_on=data.get("chosen_on", {}))
+                   trained_names=data["trained_names"], chosen_on=data.get("chosen_on", {}),
+                   negatives=data.get("negatives", False),
+                   negative_similarity=data.get("negative_similarity", 0.8))
 
 
 def bias_vector(names: Sequence[str], trained_names: Sequence[str], seen_bias: float) -> np.ndarray:
@@ -108,12 +136,37 @@ def bias_vector(names: Sequence[str], trained_names: Sequence[str], seen_bias: f
     return np.array([seen_bias if _fold(n) in trained else 0.0 for n in names], np.float32)
 
 
-def adjusted_scores(cos: np.ndarray, bias: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax over ``(cos - bias) / temperature`` along the last axis."""
+def adjusted_scores(cos: np.ndarray, bias: np.ndarray, temperature: float,
+                    negative_cos: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over ``(cos - bias) / temperature`` along the last axis; with
+    ``negative_cos`` (N, K) the negatives join the normalisation but are not returned."""
     z = (np.asarray(cos, np.float64) - np.asarray(bias, np.float64)) / float(temperature)
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    top = z.max(axis=-1, keepdims=True)
+    zn = None
+    if negative_cos is not None and np.asarray(negative_cos).shape[-1] > 0:
+        zn = np.asarray(negative_cos, np.float64) / float(temperature)
+        top = np.maximum(top, zn.max(axis=-1, keepdims=True))
+    e = np.exp(z - top)
+    denom = e.sum(axis=-1, keepdims=True)
+    if zn is not None:
+        denom = denom + np.exp(zn - top).sum(axis=-1, keepdims=True)
+    return e / denom
+
+
+def negative_mask(active_names: Sequence[str], active_emb: np.ndarray,
+                  trained_names: Sequence[str], trained_emb: np.ndarray,
+                  max_similarity: float) -> np.ndarray:
+    """(K,) bool over the trained names: True for those that act as negatives (not an
+    active name, and text cosine to every active name below ``max_similarity``)."""
+    active = {_fold(n) for n in active_names}
+    keep = np.array([_fold(n) not in active for n in trained_names], bool)
+    if keep.any() and len(active_names):
+        a = np.asarray(active_emb, np.float64)
+        t = np.asarray(trained_emb, np.float64)
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+        keep &= (t @ a.T).max(axis=1) < max_similarity
+    return keep
 
 
 def mean_class_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
@@ -173,11 +226,17 @@ def bias_curve(cos: np.ndarray, target: np.ndarray, is_seen_sample: np.ndarray,
     return out
 
 
-def choose_seen_bias(curve: list[dict[str, float]]) -> dict[str, float]:
-    """The row of :func:`bias_curve` with the highest H (the smallest bias among ties)."""
+def choose_seen_bias(curve: list[dict[str, float]], keep_seen: float = 0.0) -> dict[str, float]:
+    """The row of :func:`bias_curve` with the highest H (the smallest bias among ties),
+    among the biases that keep at least ``keep_seen`` of the unbiased seen accuracy
+    (``keep_seen = 0``: plain calibrated stacking, H alone)."""
     if not curve:
         raise CalibrationError("empty bias curve")
-    best = max(curve, key=lambda r: (round(r["h"], 9), -r["bias"]))
+    if not 0.0 <= keep_seen <= 1.0:
+        raise CalibrationError(f"keep_seen must be in [0, 1], got {keep_seen}")
+    floor = keep_seen * min(curve, key=lambda r: r["bias"])["seen"]
+    allowed = [r for r in curve if r["seen"] >= floor - 1e-12] or curve[:1]
+    best = max(allowed, key=lambda r: (round(r["h"], 9), -r["bias"]))
     return dict(best)
 
 

@@ -125,6 +125,16 @@ class CalibrationConfig:
     known_coverage: float = 0.9
     #: Largest seen bias (cosine units) searched.
     max_bias: float = 0.3
+    #: The bias maximises H among biases that keep at least this fraction of the student's
+    #: unbiased seen accuracy on the calibration images (0: H alone, plain stacking).
+    keep_seen: float = 0.97
+    #: Trained names outside the active vocabulary act as open-set negatives.
+    negatives: bool = True
+    #: Negatives whose text cosine to an active name reaches this are dropped.
+    negative_similarity: float = 0.8
+    #: Softmax temperatures tried; the one with the best open-set AUROC on the calibration
+    #: objects (half of the pseudo-unseen objects held out of the vocabulary) is kept.
+    temperatures: list[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1])
     #: Image folder of out-of-vocabulary objects scored by ``vl-distill eval`` as the
     #: open-set test (never trained or calibrated on); empty: no open-set columns.
     openset_test: str = ""
@@ -185,6 +195,16 @@ def validate_train_config(cfg: "TrainConfig") -> None:
     if not 0.0 < cfg.calibration.known_coverage <= 1.0:
         raise ConfigError(f"calibration.known_coverage must be in (0, 1], got "
                           f"{cfg.calibration.known_coverage}")
+    if not 0.0 <= cfg.calibration.keep_seen <= 1.0:
+        raise ConfigError(f"calibration.keep_seen must be in [0, 1], got "
+                          f"{cfg.calibration.keep_seen}")
+    if not -1.0 <= cfg.calibration.negative_similarity <= 1.0:
+        raise ConfigError(f"calibration.negative_similarity must be in [-1, 1], got "
+                          f"{cfg.calibration.negative_similarity}")
+    temps = cfg.calibration.temperatures
+    if not temps or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                            and 0.0 < t <= 10.0 for t in temps):
+        raise ConfigError(f"calibration.temperatures must be numbers in (0, 10], got {temps!r}")
     if not 0.0 <= cfg.calibration.max_bias <= 1.0:
         raise ConfigError(f"calibration.max_bias must be in [0, 1], got "
                           f"{cfg.calibration.max_bias}")

@@ -25,8 +25,11 @@ exactly the same code. One call of :meth:`PerceptionPipeline.process` handles on
 4. **Open set**: a crop whose best score is below ``unknown_threshold`` (or whose best raw
    cosine is below ``min_similarity``, off by default) is labelled ``"unknown"`` with
    ``known=False``; its ``top_k`` list still names the closest labels.
-   ``unknown_threshold`` and ``seen_bias`` of ``-1`` (the defaults) mean "the bundle's
-   calibrated value" (0.5 and 0 for a bundle without a calibration record).
+   ``unknown_threshold`` and ``seen_bias`` of ``-1`` and ``score_temperature`` of ``0``
+   (the defaults) mean "the bundle's calibrated value" (0.5, 0 and 0.01 for a bundle
+   without a calibration record). With ``negative_names`` (and a bundle whose record has
+   negatives), the trained names outside the active vocabulary join the softmax as
+   negatives: a crop that looks like one of them scores low for every active name.
 
 Vocabulary swaps are atomic: :meth:`PerceptionPipeline.set_vocabulary` replaces one
 reference to a frozen :class:`ActiveVocabulary`; :meth:`~PerceptionPipeline.process` reads
@@ -47,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .calibration import DEFAULT_UNKNOWN_THRESHOLD, bias_vector
+from .calibration import DEFAULT_UNKNOWN_THRESHOLD, bias_vector, negative_mask
 from .preprocess import preprocess_crops
 from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
 from .vocabulary import Vocabulary
@@ -101,6 +104,9 @@ class ActiveVocabulary:
     version: int
     #: (L,) 1.0 for names the student was trained on (they get the seen bias), else 0.
     trained_mask: torch.Tensor | None = None
+    #: (K, D) unit text embeddings of the open-set negatives for this vocabulary (trained
+    #: names outside it), or None.
+    negatives: torch.Tensor | None = None
 
     @property
     def names(self) -> list[str]:
@@ -120,6 +126,8 @@ class PipelineSettings:
             -1: the bundle's calibrated threshold).
         seen_bias: cosine subtracted from trained names' similarities (0 disables; -1:
             the bundle's calibrated bias).
+        negative_names: let the bundle's trained names outside the vocabulary act as
+            open-set negatives (when its calibration record has them).
         min_similarity: best raw cosine below this -> ``"unknown"`` (-1 disables).
         top_k: number of ``(label, score)`` pairs reported per object.
         score_temperature: softmax temperature applied to the cosine similarities.
@@ -135,10 +143,11 @@ class PipelineSettings:
     unknown_threshold: float = FROM_BUNDLE
     min_similarity: float = -1.0
     top_k: int = 3
-    score_temperature: float = DEFAULT_TEMPERATURE
+    score_temperature: float = 0.0
     min_box_size: int = 4
     fallback_full_frame: bool = False
     seen_bias: float = FROM_BUNDLE
+    negative_names: bool = True
 
     def __post_init__(self) -> None:
         if self.crop_source not in CROP_SOURCES:
@@ -162,8 +171,9 @@ class PipelineSettings:
         if int(self.top_k) < 1:
             raise PipelineError(f"top_k must be >= 1, got {self.top_k}")
         t = float(self.score_temperature)
-        if not (math.isfinite(t) and t > 0):
-            raise PipelineError(f"score_temperature must be > 0, got {self.score_temperature}")
+        if not (math.isfinite(t) and t >= 0):
+            raise PipelineError(f"score_temperature must be > 0, or 0 for the bundle's "
+                                f"calibrated temperature; got {self.score_temperature}")
         if int(self.min_box_size) < 1:
             raise PipelineError(f"min_box_size must be >= 1, got {self.min_box_size}")
 
@@ -193,7 +203,8 @@ class PipelineSettings:
             score_temperature=float(values["score_temperature"]),
             min_box_size=int(values["min_box_size"]),
             fallback_full_frame=bool(values["proposal_fallback_full_frame"]),
-            seen_bias=float(values.get("seen_bias", FROM_BUNDLE)))
+            seen_bias=float(values.get("seen_bias", FROM_BUNDLE)),
+            negative_names=bool(values.get("negative_names", True)))
 
     def as_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of :class:`PerceptionPipeline` and
@@ -254,12 +265,12 @@ class PerceptionPipeline:
     def __init__(self, bundle: "Bundle", crop_source: str = "proposals",
                  proposal_cfg: ProposalConfig | None = None,
                  rois: Sequence[Sequence[int]] = (), unknown_threshold: float = FROM_BUNDLE,
-                 top_k: int = 3, score_temperature: float = DEFAULT_TEMPERATURE,
+                 top_k: int = 3, score_temperature: float = 0.0,
                  vocabulary: Vocabulary | None = None,
                  embeddings: torch.Tensor | None = None, min_similarity: float = -1.0,
                  min_box_size: int = 4, fallback_full_frame: bool = False,
                  inference_backend: str = "auto", inference_threads: int = 2,
-                 seen_bias: float = FROM_BUNDLE) -> None:
+                 seen_bias: float = FROM_BUNDLE, negative_names: bool = True) -> None:
         from .runtime import make_runner
 
         self.student = bundle.student.eval()
@@ -269,12 +280,17 @@ class PerceptionPipeline:
         self.runner = make_runner(bundle, backend=inference_backend, threads=inference_threads)
         #: The bundle's calibration record (None: no bias, the fixed default threshold).
         self.calibration = bundle.calibration
+        self._trained_emb = None
+        if bundle.calibration is not None and bundle.calibration.negatives and \
+                bundle.trained_embeddings is not None:
+            self._trained_emb = F.normalize(bundle.trained_embeddings.float(), dim=-1)
         self._settings = PipelineSettings(
             crop_source=crop_source, proposal_cfg=proposal_cfg or ProposalConfig(),
             rois=tuple(tuple(r) for r in rois), unknown_threshold=float(unknown_threshold),
             min_similarity=float(min_similarity), top_k=int(top_k),
             score_temperature=float(score_temperature), min_box_size=int(min_box_size),
-            fallback_full_frame=bool(fallback_full_frame), seen_bias=float(seen_bias))
+            fallback_full_frame=bool(fallback_full_frame), seen_bias=float(seen_bias),
+            negative_names=bool(negative_names))
         if vocabulary is None:
             if embeddings is not None:
                 raise PipelineError("embeddings given without their vocabulary")
@@ -282,13 +298,28 @@ class PerceptionPipeline:
         elif embeddings is None:
             raise PipelineError("a vocabulary needs its text embeddings")
         self._write_lock = threading.Lock()
-        self._active = ActiveVocabulary(vocabulary,
-                                        _check_embeddings(vocabulary, embeddings, self.embed_dim),
-                                        version=1, trained_mask=self._trained_mask(vocabulary))
+        checked = _check_embeddings(vocabulary, embeddings, self.embed_dim)
+        self._active = ActiveVocabulary(vocabulary, checked, version=1,
+                                        trained_mask=self._trained_mask(vocabulary),
+                                        negatives=self._negatives(vocabulary, checked))
 
     def _trained_mask(self, vocab: Vocabulary) -> torch.Tensor:
         names = self.calibration.trained_names if self.calibration else ()
         return torch.from_numpy(bias_vector(vocab.names, names, 1.0))
+
+    def _negatives(self, vocab: Vocabulary, emb: torch.Tensor) -> torch.Tensor | None:
+        if self._trained_emb is None or self.calibration is None:
+            return None
+        keep = negative_mask(vocab.names, emb.numpy(), self.calibration.trained_names,
+                             self._trained_emb.numpy(), self.calibration.negative_similarity)
+        return self._trained_emb[torch.from_numpy(keep)].contiguous()
+
+    def effective_temperature(self, settings: PipelineSettings | None = None) -> float:
+        """The softmax temperature in use: the setting, or the bundle's for 0."""
+        s = settings or self._settings
+        if s.score_temperature > 0:
+            return float(s.score_temperature)
+        return self.calibration.score_temperature if self.calibration else DEFAULT_TEMPERATURE
 
     def effective_seen_bias(self, settings: PipelineSettings | None = None) -> float:
         """The seen bias in use: the setting, or the bundle's calibrated one for -1."""
@@ -328,7 +359,8 @@ class PerceptionPipeline:
         emb = _check_embeddings(vocab, embeddings, self.embed_dim)
         with self._write_lock:
             new = ActiveVocabulary(vocab, emb, self._active.version + 1,
-                                   trained_mask=self._trained_mask(vocab))
+                                   trained_mask=self._trained_mask(vocab),
+                                   negatives=self._negatives(vocab, emb))
             self._active = new  # one reference assignment: atomic for readers
         return new.version
 
@@ -409,7 +441,18 @@ class PerceptionPipeline:
             bias = self.effective_seen_bias(settings)
             adjusted = cos - bias * active.trained_mask if bias and \
                 active.trained_mask is not None else cos
-            probs = torch.softmax(adjusted / settings.score_temperature, dim=-1)
+            temperature = self.effective_temperature(settings)
+            logits = adjusted / temperature
+            if settings.negative_names and active.negatives is not None and \
+                    active.negatives.shape[0]:
+                neg = (emb @ active.negatives.T) / temperature              # (N, K)
+                top = torch.maximum(logits.max(dim=-1, keepdim=True).values,
+                                    neg.max(dim=-1, keepdim=True).values)
+                e = torch.exp(logits - top)
+                probs = e / (e.sum(dim=-1, keepdim=True)
+                             + torch.exp(neg - top).sum(dim=-1, keepdim=True))
+            else:
+                probs = torch.softmax(logits, dim=-1)
             k = min(int(settings.top_k), probs.shape[1])
             top_p, top_i = probs.topk(k, dim=-1)
             best_cos = cos.gather(1, top_i[:, :1]).squeeze(1)

@@ -160,9 +160,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "anyway). -1 disables.", range=(-1.0, 1.0)),
     ParamSpec("top_k", 3, "integer", "Number of [label, score] pairs reported per object.",
               range=(1, 100)),
-    ParamSpec("score_temperature", 0.01, "double",
-              "Softmax temperature over cosine similarities; 0.01 equals CLIP's logit scale "
-              "100.", range=(0.0001, 10.0)),
+    ParamSpec("score_temperature", 0.0, "double",
+              "Softmax temperature over cosine similarities (0.01 equals CLIP's logit scale "
+              "100). 0: the bundle's calibrated temperature (0.01 for a bundle without "
+              "calibration).", range=(0.0, 10.0)),
+    ParamSpec("negative_names", True, "bool",
+              "Open set: the names the student was trained on that are not in the active "
+              "vocabulary (and not close to an active name) join the softmax as negatives, so "
+              "a crop that looks like one of them scores low and becomes 'unknown'. Needs a "
+              "bundle whose calibration record has negatives; scores then sum to at most 1."),
     # -- outputs (dynamic) --------------------------------------------------------------------
     ParamSpec("publish_annotated", False, "bool",
               "Publish ~/image_annotated (sensor_msgs/Image, rgb8) with boxes and labels."),
@@ -175,7 +181,8 @@ SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",
                              "min_box_size", "unknown_threshold", "seen_bias",
-                             "min_similarity", "top_k", "score_temperature"})
+                             "min_similarity", "top_k", "score_temperature",
+                             "negative_names"})
 
 BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 

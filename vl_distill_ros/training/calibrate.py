@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.calibration import (DEFAULT_TEMPERATURE, Calibration, CalibrationError,
-                                adjusted_scores, bias_curve, bias_vector, choose_seen_bias,
+from ..core.calibration import (Calibration, CalibrationError, adjusted_scores, auroc,
+                                bias_curve, bias_vector, choose_seen_bias, negative_mask,
                                 threshold_for_coverage)
 from ..core.config import TrainConfig
 from ..core.data.image_folder import DatasetError, list_image_folder, load_image_folder
@@ -44,10 +44,40 @@ def outside_split_keys(folder: str | Path, full: Vocabulary, vocabs: Vocabularie
     return keys
 
 
+def trained_text_embeddings(teacher: LazyTeacher, cfg: TrainConfig,
+                            trained_names: list[str]) -> np.ndarray:
+    """(T, D) teacher text embeddings of the trained names, with the run's prompts (the
+    descriptions of the vocabulary file when the run is enriched)."""
+    full = full_vocabulary(cfg)
+    vocab = Vocabulary([full[full.index(n)] if _has(full, n) else
+                        Vocabulary.from_names([n])[0] for n in trained_names])
+    return text_classifier(teacher, vocab, cfg.data).cpu().numpy()
+
+
+def _has(vocab: Vocabulary, name: str) -> bool:
+    try:
+        vocab.index(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _open_set_auroc(cos_v: np.ndarray, bias: np.ndarray, cos_n: np.ndarray,
+                    in_vocab: np.ndarray, temperature: float) -> float:
+    best = adjusted_scores(cos_v, bias, temperature, cos_n).max(1)
+    return auroc(best[in_vocab], best[~in_vocab])
+
+
 def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
               trained_names: list[str], embed, device: torch.device) -> tuple[Calibration, list]:
-    """Choose the seen bias (max H of seen vs pseudo-unseen accuracy) and the open-set
-    threshold (``known_coverage`` of correct calibration crops stay known).
+    """Choose the calibration record on calibration images (never an OOD object):
+
+    1. the seen bias: highest H of seen vs pseudo-unseen accuracy among the biases that
+       keep ``keep_seen`` of the unbiased seen accuracy (vocabulary: ID + pseudo-unseen);
+    2. the temperature: best open-set AUROC when half of the pseudo-unseen objects are left
+       out of the vocabulary (both halves, averaged), with the negatives in place;
+    3. the threshold: ``known_coverage`` of the correctly classified calibration crops
+       (whole vocabulary) stay known.
 
     ``embed(student, images, device)`` returns student embeddings. Returns the record and
     the bias curve.
@@ -66,25 +96,56 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
     seen = load_image_folder(cal.seen, vocabs.id, keys=vocabs.id.keys)
     unseen = load_image_folder(cal.unseen, full, keys=unseen_keys)
     text = text_classifier(teacher, vocab, cfg.data).cpu().numpy()
-    emb = torch.cat([embed(student, seen.images, device), embed(student, unseen.images, device)])
-    cos = emb.numpy() @ text.T
+    emb = torch.cat([embed(student, seen.images, device),
+                     embed(student, unseen.images, device)]).numpy()
+    cos = emb @ text.T
     target = np.concatenate([np.array([vocab.index(vocabs.id[i].key) for i in seen.labels]),
                              np.array([vocab.index(full[i].key) for i in unseen.labels])])
     is_seen = np.arange(len(target)) < len(seen)
     trained_mask = bias_vector(vocab.names, trained_names, 1.0) > 0
     curve = bias_curve(cos, target, is_seen, trained_mask, cal.max_bias)
-    best = choose_seen_bias(curve)
-    probs = adjusted_scores(cos, best["bias"] * trained_mask, DEFAULT_TEMPERATURE)
+    best = choose_seen_bias(curve, cal.keep_seen)
+    bias = best["bias"] * trained_mask
+
+    trained_emb = trained_text_embeddings(teacher, cfg, trained_names)
+    cos_t = emb @ trained_emb.T
+
+    def negatives_for(names: list[str], name_emb: np.ndarray) -> np.ndarray:
+        if not cal.negatives:
+            return cos_t[:, :0]
+        keep = negative_mask(names, name_emb, trained_names, trained_emb,
+                             cal.negative_similarity)
+        return cos_t[:, keep]
+
+    # temperature: open set on the calibration objects, half of the pseudo-unseen objects
+    # held out of the vocabulary in turn
+    halves = [unseen_keys[0::2], unseen_keys[1::2]]
+    sample_key = [vocabs.id[i].key for i in seen.labels] + [full[i].key for i in unseen.labels]
+    aurocs: dict[str, float] = {}
+    for t in cal.temperatures:
+        values = []
+        for held in halves:
+            cols = [j for j, lab in enumerate(vocab) if lab.key not in held]
+            names = [vocab[j].name for j in cols]
+            in_vocab = np.array([k not in held for k in sample_key])
+            values.append(_open_set_auroc(cos[:, cols], bias[cols],
+                                          negatives_for(names, text[cols]), in_vocab, t))
+        aurocs[f"{t:g}"] = float(np.nanmean(values))
+    temperature = float(max(cal.temperatures, key=lambda t: (aurocs[f"{t:g}"], -t)))
+
+    probs = adjusted_scores(cos, bias, temperature, negatives_for(vocab.names, text))
     correct = probs.argmax(1) == target
     threshold = threshold_for_coverage(probs.max(1)[correct], cal.known_coverage)
     record = Calibration(
-        seen_bias=best["bias"], unknown_threshold=threshold,
-        score_temperature=DEFAULT_TEMPERATURE, trained_names=tuple(trained_names),
+        seen_bias=best["bias"], unknown_threshold=threshold, score_temperature=temperature,
+        trained_names=tuple(trained_names), negatives=bool(cal.negatives),
+        negative_similarity=cal.negative_similarity,
         chosen_on={"seen": str(cal.seen), "unseen": str(cal.unseen),
                    "unseen_objects": unseen_keys, "n_seen": int(len(seen)),
                    "n_unseen": int(len(unseen)), "vocabulary_size": len(vocab),
                    "seen_acc": best["seen"], "unseen_acc": best["unseen"], "h": best["h"],
-                   "known_coverage": cal.known_coverage})
+                   "keep_seen": cal.keep_seen, "known_coverage": cal.known_coverage,
+                   "auroc_by_temperature": aurocs})
     return record, curve
 
 

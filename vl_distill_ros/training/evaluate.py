@@ -20,7 +20,7 @@ from .data import (EVAL_SPLITS, LazyTeacher, load_split_images, load_vocabularie
                    teacher_image_targets, text_classifier)
 from ..core.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, Calibration,
                                 adjusted_scores, auroc, bias_curve, bias_vector,
-                                gzsl_accuracies)
+                                gzsl_accuracies, negative_mask)
 from .calibrate import calibrate, read_calibration, write_calibration
 from .trainer import TrainingError, embed_images, load_trained_student
 
@@ -216,15 +216,27 @@ def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Ten
                        calibration.seen_bias if calibration else 0.0)
     temp = calibration.score_temperature if calibration else DEFAULT_TEMPERATURE
     thr = calibration.unknown_threshold if calibration else DEFAULT_UNKNOWN_THRESHOLD
-    p_in = adjusted_scores(s_in @ text.T, bias, temp)
-    p_oov = adjusted_scores(s_oov @ text.T, bias, temp)
-    pt_in = adjusted_scores(t_in @ text.T, 0.0 * bias, temp)
-    pt_oov = adjusted_scores(t_oov @ text.T, 0.0 * bias, temp)
+    neg_in = neg_oov = None
+    if calibration is not None and calibration.negatives:
+        from .calibrate import trained_text_embeddings
+
+        trained_emb = trained_text_embeddings(teacher, cfg, list(calibration.trained_names))
+        keep = negative_mask(vocabs.all.names, text, calibration.trained_names, trained_emb,
+                             calibration.negative_similarity)
+        neg_in, neg_oov = s_in @ trained_emb[keep].T, s_oov @ trained_emb[keep].T
+    p_in = adjusted_scores(s_in @ text.T, bias, temp, neg_in)
+    p_oov = adjusted_scores(s_oov @ text.T, bias, temp, neg_oov)
+    pt_in = adjusted_scores(t_in @ text.T, 0.0 * bias, DEFAULT_TEMPERATURE)
+    pt_oov = adjusted_scores(t_oov @ text.T, 0.0 * bias, DEFAULT_TEMPERATURE)
     best_in, best_oov = p_in.max(1), p_oov.max(1)
     correct = p_in.argmax(1) == y_in
     return {
         "n_in_vocabulary": int(len(y_in)), "n_out_of_vocabulary": int(len(data)),
         "oov_objects": keys, "unknown_threshold": thr, "score_temperature": temp,
+        "negatives": int(neg_in.shape[1]) if neg_in is not None else 0,
+        "unknown_rate_per_oov_object": {
+            full[int(lab)].name: float(np.mean(best_oov[data.labels == lab] < thr))
+            for lab in np.unique(data.labels)},
         "auroc": auroc(best_in, best_oov),
         "teacher_auroc": auroc(pt_in.max(1), pt_oov.max(1)),
         "unknown_rate_in_vocab": float(np.mean(best_in < thr)),

@@ -7,7 +7,7 @@ from typing import Sequence
 from ..core.bundle import save_bundle
 from ..core.teachers.factory import teacher_spec
 from ..core.vocabulary import Vocabulary
-from .calibrate import read_calibration
+from .calibrate import read_calibration, trained_text_embeddings
 from .data import LazyTeacher, load_vocabularies, text_classifier
 from .trainer import TrainingError, load_trained_student
 
@@ -37,6 +37,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, vocabulary: str | None =
         raise TrainingError(f"run was distilled from {teacher_id!r}, config gives {teacher.id!r}")
     text = text_classifier(teacher, vocab, cfg.data)
     calibration = read_calibration(run_dir)
+    trained = None
+    if calibration is not None and calibration.negatives:
+        trained = trained_text_embeddings(teacher, cfg, list(calibration.trained_names))
     return save_bundle(out, student, text, vocab, teacher_id, teacher_spec(cfg.teacher),
                        templates=list(cfg.data.templates), enrich=cfg.data.enrich,
-                       metrics=metrics, name=cfg.name, onnx=onnx, calibration=calibration)
+                       metrics=metrics, name=cfg.name, onnx=onnx, calibration=calibration,
+                       trained_embeddings=trained)
