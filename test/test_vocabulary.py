@@ -470,9 +470,10 @@ def test_vocabulary_file_must_be_a_small_regular_file(tmp_path):
     os.mkfifo(fifo)
     big = tmp_path / "big.yaml"
     big.write_text("labels: [banana]\n" + "#" * (2 * 1024 * 1024) + "\n")
-    cases = [(Path("/dev/zero"), "character device, not a regular file"),
-             (fifo, "FIFO"), (tmp_path, "directory, not a regular file"),
-             (big, f"the limit is {MAX_VOCABULARY_FILE_BYTES} bytes")]
+    # the FIFO first: code that blocks on it fails here, before /dev/zero could eat memory
+    cases = [(fifo, "FIFO"), (tmp_path, "directory, not a regular file"),
+             (big, f"the limit is {MAX_VOCABULARY_FILE_BYTES} bytes"),
+             (Path("/dev/zero"), "character device, not a regular file")]
     try:
         for path, why in cases:
             t0 = time.monotonic()
