@@ -488,7 +488,8 @@ class VlDistillNode(Node):
                 with self._lock:
                     self._vocab_error = (f"could not embed the new vocabulary ({len(vocab)} "
                                          f"labels): {exc}")
-                    self._vocab_state = "error"
+                    if self._vocab_seq == seq:  # else a newer request is pending: 'embedding'
+                        self._vocab_state = "error"
                     self._lock.notify_all()
                 self.get_logger().error(self._vocab_error + "; the active vocabulary "
                                         f"(version {self.pipeline.active.version}) is unchanged")
