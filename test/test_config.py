@@ -1,4 +1,5 @@
 """Typed config loading: defaults, base files, overrides, and errors that name the key."""
+import re
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,54 @@ def test_missing_and_invalid_files(tmp_path):
     loop.write_text(f"base: {loop}\n")
     with pytest.raises(ConfigError, match="loops"):
         load_train_config(loop)
+
+
+# -- out-of-range numbers and unreadable files (issue 11) -----------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("optim.epochs=-3", "optim.epochs must be a finite number >= 1, got -3"),
+    ("optim.epochs=0", "optim.epochs must be a finite number >= 1"),
+    ("optim.batch_size=0", "optim.batch_size must be a finite number >= 1, got 0"),
+    ("optim.lr=.nan", "optim.lr must be a finite number > 0, got nan"),
+    ("optim.lr=.inf", "optim.lr must be a finite number > 0, got inf"),
+    ("optim.lr=0", "optim.lr must be a finite number > 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be a finite number >= 0"),
+    ("optim.warmup_epochs=.nan", "optim.warmup_epochs must be a finite number >= 0"),
+    ("student.image_size=-5", "student.image_size must be a positive multiple of 32, got -5"),
+    ("student.image_size=0", "student.image_size must be a positive multiple of 32"),
+    ("student.image_size=100", "student.image_size must be a positive multiple of 32, got 100"),
+    ("teacher.batch_size=0", "teacher.batch_size must be a finite number >= 1"),
+    ("teacher.temperature=0", "teacher.temperature must be a finite number > 0"),
+    ("loss.tau=0", "loss.tau must be a finite number > 0"),
+    ("loss.mse_weight=-1", "loss.mse_weight must be a finite number >= 0"),
+    ("loss.vlprox_topk=0", "loss.vlprox_topk must be a finite number >= 1"),
+    ("data.templates=['a photo']", "every template needs '{name}'"),
+])
+def test_out_of_range_numbers_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_train_config(None, [override])
+
+
+def test_in_range_values_still_load():
+    cfg = load_train_config(None, ["optim.epochs=1", "optim.batch_size=1", "optim.lr=0.000001",
+                                   "student.image_size=32", "student.image_size=96",
+                                   "optim.weight_decay=0", "loss.mse_weight=0"])
+    assert cfg.student.image_size == 96 and cfg.optim.epochs == 1
+
+
+def test_binary_or_directory_config_is_a_one_line_error_with_exit_2(tmp_path, capsys):
+    from vl_distill_ros.cli import main
+
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 8)
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"optim:\x00\x01 {}\n")
+    cases = [(binary, "not a YAML text file"), (tmp_path, "is a directory"),
+             (nul, "not valid YAML")]
+    for path, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_train_config(path)
+        assert main(["train", "--config", str(path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.startswith("vl-distill train: error:"), err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err

@@ -367,3 +367,57 @@ def test_negatives_without_their_embeddings_are_refused(tmp_path, text_emb, dire
     with pytest.raises(BundleError, match="do not match"):
         _calibrated_bundle(tmp_path, text_emb, direction, negatives=True,
                            trained_embeddings=torch.zeros(3, DIM))
+
+
+# -- bounded work per frame (issue 11) ------------------------------------------------------
+def test_rois_are_capped_at_256_regions(bundle):
+    from vl_distill_ros.core.pipeline import MAX_ROIS, PipelineSettings
+
+    assert MAX_ROIS == 256
+    many = [(i % 60, i % 40, 4, 4) for i in range(MAX_ROIS + 1)]
+    with pytest.raises(PipelineError, match="rois holds 257 regions; the limit is 256"):
+        PerceptionPipeline(bundle, crop_source="rois", rois=many)
+    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=many[:MAX_ROIS])
+    assert len(pipe.settings.rois) == MAX_ROIS
+    with pytest.raises(PipelineError, match="the limit is 256"):
+        pipe.configure(rois=[v for box in many for v in box])  # flat, as the node passes it
+    assert len(pipe.settings.rois) == MAX_ROIS  # unchanged
+    with pytest.raises(PipelineError, match="the limit is 256"):
+        PipelineSettings.from_params({
+            "crop_source": "rois", "rois": [1] * 4 * 1000, "proposal_min_area_frac": 0.0004,
+            "proposal_max_area_frac": 0.6, "proposal_max_count": 10, "proposal_pad_frac": 0.05,
+            "unknown_threshold": -1.0, "min_similarity": -1.0, "top_k": 3,
+            "score_temperature": 0.01, "min_box_size": 4, "proposal_fallback_full_frame": False})
+
+
+def test_many_crops_go_through_the_student_in_chunks_of_64(tmp_path, text_emb):
+    """200 regions: the student sees batches of at most 64 crops, and every crop gets the
+    same scores as when it is classified alone (a student with a random head, so crops
+    differ)."""
+    from vl_distill_ros.core.pipeline import MAX_CROPS_PER_BATCH
+
+    torch.manual_seed(3)
+    student = build_student(SMALL, DIM)
+    path = save_bundle(tmp_path / "r.vdb", student, text_emb, Vocabulary.from_names(NAMES),
+                       "fake-teacher:v1", {"backend": "fake", "id": "fake-teacher:v1"},
+                       ["a photo of a {name}."], enrich=False, onnx=False)
+    b = load_bundle(path)
+    image = frame(120, 160, seed=5)
+    rois = [((7 * i) % 140, (11 * i) % 100, 8 + i % 13, 6 + i % 17) for i in range(200)]
+    pipe = PerceptionPipeline(b, crop_source="rois", rois=rois, unknown_threshold=0.0,
+                              top_k=4, inference_backend="torch")
+    rec = BatchRecorder(b.student)
+    try:
+        objects, _ = pipe.process(image)
+    finally:
+        rec.close()
+    assert MAX_CROPS_PER_BATCH == 64
+    assert len(objects) == 200
+    assert [s[0] for s in rec.shapes] == [64, 64, 64, 8]
+    for i in (0, 63, 64, 130, 199):  # crops from every chunk, classified alone
+        pipe.configure(rois=[rois[i]])
+        (alone,), _ = pipe.process(image)
+        assert alone.bbox == objects[i].bbox
+        assert [n for n, _ in alone.top_k] == [n for n, _ in objects[i].top_k]
+        assert [p for _, p in alone.top_k] == pytest.approx([p for _, p in objects[i].top_k],
+                                                            abs=1e-4)

@@ -307,6 +307,23 @@ def _strings_only_bag(path: Path) -> Path:
     return path
 
 
+def _flipped_zstd_bag(path: Path) -> Path:
+    """A zstd-compressed MCAP bag with 20 bytes flipped inside its (only) chunk."""
+    import random
+
+    from vl_distill_ros.core.bag_io import write_camera_bag
+    from helpers import synthetic_frames
+
+    write_camera_bag(path, synthetic_frames(8, NAMES, seed=1), compression="zstd")
+    storage = next(path.glob("*.mcap"))
+    data = bytearray(storage.read_bytes())
+    rng = random.Random(0)
+    for _ in range(20):
+        data[rng.randrange(len(data) // 4, len(data) // 2)] ^= 0xFF
+    storage.write_bytes(bytes(data))
+    return path
+
+
 def test_bad_inputs_exit_2_with_a_message_and_start_nothing(bag, bundle, tmp_path, capsys,
                                                              monkeypatch):
     spy = PopenSpy(monkeypatch)
@@ -324,11 +341,24 @@ def test_bad_inputs_exit_2_with_a_message_and_start_nothing(bag, bundle, tmp_pat
         ([str(bag), "--model", str(tmp_path / "none.vdb")], "model bundle not found"),
         ([str(bag), "-p", "crop_source:=everything"], "crop_source must be one of"),
     ]
+    # issue 11: flipped bytes in zstd-compressed storage (was a ZstdError traceback, exit 1),
+    # --rate nan (hung) / inf (exit 0) / 0 / negative, a truncated bundle (was exit 3 after
+    # the node died): exit 2 with one line, before any node is started
+    flipped = _flipped_zstd_bag(tmp_path / "flipped")
+    truncated = tmp_path / "truncated.vdb"
+    truncated.write_bytes(bundle.read_bytes()[:2000])
+    cases += [([str(flipped)], "corrupt or truncated"),
+              ([str(flipped), "--offline"], "corrupt or truncated")]
+    cases += [([str(bag), "--rate", rate], "--rate must be a finite number > 0")
+              for rate in ("nan", "inf", "0", "-1")]
+    cases += [([str(bag), "--model", str(truncated)], "cannot load model bundle"),
+              ([str(bag), "--model", str(truncated), "--offline"], "cannot load model bundle")]
     for args, message in cases:
         code, _, err = run_cli(["--model", str(bundle), "--out", str(tmp_path / "o"), *args],
                                capsys)
         assert code == 2, (args, err)
         assert message in err and "replay-eval: error:" in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, err)
     assert spy.pids == []  # no node was started for bad input
     # the installed command exits with status 2 too
     exe = Path(sys.executable).with_name("vl-distill")
@@ -341,12 +371,12 @@ def test_bad_inputs_exit_2_with_a_message_and_start_nothing(bag, bundle, tmp_pat
 def test_node_that_fails_or_never_answers_exits_3_and_leaves_no_process(bag, bundle, tmp_path,
                                                                         capsys, monkeypatch):
     spy = PopenSpy(monkeypatch)
-    broken = tmp_path / "broken.vdb"
-    broken.write_bytes(bundle.read_bytes()[:2000])  # the node cannot load it
-    code, _, err = run_cli([str(bag), "--model", str(broken), "--out", str(tmp_path / "a"),
-                            "--node-timeout", "60"], capsys)
+    failing = (f"{sys.executable} -c 'import sys; print(\"cannot start: simulated failure\"); "
+               "sys.exit(1)'")  # a node that dies at start-up (bad bundles are caught before)
+    code, _, err = run_cli([str(bag), "--model", str(bundle), "--out", str(tmp_path / "a"),
+                            "--node-timeout", "60", "--node-command", failing], capsys)
     assert code == 3, err
-    assert "exited with code 1 before it was ready" in err and "cannot load model bundle" in err
+    assert "exited with code 1 before it was ready" in err and "simulated failure" in err
     code, _, err = run_cli([str(bag), "--model", str(bundle), "--out", str(tmp_path / "b"),
                             "--node-timeout", "2", "--node-command",
                             f"{sys.executable} -c 'import time; time.sleep(600)'"], capsys)
@@ -355,3 +385,31 @@ def test_node_that_fails_or_never_answers_exits_3_and_leaves_no_process(bag, bun
     assert len(spy.pids) == 2
     for pid in spy.pids:
         assert process_gone(pid), pid
+
+
+def test_live_replay_of_storage_that_fails_mid_bag_exits_2_and_stops_the_node(
+        bundle, tmp_path, capsys, monkeypatch):
+    """Ground truth from a sidecar, so the bag opens; its image chunk is corrupt, which shows
+    only while replaying into the running node: exit 2 with one line, the node stopped."""
+    spy = PopenSpy(monkeypatch)
+    flipped = _flipped_zstd_bag(tmp_path / "flipped")
+    sidecar = tmp_path / "gt.jsonl"
+    sidecar.write_text("")
+    code, _, err = run_cli([str(flipped), "--model", str(bundle), "--sidecar", str(sidecar),
+                            "--out", str(tmp_path / "o"), "--node-timeout", "90", *PARAMS],
+                           capsys)
+    assert code == 2, err
+    assert "corrupt or truncated" in err and len(err.strip().splitlines()) == 1, err
+    assert len(spy.pids) == 1
+    assert wait_gone(spy.pids[0], 15.0), spy.pids
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if process_gone(pid):
+            return True
+        time.sleep(0.1)
+    return process_gone(pid)

@@ -1,6 +1,7 @@
 """Student networks, preprocessing, augmentation and the deployable bundle format."""
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -181,3 +182,26 @@ def test_bundle_is_readable_by_others(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda man: man["vocabulary"].update(templates=["a photo of a thing."]), "has no '{name}'"),
+    (lambda man: man["vocabulary"].update(templates=["a {name} {0}."]), "not a valid format"),
+    (lambda man: man["vocabulary"].update(templates=["a {name} {colour}."]), "not a valid format"),
+    (lambda man: man["vocabulary"].update(templates=[7]), "has no '{name}'"),
+    (lambda man: man["teacher"].update(id=""), "teacher id is missing or empty"),
+    (lambda man: man["teacher"].update(id=None), "teacher id is missing or empty"),
+    (lambda man: man["teacher"].pop("spec"), "teacher spec is missing"),
+    (lambda man: man["teacher"].update(spec="offline"), "teacher spec is missing"),
+])
+def test_bundle_with_bad_template_or_teacher_record_is_refused_at_load(tmp_path, change, reason):
+    """Such bundles used to load, and the node then crashed on them (issue 11); now
+    load_bundle refuses them with the reason."""
+    path, _, _ = _bundle(tmp_path)
+
+    def edit(m):
+        man = json.loads(m["manifest.json"])
+        change(man)
+        m["manifest.json"] = json.dumps(man).encode()
+    with pytest.raises(BundleError, match=f"invalid manifest: .*{re.escape(reason)}"):
+        load_bundle(rewrite_zip(path, tmp_path / "bad.vdb", edit))

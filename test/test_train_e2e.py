@@ -204,3 +204,83 @@ def test_auxiliary_folder_with_a_split_object_is_refused(toy: Path, capsys):
     assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "outside" in err and "blue_ball" in err
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints never run code; malformed ones are one-line errors with exit code 2 (issue 11)
+# ----------------------------------------------------------------------------------------
+class _MakesADirectory:
+    """Unpickling this (weights_only=False) would call os.mkdir(target)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"vl-distill {command}: error:"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_checkpoint_that_needs_pickled_code_is_refused(toy: Path, tmp_path: Path, capsys):
+    import torch
+
+    marker = tmp_path / "created_by_the_checkpoint"
+    cfg_path = _config(toy, "evil")
+    run = toy / "evil"
+    run.mkdir()
+    torch.save({"epoch": 1, "student": {"w": torch.zeros(2)}, "optimizer": {},
+                "config": _MakesADirectory(marker), "teacher_id": "t", "embed_dim": 3},
+               run / "checkpoint.pt")
+    calls = [("export", ["export", "--run", str(run), "--out", str(tmp_path / "x.vdb")]),
+             ("eval", ["eval", "--run", str(run), "--no-progress"]),
+             ("train", ["train", "--config", str(cfg_path), "--resume", "--no-progress"])]
+    for command, argv in calls:
+        assert cli_main(argv) == 2, command
+        err = _one_line_error(capsys, command)
+        assert "refused" in err and "posix.mkdir" in err and "weights_only=True" in err, err
+        assert not marker.exists(), f"{command} ran code from the checkpoint"
+    assert not (tmp_path / "x.vdb").exists()
+
+
+def test_malformed_checkpoints_are_one_line_errors(toy: Path, tmp_path: Path, capsys):
+    import torch
+
+    from vl_distill_ros.core.config import to_dict
+
+    cfg_path = _config(toy, "malformed")
+    good_cfg = to_dict(load_train_config(cfg_path))
+    bad_cfg = json.loads(json.dumps(good_cfg))
+    bad_cfg["optim"]["epochs"] = -3
+    weights = {"head.weight": torch.zeros(3, 4)}
+    base = {"epoch": 1, "student": weights, "optimizer": {}, "config": good_cfg,
+            "teacher_id": "t", "embed_dim": 384}
+    cases = [
+        ({"config": "not a mapping"}, "'config' must be a mapping"),
+        ({"config": bad_cfg}, "optim.epochs must be a finite number >= 1"),
+        ({"config": {**good_cfg, "surprise": 1}}, "unknown keys"),
+        ({"embed_dim": "384"}, "'embed_dim' must be a positive integer"),
+        ({"embed_dim": 2.5}, "'embed_dim' must be a positive integer"),
+        ({"embed_dim": 0}, "'embed_dim' must be a positive integer"),
+        ({"student": {}}, "'student' must be a non-empty mapping"),
+        ({"student": [1, 2]}, "'student' must be a non-empty mapping"),
+        ({}, "student weights do not fit"),  # head.weight of the wrong shape, keys missing
+    ]
+    run = toy / "malformed"
+    run.mkdir()
+    for change, message in cases:
+        torch.save({**base, **change}, run / "checkpoint.pt")
+        for command, argv in (("export", ["export", "--run", str(run), "--out",
+                                          str(tmp_path / "m.vdb")]),
+                              ("eval", ["eval", "--run", str(run), "--no-progress"])):
+            assert cli_main(argv) == 2, (command, change)
+            err = _one_line_error(capsys, command)
+            assert message in err, (change, err)
+    # train --resume: the same checks before any training starts
+    torch.save({**base, "student": {}}, run / "checkpoint.pt")
+    assert cli_main(["train", "--config", str(cfg_path), "--resume", "--no-progress"]) == 2
+    assert "'student' must be a non-empty mapping" in _one_line_error(capsys, "train")

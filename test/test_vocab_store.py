@@ -82,3 +82,39 @@ def test_unreadable_store_is_left_in_place(tmp_path):
     result = load_vocabulary_store_result(path)
     assert result.status == "unreadable" and result.vocabulary is None
     assert result.moved_to is None and path.is_dir()
+
+
+def test_store_that_is_a_fifo_or_device_is_unreadable_without_blocking(tmp_path):
+    """A FIFO without a writer (or /dev/zero) as the store never blocks the node's start-up."""
+    import threading
+    from pathlib import Path
+
+    fifo = tmp_path / "store.yaml"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        out = {}
+        thread = threading.Thread(
+            target=lambda p=path: out.setdefault("r", load_vocabulary_store_result(p)),
+            daemon=True)
+        thread.start()
+        thread.join(5.0)
+        try:
+            assert not thread.is_alive(), f"reading {path} blocked"
+        finally:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        result = out["r"]
+        assert result.status == "unreadable" and "not a regular file" in result.error
+        assert path.exists()  # left in place
+
+
+def test_store_under_a_regular_file_gets_a_clear_message(tmp_path):
+    blocker = tmp_path / "notadir"
+    blocker.write_text("I am a file\n")
+    with pytest.raises(OSError) as err:
+        save_vocabulary_atomic(VOCAB, blocker / "sub" / "vocab.yaml")
+    assert f"{blocker} is a file, not a directory" in str(err.value)
+    assert "File exists" not in str(err.value)
+    assert blocker.read_text() == "I am a file\n"

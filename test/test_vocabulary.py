@@ -410,3 +410,91 @@ def test_split_fields_must_be_lists(tmp_path):
 def test_names_with_underscores_are_found_by_name():
     v = Vocabulary.from_dict({"labels": [{"name": "big_mug", "key": "k1"}]})
     assert v.index("big_mug") == 0 and v.index("big mug") == 0
+
+
+# -- hostile input (issue 11) ---------------------------------------------------------------
+@pytest.mark.parametrize("name, char", [("\x00nul", "U+0000"), ("c\x85d", "U+0085"),
+                                        ("\x1b[31mred", "U+001B"), ("tab\there", "U+0009"),
+                                        ("del\x7f", "U+007F"), ("line\u2028sep", "U+2028")])
+def test_control_characters_in_names_are_rejected_with_the_code_point(name, char):
+    """C0, DEL, C1 and Unicode line separators would not survive the YAML store ('c\\x85d'
+    came back as 'c d', '\\x00nul' as ''): rejected at validation instead."""
+    with pytest.raises(VocabularyError, match=f"control characters.*{re.escape(char)}"):
+        Vocabulary.from_names(["ok", name])
+    with pytest.raises(VocabularyError, match="control characters"):
+        Vocabulary.from_dict({"labels": [{"name": name}]})
+
+
+@pytest.mark.parametrize("description", ["A red\x00 cup.", "A\x85cup.", "Two\nlines.",
+                                         "\x1b[2J cleared"])
+def test_control_characters_in_descriptions_are_rejected(description):
+    with pytest.raises(VocabularyError, match="description contains control characters"):
+        Vocabulary.from_names(["mug"], [f"x{description}"])
+
+
+def test_printable_unicode_names_and_descriptions_are_accepted(tmp_path):
+    vocab = Vocabulary.from_names(["café crème", "Ölkanne", "茶碗"],
+                                  ["A cup — with a saucer.", "", "A small bowl."])
+    vocab.save(tmp_path / "v.yaml")
+    assert Vocabulary.load(tmp_path / "v.yaml") == vocab
+
+
+def _finishes_within(fn, seconds: float):
+    """Run ``fn`` in a thread; return (finished, result or exception)."""
+    import threading
+
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            out["result"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), out.get("result")
+
+
+def test_vocabulary_file_must_be_a_small_regular_file(tmp_path):
+    """/dev/zero, a FIFO without a writer, a directory and a 2 MB file are rejected at once
+    with the reason, without reading them (formerly /dev/zero grew memory without bound and
+    a FIFO blocked forever)."""
+    import os
+    import time
+
+    from vl_distill_ros.core.vocabulary import MAX_VOCABULARY_FILE_BYTES
+
+    fifo = tmp_path / "vocab.fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.yaml"
+    big.write_text("labels: [banana]\n" + "#" * (2 * 1024 * 1024) + "\n")
+    # the FIFO first: code that blocks on it fails here, before /dev/zero could eat memory
+    cases = [(fifo, "FIFO"), (tmp_path, "directory, not a regular file"),
+             (big, f"the limit is {MAX_VOCABULARY_FILE_BYTES} bytes"),
+             (Path("/dev/zero"), "character device, not a regular file")]
+    try:
+        for path, why in cases:
+            t0 = time.monotonic()
+            done, result = _finishes_within(lambda p=path: Vocabulary.load(p), 5.0)
+            assert done, f"Vocabulary.load({path}) blocked"
+            assert isinstance(result, VocabularyError), (path, result)
+            assert why in str(result) and str(path) in str(result), str(result)
+            assert time.monotonic() - t0 < 1.0
+    finally:
+        try:  # unblock a reader stuck on the FIFO (only if the code regressed)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    # exactly at the limit is fine
+    ok = tmp_path / "ok.yaml"
+    body = "labels: [banana]\n"
+    ok.write_text(body + "#" * (MAX_VOCABULARY_FILE_BYTES - len(body) - 1) + "\n")
+    assert ok.stat().st_size == MAX_VOCABULARY_FILE_BYTES
+    assert Vocabulary.load(ok).names == ["banana"]
+
+
+def test_too_many_labels_in_a_file_are_rejected_before_building_them():
+    with pytest.raises(VocabularyError, match="1001 labels; the limit is 1000"):
+        Vocabulary.from_dict({"labels": [f"l{i}" for i in range(1001)]})

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate_run(args.run, args.data_root, args.out, progress=not args.no_progress)
     except (TrainingError, DatasetError, VocabularyError, CalibrationError) as exc:
-        print(f"vl-distill eval: error: {exc}", file=sys.stderr)
+        print(f"vl-distill eval: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(json.dumps(result["summary"], indent=2))
     return 0

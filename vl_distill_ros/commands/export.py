@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                              onnx=args.onnx)
         bundle = load_bundle(path)  # validate what was written
     except (TrainingError, VocabularyError, BundleError, KeyError, CalibrationError) as exc:
-        print(f"vl-distill export: error: {exc}", file=sys.stderr)
+        print(f"vl-distill export: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"[export] {path}: {len(bundle.vocabulary)} labels, teacher {bundle.teacher_id}")
     return 0

@@ -14,6 +14,7 @@ or exited (its last output lines are shown); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -117,15 +118,15 @@ def run(args: argparse.Namespace) -> int:
               "the replay on this machine (and set ROS_DOMAIN_ID to keep it apart from other "
               "runs)", file=sys.stderr)
     try:
-        if args.rate <= 0:
-            raise InputError(f"--rate must be > 0, got {args.rate}")
+        if not math.isfinite(args.rate) or args.rate <= 0:
+            raise InputError(f"--rate must be a finite number > 0, got {args.rate}")
         params = dict(parse_param(text) for text in args.param)
         if args.crop_source:
             params["crop_source"] = args.crop_source
         for name, value in (("--node-timeout", args.node_timeout),
                             ("--drain-timeout", args.drain_timeout)):
-            if value <= 0:
-                raise InputError(f"{name} must be > 0, got {value}")
+            if not math.isfinite(value) or value <= 0:
+                raise InputError(f"{name} must be a finite number > 0, got {value}")
         bag = Path(args.bag).expanduser()
         out = Path(args.out) if args.out else Path("runs") / "replay" / (
             (bag.name or "bag") + ("_offline" if args.offline else ""))

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_train_config(args.config, args.overrides)
         out = train(cfg, resume=args.resume, progress=not args.no_progress)
     except (ConfigError, VocabularyError, DatasetError, TrainingError, CalibrationError) as exc:
-        print(f"vl-distill train: error: {exc}", file=sys.stderr)
+        print(f"vl-distill train: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"[train] done: {out}")
     return 0

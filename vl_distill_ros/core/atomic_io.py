@@ -5,12 +5,16 @@ fsyncs it, renames it over the target with :func:`os.replace` and fsyncs the dir
 crash leaves the old file or the new one, never a mix, and no temporary file behind.
 :func:`set_aside` moves a corrupt file out of the way, keeping it as evidence.
 :func:`replace_dir` publishes a finished folder (a rendered dataset, a bag) in one rename.
+:func:`read_regular_file` reads a small input file without ever blocking or exhausting memory
+(FIFOs, devices and directories are refused before they are opened).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +46,70 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class FileRejected(OSError):
+    """An input file that is not a regular file or is over its size limit (says which)."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+    """Read ``path`` whole, refusing anything but a regular file of at most ``max_bytes``.
+
+    The file type and size are checked with :func:`os.stat` before opening, and the file is
+    opened with ``O_NONBLOCK`` and checked again on the open descriptor, so a FIFO without a
+    writer, ``/dev/zero`` or a file that grows meanwhile can neither block the caller nor fill
+    its memory (at most ``max_bytes + 1`` bytes are read).
+
+    Raises:
+        FileNotFoundError: no such file.
+        FileRejected: not a regular file, or larger than ``max_bytes`` (the message says which).
+        OSError: any other error opening or reading it.
+    """
+    path = Path(path)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRejected(f"{path} is {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > max_bytes:
+        raise FileRejected(f"{path} is {st.st_size} bytes; the limit is {max_bytes} bytes")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)  # the path may have been replaced between stat and open
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRejected(f"{path} is {_file_kind(st.st_mode)}, not a regular file")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise FileRejected(f"{path} is larger than the limit of {max_bytes} bytes")
+    return b"".join(chunks)
+
+
+def _make_parent(path: Path) -> None:
+    """``mkdir -p`` of ``path``'s folder; a regular file in the way gets a clear error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path.parent, *path.parent.parents)
+                        if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot create the folder of {path}: "
+                                                f"{blocker} is a file, not a directory") from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and durably; creates parent directories.
 
@@ -50,7 +118,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     the error is re-raised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shipped files from others

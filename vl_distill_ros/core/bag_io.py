@@ -53,7 +53,6 @@ import json
 import math
 import os
 import shutil
-import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,15 +404,17 @@ def _open_reader(path: Path):
         reader.open()
     except ReaderError as exc:
         raise BagError(f"cannot open bag {path}: {exc} (corrupt or not a rosbag2 bag)") from None
-    except (FileNotFoundError, OSError, sqlite3.Error, ValueError, KeyError, EOFError) as exc:
-        raise BagError(f"cannot open bag {path}: {exc} (corrupt or not a rosbag2 bag)") from None
+    except Exception as exc:  # noqa: BLE001 - OSError, sqlite3, zstd, struct: all corrupt
+        raise BagError(f"cannot open bag {path}: {type(exc).__name__}: {exc} (corrupt or not a "
+                       "rosbag2 bag)") from None
     return reader
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    from rosbags.rosbag2.errors import ReaderError
-
-    return (ReaderError, OSError, sqlite3.Error, EOFError, ValueError, KeyError, IndexError)
+    """What reading a corrupt storage file may raise: the reader's own errors, I/O and
+    sqlite errors, and whatever a decompressor or parser throws on flipped bytes (e.g.
+    ``ZstdError``, ``struct.error``), so every one is Exception."""
+    return (Exception,)
 
 
 def iter_raw_messages(path: str | Path, topics: Sequence[str] | None = None

@@ -191,6 +191,32 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def _check_teacher_and_templates(manifest: dict) -> None:
+    """Raise ValueError unless the manifest names its teacher (a non-empty id and a spec
+    mapping, what new label names are embedded with) and has usable prompt templates (format
+    strings with ``{name}``)."""
+    teacher = manifest["teacher"]
+    if not isinstance(teacher, dict):
+        raise ValueError("'teacher' must be a mapping")
+    if not isinstance(teacher.get("id"), str) or not teacher["id"].strip():
+        raise ValueError("teacher id is missing or empty")
+    if not isinstance(teacher.get("spec"), dict):
+        raise ValueError("teacher spec is missing (a mapping is needed to embed new names)")
+    templates = manifest["vocabulary"].get("templates") or ["a photo of a {name}."]
+    if not isinstance(templates, list) or not templates:
+        raise ValueError("vocabulary templates must be a non-empty list")
+    for template in templates:
+        if not isinstance(template, str) or "{name}" not in template:
+            raise ValueError(f"prompt template {template!r:.80} has no '{{name}}'")
+        try:
+            template.format(name="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt template {template!r:.80} is not a valid format "
+                             f"string ({exc!r})") from None
+    if not isinstance(manifest["vocabulary"].get("enrich", True), bool):
+        raise ValueError("vocabulary 'enrich' must be true or false")
+
+
 def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
                 device: str | torch.device = "cpu") -> Bundle:
     """Load and validate a bundle.
@@ -224,6 +250,7 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
         vocabulary = Vocabulary.from_dict(manifest["vocabulary"], source=f"{path}:vocabulary")
         student_cfg = from_dict(StudentConfig, manifest["student"]["config"], "student")
         embed_dim = int(manifest["teacher"]["embed_dim"])
+        _check_teacher_and_templates(manifest)
     except (VocabularyError, ConfigError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: invalid manifest: {exc}") from None
     calibration = None

@@ -6,6 +6,7 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TypeVar, get_type_hints
@@ -214,6 +215,34 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         raise ConfigError("loss.cls_label_set 'id+aux' needs data.aux_splits")
     if not cfg.data.train_splits:
         raise ConfigError("data.train_splits is empty")
+    for dotted, low, strict in NUMBER_RANGES:
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise ConfigError(f"{dotted} must be a finite number {'>' if strict else '>='} "
+                              f"{low:g}, got {value!r}")
+    size = cfg.student.image_size
+    if size < 32 or size % 32:
+        raise ConfigError(f"student.image_size must be a positive multiple of 32, got {size}")
+    for template in cfg.data.templates:
+        if not isinstance(template, str) or "{name}" not in template:
+            raise ConfigError(f"data.templates: every template needs '{{name}}', got "
+                              f"{template!r}")
+
+
+#: (setting, bound, strict): numbers that must be finite and > bound (strict) or >= bound.
+NUMBER_RANGES = (
+    ("optim.epochs", 1, False), ("optim.batch_size", 1, False), ("optim.lr", 0, True),
+    ("optim.backbone_lr_scale", 0, False), ("optim.weight_decay", 0, False),
+    ("optim.warmup_epochs", 0, False), ("optim.threads", 0, False),
+    ("optim.max_steps_per_epoch", 0, False), ("student.head_hidden", 0, False),
+    ("student.freeze_stages", 0, False), ("teacher.top_t", 1, False),
+    ("teacher.temperature", 0, True), ("teacher.batch_size", 1, False),
+    ("loss.cls_weight", 0, False), ("loss.mse_weight", 0, False),
+    ("loss.imcst_weight", 0, False), ("loss.vlprox_weight", 0, False),
+    ("loss.vlkl_weight", 0, False), ("loss.tau", 0, True), ("loss.vlprox_topk", 1, False),
+    ("loss.vlprox_tau", 0, True), ("loss.vlkl_tau", 0, True), ("data.workers", 0, False),
+)
 
 
 T = TypeVar("T")
@@ -303,8 +332,14 @@ def read_yaml_with_base(path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8; a binary file?)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)

@@ -9,7 +9,8 @@ exactly the same code. One call of :meth:`PerceptionPipeline.process` handles on
    :func:`~vl_distill_ros.core.proposals.sanitize_boxes`: boxes are clipped to the image and
    degenerate, non-finite or out-of-image boxes are dropped, so the network never sees an
    empty crop.
-2. **Crops** of one frame are preprocessed into ONE batch and run through the student under
+2. **Crops** of one frame are preprocessed and run through the student in batches of at
+   most ``MAX_CROPS_PER_BATCH`` (64; one batch for a usual frame) under
    :func:`torch.inference_mode`.
 3. **Scores**: cosine similarity of each crop embedding to the active vocabulary's text
    embeddings, turned into a distribution over the vocabulary with a softmax at
@@ -70,6 +71,11 @@ UNKNOWN_LABEL = "unknown"
 DEFAULT_TEMPERATURE = 0.01
 #: ``unknown_threshold`` / ``seen_bias`` value meaning "the bundle's calibrated value".
 FROM_BUNDLE = -1.0
+#: Most fixed regions (``rois``), like ``proposal_max_count``'s upper bound.
+MAX_ROIS = 256
+#: Crops go through the student in chunks of at most this many, so the memory one frame
+#: needs stays bounded however many boxes it has.
+MAX_CROPS_PER_BATCH = 64
 
 
 class PipelineError(ValueError):
@@ -153,6 +159,8 @@ class PipelineSettings:
         if self.crop_source not in CROP_SOURCES:
             raise PipelineError(f"crop_source must be one of {list(CROP_SOURCES)}, got "
                                 f"{self.crop_source!r}")
+        if len(self.rois) > MAX_ROIS:
+            raise PipelineError(f"rois holds {len(self.rois)} regions; the limit is {MAX_ROIS}")
         rois = []
         for i, roi in enumerate(self.rois):
             if len(roi) != 4:
@@ -434,9 +442,13 @@ class PerceptionPipeline:
         boxes = self.boxes(image, settings)
         if not boxes:
             return [], active.version
-        batch = preprocess_crops([crop(image, b) for b in boxes], self.input_spec)
         with torch.inference_mode():
-            emb = F.normalize(torch.from_numpy(self.runner.embed(batch)).float(), dim=-1)
+            chunks = []
+            for i in range(0, len(boxes), MAX_CROPS_PER_BATCH):  # bounded memory per call
+                part = boxes[i:i + MAX_CROPS_PER_BATCH]
+                batch = preprocess_crops([crop(image, b) for b in part], self.input_spec)
+                chunks.append(torch.from_numpy(self.runner.embed(batch)).float())
+            emb = F.normalize(torch.cat(chunks), dim=-1)
             cos = emb @ active.embeddings.T                           # (N, L)
             bias = self.effective_seen_bias(settings)
             adjusted = cos - bias * active.trained_mask if bias and \

@@ -15,7 +15,8 @@ Reading contract (:func:`load_vocabulary_store_result` / :func:`load_vocabulary_
   not destroy the evidence, and no vocabulary is returned; the reason and the new location
   are in the :class:`StoreLoadResult` (``status == "corrupt"``) so the node can publish a
   diagnostic and fall back to its configured vocabulary;
-* the file cannot be read at all (permissions, a directory, I/O error) -> an error is logged
+* the file cannot be read at all (permissions, a directory, a FIFO or device, over 1 MiB,
+  I/O error) -> an error is logged
   and returned, and the file is left where it is (``status == "unreadable"``).
 
 Nothing here raises for a bad store file; only :func:`save_vocabulary_atomic` raises
@@ -31,8 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from .atomic_io import atomic_write_bytes, set_aside  # noqa: F401 (re-exported)
-from .vocabulary import Vocabulary, VocabularyError
+from .atomic_io import atomic_write_bytes, read_regular_file, set_aside  # noqa: F401
+from .vocabulary import MAX_VOCABULARY_FILE_BYTES, Vocabulary, VocabularyError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def load_vocabulary_store_result(path: str | Path) -> StoreLoadResult:
     """Load the stored vocabulary per the module's reading contract; never raises for bad files."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_VOCABULARY_FILE_BYTES)  # never blocks (FIFO)
     except FileNotFoundError:
         return StoreLoadResult(path=path)
     except OSError as exc:

@@ -42,6 +42,7 @@ the node never answered, or exited).
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shlex
@@ -293,6 +294,17 @@ def _check_model(model: Path | None) -> Path:
     return path.resolve()
 
 
+def _check_bundle_loads(model: Path) -> None:
+    """Load the bundle once on the CPU (as the node will) and drop it: a truncated, corrupt
+    or inconsistent bundle is an :class:`InputError` here instead of a node that dies."""
+    from ..core.bundle import BundleError, load_bundle
+
+    try:
+        load_bundle(model, device="cpu")
+    except BundleError as exc:
+        raise InputError(f"cannot load model bundle: {exc}") from None
+
+
 def _load_vocabulary_file(path: Path | None):
     if path is None:
         return None
@@ -469,9 +481,10 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
         InputError: bad model, vocabulary, parameters or a corrupt message in the bag.
         NodeError: the node never answered or exited.
     """
-    if settings.rate <= 0:
-        raise InputError(f"--rate must be > 0, got {settings.rate}")
+    if not math.isfinite(settings.rate) or settings.rate <= 0:
+        raise InputError(f"--rate must be a finite number > 0, got {settings.rate}")
     model = _check_model(settings.model)
+    _check_bundle_loads(model)  # a corrupt bundle is bad input (2), found before the node runs
     vocab_file = _load_vocabulary_file(settings.vocabulary)
     values = node_parameter_values(settings.params)
     pipeline_settings(values)  # invalid settings are bad input, not a node failure

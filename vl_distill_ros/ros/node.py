@@ -71,6 +71,21 @@ BAD_FRAME_LOG_PERIOD = 30.0
 VOCABULARY_DEBOUNCE_S = 0.005
 #: Latency samples kept per camera for diagnostics.
 LATENCY_WINDOW = 200
+#: ``~/save_vocabulary`` right after a vocabulary change waits at most this long (in the
+#: executor thread, so it stays short) for the change to be embedded and swapped in; if it is
+#: still pending the call fails with success=False and saves nothing.
+SAVE_PENDING_WAIT_S = 1.0
+#: Longest text (error messages, encodings from the wire) copied into logs and /diagnostics.
+MAX_DIAGNOSTIC_TEXT = 200
+
+
+def clip_text(text: object, limit: int = MAX_DIAGNOSTIC_TEXT) -> str:
+    """``str(text)``, cut to ``limit`` characters (with a note of the full length)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    note = f"... [{len(text)} chars]"
+    return text[:max(0, limit - len(note))] + note
 
 
 class StartupError(RuntimeError):
@@ -473,7 +488,9 @@ class VlDistillNode(Node):
                 with self._lock:
                     self._vocab_error = (f"could not embed the new vocabulary ({len(vocab)} "
                                          f"labels): {exc}")
-                    self._vocab_state = "error"
+                    if self._vocab_seq == seq:  # else a newer request is pending: 'embedding'
+                        self._vocab_state = "error"
+                    self._lock.notify_all()
                 self.get_logger().error(self._vocab_error + "; the active vocabulary "
                                         f"(version {self.pipeline.active.version}) is unchanged")
                 continue
@@ -493,6 +510,7 @@ class VlDistillNode(Node):
                     self._vocab_state = "ready"
                 self._vocab_error = ""
                 self._vocab_source = "parameters"
+                self._lock.notify_all()  # a waiting ~/save_vocabulary
             self.get_logger().info(
                 f"vocabulary version {version}: {len(vocab)} labels, embedded in "
                 f"{time.perf_counter() - start:.2f} s ({self.text_service.stats})")
@@ -524,7 +542,32 @@ class VlDistillNode(Node):
         return True, f"saved {len(vocab)} labels to {path}"
 
     def _on_save(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        active = self.pipeline.active
+        """Save the requested vocabulary: wait (briefly) for a pending change to be swapped in;
+        never report success for a vocabulary other than the one last requested."""
+        deadline = time.monotonic() + SAVE_PENDING_WAIT_S
+        with self._lock:
+            while True:
+                active = self.pipeline.active
+                requested = self._requested_vocab
+                if requested == active.vocabulary or self._vocab_state == "error":
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    break
+                self._lock.wait(min(left, 0.05))
+            state, error = self._vocab_state, self._vocab_error
+        if requested != active.vocabulary:
+            response.success = False
+            if state == "error":
+                response.message = (f"not saved: the requested vocabulary ({len(requested)} "
+                                    f"labels) could not be embedded ({clip_text(error)}); the "
+                                    f"active one is version {active.version}")
+            else:
+                response.message = (f"not saved: a vocabulary change ({len(requested)} labels) "
+                                    "is still being embedded; call again when it is active "
+                                    "(vocabulary_state 'ready' in /diagnostics)")
+            self.get_logger().warning(f"~/save_vocabulary: {response.message}")
+            return response
         ok, msg = self._save_store(active.vocabulary)
         response.success = ok
         response.message = f"{msg} (vocabulary version {active.version})" if ok else msg
@@ -598,6 +641,7 @@ class VlDistillNode(Node):
 
     def _report_frame_problem(self, cam: _Camera, kind: str, text: str) -> None:
         """Count a skipped frame; log the first one per camera and kind, then rate-limited."""
+        text = clip_text(text)  # e.g. a 100 kB encoding string from the wire
         now = time.monotonic()
         with self._lock:
             if kind == "bad_frame":
@@ -673,7 +717,9 @@ class VlDistillNode(Node):
         arr.header.stamp = self.get_clock().now().to_msg()
 
         def kv(pairs: dict) -> list[KeyValue]:
-            return [KeyValue(key=str(k), value=str(v)) for k, v in pairs.items()]
+            # error texts may quote input from the wire or from files: cut them
+            return [KeyValue(key=str(k), value=clip_text(v) if k.endswith("error") else str(v))
+                    for k, v in pairs.items()]
 
         with self._lock:
             vocab_state, vocab_error = self._vocab_state, self._vocab_error
@@ -681,9 +727,9 @@ class VlDistillNode(Node):
             source = self._vocab_source
         status = DiagnosticStatus(name=f"{fq}: model and vocabulary", hardware_id=fq)
         if vocab_error:
-            status.level, status.message = DiagnosticStatus.ERROR, vocab_error
+            status.level, status.message = DiagnosticStatus.ERROR, clip_text(vocab_error)
         elif store_error:
-            status.level, status.message = DiagnosticStatus.WARN, store_error
+            status.level, status.message = DiagnosticStatus.WARN, clip_text(store_error)
         else:
             status.level = DiagnosticStatus.OK
             status.message = (f"vocabulary version {active.version}: {len(active.vocabulary)} "
@@ -740,7 +786,7 @@ class VlDistillNode(Node):
             cs = DiagnosticStatus(name=f"{fq}: camera {cam.resolved}", hardware_id=fq)
             if bad_recent:
                 cs.level = DiagnosticStatus.WARN
-                cs.message = f"{bad_recent} frame(s) skipped: {last_error}"
+                cs.message = clip_text(f"{bad_recent} frame(s) skipped: {last_error}")
             else:
                 cs.level = DiagnosticStatus.OK
                 cs.message = (f"{values['processed']} processed, {values['dropped']} dropped"

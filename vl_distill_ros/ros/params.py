@@ -125,7 +125,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("rois", [], "integer_array",
               "Fixed regions for crop_source=rois, flattened: [x0, y0, w0, h0, x1, y1, ...] in "
               "pixels. Clipped to each frame; degenerate ones are dropped.",
-              constraints="a multiple of 4 integers"),
+              constraints="a multiple of 4 integers, at most 256 regions"),
     ParamSpec("proposal_min_area_frac", 0.0004, "double",
               "Proposals: smallest box kept, as a fraction of the frame area.",
               range=(0.0, 1.0)),

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +82,71 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint, turning any corruption into a clear :class:`TrainingError`."""
+    """Read a checkpoint, turning any corruption into a clear one-line :class:`TrainingError`.
+
+    Checkpoints are loaded with ``weights_only=True``: only tensors and plain data (dicts,
+    lists, strings, numbers) are accepted, so a crafted file can never run code; one that
+    needs other pickled objects is refused. The content is checked too: ``student`` a
+    non-empty dict of tensors, ``config`` a dict, ``embed_dim`` a positive integer.
+    """
+    import pickle
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(exc), re.IGNORECASE)
+        if found:
+            raise TrainingError(f"checkpoint {path} refused: it needs the pickled Python object "
+                                f"{found.group(1)!r}, and checkpoints are only loaded as "
+                                "tensors and plain data (weights_only=True), never run as "
+                                "code; delete it or retrain") from None
+        raise TrainingError(f"checkpoint {path} is corrupt or unreadable (not a checkpoint "
+                            "saved by vl-distill train); delete it or train without --resume"
+                            ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise TrainingError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
-                            f"{str(exc)[:200]}); delete it or train without --resume") from None
+                            f"{_first_line(exc)}); delete it or train without --resume") from None
     if not isinstance(ckpt, dict) or not {"student", "config", "embed_dim"} <= set(ckpt):
         raise TrainingError(f"{path} is not a vl_distill_ros checkpoint")
+    student = ckpt["student"]
+    if (not isinstance(student, dict) or not student
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                       for k, v in student.items())):
+        raise TrainingError(f"checkpoint {path} is malformed: 'student' must be a non-empty "
+                            "mapping of parameter names to tensors")
+    if not isinstance(ckpt["config"], dict):
+        raise TrainingError(f"checkpoint {path} is malformed: 'config' must be a mapping, got "
+                            f"{type(ckpt['config']).__name__}")
+    dim = ckpt["embed_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise TrainingError(f"checkpoint {path} is malformed: 'embed_dim' must be a positive "
+                            f"integer, got {dim!r:.50}")
     return ckpt
+
+
+def checkpoint_config(ckpt: dict, path: Path) -> TrainConfig:
+    """The :class:`TrainConfig` stored in a checkpoint; an invalid one is a TrainingError."""
+    from ..core.config import ConfigError
+
+    try:
+        return from_dict(TrainConfig, ckpt["config"], where=f"{path}: config")
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise TrainingError(f"checkpoint {path} is malformed: {_first_line(exc)}") from None
+
+
+def load_student_weights(student: torch.nn.Module, state: dict, path: Path) -> None:
+    """``student.load_state_dict(state)``; weights that do not fit are a TrainingError."""
+    try:
+        student.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise TrainingError(f"checkpoint {path}: the student weights do not fit the configured "
+                            f"student ({_first_line(exc)})") from None
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -157,7 +213,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     ckpt = None
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        saved = from_dict(TrainConfig, ckpt["config"])
+        saved = checkpoint_config(ckpt, ckpt_path)
         if to_dict(saved.student) != to_dict(cfg.student) or to_dict(saved.teacher) != to_dict(cfg.teacher):
             raise TrainingError(f"{ckpt_path} was written for a different student/teacher "
                                 "configuration; use another output_dir or drop --resume")
@@ -193,7 +249,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
     student = build_student(cfg.student, embed_dim, load_weights=ckpt is None).to(env.device)
     if ckpt is not None:
-        student.load_state_dict(ckpt["student"])
+        load_student_weights(student, ckpt["student"], ckpt_path)
     model: torch.nn.Module = student
     if env.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -204,7 +260,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     ]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise TrainingError(f"checkpoint {ckpt_path}: cannot restore the optimizer state "
+                                f"({_first_line(exc)}); train without --resume") from None
     loss_fn = DistillLoss(cfg.loss)
     augment = CropAugment(student.input_spec)
 
@@ -301,10 +361,18 @@ def load_trained_student(run_dir: str | Path) -> tuple[Student, TrainConfig, str
     if not path.exists():
         raise TrainingError(f"no trained student in {run_dir} (expected {FINAL} or {CHECKPOINT})")
     ckpt = load_checkpoint(path)
-    cfg = from_dict(TrainConfig, ckpt["config"])
-    student = build_student(cfg.student, int(ckpt["embed_dim"]), load_weights=False)
-    student.load_state_dict(ckpt["student"])
-    return student.eval(), cfg, ckpt["teacher_id"]
+    cfg = checkpoint_config(ckpt, path)
+    try:
+        student = build_student(cfg.student, int(ckpt["embed_dim"]), load_weights=False)
+    except (ValueError, RuntimeError) as exc:  # StudentError is a ValueError
+        raise TrainingError(f"checkpoint {path}: cannot build its student "
+                            f"({_first_line(exc)})") from None
+    load_student_weights(student, ckpt["student"], path)
+    teacher_id = ckpt.get("teacher_id")
+    if not isinstance(teacher_id, str) or not teacher_id:
+        raise TrainingError(f"checkpoint {path} is malformed: 'teacher_id' must be a non-empty "
+                            "string")
+    return student.eval(), cfg, teacher_id
 
 
 def _yaml_dump(data: dict) -> str:
