@@ -77,7 +77,7 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
     2. the temperature: best open-set AUROC when half of the pseudo-unseen objects are left
        out of the vocabulary (both halves, averaged), with the negatives in place;
     3. the threshold: ``known_coverage`` of the correctly classified calibration crops
-       (whole vocabulary) stay known.
+       (whole vocabulary, seen and pseudo-unseen crops pooled) stay known.
 
     ``embed(student, images, device)`` returns student embeddings. Returns the record and
     the bias curve.
