@@ -211,7 +211,7 @@ def _epoch_means(sums: dict[str, torch.Tensor], steps: int, env: DistEnv) -> dic
     (and one all-reduce under DDP) per epoch."""
     if not sums:
         return {}
-    keys = sorted(sums)
+    keys = list(sums)  # the same insertion order on every rank: total, then the terms
     stacked = torch.stack([sums[k].float() for k in keys])
     if env.world > 1:
         dist.all_reduce(stacked)
@@ -343,7 +343,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         print(f"[train] {cfg.name}: {n} images ({train_set.n_labelled_id} labelled ID, "
               f"{train_set.n_aux} auxiliary), L_cls over {len(train_set.cls_vocab)} labels, "
               f"teacher {teacher.id}, "
-              f"student {cfg.student.backbone}@{cfg.student.image_size}, world {env.world}, "
+              f"student {cfg.student.backbone}@{cfg.student.image_size}, world {env.world} "
+              f"({env.device.type}), "
               f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs")
 
     for epoch in range(start_epoch, cfg.optim.epochs):
