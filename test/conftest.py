@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import missing_ycb_models
+
 # Set before anything imports rclpy: discovery never leaves the loopback interface, and a
 # per-session domain keeps parallel test runs apart.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -33,7 +35,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def ycb_models() -> Path:
-    """The shared YCB models folder; tests that need it skip with the reason if absent."""
+    """The shared YCB models folder; tests that need it skip with the reason if absent, and
+    fail when the environment variable CI is true (:func:`helpers.missing_ycb_models`)."""
     if not (YCB_MODELS / "011_banana" / "textured.obj").exists():
-        pytest.skip(f"YCB models not found at {YCB_MODELS}")
+        missing_ycb_models(f"YCB models not found at {YCB_MODELS}")
     return YCB_MODELS

@@ -12,6 +12,8 @@
   :func:`~vl_distill_ros.core.bag_io.write_camera_bag`.
 * :func:`rewrite_zip`: a copy of a zip file (a bundle) with its members changed, for
   tampering tests.
+* :func:`missing_ycb_models`: what a test that needs ``../shared/ycb_models`` does when
+  they are absent: skip on a user's machine, fail in CI.
 """
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ def _crop_of(colour: Sequence[int], rng: np.random.Generator, size: int = 40) ->
     """A crop like the proposer gives: a coloured block with a margin of table."""
     h = int(rng.integers(size - 10, size + 10))
     w = int(rng.integers(size - 10, size + 10))
+    return block_image(h, w, colour, rng)
+
+
+def block_image(h: int, w: int, colour: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """An (h, w, 3) RGB uint8 image: a ``colour`` block with a margin of table (1/11 of
+    each side) and a little noise, as the crops :func:`make_colour_bundle` is fitted on."""
     img = np.empty((h, w, 3), np.float32)
     img[:] = TABLE
     my, mx = max(1, h // 11), max(1, w // 11)
@@ -45,10 +53,16 @@ def _crop_of(colour: Sequence[int], rng: np.random.Generator, size: int = 40) ->
     return img.clip(0, 255).astype(np.uint8)
 
 
-def make_colour_bundle(path: Path, names: Sequence[str], fit: Sequence[str],
-                       seed: int = 0) -> Path:
+def make_colour_bundle(path: Path, names: Sequence[str], fit: Sequence,
+                       seed: int = 0, vocabulary=None) -> Path:
     """Write a bundle for vocabulary ``names`` whose head maps each colour in ``fit`` to its
-    label's text embedding (see the module docstring). Returns the bundle path."""
+    label's text embedding (see the module docstring). Returns the bundle path.
+
+    An entry of ``fit`` is a name of :data:`OBJECTS` (its colour -> its own label) or a pair
+    ``(rgb, label)``: crops of colour ``rgb`` -> the text embedding of ``label``, which may
+    be a name outside ``names`` (embedded by the same text service). ``vocabulary`` (a
+    :class:`~vl_distill_ros.core.vocabulary.Vocabulary` whose names are ``names``) replaces
+    the default one (names with the keys of :data:`OBJECTS`, no descriptions)."""
     import torch
 
     from vl_distill_ros.core.bundle import save_bundle
@@ -61,20 +75,24 @@ def make_colour_bundle(path: Path, names: Sequence[str], fit: Sequence[str],
 
     spec = teacher_spec(TeacherConfig(backend="offline", device="cpu"))
     service = TextEmbeddingService(spec, spec["id"], TEMPLATES, enrich=True)
-    vocab = Vocabulary(tuple(Label(name=n, key=OBJECTS[n][1] if n in OBJECTS else "")
-                             for n in names))
+    vocab = vocabulary or Vocabulary(tuple(
+        Label(name=n, key=OBJECTS[n][1] if n in OBJECTS else "") for n in names))
+    assert list(vocab.names) == list(names), (vocab.names, names)
     emb = service.embed_vocabulary(vocab)
     torch.manual_seed(seed)
     student = build_student(StudentConfig(backbone="mobilenet_v3_small", pretrained="none",
                                           image_size=64), emb.shape[1]).eval()
     rng = np.random.default_rng(seed)
     feats, targets = [], []
-    for name in fit:
-        crops = [_crop_of(OBJECTS[name][0], rng) for _ in range(6)]
+    for entry in fit:
+        colour, name = (OBJECTS[entry][0], entry) if isinstance(entry, str) else entry
+        crops = [_crop_of(colour, rng) for _ in range(6)]
         batch = torch.from_numpy(preprocess_crops(crops, student.input_spec))
         with torch.no_grad():
             feats.append(student.backbone(batch))
-        targets.append(emb[names.index(name)].expand(len(crops), -1))
+        target = (emb[list(names).index(name)] if name in names
+                  else service.embed([Label(name)])[0])
+        targets.append(target.expand(len(crops), -1))
     x = torch.cat(feats).double()
     y = torch.cat(targets).double()
     mean = x.mean(0, keepdim=True)
@@ -125,6 +143,19 @@ def make_synthetic_bag(path: Path, n: int, labels: Sequence[str], fps: float = 1
 
     return write_camera_bag(path, synthetic_frames(n, labels, seed=seed, fps=fps),
                             storage=storage)
+
+
+def missing_ycb_models(reason: str) -> None:
+    """The YCB models a test needs are missing: skip with ``reason``, except when the
+    environment variable ``CI`` is ``true``, where a missing models folder is a failure
+    (CI has ``../shared`` and must never quietly skip the rendering tests)."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"{reason} (CI=true: the YCB models must be present)", pytrace=False)
+    pytest.skip(reason)
 
 
 def rewrite_zip(path: Path, out: Path, change: Callable[[dict[str, bytes]], None]) -> Path:

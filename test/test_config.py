@@ -124,3 +124,20 @@ def test_binary_or_directory_config_is_a_one_line_error_with_exit_2(tmp_path, ca
         assert message in err and err.startswith("vl-distill train: error:"), err
         assert len(err.strip().splitlines()) == 1, err
         assert "Traceback" not in err
+
+
+# -- loss parity options (issue 12) ---------------------------------------------------------
+def test_loss_parity_options_default_and_validate():
+    cfg = load_train_config(None)
+    assert (cfg.loss.imcst_similarity, cfg.loss.imcst_direction,
+            cfg.loss.vlprox_reduction) == ("l2", "both", "batch")
+    cfg = load_train_config(None, ["loss.imcst_direction=single",
+                                   "loss.vlprox_reduction=masked"])
+    assert (cfg.loss.imcst_direction, cfg.loss.vlprox_reduction) == ("single", "masked")
+    for override, message in [
+            ("loss.imcst_direction=one", "loss.imcst_direction must be one of ['both', 'single']"),
+            ("loss.vlprox_reduction=mean",
+             "loss.vlprox_reduction must be one of ['batch', 'masked']"),
+            ("loss.imcst_similarity=dot", "loss.imcst_similarity must be one of")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_train_config(None, [override])

@@ -339,3 +339,143 @@ def test_distill_vlkl_term_needs_the_broad_embeddings():
     assert float(total) == pytest.approx(2.0 * parts["vlkl"])
     with pytest.raises(ValueError, match="broad"):
         loss(student, teacher, text, labels)
+
+
+# ---------------------------------------------------------------------------------------
+# parity with the authors' reference code (xuanlinli17/large_vlm_distillation_ood,
+# main_experiments.py), written out here as plain formulas
+# ---------------------------------------------------------------------------------------
+def ref_imcst(student, teacher, tau, mode):
+    """The reference L_im-cst: cosine / tau, 'single' (student rows) or 'bidirectional'."""
+    mat = F.normalize(student, dim=-1) @ F.normalize(teacher, dim=-1).T / tau
+    labels = torch.arange(mat.shape[0])
+    if mode == "single":
+        return F.cross_entropy(mat, labels)
+    return 0.5 * (F.cross_entropy(mat, labels) + F.cross_entropy(mat.T, labels))
+
+
+def ref_vlalign_filtered(student, teacher, text, labels, k, tau):
+    """The reference L_vlalign with --clip-filter-out-wrong-alignment: the mean over the
+    N' rows whose teacher argmax is the label (NaN when N' = 0)."""
+    s = F.normalize(student, dim=-1) @ F.normalize(text, dim=-1).T
+    c = F.normalize(teacher, dim=-1) @ F.normalize(text, dim=-1).T
+    keep = c.argmax(dim=-1) == labels
+    s, c = s[keep] / tau, c[keep] / tau
+    top, ids = c.topk(min(k, c.shape[-1]), dim=-1)
+    st = s.gather(-1, ids)
+    return (F.softmax(top, -1) * (F.log_softmax(top, -1) - F.log_softmax(st, -1))).sum(-1).mean()
+
+
+def _unit_batch(n: int, d: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    s = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    te = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+    return s, te
+
+
+@pytest.mark.parametrize("direction, mode", [("both", "bidirectional"), ("single", "single")])
+def test_imcst_cosine_equals_the_reference_code(direction, mode):
+    s, te = _unit_batch(6, 5, 3)
+    got = ImageContrastiveLoss(0.07, "cosine", direction)(s, te)
+    assert got.item() == pytest.approx(ref_imcst(s, te, 0.07, mode).item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("direction, mode", [("both", "bidirectional"), ("single", "single")])
+def test_imcst_l2_equals_the_reference_at_half_the_temperature(direction, mode):
+    """exp(-||s - t||^2 / tau) = exp((2 cos - 2) / tau): for unit vectors the paper's l2
+    form at tau is the reference's cosine form at tau / 2 (twice as sharp), not at tau."""
+    s, te = _unit_batch(6, 5, 4)
+    got = ImageContrastiveLoss(0.1, "l2", direction)(s, te).item()
+    assert got == pytest.approx(ref_imcst(s, te, 0.05, mode).item(), rel=1e-10)
+    assert got != pytest.approx(ref_imcst(s, te, 0.1, mode).item(), rel=1e-3)
+
+
+def test_imcst_single_direction_closed_form():
+    student = t([[1, 0], [0, 1]])
+    teacher = t([[1, 0], [0.5, SQ3 / 2]])
+    # logits = [[1, 0.5], [0, sqrt3/2]]: only the rows (student -> teacher) count
+    rows = 0.5 * ((-1 + lse(1, 0.5)) + (-SQ3 / 2 + lse(0, SQ3 / 2)))
+    loss = ImageContrastiveLoss(tau=1.0, similarity="cosine", direction="single")
+    assert loss(student, teacher).item() == pytest.approx(rows, rel=1e-12)
+    with pytest.raises(ValueError, match="direction"):
+        ImageContrastiveLoss(direction="one")
+
+
+def test_vlprox_masked_averages_over_the_images_the_teacher_gets_right():
+    # sample 0: teacher right (label 0); sample 1: teacher wrong (label 2) -> KL_0 / 1
+    args = (t([S_VEC, S_VEC]), t([T_VEC, T_VEC]), TEXT3, torch.tensor([0, 2]))
+    masked = VLProxLoss(topk=3, tau=1.0, reduction="masked")(*args)
+    assert masked.item() == pytest.approx(kl(softmax(T_VEC), softmax(S_VEC)), rel=1e-10)
+    batch = VLProxLoss(topk=3, tau=1.0, reduction="batch")(*args)
+    assert batch.item() == pytest.approx(masked.item() / 2, rel=1e-10)
+    with pytest.raises(ValueError, match="reduction"):
+        VLProxLoss(reduction="mean")
+
+
+def test_vlprox_masked_equals_the_reference_code():
+    g = torch.Generator().manual_seed(5)
+    text = F.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
+    teacher = F.normalize(text[torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])]
+                          + 0.3 * torch.randn(8, 8, generator=g, dtype=torch.float64), dim=-1)
+    student = F.normalize(torch.randn(8, 8, generator=g, dtype=torch.float64), dim=-1)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 3, 4])  # the last two: teacher wrong
+    right = (teacher @ text.T).argmax(-1) == labels
+    assert 0 < int(right.sum()) < 8
+    for k in (2, 3, 6):
+        got = VLProxLoss(topk=k, tau=0.07, reduction="masked")(student, teacher, text, labels)
+        ref = ref_vlalign_filtered(student, teacher, text, labels, k, 0.07)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-10)
+        batch = VLProxLoss(topk=k, tau=0.07)(student, teacher, text, labels)
+        assert batch.item() == pytest.approx(ref.item() * int(right.sum()) / 8, rel=1e-10)
+
+
+def test_vlprox_masked_is_zero_not_nan_when_the_teacher_is_always_wrong():
+    student = t([S_VEC, S_VEC]).requires_grad_(True)
+    args = (t([T_VEC, T_VEC]), TEXT3, torch.tensor([1, 2]))
+    assert math.isnan(ref_vlalign_filtered(student.detach(), *args, 3, 1.0).item())
+    loss = VLProxLoss(topk=3, tau=1.0, reduction="masked")(student, *args)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and torch.count_nonzero(student.grad) == 0
+
+
+def test_vlprox_unlabelled_rows_count_in_neither_reduction():
+    """Label -1 rows are never 'right' and are not part of B."""
+    args = (t([S_VEC, S_VEC, S_VEC]), t([T_VEC, T_VEC, T_VEC]), TEXT3)
+    full = kl(softmax(T_VEC), softmax(S_VEC))
+    labels = torch.tensor([0, 2, -1])
+    assert VLProxLoss(3, 1.0, "batch")(*args, labels).item() == pytest.approx(full / 2)
+    assert VLProxLoss(3, 1.0, "masked")(*args, labels).item() == pytest.approx(full)
+
+
+def test_cls_ignores_unlabelled_rows():
+    student, _, text, labels = _toy_batch(6)
+    labels = labels.clone()
+    labels[1::2] = -1
+    keep = labels >= 0
+    got = ClsLoss(0.1)(student, text, labels)
+    assert got.item() == pytest.approx(ClsLoss(0.1)(student[keep], text, labels[keep]).item())
+    none = ClsLoss(0.1)(student, text, torch.full_like(labels, -1))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_distill_passes_the_parity_options_through():
+    student, teacher, text, labels = _toy_batch(6)
+    cfg = LossConfig(cls_weight=0.0, imcst_weight=1.0, vlprox_weight=1.0, vlprox_topk=2,
+                     imcst_direction="single", vlprox_reduction="masked")
+    _, parts = DistillLoss(cfg)(student, teacher, text, labels)
+    assert parts["imcst"] == pytest.approx(
+        ImageContrastiveLoss(cfg.tau, "l2", "single")(student, teacher).item())
+    assert parts["vlprox"] == pytest.approx(
+        VLProxLoss(2, cfg.vlprox_tau, "masked")(student, teacher, text, labels).item())
+
+
+def test_distill_components_as_detached_tensors():
+    student, teacher, text, labels = _toy_batch(4)
+    total, parts = DistillLoss(LossConfig(vlprox_weight=1.0))(student, teacher, text, labels,
+                                                              as_float=False)
+    assert set(parts) == {"cls", "imcst", "vlprox"}
+    for v in parts.values():
+        assert isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad
+    assert total.item() == pytest.approx(sum(float(v) for v in parts.values()))
+    total.backward()  # the total keeps its graph

@@ -8,12 +8,15 @@ is bounded. conftest.py keeps DDS discovery on loopback and gives the session it
 
 The test bundle: an untrained tiny student (mobilenet_v3_small, 64 px) and the text
 embeddings of ["banana", "mug", "power drill"] from the real offline teacher's text encoder
-(MiniLM via TextEmbeddingService), so the node embeds new names for real. To make "a parameter
-change adds a label that the very next frames can predict" testable with an untrained student,
-the student's projection head is overwritten: weight = 0, bias = the text embedding of
-"zebra", the label added at runtime. The student then outputs the "zebra" direction for every
-crop: before "zebra" is in the vocabulary the best label is one of the others; as soon as it
-is added, its cosine is 1 and every frame scored with the new vocabulary says "zebra".
+(MiniLM via TextEmbeddingService), so the node embeds new names for real. The student's
+projection head is fitted in closed form (``helpers.make_colour_bundle``) so that its output
+depends on the pixels: a yellow block -> "banana", the same yellow with red and blue swapped
+-> "mug", a dark block -> "power drill", and a red block -> "zebra", the label added at
+runtime. A wrong channel order (yellow read as BGR) or a wrong crop therefore changes the
+label the node publishes; and "a parameter change adds a label that the very next frames can
+predict" is testable: before "zebra" is in the vocabulary a red frame is labelled with one of
+the others, as soon as it is added every red frame scored with the new vocabulary says
+"zebra".
 """
 from __future__ import annotations
 
@@ -30,11 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
-rclpy = pytest.importorskip("rclpy")
-
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically  # noqa: E402
@@ -45,22 +46,21 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from vl_distill_ros.core.bundle import save_bundle  # noqa: E402
-from vl_distill_ros.core.config import StudentConfig, TeacherConfig  # noqa: E402
-from vl_distill_ros.core.student import build_student  # noqa: E402
-from vl_distill_ros.core.teachers.factory import teacher_spec  # noqa: E402
-from vl_distill_ros.core.text_service import TextEmbeddingService  # noqa: E402
-from vl_distill_ros.core.vocabulary import Label, Vocabulary  # noqa: E402
+from helpers import OBJECTS, block_image, make_colour_bundle  # noqa: E402
+from vl_distill_ros.core.vocabulary import Vocabulary  # noqa: E402
 from vl_distill_ros.ros import node as node_mod  # noqa: E402
 from vl_distill_ros.ros.node import StartupError, VlDistillNode  # noqa: E402
 from vl_distill_ros.ros.params import PARAMETERS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = StudentConfig(backbone="mobilenet_v3_small", pretrained="none", image_size=64)
 NAMES = ["banana", "mug", "power drill"]
 DESCRIPTIONS = ["A curved yellow fruit.", "", ""]
 NEW_LABEL = "zebra"
 TEMPLATES = ["a photo of a {name}."]
+YELLOW = OBJECTS["banana"][0]        # -> "banana"
+SWAPPED = tuple(reversed(YELLOW))    # yellow with R and B swapped -> "mug"
+DARK = OBJECTS["power drill"][0]     # -> "power drill"
+RED = OBJECTS["apple"][0]            # -> "zebra" (added at runtime)
 
 STRING_ARRAY = Parameter.Type.STRING_ARRAY
 
@@ -80,19 +80,10 @@ def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
 # ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory) -> Path:
-    """A tiny bundle whose student always outputs the text embedding of 'zebra'."""
-    cfg = TeacherConfig(backend="offline", device="cpu")
-    spec = teacher_spec(cfg)
-    service = TextEmbeddingService(spec, spec["id"], TEMPLATES, enrich=True)
-    vocab = Vocabulary.from_names(NAMES, DESCRIPTIONS)
-    emb = service.embed_vocabulary(vocab)
-    zebra = service.embed([Label(NEW_LABEL)])[0]
-    student = build_student(SMALL, emb.shape[1])
-    with torch.no_grad():  # the trick explained in the module docstring
-        student.head.weight.zero_()
-        student.head.bias.copy_(zebra)
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb", student, emb,
-                       vocab, spec["id"], spec, TEMPLATES, enrich=True)
+    """A tiny bundle whose student's output follows the colour of the crop (module docstring)."""
+    fit = [(YELLOW, "banana"), (SWAPPED, "mug"), (DARK, "power drill"), (RED, NEW_LABEL)]
+    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb", NAMES,
+                              fit, vocabulary=Vocabulary.from_names(NAMES, DESCRIPTIONS))
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +221,11 @@ def rgb_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8)
 
 
+def colour_image(h: int, w: int, colour, seed: int = 0) -> np.ndarray:
+    """An RGB frame of one coloured block on the table (what the bundle was fitted on)."""
+    return block_image(h, w, colour, np.random.default_rng(seed))
+
+
 def make_msg(encoding: str, rgb: np.ndarray, frame_id: str, sec: int, pad: int = 0) -> Image:
     """A sensor_msgs/Image of ``rgb`` in ``encoding`` (rows padded by ``pad`` bytes)."""
     h, w = rgb.shape[:2]
@@ -283,7 +279,7 @@ def test_every_encoding_is_labelled_and_malformed_frames_are_skipped(ctx, tester
         for i, (enc, pad) in enumerate([("rgb8", 4), ("bgr8", 0), ("rgba8", 0), ("bgra8", 8),
                                         ("mono8", 3), ("mono16", 0)]):
             h, w = 40 + 2 * i, 56 + 4 * i
-            msg = make_msg(enc, rgb_image(h, w, i), f"frame_{enc}", 100 + i, pad)
+            msg = make_msg(enc, colour_image(h, w, YELLOW, i), f"frame_{enc}", 100 + i, pad)
             doc = publish_until_labelled(tester, f"{ns}/cam_a/image", msg, labels)
             assert doc["header"] == {"stamp": {"sec": 100 + i, "nanosec": 1234},
                                      "frame_id": f"frame_{enc}"}, enc
@@ -293,6 +289,8 @@ def test_every_encoding_is_labelled_and_malformed_frames_are_skipped(ctx, tester
             assert obj["bbox"] == [0, 0, w, h], enc          # decoded at the right size
             assert obj["label"] in NAMES and obj["known"] is True
             assert [p[0] for p in obj["top_k"]][0] == obj["label"]
+            if not enc.startswith("mono"):  # a swapped channel order would say "mug"
+                assert obj["label"] == "banana", (enc, obj)
 
         # malformed frames on camera B: each skipped, reported, nothing crashes
         cam_b = f"{ns}/cam_b/image"
@@ -324,16 +322,22 @@ def test_every_encoding_is_labelled_and_malformed_frames_are_skipped(ctx, tester
         # runtime crop settings: rois, and the annotated image output
         res = tester.set_params(fqn, [Parameter("crop_source", value="rois"),
                                       Parameter("rois", Parameter.Type.INTEGER_ARRAY,
-                                                [0, 0, 20, 20, 30, 10, 100, 100, 5, 5, 0, 9]),
+                                                [4, 30, 26, 26, 80, 2, 100, 100, 5, 5, 0, 9]),
                                       Parameter("publish_annotated", value=True)], atomic=True)
         assert res.successful, res.reason
         annotated = tester.watch_images(f"{fqn}/image_annotated")
+        # red everywhere else ("mug" among these names): a crop of the wrong region (moved,
+        # x and y swapped) shows red or nothing instead of the block
+        scene = colour_image(60, 120, RED)
+        scene[30:56, 4:30] = colour_image(26, 26, YELLOW, 1)  # roi 1: [4, 30, 26, 26]
+        scene[2:60, 80:120] = colour_image(58, 40, DARK, 2)   # roi 2, clipped: [80, 2, 40, 58]
         doc = publish_until_labelled(tester, f"{ns}/cam_a/image",
-                                     make_msg("rgb8", rgb_image(40, 60), "rois", 7), labels)
-        assert [o["bbox"] for o in doc["objects"]] == [[0, 0, 20, 20], [30, 10, 30, 30]]
+                                     make_msg("rgb8", scene, "rois", 7), labels)
+        assert [o["bbox"] for o in doc["objects"]] == [[4, 30, 26, 26], [80, 2, 40, 58]]
+        assert [o["label"] for o in doc["objects"]] == ["banana", "power drill"], doc
         assert wait_for(lambda: any(m.header.frame_id == "rois" for m in annotated), 5.0)
         ann = next(m for m in annotated if m.header.frame_id == "rois")
-        assert (ann.encoding, ann.width, ann.height) == ("rgb8", 60, 40)
+        assert (ann.encoding, ann.width, ann.height) == ("rgb8", 120, 60)
         bad = tester.set_params(fqn, [Parameter("crop_source", value="everything")])[0]
         assert not bad.successful and "crop_source" in bad.reason
 
@@ -346,7 +350,8 @@ def test_parameter_change_adds_label_rejects_bad_ones_and_persists(ctx, tester, 
         fqn = node.get_fully_qualified_name()
         labels = tester.watch_labels(f"{fqn}/labels")
         topic = f"{ns}/image"
-        first = publish_until_labelled(tester, topic, make_msg("rgb8", rgb_image(32, 48), "f0", 0),
+        first = publish_until_labelled(tester, topic,
+                                       make_msg("rgb8", colour_image(32, 48, RED), "f0", 0),
                                        labels)
         assert first["vocabulary_version"] == 1 and first["objects"][0]["label"] != NEW_LABEL
 
@@ -357,7 +362,8 @@ def test_parameter_change_adds_label_rejects_bad_ones_and_persists(ctx, tester, 
             k = 0
             while not stop.is_set():
                 k += 1
-                tester.publish(topic, make_msg("rgb8", rgb_image(32, 48), f"s{k}", k))
+                tester.publish(topic, make_msg("rgb8", colour_image(32, 48, RED, k % 5),
+                                               f"s{k}", k))
                 time.sleep(0.1)
 
         streamer = threading.Thread(target=stream, daemon=True)
@@ -468,8 +474,8 @@ def test_parameter_change_adds_label_rejects_bad_ones_and_persists(ctx, tester, 
         assert node.pipeline.active.names == ["banana", NEW_LABEL, "teapot"]
         assert tester.get_params(fqn, ["labels"])["labels"] == ["banana", NEW_LABEL, "teapot"]
         doc = publish_until_labelled(tester, f"{ns}/image",
-                                     make_msg("rgb8", rgb_image(32, 48), "after_restart", 1),
-                                     labels)
+                                     make_msg("rgb8", colour_image(32, 48, RED), "after_restart",
+                                              1), labels)
         assert doc["objects"][0]["label"] == NEW_LABEL
 
     # --- a corrupt store is reported and set aside, the node still starts
@@ -573,9 +579,10 @@ def test_console_script_runs_and_stops_on_sigint(tester, bundle_path, tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         doc = publish_until_labelled(tester, "/cli/image",
-                                     make_msg("bgr8", rgb_image(24, 32), "cli", 9), labels,
-                                     timeout=40.0)
+                                     make_msg("bgr8", colour_image(24, 32, YELLOW), "cli", 9),
+                                     labels, timeout=40.0)
         assert doc["camera"] == "/cli/image" and doc["objects"][0]["bbox"] == [0, 0, 32, 24]
+        assert doc["objects"][0]["label"] == "banana", doc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -602,6 +609,101 @@ def test_detections_published_when_vision_msgs_is_available(ctx, tester, bundle_
         det = got[-1].detections[0]
         assert det.results[0].hypothesis.class_id in NAMES
         assert det.bbox.size_x == 32 and det.bbox.size_y == 24
+
+
+def _fake_vision_msgs(jazzy: bool):
+    """Stand-ins for the vision_msgs message classes (vision_msgs is not installable here):
+    the Jazzy layout (bbox.center.position, hypothesis.class_id) or the Humble one
+    (bbox.center.x as geometry_msgs/Pose2D)."""
+    import types
+
+    class Point2D:
+        def __init__(self):
+            self.x = self.y = 0.0
+
+    class Pose2D:
+        def __init__(self):
+            if jazzy:
+                self.position = Point2D()
+            else:
+                self.x = self.y = 0.0
+            self.theta = 0.0
+
+    class BoundingBox2D:
+        def __init__(self):
+            self.center = Pose2D()
+            self.size_x = self.size_y = 0.0
+
+    class ObjectHypothesis:
+        def __init__(self):
+            self.class_id, self.score = "", 0.0
+
+    class ObjectHypothesisWithPose:
+        def __init__(self):
+            self.hypothesis = ObjectHypothesis()
+
+    class Detection2D:
+        def __init__(self):
+            self.header, self.results, self.bbox, self.id = None, [], BoundingBox2D(), ""
+
+    class Detection2DArray:
+        def __init__(self):
+            self.header, self.detections = None, []
+
+    pkg = types.ModuleType("vision_msgs")
+    msg = types.ModuleType("vision_msgs.msg")
+    for cls in (Detection2D, Detection2DArray, ObjectHypothesis, ObjectHypothesisWithPose):
+        setattr(msg, cls.__name__, cls)
+    pkg.msg = msg
+    return pkg, msg
+
+
+class _Logger:
+    def __init__(self):
+        self.infos: list[str] = []
+
+    def info(self, text: str) -> None:
+        self.infos.append(text)
+
+
+@pytest.mark.parametrize("jazzy", [True, False], ids=["jazzy", "humble"])
+def test_detections_msg_with_stand_in_vision_msgs(monkeypatch, jazzy):
+    """``~/detections`` messages built from the pipeline's objects, with stand-in vision_msgs
+    classes: boxes as centre + size, one hypothesis (label, score) per detection."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.core.pipeline import ObjectResult
+
+    pkg, msg_mod = _fake_vision_msgs(jazzy)
+    monkeypatch.setitem(sys.modules, "vision_msgs", pkg)
+    monkeypatch.setitem(sys.modules, "vision_msgs.msg", msg_mod)
+    vm = VlDistillNode._import_vision_msgs(SimpleNamespace(get_logger=_Logger))
+    assert vm is not None and vm["Detection2DArray"] is msg_mod.Detection2DArray
+    src = make_msg("rgb8", rgb_image(50, 80), "camera_frame", 42)
+    objects = [ObjectResult((10, 20, 30, 40), "banana", 0.875, True, [("banana", 0.875)]),
+               ObjectResult((0, 0, 5, 7), "unknown", 0.25, False, [("mug", 0.25)])]
+    arr = VlDistillNode._detections_msg(SimpleNamespace(_vision_msgs=vm), src, objects)
+    assert isinstance(arr, msg_mod.Detection2DArray) and arr.header is src.header
+    assert len(arr.detections) == 2
+    for i, (det, obj) in enumerate(zip(arr.detections, objects)):
+        x, y, w, h = obj.bbox
+        assert det.header is src.header and det.id == str(i)
+        centre = det.bbox.center.position if jazzy else det.bbox.center
+        assert (centre.x, centre.y) == (x + w / 2.0, y + h / 2.0)
+        assert (det.bbox.size_x, det.bbox.size_y) == (float(w), float(h))
+        (hyp,) = det.results
+        assert (hyp.hypothesis.class_id, hyp.hypothesis.score) == (obj.label, obj.score)
+    assert VlDistillNode._detections_msg(SimpleNamespace(_vision_msgs=vm), src,
+                                         []).detections == []
+
+
+def test_without_vision_msgs_detections_are_disabled_with_a_message(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setitem(sys.modules, "vision_msgs", None)  # import raises ImportError
+    logger = _Logger()
+    assert VlDistillNode._import_vision_msgs(SimpleNamespace(get_logger=lambda: logger)) is None
+    assert any("~/detections is disabled" in m for m in logger.infos)
 
 
 # ----------------------------------------------------------------------------------------

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-rclpy = pytest.importorskip("rclpy")
-
+import rclpy  # noqa: F401 - pinned in requirements.txt: a broken install must fail
 from rclpy.parameter import Parameter  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 

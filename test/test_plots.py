@@ -4,12 +4,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib  # noqa: F401 - pinned in requirements.txt: a broken install must fail
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")
-
-from vl_distill_ros.core.plots import (  # noqa: E402
+from vl_distill_ros.core.plots import (
     plot_confusion_matrix,
     plot_per_class_accuracy,
     plot_results_bars,

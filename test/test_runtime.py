@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import onnx
+import onnxruntime  # noqa: F401 - pinned in requirements.txt: a broken install must fail
 from helpers import rewrite_zip
 from vl_distill_ros.core.bundle import ONNX_MODEL, BundleError, load_bundle, save_bundle
 from vl_distill_ros.core.config import StudentConfig
@@ -20,9 +22,6 @@ from vl_distill_ros.core.runtime import (INPUT_NAME, OUTPUT_NAME, OnnxRunner,
                                          export_student_onnx, make_runner)
 from vl_distill_ros.core.student import InputSpec, build_student
 from vl_distill_ros.core.vocabulary import Vocabulary
-
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
 
 EMBED_DIM = 32
 MIN_COS = 1.0 - 1e-4

@@ -244,8 +244,8 @@ def only_topic(frames) -> str:
 
 
 def test_cdr_payload_deserialises_with_rclpy(made_bags):
-    serialization = pytest.importorskip("rclpy.serialization")
-    sensor_msgs = pytest.importorskip("sensor_msgs.msg")
+    import rclpy.serialization as serialization
+    import sensor_msgs.msg as sensor_msgs
     raw = next(m for m in iter_raw_messages(made_bags["sqlite3"]) if m.topic == CAMERA)
     assert raw.msgtype == "sensor_msgs/msg/Image"
     msg = serialization.deserialize_message(raw.data, sensor_msgs.Image)

@@ -64,12 +64,20 @@ class LossConfig:
     vlprox_weight: float = 0.0
     #: Temperature of L_cls and L_im-cst.
     tau: float = 0.07
-    #: L_im-cst similarity: ``l2`` (negative squared distance) or ``cosine``.
+    #: L_im-cst similarity: ``l2`` (negative squared distance, the paper's
+    #: exp(-||S-T||^2/tau)) or ``cosine`` (cos/tau, the authors' code). For unit vectors
+    #: ``l2`` at tau equals ``cosine`` at tau/2: twice as sharp.
     imcst_similarity: str = "l2"
+    #: L_im-cst direction: ``both`` (student->teacher and teacher->student, averaged) or
+    #: ``single`` (student->teacher only, the authors' ``single`` mode).
+    imcst_direction: str = "both"
     #: L_vlprox: number of the teacher's top labels the distributions are renormalised over.
     vlprox_topk: int = 5
     #: L_vlprox temperature.
     vlprox_tau: float = 0.07
+    #: L_vlprox average: ``batch`` (over the whole batch B) or ``masked`` (over the N'
+    #: images the teacher gets right, as the authors' code; 0, not NaN, when N' = 0).
+    vlprox_reduction: str = "batch"
     #: Label set of L_cls: ``id`` (the split's training labels, the paper) or ``id+aux``
     #: (training labels plus the names of the auxiliary objects, whose images are then
     #: labelled too), so the student is not pulled onto the training names alone.
@@ -182,6 +190,8 @@ class TrainConfig:
 CHOICES = {
     "teacher.backend": ("open_clip", "offline"),
     "loss.imcst_similarity": ("l2", "cosine"),
+    "loss.imcst_direction": ("both", "single"),
+    "loss.vlprox_reduction": ("batch", "masked"),
     "loss.cls_label_set": ("id", "id+aux"),
 }
 

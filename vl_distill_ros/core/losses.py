@@ -13,10 +13,14 @@ Every loss treats the teacher image and text embeddings as fixed targets: they a
 detached, so gradients only ever reach the student. Losses built on cosine similarity
 normalise their inputs themselves; :class:`MseLoss` and the ``l2`` variant of
 :class:`ImageContrastiveLoss` use the embeddings exactly as given.
+
+Under DistributedDataParallel, :class:`ImageContrastiveLoss` gathers the embeddings of
+every rank (:func:`gather_rows`), so each image has the whole global batch as negatives.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -30,12 +34,40 @@ __all__ = [
     "VLKLLoss",
     "DistillLoss",
     "cosine_logits",
+    "gather_rows",
 ]
 
 
 def cosine_logits(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     """Return ``cos(a_i, b_j) / tau`` as an (N, M) matrix for ``a`` (N, D) and ``b`` (M, D)."""
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / tau
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised default process group, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(local: torch.Tensor, grad_scale: float = 1.0) -> torch.Tensor:
+    """The (world * B, D) rows of every rank's ``local`` (B, D) tensor, in rank order.
+
+    Outside a process group (or with one process) ``local`` is returned as is. The other
+    ranks' rows are copies without a graph; this rank's block is ``local`` itself, so
+    gradients reach the local rows only, multiplied by ``grad_scale`` (the value is
+    unchanged). Every rank must pass the same shape (the trainer's shards are equal).
+    """
+    rank, world = _world()
+    if world == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local.detach().contiguous())
+    if grad_scale != 1.0 and local.requires_grad:
+        # local + (s - 1) * (local - local.detach()): same value, gradient times s
+        local = local + (grad_scale - 1.0) * (local - local.detach())
+    parts[rank] = local
+    return torch.cat(parts)
 
 
 def _check_tau(tau: float, name: str = "tau") -> float:
@@ -48,7 +80,8 @@ class ClsLoss(nn.Module):
     """L_cls: cross-entropy of the student against the label text embeddings.
 
     ``logits[i, l] = cos(S(x_i), T_txt[l]) / tau``; the loss is the mean cross-entropy of
-    these logits against ``labels``.
+    these logits against ``labels`` over the rows whose label is not ``-1`` (unlabelled
+    rows are ignored; the loss is 0 when no row is labelled).
     """
 
     def __init__(self, tau: float = 0.07) -> None:
@@ -58,9 +91,11 @@ class ClsLoss(nn.Module):
     def forward(
         self, student: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """Mean cross-entropy over the batch (a scalar tensor)."""
+        """Mean cross-entropy over the labelled rows (a scalar tensor)."""
         logits = cosine_logits(student, text_emb.detach(), self.tau)
-        return F.cross_entropy(logits, labels)
+        # sum / count instead of boolean indexing: no host-device sync per step
+        ce = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
+        return ce / (labels >= 0).sum().clamp_min(1).to(ce.dtype)
 
 
 class MseLoss(nn.Module):
@@ -76,24 +111,40 @@ class MseLoss(nn.Module):
 
 
 class ImageContrastiveLoss(nn.Module):
-    """L_im-cst: symmetric InfoNCE between student and teacher image embeddings.
+    """L_im-cst: InfoNCE between student and teacher image embeddings.
 
-    ``logits[i, j] = -||S(x_i) - T_img(x_j)||^2 / tau`` (``similarity='l2'``) or
-    ``cos(S(x_i), T_img(x_j)) / tau`` (``similarity='cosine'``). The positive pair for row
-    ``i`` is column ``i``; the loss is
-    ``0.5 * (CE(logits, arange(B)) + CE(logits.T, arange(B)))``.
+    ``logits[i, j] = -||S(x_i) - T_img(x_j)||^2 / tau`` (``similarity='l2'``, the paper's
+    exp(-||S - T||^2 / tau)) or ``cos(S(x_i), T_img(x_j)) / tau`` (``similarity='cosine'``,
+    the authors' code). For unit vectors ``-||s - t||^2 = 2 cos(s, t) - 2``, so ``l2`` at
+    tau equals ``cosine`` at tau / 2 (twice as sharp). The positive pair for row ``i`` is
+    column ``i``; the loss is ``0.5 * (CE(logits, arange(B)) + CE(logits.T, arange(B)))``
+    (``direction='both'``) or ``CE(logits, arange(B))`` alone (``direction='single'``:
+    student -> teacher, each student embedding picks its teacher embedding, as the
+    authors' ``single`` mode).
+
+    Under torch.distributed (``gather=True``) the student and teacher rows of every rank
+    are gathered (:func:`gather_rows`) and the loss is computed over the global batch, the
+    same value on every rank. Gradients reach this rank's rows only, scaled by the world
+    size, so that DistributedDataParallel's gradient averaging gives exactly the gradient
+    of the global-batch loss.
     """
 
     SIMILARITIES = ("l2", "cosine")
+    DIRECTIONS = ("both", "single")
 
-    def __init__(self, tau: float = 0.07, similarity: str = "l2") -> None:
+    def __init__(self, tau: float = 0.07, similarity: str = "l2", direction: str = "both",
+                 gather: bool = True) -> None:
         super().__init__()
         if similarity not in self.SIMILARITIES:
             raise ValueError(
                 f"similarity must be one of {self.SIMILARITIES}, got {similarity!r}"
             )
+        if direction not in self.DIRECTIONS:
+            raise ValueError(f"direction must be one of {self.DIRECTIONS}, got {direction!r}")
         self.tau = _check_tau(tau)
         self.similarity = similarity
+        self.direction = direction
+        self.gather = gather
 
     def logits(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """The (B, B) student-by-teacher logit matrix."""
@@ -109,10 +160,17 @@ class ImageContrastiveLoss(nn.Module):
         return -sq / self.tau
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """Symmetric contrastive loss (a scalar tensor)."""
+        """Contrastive loss over the (global) batch (a scalar tensor)."""
+        if self.gather:
+            _, world = _world()
+            student = gather_rows(student, grad_scale=float(world))
+            teacher = gather_rows(teacher.detach())
         logits = self.logits(student, teacher)
         target = torch.arange(logits.shape[0], device=logits.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        s2t = F.cross_entropy(logits, target)
+        if self.direction == "single":
+            return s2t
+        return 0.5 * (s2t + F.cross_entropy(logits.t(), target))
 
 
 class VLProxLoss(nn.Module):
@@ -126,20 +184,29 @@ class VLProxLoss(nn.Module):
       clipped to L);
     * ``P_T_i = softmax(t[i, K_i])`` and ``P_S_i = softmax(s[i, K_i])`` -- both
       renormalised over the same k labels;
-    * ``loss = sum_i I_i * KL(P_T_i || P_S_i) / B``.
+    * ``reduction='batch'`` (default): ``loss = sum_i I_i * KL(P_T_i || P_S_i) / B``;
+    * ``reduction='masked'`` (the authors' code): ``loss = sum_i I_i * KL(P_T_i || P_S_i) / N'``
+      with ``N' = sum_i I_i``, the images the teacher gets right.
 
-    The division is by the whole batch size B, not by the number of samples with
-    ``I_i = 1``: samples where the teacher is wrong contribute zero terms to the mean. The
-    loss is exactly 0 when the teacher is wrong on every sample. The teacher side is
-    detached, so no gradient reaches the teacher.
+    With ``batch`` the division is by the whole batch size B, not by the number of samples
+    with ``I_i = 1``: samples where the teacher is wrong contribute zero terms to the mean.
+    Both are exactly 0 when the teacher is wrong on every sample (``masked`` is guarded
+    against N' = 0, where the authors' code gives NaN). Rows labelled ``-1`` (unlabelled)
+    count as neither: they are never "right" and B is the number of labelled rows. The
+    teacher side is detached, so no gradient reaches the teacher.
     """
 
-    def __init__(self, topk: int = 5, tau: float = 0.07) -> None:
+    REDUCTIONS = ("batch", "masked")
+
+    def __init__(self, topk: int = 5, tau: float = 0.07, reduction: str = "batch") -> None:
         super().__init__()
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk!r}")
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"reduction must be one of {self.REDUCTIONS}, got {reduction!r}")
         self.topk = int(topk)
         self.tau = _check_tau(tau)
+        self.reduction = reduction
 
     def forward(
         self,
@@ -148,7 +215,7 @@ class VLProxLoss(nn.Module):
         text_emb: torch.Tensor,
         labels: torch.Tensor,
     ) -> torch.Tensor:
-        """Batch-mean masked KL divergence (a scalar tensor)."""
+        """Masked KL divergence averaged per ``reduction`` (a scalar tensor)."""
         text_emb = text_emb.detach()
         with torch.no_grad():
             t = cosine_logits(teacher.detach(), text_emb, self.tau)
@@ -160,7 +227,12 @@ class VLProxLoss(nn.Module):
         s = cosine_logits(student, text_emb, self.tau)
         log_p_s = F.log_softmax(s.gather(-1, idx), dim=-1)
         kl = (p_t * (log_p_t - log_p_s)).sum(dim=-1)  # (B,)
-        return (correct * kl).sum() / student.shape[0]
+        if self.reduction == "masked":
+            count = correct.sum()
+        else:
+            count = (labels >= 0).sum().to(kl.dtype)
+        # a tensor denominator (no .item()): no host-device sync; 0 / 1 when nothing counts
+        return (correct * kl).sum() / count.clamp_min(1.0)
 
 
 class VLKLLoss(nn.Module):
@@ -195,11 +267,14 @@ class DistillLoss(nn.Module):
     Only terms with a non-zero weight are built and computed. :meth:`forward` returns
     ``(total, components)`` where ``total = sum_name weight_name * loss_name`` is a scalar
     tensor and ``components`` maps each active term's name (``cls``, ``mse``, ``imcst``,
-    ``vlprox``, ``vlkl``) to its *unweighted* value as a python float.
+    ``vlprox``, ``vlkl``) to its *unweighted* value as a python float, or, with
+    ``as_float=False``, as a detached 0-d tensor (no host-device sync; the trainer sums
+    these and converts once per epoch).
 
     Labels of ``-1`` mark unlabelled (auxiliary) images: L_cls and L_vlprox are computed
     over the labelled rows only (zero when a batch has none); the teacher-only terms use
-    every row.
+    every row. The masking uses weights, not boolean indexing, so no step waits for the
+    device.
     """
 
     def __init__(self, cfg: LossConfig) -> None:
@@ -224,9 +299,11 @@ class DistillLoss(nn.Module):
         if "mse" in self.weights:
             terms["mse"] = MseLoss()
         if "imcst" in self.weights:
-            terms["imcst"] = ImageContrastiveLoss(cfg.tau, cfg.imcst_similarity)
+            terms["imcst"] = ImageContrastiveLoss(cfg.tau, cfg.imcst_similarity,
+                                                  cfg.imcst_direction)
         if "vlprox" in self.weights:
-            terms["vlprox"] = VLProxLoss(cfg.vlprox_topk, cfg.vlprox_tau)
+            terms["vlprox"] = VLProxLoss(cfg.vlprox_topk, cfg.vlprox_tau,
+                                         cfg.vlprox_reduction)
         if "vlkl" in self.weights:
             terms["vlkl"] = VLKLLoss(cfg.vlkl_tau)
         self.terms = nn.ModuleDict(terms)
@@ -238,20 +315,18 @@ class DistillLoss(nn.Module):
         text_emb: torch.Tensor,
         labels: torch.Tensor,
         broad_text: torch.Tensor | None = None,
+        as_float: bool = True,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Return ``(weighted total, {term: unweighted value})`` for the active terms.
 
         ``broad_text`` (M, D) is required when L_vl-kl is active.
         """
         total: torch.Tensor | None = None
-        components: dict[str, float] = {}
-        labelled = labels >= 0
-        some = bool(labelled.any())
+        components: dict = {}
         for name, module in self.terms.items():
-            if name in ("cls", "vlprox") and not some:
-                value = student.sum() * 0.0  # keeps the graph; no labelled rows
-            elif name == "cls":
-                value = module(student[labelled], text_emb, labels[labelled])
+            # ClsLoss and VLProxLoss skip rows labelled -1 themselves (0 when none is labelled)
+            if name == "cls":
+                value = module(student, text_emb, labels)
             elif name in ("mse", "imcst"):
                 value = module(student, teacher)
             elif name == "vlkl":
@@ -259,9 +334,8 @@ class DistillLoss(nn.Module):
                     raise ValueError("L_vl-kl needs the broad vocabulary's text embeddings")
                 value = module(student, teacher, broad_text)
             else:
-                value = module(student[labelled], teacher[labelled], text_emb,
-                               labels[labelled])
-            components[name] = float(value.detach())
+                value = module(student, teacher, text_emb, labels)
+            components[name] = float(value.detach()) if as_float else value.detach()
             weighted = self.weights[name] * value
             total = weighted if total is None else total + weighted
         assert total is not None

@@ -8,6 +8,7 @@ logs, validates and writes checkpoints; the global batch is split across ranks.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -35,6 +36,8 @@ from .data import (LazyTeacher, broad_text_embeddings, load_split_images, load_t
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "student_final.pt"
+#: The progress bar's running loss is refreshed (one device sync) every this many steps.
+POSTFIX_EVERY = 20
 
 
 class TrainingError(RuntimeError):
@@ -157,6 +160,38 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def epoch_plan(n: int, batch_size: int, world: int) -> tuple[int, int]:
+    """``(per-rank batch size, steps per epoch)`` for ``n`` images and a global batch.
+
+    Every rank gets the same number of images at every step (the gathered contrastive
+    loss needs equal shards); the ``n % (local * world)`` images left over after the last
+    full step are skipped in that epoch (a new shuffle every epoch).
+    """
+    if n < world:
+        raise TrainingError(f"{n} training images cannot be split across {world} processes")
+    local = max(1, min(batch_size // world, n // world))
+    return local, max(1, n // (local * world))
+
+
+def shard_indices(perm: torch.Tensor, step: int, local_bs: int, rank: int,
+                  world: int) -> torch.Tensor:
+    """The images of ``rank`` at ``step`` of an epoch shuffled as ``perm``: the global batch
+    of the step is ``perm[step * local_bs * world:][:local_bs * world]``, rank r takes its
+    r-th block, so the ranks' shards are disjoint and together cover the epoch."""
+    start = (step * world + rank) * local_bs
+    return perm[start:start + local_bs]
+
+
+def parameters_digest(named: Any) -> str:
+    """SHA-256 over the names and bytes of ``named`` ((name, tensor) pairs, e.g.
+    ``module.named_parameters()`` or a state dict's ``items()``), in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(named, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def embed_images(student: Student, images: np.ndarray, device: torch.device,
                  batch_size: int = 128) -> torch.Tensor:
@@ -169,6 +204,29 @@ def embed_images(student: Student, images: np.ndarray, device: torch.device,
         out.append(student(x.to(device)).float().cpu())
     student.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, student.embed_dim)
+
+
+def _epoch_means(sums: dict[str, torch.Tensor], steps: int, env: DistEnv) -> dict[str, float]:
+    """Per-step means of the summed loss terms, averaged over the ranks: one device sync
+    (and one all-reduce under DDP) per epoch."""
+    if not sums:
+        return {}
+    keys = list(sums)  # the same insertion order on every rank: total, then the terms
+    stacked = torch.stack([sums[k].float() for k in keys])
+    if env.world > 1:
+        dist.all_reduce(stacked)
+    return dict(zip(keys, (stacked / (steps * env.world)).tolist()))
+
+
+def _check_ranks_in_sync(student: torch.nn.Module, env: DistEnv) -> None:
+    """Under DDP every rank prints the digest of its own parameters; diverged ranks (a
+    broken gradient all-reduce) are a TrainingError."""
+    digest = parameters_digest(student.named_parameters())
+    print(f"[train] rank {env.rank}/{env.world} parameters sha256 {digest}", flush=True)
+    digests: list = [None] * env.world
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise TrainingError(f"DDP ranks diverged: parameter digests per rank {digests}")
 
 
 class _CsvLog:
@@ -247,6 +305,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if cfg.loss.vlkl_weight > 0:
         broad = broad_text_embeddings(teacher, cfg.data).to(env.device)
 
+    # seeded here, not only at the start: whether the teacher had to be built (a cold
+    # cache) must not change the student's initial head
+    torch.manual_seed(cfg.optim.seed)
     student = build_student(cfg.student, embed_dim, load_weights=ckpt is None).to(env.device)
     if ckpt is not None:
         load_student_weights(student, ckpt["student"], ckpt_path)
@@ -269,8 +330,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     augment = CropAugment(student.input_spec)
 
     n = len(train_data)
-    local_bs = max(1, cfg.optim.batch_size // env.world)
-    steps_per_epoch = max(1, n // (local_bs * env.world))
+    local_bs, steps_per_epoch = epoch_plan(n, cfg.optim.batch_size, env.world)
     if cfg.optim.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, cfg.optim.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.optim.epochs
@@ -283,7 +343,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         print(f"[train] {cfg.name}: {n} images ({train_set.n_labelled_id} labelled ID, "
               f"{train_set.n_aux} auxiliary), L_cls over {len(train_set.cls_vocab)} labels, "
               f"teacher {teacher.id}, "
-              f"student {cfg.student.backbone}@{cfg.student.image_size}, world {env.world}, "
+              f"student {cfg.student.backbone}@{cfg.student.image_size}, world {env.world} "
+              f"({env.device.type}), "
               f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs")
 
     for epoch in range(start_epoch, cfg.optim.epochs):
@@ -292,31 +353,36 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         gen = torch.Generator().manual_seed(cfg.optim.seed * 1000 + epoch)
         perm = torch.randperm(n, generator=gen)
         aug_gen = torch.Generator().manual_seed(cfg.optim.seed * 7919 + epoch * 31 + env.rank)
-        sums: dict[str, float] = {}
+        # the global RNG (drop-connect in the backbone) is seeded per epoch too, so a run
+        # resumed at an epoch boundary continues exactly as an uninterrupted one
+        torch.manual_seed(cfg.optim.seed * 104729 + epoch * 131 + env.rank)
+        sums: dict[str, torch.Tensor] = {}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                    disable=not (progress and env.is_main), leave=False)
         for step in bar:
             g = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(g, total_steps, warmup, cfg.optim.lr) * group["lr_scale"]
-            start = step * local_bs * env.world + env.rank * local_bs
-            idx = perm[start:start + local_bs]
-            if len(idx) == 0:
-                idx = perm[:local_bs]
+            idx = shard_indices(perm, step, local_bs, env.rank, env.world)
             x = augment(images_t[idx], aug_gen).to(env.device)
             s = model(x)
             total, parts = loss_fn(s, targets[idx].to(env.device), text_emb,
-                                   labels_t[idx].to(env.device), broad)
+                                   labels_t[idx].to(env.device), broad, as_float=False)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            sums["loss"] = sums.get("loss", 0.0) + total.item()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
+            # detached device tensors: no host-device sync until the epoch is logged
+            for k, v in (("loss", total.detach()), *parts.items()):
+                sums[k] = sums[k] + v if k in sums else v
+            if not bar.disable and ((step + 1) % POSTFIX_EVERY == 0
+                                    or step + 1 == steps_per_epoch):
+                bar.set_postfix(loss=f"{float(sums['loss']) / (step + 1):.3f}")
+        means = _epoch_means(sums, steps_per_epoch, env)
+        elapsed = time.time() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[1]["lr"],
-                               **{k: v / steps_per_epoch for k, v in sums.items()},
-                               "epoch_time_s": round(time.time() - t0, 2)}
+                               **means, "epoch_time_s": round(elapsed, 2),
+                               "images_per_s": round(steps_per_epoch * local_bs * env.world
+                                                     / max(elapsed, 1e-9), 1)}
         if env.is_main:
             if val_data is not None:
                 emb = embed_images(student, val_data.images, env.device)
@@ -330,6 +396,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                                         for k, v in row.items()))
         _barrier(env)
 
+    if env.world > 1:
+        _check_ranks_in_sync(student, env)
     if env.is_main:
         _atomic_torch_save({"student": student.state_dict(), "config": to_dict(cfg),
                             "teacher_id": teacher.id, "embed_dim": embed_dim,
