@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -784,3 +784,28 @@ def test_help_prints_parameters_without_starting_ros(capsys, monkeypatch):
     out = capsys.readouterr().out
     for p in PARAMETERS:
         assert p.name in out
+
+
+def test_two_nodes_with_one_name_are_reported(ctx, bundle_path, tmp_path):
+    """A second node with the same name and namespace is seen in the graph: warning, WARN
+    diagnostics and the count in the diagnostics values."""
+    args = ["--ros-args", "-p", f"model_path:={bundle_path}", "-p", f"text_cache_dir:={tmp_path}",
+            "-p", "warm_text_encoder:=false"]
+    a = VlDistillNode(namespace="/dup", context=ctx, cli_args=args)
+    b = VlDistillNode(namespace="/dup", context=ctx, cli_args=args)
+    other = VlDistillNode(namespace="/single", context=ctx, cli_args=args)
+    try:
+        assert wait_for(lambda: a.duplicate_name_count() == 2, 10.0)
+        assert other.duplicate_name_count() == 1
+        a._check_duplicate_name()
+        arr = a.diagnostics()
+        status = [s for s in arr.status if s.name.endswith("model and vocabulary")][0]
+        assert status.level == DiagnosticStatus.WARN and "2 nodes share" in status.message
+        assert {kv.key: kv.value for kv in status.values}["nodes_with_this_name"] == "2"
+        other._check_duplicate_name()
+        status = [s for s in other.diagnostics().status
+                  if s.name.endswith("model and vocabulary")][0]
+        assert status.level == DiagnosticStatus.OK
+    finally:
+        for n in (a, b, other):
+            n.destroy_node()

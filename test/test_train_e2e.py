@@ -46,20 +46,16 @@ def make_dataset(root: Path, per_label: int = 6) -> Path:
     rng = np.random.default_rng(0)
     splits = {"train": KEYS["id"], "test_id": KEYS["id"], "test_shift_id": KEYS["id"],
               "test_ood": KEYS["ood"]}
-    for split, keys in splits.items():
-        for key in keys:
-            d = root / "data" / split / key
-            d.mkdir(parents=True)
-            for i in range(per_label * (2 if split == "train" else 1)):
-                cv2.imwrite(str(d / f"{key}_{i:03d}.png"), _draw(key, rng)[..., ::-1])
     extra = {"aux": AUX["aux"], "calib_id": KEYS["id"], "calib_unseen": AUX["calib_unseen"],
              "openset": AUX["openset"]}
-    for split, keys in extra.items():
-        for key in keys:
-            d = root / "aux" / split / key
-            d.mkdir(parents=True)
-            for i in range(per_label):
-                cv2.imwrite(str(d / f"{key}_{i:03d}.png"), _draw(key, rng)[..., ::-1])
+    folders = [("data", splits), ("aux", extra)]
+    for top, groups in folders:
+        for split, keys in groups.items():
+            for key in keys:
+                d = root / top / split / key
+                d.mkdir(parents=True)
+                for i in range(per_label * (2 if split == "train" else 1)):
+                    cv2.imwrite(str(d / f"{key}_{i:03d}.png"), _draw(key, rng)[..., ::-1])
     every = KEYS["id"] + KEYS["ood"] + AUX["aux"] + AUX["calib_unseen"] + AUX["openset"]
     vocab = {"labels": [{"key": k, "name": k.replace("_", " "),
                          "description": f"A {k.split('_')[0]} coloured {k.split('_')[1]}."}

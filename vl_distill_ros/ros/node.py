@@ -697,9 +697,30 @@ class VlDistillNode(Node):
     # =========================================================================================
     # diagnostics
     # =========================================================================================
+    def duplicate_name_count(self) -> int:
+        """How many nodes in the ROS graph share this node's name and namespace (1 = only
+        this one). Two nodes with one name clash on parameters and services."""
+        try:
+            found = self.get_node_names_and_namespaces()
+        except Exception:  # noqa: BLE001 - graph not available during shutdown
+            return 1
+        return sum(1 for name, ns in found
+                   if name == self.get_name() and ns == self.get_namespace())
+
+    def _check_duplicate_name(self) -> None:
+        count = self.duplicate_name_count()
+        if count > 1 and not getattr(self, "_duplicate_warned", False):
+            self._duplicate_warned = True
+            self.get_logger().warning(
+                f"{count} nodes named {self.get_fully_qualified_name()} are running; their "
+                "parameters and services clash. Give each its own name or namespace "
+                "(--ros-args -r __node:=NAME or -r __ns:=/NS).")
+        self._duplicate_count = count
+
     def _publish_diagnostics(self) -> None:
         if self._stop.is_set():
             return
+        self._check_duplicate_name()
         try:
             self._diag_pub.publish(self.diagnostics())
         except Exception as exc:  # noqa: BLE001 - e.g. during shutdown
@@ -726,8 +747,12 @@ class VlDistillNode(Node):
             store_status, store_error = self._store_status, self._store_error
             source = self._vocab_source
         status = DiagnosticStatus(name=f"{fq}: model and vocabulary", hardware_id=fq)
+        duplicates = getattr(self, "_duplicate_count", 1)
         if vocab_error:
             status.level, status.message = DiagnosticStatus.ERROR, clip_text(vocab_error)
+        elif duplicates > 1:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"{duplicates} nodes share the name {fq}"
         elif store_error:
             status.level, status.message = DiagnosticStatus.WARN, clip_text(store_error)
         else:
@@ -747,6 +772,7 @@ class VlDistillNode(Node):
             "seen_bias": f"{self.pipeline.effective_seen_bias():.4f}",
             "unknown_threshold": f"{self.pipeline.effective_unknown_threshold():.4f}",
             "calibrated_bundle": self.bundle.calibration is not None,
+            "nodes_with_this_name": getattr(self, "_duplicate_count", 1),
             "vocabulary_store_error": store_error,
             "model_path": self.bundle.path,
             "teacher_id": self.bundle.teacher_id,
