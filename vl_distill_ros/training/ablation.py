@@ -94,6 +94,20 @@ def results_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cached_eval(run_dir: Path, force: bool) -> dict | None:
+    """The run's ``eval/metrics.json`` when it is newer than its final student (and the
+    run's calibration), so re-tabulating finished runs does not evaluate them again."""
+    metrics = run_dir / "eval" / "metrics.json"
+    final = run_dir / FINAL
+    if force or not metrics.exists() or not final.exists():
+        return None
+    newest = max(p.stat().st_mtime for p in (final, run_dir / "calibration.json") if p.exists())
+    if metrics.stat().st_mtime < newest:
+        return None
+    result = json.loads(metrics.read_text())
+    return result if "summary" in result else None
+
+
 def _with_seed(cfg, seed: int):
     """A copy of ``cfg`` trained with ``optim.seed = seed`` into ``<output_dir>/seed<seed>``."""
     import copy
@@ -142,7 +156,7 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
                 timing.write_text(json.dumps({"train_s": time.time() - t0}))
             times.append(json.loads(timing.read_text())["train_s"] if timing.exists()
                          else float("nan"))
-            result = evaluate_run(run_dir, progress=progress)
+            result = _cached_eval(run_dir, force) or evaluate_run(run_dir, progress=progress)
             summaries.append(result["summary"])
             first = first or result
             print(f"[ablate] {row_name} ({run_dir}): " + json.dumps(result["summary"]))
