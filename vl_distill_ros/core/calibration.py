@@ -73,35 +73,31 @@ class Calibration:
     negatives: bool = False
     negative_similarity: float = 0.8
 
+    #: Numeric fields: (lowest, highest, lowest excluded).
+    _RANGES = {"seen_bias": (0.0, 1.0, False), "unknown_threshold": (0.0, 1.0, False),
+               "score_temperature": (0.0, 10.0, True), "negative_similarity": (-1.0, 1.0, False)}
+
     def __post_init__(self) -> None:
-        for name, lo, hi in (("seen_bias", 0.0, 1.0), ("unknown_threshold", 0.0, 1.0)):
+        for name, (lo, hi, open_lo) in self._RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not lo <= float(value) <= hi:
-                raise CalibrationError(f"calibration {name} must be a number in [{lo}, {hi}], "
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and \
+                (lo < value if open_lo else lo <= value) and value <= hi
+            if not ok:
+                interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
+                raise CalibrationError(f"calibration {name} must be a number in {interval}, "
                                        f"got {value!r}")
-        t = self.score_temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) <= 10.0:
-            raise CalibrationError(f"calibration score_temperature must be in (0, 10], got {t!r}")
+            object.__setattr__(self, name, float(value))
         names = self.trained_names
         if isinstance(names, str) or not isinstance(names, (list, tuple)) or \
                 not all(isinstance(n, str) and n.strip() for n in names):
             raise CalibrationError("calibration trained_names must be a list of non-empty "
                                    f"names, got {names!r}")
+        object.__setattr__(self, "trained_names", tuple(names))
         if not isinstance(self.chosen_on, dict):
             raise CalibrationError("calibration chosen_on must be a mapping")
         if not isinstance(self.negatives, bool):
             raise CalibrationError(f"calibration negatives must be true/false, got "
                                    f"{self.negatives!r}")
-        ns = self.negative_similarity
-        if isinstance(ns, bool) or not isinstance(ns, (int, float)) or not -1.0 <= ns <= 1.0:
-            raise CalibrationError(f"calibration negative_similarity must be in [-1, 1], got "
-                                   f"{ns!r}")
-        object.__setattr__(self, "negative_similarity", float(ns))
-        object.__setattr__(self, "trained_names", tuple(names))
-        object.__setattr__(self, "seen_bias", float(self.seen_bias))
-        object.__setattr__(self, "unknown_threshold", float(self.unknown_threshold))
-        object.__setattr__(self, "score_temperature", float(t))
 
     def to_dict(self) -> dict:
         """JSON-ready form (the manifest's ``calibration`` entry)."""
@@ -189,20 +185,10 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     pos, neg = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
     if pos.size == 0 or neg.size == 0:
         return float("nan")
-    allv = np.concatenate([pos, neg])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty_like(order, dtype=np.float64)
-    sorted_v = allv[order]
-    # average ranks over ties
-    i = 0
-    while i < len(sorted_v):
-        j = i
-        while j + 1 < len(sorted_v) and sorted_v[j + 1] == sorted_v[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    u = ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2.0
-    return float(u / (pos.size * neg.size))
+    neg = np.sort(neg)
+    below = np.searchsorted(neg, pos, side="left")       # negatives strictly below each pos
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below.sum() + 0.5 * ties.sum()) / (pos.size * neg.size))
 
 
 def gzsl_accuracies(cos: np.ndarray, target: np.ndarray, is_seen_sample: np.ndarray,

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .calibration import DEFAULT_UNKNOWN_THRESHOLD, bias_vector, negative_mask
+from .calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
+                          bias_vector, negative_mask)
 from .preprocess import preprocess_crops
 from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
 from .vocabulary import Vocabulary
@@ -67,8 +68,6 @@ __all__ = ["CROP_SOURCES", "UNKNOWN_LABEL", "ObjectResult", "ActiveVocabulary",
 CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")
 #: Label published for crops below the open-set threshold.
 UNKNOWN_LABEL = "unknown"
-#: Default softmax temperature (CLIP's logit scale 100).
-DEFAULT_TEMPERATURE = 0.01
 #: ``unknown_threshold`` / ``seen_bias`` value meaning "the bundle's calibrated value".
 FROM_BUNDLE = -1.0
 #: Most fixed regions (``rois``), like ``proposal_max_count``'s upper bound.
@@ -450,21 +449,14 @@ class PerceptionPipeline:
                 chunks.append(torch.from_numpy(self.runner.embed(batch)).float())
             emb = F.normalize(torch.cat(chunks), dim=-1)
             cos = emb @ active.embeddings.T                           # (N, L)
-            bias = self.effective_seen_bias(settings)
-            adjusted = cos - bias * active.trained_mask if bias and \
-                active.trained_mask is not None else cos
-            temperature = self.effective_temperature(settings)
-            logits = adjusted / temperature
-            if settings.negative_names and active.negatives is not None and \
-                    active.negatives.shape[0]:
-                neg = (emb @ active.negatives.T) / temperature              # (N, K)
-                top = torch.maximum(logits.max(dim=-1, keepdim=True).values,
-                                    neg.max(dim=-1, keepdim=True).values)
-                e = torch.exp(logits - top)
-                probs = e / (e.sum(dim=-1, keepdim=True)
-                             + torch.exp(neg - top).sum(dim=-1, keepdim=True))
-            else:
-                probs = torch.softmax(logits, dim=-1)
+            bias = self.effective_seen_bias(settings) * active.trained_mask \
+                if active.trained_mask is not None else 0.0
+            negatives = None
+            if settings.negative_names and active.negatives is not None:
+                negatives = (emb @ active.negatives.T).numpy()          # (N, K)
+            # the same scoring function as the evaluator's (core.calibration)
+            probs = torch.from_numpy(adjusted_scores(
+                cos.numpy(), np.asarray(bias), self.effective_temperature(settings), negatives))
             k = min(int(settings.top_k), probs.shape[1])
             top_p, top_i = probs.topk(k, dim=-1)
             best_cos = cos.gather(1, top_i[:, :1]).squeeze(1)

@@ -17,38 +17,20 @@ from ..core.calibration import (Calibration, CalibrationError, adjusted_scores, 
                                 bias_curve, bias_vector, choose_seen_bias, negative_mask,
                                 threshold_for_coverage)
 from ..core.config import TrainConfig
-from ..core.data.image_folder import DatasetError, list_image_folder, load_image_folder
+from ..core.data.image_folder import DatasetError, load_image_folder
 from ..core.student import Student
 from ..core.vocabulary import Vocabulary
-from .data import LazyTeacher, Vocabularies, load_vocabularies, text_classifier
+from .data import (LazyTeacher, full_vocabulary, load_vocabularies, outside_split_keys,
+                   text_classifier)
 
 CALIBRATION_FILE = "calibration.json"
-
-
-def full_vocabulary(cfg: TrainConfig) -> Vocabulary:
-    """The run's whole vocabulary file (descriptions dropped without enrichment)."""
-    vocab = Vocabulary.load(cfg.data.vocabulary)
-    return vocab if cfg.data.enrich else vocab.without_descriptions()
-
-
-def outside_split_keys(folder: str | Path, full: Vocabulary, vocabs: Vocabularies,
-                       what: str) -> list[str]:
-    """Object keys of an image folder, which must all lie outside the split (so no image
-    of an OOD object is ever used for calibration or as an open-set negative)."""
-    _, idx = list_image_folder(folder, full)
-    keys = [full[i].key for i in sorted(set(idx))]
-    bad = sorted(set(keys) & set(vocabs.split.all_keys))
-    if bad:
-        raise DatasetError(f"{what} folder {folder} holds objects of the split {bad}; it must "
-                           "show objects outside the split only")
-    return keys
 
 
 def trained_text_embeddings(teacher: LazyTeacher, cfg: TrainConfig,
                             trained_names: list[str]) -> np.ndarray:
     """(T, D) teacher text embeddings of the trained names, with the run's prompts (the
     descriptions of the vocabulary file when the run is enriched)."""
-    full = full_vocabulary(cfg)
+    full = full_vocabulary(cfg.data)
     vocab = Vocabulary([full[full.index(n)] if _has(full, n) else
                         Vocabulary.from_names([n])[0] for n in trained_names])
     return text_classifier(teacher, vocab, cfg.data).cpu().numpy()
@@ -84,7 +66,7 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
     """
     cal = cfg.calibration
     vocabs = load_vocabularies(cfg.data)
-    full = full_vocabulary(cfg)
+    full = full_vocabulary(cfg.data)
     unseen_keys = outside_split_keys(cal.unseen, full, vocabs, "calibration.unseen")
     trained_fold = {n.casefold() for n in trained_names}
     overlap = [full[full.index(k)].name for k in unseen_keys

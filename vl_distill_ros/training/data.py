@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..core.config import DataConfig, TeacherConfig
-from ..core.data.image_folder import LabeledImages, load_image_folder
+from ..core.data.image_folder import (DatasetError, LabeledImages, list_image_folder,
+                                      load_image_folder)
 from ..core.teacher_cache import TeacherImageCache, file_digest
 from ..core.teachers import Teacher
 from ..core.teachers.factory import build_teacher, teacher_id_for
@@ -141,8 +142,6 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
         DatasetError: an auxiliary folder holds an object of the split (ID or OOD): only
             objects outside the split may be auxiliary, so no OOD image is ever trained on.
     """
-    from ..core.data.image_folder import DatasetError, list_image_folder
-
     parts = []
     for name in data_cfg.train_splits:
         part = load_split_images(data_cfg.root, name, vocabs.id)
@@ -152,20 +151,12 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
             raise DatasetError(f"training split {split_folder(data_cfg.root, name)} not found")
         parts.append(part)
     n_id = sum(len(p) for p in parts)
-    full = Vocabulary.load(data_cfg.vocabulary)
-    if not data_cfg.enrich:
-        full = full.without_descriptions()
-    forbidden = set(vocabs.split.all_keys)
+    full = full_vocabulary(data_cfg)
     aux_keys: list[str] = []
     aux_parts = []
     for name in data_cfg.aux_splits:
         folder = split_folder(data_cfg.root, name)
-        _, idx = list_image_folder(folder, full)
-        keys = [full[i].key for i in sorted(set(idx))]
-        bad = sorted(set(keys) & forbidden)
-        if bad:
-            raise DatasetError(f"auxiliary folder {folder} holds objects of the split {bad}; "
-                               "auxiliary images must show objects outside it")
+        keys = outside_split_keys(folder, full, vocabs, "auxiliary")
         aux_parts.append((folder, keys))
         aux_keys += [k for k in keys if k not in aux_keys]
     cls_vocab = vocabs.id
@@ -180,6 +171,25 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
         parts.append(part)
     return TrainingSet(data=_concat(parts, cls_vocab), cls_vocab=cls_vocab,
                        n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id)
+
+
+def full_vocabulary(data_cfg: DataConfig) -> Vocabulary:
+    """The run's whole vocabulary file (descriptions dropped without enrichment)."""
+    vocab = Vocabulary.load(data_cfg.vocabulary)
+    return vocab if data_cfg.enrich else vocab.without_descriptions()
+
+
+def outside_split_keys(folder: str | Path, full: Vocabulary, vocabs: Vocabularies,
+                       what: str) -> list[str]:
+    """Object keys of an image folder, which must all lie outside the split (so no image
+    of an OOD object is ever used for calibration or as an open-set negative)."""
+    _, idx = list_image_folder(folder, full)
+    keys = [full[i].key for i in sorted(set(idx))]
+    bad = sorted(set(keys) & set(vocabs.split.all_keys))
+    if bad:
+        raise DatasetError(f"{what} folder {folder} holds objects of the split {bad}; it must "
+                           "show objects outside the split only")
+    return keys
 
 
 def broad_text_embeddings(teacher: LazyTeacher, data_cfg: DataConfig) -> torch.Tensor | None:

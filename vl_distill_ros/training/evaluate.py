@@ -198,9 +198,9 @@ def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Ten
     trained or calibrated on). Scores are the best calibrated softmax score, as the node
     publishes it; reports AUROC and the unknown rates at the calibrated threshold."""
     from ..core.data.image_folder import load_image_folder
-    from .calibrate import full_vocabulary, outside_split_keys
+    from .data import full_vocabulary, outside_split_keys
 
-    full = full_vocabulary(cfg)
+    full = full_vocabulary(cfg.data)
     keys = outside_split_keys(cfg.calibration.openset_test, full, vocabs, "openset_test")
     data = load_image_folder(cfg.calibration.openset_test, full, keys=keys)
     s_oov = embed_images(student, data.images, device).numpy()
@@ -226,8 +226,8 @@ def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Ten
         neg_in, neg_oov = s_in @ trained_emb[keep].T, s_oov @ trained_emb[keep].T
     p_in = adjusted_scores(s_in @ text.T, bias, temp, neg_in)
     p_oov = adjusted_scores(s_oov @ text.T, bias, temp, neg_oov)
-    pt_in = adjusted_scores(t_in @ text.T, 0.0 * bias, DEFAULT_TEMPERATURE)
-    pt_oov = adjusted_scores(t_oov @ text.T, 0.0 * bias, DEFAULT_TEMPERATURE)
+    pt_in = adjusted_scores(t_in @ text.T, 0.0, DEFAULT_TEMPERATURE)
+    pt_oov = adjusted_scores(t_oov @ text.T, 0.0, DEFAULT_TEMPERATURE)
     best_in, best_oov = p_in.max(1), p_oov.max(1)
     correct = p_in.argmax(1) == y_in
     return {
