@@ -61,7 +61,7 @@ default-bundle: setup
 	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_full.yaml --resume \
 	    output_dir=runs/ablation_gzsl/full/seed0
 	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/full/seed0 \
-	    --out vl_distill_ros/models/default_student.vdb --no-onnx
+	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx
 
 # Rebuild the shipped sample bag (needs the YCB models at ../shared/ycb_models).
 sample-bag: setup

@@ -213,14 +213,14 @@ def yaml_value(text: str) -> Any:
 # model bundle
 # ==========================================================================================
 def default_model_path() -> Path:
-    return REPO / "vl_distill_ros" / "models" / "default_student.vdb"
+    return REPO / "vl_distill_ros" / "bundles" / "default_student.vdb"
 
 
 def offline_teacher_service(cache_dir: str | Path | None = None, teacher_factory=None):
     """A TextEmbeddingService for the offline ConSE teacher (MiniLM text side), bench prompts."""
-    from vl_distill_ros.core.config import TeacherConfig
-    from vl_distill_ros.core.teachers.factory import teacher_spec
-    from vl_distill_ros.core.text_service import TextEmbeddingService
+    from vl_distill_ros.config import TeacherConfig
+    from vl_distill_ros.model.teachers.factory import teacher_spec
+    from vl_distill_ros.model.text_service import TextEmbeddingService
 
     spec = teacher_spec(TeacherConfig(backend="offline", device="cpu"))
     return spec, TextEmbeddingService(spec, spec["id"], TEMPLATES, enrich=True,
@@ -228,7 +228,7 @@ def offline_teacher_service(cache_dir: str | Path | None = None, teacher_factory
 
 
 def default_vocabulary():
-    from vl_distill_ros.core.vocabulary import Vocabulary, VocabularyError
+    from vl_distill_ros.model.vocabulary import Vocabulary, VocabularyError
 
     path = REPO / "config" / "ycb_vocabulary.yaml"
     try:
@@ -250,10 +250,10 @@ def build_bundle(path: Path, vocab=None, backbone: str = "efficientnet_lite0",
     """
     import torch
 
-    from vl_distill_ros.core.bundle import save_bundle
-    from vl_distill_ros.core.config import StudentConfig
-    from vl_distill_ros.core.student import build_student
-    from vl_distill_ros.core.vocabulary import Label
+    from vl_distill_ros.model.bundle import save_bundle
+    from vl_distill_ros.config import StudentConfig
+    from vl_distill_ros.model.student import build_student
+    from vl_distill_ros.model.vocabulary import Label
 
     t0 = time.perf_counter()
     if vocab is None:
@@ -293,7 +293,7 @@ def public(info: dict[str, Any]) -> dict[str, Any]:
 
 def describe_bundle(path: Path) -> dict[str, Any]:
     try:
-        from vl_distill_ros.core.bundle import read_manifest
+        from vl_distill_ros.model.bundle import read_manifest
 
         m = read_manifest(path)
         cfg = m.get("student", {}).get("config", {})
@@ -341,7 +341,7 @@ def synthetic_tabletop_frames(n: int, k: int, width: int = 640, height: int = 48
     shadow each; returns ``[(rgb uint8 image, [object boxes (x, y, w, h)]), ...]``."""
     import cv2
 
-    from vl_distill_ros.core.data.backgrounds import make_background
+    from vl_distill_ros.sim.backgrounds import make_background
 
     rng = np.random.default_rng(seed)
     frames = []
@@ -400,7 +400,7 @@ def synthetic_tabletop_frames(n: int, k: int, width: int = 640, height: int = 48
 def ycb_frames(n: int, k: int, models: Path, width: int = 640, height: int = 480,
                seed: int = 0) -> list[tuple[np.ndarray, list[tuple[int, ...]]]]:
     """``n`` rendered YCB tabletop scenes with ``k`` objects (needs pybullet + the models)."""
-    from vl_distill_ros.core.data.scene import SceneRenderer, SceneSpec, render_scene
+    from vl_distill_ros.sim.scene import SceneRenderer, SceneSpec, render_scene
 
     if not 1 <= k <= 10:
         raise BenchError(f"--scene ycb places 1..10 objects, got --objects {k}")
@@ -430,7 +430,7 @@ def make_frames(scene: str, n: int, k: int, width: int, height: int, seed: int,
 
 def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
     """How many boxes the node's proposer gives for each frame (its settings from ``-p``)."""
-    from vl_distill_ros.core.proposals import ProposalConfig, propose_boxes
+    from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
 
     kw = {}
     for key, field in (("proposal_min_area_frac", "min_area_frac"),
@@ -791,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", type=Path, default=None,
                     help="student bundle (.vdb) for the node; default: the packaged "
-                         "vl_distill_ros/models/default_student.vdb when it exists, else a "
+                         "vl_distill_ros/bundles/default_student.vdb when it exists, else a "
                          "temporary bundle built here (EfficientNet-Lite0, 128 px, packaged "
                          "ImageNet backbone weights, untrained head, YCB vocabulary embedded "
                          "by the offline teacher's MiniLM text encoder)")
@@ -809,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="distinct pre-rendered frames, published cyclically")
     ap.add_argument("--scene", choices=("synthetic", "ycb"), default="synthetic",
                     help="synthetic: coloured shapes on a wood texture (numpy/OpenCV); ycb: "
-                         "rendered YCB scenes (vl_distill_ros.core.data.scene, needs pybullet "
+                         "rendered YCB scenes (vl_distill_ros.sim.scene, needs pybullet "
                          "and --ycb-models; at most 10 objects)")
     ap.add_argument("--ycb-models", type=Path, default=REPO.parent / "shared" / "ycb_models",
                     help="YCB models folder for --scene ycb")

@@ -48,7 +48,7 @@ def size_bucket(box: Sequence[float]) -> str:
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``field=value`` strings -> typed :class:`ProposalConfig` changes (raises ValueError)."""
-    from vl_distill_ros.core.proposals import ProposalConfig
+    from vl_distill_ros.perception.proposals import ProposalConfig
 
     types = {f.name: f.type for f in dataclasses.fields(ProposalConfig)}
     out: dict[str, Any] = {}
@@ -72,7 +72,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 def load_frames(bag: str | Path, max_frames: int = 0,
                 topics: Sequence[str] | None = None) -> list[tuple[np.ndarray, list]]:
     """``(RGB image, [(x, y, w, h, label), ...])`` of every image with ground truth."""
-    from vl_distill_ros.core.bag_io import read_camera_bag
+    from vl_distill_ros.bags.bag_io import read_camera_bag
 
     contents = read_camera_bag(bag)
     frames = []
@@ -154,7 +154,7 @@ class Tally:
 
 def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) -> Tally:
     """Run the proposer on ``frames`` and tally the matches."""
-    from vl_distill_ros.core.proposals import propose_boxes
+    from vl_distill_ros.perception.proposals import propose_boxes
 
     tally = Tally()
     for image, truth in frames:
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-labels", action="store_true", help="leave out recall_by_label")
     args = ap.parse_args(argv)
 
-    from vl_distill_ros.core.proposals import ProposalConfig
+    from vl_distill_ros.perception.proposals import ProposalConfig
 
     try:
         cfg = ProposalConfig(**parse_overrides(args.params))
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[bench] proposals_recall: {bag}: {exc}; {HINT}", file=sys.stderr)
             return 2
         if frames:  # warm-up (first-call allocations), not timed
-            from vl_distill_ros.core.proposals import propose_boxes
+            from vl_distill_ros.perception.proposals import propose_boxes
             propose_boxes(frames[0][0], cfg)
         tally = evaluate(frames, cfg, args.iou)
         sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im, _ in frames})

@@ -53,10 +53,10 @@ OMP_WAIT_POLICY = _set_omp_wait_policy(sys.argv[1:])
 
 import torch  # noqa: E402 - after OMP_WAIT_POLICY is set
 
-from vl_distill_ros.core.config import StudentConfig  # noqa: E402
-from vl_distill_ros.core.preprocess import preprocess_crops  # noqa: E402
-from vl_distill_ros.core.runtime import OnnxRunner, TorchRunner, export_student_onnx  # noqa: E402
-from vl_distill_ros.core.student import BACKBONES, InputSpec, build_student  # noqa: E402
+from vl_distill_ros.config import StudentConfig  # noqa: E402
+from vl_distill_ros.perception.preprocess import preprocess_crops  # noqa: E402
+from vl_distill_ros.model.runtime import OnnxRunner, TorchRunner, export_student_onnx  # noqa: E402
+from vl_distill_ros.model.student import BACKBONES, InputSpec, build_student  # noqa: E402
 
 BACKENDS = ("torch_eager", "torch_channels_last", "onnxruntime")
 TEACHER_MODEL = "ViT-B-32"
@@ -126,7 +126,7 @@ class TeacherBench:
     def __init__(self, batch: int) -> None:
         from PIL import Image
 
-        from vl_distill_ros.core.teachers.open_clip_teacher import OpenClipTeacher
+        from vl_distill_ros.model.teachers.open_clip_teacher import OpenClipTeacher
 
         self.teacher = OpenClipTeacher(TEACHER_MODEL, pretrained=None, batch_size=batch)
         self._image = Image

@@ -52,10 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from vl_distill_ros.core.config import ConfigError, load_train_config
-    from vl_distill_ros.core.data.image_folder import list_image_folder
-    from vl_distill_ros.core.teacher_cache import TeacherImageCache, file_digest
-    from vl_distill_ros.core.teachers.factory import teacher_id_for
+    from vl_distill_ros.config import ConfigError, load_train_config
+    from vl_distill_ros.training.image_folder import list_image_folder
+    from vl_distill_ros.training.teacher_cache import TeacherImageCache, file_digest
+    from vl_distill_ros.model.teachers.factory import teacher_id_for
     from vl_distill_ros.training.data import load_vocabularies
     from vl_distill_ros.training.trainer import train
 

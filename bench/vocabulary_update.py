@@ -187,9 +187,9 @@ def seed_cache(cache_dir: Path, teacher, bundle_path: Path, name_sets: list[list
                ) -> dict[str, Any]:
     """Embed ``name_sets`` into the text cache file of ``bundle_path``'s teacher (no node
     runs yet: one writer). ``teacher`` is reused when given (the bench bundle's)."""
-    from vl_distill_ros.core.bundle import load_bundle
-    from vl_distill_ros.core.text_service import TextEmbeddingService
-    from vl_distill_ros.core.vocabulary import Label
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.model.text_service import TextEmbeddingService
+    from vl_distill_ros.model.vocabulary import Label
 
     t0 = time.perf_counter()
     bundle = load_bundle(bundle_path, device="cpu")
@@ -285,15 +285,15 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
             model = a.model.resolve()
             info = nt.describe_bundle(model)
             info["source"] = "--model"
-            from vl_distill_ros.core.bundle import read_manifest
-            from vl_distill_ros.core.vocabulary import Vocabulary
+            from vl_distill_ros.model.bundle import read_manifest
+            from vl_distill_ros.model.vocabulary import Vocabulary
 
             try:
                 base = Vocabulary.from_dict(read_manifest(model)["vocabulary"]).names
             except Exception as exc:  # noqa: BLE001 - not a bundle
                 raise BenchError(f"--model {model}: {exc}") from None
         else:
-            from vl_distill_ros.core.vocabulary import Vocabulary
+            from vl_distill_ros.model.vocabulary import Vocabulary
 
             log(f"building the bench bundle (EfficientNet-Lite0, {a.student_size} px, head -> "
                 f"'{WINNER}') ...")

@@ -4,12 +4,12 @@
   projection head is fitted in closed form (ridge regression on the backbone's features of
   plain coloured crops) so that crops of a label's colour map to that label's text
   embedding. Text embeddings come from the real offline teacher's text encoder (MiniLM via
-  :class:`~vl_distill_ros.core.text_service.TextEmbeddingService`). Predictions are then
+  :class:`~vl_distill_ros.model.text_service.TextEmbeddingService`). Predictions are then
   deterministic, vary with the object's colour, and OOD objects of a similar colour are
   confused with an ID label (a lemon looks like a banana) or come out ``unknown``.
 * :func:`synthetic_frames` / :func:`make_synthetic_bag`: frames of a plain noisy table with
   coloured rectangles (objects) and their ground-truth boxes, written with
-  :func:`~vl_distill_ros.core.bag_io.write_camera_bag`.
+  :func:`~vl_distill_ros.bags.bag_io.write_camera_bag`.
 * :func:`rewrite_zip`: a copy of a zip file (a bundle) with its members changed, for
   tampering tests.
 * :func:`missing_ycb_models`: what a test that needs ``../shared/ycb_models`` does when
@@ -61,17 +61,17 @@ def make_colour_bundle(path: Path, names: Sequence[str], fit: Sequence,
     An entry of ``fit`` is a name of :data:`OBJECTS` (its colour -> its own label) or a pair
     ``(rgb, label)``: crops of colour ``rgb`` -> the text embedding of ``label``, which may
     be a name outside ``names`` (embedded by the same text service). ``vocabulary`` (a
-    :class:`~vl_distill_ros.core.vocabulary.Vocabulary` whose names are ``names``) replaces
+    :class:`~vl_distill_ros.model.vocabulary.Vocabulary` whose names are ``names``) replaces
     the default one (names with the keys of :data:`OBJECTS`, no descriptions)."""
     import torch
 
-    from vl_distill_ros.core.bundle import save_bundle
-    from vl_distill_ros.core.config import StudentConfig, TeacherConfig
-    from vl_distill_ros.core.preprocess import preprocess_crops
-    from vl_distill_ros.core.student import build_student
-    from vl_distill_ros.core.teachers.factory import teacher_spec
-    from vl_distill_ros.core.text_service import TextEmbeddingService
-    from vl_distill_ros.core.vocabulary import Label, Vocabulary
+    from vl_distill_ros.model.bundle import save_bundle
+    from vl_distill_ros.config import StudentConfig, TeacherConfig
+    from vl_distill_ros.perception.preprocess import preprocess_crops
+    from vl_distill_ros.model.student import build_student
+    from vl_distill_ros.model.teachers.factory import teacher_spec
+    from vl_distill_ros.model.text_service import TextEmbeddingService
+    from vl_distill_ros.model.vocabulary import Label, Vocabulary
 
     spec = teacher_spec(TeacherConfig(backend="offline", device="cpu"))
     service = TextEmbeddingService(spec, spec["id"], TEMPLATES, enrich=True)
@@ -109,9 +109,9 @@ def make_colour_bundle(path: Path, names: Sequence[str], fit: Sequence,
 def synthetic_frames(n: int, labels: Sequence[str], size: tuple[int, int] = (120, 160),
                      per_frame: int = 3, seed: int = 0, start_ns: int = 1_700_000_000 * 10**9,
                      fps: float = 10.0) -> list:
-    """``n`` :class:`~vl_distill_ros.core.bag_io.BagFrame` of coloured rectangles on a table,
+    """``n`` :class:`~vl_distill_ros.bags.bag_io.BagFrame` of coloured rectangles on a table,
     each object's ground truth its rectangle; objects are spread over the frame width."""
-    from vl_distill_ros.core.bag_io import BagFrame, GroundTruthObject
+    from vl_distill_ros.bags.bag_io import BagFrame, GroundTruthObject
 
     rng = np.random.default_rng(seed)
     h, w = size
@@ -139,7 +139,7 @@ def synthetic_frames(n: int, labels: Sequence[str], size: tuple[int, int] = (120
 def make_synthetic_bag(path: Path, n: int, labels: Sequence[str], fps: float = 10.0,
                        seed: int = 0, storage: str = "mcap") -> Path:
     """Write :func:`synthetic_frames` to a rosbag2 bag at ``path`` and return it."""
-    from vl_distill_ros.core.bag_io import write_camera_bag
+    from vl_distill_ros.bags.bag_io import write_camera_bag
 
     return write_camera_bag(path, synthetic_frames(n, labels, seed=seed, fps=fps),
                             storage=storage)

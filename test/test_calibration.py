@@ -1,10 +1,10 @@
-"""Calibrated stacking and open-set scoring (vl_distill_ros.core.calibration)."""
+"""Calibrated stacking and open-set scoring (vl_distill_ros.model.calibration)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vl_distill_ros.core.calibration import (Calibration, CalibrationError, adjusted_scores,
+from vl_distill_ros.model.calibration import (Calibration, CalibrationError, adjusted_scores,
                                              auroc, bias_curve, bias_vector, choose_seen_bias,
                                              gzsl_accuracies, harmonic_mean,
                                              mean_class_accuracy, threshold_for_coverage)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vl_distill_ros.core.config import (ConfigError, TrainConfig, apply_overrides,
+from vl_distill_ros.config import (ConfigError, TrainConfig, apply_overrides,
                                         load_train_config)
 
 

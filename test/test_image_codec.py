@@ -6,7 +6,7 @@ import array
 import numpy as np
 import pytest
 
-from vl_distill_ros.core.image_codec import (BYTES_PER_PIXEL, SUPPORTED_ENCODINGS,
+from vl_distill_ros.perception.image_codec import (BYTES_PER_PIXEL, SUPPORTED_ENCODINGS,
                                              ImageDecodeError, decode_image, encode_rgb8)
 
 H, W = 5, 7

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vl_distill_ros.core.config import LossConfig
-from vl_distill_ros.core.losses import (
+from vl_distill_ros.config import LossConfig
+from vl_distill_ros.training.losses import (
     ClsLoss,
     DistillLoss,
     ImageContrastiveLoss,

@@ -17,8 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from vl_distill_ros.core.config import LossConfig
-from vl_distill_ros.core.losses import DistillLoss, ImageContrastiveLoss, gather_rows
+from vl_distill_ros.config import LossConfig
+from vl_distill_ros.training.losses import DistillLoss, ImageContrastiveLoss, gather_rows
 
 BATCH, IN_DIM, DIM, WORLD = 8, 5, 4, 2
 #: (similarity, direction, gather) of each case

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vl_distill_ros.core.metrics import (
+from vl_distill_ros.training.metrics import (
     accuracy,
     classify,
     confusion_matrix,

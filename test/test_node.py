@@ -47,7 +47,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from helpers import OBJECTS, block_image, make_colour_bundle  # noqa: E402
-from vl_distill_ros.core.vocabulary import Vocabulary  # noqa: E402
+from vl_distill_ros.model.vocabulary import Vocabulary  # noqa: E402
 from vl_distill_ros.ros import node as node_mod  # noqa: E402
 from vl_distill_ros.ros.node import StartupError, VlDistillNode  # noqa: E402
 from vl_distill_ros.ros.params import PARAMETERS  # noqa: E402
@@ -556,7 +556,7 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
 
 
 def test_missing_default_bundle_fails_with_instructions(ctx, monkeypatch, tmp_path):
-    missing = tmp_path / "models" / "default_student.vdb"
+    missing = tmp_path / "bundles" / "default_student.vdb"
     monkeypatch.setattr(node_mod, "default_model_path", lambda: missing)
     with pytest.raises(StartupError, match="vl-distill export"):
         VlDistillNode(namespace="/nomodel", context=ctx)
@@ -672,7 +672,7 @@ def test_detections_msg_with_stand_in_vision_msgs(monkeypatch, jazzy):
     classes: boxes as centre + size, one hypothesis (label, score) per detection."""
     from types import SimpleNamespace
 
-    from vl_distill_ros.core.pipeline import ObjectResult
+    from vl_distill_ros.perception.pipeline import ObjectResult
 
     pkg, msg_mod = _fake_vision_msgs(jazzy)
     monkeypatch.setitem(sys.modules, "vision_msgs", pkg)

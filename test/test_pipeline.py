@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vl_distill_ros.core.bundle import load_bundle, save_bundle
-from vl_distill_ros.core.config import StudentConfig
-from vl_distill_ros.core.pipeline import (UNKNOWN_LABEL, PerceptionPipeline, PipelineError,
+from vl_distill_ros.model.bundle import load_bundle, save_bundle
+from vl_distill_ros.config import StudentConfig
+from vl_distill_ros.perception.pipeline import (UNKNOWN_LABEL, PerceptionPipeline, PipelineError,
                                           draw_annotations, labels_document, rois_from_flat)
-from vl_distill_ros.core.proposals import ProposalConfig
-from vl_distill_ros.core.student import build_student
-from vl_distill_ros.core.vocabulary import Vocabulary
+from vl_distill_ros.perception.proposals import ProposalConfig
+from vl_distill_ros.model.student import build_student
+from vl_distill_ros.model.vocabulary import Vocabulary
 
 DIM = 16
 SMALL = StudentConfig(backbone="mobilenet_v3_small", pretrained="none", image_size=64)
@@ -254,7 +254,7 @@ def test_draw_annotations_draws_on_a_copy(bundle):
 # Calibration from the bundle: seen bias (calibrated stacking) and the open-set threshold
 # ---------------------------------------------------------------------------------------
 def _calibrated_bundle(tmp_path, text_emb, direction, trained_embeddings=None, **record):
-    from vl_distill_ros.core.calibration import Calibration
+    from vl_distill_ros.model.calibration import Calibration
 
     student = build_student(SMALL, DIM)
     with torch.no_grad():
@@ -315,7 +315,7 @@ def test_bundle_with_a_bad_calibration_record_is_rejected(tmp_path, text_emb, di
     import json as _json
 
     from helpers import rewrite_zip
-    from vl_distill_ros.core.bundle import BundleError
+    from vl_distill_ros.model.bundle import BundleError
 
     good = _calibrated_bundle(tmp_path, text_emb, direction).path
 
@@ -360,7 +360,7 @@ def test_negative_names_lower_the_score_of_look_alikes(tmp_path, text_emb, direc
 
 
 def test_negatives_without_their_embeddings_are_refused(tmp_path, text_emb, direction):
-    from vl_distill_ros.core.bundle import BundleError
+    from vl_distill_ros.model.bundle import BundleError
 
     with pytest.raises(BundleError, match="embeddings"):
         _calibrated_bundle(tmp_path, text_emb, direction, negatives=True)
@@ -371,7 +371,7 @@ def test_negatives_without_their_embeddings_are_refused(tmp_path, text_emb, dire
 
 # -- bounded work per frame (issue 11) ------------------------------------------------------
 def test_rois_are_capped_at_256_regions(bundle):
-    from vl_distill_ros.core.pipeline import MAX_ROIS, PipelineSettings
+    from vl_distill_ros.perception.pipeline import MAX_ROIS, PipelineSettings
 
     assert MAX_ROIS == 256
     many = [(i % 60, i % 40, 4, 4) for i in range(MAX_ROIS + 1)]
@@ -394,7 +394,7 @@ def test_many_crops_go_through_the_student_in_chunks_of_64(tmp_path, text_emb):
     """200 regions: the student sees batches of at most 64 crops, and every crop gets the
     same scores as when it is classified alone (a student with a random head, so crops
     differ)."""
-    from vl_distill_ros.core.pipeline import MAX_CROPS_PER_BATCH
+    from vl_distill_ros.perception.pipeline import MAX_CROPS_PER_BATCH
 
     torch.manual_seed(3)
     student = build_student(SMALL, DIM)

@@ -8,7 +8,7 @@ import matplotlib  # noqa: F401 - pinned in requirements.txt: a broken install m
 import numpy as np
 import pytest
 
-from vl_distill_ros.core.plots import (
+from vl_distill_ros.plots import (
     plot_confusion_matrix,
     plot_per_class_accuracy,
     plot_results_bars,

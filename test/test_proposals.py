@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vl_distill_ros.core.proposals import (Box, ProposalConfig, box_iou, crop, full_frame_box,
+from vl_distill_ros.perception.proposals import (Box, ProposalConfig, box_iou, crop, full_frame_box,
                                            propose_boxes, sanitize_boxes)
 
 H, W = 480, 640
@@ -333,7 +333,7 @@ def test_box_iou() -> None:
 # ---------------------------------------------------------------------------------------
 def test_rendered_ycb_tabletop(ycb_models) -> None:
     from helpers import missing_ycb_models
-    from vl_distill_ros.core.data.render import ObjectRenderer
+    from vl_distill_ros.sim.render import ObjectRenderer
 
     keys = ["025_mug", "030_fork", "005_tomato_soup_can", "037_scissors", "011_banana"]
     rng = np.random.default_rng(11)
@@ -368,7 +368,7 @@ def test_recall_on_a_made_bag(ycb_models, tmp_path, repo_root) -> None:
     matches boxes. Measured: 22 of 25 objects found, 5 false boxes in 8 frames (the
     proposer tuned on synthetic shapes alone found 9)."""
     from vl_distill_ros.cli import build_parser
-    from vl_distill_ros.core.bag_io import read_camera_bag
+    from vl_distill_ros.bags.bag_io import read_camera_bag
     from vl_distill_ros.evaluation.scoring import match_boxes
 
     bag = tmp_path / "tabletop"

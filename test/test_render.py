@@ -1,4 +1,4 @@
-"""CPU rendering of labelled YCB crops (vl_distill_ros.core.data.render) and `render` command."""
+"""CPU rendering of labelled YCB crops (vl_distill_ros.sim.render) and `render` command."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vl_distill_ros.core.data.backgrounds import CLUTTER_KINDS, KINDS, make_background
-from vl_distill_ros.core.data.render import (
+from vl_distill_ros.sim.backgrounds import CLUTTER_KINDS, KINDS, make_background
+from vl_distill_ros.sim.render import (
     MANIFEST_NAME,
     ObjectRenderer,
     RenderError,

@@ -23,8 +23,8 @@ import pytest
 
 from helpers import OBJECTS, make_colour_bundle, make_synthetic_bag
 from vl_distill_ros import cli
-from vl_distill_ros.core.bag_io import read_camera_bag
-from vl_distill_ros.core.vocabulary import Label, Split, Vocabulary
+from vl_distill_ros.bags.bag_io import read_camera_bag
+from vl_distill_ros.model.vocabulary import Label, Split, Vocabulary
 from vl_distill_ros.evaluation import replay
 from vl_distill_ros.evaluation.report import load_labels_jsonl
 from vl_distill_ros.evaluation.scoring import (Membership, compare_documents, doc_frame_key,
@@ -102,7 +102,7 @@ def test_score_frames_counts_every_outcome():
 def test_offline_settings_are_the_nodes(monkeypatch):
     """The offline pipeline settings come from the same parameter values by the node's rule
     (``PipelineSettings.from_params``, which the node calls too)."""
-    from vl_distill_ros.core.pipeline import PipelineSettings
+    from vl_distill_ros.perception.pipeline import PipelineSettings
 
     name, value = replay.parse_param("rois:=[0, 0, 20, 20]")
     values = replay.node_parameter_values({"crop_source": "rois", name: value,
@@ -311,7 +311,7 @@ def _flipped_zstd_bag(path: Path) -> Path:
     """A zstd-compressed MCAP bag with 20 bytes flipped inside its (only) chunk."""
     import random
 
-    from vl_distill_ros.core.bag_io import write_camera_bag
+    from vl_distill_ros.bags.bag_io import write_camera_bag
     from helpers import synthetic_frames
 
     write_camera_bag(path, synthetic_frames(8, NAMES, seed=1), compression="zstd")

@@ -14,14 +14,14 @@ import torch
 import onnx
 import onnxruntime  # noqa: F401 - pinned in requirements.txt: a broken install must fail
 from helpers import rewrite_zip
-from vl_distill_ros.core.bundle import ONNX_MODEL, BundleError, load_bundle, save_bundle
-from vl_distill_ros.core.config import StudentConfig
-from vl_distill_ros.core.preprocess import preprocess_crops, resize_square
-from vl_distill_ros.core.runtime import (INPUT_NAME, OUTPUT_NAME, OnnxRunner,
+from vl_distill_ros.model.bundle import ONNX_MODEL, BundleError, load_bundle, save_bundle
+from vl_distill_ros.config import StudentConfig
+from vl_distill_ros.perception.preprocess import preprocess_crops, resize_square
+from vl_distill_ros.model.runtime import (INPUT_NAME, OUTPUT_NAME, OnnxRunner,
                                          RuntimeBackendError, StudentRunner, TorchRunner,
                                          export_student_onnx, make_runner)
-from vl_distill_ros.core.student import InputSpec, build_student
-from vl_distill_ros.core.vocabulary import Vocabulary
+from vl_distill_ros.model.student import InputSpec, build_student
+from vl_distill_ros.model.vocabulary import Vocabulary
 
 EMBED_DIM = 32
 MIN_COS = 1.0 - 1e-4
@@ -131,7 +131,7 @@ def test_make_runner_falls_back_to_torch_when_onnxruntime_fails(monkeypatch, cap
     x = preprocess_crops(_crops(3), student.input_spec)
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
-        with caplog.at_level(logging.WARNING, logger="vl_distill_ros.core.runtime"):
+        with caplog.at_level(logging.WARNING, logger="vl_distill_ros.model.runtime"):
             runner = make_runner(student, backend="auto")
         assert runner.backend == "torch"
         assert "falling back to PyTorch" in caplog.text
@@ -145,7 +145,7 @@ def test_make_runner_falls_back_to_torch_when_onnxruntime_fails(monkeypatch, cap
     monkeypatch.setattr(OnnxRunner, "embed", lambda self, b: np.ones((len(b), EMBED_DIM),
                                                                      np.float32))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="vl_distill_ros.core.runtime"):
+    with caplog.at_level(logging.WARNING, logger="vl_distill_ros.model.runtime"):
         assert make_runner(SimpleNamespace(student=student, onnx_bytes=data)).backend == "torch"
     assert "disagree" in caplog.text
 

@@ -1,4 +1,4 @@
-"""Tabletop scene rendering (core.data.scene), camera bags (core.bag_io), `make-bag`."""
+"""Tabletop scene rendering (sim.scene), camera bags (bags.bag_io), `make-bag`."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vl_distill_ros.core.bag_io import (
+from vl_distill_ros.bags.bag_io import (
     BagError,
     BagFrame,
     GroundTruthObject,
@@ -55,7 +55,7 @@ def copy_bag(src: Path, dst: Path) -> Path:
 # -- scenes -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scene_renderer(ycb_models: Path):
-    from vl_distill_ros.core.data.scene import SceneRenderer
+    from vl_distill_ros.sim.scene import SceneRenderer
 
     with SceneRenderer(ycb_models) as r:
         yield r
@@ -72,7 +72,7 @@ def _ring_median(image: np.ndarray, box: tuple[int, int, int, int], pad: int = 6
 
 
 def test_scene_has_requested_objects_with_boxes_on_the_table(scene_renderer):
-    from vl_distill_ros.core.data.scene import SceneSpec, render_scene
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     spec = SceneSpec(objects_per_scene=(3, 3))
     for seed in (1, 2):
@@ -98,7 +98,7 @@ def test_scene_has_requested_objects_with_boxes_on_the_table(scene_renderer):
 
 
 def test_scene_is_deterministic_and_hand_camera(scene_renderer):
-    from vl_distill_ros.core.data.scene import SceneSpec, render_scene
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     spec = SceneSpec(width=320, height=240, objects_per_scene=(2, 3), hand_camera=True,
                      hand_width=160, hand_height=120)
@@ -117,8 +117,8 @@ def test_scene_is_deterministic_and_hand_camera(scene_renderer):
 
 
 def test_scene_spec_and_keys_are_checked(scene_renderer):
-    from vl_distill_ros.core.data.render import RenderError
-    from vl_distill_ros.core.data.scene import SceneSpec, render_scene
+    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     rng = np.random.default_rng(0)
     with pytest.raises(RenderError, match="objects_per_scene"):
@@ -138,7 +138,7 @@ def _make_bag(argv: list[str]) -> int:
 
 
 def _vocab_names(repo_root: Path) -> set[str]:
-    from vl_distill_ros.core.vocabulary import Vocabulary
+    from vl_distill_ros.model.vocabulary import Vocabulary
 
     return set(Vocabulary.load(repo_root / "config" / "ycb_vocabulary.yaml").names)
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from helpers import rewrite_zip
-from vl_distill_ros.core.bundle import BundleError, load_bundle, read_manifest, save_bundle
-from vl_distill_ros.core.config import StudentConfig
-from vl_distill_ros.core.data.augment import CropAugment
-from vl_distill_ros.core.preprocess import ImageInputError, preprocess_crops
-from vl_distill_ros.core.student import StudentError, build_student
-from vl_distill_ros.core.vocabulary import Vocabulary
+from vl_distill_ros.model.bundle import BundleError, load_bundle, read_manifest, save_bundle
+from vl_distill_ros.config import StudentConfig
+from vl_distill_ros.training.augment import CropAugment
+from vl_distill_ros.perception.preprocess import ImageInputError, preprocess_crops
+from vl_distill_ros.model.student import StudentError, build_student
+from vl_distill_ros.model.vocabulary import Vocabulary
 
 SMALL = StudentConfig(backbone="mobilenet_v3_small", pretrained="none", image_size=64)
 

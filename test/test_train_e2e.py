@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from vl_distill_ros.cli import main as cli_main
-from vl_distill_ros.core.bundle import load_bundle
-from vl_distill_ros.core.config import load_train_config
+from vl_distill_ros.model.bundle import load_bundle
+from vl_distill_ros.config import load_train_config
 
 KEYS = {"id": ["red_ball", "green_box"], "ood": ["blue_ball", "yellow_box"]}
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
@@ -312,7 +312,7 @@ def test_auxiliary_distillation_calibration_and_open_set(toy: Path, capsys):
     assert rec["chosen_on"]["unseen_objects"] == ["cyan_ball"]
     # the best H among the biases that keep calibration.keep_seen (default 0.97) of the
     # unbiased seen accuracy (the rule of calibration.choose_seen_bias)
-    from vl_distill_ros.core.config import CalibrationConfig
+    from vl_distill_ros.config import CalibrationConfig
 
     floor = CalibrationConfig().keep_seen * min(cal["curve"], key=lambda r: r["bias"])["seen"]
     best = max((r for r in cal["curve"] if r["seen"] >= floor), key=lambda r: r["h"])
@@ -389,7 +389,7 @@ def test_checkpoint_that_needs_pickled_code_is_refused(toy: Path, tmp_path: Path
 def test_malformed_checkpoints_are_one_line_errors(toy: Path, tmp_path: Path, capsys):
     import torch
 
-    from vl_distill_ros.core.config import to_dict
+    from vl_distill_ros.config import to_dict
 
     cfg_path = _config(toy, "malformed")
     good_cfg = to_dict(load_train_config(cfg_path))

@@ -4,13 +4,14 @@ import os
 
 import pytest
 
-from vl_distill_ros.core import atomic_io, vocab_store
-from vl_distill_ros.core.vocab_store import (
+from vl_distill_ros import atomic_io
+from vl_distill_ros.model import vocab_store
+from vl_distill_ros.model.vocab_store import (
     load_vocabulary_store,
     load_vocabulary_store_result,
     save_vocabulary_atomic,
 )
-from vl_distill_ros.core.vocabulary import Vocabulary
+from vl_distill_ros.model.vocabulary import Vocabulary
 
 VOCAB = Vocabulary.from_names(["banana", "power drill", "mug"],
                               ["A curved yellow fruit.", "", "A red ceramic cup with a handle."])
@@ -62,7 +63,7 @@ def test_failed_replace_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
 def test_corrupt_file_is_set_aside_with_reason(tmp_path, caplog, content, reason):
     path = tmp_path / "vocab.yaml"
     path.write_bytes(content)
-    with caplog.at_level(logging.ERROR, logger="vl_distill_ros.core.vocab_store"):
+    with caplog.at_level(logging.ERROR, logger="vl_distill_ros.model.vocab_store"):
         result = load_vocabulary_store_result(path)
     assert result.vocabulary is None and result.status == "corrupt"
     assert reason in result.error

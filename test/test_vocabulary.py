@@ -1,4 +1,4 @@
-"""Tests of vl_distill_ros.core.vocabulary and the shipped YCB vocabulary/split files."""
+"""Tests of vl_distill_ros.model.vocabulary and the shipped YCB vocabulary/split files."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vl_distill_ros.core.vocabulary import (
+from vl_distill_ros.model.vocabulary import (
     DEFAULT_TEMPLATES,
     DESCRIPTION_QUESTION,
     MAX_DESCRIPTION_LENGTH,
@@ -464,7 +464,7 @@ def test_vocabulary_file_must_be_a_small_regular_file(tmp_path):
     import os
     import time
 
-    from vl_distill_ros.core.vocabulary import MAX_VOCABULARY_FILE_BYTES
+    from vl_distill_ros.model.vocabulary import MAX_VOCABULARY_FILE_BYTES
 
     fifo = tmp_path / "vocab.fifo"
     os.mkfifo(fifo)

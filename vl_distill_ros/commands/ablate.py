@@ -20,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.calibration import CalibrationError
-    from ..core.config import ConfigError
-    from ..core.data.image_folder import DatasetError
-    from ..core.vocabulary import VocabularyError
+    from ..model.calibration import CalibrationError
+    from ..config import ConfigError
+    from ..training.image_folder import DatasetError
+    from ..model.vocabulary import VocabularyError
     from ..training.ablation import run_ablation
     from ..training.trainer import TrainingError
 

@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.calibration import CalibrationError
-    from ..core.data.image_folder import DatasetError
-    from ..core.vocabulary import VocabularyError
+    from ..model.calibration import CalibrationError
+    from ..training.image_folder import DatasetError
+    from ..model.vocabulary import VocabularyError
     from ..training.evaluate import evaluate_run
     from ..training.trainer import TrainingError
 

@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.calibration import CalibrationError
-    from ..core.bundle import BundleError, load_bundle
-    from ..core.vocabulary import VocabularyError
+    from ..model.calibration import CalibrationError
+    from ..model.bundle import BundleError, load_bundle
+    from ..model.vocabulary import VocabularyError
     from ..training.export import export_bundle
     from ..training.trainer import TrainingError
 

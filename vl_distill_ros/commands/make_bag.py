@@ -1,8 +1,8 @@
 """``vl-distill make-bag``: render tabletop scenes into a rosbag2 camera bag with ground truth.
 
 No ROS install needed: scenes are rendered on the CPU (pybullet TinyRenderer, see
-:mod:`vl_distill_ros.core.data.scene`) and written with ``rosbags``
-(:mod:`vl_distill_ros.core.bag_io`) in the format ``ros2 bag play`` reads.
+:mod:`vl_distill_ros.sim.scene`) and written with ``rosbags``
+(:mod:`vl_distill_ros.bags.bag_io`) in the format ``ros2 bag play`` reads.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def _parse_range(text: str, what: str, cast: type = int, sep: str = "-") -> tupl
 
 
 def _object_pool(spec: str, split_path: str) -> list[str]:
-    from ..core.vocabulary import Split
+    from ..model.vocabulary import Split
 
     word = spec.strip()
     if word in ("id", "ood", "all"):
@@ -118,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..core.bag_io import (BagError, BagFrame, BagTopics, GroundTruthObject,
+    from ..bags.bag_io import (BagError, BagFrame, BagTopics, GroundTruthObject,
                                write_camera_bag, write_ground_truth_sidecar)
-    from ..core.data.render import RenderError, find_models
-    from ..core.data.scene import SceneRenderer, SceneSpec, render_scene
-    from ..core.vocabulary import Vocabulary, VocabularyError
+    from ..sim.render import RenderError, find_models
+    from ..sim.scene import SceneRenderer, SceneSpec, render_scene
+    from ..model.vocabulary import Vocabulary, VocabularyError
 
     prog = "vl-distill make-bag"
     try:

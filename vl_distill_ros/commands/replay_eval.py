@@ -107,7 +107,7 @@ def _error(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation; returns the exit code (0, 2, 3 or 130)."""
-    from ..core.vocabulary import Split, Vocabulary, VocabularyError
+    from ..model.vocabulary import Split, Vocabulary, VocabularyError
     from ..evaluation.replay import (InputError, ReplayError, ReplaySettings, evaluate_bag,
                                      parse_param)
     from ..evaluation.report import summary_table

@@ -20,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.calibration import CalibrationError
-    from ..core.config import ConfigError, load_train_config
-    from ..core.vocabulary import VocabularyError
-    from ..core.data.image_folder import DatasetError
+    from ..model.calibration import CalibrationError
+    from ..config import ConfigError, load_train_config
+    from ..model.vocabulary import VocabularyError
+    from ..training.image_folder import DatasetError
     from ..training.trainer import TrainingError, train
 
     try:

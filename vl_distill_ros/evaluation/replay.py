@@ -28,11 +28,11 @@ End-to-end latency of a frame is the time from its publication by the replay nod
 arrival of its labels document (both measured here with one monotonic clock).
 
 Offline mode (:func:`run_offline`) decodes the bag's images and runs
-:class:`~vl_distill_ros.core.pipeline.PerceptionPipeline` frame by frame, as fast as the CPU
+:class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline` frame by frame, as fast as the CPU
 allows, with the same bundle, the same vocabulary (embedded by the same
-:class:`~vl_distill_ros.core.text_service.TextEmbeddingService`) and the same settings
+:class:`~vl_distill_ros.model.text_service.TextEmbeddingService`) and the same settings
 (built from the same parameter values as the node's, see :func:`pipeline_settings`), and
-makes the same documents with :func:`~vl_distill_ros.core.pipeline.labels_document`. The
+makes the same documents with :func:`~vl_distill_ros.perception.pipeline.labels_document`. The
 two modes therefore give the same labels for the frames both labelled.
 
 Errors: :class:`InputError` (exit code 2: missing or corrupt bag, no image topics, bad
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..core.bag_io import BagContents, BagError, iter_raw_messages, read_camera_bag
+from ..bags.bag_io import BagContents, BagError, iter_raw_messages, read_camera_bag
 from ..ros import params as P
 from ..ros.node_process import (NODE_NAME, NodeProcess, default_node_command, log_tail,
                                 node_command)
@@ -254,13 +254,13 @@ def node_parameter_values(params: Mapping[str, Any] | None = None) -> dict[str, 
 
 
 def pipeline_settings(values: Mapping[str, Any]):
-    """The :class:`~vl_distill_ros.core.pipeline.PipelineSettings` the node builds from these
+    """The :class:`~vl_distill_ros.perception.pipeline.PipelineSettings` the node builds from these
     parameter values (the node's own rule, :meth:`PipelineSettings.from_params`), without ROS.
 
     Raises:
         InputError: invalid settings.
     """
-    from ..core.pipeline import PipelineError, PipelineSettings
+    from ..perception.pipeline import PipelineError, PipelineSettings
 
     try:
         return PipelineSettings.from_params(values)
@@ -275,7 +275,7 @@ def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def open_bag(path: str | Path, sidecar: str | Path | None = None) -> BagContents:
-    """:func:`~vl_distill_ros.core.bag_io.read_camera_bag`, with every problem an
+    """:func:`~vl_distill_ros.bags.bag_io.read_camera_bag`, with every problem an
     :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth)."""
     try:
         return read_camera_bag(path, ground_truth=sidecar)
@@ -297,7 +297,7 @@ def _check_model(model: Path | None) -> Path:
 def _check_bundle_loads(model: Path) -> None:
     """Load the bundle once on the CPU (as the node will) and drop it: a truncated, corrupt
     or inconsistent bundle is an :class:`InputError` here instead of a node that dies."""
-    from ..core.bundle import BundleError, load_bundle
+    from ..model.bundle import BundleError, load_bundle
 
     try:
         load_bundle(model, device="cpu")
@@ -308,7 +308,7 @@ def _check_bundle_loads(model: Path) -> None:
 def _load_vocabulary_file(path: Path | None):
     if path is None:
         return None
-    from ..core.vocabulary import Vocabulary, VocabularyError
+    from ..model.vocabulary import Vocabulary, VocabularyError
 
     try:
         return Vocabulary.load(Path(path).expanduser())
@@ -319,8 +319,8 @@ def _load_vocabulary_file(path: Path | None):
 def _manifest_names(model: Path) -> list[str] | None:
     """The bundle's vocabulary names from its manifest (None when unreadable)."""
     try:
-        from ..core.bundle import read_manifest
-        from ..core.vocabulary import Vocabulary
+        from ..model.bundle import read_manifest
+        from ..model.vocabulary import Vocabulary
 
         return Vocabulary.from_dict(read_manifest(model)["vocabulary"]).names
     except Exception:  # noqa: BLE001 - the node reports a broken bundle itself
@@ -374,9 +374,9 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
     """
     import torch
 
-    from ..core.bundle import BundleError, load_bundle
-    from ..core.pipeline import PerceptionPipeline, PipelineError, labels_document
-    from ..core.text_service import TextEmbeddingService
+    from ..model.bundle import BundleError, load_bundle
+    from ..perception.pipeline import PerceptionPipeline, PipelineError, labels_document
+    from ..model.text_service import TextEmbeddingService
 
     model = _check_model(settings.model)
     vocab_file = _load_vocabulary_file(settings.vocabulary)
@@ -766,7 +766,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
             and the plots go.
         offline: run the pipeline directly instead of the node.
         sidecar: JSON Lines ground truth instead of the bag's ``/ground_truth`` topic.
-        split: :class:`~vl_distill_ros.core.vocabulary.Split` for the ID / OOD groups.
+        split: :class:`~vl_distill_ros.model.vocabulary.Split` for the ID / OOD groups.
         split_path: where the split came from (reported).
         reference_vocabularies: vocabularies that map split keys to label names (besides the
             evaluated vocabulary and the bundle's own).
@@ -779,7 +779,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
     Raises:
         InputError, NodeError: see the module docstring.
     """
-    from ..core.vocabulary import Vocabulary
+    from ..model.vocabulary import Vocabulary
     from .report import build_report, write_report
     from .scoring import Membership, score_frames
 
@@ -801,7 +801,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
         vocabularies.append(_load_vocabulary_file(settings.vocabulary))
     model = _check_model(settings.model)
     try:
-        from ..core.bundle import read_manifest
+        from ..model.bundle import read_manifest
 
         vocabularies.append(Vocabulary.from_dict(read_manifest(model)["vocabulary"]))
     except Exception:  # noqa: BLE001 - only used to map keys to names

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..core.plots import pyplot, save_figure
+from ..plots import pyplot, save_figure
 
 __all__ = ["build_report", "write_report", "summary_table", "markdown_report",
            "load_labels_jsonl", "plot_confusion", "plot_per_object", "plot_latency"]

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 # the proposer's IoU (re-exported: ``scoring.box_iou`` is part of this module's API)
-from ..core.proposals import box_iou
+from ..perception.proposals import box_iou
 
 __all__ = ["FrameKey", "GTObject", "Membership", "UNKNOWN_LABEL", "MISSED_COLUMN", "GROUPS",
            "box_iou", "match_boxes", "fold_label", "score_frames", "percentiles",
@@ -82,7 +82,7 @@ GROUPS: tuple[str, ...] = ("all", "id", "ood", "other")
 
 class GTObject(NamedTuple):
     """One ground-truth object (the fields of
-    :class:`vl_distill_ros.core.bag_io.GroundTruthObject`)."""
+    :class:`vl_distill_ros.bags.bag_io.GroundTruthObject`)."""
 
     bbox: tuple[int, int, int, int]
     label: str
@@ -137,7 +137,7 @@ class Membership:
 
     @classmethod
     def from_split(cls, split: Any | None, vocabularies: Iterable[Any] = ()) -> "Membership":
-        """``split``: a :class:`~vl_distill_ros.core.vocabulary.Split` (or ``None``: all
+        """``split``: a :class:`~vl_distill_ros.model.vocabulary.Split` (or ``None``: all
         objects are ``other``); ``vocabularies``: :class:`Vocabulary` objects mapping keys
         to names (first one wins for a key)."""
         if split is None:
@@ -384,7 +384,7 @@ def score_frames(frames: Sequence[FrameKey],
              2 * seen_acc * unseen_acc / (seen_acc + unseen_acc))}
     open_set = None
     if vocab_fold is not None:
-        from ..core.calibration import auroc
+        from ..model.calibration import auroc
 
         n_in, n_out = len(vocab_scores[True]), len(vocab_scores[False])
         a = auroc(vocab_scores[True], vocab_scores[False])

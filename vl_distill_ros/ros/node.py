@@ -1,21 +1,21 @@
 """``vl_distill_node``: open-vocabulary object classification on ROS 2 camera topics.
 
-A thin layer over :class:`~vl_distill_ros.core.pipeline.PerceptionPipeline`:
+A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline`:
 
 * subscribes to ``image_topics`` (sensor_msgs/Image) with sensor-data QoS; each camera has a
   one-frame "latest wins" slot, so a fast camera never builds a queue (overwritten frames are
   counted as dropped);
 * one inference thread (one model in memory for all cameras) decodes frames with numpy
-  (:func:`~vl_distill_ros.core.image_codec.decode_image`, no cv_bridge), runs the pipeline
+  (:func:`~vl_distill_ros.perception.image_codec.decode_image`, no cv_bridge), runs the pipeline
   and publishes ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable) and
   optionally ``~/image_annotated``; the executor thread only stores messages;
 * the vocabulary is changed with the standard parameter services (``labels``,
   ``descriptions``, ``vocabulary_file``): changes are validated in the set-parameters
   callbacks, embedded by a worker thread with the
-  :class:`~vl_distill_ros.core.text_service.TextEmbeddingService` while frames keep flowing,
+  :class:`~vl_distill_ros.model.text_service.TextEmbeddingService` while frames keep flowing,
   and swapped in atomically between frames (``vocabulary_version`` + 1);
 * ``~/save_vocabulary`` (std_srvs/Trigger) and ``persist_vocabulary`` keep the operator's
-  vocabulary across restarts (:mod:`~vl_distill_ros.core.vocab_store`);
+  vocabulary across restarts (:mod:`~vl_distill_ros.model.vocab_store`);
 * counts, latencies and the vocabulary version go to ``/diagnostics``.
 
 Vocabulary parameter semantics (see the README):
@@ -53,13 +53,13 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from ..core.bundle import Bundle, BundleError, load_bundle
-from ..core.image_codec import ImageDecodeError, decode_image, encode_rgb8
-from ..core.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PipelineSettings,
+from ..model.bundle import Bundle, BundleError, load_bundle
+from ..perception.image_codec import ImageDecodeError, decode_image, encode_rgb8
+from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PipelineSettings,
                              draw_annotations, labels_document)
-from ..core.text_service import TextEmbeddingService
-from ..core.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
-from ..core.vocabulary import Label, Vocabulary, VocabularyError
+from ..model.text_service import TextEmbeddingService
+from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
+from ..model.vocabulary import Label, Vocabulary, VocabularyError
 from . import params as P
 from .params import default_model_path
 

@@ -31,13 +31,13 @@ TYPE_NAMES: dict[str, str] = {
 
 def default_model_path() -> Path:
     """The bundle an empty ``model_path`` means: the packaged
-    ``vl_distill_ros/models/default_student.vdb``."""
+    ``vl_distill_ros/bundles/default_student.vdb``."""
     try:
         from importlib.resources import files
 
-        return Path(str(files("vl_distill_ros") / "models" / "default_student.vdb"))
+        return Path(str(files("vl_distill_ros") / "bundles" / "default_student.vdb"))
     except (ImportError, ModuleNotFoundError, TypeError):  # pragma: no cover
-        return Path(__file__).resolve().parents[1] / "models" / "default_student.vdb"
+        return Path(__file__).resolve().parents[1] / "bundles" / "default_student.vdb"
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # -- start-up (read-only) -----------------------------------------------------------------
     ParamSpec("model_path", "", "string",
               "Exported student bundle (.vdb) to load. Empty: the bundle shipped with the "
-              "package (vl_distill_ros/models/default_student.vdb).", read_only=True),
+              "package (vl_distill_ros/bundles/default_student.vdb).", read_only=True),
     ParamSpec("image_topics", ["image"], "string_array",
               "Camera topics (sensor_msgs/Image) to subscribe to; relative names resolve in "
               "the node's namespace, so remapping 'image' works as usual. One model serves "
@@ -176,7 +176,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 
 #: Parameters that change the vocabulary.
 VOCABULARY_PARAMS = frozenset({"labels", "descriptions", "vocabulary_file"})
-#: Parameters that change :class:`~vl_distill_ros.core.pipeline.PipelineSettings`.
+#: Parameters that change :class:`~vl_distill_ros.perception.pipeline.PipelineSettings`.
 SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",

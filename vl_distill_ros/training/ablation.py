@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core.config import ConfigError, load_train_config
+from ..config import ConfigError, load_train_config
 from .evaluate import evaluate_run
 from .trainer import FINAL, train
 
@@ -129,7 +129,7 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
     cfgs = [(r["row"], load_train_config(r["config"], r.get("overrides", []))) for r in spec["runs"]]
     roots = {c.data.root for _, c in cfgs}
     if not skip_render and spec.get("render"):
-        from ..core.data.render import load_render_spec, render_dataset
+        from ..sim.render import load_render_spec, render_dataset
 
         for root in roots:
             if not (Path(root) / "manifest.json").exists():
@@ -171,7 +171,7 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
         md += "\n" + gzsl_markdown(rows)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    from ..core.plots import plot_results_bars
+    from ..plots import plot_results_bars
 
     plot_results_bars({r["row"]: {c: r["summary"].get(c, float("nan")) for c in TABLE_COLUMNS}
                        for r in rows}, out / "results.png", title="Student accuracy (YCB)")

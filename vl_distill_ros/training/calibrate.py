@@ -3,7 +3,7 @@
 Uses only ID objects (``calibration.seen``) and pseudo-unseen objects outside the split
 (``calibration.unseen``): never an image of the split's OOD objects. The result is written
 to ``<run>/calibration.json`` and exported into the bundle (see
-:mod:`vl_distill_ros.core.calibration`).
+:mod:`vl_distill_ros.model.calibration`).
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.calibration import (Calibration, CalibrationError, adjusted_scores, auroc,
+from ..model.calibration import (Calibration, CalibrationError, adjusted_scores, auroc,
                                 bias_curve, bias_vector, choose_seen_bias, negative_mask,
                                 threshold_for_coverage)
-from ..core.config import TrainConfig
-from ..core.data.image_folder import DatasetError, load_image_folder
-from ..core.student import Student
-from ..core.vocabulary import Vocabulary
+from ..config import TrainConfig
+from .image_folder import DatasetError, load_image_folder
+from ..model.student import Student
+from ..model.vocabulary import Vocabulary
 from .data import (LazyTeacher, full_vocabulary, load_vocabularies, outside_split_keys,
                    text_classifier)
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import DataConfig, TeacherConfig
-from ..core.data.image_folder import (DatasetError, LabeledImages, list_image_folder,
+from ..config import DataConfig, TeacherConfig
+from .image_folder import (DatasetError, LabeledImages, list_image_folder,
                                       load_image_folder)
-from ..core.teacher_cache import TeacherImageCache, file_digest
-from ..core.teachers import Teacher
-from ..core.teachers.factory import build_teacher, teacher_id_for
-from ..core.vocabulary import Split, Vocabulary
-from ..core.zero_shot import build_zero_shot_classifier
+from .teacher_cache import TeacherImageCache, file_digest
+from ..model.teachers import Teacher
+from ..model.teachers.factory import build_teacher, teacher_id_for
+from ..model.vocabulary import Split, Vocabulary
+from ..model.zero_shot import build_zero_shot_classifier
 
 #: Rendered splits and the label set each is scored against.
 EVAL_SPLITS = {

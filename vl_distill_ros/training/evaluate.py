@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.metrics import (accuracy, confusion_matrix, embedding_distances, macro_f1,
+from .metrics import (accuracy, confusion_matrix, embedding_distances, macro_f1,
                             vl_alignment)
 from .data import (EVAL_SPLITS, LazyTeacher, load_split_images, load_vocabularies,
                    teacher_image_targets, text_classifier)
-from ..core.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, Calibration,
+from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, Calibration,
                                 adjusted_scores, auroc, bias_curve, bias_vector,
                                 gzsl_accuracies, negative_mask)
 from .calibrate import calibrate, read_calibration, write_calibration
@@ -104,7 +104,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | None = None,
     result["summary"] = summary_row(result)
 
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    from ..core.plots import plot_confusion_matrix, plot_per_class_accuracy
+    from ..plots import plot_confusion_matrix, plot_per_class_accuracy
 
     plot_confusion_matrix(cm, vocabs.all.names, out / "confusion_matrix.png",
                           title=f"{cfg.name}: student, all {n_all} labels")
@@ -182,7 +182,7 @@ def generalised_zero_shot(per_split: dict, text_all: torch.Tensor, vocabs,
 
     cos_s, cos_t = s @ text.T, t @ text.T
     curve = bias_curve(cos_s, y, is_seen, mask, max_bias=0.3)
-    from ..core.plots import plot_bias_curve
+    from ..plots import plot_bias_curve
 
     plot_bias_curve(curve, out / "gzsl_bias_curve.png", chosen=bias,
                     teacher=pack(cos_t, 0.0))
@@ -197,7 +197,7 @@ def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Ten
     against crops of objects outside the vocabulary (``calibration.openset_test``, never
     trained or calibrated on). Scores are the best calibrated softmax score, as the node
     publishes it; reports AUROC and the unknown rates at the calibrated threshold."""
-    from ..core.data.image_folder import load_image_folder
+    from .image_folder import load_image_folder
     from .data import full_vocabulary, outside_split_keys
 
     full = full_vocabulary(cfg.data)

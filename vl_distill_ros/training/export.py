@@ -1,12 +1,12 @@
-"""Export a trained run as a deployable bundle (see vl_distill_ros.core.bundle)."""
+"""Export a trained run as a deployable bundle (see vl_distill_ros.model.bundle)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-from ..core.bundle import save_bundle
-from ..core.teachers.factory import teacher_spec
-from ..core.vocabulary import Vocabulary
+from ..model.bundle import save_bundle
+from ..model.teachers.factory import teacher_spec
+from ..model.vocabulary import Vocabulary
 from .calibrate import read_calibration, trained_text_embeddings
 from .data import LazyTeacher, load_vocabularies, text_classifier
 from .trainer import TrainingError, load_trained_student

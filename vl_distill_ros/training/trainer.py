@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..core.atomic_io import atomic_write_bytes
-from ..core.config import TrainConfig, from_dict, to_dict
-from ..core.data.augment import CropAugment
-from ..core.losses import DistillLoss
-from ..core.metrics import accuracy
-from ..core.preprocess import preprocess_crops
-from ..core.student import Student, build_student
+from ..atomic_io import atomic_write_bytes
+from ..config import TrainConfig, from_dict, to_dict
+from .augment import CropAugment
+from .losses import DistillLoss
+from .metrics import accuracy
+from ..perception.preprocess import preprocess_crops
+from ..model.student import Student, build_student
 from .data import (LazyTeacher, broad_text_embeddings, load_split_images, load_training_set,
                    load_vocabularies, teacher_image_targets, text_classifier)
 
@@ -135,7 +135,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def checkpoint_config(ckpt: dict, path: Path) -> TrainConfig:
     """The :class:`TrainConfig` stored in a checkpoint; an invalid one is a TrainingError."""
-    from ..core.config import ConfigError
+    from ..config import ConfigError
 
     try:
         return from_dict(TrainConfig, ckpt["config"], where=f"{path}: config")
@@ -403,7 +403,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                             "teacher_id": teacher.id, "embed_dim": embed_dim,
                             "trained_names": train_set.cls_vocab.names}, out / FINAL)
         if log.rows:
-            from ..core.plots import plot_training_curves
+            from ..plots import plot_training_curves
 
             plot_training_curves(log.rows, out / "training_curves.png")
         if cfg.calibration.seen and cfg.calibration.unseen:

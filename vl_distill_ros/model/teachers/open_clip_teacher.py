@@ -3,7 +3,7 @@
 Weights come from an open_clip pretrained *tag* (``openai``, ``laion2b_s34b_b79k``...), which
 open_clip fetches from the Hugging Face hub or a URL, or from a *local checkpoint file*. On a
 machine without network access a tag only works if the file is already in the local cache;
-otherwise :class:`~vl_distill_ros.core.teachers.base.TeacherWeightsMissing` is raised with the
+otherwise :class:`~vl_distill_ros.model.teachers.base.TeacherWeightsMissing` is raised with the
 exact file to fetch and where to put it. ``pretrained=None`` builds the architecture with
 random (seeded, reproducible) weights, for tests and speed measurements.
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .student import InputSpec
+from ..model.student import InputSpec
 
 
 class ImageInputError(ValueError):

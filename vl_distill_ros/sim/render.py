@@ -46,8 +46,8 @@ import cv2
 import numpy as np
 import yaml
 
-from vl_distill_ros.core.atomic_io import replace_dir
-from vl_distill_ros.core.data.backgrounds import sample_background
+from vl_distill_ros.atomic_io import replace_dir
+from vl_distill_ros.sim.backgrounds import sample_background
 
 LOG = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ _MeshBodiesT = TypeVar("_MeshBodiesT", bound="MeshBodies")
 
 class MeshBodies:
     """A pybullet ``DIRECT`` client holding the textured meshes of a models folder as bodies:
-    what :class:`ObjectRenderer` and :class:`~vl_distill_ros.core.data.scene.SceneRenderer`
+    what :class:`ObjectRenderer` and :class:`~vl_distill_ros.sim.scene.SceneRenderer`
     share.
 
     Each model is loaded on first use (:meth:`_body`: the mesh plus a texture downsampled to
@@ -334,7 +334,7 @@ class MeshBodies:
         self.texture_size = int(texture_size)
         self.max_bodies = int(max_bodies)
         try:
-            import pybullet  # local: keeps `import vl_distill_ros.core.data.render` light
+            import pybullet  # local: keeps `import vl_distill_ros.sim.render` light
         except ImportError as exc:
             raise RenderError(f"rendering needs pybullet ({exc}); install it with "
                               "'pip install pybullet'") from None
@@ -879,13 +879,13 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
     """Read a render YAML (see ``config/render_ycb.yaml``) plus ``key=value`` overrides.
 
     ``objects`` of a split may be ``id``, ``ood`` or ``all`` (keys of the file named by the
-    top-level ``split`` key, read with :class:`~vl_distill_ros.core.vocabulary.Split`), a
+    top-level ``split`` key, read with :class:`~vl_distill_ros.model.vocabulary.Split`), a
     list of keys, or a comma-separated string of keys. With a split file, its ID+OOD keys
     are added to ``distractor_exclude``. ``views_scale`` multiplies every split's ``views``
     (rounded, at least 1). Raises :class:`RenderError` on any problem.
     """
-    from vl_distill_ros.core.config import ConfigError, apply_overrides, from_dict
-    from vl_distill_ros.core.vocabulary import Split, VocabularyError
+    from vl_distill_ros.config import ConfigError, apply_overrides, from_dict
+    from vl_distill_ros.model.vocabulary import Split, VocabularyError
 
     config_path = Path(path) if path is not None else None
     where = str(config_path) if config_path is not None else "render config"

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import yaml
 
-from .atomic_io import FileRejected, read_regular_file
+from ..atomic_io import FileRejected, read_regular_file
 
 #: The question asked of a language model to write a label's description (the paper's).
 DESCRIPTION_QUESTION = (
@@ -80,7 +80,7 @@ def _read_yaml(path: Path, what: str) -> object:
     """Parse a YAML file; any problem becomes a :class:`VocabularyError` naming ``what``.
 
     Only a regular file of at most :data:`MAX_VOCABULARY_FILE_BYTES` is read, without ever
-    blocking (see :func:`~vl_distill_ros.core.atomic_io.read_regular_file`): a FIFO, a device
+    blocking (see :func:`~vl_distill_ros.atomic_io.read_regular_file`): a FIFO, a device
     such as ``/dev/zero``, a directory or a bigger file is rejected with the reason.
     """
     try:

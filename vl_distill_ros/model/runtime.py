@@ -12,7 +12,7 @@ float32 embeddings:
 :func:`make_runner` picks one for a bundle: ``auto`` prefers ONNX Runtime (the bundle's
 ``student.onnx`` member, else an in-memory export), checks that it agrees with PyTorch on
 one probe batch, and falls back to PyTorch with a logged warning on any failure.
-Preprocessing (crop, resize, normalise) is :func:`vl_distill_ros.core.preprocess.preprocess_crops`.
+Preprocessing (crop, resize, normalise) is :func:`vl_distill_ros.perception.preprocess.preprocess_crops`.
 """
 from __future__ import annotations
 
@@ -22,15 +22,13 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol, Sequence, runtime_checkable
+from typing import BinaryIO, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 from .student import Student
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -264,12 +262,21 @@ def check_parity(runner: StudentRunner, reference: StudentRunner, batch_size: in
     return _min_row_cosine(runner.embed(x), reference.embed(x))
 
 
-def make_runner(bundle: "Bundle | Student", backend: str = "auto", threads: int = 2,
+class StudentSource(Protocol):
+    """What :func:`make_runner` needs of a bundle (a loaded
+    :class:`~vl_distill_ros.model.bundle.Bundle` is one): its student and, optionally, the
+    student exported to ONNX. Keeps this module free of the bundle format."""
+
+    student: Student
+    onnx_bytes: bytes | None
+
+
+def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads: int = 2,
                 verify: bool = True) -> StudentRunner:
     """The fastest working runner for a bundle's (or a bare) student.
 
     Args:
-        bundle: a loaded :class:`~vl_distill_ros.core.bundle.Bundle` (its ``onnx_bytes``
+        bundle: a loaded :class:`~vl_distill_ros.model.bundle.Bundle` (its ``onnx_bytes``
             member is used when present) or a :class:`Student`.
         backend: ``auto`` (ONNX Runtime if it imports and works, else PyTorch; PyTorch
             when the student was loaded onto a GPU), ``onnxruntime`` (ONNX Runtime's CPU

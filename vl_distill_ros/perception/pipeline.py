@@ -4,9 +4,9 @@ ROS-free, so the node (:mod:`vl_distill_ros.ros.node`) and an offline replay eva
 exactly the same code. One call of :meth:`PerceptionPipeline.process` handles one frame:
 
 1. **Boxes** from the configured crop source: ``proposals`` (the class-agnostic proposer of
-   :mod:`~vl_distill_ros.core.proposals`), ``full_frame`` (one box, e.g. for a hand camera)
+   :mod:`~vl_distill_ros.perception.proposals`), ``full_frame`` (one box, e.g. for a hand camera)
    or ``rois`` (fixed regions). Every box goes through
-   :func:`~vl_distill_ros.core.proposals.sanitize_boxes`: boxes are clipped to the image and
+   :func:`~vl_distill_ros.perception.proposals.sanitize_boxes`: boxes are clipped to the image and
    degenerate, non-finite or out-of-image boxes are dropped, so the network never sees an
    empty crop.
 2. **Crops** of one frame are preprocessed and run through the student in batches of at
@@ -22,7 +22,7 @@ exactly the same code. One call of :meth:`PerceptionPipeline.process` handles on
    the active vocabulary (they sum to 1 over it).
    With a calibrated bundle, ``seen_bias`` is first subtracted from the cosine of every
    active name the student was trained on (calibrated stacking, see
-   :mod:`~vl_distill_ros.core.calibration`), so names it never saw are not crowded out.
+   :mod:`~vl_distill_ros.model.calibration`), so names it never saw are not crowded out.
 4. **Open set**: a crop whose best score is below ``unknown_threshold`` (or whose best raw
    cosine is below ``min_similarity``, off by default) is labelled ``"unknown"`` with
    ``known=False``; its ``top_k`` list still names the closest labels.
@@ -51,14 +51,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
+from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                           bias_vector, negative_mask)
 from .preprocess import preprocess_crops
 from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
-from .vocabulary import Vocabulary
+from ..model.vocabulary import Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .bundle import Bundle
+    from ..model.bundle import Bundle
 
 __all__ = ["CROP_SOURCES", "UNKNOWN_LABEL", "ObjectResult", "ActiveVocabulary",
            "PipelineSettings", "PerceptionPipeline", "PipelineError", "labels_document",
@@ -251,7 +251,7 @@ class PerceptionPipeline:
 
     Args:
         bundle: a loaded bundle (its student is used in eval mode; see
-            :func:`~vl_distill_ros.core.bundle.load_bundle`).
+            :func:`~vl_distill_ros.model.bundle.load_bundle`).
         crop_source: ``proposals``, ``full_frame`` or ``rois``.
         proposal_cfg: proposer settings (default :class:`ProposalConfig`).
         rois: fixed ``(x, y, w, h)`` regions for ``crop_source='rois'``.
@@ -278,7 +278,7 @@ class PerceptionPipeline:
                  min_box_size: int = 4, fallback_full_frame: bool = False,
                  inference_backend: str = "auto", inference_threads: int = 2,
                  seen_bias: float = FROM_BUNDLE, negative_names: bool = True) -> None:
-        from .runtime import make_runner
+        from ..model.runtime import make_runner
 
         self.student = bundle.student.eval()
         self.input_spec = bundle.input_spec

@@ -1,12 +1,12 @@
 """Headless CPU rendering of tabletop scenes: several YCB objects on a table, robot camera.
 
-ROS-free and torch-free. Like :mod:`vl_distill_ros.core.data.render` (whose mesh and texture
+ROS-free and torch-free. Like :mod:`vl_distill_ros.sim.render` (whose mesh and texture
 helpers it reuses), objects are drawn by pybullet's software TinyRenderer in ``DIRECT`` mode,
 so no GPU, display or OpenGL is needed.
 
 One call of :func:`render_scene` draws one :class:`SceneFrame`:
 
-* a table top (a procedural texture from :func:`~vl_distill_ros.core.data.backgrounds.
+* a table top (a procedural texture from :func:`~vl_distill_ros.sim.backgrounds.
   make_background`: wood, plain or cloth patterns) with visible side faces, a floor below and
   a wall beyond it;
 * 2-4 objects by default (:attr:`SceneSpec.objects_per_scene`, up to 10) drawn from the
@@ -46,15 +46,15 @@ from typing import Any, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from vl_distill_ros.core.data.backgrounds import make_background
-from vl_distill_ros.core.data.render import (
+from vl_distill_ros.sim.backgrounds import make_background
+from vl_distill_ros.sim.render import (
     MeshBodies,
     RenderError,
     _frustum,
     _look_at,
     load_mesh_vertices,
 )
-from vl_distill_ros.core.data.render import _rounded as _r
+from vl_distill_ros.sim.render import _rounded as _r
 
 __all__ = ["SceneSpec", "SceneObject", "SceneFrame", "SceneRenderer", "render_scene",
            "TABLE_KINDS", "bbox_from_mask"]
@@ -341,7 +341,7 @@ class SceneRenderer(MeshBodies):
     :func:`render_scene`.
 
     Each model is loaded on first use (mesh plus a texture downsampled to ``texture_size``,
-    via :func:`~vl_distill_ros.core.data.render.prepare_mesh_files`) and cached as a hidden
+    via :func:`~vl_distill_ros.sim.render.prepare_mesh_files`) and cached as a hidden
     body; at most ``max_bodies`` are kept. Use it as a context manager or call :meth:`close`.
 
     Args:

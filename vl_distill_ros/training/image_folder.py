@@ -12,7 +12,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..vocabulary import Vocabulary
+from ..model.vocabulary import Vocabulary
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 

@@ -46,7 +46,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .atomic_io import atomic_write_bytes
+from ..atomic_io import atomic_write_bytes
 
 #: Signature of the image loader handed to :meth:`TeacherImageCache.get_or_compute`: it gets
 #: positions into the requested key list and returns those images (RGB uint8 arrays).

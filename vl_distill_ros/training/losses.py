@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LossConfig
+from ..config import LossConfig
 
 __all__ = [
     "ClsLoss",

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..student import InputSpec
+from ..model.student import InputSpec
 
 
 def normalize(batch_uint8_nhwc: torch.Tensor, spec: InputSpec) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import StudentConfig
+from ..config import StudentConfig
 
 BACKBONES = ("efficientnet_lite0", "resnet18", "mobilenet_v3_small")
 

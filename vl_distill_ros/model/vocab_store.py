@@ -22,7 +22,7 @@ Reading contract (:func:`load_vocabulary_store_result` / :func:`load_vocabulary_
 Nothing here raises for a bad store file; only :func:`save_vocabulary_atomic` raises
 (``OSError``) when the new file cannot be written, and then the old file is intact.
 
-The crash-safe helpers live in :mod:`vl_distill_ros.core.atomic_io`.
+The crash-safe helpers live in :mod:`vl_distill_ros.atomic_io`.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic_io import atomic_write_bytes, read_regular_file, set_aside  # noqa: F401
+from ..atomic_io import atomic_write_bytes, read_regular_file, set_aside  # noqa: F401
 from .vocabulary import MAX_VOCABULARY_FILE_BYTES, Vocabulary, VocabularyError
 
 log = logging.getLogger(__name__)

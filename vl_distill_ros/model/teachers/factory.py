@@ -1,4 +1,4 @@
-"""Build a teacher from a :class:`~vl_distill_ros.core.config.TeacherConfig`, name it, record it.
+"""Build a teacher from a :class:`~vl_distill_ros.config.TeacherConfig`, name it, record it.
 
 * :func:`build_teacher` loads the networks.
 * :func:`teacher_id_for` gives the id the built teacher would have, without loading weights
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..config import TeacherConfig
+from vl_distill_ros.config import TeacherConfig
 from .base import Teacher
 
 #: Backends :func:`build_teacher` knows.

@@ -14,7 +14,7 @@ Bag layout written by :func:`write_camera_bag` (topic names are settable, see
   same stamps;
 * ``/ground_truth`` -- ``std_msgs/msg/String``, one per camera image, with the image's stamp
   (also as the bag time), whose ``data`` is a JSON document in the schema of the node's
-  ``~/labels`` output (:func:`vl_distill_ros.core.pipeline.labels_document`) plus the
+  ``~/labels`` output (:func:`vl_distill_ros.perception.pipeline.labels_document`) plus the
   object ``key``::
 
     {"header": {"stamp": {"sec": 12, "nanosec": 500000000},
@@ -41,7 +41,7 @@ JSON object per line (blank lines are skipped)::
 Reading: :func:`read_camera_bag` returns :class:`BagContents` (topics, counts, image topics,
 ground truth keyed by ``(camera topic, stamp in ns)``); :meth:`BagContents.images` iterates
 the images in bag-time order decoded to RGB numpy arrays (any ``sensor_msgs/Image`` encoding
-that :func:`~vl_distill_ros.core.image_codec.decode_image` supports, honouring ``step`` and
+that :func:`~vl_distill_ros.perception.image_codec.decode_image` supports, honouring ``step`` and
 ``is_bigendian``); :func:`iter_raw_messages` yields ``(topic, msgtype, timestamp_ns, cdr)``
 for a replay publisher. Every problem is a :class:`BagError` (a ``ValueError``) whose
 message names the path and what is wrong.
@@ -60,7 +60,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from vl_distill_ros.core.atomic_io import replace_dir
+from vl_distill_ros.atomic_io import replace_dir
 
 __all__ = [
     "BagError", "BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RawMessage",
@@ -182,7 +182,7 @@ def ground_truth_document(stamp_ns: int, frame_id: str, camera: str,
 # Writing
 # ---------------------------------------------------------------------------------------
 def _image_msg(store: Any, image: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
-    from vl_distill_ros.core.image_codec import encode_rgb8
+    from vl_distill_ros.perception.image_codec import encode_rgb8
 
     try:
         encoding, height, width, step, data = encode_rgb8(image)
@@ -479,7 +479,7 @@ class BagContents:
         Raises :class:`BagError` on an image that cannot be decoded (the message names the
         topic and time) or a storage read error.
         """
-        from vl_distill_ros.core.image_codec import ImageDecodeError, decode_image
+        from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
 
         wanted = list(self.image_topics if topics is None else topics)
         bad = [t for t in wanted if t not in self.image_topics]

@@ -1,6 +1,6 @@
 """Procedural backgrounds for rendered object crops (pure NumPy/OpenCV, no ROS, no torch).
 
-Two families, matching the two rendering domains of :mod:`vl_distill_ros.core.data.render`:
+Two families, matching the two rendering domains of :mod:`vl_distill_ros.sim.render`:
 
 * ``clean``: plain colours and smooth gradients with mild sensor-like noise.
 * ``clutter``: textured, structured backgrounds (stripes, checkerboards, blobs, wood-like

@@ -8,7 +8,7 @@ A bundle is one zip file holding
 - ``student.pt``: the student's state_dict (loaded with ``weights_only=True``);
 - ``text_embeddings.npy``: (L, D) float32 teacher text embeddings of the vocabulary;
 - ``student.onnx`` (optional, written by default): the same student exported to ONNX for
-  ONNX Runtime (see :mod:`vl_distill_ros.core.runtime`). Bundles without it still load;
+  ONNX Runtime (see :mod:`vl_distill_ros.model.runtime`). Bundles without it still load;
   the runtime then exports the student in memory or runs it with PyTorch.
 
 Loading checks all of it and raises :class:`BundleError` with a clear message on a corrupt,
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic_io import atomic_write_bytes
+from ..atomic_io import atomic_write_bytes
 from .calibration import Calibration, CalibrationError
-from .config import ConfigError, StudentConfig, from_dict, to_dict
+from ..config import ConfigError, StudentConfig, from_dict, to_dict
 from .student import InputSpec, Student, StudentError, build_student
 from .vocabulary import Vocabulary, VocabularyError
 

@@ -2,7 +2,7 @@
 
 :class:`TextEmbeddingService` turns labels (name + optional description) into the teacher
 text embeddings the bundle's student was distilled towards, with exactly the math of
-:func:`~vl_distill_ros.core.zero_shot.build_zero_shot_classifier`: per label the mean over
+:func:`~vl_distill_ros.model.zero_shot.build_zero_shot_classifier`: per label the mean over
 templates of the L2-normalised prompt embeddings, renormalised.
 
 Cache
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic_io import atomic_write_bytes, set_aside
+from ..atomic_io import atomic_write_bytes, set_aside
 from .vocabulary import Label, Vocabulary, build_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
