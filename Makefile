@@ -18,7 +18,11 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
 .PHONY: setup test demo results results-gzsl default-bundle sample-bag bench clean
 
+# The editable install installs none of setup.py's data_files; tools/ament_develop.py links
+# them (ament index entry, share/vl_distill_ros/, lib/vl_distill_ros/) into .venv and hooks
+# AMENT_PREFIX_PATH into .venv/bin/activate, so ros2 pkg/run/launch find the package.
 setup: $(STAMP)
+	@$(PY) tools/ament_develop.py --prefix $(VENV)
 
 $(STAMP): requirements.txt setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (CPython 3.11 is required for the ROS 2 Jazzy wheels)"; exit 1; }
