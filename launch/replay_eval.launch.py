@@ -9,9 +9,11 @@ does without one).
 Starts the node (namespace ``replay``, so its labels are ``/replay/vl_distill_node/labels``)
 subscribed to ``image_topics``, then ``ros2 bag play BAG --rate RATE`` after ``delay``
 seconds (time for the node to load its model); with ``record_labels`` it also records the
-node's labels with ``ros2 bag record``. Scoring the labels against the bag's ground truth is
-what ``vl-distill replay-eval BAG`` adds (it publishes the bag itself, records ``~/labels``
-and writes report.json / report.md / plots).
+node's labels with ``ros2 bag record``. The launch shuts down when the player exits (end of
+the bag, or a playback error). Without rosbag2 (``ros2 bag play``), or with a bag that does
+not exist, it stops at once with one message naming what is missing. Scoring the labels
+against the bag's ground truth is what ``vl-distill replay-eval BAG`` adds (it publishes the
+bag itself, records ``~/labels`` and writes report.json / report.md / plots).
 
 Arguments:
     bag: the rosbag2 bag to play (required).
@@ -24,9 +26,13 @@ Arguments:
     record_labels: output folder for a bag of the node's labels; empty: do not record.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, TimerAction
+from launch.actions import (DeclareLaunchArgument, ExecuteProcess, OpaqueFunction,
+                            RegisterEventHandler, Shutdown, TimerAction)
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from vl_distill_ros.ros.launch_support import replay_launch_problem
 
 NAMESPACE = "replay"
 
@@ -35,6 +41,9 @@ def _actions(context, *args, **kwargs):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
+    problem = replay_launch_problem(arg("bag"), record=bool(arg("record_labels")))
+    if problem:  # launch prints "Caught exception in launch ...: <problem>" and exits 1
+        raise RuntimeError(problem)
     topics = [t.strip() for t in arg("image_topics").split(",") if t.strip()]
     params = {"image_topics": topics, "crop_source": arg("crop_source"),
               "persist_vocabulary": False}
@@ -42,13 +51,14 @@ def _actions(context, *args, **kwargs):
         params["model_path"] = arg("model_path")
     if arg("vocabulary_file"):
         params["vocabulary_file"] = arg("vocabulary_file")
+    player = ExecuteProcess(cmd=["ros2", "bag", "play", arg("bag"), "--rate", arg("rate"),
+                                 "--topics", *topics], output="screen")
     actions = [
         Node(package="vl_distill_ros", executable="vl_distill_node", name="vl_distill_node",
              namespace=NAMESPACE, parameters=[params], output="screen", emulate_tty=True),
-        TimerAction(period=float(arg("delay")), actions=[
-            ExecuteProcess(cmd=["ros2", "bag", "play", arg("bag"), "--rate", arg("rate"),
-                                "--topics", *topics],
-                           output="screen")]),
+        TimerAction(period=float(arg("delay")), actions=[player]),
+        RegisterEventHandler(OnProcessExit(target_action=player, on_exit=[
+            Shutdown(reason="bag playback finished")])),
     ]
     if arg("record_labels"):
         actions.append(ExecuteProcess(
@@ -58,7 +68,8 @@ def _actions(context, *args, **kwargs):
 
 
 def generate_launch_description():
-    """The launch description: the arguments, the node, ``ros2 bag play`` (and record)."""
+    """The launch description: the arguments, the node, ``ros2 bag play`` (and record), and
+    a shutdown when the player exits."""
     return LaunchDescription([
         DeclareLaunchArgument("bag", description="rosbag2 bag to play"),
         DeclareLaunchArgument("rate", default_value="1.0", description="playback rate"),

@@ -1,0 +1,152 @@
+"""launch/replay_eval.launch.py: fails at once without rosbag2, shuts down when the player exits.
+
+The check it runs first (:mod:`vl_distill_ros.ros.launch_support`) is tested here with the real
+``PATH`` look-up and the real entry-point mechanism ``ros2cli`` uses to find ``ros2 bag``'s
+verbs. ``launch``/``launch_ros`` are not installable from PyPI; the tests that run the launch
+file through a real ``LaunchService`` skip without them (build them outside the repository
+with ``../shared/tools/launch_stack.sh`` and put its ``site`` and ``stubs`` folders on
+``PYTHONPATH`` to run them).
+"""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vl_distill_ros.ros.launch_support import missing_bag_verbs, replay_launch_problem
+
+REPO = Path(__file__).resolve().parents[1]
+REPLAY_LAUNCH = REPO / "launch" / "replay_eval.launch.py"
+
+
+def _bin_with_ros2(tmp_path: Path, body: str = "exit 0") -> Path:
+    """A folder holding an executable named ``ros2`` (the stand-in player of these tests)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / "ros2"
+    exe.write_text(f"#!/bin/sh\n{body}\n")
+    exe.chmod(0o755)
+    return bin_dir
+
+
+def _dist_with_bag_verbs(tmp_path: Path, verbs: tuple[str, ...]) -> Path:
+    """A site folder with a distribution that registers ``ros2bag.verb`` entry points, the
+    way rosbag2's ros2bag package does."""
+    site = tmp_path / "site"
+    info = site / "ros2bag_probe-0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ros2bag-probe\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(
+        "[ros2bag.verb]\n" + "".join(f"{v} = ros2bag_probe:Verb\n" for v in verbs))
+    return site
+
+
+def test_without_ros2_on_path_the_problem_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert missing_bag_verbs(("play",)) == "the `ros2` command is not on PATH"
+    problem = replay_launch_problem(str(REPO / "demo" / "sample_tabletop"), record=False)
+    assert problem.startswith("replay_eval.launch.py needs rosbag2 to play the bag: the `ros2` "
+                              "command is not on PATH.")
+    assert "vl-distill replay-eval BAG" in problem and "\n" not in problem
+
+
+def test_ros2_without_rosbag2_and_with_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(_bin_with_ros2(tmp_path)))
+    assert missing_bag_verbs(("play",)) == (
+        "`ros2 bag play` is not available (rosbag2's ros2bag is not installed)")
+    monkeypatch.syspath_prepend(str(_dist_with_bag_verbs(tmp_path, ("play",))))
+    assert missing_bag_verbs(("play",)) is None
+    assert missing_bag_verbs(("play", "record")) == (
+        "`ros2 bag record` is not available (rosbag2's ros2bag is not installed)")
+    bag = str(REPO / "demo" / "sample_tabletop")
+    assert replay_launch_problem(bag, record=False) is None
+    assert "`ros2 bag record`" in replay_launch_problem(bag, record=True)
+    assert replay_launch_problem(str(tmp_path / "nope"), record=False) == (
+        f"replay_eval.launch.py: bag {tmp_path / 'nope'} does not exist")
+
+
+def test_replay_launch_checks_first_and_shuts_down_when_the_player_exits():
+    """Source-level: the check runs before any action is made, and an OnProcessExit handler
+    on the player emits Shutdown (what the LaunchService tests below run for real)."""
+    tree = ast.parse(REPLAY_LAUNCH.read_text())
+    func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+                and n.name == "_actions")
+    calls = [n for n in ast.walk(func) if isinstance(n, ast.Call)]
+    names = [getattr(c.func, "id", "") for c in calls]
+    assert "replay_launch_problem" in names
+    check_line = calls[names.index("replay_launch_problem")].lineno
+    assert all(c.lineno > check_line for c in calls if getattr(c.func, "id", "") in
+               ("Node", "ExecuteProcess", "TimerAction"))
+    handler = calls[names.index("OnProcessExit")]
+    kw = {k.arg: k.value for k in handler.keywords}
+    assert ast.unparse(kw["target_action"]) == "player"
+    assert "Shutdown(" in ast.unparse(kw["on_exit"])
+
+
+def _run_launch(args: dict[str, str], env: dict[str, str], timeout: float
+                ) -> tuple[int, str, float]:
+    """Run replay_eval.launch.py through a real LaunchService in a child process."""
+    script = (
+        "import sys\n"
+        "from launch import LaunchDescription, LaunchService\n"
+        "from launch.actions import IncludeLaunchDescription\n"
+        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
+        f"ls = LaunchService()\n"
+        f"ls.include_launch_description(IncludeLaunchDescription(PythonLaunchDescriptionSource("
+        f"{str(REPLAY_LAUNCH)!r}), launch_arguments={args!r}.items()))\n"
+        "sys.exit(ls.run())\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
+def _launch_env(tmp_path: Path, path: str, extra_site: Path | None = None) -> dict[str, str]:
+    pythonpath = [str(REPO), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    if extra_site is not None:
+        pythonpath.insert(0, str(extra_site))
+    return dict(os.environ, PATH=path, PYTHONPATH=os.pathsep.join(p for p in pythonpath if p),
+                ROS_HOME=str(tmp_path / "ros_home"))
+
+
+@pytest.fixture()
+def real_launch():
+    try:
+        import launch  # noqa: F401
+        import launch_ros  # noqa: F401
+    except ImportError:
+        pytest.skip("launch/launch_ros are not installable from PyPI; build them with "
+                    "../shared/tools/launch_stack.sh and put them on PYTHONPATH to run this")
+
+
+def test_launch_without_rosbag2_fails_at_once_with_the_message(real_launch, tmp_path):
+    env = _launch_env(tmp_path, _bin_with_ros2(tmp_path).as_posix() + ":/usr/bin:/bin")
+    rc, out, secs = _run_launch({"bag": str(REPO / "demo" / "sample_tabletop")}, env, 60)
+    assert rc == 1, out
+    assert "needs rosbag2 to play the bag" in out and "vl-distill replay-eval BAG" in out
+    assert "Traceback" not in out and "vl_distill_node" not in out  # nothing was started
+    assert secs < 30
+
+
+def test_launch_shuts_down_when_the_player_exits(real_launch, tmp_path):
+    """With ``ros2 bag play`` present (a stand-in player that exits after 1 s) the launch
+    ends by itself, stopping the node, instead of waiting for Ctrl-C."""
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    subprocess.run([sys.executable, str(REPO / "tools" / "ament_develop.py"), "--prefix",
+                    str(prefix)], check=True, capture_output=True, timeout=120)
+    bin_dir = _bin_with_ros2(tmp_path, 'echo "player: $*"; sleep 1; exit 0')
+    env = _launch_env(tmp_path, f"{bin_dir}:/usr/bin:/bin",
+                      _dist_with_bag_verbs(tmp_path, ("play",)))
+    env["AMENT_PREFIX_PATH"] = os.pathsep.join([str(prefix), env.get("AMENT_PREFIX_PATH", "")])
+    rc, out, secs = _run_launch({"bag": str(REPO / "demo" / "sample_tabletop"),
+                                 "delay": "1.0"}, env, 120)
+    assert rc == 0, out
+    assert "player: bag play" in out and "sample_tabletop" in out
+    assert "bag playback finished" in out or "process has finished cleanly" in out
+    assert secs < 60, out
