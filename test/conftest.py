@@ -17,7 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-YCB_MODELS = REPO_ROOT.parent / "shared" / "ycb_models"
+# The YCB models folder: $VL_DISTILL_YCB_MODELS (the variable vl-distill render, make-bag and
+# ablate read), else ../shared/ycb_models next to the checkout.
+YCB_MODELS = Path(os.environ.get("VL_DISTILL_YCB_MODELS", "").strip()
+                  or REPO_ROOT.parent / "shared" / "ycb_models").expanduser().resolve()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -42,3 +42,23 @@ def test_gzsl_table_lists_rows_and_the_teacher():
     md = gzsl_markdown(rows)
     assert "| A | 2 | 90.0 ± 0.0 | 10.0 ± 0.0 | 18.0 ± 0.0 | 85.0 ± 0.0 |" in md
     assert "| teacher zero-shot (enriched prompts) | - | 26.0 | 16.0 | 20.0 |" in md
+
+
+def test_ablate_without_the_ycb_models_is_one_error_line_exit_2(tmp_path, monkeypatch, capsys):
+    """`vl-distill ablate` (and so `make results`) on a machine without the YCB models: exit
+    2, one line naming VL_DISTILL_YCB_MODELS, no traceback and no rendering started."""
+    import shutil
+    from pathlib import Path
+
+    from vl_distill_ros.cli import main
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config", tmp_path / "config")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VL_DISTILL_YCB_MODELS", str(tmp_path / "no_models_here"))
+    assert main(["ablate", "--config", "config/ablation/ycb_paper.yaml", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("vl-distill ablate: error: models folder not "
+                                                   f"found: {tmp_path / 'no_models_here'}")
+    assert "VL_DISTILL_YCB_MODELS" in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists()

@@ -60,6 +60,34 @@ def test_missing_models_dir_is_a_helpful_error(tmp_path: Path):
         ObjectRenderer(tmp_path)  # exists, but holds no <key>/textured.obj
 
 
+def test_models_folder_comes_from_option_config_environment_or_default(
+        repo_root: Path, tmp_path: Path, monkeypatch):
+    """--models-dir > a config's models_dir > $VL_DISTILL_YCB_MODELS > ../shared/ycb_models."""
+    from vl_distill_ros.sim.render import DEFAULT_MODELS_DIR, MODELS_ENV, default_models_dir
+
+    cfg = repo_root / "config" / "render_ycb.yaml"
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+    assert default_models_dir() == DEFAULT_MODELS_DIR == "../shared/ycb_models"
+    assert load_render_spec(cfg).models_dir == str(Path(DEFAULT_MODELS_DIR))
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "ycb"))
+    assert load_render_spec(cfg).models_dir == str(tmp_path / "ycb")
+    assert load_render_spec(cfg, [f"models_dir={tmp_path / 'cfg'}"]).models_dir == str(
+        tmp_path / "cfg")
+    with pytest.raises(RenderError, match=f"not found: {tmp_path / 'ycb'}.*{MODELS_ENV}"):
+        render_dataset(RenderSpec(out_dir=str(tmp_path / "out"), splits={
+            "train": SplitSpec(objects=[FORK], views=1)}), progress=False)
+
+
+def test_make_bag_uses_the_environment_variable(tmp_path: Path, monkeypatch, capsys):
+    from vl_distill_ros.cli import main
+
+    monkeypatch.setenv("VL_DISTILL_YCB_MODELS", str(tmp_path / "ycb_from_env"))
+    assert main(["make-bag", "--out", str(tmp_path / "bag"), "--frames", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"not found: {tmp_path / 'ycb_from_env'}" in err
+
+
 def test_load_render_spec_resolves_split(repo_root: Path):
     spec = load_render_spec(repo_root / "config" / "render_ycb.yaml",
                             ["image_size=96", "splits.train.views=10"], views_scale=0.5)

@@ -8,9 +8,10 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ablate", help="render, train and evaluate every ablation config; write the table",
-        description="Renders the dataset if missing, trains each row's config (resuming "
-                    "finished or interrupted runs), evaluates it and writes results.md, "
-                    "results.json and results.png to the ablation's out_dir.")
+        description="Renders the dataset if missing (YCB models folder: "
+                    "$VL_DISTILL_YCB_MODELS, default ../shared/ycb_models), trains each row's "
+                    "config (resuming finished or interrupted runs), evaluates it and writes "
+                    "results.md, results.json and results.png to the ablation's out_dir.")
     p.add_argument("--config", default="config/ablation/ycb_paper.yaml",
                    help="ablation YAML listing {row, config} entries")
     p.add_argument("--skip-render", action="store_true", help="never render; data must exist")
@@ -24,12 +25,14 @@ def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..training.image_folder import DatasetError
     from ..model.vocabulary import VocabularyError
+    from ..sim.render import RenderError
     from ..training.ablation import run_ablation
     from ..training.trainer import TrainingError
 
     try:
         run_ablation(args.config, args.skip_render, args.force, progress=not args.no_progress)
-    except (ConfigError, DatasetError, VocabularyError, TrainingError, CalibrationError) as exc:
+    except (ConfigError, DatasetError, VocabularyError, TrainingError, CalibrationError,
+            RenderError) as exc:
         print(f"vl-distill ablate: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -43,9 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also write a close-up hand camera on /hand_camera/image_raw")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (non-negative; default: %(default)s)")
-    p.add_argument("--models-dir", default="../shared/ycb_models",
+    p.add_argument("--models-dir", default=None,
                    help="folder with one <key>/textured.obj per YCB object (the google_16k "
-                        "meshes from ycbbenchmarks.com) (default: %(default)s)")
+                        "meshes from ycbbenchmarks.com) (default: $VL_DISTILL_YCB_MODELS, "
+                        "else ../shared/ycb_models)")
     p.add_argument("--vocabulary", default="config/ycb_vocabulary.yaml",
                    help="vocabulary YAML mapping keys to the natural names written as "
                         "ground-truth labels (default: %(default)s)")
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bags.bag_io import (BagError, BagFrame, BagTopics, GroundTruthObject,
                                write_camera_bag, write_ground_truth_sidecar)
-    from ..sim.render import RenderError, find_models
+    from ..sim.render import RenderError, default_models_dir, find_models
     from ..sim.scene import SceneRenderer, SceneSpec, render_scene
     from ..model.vocabulary import Vocabulary, VocabularyError
 
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
                          hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
                          hand_height=args.hand_height, noise_sigma=noise, distance_m=distance)
         spec.validate()
-        find_models(args.models_dir)  # before the vocabulary: without models nothing works
+        models_dir = args.models_dir or default_models_dir()
+        find_models(models_dir)  # before the vocabulary: without models nothing works
         pool = _object_pool(args.objects, args.split)
         vocab = Vocabulary.load(args.vocabulary)
         names = {}
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             except KeyError:
                 raise _UsageError(f"object {key!r} is not in the vocabulary {args.vocabulary}; "
                                   "every object needs a label name") from None
-        renderer = SceneRenderer(args.models_dir)
+        renderer = SceneRenderer(models_dir)
         try:
             renderer.check_keys(pool)
         except RenderError:

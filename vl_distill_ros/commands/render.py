@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="render YAML (default: %(default)s)")
     p.add_argument("--models-dir", default=None,
                    help="folder with one <key>/textured.obj per YCB object (the google_16k "
-                        "meshes from ycbbenchmarks.com); overrides models_dir")
+                        "meshes from ycbbenchmarks.com); overrides models_dir (default: the "
+                        "config's models_dir, else $VL_DISTILL_YCB_MODELS, else "
+                        "../shared/ycb_models)")
     p.add_argument("--out", default=None, help="output dataset folder; overrides out_dir")
     p.add_argument("--seed", type=int, default=None,
                    help="master random seed (non-negative); overrides seed")

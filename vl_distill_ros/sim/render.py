@@ -54,12 +54,26 @@ LOG = logging.getLogger(__name__)
 #: Rendering domains.
 DOMAINS: tuple[str, ...] = ("clean", "clutter")
 
+#: Environment variable naming the YCB models folder (``render``, ``make-bag``, ``ablate``,
+#: the tests); an explicit ``--models-dir`` or a config's ``models_dir`` wins over it.
+MODELS_ENV = "VL_DISTILL_YCB_MODELS"
+#: The models folder when neither an option, a config nor :data:`MODELS_ENV` names one
+#: (relative to the working directory: ``../shared/ycb_models`` next to the checkout).
+DEFAULT_MODELS_DIR = "../shared/ycb_models"
+
 #: Where the models come from; part of every "models not found" error.
 MODELS_HELP = (
     "Get the YCB object models from https://www.ycbbenchmarks.com/ (object models, the "
     "'google_16k' textured meshes): one folder per object named by its key (e.g. "
-    "011_banana/) holding textured.obj, textured.mtl and texture_map.jpg. Point "
-    "--models-dir (or 'models_dir' in the render config) at the folder that holds them.")
+    "011_banana/) holding textured.obj, textured.mtl and texture_map.jpg. Set "
+    f"{MODELS_ENV}=/path/to/that/folder (default {DEFAULT_MODELS_DIR}); "
+    "render and make-bag also take --models-dir.")
+
+
+def default_models_dir() -> str:
+    """The YCB models folder to use when none is given: ``$VL_DISTILL_YCB_MODELS`` when set
+    and not empty, else :data:`DEFAULT_MODELS_DIR`."""
+    return os.environ.get(MODELS_ENV, "").strip() or DEFAULT_MODELS_DIR
 
 #: Attribution required by the YCB models' licence (CC BY 4.0); written into manifests.
 YCB_ATTRIBUTION = (
@@ -673,7 +687,8 @@ class RenderSpec:
     """A whole rendered dataset (``vl-distill render``)."""
 
     #: Folder with one ``<key>/textured.obj`` per object (the YCB google_16k models).
-    models_dir: str = "../shared/ycb_models"
+    #: Empty: :func:`default_models_dir` ($VL_DISTILL_YCB_MODELS or ../shared/ycb_models).
+    models_dir: str = ""
     #: Output dataset folder (replaced atomically when rendering finishes).
     out_dir: str = "data/ycb_renders"
     #: Square crop size in pixels.
@@ -760,6 +775,8 @@ def render_dataset(spec: RenderSpec, progress: bool = True) -> Path:
     spec and seed give byte-identical PNGs.
     """
     validate_spec(spec)
+    if not spec.models_dir:
+        spec = dataclasses.replace(spec, models_dir=default_models_dir())
     models = find_models(spec.models_dir)
     wanted = list(dict.fromkeys(k for s in spec.splits.values() for k in s.objects))
     unknown = [k for k in wanted if k not in models]
@@ -937,6 +954,6 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
     if split is not None:
         spec.distractor_exclude = list(dict.fromkeys(
             list(spec.distractor_exclude) + list(split.all_keys)))
-    spec.models_dir = str(Path(spec.models_dir).expanduser())
+    spec.models_dir = str(Path(spec.models_dir or default_models_dir()).expanduser())
     validate_spec(spec)
     return spec

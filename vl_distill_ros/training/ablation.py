@@ -129,16 +129,18 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
     cfgs = [(r["row"], load_train_config(r["config"], r.get("overrides", []))) for r in spec["runs"]]
     roots = {c.data.root for _, c in cfgs}
     if not skip_render and spec.get("render"):
-        from ..sim.render import load_render_spec, render_dataset
+        from ..sim.render import find_models, load_render_spec, render_dataset
 
         for root in roots:
             if not (Path(root) / "manifest.json").exists():
                 rspec = load_render_spec(spec["render"], [f"out_dir={root}"])
+                find_models(rspec.models_dir)  # no models: one error line, nothing printed
                 print(f"[ablate] rendering {root}")
                 render_dataset(rspec, progress=progress)
         if spec.get("render_aux"):
             aux_spec = load_render_spec(spec["render_aux"])
             if not (Path(aux_spec.out_dir) / "manifest.json").exists():
+                find_models(aux_spec.models_dir)
                 print(f"[ablate] rendering {aux_spec.out_dir}")
                 render_dataset(aux_spec, progress=progress)
     rows = []
