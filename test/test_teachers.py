@@ -247,6 +247,24 @@ def test_conse_real_weights_smoke() -> None:
     assert sims[int(probs.argmax())] >= torch.quantile(sims, 0.9)
 
 
+def test_text_encoder_load_draws_no_progress_bar() -> None:
+    """transformers' tqdm "Loading weights" bar must not reach the node's log or a
+    --no-progress run; transformers' own progress-bar setting is left as it was."""
+    import subprocess
+    import sys
+
+    code = ("from vl_distill_ros.model.teachers.conse import MiniLMTextEncoder\n"
+            "from transformers.utils import logging as hf_logging\n"
+            "MiniLMTextEncoder().load()\n"
+            "print('bars enabled', hf_logging.is_progress_bar_enabled())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loading weights" not in done.stderr + done.stdout
+    assert "it/s" not in done.stderr
+    assert "bars enabled True" in done.stdout
+
+
 # -- factory and specs --------------------------------------------------------------------
 def test_factory_backends_ids_and_specs(tiny_arch: str) -> None:
     with pytest.raises(ValueError, match="open_clip") as info:

