@@ -42,8 +42,8 @@ ARRAY_TYPES = frozenset({Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY,
 
 def set_steps(names: Sequence[str], groups: Iterable[frozenset[str]]) -> list[list[int]]:
     """How one ``SetParameters`` request with parameters ``names`` is applied: a list of
-    steps in order, each the request indexes set together. The members of a group that occur
-    than once form one step at the first member's place; a group with a name given twice is
+    steps in order, each the request indexes set together. Two or more members of a group
+    form one step at the first member's place; a group with a name given twice is
     not grouped (each parameter is a step of its own, as in rclpy)."""
     groups = list(groups)
     steps: list[list[int]] = []
