@@ -230,6 +230,22 @@ def test_rejects_duplicates_differing_only_in_case():
         Vocabulary.from_dict({"labels": [{"name": "Mug", "key": "a"}, {"name": "mug", "key": "b"}]})
 
 
+@pytest.mark.parametrize("name", ["unknown", "Unknown", " UNKNOWN "])
+def test_the_open_set_label_unknown_is_reserved(name, tmp_path):
+    from vl_distill_ros.perception.pipeline import UNKNOWN_LABEL
+
+    assert UNKNOWN_LABEL == "unknown"
+    with pytest.raises(VocabularyError, match="label 1 .* is reserved: it is what the node "
+                                              "publishes for an object it cannot name"):
+        Vocabulary.from_names(["mug", name])
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({"labels": [{"name": name}]}))
+    with pytest.raises(VocabularyError, match="reserved"):
+        Vocabulary.load(path)
+    assert Vocabulary.from_names(["unknown object", "unknowns"]).names == [
+        "unknown object", "unknowns"]
+
+
 def test_rejects_duplicate_keys():
     with pytest.raises(VocabularyError, match="duplicate key '011_banana'"):
         Vocabulary.from_dict({"labels": [{"name": "banana", "key": "011_banana"},

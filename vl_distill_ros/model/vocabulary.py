@@ -35,6 +35,9 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {name}.",)
 MAX_NAME_LENGTH = 64
 MAX_DESCRIPTION_LENGTH = 300
 MAX_LABELS = 1000
+#: The label of a crop the open-set rule rejects (``known: false``); reserved, so no
+#: vocabulary entry can be mistaken for a rejection.
+UNKNOWN_NAME = "unknown"
 #: Largest vocabulary (or split) file read, in bytes (1 MiB); only regular files are read.
 MAX_VOCABULARY_FILE_BYTES = 1 << 20
 
@@ -113,8 +116,8 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
     """Raise :class:`VocabularyError` with a reason if the labels do not form a vocabulary.
 
     Rejects: no labels, too many labels, empty/whitespace names, names that are too long or
-    contain control characters, over-long descriptions, duplicate names (case-insensitive)
-    and duplicate keys.
+    contain control characters, over-long descriptions, duplicate names (case-insensitive),
+    duplicate keys and the reserved name ``unknown`` (:data:`UNKNOWN_NAME`).
     """
     if len(labels) == 0:
         raise VocabularyError("vocabulary is empty: give at least one label")
@@ -145,6 +148,10 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
                 f"label {i} ({label.name!r}) description is {len(label.description)} "
                 f"characters; the limit is {MAX_DESCRIPTION_LENGTH}")
         folded = label.name.strip().casefold()
+        if folded == UNKNOWN_NAME:
+            raise VocabularyError(
+                f"label {i} {label.name!r} is reserved: it is what the node publishes for an "
+                "object it cannot name (known: false); use another name")
         if folded in seen:
             raise VocabularyError(
                 f"duplicate label {label.name!r} (entries {seen[folded]} and {i}, "

@@ -55,7 +55,7 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD,
                           bias_vector, negative_mask)
 from .preprocess import preprocess_crops
 from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
-from ..model.vocabulary import Vocabulary
+from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.bundle import Bundle
@@ -66,8 +66,8 @@ __all__ = ["CROP_SOURCES", "UNKNOWN_LABEL", "ObjectResult", "ActiveVocabulary",
 
 #: Valid values of ``crop_source``.
 CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")
-#: Label published for crops below the open-set threshold.
-UNKNOWN_LABEL = "unknown"
+#: Label published for crops below the open-set threshold (reserved in every vocabulary).
+UNKNOWN_LABEL = UNKNOWN_NAME
 #: ``unknown_threshold`` / ``seen_bias`` value meaning "the bundle's calibrated value".
 FROM_BUNDLE = -1.0
 #: Most fixed regions (``rois``), like ``proposal_max_count``'s upper bound.
