@@ -407,7 +407,8 @@ def test_parameter_change_adds_label_rejects_bad_ones_and_persists(ctx, tester, 
             rejects = [
                 ([Parameter("labels", STRING_ARRAY, ["Mug", "mug"])], "duplicate"),
                 ([Parameter("labels", STRING_ARRAY, ["ok", "   "])], "empty"),
-                ([Parameter("labels", STRING_ARRAY, [])], "empty"),
+                # (labels [] is not rejected: it requests the bundle's vocabulary, see
+                # test_node_ros_cli.py)
                 ([Parameter("labels", STRING_ARRAY, ["x" * 65])], "limit"),
                 ([Parameter("labels", STRING_ARRAY, [f"l{i}" for i in range(1001)])], "limit"),
                 ([Parameter("descriptions", STRING_ARRAY, ["a", "b"])], "descriptions"),
@@ -598,7 +599,7 @@ def test_detections_published_when_vision_msgs_is_available(ctx, tester, bundle_
                         "apt packages, not on PyPI); ~/detections is disabled without it")
     from vision_msgs.msg import Detection2DArray
 
-    with running_node(ctx, "/det", bundle_path, tmp_path) as node:
+    with running_node(ctx, "/det", bundle_path, tmp_path, unknown_threshold=0.0) as node:
         fqn = node.get_fully_qualified_name()
         got: list = []
         tester.node.create_subscription(Detection2DArray, f"{fqn}/detections", got.append, 10)
@@ -611,53 +612,6 @@ def test_detections_published_when_vision_msgs_is_available(ctx, tester, bundle_
         assert det.bbox.size_x == 32 and det.bbox.size_y == 24
 
 
-def _fake_vision_msgs(jazzy: bool):
-    """Stand-ins for the vision_msgs message classes (vision_msgs is not installable here):
-    the Jazzy layout (bbox.center.position, hypothesis.class_id) or the Humble one
-    (bbox.center.x as geometry_msgs/Pose2D)."""
-    import types
-
-    class Point2D:
-        def __init__(self):
-            self.x = self.y = 0.0
-
-    class Pose2D:
-        def __init__(self):
-            if jazzy:
-                self.position = Point2D()
-            else:
-                self.x = self.y = 0.0
-            self.theta = 0.0
-
-    class BoundingBox2D:
-        def __init__(self):
-            self.center = Pose2D()
-            self.size_x = self.size_y = 0.0
-
-    class ObjectHypothesis:
-        def __init__(self):
-            self.class_id, self.score = "", 0.0
-
-    class ObjectHypothesisWithPose:
-        def __init__(self):
-            self.hypothesis = ObjectHypothesis()
-
-    class Detection2D:
-        def __init__(self):
-            self.header, self.results, self.bbox, self.id = None, [], BoundingBox2D(), ""
-
-    class Detection2DArray:
-        def __init__(self):
-            self.header, self.detections = None, []
-
-    pkg = types.ModuleType("vision_msgs")
-    msg = types.ModuleType("vision_msgs.msg")
-    for cls in (Detection2D, Detection2DArray, ObjectHypothesis, ObjectHypothesisWithPose):
-        setattr(msg, cls.__name__, cls)
-    pkg.msg = msg
-    return pkg, msg
-
-
 class _Logger:
     def __init__(self):
         self.infos: list[str] = []
@@ -666,41 +620,58 @@ class _Logger:
         self.infos.append(text)
 
 
-@pytest.mark.parametrize("jazzy", [True, False], ids=["jazzy", "humble"])
-def test_detections_msg_with_stand_in_vision_msgs(monkeypatch, jazzy):
-    """``~/detections`` messages built from the pipeline's objects, with stand-in vision_msgs
-    classes: boxes as centre + size, one hypothesis (label, score) per detection."""
-    from types import SimpleNamespace
+_OBJECTS = [("banana", (10, 20, 30, 40), 0.875, True,
+             [("banana", 0.875), ("mug", 0.1), ("power drill", 0.025)]),
+            ("unknown", (0, 0, 5, 7), 0.25, False, [("mug", 0.25), ("banana", 0.2)])]
 
+
+def _objects():
     from vl_distill_ros.perception.pipeline import ObjectResult
 
-    pkg, msg_mod = _fake_vision_msgs(jazzy)
-    monkeypatch.setitem(sys.modules, "vision_msgs", pkg)
-    monkeypatch.setitem(sys.modules, "vision_msgs.msg", msg_mod)
+    return [ObjectResult(bbox, label, score, known, top_k)
+            for label, bbox, score, known, top_k in _OBJECTS]
+
+
+def test_detection_entries_leave_out_unknown_objects_and_carry_the_top_k():
+    """The ~/detections convention, independent of the message classes: known objects only,
+    box centre and size, the top-k hypotheses best first (class_id = label name)."""
+    from vl_distill_ros.ros.conversions import detection_entries
+
+    assert detection_entries(_objects()) == [
+        ((25.0, 40.0, 30.0, 40.0), [("banana", 0.875), ("mug", 0.1), ("power drill", 0.025)])]
+    assert detection_entries([]) == []
+
+
+def test_detections_and_label_info_msgs_with_real_vision_msgs():
+    vm_mod = pytest.importorskip(
+        "vision_msgs.msg", reason="vision_msgs is not on PyPI; build it with "
+        "../shared/tools/vision_msgs_build.sh and source its env.sh to run this")
+    from types import SimpleNamespace
+
+    from vl_distill_ros.ros.conversions import label_info_msg
+
     vm = VlDistillNode._import_vision_msgs(SimpleNamespace(get_logger=_Logger))
-    assert vm is not None and vm["Detection2DArray"] is msg_mod.Detection2DArray
+    assert vm["Detection2DArray"] is vm_mod.Detection2DArray and vm["LabelInfo"]
     src = make_msg("rgb8", rgb_image(50, 80), "camera_frame", 42)
-    objects = [ObjectResult((10, 20, 30, 40), "banana", 0.875, True, [("banana", 0.875)]),
-               ObjectResult((0, 0, 5, 7), "unknown", 0.25, False, [("mug", 0.25)])]
-    arr = VlDistillNode._detections_msg(SimpleNamespace(_vision_msgs=vm), src, objects)
-    assert isinstance(arr, msg_mod.Detection2DArray) and arr.header is src.header
-    assert len(arr.detections) == 2
-    for i, (det, obj) in enumerate(zip(arr.detections, objects)):
-        x, y, w, h = obj.bbox
-        assert det.header is src.header and det.id == str(i)
-        centre = det.bbox.center.position if jazzy else det.bbox.center
-        assert (centre.x, centre.y) == (x + w / 2.0, y + h / 2.0)
-        assert (det.bbox.size_x, det.bbox.size_y) == (float(w), float(h))
-        (hyp,) = det.results
-        assert (hyp.hypothesis.class_id, hyp.hypothesis.score) == (obj.label, obj.score)
-    assert VlDistillNode._detections_msg(SimpleNamespace(_vision_msgs=vm), src,
-                                         []).detections == []
+    arr = VlDistillNode._detections_msg(SimpleNamespace(_vision_msgs=vm), src, _objects())
+    assert isinstance(arr, vm_mod.Detection2DArray) and arr.header == src.header
+    (det,) = arr.detections
+    assert det.header == src.header and det.id == ""
+    assert (det.bbox.center.position.x, det.bbox.center.position.y) == (25.0, 40.0)
+    assert (det.bbox.size_x, det.bbox.size_y) == (30.0, 40.0)
+    assert [(h.hypothesis.class_id, h.hypothesis.score) for h in det.results] == [
+        ("banana", 0.875), ("mug", pytest.approx(0.1)), ("power drill", 0.025)]
+    info = label_info_msg(vm, ["banana", "mug"], 0.4)
+    assert isinstance(info, vm_mod.LabelInfo)
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "banana"), (1, "mug")]
+    assert info.threshold == pytest.approx(0.4)
 
 
 def test_without_vision_msgs_detections_are_disabled_with_a_message(monkeypatch):
     from types import SimpleNamespace
 
     monkeypatch.setitem(sys.modules, "vision_msgs", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "vision_msgs.msg", None)  # also when already imported
     logger = _Logger()
     assert VlDistillNode._import_vision_msgs(SimpleNamespace(get_logger=lambda: logger)) is None
     assert any("~/detections is disabled" in m for m in logger.infos)

@@ -2,8 +2,10 @@
 
 * ``~/labels``: :func:`labels_msg` (std_msgs/String holding the JSON document of
   :func:`~vl_distill_ros.perception.pipeline.labels_document`);
-* ``~/detections``: :func:`detections_msg` (vision_msgs/Detection2DArray; vision_msgs is
-  optional, :func:`import_vision_msgs` returns ``None`` when it is not installed);
+* ``~/detections``: :func:`detections_msg` (vision_msgs/Detection2DArray of the entries
+  :func:`detection_entries` chooses) and ``~/label_info``: :func:`label_info_msg`
+  (vision_msgs/LabelInfo); vision_msgs is optional, :func:`import_vision_msgs` returns
+  ``None`` when it is not installed;
 * ``~/image_annotated``: :func:`annotated_msg` (sensor_msgs/Image, rgb8, boxes and labels
   drawn).
 """
@@ -19,19 +21,30 @@ from std_msgs.msg import String
 from ..perception.image_codec import encode_rgb8
 from ..perception.pipeline import ObjectResult, draw_annotations
 
-__all__ = ["import_vision_msgs", "labels_msg", "detections_msg", "annotated_msg"]
+__all__ = ["import_vision_msgs", "labels_msg", "detection_entries", "detections_msg",
+           "label_info_msg", "annotated_msg"]
+
+#: One ``~/detections`` entry: box (centre x, centre y, width, height) in pixels and the
+#: hypotheses ``[(class_id, score), ...]``, best first.
+DetectionEntry = tuple[tuple[float, float, float, float], list[tuple[str, float]]]
 
 
 def import_vision_msgs() -> dict[str, Any] | None:
-    """The vision_msgs message classes by name, or ``None`` when vision_msgs is absent."""
+    """The vision_msgs message classes by name, or ``None`` when vision_msgs is absent.
+    ``LabelInfo`` and ``VisionClass`` are included when this vision_msgs has them (>= 4)."""
     try:
         from vision_msgs.msg import (Detection2D, Detection2DArray, ObjectHypothesis,
                                      ObjectHypothesisWithPose)
     except ImportError:
         return None
-    return {"Detection2DArray": Detection2DArray, "Detection2D": Detection2D,
-            "ObjectHypothesis": ObjectHypothesis,
-            "ObjectHypothesisWithPose": ObjectHypothesisWithPose}
+    classes = {"Detection2DArray": Detection2DArray, "Detection2D": Detection2D,
+               "ObjectHypothesis": ObjectHypothesis,
+               "ObjectHypothesisWithPose": ObjectHypothesisWithPose}
+    try:
+        from vision_msgs.msg import LabelInfo, VisionClass
+    except ImportError:  # pragma: no cover - vision_msgs 3 (before LabelInfo)
+        return classes
+    return {**classes, "LabelInfo": LabelInfo, "VisionClass": VisionClass}
 
 
 def labels_msg(doc: dict) -> String:
@@ -50,29 +63,62 @@ def annotated_msg(src: Image, image: np.ndarray, objects: Sequence[ObjectResult]
     return out
 
 
+def detection_entries(objects: Sequence[ObjectResult]) -> list[DetectionEntry]:
+    """What ``~/detections`` reports about ``objects`` (the convention, independent of the
+    message classes):
+
+    * only objects the node names (``known``); an object labelled ``unknown`` is left out,
+      so no consumer can take an open-set rejection for a confident detection (``~/labels``
+      still lists it with ``known: false``);
+    * the box as centre and size in pixels;
+    * the hypotheses: the object's ``top_k`` (label name, score) pairs, best first, so the
+      first is the published label; ``class_id`` is the label name (see
+      :func:`label_info_msg`).
+    """
+    entries = []
+    for o in objects:
+        if not o.known:
+            continue
+        x, y, w, h = o.bbox
+        hypotheses = [(str(name), float(score)) for name, score in o.top_k] or [
+            (o.label, float(o.score))]
+        entries.append(((x + w / 2.0, y + h / 2.0, float(w), float(h)), hypotheses))
+    return entries
+
+
 def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[ObjectResult]):
-    """A Detection2DArray (``src``'s header): one detection per object, its box centre and
-    size in pixels and one hypothesis (label, score). Works with vision_msgs 3 (Humble) and
-    >= 4 (Jazzy)."""
+    """A Detection2DArray (``src``'s header) of :func:`detection_entries`: one detection per
+    known object, ``results`` its top-k hypotheses, ``id`` empty (objects are not tracked).
+    Works with vision_msgs 3 and >= 4 (Jazzy)."""
     arr = vision_msgs["Detection2DArray"]()
     arr.header = src.header
-    for i, o in enumerate(objects):
+    for (cx, cy, w, h), hypotheses in detection_entries(objects):
         det = vision_msgs["Detection2D"]()
         det.header = src.header
-        x, y, w, h = o.bbox
         center = det.bbox.center
         if hasattr(center, "position"):  # vision_msgs >= 4 (Jazzy): vision_msgs/Pose2D
-            center.position.x, center.position.y = x + w / 2.0, y + h / 2.0
-        else:  # vision_msgs 3 (Humble): geometry_msgs/Pose2D
-            center.x, center.y = x + w / 2.0, y + h / 2.0
-        det.bbox.size_x, det.bbox.size_y = float(w), float(h)
-        if hasattr(det, "id"):
-            det.id = str(i)
-        hyp = vision_msgs["ObjectHypothesisWithPose"]()
-        if hasattr(hyp, "hypothesis"):
-            hyp.hypothesis.class_id, hyp.hypothesis.score = o.label, float(o.score)
-        else:  # pragma: no cover - very old vision_msgs
-            hyp.id, hyp.score = o.label, float(o.score)
-        det.results.append(hyp)
+            center.position.x, center.position.y = cx, cy
+        else:  # vision_msgs 3: geometry_msgs/Pose2D
+            center.x, center.y = cx, cy
+        det.bbox.size_x, det.bbox.size_y = w, h
+        for class_id, score in hypotheses:
+            hyp = vision_msgs["ObjectHypothesisWithPose"]()
+            hyp.hypothesis.class_id, hyp.hypothesis.score = class_id, score
+            det.results.append(hyp)
         arr.detections.append(det)
     return arr
+
+
+def label_info_msg(vision_msgs: dict[str, Any], names: Sequence[str], threshold: float,
+                   stamp: Any = None):
+    """The ``~/label_info`` message (vision_msgs/LabelInfo) of the active vocabulary: one
+    VisionClass per label, ``class_id`` its index in the vocabulary and ``class_name`` its
+    name (the ``class_id`` string of ``~/detections``); ``threshold`` the open-set score
+    threshold in effect (objects scoring below it are ``unknown`` and not detected)."""
+    msg = vision_msgs["LabelInfo"]()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    for i, name in enumerate(names):
+        msg.class_map.append(vision_msgs["VisionClass"](class_id=i, class_name=str(name)))
+    msg.threshold = float(threshold)
+    return msg

@@ -7,15 +7,18 @@ A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline
   counted as dropped);
 * one inference thread (one model in memory for all cameras) decodes frames with numpy
   (:func:`~vl_distill_ros.perception.image_codec.decode_image`, no cv_bridge), runs the pipeline
-  and publishes ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable) and
-  optionally ``~/image_annotated`` (:mod:`.conversions`); the executor thread only stores
-  messages;
+  and publishes ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable; the
+  vocabulary on ``~/label_info``) and optionally ``~/image_annotated`` (:mod:`.conversions`);
+  the executor thread only stores messages;
 * the vocabulary (``labels``, ``descriptions``, ``vocabulary_file``, ``~/save_vocabulary``,
   ``persist_vocabulary``) is run by a
   :class:`~vl_distill_ros.ros.vocabulary_controller.VocabularyController`; its module
   docstring is the specification of the vocabulary parameter protocol. This node only
   forwards the set-parameters callbacks to it;
-* counts, latencies and the vocabulary version go to ``/diagnostics`` (:mod:`.diagnostics`).
+* counts, latencies and the vocabulary version go to ``/diagnostics`` (:mod:`.diagnostics`);
+* the parameter services are :class:`~vl_distill_ros.ros.parameter_service.GroupedParameterService`
+  (a ``ros2 param load`` of a dump restores the vocabulary and the settings whatever their
+  order; empty lists are accepted for array parameters).
 """
 from __future__ import annotations
 
@@ -44,9 +47,11 @@ from ..perception.image_codec import ImageDecodeError, decode_image
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError,
                                    PipelineSettings, labels_document)
 from . import params as P
-from .conversions import annotated_msg, detections_msg, import_vision_msgs, labels_msg
+from .conversions import (annotated_msg, detections_msg, import_vision_msgs, label_info_msg,
+                          labels_msg)
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, model_status)
+from .parameter_service import GroupedParameterService
 from .params import default_model_path
 from .vocabulary_controller import (SAVE_PENDING_WAIT_S, VOCABULARY_DEBOUNCE_S,
                                     VocabularyController, build_vocabulary, descriptions_param)
@@ -123,7 +128,8 @@ class VlDistillNode(Node):
     """
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
+        # the parameter services are created once every callback is in place (_start)
+        super().__init__(node_name, **{**kwargs, "start_parameter_services": False})
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._tls = threading.local()
@@ -169,7 +175,8 @@ class VlDistillNode(Node):
                                            inference_backend=str(p["inference_backend"]),
                                            inference_threads=int(p["inference_threads"]),
                                            **settings.as_kwargs())
-        self.vocabulary.attach(self.pipeline, vocab, source)
+        self.vocabulary.attach(self.pipeline, vocab, source, default=self.bundle.vocabulary,
+                               on_swap=self._publish_label_info)
         self.get_logger().info(f"student runtime: {self.pipeline.runner.backend}")
         # mirror the active vocabulary into the parameters (no callbacks registered yet)
         self.set_parameters([
@@ -184,6 +191,8 @@ class VlDistillNode(Node):
         self.add_pre_set_parameters_callback(self._pre_set_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._post_set_parameters)
+        self._parameter_service = GroupedParameterService(
+            self, (P.VOCABULARY_PARAMS, P.SETTINGS_PARAMS))
         # -- workers
         self._start_thread(self._inference_loop, "vl_distill_inference")
         self.vocabulary.start()
@@ -192,7 +201,8 @@ class VlDistillNode(Node):
         self.get_logger().info(
             f"ready: model {self.bundle.path} (teacher {self.bundle.teacher_id}), "
             f"{len(vocab)} labels from {source}, crop_source={settings.crop_source}, cameras "
-            f"{[c.resolved for c in self._cameras]}, labels on {self._labels_pub.topic_name}")
+            f"{[c.resolved for c in self._cameras]}, labels on {self._labels_pub.topic_name}"
+            + (f", detections on {self._det_pub.topic_name}" if self._det_pub else ""))
 
     def _start_thread(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -235,12 +245,45 @@ class VlDistillNode(Node):
 
     def _create_outputs(self) -> None:
         self._labels_pub = self.create_publisher(String, "~/labels", 10)
-        self._annotated_pub = self.create_publisher(Image, "~/image_annotated", 1)
+        self._annotated_lock = threading.Lock()
+        self._annotated_pub = None  # advertised only while publish_annotated is true
+        self._set_annotated(self._publish_annotated)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._vision_msgs = self._import_vision_msgs()
-        self._det_pub = (self.create_publisher(self._vision_msgs["Detection2DArray"],
-                                               "~/detections", 10)
-                         if self._vision_msgs else None)
+        vm = self._vision_msgs = self._import_vision_msgs()
+        self._det_pub = (self.create_publisher(vm["Detection2DArray"], "~/detections", 10)
+                         if vm else None)
+        # the vocabulary as class ids -> names; late joiners get the last one
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._label_info_pub = (self.create_publisher(vm["LabelInfo"], "~/label_info", latched)
+                                if vm and "LabelInfo" in vm else None)
+        self._publish_label_info()
+
+    def _set_annotated(self, enabled: bool) -> None:
+        """Advertise ``~/image_annotated`` while ``publish_annotated`` is true, else not."""
+        with self._annotated_lock:
+            self._publish_annotated = enabled
+            if enabled and self._annotated_pub is None:
+                self._annotated_pub = self.create_publisher(Image, "~/image_annotated", 1)
+            elif not enabled and self._annotated_pub is not None:
+                self.destroy_publisher(self._annotated_pub)
+                self._annotated_pub = None
+
+    def _publish_label_info(self, *_: Any) -> None:
+        """Publish the active vocabulary and open-set threshold on ``~/label_info`` (at
+        start-up, after every vocabulary swap and every change of the scoring settings)."""
+        if self._label_info_pub is None or self._stop.is_set():
+            return
+        assert self._vision_msgs is not None
+        active = self.pipeline.active
+        try:
+            self._label_info_pub.publish(label_info_msg(
+                self._vision_msgs, active.vocabulary.names,
+                self.pipeline.effective_unknown_threshold(),
+                self.get_clock().now().to_msg()))
+        except Exception as exc:  # noqa: BLE001 - e.g. during shutdown
+            self.get_logger().debug(f"label info not published: {exc}")
 
     def _import_vision_msgs(self) -> dict | None:
         vision_msgs = import_vision_msgs()
@@ -278,8 +321,9 @@ class VlDistillNode(Node):
         assert self.vocabulary is not None
         changes = {p.name: _plain(p.value) for p in parameters}
         extra = self.vocabulary.complete(changes, self._current("vocabulary_file"))
-        return list(parameters) + [Parameter(name, _VOCABULARY_TYPES[name], value)
-                                   for name, value in extra.items()]
+        # a completed value replaces the one given (labels: [] -> the bundle's names)
+        return [p for p in parameters if p.name not in extra] + [
+            Parameter(name, _VOCABULARY_TYPES[name], value) for name, value in extra.items()]
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validate a change; nothing is applied here (see :meth:`_post_set_parameters`)."""
@@ -307,8 +351,9 @@ class VlDistillNode(Node):
         self._tls.settings = None
         if settings is not None:
             self.pipeline.configure(**settings.as_kwargs())
+            self._publish_label_info()  # the threshold may have changed
         if "publish_annotated" in {p.name for p in parameters}:
-            self._publish_annotated = bool(self.get_parameter("publish_annotated").value)
+            self._set_annotated(bool(self.get_parameter("publish_annotated").value))
         self.vocabulary.commit()
 
     def request_vocabulary(self, vocab: Vocabulary) -> None:
@@ -380,8 +425,9 @@ class VlDistillNode(Node):
         self._labels_pub.publish(labels_msg(doc))
         if self._det_pub is not None:
             self._det_pub.publish(self._detections_msg(msg, objects))
-        if self._publish_annotated:
-            self._annotated_pub.publish(annotated_msg(msg, image, objects))
+        with self._annotated_lock:
+            if self._annotated_pub is not None:
+                self._annotated_pub.publish(annotated_msg(msg, image, objects))
         done = time.monotonic()
         with self._lock:
             cam.processed += 1

@@ -103,10 +103,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True, range=(0.05, 60.0)),
     # -- vocabulary (dynamic) -----------------------------------------------------------------
     ParamSpec("labels", [], "string_array",
-              "Active label names. Empty at start-up: the bundle's vocabulary. After start-up "
-              "it always shows the active (or being embedded) vocabulary. Setting it alone "
-              "keeps the descriptions of names that stay and clears the others.",
-              constraints="1..1000 unique (case-insensitive) non-empty names of <= 64 chars"),
+              "Active label names. Empty (at start-up or set at runtime): the bundle's "
+              "vocabulary with its descriptions. After start-up it always shows the active (or "
+              "being embedded) vocabulary. Setting it alone keeps the descriptions of names "
+              "that stay and clears the others.",
+              constraints="0 (the bundle's) or 1..1000 unique (case-insensitive) non-empty "
+                          "names of <= 64 chars, not 'unknown'"),
     ParamSpec("descriptions", [], "string_array",
               "One-sentence appearance descriptions, empty or one per label (same order); "
               "used for language enrichment when the bundle was exported with it.",
@@ -171,7 +173,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "bundle whose calibration record has negatives; scores then sum to at most 1."),
     # -- outputs (dynamic) --------------------------------------------------------------------
     ParamSpec("publish_annotated", False, "bool",
-              "Publish ~/image_annotated (sensor_msgs/Image, rgb8) with boxes and labels."),
+              "Publish ~/image_annotated (sensor_msgs/Image, rgb8) with boxes and labels; the "
+              "topic is advertised only while this is true."),
 )
 
 #: Parameters that change the vocabulary.

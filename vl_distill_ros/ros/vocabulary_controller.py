@@ -16,10 +16,16 @@ once its text embeddings are ready.
 * ``labels`` set alone keeps the description of every name that stays (case-insensitive)
   and clears the others; ``descriptions`` is updated in the same atomic set, so
   ``ros2 param get`` always shows the requested vocabulary.
+* ``labels`` set to an empty list means the bundle's vocabulary (names and descriptions),
+  at start-up and at runtime; ``descriptions`` given with it must be empty.
 * ``descriptions`` set alone must be empty or have one entry per current label.
-* both in one ``SetParametersAtomically`` call are validated together; with the plain
-  ``SetParameters`` service (``ros2 param set``/``load``) they are applied one after the
-  other, labels first, and the embedding worker only embeds the latest request.
+* both in one ``SetParametersAtomically`` call are validated together. The node's
+  ``SetParameters`` service (``ros2 param set``/``load``) also sets the vocabulary
+  parameters of one request together, whatever their order
+  (:class:`~vl_distill_ros.ros.parameter_service.GroupedParameterService`), so a
+  ``ros2 param dump`` (alphabetical: ``descriptions`` before ``labels``) loads back exactly;
+  parameters sent in separate requests are applied one after the other, and the embedding
+  worker only embeds the latest request.
 * ``vocabulary_file`` set to a YAML file replaces ``labels`` and ``descriptions`` (they are
   set to the file's contents in the same atomic set); setting ``labels`` or
   ``descriptions`` clears ``vocabulary_file``. ``labels`` given together with a
@@ -152,6 +158,10 @@ class VocabularyController:
         self.debounce_s = float(debounce_s)
         self.pipeline: PerceptionPipeline | None = None
         self.requested: Vocabulary | None = None
+        #: what ``labels: []`` means (the bundle's vocabulary; :meth:`attach`).
+        self.default: Vocabulary | None = None
+        #: called with the new version after each swap (:meth:`attach`).
+        self.on_swap: Callable[[int], None] | None = None
         self._lock = threading.Condition()
         self._tls = threading.local()
         self._stop = threading.Event()
@@ -211,11 +221,17 @@ class VocabularyController:
             self.log.error(self.error + "; using the bundle's vocabulary")
             return None
 
-    def attach(self, pipeline: "PerceptionPipeline", vocab: Vocabulary, source: str) -> None:
-        """Use ``pipeline``, built with the start-up vocabulary ``vocab`` from ``source``."""
+    def attach(self, pipeline: "PerceptionPipeline", vocab: Vocabulary, source: str,
+               default: Vocabulary | None = None,
+               on_swap: Callable[[int], None] | None = None) -> None:
+        """Use ``pipeline``, built with the start-up vocabulary ``vocab`` from ``source``;
+        ``default`` is what an empty ``labels`` requests (the bundle's vocabulary),
+        ``on_swap(version)`` is called (worker thread) after each vocabulary swap."""
         self.pipeline = pipeline
         self.requested = vocab
         self.source = source
+        self.default = default
+        self.on_swap = on_swap
 
     def start(self) -> None:
         """Start the embedding worker thread."""
@@ -278,6 +294,11 @@ class VocabularyController:
             return {"labels": vocab.names, "descriptions": descriptions_param(vocab)}
         if (lb is not None or ds is not None) and vf is None and current_file:
             extra["vocabulary_file"] = ""
+        if _is_string_array(lb) and len(lb) == 0 and self.default is not None and not ds:
+            # labels: [] -> the bundle's vocabulary, with its descriptions
+            extra.update(labels=self.default.names,
+                         descriptions=descriptions_param(self.default))
+            return extra
         if lb is not None and ds is None and _is_string_array(lb):
             requested = self.requested if self.requested is not None else Vocabulary(())
             old = {x.name.casefold(): x.description for x in requested}
@@ -417,6 +438,8 @@ class VocabularyController:
             self._lock.notify_all()  # a waiting save()
         self.log.info(f"vocabulary version {version}: {len(vocab)} labels, embedded in "
                       f"{time.perf_counter() - start:.2f} s ({self.text_service.stats})")
+        if self.on_swap is not None:
+            self.on_swap(version)
         if self._persist():
             self.save_store(vocab)
 
