@@ -105,6 +105,36 @@ def test_labels_alone_carry_descriptions_and_clear_the_file(ctl, bundle):
                             "store_status": "not used", "store_error": ""}
 
 
+def test_empty_labels_request_the_default_vocabulary_and_swaps_are_reported(bundle, service,
+                                                                             tmp_path):
+    """labels [] (alone, or with empty descriptions) = the default (bundle's) vocabulary
+    with its descriptions; on_swap gets each new version."""
+    swaps: list[int] = []
+    c = VocabularyController(service, tmp_path / "store.yaml", LOG)
+    pipe = PerceptionPipeline(bundle, vocabulary=bundle.vocabulary,
+                              embeddings=bundle.text_embeddings)
+    c.attach(pipe, bundle.vocabulary, "bundle", default=bundle.vocabulary,
+             on_swap=swaps.append)
+    c.start()
+    try:
+        params = Params(c, bundle.vocabulary)
+        assert params.set(labels=["mug", "zebra"]) is None
+        assert wait_version(c, 2) and swaps == [2]
+        want = {"labels": NAMES, "descriptions": DESCRIPTIONS}
+        assert c.complete({"labels": []}, "") == want
+        assert c.complete({"labels": [], "descriptions": []}, "/f.yaml") == {
+            **want, "vocabulary_file": ""}
+        assert c.complete({"labels": [], "descriptions": ["x"]}, "") == {}  # then rejected
+        assert "0 labels but 1 descriptions" in params.set(labels=[], descriptions=["x"])
+        assert params.set(labels=[]) is None
+        assert params.values["labels"] == NAMES
+        assert wait_version(c, 3) and swaps == [2, 3]
+        assert c.pipeline.active.vocabulary.names == NAMES
+        assert [lb.description for lb in c.pipeline.active.vocabulary] == DESCRIPTIONS
+    finally:
+        c.stop()
+
+
 def test_a_file_replaces_labels_and_descriptions(ctl, bundle, tmp_path):
     vfile = tmp_path / "v.yaml"
     vfile.write_text(yaml.safe_dump({"labels": [
