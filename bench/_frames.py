@@ -30,6 +30,7 @@ def yaml_value(text: str) -> Any:
     except yaml.YAMLError:
         return text
 
+
 # ==========================================================================================
 # frames
 # ==========================================================================================
@@ -60,7 +61,8 @@ def _shape_mask(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarr
 
 
 def synthetic_tabletop_frames(n: int, k: int, width: int = 640, height: int = 480,
-                              seed: int = 0, grain: float = 0.2) -> list[tuple[np.ndarray, list[tuple[int, ...]]]]:
+                              seed: int = 0, grain: float = 0.2
+                              ) -> list[tuple[np.ndarray, list[tuple[int, ...]]]]:
     """``n`` frames of ``k`` distinct coloured shapes on a wood-textured table, with a soft
     shadow each; returns ``[(rgb uint8 image, [object boxes (x, y, w, h)]), ...]``."""
     import cv2
@@ -101,7 +103,8 @@ def synthetic_tabletop_frames(n: int, k: int, width: int = 640, height: int = 48
             sh = np.zeros((height, width), np.float32)
             dx, dy = int(ow * 0.08) + 3, int(oh * 0.08) + 3
             y0, x0 = min(height, y + dy), min(width, x + dx)
-            sh[y0:y0 + oh, x0:x0 + ow] = mf[:max(0, min(oh, height - y0)), :max(0, min(ow, width - x0))]
+            sh[y0:y0 + oh, x0:x0 + ow] = mf[:max(0, min(oh, height - y0)),
+                                            :max(0, min(ow, width - x0))]
             sh = cv2.GaussianBlur(sh, (0, 0), 4.0)
             img *= (1.0 - 0.35 * sh)[..., None]
             colour = np.array(PALETTE[int(colours[j % len(PALETTE)])], np.float32)
@@ -164,5 +167,3 @@ def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
             kw[field] = yaml_value(params[key])
     cfg = ProposalConfig(**kw)
     return [len(propose_boxes(img, cfg)) for img, _ in frames]
-
-

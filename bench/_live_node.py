@@ -45,6 +45,7 @@ LIBRARIES = ("torch", "onnxruntime", "cv2", "numpy")
 FALLBACK_NAMES = ["banana", "apple", "mug", "bowl", "power drill", "scissors", "tennis ball",
                   "sugar box", "mustard bottle", "cracker box", "spoon", "marker"]
 
+
 # ==========================================================================================
 # ROS environment (before any rclpy import, in this process and every child)
 # ==========================================================================================
@@ -604,5 +605,3 @@ class Publisher:
         if self.proc.is_alive():  # pragma: no cover
             self.proc.kill()
             self.proc.join(timeout=5.0)
-
-

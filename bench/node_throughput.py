@@ -61,6 +61,7 @@ from vl_distill_ros.ros.params import default_model_path  # noqa: E402 - the pac
 ISSUE_TARGET = ("The node sustains 30 frames/s from one 640x480 camera with 5 objects per "
                 "frame on 2 cores, p95 latency under 100 ms, no growth in RSS over 5 minutes.")
 
+
 # ==========================================================================================
 # statistics
 # ==========================================================================================
@@ -554,4 +555,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -148,7 +148,8 @@ def build_runners(backbone: str, size: int, backends: Sequence[str],
     pretrained = "imagenet" if backbone == "efficientnet_lite0" else "none"
     student = build_student(StudentConfig(backbone=backbone, pretrained=pretrained,
                                           image_size=size), EMBED_DIM).eval()
-    facts: dict[str, Any] = {"params_m": round(sum(p.numel() for p in student.parameters()) / 1e6, 2)}
+    n_params = sum(p.numel() for p in student.parameters())
+    facts: dict[str, Any] = {"params_m": round(n_params / 1e6, 2)}
     runners: dict[str, Any] = {}
     if "onnxruntime" in backends:
         t0 = time.perf_counter()

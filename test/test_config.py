@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from vl_distill_ros.config import (ConfigError, TrainConfig, apply_overrides,
-                                        load_train_config)
+                                   load_train_config)
 
 
 def test_shipped_train_config_loads(repo_root: Path, monkeypatch):

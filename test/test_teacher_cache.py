@@ -100,7 +100,7 @@ def test_other_process_writes_are_seen(tmp_path: Path) -> None:
     assert len(reader) == 0
     keys = ["a", "b", "c"]
     TeacherImageCache(tmp_path, "t").get_or_compute(keys, _loader(keys), CountingEncoder(),
-                                                   progress=False)
+                                                    progress=False)
     assert torch.allclose(reader.lookup(keys), _expected(keys))  # e.g. a DDP rank > 0
 
 
