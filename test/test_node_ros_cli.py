@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import rclpy
 import yaml
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
@@ -23,11 +24,38 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from test_node import (DESCRIPTIONS, NAMES, RED, YELLOW, Tester, bundle_path, colour_image,  # noqa: F401
-                       ctx, make_msg, publish_until_labelled, running_node, tester, wait_for)
+from helpers import make_colour_bundle
+from test_node import (DARK, DESCRIPTIONS, NAMES, NEW_LABEL, RED, SWAPPED, YELLOW, Tester,
+                       colour_image, make_msg, publish_until_labelled, running_node, wait_for)
+from vl_distill_ros.model.vocabulary import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 STRING_ARRAY = Parameter.Type.STRING_ARRAY
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory) -> Path:
+    """test_node.py's colour bundle (its module docstring says what it predicts)."""
+    fit = [(YELLOW, "banana"), (SWAPPED, "mug"), (DARK, "power drill"), (RED, NEW_LABEL)]
+    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb", NAMES,
+                              fit, vocabulary=Vocabulary.from_names(NAMES, DESCRIPTIONS))
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """A private rclpy context for this module."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    context.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def tester(ctx):
+    """The other node (test_node.Tester): publishes, subscribes, calls services."""
+    t = Tester(ctx, "vl_distill_cli_tester")
+    yield t
+    t.close()
 
 
 def _done(future, timeout: float = 15.0):

@@ -71,9 +71,11 @@ def test_publish_paced_follows_bag_time_divided_by_rate():
     progress: list[int] = []
     run = publish_paced(msgs, 2.0, lambda topic, data: sent.append((time.monotonic(), topic)),
                         checks.append, progress.append)
-    # bag spacing 0.2 s at rate 2 -> 0.1 s apart
-    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
-    assert all(0.09 <= g < 0.3 for g in gaps), gaps
+    # bag spacing 0.2 s at rate 2 -> frame i at t0 + 0.1 i: never earlier (later only on a
+    # starved CPU)
+    due = [run.t_start + 0.1 * i for i in range(5)]
+    assert all(t >= d - 1e-3 for (t, _), d in zip(sent, due)), (sent, due)
+    assert all(t - d < 1.0 for (t, _), d in zip(sent, due)), (sent, due)
     assert run.frames == [("/cam", T0 + i * 10**8) for i in range(5)]
     assert set(run.pub_time) == set(run.frames) and run.t_last >= run.t_start
     assert progress == [1, 2, 3, 4, 5] and checks and max(checks) <= 4
@@ -96,7 +98,7 @@ def test_drain_stops_when_everything_is_labelled_or_at_the_timeout():
                 (time.monotonic(), doc("/ns/cam", T0 + 1))]
     start = time.monotonic()
     drain(arrivals, run, camera_map, 30.0, lambda: None)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 1.5  # not the 2 s quiet period: everything arrived
     # one frame never labelled: waits for the timeout (shorter than the quiet period)
     calls: list[int] = []
     start = time.monotonic()

@@ -105,8 +105,8 @@ def test_labels_alone_carry_descriptions_and_clear_the_file(ctl, bundle):
                             "store_status": "not used", "store_error": ""}
 
 
-def test_empty_labels_request_the_default_vocabulary_and_swaps_are_reported(bundle, service,
-                                                                             tmp_path):
+def test_empty_labels_request_the_default_vocabulary_and_swaps_are_reported(
+        bundle, service, tmp_path):
     """labels [] (alone, or with empty descriptions) = the default (bundle's) vocabulary
     with its descriptions; on_swap gets each new version."""
     swaps: list[int] = []

@@ -75,6 +75,7 @@ def default_models_dir() -> str:
     and not empty, else :data:`DEFAULT_MODELS_DIR`."""
     return os.environ.get(MODELS_ENV, "").strip() or DEFAULT_MODELS_DIR
 
+
 #: Attribution required by the YCB models' licence (CC BY 4.0); written into manifests.
 YCB_ATTRIBUTION = (
     "Rendered from the YCB Object and Model Set (Calli et al., 'The YCB object and model "
