@@ -114,6 +114,11 @@ class ReplaySettings:
             default ``python -m vl_distill_ros.ros.node``.
         log_dir: where ``node.log`` goes (default: a temporary folder).
         progress: show a progress bar on stderr.
+        depth: use the bag's registered depth (paired to colour topics by
+            :func:`~vl_distill_ros.bags.bag_io.pair_camera_topics`); False replays colour
+            only. Depth topics are never replayed as cameras either way.
+        depth_topics, camera_info_topics: ``{colour topic: topic}`` pairings that override
+            the naming convention.
     """
 
     model: Path | None = None
@@ -128,6 +133,9 @@ class ReplaySettings:
     node_command: Sequence[str] | None = None
     log_dir: Path | None = None
     progress: bool = True
+    depth: bool = True
+    depth_topics: dict[str, str] = field(default_factory=dict)
+    camera_info_topics: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -274,11 +282,16 @@ def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: values[k] for k in keys}
 
 
-def open_bag(path: str | Path, sidecar: str | Path | None = None) -> BagContents:
+def open_bag(path: str | Path, sidecar: str | Path | None = None,
+             depth_topics: Mapping[str, str] | None = None,
+             camera_info_topics: Mapping[str, str] | None = None) -> BagContents:
     """:func:`~vl_distill_ros.bags.bag_io.read_camera_bag`, with every problem an
-    :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth)."""
+    :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth, a
+    depth or camera-info pairing naming a missing topic)."""
     try:
-        return read_camera_bag(path, ground_truth=sidecar)
+        return read_camera_bag(path, ground_truth=sidecar,
+                               depth_topics=dict(depth_topics or {}),
+                               camera_info_topics=dict(camera_info_topics or {}))
     except BagError as exc:
         raise InputError(str(exc)) from None
 
@@ -366,6 +379,29 @@ def _image_count(contents: BagContents) -> int:
 # -------------------------------------------------------------------------------------------
 # offline
 # -------------------------------------------------------------------------------------------
+def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Mapping[str, Any]):
+    """The bag's colour frames: RGB-D frames (depth paired by stamp within the node's
+    ``depth_sync_tolerance``) when the bag has depth and ``settings.depth``, else images."""
+    if settings.depth and contents.depth_topics:
+        tol = int(round(float(values["depth_sync_tolerance"]) * 1e9))
+        return contents.rgbd_frames(tolerance_ns=tol)
+    return contents.images()
+
+
+def _frame_depth(frame: Any) -> tuple[Any, Any]:
+    """``(depth, intrinsics)`` for :meth:`PerceptionPipeline.process` from an RGB-D frame;
+    a CameraInfo with unusable values gives no intrinsics (the pipeline notes it)."""
+    from ..perception.depth_proposals import CameraIntrinsics, DepthError
+
+    depth = getattr(frame, "depth", None)
+    if depth is None or frame.camera_info is None:
+        return None, None
+    try:
+        return depth, CameraIntrinsics(*frame.camera_info)
+    except DepthError:
+        return depth, None
+
+
 def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
     """Run the pipeline on every image of the bag (see the module docstring).
 
@@ -416,12 +452,17 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                     node={"model_path": str(model), "device": device})
     bar = _progress(_image_count(contents), settings.progress, "offline")
     t_start = time.monotonic()
+    depth_counts: dict[str, int] = {}
     try:
-        for img in contents.images():
+        for img in _offline_frames(contents, settings, values):
             key = (img.topic, int(img.stamp_ns))
             t0 = time.perf_counter()
-            objects, version = pipe.process(img.image)
+            objects, version = pipe.process(img.image, *_frame_depth(img))
             dt = time.perf_counter() - t0
+            if getattr(img, "depth_note", None) is not None and \
+                    img.topic in contents.depth_topics:
+                status = pipe.last_depth_status if img.depth is not None else img.depth_note
+                depth_counts[status] = depth_counts.get(status, 0) + 1
             sec, nanosec = divmod(int(img.stamp_ns), 1_000_000_000)
             # the JSON round trip makes the document exactly what a subscriber would decode
             doc = json.loads(json.dumps(labels_document(sec, nanosec, img.frame_id, img.topic,
@@ -443,6 +484,9 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
         raise InputError(f"an image of the bag cannot be processed: {exc}") from None
     finally:
         bar.close()
+    if depth_counts:
+        rec.node["depth"] = {"topics": dict(contents.depth_topics),
+                             "frames_by_status": depth_counts}
     rec.duration_s = time.monotonic() - t_start
     return rec
 
@@ -785,7 +829,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
 
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise InputError(f"--iou must be in (0, 1], got {iou_threshold}")
-    contents = open_bag(bag, sidecar)
+    contents = open_bag(bag, sidecar, settings.depth_topics, settings.camera_info_topics)
     if _image_count(contents) == 0:
         raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
                          "image messages")
