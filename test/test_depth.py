@@ -245,9 +245,10 @@ def test_depth_topic_convention():
 
 
 def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
-              noisy: bool = False) -> Path:
-    """A bag of ``n`` synthetic RGB-D frames (red objects on a grey table), ground truth
-    from the ray caster; frames listed in ``drop_depth`` carry no depth."""
+              noisy: bool = False, camouflage: bool = False) -> Path:
+    """A bag of ``n`` synthetic RGB-D frames (red objects on a grey table, or grey ones
+    with ``camouflage``: invisible in colour), ground truth from the ray caster; frames
+    listed in ``drop_depth`` carry no depth."""
     rng = np.random.default_rng(0)
     frames = []
     for i in range(n):
@@ -258,8 +259,8 @@ def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
             depth = apply_depth_noise(depth, rng)
         image = np.full((480, 640, 3), 150, np.uint8)
         for x, y, w, h in boxes:
-            image[y:y + h, x:x + w] = (200, 40, 40)
-        truth = [GroundTruthObject(b, "thing") for b in boxes]
+            image[y:y + h, x:x + w] = (150, 150, 150) if camouflage else (200, 40, 40)
+        truth = [GroundTruthObject(b, "apple", "013_apple") for b in boxes]
         has = i not in drop_depth
         frames.append(BagFrame(1_000_000_000 + i * 100_000_000, image, truth,
                                depth=depth if has else None,
@@ -332,3 +333,70 @@ def test_noise_model_is_seeded_and_realistic():
     err = np.abs(a[valid] - clean[valid])
     assert np.median(err) < 0.005 and err.max() > 0.02        # small noise, flying pixels
     assert apply_depth_noise(np.full((8, 8), 9.0, np.float32), np.random.default_rng(0)).max() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# pipeline and offline replay with depth (a tiny real bundle)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from helpers import make_colour_bundle
+
+    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "colour.vdb",
+                              ["banana", "apple"], ["banana", "apple"])
+
+
+def _replay(bag: Path, bundle: Path, out: Path, *extra: str) -> dict:
+    import json
+
+    from vl_distill_ros import cli
+
+    code = cli.main(["replay-eval", str(bag), "--offline", "--model", str(bundle), "--out",
+                     str(out), "--text-cache-dir", "", "--split", "none", "--no-plots",
+                     "--no-progress", *extra])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_offline_replay_uses_the_bags_depth_and_never_scores_it_as_a_camera(bundle, tmp_path):
+    """Objects the colour of the table: only depth finds them."""
+    bag = _rgbd_bag(tmp_path / "camo", n=4, noisy=True, camouflage=True)
+    with_depth = _replay(bag, bundle, tmp_path / "d")
+    assert with_depth["bag"]["image_topics"] == ["/camera/image_raw"]
+    assert with_depth["bag"]["depth_topics"] == {"/camera/image_raw": "/camera/depth/image_raw"}
+    assert with_depth["frames"]["in_bag"] == 4 and with_depth["frames"]["labelled"] == 4
+    assert with_depth["groups"]["all"]["objects"] == 8
+    assert with_depth["groups"]["all"]["matched"] == 8
+    assert with_depth["false_positives"]["boxes"] <= 1
+    assert with_depth["node"]["depth"]["frames_by_status"] == {"used": 4}
+    for extra in (["--no-depth"], ["-p", "proposal_source:=colour"]):
+        colour = _replay(bag, bundle, tmp_path / "c", *extra)
+        assert colour["groups"]["all"]["matched"] == 0, extra
+        assert colour["bag"]["image_topics"] == ["/camera/image_raw"]
+
+
+def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline, PipelineSettings
+
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch")
+    depth, truth = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    x, y, w, h = truth[0]
+    image[y:y + h, x:x + w] = (200, 40, 40)  # only the first object shows in colour
+    colour_only, _ = pipe.process(image)
+    assert pipe.last_depth_status == "" and len(colour_only) == 1
+    objects, _ = pipe.process(image, depth, K)
+    assert pipe.last_depth_status == "used"
+    assert _matched(truth, [o.bbox for o in objects]) == 3
+    for bad_depth, k, why in ((depth[:240], K, "depth is (640, 240)"),
+                              (depth, None, "no camera intrinsics"),
+                              (np.zeros_like(depth), K, "too little valid depth")):
+        objects, _ = pipe.process(image, bad_depth, k)
+        assert why in pipe.last_depth_status
+        assert [o.bbox for o in objects] == [o.bbox for o in colour_only]
+    pipe.configure(proposal_source="depth")
+    objects, _ = pipe.process(image, depth, K)
+    assert _matched(truth, [o.bbox for o in objects]) == 3
+    with pytest.raises(Exception, match="proposal_source must be one of"):
+        PipelineSettings(proposal_source="lidar")
