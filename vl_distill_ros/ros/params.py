@@ -249,10 +249,15 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
 
     values: dict[str, Any] = {}
     fixups = []
+    lock_after: list[ParamSpec] = []
     for spec in PARAMETERS:
         desc = descriptor_for(spec)
         if isinstance(spec.default, list) and not spec.default:
+            if spec.read_only:  # writable until its typed empty value is set, then locked
+                desc.read_only = False
             param = node.declare_parameter(spec.name, _rclpy_type(spec), desc)
+            if spec.read_only:
+                lock_after.append(spec)
             if param.type_ == Parameter.Type.NOT_SET:
                 fixups.append(Parameter(spec.name, _rclpy_type(spec), []))
                 values[spec.name] = []
@@ -261,11 +266,13 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
             param = node.declare_parameter(spec.name, spec.default, desc)
         values[spec.name] = param.value
     if fixups:
-        # read-only parameters cannot be set after declaration; none of the empty-array ones is
+        # read-only ones were declared writable for this and are locked just below
         results = node.set_parameters(fixups)
         for p, r in zip(fixups, results):
             if not r.successful:  # pragma: no cover - nothing registered yet
                 raise RuntimeError(f"could not initialise parameter {p.name}: {r.reason}")
+    for spec in lock_after:
+        node.set_descriptor(spec.name, descriptor_for(spec))
     for name, value in values.items():
         if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
             values[name] = list(value)
