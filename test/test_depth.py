@@ -37,7 +37,8 @@ def _rays(k: CameraIntrinsics) -> np.ndarray:
 
 def render_tabletop(objects: list[tuple[float, float, float, float, float]],
                     tilt_deg: float = 50.0, distance: float = 0.9,
-                    k: CameraIntrinsics = K) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+                    k: CameraIntrinsics = K
+                    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """Ray-cast depth (m) of a table whose centre lies ``distance`` m along the optical
     axis, its normal tilted ``tilt_deg`` from the axis, with cuboids ``(a, b, length, width,
     height)`` (m: centre in table coordinates, a to the right, b away from the camera)

@@ -52,7 +52,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from ..bags.bag_io import BagContents, BagError, iter_raw_messages, read_camera_bag
 from ..ros import params as P
@@ -532,6 +532,8 @@ class LivePlan:
         log_path: the node's ``node.log``; ``tmp_log``: a temporary folder to remove after a
             completed replay (when no log folder was given).
         env: the node's environment.
+        side_topics: the bag's depth and CameraInfo topics replayed with the images (their
+            namespaced names are in ``replay_topic`` too), topic -> message type.
     """
 
     namespace: str
@@ -542,6 +544,7 @@ class LivePlan:
     log_path: Path
     env: dict[str, str]
     tmp_log: str | None = None
+    side_topics: dict[str, str] = field(default_factory=dict)
 
     @property
     def fqn(self) -> str:
@@ -559,17 +562,35 @@ class LivePlan:
         return {v: k for k, v in self.replay_topic.items()}
 
 
+def _depth_plan(contents: BagContents, settings: ReplaySettings,
+                topics: Sequence[str]) -> dict[str, list[str]]:
+    """The bag's depth and CameraInfo topics in ``image_topics`` order, when the replay
+    uses depth and every camera has both; else empty lists (colour only)."""
+    if not settings.depth or not contents.depth_topics:
+        return {"depth_topics": [], "camera_info_topics": []}
+    if not all(t in contents.depth_topics and t in contents.camera_info_topics for t in topics):
+        return {"depth_topics": [], "camera_info_topics": []}
+    return {"depth_topics": [contents.depth_topics[t] for t in topics],
+            "camera_info_topics": [contents.camera_info_topics[t] for t in topics]}
+
+
 def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, vocab_file: Any,
               values: Mapping[str, Any]) -> LivePlan:
     """Phase 1a: the namespace, topics, node command, log folder and environment."""
     ns = settings.namespace or f"/vl_replay_{os.getpid()}_{secrets.token_hex(3)}"
     ns = "/" + ns.strip("/")
     topics = list(contents.image_topics)
-    replay_topic = {t: ns + (t if t.startswith("/") else "/" + t) for t in topics}
+    depth = _depth_plan(contents, settings, topics)
+    side = {t: contents.topics[t] for t in depth["depth_topics"] + depth["camera_info_topics"]}
+    replay_topic = {t: ns + (t if t.startswith("/") else "/" + t) for t in [*topics, *side]}
     node_values = {"model_path": str(model), "image_topics": [replay_topic[t] for t in topics],
                    "persist_vocabulary": False, "text_cache_dir": settings.text_cache_dir,
                    "device": settings.device, "diagnostics_period": DIAGNOSTICS_PERIOD,
                    **{k: values[k] for k in settings.params}}
+    if side:
+        node_values.update({name: [replay_topic[t] for t in listed]
+                            for name, listed in depth.items()})
+        node_values["depth_sync_tolerance"] = values["depth_sync_tolerance"]
     if vocab_file is not None:
         node_values["vocabulary_file"] = str(Path(settings.vocabulary).expanduser().resolve())
     base_cmd = list(settings.node_command or default_node_command())
@@ -584,7 +605,8 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
     env.setdefault("ROS_LOG_DIR", str(Path(log_dir) / "ros_log"))
     return LivePlan(namespace=ns, topics=topics, replay_topic=replay_topic,
                     cmd=node_command(ns, node_values, base_cmd=base_cmd), base_cmd=base_cmd,
-                    log_path=Path(log_dir) / "node.log", env=env, tmp_log=tmp_log)
+                    log_path=Path(log_dir) / "node.log", env=env, tmp_log=tmp_log,
+                    side_topics=side)
 
 
 class DiagnosticsLog:
@@ -634,12 +656,13 @@ def _import_ros() -> dict[str, Any]:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image
         from std_msgs.msg import String
     except ImportError as exc:
         raise NodeError(f"live replay needs rclpy and the ROS 2 message packages ({exc}); "
                         "use --offline to evaluate without ROS") from None
     return {"rclpy": rclpy, "DiagnosticArray": DiagnosticArray, "Image": Image,
+            "CameraInfo": CameraInfo,
             "String": String, "SingleThreadedExecutor": SingleThreadedExecutor,
             "QoSProfile": QoSProfile, "HistoryPolicy": HistoryPolicy,
             "ReliabilityPolicy": ReliabilityPolicy, "DurabilityPolicy": DurabilityPolicy}
@@ -665,8 +688,11 @@ class ReplayNode:
             pub_qos = qos(history=ros["HistoryPolicy"].KEEP_LAST, depth=10,
                           reliability=ros["ReliabilityPolicy"].RELIABLE,
                           durability=ros["DurabilityPolicy"].VOLATILE)
-            self.pubs = {t: self.node.create_publisher(ros["Image"], plan.replay_topic[t],
-                                                       pub_qos) for t in plan.topics}
+            types = {t: ros["CameraInfo"] if ty.endswith("CameraInfo") else ros["Image"]
+                     for t, ty in plan.side_topics.items()}
+            self.pubs = {t: self.node.create_publisher(types.get(t, ros["Image"]),
+                                                       plan.replay_topic[t], pub_qos)
+                         for t in [*plan.topics, *plan.side_topics]}
             self.node.create_subscription(
                 ros["String"], plan.labels_topic,
                 lambda msg: self.arrivals.append((time.monotonic(), msg.data)),
@@ -759,7 +785,8 @@ class PacedRun:
 
 def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, bytes], None],
                   check: Callable[[int], None],
-                  progress: Callable[[int], None] | None = None) -> PacedRun:
+                  progress: Callable[[int], None] | None = None,
+                  frame_topics: Container[str] | None = None) -> PacedRun:
     """Phase 3: publish each raw image message at ``t0 + (bag time - first bag time) / rate``.
 
     Args:
@@ -769,11 +796,14 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
         check: called with the number of frames published so far while waiting, and every
             20 frames (raises to abort, e.g. when the node exited).
         progress: called with that number after each frame.
+        frame_topics: the topics whose messages are frames (the others, depth and
+            CameraInfo, are published but expect no labels); ``None``: every topic.
     """
     run = PacedRun()
     t_bag0 = 0
     for raw in messages:
         key = (raw.topic, stamp_from_cdr(raw.data))
+        is_frame = frame_topics is None or raw.topic in frame_topics
         if run.t_start is None:
             run.t_start, t_bag0 = time.monotonic(), raw.timestamp_ns
         target = run.t_start + (raw.timestamp_ns - t_bag0) / 1e9 / rate
@@ -784,6 +814,8 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
             check(len(run.frames))
             time.sleep(min(0.05, target - now))
         publish(raw.topic, raw.data)
+        if not is_frame:
+            continue
         run.pub_time[key] = time.monotonic()
         run.frames.append(key)
         n = len(run.frames)
@@ -809,8 +841,10 @@ def _replay_bag(contents: BagContents, replay: ReplayNode, node: NodeProcess,
             bar.set_postfix_str(f"{len(replay.arrivals)} labelled")
 
     try:
-        return publish_paced(iter_raw_messages(contents.path, replay.plan.topics),
-                             settings.rate, replay.publish, check, progress)
+        plan = replay.plan
+        return publish_paced(iter_raw_messages(contents.path, [*plan.topics, *plan.side_topics]),
+                             settings.rate, replay.publish, check, progress,
+                             frame_topics=set(plan.topics))
     except BagError as exc:
         raise InputError(str(exc)) from None
     finally:
