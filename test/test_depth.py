@@ -246,7 +246,8 @@ def test_depth_topic_convention():
 
 
 def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
-              noisy: bool = False, camouflage: bool = False) -> Path:
+              noisy: bool = False, camouflage: bool = False,
+              k: CameraIntrinsics = K) -> Path:
     """A bag of ``n`` synthetic RGB-D frames (red objects on a grey table, or grey ones
     with ``camouflage``: invisible in colour), ground truth from the ray caster; frames
     listed in ``drop_depth`` carry no depth."""
@@ -255,17 +256,17 @@ def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
     for i in range(n):
         objs = [(-0.15 + 0.02 * i, 0.0, 0.08, 0.06, 0.08), (0.15, 0.05 - 0.01 * i, 0.05, 0.07,
                                                              0.12)]
-        depth, boxes = render_tabletop(objs)
+        depth, boxes = render_tabletop(objs, k=k)
         if noisy:
             depth = apply_depth_noise(depth, rng)
-        image = np.full((480, 640, 3), 150, np.uint8)
+        image = np.full((k.height, k.width, 3), 150, np.uint8)
         for x, y, w, h in boxes:
             image[y:y + h, x:x + w] = (150, 150, 150) if camouflage else (200, 40, 40)
         truth = [GroundTruthObject(b, "apple", "013_apple") for b in boxes]
         has = i not in drop_depth
         frames.append(BagFrame(1_000_000_000 + i * 100_000_000, image, truth,
                                depth=depth if has else None,
-                               intrinsics=(K.fx, K.fy, K.cx, K.cy) if has else None))
+                               intrinsics=(k.fx, k.fy, k.cx, k.cy) if has else None))
     return write_camera_bag(path, frames)
 
 
@@ -401,3 +402,30 @@ def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
     assert _matched(truth, [o.bbox for o in objects]) == 3
     with pytest.raises(Exception, match="proposal_source must be one of"):
         PipelineSettings(proposal_source="lidar")
+
+
+def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path):
+    """The live replay starts the node with depth_topics / camera_info_topics and replays
+    depth and CameraInfo: every labelled frame was paired (its objects found)."""
+    small = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
+    bag = _rgbd_bag(tmp_path / "live", n=4, camouflage=True, k=small)
+    report = _replay_live(bag, bundle, tmp_path / "out")
+    assert report["bag"]["image_topics"] == ["/camera/image_raw"]
+    cam = report["cameras"]["/camera/image_raw"]
+    labelled = report["frames"]["labelled"]
+    assert labelled >= 1 and int(cam["depth_used"]) == labelled
+    assert int(cam["depth_errors"]) == 0 and cam["depth_topic"].endswith("/camera/depth/image_raw")
+    assert report["groups"]["all"]["matched"] == report["groups"]["all"]["objects"]
+
+
+def _replay_live(bag: Path, bundle: Path, out: Path) -> dict:
+    import json
+
+    from vl_distill_ros import cli
+
+    code = cli.main(["replay-eval", str(bag), "--model", str(bundle), "--out", str(out),
+                     "--text-cache-dir", "", "--split", "none", "--no-plots", "--no-progress",
+                     "--rate", "0.5", "--node-timeout", "90", "-p", "torch_threads:=1",
+                     "-p", "inference_backend:=torch"])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())

@@ -566,12 +566,12 @@ def _depth_plan(contents: BagContents, settings: ReplaySettings,
                 topics: Sequence[str]) -> dict[str, list[str]]:
     """The bag's depth and CameraInfo topics in ``image_topics`` order, when the replay
     uses depth and every camera has both; else empty lists (colour only)."""
-    if not settings.depth or not contents.depth_topics:
+    depth = getattr(contents, "depth_topics", None) or {}
+    info = getattr(contents, "camera_info_topics", None) or {}
+    if not settings.depth or not all(t in depth and t in info for t in topics):
         return {"depth_topics": [], "camera_info_topics": []}
-    if not all(t in contents.depth_topics and t in contents.camera_info_topics for t in topics):
-        return {"depth_topics": [], "camera_info_topics": []}
-    return {"depth_topics": [contents.depth_topics[t] for t in topics],
-            "camera_info_topics": [contents.camera_info_topics[t] for t in topics]}
+    return {"depth_topics": [depth[t] for t in topics],
+            "camera_info_topics": [info[t] for t in topics]}
 
 
 def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, vocab_file: Any,
