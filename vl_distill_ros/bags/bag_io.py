@@ -275,6 +275,36 @@ def camera_info_k(msg: Any) -> tuple[float, float, float, float, int, int]:
     return k[0], k[4], k[2], k[5], int(msg.width), int(msg.height)
 
 
+def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: BagFrame,
+                 i: int) -> None:
+    """Write one frame's messages: per camera (main, then hand) its CameraInfo and depth
+    when it has depth, its image and its ground truth; ``conn(topic, type)`` gives the
+    writer connection of a topic."""
+    stamp = int(frame.stamp_ns)
+    views = [(topics.camera, topics.camera_frame_id, frame.image, frame.objects,
+              frame.depth, frame.intrinsics, topics.depth, topics.camera_info)]
+    if frame.hand_image is not None:
+        views.append((topics.hand_camera, topics.hand_frame_id, frame.hand_image,
+                      frame.hand_objects, frame.hand_depth, frame.hand_intrinsics,
+                      topics.hand_depth, topics.hand_camera_info))
+    for topic, frame_id, image, objects, depth, k, d_topic, i_topic in views:
+        if depth is not None:
+            if np.shape(depth)[:2] != np.shape(image)[:2]:
+                raise BagError(f"frame {i}: depth of shape {np.shape(depth)} is not "
+                               f"registered to the {np.shape(image)[:2]} image")
+            info = _camera_info_msg(store, k, image.shape[1], image.shape[0], stamp, frame_id)
+            writer.write(conn(i_topic, CAMERA_INFO_TYPE), stamp,
+                         store.serialize_cdr(info, CAMERA_INFO_TYPE))
+            dmsg = _depth_msg(store, depth, stamp, frame_id)
+            writer.write(conn(d_topic, IMAGE_TYPE), stamp, store.serialize_cdr(dmsg, IMAGE_TYPE))
+        msg = _image_msg(store, image, stamp, frame_id)
+        writer.write(conn(topic, IMAGE_TYPE), stamp, store.serialize_cdr(msg, IMAGE_TYPE))
+        doc = ground_truth_document(stamp, frame_id, topic, objects)
+        text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
+        writer.write(conn(topics.ground_truth, STRING_TYPE), stamp,
+                     store.serialize_cdr(text, STRING_TYPE))
+
+
 def _check_out_path(out: Path, overwrite: bool) -> None:
     if out.exists() or out.is_symlink():
         if not overwrite:
@@ -354,31 +384,7 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
                     raise BagError(f"frame {i}: stamp {stamp} ns is negative or earlier than "
                                    f"the previous frame's ({last} ns)")
                 last = stamp
-                views = [(topics.camera, topics.camera_frame_id, frame.image, frame.objects,
-                          frame.depth, frame.intrinsics, topics.depth, topics.camera_info)]
-                if frame.hand_image is not None:
-                    views.append((topics.hand_camera, topics.hand_frame_id, frame.hand_image,
-                                  frame.hand_objects, frame.hand_depth, frame.hand_intrinsics,
-                                  topics.hand_depth, topics.hand_camera_info))
-                for topic, frame_id, image, objects, depth, k, d_topic, i_topic in views:
-                    if depth is not None:
-                        if np.shape(depth)[:2] != np.shape(image)[:2]:
-                            raise BagError(f"frame {i}: depth of shape {np.shape(depth)} is not "
-                                           f"registered to the {np.shape(image)[:2]} image")
-                        info = _camera_info_msg(store, k, image.shape[1], image.shape[0],
-                                                stamp, frame_id)
-                        writer.write(conn(i_topic, CAMERA_INFO_TYPE), stamp,
-                                     store.serialize_cdr(info, CAMERA_INFO_TYPE))
-                        dmsg = _depth_msg(store, depth, stamp, frame_id)
-                        writer.write(conn(d_topic, IMAGE_TYPE), stamp,
-                                     store.serialize_cdr(dmsg, IMAGE_TYPE))
-                    msg = _image_msg(store, image, stamp, frame_id)
-                    writer.write(conn(topic, IMAGE_TYPE), stamp,
-                                 store.serialize_cdr(msg, IMAGE_TYPE))
-                    doc = ground_truth_document(stamp, frame_id, topic, objects)
-                    text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
-                    writer.write(conn(topics.ground_truth, STRING_TYPE), stamp,
-                                 store.serialize_cdr(text, STRING_TYPE))
+                _write_frame(writer, conn, store, topics, frame, i)
         replace_dir(bag_dir, out)  # an existing bag there is moved aside, then deleted
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -404,23 +404,18 @@ def _frame_depth(frame: Any) -> tuple[Any, Any]:
         return depth, None
 
 
-def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
-    """Run the pipeline on every image of the bag (see the module docstring).
-
-    Raises:
-        InputError: bad model, vocabulary, settings or an undecodable image.
-    """
+def _offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str, Any],
+                      device: str):
+    """The :class:`PerceptionPipeline` of an offline replay, its vocabulary and where the
+    vocabulary came from (the node's rules; every problem is an :class:`InputError`)."""
     import torch
 
     from ..model.bundle import BundleError, load_bundle
-    from ..perception.pipeline import PerceptionPipeline, PipelineError, labels_document
     from ..model.text_service import TextEmbeddingService
+    from ..perception.pipeline import PerceptionPipeline, PipelineError
 
-    model = _check_model(settings.model)
     vocab_file = _load_vocabulary_file(settings.vocabulary)
-    values = node_parameter_values(settings.params)
     pipe_settings = pipeline_settings(values)
-    device = resolve_device(settings.device)
     if int(values["torch_threads"]) > 0:
         torch.set_num_threads(int(values["torch_threads"]))
     try:
@@ -448,7 +443,21 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                                   **pipe_settings.as_kwargs())
     except PipelineError as exc:
         raise InputError(f"cannot build the pipeline: {exc}") from None
+    return pipe, vocab, source
 
+
+def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
+    """Run the pipeline on every image of the bag (see the module docstring).
+
+    Raises:
+        InputError: bad model, vocabulary, settings or an undecodable image.
+    """
+    from ..perception.pipeline import PipelineError, labels_document
+
+    model = _check_model(settings.model)
+    values = node_parameter_values(settings.params)
+    device = resolve_device(settings.device)
+    pipe, vocab, source = _offline_pipeline(model, settings, values, device)
     rec = Recording(mode="offline", settings=_reported_settings(values),
                     vocabulary={"source": source, "names": vocab.names},
                     node={"model_path": str(model), "device": device})
