@@ -19,7 +19,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import yaml
 
 import rclpy  # noqa: F401 - pinned in requirements.txt: a broken install must fail

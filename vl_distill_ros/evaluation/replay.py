@@ -280,7 +280,7 @@ def pipeline_settings(values: Mapping[str, Any]):
 
 def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     keys = sorted(P.SETTINGS_PARAMS | {"qos_reliability", "qos_depth", "torch_threads",
-                                        "inference_backend", "inference_threads"})
+                                       "inference_backend", "inference_threads"})
     return {k: values[k] for k in keys}
 
 
@@ -723,6 +723,7 @@ class ReplayNode:
         self.pubs[topic].publish(data)
 
     def labels_publisher_seen(self) -> bool:
+        """Whether the node's labels publisher is discovered."""
         return self.node.count_publishers(self.plan.labels_topic) > 0
 
     def matched_subscriptions(self) -> int:

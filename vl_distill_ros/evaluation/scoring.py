@@ -287,7 +287,7 @@ def score_frames(frames: Sequence[FrameKey],
             label_group.setdefault(gl, grp)
             support[gl] = support.get(gl, 0) + 1
             outcome_counts = per_gt.setdefault(gl, {"matched": 0, "missed": 0, "correct": 0,
-                                                     "wrong": 0, "unknown": 0})
+                                                    "wrong": 0, "unknown": 0})
             if vocab_fold is not None and gl not in vocab_fold:
                 not_in_vocab["objects"] += 1
             j = by_gt.get(i)

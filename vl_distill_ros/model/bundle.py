@@ -73,18 +73,22 @@ class Bundle:
 
     @property
     def teacher_id(self) -> str:
+        """The teacher id the text embeddings belong to."""
         return self.manifest["teacher"]["id"]
 
     @property
     def teacher_spec(self) -> dict:
+        """The teacher's spec (how to rebuild its text encoder)."""
         return self.manifest["teacher"]["spec"]
 
     @property
     def input_spec(self) -> InputSpec:
+        """The student's input (size, normalisation, channel order)."""
         return self.student.input_spec
 
     @property
     def embed_dim(self) -> int:
+        """The embedding dimension (the teacher's)."""
         return int(self.manifest["teacher"]["embed_dim"])
 
 

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
-                          bias_vector, negative_mask)
+                                 bias_vector, negative_mask)
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
                               fuse_proposals, load_depth_config, propose_depth_boxes)
 from .preprocess import preprocess_crops
@@ -62,8 +62,8 @@ from ..model.vocabulary import Vocabulary
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.bundle import Bundle
 
-__all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "UNKNOWN_LABEL", "ObjectResult", "ActiveVocabulary",
-           "PipelineSettings", "PerceptionPipeline", "PipelineError", "labels_document",
+__all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "UNKNOWN_LABEL", "ObjectResult",
+           "ActiveVocabulary", "PipelineSettings", "PerceptionPipeline", "PipelineError", "labels_document",
            "draw_annotations", "rois_from_flat"]
 
 #: Valid values of ``crop_source``.

@@ -55,6 +55,7 @@ class DistEnv:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (it logs and writes files)."""
         return self.rank == 0
 
 
@@ -272,7 +273,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         saved = checkpoint_config(ckpt, ckpt_path)
-        if to_dict(saved.student) != to_dict(cfg.student) or to_dict(saved.teacher) != to_dict(cfg.teacher):
+        if (to_dict(saved.student) != to_dict(cfg.student)
+                or to_dict(saved.teacher) != to_dict(cfg.teacher)):
             raise TrainingError(f"{ckpt_path} was written for a different student/teacher "
                                 "configuration; use another output_dir or drop --resume")
         start_epoch = int(ckpt["epoch"])
@@ -284,9 +286,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     vocabs = load_vocabularies(cfg.data)
     train_set = load_training_set(cfg.data, cfg.loss.cls_label_set, vocabs)
     if train_set is None:
-        raise TrainingError(f"no training images at {Path(cfg.data.root) / cfg.data.train_splits[0]}"
-                            "; run `vl-distill render` first or point data.root at an image "
-                            "folder")
+        first = Path(cfg.data.root) / cfg.data.train_splits[0]
+        raise TrainingError(f"no training images at {first}; run `vl-distill render` first "
+                            "or point data.root at an image folder")
     train_data = train_set.data
     val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
 
