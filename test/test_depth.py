@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from vl_distill_ros.bags.bag_io import (BagError, BagFrame, BagTopics, GroundTruthObject,
                                         is_depth_topic, pair_camera_topics, read_camera_bag,
@@ -254,8 +253,8 @@ def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
     rng = np.random.default_rng(0)
     frames = []
     for i in range(n):
-        objs = [(-0.15 + 0.02 * i, 0.0, 0.08, 0.06, 0.08), (0.15, 0.05 - 0.01 * i, 0.05, 0.07,
-                                                             0.12)]
+        objs = [(-0.15 + 0.02 * i, 0.0, 0.08, 0.06, 0.08),
+                (0.15, 0.05 - 0.01 * i, 0.05, 0.07, 0.12)]
         depth, boxes = render_tabletop(objs, k=k)
         if noisy:
             depth = apply_depth_noise(depth, rng)

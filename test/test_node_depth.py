@@ -9,7 +9,6 @@ encodings and sizes, and a CameraInfo of zeros observable in ``~/labels`` and
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import numpy as np
 import pytest
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -189,6 +187,7 @@ def test_bad_depth_gives_a_camera_diagnostic_and_colour_keeps_working(
         assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth") > 0, 10.0)
         doc = rig.send(f"bad-{problem}", 20, msg, info)
         assert doc["objects"] == []                      # colour-only, still published
+
         def warned():
             st = rig.status()
             return st["level"] == b"\x01" and expected in st["message"]

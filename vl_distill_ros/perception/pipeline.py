@@ -63,8 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..model.bundle import Bundle
 
 __all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "UNKNOWN_LABEL", "ObjectResult",
-           "ActiveVocabulary", "PipelineSettings", "PerceptionPipeline", "PipelineError", "labels_document",
-           "draw_annotations", "rois_from_flat"]
+           "ActiveVocabulary", "PipelineSettings", "PerceptionPipeline", "PipelineError",
+           "labels_document", "draw_annotations", "rois_from_flat"]
 
 #: Valid values of ``crop_source``.
 CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")

@@ -310,9 +310,8 @@ def _merge_boxes(boxes: list[list[float]], iou_thresh: float,
                     x0, y0 = min(a[0], b[0]), min(a[1], b[1])
                     x1 = max(a[0] + a[2], b[0] + b[2])
                     y1 = max(a[1] + a[3], b[1] + b[3])
-                    boxes[i] = [x0, y0, x1 - x0, y1 - y0, *([max(a[4], b[4])]
-                                                             if len(a) > 4 and len(b) > 4
-                                                             else [])]
+                    score = [max(a[4], b[4])] if len(a) > 4 and len(b) > 4 else []
+                    boxes[i] = [x0, y0, x1 - x0, y1 - y0, *score]
                     del boxes[j]
                     changed = True
                     break

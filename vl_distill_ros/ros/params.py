@@ -203,7 +203,8 @@ VOCABULARY_PARAMS = frozenset({"labels", "descriptions", "vocabulary_file"})
 SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",
-                             "proposal_source", "depth_proposal_config", "min_box_size", "unknown_threshold", "seen_bias",
+                             "proposal_source", "depth_proposal_config", "min_box_size",
+                             "unknown_threshold", "seen_bias",
                              "min_similarity", "top_k", "score_temperature",
                              "negative_names"})
 

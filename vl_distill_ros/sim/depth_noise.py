@@ -110,4 +110,3 @@ def apply_depth_noise(depth_m: np.ndarray, rng: np.random.Generator,
         drop |= field < np.quantile(field, noise.hole_frac)
     out[drop] = 0.0
     return out.astype(np.float32)
-
