@@ -329,7 +329,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             raise TrainingError(f"checkpoint {ckpt_path}: cannot restore the optimizer state "
                                 f"({_first_line(exc)}); train without --resume") from None
     loss_fn = DistillLoss(cfg.loss)
-    augment = CropAugment(student.input_spec)
+    augment = CropAugment(student.input_spec, aug=cfg.data.augment)
 
     n = len(train_data)
     local_bs, steps_per_epoch = epoch_plan(n, cfg.optim.batch_size, env.world)
