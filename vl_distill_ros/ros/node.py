@@ -425,7 +425,8 @@ class VlDistillNode(Node):
             return
         depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
-        objects, version = self.pipeline.process(image, depth, k)
+        objects, version = (self.pipeline.process(image) if depth is None
+                            else self.pipeline.process(image, depth, k))
         t1 = time.monotonic()
         if depth is not None:
             cam.depth.record(self.pipeline.last_depth_status)
