@@ -11,8 +11,17 @@ Prints ONE JSON object on stdout (progress goes to stderr): recall, precision, f
 positives, mean best IoU, recall by object size and by label, proposer ms/frame, per bag
 and over all bags. Exit status 2 with a JSON ``error`` object when a bag cannot be read.
 
+With ``--depth`` the bags' registered depth is used too (RGB-D bags from
+``vl-distill make-bag --depth``; depth paired with colour as ``replay-eval`` does) and the
+result has a ``depth`` section with three proposers on the frames that have depth:
+``colour`` (the colour proposer alone), ``depth`` (the depth proposer alone) and ``auto``
+(depth fused with colour, what the node's ``proposal_source: auto`` does), each with
+recall, false positives per frame and ms/frame (``--depth-config`` names a
+``config/depth_proposals.yaml``-style file).
+
     .venv/bin/python bench/proposals_recall.py                   # demo/sample_tabletop
     .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.1
+    .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth
 """
 from __future__ import annotations
 
@@ -165,6 +174,46 @@ def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) 
     return tally
 
 
+def load_rgbd_frames(bag: str | Path, max_frames: int = 0) -> list[tuple]:
+    """``(RGB image, truth, depth m, CameraIntrinsics)`` of every frame with ground truth
+    and depth (paired as ``replay-eval`` pairs them)."""
+    from vl_distill_ros.bags.bag_io import read_camera_bag
+    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+
+    contents = read_camera_bag(bag)
+    frames = []
+    for msg in contents.rgbd_frames(tolerance_ns=20_000_000):
+        objs = contents.objects_for(msg.topic, msg.stamp_ns)
+        if objs is None or msg.depth is None or msg.camera_info is None:
+            continue
+        frames.append((msg.image, [(*o.bbox, o.label) for o in objs], msg.depth,
+                       CameraIntrinsics(*msg.camera_info)))
+        if max_frames and len(frames) >= max_frames:
+            break
+    return frames
+
+
+def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
+                  iou: float = 0.5) -> dict[str, Tally]:
+    """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
+    from vl_distill_ros.perception.depth_proposals import fuse_proposals, propose_depth_boxes
+    from vl_distill_ros.perception.proposals import propose_boxes
+
+    tallies = {name: Tally() for name in ("colour", "depth", "auto")}
+    for image, truth, depth, k in frames:
+        t0 = time.perf_counter()
+        colour = propose_boxes(image, cfg)
+        t1 = time.perf_counter()
+        found = propose_depth_boxes(depth, k, depth_cfg)
+        t2 = time.perf_counter()
+        fused = fuse_proposals(found, colour, depth_cfg, cfg.max_count)
+        t3 = time.perf_counter()
+        tallies["colour"].add(truth, colour, iou, 1000.0 * (t1 - t0))
+        tallies["depth"].add(truth, list(found.boxes), iou, 1000.0 * (t2 - t1))
+        tallies["auto"].add(truth, fused, iou, 1000.0 * (t3 - t0))
+    return tallies
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bags", nargs="+", default=[str(DEFAULT_BAG)],
@@ -177,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=0,
                     help="at most this many frames per bag (0: all)")
     ap.add_argument("--no-labels", action="store_true", help="leave out recall_by_label")
+    ap.add_argument("--depth", action="store_true",
+                    help="also compare colour, depth and fused proposals on frames with depth")
+    ap.add_argument("--depth-config", default=None, metavar="YAML",
+                    help="depth proposer settings (default: DepthProposalConfig defaults)")
     args = ap.parse_args(argv)
 
     from vl_distill_ros.perception.proposals import ProposalConfig
@@ -188,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import cv2
 
+    from vl_distill_ros.perception.depth_proposals import DepthProposalConfig, load_depth_config
+
+    depth_cfg = load_depth_config(args.depth_config) if args.depth_config \
+        else DepthProposalConfig()
+    depth_total = {name: Tally() for name in ("colour", "depth", "auto")}
+    depth_bags: dict[str, Any] = {}
     total = Tally()
     per_bag: dict[str, Any] = {}
     t_start = time.perf_counter()
@@ -207,6 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im, _ in frames})
         per_bag[str(bag)] = {"image_sizes": sizes, **tally.summary(not args.no_labels)}
         total.merge(tally)
+        if args.depth:
+            rgbd = evaluate_rgbd(load_rgbd_frames(bag, args.max_frames), cfg, depth_cfg,
+                                 args.iou)
+            depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
+            for name, t in rgbd.items():
+                depth_total[name].merge(t)
     result = {
         "bench": "proposals_recall",
         "iou_threshold": args.iou,
@@ -216,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             for name, limit in SIZE_BUCKETS},
         "all": total.summary(not args.no_labels),
         "bags": per_bag,
+        **({"depth": {"config": dataclasses.asdict(depth_cfg),
+                      "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()},
+                      "bags": depth_bags}} if args.depth else {}),
         "total_s": round(time.perf_counter() - t_start, 2),
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__,

@@ -91,6 +91,58 @@ class LossConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Photometric and sensor augmentations of training crops, as sim-to-real work uses
+    (all off by default, so existing configs train as before). Probabilities are per crop;
+    ranges are ``[low, high]``, drawn uniformly."""
+
+    #: Largest relative change of each colour channel's gain (0.15: gains in 0.85..1.15).
+    white_balance: float = 0.0
+    #: Largest gamma change (0.3: gamma in 1/1.3..1.3), i.e. under/over-exposure.
+    exposure: float = 0.0
+    #: Probability of a Gaussian blur with sigma in ``blur_sigma`` (pixels of the input size).
+    blur_prob: float = 0.0
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    #: Largest standard deviation of additive Gaussian sensor noise (fraction of full scale).
+    noise_sigma: float = 0.0
+    #: Probability of JPEG re-encoding at a quality in ``jpeg_quality``.
+    jpeg_prob: float = 0.0
+    jpeg_quality: list[int] = field(default_factory=lambda: [30, 90])
+    #: Probability of a loose crop: the image is padded (edge pixels) by up to ``loose_pad``
+    #: of its size on each side before cropping, so the object fills less of the crop.
+    loose_prob: float = 0.0
+    loose_pad: float = 0.3
+    #: Probability of a cut crop: a crop of ``cut_scale`` of the area that cuts part of
+    #: the object off, as a proposal box that misses part of it.
+    cut_prob: float = 0.0
+    cut_scale: list[float] = field(default_factory=lambda: [0.3, 0.6])
+
+    def __post_init__(self) -> None:
+        for name in ("blur_prob", "jpeg_prob", "loose_prob", "cut_prob"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ConfigError(f"data.augment.{name} must be in [0, 1], got "
+                                  f"{getattr(self, name)}")
+        for name, hi in (("white_balance", 0.9), ("exposure", 2.0), ("noise_sigma", 0.5),
+                         ("loose_pad", 1.0)):
+            if not 0.0 <= float(getattr(self, name)) <= hi:
+                raise ConfigError(f"data.augment.{name} must be in [0, {hi}], got "
+                                  f"{getattr(self, name)}")
+        for name, lo, hi in (("blur_sigma", 0.0, 10.0), ("jpeg_quality", 1, 100),
+                             ("cut_scale", 0.05, 1.0)):
+            value = list(getattr(self, name))
+            if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
+                raise ConfigError(f"data.augment.{name} must be [low, high] with "
+                                  f"{lo} <= low <= high <= {hi}, got {value}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return any(float(getattr(self, n)) > 0 for n in (
+            "white_balance", "exposure", "blur_prob", "noise_sigma", "jpeg_prob", "loose_prob",
+            "cut_prob"))
+
+
+@dataclass
 class DataConfig:
     """Where images, vocabulary and split come from."""
 
@@ -113,6 +165,8 @@ class DataConfig:
     #: Broad text vocabulary of L_vl-kl: ``imagenet`` (the 1000 ImageNet class names that
     #: ship with open_clip), a vocabulary YAML path, or empty (none).
     broad_vocabulary: str = ""
+    #: Photometric and sensor augmentations of the training crops (off by default).
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

@@ -66,10 +66,12 @@ __all__ = [
     "BagError", "BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RawMessage",
     "BagContents", "write_camera_bag", "read_camera_bag", "iter_raw_messages",
     "read_ground_truth_sidecar", "write_ground_truth_sidecar", "ground_truth_document",
-    "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS",
+    "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS", "CAMERA_INFO_TYPE",
+    "RGBDFrame", "is_depth_topic", "pair_camera_topics", "camera_info_k",
 ]
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 STRING_TYPE = "std_msgs/msg/String"
 #: Storage plugins :func:`write_camera_bag` can write.
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
@@ -93,6 +95,12 @@ class BagTopics:
     ground_truth: str = "/ground_truth"
     camera_frame_id: str = "camera_color_optical_frame"
     hand_frame_id: str = "hand_camera_color_optical_frame"
+    #: Registered depth (16UC1, mm) and the colour camera's CameraInfo of each camera;
+    #: written only for frames that carry depth. Depth shares the colour frame id.
+    depth: str = "/camera/depth/image_raw"
+    camera_info: str = "/camera/camera_info"
+    hand_depth: str = "/hand_camera/depth/image_raw"
+    hand_camera_info: str = "/hand_camera/camera_info"
 
 
 class GroundTruthObject(NamedTuple):
@@ -117,6 +125,13 @@ class BagFrame:
     objects: Sequence[GroundTruthObject] = ()
     hand_image: np.ndarray | None = None
     hand_objects: Sequence[GroundTruthObject] = ()
+    #: Optional registered depth of the main image: ``(H, W)`` float metres (0 = none) or
+    #: uint16 millimetres; written as 16UC1 with a CameraInfo from ``intrinsics``.
+    depth: np.ndarray | None = None
+    #: ``(fx, fy, cx, cy)`` of the main camera (needed with ``depth``).
+    intrinsics: tuple[float, float, float, float] | None = None
+    hand_depth: np.ndarray | None = None
+    hand_intrinsics: tuple[float, float, float, float] | None = None
 
 
 class ImageMessage(NamedTuple):
@@ -132,6 +147,24 @@ class ImageMessage(NamedTuple):
     encoding: str
     #: ``(H, W, 3)`` uint8 RGB.
     image: np.ndarray
+
+
+class RGBDFrame(NamedTuple):
+    """One decoded colour image with its depth partner, read by :meth:`BagContents.rgbd_frames`."""
+
+    topic: str
+    stamp_ns: int
+    log_time_ns: int
+    frame_id: str
+    encoding: str
+    #: ``(H, W, 3)`` uint8 RGB.
+    image: np.ndarray
+    #: ``(H, W)`` float32 metres (0 = no measurement), or ``None`` (no partner, or bad).
+    depth: np.ndarray | None = None
+    #: ``(fx, fy, cx, cy, width, height)`` from the paired CameraInfo (unchecked), or None.
+    camera_info: tuple[float, float, float, float, int, int] | None = None
+    #: Why there is no depth ("" when paired, or when the camera has no depth topic).
+    depth_note: str = ""
 
 
 class RawMessage(NamedTuple):
@@ -197,6 +230,81 @@ def _image_msg(store: Any, image: np.ndarray, stamp_ns: int, frame_id: str) -> A
                              data=np.frombuffer(data, dtype=np.uint8))
 
 
+def _header(store: Any, stamp_ns: int, frame_id: str) -> Any:
+    sec, nanosec = ns_to_stamp(stamp_ns)
+    types = store.types
+    return types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def _depth_msg(store: Any, depth: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
+    from vl_distill_ros.perception.image_codec import encode_depth_mm
+
+    try:
+        encoding, height, width, step, data = encode_depth_mm(depth)
+    except ValueError as exc:
+        raise BagError(f"cannot write depth: {exc}") from None
+    return store.types[IMAGE_TYPE](header=_header(store, stamp_ns, frame_id), height=height,
+                                   width=width, encoding=encoding, is_bigendian=0, step=step,
+                                   data=np.frombuffer(data, dtype=np.uint8))
+
+
+def _camera_info_msg(store: Any, intrinsics: Sequence[float], width: int, height: int,
+                     stamp_ns: int, frame_id: str) -> Any:
+    """A distortion-free ``sensor_msgs/CameraInfo`` (plumb_bob, zero D, identity R)."""
+    if intrinsics is None or len(intrinsics) != 4:
+        raise BagError(f"a frame with depth needs its intrinsics (fx, fy, cx, cy), got "
+                       f"{intrinsics!r}")
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    types = store.types
+    roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                    do_rectify=False)
+    return types[CAMERA_INFO_TYPE](
+        header=_header(store, stamp_ns, frame_id), height=int(height), width=int(width),
+        distortion_model="plumb_bob", d=np.zeros(5),
+        k=np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]),
+        r=np.array([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]),
+        p=np.array([fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        binning_x=0, binning_y=0, roi=roi)
+
+
+def camera_info_k(msg: Any) -> tuple[float, float, float, float, int, int]:
+    """``(fx, fy, cx, cy, width, height)`` of a deserialised ``sensor_msgs/CameraInfo``
+    (its ``k`` matrix, row-major 3x3), unchecked."""
+    k = [float(v) for v in msg.k]
+    return k[0], k[4], k[2], k[5], int(msg.width), int(msg.height)
+
+
+def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: BagFrame,
+                 i: int) -> None:
+    """Write one frame's messages: per camera (main, then hand) its CameraInfo and depth
+    when it has depth, its image and its ground truth; ``conn(topic, type)`` gives the
+    writer connection of a topic."""
+    stamp = int(frame.stamp_ns)
+    views = [(topics.camera, topics.camera_frame_id, frame.image, frame.objects,
+              frame.depth, frame.intrinsics, topics.depth, topics.camera_info)]
+    if frame.hand_image is not None:
+        views.append((topics.hand_camera, topics.hand_frame_id, frame.hand_image,
+                      frame.hand_objects, frame.hand_depth, frame.hand_intrinsics,
+                      topics.hand_depth, topics.hand_camera_info))
+    for topic, frame_id, image, objects, depth, k, d_topic, i_topic in views:
+        if depth is not None:
+            if np.shape(depth)[:2] != np.shape(image)[:2]:
+                raise BagError(f"frame {i}: depth of shape {np.shape(depth)} is not "
+                               f"registered to the {np.shape(image)[:2]} image")
+            info = _camera_info_msg(store, k, image.shape[1], image.shape[0], stamp, frame_id)
+            writer.write(conn(i_topic, CAMERA_INFO_TYPE), stamp,
+                         store.serialize_cdr(info, CAMERA_INFO_TYPE))
+            dmsg = _depth_msg(store, depth, stamp, frame_id)
+            writer.write(conn(d_topic, IMAGE_TYPE), stamp, store.serialize_cdr(dmsg, IMAGE_TYPE))
+        msg = _image_msg(store, image, stamp, frame_id)
+        writer.write(conn(topic, IMAGE_TYPE), stamp, store.serialize_cdr(msg, IMAGE_TYPE))
+        doc = ground_truth_document(stamp, frame_id, topic, objects)
+        text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
+        writer.write(conn(topics.ground_truth, STRING_TYPE), stamp,
+                     store.serialize_cdr(text, STRING_TYPE))
+
+
 def _check_out_path(out: Path, overwrite: bool) -> None:
     if out.exists() or out.is_symlink():
         if not overwrite:
@@ -214,7 +322,10 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
     Each frame gives an ``Image`` on ``topics.camera`` and a ground-truth ``String`` on
     ``topics.ground_truth`` (same stamp, written after the image); a frame with a
     ``hand_image`` adds an ``Image`` on ``topics.hand_camera`` and its own ground-truth
-    document. ``frames`` may be a generator: frames are written as they come.
+    document. A frame with ``depth`` (``hand_depth``) adds, written just before its colour
+    image and with the same stamp, a ``CameraInfo`` on ``topics.camera_info``
+    (``hand_camera_info``) and a 16UC1 depth ``Image`` in millimetres on ``topics.depth``
+    (``hand_depth``). ``frames`` may be a generator: frames are written as they come.
 
     The bag is written into a hidden temporary sibling folder and renamed to ``path`` only
     when complete, so a half-written bag never sits at ``path``. An existing bag at ``path``
@@ -235,7 +346,8 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
         raise BagError(f"unknown storage {storage!r}; choose one of {list(STORAGES)}")
     if compression not in COMPRESSIONS:
         raise BagError(f"unknown compression {compression!r}; choose one of {list(COMPRESSIONS)}")
-    for name in (topics.camera, topics.hand_camera, topics.ground_truth):
+    for name in (topics.camera, topics.hand_camera, topics.ground_truth, topics.depth,
+                 topics.camera_info, topics.hand_depth, topics.hand_camera_info):
         if not name.startswith("/") or " " in name:
             raise BagError(f"topic {name!r} must be an absolute ROS topic name")
     from rosbags.rosbag2 import Writer
@@ -256,9 +368,15 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
                 CompressionMode.STORAGE if storage == "mcap" else CompressionMode.MESSAGE,
                 CompressionFormat.ZSTD)
         with writer:
-            cam = writer.add_connection(topics.camera, IMAGE_TYPE, typestore=store)
-            gt = writer.add_connection(topics.ground_truth, STRING_TYPE, typestore=store)
-            hand = None
+            conns: dict[str, Any] = {}
+
+            def conn(topic: str, msgtype: str) -> Any:
+                if topic not in conns:
+                    conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+                return conns[topic]
+
+            conn(topics.camera, IMAGE_TYPE)
+            conn(topics.ground_truth, STRING_TYPE)
             last = -1
             for i, frame in enumerate(frames):
                 stamp = int(frame.stamp_ns)
@@ -266,20 +384,7 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
                     raise BagError(f"frame {i}: stamp {stamp} ns is negative or earlier than "
                                    f"the previous frame's ({last} ns)")
                 last = stamp
-                views = [(cam, topics.camera, topics.camera_frame_id, frame.image,
-                          frame.objects)]
-                if frame.hand_image is not None:
-                    if hand is None:
-                        hand = writer.add_connection(topics.hand_camera, IMAGE_TYPE,
-                                                     typestore=store)
-                    views.append((hand, topics.hand_camera, topics.hand_frame_id,
-                                  frame.hand_image, frame.hand_objects))
-                for conn, topic, frame_id, image, objects in views:
-                    msg = _image_msg(store, image, stamp, frame_id)
-                    writer.write(conn, stamp, store.serialize_cdr(msg, IMAGE_TYPE))
-                    doc = ground_truth_document(stamp, frame_id, topic, objects)
-                    text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
-                    writer.write(gt, stamp, store.serialize_cdr(text, STRING_TYPE))
+                _write_frame(writer, conn, store, topics, frame, i)
         replace_dir(bag_dir, out)  # an existing bag there is moved aside, then deleted
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -458,7 +563,7 @@ class BagContents:
     topics: dict[str, str]
     #: Message count of every topic.
     message_counts: dict[str, int]
-    #: Topics of type ``sensor_msgs/msg/Image``, sorted.
+    #: Colour camera topics: ``sensor_msgs/msg/Image`` topics that are not depth, sorted.
     image_topics: list[str]
     #: Ground truth: ``{(camera topic, header stamp ns): objects}``.
     ground_truth: dict[tuple[str, int], list[GroundTruthObject]] = field(default_factory=dict)
@@ -467,6 +572,11 @@ class BagContents:
     #: First and last message time (ns); 0 for an empty bag.
     start_ns: int = 0
     end_ns: int = 0
+    #: Registered depth topic of each colour topic that has one (see
+    #: :func:`pair_camera_topics`).
+    depth_topics: dict[str, str] = field(default_factory=dict)
+    #: CameraInfo topic of each colour topic that has one.
+    camera_info_topics: dict[str, str] = field(default_factory=dict)
 
     def objects_for(self, topic: str, stamp_ns: int) -> list[GroundTruthObject] | None:
         """Ground-truth objects of the image on ``topic`` stamped ``stamp_ns`` (``None`` if
@@ -479,33 +589,195 @@ class BagContents:
         Raises :class:`BagError` on an image that cannot be decoded (the message names the
         topic and time) or a storage read error.
         """
-        from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
-
         wanted = list(self.image_topics if topics is None else topics)
         bad = [t for t in wanted if t not in self.image_topics]
         if bad:
             raise BagError(f"{self.path}: {bad} are not image topics; image topics: "
                            f"{self.image_topics}")
-        store = _typestore()
         for raw in iter_raw_messages(self.path, wanted):
-            try:
-                msg = store.deserialize_cdr(raw.data, IMAGE_TYPE)
-            except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
-                raise BagError(f"{self.path}: cannot deserialise the image on {raw.topic} at "
-                               f"{raw.timestamp_ns} ns: {exc}") from None
-            try:
-                image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                     msg.is_bigendian)
-            except ImageDecodeError as exc:
-                raise BagError(f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns: "
-                               f"{exc}") from None
-            yield ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
-                                                      msg.header.stamp.nanosec),
-                               raw.timestamp_ns, msg.header.frame_id, msg.encoding, image)
+            yield self._decode(raw)
+
+    def rgbd_frames(self, topics: Sequence[str] | None = None, tolerance_ns: int = 0,
+                    capacity: int = 30) -> Iterator[RGBDFrame]:
+        """Decoded colour images of ``topics`` (default: all) in bag-time order, each with its
+        depth partner: the depth image (and CameraInfo) of the same stamp, or the nearest
+        within ``tolerance_ns`` (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`,
+        ``capacity`` messages per stream). A colour image waits for its partner until a
+        message ``tolerance_ns`` later in bag time was read (at most ``capacity`` images
+        wait); then it comes without depth and :attr:`RGBDFrame.depth_note` says why. An
+        undecodable depth image or a camera without CameraInfo gives a note, not an error.
+
+        Raises:
+            BagError: unknown topics, an undecodable colour image or a storage read error.
+        """
+        from vl_distill_ros.perception.stamp_sync import StampBuffer
+
+        wanted = list(self.image_topics if topics is None else topics)
+        bad = [t for t in wanted if t not in self.image_topics]
+        if bad:
+            raise BagError(f"{self.path}: {bad} are not colour image topics; colour topics: "
+                           f"{self.image_topics}")
+        role = {t: ("colour", t) for t in wanted}
+        buffers: dict[tuple[str, str], StampBuffer] = {}
+        for colour in wanted:
+            for kind, table in (("depth", self.depth_topics),
+                                ("info", self.camera_info_topics)):
+                if colour in table:
+                    role[table[colour]] = (kind, colour)
+                    buffers[(kind, colour)] = StampBuffer(tolerance_ns, capacity)
+        pending: list[tuple[RawMessage, int]] = []
+        for raw in iter_raw_messages(self.path, list(role)):
+            kind, colour = role[raw.topic]
+            if kind == "colour":
+                pending.append((raw, _header_stamp(raw.data, self.path, raw.topic)))
+            else:
+                buffers[(kind, colour)].add(_header_stamp(raw.data, self.path, raw.topic),
+                                            raw.data)
+            while pending:
+                first, stamp = pending[0]
+                partner = self._partner(first.topic, stamp, buffers)
+                late = raw.timestamp_ns > first.timestamp_ns + tolerance_ns
+                if partner is None and not late and len(pending) <= capacity:
+                    break
+                pending.pop(0)
+                yield self._rgbd(first, stamp, partner)
+        for first, stamp in pending:
+            yield self._rgbd(first, stamp, self._partner(first.topic, stamp, buffers))
+
+    def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | None:
+        """``(depth CDR or None, info CDR or None)`` once every partner of the colour image is
+        there; ``None`` while one is missing. ``(None, None)``: the camera has no depth."""
+        if ("depth", colour) not in buffers:
+            return (None, None)
+        depth = buffers[("depth", colour)].match(stamp)
+        info = buffers[("info", colour)].match(stamp) if ("info", colour) in buffers \
+            else (0, None)
+        if depth is None or info is None:
+            return None
+        return depth[1], info[1]
+
+    def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None) -> RGBDFrame:
+        from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_depth
+
+        img = self._decode(raw)
+        if raw.topic not in self.depth_topics:
+            return RGBDFrame(*img)
+        if partner is None:
+            return RGBDFrame(*img, depth_note="no depth image within the tolerance")
+        depth_cdr, info_cdr = partner
+        if info_cdr is None:
+            return RGBDFrame(*img, depth_note=f"no CameraInfo for {raw.topic}")
+        store = _typestore()
+        try:
+            dmsg = store.deserialize_cdr(depth_cdr, IMAGE_TYPE)
+            depth = decode_depth(dmsg.encoding, dmsg.height, dmsg.width, dmsg.step, dmsg.data,
+                                 dmsg.is_bigendian)
+            info = camera_info_k(store.deserialize_cdr(info_cdr, CAMERA_INFO_TYPE))
+        except ImageDecodeError as exc:
+            return RGBDFrame(*img, depth_note=f"bad depth image: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
+            return RGBDFrame(*img, depth_note=f"unreadable depth or CameraInfo: {exc}")
+        return RGBDFrame(*img, depth=depth, camera_info=info)
+
+    def _decode(self, raw: RawMessage) -> ImageMessage:
+        from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
+
+        try:
+            msg = _typestore().deserialize_cdr(raw.data, IMAGE_TYPE)
+        except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
+            raise BagError(f"{self.path}: cannot deserialise the image on {raw.topic} at "
+                           f"{raw.timestamp_ns} ns: {exc}") from None
+        try:
+            image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                 msg.is_bigendian)
+        except ImageDecodeError as exc:
+            raise BagError(f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns: "
+                           f"{exc}") from None
+        return ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
+                                                   msg.header.stamp.nanosec),
+                            raw.timestamp_ns, msg.header.frame_id, msg.encoding, image)
+
+
+def _header_stamp(data: bytes, path: Path, topic: str) -> int:
+    """``header.stamp`` (ns) of a serialised message that starts with a Header."""
+    import struct
+
+    if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1, 2, 3):
+        raise BagError(f"{path}: a message on {topic} is not CDR with a header (corrupt bag)")
+    sec, nanosec = struct.unpack_from("<iI" if data[1] & 1 else ">iI", data, 4)
+    return int(sec) * 1_000_000_000 + int(nanosec)
+
+
+_COLOUR_SEGMENTS = ("color", "colour", "rgb")
+
+
+def is_depth_topic(topic: str) -> bool:
+    """Whether ``topic`` is a depth image by name: a segment of it contains ``depth``
+    (``/camera/depth/image_raw``, ``/camera/aligned_depth_to_color/image_raw``,
+    ``/camera/depth_registered/image_rect``)."""
+    return any("depth" in seg.lower() for seg in topic.strip("/").split("/"))
+
+
+def _camera_namespace(topic: str) -> str:
+    """The camera a topic belongs to: the segments before the first ``*depth*`` segment, or
+    the parent namespace without a trailing ``color``/``rgb`` segment."""
+    segs = topic.strip("/").split("/")
+    for i, seg in enumerate(segs):
+        if "depth" in seg.lower():
+            return "/" + "/".join(segs[:i])
+    segs = segs[:-1]
+    if segs and segs[-1].lower() in _COLOUR_SEGMENTS:
+        segs = segs[:-1]
+    return "/" + "/".join(segs)
+
+
+def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = None,
+                       camera_info: dict[str, str] | None = None
+                       ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Split a bag's topics (``{topic: msgtype}``) into colour cameras and their depth and
+    CameraInfo partners.
+
+    By convention (the layout of RealSense, Azure Kinect and OpenNI drivers and of
+    ``make-bag --depth``) an image topic is depth when :func:`is_depth_topic`; it belongs to
+    the colour topic of the same camera namespace (``/camera/depth/image_raw`` and
+    ``/camera/aligned_depth_to_color/image_raw`` to ``/camera/image_raw`` or
+    ``/camera/color/image_raw``), as does a non-depth ``CameraInfo`` topic
+    (``/camera/camera_info``, ``/camera/color/camera_info``). ``depth`` and ``camera_info``
+    (``{colour topic: topic}``) override the convention; their topics are never colour.
+
+    Returns:
+        ``(colour topics sorted, {colour: depth topic}, {colour: camera_info topic})``.
+
+    Raises:
+        BagError: an override names a missing topic or one of the wrong type.
+    """
+    depth, camera_info = dict(depth or {}), dict(camera_info or {})
+    for table, kind in ((depth, IMAGE_TYPE), (camera_info, CAMERA_INFO_TYPE)):
+        for colour, other in table.items():
+            for t, want in ((colour, IMAGE_TYPE), (other, kind)):
+                if topics.get(t) != want:
+                    raise BagError(f"topic {t} is not a {want} topic of the bag (its topics: "
+                                   f"{sorted(topics)})")
+    chosen = set(depth.values()) | set(camera_info.values())
+    images = [t for t, ty in topics.items() if ty == IMAGE_TYPE and t not in chosen]
+    colour = sorted(t for t in images if not is_depth_topic(t))
+    by_ns: dict[str, list[str]] = {}
+    for t in colour:
+        by_ns.setdefault(_camera_namespace(t), []).append(t)
+    conventional = [(t, depth) for t in images if is_depth_topic(t)]
+    conventional += [(t, camera_info) for t, ty in topics.items()
+                     if ty == CAMERA_INFO_TYPE and not is_depth_topic(t) and t not in chosen]
+    for t, table in conventional:
+        owners = by_ns.get(_camera_namespace(t), [])
+        if len(owners) == 1 and owners[0] not in table:
+            table[owners[0]] = t
+    return colour, depth, camera_info
 
 
 def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
-                    ground_truth_topic: str = BagTopics.ground_truth) -> BagContents:
+                    ground_truth_topic: str = BagTopics.ground_truth,
+                    depth_topics: dict[str, str] | None = None,
+                    camera_info_topics: dict[str, str] | None = None) -> BagContents:
     """Open a camera bag: topics, message counts, image topics and ground truth.
 
     Args:
@@ -515,6 +787,9 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
             docstring); when given it is used instead of the bag's ground-truth topic.
         ground_truth_topic: the ``std_msgs/msg/String`` topic holding ground-truth documents
             in the ``~/labels`` schema (read when present and no sidecar is given).
+        depth_topics, camera_info_topics: ``{colour topic: topic}`` pairings that override
+            the naming convention of :func:`pair_camera_topics`. Depth topics are never
+            listed in :attr:`BagContents.image_topics`.
 
     Raises:
         BagError: missing path, not a bag, corrupt metadata or storage, no image topic, an
@@ -531,14 +806,16 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
         start, end = (reader.start_time, reader.end_time) if reader.message_count else (0, 0)
     finally:
         reader.close()
-    image_topics = sorted(t for t, ty in topics.items() if ty == IMAGE_TYPE)
+    image_topics, depth_of, info_of = pair_camera_topics(topics, depth_topics,
+                                                         camera_info_topics)
     if not image_topics:
         listing = ", ".join(f"{t} ({ty})" for t, ty in sorted(topics.items())) or "none"
-        raise BagError(f"{path} has no image topics (sensor_msgs/msg/Image); its topics: "
-                       f"{listing}")
+        raise BagError(f"{path} has no image topics (sensor_msgs/msg/Image, depth aside); its "
+                       f"topics: {listing}")
     contents = BagContents(path=path, storage=storage, topics=topics, message_counts=counts,
                            image_topics=image_topics, start_ns=int(start),
-                           end_ns=int(max(end - 1, start)) if end else 0)
+                           end_ns=int(max(end - 1, start)) if end else 0,
+                           depth_topics=depth_of, camera_info_topics=info_of)
     if ground_truth is not None:
         contents.ground_truth = read_ground_truth_sidecar(ground_truth)
         contents.ground_truth_source = "sidecar"

@@ -41,6 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(sqlite3); none: raw (default: %(default)s)")
     p.add_argument("--hand-camera", action="store_true",
                    help="also write a close-up hand camera on /hand_camera/image_raw")
+    p.add_argument("--depth", action="store_true",
+                   help="also write registered metric depth (16UC1, millimetres) on "
+                        "/camera/depth/image_raw and the colour camera's "
+                        "sensor_msgs/CameraInfo on /camera/camera_info, same stamps as the "
+                        "colour images (and /hand_camera/... with --hand-camera)")
+    p.add_argument("--depth-noise", choices=("sensor", "none"), default="sensor",
+                   help="with --depth: 'sensor' adds a RealSense-like noise model (axial noise, "
+                        "disparity quantisation, flying pixels at edges, holes and projector "
+                        "shadows as zeros); 'none' keeps the exact depth, rounded to mm "
+                        "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (non-negative; default: %(default)s)")
     p.add_argument("--models-dir", default=None,
@@ -111,105 +121,109 @@ def _object_pool(spec: str, split_path: str) -> list[str]:
     return keys
 
 
-def run(args: argparse.Namespace) -> int:
-    """Render and write the bag; 0 on success, 2 on a usage, models or data problem."""
-    import time
-    import zlib
+def _setup(args: argparse.Namespace):
+    """Validated ``(SceneSpec, pool, {key: label name}, open SceneRenderer)``.
+
+    Raises:
+        _UsageError, RenderError, VocabularyError: bad options, models or vocabulary.
+    """
     from pathlib import Path
 
-    import numpy as np
-
-    from ..bags.bag_io import (BagError, BagFrame, BagTopics, GroundTruthObject,
-                               write_camera_bag, write_ground_truth_sidecar)
+    from ..model.vocabulary import Vocabulary
     from ..sim.render import RenderError, default_models_dir, find_models
-    from ..sim.scene import SceneRenderer, SceneSpec, render_scene
-    from ..model.vocabulary import Vocabulary, VocabularyError
+    from ..sim.scene import SceneRenderer, SceneSpec
 
-    prog = "vl-distill make-bag"
-    try:
-        if args.frames < 1:
-            raise _UsageError(f"--frames must be >= 1, got {args.frames}")
-        if not args.fps > 0:
-            raise _UsageError(f"--fps must be positive, got {args.fps}")
-        if args.seed < 0:
-            raise _UsageError(f"--seed must be non-negative, got {args.seed}")
-        if args.start_time < 0:
-            raise _UsageError(f"--start-time must be non-negative, got {args.start_time}")
-        if Path(args.out).expanduser().exists() and not args.overwrite:
-            raise _UsageError(f"{args.out} exists already; choose another --out or pass "
-                              "--overwrite to replace the bag there")
-        per_scene = _parse_range(args.objects_per_scene, "--objects-per-scene")
-        noise = _parse_range(args.noise_sigma, "--noise-sigma", cast=float, sep=",")
-        if noise[0] < 0:
-            raise _UsageError(f"--noise-sigma must be >= 0, got {args.noise_sigma!r}")
-        distance = _parse_range(args.camera_distance, "--camera-distance", cast=float, sep=",")
-        spec = SceneSpec(width=args.width, height=args.height, objects_per_scene=per_scene,
-                         hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
-                         hand_height=args.hand_height, noise_sigma=noise, distance_m=distance)
-        spec.validate()
-        models_dir = args.models_dir or default_models_dir()
-        find_models(models_dir)  # before the vocabulary: without models nothing works
-        pool = _object_pool(args.objects, args.split)
-        vocab = Vocabulary.load(args.vocabulary)
-        names = {}
-        for key in pool:
-            try:
-                names[key] = vocab.labels[vocab.index(key)].name
-            except KeyError:
-                raise _UsageError(f"object {key!r} is not in the vocabulary {args.vocabulary}; "
-                                  "every object needs a label name") from None
-        renderer = SceneRenderer(models_dir)
+    if args.frames < 1:
+        raise _UsageError(f"--frames must be >= 1, got {args.frames}")
+    if not args.fps > 0:
+        raise _UsageError(f"--fps must be positive, got {args.fps}")
+    if args.seed < 0:
+        raise _UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.start_time < 0:
+        raise _UsageError(f"--start-time must be non-negative, got {args.start_time}")
+    if Path(args.out).expanduser().exists() and not args.overwrite:
+        raise _UsageError(f"{args.out} exists already; choose another --out or pass "
+                          "--overwrite to replace the bag there")
+    per_scene = _parse_range(args.objects_per_scene, "--objects-per-scene")
+    noise = _parse_range(args.noise_sigma, "--noise-sigma", cast=float, sep=",")
+    if noise[0] < 0:
+        raise _UsageError(f"--noise-sigma must be >= 0, got {args.noise_sigma!r}")
+    distance = _parse_range(args.camera_distance, "--camera-distance", cast=float, sep=",")
+    spec = SceneSpec(width=args.width, height=args.height, objects_per_scene=per_scene,
+                     hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
+                     hand_height=args.hand_height, noise_sigma=noise, distance_m=distance,
+                     depth=bool(getattr(args, "depth", False)))
+    spec.validate()
+    models_dir = args.models_dir or default_models_dir()
+    find_models(models_dir)  # before the vocabulary: without models nothing works
+    pool = _object_pool(args.objects, args.split)
+    vocab = Vocabulary.load(args.vocabulary)
+    names = {}
+    for key in pool:
         try:
-            renderer.check_keys(pool)
-        except RenderError:
-            renderer.close()
-            raise
-    except (_UsageError, RenderError, VocabularyError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+            names[key] = vocab.labels[vocab.index(key)].name
+        except KeyError:
+            raise _UsageError(f"object {key!r} is not in the vocabulary {args.vocabulary}; "
+                              "every object needs a label name") from None
+    renderer = SceneRenderer(models_dir)
+    try:
+        renderer.check_keys(pool)
+    except RenderError:
+        renderer.close()
+        raise
+    return spec, pool, names, renderer
 
+
+def _frames(args: argparse.Namespace, renderer, pool, names, spec, topics, stats, sidecar):
+    """Render the frames as :class:`~vl_distill_ros.bags.bag_io.BagFrame` objects, counting
+    into ``stats`` and collecting the sidecar entries."""
+    import zlib
+
+    import numpy as np
     from tqdm import tqdm
 
-    topics = BagTopics()
+    from ..bags.bag_io import BagFrame, GroundTruthObject
+    from ..sim.depth_noise import NOISE_MODELS, apply_depth_noise
+    from ..sim.scene import render_scene
+
     start_ns = int(round(args.start_time * 1e9))
     period_ns = 1e9 / args.fps
-    stats = {"images": 0, "hand": 0, "objects": 0, "hidden": 0, "labels": {}}
-    sidecar: list = []
-    started = time.perf_counter()
+    noise = NOISE_MODELS[getattr(args, "depth_noise", "none")]
+    with tqdm(total=args.frames, disable=args.no_progress, unit="frame",
+              desc="make-bag") as bar:
+        for i in range(args.frames):
+            rng = np.random.default_rng(np.random.SeedSequence(
+                [int(args.seed), zlib.crc32(b"make-bag"), i]))
+            scene = render_scene(renderer, pool, rng, spec)
+            stamp = start_ns + int(round(i * period_ns))
+            objs = [GroundTruthObject(o.bbox, names[o.key], o.key) for o in scene.objects]
+            hand = [GroundTruthObject(o.bbox, names[o.key], o.key) for o in scene.hand_objects]
+            stats["images"] += 1
+            stats["objects"] += len(objs)
+            stats["hidden"] += len(scene.meta["placed"]) - len(objs)
+            for o in objs:
+                stats["labels"][o.label] = stats["labels"].get(o.label, 0) + 1
+            sidecar.append((topics.camera, stamp, objs))
+            if scene.hand_image is not None:
+                stats["hand"] += 1
+                sidecar.append((topics.hand_camera, stamp, hand))
+            depth, hand_depth = scene.depth, scene.hand_depth
+            if noise is not None:  # its own generator: colour stays as without depth
+                depth_rng = np.random.default_rng(np.random.SeedSequence(
+                    [int(args.seed), zlib.crc32(b"make-bag-depth"), i]))
+                depth = apply_depth_noise(depth, depth_rng, noise) if depth is not None \
+                    else None
+                hand_depth = apply_depth_noise(hand_depth, depth_rng, noise) \
+                    if hand_depth is not None else None
+            bar.update(1)
+            yield BagFrame(stamp, scene.image, objs, scene.hand_image, hand, depth=depth,
+                           intrinsics=scene.intrinsics, hand_depth=hand_depth,
+                           hand_intrinsics=scene.hand_intrinsics)
 
-    def frames():
-        with tqdm(total=args.frames, disable=args.no_progress, unit="frame",
-                  desc="make-bag") as bar:
-            for i in range(args.frames):
-                rng = np.random.default_rng(np.random.SeedSequence(
-                    [int(args.seed), zlib.crc32(b"make-bag"), i]))
-                scene = render_scene(renderer, pool, rng, spec)
-                stamp = start_ns + int(round(i * period_ns))
-                objs = [GroundTruthObject(o.bbox, names[o.key], o.key) for o in scene.objects]
-                hand = [GroundTruthObject(o.bbox, names[o.key], o.key)
-                        for o in scene.hand_objects]
-                stats["images"] += 1
-                stats["objects"] += len(objs)
-                stats["hidden"] += len(scene.meta["placed"]) - len(objs)
-                for o in objs:
-                    stats["labels"][o.label] = stats["labels"].get(o.label, 0) + 1
-                sidecar.append((topics.camera, stamp, objs))
-                if scene.hand_image is not None:
-                    stats["hand"] += 1
-                    sidecar.append((topics.hand_camera, stamp, hand))
-                bar.update(1)
-                yield BagFrame(stamp, scene.image, objs, scene.hand_image, hand)
 
-    try:
-        with renderer:
-            out = write_camera_bag(args.out, frames(), storage=args.storage, topics=topics,
-                                   compression=args.compression, overwrite=args.overwrite)
-        if args.sidecar:
-            write_ground_truth_sidecar(args.sidecar, sidecar)
-    except (RenderError, BagError, OSError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    elapsed = time.perf_counter() - started
+def _summary(args: argparse.Namespace, out, topics, stats: dict, elapsed: float) -> None:
+    from pathlib import Path
+
     size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
     n = stats["images"]
     print(f"[make-bag] wrote {out} ({args.storage}, compression {args.compression}, "
@@ -218,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
           f"({args.width}x{args.height})"
           + (f", {stats['hand']} on {topics.hand_camera} ({args.hand_width}x"
              f"{args.hand_height})" if stats["hand"] else "")
+          + (f"; depth on {topics.depth} (noise model {args.depth_noise}), CameraInfo on "
+             f"{topics.camera_info}" if getattr(args, "depth", False) else "")
           + f"; ground truth on {topics.ground_truth}")
     common = sorted(stats["labels"].items(), key=lambda kv: (-kv[1], kv[0]))[:8]
     print(f"[make-bag] {stats['objects']} labelled objects ({stats['objects'] / max(n, 1):.1f} "
@@ -225,4 +241,35 @@ def run(args: argparse.Namespace) -> int:
           f"most common: {', '.join(f'{k} x{v}' for k, v in common)}")
     if args.sidecar:
         print(f"[make-bag] ground-truth sidecar: {args.sidecar}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render and write the bag; 0 on success, 2 on a usage, models or data problem."""
+    import time
+
+    from ..bags.bag_io import BagError, BagTopics, write_camera_bag, write_ground_truth_sidecar
+    from ..model.vocabulary import VocabularyError
+    from ..sim.render import RenderError
+
+    prog = "vl-distill make-bag"
+    try:
+        spec, pool, names, renderer = _setup(args)
+    except (_UsageError, RenderError, VocabularyError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    topics = BagTopics()
+    stats = {"images": 0, "hand": 0, "objects": 0, "hidden": 0, "labels": {}}
+    sidecar: list = []
+    started = time.perf_counter()
+    try:
+        with renderer:
+            frames = _frames(args, renderer, pool, names, spec, topics, stats, sidecar)
+            out = write_camera_bag(args.out, frames, storage=args.storage, topics=topics,
+                                   compression=args.compression, overwrite=args.overwrite)
+        if args.sidecar:
+            write_ground_truth_sidecar(args.sidecar, sidecar)
+    except (RenderError, BagError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    _summary(args, out, topics, stats, time.perf_counter() - started)
     return 0

@@ -96,6 +96,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-command", default=None, metavar="CMD",
                    help="command that starts the node ('--ros-args ...' is appended; default: "
                         "'<this python> -m vl_distill_ros.ros.node')")
+    p.add_argument("--depth-topic", action="append", default=[], metavar="COLOUR=DEPTH",
+                   help="pair a colour image topic with its registered depth topic (16UC1 mm "
+                        "or 32FC1 m), overriding the convention: an image topic with a "
+                        "'*depth*' segment belongs to the colour topic of the same camera "
+                        "namespace (/camera/depth/image_raw -> /camera/image_raw or "
+                        "/camera/color/image_raw); repeatable. Depth topics are never "
+                        "evaluated as cameras")
+    p.add_argument("--camera-info-topic", action="append", default=[],
+                   metavar="COLOUR=CAMERA_INFO",
+                   help="pair a colour image topic with its sensor_msgs/CameraInfo topic "
+                        "(convention: /camera/camera_info or /camera/color/camera_info); "
+                        "repeatable")
+    p.add_argument("--no-depth", action="store_true",
+                   help="ignore the bag's depth: colour-only proposals")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -103,6 +117,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _error(msg: str) -> None:
     print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def topic_pairs(items: list[str], option: str) -> dict[str, str]:
+    """``COLOUR=OTHER`` strings -> ``{colour topic: other topic}``.
+
+    Raises:
+        InputError: an item without ``=`` or with an empty side.
+    """
+    from ..evaluation.replay import InputError
+
+    out = {}
+    for item in items:
+        colour, sep, other = (t.strip() for t in item.partition("="))
+        if not sep or not colour or not other:
+            raise InputError(f"{option} expects COLOUR_TOPIC=TOPIC, got {item!r}")
+        out[colour] = other
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
             node_timeout=args.node_timeout, drain_timeout=args.drain_timeout,
             namespace=args.namespace,
             node_command=shlex.split(args.node_command) if args.node_command else None,
-            progress=not args.no_progress)
+            progress=not args.no_progress, depth=not args.no_depth,
+            depth_topics=topic_pairs(args.depth_topic, "--depth-topic"),
+            camera_info_topics=topic_pairs(args.camera_info_topic, "--camera-info-topic"))
         if args.text_cache_dir is not None:
             settings.text_cache_dir = args.text_cache_dir
         report = evaluate_bag(bag, settings, out, offline=args.offline, sidecar=args.sidecar,

@@ -52,7 +52,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from ..bags.bag_io import BagContents, BagError, iter_raw_messages, read_camera_bag
 from ..ros import params as P
@@ -116,6 +116,11 @@ class ReplaySettings:
             default ``python -m vl_distill_ros.ros.node``.
         log_dir: where ``node.log`` goes (default: a temporary folder).
         progress: show a progress bar on stderr.
+        depth: use the bag's registered depth (paired to colour topics by
+            :func:`~vl_distill_ros.bags.bag_io.pair_camera_topics`); False replays colour
+            only. Depth topics are never replayed as cameras either way.
+        depth_topics, camera_info_topics: ``{colour topic: topic}`` pairings that override
+            the naming convention.
     """
 
     model: Path | None = None
@@ -130,6 +135,9 @@ class ReplaySettings:
     node_command: Sequence[str] | None = None
     log_dir: Path | None = None
     progress: bool = True
+    depth: bool = True
+    depth_topics: dict[str, str] = field(default_factory=dict)
+    camera_info_topics: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,11 +284,16 @@ def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: values[k] for k in keys}
 
 
-def open_bag(path: str | Path, sidecar: str | Path | None = None) -> BagContents:
+def open_bag(path: str | Path, sidecar: str | Path | None = None,
+             depth_topics: Mapping[str, str] | None = None,
+             camera_info_topics: Mapping[str, str] | None = None) -> BagContents:
     """:func:`~vl_distill_ros.bags.bag_io.read_camera_bag`, with every problem an
-    :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth)."""
+    :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth, a
+    depth or camera-info pairing naming a missing topic)."""
     try:
-        return read_camera_bag(path, ground_truth=sidecar)
+        return read_camera_bag(path, ground_truth=sidecar,
+                               depth_topics=dict(depth_topics or {}),
+                               camera_info_topics=dict(camera_info_topics or {}))
     except BagError as exc:
         raise InputError(str(exc)) from None
 
@@ -368,23 +381,41 @@ def _image_count(contents: BagContents) -> int:
 # -------------------------------------------------------------------------------------------
 # offline
 # -------------------------------------------------------------------------------------------
-def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
-    """Run the pipeline on every image of the bag (see the module docstring).
+def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Mapping[str, Any]):
+    """The bag's colour frames: RGB-D frames (depth paired by stamp within the node's
+    ``depth_sync_tolerance``) when the bag has depth and ``settings.depth``, else images."""
+    if settings.depth and contents.depth_topics:
+        tol = int(round(float(values["depth_sync_tolerance"]) * 1e9))
+        return contents.rgbd_frames(tolerance_ns=tol)
+    return contents.images()
 
-    Raises:
-        InputError: bad model, vocabulary, settings or an undecodable image.
-    """
+
+def _frame_depth(frame: Any) -> tuple[Any, Any]:
+    """``(depth, intrinsics)`` for :meth:`PerceptionPipeline.process` from an RGB-D frame;
+    a CameraInfo with unusable values gives no intrinsics (the pipeline notes it)."""
+    from ..perception.depth_proposals import CameraIntrinsics, DepthError
+
+    depth = getattr(frame, "depth", None)
+    if depth is None or frame.camera_info is None:
+        return None, None
+    try:
+        return depth, CameraIntrinsics(*frame.camera_info)
+    except DepthError:
+        return depth, None
+
+
+def _offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str, Any],
+                      device: str):
+    """The :class:`PerceptionPipeline` of an offline replay, its vocabulary and where the
+    vocabulary came from (the node's rules; every problem is an :class:`InputError`)."""
     import torch
 
     from ..model.bundle import BundleError, load_bundle
-    from ..perception.pipeline import PerceptionPipeline, PipelineError, labels_document
     from ..model.text_service import TextEmbeddingService
+    from ..perception.pipeline import PerceptionPipeline, PipelineError
 
-    model = _check_model(settings.model)
     vocab_file = _load_vocabulary_file(settings.vocabulary)
-    values = node_parameter_values(settings.params)
     pipe_settings = pipeline_settings(values)
-    device = resolve_device(settings.device)
     if int(values["torch_threads"]) > 0:
         torch.set_num_threads(int(values["torch_threads"]))
     try:
@@ -412,18 +443,37 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                                   **pipe_settings.as_kwargs())
     except PipelineError as exc:
         raise InputError(f"cannot build the pipeline: {exc}") from None
+    return pipe, vocab, source
 
+
+def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
+    """Run the pipeline on every image of the bag (see the module docstring).
+
+    Raises:
+        InputError: bad model, vocabulary, settings or an undecodable image.
+    """
+    from ..perception.pipeline import PipelineError, labels_document
+
+    model = _check_model(settings.model)
+    values = node_parameter_values(settings.params)
+    device = resolve_device(settings.device)
+    pipe, vocab, source = _offline_pipeline(model, settings, values, device)
     rec = Recording(mode="offline", settings=_reported_settings(values),
                     vocabulary={"source": source, "names": vocab.names},
                     node={"model_path": str(model), "device": device})
     bar = _progress(_image_count(contents), settings.progress, "offline")
     t_start = time.monotonic()
+    depth_counts: dict[str, int] = {}
     try:
-        for img in contents.images():
+        for img in _offline_frames(contents, settings, values):
             key = (img.topic, int(img.stamp_ns))
             t0 = time.perf_counter()
-            objects, version = pipe.process(img.image)
+            objects, version = pipe.process(img.image, *_frame_depth(img))
             dt = time.perf_counter() - t0
+            if getattr(img, "depth_note", None) is not None and \
+                    img.topic in contents.depth_topics:
+                status = pipe.last_depth_status if img.depth is not None else img.depth_note
+                depth_counts[status] = depth_counts.get(status, 0) + 1
             sec, nanosec = divmod(int(img.stamp_ns), 1_000_000_000)
             # the JSON round trip makes the document exactly what a subscriber would decode
             doc = json.loads(json.dumps(labels_document(sec, nanosec, img.frame_id, img.topic,
@@ -445,6 +495,9 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
         raise InputError(f"an image of the bag cannot be processed: {exc}") from None
     finally:
         bar.close()
+    if depth_counts:
+        rec.node["depth"] = {"topics": dict(contents.depth_topics),
+                             "frames_by_status": depth_counts}
     rec.duration_s = time.monotonic() - t_start
     return rec
 
@@ -488,6 +541,8 @@ class LivePlan:
         log_path: the node's ``node.log``; ``tmp_log``: a temporary folder to remove after a
             completed replay (when no log folder was given).
         env: the node's environment.
+        side_topics: the bag's depth and CameraInfo topics replayed with the images (their
+            namespaced names are in ``replay_topic`` too), topic -> message type.
     """
 
     namespace: str
@@ -498,6 +553,7 @@ class LivePlan:
     log_path: Path
     env: dict[str, str]
     tmp_log: str | None = None
+    side_topics: dict[str, str] = field(default_factory=dict)
 
     @property
     def fqn(self) -> str:
@@ -515,17 +571,35 @@ class LivePlan:
         return {v: k for k, v in self.replay_topic.items()}
 
 
+def _depth_plan(contents: BagContents, settings: ReplaySettings,
+                topics: Sequence[str]) -> dict[str, list[str]]:
+    """The bag's depth and CameraInfo topics in ``image_topics`` order, when the replay
+    uses depth and every camera has both; else empty lists (colour only)."""
+    depth = getattr(contents, "depth_topics", None) or {}
+    info = getattr(contents, "camera_info_topics", None) or {}
+    if not settings.depth or not all(t in depth and t in info for t in topics):
+        return {"depth_topics": [], "camera_info_topics": []}
+    return {"depth_topics": [depth[t] for t in topics],
+            "camera_info_topics": [info[t] for t in topics]}
+
+
 def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, vocab_file: Any,
               values: Mapping[str, Any]) -> LivePlan:
     """Phase 1a: the namespace, topics, node command, log folder and environment."""
     ns = settings.namespace or f"/vl_replay_{os.getpid()}_{secrets.token_hex(3)}"
     ns = "/" + ns.strip("/")
     topics = list(contents.image_topics)
-    replay_topic = {t: ns + (t if t.startswith("/") else "/" + t) for t in topics}
+    depth = _depth_plan(contents, settings, topics)
+    side = {t: contents.topics[t] for t in depth["depth_topics"] + depth["camera_info_topics"]}
+    replay_topic = {t: ns + (t if t.startswith("/") else "/" + t) for t in [*topics, *side]}
     node_values = {"model_path": str(model), "image_topics": [replay_topic[t] for t in topics],
                    "persist_vocabulary": False, "text_cache_dir": settings.text_cache_dir,
                    "device": settings.device, "diagnostics_period": DIAGNOSTICS_PERIOD,
                    **{k: values[k] for k in settings.params}}
+    if side:
+        node_values.update({name: [replay_topic[t] for t in listed]
+                            for name, listed in depth.items()})
+        node_values["depth_sync_tolerance"] = values["depth_sync_tolerance"]
     if vocab_file is not None:
         node_values["vocabulary_file"] = str(Path(settings.vocabulary).expanduser().resolve())
     base_cmd = list(settings.node_command or default_node_command())
@@ -540,7 +614,8 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
     env.setdefault("ROS_LOG_DIR", str(Path(log_dir) / "ros_log"))
     return LivePlan(namespace=ns, topics=topics, replay_topic=replay_topic,
                     cmd=node_command(ns, node_values, base_cmd=base_cmd), base_cmd=base_cmd,
-                    log_path=Path(log_dir) / "node.log", env=env, tmp_log=tmp_log)
+                    log_path=Path(log_dir) / "node.log", env=env, tmp_log=tmp_log,
+                    side_topics=side)
 
 
 class DiagnosticsLog:
@@ -590,12 +665,13 @@ def _import_ros() -> dict[str, Any]:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image
         from std_msgs.msg import String
     except ImportError as exc:
         raise NodeError(f"live replay needs rclpy and the ROS 2 message packages ({exc}); "
                         "use --offline to evaluate without ROS") from None
     return {"rclpy": rclpy, "DiagnosticArray": DiagnosticArray, "Image": Image,
+            "CameraInfo": CameraInfo,
             "String": String, "SingleThreadedExecutor": SingleThreadedExecutor,
             "QoSProfile": QoSProfile, "HistoryPolicy": HistoryPolicy,
             "ReliabilityPolicy": ReliabilityPolicy, "DurabilityPolicy": DurabilityPolicy}
@@ -621,8 +697,11 @@ class ReplayNode:
             pub_qos = qos(history=ros["HistoryPolicy"].KEEP_LAST, depth=10,
                           reliability=ros["ReliabilityPolicy"].RELIABLE,
                           durability=ros["DurabilityPolicy"].VOLATILE)
-            self.pubs = {t: self.node.create_publisher(ros["Image"], plan.replay_topic[t],
-                                                       pub_qos) for t in plan.topics}
+            types = {t: ros["CameraInfo"] if ty.endswith("CameraInfo") else ros["Image"]
+                     for t, ty in plan.side_topics.items()}
+            self.pubs = {t: self.node.create_publisher(types.get(t, ros["Image"]),
+                                                       plan.replay_topic[t], pub_qos)
+                         for t in [*plan.topics, *plan.side_topics]}
             self.node.create_subscription(
                 ros["String"], plan.labels_topic,
                 lambda msg: self.arrivals.append((time.monotonic(), msg.data)),
@@ -716,7 +795,8 @@ class PacedRun:
 
 def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, bytes], None],
                   check: Callable[[int], None],
-                  progress: Callable[[int], None] | None = None) -> PacedRun:
+                  progress: Callable[[int], None] | None = None,
+                  frame_topics: Container[str] | None = None) -> PacedRun:
     """Phase 3: publish each raw image message at ``t0 + (bag time - first bag time) / rate``.
 
     Args:
@@ -726,11 +806,14 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
         check: called with the number of frames published so far while waiting, and every
             20 frames (raises to abort, e.g. when the node exited).
         progress: called with that number after each frame.
+        frame_topics: the topics whose messages are frames (the others, depth and
+            CameraInfo, are published but expect no labels); ``None``: every topic.
     """
     run = PacedRun()
     t_bag0 = 0
     for raw in messages:
         key = (raw.topic, stamp_from_cdr(raw.data))
+        is_frame = frame_topics is None or raw.topic in frame_topics
         if run.t_start is None:
             run.t_start, t_bag0 = time.monotonic(), raw.timestamp_ns
         target = run.t_start + (raw.timestamp_ns - t_bag0) / 1e9 / rate
@@ -741,6 +824,8 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
             check(len(run.frames))
             time.sleep(min(0.05, target - now))
         publish(raw.topic, raw.data)
+        if not is_frame:
+            continue
         run.pub_time[key] = time.monotonic()
         run.frames.append(key)
         n = len(run.frames)
@@ -766,8 +851,10 @@ def _replay_bag(contents: BagContents, replay: ReplayNode, node: NodeProcess,
             bar.set_postfix_str(f"{len(replay.arrivals)} labelled")
 
     try:
-        return publish_paced(iter_raw_messages(contents.path, replay.plan.topics),
-                             settings.rate, replay.publish, check, progress)
+        plan = replay.plan
+        return publish_paced(iter_raw_messages(contents.path, [*plan.topics, *plan.side_topics]),
+                             settings.rate, replay.publish, check, progress,
+                             frame_topics=set(plan.topics))
     except BagError as exc:
         raise InputError(str(exc)) from None
     finally:
@@ -966,7 +1053,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
 
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise InputError(f"--iou must be in (0, 1], got {iou_threshold}")
-    contents = open_bag(bag, sidecar)
+    contents = open_bag(bag, sidecar, settings.depth_topics, settings.camera_info_topics)
     if _image_count(contents) == 0:
         raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
                          "image messages")

@@ -69,6 +69,8 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
         "rate": rate if rec.mode == "live" else None,
         "bag": {"path": str(contents.path), "storage": contents.storage,
                 "image_topics": list(contents.image_topics), "image_messages": image_messages,
+                "depth_topics": dict(getattr(contents, "depth_topics", {}) or {}),
+                "camera_info_topics": dict(getattr(contents, "camera_info_topics", {}) or {}),
                 "ground_truth_source": contents.ground_truth_source,
                 "ground_truth_frames": len(contents.ground_truth),
                 "duration_s": max(0, contents.end_ns - contents.start_ns) / 1e9},

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 __all__ = ["ImageDecodeError", "SUPPORTED_ENCODINGS", "BYTES_PER_PIXEL", "decode_image",
-           "encode_rgb8"]
+           "encode_rgb8", "DEPTH_ENCODINGS", "decode_depth", "encode_depth_mm"]
 
 
 class ImageDecodeError(ValueError):
@@ -196,3 +196,69 @@ def encode_rgb8(image: np.ndarray) -> tuple[str, int, int, int, bytes]:
         raise ValueError(f"empty image of shape {image.shape}")
     data = np.ascontiguousarray(image).tobytes()
     return "rgb8", height, width, width * 3, data
+
+
+#: Depth encodings :func:`decode_depth` accepts: ``16UC1`` (and ``mono16``) in millimetres,
+#: ``32FC1`` in metres (REP 118).
+DEPTH_ENCODINGS: dict[str, int] = {"16UC1": 2, "mono16": 2, "32FC1": 4}
+
+
+def decode_depth(encoding: str, height: int, width: int, step: int, data: ImageData,
+                 is_bigendian: int = 0, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode a depth ``sensor_msgs/Image`` payload to float32 metres ``(height, width)``.
+
+    ``16UC1``/``mono16`` hold millimetres, ``32FC1`` metres. Pixels without a measurement
+    (0, NaN, +-inf or negative) come back as 0. ``step``/``data`` rules as
+    :func:`decode_image`.
+
+    Raises:
+        ImageDecodeError: not a depth encoding (the message names the accepted ones), empty
+            or too large frame, ``step`` too small or ``data`` of the wrong length.
+    """
+    if encoding not in DEPTH_ENCODINGS:
+        raise ImageDecodeError(
+            f"unsupported depth encoding {encoding!r}; expected 16UC1 (millimetres) or 32FC1 "
+            "(metres)")
+    height = _check_int("height", height)
+    width = _check_int("width", width)
+    step = _check_int("step", step)
+    if height == 0 or width == 0:
+        raise ImageDecodeError(f"empty depth frame: width={width}, height={height}")
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"depth frame too large: {width}x{height} pixels")
+    bpp = DEPTH_ENCODINGS[encoding]
+    if step < width * bpp:
+        raise ImageDecodeError(f"step {step} is smaller than width * bytes_per_pixel = "
+                               f"{width} * {bpp} for encoding {encoding!r}")
+    buf = _as_byte_view(data)
+    if buf.size != step * height:
+        raise ImageDecodeError(f"depth data has {buf.size} bytes, expected step*height = "
+                               f"{step}*{height} = {step * height}")
+    rows = np.ascontiguousarray(buf.reshape(height, step)[:, :width * bpp])
+    order = ">" if is_bigendian else "<"
+    if bpp == 2:
+        return rows.view(order + "u2").astype(np.float32) * np.float32(0.001)
+    out = rows.view(order + "f4").astype(np.float32)
+    out[~(np.isfinite(out) & (out > 0))] = 0.0
+    return out
+
+
+def encode_depth_mm(depth: np.ndarray) -> tuple[str, int, int, int, bytes]:
+    """Encode depth for a ``16UC1`` ``sensor_msgs/Image``: a uint16 array is taken as
+    millimetres, a float array as metres (rounded to mm; 0, non-finite or beyond 65.535 m
+    become 0). Returns ``(encoding, height, width, step, data)`` (little-endian).
+
+    Raises:
+        ValueError: not a non-empty 2-D array.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or depth.size == 0:
+        raise ValueError(f"expected a non-empty (H, W) depth array, got shape {depth.shape}")
+    if depth.dtype == np.uint16:
+        mm = depth
+    else:
+        z = depth.astype(np.float64)
+        mm = np.where(np.isfinite(z) & (z > 0) & (z < 65.5355), np.round(z * 1000.0), 0.0)
+        mm = mm.astype(np.uint16)
+    height, width = depth.shape
+    return "16UC1", int(height), int(width), int(width) * 2, mm.astype("<u2").tobytes()

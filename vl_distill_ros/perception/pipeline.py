@@ -53,6 +53,8 @@ import torch.nn.functional as F
 
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
+from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
+                              fuse_proposals, load_depth_config, propose_depth_boxes)
 from .preprocess import preprocess_crops
 from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
@@ -60,12 +62,16 @@ from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.bundle import Bundle
 
-__all__ = ["CROP_SOURCES", "UNKNOWN_LABEL", "ObjectResult", "ActiveVocabulary",
-           "PipelineSettings", "PerceptionPipeline", "PipelineError", "labels_document",
-           "draw_annotations", "rois_from_flat"]
+__all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "UNKNOWN_LABEL", "ObjectResult",
+           "ActiveVocabulary", "PipelineSettings", "PerceptionPipeline", "PipelineError",
+           "labels_document", "draw_annotations", "rois_from_flat"]
 
 #: Valid values of ``crop_source``.
 CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")
+#: Valid values of ``proposal_source``: ``auto`` fuses depth and colour proposals when the
+#: frame has depth, ``depth`` uses depth boxes alone, ``colour`` ignores depth; frames
+#: without usable depth always get colour proposals.
+PROPOSAL_SOURCES: tuple[str, ...] = ("auto", "colour", "depth")
 #: Label published for crops below the open-set threshold (reserved in every vocabulary).
 UNKNOWN_LABEL = UNKNOWN_NAME
 #: ``unknown_threshold`` / ``seen_bias`` value meaning "the bundle's calibrated value".
@@ -140,6 +146,8 @@ class PipelineSettings:
         fallback_full_frame: with ``proposals``, classify the whole frame when no box is
             proposed (an object filling the view is larger than ``max_area_frac``; an empty
             table then yields one full-frame object too).
+        proposal_source: ``auto``, ``colour`` or ``depth`` (:data:`PROPOSAL_SOURCES`).
+        depth_cfg: depth proposer settings (used when a frame comes with depth).
     """
 
     crop_source: str = "proposals"
@@ -153,8 +161,13 @@ class PipelineSettings:
     fallback_full_frame: bool = False
     seen_bias: float = FROM_BUNDLE
     negative_names: bool = True
+    proposal_source: str = "auto"
+    depth_cfg: DepthProposalConfig = field(default_factory=DepthProposalConfig)
 
     def __post_init__(self) -> None:
+        if self.proposal_source not in PROPOSAL_SOURCES:
+            raise PipelineError(f"proposal_source must be one of {list(PROPOSAL_SOURCES)}, got "
+                                f"{self.proposal_source!r}")
         if self.crop_source not in CROP_SOURCES:
             raise PipelineError(f"crop_source must be one of {list(CROP_SOURCES)}, got "
                                 f"{self.crop_source!r}")
@@ -202,6 +215,11 @@ class PipelineSettings:
                 pad_frac=float(values["proposal_pad_frac"]))
         except ValueError as exc:
             raise PipelineError(f"proposal settings: {exc}") from None
+        depth_path = str(values.get("depth_proposal_config", "") or "")
+        try:
+            depth_cfg = load_depth_config(depth_path) if depth_path else DepthProposalConfig()
+        except DepthError as exc:
+            raise PipelineError(f"depth_proposal_config: {exc}") from None
         return cls(
             crop_source=str(values["crop_source"]), proposal_cfg=proposal_cfg,
             rois=rois_from_flat(values["rois"]),
@@ -211,7 +229,8 @@ class PipelineSettings:
             min_box_size=int(values["min_box_size"]),
             fallback_full_frame=bool(values["proposal_fallback_full_frame"]),
             seen_bias=float(values.get("seen_bias", FROM_BUNDLE)),
-            negative_names=bool(values.get("negative_names", True)))
+            negative_names=bool(values.get("negative_names", True)),
+            proposal_source=str(values.get("proposal_source", "auto")), depth_cfg=depth_cfg)
 
     def as_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of :class:`PerceptionPipeline` and
@@ -263,6 +282,8 @@ class PerceptionPipeline:
         min_similarity: best raw cosine below this -> ``"unknown"`` (-1 = off).
         min_box_size: smallest box side kept after clipping.
         fallback_full_frame: with ``proposals``, use the full frame when nothing is proposed.
+        proposal_source: ``auto``, ``colour`` or ``depth`` (:data:`PROPOSAL_SOURCES`).
+        depth_cfg: depth proposer settings.
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
@@ -277,7 +298,9 @@ class PerceptionPipeline:
                  embeddings: torch.Tensor | None = None, min_similarity: float = -1.0,
                  min_box_size: int = 4, fallback_full_frame: bool = False,
                  inference_backend: str = "auto", inference_threads: int = 2,
-                 seen_bias: float = FROM_BUNDLE, negative_names: bool = True) -> None:
+                 seen_bias: float = FROM_BUNDLE, negative_names: bool = True,
+                 proposal_source: str = "auto",
+                 depth_cfg: DepthProposalConfig | None = None) -> None:
         from ..model.runtime import make_runner
 
         self.student = bundle.student.eval()
@@ -297,7 +320,8 @@ class PerceptionPipeline:
             min_similarity=float(min_similarity), top_k=int(top_k),
             score_temperature=float(score_temperature), min_box_size=int(min_box_size),
             fallback_full_frame=bool(fallback_full_frame), seen_bias=float(seen_bias),
-            negative_names=bool(negative_names))
+            negative_names=bool(negative_names), proposal_source=str(proposal_source),
+            depth_cfg=depth_cfg or DepthProposalConfig())
         if vocabulary is None:
             if embeddings is not None:
                 raise PipelineError("embeddings given without their vocabulary")
@@ -305,6 +329,8 @@ class PerceptionPipeline:
         elif embeddings is None:
             raise PipelineError("a vocabulary needs its text embeddings")
         self._write_lock = threading.Lock()
+        #: How the last frame's depth was used: "" (no depth given), "used", or why not.
+        self.last_depth_status = ""
         checked = _check_embeddings(vocabulary, embeddings, self.embed_dim)
         self._active = ActiveVocabulary(vocabulary, checked, version=1,
                                         trained_mask=self._trained_mask(vocabulary),
@@ -404,24 +430,63 @@ class PerceptionPipeline:
         return new
 
     # -- per frame ------------------------------------------------------------------------
-    def boxes(self, image_rgb: np.ndarray, settings: PipelineSettings | None = None) -> list[Box]:
-        """The sanitized boxes the crop source gives for this frame (may be empty)."""
+    def boxes(self, image_rgb: np.ndarray, settings: PipelineSettings | None = None,
+              depth: np.ndarray | None = None,
+              intrinsics: CameraIntrinsics | None = None) -> list[Box]:
+        """The sanitized boxes the crop source gives for this frame (may be empty).
+
+        With ``crop_source`` ``proposals``, a registered ``depth`` (metres, same size as the
+        image) and the colour camera's ``intrinsics``, ``proposal_source`` decides how depth
+        is used (:data:`PROPOSAL_SOURCES`); :attr:`last_depth_status` then says whether it
+        was (``used``) or why not. Depth problems never raise: the frame falls back to
+        colour proposals."""
         s = settings or self._settings
         height, width = image_rgb.shape[:2]
+        self.last_depth_status = "" if depth is None else "not used"
         if s.crop_source == "full_frame":
             raw: list = [full_frame_box(width, height)]
         elif s.crop_source == "rois":
             raw = list(s.rois)
         else:
-            raw = propose_boxes(image_rgb, s.proposal_cfg)
+            raw = self._proposals(image_rgb, s, depth, intrinsics)
         boxes = sanitize_boxes(raw, width, height, min_size=s.min_box_size)
         if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
                                    min_size=s.min_box_size)
         return boxes
 
-    def process(self, image_rgb: np.ndarray) -> tuple[list[ObjectResult], int]:
-        """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame.
+    def _proposals(self, image: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
+                   intrinsics: CameraIntrinsics | None) -> list[Box]:
+        """Colour, depth or fused proposals (see :meth:`boxes`)."""
+        if depth is None or s.proposal_source == "colour":
+            return propose_boxes(image, s.proposal_cfg)
+        if intrinsics is None:
+            self.last_depth_status = "no camera intrinsics"
+            return propose_boxes(image, s.proposal_cfg)
+        if np.shape(depth) != image.shape[:2]:
+            self.last_depth_status = (f"depth is {np.shape(depth)[::-1]} but the image is "
+                                      f"{image.shape[1]}x{image.shape[0]}")
+            return propose_boxes(image, s.proposal_cfg)
+        try:
+            found = propose_depth_boxes(depth, intrinsics, s.depth_cfg)
+        except DepthError as exc:
+            self.last_depth_status = str(exc)
+            return propose_boxes(image, s.proposal_cfg)
+        if found.plane is None:
+            self.last_depth_status = found.note
+            return propose_boxes(image, s.proposal_cfg)
+        self.last_depth_status = "used"
+        count = int(s.proposal_cfg.max_count)
+        if s.proposal_source == "depth":
+            return list(found.boxes)[:count]
+        return fuse_proposals(found, propose_boxes(image, s.proposal_cfg), s.depth_cfg, count)
+
+    def process(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
+                intrinsics: CameraIntrinsics | None = None
+                ) -> tuple[list[ObjectResult], int]:
+        """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame, optionally with its
+        registered ``depth`` (float metres, 0 = none) and the colour camera's
+        ``intrinsics`` (used by the proposals, see :meth:`boxes`).
 
         Returns:
             ``(objects, vocabulary_version)``: one :class:`ObjectResult` per kept box (in box
@@ -438,7 +503,7 @@ class PerceptionPipeline:
                                 f"{image.shape} dtype {image.dtype}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
-        boxes = self.boxes(image, settings)
+        boxes = self.boxes(image, settings, depth, intrinsics)
         if not boxes:
             return [], active.version
         with torch.inference_mode():

@@ -56,6 +56,8 @@ class CameraState:
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     processing: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     last_latency: float = 0.0
+    #: The camera's :class:`~vl_distill_ros.ros.depth_input.DepthInput`, or ``None``.
+    depth: Any = None
 
     def take_period(self) -> dict[str, Any]:
         """Counters and the period's latency samples; resets the per-period values (the
@@ -78,6 +80,10 @@ class CameraState:
             "last_error": self.last_error,
             "last_latency": self.last_latency,
         }
+        if self.depth is not None:
+            depth = self.depth.take_period()
+            period["values"].update(depth["values"])
+            period["depth_errors_recent"] = depth["errors_recent"]
         self.bad_in_period = self.processed_in_period = 0
         self.latencies.clear()
         self.processing.clear()
@@ -134,8 +140,9 @@ def model_status(fq_name: str, version: int, names: list[str], vocabulary: Mappi
 
 
 def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> DiagnosticStatus:
-    """The ``<node>: camera <topic>`` status from :meth:`CameraState.take_period`: counters,
-    latency statistics of the period (ms), WARN when frames were skipped in the period."""
+    """The ``<node>: camera <topic>`` status from :meth:`CameraState.take_period`: counters
+    (with depth: received, used, colour-only frames, errors), latency statistics of the period
+    (ms); WARN when frames were skipped or depth was unusable in the period."""
     values = dict(period["values"])
     lat, proc = period["latencies"], period["processing"]
     values["latency_ms_last"] = f"{period['last_latency'] * 1e3:.1f}"
@@ -147,10 +154,15 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         values["processing_ms_mean"] = f"{sum(proc) / max(1, len(proc)) * 1e3:.1f}"
     values["vocabulary_version"] = version
     status = DiagnosticStatus(name=f"{fq_name}: camera {values['topic']}", hardware_id=fq_name)
+    depth_errors = int(period.get("depth_errors_recent", 0))
     if period["bad_recent"]:
         status.level = DiagnosticStatus.WARN
         status.message = clip_text(f"{period['bad_recent']} frame(s) skipped: "
                                    f"{period['last_error']}")
+    elif depth_errors:
+        status.level = DiagnosticStatus.WARN
+        status.message = clip_text(f"{depth_errors} frame(s) processed colour-only, bad depth: "
+                                   f"{values['last_depth_error']}")
     else:
         status.level = DiagnosticStatus.OK
         status.message = (f"{values['processed']} processed, {values['dropped']} dropped"

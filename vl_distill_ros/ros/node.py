@@ -36,7 +36,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
@@ -49,6 +49,7 @@ from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineErr
 from . import params as P
 from .conversions import (annotated_msg, detections_msg, import_vision_msgs, label_info_msg,
                           labels_msg)
+from .depth_input import DepthInput, stamp_ns
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, model_status)
 from .parameter_service import GroupedParameterService
@@ -107,6 +108,15 @@ def check_startup_params(p: dict) -> None:
                            f"{p['qos_reliability']!r}")
     if not p["image_topics"] or any(not t.strip() for t in p["image_topics"]):
         raise StartupError("image_topics must list at least one non-empty topic name")
+    n = len(p["image_topics"])
+    for name in ("depth_topics", "camera_info_topics"):
+        topics = p[name]
+        if topics and (len(topics) != n or any(not t.strip() for t in topics)):
+            raise StartupError(f"{name} must be empty or list one non-empty topic per "
+                               f"image_topics entry ({n}), got {list(topics)}")
+    if bool(p["depth_topics"]) != bool(p["camera_info_topics"]):
+        raise StartupError("depth_topics and camera_info_topics go together: depth is "
+                           "back-projected with the colour camera's CameraInfo")
 
 
 def _plain(value: Any) -> Any:
@@ -300,13 +310,26 @@ class VlDistillNode(Node):
             durability=DurabilityPolicy.VOLATILE)
         self._cameras: list[CameraState] = []
         self._subs = []
-        for topic in dict.fromkeys(t.strip() for t in p["image_topics"]):
+        n = len(p["image_topics"])
+        pairs = dict(zip((t.strip() for t in p["image_topics"]),
+                         zip(p["depth_topics"] or [""] * n, p["camera_info_topics"] or [""] * n)))
+        for topic, (depth_topic, info_topic) in pairs.items():
             cam = CameraState(topic=topic)
             sub = self.create_subscription(Image, topic,
                                            lambda msg, cam=cam: self._on_image(msg, cam), qos)
             cam.resolved = sub.topic_name
+            if depth_topic:
+                self._subs.append(self.create_subscription(
+                    Image, depth_topic.strip(), lambda msg, cam=cam: self._on_depth(msg, cam),
+                    qos))
+                self._subs.append(self.create_subscription(
+                    CameraInfo, info_topic.strip(), lambda msg, cam=cam: cam.depth.add_info(msg),
+                    qos))
+                cam.depth = DepthInput(self._subs[-2].topic_name, self._subs[-1].topic_name,
+                                       float(p["depth_sync_tolerance"]))
             self._cameras.append(cam)
             self._subs.append(sub)
+        self._depth_wait = float(p["depth_sync_tolerance"])
         self._rr = 0
 
     # =========================================================================================
@@ -382,6 +405,36 @@ class VlDistillNode(Node):
             cam.pending, cam.pending_t = msg, now
             self._lock.notify_all()
 
+    def _on_depth(self, msg: Image, cam: CameraState) -> None:
+        """Executor thread: buffer a depth image; wake a frame waiting for its partner."""
+        cam.depth.add_depth(msg, time.monotonic())
+        with self._lock:
+            self._lock.notify_all()
+
+    def _depth_for(self, cam: CameraState, msg: Image, image: Any) -> tuple[Any, Any]:
+        """``(depth, intrinsics)`` paired with this colour frame, waiting at most
+        ``depth_sync_tolerance`` for a partner that may still arrive; ``(None, None)``
+        (colour only, counted by the camera's :class:`DepthInput`) otherwise."""
+        if cam.depth is None:
+            return None, None
+        stamp = stamp_ns(msg)
+        deadline = time.monotonic() + self._depth_wait
+        with self._lock:
+            while not self._stop.is_set() and cam.depth.may_still_arrive(stamp,
+                                                                         time.monotonic()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+        depth, k, reason = cam.depth.pair(stamp, image.shape)
+        if reason and reason == cam.depth.last_depth_error:  # bad input, not just late
+            now = time.monotonic()
+            if now - cam.log_times.get("depth", -BAD_FRAME_LOG_PERIOD) >= BAD_FRAME_LOG_PERIOD:
+                cam.log_times["depth"] = now
+                self.get_logger().warning(f"{cam.resolved}: processed colour-only: "
+                                          f"{clip_text(reason)}")
+        return depth, k
+
     def _next_frame(self) -> tuple[CameraState, Image, float] | None:
         """Round-robin over cameras with a pending frame (caller holds the lock)."""
         n = len(self._cameras)
@@ -415,9 +468,13 @@ class VlDistillNode(Node):
         except ImageDecodeError as exc:
             self._report_frame_problem(cam, "bad_frame", f"skipped a frame: {exc}")
             return
+        depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
-        objects, version = self.pipeline.process(image)
+        objects, version = (self.pipeline.process(image) if depth is None
+                            else self.pipeline.process(image, depth, k))
         t1 = time.monotonic()
+        if depth is not None:
+            cam.depth.record(self.pipeline.last_depth_status)
         doc = labels_document(msg.header.stamp.sec, msg.header.stamp.nanosec,
                               msg.header.frame_id, cam.resolved, version, objects)
         if self._stop.is_set():

@@ -65,6 +65,21 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Camera topics (sensor_msgs/Image) to subscribe to; relative names resolve in "
               "the node's namespace, so remapping 'image' works as usual. One model serves "
               "all of them.", read_only=True),
+    ParamSpec("depth_topics", [], "string_array",
+              "Registered depth images (sensor_msgs/Image, 16UC1 in mm or 32FC1 in m, aligned "
+              "to the colour image), one per image_topics entry in the same order, or empty "
+              "for colour only. Paired with colour frames by header stamp.", read_only=True,
+              constraints="empty or len(image_topics) topics"),
+    ParamSpec("camera_info_topics", [], "string_array",
+              "sensor_msgs/CameraInfo of each colour camera (its K gives the intrinsics "
+              "depth is back-projected with), one per image_topics entry; needed with "
+              "depth_topics.", read_only=True,
+              constraints="empty or len(image_topics) topics"),
+    ParamSpec("depth_sync_tolerance", 0.02, "double",
+              "Seconds a depth image's stamp may differ from its colour frame's (exact stamps "
+              "win, else the nearest within this); a colour frame with no partner is "
+              "processed colour-only and counted in /diagnostics.", read_only=True,
+              range=(0.0, 1.0)),
     ParamSpec("qos_reliability", "best_effort", "string",
               "Reliability of the image subscriptions (sensor-data QoS otherwise).",
               read_only=True, constraints="best_effort or reliable"),
@@ -143,6 +158,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Proposals: classify the whole frame when nothing is proposed (an object filling "
               "the view is larger than proposal_max_area_frac; an empty table then yields one "
               "full-frame object, usually 'unknown')."),
+    ParamSpec("proposal_source", "auto", "string",
+              "Proposals from colour, from registered depth, or auto: depth boxes fused with "
+              "colour boxes where depth is missing or flat, when the frame has depth; colour "
+              "otherwise (also for depth when a frame has none).",
+              constraints="auto, colour or depth"),
+    ParamSpec("depth_proposal_config", "", "string",
+              "YAML file of depth proposer settings (format of config/depth_proposals.yaml); "
+              "empty: the defaults."),
     ParamSpec("min_box_size", 4, "integer",
               "Boxes narrower or shorter than this many pixels after clipping are dropped.",
               range=(1, 4096)),
@@ -183,7 +206,8 @@ VOCABULARY_PARAMS = frozenset({"labels", "descriptions", "vocabulary_file"})
 SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",
-                             "min_box_size", "unknown_threshold", "seen_bias",
+                             "proposal_source", "depth_proposal_config", "min_box_size",
+                             "unknown_threshold", "seen_bias",
                              "min_similarity", "top_k", "score_temperature",
                              "negative_names"})
 
@@ -229,10 +253,15 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
 
     values: dict[str, Any] = {}
     fixups = []
+    lock_after: list[ParamSpec] = []
     for spec in PARAMETERS:
         desc = descriptor_for(spec)
         if isinstance(spec.default, list) and not spec.default:
+            if spec.read_only:  # writable until its typed empty value is set, then locked
+                desc.read_only = False
             param = node.declare_parameter(spec.name, _rclpy_type(spec), desc)
+            if spec.read_only:
+                lock_after.append(spec)
             if param.type_ == Parameter.Type.NOT_SET:
                 fixups.append(Parameter(spec.name, _rclpy_type(spec), []))
                 values[spec.name] = []
@@ -241,11 +270,13 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
             param = node.declare_parameter(spec.name, spec.default, desc)
         values[spec.name] = param.value
     if fixups:
-        # read-only parameters cannot be set after declaration; none of the empty-array ones is
+        # read-only ones were declared writable for this and are locked just below
         results = node.set_parameters(fixups)
         for p, r in zip(fixups, results):
             if not r.successful:  # pragma: no cover - nothing registered yet
                 raise RuntimeError(f"could not initialise parameter {p.name}: {r.reason}")
+    for spec in lock_after:
+        node.set_descriptor(spec.name, descriptor_for(spec))
     for name, value in values.items():
         if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
             values[name] = list(value)

@@ -134,6 +134,9 @@ class SceneSpec:
     shadows: bool = True
     #: Sensor noise standard deviation (8-bit levels).
     noise_sigma: tuple[float, float] = (0.5, 2.5)
+    #: Also render metric depth (:attr:`SceneFrame.depth`), registered to the colour image.
+    #: Depth draws nothing from the random generator: colour images are the same with it.
+    depth: bool = False
 
     def validate(self) -> None:
         """Raise :class:`RenderError` naming the first bad setting."""
@@ -187,6 +190,16 @@ class SceneFrame:
     hand_target: str | None = None
     #: JSON-serialisable details: placed objects and poses, table, light, cameras, attempts.
     meta: dict[str, Any] = field(default_factory=dict)
+    #: With :attr:`SceneSpec.depth`: ``(height, width)`` float32 depth in metres along the
+    #: optical axis, pixel for pixel registered to :attr:`image` (0: no return, e.g. a ray
+    #: into the open); noise free (see :mod:`vl_distill_ros.sim.depth_noise`).
+    depth: np.ndarray | None = None
+    #: Pinhole intrinsics ``(fx, fy, cx, cy)`` of the main camera in pixels (OpenCV
+    #: convention: pixel ``i`` has its centre at ``i``).
+    intrinsics: tuple[float, float, float, float] | None = None
+    #: The same for the hand camera (with :attr:`SceneSpec.depth` and a hand image).
+    hand_depth: np.ndarray | None = None
+    hand_intrinsics: tuple[float, float, float, float] | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,6 +341,26 @@ class _Camera:
         v = self.height / 2 - self.focal * c[:, 1] / d - 0.5
         return np.stack([u, v], axis=1)
 
+    def intrinsics(self) -> tuple[float, float, float, float]:
+        """``(fx, fy, cx, cy)`` in pixels, OpenCV convention (as :meth:`plane_homography`)."""
+        return (float(self.focal), float(self.focal), self.width / 2 - 0.5,
+                self.height / 2 - 0.5)
+
+    def rays(self) -> np.ndarray:
+        """``(H, W, 3)`` world directions of the pixel centres, scaled so that a point
+        ``eye + t * ray`` lies ``t`` metres in front of the camera (along its optical axis)."""
+        fx, fy, cx, cy = self.intrinsics()
+        u = (np.arange(self.width, dtype=np.float64) - cx) / fx
+        v = -(np.arange(self.height, dtype=np.float64) - cy) / fy
+        cam = np.stack(np.broadcast_arrays(u[None, :], v[:, None], -np.ones((1, 1))), -1)
+        return cam @ self.view[:3, :3]  # rotation transposed: camera -> world
+
+    def linear_depth(self, buffer: np.ndarray) -> np.ndarray:
+        """Metres along the optical axis from an OpenGL depth buffer in [0, 1]."""
+        d = np.asarray(buffer, np.float64)
+        return (self.far * self.near / (self.far - (self.far - self.near) * d)).astype(
+            np.float32)
+
     def meta(self) -> dict[str, Any]:
         return {"eye": _r(self.eye), "target": _r(self.target), "roll": _r(self.roll),
                 "fov_y": _r(self.fov_y), "width": self.width, "height": self.height}
@@ -408,10 +441,12 @@ class SceneRenderer(MeshBodies):
             ids[key] = body
         return ids
 
-    def _render_objects(self, cam: _Camera, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
-        """TinyRenderer pass of the visible objects: RGB uint8 and segmentation (body ids)."""
+    def _render_objects(self, cam: _Camera, layout: _Layout
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """TinyRenderer pass of the visible objects: RGB uint8, segmentation (body ids) and
+        the OpenGL depth buffer (float32 in [0, 1])."""
         p, cid = self._p, self._require_client()
-        _, _, px, _, seg = p.getCameraImage(
+        _, _, px, zbuf, seg = p.getCameraImage(
             cam.width, cam.height, viewMatrix=cam.view.T.reshape(-1).tolist(),
             projectionMatrix=cam.proj.T.reshape(-1).tolist(),
             lightDirection=(layout.light.direction * 10.0).tolist(),
@@ -420,7 +455,8 @@ class SceneRenderer(MeshBodies):
             lightSpecularCoeff=layout.light.specular, renderer=p.ER_TINY_RENDERER,
             physicsClientId=cid)
         rgb = np.asarray(px, dtype=np.uint8).reshape(cam.height, cam.width, 4)[..., :3]
-        return rgb, np.asarray(seg, dtype=np.int32).reshape(cam.height, cam.width)
+        return (rgb, np.asarray(seg, dtype=np.int32).reshape(cam.height, cam.width),
+                np.asarray(zbuf, dtype=np.float32).reshape(cam.height, cam.width))
 
     def render(self, objects: Sequence[str], rng: np.random.Generator,
                spec: SceneSpec | None = None) -> SceneFrame:
@@ -800,12 +836,42 @@ def _post_process(img: np.ndarray, rng: np.random.Generator, spec: SceneSpec) ->
     return cv2.convertScaleAbs(out)  # rounds and saturates to uint8
 
 
+def _environment_depth(cam: _Camera, layout: _Layout) -> np.ndarray:
+    """Depth (m, float32 ``(H, W)``) of the drawn environment: the nearest of the table top,
+    its side faces, the floor and the room's walls along each pixel's ray (0: none)."""
+    rays = cam.rays()
+    eye = np.asarray(cam.eye, np.float64)
+    lx, ly = (float(v) for v in layout.table_half)
+    t_th, r = float(layout.table_thickness), _ROOM_RADIUS
+    best = np.full(rays.shape[:2], np.inf)
+    # (axis, plane value, bounds of the other two axes): table top, sides, floor, walls
+    planes = [(2, 0.0, (-lx, lx), (-ly, ly)), (2, _FLOOR_Z, (-r, r), (-r, r))]
+    for sign in (-1.0, 1.0):
+        planes += [(0, sign * lx, (-ly, ly), (-t_th, 0.0)), (1, sign * ly, (-lx, lx), (-t_th, 0.0)),
+                   (0, sign * r, (-r, r), (_FLOOR_Z, np.inf)), (1, sign * r, (-r, r),
+                                                                (_FLOOR_Z, np.inf))]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for axis, value, (a0, a1), (b0, b1) in planes:
+            t = (value - eye[axis]) / rays[..., axis]
+            hit = eye + t[..., None] * rays
+            other = [i for i in range(3) if i != axis]
+            ok = ((t > cam.near) & (hit[..., other[0]] >= a0) & (hit[..., other[0]] <= a1)
+                  & (hit[..., other[1]] >= b0) & (hit[..., other[1]] <= b1))
+            best = np.where(ok & (t < best), t, best)
+    return np.where(np.isfinite(best), best, 0.0).astype(np.float32)
+
+
 def _render_camera(renderer: SceneRenderer, layout: _Layout, ids: dict[str, int],
-                   cam: _Camera, rng: np.random.Generator,
-                   spec: SceneSpec) -> tuple[np.ndarray, list[SceneObject], dict[str, Any]]:
+                   cam: _Camera, rng: np.random.Generator, spec: SceneSpec
+                   ) -> tuple[np.ndarray, list[SceneObject], dict[str, Any], np.ndarray | None]:
     """One image of the laid-out scene from ``cam``: the image, its visible objects (all
-    placed objects with at least ``min_visible_pixels``) and per-object pixel statistics."""
-    rgb, seg = renderer._render_objects(cam, layout)
+    placed objects with at least ``min_visible_pixels``), per-object pixel statistics and,
+    with ``spec.depth``, the registered depth in metres."""
+    rgb, seg, zbuf = renderer._render_objects(cam, layout)
+    depth = None
+    if spec.depth:
+        depth = _environment_depth(cam, layout)
+        np.copyto(depth, cam.linear_depth(zbuf), where=seg >= 0)
     img = _draw_environment(cam, layout)
     np.copyto(img, rgb, where=(seg >= 0)[..., None])
     image = _post_process(img, rng, spec)
@@ -820,7 +886,7 @@ def _render_camera(renderer: SceneRenderer, layout: _Layout, ids: dict[str, int]
         if visible >= spec.min_visible_pixels:
             x, y, w, h = cv2.boundingRect(mask)
             objects.append(SceneObject(obj.key, (int(x), int(y), int(w), int(h)), round(frac, 4)))
-    return image, objects, stats
+    return image, objects, stats, depth
 
 
 # ---------------------------------------------------------------------------------------
@@ -863,23 +929,25 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
     best = None
     for attempt in range(int(spec.camera_attempts)):
         cam = _sample_main_camera(layout, rng, spec)
-        image, found, stats = _render_camera(renderer, layout, ids, cam, rng, spec)
+        image, found, stats, depth = _render_camera(renderer, layout, ids, cam, rng, spec)
         score = (len(found), min((o.visible_frac for o in found), default=0.0))
         if best is None or score > best[0]:
-            best = (score, cam, image, found, stats, attempt + 1)
+            best = (score, cam, image, found, stats, attempt + 1, depth)
         if len(found) == len(layout.placed) and all(
                 o.visible_frac >= spec.min_visible_fraction for o in found):
             break
     assert best is not None
-    _, cam, image, found, stats, attempts = best
+    _, cam, image, found, stats, attempts, depth = best
 
     hand_image, hand_objects, hand_target, hand_meta = None, [], None, None
+    hand_depth, hcam = None, None
     if spec.hand_camera and layout.placed:
         candidates = [o for o in layout.placed if o.key in {f.key for f in found}] \
             or list(layout.placed)
         target = candidates[int(rng.integers(len(candidates)))]
         hcam = _sample_hand_camera(layout, target, rng, spec)
-        hand_image, hand_objects, hstats = _render_camera(renderer, layout, ids, hcam, rng, spec)
+        hand_image, hand_objects, hstats, hand_depth = _render_camera(renderer, layout, ids,
+                                                                      hcam, rng, spec)
         hand_target = target.key
         hand_meta = {"camera": hcam.meta(), "target": target.key, "stats": hstats}
 
@@ -896,4 +964,7 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
     if hand_meta is not None:
         meta["hand"] = hand_meta
     return SceneFrame(image=image, objects=found, hand_image=hand_image,
-                      hand_objects=hand_objects, hand_target=hand_target, meta=meta)
+                      hand_objects=hand_objects, hand_target=hand_target, meta=meta,
+                      depth=depth, intrinsics=cam.intrinsics() if spec.depth else None,
+                      hand_depth=hand_depth,
+                      hand_intrinsics=hcam.intrinsics() if spec.depth and hcam else None)

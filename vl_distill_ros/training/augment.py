@@ -1,12 +1,22 @@
-"""Batched training augmentation on uint8 image tensors (CPU or GPU)."""
+"""Batched training augmentation on uint8 image tensors (CPU or GPU).
+
+:class:`CropAugment` does the geometric part (random resized crop, flip) and colour jitter;
+with an :class:`~vl_distill_ros.config.AugmentConfig` it adds the photometric and sensor
+effects of real cameras (white balance, exposure, blur, noise, JPEG) and loose or cut crops.
+"""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..model.student import InputSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import AugmentConfig
 
 
 def normalize(batch_uint8_nhwc: torch.Tensor, spec: InputSpec) -> torch.Tensor:
@@ -21,15 +31,19 @@ class CropAugment:
     """Random resized crop, horizontal flip and colour jitter, then resize to the input size.
 
     Mirrors what the node sees: loosely framed crops under varying light. Deterministic for
-    a given ``generator``.
+    a given ``generator``. ``aug`` (:class:`~vl_distill_ros.config.AugmentConfig`) adds
+    sensor effects and loose/cut crops; with none of them on, the output (and the draws from
+    ``generator``) are exactly those without it.
     """
 
     def __init__(self, spec: InputSpec, scale: tuple[float, float] = (0.55, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter: float = 0.3) -> None:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter: float = 0.3,
+                 aug: "AugmentConfig | None" = None) -> None:
         self.spec = spec
         self.scale = scale
         self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
         self.jitter = jitter
+        self.aug = aug if aug is not None and aug.active else None
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, S, S) normalised float."""
@@ -38,8 +52,17 @@ class CropAugment:
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
         out = torch.empty(n, 3, size, size, device=x.device)
         r = torch.rand(n, 6, generator=generator)
+        extra = None
+        if self.aug is not None:  # its own stream: the draws above stay as without it
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            extra = np.random.default_rng(seed)
         for i in range(n):
-            area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * r[i, 0].item())
+            img = x[i:i + 1]
+            scale = self.scale
+            if extra is not None:
+                img, scale = self._loose_or_cut(img, extra)
+            h, w = img.shape[-2:]
+            area = h * w * (scale[0] + (scale[1] - scale[0]) * r[i, 0].item())
             lo, hi = self.log_ratio
             aspect = math.exp(lo + (hi - lo) * r[i, 1].item())
             cw = int(round(math.sqrt(area * aspect)))
@@ -47,7 +70,7 @@ class CropAugment:
             cw, ch = max(8, min(w, cw)), max(8, min(h, ch))
             x0 = int(r[i, 2].item() * (w - cw + 1)) if w > cw else 0
             y0 = int(r[i, 3].item() * (h - ch + 1)) if h > ch else 0
-            crop = x[i:i + 1, :, y0:y0 + ch, x0:x0 + cw]
+            crop = img[:, :, y0:y0 + ch, x0:x0 + cw]
             crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                                  antialias=True)
             if r[i, 4].item() < 0.5:
@@ -62,6 +85,76 @@ class CropAugment:
             gray = out.mean(dim=1, keepdim=True)
             out = (out - gray) * u[:, 2].view(n, 1, 1, 1) + gray  # saturation
             out = out.clamp_(0.0, 1.0)
+        if extra is not None:
+            out = self._sensor(out, extra)
         mean = torch.tensor(self.spec.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1)
         return (out - mean) / std
+
+    def _loose_or_cut(self, img: torch.Tensor, rng: np.random.Generator
+                      ) -> tuple[torch.Tensor, tuple[float, float]]:
+        """A loose crop (the image padded with its edge pixels first) or a cut crop (a small
+        area scale), or neither; returns the image to crop from and the area scale range."""
+        aug = self.aug
+        assert aug is not None
+        if aug.loose_prob > 0 and rng.random() < aug.loose_prob:
+            h, w = img.shape[-2:]
+            px = int(round(rng.uniform(0.0, aug.loose_pad) * w))
+            py = int(round(rng.uniform(0.0, aug.loose_pad) * h))
+            if px or py:
+                img = F.pad(img, (px, px, py, py), mode="replicate")
+            return img, (0.8, 1.0)
+        if aug.cut_prob > 0 and rng.random() < aug.cut_prob:
+            return img, (float(aug.cut_scale[0]), float(aug.cut_scale[1]))
+        return img, self.scale
+
+    def _sensor(self, out: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """White balance, exposure, blur, noise and JPEG on (N, 3, S, S) floats in [0, 1]."""
+        aug = self.aug
+        assert aug is not None
+        n = out.shape[0]
+        if aug.white_balance > 0:
+            gains = rng.uniform(1 - aug.white_balance, 1 + aug.white_balance, (n, 3, 1, 1))
+            out = out * torch.as_tensor(gains, dtype=out.dtype, device=out.device)
+        if aug.exposure > 0:
+            gamma = np.exp(rng.uniform(-1.0, 1.0, (n, 1, 1, 1)) * math.log1p(aug.exposure))
+            out = out.clamp(1e-6, 1.0) ** torch.as_tensor(gamma, dtype=out.dtype,
+                                                          device=out.device)
+        out = out.clamp(0.0, 1.0)
+        for i in range(n):
+            if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
+                out[i] = _gaussian_blur(out[i], float(rng.uniform(*aug.blur_sigma)))
+        if aug.noise_sigma > 0:
+            sigma = rng.uniform(0.0, aug.noise_sigma, (n, 1, 1, 1))
+            noise = rng.standard_normal(out.shape).astype(np.float32) * sigma
+            out = (out + torch.as_tensor(noise, dtype=out.dtype, device=out.device)).clamp(0, 1)
+        for i in range(n):
+            if aug.jpeg_prob > 0 and rng.random() < aug.jpeg_prob:
+                out[i] = _jpeg(out[i], int(rng.integers(aug.jpeg_quality[0],
+                                                        aug.jpeg_quality[1] + 1)))
+        return out
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(3, H, W) blurred with a separable Gaussian of ``sigma`` pixels (reflect borders)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (t / max(sigma, 1e-3)) ** 2)
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
+    x = F.pad(img[None], (radius, radius, 0, 0), mode="reflect")
+    x = F.conv2d(x, k, groups=3)
+    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(x, k.transpose(2, 3), groups=3)[0]
+
+
+def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1] through a JPEG encode/decode at ``quality`` (OpenCV)."""
+    import cv2
+
+    arr = (img.permute(1, 2, 0).cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(arr[..., ::-1]),
+                           [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        return img
+    back = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(back)).permute(2, 0, 1).to(img.device, img.dtype)

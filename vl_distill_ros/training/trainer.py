@@ -433,8 +433,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     local_bs, steps_per_epoch = epoch_plan(n, cfg.optim.batch_size, env.world)
     if cfg.optim.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, cfg.optim.max_steps_per_epoch)
+    augment = CropAugment(student.input_spec, aug=cfg.data.augment)
     run = _Run(cfg, env, student, model, optimizer, DistillLoss(cfg.loss),
-               CropAugment(student.input_spec), torch.from_numpy(train_data.images),
+               augment, torch.from_numpy(train_data.images),
                torch.from_numpy(train_data.labels), targets, text_emb, broad, local_bs,
                steps_per_epoch, steps_per_epoch * cfg.optim.epochs,
                int(cfg.optim.warmup_epochs * steps_per_epoch))

@@ -1,0 +1,89 @@
+"""Sensor and photometric augmentations of training crops (CropAugment with AugmentConfig):
+off changes nothing, each effect does what it says, everything is seeded, bad settings are
+configuration errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vl_distill_ros.config import AugmentConfig, ConfigError, load_train_config
+from vl_distill_ros.model.student import InputSpec
+from vl_distill_ros.training.augment import CropAugment
+
+SPEC = InputSpec(48, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # output = pixels in [0, 1]
+TABLE = (170, 140, 110)
+
+
+def _batch(n: int = 16, seed: int = 0) -> torch.Tensor:
+    """Crops of a blue object (the middle half) on the table, with a little texture."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((n, 64, 64, 3), np.float32)
+    img[:] = TABLE
+    img[:, 16:48, 16:48] = (30, 60, 200)
+    img += rng.normal(0, 3, img.shape)
+    return torch.from_numpy(img.clip(0, 255).astype(np.uint8))
+
+
+def _run(aug: AugmentConfig | None, seed: int = 1, jitter: float = 0.0) -> torch.Tensor:
+    return CropAugment(SPEC, jitter=jitter, aug=aug)(_batch(), torch.Generator().manual_seed(seed))
+
+
+def _object_frac(out: torch.Tensor) -> float:
+    """Mean fraction of crop pixels that are the blue object."""
+    return float(((out[:, 2] - out[:, 0]) > 0.3).float().mean())
+
+
+def test_all_off_is_exactly_the_old_augmentation():
+    for jitter in (0.0, 0.3):
+        plain = CropAugment(SPEC, jitter=jitter)(_batch(), torch.Generator().manual_seed(4))
+        off = _run(AugmentConfig(), seed=4, jitter=jitter)
+        assert torch.equal(plain, off)
+    assert not AugmentConfig().active
+
+
+@pytest.mark.parametrize("field, value", [
+    ("white_balance", 0.3), ("exposure", 0.5), ("blur_prob", 1.0), ("noise_sigma", 0.1),
+    ("jpeg_prob", 1.0), ("loose_prob", 1.0), ("cut_prob", 1.0)])
+def test_each_effect_changes_the_crops_and_is_seeded(field, value):
+    aug = AugmentConfig(**{field: value})
+    assert aug.active
+    a, b = _run(aug, seed=2), _run(aug, seed=2)
+    assert torch.equal(a, b)                       # same generator state, same crops
+    assert a.shape == (16, 3, 48, 48) and torch.isfinite(a).all()
+    assert not torch.equal(a, _run(AugmentConfig(), seed=2))
+    assert not torch.equal(a, _run(aug, seed=3))
+
+
+def test_effects_do_what_they_say():
+    base = _run(AugmentConfig())
+    # blur: less high-frequency energy; noise: more; jpeg: blocks, not the same pixels
+
+    def hf(x):
+        return float((x[..., 1:] - x[..., :-1]).abs().mean())
+    assert hf(_run(AugmentConfig(blur_prob=1.0, blur_sigma=[1.5, 2.0]))) < 0.8 * hf(base)
+    assert hf(_run(AugmentConfig(noise_sigma=0.1))) > 1.5 * hf(base)
+    jpeg = _run(AugmentConfig(jpeg_prob=1.0, jpeg_quality=[5, 10]))
+    assert 0.003 < float((jpeg - base).abs().mean()) < 0.1
+    # white balance changes the channels' ratios; exposure the brightness, not the hue
+    wb = _run(AugmentConfig(white_balance=0.4))
+    ratio = (wb.mean(dim=(2, 3)) / base.mean(dim=(2, 3)).clamp_min(1e-6))
+    assert float(ratio.std(dim=1).mean()) > 0.05
+    # loose crops show less object, cut crops more (zoomed into the middle)
+    frac = _object_frac(base)
+    assert _object_frac(_run(AugmentConfig(loose_prob=1.0, loose_pad=0.5))) < 0.85 * frac
+    assert _object_frac(_run(AugmentConfig(cut_prob=1.0, cut_scale=[0.2, 0.3]))) > 1.1 * frac
+
+
+def test_bad_settings_are_configuration_errors(tmp_path):
+    for kwargs in ({"blur_prob": 1.5}, {"white_balance": -0.1}, {"jpeg_quality": [90, 30]},
+                   {"cut_scale": [0.0, 2.0]}, {"noise_sigma": 3.0}):
+        with pytest.raises(ConfigError, match="data.augment"):
+            AugmentConfig(**kwargs)
+    path = tmp_path / "train.yaml"
+    path.write_text("data:\n  augment:\n    white_balance: 0.2\n    jpeg_prob: 0.3\n")
+    cfg = load_train_config(path)
+    assert cfg.data.augment.white_balance == 0.2 and cfg.data.augment.active
+    path.write_text("data:\n  augment:\n    whitebalance: 0.2\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_train_config(path)

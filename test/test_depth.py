@@ -1,0 +1,430 @@
+"""Depth input without ROS: stamp matching, depth decoding, the depth proposer and its fusion
+with colour, the noise model, RGB-D bags (write, pair by convention, read) and the pipeline /
+offline replay with depth. Scenes are synthetic (an analytic tilted table with box-shaped
+objects), so no YCB models are needed; rendered RGB-D bags are tested in test_scene_bag.py."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vl_distill_ros.bags.bag_io import (BagError, BagFrame, BagTopics, GroundTruthObject,
+                                        is_depth_topic, pair_camera_topics, read_camera_bag,
+                                        write_camera_bag)
+from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
+                                                       DepthProposalConfig, fuse_proposals,
+                                                       load_depth_config, propose_depth_boxes)
+from vl_distill_ros.perception.image_codec import (ImageDecodeError, decode_depth,
+                                                   encode_depth_mm)
+from vl_distill_ros.perception.proposals import box_iou
+from vl_distill_ros.perception.stamp_sync import StampBuffer
+from vl_distill_ros.sim.depth_noise import DepthNoise, apply_depth_noise
+
+REPO = Path(__file__).resolve().parents[1]
+K = CameraIntrinsics(fx=540.0, fy=540.0, cx=319.5, cy=239.5, width=640, height=480)
+
+
+# ---------------------------------------------------------------------------------------
+# a synthetic tabletop: a table plane seen from above at an angle, box-shaped objects
+# ---------------------------------------------------------------------------------------
+def _rays(k: CameraIntrinsics) -> np.ndarray:
+    u, v = np.meshgrid(np.arange(k.width), np.arange(k.height))
+    return np.stack([(u - k.cx) / k.fx, (v - k.cy) / k.fy, np.ones_like(u, float)], -1)
+
+
+def render_tabletop(objects: list[tuple[float, float, float, float, float]],
+                    tilt_deg: float = 50.0, distance: float = 0.9,
+                    k: CameraIntrinsics = K
+                    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Ray-cast depth (m) of a table whose centre lies ``distance`` m along the optical
+    axis, its normal tilted ``tilt_deg`` from the axis, with cuboids ``(a, b, length, width,
+    height)`` (m: centre in table coordinates, a to the right, b away from the camera)
+    standing on it. Returns the depth and each cuboid's visible box (x, y, w, h)."""
+    t = math.radians(tilt_deg)
+    n = np.array([0.0, -math.sin(t), -math.cos(t)])     # towards the camera (origin)
+    e1 = np.array([1.0, 0.0, 0.0])
+    e2 = np.cross(n, e1)                                  # away from the camera, on the table
+    basis = np.stack([e1, e2, n])                         # rows: table axes
+    origin = np.array([0.0, 0.0, distance])
+    rays = _rays(k)
+    dirs = rays @ basis.T                                 # ray in table coordinates per unit z
+    start = -(basis @ origin)                             # camera in table coordinates
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.where(dirs[..., 2] < 0, -start[2] / dirs[..., 2], np.inf)
+        owner = np.full(depth.shape, -1)
+        for i, (a, b, length, width, height) in enumerate(objects):
+            lo = np.array([a - length / 2, b - width / 2, 0.0])
+            hi = np.array([a + length / 2, b + width / 2, height])
+            t0 = (lo - start) / dirs
+            t1 = (hi - start) / dirs
+            near = np.nanmax(np.minimum(t0, t1), axis=-1)
+            far = np.nanmin(np.maximum(t0, t1), axis=-1)
+            hit = (near <= far) & (near > 0) & (near < depth)
+            depth = np.where(hit, near, depth)
+            owner[hit] = i
+    boxes = []
+    for i in range(len(objects)):
+        ys, xs = np.nonzero(owner == i)
+        boxes.append((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                      int(ys.max() - ys.min() + 1)))
+    return np.where(np.isfinite(depth), depth, 0.0).astype(np.float32), boxes
+
+
+def tabletop(objects, tilt_deg: float = 50.0) -> np.ndarray:
+    """Depth only of :func:`render_tabletop`."""
+    return render_tabletop(objects, tilt_deg)[0]
+
+
+#: A cereal-box-like, a can-like and a small cube-like object.
+OBJECTS = [(-0.2, 0.0, 0.12, 0.06, 0.16), (0.05, 0.1, 0.07, 0.07, 0.1),
+           (0.2, -0.1, 0.03, 0.03, 0.03)]
+
+
+def _matched(truth, boxes, iou=0.5) -> int:
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    return len(match_boxes(truth, boxes, iou))
+
+
+# ---------------------------------------------------------------------------------------
+# stamp matching
+# ---------------------------------------------------------------------------------------
+def test_stamp_buffer_exact_nearest_tolerance_and_bound():
+    buf: StampBuffer[str] = StampBuffer(tolerance_ns=10, capacity=3)
+    assert buf.match(100) is None
+    for stamp in (100, 120, 140):
+        buf.add(stamp, f"d{stamp}")
+    assert buf.match(120) == (120, "d120")                  # exact
+    assert buf.match(127) == (120, "d120")                  # nearest within 10 ns
+    assert buf.match(130) == (120, "d120")                  # a tie goes to the earlier
+    assert buf.match(133) == (140, "d140")
+    assert buf.match(151) is None and buf.match(89) is None  # beyond the tolerance
+    buf.add(160, "d160")                                     # over capacity: 100 goes
+    assert len(buf) == 3 and buf.evicted == 1 and buf.match(100) is None
+    buf.add(140, "again")                                    # same stamp replaces
+    assert buf.match(140) == (140, "again") and len(buf) == 3
+    assert buf.latest_stamp() == 160
+    exact = StampBuffer(0, 2)
+    exact.add(5, "x")
+    assert exact.match(5) == (5, "x") and exact.match(6) is None
+    with pytest.raises(ValueError, match="capacity"):
+        StampBuffer(0, 0)
+    with pytest.raises(ValueError, match="tolerance"):
+        StampBuffer(-1, 3)
+
+
+# ---------------------------------------------------------------------------------------
+# decoding
+# ---------------------------------------------------------------------------------------
+def test_depth_encodings_round_trip_and_bad_input():
+    z = np.array([[0.0, 0.5], [1.2344, np.nan]], np.float32)
+    enc, h, w, step, data = encode_depth_mm(z)
+    assert (enc, h, w, step, len(data)) == ("16UC1", 2, 2, 4, 8)
+    back = decode_depth(enc, h, w, step, data)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, [[0.0, 0.5], [1.234, 0.0]], atol=1e-6)  # mm, NaN -> 0
+    f32 = np.array([[1.5, -1.0, np.inf]], "<f4")
+    np.testing.assert_allclose(decode_depth("32FC1", 1, 3, 12, f32.tobytes()), [[1.5, 0, 0]])
+    big = np.array([[1000, 2]], ">u2")
+    np.testing.assert_allclose(decode_depth("16UC1", 1, 2, 4, big.tobytes(), 1), [[1.0, 0.002]])
+    padded = np.zeros((2, 6), np.uint8)  # step 6 > 2 * 2 bytes
+    padded[:, :4] = np.frombuffer(np.array([[10, 20], [30, 40]], "<u2").tobytes(),
+                                  np.uint8).reshape(2, 4)
+    np.testing.assert_allclose(decode_depth("16UC1", 2, 2, 6, padded), [[.01, .02], [.03, .04]])
+    with pytest.raises(ImageDecodeError, match="unsupported depth encoding 'rgb8'"):
+        decode_depth("rgb8", 1, 1, 3, b"abc")
+    with pytest.raises(ImageDecodeError, match="expected step\\*height"):
+        decode_depth("16UC1", 2, 2, 4, b"\0" * 6)
+
+
+# ---------------------------------------------------------------------------------------
+# depth proposer
+# ---------------------------------------------------------------------------------------
+def test_depth_proposals_find_objects_on_a_tilted_table():
+    depth, truth = render_tabletop(OBJECTS)
+    found = propose_depth_boxes(depth, K)
+    assert found.plane is not None and found.note == ""
+    assert _matched(truth, found.boxes, iou=0.8) == 3 and len(found.boxes) == 3
+    for box, (*_, height) in zip(truth, OBJECTS):  # tops: the object's height
+        best = max(range(3), key=lambda i: box_iou(box, found.boxes[i]))
+        assert found.tops[best] == pytest.approx(height, abs=0.005)
+    assert propose_depth_boxes(tabletop([]), K).boxes == []   # an empty table
+
+
+def test_depth_proposals_survive_sensor_noise_holes_and_flying_pixels():
+    hits = boxes = 0
+    for seed in range(4):
+        depth, truth = render_tabletop(OBJECTS, tilt_deg=40 + 5 * seed)
+        noisy = apply_depth_noise(depth, np.random.default_rng(seed), DepthNoise(hole_frac=0.08))
+        assert (noisy == 0).mean() > 0.05  # holes and shadows
+        enc = encode_depth_mm(noisy)        # quantised to millimetres, as 16UC1 carries it
+        found = propose_depth_boxes(decode_depth(*enc), K)
+        hits += _matched(truth, found.boxes)
+        boxes += len(found.boxes)
+    assert hits >= 11 and boxes <= 13  # 12 objects in all
+
+
+def test_depth_proposals_fall_back_without_usable_depth():
+    found = propose_depth_boxes(np.zeros((480, 640), np.float32), K)
+    assert found.boxes == [] and found.plane is None and "too little valid depth" in found.note
+    wall = np.full((480, 640), 9.0, np.float32)   # beyond max_depth_m
+    assert "too little valid depth" in propose_depth_boxes(wall, K).note
+    with pytest.raises(DepthError, match="registered to the colour image"):
+        propose_depth_boxes(np.ones((240, 320), np.float32), K)
+    with pytest.raises(DepthError, match="focal lengths must be > 0"):
+        CameraIntrinsics.from_k([0.0] * 9, 640, 480)
+    with pytest.raises(DepthError, match="width/height 0"):
+        CameraIntrinsics(500, 500, 320, 240, 0, 480)
+
+
+def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table():
+    knife = (0.0, -0.15, 0.15, 0.02, 0.006)              # flat: under the height band
+    depth, truth = render_tabletop(OBJECTS + [knife])
+    black = (520, 120, 40, 40)                            # a black object: no depth there
+    depth[120:160, 520:560] = 0.0
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(depth, K, cfg)
+    assert _matched(truth[:3], found.boxes) == 3 and _matched(truth[3:], found.boxes) == 0
+    flat_table = (420, 40, 50, 30)                       # e.g. a printed pattern
+    colour = [black, truth[3], flat_table, truth[0]]
+    fused = fuse_proposals(found, colour, cfg, max_count=10)
+    assert black in fused and truth[3] in fused and flat_table not in fused
+    assert sum(box_iou(b, truth[0]) > 0.5 for b in fused) == 1  # not duplicated
+    assert _matched(truth, fused) == 4
+    # pieces of a flat object inside a colour box are replaced by it
+    pieces, parts = render_tabletop([(-0.1, 0.0, 0.03, 0.015, 0.02),
+                                     (-0.04, 0.0, 0.03, 0.012, 0.02)])
+    found = propose_depth_boxes(pieces, K, cfg)
+    assert _matched(parts, found.boxes) == 2
+    whole = (245, 224, 65, 24)
+    assert fuse_proposals(found, [whole], cfg, max_count=10) == [whole]
+    # without a plane: colour alone, capped
+    none = propose_depth_boxes(np.zeros((480, 640), np.float32), K, cfg)
+    assert fuse_proposals(none, colour, cfg, 2) == colour[:2]
+
+
+def test_depth_config_yaml_holds_the_defaults_and_bad_files_are_rejected(tmp_path):
+    assert load_depth_config(REPO / "config" / "depth_proposals.yaml") == DepthProposalConfig()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stride: 2\nmin_heigth_m: 0.01\n")
+    with pytest.raises(DepthError, match="unknown keys.*min_heigth_m"):
+        load_depth_config(bad)
+    bad.write_text("stride: 0\n")
+    with pytest.raises(DepthError, match="stride"):
+        load_depth_config(bad)
+    bad.write_text("stride: two\n")
+    with pytest.raises(DepthError, match="expected an integer"):
+        load_depth_config(bad)
+
+
+# ---------------------------------------------------------------------------------------
+# RGB-D bags
+# ---------------------------------------------------------------------------------------
+def test_depth_topic_convention():
+    assert is_depth_topic("/camera/depth/image_raw")
+    assert is_depth_topic("/camera/aligned_depth_to_color/image_raw")
+    assert not is_depth_topic("/camera/color/image_raw")
+    img, info = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"
+    topics = {"/camera/color/image_raw": img, "/camera/aligned_depth_to_color/image_raw": img,
+              "/camera/color/camera_info": info, "/camera/depth/camera_info": info,
+              "/hand/image_raw": img, "/hand/depth/image_raw": img, "/hand/camera_info": info,
+              "/ground_truth": "std_msgs/msg/String"}
+    colour, depth, cinfo = pair_camera_topics(topics)
+    assert colour == ["/camera/color/image_raw", "/hand/image_raw"]
+    assert depth == {"/camera/color/image_raw": "/camera/aligned_depth_to_color/image_raw",
+                     "/hand/image_raw": "/hand/depth/image_raw"}
+    assert cinfo == {"/camera/color/image_raw": "/camera/color/camera_info",
+                     "/hand/image_raw": "/hand/camera_info"}
+    odd = {"/rgb": img, "/z16": img, "/k": info}
+    colour, depth, cinfo = pair_camera_topics(odd, {"/rgb": "/z16"}, {"/rgb": "/k"})
+    assert colour == ["/rgb"] and depth == {"/rgb": "/z16"} and cinfo == {"/rgb": "/k"}
+    with pytest.raises(BagError, match="/missing is not a sensor_msgs/msg/Image"):
+        pair_camera_topics(odd, {"/rgb": "/missing"})
+
+
+def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
+              noisy: bool = False, camouflage: bool = False,
+              k: CameraIntrinsics = K) -> Path:
+    """A bag of ``n`` synthetic RGB-D frames (red objects on a grey table, or grey ones
+    with ``camouflage``: invisible in colour), ground truth from the ray caster; frames
+    listed in ``drop_depth`` carry no depth."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(n):
+        objs = [(-0.15 + 0.02 * i, 0.0, 0.08, 0.06, 0.08),
+                (0.15, 0.05 - 0.01 * i, 0.05, 0.07, 0.12)]
+        depth, boxes = render_tabletop(objs, k=k)
+        if noisy:
+            depth = apply_depth_noise(depth, rng)
+        image = np.full((k.height, k.width, 3), 150, np.uint8)
+        for x, y, w, h in boxes:
+            image[y:y + h, x:x + w] = (150, 150, 150) if camouflage else (200, 40, 40)
+        truth = [GroundTruthObject(b, "apple", "013_apple") for b in boxes]
+        has = i not in drop_depth
+        frames.append(BagFrame(1_000_000_000 + i * 100_000_000, image, truth,
+                               depth=depth if has else None,
+                               intrinsics=(k.fx, k.fy, k.cx, k.cy) if has else None))
+    return write_camera_bag(path, frames)
+
+
+def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
+    bag = read_camera_bag(_rgbd_bag(tmp_path / "rgbd", n=4, drop_depth=(2,)))
+    topics = BagTopics()
+    assert bag.image_topics == [topics.camera]             # depth is never a camera
+    assert bag.depth_topics == {topics.camera: topics.depth}
+    assert bag.camera_info_topics == {topics.camera: topics.camera_info}
+    assert bag.topics[topics.camera_info] == "sensor_msgs/msg/CameraInfo"
+    frames = list(bag.rgbd_frames())
+    assert [f.stamp_ns for f in frames] == [1_000_000_000 + i * 100_000_000 for i in range(4)]
+    assert [f.depth is None for f in frames] == [False, False, True, False]
+    assert "no depth image within the tolerance" in frames[2].depth_note
+    assert frames[0].camera_info == pytest.approx((K.fx, K.fy, K.cx, K.cy, 640, 480))
+    exact = tabletop([(-0.15, 0.0, 0.08, 0.06, 0.08), (0.15, 0.05, 0.05, 0.07, 0.12)])
+    np.testing.assert_allclose(frames[0].depth, exact, atol=5.1e-4)  # millimetres
+    assert len(list(bag.images())) == 4
+
+
+def test_rgbd_frames_match_nearest_stamp_within_tolerance(tmp_path):
+    """Depth 5 ms after its colour frame pairs with a 10 ms tolerance, not with 1 ms."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags import bag_io
+
+    store = bag_io._typestore()
+    path = tmp_path / "skew"
+    with Writer(path, version=Writer.VERSION_LATEST) as writer:
+        col = writer.add_connection("/cam/image_raw", bag_io.IMAGE_TYPE, typestore=store)
+        dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
+        inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
+        for i in range(3):
+            t = 2_000_000_000 + i * 100_000_000
+            img = bag_io._image_msg(store, np.zeros((4, 4, 3), np.uint8), t, "f")
+            writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
+            dmsg = bag_io._depth_msg(store, np.ones((4, 4), np.float32), t + 5_000_000, "f")
+            writer.write(dep, t + 5_000_000, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
+            info = bag_io._camera_info_msg(store, (2, 2, 1.5, 1.5), 4, 4, t, "f")
+            writer.write(inf, t + 5_000_000, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
+    bag = read_camera_bag(path)
+    assert bag.image_topics == ["/cam/image_raw"]
+    ok = list(bag.rgbd_frames(tolerance_ns=10_000_000))
+    assert len(ok) == 3 and all(f.depth is not None for f in ok)
+    tight = list(bag.rgbd_frames(tolerance_ns=1_000_000))
+    assert len(tight) == 3 and all(f.depth is None for f in tight)
+
+
+def test_write_refuses_unregistered_depth(tmp_path):
+    frame = BagFrame(0, np.zeros((8, 8, 3), np.uint8), depth=np.ones((4, 4), np.float32),
+                     intrinsics=(1, 1, 1, 1))
+    with pytest.raises(BagError, match="not registered"):
+        write_camera_bag(tmp_path / "bad", [frame])
+    frame = BagFrame(0, np.zeros((8, 8, 3), np.uint8), depth=np.ones((8, 8), np.float32))
+    with pytest.raises(BagError, match="needs its intrinsics"):
+        write_camera_bag(tmp_path / "bad2", [frame])
+
+
+def test_noise_model_is_seeded_and_realistic():
+    clean = tabletop(OBJECTS)
+    a = apply_depth_noise(clean, np.random.default_rng(1))
+    b = apply_depth_noise(clean, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    valid = a > 0
+    assert 0.01 < 1 - valid.mean() < 0.3                      # holes, shadows
+    err = np.abs(a[valid] - clean[valid])
+    assert np.median(err) < 0.005 and err.max() > 0.02        # small noise, flying pixels
+    assert apply_depth_noise(np.full((8, 8), 9.0, np.float32), np.random.default_rng(0)).max() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# pipeline and offline replay with depth (a tiny real bundle)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from helpers import make_colour_bundle
+
+    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "colour.vdb",
+                              ["banana", "apple"], ["banana", "apple"])
+
+
+def _replay(bag: Path, bundle: Path, out: Path, *extra: str) -> dict:
+    import json
+
+    from vl_distill_ros import cli
+
+    code = cli.main(["replay-eval", str(bag), "--offline", "--model", str(bundle), "--out",
+                     str(out), "--text-cache-dir", "", "--split", "none", "--no-plots",
+                     "--no-progress", *extra])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_offline_replay_uses_the_bags_depth_and_never_scores_it_as_a_camera(bundle, tmp_path):
+    """Objects the colour of the table: only depth finds them."""
+    bag = _rgbd_bag(tmp_path / "camo", n=4, noisy=True, camouflage=True)
+    with_depth = _replay(bag, bundle, tmp_path / "d")
+    assert with_depth["bag"]["image_topics"] == ["/camera/image_raw"]
+    assert with_depth["bag"]["depth_topics"] == {"/camera/image_raw": "/camera/depth/image_raw"}
+    assert with_depth["frames"]["in_bag"] == 4 and with_depth["frames"]["labelled"] == 4
+    assert with_depth["groups"]["all"]["objects"] == 8
+    assert with_depth["groups"]["all"]["matched"] == 8
+    assert with_depth["false_positives"]["boxes"] <= 1
+    assert with_depth["node"]["depth"]["frames_by_status"] == {"used": 4}
+    for extra in (["--no-depth"], ["-p", "proposal_source:=colour"]):
+        colour = _replay(bag, bundle, tmp_path / "c", *extra)
+        assert colour["groups"]["all"]["matched"] == 0, extra
+        assert colour["bag"]["image_topics"] == ["/camera/image_raw"]
+
+
+def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline, PipelineSettings
+
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch")
+    depth, truth = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    x, y, w, h = truth[0]
+    image[y:y + h, x:x + w] = (200, 40, 40)  # only the first object shows in colour
+    colour_only, _ = pipe.process(image)
+    assert pipe.last_depth_status == "" and len(colour_only) == 1
+    objects, _ = pipe.process(image, depth, K)
+    assert pipe.last_depth_status == "used"
+    assert _matched(truth, [o.bbox for o in objects]) == 3
+    for bad_depth, k, why in ((depth[:240], K, "depth is (640, 240)"),
+                              (depth, None, "no camera intrinsics"),
+                              (np.zeros_like(depth), K, "too little valid depth")):
+        objects, _ = pipe.process(image, bad_depth, k)
+        assert why in pipe.last_depth_status
+        assert [o.bbox for o in objects] == [o.bbox for o in colour_only]
+    pipe.configure(proposal_source="depth")
+    objects, _ = pipe.process(image, depth, K)
+    assert _matched(truth, [o.bbox for o in objects]) == 3
+    with pytest.raises(Exception, match="proposal_source must be one of"):
+        PipelineSettings(proposal_source="lidar")
+
+
+def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path):
+    """The live replay starts the node with depth_topics / camera_info_topics and replays
+    depth and CameraInfo: every labelled frame was paired (its objects found)."""
+    small = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
+    bag = _rgbd_bag(tmp_path / "live", n=4, camouflage=True, k=small)
+    report = _replay_live(bag, bundle, tmp_path / "out")
+    assert report["bag"]["image_topics"] == ["/camera/image_raw"]
+    cam = report["cameras"]["/camera/image_raw"]
+    labelled = report["frames"]["labelled"]
+    assert labelled >= 1 and int(cam["depth_used"]) == labelled
+    assert int(cam["depth_errors"]) == 0 and cam["depth_topic"].endswith("/camera/depth/image_raw")
+    assert report["groups"]["all"]["matched"] == report["groups"]["all"]["objects"]
+
+
+def _replay_live(bag: Path, bundle: Path, out: Path) -> dict:
+    import json
+
+    from vl_distill_ros import cli
+
+    code = cli.main(["replay-eval", str(bag), "--model", str(bundle), "--out", str(out),
+                     "--text-cache-dir", "", "--split", "none", "--no-plots", "--no-progress",
+                     "--rate", "0.5", "--node-timeout", "90", "-p", "torch_threads:=1",
+                     "-p", "inference_backend:=torch"])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())

@@ -1,0 +1,224 @@
+"""vl_distill_node with registered depth, over real rclpy (DDS on loopback).
+
+The scene: two box-shaped objects the colour of the table (invisible to the colour proposer)
+on a tilted table, with exact ray-cast depth (``test_depth.render_tabletop``). A frame that
+was paired with its depth is labelled with the two objects' boxes; a frame processed
+colour-only has no objects. That makes pairing, missing, late and mismatched depth, wrong
+encodings and sizes, and a CameraInfo of zeros observable in ``~/labels`` and
+``/diagnostics``, while the colour path keeps publishing.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rclpy
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image
+
+from helpers import make_colour_bundle
+from test_depth import render_tabletop
+from test_node import Tester, running_node, wait_for
+from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+from vl_distill_ros.perception.image_codec import encode_depth_mm
+from vl_distill_ros.ros.node import StartupError, VlDistillNode
+
+K = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
+SCENE = [(-0.15, 0.0, 0.12, 0.06, 0.16), (0.1, 0.05, 0.07, 0.07, 0.1)]
+GREY = 150
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    context.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def tester(ctx):
+    t = Tester(ctx, name="vl_depth_tester")
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "b.vdb",
+                              ["banana", "apple"], ["banana", "apple"])
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return render_tabletop(SCENE, k=K)
+
+
+def _header(msg, sec: int, nanosec: int, frame_id: str) -> None:
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+
+
+def colour_msg(sec: int, nanosec: int, frame_id: str) -> Image:
+    msg = Image()
+    _header(msg, sec, nanosec, frame_id)
+    msg.height, msg.width, msg.encoding, msg.step = 240, 320, "rgb8", 960
+    msg.data = np.full((240, 320, 3), GREY, np.uint8).tobytes()
+    return msg
+
+
+def depth_msg(depth: np.ndarray, sec: int, nanosec: int, encoding: str = "16UC1") -> Image:
+    msg = Image()
+    _header(msg, sec, nanosec, "cam")
+    if encoding == "32FC1":
+        data = depth.astype("<f4").tobytes()
+        msg.step = depth.shape[1] * 4
+    elif encoding == "16UC1":
+        _, _, _, msg.step, data = encode_depth_mm(depth)
+    else:  # a wrong encoding: 3 bytes per pixel
+        data = np.zeros((*depth.shape, 3), np.uint8).tobytes()
+        msg.step = depth.shape[1] * 3
+    msg.height, msg.width, msg.encoding = depth.shape[0], depth.shape[1], encoding
+    msg.data = data
+    return msg
+
+
+def info_msg(k: CameraIntrinsics | None) -> CameraInfo:
+    msg = CameraInfo()
+    msg.header.frame_id = "cam"
+    msg.width, msg.height = 320, 240
+    if k is not None:
+        msg.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
+    return msg  # k all zeros otherwise (an uncalibrated driver)
+
+
+class Rig:
+    """Publishers of one RGB-D camera in ``ns`` and the node's labels."""
+
+    def __init__(self, tester: Tester, ns: str) -> None:
+        self.tester, self.ns = tester, ns
+        self.info_pub = tester.node.create_publisher(CameraInfo, f"{ns}/cam/info", 10)
+        self.labels = tester.watch_labels(f"{ns}/vl_distill_node/labels")
+        self.fqn = f"{ns}/vl_distill_node"
+
+    def send(self, frame_id: str, sec: int, depth: Image | None = None,
+             info: CameraInfo | None = None, depth_after: float | None = None) -> dict:
+        """Publish (info, depth,) colour until the frame is labelled; return its document."""
+        def found():
+            return next((d for _, d in self.labels if d["header"]["frame_id"] == frame_id), None)
+        end = time.monotonic() + 20.0
+        while time.monotonic() < end:
+            if info is not None:
+                self.info_pub.publish(info)
+            if depth is not None and depth_after is None:
+                self.tester.publish(f"{self.ns}/cam/depth", depth)
+            self.tester.publish(f"{self.ns}/cam/image", colour_msg(sec, 0, frame_id))
+            if depth is not None and depth_after is not None:
+                time.sleep(depth_after)
+                self.tester.publish(f"{self.ns}/cam/depth", depth)
+            if wait_for(lambda: found() is not None, 0.5):
+                return found()
+        raise AssertionError(f"no labels for {frame_id} within 20 s")
+
+    def status(self) -> dict:
+        assert wait_for(lambda: self.tester.camera_status(self.fqn, f"{self.ns}/cam/image")
+                        is not None, 10.0)
+        return self.tester.camera_status(self.fqn, f"{self.ns}/cam/image")
+
+
+def _boxes(doc: dict) -> list:
+    return [tuple(o["bbox"]) for o in doc["objects"]]
+
+
+def _node(ctx, ns: str, bundle: Path, tmp: Path):
+    return running_node(ctx, ns, bundle, tmp, crop_source="proposals",
+                        image_topics=["cam/image"], depth_topics=["cam/depth"],
+                        camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                        inference_backend="torch", warm_text_encoder=False)
+
+
+def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
+        ctx, tester, bundle, scene, tmp_path):
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    depth, truth = scene
+    rig = Rig(tester, "/rgbd")
+    with _node(ctx, "/rgbd", bundle, tmp_path):
+        assert wait_for(lambda: tester.node.count_subscribers("/rgbd/cam/depth") > 0, 10.0)
+        info = info_msg(K)
+        doc = rig.send("paired", 10, depth_msg(depth, 10, 0), info)
+        assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        doc = rig.send("metres", 11, depth_msg(depth, 11, 0, "32FC1"), info)
+        assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        # depth 20 ms late on the wire: the frame waits for it (tolerance 50 ms)
+        doc = rig.send("late", 12, depth_msg(depth, 12, 0), info, depth_after=0.02)
+        assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        # stamps 10 ms apart pair; 200 ms apart do not
+        doc = rig.send("near", 13, depth_msg(depth, 13, 10_000_000), info)
+        assert len(doc["objects"]) == 2
+        doc = rig.send("far", 14, depth_msg(depth, 14, 200_000_000), info)
+        assert doc["objects"] == []
+        doc = rig.send("none", 15)                         # no depth at all
+        assert doc["objects"] == []
+        assert wait_for(lambda: int(rig.status().get("colour_only", 0)) >= 2, 5.0)
+        st = rig.status()
+        assert int(st["depth_used"]) >= 4 and int(st["depth_errors"]) == 0
+        assert "no depth image within 0.05 s" in st["last_colour_only_reason"]
+        assert st["depth_topic"] == "/rgbd/cam/depth" and st["level"] == b"\x00"
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("encoding", "unsupported depth encoding 'rgb8'"),
+    ("size", "depth must be registered (aligned) to the colour image"),
+    ("zeros", "focal lengths must be > 0"),
+])
+def test_bad_depth_gives_a_camera_diagnostic_and_colour_keeps_working(
+        ctx, tester, bundle, scene, tmp_path, problem, expected):
+    depth, _ = scene
+    ns = f"/bad_{problem}"
+    rig = Rig(tester, ns)
+    msg = {"encoding": depth_msg(depth, 20, 0, "rgb8"),
+           "size": depth_msg(depth[::2, ::2].copy(), 20, 0)}.get(problem, depth_msg(depth, 20, 0))
+    info = info_msg(None if problem == "zeros" else K)
+    with _node(ctx, ns, bundle, tmp_path):
+        assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth") > 0, 10.0)
+        doc = rig.send(f"bad-{problem}", 20, msg, info)
+        assert doc["objects"] == []                      # colour-only, still published
+
+        def warned():
+            st = rig.status()
+            return st["level"] == b"\x01" and expected in st["message"]
+        assert wait_for(warned, 10.0), rig.status()
+        st = rig.status()
+        assert int(st["depth_errors"]) >= 1 and expected in st["last_depth_error"]
+        # a good frame after it is still paired (one bad message breaks nothing)
+        if problem != "zeros":
+            doc = rig.send("good", 21, depth_msg(depth, 21, 0), info_msg(K))
+            assert len(doc["objects"]) == 2
+
+
+def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
+    base = [Parameter("model_path", value=str(bundle)),
+            Parameter("text_cache_dir", value=str(tmp_path)),
+            Parameter("warm_text_encoder", value=False),
+            Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a", "b"])]
+    for extra, why in (
+            ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da"]),
+              Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["ia", "ib"])],
+             "depth_topics must be empty or list one non-empty topic per image_topics"),
+            ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da", "db"])],
+             "depth_topics and camera_info_topics go together")):
+        with pytest.raises(StartupError, match=why):
+            VlDistillNode(namespace="/startup", context=ctx, parameter_overrides=base + extra)
+
+
+def test_depth_topics_are_read_only(ctx, bundle, tmp_path):
+    with running_node(ctx, "/ro", bundle, tmp_path, warm_text_encoder=False) as node:
+        res = node.set_parameters([Parameter("depth_topics", Parameter.Type.STRING_ARRAY,
+                                             ["x"])])
+        assert not res[0].successful and "read-only" in res[0].reason
+        assert list(node.get_parameter("depth_topics").value) == []
+        assert node.get_parameter("depth_sync_tolerance").value == pytest.approx(0.02)

@@ -1,0 +1,433 @@
+"""Object proposals from registered depth: the tabletop recipe of robot grasping stacks.
+
+ROS-free and numpy/OpenCV only. :func:`propose_depth_boxes` takes a depth image registered
+to the colour image (metres, 0 = no measurement) and the colour camera's intrinsics:
+
+1. **Cloud**: the depth is sampled on a grid every :attr:`DepthProposalConfig.stride`
+   pixels; samples outside ``[min_depth_m, max_depth_m]`` (zeros, holes, out of range) are
+   invalid, and so are samples on a depth discontinuity (their 3x3 grid neighbourhood spans
+   more than ``edge_jump_frac`` of their depth): that removes the flying pixels real sensors
+   leave between an object and the table, and it separates objects that overlap in the
+   image at different depths. Valid samples are back-projected with the intrinsics.
+2. **Support plane**: RANSAC (``ransac_iterations`` hypotheses from random triples, each
+   scored on at most ``ransac_samples`` points, inlier distance
+   ``plane_threshold_m + plane_threshold_quadratic * z^2`` to allow for the noise and the
+   disparity quantisation growing with depth), then a least-squares refit on the inliers.
+   Its normal is turned towards the camera.
+3. **Objects**: samples between ``min_height_m`` (plus the same depth-dependent noise
+   allowance) and ``max_height_m`` above the plane, grouped by connected components of the
+   grid (8-connected; discontinuities already cut objects apart).
+4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
+   3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
+   cluster's samples, together with their feet on the plane (the object's bottom, cut by
+   the height band), are projected to a box in the colour image, padded by one grid step.
+
+:func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing.
+Parameters come from ``config/depth_proposals.yaml`` (:func:`load_depth_config`), whose
+values are the dataclass defaults.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .proposals import Box, box_iou, sanitize_boxes
+
+__all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
+           "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
+           "load_depth_config", "fit_plane_ransac", "boxes_from_clusters"]
+
+
+class DepthError(ValueError):
+    """Depth input or intrinsics that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of the colour camera (pixels, OpenCV convention) and its size."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        vals = (self.fx, self.fy, self.cx, self.cy)
+        if not all(math.isfinite(float(v)) for v in vals):
+            raise DepthError(f"camera intrinsics must be finite, got {vals}")
+        if float(self.fx) <= 0 or float(self.fy) <= 0:
+            raise DepthError(f"camera intrinsics have fx={self.fx}, fy={self.fy}: the focal "
+                             "lengths must be > 0 (a CameraInfo with a zero K matrix?)")
+        if int(self.width) <= 0 or int(self.height) <= 0:
+            raise DepthError(f"camera size {self.width}x{self.height} must be positive (a "
+                             "CameraInfo with width/height 0?)")
+
+    @classmethod
+    def from_k(cls, k: Sequence[float], width: int, height: int) -> "CameraIntrinsics":
+        """From a CameraInfo's row-major 3x3 ``k`` and its ``width``/``height``.
+
+        Raises:
+            DepthError: ``k`` does not have 9 values, or the values are unusable.
+        """
+        vals = [float(v) for v in k]
+        if len(vals) != 9:
+            raise DepthError(f"CameraInfo k must hold 9 values, got {len(vals)}")
+        return cls(vals[0], vals[4], vals[2], vals[5], int(width), int(height))
+
+
+@dataclass(frozen=True)
+class DepthProposalConfig:
+    """Settings of :func:`propose_depth_boxes` (see the module docstring)."""
+
+    #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame).
+    stride: int = 2
+    min_depth_m: float = 0.15
+    max_depth_m: float = 2.5
+    #: A sample whose 3x3 grid neighbourhood spans more than this fraction of its depth
+    #: lies on a discontinuity and is dropped.
+    edge_jump_frac: float = 0.03
+    ransac_iterations: int = 80
+    ransac_samples: int = 2000
+    plane_threshold_m: float = 0.006
+    plane_threshold_quadratic: float = 0.004
+    #: Fraction of the valid samples the plane must hold (else: no plane, colour only).
+    min_plane_frac: float = 0.15
+    #: Height band above the plane (m); the lower bound also gets the noise allowance
+    #: ``plane_threshold_quadratic * z^2``.
+    min_height_m: float = 0.005
+    max_height_m: float = 0.45
+    #: Diameter (grid cells, odd) of the closing that joins the pieces of one object (a
+    #: thin handle below the height band between two parts); 1 disables it. Only the
+    #: cluster labels come from the closed mask, never extra points.
+    close_cells: int = 5
+    min_cluster_points: int = 6
+    min_size_m: float = 0.012
+    max_size_m: float = 0.6
+    #: Most boxes returned (largest first).
+    max_count: int = 10
+    #: Fraction of the frame's grid samples that must be valid to try at all.
+    min_valid_frac: float = 0.1
+    #: Seed of the RANSAC sampler (results are deterministic for a frame).
+    seed: int = 0
+    #: Fusion: a colour box whose IoU with every depth box is at most ``fuse_max_iou`` is
+    #: added when less than ``fuse_min_valid_frac`` of it has valid depth (holes,
+    #: reflective or black objects, out of range), or when at least ``fuse_raised_frac`` of
+    #: its valid samples stand ``fuse_raised_m`` (plus the noise allowance) above the plane
+    #: (a flat object below the height band); a colour box on flat table is dropped.
+    fuse_min_valid_frac: float = 0.5
+    fuse_max_iou: float = 0.2
+    fuse_raised_m: float = 0.003
+    fuse_raised_frac: float = 0.15
+    #: A colour box also replaces the depth boxes that lie (``fuse_containment`` of their
+    #: area) inside it when all of them are low (at most ``fuse_flat_height_m`` tall):
+    #: depth sees only the thicker parts of a flat object (a fork's head, a knife's handle).
+    fuse_containment: float = 0.7
+    fuse_flat_height_m: float = 0.04
+
+    def __post_init__(self) -> None:
+        if not 1 <= int(self.stride) <= 16:
+            raise DepthError(f"stride must be in [1, 16], got {self.stride}")
+        if not 0.0 <= self.min_depth_m < self.max_depth_m <= 100.0:
+            raise DepthError("need 0 <= min_depth_m < max_depth_m <= 100")
+        if not 1 <= int(self.ransac_iterations) <= 10000:
+            raise DepthError(f"ransac_iterations must be in [1, 10000], got "
+                             f"{self.ransac_iterations}")
+        if not 3 <= int(self.ransac_samples) <= 1_000_000:
+            raise DepthError(f"ransac_samples must be in [3, 1000000], got {self.ransac_samples}")
+        if not 0.0 <= self.min_height_m < self.max_height_m:
+            raise DepthError("need 0 <= min_height_m < max_height_m")
+        if not 0.0 <= self.min_size_m < self.max_size_m:
+            raise DepthError("need 0 <= min_size_m < max_size_m")
+        if not 1 <= int(self.close_cells) <= 15:
+            raise DepthError(f"close_cells must be in [1, 15], got {self.close_cells}")
+        if not 0 <= int(self.max_count) <= 256 or int(self.min_cluster_points) < 1:
+            raise DepthError("need 0 <= max_count <= 256 and min_cluster_points >= 1")
+        for name in ("edge_jump_frac", "plane_threshold_m", "plane_threshold_quadratic"):
+            if not float(getattr(self, name)) > 0:
+                raise DepthError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_plane_frac", "min_valid_frac", "fuse_min_valid_frac",
+                     "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
+                     "fuse_flat_height_m"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def load_depth_config(path: str | Path) -> DepthProposalConfig:
+    """Read a :class:`DepthProposalConfig` from YAML (a mapping of its fields; unknown keys
+    and wrong types are errors).
+
+    Raises:
+        DepthError: unreadable file, bad YAML, unknown key, wrong type or invalid value.
+    """
+    import yaml
+
+    from ..config import ConfigError, from_dict
+
+    try:
+        data = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DepthError(f"cannot read depth proposal config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DepthError(f"{path}: expected a mapping of DepthProposalConfig fields")
+    try:
+        return from_dict(DepthProposalConfig, data, where=str(path))
+    except ConfigError as exc:
+        raise DepthError(str(exc)) from None
+
+
+@dataclass
+class DepthProposals:
+    """What :func:`propose_depth_boxes` found in one frame."""
+
+    #: ``(x, y, w, h)`` boxes in colour pixels, largest first.
+    boxes: list[Box] = field(default_factory=list)
+    #: Height (m) of the tallest sample of each box's cluster above the plane.
+    tops: list[float] = field(default_factory=list)
+    #: Fraction of the grid samples with usable depth.
+    valid_frac: float = 0.0
+    #: ``(nx, ny, nz, d)`` of the support plane (``n . p + d`` = height), or ``None``.
+    plane: tuple[float, float, float, float] | None = None
+    #: Why depth gave nothing usable ("" when a plane was found).
+    note: str = ""
+    #: Grid of heights above the plane (m; NaN where depth is not usable), its stride and
+    #: the pixel offset of its first sample; for :func:`fuse_proposals`.
+    height_grid: np.ndarray | None = None
+    stride: int = 1
+    offset: int = 0
+    #: Noise allowance of each grid sample (m), ``plane_threshold_quadratic * z^2``.
+    allowance_grid: np.ndarray | None = None
+
+
+def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
+                     rng: np.random.Generator) -> tuple[np.ndarray, float, float] | None:
+    """Dominant plane of ``(N, 3)`` camera-frame points: ``(unit normal towards the camera,
+    offset d, inlier fraction)`` with ``n . p + d`` the signed distance, or ``None``.
+
+    Hypotheses are scored on ``ransac_samples`` random points, the winner is refitted by
+    least squares (twice) on the inliers among at most ``8 * ransac_samples`` points."""
+    n_pts = len(points)
+    if n_pts < 3:
+        return None
+    pts = np.asarray(points, np.float32)
+    sub = pts[rng.integers(0, n_pts, size=min(n_pts, int(cfg.ransac_samples)))]
+    fit = pts[rng.integers(0, n_pts, size=min(n_pts, 8 * int(cfg.ransac_samples)))] \
+        if n_pts > 8 * int(cfg.ransac_samples) else pts
+    tri = pts[rng.integers(0, n_pts, size=(int(cfg.ransac_iterations), 3))]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(normals, axis=1)
+    ok = norm > 1e-9
+    if not ok.any():
+        return None
+    normals = normals[ok] / norm[ok, None]
+    offsets = -np.einsum("ij,ij->i", normals, tri[ok, 0])
+    thr_sub = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * sub[:, 2] ** 2
+    scores = np.count_nonzero(np.abs(sub @ normals.T + offsets) < thr_sub[:, None], axis=0)
+    best = int(np.argmax(scores))
+    n, d = normals[best].astype(np.float64), float(offsets[best])
+    thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * fit[:, 2] ** 2
+    for _ in range(2):  # least-squares refits on the inliers (smallest-eigenvalue normal)
+        inliers = np.abs(fit @ n + d) < thr
+        if np.count_nonzero(inliers) < 3:
+            return None
+        sel = fit[inliers].astype(np.float64)
+        centre = sel.mean(axis=0)
+        cov = (sel - centre).T @ (sel - centre)
+        n = np.linalg.eigh(cov)[1][:, 0]
+        d = -float(n @ centre)
+    if d < 0:  # the camera (origin) on the positive side: heights above the table > 0
+        n, d = -n, -d
+    frac = float(np.count_nonzero(np.abs(fit @ n + d) < thr)) / len(fit)
+    return n, d, frac
+
+
+@dataclass
+class DepthCloud:
+    """The sampled, filtered cloud of one depth frame (step 1 of the module docstring)."""
+
+    #: Grid of sampled depth (m, 0 where invalid) and its validity.
+    z: np.ndarray
+    valid: np.ndarray
+    stride: int
+    #: Pixel offset of the first grid sample.
+    offset: int
+    #: Grid row and column of each valid sample, and its ``(N, 3)`` float32 camera-frame
+    #: point (x right, y down, z forward, metres).
+    rows: np.ndarray
+    cols: np.ndarray
+    points: np.ndarray
+
+
+def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig) -> DepthCloud:
+    """Sample ``depth`` every ``cfg.stride`` pixels, drop invalid and discontinuity samples
+    and back-project the rest with ``k``."""
+    s = int(cfg.stride)
+    off = s // 2
+    z = np.ascontiguousarray(depth[off::s, off::s], dtype=np.float32)
+    valid = np.isfinite(z) & (z >= cfg.min_depth_m) & (z <= cfg.max_depth_m)
+    z = np.where(valid, z, np.float32(0.0))
+    kernel = np.ones((3, 3), np.uint8)
+    hi = cv2.dilate(z, kernel)
+    lo = cv2.erode(np.where(valid, z, np.float32(1e6)), kernel)
+    valid &= (hi - lo) <= cfg.edge_jump_frac * z
+    rows, cols = np.nonzero(valid)
+    zz = z[rows, cols]
+    pts = np.stack([((off + cols * s) - k.cx) * zz / k.fx,
+                    ((off + rows * s) - k.cy) * zz / k.fy, zz], axis=1).astype(np.float32)
+    return DepthCloud(z, valid, s, off, rows, cols, pts)
+
+
+def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
+                        cfg: DepthProposalConfig | None = None) -> DepthProposals:
+    """Boxes around the objects standing on the dominant plane of a registered depth image.
+
+    Args:
+        depth_m: ``(H, W)`` depth in metres (0, NaN or inf: no measurement), registered to
+            the colour image whose ``intrinsics`` are given.
+        intrinsics: the colour camera's; its size must equal the depth image's.
+        cfg: settings (defaults: :class:`DepthProposalConfig`).
+
+    Returns:
+        :class:`DepthProposals`; with too little valid depth or no plane, no boxes and a
+        ``note`` saying why (the caller falls back to colour).
+
+    Raises:
+        DepthError: ``depth_m`` is not 2-D or its size differs from the intrinsics'.
+    """
+    cfg = cfg or DepthProposalConfig()
+    depth = np.asarray(depth_m)
+    if depth.ndim != 2:
+        raise DepthError(f"depth must be an (H, W) array, got shape {depth.shape}")
+    h, w = depth.shape
+    if (w, h) != (int(intrinsics.width), int(intrinsics.height)):
+        raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
+                         f"{intrinsics.height}: depth must be registered to the colour image")
+    cloud = depth_cloud(depth, intrinsics, cfg)
+    out = DepthProposals(valid_frac=float(cloud.valid.mean()) if cloud.valid.size else 0.0,
+                         stride=cloud.stride, offset=cloud.offset)
+    if out.valid_frac < cfg.min_valid_frac or cfg.max_count == 0:
+        out.note = f"too little valid depth ({100 * out.valid_frac:.0f}% of the frame)"
+        return out
+    fit = fit_plane_ransac(cloud.points, cfg, np.random.default_rng(int(cfg.seed)))
+    if fit is None or fit[2] < cfg.min_plane_frac:
+        out.note = "no support plane in the depth"
+        return out
+    n, d, _ = fit
+    out.plane = (float(n[0]), float(n[1]), float(n[2]), d)
+    height = cloud.points @ n.astype(np.float32) + np.float32(d)
+    out.height_grid = np.full(cloud.z.shape, np.nan, np.float32)
+    out.height_grid[cloud.rows, cloud.cols] = height
+    out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
+    low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
+    above = (height > low) & (height < cfg.max_height_m)
+    clusters = _grid_clusters(cloud, above, cfg)
+    out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
+                                              cfg)
+    return out
+
+
+def _grid_clusters(cloud: DepthCloud, above: np.ndarray,
+                   cfg: DepthProposalConfig) -> list[np.ndarray]:
+    """Indices (into the cloud) of each connected component of the above-plane samples on
+    the grid (labels from the grid closed by ``close_cells``)."""
+    grid = np.zeros(cloud.z.shape, np.uint8)
+    grid[cloud.rows[above], cloud.cols[above]] = 1
+    index = np.full(cloud.z.shape, -1, np.int64)
+    index[cloud.rows, cloud.cols] = np.arange(len(cloud.rows))
+    joined = grid
+    if int(cfg.close_cells) > 1:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(cfg.close_cells) | 1,) * 2)
+        joined = cv2.morphologyEx(grid, cv2.MORPH_CLOSE, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    clusters = []
+    for i in range(1, count):
+        if stats[i, cv2.CC_STAT_AREA] < cfg.min_cluster_points:
+            continue
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        own = (labels[y:y + bh, x:x + bw] == i) & (grid[y:y + bh, x:x + bw] > 0)
+        if np.count_nonzero(own) >= cfg.min_cluster_points:
+            clusters.append(index[y:y + bh, x:x + bw][own])
+    return clusters
+
+
+def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
+                        height: np.ndarray, normal: np.ndarray, k: CameraIntrinsics,
+                        cfg: DepthProposalConfig) -> tuple[list[Box], list[float]]:
+    """Size-filtered clusters (index arrays into ``points``) -> colour boxes, largest first
+    (at most ``max_count``), and the height of each cluster's top above the plane. A
+    cluster's samples and their feet on the plane are projected; boxes are padded by one
+    grid step."""
+    boxes: list[tuple[Box, float]] = []
+    s = int(cfg.stride)
+    for sel in clusters:
+        cloud = points[sel]
+        extent = float((cloud.max(axis=0) - cloud.min(axis=0)).max())
+        if not cfg.min_size_m <= extent <= cfg.max_size_m:
+            continue
+        feet = cloud - height[sel, None] * normal[None, :].astype(np.float32)
+        both = np.concatenate([cloud, feet])
+        zs = np.maximum(both[:, 2], 1e-6)
+        us = k.fx * both[:, 0] / zs + k.cx
+        vs = k.fy * both[:, 1] / zs + k.cy
+        x0, x1 = float(us.min()) - s, float(us.max()) + s
+        y0, y1 = float(vs.min()) - s, float(vs.max()) + s
+        top = float(height[sel].max())
+        for box in sanitize_boxes([[x0, y0, x1 - x0, y1 - y0]], k.width, k.height, 4):
+            boxes.append((box, top))
+    boxes.sort(key=lambda bt: bt[0][2] * bt[0][3], reverse=True)
+    kept = boxes[:int(cfg.max_count)]
+    return [b for b, _ in kept], [t for _, t in kept]
+
+
+def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
+                   cfg: DepthProposalConfig, max_count: int) -> list[Box]:
+    """Depth boxes first, then the colour boxes that depth does not contradict: each one
+    overlapping no depth box by more than ``fuse_max_iou`` and either mostly without valid
+    depth (a hole, a reflective or black object, out of range) or standing partly above the
+    plane (a flat object, see :class:`DepthProposalConfig`); at most ``max_count``. Without
+    a support plane the colour boxes alone."""
+    if depth.plane is None or depth.height_grid is None:
+        return list(colour_boxes)[:max_count]
+    out = list(depth.boxes)
+    tops = list(depth.tops) if len(depth.tops) == len(out) else [np.inf] * len(out)
+    grid, s, off = depth.height_grid, depth.stride, depth.offset
+    allowance = depth.allowance_grid if depth.allowance_grid is not None else 0.0
+    raised = np.nan_to_num(grid, nan=-1.0) > cfg.fuse_raised_m + allowance
+    for box in colour_boxes:
+        inside = [i for i, b in enumerate(out) if _containment(b, box) >= cfg.fuse_containment]
+        if inside and all(tops[i] <= cfg.fuse_flat_height_m for i in inside) and not any(
+                box_iou(box, b) > cfg.fuse_max_iou for i, b in enumerate(out)
+                if i not in inside):
+            out = [b for i, b in enumerate(out) if i not in inside] + [box]
+            tops = [t for i, t in enumerate(tops) if i not in inside] + [0.0]
+            continue
+        if len(out) >= max_count or any(box_iou(box, b) > cfg.fuse_max_iou for b in out):
+            continue
+        x, y, w, h = box
+        c0, r0 = max((x - off + s - 1) // s, 0), max((y - off + s - 1) // s, 0)
+        c1, r1 = (x + w - 1 - off) // s + 1, (y + h - 1 - off) // s + 1
+        cells = grid[r0:r1, c0:c1]
+        if cells.size == 0:
+            continue
+        valid = np.isfinite(cells)
+        n_valid = int(np.count_nonzero(valid))
+        if n_valid < cfg.fuse_min_valid_frac * cells.size or \
+                np.count_nonzero(raised[r0:r1, c0:c1]) >= cfg.fuse_raised_frac * n_valid:
+            out.append(box)
+            tops.append(np.inf)
+    return out[:max_count]
+
+
+def _containment(inner: Sequence[int], outer: Sequence[int]) -> float:
+    """Fraction of box ``inner``'s area inside box ``outer``."""
+    iw = min(inner[0] + inner[2], outer[0] + outer[2]) - max(inner[0], outer[0])
+    ih = min(inner[1] + inner[3], outer[1] + outer[3]) - max(inner[1], outer[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return float(iw * ih) / max(float(inner[2] * inner[3]), 1.0)

@@ -1,0 +1,95 @@
+"""Pair messages of two streams by header stamp (ROS-free; ``message_filters`` is not on PyPI).
+
+A :class:`StampBuffer` holds the latest messages of one secondary stream (a depth camera,
+its camera info) in a bounded, stamp-ordered buffer. :meth:`StampBuffer.match` finds the
+partner of a primary (colour) stamp: the message with exactly that stamp, else the nearest
+one within ``tolerance_ns``, else none. Colour frames themselves are not buffered here: the
+caller keeps its "latest wins" slot and asks for a partner when it processes a frame.
+
+Thread safety: every method takes an internal lock, so a subscription callback may
+:meth:`~StampBuffer.add` while a worker thread calls :meth:`~StampBuffer.match`.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import Any, Generic, TypeVar
+
+__all__ = ["StampBuffer", "MAX_CAPACITY"]
+
+T = TypeVar("T")
+#: Upper bound of :class:`StampBuffer` capacity (messages held per stream).
+MAX_CAPACITY = 1000
+
+
+class StampBuffer(Generic[T]):
+    """Bounded buffer of ``(stamp ns, item)`` pairs with nearest-stamp lookup.
+
+    Args:
+        tolerance_ns: largest ``|stamp - query|`` (ns) :meth:`match` accepts (0: exact only).
+        capacity: most items kept (1 .. :data:`MAX_CAPACITY`); adding more drops the oldest
+            stamp, which is counted in :attr:`evicted`.
+
+    Raises:
+        ValueError: a negative tolerance or a capacity out of range.
+    """
+
+    def __init__(self, tolerance_ns: int, capacity: int = 10) -> None:
+        if int(tolerance_ns) < 0:
+            raise ValueError(f"tolerance_ns must be >= 0, got {tolerance_ns}")
+        if not 1 <= int(capacity) <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be in [1, {MAX_CAPACITY}], got {capacity}")
+        self.tolerance_ns = int(tolerance_ns)
+        self.capacity = int(capacity)
+        self._stamps: list[int] = []
+        self._items: list[Any] = []
+        self._lock = threading.Lock()
+        #: Items dropped because the buffer was full.
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._stamps)
+
+    def add(self, stamp_ns: int, item: T) -> None:
+        """Insert ``item`` at ``stamp_ns`` (an equal stamp replaces the older item); when the
+        buffer is over capacity the oldest stamp goes."""
+        stamp = int(stamp_ns)
+        with self._lock:
+            i = bisect.bisect_left(self._stamps, stamp)
+            if i < len(self._stamps) and self._stamps[i] == stamp:
+                self._items[i] = item
+                return
+            self._stamps.insert(i, stamp)
+            self._items.insert(i, item)
+            while len(self._stamps) > self.capacity:
+                del self._stamps[0]
+                del self._items[0]
+                self.evicted += 1
+
+    def match(self, stamp_ns: int) -> tuple[int, T] | None:
+        """``(stamp, item)`` with exactly ``stamp_ns``, else the nearest within the tolerance
+        (the earlier one on a tie), else ``None``. The item stays in the buffer."""
+        stamp = int(stamp_ns)
+        with self._lock:
+            i = bisect.bisect_left(self._stamps, stamp)
+            best = None
+            for j in (i - 1, i):  # the neighbours on both sides; i may be the exact match
+                if 0 <= j < len(self._stamps):
+                    gap = abs(self._stamps[j] - stamp)
+                    if gap <= self.tolerance_ns and (best is None or gap < best[0]):
+                        best = (gap, j)
+            if best is None:
+                return None
+            return self._stamps[best[1]], self._items[best[1]]
+
+    def latest_stamp(self) -> int | None:
+        """The newest stamp held, or ``None`` when empty."""
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
+
+    def clear(self) -> None:
+        """Drop every item."""
+        with self._lock:
+            self._stamps.clear()
+            self._items.clear()

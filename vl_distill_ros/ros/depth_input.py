@@ -1,0 +1,160 @@
+"""Registered depth for one colour camera of ``vl_distill_node`` (no rclpy import).
+
+:class:`DepthInput` holds a camera's depth images in a bounded stamp buffer
+(:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`) and its latest
+``sensor_msgs/CameraInfo``, pairs a colour frame with the depth image of the same stamp (or
+the nearest within ``depth_sync_tolerance``), decodes it (16UC1 mm or 32FC1 m) and checks
+it against the colour image and the intrinsics. Anything wrong -- no partner in time, no
+CameraInfo yet, a wrong encoding, a size mismatch, a CameraInfo with zeros -- gives
+``(None, None)`` with a reason: the colour frame is then processed colour-only, and the
+counters and the last problem go to the camera's ``/diagnostics`` status.
+
+Messages are duck-typed (``header.stamp``, ``encoding``, ``height``, ``width``, ``step``,
+``data``, ``is_bigendian``; ``k``, ``width``, ``height``), so this module is tested without
+ROS as well as through the node.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..perception.depth_proposals import CameraIntrinsics, DepthError
+from ..perception.image_codec import ImageDecodeError, decode_depth
+from ..perception.stamp_sync import StampBuffer
+
+__all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
+
+#: Depth images kept per camera (the matcher's bounded buffer).
+DEPTH_BUFFER = 30
+#: A depth stream silent for longer than this (s) is not waited for.
+STALE_AFTER_S = 1.0
+
+
+def stamp_ns(msg: Any) -> int:
+    """``header.stamp`` of a message in nanoseconds."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+class DepthInput:
+    """Depth and camera info of one colour camera (see the module docstring).
+
+    Args:
+        depth_topic: the depth topic (as configured; for diagnostics).
+        info_topic: the CameraInfo topic.
+        tolerance_s: largest stamp difference accepted when pairing (``depth_sync_tolerance``).
+        capacity: depth images buffered (bounded).
+    """
+
+    def __init__(self, depth_topic: str, info_topic: str, tolerance_s: float,
+                 capacity: int = DEPTH_BUFFER) -> None:
+        self.depth_topic = depth_topic
+        self.info_topic = info_topic
+        self.tolerance_s = float(tolerance_s)
+        self.buffer: StampBuffer[Any] = StampBuffer(int(round(tolerance_s * 1e9)), capacity)
+        self._lock = threading.Lock()
+        self.info: Any = None
+        self.last_receipt = float("-inf")
+        self.counts = {"depth_received": 0, "camera_info_received": 0, "depth_used": 0,
+                       "colour_only": 0, "depth_errors": 0}
+        self.errors_in_period = 0
+        self.colour_only_in_period = 0
+        self.last_depth_error = ""
+        self.last_colour_only_reason = ""
+
+    # -- executor thread ------------------------------------------------------------------
+    def add_depth(self, msg: Any, now: float) -> None:
+        """Buffer a depth image (by its header stamp)."""
+        self.buffer.add(stamp_ns(msg), msg)
+        with self._lock:
+            self.counts["depth_received"] += 1
+            self.last_receipt = now
+
+    def add_info(self, msg: Any) -> None:
+        """Keep the latest CameraInfo (intrinsics rarely change; they are checked on use)."""
+        with self._lock:
+            self.info = msg
+            self.counts["camera_info_received"] += 1
+
+    # -- inference thread -----------------------------------------------------------------
+    def may_still_arrive(self, stamp: int, now: float) -> bool:
+        """Whether a depth partner of ``stamp`` may still come: none matches yet, the stream
+        is alive and its newest stamp is older than ``stamp`` plus the tolerance."""
+        if self.buffer.match(stamp) is not None:
+            return False
+        latest = self.buffer.latest_stamp()
+        with self._lock:
+            alive = now - self.last_receipt < STALE_AFTER_S
+        return alive and (latest is None or latest < stamp + self.buffer.tolerance_ns)
+
+    def pair(self, stamp: int, image_shape: tuple[int, ...]
+             ) -> tuple[np.ndarray | None, CameraIntrinsics | None, str]:
+        """``(depth m, intrinsics, "")`` for the colour frame stamped ``stamp`` of
+        ``image_shape``, or ``(None, None, reason)``; problems are counted."""
+        found = self.buffer.match(stamp)
+        if found is None:
+            return self._colour_only(f"no depth image within {self.tolerance_s:g} s")
+        with self._lock:
+            info = self.info
+        if info is None:
+            return self._colour_only(f"no CameraInfo received on {self.info_topic} yet")
+        msg = found[1]
+        height, width = int(image_shape[0]), int(image_shape[1])
+        try:
+            k = CameraIntrinsics.from_k(list(info.k), int(info.width), int(info.height))
+            depth = decode_depth(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                 msg.is_bigendian)
+        except DepthError as exc:
+            return self._error(f"CameraInfo on {self.info_topic}: {exc}")
+        except ImageDecodeError as exc:
+            return self._error(f"depth on {self.depth_topic}: {exc}")
+        if depth.shape != (height, width):
+            return self._error(f"depth on {self.depth_topic} is {depth.shape[1]}x"
+                               f"{depth.shape[0]} but the colour image is {width}x{height}: "
+                               "depth must be registered (aligned) to the colour image")
+        if (k.width, k.height) != (width, height):
+            return self._error(f"CameraInfo on {self.info_topic} is for {k.width}x{k.height} "
+                               f"images but the colour image is {width}x{height}")
+        return depth, k, ""
+
+    def record(self, status: str) -> None:
+        """Count how the pipeline used a paired depth image (``used`` or why not)."""
+        with self._lock:
+            if status == "used":
+                self.counts["depth_used"] += 1
+            else:
+                self.counts["colour_only"] += 1
+                self.colour_only_in_period += 1
+                self.last_colour_only_reason = status
+
+    def _colour_only(self, reason: str) -> tuple[None, None, str]:
+        with self._lock:
+            self.counts["colour_only"] += 1
+            self.colour_only_in_period += 1
+            self.last_colour_only_reason = reason
+        return None, None, reason
+
+    def _error(self, reason: str) -> tuple[None, None, str]:
+        with self._lock:
+            self.counts["depth_errors"] += 1
+            self.counts["colour_only"] += 1
+            self.errors_in_period += 1
+            self.colour_only_in_period += 1
+            self.last_depth_error = reason
+            self.last_colour_only_reason = reason
+        return None, None, reason
+
+    # -- diagnostics ----------------------------------------------------------------------
+    def take_period(self) -> dict[str, Any]:
+        """Diagnostic values (counters, last problem) and the period's error count; resets
+        the per-period counts."""
+        with self._lock:
+            values = {"depth_topic": self.depth_topic, "camera_info_topic": self.info_topic,
+                      **self.counts, "colour_only_in_period": self.colour_only_in_period,
+                      "depth_errors_in_period": self.errors_in_period,
+                      "last_colour_only_reason": self.last_colour_only_reason,
+                      "last_depth_error": self.last_depth_error}
+            errors = self.errors_in_period
+            self.errors_in_period = self.colour_only_in_period = 0
+        return {"values": values, "errors_recent": errors}
