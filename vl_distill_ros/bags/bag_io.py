@@ -479,29 +479,39 @@ class BagContents:
         Raises :class:`BagError` on an image that cannot be decoded (the message names the
         topic and time) or a storage read error.
         """
-        from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
-
         wanted = list(self.image_topics if topics is None else topics)
         bad = [t for t in wanted if t not in self.image_topics]
         if bad:
             raise BagError(f"{self.path}: {bad} are not image topics; image topics: "
                            f"{self.image_topics}")
-        store = _typestore()
         for raw in iter_raw_messages(self.path, wanted):
-            try:
-                msg = store.deserialize_cdr(raw.data, IMAGE_TYPE)
-            except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
-                raise BagError(f"{self.path}: cannot deserialise the image on {raw.topic} at "
-                               f"{raw.timestamp_ns} ns: {exc}") from None
-            try:
-                image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                     msg.is_bigendian)
-            except ImageDecodeError as exc:
-                raise BagError(f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns: "
-                               f"{exc}") from None
+            msg, image = decode_image_cdr(
+                raw.data, f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns")
             yield ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
                                                       msg.header.stamp.nanosec),
                                raw.timestamp_ns, msg.header.frame_id, msg.encoding, image)
+
+
+def decode_image_cdr(data: bytes, where: str) -> tuple[Any, np.ndarray]:
+    """Deserialise one CDR ``sensor_msgs/msg/Image`` and decode its pixels, as the offline
+    replay does: ``(message, H x W x 3 uint8 RGB image)``.
+
+    Raises:
+        BagError: starting with ``where``, when the CDR does not deserialise or the image
+            cannot be decoded (bad encoding, step, size or data length).
+    """
+    from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
+
+    try:
+        msg = _typestore().deserialize_cdr(data, IMAGE_TYPE)
+    except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
+        raise BagError(f"{where}: cannot deserialise the image: {exc}") from None
+    try:
+        image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                             msg.is_bigendian)
+    except ImageDecodeError as exc:
+        raise BagError(f"{where}: {exc}") from None
+    return msg, image
 
 
 def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
