@@ -132,9 +132,10 @@ class TextEmbeddingService:
             raise ValueError("at least one prompt template is needed")
         if not isinstance(teacher_id, str) or not teacher_id:
             raise ValueError("teacher_id must be a non-empty string")
-        for name, value, low, high in (("max_entries", max_entries, 1, None),
-                                        ("encoder_threads", encoder_threads, 0, 256),
-                                        ("encoder_nice", encoder_nice, 0, 19)):
+        limits = (("max_entries", max_entries, 1, None),
+                  ("encoder_threads", encoder_threads, 0, 256),
+                  ("encoder_nice", encoder_nice, 0, 19))
+        for name, value, low, high in limits:
             if (isinstance(value, bool) or not isinstance(value, int) or value < low
                     or (high is not None and value > high)):
                 raise ValueError(f"{name} must be an integer in {low}..{high or 'inf'}, "
