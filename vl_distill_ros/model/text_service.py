@@ -8,10 +8,11 @@ templates of the L2-normalised prompt embeddings, renormalised.
 Cache
     Keyed by ``(teacher id, tuple(build_prompts(label, templates, enrich)))``: the same name
     with another description (or other templates) is another entry. At most ``max_entries``
-    (default :data:`MAX_CACHE_ENTRIES`, 4096: ~1.5 kB each with the 384-d offline teacher,
-    ~6 MB in all) are kept; beyond that the least recently used entry is dropped (it is only
-    recomputed if needed again), so a client that sets a new name every second cannot grow
-    the cache, or its file, without bound. Entries live in memory
+    (default :data:`MAX_CACHE_ENTRIES`, 2048) are kept, as rows of one float32 matrix
+    (2048 x 384 x 4 B = 3 MB with the offline teacher, resident as rows are filled); beyond
+    that the least recently used entry is dropped (it is only recomputed if needed again), so
+    a client that sets a new name every second cannot grow the cache, or its file, without
+    bound. Entries live in memory
     and, with a ``cache_dir``, in one file per teacher id,
     ``<cache_dir>/<sanitised id>-<sha256(id)[:12]>.npz`` (no pickles), rewritten atomically
     (temp file + fsync + rename) after each teacher call. A file that cannot be read is
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 #: Format version written into cache files.
 CACHE_VERSION = 1
 #: Most label embeddings a service keeps (memory and file); least recently used go first.
-MAX_CACHE_ENTRIES = 4096
+MAX_CACHE_ENTRIES = 2048
 #: torch intra-op threads of the teacher's text encoder while it embeds (0: torch's setting).
 TEXT_ENCODER_THREADS = 1
 #: How much the encoder thread's nice value is raised (0..19; 0: unchanged).
@@ -101,6 +102,80 @@ def _combine(prompt_embeddings: torch.Tensor, n_labels: int, n_templates: int) -
     emb = F.normalize(prompt_embeddings.float(), dim=-1)
     emb = emb.view(n_labels, n_templates, -1).mean(dim=1)
     return F.normalize(emb, dim=-1)
+
+
+class _LruVectors:
+    """At most ``capacity`` vectors of one dimension by key; the least recently used go first.
+
+    The vectors are rows of one float32 matrix allocated for the whole capacity when the
+    first vector arrives (zero pages: a row becomes resident when it is written), so a new
+    entry allocates nothing that lives on besides its key. One small tensor per entry, made
+    between the text encoder's temporary buffers, pinned heap pages: the node's RSS grew
+    ~12 kB per cached name instead of the 1.5 kB of its 384 floats. Not thread-safe (the
+    service holds its lock).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.rows: OrderedDict[CacheKey, int] = OrderedDict()  # oldest use first
+        self.matrix: np.ndarray | None = None
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.rows
+
+    def clear(self) -> None:
+        """Drop every entry and the matrix."""
+        self.rows.clear()
+        self._free.clear()
+        self.matrix = None
+
+    def get(self, key: CacheKey) -> torch.Tensor | None:
+        """A copy of the vector of ``key`` (None if absent), marked as just used."""
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        self.rows.move_to_end(key)
+        return torch.from_numpy(self.matrix[row].copy())
+
+    def put(self, key: CacheKey, vec: torch.Tensor | np.ndarray) -> None:
+        """Insert or overwrite ``key``, dropping the least recently used beyond capacity
+        (a vector of another dimension than the stored ones drops them all)."""
+        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        dim = vec.shape[0]
+        if self.matrix is None or self.matrix.shape[1] != dim:
+            self.clear()
+            self.matrix = np.zeros((self.capacity, dim), np.float32)
+            self._free = list(range(self.capacity - 1, -1, -1))
+        row = self.rows.get(key)
+        if row is None:
+            while len(self.rows) >= self.capacity:  # room for one more
+                self._free.append(self.rows.popitem(last=False)[1])
+            if not self._free:  # the capacity grew past the matrix
+                old = self.matrix.shape[0]
+                self.matrix = np.concatenate(
+                    [self.matrix, np.zeros((self.capacity - old, dim), np.float32)])
+                self._free = list(range(self.capacity - 1, old - 1, -1))
+            row = self._free.pop()
+        self.rows[key] = row
+        self.rows.move_to_end(key)
+        self.matrix[row] = vec
+
+    def set_capacity(self, capacity: int) -> None:
+        """Keep at most ``capacity`` entries from now on (the least recently used go)."""
+        self.capacity = capacity
+        while len(self.rows) > capacity:
+            self._free.append(self.rows.popitem(last=False)[1])
+
+    def items(self) -> tuple[list[CacheKey], np.ndarray | None]:
+        """Keys (oldest use first) and a copy of their vectors, as one matrix."""
+        keys = list(self.rows)
+        if self.matrix is None:
+            return keys, None
+        return keys, self.matrix[[self.rows[k] for k in keys]]
 
 
 class TextEmbeddingService:
@@ -140,7 +215,7 @@ class TextEmbeddingService:
                     or (high is not None and value > high)):
                 raise ValueError(f"{name} must be an integer in {low}..{high or 'inf'}, "
                                  f"got {value!r}")
-        self.max_entries = max_entries
+        self._cache = _LruVectors(max_entries)
         self.encoder_threads = encoder_threads
         self.encoder_nice = encoder_nice
         self._encoder: ThreadPoolExecutor | None = None  # the encoder thread, on first need
@@ -151,7 +226,6 @@ class TextEmbeddingService:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._factory = teacher_factory
         self._teacher: Teacher | None = None
-        self._cache: OrderedDict[CacheKey, torch.Tensor] = OrderedDict()  # oldest use first
         self._dim: int | None = None
         self._lock = threading.Lock()          # guards _cache, _dim and the counters
         self._teacher_lock = threading.Lock()  # serialises teacher load/calls and writes
@@ -200,7 +274,7 @@ class TextEmbeddingService:
             for label, vec in zip(bundle.vocabulary, emb):
                 key = (self.teacher_id, tuple(build_prompts(label, bundle.templates,
                                                             bundle.enrich)))
-                self._put(key, vec.clone().contiguous())
+                self._cache.put(key, vec)
         return len(bundle.vocabulary)
 
     # -- public API ------------------------------------------------------------------------
@@ -251,7 +325,7 @@ class TextEmbeddingService:
                     found.update(new)
                     with self._lock:
                         for k, vec in new.items():
-                            self._put(k, vec)
+                            self._cache.put(k, vec)
                     self._save_disk_cache()
         with self._lock:
             self._misses += computed
@@ -290,6 +364,19 @@ class TextEmbeddingService:
                     "teacher_loads": self._teacher_loads, "cached_entries": len(self._cache)}
 
     @property
+    def max_entries(self) -> int:
+        """Most cached embeddings (see the module doc); setting it drops the least recently
+        used beyond the new value."""
+        return self._cache.capacity
+
+    @max_entries.setter
+    def max_entries(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_entries must be an integer >= 1, got {value!r}")
+        with self._lock:
+            self._cache.set_capacity(value)
+
+    @property
     def encoder_state(self) -> dict[str, object]:
         """What the encoder thread ran the last teacher call with: ``thread`` (name),
         ``native_id``, ``torch_threads`` and ``nice`` (read inside the call); empty before."""
@@ -316,19 +403,11 @@ class TextEmbeddingService:
         """Cached entries of ``keys``, marked as just used (caller holds _lock)."""
         found = {}
         for k in keys:
-            vec = self._cache.get(k)
-            if vec is not None:
-                self._cache.move_to_end(k)
-                found[k] = vec
+            if k not in found:
+                vec = self._cache.get(k)
+                if vec is not None:
+                    found[k] = vec
         return found
-
-    def _put(self, key: CacheKey, vec: torch.Tensor) -> None:
-        """Insert or refresh an entry; drop the least recently used beyond max_entries
-        (caller holds _lock)."""
-        self._cache[key] = vec
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
 
     def _on_encoder(self, fn: Callable, *args):
         """``fn(*args)`` on the encoder thread, within the CPU budget (caller holds
@@ -404,7 +483,7 @@ class TextEmbeddingService:
                 raise ValueError(f"teacher {teacher.id!r} gives {emb.shape[1]}-d embeddings but "
                                  f"the cache holds {self._dim}-d ones")
             self._dim = int(emb.shape[1])
-        return {k: emb[i].clone().contiguous() for i, k in enumerate(keys)}
+        return {k: emb[i] for i, k in enumerate(keys)}
 
     def _load_disk_cache(self) -> None:
         path = self.cache_path
@@ -435,11 +514,10 @@ class TextEmbeddingService:
                                 "starting with an empty cache")
             log.warning("%s", self.cache_error)
             return
-        tensor = torch.from_numpy(emb)
         with self._lock:
             self._dim = int(emb.shape[1]) if len(prompts) else self._dim
-            for p, vec in zip(prompts, tensor):  # oldest use first: the newest are kept
-                self._put((self.teacher_id, tuple(p)), vec.clone())
+            for p, vec in zip(prompts, emb):  # oldest use first: the newest are kept
+                self._cache.put((self.teacher_id, tuple(p)), vec)
         log.info("text embedding cache %s: %d entries", path, len(prompts))
 
     def _save_disk_cache(self) -> None:
@@ -447,17 +525,17 @@ class TextEmbeddingService:
         if path is None:
             return
         with self._lock:
-            items = list(self._cache.items())
+            keys, emb = self._cache.items()
             dim = self._dim or 0
-        prompts = [list(k[1]) for k, _ in items]
-        emb = (torch.stack([v for _, v in items]).numpy() if items
-               else np.zeros((0, dim), np.float32))
+        prompts = [list(k[1]) for k in keys]
+        if emb is None:
+            emb = np.zeros((0, dim), np.float32)
         buf = io.BytesIO()
         np.savez(buf, version=np.array(CACHE_VERSION), teacher_id=np.array(self.teacher_id),
                  prompts=np.array(json.dumps(prompts, ensure_ascii=False)),
-                 embeddings=emb.astype(np.float32))
+                 embeddings=emb)  # float32 already: no copy
         try:
-            atomic_write_bytes(path, buf.getvalue())
+            atomic_write_bytes(path, buf.getbuffer())  # a view: no copy of the file
         except OSError as exc:
             log.warning("could not write text embedding cache %s: %s (continuing in memory)",
                         path, exc)
