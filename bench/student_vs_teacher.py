@@ -148,7 +148,8 @@ def build_runners(backbone: str, size: int, backends: Sequence[str],
     pretrained = "imagenet" if backbone == "efficientnet_lite0" else "none"
     student = build_student(StudentConfig(backbone=backbone, pretrained=pretrained,
                                           image_size=size), EMBED_DIM).eval()
-    facts: dict[str, Any] = {"params_m": round(sum(p.numel() for p in student.parameters()) / 1e6, 2)}
+    n_params = sum(p.numel() for p in student.parameters())
+    facts: dict[str, Any] = {"params_m": round(n_params / 1e6, 2)}
     runners: dict[str, Any] = {}
     if "onnxruntime" in backends:
         t0 = time.perf_counter()
@@ -165,7 +166,7 @@ def build_runners(backbone: str, size: int, backends: Sequence[str],
     return runners, facts, student.input_spec
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--crops", type=int, default=256, help="number of crops (default 256)")
     ap.add_argument("--batch", type=int, default=32, help="batch size for teacher and students")
@@ -189,41 +190,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "'env' keeps the environment's); passive avoids spin-wait collapse "
                          "on a shared CPU")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap
 
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in backends if b not in BACKENDS] + [b for b in backbones if b not in BACKBONES]
-    if (bad or args.crops < 1 or args.batch < 1 or args.repeats < 1 or args.threads < 0
-            or args.min_batches < 1 or args.teacher_min_batches < 1 or args.max_run_s < 0):
-        ap.error(f"invalid arguments {bad or ''}")
-    t_start = time.perf_counter()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    crops = make_crops(args.crops, args.crop_min, args.crop_max, args.seed)
-    n = len(crops)
 
-    teacher = None
-    if not args.no_teacher:
-        log(f"building teacher open_clip {TEACHER_MODEL} (random weights)")
-        teacher = TeacherBench(args.batch)
+def build_configs(backbones: list[str], sizes: list[int], backends: list[str],
+                  threads: int) -> list[dict[str, Any]]:
+    """One entry per (backbone, size, backend): its runner, input spec and one-off facts."""
     configs: list[dict[str, Any]] = []
     for backbone in backbones:
         for size in sizes:
             log(f"building {backbone}@{size}")
-            runners, facts, spec = build_runners(backbone, size, backends, args.threads)
+            runners, facts, spec = build_runners(backbone, size, backends, threads)
             for name, runner in runners.items():
                 configs.append({"backbone": backbone, "image_size": size, "backend": name,
                                 "runner": runner, "spec": spec, "facts": facts, "runs": []})
+    return configs
 
-    # Warm-up: one batch through everything (allocators, oneDNN primitives, ORT arenas).
-    warm = crops[:args.batch]
+
+def time_all(args: argparse.Namespace, crops: list, teacher: "TeacherBench | None",
+             configs: list[dict[str, Any]]) -> list[tuple[float, float, int]]:
+    """Warm everything up, then ``--repeats`` timed runs; returns the teacher's runs (the
+    students' go into their config's ``runs``)."""
+    warm = crops[:args.batch]  # allocators, oneDNN primitives, ORT arenas
     if teacher is not None:
         teacher.net(teacher.prep(warm))
     for c in configs:
         c["runner"].embed(preprocess_crops(warm, c["spec"]))
-
     budget = {"max_s": args.max_run_s, "min_batches": args.min_batches}
     teacher_runs: list[tuple[float, float, int]] = []
     for r in range(args.repeats):
@@ -243,18 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _, t, k = c["runs"][-1]
             log(f"repeat {r + 1}/{args.repeats}: {c['backbone']}@{c['image_size']} "
                 f"{c['backend']} {k / t:.1f} crops/s")
+    return teacher_runs
 
-    result: dict[str, Any] = {
-        "bench": "student_vs_teacher",
-        "machine": bench_machine_info(args.threads),
-        "settings": {"crops": n, "batch": args.batch, "repeats": args.repeats,
-                     "threads": args.threads, "crop_side_px": [args.crop_min, args.crop_max],
-                     "max_run_s": args.max_run_s, "min_batches": args.min_batches,
-                     "teacher_min_batches": args.teacher_min_batches,
-                     "embed_dim": EMBED_DIM, "dtype": "float32", "statistic": "median"},
-    }
+
+def add_results(result: dict[str, Any], teacher_runs: list, configs: list[dict[str, Any]],
+                with_teacher: bool) -> None:
+    """``teacher``, ``students``, ``fastest_e2e`` and ``target`` of the JSON object."""
     t_net = t_e2e = None
-    if teacher is not None:
+    if with_teacher:
         t = summarise(teacher_runs)
         t_net, t_e2e = t["crops_per_s"], t["crops_per_s_e2e"]
         result["teacher"] = {"model": f"open_clip {TEACHER_MODEL} (random weights)",
@@ -278,6 +266,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             "met_by": [f"{s['backbone']}@{s['image_size']}/{s['backend']}" for s in students
                        if s["ratio_vs_teacher"] >= TARGET_RATIO],
         }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    bad = [b for b in backends if b not in BACKENDS] + [b for b in backbones if b not in BACKBONES]
+    if (bad or args.crops < 1 or args.batch < 1 or args.repeats < 1 or args.threads < 0
+            or args.min_batches < 1 or args.teacher_min_batches < 1 or args.max_run_s < 0):
+        ap.error(f"invalid arguments {bad or ''}")
+    t_start = time.perf_counter()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    crops = make_crops(args.crops, args.crop_min, args.crop_max, args.seed)
+    teacher = None
+    if not args.no_teacher:
+        log(f"building teacher open_clip {TEACHER_MODEL} (random weights)")
+        teacher = TeacherBench(args.batch)
+    configs = build_configs(backbones, sizes, backends, args.threads)
+    teacher_runs = time_all(args, crops, teacher, configs)
+    result: dict[str, Any] = {
+        "bench": "student_vs_teacher",
+        "machine": bench_machine_info(args.threads),
+        "settings": {"crops": len(crops), "batch": args.batch, "repeats": args.repeats,
+                     "threads": args.threads, "crop_side_px": [args.crop_min, args.crop_max],
+                     "max_run_s": args.max_run_s, "min_batches": args.min_batches,
+                     "teacher_min_batches": args.teacher_min_batches,
+                     "embed_dim": EMBED_DIM, "dtype": "float32", "statistic": "median"},
+    }
+    add_results(result, teacher_runs, configs, teacher is not None)
     result["machine"]["loadavg_end"] = loadavg()
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result))

@@ -38,7 +38,7 @@ def fail(message: str, **extra: Any) -> int:
     return 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="config/train_ycb.yaml", help="training config")
     ap.add_argument("--data-root", default=None,
@@ -48,15 +48,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="torch threads (optim.threads); 0 keeps the config's value")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="extra config override (repeatable)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def check_warm_cache(cfg) -> tuple[list, Any, str] | str:
+    """(training images, vocabularies, teacher id) when every training image has a cached
+    teacher embedding; else the reason (a string)."""
+    from vl_distill_ros.model.teachers.factory import teacher_id_for
+    from vl_distill_ros.training.data import load_vocabularies
+    from vl_distill_ros.training.image_folder import list_image_folder
+    from vl_distill_ros.training.teacher_cache import TeacherImageCache, file_digest
+
+    train_dir = Path(cfg.data.root) / "train"
+    if not train_dir.is_dir():
+        return f"no rendered training split at {train_dir}"
+    vocabs = load_vocabularies(cfg.data)
+    paths, _ = list_image_folder(train_dir, vocabs.id, vocabs.id.keys)
+    if not paths:
+        return f"no training images for the split's labels under {train_dir}"
+    teacher_id = teacher_id_for(cfg.teacher)
+    cache = TeacherImageCache(cfg.data.cache_dir, teacher_id)
+    missing = cache.missing([file_digest(p) for p in paths])
+    if missing:
+        return (f"teacher cache is cold: {len(missing)} of {len(paths)} training images have "
+                f"no cached embedding for teacher {teacher_id!r} in {cfg.data.cache_dir}")
+    return paths, vocabs, teacher_id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 
     from vl_distill_ros.config import ConfigError, load_train_config
-    from vl_distill_ros.training.image_folder import list_image_folder
-    from vl_distill_ros.training.teacher_cache import TeacherImageCache, file_digest
     from vl_distill_ros.model.teachers.factory import teacher_id_for
-    from vl_distill_ros.training.data import load_vocabularies
     from vl_distill_ros.training.trainer import train
 
     t_start = time.perf_counter()
@@ -71,22 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = load_train_config(args.config, overrides)
         except ConfigError as exc:
             return fail(f"invalid config: {exc}")
-
-        train_dir = Path(cfg.data.root) / "train"
-        if not train_dir.is_dir():
-            return fail(f"no rendered training split at {train_dir}")
-        vocabs = load_vocabularies(cfg.data)
-        paths, _ = list_image_folder(train_dir, vocabs.id, vocabs.id.keys)
-        if not paths:
-            return fail(f"no training images for the split's labels under {train_dir}")
-        teacher_id = teacher_id_for(cfg.teacher)
-        cache = TeacherImageCache(cfg.data.cache_dir, teacher_id)
-        missing = cache.missing([file_digest(p) for p in paths])
-        if missing:
-            return fail(f"teacher cache is cold: {len(missing)} of {len(paths)} training "
-                        f"images have no cached embedding for teacher {teacher_id!r} in "
-                        f"{cfg.data.cache_dir}", teacher_id=teacher_id)
-
+        checked = check_warm_cache(cfg)
+        if isinstance(checked, str):
+            extra = ({"teacher_id": teacher_id_for(cfg.teacher)}
+                     if checked.startswith("teacher cache is cold") else {})
+            return fail(checked, **extra)
+        paths, vocabs, teacher_id = checked
         t_train = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the trainer logs on stdout
             out = train(cfg, resume=False, progress=False)
@@ -110,22 +125,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps_per_epoch": steps,
         "total_s": round(total_s, 2),
         "wall_s": round(time.perf_counter() - t_start, 2),
-        "config": {
-            "config_file": args.config,
-            # the temporary output_dir is left out
-            "overrides": [o for o in overrides if not o.startswith("output_dir=")],
-            "data_root": cfg.data.root, "train_images": n, "labels": len(vocabs.id),
-            "teacher_id": teacher_id, "teacher_cache": "warm",
-            "student": f"{cfg.student.backbone}@{cfg.student.image_size}",
-            "freeze_stages": cfg.student.freeze_stages, "batch_size": cfg.optim.batch_size,
-            "loss": {k: v for k, v in vars(cfg.loss).items() if k.endswith("_weight")},
-            "device": cfg.optim.device,
-        },
+        "config": config_summary(args, cfg, overrides, n, len(vocabs.id), teacher_id),
         "val_id_acc": row.get("val_id_acc"),
         "loss": row.get("loss"),
     }
     print(json.dumps(result))
     return 0
+
+
+def config_summary(args: argparse.Namespace, cfg, overrides: list[str], n: int, labels: int,
+                   teacher_id: str) -> dict[str, Any]:
+    """The ``config`` entry of the JSON object."""
+    return {
+        "config_file": args.config,
+        # the temporary output_dir is left out
+        "overrides": [o for o in overrides if not o.startswith("output_dir=")],
+        "data_root": cfg.data.root, "train_images": n, "labels": labels,
+        "teacher_id": teacher_id, "teacher_cache": "warm",
+        "student": f"{cfg.student.backbone}@{cfg.student.image_size}",
+        "freeze_stages": cfg.student.freeze_stages, "batch_size": cfg.optim.batch_size,
+        "loss": {k: v for k, v in vars(cfg.loss).items() if k.endswith("_weight")},
+        "device": cfg.optim.device,
+    }
 
 
 if __name__ == "__main__":

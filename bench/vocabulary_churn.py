@@ -48,10 +48,14 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import node_throughput as nt  # noqa: E402 - sets the ROS environment before any rclpy import
+import _live_node as lv  # noqa: E402 - sets the ROS environment before any rclpy import
+import node_throughput as nt  # noqa: E402 - summarise() and lstsq_slope() of its results
 from _common import (BenchError, args_config, emit, install_sigterm_handler, log,  # noqa: E402
                      machine_info, percentile, r, run_bench)
+from _frames import make_frames  # noqa: E402
 from vocabulary_update import ParamClient  # noqa: E402
+
+from vl_distill_ros.ros.params import default_model_path  # noqa: E402 - the packaged bundle
 
 ISSUE_TARGET = ("One new name per second must neither starve the inference thread on 2 cores "
                 "nor grow the node's memory: flat RSS over 10 minutes.")
@@ -152,17 +156,17 @@ def load_model(a: argparse.Namespace) -> tuple[Path, dict[str, Any], list[str]]:
     from vl_distill_ros.model.bundle import read_manifest
     from vl_distill_ros.model.vocabulary import Vocabulary
 
-    model = (a.model or nt.default_model_path()).resolve()
+    model = (a.model or default_model_path()).resolve()
     if not model.is_file():
         raise BenchError(f"model bundle {model}: no such file")
     try:
         base = Vocabulary.from_dict(read_manifest(model)["vocabulary"]).names
     except Exception as exc:  # noqa: BLE001 - not a bundle
         raise BenchError(f"model bundle {model}: {exc}") from None
-    return model, {**nt.describe_bundle(model), "base_vocabulary_size": len(base)}, base
+    return model, {**lv.describe_bundle(model), "base_vocabulary_size": len(base)}, base
 
 
-def sample_loop(a, node: nt.NodeProcess, publisher: nt.Publisher, recorder: nt.Recorder,
+def sample_loop(a, node: lv.NodeProcess, publisher: lv.Publisher, recorder: lv.Recorder,
                 w_start: int, w_end: int) -> tuple[list, dict, dict]:
     """Until the publisher is done: RSS every ``--rss-interval`` s, CPU/diagnostics marks."""
     rss: list[tuple[float, float]] = []
@@ -184,7 +188,7 @@ def sample_loop(a, node: nt.NodeProcess, publisher: nt.Publisher, recorder: nt.R
             next_rss += int(a.rss_interval * 1e9)
         for mark, at, key in (("start", w_start, "start_count"), ("end", w_end, "end_count")):
             if mark not in cpu_mark and now >= at:
-                cpu_mark[mark] = (now, node.stats.cpu_s(), nt.ProcStats.system_ticks())
+                cpu_mark[mark] = (now, node.stats.cpu_s(), lv.ProcStats.system_ticks())
                 diag_mark[key] = recorder.diag_count()
         if now >= next_progress and now >= w_start:
             rss_now = f"{rss[-1][1]:.0f} MB" if rss else "?"
@@ -196,12 +200,12 @@ def sample_loop(a, node: nt.NodeProcess, publisher: nt.Publisher, recorder: nt.R
             if publisher.result is None:
                 raise BenchError("the camera publisher died", exit_code=3)
     if "end" not in cpu_mark:
-        cpu_mark["end"] = (time.time_ns(), node.stats.cpu_s(), nt.ProcStats.system_ticks())
+        cpu_mark["end"] = (time.time_ns(), node.stats.cpu_s(), lv.ProcStats.system_ticks())
         diag_mark["end_count"] = recorder.diag_count()
     return rss, cpu_mark, diag_mark
 
 
-def churn_results(recorder: nt.Recorder, churn: Churn | None, rss: list,
+def churn_results(recorder: lv.Recorder, churn: Churn | None, rss: list,
                   duration: float) -> dict[str, Any]:
     """Changes swapped in, the node's text-cache counters, the second-half RSS slope."""
     with recorder.lock:
@@ -223,18 +227,18 @@ def churn_results(recorder: nt.Recorder, churn: Churn | None, rss: list,
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     check_args(a)
     cpus = tuple(int(c) for c in a.node_cpus.split(",") if c.strip()) if a.node_cpus else None
-    raw = nt.parse_node_params(a.param, controlled=(
+    raw = lv.parse_node_params(a.param, controlled=(
         "model_path", "image_topics", "diagnostics_period", "device", "text_cache_dir",
         "labels", "descriptions", "vocabulary_file", "persist_vocabulary", "vocabulary_store"))
-    out["machine"] = machine_info(nt.LIBRARIES)
-    out["ros"] = dict(nt.ROS_ENV)
+    out["machine"] = machine_info(lv.LIBRARIES)
+    out["ros"] = dict(lv.ROS_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="vl_bench_churn_"))
     out["_tmp"] = tmp
     node = publisher = recorder = churn = None
     try:
         model, out["model"], base = load_model(a)
-        frames, scene = nt.make_frames("synthetic", a.frames, a.objects, a.width, a.height,
-                                       a.seed, Path("."))
+        frames, scene = make_frames("synthetic", a.frames, a.objects, a.width, a.height,
+                                    a.seed, Path("."))
         out["frames"] = {"scene": scene, "count": len(frames), "size": [a.width, a.height],
                          "objects_drawn": a.objects}
         ns = f"/vl_bench_churn_{os.getpid()}_{secrets.token_hex(3)}"
@@ -244,14 +248,14 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
                   "vocabulary_store": str(tmp / "vocabulary.yaml"), "persist_vocabulary": False,
                   "qos_reliability": "reliable"}
         params = {k: v for k, v in params.items() if k not in raw}
-        node = nt.NodeProcess(ns, params, raw, Path(a.log_dir or tmp) / "node.log", cpus)
+        node = lv.NodeProcess(ns, params, raw, Path(a.log_dir or tmp) / "node.log", cpus)
         out["node"] = {"command": shlex.join(node.cmd), "pid": node.pid, "namespace": ns,
                        "params": {**params, **raw}, "pinned_cpus": list(cpus) if cpus else None}
-        recorder = nt.Recorder(node.fqn, node.labels_topic)
-        log(f"node pid {node.pid} starting (namespace {ns}, domain {nt.ROS_ENV['ROS_DOMAIN_ID']})")
+        recorder = lv.Recorder(node.fqn, node.labels_topic)
+        log(f"node pid {node.pid} starting (namespace {ns}, domain {lv.ROS_ENV['ROS_DOMAIN_ID']})")
         out["node"]["startup_s"] = r(recorder.wait_ready(node, [topic], a.node_timeout), 2)
-        out["context"] = {"other_busy_processes": nt.other_busy_processes(exclude=[node.pid])}
-        publisher = nt.Publisher([topic], [f for f, _ in frames], a.fps, a.warmup + a.duration)
+        out["context"] = {"other_busy_processes": lv.other_busy_processes(exclude=[node.pid])}
+        publisher = lv.Publisher([topic], [f for f, _ in frames], a.fps, a.warmup + a.duration)
         publisher.wait_started(node, timeout=120.0)
         if a.names != "none":
             churn = Churn(ParamClient(recorder, node.fqn), base, a.names, a.interval)

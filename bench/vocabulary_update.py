@@ -41,7 +41,7 @@ median(warm swap).
 Targets (the issue): "A new name is usable within 1 s (uncached, offline teacher) and 50 ms
 (cached)", judged on the median ``first_label_ms`` of each kind (``swap_ms`` is judged too,
 for information). ROS: discovery stays on loopback and a random ``ROS_DOMAIN_ID`` is used when
-none is set (see bench/node_throughput.py, whose helpers this script shares).
+none is set (see bench/_live_node.py, the harness this script shares with node_throughput.py).
 
 Prints ONE JSON object on stdout (progress on stderr). Exit status: 0 when the measurement
 ran (see ``"pass"``), 2 on bad arguments, 3 when the node fails to start or dies, 130 when
@@ -68,7 +68,8 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import node_throughput as nt  # noqa: E402 - sets the ROS environment before any rclpy import
+import _live_node as nt  # noqa: E402 - sets the ROS environment before any rclpy import
+from _frames import make_frames  # noqa: E402
 from _common import (BenchError, args_config, emit, install_sigterm_handler, log,  # noqa: E402
                      machine_info, percentile, r, run_bench)
 from vl_distill_ros.ros.node_process import log_tail  # noqa: E402
@@ -256,7 +257,92 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
+def _bundle(a: argparse.Namespace, tmp: Path) -> tuple[Path, dict[str, Any], list[str], Any]:
+    """(bundle path, its JSON facts, base vocabulary, teacher built here or None)."""
+    from vl_distill_ros.model.vocabulary import Vocabulary
+
+    if a.model is not None:
+        if not a.model.is_file():
+            raise BenchError(f"--model {a.model}: no such file")
+        model = a.model.resolve()
+        info = {**nt.describe_bundle(model), "source": "--model"}
+        from vl_distill_ros.model.bundle import read_manifest
+
+        try:
+            base = Vocabulary.from_dict(read_manifest(model)["vocabulary"]).names
+        except Exception as exc:  # noqa: BLE001 - not a bundle
+            raise BenchError(f"--model {model}: {exc}") from None
+        return model, info, base, None
+    log(f"building the bench bundle (EfficientNet-Lite0, {a.student_size} px, head -> "
+        f"'{WINNER}') ...")
+    model = tmp / "vocab_student.vdb"
+    built = nt.build_bundle(model, vocab=Vocabulary.from_names(BASE_NAMES),
+                            image_size=a.student_size, pretrained="imagenet",
+                            constant_label=WINNER)
+    info = nt.public(built)
+    log(f"bundle built in {info['build_s']} s (teacher text encoder load in this "
+        f"process: {info['teacher_load_s']} s)")
+    return model, info, list(BASE_NAMES), built["_teacher"]
+
+
+def _names(plan: list[tuple[int, int]], base: list[str]) -> dict[tuple, list[str]]:
+    """New names per (size, repeat, kind key); unique tags, never a base name."""
+    names = {(n, rep, kind): new_names(n, f"{kind}{rep}n{n}")
+             for n, rep in plan for kind in ("s", "a", "b")}
+    if any(set(v) & {b.casefold() for b in base} for v in names.values()):
+        raise BenchError("generated names collide with the base vocabulary")
+    return names
+
+
+def _wait_first_label(a, node: nt.NodeProcess, watch: LabelWatch, idx_start: int,
+                      node_log: Path) -> None:
+    """Labels flowing from this node (the previous one is stopped: any new label comes from
+    this one), then 1 s more, past the first (slow) frames."""
+    t_w = time.monotonic()
+    while watch.wait_for(idx_start, lambda d: True, 0.5) is None:
+        if node.poll() is not None:
+            raise node.died("before it labelled a frame")
+        if time.monotonic() - t_w > a.timeout:
+            raise BenchError(f"the node labelled no frame within {a.timeout:g} s",
+                             exit_code=3, node_log_tail=log_tail(node_log))
+    time.sleep(1.0)
+
+
+def _one_node(a, ctx: dict[str, Any], n: int, rep: int, out: dict[str, Any]) -> None:
+    """One fresh node for (size ``n``, repeat ``rep``): every kind of change in turn."""
+    recorder, watch, publisher = ctx["recorder"], ctx["watch"], ctx["publisher"]
+    node_log = ctx["log_dir"] / f"node_n{n}_r{rep}.log"
+    t_start = time.time_ns()
+    idx_start = watch.index()
+    node = ctx["node"] = nt.NodeProcess(ctx["ns"], ctx["params"], ctx["raw"], node_log)
+    run_info: dict[str, Any] = {"size": n, "repeat": rep, "pid": node.pid}
+    out["node"]["runs"].append(run_info)
+    out["node"].setdefault("command", shlex.join(node.cmd))
+    run_info["startup_s"] = r(recorder.wait_ready(node, [ctx["topic"]], a.node_timeout,
+                                                  since_ns=t_start), 2)
+    publisher.poll()
+    if publisher.error:
+        raise BenchError(f"camera publisher: {publisher.error}", exit_code=3)
+    _wait_first_label(a, node, watch, idx_start, node_log)
+    log(f"node n={n} repeat={rep}: ready in {run_info['startup_s']} s")
+    order = [("cached_disk", "s")] if ctx["seeded"] else []
+    order += [("uncached_teacher_cold", "a"), ("uncached_teacher_warm", "b"),
+              ("cached_memory", "a")]
+    names = ctx["names"]
+    for kind, key in order:
+        trial = one_change(a, kind, n, rep, ctx["base"] + names[(n, rep, key)],
+                           set(names[(n, rep, key)]), ctx["client"], watch, node, node_log,
+                           ctx["rng"])
+        out["trials"].append(trial)
+        log(f"  {kind:22s} n={n:3d}: first label {trial.get('first_label_ms')} ms, "
+            f"swap {trial.get('swap_ms')} ms, new name {trial.get('new_name_label_ms')}"
+            f" ms{'  ERROR ' + trial['error'] if trial.get('error') else ''}")
+    run_info["exit_code"] = node.stop()
+    ctx["node"] = None
+
+
+def _check(a: argparse.Namespace) -> tuple[list[int], dict[str, str]]:
+    """(sizes, raw node parameters) from the options; BenchError when they are bad."""
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     if not sizes or any(n < 1 or n > 900 for n in sizes):
         raise BenchError("--sizes must list numbers of new names in 1..900")
@@ -266,55 +352,26 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         "model_path", "image_topics", "diagnostics_period", "device", "text_cache_dir",
         "labels", "descriptions", "vocabulary_file", "persist_vocabulary", "crop_source",
         "vocabulary_store"))
-    rng = random.Random(a.seed)
+    return sizes, raw
+
+
+def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Bundle, seeded cache, camera publisher, then one node per (size, repeat)."""
+    sizes, raw = _check(a)
     out["machine"] = machine_info(nt.LIBRARIES)
     out["ros"] = dict(nt.ROS_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="vl_bench_vocab_"))
     out["_tmp"] = tmp
-    log_dir = Path(a.log_dir) if a.log_dir else tmp
     cache_dir = tmp / "text_cache"
-    publisher = recorder = node = None
-    trials: list[dict] = []
-    out["trials"] = trials
+    ctx: dict[str, Any] = {"raw": raw, "rng": random.Random(a.seed), "node": None,
+                           "log_dir": Path(a.log_dir) if a.log_dir else tmp}
+    out["trials"] = []
+    publisher = recorder = None
     try:
-        # ---- bundle
-        teacher = None
-        if a.model is not None:
-            if not a.model.is_file():
-                raise BenchError(f"--model {a.model}: no such file")
-            model = a.model.resolve()
-            info = nt.describe_bundle(model)
-            info["source"] = "--model"
-            from vl_distill_ros.model.bundle import read_manifest
-            from vl_distill_ros.model.vocabulary import Vocabulary
-
-            try:
-                base = Vocabulary.from_dict(read_manifest(model)["vocabulary"]).names
-            except Exception as exc:  # noqa: BLE001 - not a bundle
-                raise BenchError(f"--model {model}: {exc}") from None
-        else:
-            from vl_distill_ros.model.vocabulary import Vocabulary
-
-            log(f"building the bench bundle (EfficientNet-Lite0, {a.student_size} px, head -> "
-                f"'{WINNER}') ...")
-            model = tmp / "vocab_student.vdb"
-            built = nt.build_bundle(model, vocab=Vocabulary.from_names(BASE_NAMES),
-                                    image_size=a.student_size, pretrained="imagenet",
-                                    constant_label=WINNER)
-            teacher = built["_teacher"]
-            info = nt.public(built)
-            base = list(BASE_NAMES)
-            log(f"bundle built in {info['build_s']} s (teacher text encoder load in this "
-                f"process: {info['teacher_load_s']} s)")
-        out["model"] = info
-        out["base_vocabulary"] = base
-
-        # ---- names per (size, repeat) and the seeded cache
+        model, out["model"], base, teacher = _bundle(a, tmp)
+        out["base_vocabulary"] = ctx["base"] = base
         plan = [(n, rep) for n in sizes for rep in range(a.repeats)]
-        names = {(n, rep, kind): new_names(n, f"{kind}{rep}n{n}")
-                 for n, rep in plan for kind in ("s", "a", "b")}
-        if any(set(v) & {b.casefold() for b in base} for v in names.values()):
-            raise BenchError("generated names collide with the base vocabulary")
+        ctx["names"] = names = _names(plan, base)
         log("seeding the text cache with the names of the cached_disk changes ...")
         try:
             out["seeded_cache"] = seed_cache(cache_dir, teacher, model,
@@ -322,74 +379,35 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         except Exception as exc:  # noqa: BLE001 - e.g. a --model whose teacher is missing
             out["seeded_cache"] = {"error": f"{exc}"}
             log(f"could not seed the cache ({exc}): no cached_disk changes")
-
-        # ---- frames, publisher, recorder
-        frames, scene = nt.make_frames("synthetic", 4, a.objects, a.width, a.height, a.seed,
-                                       Path("."))
-        ns = f"/vl_bench_vocab_{os.getpid()}_{secrets.token_hex(3)}"
-        topic = f"{ns}/camera_0/image_raw"
+        ctx["seeded"] = "error" not in out["seeded_cache"]
+        frames, scene = make_frames("synthetic", 4, a.objects, a.width, a.height, a.seed,
+                                    Path("."))
+        ns = ctx["ns"] = f"/vl_bench_vocab_{os.getpid()}_{secrets.token_hex(3)}"
+        topic = ctx["topic"] = f"{ns}/camera_0/image_raw"
         fqn = f"{ns}/{nt.NODE_NAME}"
-        watch = LabelWatch()
-        recorder = nt.Recorder(fqn, f"{fqn}/labels", on_label=watch)
-        client = ParamClient(recorder, fqn)
-        publisher = nt.Publisher([topic], [f for f, _ in frames], a.fps, float("inf"),
-                                 wait_subscribers_s=0.0, record_stamps=False)
+        watch = ctx["watch"] = LabelWatch()
+        recorder = ctx["recorder"] = nt.Recorder(fqn, f"{fqn}/labels", on_label=watch)
+        ctx["client"] = ParamClient(recorder, fqn)
+        publisher = ctx["publisher"] = nt.Publisher(
+            [topic], [f for f, _ in frames], a.fps, float("inf"), wait_subscribers_s=0.0,
+            record_stamps=False)
         out["frames"] = {"scene": scene, "size": [a.width, a.height], "fps": a.fps,
                          "frame_period_ms": r(1000.0 / a.fps), "crop_source": a.crop_source,
                          "objects_drawn": a.objects}
-        params = {"model_path": str(model), "image_topics": [topic], "device": a.device,
-                  "text_cache_dir": str(cache_dir), "crop_source": a.crop_source,
-                  "diagnostics_period": 1.0, "persist_vocabulary": False,
-                  "vocabulary_store": str(tmp / "vocabulary.yaml")}
-        out["node"] = {"namespace": ns, "params": {**params, **raw}, "runs": []}
-        seeded = "error" not in out["seeded_cache"]
-
-        # ---- one node per (size, repeat)
+        ctx["params"] = {"model_path": str(model), "image_topics": [topic],
+                         "device": a.device, "text_cache_dir": str(cache_dir),
+                         "crop_source": a.crop_source, "diagnostics_period": 1.0,
+                         "persist_vocabulary": False,
+                         "vocabulary_store": str(tmp / "vocabulary.yaml")}
+        out["node"] = {"namespace": ns, "params": {**ctx["params"], **raw}, "runs": []}
         for n, rep in plan:
-            node_log = log_dir / f"node_n{n}_r{rep}.log"
-            t_start = time.time_ns()
-            idx_start = watch.index()
-            node = nt.NodeProcess(ns, params, raw, node_log)
-            run_info: dict[str, Any] = {"size": n, "repeat": rep, "pid": node.pid}
-            out["node"]["runs"].append(run_info)
-            if "command" not in out["node"]:
-                out["node"]["command"] = shlex.join(node.cmd)
-            run_info["startup_s"] = r(recorder.wait_ready(node, [topic], a.node_timeout,
-                                                          since_ns=t_start), 2)
-            publisher.poll()
-            if publisher.error:
-                raise BenchError(f"camera publisher: {publisher.error}", exit_code=3)
-            # labels flowing from this node (the previous one is stopped: any new label
-            # comes from this one)
-            t_w = time.monotonic()
-            while watch.wait_for(idx_start, lambda d: True, 0.5) is None:
-                if node.poll() is not None:
-                    raise node.died("before it labelled a frame")
-                if time.monotonic() - t_w > a.timeout:
-                    raise BenchError(f"the node labelled no frame within {a.timeout:g} s",
-                                     exit_code=3, node_log_tail=log_tail(node_log))
-            time.sleep(1.0)  # past the first (slow) frames
-            log(f"node n={n} repeat={rep}: ready in {run_info['startup_s']} s")
-            order = [("cached_disk", "s")] if seeded else []
-            order += [("uncached_teacher_cold", "a"), ("uncached_teacher_warm", "b"),
-                      ("cached_memory", "a")]
-            for kind, key in order:
-                trial = one_change(a, kind, n, rep, base + names[(n, rep, key)],
-                                   set(names[(n, rep, key)]), client, watch, node, node_log,
-                                   rng)
-                trials.append(trial)
-                log(f"  {kind:22s} n={n:3d}: first label {trial.get('first_label_ms')} ms, "
-                    f"swap {trial.get('swap_ms')} ms, new name {trial.get('new_name_label_ms')}"
-                    f" ms{'  ERROR ' + trial['error'] if trial.get('error') else ''}")
-            rc = node.stop()
-            run_info["exit_code"] = rc
-            node = None
-        out["results"] = results(a, trials, sizes, info)
+            _one_node(a, ctx, n, rep, out)
+        out["results"] = results(a, out["trials"], sizes, out["model"])
         out["results"]["node_frame"] = frame_stats(recorder, watch)
         out["targets"], out["pass"] = judge(a, out["results"])
     finally:
-        if node is not None:
-            node.stop()
+        if ctx["node"] is not None:
+            ctx["node"].stop()
         if publisher is not None:
             publisher.stop()
         if recorder is not None:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.model.calibration import (Calibration, CalibrationError, adjusted_scores,
-                                             auroc, bias_curve, bias_vector, choose_seen_bias,
-                                             gzsl_accuracies, harmonic_mean,
-                                             mean_class_accuracy, threshold_for_coverage)
+                                              auroc, bias_curve, bias_vector, choose_seen_bias,
+                                              gzsl_accuracies, harmonic_mean,
+                                              mean_class_accuracy, threshold_for_coverage)
 
 
 def test_bias_vector_matches_trained_names_case_and_space_insensitively():

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from vl_distill_ros.config import (ConfigError, TrainConfig, apply_overrides,
-                                        load_train_config)
+                                   load_train_config)
 
 
 def test_shipped_train_config_loads(repo_root: Path, monkeypatch):
@@ -141,3 +141,55 @@ def test_loss_parity_options_default_and_validate():
             ("loss.imcst_similarity=dot", "loss.imcst_similarity must be one of")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_train_config(None, [override])
+
+
+# -- issue 13: string enums checked at load, base files next to the config, no dead keys ------
+@pytest.mark.parametrize("override, key", [
+    ("teacher.backend=clip", "teacher.backend"),
+    ("student.backbone=resnet50", "student.backbone"),
+    ("optim.device=cuda:1", "optim.device"),
+    ("loss.cls_label_set=all", "loss.cls_label_set"),
+])
+def test_string_enums_are_checked_when_the_config_loads(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=re.escape(f"{key} must be one of")):
+        load_train_config(None, [override])
+    # the same value in a file is rejected while loading it
+    section, name = key.split(".")
+    value = override.split("=", 1)[1]
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  {name}: '{value}'\n")
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_train_config(path)
+
+
+def test_backbone_choices_match_the_student_module():
+    from vl_distill_ros.config import CHOICES
+    from vl_distill_ros.model.student import BACKBONES
+
+    assert set(CHOICES["student.backbone"]) == set(BACKBONES)
+
+
+def test_base_resolves_next_to_the_config_first(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "common.yaml").write_text("optim:\n  epochs: 3\n")
+    (folder / "child.yaml").write_text("base: common.yaml\nloss:\n  tau: 0.05\n")
+    # a file of the same name in the working directory is NOT the one meant
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "common.yaml").write_text("optim:\n  epochs: 7\n")
+    monkeypatch.chdir(work)
+    cfg = load_train_config(folder / "child.yaml")
+    assert (cfg.optim.epochs, cfg.loss.tau) == (3, 0.05)
+    # a base only found relative to the working directory still works
+    (folder / "other.yaml").write_text("base: common.yaml\n")
+    (folder / "common.yaml").unlink()
+    assert load_train_config(folder / "other.yaml").optim.epochs == 7
+    (folder / "bad.yaml").write_text("base: [a, b]\n")
+    with pytest.raises(ConfigError, match="'base' must be a file name"):
+        load_train_config(folder / "bad.yaml")
+
+
+def test_data_workers_is_gone():
+    with pytest.raises(ConfigError, match=r"unknown keys \['workers'\]"):
+        load_train_config(None, ["data.workers=2"])

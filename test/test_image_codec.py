@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.perception.image_codec import (BYTES_PER_PIXEL, SUPPORTED_ENCODINGS,
-                                             ImageDecodeError, decode_image, encode_rgb8)
+                                                   ImageDecodeError, decode_image, encode_rgb8)
 
 H, W = 5, 7
 

@@ -322,7 +322,7 @@ def test_unlabelled_rows_only_feed_the_teacher_terms():
     _, parts = loss(student, teacher, text, labelled)
     keep = slice(0, 2)
     assert parts["cls"] == pytest.approx(float(ClsLoss(cfg.tau)(student[keep], text,
-                                                                 labels[keep])))
+                                                                labels[keep])))
     assert parts["vlprox"] == pytest.approx(float(VLProxLoss(cfg.vlprox_topk, cfg.vlprox_tau)(
         student[keep], teacher[keep], text, labels[keep])))
     assert parts["imcst"] == pytest.approx(float(ImageContrastiveLoss(cfg.tau)(student, teacher)))

@@ -343,7 +343,7 @@ def test_every_encoding_is_labelled_and_malformed_frames_are_skipped(ctx, tester
 
 
 def test_parameter_change_adds_label_rejects_bad_ones_and_persists(ctx, tester, bundle_path,
-                                                                    tmp_path):
+                                                                   tmp_path):
     ns = "/vocab"
     store = tmp_path / "store.yaml"
     with running_node(ctx, ns, bundle_path, tmp_path, persist_vocabulary=True) as node:

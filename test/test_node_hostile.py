@@ -19,7 +19,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import yaml
 
 import rclpy  # noqa: F401 - pinned in requirements.txt: a broken install must fail
@@ -265,7 +264,9 @@ def test_new_names_are_embedded_on_a_low_priority_one_thread_encoder(ctx, tester
         bound = node.text_service.stats["cached_entries"] + 2
         node.text_service.max_entries = bound
         nice0 = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        busy = {t.native_id for t in node._threads} | {threading.get_native_id()}
+        workers = [*node._threads, getattr(node.vocabulary, "_thread", None)]
+        busy = {t.native_id for t in workers if t is not None} | {threading.get_native_id()}
+        assert len(busy) >= 3  # inference, vocabulary worker, this thread
         version = node.pipeline.active.version
         with streaming(tester, f"{ns}/image", period=0.05):
             for i in range(5):

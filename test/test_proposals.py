@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.perception.proposals import (Box, ProposalConfig, box_iou, crop, full_frame_box,
-                                           propose_boxes, sanitize_boxes)
+                                                 propose_boxes, sanitize_boxes)
 
 H, W = 480, 640
 WOOD = (168, 124, 82)

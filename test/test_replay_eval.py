@@ -88,8 +88,8 @@ def test_score_frames_counts_every_outcome():
     banana, apple, lemon = (s["per_object"][n] for n in ("banana", "apple", "lemon"))
     assert (banana["tp"], banana["fp"], banana["fn"], banana["support"]) == (1, 0, 1, 2)
     assert (apple["tp"], apple["fp_background"], apple["unknown"]) == (0, 1, 1)
-    assert (lemon["tp"], lemon["fp_confused"], lemon["missed"], lemon["group"]) == (0, 1, 1,
-                                                                                     "ood")
+    assert (lemon["tp"], lemon["fp_confused"], lemon["missed"],
+            lemon["group"]) == (0, 1, 1, "ood")
     assert banana["precision"] == 1.0 and banana["f1"] == pytest.approx(2 / 3)
     assert s["false_positives"] == {"boxes": 1, "known": 1, "unknown": 0}
     c = s["confusion"]
@@ -325,7 +325,7 @@ def _flipped_zstd_bag(path: Path) -> Path:
 
 
 def test_bad_inputs_exit_2_with_a_message_and_start_nothing(bag, bundle, tmp_path, capsys,
-                                                             monkeypatch):
+                                                            monkeypatch):
     spy = PopenSpy(monkeypatch)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(bag, corrupt)

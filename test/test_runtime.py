@@ -18,8 +18,8 @@ from vl_distill_ros.model.bundle import ONNX_MODEL, BundleError, load_bundle, sa
 from vl_distill_ros.config import StudentConfig
 from vl_distill_ros.perception.preprocess import preprocess_crops, resize_square
 from vl_distill_ros.model.runtime import (INPUT_NAME, OUTPUT_NAME, OnnxRunner,
-                                         RuntimeBackendError, StudentRunner, TorchRunner,
-                                         export_student_onnx, make_runner)
+                                          RuntimeBackendError, StudentRunner, TorchRunner,
+                                          export_student_onnx, make_runner)
 from vl_distill_ros.model.student import InputSpec, build_student
 from vl_distill_ros.model.vocabulary import Vocabulary
 

@@ -335,7 +335,7 @@ def test_images_respect_encoding_and_step(tmp_path: Path):
 def test_write_camera_bag_refuses_and_replaces(tmp_path: Path):
     image = np.zeros((8, 10, 3), np.uint8)
     frames = [BagFrame(i * 10**8, image, [GroundTruthObject((1, 2, 3, 4), "banana",
-                                                             "011_banana")]) for i in range(2)]
+                                                            "011_banana")]) for i in range(2)]
     other = tmp_path / "not_a_bag"
     other.mkdir()
     (other / "keep.txt").write_text("x")

@@ -1,5 +1,4 @@
 """Student networks, preprocessing, augmentation and the deployable bundle format."""
-import io
 import json
 import re
 import zipfile

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -99,12 +100,12 @@ def test_other_process_writes_are_seen(tmp_path: Path) -> None:
     assert len(reader) == 0
     keys = ["a", "b", "c"]
     TeacherImageCache(tmp_path, "t").get_or_compute(keys, _loader(keys), CountingEncoder(),
-                                                   progress=False)
+                                                    progress=False)
     assert torch.allclose(reader.lookup(keys), _expected(keys))  # e.g. a DDP rank > 0
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncate"])
-def test_corrupt_shard_is_reported_and_recomputed(tmp_path: Path, damage: str) -> None:
+def test_corrupt_shard_is_reported_and_recomputed(tmp_path: Path, damage: str, caplog) -> None:
     keys = [f"k{i}" for i in range(4)]
     cache = TeacherImageCache(tmp_path, "t")
     cache.get_or_compute(keys, _loader(keys), CountingEncoder(), progress=False)
@@ -113,15 +114,41 @@ def test_corrupt_shard_is_reported_and_recomputed(tmp_path: Path, damage: str) -
     shard.write_bytes(b"not a zip file" if damage == "garbage" else data[: len(data) // 2])
 
     enc = CountingEncoder()
-    with pytest.warns(RuntimeWarning, match="unusable"):
+    with caplog.at_level(logging.WARNING, logger="vl_distill_ros.training.teacher_cache"):
         out = TeacherImageCache(tmp_path, "t").get_or_compute(keys, _loader(keys), enc,
                                                               progress=False)
     assert enc.images == 4
     assert torch.allclose(out, _expected(keys))
-    assert (shard.parent / (shard.name + ".corrupt")).exists()
+    assert any("unusable" in r.getMessage() for r in caplog.records)
+    assert len(list(shard.parent.glob(shard.name + ".corrupt-*"))) == 1
+    caplog.clear()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the recomputed cache reads cleanly
+        warnings.simplefilter("error")  # the recomputed cache reads cleanly, no warnings
         TeacherImageCache(tmp_path, "t").lookup(keys)
+    assert not caplog.records
+
+
+def test_a_second_corruption_keeps_the_first_corrupt_file(tmp_path: Path, caplog) -> None:
+    """The same shard name corrupted twice: both damaged files are kept, side by side."""
+    keys = ["a", "b"]
+    cache = TeacherImageCache(tmp_path, "t")
+    cache.get_or_compute(keys, _loader(keys), CountingEncoder(), progress=False)
+    (shard,) = cache.root.glob("shard-*.npz")
+    good = shard.read_bytes()
+    contents = []
+    for damage in (b"first damage", b"second damage"):
+        shard.write_bytes(damage)
+        contents.append(damage)
+        with caplog.at_level(logging.WARNING, logger="vl_distill_ros.training.teacher_cache"):
+            TeacherImageCache(tmp_path, "t").refresh()
+        for extra in cache.root.glob("shard-*.npz"):
+            extra.unlink()  # the recomputation is not part of this test
+    aside = sorted(shard.parent.glob(shard.name + ".corrupt-*"))
+    assert len(aside) == 2
+    assert sorted(p.read_bytes() for p in aside) == sorted(contents)
+    assert sum("unusable" in r.getMessage() for r in caplog.records) == 2
+    shard.write_bytes(good)
+    assert TeacherImageCache(tmp_path, "t").missing(keys) == []
 
 
 def test_partial_work_survives_a_failing_batch(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ import os
 import pytest
 
 from vl_distill_ros import atomic_io
-from vl_distill_ros.model import vocab_store
 from vl_distill_ros.model.vocab_store import (
     load_vocabulary_store,
     load_vocabulary_store_result,

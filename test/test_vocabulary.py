@@ -417,8 +417,8 @@ def test_names_with_underscores_are_found_by_name():
                                         ("\x1b[31mred", "U+001B"), ("tab\there", "U+0009"),
                                         ("del\x7f", "U+007F"), ("line\u2028sep", "U+2028")])
 def test_control_characters_in_names_are_rejected_with_the_code_point(name, char):
-    """C0, DEL, C1 and Unicode line separators would not survive the YAML store ('c\\x85d'
-    came back as 'c d', '\\x00nul' as ''): rejected at validation instead."""
+    r"""C0, DEL, C1 and Unicode line separators would not survive the YAML store ('c\x85d'
+    came back as 'c d', '\x00nul' as ''): rejected at validation instead."""
     with pytest.raises(VocabularyError, match=f"control characters.*{re.escape(char)}"):
         Vocabulary.from_names(["ok", name])
     with pytest.raises(VocabularyError, match="control characters"):

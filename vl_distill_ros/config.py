@@ -102,8 +102,6 @@ class DataConfig:
     enrich: bool = False
     #: Prompt templates averaged per label; ``{name}`` is replaced by the label name.
     templates: list[str] = field(default_factory=lambda: ["a photo of a {name}."])
-    #: DataLoader worker processes.
-    workers: int = 0
     #: Teacher embedding cache directory.
     cache_dir: str = "cache/teacher"
     #: Labelled training image folders of the split's ID objects: a split name under
@@ -189,6 +187,9 @@ class TrainConfig:
 #: Allowed values of the string settings, checked when a config is loaded.
 CHOICES = {
     "teacher.backend": ("open_clip", "offline"),
+    # as vl_distill_ros.model.student.BACKBONES (a test keeps them equal; config stays torch-free)
+    "student.backbone": ("efficientnet_lite0", "resnet18", "mobilenet_v3_small"),
+    "optim.device": ("auto", "cpu", "cuda"),
     "loss.imcst_similarity": ("l2", "cosine"),
     "loss.imcst_direction": ("both", "single"),
     "loss.vlprox_reduction": ("batch", "masked"),
@@ -251,7 +252,7 @@ NUMBER_RANGES = (
     ("loss.cls_weight", 0, False), ("loss.mse_weight", 0, False),
     ("loss.imcst_weight", 0, False), ("loss.vlprox_weight", 0, False),
     ("loss.vlkl_weight", 0, False), ("loss.tau", 0, True), ("loss.vlprox_topk", 1, False),
-    ("loss.vlprox_tau", 0, True), ("loss.vlkl_tau", 0, True), ("data.workers", 0, False),
+    ("loss.vlprox_tau", 0, True), ("loss.vlkl_tau", 0, True),
 )
 
 
@@ -330,13 +331,15 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
 def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        merge = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_merge(out[k], v) if merge else v
     return out
 
 
 def read_yaml_with_base(path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
-    """Read a YAML mapping; a top-level ``base: other.yaml`` (relative to the working
-    directory or to this file) is read first and deep-merged under this file's keys."""
+    """Read a YAML mapping; a top-level ``base: other.yaml`` is read first and deep-merged
+    under this file's keys. A relative ``base`` is looked up next to this file first, then
+    relative to the working directory."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -354,7 +357,11 @@ def read_yaml_with_base(path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)
     if base:
-        base_path = Path(base) if Path(base).exists() else path.parent / base
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+        base_path = Path(base).expanduser()
+        if not base_path.is_absolute() and (path.parent / base_path).exists():
+            base_path = path.parent / base_path
         if str(base_path.resolve()) in _seen:
             raise ConfigError(f"{path}: 'base' chain loops back to {base_path}")
         data = _deep_merge(read_yaml_with_base(base_path, _seen + (str(path.resolve()),)), data)

@@ -6,6 +6,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``ablate`` subcommand and its options."""
     p = sub.add_parser(
         "ablate", help="render, train and evaluate every ablation config; write the table",
         description="Renders the dataset if missing, trains each row's config (resuming "
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``vl-distill ablate``; returns the exit status."""
     from ..model.calibration import CalibrationError
     from ..config import ConfigError
     from ..training.image_folder import DatasetError

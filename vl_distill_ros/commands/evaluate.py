@@ -7,6 +7,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` subcommand and its options."""
     p = sub.add_parser(
         "eval", help="evaluate a trained student",
         description="ID accuracy, accuracy under shift among ID labels, accuracy on unseen "
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``vl-distill eval``; returns the exit status."""
     from ..model.calibration import CalibrationError
     from ..training.image_folder import DatasetError
     from ..model.vocabulary import VocabularyError

@@ -6,6 +6,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``export`` subcommand and its options."""
     p = sub.add_parser(
         "export", help="export a trained student as a bundle for the node",
         description="Bundle = student weights + input spec + vocabulary with precomputed "
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``vl-distill export``; returns the exit status."""
     from ..model.calibration import CalibrationError
     from ..model.bundle import BundleError, load_bundle
     from ..model.vocabulary import VocabularyError

@@ -6,6 +6,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand and its options."""
     p = sub.add_parser(
         "train", help="distil the teacher into a student",
         description="Train a student from a YAML config (config/train_ycb.yaml). Runs on the "
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``vl-distill train``; returns the exit status."""
     from ..model.calibration import CalibrationError
     from ..config import ConfigError, load_train_config
     from ..model.vocabulary import VocabularyError

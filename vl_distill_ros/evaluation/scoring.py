@@ -215,6 +215,175 @@ def doc_frame_key(doc: Mapping[str, Any], camera_map: Mapping[str, str] | None =
     return camera, int(stamp["sec"]) * 1_000_000_000 + int(stamp.get("nanosec", 0))
 
 
+class _Tally:
+    """The counters :func:`score_frames` fills frame by frame (labels are folded)."""
+
+    def __init__(self, membership: Membership, vocab_fold: set[str] | None) -> None:
+        self.membership = membership
+        self.vocab_fold = vocab_fold
+        self.groups = {g: {"objects": 0, "matched": 0, "missed": 0, "correct": 0, "wrong": 0,
+                           "unknown": 0} for g in GROUPS}
+        self.display: dict[str, str] = {}        # folded label -> display name (first seen)
+        self.label_group: dict[str, str] = {}    # folded GT label -> group
+        self.support: dict[str, int] = {}
+        self.tp: dict[str, int] = {}
+        self.fp_confused: dict[str, int] = {}
+        self.fp_background: dict[str, int] = {}
+        self.per_gt: dict[str, dict[str, int]] = {}   # folded GT label -> outcome counts
+        self.confusion: dict[tuple[str, str], int] = {}
+        self.fp_boxes = {"boxes": 0, "known": 0, "unknown": 0}
+        self.vocab_scores: dict[bool, list[float]] = {True: [], False: []}
+        self.vocab_unknown = {True: 0, False: 0}
+        self.not_in_vocab = {"objects": 0, "rejected": 0}
+
+    def name_of(self, label: str) -> str:
+        return self.display.setdefault(fold_label(label), str(label))
+
+    def add_frame(self, gt: list[GTObject], preds: list[Mapping[str, Any]],
+                  iou_threshold: float) -> None:
+        """Match one frame's predictions to its ground truth and count every outcome."""
+        matches = match_boxes([g.bbox for g in gt], [p["bbox"] for p in preds], iou_threshold)
+        by_gt = {i: j for i, j, _ in matches}
+        for i, g in enumerate(gt):
+            j = by_gt.get(i)
+            self.add_object(g, None if j is None else preds[j])
+        matched_preds = {j for _, j, _ in matches}
+        for j, p in enumerate(preds):
+            if j not in matched_preds:
+                self.add_unmatched(p)
+
+    def _outcome(self, gl: str, pred: Mapping[str, Any] | None) -> tuple[str, str]:
+        """(outcome, confusion column) of a ground-truth object and its matched prediction."""
+        if pred is None:
+            return "missed", MISSED_COLUMN
+        pl_raw = str(pred.get("label", ""))
+        pl = fold_label(pl_raw)
+        if pl == fold_label(UNKNOWN_LABEL) and not pred.get("known", False):
+            if self.vocab_fold is not None and gl not in self.vocab_fold:
+                self.not_in_vocab["rejected"] += 1
+            return "unknown", UNKNOWN_LABEL
+        if pl == gl:
+            self.tp[gl] = self.tp.get(gl, 0) + 1
+            return "correct", pl
+        self.name_of(pl_raw)
+        self.fp_confused[pl] = self.fp_confused.get(pl, 0) + 1
+        return "wrong", pl
+
+    def add_object(self, g: GTObject, pred: Mapping[str, Any] | None) -> None:
+        """One ground-truth object and its matched prediction (None: missed)."""
+        gl = fold_label(g.label)
+        self.name_of(g.label)
+        grp = self.membership.group(g.label, g.key)
+        self.label_group.setdefault(gl, grp)
+        self.support[gl] = self.support.get(gl, 0) + 1
+        outcome_counts = self.per_gt.setdefault(gl, {"matched": 0, "missed": 0, "correct": 0,
+                                                     "wrong": 0, "unknown": 0})
+        if self.vocab_fold is not None and gl not in self.vocab_fold:
+            self.not_in_vocab["objects"] += 1
+        outcome, pred_col = self._outcome(gl, pred)
+        if pred is not None and self.vocab_fold is not None:
+            in_vocab = gl in self.vocab_fold
+            self.vocab_scores[in_vocab].append(float(pred.get("score", 0.0) or 0.0))
+            self.vocab_unknown[in_vocab] += outcome == "unknown"
+        self.confusion[(gl, pred_col)] = self.confusion.get((gl, pred_col), 0) + 1
+        outcome_counts[outcome] += 1
+        if outcome != "missed":
+            outcome_counts["matched"] += 1
+        for grp_name in ("all", grp):
+            c = self.groups[grp_name]
+            c["objects"] += 1
+            c[outcome] += 1
+            if outcome != "missed":
+                c["matched"] += 1
+
+    def add_unmatched(self, p: Mapping[str, Any]) -> None:
+        """A predicted box that matches no ground-truth object: a false positive."""
+        self.fp_boxes["boxes"] += 1
+        pl_raw = str(p.get("label", ""))
+        pl = fold_label(pl_raw)
+        if pl == fold_label(UNKNOWN_LABEL) and not p.get("known", False):
+            self.fp_boxes["unknown"] += 1
+        else:
+            self.fp_boxes["known"] += 1
+            self.name_of(pl_raw)
+            self.fp_background[pl] = self.fp_background.get(pl, 0) + 1
+
+    # -- summaries ----------------------------------------------------------------------
+    def group_summary(self) -> dict[str, dict[str, Any]]:
+        return {g: {**c, "accuracy": _ratio(c["correct"], c["matched"]),
+                    "recall": _ratio(c["correct"], c["objects"]),
+                    "unknown_rate": _ratio(c["unknown"], c["matched"]),
+                    "missed_rate": _ratio(c["missed"], c["objects"])}
+                for g, c in self.groups.items()}
+
+    def row_labels(self) -> tuple[list[str], list[str]]:
+        """(ground-truth labels by group then name, labels only ever predicted)."""
+        order = {"id": 0, "ood": 1, "other": 2}
+        gt_labels = sorted(self.support,
+                           key=lambda lb: (order[self.label_group[lb]], self.display[lb]))
+        pred_only = sorted((lb for lb in set(self.fp_confused) | set(self.fp_background)
+                            if lb not in self.support), key=lambda lb: self.display[lb])
+        return gt_labels, pred_only
+
+    def per_object(self, labels: list[str]) -> tuple[dict[str, dict[str, Any]], list[float]]:
+        """Per-object counts, precision, recall and F1; and the F1s of supported objects."""
+        per_object: dict[str, dict[str, Any]] = {}
+        f1s = []
+        for lb in labels:
+            t = self.tp.get(lb, 0)
+            fpc, fpb = self.fp_confused.get(lb, 0), self.fp_background.get(lb, 0)
+            fp = fpc + fpb
+            sup = self.support.get(lb, 0)
+            fn = sup - t
+            f1 = _ratio(2 * t, 2 * t + fp + fn)
+            counts = self.per_gt.get(lb, {"matched": 0, "missed": 0, "correct": 0, "wrong": 0,
+                                          "unknown": 0})
+            per_object[self.display[lb]] = {
+                "group": self.label_group.get(lb, self.membership.group(self.display[lb])),
+                "support": sup, "matched": counts["matched"], "missed": counts["missed"],
+                "unknown": counts["unknown"], "tp": t, "fp": fp, "fp_confused": fpc,
+                "fp_background": fpb, "fn": fn, "precision": _ratio(t, t + fp),
+                "recall": _ratio(t, sup), "f1": f1}
+            if sup and f1 is not None:
+                f1s.append(f1)
+        return per_object, f1s
+
+    def confusion_matrix(self, gt_labels: list[str], pred_only: list[str]) -> dict[str, Any]:
+        columns = gt_labels + pred_only + [fold_label(UNKNOWN_LABEL), MISSED_COLUMN]
+        matrix = [[self.confusion.get((r, c), 0) for c in columns] for r in gt_labels]
+        col_names = [self.display.get(c, c) if c not in (MISSED_COLUMN,) else c
+                     for c in columns]
+        col_names[-2] = UNKNOWN_LABEL
+        return {"rows": [self.display[r] for r in gt_labels], "columns": col_names,
+                "matrix": matrix}
+
+    def gzsl(self) -> dict[str, Any]:
+        """Class-mean accuracy of matched ID (seen) and OOD (unseen) objects, and their H."""
+        def class_mean(group: str) -> float | None:
+            accs = [c["correct"] / c["matched"] for lb, c in self.per_gt.items()
+                    if self.label_group.get(lb) == group and c["matched"]]
+            return sum(accs) / len(accs) if accs else None
+
+        seen_acc, unseen_acc = class_mean("id"), class_mean("ood")
+        return {"seen": seen_acc, "unseen": unseen_acc,
+                "h": None if seen_acc is None or unseen_acc is None else
+                (0.0 if seen_acc + unseen_acc == 0 else
+                 2 * seen_acc * unseen_acc / (seen_acc + unseen_acc))}
+
+    def open_set(self) -> dict[str, Any] | None:
+        """Scores of matched in- vs out-of-vocabulary objects (None without a vocabulary)."""
+        if self.vocab_fold is None:
+            return None
+        from ..model.calibration import auroc
+
+        n_in, n_out = len(self.vocab_scores[True]), len(self.vocab_scores[False])
+        a = auroc(self.vocab_scores[True], self.vocab_scores[False])
+        return {"in_vocabulary": n_in, "out_of_vocabulary": n_out,
+                "auroc": None if math.isnan(a) else a,
+                "unknown_rate_in_vocabulary": _ratio(self.vocab_unknown[True], n_in),
+                "unknown_rate_out_of_vocabulary": _ratio(self.vocab_unknown[False], n_out)}
+
+
 def score_frames(frames: Sequence[FrameKey],
                  ground_truth: Mapping[FrameKey, Sequence[Any] | None],
                  labels: Mapping[FrameKey, Mapping[str, Any]],
@@ -240,159 +409,24 @@ def score_frames(frames: Sequence[FrameKey],
     """
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    membership = membership or Membership()
-    frame_set = set(frames)
     vocab_fold = {fold_label(n) for n in vocabulary_names} if vocabulary_names else None
-
-    groups = {g: {"objects": 0, "matched": 0, "missed": 0, "correct": 0, "wrong": 0,
-                  "unknown": 0} for g in GROUPS}
-    display: dict[str, str] = {}        # folded label -> display name (first seen)
-    label_group: dict[str, str] = {}    # folded GT label -> group
-    support: dict[str, int] = {}
-    tp: dict[str, int] = {}
-    fp_confused: dict[str, int] = {}
-    fp_background: dict[str, int] = {}
-    per_gt: dict[str, dict[str, int]] = {}   # folded GT label -> outcome counts
-    confusion: dict[tuple[str, str], int] = {}
-    fp_boxes = {"boxes": 0, "known": 0, "unknown": 0}
-    vocab_scores: dict[bool, list[float]] = {True: [], False: []}
-    vocab_unknown = {True: 0, False: 0}
-    not_in_vocab = {"objects": 0, "rejected": 0}
-    gt_in_dropped = 0
-    with_gt = evaluated = 0
-
-    def name_of(label: str) -> str:
-        return display.setdefault(fold_label(label), str(label))
-
+    tally = _Tally(membership or Membership(), vocab_fold)
+    gt_in_dropped = with_gt = evaluated = 0
     for key in frames:
         gt_raw = ground_truth.get(key)
-        doc = labels.get(key)
-        if gt_raw is not None:
-            with_gt += 1
         if gt_raw is None:
             continue
+        with_gt += 1
         gt = _gt_list(gt_raw)
+        doc = labels.get(key)
         if doc is None:
             gt_in_dropped += len(gt)
             continue
         evaluated += 1
-        preds = list(doc.get("objects") or [])
-        matches = match_boxes([g.bbox for g in gt], [p["bbox"] for p in preds], iou_threshold)
-        by_gt = {i: j for i, j, _ in matches}
-        matched_preds = {j for _, j, _ in matches}
-        for i, g in enumerate(gt):
-            gl = fold_label(g.label)
-            name_of(g.label)
-            grp = membership.group(g.label, g.key)
-            label_group.setdefault(gl, grp)
-            support[gl] = support.get(gl, 0) + 1
-            outcome_counts = per_gt.setdefault(gl, {"matched": 0, "missed": 0, "correct": 0,
-                                                     "wrong": 0, "unknown": 0})
-            if vocab_fold is not None and gl not in vocab_fold:
-                not_in_vocab["objects"] += 1
-            j = by_gt.get(i)
-            if j is None:
-                outcome, pred_col = "missed", MISSED_COLUMN
-            else:
-                pl_raw = str(preds[j].get("label", ""))
-                pl = fold_label(pl_raw)
-                if pl == fold_label(UNKNOWN_LABEL) and not preds[j].get("known", False):
-                    outcome, pred_col = "unknown", UNKNOWN_LABEL
-                    if vocab_fold is not None and gl not in vocab_fold:
-                        not_in_vocab["rejected"] += 1
-                elif pl == gl:
-                    outcome, pred_col = "correct", pl
-                    tp[gl] = tp.get(gl, 0) + 1
-                else:
-                    outcome, pred_col = "wrong", pl
-                    name_of(pl_raw)
-                    fp_confused[pl] = fp_confused.get(pl, 0) + 1
-            if j is not None and vocab_fold is not None:
-                in_vocab = gl in vocab_fold
-                vocab_scores[in_vocab].append(float(preds[j].get("score", 0.0) or 0.0))
-                vocab_unknown[in_vocab] += outcome == "unknown"
-            confusion[(gl, pred_col)] = confusion.get((gl, pred_col), 0) + 1
-            outcome_counts[outcome] += 1
-            if outcome != "missed":
-                outcome_counts["matched"] += 1
-            for grp_name in ("all", grp):
-                c = groups[grp_name]
-                c["objects"] += 1
-                c[outcome] += 1
-                if outcome != "missed":
-                    c["matched"] += 1
-        for j, p in enumerate(preds):
-            if j in matched_preds:
-                continue
-            fp_boxes["boxes"] += 1
-            pl_raw = str(p.get("label", ""))
-            pl = fold_label(pl_raw)
-            if pl == fold_label(UNKNOWN_LABEL) and not p.get("known", False):
-                fp_boxes["unknown"] += 1
-            else:
-                fp_boxes["known"] += 1
-                name_of(pl_raw)
-                fp_background[pl] = fp_background.get(pl, 0) + 1
-
-    group_out = {}
-    for g, c in groups.items():
-        group_out[g] = {**c, "accuracy": _ratio(c["correct"], c["matched"]),
-                        "recall": _ratio(c["correct"], c["objects"]),
-                        "unknown_rate": _ratio(c["unknown"], c["matched"]),
-                        "missed_rate": _ratio(c["missed"], c["objects"])}
-
-    order = {"id": 0, "ood": 1, "other": 2}
-    gt_labels = sorted(support, key=lambda lb: (order[label_group[lb]], display[lb]))
-    pred_only = sorted((lb for lb in set(fp_confused) | set(fp_background) if lb not in support),
-                       key=lambda lb: display[lb])
-    per_object: dict[str, dict[str, Any]] = {}
-    f1s = []
-    for lb in gt_labels + pred_only:
-        t = tp.get(lb, 0)
-        fpc, fpb = fp_confused.get(lb, 0), fp_background.get(lb, 0)
-        fp = fpc + fpb
-        sup = support.get(lb, 0)
-        fn = sup - t
-        precision = _ratio(t, t + fp)
-        recall = _ratio(t, sup)
-        f1 = _ratio(2 * t, 2 * t + fp + fn)
-        counts = per_gt.get(lb, {"matched": 0, "missed": 0, "correct": 0, "wrong": 0,
-                                 "unknown": 0})
-        per_object[display[lb]] = {
-            "group": label_group.get(lb, membership.group(display[lb])), "support": sup,
-            "matched": counts["matched"], "missed": counts["missed"],
-            "unknown": counts["unknown"], "tp": t, "fp": fp, "fp_confused": fpc,
-            "fp_background": fpb, "fn": fn, "precision": precision, "recall": recall,
-            "f1": f1}
-        if sup and f1 is not None:
-            f1s.append(f1)
-
-    columns = gt_labels + pred_only + [fold_label(UNKNOWN_LABEL), MISSED_COLUMN]
-    matrix = [[confusion.get((r, c), 0) for c in columns] for r in gt_labels]
-    col_names = [display.get(c, c) if c not in (MISSED_COLUMN,) else c for c in columns]
-    col_names[-2] = UNKNOWN_LABEL
-
-    def class_mean(group: str) -> float | None:
-        accs = [per_gt[lb]["correct"] / per_gt[lb]["matched"] for lb in per_gt
-                if label_group.get(lb) == group and per_gt[lb]["matched"]]
-        return sum(accs) / len(accs) if accs else None
-
-    seen_acc, unseen_acc = class_mean("id"), class_mean("ood")
-    gzsl = {"seen": seen_acc, "unseen": unseen_acc,
-            "h": None if seen_acc is None or unseen_acc is None else
-            (0.0 if seen_acc + unseen_acc == 0 else
-             2 * seen_acc * unseen_acc / (seen_acc + unseen_acc))}
-    open_set = None
-    if vocab_fold is not None:
-        from ..model.calibration import auroc
-
-        n_in, n_out = len(vocab_scores[True]), len(vocab_scores[False])
-        a = auroc(vocab_scores[True], vocab_scores[False])
-        open_set = {"in_vocabulary": n_in, "out_of_vocabulary": n_out,
-                    "auroc": None if math.isnan(a) else a,
-                    "unknown_rate_in_vocabulary": _ratio(vocab_unknown[True], n_in),
-                    "unknown_rate_out_of_vocabulary": _ratio(vocab_unknown[False], n_out)}
-
+        tally.add_frame(gt, list(doc.get("objects") or []), iou_threshold)
+    gt_labels, pred_only = tally.row_labels()
+    per_object, f1s = tally.per_object(gt_labels + pred_only)
+    frame_set = set(frames)
     labelled = sum(1 for k in frames if k in labels)
     lat = [latencies_s[k] * 1e3 for k in frames if latencies_s and k in labels
            and latencies_s.get(k) is not None]
@@ -403,15 +437,14 @@ def score_frames(frames: Sequence[FrameKey],
                    "evaluated": evaluated,
                    "unexpected": sum(1 for k in labels if k not in frame_set),
                    "ground_truth_objects_in_dropped_frames": gt_in_dropped},
-        "groups": group_out,
+        "groups": tally.group_summary(),
         "per_object": per_object,
         "macro_f1": (sum(f1s) / len(f1s)) if f1s else None,
-        "false_positives": fp_boxes,
-        "not_in_vocabulary": not_in_vocab if vocab_fold is not None else None,
-        "gzsl": gzsl,
-        "open_set": open_set,
-        "confusion": {"rows": [display[r] for r in gt_labels], "columns": col_names,
-                      "matrix": matrix},
+        "false_positives": tally.fp_boxes,
+        "not_in_vocabulary": tally.not_in_vocab if vocab_fold is not None else None,
+        "gzsl": tally.gzsl(),
+        "open_set": tally.open_set(),
+        "confusion": tally.confusion_matrix(gt_labels, pred_only),
         "latency_ms": percentiles(lat),
     }
 

@@ -73,18 +73,22 @@ class Bundle:
 
     @property
     def teacher_id(self) -> str:
+        """The teacher id the text embeddings belong to."""
         return self.manifest["teacher"]["id"]
 
     @property
     def teacher_spec(self) -> dict:
+        """The teacher's spec (how to rebuild its text encoder)."""
         return self.manifest["teacher"]["spec"]
 
     @property
     def input_spec(self) -> InputSpec:
+        """The student's input (size, normalisation, channel order)."""
         return self.student.input_spec
 
     @property
     def embed_dim(self) -> int:
+        """The embedding dimension (the teacher's)."""
         return int(self.manifest["teacher"]["embed_dim"])
 
 
@@ -217,6 +221,28 @@ def _check_teacher_and_templates(manifest: dict) -> None:
         raise ValueError("vocabulary 'enrich' must be true or false")
 
 
+def _read_members(path: Path, files: dict[str, str]) -> dict[str, bytes]:
+    """Every member the manifest lists, each checked against its SHA-256.
+
+    Raises:
+        BundleError: a member is missing or corrupt, or the zip itself is.
+    """
+    members: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name, digest in files.items():
+                try:
+                    data = zf.read(name)
+                except KeyError:
+                    raise BundleError(f"{path}: member {name} is missing") from None
+                if _sha256(data) != digest:
+                    raise BundleError(f"{path}: member {name} is corrupt (checksum mismatch)")
+                members[name] = data
+    except (zipfile.BadZipFile, zlib_error()) as exc:
+        raise BundleError(f"{path}: corrupt bundle ({exc})") from None
+    return members
+
+
 def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
                 device: str | torch.device = "cpu") -> Bundle:
     """Load and validate a bundle.
@@ -233,19 +259,7 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
         raise BundleError(f"{path}: distilled from teacher {teacher_id!r}, but "
                           f"{expected_teacher_id!r} was expected; its embeddings are not "
                           "comparable")
-    members: dict[str, bytes] = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for name, digest in manifest["files"].items():
-                try:
-                    data = zf.read(name)
-                except KeyError:
-                    raise BundleError(f"{path}: member {name} is missing") from None
-                if _sha256(data) != digest:
-                    raise BundleError(f"{path}: member {name} is corrupt (checksum mismatch)")
-                members[name] = data
-    except (zipfile.BadZipFile, zlib_error()) as exc:
-        raise BundleError(f"{path}: corrupt bundle ({exc})") from None
+    members = _read_members(path, manifest["files"])
     try:
         vocabulary = Vocabulary.from_dict(manifest["vocabulary"], source=f"{path}:vocabulary")
         student_cfg = from_dict(StudentConfig, manifest["student"]["config"], "student")

@@ -109,7 +109,8 @@ class Calibration:
     def from_dict(cls, data: Any) -> "Calibration":
         """Validate a manifest entry; raises :class:`CalibrationError` naming the problem."""
         if not isinstance(data, dict):
-            raise CalibrationError(f"calibration record must be a mapping, got {type(data).__name__}")
+            raise CalibrationError(f"calibration record must be a mapping, got "
+                                   f"{type(data).__name__}")
         required = {"seen_bias", "unknown_threshold", "score_temperature", "trained_names"}
         missing = sorted(required - set(data))
         if missing:

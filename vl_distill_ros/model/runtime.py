@@ -12,7 +12,8 @@ float32 embeddings:
 :func:`make_runner` picks one for a bundle: ``auto`` prefers ONNX Runtime (the bundle's
 ``student.onnx`` member, else an in-memory export), checks that it agrees with PyTorch on
 one probe batch, and falls back to PyTorch with a logged warning on any failure.
-Preprocessing (crop, resize, normalise) is :func:`vl_distill_ros.perception.preprocess.preprocess_crops`.
+Preprocessing (crop, resize, normalise) is
+:func:`vl_distill_ros.perception.preprocess.preprocess_crops`.
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def _check_batch(batch: np.ndarray, image_size: int) -> np.ndarray:
 
 
 # -- export --------------------------------------------------------------------------------
-def export_student_onnx(student: Student, path_or_buffer: str | os.PathLike | BinaryIO | None = None,
+def export_student_onnx(student: Student,
+                        path_or_buffer: str | os.PathLike | BinaryIO | None = None,
                         opset: int = DEFAULT_OPSET) -> bytes:
     """Export ``student`` to ONNX and return the serialised model.
 
@@ -258,7 +260,8 @@ def check_parity(runner: StudentRunner, reference: StudentRunner, batch_size: in
                  seed: int = 0) -> float:
     """Smallest per-row cosine between two runners on a random probe batch."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, 3, runner.image_size, runner.image_size)).astype(np.float32)
+    x = rng.standard_normal((batch_size, 3, runner.image_size, runner.image_size))
+    x = x.astype(np.float32)
     return _min_row_cosine(runner.embed(x), reference.embed(x))
 
 
@@ -305,7 +308,8 @@ def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads:
         if onnx_bytes is None:
             onnx_bytes = export_student_onnx(student)
         runner = OnnxRunner(onnx_bytes, threads=threads)
-        if runner.image_size != student.input_spec.image_size or runner.embed_dim != student.embed_dim:
+        if (runner.image_size != student.input_spec.image_size
+                or runner.embed_dim != student.embed_dim):
             raise RuntimeBackendError(
                 f"ONNX model is {runner.image_size} px -> {runner.embed_dim}-d but the student "
                 f"is {student.input_spec.image_size} px -> {student.embed_dim}-d")

@@ -28,10 +28,12 @@ class InputSpec:
     channels: str = "RGB"
 
     def to_dict(self) -> dict:
+        """The spec as a plain dict (bundle manifest)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "InputSpec":
+        """The spec stored by :meth:`to_dict`."""
         return cls(image_size=int(data["image_size"]), mean=tuple(data["mean"]),
                    std=tuple(data["std"]), channels=str(data.get("channels", "RGB")))
 
@@ -44,7 +46,8 @@ class StudentError(ValueError):
     """A student configuration or weights file is invalid."""
 
 
-def _efficientnet_lite0(pretrained: str, image_size: int) -> tuple[nn.Module, int, list[list[nn.Module]]]:
+def _efficientnet_lite0(pretrained: str,
+                        image_size: int) -> tuple[nn.Module, int, list[list[nn.Module]]]:
     from efficientnet_lite_pytorch import EfficientNet
 
     if pretrained == "imagenet":
@@ -110,7 +113,8 @@ class Student(nn.Module):
     def __init__(self, cfg: StudentConfig, embed_dim: int, load_weights: bool = True) -> None:
         super().__init__()
         if cfg.backbone not in BACKBONES:
-            raise StudentError(f"unknown student backbone {cfg.backbone!r}; choose one of {BACKBONES}")
+            raise StudentError(f"unknown student backbone {cfg.backbone!r}; choose one of "
+                               f"{BACKBONES}")
         if cfg.image_size % 32 != 0 or cfg.image_size < 32:
             raise StudentError(f"student.image_size must be a multiple of 32, got {cfg.image_size}")
         self.cfg = cfg
@@ -164,15 +168,18 @@ class Student(nn.Module):
                 p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "Student":
+        """Set training mode; frozen stages stay in eval mode."""
         super().train(mode)
         for m in self._frozen:
             m.eval()
         return self
 
     def backbone_parameters(self) -> list[nn.Parameter]:
+        """The trainable backbone parameters."""
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
     def head_parameters(self) -> list[nn.Parameter]:
+        """The projection head's parameters."""
         return list(self.head.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

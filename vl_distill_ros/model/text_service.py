@@ -98,7 +98,10 @@ def cache_file_name(teacher_id: str) -> str:
 
 
 def _combine(prompt_embeddings: torch.Tensor, n_labels: int, n_templates: int) -> torch.Tensor:
-    """(n_labels * n_templates, D) prompt embeddings -> (n_labels, D), as build_zero_shot_classifier."""
+    """(n_labels * n_templates, D) prompt embeddings -> (n_labels, D).
+
+    As open_clip's ``build_zero_shot_classifier``.
+    """
     emb = F.normalize(prompt_embeddings.float(), dim=-1)
     emb = emb.view(n_labels, n_templates, -1).mean(dim=1)
     return F.normalize(emb, dim=-1)

@@ -246,10 +246,12 @@ class Vocabulary:
 
     @property
     def names(self) -> list[str]:
+        """The label names, in order."""
         return [lb.name for lb in self.labels]
 
     @property
     def keys(self) -> list[str]:
+        """The dataset keys of the labels, in order ('' when none)."""
         return [lb.key for lb in self.labels]
 
     def index(self, key_or_name: str) -> int:
@@ -294,7 +296,8 @@ class Split:
                         out_of_distribution=tuple(data["out_of_distribution"]))
         except (KeyError, TypeError) as exc:
             raise VocabularyError(
-                f"{path}: needs 'in_distribution' and 'out_of_distribution' lists ({exc})") from None
+                f"{path}: needs 'in_distribution' and 'out_of_distribution' lists "
+                f"({exc})") from None
         overlap = set(split.in_distribution) & set(split.out_of_distribution)
         if overlap:
             raise VocabularyError(f"{path}: keys in both ID and OOD: {sorted(overlap)}")
@@ -302,4 +305,5 @@ class Split:
 
     @property
     def all_keys(self) -> tuple[str, ...]:
+        """The ID keys followed by the OOD keys."""
         return self.in_distribution + self.out_of_distribution

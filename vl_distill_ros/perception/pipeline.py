@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
-                          bias_vector, negative_mask)
+                                 bias_vector, negative_mask)
 from .preprocess import preprocess_crops
 from .proposals import Box, ProposalConfig, crop, full_frame_box, propose_boxes, sanitize_boxes
 from ..model.vocabulary import Vocabulary

@@ -119,6 +119,7 @@ class NodeProcess:
         self.pid = self.proc.pid
 
     def poll(self) -> int | None:
+        """The node's exit code, or None while it runs."""
         return self.proc.poll()
 
     def signal_group(self, sig: int) -> None:

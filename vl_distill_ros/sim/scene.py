@@ -305,8 +305,8 @@ class _Camera:
         return k @ np.column_stack([rot[:, 0], rot[:, 1], rot[:, 2] * z + trans])
 
     def polygon(self, points: np.ndarray) -> np.ndarray | None:
-        """Pixel polygon (float ``(N, 2)``) of a convex world polygon, clipped to the part
-        in front of the near plane; ``None`` if nothing of it is in front."""
+        """A convex world polygon projected to pixels, as float ``(N, 2)`` points, clipped to
+        the part in front of the near plane; ``None`` if nothing of it is in front."""
         cam = points @ self.view[:3, :3].T + self.view[:3, 3]
         depth = -cam[:, 2]
         limit = 1.5 * self.near

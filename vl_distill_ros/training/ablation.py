@@ -126,7 +126,8 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
         raise ConfigError(f"{config_path}: expected 'runs' (a list of {{row, config}})")
     out = Path(spec.get("out_dir", "runs/ablation"))
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = [(r["row"], load_train_config(r["config"], r.get("overrides", []))) for r in spec["runs"]]
+    cfgs = [(r["row"], load_train_config(r["config"], r.get("overrides", [])))
+            for r in spec["runs"]]
     roots = {c.data.root for _, c in cfgs}
     if not skip_render and spec.get("render"):
         from ..sim.render import load_render_spec, render_dataset

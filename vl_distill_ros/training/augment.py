@@ -40,7 +40,8 @@ class CropAugment:
         r = torch.rand(n, 6, generator=generator)
         for i in range(n):
             area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * r[i, 0].item())
-            aspect = math.exp(self.log_ratio[0] + (self.log_ratio[1] - self.log_ratio[0]) * r[i, 1].item())
+            lo, hi = self.log_ratio
+            aspect = math.exp(lo + (hi - lo) * r[i, 1].item())
             cw = int(round(math.sqrt(area * aspect)))
             ch = int(round(math.sqrt(area / aspect)))
             cw, ch = max(8, min(w, cw)), max(8, min(h, ch))

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..model.calibration import (Calibration, CalibrationError, adjusted_scores, auroc,
-                                bias_curve, bias_vector, choose_seen_bias, negative_mask,
-                                threshold_for_coverage)
+                                 bias_curve, bias_vector, choose_seen_bias, negative_mask,
+                                 threshold_for_coverage)
 from ..config import TrainConfig
 from .image_folder import DatasetError, load_image_folder
 from ..model.student import Student

@@ -9,7 +9,7 @@ import torch
 
 from ..config import DataConfig, TeacherConfig
 from .image_folder import (DatasetError, LabeledImages, list_image_folder,
-                                      load_image_folder)
+                           load_image_folder)
 from .teacher_cache import TeacherImageCache, file_digest
 from ..model.teachers import Teacher
 from ..model.teachers.factory import build_teacher, teacher_id_for
@@ -34,6 +34,7 @@ class Vocabularies:
     split: Split
 
     def for_set(self, name: str) -> Vocabulary:
+        """The vocabulary of set ``name`` (``id``, ``ood`` or ``all``)."""
         return {"id": self.id, "ood": self.ood, "all": self.all}[name]
 
 
@@ -57,6 +58,7 @@ class LazyTeacher:
         self.id = teacher_id_for(cfg)
 
     def get(self) -> Teacher:
+        """The teacher, built on first use."""
         if self._teacher is None:
             # Seeded so a randomly initialised teacher (tests, benchmarks) is reproducible.
             torch.manual_seed(self.seed)
@@ -207,4 +209,3 @@ def broad_text_embeddings(teacher: LazyTeacher, data_cfg: DataConfig) -> torch.T
         vocab = Vocabulary.load(spec).without_descriptions()
     return build_zero_shot_classifier(teacher.get().encode_texts, vocab, data_cfg.templates,
                                       enrich=False)
-

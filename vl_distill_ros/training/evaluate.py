@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from .metrics import (accuracy, confusion_matrix, embedding_distances, macro_f1,
-                            vl_alignment)
+                      vl_alignment)
 from .data import (EVAL_SPLITS, LazyTeacher, load_split_images, load_vocabularies,
                    teacher_image_targets, text_classifier)
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, Calibration,
-                                adjusted_scores, auroc, bias_curve, bias_vector,
-                                gzsl_accuracies, negative_mask)
+                                 adjusted_scores, auroc, bias_curve, bias_vector,
+                                 gzsl_accuracies, negative_mask)
 from .calibrate import calibrate, read_calibration, write_calibration
 from .trainer import TrainingError, embed_images, load_trained_student
 

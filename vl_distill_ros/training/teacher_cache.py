@@ -13,8 +13,10 @@ new shards (one every ``flush_every`` new embeddings, so an interrupted run keep
 work); each shard is written to a temporary file and moved into place with ``os.replace``, so a
 reader never sees half a shard. When shards pile up they are merged (:meth:`compact`).
 
-An unreadable or inconsistent shard is reported with a ``RuntimeWarning``, renamed to
-``*.corrupt`` and its entries are computed again; it never stops training.
+An unreadable or inconsistent shard is logged (``logging`` warning), renamed aside by
+:func:`~vl_distill_ros.atomic_io.set_aside` to ``<shard>.corrupt-<UTC time>`` (a unique name,
+so an earlier ``.corrupt`` file is never overwritten) and its entries are computed again; it
+never stops training.
 
 Distributed training (DDP): let **rank 0 alone fill the cache**, then synchronise, then let
 every rank read it::
@@ -35,18 +37,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..atomic_io import atomic_write_bytes
+from ..atomic_io import atomic_write_bytes, set_aside
 
 #: Signature of the image loader handed to :meth:`TeacherImageCache.get_or_compute`: it gets
 #: positions into the requested key list and returns those images (RGB uint8 arrays).
@@ -56,7 +58,10 @@ Encode = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".npz"
+#: Unusable shards are renamed to ``<shard>.corrupt-<UTC time>`` (:func:`set_aside`).
 CORRUPT_SUFFIX = ".corrupt"
+
+log = logging.getLogger(__name__)
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha1") -> str:
@@ -134,13 +139,12 @@ class TeacherImageCache:
                       if p.name.startswith(SHARD_PREFIX) and p.name.endswith(SHARD_SUFFIX))
 
     def _set_aside(self, path: Path, reason: str) -> None:
-        warnings.warn(f"teacher cache: {path} is unusable ({reason}); moving it aside to "
-                      f"{path.name}{CORRUPT_SUFFIX} and recomputing its entries",
-                      RuntimeWarning, stacklevel=3)
-        try:
-            os.replace(path, path.with_name(path.name + CORRUPT_SUFFIX))
-        except OSError:
-            pass
+        target = set_aside(path)
+        if target is None and not path.exists():
+            return  # removed meanwhile (a concurrent compaction): nothing to report
+        log.warning("teacher cache: %s is unusable (%s); %s and recomputing its entries",
+                    path, reason, f"moved it aside to {target.name}" if target is not None
+                    else "could not move it aside")
 
     def _read_shard(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         try:

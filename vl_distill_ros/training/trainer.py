@@ -62,6 +62,7 @@ class DistEnv:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (it logs and writes files)."""
         return self.rank == 0
 
 
@@ -327,45 +328,27 @@ class _CsvLog:
             writer.writerows(self.rows)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Distil the configured teacher into a student; return the output directory.
-
-    Writes ``config.yaml``, ``checkpoint.pt`` + ``checkpoint.yaml`` (every epoch),
-    ``metrics.csv``/``.jsonl``, ``training_curves.png`` and finally ``student_final.pt`` +
-    ``student_final.yaml`` (weights + their config, :func:`save_checkpoint`).
-    """
-    env = setup_distributed(cfg.optim.device)
-    if cfg.optim.threads > 0:
-        torch.set_num_threads(cfg.optim.threads)
-    out = Path(cfg.output_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    _barrier(env)
-    ckpt_path = out / CHECKPOINT
-    start_epoch = 0
-    ckpt = None
+def _resume_checkpoint(cfg: TrainConfig, env: DistEnv, ckpt_path: Path,
+                       resume: bool) -> tuple[dict | None, int]:
+    """(checkpoint, first epoch) when resuming from a compatible checkpoint, else (None, 0)."""
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         saved = checkpoint_config(ckpt, ckpt_path)
-        if to_dict(saved.student) != to_dict(cfg.student) or to_dict(saved.teacher) != to_dict(cfg.teacher):
+        if (to_dict(saved.student) != to_dict(cfg.student)
+                or to_dict(saved.teacher) != to_dict(cfg.teacher)):
             raise TrainingError(f"{ckpt_path} was written for a different student/teacher "
                                 "configuration; use another output_dir or drop --resume")
-        start_epoch = int(ckpt["epoch"])
-    elif resume and env.is_main:
+        return ckpt, int(ckpt["epoch"])
+    if resume and env.is_main:
         print(f"[train] no checkpoint at {ckpt_path}; starting from scratch")
+    return None, 0
 
-    torch.manual_seed(cfg.optim.seed)
-    np.random.seed(cfg.optim.seed)
-    vocabs = load_vocabularies(cfg.data)
-    train_set = load_training_set(cfg.data, cfg.loss.cls_label_set, vocabs)
-    if train_set is None:
-        raise TrainingError(f"no training images at {Path(cfg.data.root) / cfg.data.train_splits[0]}"
-                            "; run `vl-distill render` first or point data.root at an image "
-                            "folder")
-    train_data = train_set.data
-    val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
 
-    teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
+def _targets(cfg: TrainConfig, env: DistEnv, teacher: "LazyTeacher", train_data,
+             progress: bool) -> torch.Tensor:
+    """The teacher's image embeddings of the training set: rank 0 fills the cache, then
+    every other rank reads it."""
+    targets = None
     if env.is_main:
         targets = teacher_image_targets(teacher, train_data, cfg.data.cache_dir,
                                         cfg.teacher.batch_size, progress=progress)
@@ -373,13 +356,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if not env.is_main:
         targets = teacher_image_targets(teacher, train_data, cfg.data.cache_dir,
                                         cfg.teacher.batch_size, progress=False, compute=False)
-    text_emb = text_classifier(teacher, train_set.cls_vocab, cfg.data).to(env.device)
-    embed_dim = text_emb.shape[1]
-    val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
-    broad = None
-    if cfg.loss.vlkl_weight > 0:
-        broad = broad_text_embeddings(teacher, cfg.data).to(env.device)
+    return targets
 
+
+def _build_model(cfg: TrainConfig, env: DistEnv, embed_dim: int, ckpt: dict | None,
+                 ckpt_path: Path) -> tuple[Student, torch.nn.Module, torch.optim.Optimizer]:
+    """The student (restored from ``ckpt``), its DDP wrapper and the optimizer."""
     # seeded here, not only at the start: whether the teacher had to be built (a cold
     # cache) must not change the student's initial head
     torch.manual_seed(cfg.optim.seed)
@@ -401,17 +383,136 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise TrainingError(f"checkpoint {ckpt_path}: cannot restore the optimizer state "
                                 f"({_first_line(exc)}); train without --resume") from None
-    loss_fn = DistillLoss(cfg.loss)
-    augment = CropAugment(student.input_spec)
+    return student, model, optimizer
 
+
+@dataclass
+class _Run:
+    """Everything one epoch needs (built by :func:`train`)."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    student: Student
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: DistillLoss
+    augment: CropAugment
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+    text_emb: torch.Tensor
+    broad: torch.Tensor | None
+    local_bs: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
+    """One epoch of distillation; returns its log row (without validation)."""
+    cfg, env, n = run.cfg, run.env, len(run.images)
+    t0 = time.time()
+    run.student.train()
+    gen = torch.Generator().manual_seed(cfg.optim.seed * 1000 + epoch)
+    perm = torch.randperm(n, generator=gen)
+    aug_gen = torch.Generator().manual_seed(cfg.optim.seed * 7919 + epoch * 31 + env.rank)
+    # the global RNG (drop-connect in the backbone) is seeded per epoch too, so a run
+    # resumed at an epoch boundary continues exactly as an uninterrupted one
+    torch.manual_seed(cfg.optim.seed * 104729 + epoch * 131 + env.rank)
+    sums: dict[str, torch.Tensor] = {}
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=not (progress and env.is_main), leave=False)
+    for step in bar:
+        g = epoch * run.steps_per_epoch + step
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(g, run.total_steps, run.warmup, cfg.optim.lr) * group["lr_scale"]
+        idx = shard_indices(perm, step, run.local_bs, env.rank, env.world)
+        x = run.augment(run.images[idx], aug_gen).to(env.device)
+        s = run.model(x)
+        total, parts = run.loss_fn(s, run.targets[idx].to(env.device), run.text_emb,
+                                   run.labels[idx].to(env.device), run.broad, as_float=False)
+        run.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        run.optimizer.step()
+        # detached device tensors: no host-device sync until the epoch is logged
+        for k, v in (("loss", total.detach()), *parts.items()):
+            sums[k] = sums[k] + v if k in sums else v
+        if not bar.disable and ((step + 1) % POSTFIX_EVERY == 0
+                                or step + 1 == run.steps_per_epoch):
+            bar.set_postfix(loss=f"{float(sums['loss']) / (step + 1):.3f}")
+    means = _epoch_means(sums, run.steps_per_epoch, env)
+    elapsed = time.time() - t0
+    return {"epoch": epoch + 1, "lr": run.optimizer.param_groups[1]["lr"], **means,
+            "epoch_time_s": round(elapsed, 2),
+            "images_per_s": round(run.steps_per_epoch * run.local_bs * env.world
+                                  / max(elapsed, 1e-9), 1)}
+
+
+def _finish(cfg: TrainConfig, env: DistEnv, out: Path, student: Student, teacher: "LazyTeacher",
+            trained_names: list[str], embed_dim: int, log: "_CsvLog | None") -> None:
+    """Rank 0: the final student, the training curves and (when configured) calibration."""
+    save_checkpoint({"student": student.state_dict(), "config": to_dict(cfg),
+                     "teacher_id": teacher.id, "embed_dim": embed_dim,
+                     "trained_names": trained_names}, out / FINAL)
+    if log is not None and log.rows:
+        from ..plots import plot_training_curves
+
+        plot_training_curves(log.rows, out / "training_curves.png")
+    if cfg.calibration.seen and cfg.calibration.unseen:
+        from .calibrate import calibrate, write_calibration
+
+        record, curve = calibrate(student, cfg, teacher, trained_names, embed_images,
+                                  env.device)
+        write_calibration(out, record, curve)
+        print(f"[train] calibration: seen_bias={record.seen_bias:.4f} "
+              f"unknown_threshold={record.unknown_threshold:.4f} "
+              f"(seen {record.chosen_on['seen_acc']:.3f}, pseudo-unseen "
+              f"{record.chosen_on['unseen_acc']:.3f}, H {record.chosen_on['h']:.3f})")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Distil the configured teacher into a student; return the output directory.
+
+    Writes ``config.yaml``, ``checkpoint.pt`` + ``checkpoint.yaml`` (every epoch),
+    ``metrics.csv``/``.jsonl``, ``training_curves.png`` and finally ``student_final.pt`` +
+    ``student_final.yaml`` (weights + their config, :func:`save_checkpoint`).
+    """
+    env = setup_distributed(cfg.optim.device)
+    if cfg.optim.threads > 0:
+        torch.set_num_threads(cfg.optim.threads)
+    out = Path(cfg.output_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    _barrier(env)
+    ckpt_path = out / CHECKPOINT
+    ckpt, start_epoch = _resume_checkpoint(cfg, env, ckpt_path, resume)
+    torch.manual_seed(cfg.optim.seed)
+    np.random.seed(cfg.optim.seed)
+    vocabs = load_vocabularies(cfg.data)
+    train_set = load_training_set(cfg.data, cfg.loss.cls_label_set, vocabs)
+    if train_set is None:
+        first = Path(cfg.data.root) / cfg.data.train_splits[0]
+        raise TrainingError(f"no training images at {first}; run `vl-distill render` first "
+                            "or point data.root at an image folder")
+    train_data = train_set.data
+    val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
+    teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
+    targets = _targets(cfg, env, teacher, train_data, progress)
+    text_emb = text_classifier(teacher, train_set.cls_vocab, cfg.data).to(env.device)
+    embed_dim = text_emb.shape[1]
+    val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
+    broad = (broad_text_embeddings(teacher, cfg.data).to(env.device)
+             if cfg.loss.vlkl_weight > 0 else None)
+    student, model, optimizer = _build_model(cfg, env, embed_dim, ckpt, ckpt_path)
     n = len(train_data)
     local_bs, steps_per_epoch = epoch_plan(n, cfg.optim.batch_size, env.world)
     if cfg.optim.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, cfg.optim.max_steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.optim.epochs
-    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch)
-    images_t = torch.from_numpy(train_data.images)
-    labels_t = torch.from_numpy(train_data.labels)
+    run = _Run(cfg, env, student, model, optimizer, DistillLoss(cfg.loss),
+               CropAugment(student.input_spec), torch.from_numpy(train_data.images),
+               torch.from_numpy(train_data.labels), targets, text_emb, broad, local_bs,
+               steps_per_epoch, steps_per_epoch * cfg.optim.epochs,
+               int(cfg.optim.warmup_epochs * steps_per_epoch))
     log = _CsvLog(out) if env.is_main else None
     if env.is_main:
         (out / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
@@ -421,43 +522,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
               f"student {cfg.student.backbone}@{cfg.student.image_size}, world {env.world} "
               f"({env.device.type}), "
               f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs")
-
     for epoch in range(start_epoch, cfg.optim.epochs):
-        t0 = time.time()
-        student.train()
-        gen = torch.Generator().manual_seed(cfg.optim.seed * 1000 + epoch)
-        perm = torch.randperm(n, generator=gen)
-        aug_gen = torch.Generator().manual_seed(cfg.optim.seed * 7919 + epoch * 31 + env.rank)
-        # the global RNG (drop-connect in the backbone) is seeded per epoch too, so a run
-        # resumed at an epoch boundary continues exactly as an uninterrupted one
-        torch.manual_seed(cfg.optim.seed * 104729 + epoch * 131 + env.rank)
-        sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                   disable=not (progress and env.is_main), leave=False)
-        for step in bar:
-            g = epoch * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(g, total_steps, warmup, cfg.optim.lr) * group["lr_scale"]
-            idx = shard_indices(perm, step, local_bs, env.rank, env.world)
-            x = augment(images_t[idx], aug_gen).to(env.device)
-            s = model(x)
-            total, parts = loss_fn(s, targets[idx].to(env.device), text_emb,
-                                   labels_t[idx].to(env.device), broad, as_float=False)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            # detached device tensors: no host-device sync until the epoch is logged
-            for k, v in (("loss", total.detach()), *parts.items()):
-                sums[k] = sums[k] + v if k in sums else v
-            if not bar.disable and ((step + 1) % POSTFIX_EVERY == 0
-                                    or step + 1 == steps_per_epoch):
-                bar.set_postfix(loss=f"{float(sums['loss']) / (step + 1):.3f}")
-        means = _epoch_means(sums, steps_per_epoch, env)
-        elapsed = time.time() - t0
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[1]["lr"],
-                               **means, "epoch_time_s": round(elapsed, 2),
-                               "images_per_s": round(steps_per_epoch * local_bs * env.world
-                                                     / max(elapsed, 1e-9), 1)}
+        row = _train_epoch(run, epoch, progress)
         if env.is_main:
             if val_data is not None:
                 emb = embed_images(student, val_data.images, env.device)
@@ -470,27 +536,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             print("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in row.items()))
         _barrier(env)
-
     if env.world > 1:
         _check_ranks_in_sync(student, env)
     if env.is_main:
-        save_checkpoint({"student": student.state_dict(), "config": to_dict(cfg),
-                         "teacher_id": teacher.id, "embed_dim": embed_dim,
-                         "trained_names": train_set.cls_vocab.names}, out / FINAL)
-        if log.rows:
-            from ..plots import plot_training_curves
-
-            plot_training_curves(log.rows, out / "training_curves.png")
-        if cfg.calibration.seen and cfg.calibration.unseen:
-            from .calibrate import calibrate, write_calibration
-
-            record, curve = calibrate(student, cfg, teacher, train_set.cls_vocab.names,
-                                      embed_images, env.device)
-            write_calibration(out, record, curve)
-            print(f"[train] calibration: seen_bias={record.seen_bias:.4f} "
-                  f"unknown_threshold={record.unknown_threshold:.4f} "
-                  f"(seen {record.chosen_on['seen_acc']:.3f}, pseudo-unseen "
-                  f"{record.chosen_on['unseen_acc']:.3f}, H {record.chosen_on['h']:.3f})")
+        _finish(cfg, env, out, student, teacher, train_set.cls_vocab.names, embed_dim, log)
     _barrier(env)
     if env.world > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,0 +1,146 @@
+"""The phases of the live replay (``evaluation/replay.py``) one by one, without a node.
+
+``plan_live`` (names, command, log folder), ``publish_paced`` (timing of the replay, driven
+by real CDR-serialised images), ``drain`` (when to stop waiting for labels),
+``collect_documents`` and ``node_counters`` (what the recording holds) and
+``DiagnosticsLog`` (reading the node's /diagnostics messages). The whole live replay through
+the real node is tested in test_replay_eval.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import Image
+
+from vl_distill_ros.bags.bag_io import RawMessage
+from vl_distill_ros.evaluation import replay
+from vl_distill_ros.evaluation.replay import (DiagnosticsLog, PacedRun, Recording,
+                                              ReplaySettings, collect_documents, drain,
+                                              node_counters, plan_live, publish_paced)
+
+T0 = 1_700_000_000 * 10**9
+
+
+def raw_image(topic: str, stamp_ns: int, bag_ns: int) -> RawMessage:
+    msg = Image(height=1, width=1, encoding="rgb8", step=3, data=bytes(3))
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+    return RawMessage(topic, "sensor_msgs/msg/Image", bag_ns, serialize_message(msg))
+
+
+def doc(camera: str, stamp_ns: int) -> str:
+    sec, nanosec = divmod(stamp_ns, 10**9)
+    return json.dumps({"header": {"stamp": {"sec": sec, "nanosec": nanosec}, "frame_id": "f"},
+                       "camera": camera, "vocabulary_version": 1, "objects": []})
+
+
+def test_plan_namespaces_the_topics_and_names_the_node(tmp_path):
+    contents = SimpleNamespace(image_topics=["/camera/image_raw", "wrist"])
+    settings = ReplaySettings(namespace="ns/", log_dir=tmp_path, device="cpu",
+                              params={"top_k": 2}, node_command=["my-node"])
+    values = replay.node_parameter_values({"top_k": 2})
+    plan = plan_live(contents, settings, tmp_path / "m.vdb", None, values)
+    assert plan.namespace == "/ns" and plan.fqn == "/ns/vl_distill_node"
+    assert plan.labels_topic == "/ns/vl_distill_node/labels"
+    assert plan.replay_topic == {"/camera/image_raw": "/ns/camera/image_raw",
+                                 "wrist": "/ns/wrist"}
+    assert plan.camera_map["/ns/wrist"] == "wrist"
+    assert plan.cmd[0] == "my-node" and plan.base_cmd == ["my-node"]
+    cmd = " ".join(plan.cmd)
+    assert "__ns:=/ns" in cmd and "top_k:=2" in cmd and "device:=\"cpu\"" in cmd
+    assert 'image_topics:=["/ns/camera/image_raw", "/ns/wrist"]' in cmd
+    assert "vocabulary_file" not in cmd
+    assert plan.log_path == tmp_path / "node.log" and plan.tmp_log is None
+    assert plan.env["ROS_LOG_DIR"]
+    # without a log folder: a temporary one, removed after a completed replay
+    plan = plan_live(contents, ReplaySettings(), tmp_path / "m.vdb", None, values)
+    assert plan.tmp_log and Path(plan.tmp_log).is_dir() and plan.namespace.startswith(
+        "/vl_replay_")
+    Path(plan.tmp_log).rmdir()
+
+
+def test_publish_paced_follows_bag_time_divided_by_rate():
+    msgs = [raw_image("/cam", T0 + i * 10**8, 5 * 10**9 + i * 2 * 10**8) for i in range(5)]
+    sent: list[tuple[float, str]] = []
+    checks: list[int] = []
+    progress: list[int] = []
+    run = publish_paced(msgs, 2.0, lambda topic, data: sent.append((time.monotonic(), topic)),
+                        checks.append, progress.append)
+    # bag spacing 0.2 s at rate 2 -> frame i at t0 + 0.1 i: never earlier (later only on a
+    # starved CPU)
+    due = [run.t_start + 0.1 * i for i in range(5)]
+    assert all(t >= d - 1e-3 for (t, _), d in zip(sent, due)), (sent, due)
+    assert all(t - d < 1.0 for (t, _), d in zip(sent, due)), (sent, due)
+    assert run.frames == [("/cam", T0 + i * 10**8) for i in range(5)]
+    assert set(run.pub_time) == set(run.frames) and run.t_last >= run.t_start
+    assert progress == [1, 2, 3, 4, 5] and checks and max(checks) <= 4
+    # a check that raises aborts the replay
+    with pytest.raises(RuntimeError, match="node gone"):
+        publish_paced(msgs, 1.0, lambda *a: None,
+                      lambda n: (_ for _ in ()).throw(RuntimeError("node gone")))
+    # a message that is not an Image: bad input
+    bad = RawMessage("/cam", "sensor_msgs/msg/Image", 0, b"\x07\x00")
+    with pytest.raises(replay.InputError, match="corrupt bag"):
+        publish_paced([bad], 1.0, lambda *a: None, lambda n: None)
+
+
+def test_drain_stops_when_everything_is_labelled_or_at_the_timeout():
+    run = PacedRun(frames=[("/cam", T0), ("/cam", T0 + 1)], t_start=time.monotonic(),
+                   t_last=time.monotonic())
+    run.pub_time = {k: run.t_start for k in run.frames}
+    camera_map = {"/ns/cam": "/cam"}
+    arrivals = [(time.monotonic(), doc("/ns/cam", T0)), (time.monotonic(), "not json"),
+                (time.monotonic(), doc("/ns/cam", T0 + 1))]
+    start = time.monotonic()
+    drain(arrivals, run, camera_map, 30.0, lambda: None)
+    assert time.monotonic() - start < 1.5  # not the 2 s quiet period: everything arrived
+    # one frame never labelled: waits for the timeout (shorter than the quiet period)
+    calls: list[int] = []
+    start = time.monotonic()
+    drain(arrivals[:1], run, camera_map, run.t_last - start + 0.3,
+          lambda: calls.append(1))
+    assert 0.2 <= time.monotonic() - start < 1.5 and calls
+
+
+def test_collect_keeps_the_first_document_per_frame():
+    frames = [("/cam", T0), ("/cam", T0 + 1)]
+    run = PacedRun(frames=frames, pub_time={frames[0]: 10.0, frames[1]: 10.1}, t_start=10.0,
+                   t_last=10.1)
+    arrivals = [(10.05, doc("/ns/cam", T0)), (10.06, doc("/ns/cam", T0)),
+                (10.2, doc("/ns/cam", T0 + 99)), (10.3, "{broken")]
+    rec = Recording(mode="live")
+    collect_documents(rec, arrivals, run, {"/ns/cam": "/cam"})
+    assert list(rec.labels) == [frames[0]] and rec.duplicates == 1 and rec.unexpected == 2
+    assert rec.latencies_s[frames[0]] == pytest.approx(0.05)
+    assert len(rec.rows) == 3 and rec.rows[2]["latency_s"] is None
+    assert rec.rows[0]["published_s"] == 0.0 and rec.duration_s == pytest.approx(0.3)
+    assert node_counters({"a": {"received": "3", "dropped": "1"}, "b": {"received": "2"}}) == {
+        "received": 5, "processed": 0, "dropped": 1, "bad_frames": 0, "errors": 0}
+    assert node_counters({"a": {"received": "x"}})["received"] is None
+
+
+def test_diagnostics_log_reads_only_its_node():
+    log = DiagnosticsLog("/ns/vl_distill_node")
+
+    def status(hw: str, name: str, **values) -> DiagnosticStatus:
+        return DiagnosticStatus(level=DiagnosticStatus.WARN, name=name, hardware_id=hw,
+                                message="m", values=[KeyValue(key=k, value=str(v))
+                                                     for k, v in values.items()])
+
+    other = DiagnosticArray(status=[status("/other", "/other: model and vocabulary")])
+    log.on_message(other)
+    assert not log.seen() and log.received() == 0
+    mine = DiagnosticArray(status=[
+        status("/ns/vl_distill_node", "/ns/vl_distill_node: model and vocabulary",
+               vocabulary_size=6),
+        status("/ns/vl_distill_node", "/ns/vl_distill_node: camera /ns/cam", topic="/ns/cam",
+               received=4)])
+    log.on_message(mine)
+    assert log.seen() and log.received() == 1
+    assert log.node["level"] == 1 and log.node["vocabulary_size"] == "6"
+    assert log.cameras == {"/ns/cam": {"topic": "/ns/cam", "received": "4"}}

@@ -1,0 +1,276 @@
+"""VocabularyController without a node: the parameter protocol on plain name -> value
+mappings, the embedding worker and the store.
+
+The controller drives a real :class:`PerceptionPipeline` built on the tiny colour bundle of
+``helpers.make_colour_bundle`` and a real :class:`TextEmbeddingService` (the offline
+teacher's text encoder), so a request really is embedded and swapped in. No rclpy node is
+created: the three callbacks are called the way the node's glue calls them (pre -> on ->
+post in one thread).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import OBJECTS, make_colour_bundle
+from vl_distill_ros.model.bundle import load_bundle
+from vl_distill_ros.model.text_service import TextEmbeddingService
+from vl_distill_ros.model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
+from vl_distill_ros.model.vocabulary import Label, Vocabulary, VocabularyError
+from vl_distill_ros.perception.pipeline import PerceptionPipeline
+from vl_distill_ros.ros.vocabulary_controller import VocabularyController
+
+NAMES = ["banana", "apple", "power drill"]
+DESCRIPTIONS = ["A curved yellow fruit.", "", ""]
+LOG = logging.getLogger("test_vocabulary_controller")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path = make_colour_bundle(tmp_path_factory.mktemp("bundle") / "b.vdb", NAMES,
+                              NAMES,
+                              vocabulary=Vocabulary(tuple(
+                                  Label(name=n, description=d, key=OBJECTS[n][1])
+                                  for n, d in zip(NAMES, DESCRIPTIONS))))
+    return load_bundle(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def service(bundle):
+    return TextEmbeddingService.from_bundle(bundle, cache_dir=None)
+
+
+class Params:
+    """The node's parameter table, reduced to the three vocabulary parameters: applies a set
+    through the controller exactly as the node's callbacks do."""
+
+    def __init__(self, ctl: VocabularyController, vocab: Vocabulary, vocab_file: str = "") -> None:
+        self.ctl = ctl
+        descs = [lb.description for lb in vocab]
+        self.values = {"labels": vocab.names, "descriptions": descs if any(descs) else [],
+                       "vocabulary_file": vocab_file}
+
+    def set(self, **changes) -> str | None:
+        """One atomic set; returns the rejection reason or None (and then applies it)."""
+        changes = dict(changes)
+        changes.update(self.ctl.complete(changes, self.values["vocabulary_file"]))
+        reason = self.ctl.validate(changes, self.values.__getitem__)
+        if reason is None:
+            self.values.update(changes)
+            self.ctl.commit()
+        return reason
+
+
+@pytest.fixture
+def ctl(bundle, service, tmp_path):
+    c = VocabularyController(service, tmp_path / "store.yaml", LOG)
+    pipe = PerceptionPipeline(bundle, vocabulary=bundle.vocabulary,
+                              embeddings=bundle.text_embeddings)
+    c.attach(pipe, bundle.vocabulary, "bundle")
+    c.start()
+    yield c
+    c.stop()
+
+
+def wait_version(ctl: VocabularyController, version: int, timeout: float = 60.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if ctl.pipeline.active.version >= version and ctl.status()["state"] != "embedding":
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_labels_alone_carry_descriptions_and_clear_the_file(ctl, bundle):
+    params = Params(ctl, bundle.vocabulary, vocab_file="/some/file.yaml")
+    extra = ctl.complete({"labels": ["BANANA ", "zebra"]}, "/some/file.yaml")
+    assert extra == {"vocabulary_file": "", "descriptions": ["A curved yellow fruit.", ""]}
+    # a name whose description is dropped: no descriptions at all
+    assert ctl.complete({"labels": ["mug", "zebra"]}, "") == {"descriptions": []}
+    v0 = ctl.pipeline.active.version
+    assert params.set(labels=["banana", "zebra"]) is None
+    assert params.values["vocabulary_file"] == ""
+    assert params.values["descriptions"] == ["A curved yellow fruit.", ""]
+    assert ctl.requested.names == ["banana", "zebra"]
+    assert wait_version(ctl, v0 + 1)
+    active = ctl.pipeline.active
+    assert active.vocabulary.names == ["banana", "zebra"]
+    assert active.vocabulary.labels[0].description == "A curved yellow fruit."
+    assert ctl.status() == {"state": "ready", "error": "", "source": "parameters",
+                            "store_status": "not used", "store_error": ""}
+
+
+def test_a_file_replaces_labels_and_descriptions(ctl, bundle, tmp_path):
+    vfile = tmp_path / "v.yaml"
+    vfile.write_text(yaml.safe_dump({"labels": [
+        {"name": "zebra", "description": "A striped horse."}, {"name": "mug"}]}))
+    params = Params(ctl, bundle.vocabulary)
+    assert ctl.complete({"vocabulary_file": str(vfile)}, "") == {
+        "labels": ["zebra", "mug"], "descriptions": ["A striped horse.", ""]}
+    v0 = ctl.pipeline.active.version
+    assert params.set(vocabulary_file=str(vfile)) is None
+    assert params.values["labels"] == ["zebra", "mug"]
+    assert wait_version(ctl, v0 + 1)
+    assert ctl.pipeline.active.vocabulary.names == ["zebra", "mug"]
+    # labels that disagree with the file in one set are rejected
+    reason = ctl.validate({"vocabulary_file": str(vfile), "labels": ["mug"]},
+                          params.values.__getitem__)
+    assert reason is not None and "disagree" in reason
+
+
+def test_bad_changes_are_rejected_with_the_reason_and_change_nothing(ctl, bundle, tmp_path):
+    params = Params(ctl, bundle.vocabulary)
+    before = dict(params.values)
+    v0 = ctl.pipeline.active.version
+    reason = params.set(descriptions=["only one"])
+    assert reason is not None and "3 labels but 1 descriptions" in reason
+    assert f"active vocabulary (version {v0}) is unchanged" in reason
+    assert params.set(labels=["mug", "MUG"]) is not None        # duplicate (case-insensitive)
+    assert params.set(labels=["mug", "  "]) is not None         # whitespace name
+    missing = tmp_path / "missing.yaml"
+    assert ctl.complete({"vocabulary_file": str(missing)}, "") == {}
+    assert "vocabulary rejected" in params.set(vocabulary_file=str(missing))
+    assert params.values == before and ctl.requested == bundle.vocabulary
+    assert ctl.commit() is None                                 # nothing accepted, nothing queued
+    assert ctl.status()["state"] == "ready" and ctl.pipeline.active.version == v0
+    # a set without vocabulary parameters is not the controller's business
+    assert ctl.validate({"top_k": 5}, params.values.__getitem__) is None
+    assert ctl.commit() is None
+
+
+def test_the_latest_request_wins(ctl, service):
+    """Requests arriving while one is embedded: only the newest is swapped in."""
+    gate = threading.Event()
+    real = service.embed_vocabulary
+    calls: list[list[str]] = []
+
+    def slow(vocab):
+        calls.append(vocab.names)
+        gate.wait(30.0)
+        return real(vocab)
+
+    service.embed_vocabulary = slow
+    v0 = ctl.pipeline.active.version
+    try:
+        seq1 = ctl.request(Vocabulary.from_names(["banana", "zebra"]))
+        end = time.monotonic() + 10.0
+        while not calls and time.monotonic() < end:
+            time.sleep(0.005)
+        ctl.request(Vocabulary.from_names(["mug"]))
+        seq3 = ctl.request(Vocabulary.from_names(["mug", "zebra"]))
+        assert seq3 == seq1 + 2
+        assert ctl.status()["state"] == "embedding"
+        gate.set()
+        assert ctl.wait_idle(60.0)
+    finally:
+        service.embed_vocabulary = real
+    assert ctl.pipeline.active.vocabulary.names == ["mug", "zebra"]
+    assert ctl.pipeline.active.version == v0 + 1  # the stale first request was never swapped in
+    assert ["mug"] not in calls                    # debounced away by the newer request
+
+
+def test_a_failed_embedding_keeps_the_active_vocabulary(ctl, service):
+    real = service.embed_vocabulary
+
+    def failing(vocab):
+        raise RuntimeError("teacher weights missing")
+
+    service.embed_vocabulary = failing
+    v0 = ctl.pipeline.active.version
+    try:
+        ctl.request(Vocabulary.from_names(["zebra"]))
+        assert ctl.wait_idle(30.0)
+    finally:
+        service.embed_vocabulary = real
+    status = ctl.status()
+    assert status["state"] == "error" and "teacher weights missing" in status["error"]
+    assert ctl.pipeline.active.version == v0 and ctl.pipeline.active.vocabulary.names == NAMES
+
+
+def test_save_waits_for_the_requested_vocabulary(ctl, bundle, service, tmp_path):
+    params = Params(ctl, bundle.vocabulary)
+    gate = threading.Event()
+    real = service.embed_vocabulary
+    service.embed_vocabulary = lambda vocab: (gate.wait(30.0), real(vocab))[1]
+    v0 = ctl.pipeline.active.version
+    try:
+        assert params.set(labels=["banana", "zebra"]) is None
+        ok, msg = ctl.save_requested(wait_s=0.2)
+        assert not ok and "still being embedded" in msg
+        assert not ctl.store_path.exists()
+        gate.set()
+        ok, msg = ctl.save_requested(wait_s=30.0)
+    finally:
+        service.embed_vocabulary = real
+    assert ok and f"(vocabulary version {v0 + 1})" in msg, msg
+    stored = load_vocabulary_store_result(ctl.store_path)
+    assert stored.vocabulary.names == ["banana", "zebra"]
+    assert ctl.status()["store_status"] == "saved"
+
+
+def test_persist_saves_every_change(bundle, service, tmp_path):
+    ctl = VocabularyController(service, tmp_path / "persist.yaml", LOG, persist=lambda: True)
+    ctl.attach(PerceptionPipeline(bundle, vocabulary=bundle.vocabulary,
+                                  embeddings=bundle.text_embeddings), bundle.vocabulary, "bundle")
+    ctl.start()
+    try:
+        v0 = ctl.pipeline.active.version
+        ctl.request(Vocabulary.from_names(["mug", "zebra"]))
+        assert wait_version(ctl, v0 + 1)
+        end = time.monotonic() + 10.0
+        while ctl.status()["store_status"] != "saved" and time.monotonic() < end:
+            time.sleep(0.01)
+    finally:
+        ctl.stop()
+    assert load_vocabulary_store_result(tmp_path / "persist.yaml").vocabulary.names == [
+        "mug", "zebra"]
+
+
+def test_startup_precedence_store_file_labels_bundle(bundle, service, tmp_path):
+    store = tmp_path / "store.yaml"
+    ctl = VocabularyController(service, store, LOG)
+    vfile = tmp_path / "v.yaml"
+    vfile.write_text(yaml.safe_dump({"labels": [{"name": "zebra"}]}))
+    base = {"persist_vocabulary": False, "vocabulary_file": "", "labels": [],
+            "descriptions": []}
+    assert ctl.startup_vocabulary(base, bundle.vocabulary) == (bundle.vocabulary, "bundle", "")
+    vocab, source, vf = ctl.startup_vocabulary({**base, "labels": ["Banana", "zebra"]},
+                                               bundle.vocabulary)
+    assert (vocab.names, source, vf) == (["Banana", "zebra"], "labels parameter", "")
+    assert vocab.labels[0].key == "011_banana"   # the dataset key of a name that stays
+    vocab, source, vf = ctl.startup_vocabulary(
+        {**base, "labels": ["mug"], "vocabulary_file": str(vfile)}, bundle.vocabulary)
+    assert (vocab.names, source, vf) == (["zebra"], f"file {vfile}", str(vfile))
+    save_vocabulary_atomic(Vocabulary.from_names(["mug"]), store)
+    vocab, source, _ = ctl.startup_vocabulary(
+        {**base, "persist_vocabulary": True, "vocabulary_file": str(vfile)}, bundle.vocabulary)
+    assert (vocab.names, source) == (["mug"], f"store {store}")
+    with pytest.raises(VocabularyError, match="^vocabulary_file: "):
+        ctl.startup_vocabulary({**base, "vocabulary_file": str(tmp_path / "none.yaml")},
+                               bundle.vocabulary)
+    with pytest.raises(VocabularyError, match="^labels/descriptions: "):
+        ctl.startup_vocabulary({**base, "labels": ["a", "b"], "descriptions": ["x"]},
+                               bundle.vocabulary)
+    # a corrupt store is reported and skipped
+    store.write_text("labels: [ {name: 'unterminated\n")
+    vocab, source, _ = ctl.startup_vocabulary({**base, "persist_vocabulary": True},
+                                              bundle.vocabulary)
+    assert source == "bundle" and ctl.status()["store_error"]
+
+
+def test_startup_embedding_failure_is_reported(bundle, service, tmp_path):
+    ctl = VocabularyController(service, tmp_path / "s.yaml", LOG)
+    real = service.embed_vocabulary
+    service.embed_vocabulary = lambda vocab: (_ for _ in ()).throw(RuntimeError("offline"))
+    try:
+        assert ctl.embed_startup(Vocabulary.from_names(["zebra"])) is None
+    finally:
+        service.embed_vocabulary = real
+    status = ctl.status()
+    assert status["state"] == "error" and "start-up vocabulary: offline" in status["error"]
+    assert isinstance(Path(ctl.store_path), Path)

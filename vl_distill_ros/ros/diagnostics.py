@@ -1,0 +1,159 @@
+"""``/diagnostics`` of ``vl_distill_node``: per-camera counters and the status messages.
+
+:class:`CameraState` holds one camera's latest-wins slot and counters (guarded by the node's
+lock); :func:`model_status` and :func:`camera_status` build the
+``diagnostic_msgs/DiagnosticStatus`` entries the node publishes (one for the model and
+vocabulary, one per camera). Error texts may quote input from the wire or from files, so
+every value whose key ends in ``error`` is cut with :func:`clip_text`.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+__all__ = ["MAX_DIAGNOSTIC_TEXT", "LATENCY_WINDOW", "CameraState", "clip_text",
+           "key_values", "model_status", "camera_status"]
+
+#: Longest text (error messages, encodings from the wire) copied into logs and /diagnostics.
+MAX_DIAGNOSTIC_TEXT = 200
+#: Latency samples kept per camera for diagnostics.
+LATENCY_WINDOW = 200
+#: Label names listed in the ``labels`` value (the rest is elided).
+MAX_LISTED_LABELS = 50
+
+
+def clip_text(text: object, limit: int = MAX_DIAGNOSTIC_TEXT) -> str:
+    """``str(text)``, cut to ``limit`` characters (with a note of the full length)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    note = f"... [{len(text)} chars]"
+    return text[:max(0, limit - len(note))] + note
+
+
+@dataclass
+class CameraState:
+    """Per-camera state: the latest-wins slot and counters (guarded by the node's lock)."""
+
+    topic: str
+    resolved: str = ""
+    pending: Any = None
+    pending_t: float = 0.0
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    bad_frames: int = 0
+    errors: int = 0
+    last_error: str = ""
+    last_error_t: float = 0.0
+    bad_in_period: int = 0
+    processed_in_period: int = 0
+    log_times: dict = field(default_factory=dict)
+    suppressed: dict = field(default_factory=dict)
+    latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    processing: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    last_latency: float = 0.0
+
+    def take_period(self) -> dict[str, Any]:
+        """Counters and the period's latency samples; resets the per-period values (the
+        caller holds the node's lock)."""
+        period = {
+            "values": {
+                "topic": self.resolved,
+                "received": self.received,
+                "processed": self.processed,
+                "dropped": self.dropped,
+                "bad_frames": self.bad_frames,
+                "errors": self.errors,
+                "processed_in_period": self.processed_in_period,
+                "bad_frames_in_period": self.bad_in_period,
+                "last_error": self.last_error,
+            },
+            "latencies": sorted(self.latencies),
+            "processing": list(self.processing),
+            "bad_recent": self.bad_in_period,
+            "last_error": self.last_error,
+            "last_latency": self.last_latency,
+        }
+        self.bad_in_period = self.processed_in_period = 0
+        self.latencies.clear()
+        self.processing.clear()
+        return period
+
+
+def key_values(pairs: Mapping[str, Any]) -> list[KeyValue]:
+    """``pairs`` as ``KeyValue`` messages; values of ``*error`` keys are clipped."""
+    return [KeyValue(key=str(k), value=clip_text(v) if k.endswith("error") else str(v))
+            for k, v in pairs.items()]
+
+
+def model_status(fq_name: str, version: int, names: list[str], vocabulary: Mapping[str, str],
+                 duplicates: int, facts: Mapping[str, Any]) -> DiagnosticStatus:
+    """The ``<node>: model and vocabulary`` status.
+
+    Args:
+        fq_name: the node's fully qualified name (also the hardware id).
+        version: the active vocabulary version.
+        names: the active label names.
+        vocabulary: :meth:`VocabularyController.status
+            <vl_distill_ros.ros.vocabulary_controller.VocabularyController.status>`.
+        duplicates: nodes in the graph with this node's name (1 = only this one).
+        facts: the remaining values, in order (store, thresholds, model, cache, ...).
+
+    Level: ERROR when the vocabulary has an error, WARN when the name is shared or the store
+    failed, else OK.
+    """
+    status = DiagnosticStatus(name=f"{fq_name}: model and vocabulary", hardware_id=fq_name)
+    error, store_error = vocabulary["error"], vocabulary["store_error"]
+    if error:
+        status.level, status.message = DiagnosticStatus.ERROR, clip_text(error)
+    elif duplicates > 1:
+        status.level = DiagnosticStatus.WARN
+        status.message = f"{duplicates} nodes share the name {fq_name}"
+    elif store_error:
+        status.level, status.message = DiagnosticStatus.WARN, clip_text(store_error)
+    else:
+        status.level = DiagnosticStatus.OK
+        status.message = (f"vocabulary version {version}: {len(names)} labels "
+                          f"({vocabulary['state']})")
+    values: dict[str, Any] = {
+        "vocabulary_version": version,
+        "vocabulary_size": len(names),
+        "labels": ", ".join(names[:MAX_LISTED_LABELS])
+        + (" ..." if len(names) > MAX_LISTED_LABELS else ""),
+        "vocabulary_state": vocabulary["state"],
+        "vocabulary_source": vocabulary["source"],
+        "vocabulary_error": error,
+    }
+    values.update(facts)
+    status.values = key_values(values)
+    return status
+
+
+def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> DiagnosticStatus:
+    """The ``<node>: camera <topic>`` status from :meth:`CameraState.take_period`: counters,
+    latency statistics of the period (ms), WARN when frames were skipped in the period."""
+    values = dict(period["values"])
+    lat, proc = period["latencies"], period["processing"]
+    values["latency_ms_last"] = f"{period['last_latency'] * 1e3:.1f}"
+    if lat:
+        values["latency_ms_mean"] = f"{sum(lat) / len(lat) * 1e3:.1f}"
+        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+        values["latency_ms_p95"] = f"{p95 * 1e3:.1f}"
+        values["latency_ms_max"] = f"{lat[-1] * 1e3:.1f}"
+        values["processing_ms_mean"] = f"{sum(proc) / max(1, len(proc)) * 1e3:.1f}"
+    values["vocabulary_version"] = version
+    status = DiagnosticStatus(name=f"{fq_name}: camera {values['topic']}", hardware_id=fq_name)
+    if period["bad_recent"]:
+        status.level = DiagnosticStatus.WARN
+        status.message = clip_text(f"{period['bad_recent']} frame(s) skipped: "
+                                   f"{period['last_error']}")
+    else:
+        status.level = DiagnosticStatus.OK
+        status.message = (f"{values['processed']} processed, {values['dropped']} dropped"
+                          if values["received"] else "no images received yet")
+    status.values = key_values(values)
+    return status

@@ -1,0 +1,466 @@
+"""The node's vocabulary: parameter protocol, embedding worker and store, without rclpy.
+
+This module is the one place where the vocabulary parameter protocol of ``vl_distill_node``
+is specified (the README links here). :class:`VocabularyController` implements it on plain
+``{name: value}`` mappings; :class:`~vl_distill_ros.ros.node.VlDistillNode` only forwards its
+three set-parameters callbacks to it and turns the returned values into ``Parameter``
+objects, so the protocol is testable without a node.
+
+Parameters
+----------
+``labels`` (string array), ``descriptions`` (string array) and ``vocabulary_file`` (string)
+describe the *requested* vocabulary. The *active* vocabulary is the one the pipeline scores
+with (``vocabulary_version`` in ``~/labels`` and ``/diagnostics``); a request becomes active
+once its text embeddings are ready.
+
+* ``labels`` set alone keeps the description of every name that stays (case-insensitive)
+  and clears the others; ``descriptions`` is updated in the same atomic set, so
+  ``ros2 param get`` always shows the requested vocabulary.
+* ``descriptions`` set alone must be empty or have one entry per current label.
+* both in one ``SetParametersAtomically`` call are validated together; with the plain
+  ``SetParameters`` service (``ros2 param set``/``load``) they are applied one after the
+  other, labels first, and the embedding worker only embeds the latest request.
+* ``vocabulary_file`` set to a YAML file replaces ``labels`` and ``descriptions`` (they are
+  set to the file's contents in the same atomic set); setting ``labels`` or
+  ``descriptions`` clears ``vocabulary_file``. ``labels`` given together with a
+  ``vocabulary_file`` must equal the file's names.
+* a rejected change (bad name, duplicate, mismatched lengths, unreadable file) fails the
+  whole set with the reason; the active vocabulary is unchanged.
+
+The three callbacks of one set run in one executor thread, in this order:
+
+1. pre-set (:meth:`VocabularyController.complete`): returns the parameters to add so that
+   the three stay mutually consistent (the file's labels and descriptions, carried
+   descriptions, a cleared ``vocabulary_file``);
+2. on-set (:meth:`VocabularyController.validate`): builds the requested
+   :class:`~vl_distill_ros.model.vocabulary.Vocabulary` or returns the reason to reject;
+   nothing is applied yet (another callback may still reject the set);
+3. post-set (:meth:`VocabularyController.commit`): the accepted request replaces the
+   previous one and is queued for the worker.
+
+Worker and sequence numbers
+---------------------------
+Every queued request increments a sequence number and sets ``vocabulary_state`` to
+``embedding``. The worker waits :data:`VOCABULARY_DEBOUNCE_S` (so a ``descriptions`` set
+right after ``labels`` is embedded together with it), embeds the latest request with the
+:class:`~vl_distill_ros.model.text_service.TextEmbeddingService` while frames keep flowing,
+and swaps it into the pipeline between frames (``vocabulary_version`` + 1) only if no newer
+request arrived meanwhile (the latest request wins; stale embeddings are discarded). A failed
+embedding sets ``vocabulary_state`` ``error`` (unless a newer request is pending) and keeps
+the active vocabulary.
+
+Start-up and store
+------------------
+At start-up the vocabulary comes, by precedence, from the store (``persist_vocabulary``),
+``vocabulary_file``, ``labels``/``descriptions``, else the bundle. If the start-up vocabulary
+cannot be embedded the node falls back to the bundle's vocabulary and reports the error.
+``~/save_vocabulary`` saves the active vocabulary to ``vocabulary_store``; right after a
+change it waits up to :data:`SAVE_PENDING_WAIT_S` for the request to become active and never
+reports success for a vocabulary other than the one last requested. With
+``persist_vocabulary`` every change that becomes active is saved.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from ..model.text_service import TextEmbeddingService
+from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
+from ..model.vocabulary import Label, Vocabulary, VocabularyError
+from ..perception.pipeline import PipelineError
+from .diagnostics import clip_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..perception.pipeline import PerceptionPipeline
+
+__all__ = ["VOCABULARY_DEBOUNCE_S", "SAVE_PENDING_WAIT_S", "VocabularyController",
+           "build_vocabulary", "descriptions_param"]
+
+#: A vocabulary request waits this long for a follow-up change (e.g. ``descriptions`` right
+#: after ``labels`` via the non-atomic SetParameters service) before it is embedded.
+VOCABULARY_DEBOUNCE_S = 0.005
+#: ``~/save_vocabulary`` right after a vocabulary change waits at most this long (in the
+#: executor thread, so it stays short) for the change to be embedded and swapped in; if it is
+#: still pending the call fails with success=False and saves nothing.
+SAVE_PENDING_WAIT_S = 1.0
+
+
+def build_vocabulary(names: Sequence[str], descriptions: Sequence[str],
+                     previous: Vocabulary | None = None) -> Vocabulary:
+    """Validate parameter values into a :class:`Vocabulary`.
+
+    ``descriptions`` must be empty or one per name. Keys of names that were in ``previous``
+    (case-insensitive) are kept, so a saved store keeps dataset keys.
+
+    Raises:
+        VocabularyError: the reason (empty/whitespace name, duplicate, too long, too many,
+            mismatched lengths, ...).
+    """
+    names = list(names)
+    descriptions = list(descriptions)
+    if descriptions and len(descriptions) != len(names):
+        raise VocabularyError(f"{len(names)} labels but {len(descriptions)} descriptions; give "
+                              "no descriptions or exactly one per label")
+    if not descriptions:
+        descriptions = [""] * len(names)
+    keys = {lb.name.casefold(): lb.key for lb in previous} if previous is not None else {}
+    labels = []
+    for i, (name, desc) in enumerate(zip(names, descriptions)):
+        if not isinstance(name, str) or not name.strip():
+            raise VocabularyError(f"label {i} is empty or whitespace")
+        clean = name.strip()
+        labels.append(Label(name=clean, description=(desc or "").strip(),
+                            key=keys.get(clean.casefold(), "")))
+    return Vocabulary(tuple(labels))
+
+
+def descriptions_param(vocab: Vocabulary) -> list[str]:
+    """The ``descriptions`` parameter value of ``vocab``: ``[]`` when no label has one."""
+    descs = [lb.description for lb in vocab]
+    return descs if any(descs) else []
+
+
+def _is_string_array(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+class VocabularyController:
+    """The requested and active vocabulary of one node (protocol in the module docstring).
+
+    Args:
+        text_service: embeds vocabularies (its ``embed_vocabulary`` is looked up per call).
+        store_path: the ``vocabulary_store`` file.
+        logger: anything with ``info``/``warning``/``error`` methods (an rclpy logger or a
+            :class:`logging.Logger`).
+        persist: returns the current ``persist_vocabulary`` value.
+        debounce_s: see :data:`VOCABULARY_DEBOUNCE_S`.
+
+    Attributes:
+        requested: the vocabulary last requested (shown by the parameters).
+        pipeline: the pipeline whose vocabulary is swapped (:meth:`attach`).
+    """
+
+    def __init__(self, text_service: TextEmbeddingService, store_path: Path, logger: Any,
+                 persist: Callable[[], bool] = lambda: False,
+                 debounce_s: float = VOCABULARY_DEBOUNCE_S) -> None:
+        self.text_service = text_service
+        self.store_path = Path(store_path)
+        self.log = logger
+        self._persist = persist
+        self.debounce_s = float(debounce_s)
+        self.pipeline: PerceptionPipeline | None = None
+        self.requested: Vocabulary | None = None
+        self._lock = threading.Condition()
+        self._tls = threading.local()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warm_thread: threading.Thread | None = None
+        self._request: Vocabulary | None = None
+        self._seq = 0
+        self.state = "ready"
+        self.error = ""
+        self.source = "bundle"
+        self.store_status = "not used"
+        self.store_error = ""
+
+    # ------------------------------------------------------------------------------------
+    # start-up
+    # ------------------------------------------------------------------------------------
+    def startup_vocabulary(self, values: Mapping[str, Any],
+                           bundle_vocabulary: Vocabulary) -> tuple[Vocabulary, str, str]:
+        """(vocabulary, source, vocabulary_file) by precedence store > file > labels > bundle.
+
+        Raises:
+            VocabularyError: a bad ``vocabulary_file`` or ``labels``/``descriptions`` (the
+                message names the parameter).
+        """
+        if values.get("persist_vocabulary"):
+            result = load_vocabulary_store_result(self.store_path)
+            self.store_status = result.status
+            if result.vocabulary is not None:
+                self.log.info(f"vocabulary store {self.store_path}: "
+                              f"{len(result.vocabulary)} labels (restored)")
+                return result.vocabulary, f"store {self.store_path}", ""
+            if result.error:
+                self.store_error = result.error
+                self.log.error(result.error)
+        vocab_file = values.get("vocabulary_file") or ""
+        if vocab_file:
+            try:
+                return (Vocabulary.load(Path(vocab_file).expanduser()), f"file {vocab_file}",
+                        vocab_file)
+            except VocabularyError as exc:
+                raise VocabularyError(f"vocabulary_file: {exc}") from None
+        if values.get("labels"):
+            try:
+                return (build_vocabulary(values["labels"], values.get("descriptions") or [],
+                                         bundle_vocabulary), "labels parameter", "")
+            except VocabularyError as exc:
+                raise VocabularyError(f"labels/descriptions: {exc}") from None
+        return bundle_vocabulary, "bundle", ""
+
+    def embed_startup(self, vocab: Vocabulary):
+        """The embeddings of ``vocab``, or ``None`` (error recorded and logged) on failure."""
+        try:
+            return self.text_service.embed_vocabulary(vocab)
+        except Exception as exc:  # noqa: BLE001 - e.g. teacher weights missing offline
+            self.error = f"could not embed the start-up vocabulary: {exc}"
+            self.state = "error"
+            self.log.error(self.error + "; using the bundle's vocabulary")
+            return None
+
+    def attach(self, pipeline: "PerceptionPipeline", vocab: Vocabulary, source: str) -> None:
+        """Use ``pipeline``, built with the start-up vocabulary ``vocab`` from ``source``."""
+        self.pipeline = pipeline
+        self.requested = vocab
+        self.source = source
+
+    def start(self) -> None:
+        """Start the embedding worker thread."""
+        self._thread = threading.Thread(target=self._worker_loop, name="vl_distill_vocabulary",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker thread and wait for a text encoder still loading (idempotent).
+
+        The encoder's load cannot be interrupted; a process that exits while it runs may be
+        aborted by the C++ runtime ("terminate called without an active exception").
+        """
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        for thread in (self._thread, self._warm_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=timeout)
+
+    def start_warming(self) -> threading.Thread:
+        """Load the teacher's text encoder in a background thread (new names then cost
+        ~0.1 s instead of the encoder's load)."""
+        thread = threading.Thread(target=self._warm, name="warm_text_encoder", daemon=True)
+        self._warm_thread = thread
+        thread.start()
+        return thread
+
+    def _warm(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.text_service.warm()
+        except Exception as exc:  # noqa: BLE001 - a missing teacher only matters for new names
+            self.log.warning(f"could not preload the teacher's text encoder: {exc}; "
+                             "names not in the cache will fail to embed")
+            return
+        self.log.info(f"teacher text encoder ready in {time.perf_counter() - start:.1f} s")
+
+    # ------------------------------------------------------------------------------------
+    # the parameter protocol (pre -> on -> post in one thread per set)
+    # ------------------------------------------------------------------------------------
+    def complete(self, changes: Mapping[str, Any], current_file: str) -> dict[str, Any]:
+        """Pre-set: the parameters to add to ``changes`` (name -> value).
+
+        Args:
+            changes: the parameters being set (name -> value).
+            current_file: the current ``vocabulary_file`` value.
+        """
+        self._tls.file_vocab = None
+        vf, lb, ds = (changes.get("vocabulary_file"), changes.get("labels"),
+                      changes.get("descriptions"))
+        extra: dict[str, Any] = {}
+        if (isinstance(vf, str) and vf.strip() and "labels" not in changes
+                and "descriptions" not in changes):
+            try:
+                vocab = Vocabulary.load(Path(vf).expanduser())
+            except VocabularyError:
+                return extra  # validate() rejects it with the reason
+            self._tls.file_vocab = (vf, vocab)
+            return {"labels": vocab.names, "descriptions": descriptions_param(vocab)}
+        if (lb is not None or ds is not None) and vf is None and current_file:
+            extra["vocabulary_file"] = ""
+        if lb is not None and ds is None and _is_string_array(lb):
+            requested = self.requested if self.requested is not None else Vocabulary(())
+            old = {x.name.casefold(): x.description for x in requested}
+            carried = [old.get(str(n).strip().casefold(), "") for n in lb]
+            extra["descriptions"] = carried if any(carried) else []
+        return extra
+
+    def validate(self, changes: Mapping[str, Any],
+                 current: Callable[[str], Any]) -> str | None:
+        """On-set: build the requested vocabulary of ``changes``; ``None`` when acceptable
+        (or not a vocabulary change), else the reason to reject the whole set.
+
+        Args:
+            changes: the parameters being set, completed by :meth:`complete`.
+            current: the current value of a parameter by name.
+        """
+        self._tls.vocab = None
+        if not {"labels", "descriptions", "vocabulary_file"} & changes.keys():
+            return None
+        vf = changes.get("vocabulary_file")
+        try:
+            if vf is not None and vf.strip():
+                cached = getattr(self._tls, "file_vocab", None)
+                if cached is not None and cached[0] == vf:
+                    vocab = cached[1]
+                else:
+                    vocab = Vocabulary.load(Path(vf).expanduser())
+                if "labels" in changes and list(changes["labels"]) != vocab.names:
+                    raise VocabularyError("labels and vocabulary_file were both given and "
+                                          "disagree; set one of them")
+                self._tls.vocab = vocab
+            elif "labels" in changes or "descriptions" in changes:
+                names = changes["labels"] if "labels" in changes else current("labels")
+                descs = (changes["descriptions"] if "descriptions" in changes
+                         else current("descriptions"))
+                self._tls.vocab = build_vocabulary(list(names), list(descs), self.requested)
+        except VocabularyError as exc:
+            version = self.pipeline.active.version if self.pipeline is not None else 0
+            reason = (f"vocabulary rejected: {exc}; the active vocabulary (version {version}) "
+                      "is unchanged")
+            self.log.warning(reason)
+            return reason
+        return None
+
+    def commit(self) -> Vocabulary | None:
+        """Post-set: queue the vocabulary :meth:`validate` accepted (returned; ``None`` when
+        the set did not change the vocabulary)."""
+        vocab = getattr(self._tls, "vocab", None)
+        self._tls.vocab = self._tls.file_vocab = None
+        if vocab is not None:
+            self.requested = vocab
+            self.request(vocab)
+        return vocab
+
+    # ------------------------------------------------------------------------------------
+    # the embedding worker
+    # ------------------------------------------------------------------------------------
+    def request(self, vocab: Vocabulary) -> int:
+        """Queue ``vocab`` for embedding and swapping in (latest request wins); returns its
+        sequence number."""
+        with self._lock:
+            self._request = vocab
+            self._seq += 1
+            self.state = "embedding"
+            self._lock.notify_all()
+            return self._seq
+
+    def status(self) -> dict[str, str]:
+        """A consistent snapshot: state, error, source, store_status, store_error."""
+        with self._lock:
+            return {"state": self.state, "error": self.error, "source": self.source,
+                    "store_status": self.store_status, "store_error": self.store_error}
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is queued or being embedded (state not ``embedding``)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.state == "embedding":
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 0.05))
+        return True
+
+    def _next_request(self) -> tuple[Vocabulary | None, int] | None:
+        """Block until a request is queued; ``None`` when stopping."""
+        with self._lock:
+            while self._request is None and not self._stop.is_set():
+                self._lock.wait(0.5)
+            if self._stop.is_set():
+                return None
+        time.sleep(self.debounce_s)  # let a follow-up set (descriptions) arrive
+        with self._lock:
+            vocab, seq = self._request, self._seq
+            self._request = None
+        return vocab, seq
+
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._next_request()
+            if item is None:
+                return
+            if item[0] is not None:
+                self._embed_and_swap(*item)
+
+    def _embed_and_swap(self, vocab: Vocabulary, seq: int) -> None:
+        assert self.pipeline is not None
+        start = time.perf_counter()
+        try:
+            emb = self.text_service.embed_vocabulary(vocab)
+        except Exception as exc:  # noqa: BLE001 - report any teacher failure, keep running
+            with self._lock:
+                self.error = f"could not embed the new vocabulary ({len(vocab)} labels): {exc}"
+                if self._seq == seq:  # else a newer request is pending: 'embedding'
+                    self.state = "error"
+                self._lock.notify_all()
+            self.log.error(self.error + "; the active vocabulary "
+                           f"(version {self.pipeline.active.version}) is unchanged")
+            return
+        with self._lock:
+            if self._seq != seq or self._stop.is_set():
+                return  # a newer request arrived meanwhile: embed that one instead
+        try:
+            version = self.pipeline.set_vocabulary(vocab, emb)
+        except PipelineError as exc:
+            with self._lock:
+                self.error = f"embeddings rejected: {exc}"
+                self.state = "error"
+                self._lock.notify_all()
+            self.log.error(self.error)
+            return
+        with self._lock:
+            if self._seq == seq:
+                self.state = "ready"
+            self.error = ""
+            self.source = "parameters"
+            self._lock.notify_all()  # a waiting save()
+        self.log.info(f"vocabulary version {version}: {len(vocab)} labels, embedded in "
+                      f"{time.perf_counter() - start:.2f} s ({self.text_service.stats})")
+        if self._persist():
+            self.save_store(vocab)
+
+    # ------------------------------------------------------------------------------------
+    # the store
+    # ------------------------------------------------------------------------------------
+    def save_store(self, vocab: Vocabulary) -> tuple[bool, str]:
+        """Write ``vocab`` to the store atomically; (success, message)."""
+        try:
+            path = save_vocabulary_atomic(vocab, self.store_path)
+        except OSError as exc:
+            msg = f"could not save the vocabulary to {self.store_path}: {exc}"
+            with self._lock:
+                self.store_error, self.store_status = msg, "write failed"
+            self.log.error(msg)
+            return False, msg
+        with self._lock:
+            self.store_error, self.store_status = "", "saved"
+        return True, f"saved {len(vocab)} labels to {path}"
+
+    def save_requested(self, wait_s: float = SAVE_PENDING_WAIT_S) -> tuple[bool, str]:
+        """``~/save_vocabulary``: save the requested vocabulary once it is active, waiting at
+        most ``wait_s`` for a pending change; (success, message)."""
+        assert self.pipeline is not None
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            while True:
+                active = self.pipeline.active
+                requested = self.requested
+                if requested == active.vocabulary or self.state == "error":
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    break
+                self._lock.wait(min(left, 0.05))
+            state, error = self.state, self.error
+        if requested != active.vocabulary:
+            assert requested is not None
+            if state == "error":
+                return False, (f"not saved: the requested vocabulary ({len(requested)} labels) "
+                               f"could not be embedded ({clip_text(error)}); the active one "
+                               f"is version {active.version}")
+            return False, (f"not saved: a vocabulary change ({len(requested)} labels) is still "
+                           "being embedded; call again when it is active (vocabulary_state "
+                           "'ready' in /diagnostics)")
+        ok, msg = self.save_store(active.vocabulary)
+        return ok, (f"{msg} (vocabulary version {active.version})" if ok else msg)
