@@ -235,3 +235,51 @@ def test_control_characters_and_long_encodings_and_blocked_store(ctx, tester, bu
         assert f"{blocker} is a file, not a directory" in ans.message, ans.message
         assert "File exists" not in ans.message
         assert blocker.read_text() == "a regular file\n"
+
+
+def test_new_names_are_embedded_on_a_low_priority_one_thread_encoder(ctx, tester, bundle_path,
+                                                                     tmp_path):
+    """One new name per second cut the node from 30 to 21 fps: the teacher's text encoder
+    (torch, in the node's process) ran with torch's threads on the node's vocabulary thread
+    at normal priority, next to the student's inference. Now it runs on its own thread with
+    one torch thread and nice +10, frames keep flowing, and the text cache stays bounded."""
+    import torch
+
+    ns = "/churn"
+    with running_node(ctx, ns, bundle_path, tmp_path, torch_threads=2) as node:
+        fqn = node.get_fully_qualified_name()
+        labels = tester.watch_labels(f"{fqn}/labels")
+        publish_until_labelled(tester, f"{ns}/image",
+                               make_msg("rgb8", rgb_image(32, 48), "first", 0), labels)
+        teacher = node.text_service.warm()  # the real offline teacher (MiniLM)
+        real_encode = teacher.encode_texts
+        seen: list[tuple[int, int, int]] = []
+
+        def probe(texts):  # where and how the real encoder runs
+            tid = threading.get_native_id()
+            seen.append((tid, torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, tid)))
+            return real_encode(texts)
+
+        teacher.encode_texts = probe
+        bound = node.text_service.stats["cached_entries"] + 2
+        node.text_service.max_entries = bound
+        nice0 = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        workers = [*node._threads, getattr(node.vocabulary, "_thread", None)]
+        busy = {t.native_id for t in workers if t is not None} | {threading.get_native_id()}
+        assert len(busy) >= 3  # inference, vocabulary worker, this thread
+        version = node.pipeline.active.version
+        with streaming(tester, f"{ns}/image", period=0.05):
+            for i in range(5):
+                n_labels = len(labels)
+                (res,) = tester.set_params(fqn, [Parameter("labels", STRING_ARRAY,
+                                                           NAMES + [f"churn name {i}"])])
+                assert res.successful, res.reason
+                assert wait_for(lambda: node.pipeline.active.version == version + i + 1, 20.0)
+                assert wait_for(lambda: len(labels) > n_labels + 2, 10.0)  # frames flow
+        assert len(seen) == 5, seen
+        for tid, threads, nice in seen:
+            assert threads == 1 and nice == min(19, nice0 + 10), (threads, nice, nice0)
+            assert tid not in busy  # neither the inference, vocabulary nor executor thread
+        assert torch.get_num_threads() == 2  # the node's own torch setting is untouched
+        assert node.text_service.stats["cached_entries"] <= bound
+        assert node.text_service.stats["misses"] >= 5

@@ -413,3 +413,54 @@ def wait_gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return process_gone(pid)
+
+
+def _corrupt_image_cdr_bag(src: Path, dst: Path, corrupt_index: int = 4) -> Path:
+    """A copy of ``src`` whose ``corrupt_index``-th image message has its CDR cut in half
+    (header and stamp intact, the pixel data truncated)."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from vl_distill_ros.bags.bag_io import iter_raw_messages
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    n = 0
+    with Writer(dst, version=9) as writer:
+        conns = {}
+        for raw in iter_raw_messages(src):
+            if raw.topic not in conns:
+                conns[raw.topic] = writer.add_connection(raw.topic, raw.msgtype, typestore=store)
+            data = raw.data
+            if raw.msgtype == "sensor_msgs/msg/Image":
+                n += 1
+                if n == corrupt_index:
+                    data = data[: len(data) // 2]
+            writer.write(conns[raw.topic], raw.timestamp_ns, data)
+    return dst
+
+
+def test_corrupt_image_cdr_exits_2_live_as_offline(bag, bundle, tmp_path, capsys, monkeypatch):
+    """Issue 11: a bag with a corrupt image message gave exit 2 with --offline but 0 live
+    (the node dropped the bytes it could not deserialise). Both now stop with one line."""
+    spy = PopenSpy(monkeypatch)
+    corrupt = _corrupt_image_cdr_bag(bag, tmp_path / "corrupt_cdr")
+    for mode in (["--offline"], []):
+        code, _, err = run_cli([str(corrupt), "--model", str(bundle), "--out",
+                                str(tmp_path / f"o{len(mode)}"), "--node-timeout", "90",
+                                *PARAMS, *mode], capsys)
+        assert code == 2, (mode, err)
+        assert "cannot deserialise the image" in err and "replay-eval: error:" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (mode, err)
+    assert len(spy.pids) == 1  # the live run started the node, and stopped it
+    assert wait_gone(spy.pids[0], 15.0), spy.pids
+
+
+def test_stamp_from_cdr_checks_the_whole_image_message(bag):
+    from vl_distill_ros.bags.bag_io import iter_raw_messages
+
+    raw = next(r for r in iter_raw_messages(bag) if r.msgtype == "sensor_msgs/msg/Image")
+    stamp = replay.stamp_from_cdr(raw.data)
+    assert stamp > 0
+    for bad in (raw.data[: len(raw.data) // 2], raw.data[:40]):
+        with pytest.raises(replay.InputError, match="corrupt bag"):
+            replay.stamp_from_cdr(bad)

@@ -232,3 +232,79 @@ def test_real_offline_teacher_text_encoder(tmp_path):
     assert torch.equal(again[0], emb[0])
     assert svc.stats["hits"] == 1 and svc.stats["misses"] == 3
     assert svc.stats["teacher_loads"] == 1
+
+
+def test_cache_is_bounded_least_recently_used_first(tmp_path):
+    f = Factory()
+    svc = TextEmbeddingService(SPEC, SPEC["id"], TEMPLATES, True, cache_dir=tmp_path,
+                               teacher_factory=f, max_entries=5)
+    base = [Label("banana"), Label("mug")]
+    for i in range(20):  # one new name per change, the base used every time
+        svc.embed(base + [Label(f"new name {i}")])
+    assert svc.stats["cached_entries"] == 5
+    calls = len(f.teacher.calls)
+    svc.embed(base + [Label("new name 19"), Label("new name 18")])  # recently used: cached
+    assert len(f.teacher.calls) == calls
+    svc.embed([Label("new name 0")])  # evicted long ago: computed again, same vector
+    assert len(f.teacher.calls) == calls + 1
+    again = make_service(Factory(), cache_dir=tmp_path)  # the file holds at most 5 too
+    assert again.stats["cached_entries"] == 5
+    smaller = TextEmbeddingService(SPEC, SPEC["id"], TEMPLATES, True, cache_dir=tmp_path,
+                                   teacher_factory=Factory(), max_entries=2)
+    assert smaller.stats["cached_entries"] == 2
+    with pytest.raises(ValueError, match="max_entries"):
+        TextEmbeddingService(SPEC, SPEC["id"], TEMPLATES, True, max_entries=0)
+
+
+def test_teacher_runs_on_a_low_priority_thread_with_a_thread_budget():
+    import os
+
+    seen: dict = {}
+
+    class Probe(FakeTeacher):
+        def encode_texts(self, texts):
+            tid = threading.get_native_id()
+            seen.update(torch_threads=torch.get_num_threads(), tid=tid,
+                        nice=os.getpriority(os.PRIO_PROCESS, tid))
+            return super().encode_texts(texts)
+
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        nice0 = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        svc = TextEmbeddingService(SPEC, SPEC["id"], TEMPLATES, True,
+                                   teacher_factory=lambda: Probe())
+        svc.embed([Label("banana")])
+        assert seen["torch_threads"] == 1
+        assert seen["tid"] != threading.get_native_id()
+        assert seen["nice"] == min(19, nice0 + 10)
+        assert svc.encoder_state["torch_threads"] == 1
+        assert svc.encoder_state["thread"].startswith("vl_text_encoder")
+        # the caller's thread keeps its priority and torch threads
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == nice0
+        assert torch.get_num_threads() == 2
+        svc.close()
+        unbudgeted = TextEmbeddingService(SPEC, SPEC["id"], TEMPLATES, True,
+                                          teacher_factory=lambda: Probe(), encoder_threads=0,
+                                          encoder_nice=0)
+        unbudgeted.embed([Label("mug")])
+        assert seen["torch_threads"] == 2 and seen["nice"] == nice0
+        unbudgeted.close()
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def test_minilm_weights_are_not_paged_in_from_the_model_file():
+    """RSS grew ~60 kB per never-seen name while the weights stayed memory-mapped from the
+    safetensors file (new tokens touch new rows of the embedding table)."""
+    from vl_distill_ros.model.teachers.conse import MiniLMTextEncoder
+
+    enc = MiniLMTextEncoder().load()
+    mapped = []
+    with open("/proc/self/maps", encoding="utf-8") as fh:
+        for line in fh:
+            if line.rstrip().endswith(".safetensors"):
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                mapped.append((lo, hi))
+    ptrs = [t.data_ptr() for t in [*enc._model.parameters(), *enc._model.buffers()]]
+    assert ptrs and not [p for p in ptrs if any(lo <= p < hi for lo, hi in mapped)]

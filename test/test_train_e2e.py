@@ -423,3 +423,70 @@ def test_malformed_checkpoints_are_one_line_errors(toy: Path, tmp_path: Path, ca
     torch.save({**base, "student": {}}, run / "checkpoint.pt")
     assert cli_main(["train", "--config", str(cfg_path), "--resume", "--no-progress"]) == 2
     assert "'student' must be a non-empty mapping" in _one_line_error(capsys, "train")
+
+
+def test_checkpoint_config_is_yaml_beside_the_weights(toy: Path, tmp_path: Path, capsys):
+    """Issue 11: the weights file holds tensors and plain data only; the config, teacher id,
+    embedding size and trained names are in a YAML file beside it, read back from there.
+    A malformed YAML file is a one-line error with exit code 2 (eval, export)."""
+    import torch
+
+    from vl_distill_ros.config import to_dict
+    from vl_distill_ros.model.student import build_student
+    from vl_distill_ros.training.trainer import (FINAL, load_trained_student, meta_path,
+                                                 save_checkpoint)
+
+    cfg = load_train_config(_config(toy, "sidecar"))
+    run = toy / "sidecar"
+    run.mkdir()
+    student = build_student(cfg.student, 384, load_weights=False)
+    save_checkpoint({"student": student.state_dict(), "config": to_dict(cfg),
+                     "teacher_id": "offline-conse:test", "embed_dim": 384,
+                     "trained_names": ["red ball"]}, run / FINAL)
+    meta_file = meta_path(run / FINAL)
+    assert meta_file.name == "student_final.yaml"
+    meta = yaml.safe_load(meta_file.read_text())
+    assert meta["config"] == to_dict(cfg) and meta["embed_dim"] == 384
+    assert meta["weights"] == FINAL and meta["trained_names"] == ["red ball"]
+    weights = torch.load(run / FINAL, weights_only=True)
+    assert set(weights) == {"student"}  # no config inside the weights file
+    loaded, loaded_cfg, teacher_id = load_trained_student(run)
+    assert to_dict(loaded_cfg) == to_dict(cfg) and teacher_id == "offline-conse:test"
+    # the config is read from the YAML file: a change there is what loads
+    meta["config"]["optim"]["epochs"] = 7
+    meta_file.write_text(yaml.safe_dump(meta))
+    assert load_trained_student(run)[1].optim.epochs == 7
+
+    good = dict(meta)
+    bad_cfg = json.loads(json.dumps(meta["config"]))
+    bad_cfg["optim"]["epochs"] = -3
+    cases = [
+        (b"\x00\xff\xfe binary", "is not valid YAML"),
+        (b"config: [unclosed", "is not valid YAML"),
+        (b"- 1\n- 2\n", "expected a mapping with format: vl_distill_checkpoint"),
+        (yaml.safe_dump({**good, "format_version": 99}).encode(), "format_version 99"),
+        (yaml.safe_dump({**good, "config": bad_cfg}).encode(),
+         "optim.epochs must be a finite number >= 1"),
+        (yaml.safe_dump({**good, "config": "text"}).encode(), "'config' must be a mapping"),
+        (yaml.safe_dump({**good, "embed_dim": "384"}).encode(),
+         "'embed_dim' must be a positive integer"),
+        (None, "config file student_final.yaml is missing"),
+        ("dir", "cannot be read"),
+    ]
+    for content, message in cases:
+        if meta_file.is_dir():
+            meta_file.rmdir()
+        if content is None:
+            meta_file.unlink(missing_ok=True)
+        elif content == "dir":
+            meta_file.unlink(missing_ok=True)
+            meta_file.mkdir()
+        else:
+            meta_file.write_bytes(content)
+        for command, argv in (("export", ["export", "--run", str(run), "--out",
+                                          str(tmp_path / "m.vdb")]),
+                              ("eval", ["eval", "--run", str(run), "--no-progress"])):
+            assert cli_main(argv) == 2, (command, message)
+            err = _one_line_error(capsys, command)
+            assert message in err, (message, err)
+    assert not (tmp_path / "m.vdb").exists()

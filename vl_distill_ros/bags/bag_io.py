@@ -680,23 +680,11 @@ class BagContents:
         return RGBDFrame(*img, depth=depth, camera_info=info)
 
     def _decode(self, raw: RawMessage) -> ImageMessage:
-        from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
-
-        try:
-            msg = _typestore().deserialize_cdr(raw.data, IMAGE_TYPE)
-        except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
-            raise BagError(f"{self.path}: cannot deserialise the image on {raw.topic} at "
-                           f"{raw.timestamp_ns} ns: {exc}") from None
-        try:
-            image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                 msg.is_bigendian)
-        except ImageDecodeError as exc:
-            raise BagError(f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns: "
-                           f"{exc}") from None
+        msg, image = decode_image_cdr(
+            raw.data, f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns")
         return ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
                                                    msg.header.stamp.nanosec),
                             raw.timestamp_ns, msg.header.frame_id, msg.encoding, image)
-
 
 def _header_stamp(data: bytes, path: Path, topic: str) -> int:
     """``header.stamp`` (ns) of a serialised message that starts with a Header."""
@@ -772,6 +760,28 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
         if len(owners) == 1 and owners[0] not in table:
             table[owners[0]] = t
     return colour, depth, camera_info
+
+
+def decode_image_cdr(data: bytes, where: str) -> tuple[Any, np.ndarray]:
+    """Deserialise one CDR ``sensor_msgs/msg/Image`` and decode its pixels, as the offline
+    replay does: ``(message, H x W x 3 uint8 RGB image)``.
+
+    Raises:
+        BagError: starting with ``where``, when the CDR does not deserialise or the image
+            cannot be decoded (bad encoding, step, size or data length).
+    """
+    from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
+
+    try:
+        msg = _typestore().deserialize_cdr(data, IMAGE_TYPE)
+    except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
+        raise BagError(f"{where}: cannot deserialise the image: {exc}") from None
+    try:
+        image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                             msg.is_bigendian)
+    except ImageDecodeError as exc:
+        raise BagError(f"{where}: {exc}") from None
+    return msg, image
 
 
 def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,

@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
-from ..bags.bag_io import BagContents, BagError, iter_raw_messages, read_camera_bag
+from ..bags.bag_io import (BagContents, BagError, decode_image_cdr, iter_raw_messages,
+                           read_camera_bag)
 from ..ros import params as P
 from ..ros.node_process import (NODE_NAME, NodeProcess, default_node_command, log_tail,
                                 node_command)
@@ -344,10 +345,14 @@ def _manifest_names(model: Path) -> list[str] | None:
 
 def stamp_from_cdr(data: bytes) -> int:
     """``header.stamp`` (ns) of a serialised ``sensor_msgs/msg/Image`` (it starts the message,
-    right after the 4-byte CDR encapsulation header).
+    right after the 4-byte CDR encapsulation header), after checking that the whole message
+    deserialises and its image decodes, exactly as the offline replay reads it; so the live
+    replay stops on a corrupt image message with exit code 2 as ``--offline`` does, instead
+    of publishing bytes the node can only drop.
 
     Raises:
-        InputError: too short or an unknown encapsulation.
+        InputError: too short, an unknown encapsulation, an invalid stamp, CDR that does not
+            deserialise or an image that cannot be decoded.
     """
     if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1, 2, 3):
         raise InputError("an image message in the bag is not a CDR-serialised "
@@ -357,6 +362,10 @@ def stamp_from_cdr(data: bytes) -> int:
     if sec < 0 or nanosec >= 1_000_000_000:
         raise InputError(f"an image message in the bag has an invalid stamp ({sec} s, "
                          f"{nanosec} ns) (corrupt bag)")
+    try:
+        decode_image_cdr(data, f"the image message stamped {sec}.{nanosec:09d} s")
+    except BagError as exc:
+        raise InputError(f"{exc} (corrupt bag)") from None
     return sec * 1_000_000_000 + nanosec
 
 

@@ -36,6 +36,13 @@ from .data import (LazyTeacher, broad_text_embeddings, load_split_images, load_t
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "student_final.pt"
+#: What the YAML file beside a checkpoint's weights says it is (``format``), and its version.
+CHECKPOINT_META_FORMAT = "vl_distill_checkpoint"
+CHECKPOINT_META_VERSION = 1
+#: Largest checkpoint YAML file read (the config and a few facts: a few kB).
+MAX_CHECKPOINT_META_BYTES = 1 << 20
+#: Checkpoint entries kept in the YAML file beside the weights (not in the weights file).
+META_KEYS = ("config", "teacher_id", "embed_dim", "trained_names")
 #: The progress bar's running loss is refreshed (one device sync) every this many steps.
 POSTFIX_EVERY = 20
 
@@ -86,6 +93,62 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def meta_path(weights: Path) -> Path:
+    """The YAML file beside a checkpoint's weights: ``checkpoint.pt`` -> ``checkpoint.yaml``."""
+    return Path(weights).with_suffix(".yaml")
+
+
+def save_checkpoint(ckpt: dict, path: Path) -> None:
+    """Write a checkpoint as two files: the weights (``path``: tensors, the optimizer state
+    and the epoch, for ``torch.load(weights_only=True)``) and, beside them, a YAML file with
+    the config, teacher id, embedding size and trained names (:func:`meta_path`).
+
+    The YAML file is written first: a crash between the two writes leaves the previous
+    weights with the config of the run that continues them (the student and teacher
+    sections, which must match on ``--resume``, never change within a run).
+    """
+    import yaml
+
+    meta = {"format": CHECKPOINT_META_FORMAT, "format_version": CHECKPOINT_META_VERSION,
+            "weights": Path(path).name,
+            **{k: ckpt[k] for k in META_KEYS if k in ckpt}}
+    header = (f"# vl_distill_ros training checkpoint: the config and facts of the weights in "
+              f"{Path(path).name} (read by --resume, eval and export)\n")
+    atomic_write_bytes(meta_path(path), (header + yaml.safe_dump(
+        meta, sort_keys=False, allow_unicode=True)).encode("utf-8"))
+    _atomic_torch_save({k: v for k, v in ckpt.items() if k not in META_KEYS}, path)
+
+
+def _read_meta(path: Path) -> dict | None:
+    """The checkpoint YAML beside ``path`` (None when there is none: an old run folder keeps
+    everything in the weights file); any problem is a one-line :class:`TrainingError`."""
+    import yaml
+
+    from ..atomic_io import read_regular_file
+
+    meta_file = meta_path(path)
+    try:
+        raw = read_regular_file(meta_file, MAX_CHECKPOINT_META_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TrainingError(f"checkpoint config {meta_file} cannot be read: "
+                            f"{_first_line(exc)}") from None
+    try:
+        meta = yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TrainingError(f"checkpoint config {meta_file} is not valid YAML "
+                            f"({_first_line(exc, 120)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_META_FORMAT:
+        raise TrainingError(f"checkpoint config {meta_file} is malformed: expected a mapping "
+                            f"with format: {CHECKPOINT_META_FORMAT}")
+    if meta.get("format_version") != CHECKPOINT_META_VERSION:
+        raise TrainingError(f"checkpoint config {meta_file}: format_version "
+                            f"{meta.get('format_version')!r:.40} is not supported (expected "
+                            f"{CHECKPOINT_META_VERSION})")
+    return meta
+
+
 def _first_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -96,8 +159,11 @@ def load_checkpoint(path: Path) -> dict:
 
     Checkpoints are loaded with ``weights_only=True``: only tensors and plain data (dicts,
     lists, strings, numbers) are accepted, so a crafted file can never run code; one that
-    needs other pickled objects is refused. The content is checked too: ``student`` a
-    non-empty dict of tensors, ``config`` a dict, ``embed_dim`` a positive integer.
+    needs other pickled objects is refused. The config, teacher id, embedding size and
+    trained names come from the YAML file beside the weights (:func:`save_checkpoint`);
+    checkpoints of older runs, which kept them inside the weights file, load too. The
+    content is checked: ``student`` a non-empty dict of tensors, ``config`` a dict,
+    ``embed_dim`` a positive integer.
     """
     import pickle
 
@@ -116,7 +182,15 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise TrainingError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
                             f"{_first_line(exc)}); delete it or train without --resume") from None
-    if not isinstance(ckpt, dict) or not {"student", "config", "embed_dim"} <= set(ckpt):
+    if not isinstance(ckpt, dict):
+        raise TrainingError(f"{path} is not a vl_distill_ros checkpoint")
+    meta = _read_meta(path)
+    if meta is not None:
+        ckpt = {**ckpt, **{k: meta[k] for k in META_KEYS if k in meta}}
+    elif "student" in ckpt and "config" not in ckpt:
+        raise TrainingError(f"checkpoint {path}: its config file {meta_path(path).name} is "
+                            "missing (it is written beside the weights)")
+    if not {"student", "config", "embed_dim"} <= set(ckpt):
         raise TrainingError(f"{path} is not a vl_distill_ros checkpoint")
     student = ckpt["student"]
     if (not isinstance(student, dict) or not student
@@ -377,9 +451,9 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
 def _finish(cfg: TrainConfig, env: DistEnv, out: Path, student: Student, teacher: "LazyTeacher",
             trained_names: list[str], embed_dim: int, log: "_CsvLog | None") -> None:
     """Rank 0: the final student, the training curves and (when configured) calibration."""
-    _atomic_torch_save({"student": student.state_dict(), "config": to_dict(cfg),
-                        "teacher_id": teacher.id, "embed_dim": embed_dim,
-                        "trained_names": trained_names}, out / FINAL)
+    save_checkpoint({"student": student.state_dict(), "config": to_dict(cfg),
+                     "teacher_id": teacher.id, "embed_dim": embed_dim,
+                     "trained_names": trained_names}, out / FINAL)
     if log is not None and log.rows:
         from ..plots import plot_training_curves
 
@@ -399,8 +473,9 @@ def _finish(cfg: TrainConfig, env: DistEnv, out: Path, student: Student, teacher
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Distil the configured teacher into a student; return the output directory.
 
-    Writes ``config.yaml``, ``checkpoint.pt`` (every epoch), ``metrics.csv``/``.jsonl``,
-    ``training_curves.png`` and finally ``student_final.pt``.
+    Writes ``config.yaml``, ``checkpoint.pt`` + ``checkpoint.yaml`` (every epoch),
+    ``metrics.csv``/``.jsonl``, ``training_curves.png`` and finally ``student_final.pt`` +
+    ``student_final.yaml`` (weights + their config, :func:`save_checkpoint`).
     """
     env = setup_distributed(cfg.optim.device)
     if cfg.optim.threads > 0:
@@ -456,9 +531,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 pred = (emb @ val_text.T).argmax(1).numpy()
                 row["val_id_acc"] = accuracy(pred, val_data.labels)
             log.append(row)
-            _atomic_torch_save({"epoch": epoch + 1, "student": student.state_dict(),
-                                "optimizer": optimizer.state_dict(), "config": to_dict(cfg),
-                                "teacher_id": teacher.id, "embed_dim": embed_dim}, ckpt_path)
+            save_checkpoint({"epoch": epoch + 1, "student": student.state_dict(),
+                             "optimizer": optimizer.state_dict(), "config": to_dict(cfg),
+                             "teacher_id": teacher.id, "embed_dim": embed_dim}, ckpt_path)
             print("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in row.items()))
         _barrier(env)
