@@ -686,6 +686,7 @@ class BagContents:
                                                    msg.header.stamp.nanosec),
                             raw.timestamp_ns, msg.header.frame_id, msg.encoding, image)
 
+
 def _header_stamp(data: bytes, path: Path, topic: str) -> int:
     """``header.stamp`` (ns) of a serialised message that starts with a Header."""
     import struct

@@ -821,8 +821,10 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
     run = PacedRun()
     t_bag0 = 0
     for raw in messages:
-        key = (raw.topic, stamp_from_cdr(raw.data))
         is_frame = frame_topics is None or raw.topic in frame_topics
+        # colour frames are checked as --offline reads them; depth and CameraInfo messages
+        # go to the node as they are (it reports bad depth per camera)
+        key = (raw.topic, stamp_from_cdr(raw.data)) if is_frame else None
         if run.t_start is None:
             run.t_start, t_bag0 = time.monotonic(), raw.timestamp_ns
         target = run.t_start + (raw.timestamp_ns - t_bag0) / 1e9 / rate
