@@ -86,6 +86,25 @@ def run_bench(run: Callable[[], None], out: dict[str, Any]) -> int:
     return code
 
 
+def bench_main(name: str, issue_target: Any, parser: argparse.ArgumentParser,
+               run: Callable[[argparse.Namespace, dict[str, Any]], None],
+               argv: Sequence[str] | None = None, wall_time: bool = True) -> int:
+    """The body of a bench's ``main``: parse ``argv``, ``run(args, out)`` under
+    :func:`run_bench` (with SIGTERM handled), print the one JSON object, return the status."""
+    import time
+
+    install_sigterm_handler()
+    a = parser.parse_args(argv)
+    out: dict[str, Any] = {"bench": name, "issue_target": issue_target,
+                           "config": args_config(a)}
+    t0 = time.monotonic()
+    code = run_bench(lambda: run(a, out), out)
+    if wall_time:
+        out["wall_s"] = r(time.monotonic() - t0, 1)
+    emit(out)
+    return code
+
+
 # ==========================================================================================
 # machine
 # ==========================================================================================

@@ -48,8 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from _common import (REPO, BenchError, args_config, emit, install_sigterm_handler, loadavg, log,
-                     machine_info, percentile, r, run_bench)
+from _common import (REPO, BenchError, bench_main, loadavg, log, machine_info, percentile, r)
 # _live_node sets the ROS environment (loopback discovery, own domain) before rclpy loads
 from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, Recorder,
                         build_bundle, describe_bundle, other_busy_processes, parse_node_params,
@@ -544,13 +543,8 @@ def judge(a, out: dict) -> tuple[dict[str, Any], bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    install_sigterm_handler()
-    a = build_parser().parse_args(argv)
-    out: dict[str, Any] = {"bench": "node_throughput", "issue_target": ISSUE_TARGET,
-                           "config": args_config(a)}
-    code = run_bench(lambda: run(a, out), out)
-    emit(out)
-    return code
+    """Run the bench; prints one JSON object and returns the exit status."""
+    return bench_main("node_throughput", ISSUE_TARGET, build_parser(), run, argv, wall_time=False)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _live_node as lv  # noqa: E402 - sets the ROS environment before any rclpy import
 import node_throughput as nt  # noqa: E402 - summarise() and lstsq_slope() of its results
-from _common import (BenchError, args_config, emit, install_sigterm_handler, log,  # noqa: E402
-                     machine_info, percentile, r, run_bench)
+from _common import (BenchError, bench_main, log, machine_info, percentile, r)  # noqa: E402
 from _frames import make_frames  # noqa: E402
 from vocabulary_update import ParamClient  # noqa: E402
 
@@ -301,15 +300,8 @@ def judge(a, res: dict) -> tuple[dict[str, Any], bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    install_sigterm_handler()
-    a = build_parser().parse_args(argv)
-    out: dict[str, Any] = {"bench": "vocabulary_churn", "issue_target": ISSUE_TARGET,
-                           "config": args_config(a)}
-    t0 = time.monotonic()
-    code = run_bench(lambda: run(a, out), out)
-    out["wall_s"] = r(time.monotonic() - t0, 1)
-    emit(out)
-    return code
+    """Run the bench; prints one JSON object and returns the exit status."""
+    return bench_main("vocabulary_churn", ISSUE_TARGET, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -70,8 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _live_node as nt  # noqa: E402 - sets the ROS environment before any rclpy import
 from _frames import make_frames  # noqa: E402
-from _common import (BenchError, args_config, emit, install_sigterm_handler, log,  # noqa: E402
-                     machine_info, percentile, r, run_bench)
+from _common import (BenchError, bench_main, log, machine_info, percentile, r)  # noqa: E402
 from vl_distill_ros.ros.node_process import log_tail  # noqa: E402
 
 ISSUE_TARGET = ("A new name is usable within 1 s (uncached, offline teacher) and 50 ms "
@@ -573,15 +572,8 @@ def judge(a, res: dict) -> tuple[dict[str, Any], bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    install_sigterm_handler()
-    a = build_parser().parse_args(argv)
-    out: dict[str, Any] = {"bench": "vocabulary_update", "issue_target": ISSUE_TARGET,
-                           "config": args_config(a)}
-    t0 = time.monotonic()
-    code = run_bench(lambda: run(a, out), out)
-    out["wall_s"] = r(time.monotonic() - t0, 1)
-    emit(out)
-    return code
+    """Run the bench; prints one JSON object and returns the exit status."""
+    return bench_main("vocabulary_update", ISSUE_TARGET, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

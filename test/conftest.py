@@ -43,3 +43,15 @@ def ycb_models() -> Path:
     if not (YCB_MODELS / "011_banana" / "textured.obj").exists():
         missing_ycb_models(f"YCB models not found at {YCB_MODELS}")
     return YCB_MODELS
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    """A private rclpy context per test module (rclpy is imported only by the tests that
+    ask for it)."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    context.try_shutdown()

@@ -35,7 +35,6 @@ import numpy as np
 import pytest
 import yaml
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically  # noqa: E402
@@ -78,21 +77,18 @@ def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
 # ----------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------
+def make_node_test_bundle(path: Path) -> Path:
+    """A tiny bundle whose student's output follows the colour of the crop (module
+    docstring); also used by test_node_ros_cli.py."""
+    fit = [(YELLOW, "banana"), (SWAPPED, "mug"), (DARK, "power drill"), (RED, NEW_LABEL)]
+    return make_colour_bundle(path, NAMES, fit,
+                              vocabulary=Vocabulary.from_names(NAMES, DESCRIPTIONS))
+
+
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory) -> Path:
-    """A tiny bundle whose student's output follows the colour of the crop (module docstring)."""
-    fit = [(YELLOW, "banana"), (SWAPPED, "mug"), (DARK, "power drill"), (RED, NEW_LABEL)]
-    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb", NAMES,
-                              fit, vocabulary=Vocabulary.from_names(NAMES, DESCRIPTIONS))
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    """A private rclpy context for this module."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    context.try_shutdown()
+    """The colour bundle of :func:`make_node_test_bundle`."""
+    return make_node_test_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb")
 
 
 class Tester:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import rclpy
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -29,14 +28,6 @@ from vl_distill_ros.ros.node import StartupError, VlDistillNode
 K = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
 SCENE = [(-0.15, 0.0, 0.12, 0.06, 0.16), (0.1, 0.05, 0.07, 0.07, 0.1)]
 GREY = 150
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    context.try_shutdown()
 
 
 @pytest.fixture(scope="module")

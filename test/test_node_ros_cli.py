@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 import yaml
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
@@ -24,10 +23,8 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from helpers import make_colour_bundle
-from test_node import (DARK, DESCRIPTIONS, NAMES, NEW_LABEL, RED, SWAPPED, YELLOW, Tester,
-                       colour_image, make_msg, publish_until_labelled, running_node, wait_for)
-from vl_distill_ros.model.vocabulary import Vocabulary
+from test_node import (DESCRIPTIONS, NAMES, RED, YELLOW, Tester, colour_image, make_msg,
+                       make_node_test_bundle, publish_until_labelled, running_node, wait_for)
 
 REPO = Path(__file__).resolve().parents[1]
 STRING_ARRAY = Parameter.Type.STRING_ARRAY
@@ -36,18 +33,7 @@ STRING_ARRAY = Parameter.Type.STRING_ARRAY
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory) -> Path:
     """test_node.py's colour bundle (its module docstring says what it predicts)."""
-    fit = [(YELLOW, "banana"), (SWAPPED, "mug"), (DARK, "power drill"), (RED, NEW_LABEL)]
-    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb", NAMES,
-                              fit, vocabulary=Vocabulary.from_names(NAMES, DESCRIPTIONS))
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    """A private rclpy context for this module."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    context.try_shutdown()
+    return make_node_test_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb")
 
 
 @pytest.fixture(scope="module")
