@@ -25,7 +25,7 @@ import rclpy  # noqa: F401 - pinned in requirements.txt: a broken install must f
 from rclpy.parameter import Parameter  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from test_node import (NAMES, STRING_ARRAY, bundle_path, ctx, make_msg,  # noqa: E402,F401
+from test_node import (NAMES, STRING_ARRAY, bundle_path, make_msg,  # noqa: E402,F401
                        publish_until_labelled, rgb_image, running_node, tester, wait_for)
 from vl_distill_ros.model.vocabulary import MAX_VOCABULARY_FILE_BYTES, Vocabulary  # noqa: E402
 from vl_distill_ros.ros.node import MAX_DIAGNOSTIC_TEXT  # noqa: E402
