@@ -56,6 +56,7 @@ from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, R
 from _frames import make_frames, offline_proposals, yaml_value
 
 from vl_distill_ros.ros.params import default_model_path  # noqa: E402 - the packaged bundle
+from vl_distill_ros.sim.render import MODELS_ENV  # noqa: E402
 
 ISSUE_TARGET = ("The node sustains 30 frames/s from one 640x480 camera with 5 objects per "
                 "frame on 2 cores, p95 latency under 100 ms, no growth in RSS over 5 minutes.")
@@ -111,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="synthetic: coloured shapes on a wood texture (numpy/OpenCV); ycb: "
                          "rendered YCB scenes (vl_distill_ros.sim.scene, needs pybullet "
                          "and --ycb-models; at most 10 objects)")
-    ap.add_argument("--ycb-models", type=Path, default=REPO.parent / "shared" / "ycb_models",
-                    help="YCB models folder for --scene ycb")
+    ap.add_argument("--ycb-models", type=Path,
+                    default=Path(os.environ.get(MODELS_ENV, "").strip()
+                                 or REPO.parent / "shared" / "ycb_models"),
+                    help=f"YCB models folder for --scene ycb (default: ${MODELS_ENV}, else "
+                         "../shared/ycb_models next to the checkout)")
     ap.add_argument("--publisher-qos", choices=("reliable", "best_effort"), default="reliable",
                     help="reliability of the camera publishers (the node's subscription is set "
                          "by its qos_reliability parameter, best_effort by default)")
