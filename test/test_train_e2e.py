@@ -490,3 +490,31 @@ def test_checkpoint_config_is_yaml_beside_the_weights(toy: Path, tmp_path: Path,
             err = _one_line_error(capsys, command)
             assert message in err, (message, err)
     assert not (tmp_path / "m.vdb").exists()
+
+
+def test_checkpoint_with_a_retired_config_key_still_loads(toy: Path):
+    """Runs saved before ``data.workers`` was removed hold it in their stored config; they
+    still load (the key is dropped), while an unknown key that was never part of the
+    schema is still refused."""
+    from vl_distill_ros.config import to_dict
+    from vl_distill_ros.model.student import build_student
+    from vl_distill_ros.training.trainer import (FINAL, TrainingError, load_trained_student,
+                                                 save_checkpoint)
+
+    cfg = load_train_config(_config(toy, "retired"))
+    run = toy / "retired"
+    run.mkdir()
+    student = build_student(cfg.student, 384, load_weights=False)
+    stored = to_dict(cfg)
+    stored["data"]["workers"] = 4
+    save_checkpoint({"student": student.state_dict(), "config": stored,
+                     "teacher_id": "offline-conse:test", "embed_dim": 384,
+                     "trained_names": ["red ball"]}, run / FINAL)
+    _, loaded_cfg, _ = load_trained_student(run)
+    assert to_dict(loaded_cfg) == to_dict(cfg)
+    stored["data"]["threads"] = 4
+    save_checkpoint({"student": student.state_dict(), "config": stored,
+                     "teacher_id": "offline-conse:test", "embed_dim": 384,
+                     "trained_names": ["red ball"]}, run / FINAL)
+    with pytest.raises(TrainingError, match=r"unknown keys \['threads'\]"):
+        load_trained_student(run)

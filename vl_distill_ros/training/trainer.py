@@ -208,12 +208,28 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+#: Config keys that older versions wrote into checkpoints and that no longer exist (section
+#: -> keys). A stored config holding them still loads; the keys had no effect to keep.
+RETIRED_CONFIG_KEYS: dict[str, tuple[str, ...]] = {"data": ("workers",)}
+
+
+def _without_retired_keys(config: dict) -> dict:
+    """A copy of a stored config without :data:`RETIRED_CONFIG_KEYS`."""
+    out = dict(config)
+    for section, keys in RETIRED_CONFIG_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def checkpoint_config(ckpt: dict, path: Path) -> TrainConfig:
-    """The :class:`TrainConfig` stored in a checkpoint; an invalid one is a TrainingError."""
+    """The :class:`TrainConfig` stored in a checkpoint (keys that older versions wrote and
+    that were retired since are dropped); an invalid one is a TrainingError."""
     from ..config import ConfigError
 
     try:
-        return from_dict(TrainConfig, ckpt["config"], where=f"{path}: config")
+        return from_dict(TrainConfig, _without_retired_keys(ckpt["config"]),
+                         where=f"{path}: config")
     except (ConfigError, TypeError, ValueError) as exc:
         raise TrainingError(f"checkpoint {path} is malformed: {_first_line(exc)}") from None
 
