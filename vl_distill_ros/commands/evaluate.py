@@ -39,10 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..model.calibration import CalibrationError
     from ..training.image_folder import DatasetError
     from ..model.vocabulary import VocabularyError
-    from ..training.evaluate import evaluate_run
+    from ..training.evaluate import evaluate_bundle, evaluate_run
     from ..training.trainer import TrainingError
-
-    from ..training.evaluate import evaluate_bundle
 
     if args.bundle is None and (args.config or args.overrides):
         print("vl-distill eval: error: --config and KEY=VALUE overrides go with --bundle (a "
