@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export TRANSFORMERS_OFFLINE := 1
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
-.PHONY: setup test demo results results-gzsl default-bundle sample-bag bench clean
+.PHONY: setup test demo results results-gzsl results-shift default-bundle sample-bag bench clean
 
 # The editable install installs none of setup.py's data_files; tools/ament_develop.py links
 # them (ament index entry, share/vl_distill_ros/, lib/vl_distill_ros/) into .venv and hooks
@@ -49,6 +49,19 @@ results: setup
 
 results-gzsl: setup
 	$(VENV)/bin/vl-distill ablate --config config/ablation/ycb_gzsl.yaml
+
+# The shipped default bundle and the teacher on the test renders of the training
+# randomisation and of another one (config/render_ycb_shift.yaml: seed 7, varied
+# appearance); nothing is trained. README: "Renders from a different randomisation".
+SHIFT_EVAL := $(VENV)/bin/vl-distill eval --bundle vl_distill_ros/bundles/default_student.vdb \
+	--config config/ablation/gzsl_full.yaml --no-progress
+results-shift: setup
+	test -f data/ycb_aux/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_aux.yaml
+	test -f data/ycb_renders/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb.yaml
+	test -f data/ycb_renders_shift/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_shift.yaml
+	$(SHIFT_EVAL) --data-root data/ycb_renders --out runs/eval_shift/training_randomisation
+	$(SHIFT_EVAL) --data-root data/ycb_renders_shift --out runs/eval_shift/varied_randomisation \
+	    calibration.openset_test=data/ycb_renders_shift/test_openset
 
 # Speed benches (bench/README.md): each script prints one JSON object on stdout
 # (bench/_*.py are shared helpers, not benches).

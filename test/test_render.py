@@ -11,12 +11,15 @@ import pytest
 
 from vl_distill_ros.sim.backgrounds import CLUTTER_KINDS, KINDS, make_background
 from vl_distill_ros.sim.render import (
+    APPEARANCES,
     MANIFEST_NAME,
+    Look,
     ObjectRenderer,
     RenderError,
     RenderSpec,
     SplitSpec,
     find_models,
+    kelvin_rgb,
     load_mesh_vertices,
     load_render_spec,
     render_dataset,
@@ -117,6 +120,58 @@ def test_command_returns_2_on_bad_models_dir(repo_root: Path, tmp_path: Path, ca
     assert not (tmp_path / "out").exists()
 
 
+def _look(**changes) -> Look:
+    neutral = dict(kelvin=6500.0, intensity=1.0, specular=0.0, hue=0.0, saturation=1.0,
+                   brightness=1.0, contrast=1.0, shade=0.0, shade_angle=0.0)
+    return Look(**{**neutral, **changes})
+
+
+def test_look_changes_only_the_object_layer():
+    """Colour temperature, texture jitter and shading act on the premultiplied object layer;
+    transparent pixels stay empty and a neutral look changes nothing."""
+    alpha = np.zeros((16, 16), np.float32)
+    alpha[2:14, 2:14] = 1.0
+    alpha[1, 2:14] = 0.5  # soft edge
+    colour = np.array([0.6, 0.5, 0.4], np.float32)
+    rgb = colour * alpha[..., None]
+    inside = alpha == 1.0
+    np.testing.assert_allclose(_look().apply(rgb, alpha), rgb, atol=1e-5)
+    np.testing.assert_allclose(kelvin_rgb(6500), [1, 1, 1])
+    warm = _look(kelvin=2800).apply(rgb, alpha)
+    cool = _look(kelvin=9500).apply(rgb, alpha)
+    assert warm[inside][:, 0].mean() / warm[inside][:, 2].mean() > 1.5 * 0.6 / 0.4
+    assert cool[inside][:, 2].mean() / cool[inside][:, 0].mean() > 1.1 * 0.4 / 0.6
+    for out in (warm, cool, _look(hue=10, saturation=1.3, brightness=0.8).apply(rgb, alpha)):
+        assert np.all(out[alpha == 0] == 0)  # background stays transparent
+        assert np.all(out <= alpha[..., None] + 1e-6)  # still premultiplied
+    grey = _look(saturation=0.0).apply(rgb, alpha)[inside]
+    assert np.ptp(grey, axis=1).max() < 1e-4  # no saturation: grey
+    shaded = _look(shade=0.6, shade_angle=0.0).apply(rgb, alpha)  # darker to the right
+    assert shaded[8, 13].sum() < 0.7 * shaded[8, 2].sum() < 0.7 * rgb[8, 2].sum()
+    lit = _look(intensity=1.3, specular=0.7).light(0.5, 0.4)
+    assert lit == pytest.approx((0.65, 0.52, 0.7))
+    a, b = Look.sample(np.random.default_rng(4)), Look.sample(np.random.default_rng(4))
+    assert a == b and a != Look.sample(np.random.default_rng(5))
+
+
+def test_appearance_is_checked_when_the_spec_is_loaded(repo_root: Path):
+    cfg = repo_root / "config" / "render_ycb.yaml"
+    spec = load_render_spec(cfg)
+    assert {s.appearance for s in spec.splits.values()} == {"standard"}  # the default
+    spec = load_render_spec(cfg, ["splits.test_ood.appearance=varied"])
+    assert spec.splits["test_ood"].appearance == "varied"
+    with pytest.raises(RenderError, match=r"splits.test_ood.appearance 'shiny' is not one of "
+                                          r"\['standard', 'varied'\]"):
+        load_render_spec(cfg, ["splits.test_ood.appearance=shiny"])
+    shift = load_render_spec(repo_root / "config" / "render_ycb_shift.yaml")
+    assert {s.appearance for s in shift.splits.values()} == {"varied"}
+    assert {s.domain for s in shift.splits.values()} == {"clutter"}
+    assert shift.seed != spec.seed and shift.out_dir == "data/ycb_renders_shift"
+    assert len(shift.splits["test_shift_id"].objects) == 14
+    assert len(shift.splits["test_ood"].objects) == 12
+    assert APPEARANCES == ("standard", "varied")
+
+
 # -- rendering (needs the shared YCB models) ---------------------------------------------
 def test_load_mesh_vertices(ycb_models: Path):
     verts = load_mesh_vertices(ycb_models / FORK / "textured.obj")
@@ -159,6 +214,49 @@ def test_same_seed_same_view_other_seed_differs(renderer: ObjectRenderer, ycb_mo
     assert np.array_equal(a.image, d.image)
 
 
+def test_standard_appearance_renders_as_before(renderer: ObjectRenderer):
+    """``appearance`` absent and ``"standard"`` give the same pixels, mask and metadata
+    (the shipped data sets were rendered without the option)."""
+    for domain in ("clean", "clutter"):
+        for key in (BANANA, FORK):
+            a = renderer.render_view(key, view_rng(5, "s", key, 1), domain, 48)
+            b = renderer.render_view(key, view_rng(5, "s", key, 1), domain, 48,
+                                     appearance="standard")
+            assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+            assert a.meta == b.meta and "appearance" not in a.meta
+    with pytest.raises(RenderError, match="unknown appearance 'shiny'"):
+        renderer.render_view(BANANA, view_rng(5, "s", BANANA, 1), "clean", 48, "shiny")
+
+
+def test_varied_appearance_changes_the_object_only_and_is_deterministic(
+        renderer: ObjectRenderer):
+    """A varied view keeps the standard view's pose, mask and background (its look comes from
+    a child generator) but recolours the object; the same generator gives the same view."""
+    changes = []
+    for i in range(3):
+        std = renderer.render_view(BANANA, view_rng(2, "v", BANANA, i), "clean", 64)
+        var = renderer.render_view(BANANA, view_rng(2, "v", BANANA, i), "clean", 64,
+                                   appearance="varied")
+        again = renderer.render_view(BANANA, view_rng(2, "v", BANANA, i), "clean", 64,
+                                     appearance="varied")
+        assert np.array_equal(var.image, again.image) and var.meta == again.meta
+        assert np.array_equal(std.mask, var.mask)
+        same = {k: v for k, v in std.meta.items() if k != "light"}
+        assert {k: v for k, v in var.meta.items() if k in same} == same
+        assert var.meta["light"]["direction"] == std.meta["light"]["direction"]
+        assert set(var.meta["appearance"]) == {
+            "kelvin", "intensity", "specular", "hue", "saturation", "brightness", "contrast",
+            "shade", "shade_angle"}
+        near = cv2.dilate(std.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        assert np.array_equal(std.image[~near], var.image[~near])  # background untouched
+        diff = np.abs(std.image.astype(int) - var.image.astype(int))[std.mask]
+        changes.append(diff.mean())
+    assert min(changes) > 4, changes
+    looks = [renderer.render_view(BANANA, view_rng(2, "v", BANANA, i), "clean", 32,
+                                  appearance="varied").meta["appearance"] for i in range(3)]
+    assert looks[0] != looks[1] != looks[2]
+
+
 def test_clutter_domain_differs_from_clean(renderer: ObjectRenderer):
     for i in range(2):
         clean = renderer.render_view(BANANA, view_rng(i, "t", BANANA, 0), "clean", 64)
@@ -198,6 +296,22 @@ def test_render_dataset_tree_manifest_and_determinism(ycb_models: Path, tmp_path
     again = render_dataset(spec(tmp_path / "ds2"), progress=False)
     for rel in files:
         assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+    # a varied split: recorded in the manifest, deterministic, other pixels than standard
+    def varied(out: Path) -> RenderSpec:
+        s = spec(out)
+        s.splits["test_ood"].appearance = "varied"
+        return s
+
+    v1, v2 = (render_dataset(varied(tmp_path / n), progress=False) for n in ("v1", "v2"))
+    recs = json.loads((v1 / MANIFEST_NAME).read_text())["images"]
+    assert {(r["split"], r["appearance"]) for r in recs} == {
+        ("train", "standard"), ("test_ood", "varied")}
+    assert all(("appearance" in r["view"]) == (r["split"] == "test_ood") for r in recs)
+    for rel in files:
+        assert (v1 / rel).read_bytes() == (v2 / rel).read_bytes(), rel
+        same = (v1 / rel).read_bytes() == (out / rel).read_bytes()
+        assert same == rel.startswith("train/"), rel
 
 
 def test_render_dataset_rejects_unknown_key_and_foreign_out_dir(ycb_models: Path,

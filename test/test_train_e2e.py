@@ -127,6 +127,57 @@ def test_train_resume_eval_export(toy: Path, capsys):
     assert bundle.enrich and bundle.vocabulary[0].description == "A red coloured ball."
     assert bundle.text_embeddings.shape == (4, 384)
     assert bundle.teacher_id.startswith("offline-conse")
+    _check_bundle_eval(toy, run, bundle_path, cfg_path, capsys)
+
+
+def _check_bundle_eval(toy: Path, run: Path, bundle_path: Path, cfg_path: Path,
+                       capsys) -> None:
+    """``vl-distill eval --bundle``: the exported student scores exactly as its run, also on
+    another render folder (``--data-root``); a config that does not fit is refused."""
+    run_metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    out = toy / "bundle_eval"
+    assert cli_main(["eval", "--bundle", str(bundle_path), "--config", str(cfg_path),
+                     "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bundle"] == str(bundle_path) and metrics["run"] is None
+    for split, row in run_metrics["splits"].items():
+        for key in ("n", "student_acc", "teacher_acc"):
+            assert metrics["splits"][split][key] == pytest.approx(row[key]), (split, key)
+    assert metrics["gzsl"]["student"]["h"] == pytest.approx(run_metrics["gzsl"]["student"]["h"])
+
+    # another render folder holding only the two clutter splits, 3 views per label
+    other = toy / "other_renders"
+    for split in ("test_shift_id", "test_ood"):
+        for folder in sorted((toy / "data" / split).iterdir()):
+            (other / split / folder.name).mkdir(parents=True)
+            for img in sorted(folder.iterdir())[:3]:
+                (other / split / folder.name / img.name).write_bytes(img.read_bytes())
+    assert cli_main(["eval", "--bundle", str(bundle_path), "--config", str(cfg_path),
+                     "--data-root", str(other), "--out", str(toy / "other_eval"),
+                     "--no-progress"]) == 0
+    metrics = json.loads((toy / "other_eval" / "metrics.json").read_text())
+    assert metrics["data_root"] == str(other)
+    assert set(metrics["splits"]) == {"test_shift_id", "test_ood"}
+    assert metrics["all_labels"]["n"] == 2 * 2 * 3 and "gzsl" in metrics
+
+    capsys.readouterr()
+    assert cli_main(["eval", "--bundle", str(bundle_path), "--out", str(out)]) == 2
+    assert "--bundle needs --config" in capsys.readouterr().err
+    assert cli_main(["eval", "--run", str(run), "--config", str(cfg_path)]) == 2
+    assert "go with --bundle" in capsys.readouterr().err
+    # the bundle's labels are the split's 4; a split with other OOD objects differs
+    split = toy / "split_other.yaml"
+    split.write_text(yaml.safe_dump({"name": "other", "in_distribution": KEYS["id"],
+                                     "out_of_distribution": ["blue_ball", "cyan_ball"]}))
+    assert cli_main(["eval", "--bundle", str(bundle_path), "--config", str(cfg_path),
+                     "--out", str(out), f"data.split={split}"]) == 2
+    assert "differ from the bundle's 4 labels" in capsys.readouterr().err
+    assert cli_main(["eval", "--bundle", str(bundle_path), "--config", str(cfg_path),
+                     "--out", str(out), "data.enrich=false"]) == 2
+    assert "other text embeddings" in capsys.readouterr().err
+    assert cli_main(["eval", "--bundle", str(toy / "missing.vdb"), "--config", str(cfg_path),
+                     "--out", str(out)]) == 2
+    assert "missing.vdb" in capsys.readouterr().err
 
 
 class _Interrupted(Exception):

@@ -11,6 +11,11 @@ TinyRenderer (``renderer=p.ER_TINY_RENDERER``), so no GPU, display or OpenGL is 
     distractor objects (other models, never the caller's excluded keys) behind the target
     near the crop edges, harsher coloured light, colour cast, blur and noise.
 
+  Either domain can add ``appearance="varied"`` (:data:`APPEARANCES`): per-view material and
+  lighting randomisation on top of the domain's (see :class:`Look`), drawn from a child of
+  the view's generator so the viewpoint, background and distractors stay those of the
+  default ``standard`` appearance, which renders exactly as before.
+
 * :func:`render_dataset` renders a whole dataset described by a :class:`RenderSpec` into an
   image-folder tree ``<out_dir>/<split>/<key>/<key>_<i:05d>.png`` plus ``manifest.json``,
   deterministically: each (split, key, index) gets its own random generator derived from
@@ -53,6 +58,11 @@ LOG = logging.getLogger(__name__)
 
 #: Rendering domains.
 DOMAINS: tuple[str, ...] = ("clean", "clutter")
+
+#: Appearance randomisations: ``standard`` (the domain's own light and materials, what every
+#: shipped data set used) or ``varied`` (adds :class:`Look`: colour temperature, light
+#: intensity, specularity, object texture jitter and a shading gradient).
+APPEARANCES: tuple[str, ...] = ("standard", "varied")
 
 #: Environment variable naming the YCB models folder (``render``, ``make-bag``, ``ablate``,
 #: the tests); an explicit ``--models-dir`` or a config's ``models_dir`` wins over it.
@@ -320,6 +330,99 @@ def _rounded(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------
+# Varied appearance (materials and lighting)
+# ---------------------------------------------------------------------------------------
+#: (kelvin, RGB) anchors of a light's colour by colour temperature, relative to daylight
+#: (6500 K = white); linear interpolation between them (approximate black-body colours).
+_KELVIN_ANCHORS = np.array([
+    [2500.0, 1.00, 0.62, 0.32],
+    [3500.0, 1.00, 0.77, 0.55],
+    [4500.0, 1.00, 0.87, 0.74],
+    [5500.0, 1.00, 0.94, 0.89],
+    [6500.0, 1.00, 1.00, 1.00],
+    [8000.0, 0.88, 0.93, 1.00],
+    [10000.0, 0.78, 0.87, 1.00],
+])
+
+
+def kelvin_rgb(kelvin: float) -> np.ndarray:
+    """Approximate RGB gains (max 1) of light at colour temperature ``kelvin`` (2500-10000 K,
+    clamped), white at 6500 K: warm light is reddish, cool light bluish."""
+    k = float(np.clip(kelvin, _KELVIN_ANCHORS[0, 0], _KELVIN_ANCHORS[-1, 0]))
+    return np.array([np.interp(k, _KELVIN_ANCHORS[:, 0], _KELVIN_ANCHORS[:, c])
+                     for c in (1, 2, 3)], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Look:
+    """The extra material and lighting randomisation of one ``varied`` view.
+
+    Applied to the rendered target object only (premultiplied layer), never to the
+    background or the distractors: the light's colour temperature (white balance of the
+    object's light), an intensity factor on the ambient and diffuse terms, the specular
+    coefficient (matte to glossy), a jitter of the object's texture colours (hue shift in
+    degrees, saturation, brightness and contrast factors) and a linear shading gradient
+    (``shade``: darkening on the far side, 0 = none, along ``shade_angle`` radians), like a
+    second, weaker light on one side.
+    """
+
+    kelvin: float
+    intensity: float
+    specular: float
+    hue: float
+    saturation: float
+    brightness: float
+    contrast: float
+    shade: float
+    shade_angle: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "Look":
+        """Draw a look; every field's range is fixed here (see the README's Data section)."""
+        return cls(kelvin=float(rng.uniform(2500.0, 10000.0)),
+                   intensity=float(rng.uniform(0.6, 1.4)),
+                   specular=float(rng.uniform(0.0, 0.9)),
+                   hue=float(rng.uniform(-12.0, 12.0)),
+                   saturation=float(rng.uniform(0.6, 1.4)),
+                   brightness=float(rng.uniform(0.75, 1.25)),
+                   contrast=float(rng.uniform(0.7, 1.3)),
+                   shade=float(rng.uniform(0.0, 0.6) if rng.random() < 0.6 else 0.0),
+                   shade_angle=float(rng.uniform(0.0, 2.0 * math.pi)))
+
+    def light(self, ambient: float, diffuse: float) -> tuple[float, float, float]:
+        """(ambient, diffuse, specular) coefficients for pybullet after this look."""
+        return ambient * self.intensity, diffuse * self.intensity, self.specular
+
+    def apply(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The premultiplied object ``rgb`` (float32, [0, 1]) with this look's colour
+        temperature, texture jitter and shading applied; ``alpha`` is unchanged."""
+        a = alpha[..., None]
+        inside = alpha > 1e-3
+        if not inside.any():
+            return rgb
+        colour = np.where(a > 1e-3, rgb / np.maximum(a, 1e-3), 0.0).astype(np.float32)
+        colour = np.clip(colour, 0.0, 1.0)
+        hsv = cv2.cvtColor(colour, cv2.COLOR_RGB2HSV)  # float: H in [0, 360), S, V in [0, 1]
+        hsv[..., 0] = np.mod(hsv[..., 0] + self.hue, 360.0)
+        hsv[..., 1] = np.clip(hsv[..., 1] * self.saturation, 0.0, 1.0)
+        colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        colour = colour * kelvin_rgb(self.kelvin) * self.brightness
+        mean = float(colour[inside].mean())
+        colour = (colour - mean) * self.contrast + mean
+        if self.shade > 0:
+            h, w = alpha.shape
+            yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+            t = ((xx / max(w - 1, 1) - 0.5) * math.cos(self.shade_angle)
+                 + (yy / max(h - 1, 1) - 0.5) * math.sin(self.shade_angle)) / math.sqrt(0.5)
+            colour = colour * (1.0 - self.shade * 0.5 * (t + 1.0))[..., None]
+        return (np.clip(colour, 0.0, 1.0) * a).astype(np.float32)
+
+    def to_meta(self) -> dict[str, float]:
+        """JSON-serialisable fields (the view's ``appearance`` metadata)."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------
 # Renderer
 # ---------------------------------------------------------------------------------------
 _MeshBodiesT = TypeVar("_MeshBodiesT", bound="MeshBodies")
@@ -497,8 +600,10 @@ class ObjectRenderer(MeshBodies):
 
     # -- rendering --------------------------------------------------------------------------
     def _render_layer(self, key: str, rng: np.random.Generator, size: int, harsh: bool,
-                      elevation: tuple[float, float], supersample: int | None = None) -> _Layer:
-        """Render ``key`` framed in a ``size`` crop: premultiplied RGB, alpha and metadata."""
+                      elevation: tuple[float, float], supersample: int | None = None,
+                      look: Look | None = None) -> _Layer:
+        """Render ``key`` framed in a ``size`` crop: premultiplied RGB, alpha and metadata
+        (with ``look``'s light coefficients and object colours, when given)."""
         p, cid = self._p, self._require_client()
         body = self._show(key)
         centre, radius = self._geometry_of(key)
@@ -539,6 +644,8 @@ class ObjectRenderer(MeshBodies):
             light_colour = rng.uniform(0.9, 1.0, size=3)
             ambient, diffuse = rng.uniform(0.5, 0.7), rng.uniform(0.3, 0.5)
             specular = rng.uniform(0.0, 0.1)
+        if look is not None:
+            ambient, diffuse, specular = look.light(ambient, diffuse)
 
         res = size * (self.supersample if supersample is None else max(1, supersample))
         _, _, px, _, seg = p.getCameraImage(
@@ -554,6 +661,8 @@ class ObjectRenderer(MeshBodies):
         if res != size:
             rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
             alpha = cv2.resize(alpha, (size, size), interpolation=cv2.INTER_AREA)
+        if look is not None:
+            rgb = look.apply(rgb, alpha)
         meta = {
             "key": key, "azimuth": azimuth, "elevation": elev, "roll": roll,
             "distance": distance, "margin": margin,
@@ -563,23 +672,31 @@ class ObjectRenderer(MeshBodies):
         return _Layer(rgb, alpha, meta)
 
     def render_view(self, key: str, rng: np.random.Generator, domain: str = "clean",
-                    size: int = 160) -> RenderedView:
+                    size: int = 160, appearance: str = "standard") -> RenderedView:
         """Render one square crop of object ``key`` in ``domain`` (``clean``/``clutter``).
 
         All randomness (viewpoint, framing margin, light, background, distractors,
         post-processing) comes from ``rng``, so equal generator states give identical
-        output. Returns the uint8 RGB crop, the target's boolean mask and metadata.
+        output. ``appearance="varied"`` adds a :class:`Look` to the target object, drawn
+        from ``rng.spawn(1)[0]`` (which consumes nothing from ``rng``: everything else is
+        what ``"standard"`` draws). Returns the uint8 RGB crop, the target's boolean mask
+        and metadata (with ``appearance`` holding the look when varied).
         """
         if domain not in DOMAINS:
             raise RenderError(f"unknown domain {domain!r}; choose one of {list(DOMAINS)}")
+        if appearance not in APPEARANCES:
+            raise RenderError(f"unknown appearance {appearance!r}; choose one of "
+                              f"{list(APPEARANCES)}")
         size = int(size)
         if not 8 <= size <= 4096:
             raise RenderError(f"image size must be between 8 and 4096 pixels, got {size}")
         self.check_keys([key])
         clutter = domain == "clutter"
+        look = Look.sample(rng.spawn(1)[0]) if appearance == "varied" else None
 
         target = self._render_layer(key, rng, size, harsh=clutter,
-                                    elevation=(10.0, 85.0) if clutter else (15.0, 80.0))
+                                    elevation=(10.0, 85.0) if clutter else (15.0, 80.0),
+                                    look=look)
         background, bg_kind = sample_background(domain, size, rng)
         canvas = background.astype(np.float32) / 255.0
 
@@ -605,6 +722,8 @@ class ObjectRenderer(MeshBodies):
         meta = dict(target.meta)
         meta.update(domain=domain, size=size, background=bg_kind, distractors=distractors,
                     mask_fraction=float(mask.mean()))
+        if look is not None:
+            meta["appearance"] = look.to_meta()
         return RenderedView(image=image, mask=mask, meta=_rounded_meta(meta))
 
     @staticmethod
@@ -676,11 +795,14 @@ def _rounded_meta(meta: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 @dataclass
 class SplitSpec:
-    """One output split: which objects, how many views each, which domain."""
+    """One output split: which objects, how many views each, which domain and appearance."""
 
     objects: list[str]
     views: int
     domain: str = "clean"
+    #: ``standard`` (default: the domain's own light and materials) or ``varied`` (adds a
+    #: per-view :class:`Look`); see :data:`APPEARANCES`.
+    appearance: str = "standard"
 
 
 @dataclass
@@ -735,6 +857,10 @@ def validate_spec(spec: RenderSpec) -> None:
         if split.domain not in DOMAINS:
             raise RenderError(
                 f"splits.{name}.domain {split.domain!r} is not one of {list(DOMAINS)}")
+        if split.appearance not in APPEARANCES:
+            raise RenderError(
+                f"splits.{name}.appearance {split.appearance!r} is not one of "
+                f"{list(APPEARANCES)}")
         if not isinstance(split.views, int) or split.views < 1:
             raise RenderError(
                 f"splits.{name}.views must be a positive integer, got {split.views!r}")
@@ -812,7 +938,8 @@ def render_dataset(spec: RenderSpec, progress: bool = True) -> Path:
                             "clutter views will have none")
             for split_name, split, key, index in _jobs(spec):
                 rng = view_rng(spec.seed, split_name, key, index)
-                view = renderer.render_view(key, rng, split.domain, spec.image_size)
+                view = renderer.render_view(key, rng, split.domain, spec.image_size,
+                                            appearance=split.appearance)
                 rel = Path(split_name) / key / f"{key}_{index:05d}.png"
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(view.image, cv2.COLOR_RGB2BGR))
                 if not ok:
@@ -821,6 +948,7 @@ def render_dataset(spec: RenderSpec, progress: bool = True) -> Path:
                 (tmp / rel).write_bytes(buf.tobytes())
                 records.append({"split": split_name, "key": key, "index": index,
                                 "file": rel.as_posix(), "domain": split.domain,
+                                "appearance": split.appearance,
                                 "seed": view_seed(spec.seed, split_name, key, index),
                                 "view": view.meta})
                 bar.update(1)
@@ -941,7 +1069,7 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
         for name, entry in raw_splits.items():
             if not isinstance(entry, dict):
                 raise RenderError(f"{where}.splits.{name}: expected a mapping "
-                                  "{objects, views, domain}")
+                                  "{objects, views, domain, appearance}")
             entry = dict(entry)
             if "objects" not in entry or "views" not in entry:
                 raise RenderError(f"{where}.splits.{name}: needs 'objects' and 'views'")

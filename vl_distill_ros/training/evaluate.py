@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,18 +43,68 @@ def evaluate_run(run_dir: str | Path, data_root: str | None = None,
     if data_root:
         cfg.data.root = data_root
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    vocabs = load_vocabularies(cfg.data)
     teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
     if teacher.id != teacher_id:
         raise TrainingError(f"run was distilled from {teacher_id!r} but its config now gives "
                             f"teacher {teacher.id!r}")
+    calibration = _run_calibration(run_dir, student, cfg, teacher)
+    return _evaluate(student, cfg, teacher, calibration, out, {"run": str(run_dir)},
+                     progress)
+
+
+def evaluate_bundle(bundle_path: str | Path, config: str | Path, out_dir: str | Path,
+                    data_root: str | None = None, overrides: Sequence[str] = (),
+                    progress: bool = True) -> dict:
+    """Evaluate an exported bundle's student and calibration like :func:`evaluate_run`.
+
+    A bundle holds no data settings, so ``config`` (a training YAML plus ``overrides``, e.g.
+    the one the bundle was trained with) names the teacher, the vocabulary and split files,
+    the prompts, the test renders (``data.root``, or ``data_root``) and the open-set folder.
+    The config must give the bundle's teacher, exactly the bundle's label names and, with
+    its prompts, the bundle's text embeddings; anything else raises :class:`TrainingError`.
+    The bundle's calibration record (if any) is used as stored; none is computed.
+    """
+    from ..config import ConfigError, load_train_config
+    from ..model.bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(bundle_path)
+        cfg = load_train_config(config, overrides)
+    except (BundleError, ConfigError) as exc:
+        raise TrainingError(str(exc)) from None
+    if data_root:
+        cfg.data.root = data_root
+    teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
+    if teacher.id != bundle.teacher_id:
+        raise TrainingError(f"{bundle_path} was distilled from {bundle.teacher_id!r} but the "
+                            f"config {config} gives teacher {teacher.id!r}")
+    vocabs = load_vocabularies(cfg.data)
+    if list(vocabs.all.names) != list(bundle.vocabulary.names):
+        raise TrainingError(f"the config's labels ({cfg.data.vocabulary} restricted to "
+                            f"{cfg.data.split}: {len(vocabs.all)}) differ from the bundle's "
+                            f"{len(bundle.vocabulary)} labels; evaluate with the config the "
+                            "bundle was trained with")
+    text = text_classifier(teacher, vocabs.all, cfg.data)
+    if not torch.allclose(text, bundle.text_embeddings, atol=1e-4):
+        raise TrainingError("the config's prompts (data.templates, data.enrich) give other "
+                            f"text embeddings than those stored in {bundle_path}")
+    return _evaluate(bundle.student, cfg, teacher, bundle.calibration, Path(out_dir),
+                     {"run": None, "bundle": str(bundle_path), "config": str(config)},
+                     progress)
+
+
+def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | None, out: Path,
+              source: dict, progress: bool) -> dict:
+    """The body of :func:`evaluate_run` / :func:`evaluate_bundle` (``source`` names what
+    was evaluated in ``metrics.json``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocabs = load_vocabularies(cfg.data)
     device = torch.device("cpu")
     text = {name: text_classifier(teacher, vocabs.for_set(name), cfg.data)
             for name in ("id", "ood", "all")}
 
-    result: dict = {"run": str(run_dir), "name": cfg.name, "teacher_id": teacher_id,
-                    "enrich": cfg.data.enrich, "splits": {}}
+    result: dict = {**source, "name": cfg.name, "teacher_id": teacher.id,
+                    "data_root": str(cfg.data.root), "enrich": cfg.data.enrich, "splits": {}}
     all_s, all_t, all_y = [], [], []
     for split, label_set in EVAL_SPLITS.items():
         vocab = vocabs.for_set(label_set)
@@ -79,7 +130,6 @@ def evaluate_run(run_dir: str | Path, data_root: str | None = None,
         raise TrainingError(f"no evaluation splits ({', '.join(EVAL_SPLITS)}) under "
                             f"{cfg.data.root}")
     s, t, y = torch.cat(all_s), torch.cat(all_t), np.concatenate(all_y)
-    calibration = _run_calibration(run_dir, student, cfg, teacher)
     per_split = {split: (s_, t_, y_) for split, s_, t_, y_ in zip(
         [k for k in EVAL_SPLITS if k in result["splits"]], all_s, all_t, all_y)}
     result.update(generalised_zero_shot(per_split, text["all"], vocabs, calibration, out))
