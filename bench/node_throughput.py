@@ -215,7 +215,9 @@ def _model(a: argparse.Namespace, tmp: Path) -> tuple[Path, dict[str, Any]]:
 def _frames(a: argparse.Namespace, raw_params: dict[str, str]) -> tuple[list, int, dict]:
     """(frames, objects expected per labelled frame, the JSON ``frames`` entry); a frame is
     ``(rgb, boxes)``, or ``(rgb, boxes, depth m, (fx, fy, cx, cy))`` for RGB-D scenes."""
-    log(f"preparing {a.frames} {a.width}x{a.height} frames with {a.objects} objects ...")
+    log(f"reading {a.frames} frames of {a.bag} ..." if a.scene == "bag" else
+        f"rendering {a.frames} {a.width}x{a.height} frames with {a.objects} objects"
+        f"{' and depth' if a.depth else ''} ...")
     if a.depth or a.scene == "bag":
         frames, scene_desc = rgbd_frames(a.scene, a.frames, a.objects, a.width, a.height,
                                          a.seed, a.ycb_models, a.bag)
@@ -345,8 +347,9 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     _run_node(a, out, model, tmp, frames, expected, raw_params, cpus, a.depth)
     if a.compare_colour_only:
         log("the same frames again without depth ...")
-        other: dict[str, Any] = {}
+        other: dict[str, Any] = {"machine": out["machine"]}
         _run_node(a, other, model, tmp, frames, expected, raw_params, cpus, False)
+        other.pop("machine")
         out["colour_only"] = other
         with_d, without = out["results"]["processed_fps"], other["results"]["processed_fps"]
         out["fps_ratio_depth_to_colour_only"] = r(with_d / without, 3) if without else None
