@@ -63,6 +63,7 @@ frame (an object filling the view) are not proposed, so callers should fall back
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -378,16 +379,20 @@ def _rotate_bits(bits: np.ndarray, k: int) -> np.ndarray:
     return ((bits << np.uint64(k)) | (bits >> np.uint64(n - k))) & full
 
 
+@functools.lru_cache(maxsize=8)
 def _border_segments(h: int, w: int, border: int) -> np.ndarray:
     """Segment index (0 .. ``_BORDER_SEGMENTS - 1``, clockwise from the top-left corner) of
-    every pixel of :func:`_border_pixels` of an ``h`` x ``w`` image, in the same order."""
+    every pixel of :func:`_border_pixels` of an ``h`` x ``w`` image, in the same order
+    (cached, read-only)."""
     rows_top = np.broadcast_to(np.arange(w), (border, w))
     rows_bottom = np.broadcast_to(w + h + (w - 1 - np.arange(w)), (border, w))
     side = np.arange(border, h - border)
     left = np.broadcast_to((2 * w + h + (h - 1 - side))[:, None], (side.size, border))
     right = np.broadcast_to((w + side)[:, None], (side.size, border))
     pos = np.concatenate([a.reshape(-1) for a in (rows_top, rows_bottom, left, right)])
-    return (pos * _BORDER_SEGMENTS) // (2 * (w + h))
+    out = (pos * _BORDER_SEGMENTS) // (2 * (w + h))
+    out.flags.writeable = False
+    return out
 
 
 def _local_cells(grid: "_ColourGrid", idx: np.ndarray, segments: np.ndarray,
@@ -401,25 +406,26 @@ def _local_cells(grid: "_ColourGrid", idx: np.ndarray, segments: np.ndarray,
     out = np.zeros(grid.size, bool)
     if max_segments < 1 or idx.size == 0:
         return out
-    key = np.unique(idx.astype(np.int64) * 64 + segments)
     bits = np.zeros(grid.size, np.uint64)
-    np.bitwise_or.at(bits, key // 64, np.left_shift(np.uint64(1), (key % 64).astype(np.uint64)))
-    spread = bits.reshape(grid.shape)
-    grown = spread.copy()
+    np.bitwise_or.at(bits, idx, np.left_shift(np.uint64(1), segments.astype(np.uint64)))
+    # the background cells' bits and their 6 neighbours' in the grid
+    cells = np.flatnonzero(occ)
+    coords = np.unravel_index(cells, grid.shape)
+    grown = bits[cells]
     for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        grown[tuple(lo)] |= spread[tuple(hi)]
-        grown[tuple(hi)] |= spread[tuple(lo)]
-    grown = grown.reshape(-1)
+        for step in (-1, 1):
+            nb = list(coords)
+            nb[axis] = coords[axis] + step
+            ok = (nb[axis] >= 0) & (nb[axis] < grid.shape[axis])
+            grown[ok] |= bits[np.ravel_multi_index([c[ok] for c in nb], grid.shape)]
     # one stretch of the border, gaps of up to 2 * _GAP segments closed (a colour in two
     # places along the border is a background pattern, e.g. a striped cloth)
     closed = grown
     for op in (np.bitwise_or, np.bitwise_and):  # closing: dilate, then erode
         closed = op.reduce([_rotate_bits(closed, k) for k in range(-_GAP, _GAP + 1)])
     runs = np.bitwise_count(closed & ~_rotate_bits(closed, 1))
-    local = occ & (np.bitwise_count(grown) <= max_segments) & (runs <= 1)
+    local = np.zeros(grid.size, bool)
+    local[cells[(np.bitwise_count(grown) <= max_segments) & (runs <= 1)]] = True
     rest = occ & ~local
     if not local.any() or not rest.any():
         return out
