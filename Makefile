@@ -80,12 +80,14 @@ default-bundle: setup
 	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/full/seed0 \
 	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx
 
-# Rebuild the shipped sample bag (needs the YCB models at ../shared/ycb_models).
+# Rebuild the shipped sample bag (needs the YCB models at ../shared/ycb_models): colour,
+# registered depth (16UC1 mm, noise free as the colour, ~9 MB; the sensor noise model would
+# make it ~16 MB) and CameraInfo.
 sample-bag: setup
 	rm -rf demo/sample_tabletop
 	$(VENV)/bin/vl-distill make-bag --out demo/sample_tabletop --frames 60 --fps 10 \
 	    --objects all --width 480 --height 360 --noise-sigma 0,0 \
-	    --camera-distance 0.45,0.75 --seed 0 --no-progress
+	    --camera-distance 0.45,0.75 --seed 0 --depth --depth-noise none --no-progress
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

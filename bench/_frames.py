@@ -155,6 +155,56 @@ def make_frames(scene: str, n: int, k: int, width: int, height: int, seed: int,
     return synthetic_tabletop_frames(n, k, width, height, seed), "synthetic shapes on wood"
 
 
+def rgbd_frames(scene: str, n: int, k: int, width: int, height: int, seed: int,
+                ycb_models: Path, bag: Path | None = None) -> tuple[list, str]:
+    """``n`` RGB-D frames ``(rgb, boxes, depth m, (fx, fy, cx, cy))`` and a description:
+    rendered YCB scenes with the renderer's registered depth and its RealSense-like noise
+    model (``scene`` ``ycb``, as ``vl-distill make-bag --depth``), or the first ``n``
+    frames with depth of an RGB-D ``bag`` (``scene`` ``bag``; its own size)."""
+    if scene == "bag":
+        from vl_distill_ros.bags.bag_io import BagError, read_camera_bag
+
+        if bag is None:
+            raise BenchError("--scene bag needs --bag BAG")
+        out = []
+        try:
+            contents = read_camera_bag(bag)
+            for msg in contents.rgbd_frames(tolerance_ns=20_000_000):
+                if msg.depth is None or msg.camera_info is None:
+                    continue
+                objs = contents.objects_for(msg.topic, msg.stamp_ns) or []
+                out.append((msg.image, [tuple(int(v) for v in o.bbox) for o in objs],
+                            msg.depth, tuple(msg.camera_info[:4])))
+                if len(out) >= n:
+                    break
+        except (OSError, BagError) as exc:
+            raise BenchError(f"--bag {bag}: {exc}") from None
+        if not out:
+            raise BenchError(f"--bag {bag}: no colour frame with depth and CameraInfo "
+                             "(write one with `vl-distill make-bag --depth`)")
+        return out, f"RGB-D bag {bag}"
+    if scene != "ycb":
+        raise BenchError("--depth needs RGB-D frames: --scene ycb (rendered) or --scene bag "
+                         "--bag BAG")
+    if not ycb_models.is_dir():
+        raise BenchError(f"--scene ycb: no models folder {ycb_models} (--ycb-models)")
+    from vl_distill_ros.sim.depth_noise import NOISE_MODELS, apply_depth_noise
+    from vl_distill_ros.sim.scene import SceneRenderer, SceneSpec, render_scene
+
+    if not 1 <= k <= 10:
+        raise BenchError(f"--scene ycb places 1..10 objects, got --objects {k}")
+    rng = np.random.default_rng(seed)
+    spec = SceneSpec(width=width, height=height, objects_per_scene=(k, k), depth=True)
+    frames = []
+    with SceneRenderer(ycb_models) as renderer:
+        for _ in range(n):
+            f = render_scene(renderer, renderer.keys, rng, spec)
+            frames.append((f.image, [tuple(int(v) for v in o.bbox) for o in f.objects],
+                           apply_depth_noise(f.depth, rng, NOISE_MODELS["sensor"]),
+                           tuple(f.intrinsics)))
+    return frames, f"ycb with depth, sensor noise ({ycb_models})"
+
+
 def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
     """How many boxes the node's proposer gives for each frame (its settings from ``-p``)."""
     from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
@@ -166,4 +216,4 @@ def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
         if key in params:
             kw[field] = yaml_value(params[key])
     cfg = ProposalConfig(**kw)
-    return [len(propose_boxes(img, cfg)) for img, _ in frames]
+    return [len(propose_boxes(fr[0], cfg)) for fr in frames]

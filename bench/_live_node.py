@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:  # the package, when it is not installed in the ve
     sys.path.insert(1, str(REPO))
 
 from vl_distill_ros.bags.bag_io import ns_to_stamp
-from vl_distill_ros.perception.image_codec import encode_rgb8
+from vl_distill_ros.perception.image_codec import encode_depth_mm, encode_rgb8
 from vl_distill_ros.ros import node_process
 from vl_distill_ros.ros.node_process import NODE_NAME, log_tail, node_command
 
@@ -427,6 +427,41 @@ def camera_messages(topics: Sequence[str], frames: Sequence[np.ndarray],
     return msgs
 
 
+#: Registered depth for :func:`publisher_main`, per camera: its depth topic and CameraInfo
+#: topic, and per frame the depth (metres, 0 = none) and intrinsics ``(fx, fy, cx, cy)``.
+RGBD = tuple[list[str], list[str], list[np.ndarray], list[tuple[float, float, float, float]]]
+
+
+def depth_messages(rgbd: RGBD, n_cameras: int, frame_id: str = "camera") -> list[list[Any]]:
+    """Per camera, per frame: its ``(CameraInfo, 16UC1 depth Image)`` built once (only the
+    stamps change when they are published); a distortion-free CameraInfo (plumb_bob, zero
+    D) as ``vl-distill make-bag --depth`` writes."""
+    from sensor_msgs.msg import CameraInfo, Image
+
+    _, _, depths, intrinsics = rgbd
+    out = []
+    for ci in range(n_cameras):
+        row = []
+        for depth, (fx, fy, cx, cy) in zip(depths, intrinsics):
+            encoding, height, width, step, data = encode_depth_mm(depth)
+            d = Image()
+            d.header.frame_id = f"{frame_id}_{ci}"
+            d.height, d.width, d.encoding, d.is_bigendian, d.step = height, width, encoding, 0, step
+            d.data = data
+            info = CameraInfo()
+            info.header.frame_id = d.header.frame_id
+            info.height, info.width = height, width
+            info.distortion_model = "plumb_bob"
+            info.d = [0.0] * 5
+            info.k = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
+            info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+            info.p = [float(fx), 0.0, float(cx), 0.0, 0.0, float(fy), float(cy), 0.0,
+                      0.0, 0.0, 1.0, 0.0]
+            row.append((info, d))
+        out.append(row)
+    return out
+
+
 def _wait_for_subscribers(pubs: list, topics: Sequence[str], wait_s: float, queue,
                           stop_event) -> bool:
     """Wait until every camera publisher has a subscriber (reports an error when not)."""
@@ -441,9 +476,12 @@ def _wait_for_subscribers(pubs: list, topics: Sequence[str], wait_s: float, queu
 
 
 def _camera_loop(pubs: list, msgs: list[list[Any]], fps: float, duration_s: float, stop_event,
-                 record_stamps: bool) -> dict[str, Any]:
+                 record_stamps: bool, extras: list[tuple[list, list[list[Any]]]] = ()
+                 ) -> dict[str, Any]:
     """Publish on schedule (cameras staggered by 1/(fps*N); a slot already a full period late
-    is skipped); returns the counters, stamps, lags and publish-call costs."""
+    is skipped); returns the counters, stamps, lags and publish-call costs. Each of
+    ``extras``, ``(publishers per camera, messages per camera per frame as tuples)``, is
+    published just before the colour image, with its stamp (CameraInfo and depth)."""
     n_cam, n_frames = len(pubs), len(msgs[0])
     period = 1.0 / fps
     st: dict[str, Any] = {"stamps": [[] for _ in pubs], "published": [0] * n_cam,
@@ -465,7 +503,12 @@ def _camera_loop(pubs: list, msgs: list[list[Any]], fps: float, duration_s: floa
             msg = msgs[ci][(k + ci) % n_frames]
             a = time.monotonic()
             stamp = time.time_ns()
-            msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(stamp)
+            sec_nsec = ns_to_stamp(stamp)
+            for extra_pubs, extra_msgs in extras:
+                for pub, m in zip(extra_pubs[ci], extra_msgs[ci][(k + ci) % n_frames]):
+                    m.header.stamp.sec, m.header.stamp.nanosec = sec_nsec
+                    pub.publish(m)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = sec_nsec
             pubs[ci].publish(msg)
             b = time.monotonic()
             st["published"][ci] += 1
@@ -498,9 +541,11 @@ def _publisher_report(st: dict[str, Any], wall0: int, ticks0) -> dict[str, Any]:
 def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, duration_s: float,
                    queue, stop_event, wait_subscribers_s: float, frame_id: str = "camera",
                    record_stamps: bool = True, reliability: str = "reliable",
-                   depth: int = 10) -> None:
+                   depth: int = 10, rgbd: RGBD | None = None) -> None:
     """Publish ``frames`` cyclically on every topic at ``fps`` (cameras staggered by
     1/(fps*N)), fresh wall-clock stamps, for ``duration_s`` s (inf: until ``stop_event``).
+    With ``rgbd`` each camera's CameraInfo and 16UC1 depth go out just before its colour
+    image, with the same stamp (``depth`` is the QoS history depth).
 
     A slot that is already more than one period late is skipped, as a real camera would.
     Reports ``("started", wall_ns)`` then ``("done", stats)`` (or ``("error", text)``).
@@ -520,12 +565,20 @@ def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, dura
                          durability=DurabilityPolicy.VOLATILE)
         pubs = [node.create_publisher(Image, t, qos) for t in topics]
         msgs = camera_messages(topics, frames, frame_id)
+        extras: list = []
+        if rgbd is not None:
+            from sensor_msgs.msg import CameraInfo
+
+            extra_pubs = [(node.create_publisher(CameraInfo, i_t, qos),
+                           node.create_publisher(Image, d_t, qos))
+                          for d_t, i_t in zip(rgbd[0], rgbd[1])]
+            extras.append((extra_pubs, depth_messages(rgbd, len(topics), frame_id)))
         if not _wait_for_subscribers(pubs, topics, wait_subscribers_s, queue, stop_event):
             return
         ticks0 = os.times()
         wall0 = time.time_ns()
         queue.put(("started", wall0))
-        st = _camera_loop(pubs, msgs, fps, duration_s, stop_event, record_stamps)
+        st = _camera_loop(pubs, msgs, fps, duration_s, stop_event, record_stamps, extras)
         queue.put(("done", _publisher_report(st, wall0, ticks0)))
         try:
             node.destroy_node()
@@ -544,7 +597,7 @@ class Publisher:
     def __init__(self, topics: list[str], frames: list[np.ndarray], fps: float,
                  duration_s: float, wait_subscribers_s: float = 30.0,
                  record_stamps: bool = True, reliability: str = "reliable",
-                 depth: int = 10) -> None:
+                 depth: int = 10, rgbd: RGBD | None = None) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -554,7 +607,8 @@ class Publisher:
                                 args=(topics, frames, fps, duration_s, self.queue,
                                       self.stop_event, wait_subscribers_s),
                                 kwargs={"record_stamps": record_stamps,
-                                        "reliability": reliability, "depth": depth})
+                                        "reliability": reliability, "depth": depth,
+                                        "rgbd": rgbd})
         self.proc.start()
         self.started_ns: int | None = None
         self.result: dict | None = None

@@ -7,8 +7,18 @@ private namespace) and is fed by ``--cameras`` synthetic 640x480 cameras at ``--
 publisher runs in its own process (``multiprocessing`` spawn), so this recorder process never
 starves it; it stamps every frame with the wall clock at publication, cycling through a few
 pre-rendered frames (synthetic coloured shapes on a wood-textured table, or YCB scenes with
-``--scene ycb``). This process records ``~/labels`` (receive time) and ``/diagnostics`` and
-samples the node's ``/proc/<pid>`` every ``--rss-interval`` seconds.
+``--scene ycb``, or the frames of a bag with ``--scene bag --bag BAG``). This process records
+``~/labels`` (receive time) and ``/diagnostics`` and samples the node's ``/proc/<pid>`` every
+``--rss-interval`` seconds.
+
+With ``--depth`` every colour image is preceded by its registered depth (16UC1, mm) and the
+colour camera's CameraInfo, same stamp, on ``<camera>/depth/image_raw`` and
+``<camera>/camera_info``, which the node gets as ``depth_topics`` / ``camera_info_topics``
+(its default ``proposal_source: auto`` then runs the depth proposer). The RGB-D frames are
+rendered YCB scenes with the renderer's depth and sensor noise model (``--scene ycb``) or
+an RGB-D bag's (``--scene bag``). ``--compare-colour-only`` then runs the same frames again
+without depth, with a fresh node, right after, and reports both and their fps ratio (the
+machine's load changes less between back-to-back runs).
 
 Measured over the window after the warm-up (frames whose stamp falls in it):
 
@@ -53,7 +63,7 @@ from _common import (REPO, BenchError, bench_main, loadavg, log, machine_info, p
 from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, Recorder,
                         build_bundle, describe_bundle, other_busy_processes, parse_node_params,
                         public)
-from _frames import make_frames, offline_proposals, yaml_value
+from _frames import make_frames, offline_proposals, rgbd_frames, yaml_value
 
 from vl_distill_ros.ros.params import default_model_path  # noqa: E402 - the packaged bundle
 from vl_distill_ros.sim.render import MODELS_ENV  # noqa: E402
@@ -108,10 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--height", type=int, default=480, help="frame height (pixels)")
     ap.add_argument("--frames", type=int, default=8,
                     help="distinct pre-rendered frames, published cyclically")
-    ap.add_argument("--scene", choices=("synthetic", "ycb"), default="synthetic",
+    ap.add_argument("--scene", choices=("synthetic", "ycb", "bag"), default="synthetic",
                     help="synthetic: coloured shapes on a wood texture (numpy/OpenCV); ycb: "
                          "rendered YCB scenes (vl_distill_ros.sim.scene, needs pybullet "
-                         "and --ycb-models; at most 10 objects)")
+                         "and --ycb-models; at most 10 objects); bag: the first --frames "
+                         "frames of --bag (their own size and objects)")
+    ap.add_argument("--bag", type=Path, default=None,
+                    help="camera bag for --scene bag (an RGB-D bag for --depth)")
+    ap.add_argument("--depth", action="store_true",
+                    help="also publish registered depth (16UC1 mm) and CameraInfo with every "
+                         "frame and give the node depth_topics/camera_info_topics (needs "
+                         "--scene ycb or bag)")
+    ap.add_argument("--compare-colour-only", action="store_true",
+                    help="with --depth: then run the same frames without depth (fresh node) "
+                         "and report both and the fps ratio")
     ap.add_argument("--ycb-models", type=Path,
                     default=Path(os.environ.get(MODELS_ENV, "").strip()
                                  or REPO.parent / "shared" / "ycb_models"),
@@ -168,6 +188,10 @@ def check_args(a: argparse.Namespace) -> None:
         raise BenchError("--frames must be >= 1 and the frame at least 32x32")
     if a.rss_interval <= 0:
         raise BenchError("--rss-interval must be > 0")
+    if a.compare_colour_only and not a.depth:
+        raise BenchError("--compare-colour-only needs --depth")
+    if a.scene == "bag" and a.bag is None:
+        raise BenchError("--scene bag needs --bag BAG")
 
 
 def _model(a: argparse.Namespace, tmp: Path) -> tuple[Path, dict[str, Any]]:
@@ -189,25 +213,39 @@ def _model(a: argparse.Namespace, tmp: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _frames(a: argparse.Namespace, raw_params: dict[str, str]) -> tuple[list, int, dict]:
-    """(frames, objects expected per labelled frame, the JSON ``frames`` entry)."""
-    log(f"rendering {a.frames} {a.width}x{a.height} frames with {a.objects} objects ...")
-    frames, scene_desc = make_frames(a.scene, a.frames, a.objects, a.width, a.height,
-                                     a.seed, a.ycb_models)
+    """(frames, objects expected per labelled frame, the JSON ``frames`` entry); a frame is
+    ``(rgb, boxes)``, or ``(rgb, boxes, depth m, (fx, fy, cx, cy))`` for RGB-D scenes."""
+    log(f"reading {a.frames} frames of {a.bag} ..." if a.scene == "bag" else
+        f"rendering {a.frames} {a.width}x{a.height} frames with {a.objects} objects"
+        f"{' and depth' if a.depth else ''} ...")
+    if a.depth or a.scene == "bag":
+        frames, scene_desc = rgbd_frames(a.scene, a.frames, a.objects, a.width, a.height,
+                                         a.seed, a.ycb_models, a.bag)
+    else:
+        frames, scene_desc = make_frames(a.scene, a.frames, a.objects, a.width, a.height,
+                                         a.seed, a.ycb_models)
     offline = offline_proposals(frames, raw_params)
     crop_source = str(yaml_value(raw_params.get("crop_source", "proposals")))
-    expected = {"full_frame": 1}.get(crop_source, a.objects)
-    return frames, expected, {"scene": scene_desc, "count": len(frames),
-                              "size": [a.width, a.height],
-                              "objects_drawn": [len(b) for _, b in frames],
+    drawn = [len(fr[1]) for fr in frames]
+    expected = {"full_frame": 1}.get(crop_source, a.objects if a.scene != "bag"
+                                     else round(statistics.fmean(drawn)))
+    size = [int(frames[0][0].shape[1]), int(frames[0][0].shape[0])]
+    return frames, expected, {"scene": scene_desc, "count": len(frames), "size": size,
+                              "objects_drawn": drawn, "depth": bool(a.depth),
                               "proposals_offline": offline, "crop_source": crop_source}
 
 
 def _start_node(a: argparse.Namespace, model: Path, tmp: Path, raw_params: dict[str, str],
-                cpus: tuple[int, ...] | None, out: dict[str, Any]) -> tuple[NodeProcess, list]:
-    """Start the node on ``--cameras`` private topics; returns it and the topics."""
+                cpus: tuple[int, ...] | None, out: dict[str, Any], depth: bool = False
+                ) -> tuple[NodeProcess, list, list, list]:
+    """Start the node on ``--cameras`` private topics; returns it, the colour topics and
+    (with ``depth``) the depth and CameraInfo topics."""
     ns = f"/vl_bench_{os.getpid()}_{secrets.token_hex(3)}"
     topics = [f"{ns}/camera_{i}/image_raw" for i in range(a.cameras)]
+    d_topics = [f"{ns}/camera_{i}/depth/image_raw" for i in range(a.cameras)] if depth else []
+    i_topics = [f"{ns}/camera_{i}/camera_info" for i in range(a.cameras)] if depth else []
     params = {"model_path": str(model), "image_topics": topics,
+              **({"depth_topics": d_topics, "camera_info_topics": i_topics} if depth else {}),
               "diagnostics_period": 1.0, "device": a.device,
               "text_cache_dir": str(tmp / "text_cache"),
               "vocabulary_store": str(tmp / "vocabulary.yaml"),
@@ -218,7 +256,7 @@ def _start_node(a: argparse.Namespace, model: Path, tmp: Path, raw_params: dict[
                    "params": {**params, **raw_params},
                    "pinned_cpus": list(cpus) if cpus else None}
     log(f"node pid {node.pid} starting (namespace {ns}, domain {ROS_ENV['ROS_DOMAIN_ID']})")
-    return node, topics
+    return node, topics, d_topics, i_topics
 
 
 class Marks:
@@ -293,31 +331,52 @@ def _drain(a: argparse.Namespace, recorder: Recorder, end_count: int) -> None:
 
 
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
-    """The measurement: model, frames, node, publisher, sampling, drain, summary."""
+    """The measurement: model, frames, then one node run (with ``--compare-colour-only`` a
+    second one without depth, reported under ``colour_only`` with the fps ratio)."""
     check_args(a)
     cpus = tuple(int(c) for c in a.node_cpus.split(",") if c.strip()) if a.node_cpus else None
-    raw_params = parse_node_params(a.param, controlled=("model_path", "image_topics",
-                                                        "diagnostics_period", "device"))
+    raw_params = parse_node_params(
+        a.param, controlled=("model_path", "image_topics", "diagnostics_period", "device",
+                             *(("depth_topics", "camera_info_topics") if a.depth else ())))
     out["machine"] = machine_info(LIBRARIES)
     out["ros"] = dict(ROS_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="vl_bench_tp_"))
     out["_tmp"] = tmp
+    model, out["model"] = _model(a, tmp)
+    frames, expected, out["frames"] = _frames(a, raw_params)
+    _run_node(a, out, model, tmp, frames, expected, raw_params, cpus, a.depth)
+    if a.compare_colour_only:
+        log("the same frames again without depth ...")
+        other: dict[str, Any] = {"machine": out["machine"]}
+        _run_node(a, other, model, tmp, frames, expected, raw_params, cpus, False)
+        other.pop("machine")
+        out["colour_only"] = other
+        with_d, without = out["results"]["processed_fps"], other["results"]["processed_fps"]
+        out["fps_ratio_depth_to_colour_only"] = r(with_d / without, 3) if without else None
+
+
+def _run_node(a: argparse.Namespace, out: dict[str, Any], model: Path, tmp: Path,
+              frames: list, expected: int, raw_params: dict[str, str],
+              cpus: tuple[int, ...] | None, depth: bool) -> None:
+    """One run: node, publisher (with depth and CameraInfo when ``depth``), sampling, drain,
+    summary into ``out`` (``node``, ``results``, ``publisher``, ``targets``, ``pass``)."""
     node = publisher = recorder = None
     try:
-        model, out["model"] = _model(a, tmp)
-        frames, expected, out["frames"] = _frames(a, raw_params)
-        node, topics = _start_node(a, model, tmp, raw_params, cpus, out)
+        node, topics, d_topics, i_topics = _start_node(a, model, tmp, raw_params, cpus, out,
+                                                       depth)
         recorder = Recorder(node.fqn, node.labels_topic)
         out["node"]["startup_s"] = r(recorder.wait_ready(node, topics, a.node_timeout), 2)
         log(f"node ready after {out['node']['startup_s']} s")
         out["context"] = {"other_busy_processes": other_busy_processes(exclude=[node.pid])}
-        publisher = Publisher(topics, [f for f, _ in frames], a.fps, a.warmup + a.duration,
-                              reliability=a.publisher_qos, depth=a.publisher_depth)
+        rgbd = (d_topics, i_topics, [f[2] for f in frames], [f[3] for f in frames]) \
+            if depth else None
+        publisher = Publisher(topics, [f[0] for f in frames], a.fps, a.warmup + a.duration,
+                              reliability=a.publisher_qos, depth=a.publisher_depth, rgbd=rgbd)
         publisher.wait_started(node, timeout=120.0)
         w_start = publisher.started_ns + int(a.warmup * 1e9)
         w_end = w_start + int(a.duration * 1e9)
-        log(f"publishing {a.cameras} camera(s) at {a.fps:g} fps: {a.warmup:g} s warm-up + "
-            f"{a.duration:g} s measured")
+        log(f"publishing {a.cameras} camera(s) at {a.fps:g} fps{' with depth' if depth else ''}"
+            f": {a.warmup:g} s warm-up + {a.duration:g} s measured")
         marks = _sample_until_done(a, node, recorder, publisher, w_start, w_end)
         _drain(a, recorder, marks.diag["end_count"])
         peak = node.stats.status_kb("VmHWM", "VmRSS")
@@ -367,7 +426,8 @@ def _label_stats(a, pub: dict, labels: list, w_start: int, w_end: int) -> dict[s
 
 def _counters(entry: dict | None) -> dict[str, int]:
     """The node's counters summed over its cameras in one diagnostics entry."""
-    tot = {"received": 0, "processed": 0, "dropped": 0, "errors": 0, "bad_frames": 0}
+    tot = {"received": 0, "processed": 0, "dropped": 0, "errors": 0, "bad_frames": 0,
+           "depth_used": 0, "colour_only": 0, "depth_errors": 0}
     for vals in (entry or {}).get("cameras", {}).values():
         for k in tot:
             try:

@@ -19,9 +19,18 @@ result has a ``depth`` section with three proposers on the frames that have dept
 recall, false positives per frame and ms/frame (``--depth-config`` names a
 ``config/depth_proposals.yaml``-style file).
 
+The renderer keeps every object inside the frame, so with ``--cut-border`` each frame is
+also cropped so that the crop's edge cuts one of its objects (a random object and side,
+40-70% of it left in view, seeded by the frame's index): the ``cut_border`` section has
+recall and false positives per frame on these crops, and the recall of the ``cut`` objects
+(the ones the crop cuts) and the ``whole`` ones (ground-truth boxes are clipped to the crop;
+objects less than 30% in view are left out of the truth). With ``--depth`` the crops are
+scored with depth too (depth cropped alike, the principal point moved).
+
     .venv/bin/python bench/proposals_recall.py                   # demo/sample_tabletop
     .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.1
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth
+    .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --cut-border
 """
 from __future__ import annotations
 
@@ -214,6 +223,64 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
     return tallies
 
 
+#: Fraction of a cut object left in view (uniform), and the least fraction of a ground-truth
+#: box that must stay in view to be counted.
+CUT_KEEP: tuple[float, float] = (0.4, 0.7)
+CUT_MIN_VISIBLE = 0.3
+
+
+def cut_frame(image: np.ndarray, truth: list, seed: int, depth: np.ndarray | None = None,
+              k: Any = None) -> tuple | None:
+    """A crop of one frame whose edge cuts one ground-truth object: ``(image, truth, depth,
+    intrinsics)`` with the truth clipped to the crop and labelled ``cut`` or ``whole``
+    (``None`` when no object can be cut leaving at least half of the frame's side)."""
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(seed)
+    for i in rng.permutation(len(truth)):
+        x, y, bw, bh = (float(v) for v in truth[i][:4])
+        f = float(rng.uniform(*CUT_KEEP))
+        sides = {"left": (int(x + (1 - f) * bw), 0, w, h), "right": (0, 0, int(x + f * bw), h),
+                 "top": (0, int(y + (1 - f) * bh), w, h), "bottom": (0, 0, w, int(y + f * bh))}
+        ok = [c for c in sides.values() if c[2] - c[0] >= w / 2 and c[3] - c[1] >= h / 2]
+        if not ok:
+            continue
+        x0, y0, x1, y1 = ok[int(rng.integers(len(ok)))]
+        clipped = []
+        for t in truth:
+            tx0, ty0 = max(float(t[0]), x0), max(float(t[1]), y0)
+            tx1, ty1 = min(float(t[0] + t[2]), x1), min(float(t[1] + t[3]), y1)
+            if tx1 - tx0 < 4 or ty1 - ty0 < 4 or \
+                    (tx1 - tx0) * (ty1 - ty0) < CUT_MIN_VISIBLE * float(t[2] * t[3]):
+                continue
+            cut = (tx1 - tx0) * (ty1 - ty0) < 0.999 * float(t[2] * t[3])
+            clipped.append((tx0 - x0, ty0 - y0, tx1 - tx0, ty1 - ty0, "cut" if cut else "whole"))
+        sub_k = None
+        if k is not None:
+            from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+            sub_k = CameraIntrinsics(k.fx, k.fy, k.cx - x0, k.cy - y0, x1 - x0, y1 - y0)
+        return (np.ascontiguousarray(image[y0:y1, x0:x1]), clipped,
+                None if depth is None else np.ascontiguousarray(depth[y0:y1, x0:x1]), sub_k)
+    return None
+
+
+def cut_frames(frames: list[tuple], with_depth: bool) -> list[tuple]:
+    """:func:`cut_frame` of every frame (``(image, truth)`` or, ``with_depth``, ``(image,
+    truth, depth, intrinsics)``) that has an object to cut, in the same layout."""
+    out = []
+    for n, fr in enumerate(frames):
+        c = cut_frame(fr[0], fr[1], n, *(fr[2:4] if with_depth else ()))
+        if c is not None:
+            out.append(c if with_depth else c[:2])
+    return out
+
+
+def _kind_summary(t: Tally) -> dict[str, Any]:
+    """A tally over cut-border frames: ``recall_by_label`` becomes ``recall_by_kind``."""
+    s = t.summary(True)
+    s["recall_by_kind"] = s.pop("recall_by_label")
+    return s
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bags", nargs="+", default=[str(DEFAULT_BAG)],
@@ -228,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-labels", action="store_true", help="leave out recall_by_label")
     ap.add_argument("--depth", action="store_true",
                     help="also compare colour, depth and fused proposals on frames with depth")
+    ap.add_argument("--cut-border", action="store_true",
+                    help="also score crops of each frame that cut one object at the border")
     ap.add_argument("--depth-config", default=None, metavar="YAML",
                     help="depth proposer settings (default: DepthProposalConfig defaults)")
     args = ap.parse_args(argv)
@@ -247,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else DepthProposalConfig()
     depth_total = {name: Tally() for name in ("colour", "depth", "auto")}
     depth_bags: dict[str, Any] = {}
+    cut_total = {name: Tally() for name in ("colour", "depth", "auto")}
     total = Tally()
     per_bag: dict[str, Any] = {}
     t_start = time.perf_counter()
@@ -266,12 +336,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im, _ in frames})
         per_bag[str(bag)] = {"image_sizes": sizes, **tally.summary(not args.no_labels)}
         total.merge(tally)
+        if args.cut_border and not args.depth:
+            cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
         if args.depth:
-            rgbd = evaluate_rgbd(load_rgbd_frames(bag, args.max_frames), cfg, depth_cfg,
-                                 args.iou)
+            rgbd_frames = load_rgbd_frames(bag, args.max_frames)
+            rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
                 depth_total[name].merge(t)
+            if args.cut_border:
+                cut = evaluate_rgbd(cut_frames(rgbd_frames, True), cfg, depth_cfg, args.iou)
+                for name, t in cut.items():
+                    cut_total[name].merge(t)
     result = {
         "bench": "proposals_recall",
         "iou_threshold": args.iou,
@@ -284,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         **({"depth": {"config": dataclasses.asdict(depth_cfg),
                       "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()},
                       "bags": depth_bags}} if args.depth else {}),
+        **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,
+                           **{k: _kind_summary(v) for k, v in cut_total.items() if v.frames}}}
+           if args.cut_border else {}),
         "total_s": round(time.perf_counter() - t_start, 2),
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__,

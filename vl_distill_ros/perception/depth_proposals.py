@@ -216,10 +216,11 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
     if n_pts < 3:
         return None
     pts = np.asarray(points, np.float32)
-    sub = pts[rng.integers(0, n_pts, size=min(n_pts, int(cfg.ransac_samples)))]
-    fit = pts[rng.integers(0, n_pts, size=min(n_pts, 8 * int(cfg.ransac_samples)))] \
-        if n_pts > 8 * int(cfg.ransac_samples) else pts
-    tri = pts[rng.integers(0, n_pts, size=(int(cfg.ransac_iterations), 3))]
+    # np.take / np.compress: the rows that fancy / boolean indexing would give, 3-4x faster
+    sub = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, int(cfg.ransac_samples))), 0)
+    fit = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, 8 * int(cfg.ransac_samples))),
+                  0) if n_pts > 8 * int(cfg.ransac_samples) else pts
+    tri = np.take(pts, rng.integers(0, n_pts, size=(int(cfg.ransac_iterations), 3)), 0)
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     norm = np.linalg.norm(normals, axis=1)
     ok = norm > 1e-9
@@ -236,9 +237,9 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
         inliers = np.abs(fit @ n + d) < thr
         if np.count_nonzero(inliers) < 3:
             return None
-        sel = fit[inliers].astype(np.float64)
+        sel = np.compress(inliers, fit, axis=0).astype(np.float64)
         centre = sel.mean(axis=0)
-        cov = (sel - centre).T @ (sel - centre)
+        cov = (sel - centre).T @ (sel - centre)  # not dev.T @ dev: numpy's syrk rounds apart
         n = np.linalg.eigh(cov)[1][:, 0]
         d = -float(n @ centre)
     if d < 0:  # the camera (origin) on the positive side: heights above the table > 0
@@ -276,10 +277,17 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
     hi = cv2.dilate(z, kernel)
     lo = cv2.erode(np.where(valid, z, np.float32(1e6)), kernel)
     valid &= (hi - lo) <= cfg.edge_jump_frac * z
-    rows, cols = np.nonzero(valid)
-    zz = z[rows, cols]
-    pts = np.stack([((off + cols * s) - k.cx) * zz / k.fx,
-                    ((off + rows * s) - k.cy) * zz / k.fy, zz], axis=1).astype(np.float32)
+    flat = np.flatnonzero(valid)
+    rows, cols = np.divmod(flat, z.shape[1])
+    zz = np.take(z.reshape(-1), flat)
+    # per grid column / row first (the same float64 values as per sample), then per sample;
+    # written straight into the float32 cloud (the rounding of astype)
+    u = (off + np.arange(z.shape[1]) * s) - k.cx
+    v = (off + np.arange(z.shape[0]) * s) - k.cy
+    pts = np.empty((flat.size, 3), np.float32)
+    pts[:, 0] = np.take(u, cols) * zz / k.fx
+    pts[:, 1] = np.take(v, rows) * zz / k.fy
+    pts[:, 2] = zz
     return DepthCloud(z, valid, s, off, rows, cols, pts)
 
 
