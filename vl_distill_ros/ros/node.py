@@ -174,7 +174,7 @@ class VlDistillNode(Node):
             self.text_service, self.store_path, self.get_logger(),
             persist=lambda: bool(self.get_parameter("persist_vocabulary").value))
         if p["warm_text_encoder"]:
-            self.vocabulary.start_warming()
+            self.vocabulary.warm()  # before any subscription (see VocabularyController.warm)
         vocab, source, vocab_file, emb = self._startup_vocabulary(p)
         try:
             settings = PipelineSettings.from_params(p)

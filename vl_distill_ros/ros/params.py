@@ -102,10 +102,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "torch.set_num_threads for the PyTorch fallback); 0 = the library default.",
               read_only=True, range=(0, 256)),
     ParamSpec("warm_text_encoder", True, "bool",
-              "Load the teacher's text encoder in the background at start-up, so the first "
-              "name that is not in the cache costs its embedding (~0.1 s) instead of the "
-              "encoder's load (~3 s). Costs the encoder's memory (~100 MB for the offline "
-              "teacher).", read_only=True),
+              "Load the teacher's text encoder at start-up, before the cameras are "
+              "subscribed, so the first name that is not in the cache costs its embedding "
+              "(~0.1 s) instead of the encoder's load (~3 s; start-up takes that much "
+              "longer). Costs the encoder's memory (~100 MB for the offline teacher).",
+              read_only=True),
     ParamSpec("text_cache_dir", "~/.cache/vl_distill_ros/text_embeddings", "string",
               "Directory of the persistent label text-embedding cache (one file per teacher); "
               "empty disables the disk cache.", read_only=True),

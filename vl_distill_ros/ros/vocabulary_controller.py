@@ -166,7 +166,6 @@ class VocabularyController:
         self._tls = threading.local()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warm_thread: threading.Thread | None = None
         self._request: Vocabulary | None = None
         self._seq = 0
         self.state = "ready"
@@ -248,19 +247,16 @@ class VocabularyController:
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
-        for thread in (self._thread, self._warm_thread):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=timeout)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
 
-    def start_warming(self) -> threading.Thread:
-        """Load the teacher's text encoder in a background thread (new names then cost
-        ~0.1 s instead of the encoder's load)."""
-        thread = threading.Thread(target=self._warm, name="warm_text_encoder", daemon=True)
-        self._warm_thread = thread
-        thread.start()
-        return thread
-
-    def _warm(self) -> None:
+    def warm(self) -> None:
+        """Load the teacher's text encoder now, in the calling thread (new names then cost
+        ~0.1 s instead of the encoder's load). The node calls it before it subscribes to
+        its cameras: loaded in a background thread, the encoder competed with the first
+        frames for the interpreter lock and the node dropped its first seconds of frames.
+        A teacher that cannot load is logged, not raised (it only matters for new names)."""
         start = time.perf_counter()
         try:
             self.text_service.warm()
