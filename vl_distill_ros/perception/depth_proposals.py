@@ -265,9 +265,11 @@ class DepthCloud:
     points: np.ndarray
 
 
-def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig) -> DepthCloud:
-    """Sample ``depth`` every ``cfg.stride`` pixels, drop invalid and discontinuity samples
-    and back-project the rest with ``k``."""
+def depth_samples(depth: np.ndarray, cfg: DepthProposalConfig
+                  ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(z, valid, stride, offset)``: ``depth`` sampled every ``cfg.stride`` pixels
+    (float32 metres, 0 where invalid) and the mask of samples in range and not on a depth
+    discontinuity (3x3 span above ``edge_jump_frac`` of the depth)."""
     s = int(cfg.stride)
     off = s // 2
     z = np.ascontiguousarray(depth[off::s, off::s], dtype=np.float32)
@@ -277,6 +279,13 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
     hi = cv2.dilate(z, kernel)
     lo = cv2.erode(np.where(valid, z, np.float32(1e6)), kernel)
     valid &= (hi - lo) <= cfg.edge_jump_frac * z
+    return z, valid, s, off
+
+
+def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig) -> DepthCloud:
+    """Sample ``depth`` every ``cfg.stride`` pixels, drop invalid and discontinuity samples
+    (:func:`depth_samples`) and back-project the rest with ``k``."""
+    z, valid, s, off = depth_samples(depth, cfg)
     flat = np.flatnonzero(valid)
     rows, cols = np.divmod(flat, z.shape[1])
     zz = np.take(z.reshape(-1), flat)
