@@ -66,7 +66,7 @@ from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, R
 from _frames import make_frames, offline_proposals, rgbd_frames, yaml_value
 
 from vl_distill_ros.ros.params import default_model_path  # noqa: E402 - the packaged bundle
-from vl_distill_ros.sim.render import MODELS_ENV  # noqa: E402
+from vl_distill_ros.sim.render import MODELS_ENV, default_models_dir  # noqa: E402
 
 ISSUE_TARGET = ("The node sustains 30 frames/s from one 640x480 camera with 5 objects per "
                 "frame on 2 cores, p95 latency under 100 ms, no growth in RSS over 5 minutes.")
@@ -133,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --depth: then run the same frames without depth (fresh node) "
                          "and report both and the fps ratio")
     ap.add_argument("--ycb-models", type=Path,
-                    default=Path(os.environ.get(MODELS_ENV, "").strip()
-                                 or REPO.parent / "shared" / "ycb_models"),
+                    default=Path(default_models_dir(relative_to=REPO)),
                     help=f"YCB models folder for --scene ycb (default: ${MODELS_ENV}, else "
                          "../shared/ycb_models next to the checkout)")
     ap.add_argument("--publisher-qos", choices=("reliable", "best_effort"), default="reliable",

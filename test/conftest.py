@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import missing_ycb_models
-from vl_distill_ros.sim.render import MODELS_ENV
+from vl_distill_ros.sim.render import default_models_dir
 
 # Set before anything imports rclpy: discovery never leaves the loopback interface, and a
 # per-session domain keeps parallel test runs apart.
@@ -20,8 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The YCB models folder: $VL_DISTILL_YCB_MODELS (the variable vl-distill render, make-bag and
 # ablate read), else ../shared/ycb_models next to the checkout.
-YCB_MODELS = Path(os.environ.get(MODELS_ENV, "").strip()
-                  or REPO_ROOT.parent / "shared" / "ycb_models").expanduser().resolve()
+YCB_MODELS = Path(default_models_dir(relative_to=REPO_ROOT)).expanduser().resolve()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -71,8 +71,10 @@ def test_models_folder_comes_from_option_config_environment_or_default(
     cfg = repo_root / "config" / "render_ycb.yaml"
     monkeypatch.delenv(MODELS_ENV, raising=False)
     assert default_models_dir() == DEFAULT_MODELS_DIR == "../shared/ycb_models"
+    assert default_models_dir(relative_to=repo_root) == str(repo_root / DEFAULT_MODELS_DIR)
     assert load_render_spec(cfg).models_dir == str(Path(DEFAULT_MODELS_DIR))
     monkeypatch.setenv(MODELS_ENV, str(tmp_path / "ycb"))
+    assert default_models_dir(relative_to=repo_root) == str(tmp_path / "ycb")
     assert load_render_spec(cfg).models_dir == str(tmp_path / "ycb")
     assert load_render_spec(cfg, [f"models_dir={tmp_path / 'cfg'}"]).models_dir == str(
         tmp_path / "cfg")

@@ -501,19 +501,19 @@ def _grow_cells(cells: np.ndarray, steps: int) -> np.ndarray:
 
 def _background_cells(grid: _ColourGrid, samples: np.ndarray,
                       pairs: tuple[np.ndarray, np.ndarray], cfg: ProposalConfig,
-                      segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boolean grids (flat) of background colours and of local border colours.
 
     Background: well-sampled border colours (but the local ones, found along only a short
-    stretch of the border when the samples' border ``segments`` are given: an object cut by
-    the border), rarely sampled ones next to them, and the blends of colours seen side by
+    stretch of the border, by the samples' border ``segments``: an object cut by the
+    border), rarely sampled ones next to them, and the blends of colours seen side by
     side."""
     idx = grid.index(samples)
     counts = np.bincount(idx, minlength=grid.size)
     occ = counts >= max(cfg.min_bin_count, cfg.min_bin_frac * len(samples))
     seen = counts > 0
     local = np.zeros(grid.size, bool)
-    if segments is not None and cfg.border_object_frac > 0:
+    if cfg.border_object_frac > 0:
         local = _local_cells(grid, idx, segments, occ, cfg)
         occ &= ~local
         seen &= ~local

@@ -80,10 +80,14 @@ MODELS_HELP = (
     "render and make-bag also take --models-dir.")
 
 
-def default_models_dir() -> str:
+def default_models_dir(relative_to: str | Path | None = None) -> str:
     """The YCB models folder to use when none is given: ``$VL_DISTILL_YCB_MODELS`` when set
-    and not empty, else :data:`DEFAULT_MODELS_DIR`."""
-    return os.environ.get(MODELS_ENV, "").strip() or DEFAULT_MODELS_DIR
+    and not empty, else :data:`DEFAULT_MODELS_DIR` (relative to the working directory, or
+    to ``relative_to``, e.g. the checkout for the tests and benches)."""
+    from_env = os.environ.get(MODELS_ENV, "").strip()
+    if from_env:
+        return from_env
+    return str(Path(relative_to) / DEFAULT_MODELS_DIR) if relative_to else DEFAULT_MODELS_DIR
 
 
 #: Attribution required by the YCB models' licence (CC BY 4.0); written into manifests.
