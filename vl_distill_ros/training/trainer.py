@@ -384,6 +384,8 @@ def _build_model(cfg: TrainConfig, env: DistEnv, embed_dim: int, ckpt: dict | No
     student = build_student(cfg.student, embed_dim, load_weights=ckpt is None).to(env.device)
     if ckpt is not None:
         load_student_weights(student, ckpt["student"], ckpt_path)
+    if cfg.optim.channels_last:
+        student = student.to(memory_format=torch.channels_last)
     model: torch.nn.Module = student
     if env.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -444,6 +446,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
             group["lr"] = lr_at(g, run.total_steps, run.warmup, cfg.optim.lr) * group["lr_scale"]
         idx = shard_indices(perm, step, run.local_bs, env.rank, env.world)
         x = run.augment(run.images[idx], aug_gen).to(env.device)
+        if cfg.optim.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         s = run.model(x)
         total, parts = run.loss_fn(s, run.targets[idx].to(env.device), run.text_emb,
                                    run.labels[idx].to(env.device), run.broad, as_float=False)
