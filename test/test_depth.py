@@ -428,3 +428,50 @@ def _replay_live(bag: Path, bundle: Path, out: Path) -> dict:
                      "-p", "inference_backend:=torch"])
     assert code == 0
     return json.loads((out / "report.json").read_text())
+
+
+def test_two_stages_in_two_threads_give_what_process_gives(bundle):
+    """The node's pipelined mode: :meth:`prepare` of frame i+1 in one thread while
+    :meth:`classify` of frame i runs in another gives, frame by frame, the objects and the
+    depth status that :meth:`process` gives; ``prepare`` leaves ``last_depth_status`` alone
+    (its status travels with the frame)."""
+    import queue
+    import threading
+
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch")
+    depth, truth = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    x, y, w, h = truth[0]
+    image[y:y + h, x:x + w] = (200, 40, 40)
+    inputs = [(image, depth, K), (image, None, None), (image, depth[:240], K)] * 3
+    expected = []
+    for args in inputs:
+        objects, version = pipe.process(*args)
+        expected.append(([(o.bbox, o.label, round(o.score, 6)) for o in objects], version,
+                         pipe.last_depth_status))
+    assert {e[2] for e in expected} == {"used", "", "depth is (640, 240) but the image is 640x480"}
+    pipe.last_depth_status = "untouched"
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    got = []
+
+    def stage_one():
+        for args in inputs:
+            handoff.put(pipe.prepare(*args))
+        handoff.put(None)
+
+    def stage_two():
+        while (frame := handoff.get()) is not None:
+            objects, version = pipe.classify(frame)
+            got.append(([(o.bbox, o.label, round(o.score, 6)) for o in objects], version,
+                        frame.depth_status))
+
+    threads = [threading.Thread(target=stage_one), threading.Thread(target=stage_two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert got == expected
+    assert pipe.last_depth_status == "untouched"

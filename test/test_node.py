@@ -500,14 +500,15 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
     with running_node(ctx, ns, bundle_path, tmp_path, crop_source="rois", rois=rois) as node:
         fqn = node.get_fully_qualified_name()
         # However fast this machine's runtime is, a frame must take longer than the 10 ms
-        # between frames for latest-wins dropping to be exercised: add 25 ms per frame.
-        real_process = node.pipeline.process
+        # between frames for latest-wins dropping to be exercised: add 25 ms per frame (to
+        # the student stage; the node overlaps it with the next frame's boxes).
+        real_classify = node.pipeline.classify
 
-        def slow_process(image):
+        def slow_classify(frame):
             time.sleep(0.025)
-            return real_process(image)
+            return real_classify(frame)
 
-        node.pipeline.process = slow_process
+        node.pipeline.classify = slow_classify
         labels = tester.watch_labels(f"{fqn}/labels")
         topic = f"{ns}/image"
         msg = make_msg("rgb8", rgb_image(240, 320), "warmup", 0)
@@ -550,6 +551,51 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
         print(f"\nflood: sent {sent} in 3 s, processed {len(flood_docs)}, dropped total "
               f"{cam.dropped}, latency median {latency[len(latency) // 2] * 1e3:.0f} ms max "
               f"{latency[-1] * 1e3:.0f} ms, RSS {rss0:.0f} -> {rss1:.0f} MB")
+
+
+def test_pipelined_node_publishes_what_one_thread_publishes_in_order(
+        ctx, tester, bundle_path, tmp_path):
+    """``pipelined`` (default true) runs the boxes of one frame in one thread while another
+    classifies the previous frame: the labels of each frame are those of ``pipelined:
+    false``, a burst comes out in publishing order, and both threads end with the node."""
+    colours = [YELLOW, SWAPPED, DARK, YELLOW, DARK]
+
+    def table(colour, i: int) -> np.ndarray:  # one block on a plain table, somewhere else
+        image = np.full((240, 320, 3), (200, 190, 170), np.uint8)
+        image[40 + 10 * i:120 + 10 * i, 60 + 30 * i:150 + 30 * i] = colour
+        return image
+
+    results = {}
+    for flag in (True, False):
+        ns = f"/pipelined_{str(flag).lower()}"
+        with running_node(ctx, ns, bundle_path, tmp_path / ns.strip("/"),
+                          crop_source="proposals", pipelined=flag) as node:
+            fqn = node.get_fully_qualified_name()
+            names = {t.name for t in node._threads}
+            stages = {"vl_distill_prepare", "vl_distill_classify"}
+            assert (stages <= names) if flag else ("vl_distill_inference" in names
+                                                   and not stages & names)
+            labels = tester.watch_labels(f"{fqn}/labels")
+            docs = [publish_until_labelled(tester, f"{ns}/image", make_msg(
+                "rgb8", table(c, i), f"f{i}", i), labels) for i, c in enumerate(colours)]
+            results[flag] = [[(o["bbox"], o["label"], round(o["score"], 5)) for o in d["objects"]]
+                             for d in docs]
+            n0 = len(labels)
+            for i in range(30):  # a burst at 100 Hz: some dropped, the rest in order
+                tester.publish(f"{ns}/image", make_msg("rgb8", colour_image(240, 320, DARK),
+                                                       f"burst{i:02d}", 100 + i))
+                time.sleep(0.01)
+            assert wait_for(lambda: any(d["header"]["frame_id"] == "burst29"
+                                        for _, d in labels[n0:]), 10.0)
+            burst = [d["header"]["frame_id"] for _, d in labels[n0:]
+                     if d["header"]["frame_id"].startswith("burst")]
+            assert burst == sorted(burst) and len(set(burst)) == len(burst)
+            threads = list(node._threads)
+        assert not any(t.is_alive() for t in threads)
+    assert results[True] == results[False]
+    assert [len(objs) for objs in results[True]] == [1] * len(colours), results[True]
+    assert [objs[0][1] for objs in results[True]] == [
+        "banana", "mug", "power drill", "banana", "power drill"]
 
 
 def test_missing_default_bundle_fails_with_instructions(ctx, monkeypatch, tmp_path):

@@ -171,6 +171,21 @@ def test_proposals_mode_finds_objects_on_a_plain_table(bundle):
     assert whole.bbox == (0, 0, 160, 120)
 
 
+def test_a_prepared_frame_is_classified_with_the_settings_it_was_prepared_with(bundle):
+    """Settings changed between the node's two stages apply from the next frame: a frame
+    keeps the snapshot :meth:`prepare` took (its boxes and its thresholds agree)."""
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.9,
+                              score_temperature=1.0)
+    prepared = pipe.prepare(frame())
+    pipe.configure(unknown_threshold=0.0, crop_source="rois", rois=[(0, 0, 10, 10)])
+    (o,), _ = pipe.classify(prepared)
+    assert o.label == UNKNOWN_LABEL and o.bbox == (0, 0, 64, 48)
+    (o,), _ = pipe.classify(pipe.prepare(frame()))
+    assert o.known and o.bbox == (0, 0, 10, 10)
+    with pytest.raises(PipelineError, match="uint8"):
+        pipe.prepare(frame().astype(np.float32))
+
+
 def test_vocabulary_swap_is_atomic_and_versioned(bundle, direction, text_emb):
     pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0,
                               inference_backend="torch")  # the swap hook is on torch

@@ -1,7 +1,10 @@
 """The perception pipeline: image -> boxes -> crops -> student -> open-vocabulary labels.
 
 ROS-free, so the node (:mod:`vl_distill_ros.ros.node`) and an offline replay evaluator run
-exactly the same code. One call of :meth:`PerceptionPipeline.process` handles one frame:
+exactly the same code. One call of :meth:`PerceptionPipeline.process` handles one frame
+(step 1 is :meth:`~PerceptionPipeline.prepare`, steps 2-4 :meth:`~PerceptionPipeline.classify`;
+the node runs them in two threads, overlapping one frame's boxes with the previous frame's
+classification):
 
 1. **Boxes** from the configured crop source: ``proposals`` (the class-agnostic proposer of
    :mod:`~vl_distill_ros.perception.proposals`), ``full_frame`` (one box, e.g. for a hand camera)
@@ -33,9 +36,9 @@ exactly the same code. One call of :meth:`PerceptionPipeline.process` handles on
    negatives: a crop that looks like one of them scores low for every active name.
 
 Vocabulary swaps are atomic: :meth:`PerceptionPipeline.set_vocabulary` replaces one
-reference to a frozen :class:`ActiveVocabulary`; :meth:`~PerceptionPipeline.process` reads
-that reference once per frame, so a frame in flight finishes with the vocabulary it started
-with and reports that vocabulary's version. Settings (:class:`PipelineSettings`) are swapped
+reference to a frozen :class:`ActiveVocabulary`; :meth:`~PerceptionPipeline.classify` reads
+that reference once per frame, so a frame being classified finishes with the vocabulary it
+started with and reports that vocabulary's version. Settings (:class:`PipelineSettings`) are swapped
 the same way with :meth:`~PerceptionPipeline.configure`.
 """
 from __future__ import annotations
@@ -265,6 +268,21 @@ def _check_embeddings(vocab: Vocabulary, embeddings: torch.Tensor | np.ndarray,
     return F.normalize(emb, dim=-1).contiguous()
 
 
+@dataclass(frozen=True, eq=False)
+class PreparedFrame:
+    """A checked frame with its boxes (:meth:`PerceptionPipeline.prepare`), ready for
+    :meth:`PerceptionPipeline.classify`."""
+
+    #: ``(H, W, 3)`` uint8 RGB.
+    image: np.ndarray
+    #: Sanitized ``(x, y, w, h)`` boxes (may be empty).
+    boxes: list[Box]
+    #: The settings the frame was prepared with (it is classified with them too).
+    settings: PipelineSettings
+    #: How depth was used: ``""`` (no depth given), ``used``, or why not.
+    depth_status: str = ""
+
+
 class PerceptionPipeline:
     """Classify the objects of a frame against the active (runtime-changeable) vocabulary.
 
@@ -287,7 +305,9 @@ class PerceptionPipeline:
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
-    threads at once (the student is shared).
+    threads at once (the student is shared). Its two stages may overlap instead:
+    :meth:`prepare` (boxes) of the next frame in one thread while :meth:`classify` (student
+    and scores) of the current one runs in another, each stage in one thread at a time.
     """
 
     def __init__(self, bundle: "Bundle", crop_source: str = "proposals",
@@ -440,70 +460,78 @@ class PerceptionPipeline:
         is used (:data:`PROPOSAL_SOURCES`); :attr:`last_depth_status` then says whether it
         was (``used``) or why not. Depth problems never raise: the frame falls back to
         colour proposals."""
-        s = settings or self._settings
+        boxes, self.last_depth_status = self._boxes(image_rgb, settings or self._settings,
+                                                    depth, intrinsics)
+        return boxes
+
+    def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
+               intrinsics: CameraIntrinsics | None) -> tuple[list[Box], str]:
+        """:meth:`boxes` and its depth status, touching no state (safe in any thread)."""
         height, width = image_rgb.shape[:2]
-        self.last_depth_status = "" if depth is None else "not used"
+        status = "" if depth is None else "not used"
         if s.crop_source == "full_frame":
             raw: list = [full_frame_box(width, height)]
         elif s.crop_source == "rois":
             raw = list(s.rois)
         else:
-            raw = self._proposals(image_rgb, s, depth, intrinsics)
+            raw, status = self._proposals(image_rgb, s, depth, intrinsics)
         boxes = sanitize_boxes(raw, width, height, min_size=s.min_box_size)
         if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
                                    min_size=s.min_box_size)
-        return boxes
+        return boxes, status
 
     def _proposals(self, image: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
-                   intrinsics: CameraIntrinsics | None) -> list[Box]:
-        """Colour, depth or fused proposals (see :meth:`boxes`)."""
+                   intrinsics: CameraIntrinsics | None) -> tuple[list[Box], str]:
+        """Colour, depth or fused proposals and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
-            return propose_boxes(image, s.proposal_cfg)
+            return propose_boxes(image, s.proposal_cfg), "" if depth is None else "not used"
         if intrinsics is None:
-            self.last_depth_status = "no camera intrinsics"
-            return propose_boxes(image, s.proposal_cfg)
+            return propose_boxes(image, s.proposal_cfg), "no camera intrinsics"
         if np.shape(depth) != image.shape[:2]:
-            self.last_depth_status = (f"depth is {np.shape(depth)[::-1]} but the image is "
-                                      f"{image.shape[1]}x{image.shape[0]}")
-            return propose_boxes(image, s.proposal_cfg)
+            return propose_boxes(image, s.proposal_cfg), (
+                f"depth is {np.shape(depth)[::-1]} but the image is "
+                f"{image.shape[1]}x{image.shape[0]}")
         try:
             found = propose_depth_boxes(depth, intrinsics, s.depth_cfg)
         except DepthError as exc:
-            self.last_depth_status = str(exc)
-            return propose_boxes(image, s.proposal_cfg)
+            return propose_boxes(image, s.proposal_cfg), str(exc)
         if found.plane is None:
-            self.last_depth_status = found.note
-            return propose_boxes(image, s.proposal_cfg)
-        self.last_depth_status = "used"
+            return propose_boxes(image, s.proposal_cfg), found.note
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
-            return list(found.boxes)[:count]
-        return fuse_proposals(found, propose_boxes(image, s.proposal_cfg), s.depth_cfg, count)
+            return list(found.boxes)[:count], "used"
+        return fuse_proposals(found, propose_boxes(image, s.proposal_cfg), s.depth_cfg,
+                              count), "used"
 
-    def process(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
-                intrinsics: CameraIntrinsics | None = None
-                ) -> tuple[list[ObjectResult], int]:
-        """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame, optionally with its
-        registered ``depth`` (float metres, 0 = none) and the colour camera's
-        ``intrinsics`` (used by the proposals, see :meth:`boxes`).
-
-        Returns:
-            ``(objects, vocabulary_version)``: one :class:`ObjectResult` per kept box (in box
-            order) and the version of the vocabulary the frame was scored against.
+    def prepare(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
+                intrinsics: CameraIntrinsics | None = None) -> PreparedFrame:
+        """Stage 1 of :meth:`process`: check the frame and find its boxes (see :meth:`boxes`)
+        with the current settings. Touches no pipeline state, so it may run in one thread
+        while :meth:`classify` runs in another.
 
         Raises:
             PipelineError: the image is not a non-empty (H, W, 3) uint8 array.
         """
-        active = self._active      # read once: a swap mid-frame does not affect this frame
-        settings = self._settings
+        settings = self._settings   # read once: the frame keeps these settings throughout
         image = np.asarray(image_rgb)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise PipelineError(f"expected an RGB uint8 image (H, W, 3), got shape "
                                 f"{image.shape} dtype {image.dtype}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
-        boxes = self.boxes(image, settings, depth, intrinsics)
+        boxes, status = self._boxes(image, settings, depth, intrinsics)
+        return PreparedFrame(image, boxes, settings, status)
+
+    def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:
+        """Stage 2 of :meth:`process`: run the student on a prepared frame's crops and score
+        them against the active vocabulary (read once, when this call starts).
+
+        Returns:
+            ``(objects, vocabulary_version)`` as :meth:`process`.
+        """
+        active = self._active      # read once: a swap mid-frame does not affect this frame
+        settings, image, boxes = frame.settings, frame.image, frame.boxes
         if not boxes:
             return [], active.version
         with torch.inference_mode():
@@ -536,6 +564,25 @@ class PerceptionPipeline:
                 score=float(ps[0]), known=bool(known),
                 top_k=[(names[i], float(p)) for i, p in zip(idx, ps)]))
         return objects, active.version
+
+    def process(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
+                intrinsics: CameraIntrinsics | None = None
+                ) -> tuple[list[ObjectResult], int]:
+        """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame, optionally with its
+        registered ``depth`` (float metres, 0 = none) and the colour camera's
+        ``intrinsics`` (used by the proposals, see :meth:`boxes`): :meth:`prepare` then
+        :meth:`classify`; :attr:`last_depth_status` says how depth was used.
+
+        Returns:
+            ``(objects, vocabulary_version)``: one :class:`ObjectResult` per kept box (in box
+            order) and the version of the vocabulary the frame was scored against.
+
+        Raises:
+            PipelineError: the image is not a non-empty (H, W, 3) uint8 array.
+        """
+        frame = self.prepare(image_rgb, depth, intrinsics)
+        self.last_depth_status = frame.depth_status
+        return self.classify(frame)
 
 
 def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,

@@ -5,11 +5,15 @@ A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline
 * subscribes to ``image_topics`` (sensor_msgs/Image) with sensor-data QoS; each camera has a
   one-frame "latest wins" slot, so a fast camera never builds a queue (overwritten frames are
   counted as dropped);
-* one inference thread (one model in memory for all cameras) decodes frames with numpy
-  (:func:`~vl_distill_ros.perception.image_codec.decode_image`, no cv_bridge), runs the pipeline
-  and publishes ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable; the
-  vocabulary on ``~/label_info``) and optionally ``~/image_annotated`` (:mod:`.conversions`);
-  the executor thread only stores messages;
+* two inference threads share one model for all cameras (``pipelined``): the first decodes
+  a frame with numpy (:func:`~vl_distill_ros.perception.image_codec.decode_image`, no
+  cv_bridge), pairs its depth and finds its boxes
+  (:meth:`~vl_distill_ros.perception.pipeline.PerceptionPipeline.prepare`) while the second
+  classifies the previous frame and publishes ``~/labels`` (JSON), ``~/detections``
+  (vision_msgs, when importable; the vocabulary on ``~/label_info``) and optionally
+  ``~/image_annotated`` (:mod:`.conversions`); a one-frame slot between them keeps frames
+  in order; with ``pipelined: false`` one thread does both in turn; the executor thread
+  only stores messages;
 * the vocabulary (``labels``, ``descriptions``, ``vocabulary_file``, ``~/save_vocabulary``,
   ``persist_vocabulary``) is run by a
   :class:`~vl_distill_ros.ros.vocabulary_controller.VocabularyController`; its module
@@ -28,6 +32,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import rclpy
@@ -44,7 +49,7 @@ from ..model.bundle import Bundle, BundleError, load_bundle
 from ..model.text_service import TextEmbeddingService
 from ..model.vocabulary import Vocabulary, VocabularyError
 from ..perception.image_codec import ImageDecodeError, decode_image
-from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError,
+from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
 from . import params as P
 from .conversions import (annotated_msg, detections_msg, import_vision_msgs, label_info_msg,
@@ -125,6 +130,18 @@ def _plain(value: Any) -> Any:
         else value
 
 
+@dataclass(frozen=True, eq=False)
+class _Staged:
+    """A frame between the node's two stages: prepared, not yet classified."""
+
+    cam: CameraState
+    msg: Image
+    t_recv: float
+    frame: PreparedFrame
+    has_depth: bool
+    prepare_s: float
+
+
 class VlDistillNode(Node):
     """The perception node (see the module docstring; parameters in :mod:`.params`).
 
@@ -144,6 +161,8 @@ class VlDistillNode(Node):
         self._stop = threading.Event()
         self._tls = threading.local()
         self._threads: list[threading.Thread] = []
+        #: The frame stage 1 has prepared and stage 2 has not taken yet (``pipelined``).
+        self._staged: _Staged | None = None
         self.vocabulary: VocabularyController | None = None
         try:
             self._start()
@@ -204,7 +223,11 @@ class VlDistillNode(Node):
         self._parameter_service = GroupedParameterService(
             self, (P.VOCABULARY_PARAMS, P.SETTINGS_PARAMS))
         # -- workers
-        self._start_thread(self._inference_loop, "vl_distill_inference")
+        if p["pipelined"]:
+            self._start_thread(self._prepare_loop, "vl_distill_prepare")
+            self._start_thread(self._classify_loop, "vl_distill_classify")
+        else:
+            self._start_thread(self._inference_loop, "vl_distill_inference")
         self.vocabulary.start()
         self._diag_timer = self.create_timer(float(p["diagnostics_period"]),
                                              self._publish_diagnostics)
@@ -447,34 +470,80 @@ class VlDistillNode(Node):
                 return cam, msg, t
         return None
 
-    def _inference_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
+    def _take_frame(self) -> tuple[CameraState, Image, float] | None:
+        """Wait for the next pending frame (round-robin over cameras); None when stopping."""
+        with self._lock:
+            item = self._next_frame()
+            while item is None and not self._stop.is_set():
+                self._lock.wait(0.5)
                 item = self._next_frame()
-                while item is None and not self._stop.is_set():
-                    self._lock.wait(0.5)
-                    item = self._next_frame()
-            if item is None:
-                return
-            try:
-                self._process(*item)
-            except Exception as exc:  # noqa: BLE001 - never let one frame kill the thread
-                self._report_frame_problem(item[0], "error", f"processing failed: {exc!r}")
+        return item
 
-    def _process(self, cam: CameraState, msg: Image, t_recv: float) -> None:
+    def _guarded(self, cam: CameraState, step, *args: Any) -> Any:
+        """``step(*args)``, or None after reporting its exception (one frame never kills a
+        worker thread)."""
+        try:
+            return step(*args)
+        except Exception as exc:  # noqa: BLE001
+            self._report_frame_problem(cam, "error", f"processing failed: {exc!r}")
+            return None
+
+    def _inference_loop(self) -> None:
+        """The one worker (``pipelined: false``): each frame prepared, then classified."""
+        while (item := self._take_frame()) is not None:
+            staged = self._guarded(item[0], self._prepare, *item)
+            if staged is not None:
+                self._guarded(staged.cam, self._classify_and_publish, staged)
+
+    def _prepare_loop(self) -> None:
+        """Stage 1 (``pipelined: true``): decode, pair depth and find the boxes of the next
+        frame while stage 2 classifies the previous one; hands over through one slot."""
+        while (item := self._take_frame()) is not None:
+            staged = self._guarded(item[0], self._prepare, *item)
+            if staged is None:
+                continue
+            with self._lock:
+                while self._staged is not None and not self._stop.is_set():
+                    self._lock.wait(0.5)
+                if self._stop.is_set():
+                    return
+                self._staged = staged
+                self._lock.notify_all()
+
+    def _classify_loop(self) -> None:
+        """Stage 2 (``pipelined: true``): classify and publish the frames stage 1 hands over,
+        in the order it prepared them."""
+        while True:
+            with self._lock:
+                while self._staged is None and not self._stop.is_set():
+                    self._lock.wait(0.5)
+                if self._staged is None:
+                    return
+                staged, self._staged = self._staged, None
+                self._lock.notify_all()
+            self._guarded(staged.cam, self._classify_and_publish, staged)
+
+    def _prepare(self, cam: CameraState, msg: Image, t_recv: float) -> "_Staged | None":
+        """Decode a frame, pair its depth and find its boxes (None: a bad frame, reported)."""
         try:
             image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
                                  msg.is_bigendian)
         except ImageDecodeError as exc:
             self._report_frame_problem(cam, "bad_frame", f"skipped a frame: {exc}")
-            return
+            return None
         depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
-        objects, version = (self.pipeline.process(image) if depth is None
-                            else self.pipeline.process(image, depth, k))
+        frame = (self.pipeline.prepare(image) if depth is None
+                 else self.pipeline.prepare(image, depth, k))
+        return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0)
+
+    def _classify_and_publish(self, staged: "_Staged") -> None:
+        cam, msg = staged.cam, staged.msg
+        t0 = time.monotonic()
+        objects, version = self.pipeline.classify(staged.frame)
         t1 = time.monotonic()
-        if depth is not None:
-            cam.depth.record(self.pipeline.last_depth_status)
+        if staged.has_depth:
+            cam.depth.record(staged.frame.depth_status)
         doc = labels_document(msg.header.stamp.sec, msg.header.stamp.nanosec,
                               msg.header.frame_id, cam.resolved, version, objects)
         if self._stop.is_set():
@@ -484,14 +553,14 @@ class VlDistillNode(Node):
             self._det_pub.publish(self._detections_msg(msg, objects))
         with self._annotated_lock:
             if self._annotated_pub is not None:
-                self._annotated_pub.publish(annotated_msg(msg, image, objects))
+                self._annotated_pub.publish(annotated_msg(msg, staged.frame.image, objects))
         done = time.monotonic()
         with self._lock:
             cam.processed += 1
             cam.processed_in_period += 1
-            cam.last_latency = done - t_recv
-            cam.latencies.append(done - t_recv)
-            cam.processing.append(t1 - t0)
+            cam.last_latency = done - staged.t_recv
+            cam.latencies.append(done - staged.t_recv)
+            cam.processing.append(staged.prepare_s + t1 - t0)
 
     def _detections_msg(self, src: Image, objects: Sequence[ObjectResult]):
         assert self._vision_msgs is not None
