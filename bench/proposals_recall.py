@@ -8,8 +8,11 @@ matched to the ground-truth boxes one-to-one, greedily by IoU (``--iou``, 0.5), 
 (:func:`vl_distill_ros.evaluation.scoring.match_boxes`).
 
 Prints ONE JSON object on stdout (progress goes to stderr): recall, precision, false
-positives, mean best IoU, recall by object size and by label, proposer ms/frame, per bag
-and over all bags. Exit status 2 with a JSON ``error`` object when a bag cannot be read.
+positives, mean best IoU, recall by object size, by label and by contact (``touching``:
+objects whose ground-truth box, grown by 3 pixels, overlaps another's; ``apart``: the
+others), ``split_objects`` (objects with two or more proposals lying mostly inside their
+box: one object cut into pieces; per label too), proposer ms/frame, per bag and over all
+bags. Exit status 2 with a JSON ``error`` object when a bag cannot be read.
 
 With ``--depth`` the bags' registered depth is used too (RGB-D bags from
 ``vl-distill make-bag --depth``; depth paired with colour as ``replay-eval`` does) and the
@@ -54,6 +57,37 @@ SIZE_BUCKETS: tuple[tuple[str, float], ...] = (("small", 32.0), ("medium", 96.0)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BAG = REPO_ROOT / "demo" / "sample_tabletop"
 HINT = "pass --bags, or write the demo bag with `make sample-bag` (needs the YCB models)"
+
+
+#: A ground-truth box grown by this many pixels on every side that overlaps another one's
+#: marks a ``touching`` object (in contact with, or overlapping, another in the image);
+#: the others are ``apart``.
+TOUCH_MARGIN_PX = 3
+#: A proposal with at least this fraction of its area inside a ground-truth box is a
+#: piece of that object; an object with two or more pieces counts as ``split``.
+PIECE_CONTAINMENT = 0.7
+
+
+def touching(truth: Sequence[Sequence[float]]) -> list[bool]:
+    """Per ground-truth box: whether it touches another (see :data:`TOUCH_MARGIN_PX`)."""
+    m = TOUCH_MARGIN_PX
+    out = []
+    for i, (x, y, w, h) in enumerate(t[:4] for t in truth):
+        out.append(any(min(x + w + m, o[0] + o[2]) > max(x - m, o[0])
+                       and min(y + h + m, o[1] + o[3]) > max(y - m, o[1])
+                       for k, o in enumerate(truth) if k != i))
+    return out
+
+
+def pieces(gt: Sequence[float], boxes: Sequence[Sequence[float]]) -> int:
+    """How many ``boxes`` lie mostly (:data:`PIECE_CONTAINMENT`) inside the box ``gt``."""
+    n = 0
+    for b in boxes:
+        iw = min(gt[0] + gt[2], b[0] + b[2]) - max(gt[0], b[0])
+        ih = min(gt[1] + gt[3], b[1] + b[3]) - max(gt[1], b[1])
+        if iw > 0 and ih > 0 and iw * ih >= PIECE_CONTAINMENT * b[2] * b[3]:
+            n += 1
+    return n
 
 
 def size_bucket(box: Sequence[float]) -> str:
@@ -116,6 +150,8 @@ class Tally:
         self.ms: list[float] = []
         self.by_size: dict[str, list[int]] = {name: [0, 0] for name, _ in SIZE_BUCKETS}
         self.by_label: dict[str, list[int]] = {}
+        self.by_contact: dict[str, list[int]] = {"touching": [0, 0], "apart": [0, 0]}
+        self.split: dict[str, int] = {}
 
     def add(self, truth: list, boxes: list, iou: float, ms: float) -> None:
         from vl_distill_ros.evaluation.scoring import box_iou, match_boxes
@@ -127,9 +163,13 @@ class Tally:
         self.objects += len(gt)
         self.matched += len(hit)
         self.proposals += len(boxes)
+        contact = touching(gt)
         for i, t in enumerate(truth):
             self.best_ious.append(max([box_iou(t[:4], b) for b in boxes] or [0.0]))
-            for table, key in ((self.by_size, size_bucket(t)), (self.by_label, str(t[4]))):
+            if pieces(t[:4], boxes) >= 2:
+                self.split[str(t[4])] = self.split.get(str(t[4]), 0) + 1
+            for table, key in ((self.by_size, size_bucket(t)), (self.by_label, str(t[4])),
+                               (self.by_contact, "touching" if contact[i] else "apart")):
                 cell = table.setdefault(key, [0, 0])
                 cell[0] += 1
                 cell[1] += int(i in hit)
@@ -141,7 +181,10 @@ class Tally:
         self.proposals += other.proposals
         self.best_ious += other.best_ious
         self.ms += other.ms
-        for mine, theirs in ((self.by_size, other.by_size), (self.by_label, other.by_label)):
+        for key, n in other.split.items():
+            self.split[key] = self.split.get(key, 0) + n
+        for mine, theirs in ((self.by_size, other.by_size), (self.by_label, other.by_label),
+                             (self.by_contact, other.by_contact)):
             for key, (n, m) in theirs.items():
                 cell = mine.setdefault(key, [0, 0])
                 cell[0] += n
@@ -160,12 +203,16 @@ class Tally:
             "proposals_per_frame": ratio(self.proposals, self.frames),
             "recall_by_size": {k: {"objects": n, "recall": ratio(m, n)}
                                for k, (n, m) in self.by_size.items()},
+            "recall_by_contact": {k: {"objects": n, "recall": ratio(m, n)}
+                                  for k, (n, m) in self.by_contact.items()},
+            "split_objects": sum(self.split.values()),
             "ms_per_frame": {"median": round(float(np.median(ms)), 3),
                              "mean": round(float(np.mean(ms)), 3),
                              "p95": round(float(np.percentile(ms, 95)), 3)},
         }
         if with_labels:
-            out["recall_by_label"] = {k: {"objects": n, "recall": ratio(m, n)}
+            out["recall_by_label"] = {k: {"objects": n, "recall": ratio(m, n),
+                                          "split": self.split.get(k, 0)}
                                       for k, (n, m) in sorted(self.by_label.items())}
         return out
 

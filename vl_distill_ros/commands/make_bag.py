@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--objects-per-scene", default="2-4", metavar="N|LO-HI",
                    help="objects placed per scene, a number or an inclusive range "
                         "(default: %(default)s)")
+    p.add_argument("--contact-prob", type=float, default=0.0, metavar="P",
+                   help="chance that each object after the first is placed touching one "
+                        "already placed (side by side; default 0: random free spots, and "
+                        "frames identical to earlier versions)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
                    help="rosbag2 storage plugin (default: %(default)s)")
     p.add_argument("--compression", choices=("none", "zstd"), default="zstd",
@@ -152,7 +156,8 @@ def _setup(args: argparse.Namespace):
     spec = SceneSpec(width=args.width, height=args.height, objects_per_scene=per_scene,
                      hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
                      hand_height=args.hand_height, noise_sigma=noise, distance_m=distance,
-                     depth=bool(getattr(args, "depth", False)))
+                     depth=bool(getattr(args, "depth", False)),
+                     contact_prob=float(getattr(args, "contact_prob", 0.0)))
     spec.validate()
     models_dir = args.models_dir or default_models_dir()
     find_models(models_dir)  # before the vocabulary: without models nothing works

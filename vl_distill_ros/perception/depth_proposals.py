@@ -16,7 +16,10 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    Its normal is turned towards the camera.
 3. **Objects**: samples between ``min_height_m`` (plus the same depth-dependent noise
    allowance) and ``max_height_m`` above the plane, grouped by connected components of the
-   grid (8-connected; discontinuities already cut objects apart).
+   grid (8-connected) after a small closing that joins a thin handle's pieces; the closing
+   does not bridge a depth discontinuity (``cut_jump_frac``), so two objects in contact,
+   one in front of the other, stay apart when each holds ``split_min_frac`` of the
+   cluster.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
@@ -107,6 +110,15 @@ class DepthProposalConfig:
     #: thin handle below the height band between two parts); 1 disables it. Only the
     #: cluster labels come from the closed mask, never extra points.
     close_cells: int = 5
+    #: The closing does not bridge a sample whose 3x3 grid neighbourhood spans more than
+    #: this fraction of its depth (a depth step; at or above ``edge_jump_frac`` such
+    #: samples are no cluster's own): an object in front of one it touches is cut off it
+    #: along the occluding edge. 0: the closing bridges every step (one cluster) ...
+    cut_jump_frac: float = 0.05
+    #: ... and a cluster is cut only into pieces that each hold at least this fraction of
+    #: its samples (and ``min_cluster_points``); smaller pieces (a mug's handle in front of
+    #: its body, a fold of a bag) go to the nearest large piece.
+    split_min_frac: float = 0.25
     min_cluster_points: int = 6
     min_size_m: float = 0.012
     max_size_m: float = 0.6
@@ -154,7 +166,7 @@ class DepthProposalConfig:
                 raise DepthError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("min_plane_frac", "min_valid_frac", "fuse_min_valid_frac",
                      "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
-                     "fuse_flat_height_m"):
+                     "fuse_flat_height_m", "split_min_frac", "cut_jump_frac"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -367,10 +379,59 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray,
         if stats[i, cv2.CC_STAT_AREA] < cfg.min_cluster_points:
             continue
         x, y, bw, bh = (int(v) for v in stats[i, :4])
-        own = (labels[y:y + bh, x:x + bw] == i) & (grid[y:y + bh, x:x + bw] > 0)
-        if np.count_nonzero(own) >= cfg.min_cluster_points:
-            clusters.append(index[y:y + bh, x:x + bw][own])
+        comp = labels[y:y + bh, x:x + bw] == i
+        own = comp & (grid[y:y + bh, x:x + bw] > 0)
+        parts = None
+        if cfg.cut_jump_frac > 0:  # not across a depth step
+            parts = _large_parts(comp, comp & ~_steps(cloud, (x, y, bw, bh), cfg), own, cfg)
+        for part in parts if parts is not None else (own,):
+            sel = own & part
+            if np.count_nonzero(sel) >= cfg.min_cluster_points:
+                clusters.append(index[y:y + bh, x:x + bw][sel])
     return clusters
+
+
+def _steps(cloud: DepthCloud, roi: tuple[int, int, int, int],
+           cfg: DepthProposalConfig) -> np.ndarray:
+    """Cells of the grid window ``roi`` = ``(x, y, w, h)`` with depth whose 3x3
+    neighbourhood spans more than ``cut_jump_frac`` of it."""
+    x, y, w, h = roi
+    y0, x0 = max(y - 1, 0), max(x - 1, 0)
+    z = cloud.z[y0:y + h + 1, x0:x + w + 1]
+    kernel = np.ones((3, 3), np.uint8)
+    span = cv2.dilate(z, kernel) - cv2.erode(np.where(z > 0, z, np.float32(1e6)), kernel)
+    step = (z > 0) & (span > cfg.cut_jump_frac * z)
+    return step[y - y0:y - y0 + h, x - x0:x - x0 + w]
+
+
+def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
+                 cfg: DepthProposalConfig) -> list[np.ndarray] | None:
+    """Masks of the pieces of the grid component ``comp`` when its ``cut`` pixels (``comp``
+    less its depth discontinuities) fall apart into two or more pieces that each hold at
+    least ``split_min_frac`` (and ``min_cluster_points``) of its ``own`` samples; each
+    large piece grows over the rest of ``comp`` from its interior cells (every cell goes to
+    the nearest one).
+    ``None`` when ``comp`` stays one cluster."""
+    _, labels = cv2.connectedComponents(cut.view(np.uint8), connectivity=8)
+    count = np.bincount(labels[own], minlength=int(labels.max()) + 1)
+    count[0] = 0
+    need = max(float(cfg.split_min_frac) * float(np.count_nonzero(own)),
+               float(cfg.min_cluster_points))
+    big = np.flatnonzero(count >= need)
+    if len(big) < 2:
+        return None
+    # seeds: the interior cells of the large pieces (a piece without any is not one)
+    lab = labels.astype(np.float32)
+    kernel = np.ones((3, 3), np.uint8)
+    inner = cv2.dilate(lab, kernel) == cv2.erode(lab, kernel)
+    seeds = np.full((comp.shape[0] + 2, comp.shape[1] + 2), 255, np.uint8)
+    seeds[1:-1, 1:-1][np.isin(labels, big) & inner] = 0
+    _, nearest = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 3,
+                                                 labelType=cv2.DIST_LABEL_CCOMP)
+    nearest = nearest[1:-1, 1:-1]
+    ids = sorted({int(nearest[sel].flat[0]) for sel in ((labels == b) & inner for b in big)
+                  if sel.any()})
+    return [comp & (nearest == k) for k in ids] if len(ids) >= 2 else None
 
 
 def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,

@@ -122,6 +122,14 @@ class SceneSpec:
     placement_area_m: tuple[float, float] = (0.6, 0.45)
     #: Minimum gap between objects' footprint boxes (m).
     min_gap_m: float = 0.02
+    #: Chance that each object after the first is placed in contact with one already on
+    #: the table (side by side, at a random side and yaw, the convex hulls of their
+    #: footprints ``contact_gap_m`` apart) instead of at a random free spot; objects in
+    #: contact are the hard case of class-agnostic proposers. 0 (the default) draws
+    #: nothing extra from the random generator, so frames are as without this setting.
+    contact_prob: float = 0.0
+    #: Distance (m) between the footprint hulls of two objects in contact (low, high).
+    contact_gap_m: tuple[float, float] = (0.0005, 0.003)
     #: Render a close-up "hand camera" image of one object as well.
     hand_camera: bool = False
     hand_width: int = 320
@@ -151,7 +159,7 @@ class SceneSpec:
                               f"1 <= low <= high <= 10, got {self.objects_per_scene!r}")
         for name in ("elevation_deg", "distance_m", "fov_y_deg", "roll_deg", "table_length_m",
                      "table_width_m", "placement_area_m", "hand_fov_y_deg",
-                     "hand_elevation_deg", "hand_fill", "noise_sigma"):
+                     "hand_elevation_deg", "hand_fill", "noise_sigma", "contact_gap_m"):
             value = getattr(self, name)
             if len(value) != 2 or not all(math.isfinite(float(v)) for v in value):
                 raise RenderError(f"scene {name} must be two finite numbers, got {value!r}")
@@ -170,6 +178,10 @@ class SceneSpec:
         if not self.table_kinds or unknown:
             raise RenderError(f"table_kinds must be a non-empty subset of {list(TABLE_KINDS)}, "
                               f"got {list(self.table_kinds)!r}")
+        if not 0.0 <= float(self.contact_prob) <= 1.0:
+            raise RenderError(f"contact_prob must lie in [0, 1], got {self.contact_prob!r}")
+        if not 0.0 <= float(self.contact_gap_m[0]) <= float(self.contact_gap_m[1]) <= 0.05:
+            raise RenderError(f"contact_gap_m must lie in [0, 0.05] m, got {self.contact_gap_m!r}")
         if self.min_visible_pixels < 1 or self.camera_attempts < 1:
             raise RenderError("min_visible_pixels and camera_attempts must be >= 1")
 
@@ -486,6 +498,65 @@ def _obb_overlap(a: tuple[np.ndarray, float, np.ndarray], b: tuple[np.ndarray, f
     return True
 
 
+def _footprint_hull(g: dict[str, Any], yaw: float) -> tuple[np.ndarray, np.ndarray]:
+    """Convex hull ``(K, 2)`` of a model's footprint turned by ``yaw``, about the centre of
+    its footprint box (where :func:`_sample_layout` puts ``xy``), and its outline sampled
+    every 2 mm or finer (vertex distances then approximate hull distances)."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    pts = (g["points"][:, :2] - g["centre_xy"]) @ np.array([[c, s], [-s, c]])
+    hull = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    nxt = np.roll(hull, -1, axis=0)
+    steps = np.maximum(1, np.ceil(np.linalg.norm(nxt - hull, axis=1) / 0.002)).astype(int)
+    return hull, np.concatenate([a + (b - a) * np.arange(n)[:, None] / n
+                                 for a, b, n in zip(hull, nxt, steps)])
+
+
+def _hulls_apart(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
+                 gap: float) -> bool:
+    """Whether two footprint hulls (:func:`_footprint_hull` pairs, placed) are disjoint
+    and their outlines at least ``gap`` apart."""
+    area, _ = cv2.intersectConvexConvex(a[0].astype(np.float32), b[0].astype(np.float32))
+    if area > 0:
+        return False
+    d2 = ((a[1][:, None, :] - b[1][None, :, :]) ** 2).sum(axis=2)
+    return float(math.sqrt(d2.min())) >= gap
+
+
+def _contact_pose(renderer: SceneRenderer, g: dict[str, Any], placed: Sequence[_Placed],
+                  rects: Sequence[tuple[np.ndarray, float, np.ndarray]], table_half: np.ndarray,
+                  rng: np.random.Generator, spec: SceneSpec) -> tuple[np.ndarray, float] | None:
+    """``(xy, yaw)`` of an object with geometry ``g`` put in contact with a random placed
+    object (its footprint hull ``contact_gap_m`` from the partner's, found by bisection
+    along a random direction), clear of the others by ``min_gap_m``; ``None`` after 20
+    tries."""
+    for _ in range(20):
+        j = int(rng.integers(len(placed)))
+        partner = placed[j]
+        yaw = float(rng.uniform(0.0, 2 * math.pi))
+        ang = float(rng.uniform(0.0, 2 * math.pi))
+        gap = float(rng.uniform(*spec.contact_gap_m))
+        direction = np.array([math.cos(ang), math.sin(ang)])
+        hull, outline = _footprint_hull(g, yaw)
+        theirs = [v + partner.xy for v in _footprint_hull(renderer.geometry(partner.key),
+                                                          partner.yaw)]
+        lo, hi = 0.0, 2.0 * (g["radius"] + partner.radius) + 0.01
+        for _ in range(24):  # hull distance is convex in the offset: bisect its rise
+            mid = 0.5 * (lo + hi)
+            at = partner.xy + mid * direction
+            if not _hulls_apart((hull + at, outline + at), theirs, gap):
+                lo = mid
+            else:
+                hi = mid
+        xy = partner.xy + hi * direction
+        if np.any(np.abs(xy) > table_half - g["radius"] - 0.02):
+            continue
+        rect = (xy, yaw, g["half"])
+        if not any(_obb_overlap(rect, other, spec.min_gap_m)
+                   for k, other in enumerate(rects) if k != j):
+            return xy, yaw
+    return None
+
+
 def _sample_layout(renderer: SceneRenderer, pool: Sequence[str], rng: np.random.Generator,
                    spec: SceneSpec) -> _Layout:
     lo, hi = spec.objects_per_scene
@@ -498,7 +569,10 @@ def _sample_layout(renderer: SceneRenderer, pool: Sequence[str], rng: np.random.
     rects: list[tuple[np.ndarray, float, np.ndarray]] = []
     for key in keys:
         g = renderer.geometry(key)
-        for attempt in range(400):
+        pose = None
+        if placed and spec.contact_prob > 0 and rng.uniform() < spec.contact_prob:
+            pose = _contact_pose(renderer, g, placed, rects, table_half, rng, spec)
+        for attempt in range(0 if pose is not None else 400):
             grow = 1.0 + 0.1 * (attempt // 40)  # widen the area if it is crowded
             region = np.minimum(area * grow, table_half - g["radius"] - 0.02)
             region = np.maximum(region, 0.0)
@@ -506,9 +580,12 @@ def _sample_layout(renderer: SceneRenderer, pool: Sequence[str], rng: np.random.
             yaw = float(rng.uniform(0.0, 2 * math.pi))
             rect = (xy, yaw, g["half"])
             if not any(_obb_overlap(rect, other, spec.min_gap_m) for other in rects):
+                pose = xy, yaw
                 break
-        else:
+        if pose is None:
             continue  # no room: leave this object out
+        xy, yaw = pose
+        rect = (xy, yaw, g["half"])
         c, s = math.cos(yaw), math.sin(yaw)
         rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         offset = np.array([g["centre_xy"][0], g["centre_xy"][1], g["zmin"]])
