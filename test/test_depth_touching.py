@@ -1,0 +1,131 @@
+"""Objects in contact: the depth proposer cuts a cluster along a depth step
+(``cut_jump_frac``) but keeps a concave single object whole, and the scene renderer's
+``contact_prob`` places objects in contact."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from test_depth import K, render_tabletop
+
+from vl_distill_ros.evaluation.scoring import match_boxes
+from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
+                                                       load_depth_config, propose_depth_boxes)
+
+#: The default settings and the same without the cut at depth steps (the old behaviour).
+NEW = DepthProposalConfig()
+OLD = dataclasses.replace(NEW, cut_jump_frac=0.0)
+
+#: A tall can-like block in front of a lower, wider box that it touches (b: away from the
+#: camera; the front block's back face is the box's front face, b = 0.03).
+TOUCHING = [(-0.03, 0.0, 0.07, 0.06, 0.14), (0.03, 0.11, 0.14, 0.16, 0.06)]
+
+
+def _found(depth: np.ndarray, truth, cfg: DepthProposalConfig) -> tuple[int, int]:
+    boxes = propose_depth_boxes(depth, K, cfg).boxes
+    return len(match_boxes(truth, boxes, 0.5)), len(boxes)
+
+
+@pytest.mark.parametrize("tilt", [40.0, 50.0, 60.0])
+def test_touching_blocks_one_in_front_of_the_other_get_two_boxes(tilt):
+    depth, truth = render_tabletop(TOUCHING, tilt_deg=tilt)
+    assert _found(depth, truth, NEW) == (2, 2)
+    # without the cut the closing bridges the occluding edge: one box over both
+    matched, count = _found(depth, truth, OLD)
+    assert count == 1 and matched <= 1
+
+
+@pytest.mark.parametrize("shape", ["L", "C"])
+def test_a_concave_object_stays_one_box(shape):
+    # an L or C footprint of equal-height bars that touch: one object, no depth step
+    bars = {"L": [(-0.05, 0.0, 0.04, 0.16, 0.06), (0.03, -0.06, 0.12, 0.04, 0.06)],
+            "C": [(-0.07, 0.0, 0.04, 0.16, 0.06), (0.0, -0.06, 0.10, 0.04, 0.06),
+                  (0.0, 0.06, 0.10, 0.04, 0.06)]}[shape]
+    depth, parts = render_tabletop(bars)
+    x0 = min(b[0] for b in parts)
+    y0 = min(b[1] for b in parts)
+    x1 = max(b[0] + b[2] for b in parts)
+    y1 = max(b[1] + b[3] for b in parts)
+    boxes = propose_depth_boxes(depth, K, NEW).boxes
+    assert len(boxes) == 1
+    assert len(match_boxes([(x0, y0, x1 - x0, y1 - y0)], boxes, 0.7)) == 1
+
+
+def test_pieces_under_split_min_frac_are_not_cut_off():
+    # the same touching pair, but each piece must hold 90% of the cluster: one box
+    depth, truth = render_tabletop(TOUCHING)
+    assert _found(depth, truth, NEW) == (2, 2)
+    assert _found(depth, truth, dataclasses.replace(NEW, split_min_frac=0.9))[1] == 1
+
+
+def test_cut_settings_are_validated_and_in_the_yaml(repo_root):
+    cfg = load_depth_config(repo_root / "config" / "depth_proposals.yaml")
+    assert (cfg.cut_jump_frac, cfg.split_min_frac) == (NEW.cut_jump_frac, NEW.split_min_frac)
+    for bad in ({"cut_jump_frac": -0.1}, {"split_min_frac": 1.5}, {"cut_jump_frac": 2.0}):
+        with pytest.raises(DepthError, match=next(iter(bad))):
+            DepthProposalConfig(**bad)
+
+
+# -- rendered YCB pairs in contact (skip without the models) ----------------------------------
+@pytest.fixture(scope="module")
+def scene_renderer(ycb_models):
+    from vl_distill_ros.sim.scene import SceneRenderer
+
+    with SceneRenderer(ycb_models) as r:
+        yield r
+
+
+def _hull_gap(renderer, placed: list[dict]) -> float:
+    """Least distance (m) between the footprint hulls of two placed objects."""
+    from vl_distill_ros.sim.scene import _footprint_hull
+
+    outlines = [_footprint_hull(renderer.geometry(p["key"]), math.radians(p["yaw_deg"]))[1]
+                + np.asarray(p["xy"]) for p in placed]
+    d2 = ((outlines[0][:, None, :] - outlines[1][None, :, :]) ** 2).sum(axis=2)
+    return float(np.sqrt(d2.min()))
+
+
+def test_contact_prob_places_objects_in_contact_and_defaults_unchanged(scene_renderer):
+    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    pool = ["005_tomato_soup_can", "003_cracker_box"]
+    for seed in range(3):
+        spec = SceneSpec(width=320, height=240, objects_per_scene=(2, 2), contact_prob=1.0)
+        frame = render_scene(scene_renderer, pool, np.random.default_rng(seed), spec)
+        assert len(frame.meta["placed"]) == 2
+        assert _hull_gap(scene_renderer, frame.meta["placed"]) < 0.006  # 0.5-3 mm + rounding
+        apart = render_scene(scene_renderer, pool, np.random.default_rng(seed),
+                             SceneSpec(width=320, height=240, objects_per_scene=(2, 2)))
+        assert _hull_gap(scene_renderer, apart.meta["placed"]) > 0.015  # min_gap_m 2 cm
+        zero = render_scene(scene_renderer, pool, np.random.default_rng(seed),
+                            SceneSpec(width=320, height=240, objects_per_scene=(2, 2),
+                                      contact_prob=0.0))
+        assert np.array_equal(zero.image, apart.image)  # 0 draws nothing extra
+    with pytest.raises(RenderError, match="contact_prob"):
+        SceneSpec(contact_prob=1.5).validate()
+    with pytest.raises(RenderError, match="contact_gap_m"):
+        SceneSpec(contact_gap_m=(0.01, 0.1)).validate()
+
+
+def test_rendered_pairs_in_contact_found_by_depth(scene_renderer):
+    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    spec = SceneSpec(objects_per_scene=(2, 2), contact_prob=1.0, depth=True)
+    pairs = {("006_mustard_bottle", "056_tennis_ball"): 3,
+             ("004_sugar_box", "005_tomato_soup_can"): 4}
+    for pool, both_seed in pairs.items():
+        for seed in range(6):
+            frame = render_scene(scene_renderer, list(pool), np.random.default_rng(seed), spec)
+            truth = [o.bbox for o in frame.objects]
+            assert len(truth) == 2
+            k = CameraIntrinsics(*frame.intrinsics, frame.image.shape[1],
+                                 frame.image.shape[0])
+            new, old = (len(match_boxes(truth, propose_depth_boxes(frame.depth, k, c).boxes,
+                                        0.5)) for c in (NEW, OLD))
+            assert new >= old, (pool, seed)  # the cut never loses an object here
+            if seed == both_seed:  # the ball in front of the bottle, the can of the box
+                assert (new, old) == (2, 0), (pool, seed)
