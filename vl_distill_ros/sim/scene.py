@@ -12,7 +12,8 @@ One call of :func:`render_scene` draws one :class:`SceneFrame`:
 * 2-4 objects by default (:attr:`SceneSpec.objects_per_scene`, up to 10) drawn from the
   caller's pool, resting upright as modelled (the YCB google_16k meshes are z-up in a
   resting pose) with their lowest vertex on the table, at random non-overlapping positions
-  (oriented footprint boxes with a gap) and random yaw;
+  (oriented footprint boxes with a gap) and random yaw, or, with
+  :attr:`SceneSpec.contact_prob`, side by side in contact with an object already placed;
 * a random light (direction, colour, ambient/diffuse strength) with soft cast shadows on the
   table;
 * a camera 0.6-1.2 m from the objects, 35-70 degrees above the table, any azimuth, aimed at
