@@ -106,8 +106,7 @@ def test_contact_prob_places_objects_in_contact(scene_renderer):
         SceneSpec(contact_gap_m=(0.01, 0.1)).validate()
 
 
-def test_default_placement_renders_the_shipped_sample_bag_bit_for_bit(scene_renderer,
-                                                                     repo_root):
+def test_default_placement_renders_the_shipped_sample_bag_exactly(scene_renderer, repo_root):
     # contact_prob 0 draws nothing extra: the first frame of demo/sample_tabletop (the
     # Makefile's sample-bag command) comes out exactly as shipped
     import zlib
