@@ -53,17 +53,23 @@ def test_a_concave_object_stays_one_box(shape):
     assert len(match_boxes([(x0, y0, x1 - x0, y1 - y0)], boxes, 0.7)) == 1
 
 
-def test_pieces_under_split_min_frac_are_not_cut_off():
-    # the same touching pair, but each piece must hold 90% of the cluster: one box
+def test_pieces_under_split_min_frac_and_points_are_not_cut_off():
+    # the same touching pair, but each piece must hold 90% of the cluster (or, in the
+    # second case, that or 300 samples, which each block has): one box, then two
     depth, truth = render_tabletop(TOUCHING)
     assert _found(depth, truth, NEW) == (2, 2)
-    assert _found(depth, truth, dataclasses.replace(NEW, split_min_frac=0.9))[1] == 1
+    strict = dataclasses.replace(NEW, split_min_frac=0.9, split_min_points=0)
+    assert _found(depth, truth, strict)[1] == 1
+    assert _found(depth, truth, dataclasses.replace(strict, split_min_points=300)) == (2, 2)
+    assert _found(depth, truth, dataclasses.replace(strict, split_min_points=100000))[1] == 1
 
 
 def test_cut_settings_are_validated_and_in_the_yaml(repo_root):
     cfg = load_depth_config(repo_root / "config" / "depth_proposals.yaml")
-    assert (cfg.cut_jump_frac, cfg.split_min_frac) == (NEW.cut_jump_frac, NEW.split_min_frac)
-    for bad in ({"cut_jump_frac": -0.1}, {"split_min_frac": 1.5}, {"cut_jump_frac": 2.0}):
+    assert (cfg.cut_jump_frac, cfg.split_min_frac, cfg.split_min_points) == \
+        (NEW.cut_jump_frac, NEW.split_min_frac, NEW.split_min_points)
+    for bad in ({"cut_jump_frac": -0.1}, {"split_min_frac": 1.5}, {"cut_jump_frac": 2.0},
+                {"split_min_points": -1}):
         with pytest.raises(DepthError, match=next(iter(bad))):
             DepthProposalConfig(**bad)
 

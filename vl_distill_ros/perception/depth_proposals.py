@@ -19,7 +19,7 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    grid (8-connected) after a small closing that joins a thin handle's pieces; the closing
    does not bridge a depth discontinuity (``cut_jump_frac``), so two objects in contact,
    one in front of the other, stay apart when each holds ``split_min_frac`` of the
-   cluster.
+   cluster or ``split_min_points`` samples.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
@@ -116,9 +116,13 @@ class DepthProposalConfig:
     #: along the occluding edge. 0: the closing bridges every step (one cluster) ...
     cut_jump_frac: float = 0.05
     #: ... and a cluster is cut only into pieces that each hold at least this fraction of
-    #: its samples (and ``min_cluster_points``); smaller pieces (a mug's handle in front of
-    #: its body, a fold of a bag) go to the nearest large piece.
+    #: its samples (and ``min_cluster_points``) ...
     split_min_frac: float = 0.25
+    #: ... or at least this many samples (a small object in front of a large one; 300
+    #: samples at stride 2 of a 640x480 frame: 6 cm square a metre away; 0: the fraction
+    #: only); smaller pieces (a mug's handle in front of its body, a fold of a bag) go to
+    #: the nearest large piece.
+    split_min_points: int = 300
     min_cluster_points: int = 6
     min_size_m: float = 0.012
     max_size_m: float = 0.6
@@ -159,6 +163,9 @@ class DepthProposalConfig:
             raise DepthError("need 0 <= min_size_m < max_size_m")
         if not 1 <= int(self.close_cells) <= 15:
             raise DepthError(f"close_cells must be in [1, 15], got {self.close_cells}")
+        if not 0 <= int(self.split_min_points) <= 1_000_000:
+            raise DepthError(f"split_min_points must be in [0, 1000000], got "
+                             f"{self.split_min_points}")
         if not 0 <= int(self.max_count) <= 256 or int(self.min_cluster_points) < 1:
             raise DepthError("need 0 <= max_count <= 256 and min_cluster_points >= 1")
         for name in ("edge_jump_frac", "plane_threshold_m", "plane_threshold_quadratic"):
@@ -408,7 +415,8 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
                  cfg: DepthProposalConfig) -> list[np.ndarray] | None:
     """Masks of the pieces of the grid component ``comp`` when its ``cut`` pixels (``comp``
     less its depth discontinuities) fall apart into two or more pieces that each hold at
-    least ``split_min_frac`` (and ``min_cluster_points``) of its ``own`` samples; each
+    least ``split_min_frac`` of its ``own`` samples or ``split_min_points`` of them (and
+    ``min_cluster_points``); each
     large piece grows over the rest of ``comp`` from its interior cells (every cell goes to
     the nearest one).
     ``None`` when ``comp`` stays one cluster."""
@@ -417,6 +425,8 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
     count[0] = 0
     need = max(float(cfg.split_min_frac) * float(np.count_nonzero(own)),
                float(cfg.min_cluster_points))
+    if cfg.split_min_points > 0:
+        need = min(need, float(max(cfg.split_min_points, cfg.min_cluster_points)))
     big = np.flatnonzero(count >= need)
     if len(big) < 2:
         return None
