@@ -498,7 +498,12 @@ class VlDistillNode(Node):
     def _prepare_loop(self) -> None:
         """Stage 1 (``pipelined: true``): decode, pair depth and find the boxes of the next
         frame while stage 2 classifies the previous one; hands over through one slot."""
-        while (item := self._take_frame()) is not None:
+        while True:
+            with self._lock:  # take a frame only once the slot is free: the freshest one
+                while self._staged is not None and not self._stop.is_set():
+                    self._lock.wait(0.5)
+            if (item := self._take_frame()) is None:
+                return
             staged = self._guarded(item[0], self._prepare, *item)
             if staged is None:
                 continue
