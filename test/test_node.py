@@ -555,7 +555,7 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
 
 def test_pipelined_node_publishes_what_one_thread_publishes_in_order(
         ctx, tester, bundle_path, tmp_path):
-    """``pipelined`` (default true) runs the boxes of one frame in one thread while another
+    """``pipelined: true`` runs the boxes of one frame in one thread while another
     classifies the previous frame: the labels of each frame are those of ``pipelined:
     false``, a burst comes out in publishing order, and both threads end with the node."""
     colours = [YELLOW, SWAPPED, DARK, YELLOW, DARK]

@@ -3,8 +3,8 @@
 ROS-free, so the node (:mod:`vl_distill_ros.ros.node`) and an offline replay evaluator run
 exactly the same code. One call of :meth:`PerceptionPipeline.process` handles one frame
 (step 1 is :meth:`~PerceptionPipeline.prepare`, steps 2-4 :meth:`~PerceptionPipeline.classify`;
-the node runs them in two threads, overlapping one frame's boxes with the previous frame's
-classification):
+with ``pipelined: true`` the node runs them in two threads, overlapping one frame's boxes
+with the previous frame's classification):
 
 1. **Boxes** from the configured crop source: ``proposals`` (the class-agnostic proposer of
    :mod:`~vl_distill_ros.perception.proposals`), ``full_frame`` (one box, e.g. for a hand camera)

@@ -101,10 +101,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "CPU threads of the student runtime (ONNX Runtime intra-op threads, or "
               "torch.set_num_threads for the PyTorch fallback); 0 = the library default.",
               read_only=True, range=(0, 256)),
-    ParamSpec("pipelined", True, "bool",
+    ParamSpec("pipelined", False, "bool",
               "Two worker threads: the next frame's decoding, depth pairing and proposals "
-              "overlap the current frame's student and publishing (more frames per second on "
-              "2+ cores, the same labels); false: one thread does both in turn.",
+              "overlap the current frame's student and publishing (the same labels; on 2 "
+              "cores 1-2.5 more frames/s but ~30 ms more p95 latency with depth); false: one "
+              "thread does both in turn (lowest latency).",
               read_only=True),
     ParamSpec("warm_text_encoder", True, "bool",
               "Load the teacher's text encoder at start-up, before the cameras are "
