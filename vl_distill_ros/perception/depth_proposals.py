@@ -294,11 +294,15 @@ def depth_samples(depth: np.ndarray, cfg: DepthProposalConfig
     z = np.ascontiguousarray(depth[off::s, off::s], dtype=np.float32)
     valid = np.isfinite(z) & (z >= cfg.min_depth_m) & (z <= cfg.max_depth_m)
     z = np.where(valid, z, np.float32(0.0))
-    kernel = np.ones((3, 3), np.uint8)
-    hi = cv2.dilate(z, kernel)
-    lo = cv2.erode(np.where(valid, z, np.float32(1e6)), kernel)
-    valid &= (hi - lo) <= cfg.edge_jump_frac * z
+    valid &= depth_span(z, valid) <= cfg.edge_jump_frac * z
     return z, valid, s, off
+
+
+def depth_span(z: np.ndarray, has_depth: np.ndarray) -> np.ndarray:
+    """Per cell of the sampled depth ``z``: the largest minus the smallest depth of its 3x3
+    neighbourhood, over the cells of ``has_depth`` (a step between two surfaces is large)."""
+    kernel = np.ones((3, 3), np.uint8)
+    return cv2.dilate(z, kernel) - cv2.erode(np.where(has_depth, z, np.float32(1e6)), kernel)
 
 
 def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig) -> DepthCloud:
@@ -405,9 +409,7 @@ def _steps(cloud: DepthCloud, roi: tuple[int, int, int, int],
     x, y, w, h = roi
     y0, x0 = max(y - 1, 0), max(x - 1, 0)
     z = cloud.z[y0:y + h + 1, x0:x + w + 1]
-    kernel = np.ones((3, 3), np.uint8)
-    span = cv2.dilate(z, kernel) - cv2.erode(np.where(z > 0, z, np.float32(1e6)), kernel)
-    step = (z > 0) & (span > cfg.cut_jump_frac * z)
+    step = (z > 0) & (depth_span(z, z > 0) > cfg.cut_jump_frac * z)
     return step[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
 

@@ -31,8 +31,8 @@ import os
 import re
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import rclpy
@@ -507,9 +507,7 @@ class VlDistillNode(Node):
             staged = self._guarded(item[0], self._prepare, *item)
             if staged is None:
                 continue
-            with self._lock:
-                while self._staged is not None and not self._stop.is_set():
-                    self._lock.wait(0.5)
+            with self._lock:  # still free: this thread is the only one that fills it
                 if self._stop.is_set():
                     return
                 self._staged = staged
