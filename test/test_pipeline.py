@@ -235,6 +235,34 @@ def test_settings_validation(bundle):
         PerceptionPipeline(bundle, crop_source="bogus")
 
 
+def test_the_student_sees_a_square_window_around_each_box(bundle, monkeypatch):
+    """With crop_square (the default) a tall box reaches the student as a square crop of
+    its longer side plus crop_context; without it, as the box itself. The published bbox is
+    the box either way; bad crop_context values are refused and change nothing."""
+    import vl_distill_ros.perception.pipeline as pipeline_module
+
+    shapes = []
+    real = pipeline_module.preprocess_crops
+
+    def spy(crops, spec):
+        shapes.extend(c.shape[:2] for c in crops)
+        return real(crops, spec)
+
+    monkeypatch.setattr(pipeline_module, "preprocess_crops", spy)
+    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(40, 20, 10, 30)],
+                              unknown_threshold=0.0)
+    assert pipe.settings.crop_square and pipe.settings.crop_context == pytest.approx(0.15)
+    (obj,), _ = pipe.process(frame(120, 160))
+    assert obj.bbox == (40, 20, 10, 30) and shapes == [(34, 34)]  # round(30 * 1.15)
+    pipe.configure(crop_square=False, crop_context=0.0)
+    (obj,), _ = pipe.process(frame(120, 160))
+    assert obj.bbox == (40, 20, 10, 30) and shapes[-1] == (30, 10)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(PipelineError, match="crop_context"):
+            pipe.configure(crop_context=bad)
+    assert pipe.settings.crop_context == 0.0
+
+
 def test_labels_document_schema(bundle):
     pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(0, 0, 32, 24), (32, 24, 32, 24)],
                               unknown_threshold=0.0, top_k=2)

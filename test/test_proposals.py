@@ -391,3 +391,30 @@ def test_recall_on_a_made_bag(ycb_models, tmp_path, repo_root) -> None:
     assert frames == 8 and objects >= 16
     assert found / objects >= 0.75, (found, objects)
     assert proposed - found <= frames, (proposed, found)  # at most one false box a frame
+
+
+# -- the window the classifier sees ------------------------------------------------------------
+
+def test_classification_window_is_a_square_around_the_box():
+    from vl_distill_ros.perception.proposals import classification_window
+
+    # a tall box in the middle: a square of its longer side plus 10%, centred on it
+    assert classification_window((100, 50, 20, 60), 320, 240, True, 0.1) == (77, 47, 66, 66)
+    # context 0 on a square box is the box itself
+    assert classification_window((10, 20, 30, 30), 320, 240, True, 0.0) == (10, 20, 30, 30)
+    # not square: the box grows by the context in each dimension, keeping its aspect
+    assert classification_window((100, 50, 20, 60), 320, 240, False, 0.5) == (95, 35, 30, 90)
+    assert classification_window((100, 50, 20, 60), 320, 240, False, 0.0) == (100, 50, 20, 60)
+
+
+def test_classification_window_moves_into_the_frame_and_clips_to_it():
+    from vl_distill_ros.perception.proposals import classification_window
+
+    # at the left and bottom edges: moved inside, still square
+    assert classification_window((0, 200, 10, 40), 320, 240, True, 0.0) == (0, 200, 40, 40)
+    assert classification_window((310, 0, 10, 30), 320, 240, True, 0.0) == (290, 0, 30, 30)
+    # taller than the frame: as tall as it; moved in across
+    assert classification_window((100, 0, 250, 200), 320, 240, True, 0.1) == (45, 0, 275, 240)
+    # the full frame stays the full frame (crop_source: full_frame is unchanged)
+    for square in (True, False):
+        assert classification_window((0, 0, 320, 240), 320, 240, square, 0.3) == (0, 0, 320, 240)

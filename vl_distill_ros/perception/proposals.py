@@ -71,7 +71,8 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["Box", "ProposalConfig", "propose_boxes", "sanitize_boxes", "crop", "full_frame_box",
+__all__ = ["Box", "ProposalConfig", "propose_boxes", "sanitize_boxes", "crop",
+           "classification_window", "full_frame_box",
            "box_iou"]
 
 #: ``(x, y, w, h)`` in pixels: top-left corner, width and height.
@@ -243,6 +244,31 @@ def crop(image: np.ndarray, box: Sequence[int]) -> np.ndarray:
     x, y, w, h = (int(v) for v in box)
     x0, y0 = max(x, 0), max(y, 0)
     return image[y0:max(y + h, y0), x0:max(x + w, x0)]
+
+
+def classification_window(box: Sequence[float], width: int, height: int, square: bool = True,
+                          context: float = 0.0) -> Box:
+    """The region of a ``width`` x ``height`` frame that the classifier sees for ``box``.
+
+    The student was distilled on square crops framed around the object with a margin
+    (:mod:`vl_distill_ros.sim.render`), and every crop is resized to a square input. A
+    long box (a banana, a knife) cropped as it is would reach the student stretched, an
+    aspect it never saw. With ``square`` the window is a square of side ``max(w, h) * (1 +
+    context)`` centred on the box; without it the box grows by ``context`` of its own size.
+    The window is moved into the frame where it sticks out, and clipped to the frame where
+    it is larger (``crop_source: full_frame`` therefore stays the whole frame). The box
+    itself, not the window, is what the node publishes.
+    """
+    x, y, w, h = (float(v) for v in box)
+    if square:
+        ww = wh = max(w, h) * (1.0 + context)
+    else:
+        ww, wh = w * (1.0 + context), h * (1.0 + context)
+    ww = max(min(int(round(ww)), int(width)), 1)
+    wh = max(min(int(round(wh)), int(height)), 1)
+    x0 = min(max(int(round(x + 0.5 * (w - ww))), 0), int(width) - ww)
+    y0 = min(max(int(round(y + 0.5 * (h - wh))), 0), int(height) - wh)
+    return x0, y0, ww, wh
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

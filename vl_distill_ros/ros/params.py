@@ -173,6 +173,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("depth_proposal_config", "", "string",
               "YAML file of depth proposer settings (format of config/depth_proposals.yaml); "
               "empty: the defaults."),
+    ParamSpec("crop_square", True, "bool",
+              "The student sees a square window around each box (the crop shape it was "
+              "distilled on), moved into the frame; false: the box itself, stretched to the "
+              "student's square input. The published bbox is the box either way."),
+    ParamSpec("crop_context", 0.15, "double",
+              "Margin of that window around the box, as a fraction of the box's longer side "
+              "(crop_square) or of its own width and height.", range=(0.0, 1.0)),
     ParamSpec("min_box_size", 4, "integer",
               "Boxes narrower or shorter than this many pixels after clipping are dropped.",
               range=(1, 4096)),
@@ -214,6 +221,7 @@ SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",
                              "proposal_source", "depth_proposal_config", "min_box_size",
+                             "crop_square", "crop_context",
                              "unknown_threshold", "seen_bias",
                              "min_similarity", "top_k", "score_temperature",
                              "negative_names"})

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Choose the window the student sees around each box (``crop_square``, ``crop_context``)
+without the OOD objects.
+
+Renders a tabletop RGB-D bag (``vl-distill make-bag``, the sample bag's camera settings)
+of the split's ID objects and the calibration's pseudo-unseen objects (the auxiliary
+``calib_unseen`` objects of ``--render-config``: never trained on, never among the
+split's OOD objects), then replays it offline (``vl-distill replay-eval --offline``) with
+a vocabulary of exactly those objects, once per setting: the box stretched to a square
+(``crop_square: false``, the old behaviour) and square windows with each ``--contexts``
+margin, each at the bundle's calibrated threshold and without a threshold. The pseudo-unseen
+objects are the bag's OOD group.
+
+Prints ONE JSON object on stdout: per setting, accuracy (``unknown`` counts as wrong) and
+unknown rate of the ID and pseudo-unseen groups, and ``best_context``, the margin with the
+highest sum of the two groups' top-1 accuracies (no threshold). With ``--plot`` also writes
+a PNG of accuracy against the margin. Needs the YCB meshes (``--models-dir``).
+
+    .venv/bin/python bench/crop_window.py --out runs/crop_window --plot runs/crop_window.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import _common
+from _common import REPO, BenchError, log
+
+VL = [sys.executable, "-m", "vl_distill_ros.cli"]
+
+
+def _keys(path: Path, section: str) -> list[str]:
+    return list(yaml.safe_load(path.read_text())[section])
+
+
+def calibration_objects(render_config: Path) -> list[str]:
+    """The pseudo-unseen object keys: the ``calib_unseen`` split of the auxiliary render
+    config (the objects the calibration's ``calibration.unseen`` folder is rendered from)."""
+    spec = yaml.safe_load(render_config.read_text())
+    try:
+        return list(spec["splits"]["calib_unseen"]["objects"])
+    except (KeyError, TypeError):
+        raise BenchError(f"{render_config} has no splits.calib_unseen.objects") from None
+
+
+def write_vocabulary(out: Path, id_keys: list[str], unseen: list[str]) -> tuple[Path, Path]:
+    """The bag's vocabulary (those objects' labels from config/ycb_vocabulary.yaml) and its
+    split (ID = the split's ID objects, OOD = the pseudo-unseen ones)."""
+    labels = yaml.safe_load((REPO / "config/ycb_vocabulary.yaml").read_text())["labels"]
+    keep = set(id_keys) | set(unseen)
+    vocab, split = out / "vocabulary.yaml", out / "split.yaml"
+    vocab.write_text(yaml.safe_dump({"labels": [lab for lab in labels if lab["key"] in keep]},
+                                    sort_keys=False))
+    split.write_text(yaml.safe_dump({"name": "pseudo_unseen", "in_distribution": id_keys,
+                                     "out_of_distribution": unseen}, sort_keys=False))
+    return vocab, split
+
+
+def replay(bag: Path, vocab: Path, split: Path, out: Path, params: list[str],
+           model: str = "") -> dict:
+    """Offline replay of ``bag`` with node parameters ``params`` (and bundle ``model``, or
+    the packaged one); the two groups' scores."""
+    cmd = VL + ["replay-eval", str(bag), "--offline", "--vocabulary", str(vocab), "--split",
+                str(split), "--out", str(out), "--no-progress", "--no-plots"]
+    cmd += ["--model", model] if model else []
+    for p in params:
+        cmd += ["-p", p]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"replay-eval failed: {done.stderr[-2000:]}", exit_code=3)
+    groups = json.loads((out / "report.json").read_text())["groups"]
+    return {g: {"matched": groups[k]["matched"], "correct": groups[k]["correct"],
+                "accuracy": groups[k]["accuracy"], "unknown_rate": groups[k]["unknown_rate"]}
+            for g, k in (("id", "id"), ("pseudo_unseen", "ood"))}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Accuracy of both groups against the margin (square windows), with and without the
+    threshold; the stretched box as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    square = [r for r in results if r["crop_square"]]
+    stretched = [r for r in results if not r["crop_square"]]
+    for group, colour in (("id", "tab:blue"), ("pseudo_unseen", "tab:orange")):
+        for thr, style in (("calibrated", "-o"), ("none", ":s")):
+            rows = [r for r in square if r["threshold"] == thr]
+            ax.plot([r["crop_context"] for r in rows],
+                    [100 * r[group]["accuracy"] for r in rows], style, color=colour,
+                    label=f"{group}, threshold {thr}")
+            for r in stretched:
+                if r["threshold"] == thr:
+                    ax.axhline(100 * r[group]["accuracy"], color=colour, ls="--", lw=0.8)
+    ax.set_xlabel("crop_context (square window)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Dashed: box stretched to a square (crop_square: false)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The bench's options."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "runs/crop_window")
+    ap.add_argument("--model", default="", help="bundle (default: the packaged one)")
+    ap.add_argument("--render-config", type=Path, default=REPO / "config/render_ycb_aux.yaml",
+                    help="auxiliary render config whose calib_unseen objects are used")
+    ap.add_argument("--split", type=Path, default=REPO / "config/splits/ycb_paper.yaml")
+    ap.add_argument("--contexts", default="0,0.05,0.1,0.15,0.2,0.3")
+    ap.add_argument("--frames", type=int, default=80)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--models-dir", default="")
+    ap.add_argument("--plot", type=Path, default=None)
+    return ap
+
+
+def render_bag(a: argparse.Namespace, keys: list[str]) -> Path:
+    """Render the tabletop bag of ``keys`` (the sample bag's camera settings)."""
+    bag = a.out / "bag"
+    cmd = VL + ["make-bag", "--out", str(bag), "--frames", str(a.frames), "--objects",
+                ",".join(keys), "--width", "480", "--height", "360", "--noise-sigma", "0,0",
+                "--camera-distance", "0.45,0.75", "--depth", "--depth-noise", "none",
+                "--seed", str(a.seed), "--overwrite", "--no-progress"]
+    cmd += ["--models-dir", a.models_dir] if a.models_dir else []
+    log("rendering the bag")
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"make-bag failed: {done.stderr[-2000:]}")
+    return bag
+
+
+def run(a: argparse.Namespace, out: dict) -> None:
+    """Render the bag, replay it once per setting, fill ``out``."""
+    out["machine"] = _common.machine_info()
+    a.out.mkdir(parents=True, exist_ok=True)
+    id_keys = _keys(a.split, "in_distribution")
+    unseen = calibration_objects(a.render_config)
+    if set(unseen) & set(_keys(a.split, "out_of_distribution")):
+        raise BenchError("calibration objects overlap the split's OOD objects")
+    vocab, split = write_vocabulary(a.out, id_keys, unseen)
+    bag = render_bag(a, id_keys + unseen)
+    settings = [(False, 0.0)] + [(True, float(c)) for c in a.contexts.split(",")]
+    results = []
+    for square, context in settings:
+        for thr, extra in (("calibrated", []), ("none", ["unknown_threshold:=0.0"])):
+            log(f"crop_square {square}, crop_context {context}, threshold {thr}")
+            params = [f"crop_square:={str(square).lower()}", f"crop_context:={context}"]
+            scores = replay(bag, vocab, split, a.out / f"{square}_{context}_{thr}",
+                            params + extra, a.model)
+            results.append({"crop_square": square, "crop_context": context,
+                            "threshold": thr, **scores})
+    out["objects"] = {"id": id_keys, "pseudo_unseen": unseen}
+    out["results"] = results
+    top1 = [r for r in results if r["crop_square"] and r["threshold"] == "none"]
+    out["best_context"] = max(top1, key=lambda r: r["id"]["accuracy"] +
+                              r["pseudo_unseen"]["accuracy"])["crop_context"]
+    if a.plot:
+        plot(results, a.plot)
+        out["plot"] = str(a.plot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; prints one JSON object, returns the exit status."""
+    return _common.bench_main(
+        "crop_window", "issue 8: the classifier's crop window chosen without OOD objects "
+        "(demo OOD row >= 40%, ID >= 85%)", parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
