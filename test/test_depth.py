@@ -403,6 +403,56 @@ def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
         PipelineSettings(proposal_source="lidar")
 
 
+def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeypatch):
+    """proposal_threads 2 (the default): with depth and proposal_source auto the colour
+    proposer runs in another thread while the depth proposer runs; the boxes, labels and
+    depth statuses are those of proposal_threads 1, including every fallback to colour.
+    After close() frames still work (in the calling thread); 3 threads are refused."""
+    import threading
+
+    import vl_distill_ros.perception.pipeline as pipeline_module
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline, PipelineError
+
+    b = load_bundle(bundle, device="cpu")
+    depth, truth = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    x, y, w, h = truth[0]
+    image[y:y + h, x:x + w] = (200, 40, 40)
+    inputs = [(image, depth, K), (image, depth[:240], K), (image, depth, None),
+              (image, np.zeros_like(depth), K), (image, None, None)]
+    colour_threads = []
+    real = pipeline_module.propose_boxes
+
+    def spy(*args, **kwargs):
+        colour_threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "propose_boxes", spy)
+
+    def run(pipe):
+        out = []
+        for args in inputs:
+            objects, _ = pipe.process(*args)
+            out.append(([(o.bbox, o.label, round(o.score, 6)) for o in objects],
+                        pipe.last_depth_status))
+        return out
+
+    serial = run(PerceptionPipeline(b, inference_backend="torch", proposal_threads=1))
+    assert all(not name.startswith("colour_proposals") for name in colour_threads)
+    assert _matched(truth, [box for box, _, _ in serial[0][0]]) == 3
+    colour_threads.clear()
+    pipe = PerceptionPipeline(b, inference_backend="torch")
+    assert run(pipe) == serial
+    # frames with full depth (used, or too little valid depth) ran colour in the 2nd thread
+    assert sum(name.startswith("colour_proposals") for name in colour_threads) == 2
+    pipe.close()
+    pipe.close()
+    assert run(pipe) == serial
+    with pytest.raises(PipelineError, match="proposal_threads"):
+        PerceptionPipeline(b, inference_backend="torch", proposal_threads=3)
+
+
 def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path):
     """The live replay starts the node with depth_topics / camera_info_topics and replays
     depth and CameraInfo: every labelled frame was paired (its objects found)."""

@@ -73,7 +73,7 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
 #: controlled by the replay).
 TUNABLE_PARAMS: frozenset[str] = frozenset(P.SETTINGS_PARAMS | {
     "qos_reliability", "qos_depth", "torch_threads", "publish_annotated",
-    "inference_backend", "inference_threads"})
+    "inference_backend", "inference_threads", "proposal_threads"})
 #: Diagnostics period requested from the node (s): counters are read from diagnostics.
 DIAGNOSTICS_PERIOD = 0.5
 #: Lines of node output quoted in errors.
@@ -281,7 +281,8 @@ def pipeline_settings(values: Mapping[str, Any]):
 
 def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     keys = sorted(P.SETTINGS_PARAMS | {"qos_reliability", "qos_depth", "torch_threads",
-                                       "inference_backend", "inference_threads"})
+                                       "inference_backend", "inference_threads",
+                                       "proposal_threads"})
     return {k: values[k] for k in keys}
 
 
@@ -449,6 +450,7 @@ def _offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str
         pipe = PerceptionPipeline(bundle, vocabulary=vocab, embeddings=emb,
                                   inference_backend=str(values["inference_backend"]),
                                   inference_threads=int(values["inference_threads"]),
+                                  proposal_threads=int(values["proposal_threads"]),
                                   **pipe_settings.as_kwargs())
     except PipelineError as exc:
         raise InputError(f"cannot build the pipeline: {exc}") from None
@@ -504,6 +506,7 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
         raise InputError(f"an image of the bag cannot be processed: {exc}") from None
     finally:
         bar.close()
+        pipe.close()
     if depth_counts:
         rec.node["depth"] = {"topics": dict(contents.depth_topics),
                              "frames_by_status": depth_counts}

@@ -203,6 +203,7 @@ class VlDistillNode(Node):
                                            embeddings=emb,
                                            inference_backend=str(p["inference_backend"]),
                                            inference_threads=int(p["inference_threads"]),
+                                           proposal_threads=int(p["proposal_threads"]),
                                            **settings.as_kwargs())
         self.vocabulary.attach(self.pipeline, vocab, source, default=self.bundle.vocabulary,
                                on_swap=self._publish_label_info)
@@ -671,6 +672,9 @@ class VlDistillNode(Node):
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=10.0)
+        pipeline = getattr(self, "pipeline", None)   # None when start-up failed before it
+        if pipeline is not None:
+            pipeline.close()
 
     def destroy_node(self) -> None:
         """Stop the worker threads, then destroy the node."""
