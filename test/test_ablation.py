@@ -62,3 +62,35 @@ def test_ablate_without_the_ycb_models_is_one_error_line_exit_2(tmp_path, monkey
                                                    f"found: {tmp_path / 'no_models_here'}")
     assert "VL_DISTILL_YCB_MODELS" in err and "Traceback" not in err
     assert not (tmp_path / "data").exists()
+
+
+def test_ablate_renders_every_missing_auxiliary_render_config(tmp_path, monkeypatch):
+    """`render_aux` may name one render config or a list (the "+ varied appearance" row needs
+    config/render_ycb_varied.yaml besides the auxiliary renders): each one whose out_dir has
+    no manifest.json is rendered, the others are left alone."""
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    import vl_distill_ros.sim.render as render_module
+    from vl_distill_ros.training.ablation import run_ablation
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "config", tmp_path / "config")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/ycb_aux").mkdir(parents=True)
+    (tmp_path / "data/ycb_aux/manifest.json").write_text("{}")   # already rendered
+    rendered = []
+    monkeypatch.setattr(render_module, "find_models", lambda models_dir: models_dir)
+    monkeypatch.setattr(render_module, "render_dataset",
+                        lambda spec, progress=True: rendered.append(str(spec.out_dir)))
+    spec = {"render": "config/render_ycb.yaml", "out_dir": str(tmp_path / "out"), "runs": [],
+            "render_aux": ["config/render_ycb_aux.yaml", "config/render_ycb_varied.yaml"]}
+    (tmp_path / "ablate.yaml").write_text(yaml.safe_dump(spec))
+    run_ablation(tmp_path / "ablate.yaml", progress=False)
+    assert [Path(p).name for p in rendered] == ["ycb_varied"]
+    spec["render_aux"] = "config/render_ycb_varied.yaml"            # a single config
+    (tmp_path / "ablate.yaml").write_text(yaml.safe_dump(spec))
+    rendered.clear()
+    run_ablation(tmp_path / "ablate.yaml", progress=False)
+    assert [Path(p).name for p in rendered] == ["ycb_varied"]

@@ -138,8 +138,9 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
                 find_models(rspec.models_dir)  # no models: one error line, nothing printed
                 print(f"[ablate] rendering {root}")
                 render_dataset(rspec, progress=progress)
-        if spec.get("render_aux"):
-            aux_spec = load_render_spec(spec["render_aux"])
+        extra = spec.get("render_aux") or []
+        for aux_path in [extra] if isinstance(extra, str) else extra:  # one config or a list
+            aux_spec = load_render_spec(aux_path)
             if not (Path(aux_spec.out_dir) / "manifest.json").exists():
                 find_models(aux_spec.models_dir)
                 print(f"[ablate] rendering {aux_spec.out_dir}")
