@@ -280,10 +280,7 @@ def pipeline_settings(values: Mapping[str, Any]):
 
 
 def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    keys = sorted(P.SETTINGS_PARAMS | {"qos_reliability", "qos_depth", "torch_threads",
-                                       "inference_backend", "inference_threads",
-                                       "proposal_threads"})
-    return {k: values[k] for k in keys}
+    return {k: values[k] for k in sorted(TUNABLE_PARAMS - {"publish_annotated"})}
 
 
 def open_bag(path: str | Path, sidecar: str | Path | None = None,

@@ -535,10 +535,6 @@ class PerceptionPipeline:
             found = propose_depth_boxes(depth, intrinsics, s.depth_cfg)
         except DepthError as exc:
             return self._colour_boxes(image, s, pending), str(exc)
-        except BaseException:
-            if pending is not None:
-                pending.cancel()
-            raise
         if found.plane is None:
             return self._colour_boxes(image, s, pending), found.note
         count = int(s.proposal_cfg.max_count)

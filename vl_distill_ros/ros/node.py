@@ -5,15 +5,16 @@ A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline
 * subscribes to ``image_topics`` (sensor_msgs/Image) with sensor-data QoS; each camera has a
   one-frame "latest wins" slot, so a fast camera never builds a queue (overwritten frames are
   counted as dropped);
-* one inference thread (one model in memory for all cameras) decodes frames with numpy
-  (:func:`~vl_distill_ros.perception.image_codec.decode_image`, no cv_bridge), runs the pipeline
-  and publishes ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable; the
-  vocabulary on ``~/label_info``) and optionally ``~/image_annotated`` (:mod:`.conversions`);
-  with ``pipelined: true`` two threads share that work: the first decodes a frame, pairs its
-  depth and finds its boxes
+* the inference threads (one model in memory for all cameras) decode frames with numpy
+  (:func:`~vl_distill_ros.perception.image_codec.decode_image`, no cv_bridge), run the
+  pipeline and publish ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable;
+  the vocabulary on ``~/label_info``) and optionally ``~/image_annotated``
+  (:mod:`.conversions`): with ``pipelined: true`` (the default) the first decodes a frame,
+  pairs its depth and finds its boxes
   (:meth:`~vl_distill_ros.perception.pipeline.PerceptionPipeline.prepare`) while the second
   classifies the previous one and publishes, and a one-frame slot between them keeps frames
-  in order; the executor thread only stores messages;
+  in order; with ``pipelined: false`` one thread does both in turn; the executor thread
+  only stores messages;
 * the vocabulary (``labels``, ``descriptions``, ``vocabulary_file``, ``~/save_vocabulary``,
   ``persist_vocabulary``) is run by a
   :class:`~vl_distill_ros.ros.vocabulary_controller.VocabularyController`; its module
