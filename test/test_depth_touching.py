@@ -1,5 +1,6 @@
 """Objects in contact: the depth proposer cuts a cluster along a depth step
-(``cut_jump_frac``) but keeps a concave single object whole, and the scene renderer's
+(``cut_jump_frac``) or a concave crease between objects side by side (``crease_m``) but
+keeps a concave single object (an L, a cup, a bowl) whole, and the scene renderer's
 ``contact_prob`` places objects in contact."""
 from __future__ import annotations
 
@@ -8,19 +9,79 @@ import math
 
 import numpy as np
 import pytest
-from test_depth import K, render_tabletop
+from test_depth import K, _rays, render_tabletop
 
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
                                                        load_depth_config, propose_depth_boxes)
 
-#: The default settings and the same without the cut at depth steps (the old behaviour).
+#: The default settings, the same without the cuts at depth steps and at concave creases
+#: (the old behaviour), and with the cut at depth steps only.
 NEW = DepthProposalConfig()
-OLD = dataclasses.replace(NEW, cut_jump_frac=0.0)
+OLD = dataclasses.replace(NEW, cut_jump_frac=0.0, crease_m=0.0)
+STEPS_ONLY = dataclasses.replace(NEW, crease_m=0.0)
 
 #: A tall can-like block in front of a lower, wider box that it touches (b: away from the
 #: camera; the front block's back face is the box's front face, b = 0.03).
 TOUCHING = [(-0.03, 0.0, 0.07, 0.06, 0.14), (0.03, 0.11, 0.14, 0.16, 0.06)]
+
+
+def render_cylinders(objects: list[tuple[float, float, float, float, float]],
+                     tilt_deg: float = 50.0, distance: float = 0.9
+                     ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Ray-cast depth (m) of upright cylinders ``(a, b, radius, height, wall)`` on a tilted
+    table (as :func:`render_tabletop`); ``wall`` > 0 makes an open cup with walls and a
+    floor that thick (0: a solid can). Returns the depth and each object's visible box."""
+    t = math.radians(tilt_deg)
+    n = np.array([0.0, -math.sin(t), -math.cos(t)])
+    e1 = np.array([1.0, 0.0, 0.0])
+    basis = np.stack([e1, np.cross(n, e1), n])
+    rays = _rays(K) @ basis.T                      # per unit camera z, in table coordinates
+    start = -(basis @ np.array([0.0, 0.0, distance]))
+    dx, dy, dz = rays[..., 0], rays[..., 1], rays[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.where(dz < 0, -start[2] / dz, np.inf)
+        owner = np.full(depth.shape, -1)
+
+        def roots(a, b, r):
+            qa = dx * dx + dy * dy
+            qb = 2 * (dx * (start[0] - a) + dy * (start[1] - b))
+            qc = (start[0] - a) ** 2 + (start[1] - b) ** 2 - r * r
+            disc = np.sqrt(qb * qb - 4 * qa * qc)
+            return (-qb - disc) / (2 * qa), (-qb + disc) / (2 * qa)
+
+        def radius2(tt, a, b):
+            return (start[0] + tt * dx - a) ** 2 + (start[1] + tt * dy - b) ** 2
+
+        def height(tt):
+            return start[2] + tt * dz
+
+        for i, (a, b, r, h, wall) in enumerate(objects):
+            hits = []
+            near, _ = roots(a, b, r)
+            hits.append(np.where((height(near) >= 0) & (height(near) <= h), near, np.inf))
+            top = (h - start[2]) / dz
+            inner = r - wall if wall > 0 else 0.0
+            hits.append(np.where((radius2(top, a, b) <= r * r)
+                                 & (radius2(top, a, b) >= inner * inner), top, np.inf))
+            if wall > 0:  # through the opening: the inner wall's far side or the floor
+                opening = radius2(top, a, b) < inner * inner
+                _, far = roots(a, b, inner)
+                hits.append(np.where(opening & (height(far) >= wall) & (height(far) <= h),
+                                     far, np.inf))
+                floor = (wall - start[2]) / dz
+                hits.append(np.where(opening & (radius2(floor, a, b) <= inner * inner),
+                                     floor, np.inf))
+            hit = np.nan_to_num(np.min(hits, axis=0), nan=np.inf)
+            closer = (hit > 0) & (hit < depth)
+            depth = np.where(closer, hit, depth)
+            owner[closer] = i
+    boxes = []
+    for i in range(len(objects)):
+        ys, xs = np.nonzero(owner == i)
+        boxes.append((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                      int(ys.max() - ys.min() + 1)))
+    return np.where(np.isfinite(depth), depth, 0.0).astype(np.float32), boxes
 
 
 def _found(depth: np.ndarray, truth, cfg: DepthProposalConfig) -> tuple[int, int]:
@@ -32,7 +93,8 @@ def _found(depth: np.ndarray, truth, cfg: DepthProposalConfig) -> tuple[int, int
 def test_touching_blocks_one_in_front_of_the_other_get_two_boxes(tilt):
     depth, truth = render_tabletop(TOUCHING, tilt_deg=tilt)
     assert _found(depth, truth, NEW) == (2, 2)
-    # without the cut the closing bridges the occluding edge: one box over both
+    assert _found(depth, truth, STEPS_ONLY) == (2, 2)  # the step alone separates them
+    # without the cuts the closing bridges the occluding edge: one box over both
     matched, count = _found(depth, truth, OLD)
     assert count == 1 and matched <= 1
 
@@ -53,6 +115,24 @@ def test_a_concave_object_stays_one_box(shape):
     assert len(match_boxes([(x0, y0, x1 - x0, y1 - y0)], boxes, 0.7)) == 1
 
 
+@pytest.mark.parametrize("tilt", [40.0, 50.0, 60.0])
+def test_cans_side_by_side_are_cut_at_the_crease_between_them(tilt):
+    # a low wide can touching a tall one side by side at the same distance: no depth step
+    # between their sides, but the surface bends away into the gap on both sides
+    depth, truth = render_cylinders([(-0.04, 0.0, 0.04, 0.06, 0.0),
+                                     (0.04, 0.0, 0.04, 0.14, 0.0)], tilt_deg=tilt)
+    assert _found(depth, truth, NEW) == (2, 2)
+    for cfg in (STEPS_ONLY, OLD):  # the step cut alone keeps them together
+        assert _found(depth, truth, cfg)[1] == 1
+    # a threshold above the crease's depth keeps them together too
+    assert _found(depth, truth, dataclasses.replace(NEW, crease_m=0.5))[1] == 1
+
+
+def test_one_can_is_not_cut():
+    depth, truth = render_cylinders([(0.0, 0.0, 0.04, 0.14, 0.0)])
+    assert _found(depth, truth, NEW) == (1, 1)
+
+
 def test_pieces_under_split_min_frac_and_points_are_not_cut_off():
     # the same touching pair, but each piece must hold 90% of the cluster (or, in the
     # second case, that or 300 samples, which each block has): one box, then two
@@ -66,10 +146,12 @@ def test_pieces_under_split_min_frac_and_points_are_not_cut_off():
 
 def test_cut_settings_are_validated_and_in_the_yaml(repo_root):
     cfg = load_depth_config(repo_root / "config" / "depth_proposals.yaml")
-    assert (cfg.cut_jump_frac, cfg.split_min_frac, cfg.split_min_points) == \
-        (NEW.cut_jump_frac, NEW.split_min_frac, NEW.split_min_points)
+    assert (cfg.cut_jump_frac, cfg.split_min_frac, cfg.split_min_points, cfg.crease_m,
+            cfg.crease_cells) == (NEW.cut_jump_frac, NEW.split_min_frac, NEW.split_min_points,
+                                  NEW.crease_m, NEW.crease_cells)
     for bad in ({"cut_jump_frac": -0.1}, {"split_min_frac": 1.5}, {"cut_jump_frac": 2.0},
-                {"split_min_points": -1}):
+                {"split_min_points": -1}, {"crease_m": -0.01}, {"crease_m": 1.5},
+                {"crease_cells": 0}, {"crease_cells": 33}):
         with pytest.raises(DepthError, match=next(iter(bad))):
             DepthProposalConfig(**bad)
 
@@ -128,6 +210,24 @@ def test_default_placement_renders_the_shipped_sample_bag_exactly(scene_renderer
     spec = SceneSpec(width=480, height=360, noise_sigma=(0.0, 0.0), distance_m=(0.45, 0.75),
                      depth=True)
     assert np.array_equal(render_scene(scene_renderer, pool, rng, spec).image, shipped)
+
+
+@pytest.mark.parametrize("key", ["024_bowl", "025_mug", "019_pitcher_base", "065-e_cups",
+                                 "035_power_drill", "051_large_clamp"])
+def test_rendered_concave_objects_alone_are_not_cut_at_creases(scene_renderer, key):
+    # the inside of a bowl, a mug or a cup, and the crook of a drill or a clamp: concave,
+    # but one object; the crease cut adds no box to the steps-only result
+    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    spec = SceneSpec(objects_per_scene=(1, 1), depth=True)
+    for seed in range(4):
+        frame = render_scene(scene_renderer, [key], np.random.default_rng(seed), spec)
+        truth = [o.bbox for o in frame.objects]
+        k = CameraIntrinsics(*frame.intrinsics, frame.image.shape[1], frame.image.shape[0])
+        boxes = propose_depth_boxes(frame.depth, k, NEW).boxes
+        assert len(boxes) == len(propose_depth_boxes(frame.depth, k, STEPS_ONLY).boxes)
+        assert len(match_boxes(truth, boxes, 0.5)) == 1, (key, seed)
 
 
 def test_rendered_pairs_in_contact_found_by_depth(scene_renderer):

@@ -17,9 +17,10 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
 3. **Objects**: samples between ``min_height_m`` (plus the same depth-dependent noise
    allowance) and ``max_height_m`` above the plane, grouped by connected components of the
    grid (8-connected) after a small closing that joins a thin handle's pieces; the closing
-   does not bridge a depth discontinuity (``cut_jump_frac``), so two objects in contact,
-   one in front of the other, stay apart when each holds ``split_min_frac`` of the
-   cluster or ``split_min_points`` samples.
+   does not bridge a depth discontinuity (``cut_jump_frac``) or a concave crease
+   (``crease_m``: a sample behind the chord of its neighbours ``crease_cells`` away), so
+   two objects in contact, one in front of the other or side by side, stay apart when each
+   holds ``split_min_frac`` of the cluster or ``split_min_points`` samples.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
@@ -118,11 +119,18 @@ class DepthProposalConfig:
     #: ... and a cluster is cut only into pieces that each hold at least this fraction of
     #: its samples (and ``min_cluster_points``) ...
     split_min_frac: float = 0.25
-    #: ... or at least this many samples (a small object in front of a large one; 300
-    #: samples at stride 2 of a 640x480 frame: 6 cm square a metre away; 0: the fraction
+    #: ... or at least this many samples (a small object in front of a large one; 200
+    #: samples at stride 2 of a 640x480 frame: 5 cm square a metre away; 0: the fraction
     #: only); smaller pieces (a mug's handle in front of its body, a fold of a bag) go to
     #: the nearest large piece.
-    split_min_points: int = 300
+    split_min_points: int = 200
+    #: A concave crease also cuts (two objects side by side, at about the same distance):
+    #: a sample lying more than this (m, plus the noise allowance) behind the chord of the
+    #: samples ``crease_cells`` grid cells to either side of it, along a row, a column or a
+    #: diagonal, with both of those above the plane; the cut keeps ``split_min_frac`` /
+    #: ``split_min_points``. 0: no crease cut.
+    crease_m: float = 0.01
+    crease_cells: int = 6
     min_cluster_points: int = 6
     min_size_m: float = 0.012
     max_size_m: float = 0.6
@@ -166,6 +174,8 @@ class DepthProposalConfig:
         if not 0 <= int(self.split_min_points) <= 1_000_000:
             raise DepthError(f"split_min_points must be in [0, 1000000], got "
                              f"{self.split_min_points}")
+        if not 1 <= int(self.crease_cells) <= 32:
+            raise DepthError(f"crease_cells must be in [1, 32], got {self.crease_cells}")
         if not 0 <= int(self.max_count) <= 256 or int(self.min_cluster_points) < 1:
             raise DepthError("need 0 <= max_count <= 256 and min_cluster_points >= 1")
         for name in ("edge_jump_frac", "plane_threshold_m", "plane_threshold_quadratic"):
@@ -173,7 +183,7 @@ class DepthProposalConfig:
                 raise DepthError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("min_plane_frac", "min_valid_frac", "fuse_min_valid_frac",
                      "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
-                     "fuse_flat_height_m", "split_min_frac", "cut_jump_frac"):
+                     "fuse_flat_height_m", "split_min_frac", "cut_jump_frac", "crease_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -392,10 +402,19 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray,
         x, y, bw, bh = (int(v) for v in stats[i, :4])
         comp = labels[y:y + bh, x:x + bw] == i
         own = comp & (grid[y:y + bh, x:x + bw] > 0)
-        parts = None
-        if cfg.cut_jump_frac > 0:  # not across a depth step
-            parts = _large_parts(comp, comp & ~_steps(cloud, (x, y, bw, bh), cfg), own, cfg)
-        for part in parts if parts is not None else (own,):
+        parts, kept = [comp], comp
+        if cfg.cut_jump_frac > 0:  # not across a depth step ...
+            kept = comp & ~_steps(cloud, (x, y, bw, bh), cfg)
+            parts = _large_parts(comp, kept, own, cfg) or parts
+        if cfg.crease_m > 0:  # ... nor across a concave crease
+            crease = _creases(cloud, grid, (x, y, bw, bh), cfg) & comp
+            if crease.any():  # the finer of: steps and creases at once, creases per piece
+                joint = _large_parts(comp, kept & ~crease, own, cfg) or [comp]
+                parts = [p for part in parts for p in
+                         _large_parts(part, part & ~crease, own & part, cfg) or [part]]
+                if len(joint) > len(parts):
+                    parts = joint
+        for part in parts:
             sel = own & part
             if np.count_nonzero(sel) >= cfg.min_cluster_points:
                 clusters.append(index[y:y + bh, x:x + bw][sel])
@@ -411,6 +430,34 @@ def _steps(cloud: DepthCloud, roi: tuple[int, int, int, int],
     z = cloud.z[y0:y + h + 1, x0:x + w + 1]
     step = (z > 0) & (depth_span(z, z > 0) > cfg.cut_jump_frac * z)
     return step[y - y0:y - y0 + h, x - x0:x - x0 + w]
+
+
+def _creases(cloud: DepthCloud, above: np.ndarray, roi: tuple[int, int, int, int],
+             cfg: DepthProposalConfig) -> np.ndarray:
+    """Cells of the grid window ``roi`` = ``(x, y, w, h)`` on a concave crease: behind the
+    chord of the above-plane samples ``crease_cells`` away on both sides (a row, a column
+    or a diagonal) by more than ``crease_m`` plus the noise allowance."""
+    x, y, w, h = roi
+    r = int(cfg.crease_cells)
+    y0, x0 = max(y - r, 0), max(x - r, 0)
+    y1, x1 = min(y + h + r, cloud.z.shape[0]), min(x + w + r, cloud.z.shape[1])
+    hh, ww = y1 - y0, x1 - x0
+    zp = np.zeros((hh + 2 * r, ww + 2 * r), np.float32)  # zero margins (np.pad is slow)
+    z = zp[r:r + hh, r:r + ww]
+    np.copyto(z, cloud.z[y0:y1, x0:x1], where=above[y0:y1, x0:x1] > 0)
+    thr = np.float32(cfg.crease_m) + np.float32(cfg.plane_threshold_quadratic) * z * z
+    crease = np.zeros(z.shape, bool)
+    concave = np.zeros(zp.shape, bool)
+    inner = concave[r:r + hh, r:r + ww]
+    for dy, dx in ((0, r), (r, 0), (r, r), (r, -r)):
+        a = zp[r - dy:r - dy + hh, r - dx:r - dx + ww]
+        b = zp[r + dy:r + dy + hh, r + dx:r + dx + ww]
+        inner[...] = (a > 0) & (b > 0) & (z > 0) & (z - 0.5 * (a + b) > thr)
+        # a crease between two surfaces that are not concave there themselves (the
+        # inside of a cup or a bowl is concave all over: no crease)
+        crease |= (inner & ~concave[r - dy:r - dy + hh, r - dx:r - dx + ww]
+                   & ~concave[r + dy:r + dy + hh, r + dx:r + dx + ww])
+    return crease[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
 
 def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
