@@ -13,7 +13,8 @@ from test_depth import K, _rays, render_tabletop
 
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
-                                                       load_depth_config, propose_depth_boxes)
+                                                       crease_radii, load_depth_config,
+                                                       propose_depth_boxes)
 
 #: The default settings, the same without the cuts at depth steps and at concave creases
 #: (the old behaviour), and with the cut at depth steps only.
@@ -154,6 +155,9 @@ def test_cut_settings_are_validated_and_in_the_yaml(repo_root):
                 {"crease_cells": 0}, {"crease_cells": 33}):
         with pytest.raises(DepthError, match=next(iter(bad))):
             DepthProposalConfig(**bad)
+    # the crease test's three chord distances around crease_cells
+    assert crease_radii(6) == (4, 6, 9)
+    assert crease_radii(1) == (1, 2) and crease_radii(2) == (1, 2, 3)
 
 
 # -- rendered YCB pairs in contact (skip without the models) ----------------------------------

@@ -18,9 +18,9 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    allowance) and ``max_height_m`` above the plane, grouped by connected components of the
    grid (8-connected) after a small closing that joins a thin handle's pieces; the closing
    does not bridge a depth discontinuity (``cut_jump_frac``) or a concave crease
-   (``crease_m``: a sample behind the chord of its neighbours ``crease_cells`` away), so
-   two objects in contact, one in front of the other or side by side, stay apart when each
-   holds ``split_min_frac`` of the cluster or ``split_min_points`` samples.
+   (``crease_m``: a sample behind the chord of its neighbours about ``crease_cells``
+   away), so two objects in contact, one in front of the other or side by side, stay
+   apart when each holds ``split_min_frac`` of the cluster or ``split_min_points`` samples.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
@@ -44,7 +44,7 @@ from .proposals import Box, box_iou, sanitize_boxes
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
-           "load_depth_config", "fit_plane_ransac", "boxes_from_clusters"]
+           "load_depth_config", "fit_plane_ransac", "boxes_from_clusters", "crease_radii"]
 
 
 class DepthError(ValueError):
@@ -126,9 +126,9 @@ class DepthProposalConfig:
     split_min_points: int = 200
     #: A concave crease also cuts (two objects side by side, at about the same distance):
     #: a sample lying more than this (m, plus the noise allowance) behind the chord of the
-    #: samples ``crease_cells`` grid cells to either side of it, along a row, a column or a
-    #: diagonal, with both of those above the plane; the cut keeps ``split_min_frac`` /
-    #: ``split_min_points``. 0: no crease cut.
+    #: samples ``crease_cells`` grid cells (and 2/3 and 3/2 of that) to either side of it,
+    #: along a row, a column or a diagonal, with both of those above the plane; the cut
+    #: keeps ``split_min_frac`` / ``split_min_points``. 0: no crease cut.
     crease_m: float = 0.01
     crease_cells: int = 6
     min_cluster_points: int = 6
@@ -432,31 +432,47 @@ def _steps(cloud: DepthCloud, roi: tuple[int, int, int, int],
     return step[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
 
+def crease_radii(cells: int) -> tuple[int, ...]:
+    """The neighbourhood sizes (grid cells) of the crease test: ``cells`` times 2/3, 1 and
+    3/2 (small objects have their crease within a few cells, large ones further out)."""
+    c = int(cells)
+    return tuple(sorted({max(1, round(c * 2 / 3)), c, max(1, round(c * 3 / 2))}))
+
+
 def _creases(cloud: DepthCloud, above: np.ndarray, roi: tuple[int, int, int, int],
              cfg: DepthProposalConfig) -> np.ndarray:
     """Cells of the grid window ``roi`` = ``(x, y, w, h)`` on a concave crease: behind the
-    chord of the above-plane samples ``crease_cells`` away on both sides (a row, a column
-    or a diagonal) by more than ``crease_m`` plus the noise allowance."""
+    chord of the above-plane samples ``r`` cells away on both sides (a row, a column or a
+    diagonal; ``r`` each of :func:`crease_radii`) by more than ``crease_m`` plus the noise
+    allowance, where those samples are not on such a concavity themselves."""
     x, y, w, h = roi
-    r = int(cfg.crease_cells)
-    y0, x0 = max(y - r, 0), max(x - r, 0)
-    y1, x1 = min(y + h + r, cloud.z.shape[0]), min(x + w + r, cloud.z.shape[1])
+    radii = crease_radii(cfg.crease_cells)
+    m = radii[-1]
+    y0, x0 = max(y - m, 0), max(x - m, 0)
+    y1, x1 = min(y + h + m, cloud.z.shape[0]), min(x + w + m, cloud.z.shape[1])
     hh, ww = y1 - y0, x1 - x0
-    zp = np.zeros((hh + 2 * r, ww + 2 * r), np.float32)  # zero margins (np.pad is slow)
-    z = zp[r:r + hh, r:r + ww]
+    zp = np.zeros((hh + 2 * m, ww + 2 * m), np.float32)  # zero margins (np.pad is slow)
+    z = zp[m:m + hh, m:m + ww]
     np.copyto(z, cloud.z[y0:y1, x0:x1], where=above[y0:y1, x0:x1] > 0)
-    thr = np.float32(cfg.crease_m) + np.float32(cfg.plane_threshold_quadratic) * z * z
+    # behind the chord: z - (a + b) / 2 > thr, i.e. a + b < 2 z - 2 thr
+    limit = 2 * z - 2 * (np.float32(cfg.crease_m)
+                         + np.float32(cfg.plane_threshold_quadratic) * z * z)
+    has = zp > 0
+    centre = has[m:m + hh, m:m + ww]
     crease = np.zeros(z.shape, bool)
     concave = np.zeros(zp.shape, bool)
-    inner = concave[r:r + hh, r:r + ww]
-    for dy, dx in ((0, r), (r, 0), (r, r), (r, -r)):
-        a = zp[r - dy:r - dy + hh, r - dx:r - dx + ww]
-        b = zp[r + dy:r + dy + hh, r + dx:r + dx + ww]
-        inner[...] = (a > 0) & (b > 0) & (z > 0) & (z - 0.5 * (a + b) > thr)
-        # a crease between two surfaces that are not concave there themselves (the
-        # inside of a cup or a bowl is concave all over: no crease)
-        crease |= (inner & ~concave[r - dy:r - dy + hh, r - dx:r - dx + ww]
-                   & ~concave[r + dy:r + dy + hh, r + dx:r + dx + ww])
+    inner = concave[m:m + hh, m:m + ww]
+    for r in radii:
+        for dy, dx in ((0, r), (r, 0), (r, r), (r, -r)):
+            ia = (slice(m - dy, m - dy + hh), slice(m - dx, m - dx + ww))
+            ib = (slice(m + dy, m + dy + hh), slice(m + dx, m + dx + ww))
+            np.less(zp[ia] + zp[ib], limit, out=inner)
+            inner &= has[ia]
+            inner &= has[ib]
+            inner &= centre
+            # a crease between two surfaces that are not concave there themselves (the
+            # inside of a cup or a bowl is concave all over: no crease)
+            crease |= inner & ~(concave[ia] | concave[ib])
     return crease[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
 
