@@ -64,8 +64,15 @@ def render_tabletop(objects: list[tuple[float, float, float, float, float]],
             hit = (near <= far) & (near > 0) & (near < depth)
             depth = np.where(hit, near, depth)
             owner[hit] = i
+    return depth_and_boxes(depth, owner, len(objects))
+
+
+def depth_and_boxes(depth: np.ndarray, owner: np.ndarray, count: int
+                    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A ray-cast depth image as float32 (0 where no surface) and the visible box of each
+    of the ``count`` objects that ``owner`` (per pixel: an object's index, or -1) names."""
     boxes = []
-    for i in range(len(objects)):
+    for i in range(count):
         ys, xs = np.nonzero(owner == i)
         boxes.append((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
                       int(ys.max() - ys.min() + 1)))

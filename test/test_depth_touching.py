@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from test_depth import K, _rays, render_tabletop
+from test_depth import K, _rays, depth_and_boxes, render_tabletop
 
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
@@ -27,12 +27,11 @@ STEPS_ONLY = dataclasses.replace(NEW, crease_m=0.0)
 TOUCHING = [(-0.03, 0.0, 0.07, 0.06, 0.14), (0.03, 0.11, 0.14, 0.16, 0.06)]
 
 
-def render_cylinders(objects: list[tuple[float, float, float, float, float]],
+def render_cylinders(objects: list[tuple[float, float, float, float]],
                      tilt_deg: float = 50.0, distance: float = 0.9
                      ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """Ray-cast depth (m) of upright cylinders ``(a, b, radius, height, wall)`` on a tilted
-    table (as :func:`render_tabletop`); ``wall`` > 0 makes an open cup with walls and a
-    floor that thick (0: a solid can). Returns the depth and each object's visible box."""
+    """Ray-cast depth (m) of upright solid cylinders ``(a, b, radius, height)`` on a tilted
+    table (as :func:`render_tabletop`). Returns the depth and each one's visible box."""
     t = math.radians(tilt_deg)
     n = np.array([0.0, -math.sin(t), -math.cos(t)])
     e1 = np.array([1.0, 0.0, 0.0])
@@ -43,46 +42,20 @@ def render_cylinders(objects: list[tuple[float, float, float, float, float]],
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(dz < 0, -start[2] / dz, np.inf)
         owner = np.full(depth.shape, -1)
-
-        def roots(a, b, r):
-            qa = dx * dx + dy * dy
-            qb = 2 * (dx * (start[0] - a) + dy * (start[1] - b))
-            qc = (start[0] - a) ** 2 + (start[1] - b) ** 2 - r * r
-            disc = np.sqrt(qb * qb - 4 * qa * qc)
-            return (-qb - disc) / (2 * qa), (-qb + disc) / (2 * qa)
-
-        def radius2(tt, a, b):
-            return (start[0] + tt * dx - a) ** 2 + (start[1] + tt * dy - b) ** 2
-
-        def height(tt):
-            return start[2] + tt * dz
-
-        for i, (a, b, r, h, wall) in enumerate(objects):
-            hits = []
-            near, _ = roots(a, b, r)
-            hits.append(np.where((height(near) >= 0) & (height(near) <= h), near, np.inf))
-            top = (h - start[2]) / dz
-            inner = r - wall if wall > 0 else 0.0
-            hits.append(np.where((radius2(top, a, b) <= r * r)
-                                 & (radius2(top, a, b) >= inner * inner), top, np.inf))
-            if wall > 0:  # through the opening: the inner wall's far side or the floor
-                opening = radius2(top, a, b) < inner * inner
-                _, far = roots(a, b, inner)
-                hits.append(np.where(opening & (height(far) >= wall) & (height(far) <= h),
-                                     far, np.inf))
-                floor = (wall - start[2]) / dz
-                hits.append(np.where(opening & (radius2(floor, a, b) <= inner * inner),
-                                     floor, np.inf))
-            hit = np.nan_to_num(np.min(hits, axis=0), nan=np.inf)
+        for i, (a, b, r, h) in enumerate(objects):
+            ox, oy = start[0] - a, start[1] - b
+            qa, qb = dx * dx + dy * dy, 2 * (dx * ox + dy * oy)
+            side = (-qb - np.sqrt(qb * qb - 4 * qa * (ox * ox + oy * oy - r * r))) / (2 * qa)
+            z_side = start[2] + side * dz
+            top = (h - start[2]) / dz                  # the lid
+            on_top = (ox + top * dx) ** 2 + (oy + top * dy) ** 2 <= r * r
+            hit = np.minimum(np.where((z_side >= 0) & (z_side <= h), side, np.inf),
+                             np.where(on_top, top, np.inf))
+            hit = np.nan_to_num(hit, nan=np.inf)
             closer = (hit > 0) & (hit < depth)
             depth = np.where(closer, hit, depth)
             owner[closer] = i
-    boxes = []
-    for i in range(len(objects)):
-        ys, xs = np.nonzero(owner == i)
-        boxes.append((int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                      int(ys.max() - ys.min() + 1)))
-    return np.where(np.isfinite(depth), depth, 0.0).astype(np.float32), boxes
+    return depth_and_boxes(depth, owner, len(objects))
 
 
 def _found(depth: np.ndarray, truth, cfg: DepthProposalConfig) -> tuple[int, int]:
@@ -120,8 +93,8 @@ def test_a_concave_object_stays_one_box(shape):
 def test_cans_side_by_side_are_cut_at_the_crease_between_them(tilt):
     # a low wide can touching a tall one side by side at the same distance: no depth step
     # between their sides, but the surface bends away into the gap on both sides
-    depth, truth = render_cylinders([(-0.04, 0.0, 0.04, 0.06, 0.0),
-                                     (0.04, 0.0, 0.04, 0.14, 0.0)], tilt_deg=tilt)
+    depth, truth = render_cylinders([(-0.04, 0.0, 0.04, 0.06), (0.04, 0.0, 0.04, 0.14)],
+                                    tilt_deg=tilt)
     assert _found(depth, truth, NEW) == (2, 2)
     for cfg in (STEPS_ONLY, OLD):  # the step cut alone keeps them together
         assert _found(depth, truth, cfg)[1] == 1
@@ -130,7 +103,7 @@ def test_cans_side_by_side_are_cut_at_the_crease_between_them(tilt):
 
 
 def test_one_can_is_not_cut():
-    depth, truth = render_cylinders([(0.0, 0.0, 0.04, 0.14, 0.0)])
+    depth, truth = render_cylinders([(0.0, 0.0, 0.04, 0.14)])
     assert _found(depth, truth, NEW) == (1, 1)
 
 

@@ -146,7 +146,7 @@ class DepthProposalConfig:
     #: its valid samples stand ``fuse_raised_m`` (plus the noise allowance) above the plane
     #: (a flat object below the height band); a colour box on flat table is dropped.
     fuse_min_valid_frac: float = 0.5
-    fuse_max_iou: float = 0.2
+    fuse_max_iou: float = 0.1
     fuse_raised_m: float = 0.003
     fuse_raised_frac: float = 0.15
     #: A colour box also replaces the depth boxes that lie (``fuse_containment`` of their
