@@ -442,9 +442,10 @@ def crease_radii(cells: int) -> tuple[int, ...]:
 def _creases(cloud: DepthCloud, above: np.ndarray, roi: tuple[int, int, int, int],
              cfg: DepthProposalConfig) -> np.ndarray:
     """Cells of the grid window ``roi`` = ``(x, y, w, h)`` on a concave crease: behind the
-    chord of the above-plane samples ``r`` cells away on both sides (a row, a column or a
-    diagonal; ``r`` each of :func:`crease_radii`) by more than ``crease_m`` plus the noise
-    allowance, where those samples are not on such a concavity themselves."""
+    chord of the above-plane samples (``above`` > 0 on the grid) ``r`` cells away on both
+    sides (a row, a column or a diagonal; ``r`` each of :func:`crease_radii`) by more than
+    ``crease_m`` plus the noise allowance, where those samples are not on such a concavity
+    themselves."""
     x, y, w, h = roi
     radii = crease_radii(cfg.crease_cells)
     m = radii[-1]
