@@ -525,18 +525,18 @@ def _grow_cells(cells: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
-def _background_cells(grid: _ColourGrid, samples: np.ndarray,
+def _background_cells(grid: _ColourGrid, idx: np.ndarray,
                       pairs: tuple[np.ndarray, np.ndarray], cfg: ProposalConfig,
                       segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean grids (flat) of background colours and of local border colours.
+    """Boolean grids (flat) of background colours and of local border colours, from the
+    grid cells ``idx`` of the border's samples and ``pairs`` of cells seen side by side.
 
     Background: well-sampled border colours (but the local ones, found along only a short
     stretch of the border, by the samples' border ``segments``: an object cut by the
     border), rarely sampled ones next to them, and the blends of colours seen side by
     side."""
-    idx = grid.index(samples)
     counts = np.bincount(idx, minlength=grid.size)
-    occ = counts >= max(cfg.min_bin_count, cfg.min_bin_frac * len(samples))
+    occ = counts >= max(cfg.min_bin_count, cfg.min_bin_frac * len(idx))
     seen = counts > 0
     local = np.zeros(grid.size, bool)
     if cfg.border_object_frac > 0:
@@ -549,9 +549,8 @@ def _background_cells(grid: _ColourGrid, samples: np.ndarray,
         # the tails of noise and texture: sampled colours near well-sampled ones
         for _ in range(cfg.grow_bins):
             occ |= _grow_cells(occ.reshape(grid.shape), 1).reshape(-1) & seen
-    first, second = pairs
-    if len(first):
-        ia, ib = grid.index(first), grid.index(second)
+    ia, ib = pairs
+    if len(ia):
         keep = occ[ia] & occ[ib] & (ia != ib)
         lo, hi = np.minimum(ia[keep], ib[keep]), np.maximum(ia[keep], ib[keep])
         unique, seen_pairs = np.unique(lo.astype(np.int64) * grid.size + hi,
@@ -580,10 +579,9 @@ def _with_shadows(grid: _ColourGrid, occ: np.ndarray, min_ratio: float) -> np.nd
     a, b = centres[:, 1] - 128.0, centres[:, 2] - 128.0
     out = occ.copy()
     s_min = min_ratio ** (2.2 / 3.0)
-    for s in np.linspace(s_min, 1.0, int(math.ceil((1.0 - s_min) * 40)) + 2)[:-1]:
-        v = np.stack([(lum * s - 16.0) * 2.55, a * s + 128.0, b * s + 128.0], 1)
-        v = np.rint(v[grid.inside(v)])
-        out[grid.index(v)] = True
+    s = np.linspace(s_min, 1.0, int(math.ceil((1.0 - s_min) * 40)) + 2)[:-1, None]
+    v = np.stack([(lum * s - 16.0) * 2.55, a * s + 128.0, b * s + 128.0], 2).reshape(-1, 3)
+    out[grid.index(np.rint(v[grid.inside(v)]))] = True   # every brightness step at once
     return out
 
 
@@ -614,22 +612,24 @@ def _background_distance(lab: np.ndarray, border: int,
     float32 ``(H, W)`` maps in Lab units (lightness weighted), and the ``(H, W)`` bool map of
     the pixels of local border colours (see :func:`_local_cells`)."""
     grid = _ColourGrid(lab)
-    pairs = (_border_pairs(lab, border, cfg.blend_offset) if cfg.blend_offset > 0
-             else (np.zeros((0, 3), np.uint8),) * 2)
-    occ, local = _background_cells(grid, _border_pixels(lab, border), pairs, cfg,
-                                   _border_segments(lab.shape[0], lab.shape[1], border))
-    idx = grid.index(lab.reshape(-1, 3))
+    h, w = lab.shape[:2]
+    idx = grid.index(lab.reshape(-1, 3))   # each pixel's cell, once
+    cell_img = idx.reshape(h, w, 1)
+    pairs = (_border_pairs(cell_img, border, cfg.blend_offset) if cfg.blend_offset > 0
+             else (np.zeros((0, 1), idx.dtype),) * 2)
+    occ, local = _background_cells(grid, _border_pixels(cell_img, border)[:, 0],
+                                   (pairs[0][:, 0], pairs[1][:, 0]), cfg,
+                                   _border_segments(h, w, border))
     cells = np.flatnonzero(np.bincount(idx, minlength=grid.size))  # colours in the image
     lut = np.zeros(grid.size, np.float32)
     lut[cells] = _cell_distance(occ, grid.shape, cells, cfg.lightness_weight)
-    h, w = lab.shape[:2]
-    plain = lut[idx].reshape(h, w)
-    local_px = local[idx].reshape(h, w)
+    plain = np.take(lut, idx).reshape(h, w)   # np.take: fancy indexing's values, faster
+    local_px = np.take(local, idx).reshape(h, w)
     if cfg.shadow_min_ratio >= 1.0:
         return plain, plain, local_px
     lut[cells] = _cell_distance(_with_shadows(grid, occ, cfg.shadow_min_ratio), grid.shape,
                                 cells, cfg.lightness_weight)
-    return lut[idx].reshape(h, w), plain, local_px
+    return np.take(lut, idx).reshape(h, w), plain, local_px
 
 
 def _subpixel_extent(profile: np.ndarray, thr: float, frac: float = 0.0,
@@ -766,7 +766,7 @@ def _texture_edge_density(edges: np.ndarray, border: int, min_chain: int = 12) -
     n, labels, stats, _ = cv2.connectedComponentsWithStats(edges.view(np.uint8), connectivity=8)
     chain = stats[:, cv2.CC_STAT_AREA] >= min_chain
     chain[0] = False
-    return float(_border_pixels(chain[labels][..., None], border).mean())
+    return float(np.take(chain, _border_pixels(labels[..., None], border)).mean())
 
 
 def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> list[Box]:
@@ -818,11 +818,9 @@ def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
     if n <= 1:
         return []
     flat = labels.reshape(-1)
-    strong_count = np.bincount(flat, weights=strong.reshape(-1), minlength=n)
-    edge_count = np.bincount(flat, weights=edges.reshape(-1).view(np.uint8), minlength=n)
-    own_count = np.bincount(flat, weights=own.reshape(-1), minlength=n)
+    strong_count, edge_count, own_count, local_count = _component_counts(
+        flat, n, (strong, edges, own, local))
     dist_sum = np.bincount(flat, weights=dist.reshape(-1), minlength=n)
-    local_count = np.bincount(flat, weights=local.reshape(-1).view(np.uint8), minlength=n)
     frame_area = float(width * height)
     min_area = cfg.min_area_frac * frame_area
     max_area = cfg.max_area_frac * frame_area
@@ -854,6 +852,20 @@ def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
                            (x, y, x + w, y + h), (ww, wh), cfg)
         out.append([fx, fy, fw, fh, score])
     return out
+
+
+def _component_counts(flat: np.ndarray, n: int, masks: Sequence[np.ndarray]
+                      ) -> list[np.ndarray]:
+    """Per component (``flat`` labels ``0 .. n - 1``), how many of its pixels each of the
+    (at most 8) 0/1 ``masks`` holds: one integer histogram of the label and the masks'
+    bits together (a weighted histogram per mask costs ~4x as much)."""
+    code = np.zeros(flat.shape, np.uint8)
+    for bit, mask in enumerate(masks):
+        code |= mask.reshape(-1).view(np.uint8) << np.uint8(bit)
+    width = 1 << len(masks)
+    counts = np.bincount(flat * width + code, minlength=n * width).reshape(n, width)
+    codes = np.arange(width)
+    return [counts[:, (codes >> bit) & 1 == 1].sum(axis=1) for bit in range(len(masks))]
 
 
 def _cut_object_shape(box: tuple[int, int, int, int], size: tuple[int, int],
