@@ -131,6 +131,11 @@ class DepthProposalConfig:
     #: keeps ``split_min_frac`` / ``split_min_points``. 0: no crease cut.
     crease_m: float = 0.01
     crease_cells: int = 6
+    #: A piece that a step or a crease cuts off a cluster but that is too small to split it
+    #: (under ``split_min_frac`` / ``split_min_points``) and holds at least this many
+    #: samples is also proposed on its own, besides the cluster it stays in (a small object
+    #: against a large one; a part of one object gives a box too many). 0: none.
+    small_piece_points: int = 60
     min_cluster_points: int = 6
     min_size_m: float = 0.012
     max_size_m: float = 0.6
@@ -171,9 +176,10 @@ class DepthProposalConfig:
             raise DepthError("need 0 <= min_size_m < max_size_m")
         if not 1 <= int(self.close_cells) <= 15:
             raise DepthError(f"close_cells must be in [1, 15], got {self.close_cells}")
-        if not 0 <= int(self.split_min_points) <= 1_000_000:
-            raise DepthError(f"split_min_points must be in [0, 1000000], got "
-                             f"{self.split_min_points}")
+        for name in ("split_min_points", "small_piece_points"):
+            if not 0 <= int(getattr(self, name)) <= 1_000_000:
+                raise DepthError(f"{name} must be in [0, 1000000], got "
+                                 f"{getattr(self, name)}")
         if not 1 <= int(self.crease_cells) <= 32:
             raise DepthError(f"crease_cells must be in [1, 32], got {self.crease_cells}")
         if not 0 <= int(self.max_count) <= 256 or int(self.min_cluster_points) < 1:
@@ -385,7 +391,8 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
 def _grid_clusters(cloud: DepthCloud, above: np.ndarray,
                    cfg: DepthProposalConfig) -> list[np.ndarray]:
     """Indices (into the cloud) of each connected component of the above-plane samples on
-    the grid (labels from the grid closed by ``close_cells``)."""
+    the grid (labels from the grid closed by ``close_cells``), cut at steps and creases,
+    and of the small pieces proposed besides them (``small_piece_points``)."""
     grid = np.zeros(cloud.z.shape, np.uint8)
     grid[cloud.rows[above], cloud.cols[above]] = 1
     index = np.full(cloud.z.shape, -1, np.int64)
@@ -409,11 +416,14 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray,
         if cfg.crease_m > 0:  # ... nor across a concave crease
             crease = _creases(cloud, grid, (x, y, bw, bh), cfg) & comp
             if crease.any():  # the finer of: steps and creases at once, creases per piece
-                joint = _large_parts(comp, kept & ~crease, own, cfg) or [comp]
+                kept = kept & ~crease
+                joint = _large_parts(comp, kept, own, cfg) or [comp]
                 parts = [p for part in parts for p in
                          _large_parts(part, part & ~crease, own & part, cfg) or [part]]
                 if len(joint) > len(parts):
                     parts = joint
+        if cfg.small_piece_points > 0 and kept is not comp:
+            parts = parts + _small_pieces(kept, own, cfg)
         for part in parts:
             sel = own & part
             if np.count_nonzero(sel) >= cfg.min_cluster_points:
@@ -486,14 +496,8 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
     large piece grows over the rest of ``comp`` from its interior cells (every cell goes to
     the nearest one).
     ``None`` when ``comp`` stays one cluster."""
-    _, labels = cv2.connectedComponents(cut.view(np.uint8), connectivity=8)
-    count = np.bincount(labels[own], minlength=int(labels.max()) + 1)
-    count[0] = 0
-    need = max(float(cfg.split_min_frac) * float(np.count_nonzero(own)),
-               float(cfg.min_cluster_points))
-    if cfg.split_min_points > 0:
-        need = min(need, float(max(cfg.split_min_points, cfg.min_cluster_points)))
-    big = np.flatnonzero(count >= need)
+    labels, count = _pieces(cut, own)
+    big = np.flatnonzero(count >= _split_need(own, cfg))
     if len(big) < 2:
         return None
     # seeds: the interior cells of the large pieces (a piece without any is not one)
@@ -508,6 +512,34 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
     ids = sorted({int(nearest[sel].flat[0]) for sel in ((labels == b) & inner for b in big)
                   if sel.any()})
     return [comp & (nearest == k) for k in ids] if len(ids) >= 2 else None
+
+
+def _pieces(cut: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 8-connected pieces of the ``cut`` mask (labels, 0 outside) and how many ``own``
+    samples each holds (``count[0]`` is 0)."""
+    _, labels = cv2.connectedComponents(cut.view(np.uint8), connectivity=8)
+    count = np.bincount(labels[own], minlength=int(labels.max()) + 1)
+    count[0] = 0
+    return labels, count
+
+
+def _split_need(own: np.ndarray, cfg: DepthProposalConfig) -> float:
+    """The samples a piece must hold to split a cluster of ``own`` samples off (see
+    ``split_min_frac`` and ``split_min_points``)."""
+    need = max(float(cfg.split_min_frac) * float(np.count_nonzero(own)),
+               float(cfg.min_cluster_points))
+    if cfg.split_min_points > 0:
+        need = min(need, float(max(cfg.split_min_points, cfg.min_cluster_points)))
+    return need
+
+
+def _small_pieces(cut: np.ndarray, own: np.ndarray,
+                  cfg: DepthProposalConfig) -> list[np.ndarray]:
+    """Masks of the pieces of a cluster's ``cut`` mask too small to split it but holding at
+    least ``small_piece_points`` of its ``own`` samples (see ``small_piece_points``)."""
+    labels, count = _pieces(cut, own)
+    keep = np.flatnonzero((count >= cfg.small_piece_points) & (count < _split_need(own, cfg)))
+    return [labels == j for j in keep]
 
 
 def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
