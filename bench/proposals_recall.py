@@ -230,9 +230,23 @@ def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) 
     return tally
 
 
-def load_rgbd_frames(bag: str | Path, max_frames: int = 0) -> list[tuple]:
+def shift_depth(depth: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``depth`` moved ``dx`` pixels right and ``dy`` down (either may be negative), no
+    depth (0) where nothing moved in: a registration error between depth and colour."""
+    out = np.zeros_like(depth)
+    h, w = depth.shape
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        depth[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
+                     shift: tuple[int, int] = (0, 0)) -> list[tuple]:
     """``(RGB image, truth, depth m, CameraIntrinsics)`` of every frame with ground truth
-    and depth (paired as ``replay-eval`` pairs them)."""
+    and depth (paired as ``replay-eval`` pairs them), the depth moved by ``shift``
+    (:func:`shift_depth`)."""
     from vl_distill_ros.bags.bag_io import read_camera_bag
     from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
 
@@ -242,7 +256,8 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0) -> list[tuple]:
         objs = contents.objects_for(msg.topic, msg.stamp_ns)
         if objs is None or msg.depth is None or msg.camera_info is None:
             continue
-        frames.append((msg.image, [(*o.bbox, o.label) for o in objs], msg.depth,
+        depth = shift_depth(msg.depth, *shift) if any(shift) else msg.depth
+        frames.append((msg.image, [(*o.bbox, o.label) for o in objs], depth,
                        CameraIntrinsics(*msg.camera_info)))
         if max_frames and len(frames) >= max_frames:
             break
@@ -346,7 +361,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also score crops of each frame that cut one object at the border")
     ap.add_argument("--depth-config", default=None, metavar="YAML",
                     help="depth proposer settings (default: DepthProposalConfig defaults)")
+    ap.add_argument("--depth-shift", default="0,0", metavar="DX,DY",
+                    help="with --depth: move the depth DX pixels right and DY down first (a "
+                         "registration error between depth and colour; default: 0,0)")
     args = ap.parse_args(argv)
+    parts = args.depth_shift.split(",")
+    if len(parts) != 2 or not all(v.strip().lstrip("-").isdigit() for v in parts):
+        ap.error(f"--depth-shift must be DX,DY in pixels, got {args.depth_shift!r}")
+    shift = (int(parts[0]), int(parts[1]))
 
     from vl_distill_ros.perception.proposals import ProposalConfig
 
@@ -386,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cut_border and not args.depth:
             cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
         if args.depth:
-            rgbd_frames = load_rgbd_frames(bag, args.max_frames)
+            rgbd_frames = load_rgbd_frames(bag, args.max_frames, shift)
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
@@ -404,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             for name, limit in SIZE_BUCKETS},
         "all": total.summary(not args.no_labels),
         "bags": per_bag,
-        **({"depth": {"config": dataclasses.asdict(depth_cfg),
+        **({"depth": {"config": dataclasses.asdict(depth_cfg), "shift_px": list(shift),
                       "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()},
                       "bags": depth_bags}} if args.depth else {}),
         **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,
