@@ -230,25 +230,14 @@ def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) 
     return tally
 
 
-def shift_depth(depth: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """``depth`` moved ``dx`` pixels right and ``dy`` down (either may be negative), no
-    depth (0) where nothing moved in: a registration error between depth and colour."""
-    out = np.zeros_like(depth)
-    h, w = depth.shape
-    if abs(dx) >= w or abs(dy) >= h:
-        return out
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        depth[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-    return out
-
-
 def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
                      shift: tuple[int, int] = (0, 0)) -> list[tuple]:
     """``(RGB image, truth, depth m, CameraIntrinsics)`` of every frame with ground truth
-    and depth (paired as ``replay-eval`` pairs them), the depth moved by ``shift``
-    (:func:`shift_depth`)."""
+    and depth (paired as ``replay-eval`` pairs them), the depth moved by ``shift`` pixels
+    (right, down; a registration error)."""
     from vl_distill_ros.bags.bag_io import read_camera_bag
     from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.perception.depth_registration import shift_depth
 
     contents = read_camera_bag(bag)
     frames = []
@@ -268,14 +257,18 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                   iou: float = 0.5) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
     from vl_distill_ros.perception.depth_proposals import fuse_proposals, propose_depth_boxes
+    from vl_distill_ros.perception.depth_registration import DepthRegistration
     from vl_distill_ros.perception.proposals import propose_boxes
 
     tallies = {name: Tally() for name in ("colour", "depth", "auto")}
+    # one camera's frames in order, as the node sees them (its registration check)
+    reg = DepthRegistration(depth_cfg.registration_search_px, depth_cfg.stride) \
+        if depth_cfg.registration_search_px > 0 else None
     for image, truth, depth, k in frames:
         t0 = time.perf_counter()
         colour = propose_boxes(image, cfg)
         t1 = time.perf_counter()
-        found = propose_depth_boxes(depth, k, depth_cfg)
+        found = propose_depth_boxes(depth, k, depth_cfg, image, reg)
         t2 = time.perf_counter()
         fused = fuse_proposals(found, colour, depth_cfg, cfg.max_count)
         t3 = time.perf_counter()

@@ -159,6 +159,8 @@ def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
         assert int(st["depth_used"]) >= 4 and int(st["depth_errors"]) == 0
         assert "no depth image within 0.05 s" in st["last_colour_only_reason"]
         assert st["depth_topic"] == "/rgbd/cam/depth" and st["level"] == b"\x00"
+        # the registration check has seen this camera's registered depth: no shift
+        assert st["depth_registration_shift_px"] == "0,0"
 
 
 @pytest.mark.parametrize("problem, expected", [

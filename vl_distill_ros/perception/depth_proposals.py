@@ -3,6 +3,11 @@
 ROS-free and numpy/OpenCV only. :func:`propose_depth_boxes` takes a depth image registered
 to the colour image (metres, 0 = no measurement) and the colour camera's intrinsics:
 
+0. **Registration check** (with the colour image and the camera's
+   :class:`~.depth_registration.DepthRegistration`, ``registration_search_px``): when the
+   depth's occluding edges, over the camera's recent frames, lie clearly closer to the
+   colour image's edges a few pixels away, the depth is moved there first.
+
 1. **Cloud**: the depth is sampled on a grid every :attr:`DepthProposalConfig.stride`
    pixels; samples outside ``[min_depth_m, max_depth_m]`` (zeros, holes, out of range) are
    invalid, and so are samples on a depth discontinuity (their 3x3 grid neighbourhood spans
@@ -40,6 +45,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .depth_registration import DepthRegistration, shift_depth
 from .proposals import Box, box_iou, sanitize_boxes
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
@@ -92,6 +98,10 @@ class DepthProposalConfig:
 
     #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame).
     stride: int = 2
+    #: With the colour image: the depth is moved by up to this many pixels (in ``stride``
+    #: steps) where its occluding edges then lie clearly closer to the colour edges (a
+    #: driver's registration a few pixels off). 0: depth is taken as registered.
+    registration_search_px: int = 8
     min_depth_m: float = 0.15
     max_depth_m: float = 2.5
     #: A sample whose 3x3 grid neighbourhood spans more than this fraction of its depth
@@ -163,6 +173,9 @@ class DepthProposalConfig:
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
             raise DepthError(f"stride must be in [1, 16], got {self.stride}")
+        if not 0 <= int(self.registration_search_px) <= 32:
+            raise DepthError(f"registration_search_px must be in [0, 32], got "
+                             f"{self.registration_search_px}")
         if not 0.0 <= self.min_depth_m < self.max_depth_m <= 100.0:
             raise DepthError("need 0 <= min_depth_m < max_depth_m <= 100")
         if not 1 <= int(self.ransac_iterations) <= 10000:
@@ -238,6 +251,8 @@ class DepthProposals:
     offset: int = 0
     #: Noise allowance of each grid sample (m), ``plane_threshold_quadratic * z^2``.
     allowance_grid: np.ndarray | None = None
+    #: ``(dx, dy)`` pixels the depth was moved by the registration check before proposing.
+    depth_shift: tuple[int, int] = (0, 0)
 
 
 def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
@@ -340,7 +355,9 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
 
 
 def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
-                        cfg: DepthProposalConfig | None = None) -> DepthProposals:
+                        cfg: DepthProposalConfig | None = None,
+                        image_rgb: np.ndarray | None = None,
+                        registration: DepthRegistration | None = None) -> DepthProposals:
     """Boxes around the objects standing on the dominant plane of a registered depth image.
 
     Args:
@@ -348,6 +365,10 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
             the colour image whose ``intrinsics`` are given.
         intrinsics: the colour camera's; its size must equal the depth image's.
         cfg: settings (defaults: :class:`DepthProposalConfig`).
+        image_rgb: the colour image (same size) and ...
+        registration: ... the camera's registration check over its frames
+            (``registration_search_px``), which this frame updates and whose shift moves
+            the depth first; without both the depth is taken as registered.
 
     Returns:
         :class:`DepthProposals`; with too little valid depth or no plane, no boxes and a
@@ -364,9 +385,16 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     if (w, h) != (int(intrinsics.width), int(intrinsics.height)):
         raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
                          f"{intrinsics.height}: depth must be registered to the colour image")
+    shift = (0, 0)
+    if image_rgb is not None and registration is not None \
+            and cfg.registration_search_px > 0 and np.shape(image_rgb) == (*depth.shape, 3) \
+            and np.asarray(image_rgb).dtype == np.uint8:
+        shift = registration.update(np.asarray(image_rgb), depth)
+        if shift != (0, 0):
+            depth = shift_depth(depth, *shift)
     cloud = depth_cloud(depth, intrinsics, cfg)
     out = DepthProposals(valid_frac=float(cloud.valid.mean()) if cloud.valid.size else 0.0,
-                         stride=cloud.stride, offset=cloud.offset)
+                         stride=cloud.stride, offset=cloud.offset, depth_shift=shift)
     if out.valid_frac < cfg.min_valid_frac or cfg.max_count == 0:
         out.note = f"too little valid depth ({100 * out.valid_frac:.0f}% of the frame)"
         return out

@@ -59,6 +59,7 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD,
                                  bias_vector, negative_mask)
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
                               fuse_proposals, load_depth_config, propose_depth_boxes)
+from .depth_registration import DepthRegistration
 from .preprocess import preprocess_crops
 from .proposals import (Box, ProposalConfig, classification_window, crop, full_frame_box,
                         propose_boxes, sanitize_boxes)
@@ -91,6 +92,8 @@ CROP_CONTEXT = 0.15
 #: Crops go through the student in chunks of at most this many, so the memory one frame
 #: needs stays bounded however many boxes it has.
 MAX_CROPS_PER_BATCH = 64
+#: Cameras whose depth registration check a pipeline keeps (the oldest goes first).
+MAX_REGISTERED_CAMERAS = 64
 
 
 class PipelineError(ValueError):
@@ -385,6 +388,9 @@ class PerceptionPipeline:
         self._write_lock = threading.Lock()
         #: How the last frame's depth was used: "" (no depth given), "used", or why not.
         self.last_depth_status = ""
+        #: Each camera's registration check (``registration_search_px``), by camera key.
+        self._registrations: dict[str, DepthRegistration] = {}
+        self._registration_lock = threading.Lock()
         checked = _check_embeddings(vocabulary, embeddings, self.embed_dim)
         self._active = ActiveVocabulary(vocabulary, checked, version=1,
                                         trained_mask=self._trained_mask(vocabulary),
@@ -486,21 +492,48 @@ class PerceptionPipeline:
     # -- per frame ------------------------------------------------------------------------
     def boxes(self, image_rgb: np.ndarray, settings: PipelineSettings | None = None,
               depth: np.ndarray | None = None,
-              intrinsics: CameraIntrinsics | None = None) -> list[Box]:
+              intrinsics: CameraIntrinsics | None = None, camera: str = "") -> list[Box]:
         """The sanitized boxes the crop source gives for this frame (may be empty).
 
         With ``crop_source`` ``proposals``, a registered ``depth`` (metres, same size as the
         image) and the colour camera's ``intrinsics``, ``proposal_source`` decides how depth
         is used (:data:`PROPOSAL_SOURCES`); :attr:`last_depth_status` then says whether it
         was (``used``) or why not. Depth problems never raise: the frame falls back to
-        colour proposals."""
+        colour proposals. ``camera`` names the camera whose registration check
+        (:meth:`depth_shift`) the frame updates; give each camera its own."""
         boxes, self.last_depth_status = self._boxes(image_rgb, settings or self._settings,
-                                                    depth, intrinsics)
+                                                    depth, intrinsics, camera)
         return boxes
 
+    def depth_shift(self, camera: str = "") -> tuple[int, int]:
+        """The pixels ``(dx, dy)`` by which ``camera``'s depth is moved onto its colour
+        image (``registration_search_px``; ``(0, 0)`` until its frames show better)."""
+        with self._registration_lock:
+            reg = self._registrations.get(camera)
+        return reg.shift if reg is not None else (0, 0)
+
+    def _registration(self, camera: str, cfg: DepthProposalConfig
+                      ) -> DepthRegistration | None:
+        """``camera``'s registration check for ``cfg`` (a new one when its settings
+        changed); None when ``registration_search_px`` is 0. At most
+        ``MAX_REGISTERED_CAMERAS`` are kept (the oldest goes)."""
+        if cfg.registration_search_px <= 0:
+            return None
+        with self._registration_lock:
+            reg = self._registrations.get(camera)
+            if reg is None or (reg.search_px, reg.stride) != (int(cfg.registration_search_px),
+                                                              int(cfg.stride)):
+                if camera not in self._registrations and \
+                        len(self._registrations) >= MAX_REGISTERED_CAMERAS:
+                    del self._registrations[next(iter(self._registrations))]
+                reg = self._registrations[camera] = DepthRegistration(
+                    int(cfg.registration_search_px), int(cfg.stride))
+            return reg
+
     def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
-               intrinsics: CameraIntrinsics | None) -> tuple[list[Box], str]:
-        """:meth:`boxes` and its depth status, touching no state (safe in any thread)."""
+               intrinsics: CameraIntrinsics | None, camera: str = "") -> tuple[list[Box], str]:
+        """:meth:`boxes` and its depth status; the only state it touches is ``camera``'s
+        registration check (one thread per camera at a time)."""
         height, width = image_rgb.shape[:2]
         status = "" if depth is None else "not used"
         if s.crop_source == "full_frame":
@@ -508,7 +541,7 @@ class PerceptionPipeline:
         elif s.crop_source == "rois":
             raw = list(s.rois)
         else:
-            raw, status = self._proposals(image_rgb, s, depth, intrinsics)
+            raw, status = self._proposals(image_rgb, s, depth, intrinsics, camera)
         boxes = sanitize_boxes(raw, width, height, min_size=s.min_box_size)
         if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
@@ -516,7 +549,8 @@ class PerceptionPipeline:
         return boxes, status
 
     def _proposals(self, image: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
-                   intrinsics: CameraIntrinsics | None) -> tuple[list[Box], str]:
+                   intrinsics: CameraIntrinsics | None, camera: str = ""
+                   ) -> tuple[list[Box], str]:
         """Colour, depth or fused proposals and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
             return propose_boxes(image, s.proposal_cfg), "" if depth is None else "not used"
@@ -532,7 +566,8 @@ class PerceptionPipeline:
         pending = self._colour_pool.submit(propose_boxes, image, s.proposal_cfg) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
-            found = propose_depth_boxes(depth, intrinsics, s.depth_cfg)
+            found = propose_depth_boxes(depth, intrinsics, s.depth_cfg, image,
+                                        self._registration(camera, s.depth_cfg))
         except DepthError as exc:
             return self._colour_boxes(image, s, pending), str(exc)
         if found.plane is None:
@@ -557,10 +592,10 @@ class PerceptionPipeline:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def prepare(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
-                intrinsics: CameraIntrinsics | None = None) -> PreparedFrame:
+                intrinsics: CameraIntrinsics | None = None, camera: str = "") -> PreparedFrame:
         """Stage 1 of :meth:`process`: check the frame and find its boxes (see :meth:`boxes`)
-        with the current settings. Touches no pipeline state, so it may run in one thread
-        while :meth:`classify` runs in another.
+        with the current settings. Touches no pipeline state but ``camera``'s registration
+        check, so it may run in one thread while :meth:`classify` runs in another.
 
         Raises:
             PipelineError: the image is not a non-empty (H, W, 3) uint8 array.
@@ -572,7 +607,7 @@ class PerceptionPipeline:
                                 f"{image.shape} dtype {image.dtype}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
-        boxes, status = self._boxes(image, settings, depth, intrinsics)
+        boxes, status = self._boxes(image, settings, depth, intrinsics, camera)
         return PreparedFrame(image, boxes, settings, status)
 
     def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:
@@ -621,7 +656,7 @@ class PerceptionPipeline:
         return objects, active.version
 
     def process(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
-                intrinsics: CameraIntrinsics | None = None
+                intrinsics: CameraIntrinsics | None = None, camera: str = ""
                 ) -> tuple[list[ObjectResult], int]:
         """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame, optionally with its
         registered ``depth`` (float metres, 0 = none) and the colour camera's
@@ -635,7 +670,7 @@ class PerceptionPipeline:
         Raises:
             PipelineError: the image is not a non-empty (H, W, 3) uint8 array.
         """
-        frame = self.prepare(image_rgb, depth, intrinsics)
+        frame = self.prepare(image_rgb, depth, intrinsics, camera)
         self.last_depth_status = frame.depth_status
         return self.classify(frame)
 

@@ -539,7 +539,7 @@ class VlDistillNode(Node):
         depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
         frame = (self.pipeline.prepare(image) if depth is None
-                 else self.pipeline.prepare(image, depth, k))
+                 else self.pipeline.prepare(image, depth, k, camera=cam.resolved))
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0)
 
     def _classify_and_publish(self, staged: "_Staged") -> None:
@@ -658,6 +658,9 @@ class VlDistillNode(Node):
         for cam in self._cameras:
             with self._lock:
                 period = cam.take_period()
+            if cam.depth is not None:  # the depth's registration check (README: depth)
+                period["values"]["depth_registration_shift_px"] = \
+                    "{},{}".format(*self.pipeline.depth_shift(cam.resolved))
             arr.status.append(camera_status(fq, period, active.version))
         return arr
 

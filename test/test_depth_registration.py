@@ -1,0 +1,134 @@
+"""The registration check between depth and colour (``registration_search_px``): a depth
+image a few pixels off its colour image is found out over a camera's frames and moved back;
+a registered one is left alone; each camera keeps its own check."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_depth import K, OBJECTS, _matched, render_tabletop
+
+from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
+                                                       propose_depth_boxes)
+from vl_distill_ros.perception.depth_registration import (DepthRegistration, best_shift,
+                                                          shift_depth, shift_scores)
+
+CFG = DepthProposalConfig()
+OFF = dataclasses.replace(CFG, registration_search_px=0)
+
+
+def scene(tilt: float = 50.0) -> tuple[np.ndarray, np.ndarray, list]:
+    """A colour image whose edges are the depth's steps (grey from depth: the table's
+    smooth gradient gives no edge), its registered depth and the objects' boxes."""
+    depth, truth = render_tabletop(OBJECTS, tilt_deg=tilt)
+    grey = np.clip((depth - 0.5) * 400.0, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2), depth, truth
+
+
+def test_shift_depth_moves_and_fills_with_no_depth():
+    d = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    right_down = shift_depth(d, 1, 2)
+    assert right_down[2, 1:].tolist() == d[0, :3].tolist()
+    assert not right_down[:2].any() and not right_down[:, 0].any()
+    back = shift_depth(shift_depth(d, -1, 1), 1, -1)   # left and down, then back
+    assert back[:2, 1:].tolist() == d[:2, 1:].tolist() and not back[2].any()
+    assert not shift_depth(d, 4, 0).any()
+
+
+@pytest.mark.parametrize("dx, dy", [(0, 4), (6, 0), (-4, -2)])
+def test_a_camera_whose_depth_is_off_is_moved_back_after_a_few_frames(dx, dy):
+    image, depth, truth = scene()
+    off = shift_depth(depth, dx, dy)
+    reg = DepthRegistration(CFG.registration_search_px, CFG.stride)
+    shifts = [reg.update(image, off) for _ in range(reg.min_frames)]
+    assert shifts[:-1] == [(0, 0)] * (reg.min_frames - 1)   # not before min_frames
+    assert shifts[-1] == (-dx, -dy)
+    # the boxes: as good as with registered depth, better than the misregistered ones
+    found = propose_depth_boxes(off, K, CFG, image, reg)
+    assert found.depth_shift == (-dx, -dy)
+    assert found.boxes == propose_depth_boxes(depth, K, OFF).boxes
+    assert _matched(truth, found.boxes, 0.8) > _matched(truth,
+                                                        propose_depth_boxes(off, K, OFF).boxes,
+                                                        0.8)
+
+
+def test_registered_depth_is_left_alone():
+    for tilt in (40.0, 60.0):
+        image, depth, _ = scene(tilt)
+        reg = DepthRegistration(CFG.registration_search_px, CFG.stride)
+        for _ in range(8):
+            found = propose_depth_boxes(depth, K, CFG, image, reg)
+        assert reg.frames == 8 and found.depth_shift == (0, 0)
+        assert found.boxes == propose_depth_boxes(depth, K, OFF).boxes
+
+
+def test_no_edges_no_colour_or_switched_off_means_no_shift():
+    image, depth, _ = scene()
+    table = render_tabletop([])[0]
+    assert shift_scores(image, table, 8) is None              # a bare table: no steps
+    assert shift_scores(image, depth, 1) is None              # search under one grid step
+    reg = DepthRegistration(8)
+    for _ in range(10):
+        assert reg.update(image, table) == (0, 0)
+    assert reg.frames == 0
+    off = shift_depth(depth, 0, 4)
+    assert propose_depth_boxes(off, K, CFG).depth_shift == (0, 0)          # no image
+    assert propose_depth_boxes(off, K, OFF, image, reg).depth_shift == (0, 0)   # 0: off
+    grey = image[..., 0]
+    assert propose_depth_boxes(off, K, CFG, grey, reg).depth_shift == (0, 0)   # not RGB
+
+
+def test_a_shift_must_clearly_beat_none():
+    scores = np.full((9, 9), 2.0)
+    scores[4, 4] = 1.0
+    assert best_shift(scores) == (0, 0)
+    scores[6, 2] = 0.9          # better, but not by min_gain
+    assert best_shift(scores) == (0, 0)
+    scores[6, 2] = 0.5
+    assert best_shift(scores) == (-4, 4)
+
+
+def test_settings_are_validated():
+    image, depth, _ = scene()
+    with pytest.raises(ValueError, match="differ"):
+        shift_scores(image[:100], depth, 8)
+    with pytest.raises(ValueError, match="decay"):
+        DepthRegistration(8, decay=1.0)
+    for bad in (-1, 33):
+        with pytest.raises(DepthError, match="registration_search_px"):
+            DepthProposalConfig(registration_search_px=bad)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from helpers import make_colour_bundle
+
+    from vl_distill_ros.model.bundle import load_bundle
+
+    return load_bundle(make_colour_bundle(tmp_path_factory.mktemp("bundle") / "colour.vdb",
+                                          ["banana", "apple"], ["banana", "apple"]),
+                       device="cpu")
+
+
+def test_the_pipeline_keeps_one_check_per_camera(bundle):
+    from vl_distill_ros.perception import pipeline as P
+
+    pipe = P.PerceptionPipeline(bundle, inference_backend="torch", proposal_source="depth",
+                                proposal_threads=1)
+    try:
+        image, depth, _ = scene()
+        off = shift_depth(depth, 0, 4)
+        for _ in range(6):
+            pipe.prepare(image, off, K, camera="/left")
+            pipe.prepare(image, depth, K, camera="/right")
+        assert pipe.depth_shift("/left") == (0, -4)
+        assert pipe.depth_shift("/right") == (0, 0)
+        assert pipe.depth_shift("/never_seen") == (0, 0)
+        # bounded: the oldest camera goes
+        for i in range(P.MAX_REGISTERED_CAMERAS):
+            pipe.prepare(image, depth, K, camera=f"/cam{i}")
+        assert pipe.depth_shift("/left") == (0, 0)
+        assert len(pipe._registrations) == P.MAX_REGISTERED_CAMERAS
+    finally:
+        pipe.close()

@@ -1,0 +1,161 @@
+"""A registration check between a depth image and the colour image it should be registered
+to (numpy and OpenCV, no ROS).
+
+A driver's "aligned" depth can sit a few pixels off the colour image (a calibration that
+drifted, a hardware registration tuned for another range). The depth proposer then puts its
+boxes a few pixels off the objects, and cuts the objects' edges against the table, which
+costs found objects (see the README). :func:`shift_scores` scores each shift by how well it
+lays the depth image's occluding edges (both sides of a depth step) onto the colour image's
+edges (chamfer matching on a grid of every ``stride``-th pixel); one frame can mislead it
+(about 3% of single frames here), so :class:`DepthRegistration` averages a camera's frames
+(the error is the camera's) before :func:`best_shift` picks a shift, which
+:func:`shift_depth` applies.
+"""
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+__all__ = ["DepthRegistration", "best_shift", "shift_depth", "shift_scores"]
+
+#: Colour edges (Canny on the grey image, after a light blur) and the distance to them that
+#: still counts, in grid cells (a depth edge farther from any colour edge scores this).
+_CANNY = (30.0, 80.0)
+_CAP_CELLS = 4.0
+#: A depth step: the neighbour is farther by more than this fraction of the depth.
+_STEP_FRAC = 0.04
+#: Depth edge cells needed to judge, and how much better (relative) than no shift the best
+#: shift must match the colour edges to be taken.
+MIN_EDGE_CELLS = 80
+MIN_GAIN = 0.25
+
+
+def shift_depth(depth: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``depth`` moved ``dx`` pixels right and ``dy`` down (either may be negative), with
+    no depth (0) where nothing moved in."""
+    out = np.zeros_like(depth)
+    h, w = depth.shape[:2]
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        depth[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def _depth_edges(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the grid cells on either side of a depth step between two
+    measured cells (both sides: the colour edge lies between them)."""
+    edge = np.zeros(z.shape, bool)
+    for axis in (0, 1):
+        a = z[:-1, :] if axis == 0 else z[:, :-1]
+        b = z[1:, :] if axis == 0 else z[:, 1:]
+        step = (a > 0) & (b > 0) & (np.abs(a - b) > _STEP_FRAC * np.minimum(a, b))
+        if axis == 0:
+            edge[:-1, :] |= step
+            edge[1:, :] |= step
+        else:
+            edge[:, :-1] |= step
+            edge[:, 1:] |= step
+    return np.nonzero(edge)
+
+
+def shift_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
+                 stride: int = 2) -> np.ndarray | None:
+    """How well each shift of ``depth_m`` lays its occluding edges onto the edges of
+    ``image_rgb`` (same size): a ``(2r + 1, 2r + 1)`` array (``r = search_px // stride``;
+    row: dy, column: dx, in ``stride`` steps, centre: no shift) of the mean distance, in
+    grid cells and capped, from the moved depth edges to the nearest colour edge (lower is
+    better); ``None`` when the depth has fewer than ``MIN_EDGE_CELLS`` edge cells or
+    ``r`` < 1.
+
+    Raises:
+        ValueError: the image and the depth differ in size, or ``stride`` < 1.
+    """
+    if image_rgb.shape[:2] != depth_m.shape[:2]:
+        raise ValueError(f"image {image_rgb.shape[:2]} and depth {depth_m.shape[:2]} differ")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    r = int(search_px) // int(stride)
+    if r < 1:
+        return None
+    z = np.nan_to_num(np.asarray(depth_m, np.float32)[::stride, ::stride], nan=0.0,
+                      posinf=0.0, neginf=0.0)
+    rows, cols = _depth_edges(z)
+    if rows.size < MIN_EDGE_CELLS:
+        return None
+    grey = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2GRAY)
+    grey = cv2.resize(grey, (z.shape[1], z.shape[0]), interpolation=cv2.INTER_AREA)
+    edges = cv2.Canny(cv2.GaussianBlur(grey, (0, 0), 0.8), *_CANNY)
+    dist = cv2.distanceTransform((edges == 0).view(np.uint8), cv2.DIST_L2, 3)
+    dist = np.pad(np.minimum(dist, _CAP_CELLS), r, constant_values=_CAP_CELLS)
+    steps = np.arange(-r, r + 1)
+    sy, sx = np.meshgrid(steps, steps, indexing="ij")
+    # moving the depth by s puts its edge cell q at q + s
+    score = dist[rows[:, None] + r + sy.reshape(1, -1),
+                 cols[:, None] + r + sx.reshape(1, -1)].mean(axis=0)
+    return score.reshape(sy.shape)
+
+
+def best_shift(scores: np.ndarray, stride: int = 2, min_gain: float = MIN_GAIN
+               ) -> tuple[int, int]:
+    """The shift ``(dx, dy)`` in pixels of the lowest of :func:`shift_scores`' ``scores``,
+    or ``(0, 0)`` when it is not at least ``min_gain`` (relative) below no shift's."""
+    r = scores.shape[0] // 2
+    dy, dx = np.unravel_index(int(np.argmin(scores)), scores.shape)
+    if scores[dy, dx] > (1.0 - min_gain) * scores[r, r]:
+        return 0, 0
+    return (int(dx) - r) * int(stride), (int(dy) - r) * int(stride)
+
+
+class DepthRegistration:
+    """The registration check of one camera over its frames: an exponential moving
+    average of :func:`shift_scores` (the error is the camera's, not the frame's), and the
+    shift it gives once ``min_frames`` frames were scored. After ``2 * min_frames`` scored
+    frames only every ``every``-th frame is scored (a camera's registration changes
+    slowly; scoring costs ~4 ms per 640x480 frame here).
+
+    Args:
+        search_px: largest shift tried, pixels.
+        stride: grid step (the shifts are multiples of it).
+        decay: weight of the older frames in the average.
+        min_frames: frames scored before any shift is applied.
+        every: then one frame in this many is scored.
+    """
+
+    def __init__(self, search_px: int, stride: int = 2, decay: float = 0.9,
+                 min_frames: int = 5, every: int = 10) -> None:
+        if not 0.0 <= decay < 1.0 or int(min_frames) < 1 or int(every) < 1:
+            raise ValueError(f"need 0 <= decay < 1, min_frames >= 1 and every >= 1, got "
+                             f"{decay}, {min_frames}, {every}")
+        self.search_px, self.stride = int(search_px), int(stride)
+        self.decay, self.min_frames, self.every = float(decay), int(min_frames), int(every)
+        self.scores: np.ndarray | None = None
+        self.frames = 0
+        self.calls = 0
+        self.shift: tuple[int, int] = (0, 0)
+        self._lock = threading.Lock()
+
+    def update(self, image_rgb: np.ndarray, depth_m: np.ndarray) -> tuple[int, int]:
+        """Score this frame (when due) and return the camera's current shift ``(dx, dy)``."""
+        with self._lock:
+            self.calls += 1
+            due = self.frames < 2 * self.min_frames or self.calls % self.every == 0
+        if not due:
+            return self.shift
+        scores = shift_scores(image_rgb, depth_m, self.search_px, self.stride)
+        with self._lock:
+            return self._add(scores)
+
+    def _add(self, scores: np.ndarray | None) -> tuple[int, int]:
+        """Average in one frame's scores (None: the frame could not be scored)."""
+        if scores is not None:
+            if self.scores is None or self.scores.shape != scores.shape:
+                self.scores, self.frames = scores, 0
+            else:
+                self.scores = self.decay * self.scores + (1.0 - self.decay) * scores
+            self.frames += 1
+        if self.scores is not None and self.frames >= self.min_frames:
+            self.shift = best_shift(self.scores, self.stride)
+        return self.shift
