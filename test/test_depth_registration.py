@@ -95,7 +95,7 @@ def test_settings_are_validated():
         shift_scores(image[:100], depth, 8)
     with pytest.raises(ValueError, match="decay"):
         DepthRegistration(8, decay=1.0)
-    for bad in (-1, 33):
+    for bad in (-1, 17):
         with pytest.raises(DepthError, match="registration_search_px"):
             DepthProposalConfig(registration_search_px=bad)
 
@@ -132,3 +132,15 @@ def test_the_pipeline_keeps_one_check_per_camera(bundle):
         assert len(pipe._registrations) == P.MAX_REGISTERED_CAMERAS
     finally:
         pipe.close()
+
+
+def test_edge_cells_scored_are_bounded(monkeypatch):
+    import vl_distill_ros.perception.depth_registration as R
+
+    image, depth, _ = scene()
+    off = shift_depth(depth, 0, 4)
+    full = shift_scores(image, off, 8)
+    monkeypatch.setattr(R, "MAX_EDGE_CELLS", 120)   # fewer than this scene has
+    fewer = shift_scores(image, off, 8)
+    assert fewer is not None and not np.array_equal(full, fewer)
+    assert best_shift(full) == best_shift(fewer) == (0, -4)

@@ -173,8 +173,8 @@ class DepthProposalConfig:
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
             raise DepthError(f"stride must be in [1, 16], got {self.stride}")
-        if not 0 <= int(self.registration_search_px) <= 32:
-            raise DepthError(f"registration_search_px must be in [0, 32], got "
+        if not 0 <= int(self.registration_search_px) <= 16:
+            raise DepthError(f"registration_search_px must be in [0, 16], got "
                              f"{self.registration_search_px}")
         if not 0.0 <= self.min_depth_m < self.max_depth_m <= 100.0:
             raise DepthError("need 0 <= min_depth_m < max_depth_m <= 100")

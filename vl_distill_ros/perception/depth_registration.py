@@ -7,7 +7,7 @@ boxes a few pixels off the objects, and cuts the objects' edges against the tabl
 costs found objects (see the README). :func:`shift_scores` scores each shift by how well it
 lays the depth image's occluding edges (both sides of a depth step) onto the colour image's
 edges (chamfer matching on a grid of every ``stride``-th pixel); one frame can mislead it
-(about 3% of single frames here), so :class:`DepthRegistration` averages a camera's frames
+(3-5% of single frames here), so :class:`DepthRegistration` averages a camera's frames
 (the error is the camera's) before :func:`best_shift` picks a shift, which
 :func:`shift_depth` applies.
 """
@@ -30,6 +30,9 @@ _STEP_FRAC = 0.04
 #: shift must match the colour edges to be taken.
 MIN_EDGE_CELLS = 80
 MIN_GAIN = 0.25
+#: At most this many edge cells are scored (evenly spaced): bounds the work and memory of
+#: one frame (edge cells x shifts).
+MAX_EDGE_CELLS = 4000
 
 
 def shift_depth(depth: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -85,6 +88,9 @@ def shift_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
     rows, cols = _depth_edges(z)
     if rows.size < MIN_EDGE_CELLS:
         return None
+    if rows.size > MAX_EDGE_CELLS:
+        keep = np.linspace(0, rows.size - 1, MAX_EDGE_CELLS).astype(np.int64)
+        rows, cols = rows[keep], cols[keep]
     grey = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2GRAY)
     grey = cv2.resize(grey, (z.shape[1], z.shape[0]), interpolation=cv2.INTER_AREA)
     edges = cv2.Canny(cv2.GaussianBlur(grey, (0, 0), 0.8), *_CANNY)
