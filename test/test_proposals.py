@@ -418,3 +418,17 @@ def test_classification_window_moves_into_the_frame_and_clips_to_it():
     # the full frame stays the full frame (crop_source: full_frame is unchanged)
     for square in (True, False):
         assert classification_window((0, 0, 320, 240), 320, 240, square, 0.3) == (0, 0, 320, 240)
+
+
+def test_component_counts_equal_one_weighted_histogram_per_mask():
+    from vl_distill_ros.perception.proposals import _component_counts
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 37, size=(60, 80)).astype(np.int32)
+    masks = [rng.random((60, 80)) < p for p in (0.1, 0.5, 0.9)]
+    masks.append((rng.random((60, 80)) < 0.3).astype(np.uint8))   # 0/1 uint8 as well
+    counts = _component_counts(labels.reshape(-1), 37, masks)
+    for mask, got in zip(masks, counts):
+        want = np.bincount(labels.reshape(-1), weights=mask.reshape(-1).astype(float),
+                           minlength=37)
+        assert got.tolist() == want.astype(int).tolist()
