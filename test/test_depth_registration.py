@@ -101,14 +101,18 @@ def test_settings_are_validated():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle_path(tmp_path_factory):
     from helpers import make_colour_bundle
 
+    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "colour.vdb",
+                              ["banana", "apple"], ["banana", "apple"])
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_path):
     from vl_distill_ros.model.bundle import load_bundle
 
-    return load_bundle(make_colour_bundle(tmp_path_factory.mktemp("bundle") / "colour.vdb",
-                                          ["banana", "apple"], ["banana", "apple"]),
-                       device="cpu")
+    return load_bundle(bundle_path, device="cpu")
 
 
 def test_the_pipeline_keeps_one_check_per_camera(bundle):
@@ -144,3 +148,38 @@ def test_edge_cells_scored_are_bounded(monkeypatch):
     fewer = shift_scores(image, off, 8)
     assert fewer is not None and not np.array_equal(full, fewer)
     assert best_shift(full) == best_shift(fewer) == (0, -4)
+
+
+def _last_boxes(out) -> list:
+    """The boxes of the last frame of an offline replay (its labels.jsonl)."""
+    import json
+
+    lines = (out / "labels.jsonl").read_text().splitlines()
+    return [o["bbox"] for o in json.loads(lines[-1])["doc"]["objects"]]
+
+
+def test_offline_replay_moves_a_misregistered_bags_depth_back_and_reports_it(
+        bundle_path, tmp_path):
+    from test_depth import _replay
+
+    from vl_distill_ros.bags.bag_io import BagFrame, GroundTruthObject, write_camera_bag
+
+    image, depth, truth = scene()
+    objects = [GroundTruthObject(b, "apple", "013_apple") for b in truth]
+    (tmp_path / "off.yaml").write_text("registration_search_px: 0\n")
+    runs = {}
+    for name, shift, extra in (("registered", (0, 0), ()), ("moved", (0, 4), ()),
+                               ("moved, check off", (0, 4),
+                                ("-p", f"depth_proposal_config:={tmp_path / 'off.yaml'}"))):
+        frames = [BagFrame(1_000_000_000 + i * 100_000_000, image, objects,
+                           depth=shift_depth(depth, *shift),
+                           intrinsics=(K.fx, K.fy, K.cx, K.cy)) for i in range(8)]
+        bag = write_camera_bag(tmp_path / f"bag{len(runs)}", frames)
+        out = tmp_path / f"out{len(runs)}"
+        report = _replay(bag, bundle_path, out, "-p", "proposal_source:=depth", *extra)
+        runs[name] = (report["node"]["depth"]["registration_shift_px"], _last_boxes(out))
+    assert runs["registered"][0] == {"/camera/image_raw": [0, 0]}
+    assert runs["moved"][0] == {"/camera/image_raw": [0, -4]}
+    assert runs["moved, check off"][0] == {"/camera/image_raw": [0, 0]}
+    # once the check has settled, the frames' boxes are those of the registered depth
+    assert runs["moved"][1] == runs["registered"][1] != runs["moved, check off"][1]

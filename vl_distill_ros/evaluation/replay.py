@@ -506,7 +506,11 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
         pipe.close()
     if depth_counts:
         rec.node["depth"] = {"topics": dict(contents.depth_topics),
-                             "frames_by_status": depth_counts}
+                             "frames_by_status": depth_counts,
+                             # the registration check's shift at the end, per colour topic
+                             "registration_shift_px": {
+                                 topic: list(pipe.depth_shift(topic))
+                                 for topic in contents.depth_topics}}
     rec.duration_s = time.monotonic() - t_start
     return rec
 
