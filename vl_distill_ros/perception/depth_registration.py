@@ -156,11 +156,9 @@ class DepthRegistration:
 
     def _add(self, scores: np.ndarray | None) -> tuple[int, int]:
         """Average in one frame's scores (None: the frame could not be scored)."""
-        if scores is not None:
-            if self.scores is None or self.scores.shape != scores.shape:
-                self.scores, self.frames = scores, 0
-            else:
-                self.scores = self.decay * self.scores + (1.0 - self.decay) * scores
+        if scores is not None:  # always (2r + 1, 2r + 1): search_px and stride are fixed
+            self.scores = scores if self.scores is None else \
+                self.decay * self.scores + (1.0 - self.decay) * scores
             self.frames += 1
         if self.scores is not None and self.frames >= self.min_frames:
             self.shift = best_shift(self.scores, self.stride)
