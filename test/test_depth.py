@@ -42,6 +42,15 @@ def render_tabletop(objects: list[tuple[float, float, float, float, float]],
     axis, its normal tilted ``tilt_deg`` from the axis, with cuboids ``(a, b, length, width,
     height)`` (m: centre in table coordinates, a to the right, b away from the camera)
     standing on it. Returns the depth and each cuboid's visible box (x, y, w, h)."""
+    depth, owner = cast_tabletop(objects, tilt_deg, distance, k)
+    return depth_and_boxes(depth, owner, len(objects))
+
+
+def cast_tabletop(objects: list[tuple[float, float, float, float, float]],
+                  tilt_deg: float = 50.0, distance: float = 0.9, k: CameraIntrinsics = K
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The ray-cast depth of :func:`render_tabletop` (inf where no surface) and its owner
+    map (per pixel: the cuboid's index, or -1 for the table)."""
     t = math.radians(tilt_deg)
     n = np.array([0.0, -math.sin(t), -math.cos(t)])     # towards the camera (origin)
     e1 = np.array([1.0, 0.0, 0.0])
@@ -64,7 +73,7 @@ def render_tabletop(objects: list[tuple[float, float, float, float, float]],
             hit = (near <= far) & (near > 0) & (near < depth)
             depth = np.where(hit, near, depth)
             owner[hit] = i
-    return depth_and_boxes(depth, owner, len(objects))
+    return depth, owner
 
 
 def depth_and_boxes(depth: np.ndarray, owner: np.ndarray, count: int

@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 import pytest
-from test_depth import K, _rays, depth_and_boxes, render_tabletop
+import cv2
+from test_depth import K, _rays, cast_tabletop, depth_and_boxes, render_tabletop
 
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
@@ -33,6 +34,15 @@ def render_cylinders(objects: list[tuple[float, float, float, float]],
                      ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """Ray-cast depth (m) of upright solid cylinders ``(a, b, radius, height)`` on a tilted
     table (as :func:`render_tabletop`). Returns the depth and each one's visible box."""
+    depth, owner = cast_cylinders(objects, tilt_deg, distance)
+    return depth_and_boxes(depth, owner, len(objects))
+
+
+def cast_cylinders(objects: list[tuple[float, float, float, float]],
+                   tilt_deg: float = 50.0, distance: float = 0.9
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The ray-cast depth of :func:`render_cylinders` (inf where no surface) and its owner
+    map (per pixel: the cylinder's index, or -1 for the table)."""
     t = math.radians(tilt_deg)
     n = np.array([0.0, -math.sin(t), -math.cos(t)])
     e1 = np.array([1.0, 0.0, 0.0])
@@ -56,7 +66,7 @@ def render_cylinders(objects: list[tuple[float, float, float, float]],
             closer = (hit > 0) & (hit < depth)
             depth = np.where(closer, hit, depth)
             owner[closer] = i
-    return depth_and_boxes(depth, owner, len(objects))
+    return depth, owner
 
 
 def _found(depth: np.ndarray, truth, cfg: DepthProposalConfig) -> tuple[int, int]:
@@ -138,17 +148,74 @@ def test_a_small_object_against_a_large_one_gets_a_box_of_its_own(small, tilt):
     assert _found(depth, truth, dataclasses.replace(NEW, small_piece_points=10_000))[1] == 1
 
 
+def grooved_blocks(tilt_deg: float, groove_m: float, half_px: float, period_px: int = 0
+                   ) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:
+    """Two blocks of the same height side by side, touching, with a V-groove ``groove_m``
+    deep and ``2 * half_px`` wide along their seam (on every other run of ``period_px``
+    image rows; 0: all along): ``(depth, truth boxes, colour image with a red and a blue
+    block, the same with both red)``."""
+    raw, owner = cast_tabletop([(-0.045, 0.0, 0.09, 0.12, 0.07),
+                                (0.045, 0.0, 0.09, 0.12, 0.07)], tilt_deg)
+    depth, truth = depth_and_boxes(raw, owner, 2)
+    seam = np.zeros(owner.shape, bool)
+    seam[:, 1:] = (owner[:, 1:] != owner[:, :-1]) & (owner[:, 1:] >= 0) & (owner[:, :-1] >= 0)
+    dist = cv2.distanceTransform((~seam).view(np.uint8), cv2.DIST_L2, 3)
+    groove = (dist < half_px) & (owner >= 0)
+    if period_px:
+        groove &= (np.arange(owner.shape[0])[:, None] // period_px) % 2 == 0
+    depth = np.where(groove, depth + groove_m * (1.0 - dist / half_px), depth)
+    two = np.full((*owner.shape, 3), (150, 120, 90), np.uint8)
+    two[owner == 0], two[owner == 1] = (200, 40, 40), (40, 60, 200)
+    one = two.copy()
+    one[owner >= 0] = (200, 40, 40)
+    return depth.astype(np.float32), truth, two, one
+
+
+@pytest.mark.parametrize("tilt", [40.0, 50.0, 60.0])
+def test_a_crease_is_not_bypassed_through_the_gap_at_the_feet(tilt):
+    # a groove all along the seam of two blocks: the crease marks it from top to bottom,
+    # but at the blocks' feet (below the height band) the closing joined them again; the
+    # cells it filled next to the crease are cut too
+    depth, truth, _, _ = grooved_blocks(tilt, 0.03, 8)
+    assert _found(depth, truth, NEW) == (2, 2)
+    assert _found(depth, truth, dataclasses.replace(NEW, crease_m=0.0))[1] == 1
+
+
+def test_a_broken_crease_is_closed_along_a_colour_edge():
+    # the groove on every other 4 rows only: the crease marks come in blobs with gaps,
+    # which the colour edge between a red and a blue block closes; without the colour
+    # image, with the setting off, or with two blocks of one colour, one box
+    depth, truth, two, one = grooved_blocks(60.0, 0.02, 12, period_px=4)
+    found = lambda cfg, image: len(match_boxes(truth, propose_depth_boxes(  # noqa: E731
+        depth, K, cfg, image).boxes, 0.5))
+    assert NEW.crease_colour_cells > 1
+    assert found(NEW, two) == 2 and _found(depth, truth, NEW)[1] == 1
+    assert len(propose_depth_boxes(depth, K, NEW, two).boxes) == 2
+    assert found(NEW, one) == 0
+    assert found(dataclasses.replace(NEW, crease_colour_cells=0), two) == 0
+    # a colour edge without a crease cuts nothing (a can's label)
+    flat, truth2, two2, _ = grooved_blocks(60.0, 0.0, 12)
+    assert len(propose_depth_boxes(flat, K, NEW, two2).boxes) == 1
+
+
 def test_cut_settings_are_validated_and_in_the_yaml(repo_root):
     cfg = load_depth_config(repo_root / "config" / "depth_proposals.yaml")
     assert (cfg.cut_jump_frac, cfg.split_min_frac, cfg.split_min_points, cfg.crease_m,
-            cfg.crease_cells, cfg.small_piece_points) == (
+            cfg.crease_cells, cfg.small_piece_points, cfg.crease_colour_cells,
+            cfg.colour_edge_low, cfg.colour_edge_high) == (
                 NEW.cut_jump_frac, NEW.split_min_frac, NEW.split_min_points, NEW.crease_m,
-                NEW.crease_cells, NEW.small_piece_points)
+                NEW.crease_cells, NEW.small_piece_points, NEW.crease_colour_cells,
+                NEW.colour_edge_low, NEW.colour_edge_high)
     for bad in ({"cut_jump_frac": -0.1}, {"split_min_frac": 1.5}, {"cut_jump_frac": 2.0},
                 {"split_min_points": -1}, {"crease_m": -0.01}, {"crease_m": 1.5},
                 {"crease_cells": 0}, {"crease_cells": 33}, {"small_piece_points": -1},
-                {"small_piece_points": 2_000_000}):
+                {"small_piece_points": 2_000_000}, {"crease_colour_cells": -1},
+                {"crease_colour_cells": 16}):
         with pytest.raises(DepthError, match=next(iter(bad))):
+            DepthProposalConfig(**bad)
+    for bad in ({"colour_edge_low": -1}, {"colour_edge_low": 200, "colour_edge_high": 100},
+                {"colour_edge_high": 5000}):
+        with pytest.raises(DepthError, match="colour_edge_low"):
             DepthProposalConfig(**bad)
     # the crease test's three chord distances around crease_cells
     assert crease_radii(6) == (4, 6, 9)
@@ -228,9 +295,11 @@ def test_rendered_concave_objects_alone_are_not_cut_at_creases(scene_renderer, k
         frame = render_scene(scene_renderer, [key], np.random.default_rng(seed), spec)
         truth = [o.bbox for o in frame.objects]
         k = CameraIntrinsics(*frame.intrinsics, frame.image.shape[1], frame.image.shape[0])
-        boxes = propose_depth_boxes(frame.depth, k, new).boxes
-        assert len(boxes) == len(propose_depth_boxes(frame.depth, k, steps_only).boxes)
-        assert len(match_boxes(truth, boxes, 0.5)) == 1, (key, seed)
+        # with the colour image too: the crease's closing along colour edges cuts nothing
+        for image in (None, frame.image):
+            boxes = propose_depth_boxes(frame.depth, k, new, image).boxes
+            assert len(boxes) == len(propose_depth_boxes(frame.depth, k, steps_only).boxes)
+            assert len(match_boxes(truth, boxes, 0.5)) == 1, (key, seed)
 
 
 def test_rendered_pairs_in_contact_found_by_depth(scene_renderer):

@@ -24,8 +24,10 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    grid (8-connected) after a small closing that joins a thin handle's pieces; the closing
    does not bridge a depth discontinuity (``cut_jump_frac``) or a concave crease
    (``crease_m``: a sample behind the chord of its neighbours about ``crease_cells``
-   away), so two objects in contact, one in front of the other or side by side, stay
-   apart when each holds ``split_min_frac`` of the cluster or ``split_min_points`` samples.
+   away; with the colour image its marks are closed along colour edges,
+   ``crease_colour_cells``, and it also cuts the cells the closing filled next to it), so
+   two objects in contact, one in front of the other or side by side, stay apart when each
+   holds ``split_min_frac`` of the cluster or ``split_min_points`` samples.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
@@ -141,6 +143,17 @@ class DepthProposalConfig:
     #: keeps ``split_min_frac`` / ``split_min_points``. 0: no crease cut.
     crease_m: float = 0.01
     crease_cells: int = 6
+    #: Where the colour image is given: a crease also cuts the cells of a colour edge (Canny
+    #: on the Lab channels at the grid's resolution, thresholds ``colour_edge_low`` /
+    #: ``colour_edge_high``) that a closing of its marks with a disc of this diameter (grid
+    #: cells) fills: gaps between blobs of marks narrower than the disc, not the gaps of a
+    #: one-cell line of marks nor anything past its ends. Across the contact of two objects
+    #: the crease test marks only some cells; where the objects differ in colour their
+    #: boundary closes the cut. A colour edge alone (a can's printed label) cuts nothing.
+    #: 0 or 1: off.
+    crease_colour_cells: int = 7
+    colour_edge_low: int = 60
+    colour_edge_high: int = 120
     #: A piece that a step or a crease cuts off a cluster but that is too small to split it
     #: (under ``split_min_frac`` / ``split_min_points``) and holds at least this many
     #: samples is also proposed on its own, besides the cluster it stays in (a small object
@@ -195,6 +208,12 @@ class DepthProposalConfig:
                                  f"{getattr(self, name)}")
         if not 1 <= int(self.crease_cells) <= 32:
             raise DepthError(f"crease_cells must be in [1, 32], got {self.crease_cells}")
+        if not 0 <= int(self.crease_colour_cells) <= 15:
+            raise DepthError(f"crease_colour_cells must be in [0, 15], got "
+                             f"{self.crease_colour_cells}")
+        if not 0 <= int(self.colour_edge_low) <= int(self.colour_edge_high) <= 1000:
+            raise DepthError(f"need 0 <= colour_edge_low <= colour_edge_high <= 1000, got "
+                             f"{self.colour_edge_low}, {self.colour_edge_high}")
         if not 0 <= int(self.max_count) <= 256 or int(self.min_cluster_points) < 1:
             raise DepthError("need 0 <= max_count <= 256 and min_cluster_points >= 1")
         for name in ("edge_jump_frac", "plane_threshold_m", "plane_threshold_quadratic"):
@@ -410,17 +429,68 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
     above = (height > low) & (height < cfg.max_height_m)
-    clusters = _grid_clusters(cloud, above, cfg)
+    edges = _ColourEdges(image_rgb, cloud.z.shape, cfg) \
+        if image_rgb is not None and int(cfg.crease_colour_cells) > 1 else None
+    clusters = _grid_clusters(cloud, above, cfg, edges)
     out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
                                               cfg)
     return out
 
 
-def _grid_clusters(cloud: DepthCloud, above: np.ndarray,
-                   cfg: DepthProposalConfig) -> list[np.ndarray]:
+#: The 4-neighbourhood (a 3x3 cross).
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+class _ColourEdges:
+    """The colour image's edges on the depth grid (``crease_colour_cells``), computed per
+    cluster window when a crease asks for them (most clusters have none)."""
+
+    #: Cells of context around a window (Canny's gradient and hysteresis see past it).
+    PAD = 3
+
+    def __init__(self, image_rgb: np.ndarray, shape: tuple[int, int],
+                 cfg: DepthProposalConfig) -> None:
+        self._image, self._shape, self._cfg = image_rgb, shape, cfg
+        self._small: np.ndarray | None = None
+
+    def window(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """``bool`` cells of the grid window ``(x, y, w, h)`` on (or next to) a colour
+        edge."""
+        if self._small is None:
+            image = np.asarray(self._image)
+            gh, gw = self._shape
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                self._small = np.zeros((gh, gw, 3), np.uint8)  # no edges
+            else:
+                self._small = cv2.resize(np.ascontiguousarray(image), (gw, gh),
+                                         interpolation=cv2.INTER_AREA)
+        p = self.PAD
+        y0, x0 = max(y - p, 0), max(x - p, 0)
+        lab = cv2.cvtColor(self._small[y0:y + h + p, x0:x + w + p], cv2.COLOR_RGB2Lab)
+        edges = np.zeros(lab.shape[:2], np.uint8)
+        for c in range(3):
+            edges |= cv2.Canny(np.ascontiguousarray(lab[..., c]),
+                               int(self._cfg.colour_edge_low), int(self._cfg.colour_edge_high))
+        edges = cv2.dilate(edges, np.ones((3, 3), np.uint8)) > 0
+        return edges[y - y0:y - y0 + h, x - x0:x - x0 + w]
+
+
+def _colour_crease(crease: np.ndarray, edges: np.ndarray, own: np.ndarray,
+                   cells: int) -> np.ndarray:
+    """``crease`` closed along the colour ``edges`` (same window): the ``own`` cells on an
+    edge that a closing of the crease cells with a ``cells``-wide disc fills (a gap between
+    blobs of crease cells narrower than the disc; never past their ends)."""
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(cells),) * 2)
+    near = cv2.morphologyEx(crease.view(np.uint8), cv2.MORPH_CLOSE, disc).view(bool)
+    return crease | (near & edges & own)
+
+
+def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfig,
+                   edges: _ColourEdges | None = None) -> list[np.ndarray]:
     """Indices (into the cloud) of each connected component of the above-plane samples on
-    the grid (labels from the grid closed by ``close_cells``), cut at steps and creases,
-    and of the small pieces proposed besides them (``small_piece_points``)."""
+    the grid (labels from the grid closed by ``close_cells``), cut at steps and creases
+    (closed along the colour ``edges`` when given), and of the small pieces proposed besides
+    them (``small_piece_points``)."""
     grid = np.zeros(cloud.z.shape, np.uint8)
     grid[cloud.rows[above], cloud.cols[above]] = 1
     index = np.full(cloud.z.shape, -1, np.int64)
@@ -443,6 +513,14 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray,
             parts = _large_parts(comp, kept, own, cfg) or parts
         if cfg.crease_m > 0:  # ... nor across a concave crease
             crease = _creases(cloud, grid, (x, y, bw, bh), cfg) & comp
+            if edges is not None and crease.any():
+                crease = _colour_crease(crease, edges.window(x, y, bw, bh), own,
+                                        cfg.crease_colour_cells)
+            if crease.any() and int(cfg.close_cells) > 1:
+                # ... nor through a cell the closing filled right next to it (the gap at
+                # the objects' feet, below the height band or without depth, where a
+                # crease cannot be seen and the pieces would stay joined)
+                crease |= cv2.dilate(crease.view(np.uint8), _CROSS).view(bool) & comp & ~own
             if crease.any():  # the finer of: steps and creases at once, creases per piece
                 kept = kept & ~crease
                 joint = _large_parts(comp, kept, own, cfg) or [comp]
