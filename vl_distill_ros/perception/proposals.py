@@ -25,9 +25,11 @@ border, with objects on it":
    background only where the colour is not a plain background colour (the texture's own
    edges are background colours and their blends, while the outline of a grey fork on a
    white sheet, which looks like shadowed sheet, is not).
-4. A morphological closing joins the pieces of one object; connected components become
-   candidate boxes, kept when they hold enough strong pixels or enough outline edges, and
-   enough pixels of their own (crumbs that the closing joined are not). Each blob's box is
+4. A morphological closing joins the pieces of one object; a blob of touching objects is
+   cut at a neck of its outline where an image edge joins two notches and the two sides
+   differ in colour (:mod:`.blob_split`); connected components become candidate boxes,
+   kept when they hold enough strong pixels or enough outline edges, and enough pixels of
+   their own (crumbs that the closing joined are not). Each blob's box is
    tightened, at each end, to half its local colour distance with sub-pixel interpolation
    (thin objects keep their width; a fork's low-contrast tines next to its red handle stay
    in through their outline) after trimming the thin tails of its mass (a crumb, a shadow
@@ -70,6 +72,8 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
+
+from .blob_split import NeckCut, cut_necks
 
 __all__ = ["Box", "ProposalConfig", "propose_boxes", "sanitize_boxes", "crop",
            "classification_window", "full_frame_box",
@@ -183,6 +187,17 @@ class ProposalConfig:
     #: of the blob to the background over ``2 * strong_thresh``, or the edge support of its
     #: outline, whichever is higher; boxes touching the image border are kept). 0 keeps all.
     min_score: float = 0.4
+    #: A blob of touching objects is cut along the segment between two notches of its
+    #: outline (convexity defects at least ``neck_depth_frac`` of its size deep; 0
+    #: disables the cut) when at least ``neck_edge_support`` of the segment lies on image
+    #: edges, it is at most ``neck_max_len_frac`` of the blob's size long, the two largest
+    #: pieces each hold ``neck_min_part_frac`` of the blob and their mean colours lie
+    #: ``neck_colour_dist`` (8-bit Lab) apart (see :mod:`.blob_split`).
+    neck_depth_frac: float = 0.1
+    neck_edge_support: float = 0.5
+    neck_max_len_frac: float = 0.7
+    neck_min_part_frac: float = 0.2
+    neck_colour_dist: float = 45.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_frac <= self.max_area_frac <= 1.0:
@@ -225,6 +240,18 @@ class ProposalConfig:
         if self.grow_bins < 0 or self.min_pair_count < 1:
             raise ValueError(f"need grow_bins >= 0 and min_pair_count >= 1, got "
                              f"{self.grow_bins} and {self.min_pair_count}")
+        for name in ("neck_depth_frac", "neck_edge_support", "neck_max_len_frac",
+                     "neck_min_part_frac"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.neck_colour_dist <= 500.0:
+            raise ValueError(f"neck_colour_dist must be in [0, 500], got "
+                             f"{self.neck_colour_dist}")
+
+    def neck_cut(self) -> NeckCut:
+        """The ``neck_*`` fields as :class:`~.blob_split.NeckCut`."""
+        return NeckCut(self.neck_depth_frac, self.neck_edge_support, self.neck_max_len_frac,
+                       self.neck_min_part_frac, self.neck_colour_dist)
 
 
 # ---------------------------------------------------------------------------------------
@@ -729,11 +756,12 @@ def _refine_extent(labels: np.ndarray, index: int, box: tuple[int, int, int, int
 # Proposals
 # ---------------------------------------------------------------------------------------
 def _object_maps(image: np.ndarray, cfg: ProposalConfig
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                            float, float]:
     """The working image's colour distance to the background, its edges (for finding
     objects), its gated edges (for bounding blobs), its pixels of local border colours
-    (objects cut by the border), and its scale ``(sx, sy)`` (frame pixels per working
-    pixel) for a uint8 RGB frame."""
+    (objects cut by the border), the working image in 8-bit Lab, and its scale ``(sx, sy)``
+    (frame pixels per working pixel) for a uint8 RGB frame."""
     height, width = image.shape[:2]
     scale = min(1.0, cfg.work_size / max(height, width))
     if scale < 1.0:
@@ -754,7 +782,7 @@ def _object_maps(image: np.ndarray, cfg: ProposalConfig
         gated = edges & gate.view(bool)
         if _texture_edge_density(edges, border) > cfg.smooth_border_edges:
             edges = gated
-    return dist, edges, gated, local, width / ww, height / wh
+    return dist, edges, gated, local, lab, width / ww, height / wh
 
 
 def _texture_edge_density(edges: np.ndarray, border: int, min_chain: int = 12) -> float:
@@ -804,7 +832,7 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
 def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
     """Steps 1-4: candidate boxes ``[x, y, w, h, score]`` in frame pixels (not padded)."""
     height, width = image.shape[:2]
-    dist, edges, gated, local, sx, sy = _object_maps(image, cfg)
+    dist, edges, gated, local, lab, sx, sy = _object_maps(image, cfg)
     wh, ww = dist.shape
     strong = (dist > cfg.strong_thresh).view(np.uint8)
     weak = (dist > cfg.weak_thresh).view(np.uint8)
@@ -815,6 +843,10 @@ def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         mask = cv2.morphologyEx(own, cv2.MORPH_CLOSE, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    cut = cut_necks(mask, edges, lab, cfg.neck_cut(), (n, labels, stats))  # touching objects
+    if cut is not mask:
+        mask = cut
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return []
     flat = labels.reshape(-1)

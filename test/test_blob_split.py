@@ -1,0 +1,96 @@
+"""The colour proposer's cut of a blob of touching objects at a neck of its outline
+(``vl_distill_ros.perception.blob_split``, ``ProposalConfig.neck_*``)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from vl_distill_ros.evaluation.scoring import match_boxes
+from vl_distill_ros.perception.blob_split import NeckCut, cut_necks
+from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
+
+RED, BLUE, YELLOW, BROWN = (200, 40, 40), (40, 60, 200), (220, 200, 40), (90, 60, 30)
+OFF = ProposalConfig(neck_depth_frac=0.0)
+
+
+def _table(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((480, 640, 3), (150, 140, 120), np.float64) + rng.normal(0, 3, (480, 640, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def two_discs(c1, c2, overlap: int, r: int = 50) -> tuple[np.ndarray, list]:
+    """Two discs of radius ``r`` that overlap by ``overlap`` pixels (objects in contact,
+    seen from above) and their boxes."""
+    img = _table()
+    x1, y = 260, 240
+    x2 = x1 + 2 * r - overlap
+    cv2.circle(img, (x1, y), r, c1, -1, cv2.LINE_AA)
+    cv2.circle(img, (x2, y), r, c2, -1, cv2.LINE_AA)
+    return img, [(x1 - r, y - r, 2 * r, 2 * r), (x2 - r, y - r, 2 * r, 2 * r)]
+
+
+def _found(img, truth, cfg=None) -> tuple[int, int]:
+    boxes = propose_boxes(img, cfg or ProposalConfig())
+    return len(match_boxes(truth, boxes, 0.5)), len(boxes)
+
+
+@pytest.mark.parametrize("colours", [(RED, BLUE), (YELLOW, BROWN)])
+@pytest.mark.parametrize("overlap", [4, 8])
+def test_touching_objects_of_different_colours_are_cut_apart(colours, overlap):
+    img, truth = two_discs(*colours, overlap)
+    assert _found(img, truth) == (2, 2)
+    assert _found(img, truth, OFF)[1] == 1  # one blob, one box, without the cut
+
+
+def test_one_colour_on_both_sides_is_not_cut():
+    # a dumbbell of one colour (a spoon's bowl and handle end, a drill's grip) has the
+    # notches and, here, a dark seam between them, but its two sides do not differ in
+    # colour
+    img, truth = two_discs(RED, RED, 8)
+    cv2.line(img, (306, 200), (306, 280), (90, 20, 20), 3)
+    assert _found(img, truth)[1] == 1
+    # the same with a colour threshold of 0: cut
+    assert _found(img, truth, ProposalConfig(neck_colour_dist=0.0)) == (2, 2)
+
+
+def test_a_two_colour_object_without_notches_is_not_cut():
+    # a can with a red top and a white bottom: a colour edge straight across, no notch
+    img = _table()
+    cv2.rectangle(img, (280, 160), (360, 240), RED, -1)
+    cv2.rectangle(img, (280, 240), (360, 320), (235, 235, 230), -1)
+    assert len(propose_boxes(img)) == 1
+
+
+def test_cut_necks_returns_the_mask_itself_when_nothing_is_cut():
+    mask = np.zeros((120, 160), np.uint8)
+    cv2.circle(mask, (80, 60), 30, 1, -1)
+    edges = cv2.Canny(mask * 255, 50, 100) > 0
+    lab = np.zeros((120, 160, 3), np.uint8)
+    assert cut_necks(mask, edges, lab, NeckCut()) is mask
+    assert cut_necks(mask, edges, lab, NeckCut(depth_frac=0.0)) is mask
+    # two touching discs of different Lab colours: a copy, cut, the input untouched
+    mask2 = np.zeros((120, 200), np.uint8)
+    cv2.circle(mask2, (60, 60), 40, 1, -1)
+    cv2.circle(mask2, (134, 60), 40, 1, -1)
+    lab2 = np.zeros((120, 200, 3), np.uint8)
+    lab2[:, 97:] = (200, 100, 200)
+    edges2 = (cv2.Canny(mask2 * 255, 50, 100) > 0) | (cv2.Canny(lab2[..., 0], 50, 100) > 0)
+    before = mask2.copy()
+    out = cut_necks(mask2, edges2, lab2, NeckCut())
+    assert out is not mask2 and np.array_equal(mask2, before)
+    assert cv2.connectedComponents(out, connectivity=4)[0] - 1 == 2
+    assert cv2.connectedComponents(mask2, connectivity=4)[0] - 1 == 1
+
+
+def test_neck_settings_are_validated():
+    for bad in ({"neck_depth_frac": -0.1}, {"neck_edge_support": 1.5},
+                {"neck_max_len_frac": 2.0}, {"neck_min_part_frac": -1.0},
+                {"neck_colour_dist": -1.0}, {"neck_colour_dist": 1000.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ProposalConfig(**bad)
+    cfg = ProposalConfig()
+    assert cfg.neck_cut() == NeckCut(cfg.neck_depth_frac, cfg.neck_edge_support,
+                                     cfg.neck_max_len_frac, cfg.neck_min_part_frac,
+                                     cfg.neck_colour_dist)

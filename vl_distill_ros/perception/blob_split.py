@@ -1,0 +1,152 @@
+"""Cutting a colour blob of touching objects in two at a neck of its outline.
+
+ROS-free, numpy/OpenCV only; used by the colour proposer (:mod:`.proposals`). Objects that
+touch give one connected blob of object pixels. Where two of them meet, the blob's outline
+has a notch on both sides (two deep convexity defects), the image has an edge between the
+notches (the objects' boundary), and the two sides differ in colour. :func:`cut_necks` cuts
+a blob along the straight segment between two such notches when all of that holds; one
+object with a narrow waist (a spoon's neck, a drill's grip) has the notches and often the
+edge, but mostly one colour on both sides, so it stays whole.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["NeckCut", "cut_necks"]
+
+#: Blobs smaller than this (working-image pixels) are never cut.
+MIN_BLOB_PX = 160
+#: At most this many cuts per blob (three touching objects in a row need two).
+MAX_CUTS = 2
+#: Candidate segments tried per cut (best edge support first) ...
+MAX_TRIES = 3
+#: ... between the deepest of at most this many notches (a ragged outline has dozens).
+MAX_NOTCHES = 8
+
+
+@dataclass(frozen=True)
+class NeckCut:
+    """When a blob is cut (see :class:`~.proposals.ProposalConfig`'s ``neck_*`` fields)."""
+
+    #: A notch is a convexity defect at least this deep, as a fraction of the blob's size
+    #: (the square root of its area); 0 disables cutting.
+    depth_frac: float = 0.1
+    #: Fraction of the segment between two notches that must lie on (or next to) an edge.
+    edge_support: float = 0.5
+    #: The segment is at most this long, as a fraction of the blob's size.
+    max_len_frac: float = 0.7
+    #: Each of the two largest pieces holds at least this fraction of the blob's pixels.
+    min_part_frac: float = 0.2
+    #: Their mean colours (8-bit Lab) lie at least this far apart.
+    colour_dist: float = 45.0
+
+
+def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckCut,
+              components: tuple[int, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``mask`` (uint8 0/1 blobs) with each blob of touching objects cut at its necks.
+
+    Args:
+        mask: the colour proposer's blob mask (working image).
+        edges: its Canny edges (same size, bool).
+        lab: the working image in 8-bit Lab (same size, uint8).
+        cut: the rules (:class:`NeckCut`).
+        components: ``(count, labels, stats)`` of ``mask``'s 8-connected components, if
+            the caller has them.
+
+    Returns:
+        A copy of ``mask`` with the cut segments (2 pixels wide) cleared; ``mask`` itself
+        (the same object) when nothing is cut.
+    """
+    if cut.depth_frac <= 0:
+        return mask
+    if components is None:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    else:
+        n, labels, stats = components
+    near_edge = cv2.dilate(edges.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    out = mask
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < MIN_BLOB_PX:
+            continue
+        own = labels[y:y + h, x:x + w] == i
+        blob, changed = own.view(np.uint8), False
+        for _ in range(MAX_CUTS):
+            piece = _best_cut(blob, near_edge[y:y + h, x:x + w], lab[y:y + h, x:x + w],
+                              area, cut)
+            if piece is None:
+                break
+            blob, changed = piece, True
+        if changed:
+            out = out.copy() if out is mask else out
+            out[y:y + h, x:x + w][own] = blob[own]
+    return out
+
+
+def _notches(blob: np.ndarray, depth_frac: float) -> tuple[list[tuple[int, int]], float]:
+    """Deepest points of the convexity defects of ``blob``'s largest outline that are at
+    least ``depth_frac`` of its size deep, and that size (square root of its area)."""
+    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return [], 0.0
+    contour = max(contours, key=cv2.contourArea)
+    size = float(np.sqrt(max(cv2.contourArea(contour), 1.0)))
+    if len(contour) < 8:
+        return [], size
+    try:
+        defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False))
+    except cv2.error:  # a self-touching outline
+        return [], size
+    if defects is None:
+        return [], size
+    defects = defects.reshape(-1, 4)
+    defects = defects[defects[:, 3] / 256.0 >= depth_frac * size]
+    defects = defects[np.argsort(-defects[:, 3], kind="stable")[:MAX_NOTCHES]]
+    return [(int(contour[d[2]][0][0]), int(contour[d[2]][0][1])) for d in defects], size
+
+
+def _segments(blob: np.ndarray, near_edge: np.ndarray, cut: NeckCut
+              ) -> list[tuple[float, tuple[int, int], tuple[int, int]]]:
+    """Candidate cuts ``(score, notch, notch)``, best first: segments between two notches,
+    short enough, inside the blob and supported by edges (score: the support less the
+    length over the blob's size)."""
+    notches, size = _notches(blob, cut.depth_frac)
+    h, w = blob.shape
+    found = []
+    for a, p in enumerate(notches):
+        for q in notches[a + 1:]:
+            length = float(np.hypot(p[0] - q[0], p[1] - q[1]))
+            if length < 2 or length > cut.max_len_frac * size:
+                continue
+            m = max(int(length), 2)
+            xs = np.clip(np.round(np.linspace(p[0], q[0], m)).astype(int), 0, w - 1)
+            ys = np.clip(np.round(np.linspace(p[1], q[1], m)).astype(int), 0, h - 1)
+            if np.count_nonzero(blob[ys, xs]) < 0.8 * m:
+                continue
+            support = float(np.count_nonzero(near_edge[ys, xs])) / m
+            if support >= cut.edge_support:
+                found.append((support - length / size, p, q))
+    found.sort(key=lambda c: c[0], reverse=True)
+    return found
+
+
+def _best_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: int,
+              cut: NeckCut) -> np.ndarray | None:
+    """``blob`` cut along its best candidate segment whose two largest pieces are large
+    enough and differ in colour, or ``None``."""
+    for _, p, q in _segments(blob, near_edge, cut)[:MAX_TRIES]:
+        trial = blob.copy()
+        cv2.line(trial, p, q, 0, 2)
+        k, labels, stats, _ = cv2.connectedComponentsWithStats(trial, connectivity=4)
+        big = sorted((j for j in range(1, k) if stats[j, cv2.CC_STAT_AREA]
+                      >= cut.min_part_frac * area),
+                     key=lambda j: -int(stats[j, cv2.CC_STAT_AREA]))
+        if len(big) < 2:
+            continue
+        means = [np.array(cv2.mean(lab, (labels == j).view(np.uint8))[:3]) for j in big[:2]]
+        if float(np.linalg.norm(means[0] - means[1])) >= cut.colour_dist:
+            return trial
+    return None
