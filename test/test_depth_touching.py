@@ -176,7 +176,7 @@ def test_a_crease_is_not_bypassed_through_the_gap_at_the_feet(tilt):
     # a groove all along the seam of two blocks: the crease marks it from top to bottom,
     # but at the blocks' feet (below the height band) the closing joined them again; the
     # cells it filled next to the crease are cut too
-    depth, truth, _, _ = grooved_blocks(tilt, 0.03, 8)
+    depth, truth, _, _ = grooved_blocks(tilt, 0.02, 6)
     assert _found(depth, truth, NEW) == (2, 2)
     assert _found(depth, truth, dataclasses.replace(NEW, crease_m=0.0))[1] == 1
 
@@ -300,6 +300,28 @@ def test_rendered_concave_objects_alone_are_not_cut_at_creases(scene_renderer, k
             boxes = propose_depth_boxes(frame.depth, k, new, image).boxes
             assert len(boxes) == len(propose_depth_boxes(frame.depth, k, steps_only).boxes)
             assert len(match_boxes(truth, boxes, 0.5)) == 1, (key, seed)
+
+
+def test_a_noisy_mug_is_not_cut_open_along_its_inside(scene_renderer):
+    # under sensor noise the inside of a mug seen from above gets broad patches of crease
+    # marks; the cut through the cells the closing filled is carried only from thin lines
+    # of marks, so the mug is lost in as few noisy views as before that cut (3 of 60 in
+    # one pose; carried from every mark it was 7)
+    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.sim.depth_noise import apply_depth_noise
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    lost = 0
+    for seed in (1, 2):
+        frame = render_scene(scene_renderer, ["025_mug"], np.random.default_rng(seed),
+                             SceneSpec(objects_per_scene=(1, 1), depth=True))
+        truth = [o.bbox for o in frame.objects]
+        k = CameraIntrinsics(*frame.intrinsics, frame.image.shape[1], frame.image.shape[0])
+        for noise_seed in range(30):
+            depth = apply_depth_noise(frame.depth, np.random.default_rng(noise_seed))
+            boxes = propose_depth_boxes(depth, k, NEW, frame.image).boxes
+            lost += not match_boxes(truth, boxes, 0.5)
+    assert lost <= 3
 
 
 def test_rendered_pairs_in_contact_found_by_depth(scene_renderer):

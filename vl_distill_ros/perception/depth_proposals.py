@@ -25,9 +25,10 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    does not bridge a depth discontinuity (``cut_jump_frac``) or a concave crease
    (``crease_m``: a sample behind the chord of its neighbours about ``crease_cells``
    away; with the colour image its marks are closed along colour edges,
-   ``crease_colour_cells``, and it also cuts the cells the closing filled next to it), so
-   two objects in contact, one in front of the other or side by side, stay apart when each
-   holds ``split_min_frac`` of the cluster or ``split_min_points`` samples.
+   ``crease_colour_cells``, and a thin line of marks also cuts the cells the closing
+   filled next to it), so two objects in contact, one in front of the other or side by
+   side, stay apart when each holds ``split_min_frac`` of the cluster or
+   ``split_min_points`` samples.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
@@ -439,6 +440,20 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
 
 #: The 4-neighbourhood (a 3x3 cross).
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+#: Crease marks holding a block of this many cells square are a concave surface, not the
+#: contact line of two objects.
+_THICK = np.ones((4, 4), np.uint8)
+
+
+def _thin_marks(crease: np.ndarray) -> np.ndarray:
+    """The 8-connected groups of ``crease`` marks that hold no 4x4 block of marks: lines
+    along the contact of two objects, not the broad patches that noise leaves on a
+    concave surface (the inside of a mug, a cup or a bowl)."""
+    thick = cv2.morphologyEx(crease.view(np.uint8), cv2.MORPH_OPEN, _THICK) > 0
+    if not thick.any():
+        return crease
+    _, groups = cv2.connectedComponents(crease.view(np.uint8), connectivity=8)
+    return crease & ~np.isin(groups, np.unique(groups[thick]))
 
 
 class _ColourEdges:
@@ -517,10 +532,11 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
                 crease = _colour_crease(crease, edges.window(x, y, bw, bh), own,
                                         cfg.crease_colour_cells)
             if crease.any() and int(cfg.close_cells) > 1:
-                # ... nor through a cell the closing filled right next to it (the gap at
-                # the objects' feet, below the height band or without depth, where a
-                # crease cannot be seen and the pieces would stay joined)
-                crease |= cv2.dilate(crease.view(np.uint8), _CROSS).view(bool) & comp & ~own
+                # ... nor through a cell the closing filled right next to a thin line of
+                # marks (the gap at the objects' feet, below the height band or without
+                # depth, where a crease cannot be seen and the pieces would stay joined)
+                crease |= cv2.dilate(_thin_marks(crease).view(np.uint8),
+                                     _CROSS).view(bool) & comp & ~own
             if crease.any():  # the finer of: steps and creases at once, creases per piece
                 kept = kept & ~crease
                 joint = _large_parts(comp, kept, own, cfg) or [comp]
