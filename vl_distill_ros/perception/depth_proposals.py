@@ -385,7 +385,8 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
             the colour image whose ``intrinsics`` are given.
         intrinsics: the colour camera's; its size must equal the depth image's.
         cfg: settings (defaults: :class:`DepthProposalConfig`).
-        image_rgb: the colour image (same size) and ...
+        image_rgb: the colour image (uint8 RGB, the depth's size; otherwise ignored): its
+            edges close broken creases (``crease_colour_cells``), and with ...
         registration: ... the camera's registration check over its frames
             (``registration_search_px``), which this frame updates and whose shift moves
             the depth first; without both the depth is taken as registered.
@@ -406,10 +407,11 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
         raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
                          f"{intrinsics.height}: depth must be registered to the colour image")
     shift = (0, 0)
-    if image_rgb is not None and registration is not None \
-            and cfg.registration_search_px > 0 and np.shape(image_rgb) == (*depth.shape, 3) \
-            and np.asarray(image_rgb).dtype == np.uint8:
-        shift = registration.update(np.asarray(image_rgb), depth)
+    # the colour image is used only when it is a uint8 RGB image of the depth's size
+    colour = np.asarray(image_rgb) if image_rgb is not None and np.shape(image_rgb) == (
+        *depth.shape, 3) and np.asarray(image_rgb).dtype == np.uint8 else None
+    if colour is not None and registration is not None and cfg.registration_search_px > 0:
+        shift = registration.update(colour, depth)
         if shift != (0, 0):
             depth = shift_depth(depth, *shift)
     cloud = depth_cloud(depth, intrinsics, cfg)
@@ -430,8 +432,8 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
     above = (height > low) & (height < cfg.max_height_m)
-    edges = _ColourEdges(image_rgb, cloud.z.shape, cfg) \
-        if image_rgb is not None and int(cfg.crease_colour_cells) > 1 else None
+    edges = _ColourEdges(colour, cloud.z.shape, cfg) \
+        if colour is not None and int(cfg.crease_colour_cells) > 1 else None
     clusters = _grid_clusters(cloud, above, cfg, edges)
     out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
                                               cfg)
@@ -465,6 +467,8 @@ class _ColourEdges:
 
     def __init__(self, image_rgb: np.ndarray, shape: tuple[int, int],
                  cfg: DepthProposalConfig) -> None:
+        """``image_rgb``: the uint8 RGB colour image (the depth's size); ``shape``: the
+        grid's."""
         self._image, self._shape, self._cfg = image_rgb, shape, cfg
         self._small: np.ndarray | None = None
 
@@ -472,13 +476,9 @@ class _ColourEdges:
         """``bool`` cells of the grid window ``(x, y, w, h)`` on (or next to) a colour
         edge."""
         if self._small is None:
-            image = np.asarray(self._image)
             gh, gw = self._shape
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                self._small = np.zeros((gh, gw, 3), np.uint8)  # no edges
-            else:
-                self._small = cv2.resize(np.ascontiguousarray(image), (gw, gh),
-                                         interpolation=cv2.INTER_AREA)
+            self._small = cv2.resize(np.ascontiguousarray(self._image), (gw, gh),
+                                     interpolation=cv2.INTER_AREA)
         p = self.PAD
         y0, x0 = max(y - p, 0), max(x - p, 0)
         lab = cv2.cvtColor(self._small[y0:y + h + p, x0:x + w + p], cv2.COLOR_RGB2Lab)
