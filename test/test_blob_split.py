@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.evaluation.scoring import match_boxes
-from vl_distill_ros.perception.blob_split import NeckCut, cut_necks
+from vl_distill_ros.perception.blob_split import cut_necks
 from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
 
 RED, BLUE, YELLOW, BROWN = (200, 40, 40), (40, 60, 200), (220, 200, 40), (90, 60, 30)
@@ -68,8 +68,8 @@ def test_cut_necks_returns_the_mask_itself_when_nothing_is_cut():
     cv2.circle(mask, (80, 60), 30, 1, -1)
     edges = cv2.Canny(mask * 255, 50, 100) > 0
     lab = np.zeros((120, 160, 3), np.uint8)
-    assert cut_necks(mask, edges, lab, NeckCut()) is mask
-    assert cut_necks(mask, edges, lab, NeckCut(depth_frac=0.0)) is mask
+    assert cut_necks(mask, edges, lab, ProposalConfig()) is mask
+    assert cut_necks(mask, edges, lab, OFF) is mask
     # two touching discs of different Lab colours: a copy, cut, the input untouched
     mask2 = np.zeros((120, 200), np.uint8)
     cv2.circle(mask2, (60, 60), 40, 1, -1)
@@ -78,7 +78,7 @@ def test_cut_necks_returns_the_mask_itself_when_nothing_is_cut():
     lab2[:, 97:] = (200, 100, 200)
     edges2 = (cv2.Canny(mask2 * 255, 50, 100) > 0) | (cv2.Canny(lab2[..., 0], 50, 100) > 0)
     before = mask2.copy()
-    out = cut_necks(mask2, edges2, lab2, NeckCut())
+    out = cut_necks(mask2, edges2, lab2, ProposalConfig())
     assert out is not mask2 and np.array_equal(mask2, before)
     assert cv2.connectedComponents(out, connectivity=4)[0] - 1 == 2
     assert cv2.connectedComponents(mask2, connectivity=4)[0] - 1 == 1
@@ -90,7 +90,3 @@ def test_neck_settings_are_validated():
                 {"neck_colour_dist": -1.0}, {"neck_colour_dist": 1000.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ProposalConfig(**bad)
-    cfg = ProposalConfig()
-    assert cfg.neck_cut() == NeckCut(cfg.neck_depth_frac, cfg.neck_edge_support,
-                                     cfg.neck_max_len_frac, cfg.neck_min_part_frac,
-                                     cfg.neck_colour_dist)

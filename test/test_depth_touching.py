@@ -197,7 +197,7 @@ def test_a_broken_crease_is_closed_along_a_colour_edge():
     for bad in (two[::2, ::2], two.astype(np.float32), two[..., 0]):
         assert len(propose_depth_boxes(depth, K, NEW, bad).boxes) == 1
     # a colour edge without a crease cuts nothing (a can's label)
-    flat, truth2, two2, _ = grooved_blocks(60.0, 0.0, 12)
+    flat, _, two2, _ = grooved_blocks(60.0, 0.0, 12)
     assert len(propose_depth_boxes(flat, K, NEW, two2).boxes) == 1
 
 

@@ -10,12 +10,24 @@ edge, but mostly one colour on both sides, so it stays whole.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-__all__ = ["NeckCut", "cut_necks"]
+__all__ = ["NeckSettings", "cut_necks"]
+
+
+class NeckSettings(Protocol):
+    """The rules of the cut: the ``neck_*`` fields of the colour proposer's
+    :class:`~.proposals.ProposalConfig`, which documents them and holds their defaults."""
+
+    neck_depth_frac: float
+    neck_edge_support: float
+    neck_max_len_frac: float
+    neck_min_part_frac: float
+    neck_colour_dist: float
+
 
 #: Blobs smaller than this (working-image pixels) are never cut.
 MIN_BLOB_PX = 160
@@ -27,24 +39,7 @@ MAX_TRIES = 3
 MAX_NOTCHES = 8
 
 
-@dataclass(frozen=True)
-class NeckCut:
-    """When a blob is cut (see :class:`~.proposals.ProposalConfig`'s ``neck_*`` fields)."""
-
-    #: A notch is a convexity defect at least this deep, as a fraction of the blob's size
-    #: (the square root of its area); 0 disables cutting.
-    depth_frac: float = 0.1
-    #: Fraction of the segment between two notches that must lie on (or next to) an edge.
-    edge_support: float = 0.5
-    #: The segment is at most this long, as a fraction of the blob's size.
-    max_len_frac: float = 0.7
-    #: Each of the two largest pieces holds at least this fraction of the blob's pixels.
-    min_part_frac: float = 0.2
-    #: Their mean colours (8-bit Lab) lie at least this far apart.
-    colour_dist: float = 45.0
-
-
-def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckCut,
+def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckSettings,
               components: tuple[int, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``mask`` (uint8 0/1 blobs) with each blob of touching objects cut at its necks.
 
@@ -52,7 +47,7 @@ def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckCut
         mask: the colour proposer's blob mask (working image).
         edges: its Canny edges (same size, bool).
         lab: the working image in 8-bit Lab (same size, uint8).
-        cut: the rules (:class:`NeckCut`).
+        cut: the rules (:class:`NeckSettings`; a ``ProposalConfig``).
         components: ``(count, labels, stats)`` of ``mask``'s 8-connected components, if
             the caller has them.
 
@@ -60,7 +55,7 @@ def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckCut
         A copy of ``mask`` with the cut segments (2 pixels wide) cleared; ``mask`` itself
         (the same object) when nothing is cut.
     """
-    if cut.depth_frac <= 0:
+    if cut.neck_depth_frac <= 0:
         return mask
     if components is None:
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -108,18 +103,18 @@ def _notches(blob: np.ndarray, depth_frac: float) -> tuple[list[tuple[int, int]]
     return [(int(contour[d[2]][0][0]), int(contour[d[2]][0][1])) for d in defects], size
 
 
-def _segments(blob: np.ndarray, near_edge: np.ndarray, cut: NeckCut
+def _segments(blob: np.ndarray, near_edge: np.ndarray, cut: NeckSettings
               ) -> list[tuple[float, tuple[int, int], tuple[int, int]]]:
     """Candidate cuts ``(score, notch, notch)``, best first: segments between two notches,
     short enough, inside the blob and supported by edges (score: the support less the
     length over the blob's size)."""
-    notches, size = _notches(blob, cut.depth_frac)
+    notches, size = _notches(blob, cut.neck_depth_frac)
     h, w = blob.shape
     found = []
     for a, p in enumerate(notches):
         for q in notches[a + 1:]:
             length = float(np.hypot(p[0] - q[0], p[1] - q[1]))
-            if length < 2 or length > cut.max_len_frac * size:
+            if length < 2 or length > cut.neck_max_len_frac * size:
                 continue
             m = max(int(length), 2)
             xs = np.clip(np.round(np.linspace(p[0], q[0], m)).astype(int), 0, w - 1)
@@ -127,14 +122,14 @@ def _segments(blob: np.ndarray, near_edge: np.ndarray, cut: NeckCut
             if np.count_nonzero(blob[ys, xs]) < 0.8 * m:
                 continue
             support = float(np.count_nonzero(near_edge[ys, xs])) / m
-            if support >= cut.edge_support:
+            if support >= cut.neck_edge_support:
                 found.append((support - length / size, p, q))
     found.sort(key=lambda c: c[0], reverse=True)
     return found
 
 
 def _best_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: int,
-              cut: NeckCut) -> np.ndarray | None:
+              cut: NeckSettings) -> np.ndarray | None:
     """``blob`` cut along its best candidate segment whose two largest pieces are large
     enough and differ in colour, or ``None``."""
     for _, p, q in _segments(blob, near_edge, cut)[:MAX_TRIES]:
@@ -142,11 +137,11 @@ def _best_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: in
         cv2.line(trial, p, q, 0, 2)
         k, labels, stats, _ = cv2.connectedComponentsWithStats(trial, connectivity=4)
         big = sorted((j for j in range(1, k) if stats[j, cv2.CC_STAT_AREA]
-                      >= cut.min_part_frac * area),
+                      >= cut.neck_min_part_frac * area),
                      key=lambda j: -int(stats[j, cv2.CC_STAT_AREA]))
         if len(big) < 2:
             continue
         means = [np.array(cv2.mean(lab, (labels == j).view(np.uint8))[:3]) for j in big[:2]]
-        if float(np.linalg.norm(means[0] - means[1])) >= cut.colour_dist:
+        if float(np.linalg.norm(means[0] - means[1])) >= cut.neck_colour_dist:
             return trial
     return None

@@ -73,7 +73,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from .blob_split import NeckCut, cut_necks
+from .blob_split import cut_necks
 
 __all__ = ["Box", "ProposalConfig", "propose_boxes", "sanitize_boxes", "crop",
            "classification_window", "full_frame_box",
@@ -247,11 +247,6 @@ class ProposalConfig:
         if not 0.0 <= self.neck_colour_dist <= 500.0:
             raise ValueError(f"neck_colour_dist must be in [0, 500], got "
                              f"{self.neck_colour_dist}")
-
-    def neck_cut(self) -> NeckCut:
-        """The ``neck_*`` fields as :class:`~.blob_split.NeckCut`."""
-        return NeckCut(self.neck_depth_frac, self.neck_edge_support, self.neck_max_len_frac,
-                       self.neck_min_part_frac, self.neck_colour_dist)
 
 
 # ---------------------------------------------------------------------------------------
@@ -843,7 +838,7 @@ def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         mask = cv2.morphologyEx(own, cv2.MORPH_CLOSE, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    cut = cut_necks(mask, edges, lab, cfg.neck_cut(), (n, labels, stats))  # touching objects
+    cut = cut_necks(mask, edges, lab, cfg, (n, labels, stats))  # touching objects
     if cut is not mask:
         mask = cut
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
