@@ -71,14 +71,15 @@ bench: setup
 
 # Rebuild the shipped default student: seed 0 of the last row of the generalised zero-shot
 # table (config/ablation/gzsl_augment.yaml), trained by `make results-gzsl` (or here), exported
-# with the 26-label paper vocabulary and its calibration record.
+# with the 26-label paper vocabulary, its calibration record and its INT8 ONNX model
+# (calibrated on the run's training images; used with inference_backend:=onnxruntime_int8).
 default-bundle: setup
 	test -f data/ycb_aux/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_aux.yaml
 	test -f data/ycb_renders/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb.yaml
 	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_augment.yaml --resume \
 	    output_dir=runs/ablation_gzsl/augment/seed0
 	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/augment/seed0 \
-	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx
+	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx --int8
 
 # Rebuild the shipped sample bag (needs the YCB models at ../shared/ycb_models): colour,
 # registered depth (16UC1 mm, noise free as the colour, ~9 MB; the sensor noise model would

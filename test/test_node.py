@@ -608,6 +608,32 @@ def test_missing_default_bundle_fails_with_instructions(ctx, monkeypatch, tmp_pa
             Parameter("model_path", value=str(tmp_path / "nope.vdb"))])
 
 
+def test_inference_backend_int8_runs_the_bundles_int8_model_or_fails_clearly(
+        ctx, bundle_path, tmp_path):
+    """The shipped bundle carries an INT8 model: asked for, the node runs it and says so in
+    /diagnostics; a bundle without one, or an unknown backend, stops start-up clearly."""
+    common = [Parameter("crop_source", value="full_frame"),
+              Parameter("text_cache_dir", value=str(tmp_path / "cache")),
+              Parameter("vocabulary_store", value=str(tmp_path / "store.yaml")),
+              Parameter("warm_text_encoder", value=False)]
+    node = VlDistillNode(namespace="/int8", context=ctx, parameter_overrides=common + [
+        Parameter("inference_backend", value="onnxruntime_int8")])
+    try:
+        assert node.pipeline.runner.backend == "onnxruntime_int8"
+        values = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
+        assert values["student_runtime"] == "onnxruntime_int8"
+    finally:
+        node.destroy_node()
+    with pytest.raises(StartupError, match="has no INT8 model"):
+        VlDistillNode(namespace="/int8none", context=ctx, parameter_overrides=common + [
+            Parameter("model_path", value=str(bundle_path)),
+            Parameter("inference_backend", value="onnxruntime_int8")])
+    with pytest.raises(StartupError, match="onnxruntime_int8, torch"):
+        VlDistillNode(namespace="/int8bad", context=ctx, parameter_overrides=common + [
+            Parameter("model_path", value=str(bundle_path)),
+            Parameter("inference_backend", value="tensorrt")])
+
+
 def test_console_script_runs_and_stops_on_sigint(tester, bundle_path, tmp_path):
     exe = Path(sys.executable).with_name("vl_distill_node")
     if not exe.exists():

@@ -127,7 +127,28 @@ def test_train_resume_eval_export(toy: Path, capsys):
     assert bundle.enrich and bundle.vocabulary[0].description == "A red coloured ball."
     assert bundle.text_embeddings.shape == (4, 384)
     assert bundle.teacher_id.startswith("offline-conse")
+    _check_int8_export(toy, run, bundle, capsys)
     _check_bundle_eval(toy, run, bundle_path, cfg_path, capsys)
+
+
+def _check_int8_export(toy: Path, run: Path, bundle, capsys) -> None:
+    """``export`` adds the INT8 model, calibrated on the run's training images, with its
+    agreement record; ``--no-int8`` leaves it out; ``--int8`` without the images fails."""
+    record = bundle.manifest["student"]["onnx_int8"]
+    assert bundle.onnx_int8_bytes is not None and record["file"] == "student_int8.onnx"
+    assert record["calibrated_on"] == "training images"
+    assert record["images"] >= 1 and record["calibration_images"] >= 1
+    assert 0.0 <= record["top1_agreement"] <= 1.0 and record["min_cosine"] <= 1.0
+    assert "INT8 model: top-1 agreement" in capsys.readouterr().out
+    plain = toy / "plain.vdb"
+    assert cli_main(["export", "--run", str(run), "--out", str(plain), "--no-int8"]) == 0
+    assert load_bundle(plain).onnx_int8_bytes is None
+    (toy / "data").rename(toy / "data_away")
+    try:
+        assert cli_main(["export", "--run", str(run), "--out", str(plain), "--int8"]) == 2
+        assert "not on this machine" in capsys.readouterr().err
+    finally:
+        (toy / "data_away").rename(toy / "data")
 
 
 def _check_bundle_eval(toy: Path, run: Path, bundle_path: Path, cfg_path: Path,

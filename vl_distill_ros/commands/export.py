@@ -24,6 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-onnx", dest="onnx", action="store_false",
                    help="leave out the ONNX copy of the student (halves the file; the node then "
                         "exports it in memory at start-up, ~1 s)")
+    int8 = p.add_mutually_exclusive_group()
+    int8.add_argument("--int8", dest="int8", action="store_true", default=None,
+                      help="add the INT8 ONNX model (student_int8.onnx), calibrated on the run's "
+                           "training images; fail if they are missing (default: add it when "
+                           "they are on this machine)")
+    int8.add_argument("--no-int8", dest="int8", action="store_false",
+                      help="leave out the INT8 model (the node then runs in float32)")
     p.set_defaults(func=run)
 
 
@@ -37,10 +44,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         path = export_bundle(args.run, args.out, args.vocabulary, args.labels, args.enrich,
-                             onnx=args.onnx)
+                             onnx=args.onnx, int8=args.int8)
         bundle = load_bundle(path)  # validate what was written
     except (TrainingError, VocabularyError, BundleError, KeyError, CalibrationError) as exc:
         print(f"vl-distill export: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"[export] {path}: {len(bundle.vocabulary)} labels, teacher {bundle.teacher_id}")
+    int8 = bundle.manifest["student"].get("onnx_int8")
+    if int8:
+        print(f"[export] INT8 model: top-1 agreement {int8['top1_agreement']:.4f}, mean cosine "
+              f"{int8['mean_cosine']:.4f} with the float student on {int8['images']} images")
     return 0

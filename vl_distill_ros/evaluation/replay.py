@@ -418,6 +418,7 @@ def _offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str
     import torch
 
     from ..model.bundle import BundleError, load_bundle
+    from ..model.runtime import RuntimeBackendError
     from ..model.text_service import TextEmbeddingService
     from ..perception.pipeline import PerceptionPipeline, PipelineError
 
@@ -449,7 +450,7 @@ def _offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str
                                   inference_threads=int(values["inference_threads"]),
                                   proposal_threads=int(values["proposal_threads"]),
                                   **pipe_settings.as_kwargs())
-    except PipelineError as exc:
+    except (PipelineError, RuntimeBackendError) as exc:
         raise InputError(f"cannot build the pipeline: {exc}") from None
     return pipe, vocab, source
 

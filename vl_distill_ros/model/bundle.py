@@ -9,7 +9,11 @@ A bundle is one zip file holding
 - ``text_embeddings.npy``: (L, D) float32 teacher text embeddings of the vocabulary;
 - ``student.onnx`` (optional, written by default): the same student exported to ONNX for
   ONNX Runtime (see :mod:`vl_distill_ros.model.runtime`). Bundles without it still load;
-  the runtime then exports the student in memory or runs it with PyTorch.
+  the runtime then exports the student in memory or runs it with PyTorch;
+- ``student_int8.onnx`` (optional): an INT8 copy of that ONNX model, calibrated on the
+  run's training images (:mod:`vl_distill_ros.training.quantize`); the manifest's
+  ``student.onnx_int8`` record keeps how it agrees with the float student. The node runs
+  it with ``inference_backend: onnxruntime_int8``.
 
 Loading checks all of it and raises :class:`BundleError` with a clear message on a corrupt,
 truncated, tampered or mismatched bundle.
@@ -41,6 +45,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "student.pt"
 TEXT_EMB = "text_embeddings.npy"
 ONNX_MODEL = "student.onnx"
+ONNX_INT8_MODEL = "student_int8.onnx"
 TRAINED_EMB = "trained_text_embeddings.npy"
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,8 @@ class Bundle:
     extra: dict = field(default_factory=dict)
     #: The serialised ONNX export of ``student`` (checksummed), or None in older bundles.
     onnx_bytes: bytes | None = None
+    #: The INT8 copy of the ONNX export (checksummed), or None when the bundle has none.
+    onnx_int8_bytes: bytes | None = None
     #: Seen bias and open-set threshold chosen after training, or None (older bundles:
     #: no bias, the fixed default threshold).
     calibration: Calibration | None = None
@@ -101,7 +108,8 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
                 templates: list[str], enrich: bool, metrics: dict | None = None,
                 name: str = "", onnx: bool = True,
                 calibration: Calibration | None = None,
-                trained_embeddings: torch.Tensor | np.ndarray | None = None) -> Path:
+                trained_embeddings: torch.Tensor | np.ndarray | None = None,
+                int8: tuple[bytes, dict[str, Any]] | None = None) -> Path:
     """Write a bundle atomically (temp file in the same folder, fsync, rename).
 
     ``calibration`` (optional) is stored as the manifest's ``calibration`` record: the
@@ -112,6 +120,9 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
     With ``onnx=True`` the student is also exported to ONNX (member ``student.onnx``,
     checksummed like the others). If the export fails the bundle is written without it
     and a warning is logged: the runtime can still run the student with PyTorch.
+    ``int8`` (optional) is the student's INT8 ONNX model and the record of how it agrees
+    with the float one (see :func:`vl_distill_ros.training.quantize.quantize_student`),
+    stored as ``student_int8.onnx`` and the manifest's ``student.onnx_int8``.
     """
     path = Path(path)
     emb = text_embeddings.detach().float().cpu().numpy()
@@ -146,6 +157,10 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
                          "output": OUTPUT_NAME}
         except RuntimeBackendError as exc:
             log.warning("bundle %s written without %s: %s", path, ONNX_MODEL, exc)
+    int8_info: dict | None = None
+    if int8 is not None:
+        members[ONNX_INT8_MODEL] = bytes(int8[0])
+        int8_info = {"file": ONNX_INT8_MODEL, **dict(int8[1])}
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -153,7 +168,8 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
         "created_unix": int(time.time()),
         "teacher": {"id": teacher_id, "spec": teacher_spec, "embed_dim": student.embed_dim},
         "student": {"config": to_dict(student.cfg), "input_spec": student.input_spec.to_dict(),
-                    **({"onnx": onnx_info} if onnx_info else {})},
+                    **({"onnx": onnx_info} if onnx_info else {}),
+                    **({"onnx_int8": int8_info} if int8_info else {})},
         "vocabulary": {**vocabulary.to_dict(), "templates": list(templates), "enrich": enrich},
         "metrics": metrics or {},
         **({"calibration": calibration.to_dict()} if calibration is not None else {}),
@@ -311,6 +327,7 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
                   text_embeddings=torch.from_numpy(emb).float(), vocabulary=vocabulary,
                   templates=list(voc.get("templates") or ["a photo of a {name}."]),
                   enrich=bool(voc.get("enrich", True)), onnx_bytes=members.get(ONNX_MODEL),
+                  onnx_int8_bytes=members.get(ONNX_INT8_MODEL),
                   calibration=calibration, trained_embeddings=trained_emb)
 
 

@@ -5,13 +5,17 @@ the same thing, ``(N, 3, S, S)`` float32 normalised images -> ``(N, D)`` L2-norm
 float32 embeddings:
 
 - :class:`OnnxRunner`: the student exported to ONNX (:func:`export_student_onnx`, the
-  L2 normalisation is inside the graph) and run by ONNX Runtime's CPU execution provider;
+  L2 normalisation is inside the graph) and run by ONNX Runtime's CPU execution provider,
+  in float32 or, when asked, as the bundle's INT8 copy (``student_int8.onnx``, about half
+  the CPU time; made at export, :mod:`vl_distill_ros.training.quantize`);
 - :class:`TorchRunner`: PyTorch eager in ``inference_mode`` with channels-last tensors,
   the fallback when ONNX Runtime is missing or fails.
 
-:func:`make_runner` picks one for a bundle: ``auto`` prefers ONNX Runtime (the bundle's
-``student.onnx`` member, else an in-memory export), checks that it agrees with PyTorch on
-one probe batch, and falls back to PyTorch with a logged warning on any failure.
+:func:`make_runner` picks one for a bundle: ``auto`` prefers ONNX Runtime in float32 (the
+bundle's ``student.onnx`` member, else an in-memory export), checks that it agrees with
+PyTorch on one probe batch, and falls back to PyTorch with a logged warning on any failure.
+The INT8 model runs only when asked for (``onnxruntime_int8``): it costs about 2 points of
+accuracy on unseen objects (README, "Performance").
 Preprocessing (crop, resize, normalise) is
 :func:`vl_distill_ros.perception.preprocess.preprocess_crops`.
 """
@@ -28,7 +32,7 @@ from typing import BinaryIO, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from .student import Student
+from .student import InputSpec, Student
 
 
 log = logging.getLogger(__name__)
@@ -40,9 +44,14 @@ OUTPUT_NAME = "embeddings"
 #: Default ONNX opset.
 DEFAULT_OPSET = 17
 #: Backends accepted by :func:`make_runner`.
-BACKENDS = ("auto", "onnxruntime", "torch")
+BACKENDS = ("auto", "onnxruntime", "onnxruntime_int8", "torch")
 #: Smallest per-row cosine between the ONNX and PyTorch outputs accepted by :func:`make_runner`.
 PARITY_MIN_COSINE = 1.0 - 1e-4
+#: The same for the INT8 model, on :func:`image_probe` pictures: a check that it is this
+#: student's model at all (real crops agree at about 0.99, see the bundle's
+#: ``student.onnx_int8`` record; these pictures 0.78 with the default bundle, another
+#: student's model below 0), so the bound is loose.
+INT8_PROBE_MIN_COSINE = 0.5
 
 
 class RuntimeBackendError(RuntimeError):
@@ -53,7 +62,7 @@ class RuntimeBackendError(RuntimeError):
 class StudentRunner(Protocol):
     """Embeds a preprocessed batch with a student; what the node and replay-eval call."""
 
-    #: ``"onnxruntime"`` or ``"torch"``.
+    #: ``"onnxruntime"``, ``"onnxruntime_int8"`` or ``"torch"``.
     backend: str
     #: Square input size S the runner expects.
     image_size: int
@@ -191,6 +200,7 @@ class OnnxRunner:
         providers: execution providers, default ``["CPUExecutionProvider"]``.
         allow_spinning: let idle worker threads spin briefly (more throughput, but burns
             CPU between calls; turn off when sharing cores with other busy processes).
+        int8: the model is the INT8 copy (sets :attr:`backend` to ``onnxruntime_int8``).
 
     Raises:
         RuntimeBackendError: onnxruntime is missing or the session cannot be created.
@@ -199,7 +209,8 @@ class OnnxRunner:
     backend = "onnxruntime"
 
     def __init__(self, model: bytes | str | os.PathLike, threads: int = 2,
-                 providers: Sequence[str] | None = None, allow_spinning: bool = False) -> None:
+                 providers: Sequence[str] | None = None, allow_spinning: bool = False,
+                 int8: bool = False) -> None:
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         try:
@@ -237,6 +248,8 @@ class OnnxRunner:
         self.image_size = int(shape[2])
         self.embed_dim = int(out_shape[1])
         self.threads = int(threads)
+        if int8:
+            self.backend = "onnxruntime_int8"
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 normalised images -> (N, D) float32 unit vectors."""
@@ -247,7 +260,7 @@ class OnnxRunner:
 
     def __repr__(self) -> str:
         return (f"OnnxRunner(S={self.image_size}, D={self.embed_dim}, threads={self.threads}, "
-                f"providers={self.providers})")
+                f"{self.backend}, providers={self.providers})")
 
 
 def _min_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -257,21 +270,76 @@ def _min_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_parity(runner: StudentRunner, reference: StudentRunner, batch_size: int = 2,
-                 seed: int = 0) -> float:
-    """Smallest per-row cosine between two runners on a random probe batch."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, 3, runner.image_size, runner.image_size))
-    x = x.astype(np.float32)
+                 seed: int = 0, probe: np.ndarray | None = None) -> float:
+    """Smallest per-row cosine between two runners on a probe batch (random normal values
+    unless ``probe`` is given)."""
+    if probe is None:
+        rng = np.random.default_rng(seed)
+        probe = rng.standard_normal((batch_size, 3, runner.image_size, runner.image_size))
+    x = np.asarray(probe, np.float32)
     return _min_row_cosine(runner.embed(x), reference.embed(x))
+
+
+def image_probe(spec: InputSpec, batch_size: int = 4, seed: int = 0) -> np.ndarray:
+    """A normalised ``(N, 3, S, S)`` batch of image-like pictures (colour gradients with a
+    disc on them), within the value ranges a model calibrated on photos expects."""
+    rng = np.random.default_rng(seed)
+    size = int(spec.image_size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    images = []
+    for _ in range(batch_size):
+        a, b, c = rng.uniform(0.1, 0.9, (3, 3))
+        img = a[:, None, None] + (b - a)[:, None, None] * xx + (c - a)[:, None, None] * yy / 2
+        cy, cx, r = rng.uniform(0.3, 0.7, 3) * (1, 1, 0.5)
+        img[:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
+        images.append(np.clip(img, 0, 1))
+    x = np.stack(images)
+    if spec.channels.upper() == "BGR":
+        x = x[:, ::-1]
+    mean = np.asarray(spec.mean, np.float32)[None, :, None, None]
+    std = np.asarray(spec.std, np.float32)[None, :, None, None]
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
 class StudentSource(Protocol):
     """What :func:`make_runner` needs of a bundle (a loaded
     :class:`~vl_distill_ros.model.bundle.Bundle` is one): its student and, optionally, the
-    student exported to ONNX. Keeps this module free of the bundle format."""
+    student exported to ONNX and its INT8 copy. Keeps this module free of the bundle
+    format."""
 
     student: Student
     onnx_bytes: bytes | None
+    onnx_int8_bytes: bytes | None
+
+
+def _onnx_runner(student: Student, model: bytes, threads: int, verify: bool,
+                 int8: bool) -> OnnxRunner:
+    """An ONNX Runtime runner for ``model``, checked to fit ``student`` and, with
+    ``verify``, to agree with it on a probe batch (see :data:`PARITY_MIN_COSINE`,
+    :data:`INT8_PROBE_MIN_COSINE`)."""
+    runner = OnnxRunner(model, threads=threads, int8=int8)
+    if (runner.image_size != student.input_spec.image_size
+            or runner.embed_dim != student.embed_dim):
+        raise RuntimeBackendError(
+            f"ONNX model is {runner.image_size} px -> {runner.embed_dim}-d but the student "
+            f"is {student.input_spec.image_size} px -> {student.embed_dim}-d")
+    if verify:
+        bound = INT8_PROBE_MIN_COSINE if int8 else PARITY_MIN_COSINE
+        probe = image_probe(student.input_spec) if int8 else None
+        cos = check_parity(runner, TorchRunner(student, threads=0, channels_last=False),
+                           probe=probe)
+        if not cos >= bound:
+            raise RuntimeBackendError(f"ONNX Runtime{' INT8' if int8 else ''} and PyTorch "
+                                      f"disagree (min cosine {cos:.6f} < {bound})")
+    return runner
+
+
+def _backend_error(exc: Exception, what: str) -> RuntimeBackendError:
+    if isinstance(exc, RuntimeBackendError):
+        return exc
+    if isinstance(exc, ImportError):
+        return RuntimeBackendError(f"onnxruntime is not installed: {exc}")
+    return RuntimeBackendError(f"{what} failed: {type(exc).__name__}: {str(exc)[:300]}")
 
 
 def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads: int = 2,
@@ -280,53 +348,55 @@ def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads:
 
     Args:
         bundle: a loaded :class:`~vl_distill_ros.model.bundle.Bundle` (its ``onnx_bytes``
-            member is used when present) or a :class:`Student`.
-        backend: ``auto`` (ONNX Runtime if it imports and works, else PyTorch; PyTorch
-            when the student was loaded onto a GPU), ``onnxruntime`` (ONNX Runtime's CPU
-            provider, or an error) or ``torch``.
+            and ``onnx_int8_bytes`` members are used when present) or a :class:`Student`.
+        backend: ``auto`` (ONNX Runtime in float32 if it imports and works, else PyTorch;
+            PyTorch when the student was loaded onto a GPU), ``onnxruntime`` (ONNX Runtime
+            in float32, or an error), ``onnxruntime_int8`` (the bundle's INT8 model: about
+            half the CPU time, a little less accurate on unseen objects; or an error) or
+            ``torch``.
         threads: CPU threads for the chosen backend (0 = the library default).
         verify: with ONNX Runtime, check once that it agrees with PyTorch on a probe
-            batch (cosine >= 1 - 1e-4 per row); ``auto`` falls back to PyTorch if not.
+            batch (float: cosine >= 1 - 1e-4 per row; INT8: a loose sanity bound,
+            :data:`INT8_PROBE_MIN_COSINE`); ``auto`` falls back to PyTorch if not.
 
     Without an ONNX member the student is exported in memory (about a second).
 
     Raises:
         ValueError: unknown ``backend``.
-        RuntimeBackendError: ``backend='onnxruntime'`` and ONNX Runtime cannot be used.
+        RuntimeBackendError: ``backend='onnxruntime'`` or ``'onnxruntime_int8'`` and that
+            model cannot be used.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown inference backend {backend!r}; choose one of {BACKENDS}")
     student: Student = bundle if isinstance(bundle, Student) else bundle.student
-    onnx_bytes: bytes | None = None if isinstance(bundle, Student) else getattr(
-        bundle, "onnx_bytes", None)
+    onnx_bytes, int8_bytes = (None, None) if isinstance(bundle, Student) else (
+        getattr(bundle, "onnx_bytes", None), getattr(bundle, "onnx_int8_bytes", None))
     on_accelerator = any(p.device.type != "cpu" for p in student.parameters())
     if backend == "torch" or (backend == "auto" and on_accelerator):
         return TorchRunner(student, threads=threads)
+    if backend == "onnxruntime_int8":
+        if int8_bytes is None:
+            raise RuntimeBackendError("inference_backend onnxruntime_int8: the bundle has no "
+                                      "INT8 model (student_int8.onnx; vl-distill export "
+                                      "makes one)")
+        try:
+            return _onnx_runner(student, int8_bytes, threads, verify, int8=True)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            err = _backend_error(exc, "ONNX Runtime INT8 backend")
+            if err is exc:
+                raise
+            raise err from exc
     try:
         import onnxruntime  # noqa: F401 - fail fast, before spending a second on the export
 
-        if onnx_bytes is None:
-            onnx_bytes = export_student_onnx(student)
-        runner = OnnxRunner(onnx_bytes, threads=threads)
-        if (runner.image_size != student.input_spec.image_size
-                or runner.embed_dim != student.embed_dim):
-            raise RuntimeBackendError(
-                f"ONNX model is {runner.image_size} px -> {runner.embed_dim}-d but the student "
-                f"is {student.input_spec.image_size} px -> {student.embed_dim}-d")
-        if verify:
-            cos = check_parity(runner, TorchRunner(student, threads=0, channels_last=False))
-            if cos < PARITY_MIN_COSINE:
-                raise RuntimeBackendError(f"ONNX Runtime and PyTorch disagree (min cosine "
-                                          f"{cos:.6f} < {PARITY_MIN_COSINE})")
-        return runner
+        return _onnx_runner(student, onnx_bytes or export_student_onnx(student), threads,
+                            verify, int8=False)
     except Exception as exc:  # noqa: BLE001 - any ORT/export failure means: use torch
-        if isinstance(exc, ImportError):
-            exc = RuntimeBackendError(f"onnxruntime is not installed: {exc}")
         if backend == "onnxruntime":
-            if isinstance(exc, RuntimeBackendError):
-                raise exc
-            raise RuntimeBackendError(f"ONNX Runtime backend failed: {type(exc).__name__}: "
-                                      f"{str(exc)[:300]}") from exc
+            err = _backend_error(exc, "ONNX Runtime backend")
+            if err is exc:
+                raise
+            raise err from exc
         log.warning("ONNX Runtime unavailable for the student (%s); falling back to PyTorch",
-                    str(exc)[:300])
+                    str(_backend_error(exc, "ONNX Runtime backend"))[:300])
         return TorchRunner(student, threads=threads)

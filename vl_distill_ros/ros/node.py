@@ -47,6 +47,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from ..model.bundle import Bundle, BundleError, load_bundle
+from ..model.runtime import BACKENDS, RuntimeBackendError
 from ..model.text_service import TextEmbeddingService
 from ..model.vocabulary import Vocabulary, VocabularyError
 from ..perception.image_codec import ImageDecodeError, decode_image
@@ -106,8 +107,8 @@ def check_startup_params(p: dict) -> None:
     Raises:
         StartupError: an unknown ``inference_backend`` or ``qos_reliability``, or no topic.
     """
-    if p["inference_backend"] not in ("auto", "onnxruntime", "torch"):
-        raise StartupError(f"inference_backend must be auto, onnxruntime or torch, got "
+    if p["inference_backend"] not in BACKENDS:
+        raise StartupError(f"inference_backend must be one of {', '.join(BACKENDS)}, got "
                            f"{p['inference_backend']!r}")
     if p["qos_reliability"] not in ("best_effort", "reliable"):
         raise StartupError(f"qos_reliability must be best_effort or reliable, got "
@@ -200,12 +201,14 @@ class VlDistillNode(Node):
             settings = PipelineSettings.from_params(p)
         except PipelineError as exc:
             raise StartupError(str(exc)) from None
-        self.pipeline = PerceptionPipeline(self.bundle, vocabulary=vocab,
-                                           embeddings=emb,
-                                           inference_backend=str(p["inference_backend"]),
-                                           inference_threads=int(p["inference_threads"]),
-                                           proposal_threads=int(p["proposal_threads"]),
-                                           **settings.as_kwargs())
+        try:
+            self.pipeline = PerceptionPipeline(self.bundle, vocabulary=vocab, embeddings=emb,
+                                               inference_backend=str(p["inference_backend"]),
+                                               inference_threads=int(p["inference_threads"]),
+                                               proposal_threads=int(p["proposal_threads"]),
+                                               **settings.as_kwargs())
+        except RuntimeBackendError as exc:  # e.g. onnxruntime_int8 and the bundle has none
+            raise StartupError(f"student runtime: {exc}") from None
         self.vocabulary.attach(self.pipeline, vocab, source, default=self.bundle.vocabulary,
                                on_swap=self._publish_label_info)
         self.get_logger().info(f"student runtime: {self.pipeline.runner.backend}")
@@ -638,6 +641,7 @@ class VlDistillNode(Node):
             "text_embedding_cache": self.text_service.cache_path or "",
             "text_embedding_stats": json.dumps(self.text_service.stats),
             "crop_source": self.pipeline.settings.crop_source,
+            "student_runtime": self.pipeline.runner.backend,
         }
 
     def diagnostics(self) -> DiagnosticArray:
