@@ -44,15 +44,36 @@ def test_touching_objects_of_different_colours_are_cut_apart(colours, overlap):
     assert _found(img, truth, OFF)[1] == 1  # one blob, one box, without the cut
 
 
-def test_one_colour_on_both_sides_is_not_cut():
-    # a dumbbell of one colour (a spoon's bowl and handle end, a drill's grip) has the
-    # notches and, here, a dark seam between them, but its two sides do not differ in
-    # colour
+def test_one_colour_tool_is_not_cut_at_its_neck():
+    # a spoon's bowl and its handle, one colour: notches where they meet and an edge
+    # between them, but the two sides do not differ in colour and the handle is long and
+    # thin (not a compact piece)
+    img = _table()
+    cv2.circle(img, (260, 240), 50, RED, -1, cv2.LINE_AA)
+    cv2.rectangle(img, (300, 226), (470, 254), RED, -1)
+    cv2.line(img, (306, 222), (306, 258), (90, 20, 20), 3)
+    assert len(propose_boxes(img)) == 1
+    # the cut itself, on the blob's mask: the handle's aspect is what keeps it whole
+    mask = np.zeros((120, 200), np.uint8)
+    cv2.circle(mask, (60, 60), 25, 1, -1)
+    cv2.rectangle(mask, (80, 53), (165, 67), 1, -1)
+    edges = cv2.Canny(mask * 255, 50, 100) > 0
+    edges[50:71, 83:86] = True                      # the seam between bowl and handle
+    lab = np.full((120, 200, 3), (120, 170, 150), np.uint8)
+    assert cut_necks(mask, edges, lab, ProposalConfig()) is mask
+    for loose in (ProposalConfig(neck_compact_aspect=100.0), ProposalConfig(neck_colour_dist=0)):
+        assert cv2.connectedComponents(cut_necks(mask, edges, lab, loose),
+                                       connectivity=4)[0] - 1 == 2
+
+
+def test_two_compact_objects_of_one_colour_are_cut_apart():
+    # two round objects of one colour side by side (two apples, two cans from above): the
+    # notches, the seam between them, and both pieces compact
     img, truth = two_discs(RED, RED, 8)
     cv2.line(img, (306, 200), (306, 280), (90, 20, 20), 3)
-    assert _found(img, truth)[1] == 1
-    # the same with a colour threshold of 0: cut
-    assert _found(img, truth, ProposalConfig(neck_colour_dist=0.0)) == (2, 2)
+    assert _found(img, truth) == (2, 2)
+    assert _found(img, truth, ProposalConfig(neck_compact_solidity=0.0))[1] == 1
+    assert _found(img, truth, ProposalConfig(neck_compact_aspect=1.0))[1] == 1
 
 
 def test_a_two_colour_object_without_notches_is_not_cut():
@@ -87,6 +108,7 @@ def test_cut_necks_returns_the_mask_itself_when_nothing_is_cut():
 def test_neck_settings_are_validated():
     for bad in ({"neck_depth_frac": -0.1}, {"neck_edge_support": 1.5},
                 {"neck_max_len_frac": 2.0}, {"neck_min_part_frac": -1.0},
-                {"neck_colour_dist": -1.0}, {"neck_colour_dist": 1000.0}):
+                {"neck_colour_dist": -1.0}, {"neck_colour_dist": 1000.0},
+                {"neck_compact_solidity": 1.5}, {"neck_compact_aspect": 0.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ProposalConfig(**bad)

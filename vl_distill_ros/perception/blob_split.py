@@ -6,7 +6,9 @@ has a notch on both sides (two deep convexity defects), the image has an edge be
 notches (the objects' boundary), and the two sides differ in colour. :func:`cut_necks` cuts
 a blob along the straight segment between two such notches when all of that holds; one
 object with a narrow waist (a spoon's neck, a drill's grip) has the notches and often the
-edge, but mostly one colour on both sides, so it stays whole.
+edge, but mostly one colour on both sides, so it stays whole. Two pieces that are both
+compact (round or boxy, as two fruits, cans or boxes side by side) are cut whatever their
+colours: a tool cut at its neck leaves a long, thin handle.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ class NeckSettings(Protocol):
     neck_max_len_frac: float
     neck_min_part_frac: float
     neck_colour_dist: float
+    neck_compact_solidity: float
+    neck_compact_aspect: float
 
 
 #: Blobs smaller than this (working-image pixels) are never cut.
@@ -128,10 +132,24 @@ def _segments(blob: np.ndarray, near_edge: np.ndarray, cut: NeckSettings
     return found
 
 
+def _compact(piece: np.ndarray, cut: NeckSettings) -> bool:
+    """Whether a piece (bool mask) is round or boxy: its outline's solidity and the aspect
+    of its minimum-area rectangle (see :class:`NeckSettings`)."""
+    contours, _ = cv2.findContours(piece.view(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return False
+    contour = max(contours, key=cv2.contourArea)
+    hull = cv2.contourArea(cv2.convexHull(contour))
+    (_, _), (w, h), _ = cv2.minAreaRect(contour)
+    return (hull > 0 and cv2.contourArea(contour) >= cut.neck_compact_solidity * hull
+            and max(w, h) <= cut.neck_compact_aspect * max(min(w, h), 1.0))
+
+
 def _best_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: int,
               cut: NeckSettings) -> np.ndarray | None:
     """``blob`` cut along its best candidate segment whose two largest pieces are large
-    enough and differ in colour, or ``None``."""
+    enough and differ in colour or are both compact, or ``None``."""
     for _, p, q in _segments(blob, near_edge, cut)[:MAX_TRIES]:
         trial = blob.copy()
         cv2.line(trial, p, q, 0, 2)
@@ -141,7 +159,10 @@ def _best_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: in
                      key=lambda j: -int(stats[j, cv2.CC_STAT_AREA]))
         if len(big) < 2:
             continue
-        means = [np.array(cv2.mean(lab, (labels == j).view(np.uint8))[:3]) for j in big[:2]]
+        pieces = [labels == j for j in big[:2]]
+        means = [np.array(cv2.mean(lab, p.view(np.uint8))[:3]) for p in pieces]
         if float(np.linalg.norm(means[0] - means[1])) >= cut.neck_colour_dist:
+            return trial
+        if cut.neck_compact_solidity > 0 and all(_compact(p, cut) for p in pieces):
             return trial
     return None

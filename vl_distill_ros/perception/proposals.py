@@ -192,12 +192,18 @@ class ProposalConfig:
     #: disables the cut) when at least ``neck_edge_support`` of the segment lies on image
     #: edges, it is at most ``neck_max_len_frac`` of the blob's size long, the two largest
     #: pieces each hold ``neck_min_part_frac`` of the blob and their mean colours lie
-    #: ``neck_colour_dist`` (8-bit Lab) apart (see :mod:`.blob_split`).
+    #: ``neck_colour_dist`` (8-bit Lab) apart (see :mod:`.blob_split`), or whatever their
+    #: colours when both pieces are compact: solidity (area over convex hull area) at least
+    #: ``neck_compact_solidity`` and a minimum-area rectangle at most
+    #: ``neck_compact_aspect`` times as long as wide (round or boxy objects side by side; a
+    #: tool's handle is long and thin). ``neck_compact_solidity`` 0 turns that rule off.
     neck_depth_frac: float = 0.1
     neck_edge_support: float = 0.5
     neck_max_len_frac: float = 0.7
     neck_min_part_frac: float = 0.2
     neck_colour_dist: float = 45.0
+    neck_compact_solidity: float = 0.9
+    neck_compact_aspect: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_frac <= self.max_area_frac <= 1.0:
@@ -241,12 +247,15 @@ class ProposalConfig:
             raise ValueError(f"need grow_bins >= 0 and min_pair_count >= 1, got "
                              f"{self.grow_bins} and {self.min_pair_count}")
         for name in ("neck_depth_frac", "neck_edge_support", "neck_max_len_frac",
-                     "neck_min_part_frac"):
+                     "neck_min_part_frac", "neck_compact_solidity"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.neck_colour_dist <= 500.0:
             raise ValueError(f"neck_colour_dist must be in [0, 500], got "
                              f"{self.neck_colour_dist}")
+        if not 1.0 <= self.neck_compact_aspect <= 100.0:
+            raise ValueError(f"neck_compact_aspect must be in [1, 100], got "
+                             f"{self.neck_compact_aspect}")
 
 
 # ---------------------------------------------------------------------------------------
