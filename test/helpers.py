@@ -158,6 +158,15 @@ def missing_ycb_models(reason: str) -> None:
     pytest.skip(reason)
 
 
+def flip_byte(member: str) -> Callable[[dict[str, bytes]], None]:
+    """A :func:`rewrite_zip` change that inverts one byte in the middle of ``member``."""
+    def change(members: dict[str, bytes]) -> None:
+        data = bytearray(members[member])
+        data[len(data) // 2] ^= 0xFF
+        members[member] = bytes(data)
+    return change
+
+
 def rewrite_zip(path: Path, out: Path, change: Callable[[dict[str, bytes]], None]) -> Path:
     """Copy the zip file ``path`` to ``out`` after ``change`` edited its ``{name: bytes}``
     members in place (members may be changed, added or removed); returns ``out``."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import onnx
-from helpers import rewrite_zip
+from helpers import flip_byte, rewrite_zip
 from vl_distill_ros.config import StudentConfig
 from vl_distill_ros.model.bundle import ONNX_INT8_MODEL, BundleError, load_bundle, save_bundle
 from vl_distill_ros.model.runtime import (OnnxRunner, RuntimeBackendError, export_student_onnx,
@@ -116,13 +116,8 @@ def test_bundle_keeps_the_int8_model_and_auto_stays_float(tmp_path):
 
 def test_tampered_int8_member_is_refused(tmp_path):
     path = _bundle(tmp_path)
-
-    def flip(m):
-        w = bytearray(m[ONNX_INT8_MODEL])
-        w[len(w) // 3] ^= 0xFF
-        m[ONNX_INT8_MODEL] = bytes(w)
     with pytest.raises(BundleError, match="student_int8.onnx is corrupt"):
-        load_bundle(rewrite_zip(path, tmp_path / "t.vdb", flip))
+        load_bundle(rewrite_zip(path, tmp_path / "t.vdb", flip_byte(ONNX_INT8_MODEL)))
 
 
 def test_int8_backend_errors_are_clear():

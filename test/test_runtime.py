@@ -13,7 +13,7 @@ import torch
 
 import onnx
 import onnxruntime  # noqa: F401 - pinned in requirements.txt: a broken install must fail
-from helpers import rewrite_zip
+from helpers import flip_byte, rewrite_zip
 from vl_distill_ros.model.bundle import ONNX_MODEL, BundleError, load_bundle, save_bundle
 from vl_distill_ros.config import StudentConfig
 from vl_distill_ros.perception.preprocess import preprocess_crops, resize_square
@@ -187,13 +187,8 @@ def test_bundle_without_onnx_member_still_loads(tmp_path):
 
 def test_bundle_rejects_tampered_or_missing_onnx_member(tmp_path):
     path, _ = _save(tmp_path)
-
-    def flip(m):
-        w = bytearray(m[ONNX_MODEL])
-        w[len(w) // 2] ^= 0xFF
-        m[ONNX_MODEL] = bytes(w)
     with pytest.raises(BundleError, match="student.onnx is corrupt"):
-        load_bundle(rewrite_zip(path, tmp_path / "t1.vdb", flip))
+        load_bundle(rewrite_zip(path, tmp_path / "t1.vdb", flip_byte(ONNX_MODEL)))
     with pytest.raises(BundleError, match="student.onnx is missing"):
         load_bundle(rewrite_zip(path, tmp_path / "t2.vdb", lambda m: m.pop(ONNX_MODEL)))
 

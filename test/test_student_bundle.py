@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import rewrite_zip
+from helpers import flip_byte, rewrite_zip
 from vl_distill_ros.model.bundle import BundleError, load_bundle, read_manifest, save_bundle
 from vl_distill_ros.config import StudentConfig
 from vl_distill_ros.training.augment import CropAugment
@@ -132,13 +132,8 @@ def test_bundle_rejects_missing_truncated_and_foreign_files(tmp_path):
 
 def test_bundle_detects_tampered_weights_and_bad_manifest(tmp_path):
     path, _, _ = _bundle(tmp_path)
-
-    def flip(m):
-        w = bytearray(m["student.pt"])
-        w[len(w) // 2] ^= 0xFF
-        m["student.pt"] = bytes(w)
     with pytest.raises(BundleError, match="student.pt is corrupt"):
-        load_bundle(rewrite_zip(path, tmp_path / "t1.vdb", flip))
+        load_bundle(rewrite_zip(path, tmp_path / "t1.vdb", flip_byte("student.pt")))
 
     def version(m):
         man = json.loads(m["manifest.json"])
