@@ -7,7 +7,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import TrainConfig
 from ..model.bundle import save_bundle
+from ..model.student import Student
 from ..model.teachers.factory import teacher_spec
 from ..model.vocabulary import Vocabulary
 from .calibrate import read_calibration, trained_text_embeddings
@@ -61,23 +63,29 @@ def export_bundle(run_dir: str | Path, out: str | Path, vocabulary: str | None =
                        trained_embeddings=trained, int8=quantized)
 
 
-def _int8_model(student: Any, cfg: Any, text: np.ndarray, want: bool | None
+def _int8_model(student: Student, cfg: TrainConfig, text: np.ndarray, want: bool | None
                 ) -> tuple[bytes, dict[str, Any]] | None:
     """The INT8 model and its manifest record for :func:`export_bundle` (None: skipped)."""
     from dataclasses import asdict
 
     from ..model.runtime import RuntimeBackendError
+    from .image_folder import DatasetError
     from .quantize import quantize_student
 
     if want is False:
         return None
-    training = load_training_set(cfg.data, cfg.loss.cls_label_set, load_vocabularies(cfg.data))
+    try:
+        training = load_training_set(cfg.data, cfg.loss.cls_label_set,
+                                     load_vocabularies(cfg.data))
+        problem = "" if training is not None else "not on this machine"
+    except DatasetError as exc:
+        training, problem = None, f"unreadable ({exc})"
     if training is None:
-        message = (f"no INT8 model: the run's training images ({cfg.data.root}) are not on "
-                   "this machine to calibrate it")
+        message = (f"no INT8 model: the run's training images ({cfg.data.root}), which "
+                   f"calibrate it, are {problem}")
         if want:
             raise TrainingError(message)
-        log.warning("%s; the bundle runs in float32", message)
+        log.warning("%s; the bundle is written without it", message)
         return None
     try:
         model, parity = quantize_student(student, training.data.images, text)
