@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.evaluation.scoring import match_boxes
+from vl_distill_ros.perception import blob_split
 from vl_distill_ros.perception.blob_split import cut_necks
 from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
 
@@ -76,6 +77,49 @@ def test_two_compact_objects_of_one_colour_are_cut_apart():
     assert _found(img, truth, ProposalConfig(neck_compact_aspect=1.0))[1] == 1
 
 
+def test_an_object_in_front_of_another_is_cut_along_its_outline():
+    # a ball before a box's corner: the two meet along the ball's arc, not a straight
+    # segment, and the ball is under 20% of the blob
+    def scene(ball_colour):
+        img = _table()
+        cv2.rectangle(img, (260, 150), (380, 330), RED, -1)
+        cv2.circle(img, (380, 330), 40, ball_colour, -1, cv2.LINE_AA)
+        return img, [(260, 150, 121, 181), (340, 290, 81, 81)]
+    img, truth = scene(YELLOW)
+    assert _found(img, truth) == (2, 2)
+    assert _found(img, truth, ProposalConfig(neck_path_min_part_frac=0.0))[1] == 1
+    # a ball of about the box's colour: the box with a bite out of it is not compact
+    img, truth = scene((200, 60, 60))
+    assert _found(img, truth)[1] == 1
+
+
+def _box_and(other_shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A blob mask of a box and another shape over its corner, their edges, and a Lab
+    image in which the other shape has another colour."""
+    mask = np.zeros((140, 160), np.uint8)
+    cv2.rectangle(mask, (20, 20), (90, 110), 1, -1)
+    other = np.zeros_like(mask)
+    other_shape(other)
+    mask |= other
+    lab = np.full((140, 160, 3), (100, 160, 150), np.uint8)
+    lab[other > 0] = (200, 110, 190)
+    edges = (cv2.Canny(mask * 255, 50, 100) > 0) | (cv2.Canny(other * 255, 50, 100) > 0)
+    return mask, edges, lab
+
+
+def test_an_edge_path_cut_needs_a_compact_smaller_piece(monkeypatch):
+    def pieces(mask, edges, lab, cfg=ProposalConfig()):
+        return cv2.connectedComponents(cut_necks(mask, edges, lab, cfg), connectivity=4)[0] - 1
+    disc = _box_and(lambda m: cv2.circle(m, (90, 110), 22, 1, -1))
+    bar = _box_and(lambda m: cv2.rectangle(m, (55, 98), (155, 121), 1, -1))
+    assert pieces(*disc) == 2
+    assert pieces(*disc, ProposalConfig(neck_path_min_part_frac=0.0)) == 1
+    assert pieces(*bar) == 1        # a long bar (a tool's shaft) is not cut off
+    monkeypatch.setattr(blob_split, "PATH_SMALL_ASPECT", 100.0)
+    monkeypatch.setattr(blob_split, "PATH_SMALL_SOLIDITY", 0.0)
+    assert pieces(*bar) == 2
+
+
 def test_a_two_colour_object_without_notches_is_not_cut():
     # a can with a red top and a white bottom: a colour edge straight across, no notch
     img = _table()
@@ -109,6 +153,7 @@ def test_neck_settings_are_validated():
     for bad in ({"neck_depth_frac": -0.1}, {"neck_edge_support": 1.5},
                 {"neck_max_len_frac": 2.0}, {"neck_min_part_frac": -1.0},
                 {"neck_colour_dist": -1.0}, {"neck_colour_dist": 1000.0},
-                {"neck_compact_solidity": 1.5}, {"neck_compact_aspect": 0.5}):
+                {"neck_compact_solidity": 1.5}, {"neck_compact_aspect": 0.5},
+                {"neck_path_min_part_frac": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ProposalConfig(**bad)

@@ -9,6 +9,11 @@ object with a narrow waist (a spoon's neck, a drill's grip) has the notches and 
 edge, but mostly one colour on both sides, so it stays whole. Two pieces that are both
 compact (round or boxy, as two fruits, cans or boxes side by side) are cut whatever their
 colours: a tool cut at its neck leaves a long, thin handle.
+
+An object in front of another meets it along its own outline, a curve or a corner, not a
+straight segment: when no straight cut is made, the blob is cut along the shortest path
+through image edges between two notches (edge pixels away from the blob's outline), under
+the same rules for the two pieces, of which the smaller may be small (a ball before a box).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ class NeckSettings(Protocol):
     neck_colour_dist: float
     neck_compact_solidity: float
     neck_compact_aspect: float
+    neck_path_min_part_frac: float
 
 
 #: Blobs smaller than this (working-image pixels) are never cut.
@@ -41,6 +47,17 @@ MAX_CUTS = 2
 MAX_TRIES = 3
 #: ... between the deepest of at most this many notches (a ragged outline has dozens).
 MAX_NOTCHES = 8
+#: Edge-path cuts: notch pairs tried (nearest first), the longest path in chord lengths,
+#: and how far inside the blob's outline (pixels) the path's edge pixels must lie.
+PATH_PAIRS = 3
+PATH_WIND = 1.6
+PATH_INSET = 2
+#: The smaller piece of an edge-path cut must be roughly compact (solidity and aspect, see
+#: :func:`_compact`): the object in front is seen whole; a tool's shaft or a bottle's label
+#: cut off along its edges is not taken for one.
+PATH_SMALL_SOLIDITY = 0.8
+PATH_SMALL_ASPECT = 3.0
+_K3 = np.ones((3, 3), np.uint8)
 
 
 def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckSettings,
@@ -65,7 +82,7 @@ def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckSet
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     else:
         n, labels, stats = components
-    near_edge = cv2.dilate(edges.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    near_edge = cv2.dilate(edges.view(np.uint8), _K3) > 0
     out = mask
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
@@ -107,12 +124,12 @@ def _notches(blob: np.ndarray, depth_frac: float) -> tuple[list[tuple[int, int]]
     return [(int(contour[d[2]][0][0]), int(contour[d[2]][0][1])) for d in defects], size
 
 
-def _segments(blob: np.ndarray, near_edge: np.ndarray, cut: NeckSettings
+def _segments(blob: np.ndarray, near_edge: np.ndarray, notches: list[tuple[int, int]],
+              size: float, cut: NeckSettings
               ) -> list[tuple[float, tuple[int, int], tuple[int, int]]]:
-    """Candidate cuts ``(score, notch, notch)``, best first: segments between two notches,
-    short enough, inside the blob and supported by edges (score: the support less the
-    length over the blob's size)."""
-    notches, size = _notches(blob, cut.neck_depth_frac)
+    """Candidate cuts ``(score, notch, notch)``, best first: segments between two of the
+    blob's ``notches``, short enough, inside the blob and supported by edges (score: the
+    support less the length over the blob's ``size``)."""
     h, w = blob.shape
     found = []
     for a, p in enumerate(notches):
@@ -132,9 +149,10 @@ def _segments(blob: np.ndarray, near_edge: np.ndarray, cut: NeckSettings
     return found
 
 
-def _compact(piece: np.ndarray, cut: NeckSettings) -> bool:
-    """Whether a piece (bool mask) is round or boxy: its outline's solidity and the aspect
-    of its minimum-area rectangle (see :class:`NeckSettings`)."""
+def _compact(piece: np.ndarray, solidity: float, aspect: float) -> bool:
+    """Whether a piece (bool mask) is round or boxy: its outline's solidity (area over
+    convex hull area) is at least ``solidity`` and its minimum-area rectangle at most
+    ``aspect`` times as long as wide."""
     contours, _ = cv2.findContours(piece.view(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
@@ -142,27 +160,107 @@ def _compact(piece: np.ndarray, cut: NeckSettings) -> bool:
     contour = max(contours, key=cv2.contourArea)
     hull = cv2.contourArea(cv2.convexHull(contour))
     (_, _), (w, h), _ = cv2.minAreaRect(contour)
-    return (hull > 0 and cv2.contourArea(contour) >= cut.neck_compact_solidity * hull
-            and max(w, h) <= cut.neck_compact_aspect * max(min(w, h), 1.0))
+    return (hull > 0 and cv2.contourArea(contour) >= solidity * hull
+            and max(w, h) <= aspect * max(min(w, h), 1.0))
 
 
 def _best_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: int,
               cut: NeckSettings) -> np.ndarray | None:
-    """``blob`` cut along its best candidate segment whose two largest pieces are large
-    enough and differ in colour or are both compact, or ``None``."""
-    for _, p, q in _segments(blob, near_edge, cut)[:MAX_TRIES]:
+    """``blob`` cut along its best candidate segment, or else along an edge path, whose two
+    largest pieces pass :func:`_two_pieces`; ``None`` when there is none."""
+    notches, size = _notches(blob, cut.neck_depth_frac)
+    if len(notches) < 2:
+        return None
+    for _, p, q in _segments(blob, near_edge, notches, size, cut)[:MAX_TRIES]:
         trial = blob.copy()
         cv2.line(trial, p, q, 0, 2)
-        k, labels, stats, _ = cv2.connectedComponentsWithStats(trial, connectivity=4)
-        big = sorted((j for j in range(1, k) if stats[j, cv2.CC_STAT_AREA]
-                      >= cut.neck_min_part_frac * area),
-                     key=lambda j: -int(stats[j, cv2.CC_STAT_AREA]))
-        if len(big) < 2:
-            continue
-        pieces = [labels == j for j in big[:2]]
-        means = [np.array(cv2.mean(lab, p.view(np.uint8))[:3]) for p in pieces]
-        if float(np.linalg.norm(means[0] - means[1])) >= cut.neck_colour_dist:
+        if _two_pieces(trial, lab, area, cut.neck_min_part_frac, cut):
             return trial
-        if cut.neck_compact_solidity > 0 and all(_compact(p, cut) for p in pieces):
+    if cut.neck_path_min_part_frac <= 0:
+        return None
+    return _path_cut(blob, near_edge, lab, area, notches, size, cut)
+
+
+def _two_pieces(trial: np.ndarray, lab: np.ndarray, area: int, min_frac: float,
+                cut: NeckSettings, small_compact: bool = False) -> bool:
+    """Whether a cut blob's two largest pieces each hold ``min_frac`` of its ``area`` and
+    differ in colour or are both compact; with ``small_compact`` the smaller one must also
+    be roughly compact (:data:`PATH_SMALL_SOLIDITY`, :data:`PATH_SMALL_ASPECT`)."""
+    k, labels, stats, _ = cv2.connectedComponentsWithStats(trial, connectivity=4)
+    big = sorted((j for j in range(1, k) if stats[j, cv2.CC_STAT_AREA] >= min_frac * area),
+                 key=lambda j: -int(stats[j, cv2.CC_STAT_AREA]))
+    if len(big) < 2:
+        return False
+    pieces = [labels == j for j in big[:2]]
+    if small_compact and not _compact(pieces[1], PATH_SMALL_SOLIDITY, PATH_SMALL_ASPECT):
+        return False
+    means = [np.array(cv2.mean(lab, p.view(np.uint8))[:3]) for p in pieces]
+    if float(np.linalg.norm(means[0] - means[1])) >= cut.neck_colour_dist:
+        return True
+    return cut.neck_compact_solidity > 0 and all(
+        _compact(p, cut.neck_compact_solidity, cut.neck_compact_aspect) for p in pieces)
+
+
+def _path_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: int,
+              notches: list[tuple[int, int]], size: float, cut: NeckSettings
+              ) -> np.ndarray | None:
+    """``blob`` cut along the shortest path through edge pixels between two notches (the
+    nearest pairs first) whose pieces pass :func:`_two_pieces`, or ``None``."""
+    inner = cv2.erode(blob, _K3, iterations=PATH_INSET)
+    passable = (near_edge & (inner > 0)).view(np.uint8)
+    ends = passable.copy()
+    for end in notches:
+        cv2.circle(ends, end, 3, 1, -1)
+    _, linked = cv2.connectedComponents(ends, connectivity=8)  # no path between parts
+    pairs = sorted((float(np.hypot(p[0] - q[0], p[1] - q[1])), p, q)
+                   for a, p in enumerate(notches) for q in notches[a + 1:]
+                   if linked[p[1], p[0]] == linked[q[1], q[0]])
+    pairs = [t for t in pairs if 2.0 <= t[0] <= cut.neck_max_len_frac * size]
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    for chord, p, q in pairs[:PATH_PAIRS]:
+        path = _edge_path(passable, p, q, int(PATH_WIND * chord) + 2)
+        if path is None:
+            continue
+        line = np.zeros_like(blob)
+        line[path[:, 1], path[:, 0]] = 1
+        trial = blob.copy()
+        trial[cv2.dilate(line, cross) > 0] = 0
+        if _two_pieces(trial, lab, area, cut.neck_path_min_part_frac, cut, small_compact=True):
             return trial
     return None
+
+
+def _edge_path(passable: np.ndarray, p: tuple[int, int], q: tuple[int, int],
+               max_steps: int) -> np.ndarray | None:
+    """The shortest 8-connected path from ``p`` to ``q`` (``(x, y)``) through the
+    ``passable`` pixels (and 3 pixels around each end), as ``(N, 2)`` ``(x, y)`` rows, or
+    ``None`` when it is longer than ``max_steps``. Searched in the window that a path of
+    that length can reach (breadth first, one dilation per step)."""
+    h, w = passable.shape
+    reach = (max_steps + 1) // 2 + 1
+    x0, y0 = max(min(p[0], q[0]) - reach, 0), max(min(p[1], q[1]) - reach, 0)
+    x1, y1 = min(max(p[0], q[0]) + reach + 1, w), min(max(p[1], q[1]) + reach + 1, h)
+    ok = passable[y0:y1, x0:x1].copy()
+    (px, py), (qx, qy) = (p[0] - x0, p[1] - y0), (q[0] - x0, q[1] - y0)
+    for end in ((px, py), (qx, qy)):
+        cv2.circle(ok, end, 3, 1, -1)
+    dist = np.full(ok.shape, -1, np.int32)
+    dist[py, px] = 0
+    front = np.zeros_like(ok)
+    front[py, px] = 1
+    for step in range(1, max_steps + 1):
+        grown = (cv2.dilate(front, _K3) > 0) & (ok > 0) & (dist < 0)
+        if not grown.any():
+            return None
+        dist[grown] = step
+        if dist[qy, qx] >= 0:
+            break
+        front = grown.view(np.uint8)
+    else:
+        return None
+    path, (x, y) = [(qx, qy)], (qx, qy)
+    for d in range(int(dist[qy, qx]) - 1, -1, -1):   # back along decreasing distance
+        ys, xs = np.nonzero(dist[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] == d)
+        x, y = int(xs[0]) + max(x - 1, 0), int(ys[0]) + max(y - 1, 0)
+        path.append((x, y))
+    return np.array(path, np.int64) + (x0, y0)

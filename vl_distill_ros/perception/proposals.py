@@ -197,6 +197,10 @@ class ProposalConfig:
     #: ``neck_compact_solidity`` and a minimum-area rectangle at most
     #: ``neck_compact_aspect`` times as long as wide (round or boxy objects side by side; a
     #: tool's handle is long and thin). ``neck_compact_solidity`` 0 turns that rule off.
+    #: Without a straight cut, a cut along the shortest path through image edges between two
+    #: notches is tried (an object in front of another), under the same rules but with
+    #: pieces of at least ``neck_path_min_part_frac`` of the blob, the smaller one roughly
+    #: compact (:mod:`.blob_split`); 0 turns it off.
     neck_depth_frac: float = 0.1
     neck_edge_support: float = 0.5
     neck_max_len_frac: float = 0.7
@@ -204,6 +208,7 @@ class ProposalConfig:
     neck_colour_dist: float = 45.0
     neck_compact_solidity: float = 0.9
     neck_compact_aspect: float = 2.0
+    neck_path_min_part_frac: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_frac <= self.max_area_frac <= 1.0:
@@ -247,7 +252,7 @@ class ProposalConfig:
             raise ValueError(f"need grow_bins >= 0 and min_pair_count >= 1, got "
                              f"{self.grow_bins} and {self.min_pair_count}")
         for name in ("neck_depth_frac", "neck_edge_support", "neck_max_len_frac",
-                     "neck_min_part_frac", "neck_compact_solidity"):
+                     "neck_min_part_frac", "neck_compact_solidity", "neck_path_min_part_frac"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.neck_colour_dist <= 500.0:
