@@ -27,7 +27,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Protocol, Sequence, runtime_checkable
+from typing import BinaryIO, NoReturn, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -335,11 +335,20 @@ def _onnx_runner(student: Student, model: bytes, threads: int, verify: bool,
 
 
 def _backend_error(exc: Exception, what: str) -> RuntimeBackendError:
+    """``exc`` as a :class:`RuntimeBackendError` (itself when it is one)."""
     if isinstance(exc, RuntimeBackendError):
         return exc
     if isinstance(exc, ImportError):
         return RuntimeBackendError(f"onnxruntime is not installed: {exc}")
     return RuntimeBackendError(f"{what} failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _raise_backend_error(exc: Exception, what: str) -> NoReturn:
+    """Raise ``exc`` as a :class:`RuntimeBackendError`, chained to it when converted."""
+    err = _backend_error(exc, what)
+    if err is exc:
+        raise exc
+    raise err from exc
 
 
 def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads: int = 2,
@@ -382,10 +391,7 @@ def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads:
         try:
             return _onnx_runner(student, int8_bytes, threads, verify, int8=True)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            err = _backend_error(exc, "ONNX Runtime INT8 backend")
-            if err is exc:
-                raise
-            raise err from exc
+            _raise_backend_error(exc, "ONNX Runtime INT8 backend")
     try:
         import onnxruntime  # noqa: F401 - fail fast, before spending a second on the export
 
@@ -393,10 +399,7 @@ def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads:
                             verify, int8=False)
     except Exception as exc:  # noqa: BLE001 - any ORT/export failure means: use torch
         if backend == "onnxruntime":
-            err = _backend_error(exc, "ONNX Runtime backend")
-            if err is exc:
-                raise
-            raise err from exc
+            _raise_backend_error(exc, "ONNX Runtime backend")
         log.warning("ONNX Runtime unavailable for the student (%s); falling back to PyTorch",
                     str(_backend_error(exc, "ONNX Runtime backend"))[:300])
         return TorchRunner(student, threads=threads)

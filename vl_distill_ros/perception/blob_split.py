@@ -58,6 +58,7 @@ PATH_INSET = 2
 PATH_SMALL_SOLIDITY = 0.8
 PATH_SMALL_ASPECT = 3.0
 _K3 = np.ones((3, 3), np.uint8)
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
 def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckSettings,
@@ -216,7 +217,6 @@ def _path_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: in
                    for a, p in enumerate(notches) for q in notches[a + 1:]
                    if linked[p[1], p[0]] == linked[q[1], q[0]])
     pairs = [t for t in pairs if 2.0 <= t[0] <= cut.neck_max_len_frac * size]
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     for chord, p, q in pairs[:PATH_PAIRS]:
         path = _edge_path(passable, p, q, int(PATH_WIND * chord) + 2)
         if path is None:
@@ -224,7 +224,7 @@ def _path_cut(blob: np.ndarray, near_edge: np.ndarray, lab: np.ndarray, area: in
         line = np.zeros_like(blob)
         line[path[:, 1], path[:, 0]] = 1
         trial = blob.copy()
-        trial[cv2.dilate(line, cross) > 0] = 0
+        trial[cv2.dilate(line, _CROSS) > 0] = 0
         if _two_pieces(trial, lab, area, cut.neck_path_min_part_frac, cut, small_compact=True):
             return trial
     return None

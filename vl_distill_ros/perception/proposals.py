@@ -26,8 +26,9 @@ border, with objects on it":
    edges are background colours and their blends, while the outline of a grey fork on a
    white sheet, which looks like shadowed sheet, is not).
 4. A morphological closing joins the pieces of one object; a blob of touching objects is
-   cut at a neck of its outline where an image edge joins two notches and the two sides
-   differ in colour (:mod:`.blob_split`); connected components become candidate boxes,
+   cut between two notches of its outline, along a straight image edge or else along the
+   edges of an object in front, where the two sides differ in colour or are both compact
+   (:mod:`.blob_split`); connected components become candidate boxes,
    kept when they hold enough strong pixels or enough outline edges, and enough pixels of
    their own (crumbs that the closing joined are not). Each blob's box is
    tightened, at each end, to half its local colour distance with sub-pixel interpolation
