@@ -221,6 +221,34 @@ def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table
     assert fuse_proposals(none, colour, cfg, 2) == colour[:2]
 
 
+def test_fusion_splits_a_depth_box_into_colour_boxes_of_different_heights():
+    import dataclasses
+
+    # two boxes in contact side by side; with the step and crease cuts off, depth joins them
+    joined = dataclasses.replace(DepthProposalConfig(), cut_jump_frac=0.0, crease_m=0.0)
+    pair = [(-0.03, 0.0, 0.06, 0.06, 0.08), (0.03, 0.0, 0.06, 0.06, 0.04)]
+    depth, truth = render_tabletop(pair)
+    found = propose_depth_boxes(depth, K, joined)
+    assert len(found.boxes) == 1 and _matched(truth, found.boxes) <= 1
+    fused = fuse_proposals(found, truth, joined, max_count=10)
+    assert sorted(fused) == sorted(truth)                  # tops 8 and 4 cm: two objects
+    off = dataclasses.replace(joined, fuse_split_height_m=0.0)
+    assert fuse_proposals(found, truth, off, max_count=10) == found.boxes
+    # the colour proposer also boxed the whole: one object, as depth says
+    assert fuse_proposals(found, truth + found.boxes, joined, 10) == found.boxes
+    # the same height (two parts of one object's colours): the depth box stays
+    level = [(-0.03, 0.0, 0.06, 0.06, 0.06), (0.03, 0.0, 0.06, 0.06, 0.06)]
+    depth, truth = render_tabletop(level)
+    found = propose_depth_boxes(depth, K, joined)
+    assert len(found.boxes) == 1
+    assert fuse_proposals(found, truth, joined, max_count=10) == found.boxes
+    # the pieces must cover the depth box
+    small = [(x, y, w // 3, h // 3) for x, y, w, h in truth]
+    assert fuse_proposals(found, small, joined, max_count=10)[:1] == found.boxes
+    with pytest.raises(DepthError, match="fuse_split_cover"):
+        DepthProposalConfig(fuse_split_cover=1.5)
+
+
 def test_depth_config_yaml_holds_the_defaults_and_bad_files_are_rejected(tmp_path):
     assert load_depth_config(REPO / "config" / "depth_proposals.yaml") == DepthProposalConfig()
     bad = tmp_path / "bad.yaml"

@@ -34,7 +34,9 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
    the height band), are projected to a box in the colour image, padded by one grid step.
 
-:func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing.
+:func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
+and splits a depth box into the colour boxes inside it where those stand at clearly different
+heights (:func:`split_by_colour`: objects in contact that depth joined).
 Parameters come from ``config/depth_proposals.yaml`` (:func:`load_depth_config`), whose
 values are the dataclass defaults.
 """
@@ -53,7 +55,8 @@ from .proposals import Box, box_iou, sanitize_boxes
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
-           "load_depth_config", "fit_plane_ransac", "boxes_from_clusters", "crease_radii"]
+           "load_depth_config", "fit_plane_ransac", "boxes_from_clusters", "crease_radii",
+           "split_by_colour"]
 
 
 class DepthError(ValueError):
@@ -183,6 +186,17 @@ class DepthProposalConfig:
     #: depth sees only the thicker parts of a flat object (a fork's head, a knife's handle).
     fuse_containment: float = 0.7
     fuse_flat_height_m: float = 0.04
+    #: A depth box is replaced by the colour boxes inside it (each lying
+    #: :data:`SPLIT_CONTAINMENT` inside it, all under :data:`SPLIT_MAX_AREA` of its area,
+    #: overlapping each other by at most :data:`SPLIT_MAX_OVERLAP` of the smaller) when two
+    #: or more of them cover ``fuse_split_cover`` of it and their tops (the 90th percentile
+    #: of their samples' heights above the plane) differ by at least ``fuse_split_height_m``
+    #: and ``fuse_split_height_frac`` of the tallest: objects of different heights that
+    #: depth joined where they touch (a golf ball against a box). One object's colour parts
+    #: have about one height, so it stays whole. 0: off.
+    fuse_split_height_m: float = 0.015
+    fuse_split_height_frac: float = 0.25
+    fuse_split_cover: float = 0.6
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
@@ -222,7 +236,8 @@ class DepthProposalConfig:
                 raise DepthError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("min_plane_frac", "min_valid_frac", "fuse_min_valid_frac",
                      "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
-                     "fuse_flat_height_m", "split_min_frac", "cut_jump_frac", "crease_m"):
+                     "fuse_flat_height_m", "split_min_frac", "cut_jump_frac", "crease_m",
+                     "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -698,12 +713,12 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     """Depth boxes first, then the colour boxes that depth does not contradict: each one
     overlapping no depth box by more than ``fuse_max_iou`` and either mostly without valid
     depth (a hole, a reflective or black object, out of range) or standing partly above the
-    plane (a flat object, see :class:`DepthProposalConfig`); at most ``max_count``. Without
-    a support plane the colour boxes alone."""
+    plane (a flat object, see :class:`DepthProposalConfig`); at most ``max_count``. A depth
+    box whose colour boxes inside it stand at different heights is replaced by them first
+    (:func:`split_by_colour`). Without a support plane the colour boxes alone."""
     if depth.plane is None or depth.height_grid is None:
         return list(colour_boxes)[:max_count]
-    out = list(depth.boxes)
-    tops = list(depth.tops) if len(depth.tops) == len(out) else [np.inf] * len(out)
+    out, tops = split_by_colour(depth, colour_boxes, cfg)
     grid, s, off = depth.height_grid, depth.stride, depth.offset
     allowance = depth.allowance_grid if depth.allowance_grid is not None else 0.0
     raised = np.nan_to_num(grid, nan=-1.0) > cfg.fuse_raised_m + allowance
@@ -730,6 +745,71 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
             out.append(box)
             tops.append(np.inf)
     return out[:max_count]
+
+
+#: :func:`split_by_colour`: a colour box lies at least this fraction of its area inside the
+#: depth box, at most this fraction of the depth box's area, and two of them overlap by at
+#: most this fraction of the smaller one.
+SPLIT_CONTAINMENT = 0.85
+SPLIT_MAX_AREA = 0.8
+SPLIT_MAX_OVERLAP = 0.3
+
+
+def split_by_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
+                    cfg: DepthProposalConfig) -> tuple[list[Box], list[float]]:
+    """``depth``'s boxes and the tops of their clusters, each box replaced by the colour
+    boxes inside it where those are objects of different heights that depth joined (see
+    ``fuse_split_height_m``; none of the colour boxes may be the depth box itself, at
+    :data:`SPLIT_MAX_AREA` of its area). The new boxes keep their cluster's top."""
+    out = list(depth.boxes)
+    tops = list(depth.tops) if len(depth.tops) == len(out) else [np.inf] * len(out)
+    if cfg.fuse_split_height_m <= 0 or depth.height_grid is None or len(colour_boxes) < 2:
+        return out, tops
+    boxes: list[Box] = []
+    heights: list[float] = []
+    for box, top in zip(out, tops):
+        area = float(box[2] * box[3])
+        inside = [c for c in colour_boxes if _containment(c, box) >= SPLIT_CONTAINMENT]
+        parts = [_box_top(depth, c, cfg) for c in inside] if len(inside) >= 2 and all(
+            c[2] * c[3] < SPLIT_MAX_AREA * area for c in inside) and all(
+            _overlap(a, b) <= SPLIT_MAX_OVERLAP for i, a in enumerate(inside)
+            for b in inside[i + 1:]) and _cover(box, inside) >= cfg.fuse_split_cover else []
+        spread = max(parts) - min(parts) if parts else 0.0
+        if parts and spread >= cfg.fuse_split_height_m and \
+                spread >= cfg.fuse_split_height_frac * max(parts):
+            boxes.extend(inside)   # the pieces keep their cluster's top
+            heights.extend([top] * len(inside))
+        else:
+            boxes.append(box)
+            heights.append(top)
+    return boxes, heights
+
+
+def _box_top(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig) -> float:
+    """90th percentile of the heights above the plane (m) of the samples in ``box`` that
+    stand ``min_height_m`` above it (0 when none do)."""
+    x, y, w, h = box
+    s, off = depth.stride, depth.offset
+    c0, r0 = max((x - off + s - 1) // s, 0), max((y - off + s - 1) // s, 0)
+    c1, r1 = (x + w - 1 - off) // s + 1, (y + h - 1 - off) // s + 1
+    cells = depth.height_grid[r0:r1, c0:c1]
+    up = cells[np.nan_to_num(cells, nan=-1.0) > cfg.min_height_m]
+    return float(np.percentile(up, 90)) if up.size else 0.0
+
+
+def _overlap(a: Sequence[int], b: Sequence[int]) -> float:
+    """Intersection of boxes ``a`` and ``b`` over the smaller one's area."""
+    return max(_containment(a, b), _containment(b, a))
+
+
+def _cover(outer: Sequence[int], boxes: Sequence[Sequence[int]]) -> float:
+    """Fraction of box ``outer``'s area inside the union of ``boxes``."""
+    x, y, w, h = (int(v) for v in outer)
+    mask = np.zeros((max(h, 1), max(w, 1)), bool)
+    for b in boxes:
+        mask[max(int(b[1]) - y, 0):max(int(b[1] + b[3]) - y, 0),
+             max(int(b[0]) - x, 0):max(int(b[0] + b[2]) - x, 0)] = True
+    return float(mask.mean())
 
 
 def _containment(inner: Sequence[int], outer: Sequence[int]) -> float:
