@@ -346,3 +346,21 @@ def test_rendered_pairs_in_contact_found_by_depth(scene_renderer):
             assert new >= old, (pool, seed)  # the cut never loses an object here
             if seed == both_seed:  # the ball in front of the bottle, the can of the box
                 assert (new, old) == (2, 0), (pool, seed)
+
+
+def test_a_cut_cluster_keeps_every_cell_when_a_pieces_interior_falls_apart():
+    # a piece cut off a cluster whose interior falls into two blobs (two blocks joined by
+    # one cell): every cell of the cluster goes to one of the pieces, none is dropped (the
+    # cells nearest the second blob used to be lost: a mug's handle, half of a box)
+    from vl_distill_ros.perception.depth_proposals import _large_parts
+
+    comp = np.ones((12, 30), bool)
+    cut = comp.copy()
+    cut[:, 20] = False                 # the cut between the two pieces ...
+    cut[:, 9] = False                  # ... and a neck inside the left one,
+    cut[6, 9] = True                   # one cell wide
+    parts = _large_parts(comp, cut, comp, NEW)
+    assert parts is not None and len(parts) == 2
+    left, right = sorted(parts, key=lambda p: np.flatnonzero(p.any(axis=0))[0])
+    assert not (left & right).any() and np.array_equal(left | right, comp)
+    assert left[:, :20].all() and right[:, 21:].all()

@@ -641,14 +641,19 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
     lab = labels.astype(np.float32)
     kernel = np.ones((3, 3), np.uint8)
     inner = cv2.dilate(lab, kernel) == cv2.erode(lab, kernel)
+    seed = np.isin(labels, big) & inner
+    ids = np.unique(labels[seed])
+    if len(ids) < 2:
+        return None
     seeds = np.full((comp.shape[0] + 2, comp.shape[1] + 2), 255, np.uint8)
-    seeds[1:-1, 1:-1][np.isin(labels, big) & inner] = 0
+    seeds[1:-1, 1:-1][seed] = 0
+    # every cell goes to its nearest seed cell's piece (labels per seed cell, numbered in
+    # row-major order: a piece whose interior falls into several blobs keeps all of them)
     _, nearest = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 3,
-                                                 labelType=cv2.DIST_LABEL_CCOMP)
-    nearest = nearest[1:-1, 1:-1]
-    ids = sorted({int(nearest[sel].flat[0]) for sel in ((labels == b) & inner for b in big)
-                  if sel.any()})
-    return [comp & (nearest == k) for k in ids] if len(ids) >= 2 else None
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    owner = np.concatenate([np.zeros(1, labels.dtype), labels[seed]])
+    piece = np.take(owner, nearest[1:-1, 1:-1])
+    return [comp & (piece == k) for k in ids]
 
 
 def _pieces(cut: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
