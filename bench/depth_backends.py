@@ -45,7 +45,7 @@ def _numpy_backend(cloud, k, cfg):
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
     low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
     above = (height > low) & (height < cfg.max_height_m)
-    clusters = dp._grid_clusters(cloud, above, cfg)
+    clusters = dp._grid_clusters(cloud, above, cfg, None, cloud.scatter(height, np.nan, np.float32))
     return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg)[0]
 
 

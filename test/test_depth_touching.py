@@ -1,7 +1,8 @@
 """Objects in contact: the depth proposer cuts a cluster along a depth step
 (``cut_jump_frac``) or a concave crease between objects side by side (``crease_m``) but
-keeps a concave single object (an L, a cup, a bowl) whole, proposes a small object cut off
-a large one besides it (``small_piece_points``), and the scene renderer's ``contact_prob``
+keeps a concave single object (an L, a cup, a bowl) whole, cuts a lower object in front of
+a taller one along a weaker step (``weak_jump_frac``), proposes a small object cut off a
+large one besides it (``small_piece_points``), and the scene renderer's ``contact_prob``
 places objects in contact."""
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposal
 #: The default settings, the same without the cuts at depth steps and at concave creases
 #: (the old behaviour), and with the cut at depth steps only.
 NEW = DepthProposalConfig()
-OLD = dataclasses.replace(NEW, cut_jump_frac=0.0, crease_m=0.0)
+OLD = dataclasses.replace(NEW, cut_jump_frac=0.0, crease_m=0.0, weak_jump_frac=0.0)
 STEPS_ONLY = dataclasses.replace(NEW, crease_m=0.0)
+NO_WEAK = dataclasses.replace(NEW, weak_jump_frac=0.0)
 
 #: A tall can-like block in front of a lower, wider box that it touches (b: away from the
 #: camera; the front block's back face is the box's front face, b = 0.03).
@@ -291,7 +293,8 @@ def test_rendered_concave_objects_alone_are_not_cut_at_creases(scene_renderer, k
     from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
-    new, steps_only = (dataclasses.replace(c, small_piece_points=0) for c in (NEW, STEPS_ONLY))
+    new, steps_only, no_weak = (dataclasses.replace(c, small_piece_points=0)
+                                for c in (NEW, STEPS_ONLY, NO_WEAK))
 
     spec = SceneSpec(objects_per_scene=(1, 1), depth=True)
     for seed in range(4):
@@ -302,6 +305,8 @@ def test_rendered_concave_objects_alone_are_not_cut_at_creases(scene_renderer, k
         for image in (None, frame.image):
             boxes = propose_depth_boxes(frame.depth, k, new, image).boxes
             assert len(boxes) == len(propose_depth_boxes(frame.depth, k, steps_only).boxes)
+            # nor do the weaker steps (the inside is lower, but behind the rim)
+            assert len(boxes) == len(propose_depth_boxes(frame.depth, k, no_weak, image).boxes)
             assert len(match_boxes(truth, boxes, 0.5)) == 1, (key, seed)
 
 
@@ -364,3 +369,29 @@ def test_a_cut_cluster_keeps_every_cell_when_a_pieces_interior_falls_apart():
     left, right = sorted(parts, key=lambda p: np.flatnonzero(p.any(axis=0))[0])
     assert not (left & right).any() and np.array_equal(left | right, comp)
     assert left[:, :20].all() and right[:, 21:].all()
+
+
+def test_a_weaker_step_cuts_a_lower_object_off_in_front_only(scene_renderer, monkeypatch):
+    # a low box standing against a tall one, in front of it: the steps (5% of the depth)
+    # and creases leave them joined; the weaker step (3.5%) cuts the low one off
+    for low in (0.03, 0.05):
+        depth, truth = render_tabletop([(0.0, -0.03, 0.06, 0.06, low),
+                                        (0.0, 0.03, 0.08, 0.06, 0.14)])
+        assert len(propose_depth_boxes(depth, K, NO_WEAK).boxes) == 1
+        boxes = propose_depth_boxes(depth, K, NEW).boxes
+        assert len(boxes) == 2 and len(match_boxes(truth, boxes, 0.5)) == 2
+    # a mug seen from above: its inside (lower) lies behind the rim, so it stays with it;
+    # without the rule that the lower piece be in front it would be cut off
+    from vl_distill_ros.perception import depth_proposals as dp
+    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    cfg = dataclasses.replace(NEW, small_piece_points=0)
+    frame = render_scene(scene_renderer, ["025_mug"], np.random.default_rng(2),
+                         SceneSpec(objects_per_scene=(1, 1), depth=True))
+    k = CameraIntrinsics(*frame.intrinsics, frame.image.shape[1], frame.image.shape[0])
+    kept = propose_depth_boxes(frame.depth, k, cfg, frame.image).boxes
+    assert len(kept) == len(propose_depth_boxes(
+        frame.depth, k, dataclasses.replace(cfg, weak_jump_frac=0.0), frame.image).boxes)
+    monkeypatch.setattr(dp, "_lower_in_front", lambda *args: True)
+    assert len(propose_depth_boxes(frame.depth, k, cfg, frame.image).boxes) > len(kept)

@@ -28,7 +28,9 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    ``crease_colour_cells``, and a thin line of marks also cuts the cells the closing
    filled next to it), so two objects in contact, one in front of the other or side by
    side, stay apart when each holds ``split_min_frac`` of the cluster or
-   ``split_min_points`` samples.
+   ``split_min_points`` samples. Each piece is then also cut along weaker steps
+   (``weak_jump_frac``) where the lower of two touching pieces is the nearer one (an
+   object in front of a taller one; not a cavity's floor behind its rim).
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
@@ -132,6 +134,12 @@ class DepthProposalConfig:
     #: samples are no cluster's own): an object in front of one it touches is cut off it
     #: along the occluding edge. 0: the closing bridges every step (one cluster) ...
     cut_jump_frac: float = 0.05
+    #: A weaker step, spanning more than this fraction of the depth (less than
+    #: ``cut_jump_frac``), also cuts a piece after the steps and creases, with its crease
+    #: cells, when the lower of each two touching pieces is the nearer one along their
+    #: contact: an object standing in front of a taller one. A cavity's floor seen past its
+    #: rim (a bowl, a mug) or a lower object just behind a taller one stays. 0: off.
+    weak_jump_frac: float = 0.035
     #: ... and a cluster is cut only into pieces that each hold at least this fraction of
     #: its samples (and ``min_cluster_points``) ...
     split_min_frac: float = 0.25
@@ -237,6 +245,7 @@ class DepthProposalConfig:
         for name in ("min_plane_frac", "min_valid_frac", "fuse_min_valid_frac",
                      "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
                      "fuse_flat_height_m", "split_min_frac", "cut_jump_frac", "crease_m",
+                     "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -464,12 +473,14 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     above = (height > low) & (height < cfg.max_height_m)
     edges = _ColourEdges(colour, cloud.z.shape, cfg) \
         if colour is not None and int(cfg.crease_colour_cells) > 1 else None
-    clusters = _grid_clusters(cloud, above, cfg, edges)
+    clusters = _grid_clusters(cloud, above, cfg, edges, out.height_grid)
     out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
                                               cfg)
     return out
 
 
+#: The 8-neighbourhood (3x3).
+_K3 = np.ones((3, 3), np.uint8)
 #: The 4-neighbourhood (a 3x3 cross).
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 #: Crease marks holding a block of this many cells square are a concave surface, not the
@@ -531,11 +542,13 @@ def _colour_crease(crease: np.ndarray, edges: np.ndarray, own: np.ndarray,
 
 
 def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfig,
-                   edges: _ColourEdges | None = None) -> list[np.ndarray]:
+                   edges: _ColourEdges | None = None,
+                   heights: np.ndarray | None = None) -> list[np.ndarray]:
     """Indices (into the cloud) of each connected component of the above-plane samples on
     the grid (labels from the grid closed by ``close_cells``), cut at steps and creases
-    (closed along the colour ``edges`` when given), and of the small pieces proposed besides
-    them (``small_piece_points``)."""
+    (closed along the colour ``edges`` when given), with the grid of ``heights`` above the
+    plane also at weaker steps in front (``weak_jump_frac``), and of the small pieces
+    proposed besides them (``small_piece_points``)."""
     grid = cloud.scatter(above, 0, np.uint8)
     index = cloud.scatter(np.arange(len(cloud.rows)), -1, np.int64)
     joined = grid
@@ -550,7 +563,7 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
         x, y, bw, bh = (int(v) for v in stats[i, :4])
         comp = labels[y:y + bh, x:x + bw] == i
         own = comp & (grid[y:y + bh, x:x + bw] > 0)
-        parts, kept = [comp], comp
+        parts, kept, crease = [comp], comp, None
         if cfg.cut_jump_frac > 0:  # not across a depth step ...
             kept = comp & ~_steps(cloud, (x, y, bw, bh), cfg)
             parts = _large_parts(comp, kept, own, cfg) or parts
@@ -572,6 +585,9 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
                          _large_parts(part, part & ~crease, own & part, cfg) or [part]]
                 if len(joint) > len(parts):
                     parts = joint
+        if cfg.weak_jump_frac > 0 and heights is not None:  # ... nor a weaker one in front
+            parts = _front_parts(cloud, (x, y, bw, bh), parts, own, cfg, crease,
+                                 heights[y:y + bh, x:x + bw])
         if cfg.small_piece_points > 0 and kept is not comp:
             parts = parts + _small_pieces(kept, own, cfg)
         for part in parts:
@@ -582,14 +598,58 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
 
 
 def _steps(cloud: DepthCloud, roi: tuple[int, int, int, int],
-           cfg: DepthProposalConfig) -> np.ndarray:
+           cfg: DepthProposalConfig, frac: float | None = None) -> np.ndarray:
     """Cells of the grid window ``roi`` = ``(x, y, w, h)`` with depth whose 3x3
-    neighbourhood spans more than ``cut_jump_frac`` of it."""
+    neighbourhood spans more than ``frac`` (default ``cut_jump_frac``) of it."""
     x, y, w, h = roi
     y0, x0 = max(y - 1, 0), max(x - 1, 0)
     z = cloud.z[y0:y + h + 1, x0:x + w + 1]
-    step = (z > 0) & (depth_span(z, z > 0) > cfg.cut_jump_frac * z)
+    frac = cfg.cut_jump_frac if frac is None else frac
+    step = (z > 0) & (depth_span(z, z > 0) > frac * z)
     return step[y - y0:y - y0 + h, x - x0:x - x0 + w]
+
+
+#: :func:`_lower_in_front`: the contact of two pieces is the cells of each within this many
+#: grid cells (3x3 dilations) of the other.
+CONTACT_CELLS = 2
+
+
+def _front_parts(cloud: DepthCloud, roi: tuple[int, int, int, int], parts: list[np.ndarray],
+                 own: np.ndarray, cfg: DepthProposalConfig, crease: np.ndarray | None,
+                 heights: np.ndarray) -> list[np.ndarray]:
+    """Each of a cluster's ``parts`` (masks of the grid window ``roi``) cut into the
+    pieces that its weaker steps (``weak_jump_frac``) and ``crease`` cells leave, where
+    every two touching pieces have the lower one in front (:func:`_lower_in_front`)."""
+    x, y, w, h = roi
+    weak = _steps(cloud, roi, cfg, cfg.weak_jump_frac)
+    if crease is not None:
+        weak = weak | crease
+    z = cloud.z[y:y + h, x:x + w]
+    out = []
+    for part in parts:
+        pieces = _large_parts(part, part & ~weak, own & part, cfg)
+        out.extend(pieces if pieces and _lower_in_front(pieces, own, z, heights) else [part])
+    return out
+
+
+def _lower_in_front(pieces: list[np.ndarray], own: np.ndarray, z: np.ndarray,
+                    heights: np.ndarray) -> bool:
+    """Whether of every two touching ``pieces`` the lower (median height of its ``own``
+    samples) is the nearer (median depth ``z`` along their contact, :data:`CONTACT_CELLS`)."""
+    tops = []
+    for piece in pieces:
+        h = heights[piece & own]
+        h = h[np.isfinite(h)]
+        tops.append(float(np.median(h)) if h.size else 0.0)
+    near = [cv2.dilate(p.view(np.uint8), _K3, iterations=CONTACT_CELLS) > 0 for p in pieces]
+    for i, a in enumerate(pieces):
+        for j in range(i + 1, len(pieces)):
+            za = z[a & own & near[j] & (z > 0)]
+            zb = z[pieces[j] & own & near[i] & (z > 0)]
+            if za.size and zb.size and \
+                    (tops[i] < tops[j]) != (float(np.median(za)) < float(np.median(zb))):
+                return False
+    return True
 
 
 def crease_radii(cells: int) -> tuple[int, ...]:
