@@ -389,11 +389,14 @@ def depth_samples(depth: np.ndarray, cfg: DepthProposalConfig
     return z, valid, s, off
 
 
+#: The 8-neighbourhood (3x3).
+_K3 = np.ones((3, 3), np.uint8)
+
+
 def depth_span(z: np.ndarray, has_depth: np.ndarray) -> np.ndarray:
     """Per cell of the sampled depth ``z``: the largest minus the smallest depth of its 3x3
     neighbourhood, over the cells of ``has_depth`` (a step between two surfaces is large)."""
-    kernel = np.ones((3, 3), np.uint8)
-    return cv2.dilate(z, kernel) - cv2.erode(np.where(has_depth, z, np.float32(1e6)), kernel)
+    return cv2.dilate(z, _K3) - cv2.erode(np.where(has_depth, z, np.float32(1e6)), _K3)
 
 
 def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig) -> DepthCloud:
@@ -479,8 +482,6 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     return out
 
 
-#: The 8-neighbourhood (3x3).
-_K3 = np.ones((3, 3), np.uint8)
 #: The 4-neighbourhood (a 3x3 cross).
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 #: Crease marks holding a block of this many cells square are a concave surface, not the
@@ -527,7 +528,7 @@ class _ColourEdges:
         for c in range(3):
             edges |= cv2.Canny(np.ascontiguousarray(lab[..., c]),
                                int(self._cfg.colour_edge_low), int(self._cfg.colour_edge_high))
-        edges = cv2.dilate(edges, np.ones((3, 3), np.uint8)) > 0
+        edges = cv2.dilate(edges, _K3) > 0
         return edges[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
 
@@ -712,8 +713,7 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
         return None
     # seeds: the interior cells of the large pieces (a piece without any is not one)
     lab = labels.astype(np.float32)
-    kernel = np.ones((3, 3), np.uint8)
-    inner = cv2.dilate(lab, kernel) == cv2.erode(lab, kernel)
+    inner = cv2.dilate(lab, _K3) == cv2.erode(lab, _K3)
     seed = np.isin(labels, big) & inner
     ids = np.unique(labels[seed])
     if len(ids) < 2:
@@ -797,7 +797,7 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     if depth.plane is None or depth.height_grid is None:
         return list(colour_boxes)[:max_count]
     out, tops = split_by_colour(depth, colour_boxes, cfg)
-    grid, s, off = depth.height_grid, depth.stride, depth.offset
+    grid = depth.height_grid
     allowance = depth.allowance_grid if depth.allowance_grid is not None else 0.0
     raised = np.nan_to_num(grid, nan=-1.0) > cfg.fuse_raised_m + allowance
     for box in colour_boxes:
@@ -810,16 +810,14 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
             continue
         if len(out) >= max_count or any(box_iou(box, b) > cfg.fuse_max_iou for b in out):
             continue
-        x, y, w, h = box
-        c0, r0 = max((x - off + s - 1) // s, 0), max((y - off + s - 1) // s, 0)
-        c1, r1 = (x + w - 1 - off) // s + 1, (y + h - 1 - off) // s + 1
-        cells = grid[r0:r1, c0:c1]
+        window = _box_cells(depth, box)
+        cells = grid[window]
         if cells.size == 0:
             continue
         valid = np.isfinite(cells)
         n_valid = int(np.count_nonzero(valid))
         if n_valid < cfg.fuse_min_valid_frac * cells.size or \
-                np.count_nonzero(raised[r0:r1, c0:c1]) >= cfg.fuse_raised_frac * n_valid:
+                np.count_nonzero(raised[window]) >= cfg.fuse_raised_frac * n_valid:
             out.append(box)
             tops.append(np.inf)
     return out[:max_count]
@@ -846,12 +844,8 @@ def split_by_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
     boxes: list[Box] = []
     heights: list[float] = []
     for box, top in zip(out, tops):
-        area = float(box[2] * box[3])
-        inside = [c for c in colour_boxes if _containment(c, box) >= SPLIT_CONTAINMENT]
-        parts = [_box_top(depth, c, cfg) for c in inside] if len(inside) >= 2 and all(
-            c[2] * c[3] < SPLIT_MAX_AREA * area for c in inside) and all(
-            _overlap(a, b) <= SPLIT_MAX_OVERLAP for i, a in enumerate(inside)
-            for b in inside[i + 1:]) and _cover(box, inside) >= cfg.fuse_split_cover else []
+        inside = _split_candidates(box, colour_boxes, cfg)
+        parts = [_box_top(depth, c, cfg) for c in inside]
         spread = max(parts) - min(parts) if parts else 0.0
         if parts and spread >= cfg.fuse_split_height_m and \
                 spread >= cfg.fuse_split_height_frac * max(parts):
@@ -863,14 +857,34 @@ def split_by_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
     return boxes, heights
 
 
-def _box_top(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig) -> float:
-    """90th percentile of the heights above the plane (m) of the samples in ``box`` that
-    stand ``min_height_m`` above it (0 when none do)."""
+def _split_candidates(box: Box, colour_boxes: Sequence[Box],
+                      cfg: DepthProposalConfig) -> list[Box]:
+    """The colour boxes inside the depth ``box`` that could replace it (two or more, each
+    :data:`SPLIT_CONTAINMENT` inside it, all under :data:`SPLIT_MAX_AREA` of its area,
+    overlapping each other by at most :data:`SPLIT_MAX_OVERLAP`, covering
+    ``fuse_split_cover`` of it), or ``[]``."""
+    inside = [c for c in colour_boxes if _containment(c, box) >= SPLIT_CONTAINMENT]
+    if len(inside) < 2 or any(c[2] * c[3] >= SPLIT_MAX_AREA * box[2] * box[3] for c in inside):
+        return []
+    if any(_overlap(a, b) > SPLIT_MAX_OVERLAP for i, a in enumerate(inside)
+           for b in inside[i + 1:]):
+        return []
+    return inside if _cover(box, inside) >= cfg.fuse_split_cover else []
+
+
+def _box_cells(depth: DepthProposals, box: Sequence[int]) -> tuple[slice, slice]:
+    """The rows and columns of ``depth``'s grids whose samples lie inside ``box``."""
     x, y, w, h = box
     s, off = depth.stride, depth.offset
     c0, r0 = max((x - off + s - 1) // s, 0), max((y - off + s - 1) // s, 0)
     c1, r1 = (x + w - 1 - off) // s + 1, (y + h - 1 - off) // s + 1
-    cells = depth.height_grid[r0:r1, c0:c1]
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _box_top(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig) -> float:
+    """90th percentile of the heights above the plane (m) of the samples in ``box`` that
+    stand ``min_height_m`` above it (0 when none do)."""
+    cells = depth.height_grid[_box_cells(depth, box)]
     up = cells[np.nan_to_num(cells, nan=-1.0) > cfg.min_height_m]
     return float(np.percentile(up, 90)) if up.size else 0.0
 
