@@ -224,8 +224,10 @@ def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table
 def test_fusion_splits_a_depth_box_into_colour_boxes_of_different_heights():
     import dataclasses
 
-    # two boxes in contact side by side; with the step and crease cuts off, depth joins them
-    joined = dataclasses.replace(DepthProposalConfig(), cut_jump_frac=0.0, crease_m=0.0)
+    # two boxes in contact side by side; with the step, crease and top-view cuts off, depth
+    # joins them
+    joined = dataclasses.replace(DepthProposalConfig(), cut_jump_frac=0.0, crease_m=0.0,
+                                 top_view_bin_m=0.0)
     pair = [(-0.03, 0.0, 0.06, 0.06, 0.08), (0.03, 0.0, 0.06, 0.06, 0.04)]
     depth, truth = render_tabletop(pair)
     found = propose_depth_boxes(depth, K, joined)

@@ -2,8 +2,9 @@
 (``cut_jump_frac``) or a concave crease between objects side by side (``crease_m``) but
 keeps a concave single object (an L, a cup, a bowl) whole, cuts a lower object in front of
 a taller one along a weaker step (``weak_jump_frac``), proposes a small object cut off a
-large one besides it (``small_piece_points``), and the scene renderer's ``contact_prob``
-places objects in contact."""
+large one besides it (``small_piece_points``), cuts a cluster where its height map seen
+from above steps (``top_view_*``), and the scene renderer's ``contact_prob`` places objects
+in contact."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,12 +20,15 @@ from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposal
                                                        crease_radii, load_depth_config,
                                                        propose_depth_boxes)
 
-#: The default settings, the same without the cuts at depth steps and at concave creases
-#: (the old behaviour), and with the cut at depth steps only.
+#: The default settings, the same without any cut (the old behaviour), without the
+#: top-view split (each cut of the image grid on its own), and of those with the cut at
+#: depth steps only, or without the weaker steps.
 NEW = DepthProposalConfig()
-OLD = dataclasses.replace(NEW, cut_jump_frac=0.0, crease_m=0.0, weak_jump_frac=0.0)
-STEPS_ONLY = dataclasses.replace(NEW, crease_m=0.0)
-NO_WEAK = dataclasses.replace(NEW, weak_jump_frac=0.0)
+OLD = dataclasses.replace(NEW, cut_jump_frac=0.0, crease_m=0.0, weak_jump_frac=0.0,
+                          top_view_bin_m=0.0)
+NO_TOP = dataclasses.replace(NEW, top_view_bin_m=0.0)
+STEPS_ONLY = dataclasses.replace(NO_TOP, crease_m=0.0)
+NO_WEAK = dataclasses.replace(NO_TOP, weak_jump_frac=0.0)
 
 #: A tall can-like block in front of a lower, wider box that it touches (b: away from the
 #: camera; the front block's back face is the box's front face, b = 0.03).
@@ -112,7 +116,10 @@ def test_cans_side_by_side_are_cut_at_the_crease_between_them(tilt):
     for cfg in (STEPS_ONLY, OLD):  # the step cut alone keeps them together
         assert _found(depth, truth, cfg)[1] == 1
     # a threshold above the crease's depth keeps them together too
-    assert _found(depth, truth, dataclasses.replace(NEW, crease_m=0.5))[1] == 1
+    assert _found(depth, truth, dataclasses.replace(NO_TOP, crease_m=0.5))[1] == 1
+    # seen from above, the tall can's top stands 8 cm above the low one's: the top-view
+    # split alone cuts them apart
+    assert _found(depth, truth, dataclasses.replace(NEW, crease_m=0.0)) == (2, 2)
 
 
 def test_one_can_is_not_cut():
@@ -126,7 +133,7 @@ def test_pieces_under_split_min_frac_and_points_are_not_cut_off():
     # pieces not proposed on their own either, see the test below)
     depth, truth = render_tabletop(TOUCHING)
     assert _found(depth, truth, NEW) == (2, 2)
-    strict = dataclasses.replace(NEW, split_min_frac=0.9, split_min_points=0,
+    strict = dataclasses.replace(NO_TOP, split_min_frac=0.9, split_min_points=0,
                                  small_piece_points=0)
     assert _found(depth, truth, strict)[1] == 1
     assert _found(depth, truth, dataclasses.replace(strict, split_min_points=300)) == (2, 2)
@@ -140,14 +147,17 @@ def test_a_small_object_against_a_large_one_gets_a_box_of_its_own(small, tilt):
     # a small block in front of a large box that it touches: the step cuts it off, but its
     # piece holds fewer samples than split_min_points, so it stays in the large cluster ...
     depth, truth = render_tabletop([small, (0.0, 0.1, 0.22, 0.16, 0.12)], tilt_deg=tilt)
-    assert _found(depth, truth, dataclasses.replace(NEW, small_piece_points=0)) == (1, 1)
+    assert _found(depth, truth, dataclasses.replace(NO_TOP, small_piece_points=0)) == (1, 1)
     # ... and is proposed besides it (the large box's own box unchanged)
     assert NEW.small_piece_points > 0
-    assert _found(depth, truth, NEW) == (2, 2)
-    larger = propose_depth_boxes(depth, K, dataclasses.replace(NEW, small_piece_points=0))
-    assert larger.boxes[0] in propose_depth_boxes(depth, K, NEW).boxes
+    assert _found(depth, truth, NO_TOP) == (2, 2)
+    larger = propose_depth_boxes(depth, K, dataclasses.replace(NO_TOP, small_piece_points=0))
+    assert larger.boxes[0] in propose_depth_boxes(depth, K, NO_TOP).boxes
     # a piece under small_piece_points is not
-    assert _found(depth, truth, dataclasses.replace(NEW, small_piece_points=10_000))[1] == 1
+    assert _found(depth, truth, dataclasses.replace(NO_TOP, small_piece_points=10_000))[1] == 1
+    # seen from above the large box stands 7-9 cm above the small block beside it: the
+    # top-view split cuts the block off the cluster too; one box each, no duplicate
+    assert _found(depth, truth, NEW) == (2, 2)
 
 
 def grooved_blocks(tilt_deg: float, groove_m: float, half_px: float, period_px: int = 0

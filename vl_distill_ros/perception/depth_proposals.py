@@ -30,11 +30,15 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    side, stay apart when each holds ``split_min_frac`` of the cluster or
    ``split_min_points`` samples. Each piece is then also cut along weaker steps
    (``weak_jump_frac``) where the lower of two touching pieces is the nearer one (an
-   object in front of a taller one; not a cavity's floor behind its rim).
+   object in front of a taller one; not a cavity's floor behind its rim). Last, each
+   cluster seen from above as a height map on the plane is cut where the map steps
+   (``top_view_*``, :mod:`.top_view`: a low object against a taller one) into pieces of
+   clearly different heights.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
-   the height band), are projected to a box in the colour image, padded by one grid step.
+   the height band), are projected to a box in the colour image, padded by one grid step;
+   a box overlapping a larger one by :data:`DUPLICATE_IOU` is dropped (one object's box).
 
 :func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
 and splits a depth box into the colour boxes inside it where those stand at clearly different
@@ -54,6 +58,7 @@ import numpy as np
 
 from .depth_registration import DepthRegistration, shift_depth
 from .proposals import Box, box_iou, sanitize_boxes
+from .top_view import split_top_view
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
@@ -205,6 +210,18 @@ class DepthProposalConfig:
     fuse_split_height_m: float = 0.015
     fuse_split_height_frac: float = 0.25
     fuse_split_cover: float = 0.6
+    #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
+    #: of bins this size on the plane (m), is cut where the map steps by more than
+    #: ``top_view_step_m`` (a low object against a taller one; the walls of the taller one
+    #: fall onto its outline from above); pieces hold ``split_min_frac`` of the cluster or
+    #: ``top_view_min_points`` samples, and touching pieces whose tops differ by less than
+    #: ``top_view_tops_m`` or ``top_view_tops_frac`` of the taller join again (one
+    #: object's parts stand at about one height). 0: off.
+    top_view_bin_m: float = 0.008
+    top_view_step_m: float = 0.015
+    top_view_min_points: int = 80
+    top_view_tops_m: float = 0.015
+    top_view_tops_frac: float = 0.25
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
@@ -225,7 +242,10 @@ class DepthProposalConfig:
             raise DepthError("need 0 <= min_size_m < max_size_m")
         if not 1 <= int(self.close_cells) <= 15:
             raise DepthError(f"close_cells must be in [1, 15], got {self.close_cells}")
-        for name in ("split_min_points", "small_piece_points"):
+        if not (float(self.top_view_bin_m) == 0.0 or 0.002 <= float(self.top_view_bin_m) <= 0.1):
+            raise DepthError(f"top_view_bin_m must be 0 (off) or in [0.002, 0.1], got "
+                             f"{self.top_view_bin_m}")
+        for name in ("split_min_points", "small_piece_points", "top_view_min_points"):
             if not 0 <= int(getattr(self, name)) <= 1_000_000:
                 raise DepthError(f"{name} must be in [0, 1000000], got "
                                  f"{getattr(self, name)}")
@@ -246,7 +266,8 @@ class DepthProposalConfig:
                      "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
                      "fuse_flat_height_m", "split_min_frac", "cut_jump_frac", "crease_m",
                      "weak_jump_frac",
-                     "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover"):
+                     "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
+                     "top_view_step_m", "top_view_tops_m", "top_view_tops_frac"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -477,6 +498,9 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     edges = _ColourEdges(colour, cloud.z.shape, cfg) \
         if colour is not None and int(cfg.crease_colour_cells) > 1 else None
     clusters = _grid_clusters(cloud, above, cfg, edges, out.height_grid)
+    if cfg.top_view_bin_m > 0:  # ... and where a cluster's height map steps, seen from above
+        clusters = [piece for c in clusters
+                    for piece in split_top_view(c, cloud.points, height, n, cfg)]
     out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
                                               cfg)
     return out
@@ -757,13 +781,18 @@ def _small_pieces(cut: np.ndarray, own: np.ndarray,
     return [labels == j for j in keep]
 
 
+#: :func:`boxes_from_clusters`: a box overlapping a larger one by this IoU is the same
+#: object's (dropped).
+DUPLICATE_IOU = 0.7
+
+
 def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
                         height: np.ndarray, normal: np.ndarray, k: CameraIntrinsics,
                         cfg: DepthProposalConfig) -> tuple[list[Box], list[float]]:
     """Size-filtered clusters (index arrays into ``points``) -> colour boxes, largest first
-    (at most ``max_count``), and the height of each cluster's top above the plane. A
-    cluster's samples and their feet on the plane are projected; boxes are padded by one
-    grid step."""
+    (at most ``max_count``, none overlapping a larger one by :data:`DUPLICATE_IOU`), and the
+    height of each cluster's top above the plane. A cluster's samples and their feet on the
+    plane are projected; boxes are padded by one grid step."""
     boxes: list[tuple[Box, float]] = []
     s = int(cfg.stride)
     for sel in clusters:
@@ -782,7 +811,12 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
         for box in sanitize_boxes([[x0, y0, x1 - x0, y1 - y0]], k.width, k.height, 4):
             boxes.append((box, top))
     boxes.sort(key=lambda bt: bt[0][2] * bt[0][3], reverse=True)
-    kept = boxes[:int(cfg.max_count)]
+    kept: list[tuple[Box, float]] = []
+    for box, top in boxes:   # one box per object: a small piece proposed besides its
+        # cluster and the same piece split off it seen from above give about one box
+        if len(kept) < int(cfg.max_count) and \
+                all(box_iou(box, b) < DUPLICATE_IOU for b, _ in kept):
+            kept.append((box, top))
     return [b for b, _ in kept], [t for _, t in kept]
 
 

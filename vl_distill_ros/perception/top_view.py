@@ -1,0 +1,162 @@
+"""The top-view split of depth clusters (ROS-free): a cluster seen from above the support
+plane, as a height map, is cut where its height steps up or down.
+
+Seen from the camera, a low object standing against a taller one (a golf ball at a box, a
+knife lying along a can, a lemon beside a bottle) meets it along a surface without a depth
+step or crease large enough to cut (:mod:`.depth_proposals`: those scale with depth to stay
+above sensor noise). Seen from above, the taller object's walls fall onto the outline of
+its footprint and its top stands well above the low object's top next to it: a step of
+centimetres between neighbouring cells of the height map, whatever the distance to the
+camera. This is the orthographic height map of tabletop grasping stacks.
+
+:func:`split_top_view` bins a cluster's samples on the plane (``top_view_bin_m``), keeps
+each bin's highest sample, and cuts the bins whose 3x3 neighbourhood spans more than
+``top_view_step_m``. The pieces that hold enough samples (``split_min_frac`` of the cluster
+or ``top_view_min_points``) split it; every bin goes to its nearest piece, and touching
+pieces whose tops are alike (by less than ``top_view_tops_m`` or ``top_view_tops_frac`` of
+the taller) join again: the parts of one object (a can's rim and lid, a drill's handle and
+body) stand at about one height.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+
+class TopViewSettings(Protocol):
+    """The settings :func:`split_top_view` reads (those of ``DepthProposalConfig``)."""
+
+    top_view_bin_m: float
+    top_view_step_m: float
+    top_view_min_points: int
+    top_view_tops_m: float
+    top_view_tops_frac: float
+    split_min_frac: float
+    min_cluster_points: int
+
+
+#: The 8-neighbourhood (3x3).
+_K3 = np.ones((3, 3), np.uint8)
+#: Most bins along a side of a cluster's height map (a cluster wider than this many bins is
+#: left whole: far larger than ``max_size_m``, it is dropped later anyway).
+MAX_BINS = 256
+
+
+def plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two orthonormal vectors spanning the plane whose normal is ``normal``."""
+    n = np.asarray(normal, np.float64)
+    n = n / np.linalg.norm(n)
+    ref = np.array([1.0, 0.0, 0.0]) if abs(n[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = np.cross(n, ref)
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(n, e1)
+
+
+def height_map(points: np.ndarray, heights: np.ndarray, normal: np.ndarray, bin_m: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(hmap, rows, cols)``: the highest of ``heights`` per ``bin_m`` bin of the plane
+    (-1 where no sample falls; a one-bin margin all round) and each sample's bin; ``None``
+    when the map would exceed :data:`MAX_BINS` a side."""
+    e1, e2 = plane_basis(normal)
+    pts = np.asarray(points, np.float64)
+    a, b = pts @ e1, pts @ e2
+    cols = ((a - a.min()) / bin_m).astype(np.int64) + 1
+    rows = ((b - b.min()) / bin_m).astype(np.int64) + 1
+    shape = (int(rows.max()) + 2, int(cols.max()) + 2)
+    if max(shape) > MAX_BINS:
+        return None
+    hmap = np.full(shape, -1.0, np.float32)
+    np.maximum.at(hmap, (rows, cols), np.asarray(heights, np.float32))
+    return hmap, rows, cols
+
+
+def step_bins(hmap: np.ndarray, step_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(occupied, step)``: the bins of ``hmap`` with a sample or between two such (a gap
+    of one bin), and those of them whose 3x3 neighbourhood spans more than ``step_m``."""
+    occ = hmap >= 0
+    occupied = cv2.morphologyEx(occ.view(np.uint8), cv2.MORPH_CLOSE, _K3).view(bool)
+    filled = np.where(occ, hmap, cv2.dilate(hmap, _K3))   # a gap takes its highest neighbour
+    high = np.where(occupied, filled, np.float32(-1.0))
+    low = np.where(occupied, filled, np.float32(1e3))
+    span = cv2.dilate(high, _K3) - cv2.erode(low, _K3)
+    return occupied, occupied & (span > step_m)
+
+
+def _nearest_piece(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Each bin's nearest bin of the pieces ``keep`` (label ids of ``labels``): its label."""
+    seed = np.isin(labels, keep)
+    seeds = np.full((labels.shape[0] + 2, labels.shape[1] + 2), 255, np.uint8)
+    seeds[1:-1, 1:-1][seed] = 0
+    _, nearest = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 3,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+    owner = np.concatenate([np.zeros(1, labels.dtype), labels[seed]])
+    return np.take(owner, nearest[1:-1, 1:-1])
+
+
+def _join_alike(piece: np.ndarray, ids: np.ndarray, tops: dict[int, float],
+                cfg: TopViewSettings) -> list[list[int]]:
+    """Groups of the piece ``ids`` (labels of the map ``piece``): touching pieces whose tops
+    differ by less than ``top_view_tops_m`` or ``top_view_tops_frac`` of the taller are
+    one group."""
+    group = {int(i): int(i) for i in ids}
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for n, i in enumerate(ids):
+        near = cv2.dilate((piece == i).view(np.uint8), _K3).view(bool)
+        for j in ids[n + 1:]:
+            hi, lo = max(tops[i], tops[j]), min(tops[i], tops[j])
+            alike = hi - lo < cfg.top_view_tops_m or hi - lo < cfg.top_view_tops_frac * hi
+            if alike and np.any(near & (piece == j)):
+                group[root(int(j))] = root(int(i))
+    out: dict[int, list[int]] = {}
+    for i in ids:
+        out.setdefault(root(int(i)), []).append(int(i))
+    return list(out.values())
+
+
+def split_top_view(cluster: np.ndarray, points: np.ndarray, heights: np.ndarray,
+                   normal: np.ndarray, cfg: TopViewSettings) -> list[np.ndarray]:
+    """The pieces (index arrays into ``points``) of one ``cluster`` (an index array) cut
+    where its height map steps (see the module docstring), or ``[cluster]``.
+
+    Args:
+        cluster: indices of the cluster's samples in ``points`` / ``heights``.
+        points: ``(N, 3)`` camera-frame points of the frame's samples (m).
+        heights: their heights above the support plane (m).
+        normal: the plane's unit normal (camera frame).
+        cfg: the depth proposer's settings (``top_view_*``, ``split_min_frac``,
+            ``min_cluster_points``).
+    """
+    least = max(int(cfg.top_view_min_points), int(cfg.min_cluster_points))
+    if cfg.top_view_bin_m <= 0 or len(cluster) < 2 * least:
+        return [cluster]     # too few samples for two pieces
+    need = max(float(cfg.split_min_frac) * len(cluster), float(cfg.min_cluster_points))
+    if cfg.top_view_min_points > 0:
+        need = min(need, float(least))
+    h = heights[cluster]
+    found = height_map(points[cluster], h, normal, float(cfg.top_view_bin_m))
+    if found is None:
+        return [cluster]
+    hmap, rows, cols = found
+    occupied, step = step_bins(hmap, float(cfg.top_view_step_m))
+    _, labels = cv2.connectedComponents((occupied & ~step).view(np.uint8), connectivity=4)
+    own = labels[rows, cols]
+    count = np.bincount(own, minlength=int(labels.max()) + 1)
+    count[0] = 0
+    big = np.flatnonzero(count >= need)
+    if len(big) < 2:
+        return [cluster]
+    piece = _nearest_piece(labels, big)
+    sample_piece = piece[rows, cols]
+    tops = {int(i): float(np.percentile(h[sample_piece == i], 90))
+            if np.any(sample_piece == i) else 0.0 for i in big}
+    groups = _join_alike(piece, big, tops, cfg)
+    if len(groups) < 2:
+        return [cluster]
+    return [cluster[np.isin(sample_piece, g)] for g in groups]
