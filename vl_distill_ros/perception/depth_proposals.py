@@ -58,7 +58,7 @@ import numpy as np
 
 from .depth_registration import DepthRegistration, shift_depth
 from .proposals import Box, box_iou, sanitize_boxes
-from .top_view import split_top_view
+from .top_view import nearest_label, split_top_view
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
@@ -742,14 +742,9 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
     ids = np.unique(labels[seed])
     if len(ids) < 2:
         return None
-    seeds = np.full((comp.shape[0] + 2, comp.shape[1] + 2), 255, np.uint8)
-    seeds[1:-1, 1:-1][seed] = 0
-    # every cell goes to its nearest seed cell's piece (labels per seed cell, numbered in
-    # row-major order: a piece whose interior falls into several blobs keeps all of them)
-    _, nearest = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 3,
-                                                 labelType=cv2.DIST_LABEL_PIXEL)
-    owner = np.concatenate([np.zeros(1, labels.dtype), labels[seed]])
-    piece = np.take(owner, nearest[1:-1, 1:-1])
+    # every cell goes to its nearest seed cell's piece (a piece whose interior falls into
+    # several blobs keeps all of them)
+    piece = nearest_label(labels, seed)
     return [comp & (piece == k) for k in ids]
 
 

@@ -84,9 +84,10 @@ def step_bins(hmap: np.ndarray, step_m: float) -> tuple[np.ndarray, np.ndarray]:
     return occupied, occupied & (span > step_m)
 
 
-def _nearest_piece(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Each bin's nearest bin of the pieces ``keep`` (label ids of ``labels``): its label."""
-    seed = np.isin(labels, keep)
+def nearest_label(labels: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Per cell of the grid ``labels``: the label of its nearest ``seed`` cell (L2; a piece
+    whose seed cells fall into several blobs keeps all of them). ``seed`` must hold at
+    least one cell."""
     seeds = np.full((labels.shape[0] + 2, labels.shape[1] + 2), 255, np.uint8)
     seeds[1:-1, 1:-1][seed] = 0
     _, nearest = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 3,
@@ -97,9 +98,9 @@ def _nearest_piece(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def _join_alike(piece: np.ndarray, ids: np.ndarray, tops: dict[int, float],
                 cfg: TopViewSettings) -> list[list[int]]:
-    """Groups of the piece ``ids`` (labels of the map ``piece``): touching pieces whose tops
-    differ by less than ``top_view_tops_m`` or ``top_view_tops_frac`` of the taller are
-    one group."""
+    """Groups of the piece ``ids`` (labels of the map ``piece``, where every bin has its
+    nearest piece's): pieces whose regions of the map touch and whose tops differ by less
+    than ``top_view_tops_m`` or ``top_view_tops_frac`` of the taller are one group."""
     group = {int(i): int(i) for i in ids}
 
     def root(i: int) -> int:
@@ -152,7 +153,7 @@ def split_top_view(cluster: np.ndarray, points: np.ndarray, heights: np.ndarray,
     big = np.flatnonzero(count >= need)
     if len(big) < 2:
         return [cluster]
-    piece = _nearest_piece(labels, big)
+    piece = nearest_label(labels, np.isin(labels, big))   # every bin to its nearest piece
     sample_piece = piece[rows, cols]
     tops = {int(i): float(np.percentile(h[sample_piece == i], 90))
             if np.any(sample_piece == i) else 0.0 for i in big}
