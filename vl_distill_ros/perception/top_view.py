@@ -19,6 +19,7 @@ body) stand at about one height.
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import cv2
@@ -46,12 +47,15 @@ MAX_BINS = 256
 
 def plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two orthonormal vectors spanning the plane whose normal is ``normal``."""
-    n = np.asarray(normal, np.float64)
-    n = n / np.linalg.norm(n)
-    ref = np.array([1.0, 0.0, 0.0]) if abs(n[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    e1 = np.cross(n, ref)
-    e1 /= np.linalg.norm(e1)
-    return e1, np.cross(n, e1)
+    x, y, z = (float(v) for v in normal)
+    norm = math.sqrt(x * x + y * y + z * z)
+    x, y, z = x / norm, y / norm, z / norm
+    # n x (1, 0, 0), or n x (0, 1, 0) when n is near the x axis (np.cross is slow on 3-vectors)
+    a = (0.0, z, -y) if abs(x) < 0.9 else (-z, 0.0, x)
+    la = math.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
+    e1 = (a[0] / la, a[1] / la, a[2] / la)
+    e2 = (y * e1[2] - z * e1[1], z * e1[0] - x * e1[2], x * e1[1] - y * e1[0])
+    return np.array(e1), np.array(e2)
 
 
 def height_map(points: np.ndarray, heights: np.ndarray, normal: np.ndarray, bin_m: float
