@@ -95,3 +95,21 @@ def test_top_view_settings_are_validated():
                 {"top_view_tops_frac": 1.5}):
         with pytest.raises(DepthError, match="top_view"):
             DepthProposalConfig(**bad)
+
+
+def test_boxes_of_one_object_twice_are_one_box():
+    # the same cluster twice (a small piece proposed beside its cluster and the same piece
+    # cut off by the top view): one box; a cluster half its size stays a box of its own
+    from test_depth import K
+
+    from vl_distill_ros.perception.depth_proposals import boxes_from_clusters
+
+    points, heights, (block,) = blocks((-0.05, -0.05, 0.1, 0.1, 0.05))
+    normal = NORMAL.astype(np.float32)
+    half = block[points[block, 0] < 0.0]
+    boxes, tops = boxes_from_clusters([block, block.copy(), half], points, heights, normal,
+                                      K, CFG)
+    assert len(boxes) == 2 and len(tops) == 2
+    boxes, _ = boxes_from_clusters([block, half], points, heights, normal, K,
+                                   dataclasses.replace(CFG, max_count=1))
+    assert len(boxes) == 1

@@ -809,8 +809,9 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
     kept: list[tuple[Box, float]] = []
     for box, top in boxes:   # one box per object: a small piece proposed besides its
         # cluster and the same piece split off it seen from above give about one box
-        if len(kept) < int(cfg.max_count) and \
-                all(box_iou(box, b) < DUPLICATE_IOU for b, _ in kept):
+        if len(kept) >= int(cfg.max_count):
+            break
+        if all(box_iou(box, b) < DUPLICATE_IOU for b, _ in kept):
             kept.append((box, top))
     return [b for b, _ in kept], [t for _, t in kept]
 
