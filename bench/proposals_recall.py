@@ -30,10 +30,15 @@ recall and false positives per frame on these crops, and the recall of the ``cut
 objects less than 30% in view are left out of the truth). With ``--depth`` the crops are
 scored with depth too (depth cropped alike, the principal point moved).
 
+``--dark-holes L`` (with ``--depth``) zeroes the depth wherever the colour image's Lab
+lightness is under ``L`` (0-255): infrared depth sensors return nothing on black plastic and
+dark paint, which the renderer's noise model does not do.
+
     .venv/bin/python bench/proposals_recall.py                   # demo/sample_tabletop
     .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.1
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --cut-border
+    .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --dark-holes 40
 """
 from __future__ import annotations
 
@@ -231,10 +236,11 @@ def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) 
 
 
 def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
-                     shift: tuple[int, int] = (0, 0)) -> list[tuple]:
+                     shift: tuple[int, int] = (0, 0), dark_below: float = 0.0) -> list[tuple]:
     """``(RGB image, truth, depth m, CameraIntrinsics)`` of every frame with ground truth
     and depth (paired as ``replay-eval`` pairs them), the depth moved by ``shift`` pixels
-    (right, down; a registration error)."""
+    (right, down; a registration error) and, with ``dark_below`` > 0, zeroed where the
+    colour image's Lab lightness (0-255) is under it (:func:`dark_holes`)."""
     from vl_distill_ros.bags.bag_io import read_camera_bag
     from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
     from vl_distill_ros.perception.depth_registration import shift_depth
@@ -246,11 +252,25 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
         if objs is None or msg.depth is None or msg.camera_info is None:
             continue
         depth = shift_depth(msg.depth, *shift) if any(shift) else msg.depth
+        if dark_below > 0:
+            depth = dark_holes(msg.image, depth, dark_below)
         frames.append((msg.image, [(*o.bbox, o.label) for o in objs], depth,
                        CameraIntrinsics(*msg.camera_info)))
         if max_frames and len(frames) >= max_frames:
             break
     return frames
+
+
+def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray:
+    """``depth`` with no measurement (0) where ``image`` is dark: its Lab lightness (0-255)
+    under ``below``, opened with a 3x3 square (infrared depth sensors lose black plastic
+    and dark paint)."""
+    import cv2
+
+    lightness = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2Lab)[..., 0]
+    dark = cv2.morphologyEx((lightness < below).astype(np.uint8), cv2.MORPH_OPEN,
+                            np.ones((3, 3), np.uint8)) > 0
+    return np.where(dark, np.float32(0.0), depth).astype(np.float32)
 
 
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
@@ -357,7 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--depth-shift", default="0,0", metavar="DX,DY",
                     help="with --depth: move the depth DX pixels right and DY down first (a "
                          "registration error between depth and colour; default: 0,0)")
+    ap.add_argument("--dark-holes", type=float, default=0.0, metavar="L",
+                    help="with --depth: no depth where the colour image's Lab lightness "
+                         "(0-255) is under L, as infrared sensors lose black objects "
+                         "(default: 0, off)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.dark_holes <= 255.0:
+        ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
     parts = args.depth_shift.split(",")
     if len(parts) != 2 or not all(v.strip().lstrip("-").isdigit() for v in parts):
         ap.error(f"--depth-shift must be DX,DY in pixels, got {args.depth_shift!r}")
@@ -401,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cut_border and not args.depth:
             cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
         if args.depth:
-            rgbd_frames = load_rgbd_frames(bag, args.max_frames, shift)
+            rgbd_frames = load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes)
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
@@ -420,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "all": total.summary(not args.no_labels),
         "bags": per_bag,
         **({"depth": {"config": dataclasses.asdict(depth_cfg), "shift_px": list(shift),
+                      "dark_holes_below": args.dark_holes,
                       "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()},
                       "bags": depth_bags}} if args.depth else {}),
         **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,

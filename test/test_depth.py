@@ -4,6 +4,7 @@ offline replay with depth. Scenes are synthetic (an analytic tilted table with b
 objects), so no YCB models are needed; rendered RGB-D bags are tested in test_scene_bag.py."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -219,6 +220,30 @@ def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table
     # without a plane: colour alone, capped
     none = propose_depth_boxes(np.zeros((480, 640), np.float32), K, cfg)
     assert fuse_proposals(none, colour, cfg, 2) == colour[:2]
+
+
+def test_fusion_joins_an_object_cut_by_holes_in_its_depth():
+    # a tall box whose middle returns no depth (a black band, as infrared sensors see black
+    # plastic): depth gives two pieces; the colour box of the whole object, half of it
+    # without depth, replaces them
+    depth, (whole,) = render_tabletop([(0.0, 0.0, 0.16, 0.06, 0.12)])
+    x, y, w, h = whole
+    holey = depth.copy()
+    holey[y:y + h, x + w // 4:x + 3 * w // 4] = 0.0
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(holey, K, cfg)
+    assert len(found.boxes) == 2 and _matched([whole], found.boxes) == 0
+    assert fuse_proposals(found, [whole], cfg, max_count=10) == [whole]
+    off = dataclasses.replace(cfg, fuse_holes_frac=0.0)
+    assert fuse_proposals(found, [whole], off, max_count=10) == found.boxes
+    # under fuse_holes_frac of the box without depth, the pieces stay (two objects that one
+    # colour box covers have depth nearly all over)
+    assert fuse_proposals(found, [whole], dataclasses.replace(cfg, fuse_holes_frac=0.9),
+                          max_count=10) == found.boxes
+    # a single depth box inside a colour box without depth is not replaced
+    one = propose_depth_boxes(depth, K, cfg)
+    assert len(one.boxes) == 1
+    assert fuse_proposals(one, [whole], cfg, max_count=10) == one.boxes
 
 
 def test_fusion_splits_a_depth_box_into_colour_boxes_of_different_heights():

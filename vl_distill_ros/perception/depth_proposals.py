@@ -199,6 +199,10 @@ class DepthProposalConfig:
     #: depth sees only the thicker parts of a flat object (a fork's head, a knife's handle).
     fuse_containment: float = 0.7
     fuse_flat_height_m: float = 0.04
+    #: ... or when two or more lie inside it and at least this fraction of its samples have
+    #: no usable depth: one object cut into pieces by holes in its depth (black plastic or
+    #: shiny metal, which infrared sensors do not see). 0: off.
+    fuse_holes_frac: float = 0.4
     #: A depth box is replaced by the colour boxes inside it (each lying
     #: :data:`SPLIT_CONTAINMENT` inside it, all under :data:`SPLIT_MAX_AREA` of its area,
     #: overlapping each other by at most :data:`SPLIT_MAX_OVERLAP` of the smaller) when two
@@ -264,7 +268,8 @@ class DepthProposalConfig:
                 raise DepthError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("min_plane_frac", "min_valid_frac", "fuse_min_valid_frac",
                      "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
-                     "fuse_flat_height_m", "split_min_frac", "cut_jump_frac", "crease_m",
+                     "fuse_flat_height_m", "fuse_holes_frac", "split_min_frac",
+                     "cut_jump_frac", "crease_m",
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac"):
@@ -821,9 +826,12 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     """Depth boxes first, then the colour boxes that depth does not contradict: each one
     overlapping no depth box by more than ``fuse_max_iou`` and either mostly without valid
     depth (a hole, a reflective or black object, out of range) or standing partly above the
-    plane (a flat object, see :class:`DepthProposalConfig`); at most ``max_count``. A depth
-    box whose colour boxes inside it stand at different heights is replaced by them first
-    (:func:`split_by_colour`). Without a support plane the colour boxes alone."""
+    plane (a flat object, see :class:`DepthProposalConfig`); at most ``max_count``. A colour
+    box replaces the depth boxes inside it when they are all low (the thick parts of a flat
+    object) or when two or more of them lie in a box largely without depth (one object cut
+    by holes, ``fuse_holes_frac``). A depth box whose colour boxes inside it stand at
+    different heights is replaced by them first (:func:`split_by_colour`). Without a
+    support plane the colour boxes alone."""
     if depth.plane is None or depth.height_grid is None:
         return list(colour_boxes)[:max_count]
     out, tops = split_by_colour(depth, colour_boxes, cfg)
@@ -832,7 +840,8 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     raised = np.nan_to_num(grid, nan=-1.0) > cfg.fuse_raised_m + allowance
     for box in colour_boxes:
         inside = [i for i, b in enumerate(out) if _containment(b, box) >= cfg.fuse_containment]
-        if inside and all(tops[i] <= cfg.fuse_flat_height_m for i in inside) and not any(
+        if inside and (all(tops[i] <= cfg.fuse_flat_height_m for i in inside)
+                       or _holey(depth, box, inside, cfg)) and not any(
                 box_iou(box, b) > cfg.fuse_max_iou for i, b in enumerate(out)
                 if i not in inside):
             out = [b for i, b in enumerate(out) if i not in inside] + [box]
@@ -851,6 +860,18 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
             out.append(box)
             tops.append(np.inf)
     return out[:max_count]
+
+
+def _holey(depth: DepthProposals, box: Box, inside: Sequence[int],
+           cfg: DepthProposalConfig) -> bool:
+    """Whether the colour ``box`` holds two or more depth boxes (``inside``) and at least
+    ``fuse_holes_frac`` of its grid samples have no usable depth: one object that holes in
+    its depth (black or shiny parts) cut into pieces."""
+    if cfg.fuse_holes_frac <= 0 or len(inside) < 2 or depth.height_grid is None:
+        return False
+    cells = depth.height_grid[_box_cells(depth, box)]
+    return cells.size > 0 and \
+        np.count_nonzero(np.isnan(cells)) >= cfg.fuse_holes_frac * cells.size
 
 
 #: :func:`split_by_colour`: a colour box lies at least this fraction of its area inside the
