@@ -7,7 +7,9 @@ and the same size filter and projection
 (:func:`~vl_distill_ros.perception.depth_proposals.boxes_from_clusters`):
 
 * ``numpy``: :func:`~vl_distill_ros.perception.depth_proposals.fit_plane_ransac` and
-  connected components on the sample grid (what ``propose_depth_boxes`` does);
+  :func:`~vl_distill_ros.perception.depth_proposals.object_clusters` (connected components
+  on the sample grid and their cuts: what ``propose_depth_boxes`` does, without the colour
+  image);
 * ``open3d``: ``PointCloud.segment_plane`` (RANSAC, same iterations, the inlier distance at
   the median depth) and ``cluster_dbscan`` (``eps`` = the grid spacing at the median depth
   times ``--eps-cells``, ``min_points`` = ``min_cluster_points``) on the points in the
@@ -43,9 +45,8 @@ def _numpy_backend(cloud, k, cfg):
         return []
     n, d, _ = fit
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
-    low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
-    above = (height > low) & (height < cfg.max_height_m)
-    clusters = dp._grid_clusters(cloud, above, cfg, None, cloud.scatter(height, np.nan, np.float32))
+    clusters = dp.object_clusters(cloud, height, cloud.scatter(height, np.nan, np.float32), n,
+                                  cfg)
     return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg)[0]
 
 

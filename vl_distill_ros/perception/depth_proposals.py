@@ -58,12 +58,12 @@ import numpy as np
 
 from .depth_registration import DepthRegistration, shift_depth
 from .proposals import Box, box_iou, sanitize_boxes
-from .top_view import nearest_label, split_top_view
+from .top_view import nearest_label, piece_need, split_top_view
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
-           "load_depth_config", "fit_plane_ransac", "boxes_from_clusters", "crease_radii",
-           "split_by_colour"]
+           "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
+           "crease_radii", "split_by_colour"]
 
 
 class DepthError(ValueError):
@@ -498,17 +498,29 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
     out.height_grid = cloud.scatter(height, np.nan, np.float32)
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
-    low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
-    above = (height > low) & (height < cfg.max_height_m)
     edges = _ColourEdges(colour, cloud.z.shape, cfg) \
         if colour is not None and int(cfg.crease_colour_cells) > 1 else None
-    clusters = _grid_clusters(cloud, above, cfg, edges, out.height_grid)
-    if cfg.top_view_bin_m > 0:  # ... and where a cluster's height map steps, seen from above
-        clusters = [piece for c in clusters
-                    for piece in split_top_view(c, cloud.points, height, n, cfg)]
+    clusters = object_clusters(cloud, height, out.height_grid, n, cfg, edges)
     out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
                                               cfg)
     return out
+
+
+def object_clusters(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,
+                    normal: np.ndarray, cfg: DepthProposalConfig,
+                    edges: _ColourEdges | None = None) -> list[np.ndarray]:
+    """Step 3 of the module docstring: index arrays (into ``cloud``) of the objects on the
+    plane whose unit ``normal`` gives each sample its ``height`` (and ``height_grid``, the
+    same on the sample grid): the samples in the height band, grouped on the grid and cut
+    at steps, creases (closed along the colour ``edges`` when given) and weaker steps in
+    front, then where each group's height map steps seen from above (``top_view_*``)."""
+    low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
+    above = (height > low) & (height < cfg.max_height_m)
+    clusters = _grid_clusters(cloud, above, cfg, edges, height_grid)
+    if cfg.top_view_bin_m > 0:
+        clusters = [piece for c in clusters
+                    for piece in split_top_view(c, cloud.points, height, normal, cfg)]
+    return clusters
 
 
 #: The 4-neighbourhood (a 3x3 cross).
@@ -765,11 +777,8 @@ def _pieces(cut: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _split_need(own: np.ndarray, cfg: DepthProposalConfig) -> float:
     """The samples a piece must hold to split a cluster of ``own`` samples off (see
     ``split_min_frac`` and ``split_min_points``)."""
-    need = max(float(cfg.split_min_frac) * float(np.count_nonzero(own)),
-               float(cfg.min_cluster_points))
-    if cfg.split_min_points > 0:
-        need = min(need, float(max(cfg.split_min_points, cfg.min_cluster_points)))
-    return need
+    return piece_need(int(np.count_nonzero(own)), cfg.split_min_frac,
+                      int(cfg.split_min_points), int(cfg.min_cluster_points))
 
 
 def _small_pieces(cut: np.ndarray, own: np.ndarray,

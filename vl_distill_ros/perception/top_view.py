@@ -88,6 +88,15 @@ def step_bins(hmap: np.ndarray, step_m: float) -> tuple[np.ndarray, np.ndarray]:
     return occupied, occupied & (span > step_m)
 
 
+def piece_need(samples: int, frac: float, min_points: int, min_cluster_points: int) -> float:
+    """The samples a piece must hold to split a cluster of ``samples`` off: ``frac`` of them
+    or else ``min_points`` (0: the fraction only), never under ``min_cluster_points``."""
+    need = max(float(frac) * float(samples), float(min_cluster_points))
+    if min_points > 0:
+        need = min(need, float(max(min_points, min_cluster_points)))
+    return need
+
+
 def nearest_label(labels: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """Per cell of the grid ``labels``: the label of its nearest ``seed`` cell (L2; a piece
     whose seed cells fall into several blobs keeps all of them). ``seed`` must hold at
@@ -141,9 +150,8 @@ def split_top_view(cluster: np.ndarray, points: np.ndarray, heights: np.ndarray,
     least = max(int(cfg.top_view_min_points), int(cfg.min_cluster_points))
     if cfg.top_view_bin_m <= 0 or len(cluster) < 2 * least:
         return [cluster]     # too few samples for two pieces
-    need = max(float(cfg.split_min_frac) * len(cluster), float(cfg.min_cluster_points))
-    if cfg.top_view_min_points > 0:
-        need = min(need, float(least))
+    need = piece_need(len(cluster), cfg.split_min_frac, int(cfg.top_view_min_points),
+                      int(cfg.min_cluster_points))
     h = heights[cluster]
     found = height_map(points[cluster], h, normal, float(cfg.top_view_bin_m))
     if found is None:
