@@ -3,8 +3,9 @@
 
 Both backends get the same downsampled, filtered cloud of each frame
 (:func:`vl_distill_ros.perception.depth_proposals.depth_cloud`, every ``stride``-th pixel)
-and the same size filter and projection
-(:func:`~vl_distill_ros.perception.depth_proposals.boxes_from_clusters`):
+and the same size and noise filters and projection
+(:func:`~vl_distill_ros.perception.depth_proposals.boxes_from_clusters`, with the noise
+measured below each backend's plane):
 
 * ``numpy``: :func:`~vl_distill_ros.perception.depth_proposals.fit_plane_ransac` and
   :func:`~vl_distill_ros.perception.depth_proposals.object_clusters` (connected components
@@ -47,7 +48,8 @@ def _numpy_backend(cloud, k, cfg):
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
     clusters = dp.object_clusters(cloud, height, cloud.scatter(height, np.nan, np.float32), n,
                                   cfg)
-    return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg)[0]
+    noise = dp.DepthNoiseEstimate.measure(height, cloud.points[:, 2])
+    return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg, noise)[0]
 
 
 def _open3d_backend(o3d, cloud, k, cfg, eps_cells: float):
@@ -74,7 +76,8 @@ def _open3d_backend(o3d, cloud, k, cfg, eps_cells: float):
     labels = np.asarray(sub.cluster_dbscan(eps=eps, min_points=int(cfg.min_cluster_points)))
     clusters = [above[labels == i] for i in range(int(labels.max()) + 1)] if labels.size else []
     clusters = [c for c in clusters if c.size >= cfg.min_cluster_points]
-    return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg)[0]
+    noise = dp.DepthNoiseEstimate.measure(height, pts[:, 2])
+    return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg, noise)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -407,6 +407,61 @@ def test_noise_model_is_seeded_and_realistic():
     assert apply_depth_noise(np.full((8, 8), 9.0, np.float32), np.random.default_rng(0)).max() == 0
 
 
+#: Axial noise alone, 3 mm at every depth (no steps, flying pixels, shadows or holes).
+PLAIN_3MM = DepthNoise(axial_sigma_m=0.003, axial_sigma_quadratic=0.0, quant_per_m2=0.0,
+                       flying_prob=0.0, shadow_px=0, hole_frac=0.0)
+
+
+@pytest.mark.parametrize("correlation_px", [0.0, 4.0])
+def test_correlated_noise_keeps_its_sigma_and_correlates_neighbours(correlation_px):
+    flat = np.full((240, 320), 1.0, np.float32)
+    err = apply_depth_noise(flat, np.random.default_rng(3), dataclasses.replace(
+        PLAIN_3MM, correlation_px=correlation_px)) - flat
+    assert float(err.std()) == pytest.approx(0.003, rel=0.05)
+    neighbours = float(np.corrcoef(err[:, :-1].ravel(), err[:, 1:].ravel())[0, 1])
+    assert (neighbours > 0.9) if correlation_px else (abs(neighbours) < 0.05)
+    with pytest.raises(ValueError, match="correlation_px"):
+        DepthNoise(correlation_px=40.0)
+
+
+@pytest.mark.parametrize("correlation_px", [0.0, 4.0])
+def test_noise_estimate_measures_the_noise_below_the_plane(correlation_px):
+    from vl_distill_ros.perception.depth_proposals import (DepthNoiseEstimate, depth_cloud,
+                                                           fit_plane_ransac)
+
+    cfg = DepthProposalConfig()
+    clean = tabletop(OBJECTS, tilt_deg=0.0)   # looking straight down: height error = depth's
+    noisy = apply_depth_noise(clean, np.random.default_rng(5), dataclasses.replace(
+        PLAIN_3MM, correlation_px=correlation_px))
+    cloud = depth_cloud(noisy, K, cfg)
+    n, d, _ = fit_plane_ransac(cloud.points, cfg, np.random.default_rng(0))
+    height = cloud.points @ n.astype(np.float32) + np.float32(d)
+    noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
+    assert noise.sigma(0.9) == pytest.approx(0.003, rel=0.15)   # the objects stand above
+    assert propose_depth_boxes(noisy, K).noise_m == pytest.approx(
+        noise.scale * (0.0012 + 0.0019), rel=1e-6)
+    few = DepthNoiseEstimate.measure(height[:1000], cloud.points[:1000, 2])
+    assert few.scale == 0.0 and few.sigma(0.9) == 0.0             # too few: not measured
+
+
+def test_noise_filter_drops_bumps_of_correlated_noise_and_keeps_the_objects():
+    from vl_distill_ros.sim.depth_noise import NOISE_MODELS
+
+    off = dataclasses.replace(DepthProposalConfig(), noise_top_sigmas=0.0)
+    found = {"off": [0, 0], "on": [0, 0]}
+    for seed in range(4):
+        depth, truth = render_tabletop(OBJECTS, tilt_deg=40 + 3 * seed)
+        noisy = apply_depth_noise(depth, np.random.default_rng(seed), NOISE_MODELS["coarse"])
+        for name, cfg in (("off", off), ("on", DepthProposalConfig())):
+            boxes = propose_depth_boxes(noisy, K, cfg).boxes
+            found[name][0] += _matched(truth, boxes)
+            found[name][1] += len(boxes)
+    assert found["on"] == [12, 12]                       # every object, no other box
+    assert found["off"][0] == 12 and found["off"][1] >= 16   # bumps of the noise as boxes
+    with pytest.raises(DepthError, match="noise_top_sigmas"):
+        DepthProposalConfig(noise_top_sigmas=-1.0)
+
+
 # ---------------------------------------------------------------------------------------
 # pipeline and offline replay with depth (a tiny real bundle)
 # ---------------------------------------------------------------------------------------
@@ -472,6 +527,24 @@ def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
     assert _matched(truth, [o.bbox for o in objects]) == 3
     with pytest.raises(Exception, match="proposal_source must be one of"):
         PipelineSettings(proposal_source="lidar")
+
+
+def test_pipeline_reports_each_cameras_depth_noise(bundle):
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.depth_proposals import noise_curve
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch")
+    image = np.full((480, 640, 3), 150, np.uint8)
+    clean = tabletop(OBJECTS, tilt_deg=0.0)            # the table 0.9 m away, seen from above
+    noisy = apply_depth_noise(clean, np.random.default_rng(2), PLAIN_3MM)
+    pipe.boxes(image, depth=noisy, intrinsics=K, camera="noisy")
+    pipe.boxes(image, depth=clean, intrinsics=K, camera="exact")
+    assert pipe.depth_noise("noisy") == pytest.approx(       # 3 mm at 0.9 m, scaled to 1 m
+        0.003 * noise_curve(1.0) / noise_curve(0.9), rel=0.15)
+    assert pipe.depth_noise("exact") < 0.0002 and pipe.depth_noise("unseen") == 0.0
+    pipe.boxes(image, depth=np.zeros_like(clean), intrinsics=K, camera="noisy")  # kept
+    assert pipe.depth_noise("noisy") > 0.002
 
 
 def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeypatch):

@@ -50,10 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "/camera/depth/image_raw and the colour camera's "
                         "sensor_msgs/CameraInfo on /camera/camera_info, same stamps as the "
                         "colour images (and /hand_camera/... with --hand-camera)")
-    p.add_argument("--depth-noise", choices=("sensor", "none"), default="sensor",
+    p.add_argument("--depth-noise", choices=("sensor", "coarse", "none"), default="sensor",
                    help="with --depth: 'sensor' adds a RealSense-like noise model (axial noise, "
                         "disparity quantisation, flying pixels at edges, holes and projector "
-                        "shadows as zeros); 'none' keeps the exact depth, rounded to mm "
+                        "shadows as zeros); 'coarse' an older, noisier camera (Kinect v1 / Xtion-"
+                        "like: twice the axial noise, correlated over 4 px, coarser steps, "
+                        "more holes); 'none' keeps the exact depth, rounded to mm "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (non-negative; default: %(default)s)")

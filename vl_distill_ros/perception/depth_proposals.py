@@ -63,7 +63,7 @@ from .top_view import nearest_label, piece_need, split_top_view
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
-           "crease_radii", "split_by_colour"]
+           "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve"]
 
 
 class DepthError(ValueError):
@@ -226,6 +226,11 @@ class DepthProposalConfig:
     top_view_min_points: int = 80
     top_view_tops_m: float = 0.015
     top_view_tops_frac: float = 0.25
+    #: A cluster is kept only when its top stands at least this many times the frame's
+    #: depth noise (measured on the samples just below the plane, :class:`DepthNoiseEstimate`,
+    #: at the cluster's depth) above the plane: spatially correlated sensor noise raises
+    #: bumps centimetres wide on the table, a few times its standard deviation high. 0: off.
+    noise_top_sigmas: float = 6.0
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
@@ -253,6 +258,8 @@ class DepthProposalConfig:
             if not 0 <= int(getattr(self, name)) <= 1_000_000:
                 raise DepthError(f"{name} must be in [0, 1000000], got "
                                  f"{getattr(self, name)}")
+        if not 0.0 <= float(self.noise_top_sigmas) <= 50.0:
+            raise DepthError(f"noise_top_sigmas must be in [0, 50], got {self.noise_top_sigmas}")
         if not 1 <= int(self.crease_cells) <= 32:
             raise DepthError(f"crease_cells must be in [1, 32], got {self.crease_cells}")
         if not 0 <= int(self.crease_colour_cells) <= 15:
@@ -323,6 +330,67 @@ class DepthProposals:
     allowance_grid: np.ndarray | None = None
     #: ``(dx, dy)`` pixels the depth was moved by the registration check before proposing.
     depth_shift: tuple[int, int] = (0, 0)
+    #: The frame's depth noise (standard deviation, m) at 1 m, measured on the samples
+    #: just below the plane (:class:`DepthNoiseEstimate`); 0 when it could not be measured.
+    noise_m: float = 0.0
+
+
+#: Shape of a depth camera's axial noise over the depth ``z`` (m): ``a + b z^2`` (about a
+#: RealSense D435's); :class:`DepthNoiseEstimate` measures each frame's multiple of it.
+NOISE_CURVE = (0.0012, 0.0019)
+#: The noise is measured on samples at most this many curve units below the plane (not
+#: the floor beyond the table's edge) ...
+NOISE_BAND = 12.0
+#: ... when there are at least this many (else it is not measured: no noise filter), and
+#: per depth slice of :data:`NOISE_SLICE_M` holding at least half as many, among every
+#: :data:`NOISE_STRIDE`-th sample.
+MIN_NOISE_SAMPLES = 500
+NOISE_SLICE_M = 0.25
+NOISE_STRIDE = 4
+
+
+def noise_curve(z: np.ndarray | float) -> np.ndarray | float:
+    """:data:`NOISE_CURVE` at depth ``z`` (m)."""
+    return NOISE_CURVE[0] + NOISE_CURVE[1] * z * z
+
+
+@dataclass(frozen=True)
+class DepthNoiseEstimate:
+    """One frame's depth noise, measured on the samples just below the support plane:
+    nothing stands below a table, so what lies there is the noise of its surface (half of
+    it). Its robust standard deviation (median absolute value / 0.6745) in units of
+    :func:`noise_curve`, over the whole frame (``scale``; 0: too few samples to tell) and
+    per depth slice of :data:`NOISE_SLICE_M` (``slices``, ``NaN`` where too few): the
+    curve is one camera's shape, the slices follow the camera at hand."""
+
+    scale: float = 0.0
+    slices: tuple[float, ...] = ()
+
+    @classmethod
+    def measure(cls, height: np.ndarray, z: np.ndarray) -> "DepthNoiseEstimate":
+        """From the samples' heights above the plane and depths (m); every
+        :data:`NOISE_STRIDE`-th sample is enough."""
+        h = np.asarray(height, np.float32)[::NOISE_STRIDE]
+        z = np.asarray(z, np.float32)[::NOISE_STRIDE]
+        below = h < 0
+        h, z = h[below], z[below]
+        r = h / -noise_curve(z)
+        keep = r < NOISE_BAND
+        if np.count_nonzero(keep) < MIN_NOISE_SAMPLES:
+            return cls()
+        r, idx = r[keep], (z[keep] * (1.0 / NOISE_SLICE_M)).astype(np.int64)
+        slices = [math.nan] * (int(idx.max()) + 1)
+        present, counts = np.unique(idx, return_counts=True)
+        for i in present[counts >= MIN_NOISE_SAMPLES // 2]:
+            slices[int(i)] = float(np.median(r[idx == i])) / 0.6745
+        return cls(float(np.median(r)) / 0.6745, tuple(slices))
+
+    def sigma(self, z: float) -> float:
+        """The standard deviation (m) at depth ``z``: its slice's, else the frame's."""
+        i = int(z / NOISE_SLICE_M)
+        scale = self.slices[i] if 0 <= i < len(self.slices) and not math.isnan(
+            self.slices[i]) else self.scale
+        return scale * float(noise_curve(z))
 
 
 def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
@@ -498,11 +566,13 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
     out.height_grid = cloud.scatter(height, np.nan, np.float32)
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
+    noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
+    out.noise_m = noise.scale * float(noise_curve(1.0))
     edges = _ColourEdges(colour, cloud.z.shape, cfg) \
         if colour is not None and int(cfg.crease_colour_cells) > 1 else None
     clusters = object_clusters(cloud, height, out.height_grid, n, cfg, edges)
     out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
-                                              cfg)
+                                              cfg, noise)
     return out
 
 
@@ -797,17 +867,24 @@ DUPLICATE_IOU = 0.7
 
 def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
                         height: np.ndarray, normal: np.ndarray, k: CameraIntrinsics,
-                        cfg: DepthProposalConfig) -> tuple[list[Box], list[float]]:
+                        cfg: DepthProposalConfig, noise: DepthNoiseEstimate | None = None
+                        ) -> tuple[list[Box], list[float]]:
     """Size-filtered clusters (index arrays into ``points``) -> colour boxes, largest first
     (at most ``max_count``, none overlapping a larger one by :data:`DUPLICATE_IOU`), and the
     height of each cluster's top above the plane. A cluster's samples and their feet on the
-    plane are projected; boxes are padded by one grid step."""
+    plane are projected; boxes are padded by one grid step. With the frame's ``noise``
+    (:class:`DepthNoiseEstimate`), a cluster whose top stands under ``noise_top_sigmas``
+    times the noise at its depth is dropped (a bump of the noise on the table)."""
     boxes: list[tuple[Box, float]] = []
     s = int(cfg.stride)
     for sel in clusters:
         cloud = points[sel]
         extent = float((cloud.max(axis=0) - cloud.min(axis=0)).max())
         if not cfg.min_size_m <= extent <= cfg.max_size_m:
+            continue
+        top = float(height[sel].max())
+        if noise is not None and top < cfg.noise_top_sigmas * noise.sigma(
+                float(np.median(cloud[:, 2]))):
             continue
         feet = cloud - height[sel, None] * normal[None, :].astype(np.float32)
         both = np.concatenate([cloud, feet])
@@ -816,7 +893,6 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
         vs = k.fy * both[:, 1] / zs + k.cy
         x0, x1 = float(us.min()) - s, float(us.max()) + s
         y0, y1 = float(vs.min()) - s, float(vs.max()) + s
-        top = float(height[sel].max())
         for box in sanitize_boxes([[x0, y0, x1 - x0, y1 - y0]], k.width, k.height, 4):
             boxes.append((box, top))
     boxes.sort(key=lambda bt: bt[0][2] * bt[0][3], reverse=True)

@@ -391,6 +391,8 @@ class PerceptionPipeline:
         #: Each camera's registration check (``registration_search_px``), by camera key.
         self._registrations: dict[str, DepthRegistration] = {}
         self._registration_lock = threading.Lock()
+        #: Each camera's last measured depth noise at 1 m (m), by camera key.
+        self._depth_noise: dict[str, float] = {}
         checked = _check_embeddings(vocabulary, embeddings, self.embed_dim)
         self._active = ActiveVocabulary(vocabulary, checked, version=1,
                                         trained_mask=self._trained_mask(vocabulary),
@@ -512,6 +514,12 @@ class PerceptionPipeline:
             reg = self._registrations.get(camera)
         return reg.shift if reg is not None else (0, 0)
 
+    def depth_noise(self, camera: str = "") -> float:
+        """The depth noise (standard deviation, m, at 1 m) that ``camera``'s last frame
+        with a support plane showed below it (``noise_top_sigmas``); 0 before one."""
+        with self._registration_lock:
+            return self._depth_noise.get(camera, 0.0)
+
     def _registration(self, camera: str, cfg: DepthProposalConfig
                       ) -> DepthRegistration | None:
         """``camera``'s registration check for ``cfg`` (a new one when its settings
@@ -572,6 +580,11 @@ class PerceptionPipeline:
             return self._colour_boxes(image, s, pending), str(exc)
         if found.plane is None:
             return self._colour_boxes(image, s, pending), found.note
+        with self._registration_lock:
+            if camera not in self._depth_noise and \
+                    len(self._depth_noise) >= MAX_REGISTERED_CAMERAS:
+                del self._depth_noise[next(iter(self._depth_noise))]
+            self._depth_noise[camera] = found.noise_m
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
             return list(found.boxes)[:count], "used"

@@ -6,7 +6,10 @@ sensor delivers, with the effects that break naive geometry:
 
 * **axial noise** growing with the square of the distance
   (``sigma = axial_sigma_m + axial_sigma_quadratic * (z - 0.4)^2``, the form Nguyen et al.,
-  3DIMPVT 2012, fitted for the Kinect), drawn per pixel;
+  3DIMPVT 2012, fitted for the Kinect), drawn per pixel, or spatially correlated over
+  ``correlation_px`` pixels (a Gaussian blur of the per-pixel draws, rescaled to the same
+  standard deviation): stereo and structured-light cameras match windows of pixels, so
+  their errors come in smooth bumps, not speckle;
 * **disparity quantisation**: depth comes in steps of ``quant_per_m2 * z^2`` (a fixed
   disparity step), then to whole millimetres when written as 16UC1;
 * **flying pixels**: pixels on a depth discontinuity take a value between the foreground
@@ -45,6 +48,9 @@ class DepthNoise:
     hole_frac: float = 0.03
     min_range_m: float = 0.2
     max_range_m: float = 4.0
+    #: Standard deviation (pixels) of the Gaussian that correlates the axial noise; 0: per
+    #: pixel.
+    correlation_px: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("axial_sigma_m", "axial_sigma_quadratic", "quant_per_m2", "edge_jump_m"):
@@ -54,13 +60,20 @@ class DepthNoise:
             raise ValueError("flying_prob must be in [0, 1] and hole_frac in [0, 0.5)")
         if not 0 <= int(self.shadow_px) <= 64:
             raise ValueError(f"shadow_px must be in [0, 64], got {self.shadow_px}")
+        if not 0.0 <= float(self.correlation_px) <= 32.0:
+            raise ValueError(f"correlation_px must be in [0, 32], got {self.correlation_px}")
         if not 0.0 <= self.min_range_m < self.max_range_m:
             raise ValueError("need 0 <= min_range_m < max_range_m")
 
 
 #: Named models for ``vl-distill make-bag --depth-noise``: ``none`` keeps the exact depth
-#: (still quantised to millimetres when written).
-NOISE_MODELS: dict[str, DepthNoise | None] = {"none": None, "sensor": DepthNoise()}
+#: (still quantised to millimetres when written); ``coarse`` is a noisier, older camera
+#: (Kinect v1 / Xtion-like: twice the axial noise, correlated over 4 pixels, coarser
+#: disparity steps, wider shadows, more holes).
+NOISE_MODELS: dict[str, DepthNoise | None] = {
+    "none": None, "sensor": DepthNoise(),
+    "coarse": DepthNoise(axial_sigma_m=0.0024, axial_sigma_quadratic=0.0038,
+                         quant_per_m2=0.0029, shadow_px=6, hole_frac=0.06, correlation_px=4.0)}
 
 
 def apply_depth_noise(depth_m: np.ndarray, rng: np.random.Generator,
@@ -90,7 +103,7 @@ def apply_depth_noise(depth_m: np.ndarray, rng: np.random.Generator,
         mix = rng.random(ys.size).astype(np.float32)
         out[ys, xs] = near[ys, xs] + mix * (z[ys, xs] - near[ys, xs])
     sigma = noise.axial_sigma_m + noise.axial_sigma_quadratic * (out - 0.4) ** 2
-    out = out + rng.standard_normal((h, w), dtype=np.float32) * sigma.astype(np.float32)
+    out = out + _axial_draws(rng, (h, w), float(noise.correlation_px)) * sigma.astype(np.float32)
     if noise.quant_per_m2 > 0:
         step = np.maximum(noise.quant_per_m2 * out * out, 1e-4)
         out = np.round(out / step) * step
@@ -110,3 +123,15 @@ def apply_depth_noise(depth_m: np.ndarray, rng: np.random.Generator,
         drop |= field < np.quantile(field, noise.hole_frac)
     out[drop] = 0.0
     return out.astype(np.float32)
+
+
+def _axial_draws(rng: np.random.Generator, shape: tuple[int, int], correlation_px: float
+                 ) -> np.ndarray:
+    """Standard normal draws of ``shape`` (float32), correlated by a Gaussian blur of
+    ``correlation_px`` pixels (rescaled to unit standard deviation) when it is > 0."""
+    draws = rng.standard_normal(shape, dtype=np.float32)
+    if correlation_px <= 0:
+        return draws
+    blurred = cv2.GaussianBlur(draws, (0, 0), correlation_px, borderType=cv2.BORDER_REFLECT)
+    std = float(blurred.std())
+    return blurred / np.float32(std) if std > 0 else draws
