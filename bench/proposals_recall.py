@@ -282,8 +282,9 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
 
     tallies = {name: Tally() for name in ("colour", "depth", "auto")}
     # one camera's frames in order, as the node sees them (its registration check)
-    reg = DepthRegistration(depth_cfg.registration_search_px, depth_cfg.stride) \
-        if depth_cfg.registration_search_px > 0 else None
+    reg = DepthRegistration(depth_cfg.registration_search_px, depth_cfg.stride,
+                            fattening_px=depth_cfg.fattening_search_px) \
+        if depth_cfg.registration_search_px > 0 or depth_cfg.fattening_search_px > 0 else None
     for image, truth, depth, k in frames:
         t0 = time.perf_counter()
         colour = propose_boxes(image, cfg)

@@ -6,7 +6,9 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
 0. **Registration check** (with the colour image and the camera's
    :class:`~.depth_registration.DepthRegistration`, ``registration_search_px``): when the
    depth's occluding edges, over the camera's recent frames, lie clearly closer to the
-   colour image's edges a few pixels away, the depth is moved there first.
+   colour image's edges a few pixels away, the depth is moved there first; when the colour
+   edges lie clearly a few pixels inside its foreground edges (``fattening_search_px``:
+   a stereo camera's fattened edges), that rim is taken off the depth.
 
 1. **Cloud**: the depth is sampled on a grid every :attr:`DepthProposalConfig.stride`
    pixels; samples outside ``[min_depth_m, max_depth_m]`` (zeros, holes, out of range) are
@@ -56,7 +58,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .depth_registration import DepthRegistration, shift_depth
+from .depth_registration import DepthRegistration, shift_depth, strip_fattening
 from .proposals import Box, box_iou, sanitize_boxes
 from .top_view import nearest_label, piece_need, split_top_view
 
@@ -115,6 +117,11 @@ class DepthProposalConfig:
     #: steps) where its occluding edges then lie clearly closer to the colour edges (a
     #: driver's registration a few pixels off). 0: depth is taken as registered.
     registration_search_px: int = 8
+    #: With the colour image: the camera's foreground edges are checked for fattening (a
+    #: stereo or structured-light camera carries the nearer surface a few pixels into the
+    #: background) up to this many pixels (in ``stride`` steps), and the rim found is taken
+    #: off the depth. 0: not checked.
+    fattening_search_px: int = 6
     min_depth_m: float = 0.15
     max_depth_m: float = 2.5
     #: A sample whose 3x3 grid neighbourhood spans more than this fraction of its depth
@@ -235,9 +242,9 @@ class DepthProposalConfig:
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
             raise DepthError(f"stride must be in [1, 16], got {self.stride}")
-        if not 0 <= int(self.registration_search_px) <= 16:
-            raise DepthError(f"registration_search_px must be in [0, 16], got "
-                             f"{self.registration_search_px}")
+        for name in ("registration_search_px", "fattening_search_px"):
+            if not 0 <= int(getattr(self, name)) <= 16:
+                raise DepthError(f"{name} must be in [0, 16], got {getattr(self, name)}")
         if not 0.0 <= self.min_depth_m < self.max_depth_m <= 100.0:
             raise DepthError("need 0 <= min_depth_m < max_depth_m <= 100")
         if not 1 <= int(self.ransac_iterations) <= 10000:
@@ -330,6 +337,8 @@ class DepthProposals:
     allowance_grid: np.ndarray | None = None
     #: ``(dx, dy)`` pixels the depth was moved by the registration check before proposing.
     depth_shift: tuple[int, int] = (0, 0)
+    #: Width (pixels) of the fattened rim taken off the depth's foreground edges first.
+    fattening_px: int = 0
     #: The frame's depth noise (standard deviation, m) at 1 m, measured on the samples
     #: just below the plane (:class:`DepthNoiseEstimate`); 0 when it could not be measured.
     noise_m: float = 0.0
@@ -525,8 +534,9 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
         image_rgb: the colour image (uint8 RGB, the depth's size; otherwise ignored): its
             edges close broken creases (``crease_colour_cells``), and with ...
         registration: ... the camera's registration check over its frames
-            (``registration_search_px``), which this frame updates and whose shift moves
-            the depth first; without both the depth is taken as registered.
+            (``registration_search_px``, ``fattening_search_px``), which this frame
+            updates and whose shift moves the depth first (and whose fattening width is
+            taken off its edges); without both the depth is taken as registered.
 
     Returns:
         :class:`DepthProposals`; with too little valid depth or no plane, no boxes and a
@@ -547,13 +557,20 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     # the colour image is used only when it is a uint8 RGB image of the depth's size
     colour = np.asarray(image_rgb) if image_rgb is not None and np.shape(image_rgb) == (
         *depth.shape, 3) and np.asarray(image_rgb).dtype == np.uint8 else None
-    if colour is not None and registration is not None and cfg.registration_search_px > 0:
+    fattening = 0
+    if colour is not None and registration is not None and (
+            cfg.registration_search_px > 0 or cfg.fattening_search_px > 0):
         shift = registration.update(colour, depth)
+        shift = shift if cfg.registration_search_px > 0 else (0, 0)
+        fattening = registration.fattening if cfg.fattening_search_px > 0 else 0
+        if fattening > 0:
+            depth = strip_fattening(depth, fattening)
         if shift != (0, 0):
             depth = shift_depth(depth, *shift)
     cloud = depth_cloud(depth, intrinsics, cfg)
     out = DepthProposals(valid_frac=float(cloud.valid.mean()) if cloud.valid.size else 0.0,
-                         stride=cloud.stride, offset=cloud.offset, depth_shift=shift)
+                         stride=cloud.stride, offset=cloud.offset, depth_shift=shift,
+                         fattening_px=fattening)
     if out.valid_frac < cfg.min_valid_frac or cfg.max_count == 0:
         out.note = f"too little valid depth ({100 * out.valid_frac:.0f}% of the frame)"
         return out

@@ -507,6 +507,13 @@ class PerceptionPipeline:
                                                     depth, intrinsics, camera)
         return boxes
 
+    def depth_fattening(self, camera: str = "") -> int:
+        """The width (pixels) of the fattened rim taken off ``camera``'s depth edges
+        (``fattening_search_px``; 0 until its frames show one)."""
+        with self._registration_lock:
+            reg = self._registrations.get(camera)
+        return reg.fattening if reg is not None else 0
+
     def depth_shift(self, camera: str = "") -> tuple[int, int]:
         """The pixels ``(dx, dy)`` by which ``camera``'s depth is moved onto its colour
         image (``registration_search_px``; ``(0, 0)`` until its frames show better)."""
@@ -523,19 +530,19 @@ class PerceptionPipeline:
     def _registration(self, camera: str, cfg: DepthProposalConfig
                       ) -> DepthRegistration | None:
         """``camera``'s registration check for ``cfg`` (a new one when its settings
-        changed); None when ``registration_search_px`` is 0. At most
-        ``MAX_REGISTERED_CAMERAS`` are kept (the oldest goes)."""
-        if cfg.registration_search_px <= 0:
+        changed); None when ``registration_search_px`` and ``fattening_search_px`` are 0.
+        At most ``MAX_REGISTERED_CAMERAS`` are kept (the oldest goes)."""
+        if cfg.registration_search_px <= 0 and cfg.fattening_search_px <= 0:
             return None
+        key = (int(cfg.registration_search_px), int(cfg.stride), int(cfg.fattening_search_px))
         with self._registration_lock:
             reg = self._registrations.get(camera)
-            if reg is None or (reg.search_px, reg.stride) != (int(cfg.registration_search_px),
-                                                              int(cfg.stride)):
+            if reg is None or (reg.search_px, reg.stride, reg.fattening_px) != key:
                 if camera not in self._registrations and \
                         len(self._registrations) >= MAX_REGISTERED_CAMERAS:
                     del self._registrations[next(iter(self._registrations))]
                 reg = self._registrations[camera] = DepthRegistration(
-                    int(cfg.registration_search_px), int(cfg.stride))
+                    key[0], key[1], fattening_px=key[2])
             return reg
 
     def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,

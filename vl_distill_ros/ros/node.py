@@ -665,6 +665,8 @@ class VlDistillNode(Node):
             if cam.depth is not None:  # the depth's registration check (README: depth)
                 period["values"]["depth_registration_shift_px"] = \
                     "{},{}".format(*self.pipeline.depth_shift(cam.resolved))
+                period["values"]["depth_fattening_px"] = \
+                    str(self.pipeline.depth_fattening(cam.resolved))
                 period["values"]["depth_noise_at_1m_mm"] = \
                     f"{1000.0 * self.pipeline.depth_noise(cam.resolved):.2f}"
             arr.status.append(camera_status(fq, period, active.version))
