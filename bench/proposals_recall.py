@@ -276,16 +276,20 @@ def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                   iou: float = 0.5) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
-    from vl_distill_ros.perception.depth_proposals import fuse_proposals, propose_depth_boxes
+    from vl_distill_ros.perception.depth_proposals import (fuse_proposals, propose_depth_boxes,
+                                                           stride_for)
     from vl_distill_ros.perception.depth_registration import DepthRegistration
     from vl_distill_ros.perception.proposals import propose_boxes
 
     tallies = {name: Tally() for name in ("colour", "depth", "auto")}
     # one camera's frames in order, as the node sees them (its registration check)
-    reg = DepthRegistration(depth_cfg.registration_search_px, depth_cfg.stride,
-                            fattening_px=depth_cfg.fattening_search_px) \
-        if depth_cfg.registration_search_px > 0 or depth_cfg.fattening_search_px > 0 else None
+    reg = None
+    checks = depth_cfg.registration_search_px > 0 or depth_cfg.fattening_search_px > 0
     for image, truth, depth, k in frames:
+        if reg is None and checks:   # the grid step of this camera's frames
+            reg = DepthRegistration(depth_cfg.registration_search_px,
+                                    stride_for(depth_cfg, image.shape[1]).stride,
+                                    fattening_px=depth_cfg.fattening_search_px)
         t0 = time.perf_counter()
         colour = propose_boxes(image, cfg)
         t1 = time.perf_counter()

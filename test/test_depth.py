@@ -669,3 +669,21 @@ def test_two_stages_in_two_threads_give_what_process_gives(bundle):
         t.join(timeout=60)
     assert got == expected
     assert pipe.last_depth_status == "untouched"
+
+
+def test_the_grid_step_grows_with_the_frame_width():
+    from vl_distill_ros.perception.depth_proposals import stride_for
+
+    cfg = DepthProposalConfig()
+    assert stride_for(cfg, 640) is cfg and stride_for(cfg, 1280).stride == 4
+    assert stride_for(cfg, 1281).stride == 5 and stride_for(cfg, 320).stride == 2
+    assert stride_for(dataclasses.replace(cfg, max_grid_width=0), 1280).stride == 2
+    big = CameraIntrinsics(fx=1080.0, fy=1080.0, cx=639.5, cy=479.5, width=1280, height=960)
+    depth, truth = render_tabletop(OBJECTS, k=big)      # the same scene at twice the size
+    found = propose_depth_boxes(depth, big)
+    assert found.stride == 4 and _matched(truth, found.boxes, 0.8) == 3
+    small = propose_depth_boxes(render_tabletop(OBJECTS)[0], K).boxes
+    halved = np.array([[v / 2 for v in b] for b in found.boxes])
+    np.testing.assert_allclose(halved, np.array(small, float), atol=2.0)
+    with pytest.raises(DepthError, match="max_grid_width"):
+        DepthProposalConfig(max_grid_width=-1)

@@ -51,7 +51,7 @@ values are the dataclass defaults.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -65,7 +65,8 @@ from .top_view import nearest_label, piece_need, split_top_view
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
-           "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve"]
+           "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve",
+           "stride_for"]
 
 
 class DepthError(ValueError):
@@ -111,8 +112,12 @@ class CameraIntrinsics:
 class DepthProposalConfig:
     """Settings of :func:`propose_depth_boxes` (see the module docstring)."""
 
-    #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame).
+    #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame) ...
     stride: int = 2
+    #: ... or larger, so that the grid is at most this many samples wide (a 1280x720
+    #: frame: step 4, 320x180 samples): the proposer's cost and its geometry in grid cells
+    #: stay those of a 640x480 frame whatever the camera's resolution. 0: ``stride`` as is.
+    max_grid_width: int = 320
     #: With the colour image: the depth is moved by up to this many pixels (in ``stride``
     #: steps) where its occluding edges then lie clearly closer to the colour edges (a
     #: driver's registration a few pixels off). 0: depth is taken as registered.
@@ -242,6 +247,9 @@ class DepthProposalConfig:
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
             raise DepthError(f"stride must be in [1, 16], got {self.stride}")
+        if not 0 <= int(self.max_grid_width) <= 100_000:
+            raise DepthError(f"max_grid_width must be in [0, 100000], got "
+                             f"{self.max_grid_width}")
         for name in ("registration_search_px", "fattening_search_px"):
             if not 0 <= int(getattr(self, name)) <= 16:
                 raise DepthError(f"{name} must be in [0, 16], got {getattr(self, name)}")
@@ -289,6 +297,16 @@ class DepthProposalConfig:
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+def stride_for(cfg: DepthProposalConfig, width: int) -> DepthProposalConfig:
+    """``cfg`` with the grid step a frame ``width`` pixels wide is sampled at: ``stride``,
+    raised so that the grid is at most ``max_grid_width`` samples wide (``cfg`` itself when
+    that changes nothing)."""
+    step = int(cfg.stride)
+    if int(cfg.max_grid_width) > 0:
+        step = max(step, -(-int(width) // int(cfg.max_grid_width)))
+    return cfg if step == int(cfg.stride) else replace(cfg, stride=min(step, 16))
 
 
 def load_depth_config(path: str | Path) -> DepthProposalConfig:
@@ -553,6 +571,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     if (w, h) != (int(intrinsics.width), int(intrinsics.height)):
         raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
                          f"{intrinsics.height}: depth must be registered to the colour image")
+    cfg = stride_for(cfg, w)
     shift = (0, 0)
     # the colour image is used only when it is a uint8 RGB image of the depth's size
     colour = np.asarray(image_rgb) if image_rgb is not None and np.shape(image_rgb) == (

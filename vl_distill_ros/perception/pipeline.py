@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
-                              fuse_proposals, load_depth_config, propose_depth_boxes)
+                              fuse_proposals, load_depth_config, propose_depth_boxes,
+                              stride_for)
 from .depth_registration import DepthRegistration
 from .preprocess import preprocess_crops
 from .proposals import (Box, ProposalConfig, classification_window, crop, full_frame_box,
@@ -581,8 +582,8 @@ class PerceptionPipeline:
         pending = self._colour_pool.submit(propose_boxes, image, s.proposal_cfg) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
-            found = propose_depth_boxes(depth, intrinsics, s.depth_cfg, image,
-                                        self._registration(camera, s.depth_cfg))
+            found = propose_depth_boxes(depth, intrinsics, s.depth_cfg, image, self._registration(
+                camera, stride_for(s.depth_cfg, image.shape[1])))
         except DepthError as exc:
             return self._colour_boxes(image, s, pending), str(exc)
         if found.plane is None:
