@@ -687,3 +687,27 @@ def test_the_grid_step_grows_with_the_frame_width():
     np.testing.assert_allclose(halved, np.array(small, float), atol=2.0)
     with pytest.raises(DepthError, match="max_grid_width"):
         DepthProposalConfig(max_grid_width=-1)
+
+
+def test_the_objects_window_is_found_again_on_a_finer_grid():
+    import vl_distill_ros.perception.depth_proposals as dp
+
+    depth, truth = render_tabletop(OBJECTS)
+    noisy = apply_depth_noise(depth, np.random.default_rng(4))
+    coarse = dataclasses.replace(DepthProposalConfig(), refine_max_frac=0.0)
+    fine_everywhere = dataclasses.replace(coarse, stride=1, max_grid_width=0)
+    plain = propose_depth_boxes(noisy, K, coarse)
+    refined = propose_depth_boxes(noisy, K, DepthProposalConfig(refine_max_frac=1.0))
+    assert refined.stride == 2 and refined.height_grid.shape == (240, 320)  # fusion: coarse
+    # inside the objects' window the fine grid finds what a fine grid everywhere finds
+    everywhere = propose_depth_boxes(noisy, K, fine_everywhere)
+    assert sorted(refined.boxes) == sorted(everywhere.boxes)
+    assert _matched(truth, refined.boxes) == 3 and sorted(refined.boxes) != sorted(plain.boxes)
+    # a window over the bound: the coarse boxes
+    x0 = min(b[0] for b in plain.boxes) - 2 * dp.REFINE_MARGIN_CELLS
+    x1 = max(b[0] + b[2] for b in plain.boxes) + 2 * dp.REFINE_MARGIN_CELLS
+    assert (x1 - x0) / 640 < 0.9
+    small = propose_depth_boxes(noisy, K, DepthProposalConfig(refine_max_frac=0.01))
+    assert small.boxes == plain.boxes
+    with pytest.raises(DepthError, match="refine_max_frac"):
+        DepthProposalConfig(refine_max_frac=1.5)

@@ -22,8 +22,10 @@ from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposal
 
 #: The default settings, the same without any cut (the old behaviour), without the
 #: top-view split (each cut of the image grid on its own), and of those with the cut at
-#: depth steps only, or without the weaker steps.
-NEW = DepthProposalConfig()
+#: depth steps only, or without the weaker steps. All on the grid alone: the finer grid in
+#: the objects' window (``refine_max_frac``) runs the same cuts again on a finer grid, so
+#: here it would blur which cut did what (it is tested in test_depth.py).
+NEW = DepthProposalConfig(refine_max_frac=0.0)
 OLD = dataclasses.replace(NEW, cut_jump_frac=0.0, crease_m=0.0, weak_jump_frac=0.0,
                           top_view_bin_m=0.0)
 NO_TOP = dataclasses.replace(NEW, top_view_bin_m=0.0)
@@ -405,3 +407,26 @@ def test_a_weaker_step_cuts_a_lower_object_off_in_front_only(scene_renderer, mon
         frame.depth, k, dataclasses.replace(cfg, weak_jump_frac=0.0), frame.image).boxes)
     monkeypatch.setattr(dp, "_lower_in_front", lambda *args: True)
     assert len(propose_depth_boxes(frame.depth, k, cfg, frame.image).boxes) > len(kept)
+
+
+def test_the_finer_window_cuts_rendered_pairs_the_grid_joins(scene_renderer):
+    # the defaults (the grid, then a finer grid in the objects' window) against the grid
+    # alone, on rendered pairs in contact: never an object fewer, and some more
+    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    spec = SceneSpec(objects_per_scene=(2, 2), contact_prob=1.0, depth=True)
+    totals = [0, 0]
+    for pool in (("006_mustard_bottle", "056_tennis_ball"), ("004_sugar_box", "013_apple"),
+                 ("003_cracker_box", "011_banana")):
+        for seed in range(6):
+            frame = render_scene(scene_renderer, list(pool), np.random.default_rng(seed), spec)
+            truth = [o.bbox for o in frame.objects]
+            k = CameraIntrinsics(*frame.intrinsics, frame.image.shape[1],
+                                 frame.image.shape[0])
+            found = [len(match_boxes(
+                truth, propose_depth_boxes(frame.depth, k, c, frame.image).boxes, 0.5))
+                for c in (DepthProposalConfig(), NEW)]
+            assert found[0] >= found[1], (pool, seed)
+            totals = [t + f for t, f in zip(totals, found)]
+    assert totals[0] > totals[1], totals

@@ -118,6 +118,11 @@ class DepthProposalConfig:
     #: frame: step 4, 320x180 samples): the proposer's cost and its geometry in grid cells
     #: stay those of a 640x480 frame whatever the camera's resolution. 0: ``stride`` as is.
     max_grid_width: int = 320
+    #: The objects are found again at half the grid step inside the window that holds the
+    #: grid's boxes (plus :data:`REFINE_MARGIN_CELLS`) when it covers at most this fraction
+    #: of the frame: finer cuts between objects in contact, at the cost of a fine grid over
+    #: a part of the frame only (the bound keeps the frame's cost). 0: never.
+    refine_max_frac: float = 0.2
     #: With the colour image: the depth is moved by up to this many pixels (in ``stride``
     #: steps) where its occluding edges then lie clearly closer to the colour edges (a
     #: driver's registration a few pixels off). 0: depth is taken as registered.
@@ -294,7 +299,8 @@ class DepthProposalConfig:
                      "cut_jump_frac", "crease_m",
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
-                     "top_view_step_m", "top_view_tops_m", "top_view_tops_frac"):
+                     "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
+                     "refine_max_frac"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -609,7 +615,45 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     clusters = object_clusters(cloud, height, out.height_grid, n, cfg, edges)
     out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
                                               cfg, noise)
+    if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2 and out.boxes:
+        out.boxes, out.tops = _refined(depth, intrinsics, cfg, out.boxes, out.tops, colour,
+                                       (n, d), noise)
     return out
+
+
+#: The fine window (:func:`_refined`) reaches this many fine grid cells beyond the coarse
+#: boxes: the closing's and the crease chords' reach.
+REFINE_MARGIN_CELLS = 16
+
+
+def _refined(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig,
+             boxes: Sequence[Box], tops: Sequence[float], colour: np.ndarray | None,
+             plane: tuple[np.ndarray, float], noise: DepthNoiseEstimate
+             ) -> tuple[list[Box], list[float]]:
+    """The boxes and tops of the objects found again at half the grid step inside the
+    window that holds the coarse ``boxes`` (plus :data:`REFINE_MARGIN_CELLS`), when it
+    covers at most ``refine_max_frac`` of the frame (else ``boxes`` and ``tops``): a finer
+    grid resolves the gaps and creases between objects in contact. Same plane, noise and
+    settings; cell and sample counts are the fine grid's."""
+    fine = replace(cfg, stride=int(cfg.stride) // 2)
+    margin = REFINE_MARGIN_CELLS * fine.stride
+    x0 = max(int(min(b[0] for b in boxes)) - margin, 0)
+    y0 = max(int(min(b[1] for b in boxes)) - margin, 0)
+    x1 = min(int(max(b[0] + b[2] for b in boxes)) + margin, k.width)
+    y1 = min(int(max(b[1] + b[3] for b in boxes)) + margin, k.height)
+    if (x1 - x0) * (y1 - y0) > cfg.refine_max_frac * k.width * k.height:
+        return list(boxes), list(tops)
+    window = CameraIntrinsics(k.fx, k.fy, k.cx - x0, k.cy - y0, x1 - x0, y1 - y0)
+    cloud = depth_cloud(np.ascontiguousarray(depth[y0:y1, x0:x1]), window, fine)
+    normal, offset = plane
+    height = cloud.points @ normal.astype(np.float32) + np.float32(offset)
+    edges = _ColourEdges(np.ascontiguousarray(colour[y0:y1, x0:x1]), cloud.z.shape, fine) \
+        if colour is not None and int(fine.crease_colour_cells) > 1 else None
+    clusters = object_clusters(cloud, height, cloud.scatter(height, np.nan, np.float32),
+                               normal, fine, edges)
+    found, found_tops = boxes_from_clusters(clusters, cloud.points, height, normal, window,
+                                            fine, noise)
+    return [(b[0] + x0, b[1] + y0, b[2], b[3]) for b in found], found_tops
 
 
 def object_clusters(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,
