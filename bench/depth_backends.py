@@ -9,8 +9,8 @@ measured below each backend's plane):
 
 * ``numpy``: :func:`~vl_distill_ros.perception.depth_proposals.fit_plane_ransac` and
   :func:`~vl_distill_ros.perception.depth_proposals.object_clusters` (connected components
-  on the sample grid and their cuts: what ``propose_depth_boxes`` does, without the colour
-  image);
+  on the sample grid and their cuts: what ``propose_depth_boxes`` does on its grid, without
+  the colour image and without the finer grid in the objects' window);
 * ``open3d``: ``PointCloud.segment_plane`` (RANSAC, same iterations, the inlier distance at
   the median depth) and ``cluster_dbscan`` (``eps`` = the grid spacing at the median depth
   times ``--eps-cells``, ``min_points`` = ``min_cluster_points``) on the points in the
