@@ -40,7 +40,13 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by
    the height band), are projected to a box in the colour image, padded by one grid step;
-   a box overlapping a larger one by :data:`DUPLICATE_IOU` is dropped (one object's box).
+   a box overlapping a larger one by :data:`DUPLICATE_IOU` is dropped (one object's box);
+   so is a cluster whose top stands within the frame's depth noise (``noise_top_sigmas``,
+   measured below the plane by :class:`DepthNoiseEstimate`).
+5. **A finer grid in the objects' window** (``refine_max_frac``): steps 1, 3 and 4 run again
+   at half the grid step inside the window that holds the boxes, on the same plane, when
+   that window is small enough; the grid steps up with the frame's width
+   (``max_grid_width``).
 
 :func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
 and splits a depth box into the colour boxes inside it where those stand at clearly different
