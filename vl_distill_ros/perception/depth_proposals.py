@@ -56,6 +56,7 @@ values are the dataclass defaults.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -318,7 +319,14 @@ def stride_for(cfg: DepthProposalConfig, width: int) -> DepthProposalConfig:
     step = int(cfg.stride)
     if int(cfg.max_grid_width) > 0:
         step = max(step, -(-int(width) // int(cfg.max_grid_width)))
-    return cfg if step == int(cfg.stride) else replace(cfg, stride=min(step, 16))
+    step = min(step, 16)
+    return cfg if step == int(cfg.stride) else _with_stride(cfg, step)
+
+
+@functools.lru_cache(maxsize=16)
+def _with_stride(cfg: DepthProposalConfig, stride: int) -> DepthProposalConfig:
+    """``cfg`` with another grid step: made once per setting, not per frame."""
+    return replace(cfg, stride=stride)
 
 
 def load_depth_config(path: str | Path) -> DepthProposalConfig:
@@ -616,11 +624,8 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     out.noise_m = noise.scale * float(noise_curve(1.0))
-    edges = _ColourEdges(colour, cloud.z.shape, cfg) \
-        if colour is not None and int(cfg.crease_colour_cells) > 1 else None
-    clusters = object_clusters(cloud, height, out.height_grid, n, cfg, edges)
-    out.boxes, out.tops = boxes_from_clusters(clusters, cloud.points, height, n, intrinsics,
-                                              cfg, noise)
+    out.boxes, out.tops = _boxes_on_plane(cloud, height, out.height_grid, intrinsics, cfg, n,
+                                          colour, noise)
     if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2 and out.boxes:
         out.boxes, out.tops = _refined(depth, intrinsics, cfg, out.boxes, out.tops, colour,
                                        (n, d), noise)
@@ -641,7 +646,7 @@ def _refined(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig,
     covers at most ``refine_max_frac`` of the frame (else ``boxes`` and ``tops``): a finer
     grid resolves the gaps and creases between objects in contact. Same plane, noise and
     settings; cell and sample counts are the fine grid's."""
-    fine = replace(cfg, stride=int(cfg.stride) // 2)
+    fine = _with_stride(cfg, int(cfg.stride) // 2)
     margin = REFINE_MARGIN_CELLS * fine.stride
     x0 = max(int(min(b[0] for b in boxes)) - margin, 0)
     y0 = max(int(min(b[1] for b in boxes)) - margin, 0)
@@ -653,13 +658,23 @@ def _refined(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig,
     cloud = depth_cloud(np.ascontiguousarray(depth[y0:y1, x0:x1]), window, fine)
     normal, offset = plane
     height = cloud.points @ normal.astype(np.float32) + np.float32(offset)
-    edges = _ColourEdges(np.ascontiguousarray(colour[y0:y1, x0:x1]), cloud.z.shape, fine) \
-        if colour is not None and int(fine.crease_colour_cells) > 1 else None
-    clusters = object_clusters(cloud, height, cloud.scatter(height, np.nan, np.float32),
-                               normal, fine, edges)
-    found, found_tops = boxes_from_clusters(clusters, cloud.points, height, normal, window,
-                                            fine, noise)
+    found, found_tops = _boxes_on_plane(
+        cloud, height, cloud.scatter(height, np.nan, np.float32), window, fine, normal,
+        None if colour is None else np.ascontiguousarray(colour[y0:y1, x0:x1]), noise)
     return [(b[0] + x0, b[1] + y0, b[2], b[3]) for b in found], found_tops
+
+
+def _boxes_on_plane(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,
+                    k: CameraIntrinsics, cfg: DepthProposalConfig, normal: np.ndarray,
+                    colour: np.ndarray | None, noise: DepthNoiseEstimate
+                    ) -> tuple[list[Box], list[float]]:
+    """Steps 3 and 4 on a cloud whose samples stand ``height`` above the plane of unit
+    ``normal``: the object clusters (their creases closed along the edges of ``colour``,
+    the cloud's image, when given) and their boxes and tops."""
+    edges = _ColourEdges(colour, cloud.z.shape, cfg) \
+        if colour is not None and int(cfg.crease_colour_cells) > 1 else None
+    clusters = object_clusters(cloud, height, height_grid, normal, cfg, edges)
+    return boxes_from_clusters(clusters, cloud.points, height, normal, k, cfg, noise)
 
 
 def object_clusters(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,

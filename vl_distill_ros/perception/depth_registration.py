@@ -87,6 +87,15 @@ def _colour_edge_distance(image_rgb: np.ndarray, shape: tuple[int, int]) -> np.n
     return cv2.distanceTransform((edges == 0).view(np.uint8), cv2.DIST_L2, 3)
 
 
+def _at_most_scored(*cells: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The edge cells' arrays (rows, columns, ...), cut to at most :data:`MAX_EDGE_CELLS`
+    evenly spaced cells."""
+    if cells[0].size <= MAX_EDGE_CELLS:
+        return cells
+    keep = np.linspace(0, cells[0].size - 1, MAX_EDGE_CELLS).astype(np.int64)
+    return tuple(a[keep] for a in cells)
+
+
 def _grid(depth_m: np.ndarray, stride: int) -> np.ndarray:
     """``depth_m`` every ``stride`` pixels, float32, 0 where not finite."""
     return np.nan_to_num(np.asarray(depth_m, np.float32)[::stride, ::stride], nan=0.0,
@@ -116,9 +125,7 @@ def shift_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
     rows, cols = _depth_edges(z)
     if rows.size < MIN_EDGE_CELLS:
         return None
-    if rows.size > MAX_EDGE_CELLS:
-        keep = np.linspace(0, rows.size - 1, MAX_EDGE_CELLS).astype(np.int64)
-        rows, cols = rows[keep], cols[keep]
+    rows, cols = _at_most_scored(rows, cols)
     dist = _colour_edge_distance(image_rgb, z.shape)
     dist = np.pad(np.minimum(dist, _CAP_CELLS), r, constant_values=_CAP_CELLS)
     steps = np.arange(-r, r + 1)
@@ -160,9 +167,7 @@ def fattening_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
     rows, cols, dr, dc = _foreground_edges(z)
     if rows.size < MIN_EDGE_CELLS:
         return None
-    if rows.size > MAX_EDGE_CELLS:
-        keep = np.linspace(0, rows.size - 1, MAX_EDGE_CELLS).astype(np.int64)
-        rows, cols, dr, dc = rows[keep], cols[keep], dr[keep], dc[keep]
+    rows, cols, dr, dc = _at_most_scored(rows, cols, dr, dc)
     dist = np.minimum(_colour_edge_distance(image_rgb, z.shape), _FAT_CAP_CELLS)
     dist = np.pad(dist, r, constant_values=_FAT_CAP_CELLS)
     return np.array([dist[rows + r + f * dr, cols + r + f * dc].mean() for f in range(r + 1)])

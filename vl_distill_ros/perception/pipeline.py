@@ -93,8 +93,17 @@ CROP_CONTEXT = 0.15
 #: Crops go through the student in chunks of at most this many, so the memory one frame
 #: needs stays bounded however many boxes it has.
 MAX_CROPS_PER_BATCH = 64
-#: Cameras whose depth registration check a pipeline keeps (the oldest goes first).
+#: Cameras whose depth registration check (and last depth noise) a pipeline keeps (the
+#: oldest goes first).
 MAX_REGISTERED_CAMERAS = 64
+
+
+def _remember(store: dict, key: str, value: object) -> None:
+    """``store[key] = value``, first dropping the oldest entry when ``key`` is new and
+    ``store`` already holds :data:`MAX_REGISTERED_CAMERAS`."""
+    if key not in store and len(store) >= MAX_REGISTERED_CAMERAS:
+        del store[next(iter(store))]
+    store[key] = value
 
 
 class PipelineError(ValueError):
@@ -539,11 +548,8 @@ class PerceptionPipeline:
         with self._registration_lock:
             reg = self._registrations.get(camera)
             if reg is None or (reg.search_px, reg.stride, reg.fattening_px) != key:
-                if camera not in self._registrations and \
-                        len(self._registrations) >= MAX_REGISTERED_CAMERAS:
-                    del self._registrations[next(iter(self._registrations))]
-                reg = self._registrations[camera] = DepthRegistration(
-                    key[0], key[1], fattening_px=key[2])
+                reg = DepthRegistration(key[0], key[1], fattening_px=key[2])
+                _remember(self._registrations, camera, reg)
             return reg
 
     def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
@@ -582,17 +588,15 @@ class PerceptionPipeline:
         pending = self._colour_pool.submit(propose_boxes, image, s.proposal_cfg) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
-            found = propose_depth_boxes(depth, intrinsics, s.depth_cfg, image, self._registration(
-                camera, stride_for(s.depth_cfg, image.shape[1])))
+            depth_cfg = stride_for(s.depth_cfg, image.shape[1])   # this camera's grid step
+            found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
+                                        self._registration(camera, depth_cfg))
         except DepthError as exc:
             return self._colour_boxes(image, s, pending), str(exc)
         if found.plane is None:
             return self._colour_boxes(image, s, pending), found.note
         with self._registration_lock:
-            if camera not in self._depth_noise and \
-                    len(self._depth_noise) >= MAX_REGISTERED_CAMERAS:
-                del self._depth_noise[next(iter(self._depth_noise))]
-            self._depth_noise[camera] = found.noise_m
+            _remember(self._depth_noise, camera, found.noise_m)
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
             return list(found.boxes)[:count], "used"
