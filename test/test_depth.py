@@ -447,17 +447,23 @@ def test_noise_estimate_measures_the_noise_below_the_plane(correlation_px):
 def test_noise_filter_drops_bumps_of_correlated_noise_and_keeps_the_objects():
     from vl_distill_ros.sim.depth_noise import NOISE_MODELS
 
-    off = dataclasses.replace(DepthProposalConfig(), noise_top_sigmas=0.0)
-    found = {"off": [0, 0], "on": [0, 0]}
+    from vl_distill_ros.perception.depth_proposals import _containment
+
+    on = DepthProposalConfig(refine_max_frac=0.0)   # the grid over the frame: the filter alone
+    off = dataclasses.replace(on, noise_top_sigmas=0.0)
+    found = {"off": [0, 0], "on": [0, 0], "default": [0, 0]}
     for seed in range(4):
         depth, truth = render_tabletop(OBJECTS, tilt_deg=40 + 3 * seed)
         noisy = apply_depth_noise(depth, np.random.default_rng(seed), NOISE_MODELS["coarse"])
-        for name, cfg in (("off", off), ("on", DepthProposalConfig())):
+        for name, cfg in (("off", off), ("on", on), ("default", DepthProposalConfig())):
             boxes = propose_depth_boxes(noisy, K, cfg).boxes
             found[name][0] += _matched(truth, boxes)
-            found[name][1] += len(boxes)
-    assert found["on"] == [12, 12]                       # every object, no other box
-    assert found["off"][0] == 12 and found["off"][1] >= 16   # bumps of the noise as boxes
+            # boxes off the objects: bumps of the noise on the table
+            found[name][1] += sum(max(_containment(b, t) for t in truth) < 0.5 for b in boxes)
+    assert found["on"] == [12, 0]                        # every object, no bump
+    assert found["off"][0] == 12 and found["off"][1] >= 4    # bumps of the noise as boxes
+    # with the object windows on the finer grid too (it may cut a piece off the tall box)
+    assert found["default"] == [12, 0]
     with pytest.raises(DepthError, match="noise_top_sigmas"):
         DepthProposalConfig(noise_top_sigmas=-1.0)
 
@@ -689,25 +695,88 @@ def test_the_grid_step_grows_with_the_frame_width():
         DepthProposalConfig(max_grid_width=-1)
 
 
-def test_the_objects_window_is_found_again_on_a_finer_grid():
+def _windows_of(monkeypatch, depth: np.ndarray, cfg: DepthProposalConfig):
+    """The proposals of ``depth`` and the object windows the proposer found on the way."""
     import vl_distill_ros.perception.depth_proposals as dp
 
+    seen = []
+    real = dp._object_windows
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(dp, "_object_windows", spy)
+    found = propose_depth_boxes(depth, K, cfg)
+    monkeypatch.setattr(dp, "_object_windows", real)
+    return found, (seen[0] if seen else None)
+
+
+def test_the_object_windows_are_found_again_on_a_finer_grid(monkeypatch):
     depth, truth = render_tabletop(OBJECTS)
     noisy = apply_depth_noise(depth, np.random.default_rng(4))
     coarse = dataclasses.replace(DepthProposalConfig(), refine_max_frac=0.0)
-    fine_everywhere = dataclasses.replace(coarse, stride=1, max_grid_width=0)
-    plain = propose_depth_boxes(noisy, K, coarse)
-    refined = propose_depth_boxes(noisy, K, DepthProposalConfig(refine_max_frac=1.0))
+    plain, none = _windows_of(monkeypatch, noisy, coarse)
+    assert none is None                              # 0: the grid over the frame, no windows
+    everywhere = propose_depth_boxes(noisy, K, dataclasses.replace(coarse, stride=1,
+                                                                   max_grid_width=0))
+    refined, windows = _windows_of(monkeypatch, noisy, DepthProposalConfig(refine_max_frac=1.0))
     assert refined.stride == 2 and refined.height_grid.shape == (240, 320)  # fusion: coarse
-    # inside the objects' window the fine grid finds what a fine grid everywhere finds
-    everywhere = propose_depth_boxes(noisy, K, fine_everywhere)
+    # one window per object standing apart, corners on the grid step, inside the frame
+    assert len(windows) == 3 and all(v % 2 == 0 for w in windows for v in w)
+    assert all(0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480 for x0, y0, x1, y1 in windows)
+    # every window on the fine grid: what a fine grid over the whole frame finds
     assert sorted(refined.boxes) == sorted(everywhere.boxes)
     assert _matched(truth, refined.boxes) == 3 and sorted(refined.boxes) != sorted(plain.boxes)
-    # a window over the bound: the coarse boxes
-    x0 = min(b[0] for b in plain.boxes) - 2 * dp.REFINE_MARGIN_CELLS
-    x1 = max(b[0] + b[2] for b in plain.boxes) + 2 * dp.REFINE_MARGIN_CELLS
-    assert (x1 - x0) / 640 < 0.9
-    small = propose_depth_boxes(noisy, K, DepthProposalConfig(refine_max_frac=0.01))
-    assert small.boxes == plain.boxes
+    # no budget for any window: the grid's own samples in each, the boxes of the grid
+    assert propose_depth_boxes(noisy, K, DepthProposalConfig(refine_max_frac=1e-4)).boxes \
+        == plain.boxes
+    # a budget for the smallest window only: its object from the fine grid, the others
+    # from the grid
+    areas = sorted((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in windows)
+    budget = (areas[0] + 1) / (640 * 480)
+    assert areas[0] + areas[1] > areas[0] + 1
+    mixed = propose_depth_boxes(noisy, K, DepthProposalConfig(refine_max_frac=budget))
+    smallest = min(windows, key=lambda w: (w[2] - w[0]) * (w[3] - w[1]))
+
+    def inside(b, w):
+        return w[0] <= b[0] and w[1] <= b[1] and b[0] + b[2] <= w[2] and b[1] + b[3] <= w[3]
+    for box in mixed.boxes:
+        assert box in (everywhere.boxes if inside(box, smallest) else plain.boxes)
+    assert sum(inside(b, smallest) for b in mixed.boxes) == 1
     with pytest.raises(DepthError, match="refine_max_frac"):
         DepthProposalConfig(refine_max_frac=1.5)
+
+
+def test_object_windows_join_while_any_two_overlap():
+    from vl_distill_ros.perception.depth_proposals import _joined
+
+    # a chain: the first overlaps the second, which overlaps the third; one apart
+    rects = [(0, 0, 10, 10), (100, 100, 120, 120), (8, 8, 20, 20), (18, 0, 30, 9)]
+    assert sorted(_joined(rects)) == [(0, 0, 30, 20), (100, 100, 120, 120)]
+    assert _joined([(0, 0, 10, 10), (10, 0, 20, 10)]) == [(0, 0, 10, 10), (10, 0, 20, 10)]
+    assert _joined([]) == []
+
+
+def test_a_cloud_cropped_to_a_window_keeps_the_frames_samples():
+    from vl_distill_ros.perception.depth_proposals import depth_cloud
+
+    depth = apply_depth_noise(render_tabletop(OBJECTS)[0], np.random.default_rng(3))
+    cloud = depth_cloud(depth, K, DepthProposalConfig())
+    win, idx = cloud.crop(40, 100, 60, 200)
+    assert win.z.shape == (60, 140) and win.stride == cloud.stride
+    inside = (cloud.rows >= 40) & (cloud.rows < 100) & (cloud.cols >= 60) & (cloud.cols < 200)
+    np.testing.assert_array_equal(idx, np.flatnonzero(inside))
+    np.testing.assert_array_equal(win.points, cloud.points[inside])
+    np.testing.assert_array_equal(win.z[win.rows, win.cols], win.points[:, 2])
+    assert win.valid[win.rows, win.cols].all() and win.valid.sum() == len(idx)
+
+
+def test_the_noise_bound_is_at_least_the_noise_at_any_nearer_depth():
+    from vl_distill_ros.perception.depth_proposals import DepthNoiseEstimate, noise_curve
+
+    noise = DepthNoiseEstimate(1.0, (math.nan, 0.8, 1.6, math.nan, 1.2))
+    for z in np.linspace(0.2, 2.0, 37):
+        bound = noise.sigma_bound(float(z))
+        assert all(noise.sigma(float(v)) <= bound for v in np.linspace(0.15, z, 20))
+    assert noise.sigma_bound(1.0) == pytest.approx(1.6 * noise_curve(1.0))   # the largest
+    assert DepthNoiseEstimate().sigma_bound(1.0) == 0.0

@@ -43,10 +43,12 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    a box overlapping a larger one by :data:`DUPLICATE_IOU` is dropped (one object's box);
    so is a cluster whose top stands within the frame's depth noise (``noise_top_sigmas``,
    measured below the plane by :class:`DepthNoiseEstimate`).
-5. **A finer grid in the objects' window** (``refine_max_frac``): steps 1, 3 and 4 run again
-   at half the grid step inside the window that holds the boxes, on the same plane, when
-   that window is small enough; the grid steps up with the frame's width
-   (``max_grid_width``).
+5. **Object windows, the smallest on a finer grid** (``refine_max_frac``): steps 3 and 4
+   run per window around a group of raised samples (:data:`REFINE_MARGIN_CELLS` of
+   margin, overlapping windows joined); the smallest windows, together at most
+   ``refine_max_frac`` of the frame, on a cloud sampled at half the grid step (the same
+   plane and noise), the others on the grid's own samples. The grid step rises with the
+   frame's width (``max_grid_width``).
 
 :func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
 and splits a depth box into the colour boxes inside it where those stand at clearly different
@@ -125,11 +127,11 @@ class DepthProposalConfig:
     #: frame: step 4, 320x180 samples): the proposer's cost and its geometry in grid cells
     #: stay those of a 640x480 frame whatever the camera's resolution. 0: ``stride`` as is.
     max_grid_width: int = 320
-    #: The objects are found again at half the grid step inside the window that holds the
-    #: grid's boxes (plus :data:`REFINE_MARGIN_CELLS`) when it covers at most this fraction
-    #: of the frame: finer cuts between objects in contact, at the cost of a fine grid over
-    #: a part of the frame only (the bound keeps the frame's cost). 0: never.
-    refine_max_frac: float = 0.2
+    #: The objects are found per window around each group of raised samples; the smallest
+    #: windows, together at most this fraction of the frame, at half the grid step (finer
+    #: cuts between objects in contact at a fine grid's cost over a part of the frame
+    #: only), the others on the grid. 0: the grid over the whole frame, no windows.
+    refine_max_frac: float = 0.12
     #: With the colour image: the depth is moved by up to this many pixels (in ``stride``
     #: steps) where its occluding edges then lie clearly closer to the colour edges (a
     #: driver's registration a few pixels off). 0: depth is taken as registered.
@@ -432,6 +434,12 @@ class DepthNoiseEstimate:
             slices[int(i)] = float(np.median(r[idx == i])) / 0.6745
         return cls(float(np.median(r)) / 0.6745, tuple(slices))
 
+    def sigma_bound(self, z: float) -> float:
+        """At least :meth:`sigma` at any depth up to ``z``: the largest scale (the frame's
+        or a slice's) times the curve at ``z``."""
+        return max([self.scale, *(v for v in self.slices if not math.isnan(v))]) * float(
+            noise_curve(z))
+
     def sigma(self, z: float) -> float:
         """The standard deviation (m) at depth ``z``: its slice's, else the frame's."""
         i = int(z / NOISE_SLICE_M)
@@ -464,15 +472,20 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
     normals = normals[ok] / norm[ok, None]
     offsets = -np.einsum("ij,ij->i", normals, tri[ok, 0])
     thr_sub = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * sub[:, 2] ** 2
-    scores = np.count_nonzero(np.abs(sub @ normals.T + offsets) < thr_sub[:, None], axis=0)
+    dist = sub @ normals.T
+    dist += offsets
+    np.abs(dist, out=dist)
+    # a count per column as a uint8 sum: 4x count_nonzero(axis=0)'s speed
+    scores = np.add.reduce((dist < thr_sub[:, None]).view(np.uint8), axis=0, dtype=np.int64)
     best = int(np.argmax(scores))
     n, d = normals[best].astype(np.float64), float(offsets[best])
     thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * fit[:, 2] ** 2
+    fit = fit.astype(np.float64)   # once: each product with the float64 normal casts it
     for _ in range(2):  # least-squares refits on the inliers (smallest-eigenvalue normal)
         inliers = np.abs(fit @ n + d) < thr
         if np.count_nonzero(inliers) < 3:
             return None
-        sel = np.compress(inliers, fit, axis=0).astype(np.float64)
+        sel = np.compress(inliers, fit, axis=0)
         centre = np.ones(len(sel)) @ sel / len(sel)   # a BLAS product: 10x np.mean's speed
         dev = sel - centre
         cov = dev.T @ dev
@@ -508,6 +521,17 @@ class DepthCloud:
         if self.flat is None:
             self.flat = self.rows * self.z.shape[1] + self.cols
         return self.flat
+
+    def crop(self, r0: int, r1: int, c0: int, c1: int) -> tuple["DepthCloud", np.ndarray]:
+        """The samples of grid rows ``r0:r1`` and columns ``c0:c1`` as the cloud of that
+        window (the same points; rows and columns from the window's corner), and their
+        indices in this cloud."""
+        lo, hi = np.searchsorted(self.rows, [r0, r1])   # samples come in row-major order
+        cols = self.cols[lo:hi]
+        idx = lo + np.flatnonzero((cols >= c0) & (cols < c1))
+        return DepthCloud(self.z[r0:r1, c0:c1], self.valid[r0:r1, c0:c1], self.stride,
+                          self.offset, np.take(self.rows, idx) - r0,
+                          np.take(self.cols, idx) - c0, np.take(self.points, idx, 0)), idx
 
     def scatter(self, values: np.ndarray, fill: float, dtype: type) -> np.ndarray:
         """A grid of ``fill`` with each valid sample's cell set to its ``values`` entry."""
@@ -545,7 +569,9 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
     (:func:`depth_samples`) and back-project the rest with ``k``."""
     z, valid, s, off = depth_samples(depth, cfg)
     flat = np.flatnonzero(valid)
-    rows, cols = np.divmod(flat, z.shape[1])
+    # the row of each sample from the counts per row, then its column: 4x np.divmod's speed
+    rows = np.repeat(np.arange(z.shape[0]), np.count_nonzero(valid, axis=1))
+    cols = flat - rows * z.shape[1]
     zz = np.take(z.reshape(-1), flat)
     # per grid column / row first (the same float64 values as per sample), then per sample;
     # written straight into the float32 cloud (the rounding of astype)
@@ -624,44 +650,108 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     out.noise_m = noise.scale * float(noise_curve(1.0))
-    out.boxes, out.tops = _boxes_on_plane(cloud, height, out.height_grid, intrinsics, cfg, n,
-                                          colour, noise)
-    if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2 and out.boxes:
-        out.boxes, out.tops = _refined(depth, intrinsics, cfg, out.boxes, out.tops, colour,
-                                       (n, d), noise)
+    if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2:
+        out.boxes, out.tops = _window_boxes(
+            depth, intrinsics, cfg, (cloud, height, out.height_grid),
+            _object_windows(cloud, height, cfg, intrinsics), colour, (n, d), noise)
+    else:
+        out.boxes, out.tops = _boxes_on_plane(cloud, height, out.height_grid, intrinsics, cfg,
+                                              n, colour, noise)
     return out
 
 
-#: The fine window (:func:`_refined`) reaches this many fine grid cells beyond the coarse
-#: boxes: the closing's and the crease chords' reach.
-REFINE_MARGIN_CELLS = 16
+#: An object window (:func:`_object_windows`) reaches this many fine grid cells beyond the
+#: grid's raised samples it holds: the fine grid's raised samples and its closing reach a
+#: few cells past them (creases need only the raised samples; 16 cells found no more).
+REFINE_MARGIN_CELLS = 8
 
 
-def _refined(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig,
-             boxes: Sequence[Box], tops: Sequence[float], colour: np.ndarray | None,
-             plane: tuple[np.ndarray, float], noise: DepthNoiseEstimate
-             ) -> tuple[list[Box], list[float]]:
-    """The boxes and tops of the objects found again at half the grid step inside the
-    window that holds the coarse ``boxes`` (plus :data:`REFINE_MARGIN_CELLS`), when it
-    covers at most ``refine_max_frac`` of the frame (else ``boxes`` and ``tops``): a finer
-    grid resolves the gaps and creases between objects in contact. Same plane, noise and
-    settings; cell and sample counts are the fine grid's."""
+def _in_band(points: np.ndarray, height: np.ndarray, cfg: DepthProposalConfig) -> np.ndarray:
+    """Which samples stand in the height band: over ``min_height_m`` plus the noise
+    allowance at their depth, under ``max_height_m``."""
+    low = cfg.min_height_m + cfg.plane_threshold_quadratic * points[:, 2] ** 2
+    return (height > low) & (height < cfg.max_height_m)
+
+
+def _object_windows(cloud: DepthCloud, height: np.ndarray, cfg: DepthProposalConfig,
+                    k: CameraIntrinsics) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` pixel windows that hold the grid's groups of raised samples
+    (each group of ``min_cluster_points`` or more, after the ``close_cells`` closing) plus
+    :data:`REFINE_MARGIN_CELLS` of the finer grid, joined while any two overlap; their
+    corners lie on the grid step (a window's grid is the frame's)."""
+    grid = cloud.scatter(_in_band(cloud.points, height, cfg).view(np.uint8), 0, np.uint8)
+    if int(cfg.close_cells) > 1:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(cfg.close_cells) | 1,) * 2)
+        grid = cv2.morphologyEx(grid, cv2.MORPH_CLOSE, kernel)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=8)
+    s = cloud.stride
+    margin = REFINE_MARGIN_CELLS * (s // 2)
+
+    def on_grid(v: int, most: int) -> int:
+        return min(max(v // s * s, 0), most)
+    return _joined([(on_grid(x * s - margin, k.width), on_grid(y * s - margin, k.height),
+                     on_grid((x + bw) * s + margin + s - 1, k.width),
+                     on_grid((y + bh) * s + margin + s - 1, k.height))
+                    for x, y, bw, bh, area in stats[1:].tolist()
+                    if area >= cfg.min_cluster_points])
+
+
+def _joined(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` rectangles, each two that overlap replaced by the rectangle
+    around both until none overlap."""
+    out = list(rects)
+    merged = True
+    while merged:
+        merged, kept = False, []
+        for r in out:
+            for i, o in enumerate(kept):
+                if r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3]:
+                    kept[i] = (min(r[0], o[0]), min(r[1], o[1]), max(r[2], o[2]),
+                               max(r[3], o[3]))
+                    merged = True
+                    break
+            else:
+                kept.append(r)
+        out = kept
+    return out
+
+
+def _window_boxes(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig,
+                  grid: tuple[DepthCloud, np.ndarray, np.ndarray],
+                  windows: Sequence[tuple[int, int, int, int]], colour: np.ndarray | None,
+                  plane: tuple[np.ndarray, float], noise: DepthNoiseEstimate
+                  ) -> tuple[list[Box], list[float]]:
+    """Steps 3 and 4 inside each of ``windows`` (from :func:`_object_windows`) on the
+    ``grid``'s plane and noise (its cloud, heights and height grid): the boxes (largest
+    first, at most ``max_count``) and tops of the objects. The smallest windows, together
+    at most ``refine_max_frac`` of the frame, on a cloud sampled at half the grid step (cell
+    and sample counts are the fine grid's), the others on the grid's own samples."""
     fine = _with_stride(cfg, int(cfg.stride) // 2)
-    margin = REFINE_MARGIN_CELLS * fine.stride
-    x0 = max(int(min(b[0] for b in boxes)) - margin, 0)
-    y0 = max(int(min(b[1] for b in boxes)) - margin, 0)
-    x1 = min(int(max(b[0] + b[2] for b in boxes)) + margin, k.width)
-    y1 = min(int(max(b[1] + b[3] for b in boxes)) + margin, k.height)
-    if (x1 - x0) * (y1 - y0) > cfg.refine_max_frac * k.width * k.height:
-        return list(boxes), list(tops)
-    window = CameraIntrinsics(k.fx, k.fy, k.cx - x0, k.cy - y0, x1 - x0, y1 - y0)
-    cloud = depth_cloud(np.ascontiguousarray(depth[y0:y1, x0:x1]), window, fine)
+    budget = cfg.refine_max_frac * k.width * k.height
     normal, offset = plane
-    height = cloud.points @ normal.astype(np.float32) + np.float32(offset)
-    found, found_tops = _boxes_on_plane(
-        cloud, height, cloud.scatter(height, np.nan, np.float32), window, fine, normal,
-        None if colour is None else np.ascontiguousarray(colour[y0:y1, x0:x1]), noise)
-    return [(b[0] + x0, b[1] + y0, b[2], b[3]) for b in found], found_tops
+    found: list[tuple[Box, float]] = []
+    for x0, y0, x1, y1 in sorted(windows, key=lambda r: (r[2] - r[0]) * (r[3] - r[1])):
+        window = CameraIntrinsics(k.fx, k.fy, k.cx - x0, k.cy - y0, x1 - x0, y1 - y0)
+        area = (x1 - x0) * (y1 - y0)
+        if area <= budget:
+            budget -= area
+            step = fine
+            cloud = depth_cloud(np.ascontiguousarray(depth[y0:y1, x0:x1]), window, fine)
+            height = cloud.points @ normal.astype(np.float32) + np.float32(offset)
+            height_grid = cloud.scatter(height, np.nan, np.float32)
+        else:   # the grid's samples in the window (its corners lie on the grid step)
+            step, s = cfg, int(cfg.stride)
+            r0, c0 = y0 // s, x0 // s
+            r1, c1 = r0 + len(range(s // 2, y1 - y0, s)), c0 + len(range(s // 2, x1 - x0, s))
+            cloud, idx = grid[0].crop(r0, r1, c0, c1)
+            height, height_grid = np.take(grid[1], idx), grid[2][r0:r1, c0:c1]
+        boxes, tops = _boxes_on_plane(
+            cloud, height, height_grid, window, step, normal,
+            None if colour is None else np.ascontiguousarray(colour[y0:y1, x0:x1]), noise)
+        found += [((b[0] + x0, b[1] + y0, b[2], b[3]), t) for b, t in zip(boxes, tops)]
+    found.sort(key=lambda bt: bt[0][2] * bt[0][3], reverse=True)
+    found = found[:int(cfg.max_count)]
+    return [b for b, _ in found], [t for _, t in found]
 
 
 def _boxes_on_plane(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,
@@ -685,9 +775,8 @@ def object_clusters(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarr
     same on the sample grid): the samples in the height band, grouped on the grid and cut
     at steps, creases (closed along the colour ``edges`` when given) and weaker steps in
     front, then where each group's height map steps seen from above (``top_view_*``)."""
-    low = cfg.min_height_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
-    above = (height > low) & (height < cfg.max_height_m)
-    clusters = _grid_clusters(cloud, above, cfg, edges, height_grid)
+    clusters = _grid_clusters(cloud, _in_band(cloud.points, height, cfg), cfg, edges,
+                              height_grid)
     if cfg.top_view_bin_m > 0:
         clusters = [piece for c in clusters
                     for piece in split_top_view(c, cloud.points, height, normal, cfg)]
@@ -724,18 +813,20 @@ class _ColourEdges:
         """``image_rgb``: the uint8 RGB colour image (the depth's size); ``shape``: the
         grid's."""
         self._image, self._shape, self._cfg = image_rgb, shape, cfg
-        self._small: np.ndarray | None = None
+        self._lab: np.ndarray | None = None
 
     def window(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """``bool`` cells of the grid window ``(x, y, w, h)`` on (or next to) a colour
         edge."""
-        if self._small is None:
+        if self._lab is None:   # the image on the grid, in Lab, once for all windows
             gh, gw = self._shape
-            self._small = cv2.resize(np.ascontiguousarray(self._image), (gw, gh),
-                                     interpolation=cv2.INTER_AREA)
+            image = np.ascontiguousarray(self._image)
+            if image.shape[:2] != (gh, gw):
+                image = cv2.resize(image, (gw, gh), interpolation=cv2.INTER_AREA)
+            self._lab = cv2.cvtColor(image, cv2.COLOR_RGB2Lab)
         p = self.PAD
         y0, x0 = max(y - p, 0), max(x - p, 0)
-        lab = cv2.cvtColor(self._small[y0:y + h + p, x0:x + w + p], cv2.COLOR_RGB2Lab)
+        lab = self._lab[y0:y + h + p, x0:x + w + p]
         edges = np.zeros(lab.shape[:2], np.uint8)
         for c in range(3):
             edges |= cv2.Canny(np.ascontiguousarray(lab[..., c]),
@@ -980,11 +1071,14 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
     s = int(cfg.stride)
     for sel in clusters:
         cloud = points[sel]
-        extent = float((cloud.max(axis=0) - cloud.min(axis=0)).max())
+        hi = cloud.max(axis=0)
+        extent = float((hi - cloud.min(axis=0)).max())
         if not cfg.min_size_m <= extent <= cfg.max_size_m:
             continue
         top = float(height[sel].max())
-        if noise is not None and top < cfg.noise_top_sigmas * noise.sigma(
+        # the median depth only when the top is under the noise's bound at the farthest
+        if noise is not None and top < cfg.noise_top_sigmas * noise.sigma_bound(
+                float(hi[2])) and top < cfg.noise_top_sigmas * noise.sigma(
                 float(np.median(cloud[:, 2]))):
             continue
         feet = cloud - height[sel, None] * normal[None, :].astype(np.float32)
