@@ -747,6 +747,20 @@ def test_the_object_windows_are_found_again_on_a_finer_grid(monkeypatch):
         DepthProposalConfig(refine_max_frac=1.5)
 
 
+def test_a_frame_of_many_raised_specks_is_proposed_on_the_grid_without_windows(monkeypatch):
+    import vl_distill_ros.perception.depth_proposals as dp
+
+    specks = [(a, b, 0.015, 0.015, 0.02) for a in np.linspace(-0.3, 0.3, 11)
+              for b in np.linspace(-0.15, 0.2, 8)]
+    depth, _ = render_tabletop(specks)
+    frame = propose_depth_boxes(depth, K, DepthProposalConfig(refine_max_frac=0.0))
+    found, windows = _windows_of(monkeypatch, depth, DepthProposalConfig())
+    assert windows is None and found.boxes == frame.boxes   # more than MAX_OBJECT_WINDOWS
+    monkeypatch.setattr(dp, "MAX_OBJECT_WINDOWS", 200)   # the same specks under a higher cap
+    _, windows = _windows_of(monkeypatch, depth, DepthProposalConfig())
+    assert windows   # joined into a few windows
+
+
 def test_object_windows_join_while_any_two_overlap():
     from vl_distill_ros.perception.depth_proposals import _joined
 

@@ -47,8 +47,9 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    run per window around a group of raised samples (:data:`REFINE_MARGIN_CELLS` of
    margin, overlapping windows joined); the smallest windows, together at most
    ``refine_max_frac`` of the frame, on a cloud sampled at half the grid step (the same
-   plane and noise), the others on the grid's own samples. The grid step rises with the
-   frame's width (``max_grid_width``).
+   plane and noise), the others on the grid's own samples (more than
+   :data:`MAX_OBJECT_WINDOWS` groups: the grid over the frame). The grid step rises with
+   the frame's width (``max_grid_width``).
 
 :func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
 and splits a depth box into the colour boxes inside it where those stand at clearly different
@@ -650,10 +651,12 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     out.noise_m = noise.scale * float(noise_curve(1.0))
-    if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2:
-        out.boxes, out.tops = _window_boxes(
-            depth, intrinsics, cfg, (cloud, height, out.height_grid),
-            _object_windows(cloud, height, cfg, intrinsics), colour, (n, d), noise)
+    windows = _object_windows(cloud, height, cfg, intrinsics) \
+        if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2 else None
+    if windows is not None:
+        out.boxes, out.tops = _window_boxes(depth, intrinsics, cfg,
+                                            (cloud, height, out.height_grid), windows, colour,
+                                            (n, d), noise)
     else:
         out.boxes, out.tops = _boxes_on_plane(cloud, height, out.height_grid, intrinsics, cfg,
                                               n, colour, noise)
@@ -664,6 +667,10 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
 #: grid's raised samples it holds: the fine grid's raised samples and its closing reach a
 #: few cells past them (creases need only the raised samples; 16 cells found no more).
 REFINE_MARGIN_CELLS = 8
+#: More groups of raised samples than this (specks of a hostile or broken depth image): no
+#: windows, the grid over the whole frame (the windows' joining and per-window passes are
+#: bounded; real frames hold up to about 45).
+MAX_OBJECT_WINDOWS = 64
 
 
 def _in_band(points: np.ndarray, height: np.ndarray, cfg: DepthProposalConfig) -> np.ndarray:
@@ -674,11 +681,12 @@ def _in_band(points: np.ndarray, height: np.ndarray, cfg: DepthProposalConfig) -
 
 
 def _object_windows(cloud: DepthCloud, height: np.ndarray, cfg: DepthProposalConfig,
-                    k: CameraIntrinsics) -> list[tuple[int, int, int, int]]:
+                    k: CameraIntrinsics) -> list[tuple[int, int, int, int]] | None:
     """``(x0, y0, x1, y1)`` pixel windows that hold the grid's groups of raised samples
     (each group of ``min_cluster_points`` or more, after the ``close_cells`` closing) plus
     :data:`REFINE_MARGIN_CELLS` of the finer grid, joined while any two overlap; their
-    corners lie on the grid step (a window's grid is the frame's)."""
+    corners lie on the grid step (a window's grid is the frame's). ``None`` for more than
+    :data:`MAX_OBJECT_WINDOWS` groups."""
     grid = cloud.scatter(_in_band(cloud.points, height, cfg).view(np.uint8), 0, np.uint8)
     if int(cfg.close_cells) > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(cfg.close_cells) | 1,) * 2)
@@ -687,13 +695,16 @@ def _object_windows(cloud: DepthCloud, height: np.ndarray, cfg: DepthProposalCon
     s = cloud.stride
     margin = REFINE_MARGIN_CELLS * (s // 2)
 
+    groups = [row for row in stats[1:].tolist() if row[4] >= cfg.min_cluster_points]
+    if len(groups) > MAX_OBJECT_WINDOWS:
+        return None
+
     def on_grid(v: int, most: int) -> int:
         return min(max(v // s * s, 0), most)
     return _joined([(on_grid(x * s - margin, k.width), on_grid(y * s - margin, k.height),
                      on_grid((x + bw) * s + margin + s - 1, k.width),
                      on_grid((y + bh) * s + margin + s - 1, k.height))
-                    for x, y, bw, bh, area in stats[1:].tolist()
-                    if area >= cfg.min_cluster_points])
+                    for x, y, bw, bh, _ in groups])
 
 
 def _joined(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
