@@ -22,9 +22,9 @@ from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposal
 
 #: The default settings, the same without any cut (the old behaviour), without the
 #: top-view split (each cut of the image grid on its own), and of those with the cut at
-#: depth steps only, or without the weaker steps. All on the grid alone: the finer grid in
-#: the objects' window (``refine_max_frac``) runs the same cuts again on a finer grid, so
-#: here it would blur which cut did what (it is tested in test_depth.py).
+#: depth steps only, or without the weaker steps. All on the grid over the frame: the
+#: object windows on a finer grid (``refine_max_frac``) run the same cuts on a finer grid,
+#: so here they would blur which cut did what (they are tested in test_depth.py).
 NEW = DepthProposalConfig(refine_max_frac=0.0)
 OLD = dataclasses.replace(NEW, cut_jump_frac=0.0, crease_m=0.0, weak_jump_frac=0.0,
                           top_view_bin_m=0.0)
