@@ -430,3 +430,34 @@ def test_the_finer_window_cuts_rendered_pairs_the_grid_joins(scene_renderer):
             assert found[0] >= found[1], (pool, seed)
             totals = [t + f for t, f in zip(totals, found)]
     assert totals[0] > totals[1], totals
+
+
+def test_furniture_stands_beyond_the_table_and_is_drawn_in_depth(scene_renderer):
+    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.scene import _Camera, SceneSpec, render_scene
+
+    pool = ["005_tomato_soup_can", "003_cracker_box", "011_banana"]
+    seen = 0
+    for seed in range(4):
+        spec = SceneSpec(width=160, height=120, objects_per_scene=(2, 3), depth=True,
+                         furniture=4, elevation_deg=(35.0, 40.0))
+        frame = render_scene(scene_renderer, pool, np.random.default_rng(seed), spec)
+        half = np.asarray(frame.meta["table"]["size"]) / 2
+        assert len(frame.meta["furniture"]) == 4
+        for piece in frame.meta["furniture"]:
+            lo, hi = np.asarray(piece["min"]), np.asarray(piece["max"])
+            assert lo[2] < -0.5 and hi[2] > -0.25          # on the floor, near table height
+            assert lo[0] > half[0] or hi[0] < -half[0] or lo[1] > half[1] or hi[1] < -half[1]
+        # the depth holds the furniture's surfaces: back-projected pixels inside a piece
+        cam = _Camera(**{k: np.asarray(v) if k in ("eye", "target") else v
+                         for k, v in frame.meta["camera"].items()})
+        world = cam.eye + frame.depth[..., None] * cam.rays()
+        inside = np.zeros(frame.depth.shape, bool)
+        for piece in frame.meta["furniture"]:
+            lo, hi = np.asarray(piece["min"]) - 0.01, np.asarray(piece["max"]) + 0.01
+            inside |= np.all((world >= lo) & (world <= hi), axis=-1)
+        seen += int(np.count_nonzero(inside & (frame.depth > 0)))
+        assert all(o.key in pool for o in frame.objects)
+    assert seen > 200, seen
+    with pytest.raises(RenderError, match="furniture"):
+        SceneSpec(furniture=9).validate()

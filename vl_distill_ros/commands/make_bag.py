@@ -12,6 +12,14 @@ import sys
 DEFAULT_START_TIME = 1_700_000_000.0
 
 
+CONTACT_HELP = ("chance that each object after the first is placed touching one already "
+                "placed (side by side; default 0: random free spots, and frames identical "
+                "to earlier versions)")
+FURNITURE_HELP = ("pieces of furniture (flat-coloured boxes, some taller than the table) "
+                  "standing beyond the table's edges, as in a real room's background; not "
+                  "ground truth (0-8; default 0: frames identical to earlier versions)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``make-bag`` subcommand to ``subparsers`` (sets ``func=run``)."""
     p = subparsers.add_parser(
@@ -34,10 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--objects-per-scene", default="2-4", metavar="N|LO-HI",
                    help="objects placed per scene, a number or an inclusive range "
                         "(default: %(default)s)")
-    p.add_argument("--contact-prob", type=float, default=0.0, metavar="P",
-                   help="chance that each object after the first is placed touching one "
-                        "already placed (side by side; default 0: random free spots, and "
-                        "frames identical to earlier versions)")
+    p.add_argument("--contact-prob", type=float, default=0.0, metavar="P", help=CONTACT_HELP)
+    p.add_argument("--furniture", type=int, default=0, metavar="N", help=FURNITURE_HELP)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
                    help="rosbag2 storage plugin (default: %(default)s)")
     p.add_argument("--compression", choices=("none", "zstd"), default="zstd",
@@ -159,7 +165,8 @@ def _setup(args: argparse.Namespace):
                      hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
                      hand_height=args.hand_height, noise_sigma=noise, distance_m=distance,
                      depth=bool(getattr(args, "depth", False)),
-                     contact_prob=float(getattr(args, "contact_prob", 0.0)))
+                     contact_prob=float(getattr(args, "contact_prob", 0.0)),
+                     furniture=int(getattr(args, "furniture", 0)))
     spec.validate()
     models_dir = args.models_dir or default_models_dir()
     find_models(models_dir)  # before the vocabulary: without models nothing works

@@ -42,7 +42,9 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    the height band), are projected to a box in the colour image, padded by one grid step;
    a box overlapping a larger one by :data:`DUPLICATE_IOU` is dropped (one object's box);
    so is a cluster whose top stands within the frame's depth noise (``noise_top_sigmas``,
-   measured below the plane by :class:`DepthNoiseEstimate`).
+   measured below the plane by :class:`DepthNoiseEstimate`), and one whose feet lie off
+   the support surface (``support_*``, :mod:`.support_region`: the convex hull of the
+   table's own samples in the plane; a cabinet beyond the table is not on it).
 5. **Object windows, the smallest on a finer grid** (``refine_max_frac``): steps 3 and 4
    run per window around a group of raised samples (:data:`REFINE_MARGIN_CELLS` of
    margin, overlapping windows joined); the smallest windows, together at most
@@ -70,6 +72,7 @@ import numpy as np
 
 from .depth_registration import DepthRegistration, shift_depth, strip_fattening
 from .proposals import Box, box_iou, sanitize_boxes
+from .support_region import SupportRegion, support_region
 from .top_view import nearest_label, piece_need, split_top_view
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
@@ -258,6 +261,14 @@ class DepthProposalConfig:
     #: at the cluster's depth) above the plane: spatially correlated sensor noise raises
     #: bumps centimetres wide on the table, a few times its standard deviation high. 0: off.
     noise_top_sigmas: float = 6.0
+    #: The support surface's extent (:mod:`.support_region`): the convex hull, in the
+    #: plane, of the connected pieces of its samples that each hold at least this fraction
+    #: of them (and the camera's foot). A cluster is kept only when the centre of its feet
+    #: lies at most ``support_margin_m`` outside it, and so is a colour box that the fusion
+    #: adds for its raised samples (:data:`SUPPORT_MIN_RAISED`): what stands beyond the
+    #: table (a cabinet, a chair) is not on it. 0: off.
+    support_min_frac: float = 0.05
+    support_margin_m: float = 0.05
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.stride) <= 16:
@@ -310,7 +321,7 @@ class DepthProposalConfig:
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
-                     "refine_max_frac"):
+                     "refine_max_frac", "support_min_frac", "support_margin_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -383,6 +394,12 @@ class DepthProposals:
     #: The frame's depth noise (standard deviation, m) at 1 m, measured on the samples
     #: just below the plane (:class:`DepthNoiseEstimate`); 0 when it could not be measured.
     noise_m: float = 0.0
+    #: The support surface's extent (``support_min_frac``), or ``None``; the grid of
+    #: sampled depth (m, 0 where not usable) and the camera's ``(fx, fy, cx, cy)``, for the
+    #: fusion's colour boxes.
+    support: SupportRegion | None = None
+    depth_grid: np.ndarray | None = None
+    camera: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)
 
 
 #: Shape of a depth camera's axial noise over the depth ``z`` (m): ``a + b z^2`` (about a
@@ -651,16 +668,32 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     out.noise_m = noise.scale * float(noise_curve(1.0))
+    out.camera = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
+    out.depth_grid = cloud.z
+    out.support = _support(cloud, height, (n, d), cfg)
     windows = _object_windows(cloud, height, cfg, intrinsics) \
         if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2 else None
     if windows is not None:
         out.boxes, out.tops = _window_boxes(depth, intrinsics, cfg,
                                             (cloud, height, out.height_grid), windows, colour,
-                                            (n, d), noise)
+                                            (n, d), (noise, out.support))
     else:
         out.boxes, out.tops = _boxes_on_plane(cloud, height, out.height_grid, intrinsics, cfg,
-                                              n, colour, noise)
+                                              n, colour, (noise, out.support))
     return out
+
+
+def _support(cloud: DepthCloud, height: np.ndarray, plane: tuple[np.ndarray, float],
+             cfg: DepthProposalConfig) -> SupportRegion | None:
+    """The support surface's extent (:func:`.support_region.support_region`) from the
+    samples within the plane's inlier distance of it; ``None`` when ``support_min_frac``
+    is 0."""
+    if cfg.support_min_frac <= 0:
+        return None
+    z = cloud.points[:, 2]
+    on = np.abs(height) <= cfg.plane_threshold_m + cfg.plane_threshold_quadratic * z * z
+    return support_region(cloud.scatter(on.view(np.uint8), 0, np.uint8), cloud.flat_index(),
+                          cloud.points, plane, cfg.support_min_frac, cfg.support_margin_m)
 
 
 #: An object window (:func:`_object_windows`) reaches this many fine grid cells beyond the
@@ -730,7 +763,8 @@ def _joined(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int,
 def _window_boxes(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig,
                   grid: tuple[DepthCloud, np.ndarray, np.ndarray],
                   windows: Sequence[tuple[int, int, int, int]], colour: np.ndarray | None,
-                  plane: tuple[np.ndarray, float], noise: DepthNoiseEstimate
+                  plane: tuple[np.ndarray, float],
+                  filters: tuple[DepthNoiseEstimate, SupportRegion | None]
                   ) -> tuple[list[Box], list[float]]:
     """Steps 3 and 4 inside each of ``windows`` (from :func:`_object_windows`) on the
     ``grid``'s plane and noise (its cloud, heights and height grid): the boxes (largest
@@ -758,7 +792,7 @@ def _window_boxes(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConf
             height, height_grid = np.take(grid[1], idx), grid[2][r0:r1, c0:c1]
         boxes, tops = _boxes_on_plane(
             cloud, height, height_grid, window, step, normal,
-            None if colour is None else np.ascontiguousarray(colour[y0:y1, x0:x1]), noise)
+            None if colour is None else np.ascontiguousarray(colour[y0:y1, x0:x1]), filters)
         found += [((b[0] + x0, b[1] + y0, b[2], b[3]), t) for b, t in zip(boxes, tops)]
     found.sort(key=lambda bt: bt[0][2] * bt[0][3], reverse=True)
     found = found[:int(cfg.max_count)]
@@ -767,15 +801,17 @@ def _window_boxes(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConf
 
 def _boxes_on_plane(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,
                     k: CameraIntrinsics, cfg: DepthProposalConfig, normal: np.ndarray,
-                    colour: np.ndarray | None, noise: DepthNoiseEstimate
+                    colour: np.ndarray | None,
+                    filters: tuple[DepthNoiseEstimate, SupportRegion | None]
                     ) -> tuple[list[Box], list[float]]:
     """Steps 3 and 4 on a cloud whose samples stand ``height`` above the plane of unit
     ``normal``: the object clusters (their creases closed along the edges of ``colour``,
-    the cloud's image, when given) and their boxes and tops."""
+    the cloud's image, when given) and their boxes and tops (``filters``: the frame's noise
+    and support surface, see :func:`boxes_from_clusters`)."""
     edges = _ColourEdges(colour, cloud.z.shape, cfg) \
         if colour is not None and int(cfg.crease_colour_cells) > 1 else None
     clusters = object_clusters(cloud, height, height_grid, normal, cfg, edges)
-    return boxes_from_clusters(clusters, cloud.points, height, normal, k, cfg, noise)
+    return boxes_from_clusters(clusters, cloud.points, height, normal, k, cfg, *filters)
 
 
 def object_clusters(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,
@@ -1070,14 +1106,16 @@ DUPLICATE_IOU = 0.7
 
 def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
                         height: np.ndarray, normal: np.ndarray, k: CameraIntrinsics,
-                        cfg: DepthProposalConfig, noise: DepthNoiseEstimate | None = None
+                        cfg: DepthProposalConfig, noise: DepthNoiseEstimate | None = None,
+                        support: SupportRegion | None = None
                         ) -> tuple[list[Box], list[float]]:
     """Size-filtered clusters (index arrays into ``points``) -> colour boxes, largest first
     (at most ``max_count``, none overlapping a larger one by :data:`DUPLICATE_IOU`), and the
     height of each cluster's top above the plane. A cluster's samples and their feet on the
     plane are projected; boxes are padded by one grid step. With the frame's ``noise``
     (:class:`DepthNoiseEstimate`), a cluster whose top stands under ``noise_top_sigmas``
-    times the noise at its depth is dropped (a bump of the noise on the table)."""
+    times the noise at its depth is dropped (a bump of the noise on the table); with the
+    ``support`` surface, so is a cluster whose feet lie off it (beyond the table)."""
     boxes: list[tuple[Box, float]] = []
     s = int(cfg.stride)
     for sel in clusters:
@@ -1093,6 +1131,8 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
                 float(np.median(cloud[:, 2]))):
             continue
         feet = cloud - height[sel, None] * normal[None, :].astype(np.float32)
+        if support is not None and not support.holds(feet):
+            continue
         both = np.concatenate([cloud, feet])
         zs = np.maximum(both[:, 2], 1e-6)
         us = k.fx * both[:, 0] / zs + k.cx
@@ -1146,11 +1186,37 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
             continue
         valid = np.isfinite(cells)
         n_valid = int(np.count_nonzero(valid))
-        if n_valid < cfg.fuse_min_valid_frac * cells.size or \
-                np.count_nonzero(raised[window]) >= cfg.fuse_raised_frac * n_valid:
+        up = raised[window]
+        if (n_valid < cfg.fuse_min_valid_frac * cells.size or np.count_nonzero(up)
+                >= cfg.fuse_raised_frac * n_valid) and _supported(
+                depth, window, up & (cells < cfg.max_height_m)):
             out.append(box)
             tops.append(np.inf)
     return out[:max_count]
+
+
+#: :func:`_supported`: a colour box with fewer raised grid samples than this is not judged
+#: by its feet (a hole in the depth, or a surface the plane is not: then nothing says where
+#: it stands).
+SUPPORT_MIN_RAISED = 8
+
+
+def _supported(depth: DepthProposals, window: tuple[slice, slice], raised: np.ndarray) -> bool:
+    """Whether a colour box (its grid ``window`` and which of its samples are ``raised``
+    within the height band) stands on the support surface: the centre of its raised
+    samples' feet lies on it (an object on the table, not something beyond it). True
+    without a surface or with fewer than :data:`SUPPORT_MIN_RAISED` raised samples."""
+    support = depth.support
+    rows, cols = np.nonzero(raised)
+    if support is None or depth.depth_grid is None or depth.height_grid is None or \
+            rows.size < SUPPORT_MIN_RAISED:
+        return True
+    fx, fy, cx, cy = depth.camera
+    rows, cols = rows + window[0].start, cols + window[1].start
+    z = depth.depth_grid[rows, cols].astype(np.float64)
+    s, off = depth.stride, depth.offset
+    points = np.stack([(off + cols * s - cx) * z / fx, (off + rows * s - cy) * z / fy, z], 1)
+    return support.holds(points - depth.height_grid[rows, cols, None] * support.normal[None, :])
 
 
 def _holey(depth: DepthProposals, box: Box, inside: Sequence[int],

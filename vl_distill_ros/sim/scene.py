@@ -69,6 +69,12 @@ FLOOR_KINDS: tuple[str, ...] = ("solid", "noise", "wood", "checker")
 _FLOOR_Z = -0.74        # floor height below the table top (m)
 _ROOM_RADIUS = 3.0      # beyond this horizontal distance from the table the wall is seen (m)
 _TABLE_TEXELS = 512     # table texture size
+#: Most pieces of furniture (:attr:`SceneSpec.furniture`); their footprints' half sizes, the
+#: gap between them and the table's edge, and their tops' height over the table top (m).
+MAX_FURNITURE = 8
+_FURNITURE_HALF = (0.12, 0.45)
+_FURNITURE_GAP = (0.05, 0.9)
+_FURNITURE_TOP = (-0.2, 0.8)
 _NOISE_PAD = 32         # noise bank margin (frames use a random window of it)
 _FLOOR_TEXELS = 256     # floor texture size
 #: Metres one table texture covers along x and y, for the kinds that repeat: wood planks
@@ -131,6 +137,12 @@ class SceneSpec:
     contact_prob: float = 0.0
     #: Distance (m) between the footprint hulls of two objects in contact (low, high).
     contact_gap_m: tuple[float, float] = (0.0005, 0.003)
+    #: Pieces of furniture beyond the table (0 to :data:`MAX_FURNITURE`): flat-coloured
+    #: boxes standing on the floor a little past the table's edges, some of them rising
+    #: above the table top (cabinets, chairs, boxes of a real room's background). They are
+    #: not objects of the ground truth and may hide objects. 0 (the default) draws nothing
+    #: extra from the random generator, so frames are as without this setting.
+    furniture: int = 0
     #: Render a close-up "hand camera" image of one object as well.
     hand_camera: bool = False
     hand_width: int = 320
@@ -185,6 +197,10 @@ class SceneSpec:
             raise RenderError(f"contact_gap_m must lie in [0, 0.05] m, got {self.contact_gap_m!r}")
         if self.min_visible_pixels < 1 or self.camera_attempts < 1:
             raise RenderError("min_visible_pixels and camera_attempts must be >= 1")
+        if not isinstance(self.furniture, (int, np.integer)) or \
+                not 0 <= self.furniture <= MAX_FURNITURE:
+            raise RenderError(f"furniture must be an integer in [0, {MAX_FURNITURE}], "
+                              f"got {self.furniture!r}")
 
 
 @dataclass
@@ -261,6 +277,7 @@ class _Layout:
     floor_scale: float                # texels per metre
     wall_colour: np.ndarray           # RGB in [0, 1]
     light: "_Light"
+    furniture: list["_Furniture"] = field(default_factory=list)
 
 
 @dataclass
@@ -632,7 +649,64 @@ def _sample_layout(renderer: SceneRenderer, pool: Sequence[str], rng: np.random.
         table_offset=offset, table_colour=table_colour,
         floor_kind=floor_kind, floor_tile=_mirror_tile(_gain(floor, top_gain)),
         floor_scale=2 * _FLOOR_TEXELS / float(rng.uniform(2.0, 4.0)), wall_colour=wall,
-        light=light)
+        light=light, furniture=_sample_furniture(int(spec.furniture), table_half, rng))
+
+
+@dataclass
+class _Furniture:
+    """An axis-aligned box standing on the floor beyond the table."""
+
+    lo: np.ndarray        # (3,) lowest corner (world)
+    hi: np.ndarray        # (3,) highest corner (world)
+    colour: np.ndarray    # RGB in [0, 1]
+
+
+def _sample_furniture(count: int, table_half: np.ndarray,
+                      rng: np.random.Generator) -> list[_Furniture]:
+    """``count`` pieces of furniture, each just past a random edge of the table (draws
+    nothing from ``rng`` when ``count`` is 0)."""
+    out = []
+    for _ in range(count):
+        half = rng.uniform(*_FURNITURE_HALF, size=2)
+        side = int(rng.integers(4))
+        axis, sign = side % 2, (1.0 if side < 2 else -1.0)
+        centre = np.zeros(2)
+        centre[axis] = sign * (table_half[axis] + rng.uniform(*_FURNITURE_GAP) + half[axis])
+        across = table_half[1 - axis] + 0.3
+        centre[1 - axis] = rng.uniform(-across, across)
+        lo = np.clip(centre - half, -_ROOM_RADIUS + 0.01, _ROOM_RADIUS - 0.01)
+        hi = np.clip(centre + half, -_ROOM_RADIUS + 0.01, _ROOM_RADIUS - 0.01)
+        top = float(rng.uniform(*_FURNITURE_TOP))
+        out.append(_Furniture(lo=np.array([lo[0], lo[1], _FLOOR_Z]),
+                              hi=np.array([hi[0], hi[1], top]),
+                              colour=rng.uniform(0.15, 0.85, size=3)))
+    return out
+
+
+def _furniture_hits(cam: _Camera, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (m along the optical axis; inf: none) of the nearest furniture face along each
+    pixel's ray, and that face's Lambert-shaded RGB in [0, 1]."""
+    rays = cam.rays()
+    eye = np.asarray(cam.eye, np.float64)
+    best = np.full(rays.shape[:2], np.inf)
+    colour = np.zeros((*rays.shape[:2], 3), np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for piece in layout.furniture:
+            for axis in range(3):
+                for value, sign in ((piece.lo[axis], -1.0), (piece.hi[axis], 1.0)):
+                    if (eye[axis] - value) * sign <= 0:
+                        continue  # a face turned away from the camera
+                    t = (value - eye[axis]) / rays[..., axis]
+                    hit = eye + t[..., None] * rays
+                    ok = (t > cam.near) & (t < best)
+                    for other in (i for i in range(3) if i != axis):
+                        ok &= (hit[..., other] >= piece.lo[other]) & \
+                            (hit[..., other] <= piece.hi[other])
+                    normal = np.zeros(3)
+                    normal[axis] = sign
+                    best = np.where(ok, t, best)
+                    colour[ok] = np.clip(piece.colour * layout.light.shade(normal), 0.0, 1.0)
+    return best, colour
 
 
 def _fits(cam: _Camera, placed: Sequence[_Placed], margin: float) -> bool:
@@ -946,11 +1020,18 @@ def _render_camera(renderer: SceneRenderer, layout: _Layout, ids: dict[str, int]
     placed objects with at least ``min_visible_pixels``), per-object pixel statistics and,
     with ``spec.depth``, the registered depth in metres."""
     rgb, seg, zbuf = renderer._render_objects(cam, layout)
-    depth = None
-    if spec.depth:
-        depth = _environment_depth(cam, layout)
-        np.copyto(depth, cam.linear_depth(zbuf), where=seg >= 0)
+    depth = _environment_depth(cam, layout) if spec.depth or layout.furniture else None
     img = _draw_environment(cam, layout)
+    if layout.furniture:
+        assert depth is not None
+        near, shade = _furniture_hits(cam, layout)
+        shown = near < np.where(depth > 0, depth, np.inf)
+        seg = np.where((seg >= 0) & shown & (near < cam.linear_depth(zbuf)), -1, seg)
+        np.copyto(depth, near.astype(np.float32), where=shown)
+        np.copyto(img, (shade * 255 + 0.5).astype(np.uint8), where=shown[..., None])
+    if depth is not None:
+        np.copyto(depth, cam.linear_depth(zbuf), where=seg >= 0)
+        depth = depth if spec.depth else None
     np.copyto(img, rgb, where=(seg >= 0)[..., None])
     image = _post_process(img, rng, spec)
     objects: list[SceneObject] = []
@@ -1039,6 +1120,8 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
         "camera": cam.meta(),
         "attempts": attempts,
     }
+    if layout.furniture:
+        meta["furniture"] = [{"min": _r(f.lo), "max": _r(f.hi)} for f in layout.furniture]
     if hand_meta is not None:
         meta["hand"] = hand_meta
     return SceneFrame(image=image, objects=found, hand_image=hand_image,

@@ -1,0 +1,112 @@
+"""The extent of the support surface (the table top) that objects stand on.
+
+The tabletop recipe of robot grasping stacks keeps only what stands *on* the table: the
+points above the plane whose feet fall inside the convex hull of the table's own points
+(PCL's polygonal prism). Without it, anything in the room beyond the table that rises to
+the table's height (a cabinet, a chair, a box on the floor) is a cluster above the plane.
+
+:func:`support_region` takes the samples that lie on the fitted plane, keeps their large
+connected pieces on the sample grid (every other row and column; an opening first removes
+the thin lines where other surfaces, such as a wall or a cabinet's side, cross the plane's
+height) and takes the convex hull of their outlines in the plane, together with the
+camera's foot on the plane (the table between the camera and the bottom of the image is
+out of view, not absent).
+:meth:`SupportRegion.holds` then tests the feet of a cluster's samples. ROS-free; numpy and
+OpenCV only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["SupportRegion", "support_region"]
+
+#: The 8-neighbourhood (3x3): the opening that removes lines up to two cells wide.
+_K3 = np.ones((3, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class SupportRegion:
+    """Convex extent of the support surface in its plane (camera frame, metres)."""
+
+    #: Unit normal (towards the camera) and offset of the plane: ``n . p + d`` = height.
+    normal: np.ndarray
+    offset: float
+    #: Two orthonormal directions in the plane, rows of a ``(2, 3)`` array.
+    axes: np.ndarray
+    #: ``(N, 1, 2)`` float32 convex hull in plane coordinates (along ``axes``; the camera's
+    #: foot on the plane is their origin).
+    hull: np.ndarray
+    #: A point counts as on the surface up to this far outside the hull (m).
+    margin_m: float
+
+    def plane_coords(self, points: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` coordinates in the plane of camera-frame ``points`` ``(N, 3)``
+        (projected along the normal)."""
+        return np.asarray(points, np.float64).reshape(-1, 3) @ self.axes.T
+
+    def _inside(self, uv: np.ndarray) -> bool:
+        return cv2.pointPolygonTest(self.hull, (float(uv[0]), float(uv[1])), True) \
+            >= -self.margin_m
+
+    def holds(self, feet: np.ndarray) -> bool:
+        """Whether the centre of ``feet`` (camera-frame points ``(N, 3)`` on the plane: a
+        cluster's samples moved down along the normal) lies on the surface (``margin_m``)."""
+        feet = np.asarray(feet).reshape(-1, 3)
+        if feet.shape[0] == 0:
+            return False
+        return self._inside(self.plane_coords(feet.mean(axis=0, dtype=np.float64))[0])
+
+
+def _plane_axes(normal: np.ndarray) -> np.ndarray:
+    """Two orthonormal directions perpendicular to the unit ``normal``."""
+    n = np.asarray(normal, np.float64)
+    seed = np.eye(3)[int(np.argmin(np.abs(n)))]
+    a = np.cross(n, seed)
+    a /= np.linalg.norm(a)
+    return np.stack([a, np.cross(n, a)])
+
+
+def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
+                   plane: tuple[np.ndarray, float], min_frac: float, margin_m: float
+                   ) -> SupportRegion | None:
+    """The surface's extent from the grid of the samples on the plane.
+
+    Args:
+        on_plane: ``(rows, cols)`` uint8 grid, 1 where the cell's sample lies on the plane.
+        flat: the row-major grid index of each sample of ``points`` (ascending).
+        points: ``(N, 3)`` camera-frame samples.
+        plane: unit normal and offset (``normal . p + offset`` = height).
+        min_frac: a connected piece of the on-plane cells of every other row and column
+            (after an opening that removes lines up to two of its cells wide) is surface
+            when it holds at least this fraction of them all.
+        margin_m: see :attr:`SupportRegion.margin_m`.
+
+    Returns:
+        The region, or ``None`` when no piece is left (nothing is then filtered).
+    """
+    mask = cv2.morphologyEx(np.ascontiguousarray(on_plane[::2, ::2]), cv2.MORPH_OPEN, _K3)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = 1 + np.flatnonzero(areas >= min_frac * areas.sum())
+    cells = []
+    for label in keep.tolist():
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        piece = (labels[y:y + h, x:x + w] == label).view(np.uint8)
+        contours, _ = cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                       offset=(x, y))
+        cells += [c.reshape(-1, 2) for c in contours]
+    cell = 2 * np.concatenate(cells)
+    # the samples of those cells (every on-plane cell holds one; samples are row-major)
+    index = np.searchsorted(flat, cell[:, 1] * on_plane.shape[1] + cell[:, 0])
+    normal = np.asarray(plane[0], np.float64)
+    axes = _plane_axes(normal)
+    uv = np.asarray(points, np.float64)[np.minimum(index, len(flat) - 1)] @ axes.T
+    # the camera's foot (-offset * normal) is the origin of the plane's coordinates
+    hull = cv2.convexHull(np.vstack([uv, np.zeros((1, 2))]).astype(np.float32))
+    return SupportRegion(normal=normal, offset=float(plane[1]), axes=axes, hull=hull,
+                         margin_m=float(margin_m))
