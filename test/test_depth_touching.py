@@ -461,3 +461,32 @@ def test_furniture_stands_beyond_the_table_and_is_drawn_in_depth(scene_renderer)
     assert seen > 200, seen
     with pytest.raises(RenderError, match="furniture"):
         SceneSpec(furniture=9).validate()
+
+
+def test_a_small_rendered_table_over_the_floor_is_found_as_the_support(scene_renderer):
+    """``table_length_m`` / ``table_width_m`` (``make-bag --table-size``): a side table
+    with more floor than table in view; the depth proposer takes the table, not the floor,
+    as the support (``raised_plane_frac``) and finds the objects on it."""
+    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics, propose_depth_boxes
+    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    pool = ["005_tomato_soup_can", "003_cracker_box", "011_banana", "025_mug"]
+    spec = SceneSpec(width=320, height=240, objects_per_scene=(2, 2), depth=True,
+                     table_length_m=(0.45, 0.45), table_width_m=(0.4, 0.4),
+                     distance_m=(1.0, 1.1), elevation_deg=(40.0, 45.0))
+    found, raised, total = 0, 0, 0
+    for seed in range(3):
+        frame = render_scene(scene_renderer, pool, np.random.default_rng(seed), spec)
+        assert frame.meta["table"]["size"] == pytest.approx([0.45, 0.4])
+        k = CameraIntrinsics(*frame.intrinsics, 320, 240)
+        truth = [o.bbox for o in frame.objects]
+        on = propose_depth_boxes(frame.depth, k)
+        off = propose_depth_boxes(frame.depth, k, DepthProposalConfig(raised_plane_frac=0.0))
+        assert not off.raised_plane and not match_boxes(truth, off.boxes, 0.5)
+        raised += int(on.raised_plane)
+        found += len(match_boxes(truth, on.boxes, 0.5))
+        total += len(truth)
+    assert raised == 3 and found >= total - 1, (raised, found, total)
+    with pytest.raises(RenderError, match="table_length_m"):
+        SceneSpec(table_length_m=(0.1, 0.5)).validate()

@@ -20,9 +20,9 @@ TABLE = ((-0.6, 0.6), (-0.6, 0.3))
 
 
 def cast_room(cuboids: list[tuple[tuple[float, float, float], tuple[float, float, float]]],
-              tilt_deg: float = 55.0, distance: float = 0.9
+              tilt_deg: float = 55.0, distance: float = 0.9, table=TABLE
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Ray-cast depth (m, 0: nothing) of a table top (:data:`TABLE`, its centre
+    """Ray-cast depth (m, 0: nothing) of a table top (``table``, its centre
     ``distance`` m along the optical axis, its normal tilted ``tilt_deg`` from it), the
     floor :data:`FLOOR` m below it and axis-aligned ``cuboids`` ``(lo, hi)`` in table
     coordinates (a, b, height); and the owner map (the cuboid's index; -1 table, -2 floor)."""
@@ -36,7 +36,7 @@ def cast_room(cuboids: list[tuple[tuple[float, float, float], tuple[float, float
     depth = np.full(u.shape, np.inf)
     owner = np.full(u.shape, -3)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for level, who, bounds in ((0.0, -1, TABLE), (FLOOR, -2, ((-9, 9), (-9, 9)))):
+        for level, who, bounds in ((0.0, -1, table), (FLOOR, -2, ((-9, 9), (-9, 9)))):
             tt = (level - start[2]) / dirs[..., 2]
             a, b = start[0] + tt * dirs[..., 0], start[1] + tt * dirs[..., 1]
             hit = (tt > 0) & (tt < depth) & (a >= bounds[0][0]) & (a <= bounds[0][1]) & \
@@ -100,6 +100,38 @@ def test_an_object_at_the_tables_edge_or_cut_by_the_image_border_is_kept():
     box = _box(owner, 0)
     assert box[1] + box[3] == K.height          # cut by the border
     assert any(box_iou(b, box) > 0.7 for b in propose_depth_boxes(depth, K).boxes)
+
+
+def test_a_small_table_over_the_floor_is_the_support_not_the_floor():
+    # a side table 0.4 x 0.3 m: the floor around it holds more of the frame than it does
+    small = ((-0.2, 0.2), (-0.2, 0.1))
+    depth, owner = cast_room([MUG], table=small)
+    assert np.count_nonzero(owner == -2) > 2 * np.count_nonzero(owner == -1)
+    mug = _box(owner, 0)
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(depth, K, cfg)
+    floor_only = propose_depth_boxes(depth, K, dataclasses.replace(cfg, raised_plane_frac=0.0))
+    # on the floor's plane the table and the mug are one cluster, the table's box
+    assert not floor_only.raised_plane
+    assert not any(box_iou(b, mug) > 0.5 for b in floor_only.boxes)
+    assert found.raised_plane
+    assert [box_iou(b, mug) > 0.8 for b in found.boxes] == [True]
+    heights = np.asarray(found.height_grid)[::4, ::4]
+    table = owner[found.offset::found.stride, found.offset::found.stride][::4, ::4] == -1
+    assert np.nanmax(np.abs(heights[table])) < 0.01         # the table top is the plane
+    # an object on the floor beside an empty small table: the floor holds the objects
+    on_floor = ((0.3, 0.3, FLOOR), (0.42, 0.42, FLOOR + 0.12))
+    depth_f, owner_f = cast_room([on_floor], table=small)
+    floor = propose_depth_boxes(depth_f, K, cfg)
+    assert not floor.raised_plane
+    assert [box_iou(b, _box(owner_f, 0)) > 0.8 for b in floor.boxes] == [True]
+    # a table that fills the view is the dominant plane: nothing is looked for above it;
+    # and a table top holding under raised_plane_frac of the frame is not taken
+    large = propose_depth_boxes(*cast_room([MUG])[:1], K, cfg)
+    assert not large.raised_plane and [box_iou(b, mug) > 0.5 for b in large.boxes] == [True]
+    assert not propose_depth_boxes(depth, K, dataclasses.replace(
+        cfg, raised_plane_frac=1.2 * np.count_nonzero(owner == -1) / np.count_nonzero(depth))
+    ).raised_plane
 
 
 def _grid_points(shape: tuple[int, int], z: float = 1.0) -> np.ndarray:

@@ -20,7 +20,10 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    scored on at most ``ransac_samples`` points, inlier distance
    ``plane_threshold_m + plane_threshold_quadratic * z^2`` to allow for the noise and the
    disparity quantisation growing with depth), then a least-squares refit on the inliers.
-   Its normal is turned towards the camera.
+   Its normal is turned towards the camera. When more floor than table is in view (a side
+   table, a stool), the dominant plane is the floor: a plane parallel to it, well above
+   it and holding ``raised_plane_frac`` of the samples is the table instead
+   (:func:`raised_plane`).
 3. **Objects**: samples between ``min_height_m`` (plus the same depth-dependent noise
    allowance) and ``max_height_m`` above the plane, grouped by connected components of the
    grid (8-connected) after a small closing that joins a thin handle's pieces; the closing
@@ -156,6 +159,13 @@ class DepthProposalConfig:
     plane_threshold_quadratic: float = 0.004
     #: Fraction of the valid samples the plane must hold (else: no plane, colour only).
     min_plane_frac: float = 0.15
+    #: A table seen over the floor (:func:`raised_plane`): a plane parallel to the dominant
+    #: one (within :data:`RAISED_PLANE_MAX_DEG`), at least ``raised_plane_min_m`` above it
+    #: and holding at least this fraction of the valid samples is the support plane instead
+    #: (a small table, a stool or a cart with more floor than table in view: the dominant
+    #: plane is then the floor, and the table with all on it one cluster). 0: off.
+    raised_plane_frac: float = 0.1
+    raised_plane_min_m: float = 0.25
     #: Height band above the plane (m); the lower bound also gets the noise allowance
     #: ``plane_threshold_quadratic * z^2``.
     min_height_m: float = 0.005
@@ -288,6 +298,9 @@ class DepthProposalConfig:
             raise DepthError(f"ransac_samples must be in [3, 1000000], got {self.ransac_samples}")
         if not 0.0 <= self.min_height_m < self.max_height_m:
             raise DepthError("need 0 <= min_height_m < max_height_m")
+        if not 0.0 <= float(self.raised_plane_min_m) <= 10.0:
+            raise DepthError(f"raised_plane_min_m must be in [0, 10], got "
+                             f"{self.raised_plane_min_m}")
         if not 0.0 <= self.min_size_m < self.max_size_m:
             raise DepthError("need 0 <= min_size_m < max_size_m")
         if not 1 <= int(self.close_cells) <= 15:
@@ -314,7 +327,8 @@ class DepthProposalConfig:
         for name in ("edge_jump_frac", "plane_threshold_m", "plane_threshold_quadratic"):
             if not float(getattr(self, name)) > 0:
                 raise DepthError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("min_plane_frac", "min_valid_frac", "fuse_min_valid_frac",
+        for name in ("min_plane_frac", "raised_plane_frac", "min_valid_frac",
+                     "fuse_min_valid_frac",
                      "fuse_max_iou", "fuse_raised_frac", "fuse_raised_m", "fuse_containment",
                      "fuse_flat_height_m", "fuse_holes_frac", "split_min_frac",
                      "cut_jump_frac", "crease_m",
@@ -380,6 +394,9 @@ class DepthProposals:
     plane: tuple[float, float, float, float] | None = None
     #: Why depth gave nothing usable ("" when a plane was found).
     note: str = ""
+    #: Whether the plane is a raised one over the dominant plane (``raised_plane_frac``:
+    #: a table over the floor).
+    raised_plane: bool = False
     #: Grid of heights above the plane (m; NaN where depth is not usable), its stride and
     #: the pixel offset of its first sample; for :func:`fuse_proposals`.
     height_grid: np.ndarray | None = None
@@ -513,6 +530,67 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
         n, d = -n, -d
     frac = float(np.count_nonzero(np.abs(fit @ n + d) < thr)) / len(fit)
     return n, d, frac
+
+
+#: The most a raised plane's normal may turn from the dominant plane's (degrees).
+RAISED_PLANE_MAX_DEG = 10.0
+#: Height bins (m) the samples above the dominant plane are counted in; a plane is looked
+#: for in the two adjacent bins that hold the most.
+RAISED_PLANE_BIN_M = 0.01
+
+
+def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
+                 cfg: DepthProposalConfig) -> tuple[np.ndarray, float] | None:
+    """A support plane above the dominant ``plane`` of ``points``: ``(unit normal towards
+    the camera, offset)``, or ``None``.
+
+    The samples (every k-th, at most ``8 * ransac_samples``) at least
+    ``raised_plane_min_m`` above ``plane`` are counted in height bins;
+    where two adjacent bins hold ``raised_plane_frac`` of all samples, a plane is refitted
+    by least squares on them (then on its inliers, ``plane_threshold_*``), and taken when
+    it stays within :data:`RAISED_PLANE_MAX_DEG` of parallel, below the camera, holds
+    that fraction, and has objects on it: at least as many samples within the height band
+    (``max_height_m``, above twice the inlier distance) above it as there are above the
+    dominant plane and under it (objects on the floor beside a table keep the floor). The
+    floor is the dominant plane when a small table fills less of the view; the table is
+    still the flat, level surface the objects stand on.
+    """
+    if float(cfg.raised_plane_frac) <= 0 or len(points) < 3:
+        return None
+    # every k-th sample, at most 8 * ransac_samples of them (as the plane's refit)
+    pts = np.asarray(points[::-(-len(points) // (8 * int(cfg.ransac_samples)))], np.float64)
+    need = float(cfg.raised_plane_frac) * len(pts)
+    normal = np.asarray(plane[0], np.float64)
+    above = pts @ normal + float(plane[1]) - float(cfg.raised_plane_min_m)
+    up = above >= 0
+    if np.count_nonzero(up) < need:
+        return None
+    counts = np.bincount((above[up] / RAISED_PLANE_BIN_M).astype(np.int64))
+    pairs = counts[:-1] + counts[1:] if len(counts) > 1 else counts
+    peak = int(np.argmax(pairs))
+    if pairs[peak] < need:
+        return None
+    sel = up & (np.abs(above - (peak + 1) * RAISED_PLANE_BIN_M) <= 1.5 * RAISED_PLANE_BIN_M)
+    thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * pts[:, 2] ** 2
+    for _ in range(2):  # least squares on the band, then on the refitted plane's inliers
+        if np.count_nonzero(sel) < max(need, 3):
+            return None
+        part = pts[sel]
+        centre = part.mean(axis=0)
+        n = np.linalg.eigh((part - centre).T @ (part - centre))[1][:, 0]
+        n = n if n @ normal >= 0 else -n
+        d = -float(n @ centre)
+        sel = np.abs(pts @ n + d) < thr
+    if np.count_nonzero(sel) < need or d <= 0 or \
+            n @ normal < math.cos(math.radians(RAISED_PLANE_MAX_DEG)):
+        return None
+    # the support is the plane with the objects: within the height band above the raised
+    # plane, not fewer samples than above the dominant one (and under the raised one)
+    high, low = pts @ n + d, above + float(cfg.raised_plane_min_m)
+    top = float(cfg.max_height_m)
+    on_raised = np.count_nonzero((high > 2 * thr) & (high < top))
+    on_dominant = np.count_nonzero((low > 2 * thr) & (low < top) & (high < -2 * thr))
+    return (n, d) if on_raised >= on_dominant else None
 
 
 @dataclass
@@ -661,7 +739,8 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     if fit is None or fit[2] < cfg.min_plane_frac:
         out.note = "no support plane in the depth"
         return out
-    n, d, _ = fit
+    raised = raised_plane(cloud.points, fit[:2], cfg)
+    (n, d), out.raised_plane = raised or fit[:2], raised is not None
     out.plane = (float(n[0]), float(n[1]), float(n[2]), d)
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
     out.height_grid = cloud.scatter(height, np.nan, np.float32)

@@ -99,6 +99,11 @@ class SceneObject(NamedTuple):
     visible_frac: float
 
 
+#: Bounds of the table top's length and width (m).
+MIN_TABLE_M = 0.2
+MAX_TABLE_M = 4.0
+
+
 @dataclass
 class SceneSpec:
     """Settings of :func:`render_scene` (ranges are ``(low, high)``, drawn uniformly)."""
@@ -179,6 +184,11 @@ class SceneSpec:
             if name != "placement_area_m" and float(value[0]) > float(value[1]):
                 raise RenderError(f"scene {name} must be (low, high) with low <= high, "
                                   f"got {value!r}")
+        if not MIN_TABLE_M <= min(self.table_length_m[0], self.table_width_m[0]) or \
+                max(self.table_length_m[1], self.table_width_m[1]) > MAX_TABLE_M:
+            raise RenderError(f"table_length_m and table_width_m must lie in [{MIN_TABLE_M}, "
+                              f"{MAX_TABLE_M}] m, got {self.table_length_m!r}, "
+                              f"{self.table_width_m!r}")
         if min(self.placement_area_m) <= 0:
             raise RenderError(f"placement_area_m must be positive, got {self.placement_area_m!r}")
         if not 5.0 <= self.elevation_deg[0] <= self.elevation_deg[1] <= 89.0:
