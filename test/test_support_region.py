@@ -134,6 +134,22 @@ def test_a_small_table_over_the_floor_is_the_support_not_the_floor():
     ).raised_plane
 
 
+def test_the_bottom_of_something_taller_than_any_object_is_no_object():
+    # a panel 0.5 m wide at the table's far edge (a cabinet's side, a monitor, a person),
+    # rising past the height band; its bottom 0.45 m is a cluster above the plane
+    panel = ((-0.25, 0.3, FLOOR), (0.25, 0.36, 1.5))
+    depth, owner = cast_room([MUG, panel], tilt_deg=65.0, distance=1.4)
+    mug, cfg = _box(owner, 0), DepthProposalConfig()
+    without = propose_depth_boxes(depth, K, dataclasses.replace(cfg, taller_contact_cells=0))
+    assert any(box_iou(b, _box(owner, 1)) > 0.3 for b in without.boxes)
+    assert [box_iou(b, mug) > 0.8 for b in propose_depth_boxes(depth, K, cfg).boxes] == [True]
+    # an object in front of the panel is no part of it: a depth step lies between them
+    front = ((-0.05, 0.05, 0.0), (0.05, 0.15, 0.2))
+    depth, owner = cast_room([front, panel], tilt_deg=65.0, distance=1.4)
+    boxes = propose_depth_boxes(depth, K, cfg).boxes
+    assert [box_iou(b, _box(owner, 0)) > 0.7 for b in boxes] == [True]
+
+
 def _grid_points(shape: tuple[int, int], z: float = 1.0) -> np.ndarray:
     """Camera-frame points of a grid of samples (one per cell, every 2 px) on the plane
     ``z`` m in front of a camera looking straight at it."""

@@ -219,6 +219,11 @@ class DepthProposalConfig:
     min_cluster_points: int = 6
     min_size_m: float = 0.012
     max_size_m: float = 0.6
+    #: A cluster with at least this many grid cells next to samples above ``max_height_m``
+    #: (no depth step between: a continuous surface) is the bottom of something taller
+    #: than any object and is dropped: a wall or a cabinet at the table's edge, a
+    #: monitor, the robot's own arm, a person. 0: off.
+    taller_contact_cells: int = 6
     #: Most boxes returned (largest first).
     max_count: int = 10
     #: Fraction of the frame's grid samples that must be valid to try at all.
@@ -308,7 +313,8 @@ class DepthProposalConfig:
         if not (float(self.top_view_bin_m) == 0.0 or 0.002 <= float(self.top_view_bin_m) <= 0.1):
             raise DepthError(f"top_view_bin_m must be 0 (off) or in [0.002, 0.1], got "
                              f"{self.top_view_bin_m}")
-        for name in ("split_min_points", "small_piece_points", "top_view_min_points"):
+        for name in ("split_min_points", "small_piece_points", "top_view_min_points",
+                     "taller_contact_cells"):
             if not 0 <= int(getattr(self, name)) <= 1_000_000:
                 raise DepthError(f"{name} must be in [0, 1000000], got "
                                  f"{getattr(self, name)}")
@@ -890,7 +896,19 @@ def _boxes_on_plane(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarr
     edges = _ColourEdges(colour, cloud.z.shape, cfg) \
         if colour is not None and int(cfg.crease_colour_cells) > 1 else None
     clusters = object_clusters(cloud, height, height_grid, normal, cfg, edges)
+    if int(cfg.taller_contact_cells) > 0 and clusters:
+        taller = _below_taller(height_grid, cfg)
+        clusters = [c for c in clusters if np.count_nonzero(
+            taller[np.take(cloud.rows, c), np.take(cloud.cols, c)])
+            < int(cfg.taller_contact_cells)]
     return boxes_from_clusters(clusters, cloud.points, height, normal, k, cfg, *filters)
+
+
+def _below_taller(height_grid: np.ndarray, cfg: DepthProposalConfig) -> np.ndarray:
+    """Grid of the cells next to (3x3) a sample above ``max_height_m``: two valid samples
+    side by side lie on one surface (a sample across a depth step is no valid sample)."""
+    above = np.nan_to_num(height_grid, nan=-1.0) >= cfg.max_height_m
+    return cv2.dilate(above.view(np.uint8), _K3) > 0
 
 
 def object_clusters(cloud: DepthCloud, height: np.ndarray, height_grid: np.ndarray,
