@@ -526,16 +526,20 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
         inliers = np.abs(fit @ n + d) < thr
         if np.count_nonzero(inliers) < 3:
             return None
-        sel = np.compress(inliers, fit, axis=0)
-        centre = np.ones(len(sel)) @ sel / len(sel)   # a BLAS product: 10x np.mean's speed
-        dev = sel - centre
-        cov = dev.T @ dev
-        n = np.linalg.eigh(cov)[1][:, 0]
-        d = -float(n @ centre)
+        n, d = _least_squares_plane(np.compress(inliers, fit, axis=0))
     if d < 0:  # the camera (origin) on the positive side: heights above the table > 0
         n, d = -n, -d
     frac = float(np.count_nonzero(np.abs(fit @ n + d) < thr)) / len(fit)
     return n, d, frac
+
+
+def _least_squares_plane(sel: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unit normal (the covariance's smallest eigenvector) and offset of the plane through
+    the float64 points ``sel`` ``(N, 3)``."""
+    centre = np.ones(len(sel)) @ sel / len(sel)   # a BLAS product: 10x np.mean's speed
+    dev = sel - centre
+    n = np.linalg.eigh(dev.T @ dev)[1][:, 0]
+    return n, -float(n @ centre)
 
 
 #: The most a raised plane's normal may turn from the dominant plane's (degrees).
@@ -581,11 +585,8 @@ def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
     for _ in range(2):  # least squares on the band, then on the refitted plane's inliers
         if np.count_nonzero(sel) < max(need, 3):
             return None
-        part = pts[sel]
-        centre = part.mean(axis=0)
-        n = np.linalg.eigh((part - centre).T @ (part - centre))[1][:, 0]
-        n = n if n @ normal >= 0 else -n
-        d = -float(n @ centre)
+        n, d = _least_squares_plane(np.compress(sel, pts, axis=0))
+        n, d = (n, d) if n @ normal >= 0 else (-n, -d)
         sel = np.abs(pts @ n + d) < thr
     if np.count_nonzero(sel) < need or d <= 0 or \
             n @ normal < math.cos(math.radians(RAISED_PLANE_MAX_DEG)):
