@@ -407,3 +407,9 @@ def test_make_bag_missing_models_is_exit_2(tmp_path: Path, capsys):
                               "--objects-per-scene", "4-2"])
     assert make_bag.run(args) == 2
     assert "--objects-per-scene" in capsys.readouterr().err
+    for size, message in (("0.8,0.4", "--table-size"), ("0.1,0.5", "table_length_m")):
+        args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"),
+                                  "--table-size", size])
+        assert make_bag.run(args) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bag").exists()
