@@ -432,3 +432,30 @@ def test_component_counts_equal_one_weighted_histogram_per_mask():
         want = np.bincount(labels.reshape(-1), weights=mask.reshape(-1).astype(float),
                            minlength=37)
         assert got.tolist() == want.astype(int).tolist()
+
+
+def test_objects_on_a_small_table_inside_the_floor_are_searched_again() -> None:
+    """The border strip models the floor; a small table in the middle (a fifth of the frame
+    or more) is then one candidate that holds the objects: it is proposed again on its own,
+    its border (the table) as the background, and the objects found inside replace it."""
+    rng = np.random.default_rng(5)
+    img = make_table(rng, base=(90, 110, 150), grain=10.0)           # a blue-grey floor
+    table = (170, 120, 300, 240)                                     # x, y, w, h: 23%
+    img[table[1]:table[1] + table[3], table[0]:table[0] + table[2]] = \
+        make_table(rng, base=WOOD)[:table[3], :table[2]]
+    truth = [paint(img, shape_mask("rect", box=(210, 170, 70, 50)), (200, 40, 45), rng),
+             paint(img, shape_mask("circle", c=(380, 280), r=40), (60, 170, 70), rng)]
+    frame = finish(img, rng)
+    off = propose_boxes(frame, ProposalConfig(nested_min_area_frac=0.0))
+    assert any(box_iou(b, table) > 0.8 for b in off)                 # the table, not them
+    assert not any(best_iou(t, off) > 0.5 for t in truth)
+    found = propose_boxes(frame)
+    check_invariants(found)
+    assert all(best_iou(t, found) > 0.7 for t in truth), found
+    assert not any(box_iou(b, table) > 0.5 for b in found)
+    # an object of a fifth of the frame, alone, keeps its box (nothing inside it)
+    img = make_table(rng)
+    big = paint(img, shape_mask("rect", box=(160, 110, 320, 260)), (200, 40, 45), rng)
+    assert best_iou(big, propose_boxes(finish(img, rng))) > 0.8
+    with pytest.raises(ValueError, match="nested_min_area_frac"):
+        ProposalConfig(nested_min_area_frac=1.5)

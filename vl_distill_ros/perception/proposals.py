@@ -36,6 +36,11 @@ border, with objects on it":
    in through their outline) after trimming the thin tails of its mass (a crumb, a shadow
    or a texture line touching it), then filtered by area, aspect ratio and "spans the
    whole frame" (table edges).
+   A candidate covering :attr:`ProposalConfig.nested_min_area_frac` of the frame or more
+   is proposed again as a frame of its own, its border strip then the background model,
+   and the candidates found inside replace it: a small table seen inside the floor's
+   colours (the frame's border models the floor, so the table with its objects is one
+   blob), or objects in contact that one blob joined.
 5. Each candidate is scored in [0, 1] (its mean colour distance to the background over
    twice ``strong_thresh``, or the edge support of its outline, whichever is higher; a
    candidate touching the image border is never dropped for its score) and candidates
@@ -99,6 +104,10 @@ class ProposalConfig:
     max_area_frac: float = 0.6
     #: Most boxes returned (the largest ones are kept).
     max_count: int = 10
+    #: A candidate box covering at least this fraction of the frame is searched again on
+    #: its own, its border as the background (a small table inside the floor's colours, or
+    #: objects in contact that one blob joined); the boxes found inside replace it. 0: off.
+    nested_min_area_frac: float = 0.2
     #: Fraction of a box's width (height) added on the left and the right (top and bottom);
     #: the padded box is clipped to the frame. Ground-truth boxes hug the visible pixels,
     #: so padding costs IoU; 0.05 keeps a little context for the classifier.
@@ -218,6 +227,9 @@ class ProposalConfig:
                 f"and {self.max_area_frac}")
         if self.max_count < 0:
             raise ValueError(f"max_count must be >= 0, got {self.max_count}")
+        if not 0.0 <= self.nested_min_area_frac <= 1.0:
+            raise ValueError(f"nested_min_area_frac must be in [0, 1], got "
+                             f"{self.nested_min_area_frac}")
         if self.pad_frac < 0:
             raise ValueError(f"pad_frac must be >= 0, got {self.pad_frac}")
         if self.work_size < 16:
@@ -835,8 +847,33 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
 
     # 1.-4. working image, background model, colour distance, edges, scored candidates
     candidates = _candidates(image, cfg)
+    if cfg.nested_min_area_frac > 0:
+        candidates = _search_inside(image, candidates, cfg)
     # 5. merge, pad, sort, cap
     return _finish(candidates, cfg, width, height)
+
+
+def _search_inside(image: np.ndarray, candidates: list[list[float]], cfg: ProposalConfig
+                   ) -> list[list[float]]:
+    """Step 4b: each candidate covering ``nested_min_area_frac`` of the frame is proposed
+    again as a frame of its own (its border strip is then the background model); the
+    scored candidates found inside (at least ``min_area_frac`` of the whole frame) replace
+    it, and it stays when none are."""
+    height, width = image.shape[:2]
+    frame_area = float(width * height)
+    out: list[list[float]] = []
+    for cand in candidates:
+        x0, y0 = max(0, int(cand[0])), max(0, int(cand[1]))
+        x1 = min(width, int(math.ceil(cand[0] + cand[2])))
+        y1 = min(height, int(math.ceil(cand[1] + cand[3])))
+        inner = []
+        if (x1 - x0) * (y1 - y0) >= cfg.nested_min_area_frac * frame_area and \
+                min(x1 - x0, y1 - y0) >= 16:
+            inner = [[c[0] + x0, c[1] + y0, *c[2:]] for c in _candidates(
+                np.ascontiguousarray(image[y0:y1, x0:x1]), cfg)
+                if c[4] >= cfg.min_score and c[2] * c[3] >= cfg.min_area_frac * frame_area]
+        out += inner or [cand]
+    return out
 
 
 def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
