@@ -166,8 +166,8 @@ def test_the_region_is_the_hull_of_the_surfaces_large_pieces_not_of_thin_lines()
     on[100:200, 40:200] = 1          # the table
     on[20:24, :] = 1                 # where a wall crosses the plane's height: a thin line
     on[150:156, 290:296] = 1         # a small patch (under 5% of the on-plane cells)
-    plane = (np.array([0.0, 0.0, -1.0]), 1.0)
-    region = support_region(on, np.arange(on.size), points, plane, 0.05, 0.05)
+    normal = np.array([0.0, 0.0, -1.0])
+    region = support_region(on, np.arange(on.size), points, normal, 0.05, 0.05)
     assert region is not None
 
     def at(row: int, col: int) -> np.ndarray:
@@ -180,10 +180,10 @@ def test_the_region_is_the_hull_of_the_surfaces_large_pieces_not_of_thin_lines()
     step = 2 / K.fx                                   # m per cell at 1 m
     assert region.holds(at(150, 199 + round(0.015 / step)))
     assert not region.holds(at(150, 199 + round(0.15 / step)))
-    tight = support_region(on, np.arange(on.size), points, plane, 0.05, 0.0)
+    tight = support_region(on, np.arange(on.size), points, normal, 0.05, 0.0)
     assert not tight.holds(at(150, 199 + round(0.015 / step)))
     # the camera's foot (here the image centre's ray) belongs to the region
     assert region.holds(np.array([[0.0, 0.0, 1.0]]))
-    assert support_region(np.zeros(shape, np.uint8), np.arange(on.size), points, plane,
+    assert support_region(np.zeros(shape, np.uint8), np.arange(on.size), points, normal,
                           0.05, 0.05) is None
     assert not region.holds(np.zeros((0, 3)))

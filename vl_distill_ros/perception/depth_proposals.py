@@ -587,14 +587,14 @@ def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
             return None
         n, d = _least_squares_plane(np.compress(sel, pts, axis=0))
         n, d = (n, d) if n @ normal >= 0 else (-n, -d)
-        sel = np.abs(pts @ n + d) < thr
+        high = pts @ n + d
+        sel = np.abs(high) < thr
     if np.count_nonzero(sel) < need or d <= 0 or \
             n @ normal < math.cos(math.radians(RAISED_PLANE_MAX_DEG)):
         return None
     # the support is the plane with the objects: within the height band above the raised
     # plane, not fewer samples than above the dominant one (and under the raised one)
-    high, low = pts @ n + d, above + float(cfg.raised_plane_min_m)
-    top = float(cfg.max_height_m)
+    low, top = above + float(cfg.raised_plane_min_m), float(cfg.max_height_m)
     on_raised = np.count_nonzero((high > 2 * thr) & (high < top))
     on_dominant = np.count_nonzero((low > 2 * thr) & (low < top) & (high < -2 * thr))
     return (n, d) if on_raised >= on_dominant else None
@@ -756,7 +756,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.noise_m = noise.scale * float(noise_curve(1.0))
     out.camera = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
     out.depth_grid = cloud.z
-    out.support = _support(cloud, height, (n, d), cfg)
+    out.support = _support(cloud, height, n, cfg)
     windows = _object_windows(cloud, height, cfg, intrinsics) \
         if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2 else None
     if windows is not None:
@@ -769,17 +769,17 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     return out
 
 
-def _support(cloud: DepthCloud, height: np.ndarray, plane: tuple[np.ndarray, float],
+def _support(cloud: DepthCloud, height: np.ndarray, normal: np.ndarray,
              cfg: DepthProposalConfig) -> SupportRegion | None:
     """The support surface's extent (:func:`.support_region.support_region`) from the
-    samples within the plane's inlier distance of it; ``None`` when ``support_min_frac``
-    is 0."""
+    samples within the plane's inlier distance of it (its unit ``normal``); ``None`` when
+    ``support_min_frac`` is 0."""
     if cfg.support_min_frac <= 0:
         return None
     z = cloud.points[:, 2]
     on = np.abs(height) <= cfg.plane_threshold_m + cfg.plane_threshold_quadratic * z * z
     return support_region(cloud.scatter(on.view(np.uint8), 0, np.uint8), cloud.flat_index(),
-                          cloud.points, plane, cfg.support_min_frac, cfg.support_margin_m)
+                          cloud.points, normal, cfg.support_min_frac, cfg.support_margin_m)
 
 
 #: An object window (:func:`_object_windows`) reaches this many fine grid cells beyond the

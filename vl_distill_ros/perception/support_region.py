@@ -31,9 +31,8 @@ _K3 = np.ones((3, 3), np.uint8)
 class SupportRegion:
     """Convex extent of the support surface in its plane (camera frame, metres)."""
 
-    #: Unit normal (towards the camera) and offset of the plane: ``n . p + d`` = height.
+    #: Unit normal of the plane (towards the camera).
     normal: np.ndarray
-    offset: float
     #: Two orthonormal directions in the plane, rows of a ``(2, 3)`` array.
     axes: np.ndarray
     #: ``(N, 1, 2)`` float32 convex hull in plane coordinates (along ``axes``; the camera's
@@ -70,7 +69,7 @@ def _plane_axes(normal: np.ndarray) -> np.ndarray:
 
 
 def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
-                   plane: tuple[np.ndarray, float], min_frac: float, margin_m: float
+                   normal: np.ndarray, min_frac: float, margin_m: float
                    ) -> SupportRegion | None:
     """The surface's extent from the grid of the samples on the plane.
 
@@ -78,7 +77,7 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
         on_plane: ``(rows, cols)`` uint8 grid, 1 where the cell's sample lies on the plane.
         flat: the row-major grid index of each sample of ``points`` (ascending).
         points: ``(N, 3)`` camera-frame samples.
-        plane: unit normal and offset (``normal . p + offset`` = height).
+        normal: the plane's unit normal (towards the camera).
         min_frac: a connected piece of the on-plane cells of every other row and column
             (after an opening that removes lines up to two of its cells wide) is surface
             when it holds at least this fraction of them all.
@@ -103,10 +102,9 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
     cell = 2 * np.concatenate(cells)
     # the samples of those cells (every on-plane cell holds one; samples are row-major)
     index = np.searchsorted(flat, cell[:, 1] * on_plane.shape[1] + cell[:, 0])
-    normal = np.asarray(plane[0], np.float64)
+    normal = np.asarray(normal, np.float64)
     axes = _plane_axes(normal)
     uv = np.asarray(points, np.float64)[np.minimum(index, len(flat) - 1)] @ axes.T
-    # the camera's foot (-offset * normal) is the origin of the plane's coordinates
+    # the camera's foot on the plane is the origin of the plane's coordinates
     hull = cv2.convexHull(np.vstack([uv, np.zeros((1, 2))]).astype(np.float32))
-    return SupportRegion(normal=normal, offset=float(plane[1]), axes=axes, hull=hull,
-                         margin_m=float(margin_m))
+    return SupportRegion(normal=normal, axes=axes, hull=hull, margin_m=float(margin_m))

@@ -72,6 +72,9 @@ _TABLE_TEXELS = 512     # table texture size
 #: Most pieces of furniture (:attr:`SceneSpec.furniture`); their footprints' half sizes, the
 #: gap between them and the table's edge, and their tops' height over the table top (m).
 MAX_FURNITURE = 8
+#: Bounds of the table top's length and width (m).
+MIN_TABLE_M = 0.2
+MAX_TABLE_M = 4.0
 _FURNITURE_HALF = (0.12, 0.45)
 _FURNITURE_GAP = (0.05, 0.9)
 _FURNITURE_TOP = (-0.2, 0.8)
@@ -97,11 +100,6 @@ class SceneObject(NamedTuple):
     #: Visible pixels / pixels of the object's whole silhouette in [0, 1] (occlusion by other
     #: objects and the image border lower it).
     visible_frac: float
-
-
-#: Bounds of the table top's length and width (m).
-MIN_TABLE_M = 0.2
-MAX_TABLE_M = 4.0
 
 
 @dataclass
@@ -706,12 +704,8 @@ def _furniture_hits(cam: _Camera, layout: _Layout) -> tuple[np.ndarray, np.ndarr
                 for value, sign in ((piece.lo[axis], -1.0), (piece.hi[axis], 1.0)):
                     if (eye[axis] - value) * sign <= 0:
                         continue  # a face turned away from the camera
-                    t = (value - eye[axis]) / rays[..., axis]
-                    hit = eye + t[..., None] * rays
-                    ok = (t > cam.near) & (t < best)
-                    for other in (i for i in range(3) if i != axis):
-                        ok &= (hit[..., other] >= piece.lo[other]) & \
-                            (hit[..., other] <= piece.hi[other])
+                    t, ok = _face_hits(eye, rays, cam.near, axis, value, piece.lo, piece.hi)
+                    ok &= t < best
                     normal = np.zeros(3)
                     normal[axis] = sign
                     best = np.where(ok, t, best)
@@ -1006,21 +1000,33 @@ def _environment_depth(cam: _Camera, layout: _Layout) -> np.ndarray:
     lx, ly = (float(v) for v in layout.table_half)
     t_th, r = float(layout.table_thickness), _ROOM_RADIUS
     best = np.full(rays.shape[:2], np.inf)
-    # (axis, plane value, bounds of the other two axes): table top, sides, floor, walls
-    planes = [(2, 0.0, (-lx, lx), (-ly, ly)), (2, _FLOOR_Z, (-r, r), (-r, r))]
+    # (axis, plane value, lowest and highest corner; the axis' own entry is unused): table
+    # top, sides, floor, walls
+    planes = [(2, 0.0, (-lx, -ly, 0.0), (lx, ly, 0.0)), (2, _FLOOR_Z, (-r, -r, 0.0), (r, r, 0.0))]
     for sign in (-1.0, 1.0):
-        planes += [(0, sign * lx, (-ly, ly), (-t_th, 0.0)), (1, sign * ly, (-lx, lx), (-t_th, 0.0)),
-                   (0, sign * r, (-r, r), (_FLOOR_Z, np.inf)), (1, sign * r, (-r, r),
-                                                                (_FLOOR_Z, np.inf))]
+        planes += [(0, sign * lx, (0.0, -ly, -t_th), (0.0, ly, 0.0)),
+                   (1, sign * ly, (-lx, 0.0, -t_th), (lx, 0.0, 0.0)),
+                   (0, sign * r, (0.0, -r, _FLOOR_Z), (0.0, r, np.inf)),
+                   (1, sign * r, (-r, 0.0, _FLOOR_Z), (r, 0.0, np.inf))]
     with np.errstate(divide="ignore", invalid="ignore"):
-        for axis, value, (a0, a1), (b0, b1) in planes:
-            t = (value - eye[axis]) / rays[..., axis]
-            hit = eye + t[..., None] * rays
-            other = [i for i in range(3) if i != axis]
-            ok = ((t > cam.near) & (hit[..., other[0]] >= a0) & (hit[..., other[0]] <= a1)
-                  & (hit[..., other[1]] >= b0) & (hit[..., other[1]] <= b1))
+        for axis, value, lo, hi in planes:
+            t, ok = _face_hits(eye, rays, cam.near, axis, value, lo, hi)
             best = np.where(ok & (t < best), t, best)
     return np.where(np.isfinite(best), best, 0.0).astype(np.float32)
+
+
+def _face_hits(eye: np.ndarray, rays: np.ndarray, near: float, axis: int, value: float,
+               lo: Sequence[float], hi: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Ray parameter of each pixel's ray where it meets the plane ``axis = value``, and
+    whether it meets there, beyond ``near``, the axis-aligned face whose other two
+    coordinates lie within ``lo`` and ``hi`` (call under ``np.errstate``: rays parallel to
+    the plane divide by zero)."""
+    t = (value - eye[axis]) / rays[..., axis]
+    hit = eye + t[..., None] * rays
+    ok = t > near
+    for other in (i for i in range(3) if i != axis):
+        ok &= (hit[..., other] >= lo[other]) & (hit[..., other] <= hi[other])
+    return t, ok
 
 
 def _render_camera(renderer: SceneRenderer, layout: _Layout, ids: dict[str, int],
