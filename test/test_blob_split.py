@@ -8,7 +8,7 @@ import pytest
 
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception import blob_split
-from vl_distill_ros.perception.blob_split import cut_necks
+from vl_distill_ros.perception.blob_split import cut_necks, split_cores
 from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
 
 RED, BLUE, YELLOW, BROWN = (200, 40, 40), (40, 60, 200), (220, 200, 40), (90, 60, 30)
@@ -154,6 +154,60 @@ def test_neck_settings_are_validated():
                 {"neck_max_len_frac": 2.0}, {"neck_min_part_frac": -1.0},
                 {"neck_colour_dist": -1.0}, {"neck_colour_dist": 1000.0},
                 {"neck_compact_solidity": 1.5}, {"neck_compact_aspect": 0.5},
-                {"neck_path_min_part_frac": 1.5}):
+                {"neck_path_min_part_frac": 1.5}, {"core_split_frac": 1.5},
+                {"core_min_radius_frac": -0.1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ProposalConfig(**bad)
+
+
+def _joined_by_a_tool(scale: float = 1.0) -> tuple[np.ndarray, list]:
+    """A red ball and a yellow box on a table, 110 pixels apart, with a grey tool lying
+    between them that touches both (16 pixels wide): one blob of three objects, without
+    the notches of a neck between the ball and the box. All sizes times ``scale``."""
+    s = lambda v: int(round(v * scale))  # noqa: E731
+    img = _table()
+    cv2.circle(img, (s(200), 240), s(45), RED, -1, cv2.LINE_AA)
+    cv2.rectangle(img, (s(400), 240 - s(40)), (s(479), 240 + s(39)), YELLOW, -1)
+    cv2.rectangle(img, (s(235), 240 - s(8)), (s(405), 240 + s(8)), (185, 190, 198), -1)
+    return img, [(s(155), 240 - s(45), s(90), s(90)), (s(400), 240 - s(40), s(80), s(80))]
+
+
+def test_objects_joined_by_a_tool_are_cut_between_their_cores():
+    """The blob's two thick cores (ball and box) seed a watershed over the colours: both
+    objects get their own box; without the core split (or with ``core_split=False``, the
+    fusion's colour boxes) the three objects are one box, which matches neither."""
+    img, truth = _joined_by_a_tool()
+    assert _found(img, truth)[0] == 2
+    assert _found(img, truth, ProposalConfig(neck_depth_frac=0.0))[0] == 2   # not the neck cut
+    assert _found(img, truth, ProposalConfig(core_split_frac=0.0)) == (0, 1)
+    fusion = propose_boxes(img, ProposalConfig(), core_split=False)
+    assert fusion == propose_boxes(img, ProposalConfig(core_split_frac=0.0))
+
+
+def test_thin_blobs_are_not_split_at_cores():
+    """A blob whose half-thickness is under ``core_min_radius_frac`` of the working image's
+    longer side (cutlery, small tool parts) is never split at cores: the ball of the scene
+    above is 22 working pixels in radius, so a bound of 0.1 (32 pixels) leaves the blob
+    whole; a single core is never cut."""
+    img, truth = _joined_by_a_tool()
+    assert _found(img, truth, ProposalConfig(core_min_radius_frac=0.1)) == (0, 1)
+    mask = np.zeros((240, 320), np.uint8)
+    cv2.circle(mask, (160, 120), 40, 1, -1)
+    lab = np.zeros((240, 320, 3), np.uint8)
+    lab[:, 160:] = (200, 100, 200)
+    assert split_cores(mask, lab, ProposalConfig()) is mask
+    # two discs of different colours side by side on a grey table: cut, a copy, the
+    # input untouched
+    two = np.zeros((240, 320), np.uint8)
+    cv2.circle(two, (110, 120), 40, 1, -1)
+    cv2.circle(two, (190, 120), 40, 1, -1)
+    lab = np.full((240, 320, 3), (120, 128, 128), np.uint8)
+    lab[(two > 0) & (np.arange(320) < 150)] = (60, 170, 150)
+    lab[(two > 0) & (np.arange(320) >= 150)] = (200, 100, 200)
+    before = two.copy()
+    cut = split_cores(two, lab, ProposalConfig())
+    assert cut is not two and np.array_equal(two, before)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=4)
+    areas = sorted(stats[1:, cv2.CC_STAT_AREA], reverse=True)
+    assert min(areas[:2]) > 0.4 * int(two.sum()) and sum(areas[2:]) < 0.02 * int(two.sum())
+    assert split_cores(two, lab, ProposalConfig(core_split_frac=0.0)) is two

@@ -571,11 +571,12 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
     image[y:y + h, x:x + w] = (200, 40, 40)
     inputs = [(image, depth, K), (image, depth[:240], K), (image, depth, None),
               (image, np.zeros_like(depth), K), (image, None, None)]
-    colour_threads = []
+    colour_threads, core_split = [], []
     real = pipeline_module.propose_boxes
 
     def spy(*args, **kwargs):
         colour_threads.append(threading.current_thread().name)
+        core_split.append(kwargs.get("core_split", True))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "propose_boxes", spy)
@@ -601,6 +602,16 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
     assert run(pipe) == serial
     with pytest.raises(PipelineError, match="proposal_threads"):
         PerceptionPipeline(b, inference_backend="torch", proposal_threads=3)
+    # the fusion takes colour boxes without the core split; colour-only frames (no
+    # usable depth) get the colour proposer with it
+    single = PerceptionPipeline(b, inference_backend="torch", proposal_threads=1)
+    core_split.clear()
+    single.process(image, depth, K)
+    assert core_split == [False]
+    core_split.clear()
+    single.process(image, np.zeros_like(depth), K)
+    single.process(image, None, None)
+    assert core_split == [True, True]
 
 
 def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path):

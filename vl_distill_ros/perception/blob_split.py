@@ -14,6 +14,15 @@ An object in front of another meets it along its own outline, a curve or a corne
 straight segment: when no straight cut is made, the blob is cut along the shortest path
 through image edges between two notches (edge pixels away from the blob's outline), under
 the same rules for the two pieces, of which the smaller may be small (a ball before a box).
+
+Objects pressed together often leave no notch deep enough (a can against a box, a fruit in
+a bowl's curve): :func:`split_cores` finds a blob's thick cores instead (where its distance
+to its own outline is at least a fraction of its largest) and, with two or more, floods the
+blob from them, and from its outside, over the colour image (a watershed): the line between
+two objects follows their colour boundary, and a thin part between them (a tool lying
+across) is flooded from its outline and cut off both; the pieces must pass the same
+rules. A handle or a fork's tines are thin, so a tool alone gives one core, and a blob
+thinner than ``core_min_radius_frac`` of the working image is never split this way.
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-__all__ = ["NeckSettings", "cut_necks"]
+__all__ = ["NeckSettings", "cut_necks", "split_cores"]
 
 
 class NeckSettings(Protocol):
@@ -37,6 +46,8 @@ class NeckSettings(Protocol):
     neck_compact_solidity: float
     neck_compact_aspect: float
     neck_path_min_part_frac: float
+    core_split_frac: float
+    core_min_radius_frac: float
 
 
 #: Blobs smaller than this (working-image pixels) are never cut.
@@ -57,6 +68,9 @@ PATH_INSET = 2
 #: cut off along its edges is not taken for one.
 PATH_SMALL_SOLIDITY = 0.8
 PATH_SMALL_ASPECT = 3.0
+#: :func:`split_cores`: a core holding less than this fraction of a blob's core pixels is
+#: no object's (a bump of the outline).
+CORE_MIN_SHARE = 0.1
 _K3 = np.ones((3, 3), np.uint8)
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
@@ -264,3 +278,62 @@ def _edge_path(passable: np.ndarray, p: tuple[int, int], q: tuple[int, int],
         x, y = int(xs[0]) + max(x - 1, 0), int(ys[0]) + max(y - 1, 0)
         path.append((x, y))
     return np.array(path, np.int64) + (x0, y0)
+
+
+def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings) -> np.ndarray:
+    """``mask`` (uint8 0/1 blobs) with each blob of two or more thick cores cut between them.
+
+    A blob's cores are its pixels at least ``core_split_frac`` of its largest distance to
+    its outline from it, each holding :data:`CORE_MIN_SHARE` of them; blobs whose largest
+    distance is under ``core_min_radius_frac`` of the working image's longer side, or
+    smaller than :data:`MIN_BLOB_PX`, are left whole. The cores and the blob's outside seed
+    a watershed over ``lab`` (the working image in 8-bit Lab); the cut (its lines, 2 pixels
+    wide) is kept
+    when the two largest pieces pass the rules of :func:`cut_necks`
+    (``neck_min_part_frac``, ``neck_colour_dist`` or both compact).
+
+    Returns:
+        A copy of ``mask`` with the cuts cleared; ``mask`` itself when nothing is cut.
+    """
+    if cut.core_split_frac <= 0:
+        return mask
+    min_radius = cut.core_min_radius_frac * max(mask.shape)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    out = mask
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < MIN_BLOB_PX:
+            continue
+        own = labels[y:y + h, x:x + w] == i
+        piece = _core_cut(own, lab[y:y + h, x:x + w], area, min_radius, cut)
+        if piece is not None:
+            out = out.copy() if out is mask else out
+            out[y:y + h, x:x + w][own] = piece[own]
+    return out
+
+
+def _core_cut(own: np.ndarray, lab: np.ndarray, area: int, min_radius: float,
+              cut: NeckSettings) -> np.ndarray | None:
+    """The blob ``own`` (bool, its bounding box) cut between its cores over ``lab``, or
+    ``None`` (one core, too thin, or pieces that fail :func:`_two_pieces`)."""
+    dist = cv2.distanceTransform(np.pad(own.view(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    peak = float(dist.max())
+    if peak < max(min_radius, 1.0):
+        return None
+    core = (dist >= cut.core_split_frac * peak).view(np.uint8)
+    k, core_labels, core_stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
+    seeds = [j for j in range(1, k)
+             if core_stats[j, cv2.CC_STAT_AREA] >= CORE_MIN_SHARE * np.count_nonzero(core)]
+    if len(seeds) < 2:
+        return None
+    # the outside floods too: a part thinner than the cores (a tool lying between two
+    # objects) is reached from its outline first and cut off both of them
+    markers = np.full(own.shape, len(seeds) + 1, np.int32)
+    markers[own] = 0
+    for m, j in enumerate(seeds, 1):
+        markers[core_labels == j] = m
+    flooded = cv2.watershed(np.ascontiguousarray(lab), markers)
+    lines = ((flooded == -1) & own).view(np.uint8)
+    trial = own.view(np.uint8).copy()
+    trial[cv2.dilate(lines, np.ones((2, 2), np.uint8)) > 0] = 0
+    return trial if _two_pieces(trial, lab, area, cut.neck_min_part_frac, cut) else None

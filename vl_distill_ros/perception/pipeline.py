@@ -584,17 +584,18 @@ class PerceptionPipeline:
                 f"{image.shape[1]}x{image.shape[0]}")
         # auto needs the colour boxes whatever depth gives: they are found in the second
         # thread while the depth proposer runs here (both spend their time in OpenCV and
-        # numpy, which release the GIL)
-        pending = self._colour_pool.submit(propose_boxes, image, s.proposal_cfg) \
+        # numpy, which release the GIL); the fusion's, without the core split
+        pending = self._colour_pool.submit(propose_boxes, image, s.proposal_cfg,
+                                           core_split=False) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
             depth_cfg = stride_for(s.depth_cfg, image.shape[1])   # this camera's grid step
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
                                         self._registration(camera, depth_cfg))
         except DepthError as exc:
-            return self._colour_boxes(image, s, pending), str(exc)
+            return propose_boxes(image, s.proposal_cfg), str(exc)   # colour only
         if found.plane is None:
-            return self._colour_boxes(image, s, pending), found.note
+            return propose_boxes(image, s.proposal_cfg), found.note
         with self._registration_lock:
             _remember(self._depth_noise, camera, found.noise_m)
         count = int(s.proposal_cfg.max_count)
@@ -606,8 +607,10 @@ class PerceptionPipeline:
     @staticmethod
     def _colour_boxes(image: np.ndarray, s: PipelineSettings,
                       pending: "Future[list[Box]] | None") -> list[Box]:
-        """The colour proposals: from the second thread when they were started there."""
-        return pending.result() if pending is not None else propose_boxes(image, s.proposal_cfg)
+        """The colour proposals the fusion takes (no core split): from the second thread
+        when they were started there."""
+        return pending.result() if pending is not None else \
+            propose_boxes(image, s.proposal_cfg, core_split=False)
 
     def close(self) -> None:
         """Stop the colour proposer's thread (``proposal_threads: 2``); idempotent. A

@@ -73,13 +73,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
-from .blob_split import cut_necks
+from .blob_split import cut_necks, split_cores
 
 __all__ = ["Box", "ProposalConfig", "propose_boxes", "sanitize_boxes", "crop",
            "classification_window", "full_frame_box",
@@ -219,6 +219,14 @@ class ProposalConfig:
     neck_compact_solidity: float = 0.9
     neck_compact_aspect: float = 2.0
     neck_path_min_part_frac: float = 0.05
+    #: A blob with two or more thick cores (its pixels at least ``core_split_frac`` of its
+    #: largest distance to its outline from it) is cut between them along the colour
+    #: boundary (a watershed from the cores), under the rules of the neck cut for the two
+    #: pieces: objects pressed together without a deep notch (see :mod:`.blob_split`); 0
+    #: turns it off. Blobs under ``core_min_radius_frac`` of the working image's longer
+    #: side in half-thickness (8 working pixels at 320: tools, cutlery) are never split.
+    core_split_frac: float = 0.5
+    core_min_radius_frac: float = 0.025
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_frac <= self.max_area_frac <= 1.0:
@@ -265,7 +273,8 @@ class ProposalConfig:
             raise ValueError(f"need grow_bins >= 0 and min_pair_count >= 1, got "
                              f"{self.grow_bins} and {self.min_pair_count}")
         for name in ("neck_depth_frac", "neck_edge_support", "neck_max_len_frac",
-                     "neck_min_part_frac", "neck_compact_solidity", "neck_path_min_part_frac"):
+                     "neck_min_part_frac", "neck_compact_solidity", "neck_path_min_part_frac",
+                     "core_split_frac", "core_min_radius_frac"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.neck_colour_dist <= 500.0:
@@ -819,12 +828,16 @@ def _texture_edge_density(edges: np.ndarray, border: int, min_chain: int = 12) -
     return float(np.take(chain, _border_pixels(labels[..., None], border)).mean())
 
 
-def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> list[Box]:
+def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
+                  core_split: bool = True) -> list[Box]:
     """Class-agnostic boxes around the objects in a tabletop frame.
 
     Args:
         image_rgb: ``(H, W, 3)`` uint8 RGB frame (``(H, W)`` grayscale is accepted too).
         cfg: tuning knobs; the defaults when ``None``.
+        core_split: False skips the cut between a blob's cores (``core_split_frac``): the
+            colour boxes that the depth proposer's fusion takes, as depth separates those
+            objects already (the cut's pieces gained nothing there and added false boxes).
 
     Returns:
         Up to ``cfg.max_count`` ``(x, y, w, h)`` boxes in frame pixels, padded by
@@ -846,6 +859,8 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None) -> l
         return []
 
     # 1.-4. working image, background model, colour distance, edges, scored candidates
+    if not core_split and cfg.core_split_frac > 0:
+        cfg = replace(cfg, core_split_frac=0.0)
     candidates = _candidates(image, cfg)
     if cfg.nested_min_area_frac > 0:
         candidates = _search_inside(image, candidates, cfg)
@@ -891,6 +906,7 @@ def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
         mask = cv2.morphologyEx(own, cv2.MORPH_CLOSE, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     cut = cut_necks(mask, edges, lab, cfg, (n, labels, stats))  # touching objects
+    cut = split_cores(cut, lab, cfg)
     if cut is not mask:
         mask = cut
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
