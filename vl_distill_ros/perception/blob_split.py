@@ -26,7 +26,7 @@ thinner than ``core_min_radius_frac`` of the working image is never split this w
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import cv2
 import numpy as np
@@ -94,26 +94,40 @@ def cut_necks(mask: np.ndarray, edges: np.ndarray, lab: np.ndarray, cut: NeckSet
     if cut.neck_depth_frac <= 0:
         return mask
     if components is None:
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    else:
-        n, labels, stats = components
+        components = cv2.connectedComponentsWithStats(mask, connectivity=8)[:3]
     near_edge = cv2.dilate(edges.view(np.uint8), _K3) > 0
+
+    def cut_blob(own: np.ndarray, window: tuple[slice, slice], area: int) -> np.ndarray | None:
+        blob, changed = own.view(np.uint8), False
+        for _ in range(MAX_CUTS):
+            piece = _best_cut(blob, near_edge[window], lab[window], area, cut)
+            if piece is None:
+                break
+            blob, changed = piece, True
+        return blob if changed else None
+
+    return _cut_each_blob(mask, components, cut_blob)
+
+
+def _cut_each_blob(mask: np.ndarray, components: tuple[int, np.ndarray, np.ndarray],
+                   cut_blob: Callable[[np.ndarray, tuple[slice, slice], int],
+                                      np.ndarray | None]) -> np.ndarray:
+    """``mask`` with each blob of :data:`MIN_BLOB_PX` or more (``components``: ``(count,
+    labels, stats)`` of its 8-connected components) replaced by ``cut_blob(own, window,
+    area)``: the blob (bool, over its bounding box ``window`` of rows and columns) cut, as
+    uint8, or ``None`` to leave it whole. A copy when a blob was cut, else ``mask`` itself."""
+    n, labels, stats = components
     out = mask
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
         if area < MIN_BLOB_PX:
             continue
-        own = labels[y:y + h, x:x + w] == i
-        blob, changed = own.view(np.uint8), False
-        for _ in range(MAX_CUTS):
-            piece = _best_cut(blob, near_edge[y:y + h, x:x + w], lab[y:y + h, x:x + w],
-                              area, cut)
-            if piece is None:
-                break
-            blob, changed = piece, True
-        if changed:
+        window = (slice(y, y + h), slice(x, x + w))
+        own = labels[window] == i
+        piece = cut_blob(own, window, area)
+        if piece is not None:
             out = out.copy() if out is mask else out
-            out[y:y + h, x:x + w][own] = blob[own]
+            out[window][own] = piece[own]
     return out
 
 
@@ -288,8 +302,7 @@ def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings) -> np.ndar
     distance is under ``core_min_radius_frac`` of the working image's longer side, or
     smaller than :data:`MIN_BLOB_PX`, are left whole. The cores and the blob's outside seed
     a watershed over ``lab`` (the working image in 8-bit Lab); the cut (its lines, 2 pixels
-    wide) is kept
-    when the two largest pieces pass the rules of :func:`cut_necks`
+    wide) is kept when the two largest pieces pass the rules of :func:`cut_necks`
     (``neck_min_part_frac``, ``neck_colour_dist`` or both compact).
 
     Returns:
@@ -298,18 +311,9 @@ def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings) -> np.ndar
     if cut.core_split_frac <= 0:
         return mask
     min_radius = cut.core_min_radius_frac * max(mask.shape)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    out = mask
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if area < MIN_BLOB_PX:
-            continue
-        own = labels[y:y + h, x:x + w] == i
-        piece = _core_cut(own, lab[y:y + h, x:x + w], area, min_radius, cut)
-        if piece is not None:
-            out = out.copy() if out is mask else out
-            out[y:y + h, x:x + w][own] = piece[own]
-    return out
+    return _cut_each_blob(
+        mask, cv2.connectedComponentsWithStats(mask, connectivity=8)[:3],
+        lambda own, window, area: _core_cut(own, lab[window], area, min_radius, cut))
 
 
 def _core_cut(own: np.ndarray, lab: np.ndarray, area: int, min_radius: float,
