@@ -688,13 +688,24 @@ def test_two_stages_in_two_threads_give_what_process_gives(bundle):
     assert pipe.last_depth_status == "untouched"
 
 
-def test_the_grid_step_grows_with_the_frame_width():
+def test_the_grid_step_grows_with_the_focal_length_and_the_frame_width():
     from vl_distill_ros.perception.depth_proposals import stride_for
 
     cfg = DepthProposalConfig()
-    assert stride_for(cfg, 640) is cfg and stride_for(cfg, 1280).stride == 4
-    assert stride_for(cfg, 1281).stride == 5 and stride_for(cfg, 320).stride == 2
+    # a 640x480 or 848x480 camera of 58 degrees (focal 584 px): step 2; the same field of
+    # view at 1280x720 (876 px): 3, at 1280x960 (1167 px): 4; a 1920x1080 camera of 1060 px
+    assert stride_for(cfg, 640, 584.0) is cfg and stride_for(cfg, 848, 584.0) is cfg
+    assert stride_for(cfg, 1280, 876.0).stride == 3
+    assert stride_for(cfg, 1280, 1167.0).stride == 4
+    assert stride_for(cfg, 1920, 1060.0).stride == 4
+    # the width alone (no focal length, or stride_focal_px 0) bounds the cost: 480 samples
+    assert stride_for(cfg, 1280).stride == 3 and stride_for(cfg, 1441).stride == 4
+    assert stride_for(dataclasses.replace(cfg, stride_focal_px=0.0), 1280, 1167.0).stride == 3
     assert stride_for(dataclasses.replace(cfg, max_grid_width=0), 1280).stride == 2
+    assert stride_for(cfg, 100_000, 100_000.0).stride == 16
+    # the step found is final: applying it again changes nothing
+    final = stride_for(cfg, 1280, 1167.0)
+    assert stride_for(final, 1280, 1167.0) is final and stride_for(final, 4000) is final
     big = CameraIntrinsics(fx=1080.0, fy=1080.0, cx=639.5, cy=479.5, width=1280, height=960)
     depth, truth = render_tabletop(OBJECTS, k=big)      # the same scene at twice the size
     found = propose_depth_boxes(depth, big)
@@ -704,6 +715,8 @@ def test_the_grid_step_grows_with_the_frame_width():
     np.testing.assert_allclose(halved, np.array(small, float), atol=2.0)
     with pytest.raises(DepthError, match="max_grid_width"):
         DepthProposalConfig(max_grid_width=-1)
+    with pytest.raises(DepthError, match="stride_focal_px"):
+        DepthProposalConfig(stride_focal_px=-1.0)
 
 
 def _windows_of(monkeypatch, depth: np.ndarray, cfg: DepthProposalConfig):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.perception.proposals import (Box, ProposalConfig, box_iou, crop, full_frame_box,
-                                                 propose_boxes, sanitize_boxes)
+                                                 propose_boxes, sanitize_boxes, working_scale)
 
 H, W = 480, 640
 WOOD = (168, 124, 82)
@@ -459,3 +459,25 @@ def test_objects_on_a_small_table_inside_the_floor_are_searched_again() -> None:
     assert best_iou(big, propose_boxes(finish(img, rng))) > 0.8
     with pytest.raises(ValueError, match="nested_min_area_frac"):
         ProposalConfig(nested_min_area_frac=1.5)
+
+
+def test_the_working_image_keeps_the_objects_size_on_wide_frames() -> None:
+    """4:3 frames are worked with their longer side at ``work_size``; wider ones (16:9
+    cameras) with their shorter side at 3/4 of it, so an object of the same size in pixels
+    has the same size in working pixels; the longer side stays under 1.5 ``work_size``."""
+    assert working_scale(640, 480, 320) == pytest.approx(0.5)
+    assert working_scale(480, 640, 320) == pytest.approx(0.5)
+    assert working_scale(640, 640, 320) == pytest.approx(0.5)
+    assert working_scale(848, 480, 320) == pytest.approx(0.5)
+    assert working_scale(1280, 720, 320) == pytest.approx(1 / 3)
+    assert working_scale(1920, 1080, 320) == pytest.approx(240 / 1080)
+    assert working_scale(1920, 480, 320) == pytest.approx(0.25)       # 480x120, bounded
+    assert working_scale(200, 100, 320) == 1.0                        # never upscaled
+    # the tabletop scene with more table at both sides (an 848x480 camera, the same
+    # focal length): the same objects, found as at 640x480
+    img, truth = tabletop(0)
+    wide = np.concatenate([img[:, 104:0:-1], img, img[:, -2:-106:-1]], axis=1)
+    assert wide.shape == (480, 848, 3)
+    found = propose_boxes(wide)
+    check_invariants(found, width=848)
+    assert all(best_iou((x + 104, y, w, h), found) > 0.7 for x, y, w, h in truth.values())

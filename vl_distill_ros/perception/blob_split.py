@@ -299,7 +299,7 @@ def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings) -> np.ndar
 
     A blob's cores are its pixels at least ``core_split_frac`` of its largest distance to
     its outline from it, each holding :data:`CORE_MIN_SHARE` of them; blobs whose largest
-    distance is under ``core_min_radius_frac`` of the working image's longer side, or
+    distance is under ``core_min_radius_frac`` of the working image's shorter side, or
     smaller than :data:`MIN_BLOB_PX`, are left whole. The cores and the blob's outside seed
     a watershed over ``lab`` (the working image in 8-bit Lab); the cut (its lines, 2 pixels
     wide) is kept when the two largest pieces pass the rules of :func:`cut_necks`
@@ -310,7 +310,7 @@ def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings) -> np.ndar
     """
     if cut.core_split_frac <= 0:
         return mask
-    min_radius = cut.core_min_radius_frac * max(mask.shape)
+    min_radius = cut.core_min_radius_frac * min(mask.shape)
     return _cut_each_blob(
         mask, cv2.connectedComponentsWithStats(mask, connectivity=8)[:3],
         lambda own, window, area: _core_cut(own, lab[window], area, min_radius, cut))

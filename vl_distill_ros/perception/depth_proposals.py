@@ -54,7 +54,8 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    ``refine_max_frac`` of the frame, on a cloud sampled at half the grid step (the same
    plane and noise), the others on the grid's own samples (more than
    :data:`MAX_OBJECT_WINDOWS` groups: the grid over the frame). The grid step rises with
-   the frame's width (``max_grid_width``).
+   the camera's focal length (``stride_focal_px``) and, to bound the cost, its width
+   (``max_grid_width``).
 
 :func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
 and splits a depth box into the colour boxes inside it where those stand at clearly different
@@ -128,12 +129,17 @@ class CameraIntrinsics:
 class DepthProposalConfig:
     """Settings of :func:`propose_depth_boxes` (see the module docstring)."""
 
-    #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame) ...
+    #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame) at
+    #: a focal length of up to ``stride_focal_px`` ...
     stride: int = 2
-    #: ... or larger, so that the grid is at most this many samples wide (a 1280x720
-    #: frame: step 4, 320x180 samples): the proposer's cost and its geometry in grid cells
-    #: stay those of a 640x480 frame whatever the camera's resolution. 0: ``stride`` as is.
-    max_grid_width: int = 320
+    #: ... and in proportion to the focal length above it (rounded; a 1280x720 camera with
+    #: a 870-pixel focal length: step 3), so that an object covers the same grid cells
+    #: whatever the camera's resolution (the proposer's geometry is counted in cells). 0:
+    #: ``stride`` at any focal length.
+    stride_focal_px: float = 600.0
+    #: The step is also raised so that the grid is at most this many samples wide, which
+    #: bounds the proposer's cost (a 1920x1080 camera: at least step 4). 0: no bound.
+    max_grid_width: int = 480
     #: The objects are found per window around each group of raised samples; the smallest
     #: windows, together at most this fraction of the frame, at half the grid step (finer
     #: cuts between objects in contact at a fine grid's cost over a part of the frame
@@ -291,6 +297,9 @@ class DepthProposalConfig:
         if not 0 <= int(self.max_grid_width) <= 100_000:
             raise DepthError(f"max_grid_width must be in [0, 100000], got "
                              f"{self.max_grid_width}")
+        if not 0.0 <= float(self.stride_focal_px) <= 100_000.0:
+            raise DepthError(f"stride_focal_px must be in [0, 100000], got "
+                             f"{self.stride_focal_px}")
         for name in ("registration_search_px", "fattening_search_px"):
             if not 0 <= int(getattr(self, name)) <= 16:
                 raise DepthError(f"{name} must be in [0, 16], got {getattr(self, name)}")
@@ -346,11 +355,17 @@ class DepthProposalConfig:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
-def stride_for(cfg: DepthProposalConfig, width: int) -> DepthProposalConfig:
-    """``cfg`` with the grid step a frame ``width`` pixels wide is sampled at: ``stride``,
-    raised so that the grid is at most ``max_grid_width`` samples wide (``cfg`` itself when
-    that changes nothing)."""
+def stride_for(cfg: DepthProposalConfig, width: int, focal: float = 0.0
+               ) -> DepthProposalConfig:
+    """``cfg`` with the grid step of a camera ``width`` pixels wide with the given
+    ``focal`` length (pixels; 0: unknown): ``stride``, times ``focal / stride_focal_px``
+    when that is more (rounded), raised so that the grid is at most ``max_grid_width``
+    samples wide, at most 16. ``cfg`` itself when that changes nothing, else a copy whose
+    step is final (``stride_focal_px`` and ``max_grid_width`` 0: applying it again changes
+    nothing)."""
     step = int(cfg.stride)
+    if float(cfg.stride_focal_px) > 0 and focal > 0:
+        step = max(step, int(step * float(focal) / float(cfg.stride_focal_px) + 0.5))
     if int(cfg.max_grid_width) > 0:
         step = max(step, -(-int(width) // int(cfg.max_grid_width)))
     step = min(step, 16)
@@ -359,8 +374,8 @@ def stride_for(cfg: DepthProposalConfig, width: int) -> DepthProposalConfig:
 
 @functools.lru_cache(maxsize=16)
 def _with_stride(cfg: DepthProposalConfig, stride: int) -> DepthProposalConfig:
-    """``cfg`` with another grid step: made once per setting, not per frame."""
-    return replace(cfg, stride=stride)
+    """``cfg`` with another grid step, final: made once per setting, not per frame."""
+    return replace(cfg, stride=stride, stride_focal_px=0.0, max_grid_width=0)
 
 
 def load_depth_config(path: str | Path) -> DepthProposalConfig:
@@ -720,7 +735,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     if (w, h) != (int(intrinsics.width), int(intrinsics.height)):
         raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
                          f"{intrinsics.height}: depth must be registered to the colour image")
-    cfg = stride_for(cfg, w)
+    cfg = stride_for(cfg, w, 0.5 * (float(intrinsics.fx) + float(intrinsics.fy)))
     shift = (0, 0)
     # the colour image is used only when it is a uint8 RGB image of the depth's size
     colour = np.asarray(image_rgb) if image_rgb is not None and np.shape(image_rgb) == (

@@ -4,7 +4,9 @@ The scene model is "a background (table top, floor, wall, table edge) that reach
 border, with objects on it":
 
 1. The frame is downscaled so its longer side is at most :attr:`ProposalConfig.work_size`
-   pixels (area filter, which also averages out sensor noise) and lightly blurred.
+   pixels, or, for a frame wider than 4:3, its shorter side at most 3/4 of that (area
+   filter, which also averages out sensor noise; :func:`working_scale`) and lightly
+   blurred.
 2. The background is modelled **non-parametrically** in OpenCV's 8-bit CIE Lab: the colours
    of a strip along the image border go into a coarse colour grid (cells of 8 lightness x
    4 x 4 chroma levels). Background colours are the cells holding enough samples, rarely
@@ -82,8 +84,7 @@ import numpy as np
 from .blob_split import cut_necks, split_cores
 
 __all__ = ["Box", "ProposalConfig", "propose_boxes", "sanitize_boxes", "crop",
-           "classification_window", "full_frame_box",
-           "box_iou"]
+           "working_scale", "classification_window", "full_frame_box", "box_iou"]
 
 #: ``(x, y, w, h)`` in pixels: top-left corner, width and height.
 Box = tuple[int, int, int, int]
@@ -112,8 +113,11 @@ class ProposalConfig:
     #: the padded box is clipped to the frame. Ground-truth boxes hug the visible pixels,
     #: so padding costs IoU; 0.05 keeps a little context for the classifier.
     pad_frac: float = 0.05
-    #: Longest side, in pixels, of the internal working image (smaller is faster but loses
-    #: thin objects); frames already smaller are not upscaled.
+    #: Longest side, in pixels, of the internal working image of a 4:3 frame (smaller is
+    #: faster but loses thin objects); a wider frame keeps a shorter side of 3/4 of it, up
+    #: to 1.5 times it long (a 16:9 camera's 848x480 or 1280x720 frame: 424x240 or
+    #: 427x240), so that objects keep their size in working pixels (:func:`working_scale`).
+    #: Frames already smaller are not upscaled.
     work_size: int = 320
     #: Standard deviation, in working-image pixels, of the Gaussian blur applied before the
     #: colour model (0 disables it).
@@ -223,10 +227,10 @@ class ProposalConfig:
     #: largest distance to its outline from it) is cut between them along the colour
     #: boundary (a watershed from the cores), under the rules of the neck cut for the two
     #: pieces: objects pressed together without a deep notch (see :mod:`.blob_split`); 0
-    #: turns it off. Blobs under ``core_min_radius_frac`` of the working image's longer
-    #: side in half-thickness (8 working pixels at 320: tools, cutlery) are never split.
+    #: turns it off. Blobs under ``core_min_radius_frac`` of the working image's shorter
+    #: side in half-thickness (8 of 240 working pixels: tools, cutlery) are never split.
     core_split_frac: float = 0.5
-    core_min_radius_frac: float = 0.025
+    core_min_radius_frac: float = 0.0333
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_frac <= self.max_area_frac <= 1.0:
@@ -794,7 +798,7 @@ def _object_maps(image: np.ndarray, cfg: ProposalConfig
     (objects cut by the border), the working image in 8-bit Lab, and its scale ``(sx, sy)``
     (frame pixels per working pixel) for a uint8 RGB frame."""
     height, width = image.shape[:2]
-    scale = min(1.0, cfg.work_size / max(height, width))
+    scale = working_scale(width, height, cfg.work_size)
     if scale < 1.0:
         ww, wh = max(8, int(round(width * scale))), max(8, int(round(height * scale)))
         small = cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA)
@@ -814,6 +818,17 @@ def _object_maps(image: np.ndarray, cfg: ProposalConfig
         if _texture_edge_density(edges, border) > cfg.smooth_border_edges:
             edges = gated
     return dist, edges, gated, local, lab, width / ww, height / wh
+
+
+def working_scale(width: int, height: int, work_size: int) -> float:
+    """The colour proposer's downscale factor (at most 1) for a ``width`` x ``height``
+    frame: its longer side to ``work_size``, or, when that leaves the shorter side under
+    3/4 of ``work_size`` (a frame wider than 4:3), the shorter side to 3/4 of it, with the
+    longer side at most 1.5 times ``work_size``."""
+    long_side, short_side = max(width, height), min(width, height)
+    scale = max(work_size / long_side,
+                min(0.75 * work_size / short_side, 1.5 * work_size / long_side))
+    return min(1.0, scale)
 
 
 def _texture_edge_density(edges: np.ndarray, border: int, min_chain: int = 12) -> float:
