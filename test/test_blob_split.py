@@ -160,16 +160,15 @@ def test_neck_settings_are_validated():
             ProposalConfig(**bad)
 
 
-def _joined_by_a_tool(scale: float = 1.0) -> tuple[np.ndarray, list]:
+def _joined_by_a_tool() -> tuple[np.ndarray, list]:
     """A red ball and a yellow box on a table, 110 pixels apart, with a grey tool lying
     between them that touches both (16 pixels wide): one blob of three objects, without
-    the notches of a neck between the ball and the box. All sizes times ``scale``."""
-    s = lambda v: int(round(v * scale))  # noqa: E731
+    the notches of a neck between the ball and the box."""
     img = _table()
-    cv2.circle(img, (s(200), 240), s(45), RED, -1, cv2.LINE_AA)
-    cv2.rectangle(img, (s(400), 240 - s(40)), (s(479), 240 + s(39)), YELLOW, -1)
-    cv2.rectangle(img, (s(235), 240 - s(8)), (s(405), 240 + s(8)), (185, 190, 198), -1)
-    return img, [(s(155), 240 - s(45), s(90), s(90)), (s(400), 240 - s(40), s(80), s(80))]
+    cv2.circle(img, (200, 240), 45, RED, -1, cv2.LINE_AA)
+    cv2.rectangle(img, (400, 200), (479, 279), YELLOW, -1)
+    cv2.rectangle(img, (235, 232), (405, 248), (185, 190, 198), -1)
+    return img, [(155, 195, 90, 90), (400, 200, 80, 80)]
 
 
 def test_objects_joined_by_a_tool_are_cut_between_their_cores():
@@ -186,9 +185,9 @@ def test_objects_joined_by_a_tool_are_cut_between_their_cores():
 
 def test_thin_blobs_are_not_split_at_cores():
     """A blob whose half-thickness is under ``core_min_radius_frac`` of the working image's
-    longer side (cutlery, small tool parts) is never split at cores: the ball of the scene
-    above is 22 working pixels in radius, so a bound of 0.1 (32 pixels) leaves the blob
-    whole; a single core is never cut."""
+    shorter side (cutlery, small tool parts) is never split at cores: the ball of the scene
+    above is 22 working pixels in radius, so a bound of 0.1 (24 of 240 pixels) leaves the
+    blob whole; a single core is never cut."""
     img, truth = _joined_by_a_tool()
     assert _found(img, truth, ProposalConfig(core_min_radius_frac=0.1)) == (0, 1)
     mask = np.zeros((240, 320), np.uint8)

@@ -294,7 +294,8 @@ def _edge_path(passable: np.ndarray, p: tuple[int, int], q: tuple[int, int],
     return np.array(path, np.int64) + (x0, y0)
 
 
-def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings) -> np.ndarray:
+def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings,
+                components: tuple[int, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``mask`` (uint8 0/1 blobs) with each blob of two or more thick cores cut between them.
 
     A blob's cores are its pixels at least ``core_split_frac`` of its largest distance to
@@ -303,16 +304,19 @@ def split_cores(mask: np.ndarray, lab: np.ndarray, cut: NeckSettings) -> np.ndar
     smaller than :data:`MIN_BLOB_PX`, are left whole. The cores and the blob's outside seed
     a watershed over ``lab`` (the working image in 8-bit Lab); the cut (its lines, 2 pixels
     wide) is kept when the two largest pieces pass the rules of :func:`cut_necks`
-    (``neck_min_part_frac``, ``neck_colour_dist`` or both compact).
+    (``neck_min_part_frac``, ``neck_colour_dist`` or both compact). ``components``:
+    ``(count, labels, stats)`` of ``mask``'s 8-connected components, if the caller has them.
 
     Returns:
         A copy of ``mask`` with the cuts cleared; ``mask`` itself when nothing is cut.
     """
     if cut.core_split_frac <= 0:
         return mask
+    if components is None:
+        components = cv2.connectedComponentsWithStats(mask, connectivity=8)[:3]
     min_radius = cut.core_min_radius_frac * min(mask.shape)
     return _cut_each_blob(
-        mask, cv2.connectedComponentsWithStats(mask, connectivity=8)[:3],
+        mask, components,
         lambda own, window, area: _core_cut(own, lab[window], area, min_radius, cut))
 
 

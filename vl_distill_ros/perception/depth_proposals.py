@@ -112,6 +112,11 @@ class CameraIntrinsics:
             raise DepthError(f"camera size {self.width}x{self.height} must be positive (a "
                              "CameraInfo with width/height 0?)")
 
+    @property
+    def focal(self) -> float:
+        """The mean of the two focal lengths (pixels)."""
+        return 0.5 * (float(self.fx) + float(self.fy))
+
     @classmethod
     def from_k(cls, k: Sequence[float], width: int, height: int) -> "CameraIntrinsics":
         """From a CameraInfo's row-major 3x3 ``k`` and its ``width``/``height``.
@@ -735,7 +740,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     if (w, h) != (int(intrinsics.width), int(intrinsics.height)):
         raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
                          f"{intrinsics.height}: depth must be registered to the colour image")
-    cfg = stride_for(cfg, w, 0.5 * (float(intrinsics.fx) + float(intrinsics.fy)))
+    cfg = stride_for(cfg, w, intrinsics.focal)
     shift = (0, 0)
     # the colour image is used only when it is a uint8 RGB image of the depth's size
     colour = np.asarray(image_rgb) if image_rgb is not None and np.shape(image_rgb) == (

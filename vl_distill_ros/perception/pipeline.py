@@ -589,8 +589,7 @@ class PerceptionPipeline:
                                            core_split=False) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
-            depth_cfg = stride_for(s.depth_cfg, image.shape[1],   # this camera's grid step
-                                   0.5 * (float(intrinsics.fx) + float(intrinsics.fy)))
+            depth_cfg = stride_for(s.depth_cfg, image.shape[1], intrinsics.focal)  # its step
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
                                         self._registration(camera, depth_cfg))
         except DepthError as exc:

@@ -921,7 +921,8 @@ def _candidates(image: np.ndarray, cfg: ProposalConfig) -> list[list[float]]:
         mask = cv2.morphologyEx(own, cv2.MORPH_CLOSE, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     cut = cut_necks(mask, edges, lab, cfg, (n, labels, stats))  # touching objects
-    cut = split_cores(cut, lab, cfg)
+    # the cores of the blobs (their components as found unless the neck cut changed them)
+    cut = split_cores(cut, lab, cfg, (n, labels, stats) if cut is mask else None)
     if cut is not mask:
         mask = cut
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
