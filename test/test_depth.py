@@ -276,6 +276,29 @@ def test_fusion_splits_a_depth_box_into_colour_boxes_of_different_heights():
         DepthProposalConfig(fuse_split_cover=1.5)
 
 
+def test_fusion_adds_a_colour_box_inside_a_depth_box_only_at_another_height():
+    # a small low block in front of a tall box, joined by depth (its cuts off): the block's
+    # colour box lies inside the depth box and stands lower, so it is another object; a
+    # colour box on the tall box's upper part (a label) reaches its height: a part of it
+    joined = dataclasses.replace(DepthProposalConfig(), cut_jump_frac=0.0, crease_m=0.0,
+                                 top_view_bin_m=0.0)
+    pair = [(0.0, 0.02, 0.08, 0.08, 0.12), (0.0, -0.035, 0.025, 0.025, 0.03)]
+    depth, (tall, block) = render_tabletop(pair)
+    found = propose_depth_boxes(depth, K, joined)
+    assert len(found.boxes) == 1 and box_iou(found.boxes[0], block) <= joined.fuse_max_iou
+    x, y, w, h = tall
+    label = (x + w // 4, y + h // 8, w // 3, h // 5)
+    assert box_iou(found.boxes[0], label) <= joined.fuse_max_iou
+    assert fuse_proposals(found, [block], joined, max_count=10) == found.boxes + [block]
+    assert fuse_proposals(found, [label], joined, max_count=10) == found.boxes
+    # a colour box there with no depth under it (a black object) is never a part
+    dark = depth.copy()
+    bx, by, bw, bh = label
+    dark[by:by + bh, bx:bx + bw] = 0.0
+    holey = propose_depth_boxes(dark, K, joined)
+    assert label in fuse_proposals(holey, [label], joined, max_count=10)
+
+
 def test_depth_config_yaml_holds_the_defaults_and_bad_files_are_rejected(tmp_path):
     assert load_depth_config(REPO / "config" / "depth_proposals.yaml") == DepthProposalConfig()
     bad = tmp_path / "bad.yaml"
@@ -691,16 +714,24 @@ def test_two_stages_in_two_threads_give_what_process_gives(bundle):
 def test_the_grid_step_grows_with_the_focal_length_and_the_frame_width():
     from vl_distill_ros.perception.depth_proposals import stride_for
 
-    cfg = DepthProposalConfig()
-    # a 640x480 or 848x480 camera of 58 degrees (focal 584 px): step 2; the same field of
-    # view at 1280x720 (876 px): 3, at 1280x960 (1167 px): 4; a 1920x1080 camera of 1060 px
+    # by default the width alone bounds the cost (480 samples): a 640x480 camera of 58
+    # degrees (584 px) or of YCB-Video's 25 (1067 px) and an 848x480 one: step 2; 1280x720
+    # and 1280x960: 3; 1920x1080: 4
+    default = DepthProposalConfig()
+    for width, focal in ((640, 584.0), (640, 1067.0), (848, 584.0)):
+        assert stride_for(default, width, focal) is default
+    assert stride_for(default, 1280, 876.0).stride == 3
+    assert stride_for(default, 1280, 1167.0).stride == 3
+    assert stride_for(default, 1920, 1060.0).stride == 4
+    # stride_focal_px 600: the step also follows the focal length (1280x960 of the same
+    # view as 640x480 at 584 px: step 4; the long-focus 640x480 camera too)
+    cfg = dataclasses.replace(default, stride_focal_px=600.0)
     assert stride_for(cfg, 640, 584.0) is cfg and stride_for(cfg, 848, 584.0) is cfg
     assert stride_for(cfg, 1280, 876.0).stride == 3
     assert stride_for(cfg, 1280, 1167.0).stride == 4
-    assert stride_for(cfg, 1920, 1060.0).stride == 4
-    # the width alone (no focal length, or stride_focal_px 0) bounds the cost: 480 samples
+    assert stride_for(cfg, 640, 1067.0).stride == 4
+    # without a focal length the width alone
     assert stride_for(cfg, 1280).stride == 3 and stride_for(cfg, 1441).stride == 4
-    assert stride_for(dataclasses.replace(cfg, stride_focal_px=0.0), 1280, 1167.0).stride == 3
     assert stride_for(dataclasses.replace(cfg, max_grid_width=0), 1280).stride == 2
     assert stride_for(cfg, 100_000, 100_000.0).stride == 16
     # the step found is final: applying it again changes nothing
@@ -708,7 +739,7 @@ def test_the_grid_step_grows_with_the_focal_length_and_the_frame_width():
     assert stride_for(final, 1280, 1167.0) is final and stride_for(final, 4000) is final
     big = CameraIntrinsics(fx=1080.0, fy=1080.0, cx=639.5, cy=479.5, width=1280, height=960)
     depth, truth = render_tabletop(OBJECTS, k=big)      # the same scene at twice the size
-    found = propose_depth_boxes(depth, big)
+    found = propose_depth_boxes(depth, big, cfg)
     assert found.stride == 4 and _matched(truth, found.boxes, 0.8) == 3
     small = propose_depth_boxes(render_tabletop(OBJECTS)[0], K).boxes
     halved = np.array([[v / 2 for v in b] for b in found.boxes])

@@ -407,9 +407,28 @@ def test_make_bag_missing_models_is_exit_2(tmp_path: Path, capsys):
                               "--objects-per-scene", "4-2"])
     assert make_bag.run(args) == 2
     assert "--objects-per-scene" in capsys.readouterr().err
-    for size, message in (("0.8,0.4", "--table-size"), ("0.1,0.5", "table_length_m")):
-        args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"),
-                                  "--table-size", size])
+    for option, value, message in (("--table-size", "0.8,0.4", "--table-size"),
+                                   ("--table-size", "0.1,0.5", "table_length_m"),
+                                   ("--fov-y", "30,20", "--fov-y"),
+                                   ("--fov-y", "5,8", "fov_y_deg")):
+        args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"), option, value])
         assert make_bag.run(args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bag").exists()
+
+
+def test_make_bag_fov_sets_the_cameras_focal_length(ycb_models: Path, tmp_path: Path,
+                                                    repo_root: Path):
+    """``--fov-y``: the camera_info of a narrow camera (YCB-Video's Xtion sees about 25
+    degrees) has the focal length of that view, and the frames pair with their depth."""
+    bag = tmp_path / "narrow"
+    assert _make_bag(["--out", str(bag), "--frames", "1", "--width", "160", "--height", "120",
+                      "--objects", BAG_KEYS, "--objects-per-scene", "2", "--depth",
+                      "--fov-y", "25,25", "--camera-distance", "1.2,1.2",
+                      "--models-dir", str(ycb_models), "--no-progress",
+                      "--vocabulary", str(repo_root / "config" / "ycb_vocabulary.yaml"),
+                      "--split", str(repo_root / "config" / "splits" / "ycb_paper.yaml")]) == 0
+    (frame,) = list(read_camera_bag(bag).rgbd_frames(tolerance_ns=0))
+    fx, fy = frame.camera_info[:2]
+    assert fx == pytest.approx(60 / np.tan(np.radians(12.5)), rel=1e-3) and fy == fx
+    assert frame.depth is not None and frame.depth.shape == (120, 160)

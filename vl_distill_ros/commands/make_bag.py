@@ -18,6 +18,9 @@ CONTACT_HELP = ("chance that each object after the first is placed touching one 
 FURNITURE_HELP = ("pieces of furniture (flat-coloured boxes, some taller than the table) "
                   "standing beyond the table's edges, as in a real room's background; not "
                   "ground truth (0-8; default 0: frames identical to earlier versions)")
+FOV_HELP = ("main camera vertical field of view range in degrees, 10-120: 42-50 is a "
+            "RealSense D4xx colour camera at 4:3; about 25 the Xtion of YCB-Video (fy 1067 px "
+            "at 640x480), to be seen from farther away (default: %(default)s)")
 TABLE_HELP = ("range of the table top's length and of its width, in metres (default: "
               "1.2-2.0 long, 0.8-1.2 wide); a small table, e.g. 0.4,0.6, leaves more floor "
               "than table in view")
@@ -92,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--camera-distance", default="0.6,1.2", metavar="LO,HI",
                    help="main camera distance range to the aim point on the table, in metres "
                         "(default: %(default)s)")
+    p.add_argument("--fov-y", default="42,50", metavar="LO,HI", help=FOV_HELP)
     p.add_argument("--table-size", default=None, metavar="LO,HI", help=TABLE_HELP)
     p.add_argument("--start-time", type=float, default=DEFAULT_START_TIME,
                    help="stamp of the first frame in seconds since the epoch "
@@ -165,6 +169,7 @@ def _setup(args: argparse.Namespace):
     if noise[0] < 0:
         raise _UsageError(f"--noise-sigma must be >= 0, got {args.noise_sigma!r}")
     distance = _parse_range(args.camera_distance, "--camera-distance", cast=float, sep=",")
+    fov = _parse_range(getattr(args, "fov_y", "42,50"), "--fov-y", cast=float, sep=",")
     table = {}
     if getattr(args, "table_size", None) is not None:
         size = _parse_range(args.table_size, "--table-size", cast=float, sep=",")
@@ -172,6 +177,7 @@ def _setup(args: argparse.Namespace):
     spec = SceneSpec(width=args.width, height=args.height, objects_per_scene=per_scene,
                      hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
                      hand_height=args.hand_height, noise_sigma=noise, distance_m=distance,
+                     fov_y_deg=fov,
                      depth=bool(getattr(args, "depth", False)),
                      contact_prob=float(getattr(args, "contact_prob", 0.0)),
                      furniture=int(getattr(args, "furniture", 0)), **table)

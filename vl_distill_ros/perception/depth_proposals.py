@@ -54,8 +54,8 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    ``refine_max_frac`` of the frame, on a cloud sampled at half the grid step (the same
    plane and noise), the others on the grid's own samples (more than
    :data:`MAX_OBJECT_WINDOWS` groups: the grid over the frame). The grid step rises with
-   the camera's focal length (``stride_focal_px``) and, to bound the cost, its width
-   (``max_grid_width``).
+   the frame's width, to bound the cost (``max_grid_width``), and optionally with the
+   camera's focal length (``stride_focal_px``).
 
 :func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
 and splits a depth box into the colour boxes inside it where those stand at clearly different
@@ -137,11 +137,12 @@ class DepthProposalConfig:
     #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame) at
     #: a focal length of up to ``stride_focal_px`` ...
     stride: int = 2
-    #: ... and in proportion to the focal length above it (rounded; a 1280x720 camera with
-    #: a 870-pixel focal length: step 3), so that an object covers the same grid cells
-    #: whatever the camera's resolution (the proposer's geometry is counted in cells). 0:
-    #: ``stride`` at any focal length.
-    stride_focal_px: float = 600.0
+    #: ... and in proportion to the focal length above it (rounded; 600: a 1280x720 camera
+    #: with a 870-pixel focal length at step 3). 0 (the default): ``stride`` at any focal
+    #: length. A camera of a long focal length (YCB-Video's Xtion: 1067 px at 640x480, a
+    #: 25-degree view) stands farther from the table, where depth is noisier: its objects
+    #: need the finer step (see docs/proposals.md).
+    stride_focal_px: float = 0.0
     #: The step is also raised so that the grid is at most this many samples wide, which
     #: bounds the proposer's cost (a 1920x1080 camera: at least step 4). 0: no bound.
     max_grid_width: int = 480
@@ -1296,7 +1297,8 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
             out = [b for i, b in enumerate(out) if i not in inside] + [box]
             tops = [t for i, t in enumerate(tops) if i not in inside] + [0.0]
             continue
-        if len(out) >= max_count or any(box_iou(box, b) > cfg.fuse_max_iou for b in out):
+        if len(out) >= max_count or any(box_iou(box, b) > cfg.fuse_max_iou for b in out) \
+                or _part_of(depth, box, out, cfg):
             continue
         window = _box_cells(depth, box)
         cells = grid[window]
@@ -1372,15 +1374,36 @@ def split_by_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
     for box, top in zip(out, tops):
         inside = _split_candidates(box, colour_boxes, cfg)
         parts = [_box_top(depth, c, cfg) for c in inside]
-        spread = max(parts) - min(parts) if parts else 0.0
-        if parts and spread >= cfg.fuse_split_height_m and \
-                spread >= cfg.fuse_split_height_frac * max(parts):
+        if parts and _heights_differ(min(parts), max(parts), cfg):
             boxes.extend(inside)   # the pieces keep their cluster's top
             heights.extend([top] * len(inside))
         else:
             boxes.append(box)
             heights.append(top)
     return boxes, heights
+
+
+def _heights_differ(a: float, b: float, cfg: DepthProposalConfig) -> bool:
+    """Whether tops ``a`` and ``b`` (m above the plane) are of different objects: they
+    differ by at least ``fuse_split_height_m`` and ``fuse_split_height_frac`` of the
+    higher one (one object's parts have about one height)."""
+    spread = abs(a - b)
+    return spread >= cfg.fuse_split_height_m and spread >= cfg.fuse_split_height_frac * max(a, b)
+
+
+def _part_of(depth: DepthProposals, box: Box, boxes: Sequence[Box],
+             cfg: DepthProposalConfig) -> bool:
+    """Whether the colour ``box`` lies (``fuse_containment`` of its area) inside one of the
+    depth ``boxes`` and reaches about its height (:func:`_heights_differ`): a part of that
+    object (a label, a lid, a handle), not another one in front of it. A box without raised
+    samples (a black object depth does not see) is never a part."""
+    top = None
+    for b in boxes:
+        if _containment(box, b) >= cfg.fuse_containment:
+            top = _box_top(depth, box, cfg) if top is None else top
+            if top > 0 and not _heights_differ(top, _box_top(depth, b, cfg), cfg):
+                return True
+    return False
 
 
 def _split_candidates(box: Box, colour_boxes: Sequence[Box],
