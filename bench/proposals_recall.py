@@ -288,7 +288,8 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
     for image, truth, depth, k in frames:
         if reg is None and checks:   # the grid step of this camera's frames
             reg = DepthRegistration(depth_cfg.registration_search_px,
-                                    stride_for(depth_cfg, image.shape[1], k.focal).stride,
+                                    stride_for(depth_cfg, image.shape[1], k.focal,
+                                               image.shape[0]).stride,
                                     fattening_px=depth_cfg.fattening_search_px)
         t0 = time.perf_counter()
         colour = propose_boxes(image, cfg)

@@ -714,18 +714,23 @@ def test_two_stages_in_two_threads_give_what_process_gives(bundle):
 def test_the_grid_step_grows_with_the_focal_length_and_the_frame_width():
     from vl_distill_ros.perception.depth_proposals import stride_for
 
-    # by default the width alone bounds the cost (480 samples): a 640x480 camera of 58
-    # degrees (584 px) or of YCB-Video's 25 (1067 px) and an 848x480 one: step 2; 1280x720
-    # and 1280x960: 3; 1920x1080: 4
+    # by default the step follows the shorter side: a 640x480 camera of 58 degrees
+    # (584 px) or of YCB-Video's 25 (1067 px) and an 848x480 one: step 2; 1280x720: 3;
+    # 1280x960 and 1920x1080: 4 (rounded down); the width bounds the cost (480 samples)
     default = DepthProposalConfig()
     for width, focal in ((640, 584.0), (640, 1067.0), (848, 584.0)):
-        assert stride_for(default, width, focal) is default
-    assert stride_for(default, 1280, 876.0).stride == 3
-    assert stride_for(default, 1280, 1167.0).stride == 3
-    assert stride_for(default, 1920, 1060.0).stride == 4
-    # stride_focal_px 600: the step also follows the focal length (1280x960 of the same
-    # view as 640x480 at 584 px: step 4; the long-focus 640x480 camera too)
-    cfg = dataclasses.replace(default, stride_focal_px=600.0)
+        assert stride_for(default, width, focal, 480) is default
+    assert stride_for(default, 1280, 876.0, 720).stride == 3
+    assert stride_for(default, 1280, 1167.0, 960).stride == 4
+    assert stride_for(default, 960, 1167.0, 1280).stride == 4      # portrait
+    assert stride_for(default, 1920, 1060.0, 1080).stride == 4
+    assert stride_for(default, 960, 0.0, 719).stride == 2
+    assert stride_for(default, 2880, 0.0, 960).stride == 6         # the width bound
+    off = dataclasses.replace(default, stride_short_side_px=0)
+    assert stride_for(off, 1280, 1167.0, 960).stride == 3
+    # stride_focal_px 600: the step follows the focal length (1280x960 of the same view
+    # as 640x480 at 584 px: step 4; the long-focus 640x480 camera too)
+    cfg = dataclasses.replace(off, stride_focal_px=600.0)
     assert stride_for(cfg, 640, 584.0) is cfg and stride_for(cfg, 848, 584.0) is cfg
     assert stride_for(cfg, 1280, 876.0).stride == 3
     assert stride_for(cfg, 1280, 1167.0).stride == 4
@@ -737,9 +742,11 @@ def test_the_grid_step_grows_with_the_focal_length_and_the_frame_width():
     # the step found is final: applying it again changes nothing
     final = stride_for(cfg, 1280, 1167.0)
     assert stride_for(final, 1280, 1167.0) is final and stride_for(final, 4000) is final
+    final = stride_for(default, 1280, 1167.0, 960)
+    assert stride_for(final, 1280, 1167.0, 960) is final
     big = CameraIntrinsics(fx=1080.0, fy=1080.0, cx=639.5, cy=479.5, width=1280, height=960)
     depth, truth = render_tabletop(OBJECTS, k=big)      # the same scene at twice the size
-    found = propose_depth_boxes(depth, big, cfg)
+    found = propose_depth_boxes(depth, big)             # the defaults: step 4
     assert found.stride == 4 and _matched(truth, found.boxes, 0.8) == 3
     small = propose_depth_boxes(render_tabletop(OBJECTS)[0], K).boxes
     halved = np.array([[v / 2 for v in b] for b in found.boxes])
@@ -748,6 +755,8 @@ def test_the_grid_step_grows_with_the_focal_length_and_the_frame_width():
         DepthProposalConfig(max_grid_width=-1)
     with pytest.raises(DepthError, match="stride_focal_px"):
         DepthProposalConfig(stride_focal_px=-1.0)
+    with pytest.raises(DepthError, match="stride_short_side_px"):
+        DepthProposalConfig(stride_short_side_px=-1)
 
 
 def _windows_of(monkeypatch, depth: np.ndarray, cfg: DepthProposalConfig):

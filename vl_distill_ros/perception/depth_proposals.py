@@ -54,8 +54,9 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    ``refine_max_frac`` of the frame, on a cloud sampled at half the grid step (the same
    plane and noise), the others on the grid's own samples (more than
    :data:`MAX_OBJECT_WINDOWS` groups: the grid over the frame). The grid step rises with
-   the frame's width, to bound the cost (``max_grid_width``), and optionally with the
-   camera's focal length (``stride_focal_px``).
+   the frame's shorter side (``stride_short_side_px``), with its width to bound the cost
+   (``max_grid_width``) and optionally with the camera's focal length
+   (``stride_focal_px``).
 
 :func:`fuse_proposals` merges these boxes with the colour proposer's where depth is missing,
 and splits a depth box into the colour boxes inside it where those stand at clearly different
@@ -134,14 +135,19 @@ class CameraIntrinsics:
 class DepthProposalConfig:
     """Settings of :func:`propose_depth_boxes` (see the module docstring)."""
 
-    #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame) at
-    #: a focal length of up to ``stride_focal_px`` ...
+    #: Grid step in pixels of the sampled cloud (2: 320x240 samples of a 640x480 frame) for
+    #: frames whose shorter side is up to ``stride_short_side_px`` ...
     stride: int = 2
-    #: ... and in proportion to the focal length above it (rounded; 600: a 1280x720 camera
-    #: with a 870-pixel focal length at step 3). 0 (the default): ``stride`` at any focal
-    #: length. A camera of a long focal length (YCB-Video's Xtion: 1067 px at 640x480, a
-    #: 25-degree view) stands farther from the table, where depth is noisier: its objects
-    #: need the finer step (see docs/proposals.md).
+    #: ... and in proportion to the shorter side above it (rounded down: 1280x720 at step
+    #: 3, 1280x960 and 1920x1080 at step 4). A camera is set up to see the work area, so an
+    #: object covers about the same share of the view whatever the camera's resolution or
+    #: field of view: at least the grid cells it covers at 480 (the proposer's geometry is
+    #: counted in cells). 0: ``stride`` at any size.
+    stride_short_side_px: int = 480
+    #: The step also rises in proportion to the focal length above this (pixels; rounded).
+    #: 0 (the default): off. With 600, a long-focus camera (YCB-Video's Xtion: 1067 px at
+    #: 640x480, a 25-degree view) ran at step 4; it stands farther from the table, where
+    #: depth is noisier, and its objects need the finer step (see docs/proposals.md).
     stride_focal_px: float = 0.0
     #: The step is also raised so that the grid is at most this many samples wide, which
     #: bounds the proposer's cost (a 1920x1080 camera: at least step 4). 0: no bound.
@@ -303,6 +309,9 @@ class DepthProposalConfig:
         if not 0 <= int(self.max_grid_width) <= 100_000:
             raise DepthError(f"max_grid_width must be in [0, 100000], got "
                              f"{self.max_grid_width}")
+        if not 0 <= int(self.stride_short_side_px) <= 100_000:
+            raise DepthError(f"stride_short_side_px must be in [0, 100000], got "
+                             f"{self.stride_short_side_px}")
         if not 0.0 <= float(self.stride_focal_px) <= 100_000.0:
             raise DepthError(f"stride_focal_px must be in [0, 100000], got "
                              f"{self.stride_focal_px}")
@@ -361,15 +370,19 @@ class DepthProposalConfig:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
-def stride_for(cfg: DepthProposalConfig, width: int, focal: float = 0.0
+def stride_for(cfg: DepthProposalConfig, width: int, focal: float = 0.0, height: int = 0
                ) -> DepthProposalConfig:
-    """``cfg`` with the grid step of a camera ``width`` pixels wide with the given
-    ``focal`` length (pixels; 0: unknown): ``stride``, times ``focal / stride_focal_px``
-    when that is more (rounded), raised so that the grid is at most ``max_grid_width``
-    samples wide, at most 16. ``cfg`` itself when that changes nothing, else a copy whose
-    step is final (``stride_focal_px`` and ``max_grid_width`` 0: applying it again changes
-    nothing)."""
+    """``cfg`` with the grid step of a camera of ``width`` x ``height`` pixels (height 0:
+    unknown) with the given ``focal`` length (pixels; 0: unknown): ``stride``, times the
+    frame's shorter side over ``stride_short_side_px`` (rounded down) and times ``focal /
+    stride_focal_px`` (rounded) when those are more, raised so that the grid is at most
+    ``max_grid_width`` samples wide, at most 16. ``cfg`` itself when that changes nothing,
+    else a copy whose step is final (``stride_short_side_px``, ``stride_focal_px`` and
+    ``max_grid_width`` 0: applying it again changes nothing)."""
     step = int(cfg.stride)
+    if int(cfg.stride_short_side_px) > 0 and height > 0:
+        short = min(int(width), int(height))
+        step = max(step, int(step * short / int(cfg.stride_short_side_px)))
     if float(cfg.stride_focal_px) > 0 and focal > 0:
         step = max(step, int(step * float(focal) / float(cfg.stride_focal_px) + 0.5))
     if int(cfg.max_grid_width) > 0:
@@ -381,7 +394,8 @@ def stride_for(cfg: DepthProposalConfig, width: int, focal: float = 0.0
 @functools.lru_cache(maxsize=16)
 def _with_stride(cfg: DepthProposalConfig, stride: int) -> DepthProposalConfig:
     """``cfg`` with another grid step, final: made once per setting, not per frame."""
-    return replace(cfg, stride=stride, stride_focal_px=0.0, max_grid_width=0)
+    return replace(cfg, stride=stride, stride_short_side_px=0, stride_focal_px=0.0,
+                   max_grid_width=0)
 
 
 def load_depth_config(path: str | Path) -> DepthProposalConfig:
@@ -741,7 +755,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     if (w, h) != (int(intrinsics.width), int(intrinsics.height)):
         raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
                          f"{intrinsics.height}: depth must be registered to the colour image")
-    cfg = stride_for(cfg, w, intrinsics.focal)
+    cfg = stride_for(cfg, w, intrinsics.focal, h)
     shift = (0, 0)
     # the colour image is used only when it is a uint8 RGB image of the depth's size
     colour = np.asarray(image_rgb) if image_rgb is not None and np.shape(image_rgb) == (

@@ -589,7 +589,8 @@ class PerceptionPipeline:
                                            core_split=False) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
-            depth_cfg = stride_for(s.depth_cfg, image.shape[1], intrinsics.focal)  # its step
+            depth_cfg = stride_for(s.depth_cfg, image.shape[1], intrinsics.focal,
+                                   image.shape[0])  # this camera's step
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
                                         self._registration(camera, depth_cfg))
         except DepthError as exc:
