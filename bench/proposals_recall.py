@@ -34,6 +34,9 @@ scored with depth too (depth cropped alike, the principal point moved).
 lightness is under ``L`` (0-255): infrared depth sensors return nothing on black plastic and
 dark paint, which the renderer's noise model does not do.
 
+``--vignette A`` and ``--light-gradient A`` light the colour images unevenly first (a lens's
+fall-off towards the corners, a lamp to one side; :func:`relight`), for every proposer.
+
     .venv/bin/python bench/proposals_recall.py                   # demo/sample_tabletop
     .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.1
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth
@@ -261,6 +264,21 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
     return frames
 
 
+def relight(image: np.ndarray, vignette: float = 0.0, gradient: float = 0.0) -> np.ndarray:
+    """``image`` (RGB, uint8) lit unevenly, as real lenses and rooms light a table: its
+    8-bit values times ``1 - vignette * r^2`` (``r``: the distance from the centre over the
+    half diagonal, a lens's fall-off towards the corners) and times ``1 - gradient * x / (W
+    - 1)`` (a lamp to the left)."""
+    if not vignette and not gradient:
+        return image
+    h, w = image.shape[:2]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((x - (w - 1) / 2) ** 2 + (y - (h - 1) / 2) ** 2) / (((w - 1) / 2) ** 2
+                                                              + ((h - 1) / 2) ** 2)
+    gain = (1.0 - vignette * r2) * (1.0 - gradient * x / max(w - 1, 1))
+    return np.clip(image * gain[..., None], 0, 255).astype(np.uint8)
+
+
 def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray:
     """``depth`` with no measurement (0) where ``image`` is dark: its Lab lightness (0-255)
     under ``below``, opened with a 3x3 square (infrared depth sensors lose black plastic
@@ -389,7 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="with --depth: no depth where the colour image's Lab lightness "
                          "(0-255) is under L, as infrared sensors lose black objects "
                          "(default: 0, off)")
+    ap.add_argument("--vignette", type=float, default=0.0, metavar="A",
+                    help="darken the colour images towards the corners by A (0-0.9: 1 - A "
+                         "r^2, a lens's fall-off; default: 0, off)")
+    ap.add_argument("--light-gradient", type=float, default=0.0, metavar="A",
+                    help="darken the colour images from left to right by A (0-0.9, uneven "
+                         "room light; default: 0, off)")
     args = ap.parse_args(argv)
+    for name in ("vignette", "light_gradient"):
+        if not 0.0 <= getattr(args, name) <= 0.9:
+            ap.error(f"--{name.replace('_', '-')} must be in [0, 0.9], got "
+                     f"{getattr(args, name)}")
+    light = {"vignette": args.vignette, "gradient": args.light_gradient}
     if not 0.0 <= args.dark_holes <= 255.0:
         ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
     parts = args.depth_shift.split(",")
@@ -419,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bag in args.bags:
         print(f"[bench] proposals_recall: reading {bag}", file=sys.stderr)
         try:
-            frames = load_frames(bag, args.max_frames, args.topics)
+            frames = [(relight(im, **light), t)
+                      for im, t in load_frames(bag, args.max_frames, args.topics)]
         except (OSError, ValueError) as exc:
             print(json.dumps({"bench": "proposals_recall", "error": f"{bag}: {exc}",
                               "hint": HINT}))
@@ -435,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cut_border and not args.depth:
             cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
         if args.depth:
-            rgbd_frames = load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes)
+            rgbd_frames = [(relight(im, **light), *rest) for im, *rest in
+                           load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes)]
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
@@ -447,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "bench": "proposals_recall",
         "iou_threshold": args.iou,
+        "lighting": light,
         "config": dataclasses.asdict(cfg),
         "overrides": parse_overrides(args.params),
         "size_buckets_px": {name: limit if np.isfinite(limit) else None
