@@ -273,7 +273,9 @@ class DepthProposalConfig:
     #: of their samples' heights above the plane) differ by at least ``fuse_split_height_m``
     #: and ``fuse_split_height_frac`` of the tallest: objects of different heights that
     #: depth joined where they touch (a golf ball against a box). One object's colour parts
-    #: have about one height, so it stays whole. 0: off.
+    #: have about one height, so it stays whole. 0: off. The same two bounds tell a colour
+    #: box inside a depth box at about its height (a label, a lid: not added) from another
+    #: object in front of it.
     fuse_split_height_m: float = 0.015
     fuse_split_height_frac: float = 0.25
     fuse_split_cover: float = 0.6
@@ -1288,7 +1290,8 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
 def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
                    cfg: DepthProposalConfig, max_count: int) -> list[Box]:
     """Depth boxes first, then the colour boxes that depth does not contradict: each one
-    overlapping no depth box by more than ``fuse_max_iou`` and either mostly without valid
+    overlapping no depth box by more than ``fuse_max_iou``, not a part of one (inside it at
+    about its height, :func:`_part_of`) and either mostly without valid
     depth (a hole, a reflective or black object, out of range) or standing partly above the
     plane (a flat object, see :class:`DepthProposalConfig`); at most ``max_count``. A colour
     box replaces the depth boxes inside it when they are all low (the thick parts of a flat
