@@ -17,7 +17,7 @@ setup(
         (f"share/{PACKAGE}/config/splits", glob("config/splits/*.yaml")),
         (f"share/{PACKAGE}/config/ablation", glob("config/ablation/*.yaml")),
     ],
-    package_data={PACKAGE: ["py.typed", "bundles/*.vdb"]},
+    package_data={PACKAGE: ["py.typed", "bundles/*.vdb", "bundles/*.onnx"]},
     install_requires=["setuptools"],
     zip_safe=True,
     maintainer="vl_distill_ros maintainers",

@@ -123,6 +123,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
         elif kind in ("int", "<class 'int'>"):
             value = int(raw)
+        elif kind in ("str", "<class 'str'>"):
+            value = raw.strip()
         else:
             value = float(raw)
         out[name] = value
@@ -297,7 +299,7 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
     from vl_distill_ros.perception.depth_proposals import (fuse_proposals, propose_depth_boxes,
                                                            stride_for)
     from vl_distill_ros.perception.depth_registration import DepthRegistration
-    from vl_distill_ros.perception.proposals import propose_boxes
+    from vl_distill_ros.perception.proposals import propose_boxes, propose_with_network
 
     tallies = {name: Tally() for name in ("colour", "depth", "auto")}
     # one camera's frames in order, as the node sees them (its registration check)
@@ -315,8 +317,8 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         found = propose_depth_boxes(depth, k, depth_cfg, image, reg)
         t2 = time.perf_counter()
         # the fusion's colour boxes, as the node's: without the core split
-        fused = fuse_proposals(found, propose_boxes(image, cfg, core_split=False), depth_cfg,
-                               cfg.max_count)
+        colour_boxes, network = propose_with_network(image, cfg, core_split=False)
+        fused = fuse_proposals(found, colour_boxes, depth_cfg, cfg.max_count, network)
         t3 = time.perf_counter()
         tallies["colour"].add(truth, colour, iou, 1000.0 * (t1 - t0))
         tallies["depth"].add(truth, list(found.boxes), iou, 1000.0 * (t2 - t1))

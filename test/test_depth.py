@@ -595,14 +595,17 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
     inputs = [(image, depth, K), (image, depth[:240], K), (image, depth, None),
               (image, np.zeros_like(depth), K), (image, None, None)]
     colour_threads, core_split = [], []
-    real = pipeline_module.propose_boxes
 
-    def spy(*args, **kwargs):
-        colour_threads.append(threading.current_thread().name)
-        core_split.append(kwargs.get("core_split", True))
-        return real(*args, **kwargs)
+    def spy(real):
+        def called(*args, **kwargs):
+            colour_threads.append(threading.current_thread().name)
+            core_split.append(kwargs.get("core_split", True))
+            return real(*args, **kwargs)
+        return called
 
-    monkeypatch.setattr(pipeline_module, "propose_boxes", spy)
+    # colour only: propose_boxes; the fusion: propose_with_network (its network boxes too)
+    for name in ("propose_boxes", "propose_with_network"):
+        monkeypatch.setattr(pipeline_module, name, spy(getattr(pipeline_module, name)))
 
     def run(pipe):
         out = []

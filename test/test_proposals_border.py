@@ -3,13 +3,18 @@ of the border are not taken for background, while background patches at the bord
 in a corner, a far wall along the top edge) still give no box."""
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import pytest
 
+from vl_distill_ros.perception import proposals
 from vl_distill_ros.perception.proposals import (ProposalConfig, _border_pixels,
-                                                 _border_segments, _BORDER_SEGMENTS, box_iou,
-                                                 propose_boxes)
+                                                 _border_segments, _BORDER_SEGMENTS, box_iou)
+
+#: These tests are of the colour model (steps 1-5 of :mod:`.proposals`), not the box network.
+propose_boxes = functools.partial(proposals.propose_boxes, learned=False)
 
 H, W = 480, 640
 WOOD = (168, 124, 82)

@@ -279,6 +279,9 @@ class DepthProposalConfig:
     fuse_split_height_m: float = 0.015
     fuse_split_height_frac: float = 0.25
     fuse_split_cover: float = 0.6
+    #: The box network's boxes come first (:func:`fuse_proposals`); a depth or colour box
+    #: is added when its IoU with each of them is at most this.
+    fuse_network_iou: float = 0.1
     #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
     #: of bins this size on the plane (m), is cut where the map steps by more than
     #: ``top_view_step_m`` (a low object against a taller one; the walls of the taller one
@@ -366,6 +369,7 @@ class DepthProposalConfig:
                      "cut_jump_frac", "crease_m",
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
+                     "fuse_network_iou",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
@@ -1288,7 +1292,24 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
 
 
 def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
-                   cfg: DepthProposalConfig, max_count: int) -> list[Box]:
+                   cfg: DepthProposalConfig, max_count: int,
+                   network_boxes: Sequence[Box] = ()) -> list[Box]:
+    """The box network's boxes (``network_boxes``, found in the colour frame, see
+    :mod:`.box_net`) first, then the boxes of :func:`fuse_depth_colour` whose IoU with each
+    of them is at most ``fuse_network_iou``: the network separates objects in contact
+    that depth joins, and depth adds what the network missed. Without a support plane the
+    colour boxes alone; at most ``max_count``."""
+    fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
+    if not network_boxes or depth.plane is None:
+        return fused
+    out = list(network_boxes)
+    out += [b for b in fused if all(box_iou(b, n) <= cfg.fuse_network_iou
+                                    for n in network_boxes)]
+    return out[:max_count]
+
+
+def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
+                      cfg: DepthProposalConfig, max_count: int) -> list[Box]:
     """Depth boxes first, then the colour boxes that depth does not contradict: each one
     overlapping no depth box by more than ``fuse_max_iou``, not a part of one (inside it at
     about its height, :func:`_part_of`) and either mostly without valid

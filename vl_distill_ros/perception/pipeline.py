@@ -60,10 +60,11 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD,
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
                               fuse_proposals, load_depth_config, propose_depth_boxes,
                               stride_for)
+from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
 from .preprocess import preprocess_crops
 from .proposals import (Box, ProposalConfig, classification_window, crop, full_frame_box,
-                        propose_boxes, sanitize_boxes)
+                        propose_boxes, propose_with_network, sanitize_boxes)
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -245,7 +246,12 @@ class PipelineSettings:
                 min_area_frac=float(values["proposal_min_area_frac"]),
                 max_area_frac=float(values["proposal_max_area_frac"]),
                 max_count=int(values["proposal_max_count"]),
-                pad_frac=float(values["proposal_pad_frac"]))
+                pad_frac=float(values["proposal_pad_frac"]),
+                box_net=str(values.get("proposal_box_net", "default")),
+                box_net_threshold=float(values.get("proposal_box_net_threshold", 0.3)))
+            net = resolve_box_net(proposal_cfg.box_net)
+            if net is not None:
+                load_box_net(net)  # a bad file is refused here, not on the next frame
         except ValueError as exc:
             raise PipelineError(f"proposal settings: {exc}") from None
         depth_path = str(values.get("depth_proposal_config", "") or "")
@@ -585,7 +591,7 @@ class PerceptionPipeline:
         # auto needs the colour boxes whatever depth gives: they are found in the second
         # thread while the depth proposer runs here (both spend their time in OpenCV and
         # numpy, which release the GIL); the fusion's, without the core split
-        pending = self._colour_pool.submit(propose_boxes, image, s.proposal_cfg,
+        pending = self._colour_pool.submit(propose_with_network, image, s.proposal_cfg,
                                            core_split=False) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
@@ -602,16 +608,17 @@ class PerceptionPipeline:
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
             return list(found.boxes)[:count], "used"
-        return fuse_proposals(found, self._colour_boxes(image, s, pending), s.depth_cfg,
-                              count), "used"
+        colour, network = self._colour_boxes(image, s, pending)
+        return fuse_proposals(found, colour, s.depth_cfg, count, network), "used"
 
     @staticmethod
     def _colour_boxes(image: np.ndarray, s: PipelineSettings,
-                      pending: "Future[list[Box]] | None") -> list[Box]:
-        """The colour proposals the fusion takes (no core split): from the second thread
-        when they were started there."""
+                      pending: "Future[tuple[list[Box], list[Box]]] | None"
+                      ) -> tuple[list[Box], list[Box]]:
+        """The colour proposals the fusion takes (no core split) and the box network's among
+        them: from the second thread when they were started there."""
         return pending.result() if pending is not None else \
-            propose_boxes(image, s.proposal_cfg, core_split=False)
+            propose_with_network(image, s.proposal_cfg, core_split=False)
 
     def close(self) -> None:
         """Stop the colour proposer's thread (``proposal_threads: 2``); idempotent. A

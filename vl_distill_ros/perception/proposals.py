@@ -1,7 +1,13 @@
-"""Class-agnostic object proposals for objects lying on a table (OpenCV only, no learning).
+"""Class-agnostic object proposals for objects lying on a table.
 
-The scene model is "a background (table top, floor, wall, table edge) that reaches the image
-border, with objects on it":
+By default the boxes come from the learned box network (:mod:`.box_net`, a small CenterNet
+trained on rendered tabletop scenes): it finds each object by its own look, so objects in
+contact stay apart. The colour model below adds its boxes where no network box overlaps
+them (``box_net_colour: apart``: an object unlike any the network was trained on);
+``box_net: off`` gives the colour model's boxes alone, as before the network.
+
+The colour model (OpenCV only, no learning) takes the scene to be "a background (table top,
+floor, wall, table edge) that reaches the image border, with objects on it":
 
 1. The frame is downscaled so its longer side is at most :attr:`ProposalConfig.work_size`
    pixels, or, for a frame wider than 4:3, its shorter side at most 3/4 of that (area
@@ -76,18 +82,25 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
 from .blob_split import cut_necks, split_cores
+from .box_net import load_box_net, resolve_box_net
 
-__all__ = ["Box", "ProposalConfig", "propose_boxes", "sanitize_boxes", "crop",
-           "working_scale", "classification_window", "full_frame_box", "box_iou"]
+__all__ = ["Box", "ProposalConfig", "propose_boxes", "propose_with_network", "sanitize_boxes",
+           "crop", "working_scale", "classification_window", "full_frame_box", "box_iou"]
 
 #: ``(x, y, w, h)`` in pixels: top-left corner, width and height.
 Box = tuple[int, int, int, int]
+#: Values of :attr:`ProposalConfig.box_net_colour`.
+BOX_NET_COLOUR = ("none", "apart")
+#: With ``box_net_colour: apart``, a colour box is added when its IoU with every box of the
+#: network is under this.
+APART_IOU = 0.1
 
 
 @dataclass
@@ -233,6 +246,22 @@ class ProposalConfig:
     #: side in half-thickness (8 of 240 working pixels: tools, cutlery) are never split.
     core_split_frac: float = 0.5
     core_min_radius_frac: float = 0.0333
+    #: The learned box network (:mod:`.box_net`) that proposes objects by their own look:
+    #: ``default`` the one shipped with the package, a path to another ``.onnx`` file, or
+    #: ``off`` (or empty) for the colour model above alone.
+    box_net: str = "default"
+    #: Smallest centre probability of a box network's box, in (0, 1).
+    box_net_threshold: float = 0.3
+    #: The frame is resized to this width for the box network (64-1280, rounded up to a
+    #: multiple of 16; the network was trained at 320) ...
+    box_net_input_width: int = 320
+    #: ... and, unless 0, to this one in a second pass whose boxes are pooled with the
+    #: first's (small, far objects; about 1.7 times the first pass's time).
+    box_net_second_width: int = 416
+    #: How the colour model's boxes join the network's: ``apart`` (a colour box is added
+    #: where no network box overlaps it: objects unlike any the network was trained on) or
+    #: ``none`` (the network's alone).
+    box_net_colour: str = "apart"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_frac <= self.max_area_frac <= 1.0:
@@ -289,6 +318,25 @@ class ProposalConfig:
         if not 1.0 <= self.neck_compact_aspect <= 100.0:
             raise ValueError(f"neck_compact_aspect must be in [1, 100], got "
                              f"{self.neck_compact_aspect}")
+        self._check_box_net()
+
+    def _check_box_net(self) -> None:
+        if not 0.0 < self.box_net_threshold < 1.0:
+            raise ValueError(f"box_net_threshold must be in (0, 1), got "
+                             f"{self.box_net_threshold}")
+        if not 64 <= self.box_net_input_width <= 1280:
+            raise ValueError(f"box_net_input_width must be in [64, 1280], got "
+                             f"{self.box_net_input_width}")
+        if self.box_net_second_width != 0 and not 64 <= self.box_net_second_width <= 1280:
+            raise ValueError(f"box_net_second_width must be 0 or in [64, 1280], got "
+                             f"{self.box_net_second_width}")
+        if self.box_net_colour not in BOX_NET_COLOUR:
+            raise ValueError(f"box_net_colour must be one of {list(BOX_NET_COLOUR)}, got "
+                             f"{self.box_net_colour!r}")
+        path = resolve_box_net(self.box_net)
+        if path is not None and not path.is_file():
+            raise ValueError(f"box_net: no model file at {path} (use 'default', 'off' or "
+                             f"the path of a box network .onnx file)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -846,7 +894,7 @@ def _texture_edge_density(edges: np.ndarray, border: int, min_chain: int = 12) -
 
 
 def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
-                  core_split: bool = True) -> list[Box]:
+                  core_split: bool = True, learned: bool = True) -> list[Box]:
     """Class-agnostic boxes around the objects in a tabletop frame.
 
     Args:
@@ -855,12 +903,24 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
         core_split: False skips the cut between a blob's cores (``core_split_frac``): the
             colour boxes that the depth proposer's fusion takes, as depth separates those
             objects already (the cut's pieces gained nothing there and added false boxes).
+        learned: False skips the box network (:attr:`ProposalConfig.box_net`): the colour
+            model's boxes alone.
 
     Returns:
         Up to ``cfg.max_count`` ``(x, y, w, h)`` boxes in frame pixels, padded by
         ``cfg.pad_frac`` and clipped to the frame, largest first. Each box is at least
         4 pixels wide and high. An empty table gives an empty list.
     """
+    cfg = cfg or ProposalConfig()
+    return propose_with_network(image_rgb, cfg, core_split=core_split, learned=learned)[0]
+
+
+def propose_with_network(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
+                         core_split: bool = True, learned: bool = True
+                         ) -> tuple[list[Box], list[Box]]:
+    """:func:`propose_boxes`' boxes, and those of them that the box network found (empty
+    when it is off): the depth proposer's fusion gives the network's boxes precedence
+    (:func:`~.depth_proposals.fuse_proposals`). Arguments as :func:`propose_boxes`."""
     cfg = cfg or ProposalConfig()
     image = np.asarray(image_rgb)
     if image.ndim == 2:
@@ -873,8 +933,16 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
         image = np.ascontiguousarray(image)
     height, width = image.shape[:2]
     if height < 8 or width < 8 or cfg.max_count == 0:
-        return []
+        return [], []
+    net = resolve_box_net(cfg.box_net) if learned else None
+    if net is not None:
+        return _network_boxes(image, cfg, net, core_split)
+    return _colour_boxes(image, cfg, core_split), []
 
+
+def _colour_boxes(image: np.ndarray, cfg: ProposalConfig, core_split: bool) -> list[Box]:
+    """Steps 1-5: the colour model's boxes."""
+    height, width = image.shape[:2]
     # 1.-4. working image, background model, colour distance, edges, scored candidates
     if not core_split and cfg.core_split_frac > 0:
         cfg = replace(cfg, core_split_frac=0.0)
@@ -883,6 +951,29 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
         candidates = _search_inside(image, candidates, cfg)
     # 5. merge, pad, sort, cap
     return _finish(candidates, cfg, width, height)
+
+
+def _network_boxes(image: np.ndarray, cfg: ProposalConfig, model: Path,
+                   core_split: bool) -> tuple[list[Box], list[Box]]:
+    """The box network's boxes (area-filtered and padded as the colour model's), with the
+    colour model's boxes that no network box overlaps when ``box_net_colour`` is
+    ``apart``; and the network's boxes alone."""
+    height, width = image.shape[:2]
+    widths = [w for w in (cfg.box_net_input_width, cfg.box_net_second_width) if w]
+    boxes, _ = load_box_net(model).detect(image, cfg.box_net_threshold, widths,
+                                          max_count=cfg.max_count)
+    area = float(width * height)
+    found = [_pad_box(b, cfg.pad_frac, width, height) for b in boxes.tolist()
+             if cfg.min_area_frac * area <= b[2] * b[3] <= cfg.max_area_frac * area]
+    network = sanitize_boxes(found, width, height, min_size=4)
+    out = list(network)
+    if cfg.box_net_colour == "apart":
+        out += [c for c in _colour_boxes(image, cfg, core_split)
+                if all(box_iou(c, b) < APART_IOU for b in network)]
+    out = out[:cfg.max_count]
+    out.sort(key=lambda b: b[2] * b[3], reverse=True)
+    network.sort(key=lambda b: b[2] * b[3], reverse=True)
+    return out, network
 
 
 def _search_inside(image: np.ndarray, candidates: list[list[float]], cfg: ProposalConfig

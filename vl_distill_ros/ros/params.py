@@ -178,6 +178,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "colour boxes where depth is missing or flat, when the frame has depth; colour "
               "otherwise (also for depth when a frame has none).",
               constraints="auto, colour or depth"),
+    ParamSpec("proposal_box_net", "default", "string",
+              "Proposals: the learned box network that finds objects in colour frames by their "
+              "look (objects in contact too): default (the one shipped with the package), the "
+              "path of another box network .onnx file (vl-distill train-box-net), or off for "
+              "the colour model alone. The colour model still adds boxes where the network "
+              "finds nothing.", constraints="default, off or an existing .onnx file"),
+    ParamSpec("proposal_box_net_threshold", 0.3, "double",
+              "Proposals: smallest score of a box network's box (lower finds more objects and "
+              "more false boxes).", range=(0.01, 0.99)),
     ParamSpec("depth_proposal_config", "", "string",
               "YAML file of depth proposer settings (format of config/depth_proposals.yaml); "
               "empty: the defaults."),
@@ -228,7 +237,8 @@ VOCABULARY_PARAMS = frozenset({"labels", "descriptions", "vocabulary_file"})
 SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",
-                             "proposal_source", "depth_proposal_config", "min_box_size",
+                             "proposal_source", "proposal_box_net",
+                             "proposal_box_net_threshold", "depth_proposal_config", "min_box_size",
                              "crop_square", "crop_context",
                              "unknown_threshold", "seen_bias",
                              "min_similarity", "top_k", "score_temperature",

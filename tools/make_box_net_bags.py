@@ -1,0 +1,77 @@
+"""Make the training bags of the box network (``config/train_box_net.yaml``).
+
+Sixty ``vl-distill make-bag`` bags of 60 frames (seeds 3000-3059, none of them a bench
+bag's), each with its own scene settings drawn from the lists below: objects per scene,
+how many touch, furniture beyond the table, field of view, camera distance, table size and
+frame size. The objects are the 66 YCB models outside the out-of-distribution half of
+``config/splits/ycb_paper.yaml``, so the network is measured on objects it never saw.
+
+Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 60]`` (about 10
+minutes on one core; bags already there are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHOICES = {  # make-bag option -> values, one drawn per bag
+    "--objects-per-scene": ["1-3", "2-4", "3-6", "4-8", "5-8"],
+    "--contact-prob": [0, 0.2, 0.4, 0.6, 0.8],
+    "--furniture": [0, 0, 1, 3],
+    "--fov-y": ["42,50", "42,50", "24,30", "55,70"],
+    "--camera-distance": ["0.6,1.2", "0.5,0.9", "0.9,1.6"],
+    "--table-size": ["1.2,2.0", "1.2,2.0", "0.4,0.7"],
+    "size": [(640, 480), (640, 480), (640, 480), (848, 480)],
+}
+FIRST_SEED = 3000
+
+
+def training_objects(models_dir: str | None = None) -> list[str]:
+    """Every YCB model key except the split's out-of-distribution ones."""
+    from vl_distill_ros.sim.render import default_models_dir, find_models
+
+    split = yaml.safe_load((ROOT / "config/splits/ycb_paper.yaml").read_text())
+    held_out = set(split["out_of_distribution"])
+    return [k for k in sorted(find_models(models_dir or default_models_dir()))
+            if k not in held_out]
+
+
+def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
+    """The ``make-bag`` arguments of bag ``index``."""
+    seed = FIRST_SEED + index
+    args = ["make-bag", "--out", str(out_dir / f"b{seed}"), "--frames", "60",
+            "--seed", str(seed), "--objects", ",".join(objects), "--no-progress"]
+    for k, (option, values) in enumerate(CHOICES.items(), start=1):
+        value = random.Random(seed * 7 + k).choice(values)
+        if option == "size":
+            args += ["--width", str(value[0]), "--height", str(value[1])]
+        else:
+            args += [option, str(value)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Make the bags that are missing; returns the exit status."""
+    from vl_distill_ros.cli import main as cli
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--count", type=int, default=60)
+    args = parser.parse_args(argv)
+    objects = training_objects()
+    for i in range(args.count):
+        if (args.out_dir / f"b{FIRST_SEED + i}").exists():
+            continue
+        status = cli(bag_args(i, args.out_dir, objects))
+        if status:
+            return status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

