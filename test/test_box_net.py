@@ -81,6 +81,12 @@ def test_the_shipped_network_finds_the_objects_of_rendered_frames(repo_root):
     assert proposed - matched <= 0.5 * 12, proposed - matched
     table = np.full((480, 640, 3), (168, 138, 108), np.uint8)
     assert len(net.detect(table, threshold=0.3)[0]) == 0
+    # a frame far taller than wide is fed at a bounded height; boxes stay in the frame
+    tall = np.repeat(image[:, :40], 40, axis=0)
+    x, scale = net._input(tall, 320)
+    assert x.shape[2] <= 1280 + 15 and scale == pytest.approx(1280 / tall.shape[0])
+    boxes, _ = net.detect(tall, threshold=0.3)
+    assert ((boxes[:, 0] + boxes[:, 2] <= 40 + 1e-6) & (boxes[:, 1] >= 0)).all()
 
 
 def test_propose_boxes_uses_the_network_unless_turned_off(repo_root):

@@ -162,17 +162,20 @@ class BoxNet:
                               f"{INPUT_MULTIPLE}")
 
     def _input(self, image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
-        """The frame resized to ``width`` pixels wide, as the network's padded input."""
-        height, frame_w = image.shape[:2]
-        scale = width / frame_w
-        h = max(1, int(round(height * scale)))
+        """The frame resized to ``width`` pixels wide (a frame taller than
+        ``MAX_INPUT_WIDTH`` at that width: to that height), as the network's padded input."""
+        frame_h, frame_w = image.shape[:2]
+        scale = min(width / frame_w, MAX_INPUT_WIDTH / frame_h)
+        w = max(1, int(round(frame_w * scale)))
+        h = max(1, int(round(frame_h * scale)))
+        padded_w = -(-w // INPUT_MULTIPLE) * INPUT_MULTIPLE
         padded_h = -(-h // INPUT_MULTIPLE) * INPUT_MULTIPLE
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        small = cv2.resize(image, (width, h), interpolation=interp)
-        x = np.zeros((1, 3, padded_h, width), np.float32)
-        x[0, :, :h] = small.transpose(2, 0, 1)
-        x[0, :, :h] *= 1.0 / 127.5
-        x[0, :, :h] -= 1.0
+        small = cv2.resize(image, (w, h), interpolation=interp)
+        x = np.zeros((1, 3, padded_h, padded_w), np.float32)
+        x[0, :, :h, :w] = small.transpose(2, 0, 1)
+        x[0, :, :h, :w] *= 1.0 / 127.5
+        x[0, :, :h, :w] -= 1.0
         return x, scale
 
     def detect(self, image_rgb: np.ndarray, threshold: float,
