@@ -164,3 +164,29 @@ def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path,
                "--config", str(repo_root / "config" / "train_box_net.yaml"),
                f"bags=[{tmp_path / 'nothing*'}]"])
     assert rc == 2 and "no bag matches" in capsys.readouterr().err
+
+
+def test_the_node_parameters_choose_and_check_the_network(tmp_path):
+    """``proposal_box_net`` / ``proposal_box_net_threshold`` by the node's rule
+    (``PipelineSettings.from_params``): the shipped network by default, off, another file;
+    a missing or broken file is refused when set, not on the next frame."""
+    from vl_distill_ros.evaluation import replay
+    from vl_distill_ros.perception.pipeline import PipelineError, PipelineSettings
+
+    def settings(**values):
+        return PipelineSettings.from_params(replay.node_parameter_values(values))
+
+    default = settings().proposal_cfg
+    assert default.box_net == "default" and default.box_net_threshold == 0.3
+    assert settings(proposal_box_net="off").proposal_cfg.box_net == "off"
+    other = tmp_path / "copy.onnx"
+    other.write_bytes(DEFAULT_BOX_NET.read_bytes())
+    chosen = settings(proposal_box_net=str(other), proposal_box_net_threshold=0.5)
+    assert chosen.proposal_cfg.box_net == str(other)
+    assert chosen.proposal_cfg.box_net_threshold == 0.5
+    with pytest.raises(PipelineError, match="no model file"):
+        settings(proposal_box_net=str(tmp_path / "missing.onnx"))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(PipelineError, match="cannot load the box network"):
+        settings(proposal_box_net=str(junk))
