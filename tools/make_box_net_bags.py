@@ -1,12 +1,12 @@
 """Make the training bags of the box network (``config/train_box_net.yaml``).
 
-Sixty ``vl-distill make-bag`` bags of 60 frames (seeds 3000-3059, none of them a bench
+A hundred ``vl-distill make-bag`` bags of 60 frames (seeds 3000-3099, none of them a bench
 bag's), each with its own scene settings drawn from the lists below: objects per scene,
 how many touch, furniture beyond the table, field of view, camera distance, table size and
 frame size. The objects are the 66 YCB models outside the out-of-distribution half of
 ``config/splits/ycb_paper.yaml``, so the network is measured on objects it never saw.
 
-Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 60]`` (about 10
+Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 100]`` (about 17
 minutes on one core; bags already there are kept).
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--count", type=int, default=100)
     args = parser.parse_args(argv)
     objects = training_objects()
     for i in range(args.count):
