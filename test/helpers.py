@@ -14,13 +14,22 @@
   tampering tests.
 * :func:`missing_ycb_models`: what a test that needs ``../shared/ycb_models`` does when
   they are absent: skip on a user's machine, fail in CI.
+* :func:`colour_model_boxes`: the proposer's colour model alone (no box network), for the
+  tests of the colour model.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from vl_distill_ros.perception.proposals import propose_boxes
+
+#: :func:`~vl_distill_ros.perception.proposals.propose_boxes` without the box network: the
+#: colour model (steps 1-5 of :mod:`vl_distill_ros.perception.proposals`) alone.
+colour_model_boxes = functools.partial(propose_boxes, learned=False)
 
 #: Label -> (RGB colour, key in config/ycb_vocabulary.yaml).
 OBJECTS: dict[str, tuple[tuple[int, int, int], str]] = {

@@ -2,8 +2,6 @@
 (``vl_distill_ros.perception.blob_split``, ``ProposalConfig.neck_*``)."""
 from __future__ import annotations
 
-import functools
-
 import cv2
 import numpy as np
 import pytest
@@ -11,11 +9,9 @@ import pytest
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception import blob_split
 from vl_distill_ros.perception.blob_split import cut_necks, split_cores
-from vl_distill_ros.perception import proposals
 from vl_distill_ros.perception.proposals import ProposalConfig
+from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
-#: These tests are of the colour model (steps 1-5 of :mod:`.proposals`), not the box network.
-propose_boxes = functools.partial(proposals.propose_boxes, learned=False)
 
 RED, BLUE, YELLOW, BROWN = (200, 40, 40), (40, 60, 200), (220, 200, 40), (90, 60, 30)
 OFF = ProposalConfig(neck_depth_frac=0.0)

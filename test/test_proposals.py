@@ -1,8 +1,6 @@
 """Class-agnostic tabletop proposals on synthetic scenes (and rendered YCB objects if present)."""
 from __future__ import annotations
 
-import functools
-
 import math
 import time
 
@@ -10,12 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from vl_distill_ros.perception import proposals
 from vl_distill_ros.perception.proposals import (Box, ProposalConfig, box_iou, crop, full_frame_box,
                                                  sanitize_boxes, working_scale)
+from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
-#: These tests are of the colour model (steps 1-5 of :mod:`.proposals`), not the box network.
-propose_boxes = functools.partial(proposals.propose_boxes, learned=False)
 
 H, W = 480, 640
 WOOD = (168, 124, 82)

@@ -3,18 +3,14 @@ of the border are not taken for background, while background patches at the bord
 in a corner, a far wall along the top edge) still give no box."""
 from __future__ import annotations
 
-import functools
-
 import cv2
 import numpy as np
 import pytest
 
-from vl_distill_ros.perception import proposals
 from vl_distill_ros.perception.proposals import (ProposalConfig, _border_pixels,
                                                  _border_segments, _BORDER_SEGMENTS, box_iou)
+from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
-#: These tests are of the colour model (steps 1-5 of :mod:`.proposals`), not the box network.
-propose_boxes = functools.partial(proposals.propose_boxes, learned=False)
 
 H, W = 480, 640
 WOOD = (168, 124, 82)

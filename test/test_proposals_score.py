@@ -2,16 +2,12 @@
 touching the image border is never dropped for its score, merging keeps the better score."""
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from vl_distill_ros.perception import proposals
 from vl_distill_ros.perception.proposals import (ProposalConfig, _box_score, _candidates,
                                                  _finish)
+from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
-#: These tests are of the colour model (steps 1-5 of :mod:`.proposals`), not the box network.
-propose_boxes = functools.partial(proposals.propose_boxes, learned=False)
 
 TABLE = (168, 138, 108)
 

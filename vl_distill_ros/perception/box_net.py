@@ -253,19 +253,10 @@ def _cached(path: str, mtime_ns: int, size: int) -> BoxNet:
 
 def load_box_net(path: str | Path) -> BoxNet:
     """The box network at ``path``, loaded once per process (and again if the file
-    changes)."""
+    changes): one ``stat`` per call."""
     p = Path(path)
     try:
         st = p.stat()
     except OSError as exc:
         raise BoxNetError(f"cannot read box network {p}: {exc.strerror or exc}") from None
-    return _cached(str(p.resolve()), st.st_mtime_ns, st.st_size)
-
-
-def boxes_as_ints(boxes: Sequence[Sequence[float]]) -> list[tuple[int, int, int, int]]:
-    """Float ``(x, y, w, h)`` boxes rounded outwards to whole pixels."""
-    out = []
-    for x, y, w, h in boxes:
-        x0, y0 = int(np.floor(x)), int(np.floor(y))
-        out.append((x0, y0, int(np.ceil(x + w)) - x0, int(np.ceil(y + h)) - y0))
-    return out
+    return _cached(str(p), st.st_mtime_ns, st.st_size)

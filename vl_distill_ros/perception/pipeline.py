@@ -247,8 +247,9 @@ class PipelineSettings:
                 max_area_frac=float(values["proposal_max_area_frac"]),
                 max_count=int(values["proposal_max_count"]),
                 pad_frac=float(values["proposal_pad_frac"]),
-                box_net=str(values.get("proposal_box_net", "default")),
-                box_net_threshold=float(values.get("proposal_box_net_threshold", 0.3)))
+                box_net=str(values.get("proposal_box_net", ProposalConfig.box_net)),
+                box_net_threshold=float(values.get("proposal_box_net_threshold",
+                                                   ProposalConfig.box_net_threshold)))
             net = resolve_box_net(proposal_cfg.box_net)
             if net is not None:
                 load_box_net(net)  # a bad file is refused here, not on the next frame
