@@ -81,8 +81,8 @@ default-bundle: setup
 	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/augment/seed0 \
 	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx --int8
 
-# The shipped box network (needs the YCB models at ../shared/ycb_models): 100 training bags
-# (~17 min on one core), then 3000 steps on 2 CPU cores (~37 min).
+# The shipped box network (needs the YCB models at ../shared/ycb_models): 130 training bags
+# (~23 min on one core), then 5000 steps on 2 CPU cores (~78 min).
 box-net: setup
 	$(PY) tools/make_box_net_bags.py data/box_net_bags
 	$(VENV)/bin/vl-distill train-box-net --out runs/box_net --no-progress

@@ -144,6 +144,34 @@ def test_targets_and_placement():
         assert 0 <= b[0] < b[2] <= 80 and 0 <= b[1] < b[3] <= 40
 
 
+def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_path):
+    """``tools/make_box_net_bags.py``: each bag's settings come from its seed alone; the
+    bags from ``FAR_FROM`` on are far views; the split's OOD objects are never rendered."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location(
+        "make_box_net_bags", repo_root / "tools" / "make_box_net_bags.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def option(args: list[str], name: str) -> str:
+        return args[args.index(name) + 1]
+
+    near = [tool.bag_args(i, tmp_path, ["a"]) for i in range(tool.FAR_FROM)]
+    far = [tool.bag_args(i, tmp_path, ["a"]) for i in range(tool.FAR_FROM, tool.FAR_FROM + 30)]
+    assert tool.bag_args(7, tmp_path, ["a"]) == near[7]
+    assert {option(a, "--camera-distance") for a in far} == {"1.2,2.2"}
+    assert "1.2,2.2" not in {option(a, "--camera-distance") for a in near}
+    assert len({option(a, "--seed") for a in near + far}) == tool.FAR_FROM + 30
+    split = yaml.safe_load((repo_root / "config/splits/ycb_paper.yaml").read_text())
+    models = repo_root.parent / "shared" / "ycb_models"
+    if models.is_dir():
+        objects = tool.training_objects(str(models))
+        assert objects and not set(objects) & set(split["out_of_distribution"])
+
+
 def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path, capsys):
     """Two steps from scratch on the sample bag, through the CLI: the ONNX file loads as a
     box network, the log and the curves are written; bad configs exit 2."""

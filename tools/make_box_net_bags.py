@@ -1,12 +1,14 @@
 """Make the training bags of the box network (``config/train_box_net.yaml``).
 
-A hundred ``vl-distill make-bag`` bags of 60 frames (seeds 3000-3099, none of them a bench
-bag's), each with its own scene settings drawn from the lists below: objects per scene,
-how many touch, furniture beyond the table, field of view, camera distance, table size and
-frame size. The objects are the 66 YCB models outside the out-of-distribution half of
-``config/splits/ycb_paper.yaml``, so the network is measured on objects it never saw.
+A hundred and thirty ``vl-distill make-bag`` bags of 60 frames (seeds 3000-3129, none of
+them a bench bag's), each with its own scene settings drawn from the lists below: objects
+per scene, how many touch, furniture beyond the table, field of view, camera distance,
+table size and frame size. The last thirty (seeds 3100-3129) are far views, where objects
+are small: the camera 1.2-2.2 m from the table (``FAR_CHOICES``). The objects are the 66
+YCB models outside the out-of-distribution half of ``config/splits/ycb_paper.yaml``, so the
+network is measured on objects it never saw.
 
-Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 100]`` (about 17
+Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130]`` (about 23
 minutes on one core; bags already there are kept).
 """
 from __future__ import annotations
@@ -28,6 +30,13 @@ CHOICES = {  # make-bag option -> values, one drawn per bag
     "--table-size": ["1.2,2.0", "1.2,2.0", "0.4,0.7"],
     "size": [(640, 480), (640, 480), (640, 480), (848, 480)],
 }
+#: Overrides of the far views, the bags from index ``FAR_FROM`` on.
+FAR_CHOICES = {
+    "--objects-per-scene": ["2-4", "3-6", "4-8"],
+    "--camera-distance": ["1.2,2.2"],
+    "--fov-y": ["42,50", "42,50", "55,70"],
+}
+FAR_FROM = 100
 FIRST_SEED = 3000
 
 
@@ -47,6 +56,8 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
     args = ["make-bag", "--out", str(out_dir / f"b{seed}"), "--frames", "60",
             "--seed", str(seed), "--objects", ",".join(objects), "--no-progress"]
     for k, (option, values) in enumerate(CHOICES.items(), start=1):
+        if index >= FAR_FROM:
+            values = FAR_CHOICES.get(option, values)
         value = random.Random(seed * 7 + k).choice(values)
         if option == "size":
             args += ["--width", str(value[0]), "--height", str(value[1])]
@@ -61,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--count", type=int, default=130)
     args = parser.parse_args(argv)
     objects = training_objects()
     for i in range(args.count):

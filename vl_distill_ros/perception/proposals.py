@@ -253,11 +253,12 @@ class ProposalConfig:
     #: Smallest centre probability of a box network's box, in (0, 1).
     box_net_threshold: float = 0.3
     #: The frame is resized to this width for the box network (64-1280, rounded up to a
-    #: multiple of 16; the network was trained at 320) ...
-    box_net_input_width: int = 320
+    #: multiple of 16; the network was trained on 320-wide inputs zoomed 0.5-2.0, so 480
+    #: shows small objects larger and close ones within its zooms) ...
+    box_net_input_width: int = 480
     #: ... and, unless 0, to this one in a second pass whose boxes are pooled with the
-    #: first's (small, far objects; about 1.7 times the first pass's time).
-    box_net_second_width: int = 416
+    #: first's (0: one pass, the default; two cost the node its 30 fps with depth).
+    box_net_second_width: int = 0
     #: How the colour model's boxes join the network's: ``apart`` (a colour box is added
     #: where no network box overlaps it: objects unlike any the network was trained on) or
     #: ``none`` (the network's alone).

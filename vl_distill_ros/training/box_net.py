@@ -355,7 +355,7 @@ def _steps(cfg: BoxNetTrainConfig, samples: Sequence, model: BoxNetModel
         loss.backward()
         opt.step()
         sched.step()
-        yield step, {"loss": float(loss), **parts, "lr": sched.get_last_lr()[0]}
+        yield step, {"loss": loss.item(), **parts, "lr": sched.get_last_lr()[0]}
 
 
 def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
