@@ -912,7 +912,6 @@ def propose_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
         ``cfg.pad_frac`` and clipped to the frame, largest first. Each box is at least
         4 pixels wide and high. An empty table gives an empty list.
     """
-    cfg = cfg or ProposalConfig()
     return propose_with_network(image_rgb, cfg, core_split=core_split, learned=learned)[0]
 
 

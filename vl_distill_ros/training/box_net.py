@@ -43,7 +43,8 @@ STRIDE = 8
 
 @dataclass(frozen=True)
 class BoxNetTrainConfig:
-    """What ``vl-distill train-box-net`` reads from ``config/train_box_net.yaml``."""
+    """What ``vl-distill train-box-net`` reads from ``config/train_box_net.yaml`` (the
+    defaults are that file's settings, the shipped network's, but for ``bags``)."""
 
     #: Camera bags with ground truth (folders or glob patterns; ``make-bag`` output).
     bags: list[str] = field(default_factory=list)
@@ -51,15 +52,15 @@ class BoxNetTrainConfig:
     input_width: int = 320
     input_height: int = 240
     #: Optimiser steps, samples per step, peak learning rate (one-cycle), weight decay.
-    iterations: int = 1500
+    iterations: int = 5000
     batch_size: int = 16
     lr: float = 0.002
     weight_decay: float = 0.0001
     #: ``imagenet``: start from the shipped ImageNet EfficientNet-Lite0 weights; ``none``.
     pretrained: str = "imagenet"
     #: Random zoom range of each sample (1: the frame fills the input's width).
-    zoom_min: float = 0.7
-    zoom_max: float = 1.4
+    zoom_min: float = 0.5
+    zoom_max: float = 2.0
     #: A box cut by the input's edge stays a target if this fraction of it remains.
     min_visible_frac: float = 0.4
     #: Photometric and sensor augmentation on (white balance ... JPEG).
