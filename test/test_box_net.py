@@ -39,8 +39,15 @@ def test_overlap_suppression_by_iou_and_by_containment():
                      float)
     scores = np.array([0.9, 0.8, 0.7, 0.95])
     assert sorted(suppress_overlaps(boxes, scores, iou=0.5).tolist()) == [0, 2, 3]
-    # the small box lies wholly inside box 2, which scores lower: box 2 goes
-    assert sorted(suppress_overlaps(boxes, scores, iou=0.5, containment=0.9).tolist()) == [0, 3]
+    # the small box 3 lies wholly inside box 2, which scores lower: box 2 holds it, stays
+    assert sorted(suppress_overlaps(boxes, scores, iou=0.5, containment=0.9).tolist()) == [0, 2, 3]
+    # the small box inside a better box goes, unless its own score reaches keep_inside_score
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    assert sorted(suppress_overlaps(boxes, scores, iou=0.5, containment=0.9).tolist()) == [0, 2]
+    kept = suppress_overlaps(boxes, scores, iou=0.5, containment=0.9, keep_inside_score=0.6)
+    assert sorted(kept.tolist()) == [0, 2, 3]
+    kept = suppress_overlaps(boxes, scores, iou=0.5, containment=0.9, keep_inside_score=0.61)
+    assert sorted(kept.tolist()) == [0, 2]
 
 
 def test_resolve_names():

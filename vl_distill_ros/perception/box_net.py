@@ -44,6 +44,10 @@ FORMAT = "box_net/1"
 INPUT_MULTIPLE = 16
 #: Bounds of the input width a configuration may ask for.
 MIN_INPUT_WIDTH, MAX_INPUT_WIDTH = 64, 1280
+#: A box lying inside a better one is kept when the network scores it at least this: an
+#: object in front of or inside a larger one (a fork in a bowl), not a part of it. Chosen on
+#: the tuning bags (0.45-0.65 within one object; docs/proposals.md, session 23).
+KEEP_INSIDE_SCORE = 0.5
 #: Largest model file read (the shipped one is about 3 MB).
 MAX_MODEL_BYTES = 200 * 1024 * 1024
 
@@ -71,17 +75,27 @@ def box_overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def suppress_overlaps(boxes: np.ndarray, scores: np.ndarray, iou: float,
-                      containment: float = 1.0) -> np.ndarray:
-    """Indices of the boxes kept by greedy non-maximum suppression, best score first: a
-    box is dropped when its IoU with a kept box exceeds ``iou``, or when more than
-    ``containment`` of the smaller of the two lies inside the other (1: never)."""
+                      containment: float = 1.0, keep_inside_score: float = 1.0) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first.
+
+    A box is dropped when its IoU with a kept box exceeds ``iou``, or when it is the
+    smaller of the two and more than ``containment`` of it lies inside a kept box (1:
+    never), unless its score is at least ``keep_inside_score`` (1: the containment rule has
+    no exception). A box is never dropped for *containing* a better one: a large object's
+    box holds the boxes of the small objects in front of it or lying in it.
+    """
     order = np.argsort(-np.asarray(scores), kind="stable")
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    areas = boxes[:, 2] * boxes[:, 3]
     keep: list[int] = []
     for i in order:
         if keep:
             ious, inside = box_overlap(boxes[i], boxes[keep])
-            if (ious > iou).any() or (inside > containment).any():
+            if (ious > iou).any():
+                continue
+            nested = (inside > containment) & (areas[i] <= areas[keep])
+            if nested.any() and scores[i] < keep_inside_score:
                 continue
         keep.append(int(i))
     return np.asarray(keep, dtype=np.int64)
@@ -180,8 +194,8 @@ class BoxNet:
 
     def detect(self, image_rgb: np.ndarray, threshold: float,
                input_widths: Sequence[int] = (320,), nms_iou: float = 0.5,
-               containment: float = 0.9, max_count: int = 10
-               ) -> tuple[np.ndarray, np.ndarray]:
+               containment: float = 0.9, keep_inside_score: float = KEEP_INSIDE_SCORE,
+               max_count: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Object boxes in a uint8 RGB frame.
 
         Args:
@@ -191,7 +205,8 @@ class BoxNet:
                 up to a multiple of 16; the height keeps the aspect ratio and is padded to a
                 multiple of 16) and the boxes of all passes are pooled: a wider pass finds
                 small, far objects that the narrower one misses.
-            nms_iou, containment: overlap suppression (:func:`suppress_overlaps`).
+            nms_iou, containment, keep_inside_score: overlap suppression
+                (:func:`suppress_overlaps`).
             max_count: at most this many boxes.
 
         Returns:
@@ -214,7 +229,8 @@ class BoxNet:
         scores = np.concatenate(all_scores)
         ok = (boxes[:, 2] >= 2) & (boxes[:, 3] >= 2)
         boxes, scores = boxes[ok], scores[ok]
-        keep = suppress_overlaps(boxes, scores, nms_iou, containment)[:max(0, int(max_count))]
+        keep = suppress_overlaps(boxes, scores, nms_iou, containment,
+                                 keep_inside_score)[:max(0, int(max_count))]
         return boxes[keep], scores[keep]
 
 
