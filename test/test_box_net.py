@@ -200,6 +200,53 @@ def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path,
                f"bags=[{tmp_path / 'nothing*'}]"])
     assert rc == 2 and "no bag matches" in capsys.readouterr().err
 
+    # fine-tuning (the second stage's config): starts from the first run's weights
+    import torch
+
+    from vl_distill_ros.training.box_net import BoxNetModel, load_state
+
+    tuned = tmp_path / "tuned"
+
+    def finetune(out_dir, *overrides: str) -> int:
+        return main(["train-box-net", "--config",
+                     str(repo_root / "config" / "train_box_net_finetune.yaml"), "--no-progress",
+                     "--out", str(out_dir), f"bags=[{repo_root / 'demo' / 'sample_tabletop'}]",
+                     "batch_size=2", "threads=1", *overrides])
+
+    assert finetune(tuned, f"init_from={out / 'box_net.pt'}", "iterations=1", "lr=0.000001",
+                    "weight_decay=0") == 0
+    first = torch.load(out / "box_net.pt", weights_only=True)
+    second = torch.load(tuned / "box_net.pt", weights_only=True)
+    key = "heatmap.weight"  # one tiny step away from the first run's, not from scratch
+    assert torch.allclose(first[key], second[key], atol=1e-4)
+    model = BoxNetModel(pretrained=False)
+    load_state(model, out / "box_net.pt")
+    assert torch.equal(model.state_dict()[key], first[key])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a state dict")
+    assert finetune(tmp_path / "bad2", f"init_from={bad}") == 2
+    assert "is not a box network's state dict" in capsys.readouterr().err
+    assert finetune(tmp_path / "bad3", f"init_from={tmp_path / 'none.pt'}") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_motion_blur_smears_along_its_direction_only():
+    """The training's motion blur: a normalised line kernel that smears across edges in its
+    direction and leaves edges along it; drawn with probability 1 it changes the image."""
+    from vl_distill_ros.training.box_net import motion_kernel, photometric
+
+    k = motion_kernel(9, 0.0)
+    assert k.sum() == pytest.approx(1.0) and k[4].sum() == pytest.approx(1.0)
+    import cv2
+
+    stripes = np.zeros((40, 40), np.float32)
+    stripes[::8] = 1.0  # horizontal lines: a horizontal blur leaves them, a vertical one not
+    assert np.abs(cv2.filter2D(stripes, -1, k) - stripes).max() < 1e-5
+    assert np.abs(cv2.filter2D(stripes, -1, motion_kernel(9, 90.0)) - stripes).max() > 0.5
+    img = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    plain = photometric(img, np.random.default_rng(5))
+    assert not np.array_equal(plain, photometric(img, np.random.default_rng(5), 1.0))
+
 
 def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     """``proposal_box_net`` / ``proposal_box_net_threshold`` by the node's rule

@@ -10,7 +10,8 @@ The data: ``vl-distill make-bag`` bags (frames plus ground-truth boxes), resized
 ``input_width`` and augmented per sample with a random zoom and shift (objects cut by the
 frame's edge keep their cut box when at least ``min_visible_frac`` of it stays in view),
 a horizontal flip, and the photometric and sensor effects of real cameras: white balance,
-exposure, gamma, saturation, vignetting and a light gradient, blur, noise and JPEG.
+exposure, gamma, saturation, vignetting and a light gradient, defocus and (optionally) motion
+blur, noise and JPEG. ``init_from`` starts from an earlier run's weights (fine-tuning).
 
 The losses (CenterNet): a penalty-reduced focal loss on the heatmap, whose targets are
 Gaussians with a standard deviation of a sixth of the box's width and height (in cells),
@@ -65,6 +66,15 @@ class BoxNetTrainConfig:
     min_visible_frac: float = 0.4
     #: Photometric and sensor augmentation on (white balance ... JPEG).
     photometric: bool = True
+    #: Chance of a motion blur (a line kernel of 3 to ``motion_blur_max_px`` input pixels,
+    #: any direction: a camera on a moving arm or in a hand); 0: none.
+    motion_blur_prob: float = 0.0
+    motion_blur_max_px: int = 11
+    #: Largest sigma (input pixels) of the Gaussian defocus blur drawn with chance 0.3.
+    defocus_max_sigma: float = 1.2
+    #: A ``box_net.pt`` state dict to start from (fine-tuning; ``pretrained`` is then
+    #: ignored), read with ``weights_only``; empty: start from ``pretrained``.
+    init_from: str = ""
     seed: int = 0
     threads: int = 2
     #: Steps between log lines and checkpoints.
@@ -82,6 +92,9 @@ class BoxNetTrainConfig:
             "pretrained": self.pretrained in ("imagenet", "none"),
             "zoom_min": 0.1 <= self.zoom_min <= self.zoom_max <= 10,
             "min_visible_frac": 0 <= self.min_visible_frac <= 1,
+            "motion_blur_prob": 0 <= self.motion_blur_prob <= 1,
+            "motion_blur_max_px": 3 <= self.motion_blur_max_px <= 64,
+            "defocus_max_sigma": 0.3 <= self.defocus_max_sigma <= 10,
             "threads": 1 <= self.threads <= 256,
             "log_every": self.log_every >= 1,
             "save_every": self.save_every >= 1,
@@ -187,9 +200,10 @@ def load_samples(bags: Sequence[Path], width: int, progress: bool = True
     return samples
 
 
-def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """White balance, exposure, gamma, saturation, vignetting / light gradient, blur, noise
-    and JPEG, each drawn at random (uint8 RGB in and out)."""
+def photometric(img: np.ndarray, rng: np.random.Generator, motion_blur_prob: float = 0.0,
+                motion_blur_max_px: int = 11, defocus_max_sigma: float = 1.2) -> np.ndarray:
+    """White balance, exposure, gamma, saturation, vignetting / light gradient, defocus and
+    motion blur, noise and JPEG, each drawn at random (uint8 RGB in and out)."""
     x = img.astype(np.float32) / 255.0
     x = x * rng.uniform(0.8, 1.2, 3)[None, None].astype(np.float32)
     x = np.clip(x * rng.uniform(0.6, 1.4), 0, 1) ** rng.uniform(0.7, 1.4)
@@ -204,13 +218,26 @@ def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = x * gain[..., None]
     x = np.clip(x * 255.0, 0, 255)
     if rng.random() < 0.3:
-        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.2))
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, defocus_max_sigma))
+    if motion_blur_prob and rng.random() < motion_blur_prob:
+        x = cv2.filter2D(x, -1, motion_kernel(int(rng.integers(3, motion_blur_max_px + 1)),
+                                              rng.uniform(0.0, 180.0)))
     x = x + rng.normal(0.0, rng.uniform(0, 6), x.shape).astype(np.float32)
     out = np.clip(x, 0, 255).astype(np.uint8)
     if rng.random() < 0.4:
         ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
         out = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED) if ok else out
     return out
+
+
+def motion_kernel(length: int, angle_deg: float) -> np.ndarray:
+    """A normalised line kernel ``length`` pixels long at ``angle_deg`` (a linear motion
+    blur)."""
+    k = np.zeros((length, length), np.float32)
+    k[length // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), angle_deg, 1.0)
+    k = cv2.warpAffine(k, rot, (length, length), flags=cv2.INTER_LINEAR)
+    return k / max(float(k.sum()), 1e-6)
 
 
 def place(img: np.ndarray, boxes: np.ndarray, size: tuple[int, int], zoom: float,
@@ -278,7 +305,8 @@ def make_batch(samples: Sequence[tuple[np.ndarray, np.ndarray]], indices: Sequen
         zoom = rng.uniform(cfg.zoom_min, cfg.zoom_max)
         im, b = place(img, boxes, (cfg.input_width, cfg.input_height), zoom, rng,
                       cfg.min_visible_frac)
-        images.append(photometric(im, rng) if cfg.photometric else im)
+        images.append(photometric(im, rng, cfg.motion_blur_prob, cfg.motion_blur_max_px,
+                                  cfg.defocus_max_sigma) if cfg.photometric else im)
         targs.append(targets(b, cfg.input_width, cfg.input_height))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     return x, [torch.from_numpy(np.stack([t[k] for t in targs])) for k in range(4)]
@@ -340,6 +368,22 @@ def export_onnx(model: BoxNetModel, path: str | Path, width: int = 320, height: 
     return out
 
 
+def load_state(model: BoxNetModel, path: str | Path) -> None:
+    """Load a ``box_net.pt`` state dict into ``model`` (``weights_only``: no unpickling).
+
+    Raises:
+        ConfigError: a missing or unreadable file, or one that is not this network's.
+    """
+    try:
+        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise ConfigError(f"box net training: init_from {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ConfigError(f"box net training: init_from {path} is not a box network's state "
+                          f"dict ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def _steps(cfg: BoxNetTrainConfig, samples: Sequence, model: BoxNetModel
            ) -> Iterator[tuple[int, dict[str, float]]]:
     """Run the optimiser; yield each step's index and losses."""
@@ -375,7 +419,9 @@ def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     samples = load_samples(expand_bags(cfg.bags), cfg.input_width, progress)
-    model = BoxNetModel(pretrained=cfg.pretrained == "imagenet")
+    model = BoxNetModel(pretrained=cfg.pretrained == "imagenet" and not cfg.init_from)
+    if cfg.init_from:
+        load_state(model, cfg.init_from)
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.iterations, desc="box net", unit="step", disable=not progress)
     start, window = time.monotonic(), []
