@@ -16,7 +16,7 @@ its own interpreter (pyrender wants PyOpenGL 3.1.7 and numpy < 2; the project nu
 
     apt-get install -y libosmesa6                     # Mesa's off-screen renderer
     python3 -m venv /tmp/prv && /tmp/prv/bin/pip install pyrender "numpy<2" \\
-        "PyOpenGL==3.1.7" opencv-python-headless
+        "PyOpenGL==3.1.7" opencv-python-headless pyyaml tqdm
     PYOPENGL_PLATFORM=osmesa /tmp/prv/bin/python tools/other_renderer_scenes.py render \\
         --out /tmp/other/frames --frames 40 --seed 1 --objects all
     .venv/bin/python tools/other_renderer_scenes.py bag --frames-dir /tmp/other/frames \\
@@ -39,12 +39,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-ID_KEYS = ["002_master_chef_can", "006_mustard_bottle", "011_banana", "013_apple",
-           "015_peach", "024_bowl", "030_fork", "032_knife", "035_power_drill",
-           "037_scissors", "048_hammer", "056_tennis_ball", "058_golf_ball", "062_dice"]
-OOD_KEYS = ["003_cracker_box", "012_strawberry", "014_lemon", "016_pear", "017_orange",
-            "021_bleach_cleanser", "026_sponge", "031_spoon", "036_wood_block",
-            "043_phillips_screwdriver", "053_mini_soccer_ball", "077_rubiks_cube"]
+SPLIT = REPO / "config" / "splits" / "ycb_paper.yaml"
+
+
+def object_pool(spec: str, split_path: str | Path = SPLIT) -> list[str]:
+    """The model keys ``--objects`` names: ``id`` / ``ood`` / ``all`` halves of the split
+    file, or comma-separated keys."""
+    if spec in ("id", "ood", "all"):
+        import yaml
+
+        split = yaml.safe_load(Path(split_path).read_text(encoding="utf-8"))
+        halves = {"id": ["in_distribution"], "ood": ["out_of_distribution"],
+                  "all": ["in_distribution", "out_of_distribution"]}[spec]
+        return [key for half in halves for key in split[half]]
+    return [k.strip() for k in spec.split(",") if k.strip()]
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,14 +247,12 @@ def _camera_effects(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def run_render(args) -> int:
     """``render``: write ``frame_XXXX.npz`` files (and ``frames.json``) to ``--out``."""
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")  # before PyOpenGL is imported
     import pyrender
     from tqdm import tqdm
 
-    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     models = Path(args.models_dir)
-    pool = {"id": ID_KEYS, "ood": OOD_KEYS, "all": ID_KEYS + OOD_KEYS}.get(args.objects)
-    if pool is None:
-        pool = [k.strip() for k in args.objects.split(",") if k.strip()]
+    pool = object_pool(args.objects)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     renderer = pyrender.OffscreenRenderer(args.width, args.height)
@@ -281,6 +287,7 @@ def run_bag(args) -> int:
     files = sorted(Path(args.frames_dir).glob("frame_*.npz"))
     if not files:
         raise SystemExit(f"no frame_*.npz in {args.frames_dir}")
+    noise = NOISE_MODELS[args.depth_noise]
 
     def frames():
         for i, path in enumerate(files):
@@ -289,7 +296,6 @@ def run_bag(args) -> int:
                                           vocab.labels[vocab.index(o["key"])].name, o["key"])
                         for o in json.loads(str(z["objects"]))]
                 depth = z["depth"] if not args.no_depth else None
-                noise = NOISE_MODELS[args.depth_noise]
                 if depth is not None and noise is not None:
                     depth = apply_depth_noise(depth, np.random.default_rng([7, i]), noise)
                 yield BagFrame(int(1.7e18) + i * 100_000_000, z["image"], objs, depth=depth,
@@ -308,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--frames", type=int, default=40)
     r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--objects", default="all", help="id, ood, all or comma-separated keys")
+    r.add_argument("--objects", default="all",
+                   help="id, ood, all (halves of config/splits/ycb_paper.yaml) or "
+                        "comma-separated keys")
     r.add_argument("--min-objects", type=int, default=3)
     r.add_argument("--max-objects", type=int, default=6)
     r.add_argument("--distance", type=float, nargs=2, default=(0.5, 1.2),
