@@ -36,12 +36,16 @@ dark paint, which the renderer's noise model does not do.
 
 ``--vignette A`` and ``--light-gradient A`` light the colour images unevenly first (a lens's
 fall-off towards the corners, a lamp to one side; :func:`relight`), for every proposer.
+``--degrade CHAIN`` then puts them through real-camera effects (motion and defocus blur,
+sensor noise, exposure, white balance, JPEG, lower resolution; the chain's syntax is in
+``bench/_degrade.py``, e.g. ``exposure:0.4+noise:8``), seeded by the frame's place.
 
     .venv/bin/python bench/proposals_recall.py                   # demo/sample_tabletop
     .venv/bin/python bench/proposals_recall.py --bags BAG1 BAG2 -p pad_frac=0.1
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --cut-border
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --dark-holes 40
+    .venv/bin/python bench/proposals_recall.py --bags BAG --degrade motion:9+jpeg:40
 """
 from __future__ import annotations
 
@@ -415,12 +419,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--light-gradient", type=float, default=0.0, metavar="A",
                     help="darken the colour images from left to right by A (0-0.9, uneven "
                          "room light; default: 0, off)")
+    ap.add_argument("--degrade", default="", metavar="CHAIN",
+                    help="real-camera effects on the colour images after the lighting, e.g. "
+                         "motion:9, noise:8+jpeg:40 (kinds and ranges: bench/_degrade.py; "
+                         "default: none)")
     args = ap.parse_args(argv)
+    from _degrade import parse_degradation
+
+    try:
+        degradation = parse_degradation(args.degrade)
+    except ValueError as exc:
+        ap.error(f"--degrade: {exc}")
     for name in ("vignette", "light_gradient"):
         if not 0.0 <= getattr(args, name) <= 0.9:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 0.9], got "
                      f"{getattr(args, name)}")
     light = {"vignette": args.vignette, "gradient": args.light_gradient}
+
+    def look(bag_index: int, frame_index: int, image: np.ndarray) -> np.ndarray:
+        """A colour frame as the run sees it: relit, then degraded (seeded by its place)."""
+        from _degrade import degrade
+
+        rng = np.random.default_rng([bag_index, frame_index])
+        return degrade(relight(image, **light), degradation, rng)
     if not 0.0 <= args.dark_holes <= 255.0:
         ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
     parts = args.depth_shift.split(",")
@@ -447,11 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = Tally()
     per_bag: dict[str, Any] = {}
     t_start = time.perf_counter()
-    for bag in args.bags:
+    for b, bag in enumerate(args.bags):
         print(f"[bench] proposals_recall: reading {bag}", file=sys.stderr)
         try:
-            frames = [(relight(im, **light), t)
-                      for im, t in load_frames(bag, args.max_frames, args.topics)]
+            frames = [(look(b, i, im), t) for i, (im, t)
+                      in enumerate(load_frames(bag, args.max_frames, args.topics))]
         except (OSError, ValueError) as exc:
             print(json.dumps({"bench": "proposals_recall", "error": f"{bag}: {exc}",
                               "hint": HINT}))
@@ -467,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cut_border and not args.depth:
             cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
         if args.depth:
-            rgbd_frames = [(relight(im, **light), *rest) for im, *rest in
-                           load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes)]
+            rgbd_frames = [(look(b, i, im), *rest) for i, (im, *rest) in enumerate(
+                load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes))]
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
@@ -481,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": "proposals_recall",
         "iou_threshold": args.iou,
         "lighting": light,
+        "degradation": args.degrade.strip() or "none",
         "config": dataclasses.asdict(cfg),
         "overrides": parse_overrides(args.params),
         "size_buckets_px": {name: limit if np.isfinite(limit) else None

@@ -248,6 +248,35 @@ def test_motion_blur_smears_along_its_direction_only():
     assert not np.array_equal(plain, photometric(img, np.random.default_rng(5), 1.0))
 
 
+def test_sensor_ranges_of_the_training_augmentation():
+    """``exposure_min/max``, ``noise_max_sigma`` and ``jpeg_min_quality`` reach the images
+    (a dark range darkens, a noisy one adds noise) and are checked when read."""
+    from vl_distill_ros.config import ConfigError
+    from vl_distill_ros.training.box_net import BoxNetTrainConfig, photometric
+
+    img = np.full((48, 64, 3), 128, np.uint8)
+
+    def mean_of(**kw):
+        return np.mean([photometric(img, np.random.default_rng(s), **kw).mean()
+                        for s in range(12)])
+
+    assert mean_of(exposure=(0.3, 0.3)) < 0.6 * mean_of(exposure=(1.0, 1.0))
+
+    def noise_of(sigma):
+        out = [photometric(img, np.random.default_rng(s), noise_max_sigma=sigma,
+                           defocus_max_sigma=0.3) for s in range(12)]
+        return np.mean([o.astype(float).std(axis=(0, 1)).mean() for o in out])
+
+    assert noise_of(30.0) > 2 * noise_of(0.0)
+    cfg = BoxNetTrainConfig(exposure_min=0.35, exposure_max=2.0, noise_max_sigma=12,
+                            jpeg_min_quality=12)
+    assert (cfg.exposure_min, cfg.noise_max_sigma, cfg.jpeg_min_quality) == (0.35, 12, 12)
+    for bad in ({"exposure_min": 1.5, "exposure_max": 1.2}, {"noise_max_sigma": -1},
+                {"jpeg_min_quality": 95}, {"jpeg_min_quality": 2}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            BoxNetTrainConfig(**bad)
+
+
 def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     """``proposal_box_net`` / ``proposal_box_net_threshold`` by the node's rule
     (``PipelineSettings.from_params``): the shipped network by default, off, another file;

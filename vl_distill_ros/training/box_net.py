@@ -72,6 +72,13 @@ class BoxNetTrainConfig:
     motion_blur_max_px: int = 11
     #: Largest sigma (input pixels) of the Gaussian defocus blur drawn with chance 0.3.
     defocus_max_sigma: float = 1.2
+    #: Exposure gain range (every value times a gain drawn in it, then clipped).
+    exposure_min: float = 0.6
+    exposure_max: float = 1.4
+    #: Largest sigma (8-bit levels) of the additive sensor noise (drawn in 0..max).
+    noise_max_sigma: float = 6.0
+    #: Lowest JPEG quality (drawn in ``jpeg_min_quality``..89, with chance 0.4).
+    jpeg_min_quality: int = 30
     #: A ``box_net.pt`` state dict to start from (fine-tuning; ``pretrained`` is then
     #: ignored), read with ``weights_only``; empty: start from ``pretrained``.
     init_from: str = ""
@@ -95,6 +102,9 @@ class BoxNetTrainConfig:
             "motion_blur_prob": 0 <= self.motion_blur_prob <= 1,
             "motion_blur_max_px": 3 <= self.motion_blur_max_px <= 64,
             "defocus_max_sigma": 0.3 <= self.defocus_max_sigma <= 10,
+            "exposure_min": 0.05 <= self.exposure_min <= self.exposure_max <= 5,
+            "noise_max_sigma": 0 <= self.noise_max_sigma <= 50,
+            "jpeg_min_quality": 5 <= self.jpeg_min_quality <= 89,
             "threads": 1 <= self.threads <= 256,
             "log_every": self.log_every >= 1,
             "save_every": self.save_every >= 1,
@@ -201,12 +211,14 @@ def load_samples(bags: Sequence[Path], width: int, progress: bool = True
 
 
 def photometric(img: np.ndarray, rng: np.random.Generator, motion_blur_prob: float = 0.0,
-                motion_blur_max_px: int = 11, defocus_max_sigma: float = 1.2) -> np.ndarray:
+                motion_blur_max_px: int = 11, defocus_max_sigma: float = 1.2,
+                exposure: tuple[float, float] = (0.6, 1.4), noise_max_sigma: float = 6.0,
+                jpeg_min_quality: int = 30) -> np.ndarray:
     """White balance, exposure, gamma, saturation, vignetting / light gradient, defocus and
     motion blur, noise and JPEG, each drawn at random (uint8 RGB in and out)."""
     x = img.astype(np.float32) / 255.0
     x = x * rng.uniform(0.8, 1.2, 3)[None, None].astype(np.float32)
-    x = np.clip(x * rng.uniform(0.6, 1.4), 0, 1) ** rng.uniform(0.7, 1.4)
+    x = np.clip(x * rng.uniform(*exposure), 0, 1) ** rng.uniform(0.7, 1.4)
     grey = x.mean(axis=2, keepdims=True)
     x = grey + (x - grey) * rng.uniform(0.6, 1.4)
     if rng.random() < 0.5:
@@ -222,10 +234,11 @@ def photometric(img: np.ndarray, rng: np.random.Generator, motion_blur_prob: flo
     if motion_blur_prob and rng.random() < motion_blur_prob:
         x = cv2.filter2D(x, -1, motion_kernel(int(rng.integers(3, motion_blur_max_px + 1)),
                                               rng.uniform(0.0, 180.0)))
-    x = x + rng.normal(0.0, rng.uniform(0, 6), x.shape).astype(np.float32)
+    x = x + rng.normal(0.0, rng.uniform(0, noise_max_sigma), x.shape).astype(np.float32)
     out = np.clip(x, 0, 255).astype(np.uint8)
     if rng.random() < 0.4:
-        ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
+        quality = int(rng.integers(jpeg_min_quality, 90))
+        ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
         out = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED) if ok else out
     return out
 
@@ -305,8 +318,10 @@ def make_batch(samples: Sequence[tuple[np.ndarray, np.ndarray]], indices: Sequen
         zoom = rng.uniform(cfg.zoom_min, cfg.zoom_max)
         im, b = place(img, boxes, (cfg.input_width, cfg.input_height), zoom, rng,
                       cfg.min_visible_frac)
-        images.append(photometric(im, rng, cfg.motion_blur_prob, cfg.motion_blur_max_px,
-                                  cfg.defocus_max_sigma) if cfg.photometric else im)
+        images.append(photometric(
+            im, rng, cfg.motion_blur_prob, cfg.motion_blur_max_px, cfg.defocus_max_sigma,
+            (cfg.exposure_min, cfg.exposure_max), cfg.noise_max_sigma, cfg.jpeg_min_quality)
+            if cfg.photometric else im)
         targs.append(targets(b, cfg.input_width, cfg.input_height))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     return x, [torch.from_numpy(np.stack([t[k] for t in targs])) for k in range(4)]
