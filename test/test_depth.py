@@ -222,6 +222,36 @@ def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table
     assert fuse_proposals(none, colour, cfg, 2) == colour[:2]
 
 
+def test_fusion_adds_a_depth_box_beside_a_network_box_not_one_holding_or_inside_it():
+    """With the box network's boxes first (``fuse_proposals(..., network_boxes)``), a depth
+    box overlapping one of them only at the side (IoU 0.25, neither inside the other: the
+    neighbour the network missed) is added under ``fuse_network_partial_iou``, not without
+    it; a depth box lying inside a network box (the network joined two objects there) or
+    holding one (the network found a part) stays out, as does any overlap over the bound."""
+    depth, truth = render_tabletop(OBJECTS)
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(depth, K, cfg)
+    assert _matched(truth, found.boxes) == 3
+    (x0, y0, w0, h0), (x1, y1, w1, h1), (x2, y2, w2, h2) = [
+        max(found.boxes, key=lambda b: box_iou(b, t)) for t in truth]
+    beside = (x0 + 0.6 * w0, y0, w0, h0)                  # IoU 0.25 with object 0's box
+    around = (x1 - w1, y1 - h1 / 2, 3 * w1, 2 * h1)       # holds object 1's box, IoU 1/6
+    part = (x2, y2, w2 / 2, h2 / 2)                        # inside object 2's box, IoU 1/4
+    network = [beside, around, part]
+    fused = fuse_proposals(found, [], cfg, max_count=10, network_boxes=network)
+    assert fused[:3] == network
+    added = fused[3:]
+    assert _matched(truth[:1], added) == 1 and _matched(truth[1:], added) == 0
+    off = dataclasses.replace(cfg, fuse_network_partial_iou=0.0)
+    assert _matched(truth, fuse_proposals(found, [], off, 10, network)[3:]) == 0
+    tight = dataclasses.replace(cfg, fuse_network_partial_iou=0.2)  # under the IoU 0.25
+    assert _matched(truth, fuse_proposals(found, [], tight, 10, network)[3:]) == 0
+    far = [(x0 + 2 * w0, y0, w0, h0)]                     # no overlap: added as before
+    assert _matched(truth[:1], fuse_proposals(found, [], off, 10, far)[1:]) == 1
+    with pytest.raises(DepthError, match="fuse_network_partial_iou"):
+        DepthProposalConfig(fuse_network_partial_iou=1.5)
+
+
 def test_fusion_joins_an_object_cut_by_holes_in_its_depth():
     # a tall box whose middle returns no depth (a black band, as infrared sensors see black
     # plastic): depth gives two pieces; the colour box of the whole object, half of it

@@ -280,8 +280,12 @@ class DepthProposalConfig:
     fuse_split_height_frac: float = 0.25
     fuse_split_cover: float = 0.6
     #: The box network's boxes come first (:func:`fuse_proposals`); a depth or colour box
-    #: is added when its IoU with each of them is at most this.
+    #: is added when its IoU with each of them is at most this ...
     fuse_network_iou: float = 0.1
+    #: ... or at most this when it neither holds one of them nor lies in one
+    #: (``fuse_containment`` of the smaller's area): an object the network missed beside one
+    #: it found, the two boxes overlapping where the objects touch. 0: off.
+    fuse_network_partial_iou: float = 0.3
     #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
     #: of bins this size on the plane (m), is cut where the map steps by more than
     #: ``top_view_step_m`` (a low object against a taller one; the walls of the taller one
@@ -369,7 +373,7 @@ class DepthProposalConfig:
                      "cut_jump_frac", "crease_m",
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
-                     "fuse_network_iou",
+                     "fuse_network_iou", "fuse_network_partial_iou",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
@@ -1303,9 +1307,20 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     if not network_boxes or depth.plane is None:
         return fused
     out = list(network_boxes)
-    out += [b for b in fused if all(box_iou(b, n) <= cfg.fuse_network_iou
-                                    for n in network_boxes)]
+    out += [b for b in fused if _beside_network(b, network_boxes, cfg)]
     return out[:max_count]
+
+
+def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalConfig) -> bool:
+    """Whether ``box`` is another object than each of ``network_boxes``: IoU at most
+    ``fuse_network_iou`` with each, or at most ``fuse_network_partial_iou`` with each while
+    it holds none and lies in none (:func:`fuse_proposals`)."""
+    ious = [box_iou(box, n) for n in network_boxes]
+    if max(ious) <= cfg.fuse_network_iou:
+        return True
+    return max(ious) <= cfg.fuse_network_partial_iou and not any(
+        _containment(n, box) >= cfg.fuse_containment
+        or _containment(box, n) >= cfg.fuse_containment for n in network_boxes)
 
 
 def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
