@@ -86,3 +86,38 @@ def test_the_bench_degrades_the_frames_it_scores(capsys):
         proposals_recall.main(["--bags", "/no/such/bag", "--degrade", "fog:1"])
     assert exc.value.code == 2 and "--degrade: degradation step 'fog:1'" in \
         capsys.readouterr().err
+
+
+def test_a_degraded_copy_of_a_bag_keeps_truth_and_depth(tmp_path, capsys):
+    """``bench/degrade_bag.py``: the copy holds every frame with ground truth, the same
+    objects, stamps and depth, and colour degraded as asked ("none": the same pixels); a
+    bad chain is refused before anything is written."""
+    import degrade_bag
+
+    from vl_distill_ros.bags.bag_io import read_camera_bag
+
+    bag = BENCH.parent / "demo" / "sample_tabletop"
+    src = read_camera_bag(bag)
+    source = [(m, src.objects_for(m.topic, m.stamp_ns)) for m in src.rgbd_frames(
+        tolerance_ns=20_000_000) if src.objects_for(m.topic, m.stamp_ns) is not None]
+    assert source
+    for chain in ("none", "exposure:0.5"):
+        out = tmp_path / chain.replace(":", "_")
+        assert degrade_bag.main([str(bag), str(out), "--degrade", chain]) == 0
+        copy = read_camera_bag(out)
+        frames = list(copy.rgbd_frames(tolerance_ns=20_000_000))
+        assert len(frames) == len(source)
+        for (m, objects), c in zip(source, frames):
+            assert c.stamp_ns == m.stamp_ns
+            assert copy.objects_for(c.topic, c.stamp_ns) == objects
+            assert (c.depth is None) == (m.depth is None)
+            if m.depth is not None:
+                assert np.abs(c.depth - m.depth).max() <= 0.0005  # written in mm
+            if chain == "none":
+                assert np.array_equal(c.image, m.image)
+            else:
+                assert c.image.mean() == pytest.approx(m.image.mean() / 2, abs=1.0)
+    with pytest.raises(SystemExit):
+        degrade_bag.main([str(bag), str(tmp_path / "bad"), "--degrade", "fog:1"])
+    assert "degradation step 'fog:1'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
