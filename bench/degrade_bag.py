@@ -20,20 +20,19 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from _degrade import degrade, parse_degradation
+from _degrade import Step, degrade, parse_degradation
 
 
-def degraded_frames(bag: str | Path, chain: str) -> Iterator:
+def degraded_frames(bag: str | Path, steps: Sequence[Step]) -> Iterator:
     """The ``BagFrame`` of every frame of ``bag`` with ground truth, its colour image
-    degraded by ``chain`` (``numpy.random.default_rng([0, i])`` for the i-th frame)."""
+    degraded by ``steps`` (:func:`parse_degradation`; ``numpy.random.default_rng([0, i])``
+    for the i-th frame)."""
     from vl_distill_ros.bags.bag_io import BagFrame, BagTopics, read_camera_bag
 
-    steps = parse_degradation(chain)
     contents = read_camera_bag(bag)
-    frames = contents.rgbd_frames([BagTopics().camera], tolerance_ns=20_000_000)
-    for i, msg in enumerate(m for m in frames
-                            if contents.objects_for(m.topic, m.stamp_ns) is not None):
-        objects = contents.objects_for(msg.topic, msg.stamp_ns)
+    labelled = ((m, contents.objects_for(m.topic, m.stamp_ns)) for m in
+                contents.rgbd_frames([BagTopics().camera], tolerance_ns=20_000_000))
+    for i, (msg, objects) in enumerate((m, o) for m, o in labelled if o is not None):
         image = degrade(msg.image, steps, np.random.default_rng([0, i]))
         with_depth = msg.depth is not None and msg.camera_info is not None
         yield BagFrame(msg.stamp_ns, image, list(objects),
@@ -50,13 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="real-camera effects, e.g. motion:9 or exposure:0.4+noise:10")
     args = ap.parse_args(argv)
     try:
-        parse_degradation(args.degrade)
+        steps = parse_degradation(args.degrade)
     except ValueError as exc:
         ap.error(f"--degrade: {exc}")
     from vl_distill_ros.bags.bag_io import BagError, write_camera_bag
 
     try:
-        write_camera_bag(args.out, degraded_frames(args.bag, args.degrade))
+        write_camera_bag(args.out, degraded_frames(args.bag, steps))
     except (BagError, OSError) as exc:
         print(f"degrade_bag: {exc}", file=sys.stderr)
         return 2

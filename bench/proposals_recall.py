@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "motion:9, noise:8+jpeg:40 (kinds and ranges: bench/_degrade.py; "
                          "default: none)")
     args = ap.parse_args(argv)
-    from _degrade import parse_degradation
+    from _degrade import degrade, parse_degradation
 
     try:
         degradation = parse_degradation(args.degrade)
@@ -435,19 +435,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 0.9], got "
                      f"{getattr(args, name)}")
     light = {"vignette": args.vignette, "gradient": args.light_gradient}
-
-    def look(bag_index: int, frame_index: int, image: np.ndarray) -> np.ndarray:
-        """A colour frame as the run sees it: relit, then degraded (seeded by its place)."""
-        from _degrade import degrade
-
-        rng = np.random.default_rng([bag_index, frame_index])
-        return degrade(relight(image, **light), degradation, rng)
     if not 0.0 <= args.dark_holes <= 255.0:
         ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
     parts = args.depth_shift.split(",")
     if len(parts) != 2 or not all(v.strip().lstrip("-").isdigit() for v in parts):
         ap.error(f"--depth-shift must be DX,DY in pixels, got {args.depth_shift!r}")
     shift = (int(parts[0]), int(parts[1]))
+
+    def look(bag_index: int, frame_index: int, image: np.ndarray) -> np.ndarray:
+        """A colour frame as the run sees it: relit, then degraded (seeded by its place)."""
+        rng = np.random.default_rng([bag_index, frame_index])
+        return degrade(relight(image, **light), degradation, rng)
 
     from vl_distill_ros.perception.proposals import ProposalConfig
 
