@@ -9,7 +9,7 @@ import torch
 
 from vl_distill_ros.config import AugmentConfig, ConfigError, load_train_config
 from vl_distill_ros.model.student import InputSpec
-from vl_distill_ros.training.augment import CropAugment
+from vl_distill_ros.training.augment import CropAugment, _motion_blur, motion_kernel
 
 SPEC = InputSpec(48, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # output = pixels in [0, 1]
 TABLE = (170, 140, 110)
@@ -43,8 +43,8 @@ def test_all_off_is_exactly_the_old_augmentation():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("white_balance", 0.3), ("exposure", 0.5), ("blur_prob", 1.0), ("noise_sigma", 0.1),
-    ("jpeg_prob", 1.0), ("loose_prob", 1.0), ("cut_prob", 1.0)])
+    ("white_balance", 0.3), ("exposure", 0.5), ("blur_prob", 1.0), ("motion_blur_prob", 1.0),
+    ("noise_sigma", 0.1),    ("jpeg_prob", 1.0), ("loose_prob", 1.0), ("cut_prob", 1.0)])
 def test_each_effect_changes_the_crops_and_is_seeded(field, value):
     aug = AugmentConfig(**{field: value})
     assert aug.active
@@ -62,6 +62,7 @@ def test_effects_do_what_they_say():
     def hf(x):
         return float((x[..., 1:] - x[..., :-1]).abs().mean())
     assert hf(_run(AugmentConfig(blur_prob=1.0, blur_sigma=[1.5, 2.0]))) < 0.8 * hf(base)
+    assert hf(_run(AugmentConfig(motion_blur_prob=1.0, motion_blur_px=[7, 9]))) < 0.8 * hf(base)
     assert hf(_run(AugmentConfig(noise_sigma=0.1))) > 1.5 * hf(base)
     jpeg = _run(AugmentConfig(jpeg_prob=1.0, jpeg_quality=[5, 10]))
     assert 0.003 < float((jpeg - base).abs().mean()) < 0.1
@@ -75,8 +76,27 @@ def test_effects_do_what_they_say():
     assert _object_frac(_run(AugmentConfig(cut_prob=1.0, cut_scale=[0.2, 0.3]))) > 1.1 * frac
 
 
+def test_motion_blur_smears_along_its_line_only():
+    """A horizontal motion blur averages along x and leaves rows that are constant along x
+    as they are; the kernel sums to one at every angle, so flat images stay flat."""
+    stripes = torch.zeros(3, 32, 32)
+    stripes[:, :, ::2] = 1.0                      # varies along x only
+    rows = stripes.transpose(1, 2).contiguous()   # varies along y only
+    blurred = _motion_blur(stripes, 8, 0.0)
+    assert float(blurred[:, :, 8:24].std()) < 0.15 * float(stripes.std())
+    assert torch.allclose(_motion_blur(rows, 8, 0.0), rows, atol=1e-5)
+    assert float((_motion_blur(rows, 8, 90.0)[:, 8:24] - 0.5).abs().max()) < 0.1
+    flat = torch.full((3, 20, 24), 0.4)
+    for angle in (0.0, 33.0, 90.0, 145.0):
+        assert _motion_blur(flat, 9, angle).shape == flat.shape
+        assert torch.allclose(_motion_blur(flat, 9, angle), flat, atol=1e-5)
+        assert abs(float(motion_kernel(9, angle).sum()) - 1.0) < 1e-5
+    assert torch.equal(_motion_blur(stripes, 1, 0.0), stripes)
+
+
 def test_bad_settings_are_configuration_errors(tmp_path):
-    for kwargs in ({"blur_prob": 1.5}, {"white_balance": -0.1}, {"jpeg_quality": [90, 30]},
+    for kwargs in ({"blur_prob": 1.5}, {"motion_blur_prob": -0.1}, {"motion_blur_px": [0, 5]},
+                   {"motion_blur_px": [9, 3]}, {"white_balance": -0.1}, {"jpeg_quality": [90, 30]},
                    {"cut_scale": [0.0, 2.0]}, {"noise_sigma": 3.0}):
         with pytest.raises(ConfigError, match="data.augment"):
             AugmentConfig(**kwargs)

@@ -103,6 +103,10 @@ class AugmentConfig:
     #: Probability of a Gaussian blur with sigma in ``blur_sigma`` (pixels of the input size).
     blur_prob: float = 0.0
     blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    #: Probability of a linear motion blur (a camera or object moving during the exposure)
+    #: ``motion_blur_px`` long (pixels of the input size), at a random angle.
+    motion_blur_prob: float = 0.0
+    motion_blur_px: list[int] = field(default_factory=lambda: [3, 15])
     #: Largest standard deviation of additive Gaussian sensor noise (fraction of full scale).
     noise_sigma: float = 0.0
     #: Probability of JPEG re-encoding at a quality in ``jpeg_quality``.
@@ -118,7 +122,7 @@ class AugmentConfig:
     cut_scale: list[float] = field(default_factory=lambda: [0.3, 0.6])
 
     def __post_init__(self) -> None:
-        for name in ("blur_prob", "jpeg_prob", "loose_prob", "cut_prob"):
+        for name in ("blur_prob", "motion_blur_prob", "jpeg_prob", "loose_prob", "cut_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"data.augment.{name} must be in [0, 1], got "
                                   f"{getattr(self, name)}")
@@ -127,7 +131,8 @@ class AugmentConfig:
             if not 0.0 <= float(getattr(self, name)) <= hi:
                 raise ConfigError(f"data.augment.{name} must be in [0, {hi}], got "
                                   f"{getattr(self, name)}")
-        for name, lo, hi in (("blur_sigma", 0.0, 10.0), ("jpeg_quality", 1, 100),
+        for name, lo, hi in (("blur_sigma", 0.0, 10.0), ("motion_blur_px", 1, 64),
+                             ("jpeg_quality", 1, 100),
                              ("cut_scale", 0.05, 1.0)):
             value = list(getattr(self, name))
             if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
@@ -138,8 +143,8 @@ class AugmentConfig:
     def active(self) -> bool:
         """Whether any augmentation is on."""
         return any(float(getattr(self, n)) > 0 for n in (
-            "white_balance", "exposure", "blur_prob", "noise_sigma", "jpeg_prob", "loose_prob",
-            "cut_prob"))
+            "white_balance", "exposure", "blur_prob", "motion_blur_prob", "noise_sigma",
+            "jpeg_prob", "loose_prob", "cut_prob"))
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 :class:`CropAugment` does the geometric part (random resized crop, flip) and colour jitter;
 with an :class:`~vl_distill_ros.config.AugmentConfig` it adds the photometric and sensor
-effects of real cameras (white balance, exposure, blur, noise, JPEG) and loose or cut crops.
+effects of real cameras (white balance, exposure, defocus and motion blur, noise, JPEG) and
+loose or cut crops.
 """
 from __future__ import annotations
 
@@ -124,6 +125,10 @@ class CropAugment:
         for i in range(n):
             if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
                 out[i] = _gaussian_blur(out[i], float(rng.uniform(*aug.blur_sigma)))
+        for i in range(n):
+            if aug.motion_blur_prob > 0 and rng.random() < aug.motion_blur_prob:
+                length = int(rng.integers(aug.motion_blur_px[0], aug.motion_blur_px[1] + 1))
+                out[i] = _motion_blur(out[i], length, float(rng.uniform(0.0, 180.0)))
         if aug.noise_sigma > 0:
             sigma = rng.uniform(0.0, aug.noise_sigma, (n, 1, 1, 1))
             noise = rng.standard_normal(out.shape).astype(np.float32) * sigma
@@ -145,6 +150,31 @@ def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.conv2d(x, k, groups=3)
     x = F.pad(x, (0, 0, radius, radius), mode="reflect")
     return F.conv2d(x, k.transpose(2, 3), groups=3)[0]
+
+
+def motion_kernel(length: int, angle_deg: float) -> np.ndarray:
+    """A normalised line kernel ``length`` pixels long at ``angle_deg`` (a linear motion
+    blur)."""
+    import cv2
+
+    k = np.zeros((length, length), np.float32)
+    k[length // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), angle_deg, 1.0)
+    k = cv2.warpAffine(k, rot, (length, length), flags=cv2.INTER_LINEAR)
+    return k / max(float(k.sum()), 1e-6)
+
+
+def _motion_blur(img: torch.Tensor, length: int, angle_deg: float) -> torch.Tensor:
+    """(3, H, W) blurred along a line ``length`` pixels long at ``angle_deg`` (replicated
+    borders), centred: an even length is rounded up to the next odd one; below 2 the image
+    is left as it is."""
+    if length < 2:
+        return img
+    length += 1 - length % 2
+    k = torch.as_tensor(motion_kernel(length, angle_deg), dtype=img.dtype, device=img.device)
+    r = length // 2
+    x = F.pad(img[None], (r, r, r, r), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, length, length).repeat(3, 1, 1, 1), groups=3)[0]
 
 
 def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:

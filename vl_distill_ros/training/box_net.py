@@ -37,6 +37,7 @@ from torch import nn
 
 from ..config import ConfigError, apply_overrides, from_dict, read_yaml_with_base, to_dict
 from ..perception.box_net import FORMAT, FORMAT_KEY, INPUT_NAME, OUTPUT_NAMES, STRIDE_KEY
+from .augment import motion_kernel
 
 #: Output stride of :class:`BoxNetModel`.
 STRIDE = 8
@@ -241,16 +242,6 @@ def photometric(img: np.ndarray, rng: np.random.Generator, motion_blur_prob: flo
         ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
         out = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED) if ok else out
     return out
-
-
-def motion_kernel(length: int, angle_deg: float) -> np.ndarray:
-    """A normalised line kernel ``length`` pixels long at ``angle_deg`` (a linear motion
-    blur)."""
-    k = np.zeros((length, length), np.float32)
-    k[length // 2, :] = 1.0
-    rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), angle_deg, 1.0)
-    k = cv2.warpAffine(k, rot, (length, length), flags=cv2.INTER_LINEAR)
-    return k / max(float(k.sum()), 1e-6)
 
 
 def place(img: np.ndarray, boxes: np.ndarray, size: tuple[int, int], zoom: float,
