@@ -193,3 +193,25 @@ def test_base_resolves_next_to_the_config_first(tmp_path, monkeypatch):
 def test_data_workers_is_gone():
     with pytest.raises(ConfigError, match=r"unknown keys \['workers'\]"):
         load_train_config(None, ["data.workers=2"])
+
+
+def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, monkeypatch):
+    """Each row of the generalised zero-shot ablation loads (base chain and keys); the shipped
+    default's recipe (the last row) adds motion blur to row 6's augmentations and is what
+    `make default-bundle` trains."""
+    import yaml
+
+    monkeypatch.chdir(repo_root)
+    spec = yaml.safe_load(open("config/ablation/ycb_gzsl.yaml"))
+    cfgs = [load_train_config(r["config"]) for r in spec["runs"]]
+    assert len({c.output_dir for c in cfgs}) == len(cfgs)     # no two rows share runs
+    last, row6 = cfgs[-1], load_train_config("config/ablation/gzsl_augment.yaml")
+    assert spec["runs"][-1]["config"] == "config/ablation/gzsl_blur.yaml"
+    assert last.data.augment.motion_blur_prob > 0 and row6.data.augment.motion_blur_prob == 0
+    for name in ("white_balance", "exposure", "noise_sigma", "jpeg_prob", "loose_prob",
+                 "cut_prob"):
+        assert getattr(last.data.augment, name) == getattr(row6.data.augment, name)
+    makefile = open("Makefile").read()
+    recipe = makefile[makefile.index("\ndefault-bundle:"):]
+    assert "--config config/ablation/gzsl_blur.yaml" in recipe.split("\n\n")[0]
+    assert f"output_dir={last.output_dir}/seed0" in recipe.split("\n\n")[0]
