@@ -66,10 +66,10 @@ def _step(img: np.ndarray, kind: str, v: float, rng: np.random.Generator) -> np.
 
     x = img.astype(np.float32)
     if kind == "motion":
-        n = int(round(v))
-        k = np.zeros((n, n), np.float32)
-        k[n // 2, :] = 1.0 / n
-        x = cv2.filter2D(x, -1, k, borderType=cv2.BORDER_REFLECT)
+        from vl_distill_ros.training.augment import motion_kernel
+
+        x = cv2.filter2D(x, -1, motion_kernel(int(round(v)), 0.0),
+                         borderType=cv2.BORDER_REFLECT)
     elif kind == "defocus":
         x = cv2.GaussianBlur(x, (0, 0), v)
     elif kind == "noise":

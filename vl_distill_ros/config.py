@@ -104,7 +104,8 @@ class AugmentConfig:
     blur_prob: float = 0.0
     blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.5])
     #: Probability of a linear motion blur (a camera or object moving during the exposure)
-    #: ``motion_blur_px`` long (pixels of the input size), at a random angle.
+    #: ``motion_blur_px`` long (pixels of the input size; an even length is rounded up to
+    #: the next odd one, so the kernel stays centred), at a random angle.
     motion_blur_prob: float = 0.0
     motion_blur_px: list[int] = field(default_factory=lambda: [3, 15])
     #: Largest standard deviation of additive Gaussian sensor noise (fraction of full scale).

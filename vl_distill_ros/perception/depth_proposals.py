@@ -1315,10 +1315,10 @@ def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalCo
     """Whether ``box`` is another object than each of ``network_boxes``: IoU at most
     ``fuse_network_iou`` with each, or at most ``fuse_network_partial_iou`` with each while
     it holds none and lies in none (:func:`fuse_proposals`)."""
-    ious = [box_iou(box, n) for n in network_boxes]
-    if max(ious) <= cfg.fuse_network_iou:
+    iou = max(box_iou(box, n) for n in network_boxes)
+    if iou <= cfg.fuse_network_iou:
         return True
-    return max(ious) <= cfg.fuse_network_partial_iou and not any(
+    return iou <= cfg.fuse_network_partial_iou and not any(
         _containment(n, box) >= cfg.fuse_containment
         or _containment(box, n) >= cfg.fuse_containment for n in network_boxes)
 
