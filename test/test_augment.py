@@ -94,6 +94,28 @@ def test_motion_blur_smears_along_its_line_only():
     assert torch.equal(_motion_blur(stripes, 1, 0.0), stripes)
 
 
+def test_teacher_views_are_the_students_framing_without_sensor_effects():
+    """``with_teacher_view``: the student's crops are those of ``__call__``; the teacher's
+    views show the same crop, flip and loose framing at the teacher's size, with no colour
+    jitter or sensor effects (the same as a student crop made without them)."""
+    images = _batch()
+    images[:, 20:30, 4:14] = torch.tensor((220, 30, 30), dtype=torch.uint8)  # left: not symmetric
+    frame = {"loose_prob": 0.5, "loose_pad": 0.5}
+    noisy = AugmentConfig(**frame, noise_sigma=0.2, blur_prob=1.0, white_balance=0.4)
+    aug = CropAugment(SPEC, jitter=0.3, aug=noisy)
+    student, views = aug.with_teacher_view(images, torch.Generator().manual_seed(5), 96)
+    assert torch.equal(student, aug(images, torch.Generator().manual_seed(5)))
+    assert views.dtype == np.uint8 and views.shape == (16, 96, 96, 3)
+    clean = CropAugment(SPEC, jitter=0.0, aug=AugmentConfig(**frame))(
+        images, torch.Generator().manual_seed(5))
+    small = torch.nn.functional.interpolate(
+        torch.from_numpy(views).permute(0, 3, 1, 2).float() / 255.0, size=(48, 48),
+        mode="bilinear", align_corners=False, antialias=True)
+    assert float((small - clean).abs().mean()) < 0.01
+    assert float((student - clean).abs().mean()) > 0.05   # the student's crops are degraded
+    assert aug.with_teacher_view(images, torch.Generator().manual_seed(5), 0)[1] is None
+
+
 def test_bad_settings_are_configuration_errors(tmp_path):
     for kwargs in ({"blur_prob": 1.5}, {"motion_blur_prob": -0.1}, {"motion_blur_px": [0, 5]},
                    {"motion_blur_px": [9, 3]}, {"white_balance": -0.1}, {"jpeg_quality": [90, 30]},

@@ -74,6 +74,7 @@ def test_open_clip_shapes_norms_determinism(tiny_teacher: OpenClipTeacher, tiny_
     txt = tiny_teacher.encode_texts(["a photo of a banana.", "a photo of a mug.", "x"])
     assert isinstance(tiny_teacher, Teacher)
     assert tiny_teacher.embed_dim == TINY_CFG["embed_dim"]
+    assert tiny_teacher.input_size == TINY_CFG["vision_cfg"]["image_size"]  # views made at it
     assert emb.shape == (5, tiny_teacher.embed_dim) and txt.shape == (3, tiny_teacher.embed_dim)
     _assert_unit(emb)
     _assert_unit(txt)

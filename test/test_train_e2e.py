@@ -636,3 +636,33 @@ def test_checkpoint_with_a_retired_config_key_still_loads(toy: Path):
                      "trained_names": ["red ball"]}, run / FINAL)
     with pytest.raises(TrainingError, match=r"unknown keys \['threads'\]"):
         load_trained_student(run)
+
+
+def test_consistent_teacher_targets_embed_each_batchs_views(toy: Path, monkeypatch, capsys):
+    """``loss.teacher_targets: consistent``: every training step the teacher embeds the
+    batch's views (at its own input size, uint8), and those embeddings are what the losses
+    match: the same seed with cached targets gives other losses."""
+    from vl_distill_ros.model.teachers.conse import ConSETeacher
+
+    calls: list[list[tuple]] = []
+    real = ConSETeacher.encode_images
+
+    def spy(self, images):
+        images = list(images)
+        calls.append([im.shape for im in images])
+        assert all(im.dtype == np.uint8 for im in images)
+        return real(self, images)
+
+    monkeypatch.setattr(ConSETeacher, "encode_images", spy)
+    cfg = _config(toy, "consistent", optim={"epochs": 1},
+                  loss={"teacher_targets": "consistent"})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    steps = int(re.search(r"(\d+) steps/epoch", capsys.readouterr().out).group(1))
+    views = [c for c in calls if c and all(s == (224, 224, 3) for s in c)]
+    assert len(views) == steps and sum(map(len, views)) == steps * 8
+    cached = _config(toy, "cached_one_epoch", optim={"epochs": 1})
+    assert cli_main(["train", "--config", str(cached), "--no-progress"]) == 0
+    a, b = _rows(toy / "consistent")[0], _rows(toy / "cached_one_epoch")[0]
+    assert a["imcst"] != pytest.approx(b["imcst"], rel=1e-3), (a, b)
+    with pytest.raises(Exception, match="teacher_targets"):
+        load_train_config(_config(toy, "bad_targets", loss={"teacher_targets": "online"}))

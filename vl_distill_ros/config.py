@@ -88,6 +88,13 @@ class LossConfig:
     vlkl_weight: float = 0.0
     #: L_vl-kl temperature.
     vlkl_tau: float = 0.05
+    #: The teacher's image embeddings the losses match: ``cached`` (of the un-augmented
+    #: images, computed once and cached on disk, as the paper's code) or ``consistent``
+    #: (the teacher embeds, every step, the same view the student is shown: the same crop,
+    #: flip and loose or cut framing, before colour jitter and the sensor effects, which stay
+    #: the student's alone; Beyer et al., CVPR 2022, "function matching"). ``consistent``
+    #: runs the teacher on every training batch.
+    teacher_targets: str = "cached"
 
 
 @dataclass
@@ -258,6 +265,7 @@ CHOICES = {
     "loss.imcst_direction": ("both", "single"),
     "loss.vlprox_reduction": ("batch", "masked"),
     "loss.cls_label_set": ("id", "id+aux"),
+    "loss.teacher_targets": ("cached", "consistent"),
 }
 
 

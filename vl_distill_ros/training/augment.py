@@ -48,10 +48,20 @@ class CropAugment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 3, S, S) normalised float."""
+        return self.with_teacher_view(images, generator, 0)[0]
+
+    def with_teacher_view(self, images: torch.Tensor, generator: torch.Generator,
+                          teacher_size: int) -> tuple[torch.Tensor, np.ndarray | None]:
+        """As :meth:`__call__`, and (``teacher_size`` > 0) the same views for the teacher:
+        (N, T, T, 3) uint8, the same crop, flip and loose or cut framing resized to
+        ``teacher_size``, without colour jitter or sensor effects (None when 0). The
+        student's crops and the generator's draws are the same either way."""
         n, h, w, _ = images.shape
         size = self.spec.image_size
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
         out = torch.empty(n, 3, size, size, device=x.device)
+        views = (np.empty((n, teacher_size, teacher_size, 3), np.uint8) if teacher_size > 0
+                 else None)
         r = torch.rand(n, 6, generator=generator)
         extra = None
         if self.aug is not None:  # its own stream: the draws above stay as without it
@@ -71,12 +81,18 @@ class CropAugment:
             cw, ch = max(8, min(w, cw)), max(8, min(h, ch))
             x0 = int(r[i, 2].item() * (w - cw + 1)) if w > cw else 0
             y0 = int(r[i, 3].item() * (h - ch + 1)) if h > ch else 0
-            crop = img[:, :, y0:y0 + ch, x0:x0 + cw]
-            crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
-                                 antialias=True)
-            if r[i, 4].item() < 0.5:
+            region = img[:, :, y0:y0 + ch, x0:x0 + cw]
+            crop = F.interpolate(region, size=(size, size), mode="bilinear",
+                                 align_corners=False, antialias=True)
+            flip = r[i, 4].item() < 0.5
+            if flip:
                 crop = crop.flip(-1)
             out[i] = crop[0]
+            if views is not None:
+                view = F.interpolate(region, size=(teacher_size, teacher_size), mode="bilinear",
+                                     align_corners=False, antialias=True)[0]
+                view = view.flip(-1) if flip else view
+                views[i] = (view.clamp(0, 1) * 255.0 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
         if self.jitter > 0:
             j = self.jitter
             u = torch.rand(n, 3, generator=generator).to(x.device) * 2 * j + (1 - j)
@@ -90,7 +106,7 @@ class CropAugment:
             out = self._sensor(out, extra)
         mean = torch.tensor(self.spec.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1)
-        return (out - mean) / std
+        return (out - mean) / std, views
 
     def _loose_or_cut(self, img: torch.Tensor, rng: np.random.Generator
                       ) -> tuple[torch.Tensor, tuple[float, float]]:

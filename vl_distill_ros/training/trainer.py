@@ -421,9 +421,26 @@ class _Run:
     text_emb: torch.Tensor
     broad: torch.Tensor | None
     local_bs: int
+    teacher: "LazyTeacher"
     steps_per_epoch: int
     total_steps: int
     warmup: int
+
+
+def _batch(run: _Run, idx: torch.Tensor, aug_gen: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's augmented batch and the teacher embeddings it is matched to: cached
+    ones of the un-augmented images, or (``loss.teacher_targets: consistent``) the
+    teacher's embeddings of the same views, computed now."""
+    device = run.env.device
+    if run.cfg.loss.teacher_targets != "consistent":
+        x = run.augment(run.images[idx], aug_gen)
+        return x.to(device), run.targets[idx].to(device)
+    teacher = run.teacher.get()
+    x, views = run.augment.with_teacher_view(run.images[idx], aug_gen, teacher.input_size)
+    with torch.no_grad():
+        targets = teacher.encode_images(list(views))
+    return x.to(device), targets.float().to(device)
 
 
 def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
@@ -445,11 +462,11 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
         for group in run.optimizer.param_groups:
             group["lr"] = lr_at(g, run.total_steps, run.warmup, cfg.optim.lr) * group["lr_scale"]
         idx = shard_indices(perm, step, run.local_bs, env.rank, env.world)
-        x = run.augment(run.images[idx], aug_gen).to(env.device)
+        x, targets = _batch(run, idx, aug_gen)
         if cfg.optim.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         s = run.model(x)
-        total, parts = run.loss_fn(s, run.targets[idx].to(env.device), run.text_emb,
+        total, parts = run.loss_fn(s, targets, run.text_emb,
                                    run.labels[idx].to(env.device), run.broad, as_float=False)
         run.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -518,6 +535,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
     teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
     targets = _targets(cfg, env, teacher, train_data, progress)
+    if cfg.loss.teacher_targets == "consistent":
+        teacher.get().to(env.device)  # it embeds every training batch
     text_emb = text_classifier(teacher, train_set.cls_vocab, cfg.data).to(env.device)
     embed_dim = text_emb.shape[1]
     val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
@@ -532,7 +551,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     run = _Run(cfg, env, student, model, optimizer, DistillLoss(cfg.loss),
                augment, torch.from_numpy(train_data.images),
                torch.from_numpy(train_data.labels), targets, text_emb, broad, local_bs,
-               steps_per_epoch, steps_per_epoch * cfg.optim.epochs,
+               teacher, steps_per_epoch, steps_per_epoch * cfg.optim.epochs,
                int(cfg.optim.warmup_epochs * steps_per_epoch))
     log = _CsvLog(out) if env.is_main else None
     if env.is_main:

@@ -26,6 +26,9 @@ class Teacher(ABC):
     id: str
     #: Embedding dimension D.
     embed_dim: int
+    #: Side (pixels) of the square image the image encoder works at; training crops shown
+    #: to the teacher (``loss.teacher_targets: consistent``) are made at this size.
+    input_size: int = 224
 
     @abstractmethod
     def encode_images(self, images: ImageBatch) -> torch.Tensor:

@@ -256,6 +256,8 @@ class OpenClipTeacher(Teacher):
             raise
         self.id = open_clip_teacher_id(model, pretrained)
         self._model = net.eval().requires_grad_(False).to(self.device)
+        size = getattr(getattr(net, "visual", None), "image_size", 224)
+        self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model)
         self.embed_dim = int(open_clip.get_model_config(model)["embed_dim"])
