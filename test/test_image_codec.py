@@ -155,8 +155,8 @@ def test_non_contiguous_memoryview() -> None:
 # errors
 # ---------------------------------------------------------------------------------------
 def test_unsupported_encoding_lists_supported() -> None:
-    with pytest.raises(ImageDecodeError, match="unsupported image encoding 'yuv422'") as err:
-        decode_image("yuv422", H, W, W * 2, bytes(H * W * 2))
+    with pytest.raises(ImageDecodeError, match="unsupported image encoding 'nv21'") as err:
+        decode_image("nv21", H, W, W, bytes(H * W * 3 // 2))
     for enc in SUPPORTED_ENCODINGS:
         assert enc in str(err.value)
 
@@ -234,3 +234,59 @@ def test_encode_rgb8_non_contiguous_view(rgb: np.ndarray) -> None:
 def test_encode_rgb8_rejects(bad: np.ndarray) -> None:
     with pytest.raises(ValueError):
         encode_rgb8(bad)
+
+
+def _pairs_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Random colours, each shared by a pixel pair (YUV 4:2:2 keeps one U, V per pair)."""
+    rng = np.random.default_rng(seed)
+    return np.repeat(rng.integers(0, 256, (height, width // 2, 3)), 2, axis=1).astype(float)
+
+
+def _bt601_video(rgb: np.ndarray) -> list[np.ndarray]:
+    """Y, U, V (uint8) of RGB by ITU-R BT.601 in video range (Y 16-235), as cameras send."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    return [np.clip(np.round(c), 0, 255).astype(np.uint8) for c in (y, u, v)]
+
+
+@pytest.mark.parametrize("encoding, order", [("yuv422", "UYVY"), ("uyvy", "UYVY"),
+                                             ("yuv422_yuy2", "YUYV"), ("yuyv", "YUYV")])
+def test_yuv422_packed_pairs(encoding: str, order: str) -> None:
+    """Packed 4:2:2 in either byte order decodes to the colours it was made from (BT.601
+    video range, rounding aside); the other byte order does not, nor does an odd width."""
+    h, w = 6, 8
+    rgb = _pairs_rgb(h, w)
+    y, u, v = _bt601_video(rgb)
+    planes = {"Y0": y[:, 0::2], "Y1": y[:, 1::2], "U": u[:, 0::2], "V": v[:, 0::2]}
+    names = ["U", "Y0", "V", "Y1"] if order == "UYVY" else ["Y0", "U", "Y1", "V"]
+    packed = np.stack([planes[n] for n in names], -1).reshape(h, w * 2)
+    out = decode_image(encoding, h, w, w * 2 + 3, _pad_rows(packed, w * 2 + 3))
+    _check_output(out, h, w)
+    assert np.abs(out - rgb).max() <= 2
+    other = "yuv422_yuy2" if order == "UYVY" else "yuv422"
+    assert np.abs(decode_image(other, h, w, w * 2, packed.tobytes()) - rgb).max() > 40
+    with pytest.raises(ImageDecodeError, match="width must be even"):
+        decode_image(encoding, h, w - 1, (w - 1) * 2, packed[:, :-2].tobytes())
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_mosaic_demosaiced(pattern: str) -> None:
+    """A mosaic of a smooth image in each 2x2 layout demosaics back to it (inside a 2-pixel
+    border); read as another layout it does not; a frame under 2x2 is refused."""
+    h, w = 32, 40
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([40 + 4 * xx, 200 - 3 * yy, 100 + 2 * xx + yy], -1).clip(0, 255)
+    channel = {"r": 0, "g": 1, "b": 2}
+    mosaic = np.zeros((h, w), np.uint8)
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, channel[pattern[k]]]
+    out = decode_image(f"bayer_{pattern}8", h, w, w + 2, _pad_rows(mosaic, w + 2))
+    _check_output(out, h, w)
+    assert np.abs(out[2:-2, 2:-2].astype(int) - rgb[2:-2, 2:-2]).max() <= 2
+    wrong = "bayer_bggr8" if pattern == "rggb" else "bayer_rggb8"
+    assert np.abs(decode_image(wrong, h, w, w, mosaic.tobytes())[2:-2, 2:-2].astype(int)
+                  - rgb[2:-2, 2:-2]).max() > 40
+    with pytest.raises(ImageDecodeError, match="at least 2x2"):
+        decode_image(f"bayer_{pattern}8", 1, 4, 4, bytes(4))

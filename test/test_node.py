@@ -229,7 +229,17 @@ def make_msg(encoding: str, rgb: np.ndarray, frame_id: str, sec: int, pad: int =
     pixels = {"rgb8": rgb, "bgr8": rgb[..., ::-1],
               "rgba8": np.dstack([rgb, np.full((h, w), 255, np.uint8)]),
               "bgra8": np.dstack([rgb[..., ::-1], np.full((h, w), 255, np.uint8)]),
-              "mono8": gray, "mono16": gray.astype("<u2") * 200}[encoding]
+              "mono8": gray, "mono16": gray.astype("<u2") * 200}.get(encoding)
+    if encoding == "yuv422_yuy2":   # Y0 U Y1 V, BT.601 video range, U and V of the pair's left
+        f = rgb.astype(float)
+        y = 16 + f @ np.array([65.481, 128.553, 24.966]) / 255
+        u = 128 + f @ np.array([-37.797, -74.203, 112.0]) / 255
+        v = 128 + f @ np.array([112.0, -93.786, -18.214]) / 255
+        pixels = np.stack([y[:, 0::2], u[:, 0::2], y[:, 1::2], v[:, 0::2]], -1)
+        pixels = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    elif encoding == "bayer_rggb8":
+        pixels = rgb[..., 1].copy()
+        pixels[0::2, 0::2], pixels[1::2, 1::2] = rgb[0::2, 0::2, 0], rgb[1::2, 1::2, 2]
     rows = np.ascontiguousarray(pixels).reshape(h, -1).view(np.uint8)
     if pad:
         rows = np.hstack([rows, np.zeros((h, pad), np.uint8)])
@@ -273,7 +283,8 @@ def test_every_encoding_is_labelled_and_malformed_frames_are_skipped(ctx, tester
         assert not node.set_parameters([Parameter("top_k", value=0)])[0].successful
 
         for i, (enc, pad) in enumerate([("rgb8", 4), ("bgr8", 0), ("rgba8", 0), ("bgra8", 8),
-                                        ("mono8", 3), ("mono16", 0)]):
+                                        ("mono8", 3), ("mono16", 0), ("yuv422_yuy2", 2),
+                                        ("bayer_rggb8", 0)]):
             h, w = 40 + 2 * i, 56 + 4 * i
             msg = make_msg(enc, colour_image(h, w, YELLOW, i), f"frame_{enc}", 100 + i, pad)
             doc = publish_until_labelled(tester, f"{ns}/cam_a/image", msg, labels)
@@ -298,7 +309,7 @@ def test_every_encoding_is_labelled_and_malformed_frames_are_skipped(ctx, tester
         truncated = make_msg("bgr8", rgb_image(30, 40), "bad_trunc", 3)
         truncated.data = bytes(truncated.data)[: len(truncated.data) // 2]
         unsupported = make_msg("rgb8", rgb_image(30, 40), "bad_enc", 4)
-        unsupported.encoding = "yuv422"
+        unsupported.encoding = "nv21"
         cam = next(c for c in node._cameras if c.resolved == cam_b)
         for k, bad in enumerate((good, truncated, unsupported), start=1):
             tester.publish(cam_b, bad)  # one at a time: frames are "latest wins" per camera
@@ -312,7 +323,7 @@ def test_every_encoding_is_labelled_and_malformed_frames_are_skipped(ctx, tester
         assert wait_for(lambda: (tester.camera_status(fqn, cam_b) or {}).get("bad_frames") == "3",
                         5.0)
         st = tester.camera_status(fqn, cam_b)
-        assert st["last_error"] and "yuv422" in st["last_error"]
+        assert st["last_error"] and "nv21" in st["last_error"]
         assert tester.camera_status(fqn, f"{ns}/cam_a/image")["bad_frames"] == "0"
 
         # runtime crop settings: rois, and the annotated image output

@@ -41,12 +41,31 @@ class ImageDecodeError(ValueError):
 #: Encodings :func:`decode_image` accepts (``8UC3`` is read as ``bgr8``, ``8UC1`` as ``mono8``
 #: and ``16UC1`` as ``mono16``, as ``cv_bridge`` does).
 SUPPORTED_ENCODINGS: tuple[str, ...] = (
-    "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "8UC1", "8UC3")
+    "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "8UC1", "8UC3",
+    "yuv422", "uyvy", "yuv422_yuy2", "yuyv",
+    "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8")
 
 #: Bytes per pixel of every supported encoding.
 BYTES_PER_PIXEL: dict[str, int] = {
     "rgb8": 3, "bgr8": 3, "8UC3": 3, "rgba8": 4, "bgra8": 4,
     "mono8": 1, "8UC1": 1, "mono16": 2, "16UC1": 2,
+    "yuv422": 2, "uyvy": 2, "yuv422_yuy2": 2, "yuyv": 2,
+    "bayer_rggb8": 1, "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1,
+}
+
+#: Packed YUV 4:2:2 (two pixels share U and V; ITU-R BT.601) as USB and RealSense colour
+#: cameras send it, -> OpenCV conversion to RGB: ``yuv422`` / ``uyvy`` are U Y0 V Y1,
+#: ``yuv422_yuy2`` / ``yuyv`` are Y0 U Y1 V (ROS's sensor_msgs names and their newer aliases).
+_YUV422_TO_RGB: dict[str, int] = {
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+}
+
+#: Raw 8-bit Bayer mosaics (industrial cameras), named by their top-left 2x2 cell, ->
+#: OpenCV's demosaicing to RGB.
+_BAYER_TO_RGB: dict[str, int] = {
+    "bayer_rggb8": cv2.COLOR_BayerRGGB2RGB, "bayer_bggr8": cv2.COLOR_BayerBGGR2RGB,
+    "bayer_gbrg8": cv2.COLOR_BayerGBRG2RGB, "bayer_grbg8": cv2.COLOR_BayerGRBG2RGB,
 }
 
 # encoding -> OpenCV conversion to RGB (None: already RGB)
@@ -118,10 +137,13 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
         A new, writable, C-contiguous ``(height, width, 3)`` uint8 RGB array that does not share
         memory with ``data``. 16-bit mono is scaled as ``round(x * 255 / max(frame))`` (a frame
         whose maximum is 0 stays black) and replicated to three channels, as is 8-bit mono.
+        Packed YUV 4:2:2 (BT.601) is converted, an 8-bit Bayer mosaic demosaiced (OpenCV's
+        bilinear demosaicing).
 
     Raises:
         ImageDecodeError: unsupported encoding, empty frame, frame too large, ``step`` too
-            small, or ``data`` not ``step * height`` bytes long; the message gives the values.
+            small, ``data`` not ``step * height`` bytes long, an odd width in YUV 4:2:2 or a
+            Bayer frame under 2x2 pixels; the message gives the values.
     """
     if encoding not in BYTES_PER_PIXEL:
         raise ImageDecodeError(
@@ -152,6 +174,8 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
             f"{expected}")
 
     rows = buf.reshape(height, step)[:, :row_bytes]  # strided view, no copy
+    if encoding in _YUV422_TO_RGB or encoding in _BAYER_TO_RGB:
+        return _decode_packed(encoding, rows, height, width)
     if bpp == 2:
         dtype = np.dtype(">u2" if is_bigendian else "<u2")
         mono16 = rows.view(dtype)  # (H, W), last axis contiguous
@@ -174,6 +198,20 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
     if code is None:
         return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     return cv2.cvtColor(pixels, code)
+
+
+def _decode_packed(encoding: str, rows: np.ndarray, height: int, width: int) -> np.ndarray:
+    """YUV 4:2:2 or Bayer ``rows`` ((H, row_bytes) uint8) -> RGB (H, W, 3)."""
+    if encoding in _YUV422_TO_RGB:
+        if width % 2:
+            raise ImageDecodeError(f"encoding {encoding!r} packs two pixels in four bytes: the "
+                                   f"width must be even, got {width}")
+        pairs = np.ascontiguousarray(rows).reshape(height, width, 2)
+        return cv2.cvtColor(pairs, _YUV422_TO_RGB[encoding])
+    if height < 2 or width < 2:
+        raise ImageDecodeError(f"encoding {encoding!r} is a 2x2 colour mosaic: the frame must "
+                               f"be at least 2x2 pixels, got {width}x{height}")
+    return cv2.cvtColor(np.ascontiguousarray(rows), _BAYER_TO_RGB[encoding])
 
 
 def encode_rgb8(image: np.ndarray) -> tuple[str, int, int, int, bytes]:
