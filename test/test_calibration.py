@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.model.calibration import (Calibration, CalibrationError, adjusted_scores,
-                                              auroc, bias_curve, bias_vector, choose_seen_bias,
+                                              auroc, bias_curve, bias_vector, center_embeddings,
+                                              choose_seen_bias,
                                               gzsl_accuracies, harmonic_mean,
                                               mean_class_accuracy, threshold_for_coverage)
 
@@ -86,7 +87,27 @@ def test_record_round_trip_and_validation():
     for data in bad:
         with pytest.raises(CalibrationError):
             Calibration.from_dict(data)
+    centred = Calibration(seen_bias=0.05, unknown_threshold=0.4, score_temperature=0.01,
+                          trained_names=("banana",), embedding_center=[0.3, -0.4, 0.0])
+    assert Calibration.from_dict(centred.to_dict()) == centred
+    assert centred.embedding_center == (0.3, -0.4, 0.0) and rec.embedding_center == ()
+    for centre in ([0.8, 0.8], [float("nan")], "0.1", [True], [0.1] * 5000):
+        with pytest.raises(CalibrationError, match="embedding_center"):
+            Calibration.from_dict(dict(rec.to_dict(), embedding_center=centre))
     incomplete = rec.to_dict()
     del incomplete["unknown_threshold"]
     with pytest.raises(CalibrationError, match="lacks"):
         Calibration.from_dict(incomplete)
+
+
+def test_centring_subtracts_the_mean_and_renormalises():
+    rng = np.random.default_rng(3)
+    e = rng.normal(size=(6, 5))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    c = 0.5 * e.mean(axis=0)
+    out = center_embeddings(e, c)
+    want = (e - c) / np.linalg.norm(e - c, axis=1, keepdims=True)
+    assert out.dtype == np.float32 and np.allclose(out, want, atol=1e-6)
+    assert center_embeddings(e, ()) is e
+    rec = Calibration(0.0, 0.5, 0.01, ("a",), embedding_center=tuple(c))
+    assert np.allclose(rec.center(e), want, atol=1e-6)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from vl_distill_ros.config import (ConfigError, TrainConfig, apply_overrides,
-                                   load_train_config)
+                                   load_train_config, to_dict)
 
 
 def test_shipped_train_config_loads(repo_root: Path, monkeypatch):
@@ -207,6 +207,14 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     assert len({c.output_dir for c in cfgs}) == len(cfgs)     # no two rows share runs
     last, row6 = cfgs[-1], load_train_config("config/ablation/gzsl_augment.yaml")
     assert spec["runs"][-1]["config"] == "config/ablation/gzsl_blur.yaml"
+    # the centred calibration (tried, not the default) recalibrates the default's students:
+    # the same training settings
+    centred = load_train_config("config/ablation/gzsl_center.yaml")
+    assert centred.calibration.center and not last.calibration.center
+    a, b = to_dict(last), to_dict(centred)
+    for d in (a, b):
+        del d["name"], d["output_dir"], d["calibration"]["center"]
+    assert a == b
     assert last.data.augment.motion_blur_prob > 0 and row6.data.augment.motion_blur_prob == 0
     for name in ("white_balance", "exposure", "noise_sigma", "jpeg_prob", "loose_prob",
                  "cut_prob"):

@@ -372,6 +372,25 @@ def test_bundle_with_a_bad_calibration_record_is_rejected(tmp_path, text_emb, di
         load_bundle(bad)
 
 
+def test_bundle_centre_is_subtracted_before_scoring(tmp_path, text_emb, direction):
+    """A calibration centre is subtracted from the student's embedding (then re-normalised)
+    before the cosines: a centre along 'power drill' moves the label off it; the scores are
+    the softmax of the centred cosines. A centre of the wrong size is refused."""
+    from vl_distill_ros.model.bundle import BundleError
+
+    centre = 0.9 * text_emb[2]
+    b = _calibrated_bundle(tmp_path, text_emb, direction,
+                           embedding_center=tuple(centre.tolist()))
+    pipe = PerceptionPipeline(b, crop_source="full_frame", unknown_threshold=0.0)
+    (o,), _ = pipe.process(frame())
+    centred = unit(direction - centre)
+    probs = torch.softmax((text_emb @ centred) / 0.01, dim=0)
+    assert o.label == NAMES[int(probs.argmax())] != "power drill"
+    assert o.score == pytest.approx(float(probs.max()), abs=1e-4)
+    with pytest.raises(BundleError, match="centre"):
+        _calibrated_bundle(tmp_path, text_emb, direction, embedding_center=(0.1,) * (DIM + 1))
+
+
 def test_negative_names_lower_the_score_of_look_alikes(tmp_path, text_emb, direction):
     """A trained name outside the vocabulary whose embedding is what the crop looks like
     takes the probability mass: every active name scores low, the crop becomes unknown."""

@@ -666,3 +666,37 @@ def test_consistent_teacher_targets_embed_each_batchs_views(toy: Path, monkeypat
     assert a["imcst"] != pytest.approx(b["imcst"], rel=1e-3), (a, b)
     with pytest.raises(Exception, match="teacher_targets"):
         load_train_config(_config(toy, "bad_targets", loss={"teacher_targets": "online"}))
+
+
+def test_centred_calibration_is_the_mean_calibration_embedding(toy: Path):
+    """``calibration.center``: the record's centre is the mean student embedding of the
+    calibration crops (ID and pseudo-unseen), the bias curve is computed on the centred
+    embeddings, evaluation scores centred embeddings, and the bundle carries the centre."""
+    import torch
+
+    from vl_distill_ros.training.data import (full_vocabulary, load_vocabularies,
+                                              outside_split_keys)
+    from vl_distill_ros.training.image_folder import load_image_folder
+    from vl_distill_ros.training.trainer import embed_images, load_trained_student
+
+    aux = toy / "aux"
+    cfg = _config(toy, "run_centre", optim={"epochs": 1},
+                  data={"aux_splits": [str(aux / "aux")]}, loss={"cls_label_set": "id+aux"},
+                  calibration={"seen": str(aux / "calib_id"), "unseen": str(aux / "calib_unseen"),
+                               "center": True})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    run = toy / "run_centre"
+    rec = json.loads((run / "calibration.json").read_text())["calibration"]
+    student, tcfg, _ = load_trained_student(run)
+    vocabs, full = load_vocabularies(tcfg.data), full_vocabulary(tcfg.data)
+    keys = outside_split_keys(tcfg.calibration.unseen, full, vocabs, "calibration.unseen")
+    images = [load_image_folder(aux / "calib_id", vocabs.id, keys=vocabs.id.keys).images,
+              load_image_folder(aux / "calib_unseen", full, keys=keys).images]
+    emb = embed_images(student, np.concatenate(images), torch.device("cpu")).numpy()
+    assert np.allclose(rec["embedding_center"], emb.mean(axis=0), atol=1e-5)
+    assert 0.0 < np.linalg.norm(rec["embedding_center"]) < 1.0
+    assert cli_main(["eval", "--run", str(run), "--no-progress"]) == 0
+    bundle_path = toy / "centre.vdb"
+    assert cli_main(["export", "--run", str(run), "--out", str(bundle_path), "--no-onnx"]) == 0
+    b = load_bundle(bundle_path)
+    assert np.allclose(b.calibration.embedding_center, rec["embedding_center"])

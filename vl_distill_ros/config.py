@@ -202,6 +202,11 @@ class CalibrationConfig:
     #: The bias maximises H among biases that keep at least this fraction of the student's
     #: unbiased seen accuracy on the calibration images (0: H alone, plain stacking).
     keep_seen: float = 0.97
+    #: Subtract the mean student embedding of the calibration crops from every embedding
+    #: before scoring (stored in the bundle; hubness reduction, see
+    #: :mod:`vl_distill_ros.model.calibration`); the bias, temperature and threshold are
+    #: then chosen on the centred embeddings.
+    center: bool = False
     #: Trained names outside the active vocabulary act as open-set negatives.
     negatives: bool = True
     #: Negatives whose text cosine to an active name reaches this are dropped.

@@ -103,6 +103,29 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _calibration_members(calibration: Calibration | None, trained_embeddings: Any,
+                         embed_dim: int) -> dict[str, bytes]:
+    """The bundle members a calibration record needs (the trained names' text embeddings
+    for its negatives), after checking it fits a student of ``embed_dim``."""
+    if calibration is None:
+        return {}
+    if calibration.embedding_center and len(calibration.embedding_center) != embed_dim:
+        raise BundleError(f"the calibration centre has {len(calibration.embedding_center)} "
+                          f"values, the student's embeddings {embed_dim}")
+    if not calibration.negatives:
+        return {}
+    if trained_embeddings is None:
+        raise BundleError("a calibration record with negatives needs the trained names' "
+                          "text embeddings")
+    tr = np.asarray(torch.as_tensor(trained_embeddings).detach().float().cpu())
+    if tr.shape != (len(calibration.trained_names), embed_dim):
+        raise BundleError(f"trained embeddings {tr.shape} do not match "
+                          f"{len(calibration.trained_names)} trained names x {embed_dim} dims")
+    tr_bytes = io.BytesIO()
+    np.save(tr_bytes, tr.astype(np.float32))
+    return {TRAINED_EMB: tr_bytes.getvalue()}
+
+
 def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tensor,
                 vocabulary: Vocabulary, teacher_id: str, teacher_spec: dict[str, Any],
                 templates: list[str], enrich: bool, metrics: dict | None = None,
@@ -133,19 +156,8 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
     torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, weights)
     emb_bytes = io.BytesIO()
     np.save(emb_bytes, emb.astype(np.float32))
-    members = {WEIGHTS: weights.getvalue(), TEXT_EMB: emb_bytes.getvalue()}
-    if calibration is not None and calibration.negatives:
-        if trained_embeddings is None:
-            raise BundleError("a calibration record with negatives needs the trained names' "
-                              "text embeddings")
-        tr = np.asarray(torch.as_tensor(trained_embeddings).detach().float().cpu())
-        if tr.shape != (len(calibration.trained_names), student.embed_dim):
-            raise BundleError(f"trained embeddings {tr.shape} do not match "
-                              f"{len(calibration.trained_names)} trained names x "
-                              f"{student.embed_dim} dims")
-        tr_bytes = io.BytesIO()
-        np.save(tr_bytes, tr.astype(np.float32))
-        members[TRAINED_EMB] = tr_bytes.getvalue()
+    members = {WEIGHTS: weights.getvalue(), TEXT_EMB: emb_bytes.getvalue(),
+               **_calibration_members(calibration, trained_embeddings, student.embed_dim)}
     onnx_info: dict | None = None
     if onnx:
         from .runtime import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, RuntimeBackendError, \
@@ -289,6 +301,10 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
             calibration = Calibration.from_dict(manifest["calibration"])
         except CalibrationError as exc:
             raise BundleError(f"{path}: invalid calibration record: {exc}") from None
+        if calibration.embedding_center and len(calibration.embedding_center) != embed_dim:
+            raise BundleError(f"{path}: invalid calibration record: embedding_center has "
+                              f"{len(calibration.embedding_center)} values, expected "
+                              f"{embed_dim}")
     trained_emb = None
     if calibration is not None and calibration.negatives:
         if TRAINED_EMB not in members:

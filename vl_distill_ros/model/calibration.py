@@ -21,6 +21,15 @@ so a crop that looks like an object the student knows by another name gets a low
 every active name (cf. negative-label open-set detection, Jiang et al., ICLR 2024). The
 scores of a frame then sum to at most 1.
 
+**Centring** (optional, ``embedding_center``). Student embeddings share a common
+direction, so every crop lies near the same trained names (hubness: Radovanovic et al.,
+JMLR 2010; in zero-shot learning, Dinu et al., ICLR 2015 workshop). The mean embedding
+``c`` of the calibration crops is subtracted before anything is scored::
+
+    S'(x) = normalise(S(x) - c)
+
+and the cosines above are taken with S'(x).
+
 A crop whose best score is below ``unknown_threshold`` is ``unknown``. The bias, the
 temperature and the threshold are chosen after training on calibration images that never
 include the split's OOD objects (ID objects plus pseudo-unseen auxiliary objects) and
@@ -34,7 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Calibration", "CalibrationError", "bias_vector", "adjusted_scores", "negative_mask",
+__all__ = ["Calibration", "CalibrationError", "center_embeddings", "bias_vector",
+           "adjusted_scores", "negative_mask",
            "mean_class_accuracy", "harmonic_mean", "auroc", "choose_seen_bias",
            "threshold_for_coverage"]
 
@@ -72,6 +82,9 @@ class Calibration:
     #: embeddings in the bundle); negatives this close (cosine) to an active name are dropped.
     negatives: bool = False
     negative_similarity: float = 0.8
+    #: Mean student embedding of the calibration crops, subtracted from every embedding
+    #: before scoring (:meth:`center`); empty: none.
+    embedding_center: tuple[float, ...] = ()
 
     #: Numeric fields: (lowest, highest, lowest excluded).
     _RANGES = {"seen_bias": (0.0, 1.0, False), "unknown_threshold": (0.0, 1.0, False),
@@ -98,11 +111,18 @@ class Calibration:
         if not isinstance(self.negatives, bool):
             raise CalibrationError(f"calibration negatives must be true/false, got "
                                    f"{self.negatives!r}")
+        object.__setattr__(self, "embedding_center", _center_tuple(self.embedding_center))
+
+    def center(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, D) unit embeddings -> the same, centred (``embedding_center`` subtracted) and
+        re-normalised; unchanged when the record has no centre."""
+        return center_embeddings(embeddings, self.embedding_center)
 
     def to_dict(self) -> dict:
         """JSON-ready form (the manifest's ``calibration`` entry)."""
         d = asdict(self)
         d["trained_names"] = list(self.trained_names)
+        d["embedding_center"] = list(self.embedding_center)
         return d
 
     @classmethod
@@ -116,14 +136,47 @@ class Calibration:
         if missing:
             raise CalibrationError(f"calibration record lacks {missing}")
         unknown = sorted(set(data) - required - {"chosen_on", "negatives",
-                                                 "negative_similarity"})
+                                                 "negative_similarity", "embedding_center"})
         if unknown:
             raise CalibrationError(f"calibration record has unknown keys {unknown}")
         return cls(seen_bias=data["seen_bias"], unknown_threshold=data["unknown_threshold"],
                    score_temperature=data["score_temperature"],
                    trained_names=data["trained_names"], chosen_on=data.get("chosen_on", {}),
                    negatives=data.get("negatives", False),
-                   negative_similarity=data.get("negative_similarity", 0.8))
+                   negative_similarity=data.get("negative_similarity", 0.8),
+                   embedding_center=data.get("embedding_center", ()))
+
+
+#: Largest embedding dimension a calibration centre may have (bounds a manifest's size).
+MAX_CENTER_DIM = 4096
+
+
+def _center_tuple(value: Any) -> tuple[float, ...]:
+    """``embedding_center`` validated: a list of finite numbers (a mean of unit vectors:
+    norm below 1), at most :data:`MAX_CENTER_DIM` long, or empty."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)):
+        raise CalibrationError(f"calibration embedding_center must be a list of numbers, got "
+                               f"{type(value).__name__}")
+    if len(value) > MAX_CENTER_DIM:
+        raise CalibrationError(f"calibration embedding_center has {len(value)} values, more "
+                               f"than {MAX_CENTER_DIM}")
+    if not all(not isinstance(v, bool) and isinstance(v, (int, float, np.floating))
+               for v in value):
+        raise CalibrationError("calibration embedding_center must hold numbers only")
+    out = np.asarray(value, np.float64)
+    if out.size and (not np.isfinite(out).all() or float(np.linalg.norm(out)) >= 1.0):
+        raise CalibrationError("calibration embedding_center must be finite with a norm "
+                               "below 1 (a mean of unit embeddings)")
+    return tuple(float(v) for v in out)
+
+
+def center_embeddings(embeddings: np.ndarray, center: Sequence[float]) -> np.ndarray:
+    """(N, D) embeddings minus ``center`` (D,), re-normalised to unit length, float32;
+    ``embeddings`` unchanged when ``center`` is empty."""
+    if len(center) == 0:
+        return embeddings
+    e = np.asarray(embeddings, np.float32) - np.asarray(center, np.float32)
+    return (e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-6)).astype(np.float32)
 
 
 def bias_vector(names: Sequence[str], trained_names: Sequence[str], seen_bias: float) -> np.ndarray:

@@ -668,6 +668,8 @@ class PerceptionPipeline:
                 batch = preprocess_crops([crop(image, b) for b in part], self.input_spec)
                 chunks.append(torch.from_numpy(self.runner.embed(batch)).float())
             emb = F.normalize(torch.cat(chunks), dim=-1)
+            if self.calibration is not None and self.calibration.embedding_center:
+                emb = torch.from_numpy(self.calibration.center(emb.numpy()))
             cos = emb @ active.embeddings.T                           # (N, L)
             bias = self.effective_seen_bias(settings) * active.trained_mask \
                 if active.trained_mask is not None else 0.0

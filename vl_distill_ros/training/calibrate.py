@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..model.calibration import (Calibration, CalibrationError, adjusted_scores, auroc,
-                                 bias_curve, bias_vector, choose_seen_bias, negative_mask,
-                                 threshold_for_coverage)
+                                 bias_curve, bias_vector, center_embeddings, choose_seen_bias,
+                                 negative_mask, threshold_for_coverage)
 from ..config import TrainConfig
 from .image_folder import DatasetError, load_image_folder
 from ..model.student import Student
@@ -50,10 +50,33 @@ def _open_set_auroc(cos_v: np.ndarray, bias: np.ndarray, cos_n: np.ndarray,
     return auroc(best[in_vocab], best[~in_vocab])
 
 
+def _check_new_to_the_student(full: Vocabulary, unseen_keys: list[str],
+                              trained_names: list[str]) -> None:
+    """Raise :class:`DatasetError` when a pseudo-unseen calibration object was trained on."""
+    trained_fold = {n.casefold() for n in trained_names}
+    overlap = [full[full.index(k)].name for k in unseen_keys
+               if full[full.index(k)].name.casefold() in trained_fold]
+    if overlap:
+        raise DatasetError(f"calibration.unseen objects {overlap} were trained on; pseudo-unseen "
+                           "objects must be new to the student")
+
+
+def _calibration_embeddings(emb: np.ndarray, center: bool
+                            ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The calibration crops' embeddings and the centre (their mean; empty without
+    ``center``), centred when there is one."""
+    if not center:
+        return emb, ()
+    mean = tuple(float(v) for v in emb.astype(np.float64).mean(axis=0))
+    return center_embeddings(emb, mean), mean
+
+
 def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
               trained_names: list[str], embed, device: torch.device) -> tuple[Calibration, list]:
     """Choose the calibration record on calibration images (never an OOD object):
 
+    0. with ``calibration.center``, the mean embedding of these crops is subtracted from
+       every embedding (here and wherever the record is used);
     1. the seen bias: highest H of seen vs pseudo-unseen accuracy among the biases that
        keep ``keep_seen`` of the unbiased seen accuracy (vocabulary: ID + pseudo-unseen);
     2. the temperature: best open-set AUROC when half of the pseudo-unseen objects are left
@@ -68,18 +91,14 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
     vocabs = load_vocabularies(cfg.data)
     full = full_vocabulary(cfg.data)
     unseen_keys = outside_split_keys(cal.unseen, full, vocabs, "calibration.unseen")
-    trained_fold = {n.casefold() for n in trained_names}
-    overlap = [full[full.index(k)].name for k in unseen_keys
-               if full[full.index(k)].name.casefold() in trained_fold]
-    if overlap:
-        raise DatasetError(f"calibration.unseen objects {overlap} were trained on; pseudo-unseen "
-                           "objects must be new to the student")
+    _check_new_to_the_student(full, unseen_keys, trained_names)
     vocab = full.subset(list(vocabs.id.keys) + unseen_keys)
     seen = load_image_folder(cal.seen, vocabs.id, keys=vocabs.id.keys)
     unseen = load_image_folder(cal.unseen, full, keys=unseen_keys)
     text = text_classifier(teacher, vocab, cfg.data).cpu().numpy()
-    emb = torch.cat([embed(student, seen.images, device),
-                     embed(student, unseen.images, device)]).numpy()
+    emb, center = _calibration_embeddings(
+        torch.cat([embed(student, seen.images, device),
+                   embed(student, unseen.images, device)]).numpy(), cal.center)
     cos = emb @ text.T
     target = np.concatenate([np.array([vocab.index(vocabs.id[i].key) for i in seen.labels]),
                              np.array([vocab.index(full[i].key) for i in unseen.labels])])
@@ -121,7 +140,7 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
     record = Calibration(
         seen_bias=best["bias"], unknown_threshold=threshold, score_temperature=temperature,
         trained_names=tuple(trained_names), negatives=bool(cal.negatives),
-        negative_similarity=cal.negative_similarity,
+        negative_similarity=cal.negative_similarity, embedding_center=center,
         chosen_on={"seen": str(cal.seen), "unseen": str(cal.unseen),
                    "unseen_objects": unseen_keys, "n_seen": int(len(seen)),
                    "n_unseen": int(len(unseen)), "vocabulary_size": len(vocab),

@@ -105,13 +105,14 @@ def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | Non
 
     result: dict = {**source, "name": cfg.name, "teacher_id": teacher.id,
                     "data_root": str(cfg.data.root), "enrich": cfg.data.enrich, "splits": {}}
-    all_s, all_t, all_y = [], [], []
+    all_s, all_t, all_y, all_raw = [], [], [], []
     for split, label_set in EVAL_SPLITS.items():
         vocab = vocabs.for_set(label_set)
         data = load_split_images(cfg.data.root, split, vocab)
         if data is None:
             continue
-        s = embed_images(student, data.images, device)
+        raw = embed_images(student, data.images, device)
+        s = _centred(raw, calibration)
         t = teacher_image_targets(teacher, data, cfg.data.cache_dir, cfg.teacher.batch_size,
                                   progress=progress)
         emb = text[label_set]
@@ -124,6 +125,7 @@ def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | Non
             "teacher_acc": tea["acc"], "teacher_macro_f1": tea["macro_f1"],
         }
         all_s.append(s)
+        all_raw.append(raw)
         all_t.append(t)
         all_y.append(np.array([vocabs.all.index(vocab[i].key) for i in data.labels]))
     if not all_s:
@@ -145,8 +147,10 @@ def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | Non
                             "student_macro_f1": macro_f1(sp, y, n_all),
                             "teacher_acc": accuracy(tp, y),
                             "teacher_macro_f1": macro_f1(tp, y, n_all)}
-    result["embedding"] = embedding_distances(s, t)
-    result["vlalign"] = vl_alignment(s, t, emb, ks=(2, 3, 5))
+    # the student's own space against the teacher's (before any calibration centring)
+    raw = torch.cat(all_raw)
+    result["embedding"] = embedding_distances(raw, t)
+    result["vlalign"] = vl_alignment(raw, t, emb, ks=(2, 3, 5))
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.diag(cm) / cm.sum(axis=1)
     result["per_class_acc"] = {vocabs.all[i].name: float(per_class[i])
@@ -161,6 +165,13 @@ def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | Non
     plot_per_class_accuracy(result["per_class_acc"], out / "per_class_accuracy.png",
                             title=f"{cfg.name}: per-class accuracy (all labels)")
     return result
+
+
+def _centred(embeddings: torch.Tensor, calibration: Calibration | None) -> torch.Tensor:
+    """Student embeddings as the node scores them: centred by the calibration record."""
+    if calibration is None or not calibration.embedding_center:
+        return embeddings
+    return torch.from_numpy(calibration.center(embeddings.numpy()))
 
 
 def summary_row(result: dict) -> dict[str, float]:
@@ -253,7 +264,7 @@ def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Ten
     full = full_vocabulary(cfg.data)
     keys = outside_split_keys(cfg.calibration.openset_test, full, vocabs, "openset_test")
     data = load_image_folder(cfg.calibration.openset_test, full, keys=keys)
-    s_oov = embed_images(student, data.images, device).numpy()
+    s_oov = _centred(embed_images(student, data.images, device), calibration).numpy()
     t_oov = teacher_image_targets(teacher, data, cfg.data.cache_dir, cfg.teacher.batch_size,
                                   progress=progress).numpy()
     splits = [k for k in ("test_shift_id", "test_ood") if k in per_split]
