@@ -383,6 +383,10 @@ class PerceptionPipeline:
         self.runner = make_runner(bundle, backend=inference_backend, threads=inference_threads)
         #: The bundle's calibration record (None: no bias, the fixed default threshold).
         self.calibration = bundle.calibration
+        #: The calibration's centre as a tensor, made once (None: embeddings not centred).
+        self._center = (torch.tensor(bundle.calibration.embedding_center, dtype=torch.float32)
+                        if bundle.calibration is not None
+                        and bundle.calibration.embedding_center else None)
         self._trained_emb = None
         if bundle.calibration is not None and bundle.calibration.negatives and \
                 bundle.trained_embeddings is not None:
@@ -668,8 +672,8 @@ class PerceptionPipeline:
                 batch = preprocess_crops([crop(image, b) for b in part], self.input_spec)
                 chunks.append(torch.from_numpy(self.runner.embed(batch)).float())
             emb = F.normalize(torch.cat(chunks), dim=-1)
-            if self.calibration is not None and self.calibration.embedding_center:
-                emb = torch.from_numpy(self.calibration.center(emb.numpy()))
+            if self._center is not None:   # as calibration.center_embeddings
+                emb = F.normalize(emb - self._center, dim=-1, eps=1e-6)
             cos = emb @ active.embeddings.T                           # (N, L)
             bias = self.effective_seen_bias(settings) * active.trained_mask \
                 if active.trained_mask is not None else 0.0

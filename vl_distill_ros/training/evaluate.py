@@ -169,9 +169,9 @@ def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | Non
 
 def _centred(embeddings: torch.Tensor, calibration: Calibration | None) -> torch.Tensor:
     """Student embeddings as the node scores them: centred by the calibration record."""
-    if calibration is None or not calibration.embedding_center:
+    if calibration is None:
         return embeddings
-    return torch.from_numpy(calibration.center(embeddings.numpy()))
+    return torch.as_tensor(calibration.center(embeddings.numpy()))
 
 
 def summary_row(result: dict) -> dict[str, float]:

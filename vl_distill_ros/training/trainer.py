@@ -417,7 +417,7 @@ class _Run:
     augment: CropAugment
     images: torch.Tensor
     labels: torch.Tensor
-    targets: torch.Tensor
+    targets: torch.Tensor       # cached teacher embeddings (empty: consistent targets)
     text_emb: torch.Tensor
     broad: torch.Tensor | None
     local_bs: int
@@ -534,9 +534,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     train_data = train_set.data
     val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
     teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
-    targets = _targets(cfg, env, teacher, train_data, progress)
     if cfg.loss.teacher_targets == "consistent":
-        teacher.get().to(env.device)  # it embeds every training batch
+        targets = torch.zeros(0)       # none cached: the teacher embeds every batch
+        teacher.get().to(env.device)
+    else:
+        targets = _targets(cfg, env, teacher, train_data, progress)
     text_emb = text_classifier(teacher, train_set.cls_vocab, cfg.data).to(env.device)
     embed_dim = text_emb.shape[1]
     val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
