@@ -33,6 +33,8 @@ if str(REPO) not in sys.path:  # the package, when it is not installed in the ve
     sys.path.insert(1, str(REPO))
 
 from vl_distill_ros.bags.bag_io import ns_to_stamp
+from vl_distill_ros.perception.compressed_codec import (encode_compressed_depth,
+                                                        encode_compressed_image)
 from vl_distill_ros.perception.image_codec import encode_depth_mm, encode_rgb8
 from vl_distill_ros.ros import node_process
 from vl_distill_ros.ros.node_process import NODE_NAME, log_tail, node_command
@@ -407,12 +409,18 @@ class Recorder:
 # camera publisher (separate process)
 # ==========================================================================================
 def camera_messages(topics: Sequence[str], frames: Sequence[np.ndarray],
-                    frame_id: str = "camera") -> list[list[Any]]:
+                    frame_id: str = "camera", image_format: str = "raw") -> list[list[Any]]:
     """Per camera, per frame: an rgb8 ``sensor_msgs/Image`` built once (only the stamp
     changes when it is published); the pixels are encoded by the library's
-    :func:`~vl_distill_ros.perception.image_codec.encode_rgb8`."""
-    from sensor_msgs.msg import Image
+    :func:`~vl_distill_ros.perception.image_codec.encode_rgb8`. With ``image_format``
+    ``jpeg``/``png``: a ``sensor_msgs/CompressedImage`` of
+    :func:`~vl_distill_ros.perception.compressed_codec.encode_compressed_image` instead."""
+    from sensor_msgs.msg import CompressedImage, Image
 
+    if image_format != "raw":
+        payloads = [encode_compressed_image(img, image_format) for img in frames]
+        return [[_compressed(CompressedImage, fmt, data, f"{frame_id}_{ci}")
+                 for fmt, data in payloads] for ci, _ in enumerate(topics)]
     encoded = [encode_rgb8(img) for img in frames]
     msgs = []
     for ci, _ in enumerate(topics):
@@ -427,16 +435,24 @@ def camera_messages(topics: Sequence[str], frames: Sequence[np.ndarray],
     return msgs
 
 
+def _compressed(cls: type, fmt: str, data: bytes, frame_id: str) -> Any:
+    m = cls()
+    m.header.frame_id, m.format, m.data = frame_id, fmt, data
+    return m
+
+
 #: Registered depth for :func:`publisher_main`, per camera: its depth topic and CameraInfo
 #: topic, and per frame the depth (metres, 0 = none) and intrinsics ``(fx, fy, cx, cy)``.
 RGBD = tuple[list[str], list[str], list[np.ndarray], list[tuple[float, float, float, float]]]
 
 
-def depth_messages(rgbd: RGBD, n_cameras: int, frame_id: str = "camera") -> list[list[Any]]:
+def depth_messages(rgbd: RGBD, n_cameras: int, frame_id: str = "camera",
+                   compressed: bool = False) -> list[list[Any]]:
     """Per camera, per frame: its ``(CameraInfo, 16UC1 depth Image)`` built once (only the
     stamps change when they are published); a distortion-free CameraInfo (plumb_bob, zero
-    D) as ``vl-distill make-bag --depth`` writes."""
-    from sensor_msgs.msg import CameraInfo, Image
+    D) as ``vl-distill make-bag --depth`` writes. ``compressed``: the depth as a
+    compressedDepth ``CompressedImage`` (16UC1 PNG)."""
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
     _, _, depths, intrinsics = rgbd
     out = []
@@ -448,6 +464,9 @@ def depth_messages(rgbd: RGBD, n_cameras: int, frame_id: str = "camera") -> list
             d.header.frame_id = f"{frame_id}_{ci}"
             d.height, d.width, d.encoding, d.is_bigendian, d.step = height, width, encoding, 0, step
             d.data = data
+            if compressed:
+                d = _compressed(CompressedImage, *encode_compressed_depth(depth),
+                                d.header.frame_id)
             info = CameraInfo()
             info.header.frame_id = d.header.frame_id
             info.height, info.width = height, width
@@ -541,11 +560,13 @@ def _publisher_report(st: dict[str, Any], wall0: int, ticks0) -> dict[str, Any]:
 def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, duration_s: float,
                    queue, stop_event, wait_subscribers_s: float, frame_id: str = "camera",
                    record_stamps: bool = True, reliability: str = "reliable",
-                   depth: int = 10, rgbd: RGBD | None = None) -> None:
+                   depth: int = 10, rgbd: RGBD | None = None,
+                   image_format: str = "raw") -> None:
     """Publish ``frames`` cyclically on every topic at ``fps`` (cameras staggered by
     1/(fps*N)), fresh wall-clock stamps, for ``duration_s`` s (inf: until ``stop_event``).
     With ``rgbd`` each camera's CameraInfo and 16UC1 depth go out just before its colour
-    image, with the same stamp (``depth`` is the QoS history depth).
+    image, with the same stamp (``depth`` is the QoS history depth). ``image_format``
+    ``jpeg``/``png`` publishes CompressedImage colour and compressedDepth depth.
 
     A slot that is already more than one period late is skipped, as a real camera would.
     Reports ``("started", wall_ns)`` then ``("done", stats)`` (or ``("error", text)``).
@@ -553,7 +574,7 @@ def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, dura
     try:
         import rclpy
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
 
         ctx = rclpy.Context()
         rclpy.init(args=[], context=ctx)
@@ -563,16 +584,18 @@ def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, dura
                          reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
                                       else ReliabilityPolicy.BEST_EFFORT),
                          durability=DurabilityPolicy.VOLATILE)
-        pubs = [node.create_publisher(Image, t, qos) for t in topics]
-        msgs = camera_messages(topics, frames, frame_id)
+        image_type = Image if image_format == "raw" else CompressedImage
+        pubs = [node.create_publisher(image_type, t, qos) for t in topics]
+        msgs = camera_messages(topics, frames, frame_id, image_format)
         extras: list = []
         if rgbd is not None:
             from sensor_msgs.msg import CameraInfo
 
             extra_pubs = [(node.create_publisher(CameraInfo, i_t, qos),
-                           node.create_publisher(Image, d_t, qos))
+                           node.create_publisher(image_type, d_t, qos))
                           for d_t, i_t in zip(rgbd[0], rgbd[1])]
-            extras.append((extra_pubs, depth_messages(rgbd, len(topics), frame_id)))
+            extras.append((extra_pubs, depth_messages(rgbd, len(topics), frame_id,
+                                                      image_format != "raw")))
         if not _wait_for_subscribers(pubs, topics, wait_subscribers_s, queue, stop_event):
             return
         ticks0 = os.times()
@@ -597,7 +620,8 @@ class Publisher:
     def __init__(self, topics: list[str], frames: list[np.ndarray], fps: float,
                  duration_s: float, wait_subscribers_s: float = 30.0,
                  record_stamps: bool = True, reliability: str = "reliable",
-                 depth: int = 10, rgbd: RGBD | None = None) -> None:
+                 depth: int = 10, rgbd: RGBD | None = None,
+                 image_format: str = "raw") -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -608,7 +632,7 @@ class Publisher:
                                       self.stop_event, wait_subscribers_s),
                                 kwargs={"record_stamps": record_stamps,
                                         "reliability": reliability, "depth": depth,
-                                        "rgbd": rgbd})
+                                        "rgbd": rgbd, "image_format": image_format})
         self.proc.start()
         self.started_ns: int | None = None
         self.result: dict | None = None

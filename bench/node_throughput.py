@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also publish registered depth (16UC1 mm) and CameraInfo with every "
                          "frame and give the node depth_topics/camera_info_topics (needs "
                          "--scene ycb or bag)")
+    ap.add_argument("--image-format", choices=("raw", "jpeg", "png"), default="raw",
+                    help="raw: rgb8 Image (and 16UC1 depth); jpeg/png: CompressedImage on "
+                         "image_transport's topics (<camera>/image_raw/compressed, depth as "
+                         "compressedDepth PNG), which the node decodes (default: %(default)s)")
     ap.add_argument("--compare-colour-only", action="store_true",
                     help="with --depth: then run the same frames without depth (fresh node) "
                          "and report both and the fps ratio")
@@ -240,8 +244,11 @@ def _start_node(a: argparse.Namespace, model: Path, tmp: Path, raw_params: dict[
     """Start the node on ``--cameras`` private topics; returns it, the colour topics and
     (with ``depth``) the depth and CameraInfo topics."""
     ns = f"/vl_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    topics = [f"{ns}/camera_{i}/image_raw" for i in range(a.cameras)]
-    d_topics = [f"{ns}/camera_{i}/depth/image_raw" for i in range(a.cameras)] if depth else []
+    fmt = getattr(a, "image_format", "raw")
+    c_sfx, d_sfx = ("", "") if fmt == "raw" else ("/compressed", "/compressedDepth")
+    topics = [f"{ns}/camera_{i}/image_raw{c_sfx}" for i in range(a.cameras)]
+    d_topics = [f"{ns}/camera_{i}/depth/image_raw{d_sfx}" for i in range(a.cameras)] \
+        if depth else []
     i_topics = [f"{ns}/camera_{i}/camera_info" for i in range(a.cameras)] if depth else []
     params = {"model_path": str(model), "image_topics": topics,
               **({"depth_topics": d_topics, "camera_info_topics": i_topics} if depth else {}),
@@ -370,7 +377,8 @@ def _run_node(a: argparse.Namespace, out: dict[str, Any], model: Path, tmp: Path
         rgbd = (d_topics, i_topics, [f[2] for f in frames], [f[3] for f in frames]) \
             if depth else None
         publisher = Publisher(topics, [f[0] for f in frames], a.fps, a.warmup + a.duration,
-                              reliability=a.publisher_qos, depth=a.publisher_depth, rgbd=rgbd)
+                              reliability=a.publisher_qos, depth=a.publisher_depth, rgbd=rgbd,
+                              image_format=a.image_format)
         publisher.wait_started(node, timeout=120.0)
         w_start = publisher.started_ns + int(a.warmup * 1e9)
         w_end = w_start + int(a.duration * 1e9)
@@ -508,6 +516,7 @@ def _publisher(a, pub: dict, published_win: list[int], win_s: float) -> dict[str
     pub_rate = sum(published_win) / win_s if win_s > 0 else 0.0
     return {
         "requested_fps_per_camera": a.fps, "cameras": a.cameras,
+        "image_format": getattr(a, "image_format", "raw"),
         "achieved_fps_total_window": r(pub_rate, 2),
         "achieved_fps_per_camera_window": [r(n / win_s, 2) for n in published_win],
         "published_total": sum(pub["published"]), "skipped_slots": pub["skipped_slots"],

@@ -370,10 +370,11 @@ def test_depth_topic_convention():
 
 def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
               noisy: bool = False, camouflage: bool = False,
-              k: CameraIntrinsics = K) -> Path:
+              k: CameraIntrinsics = K, image_format: str = "raw") -> Path:
     """A bag of ``n`` synthetic RGB-D frames (red objects on a grey table, or grey ones
     with ``camouflage``: invisible in colour), ground truth from the ray caster; frames
-    listed in ``drop_depth`` carry no depth."""
+    listed in ``drop_depth`` carry no depth; ``image_format`` as
+    :func:`~vl_distill_ros.bags.bag_io.write_camera_bag`'s."""
     rng = np.random.default_rng(0)
     frames = []
     for i in range(n):
@@ -390,7 +391,7 @@ def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
         frames.append(BagFrame(1_000_000_000 + i * 100_000_000, image, truth,
                                depth=depth if has else None,
                                intrinsics=(k.fx, k.fy, k.cx, k.cy) if has else None))
-    return write_camera_bag(path, frames)
+    return write_camera_bag(path, frames, image_format=image_format)
 
 
 def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
@@ -424,9 +425,9 @@ def test_rgbd_frames_match_nearest_stamp_within_tolerance(tmp_path):
         inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
         for i in range(3):
             t = 2_000_000_000 + i * 100_000_000
-            img = bag_io._image_msg(store, np.zeros((4, 4, 3), np.uint8), t, "f")
+            _, img = bag_io._image_msg(store, np.zeros((4, 4, 3), np.uint8), t, "f")
             writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
-            dmsg = bag_io._depth_msg(store, np.ones((4, 4), np.float32), t + 5_000_000, "f")
+            _, dmsg = bag_io._depth_msg(store, np.ones((4, 4), np.float32), t + 5_000_000, "f")
             writer.write(dep, t + 5_000_000, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
             info = bag_io._camera_info_msg(store, (2, 2, 1.5, 1.5), 4, 4, t, "f")
             writer.write(inf, t + 5_000_000, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
@@ -670,17 +671,24 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
     assert core_split == [True, True]
 
 
-def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path):
+@pytest.mark.parametrize("image_format", ["raw", "jpeg"])
+def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path, image_format):
     """The live replay starts the node with depth_topics / camera_info_topics and replays
-    depth and CameraInfo: every labelled frame was paired (its objects found)."""
+    depth and CameraInfo: every labelled frame was paired (its objects found). A bag of
+    image_transport's topics (JPEG colour, compressedDepth) is replayed as recorded, and
+    the node subscribes to them as CompressedImage."""
     small = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
-    bag = _rgbd_bag(tmp_path / "live", n=4, camouflage=True, k=small)
+    bag = _rgbd_bag(tmp_path / "live", n=4, camouflage=True, k=small, image_format=image_format)
     report = _replay_live(bag, bundle, tmp_path / "out")
-    assert report["bag"]["image_topics"] == ["/camera/image_raw"]
-    cam = report["cameras"]["/camera/image_raw"]
+    colour, depth = "/camera/image_raw", "/camera/depth/image_raw"
+    if image_format != "raw":
+        colour, depth = colour + "/compressed", depth + "/compressedDepth"
+    assert report["bag"]["image_topics"] == [colour]
+    cam = report["cameras"][colour]
+    assert cam["transport"] == ("raw" if image_format == "raw" else "compressed")
     labelled = report["frames"]["labelled"]
     assert labelled >= 1 and int(cam["depth_used"]) == labelled
-    assert int(cam["depth_errors"]) == 0 and cam["depth_topic"].endswith("/camera/depth/image_raw")
+    assert int(cam["depth_errors"]) == 0 and cam["depth_topic"].endswith(depth)
     assert report["groups"]["all"]["matched"] == report["groups"]["all"]["objects"]
 
 

@@ -126,9 +126,10 @@ class Tester:
             self.node.create_subscription(Image, topic, store.append, 10)
         return self.images[topic]
 
-    def publish(self, topic: str, msg: Image) -> None:
+    def publish(self, topic: str, msg) -> None:
+        """Publish ``msg`` (an Image, CompressedImage, ...: the publisher takes its type)."""
         if topic not in self._pubs:
-            self._pubs[topic] = self.node.create_publisher(Image, topic, 10)
+            self._pubs[topic] = self.node.create_publisher(type(msg), topic, 10)
         self._pubs[topic].publish(msg)
 
     def call(self, srv_type, name: str, request, timeout: float = 15.0):

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from helpers import make_colour_bundle
 from test_depth import render_tabletop
 from test_node import Tester, running_node, wait_for
+from vl_distill_ros.perception.compressed_codec import (encode_compressed_depth,
+                                                        encode_compressed_image)
 from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
 from vl_distill_ros.perception.image_codec import encode_depth_mm
 from vl_distill_ros.ros.node import StartupError, VlDistillNode
@@ -205,7 +207,10 @@ def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
               Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["ia", "ib"])],
              "depth_topics must be empty or list one non-empty topic per image_topics"),
             ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da", "db"])],
-             "depth_topics and camera_info_topics go together")):
+             "depth_topics and camera_info_topics go together"),
+            ([Parameter("image_topics", Parameter.Type.STRING_ARRAY,
+                        ["a", "d/image_raw/compressedDepth"])],
+             r"carry compressedDepth \(depth\) images: list them in depth_topics")):
         with pytest.raises(StartupError, match=why):
             VlDistillNode(namespace="/startup", context=ctx, parameter_overrides=base + extra)
 
@@ -217,3 +222,79 @@ def test_depth_topics_are_read_only(ctx, bundle, tmp_path):
         assert not res[0].successful and "read-only" in res[0].reason
         assert list(node.get_parameter("depth_topics").value) == []
         assert node.get_parameter("depth_sync_tolerance").value == pytest.approx(0.02)
+
+
+def _compressed(fmt: str, data: bytes, sec: int, frame_id: str) -> CompressedImage:
+    msg = CompressedImage()
+    _header(msg, sec, 0, frame_id)
+    msg.format, msg.data = fmt, data
+    return msg
+
+
+def test_compressed_colour_and_compressed_depth_are_subscribed_and_paired(
+        ctx, tester, bundle, scene, tmp_path):
+    """image_transport's topics: JPEG colour on .../compressed and compressedDepth PNG on
+    .../compressedDepth (16UC1 and 32FC1) are paired like raw images; a corrupt payload
+    on either is a per-camera diagnostic and the next frame is processed."""
+    import struct
+
+    import cv2
+
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    depth, truth = scene
+    ns = "/compressed"
+    colour_topic, depth_topic = f"{ns}/cam/image/compressed", f"{ns}/cam/depth/compressedDepth"
+    info_pub = tester.node.create_publisher(CameraInfo, f"{ns}/cam/info", 10)
+    labels = tester.watch_labels(f"{ns}/vl_distill_node/labels")
+    grey = np.full((240, 320, 3), GREY, np.uint8)
+    jpeg = encode_compressed_image(grey, "jpeg", 95)
+    # 32FC1 as the transport quantises it (a = 100 * 101, b = 1 - a / 10)
+    a, b = 100.0 * 101.0, 1.0 - 100.0 * 101.0 / 10.0
+    q = np.where(depth > 0, a / np.where(depth > 0, depth, 1) + b, 0).astype(np.uint16)
+    inverse = ("32FC1; compressedDepth png",
+               struct.pack("<iff", 0, a, b) + cv2.imencode(".png", q)[1].tobytes())
+
+    def send(frame_id: str, sec: int, colour: tuple, depth_payload: tuple | None) -> dict:
+        def found():
+            return next((d for _, d in labels if d["header"]["frame_id"] == frame_id), None)
+        end = time.monotonic() + 20.0
+        while time.monotonic() < end:
+            info_pub.publish(info_msg(K))
+            if depth_payload is not None:
+                tester.publish(depth_topic, _compressed(*depth_payload, sec, "cam"))
+            tester.publish(colour_topic, _compressed(*colour, sec, frame_id))
+            if wait_for(lambda: found() is not None, 0.5):
+                return found()
+        raise AssertionError(f"no labels for {frame_id} within 20 s")
+
+    def status() -> dict:
+        assert wait_for(lambda: tester.camera_status(f"{ns}/vl_distill_node", colour_topic)
+                        is not None, 10.0)
+        return tester.camera_status(f"{ns}/vl_distill_node", colour_topic)
+
+    with running_node(ctx, ns, bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image/compressed"],
+                      depth_topics=["cam/depth/compressedDepth"],
+                      camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                      inference_backend="torch", warm_text_encoder=False):
+        assert wait_for(lambda: tester.node.count_subscribers(colour_topic) > 0, 10.0)
+        doc = send("mm", 30, jpeg, encode_compressed_depth(depth))
+        assert doc["camera"] == colour_topic
+        assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        doc = send("inverse", 31, jpeg, inverse)
+        assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        # a depth payload that is not a PNG: colour-only, a depth error with the reason
+        doc = send("bad-depth", 32, jpeg, ("16UC1; compressedDepth png", b"\0" * 12 + b"xx"))
+        assert doc["objects"] == []
+        assert wait_for(lambda: "neither JPEG nor PNG" in status().get("last_depth_error", ""),
+                        10.0), status()
+        # a colour payload that is not a JPEG: skipped and reported; the next one is labelled
+        tester.publish(colour_topic, _compressed("jpeg", b"\x00" * 64, 33, "bad-colour"))
+        assert wait_for(lambda: int(status().get("bad_frames", 0)) >= 1, 10.0), status()
+        st = status()
+        assert "neither JPEG nor PNG" in st["message"] and st["transport"] == "compressed"
+        doc = send("after", 34, jpeg, encode_compressed_depth(depth))
+        assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        assert not any(d["header"]["frame_id"] == "bad-colour" for _, d in labels)
+        assert wait_for(lambda: int(status()["depth_used"]) >= 3, 10.0), status()

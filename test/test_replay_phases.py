@@ -39,6 +39,41 @@ def doc(camera: str, stamp_ns: int) -> str:
                        "camera": camera, "vocabulary_version": 1, "objects": []})
 
 
+def test_plan_gives_compressed_topics_image_transports_names(tmp_path):
+    """The node picks CompressedImage by a topic's last segment: a compressed topic the bag
+    names otherwise is replayed under ``.../compressed`` (``.../compressedDepth`` for depth),
+    so the node subscribes with the bag's type; raw and conventionally named topics keep
+    their names."""
+    comp, img = "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image"
+    contents = SimpleNamespace(
+        image_topics=["/cam/jpeg", "/wrist/image_raw/compressed", "/raw"],
+        topics={"/cam/jpeg": comp, "/wrist/image_raw/compressed": comp, "/raw": img,
+                "/cam/depth/png": comp, "/wrist/depth/compressedDepth": comp,
+                "/raw/depth": img, "/cam/info": "sensor_msgs/msg/CameraInfo",
+                "/wrist/info": "sensor_msgs/msg/CameraInfo",
+                "/raw/info": "sensor_msgs/msg/CameraInfo"},
+        depth_topics={"/cam/jpeg": "/cam/depth/png",
+                      "/wrist/image_raw/compressed": "/wrist/depth/compressedDepth",
+                      "/raw": "/raw/depth"},
+        camera_info_topics={"/cam/jpeg": "/cam/info", "/wrist/image_raw/compressed":
+                            "/wrist/info", "/raw": "/raw/info"})
+    settings = ReplaySettings(namespace="n", log_dir=tmp_path, node_command=["x"])
+    plan = plan_live(contents, settings, tmp_path / "m.vdb", None, replay.node_parameter_values())
+    assert plan.replay_topic == {
+        "/cam/jpeg": "/n/cam/jpeg/compressed",
+        "/wrist/image_raw/compressed": "/n/wrist/image_raw/compressed", "/raw": "/n/raw",
+        "/cam/depth/png": "/n/cam/depth/png/compressedDepth",
+        "/wrist/depth/compressedDepth": "/n/wrist/depth/compressedDepth",
+        "/raw/depth": "/n/raw/depth", "/cam/info": "/n/cam/info",
+        "/wrist/info": "/n/wrist/info", "/raw/info": "/n/raw/info"}
+    assert plan.image_types == {"/cam/jpeg": comp, "/wrist/image_raw/compressed": comp,
+                                "/raw": img}
+    assert plan.camera_map["/n/cam/jpeg/compressed"] == "/cam/jpeg"
+    cmd = " ".join(plan.cmd)
+    assert ('depth_topics:=["/n/cam/depth/png/compressedDepth", '
+            '"/n/wrist/depth/compressedDepth", "/n/raw/depth"]') in cmd
+
+
 def test_plan_namespaces_the_topics_and_names_the_node(tmp_path):
     contents = SimpleNamespace(image_topics=["/camera/image_raw", "wrist"])
     settings = ReplaySettings(namespace="ns/", log_dir=tmp_path, device="cpu",

@@ -432,3 +432,33 @@ def test_make_bag_fov_sets_the_cameras_focal_length(ycb_models: Path, tmp_path: 
     fx, fy = frame.camera_info[:2]
     assert fx == pytest.approx(60 / np.tan(np.radians(12.5)), rel=1e-3) and fy == fx
     assert frame.depth is not None and frame.depth.shape == (120, 160)
+
+
+def test_make_bag_image_format_jpeg_writes_image_transports_topics(
+        ycb_models: Path, tmp_path: Path, repo_root: Path):
+    """`--image-format jpeg`: colour as JPEG CompressedImage on .../compressed, depth as
+    compressedDepth PNG; the same scenes as the raw bag (lossless depth, near colour), and
+    the ground truth and sidecar name the compressed topic."""
+    common = ["--frames", "2", "--width", "160", "--height", "120", "--objects", BAG_KEYS,
+              "--objects-per-scene", "2", "--models-dir", str(ycb_models), "--depth",
+              "--vocabulary", str(repo_root / "config" / "ycb_vocabulary.yaml"),
+              "--split", str(repo_root / "config" / "splits" / "ycb_paper.yaml"),
+              "--no-progress", "--seed", "5"]
+    assert _make_bag(["--out", str(tmp_path / "raw"), *common]) == 0
+    assert _make_bag(["--out", str(tmp_path / "jpg"), "--image-format", "jpeg",
+                      "--sidecar", str(tmp_path / "gt.jsonl"), *common]) == 0
+    raw, jpg = read_camera_bag(tmp_path / "raw"), read_camera_bag(tmp_path / "jpg")
+    colour = CAMERA + "/compressed"
+    assert jpg.topics[colour] == "sensor_msgs/msg/CompressedImage"
+    assert jpg.topics["/camera/depth/image_raw/compressedDepth"] == \
+        "sensor_msgs/msg/CompressedImage"
+    assert jpg.image_topics == [colour]
+    sidecar = read_ground_truth_sidecar(tmp_path / "gt.jsonl")
+    assert {cam for cam, _ in sidecar} == {cam for cam, _ in jpg.ground_truth} == {colour}
+    assert [o for _, o in sorted(jpg.ground_truth.items())] == \
+        [o for _, o in sorted(raw.ground_truth.items())]
+    for a, b in zip(raw.rgbd_frames(), jpg.rgbd_frames(), strict=True):
+        assert np.abs(a.image.astype(int) - b.image).mean() < 4.0
+        np.testing.assert_array_equal(a.depth, b.depth)
+    size = {n: sum(f.stat().st_size for f in (tmp_path / n).rglob("*")) for n in ("raw", "jpg")}
+    assert size["jpg"] < size["raw"]

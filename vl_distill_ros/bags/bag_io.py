@@ -68,9 +68,14 @@ __all__ = [
     "read_ground_truth_sidecar", "write_ground_truth_sidecar", "ground_truth_document",
     "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS", "CAMERA_INFO_TYPE",
     "RGBDFrame", "is_depth_topic", "pair_camera_topics", "camera_info_k",
+    "COMPRESSED_IMAGE_TYPE", "IMAGE_TYPES", "IMAGE_FORMATS", "written_topics",
 ]
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+#: image_transport's ``compressed`` (colour) and ``compressedDepth`` (depth) messages.
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+#: Message types read as images (colour or depth).
+IMAGE_TYPES: tuple[str, ...] = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 STRING_TYPE = "std_msgs/msg/String"
 #: Storage plugins :func:`write_camera_bag` can write.
@@ -80,6 +85,11 @@ STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 #: compression for ``sqlite3`` (recorded in ``metadata.yaml``; ``ros2 bag`` decompresses it
 #: with its default zstd plugin).
 COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
+#: How :func:`write_camera_bag` writes images: ``raw`` (``Image``: rgb8 colour, 16UC1 depth)
+#: or as image_transport's transports, ``jpeg``/``png`` (colour as ``CompressedImage`` on
+#: ``<camera>/compressed``, depth as 16UC1 ``compressedDepth`` PNG on
+#: ``<depth>/compressedDepth``), as robots usually record.
+IMAGE_FORMATS: tuple[str, ...] = ("raw", "jpeg", "png")
 
 
 class BagError(ValueError):
@@ -143,7 +153,7 @@ class ImageMessage(NamedTuple):
     #: Bag (log) time in ns.
     log_time_ns: int
     frame_id: str
-    #: Encoding as recorded, e.g. ``rgb8``.
+    #: Encoding as recorded, e.g. ``rgb8`` (a CompressedImage's ``format``).
     encoding: str
     #: ``(H, W, 3)`` uint8 RGB.
     image: np.ndarray
@@ -214,20 +224,25 @@ def ground_truth_document(stamp_ns: int, frame_id: str, camera: str,
 # ---------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------
-def _image_msg(store: Any, image: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
+def _image_msg(store: Any, image: np.ndarray, stamp_ns: int, frame_id: str,
+               image_format: str = "raw", quality: int = 90) -> tuple[str, Any]:
+    """``(message type, message)`` of a colour image: an rgb8 ``Image``, or a
+    ``CompressedImage`` of ``image_format`` (see :data:`IMAGE_FORMATS`)."""
+    from vl_distill_ros.perception.compressed_codec import encode_compressed_image
     from vl_distill_ros.perception.image_codec import encode_rgb8
 
+    header = _header(store, stamp_ns, frame_id)
     try:
+        if image_format != "raw":
+            fmt, payload = encode_compressed_image(image, image_format, quality)
+            return COMPRESSED_IMAGE_TYPE, store.types[COMPRESSED_IMAGE_TYPE](
+                header=header, format=fmt, data=np.frombuffer(payload, dtype=np.uint8))
         encoding, height, width, step, data = encode_rgb8(image)
     except ValueError as exc:
         raise BagError(f"cannot write image: {exc}") from None
-    sec, nanosec = ns_to_stamp(stamp_ns)
-    types = store.types
-    header = types["std_msgs/msg/Header"](
-        stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
-    return types[IMAGE_TYPE](header=header, height=height, width=width, encoding=encoding,
-                             is_bigendian=0, step=step,
-                             data=np.frombuffer(data, dtype=np.uint8))
+    return IMAGE_TYPE, store.types[IMAGE_TYPE](
+        header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+        step=step, data=np.frombuffer(data, dtype=np.uint8))
 
 
 def _header(store: Any, stamp_ns: int, frame_id: str) -> Any:
@@ -237,16 +252,39 @@ def _header(store: Any, stamp_ns: int, frame_id: str) -> Any:
         stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
-def _depth_msg(store: Any, depth: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
+def _depth_msg(store: Any, depth: np.ndarray, stamp_ns: int, frame_id: str,
+               compressed: bool = False) -> tuple[str, Any]:
+    """``(message type, message)`` of a depth image: a 16UC1 ``Image`` in millimetres, or
+    (``compressed``) a ``CompressedImage`` of compressedDepth's 16UC1 PNG."""
+    from vl_distill_ros.perception.compressed_codec import encode_compressed_depth
     from vl_distill_ros.perception.image_codec import encode_depth_mm
 
+    header = _header(store, stamp_ns, frame_id)
     try:
+        if compressed:
+            fmt, payload = encode_compressed_depth(depth)
+            return COMPRESSED_IMAGE_TYPE, store.types[COMPRESSED_IMAGE_TYPE](
+                header=header, format=fmt, data=np.frombuffer(payload, dtype=np.uint8))
         encoding, height, width, step, data = encode_depth_mm(depth)
     except ValueError as exc:
         raise BagError(f"cannot write depth: {exc}") from None
-    return store.types[IMAGE_TYPE](header=_header(store, stamp_ns, frame_id), height=height,
-                                   width=width, encoding=encoding, is_bigendian=0, step=step,
-                                   data=np.frombuffer(data, dtype=np.uint8))
+    return IMAGE_TYPE, store.types[IMAGE_TYPE](
+        header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+        step=step, data=np.frombuffer(data, dtype=np.uint8))
+
+
+def written_topics(topics: BagTopics, image_format: str = "raw") -> BagTopics:
+    """The topics :func:`write_camera_bag` writes with ``image_format``: the names of
+    ``topics``, with ``/compressed`` after the colour topics and ``/compressedDepth`` after
+    the depth topics unless ``image_format`` is ``raw``."""
+    if image_format == "raw":
+        return topics
+    from dataclasses import replace
+
+    return replace(topics, camera=topics.camera + "/compressed",
+                   hand_camera=topics.hand_camera + "/compressed",
+                   depth=topics.depth + "/compressedDepth",
+                   hand_depth=topics.hand_depth + "/compressedDepth")
 
 
 def _camera_info_msg(store: Any, intrinsics: Sequence[float], width: int, height: int,
@@ -276,10 +314,10 @@ def camera_info_k(msg: Any) -> tuple[float, float, float, float, int, int]:
 
 
 def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: BagFrame,
-                 i: int) -> None:
+                 i: int, image_format: str = "raw", quality: int = 90) -> None:
     """Write one frame's messages: per camera (main, then hand) its CameraInfo and depth
     when it has depth, its image and its ground truth; ``conn(topic, type)`` gives the
-    writer connection of a topic."""
+    writer connection of a topic (``topics`` as :func:`written_topics` names them)."""
     stamp = int(frame.stamp_ns)
     views = [(topics.camera, topics.camera_frame_id, frame.image, frame.objects,
               frame.depth, frame.intrinsics, topics.depth, topics.camera_info)]
@@ -295,10 +333,10 @@ def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: B
             info = _camera_info_msg(store, k, image.shape[1], image.shape[0], stamp, frame_id)
             writer.write(conn(i_topic, CAMERA_INFO_TYPE), stamp,
                          store.serialize_cdr(info, CAMERA_INFO_TYPE))
-            dmsg = _depth_msg(store, depth, stamp, frame_id)
-            writer.write(conn(d_topic, IMAGE_TYPE), stamp, store.serialize_cdr(dmsg, IMAGE_TYPE))
-        msg = _image_msg(store, image, stamp, frame_id)
-        writer.write(conn(topic, IMAGE_TYPE), stamp, store.serialize_cdr(msg, IMAGE_TYPE))
+            dtype, dmsg = _depth_msg(store, depth, stamp, frame_id, image_format != "raw")
+            writer.write(conn(d_topic, dtype), stamp, store.serialize_cdr(dmsg, dtype))
+        mtype, msg = _image_msg(store, image, stamp, frame_id, image_format, quality)
+        writer.write(conn(topic, mtype), stamp, store.serialize_cdr(msg, mtype))
         doc = ground_truth_document(stamp, frame_id, topic, objects)
         text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
         writer.write(conn(topics.ground_truth, STRING_TYPE), stamp,
@@ -314,9 +352,28 @@ def _check_out_path(out: Path, overwrite: bool) -> None:
                            "refusing to replace it")
 
 
+def _check_write_args(storage: str, compression: str, topics: BagTopics, image_format: str,
+                      jpeg_quality: int) -> None:
+    """:func:`write_camera_bag`'s argument checks (a :class:`BagError` names the bad one)."""
+    if storage not in STORAGES:
+        raise BagError(f"unknown storage {storage!r}; choose one of {list(STORAGES)}")
+    if compression not in COMPRESSIONS:
+        raise BagError(f"unknown compression {compression!r}; choose one of {list(COMPRESSIONS)}")
+    if image_format not in IMAGE_FORMATS:
+        raise BagError(f"unknown image format {image_format!r}; choose one of "
+                       f"{list(IMAGE_FORMATS)}")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise BagError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    for name in (topics.camera, topics.hand_camera, topics.ground_truth, topics.depth,
+                 topics.camera_info, topics.hand_depth, topics.hand_camera_info):
+        if not name.startswith("/") or " " in name:
+            raise BagError(f"topic {name!r} must be an absolute ROS topic name")
+
+
 def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str = "mcap",
                      topics: BagTopics = BagTopics(), compression: str = "none",
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, image_format: str = "raw",
+                     jpeg_quality: int = 90) -> Path:
     """Write ``frames`` to a new rosbag2 bag folder at ``path`` and return it.
 
     Each frame gives an ``Image`` on ``topics.camera`` and a ground-truth ``String`` on
@@ -325,7 +382,9 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
     document. A frame with ``depth`` (``hand_depth``) adds, written just before its colour
     image and with the same stamp, a ``CameraInfo`` on ``topics.camera_info``
     (``hand_camera_info``) and a 16UC1 depth ``Image`` in millimetres on ``topics.depth``
-    (``hand_depth``). ``frames`` may be a generator: frames are written as they come.
+    (``hand_depth``). ``frames`` may be a generator: frames are written as they come. With
+    ``image_format`` ``jpeg`` or ``png`` the images are ``CompressedImage`` messages on the
+    transport topics (:func:`written_topics`), as a robot records them.
 
     The bag is written into a hidden temporary sibling folder and renamed to ``path`` only
     when complete, so a half-written bag never sits at ``path``. An existing bag at ``path``
@@ -338,18 +397,14 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
         topics: topic names and frame ids.
         compression: ``none`` or ``zstd`` (see :data:`COMPRESSIONS`).
         overwrite: replace an existing bag at ``path``.
+        image_format: ``raw``, ``jpeg`` or ``png`` (see :data:`IMAGE_FORMATS`).
+        jpeg_quality: JPEG quality (1..100) with ``image_format`` ``jpeg``.
 
     Raises:
         BagError: bad arguments, an existing path, or an image that is not RGB uint8.
     """
-    if storage not in STORAGES:
-        raise BagError(f"unknown storage {storage!r}; choose one of {list(STORAGES)}")
-    if compression not in COMPRESSIONS:
-        raise BagError(f"unknown compression {compression!r}; choose one of {list(COMPRESSIONS)}")
-    for name in (topics.camera, topics.hand_camera, topics.ground_truth, topics.depth,
-                 topics.camera_info, topics.hand_depth, topics.hand_camera_info):
-        if not name.startswith("/") or " " in name:
-            raise BagError(f"topic {name!r} must be an absolute ROS topic name")
+    _check_write_args(storage, compression, topics, image_format, jpeg_quality)
+    topics = written_topics(topics, image_format)
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 
@@ -375,7 +430,7 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
                     conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
                 return conns[topic]
 
-            conn(topics.camera, IMAGE_TYPE)
+            conn(topics.camera, IMAGE_TYPE if image_format == "raw" else COMPRESSED_IMAGE_TYPE)
             conn(topics.ground_truth, STRING_TYPE)
             last = -1
             for i, frame in enumerate(frames):
@@ -384,7 +439,7 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
                     raise BagError(f"frame {i}: stamp {stamp} ns is negative or earlier than "
                                    f"the previous frame's ({last} ns)")
                 last = stamp
-                _write_frame(writer, conn, store, topics, frame, i)
+                _write_frame(writer, conn, store, topics, frame, i, image_format, jpeg_quality)
         replace_dir(bag_dir, out)  # an existing bag there is moved aside, then deleted
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -563,7 +618,8 @@ class BagContents:
     topics: dict[str, str]
     #: Message count of every topic.
     message_counts: dict[str, int]
-    #: Colour camera topics: ``sensor_msgs/msg/Image`` topics that are not depth, sorted.
+    #: Colour camera topics: ``Image`` and ``CompressedImage`` topics that are not depth (see
+    #: :func:`pair_camera_topics`), sorted.
     image_topics: list[str]
     #: Ground truth: ``{(camera topic, header stamp ns): objects}``.
     ground_truth: dict[tuple[str, int], list[GroundTruthObject]] = field(default_factory=dict)
@@ -657,7 +713,8 @@ class BagContents:
         return depth[1], info[1]
 
     def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None) -> RGBDFrame:
-        from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_depth
+        from vl_distill_ros.perception.compressed_codec import decode_depth_message
+        from vl_distill_ros.perception.image_codec import ImageDecodeError
 
         img = self._decode(raw)
         if raw.topic not in self.depth_topics:
@@ -669,9 +726,8 @@ class BagContents:
             return RGBDFrame(*img, depth_note=f"no CameraInfo for {raw.topic}")
         store = _typestore()
         try:
-            dmsg = store.deserialize_cdr(depth_cdr, IMAGE_TYPE)
-            depth = decode_depth(dmsg.encoding, dmsg.height, dmsg.width, dmsg.step, dmsg.data,
-                                 dmsg.is_bigendian)
+            dmsg = store.deserialize_cdr(depth_cdr, self.topics[self.depth_topics[raw.topic]])
+            depth = decode_depth_message(dmsg)
             info = camera_info_k(store.deserialize_cdr(info_cdr, CAMERA_INFO_TYPE))
         except ImageDecodeError as exc:
             return RGBDFrame(*img, depth_note=f"bad depth image: {exc}")
@@ -681,10 +737,11 @@ class BagContents:
 
     def _decode(self, raw: RawMessage) -> ImageMessage:
         msg, image = decode_image_cdr(
-            raw.data, f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns")
+            raw.data, f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns", raw.msgtype)
         return ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
                                                    msg.header.stamp.nanosec),
-                            raw.timestamp_ns, msg.header.frame_id, msg.encoding, image)
+                            raw.timestamp_ns, msg.header.frame_id,
+                            getattr(msg, "encoding", None) or getattr(msg, "format", ""), image)
 
 
 def _header_stamp(data: bytes, path: Path, topic: str) -> int:
@@ -700,17 +757,42 @@ def _header_stamp(data: bytes, path: Path, topic: str) -> int:
 _COLOUR_SEGMENTS = ("color", "colour", "rgb")
 
 
+def _base_topic(topic: str) -> str:
+    """``topic`` without an image_transport suffix (``/compressed``, ``/compressedDepth``)."""
+    from vl_distill_ros.perception.compressed_codec import topic_transport
+
+    if topic_transport(topic) == "raw":
+        return topic
+    return topic.rstrip("/").rsplit("/", 1)[0]
+
+
 def is_depth_topic(topic: str) -> bool:
-    """Whether ``topic`` is a depth image by name: a segment of it contains ``depth``
-    (``/camera/depth/image_raw``, ``/camera/aligned_depth_to_color/image_raw``,
-    ``/camera/depth_registered/image_rect``)."""
-    return any("depth" in seg.lower() for seg in topic.strip("/").split("/"))
+    """Whether ``topic`` is a depth image by name: a segment of it, image_transport's suffix
+    aside, contains ``depth`` (``/camera/depth/image_raw``,
+    ``/camera/aligned_depth_to_color/image_raw``, ``/camera/depth_registered/image_rect``,
+    ``/camera/depth/image_raw/compressedDepth``)."""
+    return any("depth" in seg.lower() for seg in _base_topic(topic).strip("/").split("/"))
+
+
+def _transport_copy(topic: str, topics: dict[str, str]) -> bool:
+    """Whether ``topic`` is an image_transport topic to leave out: a ``compressed`` or
+    ``compressedDepth`` copy of a raw ``Image`` topic the bag also holds (the raw one is
+    read), or a ``compressedDepth`` topic of a colour stream (image_transport advertises one
+    for every image, but it only carries depth)."""
+    from vl_distill_ros.perception.compressed_codec import topic_transport
+
+    transport, base = topic_transport(topic), _base_topic(topic)
+    if transport == "raw":
+        return False
+    return topics.get(base) == IMAGE_TYPE or (transport == "compressedDepth"
+                                              and not is_depth_topic(base))
 
 
 def _camera_namespace(topic: str) -> str:
     """The camera a topic belongs to: the segments before the first ``*depth*`` segment, or
-    the parent namespace without a trailing ``color``/``rgb`` segment."""
-    segs = topic.strip("/").split("/")
+    the parent namespace without a trailing ``color``/``rgb`` segment (image_transport's
+    suffix aside)."""
+    segs = _base_topic(topic).strip("/").split("/")
     for i, seg in enumerate(segs):
         if "depth" in seg.lower():
             return "/" + "/".join(segs[:i])
@@ -726,6 +808,9 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     """Split a bag's topics (``{topic: msgtype}``) into colour cameras and their depth and
     CameraInfo partners.
 
+    Image topics are ``Image`` or ``CompressedImage`` topics (image_transport's
+    ``.../compressed`` and ``.../compressedDepth``); a compressed copy of a raw topic the bag
+    also holds is left out, as is the ``compressedDepth`` topic of a colour stream.
     By convention (the layout of RealSense, Azure Kinect and OpenNI drivers and of
     ``make-bag --depth``) an image topic is depth when :func:`is_depth_topic`; it belongs to
     the colour topic of the same camera namespace (``/camera/depth/image_raw`` and
@@ -741,14 +826,15 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
         BagError: an override names a missing topic or one of the wrong type.
     """
     depth, camera_info = dict(depth or {}), dict(camera_info or {})
-    for table, kind in ((depth, IMAGE_TYPE), (camera_info, CAMERA_INFO_TYPE)):
+    for table, kind in ((depth, IMAGE_TYPES), (camera_info, (CAMERA_INFO_TYPE,))):
         for colour, other in table.items():
-            for t, want in ((colour, IMAGE_TYPE), (other, kind)):
-                if topics.get(t) != want:
-                    raise BagError(f"topic {t} is not a {want} topic of the bag (its topics: "
-                                   f"{sorted(topics)})")
+            for t, want in ((colour, IMAGE_TYPES), (other, kind)):
+                if topics.get(t) not in want:
+                    raise BagError(f"topic {t} is not a {' or '.join(want)} topic of the bag "
+                                   f"(its topics: {sorted(topics)})")
     chosen = set(depth.values()) | set(camera_info.values())
-    images = [t for t, ty in topics.items() if ty == IMAGE_TYPE and t not in chosen]
+    images = [t for t, ty in topics.items() if ty in IMAGE_TYPES and t not in chosen
+              and (t in depth or not _transport_copy(t, topics))]
     colour = sorted(t for t in images if not is_depth_topic(t))
     by_ns: dict[str, list[str]] = {}
     for t in colour:
@@ -763,23 +849,26 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     return colour, depth, camera_info
 
 
-def decode_image_cdr(data: bytes, where: str) -> tuple[Any, np.ndarray]:
-    """Deserialise one CDR ``sensor_msgs/msg/Image`` and decode its pixels, as the offline
-    replay does: ``(message, H x W x 3 uint8 RGB image)``.
+def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
+                     ) -> tuple[Any, np.ndarray]:
+    """Deserialise one CDR ``sensor_msgs/msg/Image`` (or ``CompressedImage``, ``msgtype``)
+    and decode its pixels, as the offline replay does: ``(message, H x W x 3 uint8 RGB)``.
 
     Raises:
         BagError: starting with ``where``, when the CDR does not deserialise or the image
             cannot be decoded (bad encoding, step, size or data length).
     """
-    from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
+    from vl_distill_ros.perception.compressed_codec import decode_image_message
+    from vl_distill_ros.perception.image_codec import ImageDecodeError
 
+    if msgtype not in IMAGE_TYPES:
+        raise BagError(f"{where}: {msgtype} is not an image message type")
     try:
-        msg = _typestore().deserialize_cdr(data, IMAGE_TYPE)
+        msg = _typestore().deserialize_cdr(data, msgtype)
     except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
         raise BagError(f"{where}: cannot deserialise the image: {exc}") from None
     try:
-        image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                             msg.is_bigendian)
+        image = decode_image_message(msg)
     except ImageDecodeError as exc:
         raise BagError(f"{where}: {exc}") from None
     return msg, image
@@ -821,8 +910,8 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
                                                          camera_info_topics)
     if not image_topics:
         listing = ", ".join(f"{t} ({ty})" for t, ty in sorted(topics.items())) or "none"
-        raise BagError(f"{path} has no image topics (sensor_msgs/msg/Image, depth aside); its "
-                       f"topics: {listing}")
+        raise BagError(f"{path} has no image topics (sensor_msgs/msg/Image or "
+                       f"CompressedImage, depth aside); its topics: {listing}")
     contents = BagContents(path=path, storage=storage, topics=topics, message_counts=counts,
                            image_topics=image_topics, start_ns=int(start),
                            end_ns=int(max(end - 1, start)) if end else 0,

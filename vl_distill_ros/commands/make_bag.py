@@ -26,6 +26,24 @@ TABLE_HELP = ("range of the table top's length and of its width, in metres (defa
               "than table in view")
 
 
+def _add_storage_args(p: argparse.ArgumentParser) -> None:
+    """How the bag is written: ``--storage``, ``--compression``, ``--image-format`` and
+    ``--jpeg-quality``."""
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
+                   help="rosbag2 storage plugin (default: %(default)s)")
+    p.add_argument("--compression", choices=("none", "zstd"), default="zstd",
+                   help="zstd: MCAP chunk compression (mcap) or per-message compression "
+                        "(sqlite3); none: raw (default: %(default)s)")
+    p.add_argument("--image-format", choices=("raw", "jpeg", "png"), default="raw",
+                   help="raw: sensor_msgs/Image (rgb8 colour, 16UC1 depth); jpeg/png: "
+                        "sensor_msgs/CompressedImage on image_transport's topics, as robots "
+                        "record (colour on /camera/image_raw/compressed, depth as 16UC1 "
+                        "compressedDepth PNG on /camera/depth/image_raw/compressedDepth) "
+                        "(default: %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                   help="JPEG quality 1..100 with --image-format jpeg (default: %(default)s)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``make-bag`` subcommand to ``subparsers`` (sets ``func=run``)."""
     p = subparsers.add_parser(
@@ -33,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Render tabletop scenes of YCB objects on the CPU and write them to a "
                     "rosbag2 bag (MCAP or sqlite3, readable by 'ros2 bag play'): "
                     "sensor_msgs/Image on /camera/image_raw (optionally "
-                    "/hand_camera/image_raw) and one std_msgs/String ground-truth JSON "
+                    "/hand_camera/image_raw; CompressedImage with --image-format) and "
+                    "one std_msgs/String ground-truth JSON "
                     "document per image on /ground_truth, in the node's ~/labels schema. "
                     "Deterministic for a given seed.")
     p.add_argument("--out", required=True, metavar="BAG",
@@ -50,11 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     p.add_argument("--contact-prob", type=float, default=0.0, metavar="P", help=CONTACT_HELP)
     p.add_argument("--furniture", type=int, default=0, metavar="N", help=FURNITURE_HELP)
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
-                   help="rosbag2 storage plugin (default: %(default)s)")
-    p.add_argument("--compression", choices=("none", "zstd"), default="zstd",
-                   help="zstd: MCAP chunk compression (mcap) or per-message compression "
-                        "(sqlite3); none: raw (default: %(default)s)")
+    _add_storage_args(p)
     p.add_argument("--hand-camera", action="store_true",
                    help="also write a close-up hand camera on /hand_camera/image_raw")
     p.add_argument("--depth", action="store_true",
@@ -254,7 +269,8 @@ def _summary(args: argparse.Namespace, out, topics, stats: dict, elapsed: float)
 
     size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
     n = stats["images"]
-    print(f"[make-bag] wrote {out} ({args.storage}, compression {args.compression}, "
+    print(f"[make-bag] wrote {out} ({args.storage}, compression {args.compression}, images "
+          f"{getattr(args, 'image_format', 'raw')}, "
           f"{size / 1e6:.1f} MB) in {elapsed:.1f} s ({1000 * elapsed / max(n, 1):.0f} ms/frame)")
     print(f"[make-bag] {n} frames at {args.fps:g} fps on {topics.camera} "
           f"({args.width}x{args.height})"
@@ -275,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
     """Render and write the bag; 0 on success, 2 on a usage, models or data problem."""
     import time
 
-    from ..bags.bag_io import BagError, BagTopics, write_camera_bag, write_ground_truth_sidecar
+    from ..bags.bag_io import (BagError, BagTopics, write_camera_bag, write_ground_truth_sidecar,
+                               written_topics)
     from ..model.vocabulary import VocabularyError
     from ..sim.render import RenderError
 
@@ -285,15 +302,18 @@ def run(args: argparse.Namespace) -> int:
     except (_UsageError, RenderError, VocabularyError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    topics = BagTopics()
+    image_format = getattr(args, "image_format", "raw")
+    topics = written_topics(BagTopics(), image_format)
     stats = {"images": 0, "hand": 0, "objects": 0, "hidden": 0, "labels": {}}
     sidecar: list = []
     started = time.perf_counter()
     try:
         with renderer:
             frames = _frames(args, renderer, pool, names, spec, topics, stats, sidecar)
-            out = write_camera_bag(args.out, frames, storage=args.storage, topics=topics,
-                                   compression=args.compression, overwrite=args.overwrite)
+            out = write_camera_bag(args.out, frames, storage=args.storage, topics=BagTopics(),
+                                   compression=args.compression, overwrite=args.overwrite,
+                                   image_format=image_format,
+                                   jpeg_quality=getattr(args, "jpeg_quality", 90))
         if args.sidecar:
             write_ground_truth_sidecar(args.sidecar, sidecar)
     except (RenderError, BagError, OSError) as exc:

@@ -54,8 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
-from ..bags.bag_io import (BagContents, BagError, decode_image_cdr, iter_raw_messages,
-                           read_camera_bag)
+from ..bags.bag_io import (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, BagContents, BagError,
+                           decode_image_cdr, iter_raw_messages, read_camera_bag)
+from ..perception.compressed_codec import topic_transport
 from ..ros import params as P
 from ..ros.node_process import (NODE_NAME, NodeProcess, default_node_command, log_tail,
                                 node_command)
@@ -341,9 +342,10 @@ def _manifest_names(model: Path) -> list[str] | None:
         return None
 
 
-def stamp_from_cdr(data: bytes) -> int:
-    """``header.stamp`` (ns) of a serialised ``sensor_msgs/msg/Image`` (it starts the message,
-    right after the 4-byte CDR encapsulation header), after checking that the whole message
+def stamp_from_cdr(data: bytes, msgtype: str = IMAGE_TYPE) -> int:
+    """``header.stamp`` (ns) of a serialised ``sensor_msgs/msg/Image`` or ``CompressedImage``
+    (``msgtype``; the stamp starts either message, right after the 4-byte CDR encapsulation
+    header), after checking that the whole message
     deserialises and its image decodes, exactly as the offline replay reads it; so the live
     replay stops on a corrupt image message with exit code 2 as ``--offline`` does, instead
     of publishing bytes the node can only drop.
@@ -361,7 +363,7 @@ def stamp_from_cdr(data: bytes) -> int:
         raise InputError(f"an image message in the bag has an invalid stamp ({sec} s, "
                          f"{nanosec} ns) (corrupt bag)")
     try:
-        decode_image_cdr(data, f"the image message stamped {sec}.{nanosec:09d} s")
+        decode_image_cdr(data, f"the image message stamped {sec}.{nanosec:09d} s", msgtype)
     except BagError as exc:
         raise InputError(f"{exc} (corrupt bag)") from None
     return sec * 1_000_000_000 + nanosec
@@ -557,6 +559,8 @@ class LivePlan:
         env: the node's environment.
         side_topics: the bag's depth and CameraInfo topics replayed with the images (their
             namespaced names are in ``replay_topic`` too), topic -> message type.
+        image_types: the message type of each of ``topics`` (``Image`` or
+            ``CompressedImage``).
     """
 
     namespace: str
@@ -568,6 +572,7 @@ class LivePlan:
     env: dict[str, str]
     tmp_log: str | None = None
     side_topics: dict[str, str] = field(default_factory=dict)
+    image_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def fqn(self) -> str:
@@ -597,6 +602,15 @@ def _depth_plan(contents: BagContents, settings: ReplaySettings,
             "camera_info_topics": [info[t] for t in topics]}
 
 
+def _transport_suffix(topic: str, msgtype: str, transport: str) -> str:
+    """What to append to a replayed topic so that the node, which picks the message type by
+    image_transport's naming, subscribes with the bag's type: ``/compressed`` or
+    ``/compressedDepth`` after a CompressedImage topic not already named so, else nothing."""
+    if msgtype != COMPRESSED_IMAGE_TYPE or topic_transport(topic) != "raw":
+        return ""
+    return "/" + transport
+
+
 def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, vocab_file: Any,
               values: Mapping[str, Any]) -> LivePlan:
     """Phase 1a: the namespace, topics, node command, log folder and environment."""
@@ -605,7 +619,12 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
     topics = list(contents.image_topics)
     depth = _depth_plan(contents, settings, topics)
     side = {t: contents.topics[t] for t in depth["depth_topics"] + depth["camera_info_topics"]}
-    replay_topic = {t: ns + (t if t.startswith("/") else "/" + t) for t in [*topics, *side]}
+    types = getattr(contents, "topics", None) or {}
+    suffix = {t: _transport_suffix(t, types.get(t, IMAGE_TYPE),
+                                   "compressedDepth" if t in depth["depth_topics"]
+                                   else "compressed") for t in [*topics, *side]}
+    replay_topic = {t: ns + (t if t.startswith("/") else "/" + t) + suffix[t]
+                    for t in [*topics, *side]}
     node_values = {"model_path": str(model), "image_topics": [replay_topic[t] for t in topics],
                    "persist_vocabulary": False, "text_cache_dir": settings.text_cache_dir,
                    "device": settings.device, "diagnostics_period": DIAGNOSTICS_PERIOD,
@@ -629,7 +648,8 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
     return LivePlan(namespace=ns, topics=topics, replay_topic=replay_topic,
                     cmd=node_command(ns, node_values, base_cmd=base_cmd), base_cmd=base_cmd,
                     log_path=Path(log_dir) / "node.log", env=env, tmp_log=tmp_log,
-                    side_topics=side)
+                    side_topics=side,
+                    image_types={t: types.get(t, IMAGE_TYPE) for t in topics})
 
 
 class DiagnosticsLog:
@@ -679,13 +699,13 @@ def _import_ros() -> dict[str, Any]:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from std_msgs.msg import String
     except ImportError as exc:
         raise NodeError(f"live replay needs rclpy and the ROS 2 message packages ({exc}); "
                         "use --offline to evaluate without ROS") from None
     return {"rclpy": rclpy, "DiagnosticArray": DiagnosticArray, "Image": Image,
-            "CameraInfo": CameraInfo,
+            "CameraInfo": CameraInfo, "CompressedImage": CompressedImage,
             "String": String, "SingleThreadedExecutor": SingleThreadedExecutor,
             "QoSProfile": QoSProfile, "HistoryPolicy": HistoryPolicy,
             "ReliabilityPolicy": ReliabilityPolicy, "DurabilityPolicy": DurabilityPolicy}
@@ -711,8 +731,8 @@ class ReplayNode:
             pub_qos = qos(history=ros["HistoryPolicy"].KEEP_LAST, depth=10,
                           reliability=ros["ReliabilityPolicy"].RELIABLE,
                           durability=ros["DurabilityPolicy"].VOLATILE)
-            types = {t: ros["CameraInfo"] if ty.endswith("CameraInfo") else ros["Image"]
-                     for t, ty in plan.side_topics.items()}
+            types = {t: ros[ty.rsplit("/", 1)[-1]]
+                     for t, ty in {**plan.image_types, **plan.side_topics}.items()}
             self.pubs = {t: self.node.create_publisher(types.get(t, ros["Image"]),
                                                        plan.replay_topic[t], pub_qos)
                          for t in [*plan.topics, *plan.side_topics]}
@@ -829,7 +849,7 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
         is_frame = frame_topics is None or raw.topic in frame_topics
         # colour frames are checked as --offline reads them; depth and CameraInfo messages
         # go to the node as they are (it reports bad depth per camera)
-        key = (raw.topic, stamp_from_cdr(raw.data)) if is_frame else None
+        key = (raw.topic, stamp_from_cdr(raw.data, raw.msgtype)) if is_frame else None
         if run.t_start is None:
             run.t_start, t_bag0 = time.monotonic(), raw.timestamp_ns
         target = run.t_start + (raw.timestamp_ns - t_bag0) / 1e9 / rate

@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 
 __all__ = ["ImageDecodeError", "SUPPORTED_ENCODINGS", "BYTES_PER_PIXEL", "decode_image",
-           "encode_rgb8", "DEPTH_ENCODINGS", "decode_depth", "encode_depth_mm"]
+           "encode_rgb8", "DEPTH_ENCODINGS", "decode_depth", "encode_depth_mm", "as_byte_view",
+           "ImageData"]
 
 
 class ImageDecodeError(ValueError):
@@ -80,8 +81,12 @@ _TO_RGB: dict[str, int | None] = {
 ImageData = Union[bytes, bytearray, memoryview, np.ndarray, array.array, list]
 
 
-def _as_byte_view(data: ImageData) -> np.ndarray:
-    """A flat uint8 view of ``data`` (no copy for buffer-protocol objects)."""
+def as_byte_view(data: ImageData) -> np.ndarray:
+    """A flat uint8 view of ``data`` (no copy for buffer-protocol objects).
+
+    Raises:
+        ImageDecodeError: an unsupported type, or a list that is not flat bytes 0..255.
+    """
     if isinstance(data, np.ndarray):
         flat = np.ascontiguousarray(data).reshape(-1)  # copies only if non-contiguous
         return flat.view(np.uint8)
@@ -165,7 +170,7 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
             f"step {step} is smaller than width * bytes_per_pixel = {width} * {bpp} = "
             f"{row_bytes} for encoding {encoding!r}")
 
-    buf = _as_byte_view(data)
+    buf = as_byte_view(data)
     expected = step * height
     if buf.size != expected:
         problem = "truncated image data" if buf.size < expected else "image data too long"
@@ -268,7 +273,7 @@ def decode_depth(encoding: str, height: int, width: int, step: int, data: ImageD
     if step < width * bpp:
         raise ImageDecodeError(f"step {step} is smaller than width * bytes_per_pixel = "
                                f"{width} * {bpp} for encoding {encoding!r}")
-    buf = _as_byte_view(data)
+    buf = as_byte_view(data)
     if buf.size != step * height:
         raise ImageDecodeError(f"depth data has {buf.size} bytes, expected step*height = "
                                f"{step}*{height} = {step * height}")

@@ -4,14 +4,17 @@
 (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`) and its latest
 ``sensor_msgs/CameraInfo``, pairs a colour frame with the depth image of the same stamp (or
 the nearest within ``depth_sync_tolerance``), decodes it (16UC1 mm or 32FC1 m) and checks
-it against the colour image and the intrinsics. Anything wrong -- no partner in time, no
-CameraInfo yet, a wrong encoding, a size mismatch, a CameraInfo with zeros -- gives
-``(None, None)`` with a reason: the colour frame is then processed colour-only, and the
-counters and the last problem go to the camera's ``/diagnostics`` status.
+it against the colour image and the intrinsics. Depth comes as a ``sensor_msgs/Image`` or,
+on a ``.../compressedDepth`` topic, as a ``sensor_msgs/CompressedImage``
+(:func:`~vl_distill_ros.perception.compressed_codec.decode_depth_message`). Anything wrong
+-- no partner in time, no CameraInfo yet, a wrong encoding, a size mismatch, a CameraInfo
+with zeros -- gives ``(None, None)`` with a reason: the colour frame is then processed
+colour-only, and the counters and the last problem go to the camera's ``/diagnostics``
+status.
 
 Messages are duck-typed (``header.stamp``, ``encoding``, ``height``, ``width``, ``step``,
-``data``, ``is_bigendian``; ``k``, ``width``, ``height``), so this module is tested without
-ROS as well as through the node.
+``data``, ``is_bigendian``, or ``format`` and ``data``; ``k``, ``width``, ``height``), so
+this module is tested without ROS as well as through the node.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..perception.depth_proposals import CameraIntrinsics, DepthError
-from ..perception.image_codec import ImageDecodeError, decode_depth
+from ..perception.compressed_codec import decode_depth_message
+from ..perception.image_codec import ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
 
 __all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
@@ -103,8 +107,7 @@ class DepthInput:
         height, width = int(image_shape[0]), int(image_shape[1])
         try:
             k = CameraIntrinsics.from_k(list(info.k), int(info.width), int(info.height))
-            depth = decode_depth(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                 msg.is_bigendian)
+            depth = decode_depth_message(msg)
         except DepthError as exc:
             return self._error(f"CameraInfo on {self.info_topic}: {exc}")
         except ImageDecodeError as exc:

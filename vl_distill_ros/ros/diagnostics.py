@@ -40,6 +40,8 @@ class CameraState:
 
     topic: str
     resolved: str = ""
+    #: ``raw`` (sensor_msgs/Image) or ``compressed`` (sensor_msgs/CompressedImage).
+    transport: str = "raw"
     pending: Any = None
     pending_t: float = 0.0
     received: int = 0
@@ -65,6 +67,7 @@ class CameraState:
         period = {
             "values": {
                 "topic": self.resolved,
+                "transport": self.transport,
                 "received": self.received,
                 "processed": self.processed,
                 "dropped": self.dropped,

@@ -2,11 +2,12 @@
 
 A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline`:
 
-* subscribes to ``image_topics`` (sensor_msgs/Image) with sensor-data QoS; each camera has a
+* subscribes to ``image_topics`` (sensor_msgs/Image, or sensor_msgs/CompressedImage when a
+  topic ends in ``/compressed``, image_transport's naming) with sensor-data QoS; each camera has a
   one-frame "latest wins" slot, so a fast camera never builds a queue (overwritten frames are
   counted as dropped);
 * the inference threads (one model in memory for all cameras) decode frames with numpy
-  (:func:`~vl_distill_ros.perception.image_codec.decode_image`, no cv_bridge), run the
+  (:func:`~vl_distill_ros.perception.compressed_codec.decode_image_message`, no cv_bridge), run the
   pipeline and publish ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable;
   the vocabulary on ``~/label_info``) and optionally ``~/image_annotated``
   (:mod:`.conversions`): with ``pipelined: true`` (the default) the first decodes a frame,
@@ -42,7 +43,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
@@ -50,7 +51,8 @@ from ..model.bundle import Bundle, BundleError, load_bundle
 from ..model.runtime import BACKENDS, RuntimeBackendError
 from ..model.text_service import TextEmbeddingService
 from ..model.vocabulary import Vocabulary, VocabularyError
-from ..perception.image_codec import ImageDecodeError, decode_image
+from ..perception.compressed_codec import decode_image_message, topic_transport
+from ..perception.image_codec import ImageDecodeError
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
 from . import params as P
@@ -121,9 +123,20 @@ def check_startup_params(p: dict) -> None:
         if topics and (len(topics) != n or any(not t.strip() for t in topics)):
             raise StartupError(f"{name} must be empty or list one non-empty topic per "
                                f"image_topics entry ({n}), got {list(topics)}")
+    depth_on_colour = [t for t in p["image_topics"] if topic_transport(t) == "compressedDepth"]
+    if depth_on_colour:
+        raise StartupError(f"image_topics {depth_on_colour} carry compressedDepth (depth) "
+                           "images: list them in depth_topics")
     if bool(p["depth_topics"]) != bool(p["camera_info_topics"]):
         raise StartupError("depth_topics and camera_info_topics go together: depth is "
                            "back-projected with the colour camera's CameraInfo")
+
+
+def _message_type(topic: str) -> type:
+    """The message type of an image topic by image_transport's naming
+    (:func:`~vl_distill_ros.perception.compressed_codec.topic_transport`): CompressedImage on
+    ``.../compressed`` and ``.../compressedDepth``, Image otherwise."""
+    return Image if topic_transport(topic) == "raw" else CompressedImage
 
 
 def _plain(value: Any) -> Any:
@@ -342,14 +355,14 @@ class VlDistillNode(Node):
         pairs = dict(zip((t.strip() for t in p["image_topics"]),
                          zip(p["depth_topics"] or [""] * n, p["camera_info_topics"] or [""] * n)))
         for topic, (depth_topic, info_topic) in pairs.items():
-            cam = CameraState(topic=topic)
-            sub = self.create_subscription(Image, topic,
+            cam = CameraState(topic=topic, transport=topic_transport(topic))
+            sub = self.create_subscription(_message_type(topic), topic,
                                            lambda msg, cam=cam: self._on_image(msg, cam), qos)
             cam.resolved = sub.topic_name
             if depth_topic:
                 self._subs.append(self.create_subscription(
-                    Image, depth_topic.strip(), lambda msg, cam=cam: self._on_depth(msg, cam),
-                    qos))
+                    _message_type(depth_topic.strip()), depth_topic.strip(),
+                    lambda msg, cam=cam: self._on_depth(msg, cam), qos))
                 self._subs.append(self.create_subscription(
                     CameraInfo, info_topic.strip(), lambda msg, cam=cam: cam.depth.add_info(msg),
                     qos))
@@ -534,8 +547,7 @@ class VlDistillNode(Node):
     def _prepare(self, cam: CameraState, msg: Image, t_recv: float) -> "_Staged | None":
         """Decode a frame, pair its depth and find its boxes (None: a bad frame, reported)."""
         try:
-            image = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                 msg.is_bigendian)
+            image = decode_image_message(msg)
         except ImageDecodeError as exc:
             self._report_frame_problem(cam, "bad_frame", f"skipped a frame: {exc}")
             return None

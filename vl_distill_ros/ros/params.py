@@ -62,13 +62,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Exported student bundle (.vdb) to load. Empty: the bundle shipped with the "
               "package (vl_distill_ros/bundles/default_student.vdb).", read_only=True),
     ParamSpec("image_topics", ["image"], "string_array",
-              "Camera topics (sensor_msgs/Image) to subscribe to; relative names resolve in "
-              "the node's namespace, so remapping 'image' works as usual. One model serves "
-              "all of them.", read_only=True),
+              "Camera topics (sensor_msgs/Image) to subscribe to; a topic ending in "
+              "/compressed is read as sensor_msgs/CompressedImage (JPEG or PNG, "
+              "image_transport's compressed topic). Relative names resolve in the node's "
+              "namespace, so remapping 'image' works as usual. One model serves all of them.",
+              read_only=True),
     ParamSpec("depth_topics", [], "string_array",
               "Registered depth images (sensor_msgs/Image, 16UC1 in mm or 32FC1 in m, aligned "
-              "to the colour image), one per image_topics entry in the same order, or empty "
-              "for colour only. Paired with colour frames by header stamp.", read_only=True,
+              "to the colour image; a topic ending in /compressedDepth is read as "
+              "image_transport's compressedDepth PNG), one per image_topics entry in the "
+              "same order, or empty for colour only. Paired with colour frames by header "
+              "stamp.", read_only=True,
               constraints="empty or len(image_topics) topics"),
     ParamSpec("camera_info_topics", [], "string_array",
               "sensor_msgs/CameraInfo of each colour camera (its K gives the intrinsics "

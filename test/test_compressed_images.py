@@ -1,0 +1,363 @@
+"""sensor_msgs/CompressedImage: image_transport's compressed (JPEG/PNG colour) and
+compressedDepth (PNG depth) payloads, decoded ROS-free, and bags that hold them (written,
+read, paired and replayed offline). The node's subscriptions are tested over rclpy in
+``test_node_depth.py``.
+
+Reference payloads are made with OpenCV's encoder directly (BGR order, as
+compressed_image_transport does) and the compressedDepth header with ``struct``, following
+the transport's documented layout, so the decoder is checked against independently built
+messages, not against its own encoder only.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import OBJECTS, make_colour_bundle, synthetic_frames
+from vl_distill_ros import cli
+from vl_distill_ros.bags.bag_io import (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, BagError, BagFrame,
+                                        BagTopics, pair_camera_topics, read_camera_bag,
+                                        write_camera_bag)
+from vl_distill_ros.perception import compressed_codec as cc
+from vl_distill_ros.perception.image_codec import ImageDecodeError, decode_image
+
+#: Four seen labels, two unseen (a lemon is confused with a banana), as the replay tests.
+NAMES = list(OBJECTS)
+
+
+def _scene(h: int = 48, w: int = 64) -> np.ndarray:
+    """A smooth RGB test image (JPEG keeps it within a few levels)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([x * 255 / w, y * 255 / h, np.full((h, w), 90.0)], -1).astype(np.uint8)
+
+
+def _jpeg(bgr: np.ndarray, **flags: int) -> bytes:
+    params = [v for kv in flags.items() for v in (getattr(cv2, kv[0]), kv[1])]
+    ok, out = cv2.imencode(".jpg", bgr, params)
+    assert ok
+    return out.tobytes()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    ok, out = cv2.imencode(".png", pixels)
+    assert ok
+    return out.tobytes()
+
+
+# ---------------------------------------------------------------------------------------
+# colour
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["jpeg", "rgb8; jpeg compressed bgr8",
+                                 "bgr8; jpeg compressed bgr8"])
+def test_jpeg_from_an_independent_encoder_decodes_to_rgb(fmt):
+    rgb = _scene()
+    data = _jpeg(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), IMWRITE_JPEG_QUALITY=95)
+    out = cc.decode_compressed_image(fmt, data)
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and out.flags.writeable
+    assert np.abs(out.astype(int) - rgb).mean() < 2.0
+    # channel order: the red ramp runs along x, so a swap would show
+    assert out[:, -1, 0].mean() > 200 and out[:, -1, 2].mean() < 120
+
+
+def test_png_colour_grey_bgra_and_16_bit_grey():
+    rgb = _scene()
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    np.testing.assert_array_equal(cc.decode_compressed_image("png", _png(bgr)), rgb)
+    bgra = np.dstack([bgr, np.full(rgb.shape[:2], 128, np.uint8)])
+    np.testing.assert_array_equal(cc.decode_compressed_image("bgra8; png compressed bgra8",
+                                                             _png(bgra)), rgb)
+    grey = rgb[..., 1].copy()
+    out = cc.decode_compressed_image("mono8; png compressed mono8", _png(grey))
+    assert (out == grey[..., None]).all()
+    # a 16-bit grey PNG is scaled by the frame's maximum, as raw mono16 is
+    g16 = (grey.astype(np.uint16) * 40)
+    want = decode_image("mono16", *g16.shape, g16.shape[1] * 2, g16.astype("<u2").tobytes())
+    np.testing.assert_array_equal(cc.decode_compressed_image("mono16; png", _png(g16)), want)
+
+
+def test_jpeg_size_is_read_past_metadata_and_from_progressive_frames():
+    rgb = _scene(30, 50)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    plain = _jpeg(bgr)
+    # an APP1 (EXIF-like) segment of 5 kB between SOI and the rest
+    app1 = b"\xff\xe1" + struct.pack(">H", 5002) + bytes(5000)
+    with_meta = plain[:2] + app1 + plain[2:]
+    for data in (plain, with_meta, _jpeg(bgr, IMWRITE_JPEG_PROGRESSIVE=1)):
+        buf = np.frombuffer(data, np.uint8)
+        assert cc.payload_size(buf) == ("jpeg", 50, 30)
+        assert cc.decode_compressed_image("jpeg", data).shape == (30, 50, 3)
+
+
+def _claiming(data: bytes, kind: str, width: int, height: int) -> bytes:
+    """``data`` (a valid JPEG or PNG) with its header claiming ``width`` x ``height``."""
+    b = bytearray(data)
+    if kind == "png":
+        b[16:24] = struct.pack(">II", width, height)
+        return bytes(b)
+    i = 2
+    while b[i + 1] not in cc._JPEG_SOF:
+        i += 2 + struct.unpack(">H", bytes(b[i + 2:i + 4]))[0]
+    b[i + 5:i + 9] = struct.pack(">HH", height, width)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_a_small_payload_claiming_a_huge_frame_is_refused_before_decoding(kind, monkeypatch):
+    bgr = cv2.cvtColor(_scene(), cv2.COLOR_RGB2BGR)
+    bomb = _claiming(_jpeg(bgr) if kind == "jpeg" else _png(bgr), kind, 60000, 60000)
+    assert len(bomb) < 20_000
+
+    def never(*a, **k):
+        raise AssertionError("the decoder must not run on an oversized frame")
+    monkeypatch.setattr(cc.cv2, "imdecode", never)
+    with pytest.raises(ImageDecodeError, match="too large: 60000x60000"):
+        cc.decode_compressed_image(kind, bomb)
+    with pytest.raises(ImageDecodeError, match="max_pixels=1000"):
+        cc.decode_compressed_image(kind, _jpeg(bgr) if kind == "jpeg" else _png(bgr),
+                                   max_pixels=1000)
+    with pytest.raises(ImageDecodeError, match="empty compressed frame"):
+        cc.decode_compressed_image(kind, _claiming(bomb, kind, 0, 10))
+
+
+@pytest.mark.parametrize("data, fmt, message", [
+    (b"", "jpeg", "empty compressed image data"),
+    (b"BM\x00\x00\x00\x00\x00\x00\x00\x00", "jpeg", "neither JPEG nor PNG"),
+    (b"GIF89a\x01\x00\x01\x00", "gif", "neither JPEG nor PNG"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF", "jpeg", "no frame header"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "png", "no IHDR header"),
+    (b"\x89PNG", "16UC1; compressedDepth png", r"is a compressedDepth \(depth\) image"),
+])
+def test_bad_compressed_colour_is_a_clear_error(data, fmt, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        cc.decode_compressed_image(fmt, data)
+
+
+def test_truncated_payloads_are_a_clear_error():
+    data = _jpeg(cv2.cvtColor(_scene(), cv2.COLOR_RGB2BGR))
+    with pytest.raises(ImageDecodeError, match="corrupt PNG data"):
+        cc.decode_compressed_image("png", _png(_scene())[:60])
+    with pytest.raises(ImageDecodeError, match="corrupt JPEG data"):
+        cc.decode_compressed_image("jpeg", data[:len(data) // 2])
+
+
+def test_encode_compressed_image_round_trip_and_checks():
+    rgb = _scene()
+    fmt, data = cc.encode_compressed_image(rgb, "png")
+    assert fmt == "rgb8; png compressed bgr8"
+    np.testing.assert_array_equal(cc.decode_compressed_image(fmt, data), rgb)
+    # OpenCV reads what the encoder wrote in BGR order as the original colours
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), 1)[..., ::-1],
+                                  rgb)
+    fmt, data = cc.encode_compressed_image(rgb, "jpeg", 80)
+    assert fmt == "rgb8; jpeg compressed bgr8"
+    with pytest.raises(ValueError, match="quality"):
+        cc.encode_compressed_image(rgb, "jpeg", 0)
+    with pytest.raises(ValueError, match="unknown compression"):
+        cc.encode_compressed_image(rgb, "webp")
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        cc.encode_compressed_image(rgb[..., 0])
+
+
+def test_topic_transport_follows_image_transports_naming():
+    assert cc.topic_transport("/camera/color/image_raw/compressed") == "compressed"
+    assert cc.topic_transport("/cam/depth/image_raw/compressedDepth") == "compressedDepth"
+    assert cc.topic_transport("/camera/color/image_raw") == "raw"
+    assert cc.topic_transport("compressed_images/image") == "raw"
+    assert cc.topic_transport("/cam/theora") == "raw"
+
+
+# ---------------------------------------------------------------------------------------
+# depth
+# ---------------------------------------------------------------------------------------
+def _depth_m(h: int = 24, w: int = 32) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    z = (0.4 + 0.02 * x + 0.01 * y).astype(np.float32)
+    z[:3, :5] = 0.0  # holes
+    return z
+
+
+def test_compressed_depth_16uc1_is_millimetres():
+    mm = np.round(_depth_m() * 1000).astype(np.uint16)
+    data = struct.pack("<iff", 0, 0.0, 0.0) + _png(mm)
+    out = cc.decode_compressed_depth("16UC1; compressedDepth png", data)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, mm * np.float32(0.001))
+    # the older format string without the codec, and a plain 16-bit PNG of millimetres
+    np.testing.assert_allclose(cc.decode_compressed_depth("16UC1; compressedDepth", data), out)
+    np.testing.assert_allclose(cc.decode_compressed_depth("16UC1; png compressed mono16",
+                                                          _png(mm)), out)
+    fmt, enc = cc.encode_compressed_depth(_depth_m())
+    assert fmt == "16UC1; compressedDepth png" and enc[:12] == struct.pack("<iff", 0, 0, 0)
+    np.testing.assert_allclose(cc.decode_compressed_depth(fmt, enc), out)
+
+
+def test_compressed_depth_32fc1_is_quantised_inverse_depth():
+    """The transport's defaults: depth_max 10 m, depth_quantization 100, so
+    a = 100 * 101, b = 1 - a / 10, q = a / z + b (0 = no depth), z = a / (q - b)."""
+    z = _depth_m()
+    a = np.float32(100.0 * 101.0)
+    b = np.float32(1.0 - a / 10.0)
+    q = np.where(z > 0, a / np.where(z > 0, z, 1) + b, 0).astype(np.uint16)
+    data = struct.pack("<iff", 0, a, b) + _png(q)
+    out = cc.decode_compressed_depth("32FC1; compressedDepth png", data)
+    valid = z > 0
+    assert (out[~valid] == 0).all()
+    # quantisation error grows as z^2 / a: under 0.2 mm at 1.2 m
+    assert np.abs(out[valid] - z[valid]).max() < 2e-4
+
+
+@pytest.mark.parametrize("fmt, data, message", [
+    ("16UC1; compressedDepth rvl", b"\x00" * 40, "rvl is not supported"),
+    ("16UC1; compressedDepth png", b"\x00" * 12, "no room for its 12-byte header"),
+    ("rgb8; jpeg compressed bgr8", b"\xff\xd8\xff", "unsupported compressed depth format"),
+    ("32FC1; compressedDepth png", struct.pack("<iff", 0, float("nan"), 0.0)
+     + _png(np.ones((4, 4), np.uint16)), "quantisation parameters"),
+    ("16UC1; compressedDepth png", struct.pack("<iff", 0, 0, 0)
+     + _png(np.ones((4, 4), np.uint8)), "one-channel 16-bit PNG"),
+    ("16UC1; compressedDepth png", struct.pack("<iff", 0, 0, 0)
+     + _jpeg(np.ones((4, 4, 3), np.uint8)), "must be a 16-bit PNG, got jpeg"),
+])
+def test_bad_compressed_depth_is_a_clear_error(fmt, data, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        cc.decode_compressed_depth(fmt, data)
+
+
+def test_message_dispatch_by_type():
+    class Compressed:
+        format = "png"
+        data = _png(cv2.cvtColor(_scene(), cv2.COLOR_RGB2BGR))
+
+    class Raw:
+        encoding, height, width, step, is_bigendian = "rgb8", 48, 64, 192, 0
+        data = _scene().tobytes()
+
+    np.testing.assert_array_equal(cc.decode_image_message(Compressed()),
+                                  cc.decode_image_message(Raw()))
+
+
+# ---------------------------------------------------------------------------------------
+# bags
+# ---------------------------------------------------------------------------------------
+def _frames_with_depth(n: int = 3) -> list[BagFrame]:
+    frames = synthetic_frames(n, NAMES[:4], seed=5)
+    for f in frames:
+        f.depth = _depth_m(*f.image.shape[:2]) + np.float32(0.0004)
+        f.intrinsics = (100.0, 100.0, f.image.shape[1] / 2, f.image.shape[0] / 2)
+    return frames
+
+
+def test_jpeg_bag_holds_compressed_topics_and_reads_like_the_raw_bag(tmp_path):
+    raw = read_camera_bag(write_camera_bag(tmp_path / "raw", _frames_with_depth()))
+    jpg = read_camera_bag(write_camera_bag(tmp_path / "jpg", _frames_with_depth(),
+                                           image_format="jpeg"))
+    t = BagTopics()
+    colour, depth = t.camera + "/compressed", t.depth + "/compressedDepth"
+    assert jpg.topics[colour] == jpg.topics[depth] == COMPRESSED_IMAGE_TYPE
+    assert jpg.image_topics == [colour] and jpg.depth_topics == {colour: depth}
+    assert jpg.camera_info_topics == {colour: t.camera_info}
+    # ground truth names the topic the images are on
+    assert {cam for cam, _ in jpg.ground_truth} == {colour}
+    assert sorted(s for _, s in jpg.ground_truth) == sorted(s for _, s in raw.ground_truth)
+    a, b = list(raw.rgbd_frames()), list(jpg.rgbd_frames())
+    assert len(a) == len(b) == 3
+    for fa, fb in zip(a, b):
+        assert fb.stamp_ns == fa.stamp_ns and fb.encoding == "rgb8; jpeg compressed bgr8"
+        assert np.abs(fa.image.astype(int) - fb.image).mean() < 3.0
+        np.testing.assert_array_equal(fa.depth, fb.depth)        # PNG depth is lossless
+        assert fb.camera_info == fa.camera_info
+    png = read_camera_bag(write_camera_bag(tmp_path / "png", _frames_with_depth(),
+                                           image_format="png"))
+    for fa, fp in zip(a, png.rgbd_frames()):
+        np.testing.assert_array_equal(fa.image, fp.image)
+
+
+def test_compressed_copies_and_the_colour_compressed_depth_topic_are_left_out():
+    img, comp, info = IMAGE_TYPE, COMPRESSED_IMAGE_TYPE, "sensor_msgs/msg/CameraInfo"
+    # a robot that recorded everything image_transport advertises
+    recorded = {"/camera/color/image_raw": img, "/camera/color/image_raw/compressed": comp,
+                "/camera/color/image_raw/compressedDepth": comp,
+                "/camera/aligned_depth_to_color/image_raw": img,
+                "/camera/aligned_depth_to_color/image_raw/compressedDepth": comp,
+                "/camera/color/camera_info": info}
+    colour, depth, _ = pair_camera_topics(recorded)
+    assert colour == ["/camera/color/image_raw"]   # raw is preferred to its copies
+    assert depth == {"/camera/color/image_raw": "/camera/aligned_depth_to_color/image_raw"}
+    # only the compressed transports recorded (the usual robot bag)
+    compressed = {k: v for k, v in recorded.items() if v != img}
+    colour, depth, cinfo = pair_camera_topics(compressed)
+    assert colour == ["/camera/color/image_raw/compressed"]
+    assert depth == {colour[0]: "/camera/aligned_depth_to_color/image_raw/compressedDepth"}
+    assert cinfo == {colour[0]: "/camera/color/camera_info"}
+    # an explicit pairing may name any image topic
+    colour, depth, _ = pair_camera_topics(recorded, {"/camera/color/image_raw":
+                                                     "/camera/color/image_raw/compressedDepth"})
+    assert depth == {"/camera/color/image_raw": "/camera/color/image_raw/compressedDepth"}
+
+
+def test_bad_image_format_arguments_are_refused(tmp_path):
+    with pytest.raises(BagError, match="unknown image format"):
+        write_camera_bag(tmp_path / "a", synthetic_frames(1, NAMES[:2]), image_format="bmp")
+    with pytest.raises(BagError, match="jpeg_quality"):
+        write_camera_bag(tmp_path / "b", synthetic_frames(1, NAMES[:2]), image_format="jpeg",
+                         jpeg_quality=101)
+
+
+def _corrupt_first_jpeg(src: Path, dst: Path) -> Path:
+    """A copy of a compressed-colour bag whose first image payload is not a JPEG."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags import bag_io
+
+    store = bag_io._typestore()
+    with Writer(dst, version=Writer.VERSION_LATEST) as writer:
+        conns: dict = {}
+        first = True
+        for raw in bag_io.iter_raw_messages(src):
+            if raw.topic not in conns:
+                conns[raw.topic] = writer.add_connection(raw.topic, raw.msgtype,
+                                                         typestore=store)
+            data = raw.data
+            if raw.msgtype == COMPRESSED_IMAGE_TYPE and first:
+                msg = store.deserialize_cdr(data, raw.msgtype)
+                msg.data = np.frombuffer(b"not a jpeg" * 10, np.uint8)
+                data = store.serialize_cdr(msg, raw.msgtype)
+                first = False
+            writer.write(conns[raw.topic], raw.timestamp_ns, data)
+    return dst
+
+
+def test_offline_replay_of_a_jpeg_bag_scores_like_the_raw_bag(tmp_path, capsys):
+    bundle = make_colour_bundle(tmp_path / "b.vdb", NAMES, NAMES[:4])
+    frames = synthetic_frames(6, NAMES, seed=2)
+    write_camera_bag(tmp_path / "raw", frames)
+    write_camera_bag(tmp_path / "jpg", frames, image_format="jpeg", jpeg_quality=92)
+    reports = {}
+    for name in ("raw", "jpg"):
+        t0 = time.perf_counter()
+        code = cli.main(["replay-eval", str(tmp_path / name), "--offline", "--model",
+                         str(bundle), "--out", str(tmp_path / f"out_{name}"),
+                         "--text-cache-dir", "", "--no-progress",
+                         "-p", "crop_source:=proposals"])
+        assert code == 0, capsys.readouterr().err
+        reports[name] = json.loads((tmp_path / f"out_{name}" / "report.json").read_text())
+        print(f"{name}: {time.perf_counter() - t0:.1f} s")
+    raw, jpg = reports["raw"], reports["jpg"]
+    assert jpg["frames"]["labelled"] == raw["frames"]["labelled"] == 6
+    g_raw, g_jpg = raw["groups"]["all"], jpg["groups"]["all"]
+    assert g_jpg["objects"] == g_raw["objects"] > 0
+    # JPEG at quality 92 moves few boxes or labels on these frames
+    assert abs(g_jpg["correct"] - g_raw["correct"]) <= 2, (g_raw, g_jpg)
+    assert g_jpg["correct"] > 0
+    # a corrupt JPEG in the bag stops --offline with exit 2 and names the topic
+    bad = _corrupt_first_jpeg(tmp_path / "jpg", tmp_path / "bad")
+    code = cli.main(["replay-eval", str(bad), "--offline", "--model", str(bundle), "--out",
+                     str(tmp_path / "out_bad"), "--text-cache-dir", "", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "/camera/image_raw/compressed" in err and "neither JPEG nor PNG" in err

@@ -1,0 +1,300 @@
+"""Decode ``sensor_msgs/CompressedImage`` payloads (image_transport's ``compressed`` and
+``compressedDepth`` transports) and encode them for bags and tests.
+
+ROS-free: functions take the message fields (``format``, ``data``), or a duck-typed message.
+Robot bags usually hold colour as ``.../image_raw/compressed`` and depth as
+``.../image_raw/compressedDepth``, because raw frames are ~25x larger.
+
+* **Colour** (``compressed`` transport): ``format`` is ``"jpeg"`` or ``"png"`` (ROS 1 and
+  older drivers), or ``"<encoding>; <jpeg|png> compressed <encoding>"`` (ROS 2's
+  compressed_image_transport, e.g. ``"rgb8; jpeg compressed bgr8"``). The payload is a
+  standard JPEG or PNG file; which of the two is read from its signature, and only those two
+  are decoded (OpenCV can read many more formats; an unexpected one is refused rather than
+  handed to a rarely used decoder). 8-bit colour, grey and BGRA payloads come back as RGB;
+  16-bit grey is scaled by the frame's own maximum as raw ``mono16`` is
+  (:func:`~vl_distill_ros.perception.image_codec.decode_image`).
+* **Depth** (``compressedDepth`` transport): ``format`` is
+  ``"<encoding>; compressedDepth png"`` (or ``"...; compressedDepth"``). The payload is a
+  12-byte header (little-endian int32 format tag and two float32 quantisation parameters
+  ``a``, ``b``) then a 16-bit PNG: ``16UC1`` holds millimetres; ``32FC1`` holds quantised
+  inverse depth ``q``, with depth ``a / (q - b)`` metres and ``q = 0`` for no measurement.
+  The ``rvl`` variant is refused with a clear error. A depth topic holding a plain 16-bit PNG
+  (``"16UC1; png compressed mono16"``) is read as millimetres too.
+
+Every size is checked from the file header **before** anything is decoded: a frame above
+``max_pixels`` (or with a zero side) is refused, so a small hostile payload cannot make the
+decoder allocate gigabytes. All problems raise
+:class:`~vl_distill_ros.perception.image_codec.ImageDecodeError`.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .image_codec import ImageData, ImageDecodeError, as_byte_view, decode_depth, decode_image
+
+__all__ = ["COMPRESSED_KINDS", "payload_kind", "payload_size", "decode_compressed_image",
+           "encode_compressed_image", "decode_compressed_depth", "encode_compressed_depth",
+           "decode_image_message", "decode_depth_message", "is_compressed_message",
+           "TRANSPORTS", "topic_transport"]
+
+#: Payload formats decoded (their file signatures are checked).
+COMPRESSED_KINDS: tuple[str, ...] = ("jpeg", "png")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
+#: compressedDepth's header: int32 format tag (0 = inverse depth), float32 a, float32 b.
+_DEPTH_HEADER = struct.Struct("<iff")
+#: JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def payload_kind(buf: np.ndarray) -> str:
+    """``jpeg`` or ``png`` from the payload's signature (``buf``: flat uint8).
+
+    Raises:
+        ImageDecodeError: an empty payload or any other signature.
+    """
+    if buf.size == 0:
+        raise ImageDecodeError("empty compressed image data")
+    head = buf[:8].tobytes()
+    if head.startswith(_JPEG_SOI):
+        return "jpeg"
+    if head == _PNG_SIGNATURE:
+        return "png"
+    raise ImageDecodeError(f"compressed image data is neither JPEG nor PNG (it starts with "
+                           f"{head.hex(' ')}); only jpeg and png are decoded")
+
+
+def _png_size(b: bytes) -> tuple[int, int]:
+    if len(b) < 24 or b[12:16] != b"IHDR":
+        raise ImageDecodeError("truncated or corrupt PNG data: no IHDR header")
+    width, height = struct.unpack(">II", b[16:24])
+    return int(width), int(height)
+
+
+def _jpeg_size(b: bytes) -> tuple[int, int]:
+    """Width and height from the first start-of-frame segment, walking the segments."""
+    i, n = 2, len(b)
+    while i + 4 <= n:
+        if b[i] != 0xFF:
+            raise ImageDecodeError(f"corrupt JPEG data: no segment marker at byte {i}")
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
+            break
+        (length,) = struct.unpack(">H", b[i + 2:i + 4])
+        if marker in _JPEG_SOF:
+            if i + 9 > n or length < 7:
+                break
+            height, width = struct.unpack(">HH", b[i + 5:i + 9])
+            return int(width), int(height)
+        if length < 2:
+            raise ImageDecodeError(f"corrupt JPEG data: segment of length {length} at byte {i}")
+        i += 2 + length
+    raise ImageDecodeError("truncated or corrupt JPEG data: no frame header (SOF) found")
+
+
+def payload_size(buf: np.ndarray) -> tuple[str, int, int]:
+    """``(kind, width, height)`` of a JPEG or PNG payload, read from its header only."""
+    kind = payload_kind(buf)
+    # the frame header of a JPEG sits after its metadata segments (EXIF: up to 64 kB each)
+    head = buf[:1 << 20].tobytes()
+    width, height = _png_size(head) if kind == "png" else _jpeg_size(head)
+    return kind, width, height
+
+
+def _checked_size(buf: np.ndarray, max_pixels: int, what: str) -> tuple[str, int, int]:
+    kind, width, height = payload_size(buf)
+    if width == 0 or height == 0:
+        raise ImageDecodeError(f"empty {what}: width={width}, height={height}")
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"{what} too large: {width}x{height} = {width * height} pixels "
+                               f"> max_pixels={max_pixels}")
+    return kind, width, height
+
+
+def _imdecode(buf: np.ndarray, kind: str, width: int, height: int) -> np.ndarray:
+    out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if out is None:
+        raise ImageDecodeError(f"corrupt {kind.upper()} data ({buf.size} bytes) could not be "
+                               "decoded")
+    if out.shape[:2] != (height, width):  # pragma: no cover - a decoder disagreeing with itself
+        raise ImageDecodeError(f"{kind} data decoded to {out.shape[1]}x{out.shape[0]}, its "
+                               f"header says {width}x{height}")
+    return out
+
+
+def _check_format(fmt: Any) -> str:
+    if not isinstance(fmt, str):
+        raise ImageDecodeError(f"CompressedImage format must be a string, got "
+                               f"{type(fmt).__name__}")
+    return fmt.strip()
+
+
+def decode_compressed_image(fmt: str, data: ImageData,
+                            max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode a colour ``sensor_msgs/CompressedImage`` to RGB uint8 ``(H, W, 3)``.
+
+    Args:
+        fmt: the message's ``format`` (see the module docstring); a ``compressedDepth``
+            format is refused (it is depth, not colour).
+        data: the JPEG or PNG file bytes.
+        max_pixels: frames with ``width * height`` above this are refused before decoding.
+
+    Raises:
+        ImageDecodeError: a depth format, an empty, unknown, corrupt or too large payload.
+    """
+    fmt = _check_format(fmt)
+    if "compresseddepth" in fmt.lower():
+        raise ImageDecodeError(f"format {fmt[:80]!r} is a compressedDepth (depth) image, not "
+                               "colour: list its topic in depth_topics")
+    buf = as_byte_view(data)
+    kind, width, height = _checked_size(buf, max_pixels, "compressed frame")
+    img = _imdecode(buf, kind, width, height)
+    if img.ndim == 2:
+        if img.dtype == np.uint16:  # 16-bit grey PNG, scaled as raw mono16 is
+            peak = int(img.max())
+            img = (cv2.convertScaleAbs(img, alpha=255.0 / peak) if peak > 0
+                   else np.zeros((height, width), np.uint8))
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.dtype != np.uint8:  # 16-bit colour PNG: keep the high byte
+        img = (img >> 8).astype(np.uint8)
+    code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(img, code)
+
+
+def encode_compressed_image(image: np.ndarray, kind: str = "jpeg",
+                            quality: int = 90) -> tuple[str, bytes]:
+    """Encode an RGB uint8 ``(H, W, 3)`` image as compressed_image_transport does:
+    ``(format, data)``, format ``"rgb8; jpeg compressed bgr8"`` or
+    ``"rgb8; png compressed bgr8"``.
+
+    Raises:
+        ValueError: not a non-empty RGB uint8 image, an unknown ``kind`` or ``quality``
+            outside 1..100.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
+        raise ValueError(f"expected a non-empty (H, W, 3) uint8 RGB image, got {image.dtype} "
+                         f"of shape {image.shape}")
+    if kind not in COMPRESSED_KINDS:
+        raise ValueError(f"unknown compression {kind!r}; choose one of {list(COMPRESSED_KINDS)}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if kind == "jpeg" else []
+    ok, out = cv2.imencode("." + ("jpg" if kind == "jpeg" else "png"),
+                           cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    if not ok:  # pragma: no cover - OpenCV refusing a valid uint8 image
+        raise ValueError(f"OpenCV could not encode the image as {kind}")
+    return f"rgb8; {kind} compressed bgr8", out.tobytes()
+
+
+def _depth_encoding(fmt: str) -> str:
+    encoding = fmt.split(";", 1)[0].strip()
+    if encoding not in ("16UC1", "mono16", "32FC1"):
+        raise ImageDecodeError(f"unsupported compressed depth format {fmt[:80]!r}; expected "
+                               "'16UC1; compressedDepth png' (millimetres) or "
+                               "'32FC1; compressedDepth png' (metres)")
+    return encoding
+
+
+def decode_compressed_depth(fmt: str, data: ImageData,
+                            max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode a depth ``sensor_msgs/CompressedImage`` to float32 metres ``(H, W)`` (0 = no
+    measurement), as the raw :func:`~vl_distill_ros.perception.image_codec.decode_depth`.
+
+    Raises:
+        ImageDecodeError: not a 16UC1/32FC1 depth format, the ``rvl`` codec, a missing
+            header, bad quantisation parameters, or a corrupt, non-16-bit or too large PNG.
+    """
+    fmt = _check_format(fmt)
+    encoding = _depth_encoding(fmt)
+    lower = fmt.lower()
+    buf = as_byte_view(data)
+    a = b = 0.0
+    if "compresseddepth" in lower:
+        if "rvl" in lower.split("compresseddepth", 1)[1]:
+            raise ImageDecodeError(f"compressedDepth rvl is not supported (format "
+                                   f"{fmt[:80]!r}); publish depth with the png variant")
+        if buf.size <= _DEPTH_HEADER.size:
+            raise ImageDecodeError(f"compressedDepth data has {buf.size} bytes: no room for "
+                                   f"its {_DEPTH_HEADER.size}-byte header and a PNG")
+        _, a, b = _DEPTH_HEADER.unpack(buf[:_DEPTH_HEADER.size].tobytes())
+        buf = buf[_DEPTH_HEADER.size:]
+    kind, width, height = _checked_size(buf, max_pixels, "compressed depth frame")
+    if kind != "png":
+        raise ImageDecodeError(f"compressed depth must be a 16-bit PNG, got {kind} data")
+    q = _imdecode(buf, kind, width, height)
+    if q.ndim != 2 or q.dtype != np.uint16:
+        raise ImageDecodeError(f"compressed depth must be a one-channel 16-bit PNG, got "
+                               f"{q.dtype} with shape {q.shape}")
+    if encoding != "32FC1":
+        return q.astype(np.float32) * np.float32(0.001)
+    if not (np.isfinite(a) and np.isfinite(b) and a > 0):
+        raise ImageDecodeError(f"compressedDepth 32FC1 needs finite quantisation parameters "
+                               f"with a > 0, got a={a}, b={b}")
+    denom = q.astype(np.float32) - np.float32(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.float32(a) / denom
+    z[(q == 0) | ~np.isfinite(z) | (z <= 0)] = 0.0
+    return z.astype(np.float32)
+
+
+def encode_compressed_depth(depth: np.ndarray) -> tuple[str, bytes]:
+    """Encode depth as compressedDepth's 16UC1 PNG: ``(format, data)`` with format
+    ``"16UC1; compressedDepth png"``; a uint16 array is millimetres, a float array metres
+    (rounded to mm, as :func:`~vl_distill_ros.perception.image_codec.encode_depth_mm`).
+
+    Raises:
+        ValueError: not a non-empty 2-D array.
+    """
+    from .image_codec import encode_depth_mm
+
+    _, height, width, _, raw = encode_depth_mm(depth)
+    mm = np.frombuffer(raw, dtype="<u2").reshape(height, width)
+    ok, png = cv2.imencode(".png", mm.astype(np.uint16))
+    if not ok:  # pragma: no cover
+        raise ValueError("OpenCV could not encode the depth image as PNG")
+    return "16UC1; compressedDepth png", _DEPTH_HEADER.pack(0, 0.0, 0.0) + png.tobytes()
+
+
+#: image_transport's transports whose topics this package reads: ``raw`` (``sensor_msgs/Image``
+#: on the base topic), ``compressed`` and ``compressedDepth`` (``sensor_msgs/CompressedImage``
+#: on ``<base>/compressed`` and ``<base>/compressedDepth``).
+TRANSPORTS: tuple[str, ...] = ("raw", "compressed", "compressedDepth")
+
+
+def topic_transport(topic: str) -> str:
+    """The transport of a topic by image_transport's naming: ``compressed`` or
+    ``compressedDepth`` when that is its last name segment, else ``raw``."""
+    last = topic.rstrip("/").rsplit("/", 1)[-1]
+    return last if last in TRANSPORTS[1:] else "raw"
+
+
+def is_compressed_message(msg: Any) -> bool:
+    """Whether ``msg`` is a ``CompressedImage`` (it has ``format``, not ``encoding``)."""
+    return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def decode_image_message(msg: Any, max_pixels: int = 50_000_000) -> np.ndarray:
+    """RGB uint8 of a ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` (duck-typed)."""
+    if is_compressed_message(msg):
+        return decode_compressed_image(msg.format, msg.data, max_pixels)
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                        msg.is_bigendian, max_pixels)
+
+
+def decode_depth_message(msg: Any, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Float32 metres of a depth ``Image`` or ``CompressedImage`` (duck-typed)."""
+    if is_compressed_message(msg):
+        return decode_compressed_depth(msg.format, msg.data, max_pixels)
+    return decode_depth(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                        msg.is_bigendian, max_pixels)
