@@ -298,3 +298,45 @@ def test_compressed_colour_and_compressed_depth_are_subscribed_and_paired(
         assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
         assert not any(d["header"]["frame_id"] == "bad-colour" for _, d in labels)
         assert wait_for(lambda: int(status()["depth_used"]) >= 3, 10.0), status()
+
+
+def test_a_remapped_image_topic_gets_the_type_of_its_new_name(ctx, tester, bundle, tmp_path):
+    """`-r image:=.../compressed` with the default image_topics ["image"]: the node
+    subscribes to the remapped topic as CompressedImage and labels its frames."""
+    import threading
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    from test_node import STRING_ARRAY
+
+    topic = "/remapped/cam/color/image_raw/compressed"
+    node = VlDistillNode(namespace="/remapped", context=ctx, cli_args=[
+        "--ros-args", "-r", f"image:={topic}"], parameter_overrides=[
+        Parameter("model_path", value=str(bundle)),
+        Parameter("text_cache_dir", value=str(tmp_path / "tc")),
+        Parameter("vocabulary_store", value=str(tmp_path / "store.yaml")),
+        Parameter("warm_text_encoder", value=False),
+        Parameter("labels", STRING_ARRAY, ["banana", "apple"])])
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        assert node.get_parameter("image_topics").value == ["image"]
+        labels = tester.watch_labels("/remapped/vl_distill_node/labels")
+        grey = np.full((60, 80, 3), GREY, np.uint8)
+        msg = _compressed(*encode_compressed_image(grey, "png"), 40, "remapped")
+
+        def found():
+            return any(d["header"]["frame_id"] == "remapped" for _, d in labels)
+        end = time.monotonic() + 20.0
+        while not found() and time.monotonic() < end:
+            tester.publish(topic, msg)
+            wait_for(found, 0.5)
+        assert found()
+        doc = next(d for _, d in labels if d["header"]["frame_id"] == "remapped")
+        assert doc["camera"] == topic
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        node.destroy_node()

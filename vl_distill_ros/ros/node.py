@@ -355,14 +355,16 @@ class VlDistillNode(Node):
         pairs = dict(zip((t.strip() for t in p["image_topics"]),
                          zip(p["depth_topics"] or [""] * n, p["camera_info_topics"] or [""] * n)))
         for topic, (depth_topic, info_topic) in pairs.items():
-            cam = CameraState(topic=topic, transport=topic_transport(topic))
-            sub = self.create_subscription(_message_type(topic), topic,
+            # the message type follows the name after remapping (image:=.../compressed)
+            resolved = self.resolve_topic_name(topic)
+            cam = CameraState(topic=topic, transport=topic_transport(resolved))
+            sub = self.create_subscription(_message_type(resolved), topic,
                                            lambda msg, cam=cam: self._on_image(msg, cam), qos)
             cam.resolved = sub.topic_name
             if depth_topic:
                 self._subs.append(self.create_subscription(
-                    _message_type(depth_topic.strip()), depth_topic.strip(),
-                    lambda msg, cam=cam: self._on_depth(msg, cam), qos))
+                    _message_type(self.resolve_topic_name(depth_topic.strip())),
+                    depth_topic.strip(), lambda msg, cam=cam: self._on_depth(msg, cam), qos))
                 self._subs.append(self.create_subscription(
                     CameraInfo, info_topic.strip(), lambda msg, cam=cam: cam.depth.add_info(msg),
                     qos))

@@ -63,8 +63,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "package (vl_distill_ros/bundles/default_student.vdb).", read_only=True),
     ParamSpec("image_topics", ["image"], "string_array",
               "Camera topics (sensor_msgs/Image) to subscribe to; a topic ending in "
-              "/compressed is read as sensor_msgs/CompressedImage (JPEG or PNG, "
-              "image_transport's compressed topic). Relative names resolve in the node's "
+              "/compressed (after remapping) is read as sensor_msgs/CompressedImage (JPEG or "
+              "PNG, image_transport's compressed topic). Relative names resolve in the node's "
               "namespace, so remapping 'image' works as usual. One model serves all of them.",
               read_only=True),
     ParamSpec("depth_topics", [], "string_array",
