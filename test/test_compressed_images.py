@@ -125,6 +125,40 @@ def test_a_small_payload_claiming_a_huge_frame_is_refused_before_decoding(kind, 
         cc.decode_compressed_image(kind, _claiming(bomb, kind, 0, 10))
 
 
+def _with_extra_scans(data: bytes, n: int) -> bytes:
+    """A progressive JPEG with its shortest later scan repeated ``n`` times before EOI."""
+    i, scans = 2, []
+    while data[i + 1] != 0xD9:
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if data[i + 1] != 0xDA:
+            i += 2 + length
+            continue
+        j = i + 2 + length  # the scan's entropy-coded data runs to the next real marker
+        while not (data[j] == 0xFF and data[j + 1] != 0 and not 0xD0 <= data[j + 1] <= 0xD7):
+            j += 1
+        scans.append((i, j))
+        i = j
+    start, end = min(scans[1:], key=lambda se: se[1] - se[0])
+    return data[:scans[-1][1]] + data[start:end] * n + data[scans[-1][1]:]
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(monkeypatch):
+    bgr = cv2.cvtColor(_scene(), cv2.COLOR_RGB2BGR)
+    progressive = _jpeg(bgr, IMWRITE_JPEG_PROGRESSIVE=1)
+    buf = np.frombuffer(progressive, np.uint8)
+    assert 2 < cc._count_jpeg_scans(buf) < 20                 # an ordinary progressive JPEG
+    ok = _with_extra_scans(progressive, cc.MAX_JPEG_SCANS - cc._count_jpeg_scans(buf))
+    assert cc.decode_compressed_image("jpeg", ok).shape == (48, 64, 3)
+    crafted = _with_extra_scans(progressive, 500)
+    assert len(crafted) < 20 * len(progressive)
+
+    def never(*a, **k):
+        raise AssertionError("the decoder must not run on a JPEG of too many scans")
+    monkeypatch.setattr(cc.cv2, "imdecode", never)
+    with pytest.raises(ImageDecodeError, match=r"JPEG with \d+ scans refused"):
+        cc.decode_compressed_image("jpeg", crafted)
+
+
 @pytest.mark.parametrize("data, fmt, message", [
     (b"", "jpeg", "empty compressed image data"),
     (b"BM\x00\x00\x00\x00\x00\x00\x00\x00", "jpeg", "neither JPEG nor PNG"),

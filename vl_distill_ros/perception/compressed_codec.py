@@ -23,7 +23,8 @@ Robot bags usually hold colour as ``.../image_raw/compressed`` and depth as
 
 Every size is checked from the file header **before** anything is decoded: a frame above
 ``max_pixels`` (or with a zero side) is refused, so a small hostile payload cannot make the
-decoder allocate gigabytes. All problems raise
+decoder allocate gigabytes; a JPEG of more than :data:`MAX_JPEG_SCANS` scans is refused
+too, so a small one cannot keep it busy for seconds. All problems raise
 :class:`~vl_distill_ros.perception.image_codec.ImageDecodeError`.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ import numpy as np
 
 from .image_codec import ImageData, ImageDecodeError, as_byte_view, decode_depth, decode_image
 
-__all__ = ["COMPRESSED_KINDS", "payload_kind", "payload_size", "decode_compressed_image",
+__all__ = ["COMPRESSED_KINDS", "MAX_JPEG_SCANS", "payload_kind", "payload_size",
+           "decode_compressed_image",
            "encode_compressed_image", "decode_compressed_depth", "encode_compressed_depth",
            "decode_image_message", "decode_depth_message", "is_compressed_message",
            "TRANSPORTS", "topic_transport"]
@@ -49,6 +51,12 @@ _JPEG_SOI = b"\xff\xd8\xff"
 _DEPTH_HEADER = struct.Struct("<iff")
 #: JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC).
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+#: Most scans a JPEG may have. A progressive JPEG has about 10. Each scan makes libjpeg pass
+#: over the whole frame, however few bytes it holds: on a 12 MP frame 1,000 extra 15-byte
+#: scans cost 0.16 s here, so a crafted payload of ~150 kB keeps a decoder busy for seconds
+#: (libjpeg-turbo's djpeg has ``-maxscans`` against it; OpenCV has none, so scans are
+#: counted here).
+MAX_JPEG_SCANS = 100
 
 
 def payload_kind(buf: np.ndarray) -> str:
@@ -102,9 +110,24 @@ def _jpeg_size(b: bytes) -> tuple[int, int]:
     raise ImageDecodeError("truncated or corrupt JPEG data: no frame header (SOF) found")
 
 
+def _count_jpeg_scans(buf: np.ndarray) -> int:
+    """Start-of-scan markers (``FF DA``) in a JPEG: entropy-coded data escapes every ``FF``
+    byte (as ``FF 00``), so each ``FF DA`` in the stream is a marker."""
+    ff = np.flatnonzero(buf[:-1] == 0xFF)
+    return int(np.count_nonzero(buf[ff + 1] == 0xDA))
+
+
 def payload_size(buf: np.ndarray) -> tuple[str, int, int]:
-    """``(kind, width, height)`` of a JPEG or PNG payload, read from its header only."""
+    """``(kind, width, height)`` of a JPEG or PNG payload, read from its header only.
+
+    Raises:
+        ImageDecodeError: not JPEG or PNG, no size in the header, or a JPEG of more than
+            :data:`MAX_JPEG_SCANS` scans.
+    """
     kind = payload_kind(buf)
+    if kind == "jpeg" and (scans := _count_jpeg_scans(buf)) > MAX_JPEG_SCANS:
+        raise ImageDecodeError(f"JPEG with {scans} scans refused (at most {MAX_JPEG_SCANS}; "
+                               "a progressive JPEG has about 10)")
     # the frame header of a JPEG sits after its metadata segments (EXIF: up to 64 kB each)
     head = buf[:1 << 20].tobytes()
     width, height = _png_size(head) if kind == "png" else _jpeg_size(head)
