@@ -899,3 +899,67 @@ def test_the_noise_bound_is_at_least_the_noise_at_any_nearer_depth():
         assert all(noise.sigma(float(v)) <= bound for v in np.linspace(0.15, z, 20))
     assert noise.sigma_bound(1.0) == pytest.approx(1.6 * noise_curve(1.0))   # the largest
     assert DepthNoiseEstimate().sigma_bound(1.0) == 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# lens distortion in CameraInfo
+# ---------------------------------------------------------------------------------------
+def _pinhole_of_corner(k: CameraIntrinsics, k1: float, k2: float, u: float, v: float):
+    """Where a pinhole camera sees the ray that a plumb_bob lens (k1, k2 only) bends onto
+    pixel (u, v): the ray found by fixed-point iteration of x_d = x (1 + k1 r^2 + k2 r^4)."""
+    xd, yd = (u - k.cx) / k.fx, (v - k.cy) / k.fy
+    x, y = xd, yd
+    for _ in range(200):
+        r2 = x * x + y * y
+        f = 1 + k1 * r2 + k2 * r2 * r2
+        x, y = xd / f, yd / f
+    return k.fx * x + k.cx, k.fy * y + k.cy
+
+
+def test_distortion_corner_px_measures_how_far_the_lens_moves_the_corner():
+    from vl_distill_ros.perception.depth_proposals import distortion_corner_px
+
+    k = CameraIntrinsics(600.0, 600.0, 320.0, 240.0, 640, 480)
+    assert distortion_corner_px(k, "plumb_bob", []) == 0.0
+    assert distortion_corner_px(k, "plumb_bob", [0.0] * 5) == 0.0
+    for k1, k2 in ((0.1, -0.05), (-0.3, 0.1)):
+        want = max(math.dist(_pinhole_of_corner(k, k1, k2, u, v), (u, v))
+                   for u in (0, 639) for v in (0, 479))
+        got = distortion_corner_px(k, "plumb_bob", [k1, k2, 0.0, 0.0, 0.0])
+        assert got == pytest.approx(want, rel=1e-3), (k1, k2)
+        assert got > 5.0
+    assert distortion_corner_px(k, "equidistant", [0.1, 0.0, 0.0, 0.0]) > 5.0
+    assert distortion_corner_px(k, "rational_polynomial", [0.1] + [0.0] * 7) > 5.0
+    assert distortion_corner_px(k, "weird_model", [0.1]) is None
+    assert distortion_corner_px(k, "plumb_bob", [0.1, 0.2]) is None       # wrong count
+    assert distortion_corner_px(k, "plumb_bob", [float("nan")] * 5) is None
+
+
+def test_depth_input_reports_the_camera_info_distortion_once():
+    from types import SimpleNamespace
+
+    from vl_distill_ros.ros.depth_input import DepthInput
+
+    k = CameraIntrinsics(25.0, 25.0, 15.5, 11.5, 32, 24)
+    _, _, _, step, data = encode_depth_mm(np.ones((24, 32), np.float32))
+    depth = SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=1, nanosec=0)),
+                            encoding="16UC1", height=24, width=32, step=step, data=data,
+                            is_bigendian=0)
+
+    def info(d):
+        return SimpleNamespace(k=[k.fx, 0, k.cx, 0, k.fy, k.cy, 0, 0, 1], width=32, height=24,
+                               distortion_model="plumb_bob", d=d)
+    for d, px, noted in (([], 0.0, False), ([-0.4, 0.2, 0, 0, 0], None, True)):
+        inp = DepthInput("/d", "/i", 0.02)
+        inp.add_info(info(d))
+        inp.add_depth(depth, 0.0)
+        z, kk, reason = inp.pair(1_000_000_000, (24, 32, 3))
+        assert z is not None and reason == ""                    # depth is still used
+        note = inp.distortion_note()
+        assert bool(note) is noted and inp.distortion_note() == ""   # once
+        values = inp.take_period()["values"]
+        if px is not None:
+            assert values["camera_info_distortion_px"] == "0.0"
+        else:
+            assert float(values["camera_info_distortion_px"]) > 2.0
+            assert "moves the frame's corner by" in note and "image_rect" in note

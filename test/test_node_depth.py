@@ -161,6 +161,7 @@ def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
         assert int(st["depth_used"]) >= 4 and int(st["depth_errors"]) == 0
         assert "no depth image within 0.05 s" in st["last_colour_only_reason"]
         assert st["depth_topic"] == "/rgbd/cam/depth" and st["level"] == b"\x00"
+        assert st["camera_info_distortion_px"] == "0.0"       # a CameraInfo without d
         # the registration check has seen this camera's registered depth: no shift
         assert st["depth_registration_shift_px"] == "0,0"
         assert 0.0 <= float(st["depth_noise_at_1m_mm"]) < 1.0   # exact depth, in mm steps

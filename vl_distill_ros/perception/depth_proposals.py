@@ -84,7 +84,7 @@ __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthPropos
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
            "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve",
-           "stride_for"]
+           "stride_for", "DISTORTION_MODELS", "distortion_corner_px"]
 
 
 class DepthError(ValueError):
@@ -129,6 +129,39 @@ class CameraIntrinsics:
         if len(vals) != 9:
             raise DepthError(f"CameraInfo k must hold 9 values, got {len(vals)}")
         return cls(vals[0], vals[4], vals[2], vals[5], int(width), int(height))
+
+
+#: CameraInfo distortion models :func:`distortion_corner_px` measures (REP 104 names).
+DISTORTION_MODELS: tuple[str, ...] = ("plumb_bob", "rational_polynomial", "equidistant")
+
+
+def distortion_corner_px(k: CameraIntrinsics, model: str, d: Sequence[float]) -> float | None:
+    """How far a CameraInfo's lens distortion moves the image's farthest corner, in pixels:
+    the distance between the corner pixel and where a pinhole camera with the same K would
+    see the ray that reaches it. The depth proposer back-projects with K alone (a pinhole
+    camera), so this is the size of the geometry error at the frame's edge; 0 for
+    rectified images (``image_rect``) or an all-zero ``d``; ``None`` for an unknown model
+    or coefficients of the wrong count.
+    """
+    import cv2
+
+    coeffs = [float(v) for v in d]
+    if not coeffs or not any(coeffs):
+        return 0.0
+    if not all(math.isfinite(v) for v in coeffs):
+        return None
+    kmat = np.array([[k.fx, 0.0, k.cx], [0.0, k.fy, k.cy], [0.0, 0.0, 1.0]])
+    w, h = float(k.width - 1), float(k.height - 1)
+    corners = np.array([[[0.0, 0.0]], [[w, 0.0]], [[0.0, h]], [[w, h]]])
+    if model in ("plumb_bob", "rational_polynomial") and len(coeffs) in (4, 5, 8, 12, 14):
+        rays = cv2.undistortPoints(corners, kmat, np.array(coeffs), None, None, None, (
+            cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10))
+    elif model == "equidistant" and len(coeffs) == 4:
+        rays = cv2.fisheye.undistortPoints(corners, kmat, np.array(coeffs))
+    else:
+        return None
+    pinhole = rays.reshape(-1, 2) * [k.fx, k.fy] + [k.cx, k.cy]
+    return float(np.max(np.linalg.norm(pinhole - corners.reshape(-1, 2), axis=1)))
 
 
 @dataclass(frozen=True)

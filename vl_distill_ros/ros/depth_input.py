@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..perception.depth_proposals import CameraIntrinsics, DepthError
+from ..perception.depth_proposals import CameraIntrinsics, DepthError, distortion_corner_px
 from ..perception.compressed_codec import decode_depth_message
 from ..perception.image_codec import ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
@@ -34,6 +34,9 @@ __all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
 DEPTH_BUFFER = 30
 #: A depth stream silent for longer than this (s) is not waited for.
 STALE_AFTER_S = 1.0
+#: Lens distortion (CameraInfo ``d``) that moves the frame's corner by more than this many
+#: pixels is logged once: depth is back-projected with K alone.
+DISTORTION_NOTE_PX = 2.0
 
 
 def stamp_ns(msg: Any) -> int:
@@ -66,6 +69,11 @@ class DepthInput:
         self.colour_only_in_period = 0
         self.last_depth_error = ""
         self.last_colour_only_reason = ""
+        #: :func:`~vl_distill_ros.perception.depth_proposals.distortion_corner_px` of the
+        #: CameraInfo in use (None: not measured yet, or an unknown model).
+        self.distortion_px: float | None = None
+        self._distortion_of: Any = None
+        self._distortion_noted = False
 
     # -- executor thread ------------------------------------------------------------------
     def add_depth(self, msg: Any, now: float) -> None:
@@ -107,6 +115,7 @@ class DepthInput:
         height, width = int(image_shape[0]), int(image_shape[1])
         try:
             k = CameraIntrinsics.from_k(list(info.k), int(info.width), int(info.height))
+            self._measure_distortion(info, k)
             depth = decode_depth_message(msg)
         except DepthError as exc:
             return self._error(f"CameraInfo on {self.info_topic}: {exc}")
@@ -120,6 +129,29 @@ class DepthInput:
             return self._error(f"CameraInfo on {self.info_topic} is for {k.width}x{k.height} "
                                f"images but the colour image is {width}x{height}")
         return depth, k, ""
+
+    def _measure_distortion(self, info: Any, k: CameraIntrinsics) -> None:
+        """Measure the lens distortion of a CameraInfo not measured yet (cheap: 4 points)."""
+        if info is self._distortion_of:
+            return
+        px = distortion_corner_px(k, str(getattr(info, "distortion_model", "")),
+                                  list(getattr(info, "d", ())))
+        with self._lock:
+            self._distortion_of, self.distortion_px = info, px
+
+    def distortion_note(self) -> str:
+        """Once per camera, a note when the CameraInfo's lens distortion moves the frame's
+        corner by more than :data:`DISTORTION_NOTE_PX` pixels (else "")."""
+        with self._lock:
+            px = self.distortion_px
+            if self._distortion_noted or px is None or px <= DISTORTION_NOTE_PX:
+                return ""
+            self._distortion_noted = True
+        return (f"CameraInfo on {self.info_topic} has lens distortion that moves the frame's "
+                f"corner by {px:.0f} px, but depth is back-projected with K alone (a pinhole "
+                "camera): near the edges the table looks curved to the depth proposer. Use "
+                "rectified colour and registered depth (image_proc's image_rect topics) for "
+                "exact geometry")
 
     def record(self, status: str) -> None:
         """Count how the pipeline used a paired depth image (``used`` or why not)."""
@@ -157,7 +189,9 @@ class DepthInput:
                       **self.counts, "colour_only_in_period": self.colour_only_in_period,
                       "depth_errors_in_period": self.errors_in_period,
                       "last_colour_only_reason": self.last_colour_only_reason,
-                      "last_depth_error": self.last_depth_error}
+                      "last_depth_error": self.last_depth_error,
+                      "camera_info_distortion_px": "" if self.distortion_px is None
+                      else f"{self.distortion_px:.1f}"}
             errors = self.errors_in_period
             self.errors_in_period = self.colour_only_in_period = 0
         return {"values": values, "errors_recent": errors}
