@@ -81,6 +81,31 @@ def test_png_colour_grey_bgra_and_16_bit_grey():
     np.testing.assert_array_equal(cc.decode_compressed_image("mono16; png", _png(g16)), want)
 
 
+@pytest.mark.parametrize("mode, fmt", [("LA", "PNG"), ("P", "PNG"), ("1", "PNG"),
+                                       ("I;16", "PNG"), ("RGBA", "PNG"), ("L", "JPEG"),
+                                       ("CMYK", "JPEG")])
+def test_other_encoders_pixel_formats_decode_to_rgb(mode, fmt):
+    """Files written by another encoder (Pillow) in its other pixel formats: grey with
+    alpha, palette, 1-bit, 16-bit grey, RGBA, grey and CMYK JPEG all come back as RGB."""
+    import io
+
+    from PIL import Image as PILImage
+
+    rgb = _scene(24, 32)
+    im = PILImage.fromarray(rgb).convert(mode if mode != "I;16" else "I")
+    if mode == "I;16":
+        im = PILImage.fromarray(rgb[..., 1].astype(np.uint16) * 250)
+    buf = io.BytesIO()
+    im.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    out = cc.decode_compressed_image(fmt.lower(), buf.getvalue())
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+    if mode in ("P", "RGBA", "CMYK"):   # colour kept (Pillow's own conversion back to RGB)
+        want = np.asarray(im.convert("RGB"), dtype=int)
+        assert np.abs(out.astype(int) - want).mean() < 3.0, mode
+    else:                               # grey: three equal channels
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
 def test_jpeg_size_is_read_past_metadata_and_from_progressive_frames():
     rgb = _scene(30, 50)
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

@@ -188,6 +188,8 @@ def decode_compressed_image(fmt: str, data: ImageData,
             img = (cv2.convertScaleAbs(img, alpha=255.0 / peak) if peak > 0
                    else np.zeros((height, width), np.uint8))
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):  # pragma: no cover - OpenCV expands
+        raise ImageDecodeError(f"{kind} data decoded to an unexpected shape {img.shape}")
     if img.dtype != np.uint8:  # 16-bit colour PNG: keep the high byte
         img = (img >> 8).astype(np.uint8)
     code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
