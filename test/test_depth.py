@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -935,7 +936,7 @@ def test_distortion_corner_px_measures_how_far_the_lens_moves_the_corner():
     assert distortion_corner_px(k, "plumb_bob", [float("nan")] * 5) is None
 
 
-def test_depth_input_reports_the_camera_info_distortion_once():
+def test_depth_input_follows_the_lens_model_and_notes_an_unknown_one_once():
     from types import SimpleNamespace
 
     from vl_distill_ros.ros.depth_input import DepthInput
@@ -946,20 +947,112 @@ def test_depth_input_reports_the_camera_info_distortion_once():
                             encoding="16UC1", height=24, width=32, step=step, data=data,
                             is_bigendian=0)
 
-    def info(d):
+    def info(model, d):
         return SimpleNamespace(k=[k.fx, 0, k.cx, 0, k.fy, k.cy, 0, 0, 1], width=32, height=24,
-                               distortion_model="plumb_bob", d=d)
-    for d, px, noted in (([], 0.0, False), ([-0.4, 0.2, 0, 0, 0], None, True)):
+                               distortion_model=model, d=d)
+    for model, d, distorted, noted, shown in (
+            ("plumb_bob", [], False, False, "0.0"),
+            ("plumb_bob", [-0.4, 0.2, 0, 0, 0], True, False, "big"),
+            ("weird_lens", [0.3, 0.1], False, True, ""),
+            ("plumb_bob", [0.1] * 100_000, False, True, "")):     # a hostile d: not read
         inp = DepthInput("/d", "/i", 0.02)
-        inp.add_info(info(d))
+        inp.add_info(info(model, d))
         inp.add_depth(depth, 0.0)
         z, kk, reason = inp.pair(1_000_000_000, (24, 32, 3))
-        assert z is not None and reason == ""                    # depth is still used
+        assert z is not None and reason == ""                    # depth is used
+        assert kk.distorted is distorted and kk.distortion == (tuple(d) if distorted else ())
         note = inp.distortion_note()
         assert bool(note) is noted and inp.distortion_note() == ""   # once
-        values = inp.take_period()["values"]
-        if px is not None:
-            assert values["camera_info_distortion_px"] == "0.0"
-        else:
-            assert float(values["camera_info_distortion_px"]) > 2.0
-            assert "moves the frame's corner by" in note and "image_rect" in note
+        value = inp.take_period()["values"]["camera_info_distortion_px"]
+        assert value == shown if shown != "big" else float(value) > 2.0
+        if noted:
+            assert f"'{model}' with {len(d)} coefficients" in note and "image_rect" in note
+
+
+def _lens_rays(k: CameraIntrinsics, k1: float, k2: float) -> np.ndarray:
+    """Per pixel, the ray (x, y, 1) a plumb_bob lens (k1, k2 only) bends onto it, by
+    fixed-point iteration of x_d = x (1 + k1 r^2 + k2 r^4) (independent of OpenCV)."""
+    u, v = np.meshgrid(np.arange(k.width), np.arange(k.height))
+    xd, yd = (u - k.cx) / k.fx, (v - k.cy) / k.fy
+    x, y = xd.copy(), yd.copy()
+    for _ in range(300):
+        r2 = x * x + y * y
+        f = 1 + k1 * r2 + k2 * r2 * r2
+        x, y = xd / f, yd / f
+    return np.stack([x, y, np.ones_like(x)], -1)
+
+
+def test_depth_proposals_follow_the_cameras_lens_model(monkeypatch):
+    """A wide lens (77 degrees across, k1 = -0.15): read as a pinhole camera, the table
+    bends near the edges and the proposer adds false boxes there; with the CameraInfo's
+    lens model every object is found and nothing else."""
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    k = CameraIntrinsics(200.0, 200.0, 159.5, 119.5, 320, 240)
+    lens = [-0.15, 0.02, 0.0, 0.0, 0.0]
+    objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
+            (0.0, 0.0, 0.1, 0.08, 0.08), (-0.2, 0.3, 0.06, 0.06, 0.09)]
+    monkeypatch.setattr(sys.modules[__name__], "_rays", lambda kk: _lens_rays(kk, *lens[:2]))
+    depth, truth = render_tabletop(objs, k=k, distance=0.8)
+    assert len(truth) == 4
+    pinhole = [tuple(b) for b in propose_depth_boxes(depth, k).boxes]
+    assert len(pinhole) > len(truth)                          # the bent table's false boxes
+    kd = CameraIntrinsics.from_k([k.fx, 0, k.cx, 0, k.fy, k.cy, 0, 0, 1], 320, 240,
+                                 "plumb_bob", lens)
+    boxes = [tuple(b) for b in propose_depth_boxes(depth, kd).boxes]
+    assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, (truth, boxes)
+
+
+@pytest.mark.parametrize("model, d", [
+    ("plumb_bob", [-0.2, 0.05, 0.001, -0.002, 0.0]),
+    ("rational_polynomial", [0.5, -2.6, 0.0005, -0.0003, 1.5, 0.38, -2.4, 1.4]),
+    ("equidistant", [0.1, -0.02, 0.003, 0.0])])
+def test_lens_rays_and_projection_agree_in_frames_and_windows(model, d):
+    k = CameraIntrinsics.from_k([300.0, 0, 159.5, 0, 310.0, 119.5, 0, 0, 1], 320, 240, model, d)
+    assert k.distorted
+    rx, ry = k.pixel_rays()
+    vs, us = np.mgrid[0:240:7, 0:320:9]
+    z = np.linspace(0.4, 2.0, us.size)
+    pts = np.stack([rx[vs, us].ravel() * z, ry[vs, us].ravel() * z, z], 1)
+    pu, pv = k.project(pts)                  # OpenCV's forward model against its inverse
+    assert np.abs(pu - us.ravel()).max() < 1e-3 and np.abs(pv - vs.ravel()).max() < 1e-3
+    win = k.window(40, 30, 200, 150)
+    wx, wy = win.pixel_rays()
+    np.testing.assert_array_equal(wx, rx[30:150, 40:200])
+    np.testing.assert_array_equal(wy, ry[30:150, 40:200])
+    wu, wv = win.project(pts)
+    np.testing.assert_allclose(wu, pu - 40, atol=1e-9)
+    np.testing.assert_allclose(wv, pv - 30, atol=1e-9)
+    # unknown models and wrong counts leave a pinhole camera
+    for m, c in (("weird", [0.1]), ("plumb_bob", [0.1, 0.2]), ("plumb_bob", [0.0] * 5)):
+        assert not CameraIntrinsics.from_k([300.0, 0, 159.5, 0, 310.0, 119.5, 0, 0, 1], 320,
+                                           240, m, c).distorted
+
+
+def test_bags_carry_the_camera_info_lens_model_to_the_offline_replay(tmp_path):
+    """rgbd_frames hands the CameraInfo's distortion_model and d on, and the offline
+    replay's intrinsics follow them."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags import bag_io
+    from vl_distill_ros.evaluation import replay
+
+    store = bag_io._typestore()
+    path = tmp_path / "lens"
+    with Writer(path, version=Writer.VERSION_LATEST) as writer:
+        col = writer.add_connection("/cam/image_raw", bag_io.IMAGE_TYPE, typestore=store)
+        dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
+        inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
+        t = 3_000_000_000
+        info = bag_io._camera_info_msg(store, (20, 20, 3.5, 3.5), 8, 8, t, "f")
+        info.distortion_model, info.d = "rational_polynomial", np.array([0.1] + [0.0] * 7)
+        writer.write(inf, t, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
+        _, dmsg = bag_io._depth_msg(store, np.ones((8, 8), np.float32), t, "f")
+        writer.write(dep, t, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
+        _, img = bag_io._image_msg(store, np.zeros((8, 8, 3), np.uint8), t, "f")
+        writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
+    (frame,) = list(read_camera_bag(path).rgbd_frames())
+    assert frame.distortion == ("rational_polynomial", (0.1,) + (0.0,) * 7)
+    depth, k = replay._frame_depth(frame)
+    assert depth is not None and k.distorted and k.distortion_model == "rational_polynomial"
+    assert (k.fx, k.cx, k.width) == (20.0, 3.5, 8)

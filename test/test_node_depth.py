@@ -341,3 +341,35 @@ def test_a_remapped_image_topic_gets_the_type_of_its_new_name(ctx, tester, bundl
         executor.shutdown(timeout_sec=5.0)
         thread.join(timeout=5.0)
         node.destroy_node()
+
+
+def test_the_node_back_projects_depth_through_the_camera_info_lens_model(
+        ctx, tester, bundle, tmp_path, monkeypatch):
+    """A wide, unrectified lens (plumb_bob k1 = -0.15): with the CameraInfo's d the node
+    boxes the four objects and nothing else, and reports how far the lens moves the
+    corner; the same frames with d left out give false boxes where the table bends."""
+    import test_depth
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    k = CameraIntrinsics(200.0, 200.0, 159.5, 119.5, 320, 240)
+    lens = [-0.15, 0.02, 0.0, 0.0, 0.0]
+    objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
+            (0.0, 0.0, 0.1, 0.08, 0.08), (-0.2, 0.3, 0.06, 0.06, 0.09)]
+    monkeypatch.setattr(test_depth, "_rays", lambda kk: test_depth._lens_rays(kk, *lens[:2]))
+    depth, truth = test_depth.render_tabletop(objs, k=k, distance=0.8)
+    results = {}
+    for name, d in (("lens", lens), ("pinhole", [])):
+        ns = f"/lens_{name}"
+        info = info_msg(CameraIntrinsics(k.fx, k.fy, k.cx, k.cy, 320, 240))
+        info.distortion_model, info.d = "plumb_bob", d
+        rig = Rig(tester, ns)
+        with _node(ctx, ns, bundle, tmp_path / name):
+            assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth") > 0, 10.0)
+            results[name] = rig.send(f"{name}-frame", 50, depth_msg(depth, 50, 0), info)
+            assert wait_for(lambda: rig.status().get("camera_info_distortion_px", "") != "",
+                            10.0)
+            results[name + "_px"] = float(rig.status()["camera_info_distortion_px"])
+    lens_boxes, pinhole_boxes = _boxes(results["lens"]), _boxes(results["pinhole"])
+    assert len(lens_boxes) == 4 and len(match_boxes(truth, lens_boxes, 0.5)) == 4, lens_boxes
+    assert len(pinhole_boxes) > 4, pinhole_boxes
+    assert results["lens_px"] > 10.0 and results["pinhole_px"] == 0.0

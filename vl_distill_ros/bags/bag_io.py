@@ -175,6 +175,8 @@ class RGBDFrame(NamedTuple):
     camera_info: tuple[float, float, float, float, int, int] | None = None
     #: Why there is no depth ("" when paired, or when the camera has no depth topic).
     depth_note: str = ""
+    #: The paired CameraInfo's lens model: ``(distortion_model, d)`` (``("", ())``: none).
+    distortion: tuple[str, tuple[float, ...]] = ("", ())
 
 
 class RawMessage(NamedTuple):
@@ -728,12 +730,14 @@ class BagContents:
         try:
             dmsg = store.deserialize_cdr(depth_cdr, self.topics[self.depth_topics[raw.topic]])
             depth = decode_depth_message(dmsg)
-            info = camera_info_k(store.deserialize_cdr(info_cdr, CAMERA_INFO_TYPE))
+            info_msg = store.deserialize_cdr(info_cdr, CAMERA_INFO_TYPE)
+            info = camera_info_k(info_msg)
+            lens = (str(info_msg.distortion_model), tuple(float(v) for v in info_msg.d))
         except ImageDecodeError as exc:
             return RGBDFrame(*img, depth_note=f"bad depth image: {exc}")
         except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
             return RGBDFrame(*img, depth_note=f"unreadable depth or CameraInfo: {exc}")
-        return RGBDFrame(*img, depth=depth, camera_info=info)
+        return RGBDFrame(*img, depth=depth, camera_info=info, distortion=lens)
 
     def _decode(self, raw: RawMessage) -> ImageMessage:
         msg, image = decode_image_cdr(

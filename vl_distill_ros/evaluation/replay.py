@@ -407,8 +407,11 @@ def _frame_depth(frame: Any) -> tuple[Any, Any]:
     depth = getattr(frame, "depth", None)
     if depth is None or frame.camera_info is None:
         return None, None
+    fx, fy, cx, cy, width, height = frame.camera_info
+    model, d = getattr(frame, "distortion", ("", ()))
     try:
-        return depth, CameraIntrinsics(*frame.camera_info)
+        return depth, CameraIntrinsics.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
+                                              width, height, model, d)
     except DepthError:
         return depth, None
 

@@ -84,16 +84,32 @@ __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthPropos
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
            "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve",
-           "stride_for", "DISTORTION_MODELS", "distortion_corner_px"]
+           "stride_for", "DISTORTION_MODELS", "MAX_DISTORTION_COEFFS", "distortion_corner_px",
+           "lens_model_supported"]
 
 
 class DepthError(ValueError):
     """Depth input or intrinsics that cannot be used; the message says why."""
 
 
+#: CameraInfo distortion models the depth proposer back-projects through (REP 104 names):
+#: OpenCV's radial-tangential model (4, 5, 8, 12 or 14 coefficients) and its fisheye model.
+DISTORTION_MODELS: tuple[str, ...] = ("plumb_bob", "rational_polynomial", "equidistant")
+#: The most lens coefficients any of them has.
+MAX_DISTORTION_COEFFS = 14
+
+
 @dataclass(frozen=True)
 class CameraIntrinsics:
-    """Pinhole intrinsics of the colour camera (pixels, OpenCV convention) and its size."""
+    """Intrinsics of the colour camera (pixels, OpenCV convention), its size and its lens
+    distortion (a CameraInfo's ``distortion_model`` and ``d``; none: a pinhole camera).
+
+    A camera with distortion (:attr:`distorted`) back-projects a pixel along the ray its
+    lens bends onto it (:meth:`pixel_rays`, a per-camera table) and projects points through
+    the lens (:meth:`project`); a pinhole camera uses ``(u - cx) / fx`` as before. ``origin``
+    and ``frame_size`` describe a window of a larger frame (:meth:`window`): its top-left
+    corner in the frame and the frame's size, which the lens model refers to.
+    """
 
     fx: float
     fy: float
@@ -101,11 +117,18 @@ class CameraIntrinsics:
     cy: float
     width: int
     height: int
+    distortion_model: str = ""
+    distortion: tuple[float, ...] = ()
+    origin: tuple[int, int] = (0, 0)
+    frame_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         vals = (self.fx, self.fy, self.cx, self.cy)
         if not all(math.isfinite(float(v)) for v in vals):
             raise DepthError(f"camera intrinsics must be finite, got {vals}")
+        if self.distortion and not all(math.isfinite(float(v)) for v in self.distortion):
+            raise DepthError(f"lens distortion coefficients must be finite, got "
+                             f"{list(self.distortion)[:14]}")
         if float(self.fx) <= 0 or float(self.fy) <= 0:
             raise DepthError(f"camera intrinsics have fx={self.fx}, fy={self.fy}: the focal "
                              "lengths must be > 0 (a CameraInfo with a zero K matrix?)")
@@ -119,8 +142,12 @@ class CameraIntrinsics:
         return 0.5 * (float(self.fx) + float(self.fy))
 
     @classmethod
-    def from_k(cls, k: Sequence[float], width: int, height: int) -> "CameraIntrinsics":
-        """From a CameraInfo's row-major 3x3 ``k`` and its ``width``/``height``.
+    def from_k(cls, k: Sequence[float], width: int, height: int, distortion_model: str = "",
+               d: Sequence[float] = ()) -> "CameraIntrinsics":
+        """From a CameraInfo's row-major 3x3 ``k``, its ``width``/``height`` and (optional)
+        its ``distortion_model`` and ``d``. A model this module does not know, or
+        coefficients of the wrong count for it, leave the camera a pinhole one (see
+        :func:`lens_model_supported`).
 
         Raises:
             DepthError: ``k`` does not have 9 values, or the values are unusable.
@@ -128,23 +155,95 @@ class CameraIntrinsics:
         vals = [float(v) for v in k]
         if len(vals) != 9:
             raise DepthError(f"CameraInfo k must hold 9 values, got {len(vals)}")
-        return cls(vals[0], vals[4], vals[2], vals[5], int(width), int(height))
+        # at most 14 coefficients exist: a longer d (from the wire) is not even read
+        coeffs = tuple(float(v) for v in d) if len(d) <= MAX_DISTORTION_COEFFS else (0.0,)
+        model = str(distortion_model)
+        if not lens_model_supported(model, coeffs) or not any(coeffs):
+            model, coeffs = "", ()
+        return cls(vals[0], vals[4], vals[2], vals[5], int(width), int(height), model, coeffs)
+
+    @property
+    def distorted(self) -> bool:
+        """Whether a lens model bends the rays (else a pinhole camera)."""
+        return bool(self.distortion_model) and any(self.distortion)
+
+    def window(self, x0: int, y0: int, x1: int, y1: int) -> "CameraIntrinsics":
+        """The camera of the pixels ``[x0, x1) x [y0, y1)`` of this one's image."""
+        frame = self.frame_size or (int(self.width), int(self.height))
+        return CameraIntrinsics(self.fx, self.fy, self.cx - x0, self.cy - y0, x1 - x0,
+                                y1 - y0, self.distortion_model, self.distortion,
+                                (self.origin[0] + x0, self.origin[1] + y0), frame)
+
+    def _frame_camera(self) -> tuple[tuple[float, ...], str, tuple[float, ...], tuple[int, int]]:
+        frame = self.frame_size or (int(self.width), int(self.height))
+        k = (float(self.fx), float(self.fy), float(self.cx) + self.origin[0],
+             float(self.cy) + self.origin[1])
+        return k, self.distortion_model, tuple(self.distortion), frame
+
+    def pixel_rays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)``, each ``(height, width)`` float64: the ray ``(x, y, 1)`` the lens bends
+        onto each pixel of this camera (a window's pixels are looked up in the frame's
+        table, computed once per camera and kept)."""
+        rx, ry = _ray_table(*self._frame_camera())
+        ox, oy = self.origin
+        return (rx[oy:oy + int(self.height), ox:ox + int(self.width)],
+                ry[oy:oy + int(self.height), ox:ox + int(self.width)])
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates ``(u, v)`` of 3-D ``points`` (N, 3; z > 0) in this camera."""
+        zs = np.maximum(points[:, 2], 1e-6)
+        if not self.distorted:
+            return self.fx * points[:, 0] / zs + self.cx, self.fy * points[:, 1] / zs + self.cy
+        (fx, fy, cx, cy), model, d, _ = self._frame_camera()
+        kmat = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        obj = np.stack([points[:, 0] / zs, points[:, 1] / zs, np.ones_like(zs)], 1)
+        obj = obj.astype(np.float64).reshape(-1, 1, 3)
+        if model == "equidistant":
+            px = cv2.fisheye.projectPoints(obj, np.zeros(3), np.zeros(3), kmat, np.array(d))[0]
+        else:
+            px = cv2.projectPoints(obj, np.zeros(3), np.zeros(3), kmat, np.array(d))[0]
+        px = px.reshape(-1, 2)
+        return px[:, 0] - self.origin[0], px[:, 1] - self.origin[1]
 
 
-#: CameraInfo distortion models :func:`distortion_corner_px` measures (REP 104 names).
-DISTORTION_MODELS: tuple[str, ...] = ("plumb_bob", "rational_polynomial", "equidistant")
+def lens_model_supported(model: str, d: Sequence[float]) -> bool:
+    """Whether ``model`` is one of :data:`DISTORTION_MODELS` with a coefficient count OpenCV
+    takes for it (plumb_bob / rational_polynomial: 4, 5, 8, 12 or 14; equidistant: 4)."""
+    if model in ("plumb_bob", "rational_polynomial"):
+        return len(d) in (4, 5, 8, 12, 14)
+    return model == "equidistant" and len(d) == 4
+
+
+@functools.lru_cache(maxsize=8)
+def _ray_table(k: tuple[float, ...], model: str, d: tuple[float, ...],
+               frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel's undistorted ray ``(x, y)`` of a frame of size ``frame`` (read-only)."""
+    fx, fy, cx, cy = k
+    w, h = frame
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    pix = np.stack([u.ravel(), v.ravel()], 1).reshape(-1, 1, 2)
+    kmat = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    if model == "equidistant":
+        rays = cv2.fisheye.undistortPoints(pix, kmat, np.array(d))
+    else:
+        rays = cv2.undistortPoints(pix, kmat, np.array(d), None, None, None, (
+            cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 1e-9))
+    rays = rays.reshape(h, w, 2)
+    rx, ry = np.ascontiguousarray(rays[..., 0]), np.ascontiguousarray(rays[..., 1])
+    rx.flags.writeable = ry.flags.writeable = False
+    return rx, ry
 
 
 def distortion_corner_px(k: CameraIntrinsics, model: str, d: Sequence[float]) -> float | None:
     """How far a CameraInfo's lens distortion moves the image's farthest corner, in pixels:
     the distance between the corner pixel and where a pinhole camera with the same K would
-    see the ray that reaches it. The depth proposer back-projects with K alone (a pinhole
-    camera), so this is the size of the geometry error at the frame's edge; 0 for
-    rectified images (``image_rect``) or an all-zero ``d``; ``None`` for an unknown model
-    or coefficients of the wrong count.
+    see the ray that reaches it: the geometry error at the frame's edge if the lens were
+    ignored (the depth proposer follows the lens model, see :class:`CameraIntrinsics`); 0
+    for rectified images (``image_rect``) or an all-zero ``d``; ``None`` for an unknown
+    model or coefficients of the wrong count (the proposer then takes a pinhole camera).
     """
-    import cv2
-
+    if len(d) > MAX_DISTORTION_COEFFS:
+        return None
     coeffs = [float(v) for v in d]
     if not coeffs or not any(coeffs):
         return 0.0
@@ -153,13 +252,13 @@ def distortion_corner_px(k: CameraIntrinsics, model: str, d: Sequence[float]) ->
     kmat = np.array([[k.fx, 0.0, k.cx], [0.0, k.fy, k.cy], [0.0, 0.0, 1.0]])
     w, h = float(k.width - 1), float(k.height - 1)
     corners = np.array([[[0.0, 0.0]], [[w, 0.0]], [[0.0, h]], [[w, h]]])
-    if model in ("plumb_bob", "rational_polynomial") and len(coeffs) in (4, 5, 8, 12, 14):
-        rays = cv2.undistortPoints(corners, kmat, np.array(coeffs), None, None, None, (
-            cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10))
-    elif model == "equidistant" and len(coeffs) == 4:
+    if not lens_model_supported(model, coeffs):
+        return None
+    if model == "equidistant":
         rays = cv2.fisheye.undistortPoints(corners, kmat, np.array(coeffs))
     else:
-        return None
+        rays = cv2.undistortPoints(corners, kmat, np.array(coeffs), None, None, None, (
+            cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10))
     pinhole = rays.reshape(-1, 2) * [k.fx, k.fy] + [k.cx, k.cy]
     return float(np.max(np.linalg.norm(pinhole - corners.reshape(-1, 2), axis=1)))
 
@@ -496,11 +595,10 @@ class DepthProposals:
     #: just below the plane (:class:`DepthNoiseEstimate`); 0 when it could not be measured.
     noise_m: float = 0.0
     #: The support surface's extent (``support_min_frac``), or ``None``; the grid of
-    #: sampled depth (m, 0 where not usable) and the camera's ``(fx, fy, cx, cy)``, for the
-    #: fusion's colour boxes.
+    #: sampled depth (m, 0 where not usable) and the camera, for the fusion's colour boxes.
     support: SupportRegion | None = None
     depth_grid: np.ndarray | None = None
-    camera: tuple[float, float, float, float] = (1.0, 1.0, 0.0, 0.0)
+    camera: CameraIntrinsics | None = None
 
 
 #: Shape of a depth camera's axial noise over the depth ``z`` (m): ``a + b z^2`` (about a
@@ -756,11 +854,17 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
     zz = np.take(z.reshape(-1), flat)
     # per grid column / row first (the same float64 values as per sample), then per sample;
     # written straight into the float32 cloud (the rounding of astype)
-    u = (off + np.arange(z.shape[1]) * s) - k.cx
-    v = (off + np.arange(z.shape[0]) * s) - k.cy
     pts = np.empty((flat.size, 3), np.float32)
-    pts[:, 0] = np.take(u, cols) * zz / k.fx
-    pts[:, 1] = np.take(v, rows) * zz / k.fy
+    if k.distorted:  # along the ray the lens bends onto each sampled pixel
+        rx, ry = k.pixel_rays()
+        pix = (off + rows * s) * rx.shape[1] + (off + cols * s)
+        pts[:, 0] = np.take(rx, pix) * zz
+        pts[:, 1] = np.take(ry, pix) * zz
+    else:
+        u = (off + np.arange(z.shape[1]) * s) - k.cx
+        v = (off + np.arange(z.shape[0]) * s) - k.cy
+        pts[:, 0] = np.take(u, cols) * zz / k.fx
+        pts[:, 1] = np.take(v, rows) * zz / k.fy
     pts[:, 2] = zz
     return DepthCloud(z, valid, s, off, rows, cols, pts, flat)
 
@@ -832,7 +936,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     out.noise_m = noise.scale * float(noise_curve(1.0))
-    out.camera = (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
+    out.camera = intrinsics
     out.depth_grid = cloud.z
     out.support = _support(cloud, height, n, cfg)
     windows = _object_windows(cloud, height, cfg, intrinsics) \
@@ -940,7 +1044,7 @@ def _window_boxes(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConf
     normal, offset = plane
     found: list[tuple[Box, float]] = []
     for x0, y0, x1, y1 in sorted(windows, key=lambda r: (r[2] - r[0]) * (r[3] - r[1])):
-        window = CameraIntrinsics(k.fx, k.fy, k.cx - x0, k.cy - y0, x1 - x0, y1 - y0)
+        window = k.window(x0, y0, x1, y1)
         area = (x1 - x0) * (y1 - y0)
         if area <= budget:
             budget -= area
@@ -1309,10 +1413,7 @@ def boxes_from_clusters(clusters: Sequence[np.ndarray], points: np.ndarray,
         feet = cloud - height[sel, None] * normal[None, :].astype(np.float32)
         if support is not None and not support.holds(feet):
             continue
-        both = np.concatenate([cloud, feet])
-        zs = np.maximum(both[:, 2], 1e-6)
-        us = k.fx * both[:, 0] / zs + k.cx
-        vs = k.fy * both[:, 1] / zs + k.cy
+        us, vs = k.project(np.concatenate([cloud, feet]))
         x0, x1 = float(us.min()) - s, float(us.max()) + s
         y0, y1 = float(vs.min()) - s, float(vs.max()) + s
         for box in sanitize_boxes([[x0, y0, x1 - x0, y1 - y0]], k.width, k.height, 4):
@@ -1415,13 +1516,20 @@ def _supported(depth: DepthProposals, window: tuple[slice, slice], raised: np.nd
     support = depth.support
     rows, cols = np.nonzero(raised)
     if support is None or depth.depth_grid is None or depth.height_grid is None or \
+            depth.camera is None or \
             rows.size < SUPPORT_MIN_RAISED:
         return True
-    fx, fy, cx, cy = depth.camera
+    k = depth.camera
     rows, cols = rows + window[0].start, cols + window[1].start
     z = depth.depth_grid[rows, cols].astype(np.float64)
     s, off = depth.stride, depth.offset
-    points = np.stack([(off + cols * s - cx) * z / fx, (off + rows * s - cy) * z / fy, z], 1)
+    if k.distorted:
+        rx, ry = k.pixel_rays()
+        points = np.stack([rx[off + rows * s, off + cols * s] * z,
+                           ry[off + rows * s, off + cols * s] * z, z], 1)
+    else:
+        points = np.stack([(off + cols * s - k.cx) * z / k.fx,
+                           (off + rows * s - k.cy) * z / k.fy, z], 1)
     return support.holds(points - depth.height_grid[rows, cols, None] * support.normal[None, :])
 
 

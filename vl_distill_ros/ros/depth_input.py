@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..perception.depth_proposals import CameraIntrinsics, DepthError, distortion_corner_px
 from ..perception.compressed_codec import decode_depth_message
+from ..perception.depth_proposals import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS,
+                                          CameraIntrinsics, DepthError, distortion_corner_px)
 from ..perception.image_codec import ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
 
@@ -34,9 +35,6 @@ __all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
 DEPTH_BUFFER = 30
 #: A depth stream silent for longer than this (s) is not waited for.
 STALE_AFTER_S = 1.0
-#: Lens distortion (CameraInfo ``d``) that moves the frame's corner by more than this many
-#: pixels is logged once: depth is back-projected with K alone.
-DISTORTION_NOTE_PX = 2.0
 
 
 def stamp_ns(msg: Any) -> int:
@@ -73,6 +71,7 @@ class DepthInput:
         #: CameraInfo in use (None: not measured yet, or an unknown model).
         self.distortion_px: float | None = None
         self._distortion_of: Any = None
+        self._distortion_key: Any = None
         self._distortion_noted = False
 
     # -- executor thread ------------------------------------------------------------------
@@ -114,7 +113,9 @@ class DepthInput:
         msg = found[1]
         height, width = int(image_shape[0]), int(image_shape[1])
         try:
-            k = CameraIntrinsics.from_k(list(info.k), int(info.width), int(info.height))
+            k = CameraIntrinsics.from_k(list(info.k), int(info.width), int(info.height),
+                                        str(getattr(info, "distortion_model", "")),
+                                        list(getattr(info, "d", ())))
             self._measure_distortion(info, k)
             depth = decode_depth_message(msg)
         except DepthError as exc:
@@ -131,27 +132,36 @@ class DepthInput:
         return depth, k, ""
 
     def _measure_distortion(self, info: Any, k: CameraIntrinsics) -> None:
-        """Measure the lens distortion of a CameraInfo not measured yet (cheap: 4 points)."""
-        if info is self._distortion_of:
+        """Measure the lens distortion of a CameraInfo unless the last one measured had the
+        same lens (a driver sends the same CameraInfo with every frame)."""
+        model, d = str(getattr(info, "distortion_model", "")), getattr(info, "d", ())
+        key = (model, tuple(d) if len(d) <= MAX_DISTORTION_COEFFS else len(d), k.fx, k.fy,
+               k.cx, k.cy, k.width, k.height)
+        if key == self._distortion_key:
             return
-        px = distortion_corner_px(k, str(getattr(info, "distortion_model", "")),
-                                  list(getattr(info, "d", ())))
+        px = distortion_corner_px(CameraIntrinsics(k.fx, k.fy, k.cx, k.cy, k.width, k.height),
+                                  model, d)
         with self._lock:
-            self._distortion_of, self.distortion_px = info, px
+            self._distortion_key, self._distortion_of, self.distortion_px = key, info, px
 
     def distortion_note(self) -> str:
-        """Once per camera, a note when the CameraInfo's lens distortion moves the frame's
-        corner by more than :data:`DISTORTION_NOTE_PX` pixels (else "")."""
+        """Once per camera, a note when the CameraInfo's lens distortion is of a model the
+        depth proposer cannot follow and moves the frame's corner (else "")."""
         with self._lock:
-            px = self.distortion_px
-            if self._distortion_noted or px is None or px <= DISTORTION_NOTE_PX:
+            if self._distortion_noted or self.distortion_px is not None:
+                return ""
+            info = self._distortion_of
+            d = getattr(info, "d", ())
+            if info is None or (len(d) <= MAX_DISTORTION_COEFFS and not any(
+                    float(v) for v in d)):
                 return ""
             self._distortion_noted = True
-        return (f"CameraInfo on {self.info_topic} has lens distortion that moves the frame's "
-                f"corner by {px:.0f} px, but depth is back-projected with K alone (a pinhole "
-                "camera): near the edges the table looks curved to the depth proposer. Use "
-                "rectified colour and registered depth (image_proc's image_rect topics) for "
-                "exact geometry")
+        model = str(getattr(info, "distortion_model", ""))[:40]
+        return (f"CameraInfo on {self.info_topic} has a lens model the depth proposer does "
+                f"not know ({model!r} with {len(info.d)} coefficients; known: "
+                f"{', '.join(DISTORTION_MODELS)}): depth is back-projected with K alone, so "
+                "near the edges the table may look curved. Use rectified colour and "
+                "registered depth (image_proc's image_rect topics)")
 
     def record(self, status: str) -> None:
         """Count how the pipeline used a paired depth image (``used`` or why not)."""

@@ -75,9 +75,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "stamp.", read_only=True,
               constraints="empty or len(image_topics) topics"),
     ParamSpec("camera_info_topics", [], "string_array",
-              "sensor_msgs/CameraInfo of each colour camera (its K gives the intrinsics "
-              "depth is back-projected with), one per image_topics entry; needed with "
-              "depth_topics.", read_only=True,
+              "sensor_msgs/CameraInfo of each colour camera (its K, distortion_model and d "
+              "give the rays depth is back-projected along), one per image_topics entry; "
+              "needed with depth_topics.", read_only=True,
               constraints="empty or len(image_topics) topics"),
     ParamSpec("depth_sync_tolerance", 0.02, "double",
               "Seconds a depth image's stamp may differ from its colour frame's (exact stamps "
