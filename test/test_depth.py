@@ -412,27 +412,35 @@ def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
     assert len(list(bag.images())) == 4
 
 
-def test_rgbd_frames_match_nearest_stamp_within_tolerance(tmp_path):
-    """Depth 5 ms after its colour frame pairs with a 10 ms tolerance, not with 1 ms."""
+def _write_rgbd_messages(path: Path, frames) -> Path:
+    """A bag of one camera's ``/cam/image_raw``, ``/cam/depth/image_raw`` and
+    ``/cam/camera_info``: per item of ``frames``, ``(stamp, bag time of the depth and
+    CameraInfo, size, intrinsics, change(info))``, with ``change`` editing the CameraInfo."""
     from rosbags.rosbag2 import Writer
 
     from vl_distill_ros.bags import bag_io
 
     store = bag_io._typestore()
-    path = tmp_path / "skew"
     with Writer(path, version=Writer.VERSION_LATEST) as writer:
         col = writer.add_connection("/cam/image_raw", bag_io.IMAGE_TYPE, typestore=store)
         dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
         inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
-        for i in range(3):
-            t = 2_000_000_000 + i * 100_000_000
-            _, img = bag_io._image_msg(store, np.zeros((4, 4, 3), np.uint8), t, "f")
+        for t, t_depth, n, k, change in frames:
+            info = bag_io._camera_info_msg(store, k, n, n, t, "f")
+            change(info)
+            writer.write(inf, t_depth, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
+            _, dmsg = bag_io._depth_msg(store, np.ones((n, n), np.float32), t_depth, "f")
+            writer.write(dep, t_depth, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
+            _, img = bag_io._image_msg(store, np.zeros((n, n, 3), np.uint8), t, "f")
             writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
-            _, dmsg = bag_io._depth_msg(store, np.ones((4, 4), np.float32), t + 5_000_000, "f")
-            writer.write(dep, t + 5_000_000, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
-            info = bag_io._camera_info_msg(store, (2, 2, 1.5, 1.5), 4, 4, t, "f")
-            writer.write(inf, t + 5_000_000, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
-    bag = read_camera_bag(path)
+    return path
+
+
+def test_rgbd_frames_match_nearest_stamp_within_tolerance(tmp_path):
+    """Depth 5 ms after its colour frame pairs with a 10 ms tolerance, not with 1 ms."""
+    frames = [(2_000_000_000 + i * 100_000_000, 2_005_000_000 + i * 100_000_000, 4,
+               (2, 2, 1.5, 1.5), lambda info: None) for i in range(3)]
+    bag = read_camera_bag(_write_rgbd_messages(tmp_path / "skew", frames))
     assert bag.image_topics == ["/cam/image_raw"]
     ok = list(bag.rgbd_frames(tolerance_ns=10_000_000))
     assert len(ok) == 3 and all(f.depth is not None for f in ok)
@@ -1032,25 +1040,12 @@ def test_lens_rays_and_projection_agree_in_frames_and_windows(model, d):
 def test_bags_carry_the_camera_info_lens_model_to_the_offline_replay(tmp_path):
     """rgbd_frames hands the CameraInfo's distortion_model and d on, and the offline
     replay's intrinsics follow them."""
-    from rosbags.rosbag2 import Writer
-
-    from vl_distill_ros.bags import bag_io
     from vl_distill_ros.evaluation import replay
 
-    store = bag_io._typestore()
-    path = tmp_path / "lens"
-    with Writer(path, version=Writer.VERSION_LATEST) as writer:
-        col = writer.add_connection("/cam/image_raw", bag_io.IMAGE_TYPE, typestore=store)
-        dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
-        inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
-        t = 3_000_000_000
-        info = bag_io._camera_info_msg(store, (20, 20, 3.5, 3.5), 8, 8, t, "f")
+    def lens(info):
         info.distortion_model, info.d = "rational_polynomial", np.array([0.1] + [0.0] * 7)
-        writer.write(inf, t, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
-        _, dmsg = bag_io._depth_msg(store, np.ones((8, 8), np.float32), t, "f")
-        writer.write(dep, t, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
-        _, img = bag_io._image_msg(store, np.zeros((8, 8, 3), np.uint8), t, "f")
-        writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
+    path = _write_rgbd_messages(tmp_path / "lens", [(3_000_000_000, 3_000_000_000, 8,
+                                                     (20, 20, 3.5, 3.5), lens)])
     (frame,) = list(read_camera_bag(path).rgbd_frames())
     assert frame.distortion == ("rational_polynomial", (0.1,) + (0.0,) * 7)
     depth, k = replay._frame_depth(frame)
