@@ -271,8 +271,87 @@ def test_compressed_depth_32fc1_is_quantised_inverse_depth():
     assert np.abs(out[valid] - z[valid]).max() < 2e-4
 
 
+def _rvl(values: np.ndarray) -> bytes:
+    """RVL-code a uint16 image as the compressedDepth transport does (Wilson 2017): width
+    and height (uint32 LE), then per run the count of zeros, the count of non-zero values
+    and their zigzag deltas (uint16 arithmetic), each value as 3-bit groups, least
+    significant first, in nibbles with 0x8 for "more follows", eight nibbles to a 32-bit
+    word, first nibble in the top bits, the last word padded with zero nibbles."""
+    flat = [int(v) for v in values.ravel()]
+    nibbles: list[int] = []
+
+    def vle(value: int) -> None:
+        while True:
+            nibble, value = value & 7, value >> 3
+            nibbles.append(nibble | (8 if value else 0))
+            if not value:
+                return
+    i, previous = 0, 0
+    while i < len(flat):
+        zeros = 0
+        while i < len(flat) and flat[i] == 0:
+            zeros, i = zeros + 1, i + 1
+        vle(zeros)
+        run = []
+        while i < len(flat) and flat[i] != 0:
+            run.append(flat[i])
+            i += 1
+        vle(len(run))
+        for current in run:
+            delta = current - previous
+            vle((delta << 1) ^ (-1 if delta < 0 else 0) if delta < 0 else delta << 1)
+            previous = current
+    nibbles += [0] * (-len(nibbles) % 8)
+    words = [sum(n << (28 - 4 * j) for j, n in enumerate(nibbles[k:k + 8]))
+             for k in range(0, len(nibbles), 8)]
+    h, w = values.shape
+    return struct.pack("<II", w, h) + struct.pack(f"<{len(words)}I", *words)
+
+
+def test_compressed_depth_rvl_decodes_an_independently_coded_frame():
+    rng = np.random.default_rng(3)
+    mm = np.round(_depth_m(48, 64) * 1000).astype(np.uint16)
+    mm[rng.random(mm.shape) < 0.1] = 0                  # scattered holes, as a sensor leaves
+    mm[10:20, 30:60] = 0                                # and a shadow
+    mm[5, 5], mm[5, 6], mm[40, 2] = 65535, 1, 40000     # big jumps: wrapping uint16 deltas
+    header = struct.pack("<iff", 0, 0.0, 0.0)
+    out = cc.decode_compressed_depth("16UC1; compressedDepth rvl", header + _rvl(mm))
+    np.testing.assert_array_equal(out, mm.astype(np.float32) * np.float32(0.001))
+    np.testing.assert_array_equal(cc.decode_rvl(np.frombuffer(_rvl(mm), np.uint8)), mm)
+    # 32FC1: quantised inverse depth, as with png
+    z = _depth_m(48, 64)
+    a, b = np.float32(100.0 * 101.0), np.float32(1.0 - 100.0 * 101.0 / 10.0)
+    q = np.where(z > 0, a / np.where(z > 0, z, 1) + b, 0).astype(np.uint16)
+    out = cc.decode_compressed_depth("32FC1; compressedDepth rvl",
+                                     struct.pack("<iff", 0, a, b) + _rvl(q))
+    step = float(z.max()) ** 2 / float(a)               # one quantisation step at the far end
+    assert np.abs(out[z > 0] - z[z > 0]).max() <= step and (out[z == 0] == 0).all()
+    # an all-zero frame and a frame without zeros
+    for img in (np.zeros((3, 5), np.uint16), np.arange(1, 16, dtype=np.uint16).reshape(3, 5)):
+        np.testing.assert_array_equal(cc.decode_rvl(np.frombuffer(_rvl(img), np.uint8)), img)
+
+
+def test_bad_rvl_data_is_a_clear_error_and_sizes_are_checked_first(monkeypatch):
+    mm = np.round(_depth_m() * 1000).astype(np.uint16)
+    good = _rvl(mm)
+    for data, message in (
+            (good[:6], "no room for its size"),
+            (struct.pack("<II", 0, 24) + good[8:], "empty RVL depth frame"),
+            (struct.pack("<II", 60000, 60000) + good[8:], "too large: 60000x60000"),
+            (good[:len(good) // 2], "passes the end of the frame or of the data"),
+            (struct.pack("<II", 32, 48) + good[8:], "it ends after 768 of 1536 pixels"),
+            (struct.pack("<II", 16, 24) + good[8:], "passes the end of the frame"),
+            (good[:8] + struct.pack("<II", 0xFFFFFFFF, 0xFFFF0000), "longer than 32 bits"),
+            (good[:8] + b"\xff" * 64, "it ends after 0 of 768")):
+        with pytest.raises(ImageDecodeError, match=message):
+            cc.decode_rvl(np.frombuffer(data, np.uint8))
+    header = struct.pack("<iff", 0, 0.0, 0.0)
+    with pytest.raises(ImageDecodeError, match="max_pixels=100"):
+        cc.decode_compressed_depth("16UC1; compressedDepth rvl", header + good, max_pixels=100)
+
+
 @pytest.mark.parametrize("fmt, data, message", [
-    ("16UC1; compressedDepth rvl", b"\x00" * 40, "rvl is not supported"),
+    ("16UC1; compressedDepth rvl", b"\x00" * 12 + b"\x00" * 4, "no room for its size"),
     ("16UC1; compressedDepth png", b"\x00" * 12, "no room for its 12-byte header"),
     ("rgb8; jpeg compressed bgr8", b"\xff\xd8\xff", "unsupported compressed depth format"),
     ("32FC1; compressedDepth png", struct.pack("<iff", 0, float("nan"), 0.0)

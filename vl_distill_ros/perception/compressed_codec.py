@@ -18,8 +18,12 @@ Robot bags usually hold colour as ``.../image_raw/compressed`` and depth as
   12-byte header (little-endian int32 format tag and two float32 quantisation parameters
   ``a``, ``b``) then a 16-bit PNG: ``16UC1`` holds millimetres; ``32FC1`` holds quantised
   inverse depth ``q``, with depth ``a / (q - b)`` metres and ``q = 0`` for no measurement.
-  The ``rvl`` variant is refused with a clear error. A depth topic holding a plain 16-bit PNG
-  (``"16UC1; png compressed mono16"``) is read as millimetres too.
+  The ``rvl`` variant (``"...; compressedDepth rvl"``: the header, then the frame's width
+  and height as uint32 and the 16-bit values coded by RVL, Wilson 2017: runs of zeros and
+  of non-zero values, the latter as zigzag deltas, all as 3-bit variable-length nibbles
+  packed eight to a little-endian 32-bit word) is decoded by :func:`decode_rvl`. A depth
+  topic holding a plain 16-bit PNG (``"16UC1; png compressed mono16"``) is read as
+  millimetres too.
 
 Every size is checked from the file header **before** anything is decoded: a frame above
 ``max_pixels`` (or with a zero side) is refused, so a small hostile payload cannot make the
@@ -41,7 +45,7 @@ __all__ = ["COMPRESSED_KINDS", "MAX_JPEG_SCANS", "payload_kind", "payload_size",
            "decode_compressed_image",
            "encode_compressed_image", "decode_compressed_depth", "encode_compressed_depth",
            "decode_image_message", "decode_depth_message", "is_compressed_message",
-           "TRANSPORTS", "topic_transport"]
+           "TRANSPORTS", "topic_transport", "decode_rvl"]
 
 #: Payload formats decoded (their file signatures are checked).
 COMPRESSED_KINDS: tuple[str, ...] = ("jpeg", "png")
@@ -245,22 +249,24 @@ def decode_compressed_depth(fmt: str, data: ImageData,
     lower = fmt.lower()
     buf = as_byte_view(data)
     a = b = 0.0
+    rvl = False
     if "compresseddepth" in lower:
-        if "rvl" in lower.split("compresseddepth", 1)[1]:
-            raise ImageDecodeError(f"compressedDepth rvl is not supported (format "
-                                   f"{fmt[:80]!r}); publish depth with the png variant")
+        rvl = "rvl" in lower.split("compresseddepth", 1)[1]
         if buf.size <= _DEPTH_HEADER.size:
             raise ImageDecodeError(f"compressedDepth data has {buf.size} bytes: no room for "
-                                   f"its {_DEPTH_HEADER.size}-byte header and a PNG")
+                                   f"its {_DEPTH_HEADER.size}-byte header and the image")
         _, a, b = _DEPTH_HEADER.unpack(buf[:_DEPTH_HEADER.size].tobytes())
         buf = buf[_DEPTH_HEADER.size:]
-    kind, width, height = _checked_size(buf, max_pixels, "compressed depth frame")
-    if kind != "png":
-        raise ImageDecodeError(f"compressed depth must be a 16-bit PNG, got {kind} data")
-    q = _imdecode(buf, kind, width, height)
-    if q.ndim != 2 or q.dtype != np.uint16:
-        raise ImageDecodeError(f"compressed depth must be a one-channel 16-bit PNG, got "
-                               f"{q.dtype} with shape {q.shape}")
+    if rvl:
+        q = decode_rvl(buf, max_pixels)
+    else:
+        kind, width, height = _checked_size(buf, max_pixels, "compressed depth frame")
+        if kind != "png":
+            raise ImageDecodeError(f"compressed depth must be a 16-bit PNG, got {kind} data")
+        q = _imdecode(buf, kind, width, height)
+        if q.ndim != 2 or q.dtype != np.uint16:
+            raise ImageDecodeError(f"compressed depth must be a one-channel 16-bit PNG, got "
+                                   f"{q.dtype} with shape {q.shape}")
     if encoding != "32FC1":
         return q.astype(np.float32) * np.float32(0.001)
     if not (np.isfinite(a) and np.isfinite(b) and a > 0):
@@ -271,6 +277,66 @@ def decode_compressed_depth(fmt: str, data: ImageData,
         z = np.float32(a) / denom
     z[(q == 0) | ~np.isfinite(z) | (z <= 0)] = 0.0
     return z.astype(np.float32)
+
+
+def _vle_values(words: np.ndarray) -> np.ndarray:
+    """The variable-length integers of RVL's nibble stream (``words``: uint32, each holding
+    eight 4-bit nibbles, the first in the top bits; a nibble is three value bits, least
+    significant group first, and a continuation bit 0x8)."""
+    shifts = np.arange(28, -1, -4, dtype=np.uint32)
+    nib = ((words[:, None] >> shifts[None, :]) & np.uint32(0xF)).astype(np.int64).ravel()
+    ends = np.flatnonzero(nib < 8)                    # the last nibble of each value
+    if ends.size == 0:
+        return np.zeros(0, np.int64)
+    nib = nib[:ends[-1] + 1]                           # trailing continuation nibbles: cut
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    group_len = ends - starts + 1
+    if int(group_len.max()) > 11:                      # 33 bits: no pixel count is that big
+        raise ImageDecodeError("corrupt RVL data: a value longer than 32 bits")
+    pos = np.arange(nib.size) - np.repeat(starts, group_len)
+    return np.add.reduceat((nib & 7) << (3 * pos), starts)
+
+
+def decode_rvl(buf: np.ndarray, max_pixels: int = 50_000_000) -> np.ndarray:
+    """A uint16 ``(H, W)`` image from RVL data (``buf``: flat uint8; the frame's width and
+    height as little-endian uint32, then the coded words; see the module docstring).
+
+    Raises:
+        ImageDecodeError: a size of 0 or above ``max_pixels`` (checked before decoding),
+            data that ends early, or runs that do not add up to the frame.
+    """
+    if buf.size < 8:
+        raise ImageDecodeError(f"RVL data has {buf.size} bytes: no room for its size")
+    width, height = (int(v) for v in np.frombuffer(buf[:8].tobytes(), "<u4"))
+    if width == 0 or height == 0:
+        raise ImageDecodeError(f"empty RVL depth frame: width={width}, height={height}")
+    n = width * height
+    if n > max_pixels:
+        raise ImageDecodeError(f"RVL depth frame too large: {width}x{height} = {n} pixels > "
+                               f"max_pixels={max_pixels}")
+    body = buf[8:8 + (buf.size - 8) // 4 * 4].tobytes()
+    values = _vle_values(np.frombuffer(body, "<u4").astype(np.uint32))
+    out = np.zeros(n, np.int64)
+    pixel = i = 0
+    runs: list[tuple[int, int, int]] = []              # (first pixel, count, first value)
+    while pixel < n:                                   # one step per run, not per pixel
+        if i + 2 > values.size:
+            raise ImageDecodeError(f"corrupt RVL data: it ends after {pixel} of {n} pixels")
+        zeros, count = int(values[i]), int(values[i + 1])
+        pixel += zeros
+        if pixel + count > n or i + 2 + count > values.size:
+            raise ImageDecodeError(f"corrupt RVL data: a run passes the end of the frame or "
+                                   f"of the data ({n} pixels)")
+        if count:
+            runs.append((pixel, count, i + 2))
+        pixel, i = pixel + count, i + 2 + count
+    if runs:
+        first, counts, at = (np.array(c, np.int64) for c in zip(*runs))
+        index = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        coded = values[np.repeat(at, counts) + index]
+        deltas = (coded >> 1) ^ -(coded & 1)           # zigzag
+        out[np.repeat(first, counts) + index] = np.cumsum(deltas) & 0xFFFF
+    return out.astype(np.uint16).reshape(height, width)
 
 
 def encode_compressed_depth(depth: np.ndarray) -> tuple[str, bytes]:
