@@ -319,12 +319,13 @@ def decode_rvl(buf: np.ndarray, max_pixels: int = 50_000_000) -> np.ndarray:
     out = np.zeros(n, np.int64)
     pixel = i = 0
     runs: list[tuple[int, int, int]] = []              # (first pixel, count, first value)
+    seq, size = values.tolist(), int(values.size)      # Python ints: a fast pointer chase
     while pixel < n:                                   # one step per run, not per pixel
-        if i + 2 > values.size:
+        if i + 2 > size:
             raise ImageDecodeError(f"corrupt RVL data: it ends after {pixel} of {n} pixels")
-        zeros, count = int(values[i]), int(values[i + 1])
-        pixel += zeros
-        if pixel + count > n or i + 2 + count > values.size:
+        pixel += seq[i]
+        count = seq[i + 1]
+        if pixel + count > n or i + 2 + count > size:
             raise ImageDecodeError(f"corrupt RVL data: a run passes the end of the frame or "
                                    f"of the data ({n} pixels)")
         if count:
