@@ -251,7 +251,6 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
     (right, down; a registration error) and, with ``dark_below`` > 0, zeroed where the
     colour image's Lab lightness (0-255) is under it (:func:`dark_holes`)."""
     from vl_distill_ros.bags.bag_io import read_camera_bag
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
     from vl_distill_ros.perception.depth_registration import shift_depth
 
     contents = read_camera_bag(bag)
@@ -264,7 +263,7 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
         if dark_below > 0:
             depth = dark_holes(msg.image, depth, dark_below)
         frames.append((msg.image, [(*o.bbox, o.label) for o in objs], depth,
-                       CameraIntrinsics(*msg.camera_info)))
+                       msg.intrinsics()))
         if max_frames and len(frames) >= max_frames:
             break
     return frames
@@ -361,10 +360,7 @@ def cut_frame(image: np.ndarray, truth: list, seed: int, depth: np.ndarray | Non
                 continue
             cut = (tx1 - tx0) * (ty1 - ty0) < 0.999 * float(t[2] * t[3])
             clipped.append((tx0 - x0, ty0 - y0, tx1 - tx0, ty1 - ty0, "cut" if cut else "whole"))
-        sub_k = None
-        if k is not None:
-            from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
-            sub_k = CameraIntrinsics(k.fx, k.fy, k.cx - x0, k.cy - y0, x1 - x0, y1 - y0)
+        sub_k = None if k is None else k.window(x0, y0, x1, y1)
         return (np.ascontiguousarray(image[y0:y1, x0:x1]), clipped,
                 None if depth is None else np.ascontiguousarray(depth[y0:y1, x0:x1]), sub_k)
     return None

@@ -178,6 +178,22 @@ class RGBDFrame(NamedTuple):
     #: The paired CameraInfo's lens model: ``(distortion_model, d)`` (``("", ())``: none).
     distortion: tuple[str, tuple[float, ...]] = ("", ())
 
+    def intrinsics(self):
+        """The paired camera as a
+        :class:`~vl_distill_ros.perception.depth_proposals.CameraIntrinsics` (its K, size
+        and lens model), or ``None`` without a CameraInfo.
+
+        Raises:
+            DepthError: the CameraInfo's values are unusable (e.g. a zero K).
+        """
+        from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+
+        if self.camera_info is None:
+            return None
+        fx, fy, cx, cy, width, height = self.camera_info
+        return CameraIntrinsics.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], width,
+                                       height, *self.distortion)
+
 
 class RawMessage(NamedTuple):
     """One serialised message as stored: CDR bytes ``rclpy.serialization`` understands."""

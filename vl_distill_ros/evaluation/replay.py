@@ -402,16 +402,13 @@ def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Map
 def _frame_depth(frame: Any) -> tuple[Any, Any]:
     """``(depth, intrinsics)`` for :meth:`PerceptionPipeline.process` from an RGB-D frame;
     a CameraInfo with unusable values gives no intrinsics (the pipeline notes it)."""
-    from ..perception.depth_proposals import CameraIntrinsics, DepthError
+    from ..perception.depth_proposals import DepthError
 
     depth = getattr(frame, "depth", None)
     if depth is None or frame.camera_info is None:
         return None, None
-    fx, fy, cx, cy, width, height = frame.camera_info
-    model, d = getattr(frame, "distortion", ("", ()))
     try:
-        return depth, CameraIntrinsics.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
-                                              width, height, model, d)
+        return depth, frame.intrinsics()
     except DepthError:
         return depth, None
 
