@@ -369,6 +369,24 @@ def test_depth_topic_convention():
         pair_camera_topics(odd, {"/rgb": "/missing"})
 
 
+@pytest.mark.parametrize("colour, raw_depth, registered, info", [
+    ("/camera/camera/color/image_raw", "/camera/camera/depth/image_rect_raw",
+     "/camera/camera/aligned_depth_to_color/image_raw", "/camera/camera/color/camera_info"),
+    ("/rgb/image_raw", "/depth/image_raw", "/depth_to_rgb/image_raw", "/rgb/camera_info"),
+    ("/camera/rgb/image_rect_color", "/camera/depth/image_raw",
+     "/camera/depth_registered/image_raw", "/camera/rgb/camera_info")])
+def test_a_drivers_registered_depth_is_paired_before_its_raw_depth(colour, raw_depth,
+                                                                   registered, info):
+    """RealSense, Azure Kinect and OpenNI bags often hold both depth streams; the raw one
+    has the depth camera's size, so the registered one is paired, whatever the order."""
+    img = "sensor_msgs/msg/Image"
+    for order in ((raw_depth, registered), (registered, raw_depth)):
+        topics = {colour: img, **{t: img for t in order}, info: "sensor_msgs/msg/CameraInfo",
+                  raw_depth.rsplit("/", 1)[0] + "/camera_info": "sensor_msgs/msg/CameraInfo"}
+        got, depth, cinfo = pair_camera_topics(topics)
+        assert got == [colour] and depth == {colour: registered} and cinfo == {colour: info}
+
+
 def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
               noisy: bool = False, camouflage: bool = False,
               k: CameraIntrinsics = K, image_format: str = "raw") -> Path:

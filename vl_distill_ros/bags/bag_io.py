@@ -794,6 +794,17 @@ def is_depth_topic(topic: str) -> bool:
     return any("depth" in seg.lower() for seg in _base_topic(topic).strip("/").split("/"))
 
 
+#: Name parts of depth that drivers registered to the colour camera (RealSense
+#: ``aligned_depth_to_color``, OpenNI ``depth_registered``, Azure Kinect ``depth_to_rgb``).
+_REGISTERED_PARTS = ("aligned", "registered", "depth_to_rgb", "depth_to_color")
+
+
+def _is_registered_name(topic: str) -> bool:
+    """Whether a depth topic's name says it is registered to the colour camera."""
+    return any(part in seg.lower() for seg in _base_topic(topic).strip("/").split("/")
+               for part in _REGISTERED_PARTS)
+
+
 def _transport_copy(topic: str, topics: dict[str, str]) -> bool:
     """Whether ``topic`` is an image_transport topic to leave out: a ``compressed`` or
     ``compressedDepth`` copy of a raw ``Image`` topic the bag also holds (the raw one is
@@ -835,7 +846,9 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     ``make-bag --depth``) an image topic is depth when :func:`is_depth_topic`; it belongs to
     the colour topic of the same camera namespace (``/camera/depth/image_raw`` and
     ``/camera/aligned_depth_to_color/image_raw`` to ``/camera/image_raw`` or
-    ``/camera/color/image_raw``), as does a non-depth ``CameraInfo`` topic
+    ``/camera/color/image_raw``; when a camera has several, the one whose name says it is
+    registered -- ``aligned``, ``registered``, ``depth_to_rgb`` -- before the raw depth,
+    which has the depth camera's size), as does a non-depth ``CameraInfo`` topic
     (``/camera/camera_info``, ``/camera/color/camera_info``). ``depth`` and ``camera_info``
     (``{colour topic: topic}``) override the convention; their topics are never colour.
 
@@ -859,7 +872,9 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     by_ns: dict[str, list[str]] = {}
     for t in colour:
         by_ns.setdefault(_camera_namespace(t), []).append(t)
-    conventional = [(t, depth) for t in images if is_depth_topic(t)]
+    # a driver's registered depth before its raw depth (another size) of the same camera
+    conventional = [(t, depth) for t in sorted((t for t in images if is_depth_topic(t)),
+                                               key=lambda t: (not _is_registered_name(t), t))]
     conventional += [(t, camera_info) for t, ty in topics.items()
                      if ty == CAMERA_INFO_TYPE and not is_depth_topic(t) and t not in chosen]
     for t, table in conventional:
