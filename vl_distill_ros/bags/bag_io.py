@@ -142,6 +142,9 @@ class BagFrame:
     intrinsics: tuple[float, float, float, float] | None = None
     hand_depth: np.ndarray | None = None
     hand_intrinsics: tuple[float, float, float, float] | None = None
+    #: The main camera's lens model for its CameraInfo, ``(distortion_model, d)``
+    #: (``None``: a distortion-free ``plumb_bob``).
+    lens: tuple[str, Sequence[float]] | None = None
 
 
 class ImageMessage(NamedTuple):
@@ -306,8 +309,10 @@ def written_topics(topics: BagTopics, image_format: str = "raw") -> BagTopics:
 
 
 def _camera_info_msg(store: Any, intrinsics: Sequence[float], width: int, height: int,
-                     stamp_ns: int, frame_id: str) -> Any:
-    """A distortion-free ``sensor_msgs/CameraInfo`` (plumb_bob, zero D, identity R)."""
+                     stamp_ns: int, frame_id: str,
+                     lens: tuple[str, Sequence[float]] | None = None) -> Any:
+    """A ``sensor_msgs/CameraInfo`` (identity R): distortion-free (plumb_bob, zero D), or
+    with ``lens`` = ``(distortion_model, d)``."""
     if intrinsics is None or len(intrinsics) != 4:
         raise BagError(f"a frame with depth needs its intrinsics (fx, fy, cx, cy), got "
                        f"{intrinsics!r}")
@@ -317,7 +322,8 @@ def _camera_info_msg(store: Any, intrinsics: Sequence[float], width: int, height
                                                     do_rectify=False)
     return types[CAMERA_INFO_TYPE](
         header=_header(store, stamp_ns, frame_id), height=int(height), width=int(width),
-        distortion_model="plumb_bob", d=np.zeros(5),
+        distortion_model=lens[0] if lens else "plumb_bob",
+        d=np.asarray(lens[1], np.float64) if lens else np.zeros(5),
         k=np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]),
         r=np.array([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]),
         p=np.array([fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]),
@@ -338,17 +344,18 @@ def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: B
     writer connection of a topic (``topics`` as :func:`written_topics` names them)."""
     stamp = int(frame.stamp_ns)
     views = [(topics.camera, topics.camera_frame_id, frame.image, frame.objects,
-              frame.depth, frame.intrinsics, topics.depth, topics.camera_info)]
+              frame.depth, frame.intrinsics, topics.depth, topics.camera_info, frame.lens)]
     if frame.hand_image is not None:
         views.append((topics.hand_camera, topics.hand_frame_id, frame.hand_image,
                       frame.hand_objects, frame.hand_depth, frame.hand_intrinsics,
-                      topics.hand_depth, topics.hand_camera_info))
-    for topic, frame_id, image, objects, depth, k, d_topic, i_topic in views:
+                      topics.hand_depth, topics.hand_camera_info, None))
+    for topic, frame_id, image, objects, depth, k, d_topic, i_topic, lens in views:
         if depth is not None:
             if np.shape(depth)[:2] != np.shape(image)[:2]:
                 raise BagError(f"frame {i}: depth of shape {np.shape(depth)} is not "
                                f"registered to the {np.shape(image)[:2]} image")
-            info = _camera_info_msg(store, k, image.shape[1], image.shape[0], stamp, frame_id)
+            info = _camera_info_msg(store, k, image.shape[1], image.shape[0], stamp, frame_id,
+                                    lens)
             writer.write(conn(i_topic, CAMERA_INFO_TYPE), stamp,
                          store.serialize_cdr(info, CAMERA_INFO_TYPE))
             dtype, dmsg = _depth_msg(store, depth, stamp, frame_id, image_format != "raw")
