@@ -430,8 +430,8 @@ def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
     assert len(list(bag.images())) == 4
 
 
-def _write_rgbd_messages(path: Path, frames) -> Path:
-    """A bag of one camera's ``/cam/image_raw``, ``/cam/depth/image_raw`` and
+def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw") -> Path:
+    """A bag of one camera's ``colour`` topic, ``/cam/depth/image_raw`` and
     ``/cam/camera_info``: per item of ``frames``, ``(stamp, bag time of the depth and
     CameraInfo, size, intrinsics, change(info))``, with ``change`` editing the CameraInfo."""
     from rosbags.rosbag2 import Writer
@@ -440,7 +440,7 @@ def _write_rgbd_messages(path: Path, frames) -> Path:
 
     store = bag_io._typestore()
     with Writer(path, version=Writer.VERSION_LATEST) as writer:
-        col = writer.add_connection("/cam/image_raw", bag_io.IMAGE_TYPE, typestore=store)
+        col = writer.add_connection(colour, bag_io.IMAGE_TYPE, typestore=store)
         dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
         inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
         for t, t_depth, n, k, change in frames:
@@ -1069,3 +1069,40 @@ def test_bags_carry_the_camera_info_lens_model_to_the_offline_replay(tmp_path):
     depth, k = replay._frame_depth(frame)
     assert depth is not None and k.distorted and k.distortion_model == "rational_polynomial"
     assert (k.fx, k.cx, k.width) == (20.0, 3.5, 8)
+    # the same on an image_rect topic: rectified, so P and no lens
+
+    def rect(info):
+        lens(info)
+        info.p = np.array([19.0, 0, 3.25, 0, 0, 19.5, 3.75, 0, 0, 0, 1, 0])
+    path = _write_rgbd_messages(tmp_path / "rect", [(3_000_000_000, 3_000_000_000, 8,
+                                                     (20, 20, 3.5, 3.5), rect)],
+                                colour="/cam/image_rect_color")
+    (frame,) = list(read_camera_bag(path).rgbd_frames())
+    assert frame.distortion == ("", ()) and frame.camera_info == (19.0, 19.5, 3.25, 3.75, 8, 8)
+    assert not frame.intrinsics().distorted
+
+
+def test_rectified_topics_take_p_and_no_lens():
+    """image_pipeline's image_rect topics hold rectified images: their camera is the
+    CameraInfo's P without the lens model (REP 104); other topics use K and the lens."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.perception.compressed_codec import is_rectified_topic
+
+    assert is_rectified_topic("/camera/rgb/image_rect_color")
+    assert is_rectified_topic("/camera/rgb/image_rect_color/compressed")
+    assert is_rectified_topic("image_rect")
+    assert not is_rectified_topic("/camera/color/image_raw")
+    assert not is_rectified_topic("/camera/image_rect_color/raw_view")
+    info = SimpleNamespace(k=[300.0, 0, 160.0, 0, 300.0, 120.0, 0, 0, 1],
+                           p=[290.0, 0, 158.0, 0, 0, 291.0, 121.0, 0, 0, 0, 1, 0],
+                           width=320, height=240, distortion_model="plumb_bob",
+                           d=[-0.2, 0.05, 0, 0, 0])
+    raw = CameraIntrinsics.from_camera_info(info)
+    assert (raw.fx, raw.cx, raw.distorted) == (300.0, 160.0, True)
+    rect = CameraIntrinsics.from_camera_info(info, rectified=True)
+    assert (rect.fx, rect.fy, rect.cx, rect.cy, rect.distorted) == (290.0, 291.0, 158.0,
+                                                                    121.0, False)
+    info.p = [0.0] * 12                                       # no P: K, still no lens
+    rect = CameraIntrinsics.from_camera_info(info, rectified=True)
+    assert (rect.fx, rect.cx, rect.distorted) == (300.0, 160.0, False)

@@ -23,7 +23,7 @@ from test_depth import render_tabletop
 from test_node import Tester, running_node, wait_for
 from vl_distill_ros.perception.compressed_codec import (encode_compressed_depth,
                                                         encode_compressed_image)
-from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+from vl_distill_ros.perception.depth_proposals import CameraIntrinsics, propose_depth_boxes
 from vl_distill_ros.perception.image_codec import encode_depth_mm
 from vl_distill_ros.ros.node import StartupError, VlDistillNode
 
@@ -373,3 +373,46 @@ def test_the_node_back_projects_depth_through_the_camera_info_lens_model(
     assert len(lens_boxes) == 4 and len(match_boxes(truth, lens_boxes, 0.5)) == 4, lens_boxes
     assert len(pinhole_boxes) > 4, pinhole_boxes
     assert results["lens_px"] > 10.0 and results["pinhole_px"] == 0.0
+
+
+def test_an_image_rect_topic_is_taken_as_rectified(ctx, tester, bundle, tmp_path):
+    """On ``.../image_rect`` the node uses the CameraInfo's P and not its lens: rectified
+    (pinhole) frames of a wide view with the raw camera's CameraInfo (a lens in d) give the
+    four objects and nothing else; on an ``image_raw`` topic the same CameraInfo would bend
+    the frames a second time (a false box here, see the first assertion)."""
+    import test_depth
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    k = CameraIntrinsics(200.0, 200.0, 159.5, 119.5, 320, 240)
+    objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
+            (0.0, 0.0, 0.1, 0.08, 0.08), (-0.2, 0.3, 0.06, 0.06, 0.09)]
+    depth, truth = test_depth.render_tabletop(objs, k=k, distance=0.8)
+    lens = [0.15, 0.0, 0.0, 0.0, 0.0]
+    wrong = CameraIntrinsics.from_k([k.fx, 0, k.cx, 0, k.fy, k.cy, 0, 0, 1], 320, 240,
+                                    "plumb_bob", lens)
+    assert len(propose_depth_boxes(depth, wrong).boxes) > 4   # the lens applied twice
+    info = info_msg(k)
+    info.distortion_model, info.d = "plumb_bob", lens
+    info.p = [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ns = "/rect"
+    labels = tester.watch_labels(f"{ns}/vl_distill_node/labels")
+    info_pub = tester.node.create_publisher(CameraInfo, f"{ns}/cam/info", 10)
+    with running_node(ctx, ns, bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image_rect"], depth_topics=["cam/depth"],
+                      camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                      inference_backend="torch", warm_text_encoder=False):
+        assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth") > 0, 10.0)
+
+        def found():
+            return next((d for _, d in labels if d["header"]["frame_id"] == "rect"), None)
+        end = time.monotonic() + 20.0
+        while found() is None and time.monotonic() < end:
+            info_pub.publish(info)
+            tester.publish(f"{ns}/cam/depth", depth_msg(depth, 60, 0))
+            tester.publish(f"{ns}/cam/image_rect", colour_msg(60, 0, "rect"))
+            wait_for(lambda: found() is not None, 0.5)
+        boxes = _boxes(found())
+        assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
+        assert wait_for(lambda: (tester.camera_status(
+            f"{ns}/vl_distill_node", f"{ns}/cam/image_rect") or {}).get(
+            "camera_info_distortion_px") == "0.0", 10.0)

@@ -174,11 +174,13 @@ class RGBDFrame(NamedTuple):
     image: np.ndarray
     #: ``(H, W)`` float32 metres (0 = no measurement), or ``None`` (no partner, or bad).
     depth: np.ndarray | None = None
-    #: ``(fx, fy, cx, cy, width, height)`` from the paired CameraInfo (unchecked), or None.
+    #: ``(fx, fy, cx, cy, width, height)`` from the paired CameraInfo (unchecked; its K, or
+    #: its P for an ``image_rect`` topic, see :func:`camera_info_k`), or None.
     camera_info: tuple[float, float, float, float, int, int] | None = None
     #: Why there is no depth ("" when paired, or when the camera has no depth topic).
     depth_note: str = ""
-    #: The paired CameraInfo's lens model: ``(distortion_model, d)`` (``("", ())``: none).
+    #: The paired CameraInfo's lens model: ``(distortion_model, d)`` (``("", ())``: none,
+    #: or the images are rectified).
     distortion: tuple[str, tuple[float, ...]] = ("", ())
 
     def intrinsics(self):
@@ -330,9 +332,14 @@ def _camera_info_msg(store: Any, intrinsics: Sequence[float], width: int, height
         binning_x=0, binning_y=0, roi=roi)
 
 
-def camera_info_k(msg: Any) -> tuple[float, float, float, float, int, int]:
+def camera_info_k(msg: Any, rectified: bool = False
+                  ) -> tuple[float, float, float, float, int, int]:
     """``(fx, fy, cx, cy, width, height)`` of a deserialised ``sensor_msgs/CameraInfo``
-    (its ``k`` matrix, row-major 3x3), unchecked."""
+    (its ``k`` matrix, row-major 3x3; for ``rectified`` images its projection matrix ``p``
+    when that is not all zeros, REP 104), unchecked."""
+    p = [float(v) for v in msg.p]
+    if rectified and len(p) == 12 and any(p):
+        return p[0], p[5], p[2], p[6], int(msg.width), int(msg.height)
     k = [float(v) for v in msg.k]
     return k[0], k[4], k[2], k[5], int(msg.width), int(msg.height)
 
@@ -738,7 +745,8 @@ class BagContents:
         return depth[1], info[1]
 
     def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None) -> RGBDFrame:
-        from vl_distill_ros.perception.compressed_codec import decode_depth_message
+        from vl_distill_ros.perception.compressed_codec import (decode_depth_message,
+                                                                is_rectified_topic)
         from vl_distill_ros.perception.image_codec import ImageDecodeError
 
         img = self._decode(raw)
@@ -754,8 +762,10 @@ class BagContents:
             dmsg = store.deserialize_cdr(depth_cdr, self.topics[self.depth_topics[raw.topic]])
             depth = decode_depth_message(dmsg)
             info_msg = store.deserialize_cdr(info_cdr, CAMERA_INFO_TYPE)
-            info = camera_info_k(info_msg)
-            lens = (str(info_msg.distortion_model), tuple(float(v) for v in info_msg.d))
+            rectified = is_rectified_topic(raw.topic)   # P, and no lens left (REP 104)
+            info = camera_info_k(info_msg, rectified)
+            lens = ("", ()) if rectified else (str(info_msg.distortion_model),
+                                               tuple(float(v) for v in info_msg.d))
         except ImageDecodeError as exc:
             return RGBDFrame(*img, depth_note=f"bad depth image: {exc}")
         except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message

@@ -45,7 +45,7 @@ __all__ = ["COMPRESSED_KINDS", "MAX_JPEG_SCANS", "payload_kind", "payload_size",
            "decode_compressed_image",
            "encode_compressed_image", "decode_compressed_depth", "encode_compressed_depth",
            "decode_image_message", "decode_depth_message", "is_compressed_message",
-           "TRANSPORTS", "topic_transport", "decode_rvl"]
+           "TRANSPORTS", "topic_transport", "decode_rvl", "is_rectified_topic"]
 
 #: Payload formats decoded (their file signatures are checked).
 COMPRESSED_KINDS: tuple[str, ...] = ("jpeg", "png")
@@ -369,6 +369,17 @@ def topic_transport(topic: str) -> str:
     ``compressedDepth`` when that is its last name segment, else ``raw``."""
     last = topic.rstrip("/").rsplit("/", 1)[-1]
     return last if last in TRANSPORTS[1:] else "raw"
+
+
+def is_rectified_topic(topic: str) -> bool:
+    """Whether an image topic carries rectified images by image_pipeline's naming: its last
+    name segment (image_transport's suffix aside) starts with ``image_rect``
+    (``image_rect``, ``image_rect_color``). A rectified image's camera is CameraInfo's
+    projection matrix P, without the lens distortion (REP 104)."""
+    segs = topic.rstrip("/").split("/")
+    if segs and segs[-1] in TRANSPORTS[1:]:
+        segs = segs[:-1]
+    return bool(segs) and segs[-1].startswith("image_rect")
 
 
 def is_compressed_message(msg: Any) -> bool:

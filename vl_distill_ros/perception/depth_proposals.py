@@ -162,6 +162,27 @@ class CameraIntrinsics:
             model, coeffs = "", ()
         return cls(vals[0], vals[4], vals[2], vals[5], int(width), int(height), model, coeffs)
 
+    @classmethod
+    def from_camera_info(cls, info: object, rectified: bool = False) -> "CameraIntrinsics":
+        """From a ``sensor_msgs/CameraInfo`` (duck-typed: ``k``, ``p``, ``width``, ``height``,
+        ``distortion_model``, ``d``). For a rectified image (``rectified``: an
+        ``image_rect`` topic) the camera is P's intrinsics without distortion, as REP 104
+        and image_geometry have it (K when P is all zeros); otherwise K and the lens model.
+
+        Raises:
+            DepthError: unusable values (see :meth:`from_k`).
+        """
+        width, height = int(getattr(info, "width")), int(getattr(info, "height"))
+        p = [float(v) for v in getattr(info, "p", ())]
+        if rectified:
+            if len(p) == 12 and any(p):
+                return cls.from_k([p[0], 0.0, p[2], 0.0, p[5], p[6], 0.0, 0.0, 1.0], width,
+                                  height)
+            return cls.from_k(list(getattr(info, "k")), width, height)
+        return cls.from_k(list(getattr(info, "k")), width, height,
+                          str(getattr(info, "distortion_model", "")),
+                          list(getattr(info, "d", ())))
+
     @property
     def distorted(self) -> bool:
         """Whether a lens model bends the rays (else a pinhole camera)."""

@@ -50,12 +50,17 @@ class DepthInput:
         info_topic: the CameraInfo topic.
         tolerance_s: largest stamp difference accepted when pairing (``depth_sync_tolerance``).
         capacity: depth images buffered (bounded).
+        rectified: the colour topic is rectified (:func:`~vl_distill_ros.perception.
+            compressed_codec.is_rectified_topic`).
     """
 
     def __init__(self, depth_topic: str, info_topic: str, tolerance_s: float,
-                 capacity: int = DEPTH_BUFFER) -> None:
+                 capacity: int = DEPTH_BUFFER, rectified: bool = False) -> None:
         self.depth_topic = depth_topic
         self.info_topic = info_topic
+        #: The colour images are rectified (an ``image_rect`` topic): the camera is the
+        #: CameraInfo's P, without its lens model.
+        self.rectified = bool(rectified)
         self.tolerance_s = float(tolerance_s)
         self.buffer: StampBuffer[Any] = StampBuffer(int(round(tolerance_s * 1e9)), capacity)
         self._lock = threading.Lock()
@@ -113,9 +118,7 @@ class DepthInput:
         msg = found[1]
         height, width = int(image_shape[0]), int(image_shape[1])
         try:
-            k = CameraIntrinsics.from_k(list(info.k), int(info.width), int(info.height),
-                                        str(getattr(info, "distortion_model", "")),
-                                        list(getattr(info, "d", ())))
+            k = CameraIntrinsics.from_camera_info(info, self.rectified)
             self._measure_distortion(info, k)
             depth = decode_depth_message(msg)
         except DepthError as exc:
@@ -135,6 +138,8 @@ class DepthInput:
         """Measure the lens distortion of a CameraInfo unless the last one measured had the
         same lens (a driver sends the same CameraInfo with every frame)."""
         model, d = str(getattr(info, "distortion_model", "")), getattr(info, "d", ())
+        if self.rectified:  # the lens was taken out of the images already
+            model, d = "", ()
         key = (model, tuple(d) if len(d) <= MAX_DISTORTION_COEFFS else len(d), k.fx, k.fy,
                k.cx, k.cy, k.width, k.height)
         if key == self._distortion_key:

@@ -51,7 +51,8 @@ from ..model.bundle import Bundle, BundleError, load_bundle
 from ..model.runtime import BACKENDS, RuntimeBackendError
 from ..model.text_service import TextEmbeddingService
 from ..model.vocabulary import Vocabulary, VocabularyError
-from ..perception.compressed_codec import decode_image_message, topic_transport
+from ..perception.compressed_codec import (decode_image_message, is_rectified_topic,
+                                           topic_transport)
 from ..perception.image_codec import ImageDecodeError
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
@@ -369,7 +370,8 @@ class VlDistillNode(Node):
                     CameraInfo, info_topic.strip(), lambda msg, cam=cam: cam.depth.add_info(msg),
                     qos))
                 cam.depth = DepthInput(self._subs[-2].topic_name, self._subs[-1].topic_name,
-                                       float(p["depth_sync_tolerance"]))
+                                       float(p["depth_sync_tolerance"]),
+                                       rectified=is_rectified_topic(resolved))
             self._cameras.append(cam)
             self._subs.append(sub)
         self._depth_wait = float(p["depth_sync_tolerance"])
