@@ -61,6 +61,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from vl_distill_ros.atomic_io import replace_dir
+from vl_distill_ros.perception.compressed_codec import base_topic, topic_transport
 
 __all__ = [
     "BagError", "BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RawMessage",
@@ -336,12 +337,11 @@ def camera_info_k(msg: Any, rectified: bool = False
                   ) -> tuple[float, float, float, float, int, int]:
     """``(fx, fy, cx, cy, width, height)`` of a deserialised ``sensor_msgs/CameraInfo``
     (its ``k`` matrix, row-major 3x3; for ``rectified`` images its projection matrix ``p``
-    when that is not all zeros, REP 104), unchecked."""
-    p = [float(v) for v in msg.p]
-    if rectified and len(p) == 12 and any(p):
-        return p[0], p[5], p[2], p[6], int(msg.width), int(msg.height)
-    k = [float(v) for v in msg.k]
-    return k[0], k[4], k[2], k[5], int(msg.width), int(msg.height)
+    when that is not all zeros, REP 104: see
+    :func:`~vl_distill_ros.perception.depth_proposals.camera_matrix`), unchecked."""
+    from vl_distill_ros.perception.depth_proposals import camera_matrix
+
+    return (*camera_matrix(msg, rectified), int(msg.width), int(msg.height))
 
 
 def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: BagFrame,
@@ -794,21 +794,12 @@ def _header_stamp(data: bytes, path: Path, topic: str) -> int:
 _COLOUR_SEGMENTS = ("color", "colour", "rgb")
 
 
-def _base_topic(topic: str) -> str:
-    """``topic`` without an image_transport suffix (``/compressed``, ``/compressedDepth``)."""
-    from vl_distill_ros.perception.compressed_codec import topic_transport
-
-    if topic_transport(topic) == "raw":
-        return topic
-    return topic.rstrip("/").rsplit("/", 1)[0]
-
-
 def is_depth_topic(topic: str) -> bool:
     """Whether ``topic`` is a depth image by name: a segment of it, image_transport's suffix
     aside, contains ``depth`` (``/camera/depth/image_raw``,
     ``/camera/aligned_depth_to_color/image_raw``, ``/camera/depth_registered/image_rect``,
     ``/camera/depth/image_raw/compressedDepth``)."""
-    return any("depth" in seg.lower() for seg in _base_topic(topic).strip("/").split("/"))
+    return any("depth" in seg.lower() for seg in base_topic(topic).strip("/").split("/"))
 
 
 #: Name parts of depth that drivers registered to the colour camera (RealSense
@@ -818,7 +809,7 @@ _REGISTERED_PARTS = ("aligned", "registered", "depth_to_rgb", "depth_to_color")
 
 def _is_registered_name(topic: str) -> bool:
     """Whether a depth topic's name says it is registered to the colour camera."""
-    return any(part in seg.lower() for seg in _base_topic(topic).strip("/").split("/")
+    return any(part in seg.lower() for seg in base_topic(topic).strip("/").split("/")
                for part in _REGISTERED_PARTS)
 
 
@@ -827,9 +818,7 @@ def _transport_copy(topic: str, topics: dict[str, str]) -> bool:
     ``compressedDepth`` copy of a raw ``Image`` topic the bag also holds (the raw one is
     read), or a ``compressedDepth`` topic of a colour stream (image_transport advertises one
     for every image, but it only carries depth)."""
-    from vl_distill_ros.perception.compressed_codec import topic_transport
-
-    transport, base = topic_transport(topic), _base_topic(topic)
+    transport, base = topic_transport(topic), base_topic(topic)
     if transport == "raw":
         return False
     return topics.get(base) == IMAGE_TYPE or (transport == "compressedDepth"
@@ -840,7 +829,7 @@ def _camera_namespace(topic: str) -> str:
     """The camera a topic belongs to: the segments before the first ``*depth*`` segment, or
     the parent namespace without a trailing ``color``/``rgb`` segment (image_transport's
     suffix aside)."""
-    segs = _base_topic(topic).strip("/").split("/")
+    segs = base_topic(topic).strip("/").split("/")
     for i, seg in enumerate(segs):
         if "depth" in seg.lower():
             return "/" + "/".join(segs[:i])

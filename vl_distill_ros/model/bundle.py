@@ -109,9 +109,10 @@ def _calibration_members(calibration: Calibration | None, trained_embeddings: An
     for its negatives), after checking it fits a student of ``embed_dim``."""
     if calibration is None:
         return {}
-    if calibration.embedding_center and len(calibration.embedding_center) != embed_dim:
-        raise BundleError(f"the calibration centre has {len(calibration.embedding_center)} "
-                          f"values, the student's embeddings {embed_dim}")
+    try:
+        calibration.check_embed_dim(embed_dim)
+    except CalibrationError as exc:
+        raise BundleError(str(exc)) from None
     if not calibration.negatives:
         return {}
     if trained_embeddings is None:
@@ -299,12 +300,9 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
     if "calibration" in manifest:
         try:
             calibration = Calibration.from_dict(manifest["calibration"])
+            calibration.check_embed_dim(embed_dim)
         except CalibrationError as exc:
             raise BundleError(f"{path}: invalid calibration record: {exc}") from None
-        if calibration.embedding_center and len(calibration.embedding_center) != embed_dim:
-            raise BundleError(f"{path}: invalid calibration record: embedding_center has "
-                              f"{len(calibration.embedding_center)} values, expected "
-                              f"{embed_dim}")
     trained_emb = None
     if calibration is not None and calibration.negatives:
         if TRAINED_EMB not in members:

@@ -118,6 +118,14 @@ class Calibration:
         re-normalised; unchanged when the record has no centre."""
         return center_embeddings(embeddings, self.embedding_center)
 
+    def check_embed_dim(self, embed_dim: int) -> None:
+        """Raise :class:`CalibrationError` when the centre does not fit a student whose
+        embeddings have ``embed_dim`` values (a record without a centre fits any)."""
+        if self.embedding_center and len(self.embedding_center) != embed_dim:
+            raise CalibrationError(f"the calibration centre (embedding_center) has "
+                                   f"{len(self.embedding_center)} values, the student's "
+                                   f"embeddings {embed_dim}")
+
     def to_dict(self) -> dict:
         """JSON-ready form (the manifest's ``calibration`` entry)."""
         d = asdict(self)

@@ -39,13 +39,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .image_codec import ImageData, ImageDecodeError, as_byte_view, decode_depth, decode_image
+from .image_codec import (ImageData, ImageDecodeError, as_byte_view, decode_depth, decode_image,
+                          encode_depth_mm, scale_mono16)
 
 __all__ = ["COMPRESSED_KINDS", "MAX_JPEG_SCANS", "payload_kind", "payload_size",
            "decode_compressed_image",
            "encode_compressed_image", "decode_compressed_depth", "encode_compressed_depth",
            "decode_image_message", "decode_depth_message", "is_compressed_message",
-           "TRANSPORTS", "topic_transport", "decode_rvl", "is_rectified_topic"]
+           "TRANSPORTS", "topic_transport", "base_topic", "decode_rvl",
+           "is_rectified_topic"]
 
 #: Payload formats decoded (their file signatures are checked).
 COMPRESSED_KINDS: tuple[str, ...] = ("jpeg", "png")
@@ -188,9 +190,7 @@ def decode_compressed_image(fmt: str, data: ImageData,
     img = _imdecode(buf, kind, width, height)
     if img.ndim == 2:
         if img.dtype == np.uint16:  # 16-bit grey PNG, scaled as raw mono16 is
-            peak = int(img.max())
-            img = (cv2.convertScaleAbs(img, alpha=255.0 / peak) if peak > 0
-                   else np.zeros((height, width), np.uint8))
+            img = scale_mono16(img)
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.ndim != 3 or img.shape[2] not in (3, 4):  # pragma: no cover - OpenCV expands
         raise ImageDecodeError(f"{kind} data decoded to an unexpected shape {img.shape}")
@@ -241,8 +241,9 @@ def decode_compressed_depth(fmt: str, data: ImageData,
     measurement), as the raw :func:`~vl_distill_ros.perception.image_codec.decode_depth`.
 
     Raises:
-        ImageDecodeError: not a 16UC1/32FC1 depth format, the ``rvl`` codec, a missing
-            header, bad quantisation parameters, or a corrupt, non-16-bit or too large PNG.
+        ImageDecodeError: not a 16UC1/32FC1 depth format, a missing header, bad
+            quantisation parameters, a corrupt, non-16-bit or too large PNG, or bad RVL data
+            (:func:`decode_rvl`).
     """
     fmt = _check_format(fmt)
     encoding = _depth_encoding(fmt)
@@ -348,8 +349,6 @@ def encode_compressed_depth(depth: np.ndarray) -> tuple[str, bytes]:
     Raises:
         ValueError: not a non-empty 2-D array.
     """
-    from .image_codec import encode_depth_mm
-
     _, height, width, _, raw = encode_depth_mm(depth)
     mm = np.frombuffer(raw, dtype="<u2").reshape(height, width)
     ok, png = cv2.imencode(".png", mm.astype(np.uint16))
@@ -371,15 +370,19 @@ def topic_transport(topic: str) -> str:
     return last if last in TRANSPORTS[1:] else "raw"
 
 
+def base_topic(topic: str) -> str:
+    """``topic`` without an image_transport suffix (``/compressed``, ``/compressedDepth``)."""
+    if topic_transport(topic) == "raw":
+        return topic
+    return topic.rstrip("/").rsplit("/", 1)[0]
+
+
 def is_rectified_topic(topic: str) -> bool:
     """Whether an image topic carries rectified images by image_pipeline's naming: its last
     name segment (image_transport's suffix aside) starts with ``image_rect``
     (``image_rect``, ``image_rect_color``). A rectified image's camera is CameraInfo's
     projection matrix P, without the lens distortion (REP 104)."""
-    segs = topic.rstrip("/").split("/")
-    if segs and segs[-1] in TRANSPORTS[1:]:
-        segs = segs[:-1]
-    return bool(segs) and segs[-1].startswith("image_rect")
+    return base_topic(topic).rstrip("/").rsplit("/", 1)[-1].startswith("image_rect")
 
 
 def is_compressed_message(msg: Any) -> bool:

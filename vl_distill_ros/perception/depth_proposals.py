@@ -85,7 +85,7 @@ __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthPropos
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
            "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve",
            "stride_for", "DISTORTION_MODELS", "MAX_DISTORTION_COEFFS", "distortion_corner_px",
-           "lens_model_supported"]
+           "lens_model_supported", "camera_matrix"]
 
 
 class DepthError(ValueError):
@@ -172,16 +172,11 @@ class CameraIntrinsics:
         Raises:
             DepthError: unusable values (see :meth:`from_k`).
         """
-        width, height = int(getattr(info, "width")), int(getattr(info, "height"))
-        p = [float(v) for v in getattr(info, "p", ())]
-        if rectified:
-            if len(p) == 12 and any(p):
-                return cls.from_k([p[0], 0.0, p[2], 0.0, p[5], p[6], 0.0, 0.0, 1.0], width,
-                                  height)
-            return cls.from_k(list(getattr(info, "k")), width, height)
-        return cls.from_k(list(getattr(info, "k")), width, height,
-                          str(getattr(info, "distortion_model", "")),
-                          list(getattr(info, "d", ())))
+        fx, fy, cx, cy = camera_matrix(info, rectified)
+        lens = () if rectified else (str(getattr(info, "distortion_model", "")),
+                                     getattr(info, "d", ()))
+        return cls.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], int(getattr(info, "width")),
+                          int(getattr(info, "height")), *lens)
 
     @property
     def distorted(self) -> bool:
@@ -215,8 +210,8 @@ class CameraIntrinsics:
         zs = np.maximum(points[:, 2], 1e-6)
         if not self.distorted:
             return self.fx * points[:, 0] / zs + self.cx, self.fy * points[:, 1] / zs + self.cy
-        (fx, fy, cx, cy), model, d, _ = self._frame_camera()
-        kmat = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        k, model, d, _ = self._frame_camera()
+        kmat = _kmat(*k)
         obj = np.stack([points[:, 0] / zs, points[:, 1] / zs, np.ones_like(zs)], 1)
         obj = obj.astype(np.float64).reshape(-1, 1, 3)
         if model == "equidistant":
@@ -225,6 +220,40 @@ class CameraIntrinsics:
             px = cv2.projectPoints(obj, np.zeros(3), np.zeros(3), kmat, np.array(d))[0]
         px = px.reshape(-1, 2)
         return px[:, 0] - self.origin[0], px[:, 1] - self.origin[1]
+
+
+def camera_matrix(info: object, rectified: bool = False) -> tuple[float, float, float, float]:
+    """``(fx, fy, cx, cy)`` of a ``sensor_msgs/CameraInfo`` (duck-typed ``k``, ``p``),
+    unchecked: from K, or for ``rectified`` images from P when P is not all zeros (REP 104).
+
+    Raises:
+        DepthError: K does not hold 9 values.
+    """
+    p = [float(v) for v in getattr(info, "p", ())]
+    if rectified and len(p) == 12 and any(p):
+        return p[0], p[5], p[2], p[6]
+    k = [float(v) for v in getattr(info, "k")]
+    if len(k) != 9:
+        raise DepthError(f"CameraInfo k must hold 9 values, got {len(k)}")
+    return k[0], k[4], k[2], k[5]
+
+
+def _kmat(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """The 3x3 camera matrix."""
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def _undistort(pix: np.ndarray, kmat: np.ndarray, model: str, d: Sequence[float],
+               iterations: int, eps: float) -> np.ndarray:
+    """(N, 2) undistorted normalised rays of pixels ``pix`` (N, 1, 2) through the lens
+    ``model``/``d`` (the radial-tangential model by OpenCV's iterative solver, stopped after
+    ``iterations`` or below ``eps``)."""
+    if model == "equidistant":
+        rays = cv2.fisheye.undistortPoints(pix, kmat, np.array(d))
+    else:
+        rays = cv2.undistortPoints(pix, kmat, np.array(d), None, None, None, (
+            cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, iterations, eps))
+    return rays.reshape(-1, 2)
 
 
 def lens_model_supported(model: str, d: Sequence[float]) -> bool:
@@ -239,17 +268,10 @@ def lens_model_supported(model: str, d: Sequence[float]) -> bool:
 def _ray_table(k: tuple[float, ...], model: str, d: tuple[float, ...],
                frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Every pixel's undistorted ray ``(x, y)`` of a frame of size ``frame`` (read-only)."""
-    fx, fy, cx, cy = k
     w, h = frame
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     pix = np.stack([u.ravel(), v.ravel()], 1).reshape(-1, 1, 2)
-    kmat = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    if model == "equidistant":
-        rays = cv2.fisheye.undistortPoints(pix, kmat, np.array(d))
-    else:
-        rays = cv2.undistortPoints(pix, kmat, np.array(d), None, None, None, (
-            cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 20, 1e-9))
-    rays = rays.reshape(h, w, 2)
+    rays = _undistort(pix, _kmat(*k), model, d, 20, 1e-9).reshape(h, w, 2)
     rx, ry = np.ascontiguousarray(rays[..., 0]), np.ascontiguousarray(rays[..., 1])
     rx.flags.writeable = ry.flags.writeable = False
     return rx, ry
@@ -270,17 +292,12 @@ def distortion_corner_px(k: CameraIntrinsics, model: str, d: Sequence[float]) ->
         return 0.0
     if not all(math.isfinite(v) for v in coeffs):
         return None
-    kmat = np.array([[k.fx, 0.0, k.cx], [0.0, k.fy, k.cy], [0.0, 0.0, 1.0]])
-    w, h = float(k.width - 1), float(k.height - 1)
-    corners = np.array([[[0.0, 0.0]], [[w, 0.0]], [[0.0, h]], [[w, h]]])
     if not lens_model_supported(model, coeffs):
         return None
-    if model == "equidistant":
-        rays = cv2.fisheye.undistortPoints(corners, kmat, np.array(coeffs))
-    else:
-        rays = cv2.undistortPoints(corners, kmat, np.array(coeffs), None, None, None, (
-            cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-10))
-    pinhole = rays.reshape(-1, 2) * [k.fx, k.fy] + [k.cx, k.cy]
+    w, h = float(k.width - 1), float(k.height - 1)
+    corners = np.array([[[0.0, 0.0]], [[w, 0.0]], [[0.0, h]], [[w, h]]])
+    rays = _undistort(corners, _kmat(k.fx, k.fy, k.cx, k.cy), model, coeffs, 100, 1e-10)
+    pinhole = rays * [k.fx, k.fy] + [k.cx, k.cy]
     return float(np.max(np.linalg.norm(pinhole - corners.reshape(-1, 2), axis=1)))
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 __all__ = ["ImageDecodeError", "SUPPORTED_ENCODINGS", "BYTES_PER_PIXEL", "decode_image",
            "encode_rgb8", "DEPTH_ENCODINGS", "decode_depth", "encode_depth_mm", "as_byte_view",
-           "ImageData"]
+           "ImageData", "scale_mono16"]
 
 
 class ImageDecodeError(ValueError):
@@ -189,13 +189,7 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
         elif not mono16.flags.aligned or mono16.strides[0] % 2:
             # OpenCV needs 2-byte aligned rows; an odd step (legal, if unusual) needs a copy
             mono16 = np.ascontiguousarray(mono16)
-        peak = int(mono16.max())
-        if peak > 0:
-            # saturating, rounding scale, done in one pass by OpenCV
-            gray = cv2.convertScaleAbs(mono16, alpha=255.0 / peak)
-        else:
-            gray = np.zeros((height, width), np.uint8)
-        return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(scale_mono16(mono16), cv2.COLOR_GRAY2RGB)
 
     channels = bpp
     pixels = rows.reshape(height, width, channels) if channels > 1 else rows
@@ -203,6 +197,16 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
     if code is None:
         return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     return cv2.cvtColor(pixels, code)
+
+
+def scale_mono16(mono16: np.ndarray) -> np.ndarray:
+    """(H, W) 16-bit grey -> uint8 scaled by the frame's own maximum,
+    ``round(x * 255 / max(frame))`` (a frame whose maximum is 0 stays black)."""
+    peak = int(mono16.max())
+    if peak == 0:
+        return np.zeros(mono16.shape, np.uint8)
+    # saturating, rounding scale, done in one pass by OpenCV
+    return cv2.convertScaleAbs(mono16, alpha=255.0 / peak)
 
 
 def _decode_packed(encoding: str, rows: np.ndarray, height: int, width: int) -> np.ndarray:

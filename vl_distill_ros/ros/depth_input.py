@@ -135,30 +135,26 @@ class DepthInput:
         return depth, k, ""
 
     def _measure_distortion(self, info: Any, k: CameraIntrinsics) -> None:
-        """Measure the lens distortion of a CameraInfo unless the last one measured had the
-        same lens (a driver sends the same CameraInfo with every frame)."""
-        model, d = str(getattr(info, "distortion_model", "")), getattr(info, "d", ())
-        if self.rectified:  # the lens was taken out of the images already
-            model, d = "", ()
-        key = (model, tuple(d) if len(d) <= MAX_DISTORTION_COEFFS else len(d), k.fx, k.fy,
-               k.cx, k.cy, k.width, k.height)
+        """Measure the lens of the CameraInfo in use unless it is the one measured last (a
+        driver sends the same CameraInfo with every frame): how far it moves the frame's
+        corner, 0 without one, None for a lens the proposer cannot follow."""
+        d = getattr(info, "d", ())
+        unknown = not self.rectified and not k.distorted and (
+            len(d) > MAX_DISTORTION_COEFFS or any(float(v) for v in d))
+        key = (k, unknown)
         if key == self._distortion_key:
             return
-        px = distortion_corner_px(CameraIntrinsics(k.fx, k.fy, k.cx, k.cy, k.width, k.height),
-                                  model, d)
+        px = None if unknown else (distortion_corner_px(k, k.distortion_model, k.distortion)
+                                   if k.distorted else 0.0)
         with self._lock:
             self._distortion_key, self._distortion_of, self.distortion_px = key, info, px
 
     def distortion_note(self) -> str:
         """Once per camera, a note when the CameraInfo's lens distortion is of a model the
-        depth proposer cannot follow and moves the frame's corner (else "")."""
+        depth proposer cannot follow (else "")."""
         with self._lock:
-            if self._distortion_noted or self.distortion_px is not None:
-                return ""
             info = self._distortion_of
-            d = getattr(info, "d", ())
-            if info is None or (len(d) <= MAX_DISTORTION_COEFFS and not any(
-                    float(v) for v in d)):
+            if self._distortion_noted or info is None or self.distortion_px is not None:
                 return ""
             self._distortion_noted = True
         model = str(getattr(info, "distortion_model", ""))[:40]
