@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export TRANSFORMERS_OFFLINE := 1
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
-.PHONY: setup test demo results results-gzsl results-shift default-bundle box-net sample-bag bench clean
+.PHONY: setup test demo results results-gzsl results-shift default-bundle box-net box-net-int8 sample-bag bench clean
 
 # The editable install installs none of setup.py's data_files; tools/ament_develop.py links
 # them (ament index entry, share/vl_distill_ros/, lib/vl_distill_ros/) into .venv and hooks
@@ -83,13 +83,21 @@ default-bundle: setup
 
 # The shipped box network (needs the YCB models at ../shared/ycb_models): 130 training bags
 # (~23 min on one core), then 5000 steps on 2 CPU cores (~78 min), then 1500 steps of
-# fine-tuning with motion blur added (config/train_box_net_finetune.yaml, ~25 min).
+# fine-tuning with motion blur added (config/train_box_net_finetune.yaml, ~25 min), which
+# also writes the INT8 copy (box_net_int8.onnx, ~1 min; box-net-int8 makes it alone).
 box-net: setup
 	$(PY) tools/make_box_net_bags.py data/box_net_bags
-	$(VENV)/bin/vl-distill train-box-net --out runs/box_net --no-progress
+	$(VENV)/bin/vl-distill train-box-net --out runs/box_net --no-progress int8_frames=0
 	$(VENV)/bin/vl-distill train-box-net --config config/train_box_net_finetune.yaml \
 	    --out runs/box_net_finetune --no-progress
 	cp runs/box_net_finetune/box_net.onnx vl_distill_ros/bundles/box_net.onnx
+	cp runs/box_net_finetune/box_net_int8.onnx vl_distill_ros/bundles/box_net_int8.onnx
+
+# The INT8 copy of the shipped box network alone (needs data/box_net_bags, as box-net).
+box-net-int8: setup
+	$(VENV)/bin/vl-distill train-box-net --quantize vl_distill_ros/bundles/box_net.onnx \
+	    --out runs/box_net_int8 --no-progress
+	cp runs/box_net_int8/box_net_int8.onnx vl_distill_ros/bundles/box_net_int8.onnx
 
 # Rebuild the shipped sample bag (needs the YCB models at ../shared/ycb_models): colour,
 # registered depth (16UC1 mm, noise free as the colour, ~9 MB; the sensor noise model would

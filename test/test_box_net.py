@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from vl_distill_ros.perception.box_net import (DEFAULT_BOX_NET, BoxNet, BoxNetError,
-                                               decode_boxes, load_box_net, resolve_box_net,
-                                               suppress_overlaps)
+from vl_distill_ros.perception.box_net import (DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8, BoxNet,
+                                               BoxNetError, decode_boxes, load_box_net,
+                                               resolve_box_net, suppress_overlaps)
 from vl_distill_ros.perception.proposals import ProposalConfig, box_iou, propose_boxes
 
 
@@ -52,6 +52,7 @@ def test_overlap_suppression_by_iou_and_by_containment():
 
 def test_resolve_names():
     assert resolve_box_net("default") == DEFAULT_BOX_NET
+    assert resolve_box_net(" default_int8 ") == DEFAULT_BOX_NET_INT8
     assert resolve_box_net("off") is None and resolve_box_net("") is None
     assert str(resolve_box_net("/x/y.onnx")) == "/x/y.onnx"
 
@@ -90,10 +91,60 @@ def test_the_shipped_network_finds_the_objects_of_rendered_frames(repo_root):
     assert len(net.detect(table, threshold=0.3)[0]) == 0
     # a frame far taller than wide is fed at a bounded height; boxes stay in the frame
     tall = np.repeat(image[:, :40], 40, axis=0)
-    x, scale = net._input(tall, 320)
+    x, scale = net.network_input(tall, 320)
     assert x.shape[2] <= 1280 + 15 and scale == pytest.approx(1280 / tall.shape[0])
     boxes, _ = net.detect(tall, threshold=0.3)
     assert ((boxes[:, 0] + boxes[:, 2] <= 40 + 1e-6) & (boxes[:, 1] >= 0)).all()
+
+
+def _is_int8(path) -> bool:
+    import onnx
+
+    model = onnx.load(str(path))
+    ops = {n.op_type for n in model.graph.node}
+    weights = {i.data_type for i in model.graph.initializer}
+    return "DequantizeLinear" in ops and onnx.TensorProto.INT8 in weights
+
+
+def test_the_shipped_int8_copy_finds_what_the_float_network_finds(repo_root):
+    """``default_int8``: a quantised copy of the shipped network (INT8 weights), which finds
+    the sample bag's objects and nearly the float network's boxes, with close scores."""
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    assert _is_int8(DEFAULT_BOX_NET_INT8) and not _is_int8(DEFAULT_BOX_NET)
+    fp32, int8 = load_box_net(DEFAULT_BOX_NET), load_box_net(DEFAULT_BOX_NET_INT8)
+    objects = matched = same = total = 0
+    for image, truth in _sample_frames(repo_root, 12):
+        a, sa = fp32.detect(image, 0.3, (480,))
+        b, sb = int8.detect(image, 0.3, (480,))
+        objects += len(truth)
+        matched += len(match_boxes(truth, b.tolist(), 0.5))
+        pairs = match_boxes(a.tolist(), b.tolist(), 0.5)
+        same += len(pairs)
+        total += max(len(a), len(b))
+        for i, j, _ in pairs:
+            assert abs(sa[i] - sb[j]) < 0.15
+    assert matched >= 0.8 * objects, (matched, objects)
+    assert same >= 0.9 * total, (same, total)
+    cfg = ProposalConfig(box_net="default_int8")
+    assert propose_boxes(_sample_frames(repo_root, 1)[0][0], cfg)
+
+
+def test_quantize_box_net_calibrates_checks_and_refuses_bad_frames(repo_root):
+    from vl_distill_ros.training.quantize import quantize_box_net
+
+    frames = [image for image, _ in _sample_frames(repo_root, 6)]
+    model, parity = quantize_box_net(DEFAULT_BOX_NET.read_bytes(), frames, 320)
+    net = BoxNet(model)
+    assert net.stride == 8 and len(net.detect(frames[1], 0.3, (320,))[0]) > 0
+    assert parity.calibration_frames == 3 and parity.frames == 3
+    assert parity.input_width == 320 and parity.float_boxes > 0
+    assert parity.matched_boxes >= 0.8 * parity.float_boxes
+    assert 0 <= parity.mean_score_difference < 0.1
+    with pytest.raises(ValueError, match="at least 2"):
+        quantize_box_net(DEFAULT_BOX_NET.read_bytes(), frames[:1])
+    with pytest.raises(ValueError, match="differ in size"):
+        quantize_box_net(DEFAULT_BOX_NET.read_bytes(), [frames[0], frames[1][:100]])
 
 
 def test_propose_boxes_uses_the_network_unless_turned_off(repo_root):
@@ -188,10 +239,14 @@ def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path,
     rc = main(["train-box-net", "--config", str(repo_root / "config" / "train_box_net.yaml"),
                "--out", str(out), "--no-progress",
                f"bags=[{repo_root / 'demo' / 'sample_tabletop'}]", "iterations=2",
-               "batch_size=2", "pretrained=none", "log_every=1", "threads=1"])
+               "batch_size=2", "pretrained=none", "log_every=1", "threads=1", "int8_frames=4",
+               "int8_input_width=320"])
     assert rc == 0
     net = BoxNet(out / "box_net.onnx")
     assert net.stride == 8
+    assert _is_int8(out / "box_net_int8.onnx") and BoxNet(out / "box_net_int8.onnx").stride == 8
+    parity = json.loads((out / "box_net_int8.json").read_text())
+    assert parity["calibration_frames"] == 2 and parity["input_width"] == 320
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
     assert (out / "training_curves.png").stat().st_size > 0
@@ -211,7 +266,7 @@ def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path,
         return main(["train-box-net", "--config",
                      str(repo_root / "config" / "train_box_net_finetune.yaml"), "--no-progress",
                      "--out", str(out_dir), f"bags=[{repo_root / 'demo' / 'sample_tabletop'}]",
-                     "batch_size=2", "threads=1", *overrides])
+                     "batch_size=2", "threads=1", "int8_frames=0", *overrides])
 
     assert finetune(tuned, f"init_from={out / 'box_net.pt'}", "iterations=1", "lr=0.000001",
                     "weight_decay=0") == 0
@@ -228,6 +283,19 @@ def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path,
     assert "is not a box network's state dict" in capsys.readouterr().err
     assert finetune(tmp_path / "bad3", f"init_from={tmp_path / 'none.pt'}") == 2
     assert "does not exist" in capsys.readouterr().err
+    assert not (tuned / "box_net_int8.onnx").exists()   # int8_frames=0: no copy
+
+    # --quantize: the INT8 copy of an existing network alone, no training
+    def quantize(model, out_dir) -> int:
+        return main(["train-box-net", "--quantize", str(model), "--out", str(out_dir),
+                     "--no-progress", f"bags=[{repo_root / 'demo' / 'sample_tabletop'}]",
+                     "int8_frames=4"])
+
+    assert quantize(DEFAULT_BOX_NET, tmp_path / "q") == 0
+    assert _is_int8(tmp_path / "q" / "box_net_int8.onnx")
+    assert not (tmp_path / "q" / "box_net.pt").exists()
+    assert quantize(bad, tmp_path / "q2") == 2
+    assert "cannot load the box network" in capsys.readouterr().err
 
 
 def test_motion_blur_smears_along_its_direction_only():
@@ -290,6 +358,7 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     default = settings().proposal_cfg
     assert default.box_net == "default" and default.box_net_threshold == 0.3
     assert settings(proposal_box_net="off").proposal_cfg.box_net == "off"
+    assert settings(proposal_box_net="default_int8").proposal_cfg.box_net == "default_int8"
     other = tmp_path / "copy.onnx"
     other.write_bytes(DEFAULT_BOX_NET.read_bytes())
     chosen = settings(proposal_box_net=str(other), proposal_box_net_threshold=0.5)

@@ -184,10 +184,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               constraints="auto, colour or depth"),
     ParamSpec("proposal_box_net", "default", "string",
               "Proposals: the learned box network that finds objects in colour frames by their "
-              "look (objects in contact too): default (the one shipped with the package), the "
-              "path of another box network .onnx file (vl-distill train-box-net), or off for "
-              "the colour model alone. The colour model still adds boxes where the network "
-              "finds nothing.", constraints="default, off or an existing .onnx file"),
+              "look (objects in contact too): default (the one shipped with the package), "
+              "default_int8 (its INT8 copy: about half the network's CPU time, a little less "
+              "exact; see Performance), the path of another box network .onnx file "
+              "(vl-distill train-box-net), or off for the colour model alone. The colour "
+              "model still adds boxes where the network finds nothing.",
+              constraints="default, default_int8, off or an existing .onnx file"),
     ParamSpec("proposal_box_net_threshold", 0.3, "double",
               "Proposals: smallest score of a box network's box (lower finds more objects and "
               "more false boxes).", range=(0.01, 0.99)),

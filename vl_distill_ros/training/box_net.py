@@ -25,7 +25,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -88,6 +88,11 @@ class BoxNetTrainConfig:
     #: Steps between log lines and checkpoints.
     log_every: int = 25
     save_every: int = 250
+    #: The INT8 copy (``box_net_int8.onnx``, :func:`..training.quantize.quantize_box_net`):
+    #: this many frames of the bags (spread over them), half to calibrate it, half to check
+    #: it; 0: none. Fed at ``int8_input_width`` (the node's ``box_net_input_width``).
+    int8_frames: int = 128
+    int8_input_width: int = 480
 
     def __post_init__(self) -> None:
         checks = {
@@ -109,6 +114,9 @@ class BoxNetTrainConfig:
             "threads": 1 <= self.threads <= 256,
             "log_every": self.log_every >= 1,
             "save_every": self.save_every >= 1,
+            "int8_frames": self.int8_frames == 0 or 2 <= self.int8_frames <= 10_000,
+            "int8_input_width": 64 <= self.int8_input_width <= 1280
+            and self.int8_input_width % 16 == 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -409,9 +417,57 @@ def _steps(cfg: BoxNetTrainConfig, samples: Sequence, model: BoxNetModel
         yield step, {"loss": loss.item(), **parts, "lr": sched.get_last_lr()[0]}
 
 
+def int8_frames(bags: Sequence[Path], count: int, progress: bool = True) -> list[np.ndarray]:
+    """``count`` colour frames of ``bags``, the first few of each bag (as many from each),
+    of the first frame's size (frames of other sizes are passed over)."""
+    from tqdm import tqdm
+
+    from ..bags.bag_io import read_camera_bag
+
+    per_bag = max(1, -(-count // max(1, len(bags))))
+    frames: list[np.ndarray] = []
+    for bag in tqdm(bags, desc="int8 frames", unit="bag", disable=not progress):
+        taken = 0
+        for msg in read_camera_bag(bag).images():
+            if taken == per_bag or len(frames) == count:
+                break
+            if not frames or msg.image.shape == frames[0].shape:
+                frames.append(msg.image)
+                taken += 1
+        if len(frames) == count:
+            break
+    return frames
+
+
+def write_int8_copy(cfg: BoxNetTrainConfig, fp32_path: str | Path, out_dir: str | Path,
+                    progress: bool = True) -> Path:
+    """Write ``fp32_path``'s INT8 copy, ``box_net_int8.onnx``, and its parity with the float
+    network, ``box_net_int8.json``, to ``out_dir``, calibrated on ``cfg``'s bags.
+
+    Raises:
+        ConfigError: the bags hold fewer than 2 frames.
+        RuntimeBackendError: quantisation fails.
+    """
+    from .quantize import quantize_box_net
+
+    frames = int8_frames(expand_bags(cfg.bags), max(2, cfg.int8_frames), progress)
+    if len(frames) < 2:
+        raise ConfigError("box net INT8 copy: the bags hold fewer than 2 frames")
+    model, parity = quantize_box_net(Path(fp32_path).read_bytes(), frames,
+                                     cfg.int8_input_width)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "box_net_int8.json").write_text(json.dumps(
+        {"source": str(fp32_path), **asdict(parity)}, indent=2) + "\n")
+    path = out / "box_net_int8.onnx"
+    path.write_bytes(model)
+    return path
+
+
 def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Train a box network; write ``box_net.pt`` (state dict), ``box_net.onnx``,
-    ``config.json``, ``train_log.jsonl`` and ``training_curves.png`` to ``out_dir``.
+    ``config.json``, ``train_log.jsonl`` and ``training_curves.png`` to ``out_dir``, and
+    unless ``cfg.int8_frames`` is 0 the INT8 copy (:func:`write_int8_copy`).
 
     Returns the ONNX file's path.
     """
@@ -449,4 +505,7 @@ def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = 
     bar.close()
     plot_training_curves([{k: v for k, v in r.items() if k != "seconds"} for r in rows],
                          out / "training_curves.png")
-    return export_onnx(model, out / "box_net.onnx", cfg.input_width, cfg.input_height)
+    path = export_onnx(model, out / "box_net.onnx", cfg.input_width, cfg.input_height)
+    if cfg.int8_frames:
+        write_int8_copy(cfg, path, out, progress)
+    return path

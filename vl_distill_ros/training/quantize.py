@@ -1,4 +1,5 @@
-"""The student's INT8 copy for ONNX Runtime: static quantisation calibrated on training images.
+"""INT8 copies for ONNX Runtime (the student's and the box network's): static quantisation
+calibrated on training images.
 
 ONNX Runtime runs an INT8 EfficientNet-Lite (QDQ format, weights per channel, activations
 per tensor, ranges from a calibration pass) in about half the CPU time of the float one
@@ -14,6 +15,10 @@ uint8 activations by int8 weights with 16-bit intermediate sums that saturate on
 weights: the copy measured 0.994 mean cosine with the float student where it was made (a
 Xeon with VNNI) and 0.89 on an AVX2-only EPYC. The model is made once and run on robots'
 CPUs, so it is made for both: with 7-bit weights the sums fit (0.97-0.98 on that EPYC).
+
+The box network (:mod:`..perception.box_net`) gets the same treatment
+(:func:`quantize_box_net`): calibrated on frames of its training bags at the width the node
+feeds it, checked by the boxes the two copies find on other frames.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -65,15 +70,18 @@ def split_calibration(images: np.ndarray, calibration: int = CALIBRATION_IMAGES,
     return images[picks[0::2][:calibration]], images[picks[1::2][:parity]]
 
 
-def _batches(batch: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
-    for i in range(0, len(batch), CALIBRATION_BATCH):
-        yield {INPUT_NAME: batch[i:i + CALIBRATION_BATCH]}
+def _batches(batch: np.ndarray, input_name: str = INPUT_NAME, size: int = CALIBRATION_BATCH
+             ) -> Iterator[dict[str, np.ndarray]]:
+    for i in range(0, len(batch), size):
+        yield {input_name: batch[i:i + size]}
 
 
-def quantize_onnx(fp32_model: bytes, calibration: np.ndarray) -> bytes:
+def quantize_onnx(fp32_model: bytes, calibration: np.ndarray, input_name: str = INPUT_NAME,
+                  batch_size: int = CALIBRATION_BATCH) -> bytes:
     """Static INT8 quantisation (QDQ, per-channel 7-bit weights, uint8 activations with
-    min-max ranges) of an exported student, calibrated on a preprocessed ``(N, 3, S, S)``
-    batch.
+    min-max ranges) of a float ONNX model with one input, ``input_name``, calibrated on the
+    preprocessed ``(N, ...)`` inputs ``calibration`` fed ``batch_size`` at a time (the
+    student's ``(N, 3, S, S)`` crops; the box network's frames, one at a time).
 
     Raises:
         RuntimeBackendError: ONNX Runtime's quantisation tools are missing or fail.
@@ -87,7 +95,7 @@ def quantize_onnx(fp32_model: bytes, calibration: np.ndarray) -> bytes:
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = _batches(calibration)
+            self._it = _batches(calibration, input_name, batch_size)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
@@ -145,4 +153,72 @@ def quantize_student(student: Student, images: np.ndarray, text_embeddings: np.n
     parity = measure_parity(OnnxRunner(int8_model, threads=0), OnnxRunner(fp32_model, threads=0),
                             preprocess_crops(list(check), spec), text_embeddings, len(calib))
     log.info("INT8 student: %s", asdict(parity))
+    return int8_model, parity
+
+
+@dataclass(frozen=True)
+class BoxNetInt8Parity:
+    """How the box network's INT8 copy agrees with the float one on held-back frames."""
+
+    frames: int
+    input_width: int
+    #: Boxes the float network finds (``threshold``), and those the INT8 copy finds too
+    #: (a box at IoU 0.5 or more).
+    float_boxes: int
+    matched_boxes: int
+    int8_boxes: int
+    #: Mean absolute difference of the centre probabilities where either copy gives 0.1 or
+    #: more.
+    mean_score_difference: float
+    calibration_frames: int
+
+
+def quantize_box_net(fp32_model: bytes, frames: Sequence[np.ndarray], input_width: int = 480,
+                     threshold: float = 0.3) -> tuple[bytes, BoxNetInt8Parity]:
+    """The box network's INT8 ONNX model and its parity with the float one.
+
+    Args:
+        fp32_model: the float box network's ONNX file (bytes).
+        frames: ``(H, W, 3)`` uint8 RGB frames of one size; every other one calibrates the
+            activation ranges (fed as the node feeds them: resized to ``input_width``), the
+            others check the copy.
+        input_width: the width the frames are fed at (the node's ``box_net_input_width``).
+        threshold: the boxes' smallest score for the check.
+
+    Raises:
+        RuntimeBackendError: quantisation or the INT8 session fails.
+        ValueError: fewer than 2 frames, or frames of different sizes.
+    """
+    from ..perception.box_net import INPUT_NAME as BOX_INPUT, BoxNet, BoxNetError, box_overlap
+
+    if len(frames) < 2:
+        raise ValueError(f"need at least 2 frames to calibrate and check, got {len(frames)}")
+    if len({f.shape for f in frames}) != 1:
+        raise ValueError("the calibration frames differ in size")
+    fp32 = BoxNet(fp32_model)
+    calib, check = list(frames[0::2]), list(frames[1::2])
+    inputs = np.concatenate([fp32.network_input(f, input_width)[0] for f in calib])
+    int8_model = quantize_onnx(fp32_model, inputs, BOX_INPUT, batch_size=1)
+    try:
+        int8 = BoxNet(int8_model)
+    except BoxNetError as exc:
+        raise RuntimeBackendError(f"the INT8 box network does not load: {exc}") from None
+    found = matched = extra = 0
+    diffs = []
+    for frame in check:
+        x = fp32.network_input(frame, input_width)[0]
+        a, b = (1.0 / (1.0 + np.exp(-net.session.run(None, {BOX_INPUT: x})[0]))
+                for net in (fp32, int8))
+        near = (a >= 0.1) | (b >= 0.1)
+        diffs.append(float(np.abs(a - b)[near].mean()) if near.any() else 0.0)
+        boxes_f = fp32.detect(frame, threshold, (input_width,))[0]
+        boxes_i = int8.detect(frame, threshold, (input_width,))[0]
+        found, extra = found + len(boxes_f), extra + len(boxes_i)
+        matched += sum(bool(len(boxes_i)) and bool((box_overlap(box, boxes_i)[0] >= 0.5).any())
+                       for box in boxes_f)
+    parity = BoxNetInt8Parity(
+        frames=len(check), input_width=int(input_width), float_boxes=found,
+        matched_boxes=int(matched), int8_boxes=extra,
+        mean_score_difference=round(float(np.mean(diffs)), 5), calibration_frames=len(calib))
+    log.info("INT8 box network: %s", asdict(parity))
     return int8_model, parity
