@@ -1081,6 +1081,18 @@ def test_bags_carry_the_camera_info_lens_model_to_the_offline_replay(tmp_path):
     assert frame.distortion == ("", ()) and frame.camera_info == (19.0, 19.5, 3.25, 3.75, 8, 8)
     assert not frame.intrinsics().distorted
 
+    # a binned camera's CameraInfo (full-resolution K and size, binning 2): the 8x8 frames'
+    # camera, which the offline replay uses
+
+    def binned(info):
+        info.width, info.height, info.binning_x, info.binning_y = 16, 16, 2, 2
+    path = _write_rgbd_messages(tmp_path / "binned", [(3_000_000_000, 3_000_000_000, 8,
+                                                       (20, 20, 7.5, 7.5), binned)])
+    (frame,) = list(read_camera_bag(path).rgbd_frames())
+    assert frame.camera_info == (10.0, 10.0, 3.75, 3.75, 8, 8)
+    depth, k = replay._frame_depth(frame)
+    assert depth is not None and (k.fx, k.cx, k.width) == (10.0, 3.75, 8)
+
 
 def test_rectified_topics_take_p_and_no_lens():
     """image_pipeline's image_rect topics hold rectified images: their camera is the
@@ -1106,3 +1118,51 @@ def test_rectified_topics_take_p_and_no_lens():
     info.p = [0.0] * 12                                       # no P: K, still no lens
     rect = CameraIntrinsics.from_camera_info(info, rectified=True)
     assert (rect.fx, rect.cx, rect.distorted) == (300.0, 160.0, False)
+
+
+def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
+    """REP 104 (image_geometry's reading): a CameraInfo's ROI (full-resolution pixels) and
+    binning describe smaller images; their camera is fx / b, (cx - x_offset) / b, and each
+    of their pixels looks along the ray of full-resolution pixel u * b + x_offset, through
+    the same lens. Impossible values are refused with a clear error."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.perception.depth_proposals import image_camera
+
+    d = [-0.2, 0.05, 0.001, -0.002, 0.0]
+    roi = SimpleNamespace(x_offset=80, y_offset=60, width=640, height=480)
+    info = SimpleNamespace(k=[400.0, 0, 399.5, 0, 410.0, 299.5, 0, 0, 1], width=800,
+                           height=600, distortion_model="plumb_bob", d=d, binning_x=2,
+                           binning_y=2, roi=roi, p=[0.0] * 12, do_rectify=False)
+    assert image_camera(info) == (200.0, 205.0, 159.75, 119.75, 320, 240)
+    small = CameraIntrinsics.from_camera_info(info)
+    assert (small.width, small.height, small.distorted) == (320, 240, True)
+    full = CameraIntrinsics.from_k(info.k, 800, 600, "plumb_bob", d)
+    sx, sy = small.pixel_rays()
+    fx, fy = full.pixel_rays()
+    np.testing.assert_allclose(sx, fx[60:540:2, 80:720:2], atol=1e-9)
+    np.testing.assert_allclose(sy, fy[60:540:2, 80:720:2], atol=1e-9)
+    # binning alone, ROI alone, and none (0 and 1 both mean no binning)
+    info.roi = SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0)
+    assert image_camera(info) == (200.0, 205.0, 199.75, 149.75, 400, 300)
+    info.binning_x = info.binning_y = 1
+    info.roi = roi
+    assert image_camera(info) == (400.0, 410.0, 319.5, 239.5, 640, 480)
+    info.binning_x = info.binning_y = 0
+    info.roi = SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0)
+    assert image_camera(info) == (400.0, 410.0, 399.5, 299.5, 800, 600)
+    # a rectified topic takes P, reduced the same way
+    info.p = [390.0, 0, 395.0, 0, 0, 392.0, 301.0, 0, 0, 0, 1, 0]
+    info.binning_x = info.binning_y = 2
+    info.roi, info.do_rectify = roi, True
+    assert image_camera(info, rectified=True) == (195.0, 196.0, 157.5, 120.5, 320, 240)
+    with pytest.raises(DepthError, match="rectified coordinates"):
+        image_camera(info)                            # a rectified ROI on raw frames
+    info.do_rectify = False
+    for change, message in ((dict(binning_x=65), "binning 65x2"),
+                            (dict(binning_y=-1), "binning 2x-1"),
+                            (dict(roi=SimpleNamespace(x_offset=200, y_offset=0, width=640,
+                                                      height=480)), "outside its 800x600")):
+        bad = SimpleNamespace(**{**vars(info), **change})
+        with pytest.raises(DepthError, match=message):
+            CameraIntrinsics.from_camera_info(bad)

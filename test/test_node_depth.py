@@ -416,3 +416,30 @@ def test_an_image_rect_topic_is_taken_as_rectified(ctx, tester, bundle, tmp_path
         assert wait_for(lambda: (tester.camera_status(
             f"{ns}/vl_distill_node", f"{ns}/cam/image_rect") or {}).get(
             "camera_info_distortion_px") == "0.0", 10.0)
+
+
+def test_binning_and_roi_in_the_camera_info_describe_the_smaller_frames(ctx, tester, bundle,
+                                                                        tmp_path):
+    """A camera binned 2x2 over a 640x480 window of its 800x600 sensor (REP 104) sends
+    320x240 frames with the full-resolution K, its binning and its ROI: the node takes the
+    camera of those frames and boxes the four objects from depth; read as the
+    full-resolution camera the CameraInfo would not fit the frames (depth refused)."""
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    small = CameraIntrinsics(200.0, 200.0, 159.75, 119.75, 320, 240)
+    objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
+            (0.0, 0.0, 0.1, 0.08, 0.08), (-0.2, 0.3, 0.06, 0.06, 0.09)]
+    depth, truth = render_tabletop(objs, k=small, distance=0.8)
+    info = CameraInfo()
+    info.header.frame_id = "cam"
+    info.width, info.height = 800, 600
+    info.k = [400.0, 0.0, 399.5, 0.0, 400.0, 299.5, 0.0, 0.0, 1.0]
+    info.binning_x = info.binning_y = 2
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 80, 60, 640, 480
+    rig = Rig(tester, "/binned")
+    with _node(ctx, "/binned", bundle, tmp_path):
+        assert wait_for(lambda: tester.node.count_subscribers("/binned/cam/depth") > 0, 10.0)
+        boxes = _boxes(rig.send("binned", 70, depth_msg(depth, 70, 0), info))
+        assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
+        status = rig.status()
+        assert int(status["depth_used"]) >= 1 and int(status["depth_errors"]) == 0, status

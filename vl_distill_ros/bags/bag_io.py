@@ -175,8 +175,8 @@ class RGBDFrame(NamedTuple):
     image: np.ndarray
     #: ``(H, W)`` float32 metres (0 = no measurement), or ``None`` (no partner, or bad).
     depth: np.ndarray | None = None
-    #: ``(fx, fy, cx, cy, width, height)`` from the paired CameraInfo (unchecked; its K, or
-    #: its P for an ``image_rect`` topic, see :func:`camera_info_k`), or None.
+    #: ``(fx, fy, cx, cy, width, height)`` from the paired CameraInfo (its K, or its P for
+    #: an ``image_rect`` topic, with its binning and ROI: see :func:`camera_info_k`), or None.
     camera_info: tuple[float, float, float, float, int, int] | None = None
     #: Why there is no depth ("" when paired, or when the camera has no depth topic).
     depth_note: str = ""
@@ -335,13 +335,18 @@ def _camera_info_msg(store: Any, intrinsics: Sequence[float], width: int, height
 
 def camera_info_k(msg: Any, rectified: bool = False
                   ) -> tuple[float, float, float, float, int, int]:
-    """``(fx, fy, cx, cy, width, height)`` of a deserialised ``sensor_msgs/CameraInfo``
-    (its ``k`` matrix, row-major 3x3; for ``rectified`` images its projection matrix ``p``
-    when that is not all zeros, REP 104: see
-    :func:`~vl_distill_ros.perception.depth_proposals.camera_matrix`), unchecked."""
-    from vl_distill_ros.perception.depth_proposals import camera_matrix
+    """``(fx, fy, cx, cy, width, height)`` of the images a deserialised
+    ``sensor_msgs/CameraInfo`` describes (its ``k`` matrix, row-major 3x3; for
+    ``rectified`` images its projection matrix ``p`` when that is not all zeros; reduced by
+    its binning and region of interest, REP 104: see
+    :func:`~vl_distill_ros.perception.depth_proposals.image_camera`); otherwise unchecked.
 
-    return (*camera_matrix(msg, rectified), int(msg.width), int(msg.height))
+    Raises:
+        DepthError: K is not 3x3, or a binning or ROI that cannot be (see ``image_camera``).
+    """
+    from vl_distill_ros.perception.depth_proposals import image_camera
+
+    return image_camera(msg, rectified)
 
 
 def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: BagFrame,

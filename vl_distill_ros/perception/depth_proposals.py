@@ -85,7 +85,7 @@ __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthPropos
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
            "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve",
            "stride_for", "DISTORTION_MODELS", "MAX_DISTORTION_COEFFS", "distortion_corner_px",
-           "lens_model_supported", "camera_matrix"]
+           "lens_model_supported", "camera_matrix", "image_camera", "MAX_BINNING"]
 
 
 class DepthError(ValueError):
@@ -165,18 +165,19 @@ class CameraIntrinsics:
     @classmethod
     def from_camera_info(cls, info: object, rectified: bool = False) -> "CameraIntrinsics":
         """From a ``sensor_msgs/CameraInfo`` (duck-typed: ``k``, ``p``, ``width``, ``height``,
-        ``distortion_model``, ``d``). For a rectified image (``rectified``: an
-        ``image_rect`` topic) the camera is P's intrinsics without distortion, as REP 104
-        and image_geometry have it (K when P is all zeros); otherwise K and the lens model.
+        ``distortion_model``, ``d``, and ``binning_x``, ``binning_y``, ``roi`` when present).
+        For a rectified image (``rectified``: an ``image_rect`` topic) the camera is P's
+        intrinsics without distortion, as REP 104 and image_geometry have it (K when P is all
+        zeros); otherwise K and the lens model. Binning and a region of interest give the
+        camera of the smaller images they describe (:func:`image_camera`).
 
         Raises:
             DepthError: unusable values (see :meth:`from_k`).
         """
-        fx, fy, cx, cy = camera_matrix(info, rectified)
+        fx, fy, cx, cy, width, height = image_camera(info, rectified)
         lens = () if rectified else (str(getattr(info, "distortion_model", "")),
                                      getattr(info, "d", ()))
-        return cls.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], int(getattr(info, "width")),
-                          int(getattr(info, "height")), *lens)
+        return cls.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], width, height, *lens)
 
     @property
     def distorted(self) -> bool:
@@ -220,6 +221,46 @@ class CameraIntrinsics:
             px = cv2.projectPoints(obj, np.zeros(3), np.zeros(3), kmat, np.array(d))[0]
         px = px.reshape(-1, 2)
         return px[:, 0] - self.origin[0], px[:, 1] - self.origin[1]
+
+
+#: Largest binning factor a CameraInfo may state.
+MAX_BINNING = 64
+
+
+def image_camera(info: object, rectified: bool = False
+                 ) -> tuple[float, float, float, float, int, int]:
+    """``(fx, fy, cx, cy, width, height)`` of the images a ``sensor_msgs/CameraInfo``
+    describes (REP 104, as image_geometry reads it): :func:`camera_matrix` and the
+    calibrated size, reduced to its region of interest (``roi``, in full-resolution pixels;
+    all zeros: the whole frame) and divided by its binning (``binning_x``, ``binning_y``;
+    0 or 1: none): ``fx / bx``, ``(cx - x_offset) / bx``, and ``roi.width // bx`` wide. The
+    lens model needs no change (it acts on ``(u - cx) / fx``). A raw image whose ROI is set
+    in rectified coordinates (``do_rectify``) is refused: its raw window is not stated.
+
+    Raises:
+        DepthError: K does not hold 9 values, a binning outside 0..``MAX_BINNING``, an ROI
+            outside the calibrated frame, or a rectified ROI for raw images.
+    """
+    fx, fy, cx, cy = camera_matrix(info, rectified)
+    width, height = int(getattr(info, "width")), int(getattr(info, "height"))
+    bins = (int(getattr(info, "binning_x", 0) or 0), int(getattr(info, "binning_y", 0) or 0))
+    if not all(0 <= b <= MAX_BINNING for b in bins):
+        raise DepthError(f"CameraInfo binning {bins[0]}x{bins[1]} is outside 0..{MAX_BINNING}")
+    bx, by = (max(1, b) for b in bins)
+    roi = getattr(info, "roi", None)
+    x0, y0, w, h = (int(getattr(roi, name, 0) or 0)
+                    for name in ("x_offset", "y_offset", "width", "height"))
+    if w == 0 or h == 0:
+        x0, y0, w, h = 0, 0, width, height                    # all zeros: the whole frame
+    elif not rectified and bool(getattr(info, "do_rectify", False)):
+        raise DepthError("CameraInfo roi is in rectified coordinates (do_rectify) but the "
+                         "images are raw: use the rectified topic (image_rect)")
+    elif x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
+        raise DepthError(f"CameraInfo roi {w}x{h} at ({x0}, {y0}) lies outside its "
+                         f"{width}x{height} frame")
+    if (bx, by) == (1, 1) and (x0, y0) == (0, 0):
+        return fx, fy, cx, cy, w, h
+    return fx / bx, fy / by, (cx - x0) / bx, (cy - y0) / by, w // bx, h // by
 
 
 def camera_matrix(info: object, rectified: bool = False) -> tuple[float, float, float, float]:
