@@ -254,6 +254,10 @@ def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path,
                "--config", str(repo_root / "config" / "train_box_net.yaml"),
                f"bags=[{tmp_path / 'nothing*'}]"])
     assert rc == 2 and "no bag matches" in capsys.readouterr().err
+    rc = main(["train-box-net", "--out", str(tmp_path / "bad"), "--no-progress",
+               "--config", str(repo_root / "config" / "train_box_net.yaml"),
+               f"bags=[{repo_root / 'demo' / 'sample_tabletop'}]", "int8_frames=5000"])
+    assert rc == 2 and "invalid int8_frames" in capsys.readouterr().err
 
     # fine-tuning (the second stage's config): starts from the first run's weights
     import torch

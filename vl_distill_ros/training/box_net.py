@@ -90,7 +90,8 @@ class BoxNetTrainConfig:
     save_every: int = 250
     #: The INT8 copy (``box_net_int8.onnx``, :func:`..training.quantize.quantize_box_net`):
     #: this many frames of the bags (spread over them), half to calibrate it, half to check
-    #: it; 0: none. Fed at ``int8_input_width`` (the node's ``box_net_input_width``).
+    #: it (at most 512: they are held in memory); 0: none. Fed at ``int8_input_width`` (the
+    #: node's ``box_net_input_width``).
     int8_frames: int = 128
     int8_input_width: int = 480
 
@@ -114,7 +115,7 @@ class BoxNetTrainConfig:
             "threads": 1 <= self.threads <= 256,
             "log_every": self.log_every >= 1,
             "save_every": self.save_every >= 1,
-            "int8_frames": self.int8_frames == 0 or 2 <= self.int8_frames <= 10_000,
+            "int8_frames": self.int8_frames == 0 or 2 <= self.int8_frames <= 512,
             "int8_input_width": 64 <= self.int8_input_width <= 1280
             and self.int8_input_width % 16 == 0,
         }
