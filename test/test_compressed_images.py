@@ -499,3 +499,28 @@ def test_offline_replay_of_a_jpeg_bag_scores_like_the_raw_bag(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "/camera/image_raw/compressed" in err and "neither JPEG nor PNG" in err
+
+
+def test_16_bit_depth_in_other_units_than_millimetres():
+    """``depth_scale`` (``unit_m``): 16-bit depth in an L515's raw 0.25 mm units reads as the
+    same metres as millimetres do, raw and compressed (PNG and RVL); 32FC1 stays metres."""
+    from vl_distill_ros.perception.image_codec import decode_depth
+
+    z = _depth_m()
+    quarter = np.round(z * 4000).astype(np.uint16)               # 0.25 mm units
+    h, w = quarter.shape
+    raw = decode_depth("16UC1", h, w, 2 * w, quarter.tobytes(), unit_m=0.00025)
+    np.testing.assert_allclose(raw, quarter * np.float32(0.00025))
+    assert np.abs(raw - z).max() < 2e-4
+    assert np.abs(decode_depth("16UC1", h, w, 2 * w, quarter.tobytes()) - 4 * z).max() < 1e-3
+    ok, png = cv2.imencode(".png", quarter)
+    header = struct.pack("<iff", 0, 0.0, 0.0)
+    fmt = "16UC1; compressedDepth png"
+    np.testing.assert_array_equal(
+        cc.decode_compressed_depth(fmt, header + png.tobytes(), unit_m=0.00025), raw)
+    np.testing.assert_array_equal(
+        cc.decode_compressed_depth("16UC1; compressedDepth rvl", header + _rvl(quarter),
+                                   unit_m=0.00025), raw)
+    metres = z.astype(np.float32)
+    np.testing.assert_array_equal(
+        decode_depth("32FC1", h, w, 4 * w, metres.tobytes(), unit_m=0.00025), metres)

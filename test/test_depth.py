@@ -1092,6 +1092,13 @@ def test_bags_carry_the_camera_info_lens_model_to_the_offline_replay(tmp_path):
     assert frame.camera_info == (10.0, 10.0, 3.75, 3.75, 8, 8)
     depth, k = replay._frame_depth(frame)
     assert depth is not None and (k.fx, k.cx, k.width) == (10.0, 3.75, 8)
+    # 16-bit depth in other units (depth_scale): the bag's 1000 mm read as 0.25 mm units
+    bag = read_camera_bag(path)
+    (frame,) = list(bag.rgbd_frames(depth_unit_m=0.00025))
+    assert float(frame.depth.max()) == pytest.approx(0.25)
+    values = replay.node_parameter_values({"depth_scale": 0.00025})
+    (frame,) = list(replay._offline_frames(bag, replay.ReplaySettings(), values))
+    assert float(frame.depth.max()) == pytest.approx(0.25)
 
 
 def test_rectified_topics_take_p_and_no_lens():

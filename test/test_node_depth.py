@@ -443,3 +443,30 @@ def test_binning_and_roi_in_the_camera_info_describe_the_smaller_frames(ctx, tes
         assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
         status = rig.status()
         assert int(status["depth_used"]) >= 1 and int(status["depth_errors"]) == 0, status
+
+
+def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_path):
+    """A camera publishing 16UC1 in 0.25 mm units (an L515's raw depth): with
+    ``depth_scale: 0.00025`` the node boxes the four objects from depth; read as
+    millimetres the table would lie 3.2 m away, beyond the proposer's range."""
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
+            (0.0, 0.0, 0.1, 0.08, 0.08), (-0.2, 0.3, 0.06, 0.06, 0.09)]
+    depth, truth = render_tabletop(objs, k=K, distance=0.8)
+    quarter = np.round(depth * 4000.0).astype(np.uint16)
+    assert np.abs(quarter.astype(np.float32) * np.float32(0.00025) - depth).max() < 2e-4
+    msg = Image()
+    msg.header.stamp.sec, msg.header.frame_id = 80, "cam"
+    msg.height, msg.width, msg.encoding, msg.step = 240, 320, "16UC1", 640
+    msg.data = quarter.tobytes()
+    rig = Rig(tester, "/quarter")
+    with running_node(ctx, "/quarter", bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image"], depth_topics=["cam/depth"],
+                      camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                      depth_scale=0.00025, inference_backend="torch",
+                      warm_text_encoder=False):
+        assert wait_for(lambda: tester.node.count_subscribers("/quarter/cam/depth") > 0, 10.0)
+        boxes = _boxes(rig.send("quarter", 80, msg, info_msg(K)))
+        assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
+        assert int(rig.status()["depth_used"]) >= 1

@@ -691,7 +691,7 @@ class BagContents:
             yield self._decode(raw)
 
     def rgbd_frames(self, topics: Sequence[str] | None = None, tolerance_ns: int = 0,
-                    capacity: int = 30) -> Iterator[RGBDFrame]:
+                    capacity: int = 30, depth_unit_m: float = 0.001) -> Iterator[RGBDFrame]:
         """Decoded colour images of ``topics`` (default: all) in bag-time order, each with its
         depth partner: the depth image (and CameraInfo) of the same stamp, or the nearest
         within ``tolerance_ns`` (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`,
@@ -699,6 +699,8 @@ class BagContents:
         message ``tolerance_ns`` later in bag time was read (at most ``capacity`` images
         wait); then it comes without depth and :attr:`RGBDFrame.depth_note` says why. An
         undecodable depth image or a camera without CameraInfo gives a note, not an error.
+        16-bit depth is read in units of ``depth_unit_m`` metres (millimetres by default; the
+        node's ``depth_scale``).
 
         Raises:
             BagError: unknown topics, an undecodable colour image or a storage read error.
@@ -733,9 +735,10 @@ class BagContents:
                 if partner is None and not late and len(pending) <= capacity:
                     break
                 pending.pop(0)
-                yield self._rgbd(first, stamp, partner)
+                yield self._rgbd(first, stamp, partner, depth_unit_m)
         for first, stamp in pending:
-            yield self._rgbd(first, stamp, self._partner(first.topic, stamp, buffers))
+            yield self._rgbd(first, stamp, self._partner(first.topic, stamp, buffers),
+                             depth_unit_m)
 
     def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | None:
         """``(depth CDR or None, info CDR or None)`` once every partner of the colour image is
@@ -749,7 +752,8 @@ class BagContents:
             return None
         return depth[1], info[1]
 
-    def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None) -> RGBDFrame:
+    def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None,
+              depth_unit_m: float = 0.001) -> RGBDFrame:
         from vl_distill_ros.perception.compressed_codec import (decode_depth_message,
                                                                 is_rectified_topic)
         from vl_distill_ros.perception.image_codec import ImageDecodeError
@@ -765,7 +769,7 @@ class BagContents:
         store = _typestore()
         try:
             dmsg = store.deserialize_cdr(depth_cdr, self.topics[self.depth_topics[raw.topic]])
-            depth = decode_depth_message(dmsg)
+            depth = decode_depth_message(dmsg, unit_m=depth_unit_m)
             info_msg = store.deserialize_cdr(info_cdr, CAMERA_INFO_TYPE)
             rectified = is_rectified_topic(raw.topic)   # P, and no lens left (REP 104)
             info = camera_info_k(info_msg, rectified)

@@ -39,8 +39,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .image_codec import (ImageData, ImageDecodeError, as_byte_view, decode_depth, decode_image,
-                          encode_depth_mm, scale_mono16)
+from .image_codec import (MILLIMETRE, ImageData, ImageDecodeError, as_byte_view, decode_depth,
+                          decode_image, encode_depth_mm, scale_mono16)
 
 __all__ = ["COMPRESSED_KINDS", "MAX_JPEG_SCANS", "payload_kind", "payload_size",
            "decode_compressed_image",
@@ -235,10 +235,11 @@ def _depth_encoding(fmt: str) -> str:
     return encoding
 
 
-def decode_compressed_depth(fmt: str, data: ImageData,
-                            max_pixels: int = 50_000_000) -> np.ndarray:
+def decode_compressed_depth(fmt: str, data: ImageData, max_pixels: int = 50_000_000,
+                            unit_m: float = MILLIMETRE) -> np.ndarray:
     """Decode a depth ``sensor_msgs/CompressedImage`` to float32 metres ``(H, W)`` (0 = no
-    measurement), as the raw :func:`~vl_distill_ros.perception.image_codec.decode_depth`.
+    measurement), as the raw :func:`~vl_distill_ros.perception.image_codec.decode_depth`
+    (16UC1 in units of ``unit_m`` metres).
 
     Raises:
         ImageDecodeError: not a 16UC1/32FC1 depth format, a missing header, bad
@@ -269,7 +270,7 @@ def decode_compressed_depth(fmt: str, data: ImageData,
             raise ImageDecodeError(f"compressed depth must be a one-channel 16-bit PNG, got "
                                    f"{q.dtype} with shape {q.shape}")
     if encoding != "32FC1":
-        return q.astype(np.float32) * np.float32(0.001)
+        return q.astype(np.float32) * np.float32(unit_m)
     if not (np.isfinite(a) and np.isfinite(b) and a > 0):
         raise ImageDecodeError(f"compressedDepth 32FC1 needs finite quantisation parameters "
                                f"with a > 0, got a={a}, b={b}")
@@ -398,9 +399,11 @@ def decode_image_message(msg: Any, max_pixels: int = 50_000_000) -> np.ndarray:
                         msg.is_bigendian, max_pixels)
 
 
-def decode_depth_message(msg: Any, max_pixels: int = 50_000_000) -> np.ndarray:
-    """Float32 metres of a depth ``Image`` or ``CompressedImage`` (duck-typed)."""
+def decode_depth_message(msg: Any, max_pixels: int = 50_000_000,
+                         unit_m: float = MILLIMETRE) -> np.ndarray:
+    """Float32 metres of a depth ``Image`` or ``CompressedImage`` (duck-typed; 16-bit depth
+    in units of ``unit_m`` metres)."""
     if is_compressed_message(msg):
-        return decode_compressed_depth(msg.format, msg.data, max_pixels)
+        return decode_compressed_depth(msg.format, msg.data, max_pixels, unit_m)
     return decode_depth(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                        msg.is_bigendian, max_pixels)
+                        msg.is_bigendian, max_pixels, unit_m)

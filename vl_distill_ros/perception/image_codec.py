@@ -32,7 +32,7 @@ import numpy as np
 
 __all__ = ["ImageDecodeError", "SUPPORTED_ENCODINGS", "BYTES_PER_PIXEL", "decode_image",
            "encode_rgb8", "DEPTH_ENCODINGS", "decode_depth", "encode_depth_mm", "as_byte_view",
-           "ImageData", "scale_mono16"]
+           "ImageData", "scale_mono16", "MILLIMETRE"]
 
 
 class ImageDecodeError(ValueError):
@@ -250,13 +250,19 @@ def encode_rgb8(image: np.ndarray) -> tuple[str, int, int, int, bytes]:
 DEPTH_ENCODINGS: dict[str, int] = {"16UC1": 2, "mono16": 2, "32FC1": 4}
 
 
+#: Metres per unit of a 16-bit depth image: millimetres (REP 118).
+MILLIMETRE = 0.001
+
+
 def decode_depth(encoding: str, height: int, width: int, step: int, data: ImageData,
-                 is_bigendian: int = 0, max_pixels: int = 50_000_000) -> np.ndarray:
+                 is_bigendian: int = 0, max_pixels: int = 50_000_000,
+                 unit_m: float = MILLIMETRE) -> np.ndarray:
     """Decode a depth ``sensor_msgs/Image`` payload to float32 metres ``(height, width)``.
 
-    ``16UC1``/``mono16`` hold millimetres, ``32FC1`` metres. Pixels without a measurement
-    (0, NaN, +-inf or negative) come back as 0. ``step``/``data`` rules as
-    :func:`decode_image`.
+    ``16UC1``/``mono16`` hold units of ``unit_m`` metres (millimetres, REP 118, unless a
+    camera says otherwise: an L515's raw 0.25 mm, a dataset's 1/5000 m), ``32FC1`` metres.
+    Pixels without a measurement (0, NaN, +-inf or negative) come back as 0.
+    ``step``/``data`` rules as :func:`decode_image`.
 
     Raises:
         ImageDecodeError: not a depth encoding (the message names the accepted ones), empty
@@ -284,7 +290,7 @@ def decode_depth(encoding: str, height: int, width: int, step: int, data: ImageD
     rows = np.ascontiguousarray(buf.reshape(height, step)[:, :width * bpp])
     order = ">" if is_bigendian else "<"
     if bpp == 2:
-        return rows.view(order + "u2").astype(np.float32) * np.float32(0.001)
+        return rows.view(order + "u2").astype(np.float32) * np.float32(unit_m)
     out = rows.view(order + "f4").astype(np.float32)
     out[~(np.isfinite(out) & (out > 0))] = 0.0
     return out

@@ -3,9 +3,10 @@
 :class:`DepthInput` holds a camera's depth images in a bounded stamp buffer
 (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`) and its latest
 ``sensor_msgs/CameraInfo``, pairs a colour frame with the depth image of the same stamp (or
-the nearest within ``depth_sync_tolerance``), decodes it (16UC1 mm or 32FC1 m) and checks
-it against the colour image and the intrinsics. Depth comes as a ``sensor_msgs/Image`` or,
-on a ``.../compressedDepth`` topic, as a ``sensor_msgs/CompressedImage``
+the nearest within ``depth_sync_tolerance``), decodes it (16UC1 in ``depth_scale`` units,
+mm by default, or 32FC1 m) and checks it against the colour image and the intrinsics. Depth
+comes as a ``sensor_msgs/Image`` or, on a ``.../compressedDepth`` topic, as a
+``sensor_msgs/CompressedImage``
 (:func:`~vl_distill_ros.perception.compressed_codec.decode_depth_message`). Anything wrong
 -- no partner in time, no CameraInfo yet, a wrong encoding, a size mismatch, a CameraInfo
 with zeros -- gives ``(None, None)`` with a reason: the colour frame is then processed
@@ -26,7 +27,7 @@ import numpy as np
 from ..perception.compressed_codec import decode_depth_message
 from ..perception.depth_proposals import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS,
                                           CameraIntrinsics, DepthError, distortion_corner_px)
-from ..perception.image_codec import ImageDecodeError
+from ..perception.image_codec import MILLIMETRE, ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
 
 __all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
@@ -52,11 +53,14 @@ class DepthInput:
         capacity: depth images buffered (bounded).
         rectified: the colour topic is rectified (:func:`~vl_distill_ros.perception.
             compressed_codec.is_rectified_topic`).
+        unit_m: metres per unit of 16-bit depth images (``depth_scale``).
     """
 
     def __init__(self, depth_topic: str, info_topic: str, tolerance_s: float,
-                 capacity: int = DEPTH_BUFFER, rectified: bool = False) -> None:
+                 capacity: int = DEPTH_BUFFER, rectified: bool = False,
+                 unit_m: float = MILLIMETRE) -> None:
         self.depth_topic = depth_topic
+        self.unit_m = float(unit_m)
         self.info_topic = info_topic
         #: The colour images are rectified (an ``image_rect`` topic): the camera is the
         #: CameraInfo's P, without its lens model.
@@ -120,7 +124,7 @@ class DepthInput:
         try:
             k = CameraIntrinsics.from_camera_info(info, self.rectified)
             self._measure_distortion(info, k)
-            depth = decode_depth_message(msg)
+            depth = decode_depth_message(msg, unit_m=self.unit_m)
         except DepthError as exc:
             return self._error(f"CameraInfo on {self.info_topic}: {exc}")
         except ImageDecodeError as exc:

@@ -371,7 +371,8 @@ class VlDistillNode(Node):
                     qos))
                 cam.depth = DepthInput(self._subs[-2].topic_name, self._subs[-1].topic_name,
                                        float(p["depth_sync_tolerance"]),
-                                       rectified=is_rectified_topic(resolved))
+                                       rectified=is_rectified_topic(resolved),
+                                       unit_m=float(p["depth_scale"]))
             self._cameras.append(cam)
             self._subs.append(sub)
         self._depth_wait = float(p["depth_sync_tolerance"])

@@ -84,6 +84,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "win, else the nearest within this); a colour frame with no partner is "
               "processed colour-only and counted in /diagnostics.", read_only=True,
               range=(0.0, 1.0)),
+    ParamSpec("depth_scale", 0.001, "double",
+              "Metres per unit of a 16-bit depth image (16UC1, mono16, compressedDepth 16UC1): "
+              "0.001, millimetres, as REP 118 and most drivers have it; 0.00025 for an L515's "
+              "raw units, 0.0002 for datasets stored at 5000 per metre. 32FC1 is metres "
+              "whatever this is.", read_only=True, range=(1e-6, 0.1)),
     ParamSpec("qos_reliability", "best_effort", "string",
               "Reliability of the image subscriptions (sensor-data QoS otherwise).",
               read_only=True, constraints="best_effort or reliable"),
