@@ -524,3 +524,16 @@ def test_16_bit_depth_in_other_units_than_millimetres():
     metres = z.astype(np.float32)
     np.testing.assert_array_equal(
         decode_depth("32FC1", h, w, 4 * w, metres.tobytes(), unit_m=0.00025), metres)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rvl_decodes_random_frames_of_runs_and_jumps(seed):
+    """Random 16-bit frames (holes alone and in runs, zero-length runs between values,
+    wrapping jumps) decode to what the independent coder coded."""
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(1, 40, 2)
+    img = rng.integers(0, 65536, (h, w)).astype(np.uint16)
+    img[rng.random((h, w)) < 0.2] = 0
+    if h > 4:
+        img[rng.integers(0, h - 4):, : rng.integers(1, w + 1)] = 0      # a long run of holes
+    np.testing.assert_array_equal(cc.decode_rvl(np.frombuffer(_rvl(img), np.uint8)), img)

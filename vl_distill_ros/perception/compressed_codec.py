@@ -281,22 +281,31 @@ def decode_compressed_depth(fmt: str, data: ImageData, max_pixels: int = 50_000_
     return z.astype(np.float32)
 
 
-def _vle_values(words: np.ndarray) -> np.ndarray:
-    """The variable-length integers of RVL's nibble stream (``words``: uint32, each holding
-    eight 4-bit nibbles, the first in the top bits; a nibble is three value bits, least
-    significant group first, and a continuation bit 0x8)."""
-    shifts = np.arange(28, -1, -4, dtype=np.uint32)
-    nib = ((words[:, None] >> shifts[None, :]) & np.uint32(0xF)).astype(np.int64).ravel()
+def _vle_values(body: bytes) -> np.ndarray:
+    """The variable-length integers of RVL's nibble stream (``body``: little-endian 32-bit
+    words, each holding eight 4-bit nibbles, the first in the top bits; a nibble is three
+    value bits, least significant group first, and a continuation bit 0x8). Nibbles after
+    the last complete value (the last word's padding) are left out."""
+    octets = np.frombuffer(body, np.uint8).reshape(-1, 4)[:, ::-1].ravel()  # top byte first
+    nib = np.empty(2 * octets.size, np.uint8)
+    nib[0::2] = octets >> 4
+    nib[1::2] = octets & 15
     ends = np.flatnonzero(nib < 8)                    # the last nibble of each value
     if ends.size == 0:
         return np.zeros(0, np.int64)
-    nib = nib[:ends[-1] + 1]                           # trailing continuation nibbles: cut
-    starts = np.concatenate([[0], ends[:-1] + 1])
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
     group_len = ends - starts + 1
-    if int(group_len.max()) > 11:                      # 33 bits: no pixel count is that big
+    longest = int(group_len.max())
+    if longest > 11:                                   # 33 bits: no pixel count is that big
         raise ImageDecodeError("corrupt RVL data: a value longer than 32 bits")
-    pos = np.arange(nib.size) - np.repeat(starts, group_len)
-    return np.add.reduceat((nib & 7) << (3 * pos), starts)
+    low = nib & np.uint8(7)
+    values = low[starts].astype(np.int64)
+    for j in range(1, longest):                        # most values are one or two nibbles
+        more = np.flatnonzero(group_len > j)
+        values[more] |= low[starts[more] + j].astype(np.int64) << (3 * j)
+    return values
 
 
 def decode_rvl(buf: np.ndarray, max_pixels: int = 50_000_000) -> np.ndarray:
@@ -316,30 +325,34 @@ def decode_rvl(buf: np.ndarray, max_pixels: int = 50_000_000) -> np.ndarray:
     if n > max_pixels:
         raise ImageDecodeError(f"RVL depth frame too large: {width}x{height} = {n} pixels > "
                                f"max_pixels={max_pixels}")
-    body = buf[8:8 + (buf.size - 8) // 4 * 4].tobytes()
-    values = _vle_values(np.frombuffer(body, "<u4").astype(np.uint32))
-    out = np.zeros(n, np.int64)
+    values = _vle_values(buf[8:8 + (buf.size - 8) // 4 * 4].tobytes())
     pixel = i = 0
-    runs: list[tuple[int, int, int]] = []              # (first pixel, count, first value)
+    heads: list[int] = []                              # where each run's two counts are,
+    zeros: list[int] = []                              # its zeros and its values
+    counts: list[int] = []
     seq, size = values.tolist(), int(values.size)      # Python ints: a fast pointer chase
     while pixel < n:                                   # one step per run, not per pixel
         if i + 2 > size:
             raise ImageDecodeError(f"corrupt RVL data: it ends after {pixel} of {n} pixels")
-        pixel += seq[i]
         count = seq[i + 1]
-        if pixel + count > n or i + 2 + count > size:
+        if pixel + seq[i] + count > n or i + 2 + count > size:
             raise ImageDecodeError(f"corrupt RVL data: a run passes the end of the frame or "
                                    f"of the data ({n} pixels)")
-        if count:
-            runs.append((pixel, count, i + 2))
-        pixel, i = pixel + count, i + 2 + count
-    if runs:
-        first, counts, at = (np.array(c, np.int64) for c in zip(*runs))
-        index = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        coded = values[np.repeat(at, counts) + index]
-        deltas = (coded >> 1) ^ -(coded & 1)           # zigzag
-        out[np.repeat(first, counts) + index] = np.cumsum(deltas) & 0xFFFF
-    return out.astype(np.uint16).reshape(height, width)
+        heads.append(i)
+        zeros.append(seq[i])
+        counts.append(count)
+        pixel, i = pixel + seq[i] + count, i + 2 + count
+    out = np.zeros(n, np.uint16)
+    coded = np.ones(i, bool)                           # values[:i]: counts and pixel values
+    at = np.array(heads, np.int64)
+    coded[at] = coded[at + 1] = False
+    zigzag = values[:i][coded]
+    if zigzag.size:
+        lengths = np.empty(2 * len(heads), np.int64)   # zeros, values, zeros, values, ...
+        lengths[0::2], lengths[1::2] = zeros, counts
+        valued = np.repeat(np.tile(np.array([False, True]), len(heads)), lengths)
+        out[valued] = np.cumsum((zigzag >> 1) ^ -(zigzag & 1)) & 0xFFFF
+    return out.reshape(height, width)
 
 
 def encode_compressed_depth(depth: np.ndarray) -> tuple[str, bytes]:
