@@ -38,18 +38,20 @@ def _rays(k: CameraIntrinsics) -> np.ndarray:
 
 def render_tabletop(objects: list[tuple[float, float, float, float, float]],
                     tilt_deg: float = 50.0, distance: float = 0.9,
-                    k: CameraIntrinsics = K
+                    k: CameraIntrinsics = K, camera_offset: tuple[float, ...] = (0, 0, 0)
                     ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """Ray-cast depth (m) of a table whose centre lies ``distance`` m along the optical
     axis, its normal tilted ``tilt_deg`` from the axis, with cuboids ``(a, b, length, width,
     height)`` (m: centre in table coordinates, a to the right, b away from the camera)
-    standing on it. Returns the depth and each cuboid's visible box (x, y, w, h)."""
-    depth, owner = cast_tabletop(objects, tilt_deg, distance, k)
+    standing on it; seen from a camera moved by ``camera_offset`` (m, same orientation).
+    Returns the depth and each cuboid's visible box (x, y, w, h)."""
+    depth, owner = cast_tabletop(objects, tilt_deg, distance, k, camera_offset)
     return depth_and_boxes(depth, owner, len(objects))
 
 
 def cast_tabletop(objects: list[tuple[float, float, float, float, float]],
-                  tilt_deg: float = 50.0, distance: float = 0.9, k: CameraIntrinsics = K
+                  tilt_deg: float = 50.0, distance: float = 0.9, k: CameraIntrinsics = K,
+                  camera_offset: tuple[float, ...] = (0, 0, 0)
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The ray-cast depth of :func:`render_tabletop` (inf where no surface) and its owner
     map (per pixel: the cuboid's index, or -1 for the table)."""
@@ -58,7 +60,7 @@ def cast_tabletop(objects: list[tuple[float, float, float, float, float]],
     e1 = np.array([1.0, 0.0, 0.0])
     e2 = np.cross(n, e1)                                  # away from the camera, on the table
     basis = np.stack([e1, e2, n])                         # rows: table axes
-    origin = np.array([0.0, 0.0, distance])
+    origin = np.array([0.0, 0.0, distance]) - np.asarray(camera_offset, float)
     rays = _rays(k)
     dirs = rays @ basis.T                                 # ray in table coordinates per unit z
     start = -(basis @ origin)                             # camera in table coordinates

@@ -211,7 +211,19 @@ def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
              "depth_topics and camera_info_topics go together"),
             ([Parameter("image_topics", Parameter.Type.STRING_ARRAY,
                         ["a", "d/image_raw/compressedDepth"])],
-             r"carry compressedDepth \(depth\) images: list them in depth_topics")):
+             r"carry compressedDepth \(depth\) images: list them in depth_topics"),
+            ([Parameter("depth_camera_info_topics", Parameter.Type.STRING_ARRAY, ["x"])],
+             "must each list one entry per image_topics entry"),
+            ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da", "db"]),
+              Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["ia", "ib"]),
+              Parameter("depth_camera_info_topics", Parameter.Type.STRING_ARRAY, ["x", ""]),
+              Parameter("depth_to_colour_poses", Parameter.Type.STRING_ARRAY,
+                        ["0.05 0 0 0 0 1", ""])],
+             r"entry 0 \('0.05 0 0 0 0 1'\): a depth-to-colour pose is 7 finite values"),
+            ([Parameter("depth_camera_info_topics", Parameter.Type.STRING_ARRAY, ["x", ""]),
+              Parameter("depth_to_colour_poses", Parameter.Type.STRING_ARRAY,
+                        ["0 0 0 0 0 0 1", ""])],
+             "camera 0: an unregistered depth camera needs a depth topic")):
         with pytest.raises(StartupError, match=why):
             VlDistillNode(namespace="/startup", context=ctx, parameter_overrides=base + extra)
 
@@ -441,8 +453,8 @@ def test_binning_and_roi_in_the_camera_info_describe_the_smaller_frames(ctx, tes
         assert wait_for(lambda: tester.node.count_subscribers("/binned/cam/depth") > 0, 10.0)
         boxes = _boxes(rig.send("binned", 70, depth_msg(depth, 70, 0), info))
         assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
-        status = rig.status()
-        assert int(status["depth_used"]) >= 1 and int(status["depth_errors"]) == 0, status
+        assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
+        assert int(rig.status()["depth_errors"]) == 0, rig.status()
 
 
 def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_path):
@@ -469,4 +481,40 @@ def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_
         assert wait_for(lambda: tester.node.count_subscribers("/quarter/cam/depth") > 0, 10.0)
         boxes = _boxes(rig.send("quarter", 80, msg, info_msg(K)))
         assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
-        assert int(rig.status()["depth_used"]) >= 1
+        assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
+
+
+def test_unregistered_depth_is_aligned_to_the_colour_camera(ctx, tester, bundle, tmp_path):
+    """A depth camera 5 cm beside the colour camera, with its own intrinsics, publishing its
+    own depth image and CameraInfo: with depth_camera_info_topics and depth_to_colour_poses
+    the node aligns it and boxes the four objects where the colour camera sees them."""
+    import test_depth_alignment as tda
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    _, truth = render_tabletop(tda.OBJECTS, k=K, distance=0.8)
+    seen, _ = render_tabletop(tda.OBJECTS, k=tda.DEPTH, distance=0.8,
+                              camera_offset=tda.OFFSET)
+    as_registered = [tuple(b) for b in propose_depth_boxes(seen, K).boxes]
+    assert len(match_boxes(truth, as_registered, 0.5)) < 4      # read as registered: misplaced
+    depth_info = info_msg(tda.DEPTH)
+    ns = "/unregistered"
+    rig = Rig(tester, ns)
+    depth_info_pub = tester.node.create_publisher(CameraInfo, f"{ns}/cam/depth_info", 10)
+    pose = " ".join(str(v) for v in (*tda.OFFSET, 0, 0, 0, 1))
+    with running_node(ctx, ns, bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image"], depth_topics=["cam/depth"],
+                      camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                      depth_camera_info_topics=["cam/depth_info"],
+                      depth_to_colour_poses=[pose], inference_backend="torch",
+                      warm_text_encoder=False):
+        assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth_info") > 0,
+                        10.0)
+        for _ in range(3):
+            depth_info_pub.publish(depth_info)
+            time.sleep(0.1)
+        boxes = _boxes(rig.send("unregistered", 90, depth_msg(seen, 90, 0), info_msg(K)))
+        assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, (truth, boxes)
+        assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
+        status = rig.status()
+        assert int(status["depth_errors"]) == 0, status
+        assert status["depth_camera_info_topic"] == f"{ns}/cam/depth_info"

@@ -262,6 +262,9 @@ def node_parameter_values(params: Mapping[str, Any] | None = None) -> dict[str, 
         if name not in P.BY_NAME:
             raise InputError(f"unknown node parameter {name!r}")
         values[name] = _coerce(name, value)
+    if values["depth_camera_info_topics"] or values["depth_to_colour_poses"]:
+        raise InputError("replay-eval pairs a bag's registered depth; depth_camera_info_topics "
+                         "and depth_to_colour_poses (unregistered depth) are for the node only")
     return values
 
 

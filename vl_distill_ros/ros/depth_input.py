@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..perception.compressed_codec import decode_depth_message
+from ..perception.depth_alignment import align_depth
 from ..perception.depth_proposals import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS,
                                           CameraIntrinsics, DepthError, distortion_corner_px)
 from ..perception.image_codec import MILLIMETRE, ImageDecodeError
@@ -61,6 +62,11 @@ class DepthInput:
                  unit_m: float = MILLIMETRE) -> None:
         self.depth_topic = depth_topic
         self.unit_m = float(unit_m)
+        #: Unregistered depth (:meth:`set_alignment`): the depth camera's CameraInfo topic,
+        #: its latest CameraInfo and the depth-to-colour ``(R, t)``; None: registered depth.
+        self.depth_info_topic = ""
+        self.depth_info: Any = None
+        self.alignment: tuple[np.ndarray, np.ndarray] | None = None
         self.info_topic = info_topic
         #: The colour images are rectified (an ``image_rect`` topic): the camera is the
         #: CameraInfo's P, without its lens model.
@@ -97,6 +103,19 @@ class DepthInput:
             self.info = msg
             self.counts["camera_info_received"] += 1
 
+    def set_alignment(self, depth_info_topic: str, rotation: np.ndarray,
+                      translation: np.ndarray) -> None:
+        """The depth is not registered to colour: align each depth image to the colour
+        camera (:func:`~vl_distill_ros.perception.depth_alignment.align_depth`) with the depth
+        camera's CameraInfo (from ``depth_info_topic``) and the depth-to-colour transform."""
+        self.depth_info_topic = depth_info_topic
+        self.alignment = (np.asarray(rotation, np.float64), np.asarray(translation, np.float64))
+
+    def add_depth_info(self, msg: Any) -> None:
+        """Keep the depth camera's latest CameraInfo (unregistered depth only)."""
+        with self._lock:
+            self.depth_info = msg
+
     # -- inference thread -----------------------------------------------------------------
     def may_still_arrive(self, stamp: int, now: float) -> bool:
         """Whether a depth partner of ``stamp`` may still come: none matches yet, the stream
@@ -129,6 +148,17 @@ class DepthInput:
             return self._error(f"CameraInfo on {self.info_topic}: {exc}")
         except ImageDecodeError as exc:
             return self._error(f"depth on {self.depth_topic}: {exc}")
+        if self.alignment is not None:
+            with self._lock:
+                depth_info = self.depth_info
+            if depth_info is None:
+                return self._colour_only(f"no depth CameraInfo received on "
+                                         f"{self.depth_info_topic} yet")
+            try:
+                depth = align_depth(depth, CameraIntrinsics.from_camera_info(depth_info), k,
+                                    *self.alignment)
+            except DepthError as exc:
+                return self._error(f"depth CameraInfo on {self.depth_info_topic}: {exc}")
         if depth.shape != (height, width):
             return self._error(f"depth on {self.depth_topic} is {depth.shape[1]}x"
                                f"{depth.shape[0]} but the colour image is {width}x{height}: "
@@ -201,6 +231,7 @@ class DepthInput:
         the per-period counts."""
         with self._lock:
             values = {"depth_topic": self.depth_topic, "camera_info_topic": self.info_topic,
+                      "depth_camera_info_topic": self.depth_info_topic,
                       **self.counts, "colour_only_in_period": self.colour_only_in_period,
                       "depth_errors_in_period": self.errors_in_period,
                       "last_colour_only_reason": self.last_colour_only_reason,

@@ -53,6 +53,8 @@ from ..model.text_service import TextEmbeddingService
 from ..model.vocabulary import Vocabulary, VocabularyError
 from ..perception.compressed_codec import (decode_image_message, is_rectified_topic,
                                            topic_transport)
+from ..perception.depth_alignment import transform_from_pose
+from ..perception.depth_proposals import DepthError
 from ..perception.image_codec import ImageDecodeError
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
@@ -131,6 +133,39 @@ def check_startup_params(p: dict) -> None:
     if bool(p["depth_topics"]) != bool(p["camera_info_topics"]):
         raise StartupError("depth_topics and camera_info_topics go together: depth is "
                            "back-projected with the colour camera's CameraInfo")
+    alignments(p)
+
+
+def alignments(p: dict) -> list[tuple[str, Any] | None]:
+    """Per image topic, ``(depth camera's CameraInfo topic, (R, t))`` for depth that is not
+    registered to colour (``depth_camera_info_topics``, ``depth_to_colour_poses``), else
+    None.
+
+    Raises:
+        StartupError: lists of the wrong length, an entry without depth or without a pose,
+            or a pose that is not 7 numbers.
+    """
+    n = len(p["image_topics"])
+    infos, poses = list(p["depth_camera_info_topics"]), list(p["depth_to_colour_poses"])
+    if not infos and not poses:
+        return [None] * n
+    if len(infos) != n or len(poses) != n:
+        raise StartupError(f"depth_camera_info_topics and depth_to_colour_poses must each "
+                           f"list one entry per image_topics entry ({n}), got {infos} and "
+                           f"{poses}")
+    out: list[tuple[str, Any] | None] = []
+    for i, (info, pose) in enumerate(zip(infos, poses)):
+        if not info.strip() and not pose.strip():
+            out.append(None)
+            continue
+        if not info.strip() or not pose.strip() or not p["depth_topics"]:
+            raise StartupError(f"camera {i}: an unregistered depth camera needs a depth topic, "
+                               f"its CameraInfo topic and its pose, got {info!r} and {pose!r}")
+        try:
+            out.append((info.strip(), transform_from_pose([float(v) for v in pose.split()])))
+        except (ValueError, DepthError) as exc:
+            raise StartupError(f"depth_to_colour_poses entry {i} ({pose!r}): {exc}") from None
+    return out
 
 
 def _message_type(topic: str) -> type:
@@ -355,6 +390,7 @@ class VlDistillNode(Node):
         n = len(p["image_topics"])
         pairs = dict(zip((t.strip() for t in p["image_topics"]),
                          zip(p["depth_topics"] or [""] * n, p["camera_info_topics"] or [""] * n)))
+        aligned = alignments(p)
         for topic, (depth_topic, info_topic) in pairs.items():
             # the message type follows the name after remapping (image:=.../compressed)
             resolved = self.resolve_topic_name(topic)
@@ -373,6 +409,12 @@ class VlDistillNode(Node):
                                        float(p["depth_sync_tolerance"]),
                                        rectified=is_rectified_topic(resolved),
                                        unit_m=float(p["depth_scale"]))
+                if aligned[len(self._cameras)] is not None:
+                    info, transform = aligned[len(self._cameras)]
+                    self._subs.append(self.create_subscription(
+                        CameraInfo, info, lambda msg, cam=cam: cam.depth.add_depth_info(msg),
+                        qos))
+                    cam.depth.set_alignment(self._subs[-1].topic_name, *transform)
             self._cameras.append(cam)
             self._subs.append(sub)
         self._depth_wait = float(p["depth_sync_tolerance"])

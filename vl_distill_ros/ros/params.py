@@ -71,7 +71,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Registered depth images (sensor_msgs/Image, 16UC1 in mm or 32FC1 in m, aligned "
               "to the colour image; a topic ending in /compressedDepth is read as "
               "image_transport's compressedDepth PNG), one per image_topics entry in the "
-              "same order, or empty for colour only. Paired with colour frames by header "
+              "same order, or empty for colour only; a depth camera's own (unregistered) "
+              "images with depth_camera_info_topics. Paired with colour frames by header "
               "stamp.", read_only=True,
               constraints="empty or len(image_topics) topics"),
     ParamSpec("camera_info_topics", [], "string_array",
@@ -79,6 +80,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "give the rays depth is back-projected along), one per image_topics entry; "
               "needed with depth_topics.", read_only=True,
               constraints="empty or len(image_topics) topics"),
+    ParamSpec("depth_camera_info_topics", [], "string_array",
+              "For depth that is not registered to its colour image (a driver's own depth "
+              "image, e.g. a RealSense without align_depth): the depth camera's "
+              "sensor_msgs/CameraInfo, one per image_topics entry (\"\" for a camera whose "
+              "depth is registered), or empty: all depth is registered. Such depth is "
+              "aligned to the colour camera with depth_to_colour_poses.", read_only=True,
+              constraints="empty or len(image_topics) entries"),
+    ParamSpec("depth_to_colour_poses", [], "string_array",
+              "One per depth_camera_info_topics entry: \"x y z qx qy qz qw\", the depth "
+              "camera's optical frame in the colour camera's optical frame (metres and a "
+              "quaternion, as 'ros2 run tf2_ros tf2_echo COLOUR_OPTICAL_FRAME "
+              "DEPTH_OPTICAL_FRAME' prints it); \"\" where that entry is \"\".",
+              read_only=True, constraints="as depth_camera_info_topics"),
     ParamSpec("depth_sync_tolerance", 0.02, "double",
               "Seconds a depth image's stamp may differ from its colour frame's (exact stamps "
               "win, else the nearest within this); a colour frame with no partner is "

@@ -1,0 +1,89 @@
+"""Depth of a separate depth camera registered to the colour camera
+(:mod:`vl_distill_ros.perception.depth_alignment`), against the scene ray-cast directly from
+the colour camera."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from test_depth import render_tabletop
+from vl_distill_ros.evaluation.scoring import match_boxes
+from vl_distill_ros.perception.depth_alignment import align_depth, transform_from_pose
+from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
+                                                       propose_depth_boxes)
+
+COLOUR = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
+DEPTH = CameraIntrinsics(230.0, 232.0, 162.0, 117.0, 320, 240)
+OFFSET = (0.05, 0.012, 0.0)           # the depth camera 5 cm to the right of the colour one
+OBJECTS = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
+           (0.0, 0.0, 0.1, 0.08, 0.08), (-0.2, 0.3, 0.06, 0.06, 0.09)]
+
+
+def test_poses_read_as_ros_prints_them():
+    r, t = transform_from_pose([0.1, 0.2, 0.3, 0, 0, 0, 1])
+    np.testing.assert_allclose(r, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(t, [0.1, 0.2, 0.3])
+    s = math.sqrt(0.5)                                  # 90 degrees about z, not normalised
+    r, _ = transform_from_pose([0, 0, 0, 0, 0, 2 * s, 2 * s])
+    np.testing.assert_allclose(r @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=1e-12)
+    for bad, message in (([0.0] * 6, "7 finite values"), ([0, 0, 0, 0, 0, 0, 0], "zero"),
+                         ([50.0, 0, 0, 0, 0, 0, 1], "more than 10 m"),
+                         ([float("nan")] + [0.0] * 6, "7 finite values")):
+        with pytest.raises(DepthError, match=message):
+            transform_from_pose(bad)
+
+
+def test_aligned_depth_is_the_scene_as_the_colour_camera_sees_it():
+    """The depth camera's image, aligned, agrees with the colour camera's own ray-cast (within
+    a pixel's slope of the tilted table) where both see a surface, covers it but for the
+    occlusion shadows (not so with the offset left out), and gives
+    the depth proposer the four objects at their colour-image boxes; the unaligned image
+    read with the colour camera's intrinsics misplaces them."""
+    truth_depth, truth = render_tabletop(OBJECTS, k=COLOUR, distance=0.8)
+    seen, _ = render_tabletop(OBJECTS, k=DEPTH, distance=0.8, camera_offset=OFFSET)
+    r, t = transform_from_pose([*OFFSET, 0, 0, 0, 1])
+    aligned = align_depth(seen, DEPTH, COLOUR, r, t)
+    assert aligned.shape == (240, 320) and aligned.dtype == np.float32
+    both = (aligned > 0) & (truth_depth > 0)
+    assert both.sum() >= 0.9 * (truth_depth > 0).sum()
+    rel = np.abs(aligned[both] - truth_depth[both]) / truth_depth[both]
+    assert np.quantile(rel, 0.5) < 0.003 and np.quantile(rel, 0.9) < 0.008   # a pixel's slope
+    r0, t0 = transform_from_pose([0, 0, 0, 0, 0, 0, 1])     # the offset left out
+    wrong = align_depth(seen, DEPTH, COLOUR, r0, t0)
+    ok = (wrong > 0) & (truth_depth > 0)
+    assert np.quantile(np.abs(wrong[ok] - truth_depth[ok]) / truth_depth[ok], 0.5) > 0.01
+    boxes = [tuple(b) for b in propose_depth_boxes(aligned, COLOUR).boxes]
+    assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, (truth, boxes)
+    raw = [tuple(b) for b in propose_depth_boxes(seen, COLOUR).boxes]
+    assert len(match_boxes(truth, raw, 0.7)) < 4
+    with pytest.raises(DepthError, match="CameraInfo is for 320x240"):
+        align_depth(seen[:100], DEPTH, COLOUR, r, t)
+    assert not align_depth(np.zeros_like(seen), DEPTH, COLOUR, r, t).any()
+
+
+def test_a_distorted_depth_lens_is_followed():
+    """A depth camera with a lens (plumb_bob): its rays are undistorted before moving them,
+    so the aligned depth still agrees with the colour camera's ray-cast."""
+    import test_depth
+
+    lens = [-0.12, 0.02, 0.0, 0.0, 0.0]
+    bent = CameraIntrinsics.from_k([DEPTH.fx, 0, DEPTH.cx, 0, DEPTH.fy, DEPTH.cy, 0, 0, 1],
+                                   320, 240, "plumb_bob", lens)
+    truth_depth, _ = render_tabletop(OBJECTS, k=COLOUR, distance=0.8)
+    original = test_depth._rays
+    try:
+        test_depth._rays = lambda kk: test_depth._lens_rays(kk, *lens[:2])
+        seen, _ = render_tabletop(OBJECTS, k=DEPTH, distance=0.8, camera_offset=OFFSET)
+    finally:
+        test_depth._rays = original
+    r, t = transform_from_pose([*OFFSET, 0, 0, 0, 1])
+    aligned = align_depth(seen, bent, COLOUR, r, t)
+    both = (aligned > 0) & (truth_depth > 0)
+    assert both.sum() >= 0.85 * (truth_depth > 0).sum()
+    rel = np.abs(aligned[both] - truth_depth[both]) / truth_depth[both]
+    assert np.quantile(rel, 0.5) < 0.003 and np.quantile(rel, 0.9) < 0.008
+    pinhole = align_depth(seen, DEPTH, COLOUR, r, t)          # the lens ignored
+    ok = (pinhole > 0) & (truth_depth > 0)
+    assert np.quantile(np.abs(pinhole[ok] - truth_depth[ok]) / truth_depth[ok], 0.9) > 0.015

@@ -1,0 +1,115 @@
+"""Depth from a separate depth camera, registered to the colour camera (numpy and OpenCV, no
+ROS).
+
+A driver that does not align its depth to colour (a RealSense without
+``align_depth.enable``, a stereo head beside an RGB camera) publishes depth in the depth
+camera's own image, with its own CameraInfo, a few centimetres from the colour camera.
+:func:`align_depth` does what the drivers' alignment does: every measured depth pixel is
+back-projected along its ray (the depth camera's lens model followed), moved into the colour
+camera's optical frame by the depth-to-colour transform, and projected into the colour image
+(its lens followed), nearest surface first; one-pixel cracks that resampling leaves are
+filled from their nearest neighbour. :func:`transform_from_pose` reads the transform as ROS
+tools print it (translation, then a unit quaternion ``x y z w``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .depth_proposals import CameraIntrinsics, DepthError
+
+__all__ = ["align_depth", "transform_from_pose", "POSE_VALUES"]
+
+#: Values of one pose: translation x, y, z (m), rotation as a quaternion x, y, z, w.
+POSE_VALUES = 7
+
+
+def transform_from_pose(pose: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(R, t)`` of a pose ``[x, y, z, qx, qy, qz, qw]`` (the depth camera's optical frame
+    in the colour camera's: a point ``p`` of the depth camera is ``R p + t`` in the colour
+    camera's frame). The quaternion is normalised.
+
+    Raises:
+        DepthError: not 7 finite values, a zero quaternion or a translation over 10 m.
+    """
+    vals = [float(v) for v in pose]
+    if len(vals) != POSE_VALUES or not all(math.isfinite(v) for v in vals):
+        raise DepthError(f"a depth-to-colour pose is 7 finite values (x y z qx qy qz qw), got "
+                         f"{vals[:10]}")
+    t = np.array(vals[:3])
+    if float(np.linalg.norm(t)) > 10.0:
+        raise DepthError(f"the depth camera lies {np.linalg.norm(t):.1f} m from the colour "
+                         "camera: more than 10 m (metres expected)")
+    q = np.array(vals[3:])
+    norm = float(np.linalg.norm(q))
+    if norm < 1e-9:
+        raise DepthError("the depth-to-colour rotation is a zero quaternion")
+    x, y, z, w = q / norm
+    r = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return r, t
+
+
+def _points(depth: np.ndarray, camera: CameraIntrinsics
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x, y, z`` (float32) of the measured pixels of ``depth`` (m, 0 = none)."""
+    v, u = np.nonzero(depth > 0)
+    z = depth[v, u].astype(np.float32)
+    if camera.distorted:
+        rx, ry = camera.pixel_rays()
+        return rx[v, u].astype(np.float32) * z, ry[v, u].astype(np.float32) * z, z
+    return ((u.astype(np.float32) - np.float32(camera.cx)) * (z / np.float32(camera.fx)),
+            (v.astype(np.float32) - np.float32(camera.cy)) * (z / np.float32(camera.fy)), z)
+
+
+def align_depth(depth: np.ndarray, depth_camera: CameraIntrinsics,
+                colour_camera: CameraIntrinsics, rotation: np.ndarray,
+                translation: np.ndarray) -> np.ndarray:
+    """``depth`` (float metres, 0 = none) of the depth camera, as the colour camera sees it:
+    float32 ``(colour height, colour width)``, 0 where no measured point lands.
+
+    Raises:
+        DepthError: ``depth`` is not the depth camera's size.
+    """
+    depth = np.asarray(depth)
+    if depth.shape != (depth_camera.height, depth_camera.width):
+        raise DepthError(f"the depth image is {depth.shape[1]}x{depth.shape[0]} but its "
+                         f"CameraInfo is for {depth_camera.width}x{depth_camera.height}")
+    w, h = int(colour_camera.width), int(colour_camera.height)
+    out = np.zeros(h * w, np.float32)
+    x, y, z = _points(depth, depth_camera)
+    r = np.asarray(rotation, np.float32)
+    t = np.asarray(translation, np.float32)
+    xc, yc, zc = (r[i, 0] * x + r[i, 1] * y + r[i, 2] * z + t[i] for i in range(3))
+    front = zc > 1e-3
+    xc, yc, zc = xc[front], yc[front], zc[front]
+    if not zc.size:
+        return out.reshape(h, w)
+    if colour_camera.distorted:
+        u, v = colour_camera.project(np.stack([xc, yc, zc], 1).astype(np.float64))
+    else:
+        u = np.float32(colour_camera.fx) * xc / zc + np.float32(colour_camera.cx)
+        v = np.float32(colour_camera.fy) * yc / zc + np.float32(colour_camera.cy)
+    ui, vi = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
+    inside = (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+    idx, z = vi[inside] * w + ui[inside], zc[inside]
+    shared = np.bincount(idx, minlength=h * w)[idx] > 1   # pixels that several points reach
+    out[idx[~shared]] = z[~shared]
+    if shared.any():                                       # the nearest surface wins
+        near = np.full(h * w, np.inf, np.float32)
+        np.minimum.at(near, idx[shared], z[shared])
+        out[idx[shared]] = near[idx[shared]]
+    out = out.reshape(h, w)
+    # one-pixel cracks (a finer colour grid than the depth's leaves empty rows and columns;
+    # where they cross, four of the eight neighbours are measured; along a true hole's
+    # straight edge three): the nearest of the 3x3 neighbours, as a driver's alignment fills
+    filled = cv2.erode(np.where(out > 0, out, np.float32(np.inf)), np.ones((3, 3), np.uint8))
+    measured = cv2.boxFilter((out > 0).astype(np.float32), -1, (3, 3), normalize=False,
+                             borderType=cv2.BORDER_CONSTANT)
+    crack = (out == 0) & np.isfinite(filled) & (measured >= 3.5)
+    out[crack] = filled[crack]
+    return out
