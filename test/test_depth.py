@@ -1167,6 +1167,13 @@ def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
     assert image_camera(info, rectified=True) == (195.0, 196.0, 157.5, 120.5, 320, 240)
     with pytest.raises(DepthError, match="rectified coordinates"):
         image_camera(info)                            # a rectified ROI on raw frames
+    info.roi = SimpleNamespace(x_offset=0, y_offset=0, width=800, height=600)
+    assert image_camera(info) == (200.0, 205.0, 199.75, 149.75, 400, 300)   # the whole frame
+    info.roi = roi
+    # images of the full frame: a binning and ROI filled in but not used are passed over
+    info.do_rectify = False
+    assert image_camera(info, image_size=(800, 600)) == (400.0, 410.0, 399.5, 299.5, 800, 600)
+    assert image_camera(info, image_size=(320, 240))[4:] == (320, 240)
     info.do_rectify = False
     for change, message in ((dict(binning_x=65), "binning 65x2"),
                             (dict(binning_y=-1), "binning 2x-1"),

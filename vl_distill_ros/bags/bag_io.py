@@ -333,20 +333,22 @@ def _camera_info_msg(store: Any, intrinsics: Sequence[float], width: int, height
         binning_x=0, binning_y=0, roi=roi)
 
 
-def camera_info_k(msg: Any, rectified: bool = False
+def camera_info_k(msg: Any, rectified: bool = False,
+                  image_size: tuple[int, int] | None = None
                   ) -> tuple[float, float, float, float, int, int]:
     """``(fx, fy, cx, cy, width, height)`` of the images a deserialised
     ``sensor_msgs/CameraInfo`` describes (its ``k`` matrix, row-major 3x3; for
     ``rectified`` images its projection matrix ``p`` when that is not all zeros; reduced by
-    its binning and region of interest, REP 104: see
-    :func:`~vl_distill_ros.perception.depth_proposals.image_camera`); otherwise unchecked.
+    its binning and region of interest, REP 104, unless only its full frame fits
+    ``image_size``: see :func:`~vl_distill_ros.perception.depth_proposals.image_camera`);
+    otherwise unchecked.
 
     Raises:
         DepthError: K is not 3x3, or a binning or ROI that cannot be (see ``image_camera``).
     """
     from vl_distill_ros.perception.depth_proposals import image_camera
 
-    return image_camera(msg, rectified)
+    return image_camera(msg, rectified, image_size)
 
 
 def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: BagFrame,
@@ -772,7 +774,8 @@ class BagContents:
             depth = decode_depth_message(dmsg, unit_m=depth_unit_m)
             info_msg = store.deserialize_cdr(info_cdr, CAMERA_INFO_TYPE)
             rectified = is_rectified_topic(raw.topic)   # P, and no lens left (REP 104)
-            info = camera_info_k(info_msg, rectified)
+            info = camera_info_k(info_msg, rectified,
+                                 (img.image.shape[1], img.image.shape[0]))
             lens = ("", ()) if rectified else (str(info_msg.distortion_model),
                                                tuple(float(v) for v in info_msg.d))
         except ImageDecodeError as exc:

@@ -163,18 +163,20 @@ class CameraIntrinsics:
         return cls(vals[0], vals[4], vals[2], vals[5], int(width), int(height), model, coeffs)
 
     @classmethod
-    def from_camera_info(cls, info: object, rectified: bool = False) -> "CameraIntrinsics":
+    def from_camera_info(cls, info: object, rectified: bool = False,
+                         image_size: tuple[int, int] | None = None) -> "CameraIntrinsics":
         """From a ``sensor_msgs/CameraInfo`` (duck-typed: ``k``, ``p``, ``width``, ``height``,
         ``distortion_model``, ``d``, and ``binning_x``, ``binning_y``, ``roi`` when present).
         For a rectified image (``rectified``: an ``image_rect`` topic) the camera is P's
         intrinsics without distortion, as REP 104 and image_geometry have it (K when P is all
         zeros); otherwise K and the lens model. Binning and a region of interest give the
-        camera of the smaller images they describe (:func:`image_camera`).
+        camera of the smaller images they describe (:func:`image_camera`, which also reads
+        ``image_size``, the size of the images at hand).
 
         Raises:
             DepthError: unusable values (see :meth:`from_k`).
         """
-        fx, fy, cx, cy, width, height = image_camera(info, rectified)
+        fx, fy, cx, cy, width, height = image_camera(info, rectified, image_size)
         lens = () if rectified else (str(getattr(info, "distortion_model", "")),
                                      getattr(info, "d", ()))
         return cls.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], width, height, *lens)
@@ -227,15 +229,19 @@ class CameraIntrinsics:
 MAX_BINNING = 64
 
 
-def image_camera(info: object, rectified: bool = False
+def image_camera(info: object, rectified: bool = False,
+                 image_size: tuple[int, int] | None = None
                  ) -> tuple[float, float, float, float, int, int]:
     """``(fx, fy, cx, cy, width, height)`` of the images a ``sensor_msgs/CameraInfo``
     describes (REP 104, as image_geometry reads it): :func:`camera_matrix` and the
     calibrated size, reduced to its region of interest (``roi``, in full-resolution pixels;
     all zeros: the whole frame) and divided by its binning (``binning_x``, ``binning_y``;
     0 or 1: none): ``fx / bx``, ``(cx - x_offset) / bx``, and ``roi.width // bx`` wide. The
-    lens model needs no change (it acts on ``(u - cx) / fx``). A raw image whose ROI is set
-    in rectified coordinates (``do_rectify``) is refused: its raw window is not stated.
+    lens model needs no change (it acts on ``(u - cx) / fx``). A raw image whose ROI (a part
+    of the frame) is set in rectified coordinates (``do_rectify``) is refused: its raw window
+    is not stated. With ``image_size`` ``(width, height)`` of the images at hand, a
+    CameraInfo whose binning and ROI do not fit them but whose full frame does is read as the
+    full frame (a driver that fills them in without using them).
 
     Raises:
         DepthError: K does not hold 9 values, a binning outside 0..``MAX_BINNING``, an ROI
@@ -243,6 +249,8 @@ def image_camera(info: object, rectified: bool = False
     """
     fx, fy, cx, cy = camera_matrix(info, rectified)
     width, height = int(getattr(info, "width")), int(getattr(info, "height"))
+    if image_size is not None and tuple(image_size) == (width, height):
+        return fx, fy, cx, cy, width, height
     bins = (int(getattr(info, "binning_x", 0) or 0), int(getattr(info, "binning_y", 0) or 0))
     if not all(0 <= b <= MAX_BINNING for b in bins):
         raise DepthError(f"CameraInfo binning {bins[0]}x{bins[1]} is outside 0..{MAX_BINNING}")
@@ -250,8 +258,8 @@ def image_camera(info: object, rectified: bool = False
     roi = getattr(info, "roi", None)
     x0, y0, w, h = (int(getattr(roi, name, 0) or 0)
                     for name in ("x_offset", "y_offset", "width", "height"))
-    if w == 0 or h == 0:
-        x0, y0, w, h = 0, 0, width, height                    # all zeros: the whole frame
+    if w == 0 or h == 0 or (x0, y0, w, h) == (0, 0, width, height):
+        x0, y0, w, h = 0, 0, width, height                    # the whole frame
     elif not rectified and bool(getattr(info, "do_rectify", False)):
         raise DepthError("CameraInfo roi is in rectified coordinates (do_rectify) but the "
                          "images are raw: use the rectified topic (image_rect)")

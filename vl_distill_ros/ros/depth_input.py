@@ -141,7 +141,7 @@ class DepthInput:
         msg = found[1]
         height, width = int(image_shape[0]), int(image_shape[1])
         try:
-            k = CameraIntrinsics.from_camera_info(info, self.rectified)
+            k = CameraIntrinsics.from_camera_info(info, self.rectified, (width, height))
             self._measure_distortion(info, k)
             depth = decode_depth_message(msg, unit_m=self.unit_m)
         except DepthError as exc:
