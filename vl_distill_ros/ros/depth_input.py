@@ -155,8 +155,9 @@ class DepthInput:
                 return self._colour_only(f"no depth CameraInfo received on "
                                          f"{self.depth_info_topic} yet")
             try:
-                depth = align_depth(depth, CameraIntrinsics.from_camera_info(depth_info), k,
-                                    *self.alignment)
+                camera = CameraIntrinsics.from_camera_info(
+                    depth_info, image_size=(depth.shape[1], depth.shape[0]))
+                depth = align_depth(depth, camera, k, *self.alignment)
             except DepthError as exc:
                 return self._error(f"depth CameraInfo on {self.depth_info_topic}: {exc}")
         if depth.shape != (height, width):
