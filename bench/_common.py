@@ -86,6 +86,19 @@ def run_bench(run: Callable[[], None], out: dict[str, Any]) -> int:
     return code
 
 
+def depth_frames_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
+    """The options of the benches that time work on a bag's depth frames: ``--bag`` (default
+    the shipped sample bag), ``--frames`` and ``--repeats``; ``doc``'s first paragraph is
+    the description."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--bag", default=str(REPO / "demo" / "sample_tabletop"),
+                   help="an RGB-D camera bag (default: the shipped sample bag)")
+    p.add_argument("--frames", type=int, default=8, help="depth frames to take (default 8)")
+    p.add_argument("--repeats", type=int, default=repeats,
+                   help=f"rounds over the frames (default {repeats})")
+    return p
+
+
 def bench_main(name: str, issue_target: Any, parser: argparse.ArgumentParser,
                run: Callable[[argparse.Namespace, dict[str, Any]], None],
                argv: Sequence[str] | None = None, wall_time: bool = True) -> int:

@@ -21,7 +21,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from _common import REPO, BenchError, bench_main, log, machine_info
+from _common import BenchError, bench_main, depth_frames_parser, log, machine_info
 
 
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -64,11 +64,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bag", default=str(REPO / "demo" / "sample_tabletop"),
-                   help="an RGB-D camera bag (default: the shipped sample bag)")
-    p.add_argument("--frames", type=int, default=8, help="depth frames to take (default 8)")
-    p.add_argument("--repeats", type=int, default=10, help="rounds over the frames")
+    p = depth_frames_parser(__doc__, repeats=10)
     p.add_argument("--focal-scale", type=float, default=1.15,
                    help="colour focal length over the depth camera's (default 1.15)")
     p.add_argument("--baseline", type=float, default=0.015,

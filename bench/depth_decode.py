@@ -27,7 +27,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from _common import REPO, BenchError, bench_main, log, machine_info
+from _common import BenchError, bench_main, depth_frames_parser, log, machine_info
 
 #: compressedDepth's 12-byte header: format (int32) and the two float quantisation values.
 HEADER = struct.pack("<iff", 0, 0.0, 0.0)
@@ -138,11 +138,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bag", default=str(REPO / "demo" / "sample_tabletop"),
-                   help="an RGB-D camera bag (default: the shipped sample bag)")
-    p.add_argument("--frames", type=int, default=8, help="depth frames to take (default 8)")
-    p.add_argument("--repeats", type=int, default=15, help="rounds over the frames")
+    p = depth_frames_parser(__doc__, repeats=15)
     return bench_main("depth_decode", "decoding cost per depth frame, raw / PNG / RVL", p,
                       run, argv)
 
