@@ -57,13 +57,17 @@ def transform_from_pose(pose: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
 def _points(depth: np.ndarray, camera: CameraIntrinsics
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``x, y, z`` (float32) of the measured pixels of ``depth`` (m, 0 = none)."""
-    v, u = np.nonzero(depth > 0)
-    z = depth[v, u].astype(np.float32)
+    z = np.asarray(depth, np.float32)
+    measured = np.flatnonzero(z > 0)                   # flat indices: one pass, no 2-D pairs
+    zf = z.ravel()[measured]
     if camera.distorted:
         rx, ry = camera.pixel_rays()
-        return rx[v, u].astype(np.float32) * z, ry[v, u].astype(np.float32) * z, z
-    return ((u.astype(np.float32) - np.float32(camera.cx)) * (z / np.float32(camera.fx)),
-            (v.astype(np.float32) - np.float32(camera.cy)) * (z / np.float32(camera.fy)), z)
+        return (rx.ravel()[measured].astype(np.float32) * zf,
+                ry.ravel()[measured].astype(np.float32) * zf, zf)
+    u = (measured % z.shape[1]).astype(np.float32)
+    v = (measured // z.shape[1]).astype(np.float32)
+    return ((u - np.float32(camera.cx)) * (zf / np.float32(camera.fx)),
+            (v - np.float32(camera.cy)) * (zf / np.float32(camera.fy)), zf)
 
 
 def align_depth(depth: np.ndarray, depth_camera: CameraIntrinsics,
