@@ -389,9 +389,9 @@ class VlDistillNode(Node):
         self._subs = []
         n = len(p["image_topics"])
         pairs = dict(zip((t.strip() for t in p["image_topics"]),
-                         zip(p["depth_topics"] or [""] * n, p["camera_info_topics"] or [""] * n)))
-        aligned = alignments(p)
-        for topic, (depth_topic, info_topic) in pairs.items():
+                         zip(p["depth_topics"] or [""] * n, p["camera_info_topics"] or [""] * n,
+                             alignments(p))))
+        for topic, (depth_topic, info_topic, alignment) in pairs.items():
             # the message type follows the name after remapping (image:=.../compressed)
             resolved = self.resolve_topic_name(topic)
             cam = CameraState(topic=topic, transport=topic_transport(resolved))
@@ -409,8 +409,8 @@ class VlDistillNode(Node):
                                        float(p["depth_sync_tolerance"]),
                                        rectified=is_rectified_topic(resolved),
                                        unit_m=float(p["depth_scale"]))
-                if aligned[len(self._cameras)] is not None:
-                    info, transform = aligned[len(self._cameras)]
+                if alignment is not None:
+                    info, transform = alignment
                     self._subs.append(self.create_subscription(
                         CameraInfo, info, lambda msg, cam=cam: cam.depth.add_depth_info(msg),
                         qos))
