@@ -7,7 +7,9 @@ the nearest within ``depth_sync_tolerance``), decodes it (16UC1 in ``depth_scale
 mm by default, or 32FC1 m) and checks it against the colour image and the intrinsics. Depth
 comes as a ``sensor_msgs/Image`` or, on a ``.../compressedDepth`` topic, as a
 ``sensor_msgs/CompressedImage``
-(:func:`~vl_distill_ros.perception.compressed_codec.decode_depth_message`). Anything wrong
+(:func:`~vl_distill_ros.perception.compressed_codec.decode_depth_message`); depth that is not
+registered to colour is aligned with the depth camera's own CameraInfo and pose
+(:meth:`DepthInput.set_alignment`). Anything wrong
 -- no partner in time, no CameraInfo yet, a wrong encoding, a size mismatch, a CameraInfo
 with zeros -- gives ``(None, None)`` with a reason: the colour frame is then processed
 colour-only, and the counters and the last problem go to the camera's ``/diagnostics``
