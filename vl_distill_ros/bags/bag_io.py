@@ -62,6 +62,7 @@ import numpy as np
 
 from vl_distill_ros.atomic_io import replace_dir
 from vl_distill_ros.perception.compressed_codec import base_topic, topic_transport
+from vl_distill_ros.perception.image_codec import MILLIMETRE
 
 __all__ = [
     "BagError", "BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RawMessage",
@@ -693,7 +694,7 @@ class BagContents:
             yield self._decode(raw)
 
     def rgbd_frames(self, topics: Sequence[str] | None = None, tolerance_ns: int = 0,
-                    capacity: int = 30, depth_unit_m: float = 0.001) -> Iterator[RGBDFrame]:
+                    capacity: int = 30, depth_unit_m: float = MILLIMETRE) -> Iterator[RGBDFrame]:
         """Decoded colour images of ``topics`` (default: all) in bag-time order, each with its
         depth partner: the depth image (and CameraInfo) of the same stamp, or the nearest
         within ``tolerance_ns`` (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`,
@@ -755,7 +756,7 @@ class BagContents:
         return depth[1], info[1]
 
     def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None,
-              depth_unit_m: float = 0.001) -> RGBDFrame:
+              depth_unit_m: float = MILLIMETRE) -> RGBDFrame:
         from vl_distill_ros.perception.compressed_codec import (decode_depth_message,
                                                                 is_rectified_topic)
         from vl_distill_ros.perception.image_codec import ImageDecodeError

@@ -418,7 +418,8 @@ def _steps(cfg: BoxNetTrainConfig, samples: Sequence, model: BoxNetModel
         yield step, {"loss": loss.item(), **parts, "lr": sched.get_last_lr()[0]}
 
 
-def int8_frames(bags: Sequence[Path], count: int, progress: bool = True) -> list[np.ndarray]:
+def sample_frames(bags: Sequence[Path], count: int, progress: bool = True
+                  ) -> list[np.ndarray]:
     """``count`` colour frames of ``bags``, the first few of each bag (as many from each),
     of the first frame's size (frames of other sizes are passed over)."""
     from tqdm import tqdm
@@ -451,7 +452,7 @@ def write_int8_copy(cfg: BoxNetTrainConfig, fp32_path: str | Path, out_dir: str 
     """
     from .quantize import quantize_box_net
 
-    frames = int8_frames(expand_bags(cfg.bags), max(2, cfg.int8_frames), progress)
+    frames = sample_frames(expand_bags(cfg.bags), max(2, cfg.int8_frames), progress)
     if len(frames) < 2:
         raise ConfigError("box net INT8 copy: the bags hold fewer than 2 frames")
     model, parity = quantize_box_net(Path(fp32_path).read_bytes(), frames,

@@ -203,7 +203,7 @@ def quantize_box_net(fp32_model: bytes, frames: Sequence[np.ndarray], input_widt
         int8 = BoxNet(int8_model)
     except BoxNetError as exc:
         raise RuntimeBackendError(f"the INT8 box network does not load: {exc}") from None
-    found = matched = extra = 0
+    float_found = int8_found = matched = 0
     diffs = []
     for frame in check:
         x = fp32.network_input(frame, input_width)[0]
@@ -213,12 +213,12 @@ def quantize_box_net(fp32_model: bytes, frames: Sequence[np.ndarray], input_widt
         diffs.append(float(np.abs(a - b)[near].mean()) if near.any() else 0.0)
         boxes_f = fp32.detect(frame, threshold, (input_width,))[0]
         boxes_i = int8.detect(frame, threshold, (input_width,))[0]
-        found, extra = found + len(boxes_f), extra + len(boxes_i)
-        matched += sum(bool(len(boxes_i)) and bool((box_overlap(box, boxes_i)[0] >= 0.5).any())
-                       for box in boxes_f)
+        float_found, int8_found = float_found + len(boxes_f), int8_found + len(boxes_i)
+        if len(boxes_i):
+            matched += sum(bool((box_overlap(box, boxes_i)[0] >= 0.5).any()) for box in boxes_f)
     parity = BoxNetInt8Parity(
-        frames=len(check), input_width=int(input_width), float_boxes=found,
-        matched_boxes=int(matched), int8_boxes=extra,
+        frames=len(check), input_width=int(input_width), float_boxes=float_found,
+        matched_boxes=int(matched), int8_boxes=int8_found,
         mean_score_difference=round(float(np.mean(diffs)), 5), calibration_frames=len(calib))
     log.info("INT8 box network: %s", asdict(parity))
     return int8_model, parity
