@@ -452,7 +452,7 @@ def _corrupt_first_jpeg(src: Path, dst: Path) -> Path:
 
     from vl_distill_ros.bags import bag_io
 
-    store = bag_io._typestore()
+    store = bag_io.typestore()
     with Writer(dst, version=Writer.VERSION_LATEST) as writer:
         conns: dict = {}
         first = True

@@ -440,7 +440,7 @@ def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw") -> 
 
     from vl_distill_ros.bags import bag_io
 
-    store = bag_io._typestore()
+    store = bag_io.typestore()
     with Writer(path, version=Writer.VERSION_LATEST) as writer:
         col = writer.add_connection(colour, bag_io.IMAGE_TYPE, typestore=store)
         dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)

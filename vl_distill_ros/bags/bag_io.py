@@ -71,6 +71,7 @@ __all__ = [
     "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS", "CAMERA_INFO_TYPE",
     "RGBDFrame", "is_depth_topic", "pair_camera_topics", "camera_info_k",
     "COMPRESSED_IMAGE_TYPE", "IMAGE_TYPES", "IMAGE_FORMATS", "written_topics",
+    "is_registered_depth_topic", "typestore",
 ]
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -212,7 +213,12 @@ class RawMessage(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1)
-def _typestore():
+def typestore():
+    """The rosbags type store of ROS 2 Jazzy's messages (built once).
+
+    Raises:
+        BagError: rosbags is not installed.
+    """
     try:
         from rosbags.typesys import Stores, get_typestore
     except ImportError as exc:  # pragma: no cover - rosbags is a requirement
@@ -451,7 +457,7 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
     out = Path(path).expanduser()
     _check_out_path(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    store = _typestore()
+    store = typestore()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     bag_dir = tmp / out.name  # the storage file inside is named after this folder
     try:
@@ -673,6 +679,10 @@ class BagContents:
     depth_topics: dict[str, str] = field(default_factory=dict)
     #: CameraInfo topic of each colour topic that has one.
     camera_info_topics: dict[str, str] = field(default_factory=dict)
+    #: Colour topics whose depth comes from a separate depth camera: how it is aligned
+    #: (set by :func:`~vl_distill_ros.bags.unregistered_depth.read_bag_aligned`; empty
+    #: here: the depth is read as registered).
+    depth_alignment: dict[str, Any] = field(default_factory=dict)
 
     def objects_for(self, topic: str, stamp_ns: int) -> list[GroundTruthObject] | None:
         """Ground-truth objects of the image on ``topic`` stamped ``stamp_ns`` (``None`` if
@@ -717,9 +727,11 @@ class BagContents:
                            f"{self.image_topics}")
         role = {t: ("colour", t) for t in wanted}
         buffers: dict[tuple[str, str], StampBuffer] = {}
+        aligned = {c: p.depth_camera_info_topic for c, p in self.depth_alignment.items()
+                   if p.pose is not None and c in self.depth_topics}
         for colour in wanted:
             for kind, table in (("depth", self.depth_topics),
-                                ("info", self.camera_info_topics)):
+                                ("info", self.camera_info_topics), ("depth_info", aligned)):
                 if colour in table:
                     role[table[colour]] = (kind, colour)
                     buffers[(kind, colour)] = StampBuffer(tolerance_ns, capacity)
@@ -744,8 +756,10 @@ class BagContents:
                              depth_unit_m)
 
     def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | None:
-        """``(depth CDR or None, info CDR or None)`` once every partner of the colour image is
-        there; ``None`` while one is missing. ``(None, None)``: the camera has no depth."""
+        """``(depth CDR or None, info CDR or None, depth camera's info CDR or None)`` once
+        every partner of the colour image is there (the depth camera's CameraInfo: that of
+        the depth image's stamp, unregistered depth only); ``None`` while one is missing.
+        ``(None, None)``: the camera has no depth."""
         if ("depth", colour) not in buffers:
             return (None, None)
         depth = buffers[("depth", colour)].match(stamp)
@@ -753,12 +767,16 @@ class BagContents:
             else (0, None)
         if depth is None or info is None:
             return None
-        return depth[1], info[1]
+        if ("depth_info", colour) not in buffers:
+            return depth[1], info[1], None
+        depth_info = buffers[("depth_info", colour)].match(depth[0])
+        return None if depth_info is None else (depth[1], info[1], depth_info[1])
 
     def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None,
               depth_unit_m: float = MILLIMETRE) -> RGBDFrame:
         from vl_distill_ros.perception.compressed_codec import (decode_depth_message,
                                                                 is_rectified_topic)
+        from vl_distill_ros.perception.depth_proposals import DepthError
         from vl_distill_ros.perception.image_codec import ImageDecodeError
 
         img = self._decode(raw)
@@ -766,10 +784,10 @@ class BagContents:
             return RGBDFrame(*img)
         if partner is None:
             return RGBDFrame(*img, depth_note="no depth image within the tolerance")
-        depth_cdr, info_cdr = partner
+        depth_cdr, info_cdr, depth_info_cdr = partner
         if info_cdr is None:
             return RGBDFrame(*img, depth_note=f"no CameraInfo for {raw.topic}")
-        store = _typestore()
+        store = typestore()
         try:
             dmsg = store.deserialize_cdr(depth_cdr, self.topics[self.depth_topics[raw.topic]])
             depth = decode_depth_message(dmsg, unit_m=depth_unit_m)
@@ -779,11 +797,34 @@ class BagContents:
                                  (img.image.shape[1], img.image.shape[0]))
             lens = ("", ()) if rectified else (str(info_msg.distortion_model),
                                                tuple(float(v) for v in info_msg.d))
+            if depth_info_cdr is not None:
+                depth = self._aligned(raw.topic, depth, info_msg, rectified,
+                                      store.deserialize_cdr(depth_info_cdr, CAMERA_INFO_TYPE),
+                                      img.image.shape)
         except ImageDecodeError as exc:
             return RGBDFrame(*img, depth_note=f"bad depth image: {exc}")
+        except DepthError as exc:
+            return RGBDFrame(*img, depth_note=f"cannot align the depth: {exc}")
         except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
             return RGBDFrame(*img, depth_note=f"unreadable depth or CameraInfo: {exc}")
         return RGBDFrame(*img, depth=depth, camera_info=info, distortion=lens)
+
+    def _aligned(self, colour: str, depth: np.ndarray, info_msg: Any, rectified: bool,
+                 depth_info_msg: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """``depth`` of the colour topic's separate depth camera, aligned to the colour
+        camera (:func:`~vl_distill_ros.perception.depth_alignment.align_depth`).
+
+        Raises:
+            DepthError: unusable CameraInfo, or a depth image not of its CameraInfo's size.
+        """
+        from vl_distill_ros.perception.depth_alignment import align_depth, transform_from_pose
+        from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+
+        camera = CameraIntrinsics.from_camera_info(info_msg, rectified, (shape[1], shape[0]))
+        depth_camera = CameraIntrinsics.from_camera_info(
+            depth_info_msg, image_size=(depth.shape[1], depth.shape[0]))
+        return align_depth(depth, depth_camera, camera,
+                           *transform_from_pose(self.depth_alignment[colour].pose))
 
     def _decode(self, raw: RawMessage) -> ImageMessage:
         msg, image = decode_image_cdr(
@@ -820,7 +861,7 @@ def is_depth_topic(topic: str) -> bool:
 _REGISTERED_PARTS = ("aligned", "registered", "depth_to_rgb", "depth_to_color")
 
 
-def _is_registered_name(topic: str) -> bool:
+def is_registered_depth_topic(topic: str) -> bool:
     """Whether a depth topic's name says it is registered to the colour camera."""
     return any(part in seg.lower() for seg in base_topic(topic).strip("/").split("/")
                for part in _REGISTERED_PARTS)
@@ -893,7 +934,7 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
         by_ns.setdefault(_camera_namespace(t), []).append(t)
     # a driver's registered depth before its raw depth (another size) of the same camera
     conventional = [(t, depth) for t in sorted((t for t in images if is_depth_topic(t)),
-                                               key=lambda t: (not _is_registered_name(t), t))]
+                                               key=lambda t: (not is_registered_depth_topic(t), t))]
     conventional += [(t, camera_info) for t, ty in topics.items()
                      if ty == CAMERA_INFO_TYPE and not is_depth_topic(t) and t not in chosen]
     for t, table in conventional:
@@ -918,7 +959,7 @@ def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
     if msgtype not in IMAGE_TYPES:
         raise BagError(f"{where}: {msgtype} is not an image message type")
     try:
-        msg = _typestore().deserialize_cdr(data, msgtype)
+        msg = typestore().deserialize_cdr(data, msgtype)
     except Exception as exc:  # noqa: BLE001 - any CDR failure is a corrupt message
         raise BagError(f"{where}: cannot deserialise the image: {exc}") from None
     try:
@@ -984,7 +1025,7 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
 
 def _read_ground_truth_topic(path: Path, topic: str
                              ) -> dict[tuple[str, int], list[GroundTruthObject]]:
-    store = _typestore()
+    store = typestore()
     out: dict[tuple[str, int], list[GroundTruthObject]] = {}
     for raw in iter_raw_messages(path, [topic]):
         where = f"{path}: {topic} message at {raw.timestamp_ns} ns"

@@ -34,6 +34,29 @@ def find_config(relative: str) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def _add_depth_options(p: argparse.ArgumentParser) -> None:
+    """The options that pair colour topics with their depth and CameraInfo topics."""
+    p.add_argument("--depth-topic", action="append", default=[], metavar="COLOUR=DEPTH",
+                   help="pair a colour image topic with its registered depth topic (16UC1 mm "
+                        "or 32FC1 m), overriding the convention: an image topic with a "
+                        "'*depth*' segment belongs to the colour topic of the same camera "
+                        "namespace (/camera/depth/image_raw -> /camera/image_raw or "
+                        "/camera/color/image_raw); repeatable. Depth topics are never "
+                        "evaluated as cameras")
+    p.add_argument("--camera-info-topic", action="append", default=[],
+                   metavar="COLOUR=CAMERA_INFO",
+                   help="pair a colour image topic with its sensor_msgs/CameraInfo topic "
+                        "(convention: /camera/camera_info or /camera/color/camera_info); "
+                        "repeatable")
+    p.add_argument("--depth-camera-info-topic", action="append", default=[],
+                   metavar="COLOUR=DEPTH_CAMERA_INFO",
+                   help="the colour topic's depth is not registered to it: align it with the "
+                        "depth camera's CameraInfo topic and the bag's /tf_static (convention: "
+                        "the camera_info topic beside a depth topic whose name does not say "
+                        "aligned or registered, e.g. /camera/camera/depth/camera_info, used "
+                        "when the depth and colour frame ids differ); repeatable")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``replay-eval`` subcommand to ``sub`` (sets ``func=run``)."""
     p = sub.add_parser(
@@ -96,18 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-command", default=None, metavar="CMD",
                    help="command that starts the node ('--ros-args ...' is appended; default: "
                         "'<this python> -m vl_distill_ros.ros.node')")
-    p.add_argument("--depth-topic", action="append", default=[], metavar="COLOUR=DEPTH",
-                   help="pair a colour image topic with its registered depth topic (16UC1 mm "
-                        "or 32FC1 m), overriding the convention: an image topic with a "
-                        "'*depth*' segment belongs to the colour topic of the same camera "
-                        "namespace (/camera/depth/image_raw -> /camera/image_raw or "
-                        "/camera/color/image_raw); repeatable. Depth topics are never "
-                        "evaluated as cameras")
-    p.add_argument("--camera-info-topic", action="append", default=[],
-                   metavar="COLOUR=CAMERA_INFO",
-                   help="pair a colour image topic with its sensor_msgs/CameraInfo topic "
-                        "(convention: /camera/camera_info or /camera/color/camera_info); "
-                        "repeatable")
+    _add_depth_options(p)
     p.add_argument("--no-depth", action="store_true",
                    help="ignore the bag's depth: colour-only proposals")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -183,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
             node_command=shlex.split(args.node_command) if args.node_command else None,
             progress=not args.no_progress, depth=not args.no_depth,
             depth_topics=topic_pairs(args.depth_topic, "--depth-topic"),
-            camera_info_topics=topic_pairs(args.camera_info_topic, "--camera-info-topic"))
+            camera_info_topics=topic_pairs(args.camera_info_topic, "--camera-info-topic"),
+            depth_camera_info_topics=topic_pairs(args.depth_camera_info_topic,
+                                                 "--depth-camera-info-topic"))
         if args.text_cache_dir is not None:
             settings.text_cache_dir = args.text_cache_dir
         report = evaluate_bag(bag, settings, out, offline=args.offline, sidecar=args.sidecar,

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from ..bags.bag_io import (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, BagContents, BagError,
-                           decode_image_cdr, iter_raw_messages, read_camera_bag)
+                           decode_image_cdr, iter_raw_messages)
 from ..perception.compressed_codec import topic_transport
 from ..ros import params as P
 from ..ros.node_process import (NODE_NAME, NodeProcess, default_node_command, log_tail,
@@ -123,6 +123,9 @@ class ReplaySettings:
             only. Depth topics are never replayed as cameras either way.
         depth_topics, camera_info_topics: ``{colour topic: topic}`` pairings that override
             the naming convention.
+        depth_camera_info_topics: ``{colour topic: the depth camera's CameraInfo topic}`` for
+            depth not registered to colour (aligned with the bag's ``/tf_static``; see
+            :mod:`~vl_distill_ros.bags.unregistered_depth`), overriding its convention.
     """
 
     model: Path | None = None
@@ -140,6 +143,7 @@ class ReplaySettings:
     depth: bool = True
     depth_topics: dict[str, str] = field(default_factory=dict)
     camera_info_topics: dict[str, str] = field(default_factory=dict)
+    depth_camera_info_topics: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -289,14 +293,17 @@ def _reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def open_bag(path: str | Path, sidecar: str | Path | None = None,
              depth_topics: Mapping[str, str] | None = None,
-             camera_info_topics: Mapping[str, str] | None = None) -> BagContents:
+             camera_info_topics: Mapping[str, str] | None = None,
+             depth_camera_info_topics: Mapping[str, str] | None = None) -> BagContents:
     """:func:`~vl_distill_ros.bags.bag_io.read_camera_bag`, with every problem an
     :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth, a
     depth or camera-info pairing naming a missing topic)."""
+    from ..bags.unregistered_depth import read_bag_aligned
+
     try:
-        return read_camera_bag(path, ground_truth=sidecar,
-                               depth_topics=dict(depth_topics or {}),
-                               camera_info_topics=dict(camera_info_topics or {}))
+        return read_bag_aligned(path, dict(depth_camera_info_topics or {}),
+                                ground_truth=sidecar, depth_topics=dict(depth_topics or {}),
+                                camera_info_topics=dict(camera_info_topics or {}))
     except BagError as exc:
         raise InputError(str(exc)) from None
 
@@ -393,6 +400,16 @@ def _image_count(contents: BagContents) -> int:
 # -------------------------------------------------------------------------------------------
 # offline
 # -------------------------------------------------------------------------------------------
+def depth_alignment_report(contents: BagContents) -> dict[str, dict[str, Any]]:
+    """Per colour topic whose depth comes from a separate depth camera, how it was aligned
+    (``pose`` None: read as registered, ``note`` says why)."""
+    return {colour: {"depth_camera_info_topic": plan.depth_camera_info_topic,
+                     "pose": None if plan.pose is None else list(plan.pose),
+                     "depth_frame": plan.depth_frame, "colour_frame": plan.colour_frame,
+                     "note": plan.note}
+            for colour, plan in sorted(contents.depth_alignment.items())}
+
+
 def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Mapping[str, Any]):
     """The bag's colour frames: RGB-D frames (depth paired by stamp within the node's
     ``depth_sync_tolerance``) when the bag has depth and ``settings.depth``, else images."""
@@ -518,6 +535,8 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                              "registration_shift_px": {
                                  topic: list(pipe.depth_shift(topic))
                                  for topic in contents.depth_topics}}
+        if contents.depth_alignment:
+            rec.node["depth"]["alignment"] = depth_alignment_report(contents)
     rec.duration_s = time.monotonic() - t_start
     return rec
 
@@ -606,6 +625,15 @@ def _depth_plan(contents: BagContents, settings: ReplaySettings,
             "camera_info_topics": [info[t] for t in topics]}
 
 
+def _alignment_plan(contents: BagContents, topics: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{colour topic: (depth camera's CameraInfo topic, pose as the node's
+    depth_to_colour_poses entry)}`` of the cameras whose depth the bag's static transforms
+    align."""
+    plans = getattr(contents, "depth_alignment", None) or {}
+    return {t: (plans[t].depth_camera_info_topic, " ".join(repr(float(v)) for v in plans[t].pose))
+            for t in topics if t in plans and plans[t].pose is not None}
+
+
 def _transport_suffix(topic: str, msgtype: str, transport: str) -> str:
     """What to append to a replayed topic so that the node, which picks the message type by
     image_transport's naming, subscribes with the bag's type: ``/compressed`` or
@@ -622,7 +650,9 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
     ns = "/" + ns.strip("/")
     topics = list(contents.image_topics)
     depth = _depth_plan(contents, settings, topics)
-    side = {t: contents.topics[t] for t in depth["depth_topics"] + depth["camera_info_topics"]}
+    aligned = _alignment_plan(contents, topics) if depth["depth_topics"] else {}
+    side = {t: contents.topics[t] for t in [*depth["depth_topics"], *depth["camera_info_topics"],
+                                            *(info for info, _ in aligned.values())]}
     types = getattr(contents, "topics", None) or {}
     suffix = {t: _transport_suffix(t, types.get(t, IMAGE_TYPE),
                                    "compressedDepth" if t in depth["depth_topics"]
@@ -637,6 +667,11 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
         node_values.update({name: [replay_topic[t] for t in listed]
                             for name, listed in depth.items()})
         node_values["depth_sync_tolerance"] = values["depth_sync_tolerance"]
+    if aligned:
+        node_values["depth_camera_info_topics"] = [
+            replay_topic[aligned[t][0]] if t in aligned else "" for t in topics]
+        node_values["depth_to_colour_poses"] = [aligned[t][1] if t in aligned else ""
+                                                for t in topics]
     if vocab_file is not None:
         node_values["vocabulary_file"] = str(Path(settings.vocabulary).expanduser().resolve())
     base_cmd = list(settings.node_command or default_node_command())
@@ -1093,7 +1128,12 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
 
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise InputError(f"--iou must be in (0, 1], got {iou_threshold}")
-    contents = open_bag(bag, sidecar, settings.depth_topics, settings.camera_info_topics)
+    contents = open_bag(bag, sidecar, settings.depth_topics, settings.camera_info_topics,
+                        settings.depth_camera_info_topics)
+    if settings.depth:
+        for colour, plan in sorted(contents.depth_alignment.items()):
+            if plan.pose is None:
+                print(f"warning: {colour}: {plan.note}", file=sys.stderr)
     if _image_count(contents) == 0:
         raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
                          "image messages")

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .depth_proposals import CameraIntrinsics, DepthError
+from .static_transforms import TransformError, rotation_from_quaternion
 
 __all__ = ["align_depth", "transform_from_pose", "POSE_VALUES"]
 
@@ -43,14 +44,10 @@ def transform_from_pose(pose: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     if float(np.linalg.norm(t)) > 10.0:
         raise DepthError(f"the depth camera lies {np.linalg.norm(t):.1f} m from the colour "
                          "camera: more than 10 m (metres expected)")
-    q = np.array(vals[3:])
-    norm = float(np.linalg.norm(q))
-    if norm < 1e-9:
-        raise DepthError("the depth-to-colour rotation is a zero quaternion")
-    x, y, z, w = q / norm
-    r = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    try:
+        r = rotation_from_quaternion(vals[3:])
+    except TransformError as exc:
+        raise DepthError(f"the depth-to-colour rotation: {exc}") from None
     return r, t
 
 
