@@ -87,3 +87,55 @@ def test_a_distorted_depth_lens_is_followed():
     pinhole = align_depth(seen, DEPTH, COLOUR, r, t)          # the lens ignored
     ok = (pinhole > 0) & (truth_depth > 0)
     assert np.quantile(np.abs(pinhole[ok] - truth_depth[ok]) / truth_depth[ok], 0.9) > 0.015
+
+
+def test_depth_input_waits_for_static_transforms_then_aligns_with_them():
+    """A DepthInput with a pose lookup (the node's /tf_static) processes colour-only, saying
+    why, until the depth frame is linked to the colour frame; then it aligns with the chained
+    pose, looked up once, and reports it in its diagnostics."""
+    from types import SimpleNamespace
+
+    from test_unregistered_depth_bags import realsense_tree
+    from vl_distill_ros.perception.image_codec import encode_depth_mm
+    from vl_distill_ros.perception.static_transforms import StaticTransforms
+    from vl_distill_ros.ros.depth_input import DepthInput
+
+    seen, _ = render_tabletop(OBJECTS, k=DEPTH, distance=0.8, camera_offset=OFFSET)
+    truth_depth, _ = render_tabletop(OBJECTS, k=COLOUR, distance=0.8)
+    _, _, _, step, data = encode_depth_mm(seen)
+
+    def header(sec, frame):
+        return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=0), frame_id=frame)
+
+    def info(k):
+        return SimpleNamespace(k=[k.fx, 0, k.cx, 0, k.fy, k.cy, 0, 0, 1], width=k.width,
+                               height=k.height, distortion_model="plumb_bob", d=[0.0] * 5)
+    tree, calls = StaticTransforms(), []
+
+    def lookup(target, source):
+        calls.append((target, source))
+        return transform_from_pose(tree.lookup(target, source).as_pose())
+    inp = DepthInput("/d", "/i", 0.02)
+    inp.set_alignment("/depth_info", lookup=lookup)
+    inp.add_info(info(COLOUR))
+    inp.add_depth_info(info(DEPTH))
+    for sec in (1, 2, 3):
+        inp.add_depth(SimpleNamespace(header=header(sec, "camera_depth_optical_frame"),
+                                      encoding="16UC1", height=240, width=320, step=step,
+                                      data=data, is_bigendian=0), 0.0)
+    z, _, reason = inp.pair(1_000_000_000, (240, 320, 3), "camera_color_optical_frame")
+    assert z is None and "no static transform from the depth frame" in reason
+    assert inp.take_period()["values"]["depth_pose"] == ""
+    for parent, child, t, q in realsense_tree():
+        tree.add(parent, child, t, q)
+    for sec in (2, 3):
+        z, _, reason = inp.pair(sec * 1_000_000_000, (240, 320, 3),
+                                "camera_color_optical_frame")
+        assert reason == "" and z.shape == (240, 320)
+    both = (z > 0) & (truth_depth > 0)
+    assert np.quantile(np.abs(z[both] - truth_depth[both]) / truth_depth[both], 0.5) < 0.003
+    assert len(calls) == 2                                   # found once, then kept
+    values = inp.take_period()["values"]
+    assert values["depth_pose_source"] == "tf_static"
+    assert [float(v) for v in values["depth_pose"].split()] == pytest.approx(
+        [*OFFSET, 0, 0, 0, 1], abs=1e-6)

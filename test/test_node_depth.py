@@ -518,3 +518,86 @@ def test_unregistered_depth_is_aligned_to_the_colour_camera(ctx, tester, bundle,
         status = rig.status()
         assert int(status["depth_errors"]) == 0, status
         assert status["depth_camera_info_topic"] == f"{ns}/cam/depth_info"
+
+
+TF2_MSGS_MISSING = ("tf2_msgs is not on PyPI: build it outside the repository (as "
+                    "../shared/tools/vision_msgs_build.sh does vision_msgs, from ros2/geometry2) "
+                    "and put it on PYTHONPATH")
+
+
+def _tf2_msgs():
+    try:
+        from tf2_msgs.msg import TFMessage
+    except ImportError:
+        return None
+    return TFMessage
+
+
+@pytest.mark.skipif(_tf2_msgs() is None, reason=TF2_MSGS_MISSING)
+def test_unregistered_depth_takes_its_pose_from_tf_static(ctx, tester, bundle, tmp_path):
+    """An empty depth_to_colour_poses entry: the node chains /tf_static (latched, published
+    before the node started, as a driver's) from the depth image's frame to the colour
+    image's, and boxes the four objects where the colour camera sees them."""
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    import test_depth_alignment as tda
+    from test_unregistered_depth_bags import realsense_tree
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    TFMessage = _tf2_msgs()
+    links = []
+    for parent, child, t, q in realsense_tree():
+        ts = TransformStamped()
+        ts.header.frame_id, ts.child_frame_id = parent, child
+        (ts.transform.translation.x, ts.transform.translation.y,
+         ts.transform.translation.z) = (float(v) for v in t)
+        (ts.transform.rotation.x, ts.transform.rotation.y, ts.transform.rotation.z,
+         ts.transform.rotation.w) = (float(v) for v in q)
+        links.append(ts)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    tf_pub = tester.node.create_publisher(TFMessage, "/tf_static", latched)
+    tf_pub.publish(TFMessage(transforms=links))
+    _, truth = render_tabletop(tda.OBJECTS, k=K, distance=0.8)
+    seen, _ = render_tabletop(tda.OBJECTS, k=tda.DEPTH, distance=0.8,
+                              camera_offset=tda.OFFSET)
+    depth = depth_msg(seen, 95, 0)
+    depth.header.frame_id = "camera_depth_optical_frame"
+    ns = "/from_tf"
+    rig = Rig(tester, ns)
+    depth_info_pub = tester.node.create_publisher(CameraInfo, f"{ns}/cam/depth_info", 10)
+    with running_node(ctx, ns, bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image"], depth_topics=["cam/depth"],
+                      camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                      depth_camera_info_topics=["cam/depth_info"],
+                      depth_to_colour_poses=[""], inference_backend="torch",
+                      warm_text_encoder=False):
+        assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth_info") > 0,
+                        10.0)
+        for _ in range(3):
+            depth_info_pub.publish(info_msg(tda.DEPTH))
+            time.sleep(0.1)
+        boxes = _boxes(rig.send("camera_color_optical_frame", 95, depth, info_msg(K)))
+        assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, (truth, boxes)
+        assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
+        status = rig.status()
+        assert int(status["depth_errors"]) == 0, status
+        assert status["depth_pose_source"] == "tf_static"
+        pose = [float(v) for v in status["depth_pose"].split()]
+        assert pose == pytest.approx([*tda.OFFSET, 0, 0, 0, 1], abs=1e-6)
+    tester.node.destroy_publisher(tf_pub)
+
+
+@pytest.mark.skipif(_tf2_msgs() is not None, reason="tf2_msgs is installed here")
+def test_an_empty_pose_without_tf2_msgs_is_refused_at_start_up(ctx, bundle, tmp_path):
+    base = [Parameter("model_path", value=str(bundle)),
+            Parameter("text_cache_dir", value=str(tmp_path)),
+            Parameter("warm_text_encoder", value=False),
+            Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a"]),
+            Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da"]),
+            Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["ia"]),
+            Parameter("depth_camera_info_topics", Parameter.Type.STRING_ARRAY, ["x"]),
+            Parameter("depth_to_colour_poses", Parameter.Type.STRING_ARRAY, [""])]
+    with pytest.raises(StartupError, match="needs the tf2_msgs package"):
+        VlDistillNode(namespace="/startup_tf", context=ctx, parameter_overrides=base)

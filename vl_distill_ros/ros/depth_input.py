@@ -9,7 +9,8 @@ comes as a ``sensor_msgs/Image`` or, on a ``.../compressedDepth`` topic, as a
 ``sensor_msgs/CompressedImage``
 (:func:`~vl_distill_ros.perception.compressed_codec.decode_depth_message`); depth that is not
 registered to colour is aligned with the depth camera's own CameraInfo and pose
-(:meth:`DepthInput.set_alignment`). Anything wrong
+(:meth:`DepthInput.set_alignment`; the pose given, or looked up in the static transforms
+between the depth image's and the colour image's frame ids). Anything wrong
 -- no partner in time, no CameraInfo yet, a wrong encoding, a size mismatch, a CameraInfo
 with zeros -- gives ``(None, None)`` with a reason: the colour frame is then processed
 colour-only, and the counters and the last problem go to the camera's ``/diagnostics``
@@ -22,7 +23,7 @@ this module is tested without ROS as well as through the node.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -69,6 +70,11 @@ class DepthInput:
         self.depth_info_topic = ""
         self.depth_info: Any = None
         self.alignment: tuple[np.ndarray, np.ndarray] | None = None
+        #: Where the pose comes from when it is not given: ``lookup(colour frame, depth
+        #: frame) -> (R, t)``, raising ``ValueError`` while the frames are not linked.
+        self.pose_lookup: Callable[[str, str], tuple[np.ndarray, np.ndarray]] | None = None
+        #: The frames the looked-up pose is for (it is static: looked up once).
+        self._pose_frames: tuple[str, str] | None = None
         self.info_topic = info_topic
         #: The colour images are rectified (an ``image_rect`` topic): the camera is the
         #: CameraInfo's P, without its lens model.
@@ -105,13 +111,44 @@ class DepthInput:
             self.info = msg
             self.counts["camera_info_received"] += 1
 
-    def set_alignment(self, depth_info_topic: str, rotation: np.ndarray,
-                      translation: np.ndarray) -> None:
+    def set_alignment(self, depth_info_topic: str, rotation: np.ndarray | None = None,
+                      translation: np.ndarray | None = None,
+                      lookup: Callable[[str, str], tuple[np.ndarray, np.ndarray]] | None = None
+                      ) -> None:
         """The depth is not registered to colour: align each depth image to the colour
         camera (:func:`~vl_distill_ros.perception.depth_alignment.align_depth`) with the depth
-        camera's CameraInfo (from ``depth_info_topic``) and the depth-to-colour transform."""
+        camera's CameraInfo (from ``depth_info_topic``) and the depth-to-colour transform:
+        ``rotation`` and ``translation``, or (both None) what ``lookup(colour frame id,
+        depth frame id)`` gives for the frames of the images (looked up until found)."""
         self.depth_info_topic = depth_info_topic
+        if rotation is None or translation is None:
+            if lookup is None:
+                raise ValueError("set_alignment needs a pose or a lookup")
+            self.pose_lookup = lookup
+            return
         self.alignment = (np.asarray(rotation, np.float64), np.asarray(translation, np.float64))
+
+    @property
+    def aligns(self) -> bool:
+        """Whether the depth is aligned to colour (not registered)."""
+        return self.alignment is not None or self.pose_lookup is not None
+
+    def _pose(self, colour_frame: str, depth_frame: str
+              ) -> tuple[np.ndarray, np.ndarray] | str:
+        """The depth-to-colour ``(R, t)`` in use, or why there is none yet."""
+        if self.pose_lookup is None:
+            return self.alignment  # type: ignore[return-value]
+        frames = (str(colour_frame), str(depth_frame))
+        if self.alignment is not None and frames == self._pose_frames:
+            return self.alignment
+        try:
+            pose = self.pose_lookup(*frames)
+        except ValueError as exc:
+            return (f"no static transform from the depth frame {depth_frame!r} to the colour "
+                    f"frame {colour_frame!r} yet: {exc}")
+        with self._lock:
+            self.alignment, self._pose_frames = pose, frames
+        return pose
 
     def add_depth_info(self, msg: Any) -> None:
         """Keep the depth camera's latest CameraInfo (unregistered depth only)."""
@@ -129,10 +166,11 @@ class DepthInput:
             alive = now - self.last_receipt < STALE_AFTER_S
         return alive and (latest is None or latest < stamp + self.buffer.tolerance_ns)
 
-    def pair(self, stamp: int, image_shape: tuple[int, ...]
+    def pair(self, stamp: int, image_shape: tuple[int, ...], colour_frame: str = ""
              ) -> tuple[np.ndarray | None, CameraIntrinsics | None, str]:
         """``(depth m, intrinsics, "")`` for the colour frame stamped ``stamp`` of
-        ``image_shape``, or ``(None, None, reason)``; problems are counted."""
+        ``image_shape`` (its frame id ``colour_frame``), or ``(None, None, reason)``;
+        problems are counted."""
         found = self.buffer.match(stamp)
         if found is None:
             return self._colour_only(f"no depth image within {self.tolerance_s:g} s")
@@ -150,16 +188,19 @@ class DepthInput:
             return self._error(f"CameraInfo on {self.info_topic}: {exc}")
         except ImageDecodeError as exc:
             return self._error(f"depth on {self.depth_topic}: {exc}")
-        if self.alignment is not None:
+        if self.aligns:
             with self._lock:
                 depth_info = self.depth_info
             if depth_info is None:
                 return self._colour_only(f"no depth CameraInfo received on "
                                          f"{self.depth_info_topic} yet")
+            pose = self._pose(colour_frame, str(getattr(msg.header, "frame_id", "")))
+            if isinstance(pose, str):
+                return self._colour_only(pose)
             try:
                 camera = CameraIntrinsics.from_camera_info(
                     depth_info, image_size=(depth.shape[1], depth.shape[0]))
-                depth = align_depth(depth, camera, k, *self.alignment)
+                depth = align_depth(depth, camera, k, *pose)
             except DepthError as exc:
                 return self._error(f"depth CameraInfo on {self.depth_info_topic}: {exc}")
         if depth.shape != (height, width):
@@ -235,6 +276,9 @@ class DepthInput:
         with self._lock:
             values = {"depth_topic": self.depth_topic, "camera_info_topic": self.info_topic,
                       "depth_camera_info_topic": self.depth_info_topic,
+                      "depth_pose_source": ("" if not self.aligns else "parameter"
+                                            if self.pose_lookup is None else "tf_static"),
+                      "depth_pose": _pose_text(self.alignment),
                       **self.counts, "colour_only_in_period": self.colour_only_in_period,
                       "depth_errors_in_period": self.errors_in_period,
                       "last_colour_only_reason": self.last_colour_only_reason,
@@ -244,3 +288,12 @@ class DepthInput:
             errors = self.errors_in_period
             self.errors_in_period = self.colour_only_in_period = 0
         return {"values": values, "errors_recent": errors}
+
+
+def _pose_text(alignment: tuple[np.ndarray, np.ndarray] | None) -> str:
+    """``"x y z qx qy qz qw"`` of a depth-to-colour ``(R, t)`` (``""`` for none)."""
+    if alignment is None:
+        return ""
+    from ..perception.static_transforms import Transform
+
+    return " ".join(f"{v:.6g}" for v in Transform(*alignment).as_pose())

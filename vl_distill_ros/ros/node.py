@@ -47,6 +47,11 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+try:  # a ROS 2 install has it; the PyPI wheels do not (depth_to_colour_poses then needs poses)
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # pragma: no cover - depends on the installation
+    TFMessage = None
+
 from ..model.bundle import Bundle, BundleError, load_bundle
 from ..model.runtime import BACKENDS, RuntimeBackendError
 from ..model.text_service import TextEmbeddingService
@@ -55,6 +60,7 @@ from ..perception.compressed_codec import (decode_image_message, is_rectified_to
                                            topic_transport)
 from ..perception.depth_alignment import transform_from_pose
 from ..perception.depth_proposals import DepthError
+from ..perception.static_transforms import StaticTransforms
 from ..perception.image_codec import ImageDecodeError
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
@@ -138,12 +144,13 @@ def check_startup_params(p: dict) -> None:
 
 def alignments(p: dict) -> list[tuple[str, Any] | None]:
     """Per image topic, ``(depth camera's CameraInfo topic, (R, t))`` for depth that is not
-    registered to colour (``depth_camera_info_topics``, ``depth_to_colour_poses``), else
-    None.
+    registered to colour (``depth_camera_info_topics``, ``depth_to_colour_poses``; ``(R, t)``
+    is None for an empty pose: looked up in ``/tf_static``), else None.
 
     Raises:
-        StartupError: lists of the wrong length, an entry without depth or without a pose,
-            or a pose that is not 7 numbers.
+        StartupError: lists of the wrong length, an entry without depth or without a depth
+            CameraInfo topic, a pose that is not 7 numbers, or an empty pose without
+            ``tf2_msgs``.
     """
     n = len(p["image_topics"])
     infos, poses = list(p["depth_camera_info_topics"]), list(p["depth_to_colour_poses"])
@@ -158,9 +165,17 @@ def alignments(p: dict) -> list[tuple[str, Any] | None]:
         if not info.strip() and not pose.strip():
             out.append(None)
             continue
-        if not info.strip() or not pose.strip() or not p["depth_topics"]:
-            raise StartupError(f"camera {i}: an unregistered depth camera needs a depth topic, "
-                               f"its CameraInfo topic and its pose, got {info!r} and {pose!r}")
+        if not info.strip() or not p["depth_topics"]:
+            raise StartupError(f"camera {i}: an unregistered depth camera needs a depth topic "
+                               f"and its CameraInfo topic, got {info!r} and {pose!r}")
+        if not pose.strip():
+            if TFMessage is None:
+                raise StartupError(f"camera {i}: an empty depth_to_colour_poses entry reads "
+                                   "the pose from /tf_static, which needs the tf2_msgs "
+                                   "package (ros-jazzy-tf2-msgs); install it or give the pose "
+                                   "as 'x y z qx qy qz qw'")
+            out.append((info.strip(), None))
+            continue
         try:
             out.append((info.strip(), transform_from_pose([float(v) for v in pose.split()])))
         except (ValueError, DepthError) as exc:
@@ -387,6 +402,7 @@ class VlDistillNode(Node):
             durability=DurabilityPolicy.VOLATILE)
         self._cameras: list[CameraState] = []
         self._subs = []
+        self._static_tf: StaticTransforms | None = None    # /tf_static, when a pose needs it
         n = len(p["image_topics"])
         pairs = dict(zip((t.strip() for t in p["image_topics"]),
                          zip(p["depth_topics"] or [""] * n, p["camera_info_topics"] or [""] * n,
@@ -414,11 +430,41 @@ class VlDistillNode(Node):
                     self._subs.append(self.create_subscription(
                         CameraInfo, info, lambda msg, cam=cam: cam.depth.add_depth_info(msg),
                         qos))
-                    cam.depth.set_alignment(self._subs[-1].topic_name, *transform)
+                    if transform is None:       # the pose from /tf_static
+                        cam.depth.set_alignment(self._subs[-1].topic_name,
+                                                lookup=self._static_transform_lookup())
+                    else:
+                        cam.depth.set_alignment(self._subs[-1].topic_name, *transform)
             self._cameras.append(cam)
             self._subs.append(sub)
         self._depth_wait = float(p["depth_sync_tolerance"])
         self._rr = 0
+
+    def _static_transform_lookup(self):
+        """``lookup(target, source) -> (R, t)`` over ``/tf_static`` (subscribed on first use,
+        as tf2's static listener does: reliable, transient local; remap ``/tf_static`` for a
+        namespaced robot)."""
+        if self._static_tf is None:
+            self._static_tf = StaticTransforms()
+            self._static_tf_lock = threading.Lock()
+            latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                                 reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._subs.append(self.create_subscription(TFMessage, "/tf_static",
+                                                       self._on_static_tf, latched))
+
+        def lookup(target: str, source: str) -> tuple[Any, Any]:
+            with self._static_tf_lock:
+                found = self._static_tf.lookup(target, source)
+            try:
+                return transform_from_pose(found.as_pose())   # the parameter's checks
+            except DepthError as exc:
+                raise ValueError(str(exc)) from None
+        return lookup
+
+    def _on_static_tf(self, msg: Any) -> None:
+        with self._static_tf_lock:
+            self._static_tf.add_message(msg)
 
     # =========================================================================================
     # parameter callbacks (executor thread; pre -> on -> post run in one thread per set).
@@ -514,7 +560,7 @@ class VlDistillNode(Node):
                 if left <= 0:
                     break
                 self._lock.wait(left)
-        depth, k, reason = cam.depth.pair(stamp, image.shape)
+        depth, k, reason = cam.depth.pair(stamp, image.shape, str(msg.header.frame_id))
         if note := cam.depth.distortion_note():
             self.get_logger().warning(f"{cam.resolved}: {note}")
         if reason and reason == cam.depth.last_depth_error:  # bad input, not just late

@@ -91,7 +91,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "One per depth_camera_info_topics entry: \"x y z qx qy qz qw\", the depth "
               "camera's optical frame in the colour camera's optical frame (metres and a "
               "quaternion, as 'ros2 run tf2_ros tf2_echo COLOUR_OPTICAL_FRAME "
-              "DEPTH_OPTICAL_FRAME' prints it); \"\" where that entry is \"\".",
+              "DEPTH_OPTICAL_FRAME' prints it); \"\" where that entry is \"\", or, for a "
+              "depth camera, to read the pose from /tf_static (from the depth image's frame_id "
+              "to the colour image's; needs tf2_msgs).",
               read_only=True, constraints="as depth_camera_info_topics"),
     ParamSpec("depth_sync_tolerance", 0.02, "double",
               "Seconds a depth image's stamp may differ from its colour frame's (exact stamps "
