@@ -139,3 +139,34 @@ def test_depth_input_waits_for_static_transforms_then_aligns_with_them():
     assert values["depth_pose_source"] == "tf_static"
     assert [float(v) for v in values["depth_pose"].split()] == pytest.approx(
         [*OFFSET, 0, 0, 0, 1], abs=1e-6)
+
+
+@pytest.mark.parametrize("depth_frame, colour_frame, noted", [
+    ("camera_depth_optical_frame", "camera_color_optical_frame", True),
+    ("camera_color_optical_frame", "/camera_color_optical_frame", False),
+    ("", "camera_color_optical_frame", False)])
+def test_registered_depth_in_another_frame_is_noted_once(depth_frame, colour_frame, noted):
+    """Depth read as registered whose frame id is not the colour image's: used (it may be a
+    driver's registered depth), with a note, once, that it may be the depth camera's own."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.perception.image_codec import encode_depth_mm
+    from vl_distill_ros.ros.depth_input import DepthInput
+
+    _, _, _, step, data = encode_depth_mm(np.ones((24, 32), np.float32))
+    inp = DepthInput("/d", "/i", 0.02)
+    inp.add_info(SimpleNamespace(k=[25.0, 0, 15.5, 0, 25.0, 11.5, 0, 0, 1], width=32,
+                                 height=24, distortion_model="plumb_bob", d=[0.0] * 5))
+    for sec in (1, 2):
+        inp.add_depth(SimpleNamespace(
+            header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=0),
+                                   frame_id=depth_frame),
+            encoding="16UC1", height=24, width=32, step=step, data=data, is_bigendian=0), 0.0)
+    notes = []
+    for sec in (1, 2):
+        z, _, reason = inp.pair(sec * 1_000_000_000, (24, 32, 3), colour_frame)
+        assert z is not None and reason == ""
+        notes.append(inp.frame_note())
+    assert bool(notes[0]) is noted and notes[1] == ""
+    if noted:
+        assert "depth_camera_info_topics" in notes[0] and depth_frame in notes[0]

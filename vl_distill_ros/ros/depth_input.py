@@ -96,6 +96,9 @@ class DepthInput:
         self._distortion_of: Any = None
         self._distortion_key: Any = None
         self._distortion_noted = False
+        #: ``(depth frame, colour frame)`` of registered depth in another frame (noted once).
+        self._frames_differ: tuple[str, str] | None = None
+        self._frames_noted = False
 
     # -- executor thread ------------------------------------------------------------------
     def add_depth(self, msg: Any, now: float) -> None:
@@ -203,6 +206,11 @@ class DepthInput:
                 depth = align_depth(depth, camera, k, *pose)
             except DepthError as exc:
                 return self._error(f"depth CameraInfo on {self.depth_info_topic}: {exc}")
+        elif colour_frame and not self._frames_noted and self._frames_differ is None:
+            depth_frame = str(getattr(msg.header, "frame_id", ""))
+            if depth_frame and depth_frame.lstrip("/") != str(colour_frame).lstrip("/"):
+                with self._lock:
+                    self._frames_differ = (depth_frame, str(colour_frame))
         if depth.shape != (height, width):
             return self._error(f"depth on {self.depth_topic} is {depth.shape[1]}x"
                                f"{depth.shape[0]} but the colour image is {width}x{height}: "
@@ -241,6 +249,20 @@ class DepthInput:
                 f"{', '.join(DISTORTION_MODELS)}): depth is back-projected with K alone, so "
                 "near the edges the table may look curved. Use rectified colour and "
                 "registered depth (image_proc's image_rect topics)")
+
+    def frame_note(self) -> str:
+        """Once per camera, a note when depth read as registered comes in another frame than
+        the colour images (a depth camera's own image, misplaced if read as registered)."""
+        with self._lock:
+            if self._frames_noted or self._frames_differ is None:
+                return ""
+            self._frames_noted = True
+            depth_frame, colour_frame = self._frames_differ
+        return (f"depth on {self.depth_topic} is in frame {depth_frame[:80]!r}, the colour "
+                f"images in {colour_frame[:80]!r}: it is read as registered to the colour "
+                "image. If it is the depth camera's own image (a RealSense without "
+                "align_depth), give depth_camera_info_topics and depth_to_colour_poses (an "
+                "empty pose reads /tf_static)")
 
     def record(self, status: str) -> None:
         """Count how the pipeline used a paired depth image (``used`` or why not)."""

@@ -561,8 +561,9 @@ class VlDistillNode(Node):
                     break
                 self._lock.wait(left)
         depth, k, reason = cam.depth.pair(stamp, image.shape, str(msg.header.frame_id))
-        if note := cam.depth.distortion_note():
-            self.get_logger().warning(f"{cam.resolved}: {note}")
+        for note in (cam.depth.distortion_note(), cam.depth.frame_note()):
+            if note:
+                self.get_logger().warning(f"{cam.resolved}: {note}")
         if reason and reason == cam.depth.last_depth_error:  # bad input, not just late
             now = time.monotonic()
             if now - cam.log_times.get("depth", -BAD_FRAME_LOG_PERIOD) >= BAD_FRAME_LOG_PERIOD:
