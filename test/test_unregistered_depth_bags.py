@@ -15,8 +15,7 @@ import pytest
 from test_depth import render_tabletop
 from test_depth_alignment import COLOUR, DEPTH, OBJECTS, OFFSET
 from vl_distill_ros.bags import bag_io
-from vl_distill_ros.bags.bag_io import BagError, GroundTruthObject
-from vl_distill_ros.bags.unregistered_depth import read_bag_aligned
+from vl_distill_ros.bags.bag_io import BagError, GroundTruthObject, read_camera_bag
 from vl_distill_ros.perception.static_transforms import (MAX_FRAMES, StaticTransforms,
                                                          Transform, TransformError,
                                                          rotation_from_quaternion)
@@ -149,7 +148,7 @@ def unregistered_bag(path: Path, frames: int = 3, tf: bool = True,
 
 
 def test_a_bags_unregistered_depth_is_aligned_with_its_tf_static(tmp_path):
-    bag = read_bag_aligned(unregistered_bag(tmp_path / "rs"))
+    bag = read_camera_bag(unregistered_bag(tmp_path / "rs"))
     colour = "/camera/camera/color/image_raw"
     assert bag.image_topics == [colour]
     assert bag.depth_topics == {colour: "/camera/camera/depth/image_rect_raw"}
@@ -172,7 +171,7 @@ def test_a_bags_unregistered_depth_is_aligned_with_its_tf_static(tmp_path):
 
 
 def test_without_tf_static_the_depth_is_read_as_registered_and_the_plan_says_why(tmp_path):
-    bag = read_bag_aligned(unregistered_bag(tmp_path / "no_tf", tf=False))
+    bag = read_camera_bag(unregistered_bag(tmp_path / "no_tf", tf=False))
     plan = bag.depth_alignment["/camera/camera/color/image_raw"]
     assert plan.pose is None and "depth read as registered" in plan.note
     frames = list(bag.rgbd_frames())
@@ -186,14 +185,14 @@ def test_registered_names_and_overrides(tmp_path):
     path = unregistered_bag(tmp_path / "named", frames=1,
                             depth_topic="/camera/camera/aligned_depth_to_color/image_raw")
     colour = "/camera/camera/color/image_raw"
-    assert read_bag_aligned(path).depth_alignment == {}
+    assert read_camera_bag(path).depth_alignment == {}
     info = "/camera/camera/aligned_depth_to_color/camera_info"
-    forced = read_bag_aligned(path, {colour: info})
+    forced = read_camera_bag(path, depth_camera_info_topics={colour: info})
     assert forced.depth_alignment[colour].pose == pytest.approx((*OFFSET, 0, 0, 0, 1))
     with pytest.raises(BagError, match="not a sensor_msgs/msg/CameraInfo topic"):
-        read_bag_aligned(path, {colour: "/ground_truth"})
+        read_camera_bag(path, depth_camera_info_topics={colour: "/ground_truth"})
     with pytest.raises(BagError, match="has no depth topic"):
-        read_bag_aligned(path, {"/other": info})
+        read_camera_bag(path, depth_camera_info_topics={"/other": info})
 
 
 @pytest.fixture(scope="module")

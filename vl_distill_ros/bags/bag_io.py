@@ -48,7 +48,6 @@ message names the path and what is wrong.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -61,6 +60,12 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from vl_distill_ros.atomic_io import replace_dir
+from vl_distill_ros.bags.unregistered_depth import (DepthAlignmentPlan, is_registered_depth_topic,
+                                                    plan_depth_alignment)
+from vl_distill_ros.bags.raw_io import (CAMERA_INFO_TYPE, COMPRESSED_IMAGE_TYPE, IMAGE_TYPE,
+                                        IMAGE_TYPES, STRING_TYPE, BagError, RawMessage,
+                                        header_stamp, iter_raw_messages, open_reader,
+                                        typestore)
 from vl_distill_ros.perception.compressed_codec import base_topic, topic_transport
 from vl_distill_ros.perception.image_codec import MILLIMETRE
 
@@ -74,13 +79,6 @@ __all__ = [
     "is_registered_depth_topic", "typestore",
 ]
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-#: image_transport's ``compressed`` (colour) and ``compressedDepth`` (depth) messages.
-COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
-#: Message types read as images (colour or depth).
-IMAGE_TYPES: tuple[str, ...] = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-STRING_TYPE = "std_msgs/msg/String"
 #: Storage plugins :func:`write_camera_bag` can write.
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 #: Compressions :func:`write_camera_bag` can apply: ``zstd`` is MCAP chunk compression for
@@ -93,10 +91,6 @@ COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
 #: ``<camera>/compressed``, depth as 16UC1 ``compressedDepth`` PNG on
 #: ``<depth>/compressedDepth``), as robots usually record.
 IMAGE_FORMATS: tuple[str, ...] = ("raw", "jpeg", "png")
-
-
-class BagError(ValueError):
-    """A bag or ground-truth file cannot be written or read; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -201,30 +195,6 @@ class RGBDFrame(NamedTuple):
         fx, fy, cx, cy, width, height = self.camera_info
         return CameraIntrinsics.from_k([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], width,
                                        height, *self.distortion)
-
-
-class RawMessage(NamedTuple):
-    """One serialised message as stored: CDR bytes ``rclpy.serialization`` understands."""
-
-    topic: str
-    msgtype: str
-    timestamp_ns: int
-    data: bytes
-
-
-@functools.lru_cache(maxsize=1)
-def typestore():
-    """The rosbags type store of ROS 2 Jazzy's messages (built once).
-
-    Raises:
-        BagError: rosbags is not installed.
-    """
-    try:
-        from rosbags.typesys import Stores, get_typestore
-    except ImportError as exc:  # pragma: no cover - rosbags is a requirement
-        raise BagError(f"reading and writing bags needs the 'rosbags' package ({exc}); "
-                       "install it with 'pip install rosbags'") from None
-    return get_typestore(Stores.ROS2_JAZZY)
 
 
 def stamp_to_ns(sec: int, nanosec: int) -> int:
@@ -596,63 +566,6 @@ def write_ground_truth_sidecar(path: str | Path,
 # ---------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------
-def _open_reader(path: Path):
-    """An open ``rosbags`` reader of the bag folder (or single .mcap/.db3 file) ``path``."""
-    from rosbags.rosbag2 import Reader
-    from rosbags.rosbag2.errors import ReaderError
-
-    if not path.exists():
-        raise BagError(f"bag not found: {path}")
-    if path.is_dir() and not (path / "metadata.yaml").is_file():
-        raise BagError(f"{path} is not a rosbag2 bag: no metadata.yaml in the folder")
-    try:
-        reader = Reader(path)
-        reader.open()
-    except ReaderError as exc:
-        raise BagError(f"cannot open bag {path}: {exc} (corrupt or not a rosbag2 bag)") from None
-    except Exception as exc:  # noqa: BLE001 - OSError, sqlite3, zstd, struct: all corrupt
-        raise BagError(f"cannot open bag {path}: {type(exc).__name__}: {exc} (corrupt or not a "
-                       "rosbag2 bag)") from None
-    return reader
-
-
-def _read_errors() -> tuple[type[BaseException], ...]:
-    """What reading a corrupt storage file may raise: the reader's own errors, I/O and
-    sqlite errors, and whatever a decompressor or parser throws on flipped bytes (e.g.
-    ``ZstdError``, ``struct.error``), so every one is Exception."""
-    return (Exception,)
-
-
-def iter_raw_messages(path: str | Path, topics: Sequence[str] | None = None
-                      ) -> Iterator[RawMessage]:
-    """Yield every message of the bag (or of ``topics``) in bag-time order as
-    :class:`RawMessage` ``(topic, msgtype, timestamp_ns, CDR bytes)``.
-
-    The bytes are the serialised message exactly as stored: pass them to
-    ``rclpy.serialization.deserialize_message`` or publish them with a raw publisher.
-    Raises :class:`BagError` when the bag is missing, corrupt or (part way) unreadable.
-    """
-    path = Path(path).expanduser()
-    reader = _open_reader(path)
-    try:
-        conns = [c for c in reader.connections if topics is None or c.topic in set(topics)]
-        if topics is not None:
-            known = {c.topic for c in reader.connections}
-            unknown = [t for t in topics if t not in known]
-            if unknown:
-                raise BagError(f"{path}: no topic(s) {unknown}; the bag has {sorted(known)}")
-        if not conns:
-            return
-        try:
-            for conn, timestamp, data in reader.messages(connections=conns):
-                yield RawMessage(conn.topic, conn.msgtype, int(timestamp), bytes(data))
-        except _read_errors() as exc:
-            raise BagError(f"cannot read messages of bag {path}: {exc} (the storage file is "
-                           "corrupt or truncated)") from None
-    finally:
-        reader.close()
-
-
 @dataclass
 class BagContents:
     """What :func:`read_camera_bag` found in a bag (images are read lazily)."""
@@ -679,10 +592,9 @@ class BagContents:
     depth_topics: dict[str, str] = field(default_factory=dict)
     #: CameraInfo topic of each colour topic that has one.
     camera_info_topics: dict[str, str] = field(default_factory=dict)
-    #: Colour topics whose depth comes from a separate depth camera: how it is aligned
-    #: (set by :func:`~vl_distill_ros.bags.unregistered_depth.read_bag_aligned`; empty
-    #: here: the depth is read as registered).
-    depth_alignment: dict[str, Any] = field(default_factory=dict)
+    #: Colour topics whose depth may come from a separate depth camera: how it is aligned
+    #: (:func:`~vl_distill_ros.bags.unregistered_depth.plan_depth_alignment`).
+    depth_alignment: dict[str, DepthAlignmentPlan] = field(default_factory=dict)
 
     def objects_for(self, topic: str, stamp_ns: int) -> list[GroundTruthObject] | None:
         """Ground-truth objects of the image on ``topic`` stamped ``stamp_ns`` (``None`` if
@@ -739,9 +651,9 @@ class BagContents:
         for raw in iter_raw_messages(self.path, list(role)):
             kind, colour = role[raw.topic]
             if kind == "colour":
-                pending.append((raw, _header_stamp(raw.data, self.path, raw.topic)))
+                pending.append((raw, header_stamp(raw.data, self.path, raw.topic)))
             else:
-                buffers[(kind, colour)].add(_header_stamp(raw.data, self.path, raw.topic),
+                buffers[(kind, colour)].add(header_stamp(raw.data, self.path, raw.topic),
                                             raw.data)
             while pending:
                 first, stamp = pending[0]
@@ -835,16 +747,6 @@ class BagContents:
                             getattr(msg, "encoding", None) or getattr(msg, "format", ""), image)
 
 
-def _header_stamp(data: bytes, path: Path, topic: str) -> int:
-    """``header.stamp`` (ns) of a serialised message that starts with a Header."""
-    import struct
-
-    if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1, 2, 3):
-        raise BagError(f"{path}: a message on {topic} is not CDR with a header (corrupt bag)")
-    sec, nanosec = struct.unpack_from("<iI" if data[1] & 1 else ">iI", data, 4)
-    return int(sec) * 1_000_000_000 + int(nanosec)
-
-
 _COLOUR_SEGMENTS = ("color", "colour", "rgb")
 
 
@@ -854,17 +756,6 @@ def is_depth_topic(topic: str) -> bool:
     ``/camera/aligned_depth_to_color/image_raw``, ``/camera/depth_registered/image_rect``,
     ``/camera/depth/image_raw/compressedDepth``)."""
     return any("depth" in seg.lower() for seg in base_topic(topic).strip("/").split("/"))
-
-
-#: Name parts of depth that drivers registered to the colour camera (RealSense
-#: ``aligned_depth_to_color``, OpenNI ``depth_registered``, Azure Kinect ``depth_to_rgb``).
-_REGISTERED_PARTS = ("aligned", "registered", "depth_to_rgb", "depth_to_color")
-
-
-def is_registered_depth_topic(topic: str) -> bool:
-    """Whether a depth topic's name says it is registered to the colour camera."""
-    return any(part in seg.lower() for seg in base_topic(topic).strip("/").split("/")
-               for part in _REGISTERED_PARTS)
 
 
 def _transport_copy(topic: str, topics: dict[str, str]) -> bool:
@@ -972,8 +863,10 @@ def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
 def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
                     ground_truth_topic: str = BagTopics.ground_truth,
                     depth_topics: dict[str, str] | None = None,
-                    camera_info_topics: dict[str, str] | None = None) -> BagContents:
-    """Open a camera bag: topics, message counts, image topics and ground truth.
+                    camera_info_topics: dict[str, str] | None = None,
+                    depth_camera_info_topics: dict[str, str] | None = None) -> BagContents:
+    """Open a camera bag: topics, message counts, image topics and ground truth, and how
+    depth not registered to colour is aligned.
 
     Args:
         path: a rosbag2 bag folder (MCAP or sqlite3 storage; a bare ``.mcap``/``.db3``
@@ -985,13 +878,17 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
         depth_topics, camera_info_topics: ``{colour topic: topic}`` pairings that override
             the naming convention of :func:`pair_camera_topics`. Depth topics are never
             listed in :attr:`BagContents.image_topics`.
+        depth_camera_info_topics: ``{colour topic: the depth camera's CameraInfo topic}``
+            for depth not registered to colour, overriding the convention of
+            :func:`~vl_distill_ros.bags.unregistered_depth.plan_depth_alignment` (the depth
+            is then aligned with the bag's ``/tf_static``).
 
     Raises:
         BagError: missing path, not a bag, corrupt metadata or storage, no image topic, an
             unreadable ground-truth message or sidecar line.
     """
     path = Path(path).expanduser()
-    reader = _open_reader(path)
+    reader = open_reader(path)
     try:
         topics = {c.topic: c.msgtype for c in reader.connections}
         counts: dict[str, int] = {}
@@ -1011,6 +908,8 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
                            image_topics=image_topics, start_ns=int(start),
                            end_ns=int(max(end - 1, start)) if end else 0,
                            depth_topics=depth_of, camera_info_topics=info_of)
+    contents.depth_alignment = plan_depth_alignment(path, topics, depth_of,
+                                                    depth_camera_info_topics)
     if ground_truth is not None:
         contents.ground_truth = read_ground_truth_sidecar(ground_truth)
         contents.ground_truth_source = "sidecar"

@@ -4,8 +4,9 @@ aligned (ROS-free: rosbags and numpy).
 A RealSense recorded without ``align_depth.enable`` (the driver's default) writes its depth
 in the depth camera's own image (``/camera/camera/depth/image_rect_raw``), with that camera's
 CameraInfo beside it (``.../depth/camera_info``), and the two optical frames on
-``/tf_static``. :func:`plan_depth_alignment` finds, per colour topic, the depth camera's
-CameraInfo (the ``camera_info`` topic next to the depth image, or an override), reads the
+``/tf_static``. :func:`plan_depth_alignment` (which
+:func:`~vl_distill_ros.bags.bag_io.read_camera_bag` runs) finds, per colour topic, the depth
+camera's CameraInfo (the ``camera_info`` topic next to the depth image, or an override), reads the
 frame ids of the first colour and depth images and, when they differ, chains the bag's
 static transforms between them (:class:`~vl_distill_ros.perception.static_transforms
 .StaticTransforms`). The bag reader then aligns every depth image to its colour image
@@ -20,14 +21,12 @@ note saying so.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from vl_distill_ros.bags.bag_io import (CAMERA_INFO_TYPE, BagContents, BagError,
-                                        is_registered_depth_topic, typestore, iter_raw_messages,
-                                        read_camera_bag)
+from vl_distill_ros.bags.raw_io import (CAMERA_INFO_TYPE, BagError, header_frame_id,
+                                        iter_raw_messages, typestore)
 from vl_distill_ros.perception.compressed_codec import base_topic
 from vl_distill_ros.perception.depth_alignment import transform_from_pose
 from vl_distill_ros.perception.depth_proposals import DepthError
@@ -35,7 +34,7 @@ from vl_distill_ros.perception.static_transforms import (StaticTransforms, Trans
                                                          frame_name)
 
 __all__ = ["DepthAlignmentPlan", "TF_MESSAGE_TYPE", "plan_depth_alignment",
-           "read_static_transforms", "depth_camera_info_topic", "read_bag_aligned"]
+           "read_static_transforms", "depth_camera_info_topic", "is_registered_depth_topic"]
 
 #: Message type of ``/tf_static``.
 TF_MESSAGE_TYPE = "tf2_msgs/msg/TFMessage"
@@ -58,22 +57,23 @@ class DepthAlignmentPlan:
     note: str = ""
 
 
+#: Name parts of depth that drivers registered to the colour camera (RealSense
+#: ``aligned_depth_to_color``, OpenNI ``depth_registered``, Azure Kinect ``depth_to_rgb``).
+_REGISTERED_PARTS = ("aligned", "registered", "depth_to_rgb", "depth_to_color")
+
+
+def is_registered_depth_topic(topic: str) -> bool:
+    """Whether a depth topic's name says it is registered to the colour camera."""
+    return any(part in seg.lower() for seg in base_topic(topic).strip("/").split("/")
+               for part in _REGISTERED_PARTS)
+
+
 def depth_camera_info_topic(depth_topic: str, topics: Mapping[str, str]) -> str | None:
     """The CameraInfo topic next to a depth image topic (image_transport's pairing:
     ``/camera/depth/image_rect_raw`` -> ``/camera/depth/camera_info``), if the bag has it."""
     parent = base_topic(depth_topic).rstrip("/").rpartition("/")[0]
     candidate = f"{parent}/camera_info"
     return candidate if topics.get(candidate) == CAMERA_INFO_TYPE else None
-
-
-def _frame_id(data: bytes) -> str | None:
-    """``header.frame_id`` of a serialised (CDR) message that starts with a Header."""
-    if len(data) < 16 or data[0] != 0 or data[1] not in (0, 1, 2, 3):
-        return None
-    (length,) = struct.unpack_from("<I" if data[1] & 1 else ">I", data, 12)
-    if length < 1 or 16 + length > len(data):
-        return None
-    return data[16:16 + length - 1].decode("utf-8", "replace")
 
 
 def _first_frame_ids(path: Path, topics: Sequence[str]) -> dict[str, str]:
@@ -83,7 +83,7 @@ def _first_frame_ids(path: Path, topics: Sequence[str]) -> dict[str, str]:
     try:
         for raw in messages:
             if raw.topic not in out:
-                frame = _frame_id(raw.data)
+                frame = header_frame_id(raw.data)
                 out[raw.topic] = frame if frame is not None else ""
             if len(out) == len(set(topics)):
                 break
@@ -92,7 +92,7 @@ def _first_frame_ids(path: Path, topics: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def read_static_transforms(path: Path, topics: Mapping[str, str]):
+def read_static_transforms(path: Path, topics: Mapping[str, str]) -> StaticTransforms:
     """Every transform on the bag's ``tf_static`` topics (``/tf_static``, or a robot's
     namespaced ``/<ns>/tf_static``), as a
     :class:`~vl_distill_ros.perception.static_transforms.StaticTransforms`; at most
@@ -122,8 +122,20 @@ def plan_depth_alignment(path: Path, topics: Mapping[str, str], depth_of: Mappin
                          ) -> dict[str, DepthAlignmentPlan]:
     """Per colour topic whose depth may be unregistered, how to align it (see the module
     docstring). ``depth_info_of`` (``{colour: depth CameraInfo topic}``) overrides the
-    naming convention, also for a depth topic whose name says it is registered."""
+    naming convention, also for a depth topic whose name says it is registered.
+
+    Raises:
+        BagError: an override for a colour topic without depth, or naming a topic that is
+            not a CameraInfo topic of the bag; an unreadable bag.
+    """
     overrides = dict(depth_info_of or {})
+    for colour, info in overrides.items():
+        if colour not in depth_of:
+            raise BagError(f"a depth CameraInfo is given for {colour}, which has no depth "
+                           f"topic (depth topics: {dict(depth_of)})")
+        if topics.get(info) != CAMERA_INFO_TYPE:
+            raise BagError(f"topic {info} is not a {CAMERA_INFO_TYPE} topic of the bag (its "
+                           f"topics: {sorted(topics)})")
     candidates: dict[str, str] = {}
     for colour, depth in depth_of.items():
         info = overrides.get(colour)
@@ -154,31 +166,3 @@ def plan_depth_alignment(path: Path, topics: Mapping[str, str], depth_of: Mappin
         plans[colour] = DepthAlignmentPlan(info, tuple(pose), df, cf,
                                            f"aligned with the bag's tf_static: {df} in {cf}")
     return plans
-
-
-def read_bag_aligned(path: str | Path, depth_camera_info_topics: Mapping[str, str] | None = None,
-                     **kwargs: Any) -> BagContents:
-    """:func:`~vl_distill_ros.bags.bag_io.read_camera_bag` (``kwargs``), with
-    :attr:`~vl_distill_ros.bags.bag_io.BagContents.depth_alignment` planned: depth not
-    registered to colour is then aligned by ``rgbd_frames``.
-
-    Args:
-        depth_camera_info_topics: ``{colour topic: the depth camera's CameraInfo topic}``,
-            overriding the convention of :func:`plan_depth_alignment`.
-
-    Raises:
-        BagError: as ``read_camera_bag``; an override for a colour topic without depth, or
-            naming a topic that is not a CameraInfo topic of the bag.
-    """
-    contents = read_camera_bag(path, **kwargs)
-    for colour, info in (depth_camera_info_topics or {}).items():
-        if colour not in contents.depth_topics:
-            raise BagError(f"a depth CameraInfo is given for {colour}, which has no depth "
-                           f"topic (depth topics: {contents.depth_topics})")
-        if contents.topics.get(info) != CAMERA_INFO_TYPE:
-            raise BagError(f"topic {info} is not a {CAMERA_INFO_TYPE} topic of the bag (its "
-                           f"topics: {sorted(contents.topics)})")
-    contents.depth_alignment = plan_depth_alignment(contents.path, contents.topics,
-                                                    contents.depth_topics,
-                                                    depth_camera_info_topics)
-    return contents

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
 from ..bags.bag_io import (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, BagContents, BagError,
-                           decode_image_cdr, iter_raw_messages)
+                           decode_image_cdr, iter_raw_messages, read_camera_bag)
 from ..perception.compressed_codec import topic_transport
 from ..ros import params as P
 from ..ros.node_process import (NODE_NAME, NodeProcess, default_node_command, log_tail,
@@ -298,12 +298,11 @@ def open_bag(path: str | Path, sidecar: str | Path | None = None,
     """:func:`~vl_distill_ros.bags.bag_io.read_camera_bag`, with every problem an
     :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth, a
     depth or camera-info pairing naming a missing topic)."""
-    from ..bags.unregistered_depth import read_bag_aligned
-
     try:
-        return read_bag_aligned(path, dict(depth_camera_info_topics or {}),
-                                ground_truth=sidecar, depth_topics=dict(depth_topics or {}),
-                                camera_info_topics=dict(camera_info_topics or {}))
+        return read_camera_bag(path, ground_truth=sidecar,
+                               depth_topics=dict(depth_topics or {}),
+                               camera_info_topics=dict(camera_info_topics or {}),
+                               depth_camera_info_topics=dict(depth_camera_info_topics or {}))
     except BagError as exc:
         raise InputError(str(exc)) from None
 
