@@ -60,7 +60,8 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from vl_distill_ros.atomic_io import replace_dir
-from vl_distill_ros.bags.unregistered_depth import (DepthAlignmentPlan, is_registered_depth_topic,
+from vl_distill_ros.bags.unregistered_depth import (TF_MESSAGE_TYPE, DepthAlignmentPlan,
+                                                    is_registered_depth_topic,
                                                     plan_depth_alignment)
 from vl_distill_ros.bags.raw_io import (CAMERA_INFO_TYPE, COMPRESSED_IMAGE_TYPE, IMAGE_TYPE,
                                         IMAGE_TYPES, STRING_TYPE, BagError, RawMessage,
@@ -106,6 +107,11 @@ class BagTopics:
     #: written only for frames that carry depth. Depth shares the colour frame id.
     depth: str = "/camera/depth/image_raw"
     camera_info: str = "/camera/camera_info"
+    #: Depth from a separate depth camera (:attr:`BagFrame.depth_camera`): its CameraInfo,
+    #: its optical frame and the static transform placing it in the colour camera's.
+    depth_camera_info: str = "/camera/depth/camera_info"
+    depth_frame_id: str = "camera_depth_optical_frame"
+    tf_static: str = "/tf_static"
     hand_depth: str = "/hand_camera/depth/image_raw"
     hand_camera_info: str = "/hand_camera/camera_info"
 
@@ -142,6 +148,11 @@ class BagFrame:
     #: The main camera's lens model for its CameraInfo, ``(distortion_model, d)``
     #: (``None``: a distortion-free ``plumb_bob``).
     lens: tuple[str, Sequence[float]] | None = None
+    #: ``depth`` comes from a separate depth camera, not registered to the colour image:
+    #: ``(fx, fy, cx, cy, width, height)`` of that camera, and its optical frame in the
+    #: colour camera's, ``(x, y, z, qx, qy, qz, qw)`` (written once on ``/tf_static``).
+    depth_camera: tuple[float, ...] | None = None
+    depth_pose: tuple[float, ...] | None = None
 
 
 class ImageMessage(NamedTuple):
@@ -335,21 +346,30 @@ def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: B
     writer connection of a topic (``topics`` as :func:`written_topics` names them)."""
     stamp = int(frame.stamp_ns)
     views = [(topics.camera, topics.camera_frame_id, frame.image, frame.objects,
-              frame.depth, frame.intrinsics, topics.depth, topics.camera_info, frame.lens)]
+              frame.depth, frame.intrinsics, topics.depth, topics.camera_info, frame.lens,
+              frame.depth_camera)]
     if frame.hand_image is not None:
         views.append((topics.hand_camera, topics.hand_frame_id, frame.hand_image,
                       frame.hand_objects, frame.hand_depth, frame.hand_intrinsics,
-                      topics.hand_depth, topics.hand_camera_info, None))
-    for topic, frame_id, image, objects, depth, k, d_topic, i_topic, lens in views:
+                      topics.hand_depth, topics.hand_camera_info, None, None))
+    for topic, frame_id, image, objects, depth, k, d_topic, i_topic, lens, dcam in views:
         if depth is not None:
-            if np.shape(depth)[:2] != np.shape(image)[:2]:
+            size = np.shape(image)[:2] if dcam is None else (int(dcam[5]), int(dcam[4]))
+            if np.shape(depth)[:2] != size:
                 raise BagError(f"frame {i}: depth of shape {np.shape(depth)} is not "
-                               f"registered to the {np.shape(image)[:2]} image")
+                               f"registered to the {np.shape(image)[:2]} image" if dcam is None
+                               else f"frame {i}: depth of shape {np.shape(depth)} is not the "
+                               f"depth camera's {size}")
             info = _camera_info_msg(store, k, image.shape[1], image.shape[0], stamp, frame_id,
                                     lens)
             writer.write(conn(i_topic, CAMERA_INFO_TYPE), stamp,
                          store.serialize_cdr(info, CAMERA_INFO_TYPE))
-            dtype, dmsg = _depth_msg(store, depth, stamp, frame_id, image_format != "raw")
+            depth_frame = frame_id if dcam is None else topics.depth_frame_id
+            if dcam is not None:
+                info = _camera_info_msg(store, dcam[:4], size[1], size[0], stamp, depth_frame)
+                writer.write(conn(topics.depth_camera_info, CAMERA_INFO_TYPE), stamp,
+                             store.serialize_cdr(info, CAMERA_INFO_TYPE))
+            dtype, dmsg = _depth_msg(store, depth, stamp, depth_frame, image_format != "raw")
             writer.write(conn(d_topic, dtype), stamp, store.serialize_cdr(dmsg, dtype))
         mtype, msg = _image_msg(store, image, stamp, frame_id, image_format, quality)
         writer.write(conn(topic, mtype), stamp, store.serialize_cdr(msg, mtype))
@@ -357,6 +377,27 @@ def _write_frame(writer: Any, conn: Any, store: Any, topics: BagTopics, frame: B
         text = store.types[STRING_TYPE](data=json.dumps(doc, separators=(",", ":")))
         writer.write(conn(topics.ground_truth, STRING_TYPE), stamp,
                      store.serialize_cdr(text, STRING_TYPE))
+
+
+def _write_static_transform(writer: Any, conn: Any, store: Any, topics: BagTopics,
+                            frame: BagFrame, i: int) -> None:
+    """``/tf_static`` (``tf2_msgs/TFMessage``) with the depth camera's optical frame in the
+    colour camera's, as a driver latches it and ``ros2 bag record`` stores it."""
+    pose = [float(v) for v in (frame.depth_pose or ())]
+    if len(pose) != 7 or not all(math.isfinite(v) for v in pose):
+        raise BagError(f"frame {i}: a depth camera needs its pose (x y z qx qy qz qw), got "
+                       f"{frame.depth_pose!r}")
+    types = store.types
+    x, y, z, qx, qy, qz, qw = pose
+    link = types["geometry_msgs/msg/TransformStamped"](
+        header=_header(store, int(frame.stamp_ns), topics.camera_frame_id),
+        child_frame_id=topics.depth_frame_id,
+        transform=types["geometry_msgs/msg/Transform"](
+            translation=types["geometry_msgs/msg/Vector3"](x=x, y=y, z=z),
+            rotation=types["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+    writer.write(conn(topics.tf_static, TF_MESSAGE_TYPE), int(frame.stamp_ns),
+                 store.serialize_cdr(types[TF_MESSAGE_TYPE](transforms=[link]),
+                                     TF_MESSAGE_TYPE))
 
 
 def _check_out_path(out: Path, overwrite: bool) -> None:
@@ -381,7 +422,8 @@ def _check_write_args(storage: str, compression: str, topics: BagTopics, image_f
     if not 1 <= int(jpeg_quality) <= 100:
         raise BagError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     for name in (topics.camera, topics.hand_camera, topics.ground_truth, topics.depth,
-                 topics.camera_info, topics.hand_depth, topics.hand_camera_info):
+                 topics.camera_info, topics.hand_depth, topics.hand_camera_info,
+                 topics.depth_camera_info, topics.tf_static):
         if not name.startswith("/") or " " in name:
             raise BagError(f"topic {name!r} must be an absolute ROS topic name")
 
@@ -448,13 +490,16 @@ def write_camera_bag(path: str | Path, frames: Iterable[BagFrame], storage: str 
 
             conn(topics.camera, IMAGE_TYPE if image_format == "raw" else COMPRESSED_IMAGE_TYPE)
             conn(topics.ground_truth, STRING_TYPE)
-            last = -1
+            last, placed = -1, False
             for i, frame in enumerate(frames):
                 stamp = int(frame.stamp_ns)
                 if stamp < 0 or stamp < last:
                     raise BagError(f"frame {i}: stamp {stamp} ns is negative or earlier than "
                                    f"the previous frame's ({last} ns)")
                 last = stamp
+                if frame.depth_camera is not None and frame.depth is not None and not placed:
+                    _write_static_transform(writer, conn, store, topics, frame, i)
+                    placed = True
                 _write_frame(writer, conn, store, topics, frame, i, image_format, jpeg_quality)
         replace_dir(bag_dir, out)  # an existing bag there is moved aside, then deleted
     finally:

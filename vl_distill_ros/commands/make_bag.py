@@ -77,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "/camera/depth/image_raw and the colour camera's "
                         "sensor_msgs/CameraInfo on /camera/camera_info, same stamps as the "
                         "colour images (and /hand_camera/... with --hand-camera)")
+    p.add_argument("--depth-camera", action="store_true",
+                   help="with --depth: see depth with a separate depth camera, written "
+                        "unaligned as a RealSense records without align_depth (848x480, 58 "
+                        "degrees vertical field of view, 15 mm beside the colour camera): its "
+                        "own image on /camera/depth/image_raw in frame "
+                        "camera_depth_optical_frame, its CameraInfo on "
+                        "/camera/depth/camera_info and its pose on /tf_static")
     p.add_argument("--depth-noise", choices=("sensor", "coarse", "none"), default="sensor",
                    help="with --depth: 'sensor' adds a RealSense-like noise model (axial noise, "
                         "disparity quantisation, flying pixels at edges, holes and projector "
@@ -179,6 +186,8 @@ def _setup(args: argparse.Namespace):
     if Path(args.out).expanduser().exists() and not args.overwrite:
         raise _UsageError(f"{args.out} exists already; choose another --out or pass "
                           "--overwrite to replace the bag there")
+    if getattr(args, "depth_camera", False) and not getattr(args, "depth", False):
+        raise _UsageError("--depth-camera needs --depth")
     per_scene = _parse_range(args.objects_per_scene, "--objects-per-scene")
     noise = _parse_range(args.noise_sigma, "--noise-sigma", cast=float, sep=",")
     if noise[0] < 0:
@@ -194,6 +203,7 @@ def _setup(args: argparse.Namespace):
                      hand_height=args.hand_height, noise_sigma=noise, distance_m=distance,
                      fov_y_deg=fov,
                      depth=bool(getattr(args, "depth", False)),
+                     depth_camera=bool(getattr(args, "depth_camera", False)),
                      contact_prob=float(getattr(args, "contact_prob", 0.0)),
                      furniture=int(getattr(args, "furniture", 0)), **table)
     spec.validate()
@@ -261,7 +271,8 @@ def _frames(args: argparse.Namespace, renderer, pool, names, spec, topics, stats
             bar.update(1)
             yield BagFrame(stamp, scene.image, objs, scene.hand_image, hand, depth=depth,
                            intrinsics=scene.intrinsics, hand_depth=hand_depth,
-                           hand_intrinsics=scene.hand_intrinsics)
+                           hand_intrinsics=scene.hand_intrinsics,
+                           depth_camera=scene.depth_camera, depth_pose=scene.depth_pose)
 
 
 def _summary(args: argparse.Namespace, out, topics, stats: dict, elapsed: float) -> None:
@@ -278,6 +289,8 @@ def _summary(args: argparse.Namespace, out, topics, stats: dict, elapsed: float)
              f"{args.hand_height})" if stats["hand"] else "")
           + (f"; depth on {topics.depth} (noise model {args.depth_noise}), CameraInfo on "
              f"{topics.camera_info}" if getattr(args, "depth", False) else "")
+          + (f" (a separate depth camera: its CameraInfo on {topics.depth_camera_info}, its "
+             f"pose on {topics.tf_static})" if getattr(args, "depth_camera", False) else "")
           + f"; ground truth on {topics.ground_truth}")
     common = sorted(stats["labels"].items(), key=lambda kv: (-kv[1], kv[0]))[:8]
     print(f"[make-bag] {stats['objects']} labelled objects ({stats['objects'] / max(n, 1):.1f} "

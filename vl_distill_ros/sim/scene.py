@@ -161,6 +161,15 @@ class SceneSpec:
     #: Also render metric depth (:attr:`SceneFrame.depth`), registered to the colour image.
     #: Depth draws nothing from the random generator: colour images are the same with it.
     depth: bool = False
+    #: With :attr:`depth`: see it with a separate depth camera instead, as a RealSense
+    #: records without alignment: ``depth_camera_size`` (width, height) pixels, a vertical
+    #: field of view of ``depth_camera_fov_y_deg``, ``depth_camera_baseline_m`` along the
+    #: colour camera's x axis (its optical frame), axes parallel. The defaults are a D435's
+    #: depth stream (848x480, 58 degrees, 15 mm to the left of the colour camera).
+    depth_camera: bool = False
+    depth_camera_size: tuple[int, int] = (848, 480)
+    depth_camera_fov_y_deg: float = 58.0
+    depth_camera_baseline_m: float = -0.015
 
     def validate(self) -> None:
         """Raise :class:`RenderError` naming the first bad setting."""
@@ -209,6 +218,19 @@ class SceneSpec:
                 not 0 <= self.furniture <= MAX_FURNITURE:
             raise RenderError(f"furniture must be an integer in [0, {MAX_FURNITURE}], "
                               f"got {self.furniture!r}")
+        self._validate_depth_camera()
+
+    def _validate_depth_camera(self) -> None:
+        if not all(isinstance(v, (int, np.integer)) and 16 <= v <= 4096
+                   for v in self.depth_camera_size) or len(self.depth_camera_size) != 2:
+            raise RenderError(f"depth_camera_size must be two integers in [16, 4096], got "
+                              f"{self.depth_camera_size!r}")
+        if not 10.0 <= float(self.depth_camera_fov_y_deg) <= 120.0:
+            raise RenderError(f"depth_camera_fov_y_deg must lie in [10, 120], got "
+                              f"{self.depth_camera_fov_y_deg!r}")
+        if not abs(float(self.depth_camera_baseline_m)) <= 0.5:
+            raise RenderError(f"depth_camera_baseline_m must lie in [-0.5, 0.5] m, got "
+                              f"{self.depth_camera_baseline_m!r}")
 
 
 @dataclass
@@ -229,8 +251,13 @@ class SceneFrame:
     meta: dict[str, Any] = field(default_factory=dict)
     #: With :attr:`SceneSpec.depth`: ``(height, width)`` float32 depth in metres along the
     #: optical axis, pixel for pixel registered to :attr:`image` (0: no return, e.g. a ray
-    #: into the open); noise free (see :mod:`vl_distill_ros.sim.depth_noise`).
+    #: into the open); noise free (see :mod:`vl_distill_ros.sim.depth_noise`). With
+    #: :attr:`SceneSpec.depth_camera` it is the depth camera's own image instead.
     depth: np.ndarray | None = None
+    #: With :attr:`SceneSpec.depth_camera`: the depth camera, ``(fx, fy, cx, cy, width,
+    #: height)``, and its optical frame in the colour camera's, ``(x, y, z, qx, qy, qz, qw)``.
+    depth_camera: tuple[float, ...] | None = None
+    depth_pose: tuple[float, ...] | None = None
     #: Pinhole intrinsics ``(fx, fy, cx, cy)`` of the main camera in pixels (OpenCV
     #: convention: pixel ``i`` has its centre at ``i``).
     intrinsics: tuple[float, float, float, float] | None = None
@@ -1029,25 +1056,55 @@ def _face_hits(eye: np.ndarray, rays: np.ndarray, near: float, axis: int, value:
     return t, ok
 
 
-def _render_camera(renderer: SceneRenderer, layout: _Layout, ids: dict[str, int],
-                   cam: _Camera, rng: np.random.Generator, spec: SceneSpec
-                   ) -> tuple[np.ndarray, list[SceneObject], dict[str, Any], np.ndarray | None]:
-    """One image of the laid-out scene from ``cam``: the image, its visible objects (all
-    placed objects with at least ``min_visible_pixels``), per-object pixel statistics and,
-    with ``spec.depth``, the registered depth in metres."""
+def _scene_layers(renderer: SceneRenderer, layout: _Layout, cam: _Camera, want_depth: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple | None]:
+    """The objects' RGB and segmentation seen from ``cam`` (furniture in front of an object
+    takes its pixels), the depth in metres (with ``want_depth`` or furniture, else None) and,
+    with furniture, where it shows and its shade."""
     rgb, seg, zbuf = renderer._render_objects(cam, layout)
-    depth = _environment_depth(cam, layout) if spec.depth or layout.furniture else None
-    img = _draw_environment(cam, layout)
+    depth = _environment_depth(cam, layout) if want_depth or layout.furniture else None
+    furniture = None
     if layout.furniture:
         assert depth is not None
         near, shade = _furniture_hits(cam, layout)
         shown = near < np.where(depth > 0, depth, np.inf)
         seg = np.where((seg >= 0) & shown & (near < cam.linear_depth(zbuf)), -1, seg)
         np.copyto(depth, near.astype(np.float32), where=shown)
-        np.copyto(img, (shade * 255 + 0.5).astype(np.uint8), where=shown[..., None])
+        furniture = (shown, shade)
     if depth is not None:
         np.copyto(depth, cam.linear_depth(zbuf), where=seg >= 0)
-        depth = depth if spec.depth else None
+    return rgb, seg, depth, furniture
+
+
+def _depth_camera_view(renderer: SceneRenderer, layout: _Layout, cam: _Camera,
+                       spec: SceneSpec) -> tuple[np.ndarray, tuple, tuple]:
+    """The depth image of a separate depth camera beside ``cam`` (see
+    :attr:`SceneSpec.depth_camera`), its ``(fx, fy, cx, cy, width, height)`` and its pose in
+    ``cam``'s optical frame. Draws nothing from any random generator."""
+    shift = float(spec.depth_camera_baseline_m) * cam.view[0, :3]   # the camera's x, in world
+    width, height = (int(v) for v in spec.depth_camera_size)
+    dcam = _Camera(eye=np.asarray(cam.eye, float) + shift,
+                   target=np.asarray(cam.target, float) + shift, roll=cam.roll,
+                   fov_y=float(spec.depth_camera_fov_y_deg), width=width, height=height,
+                   near=cam.near, far=cam.far)
+    _, _, depth, _ = _scene_layers(renderer, layout, dcam, True)
+    assert depth is not None
+    pose = (float(spec.depth_camera_baseline_m), 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    return depth, (*dcam.intrinsics(), width, height), pose
+
+
+def _render_camera(renderer: SceneRenderer, layout: _Layout, ids: dict[str, int],
+                   cam: _Camera, rng: np.random.Generator, spec: SceneSpec
+                   ) -> tuple[np.ndarray, list[SceneObject], dict[str, Any], np.ndarray | None]:
+    """One image of the laid-out scene from ``cam``: the image, its visible objects (all
+    placed objects with at least ``min_visible_pixels``), per-object pixel statistics and,
+    with ``spec.depth``, the registered depth in metres."""
+    rgb, seg, depth, furniture = _scene_layers(renderer, layout, cam, spec.depth)
+    img = _draw_environment(cam, layout)
+    if furniture is not None:
+        shown, shade = furniture
+        np.copyto(img, (shade * 255 + 0.5).astype(np.uint8), where=shown[..., None])
+    depth = depth if spec.depth else None
     np.copyto(img, rgb, where=(seg >= 0)[..., None])
     image = _post_process(img, rng, spec)
     objects: list[SceneObject] = []
@@ -1113,6 +1170,9 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
             break
     assert best is not None
     _, cam, image, found, stats, attempts, depth = best
+    depth_camera = depth_pose = None
+    if spec.depth and spec.depth_camera:
+        depth, depth_camera, depth_pose = _depth_camera_view(renderer, layout, cam, spec)
 
     hand_image, hand_objects, hand_target, hand_meta = None, [], None, None
     hand_depth, hcam = None, None
@@ -1136,6 +1196,10 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
         "camera": cam.meta(),
         "attempts": attempts,
     }
+    if depth_camera is not None:
+        meta["depth_camera"] = {"intrinsics": _r(depth_camera[:4]),
+                                "size": [int(depth_camera[4]), int(depth_camera[5])],
+                                "pose": _r(depth_pose)}
     if layout.furniture:
         meta["furniture"] = [{"min": _r(f.lo), "max": _r(f.hi)} for f in layout.furniture]
     if hand_meta is not None:
@@ -1144,4 +1208,5 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
                       hand_objects=hand_objects, hand_target=hand_target, meta=meta,
                       depth=depth, intrinsics=cam.intrinsics() if spec.depth else None,
                       hand_depth=hand_depth,
-                      hand_intrinsics=hcam.intrinsics() if spec.depth and hcam else None)
+                      hand_intrinsics=hcam.intrinsics() if spec.depth and hcam else None,
+                      depth_camera=depth_camera, depth_pose=depth_pose)
