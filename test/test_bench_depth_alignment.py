@@ -24,3 +24,22 @@ def test_the_bench_aligns_the_sample_bag(repo_root, capsys, tmp_path):
     assert 0.8 * res["depth_coverage"] <= res["aligned_coverage"] <= 1.0
     code = depth_alignment.main(["--bag", str(tmp_path / "none")])
     assert code != 0 and "error" in json.loads(capsys.readouterr().out)
+
+
+def test_the_pipeline_timing_needs_and_takes_a_bag_recorded_without_alignment(
+        repo_root, capsys, tmp_path):
+    from test_unregistered_depth_bags import unregistered_bag
+
+    bag = unregistered_bag(tmp_path / "rs", frames=2)
+    code = depth_alignment.main(["--pipeline", "--bag", str(bag), "--frames", "2",
+                                 "--repeats", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    res = out["results"]
+    assert out["frames"] == {"count": 2, "depth_size": [320, 240]}
+    assert all(res[f"{way}_ms_median"] > 0
+               for way in ("registered", "align_then_prepare", "deferred"))
+    code = depth_alignment.main(["--pipeline", "--bag",
+                                 str(repo_root / "demo" / "sample_tabletop")])
+    out = json.loads(capsys.readouterr().out)
+    assert code != 0 and "no depth to align" in out["error"]

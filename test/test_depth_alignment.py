@@ -10,7 +10,8 @@ import pytest
 
 from test_depth import render_tabletop
 from vl_distill_ros.evaluation.scoring import match_boxes
-from vl_distill_ros.perception.depth_alignment import align_depth, transform_from_pose
+from vl_distill_ros.perception.depth_alignment import (UnalignedDepth, align_depth,
+                                                       transform_from_pose)
 from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
                                                        propose_depth_boxes)
 
@@ -129,9 +130,11 @@ def test_depth_input_waits_for_static_transforms_then_aligns_with_them():
     for parent, child, t, q in realsense_tree():
         tree.add(parent, child, t, q)
     for sec in (2, 3):
-        z, _, reason = inp.pair(sec * 1_000_000_000, (240, 320, 3),
-                                "camera_color_optical_frame")
-        assert reason == "" and z.shape == (240, 320)
+        unaligned, k, reason = inp.pair(sec * 1_000_000_000, (240, 320, 3),
+                                        "camera_color_optical_frame")
+        assert reason == "" and isinstance(unaligned, UnalignedDepth)  # the pipeline aligns it
+        z = unaligned.aligned(k)
+        assert z.shape == (240, 320)
     both = (z > 0) & (truth_depth > 0)
     assert np.quantile(np.abs(z[both] - truth_depth[both]) / truth_depth[both], 0.5) < 0.003
     assert len(calls) == 2                                   # found once, then kept
@@ -170,3 +173,28 @@ def test_registered_depth_in_another_frame_is_noted_once(depth_frame, colour_fra
     assert bool(notes[0]) is noted and notes[1] == ""
     if noted:
         assert "depth_camera_info_topics" in notes[0] and depth_frame in notes[0]
+
+
+def test_the_pipeline_aligns_unaligned_depth_as_aligning_first_does(tmp_path):
+    """:class:`UnalignedDepth` handed to the pipeline (aligned in its depth thread) gives
+    the boxes and status of depth aligned before the call; a depth image not of its
+    camera's size is colour-only with the reason."""
+    from helpers import make_colour_bundle
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+
+    seen, _ = render_tabletop(OBJECTS, k=DEPTH, distance=0.8, camera_offset=OFFSET)
+    r, t = transform_from_pose([*OFFSET, 0, 0, 0, 1])
+    image = np.full((COLOUR.height, COLOUR.width, 3), 150, np.uint8)
+    bundle = make_colour_bundle(tmp_path / "b.vdb", ["banana", "apple"], ["banana", "apple"])
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch")
+    pipe.configure(proposal_source="auto")
+    try:
+        first = pipe.prepare(image, align_depth(seen, DEPTH, COLOUR, r, t), COLOUR)
+        later = pipe.prepare(image, UnalignedDepth(seen, DEPTH, r, t), COLOUR)
+        assert first.depth_status == later.depth_status == "used"
+        assert len(later.boxes) == 4 and later.boxes == first.boxes
+        bad = pipe.prepare(image, UnalignedDepth(seen[:100], DEPTH, r, t), COLOUR)
+        assert "CameraInfo is for 320x240" in bad.depth_status
+    finally:
+        pipe.close()

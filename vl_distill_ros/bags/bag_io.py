@@ -180,8 +180,9 @@ class RGBDFrame(NamedTuple):
     encoding: str
     #: ``(H, W, 3)`` uint8 RGB.
     image: np.ndarray
-    #: ``(H, W)`` float32 metres (0 = no measurement), or ``None`` (no partner, or bad).
-    depth: np.ndarray | None = None
+    #: ``(H, W)`` float32 metres (0 = no measurement), or ``None`` (no partner, or bad);
+    #: an ``UnalignedDepth`` with :meth:`BagContents.rgbd_frames`'s ``defer_alignment``.
+    depth: Any = None
     #: ``(fx, fy, cx, cy, width, height)`` from the paired CameraInfo (its K, or its P for
     #: an ``image_rect`` topic, with its binning and ROI: see :func:`camera_info_k`), or None.
     camera_info: tuple[float, float, float, float, int, int] | None = None
@@ -661,7 +662,8 @@ class BagContents:
             yield self._decode(raw)
 
     def rgbd_frames(self, topics: Sequence[str] | None = None, tolerance_ns: int = 0,
-                    capacity: int = 30, depth_unit_m: float = MILLIMETRE) -> Iterator[RGBDFrame]:
+                    capacity: int = 30, depth_unit_m: float = MILLIMETRE,
+                    defer_alignment: bool = False) -> Iterator[RGBDFrame]:
         """Decoded colour images of ``topics`` (default: all) in bag-time order, each with its
         depth partner: the depth image (and CameraInfo) of the same stamp, or the nearest
         within ``tolerance_ns`` (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`,
@@ -670,7 +672,10 @@ class BagContents:
         wait); then it comes without depth and :attr:`RGBDFrame.depth_note` says why. An
         undecodable depth image or a camera without CameraInfo gives a note, not an error.
         16-bit depth is read in units of ``depth_unit_m`` metres (millimetres by default; the
-        node's ``depth_scale``).
+        node's ``depth_scale``). Depth of a separate depth camera (:attr:`depth_alignment`) is
+        aligned to the colour image, or with ``defer_alignment`` comes as an
+        :class:`~vl_distill_ros.perception.depth_alignment.UnalignedDepth` that the pipeline
+        aligns in its depth thread, as the node hands it over.
 
         Raises:
             BagError: unknown topics, an undecodable colour image or a storage read error.
@@ -707,10 +712,10 @@ class BagContents:
                 if partner is None and not late and len(pending) <= capacity:
                     break
                 pending.pop(0)
-                yield self._rgbd(first, stamp, partner, depth_unit_m)
+                yield self._rgbd(first, stamp, partner, depth_unit_m, defer_alignment)
         for first, stamp in pending:
             yield self._rgbd(first, stamp, self._partner(first.topic, stamp, buffers),
-                             depth_unit_m)
+                             depth_unit_m, defer_alignment)
 
     def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | None:
         """``(depth CDR or None, info CDR or None, depth camera's info CDR or None)`` once
@@ -730,7 +735,7 @@ class BagContents:
         return None if depth_info is None else (depth[1], info[1], depth_info[1])
 
     def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None,
-              depth_unit_m: float = MILLIMETRE) -> RGBDFrame:
+              depth_unit_m: float = MILLIMETRE, defer_alignment: bool = False) -> RGBDFrame:
         from vl_distill_ros.perception.compressed_codec import (decode_depth_message,
                                                                 is_rectified_topic)
         from vl_distill_ros.perception.depth_proposals import DepthError
@@ -757,7 +762,7 @@ class BagContents:
             if depth_info_cdr is not None:
                 depth = self._aligned(raw.topic, depth, info_msg, rectified,
                                       store.deserialize_cdr(depth_info_cdr, CAMERA_INFO_TYPE),
-                                      img.image.shape)
+                                      img.image.shape, defer_alignment)
         except ImageDecodeError as exc:
             return RGBDFrame(*img, depth_note=f"bad depth image: {exc}")
         except DepthError as exc:
@@ -767,21 +772,28 @@ class BagContents:
         return RGBDFrame(*img, depth=depth, camera_info=info, distortion=lens)
 
     def _aligned(self, colour: str, depth: np.ndarray, info_msg: Any, rectified: bool,
-                 depth_info_msg: Any, shape: tuple[int, ...]) -> np.ndarray:
+                 depth_info_msg: Any, shape: tuple[int, ...], defer: bool = False) -> Any:
         """``depth`` of the colour topic's separate depth camera, aligned to the colour
-        camera (:func:`~vl_distill_ros.perception.depth_alignment.align_depth`).
+        camera (:func:`~vl_distill_ros.perception.depth_alignment.align_depth`), or, with
+        ``defer``, as an :class:`~vl_distill_ros.perception.depth_alignment.UnalignedDepth`
+        for the pipeline to align (as the node does).
 
         Raises:
             DepthError: unusable CameraInfo, or a depth image not of its CameraInfo's size.
         """
-        from vl_distill_ros.perception.depth_alignment import align_depth, transform_from_pose
-        from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+        from vl_distill_ros.perception.depth_alignment import (UnalignedDepth,
+                                                               transform_from_pose)
+        from vl_distill_ros.perception.depth_proposals import CameraIntrinsics, DepthError
 
         camera = CameraIntrinsics.from_camera_info(info_msg, rectified, (shape[1], shape[0]))
         depth_camera = CameraIntrinsics.from_camera_info(
             depth_info_msg, image_size=(depth.shape[1], depth.shape[0]))
-        return align_depth(depth, depth_camera, camera,
-                           *transform_from_pose(self.depth_alignment[colour].pose))
+        if depth.shape != (depth_camera.height, depth_camera.width):
+            raise DepthError(f"the depth image is {depth.shape[1]}x{depth.shape[0]} but its "
+                             f"CameraInfo is for {depth_camera.width}x{depth_camera.height}")
+        unaligned = UnalignedDepth(depth, depth_camera,
+                                   *transform_from_pose(self.depth_alignment[colour].pose))
+        return unaligned if defer else unaligned.aligned(camera)
 
     def _decode(self, raw: RawMessage) -> ImageMessage:
         msg, image = decode_image_cdr(

@@ -44,6 +44,29 @@ def _add_storage_args(p: argparse.ArgumentParser) -> None:
                    help="JPEG quality 1..100 with --image-format jpeg (default: %(default)s)")
 
 
+def _add_depth_args(p: argparse.ArgumentParser) -> None:
+    """The depth options of ``make-bag``."""
+    p.add_argument("--depth", action="store_true",
+                   help="also write registered metric depth (16UC1, millimetres) on "
+                        "/camera/depth/image_raw and the colour camera's "
+                        "sensor_msgs/CameraInfo on /camera/camera_info, same stamps as the "
+                        "colour images (and /hand_camera/... with --hand-camera)")
+    p.add_argument("--depth-camera", action="store_true",
+                   help="with --depth: see depth with a separate depth camera, written "
+                        "unaligned as a RealSense records without align_depth (848x480, 58 "
+                        "degrees vertical field of view, 15 mm beside the colour camera): its "
+                        "own image on /camera/depth/image_raw in frame "
+                        "camera_depth_optical_frame, its CameraInfo on "
+                        "/camera/depth/camera_info and its pose on /tf_static")
+    p.add_argument("--depth-noise", choices=("sensor", "coarse", "none"), default="sensor",
+                   help="with --depth: 'sensor' adds a RealSense-like noise model (axial noise, "
+                        "disparity quantisation, flying pixels at edges, holes and projector "
+                        "shadows as zeros); 'coarse' an older, noisier camera (Kinect v1 / Xtion-"
+                        "like: twice the axial noise, correlated over 4 px, coarser steps, "
+                        "more holes); 'none' keeps the exact depth, rounded to mm "
+                        "(default: %(default)s)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``make-bag`` subcommand to ``subparsers`` (sets ``func=run``)."""
     p = subparsers.add_parser(
@@ -72,25 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_storage_args(p)
     p.add_argument("--hand-camera", action="store_true",
                    help="also write a close-up hand camera on /hand_camera/image_raw")
-    p.add_argument("--depth", action="store_true",
-                   help="also write registered metric depth (16UC1, millimetres) on "
-                        "/camera/depth/image_raw and the colour camera's "
-                        "sensor_msgs/CameraInfo on /camera/camera_info, same stamps as the "
-                        "colour images (and /hand_camera/... with --hand-camera)")
-    p.add_argument("--depth-camera", action="store_true",
-                   help="with --depth: see depth with a separate depth camera, written "
-                        "unaligned as a RealSense records without align_depth (848x480, 58 "
-                        "degrees vertical field of view, 15 mm beside the colour camera): its "
-                        "own image on /camera/depth/image_raw in frame "
-                        "camera_depth_optical_frame, its CameraInfo on "
-                        "/camera/depth/camera_info and its pose on /tf_static")
-    p.add_argument("--depth-noise", choices=("sensor", "coarse", "none"), default="sensor",
-                   help="with --depth: 'sensor' adds a RealSense-like noise model (axial noise, "
-                        "disparity quantisation, flying pixels at edges, holes and projector "
-                        "shadows as zeros); 'coarse' an older, noisier camera (Kinect v1 / Xtion-"
-                        "like: twice the axial noise, correlated over 4 px, coarser steps, "
-                        "more holes); 'none' keeps the exact depth, rounded to mm "
-                        "(default: %(default)s)")
+    _add_depth_args(p)
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (non-negative; default: %(default)s)")
     p.add_argument("--models-dir", default=None,

@@ -414,8 +414,8 @@ def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Map
     ``depth_sync_tolerance``) when the bag has depth and ``settings.depth``, else images."""
     if settings.depth and contents.depth_topics:
         tol = int(round(float(values["depth_sync_tolerance"]) * 1e9))
-        return contents.rgbd_frames(tolerance_ns=tol,
-                                    depth_unit_m=float(values["depth_scale"]))
+        return contents.rgbd_frames(tolerance_ns=tol, depth_unit_m=float(values["depth_scale"]),
+                                    defer_alignment=True)   # aligned as the node does
     return contents.images()
 
 

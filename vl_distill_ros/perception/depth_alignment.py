@@ -14,6 +14,7 @@ tools print it (translation, then a unit quaternion ``x y z w``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
@@ -22,7 +23,7 @@ import numpy as np
 from .depth_proposals import CameraIntrinsics, DepthError
 from .static_transforms import TransformError, rotation_from_quaternion
 
-__all__ = ["align_depth", "transform_from_pose", "POSE_VALUES"]
+__all__ = ["align_depth", "transform_from_pose", "POSE_VALUES", "UnalignedDepth"]
 
 #: Values of one pose: translation x, y, z (m), rotation as a quaternion x, y, z, w.
 POSE_VALUES = 7
@@ -114,3 +115,27 @@ def align_depth(depth: np.ndarray, depth_camera: CameraIntrinsics,
     crack = (out == 0) & np.isfinite(filled) & (measured >= 3.5)
     out[crack] = filled[crack]
     return out
+
+
+@dataclass(frozen=True)
+class UnalignedDepth:
+    """A depth camera's own image and how to align it to the colour camera: what the node
+    hands the pipeline, which aligns it (:meth:`aligned`) in its depth thread while the
+    colour proposer runs in the other."""
+
+    #: ``(depth camera height, width)`` float metres, 0 = none.
+    depth: np.ndarray
+    #: The depth camera (its CameraInfo, at the size of ``depth``).
+    camera: CameraIntrinsics
+    #: The depth camera's optical frame in the colour camera's (``R p + t``).
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    def aligned(self, colour_camera: CameraIntrinsics) -> np.ndarray:
+        """:func:`align_depth` to ``colour_camera``.
+
+        Raises:
+            DepthError: ``depth`` is not the depth camera's size.
+        """
+        return align_depth(self.depth, self.camera, colour_camera, self.rotation,
+                           self.translation)

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
+from .depth_alignment import UnalignedDepth
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
                               fuse_proposals, load_depth_config, propose_depth_boxes,
                               stride_for)
@@ -563,7 +564,8 @@ class PerceptionPipeline:
                 _remember(self._registrations, camera, reg)
             return reg
 
-    def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
+    def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings,
+               depth: np.ndarray | UnalignedDepth | None,
                intrinsics: CameraIntrinsics | None, camera: str = "") -> tuple[list[Box], str]:
         """:meth:`boxes` and its depth status; the only state it touches is ``camera``'s
         registration check (one thread per camera at a time)."""
@@ -581,7 +583,8 @@ class PerceptionPipeline:
                                    min_size=s.min_box_size)
         return boxes, status
 
-    def _proposals(self, image: np.ndarray, s: PipelineSettings, depth: np.ndarray | None,
+    def _proposals(self, image: np.ndarray, s: PipelineSettings,
+                   depth: np.ndarray | UnalignedDepth | None,
                    intrinsics: CameraIntrinsics | None, camera: str = ""
                    ) -> tuple[list[Box], str]:
         """Colour, depth or fused proposals and the depth status (see :meth:`boxes`)."""
@@ -589,10 +592,11 @@ class PerceptionPipeline:
             return propose_boxes(image, s.proposal_cfg), "" if depth is None else "not used"
         if intrinsics is None:
             return propose_boxes(image, s.proposal_cfg), "no camera intrinsics"
-        if np.shape(depth) != image.shape[:2]:
+        unaligned = isinstance(depth, UnalignedDepth)
+        size = (intrinsics.height, intrinsics.width) if unaligned else np.shape(depth)
+        if size != image.shape[:2]:
             return propose_boxes(image, s.proposal_cfg), (
-                f"depth is {np.shape(depth)[::-1]} but the image is "
-                f"{image.shape[1]}x{image.shape[0]}")
+                f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}")
         # auto needs the colour boxes whatever depth gives: they are found in the second
         # thread while the depth proposer runs here (both spend their time in OpenCV and
         # numpy, which release the GIL); the fusion's, without the core split
@@ -600,6 +604,8 @@ class PerceptionPipeline:
                                            core_split=False) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
+            if unaligned:         # here, while the colour proposer runs in the other thread
+                depth = depth.aligned(intrinsics)
             depth_cfg = stride_for(s.depth_cfg, image.shape[1], intrinsics.focal,
                                    image.shape[0])  # this camera's step
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
@@ -632,7 +638,7 @@ class PerceptionPipeline:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def prepare(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
+    def prepare(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,
                 intrinsics: CameraIntrinsics | None = None, camera: str = "") -> PreparedFrame:
         """Stage 1 of :meth:`process`: check the frame and find its boxes (see :meth:`boxes`)
         with the current settings. Touches no pipeline state but ``camera``'s registration
@@ -698,11 +704,13 @@ class PerceptionPipeline:
                 top_k=[(names[i], float(p)) for i, p in zip(idx, ps)]))
         return objects, active.version
 
-    def process(self, image_rgb: np.ndarray, depth: np.ndarray | None = None,
+    def process(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,
                 intrinsics: CameraIntrinsics | None = None, camera: str = ""
                 ) -> tuple[list[ObjectResult], int]:
         """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame, optionally with its
-        registered ``depth`` (float metres, 0 = none) and the colour camera's
+        registered ``depth`` (float metres, 0 = none; or a depth camera's own image as
+        :class:`~vl_distill_ros.perception.depth_alignment.UnalignedDepth`, aligned in the
+        depth thread) and the colour camera's
         ``intrinsics`` (used by the proposals, see :meth:`boxes`): :meth:`prepare` then
         :meth:`classify`; :attr:`last_depth_status` says how depth was used.
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..perception.compressed_codec import decode_depth_message
-from ..perception.depth_alignment import align_depth
+from ..perception.depth_alignment import UnalignedDepth
 from ..perception.depth_proposals import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS,
                                           CameraIntrinsics, DepthError, distortion_corner_px)
 from ..perception.image_codec import MILLIMETRE, ImageDecodeError
@@ -170,10 +170,12 @@ class DepthInput:
         return alive and (latest is None or latest < stamp + self.buffer.tolerance_ns)
 
     def pair(self, stamp: int, image_shape: tuple[int, ...], colour_frame: str = ""
-             ) -> tuple[np.ndarray | None, CameraIntrinsics | None, str]:
+             ) -> tuple[np.ndarray | UnalignedDepth | None, CameraIntrinsics | None, str]:
         """``(depth m, intrinsics, "")`` for the colour frame stamped ``stamp`` of
         ``image_shape`` (its frame id ``colour_frame``), or ``(None, None, reason)``;
-        problems are counted."""
+        problems are counted. Depth to align comes as
+        :class:`~vl_distill_ros.perception.depth_alignment.UnalignedDepth` (the pipeline
+        aligns it in its depth thread)."""
         found = self.buffer.match(stamp)
         if found is None:
             return self._colour_only(f"no depth image within {self.tolerance_s:g} s")
@@ -191,34 +193,54 @@ class DepthInput:
             return self._error(f"CameraInfo on {self.info_topic}: {exc}")
         except ImageDecodeError as exc:
             return self._error(f"depth on {self.depth_topic}: {exc}")
+        depth_frame = str(getattr(msg.header, "frame_id", ""))
+        result: np.ndarray | UnalignedDepth | tuple[None, None, str] = depth
         if self.aligns:
-            with self._lock:
-                depth_info = self.depth_info
-            if depth_info is None:
-                return self._colour_only(f"no depth CameraInfo received on "
-                                         f"{self.depth_info_topic} yet")
-            pose = self._pose(colour_frame, str(getattr(msg.header, "frame_id", "")))
-            if isinstance(pose, str):
-                return self._colour_only(pose)
-            try:
-                camera = CameraIntrinsics.from_camera_info(
-                    depth_info, image_size=(depth.shape[1], depth.shape[0]))
-                depth = align_depth(depth, camera, k, *pose)
-            except DepthError as exc:
-                return self._error(f"depth CameraInfo on {self.depth_info_topic}: {exc}")
-        elif colour_frame and not self._frames_noted and self._frames_differ is None:
-            depth_frame = str(getattr(msg.header, "frame_id", ""))
-            if depth_frame and depth_frame.lstrip("/") != str(colour_frame).lstrip("/"):
-                with self._lock:
-                    self._frames_differ = (depth_frame, str(colour_frame))
-        if depth.shape != (height, width):
-            return self._error(f"depth on {self.depth_topic} is {depth.shape[1]}x"
-                               f"{depth.shape[0]} but the colour image is {width}x{height}: "
-                               "depth must be registered (aligned) to the colour image")
+            result = self._unaligned(depth, colour_frame, depth_frame)
+            if isinstance(result, tuple):
+                return result
+        else:
+            self._check_frames(depth_frame, colour_frame)
+            if depth.shape != (height, width):
+                return self._error(f"depth on {self.depth_topic} is {depth.shape[1]}x"
+                                   f"{depth.shape[0]} but the colour image is {width}x"
+                                   f"{height}: depth must be registered (aligned) to the "
+                                   "colour image")
         if (k.width, k.height) != (width, height):
             return self._error(f"CameraInfo on {self.info_topic} is for {k.width}x{k.height} "
                                f"images but the colour image is {width}x{height}")
-        return depth, k, ""
+        return result, k, ""
+
+    def _unaligned(self, depth: np.ndarray, colour_frame: str, depth_frame: str
+                   ) -> UnalignedDepth | tuple[None, None, str]:
+        """The depth camera's image with its camera and pose, or why not (counted)."""
+        with self._lock:
+            depth_info = self.depth_info
+        if depth_info is None:
+            return self._colour_only(f"no depth CameraInfo received on "
+                                     f"{self.depth_info_topic} yet")
+        pose = self._pose(colour_frame, depth_frame)
+        if isinstance(pose, str):
+            return self._colour_only(pose)
+        try:
+            camera = CameraIntrinsics.from_camera_info(
+                depth_info, image_size=(depth.shape[1], depth.shape[0]))
+        except DepthError as exc:
+            return self._error(f"depth CameraInfo on {self.depth_info_topic}: {exc}")
+        if depth.shape != (camera.height, camera.width):
+            return self._error(f"depth on {self.depth_topic} is {depth.shape[1]}x"
+                               f"{depth.shape[0]} but its CameraInfo on "
+                               f"{self.depth_info_topic} is for {camera.width}x"
+                               f"{camera.height} images")
+        return UnalignedDepth(depth, camera, *pose)
+
+    def _check_frames(self, depth_frame: str, colour_frame: str) -> None:
+        """Remember (for :meth:`frame_note`) registered depth in another frame."""
+        if colour_frame and depth_frame and not self._frames_noted and \
+                self._frames_differ is None and \
+                depth_frame.lstrip("/") != str(colour_frame).lstrip("/"):
+            with self._lock:
+                self._frames_differ = (depth_frame, str(colour_frame))
 
     def _measure_distortion(self, info: Any, k: CameraIntrinsics) -> None:
         """Measure the lens of the CameraInfo in use unless it is the one measured last (a

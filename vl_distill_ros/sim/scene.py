@@ -1186,6 +1186,19 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
         hand_target = target.key
         hand_meta = {"camera": hcam.meta(), "target": target.key, "stats": hstats}
 
+    meta = _scene_meta(layout, stats, cam, attempts, depth_camera, depth_pose, hand_meta)
+    return SceneFrame(image=image, objects=found, hand_image=hand_image,
+                      hand_objects=hand_objects, hand_target=hand_target, meta=meta,
+                      depth=depth, intrinsics=cam.intrinsics() if spec.depth else None,
+                      hand_depth=hand_depth,
+                      hand_intrinsics=hcam.intrinsics() if spec.depth and hcam else None,
+                      depth_camera=depth_camera, depth_pose=depth_pose)
+
+
+def _scene_meta(layout: _Layout, stats: dict[str, Any], cam: _Camera, attempts: int,
+                depth_camera: tuple | None, depth_pose: tuple | None,
+                hand_meta: dict[str, Any] | None) -> dict[str, Any]:
+    """:attr:`SceneFrame.meta` (JSON-serialisable)."""
     meta = {
         "placed": [{"key": o.key, "xy": _r(o.xy), "yaw_deg": _r(math.degrees(o.yaw)),
                     **stats.get(o.key, {})} for o in layout.placed],
@@ -1204,9 +1217,4 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
         meta["furniture"] = [{"min": _r(f.lo), "max": _r(f.hi)} for f in layout.furniture]
     if hand_meta is not None:
         meta["hand"] = hand_meta
-    return SceneFrame(image=image, objects=found, hand_image=hand_image,
-                      hand_objects=hand_objects, hand_target=hand_target, meta=meta,
-                      depth=depth, intrinsics=cam.intrinsics() if spec.depth else None,
-                      hand_depth=hand_depth,
-                      hand_intrinsics=hcam.intrinsics() if spec.depth and hcam else None,
-                      depth_camera=depth_camera, depth_pose=depth_pose)
+    return meta
