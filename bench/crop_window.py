@@ -16,6 +16,14 @@ unknown rate of the ID and pseudo-unseen groups, and ``best_context``, the margi
 highest sum of the two groups' top-1 accuracies (no threshold). With ``--plot`` also writes
 a PNG of accuracy against the margin. Needs the YCB meshes (``--models-dir``).
 
+``full_frame_crops`` (``--crops-only`` runs just this part) scores images that are one
+object's box and nothing more, as a caller with ``crop_source: full_frame`` hands them over
+(crops of another renderer, a detector's boxes): every ground-truth box of the bag cut out
+tight and with a 15% margin, classified as a full frame with the box stretched to the square
+input (``crop_square: false``) and as the node does (``crop_square: true``: a frame longer
+than 4:3 padded to a square with its edge pixels). Top-1 without a threshold, per group and
+for the boxes longer than 4:3 alone.
+
     .venv/bin/python bench/crop_window.py --out runs/crop_window --plot runs/crop_window.png
 """
 from __future__ import annotations
@@ -121,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--models-dir", default="")
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--crops-only", action="store_true",
+                    help="only the full-frame crops of the ground-truth boxes (no replays)")
     return ap
 
 
@@ -139,6 +149,66 @@ def render_bag(a: argparse.Namespace, keys: list[str]) -> Path:
     return bag
 
 
+def _cut_out(image, box, margin: float):
+    """The pixels of ``box`` grown by ``margin`` of its size, clipped to the image."""
+    height, width = image.shape[:2]
+    x, y, w, h = box
+    x0, y0 = max(int(round(x - margin / 2 * w)), 0), max(int(round(y - margin / 2 * h)), 0)
+    x1 = min(int(round(x + (1 + margin / 2) * w)), width)
+    y1 = min(int(round(y + (1 + margin / 2) * h)), height)
+    return image[y0:y1, x0:x1]
+
+
+def full_frame_crops(bag: Path, vocab: Path, id_keys: list[str], model: str = "") -> dict:
+    """Each ground-truth box of ``bag`` cut out (tight, and with a 15% margin) and
+    classified as a full frame, stretched (``crop_square: false``) and as the node does
+    (``crop_square: true``); top-1 accuracy without a threshold per group."""
+    import numpy as np
+
+    from vl_distill_ros.bags.bag_io import read_camera_bag
+    from vl_distill_ros.evaluation.replay import node_parameter_values, pipeline_settings
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.model.text_service import TextEmbeddingService
+    from vl_distill_ros.model.vocabulary import Vocabulary
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.ros.params import default_model_path
+
+    contents = read_camera_bag(bag)
+    crops = [(margin, o.key, np.ascontiguousarray(_cut_out(msg.image, o.bbox, margin)))
+             for msg in contents.images()
+             for o in contents.objects_for(msg.topic, msg.stamp_ns) or []
+             for margin in (0.0, 0.15)]
+    bundle = load_bundle(Path(model) if model else default_model_path(), device="cpu")
+    vocabulary = Vocabulary.load(vocab)
+    embeddings = TextEmbeddingService.from_bundle(bundle, cache_dir=None).embed_vocabulary(
+        vocabulary)
+    key_of = {lab.name: lab.key for lab in vocabulary.labels}
+    results: dict = {}
+    for square in (False, True):
+        values = node_parameter_values({"crop_source": "full_frame", "crop_square": square})
+        pipe = PerceptionPipeline(bundle, vocabulary=vocabulary, embeddings=embeddings,
+                                  **pipeline_settings(values).as_kwargs())
+        row = results.setdefault(f"crop_square_{str(square).lower()}", {})
+        try:
+            for margin, key, image in crops:
+                if min(image.shape[:2]) < 8:
+                    continue
+                objects, _ = pipe.process(image)
+                right = bool(objects) and key_of.get(objects[0].top_k[0][0]) == key
+                group = f"margin_{margin}_" + ("id" if key in id_keys else "pseudo_unseen")
+                long = max(image.shape[:2]) > 4 / 3 * min(image.shape[:2])
+                for name in (group, f"{group}_longer_than_4_3") if long else (group,):
+                    cell = row.setdefault(name, {"objects": 0, "correct": 0})
+                    cell["objects"] += 1
+                    cell["correct"] += int(right)
+        finally:
+            pipe.close()
+    for row in results.values():
+        for cell in row.values():
+            cell["accuracy"] = round(cell["correct"] / max(cell["objects"], 1), 4)
+    return results
+
+
 def run(a: argparse.Namespace, out: dict) -> None:
     """Render the bag, replay it once per setting, fill ``out``."""
     out["machine"] = _common.machine_info()
@@ -149,6 +219,11 @@ def run(a: argparse.Namespace, out: dict) -> None:
         raise BenchError("calibration objects overlap the split's OOD objects")
     vocab, split = write_vocabulary(a.out, id_keys, unseen)
     bag = render_bag(a, id_keys + unseen)
+    out["objects"] = {"id": id_keys, "pseudo_unseen": unseen}
+    log("full-frame crops of the ground-truth boxes")
+    out["full_frame_crops"] = full_frame_crops(bag, vocab, id_keys, a.model)
+    if a.crops_only:
+        return
     settings = [(False, 0.0)] + [(True, float(c)) for c in a.contexts.split(",")]
     results = []
     for square, context in settings:
@@ -159,7 +234,6 @@ def run(a: argparse.Namespace, out: dict) -> None:
                             params + extra, a.model)
             results.append({"crop_square": square, "crop_context": context,
                             "threshold": thr, **scores})
-    out["objects"] = {"id": id_keys, "pseudo_unseen": unseen}
     out["results"] = results
     top1 = [r for r in results if r["crop_square"] and r["threshold"] == "none"]
     out["best_context"] = max(top1, key=lambda r: r["id"]["accuracy"] +

@@ -483,3 +483,35 @@ def test_many_crops_go_through_the_student_in_chunks_of_64(tmp_path, text_emb):
         assert [n for n, _ in alone.top_k] == [n for n, _ in objects[i].top_k]
         assert [p for _, p in alone.top_k] == pytest.approx([p for _, p in objects[i].top_k],
                                                             abs=1e-4)
+
+
+def test_a_window_that_cannot_be_square_is_padded_not_stretched(bundle, monkeypatch):
+    """crop_square: a full frame (or region) longer than 4:3 reaches the student padded to
+    a square with its edge pixels; a 4:3 frame stays as it is (the student saw that much
+    stretch); crop_square false stretches every crop, as before."""
+    import vl_distill_ros.perception.pipeline as pipeline_module
+    from vl_distill_ros.perception.preprocess import pad_long_crop
+
+    seen = []
+    real = pipeline_module.preprocess_crops
+
+    def spy(crops, spec):
+        seen.extend(np.array(c) for c in crops)
+        return real(crops, spec)
+
+    monkeypatch.setattr(pipeline_module, "preprocess_crops", spy)
+    pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0)
+    wide = frame(60, 160)
+    pipe.process(wide)
+    assert seen[-1].shape[:2] == (160, 160)
+    np.testing.assert_array_equal(seen[-1][50:110], wide)          # the frame, centred
+    np.testing.assert_array_equal(seen[-1][:50], np.repeat(wide[:1], 50, axis=0))  # its edge
+    pipe.process(frame(120, 160))
+    assert seen[-1].shape[:2] == (120, 160)                        # 4:3: as it is
+    pipe.configure(crop_square=False)
+    pipe.process(wide)
+    assert seen[-1].shape[:2] == (60, 160)
+    tall = np.zeros((50, 10, 3), np.uint8)
+    assert pad_long_crop(tall).shape == (50, 50, 3)
+    assert pad_long_crop(tall[:13]).shape == (13, 10, 3)             # 1.3: within 4:3
+    assert pad_long_crop(tall[:0]).shape == (0, 10, 3)

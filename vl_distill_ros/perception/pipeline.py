@@ -63,7 +63,7 @@ from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
                               stride_for)
 from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
-from .preprocess import preprocess_crops
+from .preprocess import pad_long_crop, preprocess_crops
 from .proposals import (Box, ProposalConfig, classification_window, crop, full_frame_box,
                         propose_boxes, propose_with_network, sanitize_boxes)
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
@@ -175,7 +175,10 @@ class PipelineSettings:
         depth_cfg: depth proposer settings (used when a frame comes with depth).
         crop_square: the student sees a square window around each box (the crop shape
             it was distilled on) instead of the box stretched to a square; see
-            :func:`~vl_distill_ros.perception.proposals.classification_window`.
+            :func:`~vl_distill_ros.perception.proposals.classification_window`. A window
+            that cannot be square (the full frame, a region of interest, a window larger than
+            the frame) and is longer than 4:3 is padded to a square with its edge pixels
+            (:func:`~vl_distill_ros.perception.preprocess.pad_long_crop`).
         crop_context: the window's margin around the box, as a fraction of its longer side
             (square) or of its own size; in [0, 1].
     """
@@ -675,7 +678,10 @@ class PerceptionPipeline:
             chunks = []
             for i in range(0, len(windows), MAX_CROPS_PER_BATCH):  # bounded memory per call
                 part = windows[i:i + MAX_CROPS_PER_BATCH]
-                batch = preprocess_crops([crop(image, b) for b in part], self.input_spec)
+                crops = [crop(image, b) for b in part]
+                if settings.crop_square:   # a window that could not be square: not stretched
+                    crops = [pad_long_crop(c) for c in crops]
+                batch = preprocess_crops(crops, self.input_spec)
                 chunks.append(torch.from_numpy(self.runner.embed(batch)).float())
             emb = F.normalize(torch.cat(chunks), dim=-1)
             if self._center is not None:   # as calibration.center_embeddings

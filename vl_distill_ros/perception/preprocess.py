@@ -9,8 +9,27 @@ import numpy as np
 from ..model.student import InputSpec
 
 
+#: The longest aspect (long side over short side) the student saw stretched to its square
+#: input: training's random resized crops draw aspects from 3/4 to 4/3
+#: (``training.augment.CropAugment``'s ``ratio``).
+MAX_STRETCH_ASPECT = 4.0 / 3.0
+
+
 class ImageInputError(ValueError):
     """An image or crop cannot be given to the network; the message says why."""
+
+
+def pad_long_crop(image: np.ndarray, max_aspect: float = MAX_STRETCH_ASPECT) -> np.ndarray:
+    """A crop longer than ``max_aspect`` padded to a square with its edge pixels (as
+    training pads its loose crops), so that resizing it to the square input does not
+    stretch it beyond what the student saw; other crops unchanged."""
+    h, w = image.shape[:2]
+    if min(h, w) == 0 or max(h, w) <= max_aspect * min(h, w):
+        return image
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left,
+                              cv2.BORDER_REPLICATE)
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

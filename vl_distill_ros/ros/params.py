@@ -219,8 +219,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "empty: the defaults."),
     ParamSpec("crop_square", True, "bool",
               "The student sees a square window around each box (the crop shape it was "
-              "distilled on), moved into the frame; false: the box itself, stretched to the "
-              "student's square input. The published bbox is the box either way."),
+              "distilled on), moved into the frame; a window that cannot be square (the full "
+              "frame, a region of interest, a window larger than the frame) and is longer "
+              "than 4:3 is padded to a square with its edge pixels instead of stretched; "
+              "false: the box itself, stretched to the student's square input. The published "
+              "bbox is the box either way."),
     ParamSpec("crop_context", 0.15, "double",
               "Margin of that window around the box, as a fraction of the box's longer side "
               "(crop_square) or of its own width and height.", range=(0.0, 1.0)),
