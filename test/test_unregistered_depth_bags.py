@@ -12,13 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_depth import render_tabletop
+import test_depth
+from test_depth import _replay, render_tabletop
 from test_depth_alignment import COLOUR, DEPTH, OBJECTS, OFFSET
 from vl_distill_ros.bags import bag_io
 from vl_distill_ros.bags.bag_io import BagError, GroundTruthObject, read_camera_bag
 from vl_distill_ros.perception.static_transforms import (MAX_FRAMES, StaticTransforms,
                                                          Transform, TransformError,
                                                          rotation_from_quaternion)
+
+#: The colour-coded bundle of test_depth (a module-scoped fixture).
+bundle = test_depth.bundle
 
 #: A ROS optical frame in its body frame (z forward, x right, y down in x forward, y left,
 #: z up), as camera drivers publish it.
@@ -195,28 +199,11 @@ def test_registered_names_and_overrides(tmp_path):
         read_camera_bag(path, depth_camera_info_topics={"/other": info})
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from helpers import make_colour_bundle
-
-    return make_colour_bundle(tmp_path_factory.mktemp("bundle") / "colour.vdb",
-                              ["banana", "apple"], ["banana", "apple"])
-
-
-def _replay(bag: Path, bundle: Path, out: Path, *extra: str) -> dict:
-    from vl_distill_ros import cli
-
-    code = cli.main(["replay-eval", str(bag), "--offline", "--model", str(bundle), "--out",
-                     str(out), "--text-cache-dir", "", "--split", "none", "--no-plots",
-                     "--no-progress", "-p", "proposal_source:=depth", *extra])
-    assert code == 0
-    return json.loads((out / "report.json").read_text())
-
-
 def test_offline_replay_scores_a_bag_recorded_without_alignment(bundle, tmp_path):
     """Grey objects on a grey table: depth alone finds them, all 12 when the depth is aligned
     with the bag's /tf_static, fewer when the same depth is read as registered."""
-    report = _replay(unregistered_bag(tmp_path / "rs"), bundle, tmp_path / "out")
+    depth_only = ("-p", "proposal_source:=depth")
+    report = _replay(unregistered_bag(tmp_path / "rs"), bundle, tmp_path / "out", *depth_only)
     assert report["groups"]["all"]["objects"] == 12
     assert report["groups"]["all"]["matched"] == 12
     depth = report["node"]["depth"]
@@ -226,7 +213,7 @@ def test_offline_replay_scores_a_bag_recorded_without_alignment(bundle, tmp_path
         "/camera/camera/depth/camera_info"
     assert depth["alignment"][colour]["pose"] == pytest.approx([*OFFSET, 0, 0, 0, 1])
     unaligned = _replay(unregistered_bag(tmp_path / "no_tf", tf=False), bundle,
-                        tmp_path / "out2")
+                        tmp_path / "out2", *depth_only)
     assert unaligned["groups"]["all"]["matched"] < 12
     assert unaligned["node"]["depth"]["alignment"][colour]["pose"] is None
 

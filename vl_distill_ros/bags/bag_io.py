@@ -60,13 +60,13 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from vl_distill_ros.atomic_io import replace_dir
-from vl_distill_ros.bags.unregistered_depth import (TF_MESSAGE_TYPE, DepthAlignmentPlan,
-                                                    is_registered_depth_topic,
-                                                    plan_depth_alignment)
 from vl_distill_ros.bags.raw_io import (CAMERA_INFO_TYPE, COMPRESSED_IMAGE_TYPE, IMAGE_TYPE,
                                         IMAGE_TYPES, STRING_TYPE, BagError, RawMessage,
                                         header_stamp, iter_raw_messages, open_reader,
                                         typestore)
+from vl_distill_ros.bags.unregistered_depth import (TF_MESSAGE_TYPE, DepthAlignmentPlan,
+                                                    is_registered_depth_topic,
+                                                    plan_depth_alignment)
 from vl_distill_ros.perception.compressed_codec import base_topic, topic_transport
 from vl_distill_ros.perception.image_codec import MILLIMETRE
 

@@ -33,6 +33,7 @@ from ..perception.depth_proposals import (DISTORTION_MODELS, MAX_DISTORTION_COEF
                                           CameraIntrinsics, DepthError, distortion_corner_px)
 from ..perception.image_codec import MILLIMETRE, ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
+from ..perception.static_transforms import Transform
 
 __all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
 
@@ -338,6 +339,4 @@ def _pose_text(alignment: tuple[np.ndarray, np.ndarray] | None) -> str:
     """``"x y z qx qy qz qw"`` of a depth-to-colour ``(R, t)`` (``""`` for none)."""
     if alignment is None:
         return ""
-    from ..perception.static_transforms import Transform
-
     return " ".join(f"{v:.6g}" for v in Transform(*alignment).as_pose())

@@ -60,10 +60,10 @@ from ..perception.compressed_codec import (decode_image_message, is_rectified_to
                                            topic_transport)
 from ..perception.depth_alignment import transform_from_pose
 from ..perception.depth_proposals import DepthError
-from ..perception.static_transforms import StaticTransforms
 from ..perception.image_codec import ImageDecodeError
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
+from ..perception.static_transforms import StaticTransforms
 from . import params as P
 from .conversions import (annotated_msg, detections_msg, import_vision_msgs, label_info_msg,
                           labels_msg)
