@@ -160,7 +160,9 @@ def rgbd_frames(scene: str, n: int, k: int, width: int, height: int, seed: int,
     """``n`` RGB-D frames ``(rgb, boxes, depth m, (fx, fy, cx, cy))`` and a description:
     rendered YCB scenes with the renderer's registered depth and its RealSense-like noise
     model (``scene`` ``ycb``, as ``vl-distill make-bag --depth``), or the first ``n``
-    frames with depth of an RGB-D ``bag`` (``scene`` ``bag``; its own size)."""
+    frames with depth of an RGB-D ``bag`` (``scene`` ``bag``; its own size). A bag recorded
+    without alignment (``make-bag --depth --depth-camera``) keeps its depth camera's own
+    images: the depth is then an ``UnalignedDepth`` (its image, camera and pose)."""
     if scene == "bag":
         from vl_distill_ros.bags.bag_io import BagError, read_camera_bag
 
@@ -169,7 +171,7 @@ def rgbd_frames(scene: str, n: int, k: int, width: int, height: int, seed: int,
         out = []
         try:
             contents = read_camera_bag(bag)
-            for msg in contents.rgbd_frames(tolerance_ns=20_000_000):
+            for msg in contents.rgbd_frames(tolerance_ns=20_000_000, defer_alignment=True):
                 if msg.depth is None or msg.camera_info is None:
                     continue
                 objs = contents.objects_for(msg.topic, msg.stamp_ns) or []

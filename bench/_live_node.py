@@ -441,42 +441,61 @@ def _compressed(cls: type, fmt: str, data: bytes, frame_id: str) -> Any:
     return m
 
 
-#: Registered depth for :func:`publisher_main`, per camera: its depth topic and CameraInfo
-#: topic, and per frame the depth (metres, 0 = none) and intrinsics ``(fx, fy, cx, cy)``.
-RGBD = tuple[list[str], list[str], list[np.ndarray], list[tuple[float, float, float, float]]]
+#: Depth for :func:`publisher_main`, per camera: its depth topic and CameraInfo topic, and per
+#: frame the depth (metres, 0 = none; registered, or an ``UnalignedDepth``: a depth camera's
+#: own image) and the colour camera's intrinsics ``(fx, fy, cx, cy)``; with unaligned depth a
+#: fifth list, the depth cameras' CameraInfo topics.
+RGBD = tuple[list[str], list[str], list[Any], list[tuple[float, float, float, float]]]
+
+
+def _camera_info(frame_id: str, width: int, height: int, k: Sequence[float]) -> Any:
+    """A distortion-free CameraInfo (plumb_bob, zero D) as ``make-bag --depth`` writes."""
+    from sensor_msgs.msg import CameraInfo
+
+    fx, fy, cx, cy = (float(v) for v in k[:4])
+    info = CameraInfo()
+    info.header.frame_id = frame_id
+    info.height, info.width = int(height), int(width)
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
 
 
 def depth_messages(rgbd: RGBD, n_cameras: int, frame_id: str = "camera",
-                   compressed: bool = False) -> list[list[Any]]:
+                   compressed: bool = False, sizes: Sequence[tuple[int, int]] = ()
+                   ) -> list[list[Any]]:
     """Per camera, per frame: its ``(CameraInfo, 16UC1 depth Image)`` built once (only the
-    stamps change when they are published); a distortion-free CameraInfo (plumb_bob, zero
-    D) as ``vl-distill make-bag --depth`` writes. ``compressed``: the depth as a
+    stamps change when they are published), or ``(CameraInfo, the depth camera's
+    CameraInfo, its depth Image)`` for unaligned depth (the colour frames' ``sizes``, width
+    and height, give the colour CameraInfo's size). ``compressed``: the depth as a
     compressedDepth ``CompressedImage`` (16UC1 PNG)."""
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+    from sensor_msgs.msg import CompressedImage, Image
 
-    _, _, depths, intrinsics = rgbd
+    _, _, depths, intrinsics = rgbd[:4]
     out = []
     for ci in range(n_cameras):
         row = []
-        for depth, (fx, fy, cx, cy) in zip(depths, intrinsics):
-            encoding, height, width, step, data = encode_depth_mm(depth)
+        for i, (depth, k) in enumerate(zip(depths, intrinsics)):
+            unaligned = getattr(depth, "camera", None)
+            image = depth.depth if unaligned is not None else depth
+            encoding, height, width, step, data = encode_depth_mm(image)
             d = Image()
-            d.header.frame_id = f"{frame_id}_{ci}"
+            d.header.frame_id = f"{frame_id}_{ci}" + ("_depth" if unaligned else "")
             d.height, d.width, d.encoding, d.is_bigendian, d.step = height, width, encoding, 0, step
             d.data = data
             if compressed:
-                d = _compressed(CompressedImage, *encode_compressed_depth(depth),
+                d = _compressed(CompressedImage, *encode_compressed_depth(image),
                                 d.header.frame_id)
-            info = CameraInfo()
-            info.header.frame_id = d.header.frame_id
-            info.height, info.width = height, width
-            info.distortion_model = "plumb_bob"
-            info.d = [0.0] * 5
-            info.k = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
-            info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-            info.p = [float(fx), 0.0, float(cx), 0.0, 0.0, float(fy), float(cy), 0.0,
-                      0.0, 0.0, 1.0, 0.0]
-            row.append((info, d))
+            if unaligned is None:
+                row.append((_camera_info(d.header.frame_id, width, height, k), d))
+                continue
+            cam = depth.camera
+            row.append((_camera_info(f"{frame_id}_{ci}", *sizes[i], k),
+                        _camera_info(d.header.frame_id, width, height,
+                                     (cam.fx, cam.fy, cam.cx, cam.cy)), d))
         out.append(row)
     return out
 
@@ -564,8 +583,9 @@ def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, dura
                    image_format: str = "raw") -> None:
     """Publish ``frames`` cyclically on every topic at ``fps`` (cameras staggered by
     1/(fps*N)), fresh wall-clock stamps, for ``duration_s`` s (inf: until ``stop_event``).
-    With ``rgbd`` each camera's CameraInfo and 16UC1 depth go out just before its colour
-    image, with the same stamp (``depth`` is the QoS history depth). ``image_format``
+    With ``rgbd`` each camera's CameraInfo and 16UC1 depth (and, for unaligned depth, the
+    depth camera's CameraInfo) go out just before its colour image, with the same stamp
+    (``depth`` is the QoS history depth). ``image_format``
     ``jpeg``/``png`` publishes CompressedImage colour and compressedDepth depth.
 
     A slot that is already more than one period late is skipped, as a real camera would.
@@ -591,11 +611,14 @@ def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, dura
         if rgbd is not None:
             from sensor_msgs.msg import CameraInfo
 
+            depth_infos = rgbd[4] if len(rgbd) > 4 else [None] * len(topics)
             extra_pubs = [(node.create_publisher(CameraInfo, i_t, qos),
+                           *((node.create_publisher(CameraInfo, di_t, qos),) if di_t else ()),
                            node.create_publisher(image_type, d_t, qos))
-                          for d_t, i_t in zip(rgbd[0], rgbd[1])]
+                          for d_t, i_t, di_t in zip(rgbd[0], rgbd[1], depth_infos)]
+            sizes = [(f.shape[1], f.shape[0]) for f in frames]
             extras.append((extra_pubs, depth_messages(rgbd, len(topics), frame_id,
-                                                      image_format != "raw")))
+                                                      image_format != "raw", sizes)))
         if not _wait_for_subscribers(pubs, topics, wait_subscribers_s, queue, stop_event):
             return
         ticks0 = os.times()

@@ -16,7 +16,10 @@ colour camera's CameraInfo, same stamp, on ``<camera>/depth/image_raw`` and
 ``<camera>/camera_info``, which the node gets as ``depth_topics`` / ``camera_info_topics``
 (its default ``proposal_source: auto`` then runs the depth proposer). The RGB-D frames are
 rendered YCB scenes with the renderer's depth and sensor noise model (``--scene ycb``) or
-an RGB-D bag's (``--scene bag``). ``--compare-colour-only`` then runs the same frames again
+an RGB-D bag's (``--scene bag``; a bag recorded without alignment, ``make-bag --depth
+--depth-camera``, is published as recorded: the depth camera's own image and CameraInfo, and
+the node gets ``depth_camera_info_topics`` and the pose in ``depth_to_colour_poses``).
+``--compare-colour-only`` then runs the same frames again
 without depth, with a fresh node, right after, and reports both and their fps ratio (the
 machine's load changes less between back-to-back runs).
 
@@ -239,10 +242,11 @@ def _frames(a: argparse.Namespace, raw_params: dict[str, str]) -> tuple[list, in
 
 
 def _start_node(a: argparse.Namespace, model: Path, tmp: Path, raw_params: dict[str, str],
-                cpus: tuple[int, ...] | None, out: dict[str, Any], depth: bool = False
-                ) -> tuple[NodeProcess, list, list, list]:
+                cpus: tuple[int, ...] | None, out: dict[str, Any], depth: bool = False,
+                depth_pose: str = "") -> tuple[NodeProcess, list, list, list, list]:
     """Start the node on ``--cameras`` private topics; returns it, the colour topics and
-    (with ``depth``) the depth and CameraInfo topics."""
+    (with ``depth``) the depth and CameraInfo topics, and (with ``depth_pose``, depth of a
+    separate depth camera, "x y z qx qy qz qw") the depth cameras' CameraInfo topics."""
     ns = f"/vl_bench_{os.getpid()}_{secrets.token_hex(3)}"
     fmt = getattr(a, "image_format", "raw")
     c_sfx, d_sfx = ("", "") if fmt == "raw" else ("/compressed", "/compressedDepth")
@@ -250,8 +254,12 @@ def _start_node(a: argparse.Namespace, model: Path, tmp: Path, raw_params: dict[
     d_topics = [f"{ns}/camera_{i}/depth/image_raw{d_sfx}" for i in range(a.cameras)] \
         if depth else []
     i_topics = [f"{ns}/camera_{i}/camera_info" for i in range(a.cameras)] if depth else []
+    di_topics = [f"{ns}/camera_{i}/depth/camera_info" for i in range(a.cameras)] \
+        if depth and depth_pose else []
     params = {"model_path": str(model), "image_topics": topics,
               **({"depth_topics": d_topics, "camera_info_topics": i_topics} if depth else {}),
+              **({"depth_camera_info_topics": di_topics,
+                  "depth_to_colour_poses": [depth_pose] * a.cameras} if di_topics else {}),
               "diagnostics_period": 1.0, "device": a.device,
               "text_cache_dir": str(tmp / "text_cache"),
               "vocabulary_store": str(tmp / "vocabulary.yaml"),
@@ -262,7 +270,7 @@ def _start_node(a: argparse.Namespace, model: Path, tmp: Path, raw_params: dict[
                    "params": {**params, **raw_params},
                    "pinned_cpus": list(cpus) if cpus else None}
     log(f"node pid {node.pid} starting (namespace {ns}, domain {ROS_ENV['ROS_DOMAIN_ID']})")
-    return node, topics, d_topics, i_topics
+    return node, topics, d_topics, i_topics, di_topics
 
 
 class Marks:
@@ -343,7 +351,8 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     cpus = tuple(int(c) for c in a.node_cpus.split(",") if c.strip()) if a.node_cpus else None
     raw_params = parse_node_params(
         a.param, controlled=("model_path", "image_topics", "diagnostics_period", "device",
-                             *(("depth_topics", "camera_info_topics") if a.depth else ())))
+                             *(("depth_topics", "camera_info_topics", "depth_camera_info_topics",
+                                "depth_to_colour_poses") if a.depth else ())))
     out["machine"] = machine_info(LIBRARIES)
     out["ros"] = dict(ROS_ENV)
     tmp = Path(tempfile.mkdtemp(prefix="vl_bench_tp_"))
@@ -361,6 +370,19 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         out["fps_ratio_depth_to_colour_only"] = r(with_d / without, 3) if without else None
 
 
+def _depth_pose(frames: list) -> str:
+    """The depth camera's pose in the colour camera's ("x y z qx qy qz qw") when the frames'
+    depth is a separate depth camera's own image (a bag recorded without alignment), else
+    ""."""
+    depth = frames[0][2]
+    if getattr(depth, "camera", None) is None:
+        return ""
+    from vl_distill_ros.perception.static_transforms import Transform
+
+    return " ".join(repr(float(v))
+                    for v in Transform(depth.rotation, depth.translation).as_pose())
+
+
 def _run_node(a: argparse.Namespace, out: dict[str, Any], model: Path, tmp: Path,
               frames: list, expected: int, raw_params: dict[str, str],
               cpus: tuple[int, ...] | None, depth: bool) -> None:
@@ -368,14 +390,14 @@ def _run_node(a: argparse.Namespace, out: dict[str, Any], model: Path, tmp: Path
     summary into ``out`` (``node``, ``results``, ``publisher``, ``targets``, ``pass``)."""
     node = publisher = recorder = None
     try:
-        node, topics, d_topics, i_topics = _start_node(a, model, tmp, raw_params, cpus, out,
-                                                       depth)
+        node, topics, d_topics, i_topics, di_topics = _start_node(
+            a, model, tmp, raw_params, cpus, out, depth, _depth_pose(frames) if depth else "")
         recorder = Recorder(node.fqn, node.labels_topic)
         out["node"]["startup_s"] = r(recorder.wait_ready(node, topics, a.node_timeout), 2)
         log(f"node ready after {out['node']['startup_s']} s")
         out["context"] = {"other_busy_processes": other_busy_processes(exclude=[node.pid])}
-        rgbd = (d_topics, i_topics, [f[2] for f in frames], [f[3] for f in frames]) \
-            if depth else None
+        rgbd = (d_topics, i_topics, [f[2] for f in frames], [f[3] for f in frames],
+                *((di_topics,) if di_topics else ())) if depth else None
         publisher = Publisher(topics, [f[0] for f in frames], a.fps, a.warmup + a.duration,
                               reliability=a.publisher_qos, depth=a.publisher_depth, rgbd=rgbd,
                               image_format=a.image_format)
