@@ -209,13 +209,14 @@ def test_offline_replay_scores_a_bag_recorded_without_alignment(bundle, tmp_path
     depth = report["node"]["depth"]
     assert depth["frames_by_status"] == {"used": 3}
     colour = "/camera/camera/color/image_raw"
-    assert depth["alignment"][colour]["depth_camera_info_topic"] == \
-        "/camera/camera/depth/camera_info"
-    assert depth["alignment"][colour]["pose"] == pytest.approx([*OFFSET, 0, 0, 0, 1])
+    alignment = report["bag"]["depth_alignment"][colour]
+    assert alignment["depth_camera_info_topic"] == "/camera/camera/depth/camera_info"
+    assert alignment["pose"] == pytest.approx([*OFFSET, 0, 0, 0, 1])
     unaligned = _replay(unregistered_bag(tmp_path / "no_tf", tf=False), bundle,
                         tmp_path / "out2", *depth_only)
     assert unaligned["groups"]["all"]["matched"] < 12
-    assert unaligned["node"]["depth"]["alignment"][colour]["pose"] is None
+    assert unaligned["bag"]["depth_alignment"][colour]["pose"] is None
+    assert "read as registered" in unaligned["bag"]["depth_alignment"][colour]["note"]
 
 
 def test_live_replay_gives_the_node_the_depth_cameras_info_and_pose(bundle, tmp_path):
@@ -231,6 +232,8 @@ def test_live_replay_gives_the_node_the_depth_cameras_info_and_pose(bundle, tmp_
                      "-p", "proposal_source:=depth"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["bag"]["depth_alignment"]["/camera/camera/color/image_raw"]["pose"] == \
+        pytest.approx([*OFFSET, 0, 0, 0, 1])
     cam = report["cameras"]["/camera/camera/color/image_raw"]
     assert cam["depth_camera_info_topic"].endswith("/camera/camera/depth/camera_info")
     labelled = report["frames"]["labelled"]

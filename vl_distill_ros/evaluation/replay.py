@@ -399,16 +399,6 @@ def _image_count(contents: BagContents) -> int:
 # -------------------------------------------------------------------------------------------
 # offline
 # -------------------------------------------------------------------------------------------
-def depth_alignment_report(contents: BagContents) -> dict[str, dict[str, Any]]:
-    """Per colour topic whose depth comes from a separate depth camera, how it was aligned
-    (``pose`` None: read as registered, ``note`` says why)."""
-    return {colour: {"depth_camera_info_topic": plan.depth_camera_info_topic,
-                     "pose": None if plan.pose is None else list(plan.pose),
-                     "depth_frame": plan.depth_frame, "colour_frame": plan.colour_frame,
-                     "note": plan.note}
-            for colour, plan in sorted(contents.depth_alignment.items())}
-
-
 def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Mapping[str, Any]):
     """The bag's colour frames: RGB-D frames (depth paired by stamp within the node's
     ``depth_sync_tolerance``) when the bag has depth and ``settings.depth``, else images."""
@@ -534,8 +524,6 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                              "registration_shift_px": {
                                  topic: list(pipe.depth_shift(topic))
                                  for topic in contents.depth_topics}}
-        if contents.depth_alignment:
-            rec.node["depth"]["alignment"] = depth_alignment_report(contents)
     rec.duration_s = time.monotonic() - t_start
     return rec
 

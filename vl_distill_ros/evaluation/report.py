@@ -38,6 +38,18 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def depth_alignment_summary(contents: Any) -> dict[str, dict[str, Any]]:
+    """Per colour topic whose depth comes from a separate depth camera, how it was aligned:
+    the depth camera's CameraInfo topic, the pose (None: read as registered), the two frames
+    and a note (see :mod:`~vl_distill_ros.bags.unregistered_depth`)."""
+    plans = getattr(contents, "depth_alignment", None) or {}
+    return {colour: {"depth_camera_info_topic": plan.depth_camera_info_topic,
+                     "pose": None if plan.pose is None else list(plan.pose),
+                     "depth_frame": plan.depth_frame, "colour_frame": plan.colour_frame,
+                     "note": plan.note}
+            for colour, plan in sorted(plans.items())}
+
+
 def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: float | None,
                  split_name: str = "", split_path: str = "",
                  model: str = "") -> dict[str, Any]:
@@ -71,6 +83,7 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
                 "image_topics": list(contents.image_topics), "image_messages": image_messages,
                 "depth_topics": dict(getattr(contents, "depth_topics", {}) or {}),
                 "camera_info_topics": dict(getattr(contents, "camera_info_topics", {}) or {}),
+                "depth_alignment": depth_alignment_summary(contents),
                 "ground_truth_source": contents.ground_truth_source,
                 "ground_truth_frames": len(contents.ground_truth),
                 "duration_s": max(0, contents.end_ns - contents.start_ns) / 1e9},
