@@ -637,8 +637,8 @@ def test_pipeline_reports_each_cameras_depth_noise(bundle):
 
 
 def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeypatch):
-    """proposal_threads 2 (the default): with depth and proposal_source auto the colour
-    proposer runs in another thread while the depth proposer runs; the boxes, labels and
+    """proposal_threads 2 (the default): with depth and proposal_source auto the box network
+    runs in another thread while the depth proposer and the colour model run; the boxes, labels and
     depth statuses are those of proposal_threads 1, including every fallback to colour.
     After close() frames still work (in the calling thread); 3 threads are refused."""
     import threading
@@ -663,8 +663,9 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
             return real(*args, **kwargs)
         return called
 
-    # colour only: propose_boxes; the fusion: propose_with_network (its network boxes too)
-    for name in ("propose_boxes", "propose_with_network"):
+    # colour only: propose_boxes; the fusion: propose_with_network (its network boxes too),
+    # or, with two threads, network_boxes in the second while the colour model runs here
+    for name in ("propose_boxes", "propose_with_network", "network_boxes"):
         monkeypatch.setattr(pipeline_module, name, spy(getattr(pipeline_module, name)))
 
     def run(pipe):

@@ -64,8 +64,9 @@ from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
 from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
 from .preprocess import pad_long_crop, preprocess_crops
-from .proposals import (Box, ProposalConfig, classification_window, crop, full_frame_box,
-                        propose_boxes, propose_with_network, sanitize_boxes)
+from .proposals import (Box, ProposalConfig, classification_window, colour_model_boxes, crop,
+                        full_frame_box, network_boxes, propose_boxes, propose_with_network,
+                        sanitize_boxes, with_colour_model)
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -600,11 +601,10 @@ class PerceptionPipeline:
         if size != image.shape[:2]:
             return propose_boxes(image, s.proposal_cfg), (
                 f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}")
-        # auto needs the colour boxes whatever depth gives: they are found in the second
-        # thread while the depth proposer runs here (both spend their time in OpenCV and
-        # numpy, which release the GIL); the fusion's, without the core split
-        pending = self._colour_pool.submit(propose_with_network, image, s.proposal_cfg,
-                                           core_split=False) \
+        # auto needs the colour boxes whatever depth gives: the box network runs in the
+        # second thread while the depth proposer and then the colour model run here (all
+        # spend their time in ONNX Runtime, OpenCV and numpy, which release the GIL)
+        pending = self._colour_pool.submit(network_boxes, image, s.proposal_cfg) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
             if unaligned:         # here, while the colour proposer runs in the other thread
@@ -627,12 +627,17 @@ class PerceptionPipeline:
 
     @staticmethod
     def _colour_boxes(image: np.ndarray, s: PipelineSettings,
-                      pending: "Future[tuple[list[Box], list[Box]]] | None"
+                      pending: "Future[list[Box] | None] | None"
                       ) -> tuple[list[Box], list[Box]]:
         """The colour proposals the fusion takes (no core split) and the box network's among
-        them: from the second thread when they were started there."""
-        return pending.result() if pending is not None else \
-            propose_with_network(image, s.proposal_cfg, core_split=False)
+        them; the network's from the second thread when they were started there (the colour
+        model's are found here meanwhile)."""
+        if pending is None:
+            return propose_with_network(image, s.proposal_cfg, core_split=False)
+        colour = colour_model_boxes(image, s.proposal_cfg, core_split=False) \
+            if s.proposal_cfg.box_net_colour == "apart" else None
+        return with_colour_model(image, pending.result(), s.proposal_cfg, core_split=False,
+                                 colour=colour)
 
     def close(self) -> None:
         """Stop the colour proposer's thread (``proposal_threads: 2``); idempotent. A

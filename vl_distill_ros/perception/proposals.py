@@ -82,7 +82,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import cv2
@@ -924,6 +923,16 @@ def propose_with_network(image_rgb: np.ndarray, cfg: ProposalConfig | None = Non
     when it is off): the depth proposer's fusion gives the network's boxes precedence
     (:func:`~.depth_proposals.fuse_proposals`). Arguments as :func:`propose_boxes`."""
     cfg = cfg or ProposalConfig()
+    return with_colour_model(image_rgb, network_boxes(image_rgb, cfg) if learned else None,
+                             cfg, core_split=core_split)
+
+
+def _checked(image_rgb: np.ndarray) -> np.ndarray:
+    """The frame as a contiguous ``(H, W, 3)`` uint8 RGB array (grayscale converted).
+
+    Raises:
+        ValueError: another shape or dtype.
+    """
     image = np.asarray(image_rgb)
     if image.ndim == 2:
         image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2RGB)
@@ -933,13 +942,80 @@ def propose_with_network(image_rgb: np.ndarray, cfg: ProposalConfig | None = Non
         raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
     if image.strides[1] != 3 or image.strides[2] != 1:  # e.g. a channel-reversed view
         image = np.ascontiguousarray(image)
+    return image
+
+
+def network_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None
+                  ) -> list[Box] | None:
+    """The box network's boxes of a frame, area-filtered and padded as the colour model's
+    (``cfg.box_net``), or None when the network is off. A caller may find them in one
+    thread and hand them to :func:`with_colour_model` in another.
+
+    Raises:
+        ValueError: not an RGB (or grayscale) uint8 frame.
+    """
+    cfg = cfg or ProposalConfig()
+    image = _checked(image_rgb)
+    height, width = image.shape[:2]
+    if height < 8 or width < 8 or cfg.max_count == 0:
+        return []
+    net = resolve_box_net(cfg.box_net)
+    if net is None:
+        return None
+    widths = [w for w in (cfg.box_net_input_width, cfg.box_net_second_width) if w]
+    boxes, _ = load_box_net(net).detect(image, cfg.box_net_threshold, widths,
+                                        max_count=cfg.max_count)
+    area = float(width * height)
+    found = [_pad_box(b, cfg.pad_frac, width, height) for b in boxes.tolist()
+             if cfg.min_area_frac * area <= b[2] * b[3] <= cfg.max_area_frac * area]
+    return sanitize_boxes(found, width, height, min_size=4)
+
+
+def colour_model_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
+                       core_split: bool = True) -> list[Box]:
+    """The colour model's boxes of a frame (the box network aside), as
+    :func:`with_colour_model` takes them precomputed.
+
+    Raises:
+        ValueError: not an RGB (or grayscale) uint8 frame.
+    """
+    cfg = cfg or ProposalConfig()
+    image = _checked(image_rgb)
+    if min(image.shape[:2]) < 8 or cfg.max_count == 0:
+        return []
+    return _colour_boxes(image, cfg, core_split)
+
+
+def with_colour_model(image_rgb: np.ndarray, network: Sequence[Box] | None,
+                      cfg: ProposalConfig | None = None, *, core_split: bool = True,
+                      colour: Sequence[Box] | None = None) -> tuple[list[Box], list[Box]]:
+    """:func:`propose_with_network`'s result from the network's boxes of the frame
+    (:func:`network_boxes`; None: the network is off): the colour model's boxes alone, or
+    the network's boxes with the colour model's that no network box overlaps when
+    ``box_net_colour`` is ``apart``; and the network's boxes alone. ``colour``: the colour
+    model's boxes found already (:func:`colour_model_boxes`, same ``core_split``).
+
+    Raises:
+        ValueError: not an RGB (or grayscale) uint8 frame.
+    """
+    cfg = cfg or ProposalConfig()
+    image = _checked(image_rgb)
     height, width = image.shape[:2]
     if height < 8 or width < 8 or cfg.max_count == 0:
         return [], []
-    net = resolve_box_net(cfg.box_net) if learned else None
-    if net is not None:
-        return _network_boxes(image, cfg, net, core_split)
-    return _colour_boxes(image, cfg, core_split), []
+
+    def model() -> list[Box]:
+        return list(colour) if colour is not None else _colour_boxes(image, cfg, core_split)
+    if network is None:
+        return model(), []
+    network = list(network)
+    out = list(network)
+    if cfg.box_net_colour == "apart":
+        out += [c for c in model() if all(box_iou(c, b) < APART_IOU for b in network)]
+    out = out[:cfg.max_count]
+    out.sort(key=lambda b: b[2] * b[3], reverse=True)
+    network.sort(key=lambda b: b[2] * b[3], reverse=True)
+    return out, network
 
 
 def _colour_boxes(image: np.ndarray, cfg: ProposalConfig, core_split: bool) -> list[Box]:
@@ -953,29 +1029,6 @@ def _colour_boxes(image: np.ndarray, cfg: ProposalConfig, core_split: bool) -> l
         candidates = _search_inside(image, candidates, cfg)
     # 5. merge, pad, sort, cap
     return _finish(candidates, cfg, width, height)
-
-
-def _network_boxes(image: np.ndarray, cfg: ProposalConfig, model: Path,
-                   core_split: bool) -> tuple[list[Box], list[Box]]:
-    """The box network's boxes (area-filtered and padded as the colour model's), with the
-    colour model's boxes that no network box overlaps when ``box_net_colour`` is
-    ``apart``; and the network's boxes alone."""
-    height, width = image.shape[:2]
-    widths = [w for w in (cfg.box_net_input_width, cfg.box_net_second_width) if w]
-    boxes, _ = load_box_net(model).detect(image, cfg.box_net_threshold, widths,
-                                          max_count=cfg.max_count)
-    area = float(width * height)
-    found = [_pad_box(b, cfg.pad_frac, width, height) for b in boxes.tolist()
-             if cfg.min_area_frac * area <= b[2] * b[3] <= cfg.max_area_frac * area]
-    network = sanitize_boxes(found, width, height, min_size=4)
-    out = list(network)
-    if cfg.box_net_colour == "apart":
-        out += [c for c in _colour_boxes(image, cfg, core_split)
-                if all(box_iou(c, b) < APART_IOU for b in network)]
-    out = out[:cfg.max_count]
-    out.sort(key=lambda b: b[2] * b[3], reverse=True)
-    network.sort(key=lambda b: b[2] * b[3], reverse=True)
-    return out, network
 
 
 def _search_inside(image: np.ndarray, candidates: list[list[float]], cfg: ProposalConfig
