@@ -348,9 +348,10 @@ class PerceptionPipeline:
         depth_cfg: depth proposer settings.
         crop_square, crop_context: the window the student sees around each box (see
             :class:`PipelineSettings`).
-        proposal_threads: 2: on a frame with depth and ``proposal_source: auto`` the colour
-            proposer runs in a second thread while the depth proposer runs (the same boxes,
-            sooner on two cores); 1: one after the other. :meth:`close` stops the thread.
+        proposal_threads: 2: on a frame with depth and ``proposal_source: auto`` the box
+            network runs in a second thread while the depth proposer and the colour model
+            run (the same boxes, sooner on two cores); 1: one after the other. :meth:`close`
+            stops the thread.
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
@@ -607,7 +608,7 @@ class PerceptionPipeline:
         pending = self._colour_pool.submit(network_boxes, image, s.proposal_cfg) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
-            if unaligned:         # here, while the colour proposer runs in the other thread
+            if unaligned:         # here, while the box network runs in the other thread
                 depth = depth.aligned(intrinsics)
             depth_cfg = stride_for(s.depth_cfg, image.shape[1], intrinsics.focal,
                                    image.shape[0])  # this camera's step
