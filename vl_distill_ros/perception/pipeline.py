@@ -348,10 +348,10 @@ class PerceptionPipeline:
         depth_cfg: depth proposer settings.
         crop_square, crop_context: the window the student sees around each box (see
             :class:`PipelineSettings`).
-        proposal_threads: 2: on a frame with depth and ``proposal_source: auto`` the box
-            network runs in a second thread while the depth proposer and the colour model
-            run (the same boxes, sooner on two cores); 1: one after the other. :meth:`close`
-            stops the thread.
+        proposal_threads: 2: the box network runs in a second thread while the colour
+            model (and, on a frame with depth and ``proposal_source: auto``, the depth
+            proposer) runs (the same boxes, sooner on two cores); 1: one after the other.
+            :meth:`close` stops the thread.
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
@@ -594,13 +594,13 @@ class PerceptionPipeline:
                    ) -> tuple[list[Box], str]:
         """Colour, depth or fused proposals and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
-            return propose_boxes(image, s.proposal_cfg), "" if depth is None else "not used"
+            return self._colour_only(image, s), "" if depth is None else "not used"
         if intrinsics is None:
-            return propose_boxes(image, s.proposal_cfg), "no camera intrinsics"
+            return self._colour_only(image, s), "no camera intrinsics"
         unaligned = isinstance(depth, UnalignedDepth)
         size = (intrinsics.height, intrinsics.width) if unaligned else np.shape(depth)
         if size != image.shape[:2]:
-            return propose_boxes(image, s.proposal_cfg), (
+            return self._colour_only(image, s), (
                 f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}")
         # auto needs the colour boxes whatever depth gives: the box network runs in the
         # second thread while the depth proposer and then the colour model run here (all
@@ -615,9 +615,9 @@ class PerceptionPipeline:
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
                                         self._registration(camera, depth_cfg))
         except DepthError as exc:
-            return propose_boxes(image, s.proposal_cfg), str(exc)   # colour only
+            return self._colour_only(image, s, pending), str(exc)   # colour only
         if found.plane is None:
-            return propose_boxes(image, s.proposal_cfg), found.note
+            return self._colour_only(image, s, pending), found.note
         with self._registration_lock:
             _remember(self._depth_noise, camera, found.noise_m)
         count = int(s.proposal_cfg.max_count)
@@ -625,6 +625,19 @@ class PerceptionPipeline:
             return list(found.boxes)[:count], "used"
         colour, network = self._colour_boxes(image, s, pending)
         return fuse_proposals(found, colour, s.depth_cfg, count, network), "used"
+
+    def _colour_only(self, image: np.ndarray, s: PipelineSettings,
+                     pending: "Future[list[Box] | None] | None" = None) -> list[Box]:
+        """The colour proposals of a frame without usable depth (:func:`propose_boxes`,
+        core split on): with the second thread, the box network there (``pending``: already
+        started) while the colour model runs here."""
+        cfg = s.proposal_cfg
+        if pending is None and self._colour_pool is not None:
+            pending = self._colour_pool.submit(network_boxes, image, cfg)
+        if pending is None:
+            return propose_boxes(image, cfg)
+        colour = colour_model_boxes(image, cfg) if cfg.box_net_colour == "apart" else None
+        return with_colour_model(image, pending.result(), cfg, colour=colour)[0]
 
     @staticmethod
     def _colour_boxes(image: np.ndarray, s: PipelineSettings,

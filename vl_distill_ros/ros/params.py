@@ -129,9 +129,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "torch.set_num_threads for the PyTorch fallback); 0 = the library default.",
               read_only=True, range=(0, 256)),
     ParamSpec("proposal_threads", 2, "integer",
-              "2: on frames with depth and proposal_source auto, the box network runs in a "
-              "second thread while the depth proposer and the colour model run (the same "
-              "boxes, sooner on 2 cores); 1: one after the other.",
+              "2: the box network runs in a second thread while the colour model (and, on "
+              "frames with depth and proposal_source auto, the depth proposer) runs (the "
+              "same boxes, sooner on 2 cores); 1: one after the other.",
               read_only=True, range=(1, 2)),
     ParamSpec("pipelined", True, "bool",
               "Two worker threads: the next frame's decoding, depth pairing and proposals "
