@@ -945,6 +945,15 @@ def _checked(image_rgb: np.ndarray) -> np.ndarray:
     return image
 
 
+def _usable(image_rgb: np.ndarray, cfg: ProposalConfig | None
+            ) -> tuple[np.ndarray | None, ProposalConfig]:
+    """The checked frame (:func:`_checked`; None when nothing can be proposed in it: under 8
+    pixels wide or high, or ``max_count`` 0) and the settings (the defaults for None)."""
+    cfg = cfg or ProposalConfig()
+    image = _checked(image_rgb)
+    return (None if min(image.shape[:2]) < 8 or cfg.max_count == 0 else image), cfg
+
+
 def network_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None
                   ) -> list[Box] | None:
     """The box network's boxes of a frame, area-filtered and padded as the colour model's
@@ -954,14 +963,13 @@ def network_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None
     Raises:
         ValueError: not an RGB (or grayscale) uint8 frame.
     """
-    cfg = cfg or ProposalConfig()
-    image = _checked(image_rgb)
-    height, width = image.shape[:2]
-    if height < 8 or width < 8 or cfg.max_count == 0:
+    image, cfg = _usable(image_rgb, cfg)
+    if image is None:
         return []
     net = resolve_box_net(cfg.box_net)
     if net is None:
         return None
+    height, width = image.shape[:2]
     widths = [w for w in (cfg.box_net_input_width, cfg.box_net_second_width) if w]
     boxes, _ = load_box_net(net).detect(image, cfg.box_net_threshold, widths,
                                         max_count=cfg.max_count)
@@ -979,11 +987,8 @@ def colour_model_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None,
     Raises:
         ValueError: not an RGB (or grayscale) uint8 frame.
     """
-    cfg = cfg or ProposalConfig()
-    image = _checked(image_rgb)
-    if min(image.shape[:2]) < 8 or cfg.max_count == 0:
-        return []
-    return _colour_boxes(image, cfg, core_split)
+    image, cfg = _usable(image_rgb, cfg)
+    return [] if image is None else _colour_boxes(image, cfg, core_split)
 
 
 def with_colour_model(image_rgb: np.ndarray, network: Sequence[Box] | None,
@@ -998,10 +1003,8 @@ def with_colour_model(image_rgb: np.ndarray, network: Sequence[Box] | None,
     Raises:
         ValueError: not an RGB (or grayscale) uint8 frame.
     """
-    cfg = cfg or ProposalConfig()
-    image = _checked(image_rgb)
-    height, width = image.shape[:2]
-    if height < 8 or width < 8 or cfg.max_count == 0:
+    image, cfg = _usable(image_rgb, cfg)
+    if image is None:
         return [], []
 
     def model() -> list[Box]:
