@@ -13,7 +13,6 @@ tools print it (translation, then a unit quaternion ``x y z w``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 
 from .depth_proposals import CameraIntrinsics, DepthError
-from .static_transforms import TransformError, rotation_from_quaternion
+from .static_transforms import Transform, TransformError
 
 __all__ = ["align_depth", "transform_from_pose", "POSE_VALUES", "UnalignedDepth"]
 
@@ -37,18 +36,14 @@ def transform_from_pose(pose: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         DepthError: not 7 finite values, a zero quaternion or a translation over 10 m.
     """
-    vals = [float(v) for v in pose]
-    if len(vals) != POSE_VALUES or not all(math.isfinite(v) for v in vals):
-        raise DepthError(f"a depth-to-colour pose is 7 finite values (x y z qx qy qz qw), got "
-                         f"{vals[:10]}")
-    t = np.array(vals[:3])
+    try:
+        pose_tf = Transform.from_pose(pose, what="a depth-to-colour pose")
+    except TransformError as exc:
+        raise DepthError(str(exc)) from None
+    r, t = pose_tf.rotation, pose_tf.translation
     if float(np.linalg.norm(t)) > 10.0:
         raise DepthError(f"the depth camera lies {np.linalg.norm(t):.1f} m from the colour "
                          "camera: more than 10 m (metres expected)")
-    try:
-        r = rotation_from_quaternion(vals[3:])
-    except TransformError as exc:
-        raise DepthError(f"the depth-to-colour rotation: {exc}") from None
     return r, t
 
 

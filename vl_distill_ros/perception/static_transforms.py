@@ -76,15 +76,16 @@ class Transform:
     translation: np.ndarray
 
     @classmethod
-    def from_pose(cls, pose: Sequence[float]) -> "Transform":
-        """From ``[x, y, z, qx, qy, qz, qw]`` (as ``tf2_echo`` prints a transform).
+    def from_pose(cls, pose: Sequence[float], what: str = "a pose") -> "Transform":
+        """From ``[x, y, z, qx, qy, qz, qw]`` (as ``tf2_echo`` prints a transform);
+        ``what`` names it in the error.
 
         Raises:
             TransformError: not 7 finite values, or a zero quaternion.
         """
         vals = [float(v) for v in pose]
         if len(vals) != 7 or not all(math.isfinite(v) for v in vals):
-            raise TransformError(f"a pose is 7 finite values (x y z qx qy qz qw), got "
+            raise TransformError(f"{what} is 7 finite values (x y z qx qy qz qw), got "
                                  f"{vals[:10]}")
         return cls(rotation_from_quaternion(vals[3:]), np.array(vals[:3]))
 
