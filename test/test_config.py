@@ -215,6 +215,16 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     for d in (a, b):
         del d["name"], d["output_dir"], d["calibration"]["center"]
     assert a == b
+    # the varied-appearance retry (tried, not the default) swaps the cluttered training
+    # renders for row 7's varied ones and changes nothing else
+    varied, row7 = (load_train_config(f"config/ablation/gzsl_{n}.yaml")
+                    for n in ("blur_varied", "varied"))
+    assert varied.data.train_splits == row7.data.train_splits != last.data.train_splits
+    assert varied.data.aux_splits == row7.data.aux_splits != last.data.aux_splits
+    a, b = to_dict(last), to_dict(varied)
+    for d in (a, b):
+        del d["name"], d["output_dir"], d["data"]["train_splits"], d["data"]["aux_splits"]
+    assert a == b
     assert last.data.augment.motion_blur_prob > 0 and row6.data.augment.motion_blur_prob == 0
     for name in ("white_balance", "exposure", "noise_sigma", "jpeg_prob", "loose_prob",
                  "cut_prob"):
