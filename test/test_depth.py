@@ -191,6 +191,16 @@ def test_depth_proposals_fall_back_without_usable_depth():
     assert found.boxes == [] and found.plane is None and "too little valid depth" in found.note
     wall = np.full((480, 640), 9.0, np.float32)   # beyond max_depth_m
     assert "too little valid depth" in propose_depth_boxes(wall, K).note
+    # a table read in the wrong units (0.1 mm read as mm: ten times as far) says so; one
+    # in range whose depth is mostly missing does not blame the units
+    table = tabletop([])
+    note = propose_depth_boxes(table * 10.0, K).note
+    assert "lies beyond max_depth_m (2.5 m)" in note and "depth_scale" in note
+    note = propose_depth_boxes(np.full((480, 640), 0.08, np.float32), K).note
+    assert "100% of the measured depth lies nearer than min_depth_m (0.15 m)" in note
+    holes = np.where(np.arange(640) % 16 == 0, table, 0.0).astype(np.float32)
+    note = propose_depth_boxes(holes, K).note
+    assert "too little valid depth" in note and "depth_scale" not in note
     with pytest.raises(DepthError, match="registered to the colour image"):
         propose_depth_boxes(np.ones((240, 320), np.float32), K)
     with pytest.raises(DepthError, match="focal lengths must be > 0"):

@@ -459,8 +459,10 @@ def test_binning_and_roi_in_the_camera_info_describe_the_smaller_frames(ctx, tes
 
 def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_path):
     """A camera publishing 16UC1 in 0.25 mm units (an L515's raw depth): with
-    ``depth_scale: 0.00025`` the node boxes the four objects from depth; read as
-    millimetres the table would lie 3.2 m away, beyond the proposer's range."""
+    ``depth_scale: 0.00025`` the node boxes the four objects from depth (read as
+    millimetres, the table's centre would lie 3.2 m away). In 0.1 mm
+    units read as millimetres it lies 8 m away: the frame goes colour-only and its reason
+    in ``/diagnostics`` asks about the units."""
     from vl_distill_ros.evaluation.scoring import match_boxes
 
     objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
@@ -482,6 +484,20 @@ def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_
         boxes = _boxes(rig.send("quarter", 80, msg, info_msg(K)))
         assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
         assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
+    # 0.1 mm units (YCB-Video's depth images) read as millimetres (the default depth_scale):
+    # the table lies 8 m away, out of range; colour only, and the reason asks about units
+    msg.data = np.round(depth * 10000.0).astype(np.uint16).tobytes()
+    rig = Rig(tester, "/tenth")
+    with running_node(ctx, "/tenth", bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image"], depth_topics=["cam/depth"],
+                      camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                      inference_backend="torch", warm_text_encoder=False):
+        assert wait_for(lambda: tester.node.count_subscribers("/tenth/cam/depth") > 0, 10.0)
+        rig.send("tenth", 80, msg, info_msg(K))
+        assert wait_for(lambda: int(rig.status().get("colour_only", 0)) >= 1, 10.0), \
+            str(rig.status())
+        reason = rig.status()["last_colour_only_reason"]
+        assert "lies beyond max_depth_m" in reason and "depth_scale" in reason, reason
 
 
 def test_unregistered_depth_is_aligned_to_the_colour_camera(ctx, tester, bundle, tmp_path):

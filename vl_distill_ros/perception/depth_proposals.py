@@ -906,6 +906,26 @@ class DepthCloud:
         return grid.reshape(self.z.shape)
 
 
+def _too_little_depth_note(valid_frac: float, depth: np.ndarray,
+                           cfg: DepthProposalConfig) -> str:
+    """The note of a frame with too little valid depth; when most of its measurements (every
+    8th pixel's) lie outside ``[min_depth_m, max_depth_m]``, also where and at what median,
+    since depth read in the wrong units (a 16-bit image in 0.1 or 0.25 mm read as
+    millimetres) puts the whole table out of range."""
+    note = f"too little valid depth ({100 * valid_frac:.0f}% of the frame)"
+    d = np.asarray(depth[::8, ::8], np.float32)
+    d = d[np.isfinite(d) & (d > 0)]
+    if d.size == 0:
+        return note
+    far, near = float(np.mean(d > cfg.max_depth_m)), float(np.mean(d < cfg.min_depth_m))
+    if max(far, near) < 0.5:
+        return note
+    where = f"beyond max_depth_m ({cfg.max_depth_m:g} m)" if far >= near \
+        else f"nearer than min_depth_m ({cfg.min_depth_m:g} m)"
+    return (f"{note}; {100 * max(far, near):.0f}% of the measured depth lies {where}, median "
+            f"{float(np.median(d)):.2f} m: depth in other units than depth_scale says?")
+
+
 def depth_samples(depth: np.ndarray, cfg: DepthProposalConfig
                   ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """``(z, valid, stride, offset)``: ``depth`` sampled every ``cfg.stride`` pixels
@@ -1009,7 +1029,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
                          stride=cloud.stride, offset=cloud.offset, depth_shift=shift,
                          fattening_px=fattening)
     if out.valid_frac < cfg.min_valid_frac or cfg.max_count == 0:
-        out.note = f"too little valid depth ({100 * out.valid_frac:.0f}% of the frame)"
+        out.note = _too_little_depth_note(out.valid_frac, depth, cfg)
         return out
     fit = fit_plane_ransac(cloud.points, cfg, np.random.default_rng(int(cfg.seed)))
     if fit is None or fit[2] < cfg.min_plane_frac:
