@@ -88,6 +88,27 @@ def test_what_stands_beyond_the_table_is_no_object():
     assert black in fuse_proposals(propose_depth_boxes(holey, K, cfg), [black], cfg, 10)
 
 
+def test_a_network_box_on_what_stands_beyond_the_table_is_left_out():
+    """The box network finds objects by their look, wherever they stand: with depth, its box
+    on the cabinet beyond the table is left out as the colour boxes there are, its box on
+    the mug stays first, and so does one without depth under it (a black object)."""
+    depth, owner = cast_room([MUG, CABINET])
+    mug, cabinet = _box(owner, 0), _box(owner, 1)
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(depth, K, cfg)
+    black = (mug[0] + mug[2] + 60, mug[1] + 20, 30, 30)
+    holey = depth.copy()
+    holey[black[1]:black[1] + 30, black[0]:black[0] + 30] = 0.0
+    found_holey = propose_depth_boxes(holey, K, cfg)
+    fused = fuse_proposals(found_holey, [], cfg, 10, network_boxes=[cabinet, mug, black])
+    assert fused[:2] == [mug, black] and cabinet not in fused
+    # without the support region (or its rule off) the network's boxes all stay
+    off = dataclasses.replace(cfg, support_min_frac=0.0)
+    assert fuse_proposals(propose_depth_boxes(depth, K, off), [], off, 10,
+                          network_boxes=[cabinet, mug])[:2] == [cabinet, mug]
+    assert fuse_proposals(found, [], cfg, 10, network_boxes=[cabinet]) == found.boxes
+
+
 def test_an_object_at_the_tables_edge_or_cut_by_the_image_border_is_kept():
     near_edge = ((0.45, 0.15, 0.0), (0.55, 0.25, 0.12))        # at the far right corner
     depth, owner = cast_room([near_edge])

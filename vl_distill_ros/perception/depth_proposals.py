@@ -526,8 +526,8 @@ class DepthProposalConfig:
     #: plane, of the connected pieces of its samples that each hold at least this fraction
     #: of them (and the camera's foot). A cluster is kept only when the centre of its feet
     #: lies at most ``support_margin_m`` outside it, and so is a colour box that the fusion
-    #: adds for its raised samples (:data:`SUPPORT_MIN_RAISED`): what stands beyond the
-    #: table (a cabinet, a chair) is not on it. 0: off.
+    #: adds for its raised samples (:data:`SUPPORT_MIN_RAISED`) and a box network's box:
+    #: what stands beyond the table (a cabinet, a chair) is not on it. 0: off.
     support_min_frac: float = 0.05
     support_margin_m: float = 0.05
 
@@ -1542,14 +1542,34 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     """The box network's boxes (``network_boxes``, found in the colour frame, see
     :mod:`.box_net`) first, then the boxes of :func:`fuse_depth_colour` whose IoU with each
     of them is at most ``fuse_network_iou``: the network separates objects in contact
-    that depth joins, and depth adds what the network missed. Without a support plane the
-    colour boxes alone; at most ``max_count``."""
+    that depth joins, and depth adds what the network missed. A network box whose raised
+    samples stand beyond the support surface (:func:`_on_support`, as the colour boxes of
+    :func:`fuse_depth_colour`) is left out. Without a support plane the colour boxes
+    alone; at most ``max_count``."""
     fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
-    if not network_boxes or depth.plane is None:
+    network = [b for b in network_boxes or () if _on_support(depth, b, cfg)] \
+        if depth.plane is not None else []
+    if not network:
         return fused
-    out = list(network_boxes)
-    out += [b for b in fused if _beside_network(b, network_boxes, cfg)]
-    return out[:max_count]
+    return (network + [b for b in fused if _beside_network(b, network, cfg)])[:max_count]
+
+
+def _on_support(depth: DepthProposals, box: Box, cfg: DepthProposalConfig) -> bool:
+    """Whether a box found in the colour image stands on the support surface by its raised
+    samples within the height band (:func:`_supported`; true when they are too few)."""
+    if depth.height_grid is None:
+        return True
+    window = _box_cells(depth, [int(round(v)) for v in box])
+    cells = depth.height_grid[window]
+    return _supported(depth, window, _raised(depth, window, cfg) & (cells < cfg.max_height_m))
+
+
+def _raised(depth: DepthProposals, window: tuple[slice, slice],
+            cfg: DepthProposalConfig) -> np.ndarray:
+    """Which grid samples of ``window`` stand ``fuse_raised_m`` (plus their noise
+    allowance) above the plane."""
+    allowance = depth.allowance_grid[window] if depth.allowance_grid is not None else 0.0
+    return np.nan_to_num(depth.height_grid[window], nan=-1.0) > cfg.fuse_raised_m + allowance
 
 
 def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalConfig) -> bool:
@@ -1580,8 +1600,6 @@ def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
         return list(colour_boxes)[:max_count]
     out, tops = split_by_colour(depth, colour_boxes, cfg)
     grid = depth.height_grid
-    allowance = depth.allowance_grid if depth.allowance_grid is not None else 0.0
-    raised = np.nan_to_num(grid, nan=-1.0) > cfg.fuse_raised_m + allowance
     for box in colour_boxes:
         inside = [i for i, b in enumerate(out) if _containment(b, box) >= cfg.fuse_containment]
         if inside and (all(tops[i] <= cfg.fuse_flat_height_m for i in inside)
@@ -1600,7 +1618,7 @@ def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
             continue
         valid = np.isfinite(cells)
         n_valid = int(np.count_nonzero(valid))
-        up = raised[window]
+        up = _raised(depth, window, cfg)
         if (n_valid < cfg.fuse_min_valid_frac * cells.size or np.count_nonzero(up)
                 >= cfg.fuse_raised_frac * n_valid) and _supported(
                 depth, window, up & (cells < cfg.max_height_m)):
