@@ -100,7 +100,11 @@ def test_a_network_box_on_what_stands_beyond_the_table_is_left_out():
     holey = depth.copy()
     holey[black[1]:black[1] + 30, black[0]:black[0] + 30] = 0.0
     found_holey = propose_depth_boxes(holey, K, cfg)
-    fused = fuse_proposals(found_holey, [], cfg, 10, network_boxes=[cabinet, mug, black])
+    network = [cabinet, mug, black]
+    fused = fuse_proposals(found_holey, [], cfg, 10, network_boxes=network)
+    assert fused[:2] == [mug, black] and cabinet not in fused
+    # as the node fuses them: the colour proposals hold the network's boxes too
+    fused = fuse_proposals(found_holey, network, cfg, 10, network_boxes=network)
     assert fused[:2] == [mug, black] and cabinet not in fused
     # without the support region (or its rule off) the network's boxes all stay
     off = dataclasses.replace(cfg, support_min_frac=0.0)
