@@ -196,8 +196,8 @@ def test_data_workers_is_gone():
 
 
 def test_tried_recipes_change_one_lever_of_the_default(repo_root, monkeypatch):
-    """The recipes tried against the default and not adopted (README, "Unseen objects")
-    differ from it only in what they try: the varied-appearance retry in its cluttered
+    """The recipes tried against row 8 (motion blur) and not adopted (README, "Unseen
+    objects") differ from it only in what they try: the varied-appearance retry in its cluttered
     training renders (row 7's), the heavier L_vl-kl in that loss weight."""
     monkeypatch.chdir(repo_root)
     default = load_train_config("config/ablation/gzsl_blur.yaml")
@@ -228,12 +228,20 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     cfgs = [load_train_config(r["config"]) for r in spec["runs"]]
     assert len({c.output_dir for c in cfgs}) == len(cfgs)     # no two rows share runs
     last, row6 = cfgs[-1], load_train_config("config/ablation/gzsl_augment.yaml")
-    assert spec["runs"][-1]["config"] == "config/ablation/gzsl_blur.yaml"
-    # the centred calibration (tried, not the default) recalibrates the default's students:
+    assert spec["runs"][-1]["config"] == "config/ablation/gzsl_blur_vlkl03.yaml"
+    # the default is row 8 (motion blur) with L_vl-kl weighted 0.3, nothing else
+    row8 = load_train_config("config/ablation/gzsl_blur.yaml")
+    assert spec["runs"][-2]["config"] == "config/ablation/gzsl_blur.yaml"
+    assert last.loss.vlkl_weight == 0.3 and row8.loss.vlkl_weight == 1.0
+    a, b = to_dict(last), to_dict(row8)
+    for d in (a, b):
+        del d["name"], d["output_dir"], d["loss"]["vlkl_weight"]
+    assert a == b
+    # the centred calibration (tried, not the default) recalibrates row 8's students:
     # the same training settings
     centred = load_train_config("config/ablation/gzsl_center.yaml")
-    assert centred.calibration.center and not last.calibration.center
-    a, b = to_dict(last), to_dict(centred)
+    assert centred.calibration.center and not row8.calibration.center
+    a, b = to_dict(row8), to_dict(centred)
     for d in (a, b):
         del d["name"], d["output_dir"], d["calibration"]["center"]
     assert a == b
@@ -243,5 +251,5 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
         assert getattr(last.data.augment, name) == getattr(row6.data.augment, name)
     makefile = open("Makefile").read()
     recipe = makefile[makefile.index("\ndefault-bundle:"):]
-    assert "--config config/ablation/gzsl_blur.yaml" in recipe.split("\n\n")[0]
+    assert "--config config/ablation/gzsl_blur_vlkl03.yaml" in recipe.split("\n\n")[0]
     assert f"output_dir={last.output_dir}/seed0" in recipe.split("\n\n")[0]
