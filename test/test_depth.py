@@ -17,7 +17,8 @@ from vl_distill_ros.bags.bag_io import (BagError, BagFrame, BagTopics, GroundTru
                                         write_camera_bag)
 from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
                                                        DepthProposalConfig, fuse_proposals,
-                                                       load_depth_config, propose_depth_boxes)
+                                                       load_depth_config, propose_depth_boxes,
+                                                       refine_network_boxes)
 from vl_distill_ros.perception.image_codec import (ImageDecodeError, decode_depth,
                                                    encode_depth_mm)
 from vl_distill_ros.perception.proposals import box_iou
@@ -263,6 +264,65 @@ def test_fusion_adds_a_depth_box_beside_a_network_box_not_one_holding_or_inside_
     assert _matched(truth[:1], fuse_proposals(found, [], off, 10, far)[1:]) == 1
     with pytest.raises(DepthError, match="fuse_network_partial_iou"):
         DepthProposalConfig(fuse_network_partial_iou=1.5)
+
+
+def test_fusion_judges_each_network_box_on_its_own():
+    """A depth box overlapping one network box at the side (IoU 0.25) and holding a small
+    one (IoU 0.04: a cap or a label the network boxed) is added: the small box alone would
+    not keep it out (IoU under ``fuse_network_iou``), so it does not with the other either.
+    A larger part inside it (IoU 0.25, held) still keeps it out."""
+    depth, truth = render_tabletop(OBJECTS)
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(depth, K, cfg)
+    x0, y0, w0, h0 = max(found.boxes, key=lambda b: box_iou(b, truth[0]))
+    beside = (x0 + 0.6 * w0, y0, w0, h0)                  # IoU 0.25 with object 0's box
+    cap = (x0 + 0.1 * w0, y0 + 0.1 * h0, 0.2 * w0, 0.2 * h0)   # inside it, IoU 0.04
+    assert box_iou(cap, (x0, y0, w0, h0)) <= cfg.fuse_network_iou
+    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[beside, cap])
+    assert fused[:2] == [beside, cap] and _matched(truth[:1], fused[2:]) == 1
+    part = (x0 + 0.1 * w0, y0 + 0.1 * h0, 0.5 * w0, 0.5 * h0)  # inside it, IoU 0.25
+    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[beside, part])
+    assert _matched(truth[:1], fused[2:]) == 0
+
+
+def test_network_box_moves_halfway_to_the_depth_box_of_its_object():
+    """A network box that one depth box matches at IoU >= ``fuse_network_refine_iou``
+    becomes the mean of the two; one that two depth boxes match, or whose depth box matches
+    another network box better, stays; 0 turns it off."""
+    cfg = DepthProposalConfig()
+    loose, tight = (100, 100, 60, 40), (110, 104, 44, 32)   # IoU 0.59
+    assert box_iou(loose, tight) >= cfg.fuse_network_refine_iou
+    assert refine_network_boxes([loose], [tight], cfg) == [(105, 102, 52, 36)]
+    off = dataclasses.replace(cfg, fuse_network_refine_iou=0.0)
+    assert refine_network_boxes([loose], [tight], off) == [loose]
+    strict = dataclasses.replace(cfg, fuse_network_refine_iou=0.7)
+    assert refine_network_boxes([loose], [tight], strict) == [loose]
+    twin = (104, 100, 52, 40)                               # a second depth match
+    assert box_iou(loose, twin) >= 0.5
+    assert refine_network_boxes([loose], [tight, twin], cfg) == [loose]
+    closer = (108, 103, 48, 34)                             # matches tight better
+    assert refine_network_boxes([loose, closer], [tight], cfg) == [
+        loose, refine_network_boxes([closer], [tight], cfg)[0]]
+    far = (400, 300, 30, 30)
+    assert refine_network_boxes([loose, far], [tight], cfg)[1] == far
+    with pytest.raises(DepthError, match="fuse_network_refine_iou"):
+        DepthProposalConfig(fuse_network_refine_iou=2.0)
+
+
+def test_fusion_tightens_a_loose_network_box_with_depth():
+    """In :func:`fuse_proposals` a network box padded well beyond a rendered object comes
+    out closer to the object's true box, and the depth box of that object is not added
+    as a second box."""
+    depth, truth = render_tabletop(OBJECTS)
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(depth, K, cfg)
+    x, y, w, h = truth[0]
+    loose = (x - 0.2 * w, y - 0.15 * h, 1.4 * w, 1.3 * h)  # IoU ~0.55 with the object
+    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[loose])
+    assert box_iou(fused[0], truth[0]) > box_iou(loose, truth[0]) + 0.1
+    assert sum(box_iou(b, truth[0]) > 0.3 for b in fused) == 1
+    off = dataclasses.replace(cfg, fuse_network_refine_iou=0.0)
+    assert fuse_proposals(found, [], off, 10, network_boxes=[loose])[0] == loose
 
 
 def test_fusion_joins_an_object_cut_by_holes_in_its_depth():

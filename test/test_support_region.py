@@ -101,13 +101,19 @@ def test_a_network_box_on_what_stands_beyond_the_table_is_left_out():
     holey[black[1]:black[1] + 30, black[0]:black[0] + 30] = 0.0
     found_holey = propose_depth_boxes(holey, K, cfg)
     network = [cabinet, mug, black]
-    fused = fuse_proposals(found_holey, [], cfg, 10, network_boxes=network)
-    assert fused[:2] == [mug, black] and cabinet not in fused
+
+    def kept(fused: list) -> bool:   # the mug's box first (moved to its depth box a little)
+        return box_iou(fused[0], mug) > 0.9 and fused[1] == black and \
+            not any(box_iou(b, cabinet) > 0.5 for b in fused)
+
+    assert kept(fuse_proposals(found_holey, [], cfg, 10, network_boxes=network))
     # as the node fuses them: the colour proposals hold the network's boxes too
-    fused = fuse_proposals(found_holey, network, cfg, 10, network_boxes=network)
+    assert kept(fuse_proposals(found_holey, network, cfg, 10, network_boxes=network))
+    unrefined = dataclasses.replace(cfg, fuse_network_refine_iou=0.0)
+    fused = fuse_proposals(found_holey, [], unrefined, 10, network_boxes=network)
     assert fused[:2] == [mug, black] and cabinet not in fused
     # without the support region (or its rule off) the network's boxes all stay
-    off = dataclasses.replace(cfg, support_min_frac=0.0)
+    off = dataclasses.replace(unrefined, support_min_frac=0.0)   # boxes compared as given
     assert fuse_proposals(propose_depth_boxes(depth, K, off), [], off, 10,
                           network_boxes=[cabinet, mug])[:2] == [cabinet, mug]
     assert fuse_proposals(found, [], cfg, 10, network_boxes=[cabinet]) == found.boxes

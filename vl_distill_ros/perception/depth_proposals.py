@@ -505,6 +505,11 @@ class DepthProposalConfig:
     #: (``fuse_containment`` of the smaller's area): an object the network missed beside one
     #: it found, the two boxes overlapping where the objects touch. 0: off.
     fuse_network_partial_iou: float = 0.3
+    #: A network box that exactly one depth box matches at IoU at least this (and that
+    #: depth box matches no other network box better) becomes the mean of the two boxes:
+    #: the same object, its extent estimated twice with independent errors (the network's
+    #: size regression, depth's edges). 0: off.
+    fuse_network_refine_iou: float = 0.5
     #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
     #: of bins this size on the plane (m), is cut where the map steps by more than
     #: ``top_view_step_m`` (a low object against a taller one; the walls of the taller one
@@ -592,7 +597,7 @@ class DepthProposalConfig:
                      "cut_jump_frac", "crease_m",
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
-                     "fuse_network_iou", "fuse_network_partial_iou",
+                     "fuse_network_iou", "fuse_network_partial_iou", "fuse_network_refine_iou",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
@@ -1545,13 +1550,42 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     that depth joins, and depth adds what the network missed. A network box whose raised
     samples stand beyond the support surface (:func:`_on_support`, as the colour boxes of
     :func:`fuse_depth_colour`) is left out. Without a support plane the colour boxes
-    alone; at most ``max_count``."""
+    alone; at most ``max_count``. A network box that a depth box matches is moved halfway
+    to it (:func:`refine_network_boxes`)."""
     fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
     network = [b for b in network_boxes or () if _on_support(depth, b, cfg)] \
         if depth.plane is not None else []
     if not network:
         return fused
+    network = refine_network_boxes(network, depth.boxes, cfg)
     return (network + [b for b in fused if _beside_network(b, network, cfg)])[:max_count]
+
+
+def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],
+                         cfg: DepthProposalConfig) -> list[Box]:
+    """``network_boxes``, each one that exactly one of ``depth_boxes`` matches at IoU
+    ``fuse_network_refine_iou`` or more, while that depth box matches no other network box
+    better, replaced by the mean of the two (corner by corner): one object whose extent
+    the network and depth estimated with independent errors."""
+    out = list(network_boxes)
+    if cfg.fuse_network_refine_iou <= 0:
+        return out
+    for i, n in enumerate(network_boxes):
+        same = [d for d in depth_boxes if box_iou(d, n) >= cfg.fuse_network_refine_iou]
+        if len(same) != 1:
+            continue
+        ious = [box_iou(same[0], m) for m in network_boxes]
+        if int(np.argmax(ious)) == i:
+            out[i] = _mean_box(n, same[0])
+    return out
+
+
+def _mean_box(a: Box, b: Box) -> Box:
+    """The box whose corners are the means of ``a``'s and ``b``'s (whole pixels)."""
+    x0, y0 = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+    x1, y1 = (a[0] + a[2] + b[0] + b[2]) / 2, (a[1] + a[3] + b[1] + b[3]) / 2
+    x0, y0, x1, y1 = (int(round(v)) for v in (x0, y0, x1, y1))
+    return (x0, y0, max(x1 - x0, 1), max(y1 - y0, 1))
 
 
 def _on_support(depth: DepthProposals, box: Box, cfg: DepthProposalConfig) -> bool:
@@ -1573,15 +1607,22 @@ def _raised(depth: DepthProposals, window: tuple[slice, slice],
 
 
 def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalConfig) -> bool:
-    """Whether ``box`` is another object than each of ``network_boxes``: IoU at most
-    ``fuse_network_iou`` with each, or at most ``fuse_network_partial_iou`` with each while
-    it holds none and lies in none (:func:`fuse_proposals`)."""
-    iou = max(box_iou(box, n) for n in network_boxes)
+    """Whether ``box`` is another object than each of ``network_boxes`` (:func:`fuse_proposals`):
+    with each one, IoU at most ``fuse_network_iou``, or at most ``fuse_network_partial_iou``
+    while neither box holds the other. Each network box is judged on its own: a small one
+    that ``box`` holds at IoU under ``fuse_network_iou`` does not make a side overlap with
+    another one count as more."""
+    return all(_beside(box, n, cfg) for n in network_boxes)
+
+
+def _beside(box: Box, network_box: Box, cfg: DepthProposalConfig) -> bool:
+    """Whether ``box`` is another object than ``network_box`` (:func:`_beside_network`)."""
+    iou = box_iou(box, network_box)
     if iou <= cfg.fuse_network_iou:
         return True
-    return iou <= cfg.fuse_network_partial_iou and not any(
-        _containment(n, box) >= cfg.fuse_containment
-        or _containment(box, n) >= cfg.fuse_containment for n in network_boxes)
+    return iou <= cfg.fuse_network_partial_iou \
+        and _containment(network_box, box) < cfg.fuse_containment \
+        and _containment(box, network_box) < cfg.fuse_containment
 
 
 def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
