@@ -325,6 +325,35 @@ def test_fusion_tightens_a_loose_network_box_with_depth():
     assert fuse_proposals(found, [], off, 10, network_boxes=[loose])[0] == loose
 
 
+def test_fusion_leaves_out_a_part_of_a_network_box_not_an_object_in_front_of_it():
+    """A depth box lying inside a network box with its top at the network box's (a piece of
+    that object: a handle, a cap) is not added even at IoU under ``fuse_network_iou``; a
+    short object standing in front of a tall one, its box inside the network's box of the
+    tall one, is (its top differs); ``fuse_network_part_containment: 0`` adds both."""
+    depth, truth = render_tabletop([(0.0, 0.12, 0.16, 0.08, 0.22),    # tall, behind
+                                    (0.0, -0.06, 0.04, 0.04, 0.04)])  # short, in front
+    cfg = DepthProposalConfig(fuse_network_refine_iou=0.0)
+    found = propose_depth_boxes(depth, K, cfg)
+    assert _matched(truth, found.boxes) == 2
+    tall, short = truth
+    x, y, w, h = tall
+    # the network's box of the tall object, reaching down over the short one
+    x0, y0 = min(x, short[0]), min(y, short[1])
+    network = (x0, y0, max(x + w, short[0] + short[2]) - x0,
+               max(y + h, short[1] + short[3]) - y0)
+    piece = (x + w // 3, y + h // 8, w // 4, h // 4)         # near the tall one's top
+    assert box_iou(piece, network) <= cfg.fuse_network_iou
+    assert box_iou(short, network) <= cfg.fuse_network_iou
+    pieces = dataclasses.replace(found, boxes=[*found.boxes, piece])
+    fused = fuse_proposals(pieces, [], cfg, 10, network_boxes=[network])
+    assert fused[0] == network and piece not in fused
+    assert _matched([short], fused[1:]) == 1
+    off = dataclasses.replace(cfg, fuse_network_part_containment=0.0)
+    assert piece in fuse_proposals(pieces, [], off, 10, network_boxes=[network])
+    with pytest.raises(DepthError, match="fuse_network_part_containment"):
+        DepthProposalConfig(fuse_network_part_containment=1.5)
+
+
 def test_fusion_joins_an_object_cut_by_holes_in_its_depth():
     # a tall box whose middle returns no depth (a black band, as infrared sensors see black
     # plastic): depth gives two pieces; the colour box of the whole object, half of it

@@ -510,6 +510,11 @@ class DepthProposalConfig:
     #: the same object, its extent estimated twice with independent errors (the network's
     #: size regression, depth's edges). 0: off.
     fuse_network_refine_iou: float = 0.5
+    #: A depth or colour box lying at least this fraction of its area inside a network box,
+    #: its top at about the network box's (``fuse_split_height_m``,
+    #: ``fuse_split_height_frac``), is a part of that object and is not added, however
+    #: small its IoU with it (:func:`_part_of_network`). 0: off.
+    fuse_network_part_containment: float = 0.85
     #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
     #: of bins this size on the plane (m), is cut where the map steps by more than
     #: ``top_view_step_m`` (a low object against a taller one; the walls of the taller one
@@ -598,6 +603,7 @@ class DepthProposalConfig:
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
                      "fuse_network_iou", "fuse_network_partial_iou", "fuse_network_refine_iou",
+                     "fuse_network_part_containment",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
@@ -1558,7 +1564,7 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     if not network:
         return fused
     network = refine_network_boxes(network, depth.boxes, cfg)
-    return (network + [b for b in fused if _beside_network(b, network, cfg)])[:max_count]
+    return (network + [b for b in fused if _beside_network(b, network, cfg, depth)])[:max_count]
 
 
 def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],
@@ -1606,23 +1612,41 @@ def _raised(depth: DepthProposals, window: tuple[slice, slice],
     return np.nan_to_num(depth.height_grid[window], nan=-1.0) > cfg.fuse_raised_m + allowance
 
 
-def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalConfig) -> bool:
+def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalConfig,
+                    depth: DepthProposals | None = None) -> bool:
     """Whether ``box`` is another object than each of ``network_boxes`` (:func:`fuse_proposals`):
     with each one, IoU at most ``fuse_network_iou``, or at most ``fuse_network_partial_iou``
     while neither box holds the other. Each network box is judged on its own: a small one
     that ``box`` holds at IoU under ``fuse_network_iou`` does not make a side overlap with
-    another one count as more."""
-    return all(_beside(box, n, cfg) for n in network_boxes)
+    another one count as more. With ``depth``, a box lying inside a network box at about
+    its height is a part of that object (:func:`_part_of_network`), whatever the IoU."""
+    return all(_beside(box, n, cfg) and not _part_of_network(box, n, cfg, depth)
+               for n in network_boxes)
 
 
 def _beside(box: Box, network_box: Box, cfg: DepthProposalConfig) -> bool:
-    """Whether ``box`` is another object than ``network_box`` (:func:`_beside_network`)."""
+    """Whether ``box`` is another object than ``network_box`` by their overlap alone
+    (:func:`_beside_network`)."""
     iou = box_iou(box, network_box)
     if iou <= cfg.fuse_network_iou:
         return True
     return iou <= cfg.fuse_network_partial_iou \
         and _containment(network_box, box) < cfg.fuse_containment \
         and _containment(box, network_box) < cfg.fuse_containment
+
+
+def _part_of_network(box: Box, network_box: Box, cfg: DepthProposalConfig,
+                     depth: DepthProposals | None) -> bool:
+    """Whether ``box`` lies (``fuse_network_part_containment`` of its area) inside
+    ``network_box`` and its top reaches about the network box's (:func:`_heights_differ`):
+    a piece of the object the network found (a cap, a handle, a label), not another object
+    in front of it, which stands lower or higher. A box without raised samples (a black or
+    flat object) is never a part; 0 or no depth: off."""
+    if cfg.fuse_network_part_containment <= 0 or depth is None or depth.height_grid is None \
+            or _containment(box, network_box) < cfg.fuse_network_part_containment:
+        return False
+    top = _box_top(depth, box, cfg)
+    return top > 0 and not _heights_differ(top, _box_top(depth, network_box, cfg), cfg)
 
 
 def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
