@@ -288,8 +288,9 @@ def test_fusion_judges_each_network_box_on_its_own():
 def test_network_box_moves_halfway_to_the_depth_box_of_its_object():
     """A network box that one depth box matches at IoU >= ``fuse_network_refine_iou``
     becomes the mean of the two; one that two depth boxes match, or whose depth box matches
-    another network box better, stays; 0 turns it off."""
-    cfg = DepthProposalConfig()
+    another network box better, stays; 0 (the default) turns it off."""
+    cfg = DepthProposalConfig(fuse_network_refine_iou=0.5)
+    assert DepthProposalConfig().fuse_network_refine_iou == 0.0
     loose, tight = (100, 100, 60, 40), (110, 104, 44, 32)   # IoU 0.59
     assert box_iou(loose, tight) >= cfg.fuse_network_refine_iou
     assert refine_network_boxes([loose], [tight], cfg) == [(105, 102, 52, 36)]
@@ -314,7 +315,7 @@ def test_fusion_tightens_a_loose_network_box_with_depth():
     out closer to the object's true box, and the depth box of that object is not added
     as a second box."""
     depth, truth = render_tabletop(OBJECTS)
-    cfg = DepthProposalConfig()
+    cfg = DepthProposalConfig(fuse_network_refine_iou=0.5)
     found = propose_depth_boxes(depth, K, cfg)
     x, y, w, h = truth[0]
     loose = (x - 0.2 * w, y - 0.15 * h, 1.4 * w, 1.3 * h)  # IoU ~0.55 with the object

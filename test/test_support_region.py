@@ -102,7 +102,7 @@ def test_a_network_box_on_what_stands_beyond_the_table_is_left_out():
     found_holey = propose_depth_boxes(holey, K, cfg)
     network = [cabinet, mug, black]
 
-    def kept(fused: list) -> bool:   # the mug's box first (moved to its depth box a little)
+    def kept(fused: list) -> bool:   # the mug's box first (with fuse_network_refine_iou: moved)
         return box_iou(fused[0], mug) > 0.9 and fused[1] == black and \
             not any(box_iou(b, cabinet) > 0.5 for b in fused)
 

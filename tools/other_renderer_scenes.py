@@ -16,7 +16,11 @@ its own interpreter (pyrender wants PyOpenGL 3.1.7 and numpy < 2; the project nu
 
     apt-get install -y libosmesa6                     # Mesa's off-screen renderer
     python3 -m venv /tmp/prv && /tmp/prv/bin/pip install pyrender "numpy<2" \\
-        "PyOpenGL==3.1.7" opencv-python-headless pyyaml tqdm
+        "PyOpenGL==3.1.7" opencv-python-headless pyyaml tqdm "scipy<1.14"
+    # pip may settle on an old pyrender (its newest pins PyOpenGL 3.1.0) with networkx 2.2,
+    # which Python 3.10+ cannot import: then also
+    /tmp/prv/bin/pip install --no-deps "pyrender==0.1.45" && \\
+        /tmp/prv/bin/pip install "networkx==3.1"
     PYOPENGL_PLATFORM=osmesa /tmp/prv/bin/python tools/other_renderer_scenes.py render \\
         --out /tmp/other/frames --frames 40 --seed 1 --objects all
     .venv/bin/python tools/other_renderer_scenes.py bag --frames-dir /tmp/other/frames \\
