@@ -1557,8 +1557,8 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     that depth joins, and depth adds what the network missed. A network box whose raised
     samples stand beyond the support surface (:func:`_on_support`, as the colour boxes of
     :func:`fuse_depth_colour`) is left out. Without a support plane the colour boxes
-    alone; at most ``max_count``. A network box that a depth box matches is moved halfway
-    to it (:func:`refine_network_boxes`)."""
+    alone; at most ``max_count``. With ``fuse_network_refine_iou``, a network box that a
+    depth box matches is moved halfway to it (:func:`refine_network_boxes`)."""
     fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
     network = [b for b in network_boxes or () if _on_support(depth, b, cfg)] \
         if depth.plane is not None else []
@@ -1643,11 +1643,20 @@ def _part_of_network(box: Box, network_box: Box, cfg: DepthProposalConfig,
     a piece of the object the network found (a cap, a handle, a label), not another object
     in front of it, which stands lower or higher. A box without raised samples (a black or
     flat object) is never a part; 0 or no depth: off."""
-    if cfg.fuse_network_part_containment <= 0 or depth is None or depth.height_grid is None \
-            or _containment(box, network_box) < cfg.fuse_network_part_containment:
+    if cfg.fuse_network_part_containment <= 0 or depth is None or depth.height_grid is None:
+        return False
+    return _part_at_height(depth, box, network_box, cfg.fuse_network_part_containment, cfg)
+
+
+def _part_at_height(depth: DepthProposals, box: Box, outer: Box, containment: float,
+                    cfg: DepthProposalConfig) -> bool:
+    """Whether ``box`` lies (``containment`` of its area) inside ``outer`` and its top
+    reaches about ``outer``'s (:func:`_heights_differ`); never for a box without raised
+    samples."""
+    if _containment(box, outer) < containment:
         return False
     top = _box_top(depth, box, cfg)
-    return top > 0 and not _heights_differ(top, _box_top(depth, network_box, cfg), cfg)
+    return top > 0 and not _heights_differ(top, _box_top(depth, outer, cfg), cfg)
 
 
 def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
@@ -1782,13 +1791,7 @@ def _part_of(depth: DepthProposals, box: Box, boxes: Sequence[Box],
     depth ``boxes`` and reaches about its height (:func:`_heights_differ`): a part of that
     object (a label, a lid, a handle), not another one in front of it. A box without raised
     samples (a black object depth does not see) is never a part."""
-    top = None
-    for b in boxes:
-        if _containment(box, b) >= cfg.fuse_containment:
-            top = _box_top(depth, box, cfg) if top is None else top
-            if top > 0 and not _heights_differ(top, _box_top(depth, b, cfg), cfg):
-                return True
-    return False
+    return any(_part_at_height(depth, box, b, cfg.fuse_containment, cfg) for b in boxes)
 
 
 def _split_candidates(box: Box, colour_boxes: Sequence[Box],
