@@ -17,6 +17,7 @@ from vl_distill_ros.bags.bag_io import (BagError, BagFrame, BagTopics, GroundTru
                                         write_camera_bag)
 from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
                                                        DepthProposalConfig, fuse_proposals,
+                                                       fuse_proposals_with_views,
                                                        load_depth_config, propose_depth_boxes,
                                                        refine_network_boxes)
 from vl_distill_ros.perception.image_codec import (ImageDecodeError, decode_depth,
@@ -288,9 +289,9 @@ def test_fusion_judges_each_network_box_on_its_own():
 def test_network_box_moves_halfway_to_the_depth_box_of_its_object():
     """A network box that one depth box matches at IoU >= ``fuse_network_refine_iou``
     becomes the mean of the two; one that two depth boxes match, or whose depth box matches
-    another network box better, stays; 0 (the default) turns it off."""
+    another network box better, stays; 0 turns it off (0.5 is the default)."""
     cfg = DepthProposalConfig(fuse_network_refine_iou=0.5)
-    assert DepthProposalConfig().fuse_network_refine_iou == 0.0
+    assert DepthProposalConfig().fuse_network_refine_iou == 0.5
     loose, tight = (100, 100, 60, 40), (110, 104, 44, 32)   # IoU 0.59
     assert box_iou(loose, tight) >= cfg.fuse_network_refine_iou
     assert refine_network_boxes([loose], [tight], cfg) == [(105, 102, 52, 36)]
@@ -324,6 +325,14 @@ def test_fusion_tightens_a_loose_network_box_with_depth():
     assert sum(box_iou(b, truth[0]) > 0.3 for b in fused) == 1
     off = dataclasses.replace(cfg, fuse_network_refine_iou=0.0)
     assert fuse_proposals(found, [], off, 10, network_boxes=[loose])[0] == loose
+    # the student's window stays the network's box; every other box is its own view
+    boxes, views = fuse_proposals_with_views(found, [], cfg, 10, network_boxes=[loose])
+    assert boxes == fused and views[0] == loose and views[1:] == boxes[1:]
+    assert len(boxes) == len(views) > 1
+    boxes, views = fuse_proposals_with_views(found, [], off, 10, network_boxes=[loose])
+    assert views == boxes and boxes[0] == loose
+    boxes, views = fuse_proposals_with_views(found, [], cfg, 1, network_boxes=[loose])
+    assert boxes == fused[:1] and views == [loose]
 
 
 def test_fusion_leaves_out_a_part_of_a_network_box_not_an_object_in_front_of_it():
@@ -800,6 +809,36 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
     single.process(image, np.zeros_like(depth), K)
     single.process(image, None, None)
     assert core_split == [True, True]
+
+
+def test_the_pipeline_reports_the_refined_box_and_reads_the_network_box(bundle, monkeypatch):
+    """With ``fuse_network_refine_iou`` on, :meth:`PerceptionPipeline.prepare` gives the
+    network box moved towards its depth box (as :func:`fuse_proposals`) and keeps the
+    network's own box as its view box, which the student's window is made from; off, the
+    view boxes are the boxes."""
+    import vl_distill_ros.perception.pipeline as pipeline_module
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+
+    depth, truth = render_tabletop(OBJECTS)
+    x, y, w, h = truth[0]
+    loose = (int(x - 0.2 * w), int(y - 0.15 * h), int(1.4 * w), int(1.3 * h))
+    monkeypatch.setattr(pipeline_module, "propose_with_network",
+                        lambda image, cfg, core_split=True: ([], [loose]))
+    on = DepthProposalConfig(fuse_network_refine_iou=0.5)
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch",
+                              proposal_threads=1, depth_cfg=on)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    frame = pipe.prepare(image, depth, K)
+    expected = fuse_proposals(propose_depth_boxes(depth, K, on, image), [], on, 10, [loose])
+    assert frame.depth_status == "used" and frame.boxes[0] == expected[0] != loose
+    assert box_iou(frame.boxes[0], truth[0]) > box_iou(loose, truth[0])
+    assert frame.view_boxes[0] == loose and frame.view_boxes[1:] == frame.boxes[1:]
+    (first, *_), _ = pipe.classify(frame)
+    assert first.bbox == frame.boxes[0]
+    pipe.configure(depth_cfg=dataclasses.replace(on, fuse_network_refine_iou=0.0))
+    frame = pipe.prepare(image, depth, K)
+    assert frame.boxes[0] == loose and frame.view_boxes == frame.boxes
 
 
 @pytest.mark.parametrize("image_format", ["raw", "jpeg"])

@@ -263,6 +263,34 @@ def test_the_student_sees_a_square_window_around_each_box(bundle, monkeypatch):
     assert pipe.settings.crop_context == 0.0
 
 
+def test_the_student_sees_the_window_of_a_boxs_view_box(bundle, monkeypatch):
+    """A prepared frame whose box has a view box (a network box that depth refined: the
+    box reported is the refined one, the student reads the window of the network's box)
+    is classified from the view box's window and published with its own box; without
+    view boxes the window is the box's."""
+    import vl_distill_ros.perception.pipeline as pipeline_module
+    from vl_distill_ros.perception.pipeline import PreparedFrame
+
+    shapes = []
+    real = pipeline_module.preprocess_crops
+
+    def spy(crops, spec):
+        shapes.extend(c.shape[:2] for c in crops)
+        return real(crops, spec)
+
+    monkeypatch.setattr(pipeline_module, "preprocess_crops", spy)
+    pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(40, 20, 10, 30)],
+                              unknown_threshold=0.0)
+    prepared = pipe.prepare(frame(120, 160))
+    assert prepared.view_boxes == prepared.boxes == [(40, 20, 10, 30)]
+    viewed = PreparedFrame(prepared.image, [(40, 20, 10, 30)], prepared.settings, "used",
+                           [(30, 10, 40, 60)])
+    (obj,), _ = pipe.classify(viewed)
+    assert obj.bbox == (40, 20, 10, 30) and shapes == [(69, 69)]  # round(60 * 1.15)
+    (obj,), _ = pipe.classify(prepared)
+    assert obj.bbox == (40, 20, 10, 30) and shapes[-1] == (34, 34)
+
+
 def test_labels_document_schema(bundle):
     pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(0, 0, 32, 24), (32, 24, 32, 24)],
                               unknown_threshold=0.0, top_k=2)

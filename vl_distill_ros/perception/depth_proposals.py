@@ -82,6 +82,7 @@ from .top_view import nearest_label, piece_need, split_top_view
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
+           "fuse_proposals_with_views",
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
            "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve",
            "stride_for", "DISTORTION_MODELS", "MAX_DISTORTION_COEFFS", "distortion_corner_px",
@@ -508,9 +509,10 @@ class DepthProposalConfig:
     #: A network box that exactly one depth box matches at IoU at least this (and that
     #: depth box matches no other network box better) becomes the mean of the two boxes:
     #: the same object, its extent estimated twice with independent errors (the network's
-    #: size regression, depth's edges). 0: off, the default: the tighter boxes cost the
-    #: student a little naming on the tuning bags (it reads some context around a box).
-    fuse_network_refine_iou: float = 0.0
+    #: size regression, depth's edges). The student still reads the window of the
+    #: network's own box (:func:`fuse_proposals_with_views`): made from the tighter box,
+    #: that window cost it some naming on the tuning bags. 0: off.
+    fuse_network_refine_iou: float = 0.5
     #: A depth or colour box lying at least this fraction of its area inside a network box,
     #: its top at about the network box's (``fuse_split_height_m``,
     #: ``fuse_split_height_frac``), is a part of that object and is not added, however
@@ -1559,13 +1561,26 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     :func:`fuse_depth_colour`) is left out. Without a support plane the colour boxes
     alone; at most ``max_count``. With ``fuse_network_refine_iou``, a network box that a
     depth box matches is moved halfway to it (:func:`refine_network_boxes`)."""
+    return fuse_proposals_with_views(depth, colour_boxes, cfg, max_count, network_boxes)[0]
+
+
+def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box],
+                              cfg: DepthProposalConfig, max_count: int,
+                              network_boxes: Sequence[Box] = ()
+                              ) -> tuple[list[Box], list[Box]]:
+    """:func:`fuse_proposals`' boxes and, one for each, the box the classifier's window is
+    made from: for a network box that ``fuse_network_refine_iou`` moved, the network's
+    own box (the student reads the window around the box as the network drew it, as it
+    was calibrated; the refined box is where the object is), for every other box the box
+    itself."""
     fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
     network = [b for b in network_boxes or () if _on_support(depth, b, cfg)] \
         if depth.plane is not None else []
     if not network:
-        return fused
-    network = refine_network_boxes(network, depth.boxes, cfg)
-    return (network + [b for b in fused if _beside_network(b, network, cfg, depth)])[:max_count]
+        return fused, list(fused)
+    refined = refine_network_boxes(network, depth.boxes, cfg)
+    rest = [b for b in fused if _beside_network(b, refined, cfg, depth)]
+    return (refined + rest)[:max_count], (network + rest)[:max_count]
 
 
 def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],

@@ -59,7 +59,7 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD,
                                  bias_vector, negative_mask)
 from .depth_alignment import UnalignedDepth
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
-                              fuse_proposals, load_depth_config, propose_depth_boxes,
+                              fuse_proposals_with_views, load_depth_config, propose_depth_boxes,
                               stride_for)
 from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
@@ -325,6 +325,10 @@ class PreparedFrame:
     settings: PipelineSettings
     #: How depth was used: ``""`` (no depth given), ``used``, or why not.
     depth_status: str = ""
+    #: One box per box of :attr:`boxes`, the one the student's window is made from (a box
+    #: that depth refined keeps the network's box for that, see
+    #: :func:`~.depth_proposals.fuse_proposals_with_views`); None: the boxes themselves.
+    view_boxes: list[Box] | None = None
 
 
 class PerceptionPipeline:
@@ -530,8 +534,8 @@ class PerceptionPipeline:
         was (``used``) or why not. Depth problems never raise: the frame falls back to
         colour proposals. ``camera`` names the camera whose registration check
         (:meth:`depth_shift`) the frame updates; give each camera its own."""
-        boxes, self.last_depth_status = self._boxes(image_rgb, settings or self._settings,
-                                                    depth, intrinsics, camera)
+        boxes, _, self.last_depth_status = self._boxes(image_rgb, settings or self._settings,
+                                                       depth, intrinsics, camera)
         return boxes
 
     def depth_fattening(self, camera: str = "") -> int:
@@ -571,36 +575,41 @@ class PerceptionPipeline:
 
     def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings,
                depth: np.ndarray | UnalignedDepth | None,
-               intrinsics: CameraIntrinsics | None, camera: str = "") -> tuple[list[Box], str]:
-        """:meth:`boxes` and its depth status; the only state it touches is ``camera``'s
-        registration check (one thread per camera at a time)."""
+               intrinsics: CameraIntrinsics | None, camera: str = ""
+               ) -> tuple[list[Box], list[Box], str]:
+        """:meth:`boxes`, the boxes the student's windows are made from (one per box) and
+        the depth status; the only state it touches is ``camera``'s registration check (one
+        thread per camera at a time)."""
         height, width = image_rgb.shape[:2]
         status = "" if depth is None else "not used"
+        views = None
         if s.crop_source == "full_frame":
             raw: list = [full_frame_box(width, height)]
         elif s.crop_source == "rois":
             raw = list(s.rois)
         else:
-            raw, status = self._proposals(image_rgb, s, depth, intrinsics, camera)
-        boxes = sanitize_boxes(raw, width, height, min_size=s.min_box_size)
+            raw, views, status = self._proposals(image_rgb, s, depth, intrinsics, camera)
+        boxes, views = _sanitize_with_views(raw, views, width, height, s.min_box_size)
         if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
                                    min_size=s.min_box_size)
-        return boxes, status
+            views = list(boxes)
+        return boxes, views, status
 
     def _proposals(self, image: np.ndarray, s: PipelineSettings,
                    depth: np.ndarray | UnalignedDepth | None,
                    intrinsics: CameraIntrinsics | None, camera: str = ""
-                   ) -> tuple[list[Box], str]:
-        """Colour, depth or fused proposals and the depth status (see :meth:`boxes`)."""
+                   ) -> tuple[list[Box], list[Box] | None, str]:
+        """Colour, depth or fused proposals, the boxes the student's windows are made from
+        (None: the proposals themselves) and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
-            return self._colour_only(image, s), "" if depth is None else "not used"
+            return self._colour_only(image, s), None, "" if depth is None else "not used"
         if intrinsics is None:
-            return self._colour_only(image, s), "no camera intrinsics"
+            return self._colour_only(image, s), None, "no camera intrinsics"
         unaligned = isinstance(depth, UnalignedDepth)
         size = (intrinsics.height, intrinsics.width) if unaligned else np.shape(depth)
         if size != image.shape[:2]:
-            return self._colour_only(image, s), (
+            return self._colour_only(image, s), None, (
                 f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}")
         # auto needs the colour boxes whatever depth gives: the box network runs in the
         # second thread while the depth proposer and then the colour model run here (all
@@ -615,16 +624,17 @@ class PerceptionPipeline:
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
                                         self._registration(camera, depth_cfg))
         except DepthError as exc:
-            return self._colour_only(image, s, pending), str(exc)   # colour only
+            return self._colour_only(image, s, pending), None, str(exc)   # colour only
         if found.plane is None:
-            return self._colour_only(image, s, pending), found.note
+            return self._colour_only(image, s, pending), None, found.note
         with self._registration_lock:
             _remember(self._depth_noise, camera, found.noise_m)
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
-            return list(found.boxes)[:count], "used"
+            return list(found.boxes)[:count], None, "used"
         colour, network = self._colour_boxes(image, s, pending)
-        return fuse_proposals(found, colour, s.depth_cfg, count, network), "used"
+        boxes, views = fuse_proposals_with_views(found, colour, s.depth_cfg, count, network)
+        return boxes, views, "used"
 
     def _colour_only(self, image: np.ndarray, s: PipelineSettings,
                      pending: "Future[list[Box] | None] | None" = None) -> list[Box]:
@@ -676,8 +686,8 @@ class PerceptionPipeline:
                                 f"{image.shape} dtype {image.dtype}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
-        boxes, status = self._boxes(image, settings, depth, intrinsics, camera)
-        return PreparedFrame(image, boxes, settings, status)
+        boxes, views, status = self._boxes(image, settings, depth, intrinsics, camera)
+        return PreparedFrame(image, boxes, settings, status, views)
 
     def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:
         """Stage 2 of :meth:`process`: run the student on a prepared frame's crops and score
@@ -691,8 +701,9 @@ class PerceptionPipeline:
         if not boxes:
             return [], active.version
         height, width = image.shape[:2]
+        views = frame.view_boxes if frame.view_boxes is not None else boxes
         windows = [classification_window(b, width, height, settings.crop_square,
-                                         settings.crop_context) for b in boxes]
+                                         settings.crop_context) for b in views]
         with torch.inference_mode():
             chunks = []
             for i in range(0, len(windows), MAX_CROPS_PER_BATCH):  # bounded memory per call
@@ -749,6 +760,26 @@ class PerceptionPipeline:
         frame = self.prepare(image_rgb, depth, intrinsics, camera)
         self.last_depth_status = frame.depth_status
         return self.classify(frame)
+
+
+def _sanitize_with_views(boxes: Sequence[Sequence[float]], views: Sequence[Box] | None,
+                         width: int, height: int, min_size: int
+                         ) -> tuple[list[Box], list[Box]]:
+    """:func:`sanitize_boxes` of ``boxes`` and, one for each kept box, its view box
+    (``views``, one per box; None: the box itself), sanitized alike; a view box that
+    does not survive is replaced by its box."""
+    if views is None:
+        kept = sanitize_boxes(boxes, width, height, min_size=min_size)
+        return kept, list(kept)
+    out: list[Box] = []
+    out_views: list[Box] = []
+    for box, view in zip(boxes, views):
+        kept = sanitize_boxes([box], width, height, min_size=min_size)
+        if kept:
+            out.append(kept[0])
+            out_views.append((sanitize_boxes([view], width, height, min_size=min_size)
+                              or kept)[0])
+    return out, out_views
 
 
 def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,
