@@ -299,8 +299,8 @@ def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                   iou: float = 0.5) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
-    from vl_distill_ros.perception.depth_proposals import (fuse_proposals, propose_depth_boxes,
-                                                           stride_for)
+    from vl_distill_ros.perception.depth_proposals import (fuse_proposals, fusion_colour_config,
+                                                           propose_depth_boxes, stride_for)
     from vl_distill_ros.perception.depth_registration import DepthRegistration
     from vl_distill_ros.perception.proposals import propose_boxes, propose_with_network
 
@@ -319,8 +319,10 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         t1 = time.perf_counter()
         found = propose_depth_boxes(depth, k, depth_cfg, image, reg)
         t2 = time.perf_counter()
-        # the fusion's colour boxes, as the node's: without the core split
-        colour_boxes, network = propose_with_network(image, cfg, core_split=False)
+        # the fusion's colour boxes, as the node's: without the core split, the colour
+        # model's only with fuse_colour_model (or without the network)
+        colour_boxes, network = propose_with_network(
+            image, fusion_colour_config(cfg, depth_cfg), core_split=False)
         fused = fuse_proposals(found, colour_boxes, depth_cfg, cfg.max_count, network)
         t3 = time.perf_counter()
         tallies["colour"].add(truth, colour, iou, 1000.0 * (t1 - t0))

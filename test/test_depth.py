@@ -841,6 +841,56 @@ def test_the_pipeline_reports_the_refined_box_and_reads_the_network_box(bundle, 
     assert frame.boxes[0] == loose and frame.view_boxes == frame.boxes
 
 
+def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch):
+    """With depth and the box network the fusion takes the network's boxes and depth's:
+    the colour model does not run (``fuse_colour_model: false``, the default), in either
+    thread mode; with ``fuse_colour_model: true`` it runs (without the core split) and its
+    boxes join; a frame without usable depth, and a pipeline with the network off, run it
+    as before."""
+    import vl_distill_ros.perception.proposals as proposals_module
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.depth_proposals import fusion_colour_config
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.perception.proposals import ProposalConfig
+
+    calls = []
+    real = proposals_module._colour_boxes
+
+    def spy(image, cfg, core_split):
+        calls.append(core_split)
+        return real(image, cfg, core_split)
+
+    monkeypatch.setattr(proposals_module, "_colour_boxes", spy)
+    b = load_bundle(bundle, device="cpu")
+    depth, truth = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    x, y, w, h = truth[0]
+    image[y:y + h, x:x + w] = (200, 40, 40)
+    with_model = DepthProposalConfig(fuse_colour_model=True)
+    for threads in (1, 2):
+        pipe = PerceptionPipeline(b, inference_backend="torch", proposal_threads=threads)
+        calls.clear()
+        pipe.process(image, depth, K)
+        assert calls == [] and pipe.last_depth_status == "used"
+        pipe.process(image, np.zeros_like(depth), K)       # no usable depth: colour only
+        assert calls == [True] and pipe.last_depth_status != "used"
+        pipe.configure(depth_cfg=with_model)
+        calls.clear()
+        pipe.process(image, depth, K)
+        assert calls == [False] and pipe.last_depth_status == "used"
+        pipe.close()
+    off = PerceptionPipeline(b, inference_backend="torch", proposal_threads=1,
+                             proposal_cfg=ProposalConfig(box_net="off"))
+    calls.clear()
+    off.process(image, depth, K)
+    assert calls == [False] and off.last_depth_status == "used"
+    cfg = ProposalConfig()
+    assert fusion_colour_config(cfg, DepthProposalConfig()).box_net_colour == "none"
+    assert fusion_colour_config(cfg, with_model) is cfg
+    with pytest.raises(DepthError, match="fuse_colour_model"):
+        DepthProposalConfig(fuse_colour_model="yes")
+
+
 @pytest.mark.parametrize("image_format", ["raw", "jpeg"])
 def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path, image_format):
     """The live replay starts the node with depth_topics / camera_info_topics and replays

@@ -76,13 +76,13 @@ import cv2
 import numpy as np
 
 from .depth_registration import DepthRegistration, shift_depth, strip_fattening
-from .proposals import Box, box_iou, sanitize_boxes
+from .proposals import Box, ProposalConfig, box_iou, sanitize_boxes
 from .support_region import SupportRegion, support_region
 from .top_view import nearest_label, piece_need, split_top_view
 
 __all__ = ["DepthError", "CameraIntrinsics", "DepthProposalConfig", "DepthProposals",
            "DepthCloud", "depth_cloud", "propose_depth_boxes", "fuse_proposals",
-           "fuse_proposals_with_views",
+           "fuse_proposals_with_views", "fusion_colour_config",
            "load_depth_config", "fit_plane_ransac", "object_clusters", "boxes_from_clusters",
            "crease_radii", "split_by_colour", "DepthNoiseEstimate", "noise_curve",
            "stride_for", "DISTORTION_MODELS", "MAX_DISTORTION_COEFFS", "distortion_corner_px",
@@ -518,6 +518,12 @@ class DepthProposalConfig:
     #: ``fuse_split_height_frac``), is a part of that object and is not added, however
     #: small its IoU with it (:func:`_part_of_network`). 0: off.
     fuse_network_part_containment: float = 0.85
+    #: With the box network on, the colour model's boxes (``box_net_colour: apart``) join
+    #: the fusion too; off (the default) the fusion takes the network's boxes and depth's
+    #: (:func:`fusion_colour_config`): on the tuning bags the colour model added no object
+    #: once depth was there, only false boxes, for about 8 ms of CPU a frame. With the
+    #: network off the colour model is the colour proposer and runs either way.
+    fuse_colour_model: bool = False
     #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
     #: of bins this size on the plane (m), is cut where the map steps by more than
     #: ``top_view_step_m`` (a low object against a taller one; the walls of the taller one
@@ -593,6 +599,9 @@ class DepthProposalConfig:
         if not 0 <= int(self.colour_edge_low) <= int(self.colour_edge_high) <= 1000:
             raise DepthError(f"need 0 <= colour_edge_low <= colour_edge_high <= 1000, got "
                              f"{self.colour_edge_low}, {self.colour_edge_high}")
+        if not isinstance(self.fuse_colour_model, (bool, np.bool_)):
+            raise DepthError(f"fuse_colour_model must be true or false, got "
+                             f"{self.fuse_colour_model!r}")
         if not 0 <= int(self.max_count) <= 256 or int(self.min_cluster_points) < 1:
             raise DepthError("need 0 <= max_count <= 256 and min_cluster_points >= 1")
         for name in ("edge_jump_frac", "plane_threshold_m", "plane_threshold_quadratic"):
@@ -1581,6 +1590,17 @@ def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box]
     refined = refine_network_boxes(network, depth.boxes, cfg)
     rest = [b for b in fused if _beside_network(b, refined, cfg, depth)]
     return (refined + rest)[:max_count], (network + rest)[:max_count]
+
+
+def fusion_colour_config(cfg: ProposalConfig, depth_cfg: DepthProposalConfig
+                         ) -> ProposalConfig:
+    """The colour proposer's settings for the boxes :func:`fuse_proposals` takes: the box
+    network's alone (``box_net_colour: none``) unless ``fuse_colour_model``; ``cfg`` itself
+    when that changes nothing. With the network off (``box_net``) the colour model still
+    runs: it is then the only colour proposer."""
+    if depth_cfg.fuse_colour_model or cfg.box_net_colour == "none":
+        return cfg
+    return replace(cfg, box_net_colour="none")
 
 
 def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],

@@ -59,7 +59,8 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD,
                                  bias_vector, negative_mask)
 from .depth_alignment import UnalignedDepth
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
-                              fuse_proposals_with_views, load_depth_config, propose_depth_boxes,
+                              fuse_proposals_with_views, fusion_colour_config,
+                              load_depth_config, propose_depth_boxes,
                               stride_for)
 from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
@@ -653,14 +654,16 @@ class PerceptionPipeline:
     def _colour_boxes(image: np.ndarray, s: PipelineSettings,
                       pending: "Future[list[Box] | None] | None"
                       ) -> tuple[list[Box], list[Box]]:
-        """The colour proposals the fusion takes (no core split) and the box network's among
-        them; the network's from the second thread when they were started there (the colour
-        model's are found here meanwhile)."""
+        """The colour proposals the fusion takes (no core split; the colour model's only with
+        ``fuse_colour_model`` or without the network, :func:`fusion_colour_config`) and the
+        box network's among them; the network's from the second thread when they were
+        started there (the colour model's, when used, are found here meanwhile)."""
+        cfg = fusion_colour_config(s.proposal_cfg, s.depth_cfg)
         if pending is None:
-            return propose_with_network(image, s.proposal_cfg, core_split=False)
-        colour = colour_model_boxes(image, s.proposal_cfg, core_split=False) \
-            if s.proposal_cfg.box_net_colour == "apart" else None
-        return with_colour_model(image, pending.result(), s.proposal_cfg, core_split=False,
+            return propose_with_network(image, cfg, core_split=False)
+        colour = colour_model_boxes(image, cfg, core_split=False) \
+            if cfg.box_net_colour == "apart" else None
+        return with_colour_model(image, pending.result(), cfg, core_split=False,
                                  colour=colour)
 
     def close(self) -> None:
