@@ -76,6 +76,26 @@ class BatchRecorder:
         self.handle.remove()
 
 
+@pytest.fixture
+def student_crops(monkeypatch) -> list[np.ndarray]:
+    """Every crop the pipeline hands to the student's preprocessing, in order (copies)."""
+    import vl_distill_ros.perception.pipeline as pipeline_module
+
+    crops_seen: list[np.ndarray] = []
+    real = pipeline_module.preprocess_crops
+
+    def spy(crops, spec):
+        crops_seen.extend(np.array(c) for c in crops)
+        return real(crops, spec)
+
+    monkeypatch.setattr(pipeline_module, "preprocess_crops", spy)
+    return crops_seen
+
+
+def _shapes(crops: list[np.ndarray]) -> list[tuple[int, int]]:
+    return [c.shape[:2] for c in crops]
+
+
 def test_full_frame_scores_match_softmax_of_cosines(bundle, direction, text_emb):
     pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0, top_k=3)
     objects, version = pipe.process(frame())
@@ -235,50 +255,31 @@ def test_settings_validation(bundle):
         PerceptionPipeline(bundle, crop_source="bogus")
 
 
-def test_the_student_sees_a_square_window_around_each_box(bundle, monkeypatch):
+def test_the_student_sees_a_square_window_around_each_box(bundle, student_crops):
     """With crop_square (the default) a tall box reaches the student as a square crop of
     its longer side plus crop_context; without it, as the box itself. The published bbox is
     the box either way; bad crop_context values are refused and change nothing."""
-    import vl_distill_ros.perception.pipeline as pipeline_module
-
-    shapes = []
-    real = pipeline_module.preprocess_crops
-
-    def spy(crops, spec):
-        shapes.extend(c.shape[:2] for c in crops)
-        return real(crops, spec)
-
-    monkeypatch.setattr(pipeline_module, "preprocess_crops", spy)
     pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(40, 20, 10, 30)],
                               unknown_threshold=0.0)
     assert pipe.settings.crop_square and pipe.settings.crop_context == pytest.approx(0.15)
     (obj,), _ = pipe.process(frame(120, 160))
-    assert obj.bbox == (40, 20, 10, 30) and shapes == [(34, 34)]  # round(30 * 1.15)
+    assert obj.bbox == (40, 20, 10, 30) and _shapes(student_crops) == [(34, 34)]  # 30 * 1.15
     pipe.configure(crop_square=False, crop_context=0.0)
     (obj,), _ = pipe.process(frame(120, 160))
-    assert obj.bbox == (40, 20, 10, 30) and shapes[-1] == (30, 10)
+    assert obj.bbox == (40, 20, 10, 30) and _shapes(student_crops)[-1] == (30, 10)
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(PipelineError, match="crop_context"):
             pipe.configure(crop_context=bad)
     assert pipe.settings.crop_context == 0.0
 
 
-def test_the_student_sees_the_window_of_a_boxs_view_box(bundle, monkeypatch):
+def test_the_student_sees_the_window_of_a_boxs_view_box(bundle, student_crops):
     """A prepared frame whose box has a view box (a network box that depth refined: the
     box reported is the refined one, the student reads the window of the network's box)
     is classified from the view box's window and published with its own box; without
     view boxes the window is the box's."""
-    import vl_distill_ros.perception.pipeline as pipeline_module
     from vl_distill_ros.perception.pipeline import PreparedFrame
 
-    shapes = []
-    real = pipeline_module.preprocess_crops
-
-    def spy(crops, spec):
-        shapes.extend(c.shape[:2] for c in crops)
-        return real(crops, spec)
-
-    monkeypatch.setattr(pipeline_module, "preprocess_crops", spy)
     pipe = PerceptionPipeline(bundle, crop_source="rois", rois=[(40, 20, 10, 30)],
                               unknown_threshold=0.0)
     prepared = pipe.prepare(frame(120, 160))
@@ -286,9 +287,9 @@ def test_the_student_sees_the_window_of_a_boxs_view_box(bundle, monkeypatch):
     viewed = PreparedFrame(prepared.image, [(40, 20, 10, 30)], prepared.settings, "used",
                            [(30, 10, 40, 60)])
     (obj,), _ = pipe.classify(viewed)
-    assert obj.bbox == (40, 20, 10, 30) and shapes == [(69, 69)]  # round(60 * 1.15)
+    assert obj.bbox == (40, 20, 10, 30) and _shapes(student_crops) == [(69, 69)]  # 60 * 1.15
     (obj,), _ = pipe.classify(prepared)
-    assert obj.bbox == (40, 20, 10, 30) and shapes[-1] == (34, 34)
+    assert obj.bbox == (40, 20, 10, 30) and _shapes(student_crops)[-1] == (34, 34)
 
 
 def test_labels_document_schema(bundle):
@@ -513,21 +514,13 @@ def test_many_crops_go_through_the_student_in_chunks_of_64(tmp_path, text_emb):
                                                             abs=1e-4)
 
 
-def test_a_window_that_cannot_be_square_is_padded_not_stretched(bundle, monkeypatch):
+def test_a_window_that_cannot_be_square_is_padded_not_stretched(bundle, student_crops):
     """crop_square: a full frame (or region) longer than 4:3 reaches the student padded to
     a square with its edge pixels; a 4:3 frame stays as it is (the student saw that much
     stretch); crop_square false stretches every crop, as before."""
-    import vl_distill_ros.perception.pipeline as pipeline_module
     from vl_distill_ros.perception.preprocess import pad_long_crop
 
-    seen = []
-    real = pipeline_module.preprocess_crops
-
-    def spy(crops, spec):
-        seen.extend(np.array(c) for c in crops)
-        return real(crops, spec)
-
-    monkeypatch.setattr(pipeline_module, "preprocess_crops", spy)
+    seen = student_crops
     pipe = PerceptionPipeline(bundle, crop_source="full_frame", unknown_threshold=0.0)
     wide = frame(60, 160)
     pipe.process(wide)
