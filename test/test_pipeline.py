@@ -290,6 +290,9 @@ def test_the_student_sees_the_window_of_a_boxs_view_box(bundle, student_crops):
     assert obj.bbox == (40, 20, 10, 30) and _shapes(student_crops) == [(69, 69)]  # 60 * 1.15
     (obj,), _ = pipe.classify(prepared)
     assert obj.bbox == (40, 20, 10, 30) and _shapes(student_crops)[-1] == (34, 34)
+    with pytest.raises(PipelineError, match="view boxes"):
+        pipe.classify(PreparedFrame(prepared.image, [(40, 20, 10, 30)], prepared.settings,
+                                    "used", []))
 
 
 def test_labels_document_schema(bundle):

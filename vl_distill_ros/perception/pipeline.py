@@ -354,8 +354,9 @@ class PerceptionPipeline:
         crop_square, crop_context: the window the student sees around each box (see
             :class:`PipelineSettings`).
         proposal_threads: 2: the box network runs in a second thread while the colour
-            model (and, on a frame with depth and ``proposal_source: auto``, the depth
-            proposer) runs (the same boxes, sooner on two cores); 1: one after the other.
+            model (on a frame with depth and ``proposal_source: auto``, the depth proposer,
+            and the colour model only with ``fuse_colour_model``) runs (the same boxes,
+            sooner on two cores); 1: one after the other.
             :meth:`close` stops the thread.
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
@@ -613,8 +614,9 @@ class PerceptionPipeline:
             return self._colour_only(image, s), None, (
                 f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}")
         # auto needs the colour boxes whatever depth gives: the box network runs in the
-        # second thread while the depth proposer and then the colour model run here (all
-        # spend their time in ONNX Runtime, OpenCV and numpy, which release the GIL)
+        # second thread while the depth proposer (and then, with fuse_colour_model, the
+        # colour model) runs here (all spend their time in ONNX Runtime, OpenCV and numpy,
+        # which release the GIL)
         pending = self._colour_pool.submit(network_boxes, image, s.proposal_cfg) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
@@ -705,6 +707,9 @@ class PerceptionPipeline:
             return [], active.version
         height, width = image.shape[:2]
         views = frame.view_boxes if frame.view_boxes is not None else boxes
+        if len(views) != len(boxes):
+            raise PipelineError(f"a prepared frame has {len(boxes)} boxes but "
+                                f"{len(views)} view boxes")
         windows = [classification_window(b, width, height, settings.crop_square,
                                          settings.crop_context) for b in views]
         with torch.inference_mode():
