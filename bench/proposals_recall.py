@@ -299,8 +299,8 @@ def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                   iou: float = 0.5) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
-    from vl_distill_ros.perception.depth_proposals import (fuse_proposals, fusion_colour_config,
-                                                           propose_depth_boxes, stride_for)
+    from vl_distill_ros.perception.depth_fusion import fuse_proposals, fusion_colour_config
+    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes, stride_for
     from vl_distill_ros.perception.depth_registration import DepthRegistration
     from vl_distill_ros.perception.proposals import propose_boxes, propose_with_network
 

@@ -1,7 +1,8 @@
-"""Depth input without ROS: stamp matching, depth decoding, the depth proposer and its fusion
-with colour, the noise model, RGB-D bags (write, pair by convention, read) and the pipeline /
-offline replay with depth. Scenes are synthetic (an analytic tilted table with box-shaped
-objects), so no YCB models are needed; rendered RGB-D bags are tested in test_scene_bag.py."""
+"""Depth input without ROS: stamp matching, depth decoding, the depth proposer (its fusion
+with the colour boxes: test_depth_fusion.py), the noise model, RGB-D bags (write, pair by
+convention, read) and the pipeline / offline replay with depth. Scenes are synthetic (an
+analytic tilted table with box-shaped objects), so no YCB models are needed; rendered RGB-D
+bags are tested in test_scene_bag.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,10 @@ import pytest
 from vl_distill_ros.bags.bag_io import (BagError, BagFrame, BagTopics, GroundTruthObject,
                                         is_depth_topic, pair_camera_topics, read_camera_bag,
                                         write_camera_bag)
+from vl_distill_ros.perception.depth_fusion import fuse_proposals
 from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
-                                                       DepthProposalConfig, fuse_proposals,
-                                                       fuse_proposals_with_views,
-                                                       load_depth_config, propose_depth_boxes,
-                                                       refine_network_boxes)
+                                                       DepthProposalConfig, load_depth_config,
+                                                       propose_depth_boxes)
 from vl_distill_ros.perception.image_codec import (ImageDecodeError, decode_depth,
                                                    encode_depth_mm)
 from vl_distill_ros.perception.proposals import box_iou
@@ -209,236 +209,6 @@ def test_depth_proposals_fall_back_without_usable_depth():
         CameraIntrinsics.from_k([0.0] * 9, 640, 480)
     with pytest.raises(DepthError, match="width/height 0"):
         CameraIntrinsics(500, 500, 320, 240, 0, 480)
-
-
-def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table():
-    knife = (0.0, -0.15, 0.15, 0.02, 0.006)              # flat: under the height band
-    depth, truth = render_tabletop(OBJECTS + [knife])
-    black = (520, 120, 40, 40)                            # a black object: no depth there
-    depth[120:160, 520:560] = 0.0
-    cfg = DepthProposalConfig()
-    found = propose_depth_boxes(depth, K, cfg)
-    assert _matched(truth[:3], found.boxes) == 3 and _matched(truth[3:], found.boxes) == 0
-    flat_table = (420, 40, 50, 30)                       # e.g. a printed pattern
-    colour = [black, truth[3], flat_table, truth[0]]
-    fused = fuse_proposals(found, colour, cfg, max_count=10)
-    assert black in fused and truth[3] in fused and flat_table not in fused
-    assert sum(box_iou(b, truth[0]) > 0.5 for b in fused) == 1  # not duplicated
-    assert _matched(truth, fused) == 4
-    # pieces of a flat object inside a colour box are replaced by it
-    pieces, parts = render_tabletop([(-0.1, 0.0, 0.03, 0.015, 0.02),
-                                     (-0.04, 0.0, 0.03, 0.012, 0.02)])
-    found = propose_depth_boxes(pieces, K, cfg)
-    assert _matched(parts, found.boxes) == 2
-    whole = (245, 224, 65, 24)
-    assert fuse_proposals(found, [whole], cfg, max_count=10) == [whole]
-    # without a plane: colour alone, capped
-    none = propose_depth_boxes(np.zeros((480, 640), np.float32), K, cfg)
-    assert fuse_proposals(none, colour, cfg, 2) == colour[:2]
-
-
-def test_fusion_adds_a_depth_box_beside_a_network_box_not_one_holding_or_inside_it():
-    """With the box network's boxes first (``fuse_proposals(..., network_boxes)``), a depth
-    box overlapping one of them only at the side (IoU 0.25, neither inside the other: the
-    neighbour the network missed) is added under ``fuse_network_partial_iou``, not without
-    it; a depth box lying inside a network box (the network joined two objects there) or
-    holding one (the network found a part) stays out, as does any overlap over the bound."""
-    depth, truth = render_tabletop(OBJECTS)
-    cfg = DepthProposalConfig()
-    found = propose_depth_boxes(depth, K, cfg)
-    assert _matched(truth, found.boxes) == 3
-    (x0, y0, w0, h0), (x1, y1, w1, h1), (x2, y2, w2, h2) = [
-        max(found.boxes, key=lambda b: box_iou(b, t)) for t in truth]
-    beside = (x0 + 0.6 * w0, y0, w0, h0)                  # IoU 0.25 with object 0's box
-    around = (x1 - w1, y1 - h1 / 2, 3 * w1, 2 * h1)       # holds object 1's box, IoU 1/6
-    part = (x2, y2, w2 / 2, h2 / 2)                        # inside object 2's box, IoU 1/4
-    network = [beside, around, part]
-    fused = fuse_proposals(found, [], cfg, max_count=10, network_boxes=network)
-    assert fused[:3] == network
-    added = fused[3:]
-    assert _matched(truth[:1], added) == 1 and _matched(truth[1:], added) == 0
-    off = dataclasses.replace(cfg, fuse_network_partial_iou=0.0)
-    assert _matched(truth, fuse_proposals(found, [], off, 10, network)[3:]) == 0
-    tight = dataclasses.replace(cfg, fuse_network_partial_iou=0.2)  # under the IoU 0.25
-    assert _matched(truth, fuse_proposals(found, [], tight, 10, network)[3:]) == 0
-    far = [(x0 + 2 * w0, y0, w0, h0)]                     # no overlap: added as before
-    assert _matched(truth[:1], fuse_proposals(found, [], off, 10, far)[1:]) == 1
-    with pytest.raises(DepthError, match="fuse_network_partial_iou"):
-        DepthProposalConfig(fuse_network_partial_iou=1.5)
-
-
-def test_fusion_judges_each_network_box_on_its_own():
-    """A depth box overlapping one network box at the side (IoU 0.25) and holding a small
-    one (IoU 0.04: a cap or a label the network boxed) is added: the small box alone would
-    not keep it out (IoU under ``fuse_network_iou``), so it does not with the other either.
-    A larger part inside it (IoU 0.25, held) still keeps it out."""
-    depth, truth = render_tabletop(OBJECTS)
-    cfg = DepthProposalConfig()
-    found = propose_depth_boxes(depth, K, cfg)
-    x0, y0, w0, h0 = max(found.boxes, key=lambda b: box_iou(b, truth[0]))
-    beside = (x0 + 0.6 * w0, y0, w0, h0)                  # IoU 0.25 with object 0's box
-    cap = (x0 + 0.1 * w0, y0 + 0.1 * h0, 0.2 * w0, 0.2 * h0)   # inside it, IoU 0.04
-    assert box_iou(cap, (x0, y0, w0, h0)) <= cfg.fuse_network_iou
-    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[beside, cap])
-    assert fused[:2] == [beside, cap] and _matched(truth[:1], fused[2:]) == 1
-    part = (x0 + 0.1 * w0, y0 + 0.1 * h0, 0.5 * w0, 0.5 * h0)  # inside it, IoU 0.25
-    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[beside, part])
-    assert _matched(truth[:1], fused[2:]) == 0
-
-
-def test_network_box_moves_halfway_to_the_depth_box_of_its_object():
-    """A network box that one depth box matches at IoU >= ``fuse_network_refine_iou``
-    becomes the mean of the two; one that two depth boxes match, or whose depth box matches
-    another network box better, stays; 0 turns it off (0.5 is the default)."""
-    cfg = DepthProposalConfig(fuse_network_refine_iou=0.5)
-    assert DepthProposalConfig().fuse_network_refine_iou == 0.5
-    loose, tight = (100, 100, 60, 40), (110, 104, 44, 32)   # IoU 0.59
-    assert box_iou(loose, tight) >= cfg.fuse_network_refine_iou
-    assert refine_network_boxes([loose], [tight], cfg) == [(105, 102, 52, 36)]
-    off = dataclasses.replace(cfg, fuse_network_refine_iou=0.0)
-    assert refine_network_boxes([loose], [tight], off) == [loose]
-    strict = dataclasses.replace(cfg, fuse_network_refine_iou=0.7)
-    assert refine_network_boxes([loose], [tight], strict) == [loose]
-    twin = (104, 100, 52, 40)                               # a second depth match
-    assert box_iou(loose, twin) >= 0.5
-    assert refine_network_boxes([loose], [tight, twin], cfg) == [loose]
-    closer = (108, 103, 48, 34)                             # matches tight better
-    assert refine_network_boxes([loose, closer], [tight], cfg) == [
-        loose, refine_network_boxes([closer], [tight], cfg)[0]]
-    far = (400, 300, 30, 30)
-    assert refine_network_boxes([loose, far], [tight], cfg)[1] == far
-    with pytest.raises(DepthError, match="fuse_network_refine_iou"):
-        DepthProposalConfig(fuse_network_refine_iou=2.0)
-
-
-def test_fusion_tightens_a_loose_network_box_with_depth():
-    """In :func:`fuse_proposals` a network box padded well beyond a rendered object comes
-    out closer to the object's true box, and the depth box of that object is not added
-    as a second box."""
-    depth, truth = render_tabletop(OBJECTS)
-    cfg = DepthProposalConfig(fuse_network_refine_iou=0.5)
-    found = propose_depth_boxes(depth, K, cfg)
-    x, y, w, h = truth[0]
-    loose = (x - 0.2 * w, y - 0.15 * h, 1.4 * w, 1.3 * h)  # IoU ~0.55 with the object
-    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[loose])
-    assert box_iou(fused[0], truth[0]) > box_iou(loose, truth[0]) + 0.1
-    assert sum(box_iou(b, truth[0]) > 0.3 for b in fused) == 1
-    off = dataclasses.replace(cfg, fuse_network_refine_iou=0.0)
-    assert fuse_proposals(found, [], off, 10, network_boxes=[loose])[0] == loose
-    # the student's window stays the network's box; every other box is its own view
-    boxes, views = fuse_proposals_with_views(found, [], cfg, 10, network_boxes=[loose])
-    assert boxes == fused and views[0] == loose and views[1:] == boxes[1:]
-    assert len(boxes) == len(views) > 1
-    boxes, views = fuse_proposals_with_views(found, [], off, 10, network_boxes=[loose])
-    assert views == boxes and boxes[0] == loose
-    boxes, views = fuse_proposals_with_views(found, [], cfg, 1, network_boxes=[loose])
-    assert boxes == fused[:1] and views == [loose]
-
-
-def test_fusion_leaves_out_a_part_of_a_network_box_not_an_object_in_front_of_it():
-    """A depth box lying inside a network box with its top at the network box's (a piece of
-    that object: a handle, a cap) is not added even at IoU under ``fuse_network_iou``; a
-    short object standing in front of a tall one, its box inside the network's box of the
-    tall one, is (its top differs); ``fuse_network_part_containment: 0`` adds both."""
-    depth, truth = render_tabletop([(0.0, 0.12, 0.16, 0.08, 0.22),    # tall, behind
-                                    (0.0, -0.06, 0.04, 0.04, 0.04)])  # short, in front
-    cfg = DepthProposalConfig(fuse_network_refine_iou=0.0)
-    found = propose_depth_boxes(depth, K, cfg)
-    assert _matched(truth, found.boxes) == 2
-    tall, short = truth
-    x, y, w, h = tall
-    # the network's box of the tall object, reaching down over the short one
-    x0, y0 = min(x, short[0]), min(y, short[1])
-    network = (x0, y0, max(x + w, short[0] + short[2]) - x0,
-               max(y + h, short[1] + short[3]) - y0)
-    piece = (x + w // 3, y + h // 8, w // 4, h // 4)         # near the tall one's top
-    assert box_iou(piece, network) <= cfg.fuse_network_iou
-    assert box_iou(short, network) <= cfg.fuse_network_iou
-    pieces = dataclasses.replace(found, boxes=[*found.boxes, piece])
-    fused = fuse_proposals(pieces, [], cfg, 10, network_boxes=[network])
-    assert fused[0] == network and piece not in fused
-    assert _matched([short], fused[1:]) == 1
-    off = dataclasses.replace(cfg, fuse_network_part_containment=0.0)
-    assert piece in fuse_proposals(pieces, [], off, 10, network_boxes=[network])
-    with pytest.raises(DepthError, match="fuse_network_part_containment"):
-        DepthProposalConfig(fuse_network_part_containment=1.5)
-
-
-def test_fusion_joins_an_object_cut_by_holes_in_its_depth():
-    # a tall box whose middle returns no depth (a black band, as infrared sensors see black
-    # plastic): depth gives two pieces; the colour box of the whole object, half of it
-    # without depth, replaces them
-    depth, (whole,) = render_tabletop([(0.0, 0.0, 0.16, 0.06, 0.12)])
-    x, y, w, h = whole
-    holey = depth.copy()
-    holey[y:y + h, x + w // 4:x + 3 * w // 4] = 0.0
-    cfg = DepthProposalConfig()
-    found = propose_depth_boxes(holey, K, cfg)
-    assert len(found.boxes) == 2 and _matched([whole], found.boxes) == 0
-    assert fuse_proposals(found, [whole], cfg, max_count=10) == [whole]
-    off = dataclasses.replace(cfg, fuse_holes_frac=0.0)
-    assert fuse_proposals(found, [whole], off, max_count=10) == found.boxes
-    # under fuse_holes_frac of the box without depth, the pieces stay (two objects that one
-    # colour box covers have depth nearly all over)
-    assert fuse_proposals(found, [whole], dataclasses.replace(cfg, fuse_holes_frac=0.9),
-                          max_count=10) == found.boxes
-    # a single depth box inside a colour box without depth is not replaced
-    one = propose_depth_boxes(depth, K, cfg)
-    assert len(one.boxes) == 1
-    assert fuse_proposals(one, [whole], cfg, max_count=10) == one.boxes
-
-
-def test_fusion_splits_a_depth_box_into_colour_boxes_of_different_heights():
-    import dataclasses
-
-    # two boxes in contact side by side; with the step, crease and top-view cuts off, depth
-    # joins them
-    joined = dataclasses.replace(DepthProposalConfig(), cut_jump_frac=0.0, crease_m=0.0,
-                                 top_view_bin_m=0.0)
-    pair = [(-0.03, 0.0, 0.06, 0.06, 0.08), (0.03, 0.0, 0.06, 0.06, 0.04)]
-    depth, truth = render_tabletop(pair)
-    found = propose_depth_boxes(depth, K, joined)
-    assert len(found.boxes) == 1 and _matched(truth, found.boxes) <= 1
-    fused = fuse_proposals(found, truth, joined, max_count=10)
-    assert sorted(fused) == sorted(truth)                  # tops 8 and 4 cm: two objects
-    off = dataclasses.replace(joined, fuse_split_height_m=0.0)
-    assert fuse_proposals(found, truth, off, max_count=10) == found.boxes
-    # the colour proposer also boxed the whole: one object, as depth says
-    assert fuse_proposals(found, truth + found.boxes, joined, 10) == found.boxes
-    # the same height (two parts of one object's colours): the depth box stays
-    level = [(-0.03, 0.0, 0.06, 0.06, 0.06), (0.03, 0.0, 0.06, 0.06, 0.06)]
-    depth, truth = render_tabletop(level)
-    found = propose_depth_boxes(depth, K, joined)
-    assert len(found.boxes) == 1
-    assert fuse_proposals(found, truth, joined, max_count=10) == found.boxes
-    # the pieces must cover the depth box
-    small = [(x, y, w // 3, h // 3) for x, y, w, h in truth]
-    assert fuse_proposals(found, small, joined, max_count=10)[:1] == found.boxes
-    with pytest.raises(DepthError, match="fuse_split_cover"):
-        DepthProposalConfig(fuse_split_cover=1.5)
-
-
-def test_fusion_adds_a_colour_box_inside_a_depth_box_only_at_another_height():
-    # a small low block in front of a tall box, joined by depth (its cuts off): the block's
-    # colour box lies inside the depth box and stands lower, so it is another object; a
-    # colour box on the tall box's upper part (a label) reaches its height: a part of it
-    joined = dataclasses.replace(DepthProposalConfig(), cut_jump_frac=0.0, crease_m=0.0,
-                                 top_view_bin_m=0.0)
-    pair = [(0.0, 0.02, 0.08, 0.08, 0.12), (0.0, -0.035, 0.025, 0.025, 0.03)]
-    depth, (tall, block) = render_tabletop(pair)
-    found = propose_depth_boxes(depth, K, joined)
-    assert len(found.boxes) == 1 and box_iou(found.boxes[0], block) <= joined.fuse_max_iou
-    x, y, w, h = tall
-    label = (x + w // 4, y + h // 8, w // 3, h // 5)
-    assert box_iou(found.boxes[0], label) <= joined.fuse_max_iou
-    assert fuse_proposals(found, [block], joined, max_count=10) == found.boxes + [block]
-    assert fuse_proposals(found, [label], joined, max_count=10) == found.boxes
-    # a colour box there with no depth under it (a black object) is never a part
-    dark = depth.copy()
-    bx, by, bw, bh = label
-    dark[by:by + bh, bx:bx + bw] = 0.0
-    holey = propose_depth_boxes(dark, K, joined)
-    assert label in fuse_proposals(holey, [label], joined, max_count=10)
 
 
 def test_depth_config_yaml_holds_the_defaults_and_bad_files_are_rejected(tmp_path):
@@ -639,7 +409,7 @@ def test_noise_estimate_measures_the_noise_below_the_plane(correlation_px):
 def test_noise_filter_drops_bumps_of_correlated_noise_and_keeps_the_objects():
     from vl_distill_ros.sim.depth_noise import NOISE_MODELS
 
-    from vl_distill_ros.perception.depth_proposals import _containment
+    from vl_distill_ros.perception.depth_fusion import _containment
 
     on = DepthProposalConfig(refine_max_frac=0.0)   # the grid over the frame: the filter alone
     off = dataclasses.replace(on, noise_top_sigmas=0.0)
@@ -849,7 +619,7 @@ def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch
     as before."""
     import vl_distill_ros.perception.proposals as proposals_module
     from vl_distill_ros.model.bundle import load_bundle
-    from vl_distill_ros.perception.depth_proposals import fusion_colour_config
+    from vl_distill_ros.perception.depth_fusion import fusion_colour_config
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
     from vl_distill_ros.perception.proposals import ProposalConfig
 

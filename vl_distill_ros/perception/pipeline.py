@@ -58,10 +58,9 @@ import torch.nn.functional as F
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
 from .depth_alignment import UnalignedDepth
+from .depth_fusion import fuse_proposals_with_views, fusion_colour_config
 from .depth_proposals import (CameraIntrinsics, DepthError, DepthProposalConfig,
-                              fuse_proposals_with_views, fusion_colour_config,
-                              load_depth_config, propose_depth_boxes,
-                              stride_for)
+                              load_depth_config, propose_depth_boxes, stride_for)
 from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
 from .preprocess import pad_long_crop, preprocess_crops
@@ -328,7 +327,7 @@ class PreparedFrame:
     depth_status: str = ""
     #: One box per box of :attr:`boxes`, the one the student's window is made from (a box
     #: that depth refined keeps the network's box for that, see
-    #: :func:`~.depth_proposals.fuse_proposals_with_views`); None: the boxes themselves.
+    #: :func:`~.depth_fusion.fuse_proposals_with_views`); None: the boxes themselves.
     view_boxes: list[Box] | None = None
 
 

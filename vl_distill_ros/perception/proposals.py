@@ -921,7 +921,7 @@ def propose_with_network(image_rgb: np.ndarray, cfg: ProposalConfig | None = Non
                          ) -> tuple[list[Box], list[Box]]:
     """:func:`propose_boxes`' boxes, and those of them that the box network found (empty
     when it is off): the depth proposer's fusion gives the network's boxes precedence
-    (:func:`~.depth_proposals.fuse_proposals`). Arguments as :func:`propose_boxes`."""
+    (:func:`~.depth_fusion.fuse_proposals`). Arguments as :func:`propose_boxes`."""
     cfg = cfg or ProposalConfig()
     return with_colour_model(image_rgb, network_boxes(image_rgb, cfg) if learned else None,
                              cfg, core_split=core_split)

@@ -1,0 +1,349 @@
+"""Fusion of the depth proposer's boxes with the box network's and the colour proposer's.
+
+ROS-free and numpy only. :func:`fuse_proposals` takes what
+:func:`.depth_proposals.propose_depth_boxes` found in a frame (its boxes, support plane and
+height grid) and the boxes found in the colour image: the box network's first (it separates
+objects in contact that depth joins), then the depth boxes and colour boxes that depth does
+not contradict (:func:`fuse_depth_colour`: a hole, a reflective, black or flat object,
+standing on the support surface). The parameters are the ``fuse_*`` fields of
+:class:`~.depth_proposals.DepthProposalConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from .depth_proposals import DepthProposalConfig, DepthProposals
+from .proposals import Box, ProposalConfig, box_iou
+
+__all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",
+           "fuse_depth_colour", "refine_network_boxes", "split_by_colour",
+           "SUPPORT_MIN_RAISED", "SPLIT_CONTAINMENT", "SPLIT_MAX_AREA", "SPLIT_MAX_OVERLAP"]
+
+
+def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
+                   cfg: DepthProposalConfig, max_count: int,
+                   network_boxes: Sequence[Box] = ()) -> list[Box]:
+    """The box network's boxes (``network_boxes``, found in the colour frame, see
+    :mod:`.box_net`) first, then the boxes of :func:`fuse_depth_colour` whose IoU with each
+    of them is at most ``fuse_network_iou``: the network separates objects in contact
+    that depth joins, and depth adds what the network missed. A network box whose raised
+    samples stand beyond the support surface (:func:`_on_support`, as the colour boxes of
+    :func:`fuse_depth_colour`) is left out. Without a support plane the colour boxes
+    alone; at most ``max_count``. With ``fuse_network_refine_iou``, a network box that a
+    depth box matches is moved halfway to it (:func:`refine_network_boxes`)."""
+    return fuse_proposals_with_views(depth, colour_boxes, cfg, max_count, network_boxes)[0]
+
+
+def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box],
+                              cfg: DepthProposalConfig, max_count: int,
+                              network_boxes: Sequence[Box] = ()
+                              ) -> tuple[list[Box], list[Box]]:
+    """:func:`fuse_proposals`' boxes and, one for each, the box the classifier's window is
+    made from: for a network box that ``fuse_network_refine_iou`` moved, the network's
+    own box (the student reads the window around the box as the network drew it, as it
+    was calibrated; the refined box is where the object is), for every other box the box
+    itself."""
+    fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
+    network = [b for b in network_boxes or () if _on_support(depth, b, cfg)] \
+        if depth.plane is not None else []
+    if not network:
+        return fused, list(fused)
+    refined = refine_network_boxes(network, depth.boxes, cfg)
+    rest = [b for b in fused if _beside_network(b, refined, cfg, depth)]
+    return (refined + rest)[:max_count], (network + rest)[:max_count]
+
+
+def fusion_colour_config(cfg: ProposalConfig, depth_cfg: DepthProposalConfig
+                         ) -> ProposalConfig:
+    """The colour proposer's settings for the boxes :func:`fuse_proposals` takes: the box
+    network's alone (``box_net_colour: none``) unless ``fuse_colour_model``; ``cfg`` itself
+    when that changes nothing. With the network off (``box_net``) the colour model still
+    runs: it is then the only colour proposer."""
+    if depth_cfg.fuse_colour_model or cfg.box_net_colour == "none":
+        return cfg
+    return replace(cfg, box_net_colour="none")
+
+
+def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],
+                         cfg: DepthProposalConfig) -> list[Box]:
+    """``network_boxes``, each one that exactly one of ``depth_boxes`` matches at IoU
+    ``fuse_network_refine_iou`` or more, while that depth box matches no other network box
+    better, replaced by the mean of the two (corner by corner): one object whose extent
+    the network and depth estimated with independent errors."""
+    out = list(network_boxes)
+    if cfg.fuse_network_refine_iou <= 0:
+        return out
+    for i, n in enumerate(network_boxes):
+        same = [d for d in depth_boxes if box_iou(d, n) >= cfg.fuse_network_refine_iou]
+        if len(same) != 1:
+            continue
+        ious = [box_iou(same[0], m) for m in network_boxes]
+        if int(np.argmax(ious)) == i:
+            out[i] = _mean_box(n, same[0])
+    return out
+
+
+def _mean_box(a: Box, b: Box) -> Box:
+    """The box whose corners are the means of ``a``'s and ``b``'s (whole pixels)."""
+    x0, y0 = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+    x1, y1 = (a[0] + a[2] + b[0] + b[2]) / 2, (a[1] + a[3] + b[1] + b[3]) / 2
+    x0, y0, x1, y1 = (int(round(v)) for v in (x0, y0, x1, y1))
+    return (x0, y0, max(x1 - x0, 1), max(y1 - y0, 1))
+
+
+def _on_support(depth: DepthProposals, box: Box, cfg: DepthProposalConfig) -> bool:
+    """Whether a box found in the colour image stands on the support surface by its raised
+    samples within the height band (:func:`_supported`; true when they are too few)."""
+    if depth.height_grid is None:
+        return True
+    window = _box_cells(depth, [int(round(v)) for v in box])
+    cells = depth.height_grid[window]
+    return _supported(depth, window, _raised(depth, window, cfg) & (cells < cfg.max_height_m))
+
+
+def _raised(depth: DepthProposals, window: tuple[slice, slice],
+            cfg: DepthProposalConfig) -> np.ndarray:
+    """Which grid samples of ``window`` stand ``fuse_raised_m`` (plus their noise
+    allowance) above the plane."""
+    allowance = depth.allowance_grid[window] if depth.allowance_grid is not None else 0.0
+    return np.nan_to_num(depth.height_grid[window], nan=-1.0) > cfg.fuse_raised_m + allowance
+
+
+def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalConfig,
+                    depth: DepthProposals | None = None) -> bool:
+    """Whether ``box`` is another object than each of ``network_boxes`` (:func:`fuse_proposals`):
+    with each one, IoU at most ``fuse_network_iou``, or at most ``fuse_network_partial_iou``
+    while neither box holds the other. Each network box is judged on its own: a small one
+    that ``box`` holds at IoU under ``fuse_network_iou`` does not make a side overlap with
+    another one count as more. With ``depth``, a box lying inside a network box at about
+    its height is a part of that object (:func:`_part_of_network`), whatever the IoU."""
+    return all(_beside(box, n, cfg) and not _part_of_network(box, n, cfg, depth)
+               for n in network_boxes)
+
+
+def _beside(box: Box, network_box: Box, cfg: DepthProposalConfig) -> bool:
+    """Whether ``box`` is another object than ``network_box`` by their overlap alone
+    (:func:`_beside_network`)."""
+    iou = box_iou(box, network_box)
+    if iou <= cfg.fuse_network_iou:
+        return True
+    return iou <= cfg.fuse_network_partial_iou \
+        and _containment(network_box, box) < cfg.fuse_containment \
+        and _containment(box, network_box) < cfg.fuse_containment
+
+
+def _part_of_network(box: Box, network_box: Box, cfg: DepthProposalConfig,
+                     depth: DepthProposals | None) -> bool:
+    """Whether ``box`` lies (``fuse_network_part_containment`` of its area) inside
+    ``network_box`` and its top reaches about the network box's (:func:`_heights_differ`):
+    a piece of the object the network found (a cap, a handle, a label), not another object
+    in front of it, which stands lower or higher. A box without raised samples (a black or
+    flat object) is never a part; 0 or no depth: off."""
+    if cfg.fuse_network_part_containment <= 0 or depth is None or depth.height_grid is None:
+        return False
+    return _part_at_height(depth, box, network_box, cfg.fuse_network_part_containment, cfg)
+
+
+def _part_at_height(depth: DepthProposals, box: Box, outer: Box, containment: float,
+                    cfg: DepthProposalConfig) -> bool:
+    """Whether ``box`` lies (``containment`` of its area) inside ``outer`` and its top
+    reaches about ``outer``'s (:func:`_heights_differ`); never for a box without raised
+    samples."""
+    if _containment(box, outer) < containment:
+        return False
+    top = _box_top(depth, box, cfg)
+    return top > 0 and not _heights_differ(top, _box_top(depth, outer, cfg), cfg)
+
+
+def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
+                      cfg: DepthProposalConfig, max_count: int) -> list[Box]:
+    """Depth boxes first, then the colour boxes that depth does not contradict: each one
+    overlapping no depth box by more than ``fuse_max_iou``, not a part of one (inside it at
+    about its height, :func:`_part_of`) and either mostly without valid
+    depth (a hole, a reflective or black object, out of range) or standing partly above the
+    plane (a flat object, see :class:`DepthProposalConfig`); at most ``max_count``. A colour
+    box replaces the depth boxes inside it when they are all low (the thick parts of a flat
+    object) or when two or more of them lie in a box largely without depth (one object cut
+    by holes, ``fuse_holes_frac``). A depth box whose colour boxes inside it stand at
+    different heights is replaced by them first (:func:`split_by_colour`). Without a
+    support plane the colour boxes alone."""
+    if depth.plane is None or depth.height_grid is None:
+        return list(colour_boxes)[:max_count]
+    out, tops = split_by_colour(depth, colour_boxes, cfg)
+    grid = depth.height_grid
+    for box in colour_boxes:
+        inside = [i for i, b in enumerate(out) if _containment(b, box) >= cfg.fuse_containment]
+        if inside and (all(tops[i] <= cfg.fuse_flat_height_m for i in inside)
+                       or _holey(depth, box, inside, cfg)) and not any(
+                box_iou(box, b) > cfg.fuse_max_iou for i, b in enumerate(out)
+                if i not in inside):
+            out = [b for i, b in enumerate(out) if i not in inside] + [box]
+            tops = [t for i, t in enumerate(tops) if i not in inside] + [0.0]
+            continue
+        if len(out) >= max_count or any(box_iou(box, b) > cfg.fuse_max_iou for b in out) \
+                or _part_of(depth, box, out, cfg):
+            continue
+        window = _box_cells(depth, box)
+        cells = grid[window]
+        if cells.size == 0:
+            continue
+        valid = np.isfinite(cells)
+        n_valid = int(np.count_nonzero(valid))
+        up = _raised(depth, window, cfg)
+        if (n_valid < cfg.fuse_min_valid_frac * cells.size or np.count_nonzero(up)
+                >= cfg.fuse_raised_frac * n_valid) and _supported(
+                depth, window, up & (cells < cfg.max_height_m)):
+            out.append(box)
+            tops.append(np.inf)
+    return out[:max_count]
+
+
+#: :func:`_supported`: a colour box with fewer raised grid samples than this is not judged
+#: by its feet (a hole in the depth, or a surface the plane is not: then nothing says where
+#: it stands).
+SUPPORT_MIN_RAISED = 8
+
+
+def _supported(depth: DepthProposals, window: tuple[slice, slice], raised: np.ndarray) -> bool:
+    """Whether a colour box (its grid ``window`` and which of its samples are ``raised``
+    within the height band) stands on the support surface: the centre of its raised
+    samples' feet lies on it (an object on the table, not something beyond it). True
+    without a surface or with fewer than :data:`SUPPORT_MIN_RAISED` raised samples."""
+    support = depth.support
+    rows, cols = np.nonzero(raised)
+    if support is None or depth.depth_grid is None or depth.height_grid is None or \
+            depth.camera is None or \
+            rows.size < SUPPORT_MIN_RAISED:
+        return True
+    k = depth.camera
+    rows, cols = rows + window[0].start, cols + window[1].start
+    z = depth.depth_grid[rows, cols].astype(np.float64)
+    s, off = depth.stride, depth.offset
+    if k.distorted:
+        rx, ry = k.pixel_rays()
+        points = np.stack([rx[off + rows * s, off + cols * s] * z,
+                           ry[off + rows * s, off + cols * s] * z, z], 1)
+    else:
+        points = np.stack([(off + cols * s - k.cx) * z / k.fx,
+                           (off + rows * s - k.cy) * z / k.fy, z], 1)
+    return support.holds(points - depth.height_grid[rows, cols, None] * support.normal[None, :])
+
+
+def _holey(depth: DepthProposals, box: Box, inside: Sequence[int],
+           cfg: DepthProposalConfig) -> bool:
+    """Whether the colour ``box`` holds two or more depth boxes (``inside``) and at least
+    ``fuse_holes_frac`` of its grid samples have no usable depth: one object that holes in
+    its depth (black or shiny parts) cut into pieces."""
+    if cfg.fuse_holes_frac <= 0 or len(inside) < 2 or depth.height_grid is None:
+        return False
+    cells = depth.height_grid[_box_cells(depth, box)]
+    return cells.size > 0 and \
+        np.count_nonzero(np.isnan(cells)) >= cfg.fuse_holes_frac * cells.size
+
+
+#: :func:`split_by_colour`: a colour box lies at least this fraction of its area inside the
+#: depth box, at most this fraction of the depth box's area, and two of them overlap by at
+#: most this fraction of the smaller one.
+SPLIT_CONTAINMENT = 0.85
+SPLIT_MAX_AREA = 0.8
+SPLIT_MAX_OVERLAP = 0.3
+
+
+def split_by_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
+                    cfg: DepthProposalConfig) -> tuple[list[Box], list[float]]:
+    """``depth``'s boxes and the tops of their clusters, each box replaced by the colour
+    boxes inside it where those are objects of different heights that depth joined (see
+    ``fuse_split_height_m``; none of the colour boxes may be the depth box itself, at
+    :data:`SPLIT_MAX_AREA` of its area). The new boxes keep their cluster's top."""
+    out = list(depth.boxes)
+    tops = list(depth.tops) if len(depth.tops) == len(out) else [np.inf] * len(out)
+    if cfg.fuse_split_height_m <= 0 or depth.height_grid is None or len(colour_boxes) < 2:
+        return out, tops
+    boxes: list[Box] = []
+    heights: list[float] = []
+    for box, top in zip(out, tops):
+        inside = _split_candidates(box, colour_boxes, cfg)
+        parts = [_box_top(depth, c, cfg) for c in inside]
+        if parts and _heights_differ(min(parts), max(parts), cfg):
+            boxes.extend(inside)   # the pieces keep their cluster's top
+            heights.extend([top] * len(inside))
+        else:
+            boxes.append(box)
+            heights.append(top)
+    return boxes, heights
+
+
+def _heights_differ(a: float, b: float, cfg: DepthProposalConfig) -> bool:
+    """Whether tops ``a`` and ``b`` (m above the plane) are of different objects: they
+    differ by at least ``fuse_split_height_m`` and ``fuse_split_height_frac`` of the
+    higher one (one object's parts have about one height)."""
+    spread = abs(a - b)
+    return spread >= cfg.fuse_split_height_m and spread >= cfg.fuse_split_height_frac * max(a, b)
+
+
+def _part_of(depth: DepthProposals, box: Box, boxes: Sequence[Box],
+             cfg: DepthProposalConfig) -> bool:
+    """Whether the colour ``box`` lies (``fuse_containment`` of its area) inside one of the
+    depth ``boxes`` and reaches about its height (:func:`_heights_differ`): a part of that
+    object (a label, a lid, a handle), not another one in front of it. A box without raised
+    samples (a black object depth does not see) is never a part."""
+    return any(_part_at_height(depth, box, b, cfg.fuse_containment, cfg) for b in boxes)
+
+
+def _split_candidates(box: Box, colour_boxes: Sequence[Box],
+                      cfg: DepthProposalConfig) -> list[Box]:
+    """The colour boxes inside the depth ``box`` that could replace it (two or more, each
+    :data:`SPLIT_CONTAINMENT` inside it, all under :data:`SPLIT_MAX_AREA` of its area,
+    overlapping each other by at most :data:`SPLIT_MAX_OVERLAP`, covering
+    ``fuse_split_cover`` of it), or ``[]``."""
+    inside = [c for c in colour_boxes if _containment(c, box) >= SPLIT_CONTAINMENT]
+    if len(inside) < 2 or any(c[2] * c[3] >= SPLIT_MAX_AREA * box[2] * box[3] for c in inside):
+        return []
+    if any(_overlap(a, b) > SPLIT_MAX_OVERLAP for i, a in enumerate(inside)
+           for b in inside[i + 1:]):
+        return []
+    return inside if _cover(box, inside) >= cfg.fuse_split_cover else []
+
+
+def _box_cells(depth: DepthProposals, box: Sequence[int]) -> tuple[slice, slice]:
+    """The rows and columns of ``depth``'s grids whose samples lie inside ``box``."""
+    x, y, w, h = box
+    s, off = depth.stride, depth.offset
+    c0, r0 = max((x - off + s - 1) // s, 0), max((y - off + s - 1) // s, 0)
+    c1, r1 = (x + w - 1 - off) // s + 1, (y + h - 1 - off) // s + 1
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _box_top(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig) -> float:
+    """90th percentile of the heights above the plane (m) of the samples in ``box`` that
+    stand ``min_height_m`` above it (0 when none do)."""
+    cells = depth.height_grid[_box_cells(depth, box)]
+    up = cells[np.nan_to_num(cells, nan=-1.0) > cfg.min_height_m]
+    return float(np.percentile(up, 90)) if up.size else 0.0
+
+
+def _overlap(a: Sequence[int], b: Sequence[int]) -> float:
+    """Intersection of boxes ``a`` and ``b`` over the smaller one's area."""
+    return max(_containment(a, b), _containment(b, a))
+
+
+def _cover(outer: Sequence[int], boxes: Sequence[Sequence[int]]) -> float:
+    """Fraction of box ``outer``'s area inside the union of ``boxes``."""
+    x, y, w, h = (int(v) for v in outer)
+    mask = np.zeros((max(h, 1), max(w, 1)), bool)
+    for b in boxes:
+        mask[max(int(b[1]) - y, 0):max(int(b[1] + b[3]) - y, 0),
+             max(int(b[0]) - x, 0):max(int(b[0] + b[2]) - x, 0)] = True
+    return float(mask.mean())
+
+
+def _containment(inner: Sequence[int], outer: Sequence[int]) -> float:
+    """Fraction of box ``inner``'s area inside box ``outer``."""
+    iw = min(inner[0] + inner[2], outer[0] + outer[2]) - max(inner[0], outer[0])
+    ih = min(inner[1] + inner[3], outer[1] + outer[3]) - max(inner[1], outer[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return float(iw * ih) / max(float(inner[2] * inner[3]), 1.0)
