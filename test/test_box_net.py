@@ -97,6 +97,21 @@ def test_the_shipped_network_finds_the_objects_of_rendered_frames(repo_root):
     assert ((boxes[:, 0] + boxes[:, 2] <= 40 + 1e-6) & (boxes[:, 1] >= 0)).all()
 
 
+def test_the_network_runs_on_the_threads_asked_for_and_finds_the_same_boxes(repo_root):
+    """``load_box_net(path, threads)``: one session per thread count, run on that many
+    ONNX Runtime threads; the boxes do not depend on it."""
+    one, two = load_box_net(DEFAULT_BOX_NET, 1), load_box_net(DEFAULT_BOX_NET, 2)
+    assert one is not two and load_box_net(DEFAULT_BOX_NET, 2) is two
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    image, _ = next(iter(_sample_frames(repo_root, 1)))
+    boxes_one, scores_one = one.detect(image, threshold=0.3)
+    boxes_two, scores_two = two.detect(image, threshold=0.3)
+    assert len(boxes_one) > 0
+    np.testing.assert_allclose(boxes_two, boxes_one, atol=1e-3)
+    np.testing.assert_allclose(scores_two, scores_one, atol=1e-5)
+
+
 def _is_int8(path) -> bool:
     import onnx
 
@@ -370,6 +385,14 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     assert chosen.proposal_cfg.box_net_threshold == 0.5
     with pytest.raises(PipelineError, match="no model file"):
         settings(proposal_box_net=str(tmp_path / "missing.onnx"))
+    assert default.box_net_threads == 2
+    assert settings(proposal_box_net_threads=1).proposal_cfg.box_net_threads == 1
+    for bad in (0, 9):   # the parameter's range, and the proposer's own bound
+        with pytest.raises(replay.InputError, match="proposal_box_net_threads must lie in"):
+            settings(proposal_box_net_threads=bad)
+        with pytest.raises(PipelineError, match="box_net_threads must be in"):
+            PipelineSettings.from_params({**replay.node_parameter_values({}),
+                                          "proposal_box_net_threads": bad})
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(PipelineError, match="cannot load the box network"):

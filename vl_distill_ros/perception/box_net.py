@@ -267,16 +267,16 @@ def resolve_box_net(name: str) -> Path | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(path: str, mtime_ns: int, size: int) -> BoxNet:
-    return BoxNet(Path(path))
+def _cached(path: str, mtime_ns: int, size: int, threads: int) -> BoxNet:
+    return BoxNet(Path(path), threads)
 
 
-def load_box_net(path: str | Path) -> BoxNet:
-    """The box network at ``path``, loaded once per process (and again if the file
-    changes): one ``stat`` per call."""
+def load_box_net(path: str | Path, threads: int = 1) -> BoxNet:
+    """The box network at ``path`` with ``threads`` ONNX Runtime threads, loaded once per
+    process and thread count (and again if the file changes): one ``stat`` per call."""
     p = Path(path)
     try:
         st = p.stat()
     except OSError as exc:
         raise BoxNetError(f"cannot read box network {p}: {exc.strerror or exc}") from None
-    return _cached(str(p), st.st_mtime_ns, st.st_size)
+    return _cached(str(p), st.st_mtime_ns, st.st_size, max(1, int(threads)))

@@ -254,10 +254,12 @@ class PipelineSettings:
                 pad_frac=float(values["proposal_pad_frac"]),
                 box_net=str(values.get("proposal_box_net", ProposalConfig.box_net)),
                 box_net_threshold=float(values.get("proposal_box_net_threshold",
-                                                   ProposalConfig.box_net_threshold)))
+                                                   ProposalConfig.box_net_threshold)),
+                box_net_threads=int(values.get("proposal_box_net_threads",
+                                               ProposalConfig.box_net_threads)))
             net = resolve_box_net(proposal_cfg.box_net)
-            if net is not None:
-                load_box_net(net)  # a bad file is refused here, not on the next frame
+            if net is not None:  # a bad file is refused here, not on the next frame
+                load_box_net(net, proposal_cfg.box_net_threads)
         except ValueError as exc:
             raise PipelineError(f"proposal settings: {exc}") from None
         depth_path = str(values.get("depth_proposal_config", "") or "")
