@@ -38,7 +38,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         return run_pipeline(a, out)
     from vl_distill_ros.bags.bag_io import read_camera_bag
     from vl_distill_ros.perception.depth_alignment import align_depth, transform_from_pose
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
 
     out["machine"] = machine_info(["numpy", "cv2"])
     frames = []

@@ -12,7 +12,8 @@ import test_depth
 from vl_distill_ros.bags.bag_io import BagFrame, GroundTruthObject, read_camera_bag, \
     write_camera_bag
 from vl_distill_ros.evaluation.scoring import match_boxes
-from vl_distill_ros.perception.depth_proposals import CameraIntrinsics, propose_depth_boxes
+from vl_distill_ros.perception.camera_model import CameraIntrinsics
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -17,8 +17,8 @@ from vl_distill_ros.bags.bag_io import (BagError, BagFrame, BagTopics, GroundTru
                                         is_depth_topic, pair_camera_topics, read_camera_bag,
                                         write_camera_bag)
 from vl_distill_ros.perception.depth_fusion import fuse_proposals
-from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
-                                                       DepthProposalConfig, load_depth_config,
+from vl_distill_ros.perception.camera_model import CameraIntrinsics, DepthError
+from vl_distill_ros.perception.depth_proposals import (DepthProposalConfig, load_depth_config,
                                                        propose_depth_boxes)
 from vl_distill_ros.perception.image_codec import (ImageDecodeError, decode_depth,
                                                    encode_depth_mm)
@@ -907,7 +907,7 @@ def _pinhole_of_corner(k: CameraIntrinsics, k1: float, k2: float, u: float, v: f
 
 
 def test_distortion_corner_px_measures_how_far_the_lens_moves_the_corner():
-    from vl_distill_ros.perception.depth_proposals import distortion_corner_px
+    from vl_distill_ros.perception.camera_model import distortion_corner_px
 
     k = CameraIntrinsics(600.0, 600.0, 320.0, 240.0, 640, 480)
     assert distortion_corner_px(k, "plumb_bob", []) == 0.0
@@ -1097,7 +1097,7 @@ def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
     the same lens. Impossible values are refused with a clear error."""
     from types import SimpleNamespace
 
-    from vl_distill_ros.perception.depth_proposals import image_camera
+    from vl_distill_ros.perception.camera_model import image_camera
 
     d = [-0.2, 0.05, 0.001, -0.002, 0.0]
     roi = SimpleNamespace(x_offset=80, y_offset=60, width=640, height=480)

@@ -12,8 +12,8 @@ from test_depth import render_tabletop
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception.depth_alignment import (UnalignedDepth, align_depth,
                                                        transform_from_pose)
-from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthError,
-                                                       propose_depth_boxes)
+from vl_distill_ros.perception.camera_model import CameraIntrinsics, DepthError
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 
 COLOUR = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
 DEPTH = CameraIntrinsics(230.0, 232.0, 162.0, 117.0, 320, 240)

@@ -12,8 +12,8 @@ import pytest
 from test_depth import OBJECTS, K, _matched, render_tabletop
 from vl_distill_ros.perception.depth_fusion import (fuse_proposals, fuse_proposals_with_views,
                                                     refine_network_boxes)
-from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
-                                                       propose_depth_boxes)
+from vl_distill_ros.perception.camera_model import DepthError
+from vl_distill_ros.perception.depth_proposals import DepthProposalConfig, propose_depth_boxes
 from vl_distill_ros.perception.proposals import box_iou
 
 

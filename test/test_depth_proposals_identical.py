@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.perception import depth_proposals as dp
-from vl_distill_ros.perception.depth_proposals import (CameraIntrinsics, DepthCloud,
-                                                       DepthProposalConfig, depth_cloud,
+from vl_distill_ros.perception.camera_model import CameraIntrinsics
+from vl_distill_ros.perception.depth_proposals import (DepthCloud, DepthProposalConfig, depth_cloud,
                                                        fit_plane_ransac, propose_depth_boxes)
 from vl_distill_ros.sim.depth_noise import apply_depth_noise
 

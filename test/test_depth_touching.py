@@ -16,9 +16,9 @@ import cv2
 from test_depth import K, _rays, cast_tabletop, depth_and_boxes, render_tabletop
 
 from vl_distill_ros.evaluation.scoring import match_boxes
-from vl_distill_ros.perception.depth_proposals import (DepthError, DepthProposalConfig,
-                                                       crease_radii, load_depth_config,
-                                                       propose_depth_boxes)
+from vl_distill_ros.perception.camera_model import DepthError
+from vl_distill_ros.perception.depth_proposals import (DepthProposalConfig, crease_radii,
+                                                       load_depth_config, propose_depth_boxes)
 
 #: The default settings, the same without any cut (the old behaviour), without the
 #: top-view split (each cut of the image grid on its own), and of those with the cut at
@@ -302,7 +302,7 @@ def test_rendered_concave_objects_alone_are_not_cut_at_creases(scene_renderer, k
     # but one object; the crease cut adds no box to the steps-only result (small pieces
     # left out: a mug's handle or a cup's bottom would be proposed on their own, see the
     # README's measurements of small_piece_points on single objects)
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     new, steps_only, no_weak = (dataclasses.replace(c, small_piece_points=0)
@@ -327,7 +327,7 @@ def test_a_noisy_mug_is_not_cut_open_along_its_inside(scene_renderer):
     # marks; the cut through the cells the closing filled is carried only from thin lines
     # of marks, so the mug is lost in as few noisy views as before that cut (3 of 60 in
     # one pose; carried from every mark it was 7)
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
     from vl_distill_ros.sim.depth_noise import apply_depth_noise
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
@@ -345,7 +345,7 @@ def test_a_noisy_mug_is_not_cut_open_along_its_inside(scene_renderer):
 
 
 def test_rendered_pairs_in_contact_found_by_depth(scene_renderer):
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     spec = SceneSpec(objects_per_scene=(2, 2), contact_prob=1.0, depth=True)
@@ -395,7 +395,7 @@ def test_a_weaker_step_cuts_a_lower_object_off_in_front_only(scene_renderer, mon
     # a mug seen from above: its inside (lower) lies behind the rim, so it stays with it;
     # without the rule that the lower piece be in front it would be cut off
     from vl_distill_ros.perception import depth_proposals as dp
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     cfg = dataclasses.replace(NEW, small_piece_points=0)
@@ -412,7 +412,7 @@ def test_a_weaker_step_cuts_a_lower_object_off_in_front_only(scene_renderer, mon
 def test_the_finer_window_cuts_rendered_pairs_the_grid_joins(scene_renderer):
     # the defaults (the grid, then a finer grid in the objects' window) against the grid
     # alone, on rendered pairs in contact: never an object fewer, and some more
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     spec = SceneSpec(objects_per_scene=(2, 2), contact_prob=1.0, depth=True)
@@ -467,7 +467,8 @@ def test_a_small_rendered_table_over_the_floor_is_found_as_the_support(scene_ren
     """``table_length_m`` / ``table_width_m`` (``make-bag --table-size``): a side table
     with more floor than table in view; the depth proposer takes the table, not the floor,
     as the support (``raised_plane_frac``) and finds the objects on it."""
-    from vl_distill_ros.perception.depth_proposals import CameraIntrinsics, propose_depth_boxes
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
+    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
     from vl_distill_ros.sim.render import RenderError
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 

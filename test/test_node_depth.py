@@ -23,7 +23,8 @@ from test_depth import render_tabletop
 from test_node import Tester, running_node, wait_for
 from vl_distill_ros.perception.compressed_codec import (encode_compressed_depth,
                                                         encode_compressed_image)
-from vl_distill_ros.perception.depth_proposals import CameraIntrinsics, propose_depth_boxes
+from vl_distill_ros.perception.camera_model import CameraIntrinsics
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.image_codec import encode_depth_mm
 from vl_distill_ros.ros.node import StartupError, VlDistillNode
 

@@ -194,13 +194,13 @@ class RGBDFrame(NamedTuple):
 
     def intrinsics(self):
         """The paired camera as a
-        :class:`~vl_distill_ros.perception.depth_proposals.CameraIntrinsics` (its K, size
+        :class:`~vl_distill_ros.perception.camera_model.CameraIntrinsics` (its K, size
         and lens model), or ``None`` without a CameraInfo.
 
         Raises:
             DepthError: the CameraInfo's values are unusable (e.g. a zero K).
         """
-        from vl_distill_ros.perception.depth_proposals import CameraIntrinsics
+        from vl_distill_ros.perception.camera_model import CameraIntrinsics
 
         if self.camera_info is None:
             return None
@@ -329,13 +329,13 @@ def camera_info_k(msg: Any, rectified: bool = False,
     ``sensor_msgs/CameraInfo`` describes (its ``k`` matrix, row-major 3x3; for
     ``rectified`` images its projection matrix ``p`` when that is not all zeros; reduced by
     its binning and region of interest, REP 104, unless only its full frame fits
-    ``image_size``: see :func:`~vl_distill_ros.perception.depth_proposals.image_camera`);
+    ``image_size``: see :func:`~vl_distill_ros.perception.camera_model.image_camera`);
     otherwise unchecked.
 
     Raises:
         DepthError: K is not 3x3, or a binning or ROI that cannot be (see ``image_camera``).
     """
-    from vl_distill_ros.perception.depth_proposals import image_camera
+    from vl_distill_ros.perception.camera_model import image_camera
 
     return image_camera(msg, rectified, image_size)
 
@@ -738,7 +738,7 @@ class BagContents:
               depth_unit_m: float = MILLIMETRE, defer_alignment: bool = False) -> RGBDFrame:
         from vl_distill_ros.perception.compressed_codec import (decode_depth_message,
                                                                 is_rectified_topic)
-        from vl_distill_ros.perception.depth_proposals import DepthError
+        from vl_distill_ros.perception.camera_model import DepthError
         from vl_distill_ros.perception.image_codec import ImageDecodeError
 
         img = self._decode(raw)
@@ -783,7 +783,7 @@ class BagContents:
         """
         from vl_distill_ros.perception.depth_alignment import (UnalignedDepth,
                                                                transform_from_pose)
-        from vl_distill_ros.perception.depth_proposals import CameraIntrinsics, DepthError
+        from vl_distill_ros.perception.camera_model import CameraIntrinsics, DepthError
 
         camera = CameraIntrinsics.from_camera_info(info_msg, rectified, (shape[1], shape[0]))
         depth_camera = CameraIntrinsics.from_camera_info(

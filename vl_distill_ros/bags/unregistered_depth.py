@@ -29,7 +29,7 @@ from vl_distill_ros.bags.raw_io import (CAMERA_INFO_TYPE, BagError, header_frame
                                         iter_raw_messages, typestore)
 from vl_distill_ros.perception.compressed_codec import base_topic
 from vl_distill_ros.perception.depth_alignment import transform_from_pose
-from vl_distill_ros.perception.depth_proposals import DepthError
+from vl_distill_ros.perception.camera_model import DepthError
 from vl_distill_ros.perception.static_transforms import (StaticTransforms, TransformError,
                                                          frame_name)
 

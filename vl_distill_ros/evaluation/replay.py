@@ -412,7 +412,7 @@ def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Map
 def _frame_depth(frame: Any) -> tuple[Any, Any]:
     """``(depth, intrinsics)`` for :meth:`PerceptionPipeline.process` from an RGB-D frame;
     a CameraInfo with unusable values gives no intrinsics (the pipeline notes it)."""
-    from ..perception.depth_proposals import DepthError
+    from ..perception.camera_model import DepthError
 
     depth = getattr(frame, "depth", None)
     if depth is None or frame.camera_info is None:

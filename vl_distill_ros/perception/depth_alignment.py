@@ -19,7 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .depth_proposals import CameraIntrinsics, DepthError
+from .camera_model import CameraIntrinsics, DepthError
 from .static_transforms import Transform, TransformError
 
 __all__ = ["align_depth", "transform_from_pose", "POSE_VALUES", "UnalignedDepth"]

@@ -29,8 +29,8 @@ import numpy as np
 
 from ..perception.compressed_codec import decode_depth_message
 from ..perception.depth_alignment import UnalignedDepth
-from ..perception.depth_proposals import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS,
-                                          CameraIntrinsics, DepthError, distortion_corner_px)
+from ..perception.camera_model import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS, CameraIntrinsics,
+                                       DepthError, distortion_corner_px)
 from ..perception.image_codec import MILLIMETRE, ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
 from ..perception.static_transforms import Transform
@@ -91,7 +91,7 @@ class DepthInput:
         self.colour_only_in_period = 0
         self.last_depth_error = ""
         self.last_colour_only_reason = ""
-        #: :func:`~vl_distill_ros.perception.depth_proposals.distortion_corner_px` of the
+        #: :func:`~vl_distill_ros.perception.camera_model.distortion_corner_px` of the
         #: CameraInfo in use (None: not measured yet, or an unknown model).
         self.distortion_px: float | None = None
         self._distortion_of: Any = None

@@ -59,7 +59,7 @@ from ..model.vocabulary import Vocabulary, VocabularyError
 from ..perception.compressed_codec import (decode_image_message, is_rectified_topic,
                                            topic_transport)
 from ..perception.depth_alignment import transform_from_pose
-from ..perception.depth_proposals import DepthError
+from ..perception.camera_model import DepthError
 from ..perception.image_codec import ImageDecodeError
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
