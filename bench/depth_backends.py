@@ -7,7 +7,7 @@ and the same size and noise filters and projection
 (:func:`~vl_distill_ros.perception.depth_proposals.boxes_from_clusters`, with the noise
 measured below each backend's plane):
 
-* ``numpy``: :func:`~vl_distill_ros.perception.depth_proposals.fit_plane_ransac` and
+* ``numpy``: :func:`~vl_distill_ros.perception.support_plane.fit_plane_ransac` and
   :func:`~vl_distill_ros.perception.depth_proposals.object_clusters` (connected components
   on the sample grid and their cuts: what ``propose_depth_boxes`` does on its grid, without
   the colour image and without the finer grid in the objects' window);
@@ -40,20 +40,22 @@ from _common import cpu_model
 
 def _numpy_backend(cloud, k, cfg):
     from vl_distill_ros.perception import depth_proposals as dp
+    from vl_distill_ros.perception.support_plane import DepthNoiseEstimate, fit_plane_ransac
 
-    fit = dp.fit_plane_ransac(cloud.points, cfg, np.random.default_rng(int(cfg.seed)))
+    fit = fit_plane_ransac(cloud.points, cfg, np.random.default_rng(int(cfg.seed)))
     if fit is None:
         return []
     n, d, _ = fit
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
     clusters = dp.object_clusters(cloud, height, cloud.scatter(height, np.nan, np.float32), n,
                                   cfg)
-    noise = dp.DepthNoiseEstimate.measure(height, cloud.points[:, 2])
+    noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg, noise)[0]
 
 
 def _open3d_backend(o3d, cloud, k, cfg, eps_cells: float):
     from vl_distill_ros.perception import depth_proposals as dp
+    from vl_distill_ros.perception.support_plane import DepthNoiseEstimate
 
     pts = cloud.points.astype(np.float64)
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
@@ -76,7 +78,7 @@ def _open3d_backend(o3d, cloud, k, cfg, eps_cells: float):
     labels = np.asarray(sub.cluster_dbscan(eps=eps, min_points=int(cfg.min_cluster_points)))
     clusters = [above[labels == i] for i in range(int(labels.max()) + 1)] if labels.size else []
     clusters = [c for c in clusters if c.size >= cfg.min_cluster_points]
-    noise = dp.DepthNoiseEstimate.measure(height, pts[:, 2])
+    noise = DepthNoiseEstimate.measure(height, pts[:, 2])
     return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg, noise)[0]
 
 

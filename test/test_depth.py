@@ -388,8 +388,8 @@ def test_correlated_noise_keeps_its_sigma_and_correlates_neighbours(correlation_
 
 @pytest.mark.parametrize("correlation_px", [0.0, 4.0])
 def test_noise_estimate_measures_the_noise_below_the_plane(correlation_px):
-    from vl_distill_ros.perception.depth_proposals import (DepthNoiseEstimate, depth_cloud,
-                                                           fit_plane_ransac)
+    from vl_distill_ros.perception.depth_proposals import depth_cloud
+    from vl_distill_ros.perception.support_plane import DepthNoiseEstimate, fit_plane_ransac
 
     cfg = DepthProposalConfig()
     clean = tabletop(OBJECTS, tilt_deg=0.0)   # looking straight down: height error = depth's
@@ -499,7 +499,7 @@ def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
 
 def test_pipeline_reports_each_cameras_depth_noise(bundle):
     from vl_distill_ros.model.bundle import load_bundle
-    from vl_distill_ros.perception.depth_proposals import noise_curve
+    from vl_distill_ros.perception.support_plane import noise_curve
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
 
     pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch")
@@ -881,7 +881,7 @@ def test_a_cloud_cropped_to_a_window_keeps_the_frames_samples():
 
 
 def test_the_noise_bound_is_at_least_the_noise_at_any_nearer_depth():
-    from vl_distill_ros.perception.depth_proposals import DepthNoiseEstimate, noise_curve
+    from vl_distill_ros.perception.support_plane import DepthNoiseEstimate, noise_curve
 
     noise = DepthNoiseEstimate(1.0, (math.nan, 0.8, 1.6, math.nan, 1.2))
     for z in np.linspace(0.2, 2.0, 37):

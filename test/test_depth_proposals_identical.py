@@ -17,7 +17,8 @@ import pytest
 from vl_distill_ros.perception import depth_proposals as dp
 from vl_distill_ros.perception.camera_model import CameraIntrinsics
 from vl_distill_ros.perception.depth_proposals import (DepthCloud, DepthProposalConfig, depth_cloud,
-                                                       fit_plane_ransac, propose_depth_boxes)
+                                                       propose_depth_boxes)
+from vl_distill_ros.perception.support_plane import fit_plane_ransac
 from vl_distill_ros.sim.depth_noise import apply_depth_noise
 
 K = CameraIntrinsics(fx=540.0, fy=540.0, cx=319.5, cy=239.5, width=640, height=480)

@@ -23,7 +23,7 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    Its normal is turned towards the camera. When more floor than table is in view (a side
    table, a stool), the dominant plane is the floor: a plane parallel to it, well above
    it and holding ``raised_plane_frac`` of the samples is the table instead
-   (:func:`raised_plane`).
+   (:func:`.support_plane.raised_plane`).
 3. **Objects**: samples between ``min_height_m`` (plus the same depth-dependent noise
    allowance) and ``max_height_m`` above the plane, grouped by connected components of the
    grid (8-connected) after a small closing that joins a thin handle's pieces; the closing
@@ -68,7 +68,6 @@ values are the dataclass defaults.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -79,13 +78,13 @@ import numpy as np
 from .camera_model import CameraIntrinsics, DepthError
 from .depth_registration import DepthRegistration, shift_depth, strip_fattening
 from .proposals import Box, box_iou, sanitize_boxes
+from .support_plane import DepthNoiseEstimate, fit_plane_ransac, noise_curve, raised_plane
 from .support_region import SupportRegion, support_region
 from .top_view import nearest_label, piece_need, split_top_view
 
 __all__ = ["DepthProposalConfig", "DepthProposals", "DepthCloud", "depth_cloud",
-           "propose_depth_boxes", "load_depth_config", "fit_plane_ransac", "object_clusters",
-           "boxes_from_clusters", "crease_radii", "DepthNoiseEstimate", "noise_curve",
-           "stride_for"]
+           "propose_depth_boxes", "load_depth_config", "object_clusters",
+           "boxes_from_clusters", "crease_radii", "stride_for"]
 
 
 @dataclass(frozen=True)
@@ -134,11 +133,12 @@ class DepthProposalConfig:
     plane_threshold_quadratic: float = 0.004
     #: Fraction of the valid samples the plane must hold (else: no plane, colour only).
     min_plane_frac: float = 0.15
-    #: A table seen over the floor (:func:`raised_plane`): a plane parallel to the dominant
-    #: one (within :data:`RAISED_PLANE_MAX_DEG`), at least ``raised_plane_min_m`` above it
-    #: and holding at least this fraction of the valid samples is the support plane instead
-    #: (a small table, a stool or a cart with more floor than table in view: the dominant
-    #: plane is then the floor, and the table with all on it one cluster). 0: off.
+    #: A table seen over the floor (:func:`.support_plane.raised_plane`): a plane parallel to
+    #: the dominant one (within :data:`.support_plane.RAISED_PLANE_MAX_DEG`), at least
+    #: ``raised_plane_min_m`` above it and holding at least this fraction of the valid
+    #: samples is the support plane instead (a small table, a stool or a cart with more
+    #: floor than table in view: the dominant plane is then the floor, and the table with
+    #: all on it one cluster). 0: off.
     raised_plane_frac: float = 0.1
     raised_plane_min_m: float = 0.25
     #: Height band above the plane (m); the lower bound also gets the noise allowance
@@ -446,181 +446,6 @@ class DepthProposals:
     support: SupportRegion | None = None
     depth_grid: np.ndarray | None = None
     camera: CameraIntrinsics | None = None
-
-
-#: Shape of a depth camera's axial noise over the depth ``z`` (m): ``a + b z^2`` (about a
-#: RealSense D435's); :class:`DepthNoiseEstimate` measures each frame's multiple of it.
-NOISE_CURVE = (0.0012, 0.0019)
-#: The noise is measured on samples at most this many curve units below the plane (not
-#: the floor beyond the table's edge) ...
-NOISE_BAND = 12.0
-#: ... when there are at least this many (else it is not measured: no noise filter), and
-#: per depth slice of :data:`NOISE_SLICE_M` holding at least half as many, among every
-#: :data:`NOISE_STRIDE`-th sample.
-MIN_NOISE_SAMPLES = 500
-NOISE_SLICE_M = 0.25
-NOISE_STRIDE = 4
-
-
-def noise_curve(z: np.ndarray | float) -> np.ndarray | float:
-    """:data:`NOISE_CURVE` at depth ``z`` (m)."""
-    return NOISE_CURVE[0] + NOISE_CURVE[1] * z * z
-
-
-@dataclass(frozen=True)
-class DepthNoiseEstimate:
-    """One frame's depth noise, measured on the samples just below the support plane:
-    nothing stands below a table, so what lies there is the noise of its surface (half of
-    it). Its robust standard deviation (median absolute value / 0.6745) in units of
-    :func:`noise_curve`, over the whole frame (``scale``; 0: too few samples to tell) and
-    per depth slice of :data:`NOISE_SLICE_M` (``slices``, ``NaN`` where too few): the
-    curve is one camera's shape, the slices follow the camera at hand."""
-
-    scale: float = 0.0
-    slices: tuple[float, ...] = ()
-
-    @classmethod
-    def measure(cls, height: np.ndarray, z: np.ndarray) -> "DepthNoiseEstimate":
-        """From the samples' heights above the plane and depths (m); every
-        :data:`NOISE_STRIDE`-th sample is enough."""
-        h = np.asarray(height, np.float32)[::NOISE_STRIDE]
-        z = np.asarray(z, np.float32)[::NOISE_STRIDE]
-        below = h < 0
-        h, z = h[below], z[below]
-        r = h / -noise_curve(z)
-        keep = r < NOISE_BAND
-        if np.count_nonzero(keep) < MIN_NOISE_SAMPLES:
-            return cls()
-        r, idx = r[keep], (z[keep] * (1.0 / NOISE_SLICE_M)).astype(np.int64)
-        slices = [math.nan] * (int(idx.max()) + 1)
-        present, counts = np.unique(idx, return_counts=True)
-        for i in present[counts >= MIN_NOISE_SAMPLES // 2]:
-            slices[int(i)] = float(np.median(r[idx == i])) / 0.6745
-        return cls(float(np.median(r)) / 0.6745, tuple(slices))
-
-    def sigma_bound(self, z: float) -> float:
-        """At least :meth:`sigma` at any depth up to ``z``: the largest scale (the frame's
-        or a slice's) times the curve at ``z``."""
-        return max([self.scale, *(v for v in self.slices if not math.isnan(v))]) * float(
-            noise_curve(z))
-
-    def sigma(self, z: float) -> float:
-        """The standard deviation (m) at depth ``z``: its slice's, else the frame's."""
-        i = int(z / NOISE_SLICE_M)
-        scale = self.slices[i] if 0 <= i < len(self.slices) and not math.isnan(
-            self.slices[i]) else self.scale
-        return scale * float(noise_curve(z))
-
-
-def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
-                     rng: np.random.Generator) -> tuple[np.ndarray, float, float] | None:
-    """Dominant plane of ``(N, 3)`` camera-frame points: ``(unit normal towards the camera,
-    offset d, inlier fraction)`` with ``n . p + d`` the signed distance, or ``None``.
-
-    Hypotheses are scored on ``ransac_samples`` random points, the winner is refitted by
-    least squares (twice) on the inliers among at most ``8 * ransac_samples`` points."""
-    n_pts = len(points)
-    if n_pts < 3:
-        return None
-    pts = np.asarray(points, np.float32)
-    # np.take / np.compress: the rows that fancy / boolean indexing would give, 3-4x faster
-    sub = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, int(cfg.ransac_samples))), 0)
-    fit = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, 8 * int(cfg.ransac_samples))),
-                  0) if n_pts > 8 * int(cfg.ransac_samples) else pts
-    tri = np.take(pts, rng.integers(0, n_pts, size=(int(cfg.ransac_iterations), 3)), 0)
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    norm = np.linalg.norm(normals, axis=1)
-    ok = norm > 1e-9
-    if not ok.any():
-        return None
-    normals = normals[ok] / norm[ok, None]
-    offsets = -np.einsum("ij,ij->i", normals, tri[ok, 0])
-    thr_sub = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * sub[:, 2] ** 2
-    dist = sub @ normals.T
-    dist += offsets
-    np.abs(dist, out=dist)
-    # a count per column as a uint8 sum: 4x count_nonzero(axis=0)'s speed
-    scores = np.add.reduce((dist < thr_sub[:, None]).view(np.uint8), axis=0, dtype=np.int64)
-    best = int(np.argmax(scores))
-    n, d = normals[best].astype(np.float64), float(offsets[best])
-    thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * fit[:, 2] ** 2
-    fit = fit.astype(np.float64)   # once: each product with the float64 normal casts it
-    for _ in range(2):  # least-squares refits on the inliers (smallest-eigenvalue normal)
-        inliers = np.abs(fit @ n + d) < thr
-        if np.count_nonzero(inliers) < 3:
-            return None
-        n, d = _least_squares_plane(np.compress(inliers, fit, axis=0))
-    if d < 0:  # the camera (origin) on the positive side: heights above the table > 0
-        n, d = -n, -d
-    frac = float(np.count_nonzero(np.abs(fit @ n + d) < thr)) / len(fit)
-    return n, d, frac
-
-
-def _least_squares_plane(sel: np.ndarray) -> tuple[np.ndarray, float]:
-    """Unit normal (the covariance's smallest eigenvector) and offset of the plane through
-    the float64 points ``sel`` ``(N, 3)``."""
-    centre = np.ones(len(sel)) @ sel / len(sel)   # a BLAS product: 10x np.mean's speed
-    dev = sel - centre
-    n = np.linalg.eigh(dev.T @ dev)[1][:, 0]
-    return n, -float(n @ centre)
-
-
-#: The most a raised plane's normal may turn from the dominant plane's (degrees).
-RAISED_PLANE_MAX_DEG = 10.0
-#: Height bins (m) the samples above the dominant plane are counted in; a plane is looked
-#: for in the two adjacent bins that hold the most.
-RAISED_PLANE_BIN_M = 0.01
-
-
-def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
-                 cfg: DepthProposalConfig) -> tuple[np.ndarray, float] | None:
-    """A support plane above the dominant ``plane`` of ``points``: ``(unit normal towards
-    the camera, offset)``, or ``None``.
-
-    The samples (every k-th, at most ``8 * ransac_samples``) at least
-    ``raised_plane_min_m`` above ``plane`` are counted in height bins;
-    where two adjacent bins hold ``raised_plane_frac`` of all samples, a plane is refitted
-    by least squares on them (then on its inliers, ``plane_threshold_*``), and taken when
-    it stays within :data:`RAISED_PLANE_MAX_DEG` of parallel, below the camera, holds
-    that fraction, and has objects on it: at least as many samples within the height band
-    (``max_height_m``, above twice the inlier distance) above it as there are above the
-    dominant plane and under it (objects on the floor beside a table keep the floor). The
-    floor is the dominant plane when a small table fills less of the view; the table is
-    still the flat, level surface the objects stand on.
-    """
-    if float(cfg.raised_plane_frac) <= 0 or len(points) < 3:
-        return None
-    # every k-th sample, at most 8 * ransac_samples of them (as the plane's refit)
-    pts = np.asarray(points[::-(-len(points) // (8 * int(cfg.ransac_samples)))], np.float64)
-    need = float(cfg.raised_plane_frac) * len(pts)
-    normal = np.asarray(plane[0], np.float64)
-    above = pts @ normal + float(plane[1]) - float(cfg.raised_plane_min_m)
-    up = above >= 0
-    if np.count_nonzero(up) < need:
-        return None
-    counts = np.bincount((above[up] / RAISED_PLANE_BIN_M).astype(np.int64))
-    pairs = counts[:-1] + counts[1:] if len(counts) > 1 else counts
-    peak = int(np.argmax(pairs))
-    if pairs[peak] < need:
-        return None
-    sel = up & (np.abs(above - (peak + 1) * RAISED_PLANE_BIN_M) <= 1.5 * RAISED_PLANE_BIN_M)
-    thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * pts[:, 2] ** 2
-    for _ in range(2):  # least squares on the band, then on the refitted plane's inliers
-        if np.count_nonzero(sel) < max(need, 3):
-            return None
-        n, d = _least_squares_plane(np.compress(sel, pts, axis=0))
-        n, d = (n, d) if n @ normal >= 0 else (-n, -d)
-        high = pts @ n + d
-        sel = np.abs(high) < thr
-    if np.count_nonzero(sel) < need or d <= 0 or \
-            n @ normal < math.cos(math.radians(RAISED_PLANE_MAX_DEG)):
-        return None
-    # the support is the plane with the objects: within the height band above the raised
-    # plane, not fewer samples than above the dominant one (and under the raised one)
-    low, top = above + float(cfg.raised_plane_min_m), float(cfg.max_height_m)
-    on_raised = np.count_nonzero((high > 2 * thr) & (high < top))
-    on_dominant = np.count_nonzero((low > 2 * thr) & (low < top) & (high < -2 * thr))
-    return (n, d) if on_raised >= on_dominant else None
 
 
 @dataclass
