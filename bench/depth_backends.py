@@ -2,13 +2,13 @@
 """Plane fit and clustering of the depth proposer: numpy/OpenCV (shipped) vs Open3D.
 
 Both backends get the same downsampled, filtered cloud of each frame
-(:func:`vl_distill_ros.perception.depth_proposals.depth_cloud`, every ``stride``-th pixel)
+(:func:`vl_distill_ros.perception.depth_cloud.depth_cloud`, every ``stride``-th pixel)
 and the same size and noise filters and projection
 (:func:`~vl_distill_ros.perception.depth_proposals.boxes_from_clusters`, with the noise
 measured below each backend's plane):
 
 * ``numpy``: :func:`~vl_distill_ros.perception.support_plane.fit_plane_ransac` and
-  :func:`~vl_distill_ros.perception.depth_proposals.object_clusters` (connected components
+  :func:`~vl_distill_ros.perception.depth_clusters.object_clusters` (connected components
   on the sample grid and their cuts: what ``propose_depth_boxes`` does on its grid, without
   the colour image and without the finer grid in the objects' window);
 * ``open3d``: ``PointCloud.segment_plane`` (RANSAC, same iterations, the inlier distance at
@@ -40,6 +40,7 @@ from _common import cpu_model
 
 def _numpy_backend(cloud, k, cfg):
     from vl_distill_ros.perception import depth_proposals as dp
+    from vl_distill_ros.perception.depth_clusters import object_clusters
     from vl_distill_ros.perception.support_plane import DepthNoiseEstimate, fit_plane_ransac
 
     fit = fit_plane_ransac(cloud.points, cfg, np.random.default_rng(int(cfg.seed)))
@@ -47,8 +48,8 @@ def _numpy_backend(cloud, k, cfg):
         return []
     n, d, _ = fit
     height = cloud.points @ n.astype(np.float32) + np.float32(d)
-    clusters = dp.object_clusters(cloud, height, cloud.scatter(height, np.nan, np.float32), n,
-                                  cfg)
+    clusters = object_clusters(cloud, height, cloud.scatter(height, np.nan, np.float32), n,
+                               cfg)
     noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg, noise)[0]
 
@@ -94,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from proposals_recall import Tally, load_rgbd_frames
 
-    from vl_distill_ros.perception.depth_proposals import DepthProposalConfig, depth_cloud
+    from vl_distill_ros.perception.depth_cloud import depth_cloud
+    from vl_distill_ros.perception.depth_config import DepthProposalConfig
 
     if args.stub_visualization:
         sys.modules.setdefault("open3d.visualization", types.ModuleType("open3d.visualization"))

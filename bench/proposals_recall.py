@@ -300,7 +300,8 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                   iou: float = 0.5) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
     from vl_distill_ros.perception.depth_fusion import fuse_proposals, fusion_colour_config
-    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes, stride_for
+    from vl_distill_ros.perception.depth_config import stride_for
+    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
     from vl_distill_ros.perception.depth_registration import DepthRegistration
     from vl_distill_ros.perception.proposals import propose_boxes, propose_with_network
 
@@ -454,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import cv2
 
-    from vl_distill_ros.perception.depth_proposals import DepthProposalConfig, load_depth_config
+    from vl_distill_ros.perception.depth_config import DepthProposalConfig, load_depth_config
 
     depth_cfg = load_depth_config(args.depth_config) if args.depth_config \
         else DepthProposalConfig()

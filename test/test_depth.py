@@ -18,8 +18,8 @@ from vl_distill_ros.bags.bag_io import (BagError, BagFrame, BagTopics, GroundTru
                                         write_camera_bag)
 from vl_distill_ros.perception.depth_fusion import fuse_proposals
 from vl_distill_ros.perception.camera_model import CameraIntrinsics, DepthError
-from vl_distill_ros.perception.depth_proposals import (DepthProposalConfig, load_depth_config,
-                                                       propose_depth_boxes)
+from vl_distill_ros.perception.depth_config import DepthProposalConfig, load_depth_config
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.image_codec import (ImageDecodeError, decode_depth,
                                                    encode_depth_mm)
 from vl_distill_ros.perception.proposals import box_iou
@@ -388,7 +388,7 @@ def test_correlated_noise_keeps_its_sigma_and_correlates_neighbours(correlation_
 
 @pytest.mark.parametrize("correlation_px", [0.0, 4.0])
 def test_noise_estimate_measures_the_noise_below_the_plane(correlation_px):
-    from vl_distill_ros.perception.depth_proposals import depth_cloud
+    from vl_distill_ros.perception.depth_cloud import depth_cloud
     from vl_distill_ros.perception.support_plane import DepthNoiseEstimate, fit_plane_ransac
 
     cfg = DepthProposalConfig()
@@ -743,7 +743,7 @@ def test_two_stages_in_two_threads_give_what_process_gives(bundle):
 
 
 def test_the_grid_step_grows_with_the_focal_length_and_the_frame_width():
-    from vl_distill_ros.perception.depth_proposals import stride_for
+    from vl_distill_ros.perception.depth_config import stride_for
 
     # by default the step follows the shorter side: a 640x480 camera of 58 degrees
     # (584 px) or of YCB-Video's 25 (1067 px) and an 848x480 one: step 2; 1280x720: 3;
@@ -867,7 +867,7 @@ def test_object_windows_join_while_any_two_overlap():
 
 
 def test_a_cloud_cropped_to_a_window_keeps_the_frames_samples():
-    from vl_distill_ros.perception.depth_proposals import depth_cloud
+    from vl_distill_ros.perception.depth_cloud import depth_cloud
 
     depth = apply_depth_noise(render_tabletop(OBJECTS)[0], np.random.default_rng(3))
     cloud = depth_cloud(depth, K, DepthProposalConfig())

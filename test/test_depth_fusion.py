@@ -13,7 +13,8 @@ from test_depth import OBJECTS, K, _matched, render_tabletop
 from vl_distill_ros.perception.depth_fusion import (fuse_proposals, fuse_proposals_with_views,
                                                     refine_network_boxes)
 from vl_distill_ros.perception.camera_model import DepthError
-from vl_distill_ros.perception.depth_proposals import DepthProposalConfig, propose_depth_boxes
+from vl_distill_ros.perception.depth_config import DepthProposalConfig
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.proposals import box_iou
 
 

@@ -16,8 +16,9 @@ import pytest
 
 from vl_distill_ros.perception import depth_proposals as dp
 from vl_distill_ros.perception.camera_model import CameraIntrinsics
-from vl_distill_ros.perception.depth_proposals import (DepthCloud, DepthProposalConfig, depth_cloud,
-                                                       propose_depth_boxes)
+from vl_distill_ros.perception.depth_cloud import DepthCloud, depth_cloud, depth_samples
+from vl_distill_ros.perception.depth_config import DepthProposalConfig
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.support_plane import fit_plane_ransac
 from vl_distill_ros.sim.depth_noise import apply_depth_noise
 
@@ -29,7 +30,7 @@ K = CameraIntrinsics(fx=540.0, fy=540.0, cx=319.5, cy=239.5, width=640, height=4
 # ---------------------------------------------------------------------------------------
 def reference_depth_cloud(depth, k, cfg):
     """The first back-projection (the sampling and validity mask are unchanged and shared)."""
-    z, valid, s, off = dp.depth_samples(depth, cfg)
+    z, valid, s, off = depth_samples(depth, cfg)
     rows, cols = np.nonzero(valid)
     zz = z[rows, cols]
     pts = np.stack([((off + cols * s) - k.cx) * zz / k.fx,

@@ -10,7 +10,8 @@ import pytest
 from test_depth import K, OBJECTS, _matched, render_tabletop
 
 from vl_distill_ros.perception.camera_model import DepthError
-from vl_distill_ros.perception.depth_proposals import DepthProposalConfig, propose_depth_boxes
+from vl_distill_ros.perception.depth_config import DepthProposalConfig
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.depth_registration import (DepthRegistration, best_shift,
                                                           shift_depth, shift_scores)
 

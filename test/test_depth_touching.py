@@ -17,8 +17,9 @@ from test_depth import K, _rays, cast_tabletop, depth_and_boxes, render_tabletop
 
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception.camera_model import DepthError
-from vl_distill_ros.perception.depth_proposals import (DepthProposalConfig, crease_radii,
-                                                       load_depth_config, propose_depth_boxes)
+from vl_distill_ros.perception.depth_clusters import crease_radii
+from vl_distill_ros.perception.depth_config import DepthProposalConfig, load_depth_config
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 
 #: The default settings, the same without any cut (the old behaviour), without the
 #: top-view split (each cut of the image grid on its own), and of those with the cut at
@@ -369,7 +370,7 @@ def test_a_cut_cluster_keeps_every_cell_when_a_pieces_interior_falls_apart():
     # a piece cut off a cluster whose interior falls into two blobs (two blocks joined by
     # one cell): every cell of the cluster goes to one of the pieces, none is dropped (the
     # cells nearest the second blob used to be lost: a mug's handle, half of a box)
-    from vl_distill_ros.perception.depth_proposals import _large_parts
+    from vl_distill_ros.perception.depth_clusters import _large_parts
 
     comp = np.ones((12, 30), bool)
     cut = comp.copy()
@@ -394,7 +395,7 @@ def test_a_weaker_step_cuts_a_lower_object_off_in_front_only(scene_renderer, mon
         assert len(boxes) == 2 and len(match_boxes(truth, boxes, 0.5)) == 2
     # a mug seen from above: its inside (lower) lies behind the rim, so it stays with it;
     # without the rule that the lower piece be in front it would be cut off
-    from vl_distill_ros.perception import depth_proposals as dp
+    from vl_distill_ros.perception import depth_clusters
     from vl_distill_ros.perception.camera_model import CameraIntrinsics
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
@@ -405,7 +406,7 @@ def test_a_weaker_step_cuts_a_lower_object_off_in_front_only(scene_renderer, mon
     kept = propose_depth_boxes(frame.depth, k, cfg, frame.image).boxes
     assert len(kept) == len(propose_depth_boxes(
         frame.depth, k, dataclasses.replace(cfg, weak_jump_frac=0.0), frame.image).boxes)
-    monkeypatch.setattr(dp, "_lower_in_front", lambda *args: True)
+    monkeypatch.setattr(depth_clusters, "_lower_in_front", lambda *args: True)
     assert len(propose_depth_boxes(frame.depth, k, cfg, frame.image).boxes) > len(kept)
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from vl_distill_ros.perception.depth_fusion import fuse_proposals
 from vl_distill_ros.perception.camera_model import CameraIntrinsics
-from vl_distill_ros.perception.depth_proposals import DepthProposalConfig, propose_depth_boxes
+from vl_distill_ros.perception.depth_config import DepthProposalConfig
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.proposals import box_iou
 from vl_distill_ros.perception.support_region import support_region
 

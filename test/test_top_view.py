@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.perception.camera_model import DepthError
-from vl_distill_ros.perception.depth_proposals import DepthProposalConfig
+from vl_distill_ros.perception.depth_config import DepthProposalConfig
 from vl_distill_ros.perception.top_view import height_map, plane_basis, split_top_view
 
 CFG = DepthProposalConfig()

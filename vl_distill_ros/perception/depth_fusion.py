@@ -6,7 +6,7 @@ height grid) and the boxes found in the colour image: the box network's first (i
 objects in contact that depth joins), then the depth boxes and colour boxes that depth does
 not contradict (:func:`fuse_depth_colour`: a hole, a reflective, black or flat object,
 standing on the support surface). The parameters are the ``fuse_*`` fields of
-:class:`~.depth_proposals.DepthProposalConfig`.
+:class:`~.depth_config.DepthProposalConfig`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .depth_proposals import DepthProposalConfig, DepthProposals
+from .depth_config import DepthProposalConfig
+from .depth_proposals import DepthProposals
 from .proposals import Box, ProposalConfig, box_iou
 
 __all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",

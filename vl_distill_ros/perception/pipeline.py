@@ -60,7 +60,8 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD,
 from .camera_model import CameraIntrinsics, DepthError
 from .depth_alignment import UnalignedDepth
 from .depth_fusion import fuse_proposals_with_views, fusion_colour_config
-from .depth_proposals import DepthProposalConfig, load_depth_config, propose_depth_boxes, stride_for
+from .depth_config import DepthProposalConfig, load_depth_config, stride_for
+from .depth_proposals import propose_depth_boxes
 from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
 from .preprocess import pad_long_crop, preprocess_crops

@@ -5,18 +5,17 @@ on the inliers); :func:`raised_plane` finds a table's plane above the floor when
 than table is in view; :class:`DepthNoiseEstimate` measures a frame's depth noise on the
 samples just below the plane, in units of a camera's noise curve (:func:`noise_curve`).
 The depth proposer (:mod:`.depth_proposals`) uses them in its second step; their settings
-are fields of its :class:`~.depth_proposals.DepthProposalConfig`.
+are fields of its :class:`~.depth_config.DepthProposalConfig`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:   # only for annotations: depth_proposals imports this module
-    from .depth_proposals import DepthProposalConfig
+from .depth_config import DepthProposalConfig
+
 
 __all__ = ["fit_plane_ransac", "raised_plane", "DepthNoiseEstimate", "noise_curve",
            "NOISE_CURVE", "RAISED_PLANE_MAX_DEG"]
