@@ -11,7 +11,8 @@ import pytest
 from vl_distill_ros.perception.box_net import (DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8, BoxNet,
                                                BoxNetError, decode_boxes, load_box_net,
                                                resolve_box_net, suppress_overlaps)
-from vl_distill_ros.perception.proposals import ProposalConfig, box_iou, propose_boxes
+from vl_distill_ros.perception.boxes import box_iou
+from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
 
 
 def _logit(p: float) -> float:

@@ -22,7 +22,7 @@ from vl_distill_ros.perception.depth_config import DepthProposalConfig, load_dep
 from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.image_codec import (ImageDecodeError, decode_depth,
                                                    encode_depth_mm)
-from vl_distill_ros.perception.proposals import box_iou
+from vl_distill_ros.perception.boxes import box_iou
 from vl_distill_ros.perception.stamp_sync import StampBuffer
 from vl_distill_ros.sim.depth_noise import DepthNoise, apply_depth_noise
 

@@ -15,7 +15,7 @@ from vl_distill_ros.perception.depth_fusion import (fuse_proposals, fuse_proposa
 from vl_distill_ros.perception.camera_model import DepthError
 from vl_distill_ros.perception.depth_config import DepthProposalConfig
 from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
-from vl_distill_ros.perception.proposals import box_iou
+from vl_distill_ros.perception.boxes import box_iou
 
 
 def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table():

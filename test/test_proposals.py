@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vl_distill_ros.perception.proposals import (Box, ProposalConfig, box_iou, crop, full_frame_box,
-                                                 sanitize_boxes, working_scale)
+from vl_distill_ros.perception.boxes import Box, box_iou, crop, full_frame_box, sanitize_boxes
+from vl_distill_ros.perception.proposals import ProposalConfig, working_scale
 from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
 
@@ -398,7 +398,7 @@ def test_recall_on_a_made_bag(ycb_models, tmp_path, repo_root) -> None:
 # -- the window the classifier sees ------------------------------------------------------------
 
 def test_classification_window_is_a_square_around_the_box():
-    from vl_distill_ros.perception.proposals import classification_window
+    from vl_distill_ros.perception.boxes import classification_window
 
     # a tall box in the middle: a square of its longer side plus 10%, centred on it
     assert classification_window((100, 50, 20, 60), 320, 240, True, 0.1) == (77, 47, 66, 66)
@@ -410,7 +410,7 @@ def test_classification_window_is_a_square_around_the_box():
 
 
 def test_classification_window_moves_into_the_frame_and_clips_to_it():
-    from vl_distill_ros.perception.proposals import classification_window
+    from vl_distill_ros.perception.boxes import classification_window
 
     # at the left and bottom edges: moved inside, still square
     assert classification_window((0, 200, 10, 40), 320, 240, True, 0.0) == (0, 200, 40, 40)

@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from vl_distill_ros.perception.proposals import (ProposalConfig, _border_pixels,
-                                                 _border_segments, _BORDER_SEGMENTS, box_iou)
+from vl_distill_ros.perception.boxes import box_iou
+from vl_distill_ros.perception.proposals import (ProposalConfig, _border_pixels, _border_segments,
+                                                 _BORDER_SEGMENTS)
 from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
 

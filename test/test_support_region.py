@@ -12,7 +12,7 @@ from vl_distill_ros.perception.depth_fusion import fuse_proposals
 from vl_distill_ros.perception.camera_model import CameraIntrinsics
 from vl_distill_ros.perception.depth_config import DepthProposalConfig
 from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
-from vl_distill_ros.perception.proposals import box_iou
+from vl_distill_ros.perception.boxes import box_iou
 from vl_distill_ros.perception.support_region import support_region
 
 K = CameraIntrinsics(fx=540.0, fy=540.0, cx=319.5, cy=239.5, width=640, height=480)

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 # the proposer's IoU (re-exported: ``scoring.box_iou`` is part of this module's API)
-from ..perception.proposals import box_iou
+from ..perception.boxes import box_iou
 
 __all__ = ["FrameKey", "GTObject", "Membership", "UNKNOWN_LABEL", "MISSED_COLUMN", "GROUPS",
            "box_iou", "match_boxes", "fold_label", "score_frames", "percentiles",

@@ -9,7 +9,7 @@ with the previous frame's classification):
 1. **Boxes** from the configured crop source: ``proposals`` (the class-agnostic proposer of
    :mod:`~vl_distill_ros.perception.proposals`), ``full_frame`` (one box, e.g. for a hand camera)
    or ``rois`` (fixed regions). Every box goes through
-   :func:`~vl_distill_ros.perception.proposals.sanitize_boxes`: boxes are clipped to the image and
+   :func:`~vl_distill_ros.perception.boxes.sanitize_boxes`: boxes are clipped to the image and
    degenerate, non-finite or out-of-image boxes are dropped, so the network never sees an
    empty crop.
 2. **Crops** of one frame are preprocessed and run through the student in batches of at
@@ -65,9 +65,9 @@ from .depth_proposals import propose_depth_boxes
 from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
 from .preprocess import pad_long_crop, preprocess_crops
-from .proposals import (Box, ProposalConfig, classification_window, colour_model_boxes, crop,
-                        full_frame_box, network_boxes, propose_boxes, propose_with_network,
-                        sanitize_boxes, with_colour_model)
+from .boxes import Box, classification_window, crop, full_frame_box, sanitize_boxes
+from .proposals import (ProposalConfig, colour_model_boxes, network_boxes, propose_boxes,
+                        propose_with_network, with_colour_model)
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,7 +177,7 @@ class PipelineSettings:
         depth_cfg: depth proposer settings (used when a frame comes with depth).
         crop_square: the student sees a square window around each box (the crop shape
             it was distilled on) instead of the box stretched to a square; see
-            :func:`~vl_distill_ros.perception.proposals.classification_window`. A window
+            :func:`~vl_distill_ros.perception.boxes.classification_window`. A window
             that cannot be square (the full frame, a region of interest, a window larger than
             the frame) and is longer than 4:3 is padded to a square with its edge pixels
             (:func:`~vl_distill_ros.perception.preprocess.pad_long_crop`).
