@@ -209,7 +209,8 @@ def rgbd_frames(scene: str, n: int, k: int, width: int, height: int, seed: int,
 
 def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
     """How many boxes the node's proposer gives for each frame (its settings from ``-p``)."""
-    from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
+    from vl_distill_ros.perception.proposals import propose_boxes
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
 
     kw = {}
     for key, field in (("proposal_min_area_frac", "min_area_frac"),

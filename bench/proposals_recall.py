@@ -112,7 +112,7 @@ def size_bucket(box: Sequence[float]) -> str:
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``field=value`` strings -> typed :class:`ProposalConfig` changes (raises ValueError)."""
-    from vl_distill_ros.perception.proposals import ProposalConfig
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
 
     types = {f.name: f.type for f in dataclasses.fields(ProposalConfig)}
     out: dict[str, Any] = {}
@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng([bag_index, frame_index])
         return degrade(relight(image, **light), degradation, rng)
 
-    from vl_distill_ros.perception.proposals import ProposalConfig
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
 
     try:
         cfg = ProposalConfig(**parse_overrides(args.params))

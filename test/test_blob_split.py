@@ -9,7 +9,7 @@ import pytest
 from vl_distill_ros.evaluation.scoring import match_boxes
 from vl_distill_ros.perception import blob_split
 from vl_distill_ros.perception.blob_split import cut_necks, split_cores
-from vl_distill_ros.perception.proposals import ProposalConfig
+from vl_distill_ros.perception.proposal_config import ProposalConfig
 from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
 

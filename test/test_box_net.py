@@ -12,7 +12,8 @@ from vl_distill_ros.perception.box_net import (DEFAULT_BOX_NET, DEFAULT_BOX_NET_
                                                BoxNetError, decode_boxes, load_box_net,
                                                resolve_box_net, suppress_overlaps)
 from vl_distill_ros.perception.boxes import box_iou
-from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
+from vl_distill_ros.perception.proposals import propose_boxes
+from vl_distill_ros.perception.proposal_config import ProposalConfig
 
 
 def _logit(p: float) -> float:

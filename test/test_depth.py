@@ -621,7 +621,7 @@ def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.depth_fusion import fusion_colour_config
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
-    from vl_distill_ros.perception.proposals import ProposalConfig
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
 
     calls = []
     real = proposals_module._colour_boxes

@@ -18,7 +18,7 @@ from vl_distill_ros.model.bundle import load_bundle, save_bundle
 from vl_distill_ros.config import StudentConfig
 from vl_distill_ros.perception.pipeline import (UNKNOWN_LABEL, PerceptionPipeline, PipelineError,
                                                 draw_annotations, labels_document, rois_from_flat)
-from vl_distill_ros.perception.proposals import ProposalConfig
+from vl_distill_ros.perception.proposal_config import ProposalConfig
 from vl_distill_ros.model.student import build_student
 from vl_distill_ros.model.vocabulary import Vocabulary
 

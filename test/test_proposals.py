@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.perception.boxes import Box, box_iou, crop, full_frame_box, sanitize_boxes
-from vl_distill_ros.perception.proposals import ProposalConfig, working_scale
+from vl_distill_ros.perception.proposals import working_scale
+from vl_distill_ros.perception.proposal_config import ProposalConfig
 from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.perception.boxes import box_iou
-from vl_distill_ros.perception.proposals import (ProposalConfig, _border_pixels, _border_segments,
-                                                 _BORDER_SEGMENTS)
+from vl_distill_ros.perception.colour_background import (_BORDER_SEGMENTS, _border_segments,
+                                                         border_pixels)
+from vl_distill_ros.perception.proposal_config import ProposalConfig
 from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
 
@@ -130,7 +131,7 @@ def test_border_segments_follow_the_border_clockwise() -> None:
     for r in range(border, h - border):
         pos[r, w - border:] = w + r
         pos[r, :border] = 2 * w + h + (h - 1 - r)
-    want = _border_pixels(pos[..., None], border)[:, 0] * _BORDER_SEGMENTS // (2 * (w + h))
+    want = border_pixels(pos[..., None], border)[:, 0] * _BORDER_SEGMENTS // (2 * (w + h))
     got = _border_segments(h, w, border)
     assert got.shape == want.shape and np.array_equal(got, want)
     assert got.min() == 0 and got.max() >= _BORDER_SEGMENTS - 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vl_distill_ros.perception.proposals import (ProposalConfig, _box_score, _candidates,
-                                                 _finish)
+from vl_distill_ros.perception.proposals import _box_score, _candidates, _finish
+from vl_distill_ros.perception.proposal_config import ProposalConfig
 from helpers import colour_model_boxes as propose_boxes  # tests of the colour model
 
 

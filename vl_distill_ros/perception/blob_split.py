@@ -36,7 +36,7 @@ __all__ = ["NeckSettings", "cut_necks", "split_cores"]
 
 class NeckSettings(Protocol):
     """The rules of the cut: the ``neck_*`` fields of the colour proposer's
-    :class:`~.proposals.ProposalConfig`, which documents them and holds their defaults."""
+    :class:`~.proposal_config.ProposalConfig`, which documents them and holds their defaults."""
 
     neck_depth_frac: float
     neck_edge_support: float

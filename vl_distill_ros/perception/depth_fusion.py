@@ -18,7 +18,7 @@ import numpy as np
 from .depth_config import DepthProposalConfig
 from .depth_proposals import DepthProposals
 from .boxes import Box, box_iou
-from .proposals import ProposalConfig
+from .proposal_config import ProposalConfig
 
 __all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",
            "fuse_depth_colour", "refine_network_boxes", "split_by_colour",

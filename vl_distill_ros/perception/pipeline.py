@@ -66,8 +66,9 @@ from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
 from .preprocess import pad_long_crop, preprocess_crops
 from .boxes import Box, classification_window, crop, full_frame_box, sanitize_boxes
-from .proposals import (ProposalConfig, colour_model_boxes, network_boxes, propose_boxes,
-                        propose_with_network, with_colour_model)
+from .proposals import (colour_model_boxes, network_boxes, propose_boxes, propose_with_network,
+                        with_colour_model)
+from .proposal_config import ProposalConfig
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
