@@ -317,7 +317,7 @@ def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw") -> 
     CameraInfo, size, intrinsics, change(info))``, with ``change`` editing the CameraInfo."""
     from rosbags.rosbag2 import Writer
 
-    from vl_distill_ros.bags import bag_io
+    from vl_distill_ros.bags import bag_io, bag_writer
 
     store = bag_io.typestore()
     with Writer(path, version=Writer.VERSION_LATEST) as writer:
@@ -325,12 +325,12 @@ def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw") -> 
         dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
         inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
         for t, t_depth, n, k, change in frames:
-            info = bag_io._camera_info_msg(store, k, n, n, t, "f")
+            info = bag_writer._camera_info_msg(store, k, n, n, t, "f")
             change(info)
             writer.write(inf, t_depth, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
-            _, dmsg = bag_io._depth_msg(store, np.ones((n, n), np.float32), t_depth, "f")
+            _, dmsg = bag_writer._depth_msg(store, np.ones((n, n), np.float32), t_depth, "f")
             writer.write(dep, t_depth, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
-            _, img = bag_io._image_msg(store, np.zeros((n, n, 3), np.uint8), t, "f")
+            _, img = bag_writer._image_msg(store, np.zeros((n, n, 3), np.uint8), t, "f")
             writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
     return path
 

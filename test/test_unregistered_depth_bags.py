@@ -15,7 +15,7 @@ import pytest
 import test_depth
 from test_depth import _replay, render_tabletop
 from test_depth_alignment import COLOUR, DEPTH, OBJECTS, OFFSET
-from vl_distill_ros.bags import bag_io
+from vl_distill_ros.bags import bag_io, bag_writer
 from vl_distill_ros.bags.bag_io import BagError, GroundTruthObject, read_camera_bag
 from vl_distill_ros.perception.static_transforms import (MAX_FRAMES, StaticTransforms,
                                                          Transform, TransformError,
@@ -99,7 +99,7 @@ def _tf_message(store, links, stamp_ns: int):
     transforms = []
     for parent, child, t, q in links:
         transforms.append(types["geometry_msgs/msg/TransformStamped"](
-            header=bag_io._header(store, stamp_ns, parent), child_frame_id=child,
+            header=bag_writer._header(store, stamp_ns, parent), child_frame_id=child,
             transform=types["geometry_msgs/msg/Transform"](
                 translation=vector(x=t[0], y=t[1], z=t[2]),
                 rotation=quaternion(x=q[0], y=q[1], z=q[2], w=q[3]))))
@@ -134,14 +134,14 @@ def unregistered_bag(path: Path, frames: int = 3, tf: bool = True,
         for i in range(frames):
             stamp = 1_000_000_000 + i * 100_000_000
             for topic, (info_topic, k, frame) in info_of.items():
-                info = bag_io._camera_info_msg(store, (k.fx, k.fy, k.cx, k.cy), k.width,
-                                               k.height, stamp, frame)
+                info = bag_writer._camera_info_msg(store, (k.fx, k.fy, k.cx, k.cy), k.width,
+                                                   k.height, stamp, frame)
                 writer.write(conn[info_topic], stamp,
                              store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
-            _, dmsg = bag_io._depth_msg(store, depth, stamp, info_of[depth_topic][2])
+            _, dmsg = bag_writer._depth_msg(store, depth, stamp, info_of[depth_topic][2])
             writer.write(conn[depth_topic], stamp, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
             image = np.full((COLOUR.height, COLOUR.width, 3), 150, np.uint8)
-            _, img = bag_io._image_msg(store, image, stamp, info_of[colour_topic][2])
+            _, img = bag_writer._image_msg(store, image, stamp, info_of[colour_topic][2])
             writer.write(conn[colour_topic], stamp, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
             doc = bag_io.ground_truth_document(
                 stamp, "camera_color_optical_frame", colour_topic,
