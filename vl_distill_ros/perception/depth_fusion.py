@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
+from .boxes import Box, box_iou
 from .depth_config import DepthProposalConfig
 from .depth_proposals import DepthProposals
-from .boxes import Box, box_iou
 from .proposal_config import ProposalConfig
 
 __all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",

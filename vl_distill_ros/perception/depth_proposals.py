@@ -73,12 +73,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .boxes import Box, box_iou, sanitize_boxes
 from .camera_model import CameraIntrinsics, DepthError
 from .depth_cloud import DepthCloud, depth_cloud
-from .depth_config import DepthProposalConfig, load_depth_config, stride_for, with_stride
 from .depth_clusters import ColourEdges, below_taller, in_band, object_clusters
+from .depth_config import DepthProposalConfig, load_depth_config, stride_for, with_stride
 from .depth_registration import DepthRegistration, shift_depth, strip_fattening
-from .boxes import Box, box_iou, sanitize_boxes
 from .support_plane import DepthNoiseEstimate, fit_plane_ransac, noise_curve, raised_plane
 from .support_region import SupportRegion, support_region
 

@@ -57,19 +57,19 @@ import torch.nn.functional as F
 
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
+from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
+from .box_net import load_box_net, resolve_box_net
+from .boxes import Box, classification_window, crop, full_frame_box, sanitize_boxes
 from .camera_model import CameraIntrinsics, DepthError
 from .depth_alignment import UnalignedDepth
-from .depth_fusion import fuse_proposals_with_views, fusion_colour_config
 from .depth_config import DepthProposalConfig, load_depth_config, stride_for
+from .depth_fusion import fuse_proposals_with_views, fusion_colour_config
 from .depth_proposals import propose_depth_boxes
-from .box_net import load_box_net, resolve_box_net
 from .depth_registration import DepthRegistration
 from .preprocess import pad_long_crop, preprocess_crops
-from .boxes import Box, classification_window, crop, full_frame_box, sanitize_boxes
+from .proposal_config import ProposalConfig
 from .proposals import (colour_model_boxes, network_boxes, propose_boxes, propose_with_network,
                         with_colour_model)
-from .proposal_config import ProposalConfig
-from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.bundle import Bundle
