@@ -34,12 +34,22 @@ def _image_msg(store: Any, image: np.ndarray, stamp_ns: int, frame_id: str,
     header = _header(store, stamp_ns, frame_id)
     try:
         if image_format != "raw":
-            fmt, payload = encode_compressed_image(image, image_format, quality)
-            return COMPRESSED_IMAGE_TYPE, store.types[COMPRESSED_IMAGE_TYPE](
-                header=header, format=fmt, data=np.frombuffer(payload, dtype=np.uint8))
-        encoding, height, width, step, data = encode_rgb8(image)
+            return _compressed_msg(store, header,
+                                   *encode_compressed_image(image, image_format, quality))
+        return _raw_msg(store, header, *encode_rgb8(image))
     except ValueError as exc:
         raise BagError(f"cannot write image: {exc}") from None
+
+
+def _compressed_msg(store: Any, header: Any, fmt: str, payload: bytes) -> tuple[str, Any]:
+    """``(message type, message)`` of a ``CompressedImage`` holding ``payload``."""
+    return COMPRESSED_IMAGE_TYPE, store.types[COMPRESSED_IMAGE_TYPE](
+        header=header, format=fmt, data=np.frombuffer(payload, dtype=np.uint8))
+
+
+def _raw_msg(store: Any, header: Any, encoding: str, height: int, width: int, step: int,
+             data: bytes) -> tuple[str, Any]:
+    """``(message type, message)`` of an ``Image`` holding ``data``."""
     return IMAGE_TYPE, store.types[IMAGE_TYPE](
         header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
         step=step, data=np.frombuffer(data, dtype=np.uint8))
@@ -62,15 +72,10 @@ def _depth_msg(store: Any, depth: np.ndarray, stamp_ns: int, frame_id: str,
     header = _header(store, stamp_ns, frame_id)
     try:
         if compressed:
-            fmt, payload = encode_compressed_depth(depth)
-            return COMPRESSED_IMAGE_TYPE, store.types[COMPRESSED_IMAGE_TYPE](
-                header=header, format=fmt, data=np.frombuffer(payload, dtype=np.uint8))
-        encoding, height, width, step, data = encode_depth_mm(depth)
+            return _compressed_msg(store, header, *encode_compressed_depth(depth))
+        return _raw_msg(store, header, *encode_depth_mm(depth))
     except ValueError as exc:
         raise BagError(f"cannot write depth: {exc}") from None
-    return IMAGE_TYPE, store.types[IMAGE_TYPE](
-        header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
-        step=step, data=np.frombuffer(data, dtype=np.uint8))
 
 
 def written_topics(topics: BagTopics, image_format: str = "raw") -> BagTopics:
