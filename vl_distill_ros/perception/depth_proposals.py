@@ -62,8 +62,8 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
 proposer's where depth is missing, and splits a depth box into the colour boxes inside it
 where those stand at clearly different heights (:func:`.depth_fusion.split_by_colour`: objects
 in contact that depth joined).
-Parameters come from ``config/depth_proposals.yaml`` (:func:`load_depth_config`), whose
-values are the dataclass defaults.
+Parameters come from ``config/depth_proposals.yaml``
+(:func:`.depth_config.load_depth_config`), whose values are the dataclass defaults.
 """
 from __future__ import annotations
 
@@ -77,13 +77,12 @@ from .boxes import Box, box_iou, sanitize_boxes
 from .camera_model import CameraIntrinsics, DepthError
 from .depth_cloud import DepthCloud, depth_cloud
 from .depth_clusters import ColourEdges, below_taller, in_band, object_clusters
-from .depth_config import DepthProposalConfig, load_depth_config, stride_for, with_stride
+from .depth_config import DepthProposalConfig, stride_for, with_stride
 from .depth_registration import DepthRegistration, shift_depth, strip_fattening
 from .support_plane import DepthNoiseEstimate, fit_plane_ransac, noise_curve, raised_plane
 from .support_region import SupportRegion, support_region
 
-__all__ = ["DepthProposalConfig", "DepthProposals", "propose_depth_boxes", "load_depth_config",
-           "boxes_from_clusters", "stride_for"]
+__all__ = ["DepthProposals", "propose_depth_boxes", "boxes_from_clusters"]
 
 
 @dataclass
