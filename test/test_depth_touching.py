@@ -251,9 +251,9 @@ def scene_renderer(ycb_models):
 
 def _hull_gap(renderer, placed: list[dict]) -> float:
     """Least distance (m) between the footprint hulls of two placed objects."""
-    from vl_distill_ros.sim.scene import _footprint_hull
+    from vl_distill_ros.sim.scene_layout import footprint_hull
 
-    outlines = [_footprint_hull(renderer.geometry(p["key"]), math.radians(p["yaw_deg"]))[1]
+    outlines = [footprint_hull(renderer.geometry(p["key"]), math.radians(p["yaw_deg"]))[1]
                 + np.asarray(p["xy"]) for p in placed]
     d2 = ((outlines[0][:, None, :] - outlines[1][None, :, :]) ** 2).sum(axis=2)
     return float(np.sqrt(d2.min()))
@@ -435,7 +435,8 @@ def test_the_finer_window_cuts_rendered_pairs_the_grid_joins(scene_renderer):
 
 def test_furniture_stands_beyond_the_table_and_is_drawn_in_depth(scene_renderer):
     from vl_distill_ros.sim.render import RenderError
-    from vl_distill_ros.sim.scene import _Camera, SceneSpec, render_scene
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+    from vl_distill_ros.sim.scene_camera import SceneCamera
 
     pool = ["005_tomato_soup_can", "003_cracker_box", "011_banana"]
     seen = 0
@@ -450,8 +451,8 @@ def test_furniture_stands_beyond_the_table_and_is_drawn_in_depth(scene_renderer)
             assert lo[2] < -0.5 and hi[2] > -0.25          # on the floor, near table height
             assert lo[0] > half[0] or hi[0] < -half[0] or lo[1] > half[1] or hi[1] < -half[1]
         # the depth holds the furniture's surfaces: back-projected pixels inside a piece
-        cam = _Camera(**{k: np.asarray(v) if k in ("eye", "target") else v
-                         for k, v in frame.meta["camera"].items()})
+        cam = SceneCamera(**{k: np.asarray(v) if k in ("eye", "target") else v
+                             for k, v in frame.meta["camera"].items()})
         world = cam.eye + frame.depth[..., None] * cam.rays()
         inside = np.zeros(frame.depth.shape, bool)
         for piece in frame.meta["furniture"]:
