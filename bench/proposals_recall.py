@@ -303,7 +303,8 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
     from vl_distill_ros.perception.depth_config import stride_for
     from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
     from vl_distill_ros.perception.depth_registration import DepthRegistration
-    from vl_distill_ros.perception.proposals import propose_boxes, propose_with_network
+    from vl_distill_ros.perception.proposals import (network_detections, propose_boxes,
+                                                     with_colour_model)
 
     tallies = {name: Tally() for name in ("colour", "depth", "auto")}
     # one camera's frames in order, as the node sees them (its registration check)
@@ -322,9 +323,12 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         t2 = time.perf_counter()
         # the fusion's colour boxes, as the node's: without the core split, the colour
         # model's only with fuse_colour_model (or without the network)
-        colour_boxes, network = propose_with_network(
-            image, fusion_colour_config(cfg, depth_cfg), core_split=False)
-        fused = fuse_proposals(found, colour_boxes, depth_cfg, cfg.max_count, network)
+        fusion_cfg = fusion_colour_config(cfg, depth_cfg)
+        net = network_detections(image, fusion_cfg, depth_cfg.fuse_network_weak_score)
+        colour_boxes, network = with_colour_model(
+            image, None if net is None else net.boxes, fusion_cfg, core_split=False)
+        fused = fuse_proposals(found, colour_boxes, depth_cfg, cfg.max_count, network,
+                               [] if net is None else net.weak)
         t3 = time.perf_counter()
         tallies["colour"].add(truth, colour, iou, 1000.0 * (t1 - t0))
         tallies["depth"].add(truth, list(found.boxes), iou, 1000.0 * (t2 - t1))

@@ -173,6 +173,30 @@ def test_propose_boxes_uses_the_network_unless_turned_off(repo_root):
     assert all(any(box_iou(t, b) >= 0.5 for b in learned) for t in truth)
 
 
+def test_network_detections_split_the_boxes_at_the_threshold_from_one_run(repo_root):
+    """``network_detections(..., weak_threshold)``: the boxes are exactly those of
+    ``network_boxes`` (a weaker box never suppresses a better one), the weak ones are the
+    boxes the network finds at the weak threshold that it does not find at its own (scored
+    in between); without a weak threshold there are none, and with the network off None."""
+    import dataclasses
+
+    from vl_distill_ros.perception.proposals import network_boxes, network_detections
+
+    cfg = ProposalConfig()
+    weak_total = 0
+    for image, _ in _sample_frames(repo_root, 6):
+        found = network_detections(image, cfg, 0.1)
+        assert found.boxes == network_boxes(image, cfg)
+        low = network_boxes(image, dataclasses.replace(cfg, box_net_threshold=0.1, max_count=20))
+        assert set(found.boxes) | set(found.weak) <= set(low)
+        assert not set(found.boxes) & set(found.weak)
+        weak_total += len(found.weak)
+        assert network_detections(image, cfg).weak == []
+        assert network_detections(image, cfg, 0.5).weak == []   # above the threshold: none
+    assert weak_total > 0
+    assert network_detections(image, dataclasses.replace(cfg, box_net="off"), 0.1) is None
+
+
 def test_bad_box_network_settings_and_files(tmp_path):
     with pytest.raises(ValueError, match="no model file"):
         ProposalConfig(box_net=str(tmp_path / "missing.onnx"))

@@ -536,17 +536,18 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
               (image, np.zeros_like(depth), K), (image, None, None)]
     colour_threads, core_split = [], []
 
-    def spy(real):
+    def spy(real, name):
         def called(*args, **kwargs):
             colour_threads.append(threading.current_thread().name)
-            core_split.append(kwargs.get("core_split", True))
+            if name != "network_detections":   # the colour model's calls
+                core_split.append(kwargs.get("core_split", True))
             return real(*args, **kwargs)
         return called
 
-    # colour only: propose_boxes; the fusion: propose_with_network (its network boxes too),
-    # or, with two threads, network_boxes in the second while the colour model runs here
-    for name in ("propose_boxes", "propose_with_network", "network_boxes"):
-        monkeypatch.setattr(pipeline_module, name, spy(getattr(pipeline_module, name)))
+    # colour only: propose_boxes; the fusion: network_detections (the network's boxes and
+    # its weak ones), in the second thread with two, and with_colour_model here
+    for name in ("propose_boxes", "network_detections", "with_colour_model"):
+        monkeypatch.setattr(pipeline_module, name, spy(getattr(pipeline_module, name), name))
 
     def run(pipe):
         out = []
@@ -589,12 +590,13 @@ def test_the_pipeline_reports_the_refined_box_and_reads_the_network_box(bundle, 
     import vl_distill_ros.perception.pipeline as pipeline_module
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.perception.proposals import NetworkBoxes
 
     depth, truth = render_tabletop(OBJECTS)
     x, y, w, h = truth[0]
     loose = (int(x - 0.2 * w), int(y - 0.15 * h), int(1.4 * w), int(1.3 * h))
-    monkeypatch.setattr(pipeline_module, "propose_with_network",
-                        lambda image, cfg, core_split=True: ([], [loose]))
+    monkeypatch.setattr(pipeline_module, "network_detections",
+                        lambda image, cfg, weak_threshold=0.0: NetworkBoxes([loose], []))
     on = DepthProposalConfig(fuse_network_refine_iou=0.5)
     pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch",
                               proposal_threads=1, depth_cfg=on)
@@ -609,6 +611,41 @@ def test_the_pipeline_reports_the_refined_box_and_reads_the_network_box(bundle, 
     pipe.configure(depth_cfg=dataclasses.replace(on, fuse_network_refine_iou=0.0))
     frame = pipe.prepare(image, depth, K)
     assert frame.boxes[0] == loose and frame.view_boxes == frame.boxes
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_pipeline_hands_the_weak_network_boxes_on(bundle, monkeypatch, threads):
+    """The network's boxes under its threshold (``network_detections(..., weak)`` with
+    ``fuse_network_weak_score``, in the second thread or not) reach the fusion: an object
+    inside the network's loose box of its neighbour, as tall, is proposed when a weak box
+    matches it, not without, nor with ``fuse_network_weak_score: 0``."""
+    import vl_distill_ros.perception.pipeline as pipeline_module
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.perception.proposals import NetworkBoxes
+
+    depth, (big, small) = render_tabletop([(0.0, 0.10, 0.16, 0.08, 0.15),
+                                           (0.0, -0.05, 0.05, 0.05, 0.14)])
+    x0, y0 = min(big[0], small[0]), min(big[1], small[1])
+    loose = (x0, y0, max(big[0] + big[2], small[0] + small[2]) - x0,
+             max(big[1] + big[3], small[1] + small[3]) - y0)
+    asked = []
+
+    def detections(image, cfg, weak_threshold=0.0):
+        asked.append(weak_threshold)
+        return NetworkBoxes([loose], [small] if weak_threshold > 0 else [])
+    monkeypatch.setattr(pipeline_module, "network_detections", detections)
+    cfg = DepthProposalConfig(fuse_network_refine_iou=0.0)
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch",
+                              proposal_threads=threads, depth_cfg=cfg)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    frame = pipe.prepare(image, depth, K)
+    assert asked == [cfg.fuse_network_weak_score] and frame.depth_status == "used"
+    assert frame.boxes[0] == loose and _matched([small], frame.boxes) == 1
+    pipe.configure(depth_cfg=dataclasses.replace(cfg, fuse_network_weak_score=0.0))
+    frame = pipe.prepare(image, depth, K)
+    assert asked[-1] == 0.0 and _matched([small], frame.boxes) == 0
+    pipe.close()
 
 
 def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch):

@@ -171,6 +171,34 @@ def test_fusion_leaves_out_a_part_of_a_network_box_not_an_object_in_front_of_it(
         DepthProposalConfig(fuse_network_part_containment=1.5)
 
 
+def test_a_weak_network_box_brings_back_an_object_the_fusion_took_for_a_part():
+    """An object beside a taller one, as tall as the network box's top, lying inside the
+    network's loose box of its neighbour, is left out as a part of it; one of the network's
+    boxes under its threshold (``weak_network_boxes``) that matches its depth box brings it
+    back, once. A weak box on the network box's own object adds nothing, and
+    ``fuse_network_weak_score: 0`` turns it off."""
+    depth, truth = render_tabletop([(0.0, 0.10, 0.16, 0.08, 0.15),    # behind
+                                    (0.0, -0.05, 0.05, 0.05, 0.14)])  # in front, as tall
+    cfg = DepthProposalConfig(fuse_network_refine_iou=0.0)
+    found = propose_depth_boxes(depth, K, cfg)
+    assert _matched(truth, found.boxes) == 2
+    big, small = truth
+    x0, y0 = min(big[0], small[0]), min(big[1], small[1])
+    loose = (x0, y0, max(big[0] + big[2], small[0] + small[2]) - x0,
+             max(big[1] + big[3], small[1] + small[3]) - y0)
+    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[loose])
+    assert _matched([small], fused) == 0                  # taken for a part of the loose box
+    fused = fuse_proposals(found, [], cfg, 10, [loose], weak_network_boxes=[small])
+    assert fused[0] == loose and _matched([small], fused) == 1
+    assert sum(box_iou(b, small) >= 0.5 for b in fused) == 1
+    assert fuse_proposals(found, [], cfg, 10, [loose], weak_network_boxes=[loose]) == [loose]
+    off = dataclasses.replace(cfg, fuse_network_weak_score=0.0)
+    assert _matched([small], fuse_proposals(found, [], off, 10, [loose],
+                                            weak_network_boxes=[small])) == 0
+    with pytest.raises(DepthError, match="fuse_network_weak_score"):
+        DepthProposalConfig(fuse_network_weak_score=1.5)
+
+
 def test_fusion_joins_an_object_cut_by_holes_in_its_depth():
     # a tall box whose middle returns no depth (a black band, as infrared sensors see black
     # plastic): depth gives two pieces; the colour box of the whole object, half of it

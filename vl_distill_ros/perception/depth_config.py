@@ -184,6 +184,13 @@ class DepthProposalConfig:
     #: ``fuse_split_height_frac``), is a part of that object and is not added, however
     #: small its IoU with it (:func:`~.depth_fusion._part_of_network`). 0: off.
     fuse_network_part_containment: float = 0.85
+    #: The box network's boxes scored from this up to its threshold
+    #: (``proposal_box_net_threshold``) are weak: never proposed on their own, but a depth
+    #: box that the fusion would leave out beside the network's boxes (a part of one, or
+    #: overlapping one) is added when a weak box matches it (IoU 0.5,
+    #: :data:`~.depth_fusion.WEAK_MATCH_IOU`) and no network box does: depth and the
+    #: network each saw that object, the network without confidence. 0: off.
+    fuse_network_weak_score: float = 0.15
     #: With the box network on, the colour model's boxes (``box_net_colour: apart``) join the fusion
     #: too; off (the default) the fusion takes the network's boxes and depth's
     #: (:func:`~.depth_fusion.fusion_colour_config`): on the tuning bags the colour model added no
@@ -281,7 +288,7 @@ class DepthProposalConfig:
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
                      "fuse_network_iou", "fuse_network_partial_iou", "fuse_network_refine_iou",
-                     "fuse_network_part_containment",
+                     "fuse_network_part_containment", "fuse_network_weak_score",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:

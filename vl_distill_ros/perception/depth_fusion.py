@@ -22,12 +22,14 @@ from .proposal_config import ProposalConfig
 
 __all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",
            "fuse_depth_colour", "refine_network_boxes", "split_by_colour",
-           "SUPPORT_MIN_RAISED", "SPLIT_CONTAINMENT", "SPLIT_MAX_AREA", "SPLIT_MAX_OVERLAP"]
+           "SUPPORT_MIN_RAISED", "WEAK_MATCH_IOU", "SPLIT_CONTAINMENT", "SPLIT_MAX_AREA",
+           "SPLIT_MAX_OVERLAP"]
 
 
 def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
                    cfg: DepthProposalConfig, max_count: int,
-                   network_boxes: Sequence[Box] = ()) -> list[Box]:
+                   network_boxes: Sequence[Box] = (),
+                   weak_network_boxes: Sequence[Box] = ()) -> list[Box]:
     """The box network's boxes (``network_boxes``, found in the colour frame, see
     :mod:`.box_net`) first, then the boxes of :func:`fuse_depth_colour` whose IoU with each
     of them is at most ``fuse_network_iou``: the network separates objects in contact
@@ -35,13 +37,18 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     samples stand beyond the support surface (:func:`_on_support`, as the colour boxes of
     :func:`fuse_depth_colour`) is left out. Without a support plane the colour boxes
     alone; at most ``max_count``. With ``fuse_network_refine_iou``, a network box that a
-    depth box matches is moved halfway to it (:func:`refine_network_boxes`)."""
-    return fuse_proposals_with_views(depth, colour_boxes, cfg, max_count, network_boxes)[0]
+    depth box matches is moved halfway to it (:func:`refine_network_boxes`). A box left
+    out beside the network's is added when one of ``weak_network_boxes`` (the network's
+    boxes under its threshold, ``fuse_network_weak_score``) matches it and no network box
+    does (:func:`_confirmed_by_weak`)."""
+    return fuse_proposals_with_views(depth, colour_boxes, cfg, max_count, network_boxes,
+                                     weak_network_boxes)[0]
 
 
 def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box],
                               cfg: DepthProposalConfig, max_count: int,
-                              network_boxes: Sequence[Box] = ()
+                              network_boxes: Sequence[Box] = (),
+                              weak_network_boxes: Sequence[Box] = ()
                               ) -> tuple[list[Box], list[Box]]:
     """:func:`fuse_proposals`' boxes and, one for each, the box the classifier's window is
     made from: for a network box that ``fuse_network_refine_iou`` moved, the network's
@@ -54,8 +61,26 @@ def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box]
     if not network:
         return fused, list(fused)
     refined = refine_network_boxes(network, depth.boxes, cfg)
-    rest = [b for b in fused if _beside_network(b, refined, cfg, depth)]
+    weak = list(weak_network_boxes or ()) if cfg.fuse_network_weak_score > 0 else []
+    rest = [b for b in fused if _beside_network(b, refined, cfg, depth)
+            or _confirmed_by_weak(b, weak, refined)]
     return (refined + rest)[:max_count], (network + rest)[:max_count]
+
+
+#: :func:`_confirmed_by_weak`: the IoU at which a weak network box matches a box (and at
+#: which a network box already holds that object).
+WEAK_MATCH_IOU = 0.5
+
+
+def _confirmed_by_weak(box: Box, weak_boxes: Sequence[Box],
+                       network_boxes: Sequence[Box]) -> bool:
+    """Whether one of ``weak_boxes`` (the network's boxes under its threshold) matches
+    ``box`` at :data:`WEAK_MATCH_IOU` while none of ``network_boxes`` does: an object that
+    depth found and the network saw without confidence, which the fusion would otherwise
+    leave out as a part of a network box or as overlapping one (a loose box of its
+    neighbour, or a box of its own cap)."""
+    return any(box_iou(box, w) >= WEAK_MATCH_IOU for w in weak_boxes) \
+        and all(box_iou(box, n) < WEAK_MATCH_IOU for n in network_boxes)
 
 
 def fusion_colour_config(cfg: ProposalConfig, depth_cfg: DepthProposalConfig

@@ -68,7 +68,7 @@ from .depth_proposals import propose_depth_boxes
 from .depth_registration import DepthRegistration
 from .preprocess import pad_long_crop, preprocess_crops
 from .proposal_config import ProposalConfig
-from .proposals import (colour_model_boxes, network_boxes, propose_boxes, propose_with_network,
+from .proposals import (NetworkBoxes, colour_model_boxes, network_detections, propose_boxes,
                         with_colour_model)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -620,7 +620,8 @@ class PerceptionPipeline:
         # second thread while the depth proposer (and then, with fuse_colour_model, the
         # colour model) runs here (all spend their time in ONNX Runtime, OpenCV and numpy,
         # which release the GIL)
-        pending = self._colour_pool.submit(network_boxes, image, s.proposal_cfg) \
+        pending = self._colour_pool.submit(network_detections, image, s.proposal_cfg,
+                                           s.depth_cfg.fuse_network_weak_score) \
             if self._colour_pool is not None and s.proposal_source == "auto" else None
         try:
             if unaligned:         # here, while the box network runs in the other thread
@@ -638,38 +639,46 @@ class PerceptionPipeline:
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
             return list(found.boxes)[:count], None, "used"
-        colour, network = self._colour_boxes(image, s, pending)
-        boxes, views = fuse_proposals_with_views(found, colour, s.depth_cfg, count, network)
+        colour, network, weak = self._colour_boxes(image, s, pending)
+        boxes, views = fuse_proposals_with_views(found, colour, s.depth_cfg, count, network,
+                                                 weak)
         return boxes, views, "used"
 
     def _colour_only(self, image: np.ndarray, s: PipelineSettings,
-                     pending: "Future[list[Box] | None] | None" = None) -> list[Box]:
+                     pending: "Future[NetworkBoxes | None] | None" = None) -> list[Box]:
         """The colour proposals of a frame without usable depth (:func:`propose_boxes`,
         core split on): with the second thread, the box network there (``pending``: already
         started) while the colour model runs here."""
         cfg = s.proposal_cfg
         if pending is None and self._colour_pool is not None:
-            pending = self._colour_pool.submit(network_boxes, image, cfg)
+            pending = self._colour_pool.submit(network_detections, image, cfg)
         if pending is None:
             return propose_boxes(image, cfg)
         colour = colour_model_boxes(image, cfg) if cfg.box_net_colour == "apart" else None
-        return with_colour_model(image, pending.result(), cfg, colour=colour)[0]
+        found = pending.result()
+        return with_colour_model(image, None if found is None else found.boxes, cfg,
+                                 colour=colour)[0]
 
     @staticmethod
     def _colour_boxes(image: np.ndarray, s: PipelineSettings,
-                      pending: "Future[list[Box] | None] | None"
-                      ) -> tuple[list[Box], list[Box]]:
+                      pending: "Future[NetworkBoxes | None] | None"
+                      ) -> tuple[list[Box], list[Box], list[Box]]:
         """The colour proposals the fusion takes (no core split; the colour model's only with
-        ``fuse_colour_model`` or without the network, :func:`fusion_colour_config`) and the
-        box network's among them; the network's from the second thread when they were
-        started there (the colour model's, when used, are found here meanwhile)."""
+        ``fuse_colour_model`` or without the network, :func:`fusion_colour_config`), the
+        box network's among them and its weak boxes (``fuse_network_weak_score``); the
+        network's from the second thread when they were started there (the colour model's,
+        when used, are found here meanwhile)."""
         cfg = fusion_colour_config(s.proposal_cfg, s.depth_cfg)
+        colour = None
         if pending is None:
-            return propose_with_network(image, cfg, core_split=False)
-        colour = colour_model_boxes(image, cfg, core_split=False) \
-            if cfg.box_net_colour == "apart" else None
-        return with_colour_model(image, pending.result(), cfg, core_split=False,
-                                 colour=colour)
+            found = network_detections(image, cfg, s.depth_cfg.fuse_network_weak_score)
+        else:
+            colour = colour_model_boxes(image, cfg, core_split=False) \
+                if cfg.box_net_colour == "apart" else None
+            found = pending.result()
+        boxes, network = with_colour_model(image, None if found is None else found.boxes, cfg,
+                                           core_split=False, colour=colour)
+        return boxes, network, [] if found is None else found.weak
 
     def close(self) -> None:
         """Stop the colour proposer's thread (``proposal_threads: 2``); idempotent. A

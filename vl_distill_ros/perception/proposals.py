@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -93,7 +93,8 @@ from .colour_background import background_distance, border_pixels, refine_extent
 from .proposal_config import ProposalConfig
 
 __all__ = ["ProposalConfig", "propose_boxes", "propose_with_network", "network_boxes",
-           "colour_model_boxes", "with_colour_model", "working_scale"]
+           "network_detections", "NetworkBoxes", "colour_model_boxes", "with_colour_model",
+           "working_scale"]
 
 #: With ``box_net_colour: apart``, a colour box is added when its IoU with every box of the
 #: network is under this.
@@ -258,6 +259,17 @@ def _usable(image_rgb: np.ndarray, cfg: ProposalConfig | None
     return (None if min(image.shape[:2]) < 8 or cfg.max_count == 0 else image), cfg
 
 
+class NetworkBoxes(NamedTuple):
+    """The box network's boxes of a frame (:func:`network_detections`), area-filtered and
+    padded as the colour model's."""
+
+    #: Scored at least ``box_net_threshold``: the network's proposals.
+    boxes: list[Box]
+    #: Scored from the weak threshold up to ``box_net_threshold``: never proposed on their
+    #: own; the depth fusion takes them as weak evidence (``fuse_network_weak_score``).
+    weak: list[Box]
+
+
 def network_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None
                   ) -> list[Box] | None:
     """The box network's boxes of a frame, area-filtered and padded as the colour model's
@@ -267,20 +279,42 @@ def network_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None
     Raises:
         ValueError: not an RGB (or grayscale) uint8 frame.
     """
+    found = network_detections(image_rgb, cfg)
+    return None if found is None else found.boxes
+
+
+def network_detections(image_rgb: np.ndarray, cfg: ProposalConfig | None = None,
+                       weak_threshold: float = 0.0) -> NetworkBoxes | None:
+    """:func:`network_boxes`' boxes and, with ``weak_threshold`` in (0, ``box_net_threshold``),
+    those scored from it up to the threshold (at most ``max_count`` each), from one run of
+    the network; None when the network is off. The boxes are those :func:`network_boxes`
+    finds at the threshold alone: the overlap suppression keeps the best boxes first, so a
+    weaker one never suppresses them.
+
+    Raises:
+        ValueError: not an RGB (or grayscale) uint8 frame.
+    """
     image, cfg = _usable(image_rgb, cfg)
     if image is None:
-        return []
+        return NetworkBoxes([], [])
     net = resolve_box_net(cfg.box_net)
     if net is None:
         return None
     height, width = image.shape[:2]
     widths = [w for w in (cfg.box_net_input_width, cfg.box_net_second_width) if w]
-    boxes, _ = load_box_net(net, cfg.box_net_threads).detect(
-        image, cfg.box_net_threshold, widths, max_count=cfg.max_count)
+    threshold = float(cfg.box_net_threshold)
+    lowest = float(weak_threshold) if 0.0 < weak_threshold < threshold else threshold
+    boxes, scores = load_box_net(net, cfg.box_net_threads).detect(
+        image, lowest, widths, max_count=2 * cfg.max_count)
     area = float(width * height)
-    found = [_pad_box(b, cfg.pad_frac, width, height) for b in boxes.tolist()
-             if cfg.min_area_frac * area <= b[2] * b[3] <= cfg.max_area_frac * area]
-    return sanitize_boxes(found, width, height, min_size=4)
+
+    def kept(strong: bool) -> list[Box]:
+        chosen = [b for b, s in zip(boxes.tolist(), scores.tolist())
+                  if (s >= threshold) == strong][:cfg.max_count]
+        found = [_pad_box(b, cfg.pad_frac, width, height) for b in chosen
+                 if cfg.min_area_frac * area <= b[2] * b[3] <= cfg.max_area_frac * area]
+        return sanitize_boxes(found, width, height, min_size=4)
+    return NetworkBoxes(kept(True), kept(False) if lowest < threshold else [])
 
 
 def colour_model_boxes(image_rgb: np.ndarray, cfg: ProposalConfig | None = None, *,
