@@ -69,7 +69,7 @@ from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, R
 from _frames import make_frames, offline_proposals, rgbd_frames, yaml_value
 
 from vl_distill_ros.ros.params import default_model_path  # noqa: E402 - the packaged bundle
-from vl_distill_ros.sim.render import MODELS_ENV, default_models_dir  # noqa: E402
+from vl_distill_ros.sim.meshes import MODELS_ENV, default_models_dir  # noqa: E402
 
 ISSUE_TARGET = ("The node sustains 30 frames/s from one 640x480 camera with 5 objects per "
                 "frame on 2 cores, p95 latency under 100 ms, no growth in RSS over 5 minutes.")

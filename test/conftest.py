@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import missing_ycb_models
-from vl_distill_ros.sim.render import default_models_dir
+from vl_distill_ros.sim.meshes import default_models_dir
 
 # Set before anything imports rclpy: discovery never leaves the loopback interface, and a
 # per-session domain keeps parallel test runs apart.

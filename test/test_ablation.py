@@ -73,7 +73,7 @@ def test_ablate_renders_every_missing_auxiliary_render_config(tmp_path, monkeypa
 
     import yaml
 
-    import vl_distill_ros.sim.render as render_module
+    import vl_distill_ros.sim.crop_dataset as render_module
     from vl_distill_ros.training.ablation import run_ablation
 
     shutil.copytree(Path(__file__).resolve().parents[1] / "config", tmp_path / "config")

@@ -260,7 +260,7 @@ def _hull_gap(renderer, placed: list[dict]) -> float:
 
 
 def test_contact_prob_places_objects_in_contact(scene_renderer):
-    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.meshes import RenderError
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     pool = ["005_tomato_soup_can", "003_cracker_box"]
@@ -434,7 +434,7 @@ def test_the_finer_window_cuts_rendered_pairs_the_grid_joins(scene_renderer):
 
 
 def test_furniture_stands_beyond_the_table_and_is_drawn_in_depth(scene_renderer):
-    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.meshes import RenderError
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
     from vl_distill_ros.sim.scene_camera import SceneCamera
 
@@ -471,7 +471,7 @@ def test_a_small_rendered_table_over_the_floor_is_found_as_the_support(scene_ren
     as the support (``raised_plane_frac``) and finds the objects on it."""
     from vl_distill_ros.perception.camera_model import CameraIntrinsics
     from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
-    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.meshes import RenderError
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     pool = ["005_tomato_soup_can", "003_cracker_box", "011_banana", "025_mug"]

@@ -10,21 +10,17 @@ import numpy as np
 import pytest
 
 from vl_distill_ros.sim.backgrounds import CLUTTER_KINDS, KINDS, make_background
-from vl_distill_ros.sim.render import (
-    APPEARANCES,
+from vl_distill_ros.sim.appearance import APPEARANCES, Look, kelvin_rgb
+from vl_distill_ros.sim.crop_dataset import (
     MANIFEST_NAME,
-    Look,
-    ObjectRenderer,
-    RenderError,
     RenderSpec,
     SplitSpec,
-    find_models,
-    kelvin_rgb,
-    load_mesh_vertices,
     load_render_spec,
     render_dataset,
     view_rng,
 )
+from vl_distill_ros.sim.meshes import RenderError, find_models, load_mesh_vertices
+from vl_distill_ros.sim.render import ObjectRenderer
 
 FORK = "030_fork"
 BANANA = "011_banana"
@@ -66,7 +62,7 @@ def test_missing_models_dir_is_a_helpful_error(tmp_path: Path):
 def test_models_folder_comes_from_option_config_environment_or_default(
         repo_root: Path, tmp_path: Path, monkeypatch):
     """--models-dir > a config's models_dir > $VL_DISTILL_YCB_MODELS > ../shared/ycb_models."""
-    from vl_distill_ros.sim.render import DEFAULT_MODELS_DIR, MODELS_ENV, default_models_dir
+    from vl_distill_ros.sim.meshes import DEFAULT_MODELS_DIR, MODELS_ENV, default_models_dir
 
     cfg = repo_root / "config" / "render_ycb.yaml"
     monkeypatch.delenv(MODELS_ENV, raising=False)

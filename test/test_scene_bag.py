@@ -117,7 +117,7 @@ def test_scene_is_deterministic_and_hand_camera(scene_renderer):
 
 
 def test_scene_spec_and_keys_are_checked(scene_renderer):
-    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.meshes import RenderError
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
 
     rng = np.random.default_rng(0)
@@ -503,7 +503,7 @@ def test_make_bag_depth_camera_writes_a_realsense_bag_recorded_without_alignment
         assert np.quantile(rel, 0.5) < 0.003          # millimetres and a pixel's slope
     assert _make_bag(["--out", str(tmp_path / "bad"), "--depth-camera",
                       *[a for a in common if a != "--depth"]]) == 2
-    from vl_distill_ros.sim.render import RenderError
+    from vl_distill_ros.sim.meshes import RenderError
     from vl_distill_ros.sim.scene import SceneSpec
 
     for bad, message in (({"depth_camera_size": (8, 480)}, "depth_camera_size"),

@@ -42,7 +42,7 @@ FIRST_SEED = 3000
 
 def training_objects(models_dir: str | None = None) -> list[str]:
     """Every YCB model key except the split's out-of-distribution ones."""
-    from vl_distill_ros.sim.render import default_models_dir, find_models
+    from vl_distill_ros.sim.meshes import default_models_dir, find_models
 
     split = yaml.safe_load((ROOT / "config/splits/ycb_paper.yaml").read_text())
     held_out = set(split["out_of_distribution"])

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..training.image_folder import DatasetError
     from ..model.vocabulary import VocabularyError
-    from ..sim.render import RenderError
+    from ..sim.meshes import RenderError
     from ..training.ablation import run_ablation
     from ..training.trainer import TrainingError
 

@@ -177,7 +177,7 @@ def _setup(args: argparse.Namespace):
     from pathlib import Path
 
     from ..model.vocabulary import Vocabulary
-    from ..sim.render import RenderError, default_models_dir, find_models
+    from ..sim.meshes import RenderError, default_models_dir, find_models
     from ..sim.scene import SceneRenderer, SceneSpec
 
     if args.frames < 1:
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bags.bag_io import (BagError, BagTopics, write_camera_bag, write_ground_truth_sidecar,
                                written_topics)
     from ..model.vocabulary import VocabularyError
-    from ..sim.render import RenderError
+    from ..sim.meshes import RenderError
 
     prog = "vl-distill make-bag"
     try:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """Render the dataset; 0 on success, 2 on a configuration or models problem."""
     import time
 
-    from ..sim.render import RenderError, load_render_spec, render_dataset
+    from ..sim.crop_dataset import RenderError, load_render_spec, render_dataset
 
     overrides = list(getattr(args, "overrides", None) or [])
     # explicit options win over KEY=VALUE overrides and the config file

@@ -1,8 +1,8 @@
 """Headless CPU rendering of tabletop scenes: several YCB objects on a table, robot camera.
 
-ROS-free and torch-free. Like :mod:`vl_distill_ros.sim.render` (whose mesh and texture
-helpers it reuses), objects are drawn by pybullet's software TinyRenderer in ``DIRECT`` mode,
-so no GPU, display or OpenGL is needed.
+ROS-free and torch-free. Like :mod:`vl_distill_ros.sim.render` (both use the models folder,
+mesh and texture helpers of :mod:`vl_distill_ros.sim.meshes`), objects are drawn by
+pybullet's software TinyRenderer in ``DIRECT`` mode, so no GPU, display or OpenGL is needed.
 
 One call of :func:`render_scene` draws one :class:`SceneFrame`:
 
@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from vl_distill_ros.sim.render import MeshBodies, RenderError, load_mesh_vertices
+from vl_distill_ros.sim.meshes import MeshBodies, RenderError, load_mesh_vertices
 from vl_distill_ros.sim.render import _rounded as _r
 from vl_distill_ros.sim.scene_camera import SceneCamera, sample_hand_camera, sample_main_camera
 from vl_distill_ros.sim.scene_drawing import (
@@ -73,7 +73,7 @@ class SceneRenderer(MeshBodies):
     :func:`render_scene`.
 
     Each model is loaded on first use (mesh plus a texture downsampled to ``texture_size``,
-    via :func:`~vl_distill_ros.sim.render.prepare_mesh_files`) and cached as a hidden
+    via :func:`~vl_distill_ros.sim.meshes.prepare_mesh_files`) and cached as a hidden
     body; at most ``max_bodies`` are kept. Use it as a context manager or call :meth:`close`.
 
     Args:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vl_distill_ros.sim.render import RenderError
+from vl_distill_ros.sim.meshes import RenderError
 
 __all__ = ["SceneSpec", "SceneObject", "SceneFrame", "TABLE_KINDS", "FLOOR_KINDS",
            "MAX_FURNITURE", "MIN_TABLE_M", "MAX_TABLE_M"]

@@ -130,7 +130,7 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
             for r in spec["runs"]]
     roots = {c.data.root for _, c in cfgs}
     if not skip_render and spec.get("render"):
-        from ..sim.render import find_models, load_render_spec, render_dataset
+        from ..sim.crop_dataset import find_models, load_render_spec, render_dataset
 
         for root in roots:
             if not (Path(root) / "manifest.json").exists():
