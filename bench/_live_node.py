@@ -32,7 +32,7 @@ from _common import REPO, BenchError
 if str(REPO) not in sys.path:  # the package, when it is not installed in the venv
     sys.path.insert(1, str(REPO))
 
-from vl_distill_ros.bags.bag_io import ns_to_stamp
+from vl_distill_ros.bags.bag_frames import ns_to_stamp
 from vl_distill_ros.perception.compressed_codec import (encode_compressed_depth,
                                                         encode_compressed_image)
 from vl_distill_ros.perception.image_codec import encode_depth_mm, encode_rgb8

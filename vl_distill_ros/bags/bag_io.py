@@ -60,7 +60,7 @@ import numpy as np
 from vl_distill_ros.bags.bag_frames import (COMPRESSIONS, IMAGE_FORMATS, STORAGES, BagFrame,
                                             BagTopics, GroundTruthObject, ImageMessage,
                                             RGBDFrame, camera_info_k, ground_truth_document,
-                                            stamp_to_ns)
+                                            ns_to_stamp, stamp_to_ns)
 from vl_distill_ros.bags.bag_writer import write_camera_bag, written_topics
 from vl_distill_ros.bags.ground_truth_sidecar import (parse_objects, parse_stamp,
                                                       read_ground_truth_sidecar,
@@ -81,7 +81,7 @@ __all__ = [
     "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS", "CAMERA_INFO_TYPE",
     "RGBDFrame", "is_depth_topic", "pair_camera_topics", "camera_info_k",
     "COMPRESSED_IMAGE_TYPE", "IMAGE_TYPES", "IMAGE_FORMATS", "written_topics",
-    "is_registered_depth_topic", "typestore",
+    "is_registered_depth_topic", "typestore", "ns_to_stamp", "stamp_to_ns",
 ]
 
 
