@@ -211,6 +211,36 @@ def test_depth_proposals_fall_back_without_usable_depth():
         CameraIntrinsics(500, 500, 320, 240, 0, 480)
 
 
+def _hostile(kind: str, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``depth`` spoilt as broken drivers and sensors spoil it."""
+    speck = rng.random(depth.shape)
+    return {"inf": np.where(speck < 0.3, np.inf, depth),
+            "negative": np.where(speck < 0.2, -1.0, depth),
+            "salt": np.where(speck < 0.1, rng.uniform(0, 10, depth.shape), depth),
+            "nan_half": np.where(np.arange(depth.shape[1])[None] < 320, np.nan, depth),
+            "float_max": np.full_like(depth, np.finfo(np.float32).max),
+            "subnormal": np.full_like(depth, 1e-40)}[kind].astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["inf", "negative", "salt", "nan_half", "float_max",
+                                  "subnormal"])
+def test_hostile_depth_gives_boxes_or_a_note_never_an_error(kind):
+    # speckled inf, negative or random values once broke the support region (a plane in
+    # many small pieces, none large enough: nothing to take the hull of)
+    depth, truth = render_tabletop(OBJECTS)
+    found = propose_depth_boxes(_hostile(kind, depth, np.random.default_rng(3)), K)
+    assert found.plane is not None or found.note
+    assert all(w > 0 and h > 0 for _, _, w, h in found.boxes)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 640), (480, 1), (5, 7), (12, 640)])
+def test_a_depth_image_too_small_for_the_grid_gives_a_note(size):
+    h, w = size
+    k = CameraIntrinsics(max(w, 2) * 0.9, max(w, 2) * 0.9, w / 2, h / 2, w, h)
+    found = propose_depth_boxes(np.full(size, 0.8, np.float32), k)
+    assert found.boxes == [] and found.plane is None and "too small" in found.note
+
+
 def test_depth_config_yaml_holds_the_defaults_and_bad_files_are_rejected(tmp_path):
     assert load_depth_config(REPO / "config" / "depth_proposals.yaml") == DepthProposalConfig()
     bad = tmp_path / "bad.yaml"
@@ -470,7 +500,7 @@ def test_offline_replay_uses_the_bags_depth_and_never_scores_it_as_a_camera(bund
         assert colour["bag"]["image_topics"] == ["/camera/image_raw"]
 
 
-def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
+def test_pipeline_falls_back_to_colour_on_bad_depth(bundle, monkeypatch):
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.pipeline import PerceptionPipeline, PipelineSettings
 
@@ -493,6 +523,17 @@ def test_pipeline_falls_back_to_colour_on_bad_depth(bundle):
     pipe.configure(proposal_source="depth")
     objects, _ = pipe.process(image, depth, K)
     assert _matched(truth, [o.bbox for o in objects]) == 3
+    pipe.configure(proposal_source="auto")
+
+    def broken(*args, **kwargs):
+        raise IndexError("a bug no test foresaw")
+
+    # a failure inside the depth proposer costs the frame its depth, not its colour boxes
+    monkeypatch.setattr("vl_distill_ros.perception.pipeline.propose_depth_boxes", broken)
+    objects, _ = pipe.process(image, depth, K)
+    assert pipe.last_depth_status.startswith("the depth proposer failed on this frame "
+                                             "(IndexError: a bug no test foresaw)")
+    assert [o.bbox for o in objects] == [o.bbox for o in colour_only]
     with pytest.raises(Exception, match="proposal_source must be one of"):
         PipelineSettings(proposal_source="lidar")
 

@@ -220,3 +220,19 @@ def test_the_region_is_the_hull_of_the_surfaces_large_pieces_not_of_thin_lines()
     assert support_region(np.zeros(shape, np.uint8), np.arange(on.size), points, normal,
                           0.05, 0.05) is None
     assert not region.holds(np.zeros((0, 3)))
+
+
+def test_a_plane_in_many_small_pieces_gives_no_region_and_no_error():
+    # speckled depth (salt noise, inf or negative values) breaks the plane's samples into
+    # pieces none of which holds support_min_frac of them: no region, nothing filtered
+    shape = (240, 320)
+    points = _grid_points(shape)
+    on = np.zeros(shape, np.uint8)
+    for top in range(0, 240, 24):
+        for left in range(0, 320, 32):
+            on[top:top + 10, left:left + 10] = 1     # 100 pieces of 1% each
+    normal = np.array([0.0, 0.0, -1.0])
+    assert support_region(on, np.arange(on.size), points, normal, 0.05, 0.05) is None
+    # with a lower fraction the same pieces do make a region
+    region = support_region(on, np.arange(on.size), points, normal, 0.005, 0.05)
+    assert region is not None and region.holds(points[120 * shape[1] + 160][None])

@@ -177,20 +177,15 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
         raise DepthError(f"depth is {w}x{h} but the camera info is {intrinsics.width}x"
                          f"{intrinsics.height}: depth must be registered to the colour image")
     cfg = stride_for(cfg, w, intrinsics.focal, h)
-    shift = (0, 0)
+    if min(h, w) < MIN_GRID_SAMPLES * int(cfg.stride):
+        return DepthProposals(stride=int(cfg.stride), offset=int(cfg.stride) // 2,
+                              note=f"the depth image ({w}x{h}) is too small for the depth "
+                                   f"proposer: it needs {MIN_GRID_SAMPLES} samples a side at "
+                                   f"its grid step of {int(cfg.stride)} px")
     # the colour image is used only when it is a uint8 RGB image of the depth's size
     colour = np.asarray(image_rgb) if image_rgb is not None and np.shape(image_rgb) == (
         *depth.shape, 3) and np.asarray(image_rgb).dtype == np.uint8 else None
-    fattening = 0
-    if colour is not None and registration is not None and (
-            cfg.registration_search_px > 0 or cfg.fattening_search_px > 0):
-        shift = registration.update(colour, depth)
-        shift = shift if cfg.registration_search_px > 0 else (0, 0)
-        fattening = registration.fattening if cfg.fattening_search_px > 0 else 0
-        if fattening > 0:
-            depth = strip_fattening(depth, fattening)
-        if shift != (0, 0):
-            depth = shift_depth(depth, *shift)
+    depth, shift, fattening = _registered(depth, colour, registration, cfg)
     cloud = depth_cloud(depth, intrinsics, cfg)
     out = DepthProposals(valid_frac=float(cloud.valid.mean()) if cloud.valid.size else 0.0,
                          stride=cloud.stride, offset=cloud.offset, depth_shift=shift,
@@ -225,6 +220,25 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     return out
 
 
+def _registered(depth: np.ndarray, colour: np.ndarray | None,
+                registration: DepthRegistration | None, cfg: DepthProposalConfig
+                ) -> tuple[np.ndarray, tuple[int, int], int]:
+    """``(depth, shift, fattening)``: ``depth`` moved by the camera's registration check's
+    shift and its fattened edges taken off (``registration_search_px``,
+    ``fattening_search_px``; only with the colour image and the check)."""
+    if colour is None or registration is None or (
+            cfg.registration_search_px <= 0 and cfg.fattening_search_px <= 0):
+        return depth, (0, 0), 0
+    shift = registration.update(colour, depth)
+    shift = shift if cfg.registration_search_px > 0 else (0, 0)
+    fattening = registration.fattening if cfg.fattening_search_px > 0 else 0
+    if fattening > 0:
+        depth = strip_fattening(depth, fattening)
+    if shift != (0, 0):
+        depth = shift_depth(depth, *shift)
+    return depth, shift, fattening
+
+
 def _support(cloud: DepthCloud, height: np.ndarray, normal: np.ndarray,
              cfg: DepthProposalConfig) -> SupportRegion | None:
     """The support surface's extent (:func:`.support_region.support_region`) from the
@@ -238,6 +252,9 @@ def _support(cloud: DepthCloud, height: np.ndarray, normal: np.ndarray,
                           cloud.points, normal, cfg.support_min_frac, cfg.support_margin_m)
 
 
+#: A depth image narrower or lower than this many grid steps gives no boxes (and a note):
+#: too few samples for a plane and objects on it (and none at all below one step).
+MIN_GRID_SAMPLES = 8
 #: An object window (:func:`_object_windows`) reaches this many fine grid cells beyond the
 #: grid's raised samples it holds: the fine grid's raised samples and its closing reach a
 #: few cells past them (creases need only the raised samples; 16 cells found no more).

@@ -632,6 +632,11 @@ class PerceptionPipeline:
                                         self._registration(camera, depth_cfg))
         except DepthError as exc:
             return self._colour_only(image, s, pending), None, str(exc)   # colour only
+        except Exception as exc:  # noqa: BLE001 - a depth image no test foresaw
+            # the frame keeps its colour boxes; the status names the failure per camera
+            return self._colour_only(image, s, pending), None, (
+                f"the depth proposer failed on this frame ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); colour only")
         if found.plane is None:
             return self._colour_only(image, s, pending), None, found.note
         with self._registration_lock:

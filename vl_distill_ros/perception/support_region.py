@@ -84,7 +84,8 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
         margin_m: see :attr:`SupportRegion.margin_m`.
 
     Returns:
-        The region, or ``None`` when no piece is left (nothing is then filtered).
+        The region, or ``None`` when no piece is left, or none holds ``min_frac`` of them
+        (nothing is then filtered).
     """
     mask = cv2.morphologyEx(np.ascontiguousarray(on_plane[::2, ::2]), cv2.MORPH_OPEN, _K3)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -92,6 +93,7 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
         return None
     areas = stats[1:, cv2.CC_STAT_AREA]
     keep = 1 + np.flatnonzero(areas >= min_frac * areas.sum())
+    # a plane broken into many small pieces (speckled depth) may have none this large
     cells = []
     for label in keep.tolist():
         x, y, w, h = (int(v) for v in stats[label, :4])
@@ -99,6 +101,8 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
         contours, _ = cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
                                        offset=(x, y))
         cells += [c.reshape(-1, 2) for c in contours]
+    if not cells:
+        return None
     cell = 2 * np.concatenate(cells)
     # the samples of those cells (every on-plane cell holds one; samples are row-major)
     index = np.searchsorted(flat, cell[:, 1] * on_plane.shape[1] + cell[:, 0])
