@@ -1,0 +1,53 @@
+"""``tools/fuzz_inputs.py``: seeded hostile input through the decoders, the depth proposer
+and the whole pipeline finds no unexpected failure, and its tally does report one."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import fuzz_inputs  # noqa: E402
+
+
+def test_the_tally_reports_what_it_did_not_expect():
+    tally = fuzz_inputs.Tally()
+    tally.run("fine", lambda: None)
+    tally.run("refused", lambda: int("x"), expected=(ValueError,))
+    for _ in range(2):
+        tally.run("broken", lambda: [][1], expected=(ValueError,))
+    summary = tally.summary()
+    assert summary["trials"] == 4
+    assert [(f["what"], f["count"]) for f in summary["failures"]] == [
+        ("broken: IndexError: list index out of range", 2)]
+    assert "IndexError" in summary["failures"][0]["traceback"]
+
+
+@pytest.mark.parametrize("kind", fuzz_inputs.SPOILT_DEPTH)
+def test_every_spoilt_depth_keeps_its_size(kind):
+    depth = np.full((48, 64), 0.9, np.float32)
+    spoilt = fuzz_inputs.spoil_depth(depth, kind, np.random.default_rng(0))
+    assert spoilt.shape == depth.shape
+    assert kind in ("as_is", "constant", "ramp", "upside_down", "quantised", "float64") or \
+        not np.array_equal(spoilt, depth, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hostile_input_finds_no_unexpected_failure(seed):
+    """The sample bag's RGB-D frames and odd frames: every answer a result or an expected
+    error (this found the depth proposer's two crashes of session 37)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "tools/fuzz_inputs.py", "--seed", str(seed),
+                           "--codecs", "1500", "--depth", "150", "--pipeline", "40"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    report = json.loads(done.stdout)
+    assert report["failed"] == 0 and done.returncode == 0, json.dumps(report, indent=1)[:4000]
+    assert report["codecs"]["trials"] == 1500 and report["pipeline"]["trials"] == 40
+    assert report["depth"]["trials"] >= 100   # some spoilt cameras are refused earlier

@@ -1,0 +1,298 @@
+"""Throw seeded hostile input at the robot-side code and report what fails unexpectedly.
+
+Three targets, each with its own random draws (``--seed``):
+
+- ``codecs``: raw and compressed image and depth payloads with wrong encodings, sizes, steps
+  and flipped, cut or random bytes (:mod:`vl_distill_ros.perception.image_codec`,
+  :mod:`~vl_distill_ros.perception.compressed_codec`); ``ImageDecodeError`` and
+  ``DepthError`` are the expected answers, anything else is a failure.
+- ``depth``: the RGB-D frames of a bag (default: the shipped sample bag) with their depth
+  spoilt (inf, NaN, negative, random, wrong units, stripes, a single row, ...) and their
+  CameraInfo spoilt (tiny or huge focal lengths, the centre off the image, strong lens
+  models), through :func:`~vl_distill_ros.perception.depth_proposals.propose_depth_boxes`;
+  it must return boxes or a note.
+- ``pipeline``: frames of odd sizes (1x1 to 2000x2000, 1 px wide or high) and contents,
+  with and without depth, through the whole pipeline (``prepare`` and ``classify``, the
+  default bundle): every frame must give its objects.
+
+Session 37 found two crashes of the depth proposer this way (speckled depth broke the
+support region; depth one pixel high reached OpenCV as an empty grid). Prints one JSON
+object (trials and failures per target, each failure with its traceback's last lines);
+exit status 1 when anything failed.
+
+Usage: ``.venv/bin/python tools/fuzz_inputs.py [--seed 0] [--codecs 3000] [--depth 300]
+[--pipeline 100] [--bag demo/sample_tabletop]`` (about a minute with these counts).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ENCODINGS = ["rgb8", "bgr8", "mono8", "mono16", "rgba8", "bgra8", "16UC1", "32FC1", "yuv422",
+             "bayer_rggb8", "8UC3", "", "RGB8", "16SC1", "64FC1", "rgb16", "8UC1"]
+COMPRESSED_FORMATS = ["jpeg", "png", "rgb8; jpeg compressed bgr8", "bgr8; png compressed bgr8",
+                      "", "mono8; jpeg compressed mono8", "weird", "16UC1; png compressed"]
+DEPTH_FORMATS = ["16UC1; compressedDepth png", "32FC1; compressedDepth png",
+                 "16UC1; compressedDepth rvl", "32FC1; compressedDepth rvl", "", "png"]
+SPOILT_DEPTH = ["zeros", "nan", "inf", "negative", "some_negative", "huge", "tiny", "x10",
+                "x0.1", "constant", "noise", "few", "half_nan", "salt", "stripes", "ramp",
+                "float64", "quantised", "upside_down", "one_column", "one_row", "subnormal",
+                "float_max", "as_is"]
+SPOILT_CAMERA = ["as_is", "focal_1", "focal_huge", "centre_off", "anisotropic", "plumb_bob",
+                 "rational", "equidistant"]
+FRAME_SIZES = [(1, 1), (1, 640), (640, 1), (2, 2), (5, 7), (8, 8), (16, 4000), (4000, 16),
+               (31, 33), (64, 64), (100, 3), (480, 640), (720, 1280), (1, 3000)]
+
+
+class Tally:
+    """Trials and unexpected failures of one target."""
+
+    def __init__(self) -> None:
+        """An empty tally."""
+        self.trials = 0
+        self.failures: dict[str, dict[str, Any]] = {}
+
+    def run(self, what: str, step: Callable[[], None],
+            expected: tuple[type[BaseException], ...] = ()) -> None:
+        """Run ``step``; an exception outside ``expected`` is a failure keyed by ``what``
+        and its type and message (counted, its traceback's end kept once)."""
+        self.trials += 1
+        try:
+            step()
+        except expected:
+            pass
+        except Exception as exc:  # noqa: BLE001 - every other exception is the finding
+            key = f"{what}: {type(exc).__name__}: {str(exc)[:120]}"
+            entry = self.failures.setdefault(key, {"count": 0,
+                                                   "traceback": traceback.format_exc()[-1500:]})
+            entry["count"] += 1
+
+    def summary(self) -> dict[str, Any]:
+        """``{"trials", "failures": [{"what", "count", "traceback"}]}``."""
+        return {"trials": self.trials,
+                "failures": [{"what": k, **v} for k, v in sorted(self.failures.items())]}
+
+
+def _mutated(payload: bytes, rng: np.random.Generator) -> bytes:
+    """``payload`` cut short, with bytes changed or appended, or random bytes instead."""
+    data = bytearray(payload)
+    kind = int(rng.integers(5))
+    if kind == 0 and data:
+        data = data[:int(rng.integers(len(data)))]
+    elif kind == 1:
+        for _ in range(int(rng.integers(1, 20))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+    elif kind == 2:
+        data += bytes(rng.integers(0, 256, int(rng.integers(1, 100)), dtype=np.uint8))
+    elif kind == 3:
+        data = bytearray(rng.integers(0, 256, int(rng.integers(0, 3000)), dtype=np.uint8))
+    return bytes(data)
+
+
+def _raw_message(rng: np.random.Generator) -> tuple[str, int, int, int, bytes, int]:
+    """A raw image message's fields, often inconsistent: encoding, height, width, step,
+    data (at most 1 MB) and the big-endian flag."""
+    encoding = ENCODINGS[int(rng.integers(len(ENCODINGS)))]
+    height = int(rng.choice([0, 1, 2, 3, 48, -1, 2 ** 31, 100_000]))
+    width = int(rng.choice([0, 1, 3, 64, -5, 2 ** 20]))
+    step = int(rng.choice([0, width, 2 * width, 3 * width, 4 * width, 3 * width + 1, -1, 2 ** 40]))
+    size = max(0, min(height * step, 1_000_000) + int(rng.integers(-3, 3)))
+    return (encoding, height, width, step, bytes(rng.integers(0, 256, size, dtype=np.uint8)),
+            int(rng.integers(3)))
+
+
+def fuzz_codecs(count: int, rng: np.random.Generator) -> Tally:
+    """``count`` raw and compressed image and depth payloads through the decoders."""
+    import cv2
+
+    from vl_distill_ros.perception import compressed_codec, image_codec
+    from vl_distill_ros.perception.camera_model import DepthError
+
+    expected = (image_codec.ImageDecodeError, DepthError)
+    colour = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    depth_mm = rng.integers(0, 4000, (48, 64)).astype(np.uint16)
+    seeds = [cv2.imencode(".jpg", colour)[1].tobytes(), cv2.imencode(".png", colour)[1].tobytes(),
+             cv2.imencode(".png", depth_mm)[1].tobytes()]
+    depth_format, depth_payload = compressed_codec.encode_compressed_depth(
+        depth_mm.astype(np.float32) / 1000)
+    tally = Tally()
+    for _ in range(count):
+        which = int(rng.integers(4))
+        if which == 0:
+            fields = _raw_message(rng)
+            tally.run("decode_image", lambda: image_codec.decode_image(*fields), expected)
+        elif which == 1:
+            fields = _raw_message(rng)
+            unit = float(rng.choice([0.001, 0.0001, 1.0]))
+            tally.run("decode_depth", lambda: image_codec.decode_depth(*fields, unit_m=unit),
+                      expected)
+        elif which == 2:
+            fmt = str(rng.choice(COMPRESSED_FORMATS))
+            data = _mutated(seeds[int(rng.integers(3))], rng)
+            tally.run("decode_compressed_image",
+                      lambda: compressed_codec.decode_compressed_image(fmt, data), expected)
+        else:
+            fmt = str(rng.choice(DEPTH_FORMATS + [depth_format]))
+            data = _mutated(depth_payload if rng.random() < 0.5 else seeds[2], rng)
+            tally.run("decode_compressed_depth",
+                      lambda: compressed_codec.decode_compressed_depth(fmt, data), expected)
+    return tally
+
+
+def spoil_depth(depth: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """``depth`` (metres) spoilt as broken drivers, sensors and settings spoil it."""
+    d = depth.astype(np.float32)
+    h, w = d.shape
+    speck = rng.random(d.shape)
+    cols, rows = np.arange(w)[None], np.arange(h)[:, None]
+    make = {
+        "zeros": lambda: np.zeros_like(d), "nan": lambda: np.full_like(d, np.nan),
+        "inf": lambda: np.where(speck < 0.3, np.inf, d), "negative": lambda: -d,
+        "some_negative": lambda: np.where(speck < 0.2, -1.0, d), "huge": lambda: d * 1000,
+        "tiny": lambda: d / 1000, "x10": lambda: d * 10, "x0.1": lambda: d * 0.1,
+        "constant": lambda: np.full_like(d, 0.8),
+        "noise": lambda: rng.uniform(0.2, 3.0, d.shape),
+        "few": lambda: np.where(speck < 0.002, d, 0.0),
+        "half_nan": lambda: np.where(cols < w // 2, np.nan, d),
+        "salt": lambda: np.where(speck < 0.1, rng.uniform(0, 10, d.shape), d),
+        "stripes": lambda: np.where((rows // 3) % 2 == 0, 0.0, d),
+        "ramp": lambda: np.linspace(0.3, 5.0, h)[:, None] * np.ones((1, w)),
+        "float64": lambda: d.astype(np.float64), "quantised": lambda: np.round(d / 0.05) * 0.05,
+        "upside_down": lambda: d[::-1], "one_column": lambda: np.where(cols == w // 2, d, 0.0),
+        "one_row": lambda: np.where(rows == h // 2, d, 0.0),
+        "subnormal": lambda: np.full_like(d, 1e-40),
+        "float_max": lambda: np.full_like(d, np.finfo(np.float32).max), "as_is": lambda: d,
+    }
+    out = np.ascontiguousarray(make[kind]())
+    return out if kind == "float64" else out.astype(np.float32)
+
+
+def spoil_camera(camera: Any, kind: str, rng: np.random.Generator) -> Any:
+    """The ``CameraIntrinsics`` ``camera`` spoilt (may raise ``DepthError``: refused)."""
+    change = {
+        "as_is": {}, "focal_1": {"fx": 1.0, "fy": 1.0}, "focal_huge": {"fx": 1e7, "fy": 1e7},
+        "centre_off": {"cx": -5000.0, "cy": 9000.0}, "anisotropic": {"fy": camera.fx * 20},
+        "plumb_bob": {"distortion_model": "plumb_bob", "distortion": (5.0, -20.0, 0.1, 0.1, 50.0)},
+        "rational": {"distortion_model": "rational_polynomial",
+                     "distortion": tuple(float(v) for v in rng.normal(0, 3, 8))},
+        "equidistant": {"distortion_model": "equidistant", "distortion": (2.0, 2.0, 2.0, 2.0)},
+    }[kind]
+    return dataclasses.replace(camera, **change)
+
+
+def rgbd_frames(bag: Path, count: int = 12) -> list[tuple[np.ndarray, np.ndarray, Any]]:
+    """Up to ``count`` ``(image, depth m, CameraIntrinsics)`` frames of ``bag``."""
+    from vl_distill_ros.bags.bag_io import read_camera_bag
+
+    frames = []
+    for msg in read_camera_bag(bag).rgbd_frames(tolerance_ns=20_000_000):
+        if msg.depth is not None and msg.camera_info is not None:
+            frames.append((msg.image, msg.depth, msg.intrinsics()))
+        if len(frames) >= count:
+            break
+    if not frames:
+        raise SystemExit(f"fuzz_inputs: {bag} has no colour frame with depth and CameraInfo")
+    return frames
+
+
+def fuzz_depth(count: int, frames: list, rng: np.random.Generator) -> Tally:
+    """``count`` spoilt depth images and cameras through the depth proposer."""
+    from vl_distill_ros.perception.camera_model import DepthError
+    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
+
+    def step(image: np.ndarray, depth: np.ndarray, camera: Any) -> None:
+        found = propose_depth_boxes(depth, camera, image_rgb=image)
+        if found.plane is None and not found.note:
+            raise AssertionError("no plane and no note saying why")
+        if any(w <= 0 or h <= 0 for _, _, w, h in found.boxes):
+            raise AssertionError(f"an empty box among {found.boxes}")
+
+    tally = Tally()
+    for _ in range(count):
+        image, depth, camera = frames[int(rng.integers(len(frames)))]
+        kind = SPOILT_DEPTH[int(rng.integers(len(SPOILT_DEPTH)))]
+        lens = SPOILT_CAMERA[int(rng.integers(len(SPOILT_CAMERA)))] if rng.random() < 0.4 \
+            else "as_is"
+        try:
+            spoilt = spoil_camera(camera, lens, rng)
+        except DepthError:
+            continue   # refused when the CameraInfo is read: the node never gets that far
+        tally.run(f"depth {kind}, camera {lens}",
+                  lambda: step(image, spoil_depth(depth, kind, rng), spoilt))
+    return tally
+
+
+def odd_frame(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """An image of an odd size and content, with a tilted-table depth and its camera half of
+    the time."""
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
+
+    h, w = FRAME_SIZES[int(rng.integers(len(FRAME_SIZES)))]
+    kind = int(rng.integers(4))
+    image = {0: lambda: np.zeros((h, w, 3), np.uint8),
+             1: lambda: np.full((h, w, 3), 255, np.uint8),
+             2: lambda: rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+             3: lambda: ((np.indices((h, w)).sum(0) // 4 % 2) * 255).astype(np.uint8)[
+                 ..., None].repeat(3, 2)}[kind]()
+    if rng.random() < 0.5:
+        return image, None, None
+    camera = CameraIntrinsics(max(w, 2) * 0.9, max(w, 2) * 0.9, w / 2, h / 2, w, h)
+    depth = (0.6 + 0.8 * np.arange(h)[:, None] / h * np.ones((1, w))).astype(np.float32)
+    depth[h // 3:h // 2, w // 3:w // 2] -= 0.08
+    return image, depth, camera
+
+
+def fuzz_pipeline(count: int, rng: np.random.Generator) -> Tally:
+    """``count`` odd frames through the whole pipeline with the default bundle."""
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.ros.params import default_model_path
+
+    pipe = PerceptionPipeline(load_bundle(default_model_path(), device="cpu"))
+    tally = Tally()
+    try:
+        for _ in range(count):
+            image, depth, camera = odd_frame(rng)
+            tally.run(f"frame {image.shape[1]}x{image.shape[0]}, depth {depth is not None}",
+                      lambda: pipe.classify(pipe.prepare(image, depth, camera)))
+    finally:
+        pipe.close()
+    return tally
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the targets; print one JSON object; 1 when anything failed."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--codecs", type=int, default=3000, help="codec trials (0: skip)")
+    ap.add_argument("--depth", type=int, default=300, help="depth proposer trials (0: skip)")
+    ap.add_argument("--pipeline", type=int, default=100, help="pipeline trials (0: skip)")
+    ap.add_argument("--bag", type=Path, default=ROOT / "demo" / "sample_tabletop",
+                    help="RGB-D bag whose frames the depth target spoils")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    results: dict[str, Any] = {"seed": args.seed}
+    if args.codecs:
+        results["codecs"] = fuzz_codecs(args.codecs, rng).summary()
+    if args.depth:
+        results["depth"] = fuzz_depth(args.depth, rgbd_frames(args.bag), rng).summary()
+    if args.pipeline:
+        results["pipeline"] = fuzz_pipeline(args.pipeline, rng).summary()
+    failed = sum(len(v["failures"]) for v in results.values() if isinstance(v, dict))
+    results["failed"] = failed
+    print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
