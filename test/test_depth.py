@@ -529,7 +529,7 @@ def test_pipeline_falls_back_to_colour_on_bad_depth(bundle, monkeypatch):
         raise IndexError("a bug no test foresaw")
 
     # a failure inside the depth proposer costs the frame its depth, not its colour boxes
-    monkeypatch.setattr("vl_distill_ros.perception.pipeline.propose_depth_boxes", broken)
+    monkeypatch.setattr("vl_distill_ros.perception.frame_boxes.propose_depth_boxes", broken)
     objects, _ = pipe.process(image, depth, K)
     assert pipe.last_depth_status.startswith("the depth proposer failed on this frame "
                                              "(IndexError: a bug no test foresaw)")
@@ -564,7 +564,7 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
     After close() frames still work (in the calling thread); 3 threads are refused."""
     import threading
 
-    import vl_distill_ros.perception.pipeline as pipeline_module
+    import vl_distill_ros.perception.frame_boxes as frame_boxes_module
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.pipeline import PerceptionPipeline, PipelineError
 
@@ -588,7 +588,7 @@ def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeyp
     # colour only: propose_boxes; the fusion: network_detections (the network's boxes and
     # its weak ones), in the second thread with two, and with_colour_model here
     for name in ("propose_boxes", "network_detections", "with_colour_model"):
-        monkeypatch.setattr(pipeline_module, name, spy(getattr(pipeline_module, name), name))
+        monkeypatch.setattr(frame_boxes_module, name, spy(getattr(frame_boxes_module, name), name))
 
     def run(pipe):
         out = []
@@ -628,7 +628,7 @@ def test_the_pipeline_reports_the_refined_box_and_reads_the_network_box(bundle, 
     network box moved towards its depth box (as :func:`fuse_proposals`) and keeps the
     network's own box as its view box, which the student's window is made from; off, the
     view boxes are the boxes."""
-    import vl_distill_ros.perception.pipeline as pipeline_module
+    import vl_distill_ros.perception.frame_boxes as frame_boxes_module
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
     from vl_distill_ros.perception.proposals import NetworkBoxes
@@ -636,7 +636,7 @@ def test_the_pipeline_reports_the_refined_box_and_reads_the_network_box(bundle, 
     depth, truth = render_tabletop(OBJECTS)
     x, y, w, h = truth[0]
     loose = (int(x - 0.2 * w), int(y - 0.15 * h), int(1.4 * w), int(1.3 * h))
-    monkeypatch.setattr(pipeline_module, "network_detections",
+    monkeypatch.setattr(frame_boxes_module, "network_detections",
                         lambda image, cfg, weak_threshold=0.0: NetworkBoxes([loose], []))
     on = DepthProposalConfig(fuse_network_refine_iou=0.5)
     pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch",
@@ -660,7 +660,7 @@ def test_the_pipeline_hands_the_weak_network_boxes_on(bundle, monkeypatch, threa
     ``fuse_network_weak_score``, in the second thread or not) reach the fusion: an object
     inside the network's loose box of its neighbour, as tall, is proposed when a weak box
     matches it, not without, nor with ``fuse_network_weak_score: 0``."""
-    import vl_distill_ros.perception.pipeline as pipeline_module
+    import vl_distill_ros.perception.frame_boxes as frame_boxes_module
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
     from vl_distill_ros.perception.proposals import NetworkBoxes
@@ -675,7 +675,7 @@ def test_the_pipeline_hands_the_weak_network_boxes_on(bundle, monkeypatch, threa
     def detections(image, cfg, weak_threshold=0.0):
         asked.append(weak_threshold)
         return NetworkBoxes([loose], [small] if weak_threshold > 0 else [])
-    monkeypatch.setattr(pipeline_module, "network_detections", detections)
+    monkeypatch.setattr(frame_boxes_module, "network_detections", detections)
     cfg = DepthProposalConfig(fuse_network_refine_iou=0.0)
     pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch",
                               proposal_threads=threads, depth_cfg=cfg)

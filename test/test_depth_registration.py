@@ -134,7 +134,7 @@ def test_the_pipeline_keeps_one_check_per_camera(bundle):
         for i in range(P.MAX_REGISTERED_CAMERAS):
             pipe.prepare(image, depth, K, camera=f"/cam{i}")
         assert pipe.depth_shift("/left") == (0, 0)
-        assert len(pipe._registrations) == P.MAX_REGISTERED_CAMERAS
+        assert len(pipe.frame_boxes._registrations) == P.MAX_REGISTERED_CAMERAS
     finally:
         pipe.close()
 

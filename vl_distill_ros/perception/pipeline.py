@@ -44,13 +44,10 @@ the same way with :meth:`~PerceptionPipeline.configure`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,80 +55,34 @@ import torch.nn.functional as F
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
-from .box_net import load_box_net, resolve_box_net
-from .boxes import Box, classification_window, crop, full_frame_box, sanitize_boxes
-from .camera_model import CameraIntrinsics, DepthError
+from .boxes import Box, classification_window, crop
+from .camera_model import CameraIntrinsics
 from .depth_alignment import UnalignedDepth
-from .depth_config import DepthProposalConfig, load_depth_config, stride_for
-from .depth_fusion import fuse_proposals_with_views, fusion_colour_config
-from .depth_proposals import propose_depth_boxes
-from .depth_registration import DepthRegistration
+from .depth_config import DepthProposalConfig
+from .frame_boxes import MAX_REGISTERED_CAMERAS, FrameBoxes
+from .labels_output import ObjectResult, draw_annotations, labels_document
+from .pipeline_settings import (CROP_CONTEXT, CROP_SOURCES, FROM_BUNDLE, MAX_ROIS,
+                                PROPOSAL_SOURCES, PipelineError, PipelineSettings,
+                                rois_from_flat)
 from .preprocess import pad_long_crop, preprocess_crops
 from .proposal_config import ProposalConfig
-from .proposals import (NetworkBoxes, colour_model_boxes, network_detections, propose_boxes,
-                        with_colour_model)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.bundle import Bundle
 
+# the settings, the frame's boxes and the labels output live in their own modules; their
+# names stay importable from here, where the node, the replay and the benches import them
 __all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "UNKNOWN_LABEL", "ObjectResult",
            "ActiveVocabulary", "PipelineSettings", "PerceptionPipeline", "PipelineError",
-           "labels_document", "draw_annotations", "rois_from_flat"]
+           "labels_document", "draw_annotations", "rois_from_flat", "CROP_CONTEXT",
+           "FROM_BUNDLE", "MAX_ROIS", "MAX_REGISTERED_CAMERAS", "PreparedFrame",
+           "MAX_CROPS_PER_BATCH"]
 
-#: Valid values of ``crop_source``.
-CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")
-#: Valid values of ``proposal_source``: ``auto`` fuses depth and colour proposals when the
-#: frame has depth, ``depth`` uses depth boxes alone, ``colour`` ignores depth; frames
-#: without usable depth always get colour proposals.
-PROPOSAL_SOURCES: tuple[str, ...] = ("auto", "colour", "depth")
 #: Label published for crops below the open-set threshold (reserved in every vocabulary).
 UNKNOWN_LABEL = UNKNOWN_NAME
-#: ``unknown_threshold`` / ``seen_bias`` value meaning "the bundle's calibrated value".
-FROM_BUNDLE = -1.0
-#: Most fixed regions (``rois``), like ``proposal_max_count``'s upper bound.
-MAX_ROIS = 256
-#: Default margin of the square window the student sees around a box (``crop_context``),
-#: as a fraction of the box's longer side. Chosen on a tabletop bag of ID objects and the
-#: calibration's pseudo-unseen objects (top-1 accuracy of both groups, 0 to 0.3 tried), never
-#: on an OOD object; see the README's "Crop shape" notes.
-CROP_CONTEXT = 0.15
 #: Crops go through the student in chunks of at most this many, so the memory one frame
 #: needs stays bounded however many boxes it has.
 MAX_CROPS_PER_BATCH = 64
-#: Cameras whose depth registration check (and last depth noise) a pipeline keeps (the
-#: oldest goes first).
-MAX_REGISTERED_CAMERAS = 64
-
-
-def _remember(store: dict, key: str, value: object) -> None:
-    """``store[key] = value``, first dropping the oldest entry when ``key`` is new and
-    ``store`` already holds :data:`MAX_REGISTERED_CAMERAS`."""
-    if key not in store and len(store) >= MAX_REGISTERED_CAMERAS:
-        del store[next(iter(store))]
-    store[key] = value
-
-
-class PipelineError(ValueError):
-    """Invalid pipeline settings, vocabulary embeddings or input image; says why."""
-
-
-@dataclass
-class ObjectResult:
-    """One classified crop.
-
-    Attributes:
-        bbox: ``(x, y, w, h)`` integer pixel box in the input image.
-        label: best label name, or ``"unknown"`` below the open-set threshold.
-        score: softmax score of the best label (even when ``label`` is ``"unknown"``).
-        known: False when the crop was labelled ``"unknown"``.
-        top_k: the ``top_k`` best ``(label, score)`` pairs, best first.
-    """
-
-    bbox: tuple[int, int, int, int]
-    label: str
-    score: float
-    known: bool
-    top_k: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,155 +102,6 @@ class ActiveVocabulary:
     def names(self) -> list[str]:
         """The label names, in order."""
         return self.vocabulary.names
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """Per-frame settings of :class:`PerceptionPipeline` (validated, immutable).
-
-    Attributes:
-        crop_source: ``proposals``, ``full_frame`` or ``rois``.
-        proposal_cfg: proposer settings (``proposals`` only).
-        rois: fixed ``(x, y, w, h)`` regions (``rois`` only); clipped to each frame.
-        unknown_threshold: best softmax score below this -> ``"unknown"`` (0 disables;
-            -1: the bundle's calibrated threshold).
-        seen_bias: cosine subtracted from trained names' similarities (0 disables; -1:
-            the bundle's calibrated bias).
-        negative_names: let the bundle's trained names outside the vocabulary act as
-            open-set negatives (when its calibration record has them).
-        min_similarity: best raw cosine below this -> ``"unknown"`` (-1 disables).
-        top_k: number of ``(label, score)`` pairs reported per object.
-        score_temperature: softmax temperature applied to the cosine similarities.
-        min_box_size: boxes narrower or shorter than this (after clipping) are dropped.
-        fallback_full_frame: with ``proposals``, classify the whole frame when no box is
-            proposed (an object filling the view is larger than ``max_area_frac``; an empty
-            table then yields one full-frame object too).
-        proposal_source: ``auto``, ``colour`` or ``depth`` (:data:`PROPOSAL_SOURCES`).
-        depth_cfg: depth proposer settings (used when a frame comes with depth).
-        crop_square: the student sees a square window around each box (the crop shape
-            it was distilled on) instead of the box stretched to a square; see
-            :func:`~vl_distill_ros.perception.boxes.classification_window`. A window
-            that cannot be square (the full frame, a region of interest, a window larger than
-            the frame) and is longer than 4:3 is padded to a square with its edge pixels
-            (:func:`~vl_distill_ros.perception.preprocess.pad_long_crop`).
-        crop_context: the window's margin around the box, as a fraction of its longer side
-            (square) or of its own size; in [0, 1].
-    """
-
-    crop_source: str = "proposals"
-    proposal_cfg: ProposalConfig = field(default_factory=ProposalConfig)
-    rois: tuple[tuple[int, int, int, int], ...] = ()
-    unknown_threshold: float = FROM_BUNDLE
-    min_similarity: float = -1.0
-    top_k: int = 3
-    score_temperature: float = 0.0
-    min_box_size: int = 4
-    fallback_full_frame: bool = False
-    seen_bias: float = FROM_BUNDLE
-    negative_names: bool = True
-    proposal_source: str = "auto"
-    depth_cfg: DepthProposalConfig = field(default_factory=DepthProposalConfig)
-    crop_square: bool = True
-    crop_context: float = CROP_CONTEXT
-
-    def __post_init__(self) -> None:
-        c = float(self.crop_context)
-        if not (math.isfinite(c) and 0.0 <= c <= 1.0):
-            raise PipelineError(f"crop_context must be in [0, 1], got {self.crop_context}")
-        if self.proposal_source not in PROPOSAL_SOURCES:
-            raise PipelineError(f"proposal_source must be one of {list(PROPOSAL_SOURCES)}, got "
-                                f"{self.proposal_source!r}")
-        if self.crop_source not in CROP_SOURCES:
-            raise PipelineError(f"crop_source must be one of {list(CROP_SOURCES)}, got "
-                                f"{self.crop_source!r}")
-        if len(self.rois) > MAX_ROIS:
-            raise PipelineError(f"rois holds {len(self.rois)} regions; the limit is {MAX_ROIS}")
-        rois = []
-        for i, roi in enumerate(self.rois):
-            if len(roi) != 4:
-                raise PipelineError(f"roi {i} must be (x, y, w, h), got {roi!r}")
-            rois.append(tuple(int(v) for v in roi))
-        object.__setattr__(self, "rois", tuple(rois))
-        if self.crop_source == "rois" and not self.rois:
-            raise PipelineError("crop_source 'rois' needs at least one roi (x, y, w, h)")
-        for name in ("unknown_threshold", "seen_bias"):
-            value = float(getattr(self, name))
-            if not (value == FROM_BUNDLE or 0.0 <= value <= 1.0):
-                raise PipelineError(f"{name} must be in [0, 1], or -1 for the bundle's "
-                                    f"calibrated value; got {getattr(self, name)}")
-        if not -1.0 <= float(self.min_similarity) <= 1.0:
-            raise PipelineError(f"min_similarity must be in [-1, 1], got {self.min_similarity}")
-        if int(self.top_k) < 1:
-            raise PipelineError(f"top_k must be >= 1, got {self.top_k}")
-        t = float(self.score_temperature)
-        if not (math.isfinite(t) and t >= 0):
-            raise PipelineError(f"score_temperature must be > 0, or 0 for the bundle's "
-                                f"calibrated temperature; got {self.score_temperature}")
-        if int(self.min_box_size) < 1:
-            raise PipelineError(f"min_box_size must be >= 1, got {self.min_box_size}")
-
-    @classmethod
-    def from_params(cls, values: Mapping[str, Any]) -> "PipelineSettings":
-        """Validated settings from the node's parameter values (``crop_source``, ``rois``,
-        ``proposal_*``, ``unknown_threshold``, ... as named in :mod:`vl_distill_ros.ros.params`):
-        the one rule of the node and of the offline replay.
-
-        Raises:
-            PipelineError: an invalid setting.
-            ValueError: a value that does not convert to the setting's type.
-        """
-        try:
-            proposal_cfg = ProposalConfig(
-                min_area_frac=float(values["proposal_min_area_frac"]),
-                max_area_frac=float(values["proposal_max_area_frac"]),
-                max_count=int(values["proposal_max_count"]),
-                pad_frac=float(values["proposal_pad_frac"]),
-                box_net=str(values.get("proposal_box_net", ProposalConfig.box_net)),
-                box_net_threshold=float(values.get("proposal_box_net_threshold",
-                                                   ProposalConfig.box_net_threshold)),
-                box_net_threads=int(values.get("proposal_box_net_threads",
-                                               ProposalConfig.box_net_threads)))
-            net = resolve_box_net(proposal_cfg.box_net)
-            if net is not None:  # a bad file is refused here, not on the next frame
-                load_box_net(net, proposal_cfg.box_net_threads)
-        except ValueError as exc:
-            raise PipelineError(f"proposal settings: {exc}") from None
-        depth_path = str(values.get("depth_proposal_config", "") or "")
-        try:
-            depth_cfg = load_depth_config(depth_path) if depth_path else DepthProposalConfig()
-        except DepthError as exc:
-            raise PipelineError(f"depth_proposal_config: {exc}") from None
-        return cls(
-            crop_source=str(values["crop_source"]), proposal_cfg=proposal_cfg,
-            rois=rois_from_flat(values["rois"]),
-            unknown_threshold=float(values["unknown_threshold"]),
-            min_similarity=float(values["min_similarity"]), top_k=int(values["top_k"]),
-            score_temperature=float(values["score_temperature"]),
-            min_box_size=int(values["min_box_size"]),
-            fallback_full_frame=bool(values["proposal_fallback_full_frame"]),
-            seen_bias=float(values.get("seen_bias", FROM_BUNDLE)),
-            negative_names=bool(values.get("negative_names", True)),
-            proposal_source=str(values.get("proposal_source", "auto")), depth_cfg=depth_cfg,
-            crop_square=bool(values.get("crop_square", True)),
-            crop_context=float(values.get("crop_context", CROP_CONTEXT)))
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The settings as keyword arguments of :class:`PerceptionPipeline` and
-        :meth:`PerceptionPipeline.configure` (field values as they are, not copied)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-def rois_from_flat(values: Sequence[int]) -> tuple[tuple[int, int, int, int], ...]:
-    """``[x0, y0, w0, h0, x1, y1, ...]`` (a ROS integer-array parameter) -> tuple of boxes.
-
-    Raises:
-        PipelineError: the length is not a multiple of 4.
-    """
-    values = [int(v) for v in values]
-    if len(values) % 4:
-        raise PipelineError(f"rois must hold 4 integers (x, y, w, h) per region; got "
-                            f"{len(values)} values")
-    return tuple(tuple(values[i:i + 4]) for i in range(0, len(values), 4))  # type: ignore[misc]
 
 
 def _check_embeddings(vocab: Vocabulary, embeddings: torch.Tensor | np.ndarray,
@@ -383,13 +185,9 @@ class PerceptionPipeline:
                  crop_context: float = CROP_CONTEXT, proposal_threads: int = 2) -> None:
         from ..model.runtime import make_runner
 
-        if int(proposal_threads) not in (1, 2):
-            raise PipelineError(f"proposal_threads must be 1 or 2, got {proposal_threads}")
-        #: With ``proposal_threads: 2`` the colour proposer's thread (frames with depth and
-        #: ``proposal_source: auto``); None: both proposers run in the calling thread.
-        self._colour_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="colour_proposals") \
-            if int(proposal_threads) == 2 else None
+        #: The first stage: each frame's boxes, the box network's thread and each camera's
+        #: depth registration check and depth noise.
+        self.frame_boxes = FrameBoxes(proposal_threads)
 
         self.student = bundle.student.eval()
         self.input_spec = bundle.input_spec
@@ -424,11 +222,6 @@ class PerceptionPipeline:
         self._write_lock = threading.Lock()
         #: How the last frame's depth was used: "" (no depth given), "used", or why not.
         self.last_depth_status = ""
-        #: Each camera's registration check (``registration_search_px``), by camera key.
-        self._registrations: dict[str, DepthRegistration] = {}
-        self._registration_lock = threading.Lock()
-        #: Each camera's last measured depth noise at 1 m (m), by camera key.
-        self._depth_noise: dict[str, float] = {}
         checked = _check_embeddings(vocabulary, embeddings, self.embed_dim)
         self._active = ActiveVocabulary(vocabulary, checked, version=1,
                                         trained_mask=self._trained_mask(vocabulary),
@@ -539,158 +332,29 @@ class PerceptionPipeline:
         was (``used``) or why not. Depth problems never raise: the frame falls back to
         colour proposals. ``camera`` names the camera whose registration check
         (:meth:`depth_shift`) the frame updates; give each camera its own."""
-        boxes, _, self.last_depth_status = self._boxes(image_rgb, settings or self._settings,
-                                                       depth, intrinsics, camera)
+        boxes, _, self.last_depth_status = self.frame_boxes.boxes(
+            image_rgb, settings or self._settings, depth, intrinsics, camera)
         return boxes
 
     def depth_fattening(self, camera: str = "") -> int:
         """The width (pixels) of the fattened rim taken off ``camera``'s depth edges
         (``fattening_search_px``; 0 until its frames show one)."""
-        with self._registration_lock:
-            reg = self._registrations.get(camera)
-        return reg.fattening if reg is not None else 0
+        return self.frame_boxes.depth_fattening(camera)
 
     def depth_shift(self, camera: str = "") -> tuple[int, int]:
         """The pixels ``(dx, dy)`` by which ``camera``'s depth is moved onto its colour
         image (``registration_search_px``; ``(0, 0)`` until its frames show better)."""
-        with self._registration_lock:
-            reg = self._registrations.get(camera)
-        return reg.shift if reg is not None else (0, 0)
+        return self.frame_boxes.depth_shift(camera)
 
     def depth_noise(self, camera: str = "") -> float:
         """The depth noise (standard deviation, m, at 1 m) that ``camera``'s last frame
         with a support plane showed below it (``noise_top_sigmas``); 0 before one."""
-        with self._registration_lock:
-            return self._depth_noise.get(camera, 0.0)
-
-    def _registration(self, camera: str, cfg: DepthProposalConfig
-                      ) -> DepthRegistration | None:
-        """``camera``'s registration check for ``cfg`` (a new one when its settings
-        changed); None when ``registration_search_px`` and ``fattening_search_px`` are 0.
-        At most ``MAX_REGISTERED_CAMERAS`` are kept (the oldest goes)."""
-        if cfg.registration_search_px <= 0 and cfg.fattening_search_px <= 0:
-            return None
-        key = (int(cfg.registration_search_px), int(cfg.stride), int(cfg.fattening_search_px))
-        with self._registration_lock:
-            reg = self._registrations.get(camera)
-            if reg is None or (reg.search_px, reg.stride, reg.fattening_px) != key:
-                reg = DepthRegistration(key[0], key[1], fattening_px=key[2])
-                _remember(self._registrations, camera, reg)
-            return reg
-
-    def _boxes(self, image_rgb: np.ndarray, s: PipelineSettings,
-               depth: np.ndarray | UnalignedDepth | None,
-               intrinsics: CameraIntrinsics | None, camera: str = ""
-               ) -> tuple[list[Box], list[Box], str]:
-        """:meth:`boxes`, the boxes the student's windows are made from (one per box) and
-        the depth status; the only state it touches is ``camera``'s registration check (one
-        thread per camera at a time)."""
-        height, width = image_rgb.shape[:2]
-        status = "" if depth is None else "not used"
-        views = None
-        if s.crop_source == "full_frame":
-            raw: list = [full_frame_box(width, height)]
-        elif s.crop_source == "rois":
-            raw = list(s.rois)
-        else:
-            raw, views, status = self._proposals(image_rgb, s, depth, intrinsics, camera)
-        boxes, views = _sanitize_with_views(raw, views, width, height, s.min_box_size)
-        if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
-            boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
-                                   min_size=s.min_box_size)
-            views = list(boxes)
-        return boxes, views, status
-
-    def _proposals(self, image: np.ndarray, s: PipelineSettings,
-                   depth: np.ndarray | UnalignedDepth | None,
-                   intrinsics: CameraIntrinsics | None, camera: str = ""
-                   ) -> tuple[list[Box], list[Box] | None, str]:
-        """Colour, depth or fused proposals, the boxes the student's windows are made from
-        (None: the proposals themselves) and the depth status (see :meth:`boxes`)."""
-        if depth is None or s.proposal_source == "colour":
-            return self._colour_only(image, s), None, "" if depth is None else "not used"
-        if intrinsics is None:
-            return self._colour_only(image, s), None, "no camera intrinsics"
-        unaligned = isinstance(depth, UnalignedDepth)
-        size = (intrinsics.height, intrinsics.width) if unaligned else np.shape(depth)
-        if size != image.shape[:2]:
-            return self._colour_only(image, s), None, (
-                f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}")
-        # auto needs the colour boxes whatever depth gives: the box network runs in the
-        # second thread while the depth proposer (and then, with fuse_colour_model, the
-        # colour model) runs here (all spend their time in ONNX Runtime, OpenCV and numpy,
-        # which release the GIL)
-        pending = self._colour_pool.submit(network_detections, image, s.proposal_cfg,
-                                           s.depth_cfg.fuse_network_weak_score) \
-            if self._colour_pool is not None and s.proposal_source == "auto" else None
-        try:
-            if unaligned:         # here, while the box network runs in the other thread
-                depth = depth.aligned(intrinsics)
-            depth_cfg = stride_for(s.depth_cfg, image.shape[1], intrinsics.focal,
-                                   image.shape[0])  # this camera's step
-            found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
-                                        self._registration(camera, depth_cfg))
-        except DepthError as exc:
-            return self._colour_only(image, s, pending), None, str(exc)   # colour only
-        except Exception as exc:  # noqa: BLE001 - a depth image no test foresaw
-            # the frame keeps its colour boxes; the status names the failure per camera
-            return self._colour_only(image, s, pending), None, (
-                f"the depth proposer failed on this frame ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); colour only")
-        if found.plane is None:
-            return self._colour_only(image, s, pending), None, found.note
-        with self._registration_lock:
-            _remember(self._depth_noise, camera, found.noise_m)
-        count = int(s.proposal_cfg.max_count)
-        if s.proposal_source == "depth":
-            return list(found.boxes)[:count], None, "used"
-        colour, network, weak = self._colour_boxes(image, s, pending)
-        boxes, views = fuse_proposals_with_views(found, colour, s.depth_cfg, count, network,
-                                                 weak)
-        return boxes, views, "used"
-
-    def _colour_only(self, image: np.ndarray, s: PipelineSettings,
-                     pending: "Future[NetworkBoxes | None] | None" = None) -> list[Box]:
-        """The colour proposals of a frame without usable depth (:func:`propose_boxes`,
-        core split on): with the second thread, the box network there (``pending``: already
-        started) while the colour model runs here."""
-        cfg = s.proposal_cfg
-        if pending is None and self._colour_pool is not None:
-            pending = self._colour_pool.submit(network_detections, image, cfg)
-        if pending is None:
-            return propose_boxes(image, cfg)
-        colour = colour_model_boxes(image, cfg) if cfg.box_net_colour == "apart" else None
-        found = pending.result()
-        return with_colour_model(image, None if found is None else found.boxes, cfg,
-                                 colour=colour)[0]
-
-    @staticmethod
-    def _colour_boxes(image: np.ndarray, s: PipelineSettings,
-                      pending: "Future[NetworkBoxes | None] | None"
-                      ) -> tuple[list[Box], list[Box], list[Box]]:
-        """The colour proposals the fusion takes (no core split; the colour model's only with
-        ``fuse_colour_model`` or without the network, :func:`fusion_colour_config`), the
-        box network's among them and its weak boxes (``fuse_network_weak_score``); the
-        network's from the second thread when they were started there (the colour model's,
-        when used, are found here meanwhile)."""
-        cfg = fusion_colour_config(s.proposal_cfg, s.depth_cfg)
-        colour = None
-        if pending is None:
-            found = network_detections(image, cfg, s.depth_cfg.fuse_network_weak_score)
-        else:
-            colour = colour_model_boxes(image, cfg, core_split=False) \
-                if cfg.box_net_colour == "apart" else None
-            found = pending.result()
-        boxes, network = with_colour_model(image, None if found is None else found.boxes, cfg,
-                                           core_split=False, colour=colour)
-        return boxes, network, [] if found is None else found.weak
+        return self.frame_boxes.depth_noise(camera)
 
     def close(self) -> None:
         """Stop the colour proposer's thread (``proposal_threads: 2``); idempotent. A
         frame proposed afterwards runs both proposers in the calling thread."""
-        pool, self._colour_pool = self._colour_pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        self.frame_boxes.close()
 
     def prepare(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,
                 intrinsics: CameraIntrinsics | None = None, camera: str = "") -> PreparedFrame:
@@ -708,7 +372,8 @@ class PerceptionPipeline:
                                 f"{image.shape} dtype {image.dtype}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
-        boxes, views, status = self._boxes(image, settings, depth, intrinsics, camera)
+        boxes, views, status = self.frame_boxes.boxes(image, settings, depth, intrinsics,
+                                                      camera)
         return PreparedFrame(image, boxes, settings, status, views)
 
     def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:
@@ -785,74 +450,3 @@ class PerceptionPipeline:
         frame = self.prepare(image_rgb, depth, intrinsics, camera)
         self.last_depth_status = frame.depth_status
         return self.classify(frame)
-
-
-def _sanitize_with_views(boxes: Sequence[Sequence[float]], views: Sequence[Box] | None,
-                         width: int, height: int, min_size: int
-                         ) -> tuple[list[Box], list[Box]]:
-    """:func:`sanitize_boxes` of ``boxes`` and, one for each kept box, its view box
-    (``views``, one per box; None: the box itself), sanitized alike; a view box that
-    does not survive is replaced by its box."""
-    if views is None:
-        kept = sanitize_boxes(boxes, width, height, min_size=min_size)
-        return kept, list(kept)
-    out: list[Box] = []
-    out_views: list[Box] = []
-    for box, view in zip(boxes, views):
-        kept = sanitize_boxes([box], width, height, min_size=min_size)
-        if kept:
-            out.append(kept[0])
-            out_views.append((sanitize_boxes([view], width, height, min_size=min_size)
-                              or kept)[0])
-    return out, out_views
-
-
-def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,
-                    version: int, objects: Sequence[ObjectResult],
-                    score_digits: int = 6) -> dict:
-    """The JSON document published on ``~/labels`` for one frame.
-
-    Schema::
-
-        {"header": {"stamp": {"sec": int, "nanosec": int}, "frame_id": str},
-         "camera": str,                      # the image topic
-         "vocabulary_version": int,
-         "objects": [{"bbox": [x, y, w, h], "label": str, "score": float, "known": bool,
-                      "top_k": [[label, score], ...]}]}
-
-    Scores are rounded to ``score_digits`` decimals.
-    """
-    return {
-        "header": {"stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
-                   "frame_id": str(frame_id)},
-        "camera": str(camera),
-        "vocabulary_version": int(version),
-        "objects": [
-            {"bbox": [int(v) for v in o.bbox], "label": o.label,
-             "score": round(float(o.score), score_digits), "known": bool(o.known),
-             "top_k": [[str(name), round(float(s), score_digits)] for name, s in o.top_k]}
-            for o in objects],
-    }
-
-
-def draw_annotations(image: np.ndarray, objects: Sequence[ObjectResult]) -> np.ndarray:
-    """A copy of the RGB ``image`` with each object's box and ``label score`` drawn.
-
-    Known objects are drawn in green, unknown ones in red.
-    """
-    out = np.ascontiguousarray(np.array(image, dtype=np.uint8, copy=True))
-    height, width = out.shape[:2]
-    thickness = max(1, round(min(height, width) / 240))
-    font_scale = max(0.35, min(height, width) / 960)
-    for o in objects:
-        x, y, w, h = (int(v) for v in o.bbox)
-        colour = (40, 200, 40) if o.known else (220, 40, 40)
-        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, thickness)
-        text = f"{o.label} {o.score:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        ty = y - 3 if y - th - base - 3 >= 0 else min(height - 1, y + th + 3)
-        cv2.rectangle(out, (x, ty - th - 2), (min(width - 1, x + tw + 2), ty + base - 1),
-                      colour, -1)
-        cv2.putText(out, text, (x + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (255, 255, 255), 1, cv2.LINE_AA)
-    return out

@@ -1,0 +1,82 @@
+"""What the pipeline says about a frame: one :class:`ObjectResult` per classified crop, the
+``~/labels`` JSON document of a frame (:func:`labels_document`, the node's and the offline
+replay's output) and the annotated image (:func:`draw_annotations`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["ObjectResult", "labels_document", "draw_annotations"]
+
+
+@dataclass
+class ObjectResult:
+    """One classified crop.
+
+    Attributes:
+        bbox: ``(x, y, w, h)`` integer pixel box in the input image.
+        label: best label name, or ``"unknown"`` below the open-set threshold.
+        score: softmax score of the best label (even when ``label`` is ``"unknown"``).
+        known: False when the crop was labelled ``"unknown"``.
+        top_k: the ``top_k`` best ``(label, score)`` pairs, best first.
+    """
+
+    bbox: tuple[int, int, int, int]
+    label: str
+    score: float
+    known: bool
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+
+
+def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,
+                    version: int, objects: Sequence[ObjectResult],
+                    score_digits: int = 6) -> dict:
+    """The JSON document published on ``~/labels`` for one frame.
+
+    Schema::
+
+        {"header": {"stamp": {"sec": int, "nanosec": int}, "frame_id": str},
+         "camera": str,                      # the image topic
+         "vocabulary_version": int,
+         "objects": [{"bbox": [x, y, w, h], "label": str, "score": float, "known": bool,
+                      "top_k": [[label, score], ...]}]}
+
+    Scores are rounded to ``score_digits`` decimals.
+    """
+    return {
+        "header": {"stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
+                   "frame_id": str(frame_id)},
+        "camera": str(camera),
+        "vocabulary_version": int(version),
+        "objects": [
+            {"bbox": [int(v) for v in o.bbox], "label": o.label,
+             "score": round(float(o.score), score_digits), "known": bool(o.known),
+             "top_k": [[str(name), round(float(s), score_digits)] for name, s in o.top_k]}
+            for o in objects],
+    }
+
+
+def draw_annotations(image: np.ndarray, objects: Sequence[ObjectResult]) -> np.ndarray:
+    """A copy of the RGB ``image`` with each object's box and ``label score`` drawn.
+
+    Known objects are drawn in green, unknown ones in red.
+    """
+    out = np.ascontiguousarray(np.array(image, dtype=np.uint8, copy=True))
+    height, width = out.shape[:2]
+    thickness = max(1, round(min(height, width) / 240))
+    font_scale = max(0.35, min(height, width) / 960)
+    for o in objects:
+        x, y, w, h = (int(v) for v in o.bbox)
+        colour = (40, 200, 40) if o.known else (220, 40, 40)
+        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), colour, thickness)
+        text = f"{o.label} {o.score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y - 3 if y - th - base - 3 >= 0 else min(height - 1, y + th + 3)
+        cv2.rectangle(out, (x, ty - th - 2), (min(width - 1, x + tw + 2), ty + base - 1),
+                      colour, -1)
+        cv2.putText(out, text, (x + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return out
