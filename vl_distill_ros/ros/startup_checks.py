@@ -1,0 +1,117 @@
+"""The node's start-up checks, ROS-message free: the parameter values rclpy's descriptors
+cannot check (:func:`check_startup_params`), the pairing of unregistered depth cameras with
+their poses (:func:`alignments`), the default vocabulary store path and the message shown
+when the packaged default bundle is missing. Each failure is a :class:`StartupError` whose
+message says why; the node exits with code 1 and that message."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+try:  # a ROS 2 install has it; the PyPI wheels do not (depth_to_colour_poses then needs poses)
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # pragma: no cover - depends on the installation
+    TFMessage = None
+
+from ..model.runtime import BACKENDS
+from ..perception.camera_model import DepthError
+from ..perception.compressed_codec import topic_transport
+from ..perception.depth_alignment import transform_from_pose
+
+__all__ = ["StartupError", "TFMessage", "missing_default_model_message", "default_store_path",
+           "check_startup_params", "alignments"]
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (no model, bad start-up vocabulary); the message says why."""
+
+
+def missing_default_model_message(path: Path) -> str:
+    """The start-up error shown when the packaged default bundle is absent."""
+    return (f"no model: model_path is empty and the packaged default bundle {path} does not "
+            "exist. Train and export one, e.g.\n"
+            "  vl-distill train --config config/train_ycb.yaml   (writes runs/ycb)\n"
+            f"  vl-distill export --run runs/ycb --out {path}\n"
+            "(then reinstall the package), or start the node with "
+            "-p model_path:=/path/to/student.vdb")
+
+
+def default_store_path(namespace: str, name: str) -> Path:
+    """``$ROS_HOME/vl_distill_ros/<namespace_node>.vocabulary.yaml`` (ROS_HOME: ~/.ros)."""
+    ros_home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros").expanduser()
+    fq = f"{namespace.strip('/')}/{name}".strip("/")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", fq) or name
+    return ros_home / "vl_distill_ros" / f"{safe}.vocabulary.yaml"
+
+
+def check_startup_params(p: dict) -> None:
+    """Reject start-up parameter values that rclpy's descriptors cannot check.
+
+    Raises:
+        StartupError: an unknown ``inference_backend`` or ``qos_reliability``, or no topic.
+    """
+    if p["inference_backend"] not in BACKENDS:
+        raise StartupError(f"inference_backend must be one of {', '.join(BACKENDS)}, got "
+                           f"{p['inference_backend']!r}")
+    if p["qos_reliability"] not in ("best_effort", "reliable"):
+        raise StartupError(f"qos_reliability must be best_effort or reliable, got "
+                           f"{p['qos_reliability']!r}")
+    if not p["image_topics"] or any(not t.strip() for t in p["image_topics"]):
+        raise StartupError("image_topics must list at least one non-empty topic name")
+    n = len(p["image_topics"])
+    for name in ("depth_topics", "camera_info_topics"):
+        topics = p[name]
+        if topics and (len(topics) != n or any(not t.strip() for t in topics)):
+            raise StartupError(f"{name} must be empty or list one non-empty topic per "
+                               f"image_topics entry ({n}), got {list(topics)}")
+    depth_on_colour = [t for t in p["image_topics"] if topic_transport(t) == "compressedDepth"]
+    if depth_on_colour:
+        raise StartupError(f"image_topics {depth_on_colour} carry compressedDepth (depth) "
+                           "images: list them in depth_topics")
+    if bool(p["depth_topics"]) != bool(p["camera_info_topics"]):
+        raise StartupError("depth_topics and camera_info_topics go together: depth is "
+                           "back-projected with the colour camera's CameraInfo")
+    alignments(p)
+
+
+def alignments(p: dict) -> list[tuple[str, Any] | None]:
+    """Per image topic, ``(depth camera's CameraInfo topic, (R, t))`` for depth that is not
+    registered to colour (``depth_camera_info_topics``, ``depth_to_colour_poses``; ``(R, t)``
+    is None for an empty pose: looked up in ``/tf_static``), else None.
+
+    Raises:
+        StartupError: lists of the wrong length, an entry without depth or without a depth
+            CameraInfo topic, a pose that is not 7 numbers, or an empty pose without
+            ``tf2_msgs``.
+    """
+    n = len(p["image_topics"])
+    infos, poses = list(p["depth_camera_info_topics"]), list(p["depth_to_colour_poses"])
+    if not infos and not poses:
+        return [None] * n
+    if len(infos) != n or len(poses) != n:
+        raise StartupError(f"depth_camera_info_topics and depth_to_colour_poses must each "
+                           f"list one entry per image_topics entry ({n}), got {infos} and "
+                           f"{poses}")
+    out: list[tuple[str, Any] | None] = []
+    for i, (info, pose) in enumerate(zip(infos, poses)):
+        if not info.strip() and not pose.strip():
+            out.append(None)
+            continue
+        if not info.strip() or not p["depth_topics"]:
+            raise StartupError(f"camera {i}: an unregistered depth camera needs a depth topic "
+                               f"and its CameraInfo topic, got {info!r} and {pose!r}")
+        if not pose.strip():
+            if TFMessage is None:
+                raise StartupError(f"camera {i}: an empty depth_to_colour_poses entry reads "
+                                   "the pose from /tf_static, which needs the tf2_msgs "
+                                   "package (ros-jazzy-tf2-msgs); install it or give the pose "
+                                   "as 'x y z qx qy qz qw'")
+            out.append((info.strip(), None))
+            continue
+        try:
+            out.append((info.strip(), transform_from_pose([float(v) for v in pose.split()])))
+        except (ValueError, DepthError) as exc:
+            raise StartupError(f"depth_to_colour_poses entry {i} ({pose!r}): {exc}") from None
+    return out
