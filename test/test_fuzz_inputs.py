@@ -1,5 +1,6 @@
-"""``tools/fuzz_inputs.py``: seeded hostile input through the decoders, the depth proposer
-and the whole pipeline finds no unexpected failure, and its tally does report one."""
+"""``tools/fuzz_inputs.py``: seeded hostile input through the decoders, the CameraInfo
+reader, the depth proposer and the whole pipeline finds no unexpected failure, and its tally
+does report one."""
 from __future__ import annotations
 
 import json
@@ -45,9 +46,11 @@ def test_hostile_input_finds_no_unexpected_failure(seed):
     error (this found the depth proposer's two crashes of session 37)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     done = subprocess.run([sys.executable, "tools/fuzz_inputs.py", "--seed", str(seed),
-                           "--codecs", "1500", "--depth", "150", "--pipeline", "40"],
+                           "--codecs", "1500", "--camera-info", "1000", "--depth", "150",
+                           "--pipeline", "40"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     report = json.loads(done.stdout)
     assert report["failed"] == 0 and done.returncode == 0, json.dumps(report, indent=1)[:4000]
     assert report["codecs"]["trials"] == 1500 and report["pipeline"]["trials"] == 40
+    assert report["camera_info"]["trials"] == 1000
     assert report["depth"]["trials"] >= 100   # some spoilt cameras are refused earlier

@@ -1,11 +1,15 @@
 """Throw seeded hostile input at the robot-side code and report what fails unexpectedly.
 
-Three targets, each with its own random draws (``--seed``):
+Four targets, drawn from one seeded generator (``--seed``):
 
 - ``codecs``: raw and compressed image and depth payloads with wrong encodings, sizes, steps
   and flipped, cut or random bytes (:mod:`vl_distill_ros.perception.image_codec`,
   :mod:`~vl_distill_ros.perception.compressed_codec`); ``ImageDecodeError`` and
   ``DepthError`` are the expected answers, anything else is a failure.
+- ``camera_info``: CameraInfo messages with broken K, P, lens model, size, binning or
+  region of interest, read as the node reads them
+  (:meth:`~vl_distill_ros.perception.camera_model.CameraIntrinsics.from_camera_info`) and
+  the camera used as the depth proposer uses it; ``DepthError`` is the expected answer.
 - ``depth``: the RGB-D frames of a bag (default: the shipped sample bag) with their depth
   spoilt (inf, NaN, negative, random, wrong units, stripes, a single row, ...) and their
   CameraInfo spoilt (tiny or huge focal lengths, the centre off the image, strong lens
@@ -20,8 +24,9 @@ support region; depth one pixel high reached OpenCV as an empty grid). Prints on
 object (trials and failures per target, each failure with its traceback's last lines);
 exit status 1 when anything failed.
 
-Usage: ``.venv/bin/python tools/fuzz_inputs.py [--seed 0] [--codecs 3000] [--depth 300]
-[--pipeline 100] [--bag demo/sample_tabletop]`` (about a minute with these counts).
+Usage: ``.venv/bin/python tools/fuzz_inputs.py [--seed 0] [--codecs 3000]
+[--camera-info 2000] [--depth 300] [--pipeline 100] [--bag demo/sample_tabletop]`` (under a
+minute with these counts).
 """
 from __future__ import annotations
 
@@ -146,6 +151,54 @@ def fuzz_codecs(count: int, rng: np.random.Generator) -> Tally:
             data = _mutated(depth_payload if rng.random() < 0.5 else seeds[2], rng)
             tally.run("decode_compressed_depth",
                       lambda: compressed_codec.decode_compressed_depth(fmt, data), expected)
+    return tally
+
+
+def _camera_info(rng: np.random.Generator) -> tuple[Any, tuple[int, int], bool]:
+    """A CameraInfo (duck-typed) with some of K, P, the lens model, the size, the binning
+    and the region of interest broken; the size of the images at hand; rectified or not."""
+    from types import SimpleNamespace
+
+    odd = [0.0, -1.0, np.nan, np.inf, 1e-30, 1e30, 525.0, 319.5, 1.0, 5000.0, -300.0]
+    k = [525.0, 0.0, 319.5, 0.0, 525.0, 239.5, 0.0, 0.0, 1.0]
+    p = [525.0, 0.0, 319.5, 0.0, 0.0, 525.0, 239.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    for values, n in ((k, 3), (p, 2)):
+        for _ in range(int(rng.integers(0, n + 1))):
+            values[int(rng.integers(len(values)))] = float(rng.choice(odd))
+    k = k[:int(rng.integers(0, 9))] if rng.random() < 0.1 else k
+    d = [float(v) for v in rng.normal(0, float(rng.choice([0.01, 0.3, 3.0, 100.0])),
+                                      int(rng.choice([0, 1, 4, 5, 8, 12, 14, 15, 30])))]
+    roi = SimpleNamespace(x_offset=int(rng.choice([0, 10, 700, -1])),
+                          y_offset=int(rng.choice([0, 5, 500])),
+                          width=int(rng.choice([0, 320, 640, 2000])),
+                          height=int(rng.choice([0, 240, 480])), do_rectify=rng.random() < 0.3)
+    info = SimpleNamespace(
+        k=k, p=p, d=d, roi=roi, width=int(rng.choice([640, 0, 1, 1280, 100_000, -1])),
+        height=int(rng.choice([480, 0, 1, 720, 100_000])),
+        distortion_model=str(rng.choice(["", "plumb_bob", "rational_polynomial",
+                                         "equidistant", "fisheye", "weird"])),
+        binning_x=int(rng.choice([0, 1, 2, 3, 65, 1000])), binning_y=int(rng.choice([0, 1, 4])))
+    size = (int(rng.choice([640, 320, 1, 1280])), int(rng.choice([480, 240, 1, 720])))
+    return info, size, bool(rng.random() < 0.3)
+
+
+def fuzz_camera_info(count: int, rng: np.random.Generator) -> Tally:
+    """``count`` broken CameraInfo messages read as the node reads them, and the camera each
+    gives used as the depth proposer uses it (its rays, a projection)."""
+    from vl_distill_ros.perception.camera_model import (CameraIntrinsics, DepthError,
+                                                        distortion_corner_px)
+
+    def step(info: Any, size: tuple[int, int], rectified: bool) -> None:
+        camera = CameraIntrinsics.from_camera_info(info, rectified, size)
+        if camera.width * camera.height <= 4_000_000:
+            camera.pixel_rays()
+            camera.project(np.array([[0.1, 0.1, 1.0], [0.0, 0.0, 0.5]]))
+            distortion_corner_px(camera, camera.distortion_model, camera.distortion)
+
+    tally = Tally()
+    for _ in range(count):
+        info, size, rectified = _camera_info(rng)
+        tally.run("camera info", lambda: step(info, size, rectified), (DepthError,))
     return tally
 
 
@@ -275,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--codecs", type=int, default=3000, help="codec trials (0: skip)")
+    ap.add_argument("--camera-info", type=int, default=2000,
+                    help="CameraInfo trials (0: skip)")
     ap.add_argument("--depth", type=int, default=300, help="depth proposer trials (0: skip)")
     ap.add_argument("--pipeline", type=int, default=100, help="pipeline trials (0: skip)")
     ap.add_argument("--bag", type=Path, default=ROOT / "demo" / "sample_tabletop",
@@ -284,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"seed": args.seed}
     if args.codecs:
         results["codecs"] = fuzz_codecs(args.codecs, rng).summary()
+    if args.camera_info:
+        results["camera_info"] = fuzz_camera_info(args.camera_info, rng).summary()
     if args.depth:
         results["depth"] = fuzz_depth(args.depth, rgbd_frames(args.bag), rng).summary()
     if args.pipeline:
