@@ -34,6 +34,12 @@ scored with depth too (depth cropped alike, the principal point moved).
 lightness is under ``L`` (0-255): infrared depth sensors return nothing on black plastic and
 dark paint, which the renderer's noise model does not do.
 
+``--sparse-depth KIND`` (with ``--depth``) keeps only part of each depth image's
+measurements, as sparse depth comes from real cameras: ``columns:K`` and ``grid:K`` every
+K-th column, or every K-th row and column (a depth camera of lower resolution registered to
+a larger colour image), ``dropout:P`` loses each pixel with probability ``P`` (seeded by the
+frame's place).
+
 ``--vignette A`` and ``--light-gradient A`` light the colour images unevenly first (a lens's
 fall-off towards the corners, a lamp to one side; :func:`relight`), for every proposer.
 ``--degrade CHAIN`` then puts them through real-camera effects (motion and defocus blur,
@@ -46,6 +52,7 @@ sensor noise, exposure, white balance, JPEG, lower resolution; the chain's synta
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --cut-border
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --dark-holes 40
     .venv/bin/python bench/proposals_recall.py --bags BAG --degrade motion:9+jpeg:40
+    .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --sparse-depth grid:3
 """
 from __future__ import annotations
 
@@ -269,6 +276,47 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
     return frames
 
 
+SPARSE_KINDS = ("columns", "grid", "dropout")
+
+
+def parse_sparse_depth(text: str) -> tuple[str, float] | None:
+    """``KIND:VALUE`` of ``--sparse-depth`` (None for an empty text).
+
+    Raises:
+        ValueError: an unknown kind, or a value out of its range (K an integer 2-8, P in
+            (0, 1)).
+    """
+    if not text.strip():
+        return None
+    kind, _, value = text.strip().partition(":")
+    if kind not in SPARSE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SPARSE_KINDS)}, got {kind!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{kind} needs a number after ':', got {value!r}") from None
+    if kind == "dropout" and not 0.0 < number < 1.0:
+        raise ValueError(f"dropout:P needs P in (0, 1), got {value}")
+    if kind != "dropout" and (number != int(number) or not 2 <= number <= 8):
+        raise ValueError(f"{kind}:K needs an integer K in 2-8, got {value}")
+    return kind, number
+
+
+def sparse_depth(depth: np.ndarray, sparse: tuple[str, float],
+                 rng: np.random.Generator) -> np.ndarray:
+    """``depth`` measured only every K-th column (``columns``), every K-th row and column
+    (``grid``) or with each pixel lost with probability P (``dropout``); 0: no measurement."""
+    kind, value = sparse
+    keep = np.zeros(depth.shape, bool)
+    if kind == "columns":
+        keep[:, ::int(value)] = True
+    elif kind == "grid":
+        keep[::int(value), ::int(value)] = True
+    else:
+        keep = rng.random(depth.shape) >= value
+    return np.where(keep, depth, np.float32(0.0)).astype(np.float32)
+
+
 def relight(image: np.ndarray, vignette: float = 0.0, gradient: float = 0.0) -> np.ndarray:
     """``image`` (RGB, uint8) lit unevenly, as real lenses and rooms light a table: its
     8-bit values times ``1 - vignette * r^2`` (``r``: the distance from the centre over the
@@ -416,6 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="with --depth: no depth where the colour image's Lab lightness "
                          "(0-255) is under L, as infrared sensors lose black objects "
                          "(default: 0, off)")
+    ap.add_argument("--sparse-depth", default="", metavar="KIND",
+                    help="with --depth: keep only part of the depth's measurements: "
+                         "columns:K, grid:K (every K-th column, or row and column) or "
+                         "dropout:P (each pixel lost with probability P; default: none)")
     ap.add_argument("--vignette", type=float, default=0.0, metavar="A",
                     help="darken the colour images towards the corners by A (0-0.9: 1 - A "
                          "r^2, a lens's fall-off; default: 0, off)")
@@ -440,6 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     light = {"vignette": args.vignette, "gradient": args.light_gradient}
     if not 0.0 <= args.dark_holes <= 255.0:
         ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
+    try:
+        sparse = parse_sparse_depth(args.sparse_depth)
+    except ValueError as exc:
+        ap.error(f"--sparse-depth: {exc}")
     parts = args.depth_shift.split(",")
     if len(parts) != 2 or not all(v.strip().lstrip("-").isdigit() for v in parts):
         ap.error(f"--depth-shift must be DX,DY in pixels, got {args.depth_shift!r}")
@@ -489,8 +545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cut_border and not args.depth:
             cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
         if args.depth:
-            rgbd_frames = [(look(b, i, im), *rest) for i, (im, *rest) in enumerate(
-                load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes))]
+            rgbd_frames = [(look(b, i, im), truth, depth if sparse is None else sparse_depth(
+                depth, sparse, np.random.default_rng([b, i, 1])), k)
+                for i, (im, truth, depth, k) in enumerate(
+                    load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes))]
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
@@ -512,6 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bags": per_bag,
         **({"depth": {"config": dataclasses.asdict(depth_cfg), "shift_px": list(shift),
                       "dark_holes_below": args.dark_holes,
+                      "sparse_depth": args.sparse_depth.strip() or "none",
                       "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()},
                       "bags": depth_bags}} if args.depth else {}),
         **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,

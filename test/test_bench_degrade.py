@@ -121,3 +121,37 @@ def test_a_degraded_copy_of_a_bag_keeps_truth_and_depth(tmp_path, capsys):
         degrade_bag.main([str(bag), str(tmp_path / "bad"), "--degrade", "fog:1"])
     assert "degradation step 'fog:1'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_sparse_depth_kinds_parse_and_keep_what_they_say():
+    from proposals_recall import parse_sparse_depth, sparse_depth
+
+    assert parse_sparse_depth("") is None
+    assert parse_sparse_depth("grid:3") == ("grid", 3.0)
+    assert parse_sparse_depth("dropout:0.5") == ("dropout", 0.5)
+    for bad in ("lines:2", "grid:1", "grid:2.5", "columns:x", "dropout:1"):
+        with pytest.raises(ValueError):
+            parse_sparse_depth(bad)
+    depth = np.ones((48, 64), np.float32)
+    rng = np.random.default_rng(0)
+    assert np.count_nonzero(sparse_depth(depth, ("columns", 2.0), rng)) == 48 * 32
+    assert np.count_nonzero(sparse_depth(depth, ("grid", 3.0), rng)) == 16 * 22
+    kept = np.count_nonzero(sparse_depth(depth, ("dropout", 0.5), rng)) / depth.size
+    assert 0.4 < kept < 0.6
+
+
+def test_the_bench_thins_the_depth_it_scores(capsys):
+    """``--sparse-depth``: on the sample bag, depth on every second column and row gives
+    depth boxes (filled from each sample's cell, ``sparse_fill_frac``), and the run records
+    the pattern; a bad pattern is refused."""
+    import proposals_recall
+
+    bag = BENCH.parent / "demo" / "sample_tabletop"
+    assert proposals_recall.main(["--bags", str(bag), "--max-frames", "6", "--no-labels",
+                                  "--depth", "--sparse-depth", "grid:2"]) == 0
+    out = json.loads(capsys.readouterr().out)["depth"]
+    assert out["sparse_depth"] == "grid:2"
+    assert out["all"]["depth"]["matched"] >= 0.8 * out["all"]["depth"]["objects"]
+    with pytest.raises(SystemExit) as exc:
+        proposals_recall.main(["--bags", str(bag), "--depth", "--sparse-depth", "grid:1"])
+    assert exc.value.code == 2 and "--sparse-depth" in capsys.readouterr().err

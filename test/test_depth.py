@@ -200,7 +200,8 @@ def test_depth_proposals_fall_back_without_usable_depth():
     assert "lies beyond max_depth_m (2.5 m)" in note and "depth_scale" in note
     note = propose_depth_boxes(np.full((480, 640), 0.08, np.float32), K).note
     assert "100% of the measured depth lies nearer than min_depth_m (0.15 m)" in note
-    holes = np.where(np.arange(640) % 16 == 0, table, 0.0).astype(np.float32)
+    # (every 32nd column measured: even filled from their cells, 1 sample in 16 has depth)
+    holes = np.where(np.arange(640) % 32 == 0, table, 0.0).astype(np.float32)
     note = propose_depth_boxes(holes, K).note
     assert "too little valid depth" in note and "depth_scale" not in note
     with pytest.raises(DepthError, match="registered to the colour image"):
@@ -239,6 +240,49 @@ def test_a_depth_image_too_small_for_the_grid_gives_a_note(size):
     k = CameraIntrinsics(max(w, 2) * 0.9, max(w, 2) * 0.9, w / 2, h / 2, w, h)
     found = propose_depth_boxes(np.full(size, 0.8, np.float32), k)
     assert found.boxes == [] and found.plane is None and "too small" in found.note
+
+
+def _measured_only(depth: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """``depth`` with only every second column, every third row and column, or half its
+    pixels at random measured (sparse depth of real cameras)."""
+    keep = np.zeros(depth.shape, bool)
+    if kind == "columns2":
+        keep[:, ::2] = True
+    elif kind == "grid3":
+        keep[::3, ::3] = True
+    else:
+        keep = rng.random(depth.shape) >= 0.5
+    return np.where(keep, depth, np.float32(0.0))
+
+
+@pytest.mark.parametrize("kind", ["columns2", "grid3", "dropout"])
+def test_sparse_depth_is_filled_from_each_samples_cell(kind):
+    # measured only on every second column the grid's own pixels (odd columns at step 2)
+    # held nothing: too little valid depth; at random, half the samples were lost and the
+    # support surface broke into pieces, which dropped objects standing on it
+    depth, truth = render_tabletop(OBJECTS)
+    sparse = _measured_only(depth, kind, np.random.default_rng(5))
+    found = propose_depth_boxes(sparse, K)
+    assert found.plane is not None and found.note == "" and found.support is not None
+    assert _matched(truth, found.boxes) == 3 and len(found.boxes) == 3
+    never = dataclasses.replace(DepthProposalConfig(), sparse_fill_frac=1.0)
+    before = propose_depth_boxes(sparse, K, never)
+    assert found.valid_frac > 0.4 and before.valid_frac < 0.6 * found.valid_frac
+    if kind == "columns2":
+        assert before.boxes == [] and "too little valid depth" in before.note
+
+
+def test_dense_depth_is_not_filled():
+    # holes in dense depth leave few samples that their cells could fill: left as they are
+    from vl_distill_ros.perception.depth_cloud import depth_cloud
+
+    depth, _ = render_tabletop(OBJECTS)
+    noisy = apply_depth_noise(depth, np.random.default_rng(1))
+    assert not depth_cloud(noisy, K, DepthProposalConfig()).sparse
+    never = dataclasses.replace(DepthProposalConfig(), sparse_fill_frac=1.0)
+    assert propose_depth_boxes(noisy, K).boxes == propose_depth_boxes(noisy, K, never).boxes
+    always = dataclasses.replace(DepthProposalConfig(), sparse_fill_frac=0.0)
+    assert depth_cloud(noisy, K, always).sparse
 
 
 def test_depth_config_yaml_holds_the_defaults_and_bad_files_are_rejected(tmp_path):

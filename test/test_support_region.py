@@ -236,3 +236,31 @@ def test_a_plane_in_many_small_pieces_gives_no_region_and_no_error():
     # with a lower fraction the same pieces do make a region
     region = support_region(on, np.arange(on.size), points, normal, 0.005, 0.05)
     assert region is not None and region.holds(points[120 * shape[1] + 160][None])
+
+
+def test_the_gaps_of_sparse_depth_between_cells_on_the_plane_are_filled():
+    # half the cells measured at random: the opening removes the table's scattered cells;
+    # the cells without a measurement between them count as plane when the frame is sparse
+    shape = (240, 320)
+    points = _grid_points(shape)
+    rng = np.random.default_rng(2)
+    measured = rng.random(shape) >= 0.5
+    on = np.zeros(shape, np.uint8)
+    on[100:200, 40:200] = 1
+    on &= measured.view(np.uint8)
+    flat = np.flatnonzero(measured)          # the samples: the measured cells
+    normal = np.array([0.0, 0.0, -1.0])
+    table = points[flat]
+    broken = support_region(on, flat, table, normal, 0.05, 0.05)
+    region = support_region(on, flat, table, normal, 0.05, 0.05, measured)
+    assert region is not None
+
+    def at(row: int, col: int) -> np.ndarray:
+        return points[row * shape[1] + col][None]
+
+    cells = [(row, col) for row in range(100, 200, 10) for col in range(40, 200, 10)]
+    held = sum(region.holds(at(row, col)) for row, col in cells)
+    assert held == len(cells)
+    assert broken is None or sum(broken.holds(at(row, col)) for row, col in cells) < 0.75 * held
+    step = 2 / K.fx
+    assert not region.holds(at(150, 199 + round(0.15 / step)))

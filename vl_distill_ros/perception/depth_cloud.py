@@ -41,6 +41,8 @@ class DepthCloud:
     #: Row-major index of each valid sample in the grid (``rows * width + cols``; computed
     #: from them when not given).
     flat: np.ndarray | None = None
+    #: The depth was sparse: samples were filled from their cells (``sparse_fill_frac``).
+    sparse: bool = False
 
     def flat_index(self) -> np.ndarray:
         """Row-major grid index of each valid sample."""
@@ -57,7 +59,8 @@ class DepthCloud:
         idx = lo + np.flatnonzero((cols >= c0) & (cols < c1))
         return DepthCloud(self.z[r0:r1, c0:c1], self.valid[r0:r1, c0:c1], self.stride,
                           self.offset, np.take(self.rows, idx) - r0,
-                          np.take(self.cols, idx) - c0, np.take(self.points, idx, 0)), idx
+                          np.take(self.cols, idx) - c0, np.take(self.points, idx, 0),
+                          sparse=self.sparse), idx
 
     def scatter(self, values: np.ndarray, fill: float, dtype: type) -> np.ndarray:
         """A grid of ``fill`` with each valid sample's cell set to its ``values`` entry."""
@@ -69,15 +72,83 @@ class DepthCloud:
 def depth_samples(depth: np.ndarray, cfg: DepthProposalConfig
                   ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """``(z, valid, stride, offset)``: ``depth`` sampled every ``cfg.stride`` pixels
-    (float32 metres, 0 where invalid) and the mask of samples in range and not on a depth
-    discontinuity (3x3 span above ``edge_jump_frac`` of the depth)."""
+    (float32 metres, 0 where invalid; sparse depth filled from each sample's cell, see
+    ``sparse_fill_frac``) and the mask of samples in range and not on a depth discontinuity
+    (3x3 span above ``edge_jump_frac`` of the depth)."""
+    return _samples(depth, cfg)[:4]
+
+
+def _samples(depth: np.ndarray, cfg: DepthProposalConfig
+             ) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
+    """:func:`depth_samples` and whether the depth was sparse (its samples filled)."""
     s = int(cfg.stride)
     off = s // 2
     z = np.ascontiguousarray(depth[off::s, off::s], dtype=np.float32)
     valid = np.isfinite(z) & (z >= cfg.min_depth_m) & (z <= cfg.max_depth_m)
     z = np.where(valid, z, np.float32(0.0))
+    sparse = s > 1 and float(cfg.sparse_fill_frac) < 1.0 and not valid.all() and \
+        _is_sparse(depth, valid, s, cfg)
+    if sparse:
+        index, values = _cell_values(depth, np.flatnonzero(~valid), valid.shape[1], s, cfg)
+        z.flat[index] = values
+        valid.flat[index] = True
     valid &= depth_span(z, valid) <= cfg.edge_jump_frac * z
-    return z, valid, s, off
+    return z, valid, s, off, sparse
+
+
+#: Sparse depth is told from dense on every this-many-th row of the grid (a quarter of the
+#: cost of filling; dense depth, the usual case, is then left as it is).
+SPARSE_PROBE_ROWS = 4
+
+
+def _is_sparse(depth: np.ndarray, valid: np.ndarray, s: int, cfg: DepthProposalConfig
+               ) -> bool:
+    """Whether more than ``sparse_fill_frac`` of the samples (of every
+    :data:`SPARSE_PROBE_ROWS`-th grid row) lack a measurement their cell holds."""
+    probe = valid[::SPARSE_PROBE_ROWS]
+    missing = np.flatnonzero(~probe)
+    rows, cols = np.divmod(missing, probe.shape[1])
+    index = (rows * SPARSE_PROBE_ROWS) * valid.shape[1] + cols
+    fillable = _cell_values(depth, index, valid.shape[1], s, cfg)[0].size
+    return fillable > float(cfg.sparse_fill_frac) * probe.size
+
+
+def _cell_order(s: int) -> list[tuple[int, int]]:
+    """The pixels ``(dy, dx)`` of an ``s`` x ``s`` cell but its sample, nearest it first."""
+    off = s // 2
+    cells = [(dy, dx) for dy in range(s) for dx in range(s) if (dy, dx) != (off, off)]
+    return sorted(cells, key=lambda c: ((c[0] - off) ** 2 + (c[1] - off) ** 2, c))
+
+
+def _cell_values(depth: np.ndarray, index: np.ndarray, grid_width: int, s: int,
+                 cfg: DepthProposalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Of the grid samples ``index`` (row-major, on a grid ``grid_width`` wide) without a
+    measurement, those whose ``s`` x ``s`` cell holds a measured pixel in range, and the
+    depth of the nearest such pixel (float32): a filled sample keeps its position, at most
+    ``s - 1`` pixels away.
+
+    Sparse depth (pixels lost at random, a registered depth of lower resolution than the
+    colour image, so measured only every second or third pixel) would otherwise lose
+    samples the cell still holds, or all of them when the pattern falls on the grid's own
+    pixels.
+    """
+    rows, cols = np.divmod(index, grid_width)
+    height, width = depth.shape
+    found, values_found = [], []
+    for dy, dx in _cell_order(s):
+        if index.size == 0:
+            break
+        y, x = rows * s + dy, cols * s + dx
+        inside = (y < height) & (x < width)
+        values = np.zeros(index.size, np.float32)
+        values[inside] = depth[y[inside], x[inside]]
+        ok = np.isfinite(values) & (values >= cfg.min_depth_m) & (values <= cfg.max_depth_m)
+        found.append(index[ok])
+        values_found.append(values[ok])
+        index, rows, cols = index[~ok], rows[~ok], cols[~ok]
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(found), np.concatenate(values_found)
 
 
 def depth_span(z: np.ndarray, has_depth: np.ndarray) -> np.ndarray:
@@ -90,7 +161,7 @@ def depth_span(z: np.ndarray, has_depth: np.ndarray) -> np.ndarray:
 def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig) -> DepthCloud:
     """Sample ``depth`` every ``cfg.stride`` pixels, drop invalid and discontinuity samples
     (:func:`depth_samples`) and back-project the rest with ``k``."""
-    z, valid, s, off = depth_samples(depth, cfg)
+    z, valid, s, off, sparse = _samples(depth, cfg)
     flat = np.flatnonzero(valid)
     # the row of each sample from the counts per row, then its column: 4x np.divmod's speed
     rows = np.repeat(np.arange(z.shape[0]), np.count_nonzero(valid, axis=1))
@@ -110,4 +181,4 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
         pts[:, 0] = np.take(u, cols) * zz / k.fx
         pts[:, 1] = np.take(v, rows) * zz / k.fy
     pts[:, 2] = zz
-    return DepthCloud(z, valid, s, off, rows, cols, pts, flat)
+    return DepthCloud(z, valid, s, off, rows, cols, pts, flat, sparse)

@@ -53,6 +53,14 @@ class DepthProposalConfig:
     fattening_search_px: int = 6
     min_depth_m: float = 0.15
     max_depth_m: float = 2.5
+    #: Sparse depth: when more than this fraction of the grid's samples have no
+    #: measurement while another pixel of their cell has one (pixels lost at random, a
+    #: depth camera of lower resolution registered to a larger colour image: measured only
+    #: every second or third pixel), each such sample takes the nearest measured pixel of
+    #: its cell, and the support surface's gaps between its cells on the plane are filled.
+    #: Dense depth leaves at most 1.6% so (holes' borders; rendered bags with the sensor
+    #: noise), sparse depth 13% and more. 0: always; 1: never.
+    sparse_fill_frac: float = 0.05
     #: A sample whose 3x3 grid neighbourhood spans more than this fraction of its depth
     #: lies on a discontinuity and is dropped.
     edge_jump_frac: float = 0.03
@@ -290,7 +298,8 @@ class DepthProposalConfig:
                      "fuse_network_iou", "fuse_network_partial_iou", "fuse_network_refine_iou",
                      "fuse_network_part_containment", "fuse_network_weak_score",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
-                     "refine_max_frac", "support_min_frac", "support_margin_m"):
+                     "refine_max_frac", "support_min_frac", "support_margin_m",
+                     "sparse_fill_frac"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 

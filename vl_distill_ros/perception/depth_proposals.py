@@ -249,7 +249,8 @@ def _support(cloud: DepthCloud, height: np.ndarray, normal: np.ndarray,
     z = cloud.points[:, 2]
     on = np.abs(height) <= cfg.plane_threshold_m + cfg.plane_threshold_quadratic * z * z
     return support_region(cloud.scatter(on.view(np.uint8), 0, np.uint8), cloud.flat_index(),
-                          cloud.points, normal, cfg.support_min_frac, cfg.support_margin_m)
+                          cloud.points, normal, cfg.support_min_frac, cfg.support_margin_m,
+                          cloud.valid if cloud.sparse else None)
 
 
 #: A depth image narrower or lower than this many grid steps gives no boxes (and a note):

@@ -69,8 +69,8 @@ def _plane_axes(normal: np.ndarray) -> np.ndarray:
 
 
 def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
-                   normal: np.ndarray, min_frac: float, margin_m: float
-                   ) -> SupportRegion | None:
+                   normal: np.ndarray, min_frac: float, margin_m: float,
+                   measured: np.ndarray | None = None) -> SupportRegion | None:
     """The surface's extent from the grid of the samples on the plane.
 
     Args:
@@ -82,12 +82,20 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
             (after an opening that removes lines up to two of its cells wide) is surface
             when it holds at least this fraction of them all.
         margin_m: see :attr:`SupportRegion.margin_m`.
+        measured: ``(rows, cols)`` bool grid, True where the cell holds a sample (None: all
+            of them do, or the gaps are not filled). A cell without one next to a cell on
+            the plane counts as plane: sparse or holey depth (pixels lost at random, a
+            depth camera of lower resolution registered to a larger colour image) leaves
+            the table's cells scattered, which the opening would otherwise remove.
 
     Returns:
         The region, or ``None`` when no piece is left, or none holds ``min_frac`` of them
         (nothing is then filtered).
     """
-    mask = cv2.morphologyEx(np.ascontiguousarray(on_plane[::2, ::2]), cv2.MORPH_OPEN, _K3)
+    grid = on_plane
+    if measured is not None:
+        grid = on_plane | (~measured & cv2.dilate(on_plane, _K3).view(bool)).view(np.uint8)
+    mask = cv2.morphologyEx(np.ascontiguousarray(grid[::2, ::2]), cv2.MORPH_OPEN, _K3)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
         return None
@@ -104,11 +112,15 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
     if not cells:
         return None
     cell = 2 * np.concatenate(cells)
-    # the samples of those cells (every on-plane cell holds one; samples are row-major)
-    index = np.searchsorted(flat, cell[:, 1] * on_plane.shape[1] + cell[:, 0])
+    # the samples of those cells (samples are row-major; a filled gap holds none)
+    key = cell[:, 1] * on_plane.shape[1] + cell[:, 0]
+    index = np.minimum(np.searchsorted(flat, key), len(flat) - 1)
+    index = index[flat[index] == key]
+    if index.size == 0:
+        return None
     normal = np.asarray(normal, np.float64)
     axes = _plane_axes(normal)
-    uv = np.asarray(points, np.float64)[np.minimum(index, len(flat) - 1)] @ axes.T
+    uv = np.asarray(points, np.float64)[index] @ axes.T
     # the camera's foot on the plane is the origin of the plane's coordinates
     hull = cv2.convexHull(np.vstack([uv, np.zeros((1, 2))]).astype(np.float32))
     return SupportRegion(normal=normal, axes=axes, hull=hull, margin_m=float(margin_m))
