@@ -598,6 +598,11 @@ def test_pipeline_reports_each_cameras_depth_noise(bundle):
     assert pipe.depth_noise("exact") < 0.0002 and pipe.depth_noise("unseen") == 0.0
     pipe.boxes(image, depth=np.zeros_like(clean), intrinsics=K, camera="noisy")  # kept
     assert pipe.depth_noise("noisy") > 0.002
+    # sparse depth (every second column measured) is reported per camera as well
+    assert not pipe.depth_sparse("exact") and not pipe.depth_sparse("unseen")
+    columns = np.where(np.arange(640) % 2 == 0, clean, 0.0).astype(np.float32)
+    pipe.boxes(image, depth=columns, intrinsics=K, camera="columns")
+    assert pipe.depth_sparse("columns") and pipe.last_depth_status == "used"
 
 
 def test_colour_proposals_in_a_second_thread_give_the_same_boxes(bundle, monkeypatch):

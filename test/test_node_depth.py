@@ -166,6 +166,7 @@ def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
         # the registration check has seen this camera's registered depth: no shift
         assert st["depth_registration_shift_px"] == "0,0"
         assert 0.0 <= float(st["depth_noise_at_1m_mm"]) < 1.0   # exact depth, in mm steps
+        assert st["depth_sparse"] == "false"                     # dense ray-cast depth
         assert st["depth_fattening_px"] == "0"                   # sharp ray-cast edges
 
 

@@ -116,6 +116,8 @@ class DepthProposals:
     #: The frame's depth noise (standard deviation, m) at 1 m, measured on the samples
     #: just below the plane (:class:`DepthNoiseEstimate`); 0 when it could not be measured.
     noise_m: float = 0.0
+    #: The depth was sparse: samples filled from their cells (``sparse_fill_frac``).
+    sparse: bool = False
     #: The support surface's extent (``support_min_frac``), or ``None``; the grid of
     #: sampled depth (m, 0 where not usable) and the camera, for the fusion's colour boxes.
     support: SupportRegion | None = None
@@ -205,6 +207,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.allowance_grid = cfg.plane_threshold_quadratic * cloud.z * cloud.z
     noise = DepthNoiseEstimate.measure(height, cloud.points[:, 2])
     out.noise_m = noise.scale * float(noise_curve(1.0))
+    out.sparse = cloud.sparse
     out.camera = intrinsics
     out.depth_grid = cloud.z
     out.support = _support(cloud, height, n, cfg)

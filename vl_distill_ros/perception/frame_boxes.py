@@ -68,6 +68,8 @@ class FrameBoxes:
         self._registration_lock = threading.Lock()
         #: Each camera's last measured depth noise at 1 m (m), by camera key.
         self._depth_noise: dict[str, float] = {}
+        #: Whether each camera's last frame with a support plane had sparse depth.
+        self._depth_sparse: dict[str, bool] = {}
 
     def depth_fattening(self, camera: str = "") -> int:
         """The width (pixels) of the fattened rim taken off ``camera``'s depth edges
@@ -88,6 +90,12 @@ class FrameBoxes:
         with a support plane showed below it (``noise_top_sigmas``); 0 before one."""
         with self._registration_lock:
             return self._depth_noise.get(camera, 0.0)
+
+    def depth_sparse(self, camera: str = "") -> bool:
+        """Whether ``camera``'s last frame with a support plane had sparse depth, its
+        samples filled from their cells (``sparse_fill_frac``); False before one."""
+        with self._registration_lock:
+            return self._depth_sparse.get(camera, False)
 
     def _registration(self, camera: str, cfg: DepthProposalConfig
                       ) -> DepthRegistration | None:
@@ -173,6 +181,7 @@ class FrameBoxes:
             return self._colour_only(image, s, pending), None, found.note
         with self._registration_lock:
             _remember(self._depth_noise, camera, found.noise_m)
+            _remember(self._depth_sparse, camera, found.sparse)
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
             return list(found.boxes)[:count], None, "used"

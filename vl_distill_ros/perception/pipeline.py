@@ -351,6 +351,11 @@ class PerceptionPipeline:
         with a support plane showed below it (``noise_top_sigmas``); 0 before one."""
         return self.frame_boxes.depth_noise(camera)
 
+    def depth_sparse(self, camera: str = "") -> bool:
+        """Whether ``camera``'s last frame with a support plane had sparse depth, its
+        samples filled from their cells (``sparse_fill_frac``); False before one."""
+        return self.frame_boxes.depth_sparse(camera)
+
     def close(self) -> None:
         """Stop the colour proposer's thread (``proposal_threads: 2``); idempotent. A
         frame proposed afterwards runs both proposers in the calling thread."""

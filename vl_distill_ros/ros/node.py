@@ -680,6 +680,8 @@ class VlDistillNode(Node):
                     str(self.pipeline.depth_fattening(cam.resolved))
                 period["values"]["depth_noise_at_1m_mm"] = \
                     f"{1000.0 * self.pipeline.depth_noise(cam.resolved):.2f}"
+                period["values"]["depth_sparse"] = \
+                    str(self.pipeline.depth_sparse(cam.resolved)).lower()
             arr.status.append(camera_status(fq, period, active.version))
         return arr
 
