@@ -2,7 +2,8 @@
 
 :class:`FrameBoxes` holds what that stage keeps between frames: the second thread in which
 the box network runs beside the depth proposer or the colour model (``proposal_threads``),
-and per camera the depth registration check and the last measured depth noise. With
+and per camera the depth registration check, the last measured depth noise and whether
+the last depth was sparse. With
 ``crop_source: proposals`` a frame's boxes come from colour alone, from depth alone or from
 both fused (``proposal_source``, :data:`~.pipeline_settings.PROPOSAL_SOURCES`); depth that
 cannot be used never raises: the frame falls back to colour, and the status says why.
