@@ -89,9 +89,7 @@ def _samples(depth: np.ndarray, cfg: DepthProposalConfig
     sparse = s > 1 and float(cfg.sparse_fill_frac) < 1.0 and not valid.all() and \
         _is_sparse(depth, valid, s, cfg)
     if sparse:
-        index, values = _cell_values(depth, np.flatnonzero(~valid), valid.shape[1], s, cfg)
-        z.flat[index] = values
-        valid.flat[index] = True
+        _fill_grid(depth, z, valid, s, cfg)
     valid &= depth_span(z, valid) <= cfg.edge_jump_frac * z
     return z, valid, s, off, sparse
 
@@ -111,6 +109,20 @@ def _is_sparse(depth: np.ndarray, valid: np.ndarray, s: int, cfg: DepthProposalC
     index = (rows * SPARSE_PROBE_ROWS) * valid.shape[1] + cols
     fillable = _cell_values(depth, index, valid.shape[1], s, cfg)[0].size
     return fillable > float(cfg.sparse_fill_frac) * probe.size
+
+
+def _fill_grid(depth: np.ndarray, z: np.ndarray, valid: np.ndarray, s: int,
+               cfg: DepthProposalConfig) -> None:
+    """:func:`_cell_values` for every sample of the grid at once, in place (sparse depth
+    leaves many samples to fill: whole strided views beat gathering them one by one)."""
+    for dy, dx in _cell_order(s):
+        view = depth[dy::s, dx::s][:z.shape[0], :z.shape[1]]
+        rows, cols = view.shape
+        values = view.astype(np.float32, copy=False)
+        ok = ~valid[:rows, :cols] & np.isfinite(values) & (values >= cfg.min_depth_m) & \
+            (values <= cfg.max_depth_m)
+        z[:rows, :cols][ok] = values[ok]
+        valid[:rows, :cols] |= ok
 
 
 def _cell_order(s: int) -> list[tuple[int, int]]:
