@@ -410,7 +410,9 @@ def test_make_bag_missing_models_is_exit_2(tmp_path: Path, capsys):
     for option, value, message in (("--table-size", "0.8,0.4", "--table-size"),
                                    ("--table-size", "0.1,0.5", "table_length_m"),
                                    ("--fov-y", "30,20", "--fov-y"),
-                                   ("--fov-y", "5,8", "fov_y_deg")):
+                                   ("--fov-y", "5,8", "fov_y_deg"),
+                                   ("--elevation", "30,20", "--elevation"),
+                                   ("--elevation", "2,25", "elevation_deg")):
         args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"), option, value])
         assert make_bag.run(args) == 2
         assert message in capsys.readouterr().err

@@ -210,7 +210,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     out.sparse = cloud.sparse
     out.camera = intrinsics
     out.depth_grid = cloud.z
-    out.support = _support(cloud, height, n, cfg)
+    out.support = _support(cloud, height, (n, d), cfg, intrinsics)
     windows = _object_windows(cloud, height, cfg, intrinsics) \
         if cfg.refine_max_frac > 0 and int(cfg.stride) >= 2 else None
     if windows is not None:
@@ -242,18 +242,42 @@ def _registered(depth: np.ndarray, colour: np.ndarray | None,
     return depth, shift, fattening
 
 
-def _support(cloud: DepthCloud, height: np.ndarray, normal: np.ndarray,
-             cfg: DepthProposalConfig) -> SupportRegion | None:
-    """The support surface's extent (:func:`.support_region.support_region`) from the
-    samples within the plane's inlier distance of it (its unit ``normal``); ``None`` when
-    ``support_min_frac`` is 0."""
+def _support(cloud: DepthCloud, height: np.ndarray, plane: tuple[np.ndarray, float],
+             cfg: DepthProposalConfig, camera: CameraIntrinsics) -> SupportRegion | None:
+    """The support surface's extent (:func:`.support_region.support_region`) from the grid's
+    samples within the plane's inlier distance of it (``height``: the cloud's samples'
+    heights above ``plane``, its unit normal and offset); ``None`` when ``support_min_frac``
+    is 0.
+
+    The samples dropped from the cloud as discontinuities count too: seen at a grazing
+    angle (a camera low over the table) the far part of the table rises in depth from row
+    to row by more than ``edge_jump_frac`` and its samples are dropped, but they lie on the
+    plane, and the surface reaches that far.
+    """
     if cfg.support_min_frac <= 0:
         return None
-    z = cloud.points[:, 2]
-    on = np.abs(height) <= cfg.plane_threshold_m + cfg.plane_threshold_quadratic * z * z
-    return support_region(cloud.scatter(on.view(np.uint8), 0, np.uint8), cloud.flat_index(),
-                          cloud.points, normal, cfg.support_min_frac, cfg.support_margin_m,
-                          cloud.valid if cloud.sparse else None)
+    normal, offset = plane
+    z = cloud.z.reshape(-1)
+    thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * cloud.points[:, 2] ** 2
+    grid = cloud.scatter((np.abs(height) <= thr).view(np.uint8), 0, np.uint8)
+    dropped = np.flatnonzero((z > 0) & ~cloud.valid.reshape(-1))
+    extra = None
+    if dropped.size:
+        rows, cols = np.divmod(dropped, cloud.z.shape[1])
+        zz = z[dropped].astype(np.float64)
+        u, v = cloud.offset + cols * cloud.stride, cloud.offset + rows * cloud.stride
+        if camera.distorted:
+            rx, ry = camera.pixel_rays()
+            pts = np.stack([rx[v, u] * zz, ry[v, u] * zz, zz], 1)
+        else:
+            pts = np.stack([(u - camera.cx) * zz / camera.fx, (v - camera.cy) * zz / camera.fy,
+                            zz], 1)
+        near = np.abs(pts @ normal + offset) <= cfg.plane_threshold_m + \
+            cfg.plane_threshold_quadratic * zz * zz
+        extra = (dropped[near], pts[near])
+        grid.reshape(-1)[extra[0]] = 1
+    return support_region(grid, cloud.flat_index(), cloud.points, normal, cfg.support_min_frac,
+                          cfg.support_margin_m, (cloud.z > 0) if cloud.sparse else None, extra)
 
 
 #: A depth image narrower or lower than this many grid steps gives no boxes (and a note):

@@ -68,9 +68,20 @@ def _plane_axes(normal: np.ndarray) -> np.ndarray:
     return np.stack([a, np.cross(n, a)])
 
 
+def _points_of(flat: np.ndarray, points: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """The points (float64) of the grid cells ``key`` that ``flat`` (ascending row-major
+    indices of ``points``) holds; the others are left out."""
+    if flat.size == 0:
+        return np.zeros((0, 3))
+    index = np.minimum(np.searchsorted(flat, key), len(flat) - 1)
+    return np.asarray(points, np.float64)[index[flat[index] == key]]
+
+
 def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
                    normal: np.ndarray, min_frac: float, margin_m: float,
-                   measured: np.ndarray | None = None) -> SupportRegion | None:
+                   measured: np.ndarray | None = None,
+                   extra: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> SupportRegion | None:
     """The surface's extent from the grid of the samples on the plane.
 
     Args:
@@ -87,6 +98,8 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
             the plane counts as plane: sparse or holey depth (pixels lost at random, a
             depth camera of lower resolution registered to a larger colour image) leaves
             the table's cells scattered, which the opening would otherwise remove.
+        extra: more cells on the plane, ``(row-major grid indices ascending, (M, 3)
+            points)``, not among ``flat`` (samples the cloud dropped as discontinuities).
 
     Returns:
         The region, or ``None`` when no piece is left, or none holds ``min_frac`` of them
@@ -114,13 +127,15 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
     cell = 2 * np.concatenate(cells)
     # the samples of those cells (samples are row-major; a filled gap holds none)
     key = cell[:, 1] * on_plane.shape[1] + cell[:, 0]
-    index = np.minimum(np.searchsorted(flat, key), len(flat) - 1)
-    index = index[flat[index] == key]
-    if index.size == 0:
+    found = [_points_of(flat, points, key)]
+    if extra is not None:
+        found.append(_points_of(extra[0], extra[1], key))
+    cell_points = np.concatenate(found)
+    if cell_points.shape[0] == 0:
         return None
     normal = np.asarray(normal, np.float64)
     axes = _plane_axes(normal)
-    uv = np.asarray(points, np.float64)[index] @ axes.T
+    uv = cell_points @ axes.T
     # the camera's foot on the plane is the origin of the plane's coordinates
     hull = cv2.convexHull(np.vstack([uv, np.zeros((1, 2))]).astype(np.float32))
     return SupportRegion(normal=normal, axes=axes, hull=hull, margin_m=float(margin_m))
