@@ -17,7 +17,8 @@ from .camera_model import CameraIntrinsics
 from .depth_config import DepthProposalConfig
 
 
-__all__ = ["DepthCloud", "depth_cloud", "depth_samples", "depth_span", "SQUARE_3X3"]
+__all__ = ["DepthCloud", "depth_cloud", "depth_samples", "depth_span", "back_project",
+           "SQUARE_3X3"]
 
 #: The 8-neighbourhood (3x3).
 SQUARE_3X3 = np.ones((3, 3), np.uint8)
@@ -103,26 +104,10 @@ def _is_sparse(depth: np.ndarray, valid: np.ndarray, s: int, cfg: DepthProposalC
                ) -> bool:
     """Whether more than ``sparse_fill_frac`` of the samples (of every
     :data:`SPARSE_PROBE_ROWS`-th grid row) lack a measurement their cell holds."""
-    probe = valid[::SPARSE_PROBE_ROWS]
-    missing = np.flatnonzero(~probe)
-    rows, cols = np.divmod(missing, probe.shape[1])
-    index = (rows * SPARSE_PROBE_ROWS) * valid.shape[1] + cols
-    fillable = _cell_values(depth, index, valid.shape[1], s, cfg)[0].size
-    return fillable > float(cfg.sparse_fill_frac) * probe.size
-
-
-def _fill_grid(depth: np.ndarray, z: np.ndarray, valid: np.ndarray, s: int,
-               cfg: DepthProposalConfig) -> None:
-    """:func:`_cell_values` for every sample of the grid at once, in place (sparse depth
-    leaves many samples to fill: whole strided views beat gathering them one by one)."""
-    for dy, dx in _cell_order(s):
-        view = depth[dy::s, dx::s][:z.shape[0], :z.shape[1]]
-        rows, cols = view.shape
-        values = view.astype(np.float32, copy=False)
-        ok = ~valid[:rows, :cols] & np.isfinite(values) & (values >= cfg.min_depth_m) & \
-            (values <= cfg.max_depth_m)
-        z[:rows, :cols][ok] = values[ok]
-        valid[:rows, :cols] |= ok
+    probe = valid[::SPARSE_PROBE_ROWS].copy()
+    z = np.zeros(probe.shape, np.float32)
+    filled = _fill_grid(depth, z, probe, s, cfg, SPARSE_PROBE_ROWS)
+    return filled > float(cfg.sparse_fill_frac) * probe.size
 
 
 def _cell_order(s: int) -> list[tuple[int, int]]:
@@ -132,35 +117,40 @@ def _cell_order(s: int) -> list[tuple[int, int]]:
     return sorted(cells, key=lambda c: ((c[0] - off) ** 2 + (c[1] - off) ** 2, c))
 
 
-def _cell_values(depth: np.ndarray, index: np.ndarray, grid_width: int, s: int,
-                 cfg: DepthProposalConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Of the grid samples ``index`` (row-major, on a grid ``grid_width`` wide) without a
-    measurement, those whose ``s`` x ``s`` cell holds a measured pixel in range, and the
-    depth of the nearest such pixel (float32): a filled sample keeps its position, at most
-    ``s - 1`` pixels away.
+def _fill_grid(depth: np.ndarray, z: np.ndarray, valid: np.ndarray, s: int,
+               cfg: DepthProposalConfig, row_step: int = 1) -> int:
+    """Give each sample without a measurement (not ``valid``) the depth of the nearest
+    measured pixel in range of its ``s`` x ``s`` grid cell, in place (the sample keeps its
+    position, at most ``s - 1`` pixels away); returns how many were filled. ``z`` and
+    ``valid`` hold every ``row_step``-th grid row.
 
     Sparse depth (pixels lost at random, a registered depth of lower resolution than the
     colour image, so measured only every second or third pixel) would otherwise lose
     samples the cell still holds, or all of them when the pattern falls on the grid's own
     pixels.
     """
-    rows, cols = np.divmod(index, grid_width)
-    height, width = depth.shape
-    found, values_found = [], []
+    before = int(np.count_nonzero(valid))
     for dy, dx in _cell_order(s):
-        if index.size == 0:
-            break
-        y, x = rows * s + dy, cols * s + dx
-        inside = (y < height) & (x < width)
-        values = np.zeros(index.size, np.float32)
-        values[inside] = depth[y[inside], x[inside]]
-        ok = np.isfinite(values) & (values >= cfg.min_depth_m) & (values <= cfg.max_depth_m)
-        found.append(index[ok])
-        values_found.append(values[ok])
-        index, rows, cols = index[~ok], rows[~ok], cols[~ok]
-    if not found:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(found), np.concatenate(values_found)
+        view = depth[dy::s * row_step, dx::s][:z.shape[0], :z.shape[1]]
+        rows, cols = view.shape
+        values = view.astype(np.float32, copy=False)
+        ok = ~valid[:rows, :cols] & np.isfinite(values) & (values >= cfg.min_depth_m) & \
+            (values <= cfg.max_depth_m)
+        z[:rows, :cols][ok] = values[ok]
+        valid[:rows, :cols] |= ok
+    return int(np.count_nonzero(valid)) - before
+
+
+def back_project(camera: CameraIntrinsics, rows: np.ndarray, cols: np.ndarray, z: np.ndarray,
+                 stride: int, offset: int) -> np.ndarray:
+    """``(N, 3)`` camera-frame points of grid cells (``rows``, ``cols`` of a grid sampled
+    every ``stride`` pixels from ``offset``) at depths ``z`` (m), along the ray the lens
+    bends onto each cell's pixel (a pinhole's ``(u - cx) / fx`` without distortion)."""
+    u, v = offset + cols * stride, offset + rows * stride
+    if camera.distorted:
+        rx, ry = camera.pixel_rays()
+        return np.stack([rx[v, u] * z, ry[v, u] * z, z], 1)
+    return np.stack([(u - camera.cx) * z / camera.fx, (v - camera.cy) * z / camera.fy, z], 1)
 
 
 def depth_span(z: np.ndarray, has_depth: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .boxes import Box, box_iou
+from .depth_cloud import back_project
 from .depth_config import DepthProposalConfig
 from .depth_proposals import DepthProposals
 from .proposal_config import ProposalConfig
@@ -245,17 +246,9 @@ def _supported(depth: DepthProposals, window: tuple[slice, slice], raised: np.nd
             depth.camera is None or \
             rows.size < SUPPORT_MIN_RAISED:
         return True
-    k = depth.camera
     rows, cols = rows + window[0].start, cols + window[1].start
     z = depth.depth_grid[rows, cols].astype(np.float64)
-    s, off = depth.stride, depth.offset
-    if k.distorted:
-        rx, ry = k.pixel_rays()
-        points = np.stack([rx[off + rows * s, off + cols * s] * z,
-                           ry[off + rows * s, off + cols * s] * z, z], 1)
-    else:
-        points = np.stack([(off + cols * s - k.cx) * z / k.fx,
-                           (off + rows * s - k.cy) * z / k.fy, z], 1)
+    points = back_project(depth.camera, rows, cols, z, depth.stride, depth.offset)
     return support.holds(points - depth.height_grid[rows, cols, None] * support.normal[None, :])
 
 

@@ -75,7 +75,7 @@ import numpy as np
 
 from .boxes import Box, box_iou, sanitize_boxes
 from .camera_model import CameraIntrinsics, DepthError
-from .depth_cloud import DepthCloud, depth_cloud
+from .depth_cloud import DepthCloud, back_project, depth_cloud
 from .depth_clusters import ColourEdges, below_taller, in_band, object_clusters
 from .depth_config import DepthProposalConfig, stride_for, with_stride
 from .depth_registration import DepthRegistration, shift_depth, strip_fattening
@@ -265,13 +265,7 @@ def _support(cloud: DepthCloud, height: np.ndarray, plane: tuple[np.ndarray, flo
     if dropped.size:
         rows, cols = np.divmod(dropped, cloud.z.shape[1])
         zz = z[dropped].astype(np.float64)
-        u, v = cloud.offset + cols * cloud.stride, cloud.offset + rows * cloud.stride
-        if camera.distorted:
-            rx, ry = camera.pixel_rays()
-            pts = np.stack([rx[v, u] * zz, ry[v, u] * zz, zz], 1)
-        else:
-            pts = np.stack([(u - camera.cx) * zz / camera.fx, (v - camera.cy) * zz / camera.fy,
-                            zz], 1)
+        pts = back_project(camera, rows, cols, zz, cloud.stride, cloud.offset)
         near = np.abs(pts @ normal + offset) <= cfg.plane_threshold_m + \
             cfg.plane_threshold_quadratic * zz * zz
         extra = (dropped[near], pts[near])
