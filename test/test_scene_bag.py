@@ -412,8 +412,11 @@ def test_make_bag_missing_models_is_exit_2(tmp_path: Path, capsys):
                                    ("--fov-y", "30,20", "--fov-y"),
                                    ("--fov-y", "5,8", "fov_y_deg"),
                                    ("--elevation", "30,20", "--elevation"),
-                                   ("--elevation", "2,25", "elevation_deg")):
-        args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"), option, value])
+                                   ("--elevation", "2,25", "elevation_deg"),
+                                   ("--roll", "30,-30", "--roll"),
+                                   ("--roll", "-200,0", "roll_deg")):
+        args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"),
+                                  f"{option}={value}"])
         assert make_bag.run(args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bag").exists()
@@ -434,6 +437,31 @@ def test_make_bag_fov_sets_the_cameras_focal_length(ycb_models: Path, tmp_path: 
     fx, fy = frame.camera_info[:2]
     assert fx == pytest.approx(60 / np.tan(np.radians(12.5)), rel=1e-3) and fy == fx
     assert frame.depth is not None and frame.depth.shape == (120, 160)
+
+
+def test_make_bag_roll_turns_the_camera_about_its_optical_axis(
+        ycb_models: Path, tmp_path: Path, repo_root: Path):
+    """``--roll``: the same scene seen with the camera turned upside down (a wrist camera)
+    is the upright frame rotated by 180 degrees (up to the shading gradient drawn over
+    the image, which does not turn with it), and so are its ground-truth boxes."""
+    common = ["--frames", "1", "--width", "160", "--height", "120", "--objects", BAG_KEYS,
+              "--objects-per-scene", "2", "--noise-sigma", "0,0", "--seed", "3",
+              "--models-dir", str(ycb_models), "--no-progress",
+              "--vocabulary", str(repo_root / "config" / "ycb_vocabulary.yaml"),
+              "--split", str(repo_root / "config" / "splits" / "ycb_paper.yaml")]
+    assert _make_bag(["--out", str(tmp_path / "up"), "--roll=0,0", *common]) == 0
+    assert _make_bag(["--out", str(tmp_path / "down"), "--roll=180,180", *common]) == 0
+    (up,), (down,) = (list(read_camera_bag(tmp_path / n).images()) for n in ("up", "down"))
+    turned = np.asarray(down.image)[::-1, ::-1].astype(int)
+    assert np.mean(np.abs(turned - up.image)) * 1.8 < \
+        np.mean(np.abs(np.asarray(down.image).astype(int) - up.image))
+    gt = {n: [o for _, objs in read_camera_bag(tmp_path / n).ground_truth.items()
+              for o in objs] for n in ("up", "down")}
+    assert len(gt["up"]) == len(gt["down"]) == 2
+    for a, b in zip(sorted(gt["up"], key=lambda o: o.label),
+                    sorted(gt["down"], key=lambda o: o.label), strict=True):
+        x, y, w, h = a.bbox
+        assert np.allclose(b.bbox, (160 - x - w, 120 - y - h, w, h), atol=2)
 
 
 def test_make_bag_image_format_jpeg_writes_image_transports_topics(

@@ -127,6 +127,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="main camera elevation range above the table plane, in degrees, 5-89 "
                         "(a camera low over the table, e.g. a mobile robot's head: 12,25; "
                         "default: %(default)s)")
+    p.add_argument("--roll", default="-4,4", metavar="LO,HI",
+                   help="main camera roll range about its optical axis, in degrees, -180 to "
+                        "180 (a hand-held camera or one on a robot's wrist: e.g. --roll=-30,30; "
+                        "default: %(default)s)")
     p.add_argument("--table-size", default=None, metavar="LO,HI", help=TABLE_HELP)
     p.add_argument("--start-time", type=float, default=DEFAULT_START_TIME,
                    help="stamp of the first frame in seconds since the epoch "
@@ -205,6 +209,7 @@ def _setup(args: argparse.Namespace):
     fov = _parse_range(getattr(args, "fov_y", "42,50"), "--fov-y", cast=float, sep=",")
     elevation = _parse_range(getattr(args, "elevation", "35,70"), "--elevation", cast=float,
                              sep=",")
+    roll = _parse_range(getattr(args, "roll", "-4,4"), "--roll", cast=float, sep=",")
     table = {}
     if getattr(args, "table_size", None) is not None:
         size = _parse_range(args.table_size, "--table-size", cast=float, sep=",")
@@ -212,7 +217,7 @@ def _setup(args: argparse.Namespace):
     spec = SceneSpec(width=args.width, height=args.height, objects_per_scene=per_scene,
                      hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
                      hand_height=args.hand_height, noise_sigma=noise, distance_m=distance,
-                     fov_y_deg=fov, elevation_deg=elevation,
+                     fov_y_deg=fov, elevation_deg=elevation, roll_deg=roll,
                      depth=bool(getattr(args, "depth", False)),
                      depth_camera=bool(getattr(args, "depth_camera", False)),
                      contact_prob=float(getattr(args, "contact_prob", 0.0)),

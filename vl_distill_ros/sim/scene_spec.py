@@ -142,6 +142,8 @@ class SceneSpec:
             raise RenderError(f"placement_area_m must be positive, got {self.placement_area_m!r}")
         if not 5.0 <= self.elevation_deg[0] <= self.elevation_deg[1] <= 89.0:
             raise RenderError(f"elevation_deg must lie in [5, 89], got {self.elevation_deg!r}")
+        if not -180.0 <= self.roll_deg[0] <= self.roll_deg[1] <= 180.0:
+            raise RenderError(f"roll_deg must lie in [-180, 180], got {self.roll_deg!r}")
         if not 0.05 <= self.distance_m[0] <= self.distance_m[1]:
             raise RenderError(f"distance_m must be >= 0.05 m, got {self.distance_m!r}")
         if not 10.0 <= self.fov_y_deg[0] <= self.fov_y_deg[1] <= 120.0:
