@@ -40,6 +40,11 @@ K-th column, or every K-th row and column (a depth camera of lower resolution re
 a larger colour image), ``dropout:P`` loses each pixel with probability ``P`` (seeded by the
 frame's place).
 
+``--smooth-depth SIGMA`` (with ``--depth``) smooths each depth image with a Gaussian of
+``SIGMA`` pixels over its measured pixels only (:func:`smooth_depth`), as stereo cameras and
+depth post-processing filters (a RealSense's spatial filter) do: object edges become ramps
+towards the table; holes stay holes.
+
 ``--vignette A`` and ``--light-gradient A`` light the colour images unevenly first (a lens's
 fall-off towards the corners, a lamp to one side; :func:`relight`), for every proposer.
 ``--degrade CHAIN`` then puts them through real-camera effects (motion and defocus blur,
@@ -53,6 +58,7 @@ sensor noise, exposure, white balance, JPEG, lower resolution; the chain's synta
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --dark-holes 40
     .venv/bin/python bench/proposals_recall.py --bags BAG --degrade motion:9+jpeg:40
     .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --sparse-depth grid:3
+    .venv/bin/python bench/proposals_recall.py --bags RGBD_BAG --depth --smooth-depth 2
 """
 from __future__ import annotations
 
@@ -317,6 +323,18 @@ def sparse_depth(depth: np.ndarray, sparse: tuple[str, float],
     return np.where(keep, depth, np.float32(0.0)).astype(np.float32)
 
 
+def smooth_depth(depth: np.ndarray, sigma: float) -> np.ndarray:
+    """``depth`` (metres, 0 = none) smoothed by a Gaussian of ``sigma`` pixels over its
+    measured pixels only (normalised by the blurred mask of measured pixels, so a hole's
+    zeros do not pull its neighbours towards the camera); unmeasured pixels stay 0."""
+    import cv2
+
+    valid = (depth > 0).astype(np.float32)
+    num = cv2.GaussianBlur(np.where(valid > 0, depth, 0).astype(np.float32), (0, 0), sigma)
+    den = cv2.GaussianBlur(valid, (0, 0), sigma)
+    return np.where(valid > 0, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
+
+
 def relight(image: np.ndarray, vignette: float = 0.0, gradient: float = 0.0) -> np.ndarray:
     """``image`` (RGB, uint8) lit unevenly, as real lenses and rooms light a table: its
     8-bit values times ``1 - vignette * r^2`` (``r``: the distance from the centre over the
@@ -468,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="with --depth: keep only part of the depth's measurements: "
                          "columns:K, grid:K (every K-th column, or row and column) or "
                          "dropout:P (each pixel lost with probability P; default: none)")
+    ap.add_argument("--smooth-depth", type=float, default=0.0, metavar="SIGMA",
+                    help="with --depth: smooth the depth over its measured pixels with a "
+                         "Gaussian of SIGMA pixels (0-10), as stereo cameras and depth "
+                         "filters do (default: 0, off)")
     ap.add_argument("--vignette", type=float, default=0.0, metavar="A",
                     help="darken the colour images towards the corners by A (0-0.9: 1 - A "
                          "r^2, a lens's fall-off; default: 0, off)")
@@ -490,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be in [0, 0.9], got "
                      f"{getattr(args, name)}")
     light = {"vignette": args.vignette, "gradient": args.light_gradient}
+    if not 0.0 <= args.smooth_depth <= 10.0:
+        ap.error(f"--smooth-depth must be in [0, 10], got {args.smooth_depth}")
     if not 0.0 <= args.dark_holes <= 255.0:
         ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
     try:
@@ -549,6 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 depth, sparse, np.random.default_rng([b, i, 1])), k)
                 for i, (im, truth, depth, k) in enumerate(
                     load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes))]
+            if args.smooth_depth > 0:
+                rgbd_frames = [(im, truth, smooth_depth(depth, args.smooth_depth), k)
+                               for im, truth, depth, k in rgbd_frames]
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
@@ -571,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **({"depth": {"config": dataclasses.asdict(depth_cfg), "shift_px": list(shift),
                       "dark_holes_below": args.dark_holes,
                       "sparse_depth": args.sparse_depth.strip() or "none",
+                      "smooth_depth_sigma_px": args.smooth_depth,
                       "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()},
                       "bags": depth_bags}} if args.depth else {}),
         **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,

@@ -140,6 +140,23 @@ def test_sparse_depth_kinds_parse_and_keep_what_they_say():
     assert 0.4 < kept < 0.6
 
 
+def test_smooth_depth_averages_measured_pixels_and_keeps_holes():
+    """A step in depth becomes a ramp; a hole stays 0 and does not pull its neighbours
+    towards the camera (a blur that counted its zeros would)."""
+    from proposals_recall import smooth_depth
+
+    depth = np.full((40, 40), 1.0, np.float32)
+    depth[:, 20:] = 0.8                     # an object's face in front of the table
+    depth[5:10, 5:10] = 0.0                 # a hole in the table
+    out = smooth_depth(depth, 2.0)
+    assert out.dtype == np.float32 and out.shape == depth.shape
+    assert np.all(out[5:10, 5:10] == 0.0)
+    assert np.allclose(out[4, 2:12], 1.0, atol=1e-5) and np.allclose(out[10, 2:12], 1.0)
+    assert 0.8 < out[20, 19] < 1.0 and 0.8 < out[20, 20] < 1.0 and out[20, 19] > out[20, 20]
+    assert np.allclose(out[:, :14][depth[:, :14] > 0], 1.0, atol=1e-4)
+    assert np.allclose(out[:, 27:], 0.8, atol=1e-4)
+
+
 def test_the_bench_thins_the_depth_it_scores(capsys):
     """``--sparse-depth``: on the sample bag, depth on every second column and row gives
     depth boxes (filled from each sample's cell, ``sparse_fill_frac``), and the run records
@@ -155,3 +172,6 @@ def test_the_bench_thins_the_depth_it_scores(capsys):
     with pytest.raises(SystemExit) as exc:
         proposals_recall.main(["--bags", str(bag), "--depth", "--sparse-depth", "grid:1"])
     assert exc.value.code == 2 and "--sparse-depth" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        proposals_recall.main(["--bags", str(bag), "--depth", "--smooth-depth", "11"])
+    assert exc.value.code == 2 and "--smooth-depth" in capsys.readouterr().err
