@@ -264,6 +264,13 @@ def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_pa
     assert {option(a, "--camera-distance") for a in far} == {"1.2,2.2"}
     assert "1.2,2.2" not in {option(a, "--camera-distance") for a in near}
     assert len({option(a, "--seed") for a in near + far}) == tool.FAR_FROM + 30
+    assert not any(a.startswith("--roll") for a in sum(near + far, []))
+    rolled = [tool.bag_args(i, tmp_path, ["a"]) for i in range(tool.ROLL_FROM,
+                                                               tool.ROLL_FROM + 40)]
+    rolls = [next(a for a in args if a.startswith("--roll=")) for args in rolled]
+    assert set(rolls) == {f"--roll={r}" for r in tool.ROLL_CHOICES}
+    assert "1.2,2.2" not in {option(a, "--camera-distance") for a in rolled}
+    assert not {option(a, "--seed") for a in rolled} & {option(a, "--seed") for a in near + far}
     split = yaml.safe_load((repo_root / "config/splits/ycb_paper.yaml").read_text())
     models = repo_root.parent / "shared" / "ycb_models"
     if models.is_dir():
@@ -341,6 +348,66 @@ def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path,
     assert not (tmp_path / "q" / "box_net.pt").exists()
     assert quantize(bad, tmp_path / "q2") == 2
     assert "cannot load the box network" in capsys.readouterr().err
+
+
+def test_a_network_starts_from_its_onnx_export_with_batch_norms_folded(repo_root, tmp_path,
+                                                                       capsys):
+    """``init_from: box_net.onnx``: the export's folded weights load into the network (its
+    outputs reproduced: checked inside and here), they fine-tune with the batch norms'
+    statistics frozen, and a file that is not this network's, or no ``freeze_batch_norm``,
+    is refused."""
+    import torch
+
+    from vl_distill_ros.cli import main
+    from vl_distill_ros.config import ConfigError
+    from vl_distill_ros.training.box_net import (BoxNetModel, BoxNetTrainConfig,
+                                                 export_onnx, load_onnx_weights)
+
+    torch.manual_seed(0)
+    source = BoxNetModel(pretrained=False)
+    with torch.no_grad():   # statistics far from 0 and 1: the folding has work to do
+        for m in source.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    path = export_onnx(source, tmp_path / "box_net.onnx")
+    model = BoxNetModel(pretrained=False)
+    load_onnx_weights(model, path)
+    x = torch.rand(1, 3, 96, 128) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(source.eval()(x), model.eval()(x)):
+            assert torch.allclose(a, b, atol=1e-4)
+    norm = model.head[1]
+    assert torch.all(norm.running_mean == 0) and torch.all(norm.weight == 1)
+    assert not torch.all(norm.bias == 0)
+
+    def tune(out_dir, *overrides: str) -> int:
+        return main(["train-box-net", "--config",
+                     str(repo_root / "config" / "train_box_net_roll.yaml"), "--no-progress",
+                     "--out", str(out_dir), f"bags=[{repo_root / 'demo' / 'sample_tabletop'}]",
+                     "batch_size=2", "threads=1", "int8_frames=0", "iterations=2", *overrides])
+
+    assert tune(tmp_path / "tuned", f"init_from={path}") == 0
+    state = torch.load(tmp_path / "tuned" / "box_net.pt", weights_only=True)
+    assert torch.all(state["head.1.running_mean"] == 0)            # frozen statistics
+    assert torch.allclose(state["head.1.running_var"], torch.full((64,), 1 - norm.eps))
+    assert not torch.equal(state["heatmap.weight"], model.state_dict()["heatmap.weight"])
+    BoxNet(tmp_path / "tuned" / "box_net.onnx")
+    with pytest.raises(ConfigError, match="freeze_batch_norm"):
+        BoxNetTrainConfig(init_from=str(path))
+    assert tune(tmp_path / "bad", f"init_from={path}", "freeze_batch_norm=false") == 2
+    assert "freeze_batch_norm" in capsys.readouterr().err
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"not onnx")
+    with pytest.raises(ConfigError, match="not an ONNX file"):
+        load_onnx_weights(BoxNetModel(pretrained=False), other)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_onnx_weights(BoxNetModel(pretrained=False), tmp_path / "none.onnx")
+    int8 = repo_root / "vl_distill_ros" / "bundles" / "box_net_int8.onnx"
+    with pytest.raises(ConfigError, match="not this box network"):
+        load_onnx_weights(BoxNetModel(pretrained=False), int8)
 
 
 def test_motion_blur_smears_along_its_direction_only():

@@ -4,12 +4,15 @@ A hundred and thirty ``vl-distill make-bag`` bags of 60 frames (seeds 3000-3129,
 them a bench bag's), each with its own scene settings drawn from the lists below: objects
 per scene, how many touch, furniture beyond the table, field of view, camera distance,
 table size and frame size. The last thirty (seeds 3100-3129) are far views, where objects
-are small: the camera 1.2-2.2 m from the table (``FAR_CHOICES``). The objects are the 66
+are small: the camera 1.2-2.2 m from the table (``FAR_CHOICES``). ``--rolled N`` adds N
+bags (seeds 3130 on) whose camera is rolled about its optical axis (``ROLL_CHOICES``: a
+hand-held camera, a wrist camera at any angle), the third stage's data
+(``config/train_box_net_roll.yaml``). The objects are the 66
 YCB models outside the out-of-distribution half of ``config/splits/ycb_paper.yaml``, so the
 network is measured on objects it never saw.
 
-Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130]`` (about 23
-minutes on one core; bags already there are kept).
+Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130] [--rolled 40]``
+(about 23 minutes on one core for the 130; bags already there are kept).
 """
 from __future__ import annotations
 
@@ -38,6 +41,10 @@ FAR_CHOICES = {
 }
 FAR_FROM = 100
 FIRST_SEED = 3000
+#: The rolled bags (``--rolled``) follow the ``--count`` ones from this index on, each with
+#: one roll range drawn from these (degrees; ``make-bag --roll``) besides ``CHOICES``.
+ROLL_FROM = 130
+ROLL_CHOICES = ["-45,45", "-180,180"]
 
 
 def training_objects(models_dir: str | None = None) -> list[str]:
@@ -56,13 +63,16 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
     args = ["make-bag", "--out", str(out_dir / f"b{seed}"), "--frames", "60",
             "--seed", str(seed), "--objects", ",".join(objects), "--no-progress"]
     for k, (option, values) in enumerate(CHOICES.items(), start=1):
-        if index >= FAR_FROM:
+        if FAR_FROM <= index < ROLL_FROM:
             values = FAR_CHOICES.get(option, values)
         value = random.Random(seed * 7 + k).choice(values)
         if option == "size":
             args += ["--width", str(value[0]), "--height", str(value[1])]
         else:
             args += [option, str(value)]
+    if index >= ROLL_FROM:
+        roll = random.Random(seed * 7 + len(CHOICES) + 1).choice(ROLL_CHOICES)
+        args += [f"--roll={roll}"]
     return args
 
 
@@ -73,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--count", type=int, default=130)
+    parser.add_argument("--rolled", type=int, default=0,
+                        help="also make this many rolled bags (indices from 130 on)")
     args = parser.parse_args(argv)
     objects = training_objects()
-    for i in range(args.count):
+    indices = list(range(args.count)) + list(range(ROLL_FROM, ROLL_FROM + args.rolled))
+    for i in indices:
         if (args.out_dir / f"b{FIRST_SEED + i}").exists():
             continue
         status = cli(bag_args(i, args.out_dir, objects))

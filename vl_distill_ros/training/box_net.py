@@ -81,8 +81,13 @@ class BoxNetTrainConfig:
     #: Lowest JPEG quality (drawn in ``jpeg_min_quality``..89, with chance 0.4).
     jpeg_min_quality: int = 30
     #: A ``box_net.pt`` state dict to start from (fine-tuning; ``pretrained`` is then
-    #: ignored), read with ``weights_only``; empty: start from ``pretrained``.
+    #: ignored), read with ``weights_only``, or a ``box_net.onnx`` this module exported (its
+    #: batch norms are folded into the convolutions: needs ``freeze_batch_norm``; see
+    #: :func:`load_onnx_weights`); empty: start from ``pretrained``.
     init_from: str = ""
+    #: Keep the batch norms' statistics as they are (their layers in eval mode; their scale
+    #: and shift still train), as detectors are fine-tuned with small batches.
+    freeze_batch_norm: bool = False
     seed: int = 0
     threads: int = 2
     #: Steps between log lines and checkpoints.
@@ -120,6 +125,9 @@ class BoxNetTrainConfig:
             and self.int8_input_width % 16 == 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
+        if str(self.init_from).lower().endswith(".onnx") and not self.freeze_batch_norm:
+            raise ConfigError("box net training: init_from an ONNX file (its batch norms "
+                              "folded into the convolutions) needs freeze_batch_norm: true")
         if bad:
             raise ConfigError(f"box net training: invalid {', '.join(bad)} (input sides "
                               f"64-1280 and multiples of 16, pretrained imagenet|none, "
@@ -399,6 +407,92 @@ def load_state(model: BoxNetModel, path: str | Path) -> None:
                           f"dict ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
+def _conv_norm_pairs(model: BoxNetModel) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
+    """``model``'s convolutions in the order its forward pass runs them, each with the batch
+    norm that runs right after it on its output (None: none)."""
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0], out)))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d | None]] = []
+    for i, (mod, _, out) in enumerate(calls):
+        if isinstance(mod, nn.Conv2d):
+            nxt = calls[i + 1] if i + 1 < len(calls) else None
+            follows = nxt is not None and isinstance(nxt[0], nn.BatchNorm2d) and nxt[1] is out
+            pairs.append((mod, nxt[0] if follows else None))
+    return pairs
+
+
+def load_onnx_weights(model: BoxNetModel, path: str | Path) -> None:
+    """Load the weights of a ``box_net.onnx`` that :func:`export_onnx` wrote into ``model``.
+
+    The export folds each batch norm into the convolution before it, so each such norm is
+    set to pass its input through plus the folded shift (mean 0, variance 1, scale 1: train
+    it with ``freeze_batch_norm``). The ONNX file is protobuf (nothing is unpickled); the
+    loaded model is checked against it with ONNX Runtime.
+
+    Raises:
+        ConfigError: a missing or unreadable file, one that is not this network's, or one
+        whose outputs the loaded model does not reproduce.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        proto = onnx.load(str(Path(path).expanduser()))
+    except FileNotFoundError:
+        raise ConfigError(f"box net training: init_from {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ConfigError(f"box net training: init_from {path} is not an ONNX file "
+                          f"({type(exc).__name__})") from None
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    convs = [n.input for n in proto.graph.node if n.op_type == "Conv"]
+    pairs = _conv_norm_pairs(model)
+    shapes_ok = len(convs) == len(pairs) and all(
+        len(c) == 3 and c[1] in weights and c[2] in weights
+        and tuple(weights[c[1]].shape) == tuple(conv.weight.shape)
+        for c, (conv, _) in zip(convs, pairs))
+    if not shapes_ok:
+        raise ConfigError(f"box net training: init_from {path} is not this box network "
+                          f"({len(convs)} convolutions, the network has {len(pairs)})")
+    with torch.no_grad():
+        for (conv, norm), (_, w, b) in zip(pairs, convs):
+            conv.weight.copy_(torch.from_numpy(weights[w].copy()))
+            bias = torch.from_numpy(weights[b].copy())
+            if norm is None:
+                conv.bias.copy_(bias)
+                continue
+            if conv.bias is not None:
+                conv.bias.zero_()
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(bias)
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+    _check_against_onnx(model, proto, path)
+
+
+def _check_against_onnx(model: BoxNetModel, proto: Any, path: str | Path) -> None:
+    """Raise :class:`ConfigError` unless ``model`` (eval mode) gives the ONNX model's outputs
+    on a fixed random input (within 1e-3)."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 96, 128)).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    want = session.run(None, {session.get_inputs()[0].name: x})
+    with torch.no_grad():
+        got = [t.numpy() for t in model.eval()(torch.from_numpy(x))]
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(want, got))
+    if worst > 1e-3:
+        raise ConfigError(f"box net training: the weights of {path} do not reproduce its "
+                          f"outputs (largest difference {worst:.3g})")
+
+
 def _steps(cfg: BoxNetTrainConfig, samples: Sequence, model: BoxNetModel
            ) -> Iterator[tuple[int, dict[str, float]]]:
     """Run the optimiser; yield each step's index and losses."""
@@ -408,6 +502,10 @@ def _steps(cfg: BoxNetTrainConfig, samples: Sequence, model: BoxNetModel
                                                 pct_start=0.05)
     loss_fn = CenterNetLoss()
     model.train()
+    if cfg.freeze_batch_norm:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
     for step in range(cfg.iterations):
         x, targs = make_batch(samples, rng.integers(0, len(samples), cfg.batch_size), cfg, rng)
         loss, parts = loss_fn(model(x), targs)
@@ -484,7 +582,9 @@ def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = 
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     samples = load_samples(expand_bags(cfg.bags), cfg.input_width, progress)
     model = BoxNetModel(pretrained=cfg.pretrained == "imagenet" and not cfg.init_from)
-    if cfg.init_from:
+    if str(cfg.init_from).lower().endswith(".onnx"):
+        load_onnx_weights(model, cfg.init_from)
+    elif cfg.init_from:
         load_state(model, cfg.init_from)
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.iterations, desc="box net", unit="step", disable=not progress)
