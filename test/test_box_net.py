@@ -99,6 +99,96 @@ def test_the_shipped_network_finds_the_objects_of_rendered_frames(repo_root):
     assert ((boxes[:, 0] + boxes[:, 2] <= 40 + 1e-6) & (boxes[:, 1] >= 0)).all()
 
 
+def _close_ups(repo_root, count):
+    """Close-ups cut from the sample bag's frames: a 4:3 window around one ground-truth
+    object that it fills to 70% of the window's longer side, scaled to 640 pixels wide (as a
+    wrist camera sees an object before a grasp), with that object's box."""
+    import cv2
+
+    out = []
+    for image, truth in _sample_frames(repo_root, 60):
+        for x, y, w, h in truth:
+            if w * h < 2500:
+                continue
+            cw = max(w / 0.7, h / 0.7 * 4 / 3)
+            x0, y0 = int(x + w / 2 - cw / 2), int(y + h / 2 - cw * 3 / 8)
+            if x0 < 0 or y0 < 0 or x0 + cw > image.shape[1] or y0 + cw * 3 / 4 > image.shape[0]:
+                continue
+            crop = image[y0:int(y0 + cw * 3 / 4), x0:int(x0 + cw)]
+            s = 640 / crop.shape[1]
+            frame = cv2.resize(crop, (640, int(round(crop.shape[0] * s))),
+                               interpolation=cv2.INTER_LINEAR)
+            out.append((frame, [((x - x0) * s, (y - y0) * s, w * s, h * s)]))
+            if len(out) == count:
+                return out
+    return out
+
+
+def test_the_close_pass_boxes_an_object_that_fills_the_frame_whole(repo_root):
+    """An object close to the camera fills much of the frame: the 480-pixel pass sees it
+    larger than the training zooms and boxes parts of it; the close pass (240 pixels)
+    boxes it whole, and a table frame of small objects does not run it."""
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    net = load_box_net(DEFAULT_BOX_NET)
+    close_ups = _close_ups(repo_root, 40)
+    assert len(close_ups) >= 30
+    found = {0: 0, 240: 0}
+    for frame, truth in close_ups:
+        for width in found:
+            boxes, _ = net.detect(frame, 0.3, (480,), close_width=width)
+            found[width] += len(match_boxes(truth, boxes.tolist(), 0.5))
+    assert found[240] >= 0.85 * len(close_ups), found
+    assert found[240] - found[0] >= 0.3 * len(close_ups), found
+    calls = []
+    real = net._pass
+
+    def counting(image, width, threshold):
+        calls.append(width)
+        return real(image, width, threshold)
+
+    net._pass = counting
+    try:
+        image, _ = min(_sample_frames(repo_root, 60),   # the smallest objects on a table
+                       key=lambda frame: max(max(w, h) for _, _, w, h in frame[1]))
+        net.detect(image, 0.3, (480,), close_width=240)
+    finally:
+        del net._pass
+    assert calls == [480]
+
+
+def test_close_pass_keeps_the_first_pass_s_small_boxes_and_drops_its_parts(monkeypatch):
+    """The close pass's rules on canned passes: it runs when a first-pass box is 2/3 of
+    ``close_min_px`` long; its long boxes replace the first pass's long ones; a first-pass
+    box 70% inside a close box is dropped when it scores lower and is a tenth of its area
+    or more (a part), kept when it scores higher or is smaller (another object)."""
+    net = load_box_net(DEFAULT_BOX_NET)
+    first = (np.array([[10, 10, 40, 40], [100, 100, 80, 80], [300, 200, 20, 20],
+                       [0, 0, 600, 400], [200, 200, 20, 20]], float),
+             np.array([0.9, 0.4, 0.8, 0.35, 0.5]), 1.0)
+    close = (np.array([[90, 90, 200, 160], [400, 300, 20, 20]], float),
+             np.array([0.7, 0.9]), 0.5)
+    passes = {480: first, 240: close}
+    monkeypatch.setattr(type(net), "_pass", lambda self, image, width, threshold: passes[width])
+    image = np.zeros((480, 640, 3), np.uint8)
+
+    def kept(**kwargs) -> set:
+        boxes, _ = net.detect(image, 0.3, (480,), close_width=240, close_min_px=150,
+                              containment=1.1, nms_iou=1.1, **kwargs)
+        return set(map(tuple, boxes.tolist()))
+
+    # the 600-pixel first-pass box is replaced; the 80-pixel box inside the close box
+    # (scored 0.4 < 0.7, a fifth of its area) is its part; the 20-pixel box inside it is
+    # another object; the 20-pixel close box is not long enough to count
+    assert kept() == {(10, 10, 40, 40), (300, 200, 20, 20), (200, 200, 20, 20),
+                      (90, 90, 200, 160)}
+    first[1][1] = 0.95   # a better-scored box inside stays (an object before another)
+    assert (100, 100, 80, 80) in kept()
+    passes[480] = (first[0][:3], first[1][:3], 1.0)   # all short of 100: no close pass
+    passes.pop(240)
+    assert len(kept()) == 3
+
+
 def test_the_network_runs_on_the_threads_asked_for_and_finds_the_same_boxes(repo_root):
     """``load_box_net(path, threads)``: one session per thread count, run on that many
     ONNX Runtime threads; the boxes do not depend on it."""
@@ -486,6 +576,13 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
         with pytest.raises(PipelineError, match="box_net_threads must be in"):
             PipelineSettings.from_params({**replay.node_parameter_values({}),
                                           "proposal_box_net_threads": bad})
+    assert default.box_net_close_width == 0            # off unless asked for
+    close = settings(proposal_box_net_close_width=240).proposal_cfg
+    assert close.box_net_close_width == 240 and close.box_net_close_min_px == 150
+    with pytest.raises(replay.InputError, match="proposal_box_net_close_width must lie in"):
+        settings(proposal_box_net_close_width=2000)
+    with pytest.raises(PipelineError, match="box_net_close_width must be 0 or in"):
+        settings(proposal_box_net_close_width=10)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(PipelineError, match="cannot load the box network"):

@@ -52,6 +52,15 @@ MIN_INPUT_WIDTH, MAX_INPUT_WIDTH = 64, 1280
 KEEP_INSIDE_SCORE = 0.5
 #: Largest model file read (the shipped one is about 3 MB).
 MAX_MODEL_BYTES = 200 * 1024 * 1024
+#: :meth:`BoxNet.detect`'s close pass runs when the first pass's largest box is at least this
+#: fraction of ``close_min_px`` long (or it found nothing): a close object, which the first
+#: pass sees larger than the network's training zooms and boxes in parts.
+CLOSE_TRIGGER_FRAC = 2.0 / 3.0
+#: ... and a first-pass box lying this fraction of its area inside a close box that scores
+#: higher, and at least :data:`CLOSE_MIN_AREA_RATIO` of its area, is a part of that object
+#: (dropped; a smaller one is more likely another object that the close box holds too).
+CLOSE_CONTAINMENT = 0.7
+CLOSE_MIN_AREA_RATIO = 0.1
 
 
 class BoxNetError(ValueError):
@@ -194,10 +203,48 @@ class BoxNet:
         x[0, :, :h, :w] -= 1.0
         return x, scale
 
+    def _pass(self, image_rgb: np.ndarray, input_width: int, threshold: float
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+        """One run of the network at ``input_width``: boxes in frame pixels, their scores,
+        and the input's scale."""
+        width = -(-int(input_width) // INPUT_MULTIPLE) * INPUT_MULTIPLE
+        if not MIN_INPUT_WIDTH <= width <= MAX_INPUT_WIDTH:
+            raise BoxNetError(f"box network input width must be in [{MIN_INPUT_WIDTH}, "
+                              f"{MAX_INPUT_WIDTH}], got {input_width}")
+        x, scale = self.network_input(image_rgb, width)
+        heatmap, size, offset = self.session.run(None, {INPUT_NAME: x})
+        boxes, scores = decode_boxes(heatmap[0, 0], size[0], offset[0], self.stride, scale,
+                                     threshold)
+        return boxes, scores, scale
+
+    def _close_pass(self, image_rgb: np.ndarray, threshold: float, boxes: np.ndarray,
+                    scores: np.ndarray, scale: float, close_width: int, close_min_px: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``boxes`` (the first pass's, at input ``scale``) with the objects close to the
+        camera boxed whole: when a first-pass box is ``CLOSE_TRIGGER_FRAC`` of
+        ``close_min_px`` long (input pixels of the first pass) or there is none, a pass at
+        ``close_width`` runs; its boxes longer than ``close_min_px`` (same measure) replace
+        the first pass's that long, and the first pass's boxes lying
+        :data:`CLOSE_CONTAINMENT` inside one that scores higher, at least
+        :data:`CLOSE_MIN_AREA_RATIO` of its area (its parts), are dropped."""
+        sides = np.maximum(boxes[:, 2], boxes[:, 3]) * scale
+        if len(boxes) and sides.max() < CLOSE_TRIGGER_FRAC * close_min_px:
+            return boxes, scores
+        near, near_scores, _ = self._pass(image_rgb, close_width, threshold)
+        big = np.maximum(near[:, 2], near[:, 3]) * scale > close_min_px
+        near, near_scores = near[big], near_scores[big]
+        keep = sides <= close_min_px
+        for box, score in zip(near, near_scores):
+            ratio = boxes[:, 2] * boxes[:, 3] / max(box[2] * box[3], 1e-9)
+            keep &= ~((_inside_fraction(boxes, box) >= CLOSE_CONTAINMENT) & (scores < score)
+                      & (ratio >= CLOSE_MIN_AREA_RATIO))
+        return np.concatenate([boxes[keep], near]), np.concatenate([scores[keep], near_scores])
+
     def detect(self, image_rgb: np.ndarray, threshold: float,
                input_widths: Sequence[int] = (320,), nms_iou: float = 0.5,
                containment: float = 0.9, keep_inside_score: float = KEEP_INSIDE_SCORE,
-               max_count: int = 10) -> tuple[np.ndarray, np.ndarray]:
+               max_count: int = 10, close_width: int = 0, close_min_px: float = 150.0
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Object boxes in a uint8 RGB frame.
 
         Args:
@@ -210,30 +257,41 @@ class BoxNet:
             nms_iou, containment, keep_inside_score: overlap suppression
                 (:func:`suppress_overlaps`).
             max_count: at most this many boxes.
+            close_width, close_min_px: with ``close_width`` > 0, objects close to the
+                camera (longer than ``close_min_px`` pixels of the first pass's input) are
+                taken from a narrower pass at that width (:meth:`_close_pass`).
 
         Returns:
             ``(N, 4)`` float ``(x, y, w, h)`` boxes in frame pixels, clipped to the frame,
             and their scores, best first.
         """
         all_boxes, all_scores = [np.zeros((0, 4))], [np.zeros(0)]
-        for input_width in input_widths:
-            width = -(-int(input_width) // INPUT_MULTIPLE) * INPUT_MULTIPLE
-            if not MIN_INPUT_WIDTH <= width <= MAX_INPUT_WIDTH:
-                raise BoxNetError(f"box network input width must be in [{MIN_INPUT_WIDTH}, "
-                                  f"{MAX_INPUT_WIDTH}], got {input_width}")
-            x, scale = self.network_input(image_rgb, width)
-            heatmap, size, offset = self.session.run(None, {INPUT_NAME: x})
-            boxes, scores = decode_boxes(heatmap[0, 0], size[0], offset[0], self.stride,
-                                         scale, threshold)
+        first_scale = 1.0
+        for i, input_width in enumerate(input_widths):
+            boxes, scores, scale = self._pass(image_rgb, input_width, threshold)
+            first_scale = scale if i == 0 else first_scale
             all_boxes.append(boxes)
             all_scores.append(scores)
-        boxes = _clip(np.concatenate(all_boxes), image_rgb.shape[1], image_rgb.shape[0])
-        scores = np.concatenate(all_scores)
+        boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
+        if close_width:
+            boxes, scores = self._close_pass(image_rgb, threshold, boxes, scores, first_scale,
+                                             close_width, close_min_px)
+        boxes = _clip(boxes, image_rgb.shape[1], image_rgb.shape[0])
         ok = (boxes[:, 2] >= 2) & (boxes[:, 3] >= 2)
         boxes, scores = boxes[ok], scores[ok]
         keep = suppress_overlaps(boxes, scores, nms_iou, containment,
                                  keep_inside_score)[:max(0, int(max_count))]
         return boxes[keep], scores[keep]
+
+
+def _inside_fraction(boxes: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """Fraction of each of ``boxes`` (``(N, 4)`` x, y, w, h) lying inside box ``outer``."""
+    iw = np.minimum(boxes[:, 0] + boxes[:, 2], outer[0] + outer[2]) - \
+        np.maximum(boxes[:, 0], outer[0])
+    ih = np.minimum(boxes[:, 1] + boxes[:, 3], outer[1] + outer[3]) - \
+        np.maximum(boxes[:, 1], outer[1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    return inter / np.maximum(boxes[:, 2] * boxes[:, 3], 1e-9)
 
 
 def _clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -142,7 +142,9 @@ class PipelineSettings:
                 box_net_threshold=float(values.get("proposal_box_net_threshold",
                                                    ProposalConfig.box_net_threshold)),
                 box_net_threads=int(values.get("proposal_box_net_threads",
-                                               ProposalConfig.box_net_threads)))
+                                               ProposalConfig.box_net_threads)),
+                box_net_close_width=int(values.get("proposal_box_net_close_width",
+                                                   ProposalConfig.box_net_close_width)))
             net = resolve_box_net(proposal_cfg.box_net)
             if net is not None:  # a bad file is refused here, not on the next frame
                 load_box_net(net, proposal_cfg.box_net_threads)

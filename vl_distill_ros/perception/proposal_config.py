@@ -180,6 +180,17 @@ class ProposalConfig:
     #: ... and, unless 0, to this one in a second pass whose boxes are pooled with the
     #: first's (0: one pass, the default; two cost the node its 30 fps with depth).
     box_net_second_width: int = 0
+    #: Objects close to the camera (a wrist camera before a grasp, a hand-held close-up)
+    #: fill much of the frame: the first pass sees them larger than the network's training
+    #: zooms and boxes them in parts. With this > 0, when a first-pass box is at least 2/3
+    #: of ``box_net_close_min_px`` long (pixels of the first pass's input) or there is none,
+    #: a pass at this narrower width (240) runs too; its boxes longer than
+    #: ``box_net_close_min_px`` replace the first pass's that long, and the first pass's
+    #: boxes lying 70% inside one that scores higher (its parts, at least a tenth of its
+    #: area) are dropped. 0 (the default): off; on tables seen from 0.6-2 m it cost 0-2
+    #: objects per held-out group with depth (the README's "Close objects").
+    box_net_close_width: int = 0
+    box_net_close_min_px: int = 150
     #: How the colour model's boxes join the network's: ``apart`` (a colour box is added
     #: where no network box overlaps it: objects unlike any the network was trained on) or
     #: ``none`` (the network's alone).
@@ -243,6 +254,12 @@ class ProposalConfig:
         self._check_box_net()
 
     def _check_box_net(self) -> None:
+        if self.box_net_close_width and not 64 <= self.box_net_close_width <= 1280:
+            raise ValueError(f"box_net_close_width must be 0 or in [64, 1280], got "
+                             f"{self.box_net_close_width}")
+        if not 16 <= self.box_net_close_min_px <= 1280:
+            raise ValueError(f"box_net_close_min_px must be in [16, 1280], got "
+                             f"{self.box_net_close_min_px}")
         if not 0.0 < self.box_net_threshold < 1.0:
             raise ValueError(f"box_net_threshold must be in (0, 1), got "
                              f"{self.box_net_threshold}")

@@ -305,7 +305,8 @@ def network_detections(image_rgb: np.ndarray, cfg: ProposalConfig | None = None,
     threshold = float(cfg.box_net_threshold)
     lowest = float(weak_threshold) if 0.0 < weak_threshold < threshold else threshold
     boxes, scores = load_box_net(net, cfg.box_net_threads).detect(
-        image, lowest, widths, max_count=2 * cfg.max_count)
+        image, lowest, widths, max_count=2 * cfg.max_count,
+        close_width=cfg.box_net_close_width, close_min_px=cfg.box_net_close_min_px)
     area = float(width * height)
 
     def kept(strong: bool) -> list[Box]:
