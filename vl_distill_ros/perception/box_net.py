@@ -265,16 +265,11 @@ class BoxNet:
             ``(N, 4)`` float ``(x, y, w, h)`` boxes in frame pixels, clipped to the frame,
             and their scores, best first.
         """
-        all_boxes, all_scores = [np.zeros((0, 4))], [np.zeros(0)]
-        first_scale = 1.0
-        for i, input_width in enumerate(input_widths):
-            boxes, scores, scale = self._pass(image_rgb, input_width, threshold)
-            first_scale = scale if i == 0 else first_scale
-            all_boxes.append(boxes)
-            all_scores.append(scores)
-        boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
-        if close_width:
-            boxes, scores = self._close_pass(image_rgb, threshold, boxes, scores, first_scale,
+        passes = [self._pass(image_rgb, width, threshold) for width in input_widths]
+        boxes = np.concatenate([np.zeros((0, 4))] + [p[0] for p in passes])
+        scores = np.concatenate([np.zeros(0)] + [p[1] for p in passes])
+        if close_width and passes:
+            boxes, scores = self._close_pass(image_rgb, threshold, boxes, scores, passes[0][2],
                                              close_width, close_min_px)
         boxes = _clip(boxes, image_rgb.shape[1], image_rgb.shape[0])
         ok = (boxes[:, 2] >= 2) & (boxes[:, 3] >= 2)
