@@ -530,6 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng([bag_index, frame_index])
         return degrade(relight(image, **light), degradation, rng)
 
+    def measured(bag_index: int, frame_index: int, depth: np.ndarray) -> np.ndarray:
+        """A depth image as the run sees it: thinned (``--sparse-depth``, seeded by its
+        place), then smoothed (``--smooth-depth``)."""
+        if sparse is not None:
+            depth = sparse_depth(depth, sparse, np.random.default_rng([bag_index, frame_index, 1]))
+        return smooth_depth(depth, args.smooth_depth) if args.smooth_depth > 0 else depth
+
     from vl_distill_ros.perception.proposal_config import ProposalConfig
 
     try:
@@ -569,13 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cut_border and not args.depth:
             cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
         if args.depth:
-            rgbd_frames = [(look(b, i, im), truth, depth if sparse is None else sparse_depth(
-                depth, sparse, np.random.default_rng([b, i, 1])), k)
-                for i, (im, truth, depth, k) in enumerate(
-                    load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes))]
-            if args.smooth_depth > 0:
-                rgbd_frames = [(im, truth, smooth_depth(depth, args.smooth_depth), k)
-                               for im, truth, depth, k in rgbd_frames]
+            rgbd_frames = [(look(b, i, im), truth, measured(b, i, depth), k)
+                           for i, (im, truth, depth, k) in enumerate(
+                               load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes))]
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
