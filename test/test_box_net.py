@@ -159,13 +159,14 @@ def test_the_close_pass_boxes_an_object_that_fills_the_frame_whole(repo_root):
 
 def test_close_pass_keeps_the_first_pass_s_small_boxes_and_drops_its_parts(monkeypatch):
     """The close pass's rules on canned passes: it runs when a first-pass box is 2/3 of
-    ``close_min_px`` long; its long boxes replace the first pass's long ones; a first-pass
+    ``close_min_px`` long; its long boxes replace the first pass's long ones they overlap
+    (IoU 0.3), and a long first-pass box that no close box covers stays; a first-pass
     box 70% inside a close box is dropped when it scores lower and is a tenth of its area
     or more (a part), kept when it scores higher or is smaller (another object)."""
     net = load_box_net(DEFAULT_BOX_NET)
     first = (np.array([[10, 10, 40, 40], [100, 100, 80, 80], [300, 200, 20, 20],
-                       [0, 0, 600, 400], [200, 200, 20, 20]], float),
-             np.array([0.9, 0.4, 0.8, 0.35, 0.5]), 1.0)
+                       [80, 80, 240, 200], [200, 200, 20, 20], [400, 20, 200, 60]], float),
+             np.array([0.9, 0.4, 0.8, 0.35, 0.5, 0.6]), 1.0)
     close = (np.array([[90, 90, 200, 160], [400, 300, 20, 20]], float),
              np.array([0.7, 0.9]), 0.5)
     passes = {480: first, 240: close}
@@ -177,11 +178,12 @@ def test_close_pass_keeps_the_first_pass_s_small_boxes_and_drops_its_parts(monke
                               containment=1.1, nms_iou=1.1, **kwargs)
         return set(map(tuple, boxes.tolist()))
 
-    # the 600-pixel first-pass box is replaced; the 80-pixel box inside the close box
-    # (scored 0.4 < 0.7, a fifth of its area) is its part; the 20-pixel box inside it is
-    # another object; the 20-pixel close box is not long enough to count
+    # the 240-pixel first-pass box is replaced (IoU 0.67 with the close box); the 200-pixel
+    # one far from it stays (the close pass missed that object); the 80-pixel box inside
+    # the close box (scored 0.4 < 0.7, a fifth of its area) is its part; the 20-pixel box
+    # inside it is another object; the 20-pixel close box is not long enough to count
     assert kept() == {(10, 10, 40, 40), (300, 200, 20, 20), (200, 200, 20, 20),
-                      (90, 90, 200, 160)}
+                      (400, 20, 200, 60), (90, 90, 200, 160)}
     first[1][1] = 0.95   # a better-scored box inside stays (an object before another)
     assert (100, 100, 80, 80) in kept()
     passes[480] = (first[0][:3], first[1][:3], 1.0)   # all short of 100: no close pass

@@ -61,6 +61,10 @@ CLOSE_TRIGGER_FRAC = 2.0 / 3.0
 #: (dropped; a smaller one is more likely another object that the close box holds too).
 CLOSE_CONTAINMENT = 0.7
 CLOSE_MIN_AREA_RATIO = 0.1
+#: A first-pass box longer than ``close_min_px`` gives way only to a close box that overlaps
+#: it by at least this IoU (the same object seen whole); one that no close box covers stays
+#: (the close pass missed that object: a pitcher or drill at the far end of a table).
+CLOSE_REPLACE_IOU = 0.3
 
 
 class BoxNetError(ValueError):
@@ -224,16 +228,19 @@ class BoxNet:
         camera boxed whole: when a first-pass box is ``CLOSE_TRIGGER_FRAC`` of
         ``close_min_px`` long (input pixels of the first pass) or there is none, a pass at
         ``close_width`` runs; its boxes longer than ``close_min_px`` (same measure) replace
-        the first pass's that long, and the first pass's boxes lying
-        :data:`CLOSE_CONTAINMENT` inside one that scores higher, at least
-        :data:`CLOSE_MIN_AREA_RATIO` of its area (its parts), are dropped."""
+        the first pass's that long which they overlap by :data:`CLOSE_REPLACE_IOU`, and the
+        first pass's boxes lying :data:`CLOSE_CONTAINMENT` inside one that scores higher, at
+        least :data:`CLOSE_MIN_AREA_RATIO` of its area (its parts), are dropped."""
         sides = np.maximum(boxes[:, 2], boxes[:, 3]) * scale
         if len(boxes) and sides.max() < CLOSE_TRIGGER_FRAC * close_min_px:
             return boxes, scores
         near, near_scores, _ = self._pass(image_rgb, close_width, threshold)
         big = np.maximum(near[:, 2], near[:, 3]) * scale > close_min_px
         near, near_scores = near[big], near_scores[big]
-        keep = sides <= close_min_px
+        covered = np.zeros(len(boxes), dtype=bool)
+        for box in near:
+            covered |= box_overlap(box, boxes)[0] >= CLOSE_REPLACE_IOU
+        keep = (sides <= close_min_px) | ~covered
         for box, score in zip(near, near_scores):
             ratio = boxes[:, 2] * boxes[:, 3] / max(box[2] * box[3], 1e-9)
             keep &= ~((_inside_fraction(boxes, box) >= CLOSE_CONTAINMENT) & (scores < score)

@@ -185,10 +185,11 @@ class ProposalConfig:
     #: zooms and boxes them in parts. With this > 0, when a first-pass box is at least 2/3
     #: of ``box_net_close_min_px`` long (pixels of the first pass's input) or there is none,
     #: a pass at this narrower width (240) runs too; its boxes longer than
-    #: ``box_net_close_min_px`` replace the first pass's that long, and the first pass's
-    #: boxes lying 70% inside one that scores higher (its parts, at least a tenth of its
-    #: area) are dropped. 0 (the default): off; on tables seen from 0.6-2 m it cost 0-2
-    #: objects per held-out group with depth (the README's "Close objects").
+    #: ``box_net_close_min_px`` replace the first pass's that long which they overlap (IoU
+    #: 0.3), and the first pass's boxes lying 70% inside one that scores higher (its parts,
+    #: at least a tenth of its area) are dropped. 0 (the default): off; on tables seen from
+    #: 0.6-2 m it costs up to 1 object per group with depth, and live with depth about 3 of
+    #: 30 frames a second (the README's "Close objects").
     box_net_close_width: int = 0
     box_net_close_min_px: int = 150
     #: How the colour model's boxes join the network's: ``apart`` (a colour box is added
