@@ -589,3 +589,42 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(PipelineError, match="cannot load the box network"):
         settings(proposal_box_net=str(junk))
+
+
+def test_the_close_pass_cameras_by_the_node_s_rule_and_the_replay_s_topics():
+    """``proposal_box_net_close_topics`` (``PipelineSettings.close_cameras``): the settings
+    of a frame from a camera not listed have the close pass off (made once); a listed camera
+    and an empty list keep it. The offline replay names them as the bag's image topics and
+    refuses one the bag has no images on."""
+    from vl_distill_ros.evaluation import replay
+    from vl_distill_ros.evaluation.replay_settings import with_bag_close_topics
+    from vl_distill_ros.perception.pipeline import PipelineError, PipelineSettings
+
+    def settings(**values):
+        return PipelineSettings.from_params(replay.node_parameter_values(values))
+
+    both = settings(proposal_box_net_close_width=240)
+    assert both.close_cameras == () and both.for_camera("/head") is both
+    wrist = settings(proposal_box_net_close_width=240,
+                     proposal_box_net_close_topics=[" /wrist "])
+    assert wrist.close_cameras == ("/wrist",)
+    assert wrist.for_camera("/wrist") is wrist
+    head = wrist.for_camera("/head")
+    assert head.proposal_cfg.box_net_close_width == 0 and head.close_cameras == ()
+    assert head.depth_cfg is wrist.depth_cfg and head.top_k == wrist.top_k
+    assert wrist.for_camera("/head") is head            # made once
+    off = settings(proposal_box_net_close_topics=["/wrist"])
+    assert off.for_camera("/head") is off                # nothing to turn off
+    with pytest.raises(PipelineError, match="close_cameras must name at most 64 cameras"):
+        PipelineSettings(close_cameras=("/a", ""))
+    with pytest.raises(PipelineError, match="close_cameras must name at most 64 cameras"):
+        PipelineSettings(close_cameras=tuple(f"/c{i}" for i in range(65)))
+    values = replay.node_parameter_values({"proposal_box_net_close_topics": ["hand/image"]})
+    assert with_bag_close_topics(values, ["/cam/image", "/hand/image"])[
+        "proposal_box_net_close_topics"] == ["/hand/image"]
+    assert with_bag_close_topics(values, ["/cam/image", "hand/image/"])[
+        "proposal_box_net_close_topics"] == ["hand/image/"]      # the bag's own spelling
+    with pytest.raises(replay.InputError, match=r"\['hand/image'\] are not image topics of "
+                                                r"the bag \(\['/cam/image'\]\)"):
+        with_bag_close_topics(values, ["/cam/image"])
+    assert "proposal_box_net_close_topics" in replay.TUNABLE_PARAMS

@@ -619,3 +619,59 @@ def test_an_empty_pose_without_tf2_msgs_is_refused_at_start_up(ctx, bundle, tmp_
             Parameter("depth_to_colour_poses", Parameter.Type.STRING_ARRAY, [""])]
     with pytest.raises(StartupError, match="needs the tf2_msgs package"):
         VlDistillNode(namespace="/startup_tf", context=ctx, parameter_overrides=base)
+
+
+def test_the_close_pass_runs_on_the_listed_cameras_only(ctx, tester, bundle, tmp_path,
+                                                        monkeypatch):
+    """``proposal_box_net_close_topics``: a head camera and a wrist camera on one node, the
+    close pass (``proposal_box_net_close_width``) on the wrist camera's frames only, found by
+    its name after remapping; a name that is not an image topic is refused at start-up."""
+    import threading
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    from test_node import STRING_ARRAY, publish_until_labelled
+    from vl_distill_ros.perception.box_net import BoxNet
+
+    widths: list[int] = []
+    real = BoxNet._pass
+
+    def recording(self, image, width, threshold):
+        widths.append(int(width))
+        return real(self, image, width, threshold)
+
+    monkeypatch.setattr(BoxNet, "_pass", recording)
+    base = [Parameter("model_path", value=str(bundle)),
+            Parameter("text_cache_dir", value=str(tmp_path / "tc")),
+            Parameter("vocabulary_store", value=str(tmp_path / "store.yaml")),
+            Parameter("warm_text_encoder", value=False),
+            Parameter("crop_source", value="proposals"),
+            Parameter("proposal_box_net_close_width", value=240),
+            Parameter("image_topics", STRING_ARRAY, ["head", "wrist"])]
+    with pytest.raises(StartupError, match=r"proposal_box_net_close_topics must list entries "
+                                           r"of image_topics \['head', 'wrist'\]; \['arm'\]"):
+        VlDistillNode(namespace="/close", context=ctx, parameter_overrides=base + [
+            Parameter("proposal_box_net_close_topics", STRING_ARRAY, ["arm"])])
+    wrist = "/arm/wrist_camera/image_raw"
+    node = VlDistillNode(namespace="/close", context=ctx, cli_args=[
+        "--ros-args", "-r", f"wrist:={wrist}"], parameter_overrides=base + [
+        Parameter("proposal_box_net_close_topics", STRING_ARRAY, ["wrist"])])
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        assert node.pipeline.settings.close_cameras == (wrist,)
+        labels = tester.watch_labels("/close/vl_distill_node/labels")
+        # a grey frame: the first pass finds no box, so the close pass runs where allowed
+        doc = publish_until_labelled(tester, "/close/head", colour_msg(50, 0, "head"), labels)
+        assert doc["camera"] == "/close/head"
+        assert 480 in widths and 240 not in widths
+        widths.clear()
+        doc = publish_until_labelled(tester, wrist, colour_msg(51, 0, "wrist"), labels)
+        assert doc["camera"] == wrist
+        assert 480 in widths and 240 in widths
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        node.destroy_node()

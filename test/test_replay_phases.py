@@ -92,6 +92,14 @@ def test_plan_namespaces_the_topics_and_names_the_node(tmp_path):
     assert "vocabulary_file" not in cmd
     assert plan.log_path == tmp_path / "node.log" and plan.tmp_log is None
     assert plan.env["ROS_LOG_DIR"]
+    # the close pass's cameras as the node will see them: the replayed topics
+    close = replay.node_parameter_values({"proposal_box_net_close_width": 240,
+                                          "proposal_box_net_close_topics": ["/wrist"]})
+    plan = plan_live(contents, settings, tmp_path / "m.vdb", None, close)
+    assert 'proposal_box_net_close_topics:=["/ns/wrist"]' in " ".join(plan.cmd)
+    with pytest.raises(replay.InputError, match="are not image topics of the bag"):
+        plan_live(contents, settings, tmp_path / "m.vdb", None, replay.node_parameter_values(
+            {"proposal_box_net_close_topics": ["/arm"]}))
     # without a log folder: a temporary one, removed after a completed replay
     plan = plan_live(contents, ReplaySettings(), tmp_path / "m.vdb", None, values)
     assert plan.tmp_log and Path(plan.tmp_log).is_dir() and plan.namespace.startswith(

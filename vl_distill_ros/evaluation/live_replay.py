@@ -25,7 +25,7 @@ from .replay_settings import (DIAGNOSTICS_PERIOD, LOG_TAIL_LINES, InputError, No
                               Recording, ReplaySettings, check_bundle_loads, check_model,
                               image_count, load_vocabulary_file, manifest_names,
                               node_parameter_values, pipeline_settings, progress_bar,
-                              reported_settings, stamp_from_cdr)
+                              reported_settings, stamp_from_cdr, with_bag_close_topics)
 from .scoring import FrameKey, doc_frame_key
 
 __all__ = ["run_live", "LivePlan", "plan_live", "DiagnosticsLog", "ReplayNode", "start_node",
@@ -152,6 +152,9 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
                    "persist_vocabulary": False, "text_cache_dir": settings.text_cache_dir,
                    "device": settings.device, "diagnostics_period": DIAGNOSTICS_PERIOD,
                    **{k: values[k] for k in settings.params}}
+    if values.get("proposal_box_net_close_topics"):   # the bag's cameras, as replayed
+        close = with_bag_close_topics(values, topics)["proposal_box_net_close_topics"]
+        node_values["proposal_box_net_close_topics"] = [replay_topic[t] for t in close]
     if side:
         node_values.update({name: [replay_topic[t] for t in listed]
                             for name, listed in depth.items()})

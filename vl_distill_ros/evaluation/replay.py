@@ -60,7 +60,7 @@ from .replay_settings import (TUNABLE_PARAMS, InputError, NodeError, Recording, 
                               ReplaySettings, check_model, default_model_path, image_count,
                               load_vocabulary_file, node_parameter_values, open_bag,
                               parse_param, pipeline_settings, progress_bar, reported_settings,
-                              resolve_device, stamp_from_cdr)
+                              resolve_device, stamp_from_cdr, with_bag_close_topics)
 
 __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
            "TUNABLE_PARAMS", "NODE_NAME", "default_model_path", "parse_param",
@@ -150,7 +150,8 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
     from ..perception.pipeline import PipelineError, labels_document
 
     model = check_model(settings.model)
-    values = node_parameter_values(settings.params)
+    values = with_bag_close_topics(node_parameter_values(settings.params),
+                                   contents.image_topics)
     device = resolve_device(settings.device)
     pipe, vocab, source = _offline_pipeline(model, settings, values, device)
     rec = Recording(mode="offline", settings=reported_settings(values),

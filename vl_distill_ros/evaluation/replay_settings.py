@@ -19,7 +19,8 @@ from .scoring import FrameKey
 
 __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
            "TUNABLE_PARAMS", "default_model_path", "parse_param", "node_parameter_values",
-           "pipeline_settings", "reported_settings", "open_bag", "check_model",
+           "with_bag_close_topics", "pipeline_settings", "reported_settings", "open_bag",
+           "check_model",
            "check_bundle_loads", "load_vocabulary_file", "manifest_names", "stamp_from_cdr",
            "resolve_device", "progress_bar", "image_count"]
 
@@ -27,7 +28,8 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
 #: controlled by the replay).
 TUNABLE_PARAMS: frozenset[str] = frozenset(P.SETTINGS_PARAMS | {
     "qos_reliability", "qos_depth", "torch_threads", "publish_annotated",
-    "inference_backend", "inference_threads", "proposal_threads"})
+    "inference_backend", "inference_threads", "proposal_threads",
+    "proposal_box_net_close_topics"})
 #: Diagnostics period requested from the node (s): counters are read from diagnostics.
 DIAGNOSTICS_PERIOD = 0.5
 #: Lines of node output quoted in errors.
@@ -223,6 +225,26 @@ def node_parameter_values(params: Mapping[str, Any] | None = None) -> dict[str, 
         raise InputError("replay-eval pairs a bag's registered depth; depth_camera_info_topics "
                          "and depth_to_colour_poses (unregistered depth) are for the node only")
     return values
+
+
+def with_bag_close_topics(values: Mapping[str, Any], image_topics: Sequence[str]
+                          ) -> dict[str, Any]:
+    """``values`` with ``proposal_box_net_close_topics`` spelled as the bag spells its image
+    topics (with or without a leading ``/``), the names a replay keys cameras by.
+
+    Raises:
+        InputError: a topic the bag has no images on.
+    """
+    def key(topic: str) -> str:
+        return "/" + str(topic).strip().strip("/")
+
+    by_key = {key(t): t for t in image_topics}
+    asked = list(values["proposal_box_net_close_topics"])
+    strays = [t for t in asked if key(t) not in by_key]
+    if strays:
+        raise InputError(f"proposal_box_net_close_topics {strays} are not image topics of the "
+                         f"bag ({sorted(image_topics)})")
+    return {**values, "proposal_box_net_close_topics": [by_key[key(t)] for t in asked]}
 
 
 def pipeline_settings(values: Mapping[str, Any]):

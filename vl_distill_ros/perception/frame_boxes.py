@@ -126,6 +126,7 @@ class FrameBoxes:
         ``intrinsics``, ``proposal_source`` decides how depth is used. Depth problems never
         raise: the frame falls back to colour proposals. The only state it touches is
         ``camera``'s registration check (one thread per camera at a time)."""
+        s = s.for_camera(camera)
         height, width = image_rgb.shape[:2]
         status = "" if depth is None else "not used"
         views = None

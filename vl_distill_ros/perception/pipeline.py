@@ -163,6 +163,8 @@ class PerceptionPipeline:
             and the colour model only with ``fuse_colour_model``) runs (the same boxes,
             sooner on two cores); 1: one after the other.
             :meth:`close` stops the thread.
+        close_cameras: the cameras whose frames take the box network's close pass (empty:
+            every camera; see :class:`PipelineSettings`).
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
@@ -182,7 +184,8 @@ class PerceptionPipeline:
                  seen_bias: float = FROM_BUNDLE, negative_names: bool = True,
                  proposal_source: str = "auto",
                  depth_cfg: DepthProposalConfig | None = None, crop_square: bool = True,
-                 crop_context: float = CROP_CONTEXT, proposal_threads: int = 2) -> None:
+                 crop_context: float = CROP_CONTEXT, proposal_threads: int = 2,
+                 close_cameras: Sequence[str] = ()) -> None:
         from ..model.runtime import make_runner
 
         #: The first stage: each frame's boxes, the box network's thread and each camera's
@@ -212,7 +215,7 @@ class PerceptionPipeline:
             fallback_full_frame=bool(fallback_full_frame), seen_bias=float(seen_bias),
             negative_names=bool(negative_names), proposal_source=str(proposal_source),
             depth_cfg=depth_cfg or DepthProposalConfig(), crop_square=bool(crop_square),
-            crop_context=float(crop_context))
+            crop_context=float(crop_context), close_cameras=tuple(close_cameras))
         if vocabulary is None:
             if embeddings is not None:
                 raise PipelineError("embeddings given without their vocabulary")

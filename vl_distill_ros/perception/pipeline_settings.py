@@ -13,7 +13,8 @@ from .camera_model import DepthError
 from .depth_config import DepthProposalConfig, load_depth_config
 from .proposal_config import ProposalConfig
 
-__all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "FROM_BUNDLE", "MAX_ROIS", "CROP_CONTEXT",
+__all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "FROM_BUNDLE", "MAX_ROIS", "MAX_CLOSE_CAMERAS",
+           "CROP_CONTEXT",
            "PipelineError", "PipelineSettings", "rois_from_flat"]
 
 #: Valid values of ``crop_source``.
@@ -26,6 +27,8 @@ PROPOSAL_SOURCES: tuple[str, ...] = ("auto", "colour", "depth")
 FROM_BUNDLE = -1.0
 #: Most fixed regions (``rois``), like ``proposal_max_count``'s upper bound.
 MAX_ROIS = 256
+#: Most cameras ``close_cameras`` may name.
+MAX_CLOSE_CAMERAS = 64
 #: Default margin of the square window the student sees around a box (``crop_context``),
 #: as a fraction of the box's longer side. Chosen on a tabletop bag of ID objects and the
 #: calibration's pseudo-unseen objects (top-1 accuracy of both groups, 0 to 0.3 tried), never
@@ -68,6 +71,9 @@ class PipelineSettings:
             (:func:`~vl_distill_ros.perception.preprocess.pad_long_crop`).
         crop_context: the window's margin around the box, as a fraction of its longer side
             (square) or of its own size; in [0, 1].
+        close_cameras: the cameras (the ``camera`` keys of the pipeline's calls) whose
+            frames take the box network's close pass (``proposal_cfg.box_net_close_width``);
+            empty: every camera. See :meth:`for_camera`.
     """
 
     crop_source: str = "proposals"
@@ -85,8 +91,14 @@ class PipelineSettings:
     depth_cfg: DepthProposalConfig = field(default_factory=DepthProposalConfig)
     crop_square: bool = True
     crop_context: float = CROP_CONTEXT
+    close_cameras: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        cameras = tuple(str(c) for c in self.close_cameras)
+        if len(cameras) > MAX_CLOSE_CAMERAS or any(not c for c in cameras):
+            raise PipelineError(f"close_cameras must name at most {MAX_CLOSE_CAMERAS} cameras, "
+                                f"none empty; got {list(self.close_cameras)[:8]}")
+        object.__setattr__(self, "close_cameras", cameras)
         c = float(self.crop_context)
         if not (math.isfinite(c) and 0.0 <= c <= 1.0):
             raise PipelineError(f"crop_context must be in [0, 1], got {self.crop_context}")
@@ -167,7 +179,23 @@ class PipelineSettings:
             negative_names=bool(values.get("negative_names", True)),
             proposal_source=str(values.get("proposal_source", "auto")), depth_cfg=depth_cfg,
             crop_square=bool(values.get("crop_square", True)),
-            crop_context=float(values.get("crop_context", CROP_CONTEXT)))
+            crop_context=float(values.get("crop_context", CROP_CONTEXT)),
+            close_cameras=tuple(str(t).strip() for t in
+                                values.get("proposal_box_net_close_topics", ()) or ()))
+
+    def for_camera(self, camera: str) -> "PipelineSettings":
+        """The settings for a frame of ``camera``: these, without the box network's close
+        pass when ``close_cameras`` lists other cameras only (made once, then reused)."""
+        if not self.close_cameras or camera in self.close_cameras or \
+                not self.proposal_cfg.box_net_close_width:
+            return self
+        far = self.__dict__.get("_far")
+        if far is None:
+            far = dataclasses.replace(
+                self, close_cameras=(),
+                proposal_cfg=dataclasses.replace(self.proposal_cfg, box_net_close_width=0))
+            object.__setattr__(self, "_far", far)
+        return far
 
     def as_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of :class:`PerceptionPipeline` and

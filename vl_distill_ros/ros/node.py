@@ -147,6 +147,9 @@ class VlDistillNode(Node):
         p = P.declare_parameters(self)
         self._p = p
         check_startup_params(p)
+        #: proposal_box_net_close_topics as the cameras' resolved names (the pipeline's keys)
+        self._close_cameras = tuple(self.resolve_topic_name(t.strip())
+                                    for t in p["proposal_box_net_close_topics"])
         if p["torch_threads"] > 0:
             import torch
 
@@ -165,7 +168,7 @@ class VlDistillNode(Node):
             self.vocabulary.warm()  # before any subscription (see VocabularyController.warm)
         vocab, source, vocab_file, emb = self._startup_vocabulary(p)
         try:
-            settings = PipelineSettings.from_params(p)
+            settings = self._settings_from(p)
         except PipelineError as exc:
             raise StartupError(str(exc)) from None
         try:
@@ -208,6 +211,12 @@ class VlDistillNode(Node):
             f"{len(vocab)} labels from {source}, crop_source={settings.crop_source}, cameras "
             f"{[c.resolved for c in self._cameras]}, labels on {self._labels_pub.topic_name}"
             + (f", detections on {self._det_pub.topic_name}" if self._det_pub else ""))
+
+    def _settings_from(self, values: dict) -> PipelineSettings:
+        """:meth:`PipelineSettings.from_params` of ``values``, the close pass's cameras by
+        their resolved names (as the frames' camera keys)."""
+        return PipelineSettings.from_params(
+            {**values, "proposal_box_net_close_topics": self._close_cameras})
 
     def _start_thread(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -397,7 +406,7 @@ class VlDistillNode(Node):
             values = {name: self._current(name) for name in P.SETTINGS_PARAMS}
             values.update({name: by[name] for name in P.SETTINGS_PARAMS & by.keys()})
             try:
-                self._tls.settings = PipelineSettings.from_params(values)
+                self._tls.settings = self._settings_from(values)
             except (PipelineError, ValueError) as exc:
                 reason = f"rejected: {exc}"
                 self.get_logger().warning(reason)
@@ -552,8 +561,8 @@ class VlDistillNode(Node):
             return None
         depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
-        frame = (self.pipeline.prepare(image) if depth is None
-                 else self.pipeline.prepare(image, depth, k, camera=cam.resolved))
+        frame = self.pipeline.prepare(image, depth, None if depth is None else k,
+                                      camera=cam.resolved)
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0)
 
     def _classify_and_publish(self, staged: "_Staged") -> None:

@@ -133,6 +133,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "frames with depth and proposal_source auto, the depth proposer) runs (the "
               "same boxes, sooner on 2 cores); 1: one after the other.",
               read_only=True, range=(1, 2)),
+    ParamSpec("proposal_box_net_close_topics", [], "string_array",
+              "Proposals: the image_topics entries whose frames take the close pass of "
+              "proposal_box_net_close_width, e.g. a wrist camera's beside a head camera's on "
+              "one node (the others are left as with proposal_box_net_close_width 0); empty: "
+              "every camera.", read_only=True,
+              constraints="empty or entries of image_topics"),
     ParamSpec("pipelined", True, "bool",
               "Two worker threads: the next frame's decoding, depth pairing and proposals "
               "overlap the current frame's student and publishing (the same labels; on 2 "
@@ -223,9 +229,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Proposals: a camera close to the objects (a wrist camera before a grasp): "
               "also run the box network at this narrower width (240) on frames where it "
               "found a large box, and take the large objects from that pass whole instead of "
-              "in parts (rendered close-ups: 55 -> 64 of 78 objects, false boxes 2.4 -> 1.5 a "
-              "frame); 0: off, as for a table seen from 0.6-2 m, where it costs 0-2 objects "
-              "a group with depth (see Close objects).", range=(0, 1280)),
+              "in parts (rendered close-ups: 55 -> 65 of 78 objects, false boxes 2.4 -> 1.6 a "
+              "frame); 0: off, as for a table seen from 0.6-2 m, where it costs up to 1 "
+              "object a group with depth and live about 3 of 30 frames a second (see Close "
+              "objects).", range=(0, 1280)),
     ParamSpec("depth_proposal_config", "", "string",
               "YAML file of depth proposer settings (format of config/depth_proposals.yaml); "
               "empty: the defaults."),

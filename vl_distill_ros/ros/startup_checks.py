@@ -70,6 +70,11 @@ def check_startup_params(p: dict) -> None:
     if depth_on_colour:
         raise StartupError(f"image_topics {depth_on_colour} carry compressedDepth (depth) "
                            "images: list them in depth_topics")
+    cameras = {t.strip() for t in p["image_topics"]}
+    strays = [t for t in p["proposal_box_net_close_topics"] if t.strip() not in cameras]
+    if strays:
+        raise StartupError(f"proposal_box_net_close_topics must list entries of image_topics "
+                           f"{list(p['image_topics'])}; {strays} are not")
     if bool(p["depth_topics"]) != bool(p["camera_info_topics"]):
         raise StartupError("depth_topics and camera_info_topics go together: depth is "
                            "back-projected with the colour camera's CameraInfo")
