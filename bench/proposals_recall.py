@@ -388,8 +388,11 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         found = propose_depth_boxes(depth, k, depth_cfg, image, reg)
         t2 = time.perf_counter()
         # the fusion's colour boxes, as the node's: without the core split, the colour
-        # model's only with fuse_colour_model (or without the network)
-        fusion_cfg = fusion_colour_config(cfg, depth_cfg)
+        # model's only with fuse_colour_model (or without the network), the network's close
+        # pass only with fuse_close_pass (a frame with depth; no camera is named here)
+        fusion_cfg = fusion_colour_config(
+            cfg if depth_cfg.fuse_close_pass else dataclasses.replace(cfg, box_net_close_width=0),
+            depth_cfg)
         net = network_detections(image, fusion_cfg, depth_cfg.fuse_network_weak_score)
         colour_boxes, network = with_colour_model(
             image, None if net is None else net.boxes, fusion_cfg, core_split=False)

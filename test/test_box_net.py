@@ -578,7 +578,7 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
         with pytest.raises(PipelineError, match="box_net_threads must be in"):
             PipelineSettings.from_params({**replay.node_parameter_values({}),
                                           "proposal_box_net_threads": bad})
-    assert default.box_net_close_width == 0            # off unless asked for
+    assert default.box_net_close_width == 240          # on (frames with depth: see below)
     close = settings(proposal_box_net_close_width=240).proposal_cfg
     assert close.box_net_close_width == 240 and close.box_net_close_min_px == 150
     with pytest.raises(replay.InputError, match="proposal_box_net_close_width must lie in"):
@@ -613,7 +613,7 @@ def test_the_close_pass_cameras_by_the_node_s_rule_and_the_replay_s_topics():
     assert head.proposal_cfg.box_net_close_width == 0 and head.close_cameras == ()
     assert head.depth_cfg is wrist.depth_cfg and head.top_k == wrist.top_k
     assert wrist.for_camera("/head") is head            # made once
-    off = settings(proposal_box_net_close_topics=["/wrist"])
+    off = settings(proposal_box_net_close_width=0, proposal_box_net_close_topics=["/wrist"])
     assert off.for_camera("/head") is off                # nothing to turn off
     with pytest.raises(PipelineError, match="close_cameras must name at most 64 cameras"):
         PipelineSettings(close_cameras=("/a", ""))

@@ -800,6 +800,50 @@ def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch
     assert fusion_colour_config(cfg, with_model) is cfg
     with pytest.raises(DepthError, match="fuse_colour_model"):
         DepthProposalConfig(fuse_colour_model="yes")
+    with pytest.raises(DepthError, match="fuse_close_pass"):
+        DepthProposalConfig(fuse_close_pass=1)
+
+
+def test_frames_with_depth_go_without_the_close_pass_unless_asked(bundle, monkeypatch):
+    """The box network's close pass (``box_net_close_width``, 240 by default) runs on a
+    frame without depth; a frame with depth, also one whose depth proves unusable, goes
+    without it unless ``fuse_close_pass`` or its camera is named in ``close_cameras``; in
+    either thread mode."""
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.box_net import BoxNet
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+
+    widths: list[int] = []
+    real = BoxNet._pass
+
+    def recording(self, image, width, threshold):
+        widths.append(int(width))
+        return real(self, image, width, threshold)
+
+    monkeypatch.setattr(BoxNet, "_pass", recording)
+    b = load_bundle(bundle, device="cpu")
+    depth, _ = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)    # no network box: the close pass would run
+    for threads in (1, 2):
+        pipe = PerceptionPipeline(b, inference_backend="torch", proposal_threads=threads)
+        runs = {}
+        for name, frame_depth in (("colour", None), ("depth", depth),
+                                  ("unusable", np.zeros_like(depth))):
+            widths.clear()
+            pipe.process(image, frame_depth, None if frame_depth is None else K)
+            runs[name] = sorted(set(widths))
+        assert runs == {"colour": [240, 480], "depth": [480], "unusable": [480]}, runs
+        pipe.configure(depth_cfg=DepthProposalConfig(fuse_close_pass=True))
+        widths.clear()
+        pipe.process(image, depth, K)
+        assert sorted(set(widths)) == [240, 480] and pipe.last_depth_status == "used"
+        # a camera named for the close pass (close_cameras) takes it with depth too
+        pipe.configure(depth_cfg=DepthProposalConfig(), close_cameras=("/wrist",))
+        for camera, expected in (("/wrist", [240, 480]), ("/head", [480])):
+            widths.clear()
+            pipe.process(image, depth, K, camera=camera)
+            assert sorted(set(widths)) == expected and pipe.last_depth_status == "used"
+        pipe.close()
 
 
 @pytest.mark.parametrize("image_format", ["raw", "jpeg"])

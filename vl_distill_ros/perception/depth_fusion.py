@@ -89,7 +89,8 @@ def fusion_colour_config(cfg: ProposalConfig, depth_cfg: DepthProposalConfig
     """The colour proposer's settings for the boxes :func:`fuse_proposals` takes: the box
     network's alone (``box_net_colour: none``) unless ``fuse_colour_model``; ``cfg`` itself
     when that changes nothing. With the network off (``box_net``) the colour model still
-    runs: it is then the only colour proposer."""
+    runs: it is then the only colour proposer. (Whether a frame with depth takes the box
+    network's close pass is decided before, per camera: ``fuse_close_pass``.)"""
     if depth_cfg.fuse_colour_model or cfg.box_net_colour == "none":
         return cfg
     return replace(cfg, box_net_colour="none")

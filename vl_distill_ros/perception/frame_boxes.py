@@ -151,6 +151,8 @@ class FrameBoxes:
         (None: the proposals themselves) and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
             return self._colour_only(image, s), None, "" if depth is None else "not used"
+        if not s.depth_cfg.fuse_close_pass and camera not in s.close_cameras:
+            s = s.without_close_pass()  # with depth (even unusable) only a camera named for it
         if intrinsics is None:
             return self._colour_only(image, s), None, "no camera intrinsics"
         unaligned = isinstance(depth, UnalignedDepth)

@@ -185,9 +185,15 @@ class PipelineSettings:
 
     def for_camera(self, camera: str) -> "PipelineSettings":
         """The settings for a frame of ``camera``: these, without the box network's close
-        pass when ``close_cameras`` lists other cameras only (made once, then reused)."""
-        if not self.close_cameras or camera in self.close_cameras or \
-                not self.proposal_cfg.box_net_close_width:
+        pass when ``close_cameras`` lists other cameras only."""
+        if not self.close_cameras or camera in self.close_cameras:
+            return self
+        return self.without_close_pass()
+
+    def without_close_pass(self) -> "PipelineSettings":
+        """These settings with the box network's close pass off (``box_net_close_width``
+        0); made once, then reused; these themselves when it is off already."""
+        if not self.proposal_cfg.box_net_close_width:
             return self
         far = self.__dict__.get("_far")
         if far is None:

@@ -135,9 +135,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True, range=(1, 2)),
     ParamSpec("proposal_box_net_close_topics", [], "string_array",
               "Proposals: the image_topics entries whose frames take the close pass of "
-              "proposal_box_net_close_width, e.g. a wrist camera's beside a head camera's on "
-              "one node (the others are left as with proposal_box_net_close_width 0); empty: "
-              "every camera.", read_only=True,
+              "proposal_box_net_close_width, with depth too, e.g. a wrist camera's beside a "
+              "head camera's on one node (the others are left as with "
+              "proposal_box_net_close_width 0); empty: every camera's frames without depth "
+              "(and with depth when the depth proposer's fuse_close_pass is true).",
+              read_only=True,
               constraints="empty or entries of image_topics"),
     ParamSpec("pipelined", True, "bool",
               "Two worker threads: the next frame's decoding, depth pairing and proposals "
@@ -225,14 +227,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "frame with depth and runs beside the depth proposer and the student, so a second "
               "thread takes up the cores they leave idle (on 2 cores the node with depth ran "
               "about 7% faster than with 1; see Performance).", range=(1, 8)),
-    ParamSpec("proposal_box_net_close_width", 0, "integer",
-              "Proposals: a camera close to the objects (a wrist camera before a grasp): "
-              "also run the box network at this narrower width (240) on frames where it "
-              "found a large box, and take the large objects from that pass whole instead of "
-              "in parts (rendered close-ups: 55 -> 65 of 78 objects, false boxes 2.4 -> 1.6 a "
-              "frame); 0: off, as for a table seen from 0.6-2 m, where it costs up to 1 "
-              "object a group with depth and live about 3 of 30 frames a second (see Close "
-              "objects).", range=(0, 1280)),
+    ParamSpec("proposal_box_net_close_width", 240, "integer",
+              "Proposals: objects close to the camera (a wrist camera before a grasp, a "
+              "hand-held close-up): also run the box network at this narrower width on "
+              "frames where it found a large box (or none), and take the large objects from "
+              "that pass whole instead of in parts (held-out rendered close-ups, colour "
+              "alone: 55 -> 65 of 78 objects, false boxes 2.4 -> 1.6 a frame; tables -2..+2 "
+              "objects a group, fewer false boxes). Frames with depth go without it unless "
+              "their camera is in proposal_box_net_close_topics or the depth proposer's "
+              "fuse_close_pass is true (live with depth it costs about 3 of 30 frames a "
+              "second). 0: off (see Close objects).", range=(0, 1280)),
     ParamSpec("depth_proposal_config", "", "string",
               "YAML file of depth proposer settings (format of config/depth_proposals.yaml); "
               "empty: the defaults."),
