@@ -188,3 +188,20 @@ def rewrite_zip(path: Path, out: Path, change: Callable[[dict[str, bytes]], None
         for n, d in members.items():
             zf.writestr(n, d)
     return out
+
+
+def record_box_net_widths(monkeypatch) -> list[int]:
+    """The input width of every box-network pass from now on (``BoxNet._pass`` wrapped with
+    ``monkeypatch``, so undone after the test): 480 for the first pass, 240 for the close
+    pass."""
+    from vl_distill_ros.perception.box_net import BoxNet
+
+    widths: list[int] = []
+    real = BoxNet._pass
+
+    def recording(self, image, width, threshold):
+        widths.append(int(width))
+        return real(self, image, width, threshold)
+
+    monkeypatch.setattr(BoxNet, "_pass", recording)
+    return widths

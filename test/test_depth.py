@@ -809,18 +809,11 @@ def test_frames_with_depth_go_without_the_close_pass_unless_asked(bundle, monkey
     frame without depth; a frame with depth, also one whose depth proves unusable, goes
     without it unless ``fuse_close_pass`` or its camera is named in ``close_cameras``; in
     either thread mode."""
+    from helpers import record_box_net_widths
     from vl_distill_ros.model.bundle import load_bundle
-    from vl_distill_ros.perception.box_net import BoxNet
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
 
-    widths: list[int] = []
-    real = BoxNet._pass
-
-    def recording(self, image, width, threshold):
-        widths.append(int(width))
-        return real(self, image, width, threshold)
-
-    monkeypatch.setattr(BoxNet, "_pass", recording)
+    widths = record_box_net_widths(monkeypatch)
     b = load_bundle(bundle, device="cpu")
     depth, _ = render_tabletop(OBJECTS)
     image = np.full((480, 640, 3), 150, np.uint8)    # no network box: the close pass would run

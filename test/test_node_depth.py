@@ -630,17 +630,10 @@ def test_the_close_pass_runs_on_the_listed_cameras_only(ctx, tester, bundle, tmp
 
     from rclpy.executors import SingleThreadedExecutor
 
+    from helpers import record_box_net_widths
     from test_node import STRING_ARRAY, publish_until_labelled
-    from vl_distill_ros.perception.box_net import BoxNet
 
-    widths: list[int] = []
-    real = BoxNet._pass
-
-    def recording(self, image, width, threshold):
-        widths.append(int(width))
-        return real(self, image, width, threshold)
-
-    monkeypatch.setattr(BoxNet, "_pass", recording)
+    widths = record_box_net_widths(monkeypatch)
     base = [Parameter("model_path", value=str(bundle)),
             Parameter("text_cache_dir", value=str(tmp_path / "tc")),
             Parameter("vocabulary_store", value=str(tmp_path / "store.yaml")),
