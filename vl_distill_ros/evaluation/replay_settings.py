@@ -20,8 +20,8 @@ from .scoring import FrameKey
 __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
            "TUNABLE_PARAMS", "default_model_path", "parse_param", "node_parameter_values",
            "with_bag_close_topics", "pipeline_settings", "reported_settings", "open_bag",
-           "check_model",
-           "check_bundle_loads", "load_vocabulary_file", "manifest_names", "stamp_from_cdr",
+           "check_model", "check_bundle_loads", "load_vocabulary_file", "manifest_names",
+           "stamp_from_cdr",
            "resolve_device", "progress_bar", "image_count"]
 
 #: Node parameters that ``--param`` may set (the others have dedicated options or are

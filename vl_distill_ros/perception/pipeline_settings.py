@@ -14,8 +14,7 @@ from .depth_config import DepthProposalConfig, load_depth_config
 from .proposal_config import ProposalConfig
 
 __all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "FROM_BUNDLE", "MAX_ROIS", "MAX_CLOSE_CAMERAS",
-           "CROP_CONTEXT",
-           "PipelineError", "PipelineSettings", "rois_from_flat"]
+           "CROP_CONTEXT", "PipelineError", "PipelineSettings", "rois_from_flat"]
 
 #: Valid values of ``crop_source``.
 CROP_SOURCES: tuple[str, ...] = ("proposals", "full_frame", "rois")
@@ -72,8 +71,9 @@ class PipelineSettings:
         crop_context: the window's margin around the box, as a fraction of its longer side
             (square) or of its own size; in [0, 1].
         close_cameras: the cameras (the ``camera`` keys of the pipeline's calls) whose
-            frames take the box network's close pass (``proposal_cfg.box_net_close_width``);
-            empty: every camera. See :meth:`for_camera`.
+            frames take the box network's close pass (``proposal_cfg.box_net_close_width``),
+            with depth too; empty: every camera's frames without depth (and with depth when
+            ``depth_cfg.fuse_close_pass``). See :meth:`for_camera`.
     """
 
     crop_source: str = "proposals"
