@@ -258,17 +258,21 @@ def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) 
 
 
 def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
-                     shift: tuple[int, int] = (0, 0), dark_below: float = 0.0) -> list[tuple]:
+                     shift: tuple[int, int] = (0, 0), dark_below: float = 0.0,
+                     topics: Sequence[str] | None = None) -> list[tuple]:
     """``(RGB image, truth, depth m, CameraIntrinsics)`` of every frame with ground truth
-    and depth (paired as ``replay-eval`` pairs them), the depth moved by ``shift`` pixels
-    (right, down; a registration error) and, with ``dark_below`` > 0, zeroed where the
-    colour image's Lab lightness (0-255) is under it (:func:`dark_holes`)."""
+    and depth (paired as ``replay-eval`` pairs them; of ``topics`` only, when given), the
+    depth moved by ``shift`` pixels (right, down; a registration error) and, with
+    ``dark_below`` > 0, zeroed where the colour image's Lab lightness (0-255) is under it
+    (:func:`dark_holes`)."""
     from vl_distill_ros.bags.bag_io import read_camera_bag
     from vl_distill_ros.perception.depth_registration import shift_depth
 
     contents = read_camera_bag(bag)
     frames = []
     for msg in contents.rgbd_frames(tolerance_ns=20_000_000):
+        if topics and msg.topic not in topics:
+            continue
         objs = contents.objects_for(msg.topic, msg.stamp_ns)
         if objs is None or msg.depth is None or msg.camera_info is None:
             continue
@@ -365,7 +369,8 @@ def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                   iou: float = 0.5) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
-    from vl_distill_ros.perception.depth_fusion import fuse_proposals, fusion_colour_config
+    from vl_distill_ros.perception.depth_fusion import (close_view, fuse_proposals,
+                                                        fusion_colour_config)
     from vl_distill_ros.perception.depth_config import stride_for
     from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
     from vl_distill_ros.perception.depth_registration import DepthRegistration
@@ -389,10 +394,10 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         t2 = time.perf_counter()
         # the fusion's colour boxes, as the node's: without the core split, the colour
         # model's only with fuse_colour_model (or without the network), the network's close
-        # pass only with fuse_close_pass (a frame with depth; no camera is named here)
+        # pass only with fuse_close_pass or a close view (no camera is named here)
+        near = depth_cfg.fuse_close_pass or close_view(depth, depth_cfg.close_view_m)
         fusion_cfg = fusion_colour_config(
-            cfg if depth_cfg.fuse_close_pass else dataclasses.replace(cfg, box_net_close_width=0),
-            depth_cfg)
+            cfg if near else dataclasses.replace(cfg, box_net_close_width=0), depth_cfg)
         net = network_detections(image, fusion_cfg, depth_cfg.fuse_network_weak_score)
         colour_boxes, network = with_colour_model(
             image, None if net is None else net.boxes, fusion_cfg, core_split=False)
@@ -468,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-p", "--param", dest="params", action="append", default=[],
                     metavar="FIELD=VALUE", help="ProposalConfig override (repeatable)")
     ap.add_argument("--topics", nargs="*", default=None,
-                    help="image topics to use (default: every image topic)")
+                    help="image topics to use, also with --depth (default: every image "
+                         "topic)")
     ap.add_argument("--max-frames", type=int, default=0,
                     help="at most this many frames per bag (0: all)")
     ap.add_argument("--no-labels", action="store_true", help="leave out recall_by_label")
@@ -581,7 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.depth:
             rgbd_frames = [(look(b, i, im), truth, measured(b, i, depth), k)
                            for i, (im, truth, depth, k) in enumerate(
-                               load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes))]
+                               load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes,
+                                                args.topics))]
             rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():

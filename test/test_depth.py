@@ -802,30 +802,40 @@ def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch
         DepthProposalConfig(fuse_colour_model="yes")
     with pytest.raises(DepthError, match="fuse_close_pass"):
         DepthProposalConfig(fuse_close_pass=1)
+    with pytest.raises(DepthError, match="close_view_m"):
+        DepthProposalConfig(close_view_m=2.0)
 
 
 def test_frames_with_depth_go_without_the_close_pass_unless_asked(bundle, monkeypatch):
     """The box network's close pass (``box_net_close_width``, 240 by default) runs on a
-    frame without depth; a frame with depth, also one whose depth proves unusable, goes
-    without it unless ``fuse_close_pass`` or its camera is named in ``close_cameras``; in
-    either thread mode."""
+    frame without depth; a frame with depth goes without it unless its depth says the
+    camera is close (``close_view_m``: a median nearer than 0.5 m, or nothing measured),
+    ``fuse_close_pass`` or its camera is named in ``close_cameras``; in either thread
+    mode."""
     from helpers import record_box_net_widths
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
 
     widths = record_box_net_widths(monkeypatch)
     b = load_bundle(bundle, device="cpu")
-    depth, _ = render_tabletop(OBJECTS)
+    depth, _ = render_tabletop(OBJECTS)                    # seen from 0.9 m
+    near, _ = render_tabletop([(0.0, 0.0, 0.06, 0.06, 0.1)], distance=0.3)   # a close-up
+    assert 0 < np.median(near[near > 0]) < 0.5 < np.median(depth[depth > 0])
     image = np.full((480, 640, 3), 150, np.uint8)    # no network box: the close pass would run
     for threads in (1, 2):
         pipe = PerceptionPipeline(b, inference_backend="torch", proposal_threads=threads)
         runs = {}
-        for name, frame_depth in (("colour", None), ("depth", depth),
-                                  ("unusable", np.zeros_like(depth))):
+        for name, frame_depth in (("colour", None), ("depth", depth), ("near", near),
+                                  ("none measured", np.zeros_like(depth))):
             widths.clear()
             pipe.process(image, frame_depth, None if frame_depth is None else K)
             runs[name] = sorted(set(widths))
-        assert runs == {"colour": [240, 480], "depth": [480], "unusable": [480]}, runs
+        assert runs == {"colour": [240, 480], "depth": [480], "near": [240, 480],
+                        "none measured": [240, 480]}, runs
+        pipe.configure(depth_cfg=DepthProposalConfig(close_view_m=0.0))
+        widths.clear()
+        pipe.process(image, near, K)
+        assert sorted(set(widths)) == [480]                  # the depth rule off
         pipe.configure(depth_cfg=DepthProposalConfig(fuse_close_pass=True))
         widths.clear()
         pipe.process(image, depth, K)

@@ -206,12 +206,18 @@ class DepthProposalConfig:
     #: network off the colour model is the colour proposer and runs either way.
     fuse_colour_model: bool = False
     #: The box network's close pass (``ProposalConfig.box_net_close_width``, the node's
-    #: ``proposal_box_net_close_width``) on frames with depth too; off (the default) frames
-    #: with depth are proposed without it (but for the cameras the node's
-    #: ``proposal_box_net_close_topics`` names): live with depth it cost about 3 of 30 frames
-    #: a second on 2 cores and up to 1 object a table group (README "Close objects"); with a
-    #: close camera with depth it found 5-9 more objects at half the false boxes.
+    #: ``proposal_box_net_close_width``) on every frame with depth too; off (the default)
+    #: frames with depth take it only when their depth says the camera is close
+    #: (``close_view_m``) or their camera is named in the node's
+    #: ``proposal_box_net_close_topics``: on tables, live with depth, it cost about 3 of 30
+    #: frames a second on 2 cores and up to 1 object a group (README "Close objects").
     fuse_close_pass: bool = False
+    #: ... and a frame whose depth says the camera is close takes it without being asked:
+    #: the median of its measured depth (every 8th pixel) nearer than this (m), or no depth
+    #: measured at all (nearer than the sensor's range). Chosen between the hand camera's
+    #: close-ups (medians 0.2-0.55 m) and the tables seen from 0.45 m on (0.64 m and more).
+    #: 0: off.
+    close_view_m: float = 0.5
     #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
     #: of bins this size on the plane (m), is cut where the map steps by more than
     #: ``top_view_step_m`` (a low object against a taller one; the walls of the taller one
@@ -307,7 +313,7 @@ class DepthProposalConfig:
                      "fuse_network_part_containment", "fuse_network_weak_score",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m",
-                     "sparse_fill_frac"):
+                     "sparse_fill_frac", "close_view_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 

@@ -90,10 +90,21 @@ def fusion_colour_config(cfg: ProposalConfig, depth_cfg: DepthProposalConfig
     network's alone (``box_net_colour: none``) unless ``fuse_colour_model``; ``cfg`` itself
     when that changes nothing. With the network off (``box_net``) the colour model still
     runs: it is then the only colour proposer. (Whether a frame with depth takes the box
-    network's close pass is decided before, per camera: ``fuse_close_pass``.)"""
+    network's close pass is decided before, per frame: :func:`close_view`.)"""
     if depth_cfg.fuse_colour_model or cfg.box_net_colour == "none":
         return cfg
     return replace(cfg, box_net_colour="none")
+
+
+def close_view(depth: np.ndarray, below_m: float) -> bool:
+    """Whether registered ``depth`` (metres, 0 = none) says the camera is close to what it
+    sees: the median of every 8th pixel's measured depth nearer than ``below_m``, or none
+    measured (nearer than the sensor's range, or no depth). Always false for ``below_m`` 0."""
+    if below_m <= 0:
+        return False
+    sample = np.asarray(depth)[::8, ::8]
+    measured = sample[sample > 0]
+    return measured.size == 0 or float(np.median(measured)) < below_m
 
 
 def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],

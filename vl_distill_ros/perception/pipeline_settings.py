@@ -73,6 +73,7 @@ class PipelineSettings:
         close_cameras: the cameras (the ``camera`` keys of the pipeline's calls) whose
             frames take the box network's close pass (``proposal_cfg.box_net_close_width``),
             with depth too; empty: every camera's frames without depth (and with depth when
+            it says the camera is close, ``depth_cfg.close_view_m``, or
             ``depth_cfg.fuse_close_pass``). See :meth:`for_camera`.
     """
 

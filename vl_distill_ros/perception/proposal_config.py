@@ -189,10 +189,11 @@ class ProposalConfig:
     #: 0.3), and the first pass's boxes lying 70% inside one that scores higher (its parts,
     #: at least a tenth of its area) are dropped. 0: off. On by default (240) since session
     #: 39 for colour alone: on tables seen from 0.6-2 m it changes -2..+2 objects a group for
-    #: fewer false boxes, on close-ups it finds 10-15% more; frames with depth go without it
-    #: unless ``DepthProposalConfig.fuse_close_pass`` or their camera is named for it
-    #: (``PipelineSettings.close_cameras``; live with depth it costs about 3 of 30 frames a
-    #: second; the README's "Close objects").
+    #: fewer false boxes, on close-ups it finds 10-15% more; frames with depth take it only
+    #: when their depth says the camera is close (``DepthProposalConfig.close_view_m``), with
+    #: ``fuse_close_pass`` or when their camera is named for it
+    #: (``PipelineSettings.close_cameras``; on tables, live with depth, it costs about 3 of
+    #: 30 frames a second; the README's "Close objects").
     box_net_close_width: int = 240
     box_net_close_min_px: int = 150
     #: How the colour model's boxes join the network's: ``apart`` (a colour box is added

@@ -137,8 +137,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Proposals: the image_topics entries whose frames take the close pass of "
               "proposal_box_net_close_width, with depth too, e.g. a wrist camera's beside a "
               "head camera's on one node (the others are left as with "
-              "proposal_box_net_close_width 0); empty: every camera's frames without depth "
-              "(and with depth when the depth proposer's fuse_close_pass is true).",
+              "proposal_box_net_close_width 0); empty: every camera's frames without depth, "
+              "and those with depth that says the camera is close (close_view_m).",
               read_only=True,
               constraints="empty or entries of image_topics"),
     ParamSpec("pipelined", True, "bool",
@@ -233,10 +233,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "frames where it found a large box (or none), and take the large objects from "
               "that pass whole instead of in parts (held-out rendered close-ups, colour "
               "alone: 55 -> 65 of 78 objects, false boxes 2.4 -> 1.6 a frame; tables -2..+2 "
-              "objects a group, fewer false boxes). Frames with depth go without it unless "
-              "their camera is in proposal_box_net_close_topics or the depth proposer's "
-              "fuse_close_pass is true (live with depth it costs about 3 of 30 frames a "
-              "second). 0: off (see Close objects).", range=(0, 1280)),
+              "objects a group, fewer false boxes). Frames with depth take it only when their "
+              "depth says the camera is close (the depth proposer's close_view_m, 0.5 m), "
+              "their camera is in proposal_box_net_close_topics or fuse_close_pass is true "
+              "(on tables, live with depth, it cost about 3 of 30 frames a second). 0: off "
+              "(see Close objects).", range=(0, 1280)),
     ParamSpec("depth_proposal_config", "", "string",
               "YAML file of depth proposer settings (format of config/depth_proposals.yaml); "
               "empty: the defaults."),
