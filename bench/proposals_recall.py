@@ -369,8 +369,8 @@ def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                   iou: float = 0.5) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
-    from vl_distill_ros.perception.depth_fusion import (close_view, fuse_proposals,
-                                                        fusion_colour_config)
+    from vl_distill_ros.perception.depth_fusion import (fuse_proposals, fusion_colour_config,
+                                                        takes_close_pass)
     from vl_distill_ros.perception.depth_config import stride_for
     from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
     from vl_distill_ros.perception.depth_registration import DepthRegistration
@@ -394,10 +394,10 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         t2 = time.perf_counter()
         # the fusion's colour boxes, as the node's: without the core split, the colour
         # model's only with fuse_colour_model (or without the network), the network's close
-        # pass only with fuse_close_pass or a close view (no camera is named here)
-        near = depth_cfg.fuse_close_pass or close_view(depth, depth_cfg.close_view_m)
+        # pass only as takes_close_pass says (no camera is named here)
         fusion_cfg = fusion_colour_config(
-            cfg if near else dataclasses.replace(cfg, box_net_close_width=0), depth_cfg)
+            cfg if takes_close_pass(depth, depth_cfg)
+            else dataclasses.replace(cfg, box_net_close_width=0), depth_cfg)
         net = network_detections(image, fusion_cfg, depth_cfg.fuse_network_weak_score)
         colour_boxes, network = with_colour_model(
             image, None if net is None else net.boxes, fusion_cfg, core_split=False)

@@ -90,7 +90,7 @@ def fusion_colour_config(cfg: ProposalConfig, depth_cfg: DepthProposalConfig
     network's alone (``box_net_colour: none``) unless ``fuse_colour_model``; ``cfg`` itself
     when that changes nothing. With the network off (``box_net``) the colour model still
     runs: it is then the only colour proposer. (Whether a frame with depth takes the box
-    network's close pass is decided before, per frame: :func:`close_view`.)"""
+    network's close pass is decided before, per frame: :func:`takes_close_pass`.)"""
     if depth_cfg.fuse_colour_model or cfg.box_net_colour == "none":
         return cfg
     return replace(cfg, box_net_colour="none")
@@ -105,6 +105,14 @@ def close_view(depth: np.ndarray, below_m: float) -> bool:
     sample = np.asarray(depth)[::8, ::8]
     measured = sample[sample > 0]
     return measured.size == 0 or float(np.median(measured)) < below_m
+
+
+def takes_close_pass(depth: np.ndarray, cfg: DepthProposalConfig, named: bool = False
+                     ) -> bool:
+    """Whether a frame with registered ``depth`` takes the box network's close pass: its
+    camera is ``named`` for it, ``cfg.fuse_close_pass``, or its depth says the camera is
+    close (:func:`close_view` with ``cfg.close_view_m``). The node's and the bench's rule."""
+    return named or cfg.fuse_close_pass or close_view(depth, cfg.close_view_m)
 
 
 def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],

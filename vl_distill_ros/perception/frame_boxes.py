@@ -20,7 +20,7 @@ from .boxes import Box, full_frame_box, sanitize_boxes
 from .camera_model import CameraIntrinsics, DepthError
 from .depth_alignment import UnalignedDepth
 from .depth_config import DepthProposalConfig, stride_for
-from .depth_fusion import close_view, fuse_proposals_with_views, fusion_colour_config
+from .depth_fusion import fuse_proposals_with_views, fusion_colour_config, takes_close_pass
 from .depth_proposals import propose_depth_boxes
 from .depth_registration import DepthRegistration
 from .pipeline_settings import PipelineError, PipelineSettings
@@ -151,9 +151,9 @@ class FrameBoxes:
         (None: the proposals themselves) and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
             return self._colour_only(image, s), None, "" if depth is None else "not used"
-        if not (s.depth_cfg.fuse_close_pass or camera in s.close_cameras or close_view(
-                depth.depth if isinstance(depth, UnalignedDepth) else depth,
-                s.depth_cfg.close_view_m)):
+        if s.proposal_cfg.box_net_close_width and not takes_close_pass(
+                depth.depth if isinstance(depth, UnalignedDepth) else depth, s.depth_cfg,
+                camera in s.close_cameras):
             s = s.without_close_pass()   # a frame with depth: only a close camera takes it
         if intrinsics is None:
             return self._colour_only(image, s), None, "no camera intrinsics"
