@@ -265,6 +265,60 @@ def test_propose_boxes_uses_the_network_unless_turned_off(repo_root):
     assert all(any(box_iou(t, b) >= 0.5 for b in learned) for t in truth)
 
 
+def test_the_colour_model_adds_boxes_apart_from_the_network_s_never_its_parts():
+    """``box_net_colour: apart``: a colour-model box joins the network's when it overlaps
+    none of them (IoU under ``APART_IOU``) and lies less than ``APART_INSIDE`` inside each
+    (a box inside one is a part of the object the network found)."""
+    from vl_distill_ros.perception.proposals import (APART_INSIDE, APART_IOU,
+                                                     with_colour_model)
+
+    image = np.zeros((480, 640, 3), np.uint8)
+    network = [(100, 100, 200, 200)]
+    label = (150, 150, 30, 30)            # inside the network's box: a part
+    edge = (80, 80, 60, 60)               # 0.44 of it inside, IoU 0.04: apart
+    beside = (400, 300, 50, 50)           # nowhere near
+    touching = (90, 100, 120, 120)        # IoU 0.32 with the network's box
+    assert APART_INSIDE <= 0.9 and box_iou(label, network[0]) < APART_IOU
+    out, net = with_colour_model(image, network, ProposalConfig(),
+                                 colour=[label, edge, beside, touching])
+    assert net == network
+    assert sorted(out) == sorted([network[0], edge, beside])
+    # without the network the colour model's boxes are the proposals, the part included
+    alone, none = with_colour_model(image, None, ProposalConfig(), colour=[label, beside])
+    assert sorted(alone) == sorted([label, beside]) and none == []
+    # box_net_colour: none keeps the network's boxes alone
+    only, _ = with_colour_model(image, network, ProposalConfig(box_net_colour="none"),
+                                colour=[label, beside])
+    assert only == network
+
+
+def test_colour_parts_of_the_network_s_objects_are_left_out_of_rendered_frames(repo_root):
+    """On the sample bag's frames the colour model boxes parts of objects the network found
+    (a printed face, a small patch); none of them is proposed, its other boxes apart from the
+    network's are, and every object the network or the colour model finds is still found."""
+    from vl_distill_ros.perception.boxes import box_containment
+    from vl_distill_ros.perception.proposals import (APART_INSIDE, APART_IOU,
+                                                     colour_model_boxes, network_detections,
+                                                     with_colour_model)
+
+    cfg = ProposalConfig()
+    parts = 0
+    for image, truth in _sample_frames(repo_root, 60):
+        network = network_detections(image, cfg).boxes
+        colour = colour_model_boxes(image, cfg)
+        out, _ = with_colour_model(image, network, cfg, colour=colour)
+        apart = [c for c in colour if all(box_iou(c, b) < APART_IOU for b in network)]
+        inside = [c for c in apart if any(box_containment(c, b) >= APART_INSIDE
+                                          for b in network)]
+        parts += len(inside)
+        assert not set(inside) & set(out)
+        assert set(apart) - set(inside) <= set(out)
+        for t in truth:   # the parts left out found no object
+            if any(box_iou(t, c) >= 0.5 for c in inside):
+                assert any(box_iou(t, b) >= 0.5 for b in out)
+    assert parts >= 2
+
+
 def test_network_detections_split_the_boxes_at_the_threshold_from_one_run(repo_root):
     """``network_detections(..., weak_threshold)``: the boxes are exactly those of
     ``network_boxes`` (a weaker box never suppresses a better one), the weak ones are the

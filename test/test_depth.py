@@ -497,7 +497,7 @@ def test_noise_estimate_measures_the_noise_below_the_plane(correlation_px):
 def test_noise_filter_drops_bumps_of_correlated_noise_and_keeps_the_objects():
     from vl_distill_ros.sim.depth_noise import NOISE_MODELS
 
-    from vl_distill_ros.perception.depth_fusion import _containment
+    from vl_distill_ros.perception.boxes import box_containment
 
     on = DepthProposalConfig(refine_max_frac=0.0)   # the grid over the frame: the filter alone
     off = dataclasses.replace(on, noise_top_sigmas=0.0)
@@ -509,7 +509,7 @@ def test_noise_filter_drops_bumps_of_correlated_noise_and_keeps_the_objects():
             boxes = propose_depth_boxes(noisy, K, cfg).boxes
             found[name][0] += _matched(truth, boxes)
             # boxes off the objects: bumps of the noise on the table
-            found[name][1] += sum(max(_containment(b, t) for t in truth) < 0.5 for b in boxes)
+            found[name][1] += sum(max(box_containment(b, t) for t in truth) < 0.5 for b in boxes)
     assert found["on"] == [12, 0]                        # every object, no bump
     assert found["off"][0] == 12 and found["off"][1] >= 4    # bumps of the noise as boxes
     # with the object windows on the finer grid too (it may cut a piece off the tall box)

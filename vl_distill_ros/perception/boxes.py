@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Box", "full_frame_box", "crop", "classification_window", "box_iou",
+__all__ = ["Box", "full_frame_box", "crop", "classification_window", "box_iou", "box_containment",
            "sanitize_boxes"]
 
 #: ``(x, y, w, h)`` in pixels: top-left corner, width and height.
@@ -69,6 +69,15 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = iw * ih
     union = aw * ah + bw * bh - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def box_containment(inner: Sequence[float], outer: Sequence[float]) -> float:
+    """Fraction of box ``inner``'s area (``(x, y, w, h)``) inside box ``outer``."""
+    iw = min(inner[0] + inner[2], outer[0] + outer[2]) - max(inner[0], outer[0])
+    ih = min(inner[1] + inner[3], outer[1] + outer[3]) - max(inner[1], outer[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return float(iw * ih) / max(float(inner[2] * inner[3]), 1.0)
 
 
 def sanitize_boxes(boxes: Iterable[Sequence[float]], width: int, height: int,

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .boxes import Box, box_iou
+from .boxes import Box, box_containment, box_iou
 from .depth_cloud import back_project
 from .depth_config import DepthProposalConfig
 from .depth_proposals import DepthProposals
@@ -179,8 +179,8 @@ def _beside(box: Box, network_box: Box, cfg: DepthProposalConfig) -> bool:
     if iou <= cfg.fuse_network_iou:
         return True
     return iou <= cfg.fuse_network_partial_iou \
-        and _containment(network_box, box) < cfg.fuse_containment \
-        and _containment(box, network_box) < cfg.fuse_containment
+        and box_containment(network_box, box) < cfg.fuse_containment \
+        and box_containment(box, network_box) < cfg.fuse_containment
 
 
 def _part_of_network(box: Box, network_box: Box, cfg: DepthProposalConfig,
@@ -200,7 +200,7 @@ def _part_at_height(depth: DepthProposals, box: Box, outer: Box, containment: fl
     """Whether ``box`` lies (``containment`` of its area) inside ``outer`` and its top
     reaches about ``outer``'s (:func:`_heights_differ`); never for a box without raised
     samples."""
-    if _containment(box, outer) < containment:
+    if box_containment(box, outer) < containment:
         return False
     top = _box_top(depth, box, cfg)
     return top > 0 and not _heights_differ(top, _box_top(depth, outer, cfg), cfg)
@@ -223,7 +223,7 @@ def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
     out, tops = split_by_colour(depth, colour_boxes, cfg)
     grid = depth.height_grid
     for box in colour_boxes:
-        inside = [i for i, b in enumerate(out) if _containment(b, box) >= cfg.fuse_containment]
+        inside = [i for i, b in enumerate(out) if box_containment(b, box) >= cfg.fuse_containment]
         if inside and (all(tops[i] <= cfg.fuse_flat_height_m for i in inside)
                        or _holey(depth, box, inside, cfg)) and not any(
                 box_iou(box, b) > cfg.fuse_max_iou for i, b in enumerate(out)
@@ -339,7 +339,7 @@ def _split_candidates(box: Box, colour_boxes: Sequence[Box],
     :data:`SPLIT_CONTAINMENT` inside it, all under :data:`SPLIT_MAX_AREA` of its area,
     overlapping each other by at most :data:`SPLIT_MAX_OVERLAP`, covering
     ``fuse_split_cover`` of it), or ``[]``."""
-    inside = [c for c in colour_boxes if _containment(c, box) >= SPLIT_CONTAINMENT]
+    inside = [c for c in colour_boxes if box_containment(c, box) >= SPLIT_CONTAINMENT]
     if len(inside) < 2 or any(c[2] * c[3] >= SPLIT_MAX_AREA * box[2] * box[3] for c in inside):
         return []
     if any(_overlap(a, b) > SPLIT_MAX_OVERLAP for i, a in enumerate(inside)
@@ -367,7 +367,7 @@ def _box_top(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig
 
 def _overlap(a: Sequence[int], b: Sequence[int]) -> float:
     """Intersection of boxes ``a`` and ``b`` over the smaller one's area."""
-    return max(_containment(a, b), _containment(b, a))
+    return max(box_containment(a, b), box_containment(b, a))
 
 
 def _cover(outer: Sequence[int], boxes: Sequence[Sequence[int]]) -> float:
@@ -378,12 +378,3 @@ def _cover(outer: Sequence[int], boxes: Sequence[Sequence[int]]) -> float:
         mask[max(int(b[1]) - y, 0):max(int(b[1] + b[3]) - y, 0),
              max(int(b[0]) - x, 0):max(int(b[0] + b[2]) - x, 0)] = True
     return float(mask.mean())
-
-
-def _containment(inner: Sequence[int], outer: Sequence[int]) -> float:
-    """Fraction of box ``inner``'s area inside box ``outer``."""
-    iw = min(inner[0] + inner[2], outer[0] + outer[2]) - max(inner[0], outer[0])
-    ih = min(inner[1] + inner[3], outer[1] + outer[3]) - max(inner[1], outer[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    return float(iw * ih) / max(float(inner[2] * inner[3]), 1.0)

@@ -197,8 +197,9 @@ class ProposalConfig:
     box_net_close_width: int = 240
     box_net_close_min_px: int = 150
     #: How the colour model's boxes join the network's: ``apart`` (a colour box is added
-    #: where no network box overlaps it: objects unlike any the network was trained on) or
-    #: ``none`` (the network's alone).
+    #: where no network box overlaps or holds it: objects unlike any the network was
+    #: trained on; a colour box inside a network box is a part of its object) or ``none``
+    #: (the network's alone).
     box_net_colour: str = "apart"
 
     def __post_init__(self) -> None:
