@@ -31,8 +31,11 @@ class ProposalConfig:
     min_area_frac: float = 0.0004
     #: Largest box kept, as a fraction of the frame area (larger ones are the background).
     max_area_frac: float = 0.6
-    #: Most boxes returned (the largest ones are kept).
-    max_count: int = 10
+    #: Most boxes returned (the network's best-scored, then the colour model's; sorted
+    #: largest first). A bound on a frame's work, not a filter: 10 until session 40, when a
+    #: real photo of 24 coins showed it binding (the network found all 24, the cap kept 10;
+    #: every rendered group found the same objects with either; bench/real_photos.py).
+    max_count: int = 32
     #: A candidate box covering at least this fraction of the frame is searched again on
     #: its own, its border as the background (a small table inside the floor's colours, or
     #: objects in contact that one blob joined); the boxes found inside replace it. 0: off.

@@ -197,9 +197,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("proposal_max_area_frac", 0.6, "double",
               "Proposals: largest box kept, as a fraction of the frame area.",
               range=(0.0, 1.0)),
-    ParamSpec("proposal_max_count", 10, "integer",
-              "Proposals: most boxes per frame (largest first); they go through the student "
-              "as one batch.", range=(1, 256)),
+    ParamSpec("proposal_max_count", 32, "integer",
+              "Proposals: most boxes per frame (the box network's best-scored first); they go "
+              "through the student as one batch. A bound on a frame's work, not a filter: a "
+              "crowded view has more than 10 objects (10 was the default until session 40).",
+              range=(1, 256)),
     ParamSpec("proposal_pad_frac", 0.05, "double",
               "Proposals: fraction of a box's size added on each side.", range=(0.0, 1.0)),
     ParamSpec("proposal_fallback_full_frame", False, "bool",
