@@ -162,13 +162,16 @@ def test_close_pass_keeps_the_first_pass_s_small_boxes_and_drops_its_parts(monke
     ``close_min_px`` long; its long boxes replace the first pass's long ones they overlap
     (IoU 0.3), and a long first-pass box that no close box covers stays; a first-pass
     box 70% inside a close box is dropped when it scores lower and is a tenth of its area
-    or more (a part), kept when it scores higher or is smaller (another object)."""
+    or more, or smaller and not found by the close pass (IoU 0.3 with any of its boxes, long
+    or not): a part; kept when it scores higher, or is smaller and the close pass finds it
+    too (another object)."""
     net = load_box_net(DEFAULT_BOX_NET)
     first = (np.array([[10, 10, 40, 40], [100, 100, 80, 80], [300, 200, 20, 20],
-                       [80, 80, 240, 200], [200, 200, 20, 20], [400, 20, 200, 60]], float),
-             np.array([0.9, 0.4, 0.8, 0.35, 0.5, 0.6]), 1.0)
-    close = (np.array([[90, 90, 200, 160], [400, 300, 20, 20]], float),
-             np.array([0.7, 0.9]), 0.5)
+                       [80, 80, 240, 200], [200, 200, 20, 20], [400, 20, 200, 60],
+                       [150, 120, 20, 20]], float),
+             np.array([0.9, 0.4, 0.8, 0.35, 0.5, 0.6, 0.5]), 1.0)
+    close = (np.array([[90, 90, 200, 160], [400, 300, 20, 20], [198, 198, 22, 22]], float),
+             np.array([0.7, 0.9, 0.6]), 0.5)
     passes = {480: first, 240: close}
     monkeypatch.setattr(type(net), "_pass", lambda self, image, width, threshold: passes[width])
     image = np.zeros((480, 640, 3), np.uint8)
@@ -180,10 +183,14 @@ def test_close_pass_keeps_the_first_pass_s_small_boxes_and_drops_its_parts(monke
 
     # the 240-pixel first-pass box is replaced (IoU 0.67 with the close box); the 200-pixel
     # one far from it stays (the close pass missed that object); the 80-pixel box inside
-    # the close box (scored 0.4 < 0.7, a fifth of its area) is its part; the 20-pixel box
-    # inside it is another object; the 20-pixel close box is not long enough to count
+    # the close box (scored 0.4 < 0.7, a fifth of its area) is its part; of the 20-pixel
+    # boxes inside it, the one the close pass finds too is another object, the other a part;
+    # the 20- and 22-pixel close boxes are not long enough to count
     assert kept() == {(10, 10, 40, 40), (300, 200, 20, 20), (200, 200, 20, 20),
                       (400, 20, 200, 60), (90, 90, 200, 160)}
+    close[0][2] = (400, 400, 22, 22)   # the close pass no longer finds it: a part
+    assert (200, 200, 20, 20) not in kept()
+    close[0][2] = (198, 198, 22, 22)
     first[1][1] = 0.95   # a better-scored box inside stays (an object before another)
     assert (100, 100, 80, 80) in kept()
     passes[480] = (first[0][:3], first[1][:3], 1.0)   # all short of 100: no close pass
