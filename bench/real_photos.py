@@ -12,8 +12,10 @@ colour model that boxes a real table's grain, shows here.
 
 For each setting (the defaults; the box network's close pass off; the colour model alone, as
 before the network; ``-p FIELD=VALUE`` overrides of ``ProposalConfig`` apply to all) prints
-ONE JSON object: per image, objects found at IoU 0.5 and false boxes. ``--out DIR`` also
-writes each image with its boxes (ground truth green, the defaults' proposals red).
+ONE JSON object: per image, objects found at IoU 0.5 and false boxes. ``--degrade CHAIN``
+first puts the photos through real-camera effects (``bench/_degrade.py``, e.g. ``motion:9``
+or ``exposure:0.4+noise:8``, seeded by the photo's place). ``--out DIR`` also writes each
+image with its boxes (ground truth green, the defaults' proposals red).
 
     .venv/bin/python bench/real_photos.py --out runs/real_photos
 """
@@ -101,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
                     help="ProposalConfig override (repeatable)")
     ap.add_argument("--labels", type=Path, default=LABELS,
                     help="the photos' boxes (default: bench/real_photos.json)")
+    ap.add_argument("--degrade", default="", metavar="CHAIN",
+                    help="real-camera effects on the photos first, e.g. motion:9 (kinds and "
+                         "ranges: bench/_degrade.py; default: none)")
     ap.add_argument("--out", type=Path, default=None,
                     help="write each photo with its boxes here (PNG)")
     return ap
@@ -112,11 +117,18 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
 
     from vl_distill_ros.perception.proposals import ProposalConfig, propose_boxes
 
+    from _degrade import degrade, parse_degradation
+
     try:
         base = ProposalConfig(**parse_overrides(a.param))
     except (TypeError, ValueError) as exc:
         raise BenchError(f"bad --param: {exc}") from None
-    photos = load_photos(a.labels)
+    try:
+        steps = parse_degradation(a.degrade)
+    except ValueError as exc:
+        raise BenchError(f"bad --degrade: {exc}") from None
+    photos = [(name, degrade(image, steps, np.random.default_rng(i)), truth, labels)
+              for i, (name, image, truth, labels) in enumerate(load_photos(a.labels))]
     out["photos"] = {name: {"objects": len(truth), "size": list(image.shape[:2])}
                      for name, image, truth, _ in photos}
     results: dict[str, Any] = {}

@@ -58,3 +58,15 @@ def test_the_bench_prints_one_json_object_and_draws_the_boxes(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coffee.png", "coins.png"]
     assert real_photos.main(["-p", "no_such_field=1"]) == 2
     assert "bad --param" in json.loads(capsys.readouterr().out)["error"]
+    assert real_photos.main(["--degrade", "blur:3"]) == 2
+    assert "bad --degrade" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_camera_effects_reach_the_photos(capsys):
+    """``--degrade``: the photos go through the effects before the proposer (a strong blur
+    changes what is found), seeded (the same run twice gives the same figures)."""
+    runs = []
+    for chain in ("", "defocus:6", "defocus:6"):
+        assert real_photos.main(["--degrade", chain] if chain else []) == 0
+        runs.append(json.loads(capsys.readouterr().out)["results"]["default"]["all"])
+    assert runs[1] == runs[2] and runs[1] != runs[0]
