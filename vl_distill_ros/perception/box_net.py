@@ -242,14 +242,13 @@ class BoxNet:
         if len(boxes) and sides.max() < CLOSE_TRIGGER_FRAC * close_min_px:
             return boxes, scores
         near, near_scores, _ = self._pass(image_rgb, close_width, threshold)
-        seen = np.zeros(len(boxes), dtype=bool)     # found by the close pass too
-        for box in near:
-            seen |= box_overlap(box, boxes)[0] >= CLOSE_CONFIRM_IOU
+        # IoU of every close box (rows) with every first-pass box (columns)
+        iou = np.array([box_overlap(box, boxes)[0] for box in near])
+        iou = iou.reshape(len(near), len(boxes))
+        seen = (iou >= CLOSE_CONFIRM_IOU).any(axis=0)     # found by the close pass too
         big = np.maximum(near[:, 2], near[:, 3]) * scale > close_min_px
         near, near_scores = near[big], near_scores[big]
-        covered = np.zeros(len(boxes), dtype=bool)
-        for box in near:
-            covered |= box_overlap(box, boxes)[0] >= CLOSE_REPLACE_IOU
+        covered = (iou[big] >= CLOSE_REPLACE_IOU).any(axis=0)
         keep = (sides <= close_min_px) | ~covered
         for box, score in zip(near, near_scores):
             ratio = boxes[:, 2] * boxes[:, 3] / max(box[2] * box[3], 1e-9)
