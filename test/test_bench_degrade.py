@@ -175,3 +175,24 @@ def test_the_bench_thins_the_depth_it_scores(capsys):
     with pytest.raises(SystemExit) as exc:
         proposals_recall.main(["--bags", str(bag), "--depth", "--smooth-depth", "11"])
     assert exc.value.code == 2 and "--smooth-depth" in capsys.readouterr().err
+
+
+def test_recall_by_border_counts_the_objects_cut_by_the_frame():
+    """``recall_by_border``: a box reaching an image edge is ``at_border``; a proposal
+    matching only the inner object leaves the border one missed. Without the frame's size
+    every object counts as ``inside``."""
+    from proposals_recall import Tally, at_border
+
+    assert at_border((0, 10, 20, 20), (100, 80)) and at_border((90, 10, 10, 20), (100, 80))
+    assert at_border((10, 60, 20, 20), (100, 80)) and not at_border((10, 10, 20, 20), (100, 80))
+    assert not at_border((0, 10, 20, 20), None)
+    truth = [(0, 10, 20, 20, "cut"), (40, 30, 20, 20, "whole")]
+    tally = Tally()
+    tally.add(truth, [(41, 30, 20, 20)], 0.5, 1.0, (100, 80))
+    tally.add(truth, [(0, 10, 20, 21), (40, 30, 20, 20)], 0.5, 1.0, (100, 80))
+    border = tally.summary(False)["recall_by_border"]
+    assert border == {"at_border": {"objects": 2, "recall": 0.5},
+                      "inside": {"objects": 2, "recall": 1.0}}
+    plain = Tally()
+    plain.add(truth, [], 0.5, 1.0)
+    assert plain.summary(False)["recall_by_border"]["inside"] == {"objects": 2, "recall": 0.0}

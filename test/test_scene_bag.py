@@ -116,6 +116,63 @@ def test_scene_is_deterministic_and_hand_camera(scene_renderer):
     assert x + w <= 160 and y + h <= 120 and w * h > 0.1 * 160 * 120  # a close-up
 
 
+def test_a_shifted_camera_sees_a_window_of_a_larger_frame(scene_renderer):
+    """``SceneCamera.shift`` moves the principal point: the 160x120 image of a camera shifted
+    by (30, -20) pixels is the window at (50, 80) of the 320x240 image of the same camera
+    unshifted (same focal length), objects, depth and all; its intrinsics say so."""
+    import math
+
+    from vl_distill_ros.sim.scene import SceneSpec, _scene_layers, sample_layout
+    from vl_distill_ros.sim.scene_camera import SceneCamera, sample_main_camera
+
+    spec = SceneSpec(width=320, height=240, objects_per_scene=(3, 3))
+    rng = np.random.default_rng(4)
+    layout = sample_layout(scene_renderer.geometry, POOL, rng, spec)
+    ids = scene_renderer._show({o.key: (o.base, o.yaw) for o in layout.placed})
+    big = sample_main_camera(layout, rng, spec)
+    fov = 2 * math.degrees(math.atan(60 / big.focal))
+    small = SceneCamera(eye=big.eye, target=big.target, roll=big.roll, fov_y=fov, width=160,
+                        height=120, shift=(30.0, -20.0))
+    assert small.focal == pytest.approx(big.focal)
+    assert small.intrinsics()[2:] == pytest.approx((109.5, 39.5))
+    _, seg_big, depth_big, _ = _scene_layers(scene_renderer, layout, big, True)
+    _, seg, depth, _ = _scene_layers(scene_renderer, layout, small, True)
+    window = (slice(80, 200), slice(50, 210))
+    assert len(set(np.unique(seg)) & set(ids.values())) >= 2, "objects in the window"
+    assert np.mean(seg == seg_big[window]) > 0.995
+    assert np.median(np.abs(depth - depth_big[window])) < 1e-4
+    assert np.mean(np.abs(depth - depth_big[window]) < 0.01) > 0.99
+
+
+def test_scene_border_cut_cuts_one_object_and_boxes_what_is_in_view(scene_renderer):
+    """``border_cut_prob``: a frame's edge cuts an object; its box is that of the pixels in
+    view and its visible fraction counts the part outside. Off (the default), the frames
+    are those of a spec without the setting (nothing more is drawn)."""
+    from vl_distill_ros.sim.meshes import RenderError
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    spec = SceneSpec(width=320, height=240, objects_per_scene=(3, 3), border_cut_prob=1.0)
+    cut_fracs = []
+    for seed in (1, 2, 3):
+        frame = render_scene(scene_renderer, POOL, np.random.default_rng(seed), spec)
+        assert "shift" in frame.meta["camera"]
+        at_edge = [o for o in frame.objects if o.bbox[0] == 0 or o.bbox[1] == 0
+                   or o.bbox[0] + o.bbox[2] == 320 or o.bbox[1] + o.bbox[3] == 240]
+        assert at_edge, frame.meta
+        cut_fracs += [o.visible_frac for o in at_edge]
+    assert min(cut_fracs) < 0.85
+    plain = render_scene(scene_renderer, POOL, np.random.default_rng(1),
+                         SceneSpec(width=320, height=240, objects_per_scene=(3, 3)))
+    off = render_scene(scene_renderer, POOL, np.random.default_rng(1),
+                       SceneSpec(width=320, height=240, objects_per_scene=(3, 3),
+                                 border_cut_prob=0.0))
+    assert np.array_equal(plain.image, off.image) and plain.objects == off.objects
+    for bad in ({"border_cut_prob": 1.5}, {"border_cut_keep": (0.7, 0.4)},
+                {"border_cut_keep": (0.0, 0.5)}):
+        with pytest.raises(RenderError, match="border_cut"):
+            SceneSpec(**bad).validate()
+
+
 def test_scene_spec_and_keys_are_checked(scene_renderer):
     from vl_distill_ros.sim.meshes import RenderError
     from vl_distill_ros.sim.scene import SceneSpec, render_scene
@@ -437,6 +494,29 @@ def test_make_bag_fov_sets_the_cameras_focal_length(ycb_models: Path, tmp_path: 
     fx, fy = frame.camera_info[:2]
     assert fx == pytest.approx(60 / np.tan(np.radians(12.5)), rel=1e-3) and fy == fx
     assert frame.depth is not None and frame.depth.shape == (120, 160)
+
+
+def test_make_bag_cut_border_moves_the_principal_point_in_camera_info(
+        ycb_models: Path, tmp_path: Path, repo_root: Path):
+    """``--cut-border 1``: every frame has an object box at the image's edge and its
+    CameraInfo carries the moved principal point, so depth back-projects as rendered."""
+    bag = tmp_path / "cut"
+    assert _make_bag(["--out", str(bag), "--frames", "2", "--width", "160", "--height", "120",
+                      "--objects", BAG_KEYS, "--objects-per-scene", "2", "--depth",
+                      "--cut-border", "1", "--models-dir", str(ycb_models), "--no-progress",
+                      "--vocabulary", str(repo_root / "config" / "ycb_vocabulary.yaml"),
+                      "--split", str(repo_root / "config" / "splits" / "ycb_paper.yaml")]) == 0
+    data = read_camera_bag(bag)
+    frames = list(data.rgbd_frames(tolerance_ns=0))
+    assert len(frames) == 2
+    for frame in frames:
+        cx, cy = frame.camera_info[2:4]
+        assert (cx, cy) != pytest.approx((79.5, 59.5))
+        boxes = [o.bbox for o in data.objects_for(frame.topic, frame.stamp_ns)]
+        assert any(x <= 0 or y <= 0 or x + w >= 160 or y + h >= 120 for x, y, w, h in boxes)
+    assert _make_bag(["--out", str(tmp_path / "bad"), "--cut-border", "2",
+                      "--models-dir", str(ycb_models), "--no-progress"]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_make_bag_roll_turns_the_camera_about_its_optical_axis(

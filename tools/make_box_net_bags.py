@@ -7,11 +7,15 @@ table size and frame size. The last thirty (seeds 3100-3129) are far views, wher
 are small: the camera 1.2-2.2 m from the table (``FAR_CHOICES``). ``--rolled N`` adds N
 bags (seeds 3130 on) whose camera is rolled about its optical axis (``ROLL_CHOICES``: a
 hand-held camera, a wrist camera at any angle), the third stage's data
-(``config/train_box_net_roll.yaml``). The objects are the 66
+(``config/train_box_net_roll.yaml``). ``--cut-border N`` adds N bags (seeds 3170 on) whose
+frames are cut by the image border with chance ``CUT_PROB`` (``make-bag --cut-border``: the
+image a crop of a larger frame, the cut objects' boxes those of what is in view), the
+cut-border stage's data (``config/train_box_net_cut.yaml``). The objects are the 66
 YCB models outside the out-of-distribution half of ``config/splits/ycb_paper.yaml``, so the
 network is measured on objects it never saw.
 
-Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130] [--rolled 40]``
+Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130] [--rolled 40]
+[--cut-border 40]``
 (about 23 minutes on one core for the 130; bags already there are kept).
 """
 from __future__ import annotations
@@ -45,6 +49,10 @@ FIRST_SEED = 3000
 #: one roll range drawn from these (degrees; ``make-bag --roll``) besides ``CHOICES``.
 ROLL_FROM = 130
 ROLL_CHOICES = ["-45,45", "-180,180"]
+#: The cut-border bags (``--cut-border``) follow the rolled ones from this index on, each
+#: frame cut by the border with this chance (``make-bag --cut-border``).
+CUT_FROM = 170
+CUT_PROB = 0.7
 
 
 def training_objects(models_dir: str | None = None) -> list[str]:
@@ -70,7 +78,9 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
             args += ["--width", str(value[0]), "--height", str(value[1])]
         else:
             args += [option, str(value)]
-    if index >= ROLL_FROM:
+    if index >= CUT_FROM:
+        args += ["--cut-border", str(CUT_PROB)]
+    elif index >= ROLL_FROM:
         roll = random.Random(seed * 7 + len(CHOICES) + 1).choice(ROLL_CHOICES)
         args += [f"--roll={roll}"]
     return args
@@ -85,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=130)
     parser.add_argument("--rolled", type=int, default=0,
                         help="also make this many rolled bags (indices from 130 on)")
+    parser.add_argument("--cut-border", type=int, default=0,
+                        help="also make this many cut-border bags (indices from 170 on)")
     args = parser.parse_args(argv)
     objects = training_objects()
-    indices = list(range(args.count)) + list(range(ROLL_FROM, ROLL_FROM + args.rolled))
+    indices = list(range(args.count)) + list(range(ROLL_FROM, ROLL_FROM + args.rolled)) \
+        + list(range(CUT_FROM, CUT_FROM + args.cut_border))
     for i in indices:
         if (args.out_dir / f"b{FIRST_SEED + i}").exists():
             continue

@@ -18,6 +18,11 @@ CONTACT_HELP = ("chance that each object after the first is placed touching one 
 FURNITURE_HELP = ("pieces of furniture (flat-coloured boxes, some taller than the table) "
                   "standing beyond the table's edges, as in a real room's background; not "
                   "ground truth (0-8; default 0: frames identical to earlier versions)")
+CUT_BORDER_HELP = ("chance that a frame's edge cuts one of its objects (40-70%% of it left in "
+                   "view; the image is then a crop of a larger frame, its principal point "
+                   "moved, as in the CameraInfo), as real cameras see objects at the border; "
+                   "the ground truth is the box of what is in view (0-1; default 0: frames "
+                   "identical to earlier versions)")
 FOV_HELP = ("main camera vertical field of view range in degrees, 10-120: 42-50 is a "
             "RealSense D4xx colour camera at 4:3; about 25 the Xtion of YCB-Video (fy 1067 px "
             "at 640x480), to be seen from farther away (default: %(default)s)")
@@ -92,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     p.add_argument("--contact-prob", type=float, default=0.0, metavar="P", help=CONTACT_HELP)
     p.add_argument("--furniture", type=int, default=0, metavar="N", help=FURNITURE_HELP)
+    p.add_argument("--cut-border", type=float, default=0.0, metavar="P", help=CUT_BORDER_HELP)
     _add_storage_args(p)
     p.add_argument("--hand-camera", action="store_true",
                    help="also write a close-up hand camera on /hand_camera/image_raw")
@@ -221,7 +227,8 @@ def _setup(args: argparse.Namespace):
                      depth=bool(getattr(args, "depth", False)),
                      depth_camera=bool(getattr(args, "depth_camera", False)),
                      contact_prob=float(getattr(args, "contact_prob", 0.0)),
-                     furniture=int(getattr(args, "furniture", 0)), **table)
+                     furniture=int(getattr(args, "furniture", 0)),
+                     border_cut_prob=float(getattr(args, "cut_border", 0.0)), **table)
     spec.validate()
     models_dir = args.models_dir or default_models_dir()
     find_models(models_dir)  # before the vocabulary: without models nothing works

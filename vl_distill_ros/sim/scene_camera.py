@@ -23,7 +23,11 @@ __all__ = ["SceneCamera", "sample_main_camera", "sample_hand_camera"]
 @dataclass
 class SceneCamera:
     """A pinhole camera at ``eye`` looking at ``target`` (``roll`` and ``fov_y`` in degrees),
-    ``width`` x ``height`` pixels, with OpenGL view and projection matrices for TinyRenderer."""
+    ``width`` x ``height`` pixels, with OpenGL view and projection matrices for TinyRenderer.
+
+    ``shift`` moves the principal point by ``(dx, dy)`` pixels from the image centre (an
+    off-axis projection): the image is then a window, moved by ``(-dx, -dy)``, of the one
+    the unshifted camera would see if it were larger, as a crop of a larger frame is."""
 
     eye: np.ndarray
     target: np.ndarray
@@ -33,22 +37,28 @@ class SceneCamera:
     height: int
     near: float = 0.02
     far: float = 20.0
+    shift: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         self.view, _ = _look_at(np.asarray(self.eye, float), np.asarray(self.target, float),
                                 math.radians(self.roll))
+        self.focal = (self.height / 2) / math.tan(math.radians(self.fov_y) / 2)
+        #: The principal point in :meth:`project` coordinates (pixel ``i`` spans ``[i, i+1)``).
+        self.cx = self.width / 2 + float(self.shift[0])
+        self.cy = self.height / 2 + float(self.shift[1])
         top = self.near * math.tan(math.radians(self.fov_y) / 2)
         right = top * self.width / self.height
-        self.proj = _frustum(-right, right, -top, top, self.near, self.far)
-        self.focal = (self.height / 2) / math.tan(math.radians(self.fov_y) / 2)
+        dx = float(self.shift[0]) * self.near / self.focal
+        dy = float(self.shift[1]) * self.near / self.focal
+        self.proj = _frustum(-right - dx, right - dx, -top + dy, top + dy, self.near, self.far)
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates ``(N, 2)`` and depths ``(N,)`` (metres in front of the camera)."""
         cam = points @ self.view[:3, :3].T + self.view[:3, 3]
         depth = -cam[:, 2]
         safe = np.where(depth > 1e-6, depth, 1e-6)
-        u = self.width / 2 + self.focal * cam[:, 0] / safe
-        v = self.height / 2 - self.focal * cam[:, 1] / safe
+        u = self.cx + self.focal * cam[:, 0] / safe
+        v = self.cy - self.focal * cam[:, 1] / safe
         return np.stack([u, v], axis=1), depth
 
     def plane_homography(self, z: float) -> np.ndarray:
@@ -57,8 +67,8 @@ class SceneCamera:
         flip = np.diag([1.0, -1.0, -1.0])  # OpenGL camera -> OpenCV camera axes
         rot = flip @ self.view[:3, :3]
         trans = flip @ self.view[:3, 3]
-        k = np.array([[self.focal, 0.0, self.width / 2 - 0.5],
-                      [0.0, self.focal, self.height / 2 - 0.5], [0.0, 0.0, 1.0]])
+        k = np.array([[self.focal, 0.0, self.cx - 0.5],
+                      [0.0, self.focal, self.cy - 0.5], [0.0, 0.0, 1.0]])
         return k @ np.column_stack([rot[:, 0], rot[:, 1], rot[:, 2] * z + trans])
 
     def polygon(self, points: np.ndarray) -> np.ndarray | None:
@@ -81,14 +91,13 @@ class SceneCamera:
             return None
         c = np.array(kept)
         d = -c[:, 2]
-        u = self.width / 2 + self.focal * c[:, 0] / d - 0.5
-        v = self.height / 2 - self.focal * c[:, 1] / d - 0.5
+        u = self.cx + self.focal * c[:, 0] / d - 0.5
+        v = self.cy - self.focal * c[:, 1] / d - 0.5
         return np.stack([u, v], axis=1)
 
     def intrinsics(self) -> tuple[float, float, float, float]:
         """``(fx, fy, cx, cy)`` in pixels, OpenCV convention (as :meth:`plane_homography`)."""
-        return (float(self.focal), float(self.focal), self.width / 2 - 0.5,
-                self.height / 2 - 0.5)
+        return (float(self.focal), float(self.focal), self.cx - 0.5, self.cy - 0.5)
 
     def rays(self) -> np.ndarray:
         """``(H, W, 3)`` world directions of the pixel centres, scaled so that a point
@@ -107,8 +116,11 @@ class SceneCamera:
 
     def meta(self) -> dict[str, Any]:
         """The camera for :attr:`~vl_distill_ros.sim.scene_spec.SceneFrame.meta` (JSON)."""
-        return {"eye": _r(self.eye), "target": _r(self.target), "roll": _r(self.roll),
-                "fov_y": _r(self.fov_y), "width": self.width, "height": self.height}
+        out = {"eye": _r(self.eye), "target": _r(self.target), "roll": _r(self.roll),
+               "fov_y": _r(self.fov_y), "width": self.width, "height": self.height}
+        if any(self.shift):
+            out["shift"] = _r(np.asarray(self.shift, float))
+        return out
 
 
 def _fits(cam: SceneCamera, placed: Sequence[PlacedObject], margin: float) -> bool:
@@ -145,7 +157,29 @@ def sample_main_camera(layout: SceneLayout, rng: np.random.Generator,
         if _fits(cam, layout.placed, 0.02):
             break
     assert cam is not None
+    if spec.border_cut_prob > 0 and layout.placed and rng.random() < spec.border_cut_prob:
+        cam = _cut_by_border(cam, layout.placed, rng, spec.border_cut_keep)
     return cam
+
+
+def _cut_by_border(cam: SceneCamera, placed: Sequence[PlacedObject], rng: np.random.Generator,
+                   keep: tuple[float, float]) -> SceneCamera:
+    """``cam`` with its principal point shifted so that one side of the image cuts a random
+    object of ``placed``, ``keep`` (drawn uniformly) of its projected extent left in view."""
+    obj = placed[int(rng.integers(len(placed)))]
+    uv, depth = cam.project(obj.points)
+    uv = uv[depth > cam.near]
+    frac = float(rng.uniform(*keep))
+    side = int(rng.integers(4))
+    if len(uv) == 0:
+        return cam
+    (x0, y0), (x1, y1) = uv.min(axis=0), uv.max(axis=0)
+    out = (1.0 - frac) * (x1 - x0 if side < 2 else y1 - y0)
+    shift = [(-out - x0, 0.0), (cam.width + out - x1, 0.0),
+             (0.0, -out - y0), (0.0, cam.height + out - y1)][side]
+    return SceneCamera(eye=cam.eye, target=cam.target, roll=cam.roll, fov_y=cam.fov_y,
+                       width=cam.width, height=cam.height, near=cam.near, far=cam.far,
+                       shift=(float(shift[0]), float(shift[1])))
 
 
 def sample_hand_camera(layout: SceneLayout, target: PlacedObject, rng: np.random.Generator,

@@ -88,6 +88,14 @@ class SceneSpec:
     #: not objects of the ground truth and may hide objects. 0 (the default) draws nothing
     #: extra from the random generator, so frames are as without this setting.
     furniture: int = 0
+    #: Chance that the main camera's image is moved (its principal point shifted: the image
+    #: is then a crop of a larger frame) so that its edge cuts one object at a random side,
+    #: leaving ``border_cut_keep`` (low, high) of the object's projected width or height in
+    #: view; other objects may be cut too. Real cameras see objects at the image border; the
+    #: ground truth is the box of what is in view. 0 (the default) draws nothing extra from
+    #: the random generator, so frames are as without this setting.
+    border_cut_prob: float = 0.0
+    border_cut_keep: tuple[float, float] = (0.4, 0.7)
     #: Render a close-up "hand camera" image of one object as well.
     hand_camera: bool = False
     hand_width: int = 320
@@ -162,7 +170,16 @@ class SceneSpec:
                 not 0 <= self.furniture <= MAX_FURNITURE:
             raise RenderError(f"furniture must be an integer in [0, {MAX_FURNITURE}], "
                               f"got {self.furniture!r}")
+        self._validate_border_cut()
         self._validate_depth_camera()
+
+    def _validate_border_cut(self) -> None:
+        if not 0.0 <= float(self.border_cut_prob) <= 1.0:
+            raise RenderError(f"border_cut_prob must lie in [0, 1], got {self.border_cut_prob!r}")
+        keep = self.border_cut_keep
+        if len(keep) != 2 or not 0.05 <= float(keep[0]) <= float(keep[1]) <= 1.0:
+            raise RenderError(f"border_cut_keep must be (low, high) with 0.05 <= low <= high "
+                              f"<= 1, got {keep!r}")
 
     def _validate_depth_camera(self) -> None:
         if not all(isinstance(v, (int, np.integer)) and 16 <= v <= 4096
