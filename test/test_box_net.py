@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -689,3 +690,22 @@ def test_the_close_pass_cameras_by_the_node_s_rule_and_the_replay_s_topics():
                                                 r"the bag \(\['/cam/image'\]\)"):
         with_bag_close_topics(values, ["/cam/image"])
     assert "proposal_box_net_close_topics" in replay.TUNABLE_PARAMS
+
+
+def test_the_cut_border_stage_config_reads_as_a_fine_tuning_of_the_shipped_network(
+        repo_root: Path):
+    """``config/train_box_net_cut.yaml`` (tried in session 41): the second stage's settings,
+    started from the shipped ONNX with frozen batch norms, on the first stage's bags and the
+    cut-border bags of ``tools/make_box_net_bags.py --cut-border`` (seeds 3170-3209)."""
+    import fnmatch
+
+    from vl_distill_ros.training.box_net import load_box_net_config
+
+    cfg = load_box_net_config(repo_root / "config" / "train_box_net_cut.yaml")
+    assert cfg.init_from.endswith("box_net.onnx") and cfg.freeze_batch_norm
+    assert cfg.min_visible_frac == 0.25 and cfg.motion_blur_prob == 0.15
+    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3210)]
+    chosen = {n for n in names if any(fnmatch.fnmatch(n, g) for g in cfg.bags)}
+    cut = {f"data/box_net_bags/b{seed}" for seed in range(3170, 3210)}
+    assert cut <= chosen and len(chosen) == 100
+    assert not chosen & {f"data/box_net_bags/b{seed}" for seed in range(3130, 3170)}
