@@ -6,6 +6,7 @@ Part of :mod:`vl_distill_ros.sim.scene`; ROS-free and torch-free.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -177,9 +178,7 @@ def _cut_by_border(cam: SceneCamera, placed: Sequence[PlacedObject], rng: np.ran
     out = (1.0 - frac) * (x1 - x0 if side < 2 else y1 - y0)
     shift = [(-out - x0, 0.0), (cam.width + out - x1, 0.0),
              (0.0, -out - y0), (0.0, cam.height + out - y1)][side]
-    return SceneCamera(eye=cam.eye, target=cam.target, roll=cam.roll, fov_y=cam.fov_y,
-                       width=cam.width, height=cam.height, near=cam.near, far=cam.far,
-                       shift=(float(shift[0]), float(shift[1])))
+    return dataclasses.replace(cam, shift=(float(shift[0]), float(shift[1])))
 
 
 def sample_hand_camera(layout: SceneLayout, target: PlacedObject, rng: np.random.Generator,
