@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export TRANSFORMERS_OFFLINE := 1
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
-.PHONY: setup test demo results results-gzsl results-shift default-bundle box-net box-net-int8 sample-bag bench clean
+.PHONY: setup test real-photos-data demo results results-gzsl results-shift default-bundle box-net box-net-int8 sample-bag bench clean
 
 # The editable install installs none of setup.py's data_files; tools/ament_develop.py links
 # them (ament index entry, share/vl_distill_ros/, lib/vl_distill_ros/) into .venv and hooks
@@ -32,8 +32,15 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: setup
+test: setup real-photos-data
 	$(PY) -m pytest -q test
+
+# Three real photos of bench/real_photos.json that Debian's opencv-doc ships (OpenCV's
+# samples/data), fetched without root into data/opencv-doc by tools/fetch_real_photos.sh
+# (a few seconds, once). Without a Debian archive it warns and their tests skip.
+real-photos-data:
+	@tools/fetch_real_photos.sh data/opencv-doc || echo "warning: opencv-doc's real photos \
+	were not fetched; test/test_real_photos.py skips their test (README: Real photos)" >&2
 
 # The README's first command: replay the bundled sample bag through the live node with the
 # bundled default student and the 26-object vocabulary; prints the summary table.

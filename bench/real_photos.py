@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Proposals on real photos: the only real images this project can score.
 
-Everything else the project measures comes from renders. scikit-image's wheel ships a few
-real photos in ``skimage/data``; two of them are objects on a surface: ``coins.png`` (24
-coins on a grey cloth, seen from above) and ``coffee.png`` (a cup on its saucer with a spoon,
-seen close on a wooden table). ``bench/real_photos.json`` holds this project's own boxes of
-their objects (hand-checked; the images are read from the installed package, never copied).
-Too few objects for a figure against the issue's real-photo goals, but real sensor noise,
-texture and light, which no render has: a box network that stops finding real objects, or a
-colour model that boxes a real table's grain, shows here.
+Everything else the project measures comes from renders. Two packages ship real photos of
+objects on a surface. scikit-image's wheel (``skimage/data``, a test requirement):
+``coins.png`` (24 coins on a grey cloth, seen from above) and ``coffee.png`` (a cup on its
+saucer with a spoon, seen close on a wooden table). Debian's ``opencv-doc`` (OpenCV's
+``samples/data``; ``tools/fetch_real_photos.sh`` fetches the three without root into
+``data/opencv-doc``): ``stuff.jpg`` (a webcam looking down at five small things on a wooden
+desk), ``blox.jpg`` (nine wooden blocks, some stacked, greyscale) and ``smarties.png`` (14
+sweets on white, touching, two cut by the frame's edge). ``bench/real_photos.json`` holds
+this project's own boxes of their objects (hand-checked; the images are read from the
+packages, never copied). Too few objects for a figure against the issue's real-photo
+goals, but real sensor noise, texture and light, which no render has: a box network that
+stops finding real objects, or a colour model that boxes a real table's grain, shows here.
+The photos of a package that is not there are left out and named under ``skipped``.
 
 For each setting (the defaults; the box network's close pass off; the colour model alone, as
 before the network; ``-p FIELD=VALUE`` overrides of ``ProposalConfig`` apply to all) prints
@@ -36,15 +41,28 @@ import _common
 from _common import REPO, BenchError, log
 
 LABELS = REPO / "bench" / "real_photos.json"
+#: Where Debian's opencv-doc keeps OpenCV's sample images, under ``/`` when the package is
+#: installed, under :data:`OPENCV_DOC_COPY` when ``tools/fetch_real_photos.sh`` fetched them.
+OPENCV_DOC_DATA = "usr/share/doc/opencv-doc/examples/data"
+OPENCV_DOC_COPY = REPO / "data" / "opencv-doc"
 
 
 def photo_dir(package: str = "scikit-image") -> Path:
-    """The folder of the real photos: ``skimage/data`` of the installed scikit-image, found
-    without importing it.
+    """The folder of ``package``'s real photos: ``skimage/data`` of the installed
+    scikit-image (found without importing it), or OpenCV's sample images of Debian's
+    ``opencv-doc`` (installed, or fetched by ``tools/fetch_real_photos.sh``).
 
     Raises:
-        BenchError: scikit-image is not installed (``pip install scikit-image``).
+        BenchError: the package is not there (the message says how to get it), or unknown.
     """
+    if package == "opencv-doc":
+        for root in (Path("/"), OPENCV_DOC_COPY):
+            if (root / OPENCV_DOC_DATA).is_dir():
+                return root / OPENCV_DOC_DATA
+        raise BenchError("opencv-doc's sample images are not here: tools/fetch_real_photos.sh "
+                         "(no root needed) or apt-get install opencv-doc")
+    if package != "scikit-image":
+        raise BenchError(f"unknown photo package {package!r} (scikit-image, opencv-doc)")
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise BenchError(f"{package} is not installed (it ships the real photos): "
@@ -52,16 +70,32 @@ def photo_dir(package: str = "scikit-image") -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def load_photos(labels: Path = LABELS) -> list[tuple[str, np.ndarray, list[tuple], list[str]]]:
-    """``(name, RGB image, boxes, labels)`` of every photo of ``labels``.
+def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
+                ) -> list[tuple[str, np.ndarray, list[tuple], list[str]]]:
+    """``(name, RGB image, boxes, labels)`` of every photo of ``labels`` (an image's
+    ``package``, or the file's). With a ``skipped`` list, the photos of a package that is
+    not there are left out and the reason appended to it once per package.
 
     Raises:
-        BenchError: a photo is missing or unreadable.
+        BenchError: a photo is missing or unreadable (its package not there, without
+            ``skipped``).
     """
     doc = json.loads(labels.read_text())
-    folder = photo_dir(doc["package"])
+    folders: dict[str, Path | None] = {}
     out = []
     for name, entry in doc["images"].items():
+        package = entry.get("package", doc["package"])
+        if package not in folders:
+            try:
+                folders[package] = photo_dir(package)
+            except BenchError as exc:
+                if skipped is None:
+                    raise
+                folders[package] = None
+                skipped.append(f"{package}: {exc}")
+        folder = folders[package]
+        if folder is None:
+            continue
         bgr = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
         if bgr is None:
             raise BenchError(f"cannot read {folder / name}")
@@ -127,8 +161,15 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         steps = parse_degradation(a.degrade)
     except ValueError as exc:
         raise BenchError(f"bad --degrade: {exc}") from None
+    skipped: list[str] = []
     photos = [(name, degrade(image, steps, np.random.default_rng(i)), truth, labels)
-              for i, (name, image, truth, labels) in enumerate(load_photos(a.labels))]
+              for i, (name, image, truth, labels)
+              in enumerate(load_photos(a.labels, skipped))]
+    for reason in skipped:
+        log(f"photos left out: {reason}")
+    if not photos:
+        raise BenchError("no real photos here: " + "; ".join(skipped))
+    out["skipped"] = skipped
     out["photos"] = {name: {"objects": len(truth), "size": list(image.shape[:2])}
                      for name, image, truth, _ in photos}
     results: dict[str, Any] = {}
