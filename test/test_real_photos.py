@@ -123,3 +123,28 @@ def test_camera_effects_reach_the_photos(capsys):
         assert real_photos.main(["--degrade", chain] if chain else []) == 0
         runs.append(json.loads(capsys.readouterr().out)["results"]["default"]["all"])
     assert runs[1] == runs[2] and runs[1] != runs[0]
+
+
+def test_the_fetch_script_keeps_photos_it_has_and_says_when_it_cannot_fetch(tmp_path):
+    """``tools/fetch_real_photos.sh``: photos already in DEST are kept (no download); without
+    apt-get it fails with a message (``make real-photos-data`` then warns)."""
+    import subprocess
+
+    script = real_photos.REPO / "tools" / "fetch_real_photos.sh"
+    have = tmp_path / "have"
+    folder = have / real_photos.OPENCV_DOC_DATA
+    folder.mkdir(parents=True)
+    for name in OPENCV_DOC_PHOTOS:
+        (folder / name).write_bytes(b"x")
+    no_tools = tmp_path / "bin"
+    no_tools.mkdir()
+    env = {"PATH": str(no_tools)}
+    done = subprocess.run(["/bin/bash", str(script), str(have)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if (Path("/") / real_photos.OPENCV_DOC_DATA).is_dir():
+        pytest.skip("opencv-doc is installed here: the script never needs apt-get")
+    (folder / OPENCV_DOC_PHOTOS[0]).unlink()
+    failed = subprocess.run(["/bin/bash", str(script), str(have)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert failed.returncode == 1 and "no apt-get" in failed.stderr
