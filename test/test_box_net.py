@@ -709,3 +709,24 @@ def test_the_cut_border_stage_config_reads_as_a_fine_tuning_of_the_shipped_netwo
     cut = {f"data/box_net_bags/b{seed}" for seed in range(3170, 3210)}
     assert cut <= chosen and len(chosen) == 100
     assert not chosen & {f"data/box_net_bags/b{seed}" for seed in range(3130, 3170)}
+
+
+def test_the_mixed_config_trains_once_on_every_view_from_the_backbone(repo_root: Path):
+    """``config/train_box_net_mixed.yaml`` (session 42's experiment): the first stage's
+    settings from the ImageNet backbone (no ``init_from``, batch norms trained), the second
+    stage's motion blur and defocus, on every bag of ``tools/make_box_net_bags.py``: the 130
+    of the first stage, the 40 rolled and the 40 cut-border ones."""
+    import fnmatch
+
+    from vl_distill_ros.training.box_net import load_box_net_config
+
+    cfg = load_box_net_config(repo_root / "config" / "train_box_net_mixed.yaml")
+    first = load_box_net_config(repo_root / "config" / "train_box_net.yaml")
+    second = load_box_net_config(repo_root / "config" / "train_box_net_finetune.yaml")
+    assert cfg.init_from == "" and not cfg.freeze_batch_norm and cfg.pretrained == "imagenet"
+    assert (cfg.iterations, cfg.lr, cfg.min_visible_frac) == \
+        (first.iterations, first.lr, first.min_visible_frac)
+    assert (cfg.motion_blur_prob, cfg.motion_blur_max_px, cfg.defocus_max_sigma) == \
+        (second.motion_blur_prob, second.motion_blur_max_px, second.defocus_max_sigma)
+    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3210)]
+    assert all(any(fnmatch.fnmatch(n, g) for g in cfg.bags) for n in names)
