@@ -130,7 +130,13 @@ def test_the_fetch_script_keeps_photos_it_has_and_says_when_it_cannot_fetch(tmp_
     apt-get it fails with a message (``make real-photos-data`` then warns)."""
     import subprocess
 
+    import re
+
     script = real_photos.REPO / "tools" / "fetch_real_photos.sh"
+    listed = re.search(r"^FILES=\((.*)\)$", script.read_text(), re.M).group(1).split()
+    labels = json.loads(real_photos.LABELS.read_text())["images"]
+    assert listed == [n for n, e in labels.items() if e.get("package") == "opencv-doc"] \
+        == list(OPENCV_DOC_PHOTOS)
     have = tmp_path / "have"
     folder = have / real_photos.OPENCV_DOC_DATA
     folder.mkdir(parents=True)
