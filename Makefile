@@ -35,7 +35,7 @@ $(STAMP): requirements.txt setup.py
 test: setup real-photos-data
 	$(PY) -m pytest -q test
 
-# Three real photos of bench/real_photos.json that Debian's opencv-doc ships (OpenCV's
+# The real photos of bench/real_photos.json that Debian's opencv-doc ships (OpenCV's
 # samples/data), fetched without root into data/opencv-doc by tools/fetch_real_photos.sh
 # (a few seconds, once). Without a Debian archive it warns and their tests skip.
 real-photos-data:

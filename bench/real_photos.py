@@ -5,10 +5,12 @@ Everything else the project measures comes from renders. Two packages ship real 
 objects on a surface. scikit-image's wheel (``skimage/data``, a test requirement):
 ``coins.png`` (24 coins on a grey cloth, seen from above) and ``coffee.png`` (a cup on its
 saucer with a spoon, seen close on a wooden table). Debian's ``opencv-doc`` (OpenCV's
-``samples/data``; ``tools/fetch_real_photos.sh`` fetches the three without root into
+``samples/data``; ``tools/fetch_real_photos.sh`` fetches them without root into
 ``data/opencv-doc``): ``stuff.jpg`` (a webcam looking down at five small things on a wooden
-desk), ``blox.jpg`` (nine wooden blocks, some stacked, greyscale) and ``smarties.png`` (14
-sweets on white, touching, two cut by the frame's edge). ``bench/real_photos.json`` holds
+desk), ``blox.jpg`` (nine wooden blocks, some stacked, greyscale), ``smarties.png`` (14
+sweets on white, touching, two cut by the frame's edge), and two cluttered ones,
+``box_in_scene.png`` (four packs piled in a plastic bag, greyscale) and ``rubberwhale1.png``
+(eight toys and shells close to the camera on busy cloth). ``bench/real_photos.json`` holds
 this project's own boxes of their objects (hand-checked; the images are read from the
 packages, never copied). Too few objects for a figure against the issue's real-photo
 goals, but real sensor noise, texture and light, which no render has: a box network that

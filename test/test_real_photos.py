@@ -20,7 +20,11 @@ from vl_distill_ros.perception.proposal_config import ProposalConfig  # noqa: E4
 from vl_distill_ros.perception.proposals import propose_boxes  # noqa: E402
 
 
-OPENCV_DOC_PHOTOS = ("stuff.jpg", "blox.jpg", "smarties.png")
+#: The desk, the blocks and the sweets: few objects, a plain surface.
+DESK_PHOTOS = ("stuff.jpg", "blox.jpg", "smarties.png")
+#: Piles close to the camera on busy backgrounds: packs in a plastic bag, toys on cloth.
+CLUTTER_PHOTOS = ("box_in_scene.png", "rubberwhale1.png")
+OPENCV_DOC_PHOTOS = DESK_PHOTOS + CLUTTER_PHOTOS
 
 
 def _photos() -> dict:
@@ -76,7 +80,7 @@ def test_the_box_network_finds_the_objects_of_opencv_docs_real_photos():
     cfg = ProposalConfig()
     found = {"found": 0, "false_boxes": 0}
     colour = 0
-    for name in OPENCV_DOC_PHOTOS:
+    for name in DESK_PHOTOS:
         image, truth = photos[name]
         one = real_photos.score(truth, propose_boxes(image, cfg))
         found = {k: found[k] + one[k] for k in found}
@@ -84,6 +88,28 @@ def test_the_box_network_finds_the_objects_of_opencv_docs_real_photos():
             image, dataclasses.replace(cfg, box_net="off")))["found"]
     assert found["found"] >= 21 and found["false_boxes"] <= 6, found
     assert colour <= found["found"] - 3, (colour, found)
+
+
+def test_real_clutter_close_to_the_camera_stays_hard():
+    """Packs piled in a bag and toys on striped and knitted cloth (12 objects, most touching
+    or cut by the edge): the real photos furthest from the renders. A guard at the measured
+    level (4 found, 8 false boxes with the defaults; the close pass off 7 and 11): a change
+    that loses more of them, or boxes more of the cloth, fails here."""
+    if not _opencv_doc_here():
+        pytest.skip("opencv-doc's photos are not here (make real-photos-data fetches them)")
+    photos = _photos()
+    totals = {}
+    for key, cfg in (("default", ProposalConfig()),
+                     ("close_pass_off", ProposalConfig(box_net_close_width=0))):
+        found = {"objects": 0, "found": 0, "false_boxes": 0}
+        for name in CLUTTER_PHOTOS:
+            image, truth = photos[name]
+            one = real_photos.score(truth, propose_boxes(image, cfg))
+            found = {k: found[k] + one[k] for k in found}
+        totals[key] = found
+    assert totals["default"]["objects"] == 12
+    assert totals["default"]["found"] >= 3 and totals["default"]["false_boxes"] <= 10, totals
+    assert totals["close_pass_off"]["found"] >= 6, totals
 
 
 def test_photos_of_a_package_not_here_are_left_out_and_named(tmp_path):
@@ -105,7 +131,7 @@ def test_the_bench_prints_one_json_object_and_draws_the_boxes(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out["results"]) == {"default", "close_pass_off", "colour_model_alone"}
     here = _opencv_doc_here()
-    assert out["results"]["default"]["all"]["objects"] == 27 + (28 if here else 0)
+    assert out["results"]["default"]["all"]["objects"] == 27 + (40 if here else 0)
     assert bool(out["skipped"]) is not here
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["coffee.png", "coins.png"] + (list(OPENCV_DOC_PHOTOS) if here else []))
