@@ -425,6 +425,15 @@ def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_pa
     assert set(rolls) == {f"--roll={r}" for r in tool.ROLL_CHOICES}
     assert "1.2,2.2" not in {option(a, "--camera-distance") for a in rolled}
     assert not {option(a, "--seed") for a in rolled} & {option(a, "--seed") for a in near + far}
+    clutter = [tool.bag_args(i, tmp_path, ["a"]) for i in range(tool.CLUTTER_FROM,
+                                                                tool.CLUTTER_FROM + 30)]
+    assert {option(a, "--table-size") for a in clutter} == {"0.4,0.7"}
+    assert {option(a, "--camera-distance") for a in clutter} <= \
+        set(tool.CLUTTER_CHOICES["--camera-distance"])
+    assert {next(a for a in args if a.startswith("--elevation=")) for args in clutter} == \
+        {f"--elevation={e}" for e in tool.CLUTTER_ELEVATION}
+    assert not any(a.startswith(("--roll", "--cut-border")) for a in sum(clutter, []))
+    assert option(clutter[0], "--seed") == "3210"
     split = yaml.safe_load((repo_root / "config/splits/ycb_paper.yaml").read_text())
     models = repo_root.parent / "shared" / "ycb_models"
     if models.is_dir():
@@ -728,5 +737,29 @@ def test_the_mixed_config_trains_once_on_every_view_from_the_backbone(repo_root:
         (first.iterations, first.lr, first.min_visible_frac)
     assert (cfg.motion_blur_prob, cfg.motion_blur_max_px, cfg.defocus_max_sigma) == \
         (second.motion_blur_prob, second.motion_blur_max_px, second.defocus_max_sigma)
-    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3210)]
-    assert all(any(fnmatch.fnmatch(n, g) for g in cfg.bags) for n in names)
+    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3250)]
+    chosen = [n for n in names if any(fnmatch.fnmatch(n, g) for g in cfg.bags)]
+    assert chosen == names[:210]
+
+
+def test_each_box_net_stage_takes_its_own_bags(repo_root: Path):
+    """The first stage (and the second, which inherits its bags) takes the 130 bags of
+    ``tools/make_box_net_bags.py`` without options, whatever else is in the folder (the
+    rolled, cut-border and clutter bags of later experiments); the clutter stage
+    (``config/train_box_net_clutter.yaml``, session 43) 60 of them and the 30 clutter bags."""
+    import fnmatch
+
+    from vl_distill_ros.training.box_net import load_box_net_config
+
+    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3250)]
+
+    def chosen(name: str) -> list[str]:
+        cfg = load_box_net_config(repo_root / "config" / name)
+        return [n for n in names if any(fnmatch.fnmatch(n, g) for g in cfg.bags)]
+
+    assert chosen("train_box_net.yaml") == chosen("train_box_net_finetune.yaml") == names[:130]
+    clutter = chosen("train_box_net_clutter.yaml")
+    assert clutter == names[:50] + names[100:110] + names[210:240]
+    cfg = load_box_net_config(repo_root / "config" / "train_box_net_clutter.yaml")
+    assert cfg.init_from.endswith("box_net.onnx") and cfg.freeze_batch_norm
+    assert cfg.min_visible_frac == 0.4 and cfg.iterations == 1500

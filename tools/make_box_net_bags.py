@@ -10,12 +10,14 @@ hand-held camera, a wrist camera at any angle), the third stage's data
 (``config/train_box_net_roll.yaml``). ``--cut-border N`` adds N bags (seeds 3170 on) whose
 frames are cut by the image border with chance ``CUT_PROB`` (``make-bag --cut-border``: the
 image a crop of a larger frame, the cut objects' boxes those of what is in view), the
-cut-border stage's data (``config/train_box_net_cut.yaml``). The objects are the 66
+cut-border stage's data (``config/train_box_net_cut.yaml``). ``--clutter N`` adds N bags
+(seeds 3210 on) of crowded small tables seen close and from high above (``CLUTTER_CHOICES``),
+the clutter stage's data (``config/train_box_net_clutter.yaml``). The objects are the 66
 YCB models outside the out-of-distribution half of ``config/splits/ycb_paper.yaml``, so the
 network is measured on objects it never saw.
 
 Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130] [--rolled 40]
-[--cut-border 40]``
+[--cut-border 40] [--clutter 30]``
 (about 23 minutes on one core for the 130; bags already there are kept).
 """
 from __future__ import annotations
@@ -53,6 +55,18 @@ ROLL_CHOICES = ["-45,45", "-180,180"]
 #: frame cut by the border with this chance (``make-bag --cut-border``).
 CUT_FROM = 170
 CUT_PROB = 0.7
+#: The clutter bags (``--clutter``) follow the cut-border ones from this index on: crowded
+#: small tables seen close and from high above (a bin or a shelf's piles rather than a
+#: laid table), these overrides of ``CHOICES`` and an elevation from ``CLUTTER_ELEVATION``.
+CLUTTER_FROM = 210
+CLUTTER_CHOICES = {
+    "--objects-per-scene": ["5-8", "6-10"],
+    "--contact-prob": [0.6, 0.8],
+    "--furniture": [1, 2, 3],
+    "--camera-distance": ["0.35,0.65", "0.4,0.8"],
+    "--table-size": ["0.4,0.7"],
+}
+CLUTTER_ELEVATION = ["45,85", "35,70"]
 
 
 def training_objects(models_dir: str | None = None) -> list[str]:
@@ -73,12 +87,17 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
     for k, (option, values) in enumerate(CHOICES.items(), start=1):
         if FAR_FROM <= index < ROLL_FROM:
             values = FAR_CHOICES.get(option, values)
+        elif index >= CLUTTER_FROM:
+            values = CLUTTER_CHOICES.get(option, values)
         value = random.Random(seed * 7 + k).choice(values)
         if option == "size":
             args += ["--width", str(value[0]), "--height", str(value[1])]
         else:
             args += [option, str(value)]
-    if index >= CUT_FROM:
+    if index >= CLUTTER_FROM:
+        elevation = random.Random(seed * 7 + len(CHOICES) + 1).choice(CLUTTER_ELEVATION)
+        args += [f"--elevation={elevation}"]
+    elif index >= CUT_FROM:
         args += ["--cut-border", str(CUT_PROB)]
     elif index >= ROLL_FROM:
         roll = random.Random(seed * 7 + len(CHOICES) + 1).choice(ROLL_CHOICES)
@@ -97,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also make this many rolled bags (indices from 130 on)")
     parser.add_argument("--cut-border", type=int, default=0,
                         help="also make this many cut-border bags (indices from 170 on)")
+    parser.add_argument("--clutter", type=int, default=0,
+                        help="also make this many clutter bags (indices from 210 on)")
     args = parser.parse_args(argv)
     objects = training_objects()
     indices = list(range(args.count)) + list(range(ROLL_FROM, ROLL_FROM + args.rolled)) \
-        + list(range(CUT_FROM, CUT_FROM + args.cut_border))
+        + list(range(CUT_FROM, CUT_FROM + args.cut_border)) \
+        + list(range(CLUTTER_FROM, CLUTTER_FROM + args.clutter))
     for i in indices:
         if (args.out_dir / f"b{FIRST_SEED + i}").exists():
             continue
