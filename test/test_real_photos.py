@@ -32,6 +32,16 @@ def _photos() -> dict:
             for name, image, truth, _ in real_photos.load_photos(skipped=[])}
 
 
+def _score(photos: dict, names: tuple, cfg: ProposalConfig) -> dict:
+    """``real_photos.score`` of the proposals on the photos ``names``, summed."""
+    total = {"objects": 0, "found": 0, "boxes": 0, "false_boxes": 0}
+    for name in names:
+        image, truth = photos[name]
+        one = real_photos.score(truth, propose_boxes(image, cfg))
+        total = {k: total[k] + one[k] for k in total}
+    return total
+
+
 def _opencv_doc_here() -> bool:
     try:
         real_photos.photo_dir("opencv-doc")
@@ -78,14 +88,8 @@ def test_the_box_network_finds_the_objects_of_opencv_docs_real_photos():
         pytest.skip("opencv-doc's photos are not here (make real-photos-data fetches them)")
     photos = _photos()
     cfg = ProposalConfig()
-    found = {"found": 0, "false_boxes": 0}
-    colour = 0
-    for name in DESK_PHOTOS:
-        image, truth = photos[name]
-        one = real_photos.score(truth, propose_boxes(image, cfg))
-        found = {k: found[k] + one[k] for k in found}
-        colour += real_photos.score(truth, propose_boxes(
-            image, dataclasses.replace(cfg, box_net="off")))["found"]
+    found = _score(photos, DESK_PHOTOS, cfg)
+    colour = _score(photos, DESK_PHOTOS, dataclasses.replace(cfg, box_net="off"))["found"]
     assert found["found"] >= 21 and found["false_boxes"] <= 6, found
     assert colour <= found["found"] - 3, (colour, found)
 
@@ -98,15 +102,9 @@ def test_real_clutter_close_to_the_camera_stays_hard():
     if not _opencv_doc_here():
         pytest.skip("opencv-doc's photos are not here (make real-photos-data fetches them)")
     photos = _photos()
-    totals = {}
-    for key, cfg in (("default", ProposalConfig()),
-                     ("close_pass_off", ProposalConfig(box_net_close_width=0))):
-        found = {"objects": 0, "found": 0, "false_boxes": 0}
-        for name in CLUTTER_PHOTOS:
-            image, truth = photos[name]
-            one = real_photos.score(truth, propose_boxes(image, cfg))
-            found = {k: found[k] + one[k] for k in found}
-        totals[key] = found
+    totals = {"default": _score(photos, CLUTTER_PHOTOS, ProposalConfig()),
+              "close_pass_off": _score(photos, CLUTTER_PHOTOS,
+                                       ProposalConfig(box_net_close_width=0))}
     assert totals["default"]["objects"] == 12
     assert totals["default"]["found"] >= 3 and totals["default"]["false_boxes"] <= 10, totals
     assert totals["close_pass_off"]["found"] >= 6, totals
