@@ -631,7 +631,7 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
         return PipelineSettings.from_params(replay.node_parameter_values(values))
 
     default = settings().proposal_cfg
-    assert default.box_net == "default" and default.box_net_threshold == 0.3
+    assert default.box_net == "default" and default.box_net_threshold == 0.4
     assert settings(proposal_box_net="off").proposal_cfg.box_net == "off"
     assert settings(proposal_box_net="default_int8").proposal_cfg.box_net == "default_int8"
     other = tmp_path / "copy.onnx"

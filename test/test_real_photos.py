@@ -83,7 +83,8 @@ def test_a_real_close_up_takes_the_close_pass():
 def test_the_box_network_finds_the_objects_of_opencv_docs_real_photos():
     """A webcam's desk, stacked wooden blocks (greyscale) and touching sweets cut by the
     frame's edge (28 objects): the defaults find most of them with few false boxes
-    (measured: 24, 4 false boxes); the colour model alone finds fewer (18)."""
+    (measured: 24, 3 false boxes; 4 at the threshold of session 43); the colour model alone
+    finds fewer (18)."""
     if not _opencv_doc_here():
         pytest.skip("opencv-doc's photos are not here (make real-photos-data fetches them)")
     photos = _photos()
@@ -94,11 +95,29 @@ def test_the_box_network_finds_the_objects_of_opencv_docs_real_photos():
     assert colour <= found["found"] - 3, (colour, found)
 
 
+def test_the_default_threshold_drops_real_false_boxes_and_keeps_the_objects():
+    """The box network's threshold (0.4 since session 44) against session 43's 0.3 on every
+    real photo here: the network's false boxes on real photos (pieces of the saucer, the
+    cloth, pairs of packs) score 0.3-0.4 more often than its real objects. Measured on all
+    seven: 54 found, 9 false boxes against 53 and 16; on scikit-image's two alone 25, 2
+    against 25, 4."""
+    photos = _photos()
+    names = tuple(photos)
+    now = _score(photos, names, ProposalConfig())
+    before = _score(photos, names, ProposalConfig(box_net_threshold=0.3))
+    assert ProposalConfig().box_net_threshold == 0.4
+    assert now["found"] >= before["found"] - 1, (now, before)
+    assert now["false_boxes"] <= before["false_boxes"] - 2, (now, before)
+    if len(names) == 2 + len(OPENCV_DOC_PHOTOS):
+        assert now["false_boxes"] <= 0.7 * before["false_boxes"], (now, before)
+
+
 def test_real_clutter_close_to_the_camera_stays_hard():
     """Packs piled in a bag and toys on striped and knitted cloth (12 objects, most touching
     or cut by the edge): the real photos furthest from the renders. A guard at the measured
-    level (4 found, 8 false boxes with the defaults; the close pass off 7 and 11): a change
-    that loses more of them, or boxes more of the cloth, fails here."""
+    level (5 found, 4 false boxes with the defaults; the close pass off 7 and 5; at session
+    43's threshold 0.3: 4 and 8, 7 and 11): a change that loses more of them, or boxes more
+    of the cloth, fails here."""
     if not _opencv_doc_here():
         pytest.skip("opencv-doc's photos are not here (make real-photos-data fetches them)")
     photos = _photos()
@@ -106,7 +125,7 @@ def test_real_clutter_close_to_the_camera_stays_hard():
               "close_pass_off": _score(photos, CLUTTER_PHOTOS,
                                        ProposalConfig(box_net_close_width=0))}
     assert totals["default"]["objects"] == 12
-    assert totals["default"]["found"] >= 3 and totals["default"]["false_boxes"] <= 10, totals
+    assert totals["default"]["found"] >= 4 and totals["default"]["false_boxes"] <= 7, totals
     assert totals["close_pass_off"]["found"] >= 6, totals
 
 
