@@ -145,8 +145,10 @@ def test_fusion_tightens_a_loose_network_box_with_depth():
 def test_fusion_leaves_out_a_part_of_a_network_box_not_an_object_in_front_of_it():
     """A depth box lying inside a network box with its top at the network box's (a piece of
     that object: a handle, a cap) is not added even at IoU under ``fuse_network_iou``; a
-    short object standing in front of a tall one, its box inside the network's box of the
-    tall one, is (its top differs); ``fuse_network_part_containment: 0`` adds both."""
+    short object standing in front of a tall one, its box partly inside the network's box of
+    the tall one, is (its top differs); wholly inside it (``fuse_network_inside``), it is
+    taken for a piece too, as such boxes mostly are; ``fuse_network_part_containment: 0``
+    and ``fuse_network_inside: 0`` add both."""
     depth, truth = render_tabletop([(0.0, 0.12, 0.16, 0.08, 0.22),    # tall, behind
                                     (0.0, -0.06, 0.04, 0.04, 0.04)])  # short, in front
     cfg = DepthProposalConfig(fuse_network_refine_iou=0.0)
@@ -164,11 +166,20 @@ def test_fusion_leaves_out_a_part_of_a_network_box_not_an_object_in_front_of_it(
     pieces = dataclasses.replace(found, boxes=[*found.boxes, piece])
     fused = fuse_proposals(pieces, [], cfg, 10, network_boxes=[network])
     assert fused[0] == network and piece not in fused
-    assert _matched([short], fused[1:]) == 1
-    off = dataclasses.replace(cfg, fuse_network_part_containment=0.0)
-    assert piece in fuse_proposals(pieces, [], off, 10, network_boxes=[network])
+    assert _matched([short], fused[1:]) == 0                 # wholly inside: a piece
+    # the network's box reaching down over the top third of the short one only
+    over = (network[0], network[1], network[2], short[1] + short[3] // 3 - network[1])
+    short_box = max(found.boxes, key=lambda b: box_iou(b, short))
+    assert 0.2 < (over[1] + over[3] - short_box[1]) / short_box[3] < 0.5
+    partly = fuse_proposals(pieces, [], cfg, 10, network_boxes=[over])
+    assert partly[0] == over and piece not in partly and _matched([short], partly[1:]) == 1
+    off = dataclasses.replace(cfg, fuse_network_part_containment=0.0, fuse_network_inside=0.0)
+    both = fuse_proposals(pieces, [], off, 10, network_boxes=[network])
+    assert piece in both and _matched([short], both[1:]) == 1
     with pytest.raises(DepthError, match="fuse_network_part_containment"):
         DepthProposalConfig(fuse_network_part_containment=1.5)
+    with pytest.raises(DepthError, match="fuse_network_inside"):
+        DepthProposalConfig(fuse_network_inside=-0.1)
 
 
 def test_a_weak_network_box_brings_back_an_object_the_fusion_took_for_a_part():

@@ -192,6 +192,14 @@ class DepthProposalConfig:
     #: ``fuse_split_height_frac``), is a part of that object and is not added, however
     #: small its IoU with it (:func:`~.depth_fusion._part_of_network`). 0: off.
     fuse_network_part_containment: float = 0.85
+    #: A depth or colour box lying at least this fraction of its area inside a network box
+    #: is never beside it by a small IoU alone (``fuse_network_iou``), whatever its height:
+    #: on the looked-at rendered bags such boxes were mostly pieces of the object the network
+    #: boxed (a handle, a lid's rim, a fragment of noisy depth: of 109 kept 70% or more
+    #: inside one, 85 matched no object), seldom a small object in front of it.
+    #: A weak network box matching it still brings it back (``fuse_network_weak_score``).
+    #: 0: off (such a box was added when its IoU was at most ``fuse_network_iou``).
+    fuse_network_inside: float = 0.9
     #: The box network's boxes scored from this up to its threshold
     #: (``proposal_box_net_threshold``) are weak: never proposed on their own, but a depth
     #: box that the fusion would leave out beside the network's boxes (a part of one, or
@@ -310,7 +318,8 @@ class DepthProposalConfig:
                      "weak_jump_frac",
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
                      "fuse_network_iou", "fuse_network_partial_iou", "fuse_network_refine_iou",
-                     "fuse_network_part_containment", "fuse_network_weak_score",
+                     "fuse_network_part_containment", "fuse_network_inside",
+                     "fuse_network_weak_score",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m",
                      "sparse_fill_frac", "close_view_m"):

@@ -174,7 +174,10 @@ def _beside_network(box: Box, network_boxes: Sequence[Box], cfg: DepthProposalCo
 
 def _beside(box: Box, network_box: Box, cfg: DepthProposalConfig) -> bool:
     """Whether ``box`` is another object than ``network_box`` by their overlap alone
-    (:func:`_beside_network`)."""
+    (:func:`_beside_network`); never when it lies ``fuse_network_inside`` of its area inside
+    it (a piece of that object, however small its IoU)."""
+    if 0 < cfg.fuse_network_inside <= box_containment(box, network_box):
+        return False
     iou = box_iou(box, network_box)
     if iou <= cfg.fuse_network_iou:
         return True
