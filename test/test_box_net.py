@@ -300,12 +300,42 @@ def test_the_colour_model_adds_boxes_apart_from_the_network_s_never_its_parts():
     assert only == network
 
 
+def test_long_thin_colour_boxes_join_the_network_s_only_at_the_frame_border():
+    """``apart_max_aspect``: a colour-model box beside the network's that is more than that
+    many times as long as wide (a shadow, a table edge) is left out, unless it reaches the
+    frame's border (what the border leaves of a cut object); the colour model alone, or
+    the setting at 0, keeps it (``max_aspect`` still applies)."""
+    import dataclasses
+
+    from vl_distill_ros.perception.proposals import APART_BORDER_PX, with_colour_model
+
+    image = np.zeros((480, 640, 3), np.uint8)
+    network = [(100, 100, 200, 200)]
+    cfg = ProposalConfig()
+    assert cfg.apart_max_aspect == 4.0
+    sliver = (400, 300, 120, 20)          # 6 times as long as wide, inside the frame
+    square = (400, 100, 50, 50)
+    stubby = (400, 200, 80, 20)           # 4 times: still joins
+    cut = (640 - 25, 300, 25, 150)        # 6 times, at the right edge
+    top = (420, APART_BORDER_PX, 150, 12)  # at the top edge
+    colour = [sliver, square, stubby, cut, top]
+    out, _ = with_colour_model(image, network, cfg, colour=colour)
+    assert sorted(out) == sorted([network[0], square, stubby, cut, top])
+    off, _ = with_colour_model(image, network, dataclasses.replace(cfg, apart_max_aspect=0),
+                               colour=colour)
+    assert sliver in off
+    alone, _ = with_colour_model(image, None, cfg, colour=colour)
+    assert sorted(alone) == sorted(colour)
+    with pytest.raises(ValueError, match="apart_max_aspect"):
+        ProposalConfig(apart_max_aspect=0.5)
+
+
 def test_colour_parts_of_the_network_s_objects_are_left_out_of_rendered_frames(repo_root):
     """On the sample bag's frames the colour model boxes parts of objects the network found
     (a printed face, a small patch); none of them is proposed, its other boxes apart from the
     network's are, and every object the network or the colour model finds is still found."""
     from vl_distill_ros.perception.boxes import box_containment
-    from vl_distill_ros.perception.proposals import (APART_INSIDE, APART_IOU,
+    from vl_distill_ros.perception.proposals import (APART_INSIDE, APART_IOU, _apart_shape,
                                                      colour_model_boxes, network_detections,
                                                      with_colour_model)
 
@@ -320,7 +350,10 @@ def test_colour_parts_of_the_network_s_objects_are_left_out_of_rendered_frames(r
                                           for b in network)]
         parts += len(inside)
         assert not set(inside) & set(out)
-        assert set(apart) - set(inside) <= set(out)
+        height, width = image.shape[:2]
+        shaped = {c for c in apart if _apart_shape(c, width, height, cfg.apart_max_aspect)}
+        assert shaped - set(inside) <= set(out)
+        assert not (set(apart) - shaped) & set(out)
         for t in truth:   # the parts left out found no object
             if any(box_iou(t, c) >= 0.5 for c in inside):
                 assert any(box_iou(t, b) >= 0.5 for b in out)

@@ -204,6 +204,13 @@ class ProposalConfig:
     #: trained on; a colour box inside a network box is a part of its object) or ``none``
     #: (the network's alone).
     box_net_colour: str = "apart"
+    #: ... and, with ``apart``, a colour box that does not reach the frame's border
+    #: (:data:`~.proposals.APART_BORDER_PX`) joins only when its longer side is at most this
+    #: many times its shorter one (0: ``max_aspect`` alone). Long thin boxes the colour
+    #: model adds beside the network are shadows, table edges and texture lines: on the
+    #: looked-at rendered groups every one of them away from the border was false (the
+    #: network boxes thin objects itself), on the real photos two of three false ones.
+    apart_max_aspect: float = 4.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_frac <= self.max_area_frac <= 1.0:
@@ -281,6 +288,9 @@ class ProposalConfig:
         if self.box_net_second_width != 0 and not 64 <= self.box_net_second_width <= 1280:
             raise ValueError(f"box_net_second_width must be 0 or in [64, 1280], got "
                              f"{self.box_net_second_width}")
+        if self.apart_max_aspect != 0 and not 1.0 <= self.apart_max_aspect <= 100.0:
+            raise ValueError(f"apart_max_aspect must be 0 or in [1, 100], got "
+                             f"{self.apart_max_aspect}")
         if self.box_net_colour not in BOX_NET_COLOUR:
             raise ValueError(f"box_net_colour must be one of {list(BOX_NET_COLOUR)}, got "
                              f"{self.box_net_colour!r}")

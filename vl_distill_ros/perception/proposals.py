@@ -105,6 +105,10 @@ APART_IOU = 0.1
 #: on, tables and close views, 107 such boxes were false and 1 an object inside a network
 #: box that held two; see docs/proposals.md).
 APART_INSIDE = 0.8
+#: A colour box reaches the frame's border when it lies within this many pixels of it
+#: (:attr:`ProposalConfig.apart_max_aspect` does not apply to it: an object the border
+#: cuts may leave a thin strip in view).
+APART_BORDER_PX = 2.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,13 +364,25 @@ def with_colour_model(image_rgb: np.ndarray, network: Sequence[Box] | None,
     network = list(network)
     out = list(network)
     if cfg.box_net_colour == "apart":
+        height, width = image.shape[:2]
         out += [c for c in model() if all(box_iou(c, b) < APART_IOU
                                           and box_containment(c, b) < APART_INSIDE
-                                          for b in network)]
+                                          for b in network)
+                and _apart_shape(c, width, height, cfg.apart_max_aspect)]
     out = out[:cfg.max_count]
     out.sort(key=lambda b: b[2] * b[3], reverse=True)
     network.sort(key=lambda b: b[2] * b[3], reverse=True)
     return out, network
+
+
+def _apart_shape(box: Box, width: int, height: int, max_aspect: float) -> bool:
+    """Whether a colour box added beside the network's is no longer than ``max_aspect``
+    times its width (0: any), or reaches the frame's border (:data:`APART_BORDER_PX`)."""
+    x, y, w, h = (float(v) for v in box[:4])
+    if max_aspect <= 0 or max(w, h) <= max_aspect * max(min(w, h), 1e-6):
+        return True
+    return x <= APART_BORDER_PX or y <= APART_BORDER_PX or \
+        x + w >= width - APART_BORDER_PX or y + h >= height - APART_BORDER_PX
 
 
 def _colour_boxes(image: np.ndarray, cfg: ProposalConfig, core_split: bool) -> list[Box]:
