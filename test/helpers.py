@@ -16,10 +16,14 @@
   they are absent: skip on a user's machine, fail in CI.
 * :func:`colour_model_boxes`: the proposer's colour model alone (no box network), for the
   tests of the colour model.
+* :func:`load_script`: a script of the repository (``tools/*.py``, a launch file) imported
+  by its path, as a module.
 """
 from __future__ import annotations
 
 import functools
+import importlib.util
+import types
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -205,3 +209,12 @@ def record_box_net_widths(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(BoxNet, "_pass", recording)
     return widths
+
+
+def load_script(path: Path, name: str | None = None) -> types.ModuleType:
+    """The Python file at ``path`` (a tool or a launch file, not an installed module)
+    imported as a module named ``name`` (its file name without ``.py`` by default)."""
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

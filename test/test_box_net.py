@@ -433,14 +433,11 @@ def test_targets_and_placement():
 def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_path):
     """``tools/make_box_net_bags.py``: each bag's settings come from its seed alone; the
     bags from ``FAR_FROM`` on are far views; the split's OOD objects are never rendered."""
-    import importlib.util
-
     import yaml
 
-    spec = importlib.util.spec_from_file_location(
-        "make_box_net_bags", repo_root / "tools" / "make_box_net_bags.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from helpers import load_script
+
+    tool = load_script(repo_root / "tools" / "make_box_net_bags.py")
 
     def option(args: list[str], name: str) -> str:
         return args[args.index(name) + 1]

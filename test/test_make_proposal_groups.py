@@ -1,19 +1,16 @@
 """``tools/make_proposal_groups.py``: the rendered bag groups the proposer is measured on."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
+from helpers import load_script
+
 
 @pytest.fixture(scope="module")
 def tool(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "make_proposal_groups", repo_root / "tools" / "make_proposal_groups.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(repo_root / "tools" / "make_proposal_groups.py")
 
 
 def test_groups_are_the_ones_the_results_were_measured_on(tool, repo_root):

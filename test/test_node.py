@@ -815,11 +815,9 @@ def test_launch_file_is_valid_and_uses_config_parameter_names():
     except ImportError:
         pytest.skip("launch_ros is not installable here; the launch file was only compiled "
                     "and its parameter names checked")
-    import importlib.util
+    from helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("vl_distill_launch", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script(path, "vl_distill_launch")
     assert mod.generate_launch_description().entities
 
 

@@ -6,7 +6,6 @@ interpreter and are checked here, so the bag the benchmarks score has the projec
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from types import SimpleNamespace
@@ -14,14 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from helpers import load_script
+
 
 @pytest.fixture(scope="module")
 def tool(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "other_renderer_scenes", repo_root / "tools" / "other_renderer_scenes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(repo_root / "tools" / "other_renderer_scenes.py")
 
 
 def _write_frame(folder, i: int, depth_m: float) -> tuple[np.ndarray, np.ndarray]:
