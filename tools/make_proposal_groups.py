@@ -5,9 +5,10 @@ Since session 44 every change to the proposals is measured with ``bench/proposal
 groups (a rule may be chosen on them) and nine *held-out* ones (measured once, after the
 choice). Their ``make-bag`` lines were spread over ``bench/README.md`` and the result files;
 this script holds them in one table (:data:`GROUPS`), makes the bags of the groups asked
-for (bags already there are kept) and prints, per group, the bag paths or the bench's
-command line. ``--objects`` ``every`` stands for all the models of the models directory
-(the 78 YCB meshes), listed in sorted order as ``ls`` lists them, as the bags were made.
+for (bags already there are kept) and prints, per group, its bag paths (``--list`` and
+``--paths`` print the table or one group's paths and make nothing). ``--objects``
+``every`` stands for all the models of the models directory (the 78 YCB meshes), listed in
+sorted order as ``ls`` lists them, as the bags were made.
 
 Usage::
 
