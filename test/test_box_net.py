@@ -464,6 +464,12 @@ def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_pa
         {f"--elevation={e}" for e in tool.CLUTTER_ELEVATION}
     assert not any(a.startswith(("--roll", "--cut-border")) for a in sum(clutter, []))
     assert option(clutter[0], "--seed") == "3210"
+    busy = [tool.bag_args(i, tmp_path, ["a"]) for i in range(tool.BUSY_FROM, tool.BUSY_FROM + 40)]
+    assert {option(a, "--table-kinds") for a in busy} == {tool.BUSY_TABLE_KINDS}
+    assert option(busy[0], "--seed") == "3240"
+    assert {option(a, "--contact-prob") for a in busy} <= \
+        {str(v) for v in tool.BUSY_CHOICES["--contact-prob"]}
+    assert not any("--table-kinds" in a for a in near + far + rolled + clutter)
     split = yaml.safe_load((repo_root / "config/splits/ycb_paper.yaml").read_text())
     models = repo_root.parent / "shared" / "ycb_models"
     if models.is_dir():
@@ -775,13 +781,14 @@ def test_the_mixed_config_trains_once_on_every_view_from_the_backbone(repo_root:
 def test_each_box_net_stage_takes_its_own_bags(repo_root: Path):
     """The first stage (and the second, which inherits its bags) takes the 130 bags of
     ``tools/make_box_net_bags.py`` without options, whatever else is in the folder (the
-    rolled, cut-border and clutter bags of later experiments); the clutter stage
-    (``config/train_box_net_clutter.yaml``, session 43) 60 of them and the 30 clutter bags."""
+    rolled, cut-border, clutter and busy-cloth bags of later experiments); the clutter stage
+    (``config/train_box_net_clutter.yaml``, session 43) 60 of them and the 30 clutter bags,
+    the busy-cloth stage (session 47) the same 60 and the 40 busy-cloth bags."""
     import fnmatch
 
     from vl_distill_ros.training.box_net import load_box_net_config
 
-    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3250)]
+    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3280)]
 
     def chosen(name: str) -> list[str]:
         cfg = load_box_net_config(repo_root / "config" / name)
@@ -793,3 +800,6 @@ def test_each_box_net_stage_takes_its_own_bags(repo_root: Path):
     cfg = load_box_net_config(repo_root / "config" / "train_box_net_clutter.yaml")
     assert cfg.init_from.endswith("box_net.onnx") and cfg.freeze_batch_norm
     assert cfg.min_visible_frac == 0.4 and cfg.iterations == 1500
+    assert chosen("train_box_net_busy.yaml") == names[:50] + names[100:110] + names[240:280]
+    busy = load_box_net_config(repo_root / "config" / "train_box_net_busy.yaml")
+    assert busy.init_from == cfg.init_from and busy.freeze_batch_norm

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vl_distill_ros.sim.backgrounds import CLUTTER_KINDS, KINDS, make_background
+from vl_distill_ros.sim.backgrounds import (BUSY_KINDS, CLEAN_KINDS, CLUTTER_KINDS, KINDS,
+                                            make_background)
 from vl_distill_ros.sim.appearance import APPEARANCES, Look, kelvin_rgb
 from vl_distill_ros.sim.crop_dataset import (
     MANIFEST_NAME,
@@ -48,6 +49,31 @@ def test_backgrounds_all_kinds_deterministic():
         assert np.array_equal(a, b), kind
     with pytest.raises(ValueError):
         make_background("marble", 32, np.random.default_rng(0))
+
+
+def test_busy_cloths_are_busy_and_in_no_crop_domain():
+    """``plaid`` and ``print`` (``BUSY_KINDS``): a printed cloth is strewn with many small
+    motifs and a tartan changes colour along both of its axes; neither is a kind of the
+    crop renderer's domains, whose random draws they must not change."""
+    assert set(BUSY_KINDS) <= set(KINDS) and not set(BUSY_KINDS) & set(CLEAN_KINDS + CLUTTER_KINDS)
+    import cv2
+
+    motifs = []
+    for seed in range(4):
+        img = make_background("print", 256, np.random.default_rng(seed), noise_sigma=0.0)
+        ground = np.median(img.reshape(-1, 3), axis=0)
+        off = (np.abs(img.astype(np.int32) - ground).sum(axis=2) > 40).astype(np.uint8)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(off)
+        sizes = stats[1:, cv2.CC_STAT_AREA]
+        motifs.append(int(np.count_nonzero(sizes < 0.02 * 256 * 256)))
+    assert min(motifs) >= 15, motifs
+    for seed in range(4):
+        img = make_background("plaid", 128, np.random.default_rng(seed), noise_sigma=0.0)
+        rgb = img.astype(np.float32)
+        # many colour changes along the rows and along the columns of the texture
+        rows = np.count_nonzero(np.abs(np.diff(rgb[64], axis=0)).sum(axis=1) > 12)
+        cols = np.count_nonzero(np.abs(np.diff(rgb[:, 64], axis=0)).sum(axis=1) > 12)
+        assert rows >= 3 and cols >= 3, (seed, rows, cols)
 
 
 def test_missing_models_dir_is_a_helpful_error(tmp_path: Path):

@@ -471,7 +471,9 @@ def test_make_bag_missing_models_is_exit_2(tmp_path: Path, capsys):
                                    ("--elevation", "30,20", "--elevation"),
                                    ("--elevation", "2,25", "elevation_deg"),
                                    ("--roll", "30,-30", "--roll"),
-                                   ("--roll", "-200,0", "roll_deg")):
+                                   ("--roll", "-200,0", "roll_deg"),
+                                   ("--table-kinds", "wood,marble", "--table-kinds"),
+                                   ("--table-kinds", ",", "--table-kinds")):
         args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"),
                                   f"{option}={value}"])
         assert make_bag.run(args) == 2

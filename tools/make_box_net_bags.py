@@ -12,12 +12,15 @@ frames are cut by the image border with chance ``CUT_PROB`` (``make-bag --cut-bo
 image a crop of a larger frame, the cut objects' boxes those of what is in view), the
 cut-border stage's data (``config/train_box_net_cut.yaml``). ``--clutter N`` adds N bags
 (seeds 3210 on) of crowded small tables seen close and from high above (``CLUTTER_CHOICES``),
-the clutter stage's data (``config/train_box_net_clutter.yaml``). The objects are the 66
+the clutter stage's data (``config/train_box_net_clutter.yaml``). ``--busy N`` adds N bags
+(seeds 3240 on) on busy table cloths (``make-bag --table-kinds``: a tartan, a printed cloth
+of small motifs, large shapes; ``BUSY_CHOICES``), the busy-cloth stage's data
+(``config/train_box_net_busy.yaml``). The objects are the 66
 YCB models outside the out-of-distribution half of ``config/splits/ycb_paper.yaml``, so the
 network is measured on objects it never saw.
 
 Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130] [--rolled 40]
-[--cut-border 40] [--clutter 30]``
+[--cut-border 40] [--clutter 30] [--busy 40]``
 (about 23 minutes on one core for the 130; bags already there are kept).
 """
 from __future__ import annotations
@@ -67,6 +70,14 @@ CLUTTER_CHOICES = {
     "--table-size": ["0.4,0.7"],
 }
 CLUTTER_ELEVATION = ["45,85", "35,70"]
+#: The busy-cloth bags (``--busy``) follow the clutter ones from this index on: near views
+#: of fuller tables (these overrides of ``CHOICES``) laid with one of ``BUSY_TABLE_KINDS``.
+BUSY_FROM = 240
+BUSY_CHOICES = {
+    "--objects-per-scene": ["2-4", "3-6", "4-8", "5-8"],
+    "--contact-prob": [0.2, 0.4, 0.6, 0.8],
+}
+BUSY_TABLE_KINDS = "plaid,print,blobs"
 
 
 def training_objects(models_dir: str | None = None) -> list[str]:
@@ -87,6 +98,8 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
     for k, (option, values) in enumerate(CHOICES.items(), start=1):
         if FAR_FROM <= index < ROLL_FROM:
             values = FAR_CHOICES.get(option, values)
+        elif index >= BUSY_FROM:
+            values = BUSY_CHOICES.get(option, values)
         elif index >= CLUTTER_FROM:
             values = CLUTTER_CHOICES.get(option, values)
         value = random.Random(seed * 7 + k).choice(values)
@@ -94,7 +107,9 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
             args += ["--width", str(value[0]), "--height", str(value[1])]
         else:
             args += [option, str(value)]
-    if index >= CLUTTER_FROM:
+    if index >= BUSY_FROM:
+        args += ["--table-kinds", BUSY_TABLE_KINDS]
+    elif index >= CLUTTER_FROM:
         elevation = random.Random(seed * 7 + len(CHOICES) + 1).choice(CLUTTER_ELEVATION)
         args += [f"--elevation={elevation}"]
     elif index >= CUT_FROM:
@@ -118,11 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also make this many cut-border bags (indices from 170 on)")
     parser.add_argument("--clutter", type=int, default=0,
                         help="also make this many clutter bags (indices from 210 on)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="also make this many busy-cloth bags (indices from 240 on)")
     args = parser.parse_args(argv)
     objects = training_objects()
     indices = list(range(args.count)) + list(range(ROLL_FROM, ROLL_FROM + args.rolled)) \
         + list(range(CUT_FROM, CUT_FROM + args.cut_border)) \
-        + list(range(CLUTTER_FROM, CLUTTER_FROM + args.clutter))
+        + list(range(CLUTTER_FROM, CLUTTER_FROM + args.clutter)) \
+        + list(range(BUSY_FROM, BUSY_FROM + args.busy))
     for i in indices:
         if (args.out_dir / f"b{FIRST_SEED + i}").exists():
             continue

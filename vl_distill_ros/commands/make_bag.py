@@ -26,6 +26,9 @@ CUT_BORDER_HELP = ("chance that a frame's edge cuts one of its objects (40-70%% 
 FOV_HELP = ("main camera vertical field of view range in degrees, 10-120: 42-50 is a "
             "RealSense D4xx colour camera at 4:3; about 25 the Xtion of YCB-Video (fy 1067 px "
             "at 640x480), to be seen from farther away (default: %(default)s)")
+TABLE_KINDS_HELP = ("the table top's textures, one drawn per scene, comma-separated (default: "
+                    "%(default)s); the busy cloths {busy} (a tartan, a printed cloth of small "
+                    "motifs, large shapes) are drawn only when named")
 TABLE_HELP = ("range of the table top's length and of its width, in metres (default: "
               "1.2-2.0 long, 0.8-1.2 wide); a small table, e.g. 0.4,0.6, leaves more floor "
               "than table in view")
@@ -74,6 +77,8 @@ def _add_depth_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``make-bag`` subcommand to ``subparsers`` (sets ``func=run``)."""
+    from ..sim.scene_spec import BUSY_TABLE_KINDS, TABLE_KINDS
+
     p = subparsers.add_parser(
         "make-bag", help="render tabletop scenes into a rosbag2 camera bag with ground truth",
         description="Render tabletop scenes of YCB objects on the CPU and write them to a "
@@ -138,6 +143,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "180 (a hand-held camera or one on a robot's wrist: e.g. --roll=-30,30; "
                         "default: %(default)s)")
     p.add_argument("--table-size", default=None, metavar="LO,HI", help=TABLE_HELP)
+    p.add_argument("--table-kinds", default=",".join(TABLE_KINDS), metavar="K1,K2,...",
+                   help=TABLE_KINDS_HELP.format(busy=", ".join(BUSY_TABLE_KINDS)))
     p.add_argument("--start-time", type=float, default=DEFAULT_START_TIME,
                    help="stamp of the first frame in seconds since the epoch "
                         "(default: %(default)s)")
@@ -166,6 +173,21 @@ def _parse_range(text: str, what: str, cast: type = int, sep: str = "-") -> tupl
         raise _UsageError(f"{what} must be a number or a range LO{sep}HI with LO <= HI, "
                           f"got {text!r}")
     return tuple(values)
+
+
+def _table_kinds(text: str | None) -> tuple[str, ...]:
+    """``--table-kinds``: the comma-separated table textures, checked (default: the plain
+    ones, :data:`~vl_distill_ros.sim.scene_spec.TABLE_KINDS`)."""
+    from ..sim.scene_spec import BUSY_TABLE_KINDS, TABLE_KINDS
+
+    if text is None:
+        return TABLE_KINDS
+    kinds = tuple(dict.fromkeys(k.strip() for k in str(text).split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in TABLE_KINDS + BUSY_TABLE_KINDS]
+    if not kinds or unknown:
+        raise _UsageError(f"--table-kinds must name one or more of "
+                          f"{', '.join(TABLE_KINDS + BUSY_TABLE_KINDS)}, got {text!r}")
+    return kinds
 
 
 def _object_pool(spec: str, split_path: str) -> list[str]:
@@ -216,7 +238,7 @@ def _setup(args: argparse.Namespace):
     elevation = _parse_range(getattr(args, "elevation", "35,70"), "--elevation", cast=float,
                              sep=",")
     roll = _parse_range(getattr(args, "roll", "-4,4"), "--roll", cast=float, sep=",")
-    table = {}
+    table: dict = {"table_kinds": _table_kinds(getattr(args, "table_kinds", None))}
     if getattr(args, "table_size", None) is not None:
         size = _parse_range(args.table_size, "--table-size", cast=float, sep=",")
         table = {"table_length_m": size, "table_width_m": size}

@@ -6,6 +6,11 @@ Two families, matching the two rendering domains of :mod:`vl_distill_ros.sim.ren
 * ``clutter``: textured, structured backgrounds (stripes, checkerboards, blobs, wood-like
   grain, multi-scale noise) that act as a distribution shift.
 
+Two more kinds, :data:`BUSY_KINDS`, are in neither domain (drawing them changes no crop
+rendering's random draws): ``plaid`` (a tartan: bands of several colours crossing) and
+``print`` (a printed cloth: many small flowers, dots and leaves on a ground), the busy
+table cloths of real kitchens that a proposer trained on plain tables boxes as objects.
+
 Every function is deterministic given the :class:`numpy.random.Generator` it is handed.
 """
 from __future__ import annotations
@@ -19,8 +24,10 @@ import numpy as np
 CLEAN_KINDS: tuple[str, ...] = ("solid", "linear_gradient", "radial_gradient")
 #: Background kinds of the ``clutter`` domain.
 CLUTTER_KINDS: tuple[str, ...] = ("stripes", "checker", "blobs", "wood", "noise")
+#: Busy cloth patterns, in no domain (``make-bag --table-kinds``).
+BUSY_KINDS: tuple[str, ...] = ("plaid", "print")
 #: Every kind :func:`make_background` accepts.
-KINDS: tuple[str, ...] = CLEAN_KINDS + CLUTTER_KINDS
+KINDS: tuple[str, ...] = CLEAN_KINDS + CLUTTER_KINDS + BUSY_KINDS
 
 
 def _random_colour(rng: np.random.Generator, sat: tuple[float, float] = (0.0, 0.6),
@@ -177,6 +184,71 @@ def _noise(size: int, rng: np.random.Generator) -> np.ndarray:
     return 0.7 * colour + 0.3 * n
 
 
+def _plaid(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A tartan: along each of two perpendicular directions, bands of 2-4 colours of random
+    widths repeat; where they cross the colours mix (a woven check), with a fine twill."""
+    x, y = _grid(size)
+    ang = rng.uniform(0, math.pi / 2) if rng.random() < 0.5 else 0.0
+    u = x * math.cos(ang) + y * math.sin(ang)
+    v = -x * math.sin(ang) + y * math.cos(ang)
+    layers = []
+    for coord in (u, v):
+        n_col = int(rng.integers(2, 5))
+        colours = np.stack([_random_colour(rng, sat=(0.1, 0.9), val=(0.15, 0.95))
+                            for _ in range(n_col)])
+        widths = rng.uniform(0.3, 1.0, size=n_col)
+        edges = np.cumsum(widths) / widths.sum()
+        period = rng.uniform(0.15, 0.6)   # in units of the half-width
+        phase = np.mod(coord / period, 1.0)
+        layers.append(colours[np.searchsorted(edges, phase, side="right").clip(0, n_col - 1)])
+    img = 0.5 * (layers[0] + layers[1])
+    twill = 0.5 + 0.5 * np.sin((u + v) * size * rng.uniform(0.3, 0.8))
+    img = img * (0.9 + 0.1 * twill[..., None])
+    if rng.random() < 0.5:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
+    return img
+
+
+def _print(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A printed cloth: a ground (plain or faintly mottled) strewn with many small motifs,
+    dots, flowers of 4-6 petals and leaves, of 2-5 colours, on a loose grid or at random."""
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = _random_colour(rng, sat=(0.0, 0.6), val=(0.3, 0.95))
+    if rng.random() < 0.5:
+        img *= (0.9 + 0.2 * _value_noise(size, 8, rng))
+    palette = [_random_colour(rng, sat=(0.3, 1.0), val=(0.1, 1.0))
+               for _ in range(int(rng.integers(2, 6)))]
+    motif = rng.uniform(0.015, 0.06) * size    # motif radius, pixels of the texture
+    count = int(min(rng.uniform(0.15, 0.5) * (size / motif) ** 2, 4000))
+    if rng.random() < 0.5:   # a loose grid, as most prints repeat
+        step = size / max(int(math.sqrt(count)), 1)
+        centres = [(i * step + rng.normal(0, step * 0.15), j * step + rng.normal(0, step * 0.15))
+                   for i in range(int(size / step) + 1) for j in range(int(size / step) + 1)]
+    else:
+        centres = [tuple(rng.uniform(0, size, size=2)) for _ in range(count)]
+    for cx, cy in centres:
+        colour = palette[int(rng.integers(len(palette)))].tolist()
+        r = max(motif * rng.uniform(0.6, 1.2), 1.0)
+        centre = (int(cx), int(cy))
+        shape = rng.random()
+        if shape < 0.35:      # a dot
+            cv2.circle(img, centre, int(r * 0.6), colour, -1, lineType=cv2.LINE_AA)
+        elif shape < 0.75:    # a flower: petals around a heart
+            petals = int(rng.integers(4, 7))
+            turn = rng.uniform(0, 360)
+            for k in range(petals):
+                a = math.radians(turn + k * 360 / petals)
+                pc = (int(cx + 0.55 * r * math.cos(a)), int(cy + 0.55 * r * math.sin(a)))
+                cv2.ellipse(img, pc, (max(int(r * 0.45), 1), max(int(r * 0.25), 1)),
+                            math.degrees(a), 0, 360, colour, -1, lineType=cv2.LINE_AA)
+            heart = palette[int(rng.integers(len(palette)))].tolist()
+            cv2.circle(img, centre, max(int(r * 0.2), 1), heart, -1, lineType=cv2.LINE_AA)
+        else:                 # a leaf
+            cv2.ellipse(img, centre, (max(int(r), 1), max(int(r * 0.35), 1)),
+                        rng.uniform(0, 180), 0, 360, colour, -1, lineType=cv2.LINE_AA)
+    return img
+
+
 _MAKERS = {
     "solid": _solid,
     "linear_gradient": _linear_gradient,
@@ -186,6 +258,8 @@ _MAKERS = {
     "blobs": _blobs,
     "wood": _wood,
     "noise": _noise,
+    "plaid": _plaid,
+    "print": _print,
 }
 
 

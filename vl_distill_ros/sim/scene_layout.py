@@ -32,10 +32,13 @@ _FURNITURE_GAP = (0.05, 0.9)
 _FURNITURE_TOP = (-0.2, 0.8)
 #: Metres one table texture covers along x and y, for the kinds that repeat: wood planks
 #: (grain stretched along the table, longer than it, repeated across it) and a fine cloth
-#: weave (mirror-tiled, seamless). Other kinds cover the whole table top once.
+#: weave, a tartan or a printed cloth (mirror-tiled, seamless). Other kinds cover the whole
+#: table top once.
 _TABLE_SPANS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "wood": ((2.0, 2.6), (0.12, 0.3)),
     "noise": ((0.3, 0.6), (0.3, 0.6)),
+    "plaid": ((0.4, 0.9), (0.4, 0.9)),
+    "print": ((0.4, 0.9), (0.4, 0.9)),
 }
 
 

@@ -14,13 +14,18 @@ import numpy as np
 
 from vl_distill_ros.sim.meshes import RenderError
 
-__all__ = ["SceneSpec", "SceneObject", "SceneFrame", "TABLE_KINDS", "FLOOR_KINDS",
+__all__ = ["SceneSpec", "SceneObject", "SceneFrame", "TABLE_KINDS", "BUSY_TABLE_KINDS",
+           "FLOOR_KINDS",
            "MAX_FURNITURE", "MIN_TABLE_M", "MAX_TABLE_M"]
 
 
 #: Table-top textures: ``make_background`` kinds. ``wood`` is wood grain, ``solid`` a plain
 #: (painted/laminate) top, ``noise``/``stripes``/``checker`` read as cloths.
 TABLE_KINDS: tuple[str, ...] = ("wood", "solid", "noise", "stripes", "checker")
+#: Busy table cloths, drawn only when named (``table_kinds``, ``make-bag --table-kinds``):
+#: a tartan (``plaid``), a printed cloth of small motifs (``print``) and large overlapping
+#: shapes (``blobs``).
+BUSY_TABLE_KINDS: tuple[str, ...] = ("plaid", "print", "blobs")
 #: Floor textures (``make_background`` kinds).
 FLOOR_KINDS: tuple[str, ...] = ("solid", "noise", "wood", "checker")
 
@@ -156,9 +161,10 @@ class SceneSpec:
             raise RenderError(f"distance_m must be >= 0.05 m, got {self.distance_m!r}")
         if not 10.0 <= self.fov_y_deg[0] <= self.fov_y_deg[1] <= 120.0:
             raise RenderError(f"fov_y_deg must lie in [10, 120], got {self.fov_y_deg!r}")
-        unknown = [k for k in self.table_kinds if k not in TABLE_KINDS]
+        known = TABLE_KINDS + BUSY_TABLE_KINDS
+        unknown = [k for k in self.table_kinds if k not in known]
         if not self.table_kinds or unknown:
-            raise RenderError(f"table_kinds must be a non-empty subset of {list(TABLE_KINDS)}, "
+            raise RenderError(f"table_kinds must be a non-empty subset of {list(known)}, "
                               f"got {list(self.table_kinds)!r}")
         if not 0.0 <= float(self.contact_prob) <= 1.0:
             raise RenderError(f"contact_prob must lie in [0, 1], got {self.contact_prob!r}")
