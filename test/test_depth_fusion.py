@@ -285,3 +285,41 @@ def test_fusion_adds_a_colour_box_inside_a_depth_box_only_at_another_height():
     dark[by:by + bh, bx:bx + bw] = 0.0
     holey = propose_depth_boxes(dark, K, joined)
     assert label in fuse_proposals(holey, [label], joined, max_count=10)
+
+
+def test_fusion_leaves_out_a_network_box_lying_flat_on_the_table():
+    """``fuse_network_flat_m``: a network box whose usable depth lies flat on the table (a
+    print on a cloth: 98th percentile of its heights under 8 mm, median not below the
+    plane) is left out; a fork-thin object 12 mm high beside it is kept, with sensor-like
+    noise too. Kept as well: a box with too little depth to judge (holes), one whose depth
+    lies below the plane (a shiny object's multipath returns), and every box with 0."""
+    from vl_distill_ros.perception.depth_fusion import FLAT_MIN_SAMPLES, flat_on_support
+
+    fork = (0.0, -0.15, 0.15, 0.02, 0.012)
+    depth, truth = render_tabletop(OBJECTS + [fork])
+    cfg = DepthProposalConfig()
+    printed = (420, 40, 50, 30)                           # bare table in the frame
+    assert not any(box_iou(printed, t) > 0 for t in truth)
+    network = [truth[0], truth[3], printed]
+
+    def fused_with(d: np.ndarray, c: DepthProposalConfig = cfg) -> list:
+        return fuse_proposals(propose_depth_boxes(d, K, c), [], c, 10, network_boxes=network)
+
+    fused = fused_with(depth)
+    assert printed not in fused and _matched(truth[:1] + truth[3:], fused) == 2
+    found = propose_depth_boxes(depth, K, cfg)
+    assert flat_on_support(found, printed, cfg) and not flat_on_support(found, truth[3], cfg)
+    assert printed in fused_with(depth, dataclasses.replace(cfg, fuse_network_flat_m=0.0))
+    noisy = depth + np.random.default_rng(0).normal(0, 0.0015, depth.shape).astype(np.float32)
+    fused = fused_with(noisy)
+    assert printed not in fused and _matched(truth[:1] + truth[3:], fused) == 2
+    holes = depth.copy()
+    holes[40:70, 420:445] = 0.0                           # half of its depth missing
+    assert printed in fused_with(holes)
+    below = depth.copy()
+    below[40:70, 420:470] += 0.03                         # 3 cm behind the table
+    assert printed in fused_with(below)
+    assert FLAT_MIN_SAMPLES > 0 and not flat_on_support(
+        dataclasses.replace(found, height_grid=None), printed, cfg)
+    with pytest.raises(DepthError, match="fuse_network_flat_m"):
+        DepthProposalConfig(fuse_network_flat_m=1.5)

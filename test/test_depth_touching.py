@@ -493,3 +493,67 @@ def test_a_small_rendered_table_over_the_floor_is_found_as_the_support(scene_ren
     assert raised == 3 and found >= total - 1, (raised, found, total)
     with pytest.raises(RenderError, match="table_length_m"):
         SceneSpec(table_length_m=(0.1, 0.5)).validate()
+
+
+def test_busy_table_cloths_are_drawn_only_when_named(scene_renderer):
+    """``table_kinds`` (``make-bag --table-kinds``): a scene laid with a busy cloth has it
+    (``meta["table"]["kind"]``) and its objects are still found by depth; the default kinds
+    never draw one, so the bags made before them render as they did."""
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
+    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
+    from vl_distill_ros.sim.meshes import RenderError
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+    from vl_distill_ros.sim.scene_spec import BUSY_TABLE_KINDS, TABLE_KINDS
+
+    assert not set(BUSY_TABLE_KINDS) & set(TABLE_KINDS)
+    assert SceneSpec().table_kinds == TABLE_KINDS
+    pool = ["005_tomato_soup_can", "003_cracker_box", "011_banana", "025_mug"]
+    found, total = 0, 0
+    for seed, kind in enumerate(BUSY_TABLE_KINDS):
+        spec = SceneSpec(width=320, height=240, objects_per_scene=(2, 2), depth=True,
+                         table_kinds=(kind,), distance_m=(0.8, 0.9))
+        spec.validate()
+        frame = render_scene(scene_renderer, pool, np.random.default_rng(seed), spec)
+        assert frame.meta["table"]["kind"] == kind
+        k = CameraIntrinsics(*frame.intrinsics, 320, 240)
+        truth = [o.bbox for o in frame.objects]
+        found += len(match_boxes(truth, propose_depth_boxes(frame.depth, k).boxes, 0.5))
+        total += len(truth)
+    assert found >= total - 1, (found, total)
+    with pytest.raises(RenderError, match="table_kinds"):
+        SceneSpec(table_kinds=("wood", "marble")).validate()
+
+
+def test_depth_leaves_out_the_box_network_s_boxes_of_a_printed_cloth(scene_renderer):
+    """On a table laid with a printed cloth (``table_kinds=("print",)``) the shipped box
+    network boxes the cloth's flowers and dots as objects; with depth the fusion leaves
+    those boxes out (``fuse_network_flat_m``: nothing in them stands off the table) and
+    keeps every object it found with the rule off."""
+    import dataclasses
+
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
+    from vl_distill_ros.perception.depth_fusion import fuse_proposals
+    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
+    from vl_distill_ros.perception.proposals import network_detections
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    pool = ["005_tomato_soup_can", "003_cracker_box", "011_banana", "025_mug",
+            "030_fork", "012_strawberry"]
+    spec = SceneSpec(width=640, height=480, objects_per_scene=(3, 3), depth=True,
+                     table_kinds=("print",), distance_m=(0.7, 0.8))
+    cfg = DepthProposalConfig()
+    off = dataclasses.replace(cfg, fuse_network_flat_m=0.0)
+    tally = {"on": [0, 0], "off": [0, 0]}
+    for seed in range(2):
+        frame = render_scene(scene_renderer, pool, np.random.default_rng(seed), spec)
+        k = CameraIntrinsics(*frame.intrinsics, 640, 480)
+        truth = [o.bbox for o in frame.objects]
+        network = network_detections(frame.image, ProposalConfig()).boxes
+        for name, c in (("on", cfg), ("off", off)):
+            fused = fuse_proposals(propose_depth_boxes(frame.depth, k, c), [], c, 32, network)
+            found = len(match_boxes(truth, fused, 0.5))
+            tally[name][0] += found
+            tally[name][1] += len(fused) - found
+    assert tally["off"][1] >= 10, tally        # the network boxes the print
+    assert tally["on"][1] <= tally["off"][1] // 3 and tally["on"][0] >= tally["off"][0], tally

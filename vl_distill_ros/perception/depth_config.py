@@ -207,6 +207,17 @@ class DepthProposalConfig:
     #: :data:`~.depth_fusion.WEAK_MATCH_IOU`) and no network box does: depth and the
     #: network each saw that object, the network without confidence. 0: off.
     fuse_network_weak_score: float = 0.15
+    #: A network box lying flat on the support surface is left out: at least
+    #: ``fuse_network_flat_valid`` of its grid samples have usable depth (at least
+    #: :data:`~.depth_fusion.FLAT_MIN_SAMPLES` of them), the 98th percentile of their
+    #: heights above the plane is under ``fuse_network_flat_m`` and their median over minus
+    #: that (:func:`~.depth_fusion.flat_on_support`): a print on the table (a patterned
+    #: cloth's flowers, a placemat, a magazine), which looks like an object in colour and
+    #: has no height. The thinnest objects stand higher (a fork's 98th percentile 13 mm or
+    #: more on the rendered bags; a printed cloth's motifs 3 mm, 90% of them under 5 mm);
+    #: a box with too little depth (a black or shiny object) is kept. 0: off.
+    fuse_network_flat_m: float = 0.008
+    fuse_network_flat_valid: float = 0.7
     #: With the box network on, the colour model's boxes (``box_net_colour: apart``) join the fusion
     #: too; off (the default) the fusion takes the network's boxes and depth's
     #: (:func:`~.depth_fusion.fusion_colour_config`): on the tuning bags the colour model added no
@@ -319,7 +330,7 @@ class DepthProposalConfig:
                      "fuse_split_height_m", "fuse_split_height_frac", "fuse_split_cover",
                      "fuse_network_iou", "fuse_network_partial_iou", "fuse_network_refine_iou",
                      "fuse_network_part_containment", "fuse_network_inside",
-                     "fuse_network_weak_score",
+                     "fuse_network_weak_score", "fuse_network_flat_m", "fuse_network_flat_valid",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m",
                      "sparse_fill_frac", "close_view_m"):

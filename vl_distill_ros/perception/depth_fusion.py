@@ -22,7 +22,8 @@ from .depth_proposals import DepthProposals
 from .proposal_config import ProposalConfig
 
 __all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",
-           "fuse_depth_colour", "refine_network_boxes", "split_by_colour",
+           "fuse_depth_colour", "refine_network_boxes", "split_by_colour", "flat_on_support",
+           "FLAT_MIN_SAMPLES",
            "SUPPORT_MIN_RAISED", "WEAK_MATCH_IOU", "SPLIT_CONTAINMENT", "SPLIT_MAX_AREA",
            "SPLIT_MAX_OVERLAP"]
 
@@ -36,7 +37,8 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     of them is at most ``fuse_network_iou``: the network separates objects in contact
     that depth joins, and depth adds what the network missed. A network box whose raised
     samples stand beyond the support surface (:func:`_on_support`, as the colour boxes of
-    :func:`fuse_depth_colour`) is left out. Without a support plane the colour boxes
+    :func:`fuse_depth_colour`) is left out, and so is one lying flat on it
+    (:func:`flat_on_support`: a print on the table). Without a support plane the colour boxes
     alone; at most ``max_count``. With ``fuse_network_refine_iou``, a network box that a
     depth box matches is moved halfway to it (:func:`refine_network_boxes`). A box left
     out beside the network's is added when one of ``weak_network_boxes`` (the network's
@@ -57,7 +59,8 @@ def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box]
     was calibrated; the refined box is where the object is), for every other box the box
     itself."""
     fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
-    network = [b for b in network_boxes or () if _on_support(depth, b, cfg)] \
+    network = [b for b in network_boxes or ()
+               if _on_support(depth, b, cfg) and not flat_on_support(depth, b, cfg)] \
         if depth.plane is not None else []
     if not network:
         return fused, list(fused)
@@ -150,6 +153,31 @@ def _on_support(depth: DepthProposals, box: Box, cfg: DepthProposalConfig) -> bo
     window = _box_cells(depth, [int(round(v)) for v in box])
     cells = depth.height_grid[window]
     return _supported(depth, window, _raised(depth, window, cfg) & (cells < cfg.max_height_m))
+
+
+#: :func:`flat_on_support`: a box with fewer usable grid samples than this is not judged.
+FLAT_MIN_SAMPLES = 16
+
+
+def flat_on_support(depth: DepthProposals, box: Box, cfg: DepthProposalConfig) -> bool:
+    """Whether ``box`` (found in the colour image) lies flat on the support surface: at
+    least ``fuse_network_flat_valid`` of its grid samples (and :data:`FLAT_MIN_SAMPLES`)
+    have usable depth and the 98th percentile of their heights above the plane is under
+    ``fuse_network_flat_m`` while their median is over minus that: the box's depth lies on
+    the plane. A pattern printed on the table (a cloth's flowers, a placemat) looks like an
+    object to the box network and has no height; every object stands higher somewhere in
+    its box, the thinnest (a fork, a knife) by a centimetre. Depth far below the plane (a
+    shiny object's multipath returns) is not taken for flat. False without a height grid or
+    with ``fuse_network_flat_m`` 0. (A transparent object whose depth is the table's
+    behind it would be taken for flat: ``fuse_network_flat_m: 0`` keeps it.)"""
+    if cfg.fuse_network_flat_m <= 0 or depth.height_grid is None:
+        return False
+    cells = depth.height_grid[_box_cells(depth, [int(round(v)) for v in box])]
+    heights = cells[np.isfinite(cells)]
+    if heights.size < max(FLAT_MIN_SAMPLES, cfg.fuse_network_flat_valid * cells.size):
+        return False
+    middle, high = np.percentile(heights, [50, 98])
+    return float(high) < cfg.fuse_network_flat_m and float(middle) > -cfg.fuse_network_flat_m
 
 
 def _raised(depth: DepthProposals, window: tuple[slice, slice],
