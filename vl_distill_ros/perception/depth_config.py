@@ -213,7 +213,7 @@ class DepthProposalConfig:
     #: heights above the plane is under ``fuse_network_flat_m`` and their median over minus
     #: that (:func:`~.depth_fusion.flat_on_support`): a print on the table (a patterned
     #: cloth's flowers, a placemat, a magazine), which looks like an object in colour and
-    #: has no height. The thinnest objects stand higher (a fork's 98th percentile 13 mm or
+    #: has no height. The thinnest objects stand higher (a fork's 98th percentile 11 mm or
     #: more on the rendered bags; a printed cloth's motifs 3 mm, 90% of them under 5 mm);
     #: a box with too little depth (a black or shiny object) is kept. 0: off.
     fuse_network_flat_m: float = 0.008
