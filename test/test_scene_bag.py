@@ -481,6 +481,25 @@ def test_make_bag_missing_models_is_exit_2(tmp_path: Path, capsys):
     assert not (tmp_path / "bag").exists()
 
 
+def test_make_bag_table_kinds_and_size_both_reach_the_scene(ycb_models: Path, tmp_path: Path):
+    """``--table-kinds`` and ``--table-size`` together: the scene spec has both (a busy
+    cloth on a small table), and without ``--table-kinds`` the plain kinds of earlier bags."""
+    from vl_distill_ros.commands import make_bag
+    from vl_distill_ros.sim.scene_spec import TABLE_KINDS
+
+    parser = argparse.ArgumentParser()
+    make_bag.register(parser.add_subparsers())
+    for extra, kinds in ((["--table-kinds", "print,plaid,print"], ("print", "plaid")),
+                         ([], TABLE_KINDS)):
+        args = parser.parse_args(["make-bag", "--out", str(tmp_path / "bag"), "--models-dir",
+                                  str(ycb_models), "--objects", BAG_KEYS,
+                                  "--table-size", "0.4,0.7", *extra])
+        spec, _, _, renderer = make_bag._setup(args)
+        renderer.close()
+        assert spec.table_kinds == kinds
+        assert spec.table_length_m == spec.table_width_m == (0.4, 0.7)
+
+
 def test_make_bag_fov_sets_the_cameras_focal_length(ycb_models: Path, tmp_path: Path,
                                                     repo_root: Path):
     """``--fov-y``: the camera_info of a narrow camera (YCB-Video's Xtion sees about 25

@@ -241,7 +241,7 @@ def _setup(args: argparse.Namespace):
     table: dict = {"table_kinds": _table_kinds(getattr(args, "table_kinds", None))}
     if getattr(args, "table_size", None) is not None:
         size = _parse_range(args.table_size, "--table-size", cast=float, sep=",")
-        table = {"table_length_m": size, "table_width_m": size}
+        table.update(table_length_m=size, table_width_m=size)
     spec = SceneSpec(width=args.width, height=args.height, objects_per_scene=per_scene,
                      hand_camera=bool(args.hand_camera), hand_width=args.hand_width,
                      hand_height=args.hand_height, noise_sigma=noise, distance_m=distance,
