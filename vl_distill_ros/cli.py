@@ -1,12 +1,12 @@
-"""The ``vl-distill`` command: render, train, eval, export, ablate."""
+"""The ``vl-distill`` command: one subcommand per module of :mod:`.commands`."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Sequence
 
-from .commands import (ablate, evaluate, export, make_bag, render, replay_eval, train,
-                       train_box_net)
+from .commands import (ablate, evaluate, export, import_bop, make_bag, render, replay_eval,
+                       train, train_box_net)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil a vision-language teacher into a small open-vocabulary student "
                     "(Li et al., ICCV 2023) and evaluate it.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (render, train, evaluate, export, ablate, make_bag, replay_eval,
-                   train_box_net):
+    for module in (render, train, evaluate, export, ablate, make_bag, import_bop,
+                   replay_eval, train_box_net):
         module.register(sub)
     return parser
 
