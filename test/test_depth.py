@@ -299,6 +299,20 @@ def test_objects_on_a_table_seen_at_a_grazing_angle_stand_on_its_surface(tilt_de
     assert _matched(truth, found.boxes) == 3 and len(found.boxes) == 3
 
 
+def test_every_depth_setting_is_in_the_yaml_and_the_readme_table():
+    """Each ``DepthProposalConfig`` field is set in ``config/depth_proposals.yaml`` (the file
+    the node's ``depth_proposal_config`` copies) and has a row in the README's table."""
+    import re
+
+    yaml_text = (REPO / "config" / "depth_proposals.yaml").read_text()
+    rows = [line for line in (REPO / "README.md").read_text().splitlines()
+            if line.startswith("| `")]
+    names = [f.name for f in dataclasses.fields(DepthProposalConfig)]
+    assert len(names) > 60
+    assert [n for n in names if not re.search(rf"^{n}:", yaml_text, re.M)] == []
+    assert [n for n in names if not any(f"`{n}`" in r.split(" | ")[0] for r in rows)] == []
+
+
 def test_depth_config_yaml_holds_the_defaults_and_bad_files_are_rejected(tmp_path):
     assert load_depth_config(REPO / "config" / "depth_proposals.yaml") == DepthProposalConfig()
     bad = tmp_path / "bad.yaml"

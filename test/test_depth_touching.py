@@ -557,3 +557,45 @@ def test_depth_leaves_out_the_box_network_s_boxes_of_a_printed_cloth(scene_rende
             tally[name][1] += len(fused) - found
     assert tally["off"][1] >= 10, tally        # the network boxes the print
     assert tally["on"][1] <= tally["off"][1] // 3 and tally["on"][0] >= tally["off"][0], tally
+
+
+def test_network_boxes_stay_where_depth_took_a_furniture_side_for_the_table(
+        ycb_models, tmp_path):
+    """A small table with furniture beyond it (``make-bag --furniture 4 --table-size
+    0.4,0.7``, seed 217, frame 14): the largest plane depth finds is a cabinet's side, not
+    the table, so depth finds no object, and the support test took the box network's
+    box of the screwdriver on the table for something beyond it. With
+    ``fuse_network_support_min_boxes`` (1) the network's boxes stay; with 0 the
+    screwdriver is lost as before."""
+    import dataclasses
+
+    from vl_distill_ros import cli
+    from vl_distill_ros.bags.bag_io import read_camera_bag
+    from vl_distill_ros.perception.boxes import box_iou
+    from vl_distill_ros.perception.depth_fusion import fuse_proposals
+    from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
+    from vl_distill_ros.perception.proposals import network_detections
+
+    bag = tmp_path / "furn217"
+    assert cli.main(["make-bag", "--depth", "--no-progress", "--out", str(bag), "--frames",
+                     "15", "--seed", "217", "--furniture", "4", "--table-size", "0.4,0.7",
+                     "--models-dir", str(ycb_models)]) == 0
+    contents = read_camera_bag(bag)
+    frame = list(contents.rgbd_frames(tolerance_ns=0))[14]
+    truth = {o.label: o.bbox for o in contents.objects_for(frame.topic, frame.stamp_ns)}
+    screwdriver = truth["phillips screwdriver"]
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(frame.depth, frame.intrinsics(), cfg)
+    assert found.plane is not None and found.boxes == []
+    normal = np.asarray(found.plane[:3])
+    assert abs(normal[0]) > 0.5          # a side facing the camera from the right: no table
+    network = network_detections(frame.image, ProposalConfig()).boxes
+    assert any(box_iou(b, screwdriver) >= 0.5 for b in network)
+
+    def found_screwdriver(c: DepthProposalConfig) -> bool:
+        fused = fuse_proposals(found, [], c, 32, network)
+        return any(box_iou(b, screwdriver) >= 0.5 for b in fused)
+
+    assert found_screwdriver(cfg)
+    assert not found_screwdriver(dataclasses.replace(cfg, fuse_network_support_min_boxes=0))

@@ -264,3 +264,25 @@ def test_the_gaps_of_sparse_depth_between_cells_on_the_plane_are_filled():
     assert broken is None or sum(broken.holds(at(row, col)) for row, col in cells) < 0.75 * held
     step = 2 / K.fx
     assert not region.holds(at(150, 199 + round(0.15 / step)))
+
+
+def test_depth_that_found_no_object_does_not_judge_the_network_s_boxes_by_the_support():
+    """A frame where depth finds no object of its own (here an empty table; on real scenes
+    also a plane that is not the table, see the rendered case in test_depth_touching) leaves
+    the network's boxes as they are (``fuse_network_support_min_boxes`` 1): the cabinet's
+    box beyond the empty table stays, as colour alone would have it; with 0 the support
+    surface judges it as on a table with objects."""
+    depth, owner = cast_room([CABINET])
+    cabinet = _box(owner, 0)
+    cfg = dataclasses.replace(DepthProposalConfig(), fuse_network_refine_iou=0.0)
+    found = propose_depth_boxes(depth, K, cfg)
+    assert found.plane is not None and found.boxes == []
+    assert fuse_proposals(found, [], cfg, 10, network_boxes=[cabinet]) == [cabinet]
+    always = dataclasses.replace(cfg, fuse_network_support_min_boxes=0)
+    assert fuse_proposals(found, [], always, 10, network_boxes=[cabinet]) == []
+    # with an object on the table depth finds it, and the cabinet's box is left out again
+    depth, owner = cast_room([MUG, CABINET])
+    found = propose_depth_boxes(depth, K, cfg)
+    assert len(found.boxes) == 1
+    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[_box(owner, 1), _box(owner, 0)])
+    assert fused == [_box(owner, 0)]

@@ -218,6 +218,14 @@ class DepthProposalConfig:
     #: a box with too little depth (a black or shiny object) is kept. 0: off.
     fuse_network_flat_m: float = 0.008
     fuse_network_flat_valid: float = 0.7
+    #: The network's boxes are left out for standing beyond the support surface
+    #: (``support_*``, :func:`~.depth_fusion._on_support`) only in a frame where depth found
+    #: at least this many boxes itself. Depth that finds no object where the network finds
+    #: some has not seen the table: its plane is another surface (a cabinet's or a large
+    #: box's side, the floor under a small table), and the network's objects on the table
+    #: stand "beyond" it (session 48: 2 of 690 objects on small tables with furniture, no
+    #: other change on the looked-at groups). 0: the support test always applies.
+    fuse_network_support_min_boxes: int = 1
     #: With the box network on, the colour model's boxes (``box_net_colour: apart``) join the fusion
     #: too; off (the default) the fusion takes the network's boxes and depth's
     #: (:func:`~.depth_fusion.fusion_colour_config`): on the tuning bags the colour model added no
@@ -298,7 +306,7 @@ class DepthProposalConfig:
             raise DepthError(f"top_view_bin_m must be 0 (off) or in [0.002, 0.1], got "
                              f"{self.top_view_bin_m}")
         for name in ("split_min_points", "small_piece_points", "top_view_min_points",
-                     "taller_contact_cells"):
+                     "taller_contact_cells", "fuse_network_support_min_boxes"):
             if not 0 <= int(getattr(self, name)) <= 1_000_000:
                 raise DepthError(f"{name} must be in [0, 1000000], got "
                                  f"{getattr(self, name)}")

@@ -37,7 +37,8 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     of them is at most ``fuse_network_iou``: the network separates objects in contact
     that depth joins, and depth adds what the network missed. A network box whose raised
     samples stand beyond the support surface (:func:`_on_support`, as the colour boxes of
-    :func:`fuse_depth_colour`) is left out, and so is one lying flat on it
+    :func:`fuse_depth_colour`; only where depth found ``fuse_network_support_min_boxes``
+    boxes itself) is left out, and so is one lying flat on it
     (:func:`flat_on_support`: a print on the table). Without a support plane the colour boxes
     alone; at most ``max_count``. With ``fuse_network_refine_iou``, a network box that a
     depth box matches is moved halfway to it (:func:`refine_network_boxes`). A box left
@@ -59,8 +60,10 @@ def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box]
     was calibrated; the refined box is where the object is), for every other box the box
     itself."""
     fused = fuse_depth_colour(depth, colour_boxes, cfg, max_count)
+    judge_support = len(depth.boxes) >= cfg.fuse_network_support_min_boxes
     network = [b for b in network_boxes or ()
-               if _on_support(depth, b, cfg) and not flat_on_support(depth, b, cfg)] \
+               if (not judge_support or _on_support(depth, b, cfg))
+               and not flat_on_support(depth, b, cfg)] \
         if depth.plane is not None else []
     if not network:
         return fused, list(fused)
