@@ -199,7 +199,7 @@ def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
     if fit is None or fit[2] < cfg.min_plane_frac:
         out.note = "no support plane in the depth"
         return out
-    raised = raised_plane(cloud.points, fit[:2], cfg)
+    raised = raised_plane(cloud.points, fit[:2], cfg, cloud)
     (n, d), out.raised_plane = raised or fit[:2], raised is not None
     out.plane = (float(n[0]), float(n[1]), float(n[2]), d)
     height = cloud.points @ n.astype(np.float32) + np.float32(d)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
+from .depth_cloud import SQUARE_3X3, DepthCloud
 from .depth_config import DepthProposalConfig
 
 
@@ -145,7 +147,8 @@ RAISED_PLANE_BIN_M = 0.01
 
 
 def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
-                 cfg: DepthProposalConfig) -> tuple[np.ndarray, float] | None:
+                 cfg: DepthProposalConfig, cloud: DepthCloud | None = None
+                 ) -> tuple[np.ndarray, float] | None:
     """A support plane above the dominant ``plane`` of ``points``: ``(unit normal towards
     the camera, offset)``, or ``None``.
 
@@ -158,7 +161,13 @@ def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
     (``max_height_m``, above twice the inlier distance) above it as there are above the
     dominant plane and under it (objects on the floor beside a table keep the floor). The
     floor is the dominant plane when a small table fills less of the view; the table is
-    still the flat, level surface the objects stand on.
+    still the flat, level surface the objects stand on. With the ``cloud`` (its sample
+    grid; ``points`` are its points), the samples are counted on the whole grid, and a
+    group of them (8-connected on the grid) that runs into something taller than the band
+    along ``taller_contact_cells`` cells or more is not counted on either plane, as the
+    depth proposer drops such a cluster: the low part of a cabinet, a box or a wall beside
+    the table, or the table's own sides, stand in the band above the floor but are no
+    objects on it.
     """
     if float(cfg.raised_plane_frac) <= 0 or len(points) < 3:
         return None
@@ -189,7 +198,33 @@ def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
         return None
     # the support is the plane with the objects: within the height band above the raised
     # plane, not fewer samples than above the dominant one (and under the raised one)
+    if cloud is not None:
+        every = cloud.points.astype(np.float64)
+        thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * every[:, 2] ** 2
+        high, low = every @ n + d, every @ normal + float(plane[1])
+        on_raised = _standing(cloud, high, 2 * thr, cfg)
+        on_dominant = _standing(cloud, low, 2 * thr, cfg, under=high < -2 * thr)
+        return (n, d) if on_raised >= on_dominant else None
     low, top = above + float(cfg.raised_plane_min_m), float(cfg.max_height_m)
     on_raised = np.count_nonzero((high > 2 * thr) & (high < top))
     on_dominant = np.count_nonzero((low > 2 * thr) & (low < top) & (high < -2 * thr))
     return (n, d) if on_raised >= on_dominant else None
+
+
+def _standing(cloud: DepthCloud, height: np.ndarray, low: np.ndarray,
+              cfg: DepthProposalConfig, under: np.ndarray | None = None) -> int:
+    """How many samples of ``cloud`` stand in the height band above a plane (``height``
+    above it per sample, over ``low`` and under ``max_height_m``; among ``under`` only),
+    leaving out each group of them (8-connected on the grid) that touches a sample above
+    the band in ``taller_contact_cells`` cells or more (:func:`raised_plane`)."""
+    band = (height > low) & (height < cfg.max_height_m)
+    if under is not None:
+        band &= under
+    grid = cloud.scatter(band, False, bool)
+    if int(cfg.taller_contact_cells) > 0:
+        tall = cloud.scatter(height >= cfg.max_height_m, False, bool)
+        touch = cv2.dilate(tall.view(np.uint8), SQUARE_3X3) > 0
+        count, labels = cv2.connectedComponents(grid.view(np.uint8), connectivity=8)
+        contacts = np.bincount(labels[grid & touch], minlength=count)
+        grid &= contacts[labels] < int(cfg.taller_contact_cells)
+    return int(np.count_nonzero(grid))
