@@ -8,6 +8,7 @@ images, depth, intrinsics and ground truth, and ``replay-eval --offline`` the sa
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -222,11 +223,17 @@ def test_grey_jpeg_scenes_every_and_several_scenes(sample_frames, tmp_path, caps
     (lambda f: _edit(f, "scene_camera", lambda d: d["2"].update(cam_K=[0] * 9)), "cam_K"),
     (lambda f: _edit(f, "scene_camera", lambda d: d["1"].update(depth_scale=-1)),
      "depth_scale"),
+    (lambda f: _edit(f, "scene_camera", lambda d: d.update(first=d["1"])),
+     "image id 'first' is not an integer"),
     (lambda f: _edit(f, "scene_gt_info", lambda d: d["1"].pop()), "lists of the same length"),
     (lambda f: _edit(f, "scene_gt", lambda d: d["3"][0].update(obj_id=999)),
      "object id 999 is not in"),
     (lambda f: (f / "rgb" / "000002.png").unlink(), "no rgb/000002.png"),
     (lambda f: (f / "rgb" / "000002.png").write_text("not an image"), "neither JPEG nor PNG"),
+    (lambda f: ((f / "rgb" / "000002.png").unlink(), os.mkfifo(f / "rgb" / "000002.png")),
+     "a FIFO"),                                          # never blocks waiting for a writer
+    (lambda f: ((f / "scene_gt.json").unlink(), (f / "scene_gt.json").mkdir()),
+     "not a regular file"),
     (lambda f: (f / "depth" / "000003.png").unlink(), "no depth/000003.png"),
     (lambda f: cv2.imwrite(str(f / "depth" / "000001.png"), np.ones((10, 10), np.uint16)),
      "does not match its colour image"),

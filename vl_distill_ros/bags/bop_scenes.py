@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from vl_distill_ros.atomic_io import FileRejected, read_regular_file
 from vl_distill_ros.bags.bag_frames import BagFrame, GroundTruthObject
 from vl_distill_ros.bags.raw_io import BagError
 
@@ -130,26 +131,26 @@ def load_object_names(path: str | Path, vocabulary: Any = None) -> ObjectNames:
     return ObjectNames(names, str(path))
 
 
-def _object_id(raw: Any, where: str) -> int:
+def _object_id(raw: Any, where: str, what: str = "object id") -> int:
+    """``raw`` (a JSON or YAML key or value) as an id in ``[0, MAX_OBJECT_ID]``."""
     try:
         obj_id = int(raw)
     except (TypeError, ValueError):
-        raise BagError(f"{where}: object id {raw!r} is not an integer") from None
+        raise BagError(f"{where}: {what} {raw!r} is not an integer") from None
     if isinstance(raw, float) or not 0 <= obj_id <= MAX_OBJECT_ID:
-        raise BagError(f"{where}: object id {raw!r} is not an integer in [0, {MAX_OBJECT_ID}]")
+        raise BagError(f"{where}: {what} {raw!r} is not an integer in [0, {MAX_OBJECT_ID}]")
     return obj_id
 
 
 def _read_bytes(path: Path, limit: int, what: str) -> bytes:
+    """``path`` whole (:func:`~vl_distill_ros.atomic_io.read_regular_file`: a regular file of
+    at most ``limit`` bytes, never a FIFO or a device), errors as :class:`BagError`."""
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise BagError(f"{path}: {what} file of {size} bytes is larger than {limit}")
-        return path.read_bytes()
+        return read_regular_file(path, limit)
     except FileNotFoundError:
         raise BagError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise BagError(f"{path}: is a folder, not a {what} file") from None
+    except FileRejected as exc:
+        raise BagError(f"cannot read the {what} file: {exc}") from None
     except OSError as exc:
         raise BagError(f"{path}: cannot read the {what} file: {exc}") from None
 
@@ -198,7 +199,7 @@ def read_bop_scene(folder: str | Path) -> BopScene:
             raise BagError(f"{folder / name}: expected a mapping of image ids")
     cameras = {}
     for raw_id, cam in cams_raw.items():
-        image_id = _object_id(raw_id, str(folder / "scene_camera.json"))
+        image_id = _object_id(raw_id, str(folder / "scene_camera.json"), "image id")
         cameras[image_id] = _camera(cam, f"{folder / 'scene_camera.json'}, image {image_id}")
     objects = {}
     for image_id in cameras:
@@ -256,7 +257,7 @@ def _image_file(folder: Path, kinds: Sequence[str], image_id: int) -> Path | Non
     for kind in kinds:
         for suffix in _IMAGE_SUFFIXES:
             path = folder / kind / f"{image_id:06d}{suffix}"
-            if path.is_file():
+            if path.exists():   # not only a regular file: anything else is refused by name
                 return path
     return None
 
