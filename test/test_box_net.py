@@ -417,10 +417,21 @@ def test_an_onnx_model_that_is_not_a_box_network_is_refused(tmp_path):
 def test_targets_and_placement():
     from vl_distill_ros.training.box_net import place, targets
 
-    heat, size, offset, mask = targets(np.array([[16.0, 8.0, 48.0, 24.0]]), 64, 32)
+    heat, size, offset, mask, weight = targets(np.array([[16.0, 8.0, 48.0, 24.0]]), 64, 32)
     assert heat.shape == (4, 8) and mask.sum() == 1 and heat[2, 4] == 1.0 and mask[2, 4] == 1
     assert size[:, 2, 4].tolist() == pytest.approx([math.log(4.0), math.log(2.0)])
     assert offset[:, 2, 4].tolist() == pytest.approx([0.0, 0.0])
+    assert np.array_equal(weight, mask)  # CenterNet: the size is trained at the centre only
+    # TTFNet's size region: the Gaussian's cells around the centre, the same size written
+    # there, weights summing to 1 per object; the smaller of two objects wins shared cells.
+    two = np.array([[0.0, 0.0, 64.0, 32.0], [40.0, 8.0, 56.0, 24.0]])
+    heat, size, offset, mask, weight = targets(two, 64, 32, size_region=True)
+    assert mask.sum() == 2 and (weight > 0).sum() > 2
+    small = np.isclose(size[0], math.log(2.0)) & (weight > 0)
+    assert small.any() and weight[small].sum() == pytest.approx(1.0)
+    assert weight[2, 6] == weight[small].max()  # the small box's centre cell
+    assert 0 < weight[~small].sum() < 1.0  # the large box lost the cells the small one holds
+    assert np.allclose(size[0][(weight > 0) & ~small], math.log(8.0))
     rng = np.random.default_rng(0)
     img = np.zeros((40, 80, 3), np.uint8)
     boxes = np.array([[0.0, 0.0, 10.0, 10.0], [30.0, 10.0, 50.0, 30.0]], np.float32)
@@ -776,6 +787,25 @@ def test_the_mixed_config_trains_once_on_every_view_from_the_backbone(repo_root:
     names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3250)]
     chosen = [n for n in names if any(fnmatch.fnmatch(n, g) for g in cfg.bags)]
     assert chosen == names[:210]
+
+
+def test_the_ttf_config_trains_the_size_over_each_gaussian(repo_root: Path):
+    """``config/train_box_net_ttf.yaml`` (session 50's experiment): the first stage's bags
+    and schedule from the ImageNet backbone, the second stage's blurs, and the size head
+    trained over each object's Gaussian; any other ``size_targets`` is refused."""
+    from vl_distill_ros.config import ConfigError
+    from vl_distill_ros.training.box_net import BoxNetTrainConfig, load_box_net_config
+
+    cfg = load_box_net_config(repo_root / "config" / "train_box_net_ttf.yaml")
+    first = load_box_net_config(repo_root / "config" / "train_box_net.yaml")
+    second = load_box_net_config(repo_root / "config" / "train_box_net_finetune.yaml")
+    assert cfg.size_targets == "gaussian" and first.size_targets == "centre"
+    assert cfg.init_from == "" and cfg.pretrained == "imagenet"
+    assert (cfg.bags, cfg.iterations, cfg.lr) == (first.bags, first.iterations, first.lr)
+    assert (cfg.motion_blur_prob, cfg.motion_blur_max_px, cfg.defocus_max_sigma) == \
+        (second.motion_blur_prob, second.motion_blur_max_px, second.defocus_max_sigma)
+    with pytest.raises(ConfigError, match="size_targets"):
+        BoxNetTrainConfig(size_targets="everywhere")
 
 
 def test_each_box_net_stage_takes_its_own_bags(repo_root: Path):

@@ -41,6 +41,8 @@ from .augment import motion_kernel
 
 #: Output stride of :class:`BoxNetModel`.
 STRIDE = 8
+#: ``size_targets: gaussian`` trains the size head where an object's Gaussian is at least this.
+SIZE_REGION_MIN = 0.3
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ class BoxNetTrainConfig:
     #: node's ``box_net_input_width``).
     int8_frames: int = 128
     int8_input_width: int = 480
+    #: Where the size head is trained: ``centre``, at each object's centre cell (CenterNet,
+    #: the shipped network); ``gaussian``, at every cell of the object's Gaussian above
+    #: :data:`SIZE_REGION_MIN`, weighted by it and normalised per object (TTFNet, Liu et al.
+    #: 2020: more samples for the box's size, the same decoding).
+    size_targets: str = "centre"
 
     def __post_init__(self) -> None:
         checks = {
@@ -123,6 +130,7 @@ class BoxNetTrainConfig:
             "int8_frames": self.int8_frames == 0 or 2 <= self.int8_frames <= 512,
             "int8_input_width": 64 <= self.int8_input_width <= 1280
             and self.int8_input_width % 16 == 0,
+            "size_targets": self.size_targets in ("centre", "gaussian"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if str(self.init_from).lower().endswith(".onnx") and not self.freeze_batch_norm:
@@ -131,7 +139,7 @@ class BoxNetTrainConfig:
         if bad:
             raise ConfigError(f"box net training: invalid {', '.join(bad)} (input sides "
                               f"64-1280 and multiples of 16, pretrained imagenet|none, "
-                              f"zoom_min <= zoom_max)")
+                              f"zoom_min <= zoom_max, size_targets centre|gaussian)")
 
 
 def load_box_net_config(path: str | Path | None, overrides: Sequence[str] = ()
@@ -290,30 +298,42 @@ def place(img: np.ndarray, boxes: np.ndarray, size: tuple[int, int], zoom: float
     return canvas, cut.reshape(-1, 4)
 
 
-def targets(boxes: np.ndarray, width: int, height: int, stride: int = STRIDE
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def targets(boxes: np.ndarray, width: int, height: int, stride: int = STRIDE,
+            size_region: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """CenterNet targets of ``(x0, y0, x1, y1)`` input-pixel boxes: the heatmap (Gaussians,
-    1 at each centre cell), log sizes and offsets at the centre cells, and the centre mask
-    (the smaller box wins a shared cell)."""
+    1 at each centre cell), log sizes and offsets at the centre cells, the centre mask (the
+    smaller box wins a shared cell), and the size loss's weights: the centre mask, or with
+    ``size_region`` each object's Gaussian over :data:`SIZE_REGION_MIN` summing to 1 per
+    object (its log size written there too; the smaller box wins a shared cell)."""
     gh, gw = height // stride, width // stride
     heat = np.zeros((gh, gw), np.float32)
     size = np.zeros((2, gh, gw), np.float32)
     offset = np.zeros((2, gh, gw), np.float32)
     mask = np.zeros((gh, gw), np.float32)
+    weight = np.zeros((gh, gw), np.float32)
     yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     for i in np.argsort(-areas, kind="stable"):
         x0, y0, x1, y1 = boxes[i] / stride
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         sx, sy = max(0.5, (x1 - x0) / 6), max(0.5, (y1 - y0) / 6)
-        heat = np.maximum(heat, np.exp(-((xx - cx) ** 2 / (2 * sx ** 2)
-                                         + (yy - cy) ** 2 / (2 * sy ** 2))))
+        g = np.exp(-((xx - cx) ** 2 / (2 * sx ** 2) + (yy - cy) ** 2 / (2 * sy ** 2)))
+        heat = np.maximum(heat, g)
         ix, iy = min(gw - 1, max(0, int(cx))), min(gh - 1, max(0, int(cy)))
         heat[iy, ix] = 1.0
-        size[:, iy, ix] = [math.log(max(x1 - x0, 0.25)), math.log(max(y1 - y0, 0.25))]
+        log_size = [math.log(max(x1 - x0, 0.25)), math.log(max(y1 - y0, 0.25))]
+        if size_region:
+            g[iy, ix] = 1.0
+            region = g >= SIZE_REGION_MIN
+            weight[region] = g[region] / g[region].sum()
+            size[:, region] = np.array(log_size, np.float32)[:, None]
+        size[:, iy, ix] = log_size
         offset[:, iy, ix] = [min(max(cx - ix, 0.0), 1.0), min(max(cy - iy, 0.0), 1.0)]
         mask[iy, ix] = 1.0
-    return heat, size, offset, mask
+    if not size_region:
+        weight = mask.copy()
+    return heat, size, offset, mask, weight
 
 
 def make_batch(samples: Sequence[tuple[np.ndarray, np.ndarray]], indices: Sequence[int],
@@ -330,9 +350,10 @@ def make_batch(samples: Sequence[tuple[np.ndarray, np.ndarray]], indices: Sequen
             im, rng, cfg.motion_blur_prob, cfg.motion_blur_max_px, cfg.defocus_max_sigma,
             (cfg.exposure_min, cfg.exposure_max), cfg.noise_max_sigma, cfg.jpeg_min_quality)
             if cfg.photometric else im)
-        targs.append(targets(b, cfg.input_width, cfg.input_height))
+        targs.append(targets(b, cfg.input_width, cfg.input_height,
+                             size_region=cfg.size_targets == "gaussian"))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    return x, [torch.from_numpy(np.stack([t[k] for t in targs])) for k in range(4)]
+    return x, [torch.from_numpy(np.stack([t[k] for t in targs])) for k in range(5)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,9 +369,11 @@ class CenterNetLoss(nn.Module):
 
     def forward(self, outputs: Sequence[torch.Tensor], targs: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The total loss and its parts (``heatmap``, ``size``, ``offset``)."""
+        """The total loss and its parts (``heatmap``, ``size``, ``offset``); ``targs`` as
+        :func:`targets` returns them (without the fifth, the size loss weighs the centres)."""
         heat_logit, size, offset = outputs
-        heat, size_t, offset_t, mask = targs
+        heat, size_t, offset_t, mask = targs[:4]
+        weight = targs[4] if len(targs) > 4 else mask
         p = heat_logit[:, 0].sigmoid().clamp(1e-4, 1 - 1e-4)
         pos = heat.eq(1).float()
         pos_loss = torch.log(p) * (1 - p) ** self.alpha * pos
@@ -358,7 +381,7 @@ class CenterNetLoss(nn.Module):
         n = pos.sum().clamp(min=1)
         l_heat = -(pos_loss.sum() + neg_loss.sum()) / n
         m = mask[:, None]
-        l_size = (F.l1_loss(size, size_t, reduction="none") * m).sum() / n
+        l_size = (F.l1_loss(size, size_t, reduction="none") * weight[:, None]).sum() / n
         l_off = (F.l1_loss(offset.sigmoid(), offset_t, reduction="none") * m).sum() / n
         total = l_heat + l_size + l_off
         return total, {"heatmap": l_heat.item(), "size": l_size.item(), "offset": l_off.item()}
