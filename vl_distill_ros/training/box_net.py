@@ -370,10 +370,9 @@ class CenterNetLoss(nn.Module):
     def forward(self, outputs: Sequence[torch.Tensor], targs: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         """The total loss and its parts (``heatmap``, ``size``, ``offset``); ``targs`` as
-        :func:`targets` returns them (without the fifth, the size loss weighs the centres)."""
+        :func:`targets` returns them, batched."""
         heat_logit, size, offset = outputs
-        heat, size_t, offset_t, mask = targs[:4]
-        weight = targs[4] if len(targs) > 4 else mask
+        heat, size_t, offset_t, mask, weight = targs
         p = heat_logit[:, 0].sigmoid().clamp(1e-4, 1 - 1e-4)
         pos = heat.eq(1).float()
         pos_loss = torch.log(p) * (1 - p) ** self.alpha * pos
