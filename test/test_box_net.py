@@ -833,3 +833,44 @@ def test_each_box_net_stage_takes_its_own_bags(repo_root: Path):
     assert chosen("train_box_net_busy.yaml") == names[:50] + names[100:110] + names[240:280]
     busy = load_box_net_config(repo_root / "config" / "train_box_net_busy.yaml")
     assert busy.init_from == cfg.init_from and busy.freeze_batch_norm
+
+
+def test_a_head_stage_trains_the_head_and_leaves_the_backbone_as_loaded(repo_root, tmp_path):
+    """``train_layers: head`` (``config/train_box_net_head.yaml``, session 51): from the
+    shipped ONNX, a few steps change the head's and the lateral convolutions' weights and
+    leave every backbone weight and statistic as loaded; its bags are 60 of the first
+    stage's, 20 cut-border and the 30 clutter bags; any other ``train_layers`` is refused."""
+    import fnmatch
+
+    import torch
+
+    from vl_distill_ros.cli import main
+    from vl_distill_ros.config import ConfigError
+    from vl_distill_ros.training.box_net import (BoxNetModel, BoxNetTrainConfig,
+                                                 load_box_net_config, load_onnx_weights)
+
+    config = repo_root / "config" / "train_box_net_head.yaml"
+    cfg = load_box_net_config(config)
+    assert cfg.train_layers == "head" and cfg.freeze_batch_norm
+    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3280)]
+    assert [n for n in names if any(fnmatch.fnmatch(n, g) for g in cfg.bags)] == \
+        names[:50] + names[100:110] + names[170:190] + names[210:240]
+    loaded = BoxNetModel(pretrained=False)
+    load_onnx_weights(loaded, DEFAULT_BOX_NET)
+    before = {k: v.clone() for k, v in loaded.state_dict().items()}
+    sample = repo_root / "demo" / "sample_tabletop"
+    assert main(["train-box-net", "--config", str(config), "--no-progress",
+                 "--out", str(tmp_path / "head"), f"bags=[{sample}]",
+                 f"init_from={DEFAULT_BOX_NET}", "batch_size=2", "threads=1", "int8_frames=0",
+                 "iterations=2", "lr=0.01"]) == 0
+    after = torch.load(tmp_path / "head" / "box_net.pt", weights_only=True)
+    backbone = [k for k in before if k.split(".")[0] in ("stem", "to_s8", "to_s16")]
+    head = ("lat8", "lat16", "head", "heatmap", "size", "offset")
+    trained = [k for k in before if k.split(".")[0] in head]
+    assert len(backbone) > 100 and len(backbone) + len(trained) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in backbone)
+    assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("weight")
+               and not k.startswith("head.1") and not k.startswith("head.4"))
+    BoxNet(tmp_path / "head" / "box_net.onnx")
+    with pytest.raises(ConfigError, match="train_layers"):
+        BoxNetTrainConfig(train_layers="neck")
