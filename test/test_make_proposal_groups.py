@@ -72,3 +72,30 @@ def test_paths_and_list_make_nothing(tool, tmp_path, capsys, repo_root):
     out = capsys.readouterr().out
     assert "h206 (held out)" in out and "--hand-camera" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_measure_runs_proposals_recall_per_group_and_totals_them(tool, tmp_path, capsys,
+                                                                 monkeypatch):
+    """``--measure``: each group's bags go through ``bench/proposals_recall.py --depth`` (the
+    shipped sample bag here, as one looked-at and one held-out group), each group's JSON is
+    kept, and the printed table holds each group's and each set's found and false boxes as
+    proposals_recall counted them; a bad ``-p`` fails loudly."""
+    monkeypatch.setitem(tool.GROUPS, "mini", (False, {"sample": ""}))
+    monkeypatch.setitem(tool.GROUPS, "hmini", (True, {"sample": ""}))
+    results = tmp_path / "results"
+    assert tool.main([str(tmp_path / "out"), "--groups", "mini", "hmini", "--measure",
+                      "--results", str(results)]) == 0
+    table = json.loads(capsys.readouterr().out)
+    raw = json.loads((results / "mini.json").read_text())["depth"]["all"]
+    assert raw["auto"]["objects"] > 100 and raw["auto"]["frames"] == 60
+    for g, total in (("mini", "looked_at"), ("hmini", "held_out")):
+        for kind in ("colour", "depth", "auto"):
+            assert table["groups"][g][kind]["found"] == raw[kind]["matched"]
+            assert table["groups"][g][kind]["false_boxes"] == raw[kind]["false_positives"]
+            assert table[total][kind] == table["groups"][g][kind]
+        assert table[total]["objects"] == raw["auto"]["objects"]
+    auto = table["looked_at"]["auto"]
+    assert auto["found_pct"] == round(100 * auto["found"] / raw["auto"]["objects"], 1) > 90
+    assert tool.main([str(tmp_path / "out"), "--groups", "mini", "--measure",
+                      "-p", "no_such_field=1"]) == 1
+    assert "proposals_recall failed on mini" in capsys.readouterr().err

@@ -15,6 +15,8 @@ Usage::
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR               # all 17 groups
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --groups tuning cut
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --list        # nothing made
+    .venv/bin/python tools/make_proposal_groups.py OUT_DIR --measure [--jobs 2] \
+        [--results DIR] [-p FIELD=VALUE ...]       # make, then measure every group
 
 (about 6 minutes for all 17 groups on one core of the 2-core development machine; the
 sample bag of the ``guard`` group is ``demo/sample_tabletop``, shipped.) Then, e.g.::
@@ -25,6 +27,7 @@ sample bag of the ``guard`` group is ``demo/sample_tabletop``, shipped.) Then, e
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -134,6 +137,66 @@ def bag_paths(group: str, out_dir: Path) -> list[Path]:
     return [SAMPLE_BAG if name == "sample" else out_dir / name for name in GROUPS[group][1]]
 
 
+KINDS = ("colour", "depth", "auto")
+
+
+def summarise(results: dict[str, dict]) -> dict:
+    """The table of a measurement: per group (``bench/proposals_recall.py --depth`` objects
+    in ``results``) and over the looked-at and held-out groups, each proposer's objects
+    found and false boxes (in all and a frame), as the README's table gives them."""
+    def row(objects: int, frames: int, tallies: dict[str, list[int]]) -> dict:
+        return {"objects": objects, "frames": frames, **{
+            k: {"found": f, "found_pct": round(100.0 * f / max(1, objects), 1),
+                "false_boxes": fp, "false_per_frame": round(fp / max(1, frames), 2)}
+            for k, (f, fp) in tallies.items()}}
+
+    groups, totals = {}, {}
+    for g, result in results.items():
+        depth = result["depth"]["all"]
+        tallies = {k: [depth[k]["matched"], depth[k]["false_positives"]] for k in KINDS}
+        groups[g] = row(depth["auto"]["objects"], depth["auto"]["frames"], tallies)
+        total = totals.setdefault("held_out" if GROUPS[g][0] else "looked_at",
+                                  {"objects": 0, "frames": 0, **{k: [0, 0] for k in KINDS}})
+        total["objects"] += groups[g]["objects"]
+        total["frames"] += groups[g]["frames"]
+        for k in KINDS:
+            total[k] = [a + b for a, b in zip(total[k], tallies[k])]
+    return {"groups": groups, **{name: row(t.pop("objects"), t.pop("frames"), t)
+                                 for name, t in totals.items()}}
+
+
+def measure(groups: Sequence[str], out_dir: Path, params: Sequence[str], jobs: int,
+            results_dir: Path | None) -> dict:
+    """Run ``bench/proposals_recall.py --depth --no-labels`` (plus ``-p`` ``params``) on each
+    group's bags, ``jobs`` groups at a time; keep each group's JSON in ``results_dir``
+    (optional); return :func:`summarise`'s table.
+
+    Raises:
+        RuntimeError: a measurement failed (its exit status and the end of its stderr).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    bench = ROOT / "bench" / "proposals_recall.py"
+
+    def one(g: str) -> dict:
+        cmd = [sys.executable, str(bench), "--depth", "--no-labels",
+               *[a for p in params for a in ("-p", p)],
+               "--bags", *map(str, bag_paths(g, out_dir))]
+        print(f"[make_proposal_groups] measuring {g}", file=sys.stderr)
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode:
+            raise RuntimeError(f"proposals_recall failed on {g} ({done.returncode}): "
+                               f"{done.stderr[-500:]}")
+        if results_dir is not None:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            (results_dir / f"{g}.json").write_text(done.stdout)
+        return json.loads(done.stdout)
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        results = dict(zip(groups, pool.map(one, groups)))
+    return summarise(results)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="print the bag paths of GROUP on one line; make nothing")
     ap.add_argument("--models-dir", type=Path, default=None,
                     help="YCB models directory (default: make-bag's)")
+    ap.add_argument("--measure", action="store_true",
+                    help="after making them, measure the groups with bench/proposals_recall.py "
+                         "--depth and print the table as JSON on stdout")
+    ap.add_argument("-p", "--param", dest="params", action="append", default=[],
+                    metavar="FIELD=VALUE", help="with --measure: a ProposalConfig override "
+                    "passed on to proposals_recall (repeatable)")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="with --measure: groups measured at once (default 2)")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="with --measure: keep each group's proposals_recall JSON here")
     args = ap.parse_args(argv)
     if args.paths:
         print(" ".join(str(p) for p in bag_paths(args.paths, args.out_dir)))
@@ -171,6 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if code:
                 print(f"error: make-bag failed for {name} ({code})", file=sys.stderr)
                 return code
+    if args.measure:
+        try:
+            table = measure(groups, args.out_dir, args.params, args.jobs, args.results)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps({"params": args.params, **table}, indent=2))
+        return 0
     for g in groups:
         print(f"{g}: {' '.join(str(p) for p in bag_paths(g, args.out_dir))}")
     return 0
