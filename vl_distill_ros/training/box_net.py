@@ -110,7 +110,7 @@ class BoxNetTrainConfig:
     #: backbone (stem and EfficientNet-Lite0 blocks) frozen, its batch norms in eval mode and
     #: no gradients through it, so only the pyramid's lateral convolutions and the CenterNet
     #: head learn (a stage on new data that cannot change the features the first stage
-    #: learnt; about a third of a full step's time).
+    #: learnt; about half a whole-network step's time).
     train_layers: str = "all"
 
     def __post_init__(self) -> None:
