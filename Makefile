@@ -89,16 +89,22 @@ default-bundle: setup
 	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx --int8
 
 # The shipped box network (needs the YCB models at ../shared/ycb_models): 130 training bags
-# (~23 min on one core), then 5000 steps on 2 CPU cores (~78 min), then 1500 steps of
-# fine-tuning with motion blur added (config/train_box_net_finetune.yaml, ~25 min), which
-# also writes the INT8 copy (box_net_int8.onnx, ~1 min; box-net-int8 makes it alone).
+# and 50 more of cut borders and crowded close tables (~32 min on one core), then 5000 steps
+# on 2 CPU cores (~78 min), 1500 steps of fine-tuning with motion blur added
+# (config/train_box_net_finetune.yaml, ~25 min), a third stage of 1500 steps on the cut and
+# crowded views (config/train_box_net_third.yaml, ~26 min), the blend 0.6 * second stage +
+# 0.4 * third stage (tools/blend_box_nets.py, WiSE-FT) and its INT8 copy (box_net_int8.onnx,
+# ~1 min; box-net-int8 makes it alone).
 box-net: setup
-	$(PY) tools/make_box_net_bags.py data/box_net_bags
+	$(PY) tools/make_box_net_bags.py data/box_net_bags --cut-border 20 --clutter 30
 	$(VENV)/bin/vl-distill train-box-net --out runs/box_net --no-progress int8_frames=0
 	$(VENV)/bin/vl-distill train-box-net --config config/train_box_net_finetune.yaml \
-	    --out runs/box_net_finetune --no-progress
-	cp runs/box_net_finetune/box_net.onnx vl_distill_ros/bundles/box_net.onnx
-	cp runs/box_net_finetune/box_net_int8.onnx vl_distill_ros/bundles/box_net_int8.onnx
+	    --out runs/box_net_finetune --no-progress int8_frames=0
+	$(VENV)/bin/vl-distill train-box-net --config config/train_box_net_third.yaml \
+	    --out runs/box_net_third --no-progress
+	$(PY) tools/blend_box_nets.py runs/box_net_finetune/box_net.onnx \
+	    runs/box_net_third/box_net.onnx --weight 0.4 --out vl_distill_ros/bundles/box_net.onnx
+	$(MAKE) box-net-int8
 
 # The INT8 copy of the shipped box network alone (needs data/box_net_bags, as box-net).
 box-net-int8: setup

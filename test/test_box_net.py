@@ -678,14 +678,14 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
         return PipelineSettings.from_params(replay.node_parameter_values(values))
 
     default = settings().proposal_cfg
-    assert default.box_net == "default" and default.box_net_threshold == 0.4
+    assert default.box_net == "default" and default.box_net_threshold == 0.5
     assert settings(proposal_box_net="off").proposal_cfg.box_net == "off"
     assert settings(proposal_box_net="default_int8").proposal_cfg.box_net == "default_int8"
     other = tmp_path / "copy.onnx"
     other.write_bytes(DEFAULT_BOX_NET.read_bytes())
-    chosen = settings(proposal_box_net=str(other), proposal_box_net_threshold=0.5)
+    chosen = settings(proposal_box_net=str(other), proposal_box_net_threshold=0.6)
     assert chosen.proposal_cfg.box_net == str(other)
-    assert chosen.proposal_cfg.box_net_threshold == 0.5
+    assert chosen.proposal_cfg.box_net_threshold == 0.6
     with pytest.raises(PipelineError, match="no model file"):
         settings(proposal_box_net=str(tmp_path / "missing.onnx"))
     assert default.box_net_threads == 2
@@ -833,6 +833,38 @@ def test_each_box_net_stage_takes_its_own_bags(repo_root: Path):
     assert chosen("train_box_net_busy.yaml") == names[:50] + names[100:110] + names[240:280]
     busy = load_box_net_config(repo_root / "config" / "train_box_net_busy.yaml")
     assert busy.init_from == cfg.init_from and busy.freeze_batch_norm
+
+
+def test_the_shipped_network_s_third_stage_and_blend_are_what_make_box_net_runs(
+        repo_root: Path):
+    """Session 52's recipe: the third stage (``config/train_box_net_third.yaml``) trains the
+    whole network from the second stage's ONNX export (frozen batch norms) on 60 of the first
+    stage's bags, 20 cut-border and the 30 clutter bags; ``make box-net`` makes those bags,
+    runs the three stages, blends the second and third at 0.4 into the bundle and quantises
+    the blend."""
+    import fnmatch
+    import re
+
+    from vl_distill_ros.training.box_net import load_box_net_config
+
+    cfg = load_box_net_config(repo_root / "config" / "train_box_net_third.yaml")
+    assert cfg.init_from == "runs/box_net_finetune/box_net.onnx" and cfg.freeze_batch_norm
+    assert cfg.train_layers == "all" and cfg.iterations == 1500 and cfg.lr == 0.0003
+    assert cfg.motion_blur_prob == 0.15 and cfg.min_visible_frac == 0.4
+    names = [f"data/box_net_bags/b{seed}" for seed in range(3000, 3280)]
+    chosen = [n for n in names if any(fnmatch.fnmatch(n, g) for g in cfg.bags)]
+    assert chosen == names[:50] + names[100:110] + names[170:190] + names[210:240]
+    make = (repo_root / "Makefile").read_text()
+    recipe = make[make.index("\nbox-net:"):make.index("\nbox-net-int8:")]
+    steps = [" ".join(line.split()) for line in recipe.replace("\\\n", " ").splitlines()]
+    assert any(re.search(r"make_box_net_bags.py data/box_net_bags --cut-border 20 "
+                         r"--clutter 30$", s) for s in steps), steps
+    third = next(s for s in steps if "train_box_net_third.yaml" in s)
+    blend = next(s for s in steps if "blend_box_nets.py" in s)
+    assert "--out runs/box_net_third" in third
+    assert re.search(r"runs/box_net_finetune/box_net.onnx runs/box_net_third/box_net.onnx "
+                     r"--weight 0.4 --out vl_distill_ros/bundles/box_net.onnx", blend), blend
+    assert steps.index(blend) > steps.index(third) and "$(MAKE) box-net-int8" in steps[-3:]
 
 
 def test_a_head_stage_trains_the_head_and_leaves_the_backbone_as_loaded(repo_root, tmp_path):

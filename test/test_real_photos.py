@@ -96,16 +96,18 @@ def test_the_box_network_finds_the_objects_of_opencv_docs_real_photos():
 
 
 def test_the_default_threshold_drops_real_false_boxes_and_keeps_the_objects():
-    """The box network's threshold (0.4 since session 44) against session 43's 0.3 on every
-    real photo here: the network's false boxes on real photos (pieces of the saucer, the
-    cloth, pairs of packs) score 0.3-0.4 more often than its real objects. Measured on all
-    seven: 54 found, 9 false boxes against 53 and 16; on scikit-image's two alone 25, 2
-    against 25, 4."""
+    """The box network's threshold (0.5 with session 52's blended network) against the 0.4
+    of sessions 44-51 on every real photo here: the blend scores boxes higher than the
+    network before it, and its false boxes on real photos (pieces of the saucer, the cloth,
+    pairs of packs) score 0.4-0.5 more often than its real objects. Measured on all seven:
+    54 found, 7 false boxes against 54 and 14 (0.3: 56 and 23); on scikit-image's two alone
+    25, 1 against 25, 1. (Session 44's network: 0.4 against 0.3, 54 and 9 against 53 and
+    16.)"""
     photos = _photos()
     names = tuple(photos)
     now = _score(photos, names, ProposalConfig())
-    before = _score(photos, names, ProposalConfig(box_net_threshold=0.3))
-    assert ProposalConfig().box_net_threshold == 0.4
+    before = _score(photos, names, ProposalConfig(box_net_threshold=0.4))
+    assert ProposalConfig().box_net_threshold == 0.5
     assert now["found"] >= before["found"] - 1, (now, before)
     assert now["false_boxes"] <= before["false_boxes"] - 2, (now, before)
     if len(names) == 2 + len(OPENCV_DOC_PHOTOS):
@@ -116,15 +118,17 @@ def test_long_thin_colour_boxes_beside_the_network_are_left_out_of_real_photos()
     """``apart_max_aspect`` (4, session 46): the colour model's long thin boxes beside the
     network's, away from the frame's border, were false on every real photo (a strip of
     the saucer's rim, of a block's shadow) and lose no object. Measured on all seven: 54
-    found at 7 false boxes against 54 at 9; on scikit-image's two 25 at 1 against 25 at 2."""
+    found at 7 false boxes against 54 at 8 (with sessions 44-51's network 54 at 7 against
+    54 at 9); on scikit-image's two 25 at 1 either way (before session 52: 25 at 1 against
+    25 at 2)."""
     photos = _photos()
     names = tuple(photos)
     now = _score(photos, names, ProposalConfig())
     off = _score(photos, names, ProposalConfig(apart_max_aspect=0))
     assert now["found"] == off["found"], (now, off)
-    assert now["false_boxes"] <= off["false_boxes"] - 1, (now, off)
+    assert now["false_boxes"] <= off["false_boxes"], (now, off)
     if len(names) == 2 + len(OPENCV_DOC_PHOTOS):
-        assert now["false_boxes"] <= off["false_boxes"] - 2, (now, off)
+        assert now["false_boxes"] <= off["false_boxes"] - 1, (now, off)
         assert now["false_boxes"] <= len(names), now
 
 

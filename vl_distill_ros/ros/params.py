@@ -221,7 +221,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(vl-distill train-box-net), or off for the colour model alone. The colour "
               "model still adds boxes where the network finds nothing.",
               constraints="default, default_int8, off or an existing .onnx file"),
-    ParamSpec("proposal_box_net_threshold", 0.4, "double",
+    ParamSpec("proposal_box_net_threshold", 0.5, "double",
               "Proposals: smallest score of a box network's box (lower finds more objects and "
               "more false boxes).", range=(0.01, 0.99)),
     ParamSpec("proposal_box_net_threads", 2, "integer",
