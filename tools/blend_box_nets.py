@@ -8,8 +8,10 @@ usually a further stage trained from FIRST (``init_from: FIRST``); see
 
 Usage::
 
-    .venv/bin/python tools/blend_box_nets.py vl_distill_ros/bundles/box_net.onnx \\
-        runs/box_net_stage/box_net.onnx --weight 0.5 --out runs/blend_05/box_net.onnx
+    .venv/bin/python tools/blend_box_nets.py runs/box_net_finetune/box_net.onnx \\
+        runs/box_net_third/box_net.onnx --weight 0.4 --out runs/blend_04/box_net.onnx
+
+(the shipped network's blend, as ``make box-net`` writes it)
 """
 from __future__ import annotations
 

@@ -462,6 +462,22 @@ def _conv_norm_pairs(model: BoxNetModel) -> list[tuple[nn.Conv2d, nn.BatchNorm2d
     return pairs
 
 
+def read_onnx(path: str | Path, what: str) -> Any:
+    """The ONNX protobuf at ``path`` (protobuf: nothing is unpickled).
+
+    Raises:
+        ConfigError: ``"{what} does not exist"`` or ``"{what} is not an ONNX file"``.
+    """
+    import onnx
+
+    try:
+        return onnx.load(str(Path(path).expanduser()))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ConfigError(f"{what} is not an ONNX file ({type(exc).__name__})") from None
+
+
 def load_onnx_weights(model: BoxNetModel, path: str | Path) -> None:
     """Load the weights of a ``box_net.onnx`` that :func:`export_onnx` wrote into ``model``.
 
@@ -474,16 +490,9 @@ def load_onnx_weights(model: BoxNetModel, path: str | Path) -> None:
         ConfigError: a missing or unreadable file, one that is not this network's, or one
         whose outputs the loaded model does not reproduce.
     """
-    import onnx
     from onnx import numpy_helper
 
-    try:
-        proto = onnx.load(str(Path(path).expanduser()))
-    except FileNotFoundError:
-        raise ConfigError(f"box net training: init_from {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise ConfigError(f"box net training: init_from {path} is not an ONNX file "
-                          f"({type(exc).__name__})") from None
+    proto = read_onnx(path, f"box net training: init_from {path}")
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     convs = [n.input for n in proto.graph.node if n.op_type == "Conv"]
     pairs = _conv_norm_pairs(model)

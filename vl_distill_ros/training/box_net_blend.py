@@ -18,19 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError
-
-
-def _load(path: str | Path) -> Any:
-    """The ONNX protobuf of ``path`` (nothing is unpickled)."""
-    import onnx
-
-    try:
-        return onnx.load(str(Path(path).expanduser()))
-    except FileNotFoundError:
-        raise ConfigError(f"box net blend: {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise ConfigError(f"box net blend: {path} is not an ONNX file "
-                          f"({type(exc).__name__})") from None
+from .box_net import read_onnx
 
 
 def _conv_tensors(proto: Any, path: str | Path) -> list[str]:
@@ -63,7 +51,8 @@ def blend_box_nets(first: str | Path, second: str | Path, weight: float,
 
     if not 0.0 <= float(weight) <= 1.0:
         raise ConfigError(f"box net blend: weight must be in [0, 1], got {weight}")
-    proto_a, proto_b = _load(first), _load(second)
+    proto_a = read_onnx(first, f"box net blend: {first}")
+    proto_b = read_onnx(second, f"box net blend: {second}")
     names_a, names_b = _conv_tensors(proto_a, first), _conv_tensors(proto_b, second)
     arrays_a = {t.name: numpy_helper.to_array(t) for t in proto_a.graph.initializer}
     arrays_b = {t.name: numpy_helper.to_array(t) for t in proto_b.graph.initializer}
