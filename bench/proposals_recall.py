@@ -13,8 +13,11 @@ objects whose ground-truth box, grown by 3 pixels, overlaps another's; ``apart``
 others), by border (``at_border``: objects whose box reaches an image edge, cut by the
 frame as ``vl-distill make-bag --cut-border`` renders them; ``inside``: the others),
 ``split_objects`` (objects with two or more proposals lying mostly inside their
-box: one object cut into pieces; per label too), proposer ms/frame, per bag and over all
-bags. Exit status 2 with a JSON ``error`` object when a bag cannot be read.
+box: one object cut into pieces; per label too), ``missed_by_kind`` (why each missed
+object was missed: ``merged``, one proposal over it and another object; ``split``;
+``loose``, a proposal at IoU 0.3 or more that did not match it; ``none``, nothing there),
+proposer ms/frame, per bag and over all bags. Exit status 2 with a JSON ``error`` object
+when a bag cannot be read.
 
 With ``--depth`` the bags' registered depth is used too (RGB-D bags from
 ``vl-distill make-bag --depth``; depth paired with colour as ``replay-eval`` does) and the
@@ -99,6 +102,16 @@ TOUCH_MARGIN_PX = 3
 PIECE_CONTAINMENT = 0.7
 
 
+#: A missed object (no proposal matched it) is ``merged`` when one proposal holds at least
+#: this fraction of its box's area and of another ground-truth box's (one box over two
+#: objects), else ``split`` (two or more pieces, :data:`PIECE_CONTAINMENT`), else ``loose``
+#: when its best IoU with a proposal is at least :data:`LOOSE_IOU` (a box in the right place
+#: of the wrong extent), else ``none`` (nothing proposed there): ``missed_by_kind``.
+MERGE_COVER = 0.8
+LOOSE_IOU = 0.3
+MISS_KINDS = ("merged", "split", "loose", "none")
+
+
 #: A ground-truth box within this many pixels of an image edge is ``at_border`` (cut by the
 #: frame, as ``make-bag --cut-border`` renders them); the others are ``inside``.
 BORDER_MARGIN_PX = 1
@@ -133,6 +146,28 @@ def pieces(gt: Sequence[float], boxes: Sequence[Sequence[float]]) -> int:
         if iw > 0 and ih > 0 and iw * ih >= PIECE_CONTAINMENT * b[2] * b[3]:
             n += 1
     return n
+
+
+def _covered(inner: Sequence[float], box: Sequence[float]) -> float:
+    """The fraction of box ``inner``'s area (x, y, w, h) that ``box`` covers."""
+    iw = min(inner[0] + inner[2], box[0] + box[2]) - max(inner[0], box[0])
+    ih = min(inner[1] + inner[3], box[1] + box[3]) - max(inner[1], box[1])
+    area = float(inner[2]) * float(inner[3])
+    return float(iw * ih) / area if iw > 0 and ih > 0 and area > 0 else 0.0
+
+
+def miss_kind(i: int, truth: Sequence[Sequence[float]],
+              boxes: Sequence[Sequence[float]], best_iou: float) -> str:
+    """Why ground-truth object ``i`` of ``truth`` found no match among ``boxes``:
+    ``merged``, ``split``, ``loose`` or ``none`` (see :data:`MERGE_COVER`)."""
+    gt = truth[i][:4]
+    for b in boxes:
+        if _covered(gt, b) >= MERGE_COVER and any(
+                _covered(o[:4], b) >= MERGE_COVER for k, o in enumerate(truth) if k != i):
+            return "merged"
+    if pieces(gt, boxes) >= 2:
+        return "split"
+    return "loose" if best_iou >= LOOSE_IOU else "none"
 
 
 def size_bucket(box: Sequence[float]) -> str:
@@ -200,6 +235,7 @@ class Tally:
         self.by_contact: dict[str, list[int]] = {"touching": [0, 0], "apart": [0, 0]}
         self.by_border: dict[str, list[int]] = {"at_border": [0, 0], "inside": [0, 0]}
         self.split: dict[str, int] = {}
+        self.missed_by_kind: dict[str, int] = {k: 0 for k in MISS_KINDS}
 
     def add(self, truth: list, boxes: list, iou: float, ms: float,
             size: tuple[int, int] | None = None) -> None:
@@ -216,6 +252,8 @@ class Tally:
         contact = touching(gt)
         for i, t in enumerate(truth):
             self.best_ious.append(max([box_iou(t[:4], b) for b in boxes] or [0.0]))
+            if i not in hit:
+                self.missed_by_kind[miss_kind(i, gt, boxes, self.best_ious[-1])] += 1
             if pieces(t[:4], boxes) >= 2:
                 self.split[str(t[4])] = self.split.get(str(t[4]), 0) + 1
             for table, key in ((self.by_size, size_bucket(t)), (self.by_label, str(t[4])),
@@ -235,6 +273,8 @@ class Tally:
         self.ms += other.ms
         for key, n in other.split.items():
             self.split[key] = self.split.get(key, 0) + n
+        for key, n in other.missed_by_kind.items():
+            self.missed_by_kind[key] += n
         for mine, theirs in ((self.by_size, other.by_size), (self.by_label, other.by_label),
                              (self.by_contact, other.by_contact),
                              (self.by_border, other.by_border)):
@@ -261,6 +301,7 @@ class Tally:
             "recall_by_border": {k: {"objects": n, "recall": ratio(m, n)}
                                  for k, (n, m) in self.by_border.items()},
             "split_objects": sum(self.split.values()),
+            "missed_by_kind": dict(self.missed_by_kind),
             "ms_per_frame": {"median": round(float(np.median(ms)), 3),
                              "mean": round(float(np.mean(ms)), 3),
                              "p95": round(float(np.percentile(ms, 95)), 3)},

@@ -196,3 +196,32 @@ def test_recall_by_border_counts_the_objects_cut_by_the_frame():
     plain = Tally()
     plain.add(truth, [], 0.5, 1.0)
     assert plain.summary(False)["recall_by_border"]["inside"] == {"objects": 2, "recall": 0.0}
+
+
+def test_missed_by_kind_tells_merged_split_loose_and_empty_misses_apart():
+    """``missed_by_kind``: one box over two objects misses both as ``merged``; two pieces
+    inside an object are ``split``; a box of the wrong extent over it is ``loose``; nothing
+    near it is ``none``. Matched objects are not counted, and two tallies add up."""
+    from proposals_recall import Tally, miss_kind
+
+    truth = [(0, 0, 20, 20, "a"), (21, 0, 20, 20, "b"),       # side by side
+             (100, 0, 40, 40, "c"),                             # cut in two
+             (200, 0, 40, 40, "d"),                             # boxed too large
+             (300, 0, 20, 20, "e"),                             # nothing near
+             (400, 0, 30, 30, "f")]                             # found
+    boxes = [(0, 0, 41, 20), (100, 0, 19, 40), (121, 0, 19, 40), (190, -10, 70, 70),
+             (401, 0, 30, 30)]
+    tally = Tally()
+    tally.add(truth, boxes, 0.5, 1.0)
+    out = tally.summary(False)
+    assert out["matched"] == 1
+    assert out["missed_by_kind"] == {"merged": 2, "split": 1, "loose": 1, "none": 1}
+    assert sum(out["missed_by_kind"].values()) == out["missed"]
+    other = Tally()
+    other.add(truth, [], 0.5, 1.0)
+    tally.merge(other)
+    assert tally.summary(False)["missed_by_kind"] == {"merged": 2, "split": 1, "loose": 1,
+                                                      "none": 7}
+    # a box over one object and only a sliver of its neighbour is not a merge
+    gt = [t[:4] for t in truth[:2]]
+    assert miss_kind(0, gt, [(0, 0, 24, 20)], 0.45) == "loose"
