@@ -148,22 +148,17 @@ def pieces(gt: Sequence[float], boxes: Sequence[Sequence[float]]) -> int:
     return n
 
 
-def _covered(inner: Sequence[float], box: Sequence[float]) -> float:
-    """The fraction of box ``inner``'s area (x, y, w, h) that ``box`` covers."""
-    iw = min(inner[0] + inner[2], box[0] + box[2]) - max(inner[0], box[0])
-    ih = min(inner[1] + inner[3], box[1] + box[3]) - max(inner[1], box[1])
-    area = float(inner[2]) * float(inner[3])
-    return float(iw * ih) / area if iw > 0 and ih > 0 and area > 0 else 0.0
-
-
 def miss_kind(i: int, truth: Sequence[Sequence[float]],
               boxes: Sequence[Sequence[float]], best_iou: float) -> str:
     """Why ground-truth object ``i`` of ``truth`` found no match among ``boxes``:
     ``merged``, ``split``, ``loose`` or ``none`` (see :data:`MERGE_COVER`)."""
+    from vl_distill_ros.perception.boxes import box_containment
+
     gt = truth[i][:4]
     for b in boxes:
-        if _covered(gt, b) >= MERGE_COVER and any(
-                _covered(o[:4], b) >= MERGE_COVER for k, o in enumerate(truth) if k != i):
+        if box_containment(gt, b) >= MERGE_COVER and any(
+                box_containment(o[:4], b) >= MERGE_COVER
+                for k, o in enumerate(truth) if k != i):
             return "merged"
     if pieces(gt, boxes) >= 2:
         return "split"
