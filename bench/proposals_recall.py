@@ -16,8 +16,16 @@ frame as ``vl-distill make-bag --cut-border`` renders them; ``inside``: the othe
 box: one object cut into pieces; per label too), ``missed_by_kind`` (why each missed
 object was missed: ``merged``, one proposal over it and another object; ``split``;
 ``loose``, a proposal at IoU 0.3 or more that did not match it; ``none``, nothing there),
-proposer ms/frame, per bag and over all bags. Exit status 2 with a JSON ``error`` object
-when a bag cannot be read.
+recall by visibility (``recall_by_visibility``: the ground truth's ``visible_fraction``,
+which ``make-bag`` and ``import-bop`` record, under 10%, 10-25%, 25-50%, over 50%, or
+``unknown``), proposer ms/frame, per bag and over all bags. Exit status 2 with a JSON
+``error`` object when a bag cannot be read.
+
+``--min-visible F`` ignores the objects whose recorded visible fraction is under ``F``
+(mostly hidden behind others): they are neither found nor missed, and a box that matches
+one is not counted as a false box (``ignored`` gives both counts). BOP's
+benchmarks leave objects under 10% visible out (``--min-visible 0.1``, as ``import-bop``
+does by default); the default 0 counts every labelled object.
 
 With ``--depth`` the bags' registered depth is used too (RGB-D bags from
 ``vl-distill make-bag --depth``; depth paired with colour as ``replay-eval`` does) and the
@@ -116,6 +124,45 @@ MISS_KINDS = ("merged", "split", "loose", "none")
 #: frame, as ``make-bag --cut-border`` renders them); the others are ``inside``.
 BORDER_MARGIN_PX = 1
 
+#: Visibility buckets by the ground truth's ``visible_fraction`` (visible pixels / pixels of
+#: the whole object; ``make-bag`` and ``import-bop`` record it): an upper limit each;
+#: objects without one are ``unknown`` (``recall_by_visibility``).
+VISIBILITY_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("under_10pct", 0.1), ("10_to_25pct", 0.25), ("25_to_50pct", 0.5),
+    ("over_50pct", float("inf")))
+
+
+def visible_fraction(t: Sequence[Any]) -> float | None:
+    """The visible fraction of a truth tuple ``(x, y, w, h, label[, visible_fraction])``."""
+    return None if len(t) < 6 or t[5] is None else float(t[5])
+
+
+def visibility_bucket(t: Sequence[Any]) -> str:
+    f = visible_fraction(t)
+    if f is None:
+        return "unknown"
+    return next(name for name, limit in VISIBILITY_BUCKETS if f < limit)
+
+
+def drop_ignored(truth: list, boxes: list, min_visible: float, iou: float) -> tuple[list, list]:
+    """``truth`` without the objects less visible than ``min_visible`` (known fractions
+    only), and ``boxes`` without those that match one of them (after the counted objects
+    took their matches): such objects are neither found nor missed, and a box on one is
+    not a false one (the "ignore" regions of COCO and CityPersons; BOP leaves objects
+    under 10% visible out of its targets)."""
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    ignored = [i for i, t in enumerate(truth)
+               if (f := visible_fraction(t)) is not None and f < min_visible]
+    if not ignored:
+        return truth, boxes
+    kept = [t for i, t in enumerate(truth) if i not in set(ignored)]
+    taken = {j for _, j, _ in match_boxes([t[:4] for t in kept], boxes, iou)}
+    free = [j for j in range(len(boxes)) if j not in taken]
+    on_ignored = {free[j] for _, j, _ in match_boxes([truth[i][:4] for i in ignored],
+                                                     [boxes[j] for j in free], iou)}
+    return kept, [b for j, b in enumerate(boxes) if j not in on_ignored]
+
 
 def at_border(box: Sequence[float], size: tuple[int, int] | None) -> bool:
     """Whether ``box`` (x, y, w, h) reaches an edge of an image of ``size`` (w, h)."""
@@ -200,7 +247,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 def load_frames(bag: str | Path, max_frames: int = 0,
                 topics: Sequence[str] | None = None) -> list[tuple[np.ndarray, list]]:
-    """``(RGB image, [(x, y, w, h, label), ...])`` of every image with ground truth."""
+    """``(RGB image, [(x, y, w, h, label, visible_fraction or None), ...])`` of every image
+    with ground truth."""
     from vl_distill_ros.bags.bag_io import read_camera_bag
 
     contents = read_camera_bag(bag)
@@ -209,16 +257,20 @@ def load_frames(bag: str | Path, max_frames: int = 0,
         objs = contents.objects_for(msg.topic, msg.stamp_ns)
         if objs is None:
             continue
-        frames.append((msg.image, [(*o.bbox, o.label) for o in objs]))
+        frames.append((msg.image, [(*o.bbox, o.label, o.visible_fraction) for o in objs]))
         if max_frames and len(frames) >= max_frames:
             break
     return frames
 
 
 class Tally:
-    """Running counts of one set of frames."""
+    """Running counts of one set of frames; objects less visible than ``min_visible`` are
+    ignored (:func:`drop_ignored`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_visible: float = 0.0) -> None:
+        self.min_visible = float(min_visible)
+        self.ignored_objects = 0
+        self.ignored_proposals = 0
         self.frames = 0
         self.objects = 0
         self.matched = 0
@@ -229,6 +281,7 @@ class Tally:
         self.by_label: dict[str, list[int]] = {}
         self.by_contact: dict[str, list[int]] = {"touching": [0, 0], "apart": [0, 0]}
         self.by_border: dict[str, list[int]] = {"at_border": [0, 0], "inside": [0, 0]}
+        self.by_visibility: dict[str, list[int]] = {}
         self.split: dict[str, int] = {}
         self.missed_by_kind: dict[str, int] = {k: 0 for k in MISS_KINDS}
 
@@ -237,6 +290,11 @@ class Tally:
         """Count one frame (``size``: its (width, height), for ``recall_by_border``)."""
         from vl_distill_ros.evaluation.scoring import box_iou, match_boxes
 
+        if self.min_visible > 0:
+            kept, kept_boxes = drop_ignored(truth, boxes, self.min_visible, iou)
+            self.ignored_objects += len(truth) - len(kept)
+            self.ignored_proposals += len(boxes) - len(kept_boxes)
+            truth, boxes = kept, kept_boxes
         gt = [t[:4] for t in truth]
         hit = {i for i, _, _ in match_boxes(gt, boxes, iou)}
         self.frames += 1
@@ -254,13 +312,16 @@ class Tally:
             for table, key in ((self.by_size, size_bucket(t)), (self.by_label, str(t[4])),
                                (self.by_contact, "touching" if contact[i] else "apart"),
                                (self.by_border,
-                                "at_border" if at_border(t, size) else "inside")):
+                                "at_border" if at_border(t, size) else "inside"),
+                               (self.by_visibility, visibility_bucket(t))):
                 cell = table.setdefault(key, [0, 0])
                 cell[0] += 1
                 cell[1] += int(i in hit)
 
     def merge(self, other: "Tally") -> None:
         self.frames += other.frames
+        self.ignored_objects += other.ignored_objects
+        self.ignored_proposals += other.ignored_proposals
         self.objects += other.objects
         self.matched += other.matched
         self.proposals += other.proposals
@@ -272,7 +333,8 @@ class Tally:
             self.missed_by_kind[key] += n
         for mine, theirs in ((self.by_size, other.by_size), (self.by_label, other.by_label),
                              (self.by_contact, other.by_contact),
-                             (self.by_border, other.by_border)):
+                             (self.by_border, other.by_border),
+                             (self.by_visibility, other.by_visibility)):
             for key, (n, m) in theirs.items():
                 cell = mine.setdefault(key, [0, 0])
                 cell[0] += n
@@ -295,6 +357,13 @@ class Tally:
                                   for k, (n, m) in self.by_contact.items()},
             "recall_by_border": {k: {"objects": n, "recall": ratio(m, n)}
                                  for k, (n, m) in self.by_border.items()},
+            "recall_by_visibility": {
+                k: {"objects": self.by_visibility[k][0],
+                    "recall": ratio(self.by_visibility[k][1], self.by_visibility[k][0])}
+                for k in [name for name, _ in VISIBILITY_BUCKETS] + ["unknown"]
+                if k in self.by_visibility},
+            "ignored": {"min_visible": self.min_visible, "objects": self.ignored_objects,
+                        "proposals": self.ignored_proposals},
             "split_objects": sum(self.split.values()),
             "missed_by_kind": dict(self.missed_by_kind),
             "ms_per_frame": {"median": round(float(np.median(ms)), 3),
@@ -308,11 +377,13 @@ class Tally:
         return out
 
 
-def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5) -> Tally:
-    """Run the proposer on ``frames`` and tally the matches."""
+def evaluate(frames: list[tuple[np.ndarray, list]], cfg: Any, iou: float = 0.5,
+             min_visible: float = 0.0) -> Tally:
+    """Run the proposer on ``frames`` and tally the matches (objects less visible than
+    ``min_visible`` ignored)."""
     from vl_distill_ros.perception.proposals import propose_boxes
 
-    tally = Tally()
+    tally = Tally(min_visible)
     for image, truth in frames:
         t0 = time.perf_counter()
         boxes = propose_boxes(image, cfg)
@@ -343,7 +414,8 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
         depth = shift_depth(msg.depth, *shift) if any(shift) else msg.depth
         if dark_below > 0:
             depth = dark_holes(msg.image, depth, dark_below)
-        frames.append((msg.image, [(*o.bbox, o.label) for o in objs], depth,
+        frames.append((msg.image, [(*o.bbox, o.label, o.visible_fraction) for o in objs],
+                       depth,
                        msg.intrinsics()))
         if max_frames and len(frames) >= max_frames:
             break
@@ -431,8 +503,9 @@ def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray
 
 
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
-                  iou: float = 0.5) -> dict[str, Tally]:
-    """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each."""
+                  iou: float = 0.5, min_visible: float = 0.0) -> dict[str, Tally]:
+    """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each
+    (objects less visible than ``min_visible`` ignored)."""
     from vl_distill_ros.perception.depth_fusion import (fuse_proposals, fusion_colour_config,
                                                         takes_close_pass)
     from vl_distill_ros.perception.depth_config import stride_for
@@ -441,7 +514,7 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
     from vl_distill_ros.perception.proposals import (network_detections, propose_boxes,
                                                      with_colour_model)
 
-    tallies = {name: Tally() for name in ("colour", "depth", "auto")}
+    tallies = {name: Tally(min_visible) for name in ("colour", "depth", "auto")}
     # one camera's frames in order, as the node sees them (its registration check)
     reg = None
     checks = depth_cfg.registration_search_px > 0 or depth_cfg.fattening_search_px > 0
@@ -535,6 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bags", nargs="+", default=[str(DEFAULT_BAG)],
                     help="camera bags with ground truth (default: demo/sample_tabletop)")
     ap.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default: 0.5)")
+    ap.add_argument("--min-visible", type=float, default=0.0, metavar="F",
+                    help="ignore objects whose ground truth records a visible fraction under F "
+                         "(neither found nor missed; a box on one is not a false one); "
+                         "default 0: every object counts. BOP's convention is 0.1")
     ap.add_argument("-p", "--param", dest="params", action="append", default=[],
                     metavar="FIELD=VALUE", help="ProposalConfig override (repeatable)")
     ap.add_argument("--topics", nargs="*", default=None,
@@ -575,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "motion:9, noise:8+jpeg:40 (kinds and ranges: bench/_degrade.py; "
                          "default: none)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.min_visible <= 1.0:
+        ap.error(f"--min-visible must be in [0, 1], got {args.min_visible}")
     from _degrade import degrade, parse_degradation
 
     try:
@@ -624,10 +703,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     depth_cfg = load_depth_config(args.depth_config) if args.depth_config \
         else DepthProposalConfig()
-    depth_total = {name: Tally() for name in ("colour", "depth", "auto")}
+    mv = args.min_visible
+    depth_total = {name: Tally(mv) for name in ("colour", "depth", "auto")}
     depth_bags: dict[str, Any] = {}
-    cut_total = {name: Tally() for name in ("colour", "depth", "auto")}
-    total = Tally()
+    cut_total = {name: Tally(mv) for name in ("colour", "depth", "auto")}
+    total = Tally(mv)
     per_bag: dict[str, Any] = {}
     t_start = time.perf_counter()
     for b, bag in enumerate(args.bags):
@@ -643,28 +723,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if frames:  # warm-up (first-call allocations), not timed
             from vl_distill_ros.perception.proposals import propose_boxes
             propose_boxes(frames[0][0], cfg)
-        tally = evaluate(frames, cfg, args.iou)
+        tally = evaluate(frames, cfg, args.iou, mv)
         sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im, _ in frames})
         per_bag[str(bag)] = {"image_sizes": sizes, **tally.summary(not args.no_labels)}
         total.merge(tally)
         if args.cut_border and not args.depth:
-            cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou))
+            cut_total["colour"].merge(evaluate(cut_frames(frames, False), cfg, args.iou, mv))
         if args.depth:
             rgbd_frames = [(look(b, i, im), truth, measured(b, i, depth), k)
                            for i, (im, truth, depth, k) in enumerate(
                                load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes,
                                                 args.topics))]
-            rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou)
+            rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou, mv)
             depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
             for name, t in rgbd.items():
                 depth_total[name].merge(t)
             if args.cut_border:
-                cut = evaluate_rgbd(cut_frames(rgbd_frames, True), cfg, depth_cfg, args.iou)
+                cut = evaluate_rgbd(cut_frames(rgbd_frames, True), cfg, depth_cfg, args.iou,
+                                    mv)
                 for name, t in cut.items():
                     cut_total[name].merge(t)
     result = {
         "bench": "proposals_recall",
         "iou_threshold": args.iou,
+        "min_visible": args.min_visible,
         "lighting": light,
         "degradation": args.degrade.strip() or "none",
         "config": dataclasses.asdict(cfg),

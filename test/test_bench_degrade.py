@@ -225,3 +225,39 @@ def test_missed_by_kind_tells_merged_split_loose_and_empty_misses_apart():
     # a box over one object and only a sliver of its neighbour is not a merge
     gt = [t[:4] for t in truth[:2]]
     assert miss_kind(0, gt, [(0, 0, 24, 20)], 0.45) == "loose"
+
+
+def test_min_visible_ignores_mostly_hidden_objects_and_the_boxes_on_them():
+    """``--min-visible``: an object whose recorded visible fraction is under the limit is
+    neither found nor missed, and a box matching it is not a false one; a box that a counted
+    object takes stays counted, objects without a fraction always count, and
+    ``recall_by_visibility`` buckets the counted objects (``unknown`` without a fraction)."""
+    from proposals_recall import Tally, drop_ignored, visibility_bucket
+
+    truth = [(0, 0, 20, 20, "a", 0.9), (100, 0, 20, 20, "b", 0.05),   # b mostly hidden
+             (200, 0, 20, 20, "c", 0.05), (300, 0, 20, 20, "d", None),
+             (400, 0, 20, 20, "e", 0.3)]
+    boxes = [(0, 0, 20, 20), (100, 0, 20, 20), (300, 0, 20, 20), (500, 0, 20, 20)]
+    every = Tally()
+    every.add(truth, boxes, 0.5, 1.0)
+    out = every.summary(False)
+    assert (out["objects"], out["matched"], out["false_positives"]) == (5, 3, 1)
+    assert out["ignored"] == {"min_visible": 0.0, "objects": 0, "proposals": 0}
+    assert out["recall_by_visibility"] == {
+        "under_10pct": {"objects": 2, "recall": 0.5},
+        "25_to_50pct": {"objects": 1, "recall": 0.0},
+        "over_50pct": {"objects": 1, "recall": 1.0},
+        "unknown": {"objects": 1, "recall": 1.0}}
+    bop = Tally(0.1)
+    bop.add(truth, boxes, 0.5, 1.0)
+    out = bop.summary(False)
+    # b (found) and c (missed) are ignored, and so is the box on b; the stray box stays false
+    assert (out["objects"], out["matched"], out["false_positives"]) == (3, 2, 1)
+    assert out["ignored"] == {"min_visible": 0.1, "objects": 2, "proposals": 1}
+    assert "under_10pct" not in out["recall_by_visibility"]
+    assert visibility_bucket((0, 0, 1, 1, "x")) == "unknown"
+    assert visibility_bucket((0, 0, 1, 1, "x", 0.1)) == "10_to_25pct"
+    # a box on both a counted and an ignored object goes to the counted one
+    kept, kept_boxes = drop_ignored([(0, 0, 20, 20, "a", 1.0), (1, 0, 20, 20, "b", 0.0)],
+                                    [(0, 0, 20, 20)], 0.1, 0.5)
+    assert [t[4] for t in kept] == ["a"] and kept_boxes == [(0, 0, 20, 20)]

@@ -176,8 +176,10 @@ def test_hardly_visible_and_out_of_view_objects_are_left_out(sample_frames, tmp_
     (frame,) = scene_frames(read_bop_scene(folder), names, 0, 1e8, min_visible=0.1)
     assert [o.key for o in frame.objects] == [objs[2].key] + [o.key for o in objs[3:]]
     assert frame.objects[0].bbox == (w - 20, h - 10, 20, 10)
+    assert [o.visible_fraction for o in frame.objects] == [0.9] * len(frame.objects)
     (frame,) = scene_frames(read_bop_scene(folder), names, 0, 1e8, min_visible=0.0)
     assert len(frame.objects) == len(objs) - 1               # the out-of-view one never
+    assert frame.objects[0].visible_fraction == 0.05         # BOP's visib_fract kept
 
 
 def test_grey_jpeg_scenes_every_and_several_scenes(sample_frames, tmp_path, capsys):

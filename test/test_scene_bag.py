@@ -266,7 +266,9 @@ def test_make_bag_reads_back_with_rosbags(made_bags, storage, repo_root: Path):
     for (topic, _), doc in truth.items():
         assert set(doc) == {"header", "camera", "vocabulary_version", "objects"}
         for obj in doc["objects"]:
-            assert set(obj) == {"bbox", "label", "key", "score", "known", "top_k"}
+            assert set(obj) == {"bbox", "label", "key", "score", "known", "top_k",
+                                "visible_fraction"}
+            assert 0.0 < obj["visible_fraction"] <= 1.0
             assert obj["label"] in names and obj["key"] in BAG_KEYS.split(",")
             assert obj["score"] == 1.0 and obj["known"] is True and obj["top_k"] == []
             assert len(obj["bbox"]) == 4 and all(isinstance(v, int) for v in obj["bbox"])
@@ -288,6 +290,8 @@ def test_read_camera_bag_and_sidecar(made_bags):
         for o in objects:
             x, y, w, h = o.bbox
             assert 0 <= x and 0 <= y and x + w <= f.image.shape[1] and y + h <= f.image.shape[0]
+            # the render's visible fraction travels with each object
+            assert o.visible_fraction is not None and 0.0 < o.visible_fraction <= 1.0
     # the sidecar written by make-bag holds the same ground truth
     from_sidecar = read_camera_bag(made_bags["mcap"], ground_truth=made_bags["sidecar"])
     assert from_sidecar.ground_truth_source == "sidecar"
@@ -415,7 +419,7 @@ def test_write_camera_bag_refuses_and_replaces(tmp_path: Path):
 
 
 def test_sidecar_round_trip_and_errors(tmp_path: Path):
-    objs = [GroundTruthObject((1, 2, 3, 4), "banana", "011_banana"),
+    objs = [GroundTruthObject((1, 2, 3, 4), "banana", "011_banana", 0.25),
             GroundTruthObject((5, 6, 7, 8), "apple")]
     path = write_ground_truth_sidecar(tmp_path / "gt.jsonl",
                                       [(CAMERA, 12_500_000_000, objs), (HAND, 13 * 10**9, [])])
@@ -424,7 +428,7 @@ def test_sidecar_round_trip_and_errors(tmp_path: Path):
     first = path.read_text().splitlines()[0]
     assert json.loads(first) == {"stamp": {"sec": 12, "nanosec": 500000000}, "camera": CAMERA,
                                  "objects": [{"bbox": [1, 2, 3, 4], "label": "banana",
-                                              "key": "011_banana"},
+                                              "key": "011_banana", "visible_fraction": 0.25},
                                              {"bbox": [5, 6, 7, 8], "label": "apple"}]}
     good = first + "\n\n"  # blank lines are fine
     bad_lines = {
@@ -439,6 +443,12 @@ def test_sidecar_round_trip_and_errors(tmp_path: Path):
                     "objects": [{"bbox": [1, 2, 3], "label": "x"}]}): r"objects\[0\]: 'bbox'",
         json.dumps({"stamp": {"sec": 1}, "camera": CAMERA,
                     "objects": [{"bbox": [1, 2, 3, 4], "label": ""}]}): "'label'",
+        json.dumps({"stamp": {"sec": 1}, "camera": CAMERA,
+                    "objects": [{"bbox": [1, 2, 3, 4], "label": "x",
+                                 "visible_fraction": 1.5}]}): "'visible_fraction'",
+        json.dumps({"stamp": {"sec": 1}, "camera": CAMERA,
+                    "objects": [{"bbox": [1, 2, 3, 4], "label": "x",
+                                 "visible_fraction": True}]}): "'visible_fraction'",
     }
     for line, reason in bad_lines.items():
         bad = tmp_path / "bad.jsonl"

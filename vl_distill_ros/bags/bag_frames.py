@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = ["BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RGBDFrame",
            "STORAGES", "COMPRESSIONS", "IMAGE_FORMATS", "stamp_to_ns", "ns_to_stamp",
-           "ground_truth_document", "camera_info_k"]
+           "ground_truth_document", "object_document", "camera_info_k"]
 
 #: Storage plugins :func:`write_camera_bag` can write.
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
@@ -60,6 +60,10 @@ class GroundTruthObject(NamedTuple):
     label: str
     #: Stable key (model folder name), e.g. ``011_banana``; may be empty.
     key: str = ""
+    #: Visible pixels / pixels of the whole object (occluders and the image border
+    #: removed) in [0, 1], where the source knows it (a render, a BOP ``visib_fract``);
+    #: ``None`` otherwise.
+    visible_fraction: float | None = None
 
 
 @dataclass
@@ -157,16 +161,26 @@ def ns_to_stamp(ns: int) -> tuple[int, int]:
 def ground_truth_document(stamp_ns: int, frame_id: str, camera: str,
                           objects: Sequence[GroundTruthObject]) -> dict[str, Any]:
     """The ``/ground_truth`` JSON document of one image (the node's ``~/labels`` schema with
-    ``score`` 1, ``known`` true, an empty ``top_k`` and each object's ``key``)."""
+    ``score`` 1, ``known`` true, an empty ``top_k``, each object's ``key`` and, where known,
+    its ``visible_fraction``)."""
     sec, nanosec = ns_to_stamp(stamp_ns)
     return {
         "header": {"stamp": {"sec": sec, "nanosec": nanosec}, "frame_id": str(frame_id)},
         "camera": str(camera),
         "vocabulary_version": 0,
-        "objects": [{"bbox": [int(v) for v in o.bbox], "label": str(o.label),
-                     "key": str(o.key), "score": 1.0, "known": True, "top_k": []}
+        "objects": [object_document(o) | {"score": 1.0, "known": True, "top_k": []}
                     for o in objects],
     }
+
+
+def object_document(o: GroundTruthObject) -> dict[str, Any]:
+    """One ground-truth object as JSON: ``bbox``, ``label``, ``key`` and, where known,
+    ``visible_fraction`` (rounded to 4 places)."""
+    out: dict[str, Any] = {"bbox": [int(v) for v in o.bbox], "label": str(o.label),
+                           "key": str(o.key)}
+    if o.visible_fraction is not None:
+        out["visible_fraction"] = round(float(o.visible_fraction), 4)
+    return out
 
 
 def camera_info_k(msg: Any, rectified: bool = False,

@@ -336,6 +336,6 @@ def scene_frames(scene: BopScene, names: ObjectNames, start_ns: int, period_ns: 
             clipped = _clip_box(box, width, height)
             if clipped is None or fract < min_visible:
                 continue
-            objects.append(GroundTruthObject(clipped, label, key))
+            objects.append(GroundTruthObject(clipped, label, key, min(1.0, max(0.0, fract))))
         yield BagFrame(int(start_ns + round((first_index + i) * period_ns)), image, objects,
                        depth=depth_m, intrinsics=intrinsics if depth else None)

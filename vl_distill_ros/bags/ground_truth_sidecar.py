@@ -37,7 +37,8 @@ def parse_stamp(value: Any, where: str) -> int:
 
 
 def parse_objects(value: Any, where: str) -> list[GroundTruthObject]:
-    """A JSON list of ``{"bbox": [x, y, w, h], "label": str, "key": str}`` objects.
+    """A JSON list of ``{"bbox": [x, y, w, h], "label": str, "key": str}`` objects, each
+    optionally with a ``visible_fraction`` in [0, 1].
 
     Raises:
         BagError: not such a list (``where`` and the object's index in the message).
@@ -61,7 +62,14 @@ def parse_objects(value: Any, where: str) -> list[GroundTruthObject]:
         key = obj.get("key", "")
         if not isinstance(key, str):
             raise BagError(f"{here}: 'key' must be a string, got {key!r}")
-        out.append(GroundTruthObject(tuple(int(round(v)) for v in bbox), label, key))
+        visible = obj.get("visible_fraction")
+        if visible is not None and (isinstance(visible, bool)
+                                    or not isinstance(visible, (int, float))
+                                    or not 0.0 <= visible <= 1.0):
+            raise BagError(f"{here}: 'visible_fraction' must be a number in [0, 1], "
+                           f"got {visible!r}")
+        out.append(GroundTruthObject(tuple(int(round(v)) for v in bbox), label, key,
+                                     None if visible is None else float(visible)))
     return out
 
 
@@ -116,6 +124,8 @@ def write_ground_truth_sidecar(path: str | Path,
             item: dict[str, Any] = {"bbox": [int(v) for v in o.bbox], "label": o.label}
             if o.key:
                 item["key"] = o.key
+            if o.visible_fraction is not None:
+                item["visible_fraction"] = round(float(o.visible_fraction), 4)
             obj_list.append(item)
         lines.append(json.dumps({"stamp": {"sec": sec, "nanosec": nanosec}, "camera": camera,
                                  "objects": obj_list}, separators=(",", ":")))

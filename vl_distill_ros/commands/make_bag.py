@@ -294,8 +294,10 @@ def _frames(args: argparse.Namespace, renderer, pool, names, spec, topics, stats
                 [int(args.seed), zlib.crc32(b"make-bag"), i]))
             scene = render_scene(renderer, pool, rng, spec)
             stamp = start_ns + int(round(i * period_ns))
-            objs = [GroundTruthObject(o.bbox, names[o.key], o.key) for o in scene.objects]
-            hand = [GroundTruthObject(o.bbox, names[o.key], o.key) for o in scene.hand_objects]
+            objs = [GroundTruthObject(o.bbox, names[o.key], o.key, o.visible_frac)
+                    for o in scene.objects]
+            hand = [GroundTruthObject(o.bbox, names[o.key], o.key, o.visible_frac)
+                    for o in scene.hand_objects]
             stats["images"] += 1
             stats["objects"] += len(objs)
             stats["hidden"] += len(scene.meta["placed"]) - len(objs)
