@@ -156,7 +156,8 @@ def drop_ignored(truth: list, boxes: list, min_visible: float, iou: float) -> tu
                if (f := visible_fraction(t)) is not None and f < min_visible]
     if not ignored:
         return truth, boxes
-    kept = [t for i, t in enumerate(truth) if i not in set(ignored)]
+    skip = set(ignored)
+    kept = [t for i, t in enumerate(truth) if i not in skip]
     taken = {j for _, j, _ in match_boxes([t[:4] for t in kept], boxes, iou)}
     free = [j for j in range(len(boxes)) if j not in taken]
     on_ignored = {free[j] for _, j, _ in match_boxes([truth[i][:4] for i in ignored],
