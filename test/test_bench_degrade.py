@@ -261,3 +261,41 @@ def test_min_visible_ignores_mostly_hidden_objects_and_the_boxes_on_them():
     kept, kept_boxes = drop_ignored([(0, 0, 20, 20, "a", 1.0), (1, 0, 20, 20, "b", 0.0)],
                                     [(0, 0, 20, 20)], 0.1, 0.5)
     assert [t[4] for t in kept] == ["a"] and kept_boxes == [(0, 0, 20, 20)]
+
+
+def test_the_bench_ignores_a_bags_hidden_objects(tmp_path, capsys):
+    """End to end on a bag: the sample bag's first frames written again with a visible
+    fraction on every object, half of them under 0.5; ``--min-visible 0.5`` leaves exactly
+    those out of the objects, records the limit, and a limit outside [0, 1] is refused."""
+    import proposals_recall
+
+    from vl_distill_ros.bags.bag_io import BagFrame, read_camera_bag, write_camera_bag
+
+    src = read_camera_bag(BENCH.parent / "demo" / "sample_tabletop")
+    frames, hidden = [], 0
+    for n, m in enumerate(src.images()):
+        objects = src.objects_for(m.topic, m.stamp_ns)
+        if objects is None:
+            continue
+        marked = [o._replace(visible_fraction=0.3 if (n + k) % 2 else 0.9)
+                  for k, o in enumerate(objects)]
+        hidden += sum(o.visible_fraction < 0.5 for o in marked)
+        frames.append(BagFrame(m.stamp_ns, m.image, marked))
+        if len(frames) == 4:
+            break
+    assert hidden > 0
+    bag = write_camera_bag(tmp_path / "marked", frames)
+    runs = {}
+    for limit in ("0", "0.5"):
+        assert proposals_recall.main(["--bags", str(bag), "--no-labels",
+                                      "--min-visible", limit]) == 0
+        runs[limit] = json.loads(capsys.readouterr().out)
+    every, kept = runs["0"], runs["0.5"]
+    assert kept["min_visible"] == 0.5 and every["min_visible"] == 0.0
+    assert kept["all"]["ignored"]["objects"] == hidden
+    assert kept["all"]["objects"] == every["all"]["objects"] - hidden
+    assert set(every["all"]["recall_by_visibility"]) == {"25_to_50pct", "over_50pct"}
+    assert set(kept["all"]["recall_by_visibility"]) == {"over_50pct"}
+    with pytest.raises(SystemExit) as exc:
+        proposals_recall.main(["--bags", str(bag), "--min-visible", "1.5"])
+    assert exc.value.code == 2 and "--min-visible" in capsys.readouterr().err
