@@ -449,6 +449,9 @@ def test_sidecar_round_trip_and_errors(tmp_path: Path):
         json.dumps({"stamp": {"sec": 1}, "camera": CAMERA,
                     "objects": [{"bbox": [1, 2, 3, 4], "label": "x",
                                  "visible_fraction": True}]}): "'visible_fraction'",
+        json.dumps({"stamp": {"sec": 1}, "camera": CAMERA,
+                    "objects": [{"bbox": [1, 2, 3, 4], "label": "x",
+                                 "visible_fraction": float("nan")}]}): "'visible_fraction'",
     }
     for line, reason in bad_lines.items():
         bad = tmp_path / "bad.jsonl"
