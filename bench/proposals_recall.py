@@ -416,8 +416,7 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
         if dark_below > 0:
             depth = dark_holes(msg.image, depth, dark_below)
         frames.append((msg.image, [(*o.bbox, o.label, o.visible_fraction) for o in objs],
-                       depth,
-                       msg.intrinsics()))
+                       depth, msg.intrinsics()))
         if max_frames and len(frames) >= max_frames:
             break
     return frames
