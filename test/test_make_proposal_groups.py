@@ -84,8 +84,11 @@ def test_measure_runs_proposals_recall_per_group_and_totals_them(tool, tmp_path,
     monkeypatch.setitem(tool.GROUPS, "hmini", (True, {"sample": ""}))
     results = tmp_path / "results"
     assert tool.main([str(tmp_path / "out"), "--groups", "mini", "hmini", "--measure",
-                      "--results", str(results)]) == 0
+                      "--results", str(results), "--min-visible", "0.1"]) == 0
     table = json.loads(capsys.readouterr().out)
+    # the limit reaches proposals_recall (the sample bag records no fractions: nothing ignored)
+    assert table["min_visible"] == 0.1
+    assert json.loads((results / "mini.json").read_text())["min_visible"] == 0.1
     raw = json.loads((results / "mini.json").read_text())["depth"]["all"]
     assert raw["auto"]["objects"] > 100 and raw["auto"]["frames"] == 60
     for g, total in (("mini", "looked_at"), ("hmini", "held_out")):

@@ -16,7 +16,7 @@ Usage::
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --groups tuning cut
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --list        # nothing made
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --measure [--jobs 2] \
-        [--results DIR] [-p FIELD=VALUE ...]       # make, then measure every group
+        [--results DIR] [--min-visible F] [-p FIELD=VALUE ...]   # make, then measure
 
 (about 6 minutes for all 17 groups on one core of the 2-core development machine; the
 sample bag of the ``guard`` group is ``demo/sample_tabletop``, shipped.) Then, e.g.::
@@ -166,10 +166,10 @@ def summarise(results: dict[str, dict]) -> dict:
 
 
 def measure(groups: Sequence[str], out_dir: Path, params: Sequence[str], jobs: int,
-            results_dir: Path | None) -> dict:
-    """Run ``bench/proposals_recall.py --depth --no-labels`` (plus ``-p`` ``params``) on each
-    group's bags, ``jobs`` groups at a time; keep each group's JSON in ``results_dir``
-    (optional); return :func:`summarise`'s table.
+            results_dir: Path | None, min_visible: float = 0.0) -> dict:
+    """Run ``bench/proposals_recall.py --depth --no-labels`` (plus ``-p`` ``params`` and
+    ``--min-visible``) on each group's bags, ``jobs`` groups at a time; keep each group's
+    JSON in ``results_dir`` (optional); return :func:`summarise`'s table.
 
     Raises:
         RuntimeError: a measurement failed (its exit status and the end of its stderr).
@@ -180,7 +180,7 @@ def measure(groups: Sequence[str], out_dir: Path, params: Sequence[str], jobs: i
 
     def one(g: str) -> dict:
         cmd = [sys.executable, str(bench), "--depth", "--no-labels",
-               *[a for p in params for a in ("-p", p)],
+               "--min-visible", str(min_visible), *[a for p in params for a in ("-p", p)],
                "--bags", *map(str, bag_paths(g, out_dir))]
         print(f"[make_proposal_groups] measuring {g}", file=sys.stderr)
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -219,7 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="with --measure: groups measured at once (default 2)")
     ap.add_argument("--results", type=Path, default=None,
                     help="with --measure: keep each group's proposals_recall JSON here")
+    ap.add_argument("--min-visible", type=float, default=0.0, metavar="F",
+                    help="with --measure: ignore objects less than F visible "
+                         "(proposals_recall --min-visible; 0.1 is BOP's convention; groups "
+                         "made before session 54 record no visible fractions)")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.min_visible <= 1.0:
+        ap.error(f"--min-visible must be in [0, 1], got {args.min_visible}")
     if args.paths:
         print(" ".join(str(p) for p in bag_paths(args.paths, args.out_dir)))
         return 0
@@ -246,11 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return code
     if args.measure:
         try:
-            table = measure(groups, args.out_dir, args.params, args.jobs, args.results)
+            table = measure(groups, args.out_dir, args.params, args.jobs, args.results,
+                            args.min_visible)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(json.dumps({"params": args.params, **table}, indent=2))
+        print(json.dumps({"params": args.params, "min_visible": args.min_visible, **table},
+                         indent=2))
         return 0
     for g in groups:
         print(f"{g}: {' '.join(str(p) for p in bag_paths(g, args.out_dir))}")
