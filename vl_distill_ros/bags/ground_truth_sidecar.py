@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from vl_distill_ros.bags.bag_frames import GroundTruthObject, ns_to_stamp, stamp_to_ns
+from vl_distill_ros.bags.bag_frames import (GroundTruthObject, ns_to_stamp, object_document,
+                                            stamp_to_ns)
 from vl_distill_ros.bags.raw_io import BagError
 
 __all__ = ["read_ground_truth_sidecar", "write_ground_truth_sidecar", "parse_stamp",
@@ -120,12 +121,10 @@ def write_ground_truth_sidecar(path: str | Path,
     for camera, stamp_ns, objects in entries:
         sec, nanosec = ns_to_stamp(stamp_ns)
         obj_list = []
-        for o in objects:
-            item: dict[str, Any] = {"bbox": [int(v) for v in o.bbox], "label": o.label}
-            if o.key:
-                item["key"] = o.key
-            if o.visible_fraction is not None:
-                item["visible_fraction"] = round(float(o.visible_fraction), 4)
+        for o in objects:  # as in the /ground_truth documents, an empty key left out
+            item = object_document(o)
+            if not o.key:
+                del item["key"]
             obj_list.append(item)
         lines.append(json.dumps({"stamp": {"sec": sec, "nanosec": nanosec}, "camera": camera,
                                  "objects": obj_list}, separators=(",", ":")))
