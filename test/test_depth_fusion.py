@@ -11,11 +11,11 @@ import pytest
 
 from test_depth import OBJECTS, K, _matched, render_tabletop
 from vl_distill_ros.perception.depth_fusion import (fuse_proposals, fuse_proposals_with_views,
-                                                    refine_network_boxes)
+                                                    refine_network_boxes, whole_from_depth)
 from vl_distill_ros.perception.camera_model import DepthError
 from vl_distill_ros.perception.depth_config import DepthProposalConfig
 from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
-from vl_distill_ros.perception.boxes import box_iou
+from vl_distill_ros.perception.boxes import box_containment, box_iou
 
 
 def test_fusion_keeps_colour_where_depth_is_missing_or_flat_and_drops_flat_table():
@@ -49,9 +49,10 @@ def test_fusion_adds_a_depth_box_beside_a_network_box_not_one_holding_or_inside_
     box overlapping one of them only at the side (IoU 0.25, neither inside the other: the
     neighbour the network missed) is added under ``fuse_network_partial_iou``, not without
     it; a depth box lying inside a network box (the network joined two objects there) or
-    holding one (the network found a part) stays out, as does any overlap over the bound."""
+    holding one (the network found a part) stays out, as does any overlap over the bound.
+    (Here without ``fuse_network_whole_cover``, which makes that part whole: tested below.)"""
     depth, truth = render_tabletop(OBJECTS)
-    cfg = DepthProposalConfig()
+    cfg = DepthProposalConfig(fuse_network_whole_cover=0.0)
     found = propose_depth_boxes(depth, K, cfg)
     assert _matched(truth, found.boxes) == 3
     (x0, y0, w0, h0), (x1, y1, w1, h1), (x2, y2, w2, h2) = [
@@ -323,3 +324,90 @@ def test_fusion_leaves_out_a_network_box_lying_flat_on_the_table():
         dataclasses.replace(found, height_grid=None), printed, cfg)
     with pytest.raises(DepthError, match="fuse_network_flat_m"):
         DepthProposalConfig(fuse_network_flat_m=1.5)
+
+
+def test_a_depth_box_replaces_the_network_pieces_of_its_object():
+    """A long object whose network box holds only its end (a tool boxed by its handle) comes
+    out whole: its depth box replaces the piece (``fuse_network_whole_cover``, default 0.5).
+    Two objects that depth joins where they touch, each boxed by the network, stay two; a
+    piece whose top is not the depth box's (a low object against a tall one that depth
+    joined) stays; a piece reaching out of the depth box stays; 0 turns it off."""
+    assert DepthProposalConfig().fuse_network_whole_cover == 0.5
+    depth, truth = render_tabletop([(0.0, 0.0, 0.24, 0.04, 0.04)])   # long and low
+    cfg = DepthProposalConfig(fuse_network_refine_iou=0.0)
+    found = propose_depth_boxes(depth, K, cfg)
+    assert _matched(truth, found.boxes) == 1
+    x, y, w, h = truth[0]
+    handle = (x + 2, y + 2, w // 3, h - 4)                  # a third of it, inside it
+    assert box_iou(handle, truth[0]) < 0.5
+    whole = [b for b in fuse_proposals(found, [], cfg, 10, network_boxes=[handle])
+             if box_iou(b, truth[0]) >= 0.5]
+    assert len(whole) == 1 and handle not in fuse_proposals(found, [], cfg, 10, [handle])
+    boxes, views = fuse_proposals_with_views(found, [], cfg, 10, network_boxes=[handle])
+    assert views == boxes                                  # the student reads the whole box
+    off = dataclasses.replace(cfg, fuse_network_whole_cover=0.0)
+    fused = fuse_proposals(found, [], off, 10, network_boxes=[handle])
+    assert fused[0] == handle and _matched(truth, fused) == 0
+    # the piece reaching out of the depth box (less than 90% of it inside): kept as it is
+    out = (x - w // 3, y + 2, w // 2, h - 4)
+    assert fuse_proposals(found, [], cfg, 10, network_boxes=[out])[0] == out
+    # pieces covering half of it or more: the network's boxes stay
+    halves = [(x, y, w // 2, h), (x + w // 2, y, w - w // 2, h)]
+    assert whole_from_depth(found, halves, cfg) == halves
+    # a low object against a tall one, joined in one depth box: the low one's box stays,
+    # a piece of the tall one (its top the joined box's) is made whole
+    depth, truth = render_tabletop([(0.0, 0.06, 0.14, 0.06, 0.20),   # tall, behind
+                                    (0.0, 0.0, 0.05, 0.06, 0.03)])   # low, in front
+    found = propose_depth_boxes(depth, K, cfg)
+    tall, low = truth
+    x0, y0 = min(tall[0], low[0]), min(tall[1], low[1])
+    union = (x0, y0, max(tall[0] + tall[2], low[0] + low[2]) - x0,
+             max(tall[1] + tall[3], low[1] + low[3]) - y0)
+    joined = dataclasses.replace(found, boxes=[union])
+    assert whole_from_depth(joined, [low], cfg) == [low]
+    top_piece = (tall[0] + tall[2] // 4, tall[1] + 4, tall[2] // 3, tall[3] // 4)
+    assert whole_from_depth(joined, [top_piece], cfg) == [union]
+    with pytest.raises(DepthError, match="fuse_network_whole_cover"):
+        DepthProposalConfig(fuse_network_whole_cover=1.5)
+
+
+def test_a_loose_network_box_around_one_depth_box_moves_halfway_to_it():
+    """A network box reaching well beyond its object (IoU 0.4-0.5 with the object's depth
+    box, which lies wholly inside it and alone) moves halfway to the depth box
+    (``fuse_network_refine_inside_iou``, default 0.4); it stays with a second depth box
+    reaching into it, with the depth box at another height than the network box's top,
+    under the IoU bound, without the height grid, or with the setting 0."""
+    assert DepthProposalConfig().fuse_network_refine_inside_iou == 0.4
+    depth, truth = render_tabletop([(0.0, 0.0, 0.08, 0.08, 0.12)])
+    cfg = DepthProposalConfig()
+    found = propose_depth_boxes(depth, K, cfg)
+    assert _matched(truth, found.boxes) == 1
+    d = max(found.boxes, key=lambda b: box_iou(b, truth[0]))
+    x, y, w, h = d
+    loose = (x - w // 4, y - h // 4, w + 2 * (w // 4), h + 2 * (h // 4))   # IoU ~0.44
+    assert 0.4 <= box_iou(loose, d) < cfg.fuse_network_refine_iou
+    moved = refine_network_boxes([loose], found.boxes, cfg, found)
+    assert moved == [((x + loose[0]) // 2, (y + loose[1]) // 2, moved[0][2], moved[0][3])]
+    assert box_iou(moved[0], d) >= 0.6 > box_iou(loose, d)
+    fused = fuse_proposals(found, [], cfg, 10, network_boxes=[loose])
+    assert fused[0] == moved[0] and _matched(truth, fused) == 1
+    boxes, views = fuse_proposals_with_views(found, [], cfg, 10, network_boxes=[loose])
+    assert views[0] == loose                           # the student reads the network's box
+    assert refine_network_boxes([loose], found.boxes, cfg) == [loose]          # no grid
+    off = dataclasses.replace(cfg, fuse_network_refine_inside_iou=0.0)
+    assert refine_network_boxes([loose], found.boxes, off, found) == [loose]
+    looser = (x - w // 2, y - h // 2, 2 * w, 2 * h)                          # IoU 0.25
+    assert refine_network_boxes([looser], found.boxes, cfg, found) == [looser]
+    other = (loose[0] - 20, y, 30, h // 2)                  # a second depth box reaching in
+    two = dataclasses.replace(found, boxes=[*found.boxes, other])
+    assert refine_network_boxes([loose], two.boxes, cfg, two) == [loose]
+    # a depth box lower than the network box's top (here the front face's lower part of the
+    # object the network boxed whole) leaves the network box as it is
+    front = (x, y + int(0.55 * h), w, int(0.45 * h))
+    assert 0.4 <= box_iou(front, d) < 0.5 and box_containment(front, d) == 1.0
+    lower = dataclasses.replace(found, boxes=[front])
+    assert refine_network_boxes([d], lower.boxes, cfg, lower) == [d]
+    level = dataclasses.replace(cfg, fuse_split_height_m=1.0)   # heights never differ
+    assert refine_network_boxes([d], lower.boxes, level, lower) != [d]
+    with pytest.raises(DepthError, match="fuse_network_refine_inside_iou"):
+        DepthProposalConfig(fuse_network_refine_inside_iou=1.2)

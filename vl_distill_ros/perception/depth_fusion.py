@@ -67,11 +67,55 @@ def fuse_proposals_with_views(depth: DepthProposals, colour_boxes: Sequence[Box]
         if depth.plane is not None else []
     if not network:
         return fused, list(fused)
-    refined = refine_network_boxes(network, depth.boxes, cfg)
+    network = whole_from_depth(depth, network, cfg)
+    refined = refine_network_boxes(network, depth.boxes, cfg, depth)
     weak = list(weak_network_boxes or ()) if cfg.fuse_network_weak_score > 0 else []
     rest = [b for b in fused if _beside_network(b, refined, cfg, depth)
             or _confirmed_by_weak(b, weak, refined)]
     return (refined + rest)[:max_count], (network + rest)[:max_count]
+
+
+#: :func:`whole_from_depth`: a network box is a piece of a depth box when it lies at least
+#: this fraction of its area inside it.
+WHOLE_PIECE_CONTAINMENT = 0.9
+#: :func:`whole_from_depth`: at most this many network pieces make one depth box whole.
+WHOLE_MAX_PIECES = 2
+
+
+def whole_from_depth(depth: DepthProposals, network_boxes: Sequence[Box],
+                     cfg: DepthProposalConfig) -> list[Box]:
+    """``network_boxes`` with the pieces of one object replaced by its depth box: a depth
+    box that every network box touching it lies inside (:data:`WHOLE_PIECE_CONTAINMENT` of
+    its area; one to :data:`WHOLE_MAX_PIECES` of them), whose tops reach about its own
+    (:func:`_heights_differ`), and which together cover less than
+    ``fuse_network_whole_cover`` of it. The network boxed a part (a thin tool's handle, a
+    cracker box's print) of what depth sees whole; two objects in contact that depth joins
+    each have their own network box, covering most of the joined box, and stay as they are.
+    ``network_boxes`` itself with ``fuse_network_whole_cover`` 0 or no height grid."""
+    out = list(network_boxes)
+    if cfg.fuse_network_whole_cover <= 0 or depth.height_grid is None or not out:
+        return out
+    for d in depth.boxes:
+        touching = [n for n in out if _intersects(n, d)]
+        if not 1 <= len(touching) <= WHOLE_MAX_PIECES or any(
+                box_containment(n, d) < WHOLE_PIECE_CONTAINMENT for n in touching):
+            continue
+        if _cover(d, touching) >= cfg.fuse_network_whole_cover:
+            continue
+        top = _box_top(depth, d, cfg)
+        tops = [_box_top(depth, [int(round(v)) for v in n], cfg) for n in touching]
+        if top <= 0 or any(t <= 0 or _heights_differ(t, top, cfg) for t in tops):
+            continue
+        first = out.index(touching[0])        # the whole box takes its first piece's place
+        out = [tuple(int(v) for v in d) if i == first else n for i, n in enumerate(out)
+               if i == first or n not in touching]
+    return out
+
+
+def _intersects(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Whether boxes ``a`` and ``b`` share any area."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] \
+        and b[1] < a[1] + a[3]
 
 
 #: :func:`_confirmed_by_weak`: the IoU at which a weak network box matches a box (and at
@@ -122,22 +166,55 @@ def takes_close_pass(depth: np.ndarray, cfg: DepthProposalConfig, named: bool = 
 
 
 def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],
-                         cfg: DepthProposalConfig) -> list[Box]:
+                         cfg: DepthProposalConfig, depth: DepthProposals | None = None
+                         ) -> list[Box]:
     """``network_boxes``, each one that exactly one of ``depth_boxes`` matches at IoU
     ``fuse_network_refine_iou`` or more, while that depth box matches no other network box
     better, replaced by the mean of the two (corner by corner): one object whose extent
-    the network and depth estimated with independent errors."""
+    the network and depth estimated with independent errors. With ``depth`` (its height
+    grid), a loose network box is moved so too when it holds a depth box at a lower IoU
+    (:func:`_loose_around`, ``fuse_network_refine_inside_iou``)."""
     out = list(network_boxes)
     if cfg.fuse_network_refine_iou <= 0:
         return out
     for i, n in enumerate(network_boxes):
         same = [d for d in depth_boxes if box_iou(d, n) >= cfg.fuse_network_refine_iou]
         if len(same) != 1:
+            inner = _loose_around(n, depth_boxes, cfg, depth) if not same else None
+            if inner is not None:
+                out[i] = _mean_box(n, inner)
             continue
         ious = [box_iou(same[0], m) for m in network_boxes]
         if int(np.argmax(ious)) == i:
             out[i] = _mean_box(n, same[0])
     return out
+
+
+#: :func:`_loose_around`: the depth box lies at least this fraction of its area inside the
+#: network box.
+LOOSE_INSIDE = 0.9
+
+
+def _loose_around(network_box: Box, depth_boxes: Sequence[Box], cfg: DepthProposalConfig,
+                  depth: DepthProposals | None) -> Box | None:
+    """The one depth box that ``network_box`` holds loosely, or None: the only one of
+    ``depth_boxes`` touching it, lying :data:`LOOSE_INSIDE` of its area inside it at IoU
+    ``fuse_network_refine_inside_iou`` or more (under ``fuse_network_refine_iou``), its
+    top at about the network box's (:func:`_heights_differ`). The network's box of that
+    object reaches too far (a shadow, the table around it), and depth's edges are tighter;
+    a network box holding the depth boxes of two objects, or one at another height (an
+    object in front of it), stays."""
+    if cfg.fuse_network_refine_inside_iou <= 0 or depth is None or depth.height_grid is None:
+        return None
+    near = [d for d in depth_boxes if _intersects(d, network_box)]
+    if len(near) != 1 or box_containment(near[0], network_box) < LOOSE_INSIDE or \
+            box_iou(near[0], network_box) < cfg.fuse_network_refine_inside_iou:
+        return None
+    top = _box_top(depth, near[0], cfg)
+    if top <= 0 or _heights_differ(
+            top, _box_top(depth, [int(round(v)) for v in network_box], cfg), cfg):
+        return None
+    return near[0]
 
 
 def _mean_box(a: Box, b: Box) -> Box:
