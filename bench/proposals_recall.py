@@ -502,10 +502,50 @@ def dark_holes(image: np.ndarray, depth: np.ndarray, below: float) -> np.ndarray
     return np.where(dark, np.float32(0.0), depth).astype(np.float32)
 
 
+#: ``--fusion-sweep``: the ``fuse_*`` fields that change what the fusion is given (the colour
+#: boxes, the network's weak boxes), not only the fusion: not swept.
+SWEEP_EXCLUDED = ("fuse_colour_model", "fuse_close_pass", "fuse_network_weak_score")
+
+
+def parse_fusion_sweep(items: Iterable[str], depth_cfg: Any) -> dict[str, Any]:
+    """``FIELD=V1,V2,...`` items as ``{"FIELD=V": config}``: ``depth_cfg`` with each value of
+    a fusion-only field (``fuse_*`` but :data:`SWEEP_EXCLUDED`).
+
+    Raises:
+        ValueError: not FIELD=VALUES, not a fusion-only field, a bad or invalid value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(depth_cfg)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip()
+        if not sep or not values.strip():
+            raise ValueError(f"expected FIELD=V1,V2,..., got {item!r}")
+        if name not in fields or not name.startswith("fuse_") or name in SWEEP_EXCLUDED:
+            raise ValueError(f"{name!r} is not a field only the fusion reads (fuse_*, "
+                             f"not {', '.join(SWEEP_EXCLUDED)})")
+        kind = type(getattr(depth_cfg, name))
+        for text in values.split(","):
+            try:
+                number = float(text)
+                if kind is int and not number.is_integer():
+                    raise ValueError(f"{name} takes whole numbers")
+                value = int(number) if kind is int else number
+                out[f"{name}={text.strip()}"] = dataclasses.replace(depth_cfg, **{name: value})
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name}={text.strip()}: {exc}") from None
+    if len(out) > 64:
+        raise ValueError(f"at most 64 fusion settings a run, got {len(out)}")
+    return out
+
+
 def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
-                  iou: float = 0.5, min_visible: float = 0.0) -> dict[str, Tally]:
+                  iou: float = 0.5, min_visible: float = 0.0,
+                  sweep: dict[str, Any] | None = None) -> dict[str, Tally]:
     """Colour, depth and fused (auto) proposals on RGB-D ``frames``, one tally each
-    (objects less visible than ``min_visible`` ignored)."""
+    (objects less visible than ``min_visible`` ignored); with ``sweep`` (see
+    :func:`parse_fusion_sweep`) also ``auto@NAME`` for each of its configs, the fusion alone
+    rerun on the same frame's depth, network and colour boxes."""
     from vl_distill_ros.perception.depth_fusion import (fuse_proposals, fusion_colour_config,
                                                         takes_close_pass)
     from vl_distill_ros.perception.depth_config import stride_for
@@ -515,6 +555,7 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
                                                      with_colour_model)
 
     tallies = {name: Tally(min_visible) for name in ("colour", "depth", "auto")}
+    tallies.update({f"auto@{name}": Tally(min_visible) for name in sweep or {}})
     # one camera's frames in order, as the node sees them (its registration check)
     reg = None
     checks = depth_cfg.registration_search_px > 0 or depth_cfg.fattening_search_px > 0
@@ -545,6 +586,10 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         tallies["colour"].add(truth, colour, iou, 1000.0 * (t1 - t0), size)
         tallies["depth"].add(truth, list(found.boxes), iou, 1000.0 * (t2 - t1), size)
         tallies["auto"].add(truth, fused, iou, 1000.0 * (t3 - t1), size)
+        for name, other in (sweep or {}).items():
+            tallies[f"auto@{name}"].add(
+                truth, fuse_proposals(found, colour_boxes, other, cfg.max_count, network,
+                                      [] if net is None else net.weak), iou, 0.0, size)
     return tallies
 
 
@@ -626,6 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also score crops of each frame that cut one object at the border")
     ap.add_argument("--depth-config", default=None, metavar="YAML",
                     help="depth proposer settings (default: DepthProposalConfig defaults)")
+    ap.add_argument("--fusion-sweep", action="append", default=[], metavar="FIELD=V1,V2",
+                    help="with --depth: also rerun the fusion alone with each value of a "
+                         "fusion-only field (fuse_*, not " + ", ".join(SWEEP_EXCLUDED) +
+                         ") on each frame's boxes, as depth.fusion_sweep (repeatable; at "
+                         "most 64 settings)")
     ap.add_argument("--depth-shift", default="0,0", metavar="DX,DY",
                     help="with --depth: move the depth DX pixels right and DY down first (a "
                          "registration error between depth and colour; default: 0,0)")
@@ -703,8 +753,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     depth_cfg = load_depth_config(args.depth_config) if args.depth_config \
         else DepthProposalConfig()
+    try:
+        sweep = parse_fusion_sweep(args.fusion_sweep, depth_cfg)
+    except ValueError as exc:
+        ap.error(f"--fusion-sweep: {exc}")
+    if sweep and not args.depth:
+        ap.error("--fusion-sweep needs --depth")
     mv = args.min_visible
-    depth_total = {name: Tally(mv) for name in ("colour", "depth", "auto")}
+    depth_total = {name: Tally(mv) for name in ("colour", "depth", "auto",
+                                                *(f"auto@{n}" for n in sweep))}
     depth_bags: dict[str, Any] = {}
     cut_total = {name: Tally(mv) for name in ("colour", "depth", "auto")}
     total = Tally(mv)
@@ -734,8 +791,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            for i, (im, truth, depth, k) in enumerate(
                                load_rgbd_frames(bag, args.max_frames, shift, args.dark_holes,
                                                 args.topics))]
-            rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou, mv)
-            depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()}
+            rgbd = evaluate_rgbd(rgbd_frames, cfg, depth_cfg, args.iou, mv, sweep)
+            depth_bags[str(bag)] = {k: v.summary(False) for k, v in rgbd.items()
+                                    if "@" not in k}
             for name, t in rgbd.items():
                 depth_total[name].merge(t)
             if args.cut_border:
@@ -759,7 +817,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "dark_holes_below": args.dark_holes,
                       "sparse_depth": args.sparse_depth.strip() or "none",
                       "smooth_depth_sigma_px": args.smooth_depth,
-                      "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()},
+                      "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()
+                              if "@" not in k},
+                      **({"fusion_sweep": {k.split("@", 1)[1]: v.summary(False)
+                                           for k, v in depth_total.items() if "@" in k}}
+                         if sweep else {}),
                       "bags": depth_bags}} if args.depth else {}),
         **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,
                            **{k: _kind_summary(v) for k, v in cut_total.items() if v.frames}}}

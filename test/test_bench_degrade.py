@@ -299,3 +299,38 @@ def test_the_bench_ignores_a_bags_hidden_objects(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         proposals_recall.main(["--bags", str(bag), "--min-visible", "1.5"])
     assert exc.value.code == 2 and "--min-visible" in capsys.readouterr().err
+
+
+def test_the_fusion_sweep_gives_what_separate_runs_give(tmp_path, capsys):
+    """``--fusion-sweep``: on the sample bag's first frames, the fusion rerun with the
+    default value gives the run's own ``auto`` figures, and with another value those of a
+    whole run with that value (``--depth-config``); fields that change more than the fusion,
+    values out of range and a sweep without ``--depth`` are refused."""
+    import proposals_recall
+
+    bag = str(BENCH.parent / "demo" / "sample_tabletop")
+    common = ["--bags", bag, "--max-frames", "12", "--no-labels", "--depth"]
+    assert proposals_recall.main([*common, "--fusion-sweep", "fuse_network_whole_cover=0,0.5",
+                                  "--fusion-sweep", "fuse_network_iou=0.4"]) == 0
+    swept = json.loads(capsys.readouterr().out)["depth"]
+    assert set(swept["fusion_sweep"]) == {"fuse_network_whole_cover=0", "fuse_network_iou=0.4",
+                                          "fuse_network_whole_cover=0.5"}
+    keys = ("objects", "matched", "proposals", "frames")
+    auto = swept["all"]["auto"]
+    assert {k: swept["fusion_sweep"]["fuse_network_whole_cover=0.5"][k] for k in keys} == \
+        {k: auto[k] for k in keys}
+    for name, value in (("fuse_network_whole_cover", "0"), ("fuse_network_iou", "0.4")):
+        (tmp_path / "d.yaml").write_text(f"{name}: {value}\n")
+        assert proposals_recall.main([*common, "--depth-config", str(tmp_path / "d.yaml")]) == 0
+        alone = json.loads(capsys.readouterr().out)["depth"]["all"]["auto"]
+        assert {k: swept["fusion_sweep"][f"{name}={value}"][k] for k in keys} == \
+            {k: alone[k] for k in keys}
+    assert swept["fusion_sweep"]["fuse_network_iou=0.4"]["proposals"] != auto["proposals"]
+    for bad in (["--depth", "--fusion-sweep", "fuse_network_weak_score=0.2"],
+                ["--depth", "--fusion-sweep", "min_height_m=0.01"],
+                ["--depth", "--fusion-sweep", "fuse_network_iou=1.5"],
+                ["--depth", "--fusion-sweep", "fuse_network_support_min_boxes=1.5"],
+                ["--fusion-sweep", "fuse_network_iou=0.2"]):
+        with pytest.raises(SystemExit) as exc:
+            proposals_recall.main(["--bags", bag, *bad])
+        assert exc.value.code == 2 and "--fusion-sweep" in capsys.readouterr().err
