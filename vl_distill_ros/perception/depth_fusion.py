@@ -22,10 +22,11 @@ from .depth_proposals import DepthProposals
 from .proposal_config import ProposalConfig
 
 __all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",
-           "fuse_depth_colour", "refine_network_boxes", "split_by_colour", "flat_on_support",
+           "fuse_depth_colour", "refine_network_boxes", "whole_from_depth", "split_by_colour",
+           "flat_on_support",
            "FLAT_MIN_SAMPLES",
            "SUPPORT_MIN_RAISED", "WEAK_MATCH_IOU", "SPLIT_CONTAINMENT", "SPLIT_MAX_AREA",
-           "SPLIT_MAX_OVERLAP"]
+           "SPLIT_MAX_OVERLAP", "WHOLE_PIECE_CONTAINMENT", "WHOLE_MAX_PIECES", "LOOSE_INSIDE"]
 
 
 def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
@@ -44,7 +45,8 @@ def fuse_proposals(depth: DepthProposals, colour_boxes: Sequence[Box],
     depth box matches is moved halfway to it (:func:`refine_network_boxes`). A box left
     out beside the network's is added when one of ``weak_network_boxes`` (the network's
     boxes under its threshold, ``fuse_network_weak_score``) matches it and no network box
-    does (:func:`_confirmed_by_weak`)."""
+    does (:func:`_confirmed_by_weak`). Before all that, a depth box replaces the network's
+    boxes of pieces of its object (:func:`whole_from_depth`, ``fuse_network_whole_cover``)."""
     return fuse_proposals_with_views(depth, colour_boxes, cfg, max_count, network_boxes,
                                      weak_network_boxes)[0]
 
