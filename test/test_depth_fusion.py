@@ -351,6 +351,11 @@ def test_a_depth_box_replaces_the_network_pieces_of_its_object():
     # the piece reaching out of the depth box (less than 90% of it inside): kept as it is
     out = (x - w // 3, y + 2, w // 2, h - 4)
     assert fuse_proposals(found, [], cfg, 10, network_boxes=[out])[0] == out
+    # two pieces make it whole, three are too many (more likely several objects)
+    pieces = [(x + 2 + k * (w // 3), y + 2, w // 8, h - 4) for k in range(3)]
+    d = max(found.boxes, key=lambda b: box_iou(b, truth[0]))
+    assert whole_from_depth(found, pieces[:2], cfg) == [d]
+    assert whole_from_depth(found, pieces, cfg) == pieces
     # pieces covering half of it or more: the network's boxes stay
     halves = [(x, y, w // 2, h), (x + w // 2, y, w - w // 2, h)]
     assert whole_from_depth(found, halves, cfg) == halves
@@ -396,6 +401,9 @@ def test_a_loose_network_box_around_one_depth_box_moves_halfway_to_it():
     assert refine_network_boxes([loose], found.boxes, cfg) == [loose]          # no grid
     off = dataclasses.replace(cfg, fuse_network_refine_inside_iou=0.0)
     assert refine_network_boxes([loose], found.boxes, off, found) == [loose]
+    aside = (x + w // 6, y - h // 5, w + w // 5, h + 2 * (h // 5))   # d partly out of it
+    assert box_containment(d, aside) < 0.9 and 0.4 <= box_iou(d, aside) < 0.5
+    assert refine_network_boxes([aside], found.boxes, cfg, found) == [aside]
     looser = (x - w // 2, y - h // 2, 2 * w, 2 * h)                          # IoU 0.25
     assert refine_network_boxes([looser], found.boxes, cfg, found) == [looser]
     other = (loose[0] - 20, y, 30, h // 2)                  # a second depth box reaching in
