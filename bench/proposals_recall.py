@@ -514,7 +514,7 @@ def parse_fusion_sweep(items: Iterable[str], depth_cfg: Any) -> dict[str, Any]:
     Raises:
         ValueError: not FIELD=VALUES, not a fusion-only field, a bad or invalid value.
     """
-    fields = {f.name: f for f in dataclasses.fields(depth_cfg)}
+    fields = {f.name for f in dataclasses.fields(depth_cfg)}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, values = item.partition("=")
