@@ -138,6 +138,7 @@ def visible_fraction(t: Sequence[Any]) -> float | None:
 
 
 def visibility_bucket(t: Sequence[Any]) -> str:
+    """The :data:`VISIBILITY_BUCKETS` name of a truth tuple, or ``unknown``."""
     f = visible_fraction(t)
     if f is None:
         return "unknown"

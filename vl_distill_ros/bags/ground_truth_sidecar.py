@@ -121,7 +121,7 @@ def write_ground_truth_sidecar(path: str | Path,
     for camera, stamp_ns, objects in entries:
         sec, nanosec = ns_to_stamp(stamp_ns)
         obj_list = []
-        for o in objects:  # as in the /ground_truth documents, an empty key left out
+        for o in objects:  # the /ground_truth document's object, an empty key left out
             item = object_document(o)
             if not o.key:
                 del item["key"]

@@ -98,7 +98,7 @@ def whole_from_depth(depth: DepthProposals, network_boxes: Sequence[Box],
     if cfg.fuse_network_whole_cover <= 0 or depth.height_grid is None or not out:
         return out
     for d in depth.boxes:
-        touching = [n for n in out if _intersects(n, d)]
+        touching = [n for n in out if box_containment(n, d) > 0]   # sharing any area
         if not 1 <= len(touching) <= WHOLE_MAX_PIECES or any(
                 box_containment(n, d) < WHOLE_PIECE_CONTAINMENT for n in touching):
             continue
@@ -112,12 +112,6 @@ def whole_from_depth(depth: DepthProposals, network_boxes: Sequence[Box],
         out = [tuple(int(v) for v in d) if i == first else n for i, n in enumerate(out)
                if i == first or n not in touching]
     return out
-
-
-def _intersects(a: Sequence[int], b: Sequence[int]) -> bool:
-    """Whether boxes ``a`` and ``b`` share any area."""
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] \
-        and b[1] < a[1] + a[3]
 
 
 #: :func:`_confirmed_by_weak`: the IoU at which a weak network box matches a box (and at
@@ -208,7 +202,7 @@ def _loose_around(network_box: Box, depth_boxes: Sequence[Box], cfg: DepthPropos
     object in front of it), stays."""
     if cfg.fuse_network_refine_inside_iou <= 0 or depth is None or depth.height_grid is None:
         return None
-    near = [d for d in depth_boxes if _intersects(d, network_box)]
+    near = [d for d in depth_boxes if box_containment(d, network_box) > 0]
     if len(near) != 1 or box_containment(near[0], network_box) < LOOSE_INSIDE or \
             box_iou(near[0], network_box) < cfg.fuse_network_refine_inside_iou:
         return None
