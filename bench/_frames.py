@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +208,10 @@ def rgbd_frames(scene: str, n: int, k: int, width: int, height: int, seed: int,
     return frames, f"ycb with depth, sensor noise ({ycb_models})"
 
 
-def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
-    """How many boxes the node's proposer gives for each frame (its settings from ``-p``)."""
+def offline_proposals(frames: list, params: dict[str, str]) -> tuple[list[int], list[float]]:
+    """How many boxes the node's colour proposer gives for each frame (its settings from
+    ``-p``), and how long each frame took (ms, in this process, the box network loaded
+    before the first): a measure of the host's speed at the time, before the node starts."""
     from vl_distill_ros.perception.proposals import propose_boxes
     from vl_distill_ros.perception.proposal_config import ProposalConfig
 
@@ -219,4 +222,11 @@ def offline_proposals(frames: list, params: dict[str, str]) -> list[int]:
         if key in params:
             kw[field] = yaml_value(params[key])
     cfg = ProposalConfig(**kw)
-    return [len(propose_boxes(fr[0], cfg)) for fr in frames]
+    if frames:
+        propose_boxes(frames[0][0], cfg)      # loads the box network
+    counts, times = [], []
+    for fr in frames:
+        t0 = time.perf_counter()
+        counts.append(len(propose_boxes(fr[0], cfg)))
+        times.append(1000.0 * (time.perf_counter() - t0))
+    return counts, times

@@ -126,6 +126,25 @@ class ProcStats:
         except (OSError, IndexError, ValueError):
             return None
 
+    def thread_cpu_s(self) -> dict[int, tuple[str, float]]:
+        """``{thread id: (its OS name, CPU seconds)}`` of the process's threads (their
+        ``/proc/<pid>/task/<tid>/stat``; empty when it cannot be read)."""
+        out: dict[int, tuple[str, float]] = {}
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return out
+        for tid in tids:
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/stat", encoding="utf-8") as fh:
+                    raw = fh.read()
+                name = raw[raw.index("(") + 1:raw.rindex(")")]
+                rest = raw[raw.rindex(")") + 1:].split()
+                out[int(tid)] = (name, (int(rest[11]) + int(rest[12])) / self.HZ)
+            except (OSError, IndexError, ValueError):
+                continue          # a thread that ended meanwhile
+        return out
+
     def status_kb(self, *keys: str) -> dict[str, int]:
         out: dict[str, int] = {}
         try:

@@ -230,7 +230,7 @@ def _frames(a: argparse.Namespace, raw_params: dict[str, str]) -> tuple[list, in
     else:
         frames, scene_desc = make_frames(a.scene, a.frames, a.objects, a.width, a.height,
                                          a.seed, a.ycb_models)
-    offline = offline_proposals(frames, raw_params)
+    offline, offline_ms = offline_proposals(frames, raw_params)
     crop_source = str(yaml_value(raw_params.get("crop_source", "proposals")))
     drawn = [len(fr[1]) for fr in frames]
     expected = {"full_frame": 1}.get(crop_source, a.objects if a.scene != "bag"
@@ -238,7 +238,14 @@ def _frames(a: argparse.Namespace, raw_params: dict[str, str]) -> tuple[list, in
     size = [int(frames[0][0].shape[1]), int(frames[0][0].shape[0])]
     return frames, expected, {"scene": scene_desc, "count": len(frames), "size": size,
                               "objects_drawn": drawn, "depth": bool(a.depth),
-                              "proposals_offline": offline, "crop_source": crop_source}
+                              "proposals_offline": offline,
+                              "proposals_offline_ms_median": r(statistics.median(offline_ms), 2)
+                              if offline_ms else None,
+                              "proposals_offline_ms_definition": (
+                                  "the node's colour proposer (box network included) on these "
+                                  "frames in the bench's process before the node starts: "
+                                  "how fast the host ran at the time"),
+                              "crop_source": crop_source}
 
 
 def _start_node(a: argparse.Namespace, model: Path, tmp: Path, raw_params: dict[str, str],
@@ -290,7 +297,8 @@ class Marks:
 
     def mark(self, which: str, node: NodeProcess, recorder: Recorder) -> None:
         if which not in self.cpu:
-            self.cpu[which] = (time.time_ns(), node.stats.cpu_s(), ProcStats.system_ticks())
+            self.cpu[which] = (time.time_ns(), node.stats.cpu_s(), ProcStats.system_ticks(),
+                               node.stats.thread_cpu_s())
             self.diag[f"{which}_count"] = recorder.diag_count()
 
 
@@ -499,11 +507,40 @@ def _node_p95(diags: list, w_start: int, w_end: int) -> dict[str, Any]:
 
 def _cpu(cpu_mark: dict) -> tuple[float | None, float]:
     """(node CPU %, system busy %) over the window."""
-    (t_a, cpu_a, sys_a), (t_b, cpu_b, sys_b) = cpu_mark["start"], cpu_mark["end"]
+    (t_a, cpu_a, sys_a, _), (t_b, cpu_b, sys_b, _) = cpu_mark["start"], cpu_mark["end"]
     wall = (t_b - t_a) / 1e9
     node_cpu = 100.0 * (cpu_b - cpu_a) / wall if cpu_a is not None and cpu_b is not None \
         and wall > 0 else None
     return node_cpu, 100.0 * (sys_b[0] - sys_a[0]) / max(1, sys_b[1] - sys_a[1])
+
+
+def thread_group(name: str) -> str:
+    """The group a thread's OS name counts under: Fast DDS's threads (``dds.shm.7001``,
+    ``dds.ev.0``, ...) as ``dds``, every other name as itself."""
+    return "dds" if name.startswith("dds.") else name
+
+
+def thread_cpu(cpu_mark: dict, frames: int) -> dict[str, Any]:
+    """The node's CPU time over the window per thread name (the node's workers are named
+    ``vl_...``, see ``vl_distill_ros.thread_names``; ONNX Runtime's pool threads carry the
+    name of the thread that made their session): cores, milliseconds per labelled frame and
+    how many threads, busiest first. A thread started in the window counts from 0; one
+    that ended in it is not seen."""
+    (t_a, _, _, before), (t_b, _, _, after) = cpu_mark["start"], cpu_mark["end"]
+    wall = (t_b - t_a) / 1e9
+    groups: dict[str, list[float]] = {}
+    for tid, (name, cpu) in after.items():
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        g = groups.setdefault(thread_group(name), [0.0, 0])
+        g[0] += max(used, 0.0)
+        g[1] += 1
+    by_name = {name: {"cores": r(cpu / wall, 3) if wall > 0 else None,
+                      "ms_per_frame": r(1000.0 * cpu / frames, 2) if frames else None,
+                      "threads": n}
+               for name, (cpu, n) in sorted(groups.items(), key=lambda kv: -kv[1][0])}
+    return {"by_name": by_name,
+            "definition": "CPU time (user + system) of the node's threads in the window, "
+                          "grouped by OS thread name; ms_per_frame over labelled frames"}
 
 
 def _rss(a, rss: list, peak: dict) -> dict[str, Any]:
@@ -588,6 +625,7 @@ def summarise(a, pub: dict, rec: Recorder, w_start: int, w_end: int, cpu_mark: d
         "node_cpu_percent": r(node_cpu, 1),
         "node_cpu_cores": r(node_cpu / 100.0, 2) if node_cpu is not None else None,
         "system_cpu_busy_percent": r(sys_busy, 1),
+        "thread_cpu": thread_cpu(cpu_mark, labelled),
         "loadavg_end": loadavg(),
         "rss": _rss(a, rss, peak),
         "transport_hint": (TRANSPORT_HINT if (node_counts.get("not_received_fraction") or 0)

@@ -571,12 +571,14 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         t1 = time.perf_counter()
         found = propose_depth_boxes(depth, k, depth_cfg, image, reg)
         t2 = time.perf_counter()
-        # the fusion's colour boxes, as the node's: without the core split, the colour
-        # model's only with fuse_colour_model (or without the network), the network's close
-        # pass only as takes_close_pass says (no camera is named here)
+        # the fusion's colour boxes, as the node's: the box network of frames with depth
+        # (box_net_depth), without the core split, the colour model's only with
+        # fuse_colour_model (or without the network), the network's close pass only as
+        # takes_close_pass says (no camera is named here)
+        with_depth = cfg.for_depth_frames()
         fusion_cfg = fusion_colour_config(
-            cfg if takes_close_pass(depth, depth_cfg)
-            else dataclasses.replace(cfg, box_net_close_width=0), depth_cfg)
+            with_depth if takes_close_pass(depth, depth_cfg)
+            else dataclasses.replace(with_depth, box_net_close_width=0), depth_cfg)
         net = network_detections(image, fusion_cfg, depth_cfg.fuse_network_weak_score)
         colour_boxes, network = with_colour_model(
             image, None if net is None else net.boxes, fusion_cfg, core_split=False)

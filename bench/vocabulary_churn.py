@@ -187,7 +187,8 @@ def sample_loop(a, node: lv.NodeProcess, publisher: lv.Publisher, recorder: lv.R
             next_rss += int(a.rss_interval * 1e9)
         for mark, at, key in (("start", w_start, "start_count"), ("end", w_end, "end_count")):
             if mark not in cpu_mark and now >= at:
-                cpu_mark[mark] = (now, node.stats.cpu_s(), lv.ProcStats.system_ticks())
+                cpu_mark[mark] = (now, node.stats.cpu_s(), lv.ProcStats.system_ticks(),
+                                  node.stats.thread_cpu_s())
                 diag_mark[key] = recorder.diag_count()
         if now >= next_progress and now >= w_start:
             rss_now = f"{rss[-1][1]:.0f} MB" if rss else "?"
@@ -199,7 +200,8 @@ def sample_loop(a, node: lv.NodeProcess, publisher: lv.Publisher, recorder: lv.R
             if publisher.result is None:
                 raise BenchError("the camera publisher died", exit_code=3)
     if "end" not in cpu_mark:
-        cpu_mark["end"] = (time.time_ns(), node.stats.cpu_s(), lv.ProcStats.system_ticks())
+        cpu_mark["end"] = (time.time_ns(), node.stats.cpu_s(), lv.ProcStats.system_ticks(),
+                           node.stats.thread_cpu_s())
         diag_mark["end_count"] = recorder.diag_count()
     return rss, cpu_mark, diag_mark
 

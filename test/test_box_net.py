@@ -681,6 +681,16 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     assert default.box_net == "default" and default.box_net_threshold == 0.5
     assert settings(proposal_box_net="off").proposal_cfg.box_net == "off"
     assert settings(proposal_box_net="default_int8").proposal_cfg.box_net == "default_int8"
+    assert default.box_net_depth == "auto" and default.depth_box_net() == "default_int8"
+    plain = settings()
+    with_depth = plain.for_depth_frames()
+    assert with_depth.proposal_cfg.box_net == "default_int8" and plain.proposal_cfg.box_net \
+        == "default"
+    assert plain.for_depth_frames() is with_depth and with_depth.for_depth_frames() is with_depth
+    same = settings(proposal_box_net_depth="default")
+    assert same.for_depth_frames() is same
+    with pytest.raises(PipelineError, match="box_net_depth: no model file"):
+        settings(proposal_box_net_depth=str(tmp_path / "missing.onnx"))
     other = tmp_path / "copy.onnx"
     other.write_bytes(DEFAULT_BOX_NET.read_bytes())
     chosen = settings(proposal_box_net=str(other), proposal_box_net_threshold=0.6)

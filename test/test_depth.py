@@ -766,6 +766,54 @@ def test_the_pipeline_hands_the_weak_network_boxes_on(bundle, monkeypatch, threa
     pipe.close()
 
 
+def test_frames_with_depth_take_the_box_network_of_box_net_depth(bundle, monkeypatch):
+    """``box_net_depth`` (the node's ``proposal_box_net_depth``): ``auto`` runs the shipped
+    network's INT8 copy on a frame that comes with depth (usable or not) and the float
+    network on a frame without, in both thread modes; a named network is taken as it is;
+    with another ``box_net`` ``auto`` keeps it."""
+    import vl_distill_ros.perception.proposals as proposals_module
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.box_net import DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
+
+    loaded = []
+    real = proposals_module.load_box_net
+
+    def spy(path, threads=1):
+        loaded.append(Path(path).name)
+        return real(path, threads)
+
+    monkeypatch.setattr(proposals_module, "load_box_net", spy)
+    b = load_bundle(bundle, device="cpu")
+    depth, _ = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    float_net, int8_net = DEFAULT_BOX_NET.name, DEFAULT_BOX_NET_INT8.name
+    for threads in (1, 2):
+        pipe = PerceptionPipeline(b, inference_backend="torch", proposal_threads=threads)
+        loaded.clear()
+        pipe.prepare(image, depth, K)
+        assert set(loaded) == {int8_net} and pipe.frame_boxes is not None
+        loaded.clear()
+        pipe.prepare(image)                                   # no depth: the float network
+        assert set(loaded) == {float_net}
+        loaded.clear()
+        frame = pipe.prepare(image, np.zeros_like(depth), K)  # depth, unusable: still INT8
+        assert set(loaded) == {int8_net} and frame.depth_status != "used"
+        pipe.configure(proposal_cfg=ProposalConfig(box_net_depth="default"))
+        loaded.clear()
+        pipe.prepare(image, depth, K)
+        assert set(loaded) == {float_net}
+        pipe.close()
+    assert ProposalConfig(box_net="off").for_depth_frames().box_net == "off"
+    other = ProposalConfig(box_net=str(DEFAULT_BOX_NET_INT8))
+    assert other.depth_box_net() == str(DEFAULT_BOX_NET_INT8)        # auto keeps a named one
+    assert other.for_depth_frames() is other
+    assert ProposalConfig(box_net_depth="off").for_depth_frames().box_net == "off"
+    with pytest.raises(ValueError, match="box_net_depth: no model file"):
+        ProposalConfig(box_net_depth="/no/such/net.onnx")
+
+
 def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch):
     """With depth and the box network the fusion takes the network's boxes and depth's:
     the colour model does not run (``fuse_colour_model: false``, the default), in either

@@ -32,6 +32,7 @@ from typing import BinaryIO, NoReturn, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from ..thread_names import os_thread_named
 from .student import InputSpec, Student
 
 
@@ -229,8 +230,9 @@ class OnnxRunner:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(bytes(model), sess_options=opts,
-                                                providers=self.providers)
+            with os_thread_named("vl_student"):    # its intra-op threads, in top -H
+                self.session = ort.InferenceSession(bytes(model), sess_options=opts,
+                                                    providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise RuntimeBackendError(f"ONNX Runtime cannot load the student model: "
                                       f"{type(exc).__name__}: {str(exc)[:300]}") from None

@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic_io import atomic_write_bytes, set_aside
+from ..thread_names import name_os_thread
 from .vocabulary import Label, Vocabulary, build_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -421,7 +422,9 @@ class TextEmbeddingService:
         return self._encoder.submit(self._within_budget, fn, *args).result()
 
     def _lower_priority(self) -> None:
-        """Encoder thread start: raise this thread's nice value by ``encoder_nice``."""
+        """Encoder thread start: name it ``vl_text_encoder`` in the OS and raise its nice
+        value by ``encoder_nice``."""
+        name_os_thread("vl_text_encoder")
         if self.encoder_nice <= 0 or not hasattr(os, "setpriority"):
             return
         tid = threading.get_native_id()

@@ -29,6 +29,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..thread_names import os_thread_named
+
 __all__ = ["BoxNet", "BoxNetError", "DEFAULT_BOX_NET", "DEFAULT_BOX_NET_INT8", "decode_boxes",
            "suppress_overlaps", "load_box_net", "resolve_box_net"]
 
@@ -176,8 +178,9 @@ class BoxNet:
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(data, sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            with os_thread_named("vl_box_net"):    # its intra-op threads, in top -H
+                self.session = ort.InferenceSession(data, sess_options=opts,
+                                                    providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BoxNetError(f"ONNX Runtime cannot load the box network: "
                               f"{type(exc).__name__}: {str(exc)[:300]}") from None

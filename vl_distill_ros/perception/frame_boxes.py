@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..thread_names import name_os_thread
 from .boxes import Box, full_frame_box, sanitize_boxes
 from .camera_model import CameraIntrinsics, DepthError
 from .depth_alignment import UnalignedDepth
@@ -62,7 +63,8 @@ class FrameBoxes:
         #: With ``proposal_threads: 2`` the colour proposer's thread (frames with depth and
         #: ``proposal_source: auto``); None: both proposers run in the calling thread.
         self._colour_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="colour_proposals") \
+            max_workers=1, thread_name_prefix="colour_proposals",
+            initializer=name_os_thread, initargs=("vl_proposals",)) \
             if int(proposal_threads) == 2 else None
         #: Each camera's registration check (``registration_search_px``), by camera key.
         self._registrations: dict[str, DepthRegistration] = {}
@@ -151,6 +153,7 @@ class FrameBoxes:
         (None: the proposals themselves) and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
             return self._colour_only(image, s), None, "" if depth is None else "not used"
+        s = s.for_depth_frames()   # the box network of frames with depth (box_net_depth)
         if s.proposal_cfg.box_net_close_width and not takes_close_pass(
                 depth.depth if isinstance(depth, UnalignedDepth) else depth, s.depth_cfg,
                 camera in s.close_cameras):

@@ -157,10 +157,13 @@ class PipelineSettings:
                 box_net_threads=int(values.get("proposal_box_net_threads",
                                                ProposalConfig.box_net_threads)),
                 box_net_close_width=int(values.get("proposal_box_net_close_width",
-                                                   ProposalConfig.box_net_close_width)))
-            net = resolve_box_net(proposal_cfg.box_net)
-            if net is not None:  # a bad file is refused here, not on the next frame
-                load_box_net(net, proposal_cfg.box_net_threads)
+                                                   ProposalConfig.box_net_close_width)),
+                box_net_depth=str(values.get("proposal_box_net_depth",
+                                             ProposalConfig.box_net_depth)))
+            for name in {proposal_cfg.box_net, proposal_cfg.depth_box_net()}:
+                net = resolve_box_net(name)
+                if net is not None:  # a bad file is refused here, not on the next frame
+                    load_box_net(net, proposal_cfg.box_net_threads)
         except ValueError as exc:
             raise PipelineError(f"proposal settings: {exc}") from None
         depth_path = str(values.get("depth_proposal_config", "") or "")
@@ -203,6 +206,19 @@ class PipelineSettings:
                 proposal_cfg=dataclasses.replace(self.proposal_cfg, box_net_close_width=0))
             object.__setattr__(self, "_far", far)
         return far
+
+    def for_depth_frames(self) -> "PipelineSettings":
+        """These settings for a frame that comes with depth: the box network of
+        ``proposal_cfg.box_net_depth`` (:meth:`ProposalConfig.for_depth_frames`); made once,
+        then reused; these themselves when it is the same network."""
+        cfg = self.proposal_cfg.for_depth_frames()
+        if cfg is self.proposal_cfg:
+            return self
+        with_depth = self.__dict__.get("_with_depth")
+        if with_depth is None:
+            with_depth = dataclasses.replace(self, proposal_cfg=cfg)
+            object.__setattr__(self, "_with_depth", with_depth)
+        return with_depth
 
     def as_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of :class:`PerceptionPipeline` and

@@ -58,6 +58,7 @@ from ..perception.image_codec import ImageDecodeError
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
 from ..perception.static_transforms import StaticTransforms
+from ..thread_names import os_named
 from . import params as P
 from .conversions import (annotated_msg, detections_msg, import_vision_msgs, label_info_msg,
                           labels_msg)
@@ -219,7 +220,9 @@ class VlDistillNode(Node):
             {**values, "proposal_box_net_close_topics": self._close_cameras})
 
     def _start_thread(self, target, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        """Start a worker thread named ``name`` (in the OS ``vl_...``, see thread_names)."""
+        thread = threading.Thread(target=os_named(target, name.replace("vl_distill_", "vl_")),
+                                  name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
 

@@ -76,6 +76,7 @@ from ..model.text_service import TextEmbeddingService
 from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
 from ..model.vocabulary import Label, Vocabulary, VocabularyError
 from ..perception.pipeline import PipelineError
+from ..thread_names import os_named
 from .diagnostics import clip_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -234,7 +235,8 @@ class VocabularyController:
 
     def start(self) -> None:
         """Start the embedding worker thread."""
-        self._thread = threading.Thread(target=self._worker_loop, name="vl_distill_vocabulary",
+        self._thread = threading.Thread(target=os_named(self._worker_loop, "vl_vocabulary"),
+                                        name="vl_distill_vocabulary",
                                         daemon=True)
         self._thread.start()
 
