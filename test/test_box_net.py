@@ -681,14 +681,14 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     assert default.box_net == "default" and default.box_net_threshold == 0.5
     assert settings(proposal_box_net="off").proposal_cfg.box_net == "off"
     assert settings(proposal_box_net="default_int8").proposal_cfg.box_net == "default_int8"
-    assert default.box_net_depth == "auto" and default.depth_box_net() == "default_int8"
+    assert default.box_net_depth == "same" and default.depth_box_net() == "default"
     plain = settings()
-    with_depth = plain.for_depth_frames()
-    assert with_depth.proposal_cfg.box_net == "default_int8" and plain.proposal_cfg.box_net \
+    assert plain.for_depth_frames() is plain                   # same: one network for all
+    fast = settings(proposal_box_net_depth="default_int8")
+    with_depth = fast.for_depth_frames()
+    assert with_depth.proposal_cfg.box_net == "default_int8" and fast.proposal_cfg.box_net \
         == "default"
-    assert plain.for_depth_frames() is with_depth and with_depth.for_depth_frames() is with_depth
-    same = settings(proposal_box_net_depth="default")
-    assert same.for_depth_frames() is same
+    assert fast.for_depth_frames() is with_depth and with_depth.for_depth_frames() is with_depth
     with pytest.raises(PipelineError, match="box_net_depth: no model file"):
         settings(proposal_box_net_depth=str(tmp_path / "missing.onnx"))
     other = tmp_path / "copy.onnx"

@@ -767,10 +767,10 @@ def test_the_pipeline_hands_the_weak_network_boxes_on(bundle, monkeypatch, threa
 
 
 def test_frames_with_depth_take_the_box_network_of_box_net_depth(bundle, monkeypatch):
-    """``box_net_depth`` (the node's ``proposal_box_net_depth``): ``auto`` runs the shipped
-    network's INT8 copy on a frame that comes with depth (usable or not) and the float
-    network on a frame without, in both thread modes; a named network is taken as it is;
-    with another ``box_net`` ``auto`` keeps it."""
+    """``box_net_depth`` (the node's ``proposal_box_net_depth``): ``same`` (the default) runs
+    the float network on every frame; ``default_int8`` runs the INT8 copy on a frame that
+    comes with depth (usable or not) and the float network on a frame without, in both
+    thread modes."""
     import vl_distill_ros.perception.proposals as proposals_module
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.box_net import DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8
@@ -792,23 +792,23 @@ def test_frames_with_depth_take_the_box_network_of_box_net_depth(bundle, monkeyp
     for threads in (1, 2):
         pipe = PerceptionPipeline(b, inference_backend="torch", proposal_threads=threads)
         loaded.clear()
+        frame = pipe.prepare(image, depth, K)
+        assert set(loaded) == {float_net} and frame.depth_status == "used"
+        pipe.configure(proposal_cfg=ProposalConfig(box_net_depth="default_int8"))
+        loaded.clear()
         pipe.prepare(image, depth, K)
-        assert set(loaded) == {int8_net} and pipe.frame_boxes is not None
+        assert set(loaded) == {int8_net}
         loaded.clear()
         pipe.prepare(image)                                   # no depth: the float network
         assert set(loaded) == {float_net}
         loaded.clear()
         frame = pipe.prepare(image, np.zeros_like(depth), K)  # depth, unusable: still INT8
         assert set(loaded) == {int8_net} and frame.depth_status != "used"
-        pipe.configure(proposal_cfg=ProposalConfig(box_net_depth="default"))
-        loaded.clear()
-        pipe.prepare(image, depth, K)
-        assert set(loaded) == {float_net}
         pipe.close()
     assert ProposalConfig(box_net="off").for_depth_frames().box_net == "off"
     other = ProposalConfig(box_net=str(DEFAULT_BOX_NET_INT8))
-    assert other.depth_box_net() == str(DEFAULT_BOX_NET_INT8)        # auto keeps a named one
-    assert other.for_depth_frames() is other
+    assert other.depth_box_net() == str(DEFAULT_BOX_NET_INT8) and other.for_depth_frames() \
+        is other
     assert ProposalConfig(box_net_depth="off").for_depth_frames().box_net == "off"
     with pytest.raises(ValueError, match="box_net_depth: no model file"):
         ProposalConfig(box_net_depth="/no/such/net.onnx")

@@ -170,14 +170,14 @@ class ProposalConfig:
     #: (or empty) for the colour model above alone.
     box_net: str = "default"
     #: The box network of frames that come with depth (the fusion's network boxes, and the
-    #: colour proposals of such a frame whose depth cannot be used): ``auto`` the INT8 copy
-    #: when ``box_net`` is ``default`` (otherwise ``box_net`` itself), or any value
-    #: ``box_net`` takes. With depth the network is 47% of the node's CPU; its INT8 copy
-    #: costs 60% of that, and the fusion finds nearly the same objects with it (session 56:
-    #: held out 2447 against 2445 of 2572, looked at 3432 against 3442 of 3574), so the node
-    #: with depth keeps 30 frames a second on this 2-core host in its slow hours too.
-    #: Frames without depth keep ``box_net``.
-    box_net_depth: str = "auto"
+    #: colour proposals of such a frame whose depth cannot be used): ``same`` (``box_net``'s)
+    #: or any value ``box_net`` takes. ``default_int8`` is the slow CPU's option for depth
+    #: alone: with depth the network is about half of the node's CPU and its INT8 copy costs
+    #: 60% of that (session 56: 30 instead of 25-26 frames a second in a slow hour of the
+    #: 2-core host), with nearly the same proposals but unseen objects named a little less
+    #: often (300 against 312 of 1021 on 15 RGB-D bags); frames without depth keep
+    #: ``box_net``.
+    box_net_depth: str = "same"
     #: Smallest centre probability of a box network's box, in (0, 1) (0.5 for the shipped
     #: network since session 52, measured with it; 0.4 in sessions 44-51, 0.3 before).
     box_net_threshold: float = 0.5
@@ -306,21 +306,19 @@ class ProposalConfig:
                              f"{self.box_net_colour!r}")
         for name in ("box_net", "box_net_depth"):
             value = getattr(self, name)
-            if name == "box_net_depth" and str(value).strip() == "auto":
+            if name == "box_net_depth" and str(value).strip() == "same":
                 continue
             path = resolve_box_net(value)
             if path is not None and not path.is_file():
-                auto = "'auto', " if name == "box_net_depth" else ""
-                raise ValueError(f"{name}: no model file at {path} (use {auto}'default', "
+                same = "'same', " if name == "box_net_depth" else ""
+                raise ValueError(f"{name}: no model file at {path} (use {same}'default', "
                                  f"'default_int8', 'off' or the path of a box network .onnx "
                                  f"file)")
 
     def depth_box_net(self) -> str:
-        """The ``box_net`` of frames that come with depth: ``box_net_depth``, with ``auto``
-        resolved (``default_int8`` for the shipped ``default``, else ``box_net``)."""
-        if str(self.box_net_depth).strip() != "auto":
-            return self.box_net_depth
-        return "default_int8" if str(self.box_net).strip() == "default" else self.box_net
+        """The ``box_net`` of frames that come with depth: ``box_net_depth``, or ``box_net``
+        for ``same``."""
+        return self.box_net if str(self.box_net_depth).strip() == "same" else self.box_net_depth
 
     def for_depth_frames(self) -> "ProposalConfig":
         """These settings for a frame that comes with depth: ``box_net`` replaced by

@@ -221,14 +221,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(vl-distill train-box-net), or off for the colour model alone. The colour "
               "model still adds boxes where the network finds nothing.",
               constraints="default, default_int8, off or an existing .onnx file"),
-    ParamSpec("proposal_box_net_depth", "auto", "string",
+    ParamSpec("proposal_box_net_depth", "same", "string",
               "Proposals: the box network of frames that come with depth (the boxes the "
-              "fusion takes): auto (the INT8 copy when proposal_box_net is default, else "
-              "proposal_box_net's network), or any value proposal_box_net takes. With depth "
-              "the INT8 copy finds nearly the same objects at 60% of the network's CPU time, "
-              "which keeps the node at 30 frames/s with depth on slow hours of a 2-core host "
-              "(see Performance); frames without depth keep proposal_box_net.",
-              constraints="auto, default, default_int8, off or an existing .onnx file"),
+              "fusion takes): same (proposal_box_net's), or any value proposal_box_net takes. "
+              "default_int8 is the slow CPU's option for depth alone: with depth the network is "
+              "about half the node's CPU and its INT8 copy costs 60% of that, for nearly the "
+              "same proposals but unseen objects named a little less often (see Performance); "
+              "frames without depth keep proposal_box_net.",
+              constraints="same, default, default_int8, off or an existing .onnx file"),
     ParamSpec("proposal_box_net_threshold", 0.5, "double",
               "Proposals: smallest score of a box network's box (lower finds more objects and "
               "more false boxes).", range=(0.01, 0.99)),
