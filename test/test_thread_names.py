@@ -1,5 +1,6 @@
-"""OS names of the package's worker threads (``vl_distill_ros.thread_names``) and the
-throughput bench's CPU time per thread name (``bench/node_throughput.py``)."""
+"""OS names of the package's worker threads (``vl_distill_ros.thread_names``), the
+throughput bench's CPU time per thread name and its measure of the host's speed
+(``bench/node_throughput.py``)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ from vl_distill_ros.thread_names import (MAX_OS_NAME, current_os_thread_name, na
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+from _frames import offline_proposals  # noqa: E402
 from _live_node import ProcStats  # noqa: E402
 from node_throughput import thread_cpu, thread_group  # noqa: E402
 
@@ -159,3 +161,17 @@ def test_threads_are_grouped_and_a_window_is_differenced():
     # no frames labelled: no per-frame figure, the cores still
     assert thread_cpu({"start": start, "end": end}, frames=0)["by_name"]["vl_prepare"][
         "ms_per_frame"] is None
+
+
+def test_the_bench_times_the_colour_proposer_before_the_node_starts():
+    """``offline_proposals``: a box count and a time (ms) per frame, with the frame's
+    ``-p`` settings; the box network's load is not timed."""
+    import numpy as np
+
+    frame = np.full((120, 160, 3), 200, np.uint8)
+    frame[40:80, 60:100] = (30, 60, 200)
+    counts, times = offline_proposals([(frame, []), (frame, [])], {})
+    assert counts[0] == counts[1] >= 1 and len(times) == 2
+    assert all(0.0 < t < 10_000.0 for t in times)
+    counts, _ = offline_proposals([(frame, [])], {"proposal_max_count": "0"})
+    assert counts == [0]
