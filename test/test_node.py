@@ -789,6 +789,40 @@ def test_config_yaml_is_a_valid_ros_params_file(ctx, bundle_path, tmp_path):
         node.destroy_node()
 
 
+def _thread_names() -> list[str]:
+    """The OS names of this process's threads (Linux)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="ascii") as fh:
+                names.append(fh.read().strip())
+        except OSError:
+            continue
+    return names
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names need Linux's /proc")
+def test_the_node_s_workers_carry_their_names_in_the_os(ctx, bundle_path, tmp_path):
+    """`top -H` tells the node's threads apart: the two frame stages and the vocabulary
+    worker are named ``vl_prepare``, ``vl_classify`` and ``vl_vocabulary`` (one worker,
+    ``vl_inference``, with ``pipelined: false``)."""
+    args = ["--ros-args", "-p", f"model_path:={bundle_path}", "-p", f"text_cache_dir:={tmp_path}",
+            "-p", "warm_text_encoder:=false"]
+    for pipelined, expected in ((True, {"vl_prepare", "vl_classify", "vl_vocabulary"}),
+                                (False, {"vl_inference", "vl_vocabulary"})):
+        before = _thread_names()
+        node = VlDistillNode(namespace=f"/names_{int(pipelined)}", context=ctx,
+                             cli_args=args + ["-p", f"pipelined:={str(pipelined).lower()}"])
+        try:
+            assert wait_for(lambda: all(_thread_names().count(n) > before.count(n)
+                                        for n in expected), 10.0), _thread_names()
+        finally:
+            node.destroy_node()
+        # destroy_node stops the frame workers (the vocabulary worker may still be ending)
+        assert wait_for(lambda: all(_thread_names().count(n) <= before.count(n)
+                                    for n in expected - {"vl_vocabulary"}), 10.0)
+
+
 def test_docs_table_documents_every_parameter():
     text = (REPO / "README.md").read_text()
     for p in PARAMETERS:
