@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import types
 from pathlib import Path
 from typing import Callable, Sequence
@@ -218,3 +219,16 @@ def load_script(path: Path, name: str | None = None) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def os_thread_names() -> list[str]:
+    """The OS names of this process's threads (``/proc/self/task/*/comm``, Linux); a thread
+    that ends while they are read is left out."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="ascii") as fh:
+                names.append(fh.read().strip())
+        except OSError:
+            continue
+    return names

@@ -45,7 +45,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from helpers import OBJECTS, block_image, make_colour_bundle  # noqa: E402
+from helpers import OBJECTS, block_image, make_colour_bundle, os_thread_names  # noqa: E402
 from vl_distill_ros.model.vocabulary import Vocabulary  # noqa: E402
 from vl_distill_ros.ros import node as node_mod  # noqa: E402
 from vl_distill_ros.ros.node import StartupError, VlDistillNode  # noqa: E402
@@ -789,18 +789,6 @@ def test_config_yaml_is_a_valid_ros_params_file(ctx, bundle_path, tmp_path):
         node.destroy_node()
 
 
-def _thread_names() -> list[str]:
-    """The OS names of this process's threads (Linux)."""
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm", encoding="ascii") as fh:
-                names.append(fh.read().strip())
-        except OSError:
-            continue
-    return names
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names need Linux's /proc")
 def test_the_node_s_workers_carry_their_names_in_the_os(ctx, bundle_path, tmp_path):
     """`top -H` tells the node's threads apart: the two frame stages and the vocabulary
@@ -810,16 +798,16 @@ def test_the_node_s_workers_carry_their_names_in_the_os(ctx, bundle_path, tmp_pa
             "-p", "warm_text_encoder:=false"]
     for pipelined, expected in ((True, {"vl_prepare", "vl_classify", "vl_vocabulary"}),
                                 (False, {"vl_inference", "vl_vocabulary"})):
-        before = _thread_names()
+        before = os_thread_names()
         node = VlDistillNode(namespace=f"/names_{int(pipelined)}", context=ctx,
                              cli_args=args + ["-p", f"pipelined:={str(pipelined).lower()}"])
         try:
-            assert wait_for(lambda: all(_thread_names().count(n) > before.count(n)
-                                        for n in expected), 10.0), _thread_names()
+            assert wait_for(lambda: all(os_thread_names().count(n) > before.count(n)
+                                        for n in expected), 10.0), os_thread_names()
         finally:
             node.destroy_node()
         # destroy_node stops the frame workers (the vocabulary worker may still be ending)
-        assert wait_for(lambda: all(_thread_names().count(n) <= before.count(n)
+        assert wait_for(lambda: all(os_thread_names().count(n) <= before.count(n)
                                     for n in expected - {"vl_vocabulary"}), 10.0)
 
 

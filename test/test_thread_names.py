@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from vl_distill_ros.perception.frame_boxes import FrameBoxes
+from helpers import os_thread_names
 from vl_distill_ros.perception.box_net import DEFAULT_BOX_NET, BoxNet
+from vl_distill_ros.perception.frame_boxes import FrameBoxes
 from vl_distill_ros.thread_names import (MAX_OS_NAME, current_os_thread_name, name_os_thread,
                                          os_named, os_thread_name, os_thread_named)
 
@@ -75,26 +76,14 @@ def test_threads_started_in_a_named_block_keep_the_name():
     assert after == before != "vl_block"
 
 
-def _task_names() -> list[str]:
-    """The OS names of this process's threads."""
-    out = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm", encoding="ascii") as fh:
-                out.append(fh.read().strip())
-        except OSError:
-            continue
-    return out
-
-
 @linux_only
 def test_onnx_runtime_pool_threads_carry_the_network_name():
     """The box network's session, made on two threads, starts its intra-op worker under
     ``vl_box_net``; the loading thread keeps its own name."""
     own = _os_name()
-    before = _task_names().count("vl_box_net")
+    before = os_thread_names().count("vl_box_net")
     net = BoxNet(DEFAULT_BOX_NET, 2)              # a session of its own, not the cached one
-    assert _task_names().count("vl_box_net") == before + 1, _task_names()
+    assert os_thread_names().count("vl_box_net") == before + 1, os_thread_names()
     assert _os_name() == own
     del net
 
