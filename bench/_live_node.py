@@ -118,11 +118,18 @@ class ProcStats:
     def __init__(self, pid: int) -> None:
         self.pid = pid
 
+    @classmethod
+    def _stat(cls, path: str) -> tuple[str, float]:
+        """(name, utime + stime in seconds) of a ``/proc`` ``stat`` file (a process's or a
+        thread's). Raises OSError, IndexError or ValueError when it cannot be read."""
+        with open(path, encoding="utf-8") as fh:
+            raw = fh.read()
+        rest = raw[raw.rindex(")") + 1:].split()
+        return raw[raw.index("(") + 1:raw.rindex(")")], (int(rest[11]) + int(rest[12])) / cls.HZ
+
     def cpu_s(self) -> float | None:
         try:
-            with open(f"/proc/{self.pid}/stat", encoding="utf-8") as fh:
-                rest = fh.read().rsplit(")", 1)[1].split()
-            return (int(rest[11]) + int(rest[12])) / self.HZ
+            return self._stat(f"/proc/{self.pid}/stat")[1]
         except (OSError, IndexError, ValueError):
             return None
 
@@ -136,11 +143,7 @@ class ProcStats:
             return out
         for tid in tids:
             try:
-                with open(f"/proc/{self.pid}/task/{tid}/stat", encoding="utf-8") as fh:
-                    raw = fh.read()
-                name = raw[raw.index("(") + 1:raw.rindex(")")]
-                rest = raw[raw.rindex(")") + 1:].split()
-                out[int(tid)] = (name, (int(rest[11]) + int(rest[12])) / self.HZ)
+                out[int(tid)] = self._stat(f"/proc/{self.pid}/task/{tid}/stat")
             except (OSError, IndexError, ValueError):
                 continue          # a thread that ended meanwhile
         return out
