@@ -127,12 +127,12 @@ def test_the_bench_reads_cpu_time_per_thread_name():
     out = thread_cpu({"start": start, "end": end}, frames=10)
     busy = out["by_name"]["vl_busy_test"]
     assert busy["threads"] == 1 and busy["cores"] > 0.2, out
-    assert busy["ms_per_frame"] == pytest.approx(busy["cores"] * out_wall(start, end) * 100,
+    assert busy["ms_per_frame"] == pytest.approx(busy["cores"] * _wall_s(start, end) * 100,
                                                  rel=0.05)
     assert next(iter(out["by_name"])) == "vl_busy_test", out   # busiest first
 
 
-def out_wall(start, end) -> float:
+def _wall_s(start, end) -> float:
     """The window's wall time (s) of two marks."""
     return (end[0] - start[0]) / 1e9
 

@@ -56,15 +56,27 @@ def _prctl() -> Callable[..., int] | None:
     return fn
 
 
+def _set_raw(name: bytes) -> bool:
+    """Set the calling thread's OS name to ``name`` as it is; False without ``prctl``."""
+    prctl = _prctl()
+    return prctl is not None and prctl(_PR_SET_NAME, name, 0, 0, 0) == 0
+
+
+def _get_raw() -> bytes | None:
+    """The calling thread's OS name as the kernel keeps it; None without ``prctl``."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    buf = ctypes.create_string_buffer(MAX_OS_NAME + 1)
+    return buf.value if prctl(_PR_GET_NAME, buf, 0, 0, 0) == 0 else None
+
+
 def name_os_thread(name: str | None = None) -> bool:
     """Give the calling thread the OS name ``name`` (default: its Python name; see
     :func:`os_thread_name`). Returns whether it was set: False off Linux or when the C
     library has no ``prctl``; naming never raises there."""
-    prctl = _prctl()
-    if prctl is None:
-        return False
     text = os_thread_name(threading.current_thread().name if name is None else name)
-    return prctl(_PR_SET_NAME, text.encode("ascii"), 0, 0, 0) == 0
+    return _set_raw(text.encode("ascii"))
 
 
 def os_named(target: Callable[..., T], name: str) -> Callable[..., T]:
@@ -79,24 +91,19 @@ def os_named(target: Callable[..., T], name: str) -> Callable[..., T]:
 
 def current_os_thread_name() -> str | None:
     """The calling thread's OS name; None off Linux or without ``prctl``."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    buf = ctypes.create_string_buffer(MAX_OS_NAME + 1)
-    if prctl(_PR_GET_NAME, buf, 0, 0, 0) != 0:
-        return None
-    return buf.value.decode("ascii", "replace")
+    raw = _get_raw()
+    return None if raw is None else raw.decode("ascii", "replace")
 
 
 @contextlib.contextmanager
 def os_thread_named(name: str) -> Iterator[None]:
-    """Within the block the calling thread carries the OS name ``name``, then its own again:
-    the threads a library starts in the block (ONNX Runtime's intra-op pool, when a session
-    is made) keep ``name``."""
-    old = current_os_thread_name()
+    """Within the block the calling thread carries the OS name ``name``, then its own again
+    (byte for byte): the threads a library starts in the block (ONNX Runtime's intra-op
+    pool, when a session is made) keep ``name``."""
+    old = _get_raw()
     renamed = old is not None and name_os_thread(name)
     try:
         yield
     finally:
         if renamed:
-            name_os_thread(old)
+            _set_raw(old)
