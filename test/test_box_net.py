@@ -691,10 +691,25 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     assert fast.for_depth_frames() is with_depth and with_depth.for_depth_frames() is with_depth
     with pytest.raises(PipelineError, match="box_net_depth: no model file"):
         settings(proposal_box_net_depth=str(tmp_path / "missing.onnx"))
+    # behind the cameras: the shipped network's INT8 copy in place of the shipped one only
+    assert default.box_net_behind == "default_int8" and default.behind_box_net() == \
+        "default_int8"
+    behind = plain.for_frames_behind()
+    assert behind.proposal_cfg.box_net == "default_int8" and plain.proposal_cfg.box_net == \
+        "default" and plain.for_frames_behind() is behind
+    kept = settings(proposal_box_net_behind="same")
+    assert kept.for_frames_behind() is kept
+    off = settings(proposal_box_net="off")
+    assert off.for_frames_behind() is off
+    with_depth = settings(proposal_box_net_depth="default").for_depth_frames()
+    assert with_depth.for_frames_behind().proposal_cfg.box_net == "default_int8"
+    with pytest.raises(PipelineError, match="box_net_behind: no model file"):
+        settings(proposal_box_net_behind=str(tmp_path / "missing.onnx"))
     other = tmp_path / "copy.onnx"
     other.write_bytes(DEFAULT_BOX_NET.read_bytes())
     chosen = settings(proposal_box_net=str(other), proposal_box_net_threshold=0.6)
     assert chosen.proposal_cfg.box_net == str(other)
+    assert chosen.for_frames_behind() is chosen         # a network the user chose stays
     assert chosen.proposal_cfg.box_net_threshold == 0.6
     with pytest.raises(PipelineError, match="no model file"):
         settings(proposal_box_net=str(tmp_path / "missing.onnx"))

@@ -814,6 +814,48 @@ def test_frames_with_depth_take_the_box_network_of_box_net_depth(bundle, monkeyp
         ProposalConfig(box_net_depth="/no/such/net.onnx")
 
 
+def test_frames_prepared_behind_the_cameras_take_the_box_network_of_box_net_behind(
+        bundle, monkeypatch):
+    """``prepare(..., behind=True)`` (the node drops frames): the shipped network's INT8
+    copy (``box_net_behind``'s default) on frames with and without depth; the float network
+    when not behind, with ``box_net_behind: same``, and never in place of another network."""
+    import vl_distill_ros.perception.proposals as proposals_module
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.box_net import DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
+
+    loaded = []
+    real = proposals_module.load_box_net
+
+    def spy(path, threads=1):
+        loaded.append(Path(path).name)
+        return real(path, threads)
+
+    monkeypatch.setattr(proposals_module, "load_box_net", spy)
+    b = load_bundle(bundle, device="cpu")
+    depth, _ = render_tabletop(OBJECTS)
+    image = np.full((480, 640, 3), 150, np.uint8)
+    float_net, int8_net = DEFAULT_BOX_NET.name, DEFAULT_BOX_NET_INT8.name
+
+    def nets(pipe, *args, **kwargs):
+        loaded.clear()
+        pipe.prepare(image, *args, **kwargs)
+        return set(loaded)
+
+    for threads in (1, 2):
+        pipe = PerceptionPipeline(b, inference_backend="torch", proposal_threads=threads)
+        assert nets(pipe, depth, K) == {float_net}
+        assert nets(pipe, depth, K, behind=True) == {int8_net}
+        assert nets(pipe, behind=True) == {int8_net}             # colour only, behind
+        assert nets(pipe) == {float_net}
+        pipe.configure(proposal_cfg=ProposalConfig(box_net_behind="same"))
+        assert nets(pipe, depth, K, behind=True) == {float_net}
+        pipe.configure(proposal_cfg=ProposalConfig(box_net=str(DEFAULT_BOX_NET)))
+        assert nets(pipe, depth, K, behind=True) == {float_net}  # a chosen file stays
+        pipe.close()
+
+
 def test_the_fusion_leaves_the_colour_model_out_unless_asked(bundle, monkeypatch):
     """With depth and the box network the fusion takes the network's boxes and depth's:
     the colour model does not run (``fuse_colour_model: false``, the default), in either

@@ -550,6 +550,10 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
         assert 0 < len(flood_docs) < sent         # processed some, not all
         assert cam.dropped > 0                    # dropped frames are counted ...
         assert cam.pending is None                # ... and nothing is left queued
+        # ... and the node fell behind its camera: the frames after that were processed with
+        # proposal_box_net_behind's settings (regions here: no network to change)
+        assert node._keeping_up.times_behind >= 1 and 0 < cam.processed_behind < \
+            cam.processed
         # latency bounded: nothing arrives long after the flood stopped (no backlog)
         late = [t - t_end for t, _ in flood_docs if t - t_end > 1.0]
         assert not late, f"{len(late)} labels arrived up to {max(late):.2f} s after the flood"
@@ -560,6 +564,7 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
                         == cam.dropped, 5.0)
         st = tester.camera_status(fqn, topic)
         assert int(st["processed"]) >= len(flood_docs)
+        assert int(st["processed_behind"]) == cam.processed_behind
         print(f"\nflood: sent {sent} in 3 s, processed {len(flood_docs)}, dropped total "
               f"{cam.dropped}, latency median {latency[len(latency) // 2] * 1e3:.0f} ms max "
               f"{latency[-1] * 1e3:.0f} ms, RSS {rss0:.0f} -> {rss1:.0f} MB")

@@ -117,7 +117,7 @@ class FrameBoxes:
 
     def boxes(self, image_rgb: np.ndarray, s: PipelineSettings,
               depth: np.ndarray | UnalignedDepth | None,
-              intrinsics: CameraIntrinsics | None, camera: str = ""
+              intrinsics: CameraIntrinsics | None, camera: str = "", behind: bool = False
               ) -> tuple[list[Box], list[Box], str]:
         """The sanitized boxes ``s``'s crop source gives for this frame (may be empty), the
         boxes the student's windows are made from (one per box) and the depth status
@@ -126,7 +126,9 @@ class FrameBoxes:
         With ``crop_source`` ``proposals``, a registered ``depth`` (metres, same size as the
         image; or a depth camera's own image, aligned here) and the colour camera's
         ``intrinsics``, ``proposal_source`` decides how depth is used. Depth problems never
-        raise: the frame falls back to colour proposals. The only state it touches is
+        raise: the frame falls back to colour proposals. ``behind``: the node is behind its
+        cameras, and the frame takes the box network of ``proposal_box_net_behind``
+        (:meth:`PipelineSettings.for_frames_behind`). The only state it touches is
         ``camera``'s registration check (one thread per camera at a time)."""
         s = s.for_camera(camera)
         height, width = image_rgb.shape[:2]
@@ -137,7 +139,8 @@ class FrameBoxes:
         elif s.crop_source == "rois":
             raw = list(s.rois)
         else:
-            raw, views, status = self._proposals(image_rgb, s, depth, intrinsics, camera)
+            raw, views, status = self._proposals(image_rgb, s, depth, intrinsics, camera,
+                                                 behind)
         boxes, views = _sanitize_with_views(raw, views, width, height, s.min_box_size)
         if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
@@ -147,13 +150,15 @@ class FrameBoxes:
 
     def _proposals(self, image: np.ndarray, s: PipelineSettings,
                    depth: np.ndarray | UnalignedDepth | None,
-                   intrinsics: CameraIntrinsics | None, camera: str = ""
-                   ) -> tuple[list[Box], list[Box] | None, str]:
+                   intrinsics: CameraIntrinsics | None, camera: str = "",
+                   behind: bool = False) -> tuple[list[Box], list[Box] | None, str]:
         """Colour, depth or fused proposals, the boxes the student's windows are made from
         (None: the proposals themselves) and the depth status (see :meth:`boxes`)."""
         if depth is None or s.proposal_source == "colour":
+            s = s.for_frames_behind() if behind else s
             return self._colour_only(image, s), None, "" if depth is None else "not used"
         s = s.for_depth_frames()   # the box network of frames with depth (box_net_depth)
+        s = s.for_frames_behind() if behind else s
         if s.proposal_cfg.box_net_close_width and not takes_close_pass(
                 depth.depth if isinstance(depth, UnalignedDepth) else depth, s.depth_cfg,
                 camera in s.close_cameras):

@@ -365,10 +365,13 @@ class PerceptionPipeline:
         self.frame_boxes.close()
 
     def prepare(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,
-                intrinsics: CameraIntrinsics | None = None, camera: str = "") -> PreparedFrame:
+                intrinsics: CameraIntrinsics | None = None, camera: str = "",
+                behind: bool = False) -> PreparedFrame:
         """Stage 1 of :meth:`process`: check the frame and find its boxes (see :meth:`boxes`)
-        with the current settings. Touches no pipeline state but ``camera``'s registration
-        check, so it may run in one thread while :meth:`classify` runs in another.
+        with the current settings (``behind``: the node is behind its cameras, see
+        :mod:`~vl_distill_ros.perception.keeping_up`). Touches no pipeline state but
+        ``camera``'s registration check, so it may run in one thread while :meth:`classify`
+        runs in another.
 
         Raises:
             PipelineError: the image is not a non-empty (H, W, 3) uint8 array.
@@ -381,7 +384,7 @@ class PerceptionPipeline:
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
         boxes, views, status = self.frame_boxes.boxes(image, settings, depth, intrinsics,
-                                                      camera)
+                                                      camera, behind)
         return PreparedFrame(image, boxes, settings, status, views)
 
     def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:

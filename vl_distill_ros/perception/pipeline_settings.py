@@ -159,8 +159,12 @@ class PipelineSettings:
                 box_net_close_width=int(values.get("proposal_box_net_close_width",
                                                    ProposalConfig.box_net_close_width)),
                 box_net_depth=str(values.get("proposal_box_net_depth",
-                                             ProposalConfig.box_net_depth)))
-            for name in {proposal_cfg.box_net, proposal_cfg.depth_box_net()}:
+                                             ProposalConfig.box_net_depth)),
+                box_net_behind=str(values.get("proposal_box_net_behind",
+                                              ProposalConfig.box_net_behind)))
+            depth_cfg_net = proposal_cfg.for_depth_frames()
+            for name in {proposal_cfg.box_net, depth_cfg_net.box_net,
+                         proposal_cfg.behind_box_net(), depth_cfg_net.behind_box_net()}:
                 net = resolve_box_net(name)
                 if net is not None:  # a bad file is refused here, not on the next frame
                     load_box_net(net, proposal_cfg.box_net_threads)
@@ -219,6 +223,19 @@ class PipelineSettings:
             with_depth = dataclasses.replace(self, proposal_cfg=cfg)
             object.__setattr__(self, "_with_depth", with_depth)
         return with_depth
+
+    def for_frames_behind(self) -> "PipelineSettings":
+        """These settings for a frame processed while the node is behind its cameras: the
+        box network of ``proposal_cfg.box_net_behind`` (:meth:`ProposalConfig.for_frames_behind`);
+        made once, then reused; these themselves when it is the same network."""
+        cfg = self.proposal_cfg.for_frames_behind()
+        if cfg is self.proposal_cfg:
+            return self
+        behind = self.__dict__.get("_behind")
+        if behind is None:
+            behind = dataclasses.replace(self, proposal_cfg=cfg)
+            object.__setattr__(self, "_behind", behind)
+        return behind
 
     def as_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of :class:`PerceptionPipeline` and

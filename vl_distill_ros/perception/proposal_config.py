@@ -178,6 +178,14 @@ class ProposalConfig:
     #: often (300 against 312 of 1021 on 15 RGB-D bags); frames without depth keep
     #: ``box_net``.
     box_net_depth: str = "same"
+    #: The box network of frames processed while the node falls behind its cameras (drops
+    #: more than 5% of their frames, :mod:`~vl_distill_ros.perception.keeping_up`): ``same``
+    #: (no change) or any value ``box_net`` takes. It replaces the shipped network
+    #: (``default``) only, never one a user chose. ``default_int8`` (the default): with depth,
+    #: 30 frames a second instead of 25-26 in a slow hour of the 2-core host (session 56), a
+    #: little less exact than the shipped network; a replay that processes every frame never
+    #: uses it.
+    box_net_behind: str = "default_int8"
     #: Smallest centre probability of a box network's box, in (0, 1) (0.5 for the shipped
     #: network since session 52, measured with it; 0.4 in sessions 44-51, 0.3 before).
     box_net_threshold: float = 0.5
@@ -304,13 +312,13 @@ class ProposalConfig:
         if self.box_net_colour not in BOX_NET_COLOUR:
             raise ValueError(f"box_net_colour must be one of {list(BOX_NET_COLOUR)}, got "
                              f"{self.box_net_colour!r}")
-        for name in ("box_net", "box_net_depth"):
+        for name in ("box_net", "box_net_depth", "box_net_behind"):
             value = getattr(self, name)
-            if name == "box_net_depth" and str(value).strip() == "same":
+            if name != "box_net" and str(value).strip() == "same":
                 continue
             path = resolve_box_net(value)
             if path is not None and not path.is_file():
-                same = "'same', " if name == "box_net_depth" else ""
+                same = "'same', " if name != "box_net" else ""
                 raise ValueError(f"{name}: no model file at {path} (use {same}'default', "
                                  f"'default_int8', 'off' or the path of a box network .onnx "
                                  f"file)")
@@ -324,4 +332,18 @@ class ProposalConfig:
         """These settings for a frame that comes with depth: ``box_net`` replaced by
         :meth:`depth_box_net` (these themselves when that is the same network)."""
         net = self.depth_box_net()
+        return self if net == self.box_net else replace(self, box_net=net)
+
+    def behind_box_net(self) -> str:
+        """The ``box_net`` of a frame processed while the node is behind its cameras:
+        ``box_net_behind`` in place of the shipped network (``default``), else ``box_net``."""
+        behind = str(self.box_net_behind).strip()
+        return self.box_net if behind == "same" or str(self.box_net).strip() != "default" \
+            else behind
+
+    def for_frames_behind(self) -> "ProposalConfig":
+        """These settings for a frame processed while the node is behind its cameras:
+        ``box_net`` replaced by :meth:`behind_box_net` (these themselves when that is the
+        same network)."""
+        net = self.behind_box_net()
         return self if net == self.box_net else replace(self, box_net=net)

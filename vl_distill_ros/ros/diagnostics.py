@@ -46,6 +46,9 @@ class CameraState:
     pending_t: float = 0.0
     received: int = 0
     processed: int = 0
+    #: Frames processed while the node was behind its cameras (with
+    #: ``proposal_box_net_behind``'s network where it replaces the shipped one).
+    processed_behind: int = 0
     dropped: int = 0
     bad_frames: int = 0
     errors: int = 0
@@ -71,6 +74,7 @@ class CameraState:
                 "received": self.received,
                 "processed": self.processed,
                 "dropped": self.dropped,
+                "processed_behind": self.processed_behind,
                 "bad_frames": self.bad_frames,
                 "errors": self.errors,
                 "processed_in_period": self.processed_in_period,

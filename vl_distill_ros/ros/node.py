@@ -5,7 +5,8 @@ A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline
 * subscribes to ``image_topics`` (sensor_msgs/Image, or sensor_msgs/CompressedImage when a
   topic ends in ``/compressed``, image_transport's naming) with sensor-data QoS; each camera has a
   one-frame "latest wins" slot, so a fast camera never builds a queue (overwritten frames are
-  counted as dropped);
+  counted as dropped; when they are many, :class:`~vl_distill_ros.perception.keeping_up.KeepingUp`
+  has the next frames prepared with ``proposal_box_net_behind``);
 * the inference threads (one model in memory for all cameras) decode frames with numpy
   (:func:`~vl_distill_ros.perception.compressed_codec.decode_image_message`, no cv_bridge), run the
   pipeline and publish ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable;
@@ -55,6 +56,7 @@ from ..perception.compressed_codec import (decode_image_message, is_rectified_to
 from ..perception.depth_alignment import transform_from_pose
 from ..perception.camera_model import DepthError
 from ..perception.image_codec import ImageDecodeError
+from ..perception.keeping_up import KeepingUp
 from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineError, PreparedFrame,
                                    PipelineSettings, labels_document)
 from ..perception.static_transforms import StaticTransforms
@@ -110,6 +112,8 @@ class _Staged:
     frame: PreparedFrame
     has_depth: bool
     prepare_s: float
+    #: Prepared while the node was behind its cameras (``proposal_box_net_behind``).
+    behind: bool = False
 
 
 class VlDistillNode(Node):
@@ -133,6 +137,8 @@ class VlDistillNode(Node):
         self._threads: list[threading.Thread] = []
         #: The frame stage 1 has prepared and stage 2 has not taken yet (``pipelined``).
         self._staged: _Staged | None = None
+        #: Whether the node keeps up with its cameras (their latest-wins slots' drops).
+        self._keeping_up = KeepingUp()
         self.vocabulary: VocabularyController | None = None
         try:
             self._start()
@@ -449,10 +455,12 @@ class VlDistillNode(Node):
         now = time.monotonic()
         with self._lock:
             cam.received += 1
-            if cam.pending is not None:
+            dropped = cam.pending is not None
+            if dropped:
                 cam.dropped += 1
             cam.pending, cam.pending_t = msg, now
             self._lock.notify_all()
+        self._keeping_up.frame(dropped, now)
 
     def _on_depth(self, msg: Image, cam: CameraState) -> None:
         """Executor thread: buffer a depth image; wake a frame waiting for its partner."""
@@ -564,9 +572,11 @@ class VlDistillNode(Node):
             return None
         depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
+        behind = self._keeping_up.behind(t0)
         frame = self.pipeline.prepare(image, depth, None if depth is None else k,
-                                      camera=cam.resolved)
-        return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0)
+                                      camera=cam.resolved, behind=behind)
+        return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0,
+                       behind)
 
     def _classify_and_publish(self, staged: "_Staged") -> None:
         cam, msg = staged.cam, staged.msg
@@ -589,6 +599,7 @@ class VlDistillNode(Node):
         with self._lock:
             cam.processed += 1
             cam.processed_in_period += 1
+            cam.processed_behind += int(staged.behind)
             cam.last_latency = done - staged.t_recv
             cam.latencies.append(done - staged.t_recv)
             cam.processing.append(staged.prepare_s + t1 - t0)
@@ -664,6 +675,8 @@ class VlDistillNode(Node):
             "text_embedding_cache": self.text_service.cache_path or "",
             "text_embedding_stats": json.dumps(self.text_service.stats),
             "crop_source": self.pipeline.settings.crop_source,
+            **{k: str(v).lower() if isinstance(v, bool) else v
+               for k, v in self._keeping_up.status().items()},
             "student_runtime": self.pipeline.runner.backend,
         }
 

@@ -229,6 +229,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "same proposals but unseen objects named a little less often (see Performance); "
               "frames without depth keep proposal_box_net.",
               constraints="same, default, default_int8, off or an existing .onnx file"),
+    ParamSpec("proposal_box_net_behind", "default_int8", "string",
+              "Proposals: the box network of frames processed while the node falls behind its "
+              "cameras (more than 5% of their frames dropped over 2 s; it tries the usual one "
+              "again after 10 s, then after twice as long each time it falls behind again at "
+              "once, up to 120 s): same (never change), or any value proposal_box_net takes. "
+              "It replaces the shipped network (default) only, never a network you chose. "
+              "default_int8: with depth 30 frames/s instead of 25-26 in a slow hour of the "
+              "2-core host, a little less exact than the shipped network (see Performance); "
+              "a replay that processes every frame (replay-eval --offline) never falls "
+              "behind. /diagnostics counts the frames each camera had processed while the node "
+              "was behind (processed_behind).",
+              constraints="same, default, default_int8, off or an existing .onnx file"),
     ParamSpec("proposal_box_net_threshold", 0.5, "double",
               "Proposals: smallest score of a box network's box (lower finds more objects and "
               "more false boxes).", range=(0.01, 0.99)),
@@ -302,6 +314,7 @@ SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "proposal_max_area_frac", "proposal_max_count",
                              "proposal_pad_frac", "proposal_fallback_full_frame",
                              "proposal_source", "proposal_box_net", "proposal_box_net_depth",
+                             "proposal_box_net_behind",
                              "proposal_box_net_threshold", "proposal_box_net_threads",
                              "proposal_box_net_close_width",
                              "depth_proposal_config", "min_box_size",

@@ -1,0 +1,92 @@
+"""``perception/keeping_up.py``: when the node counts as behind its cameras, for how long,
+and when it tries its full settings again (a fake clock; no ROS)."""
+from __future__ import annotations
+
+import pytest
+
+from vl_distill_ros.perception.keeping_up import KeepingUp, KeepingUpConfig
+
+
+def feed(k: KeepingUp, start: float, seconds: float, fps: float, drop_every: int = 0
+         ) -> tuple[float, list[bool]]:
+    """Frames at ``fps`` from ``start`` for ``seconds`` (every ``drop_every``-th dropped),
+    asking :meth:`KeepingUp.behind` after each as the node's worker would; returns the end
+    time and the answers."""
+    answers, n, t = [], 0, start
+    while t < start + seconds - 1e-9:
+        n += 1
+        k.frame(bool(drop_every) and n % drop_every == 0, t)
+        answers.append(k.behind(t))
+        t = start + n / fps
+    return t, answers
+
+
+def test_a_node_that_drops_nothing_or_little_keeps_up():
+    k = KeepingUp()
+    _, answers = feed(k, 0.0, 30.0, 30.0)
+    assert not any(answers) and k.times_behind == 0
+    _, answers = feed(k, 30.0, 30.0, 30.0, drop_every=25)      # 4%: under 5%
+    assert not any(answers) and k.status(60.0)["behind_cameras"] is False
+
+
+def test_dropping_frames_makes_it_behind_for_the_hold_then_it_tries_again():
+    k = KeepingUp(KeepingUpConfig(window_s=2.0, drop_frac=0.05, min_frames=20, hold_s=10.0))
+    t, answers = feed(k, 0.0, 3.0, 30.0, drop_every=5)          # 20% dropped
+    first = answers.index(True)
+    assert 19 <= first <= 25                                    # once 20 frames are counted
+    assert all(answers[first:]) and k.times_behind == 1
+    assert k.status(t)["behind_cameras"] is True
+    # while behind, its drops are not the full settings': the hold runs out all the same
+    t, answers = feed(k, t, 7.0 + first / 30.0 - 0.05, 30.0, drop_every=2)
+    assert all(answers)
+    t, answers = feed(k, t + 0.1, 5.0, 30.0)                   # the full settings, no drops
+    assert not any(answers) and k.times_behind == 1
+    assert k.status(t)["behind_hold_s"] == 10.0
+
+
+def test_falling_behind_again_at_once_doubles_the_hold_up_to_its_bound():
+    cfg = KeepingUpConfig(window_s=2.0, min_frames=20, hold_s=10.0, max_hold_s=30.0)
+    k = KeepingUp(cfg)
+    t, holds = 0.0, []
+    for _ in range(4):
+        t, answers = feed(k, t, 3.0, 30.0, drop_every=4)        # behind within the window
+        assert any(answers)
+        holds.append(k.status(t)["behind_hold_s"])
+        t = t + holds[-1]                                       # the hold runs out
+        assert k.behind(t) is False
+    assert holds == [10.0, 20.0, 30.0, 30.0] and k.times_behind == 4
+    # a try that keeps up for two windows: the next hold is the first again
+    t, answers = feed(k, t, 5.0, 30.0)
+    assert not any(answers)
+    t, answers = feed(k, t, 3.0, 30.0, drop_every=4)
+    assert any(answers) and k.status(t)["behind_hold_s"] == 10.0
+
+
+def test_few_frames_decide_nothing():
+    """A slow camera (5 fps) that drops every other frame: under ``min_frames`` in a
+    window, so never behind (its frames cost little; there is nothing to shed)."""
+    k = KeepingUp(KeepingUpConfig(window_s=2.0, min_frames=20))
+    _, answers = feed(k, 0.0, 20.0, 5.0, drop_every=2)
+    assert not any(answers)
+
+
+def test_frames_before_the_full_settings_resume_do_not_count():
+    """The frames of the window before the hold ended (dropped under the cheaper settings'
+    predecessor) are forgotten: the full settings are judged on their own frames."""
+    k = KeepingUp(KeepingUpConfig(window_s=2.0, min_frames=20, hold_s=1.0))
+    t, answers = feed(k, 0.0, 1.5, 30.0, drop_every=2)          # behind at 0.63 s
+    assert answers[-1] is True
+    t, answers = feed(k, t, 0.1, 30.0, drop_every=2)            # dropped while behind
+    assert all(answers)
+    t, answers = feed(k, t + 0.1, 0.5, 30.0)    # after the hold: 15 frames, none dropped
+    assert not any(answers) and k.times_behind == 1
+    t, answers = feed(k, t, 1.0, 30.0, drop_every=2)            # now the full settings drop
+    assert answers[-1] is True and k.times_behind == 2
+
+
+@pytest.mark.parametrize("field, value", [("window_s", 0.0), ("drop_frac", 1.0),
+                                          ("min_frames", 0), ("hold_s", 0.0),
+                                          ("max_hold_s", 5.0), ("max_hold_s", 1e6)])
+def test_bounds_are_checked(field, value):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        KeepingUpConfig(**{field: value})

@@ -1,0 +1,124 @@
+"""Whether the node keeps up with its cameras (ROS-free; the node feeds it, the pipeline
+reads it).
+
+The node keeps one "latest wins" slot per camera: a frame that arrives before the previous
+one was taken overwrites it and is dropped. :class:`KeepingUp` watches those drops over a
+sliding window. When more than ``drop_frac`` of the frames of the last ``window_s`` seconds
+were dropped (over at least ``min_frames`` frames), the node is *behind* for ``hold_s``
+seconds: it then processes its frames with cheaper settings (``proposal_box_net_behind``,
+the shipped box network's INT8 copy) instead of losing them. After the hold it tries the
+full settings again; when they fall behind again within two windows, the next hold is twice
+as long (at most ``max_hold_s``), and a try that keeps up for two windows resets it.
+
+Only drops counted while the full settings run decide: frames dropped while behind, and
+before the hold ended, do not count against the full settings. A replay that processes every
+frame (``replay-eval --offline``) never drops one, so it never falls behind.
+
+Thread safety: every method takes an internal lock (the executor thread calls
+:meth:`KeepingUp.frame`, the worker threads :meth:`KeepingUp.behind`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["KeepingUp", "KeepingUpConfig"]
+
+
+@dataclass(frozen=True)
+class KeepingUpConfig:
+    """The bounds of :class:`KeepingUp` (fixed in the node; see README: Performance)."""
+
+    #: Seconds of frames the drop fraction is measured over.
+    window_s: float = 2.0
+    #: Fraction of dropped frames in the window that makes the node behind.
+    drop_frac: float = 0.05
+    #: Fewest frames in the window for a decision (fewer: keeping up).
+    min_frames: int = 20
+    #: Seconds the cheaper settings hold before the full ones are tried again.
+    hold_s: float = 10.0
+    #: Longest hold, reached by doubling after each try that falls behind again at once.
+    max_hold_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.window_s <= 60.0:
+            raise ValueError(f"window_s must be in [0.1, 60], got {self.window_s}")
+        if not 0.0 < self.drop_frac < 1.0:
+            raise ValueError(f"drop_frac must be in (0, 1), got {self.drop_frac}")
+        if not 1 <= self.min_frames <= 10000:
+            raise ValueError(f"min_frames must be in [1, 10000], got {self.min_frames}")
+        if not 0.0 < self.hold_s <= self.max_hold_s <= 3600.0:
+            raise ValueError(f"need 0 < hold_s <= max_hold_s <= 3600, got {self.hold_s}, "
+                             f"{self.max_hold_s}")
+
+
+class KeepingUp:
+    """Drops of the cameras' latest-wins slots -> whether to process with cheaper settings.
+
+    Args:
+        config: the window, drop fraction and holds.
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, config: KeepingUpConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or KeepingUpConfig()
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (arrival time, dropped) of the frames since the full settings last started
+        self._frames: deque[tuple[float, bool]] = deque()
+        self._until = float("-inf")       # behind until this time
+        self._tried_at = float("-inf")     # the full settings last started here
+        self._hold = self.config.hold_s
+        #: Times the node fell behind.
+        self.times_behind = 0
+
+    def frame(self, dropped: bool, now: float | None = None) -> None:
+        """Count one arriving frame; ``dropped``: it overwrote a frame not yet taken."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            if now < self._until:
+                return                    # behind: drops now are not the full settings'
+            self._frames.append((now, bool(dropped)))
+            self._forget(now)
+
+    def behind(self, now: float | None = None) -> bool:
+        """Whether the next frame is to be processed with the cheaper settings."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            if now < self._until:
+                return True
+            if self._until != float("-inf") and self._tried_at < self._until:
+                self._tried_at = self._until       # the hold has ended: try the full settings
+            self._forget(now)
+            cfg = self.config
+            total = len(self._frames)
+            dropped = sum(1 for _, d in self._frames if d)
+            at_once = now - self._tried_at < 2.0 * cfg.window_s   # soon after a try began
+            if total < cfg.min_frames or dropped <= cfg.drop_frac * total:
+                if not at_once:
+                    self._hold = cfg.hold_s         # two windows kept up: holds start over
+                return False
+            if at_once:
+                self._hold = min(2.0 * self._hold, cfg.max_hold_s)  # behind again at once
+            self._until = now + self._hold
+            self._frames.clear()
+            self.times_behind += 1
+            return True
+
+    def status(self, now: float | None = None) -> dict[str, object]:
+        """``behind_cameras`` (now), ``times_behind`` and the current hold
+        (``behind_hold_s``), for diagnostics."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            return {"behind_cameras": now < self._until, "times_behind": self.times_behind,
+                    "behind_hold_s": self._hold}
+
+    def _forget(self, now: float) -> None:
+        """Drop frames older than the window, or from before the full settings' last try."""
+        start = max(now - self.config.window_s, self._tried_at)
+        while self._frames and self._frames[0][0] < start:
+            self._frames.popleft()
