@@ -16,6 +16,7 @@ Frames come from ``_frames.py``.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -173,6 +174,32 @@ class ProcStats:
 # ==========================================================================================
 # node parameters
 # ==========================================================================================
+def add_node_arguments(ap: argparse.ArgumentParser, pin: bool = True) -> None:
+    """The node's options every live bench takes: ``-p/--param``, ``--device``,
+    ``--node-timeout``, ``--log-dir`` and, with ``pin``, ``--node-cpus`` (read back with
+    :func:`pinned_cpus`)."""
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="node parameter, as in 'ros2 run ... -p' (repeatable), e.g. "
+                         "-p torch_threads:=2 -p crop_source:=full_frame")
+    ap.add_argument("--device", default="cpu",
+                    help="node 'device' parameter (the targets are about CPU cores; 'auto' "
+                         "picks cuda when available)")
+    if pin:
+        ap.add_argument("--node-cpus", default="",
+                        help="pin the node to these CPUs, e.g. '0,1' (sched_setaffinity; "
+                             "default: no pinning)")
+    ap.add_argument("--node-timeout", type=float, default=180.0,
+                    help="seconds a node may take to come up")
+    ap.add_argument("--log-dir", type=Path, default=None,
+                    help="keep the node logs here (default: a temporary folder, deleted)")
+
+
+def pinned_cpus(a: argparse.Namespace) -> tuple[int, ...] | None:
+    """The CPUs of ``--node-cpus`` (:func:`add_node_arguments`), or None (no pinning)."""
+    text = getattr(a, "node_cpus", "") or ""
+    return tuple(int(c) for c in text.split(",") if c.strip()) or None
+
+
 def parse_node_params(items: Sequence[str] | None, controlled: Sequence[str]) -> dict[str, str]:
     """``NAME:=VALUE`` strings -> {name: value text} (values go to ``--ros-args -p`` as is)."""
     from vl_distill_ros.ros import params as P

@@ -64,6 +64,7 @@ import numpy as np
 from _common import (REPO, BenchError, bench_main, loadavg, log, machine_info, percentile, r)
 # _live_node sets the ROS environment (loopback discovery, own domain) before rclpy loads
 from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, Recorder,
+                        add_node_arguments, pinned_cpus,
                         build_bundle, describe_bundle, other_busy_processes, parse_node_params,
                         public)
 from _frames import make_frames, offline_proposals, rgbd_frames, yaml_value
@@ -154,18 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds of publishing before the measurement window (excluded)")
     ap.add_argument("--rss-interval", type=float, default=5.0,
                     help="seconds between RSS samples of the node (/proc/<pid>/status VmRSS)")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
-                    help="node parameter, as in 'ros2 run ... -p' (repeatable), e.g. "
-                         "-p torch_threads:=2 -p crop_source:=full_frame "
-                         "-p proposal_max_count:=5")
-    ap.add_argument("--device", default="cpu",
-                    help="node 'device' parameter (the target is about CPU cores; 'auto' "
-                         "picks cuda when available)")
-    ap.add_argument("--node-cpus", default="",
-                    help="pin the node to these CPUs, e.g. '0,1' (sched_setaffinity; default: "
-                         "no pinning)")
-    ap.add_argument("--node-timeout", type=float, default=180.0,
-                    help="seconds the node may take to come up")
+    add_node_arguments(ap)
     ap.add_argument("--drain", type=float, default=3.0,
                     help="seconds to wait for the last labels after publishing stops")
     ap.add_argument("--fps-tolerance", type=float, default=0.05,
@@ -175,8 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="p95 latency target (ms)")
     ap.add_argument("--rss-growth-max-mb", type=float, default=5.0,
                     help="'no RSS growth' passes when slope x window length <= this (MB)")
-    ap.add_argument("--log-dir", type=Path, default=None,
-                    help="keep node.log here (default: a temporary folder, deleted)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rendered frames")
     return ap
 
@@ -356,7 +344,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     """The measurement: model, frames, then one node run (with ``--compare-colour-only`` a
     second one without depth, reported under ``colour_only`` with the fps ratio)."""
     check_args(a)
-    cpus = tuple(int(c) for c in a.node_cpus.split(",") if c.strip()) if a.node_cpus else None
+    cpus = pinned_cpus(a)
     raw_params = parse_node_params(
         a.param, controlled=("model_path", "image_topics", "diagnostics_period", "device",
                              *(("depth_topics", "camera_info_topics", "depth_camera_info_topics",

@@ -423,7 +423,7 @@ def load_rgbd_frames(bag: str | Path, max_frames: int = 0,
     return frames
 
 
-SPARSE_KINDS = ("columns", "grid", "dropout")
+SPARSE_KINDS = ("columns", "grid", "dropout", "band")
 
 
 def parse_sparse_depth(text: str) -> tuple[str, float] | None:
@@ -431,7 +431,7 @@ def parse_sparse_depth(text: str) -> tuple[str, float] | None:
 
     Raises:
         ValueError: an unknown kind, or a value out of its range (K an integer 2-8, P in
-            (0, 1)).
+            (0, 1), F in (0, 0.5]).
     """
     if not text.strip():
         return None
@@ -444,7 +444,9 @@ def parse_sparse_depth(text: str) -> tuple[str, float] | None:
         raise ValueError(f"{kind} needs a number after ':', got {value!r}") from None
     if kind == "dropout" and not 0.0 < number < 1.0:
         raise ValueError(f"dropout:P needs P in (0, 1), got {value}")
-    if kind != "dropout" and (number != int(number) or not 2 <= number <= 8):
+    if kind == "band" and not 0.0 < number <= 0.5:
+        raise ValueError(f"band:F needs F in (0, 0.5], got {value}")
+    if kind in ("columns", "grid") and (number != int(number) or not 2 <= number <= 8):
         raise ValueError(f"{kind}:K needs an integer K in 2-8, got {value}")
     return kind, number
 
@@ -452,10 +454,15 @@ def parse_sparse_depth(text: str) -> tuple[str, float] | None:
 def sparse_depth(depth: np.ndarray, sparse: tuple[str, float],
                  rng: np.random.Generator) -> np.ndarray:
     """``depth`` measured only every K-th column (``columns``), every K-th row and column
-    (``grid``) or with each pixel lost with probability P (``dropout``); 0: no measurement."""
+    (``grid``), with each pixel lost with probability P (``dropout``) or not in the left
+    fraction F of the image (``band``: the invalid band a stereo camera's depth has where its
+    left imager sees what its right one does not, or a depth camera's narrower view
+    registered to a wider colour one); 0: no measurement."""
     kind, value = sparse
     keep = np.zeros(depth.shape, bool)
-    if kind == "columns":
+    if kind == "band":
+        keep[:, int(round(value * depth.shape[1])):] = True
+    elif kind == "columns":
         keep[:, ::int(value)] = True
     elif kind == "grid":
         keep[::int(value), ::int(value)] = True
@@ -688,8 +695,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(default: 0, off)")
     ap.add_argument("--sparse-depth", default="", metavar="KIND",
                     help="with --depth: keep only part of the depth's measurements: "
-                         "columns:K, grid:K (every K-th column, or row and column) or "
-                         "dropout:P (each pixel lost with probability P; default: none)")
+                         "columns:K, grid:K (every K-th column, or row and column), "
+                         "dropout:P (each pixel lost with probability P) or band:F (none in "
+                         "the image's left fraction F, a stereo camera's invalid band; "
+                         "default: none)")
     ap.add_argument("--smooth-depth", type=float, default=0.0, metavar="SIGMA",
                     help="with --depth: smooth the depth over its measured pixels with a "
                          "Gaussian of SIGMA pixels (0-10), as stereo cameras and depth "

@@ -82,21 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--frames", type=int, default=8, help="pre-rendered frames, cycled")
     ap.add_argument("--model", type=Path, default=None,
                     help="student bundle; default: vl_distill_ros/bundles/default_student.vdb")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
-                    help="extra node parameter (repeatable), e.g. -p crop_source:=full_frame")
-    ap.add_argument("--device", default="cpu", help="node 'device' parameter")
-    ap.add_argument("--node-cpus", default=None,
-                    help="pin the node to these CPUs (comma-separated), e.g. 0,1")
     ap.add_argument("--rss-interval", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--rss-growth-max-mb", type=float, default=5.0,
                     help="largest RSS growth over the window (slope x window) that is flat")
     ap.add_argument("--fps-tolerance", type=float, default=0.05,
                     help="processed fps may be this fraction below --fps")
-    ap.add_argument("--node-timeout", type=float, default=180.0,
-                    help="seconds the node may take to come up")
-    ap.add_argument("--log-dir", type=Path, default=None,
-                    help="keep the node log here (default: a temporary folder, deleted)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the frames")
+    lv.add_node_arguments(ap)
     return ap
 
 
@@ -227,7 +219,7 @@ def churn_results(recorder: lv.Recorder, churn: Churn | None, rss: list,
 
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     check_args(a)
-    cpus = tuple(int(c) for c in a.node_cpus.split(",") if c.strip()) if a.node_cpus else None
+    cpus = lv.pinned_cpus(a)
     raw = lv.parse_node_params(a.param, controlled=(
         "model_path", "image_topics", "diagnostics_period", "device", "text_cache_dir",
         "labels", "descriptions", "vocabulary_file", "persist_vocabulary", "vocabulary_store"))

@@ -236,23 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "vocabulary is then the base, and a new name need not win)")
     ap.add_argument("--student-size", type=int, default=128,
                     help="input size of the bench bundle's EfficientNet-Lite0 student")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
-                    help="extra node parameter (repeatable), e.g. -p torch_threads:=2")
-    ap.add_argument("--device", default="cpu", help="node 'device' parameter")
     ap.add_argument("--timeout", type=float, default=30.0,
                     help="seconds a change may take to reach ~/labels before it counts as "
                          "failed")
-    ap.add_argument("--node-timeout", type=float, default=180.0,
-                    help="seconds a node may take to come up")
     ap.add_argument("--settle", type=float, default=0.5,
                     help="seconds of normal labelling between changes")
     ap.add_argument("--uncached-target-ms", type=float, default=1000.0,
                     help="target for uncached changes (offline teacher)")
     ap.add_argument("--cached-target-ms", type=float, default=50.0,
                     help="target for cached changes")
-    ap.add_argument("--log-dir", type=Path, default=None,
-                    help="keep the node logs here (default: a temporary folder, deleted)")
     ap.add_argument("--seed", type=int, default=0, help="seed of frames and pauses")
+    nt.add_node_arguments(ap, pin=False)
     return ap
 
 

@@ -129,7 +129,9 @@ def test_sparse_depth_kinds_parse_and_keep_what_they_say():
     assert parse_sparse_depth("") is None
     assert parse_sparse_depth("grid:3") == ("grid", 3.0)
     assert parse_sparse_depth("dropout:0.5") == ("dropout", 0.5)
-    for bad in ("lines:2", "grid:1", "grid:2.5", "columns:x", "dropout:1"):
+    assert parse_sparse_depth("band:0.25") == ("band", 0.25)
+    for bad in ("lines:2", "grid:1", "grid:2.5", "columns:x", "dropout:1", "band:0",
+                "band:0.6"):
         with pytest.raises(ValueError):
             parse_sparse_depth(bad)
     depth = np.ones((48, 64), np.float32)
@@ -138,6 +140,8 @@ def test_sparse_depth_kinds_parse_and_keep_what_they_say():
     assert np.count_nonzero(sparse_depth(depth, ("grid", 3.0), rng)) == 16 * 22
     kept = np.count_nonzero(sparse_depth(depth, ("dropout", 0.5), rng)) / depth.size
     assert 0.4 < kept < 0.6
+    band = sparse_depth(depth, ("band", 0.25), rng)
+    assert not band[:, :16].any() and (band[:, 16:] == 1).all()
 
 
 def test_smooth_depth_averages_measured_pixels_and_keeps_holes():

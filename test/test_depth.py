@@ -766,18 +766,11 @@ def test_the_pipeline_hands_the_weak_network_boxes_on(bundle, monkeypatch, threa
     pipe.close()
 
 
-def test_frames_with_depth_take_the_box_network_of_box_net_depth(bundle, monkeypatch):
-    """``box_net_depth`` (the node's ``proposal_box_net_depth``): ``same`` (the default) runs
-    the float network on every frame; ``default_int8`` runs the INT8 copy on a frame that
-    comes with depth (usable or not) and the float network on a frame without, in both
-    thread modes."""
+def box_nets_loaded(monkeypatch) -> list[str]:
+    """The file names of the box networks the proposer asks for from now on, in order."""
     import vl_distill_ros.perception.proposals as proposals_module
-    from vl_distill_ros.model.bundle import load_bundle
-    from vl_distill_ros.perception.box_net import DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8
-    from vl_distill_ros.perception.pipeline import PerceptionPipeline
-    from vl_distill_ros.perception.proposal_config import ProposalConfig
 
-    loaded = []
+    loaded: list[str] = []
     real = proposals_module.load_box_net
 
     def spy(path, threads=1):
@@ -785,6 +778,20 @@ def test_frames_with_depth_take_the_box_network_of_box_net_depth(bundle, monkeyp
         return real(path, threads)
 
     monkeypatch.setattr(proposals_module, "load_box_net", spy)
+    return loaded
+
+
+def test_frames_with_depth_take_the_box_network_of_box_net_depth(bundle, monkeypatch):
+    """``box_net_depth`` (the node's ``proposal_box_net_depth``): ``same`` (the default) runs
+    the float network on every frame; ``default_int8`` runs the INT8 copy on a frame that
+    comes with depth (usable or not) and the float network on a frame without, in both
+    thread modes."""
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.box_net import DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
+
+    loaded = box_nets_loaded(monkeypatch)
     b = load_bundle(bundle, device="cpu")
     depth, _ = render_tabletop(OBJECTS)
     image = np.full((480, 640, 3), 150, np.uint8)
@@ -819,20 +826,12 @@ def test_frames_prepared_behind_the_cameras_take_the_box_network_of_box_net_behi
     """``prepare(..., behind=True)`` (the node drops frames): the shipped network's INT8
     copy (``box_net_behind``'s default) on frames with and without depth; the float network
     when not behind, with ``box_net_behind: same``, and never in place of another network."""
-    import vl_distill_ros.perception.proposals as proposals_module
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.perception.box_net import DEFAULT_BOX_NET, DEFAULT_BOX_NET_INT8
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
     from vl_distill_ros.perception.proposal_config import ProposalConfig
 
-    loaded = []
-    real = proposals_module.load_box_net
-
-    def spy(path, threads=1):
-        loaded.append(Path(path).name)
-        return real(path, threads)
-
-    monkeypatch.setattr(proposals_module, "load_box_net", spy)
+    loaded = box_nets_loaded(monkeypatch)
     b = load_bundle(bundle, device="cpu")
     depth, _ = render_tabletop(OBJECTS)
     image = np.full((480, 640, 3), 150, np.uint8)

@@ -496,7 +496,8 @@ def collect_documents(rec: Recording, arrivals: Sequence[tuple[float, str]], run
 def node_counters(cameras: Mapping[str, Mapping[str, str]]) -> dict[str, int | None]:
     """The node's counters summed over its cameras' diagnostics (None when unreadable)."""
     counters: dict[str, int | None] = {}
-    for name in ("received", "processed", "dropped", "bad_frames", "errors"):
+    for name in ("received", "processed", "dropped", "bad_frames", "errors",
+                 "processed_behind"):
         try:
             counters[name] = sum(int(c.get(name, 0)) for c in cameras.values())
         except ValueError:

@@ -68,6 +68,8 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
         received = counters.get("received")
         frames["node_received"] = received
         frames["node_dropped_latest_wins"] = counters.get("dropped")
+        # frames prepared while the node was behind its cameras (proposal_box_net_behind)
+        frames["node_processed_behind"] = counters.get("processed_behind")
         frames["node_bad_frames"] = counters.get("bad_frames")
         frames["node_errors"] = counters.get("errors")
         frames["lost_in_transport"] = (rec.published - received if received is not None
@@ -125,7 +127,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
               f"{fr['labelled']} labelled, {fr['dropped']} dropped")
     if report["mode"] == "live":
         frames += (f" (node latest-wins {_fmt(fr.get('node_dropped_latest_wins'))}, lost in "
-                   f"transport {_fmt(fr.get('lost_in_transport'))})")
+                   f"transport {_fmt(fr.get('lost_in_transport'))}, processed behind "
+                   f"{_fmt(fr.get('node_processed_behind'))})")
     frames += f"; {fr['evaluated']} with ground truth scored"
     lines.append(frames)
     cols = ["group", "objects", "matched", "missed", "correct", "unknown", "accuracy", "recall",
@@ -186,7 +189,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     if report["mode"] == "live":
         frames += (f" (dropped by the node's latest-wins policy: "
                    f"{_fmt(fr.get('node_dropped_latest_wins'))}, lost in transport: "
-                   f"{_fmt(fr.get('lost_in_transport'))})")
+                   f"{_fmt(fr.get('lost_in_transport'))}; processed while the node was behind "
+                   f"its cameras: {_fmt(fr.get('node_processed_behind'))})")
     out.append(frames + f"; {fr['evaluated']} frames with ground truth scored; "
                f"{fr['ground_truth_objects_in_dropped_frames']} objects in dropped frames not "
                "scored")

@@ -215,27 +215,24 @@ class PipelineSettings:
         """These settings for a frame that comes with depth: the box network of
         ``proposal_cfg.box_net_depth`` (:meth:`ProposalConfig.for_depth_frames`); made once,
         then reused; these themselves when it is the same network."""
-        cfg = self.proposal_cfg.for_depth_frames()
-        if cfg is self.proposal_cfg:
-            return self
-        with_depth = self.__dict__.get("_with_depth")
-        if with_depth is None:
-            with_depth = dataclasses.replace(self, proposal_cfg=cfg)
-            object.__setattr__(self, "_with_depth", with_depth)
-        return with_depth
+        return self._with_proposals("_with_depth", self.proposal_cfg.for_depth_frames())
 
     def for_frames_behind(self) -> "PipelineSettings":
         """These settings for a frame processed while the node is behind its cameras: the
         box network of ``proposal_cfg.box_net_behind`` (:meth:`ProposalConfig.for_frames_behind`);
         made once, then reused; these themselves when it is the same network."""
-        cfg = self.proposal_cfg.for_frames_behind()
+        return self._with_proposals("_behind", self.proposal_cfg.for_frames_behind())
+
+    def _with_proposals(self, key: str, cfg: ProposalConfig) -> "PipelineSettings":
+        """These settings with ``cfg`` for ``proposal_cfg``, kept under ``key`` the first time
+        (``cfg`` is the same each time for one key); these themselves when ``cfg`` is theirs."""
         if cfg is self.proposal_cfg:
             return self
-        behind = self.__dict__.get("_behind")
-        if behind is None:
-            behind = dataclasses.replace(self, proposal_cfg=cfg)
-            object.__setattr__(self, "_behind", behind)
-        return behind
+        derived = self.__dict__.get(key)
+        if derived is None:
+            derived = dataclasses.replace(self, proposal_cfg=cfg)
+            object.__setattr__(self, key, derived)
+        return derived
 
     def as_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of :class:`PerceptionPipeline` and
