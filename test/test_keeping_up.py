@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vl_distill_ros.perception.keeping_up import KeepingUp, KeepingUpConfig
+from vl_distill_ros.perception.keeping_up import (MAX_FRAMES_IN_WINDOW, KeepingUp,
+                                                  KeepingUpConfig)
 
 
 def feed(k: KeepingUp, start: float, seconds: float, fps: float, drop_every: int = 0
@@ -82,6 +83,18 @@ def test_frames_before_the_full_settings_resume_do_not_count():
     assert not any(answers) and k.times_behind == 1
     t, answers = feed(k, t, 1.0, 30.0, drop_every=2)            # now the full settings drop
     assert answers[-1] is True and k.times_behind == 2
+
+
+def test_a_flood_is_remembered_within_a_bound():
+    """10 kHz of frames for 2 s: the window keeps at most MAX_FRAMES_IN_WINDOW of them, and
+    the drops among those still decide."""
+    k = KeepingUp(KeepingUpConfig(window_s=2.0, min_frames=20))
+    for i in range(20000):
+        k.frame(False, i / 10000.0)
+    assert len(k._frames) == 20000 and not k.behind(2.0)
+    for i in range(MAX_FRAMES_IN_WINDOW + 5000):
+        k.frame(i % 10 == 0, 2.0 + i / 10000.0)
+    assert len(k._frames) == MAX_FRAMES_IN_WINDOW and k.behind(4.5)
 
 
 @pytest.mark.parametrize("field, value", [("window_s", 0.0), ("drop_frac", 1.0),

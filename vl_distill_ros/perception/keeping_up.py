@@ -25,7 +25,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["KeepingUp", "KeepingUpConfig"]
+__all__ = ["KeepingUp", "KeepingUpConfig", "MAX_FRAMES_IN_WINDOW"]
+
+#: Most frames remembered (a flood of tiny frames keeps only the latest ones).
+MAX_FRAMES_IN_WINDOW = 20000
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class KeepingUp:
         self._clock = clock
         self._lock = threading.Lock()
         # (arrival time, dropped) of the frames since the full settings last started
-        self._frames: deque[tuple[float, bool]] = deque()
+        self._frames: deque[tuple[float, bool]] = deque(maxlen=MAX_FRAMES_IN_WINDOW)
         self._until = float("-inf")       # behind until this time
         self._tried_at = float("-inf")     # the full settings last started here
         self._hold = self.config.hold_s
