@@ -182,9 +182,9 @@ class ProposalConfig:
     #: more than 5% of their frames, :mod:`~vl_distill_ros.perception.keeping_up`): ``same``
     #: (no change) or any value ``box_net`` takes. It replaces the shipped network
     #: (``default``) only, never one a user chose. ``default_int8`` (the default): with depth,
-    #: 30 frames a second instead of 25-26 in a slow hour of the 2-core host (session 56), a
-    #: little less exact than the shipped network; a replay that processes every frame never
-    #: uses it.
+    #: 29.75-29.9 frames a second instead of 24.5-25 in a slow hour of the 2-core host
+    #: (session 57), a little less exact than the shipped network; a replay that processes
+    #: every frame never uses it.
     box_net_behind: str = "default_int8"
     #: Smallest centre probability of a box network's box, in (0, 1) (0.5 for the shipped
     #: network since session 52, measured with it; 0.4 in sessions 44-51, 0.3 before).
