@@ -99,6 +99,22 @@ def test_score_frames_counts_every_outcome():
     assert s["latency_ms"]["n"] == 2 and s["latency_ms"]["p50"] == pytest.approx(20.0)
 
 
+def test_a_live_replay_without_a_dds_profile_is_warned_about_its_transport():
+    """Fast DDS without a profile sends frames over loopback UDP (large ones get lost): the
+    warning names the package's shared-memory profile, which exists; a profile (either
+    variable) or another middleware silences it."""
+    from vl_distill_ros.commands.replay_eval import transport_warning
+
+    warning = transport_warning({})
+    assert warning is not None and "FASTRTPS_DEFAULT_PROFILES_FILE" in warning
+    profile = Path(warning.split("FASTRTPS_DEFAULT_PROFILES_FILE=")[1].split(" ")[0])
+    assert profile.is_file() and profile.name == "fastdds_shm_localhost.xml"
+    assert transport_warning({"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}) == warning
+    assert transport_warning({"FASTRTPS_DEFAULT_PROFILES_FILE": str(profile)}) is None
+    assert transport_warning({"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}) is None
+    assert transport_warning({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) is None
+
+
 def test_offline_settings_are_the_nodes(monkeypatch):
     """The offline pipeline settings come from the same parameter values by the node's rule
     (``PipelineSettings.from_params``, which the node calls too)."""

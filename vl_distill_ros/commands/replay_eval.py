@@ -23,6 +23,10 @@ from pathlib import Path
 PROG = "vl-distill replay-eval"
 DEFAULT_SPLIT = "config/splits/ycb_paper.yaml"
 DEFAULT_REFERENCE_VOCABULARY = "config/ycb_vocabulary.yaml"
+#: The package's Fast DDS profile: images through shared memory on one host.
+SHM_PROFILE = "config/fastdds_shm_localhost.xml"
+#: The variables through which Fast DDS reads a profile (its 2.x name and its 3.x name).
+PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
 
 
 def find_config(relative: str) -> Path | None:
@@ -32,6 +36,21 @@ def find_config(relative: str) -> Path | None:
                   Path(sys.prefix) / "share" / "vl_distill_ros" / relative,
                   Path.cwd() / relative]
     return next((p for p in candidates if p.is_file()), None)
+
+
+def transport_warning(environ: "os._Environ[str] | dict[str, str]") -> str | None:
+    """What to say after a live replay that lost frames in transport when they went to the
+    node over loopback UDP (Fast DDS, the default middleware, without a profile), where
+    large frames can be lost; None when a profile or another middleware is set."""
+    rmw = environ.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
+    if not rmw.startswith("rmw_fastrtps") or any(environ.get(v) for v in PROFILE_VARIABLES):
+        return None
+    profile = find_config(SHM_PROFILE)
+    where = str(profile) if profile is not None else "<share>/vl_distill_ros/" + SHM_PROFILE
+    return (f"{PROFILE_VARIABLES[0]} is not set, so the frames reach the node over loopback "
+            "UDP, where large ones can be lost; "
+            f"export {PROFILE_VARIABLES[0]}={where} to send them through shared memory "
+            "(README: Large frames and shared memory)")
 
 
 def _add_depth_options(p: argparse.ArgumentParser) -> None:
@@ -217,5 +236,9 @@ def run(args: argparse.Namespace) -> int:
     if not report["bag"]["ground_truth_frames"]:
         print(f"{PROG}: warning: the bag has no ground truth (no /ground_truth topic and no "
               "--sidecar): only frames and latency are reported", file=sys.stderr)
+    lost = report["frames"].get("lost_in_transport")
+    if lost and (warning := transport_warning(os.environ)) is not None:
+        print(f"{PROG}: warning: {lost} frame(s) never reached the node: {warning}",
+              file=sys.stderr)
     print(f"report: {report['files']['report_json']}")
     return 0
