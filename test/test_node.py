@@ -565,6 +565,10 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
         st = tester.camera_status(fqn, topic)
         assert int(st["processed"]) >= len(flood_docs)
         assert int(st["processed_behind"]) == cam.processed_behind
+        assert wait_for(lambda: (tester.node_status(fqn) or {}).get("times_behind")
+                        == str(node._keeping_up.times_behind), 5.0)
+        model = tester.node_status(fqn)
+        assert model["behind_cameras"] in ("true", "false") and float(model["behind_hold_s"]) >= 10
         print(f"\nflood: sent {sent} in 3 s, processed {len(flood_docs)}, dropped total "
               f"{cam.dropped}, latency median {latency[len(latency) // 2] * 1e3:.0f} ms max "
               f"{latency[-1] * 1e3:.0f} ms, RSS {rss0:.0f} -> {rss1:.0f} MB")

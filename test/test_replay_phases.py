@@ -162,8 +162,10 @@ def test_collect_keeps_the_first_document_per_frame():
     assert rec.latencies_s[frames[0]] == pytest.approx(0.05)
     assert len(rec.rows) == 3 and rec.rows[2]["latency_s"] is None
     assert rec.rows[0]["published_s"] == 0.0 and rec.duration_s == pytest.approx(0.3)
-    assert node_counters({"a": {"received": "3", "dropped": "1"}, "b": {"received": "2"}}) == {
-        "received": 5, "processed": 0, "dropped": 1, "bad_frames": 0, "errors": 0}
+    assert node_counters({"a": {"received": "3", "dropped": "1", "processed_behind": "2"},
+                          "b": {"received": "2"}}) == {
+        "received": 5, "processed": 0, "dropped": 1, "bad_frames": 0, "errors": 0,
+        "processed_behind": 2}
     assert node_counters({"a": {"received": "x"}})["received"] is None
 
 
