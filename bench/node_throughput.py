@@ -290,8 +290,8 @@ class Marks:
             self.diag[f"{which}_count"] = recorder.diag_count()
 
 
-def _sample_until_done(a: argparse.Namespace, node: NodeProcess, recorder: Recorder,
-                       publisher: Publisher, w_start: int, w_end: int) -> Marks:
+def sample_until_done(a: argparse.Namespace, node: NodeProcess, recorder: Recorder,
+                      publisher: Publisher, w_start: int, w_end: int) -> Marks:
     """Poll the publisher until it reports, sampling the node's RSS and CPU meanwhile."""
     marks = Marks()
     next_rss, next_progress = time.time_ns(), w_start
@@ -310,8 +310,9 @@ def _sample_until_done(a: argparse.Namespace, node: NodeProcess, recorder: Recor
         if now >= w_end:
             marks.mark("end", node, recorder)
         if now >= next_progress and now >= w_start:
+            rss_now = f"{marks.rss[-1][1]:.0f} MB" if marks.rss else "?"
             log(f"  {(now - w_start) / 1e9:5.0f}/{a.duration:g} s: "
-                f"{recorder.label_count()} labels")
+                f"{recorder.label_count()} labels, RSS {rss_now}")
             next_progress += int(30e9)
         if not publisher.proc.is_alive() and publisher.result is None:
             publisher.poll(timeout=1.0)
@@ -402,7 +403,7 @@ def _run_node(a: argparse.Namespace, out: dict[str, Any], model: Path, tmp: Path
         w_end = w_start + int(a.duration * 1e9)
         log(f"publishing {a.cameras} camera(s) at {a.fps:g} fps{' with depth' if depth else ''}"
             f": {a.warmup:g} s warm-up + {a.duration:g} s measured")
-        marks = _sample_until_done(a, node, recorder, publisher, w_start, w_end)
+        marks = sample_until_done(a, node, recorder, publisher, w_start, w_end)
         _drain(a, recorder, marks.diag["end_count"])
         peak = node.stats.status_kb("VmHWM", "VmRSS")
         out["results"] = summarise(a, publisher.result, recorder, w_start, w_end, marks.cpu,

@@ -157,47 +157,6 @@ def load_model(a: argparse.Namespace) -> tuple[Path, dict[str, Any], list[str]]:
     return model, {**lv.describe_bundle(model), "base_vocabulary_size": len(base)}, base
 
 
-def sample_loop(a, node: lv.NodeProcess, publisher: lv.Publisher, recorder: lv.Recorder,
-                w_start: int, w_end: int) -> tuple[list, dict, dict]:
-    """Until the publisher is done: RSS every ``--rss-interval`` s, CPU/diagnostics marks."""
-    rss: list[tuple[float, float]] = []
-    cpu_mark: dict[str, Any] = {}
-    diag_mark: dict[str, Any] = {}
-    next_rss = time.time_ns()
-    next_progress = w_start
-    while publisher.result is None:
-        publisher.poll(timeout=0.1)
-        if publisher.error:
-            raise BenchError(f"camera publisher: {publisher.error}", exit_code=3)
-        if node.poll() is not None:
-            raise node.died("during the run")
-        now = time.time_ns()
-        if now >= next_rss:
-            kb = node.stats.status_kb("VmRSS").get("VmRSS")
-            if kb is not None:
-                rss.append(((now - w_start) / 1e9, kb / 1024.0))
-            next_rss += int(a.rss_interval * 1e9)
-        for mark, at, key in (("start", w_start, "start_count"), ("end", w_end, "end_count")):
-            if mark not in cpu_mark and now >= at:
-                cpu_mark[mark] = (now, node.stats.cpu_s(), lv.ProcStats.system_ticks(),
-                                  node.stats.thread_cpu_s())
-                diag_mark[key] = recorder.diag_count()
-        if now >= next_progress and now >= w_start:
-            rss_now = f"{rss[-1][1]:.0f} MB" if rss else "?"
-            log(f"  {(now - w_start) / 1e9:5.0f}/{a.duration:g} s: {recorder.label_count()} "
-                f"labels, RSS {rss_now}")
-            next_progress += int(30e9)
-        if not publisher.proc.is_alive() and publisher.result is None:
-            publisher.poll(timeout=1.0)
-            if publisher.result is None:
-                raise BenchError("the camera publisher died", exit_code=3)
-    if "end" not in cpu_mark:
-        cpu_mark["end"] = (time.time_ns(), node.stats.cpu_s(), lv.ProcStats.system_ticks(),
-                           node.stats.thread_cpu_s())
-        diag_mark["end_count"] = recorder.diag_count()
-    return rss, cpu_mark, diag_mark
-
-
 def churn_results(recorder: lv.Recorder, churn: Churn | None, rss: list,
                   duration: float) -> dict[str, Any]:
     """Changes swapped in, the node's text-cache counters, the second-half RSS slope."""
@@ -257,7 +216,9 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         w_end = w_start + int(a.duration * 1e9)
         log(f"{a.fps:g} fps, names={a.names} every {a.interval:g} s: {a.warmup:g} s warm-up + "
             f"{a.duration:g} s measured")
-        rss, cpu_mark, diag_mark = sample_loop(a, node, publisher, recorder, w_start, w_end)
+        marks = nt.sample_until_done(a, node, publisher=publisher, recorder=recorder,
+                                     w_start=w_start, w_end=w_end)
+        rss, cpu_mark, diag_mark = marks.rss, marks.cpu, marks.diag
         if churn is not None:
             churn.stop_event.set()
             churn.join(timeout=20.0)
