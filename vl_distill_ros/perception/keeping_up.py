@@ -94,7 +94,7 @@ class KeepingUp:
         with self._lock:
             if now < self._until:
                 return True
-            if self._until != float("-inf") and self._tried_at < self._until:
+            if self._tried_at < self._until:
                 self._tried_at = self._until       # the hold has ended: try the full settings
             self._forget(now)
             cfg = self.config
