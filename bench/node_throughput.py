@@ -453,7 +453,8 @@ def _label_stats(a, pub: dict, labels: list, w_start: int, w_end: int) -> dict[s
 def _counters(entry: dict | None) -> dict[str, int]:
     """The node's counters summed over its cameras in one diagnostics entry."""
     tot = {"received": 0, "processed": 0, "dropped": 0, "errors": 0, "bad_frames": 0,
-           "depth_used": 0, "colour_only": 0, "depth_errors": 0, "processed_behind": 0}
+           "depth_used": 0, "colour_only": 0, "depth_errors": 0, "processed_behind": 0,
+           "processed_behind_student": 0}
     for vals in (entry or {}).get("cameras", {}).values():
         for k in tot:
             try:

@@ -14,9 +14,10 @@ from helpers import flip_byte, rewrite_zip
 from vl_distill_ros.config import StudentConfig
 from vl_distill_ros.model.bundle import ONNX_INT8_MODEL, BundleError, load_bundle, save_bundle
 from vl_distill_ros.model.runtime import (OnnxRunner, RuntimeBackendError, export_student_onnx,
-                                          make_runner)
+                                          make_behind_runner, make_runner)
 from vl_distill_ros.model.student import build_student
 from vl_distill_ros.model.vocabulary import Vocabulary
+from vl_distill_ros.perception.pipeline import PerceptionPipeline
 from vl_distill_ros.perception.preprocess import preprocess_crops
 from vl_distill_ros.training.quantize import quantize_student, split_calibration
 
@@ -144,3 +145,55 @@ def test_int8_backend_errors_are_clear():
     with pytest.raises(RuntimeBackendError, match="disagree"):
         make_runner(SimpleNamespace(student=stranger, onnx_bytes=None, onnx_int8_bytes=q.int8),
                     backend="onnxruntime_int8")
+
+
+def test_the_runner_behind_the_cameras_replaces_only_the_float_runtime_auto_chose(tmp_path):
+    """``inference_backend_behind``: the INT8 model in place of the float32 ONNX Runtime that
+    ``auto`` chose; a runtime the user chose, a bundle without an INT8 model, or an INT8
+    model ONNX Runtime refuses keep the runner, with the reason."""
+    b = load_bundle(_bundle(tmp_path))
+    auto = make_runner(b)
+    runner, what = make_behind_runner(b, auto, "auto", "onnxruntime_int8", threads=1)
+    assert what == "onnxruntime_int8" and runner is not auto
+    assert runner.backend == "onnxruntime_int8" and runner.threads == 1
+    assert make_behind_runner(b, auto, "auto", "same") == (auto, "same")
+    for backend in ("torch", "onnxruntime", "onnxruntime_int8"):
+        chosen = make_runner(b, backend=backend)
+        kept, why = make_behind_runner(b, chosen, backend, "onnxruntime_int8")
+        assert kept is chosen and why.startswith(f"same (inference_backend {backend} runs")
+    plain = load_bundle(_bundle(tmp_path, int8=False, name="f.vdb"))
+    kept, why = make_behind_runner(plain, make_runner(plain), "auto", "onnxruntime_int8")
+    assert why == "same (the bundle has no INT8 student)" and kept.backend == "onnxruntime"
+    q = _quantized()
+    broken = SimpleNamespace(student=q.student, onnx_bytes=q.fp32, onnx_int8_bytes=b"\x00junk")
+    kept, why = make_behind_runner(broken, auto, "auto", "onnxruntime_int8")
+    assert kept is auto and why.startswith("same (ONNX Runtime cannot load")
+    with pytest.raises(ValueError, match="inference_backend_behind"):
+        make_behind_runner(b, auto, "auto", "int8")
+
+
+def test_frames_prepared_two_steps_behind_are_classified_with_the_int8_student(tmp_path):
+    b = load_bundle(_bundle(tmp_path))
+    pipe = PerceptionPipeline(b, crop_source="full_frame",
+                              inference_backend_behind="onnxruntime_int8")
+    assert pipe.runner.backend == "onnxruntime"
+    assert pipe.runner_behind.backend == "onnxruntime_int8"
+    calls = {"float": 0, "int8": 0}
+    for key, runner in (("float", pipe.runner), ("int8", pipe.runner_behind)):
+        def counted(batch, _embed=runner.embed, _key=key):
+            calls[_key] += 1
+            return _embed(batch)
+        runner.embed = counted
+    image = np.ascontiguousarray(np.repeat(np.repeat(_images(1, 5)[0], 2, 0), 2, 1))
+    scores = {}
+    for level in (0, 1, True, 2):
+        frame = pipe.prepare(image, behind=level)
+        assert frame.student_behind is (level == 2)
+        objects, _ = pipe.classify(frame)
+        scores[level] = objects[0].top_k
+    assert calls == {"float": 3, "int8": 1}
+    assert scores[0] == scores[1] == scores[True]
+    assert scores[2] != scores[0]                   # another model: other scores
+    # without a second runtime, frames two steps behind take the one runtime there is
+    same = PerceptionPipeline(b, crop_source="full_frame")
+    assert same.runner_behind is same.runner and same.runner_behind_what == "same"

@@ -8,16 +8,16 @@ from vl_distill_ros.perception.keeping_up import (MAX_FRAMES_IN_WINDOW, KeepingU
                                                   KeepingUpConfig)
 
 
-def feed(k: KeepingUp, start: float, seconds: float, fps: float, drop_every: int = 0
-         ) -> tuple[float, list[bool]]:
+def feed(k: KeepingUp, start: float, seconds: float, fps: float, drop_every: int = 0,
+         levels: bool = False) -> tuple[float, list]:
     """Frames at ``fps`` from ``start`` for ``seconds`` (every ``drop_every``-th dropped),
-    asking :meth:`KeepingUp.behind` after each as the node's worker would; returns the end
-    time and the answers."""
+    asking :meth:`KeepingUp.behind` (``levels``: :meth:`KeepingUp.level`) after each as the
+    node's worker would; returns the end time and the answers."""
     answers, n, t = [], 0, start
     while t < start + seconds - 1e-9:
         n += 1
         k.frame(bool(drop_every) and n % drop_every == 0, t)
-        answers.append(k.behind(t))
+        answers.append(k.level(t) if levels else k.behind(t))
         t = start + n / fps
     return t, answers
 
@@ -95,6 +95,45 @@ def test_a_flood_is_remembered_within_a_bound():
     for i in range(MAX_FRAMES_IN_WINDOW + 5000):
         k.frame(i % 10 == 0, 2.0 + i / 10000.0)
     assert len(k._frames) == MAX_FRAMES_IN_WINDOW and k.behind(4.5)
+
+
+def test_a_level_that_still_drops_over_a_whole_window_steps_further_for_the_hold():
+    k = KeepingUp(KeepingUpConfig(window_s=2.0, min_frames=20, hold_s=10.0), levels=2)
+    t, answers = feed(k, 0.0, 6.0, 30.0, drop_every=5, levels=True)     # 20% dropped
+    first = answers.index(1)
+    assert 19 <= first <= 25 and 2 not in answers[:first]
+    second = answers.index(2)
+    # level 1 is judged over a whole window of its own frames (2 s at 30 fps) before it
+    # steps further; then level 2 holds
+    assert 59 <= second - first <= 62 and set(answers[first:second]) == {1}
+    assert set(answers[second:]) == {2}
+    assert k.times_behind == 1 and k.times_further == 1
+    st = k.status(t)
+    assert st["behind_level"] == 2 and st["times_behind_further"] == 1
+    # the cheapest level does not count drops: the hold runs out all the same, and the full
+    # settings are tried again (not level 1)
+    t, answers = feed(k, t, 10.0 + first / 30.0 - t - 0.05, 30.0, drop_every=2, levels=True)
+    assert set(answers) == {2}
+    t, answers = feed(k, t + 0.1, 5.0, 30.0, levels=True)
+    assert set(answers) == {0} and k.status(t)["behind_level"] == 0
+
+
+def test_a_level_that_keeps_up_stays_until_the_hold_ends():
+    k = KeepingUp(KeepingUpConfig(window_s=2.0, min_frames=20, hold_s=10.0), levels=2)
+    t, answers = feed(k, 0.0, 0.8, 30.0, drop_every=4, levels=True)
+    assert answers[-1] == 1
+    t, answers = feed(k, t, 7.0, 30.0, drop_every=50, levels=True)      # 2%: keeps up
+    assert set(answers) == {1} and k.times_further == 0
+    t, answers = feed(k, t + 3.0, 5.0, 30.0, levels=True)           # the hold has ended
+    assert set(answers) == {0}
+
+
+def test_one_level_never_steps_further():
+    k = KeepingUp(KeepingUpConfig(window_s=2.0, min_frames=20, hold_s=10.0))
+    _, answers = feed(k, 0.0, 8.0, 30.0, drop_every=2, levels=True)
+    assert max(answers) == 1 and k.times_further == 0
+    with pytest.raises(ValueError, match="levels"):
+        KeepingUp(levels=3)
 
 
 @pytest.mark.parametrize("field, value", [("window_s", 0.0), ("drop_frac", 1.0),

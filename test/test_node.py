@@ -49,7 +49,7 @@ from helpers import OBJECTS, block_image, make_colour_bundle, os_thread_names  #
 from vl_distill_ros.model.vocabulary import Vocabulary  # noqa: E402
 from vl_distill_ros.ros import node as node_mod  # noqa: E402
 from vl_distill_ros.ros.node import StartupError, VlDistillNode  # noqa: E402
-from vl_distill_ros.ros.params import PARAMETERS  # noqa: E402
+from vl_distill_ros.ros.params import PARAMETERS, default_model_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["banana", "mug", "power drill"]
@@ -505,6 +505,20 @@ def _rss_mb() -> float:
     return float("nan")  # pragma: no cover
 
 
+def _flood(tester, topic: str, msg, seconds: float, tag: str,
+           sent_at: dict[str, float]) -> tuple[int, float]:
+    """Publish ``msg`` on ``topic`` at 100 Hz for ``seconds`` (frame ids ``tag0``, ``tag1``
+    ...; their send times into ``sent_at``); returns (frames sent, end time)."""
+    sent, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        msg.header.frame_id = f"{tag}{sent}"
+        sent_at[msg.header.frame_id] = time.monotonic()
+        tester.publish(topic, msg)
+        sent += 1
+        time.sleep(max(0.0, start + sent * 0.01 - time.monotonic()))
+    return sent, time.monotonic()
+
+
 def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_path):
     ns = "/flood"
     # 24 regions per frame make one frame take longer than the 10 ms between frames
@@ -527,21 +541,10 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
         publish_until_labelled(tester, topic, msg, labels)
 
         sent_at: dict[str, float] = {}
-
-        def flood(seconds: float, tag: str) -> tuple[int, float]:
-            sent, start = 0, time.monotonic()
-            while time.monotonic() - start < seconds:
-                msg.header.frame_id = f"{tag}{sent}"
-                sent_at[msg.header.frame_id] = time.monotonic()
-                tester.publish(topic, msg)
-                sent += 1
-                time.sleep(max(0.0, start + sent * 0.01 - time.monotonic()))
-            return sent, time.monotonic()
-
-        flood(1.0, "warm")                       # let allocators reach their steady state
+        _flood(tester, topic, msg, 1.0, "warm", sent_at)  # allocators reach their steady state
         time.sleep(0.5)
         rss0, n0 = _rss_mb(), len(labels)
-        sent, t_end = flood(3.0, "flood")
+        sent, t_end = _flood(tester, topic, msg, 3.0, "flood", sent_at)
         rss1 = _rss_mb()
         time.sleep(1.5)
         flood_docs = [(t, d) for t, d in labels[n0:] if d["header"]["frame_id"].startswith("flood")]
@@ -572,6 +575,49 @@ def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_
         print(f"\nflood: sent {sent} in 3 s, processed {len(flood_docs)}, dropped total "
               f"{cam.dropped}, latency median {latency[len(latency) // 2] * 1e3:.0f} ms max "
               f"{latency[-1] * 1e3:.0f} ms, RSS {rss0:.0f} -> {rss1:.0f} MB")
+
+
+def test_a_node_still_behind_with_cheaper_boxes_takes_the_int8_student(ctx, tester, tmp_path):
+    """The shipped bundle (it has an INT8 student): flooded for 4.5 s, the node falls behind,
+    still drops frames over a whole window with its first cheaper step, and classifies the
+    frames after that with the INT8 student (``inference_backend_behind``), counted in
+    /diagnostics. With a runtime the user chose there is no second step."""
+    ns = "/flood_int8"
+    rois = [v for i in range(8) for v in ((i % 4) * 60, (i // 4) * 60, 60, 60)]
+    with running_node(ctx, ns, default_model_path(), tmp_path, crop_source="rois",
+                      rois=rois, labels=["banana", "mug"]) as node:
+        fqn = node.get_fully_qualified_name()
+        assert node.pipeline.runner_behind_what == "onnxruntime_int8"
+        assert node._keeping_up.levels == 2
+        real_classify, on_int8 = node.pipeline.classify, []
+
+        def slow_classify(frame):     # slower than the 10 ms between frames, on any machine
+            time.sleep(0.025)
+            on_int8.append(frame.student_behind)
+            return real_classify(frame)
+
+        node.pipeline.classify = slow_classify
+        labels = tester.watch_labels(f"{fqn}/labels")
+        topic = f"{ns}/image"
+        msg = make_msg("rgb8", rgb_image(240, 320), "warmup", 0)
+        publish_until_labelled(tester, topic, msg, labels)
+        _flood(tester, topic, msg, 4.5, "flood", {})
+        time.sleep(1.0)
+        cam = node._cameras[0]
+        assert node._keeping_up.times_behind >= 1 and node._keeping_up.times_further >= 1
+        # the frames two steps behind were classified by the INT8 runtime, the others not
+        assert 0 < cam.processed_behind_student == sum(on_int8) < cam.processed_behind
+        assert wait_for(lambda: int((tester.camera_status(fqn, topic) or {}).get(
+            "processed_behind_student", -1)) == cam.processed_behind_student, 5.0)
+        model = tester.node_status(fqn)
+        assert model["student_runtime"] == "onnxruntime"
+        assert model["student_runtime_behind"] == "onnxruntime_int8"
+        assert int(model["times_behind_further"]) >= 1
+    with running_node(ctx, ns, default_model_path(), tmp_path, inference_backend="torch",
+                      labels=["banana", "mug"]) as node:
+        assert node.pipeline.runner_behind is node.pipeline.runner
+        assert node.pipeline.runner_behind_what.startswith("same (inference_backend torch")
+        assert node._keeping_up.levels == 1
 
 
 def test_pipelined_node_publishes_what_one_thread_publishes_in_order(
@@ -632,7 +678,8 @@ def test_missing_default_bundle_fails_with_instructions(ctx, monkeypatch, tmp_pa
 def test_inference_backend_int8_runs_the_bundles_int8_model_or_fails_clearly(
         ctx, bundle_path, tmp_path):
     """The shipped bundle carries an INT8 model: asked for, the node runs it and says so in
-    /diagnostics; a bundle without one, or an unknown backend, stops start-up clearly."""
+    /diagnostics; a bundle without one, or an unknown backend (or backend behind the
+    cameras), stops start-up clearly."""
     common = [Parameter("crop_source", value="full_frame"),
               Parameter("text_cache_dir", value=str(tmp_path / "cache")),
               Parameter("vocabulary_store", value=str(tmp_path / "store.yaml")),
@@ -653,6 +700,11 @@ def test_inference_backend_int8_runs_the_bundles_int8_model_or_fails_clearly(
         VlDistillNode(namespace="/int8bad", context=ctx, parameter_overrides=common + [
             Parameter("model_path", value=str(bundle_path)),
             Parameter("inference_backend", value="tensorrt")])
+    with pytest.raises(StartupError, match="inference_backend_behind must be one of same, "
+                                           "onnxruntime_int8, got 'int4'"):
+        VlDistillNode(namespace="/int8behind", context=ctx, parameter_overrides=common + [
+            Parameter("model_path", value=str(bundle_path)),
+            Parameter("inference_backend_behind", value="int4")])
 
 
 def test_console_script_runs_and_stops_on_sigint(tester, bundle_path, tmp_path):

@@ -248,6 +248,7 @@ def test_live_report_matches_the_labels_the_node_published(live_run, bag, vocabu
     assert fr["node_received"] + fr["lost_in_transport"] == N_FRAMES
     assert fr["node_dropped_latest_wins"] is not None
     assert 0 <= fr["node_processed_behind"] <= fr["labelled"] + fr["duplicate_documents"]
+    assert 0 <= fr["node_processed_behind_student"] <= fr["node_processed_behind"]
     rows = load_labels_jsonl(out / "labels.jsonl")
     assert len(rows) == fr["labelled"] + fr["duplicate_documents"]
     assert all(r["doc"]["camera"].endswith("/camera/image_raw") for r in rows)

@@ -165,7 +165,7 @@ def test_collect_keeps_the_first_document_per_frame():
     assert node_counters({"a": {"received": "3", "dropped": "1", "processed_behind": "2"},
                           "b": {"received": "2"}}) == {
         "received": 5, "processed": 0, "dropped": 1, "bad_frames": 0, "errors": 0,
-        "processed_behind": 2}
+        "processed_behind": 2, "processed_behind_student": 0}
     assert node_counters({"a": {"received": "x"}})["received"] is None
 
 

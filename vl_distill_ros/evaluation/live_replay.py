@@ -497,7 +497,7 @@ def node_counters(cameras: Mapping[str, Mapping[str, str]]) -> dict[str, int | N
     """The node's counters summed over its cameras' diagnostics (None when unreadable)."""
     counters: dict[str, int | None] = {}
     for name in ("received", "processed", "dropped", "bad_frames", "errors",
-                 "processed_behind"):
+                 "processed_behind", "processed_behind_student"):
         try:
             counters[name] = sum(int(c.get(name, 0)) for c in cameras.values())
         except ValueError:

@@ -28,7 +28,7 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
 #: controlled by the replay).
 TUNABLE_PARAMS: frozenset[str] = frozenset(P.SETTINGS_PARAMS | {
     "qos_reliability", "qos_depth", "torch_threads", "publish_annotated",
-    "inference_backend", "inference_threads", "proposal_threads",
+    "inference_backend", "inference_backend_behind", "inference_threads", "proposal_threads",
     "proposal_box_net_close_topics"})
 #: Diagnostics period requested from the node (s): counters are read from diagnostics.
 DIAGNOSTICS_PERIOD = 0.5

@@ -70,6 +70,8 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
         frames["node_dropped_latest_wins"] = counters.get("dropped")
         # frames prepared while the node was behind its cameras (proposal_box_net_behind)
         frames["node_processed_behind"] = counters.get("processed_behind")
+        # of those, the frames a step further behind (inference_backend_behind)
+        frames["node_processed_behind_student"] = counters.get("processed_behind_student")
         frames["node_bad_frames"] = counters.get("bad_frames")
         frames["node_errors"] = counters.get("errors")
         frames["lost_in_transport"] = (rec.published - received if received is not None
@@ -128,7 +130,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
     if report["mode"] == "live":
         frames += (f" (node latest-wins {_fmt(fr.get('node_dropped_latest_wins'))}, lost in "
                    f"transport {_fmt(fr.get('lost_in_transport'))}, processed behind "
-                   f"{_fmt(fr.get('node_processed_behind'))})")
+                   f"{_fmt(fr.get('node_processed_behind'))}, with the INT8 student "
+                   f"{_fmt(fr.get('node_processed_behind_student'))})")
     frames += f"; {fr['evaluated']} with ground truth scored"
     lines.append(frames)
     cols = ["group", "objects", "matched", "missed", "correct", "unknown", "accuracy", "recall",
@@ -190,7 +193,9 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         frames += (f" (dropped by the node's latest-wins policy: "
                    f"{_fmt(fr.get('node_dropped_latest_wins'))}, lost in transport: "
                    f"{_fmt(fr.get('lost_in_transport'))}; processed while the node was behind "
-                   f"its cameras: {_fmt(fr.get('node_processed_behind'))})")
+                   f"its cameras: {_fmt(fr.get('node_processed_behind'))}, of them with the "
+                   f"student of inference_backend_behind: "
+                   f"{_fmt(fr.get('node_processed_behind_student'))})")
     out.append(frames + f"; {fr['evaluated']} frames with ground truth scored; "
                f"{fr['ground_truth_objects_in_dropped_frames']} objects in dropped frames not "
                "scored")

@@ -46,6 +46,8 @@ OUTPUT_NAME = "embeddings"
 DEFAULT_OPSET = 17
 #: Backends accepted by :func:`make_runner`.
 BACKENDS = ("auto", "onnxruntime", "onnxruntime_int8", "torch")
+#: Values of ``inference_backend_behind`` (:func:`make_behind_runner`).
+BEHIND_BACKENDS = ("same", "onnxruntime_int8")
 #: Smallest per-row cosine between the ONNX and PyTorch outputs accepted by :func:`make_runner`.
 PARITY_MIN_COSINE = 1.0 - 1e-4
 #: The same for the INT8 model, on :func:`image_probe` pictures: a check that it is this
@@ -405,3 +407,47 @@ def make_runner(bundle: StudentSource | Student, backend: str = "auto", threads:
         log.warning("ONNX Runtime unavailable for the student (%s); falling back to PyTorch",
                     str(_backend_error(exc, "ONNX Runtime backend"))[:300])
         return TorchRunner(student, threads=threads)
+
+
+def make_behind_runner(bundle: StudentSource | Student, runner: StudentRunner, backend: str,
+                       behind: str = "same", threads: int = 2) -> tuple[StudentRunner, str]:
+    """The student runner of the frames processed while the node stays behind its cameras
+    with its first cheaper step (``inference_backend_behind``; see
+    :mod:`~vl_distill_ros.perception.keeping_up`), and what it is.
+
+    ``behind='onnxruntime_int8'`` gives the bundle's INT8 model (checked as
+    :func:`make_runner` checks it) in place of ``runner`` only where ``backend`` was ``auto``
+    and chose ONNX Runtime in float32: never in place of a runtime the user chose, nor of
+    PyTorch on a GPU. Where it cannot (no INT8 model, ONNX Runtime refuses it) the answer is
+    ``runner`` itself, with the reason.
+
+    Args:
+        bundle: as :func:`make_runner`'s.
+        runner: the runner :func:`make_runner` built for ``backend``.
+        backend: the ``inference_backend`` it was built for.
+        behind: ``same`` or ``onnxruntime_int8`` (:data:`BEHIND_BACKENDS`).
+        threads: CPU threads of the INT8 runner.
+
+    Returns:
+        ``(runner, what)``: ``what`` is ``onnxruntime_int8`` or ``same`` with why in
+        parentheses where ``behind`` asked for more.
+
+    Raises:
+        ValueError: ``behind`` is not one of :data:`BEHIND_BACKENDS`.
+    """
+    if behind not in BEHIND_BACKENDS:
+        raise ValueError(f"unknown inference_backend_behind {behind!r}; choose one of "
+                         f"{BEHIND_BACKENDS}")
+    if behind == "same":
+        return runner, "same"
+    if backend != "auto" or getattr(runner, "backend", "") != "onnxruntime":
+        return runner, (f"same (inference_backend {backend} runs "
+                        f"{getattr(runner, 'backend', '?')}: kept)")
+    student: Student = bundle if isinstance(bundle, Student) else bundle.student
+    int8_bytes = None if isinstance(bundle, Student) else getattr(bundle, "onnx_int8_bytes", None)
+    if int8_bytes is None:
+        return runner, "same (the bundle has no INT8 student)"
+    try:
+        return _onnx_runner(student, int8_bytes, threads, True, int8=True), "onnxruntime_int8"
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        return runner, f"same ({str(_backend_error(exc, 'ONNX Runtime INT8 backend'))[:200]})"

@@ -135,6 +135,9 @@ class PreparedFrame:
     #: that depth refined keeps the network's box for that, see
     #: :func:`~.depth_fusion.fuse_proposals_with_views`); None: the boxes themselves.
     view_boxes: list[Box] | None = None
+    #: Classify it with :attr:`PerceptionPipeline.runner_behind` (prepared two steps behind
+    #: the cameras).
+    student_behind: bool = False
 
 
 class PerceptionPipeline:
@@ -165,6 +168,10 @@ class PerceptionPipeline:
             :meth:`close` stops the thread.
         close_cameras: the cameras whose frames take the box network's close pass (empty:
             every camera; see :class:`PipelineSettings`).
+        inference_backend_behind: the student runtime of frames prepared two steps behind
+            the cameras (``prepare(..., behind=2)``): ``same`` or ``onnxruntime_int8`` (only
+            in place of ONNX Runtime float32 that ``inference_backend: auto`` chose; see
+            :func:`~vl_distill_ros.model.runtime.make_behind_runner`).
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
@@ -181,12 +188,13 @@ class PerceptionPipeline:
                  embeddings: torch.Tensor | None = None, min_similarity: float = -1.0,
                  min_box_size: int = 4, fallback_full_frame: bool = False,
                  inference_backend: str = "auto", inference_threads: int = 2,
+                 inference_backend_behind: str = "same",
                  seen_bias: float = FROM_BUNDLE, negative_names: bool = True,
                  proposal_source: str = "auto",
                  depth_cfg: DepthProposalConfig | None = None, crop_square: bool = True,
                  crop_context: float = CROP_CONTEXT, proposal_threads: int = 2,
                  close_cameras: Sequence[str] = ()) -> None:
-        from ..model.runtime import make_runner
+        from ..model.runtime import make_behind_runner, make_runner
 
         #: The first stage: each frame's boxes, the box network's thread and each camera's
         #: depth registration check and depth noise.
@@ -197,6 +205,11 @@ class PerceptionPipeline:
         self.embed_dim = int(bundle.student.embed_dim)
         #: ONNX Runtime when available (checked against torch once), else torch eager.
         self.runner = make_runner(bundle, backend=inference_backend, threads=inference_threads)
+        #: The runner of frames prepared two steps behind the cameras (``behind=2``), and
+        #: what it is (``same`` and why, or ``onnxruntime_int8``; see make_behind_runner).
+        self.runner_behind, self.runner_behind_what = make_behind_runner(
+            bundle, self.runner, inference_backend, inference_backend_behind,
+            inference_threads)
         #: The bundle's calibration record (None: no bias, the fixed default threshold).
         self.calibration = bundle.calibration
         #: The calibration's centre as a tensor, made once (None: embeddings not centred).
@@ -366,10 +379,12 @@ class PerceptionPipeline:
 
     def prepare(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,
                 intrinsics: CameraIntrinsics | None = None, camera: str = "",
-                behind: bool = False) -> PreparedFrame:
+                behind: int = 0) -> PreparedFrame:
         """Stage 1 of :meth:`process`: check the frame and find its boxes (see :meth:`boxes`)
-        with the current settings (``behind``: the node is behind its cameras, see
-        :mod:`~vl_distill_ros.perception.keeping_up`). Touches no pipeline state but
+        with the current settings (``behind``: how far the node is behind its cameras, see
+        :mod:`~vl_distill_ros.perception.keeping_up`: from 1 the boxes are found with
+        ``proposal_box_net_behind``'s network, from 2 the frame is classified with
+        :attr:`runner_behind` too; True counts as 1). Touches no pipeline state but
         ``camera``'s registration check, so it may run in one thread while :meth:`classify`
         runs in another.
 
@@ -384,8 +399,8 @@ class PerceptionPipeline:
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
         boxes, views, status = self.frame_boxes.boxes(image, settings, depth, intrinsics,
-                                                      camera, behind)
-        return PreparedFrame(image, boxes, settings, status, views)
+                                                      camera, behind >= 1)
+        return PreparedFrame(image, boxes, settings, status, views, behind >= 2)
 
     def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:
         """Stage 2 of :meth:`process`: run the student on a prepared frame's crops and score
@@ -405,6 +420,7 @@ class PerceptionPipeline:
                                 f"{len(views)} view boxes")
         windows = [classification_window(b, width, height, settings.crop_square,
                                          settings.crop_context) for b in views]
+        runner = self.runner_behind if frame.student_behind else self.runner
         with torch.inference_mode():
             chunks = []
             for i in range(0, len(windows), MAX_CROPS_PER_BATCH):  # bounded memory per call
@@ -413,7 +429,7 @@ class PerceptionPipeline:
                 if settings.crop_square:   # a window that could not be square: not stretched
                     crops = [pad_long_crop(c) for c in crops]
                 batch = preprocess_crops(crops, self.input_spec)
-                chunks.append(torch.from_numpy(self.runner.embed(batch)).float())
+                chunks.append(torch.from_numpy(runner.embed(batch)).float())
             emb = F.normalize(torch.cat(chunks), dim=-1)
             if self._center is not None:   # as calibration.center_embeddings
                 emb = F.normalize(emb - self._center, dim=-1, eps=1e-6)

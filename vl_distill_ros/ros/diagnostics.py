@@ -49,6 +49,9 @@ class CameraState:
     #: Frames processed while the node was behind its cameras (with
     #: ``proposal_box_net_behind``'s network where it replaces the shipped one).
     processed_behind: int = 0
+    #: Of those, the frames processed a step further behind (with the student runtime of
+    #: ``inference_backend_behind``).
+    processed_behind_student: int = 0
     dropped: int = 0
     bad_frames: int = 0
     errors: int = 0
@@ -75,6 +78,7 @@ class CameraState:
                 "processed": self.processed,
                 "dropped": self.dropped,
                 "processed_behind": self.processed_behind,
+                "processed_behind_student": self.processed_behind_student,
                 "bad_frames": self.bad_frames,
                 "errors": self.errors,
                 "processed_in_period": self.processed_in_period,

@@ -112,8 +112,9 @@ class _Staged:
     frame: PreparedFrame
     has_depth: bool
     prepare_s: float
-    #: Prepared while the node was behind its cameras (``proposal_box_net_behind``).
-    behind: bool = False
+    #: How far behind its cameras the node was when it prepared the frame (0: not behind;
+    #: 1: ``proposal_box_net_behind``; 2: ``inference_backend_behind`` too).
+    behind: int = 0
 
 
 class VlDistillNode(Node):
@@ -182,13 +183,19 @@ class VlDistillNode(Node):
             self.pipeline = PerceptionPipeline(self.bundle, vocabulary=vocab, embeddings=emb,
                                                inference_backend=str(p["inference_backend"]),
                                                inference_threads=int(p["inference_threads"]),
+                                               inference_backend_behind=str(
+                                                   p["inference_backend_behind"]),
                                                proposal_threads=int(p["proposal_threads"]),
                                                **settings.as_kwargs())
         except RuntimeBackendError as exc:  # e.g. onnxruntime_int8 and the bundle has none
             raise StartupError(f"student runtime: {exc}") from None
         self.vocabulary.attach(self.pipeline, vocab, source, default=self.bundle.vocabulary,
                                on_swap=self._publish_label_info)
-        self.get_logger().info(f"student runtime: {self.pipeline.runner.backend}")
+        self.get_logger().info(f"student runtime: {self.pipeline.runner.backend}, behind "
+                               f"the cameras: {self.pipeline.runner_behind_what}")
+        # the student's cheaper runtime is the second step behind (perception/keeping_up)
+        self._keeping_up = KeepingUp(
+            levels=2 if self.pipeline.runner_behind is not self.pipeline.runner else 1)
         # mirror the active vocabulary into the parameters (no callbacks registered yet)
         self.set_parameters([
             Parameter("labels", Parameter.Type.STRING_ARRAY, vocab.names),
@@ -572,7 +579,7 @@ class VlDistillNode(Node):
             return None
         depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
-        behind = self._keeping_up.behind(t0)
+        behind = self._keeping_up.level(t0)
         frame = self.pipeline.prepare(image, depth, None if depth is None else k,
                                       camera=cam.resolved, behind=behind)
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0,
@@ -599,7 +606,8 @@ class VlDistillNode(Node):
         with self._lock:
             cam.processed += 1
             cam.processed_in_period += 1
-            cam.processed_behind += int(staged.behind)
+            cam.processed_behind += int(staged.behind >= 1)
+            cam.processed_behind_student += int(staged.behind >= 2)
             cam.last_latency = done - staged.t_recv
             cam.latencies.append(done - staged.t_recv)
             cam.processing.append(staged.prepare_s + t1 - t0)
@@ -678,6 +686,7 @@ class VlDistillNode(Node):
             **{k: str(v).lower() if isinstance(v, bool) else v
                for k, v in self._keeping_up.status().items()},
             "student_runtime": self.pipeline.runner.backend,
+            "student_runtime_behind": self.pipeline.runner_behind_what,
         }
 
     def diagnostics(self) -> DiagnosticArray:

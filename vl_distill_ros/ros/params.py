@@ -124,6 +124,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "INT8 model: about half the student's CPU time, about 2 points less accurate "
               "on unseen objects) or torch.", read_only=True,
               constraints="auto, onnxruntime, onnxruntime_int8 or torch"),
+    ParamSpec("inference_backend_behind", "onnxruntime_int8", "string",
+              "Student runtime of the frames processed while the node stays behind its "
+              "cameras with proposal_box_net_behind (more than 5% of those frames dropped over "
+              "2 s, until the hold ends): onnxruntime_int8 (the bundle's INT8 model) or same "
+              "(never change). It replaces only the ONNX Runtime float32 that "
+              "inference_backend auto chose, never a runtime you chose; a bundle without an "
+              "INT8 model keeps its runtime (/diagnostics: student_runtime_behind). About half "
+              "the student's CPU time, about 2 points less accurate on unseen objects on those "
+              "frames (see Performance); /diagnostics counts them per camera "
+              "(processed_behind_student).", read_only=True,
+              constraints="same or onnxruntime_int8"),
     ParamSpec("inference_threads", 2, "integer",
               "CPU threads of the student runtime (ONNX Runtime intra-op threads, or "
               "torch.set_num_threads for the PyTorch fallback); 0 = the library default.",

@@ -15,7 +15,7 @@ try:  # a ROS 2 install has it; the PyPI wheels do not (depth_to_colour_poses th
 except ImportError:  # pragma: no cover - depends on the installation
     TFMessage = None
 
-from ..model.runtime import BACKENDS
+from ..model.runtime import BACKENDS, BEHIND_BACKENDS
 from ..perception.camera_model import DepthError
 from ..perception.compressed_codec import topic_transport
 from ..perception.depth_alignment import transform_from_pose
@@ -50,11 +50,15 @@ def check_startup_params(p: dict) -> None:
     """Reject start-up parameter values that rclpy's descriptors cannot check.
 
     Raises:
-        StartupError: an unknown ``inference_backend`` or ``qos_reliability``, or no topic.
+        StartupError: an unknown ``inference_backend``, ``inference_backend_behind`` or
+            ``qos_reliability``, or no topic.
     """
     if p["inference_backend"] not in BACKENDS:
         raise StartupError(f"inference_backend must be one of {', '.join(BACKENDS)}, got "
                            f"{p['inference_backend']!r}")
+    if p["inference_backend_behind"] not in BEHIND_BACKENDS:
+        raise StartupError(f"inference_backend_behind must be one of "
+                           f"{', '.join(BEHIND_BACKENDS)}, got {p['inference_backend_behind']!r}")
     if p["qos_reliability"] not in ("best_effort", "reliable"):
         raise StartupError(f"qos_reliability must be best_effort or reliable, got "
                            f"{p['qos_reliability']!r}")
