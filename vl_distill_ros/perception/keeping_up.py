@@ -9,9 +9,9 @@ seconds: it then processes its frames with cheaper settings (level 1:
 ``proposal_box_net_behind``, the shipped box network's INT8 copy) instead of losing them.
 When those still drop more than ``drop_frac`` of their frames over a whole window of the
 hold, it steps one level further (level 2: ``inference_backend_behind``, the student's INT8
-copy too) for the rest of the hold. After the hold it tries the full settings again; when
-they fall behind again within two windows, the next hold is twice as long (at most
-``max_hold_s``), and a try that keeps up for two windows resets it.
+copy too, where the node was asked for it) for the rest of the hold. After the hold it tries
+the full settings again; when they fall behind again within two windows, the next hold is
+twice as long (at most ``max_hold_s``), and a try that keeps up for two windows resets it.
 
 Each level is judged on its own frames only: the frames dropped before a level started (by
 a costlier one) do not count against it, and at the cheapest level drops are not counted. A

@@ -6,7 +6,8 @@ A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline
   topic ends in ``/compressed``, image_transport's naming) with sensor-data QoS; each camera has a
   one-frame "latest wins" slot, so a fast camera never builds a queue (overwritten frames are
   counted as dropped; when they are many, :class:`~vl_distill_ros.perception.keeping_up.KeepingUp`
-  has the next frames prepared with ``proposal_box_net_behind``);
+  has the next frames prepared with ``proposal_box_net_behind``, and when those still fall
+  behind, classified with ``inference_backend_behind``'s student);
 * the inference threads (one model in memory for all cameras) decode frames with numpy
   (:func:`~vl_distill_ros.perception.compressed_codec.decode_image_message`, no cv_bridge), run the
   pipeline and publish ``~/labels`` (JSON), ``~/detections`` (vision_msgs, when importable;
