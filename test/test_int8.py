@@ -12,14 +12,16 @@ import onnx
 from onnx import numpy_helper
 from helpers import flip_byte, rewrite_zip
 from vl_distill_ros.config import StudentConfig
-from vl_distill_ros.model.bundle import ONNX_INT8_MODEL, BundleError, load_bundle, save_bundle
+from vl_distill_ros.model.bundle import (ONNX_INT8_MODEL, BundleError, load_bundle,
+                                         replace_int8_model, save_bundle)
 from vl_distill_ros.model.runtime import (OnnxRunner, RuntimeBackendError, export_student_onnx,
                                           make_behind_runner, make_runner)
 from vl_distill_ros.model.student import build_student
 from vl_distill_ros.model.vocabulary import Vocabulary
 from vl_distill_ros.perception.pipeline import PerceptionPipeline
 from vl_distill_ros.perception.preprocess import preprocess_crops
-from vl_distill_ros.training.quantize import quantize_student, split_calibration
+from vl_distill_ros.training.quantize import (STUDENT_FLOAT_CONVS, first_convolutions,
+                                              quantize_student, split_calibration)
 
 SIZE, DIM = 64, 32
 VOCAB = Vocabulary.from_names(["banana", "mug", "drill"], ["", "", ""])
@@ -80,6 +82,15 @@ def test_int8_model_is_quantised_and_close_to_the_float_one():
     # of products in 16 bits, which 8-bit weights saturate (mean cosine 0.89 there)
     assert max(np.abs(numpy_helper.to_array(t).astype(int)).max() for t in int8_weights) <= 64
     assert len(q.int8) < 0.6 * len(q.fp32)
+    # the stem and the first block stay in float32; every later convolution is quantised
+    first = first_convolutions(q.fp32, STUDENT_FLOAT_CONVS)
+    dequantized = {o for n in graph.graph.node if n.op_type == "DequantizeLinear"
+                   for o in n.output}
+    convs = {n.name: n for n in graph.graph.node if n.op_type == "Conv"}
+    assert len(first) == 3 and set(first) <= set(convs)
+    assert not any(convs[name].input[1] in dequantized for name in first)
+    assert sum(c.input[1] in dequantized for c in convs.values()) == len(convs) - 3
+    assert q.parity.float_nodes == tuple(first)
     p = q.parity
     assert (p.images, p.calibration_images) == (24, 24)
     assert 0.95 <= p.mean_cosine <= 1.0 and p.min_cosine <= p.mean_cosine
@@ -197,3 +208,21 @@ def test_frames_prepared_two_steps_behind_are_classified_with_the_int8_student(t
     # without a second runtime, frames two steps behind take the one runtime there is
     same = PerceptionPipeline(b, crop_source="full_frame")
     assert same.runner_behind is same.runner and same.runner_behind_what == "same"
+
+
+def test_replacing_the_int8_member_keeps_the_rest_and_refuses_a_corrupt_bundle(tmp_path):
+    path = _bundle(tmp_path)
+    before = load_bundle(path)
+    q = _quantized()
+    replace_int8_model(path, path, q.fp32, {"images": 1, "note": "the float model, in place"})
+    after = load_bundle(path)
+    assert after.onnx_int8_bytes == q.fp32
+    assert after.manifest["student"]["onnx_int8"] == {
+        "file": ONNX_INT8_MODEL, "images": 1, "note": "the float model, in place"}
+    assert torch.equal(after.text_embeddings, before.text_embeddings)
+    assert all(torch.equal(a, b) for a, b in zip(after.student.state_dict().values(),
+                                                 before.student.state_dict().values()))
+    broken = rewrite_zip(path, tmp_path / "t.vdb", flip_byte("student.pt"))
+    with pytest.raises(BundleError, match="student.pt is corrupt"):
+        replace_int8_model(broken, tmp_path / "out.vdb", q.int8, {})
+    assert not (tmp_path / "out.vdb").exists()

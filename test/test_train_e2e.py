@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,8 @@ import yaml
 from vl_distill_ros.cli import main as cli_main
 from vl_distill_ros.model.bundle import load_bundle
 from vl_distill_ros.config import load_train_config
+from vl_distill_ros.training.quantize import first_convolutions
+from helpers import load_script
 
 KEYS = {"id": ["red_ball", "green_box"], "ood": ["blue_ball", "yellow_box"]}
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
@@ -127,26 +130,44 @@ def test_train_resume_eval_export(toy: Path, capsys):
     assert bundle.enrich and bundle.vocabulary[0].description == "A red coloured ball."
     assert bundle.text_embeddings.shape == (4, 384)
     assert bundle.teacher_id.startswith("offline-conse")
-    _check_int8_export(toy, run, bundle, capsys)
+    _check_int8_export(toy, run, bundle, capsys, cfg_path)
     _check_bundle_eval(toy, run, bundle_path, cfg_path, capsys)
 
 
-def _check_int8_export(toy: Path, run: Path, bundle, capsys) -> None:
+def _check_int8_export(toy: Path, run: Path, bundle, capsys, cfg_path: Path) -> None:
     """``export`` adds the INT8 model, calibrated on the run's training images, with its
-    agreement record; ``--no-int8`` leaves it out; ``--int8`` without the images fails."""
+    agreement record (the first convolutions left in float32); ``--no-int8`` leaves it out;
+    ``--int8`` without the images fails. ``tools/requantize_student.py`` makes the same
+    member again for a bundle without one and keeps every other member byte for byte."""
     record = bundle.manifest["student"]["onnx_int8"]
     assert bundle.onnx_int8_bytes is not None and record["file"] == "student_int8.onnx"
     assert record["calibrated_on"] == "training images"
     assert record["images"] >= 1 and record["calibration_images"] >= 1
     assert 0.0 <= record["top1_agreement"] <= 1.0 and record["min_cosine"] <= 1.0
+    assert record["float_nodes"] == first_convolutions(bundle.onnx_bytes, 3)
     assert "INT8 model: top-1 agreement" in capsys.readouterr().out
     plain = toy / "plain.vdb"
     assert cli_main(["export", "--run", str(run), "--out", str(plain), "--no-int8"]) == 0
     assert load_bundle(plain).onnx_int8_bytes is None
+    tool = load_script(Path(__file__).resolve().parents[1] / "tools" / "requantize_student.py")
+    again = toy / "again.vdb"
+    assert tool.main([str(plain), "--config", str(cfg_path), "--out", str(again)]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index('{\n  "bundle"'):])["old"] is None
+    redone = load_bundle(again)
+    assert redone.onnx_int8_bytes == bundle.onnx_int8_bytes          # what export writes
+    assert redone.manifest["student"]["onnx_int8"] == record
+    with zipfile.ZipFile(plain) as a, zipfile.ZipFile(again) as b:
+        assert {n: a.read(n) for n in a.namelist() if n != "manifest.json"} == \
+            {n: b.read(n) for n in b.namelist()
+             if n not in ("manifest.json", "student_int8.onnx")}
     (toy / "data").rename(toy / "data_away")
     try:
         assert cli_main(["export", "--run", str(run), "--out", str(plain), "--int8"]) == 2
         assert "not on this machine" in capsys.readouterr().err
+        assert tool.main([str(plain), "--config", str(cfg_path)]) == 2
+        assert "not on this machine" in capsys.readouterr().err
+        assert load_bundle(plain).onnx_int8_bytes is None               # left as it was
     finally:
         (toy / "data_away").rename(toy / "data")
 

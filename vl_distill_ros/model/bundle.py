@@ -197,6 +197,31 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
     return path
 
 
+def replace_int8_model(path: str | Path, out: str | Path, model: bytes,
+                       record: dict[str, Any]) -> Path:
+    """Write ``path``'s bundle to ``out`` with ``model`` as its INT8 student
+    (``student_int8.onnx``) and ``record`` as the manifest's ``student.onnx_int8``; every
+    other member is copied byte for byte (the float student, its embeddings and calibration
+    stay exactly as they were). ``out`` may be ``path``; it is written atomically.
+
+    Raises:
+        BundleError: ``path`` is not a readable bundle.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    members = _read_members(path, manifest["files"])
+    members[ONNX_INT8_MODEL] = bytes(model)
+    manifest["student"]["onnx_int8"] = {"file": ONNX_INT8_MODEL, **dict(record)}
+    manifest["files"] = {k: _sha256(v) for k, v in members.items()}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        for k, v in members.items():
+            zf.writestr(k, v)
+    atomic_write_bytes(Path(out), buf.getvalue())
+    return Path(out)
+
+
 def read_manifest(path: str | Path) -> dict:
     """Read and check a bundle's manifest without loading the weights."""
     path = Path(path)

@@ -121,20 +121,21 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("inference_backend", "auto", "string",
               "Student runtime: auto (ONNX Runtime in float32 when it loads and agrees with "
               "PyTorch, else PyTorch), onnxruntime (float32), onnxruntime_int8 (the bundle's "
-              "INT8 model: about half the student's CPU time, 2-4 points less accurate "
-              "on unseen objects) or torch.", read_only=True,
+              "INT8 model: about two thirds of the student's CPU time; the shipped one, its stem "
+              "and first block in float32 since session 58, named 1071 seen and 311 unseen "
+              "objects right on 15 RGB-D bags where the float student named 1073 and 312) or "
+              "torch.", read_only=True,
               constraints="auto, onnxruntime, onnxruntime_int8 or torch"),
-    ParamSpec("inference_backend_behind", "same", "string",
+    ParamSpec("inference_backend_behind", "onnxruntime_int8", "string",
               "Student runtime of the frames processed while the node stays behind its "
               "cameras with proposal_box_net_behind (more than 5% of those frames dropped over "
-              "a whole 2 s window, until the hold ends): same (never change) or "
-              "onnxruntime_int8 (the bundle's INT8 model). It replaces only the ONNX Runtime "
-              "float32 that inference_backend auto chose, never a runtime you chose; a bundle "
-              "without an INT8 model keeps its runtime (/diagnostics: student_runtime_behind). "
-              "On one free core of the 2-core host it gave 21.2-21.7 frames/s with depth "
-              "against 18.9-19.3, but those frames name unseen objects less often (on 15 "
-              "RGB-D bags' proposals 270 against 312 of 1022, seen 1066 against 1073 of 1140), "
-              "so it is not the default (see Performance); /diagnostics counts the frames per "
+              "a whole 2 s window, until the hold ends): onnxruntime_int8 (the bundle's INT8 "
+              "model) or same (never change). It replaces only the ONNX Runtime float32 that "
+              "inference_backend auto chose, never a runtime you chose; a bundle without an "
+              "INT8 model keeps its runtime (/diagnostics: student_runtime_behind). With one "
+              "free core of the 2-core host it gave about an eighth more frames with depth "
+              "(see Performance); the shipped INT8 student names nearly as many objects right "
+              "as the float one (see inference_backend). /diagnostics counts the frames per "
               "camera (processed_behind_student).", read_only=True,
               constraints="same or onnxruntime_int8"),
     ParamSpec("inference_threads", 2, "integer",
