@@ -519,27 +519,35 @@ def _flood(tester, topic: str, msg, seconds: float, tag: str,
     return sent, time.monotonic()
 
 
+def _slowed_and_labelling(tester, node, ns: str) -> tuple[list, str, Image, list]:
+    """Make each frame of ``node`` (in namespace ``ns``) take 25 ms more, then publish a
+    warm-up frame on ``ns/image`` until it is labelled. However fast this machine's runtime
+    is, a frame then takes longer than the 10 ms between the frames of :func:`_flood`, so
+    latest-wins dropping is exercised (the time goes to the student stage; the node overlaps
+    it with the next frame's boxes). Returns the labels list, the topic, the message and, per
+    frame classified so far (the list grows), whether it took the INT8 student."""
+    real_classify, classified = node.pipeline.classify, []
+
+    def slow_classify(frame):
+        time.sleep(0.025)
+        classified.append(frame.student_behind)       # not the frame: memory is measured
+        return real_classify(frame)
+
+    node.pipeline.classify = slow_classify
+    labels = tester.watch_labels(f"{node.get_fully_qualified_name()}/labels")
+    topic = f"{ns}/image"
+    msg = make_msg("rgb8", rgb_image(240, 320), "warmup", 0)
+    publish_until_labelled(tester, topic, msg, labels)
+    return labels, topic, msg, classified
+
+
 def test_flood_at_100hz_drops_instead_of_queueing(ctx, tester, bundle_path, tmp_path):
     ns = "/flood"
     # 24 regions per frame make one frame take longer than the 10 ms between frames
     rois = [v for i in range(24) for v in ((i % 6) * 50, (i // 6) * 50, 60, 60)]
     with running_node(ctx, ns, bundle_path, tmp_path, crop_source="rois", rois=rois) as node:
         fqn = node.get_fully_qualified_name()
-        # However fast this machine's runtime is, a frame must take longer than the 10 ms
-        # between frames for latest-wins dropping to be exercised: add 25 ms per frame (to
-        # the student stage; the node overlaps it with the next frame's boxes).
-        real_classify = node.pipeline.classify
-
-        def slow_classify(frame):
-            time.sleep(0.025)
-            return real_classify(frame)
-
-        node.pipeline.classify = slow_classify
-        labels = tester.watch_labels(f"{fqn}/labels")
-        topic = f"{ns}/image"
-        msg = make_msg("rgb8", rgb_image(240, 320), "warmup", 0)
-        publish_until_labelled(tester, topic, msg, labels)
-
+        labels, topic, msg, _ = _slowed_and_labelling(tester, node, ns)
         sent_at: dict[str, float] = {}
         _flood(tester, topic, msg, 1.0, "warm", sent_at)  # allocators reach their steady state
         time.sleep(0.5)
@@ -590,24 +598,15 @@ def test_a_node_still_behind_with_cheaper_boxes_takes_the_int8_student(ctx, test
         fqn = node.get_fully_qualified_name()
         assert node.pipeline.runner_behind_what == "onnxruntime_int8"
         assert node._keeping_up.levels == 2
-        real_classify, on_int8 = node.pipeline.classify, []
-
-        def slow_classify(frame):     # slower than the 10 ms between frames, on any machine
-            time.sleep(0.025)
-            on_int8.append(frame.student_behind)
-            return real_classify(frame)
-
-        node.pipeline.classify = slow_classify
-        labels = tester.watch_labels(f"{fqn}/labels")
-        topic = f"{ns}/image"
-        msg = make_msg("rgb8", rgb_image(240, 320), "warmup", 0)
-        publish_until_labelled(tester, topic, msg, labels)
+        _, topic, msg, classified = _slowed_and_labelling(tester, node, ns)
+        n0 = len(classified)
         _flood(tester, topic, msg, 4.5, "flood", {})
         time.sleep(1.0)
         cam = node._cameras[0]
         assert node._keeping_up.times_behind >= 1 and node._keeping_up.times_further >= 1
         # the frames two steps behind were classified by the INT8 runtime, the others not
-        assert 0 < cam.processed_behind_student == sum(on_int8) < cam.processed_behind
+        on_int8 = sum(classified[n0:])
+        assert 0 < cam.processed_behind_student == on_int8 < cam.processed_behind
         assert wait_for(lambda: int((tester.camera_status(fqn, topic) or {}).get(
             "processed_behind_student", -1)) == cam.processed_behind_student, 5.0)
         model = tester.node_status(fqn)
