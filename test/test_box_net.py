@@ -248,7 +248,9 @@ def test_the_shipped_int8_copy_finds_what_the_float_network_finds(repo_root):
 
 
 def test_quantize_box_net_calibrates_checks_and_refuses_bad_frames(repo_root):
-    from vl_distill_ros.training.quantize import quantize_box_net
+    import onnx
+
+    from vl_distill_ros.training.quantize import first_convolutions, quantize_box_net
 
     frames = [image for image, _ in _sample_frames(repo_root, 6)]
     model, parity = quantize_box_net(DEFAULT_BOX_NET.read_bytes(), frames, 320)
@@ -257,7 +259,16 @@ def test_quantize_box_net_calibrates_checks_and_refuses_bad_frames(repo_root):
     assert parity.calibration_frames == 3 and parity.frames == 3
     assert parity.input_width == 320 and parity.float_boxes > 0
     assert parity.matched_boxes >= 0.8 * parity.float_boxes
-    assert 0 <= parity.mean_score_difference < 0.1
+    assert 0 <= parity.mean_score_difference < 0.1 and parity.float_nodes == ()
+    # the first convolutions can stay in float32 (int8_float_convs); the rest is quantised
+    model3, parity3 = quantize_box_net(DEFAULT_BOX_NET.read_bytes(), frames, 320, float_convs=3)
+    assert parity3.float_nodes == tuple(first_convolutions(DEFAULT_BOX_NET.read_bytes(), 3))
+    graph = onnx.load_from_string(model3).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights = {n.name: n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"}
+    assert [weights[name] for name in parity3.float_nodes] == [False] * 3
+    assert sum(weights.values()) == len(weights) - 3
+    assert parity3.matched_boxes >= 0.8 * parity3.float_boxes
     with pytest.raises(ValueError, match="at least 2"):
         quantize_box_net(DEFAULT_BOX_NET.read_bytes(), frames[:1])
     with pytest.raises(ValueError, match="differ in size"):

@@ -101,6 +101,10 @@ class BoxNetTrainConfig:
     #: node's ``box_net_input_width``).
     int8_frames: int = 128
     int8_input_width: int = 480
+    #: The INT8 copy's first convolutions left in float32 (0: none, the shipped copy; 3, as
+    #: the student's, found as many objects as the float network but with more false boxes:
+    #: docs/proposals.md, session 58).
+    int8_float_convs: int = 0
     #: Where the size head is trained: ``centre``, at each object's centre cell (CenterNet,
     #: the shipped network); ``gaussian``, at every cell of the object's Gaussian above
     #: :data:`SIZE_REGION_MIN`, weighted by it and normalised per object (TTFNet, Liu et al.
@@ -136,6 +140,7 @@ class BoxNetTrainConfig:
             "int8_frames": self.int8_frames == 0 or 2 <= self.int8_frames <= 512,
             "int8_input_width": 64 <= self.int8_input_width <= 1280
             and self.int8_input_width % 16 == 0,
+            "int8_float_convs": 0 <= self.int8_float_convs <= 64,
             "size_targets": self.size_targets in ("centre", "gaussian"),
             "train_layers": self.train_layers in ("all", "head"),
         }
@@ -603,7 +608,7 @@ def write_int8_copy(cfg: BoxNetTrainConfig, fp32_path: str | Path, out_dir: str 
     if len(frames) < 2:
         raise ConfigError("box net INT8 copy: the bags hold fewer than 2 frames")
     model, parity = quantize_box_net(Path(fp32_path).read_bytes(), frames,
-                                     cfg.int8_input_width)
+                                     cfg.int8_input_width, float_convs=cfg.int8_float_convs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "box_net_int8.json").write_text(json.dumps(

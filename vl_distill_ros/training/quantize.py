@@ -196,6 +196,8 @@ class BoxNetInt8Parity:
     #: more.
     mean_score_difference: float
     calibration_frames: int
+    #: The convolutions left in float32 (``float_convs``).
+    float_nodes: tuple[str, ...] = ()
 
 
 def quantize_box_net(fp32_model: bytes, frames: Sequence[np.ndarray], input_width: int = 480,
@@ -226,8 +228,8 @@ def quantize_box_net(fp32_model: bytes, frames: Sequence[np.ndarray], input_widt
     fp32 = BoxNet(fp32_model)
     calib, check = list(frames[0::2]), list(frames[1::2])
     inputs = np.concatenate([fp32.network_input(f, input_width)[0] for f in calib])
-    int8_model = quantize_onnx(fp32_model, inputs, BOX_INPUT, batch_size=1,
-                               exclude=first_convolutions(fp32_model, float_convs))
+    keep = first_convolutions(fp32_model, float_convs)
+    int8_model = quantize_onnx(fp32_model, inputs, BOX_INPUT, batch_size=1, exclude=keep)
     try:
         int8 = BoxNet(int8_model)
     except BoxNetError as exc:
@@ -248,6 +250,7 @@ def quantize_box_net(fp32_model: bytes, frames: Sequence[np.ndarray], input_widt
     parity = BoxNetInt8Parity(
         frames=len(check), input_width=int(input_width), float_boxes=float_found,
         matched_boxes=int(matched), int8_boxes=int8_found,
-        mean_score_difference=round(float(np.mean(diffs)), 5), calibration_frames=len(calib))
+        mean_score_difference=round(float(np.mean(diffs)), 5), calibration_frames=len(calib),
+        float_nodes=tuple(keep))
     log.info("INT8 box network: %s", asdict(parity))
     return int8_model, parity
