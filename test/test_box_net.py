@@ -722,6 +722,13 @@ def test_the_node_parameters_choose_and_check_the_network(tmp_path):
     assert chosen.proposal_cfg.box_net == str(other)
     assert chosen.for_frames_behind() is chosen         # a network the user chose stays
     assert chosen.proposal_cfg.box_net_threshold == 0.6
+    # whether the first step behind the cameras changes a frame's boxes at all
+    assert plain.behind_changes_boxes() and fast.behind_changes_boxes()
+    assert settings(proposal_box_net="default_int8", proposal_box_net_depth="default") \
+        .behind_changes_boxes()                          # frames with depth change
+    for unchanged in (kept, off, chosen, settings(crop_source="full_frame"),
+                      settings(crop_source="rois", rois=[0, 0, 10, 10])):
+        assert not unchanged.behind_changes_boxes()
     with pytest.raises(PipelineError, match="no model file"):
         settings(proposal_box_net=str(tmp_path / "missing.onnx"))
     assert default.box_net_threads == 2

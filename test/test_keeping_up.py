@@ -128,6 +128,30 @@ def test_a_level_that_keeps_up_stays_until_the_hold_ends():
     assert set(answers) == {0}
 
 
+def test_a_first_step_that_changes_nothing_is_passed_over():
+    """``level(first_step=False)`` (no box network to replace): falling behind goes to level
+    2 at once, and a hold at level 1 steps to 2 as soon as level 1 stops mattering; with one
+    level there is nothing to pass over to."""
+    cfg = KeepingUpConfig(window_s=2.0, min_frames=20, hold_s=10.0)
+    k, answers, t = KeepingUp(cfg, levels=2), [], 0.0
+    for n in range(40):                                         # every other frame dropped
+        t = n / 30.0
+        k.frame(n % 2 == 1, t)
+        answers.append(k.level(t, first_step=False))
+    first = answers.index(2)
+    assert set(answers[:first]) == {0} and set(answers[first:]) == {2}
+    assert k.times_behind == 1 and k.times_further == 1
+    k2 = KeepingUp(cfg, levels=2)
+    t, answers = feed(k2, 0.0, 1.0, 30.0, drop_every=2, levels=True)
+    assert answers[-1] == 1
+    assert k2.level(t, first_step=False) == 2 and k2.times_further == 1
+    one = KeepingUp(cfg)
+    for n in range(40):
+        one.frame(n % 2 == 1, n / 30.0)
+        assert one.level(n / 30.0, first_step=False) in (0, 1)
+    assert one.times_behind == 1 and one.times_further == 0
+
+
 def test_one_level_never_steps_further():
     k = KeepingUp(KeepingUpConfig(window_s=2.0, min_frames=20, hold_s=10.0))
     _, answers = feed(k, 0.0, 8.0, 30.0, drop_every=2, levels=True)

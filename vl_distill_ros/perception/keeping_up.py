@@ -8,7 +8,8 @@ were dropped (over at least ``min_frames`` frames), the node is *behind* for ``h
 seconds: it then processes its frames with cheaper settings (level 1:
 ``proposal_box_net_behind``, the shipped box network's INT8 copy) instead of losing them.
 When those still drop more than ``drop_frac`` of their frames over a whole window of the
-hold, it steps one level further (level 2: ``inference_backend_behind``, the student's INT8
+hold (at once where level 1 changes nothing, e.g. with ``crop_source: full_frame``), it steps
+one level further (level 2: ``inference_backend_behind``, the student's INT8
 copy too, where the node was asked for it) for the rest of the hold. After the hold it tries
 the full settings again; when they fall behind again within two windows, the next hold is
 twice as long (at most ``max_hold_s``), and a try that keeps up for two windows resets it.
@@ -106,9 +107,11 @@ class KeepingUp:
             self._frames.append((now, bool(dropped)))
             self._forget(now)
 
-    def level(self, now: float | None = None) -> int:
+    def level(self, now: float | None = None, first_step: bool = True) -> int:
         """How much cheaper the next frame is to be processed: 0 (the full settings) to
-        :attr:`levels`."""
+        :attr:`levels`. ``first_step``: level 1 makes the frames cheaper at all (False, e.g.
+        without a box network to replace: level 1 is passed over for level 2 where there is
+        one)."""
         now = self._clock() if now is None else now
         with self._lock:
             cfg = self.config
@@ -122,8 +125,9 @@ class KeepingUp:
             dropped = sum(1 for _, d in self._frames if d)
             over = total >= cfg.min_frames and dropped > cfg.drop_frac * total
             if self._level:
-                # a cheaper level is judged over a whole window of its own frames
-                if over and now - self._since >= cfg.window_s:
+                # a cheaper level is judged over a whole window of its own frames; one that
+                # changes nothing is passed over at once
+                if (over and now - self._since >= cfg.window_s) or not first_step:
                     self._step(now, self._level + 1)
                     self.times_further += 1
                 return self._level
@@ -135,9 +139,12 @@ class KeepingUp:
             if at_once:
                 self._hold = min(2.0 * self._hold, cfg.max_hold_s)  # behind again at once
             self._until = now + self._hold
-            self._step(now, 1)
             self.times_behind += 1
-            return 1
+            self._step(now, 1)
+            if not first_step and self.levels > 1:
+                self._step(now, 2)
+                self.times_further += 1
+            return self._level
 
     def behind(self, now: float | None = None) -> bool:
         """Whether the next frame is to be processed with cheaper settings (level >= 1)."""

@@ -223,6 +223,16 @@ class PipelineSettings:
         made once, then reused; these themselves when it is the same network."""
         return self._with_proposals("_behind", self.proposal_cfg.for_frames_behind())
 
+    def behind_changes_boxes(self) -> bool:
+        """Whether a frame processed behind the cameras gets another box network
+        (:meth:`for_frames_behind`, with or without depth): False with ``crop_source``
+        ``full_frame`` or ``rois``, or where ``proposal_box_net_behind`` keeps the network."""
+        if self.crop_source != "proposals":
+            return False
+        with_depth = self.for_depth_frames()
+        return self.for_frames_behind() is not self or \
+            with_depth.for_frames_behind() is not with_depth
+
     def _with_proposals(self, key: str, cfg: ProposalConfig) -> "PipelineSettings":
         """These settings with ``cfg`` for ``proposal_cfg``, kept under ``key`` the first time
         (``cfg`` is the same each time for one key); these themselves when ``cfg`` is theirs."""

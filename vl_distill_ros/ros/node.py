@@ -580,7 +580,7 @@ class VlDistillNode(Node):
             return None
         depth, k = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
-        behind = self._keeping_up.level(t0)
+        behind = self._keeping_up.level(t0, self.pipeline.settings.behind_changes_boxes())
         frame = self.pipeline.prepare(image, depth, None if depth is None else k,
                                       camera=cam.resolved, behind=behind)
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0,

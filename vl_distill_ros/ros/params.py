@@ -129,7 +129,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("inference_backend_behind", "onnxruntime_int8", "string",
               "Student runtime of the frames processed while the node stays behind its "
               "cameras with proposal_box_net_behind (more than 5% of those frames dropped over "
-              "a whole 2 s window, until the hold ends): onnxruntime_int8 (the bundle's INT8 "
+              "a whole 2 s window, until the hold ends; at once where proposal_box_net_behind "
+              "changes nothing, e.g. with crop_source full_frame or rois): onnxruntime_int8 "
+              "(the bundle's INT8 "
               "model) or same (never change). It replaces only the ONNX Runtime float32 that "
               "inference_backend auto chose, never a runtime you chose; a bundle without an "
               "INT8 model keeps its runtime (/diagnostics: student_runtime_behind). With one "
