@@ -16,6 +16,9 @@ weights: the copy measured 0.994 mean cosine with the float student where it was
 Xeon with VNNI) and 0.89 on an AVX2-only EPYC. The model is made once and run on robots'
 CPUs, so it is made for both: with 7-bit weights the sums fit (0.97-0.98 on that EPYC).
 
+The student's first convolutions (its stem and first block, :data:`STUDENT_FLOAT_CONVS`)
+stay in float32: their 8-bit activations lost most of what the copy lost (session 58).
+
 The box network (:mod:`..perception.box_net`) gets the same treatment
 (:func:`quantize_box_net`): calibrated on frames of its training bags at the width the node
 feeds it, checked by the boxes the two copies find on other frames.
