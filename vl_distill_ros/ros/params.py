@@ -123,8 +123,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "PyTorch, else PyTorch), onnxruntime (float32), onnxruntime_int8 (the bundle's "
               "INT8 model: about two thirds of the student's CPU time; the shipped one, its stem "
               "and first block in float32 since session 58, named 1071 seen and 311 unseen "
-              "objects right on 15 RGB-D bags where the float student named 1073 and 312) or "
-              "torch.", read_only=True,
+              "objects right on 15 RGB-D bags where the float student named 1073 and 312, fewer "
+              "on dark, noisy frames) or torch.", read_only=True,
               constraints="auto, onnxruntime, onnxruntime_int8 or torch"),
     ParamSpec("inference_backend_behind", "onnxruntime_int8", "string",
               "Student runtime of the frames processed while the node stays behind its "
