@@ -139,8 +139,6 @@ class VlDistillNode(Node):
         self._threads: list[threading.Thread] = []
         #: The frame stage 1 has prepared and stage 2 has not taken yet (``pipelined``).
         self._staged: _Staged | None = None
-        #: Whether the node keeps up with its cameras (their latest-wins slots' drops).
-        self._keeping_up = KeepingUp()
         self.vocabulary: VocabularyController | None = None
         try:
             self._start()
@@ -194,7 +192,8 @@ class VlDistillNode(Node):
                                on_swap=self._publish_label_info)
         self.get_logger().info(f"student runtime: {self.pipeline.runner.backend}, behind "
                                f"the cameras: {self.pipeline.runner_behind_what}")
-        # the student's cheaper runtime is the second step behind (perception/keeping_up)
+        #: Whether the node keeps up with its cameras (their latest-wins slots' drops); the
+        #: student's cheaper runtime, where there is one, is the second step behind.
         self._keeping_up = KeepingUp(
             levels=2 if self.pipeline.runner_behind is not self.pipeline.runner else 1)
         # mirror the active vocabulary into the parameters (no callbacks registered yet)
