@@ -18,7 +18,7 @@ import yaml
 from vl_distill_ros.cli import main as cli_main
 from vl_distill_ros.model.bundle import load_bundle
 from vl_distill_ros.config import load_train_config
-from vl_distill_ros.training.quantize import first_convolutions
+from vl_distill_ros.training.quantize import STUDENT_FLOAT_CONVS, first_convolutions
 from helpers import load_script
 
 KEYS = {"id": ["red_ball", "green_box"], "ood": ["blue_ball", "yellow_box"]}
@@ -144,7 +144,7 @@ def _check_int8_export(toy: Path, run: Path, bundle, capsys, cfg_path: Path) -> 
     assert record["calibrated_on"] == "training images"
     assert record["images"] >= 1 and record["calibration_images"] >= 1
     assert 0.0 <= record["top1_agreement"] <= 1.0 and record["min_cosine"] <= 1.0
-    assert record["float_nodes"] == first_convolutions(bundle.onnx_bytes, 3)
+    assert record["float_nodes"] == first_convolutions(bundle.onnx_bytes, STUDENT_FLOAT_CONVS)
     assert "INT8 model: top-1 agreement" in capsys.readouterr().out
     plain = toy / "plain.vdb"
     assert cli_main(["export", "--run", str(run), "--out", str(plain), "--no-int8"]) == 0
