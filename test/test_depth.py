@@ -1309,6 +1309,34 @@ def test_lens_rays_and_projection_agree_in_frames_and_windows(model, d):
                                            240, m, c).distorted
 
 
+def test_a_lens_model_no_lens_has_loses_only_the_rays_it_cannot_give():
+    """Lens coefficients no real lens has (a corrupt CameraInfo; `tools/fuzz_inputs.py
+    --seed 59` found them): OpenCV's inverse of the model diverges on part of the frame (rays
+    of 1e100 and NaN, which broke the raised-plane search with an integer overflow). Those
+    pixels' rays are NaN and their depth is not used; the proposer runs on the rest, and a
+    real lens keeps every ray."""
+    d = (-2.0444, -3.5667, 2.3256, -0.8238, 3.0104, 0.3649, -1.5395, 0.6021)
+    kmat = [1066.8, 0, 313.0, 0, 1067.5, 241.3, 0, 0, 1]     # YCB-Video's Xtion
+    k = CameraIntrinsics.from_k(kmat, 640, 480, "rational_polynomial", d)
+    rx, ry = k.pixel_rays()
+    unknown = np.isnan(rx)
+    assert unknown.any() and not unknown.all() and (unknown == np.isnan(ry)).all()
+    assert np.isfinite(rx[~unknown]).all() and np.isfinite(ry[~unknown]).all()
+    vs, us = np.nonzero(~unknown)
+    pick = slice(None, None, 101)                         # every kept ray goes back home
+    pu, pv = k.project(np.stack([rx[vs, us], ry[vs, us], np.ones(vs.size)], 1)[pick])
+    assert np.abs(pu - us[pick]).max() <= 0.5 and np.abs(pv - vs[pick]).max() <= 0.5
+    objs = [(-0.05, -0.03, 0.06, 0.05, 0.1), (0.06, 0.04, 0.05, 0.05, 0.12)]
+    depth, _ = render_tabletop(objs, k=CameraIntrinsics(1066.8, 1067.5, 313.0, 241.3, 640, 480),
+                               distance=1.2)
+    depth[:, :320] = np.nan                               # the fuzzer's half_nan depth
+    found = propose_depth_boxes(depth, k)                 # raised nothing
+    assert all(np.isfinite(b).all() for b in found.boxes)
+    real = CameraIntrinsics.from_k(kmat, 640, 480, "rational_polynomial",
+                                   [0.5, -2.6, 0.0005, -0.0003, 1.5, 0.38, -2.4, 1.4])
+    assert np.isfinite(real.pixel_rays()[0]).all() and np.isfinite(real.pixel_rays()[1]).all()
+
+
 def test_bags_carry_the_camera_info_lens_model_to_the_offline_replay(tmp_path):
     """rgbd_frames hands the CameraInfo's distortion_model and d on, and the offline
     replay's intrinsics follow them."""

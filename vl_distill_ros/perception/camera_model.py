@@ -31,6 +31,12 @@ class DepthError(ValueError):
 DISTORTION_MODELS: tuple[str, ...] = ("plumb_bob", "rational_polynomial", "equidistant")
 #: The most lens coefficients any of them has.
 MAX_DISTORTION_COEFFS = 14
+#: A pixel's ray is known when the lens model takes it back onto the pixel within this many
+#: pixels. Where no ray reaches a pixel (coefficients that bend the whole field of view into
+#: part of the image: a CameraInfo of another camera, or a corrupt one), OpenCV's iterative
+#: inverse of the model returns some other ray, 1e100 or NaN; a real calibration's rays come
+#: back within 1e-3 px. The other pixels' rays are NaN, and their depth is not used.
+RAY_REPROJECTION_PX = 0.5
 
 
 @dataclass(frozen=True)
@@ -247,14 +253,49 @@ def lens_model_supported(model: str, d: Sequence[float]) -> bool:
     return model == "equidistant" and len(d) == 4
 
 
+def _distort(rays: np.ndarray, k: tuple[float, ...], model: str, d: Sequence[float]
+             ) -> np.ndarray:
+    """(N, 2) pixels of the (N, 2) normalised rays through the lens ``model``/``d`` and the
+    intrinsics ``k`` = ``(fx, fy, cx, cy)``: OpenCV's forward models, in numpy for the
+    radial-tangential model with up to 8 coefficients and the fisheye model (10x faster than
+    ``cv2.projectPoints`` on a frame's pixels), by OpenCV for the thin-prism and tilted ones."""
+    fx, fy, cx, cy = k
+    x, y = rays[:, 0], rays[:, 1]
+    c = [float(v) for v in d]
+    if model == "equidistant":
+        r = np.hypot(x, y)
+        theta = np.arctan(r)
+        t2 = theta * theta
+        theta_d = theta * (1 + t2 * (c[0] + t2 * (c[1] + t2 * (c[2] + t2 * c[3]))))
+        scale = np.where(r > 1e-12, theta_d / np.maximum(r, 1e-12), 1.0)
+        xd, yd = x * scale, y * scale
+    elif len(c) <= 8:
+        k1, k2, p1, p2, k3, k4, k5, k6 = c + [0.0] * (8 - len(c))
+        r2 = x * x + y * y
+        radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    else:
+        obj = np.concatenate([np.nan_to_num(rays, posinf=0.0, neginf=0.0),
+                              np.ones((len(rays), 1))], 1).reshape(-1, 1, 3)
+        px = cv2.projectPoints(obj, np.zeros(3), np.zeros(3), _kmat(*k), np.array(c))[0]
+        return np.where(np.isfinite(rays), px.reshape(-1, 2), np.nan)
+    return np.stack([fx * xd + cx, fy * yd + cy], 1)
+
+
 @functools.lru_cache(maxsize=8)
 def _ray_table(k: tuple[float, ...], model: str, d: tuple[float, ...],
                frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Every pixel's undistorted ray ``(x, y)`` of a frame of size ``frame`` (read-only)."""
+    """Every pixel's undistorted ray ``(x, y)`` of a frame of size ``frame`` (read-only;
+    NaN where the lens model cannot give it: :data:`RAY_REPROJECTION_PX`)."""
     w, h = frame
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     pix = np.stack([u.ravel(), v.ravel()], 1).reshape(-1, 1, 2)
-    rays = _undistort(pix, _kmat(*k), model, d, 20, 1e-9).reshape(h, w, 2)
+    rays = _undistort(pix, _kmat(*k), model, d, 20, 1e-9)
+    with np.errstate(all="ignore"):             # diverged rays: inf and NaN misses
+        miss = np.abs(_distort(rays, k, model, d) - pix.reshape(-1, 2)).max(axis=1)
+    rays[~(miss <= RAY_REPROJECTION_PX)] = np.nan   # NaN misses compare False: not known
+    rays = rays.reshape(h, w, 2)
     rx, ry = np.ascontiguousarray(rays[..., 0]), np.ascontiguousarray(rays[..., 1])
     rx.flags.writeable = ry.flags.writeable = False
     return rx, ry

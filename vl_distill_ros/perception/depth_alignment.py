@@ -52,11 +52,13 @@ def _points(depth: np.ndarray, camera: CameraIntrinsics
     """``x, y, z`` (float32) of the measured pixels of ``depth`` (m, 0 = none)."""
     z = np.asarray(depth, np.float32)
     measured = np.flatnonzero(z > 0)                   # flat indices: one pass, no 2-D pairs
-    zf = z.ravel()[measured]
     if camera.distorted:
         rx, ry = camera.pixel_rays()
+        measured = measured[np.isfinite(rx.ravel()[measured])]   # rays the lens model gives
+        zf = z.ravel()[measured]
         return (rx.ravel()[measured].astype(np.float32) * zf,
                 ry.ravel()[measured].astype(np.float32) * zf, zf)
+    zf = z.ravel()[measured]
     u = (measured % z.shape[1]).astype(np.float32)
     v = (measured // z.shape[1]).astype(np.float32)
     return ((u - np.float32(camera.cx)) * (zf / np.float32(camera.fx)),

@@ -162,8 +162,13 @@ def depth_span(z: np.ndarray, has_depth: np.ndarray) -> np.ndarray:
 
 def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig) -> DepthCloud:
     """Sample ``depth`` every ``cfg.stride`` pixels, drop invalid and discontinuity samples
-    (:func:`depth_samples`) and back-project the rest with ``k``."""
+    (:func:`depth_samples`) and those whose ray the lens model cannot give (NaN in
+    ``k.pixel_rays()``), and back-project the rest with ``k``."""
     z, valid, s, off, sparse = _samples(depth, cfg)
+    if k.distorted:
+        rays_known = np.isfinite(k.pixel_rays()[0][off::s, off::s][:z.shape[0], :z.shape[1]])
+        if rays_known.shape == valid.shape and not rays_known.all():
+            valid &= rays_known
     flat = np.flatnonzero(valid)
     # the row of each sample from the counts per row, then its column: 4x np.divmod's speed
     rows = np.repeat(np.arange(z.shape[0]), np.count_nonzero(valid, axis=1))
