@@ -199,3 +199,29 @@ def test_bundle_with_bad_template_or_teacher_record_is_refused_at_load(tmp_path,
         m["manifest.json"] = json.dumps(man).encode()
     with pytest.raises(BundleError, match=f"invalid manifest: .*{re.escape(reason)}"):
         load_bundle(rewrite_zip(path, tmp_path / "bad.vdb", edit))
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda man: man.update(teacher="test-teacher:1"), "manifest 'teacher' is not a mapping"),
+    (lambda man: man.update(files=["student.pt"]), "manifest 'files' is not a mapping"),
+    (lambda man: man["files"].update({"student.pt": 7}), "must map member names to SHA-256"),
+    (lambda man: man.update(student=[1]), "manifest 'student' is not a mapping"),
+    (lambda man: man["student"].pop("input_spec"), "invalid manifest: student input_spec"),
+    (lambda man: man["student"].update(input_spec=[160]), "invalid manifest: student input_spec"),
+    (lambda man: man["student"]["input_spec"].update(mean=0.5),
+     "invalid manifest: student input_spec"),
+    (lambda man: man["student"]["input_spec"].update(image_size="big"),
+     "invalid manifest: student input_spec"),
+])
+def test_bundle_whose_manifest_has_values_of_the_wrong_kind_is_refused(tmp_path, change, reason):
+    """A manifest's records of the wrong type (a fuzz of the shipped bundle's manifest,
+    session 59) raised AttributeError, TypeError or KeyError out of load_bundle; they are
+    BundleErrors with the reason, as the node's start-up and replay-eval expect."""
+    path, _, _ = _bundle(tmp_path)
+
+    def edit(m):
+        man = json.loads(m["manifest.json"])
+        change(man)
+        m["manifest.json"] = json.dumps(man).encode()
+    with pytest.raises(BundleError, match=re.escape(reason)):
+        load_bundle(rewrite_zip(path, tmp_path / "bad.vdb", edit))

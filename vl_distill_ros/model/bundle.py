@@ -246,6 +246,11 @@ def read_manifest(path: str | Path) -> dict:
     for key in ("teacher", "student", "vocabulary", "files"):
         if key not in manifest:
             raise BundleError(f"{path}: manifest lacks '{key}'")
+        if not isinstance(manifest[key], dict):
+            raise BundleError(f"{path}: manifest '{key}' is not a mapping")
+    if not all(isinstance(name, str) and isinstance(digest, str)
+               for name, digest in manifest["files"].items()):
+        raise BundleError(f"{path}: manifest 'files' must map member names to SHA-256 digests")
     return manifest
 
 
@@ -356,7 +361,11 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
     except (StudentError, RuntimeError, KeyError, Exception) as exc:  # noqa: BLE001
         raise BundleError(f"{path}: student weights do not fit the declared "
                           f"{student_cfg.backbone} student: {str(exc)[:300]}") from None
-    declared = InputSpec.from_dict(manifest["student"]["input_spec"])
+    try:
+        declared = InputSpec.from_dict(manifest["student"]["input_spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: invalid manifest: student input_spec: {exc!r:.200}") \
+            from None
     if declared != student.input_spec:
         raise BundleError(f"{path}: input spec {declared} differs from the student's "
                           f"{student.input_spec}")
