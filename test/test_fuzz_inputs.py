@@ -1,6 +1,6 @@
 """``tools/fuzz_inputs.py``: seeded hostile input through the decoders, the CameraInfo
-reader, the depth proposer and the whole pipeline finds no unexpected failure, and its tally
-does report one."""
+reader, the depth proposer, the whole pipeline, the vocabulary reader and the bundle loader
+finds no unexpected failure, and its tally does report one."""
 from __future__ import annotations
 
 import json
@@ -47,10 +47,22 @@ def test_hostile_input_finds_no_unexpected_failure(seed):
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     done = subprocess.run([sys.executable, "tools/fuzz_inputs.py", "--seed", str(seed),
                            "--codecs", "1500", "--camera-info", "1000", "--depth", "150",
-                           "--pipeline", "40"],
+                           "--pipeline", "40", "--vocabularies", "1000", "--bundles", "80"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     report = json.loads(done.stdout)
     assert report["failed"] == 0 and done.returncode == 0, json.dumps(report, indent=1)[:4000]
     assert report["codecs"]["trials"] == 1500 and report["pipeline"]["trials"] == 40
     assert report["camera_info"]["trials"] == 1000
     assert report["depth"]["trials"] >= 100   # some spoilt cameras are refused earlier
+    assert report["vocabularies"]["trials"] == 1000 and report["bundles"]["trials"] == 80
+
+
+def test_odd_vocabularies_and_manifest_records_take_other_kinds():
+    """The generators behind the vocabulary and bundle targets make what they promise: broken
+    documents of several kinds, and paths to every record of a manifest."""
+    rng = np.random.default_rng(0)
+    kinds = {type(fuzz_inputs.odd_vocabulary(rng)).__name__ for _ in range(200)}
+    assert {"dict", "list", "str"} <= kinds and len(kinds) >= 5
+    paths = fuzz_inputs._record_paths({"a": {"b": [1, {"c": 2}]}, "d": 3})
+    assert paths == [("a",), ("a", "b"), ("a", "b", 0), ("a", "b", 1), ("a", "b", 1, "c"),
+                     ("d",)]

@@ -1,6 +1,6 @@
 """Throw seeded hostile input at the robot-side code and report what fails unexpectedly.
 
-Four targets, drawn from one seeded generator (``--seed``):
+Six targets, drawn from one seeded generator (``--seed``):
 
 - ``codecs``: raw and compressed image and depth payloads with wrong encodings, sizes, steps
   and flipped, cut or random bytes (:mod:`vl_distill_ros.perception.image_codec`,
@@ -18,15 +18,26 @@ Four targets, drawn from one seeded generator (``--seed``):
 - ``pipeline``: frames of odd sizes (1x1 to 2000x2000, 1 px wide or high) and contents,
   with and without depth, through the whole pipeline (``prepare`` and ``classify``, the
   default bundle): every frame must give its objects.
+- ``vocabularies``: vocabulary documents of random structure (labels that are numbers,
+  lists or mappings, names that are empty, huge, duplicated, reserved or hold control
+  characters, descriptions of the wrong type), as a ``vocabulary_file`` and a bundle's
+  manifest hold them, through
+  :meth:`~vl_distill_ros.model.vocabulary.Vocabulary.from_dict`; ``VocabularyError`` is the
+  expected answer.
+- ``bundles``: the shipped bundle with one to three records of its manifest replaced by
+  values of other kinds or removed (the members and their checksums kept), through
+  :func:`~vl_distill_ros.model.bundle.load_bundle`; ``BundleError`` is the expected answer.
 
 Session 37 found two crashes of the depth proposer this way (speckled depth broke the
-support region; depth one pixel high reached OpenCV as an empty grid). Prints one JSON
+support region; depth one pixel high reached OpenCV as an empty grid); session 59 one more
+(a lens model with no ray for part of the image) and load_bundle's Python errors on a
+manifest's records of the wrong kind. Prints one JSON
 object (trials and failures per target, each failure with its traceback's last lines);
 exit status 1 when anything failed.
 
 Usage: ``.venv/bin/python tools/fuzz_inputs.py [--seed 0] [--codecs 3000]
-[--camera-info 2000] [--depth 300] [--pipeline 100] [--bag demo/sample_tabletop]`` (under a
-minute with these counts).
+[--camera-info 2000] [--depth 300] [--pipeline 100] [--vocabularies 2000] [--bundles 40]
+[--bag demo/sample_tabletop]`` (about two minutes with these counts).
 """
 from __future__ import annotations
 
@@ -323,6 +334,104 @@ def fuzz_pipeline(count: int, rng: np.random.Generator) -> Tally:
     return tally
 
 
+#: Values a fuzzed record takes instead of its own: other kinds, empty, huge and odd ones.
+ODD_VALUES: list[Any] = [None, True, False, 0, -1, 1.5, float("nan"), float("inf"), 10 ** 30,
+                         "", " ", "x", "a" * 5000, "\x00", "unknown", "(missed)", "{name}",
+                         "{0}", [], {}, [1, 2], {"a": 1}, ["apple"], {"name": "apple"}]
+VOCABULARY_KEYS = ["labels", "name", "key", "description", "names", "templates", "enrich"]
+
+
+def _odd_value(rng: np.random.Generator, depth: int = 0) -> Any:
+    """A random value: mostly one of :data:`ODD_VALUES`, else a list or mapping of them."""
+    pick = rng.random()
+    if depth > 2 or pick < 0.6:
+        return ODD_VALUES[int(rng.integers(len(ODD_VALUES)))]
+    if pick < 0.8:
+        return [_odd_value(rng, depth + 1) for _ in range(int(rng.integers(5)))]
+    return {VOCABULARY_KEYS[int(rng.integers(len(VOCABULARY_KEYS)))]: _odd_value(rng, depth + 1)
+            for _ in range(int(rng.integers(4)))}
+
+
+def odd_vocabulary(rng: np.random.Generator) -> Any:
+    """A vocabulary document, often broken: a ``labels`` list of entries whose fields take
+    odd values, a bare list, or any odd value."""
+    if rng.random() < 0.2:
+        return _odd_value(rng)
+    labels: list[Any] = []
+    for _ in range(int(rng.integers(7))):
+        if rng.random() < 0.25:
+            labels.append(_odd_value(rng))
+            continue
+        name = "apple" if rng.random() < 0.3 else _odd_value(rng)
+        entry: dict[str, Any] = {"name": name}
+        for field in ("description", "key", "names"):
+            if rng.random() < 0.3:
+                entry[field] = _odd_value(rng)
+        labels.append(entry)
+    return {"labels": labels} if rng.random() < 0.8 else labels
+
+
+def fuzz_vocabularies(count: int, rng: np.random.Generator) -> Tally:
+    """``count`` odd vocabulary documents through ``Vocabulary.from_dict``."""
+    from vl_distill_ros.model.vocabulary import Vocabulary, VocabularyError
+
+    tally = Tally()
+    for _ in range(count):
+        doc = odd_vocabulary(rng)
+        tally.run(f"vocabulary {type(doc).__name__}",
+                  lambda: Vocabulary.from_dict(doc, "fuzz"), (VocabularyError,))
+    return tally
+
+
+def _record_paths(record: Any, prefix: tuple = ()) -> list[tuple]:
+    """The paths (keys and indices) of every value nested in a manifest ``record``."""
+    out = [prefix] if prefix else []
+    items = record.items() if isinstance(record, dict) else \
+        enumerate(record) if isinstance(record, list) else ()
+    for key, value in items:
+        out += _record_paths(value, prefix + (key,))
+    return out
+
+
+def fuzz_bundles(count: int, rng: np.random.Generator, bundle: Path) -> Tally:
+    """``count`` copies of ``bundle`` whose manifest has records replaced or removed,
+    through ``load_bundle``."""
+    import copy
+    import tempfile
+    import zipfile
+
+    from vl_distill_ros.model.bundle import BundleError, load_bundle
+
+    with zipfile.ZipFile(bundle) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    manifest = json.loads(members["manifest.json"])
+    paths = _record_paths(manifest)
+    tally = Tally()
+    with tempfile.TemporaryDirectory() as tmp:
+        for trial in range(count):
+            changed = copy.deepcopy(manifest)
+            for _ in range(int(rng.integers(1, 4))):
+                path = paths[int(rng.integers(len(paths)))]
+                parent = changed
+                try:
+                    for key in path[:-1]:
+                        parent = parent[key]
+                    if isinstance(parent, dict) and rng.random() < 0.15:
+                        del parent[path[-1]]
+                    else:
+                        parent[path[-1]] = _odd_value(rng)
+                except (KeyError, IndexError, TypeError):
+                    pass                          # an earlier change removed the way there
+            out = Path(tmp) / f"fuzz{trial % 2}.vdb"
+            with zipfile.ZipFile(out, "w") as zf:
+                for name, data in members.items():
+                    zf.writestr(name, json.dumps(changed).encode()
+                                if name == "manifest.json" else data)
+            tally.run(f"bundle manifest {'/'.join(map(str, path))}",
+                      lambda: load_bundle(out, device="cpu"), (BundleError,))
+    return tally
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the targets; print one JSON object; 1 when anything failed."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -332,8 +441,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="CameraInfo trials (0: skip)")
     ap.add_argument("--depth", type=int, default=300, help="depth proposer trials (0: skip)")
     ap.add_argument("--pipeline", type=int, default=100, help="pipeline trials (0: skip)")
+    ap.add_argument("--vocabularies", type=int, default=2000,
+                    help="vocabulary document trials (0: skip)")
+    ap.add_argument("--bundles", type=int, default=40, help="bundle manifest trials (0: skip)")
     ap.add_argument("--bag", type=Path, default=ROOT / "demo" / "sample_tabletop",
                     help="RGB-D bag whose frames the depth target spoils")
+    ap.add_argument("--bundle", type=Path,
+                    default=ROOT / "vl_distill_ros" / "bundles" / "default_student.vdb",
+                    help="bundle whose manifest the bundles target spoils")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     results: dict[str, Any] = {"seed": args.seed}
@@ -345,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         results["depth"] = fuzz_depth(args.depth, rgbd_frames(args.bag), rng).summary()
     if args.pipeline:
         results["pipeline"] = fuzz_pipeline(args.pipeline, rng).summary()
+    if args.vocabularies:
+        results["vocabularies"] = fuzz_vocabularies(args.vocabularies, rng).summary()
+    if args.bundles:
+        results["bundles"] = fuzz_bundles(args.bundles, rng, args.bundle).summary()
     failed = sum(len(v["failures"]) for v in results.values() if isinstance(v, dict))
     results["failed"] = failed
     print(json.dumps(results, indent=2))
