@@ -44,7 +44,8 @@ def test_all_off_is_exactly_the_old_augmentation():
 
 @pytest.mark.parametrize("field, value", [
     ("white_balance", 0.3), ("exposure", 0.5), ("blur_prob", 1.0), ("motion_blur_prob", 1.0),
-    ("noise_sigma", 0.1),    ("jpeg_prob", 1.0), ("loose_prob", 1.0), ("cut_prob", 1.0)])
+    ("noise_sigma", 0.1),    ("jpeg_prob", 1.0), ("loose_prob", 1.0), ("cut_prob", 1.0),
+    ("dim_prob", 1.0)])
 def test_each_effect_changes_the_crops_and_is_seeded(field, value):
     aug = AugmentConfig(**{field: value})
     assert aug.active
@@ -70,6 +71,14 @@ def test_effects_do_what_they_say():
     wb = _run(AugmentConfig(white_balance=0.4))
     ratio = (wb.mean(dim=(2, 3)) / base.mean(dim=(2, 3)).clamp_min(1e-6))
     assert float(ratio.std(dim=1).mean()) > 0.05
+    # dim crops: every value times the gain (the hue kept); with dim_prob 0.5 about half
+    dim = _run(AugmentConfig(dim_prob=1.0, dim_gain=[0.4, 0.4]))
+    assert torch.allclose(dim, 0.4 * base, atol=1e-5)
+    half = _run(AugmentConfig(dim_prob=0.5, dim_gain=[0.4, 0.4])).mean(dim=(1, 2, 3))
+    dimmed = half < 0.7 * base.mean(dim=(1, 2, 3))
+    assert 3 <= int(dimmed.sum()) <= 13
+    with pytest.raises(ConfigError, match="dim_gain"):
+        AugmentConfig(dim_prob=0.5, dim_gain=[0.8, 0.3])
     # loose crops show less object, cut crops more (zoomed into the middle)
     frac = _object_frac(base)
     assert _object_frac(_run(AugmentConfig(loose_prob=1.0, loose_pad=0.5))) < 0.85 * frac

@@ -107,6 +107,10 @@ class AugmentConfig:
     white_balance: float = 0.0
     #: Largest gamma change (0.3: gamma in 1/1.3..1.3), i.e. under/over-exposure.
     exposure: float = 0.0
+    #: Probability of a dim crop: every value times a gain drawn from ``dim_gain`` (a room
+    #: darker than the camera's exposure expects; the sensor noise comes on top of it).
+    dim_prob: float = 0.0
+    dim_gain: list[float] = field(default_factory=lambda: [0.3, 0.8])
     #: Probability of a Gaussian blur with sigma in ``blur_sigma`` (pixels of the input size).
     blur_prob: float = 0.0
     blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.5])
@@ -130,7 +134,8 @@ class AugmentConfig:
     cut_scale: list[float] = field(default_factory=lambda: [0.3, 0.6])
 
     def __post_init__(self) -> None:
-        for name in ("blur_prob", "motion_blur_prob", "jpeg_prob", "loose_prob", "cut_prob"):
+        for name in ("blur_prob", "motion_blur_prob", "jpeg_prob", "loose_prob", "cut_prob",
+                     "dim_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"data.augment.{name} must be in [0, 1], got "
                                   f"{getattr(self, name)}")
@@ -141,7 +146,7 @@ class AugmentConfig:
                                   f"{getattr(self, name)}")
         for name, lo, hi in (("blur_sigma", 0.0, 10.0), ("motion_blur_px", 1, 64),
                              ("jpeg_quality", 1, 100),
-                             ("cut_scale", 0.05, 1.0)):
+                             ("cut_scale", 0.05, 1.0), ("dim_gain", 0.05, 1.0)):
             value = list(getattr(self, name))
             if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
                 raise ConfigError(f"data.augment.{name} must be [low, high] with "
@@ -152,7 +157,7 @@ class AugmentConfig:
         """Whether any augmentation is on."""
         return any(float(getattr(self, n)) > 0 for n in (
             "white_balance", "exposure", "blur_prob", "motion_blur_prob", "noise_sigma",
-            "jpeg_prob", "loose_prob", "cut_prob"))
+            "jpeg_prob", "loose_prob", "cut_prob", "dim_prob"))
 
 
 @dataclass

@@ -126,7 +126,8 @@ class CropAugment:
         return img, self.scale
 
     def _sensor(self, out: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """White balance, exposure, blur, noise and JPEG on (N, 3, S, S) floats in [0, 1]."""
+        """White balance, exposure, dimming, blur, noise and JPEG on (N, 3, S, S) floats in
+        [0, 1]."""
         aug = self.aug
         assert aug is not None
         n = out.shape[0]
@@ -138,6 +139,11 @@ class CropAugment:
             out = out.clamp(1e-6, 1.0) ** torch.as_tensor(gamma, dtype=out.dtype,
                                                           device=out.device)
         out = out.clamp(0.0, 1.0)
+        if aug.dim_prob > 0:   # drawn for every crop, so the streams stay aligned
+            dim = rng.random(n) < aug.dim_prob
+            gain = np.where(dim, rng.uniform(aug.dim_gain[0], aug.dim_gain[1], n), 1.0)
+            out = out * torch.as_tensor(gain.reshape(n, 1, 1, 1), dtype=out.dtype,
+                                        device=out.device)
         for i in range(n):
             if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
                 out[i] = _gaussian_blur(out[i], float(rng.uniform(*aug.blur_sigma)))
