@@ -220,14 +220,21 @@ def test_tried_recipes_change_one_lever_of_the_default(repo_root, monkeypatch):
 def test_the_dim_crops_recipe_changes_only_the_dim_augmentation_of_row_9(repo_root,
                                                                          monkeypatch):
     """``gzsl_dim.yaml`` (tried in session 59, README "Unseen objects") is the shipped row 9
-    with dim crops added and nothing else."""
+    with dim crops added and nothing else; ``gzsl_dim_noise.yaml`` that with stronger
+    noise."""
     monkeypatch.chdir(repo_root)
     row9 = to_dict(load_train_config("config/ablation/gzsl_blur_vlkl03.yaml"))
     dim = to_dict(load_train_config("config/ablation/gzsl_dim.yaml"))
     assert dim["data"]["augment"]["dim_prob"] == 0.25 != row9["data"]["augment"]["dim_prob"]
+    noisy = to_dict(load_train_config("config/ablation/gzsl_dim_noise.yaml"))
+    assert noisy["data"]["augment"]["noise_sigma"] == 0.045 != dim["data"]["augment"][
+        "noise_sigma"]
+    del noisy["name"], noisy["output_dir"], noisy["data"]["augment"]["noise_sigma"]
     for d in (row9, dim):
         del d["name"], d["output_dir"], d["data"]["augment"]["dim_prob"]
     assert dim == row9
+    del dim["data"]["augment"]["noise_sigma"], noisy["data"]["augment"]["dim_prob"]
+    assert noisy == dim
 
 
 def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, monkeypatch):
