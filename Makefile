@@ -61,7 +61,7 @@ results-gzsl: setup
 # randomisation and of another one (config/render_ycb_shift.yaml: seed 7, varied
 # appearance); nothing is trained. README: "Renders from a different randomisation".
 SHIFT_EVAL := $(VENV)/bin/vl-distill eval --bundle vl_distill_ros/bundles/default_student.vdb \
-	--config config/ablation/gzsl_blur_vlkl03.yaml --no-progress
+	--config config/ablation/gzsl_dim_noise.yaml --no-progress
 results-shift: setup
 	test -f data/ycb_aux/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_aux.yaml
 	test -f data/ycb_renders/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb.yaml
@@ -77,15 +77,16 @@ bench: setup
 	@status=0; for f in bench/[!_]*.py; do echo "# $$f" >&2; $(PY) $$f || status=$$?; done; exit $$status
 
 # Rebuild the shipped default student: seed 0 of the last row of the generalised zero-shot
-# table (config/ablation/gzsl_blur_vlkl03.yaml), trained by `make results-gzsl` (or here), exported
+# table (config/ablation/gzsl_dim_noise.yaml, since session 60), trained by `make results-gzsl`
+# (or here), exported
 # with the 26-label paper vocabulary, its calibration record and its INT8 ONNX model
 # (calibrated on the run's training images; used with inference_backend:=onnxruntime_int8).
 default-bundle: setup
 	test -f data/ycb_aux/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_aux.yaml
 	test -f data/ycb_renders/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb.yaml
-	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_blur_vlkl03.yaml --resume \
-	    output_dir=runs/ablation_gzsl/blur_vlkl03/seed0
-	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/blur_vlkl03/seed0 \
+	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_dim_noise.yaml --resume \
+	    output_dir=runs/ablation_gzsl/dim_noise/seed0
+	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/dim_noise/seed0 \
 	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx --int8
 
 # The shipped box network (needs the YCB models at ../shared/ycb_models): 130 training bags

@@ -9,7 +9,7 @@ The images are the config's training set (``data.root`` and the auxiliary sets, 
 Usage::
 
     .venv/bin/python tools/requantize_student.py vl_distill_ros/bundles/default_student.vdb \\
-        --config config/ablation/gzsl_blur_vlkl03.yaml
+        --config config/ablation/gzsl_dim_noise.yaml
 
 (writes the bundle in place unless ``--out`` is given; prints the new and the old record)
 """

@@ -122,9 +122,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Student runtime: auto (ONNX Runtime in float32 when it loads and agrees with "
               "PyTorch, else PyTorch), onnxruntime (float32), onnxruntime_int8 (the bundle's "
               "INT8 model: about two thirds of the student's CPU time; the shipped one, its first "
-              "5 convolutions in float32 since session 59, named 1076 seen and 319 unseen "
-              "objects right on 15 RGB-D bags where the float student named 1073 and 312, and "
-              "420 and 95 on dark, noisy frames where it named 433 and 104) or torch.",
+              "5 convolutions in float32, named 1014 seen and 374 unseen objects right on 15 "
+              "RGB-D bags where the float student named 1016 and 388, and 419 and 155 on dark, "
+              "noisy frames where it named 426 and 160) or torch.",
               read_only=True,
               constraints="auto, onnxruntime, onnxruntime_int8 or torch"),
     ParamSpec("inference_backend_behind", "onnxruntime_int8", "string",
@@ -138,8 +138,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "student_runtime_behind). With one "
               "free core of the 2-core host it gave about an eighth more frames with depth "
               "(see Performance); the shipped INT8 student names nearly as many objects right "
-              "as the float one (see inference_backend), a few fewer on dark, noisy frames (about "
-              "9% fewer unseen ones under exposure 0.4 and noise 10). /diagnostics counts the "
+              "as the float one (see inference_backend; about 4% fewer unseen ones on clean "
+              "frames, 3% under exposure 0.4 and noise 10). /diagnostics counts the "
               "frames per camera (processed_behind_student).", read_only=True,
               constraints="same or onnxruntime_int8"),
     ParamSpec("inference_threads", 2, "integer",
