@@ -22,9 +22,12 @@ object's box and nothing more, as a caller with ``crop_source: full_frame`` hand
 tight and with a 15% margin, classified as a full frame with the box stretched to the square
 input (``crop_square: false``) and as the node does (``crop_square: true``: a frame longer
 than 4:3 padded to a square with its edge pixels). Top-1 without a threshold, per group and
-for the boxes longer than 4:3 alone.
+for the boxes longer than 4:3 alone. ``--bag BAG`` (repeatable) scores the full-frame crops of
+bags that exist already instead, e.g. the second renderer's (``tools/other_renderer_scenes.py``),
+among the split's 26 names (groups ``id`` and ``ood``); nothing is rendered or replayed.
 
     .venv/bin/python bench/crop_window.py --out runs/crop_window --plot runs/crop_window.png
+    .venv/bin/python bench/crop_window.py --out runs/crop_window_other --bag /tmp/other/b1
 """
 from __future__ import annotations
 
@@ -131,6 +134,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--crops-only", action="store_true",
                     help="only the full-frame crops of the ground-truth boxes (no replays)")
+    ap.add_argument("--bag", type=Path, action="append", default=[],
+                    help="score the full-frame crops of this existing bag instead (ground "
+                         "truth as in docs/bags.md, e.g. another renderer's), among the "
+                         "split's ID and OOD names; repeatable; nothing is rendered or "
+                         "replayed")
     return ap
 
 
@@ -159,13 +167,17 @@ def _cut_out(image, box, margin: float):
     return image[y0:y1, x0:x1]
 
 
-def full_frame_crops(bag: Path, vocab: Path, id_keys: list[str], model: str = "") -> dict:
-    """Each ground-truth box of ``bag`` cut out (tight, and with a 15% margin) and
+def full_frame_crops(bags: Path | list[Path], vocab: Path, id_keys: list[str], model: str = "",
+                     other_group: str = "pseudo_unseen") -> dict:
+    """Each ground-truth box of ``bags`` cut out (tight, and with a 15% margin) and
     classified as a full frame, stretched (``crop_square: false``) and as the node does
-    (``crop_square: true``); top-1 accuracy without a threshold per group."""
+    (``crop_square: true``); top-1 accuracy without a threshold per group (``id`` for
+    ``id_keys``, ``other_group`` for the rest). Raises BenchError when the bags hold no
+    ground-truth box."""
     import numpy as np
 
     from vl_distill_ros.bags.bag_io import read_camera_bag
+    from vl_distill_ros.bags.raw_io import BagError
     from vl_distill_ros.evaluation.replay import node_parameter_values, pipeline_settings
     from vl_distill_ros.model.bundle import load_bundle
     from vl_distill_ros.model.text_service import TextEmbeddingService
@@ -173,11 +185,19 @@ def full_frame_crops(bag: Path, vocab: Path, id_keys: list[str], model: str = ""
     from vl_distill_ros.perception.pipeline import PerceptionPipeline
     from vl_distill_ros.ros.params import default_model_path
 
-    contents = read_camera_bag(bag)
-    crops = [(margin, o.key, np.ascontiguousarray(_cut_out(msg.image, o.bbox, margin)))
-             for msg in contents.images()
-             for o in contents.objects_for(msg.topic, msg.stamp_ns) or []
-             for margin in (0.0, 0.15)]
+    crops = []
+    for bag in [bags] if isinstance(bags, Path) else bags:
+        try:
+            contents = read_camera_bag(bag)
+        except BagError as exc:
+            raise BenchError(f"{bag}: {exc}") from None
+        crops += [(margin, o.key, np.ascontiguousarray(_cut_out(msg.image, o.bbox, margin)))
+                  for msg in contents.images()
+                  for o in contents.objects_for(msg.topic, msg.stamp_ns) or []
+                  for margin in (0.0, 0.15)]
+    if not crops:
+        raise BenchError("no ground-truth box in the bag(s): full-frame crops need the "
+                         "/ground_truth documents of docs/bags.md")
     bundle = load_bundle(Path(model) if model else default_model_path(), device="cpu")
     vocabulary = Vocabulary.load(vocab)
     embeddings = TextEmbeddingService.from_bundle(bundle, cache_dir=None).embed_vocabulary(
@@ -195,7 +215,7 @@ def full_frame_crops(bag: Path, vocab: Path, id_keys: list[str], model: str = ""
                     continue
                 objects, _ = pipe.process(image)
                 right = bool(objects) and key_of.get(objects[0].top_k[0][0]) == key
-                group = f"margin_{margin}_" + ("id" if key in id_keys else "pseudo_unseen")
+                group = f"margin_{margin}_" + ("id" if key in id_keys else other_group)
                 long = max(image.shape[:2]) > 4 / 3 * min(image.shape[:2])
                 for name in (group, f"{group}_longer_than_4_3") if long else (group,):
                     cell = row.setdefault(name, {"objects": 0, "correct": 0})
@@ -214,6 +234,14 @@ def run(a: argparse.Namespace, out: dict) -> None:
     out["machine"] = _common.machine_info()
     a.out.mkdir(parents=True, exist_ok=True)
     id_keys = _keys(a.split, "in_distribution")
+    if a.bag:
+        ood_keys = _keys(a.split, "out_of_distribution")
+        vocab, _ = write_vocabulary(a.out, id_keys, ood_keys)
+        out["objects"] = {"id": id_keys, "ood": ood_keys}
+        out["bags"] = [str(b) for b in a.bag]
+        log(f"full-frame crops of the ground-truth boxes of {len(a.bag)} bag(s)")
+        out["full_frame_crops"] = full_frame_crops(a.bag, vocab, id_keys, a.model, "ood")
+        return
     unseen = calibration_objects(a.render_config)
     if set(unseen) & set(_keys(a.split, "out_of_distribution")):
         raise BenchError("calibration objects overlap the split's OOD objects")
