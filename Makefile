@@ -78,9 +78,9 @@ bench: setup
 
 # Rebuild the shipped default student: seed 0 of the last row of the generalised zero-shot
 # table (config/ablation/gzsl_dim_noise.yaml, since session 60), trained by `make results-gzsl`
-# (or here), exported
-# with the 26-label paper vocabulary, its calibration record and its INT8 ONNX model
-# (calibrated on the run's training images; used with inference_backend:=onnxruntime_int8).
+# (or here), exported with the 26-label paper vocabulary, its calibration record and its INT8
+# ONNX model (calibrated on the run's training images; used with
+# inference_backend:=onnxruntime_int8).
 default-bundle: setup
 	test -f data/ycb_aux/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_aux.yaml
 	test -f data/ycb_renders/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb.yaml
