@@ -200,13 +200,14 @@ def full_frame_crops(bags: Path | list[Path], vocab: Path, id_keys: list[str], m
                          "/ground_truth documents of docs/bags.md")
     bundle = load_bundle(Path(model) if model else default_model_path(), device="cpu")
     vocabulary = Vocabulary.load(vocab)
-    embeddings = TextEmbeddingService.from_bundle(bundle, cache_dir=None).embed_vocabulary(
-        vocabulary)
+    service = TextEmbeddingService.from_bundle(bundle, cache_dir=None)
+    embeddings = service.embed_vocabulary(vocabulary)
     key_of = {lab.name: lab.key for lab in vocabulary.labels}
     results: dict = {}
     for square in (False, True):
         values = node_parameter_values({"crop_source": "full_frame", "crop_square": square})
         pipe = PerceptionPipeline(bundle, vocabulary=vocabulary, embeddings=embeddings,
+                                  catalogue=service.catalogue,
                                   **pipeline_settings(values).as_kwargs())
         row = results.setdefault(f"crop_square_{str(square).lower()}", {})
         try:

@@ -945,3 +945,29 @@ def test_two_nodes_with_one_name_are_reported(ctx, bundle_path, tmp_path):
     finally:
         for n in (a, b, other):
             n.destroy_node()
+
+
+def test_names_given_alone_take_the_bundle_s_catalogued_descriptions(
+        ctx, tester, bundle_path, tmp_path):
+    """``labels`` without descriptions: a name the bundle's catalogue holds (in another
+    written form too) is prompted with its description, so its embedding is the bundle's own
+    (no teacher call) and it is published as given; /diagnostics counts it. With
+    ``description_catalogue: false`` it is prompted bare (the teacher embeds it)."""
+    given = ["Banana", "mug", "power_drill"]
+    with running_node(ctx, "/catalogue", bundle_path, tmp_path, labels=given,
+                      warm_text_encoder=False) as node:
+        fqn = node.get_fully_qualified_name()
+        labels = tester.watch_labels(f"{fqn}/labels")
+        doc = publish_until_labelled(tester, "/catalogue/image",
+                                     make_msg("rgb8", colour_image(32, 48, YELLOW), "c0", 0),
+                                     labels)
+        assert doc["objects"][0]["label"] == "Banana"
+        assert node.text_service.stats["misses"] == 0    # all three from the bundle's seeds
+        values = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
+        assert values["catalogued_descriptions"] == "1"   # banana (mug and drill: none)
+    with running_node(ctx, "/bare", bundle_path, tmp_path / "bare", labels=given,
+                      warm_text_encoder=False, description_catalogue=False) as node:
+        assert node.text_service.catalogue is None
+        assert node.text_service.stats["misses"] == 2     # "Banana" and "power_drill" embedded
+        values = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
+        assert values["catalogued_descriptions"] == "0"

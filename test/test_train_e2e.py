@@ -130,6 +130,12 @@ def test_train_resume_eval_export(toy: Path, capsys):
     assert bundle.enrich and bundle.vocabulary[0].description == "A red coloured ball."
     assert bundle.text_embeddings.shape == (4, 384)
     assert bundle.teacher_id.startswith("offline-conse")
+    # the description catalogue: every described label of the vocabulary file, split first
+    every = KEYS["id"] + KEYS["ood"] + AUX["aux"] + AUX["calib_unseen"] + AUX["openset"]
+    assert bundle.descriptions.names[:4] == bundle.vocabulary.names
+    assert sorted(bundle.descriptions.keys) == sorted(every)
+    assert bundle.description_catalogue().lookup(AUX["aux"][0]).description == \
+        f"A {AUX['aux'][0].split('_')[0]} coloured {AUX['aux'][0].split('_')[1]}."
     _check_int8_export(toy, run, bundle, capsys, cfg_path)
     _check_bundle_eval(toy, run, bundle_path, cfg_path, capsys)
 

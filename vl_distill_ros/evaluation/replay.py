@@ -121,21 +121,23 @@ def _offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str
                          f"{exc}") from None
     if vocab_file is not None:
         cache = os.path.expanduser(settings.text_cache_dir) if settings.text_cache_dir else None
-        service = TextEmbeddingService.from_bundle(bundle, cache_dir=cache)
+        service = TextEmbeddingService.from_bundle(
+            bundle, cache_dir=cache, catalogue=bool(values["description_catalogue"]))
         try:
             emb = service.embed_vocabulary(vocab_file)
         except Exception as exc:  # noqa: BLE001 - e.g. teacher weights missing offline
             raise InputError(f"could not embed the vocabulary {settings.vocabulary}: "
                              f"{exc}") from None
-        vocab, source = vocab_file, f"file {settings.vocabulary}"
+        vocab, source, catalogue = vocab_file, f"file {settings.vocabulary}", service.catalogue
     else:
         vocab, emb, source = bundle.vocabulary, bundle.text_embeddings, "bundle"
+        catalogue = None
     try:
         pipe = PerceptionPipeline(bundle, vocabulary=vocab, embeddings=emb,
                                   inference_backend=str(values["inference_backend"]),
                                   inference_threads=int(values["inference_threads"]),
                                   proposal_threads=int(values["proposal_threads"]),
-                                  **pipe_settings.as_kwargs())
+                                  catalogue=catalogue, **pipe_settings.as_kwargs())
     except (PipelineError, RuntimeBackendError) as exc:
         raise InputError(f"cannot build the pipeline: {exc}") from None
     return pipe, vocab, source

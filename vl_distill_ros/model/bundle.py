@@ -15,6 +15,11 @@ A bundle is one zip file holding
   ``student.onnx_int8`` record keeps how it agrees with the float student. The node runs
   it with ``inference_backend: onnxruntime_int8``.
 
+The manifest's optional ``descriptions`` record (a vocabulary: key, name, description) holds
+the descriptions of every label of the vocabulary file the bundle was exported from, its
+description catalogue (:mod:`vl_distill_ros.model.descriptions`): a name given without a
+description at run time is prompted with the catalogue's.
+
 Loading checks all of it and raises :class:`BundleError` with a clear message on a corrupt,
 truncated, tampered or mismatched bundle.
 """
@@ -35,6 +40,7 @@ import torch
 
 from ..atomic_io import atomic_write_bytes
 from .calibration import Calibration, CalibrationError
+from .descriptions import DescriptionCatalogue
 from ..config import ConfigError, StudentConfig, from_dict, to_dict
 from .student import InputSpec, Student, StudentError, build_student
 from .vocabulary import Vocabulary, VocabularyError
@@ -77,6 +83,14 @@ class Bundle:
     #: (T, D) teacher text embeddings of ``calibration.trained_names`` (open-set
     #: negatives), or None.
     trained_embeddings: torch.Tensor | None = None
+    #: The descriptions of every label of the vocabulary file the bundle was exported from
+    #: (the manifest's ``descriptions``), or None in older bundles.
+    descriptions: Vocabulary | None = None
+
+    def description_catalogue(self) -> DescriptionCatalogue:
+        """The descriptions a name given without one is prompted with: the bundle's
+        vocabulary's, then those of its ``descriptions`` record."""
+        return DescriptionCatalogue.from_vocabularies(self.vocabulary, self.descriptions)
 
     @property
     def teacher_id(self) -> str:
@@ -133,7 +147,8 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
                 name: str = "", onnx: bool = True,
                 calibration: Calibration | None = None,
                 trained_embeddings: torch.Tensor | np.ndarray | None = None,
-                int8: tuple[bytes, dict[str, Any]] | None = None) -> Path:
+                int8: tuple[bytes, dict[str, Any]] | None = None,
+                descriptions: Vocabulary | None = None) -> Path:
     """Write a bundle atomically (temp file in the same folder, fsync, rename).
 
     ``calibration`` (optional) is stored as the manifest's ``calibration`` record: the
@@ -147,6 +162,8 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
     ``int8`` (optional) is the student's INT8 ONNX model and the record of how it agrees
     with the float one (see :func:`vl_distill_ros.training.quantize.quantize_student`),
     stored as ``student_int8.onnx`` and the manifest's ``student.onnx_int8``.
+    ``descriptions`` (optional): the description catalogue, the manifest's
+    ``descriptions`` (its labels without a description are left out).
     """
     path = Path(path)
     emb = text_embeddings.detach().float().cpu().numpy()
@@ -186,15 +203,49 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
         "vocabulary": {**vocabulary.to_dict(), "templates": list(templates), "enrich": enrich},
         "metrics": metrics or {},
         **({"calibration": calibration.to_dict()} if calibration is not None else {}),
-        "files": {k: _sha256(v) for k, v in members.items()},
+        **_descriptions_record(descriptions),
     }
+    return _write_bundle(path, manifest, members)
+
+
+def _descriptions_record(descriptions: Vocabulary | None) -> dict[str, Any]:
+    """The manifest's ``descriptions`` record of ``descriptions`` (its described labels);
+    empty when there are none."""
+    described = [label for label in descriptions or () if label.description]
+    if not described:
+        return {}
+    return {"descriptions": Vocabulary(tuple(described)).to_dict()}
+
+
+def replace_descriptions(path: str | Path, out: str | Path, descriptions: Vocabulary) -> Path:
+    """Write ``path``'s bundle to ``out`` with ``descriptions`` as its description catalogue
+    (the manifest's ``descriptions``); every member is copied byte for byte. ``out`` may be
+    ``path``; it is written atomically.
+
+    Raises:
+        BundleError: ``path`` is not a readable bundle, or ``descriptions`` has none.
+    """
+    path = Path(path)
+    record = _descriptions_record(descriptions)
+    if not record:
+        raise BundleError("the description catalogue has no label with a description")
+    manifest = read_manifest(path)
+    members = _read_members(path, manifest["files"])
+    manifest.update(record)
+    return _write_bundle(Path(out), manifest, members)
+
+
+def _write_bundle(out: Path, manifest: dict, members: dict[str, bytes]) -> Path:
+    """Zip ``manifest`` (its ``files`` digests made from ``members``) and ``members`` into
+    ``out``, atomically."""
+    manifest["files"] = {k: _sha256(v) for k, v in members.items()}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
         for k, v in members.items():
             zf.writestr(k, v)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    atomic_write_bytes(out, buf.getvalue())
+    return out
 
 
 def replace_int8_model(path: str | Path, out: str | Path, model: bytes,
@@ -212,14 +263,7 @@ def replace_int8_model(path: str | Path, out: str | Path, model: bytes,
     members = _read_members(path, manifest["files"])
     members[ONNX_INT8_MODEL] = bytes(model)
     manifest["student"]["onnx_int8"] = {"file": ONNX_INT8_MODEL, **dict(record)}
-    manifest["files"] = {k: _sha256(v) for k, v in members.items()}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
-        for k, v in members.items():
-            zf.writestr(k, v)
-    atomic_write_bytes(Path(out), buf.getvalue())
-    return Path(out)
+    return _write_bundle(Path(out), manifest, members)
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -321,6 +365,9 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
     members = _read_members(path, manifest["files"])
     try:
         vocabulary = Vocabulary.from_dict(manifest["vocabulary"], source=f"{path}:vocabulary")
+        descriptions = (Vocabulary.from_dict(manifest["descriptions"],
+                                             source=f"{path}:descriptions")
+                        if "descriptions" in manifest else None)
         student_cfg = from_dict(StudentConfig, manifest["student"]["config"], "student")
         embed_dim = int(manifest["teacher"]["embed_dim"])
         _check_teacher_and_templates(manifest)
@@ -376,7 +423,8 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
                   templates=list(voc.get("templates") or ["a photo of a {name}."]),
                   enrich=bool(voc.get("enrich", True)), onnx_bytes=members.get(ONNX_MODEL),
                   onnx_int8_bytes=members.get(ONNX_INT8_MODEL),
-                  calibration=calibration, trained_embeddings=trained_emb)
+                  calibration=calibration, trained_embeddings=trained_emb,
+                  descriptions=descriptions)
 
 
 def zlib_error() -> type[Exception]:

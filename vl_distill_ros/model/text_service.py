@@ -22,6 +22,13 @@ Cache
     assumed: two processes writing the same file never corrupt it, but may drop each other's
     new entries (last writer wins).
 
+Description catalogue
+    A service made with a ``catalogue`` (:mod:`.descriptions`; :meth:`from_bundle` takes the
+    bundle's) prompts a label that has no description with the catalogue's description of
+    its name, and a name written as a key or identifier (``004_sugar_box``, ``coffee_mug``)
+    with the catalogue's name or as words; keys are the prompts actually sent, so the same
+    name with and without a catalogue may be two entries.
+
 Teacher
     Built lazily, on the first cache miss (or :meth:`TextEmbeddingService.warm`), by
     ``teacher_factory`` or ``build_teacher(teacher_config_from_spec(teacher_spec))``; its id
@@ -67,6 +74,7 @@ import torch.nn.functional as F
 
 from ..atomic_io import atomic_write_bytes, set_aside
 from ..thread_names import name_os_thread
+from .descriptions import DescriptionCatalogue
 from .vocabulary import Label, Vocabulary, build_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -196,6 +204,10 @@ class TextEmbeddingService:
         max_entries: most cached embeddings (>= 1); the least recently used are dropped.
         encoder_threads: torch threads of the teacher calls (>= 0; 0 leaves torch's setting).
         encoder_nice: nice increment of the encoder thread (0..19).
+        catalogue: descriptions of known names (:mod:`.descriptions`): a label without a
+            description of its own is prompted with the catalogue's, and a name written
+            as a key or identifier with the catalogue's name / as words; None: every
+            label is prompted exactly as given.
     """
 
     def __init__(self, teacher_spec: dict, teacher_id: str, templates: Sequence[str],
@@ -203,7 +215,8 @@ class TextEmbeddingService:
                  teacher_factory: Callable[[], "Teacher"] | None = None,
                  max_entries: int = MAX_CACHE_ENTRIES,
                  encoder_threads: int = TEXT_ENCODER_THREADS,
-                 encoder_nice: int = TEXT_ENCODER_NICE) -> None:
+                 encoder_nice: int = TEXT_ENCODER_NICE,
+                 catalogue: DescriptionCatalogue | None = None) -> None:
         if isinstance(templates, str):
             raise TypeError("templates must be a sequence of strings, not one string")
         self.templates: tuple[str, ...] = tuple(templates)
@@ -227,6 +240,7 @@ class TextEmbeddingService:
         self.teacher_spec = dict(teacher_spec or {})
         self.teacher_id = teacher_id
         self.enrich = bool(enrich)
+        self.catalogue = catalogue
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._factory = teacher_factory
         self._teacher: Teacher | None = None
@@ -244,11 +258,14 @@ class TextEmbeddingService:
     # -- construction from a bundle -------------------------------------------------------
     @classmethod
     def from_bundle(cls, bundle: "Bundle", cache_dir: str | Path | None = None,
-                    teacher_factory: Callable[[], "Teacher"] | None = None
-                    ) -> "TextEmbeddingService":
-        """A service for ``bundle``'s teacher and prompt settings, seeded with its embeddings."""
+                    teacher_factory: Callable[[], "Teacher"] | None = None,
+                    catalogue: bool = True) -> "TextEmbeddingService":
+        """A service for ``bundle``'s teacher and prompt settings, seeded with its embeddings;
+        with ``catalogue``, labels without a description are prompted with the bundle's
+        catalogue (:meth:`Bundle.description_catalogue`)."""
         service = cls(bundle.teacher_spec, bundle.teacher_id, bundle.templates, bundle.enrich,
-                      cache_dir=cache_dir, teacher_factory=teacher_factory)
+                      cache_dir=cache_dir, teacher_factory=teacher_factory,
+                      catalogue=bundle.description_catalogue() if catalogue else None)
         service.seed_from_bundle(bundle)
         return service
 
@@ -283,8 +300,22 @@ class TextEmbeddingService:
 
     # -- public API ------------------------------------------------------------------------
     def key(self, label: Label) -> CacheKey:
-        """The cache key of ``label`` under this service's templates and enrichment."""
-        return (self.teacher_id, tuple(build_prompts(label, self.templates, self.enrich)))
+        """The cache key of ``label`` under this service's templates and enrichment: the
+        prompts of :meth:`prompt_label`."""
+        return (self.teacher_id, tuple(build_prompts(self.prompt_label(label), self.templates,
+                                                     self.enrich)))
+
+    def prompt_label(self, label: Label) -> Label:
+        """The label whose prompts embed ``label``: ``label`` itself without a catalogue,
+        else :meth:`DescriptionCatalogue.prompt_label`."""
+        return label if self.catalogue is None else self.catalogue.prompt_label(label)
+
+    def catalogued(self, labels: Sequence[Label]) -> list[str]:
+        """The names among ``labels`` that have no description and are prompted with the
+        catalogue's (only when this service enriches prompts)."""
+        if self.catalogue is None or not self.enrich:
+            return []
+        return self.catalogue.described(labels)
 
     def missing(self, labels: Sequence[Label]) -> list[Label]:
         """The labels (unique, in order) that are not cached, i.e. would need the teacher."""

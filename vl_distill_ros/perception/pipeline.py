@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
+from ..model.descriptions import DescriptionCatalogue
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 from .boxes import Box, classification_window, crop
 from .camera_model import CameraIntrinsics
@@ -172,6 +173,10 @@ class PerceptionPipeline:
             the cameras (``prepare(..., behind=2)``): ``same`` or ``onnxruntime_int8`` (only
             in place of ONNX Runtime float32 that ``inference_backend: auto`` chose; see
             :func:`~vl_distill_ros.model.runtime.make_behind_runner`).
+        catalogue: the description catalogue the vocabulary's labels were embedded with
+            (:attr:`TextEmbeddingService.catalogue`), or None: a label counts as a trained
+            name (the seen bias, the negatives) when the name it was prompted with is one,
+            so ``004_sugar_box`` is *sugar box*.
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
@@ -193,7 +198,8 @@ class PerceptionPipeline:
                  proposal_source: str = "auto",
                  depth_cfg: DepthProposalConfig | None = None, crop_square: bool = True,
                  crop_context: float = CROP_CONTEXT, proposal_threads: int = 2,
-                 close_cameras: Sequence[str] = ()) -> None:
+                 close_cameras: Sequence[str] = (),
+                 catalogue: DescriptionCatalogue | None = None) -> None:
         from ..model.runtime import make_behind_runner, make_runner
 
         #: The first stage: each frame's boxes, the box network's thread and each camera's
@@ -212,6 +218,7 @@ class PerceptionPipeline:
             inference_threads)
         #: The bundle's calibration record (None: no bias, the fixed default threshold).
         self.calibration = bundle.calibration
+        self._catalogue = catalogue
         #: The calibration's centre as a tensor, made once (None: embeddings not centred).
         self._center = (torch.tensor(bundle.calibration.embedding_center, dtype=torch.float32)
                         if bundle.calibration is not None
@@ -243,15 +250,22 @@ class PerceptionPipeline:
                                         trained_mask=self._trained_mask(vocabulary),
                                         negatives=self._negatives(vocabulary, checked))
 
+    def _prompted_names(self, vocab: Vocabulary) -> list[str]:
+        """The names ``vocab``'s labels were prompted with (see ``catalogue``)."""
+        if self._catalogue is None:
+            return vocab.names
+        return [self._catalogue.prompt_label(label).name for label in vocab]
+
     def _trained_mask(self, vocab: Vocabulary) -> torch.Tensor:
         names = self.calibration.trained_names if self.calibration else ()
-        return torch.from_numpy(bias_vector(vocab.names, names, 1.0))
+        return torch.from_numpy(bias_vector(self._prompted_names(vocab), names, 1.0))
 
     def _negatives(self, vocab: Vocabulary, emb: torch.Tensor) -> torch.Tensor | None:
         if self._trained_emb is None or self.calibration is None:
             return None
-        keep = negative_mask(vocab.names, emb.numpy(), self.calibration.trained_names,
-                             self._trained_emb.numpy(), self.calibration.negative_similarity)
+        keep = negative_mask(self._prompted_names(vocab), emb.numpy(),
+                             self.calibration.trained_names, self._trained_emb.numpy(),
+                             self.calibration.negative_similarity)
         return self._trained_emb[torch.from_numpy(keep)].contiguous()
 
     def effective_temperature(self, settings: PipelineSettings | None = None) -> float:

@@ -163,7 +163,8 @@ class VlDistillNode(Node):
             torch.set_num_threads(int(p["torch_threads"]))
         self.bundle = self._load_model(p["model_path"], p["device"])
         cache_dir = os.path.expanduser(p["text_cache_dir"]) if p["text_cache_dir"] else None
-        self.text_service = TextEmbeddingService.from_bundle(self.bundle, cache_dir=cache_dir)
+        self.text_service = TextEmbeddingService.from_bundle(
+            self.bundle, cache_dir=cache_dir, catalogue=p["description_catalogue"])
         if self.text_service.cache_error:
             self.get_logger().warning(self.text_service.cache_error)
         self.store_path = (Path(p["vocabulary_store"]).expanduser() if p["vocabulary_store"]
@@ -185,6 +186,7 @@ class VlDistillNode(Node):
                                                inference_backend_behind=str(
                                                    p["inference_backend_behind"]),
                                                proposal_threads=int(p["proposal_threads"]),
+                                               catalogue=self.text_service.catalogue,
                                                **settings.as_kwargs())
         except RuntimeBackendError as exc:  # e.g. onnxruntime_int8 and the bundle has none
             raise StartupError(f"student runtime: {exc}") from None
@@ -682,6 +684,8 @@ class VlDistillNode(Node):
             "teacher_id": self.bundle.teacher_id,
             "text_embedding_cache": self.text_service.cache_path or "",
             "text_embedding_stats": json.dumps(self.text_service.stats),
+            "catalogued_descriptions": len(self.text_service.catalogued(
+                self.pipeline.active.vocabulary.labels)),
             "crop_source": self.pipeline.settings.crop_source,
             **{k: str(v).lower() if isinstance(v, bool) else v
                for k, v in self._keeping_up.status().items()},

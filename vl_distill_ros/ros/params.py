@@ -172,6 +172,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(~0.1 s) instead of the encoder's load (~3 s; start-up takes that much "
               "longer). Costs the encoder's memory (~100 MB for the offline teacher).",
               read_only=True),
+    ParamSpec("description_catalogue", True, "bool",
+              "Language enrichment for names given without a description (labels alone, or "
+              "a vocabulary_file without description fields): each takes the description "
+              "the bundle's catalogue holds for it (the shipped one: the 78 YCB objects of "
+              "config/ycb_vocabulary.yaml), matched case-insensitively by name or key "
+              "(004_sugar_box, sugar_box and Sugar Box find sugar box), and a name written "
+              "as a key or identifier is prompted by the catalogue's name or as words; the "
+              "published name stays as given. On the second renderer's crops of the 26 "
+              "objects, names alone: 466 / 213 seen / unseen right without it, 505 / 237 "
+              "with it; false: every label is prompted exactly as given.",
+              read_only=True),
     ParamSpec("text_cache_dir", "~/.cache/vl_distill_ros/text_embeddings", "string",
               "Directory of the persistent label text-embedding cache (one file per teacher); "
               "empty disables the disk cache.", read_only=True),
@@ -192,7 +203,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                           "names of <= 64 chars, not 'unknown'"),
     ParamSpec("descriptions", [], "string_array",
               "One-sentence appearance descriptions, empty or one per label (same order); "
-              "used for language enrichment when the bundle was exported with it.",
+              "used for language enrichment when the bundle was exported with it; a label "
+              "without one takes the bundle's catalogued description "
+              "(description_catalogue).",
               constraints="empty or len(labels) entries of <= 300 chars"),
     ParamSpec("vocabulary_file", "", "string",
               "Vocabulary YAML to load (format of config/ycb_vocabulary.yaml). Setting it "

@@ -434,8 +434,11 @@ class VocabularyController:
             self.error = ""
             self.source = "parameters"
             self._lock.notify_all()  # a waiting save()
+        catalogued = self.text_service.catalogued(vocab.labels)
         self.log.info(f"vocabulary version {version}: {len(vocab)} labels, embedded in "
-                      f"{time.perf_counter() - start:.2f} s ({self.text_service.stats})")
+                      f"{time.perf_counter() - start:.2f} s ({self.text_service.stats})"
+                      + (f"; {len(catalogued)} without a description take the bundle's "
+                         "catalogued one" if catalogued else ""))
         if self.on_swap is not None:
             self.on_swap(version)
         if self._persist():

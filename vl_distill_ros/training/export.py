@@ -9,11 +9,13 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..model.bundle import save_bundle
+from ..model.descriptions import catalogue_vocabulary
 from ..model.student import Student
 from ..model.teachers.factory import teacher_spec
 from ..model.vocabulary import Vocabulary
 from .calibrate import read_calibration, trained_text_embeddings
-from .data import LazyTeacher, load_training_set, load_vocabularies, text_classifier
+from .data import LazyTeacher, full_vocabulary, load_training_set, load_vocabularies, \
+    text_classifier
 from .trainer import TrainingError, load_trained_student
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, vocabulary: str | None =
 
     The vocabulary defaults to all labels of the run's split (ID + OOD); ``vocabulary``
     names another YAML, ``keys`` picks labels from it. ``enrich`` defaults to the run's
-    setting: a student distilled with descriptions is deployed with them.
+    setting: a student distilled with descriptions is deployed with them, and the bundle's
+    description catalogue (names given without a description at run time take these) is
+    every described label of the run's vocabulary file (``data.vocabulary``) and of
+    ``vocabulary``.
 
     ``int8``: add the student's INT8 ONNX model, calibrated on the run's training images
     (:mod:`.quantize`); None: when those images are on this machine (else a warning),
@@ -60,7 +65,14 @@ def export_bundle(run_dir: str | Path, out: str | Path, vocabulary: str | None =
     return save_bundle(out, student, text, vocab, teacher_id, teacher_spec(cfg.teacher),
                        templates=list(cfg.data.templates), enrich=cfg.data.enrich,
                        metrics=metrics, name=cfg.name, onnx=onnx, calibration=calibration,
-                       trained_embeddings=trained, int8=quantized)
+                       trained_embeddings=trained, int8=quantized,
+                       descriptions=_catalogue(cfg, vocab))
+
+
+def _catalogue(cfg: TrainConfig, vocab: Vocabulary) -> Vocabulary | None:
+    """The bundle's description catalogue: the described labels of ``vocab`` and then of the
+    run's vocabulary file; None without enrichment."""
+    return catalogue_vocabulary(vocab, full_vocabulary(cfg.data)) if cfg.data.enrich else None
 
 
 def _int8_model(student: Student, cfg: TrainConfig, text: np.ndarray, want: bool | None
