@@ -79,10 +79,13 @@ def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
     not there are left out and the reason appended to it once per package.
 
     Raises:
-        BenchError: a photo is missing or unreadable (its package not there, without
-            ``skipped``).
+        BenchError: ``labels`` or a photo is missing or unreadable (its package not there,
+            without ``skipped``).
     """
-    doc = json.loads(labels.read_text())
+    try:
+        doc = json.loads(labels.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BenchError(f"cannot read the photos' boxes {labels}: {exc}") from None
     folders: dict[str, Path | None] = {}
     out = []
     for name, entry in doc["images"].items():
