@@ -51,6 +51,31 @@ def _doc(camera: str, stamp_ns: int, objects: list[tuple]) -> dict:
                          "top_k": []} for b, lb in objects]}
 
 
+def test_a_vocabulary_of_other_written_forms_scores_the_objects_it_names():
+    """A vocabulary that names the objects by their keys (or another case, hyphens): the
+    ground truth is scored under the vocabulary's form of its label or key, so a right name
+    is correct and the objects are in the vocabulary; an object it does not hold stays out."""
+    split = Split("s", ("004_sugar_box",), ("019_pitcher_base",))
+    names = ["004_sugar_box", "Pitcher-Base", "mug"]
+    membership = Membership.from_split(split, [Vocabulary.from_names(names)])
+    cam = "/cam"
+    gt = {(cam, 1): [((0, 0, 10, 10), "sugar box", "004_sugar_box"),
+                     ((20, 0, 10, 10), "pitcher", "019_pitcher_base"),   # by its key
+                     ((40, 0, 10, 10), "power drill", "035_power_drill")]}
+    labels = {(cam, 1): _doc(cam, 1, [((0, 0, 10, 10), "004_sugar_box"),
+                                      ((20, 0, 10, 10), "Pitcher-Base"),
+                                      ((40, 0, 10, 10), "mug")])}
+    s = score_frames([(cam, 1)], gt, labels, membership, 0.5, vocabulary_names=names)
+    a = s["groups"]["all"]
+    assert (a["objects"], a["correct"], a["wrong"]) == (3, 2, 1)
+    assert s["groups"]["id"]["correct"] == 1 and s["groups"]["ood"]["correct"] == 1
+    assert s["not_in_vocabulary"] == {"objects": 1, "rejected": 0, "renamed": 2}
+    assert s["per_object"]["004_sugar_box"]["tp"] == 1
+    # without the vocabulary the names are compared as written
+    plain = score_frames([(cam, 1)], gt, labels, membership, 0.5)
+    assert plain["groups"]["all"]["correct"] == 0
+
+
 def test_greedy_iou_matching_prefers_the_best_pair():
     gt = [(0, 0, 10, 10), (8, 0, 10, 10)]
     pred = [(7, 0, 10, 10), (1, 0, 10, 10), (100, 100, 5, 5)]

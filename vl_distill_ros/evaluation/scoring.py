@@ -11,7 +11,10 @@ Matching (per frame)
     object then has one outcome:
 
     * ``correct``: matched, and the predicted label equals the ground-truth label (compared
-      case-insensitively, ``_`` = space);
+      case-insensitively, ``_`` = space; with the active vocabulary known, an object whose
+      label is not in it but whose label or key it holds in another written form, e.g. the
+      name ``004_sugar_box`` for the label *sugar box*, is scored under the vocabulary's
+      name and counted in ``not_in_vocabulary.renamed``);
     * ``unknown``: matched, but the node said ``"unknown"`` (below its open-set threshold);
       counted as wrong: the object was seen but not named;
     * ``wrong``: matched with another label;
@@ -64,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 # the proposer's IoU (re-exported: ``scoring.box_iou`` is part of this module's API)
+from ..model.descriptions import catalogue_key
 from ..perception.boxes import box_iou
 
 __all__ = ["FrameKey", "GTObject", "Membership", "UNKNOWN_LABEL", "MISSED_COLUMN", "GROUPS",
@@ -218,9 +222,14 @@ def doc_frame_key(doc: Mapping[str, Any], camera_map: Mapping[str, str] | None =
 class _Tally:
     """The counters :func:`score_frames` fills frame by frame (labels are folded)."""
 
-    def __init__(self, membership: Membership, vocab_fold: set[str] | None) -> None:
+    def __init__(self, membership: Membership, vocabulary_names: Sequence[str] | None) -> None:
         self.membership = membership
-        self.vocab_fold = vocab_fold
+        self.vocab_fold = ({fold_label(n) for n in vocabulary_names} if vocabulary_names
+                           else None)
+        #: another written form of a vocabulary name (catalogue_key) -> that name
+        self.vocab_forms: dict[str, str] = {}
+        for name in vocabulary_names or ():
+            self.vocab_forms.setdefault(catalogue_key(name), name)
         self.groups = {g: {"objects": 0, "matched": 0, "missed": 0, "correct": 0, "wrong": 0,
                            "unknown": 0} for g in GROUPS}
         self.display: dict[str, str] = {}        # folded label -> display name (first seen)
@@ -234,7 +243,7 @@ class _Tally:
         self.fp_boxes = {"boxes": 0, "known": 0, "unknown": 0}
         self.vocab_scores: dict[bool, list[float]] = {True: [], False: []}
         self.vocab_unknown = {True: 0, False: 0}
-        self.not_in_vocab = {"objects": 0, "rejected": 0}
+        self.not_in_vocab = {"objects": 0, "rejected": 0, "renamed": 0}
 
     def name_of(self, label: str) -> str:
         return self.display.setdefault(fold_label(label), str(label))
@@ -269,11 +278,26 @@ class _Tally:
         self.fp_confused[pl] = self.fp_confused.get(pl, 0) + 1
         return "wrong", pl
 
+    def vocabulary_form(self, g: GTObject) -> GTObject:
+        """``g`` under the vocabulary's name when the vocabulary holds its label, or its key,
+        in another written form (``004_sugar_box`` for *sugar box*: case, ``_`` / ``-`` and
+        a leading number aside; :func:`~vl_distill_ros.model.descriptions.catalogue_key`),
+        else ``g`` itself."""
+        if self.vocab_fold is None or fold_label(g.label) in self.vocab_fold:
+            return g
+        for form in (g.label, g.key):
+            name = self.vocab_forms.get(catalogue_key(form)) if form else None
+            if name is not None:
+                self.not_in_vocab["renamed"] += 1
+                return g._replace(label=name)
+        return g
+
     def add_object(self, g: GTObject, pred: Mapping[str, Any] | None) -> None:
         """One ground-truth object and its matched prediction (None: missed)."""
+        grp = self.membership.group(g.label, g.key)
+        g = self.vocabulary_form(g)
         gl = fold_label(g.label)
         self.name_of(g.label)
-        grp = self.membership.group(g.label, g.key)
         self.label_group.setdefault(gl, grp)
         self.support[gl] = self.support.get(gl, 0) + 1
         outcome_counts = self.per_gt.setdefault(gl, {"matched": 0, "missed": 0, "correct": 0,
@@ -401,7 +425,8 @@ def score_frames(frames: Sequence[FrameKey],
         iou_threshold: minimum IoU of a match.
         latencies_s: ``{frame: seconds}`` from input to labels, for the latency summary.
         vocabulary_names: the active vocabulary; when given, objects whose label is not in
-            it are counted in ``not_in_vocabulary``.
+            it are counted in ``not_in_vocabulary`` (``objects``; ``renamed``: scored under
+            the vocabulary's form of their label or key, see ``correct`` above).
 
     Returns:
         A JSON-ready dict: ``frames``, ``groups``, ``per_object``, ``macro_f1``,
@@ -409,8 +434,8 @@ def score_frames(frames: Sequence[FrameKey],
     """
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    vocab_fold = {fold_label(n) for n in vocabulary_names} if vocabulary_names else None
-    tally = _Tally(membership or Membership(), vocab_fold)
+    tally = _Tally(membership or Membership(), vocabulary_names)
+    vocab_fold = tally.vocab_fold
     gt_in_dropped = with_gt = evaluated = 0
     for key in frames:
         gt_raw = ground_truth.get(key)
