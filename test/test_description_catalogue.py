@@ -185,3 +185,30 @@ def test_pipeline_counts_catalogued_key_names_as_trained_names():
     finally:
         for pipe in (own, by_key, plain):
             pipe.close()
+
+
+def test_labels_prompted_alike_are_reported():
+    svc = _service(CATALOGUE, Factory())
+    labels = [Label("sugar box"), Label("banana"), Label("004_sugar_box"), Label("Sugar_Box"),
+              Label("sugar box?", SUGAR.description)]
+    assert svc.prompted_alike(labels) == [("sugar box", "004_sugar_box"),
+                                          ("sugar box", "Sugar_Box")]
+    assert _service(None, Factory()).prompted_alike(labels[:3]) == []
+
+
+def test_the_vocabulary_controller_warns_of_labels_prompted_alike(tmp_path):
+    from vl_distill_ros.ros.vocabulary_controller import VocabularyController
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, text):
+            self.lines.append(text)
+
+        info = error = debug = warning
+
+    log = Log()
+    controller = VocabularyController(_service(CATALOGUE, Factory()), tmp_path / "s.yaml", log)
+    controller.embed_startup(Vocabulary((Label("sugar box"), Label("004_sugar_box"))))
+    assert any("'004_sugar_box' (as 'sugar box')" in line for line in log.lines)

@@ -310,6 +310,20 @@ class TextEmbeddingService:
         else :meth:`DescriptionCatalogue.prompt_label`."""
         return label if self.catalogue is None else self.catalogue.prompt_label(label)
 
+    def prompted_alike(self, labels: Sequence[Label]) -> list[tuple[str, str]]:
+        """Pairs ``(first, later)`` of ``labels`` whose prompts are the same (e.g. ``pitcher``
+        and ``pitcher base``, or ``sugar box`` and ``004_sugar_box``, through the catalogue):
+        their embeddings are equal, so the later name never wins over the first."""
+        first: dict[CacheKey, str] = {}
+        pairs = []
+        for label in labels:
+            key = self.key(label)
+            if key in first:
+                pairs.append((first[key], label.name))
+            else:
+                first[key] = label.name
+        return pairs
+
     def catalogued(self, labels: Sequence[Label]) -> list[str]:
         """The names among ``labels`` that have no description and are prompted with the
         catalogue's (only when this service enriches prompts)."""

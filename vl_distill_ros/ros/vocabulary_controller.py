@@ -211,8 +211,18 @@ class VocabularyController:
                 raise VocabularyError(f"labels/descriptions: {exc}") from None
         return bundle_vocabulary, "bundle", ""
 
+    def _warn_prompted_alike(self, vocab: Vocabulary) -> None:
+        """Log a warning for labels of ``vocab`` that are prompted alike (never chosen)."""
+        pairs = self.text_service.prompted_alike(vocab.labels)
+        if pairs:
+            self.log.warning("labels prompted alike, so the later is never chosen: " + ", ".join(
+                f"{later!r} (as {first!r})" for first, later in pairs[:10])
+                + (" ..." if len(pairs) > 10 else "")
+                + "; give one of each pair a description of its own, or drop it")
+
     def embed_startup(self, vocab: Vocabulary):
         """The embeddings of ``vocab``, or ``None`` (error recorded and logged) on failure."""
+        self._warn_prompted_alike(vocab)
         try:
             return self.text_service.embed_vocabulary(vocab)
         except Exception as exc:  # noqa: BLE001 - e.g. teacher weights missing offline
@@ -435,6 +445,7 @@ class VocabularyController:
             self.source = "parameters"
             self._lock.notify_all()  # a waiting save()
         catalogued = self.text_service.catalogued(vocab.labels)
+        self._warn_prompted_alike(vocab)
         self.log.info(f"vocabulary version {version}: {len(vocab)} labels, embedded in "
                       f"{time.perf_counter() - start:.2f} s ({self.text_service.stats})"
                       + (f"; {len(catalogued)} without a description take the bundle's "
