@@ -174,9 +174,9 @@ class PerceptionPipeline:
             in place of ONNX Runtime float32 that ``inference_backend: auto`` chose; see
             :func:`~vl_distill_ros.model.runtime.make_behind_runner`).
         catalogue: the description catalogue the vocabulary's labels were embedded with
-            (:attr:`TextEmbeddingService.catalogue`), or None: a label counts as a trained
-            name (the seen bias, the negatives) when the name it was prompted with is one,
-            so ``004_sugar_box`` is *sugar box*.
+            (:attr:`TextEmbeddingService.catalogue`): a label then counts as a trained name
+            (the seen bias, the negatives) when the name it was prompted with is one, so
+            ``004_sugar_box`` is *sugar box*; None: when its own name is one.
 
     Thread safety: :meth:`process` may run in one worker thread while other threads call
     :meth:`set_vocabulary` / :meth:`configure`; do not call :meth:`process` from two
