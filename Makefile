@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export TRANSFORMERS_OFFLINE := 1
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
-.PHONY: setup test real-photos-data demo results results-gzsl results-shift default-bundle box-net box-net-int8 sample-bag bench clean
+.PHONY: setup test real-photos-data cutouts demo results results-gzsl results-shift default-bundle box-net box-net-int8 sample-bag bench clean
 
 # The editable install installs none of setup.py's data_files; tools/ament_develop.py links
 # them (ament index entry, share/vl_distill_ros/, lib/vl_distill_ros/) into .venv and hooks
@@ -41,6 +41,15 @@ test: setup real-photos-data
 real-photos-data:
 	@tools/fetch_real_photos.sh data/opencv-doc || echo "warning: opencv-doc's real photos \
 	were not fetched; test/test_real_photos.py skips their test (README: Real photos)" >&2
+
+# Unlabelled crops of real photographed things of many kinds for training
+# (config/render_cutouts.yaml, README "Data"): the stamps of Debian's tuxpaint-stamps-default,
+# fetched without root into data/tuxpaint by tools/fetch_cutouts.sh (~15 s, once), then
+# composited on rendered backgrounds into data/cutouts (~10 s).
+cutouts: setup
+	tools/fetch_cutouts.sh data/tuxpaint
+	test -f data/cutouts/manifest.json || $(VENV)/bin/vl-distill render-cutouts \
+	    --config config/render_cutouts.yaml
 
 # The README's first command: replay the bundled sample bag through the live node with the
 # bundled default student and the 26-object vocabulary; prints the summary table.

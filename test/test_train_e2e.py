@@ -482,6 +482,25 @@ def test_auxiliary_distillation_calibration_and_open_set(toy: Path, capsys):
     assert list(b.calibration.trained_names) == rec["trained_names"]
 
 
+def test_unlabelled_folders_feed_the_teacher_only_losses(toy: Path, capsys):
+    """``data.unlabelled_splits``: every image below the folder (any folder names) joins
+    training with label -1; L_cls keeps the ID labels alone, L_im-cst and L_vl-kl use them."""
+    cfg = _config(toy, "run_unlabelled",
+                  data={"unlabelled_splits": [str(toy / "aux" / "openset"),
+                                              str(toy / "aux" / "aux")],
+                        "broad_vocabulary": "imagenet"},
+                  loss={"vlkl_weight": 1.0}, optim={"epochs": 1})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(24 labelled ID, 18 auxiliary), L_cls over 2 labels" in out
+    rows = [json.loads(x) for x in (toy / "run_unlabelled" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert rows[-1]["imcst"] > 0 and rows[-1]["vlkl"] > 0
+    missing = _config(toy, "run_missing", data={"unlabelled_splits": [str(toy / "nowhere")]})
+    assert cli_main(["train", "--config", str(missing), "--no-progress"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
 def test_auxiliary_folder_with_a_split_object_is_refused(toy: Path, capsys):
     """Images of the split's OOD objects can never be auxiliary training data."""
     cfg = _config(toy, "run_leak", data={"aux_splits": [str(toy / "data" / "test_ood")]})

@@ -180,6 +180,10 @@ class DataConfig:
     #: Auxiliary image folders of objects OUTSIDE the split (never its OOD objects):
     #: distilled on with the label-free losses; folder names must be vocabulary keys.
     aux_splits: list[str] = field(default_factory=list)
+    #: Folders of unlabelled images of things of any kind (read recursively, folder names
+    #: ignored), e.g. ``data/cutouts`` (``vl-distill render-cutouts``): distilled on with the
+    #: label-free losses only. They must show no kind of object a test scores as unseen.
+    unlabelled_splits: list[str] = field(default_factory=list)
     #: Broad text vocabulary of L_vl-kl: ``imagenet`` (the 1000 ImageNet class names that
     #: ship with open_clip), a vocabulary YAML path, or empty (none).
     broad_vocabulary: str = ""

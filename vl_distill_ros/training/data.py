@@ -9,7 +9,7 @@ import torch
 
 from ..config import DataConfig, TeacherConfig
 from .image_folder import (DatasetError, LabeledImages, list_image_folder,
-                           load_image_folder)
+                           load_image_folder, load_unlabelled_folder)
 from .teacher_cache import TeacherImageCache, file_digest
 from ..model.teachers import Teacher
 from ..model.teachers.factory import build_teacher, teacher_id_for
@@ -137,8 +137,9 @@ class TrainingSet:
 
 def load_training_set(data_cfg: DataConfig, cls_label_set: str,
                       vocabs: Vocabularies) -> TrainingSet | None:
-    """Labelled ID images of ``data.train_splits`` plus ``data.aux_splits``; None when the
-    first training split is missing (nothing rendered yet).
+    """Labelled ID images of ``data.train_splits`` plus ``data.aux_splits`` plus the images
+    of ``data.unlabelled_splits`` (label -1); None when the first training split is missing
+    (nothing rendered yet).
 
     Raises:
         DatasetError: an auxiliary folder holds an object of the split (ID or OOD): only
@@ -171,6 +172,8 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
         else:
             part.labels = np.full(len(part), -1, np.int64)
         parts.append(part)
+    for name in data_cfg.unlabelled_splits:
+        parts.append(load_unlabelled_folder(split_folder(data_cfg.root, name), cls_vocab))
     return TrainingSet(data=_concat(parts, cls_vocab), cls_vocab=cls_vocab,
                        n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id)
 

@@ -83,6 +83,27 @@ def list_image_folder(root: str | Path, vocabulary: Vocabulary,
     return paths, labels
 
 
+def load_unlabelled_folder(root: str | Path, vocabulary: Vocabulary,
+                           size: int = 160) -> LabeledImages:
+    """Every image under ``root`` (recursively, any folder names) with the label ``-1``.
+
+    ``vocabulary`` is only carried along (the images have no label in it).
+
+    Raises:
+        DatasetError: the folder is missing or holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    paths = sorted(p for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise DatasetError(f"{root}: no images found")
+    images = np.stack([read_rgb(p, size) for p in paths])
+    return LabeledImages(images=images, labels=np.full(len(paths), -1, np.int64), paths=paths,
+                         vocabulary=vocabulary)
+
+
 def load_image_folder(root: str | Path, vocabulary: Vocabulary,
                       keys: Sequence[str] | None = None, size: int = 160) -> LabeledImages:
     """Load an image folder into memory as square ``size`` RGB crops."""

@@ -1,0 +1,131 @@
+"""Unlabelled crops of cut-out photos (``vl-distill render-cutouts``, sim/photo_cutouts.py)
+and the training set's unlabelled folders (``data.unlabelled_splits``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vl_distill_ros.cli import main as cli_main
+from vl_distill_ros.model.vocabulary import Vocabulary
+from vl_distill_ros.sim.photo_cutouts import (CutoutError, CutoutSpec, find_cutouts,
+                                              load_cutout_spec, read_cutout, render_cutouts)
+from vl_distill_ros.training.image_folder import DatasetError, load_unlabelled_folder
+
+
+def _stamp(path: Path, colour: tuple[int, int, int], text: str | None = None,
+           alpha: bool = True, radius: int = 30) -> None:
+    """A disc of ``colour`` (RGB) on a transparent 100x80 canvas, with its description."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.zeros((80, 100, 4), np.uint8)
+    cv2.circle(img, (50, 40), radius, (*colour[::-1], 255), -1)
+    cv2.imwrite(str(path), img if alpha else img[..., :3])
+    if text is not None:
+        path.with_suffix(".txt").write_text(f"{text}\nfr.utf8=autre chose\n")
+
+
+@pytest.fixture()
+def stamps(tmp_path: Path) -> Path:
+    root = tmp_path / "stamps"
+    _stamp(root / "food" / "apple.png", (220, 20, 20), "A red apple.")
+    _stamp(root / "animals" / "frog.png", (20, 200, 30), "A green frog.")
+    _stamp(root / "food" / "cartoon" / "pie.png", (200, 200, 0), "A pie.")
+    _stamp(root / "food" / "fruit_lemon.png", (250, 240, 20), "Some fruit.")
+    _stamp(root / "food" / "yellow.png", (250, 240, 20), "A lemon, cut in half.")
+    _stamp(root / "food" / "lemonade.png", (250, 240, 20), "A glass of lemonade.")
+    _stamp(root / "food" / "flat.png", (0, 0, 255), "A blue photo without alpha.", alpha=False)
+    _stamp(root / "food" / "dot.png", (0, 0, 255), "A tiny dot.", radius=4)
+    return root
+
+
+def _spec(stamps: Path, out: Path, **kw) -> CutoutSpec:
+    return CutoutSpec(source_dir=str(stamps), out_dir=str(out), image_size=64,
+                      exclude_dirs=["cartoon"], exclude_words=["lemon"], **kw)
+
+
+def test_exclusions_by_folder_and_whole_word_in_path_or_description(stamps, tmp_path):
+    names = [p.relative_to(stamps).as_posix() for p in find_cutouts(_spec(stamps, tmp_path))]
+    # cartoon/ is out; "lemon" as a word in the path or the description is out, but not
+    # inside another word ("lemonade")
+    assert names == ["animals/frog.png", "food/apple.png", "food/dot.png", "food/flat.png",
+                     "food/lemonade.png"]
+
+
+def test_cutouts_without_alpha_or_too_small_are_not_used(stamps):
+    assert read_cutout(stamps / "food" / "flat.png") is None
+    assert read_cutout(stamps / "food" / "dot.png") is None
+    cut = read_cutout(stamps / "food" / "apple.png")
+    # trimmed to the opaque disc: 61 px across, red
+    assert cut is not None and cut.alpha.shape == (61, 61)
+    assert cut.rgb[30, 30].tolist() == pytest.approx([220 / 255, 20 / 255, 20 / 255], abs=1e-3)
+
+
+def test_render_writes_every_view_with_the_thing_in_the_middle(stamps, tmp_path):
+    out = tmp_path / "crops"
+    manifest = render_cutouts(_spec(stamps, out, views=4, clutter_prob=0.0), progress=False)
+    assert manifest["cutouts"] == 3 and manifest["crops"] == 12
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert files == sorted(f"{d}_{v}.png" for d in ("animals/frog", "food/apple",
+                                                    "food/lemonade") for v in range(4))
+    for v in range(4):
+        crop = cv2.imread(str(out / "food" / f"apple_{v}.png"))[..., ::-1]
+        assert crop.shape == (64, 64, 3)
+        # the disc covers the crop's centre (offset at most 12% of the side)
+        assert crop[28:36, 28:36].reshape(-1, 3).mean(0) == pytest.approx([220, 20, 20], abs=3)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["crops"] == 12 and on_disk["spec"]["exclude_words"] == ["lemon"]
+
+
+def test_render_is_deterministic_and_clutter_puts_another_thing_behind(stamps, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ma = render_cutouts(_spec(stamps, a, views=3, clutter_prob=1.0), progress=False)
+    render_cutouts(_spec(stamps, b, views=3, clutter_prob=1.0), progress=False)
+    for p in a.rglob("*.png"):
+        assert p.read_bytes() == (b / p.relative_to(a)).read_bytes()
+    assert all(m["domain"] == "clutter" and m["behind"] != Path(m["file"]).name.rsplit("_", 1)[0]
+               for m in ma["images"])
+    # a second render replaces the crops of the first (no stale crop survives)
+    stale = a / "food" / "old_0.png"
+    stale.write_bytes(b"")
+    render_cutouts(_spec(stamps, a, views=1, clutter_prob=1.0), progress=False)
+    assert not stale.exists() and len(list(a.rglob("*.png"))) == 3
+
+
+def test_spec_bounds_and_unknown_keys_are_errors(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("views: 3\nimage_sise: 64\n")
+    with pytest.raises(CutoutError, match="unknown keys.*image_sise"):
+        load_cutout_spec(cfg)
+    for bad, match in (("views: 0", "views"), ("image_size: 100000", "image_size"),
+                       ("scale: [0.9, 0.5]", "scale"), ("seed: -1", "seed")):
+        cfg.write_text(bad + "\n")
+        with pytest.raises(CutoutError, match=match):
+            load_cutout_spec(cfg)
+    assert load_cutout_spec("config/render_cutouts.yaml").exclude_dirs == ["cartoon", "symbols"]
+
+
+def test_command_renders_and_reports_a_missing_source(stamps, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli_main(["render-cutouts", "--source", str(stamps), "--out", str(out),
+                     "--views", "2", "--no-progress"]) == 0
+    assert "wrote 6 crops of 3 cut-outs" in capsys.readouterr().out
+    assert cli_main(["render-cutouts", "--source", str(tmp_path / "nowhere"), "--out",
+                     str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cut-out source folder not found" in err and "fetch_cutouts.sh" in err
+
+
+def test_unlabelled_folder_reads_every_image_below_it_with_label_minus_one(stamps, tmp_path):
+    out = tmp_path / "crops"
+    render_cutouts(_spec(stamps, out, views=2), progress=False)
+    vocab = Vocabulary.from_names(["red ball"])
+    data = load_unlabelled_folder(out, vocab, size=32)
+    assert data.images.shape == (6, 32, 32, 3) and data.labels.tolist() == [-1] * 6
+    with pytest.raises(DatasetError, match="not found"):
+        load_unlabelled_folder(tmp_path / "nowhere", vocab)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        load_unlabelled_folder(tmp_path / "empty", vocab)
