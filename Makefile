@@ -59,11 +59,11 @@ demo: setup
 
 # Render the paper's YCB split, train the four ablation configs, evaluate, write results;
 # then the generalised zero-shot table (auxiliary renders, calibration, open set, seeds).
-results: setup
+results: setup cutouts
 	$(VENV)/bin/vl-distill ablate --config config/ablation/ycb_paper.yaml
 	$(VENV)/bin/vl-distill ablate --config config/ablation/ycb_gzsl.yaml
 
-results-gzsl: setup
+results-gzsl: setup cutouts
 	$(VENV)/bin/vl-distill ablate --config config/ablation/ycb_gzsl.yaml
 
 # The shipped default bundle and the teacher on the test renders of the training
@@ -86,16 +86,16 @@ bench: setup
 	@status=0; for f in bench/[!_]*.py; do echo "# $$f" >&2; $(PY) $$f || status=$$?; done; exit $$status
 
 # Rebuild the shipped default student: seed 0 of the last row of the generalised zero-shot
-# table (config/ablation/gzsl_dim_noise.yaml, since session 60), trained by `make results-gzsl`
+# table (config/ablation/gzsl_cutouts.yaml, since session 62), trained by `make results-gzsl`
 # (or here), exported with the 26-label paper vocabulary, its calibration record and its INT8
 # ONNX model (calibrated on the run's training images; used with
 # inference_backend:=onnxruntime_int8).
-default-bundle: setup
+default-bundle: setup cutouts
 	test -f data/ycb_aux/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_aux.yaml
 	test -f data/ycb_renders/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb.yaml
-	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_dim_noise.yaml --resume \
-	    output_dir=runs/ablation_gzsl/dim_noise/seed0
-	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/dim_noise/seed0 \
+	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_cutouts.yaml --resume \
+	    output_dir=runs/ablation_gzsl/cutouts/seed0
+	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/cutouts/seed0 \
 	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx --int8
 
 # The shipped box network (needs the YCB models at ../shared/ycb_models): 130 training bags

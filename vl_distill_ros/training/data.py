@@ -173,7 +173,11 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
             part.labels = np.full(len(part), -1, np.int64)
         parts.append(part)
     for name in data_cfg.unlabelled_splits:
-        parts.append(load_unlabelled_folder(split_folder(data_cfg.root, name), cls_vocab))
+        folder = split_folder(data_cfg.root, name)
+        if not folder.is_dir():
+            raise DatasetError(f"unlabelled folder {folder} not found (`vl-distill "
+                               "render-cutouts` writes data/cutouts: `make cutouts`)")
+        parts.append(load_unlabelled_folder(folder, cls_vocab))
     return TrainingSet(data=_concat(parts, cls_vocab), cls_vocab=cls_vocab,
                        n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id)
 
