@@ -100,7 +100,9 @@ def test_spec_bounds_and_unknown_keys_are_errors(tmp_path):
     with pytest.raises(CutoutError, match="unknown keys.*image_sise"):
         load_cutout_spec(cfg)
     for bad, match in (("views: 0", "views"), ("image_size: 100000", "image_size"),
-                       ("scale: [0.9, 0.5]", "scale"), ("seed: -1", "seed")):
+                       ("scale: [0.9, 0.5]", "scale"), ("seed: -1", "seed"),
+                       ("views: three", "views: expected an integer"),
+                       ("exclude_words: lemon", "exclude_words: expected a list")):
         cfg.write_text(bad + "\n")
         with pytest.raises(CutoutError, match=match):
             load_cutout_spec(cfg)

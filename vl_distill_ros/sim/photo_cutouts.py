@@ -74,12 +74,14 @@ class Cutout:
 
 
 def load_cutout_spec(path: str | Path) -> CutoutSpec:
-    """Read ``path`` (YAML) into a :class:`CutoutSpec`, checking every bound.
+    """Read ``path`` (YAML) into a :class:`CutoutSpec`, checking keys, types and bounds.
 
     Raises:
         CutoutError: unknown keys, wrong types or values out of range.
     """
     import yaml
+
+    from ..config import ConfigError, from_dict
 
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -87,17 +89,13 @@ def load_cutout_spec(path: str | Path) -> CutoutSpec:
         raise CutoutError(f"cannot read cut-out config {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise CutoutError(f"{path}: expected a mapping")
-    known = set(CutoutSpec.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise CutoutError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
     try:
-        spec = CutoutSpec(**raw)
+        spec = from_dict(CutoutSpec, raw, str(path))
         spec.scale = (float(spec.scale[0]), float(spec.scale[1]))
         spec.exclude_dirs = [str(d) for d in spec.exclude_dirs]
         spec.exclude_words = [str(w) for w in spec.exclude_words]
-    except (TypeError, IndexError, ValueError) as exc:
-        raise CutoutError(f"{path}: {exc}") from exc
+    except (ConfigError, TypeError, IndexError, ValueError) as exc:
+        raise CutoutError(str(exc)) from exc
     check_spec(spec)
     return spec
 
