@@ -131,3 +131,55 @@ def test_unlabelled_folder_reads_every_image_below_it_with_label_minus_one(stamp
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images"):
         load_unlabelled_folder(tmp_path / "empty", vocab)
+
+
+def test_the_fetch_script_takes_only_the_stamps_images_and_texts(tmp_path):
+    """``tools/fetch_cutouts.sh`` against a stand-in ``apt-get download`` that hands out a
+    small package of the real one's layout: the stamps' PNG and TXT files (and the copyright)
+    come out, the sounds do not; a second run keeps them without downloading; without
+    apt-get it fails with a message."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed here (not a Debian system)")
+    script = Path(__file__).resolve().parent.parent / "tools" / "fetch_cutouts.sh"
+    pkg = tmp_path / "pkg"
+    stamps = pkg / "usr/share/tuxpaint/stamps"
+    for rel in ("food/fruit/apple.png", "animals/frog.png"):
+        _stamp(stamps / rel, (200, 30, 30), "A thing.")
+        (stamps / rel).with_name(Path(rel).stem + "_desc_fr.ogg").write_bytes(b"OggS")
+    doc = pkg / "usr/share/doc/tuxpaint-stamps-default"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("GPL-2\n")
+    (pkg / "DEBIAN").mkdir()
+    (pkg / "DEBIAN/control").write_text(
+        "Package: tuxpaint-stamps-default\nVersion: 1\nArchitecture: all\n"
+        "Maintainer: test <t@example.org>\nDescription: stand-in\n")
+    deb = tmp_path / "tuxpaint-stamps-default_1_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(pkg), str(deb)],
+                   check=True, capture_output=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apt-get"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = download ] && cp {deb} . && echo 1 >> {tmp_path}/n\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    dest = tmp_path / "dest"
+    done = subprocess.run(["/bin/bash", str(script), str(dest)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "2 stamps" in done.stdout
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert got == ["usr/share/doc/tuxpaint-stamps-default/copyright",
+                   "usr/share/tuxpaint/stamps/animals/frog.png",
+                   "usr/share/tuxpaint/stamps/animals/frog.txt",
+                   "usr/share/tuxpaint/stamps/food/fruit/apple.png",
+                   "usr/share/tuxpaint/stamps/food/fruit/apple.txt"]
+    again = subprocess.run(["/bin/bash", str(script), str(dest)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and (tmp_path / "n").read_text() == "1\n"
+    no_tools = subprocess.run(["/bin/bash", str(script), str(tmp_path / "other")],
+                              env={"PATH": str(tmp_path / "empty")}, capture_output=True,
+                              text=True, timeout=60)
+    assert no_tools.returncode == 1 and "no apt-get" in no_tools.stderr
