@@ -63,6 +63,22 @@ def test_cutouts_without_alpha_or_too_small_are_not_used(stamps):
     assert cut.rgb[30, 30].tolist() == pytest.approx([220 / 255, 20 / 255, 20 / 255], abs=1e-3)
 
 
+def test_broken_and_odd_files_are_skipped_not_fatal(stamps, tmp_path):
+    """A corrupt PNG, a 16-bit one and a greyscale one among the cut-outs: the corrupt and
+    the alpha-less are skipped, the 16-bit one is read as 8-bit; rendering goes on."""
+    (stamps / "food" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    deep = np.zeros((80, 100, 4), np.uint16)
+    cv2.circle(deep, (50, 40), 30, (0, 0, 65535, 65535), -1)
+    cv2.imwrite(str(stamps / "food" / "deep.png"), deep)
+    cv2.imwrite(str(stamps / "food" / "grey.png"), np.full((80, 100), 128, np.uint8))
+    assert read_cutout(stamps / "food" / "broken.png") is None
+    assert read_cutout(stamps / "food" / "grey.png") is None
+    cut = read_cutout(stamps / "food" / "deep.png")
+    assert cut is not None and cut.rgb[30, 30].tolist() == pytest.approx([1.0, 0.0, 0.0])
+    manifest = render_cutouts(_spec(stamps, tmp_path / "out", views=1), progress=False)
+    assert manifest["cutouts"] == 4   # apple, frog, lemonade and the 16-bit one
+
+
 def test_render_writes_every_view_with_the_thing_in_the_middle(stamps, tmp_path):
     out = tmp_path / "crops"
     manifest = render_cutouts(_spec(stamps, out, views=4, clutter_prob=0.0), progress=False)
