@@ -66,7 +66,7 @@ class CutoutSpec:
 
 @dataclass
 class Cutout:
-    """One source cut-out: premultiplied-free RGB (float 0-1), alpha (0-1), its path."""
+    """One source cut-out: straight (not premultiplied) RGB and alpha, both float 0-1."""
 
     rgb: np.ndarray
     alpha: np.ndarray
