@@ -103,11 +103,16 @@ def test_render_is_deterministic_and_clutter_puts_another_thing_behind(stamps, t
         assert p.read_bytes() == (b / p.relative_to(a)).read_bytes()
     assert all(m["domain"] == "clutter" and m["behind"] != Path(m["file"]).name.rsplit("_", 1)[0]
                for m in ma["images"])
-    # a second render replaces the crops of the first (no stale crop survives)
-    stale = a / "food" / "old_0.png"
-    stale.write_bytes(b"")
+    # a second render replaces the crops of the first (no stale crop survives) ...
     render_cutouts(_spec(stamps, a, views=1, clutter_prob=1.0), progress=False)
-    assert not stale.exists() and len(list(a.rglob("*.png"))) == 3
+    assert len(list(a.rglob("*.png"))) == 3 and not (a / "food" / "apple_2.png").exists()
+    # ... but a folder holding other files and no manifest of ours is not emptied
+    other = tmp_path / "photos"
+    (other / "holiday").mkdir(parents=True)
+    (other / "holiday" / "beach.png").write_bytes(b"mine")
+    with pytest.raises(CutoutError, match="refusing"):
+        render_cutouts(_spec(stamps, other, views=1), progress=False)
+    assert (other / "holiday" / "beach.png").read_bytes() == b"mine"
 
 
 def test_spec_bounds_and_unknown_keys_are_errors(tmp_path):

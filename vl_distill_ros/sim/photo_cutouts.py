@@ -257,9 +257,29 @@ def _jobs(paths: Sequence[Path], views: int) -> Iterator[tuple[int, int]]:
             yield i, v
 
 
+def _clear_earlier_crops(out: Path) -> None:
+    """Remove the crops an earlier ``render-cutouts`` listed in ``out/manifest.json``; refuse
+    a folder that holds anything else without such a manifest (it is not ours to empty)."""
+    if out.exists() and not out.is_dir():
+        raise CutoutError(f"output path exists and is not a folder: {out}")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        earlier = json.loads((out / "manifest.json").read_text())["images"]
+        files = [out / str(entry["file"]) for entry in earlier]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CutoutError(f"output folder {out} is not empty and holds no manifest of "
+                          "render-cutouts; refusing to write into it. Choose another --out "
+                          "or empty it.") from exc
+    for f in files:
+        if f.resolve().is_relative_to(out.resolve()) and f.suffix == ".png":
+            f.unlink(missing_ok=True)
+
+
 def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
     """Write ``views`` crops of every usable cut-out under ``spec.out_dir`` (replacing the
-    folder's crops) and its ``manifest.json``; returns the manifest.
+    crops of an earlier run there; a folder holding anything else is refused) and its
+    ``manifest.json``; returns the manifest.
 
     Deterministic for a seed: crop ``v`` of cut-out ``i`` draws from ``(seed, i, v)``.
     """
@@ -272,9 +292,8 @@ def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
     if not cutouts:
         raise CutoutError(f"{root}: no usable RGBA cut-out (they need an alpha channel)")
     out = Path(spec.out_dir)
+    _clear_earlier_crops(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.rglob("*.png"):
-        old.unlink()
     written = []
     for i, v in tqdm(list(_jobs([c.path for c in cutouts], int(spec.views))),
                      desc="cut-outs", unit="crop", disable=not progress):
