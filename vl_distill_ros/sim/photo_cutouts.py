@@ -15,15 +15,17 @@ are skipped, so no kind of object a test scores as unseen is ever shown.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ..atomic_io import atomic_write_bytes
 from .backgrounds import sample_background
 
 #: Largest side (pixels) a cut-out is read at; bigger sources are downsampled first.
@@ -251,12 +253,6 @@ def compose_crop(cut: Cutout, spec: CutoutSpec, rng: np.random.Generator,
     return (np.clip(canvas * 255.0 + 0.5, 0, 255)).astype(np.uint8), meta
 
 
-def _jobs(paths: Sequence[Path], views: int) -> Iterator[tuple[int, int]]:
-    for i in range(len(paths)):
-        for v in range(views):
-            yield i, v
-
-
 def _clear_earlier_crops(out: Path) -> None:
     """Remove the crops an earlier ``render-cutouts`` listed in ``out/manifest.json``; refuse
     a folder that holds anything else without such a manifest (it is not ours to empty)."""
@@ -295,7 +291,7 @@ def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
     _clear_earlier_crops(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, v in tqdm(list(_jobs([c.path for c in cutouts], int(spec.views))),
+    for i, v in tqdm(list(itertools.product(range(len(cutouts)), range(int(spec.views)))),
                      desc="cut-outs", unit="crop", disable=not progress):
         rng = np.random.default_rng([int(spec.seed), i, v])
         other = None
@@ -311,5 +307,6 @@ def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
         written.append({"file": dest.relative_to(out).as_posix(), **meta})
     manifest = {"spec": {**asdict(spec), "scale": list(spec.scale)},
                 "cutouts": len(cutouts), "crops": len(written), "images": written}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    # the next run trusts this list to know what it may delete: never leave half of it
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     return manifest
