@@ -1,5 +1,6 @@
-"""Unlabelled crops of cut-out photos (``vl-distill render-cutouts``, sim/photo_cutouts.py)
-and the training set's unlabelled folders (``data.unlabelled_splits``)."""
+"""Crops of cut-out photos (``vl-distill render-cutouts``, sim/photo_cutouts.py), the names
+their manifest gives them, and the training set's unlabelled and named folders
+(``data.unlabelled_splits``, ``data.named_splits``)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ import pytest
 from vl_distill_ros.cli import main as cli_main
 from vl_distill_ros.model.vocabulary import Vocabulary
 from vl_distill_ros.sim.photo_cutouts import (CutoutError, CutoutSpec, find_cutouts,
-                                              load_cutout_spec, read_cutout, render_cutouts)
-from vl_distill_ros.training.image_folder import DatasetError, load_unlabelled_folder
+                                              load_cutout_spec, name_of, read_cutout,
+                                              render_cutouts)
+from vl_distill_ros.training.image_folder import (DatasetError, load_named_folder,
+                                                  load_unlabelled_folder)
 
 
 def _stamp(path: Path, colour: tuple[int, int, int], text: str | None = None,
@@ -152,6 +155,58 @@ def test_unlabelled_folder_reads_every_image_below_it_with_label_minus_one(stamp
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images"):
         load_unlabelled_folder(tmp_path / "empty", vocab)
+
+
+@pytest.mark.parametrize("stem, text, name", [
+    ("apple_fuji", "A \u201cFuji\u201d apple.", "fuji apple"),
+    ("plyers", "A pair of pliers.", "pliers"),
+    ("tomato", "A ripe, red tomato!", "ripe red tomato"),
+    ("adeenia", "Adenium (Desert Rose)", "adenium"),
+    ("0_sun", "The Sun.", "sun"),
+    ("voyager2", "The Voyager-2 deep-space probe.", "voyager"),   # not plain words
+    ("fireman200b", "A fireman of the city of Springfield fire brigade.", "fireman"),
+    ("7_uranus", "", "uranus"),                                          # no description
+    ("bradley_mirror", None, "apc"),   # a mirrored stamp reads the one it mirrors
+])
+def test_a_stamp_is_named_by_its_description_or_else_its_file_name(tmp_path, stem, text, name):
+    _stamp(tmp_path / "bradley.png", (1, 2, 3), "An APC.")
+    _stamp(tmp_path / f"{stem}.png", (1, 2, 3), text)
+    assert name_of(tmp_path / f"{stem}.png") == name
+
+
+def test_the_manifest_names_each_crop_and_a_named_folder_reads_them(stamps, tmp_path):
+    out = tmp_path / "crops"
+    render_cutouts(_spec(stamps, out, views=2), progress=False)
+    vocab = Vocabulary.from_names(["red ball"])
+    data, names = load_named_folder(out, vocab, size=32)
+    assert data.images.shape == (6, 32, 32, 3) and data.labels.tolist() == [-1] * 6
+    assert names == ["green frog"] * 2 + ["red apple"] * 2 + ["glass of lemonade"] * 2
+    assert [p.name for p in data.paths[:2]] == ["frog_0.png", "frog_1.png"]
+
+
+@pytest.mark.parametrize("manifest, error", [
+    (None, "manifest.json not found"),
+    ("{not json", "not a manifest"),
+    ({"images": []}, "not a manifest"),
+    ({"images": [{"file": "a/x.png"}]}, "not a manifest"),
+    ({"images": [{"file": "a/x.png", "name": " "}]}, "no usable name"),
+    ({"images": [{"file": "a/x.png", "name": "x" * 65}]}, "no usable name"),
+    ({"images": [{"file": "a/x.png", "name": "unknown"}]}, "reserved"),
+    ({"images": [{"file": "a/x.png", "name": "bell\u0007"}]}, "control characters"),
+    ({"images": [{"file": "../outside.png", "name": "cup"}]}, "not an image file inside"),
+    ({"images": [{"file": "a/x.txt", "name": "cup"}]}, "not an image file inside"),
+    ({"images": [{"file": "a/gone.png", "name": "cup"}]}, "cannot read image"),
+])
+def test_a_bad_named_folder_is_a_clear_error(tmp_path, manifest, error):
+    root = tmp_path / "named"
+    _stamp(root / "a" / "x.png", (9, 9, 9))
+    (root / "a" / "x.txt").write_text("x")
+    _stamp(tmp_path / "outside.png", (9, 9, 9))
+    if manifest is not None:
+        (root / "manifest.json").write_text(manifest if isinstance(manifest, str)
+                                            else json.dumps(manifest))
+    with pytest.raises(DatasetError, match=error):
+        load_named_folder(root, Vocabulary.from_names(["cup"]))
 
 
 def test_the_fetch_script_takes_only_the_stamps_images_and_texts(tmp_path):

@@ -501,6 +501,43 @@ def test_unlabelled_folders_feed_the_teacher_only_losses(toy: Path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+def _named_folder(toy: Path, folder: str, names: dict[str, str]) -> Path:
+    """A folder of the toy's auxiliary images with a render-cutouts style manifest naming
+    each image by its object's entry in ``names`` (object key -> name)."""
+    out = toy / folder
+    entries = []
+    for key, name in names.items():
+        for png in sorted((toy / "aux" / "aux" / key).glob("*.png")):
+            (out / "things").mkdir(parents=True, exist_ok=True)
+            (out / "things" / png.name).write_bytes(png.read_bytes())
+            entries.append({"file": f"things/{png.name}", "name": name})
+    (out / "manifest.json").write_text(json.dumps({"images": entries}))
+    return out
+
+
+def test_named_folders_join_l_cls_with_their_names(toy: Path, capsys):
+    """``data.named_splits``: each image's manifest name becomes a label of L_cls (a name
+    already among the ID labels labels that class), the names are exported as trained
+    names; a folder that names an OOD object is refused."""
+    named = _named_folder(toy, "named", {"purple_ball": "plum-coloured sphere",
+                                         "orange_box": "Red  Ball"})
+    cfg = _config(toy, "run_named", data={"named_splits": [str(named)]}, optim={"epochs": 1})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    # 2 ID labels + 1 new name; "Red  Ball" is the ID object's name, folded
+    assert "(24 labelled ID, 12 auxiliary), L_cls over 3 labels" in capsys.readouterr().out
+    meta = yaml.safe_load((toy / "run_named" / "student_final.yaml").read_text())
+    assert meta["trained_names"] == ["red ball", "green box", "plum-coloured sphere"]
+    rows = [json.loads(x) for x in (toy / "run_named" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert rows[-1]["cls"] > 0
+    leak = _named_folder(toy, "named_leak", {"purple_ball": "purple thing",
+                                             "orange_box": "BLUE_BALL"})
+    cfg = _config(toy, "run_named_leak", data={"named_splits": [str(leak)]})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unseen" in err and "blue ball" in err
+
+
 def test_auxiliary_folder_with_a_split_object_is_refused(toy: Path, capsys):
     """Images of the split's OOD objects can never be auxiliary training data."""
     cfg = _config(toy, "run_leak", data={"aux_splits": [str(toy / "data" / "test_ood")]})

@@ -184,6 +184,11 @@ class DataConfig:
     #: ignored), e.g. ``data/cutouts`` (``vl-distill render-cutouts``): distilled on with the
     #: label-free losses only. They must show no kind of object a test scores as unseen.
     unlabelled_splits: list[str] = field(default_factory=list)
+    #: Folders of images of things of any kind whose ``manifest.json`` names each image
+    #: (``images: [{file, name}]``, as ``vl-distill render-cutouts`` writes it): distilled on
+    #: with every loss, their names joining L_cls's labels (and the trained names). They
+    #: must show and name no kind of object a test scores as unseen.
+    named_splits: list[str] = field(default_factory=list)
     #: Broad text vocabulary of L_vl-kl: ``imagenet`` (the 1000 ImageNet class names that
     #: ship with open_clip), a vocabulary YAML path, or empty (none).
     broad_vocabulary: str = ""

@@ -5,8 +5,10 @@ photos (an RGBA image per thing, transparent around it, such as the stamps Debia
 ``tuxpaint-stamps-default`` ships: animals, food, tools, dishes, plants, vehicles) are
 composited, one per crop, onto the procedural backgrounds of :mod:`.backgrounds` with a
 soft shadow, a random scale, turn, flip and offset, and in the ``clutter`` domain a second
-cut-out partly behind it. The crops are **unlabelled**: training uses them with the
-teacher-only losses (``data.unlabelled_splits``), so their names never matter.
+cut-out partly behind it. Each crop's manifest entry names the thing it shows (``name``:
+:func:`name_of`, from the stamp's English description), so training can use the crops
+unlabelled with the teacher-only losses (``data.unlabelled_splits``) or with their names in
+L_cls as well (``data.named_splits``).
 
 ``vl-distill render-cutouts --config config/render_cutouts.yaml`` writes them as
 ``<out_dir>/<category path>/<stem>_<i>.png`` plus ``manifest.json``; cut-outs whose path or
@@ -128,6 +130,25 @@ def description_of(png: Path) -> str:
             return f.readline(500).strip()
     except OSError:
         return ""
+
+
+_ARTICLE = re.compile(r"^(?:a pair of|a bunch of|a head of|an|a|the|some|two)\s+", re.I)
+_QUOTES = re.compile("[\"\u201c\u201d\u2018\u2019']")
+
+
+def name_of(png: Path) -> str:
+    """A short, lower-case name of the thing a stamp shows: its English description's first
+    clause without the article when that is 1-4 plain words ("A \u201cFuji\u201d apple." ->
+    ``fuji apple``), else the file stem without digits and ``_mirror`` (``fireman200b`` ->
+    ``fireman``). A ``*_mirror`` stamp reads the description of the stamp it mirrors."""
+    stem = re.sub(r"_mirror$", "", png.stem)
+    text = description_of(png) or description_of(png.with_name(stem + png.suffix))
+    first = _QUOTES.sub("", re.split(r"[.!?(:;\u2014]", text, maxsplit=1)[0]).replace(",", " ")
+    words = _ARTICLE.sub("", first.strip()).split()
+    if 1 <= len(words) <= 4 and all(re.fullmatch(r"[A-Za-z][A-Za-z-]*", w) for w in words):
+        return " ".join(words).lower()
+    stem = re.sub(r"^\d+_|[-_ ]*\d+[a-z]?$", "", stem)
+    return re.sub(r"[_\-\s]+", " ", stem).strip().lower() or "thing"
 
 
 def find_cutouts(spec: CutoutSpec) -> list[Path]:
@@ -304,7 +325,8 @@ def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
             raise CutoutError(f"cannot write {dest}")
-        written.append({"file": dest.relative_to(out).as_posix(), **meta})
+        written.append({"file": dest.relative_to(out).as_posix(),
+                        "name": name_of(cutouts[i].path), **meta})
     manifest = {"spec": {**asdict(spec), "scale": list(spec.scale)},
                 "cutouts": len(cutouts), "crops": len(written), "images": written}
     # the next run trusts this list to know what it may delete: never leave half of it

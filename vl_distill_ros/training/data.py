@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, TeacherConfig
-from .image_folder import (DatasetError, LabeledImages, list_image_folder,
+from .image_folder import (DatasetError, LabeledImages, list_image_folder, load_named_folder,
                            load_image_folder, load_unlabelled_folder)
 from .teacher_cache import TeacherImageCache, file_digest
 from ..model.teachers import Teacher
 from ..model.teachers.factory import build_teacher, teacher_id_for
-from ..model.vocabulary import Split, Vocabulary
+from ..model.vocabulary import Label, Split, Vocabulary
 from ..model.zero_shot import build_zero_shot_classifier
 
 #: Rendered splits and the label set each is scored against.
@@ -124,7 +124,8 @@ class TrainingSet:
         data: all training images; ``labels`` index ``cls_vocab`` or are -1 (unlabelled
             auxiliary images, used by the teacher-only losses alone).
         cls_vocab: the label set of L_cls (the ID labels, plus the auxiliary names with
-            ``loss.cls_label_set: id+aux``); these are the names the student was trained on.
+            ``loss.cls_label_set: id+aux``, plus the names of ``data.named_splits``); these
+            are the names the student was trained on.
         n_labelled_id: images of the split's ID objects.
         n_aux: auxiliary images.
     """
@@ -138,12 +139,14 @@ class TrainingSet:
 def load_training_set(data_cfg: DataConfig, cls_label_set: str,
                       vocabs: Vocabularies) -> TrainingSet | None:
     """Labelled ID images of ``data.train_splits`` plus ``data.aux_splits`` plus the images
-    of ``data.unlabelled_splits`` (label -1); None when the first training split is missing
+    of ``data.named_splits`` (labelled with their names, which join L_cls) plus those of
+    ``data.unlabelled_splits`` (label -1); None when the first training split is missing
     (nothing rendered yet).
 
     Raises:
-        DatasetError: an auxiliary folder holds an object of the split (ID or OOD): only
-            objects outside the split may be auxiliary, so no OOD image is ever trained on.
+        DatasetError: an auxiliary folder holds an object of the split (ID or OOD), or a
+            named folder names one of its OOD objects: only objects outside the split may
+            be auxiliary, so no OOD image or name is ever trained on.
     """
     parts = []
     for name in data_cfg.train_splits:
@@ -172,6 +175,9 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
         else:
             part.labels = np.full(len(part), -1, np.int64)
         parts.append(part)
+    for name in data_cfg.named_splits:
+        part, cls_vocab = _named_part(split_folder(data_cfg.root, name), cls_vocab, vocabs)
+        parts.append(part)
     for name in data_cfg.unlabelled_splits:
         folder = split_folder(data_cfg.root, name)
         if not folder.is_dir():
@@ -180,6 +186,40 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
         parts.append(load_unlabelled_folder(folder, cls_vocab))
     return TrainingSet(data=_concat(parts, cls_vocab), cls_vocab=cls_vocab,
                        n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id)
+
+
+def _named_part(folder: Path, cls_vocab: Vocabulary,
+                vocabs: Vocabularies) -> tuple[LabeledImages, Vocabulary]:
+    """A named folder's images labelled by name, and ``cls_vocab`` with its new names
+    appended (a name already in it, such as an ID object's, labels that class)."""
+    if not folder.is_dir():
+        raise DatasetError(f"named folder {folder} not found (`vl-distill render-cutouts` "
+                           "writes data/cutouts: `make cutouts`)")
+    part, names = load_named_folder(folder, cls_vocab)
+    fold = {_fold(n) for n in names}
+    ood = sorted(lb.name for lb in vocabs.ood.labels if {_fold(lb.name), _fold(lb.key)} & fold)
+    if ood:
+        raise DatasetError(f"named folder {folder} names objects the split holds out as "
+                           f"unseen ({', '.join(ood)}); no OOD name may be trained on")
+    known = {_fold(n) for n in cls_vocab.names} | {_fold(k) for k in cls_vocab.keys}
+    new: dict[str, str] = {}
+    for n in names:
+        if _fold(n) not in known:
+            new.setdefault(_fold(n), n)
+    if new:
+        cls_vocab = Vocabulary(cls_vocab.labels + tuple(
+            Label(name=n, key=n.replace(" ", "_")) for n in new.values()))
+    index = {}
+    for i, lb in enumerate(cls_vocab.labels):
+        index.setdefault(_fold(lb.key), i)
+    for i, lb in enumerate(cls_vocab.labels):
+        index[_fold(lb.name)] = i
+    part.labels = np.array([index[_fold(n)] for n in names], np.int64)
+    return part, cls_vocab
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.replace("_", " ").split()).casefold()
 
 
 def full_vocabulary(data_cfg: DataConfig) -> Vocabulary:

@@ -5,6 +5,7 @@ match vocabulary labels by key, by name, or by name with underscores for spaces.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +13,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..model.vocabulary import Vocabulary
+from ..atomic_io import FileRejected, read_regular_file
+from ..model.vocabulary import MAX_NAME_LENGTH, Vocabulary, VocabularyError
+
+#: Largest ``manifest.json`` of a named image folder read, in bytes (16 MiB).
+MAX_MANIFEST_BYTES = 16 << 20
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -102,6 +107,52 @@ def load_unlabelled_folder(root: str | Path, vocabulary: Vocabulary,
     images = np.stack([read_rgb(p, size) for p in paths])
     return LabeledImages(images=images, labels=np.full(len(paths), -1, np.int64), paths=paths,
                          vocabulary=vocabulary)
+
+
+def load_named_folder(root: str | Path, vocabulary: Vocabulary,
+                      size: int = 160) -> tuple[LabeledImages, list[str]]:
+    """The images a folder's ``manifest.json`` lists (``images: [{file, name}, ...]``, as
+    ``vl-distill render-cutouts`` writes it) and each one's name; the images' labels are
+    ``-1`` until the caller maps the names to its label set (``vocabulary`` is only carried
+    along).
+
+    Raises:
+        DatasetError: the folder or its manifest is missing, unreadable or malformed (an
+            entry without a usable name, a file outside the folder or missing).
+    """
+    root = Path(root)
+    manifest = root / "manifest.json"
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    try:
+        entries = json.loads(read_regular_file(manifest, MAX_MANIFEST_BYTES))["images"]
+        if not isinstance(entries, list) or not entries:
+            raise TypeError("'images' is not a non-empty list")
+        pairs = [(str(e["file"]), e["name"]) for e in entries]
+    except FileNotFoundError:
+        raise DatasetError(f"{manifest} not found: a named folder lists its images and their "
+                           "names there (`vl-distill render-cutouts` writes one)") from None
+    except (FileRejected, OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{manifest}: not a manifest of named images "
+                           f"({{'images': [{{'file', 'name'}}, ...]}}): {exc}") from None
+    paths, names = [], []
+    top = root.resolve()
+    for file, name in pairs:
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+            raise DatasetError(f"{manifest}: {file!r} has no usable name ({name!r}: 1-"
+                               f"{MAX_NAME_LENGTH} characters)")
+        path = root / file
+        if not path.resolve().is_relative_to(top) or path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DatasetError(f"{manifest}: {file!r} is not an image file inside {root}")
+        paths.append(path)
+        names.append(" ".join(name.split()))
+    try:
+        Vocabulary.from_names(sorted({n.casefold(): n for n in names}.values()))
+    except VocabularyError as exc:
+        raise DatasetError(f"{manifest}: {exc}") from None
+    images = np.stack([read_rgb(p, size) for p in paths])
+    return LabeledImages(images=images, labels=np.full(len(paths), -1, np.int64), paths=paths,
+                         vocabulary=vocabulary), names
 
 
 def load_image_folder(root: str | Path, vocabulary: Vocabulary,
