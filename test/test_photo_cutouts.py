@@ -259,3 +259,49 @@ def test_the_fetch_script_takes_only_the_stamps_images_and_texts(tmp_path):
                               env={"PATH": str(tmp_path / "empty")}, capture_output=True,
                               text=True, timeout=60)
     assert no_tools.returncode == 1 and "no apt-get" in no_tools.stderr
+
+
+def test_names_the_teacher_cannot_tell_apart_are_folded_into_one_label(tmp_path):
+    """``merge_similar_names``: a named folder's name whose text embedding is at least
+    ``max_similarity`` from an earlier label's is folded into the most similar one, an ID
+    label included; the labels and the text rows are compacted; 1.0 changes nothing."""
+    import torch
+
+    from vl_distill_ros.training.data import TrainingSet, merge_similar_names
+    from vl_distill_ros.training.image_folder import LabeledImages
+
+    names = ["apple", "bowl", "red apple", "candle", "lit candle", "frog"]
+    vocab = Vocabulary.from_names(names)
+    e = {"apple": [1, 0, 0, 0], "bowl": [0, 1, 0, 0], "red apple": [0.95, 0.1, 0, 0.05],
+         "candle": [0, 0, 1, 0], "lit candle": [0, 0.05, 0.97, 0.1], "frog": [0, 0, 0, 1]}
+    text = torch.tensor([e[n] for n in names], dtype=torch.float32)
+    labels = np.array([0, 1, -1, 2, 3, 4, 5, 2], np.int64)
+    data = LabeledImages(images=np.zeros((8, 4, 4, 3), np.uint8), labels=labels,
+                         paths=[tmp_path / f"{i}.png" for i in range(8)], vocabulary=vocab)
+    ts = TrainingSet(data=data, cls_vocab=vocab, n_labelled_id=2, n_aux=6, first_named_label=2)
+    same, same_text = merge_similar_names(ts, text, 1.0)
+    assert same is ts and same_text is text
+    merged, merged_text = merge_similar_names(ts, text, 0.9)
+    # red apple -> apple (an ID label), lit candle -> candle (an earlier named one)
+    assert merged.cls_vocab.names == ["apple", "bowl", "candle", "frog"]
+    assert merged.data.labels.tolist() == [0, 1, -1, 0, 2, 2, 3, 0]
+    assert torch.equal(merged_text, text[[0, 1, 3, 5]])
+    assert merged.first_named_label == 2 and merged.data.paths == data.paths
+    # the ID labels are never folded into anything, however close
+    ts_id = TrainingSet(data=data, cls_vocab=vocab, n_labelled_id=2, n_aux=6,
+                        first_named_label=3)
+    assert merge_similar_names(ts_id, text, 0.5)[0].cls_vocab.names[:3] == names[:3]
+
+
+@pytest.mark.parametrize("value, ok", [(0.8, True), (1.0, True), (0.0, False), (1.5, False),
+                                       (-0.2, False)])
+def test_the_merge_similarity_is_bounded(tmp_path, value, ok):
+    from vl_distill_ros.config import ConfigError, load_train_config
+
+    path = tmp_path / "train.yaml"
+    path.write_text(f"data:\n  named_splits: [data/cutouts]\n  named_merge_similarity: {value}\n")
+    if ok:
+        assert load_train_config(path).data.named_merge_similarity == value
+    else:
+        with pytest.raises(ConfigError, match="named_merge_similarity"):
+            load_train_config(path)

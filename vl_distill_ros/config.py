@@ -189,6 +189,9 @@ class DataConfig:
     #: with every loss, their names joining L_cls's labels (and the trained names). They
     #: must show and name no kind of object a test scores as unseen.
     named_splits: list[str] = field(default_factory=list)
+    #: A name of ``named_splits`` whose teacher text embedding has at least this cosine to
+    #: an earlier label's is folded into that label (1: only equal names are one label).
+    named_merge_similarity: float = 1.0
     #: Broad text vocabulary of L_vl-kl: ``imagenet`` (the 1000 ImageNet class names that
     #: ship with open_clip), a vocabulary YAML path, or empty (none).
     broad_vocabulary: str = ""
@@ -313,6 +316,9 @@ def validate_train_config(cfg: "TrainConfig") -> None:
                           f"{cfg.calibration.max_bias}")
     if cfg.loss.vlkl_weight > 0 and not cfg.data.broad_vocabulary:
         raise ConfigError("loss.vlkl_weight > 0 needs data.broad_vocabulary (e.g. imagenet)")
+    if not 0.0 < cfg.data.named_merge_similarity <= 1.0:
+        raise ConfigError(f"data.named_merge_similarity must be in (0, 1], got "
+                          f"{cfg.data.named_merge_similarity}")
     if cfg.loss.cls_label_set == "id+aux" and not cfg.data.aux_splits:
         raise ConfigError("loss.cls_label_set 'id+aux' needs data.aux_splits")
     if not cfg.data.train_splits:

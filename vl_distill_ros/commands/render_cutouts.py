@@ -1,4 +1,4 @@
-"""``vl-distill render-cutouts``: unlabelled crops of cut-out photos on rendered backgrounds."""
+"""``vl-distill render-cutouts``: named crops of cut-out photos on rendered backgrounds."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,13 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``render-cutouts`` subcommand to ``subparsers`` (sets ``func=run``)."""
     p = subparsers.add_parser(
-        "render-cutouts", help="unlabelled crops of cut-out photos of many kinds of things",
+        "render-cutouts", help="crops of cut-out photos of many kinds of things",
         description="Composite RGBA cut-out photos (by default the stamps of Debian's "
                     "tuxpaint-stamps-default, fetched by tools/fetch_cutouts.sh) onto the "
                     "renderer's procedural backgrounds: <out>/<category>/<stem>_<i>.png plus "
-                    "manifest.json, unlabelled training crops for the teacher-only losses "
-                    "(data.unlabelled_splits). Deterministic for a given seed.")
+                    "manifest.json (each crop's file and name), training crops for the "
+                    "teacher-only losses (data.unlabelled_splits) or for every loss with "
+                    "their names (data.named_splits). Deterministic for a given seed.")
     p.add_argument("--config", default="config/render_cutouts.yaml",
                    help="cut-out YAML (default: %(default)s)")
     p.add_argument("--source", default=None, help="folder of RGBA *.png cut-outs; overrides "

@@ -128,12 +128,19 @@ class TrainingSet:
             are the names the student was trained on.
         n_labelled_id: images of the split's ID objects.
         n_aux: auxiliary images.
+        first_named_label: index in ``cls_vocab`` of the first name a named folder added
+            (``len(cls_vocab)`` when none did).
     """
 
     data: LabeledImages
     cls_vocab: Vocabulary
     n_labelled_id: int
     n_aux: int
+    first_named_label: int = -1
+
+    def __post_init__(self) -> None:
+        if self.first_named_label < 0:
+            self.first_named_label = len(self.cls_vocab)
 
 
 def load_training_set(data_cfg: DataConfig, cls_label_set: str,
@@ -175,6 +182,7 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
         else:
             part.labels = np.full(len(part), -1, np.int64)
         parts.append(part)
+    first_named = len(cls_vocab)
     for name in data_cfg.named_splits:
         part, cls_vocab = _named_part(split_folder(data_cfg.root, name), cls_vocab, vocabs)
         parts.append(part)
@@ -185,7 +193,40 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
                                "render-cutouts` writes data/cutouts: `make cutouts`)")
         parts.append(load_unlabelled_folder(folder, cls_vocab))
     return TrainingSet(data=_concat(parts, cls_vocab), cls_vocab=cls_vocab,
-                       n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id)
+                       n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id,
+                       first_named_label=first_named)
+
+
+def merge_similar_names(train_set: TrainingSet, text_emb: torch.Tensor,
+                        max_similarity: float) -> tuple[TrainingSet, torch.Tensor]:
+    """Fold each name a named folder added into the most similar label before it when their
+    teacher text embeddings' cosine is at least ``max_similarity`` (``candle`` into ``lit
+    candle``, ``red apple`` into ``apple``): L_cls then never asks the student to tell apart
+    names its teacher cannot. Returns the training set relabelled over the kept labels and
+    their rows of ``text_emb``; unchanged when ``max_similarity`` is 1 or more or no name
+    was added."""
+    start, n = train_set.first_named_label, len(train_set.cls_vocab)
+    if max_similarity >= 1.0 or start >= n:
+        return train_set, text_emb
+    t = torch.nn.functional.normalize(text_emb.detach().float().cpu(), dim=-1)
+    keep = list(range(start))
+    into = np.arange(n)
+    for i in range(start, n):
+        sims = t[i] @ t[keep].T if keep else torch.zeros(0)
+        if len(sims) and float(sims.max()) >= max_similarity:
+            into[i] = keep[int(sims.argmax())]
+        else:
+            keep.append(i)
+    new_index = np.full(n, -1, np.int64)
+    new_index[keep] = np.arange(len(keep))
+    labels = train_set.data.labels
+    relabelled = np.where(labels >= 0, new_index[into[np.maximum(labels, 0)]], -1)
+    vocab = Vocabulary(tuple(train_set.cls_vocab.labels[i] for i in keep))
+    data = LabeledImages(images=train_set.data.images, labels=relabelled,
+                         paths=train_set.data.paths, vocabulary=vocab)
+    return (TrainingSet(data=data, cls_vocab=vocab, n_labelled_id=train_set.n_labelled_id,
+                        n_aux=train_set.n_aux, first_named_label=start),
+            text_emb[torch.as_tensor(keep, device=text_emb.device)])
 
 
 def _named_part(folder: Path, cls_vocab: Vocabulary,

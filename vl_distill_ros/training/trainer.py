@@ -31,8 +31,9 @@ from .losses import DistillLoss
 from .metrics import accuracy
 from ..perception.preprocess import preprocess_crops
 from ..model.student import Student, build_student
-from .data import (LazyTeacher, broad_text_embeddings, load_split_images, load_training_set,
-                   load_vocabularies, teacher_image_targets, text_classifier)
+from .data import (LazyTeacher, TrainingSet, broad_text_embeddings, load_split_images,
+                   load_training_set, load_vocabularies, merge_similar_names,
+                   teacher_image_targets, text_classifier)
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "student_final.pt"
@@ -360,6 +361,14 @@ def _resume_checkpoint(cfg: TrainConfig, env: DistEnv, ckpt_path: Path,
     return None, 0
 
 
+def _label_texts(cfg: TrainConfig, env: DistEnv, teacher: "LazyTeacher",
+                 train_set: TrainingSet) -> tuple[TrainingSet, torch.Tensor]:
+    """The teacher text embeddings of L_cls's labels (on the run's device), after the names
+    of named folders that the teacher's text cannot tell apart are folded together."""
+    text_emb = text_classifier(teacher, train_set.cls_vocab, cfg.data).to(env.device)
+    return merge_similar_names(train_set, text_emb, cfg.data.named_merge_similarity)
+
+
 def _targets(cfg: TrainConfig, env: DistEnv, teacher: "LazyTeacher", train_data,
              progress: bool) -> torch.Tensor:
     """The teacher's image embeddings of the training set: rank 0 fills the cache, then
@@ -539,7 +548,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         teacher.get().to(env.device)
     else:
         targets = _targets(cfg, env, teacher, train_data, progress)
-    text_emb = text_classifier(teacher, train_set.cls_vocab, cfg.data).to(env.device)
+    train_set, text_emb = _label_texts(cfg, env, teacher, train_set)
+    train_data = train_set.data
     embed_dim = text_emb.shape[1]
     val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
     broad = (broad_text_embeddings(teacher, cfg.data).to(env.device)
