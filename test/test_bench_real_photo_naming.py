@@ -36,3 +36,27 @@ def test_missing_labels_file_is_a_clear_error(tmp_path, capsys):
     assert real_photo_naming.main(["--no-teacher", "--labels", str(tmp_path / "none.json")]) \
         == 2
     assert "none.json" in capsys.readouterr().out
+
+
+def test_real_photos_of_ycb_kinds_are_named_beside_the_26(capsys):
+    """``bench/real_photos_ycb_kinds.json``: opencv-doc's close-ups of fruit (an apple, an
+    orange, cut fruit); every box lies inside its photo and is named, and among the photos'
+    names with the 26 the vocabulary is the 26 plus the two that are no YCB object."""
+    import cv2
+
+    labels = REPO / "bench" / "real_photos_ycb_kinds.json"
+    doc = json.loads(labels.read_text())
+    folder = REPO / "data" / "opencv-doc" / "usr/share/doc/opencv-doc/examples/data"
+    if not (folder / "fruits.jpg").is_file():
+        pytest.skip("opencv-doc's photos are not here (make real-photos-data fetches them)")
+    for name, entry in doc["images"].items():
+        h, w = cv2.imread(str(folder / name)).shape[:2]
+        assert len(entry["boxes"]) == len(entry["labels"])
+        for x, y, bw, bh in entry["boxes"]:
+            assert 0 <= x < x + bw <= w and 0 <= y < y + bh <= h
+    assert real_photo_naming.main(["--no-teacher", "--labels", str(labels)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["photos"] == {"apple.jpg": 1, "orange.jpg": 1, "fruits.jpg": 4}
+    both = out["results"]["photo_names_and_26"]
+    assert both["names"] == 28 and both["student"]["objects"] == 6   # + lime and kiwi
+    assert sorted(both["student"]["per_name"]) == ["apple", "kiwi", "lemon", "lime", "orange"]

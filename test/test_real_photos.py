@@ -198,12 +198,14 @@ def test_the_fetch_script_keeps_photos_it_has_and_says_when_it_cannot_fetch(tmp_
     script = real_photos.REPO / "tools" / "fetch_real_photos.sh"
     listed = re.search(r"^FILES=\((.*)\)$", script.read_text(), re.M).group(1).split()
     labels = json.loads(real_photos.LABELS.read_text())["images"]
+    fruit = json.loads((real_photos.REPO / "bench" / "real_photos_ycb_kinds.json").read_text())
+    assert fruit["package"] == "opencv-doc" and "package" not in str(fruit["images"])
     assert listed == [n for n, e in labels.items() if e.get("package") == "opencv-doc"] \
-        == list(OPENCV_DOC_PHOTOS)
+        + list(fruit["images"]) == list(OPENCV_DOC_PHOTOS) + list(fruit["images"])
     have = tmp_path / "have"
     folder = have / real_photos.OPENCV_DOC_DATA
     folder.mkdir(parents=True)
-    for name in OPENCV_DOC_PHOTOS:
+    for name in listed:
         (folder / name).write_bytes(b"x")
     no_tools = tmp_path / "bin"
     no_tools.mkdir()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fetch the real photos of bench/real_photos.json that Debian's opencv-doc package ships
-# (OpenCV's samples/data: the FILES below) into DEST (default
+# Fetch the real photos of bench/real_photos.json and bench/real_photos_ycb_kinds.json that
+# Debian's opencv-doc package ships (OpenCV's samples/data: the FILES below) into DEST (default
 # data/opencv-doc), without installing the package and without root: `apt-get download`
 # then only those files out of its data archive. Nothing is copied into the repository.
 # A machine with the package installed needs none of this (bench/real_photos.py also looks
@@ -8,7 +8,7 @@
 set -euo pipefail
 DEST=${1:-data/opencv-doc}
 INNER=usr/share/doc/opencv-doc/examples/data
-FILES=(stuff.jpg blox.jpg smarties.png box_in_scene.png rubberwhale1.png)
+FILES=(stuff.jpg blox.jpg smarties.png box_in_scene.png rubberwhale1.png apple.jpg orange.jpg fruits.jpg)
 have_all() {
     local f
     for f in "${FILES[@]}"; do [ -s "$1/$f" ] || return 1; done
