@@ -167,6 +167,10 @@ def test_unlabelled_folder_reads_every_image_below_it_with_label_minus_one(stamp
     ("fireman200b", "A fireman of the city of Springfield fire brigade.", "fireman"),
     ("7_uranus", "", "uranus"),                                          # no description
     ("bradley_mirror", None, "apc"),   # a mirrored stamp reads the one it mirrors
+    ("mystery_box", "Unknown.", "mystery box"),   # never the reserved name
+    ("unknown", "Unknown!", "thing"),
+    ("caf\u00e9_t\u00e4ble\u0007", "", "caf t ble"),   # only plain characters
+    ("x" * 80, "", "x" * 64),
 ])
 def test_a_stamp_is_named_by_its_description_or_else_its_file_name(tmp_path, stem, text, name):
     _stamp(tmp_path / "bradley.png", (1, 2, 3), "An APC.")

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from ..atomic_io import atomic_write_bytes
+from ..model.vocabulary import MAX_NAME_LENGTH, UNKNOWN_NAME
 from .backgrounds import sample_background
 
 #: Largest side (pixels) a cut-out is read at; bigger sources are downsampled first.
@@ -140,15 +141,20 @@ def name_of(png: Path) -> str:
     """A short, lower-case name of the thing a stamp shows: its English description's first
     clause without the article when that is 1-4 plain words ("A \u201cFuji\u201d apple." ->
     ``fuji apple``), else the file stem without digits and ``_mirror`` (``fireman200b`` ->
-    ``fireman``). A ``*_mirror`` stamp reads the description of the stamp it mirrors."""
+    ``fireman``). A ``*_mirror`` stamp reads the description of the stamp it mirrors. Always
+    a valid vocabulary name: ASCII letters, digits, spaces and hyphens, at most 64
+    characters, never the reserved ``unknown`` (``thing`` when nothing else is left)."""
     stem = re.sub(r"_mirror$", "", png.stem)
     text = description_of(png) or description_of(png.with_name(stem + png.suffix))
     first = _QUOTES.sub("", re.split(r"[.!?(:;\u2014]", text, maxsplit=1)[0]).replace(",", " ")
     words = _ARTICLE.sub("", first.strip()).split()
+    name = ""
     if 1 <= len(words) <= 4 and all(re.fullmatch(r"[A-Za-z][A-Za-z-]*", w) for w in words):
-        return " ".join(words).lower()
-    stem = re.sub(r"^\d+_|[-_ ]*\d+[a-z]?$", "", stem)
-    return re.sub(r"[_\-\s]+", " ", stem).strip().lower() or "thing"
+        name = " ".join(words).lower()
+    if not name or name == UNKNOWN_NAME or len(name) > MAX_NAME_LENGTH:
+        stem = re.sub(r"^\d+_|[-_ ]*\d+[a-z]?$", "", stem)
+        name = " ".join(re.sub(r"[^a-z0-9]+", " ", stem.lower()).split())[:MAX_NAME_LENGTH]
+    return name.strip() if name.strip() not in ("", UNKNOWN_NAME) else "thing"
 
 
 def find_cutouts(spec: CutoutSpec) -> list[Path]:
