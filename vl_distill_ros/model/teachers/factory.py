@@ -61,7 +61,7 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     from .conse import ConSETeacher
 
     return ConSETeacher(top_t=cfg.top_t, temperature=cfg.temperature, device=device,
-                        batch_size=cfg.batch_size)
+                        batch_size=cfg.batch_size, classifier_name=cfg.offline_classifier)
 
 
 def teacher_id_for(cfg: TeacherConfig) -> str:
@@ -77,7 +77,7 @@ def teacher_id_for(cfg: TeacherConfig) -> str:
         return open_clip_teacher_id(cfg.model, _pretrained(cfg))
     from .conse import conse_teacher_id
 
-    return conse_teacher_id(cfg.top_t, cfg.temperature)
+    return conse_teacher_id(cfg.top_t, cfg.temperature, cfg.offline_classifier)
 
 
 def teacher_spec(cfg: TeacherConfig, teacher_id: str | None = None) -> dict[str, Any]:
@@ -93,6 +93,8 @@ def teacher_spec(cfg: TeacherConfig, teacher_id: str | None = None) -> dict[str,
         spec.update(model=cfg.model, pretrained=_pretrained(cfg))
     else:
         spec.update(top_t=int(cfg.top_t), temperature=float(cfg.temperature))
+        if cfg.offline_classifier != TeacherConfig.offline_classifier:
+            spec["offline_classifier"] = cfg.offline_classifier
     return spec
 
 
