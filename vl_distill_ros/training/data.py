@@ -237,30 +237,24 @@ def _named_part(folder: Path, cls_vocab: Vocabulary,
         raise DatasetError(f"named folder {folder} not found (`vl-distill render-cutouts` "
                            "writes data/cutouts: `make cutouts`)")
     part, names = load_named_folder(folder, cls_vocab)
-    fold = {_fold(n) for n in names}
-    ood = sorted(lb.name for lb in vocabs.ood.labels if {_fold(lb.name), _fold(lb.key)} & fold)
+    distinct = list(dict.fromkeys(names))
+    ood = sorted({vocabs.ood[vocabs.ood.index(n)].name for n in distinct if _has(vocabs.ood, n)})
     if ood:
         raise DatasetError(f"named folder {folder} names objects the split holds out as "
                            f"unseen ({', '.join(ood)}); no OOD name may be trained on")
-    known = {_fold(n) for n in cls_vocab.names} | {_fold(k) for k in cls_vocab.keys}
-    new: dict[str, str] = {}
-    for n in names:
-        if _fold(n) not in known:
-            new.setdefault(_fold(n), n)
-    if new:
-        cls_vocab = Vocabulary(cls_vocab.labels + tuple(
-            Label(name=n, key=n.replace(" ", "_")) for n in new.values()))
-    index = {}
-    for i, lb in enumerate(cls_vocab.labels):
-        index.setdefault(_fold(lb.key), i)
-    for i, lb in enumerate(cls_vocab.labels):
-        index[_fold(lb.name)] = i
-    part.labels = np.array([index[_fold(n)] for n in names], np.int64)
+    for n in distinct:   # a name matching a label (case, underscores aside) labels that class
+        if not _has(cls_vocab, n):
+            cls_vocab = Vocabulary(cls_vocab.labels + (Label(name=n, key=n.replace(" ", "_")),))
+    part.labels = np.array([cls_vocab.index(n) for n in names], np.int64)
     return part, cls_vocab
 
 
-def _fold(text: str) -> str:
-    return " ".join(text.replace("_", " ").split()).casefold()
+def _has(vocab: Vocabulary, key_or_name: str) -> bool:
+    try:
+        vocab.index(key_or_name)
+    except KeyError:
+        return False
+    return True
 
 
 def full_vocabulary(data_cfg: DataConfig) -> Vocabulary:
