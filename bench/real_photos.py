@@ -47,6 +47,13 @@ LABELS = REPO / "bench" / "real_photos.json"
 #: installed, under :data:`OPENCV_DOC_COPY` when ``tools/fetch_real_photos.sh`` fetched them.
 OPENCV_DOC_DATA = "usr/share/doc/opencv-doc/examples/data"
 OPENCV_DOC_COPY = REPO / "data" / "opencv-doc"
+#: Where Debian's tuxpaint-stamps-default keeps its stamps (RGBA cut-out photos), under ``/``
+#: when the package is installed, under :data:`TUXPAINT_COPY` when ``tools/fetch_cutouts.sh``
+#: fetched them (``make cutouts``, ``make real-photos-data``).
+TUXPAINT_STAMPS = "usr/share/tuxpaint/stamps"
+TUXPAINT_COPY = REPO / "data" / "tuxpaint"
+#: Alpha above which a stamp's pixel is the object (its box, and the composite's edge).
+CUTOUT_ALPHA = 20
 
 
 def photo_dir(package: str = "scikit-image") -> Path:
@@ -63,8 +70,16 @@ def photo_dir(package: str = "scikit-image") -> Path:
                 return root / OPENCV_DOC_DATA
         raise BenchError("opencv-doc's sample images are not here: tools/fetch_real_photos.sh "
                          "(no root needed) or apt-get install opencv-doc")
+    if package == "tuxpaint-stamps-default":
+        for root in (Path("/"), TUXPAINT_COPY):
+            if (root / TUXPAINT_STAMPS / "food").is_dir():
+                return root / TUXPAINT_STAMPS
+        raise BenchError("tuxpaint-stamps-default's stamps are not here: tools/fetch_cutouts.sh "
+                         "(make cutouts; no root needed) or apt-get install "
+                         "tuxpaint-stamps-default")
     if package != "scikit-image":
-        raise BenchError(f"unknown photo package {package!r} (scikit-image, opencv-doc)")
+        raise BenchError(f"unknown photo package {package!r} (scikit-image, opencv-doc, "
+                         "tuxpaint-stamps-default)")
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise BenchError(f"{package} is not installed (it ships the real photos): "
@@ -76,7 +91,9 @@ def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
                 ) -> list[tuple[str, np.ndarray, list[tuple], list[str]]]:
     """``(name, RGB image, boxes, labels)`` of every photo of ``labels`` (an image's
     ``package``, or the file's). With a ``skipped`` list, the photos of a package that is
-    not there are left out and the reason appended to it once per package.
+    not there are left out and the reason appended to it once per package. An entry with a
+    ``cutout`` section is an RGBA cut-out photo of one object (tuxpaint's stamps), loaded as
+    one photo per background grey (see :func:`_cutout_photos`), its box the alpha's.
 
     Raises:
         BenchError: ``labels`` or a photo is missing or unreadable (its package not there,
@@ -101,12 +118,44 @@ def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
         folder = folders[package]
         if folder is None:
             continue
+        if "cutout" in entry:
+            out += _cutout_photos(folder / name, name, entry)
+            continue
         bgr = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
         if bgr is None:
             raise BenchError(f"cannot read {folder / name}")
         out.append((name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
                     [tuple(b) for b in entry["boxes"]], list(entry["labels"])))
     return out
+
+
+def _cutout_photos(path: Path, name: str, entry: dict[str, Any]
+                   ) -> list[tuple[str, np.ndarray, list[tuple], list[str]]]:
+    """A cut-out photo (an RGBA stamp, one object) as one photo per grey level of
+    ``entry["cutout"]["backgrounds"]``: the object composited by its alpha on a square canvas
+    of that grey, ``margin`` of its longer side free around it; its box is the alpha's."""
+    rgba = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if rgba is None or rgba.ndim != 3 or rgba.shape[2] != 4:
+        raise BenchError(f"cannot read {path} as an RGBA cut-out")
+    if len(entry["labels"]) != 1:
+        raise BenchError(f"{name}: a cut-out holds one object, got labels {entry['labels']}")
+    ys, xs = np.nonzero(rgba[..., 3] > CUTOUT_ALPHA)
+    if ys.size == 0:
+        raise BenchError(f"{path}: the cut-out's alpha is empty")
+    part = rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+    h, w = part.shape[:2]
+    margin = float(entry["cutout"].get("margin", 0.15))
+    side = int(round(max(h, w) * (1 + 2 * margin)))
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    alpha = part[..., 3:] / 255.0
+    rgb = cv2.cvtColor(part[..., :3], cv2.COLOR_BGR2RGB)
+    photos = []
+    for grey in entry["cutout"]["backgrounds"]:
+        canvas = np.full((side, side, 3), float(grey), np.float32)
+        canvas[y0:y0 + h, x0:x0 + w] = rgb * alpha + canvas[y0:y0 + h, x0:x0 + w] * (1 - alpha)
+        photos.append((f"{name} on grey {grey}", np.clip(canvas + 0.5, 0, 255).astype(np.uint8),
+                       [(x0, y0, w, h)], list(entry["labels"])))
+    return photos
 
 
 def score(truth: Sequence[tuple], boxes: Sequence[tuple]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,3 +61,70 @@ def test_real_photos_of_ycb_kinds_are_named_beside_the_26(capsys):
     both = out["results"]["photo_names_and_26"]
     assert both["names"] == 28 and both["student"]["objects"] == 6   # + lime and kiwi
     assert sorted(both["student"]["per_name"]) == ["apple", "kiwi", "lemon", "lime", "orange"]
+
+
+def _stamps_or_skip() -> Path:
+    import real_photos
+    from _common import BenchError
+
+    try:
+        return real_photos.photo_dir("tuxpaint-stamps-default")
+    except BenchError as exc:
+        pytest.skip(str(exc))
+
+
+def test_cutout_kinds_are_never_training_crops():
+    """Every stamp of ``bench/real_photos_cutout_kinds.json`` is one that
+    ``config/render_cutouts.yaml`` leaves out (an unseen kind's word), so the student never
+    saw a crop of it; and the stamps the config keeps are not in the file."""
+    from vl_distill_ros.sim.photo_cutouts import find_cutouts, load_cutout_spec
+
+    stamps = _stamps_or_skip()
+    doc = json.loads((REPO / "bench" / "real_photos_cutout_kinds.json").read_text())
+    spec = load_cutout_spec(REPO / "config" / "render_cutouts.yaml")
+    spec.source_dir = str(stamps)
+    kept = {p.relative_to(stamps).as_posix() for p in find_cutouts(spec)}
+    listed = set(doc["images"])
+    assert all((stamps / name).is_file() for name in listed)
+    assert not listed & kept
+    assert len(kept) > 300        # the config still keeps the other stamps
+
+
+def test_cutout_kinds_are_named_on_two_backgrounds(capsys):
+    """The cut-out photos load as one photo per background, each with the alpha's box, and
+    the bench names all of them beside the 26 names."""
+    import real_photos
+
+    _stamps_or_skip()
+    labels = REPO / "bench" / "real_photos_cutout_kinds.json"
+    photos = real_photos.load_photos(labels)
+    assert len(photos) == 18
+    for name, image, boxes, names in photos:
+        (x, y, w, h), = boxes
+        assert image.shape[0] == image.shape[1] and image.shape[2] == 3
+        assert 0 < x and 0 < y and x + w < image.shape[1] and y + h < image.shape[0]
+        grey = int(name.rsplit(" ", 1)[1])
+        assert (image[0, 0] == grey).all() and (image[-1, -1] == grey).all()
+        assert not (image[y + h // 2, x:x + w] == grey).all()   # the object is drawn
+    assert real_photo_naming.main(["--no-teacher", "--labels", str(labels)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    both = out["results"]["photo_names_and_26"]
+    assert both["names"] == 26 and both["student"]["objects"] == 18   # all five are YCB names
+    assert sorted(both["student"]["per_name"]) == ["lemon", "mini soccer ball", "orange",
+                                                   "pear", "strawberry"]
+
+
+def test_cutout_that_is_not_rgba_is_a_clear_error(tmp_path):
+    import cv2
+    import real_photos
+    from _common import BenchError
+
+    cv2.imwrite(str(tmp_path / "flat.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(BenchError, match="RGBA"):
+        real_photos._cutout_photos(tmp_path / "flat.png", "flat.png",
+                                   {"labels": ["orange"], "cutout": {"backgrounds": [128]}})
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    cv2.imwrite(str(tmp_path / "empty.png"), rgba)
+    with pytest.raises(BenchError, match="alpha is empty"):
+        real_photos._cutout_photos(tmp_path / "empty.png", "empty.png",
+                                   {"labels": ["orange"], "cutout": {"backgrounds": [128]}})
