@@ -783,3 +783,29 @@ def test_centred_calibration_is_the_mean_calibration_embedding(toy: Path):
     assert cli_main(["export", "--run", str(run), "--out", str(bundle_path), "--no-onnx"]) == 0
     b = load_bundle(bundle_path)
     assert np.allclose(b.calibration.embedding_center, rec["embedding_center"])
+
+
+def test_vlkl_vocabulary_can_hold_the_trained_names(toy: Path):
+    """``loss.vlkl_trained_names``: L_vl-kl's vocabulary is the broad one followed by the
+    L_cls label names' embeddings; without it the broad one alone; without L_vl-kl none."""
+    import torch
+
+    from vl_distill_ros.config import load_train_config
+    from vl_distill_ros.training.data import (LazyTeacher, broad_text_embeddings,
+                                              load_vocabularies, text_classifier)
+    from vl_distill_ros.training.trainer import vlkl_vocabulary
+
+    path = _config(toy, "run_vlkl_names", data={"broad_vocabulary": "imagenet"},
+                   loss={"vlkl_weight": 1.0, "vlkl_trained_names": True})
+    cfg = load_train_config(path)
+    teacher = LazyTeacher(cfg.teacher)
+    labels = text_classifier(teacher, load_vocabularies(cfg.data).id, cfg.data)
+    broad = broad_text_embeddings(teacher, cfg.data)
+    cpu = torch.device("cpu")
+    both = vlkl_vocabulary(cfg, teacher, labels, cpu)
+    assert both.shape == (len(broad) + len(labels), broad.shape[1])
+    assert torch.equal(both[:len(broad)], broad) and torch.equal(both[len(broad):], labels)
+    cfg.loss.vlkl_trained_names = False
+    assert torch.equal(vlkl_vocabulary(cfg, teacher, labels, cpu), broad)
+    cfg.loss.vlkl_weight = 0.0
+    assert vlkl_vocabulary(cfg, teacher, labels, cpu) is None

@@ -92,6 +92,10 @@ class LossConfig:
     vlkl_weight: float = 0.0
     #: L_vl-kl temperature.
     vlkl_tau: float = 0.05
+    #: L_vl-kl's vocabulary also holds the L_cls label names (their prompts, with the
+    #: descriptions when enriched): on every image, labelled or not, the student then learns
+    #: how much the teacher would give the trained names, not the broad names alone.
+    vlkl_trained_names: bool = False
     #: The teacher's image embeddings the losses match: ``cached`` (of the un-augmented
     #: images, computed once and cached on disk, as the paper's code) or ``consistent``
     #: (the teacher embeds, every step, the same view the student is shown: the same crop,

@@ -284,6 +284,19 @@ def parameters_digest(named: Any) -> str:
     return h.hexdigest()
 
 
+def vlkl_vocabulary(cfg: TrainConfig, teacher: "LazyTeacher", label_text: torch.Tensor,
+                    device: torch.device) -> torch.Tensor | None:
+    """(M, D) text embeddings L_vl-kl's distributions are taken over (None without
+    L_vl-kl): the broad vocabulary's, followed, with ``loss.vlkl_trained_names``, by
+    ``label_text`` (the L_cls label names' embeddings)."""
+    if cfg.loss.vlkl_weight <= 0:
+        return None
+    broad = broad_text_embeddings(teacher, cfg.data).to(device)
+    if cfg.loss.vlkl_trained_names:
+        broad = torch.cat([broad, label_text.to(device, broad.dtype)])
+    return broad
+
+
 @torch.no_grad()
 def embed_images(student: Student, images: np.ndarray, device: torch.device,
                  batch_size: int = 128) -> torch.Tensor:
@@ -552,8 +565,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     train_data = train_set.data
     embed_dim = text_emb.shape[1]
     val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
-    broad = (broad_text_embeddings(teacher, cfg.data).to(env.device)
-             if cfg.loss.vlkl_weight > 0 else None)
+    broad = vlkl_vocabulary(cfg, teacher, text_emb, env.device)
     student, model, optimizer = _build_model(cfg, env, embed_dim, ckpt, ckpt_path)
     n = len(train_data)
     local_bs, steps_per_epoch = epoch_plan(n, cfg.optim.batch_size, env.world)
