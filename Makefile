@@ -39,12 +39,17 @@ test: setup real-photos-data
 # samples/data), fetched without root into data/opencv-doc by tools/fetch_real_photos.sh
 # (a few seconds, once), and the cut-out photos of bench/real_photos_cutout_kinds.json
 # (tuxpaint-stamps-default's stamps, into data/tuxpaint by tools/fetch_cutouts.sh, ~15 s,
-# once). Without a Debian archive it warns and their tests skip.
+# once) and the photos of bench/real_photos_gcompris.json (gcompris-qt-data's, into
+# data/gcompris by tools/fetch_gcompris_photos.sh, ~5 s, once). Without a Debian archive it
+# warns and their tests skip.
 real-photos-data:
 	@tools/fetch_real_photos.sh data/opencv-doc || echo "warning: opencv-doc's real photos \
 	were not fetched; test/test_real_photos.py skips their test (README: Real photos)" >&2
 	@tools/fetch_cutouts.sh data/tuxpaint || echo "warning: tuxpaint's stamps were not \
 	fetched; test/test_bench_real_photo_naming.py skips their tests (README: Real photos)" >&2
+	@tools/fetch_gcompris_photos.sh data/gcompris || echo "warning: gcompris-qt-data's \
+	photos were not fetched; test/test_bench_real_photo_naming.py skips their test \
+	(README: Real photos)" >&2
 
 # Unlabelled crops of real photographed things of many kinds for training
 # (config/render_cutouts.yaml, README "Data"): the stamps of Debian's tuxpaint-stamps-default,

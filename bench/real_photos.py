@@ -52,6 +52,9 @@ OPENCV_DOC_COPY = REPO / "data" / "opencv-doc"
 #: fetched them (``make cutouts``, ``make real-photos-data``).
 TUXPAINT_STAMPS = "usr/share/tuxpaint/stamps"
 TUXPAINT_COPY = REPO / "data" / "tuxpaint"
+#: Where ``tools/fetch_gcompris_photos.sh`` writes the photos of Debian's gcompris-qt-data
+#: (the package keeps them inside a Qt resource file, so there is no installed copy to read).
+GCOMPRIS_COPY = REPO / "data" / "gcompris"
 #: Alpha above which a stamp's pixel is the object (its box, and the composite's edge).
 CUTOUT_ALPHA = 20
 
@@ -59,7 +62,9 @@ CUTOUT_ALPHA = 20
 def photo_dir(package: str = "scikit-image") -> Path:
     """The folder of ``package``'s real photos: ``skimage/data`` of the installed
     scikit-image (found without importing it), or OpenCV's sample images of Debian's
-    ``opencv-doc`` (installed, or fetched by ``tools/fetch_real_photos.sh``).
+    ``opencv-doc`` (installed, or fetched by ``tools/fetch_real_photos.sh``), the stamps of
+    ``tuxpaint-stamps-default`` (``tools/fetch_cutouts.sh``) or the photos of
+    ``gcompris-qt-data`` (``tools/fetch_gcompris_photos.sh``).
 
     Raises:
         BenchError: the package is not there (the message says how to get it), or unknown.
@@ -77,9 +82,14 @@ def photo_dir(package: str = "scikit-image") -> Path:
         raise BenchError("tuxpaint-stamps-default's stamps are not here: tools/fetch_cutouts.sh "
                          "(make cutouts; no root needed) or apt-get install "
                          "tuxpaint-stamps-default")
+    if package == "gcompris-qt-data":
+        if (GCOMPRIS_COPY / "categorization" / "tools").is_dir():
+            return GCOMPRIS_COPY / "categorization"
+        raise BenchError("gcompris-qt-data's photos are not here: tools/fetch_gcompris_photos.sh "
+                         "(make real-photos-data; no root needed)")
     if package != "scikit-image":
         raise BenchError(f"unknown photo package {package!r} (scikit-image, opencv-doc, "
-                         "tuxpaint-stamps-default)")
+                         "tuxpaint-stamps-default, gcompris-qt-data)")
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise BenchError(f"{package} is not installed (it ships the real photos): "
@@ -93,7 +103,9 @@ def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
     ``package``, or the file's). With a ``skipped`` list, the photos of a package that is
     not there are left out and the reason appended to it once per package. An entry with a
     ``cutout`` section is an RGBA cut-out photo of one object (tuxpaint's stamps), loaded as
-    one photo per background grey (see :func:`_cutout_photos`), its box the alpha's.
+    one photo per background grey (see :func:`_cutout_photos`), its box the alpha's; a
+    ``whole_frame`` entry is a photo of one object (or a few of one kind), its box the whole
+    photo (what ``crop_source: full_frame`` classifies).
 
     Raises:
         BenchError: ``labels`` or a photo is missing or unreadable (its package not there,
@@ -124,8 +136,13 @@ def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
         bgr = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
         if bgr is None:
             raise BenchError(f"cannot read {folder / name}")
-        out.append((name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
-                    [tuple(b) for b in entry["boxes"]], list(entry["labels"])))
+        if entry.get("whole_frame"):
+            if len(entry["labels"]) != 1 or "boxes" in entry:
+                raise BenchError(f"{name}: a whole_frame photo has one label and no boxes")
+            boxes = [(0, 0, bgr.shape[1], bgr.shape[0])]
+        else:
+            boxes = [tuple(b) for b in entry["boxes"]]
+        out.append((name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), boxes, list(entry["labels"])))
     return out
 
 

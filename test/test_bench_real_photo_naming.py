@@ -128,3 +128,46 @@ def test_cutout_that_is_not_rgba_is_a_clear_error(tmp_path):
     with pytest.raises(BenchError, match="alpha is empty"):
         real_photos._cutout_photos(tmp_path / "empty.png", "empty.png",
                                    {"labels": ["orange"], "cutout": {"backgrounds": [128]}})
+
+
+def test_whole_frame_entries_box_the_whole_photo(tmp_path):
+    """A ``whole_frame`` entry's box is its whole photo (what ``crop_source: full_frame``
+    classifies); one with boxes of its own, or two labels, is a clear error."""
+    import real_photos
+    from _common import BenchError
+
+    def labels(entry: dict) -> Path:
+        path = tmp_path / "labels.json"
+        path.write_text(json.dumps({"package": "scikit-image", "images": {"coins.png": entry}}))
+        return path
+
+    (name, image, boxes, names), = real_photos.load_photos(
+        labels({"labels": ["coin"], "whole_frame": True}))
+    assert boxes == [(0, 0, image.shape[1], image.shape[0])] and names == ["coin"]
+    for bad in ({"labels": ["coin"], "whole_frame": True, "boxes": [[0, 0, 5, 5]]},
+                {"labels": ["coin", "sweet"], "whole_frame": True}):
+        with pytest.raises(BenchError, match="one label and no boxes"):
+            real_photos.load_photos(labels(bad))
+
+
+def test_gcompris_photos_are_named_whole_frame(capsys):
+    """``bench/real_photos_gcompris.json``: GCompris's photos of tools and household things
+    (``tools/fetch_gcompris_photos.sh``), each named as a whole frame beside the 26 names."""
+    import real_photos
+    from _common import BenchError
+
+    try:
+        real_photos.photo_dir("gcompris-qt-data")
+    except BenchError as exc:
+        pytest.skip(str(exc))
+    labels = REPO / "bench" / "real_photos_gcompris.json"
+    photos = real_photos.load_photos(labels)
+    assert len(photos) == 54
+    for _, image, boxes, _ in photos:
+        assert boxes == [(0, 0, image.shape[1], image.shape[0])]
+    assert real_photo_naming.main(["--no-teacher", "--labels", str(labels)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    alone, both = out["results"]["photo_names"], out["results"]["photo_names_and_26"]
+    assert alone["names"] == 26 and both["names"] == 26 + 23   # hammer, scissors, spoon shared
+    assert both["student"]["objects"] == 54
+    assert both["student"]["per_name"]["hammer"].endswith("/9")
