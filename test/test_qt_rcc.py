@@ -106,17 +106,17 @@ def _corrupt(data: bytes, at: int, value: bytes) -> bytes:
 def test_damaged_files_are_errors_that_say_what_is_wrong(tmp_path):
     good = write_rcc(FILES, compress=("app/images/tools/hammer.webp",))
     _, tree_at, data_at, names_at = struct.unpack(">IIII", good[4:20])
+    # the compressed file's zlib stream follows its unpacked size
+    zlib_at = good.index(struct.pack(">I", len(FILES["app/images/tools/hammer.webp"])),
+                         data_at) + 4
     cases = {
         "no 'qres' header": b"PK\x03\x04" + good[4:],
         "unknown resource format 9": _corrupt(good, 4, struct.pack(">I", 9)),
         "outside the file": good[:names_at + 3],
         "outside the file ": _corrupt(good, 16, struct.pack(">I", len(good) + 10)),
         "visits node 0 twice": _corrupt(good, tree_at + 10, struct.pack(">I", 0)),
-        "does not unpack": None,
+        "does not unpack": _corrupt(good, zlib_at, b"\xff\xff\xff\xff"),
     }
-    # the compressed file's zlib stream spoilt: find it by its size prefix
-    start = good.index(struct.pack(">I", len(FILES["app/images/tools/hammer.webp"])), data_at)
-    cases["does not unpack"] = _corrupt(good, start + 4, b"\xff\xff\xff\xff")
     for message, data in cases.items():
         with pytest.raises(qt_rcc.RccError, match=message.strip()):
             qt_rcc.read_rcc(data)
