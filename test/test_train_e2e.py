@@ -809,3 +809,35 @@ def test_vlkl_vocabulary_can_hold_the_trained_names(toy: Path):
     assert torch.equal(vlkl_vocabulary(cfg, teacher, labels, cpu), broad)
     cfg.loss.vlkl_weight = 0.0
     assert vlkl_vocabulary(cfg, teacher, labels, cpu) is None
+
+
+def test_conse_head_trains_resumes_and_exports(toy: Path):
+    """``student.head: conse`` through the trainer: the head starts from the teacher's text
+    embeddings of the ImageNet class prompts (a fixed buffer that training, resuming and
+    export keep), its classifier and residual learn, and the bundle runs it."""
+    import torch
+
+    from vl_distill_ros.model.student import conse_class_prompts
+    from vl_distill_ros.model.teachers.conse import ConSETeacher
+
+    cfg_path = _config(toy, "conse", student={"head": "conse"})
+    assert cli_main(["train", "--config", str(cfg_path), "--no-progress"]) == 0
+    run = toy / "conse"
+    first = torch.load(run / "checkpoint.pt", weights_only=True)["student"]
+    expected = ConSETeacher(top_t=5).encode_texts(conse_class_prompts())
+    torch.testing.assert_close(first["head.class_embeddings"], expected, rtol=0, atol=1e-5)
+    assert torch.count_nonzero(first["head.residual.weight"]) > 0          # it learnt
+    assert cli_main(["train", "--config", str(cfg_path), "--resume", "--no-progress",
+                     "optim.epochs=3"]) == 0
+    assert [r["epoch"] for r in _rows(run)] == [1, 2, 3]
+    resumed = torch.load(run / "checkpoint.pt", weights_only=True)["student"]
+    torch.testing.assert_close(resumed["head.class_embeddings"], expected, rtol=0, atol=1e-5)
+    assert not torch.equal(resumed["head.classifier.weight"], first["head.classifier.weight"])
+    bundle_path = toy / "conse.vdb"
+    assert cli_main(["export", "--run", str(run), "--out", str(bundle_path), "--no-int8"]) == 0
+    bundle = load_bundle(bundle_path)
+    assert bundle.student.cfg.head == "conse"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = bundle.student(x)
+    assert out.shape == (2, 384) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)

@@ -54,6 +54,17 @@ class StudentConfig:
     image_size: int = 128
     #: Hidden width of the projection head; 0 = a single linear layer.
     head_hidden: int = 0
+    #: The projection head: ``linear`` (a new layer, or an MLP with ``head_hidden``) or
+    #: ``conse``: the student starts as a zero-shot model in the teacher's space: its
+    #: backbone's ImageNet classifier (kept, trained with the backbone) weights the
+    #: teacher's text embeddings of the 1000 class names by its top ``head_top_t``
+    #: probabilities (ConSE, Norouzi et al. 2014), plus a linear residual that starts at
+    #: zero (``efficientnet_lite0`` with ``pretrained: imagenet`` only).
+    head: str = "linear"
+    #: ``conse`` head: classes whose probabilities weight the class-name embeddings.
+    head_top_t: int = 10
+    #: ``conse`` head: softmax temperature of the classifier's logits.
+    head_temperature: float = 1.0
     #: Number of leading backbone stages kept frozen during training (0 = train all).
     freeze_stages: int = 0
 
@@ -339,6 +350,16 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         if not (math.isfinite(value) and (value > low if strict else value >= low)):
             raise ConfigError(f"{dotted} must be a finite number {'>' if strict else '>='} "
                               f"{low:g}, got {value!r}")
+    if cfg.student.head not in STUDENT_HEADS:
+        raise ConfigError(f"student.head must be one of {STUDENT_HEADS}, got "
+                          f"{cfg.student.head!r}")
+    if cfg.student.head == "conse" and (cfg.student.backbone != "efficientnet_lite0"
+                                        or cfg.student.head_hidden):
+        raise ConfigError("student.head: conse needs student.backbone: efficientnet_lite0 "
+                          "(its ImageNet classifier) and student.head_hidden: 0")
+    if cfg.student.head_top_t > 1000:
+        raise ConfigError(f"student.head_top_t must be at most 1000 (the ImageNet classes), "
+                          f"got {cfg.student.head_top_t}")
     size = cfg.student.image_size
     if size < 32 or size % 32:
         raise ConfigError(f"student.image_size must be a positive multiple of 32, got {size}")
@@ -348,13 +369,17 @@ def validate_train_config(cfg: "TrainConfig") -> None:
                               f"{template!r}")
 
 
+#: The student's projection heads (``student.head``).
+STUDENT_HEADS = ("linear", "conse")
+
 #: (setting, bound, strict): numbers that must be finite and > bound (strict) or >= bound.
 NUMBER_RANGES = (
     ("optim.epochs", 1, False), ("optim.batch_size", 1, False), ("optim.lr", 0, True),
     ("optim.backbone_lr_scale", 0, False), ("optim.weight_decay", 0, False),
     ("optim.warmup_epochs", 0, False), ("optim.threads", 0, False),
     ("optim.max_steps_per_epoch", 0, False), ("student.head_hidden", 0, False),
-    ("student.freeze_stages", 0, False), ("teacher.top_t", 1, False),
+    ("student.freeze_stages", 0, False), ("student.head_top_t", 1, False),
+    ("student.head_temperature", 0, True), ("teacher.top_t", 1, False),
     ("teacher.temperature", 0, True), ("teacher.batch_size", 1, False),
     ("loss.cls_weight", 0, False), ("loss.mse_weight", 0, False),
     ("loss.imcst_weight", 0, False), ("loss.vlprox_weight", 0, False),

@@ -46,8 +46,8 @@ class StudentError(ValueError):
     """A student configuration or weights file is invalid."""
 
 
-def _efficientnet_lite0(pretrained: str,
-                        image_size: int) -> tuple[nn.Module, int, list[list[nn.Module]]]:
+def _efficientnet_lite0(pretrained: str, image_size: int
+                        ) -> tuple[nn.Module, int, list[list[nn.Module]], nn.Linear]:
     from efficientnet_lite_pytorch import EfficientNet
 
     if pretrained == "imagenet":
@@ -61,7 +61,8 @@ def _efficientnet_lite0(pretrained: str,
                 image_size=image_size)
     else:
         net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
-    net._fc = nn.Identity()  # the ImageNet classifier is not part of the student
+    classifier = net._fc  # the ImageNet classifier: only a ``conse`` head keeps it
+    net._fc = nn.Identity()
     # Stages: 0 = stem, 1..7 = the seven block groups, 8 = head conv.
     repeats = [1, 2, 2, 3, 3, 4, 1]
     stages: list[list[nn.Module]] = [[net._conv_stem, net._bn0]]
@@ -79,7 +80,7 @@ def _efficientnet_lite0(pretrained: str,
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.inner.extract_features(x).mean(dim=(2, 3))
 
-    return _Features(net), 1280, stages
+    return _Features(net), 1280, stages, classifier
 
 
 def _resnet18() -> tuple[nn.Module, int, list[list[nn.Module]]]:
@@ -100,6 +101,45 @@ def _mobilenet_v3_small() -> tuple[nn.Module, int, list[list[nn.Module]]]:
     return net, 576, stages
 
 
+#: ImageNet-1k: the classes of the ``conse`` head's classifier.
+CONSE_CLASSES = 1000
+
+
+class ConSEHead(nn.Module):
+    """A projection head that starts as a zero-shot model in the teacher's space (ConSE,
+    Norouzi et al. 2014): an ImageNet classifier's top-T probabilities weight the teacher's
+    text embeddings of the class names, plus a linear residual initialised at zero, so the
+    untrained student already names what the classifier knows; distillation then moves
+    both. The class embeddings are a fixed buffer (saved with the weights)."""
+
+    def __init__(self, classifier: nn.Linear, class_embeddings: torch.Tensor, top_t: int,
+                 temperature: float) -> None:
+        super().__init__()
+        n_classes, dim = class_embeddings.shape
+        if classifier.out_features != n_classes:
+            raise StudentError(f"conse head: {classifier.out_features} classifier outputs but "
+                               f"{n_classes} class embeddings")
+        if not 1 <= top_t <= n_classes:
+            raise StudentError(f"conse head: top_t must be in 1..{n_classes}, got {top_t}")
+        if not temperature > 0:
+            raise StudentError(f"conse head: temperature must be > 0, got {temperature}")
+        self.classifier = classifier
+        self.register_buffer("class_embeddings",
+                             F.normalize(class_embeddings.float(), dim=-1).contiguous())
+        self.top_t = int(top_t)
+        self.temperature = float(temperature)
+        self.residual = nn.Linear(classifier.in_features, dim)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, F) pooled features -> (N, D) unnormalised embeddings."""
+        probs = torch.softmax(self.classifier(features) / self.temperature, dim=-1)
+        kth = probs.topk(self.top_t, dim=-1).values[:, -1:]
+        mixed = (probs * (probs >= kth).to(probs.dtype)) @ self.class_embeddings
+        return mixed + self.residual(features)
+
+
 def input_spec_for(cfg: StudentConfig) -> InputSpec:
     """The preprocessing a backbone expects (EfficientNet-Lite: (x/255 - 0.5) / 0.5)."""
     if cfg.backbone == "efficientnet_lite0":
@@ -110,7 +150,8 @@ def input_spec_for(cfg: StudentConfig) -> InputSpec:
 class Student(nn.Module):
     """Backbone -> projection head -> L2-normalised embedding of size ``embed_dim``."""
 
-    def __init__(self, cfg: StudentConfig, embed_dim: int, load_weights: bool = True) -> None:
+    def __init__(self, cfg: StudentConfig, embed_dim: int, load_weights: bool = True,
+                 class_embeddings: torch.Tensor | None = None) -> None:
         super().__init__()
         if cfg.backbone not in BACKBONES:
             raise StudentError(f"unknown student backbone {cfg.backbone!r}; choose one of "
@@ -120,8 +161,10 @@ class Student(nn.Module):
         self.cfg = cfg
         self.embed_dim = embed_dim
         pretrained = cfg.pretrained if load_weights else "none"
+        head = getattr(cfg, "head", "linear")
+        classifier = None
         if cfg.backbone == "efficientnet_lite0":
-            self.backbone, feat, stages = _efficientnet_lite0(
+            self.backbone, feat, stages, classifier = _efficientnet_lite0(
                 pretrained if pretrained == "imagenet" else "none", cfg.image_size)
         elif cfg.backbone == "resnet18":
             self.backbone, feat, stages = _resnet18()
@@ -135,7 +178,12 @@ class Student(nn.Module):
             self._load_backbone_file(Path(pretrained))
         self.feature_dim = feat
         self._stages = stages
-        if cfg.head_hidden > 0:
+        if head == "conse":
+            self.head = self._conse_head(cfg, classifier, embed_dim, load_weights,
+                                         class_embeddings)
+        elif head != "linear":
+            raise StudentError(f"unknown student head {head!r}; choose linear or conse")
+        elif cfg.head_hidden > 0:
             self.head = nn.Sequential(nn.Linear(feat, cfg.head_hidden), nn.GELU(),
                                       nn.Linear(cfg.head_hidden, embed_dim))
         else:
@@ -143,6 +191,27 @@ class Student(nn.Module):
         self.input_spec = input_spec_for(cfg)
         self._frozen: list[nn.Module] = []
         self.freeze_stages(cfg.freeze_stages)
+
+    @staticmethod
+    def _conse_head(cfg: StudentConfig, classifier: nn.Linear | None, embed_dim: int,
+                    load_weights: bool, class_embeddings: torch.Tensor | None) -> ConSEHead:
+        if classifier is None or cfg.head_hidden:
+            raise StudentError("student.head: conse needs the efficientnet_lite0 backbone "
+                               "and head_hidden: 0")
+        if load_weights:
+            if cfg.pretrained != "imagenet":
+                raise StudentError("student.head: conse needs student.pretrained: imagenet "
+                                   "(the packaged ImageNet classifier)")
+            if class_embeddings is None:
+                raise StudentError("student.head: conse needs the teacher's text embeddings "
+                                   "of the ImageNet class names")
+        else:  # weights about to be loaded over it
+            class_embeddings = torch.zeros(CONSE_CLASSES, embed_dim)
+        if tuple(class_embeddings.shape) != (CONSE_CLASSES, embed_dim):
+            raise StudentError(f"conse head: class embeddings of shape "
+                               f"{tuple(class_embeddings.shape)}, expected "
+                               f"({CONSE_CLASSES}, {embed_dim})")
+        return ConSEHead(classifier, class_embeddings, cfg.head_top_t, cfg.head_temperature)
 
     def _load_backbone_file(self, path: Path) -> None:
         if not path.is_file():
@@ -175,11 +244,17 @@ class Student(nn.Module):
         return self
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """The trainable backbone parameters."""
-        return [p for p in self.backbone.parameters() if p.requires_grad]
+        """The trainable pretrained parameters: the backbone's, and a ``conse`` head's
+        ImageNet classifier (trained at the backbone's learning rate)."""
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        if isinstance(self.head, ConSEHead):
+            params += list(self.head.classifier.parameters())
+        return params
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """The projection head's parameters."""
+        """The projection head's new parameters (a ``conse`` head's residual)."""
+        if isinstance(self.head, ConSEHead):
+            return list(self.head.residual.parameters())
         return list(self.head.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,10 +262,20 @@ class Student(nn.Module):
         return F.normalize(self.head(self.backbone(x)), dim=-1)
 
 
-def build_student(cfg: StudentConfig, embed_dim: int, load_weights: bool = True) -> Student:
+def build_student(cfg: StudentConfig, embed_dim: int, load_weights: bool = True,
+                  class_embeddings: torch.Tensor | None = None) -> Student:
     """Create a student for a teacher of dimension ``embed_dim``.
 
     ``load_weights=False`` skips the initial backbone weights (used when a checkpoint or a
-    bundle is about to be loaded over it).
+    bundle is about to be loaded over it). ``class_embeddings``: a ``conse`` head's (1000, D)
+    teacher text embeddings of the ImageNet class names (:func:`conse_class_prompts`).
     """
-    return Student(cfg, embed_dim, load_weights=load_weights)
+    return Student(cfg, embed_dim, load_weights=load_weights, class_embeddings=class_embeddings)
+
+
+def conse_class_prompts() -> list[str]:
+    """The texts a ``conse`` head's class embeddings are made from: ``a photo of a
+    {class}.`` for the 1000 ImageNet classes (the offline teacher's own prompts)."""
+    from .teachers.conse import CLASS_PROMPT, imagenet_class_names
+
+    return [CLASS_PROMPT.format(c) for c in imagenet_class_names()]

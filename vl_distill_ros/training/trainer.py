@@ -30,7 +30,7 @@ from .augment import CropAugment
 from .losses import DistillLoss
 from .metrics import accuracy
 from ..perception.preprocess import preprocess_crops
-from ..model.student import Student, build_student
+from ..model.student import Student, build_student, conse_class_prompts
 from .data import (LazyTeacher, TrainingSet, broad_text_embeddings, load_split_images,
                    load_training_set, load_vocabularies, merge_similar_names,
                    teacher_image_targets, text_classifier)
@@ -397,13 +397,24 @@ def _targets(cfg: TrainConfig, env: DistEnv, teacher: "LazyTeacher", train_data,
     return targets
 
 
+def _head_class_embeddings(cfg: TrainConfig, teacher: "LazyTeacher", ckpt: dict | None
+                           ) -> torch.Tensor | None:
+    """A new ``conse`` head's class embeddings: the teacher's text embeddings of the
+    ImageNet class prompts (None for other heads, or when a checkpoint restores them)."""
+    if cfg.student.head != "conse" or ckpt is not None:
+        return None
+    return teacher.get().encode_texts(conse_class_prompts()).float().cpu()
+
+
 def _build_model(cfg: TrainConfig, env: DistEnv, embed_dim: int, ckpt: dict | None,
-                 ckpt_path: Path) -> tuple[Student, torch.nn.Module, torch.optim.Optimizer]:
+                 ckpt_path: Path, class_embeddings: torch.Tensor | None = None
+                 ) -> tuple[Student, torch.nn.Module, torch.optim.Optimizer]:
     """The student (restored from ``ckpt``), its DDP wrapper and the optimizer."""
     # seeded here, not only at the start: whether the teacher had to be built (a cold
     # cache) must not change the student's initial head
     torch.manual_seed(cfg.optim.seed)
-    student = build_student(cfg.student, embed_dim, load_weights=ckpt is None).to(env.device)
+    student = build_student(cfg.student, embed_dim, load_weights=ckpt is None,
+                            class_embeddings=class_embeddings).to(env.device)
     if ckpt is not None:
         load_student_weights(student, ckpt["student"], ckpt_path)
     if cfg.optim.channels_last:
@@ -566,7 +577,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     embed_dim = text_emb.shape[1]
     val_text = text_emb[:len(vocabs.id)].cpu()  # the ID labels come first in cls_vocab
     broad = vlkl_vocabulary(cfg, teacher, text_emb, env.device)
-    student, model, optimizer = _build_model(cfg, env, embed_dim, ckpt, ckpt_path)
+    student, model, optimizer = _build_model(cfg, env, embed_dim, ckpt, ckpt_path,
+                                             _head_class_embeddings(cfg, teacher, ckpt))
     n = len(train_data)
     local_bs, steps_per_epoch = epoch_plan(n, cfg.optim.batch_size, env.world)
     if cfg.optim.max_steps_per_epoch > 0:
