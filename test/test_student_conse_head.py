@@ -78,6 +78,18 @@ def test_conse_head_parameters_and_zero_residual():
     assert torch.allclose(out, one.head.class_embeddings[top], atol=1e-5)
 
 
+def test_conse_head_classifier_can_stay_frozen():
+    cfg = StudentConfig(backbone="efficientnet_lite0", image_size=64, head="conse",
+                        head_freeze_classifier=True)
+    s = build_student(cfg, 16, class_embeddings=_class_embeddings(16))
+    assert not s.head.classifier.weight.requires_grad
+    ids = {id(p) for p in s.backbone_parameters() + s.head_parameters()}
+    assert id(s.head.classifier.weight) not in ids and id(s.head.classifier.bias) not in ids
+    # the same classifier as the trainable default: the packaged ImageNet weights
+    free = build_student(SMALL_CONSE, 16, class_embeddings=_class_embeddings(16))
+    assert torch.equal(s.head.classifier.weight, free.head.classifier.weight)
+
+
 def test_conse_head_learns():
     torch.manual_seed(0)
     s = build_student(SMALL_CONSE, 16, class_embeddings=_class_embeddings(16)).train()

@@ -65,6 +65,9 @@ class StudentConfig:
     head_top_t: int = 10
     #: ``conse`` head: softmax temperature of the classifier's logits.
     head_temperature: float = 1.0
+    #: ``conse`` head: keep its ImageNet classifier frozen (only the backbone's trainable
+    #: stages and the residual learn).
+    head_freeze_classifier: bool = False
     #: Number of leading backbone stages kept frozen during training (0 = train all).
     freeze_stages: int = 0
 

@@ -211,7 +211,10 @@ class Student(nn.Module):
             raise StudentError(f"conse head: class embeddings of shape "
                                f"{tuple(class_embeddings.shape)}, expected "
                                f"({CONSE_CLASSES}, {embed_dim})")
-        return ConSEHead(classifier, class_embeddings, cfg.head_top_t, cfg.head_temperature)
+        head = ConSEHead(classifier, class_embeddings, cfg.head_top_t, cfg.head_temperature)
+        if getattr(cfg, "head_freeze_classifier", False):
+            head.classifier.requires_grad_(False)
+        return head
 
     def _load_backbone_file(self, path: Path) -> None:
         if not path.is_file():
@@ -248,7 +251,7 @@ class Student(nn.Module):
         ImageNet classifier (trained at the backbone's learning rate)."""
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         if isinstance(self.head, ConSEHead):
-            params += list(self.head.classifier.parameters())
+            params += [p for p in self.head.classifier.parameters() if p.requires_grad]
         return params
 
     def head_parameters(self) -> list[nn.Parameter]:
