@@ -161,7 +161,7 @@ class Student(nn.Module):
         self.cfg = cfg
         self.embed_dim = embed_dim
         pretrained = cfg.pretrained if load_weights else "none"
-        head = getattr(cfg, "head", "linear")
+        head = cfg.head
         classifier = None
         if cfg.backbone == "efficientnet_lite0":
             self.backbone, feat, stages, classifier = _efficientnet_lite0(
@@ -212,7 +212,7 @@ class Student(nn.Module):
                                f"{tuple(class_embeddings.shape)}, expected "
                                f"({CONSE_CLASSES}, {embed_dim})")
         head = ConSEHead(classifier, class_embeddings, cfg.head_top_t, cfg.head_temperature)
-        if getattr(cfg, "head_freeze_classifier", False):
+        if cfg.head_freeze_classifier:
             head.classifier.requires_grad_(False)
         return head
 
