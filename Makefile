@@ -100,16 +100,16 @@ bench: setup
 	@status=0; for f in bench/[!_]*.py; do echo "# $$f" >&2; $(PY) $$f || status=$$?; done; exit $$status
 
 # Rebuild the shipped default student: seed 0 of the last row of the generalised zero-shot
-# table (config/ablation/gzsl_conse_head.yaml, since session 66), trained by `make results-gzsl`
+# table (config/ablation/gzsl_zero_shot_prior.yaml, since session 67), trained by `make results-gzsl`
 # (or here), exported with the 26-label paper vocabulary, its calibration record and its INT8
 # ONNX model (calibrated on the run's training images; used with
 # inference_backend:=onnxruntime_int8).
 default-bundle: setup cutouts
 	test -f data/ycb_aux/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb_aux.yaml
 	test -f data/ycb_renders/manifest.json || $(VENV)/bin/vl-distill render --config config/render_ycb.yaml
-	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_conse_head.yaml --resume \
-	    output_dir=runs/ablation_gzsl/conse_head/seed0
-	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/conse_head/seed0 \
+	$(VENV)/bin/vl-distill train --config config/ablation/gzsl_zero_shot_prior.yaml --resume \
+	    output_dir=runs/ablation_gzsl/zero_shot_prior/seed0
+	$(VENV)/bin/vl-distill export --run runs/ablation_gzsl/zero_shot_prior/seed0 \
 	    --out vl_distill_ros/bundles/default_student.vdb --no-onnx --int8
 
 # The shipped box network (needs the YCB models at ../shared/ycb_models): 130 training bags

@@ -239,7 +239,8 @@ def test_the_dim_crops_recipe_changes_only_the_dim_augmentation_of_row_9(repo_ro
 
 def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, monkeypatch):
     """Each row of the generalised zero-shot ablation loads (base chain and keys); the shipped
-    default's recipe (the last row, row 14) is row 13 with the ``conse`` head, row 13 takes
+    default's recipe (the last row, row 15) is row 13 with the zero-shot map added after
+    training, row 14 (not the default since) row 13 with the ``conse`` head, row 13 takes
     twelve crops of each cut-out photo where row 12 took six and row 11 three, row 11 added
     unlabelled cut-out photos to row 10, which added dim crops and stronger noise to row 9,
     which weighted L_vl-kl 0.3 on row 8, which added motion blur to row 6's augmentations;
@@ -251,14 +252,23 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     cfgs = [load_train_config(r["config"]) for r in spec["runs"]]
     assert len({c.output_dir for c in cfgs}) == len(cfgs)     # no two rows share runs
     last, row6 = cfgs[-1], load_train_config("config/ablation/gzsl_augment.yaml")
-    assert spec["runs"][-1]["config"] == "config/ablation/gzsl_conse_head.yaml"
+    assert spec["runs"][-1]["config"] == "config/ablation/gzsl_zero_shot_prior.yaml"
     assert "(default)" in spec["runs"][-1]["row"]
     assert not any("(default)" in r["row"] for r in spec["runs"][:-1])
-    # row 14 is row 13 with the conse head, nothing else
     row13 = load_train_config("config/ablation/gzsl_cutouts12.yaml")
-    assert spec["runs"][-2]["config"] == "config/ablation/gzsl_cutouts12.yaml"
-    assert last.student.head == "conse" and row13.student.head == "linear"
+    row14 = load_train_config("config/ablation/gzsl_conse_head.yaml")
+    assert spec["runs"][-2]["config"] == "config/ablation/gzsl_conse_head.yaml"
+    assert spec["runs"][-3]["config"] == "config/ablation/gzsl_cutouts12.yaml"
+    # row 15 is row 13 with the zero-shot prior, nothing else (so it trains as row 13 does)
+    assert last.student.zero_shot_prior == 2.0 and row13.student.zero_shot_prior == 0.0
+    assert last.student.head == "linear"
     a, b = to_dict(last), to_dict(row13)
+    for d in (a, b):
+        del d["name"], d["output_dir"], d["student"]["zero_shot_prior"]
+    assert a == b
+    # row 14 is row 13 with the conse head, nothing else
+    assert row14.student.head == "conse" and row13.student.head == "linear"
+    a, b = to_dict(row14), to_dict(row13)
     for d in (a, b):
         del d["name"], d["output_dir"], d["student"]["head"]
     assert a == b
@@ -267,8 +277,8 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     # (both made by `make cutouts`), nothing else
     row12 = load_train_config("config/ablation/gzsl_cutouts6.yaml")
     row11 = load_train_config("config/ablation/gzsl_cutouts.yaml")
-    assert spec["runs"][-3]["config"] == "config/ablation/gzsl_cutouts6.yaml"
-    assert spec["runs"][-4]["config"] == "config/ablation/gzsl_cutouts.yaml"
+    assert spec["runs"][-4]["config"] == "config/ablation/gzsl_cutouts6.yaml"
+    assert spec["runs"][-5]["config"] == "config/ablation/gzsl_cutouts.yaml"
     assert last.data.unlabelled_splits == ["data/cutouts12"]
     assert row12.data.unlabelled_splits == ["data/cutouts6"]
     cutouts_recipe = open("Makefile").read().split("\ncutouts:")[1].split("\n\n")[0]
@@ -281,7 +291,7 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
         assert a == b
     # row 11 is row 10 with the cut-out photos as unlabelled images, nothing else
     row10 = load_train_config("config/ablation/gzsl_dim_noise.yaml")
-    assert spec["runs"][-5]["config"] == "config/ablation/gzsl_dim_noise.yaml"
+    assert spec["runs"][-6]["config"] == "config/ablation/gzsl_dim_noise.yaml"
     assert row11.data.unlabelled_splits == ["data/cutouts"] and not row10.data.unlabelled_splits
     a, b = to_dict(row11), to_dict(row10)
     for d in (a, b):
@@ -289,7 +299,7 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     assert a == b
     # row 10 is row 9 with dim crops and noise up to 0.045, nothing else
     row9 = load_train_config("config/ablation/gzsl_blur_vlkl03.yaml")
-    assert spec["runs"][-6]["config"] == "config/ablation/gzsl_blur_vlkl03.yaml"
+    assert spec["runs"][-7]["config"] == "config/ablation/gzsl_blur_vlkl03.yaml"
     assert row10.data.augment.dim_prob > 0 == row9.data.augment.dim_prob
     assert row10.data.augment.noise_sigma > row9.data.augment.noise_sigma
     a, b = to_dict(row10), to_dict(row9)
@@ -299,7 +309,7 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     assert a == b
     # row 9 is row 8 (motion blur) with L_vl-kl weighted 0.3, nothing else
     row8 = load_train_config("config/ablation/gzsl_blur.yaml")
-    assert spec["runs"][-7]["config"] == "config/ablation/gzsl_blur.yaml"
+    assert spec["runs"][-8]["config"] == "config/ablation/gzsl_blur.yaml"
     assert row9.loss.vlkl_weight == 0.3 and row8.loss.vlkl_weight == 1.0
     a, b = to_dict(row9), to_dict(row8)
     for d in (a, b):
@@ -318,6 +328,6 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
         assert getattr(last.data.augment, name) == getattr(row6.data.augment, name)
     makefile = open("Makefile").read()
     recipe = makefile[makefile.index("\ndefault-bundle:"):]
-    assert "--config config/ablation/gzsl_conse_head.yaml" in recipe.split("\n\n")[0]
+    assert "--config config/ablation/gzsl_zero_shot_prior.yaml" in recipe.split("\n\n")[0]
     assert recipe.startswith("\ndefault-bundle: setup cutouts")
     assert f"output_dir={cfgs[-1].output_dir}/seed0" in recipe.split("\n\n")[0]

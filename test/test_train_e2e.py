@@ -841,3 +841,53 @@ def test_conse_head_trains_resumes_and_exports(toy: Path):
     with torch.no_grad():
         out = bundle.student(x)
     assert out.shape == (2, 384) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_zero_shot_prior_is_added_after_training_and_by_resuming(toy: Path, capsys):
+    """``student.zero_shot_prior``: training is the linear head's (the per-epoch checkpoint
+    keeps the linear student), the final student has a ``conse`` head whose residual is the
+    trained head divided by the weight and whose classifier is the packaged ImageNet one; a
+    finished run without the prior gains it by ``--resume`` with the setting (no epoch is
+    trained again), and the result exports and runs."""
+    import torch
+
+    from vl_distill_ros.config import StudentConfig
+    from vl_distill_ros.model.student import build_student, conse_class_prompts
+    from vl_distill_ros.model.teachers.conse import ConSETeacher
+
+    plain = _config(toy, "prior_plain")
+    assert cli_main(["train", "--config", str(plain), "--no-progress"]) == 0
+    run = toy / "prior_plain"
+    linear = torch.load(run / "checkpoint.pt", weights_only=True)["student"]
+    final_plain = torch.load(run / "student_final.pt", weights_only=True)["student"]
+    assert "head.weight" in linear and final_plain.keys() == linear.keys()
+    capsys.readouterr()
+    prior = _config(toy, "prior_plain", student={"zero_shot_prior": 4.0})
+    assert cli_main(["train", "--config", str(prior), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot prior added (weight 4)" in out and "loss=" not in out   # no epoch again
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+    final = torch.load(run / "student_final.pt", weights_only=True)["student"]
+    torch.testing.assert_close(final["head.residual.weight"], linear["head.weight"] / 4.0)
+    torch.testing.assert_close(final["head.residual.bias"], linear["head.bias"] / 4.0)
+    for k, v in linear.items():
+        if not k.startswith("head."):
+            assert torch.equal(final[k], v), k
+    packaged = build_student(StudentConfig(backbone="efficientnet_lite0", image_size=64,
+                                           head="conse"), 384,
+                             class_embeddings=torch.zeros(1000, 384))
+    assert torch.equal(final["head.classifier.weight"], packaged.head.classifier.weight)
+    expected = ConSETeacher(top_t=5).encode_texts(conse_class_prompts())
+    torch.testing.assert_close(final["head.class_embeddings"], expected, rtol=0, atol=1e-5)
+    # the checkpoint stays the linear student, so the run can still be resumed or re-priored
+    assert torch.equal(torch.load(run / "checkpoint.pt", weights_only=True)["student"]
+                       ["head.weight"], linear["head.weight"])
+    bundle_path = toy / "prior.vdb"
+    assert cli_main(["export", "--run", str(run), "--out", str(bundle_path), "--no-int8"]) == 0
+    bundle = load_bundle(bundle_path)
+    assert bundle.student.cfg.head == "conse" and bundle.student.cfg.zero_shot_prior == 0.0
+    assert cli_main(["eval", "--run", str(run), "--no-progress"]) == 0
+    # a prior on a head it cannot apply to is refused before anything runs
+    bad = _config(toy, "prior_bad", student={"zero_shot_prior": 2.0, "head": "conse"})
+    assert cli_main(["train", "--config", str(bad), "--no-progress"]) == 2
+    assert not (toy / "prior_bad" / "checkpoint.pt").exists()

@@ -68,6 +68,14 @@ class StudentConfig:
     #: ``conse`` head: keep its ImageNet classifier frozen (only the backbone's trainable
     #: stages and the residual learn).
     head_freeze_classifier: bool = False
+    #: After training a ``linear`` head (``head_hidden: 0``, ``efficientnet_lite0`` with
+    #: ``pretrained: imagenet``): add the zero-shot map of the backbone's packaged,
+    #: untrained ImageNet classifier (the ``conse`` head's map: its top ``head_top_t``
+    #: probabilities weighting the teacher's text embeddings of the 1000 class names),
+    #: weighted this much against the trained head's output, to the trained student before
+    #: it is calibrated; the final student then has a ``conse`` head (the trained linear
+    #: head as its residual, divided by this weight). Training itself is unchanged. 0: off.
+    zero_shot_prior: float = 0.0
     #: Number of leading backbone stages kept frozen during training (0 = train all).
     freeze_stages: int = 0
 
@@ -358,6 +366,16 @@ def validate_train_config(cfg: "TrainConfig") -> None:
                                         or cfg.student.head_hidden):
         raise ConfigError("student.head: conse needs student.backbone: efficientnet_lite0 "
                           "(its ImageNet classifier) and student.head_hidden: 0")
+    if cfg.student.zero_shot_prior > 0 and (
+            cfg.student.head != "linear" or cfg.student.head_hidden
+            or cfg.student.backbone != "efficientnet_lite0"
+            or cfg.student.pretrained != "imagenet"):
+        raise ConfigError("student.zero_shot_prior needs student.head: linear with "
+                          "head_hidden: 0 on the efficientnet_lite0 backbone with "
+                          "pretrained: imagenet (its packaged ImageNet classifier)")
+    if cfg.student.zero_shot_prior > 100:
+        raise ConfigError(f"student.zero_shot_prior must be at most 100, got "
+                          f"{cfg.student.zero_shot_prior}")
     if cfg.student.head_top_t > 1000:
         raise ConfigError(f"student.head_top_t must be at most 1000 (the ImageNet classes), "
                           f"got {cfg.student.head_top_t}")
@@ -377,7 +395,8 @@ NUMBER_RANGES = (
     ("optim.warmup_epochs", 0, False), ("optim.threads", 0, False),
     ("optim.max_steps_per_epoch", 0, False), ("student.head_hidden", 0, False),
     ("student.freeze_stages", 0, False), ("student.head_top_t", 1, False),
-    ("student.head_temperature", 0, True), ("teacher.top_t", 1, False),
+    ("student.head_temperature", 0, True), ("student.zero_shot_prior", 0, False),
+    ("teacher.top_t", 1, False),
     ("teacher.temperature", 0, True), ("teacher.batch_size", 1, False),
     ("loss.cls_weight", 0, False), ("loss.mse_weight", 0, False),
     ("loss.imcst_weight", 0, False), ("loss.vlprox_weight", 0, False),

@@ -5,6 +5,8 @@ encoder: ``scores = student(x) @ text_embeddings.T``.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -274,6 +276,37 @@ def build_student(cfg: StudentConfig, embed_dim: int, load_weights: bool = True,
     teacher text embeddings of the ImageNet class names (:func:`conse_class_prompts`).
     """
     return Student(cfg, embed_dim, load_weights=load_weights, class_embeddings=class_embeddings)
+
+
+def with_zero_shot_prior(student: Student, weight: float,
+                         class_embeddings: torch.Tensor) -> Student:
+    """A trained ``linear``-head student with the zero-shot map of its backbone's packaged
+    ImageNet classifier added (``student.zero_shot_prior``).
+
+    The result has a ``conse`` head (:class:`ConSEHead`): the untrained classifier's top-T
+    probabilities of the *trained* backbone's features weight ``class_embeddings`` (the
+    teacher's text embeddings of :func:`conse_class_prompts`), and the trained linear head,
+    divided by ``weight``, is its residual; the normalised output is therefore that of
+    ``weight`` x the zero-shot map + the trained head. The backbone is the trained one,
+    unchanged. Raises :class:`StudentError` for a student this cannot apply to.
+    """
+    cfg = student.cfg
+    if not (cfg.head == "linear" and isinstance(student.head, nn.Linear)
+            and cfg.backbone == "efficientnet_lite0" and cfg.pretrained == "imagenet"):
+        raise StudentError("zero_shot_prior needs a linear head (head_hidden: 0) on the "
+                           "efficientnet_lite0 backbone with pretrained: imagenet")
+    if not (math.isfinite(weight) and weight > 0):
+        raise StudentError(f"zero_shot_prior must be a finite number > 0, got {weight!r}")
+    new_cfg = dataclasses.replace(cfg, head="conse", head_freeze_classifier=True,
+                                  zero_shot_prior=0.0)
+    device = next(student.parameters()).device
+    out = build_student(new_cfg, student.embed_dim, load_weights=True,
+                        class_embeddings=class_embeddings.detach().float().cpu())
+    out.backbone.load_state_dict(student.backbone.state_dict())
+    with torch.no_grad():
+        out.head.residual.weight.copy_(student.head.weight.detach().cpu() / weight)
+        out.head.residual.bias.copy_(student.head.bias.detach().cpu() / weight)
+    return out.to(device).train(student.training)
 
 
 def conse_class_prompts() -> list[str]:

@@ -8,6 +8,7 @@ logs, validates and writes checkpoints; the global batch is split across ranks.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,7 +31,8 @@ from .augment import CropAugment
 from .losses import DistillLoss
 from .metrics import accuracy
 from ..perception.preprocess import preprocess_crops
-from ..model.student import Student, build_student, conse_class_prompts
+from ..model.student import (Student, build_student, conse_class_prompts,
+                             with_zero_shot_prior)
 from .data import (LazyTeacher, TrainingSet, broad_text_embeddings, load_split_images,
                    load_training_set, load_vocabularies, merge_similar_names,
                    teacher_image_targets, text_classifier)
@@ -358,13 +360,22 @@ class _CsvLog:
             writer.writerows(self.rows)
 
 
+def _trained_student_settings(cfg: TrainConfig) -> dict:
+    """The student settings a checkpoint's weights depend on: all but
+    ``zero_shot_prior``, which only applies after the last epoch (so a finished run can be
+    resumed to add it)."""
+    settings = to_dict(cfg.student)
+    settings.pop("zero_shot_prior", None)
+    return settings
+
+
 def _resume_checkpoint(cfg: TrainConfig, env: DistEnv, ckpt_path: Path,
                        resume: bool) -> tuple[dict | None, int]:
     """(checkpoint, first epoch) when resuming from a compatible checkpoint, else (None, 0)."""
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         saved = checkpoint_config(ckpt, ckpt_path)
-        if (to_dict(saved.student) != to_dict(cfg.student)
+        if (_trained_student_settings(saved) != _trained_student_settings(cfg)
                 or to_dict(saved.teacher) != to_dict(cfg.teacher)):
             raise TrainingError(f"{ckpt_path} was written for a different student/teacher "
                                 "configuration; use another output_dir or drop --resume")
@@ -403,6 +414,11 @@ def _head_class_embeddings(cfg: TrainConfig, teacher: "LazyTeacher", ckpt: dict 
     ImageNet class prompts (None for other heads, or when a checkpoint restores them)."""
     if cfg.student.head != "conse" or ckpt is not None:
         return None
+    return _conse_class_embeddings(teacher)
+
+
+def _conse_class_embeddings(teacher: "LazyTeacher") -> torch.Tensor:
+    """The teacher's text embeddings of the ImageNet class prompts, (1000, D) on the CPU."""
     return teacher.get().encode_texts(conse_class_prompts()).float().cpu()
 
 
@@ -520,7 +536,14 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
 
 def _finish(cfg: TrainConfig, env: DistEnv, out: Path, student: Student, teacher: "LazyTeacher",
             trained_names: list[str], embed_dim: int, log: "_CsvLog | None") -> None:
-    """Rank 0: the final student, the training curves and (when configured) calibration."""
+    """Rank 0: the final student (with ``student.zero_shot_prior``, the trained one with the
+    zero-shot map added), the training curves and (when configured) calibration."""
+    weight = cfg.student.zero_shot_prior
+    if weight > 0:
+        student = with_zero_shot_prior(student, weight, _conse_class_embeddings(teacher))
+        cfg = dataclasses.replace(cfg, student=student.cfg)
+        print(f"[train] zero-shot prior added (weight {weight:g}): the final student has a "
+              "conse head")
     save_checkpoint({"student": student.state_dict(), "config": to_dict(cfg),
                      "teacher_id": teacher.id, "embed_dim": embed_dim,
                      "trained_names": trained_names}, out / FINAL)
