@@ -1,5 +1,7 @@
 """The ``conse`` projection head: the untrained student is the offline teacher's zero-shot
 map, it trains and exports like the linear head, and bad settings are refused."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -152,6 +154,16 @@ def test_conse_head_refuses_what_it_cannot_build():
     ({"head": "conse", "head_top_t": 0}, "head_top_t"),
     ({"head": "conse", "head_top_t": 5000}, "head_top_t"),
     ({"head": "conse", "head_temperature": 0.0}, "head_temperature"),
+    # student.zero_shot_prior (test_student_zero_shot_prior.py) turns a trained linear head
+    # into a conse head: only on the packaged efficientnet_lite0 with a linear head
+    ({"zero_shot_prior": 2.0, "head": "conse"}, "zero_shot_prior needs"),
+    ({"zero_shot_prior": 2.0, "head_hidden": 64}, "zero_shot_prior needs"),
+    ({"zero_shot_prior": 2.0, "backbone": "resnet18", "pretrained": "none"},
+     "zero_shot_prior needs"),
+    ({"zero_shot_prior": 2.0, "pretrained": "none"}, "zero_shot_prior needs"),
+    ({"zero_shot_prior": -1.0}, "zero_shot_prior must be a finite number"),
+    ({"zero_shot_prior": math.nan}, "zero_shot_prior must be a finite number"),
+    ({"zero_shot_prior": 1000.0}, "at most 100"),
 ])
 def test_config_refuses_bad_heads(student, match):
     cfg = TrainConfig()

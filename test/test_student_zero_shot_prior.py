@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vl_distill_ros.config import ConfigError, StudentConfig, TrainConfig, validate_train_config
+from vl_distill_ros.config import StudentConfig, TrainConfig, validate_train_config
 from vl_distill_ros.model.student import (CONSE_CLASSES, ConSEHead, StudentError, build_student,
                                           with_zero_shot_prior)
 
@@ -82,25 +82,8 @@ def test_prior_refuses_what_it_cannot_apply_to():
         with_zero_shot_prior(_trained_linear(), 2.0, torch.zeros(10, 16))
 
 
-@pytest.mark.parametrize("student,match", [
-    ({"zero_shot_prior": 2.0, "head": "conse"}, "zero_shot_prior needs"),
-    ({"zero_shot_prior": 2.0, "head_hidden": 64}, "zero_shot_prior needs"),
-    ({"zero_shot_prior": 2.0, "backbone": "resnet18", "pretrained": "none"},
-     "zero_shot_prior needs"),
-    ({"zero_shot_prior": 2.0, "pretrained": "none"}, "zero_shot_prior needs"),
-    ({"zero_shot_prior": -1.0}, "zero_shot_prior must be a finite number"),
-    ({"zero_shot_prior": math.nan}, "zero_shot_prior must be a finite number"),
-    ({"zero_shot_prior": 1000.0}, "at most 100"),
-])
-def test_config_refuses_bad_priors(student, match):
-    cfg = TrainConfig()
-    for key, value in student.items():
-        setattr(cfg.student, key, value)
-    with pytest.raises(ConfigError, match=match):
-        validate_train_config(cfg)
-
-
 def test_config_accepts_the_prior_on_a_linear_head():
+    # (the settings it refuses are in test_student_conse_head.test_config_refuses_bad_heads)
     cfg = TrainConfig()
     cfg.student.zero_shot_prior = 2.0
     validate_train_config(cfg)
