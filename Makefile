@@ -82,7 +82,7 @@ results-gzsl: setup cutouts
 
 # The shipped default bundle and the teacher on the test renders of the training
 # randomisation and of another one (config/render_ycb_shift.yaml: seed 7, varied
-# appearance); nothing is trained. README: "Renders from a different randomisation".
+# appearance); nothing is trained. docs/results.md: "Renders from a different randomisation".
 SHIFT_EVAL := $(VENV)/bin/vl-distill eval --bundle vl_distill_ros/bundles/default_student.vdb \
 	--config config/ablation/gzsl_dim_noise.yaml --no-progress
 results-shift: setup

@@ -196,7 +196,7 @@ def test_data_workers_is_gone():
 
 
 def test_tried_recipes_change_one_lever_of_the_default(repo_root, monkeypatch):
-    """The recipes tried against row 8 (motion blur) and not adopted (README, "Unseen
+    """The recipes tried against row 8 (motion blur) and not adopted (docs/results.md, "Unseen
     objects") differ from it only in what they try: the varied-appearance retry in its cluttered
     training renders (row 7's), the heavier L_vl-kl in that loss weight."""
     monkeypatch.chdir(repo_root)
@@ -219,7 +219,7 @@ def test_tried_recipes_change_one_lever_of_the_default(repo_root, monkeypatch):
 
 def test_the_dim_crops_recipe_changes_only_the_dim_augmentation_of_row_9(repo_root,
                                                                          monkeypatch):
-    """``gzsl_dim.yaml`` (tried in session 59, README "Unseen objects") is row 9 with dim
+    """``gzsl_dim.yaml`` (tried in session 59, docs/results.md, "Unseen objects") is row 9 with dim
     crops added and nothing else; ``gzsl_dim_noise.yaml`` (row 10, the default since session
     60) that with stronger noise."""
     monkeypatch.chdir(repo_root)

@@ -1,4 +1,4 @@
-"""``vl-distill ablate``: the README's results table from configs in config/ablation/."""
+"""``vl-distill ablate``: the results tables of docs/results.md from configs in config/ablation/."""
 from __future__ import annotations
 
 import argparse
