@@ -68,13 +68,10 @@ def anchors(path: Path) -> set[str]:
 
 def links(path: Path) -> list[str]:
     """The relative link targets of a Markdown file (web and mail links left out)."""
-    out = []
-    for line in _prose_lines(path.read_text(encoding="utf-8")):
-        line = re.sub(r"`[^`]*`", "", line)                      # code spans hold no links
-        for target in LINK.findall(line):
-            if not re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):
-                out.append(target)
-    return out
+    text = "\n".join(_prose_lines(path.read_text(encoding="utf-8")))
+    text = re.sub(r"`[^`\n]*`", "", text)                       # code spans hold no links
+    # a link's text may run over a line break (the target may not)
+    return [t for t in LINK.findall(text) if not re.match(r"^[a-z][a-z0-9+.-]*:", t, re.I)]
 
 
 def test_slug_follows_github():
@@ -89,9 +86,10 @@ def test_slug_follows_github():
 def test_checker_finds_a_broken_link(tmp_path):
     """The check itself: a missing file and a missing anchor are both found."""
     (tmp_path / "a.md").write_text("# Top\n\n## Part two\n\n[ok](#part-two) [bad](#part-3)\n"
-                                   "[file](b.md#top) ![img](missing.png)\n```\n[x](nope.md)\n```\n")
+                                   "[file](b.md#top) ![img](missing.png) [over a\nbreak](#gone)\n"
+                                   "`[code](x.md)`\n```\n[x](nope.md)\n```\n")
     (tmp_path / "b.md").write_text("# Top\n")
-    assert _broken(tmp_path / "a.md") == ["#part-3", "missing.png"]
+    assert _broken(tmp_path / "a.md") == ["#part-3", "missing.png", "#gone"]
 
 
 def _broken(path: Path) -> list[str]:
