@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .commands import (ablate, evaluate, export, import_bop, make_bag, render, render_cutouts,
-                       replay_eval, train, train_box_net)
+from .commands import (ablate, evaluate, export, import_bop, label, make_bag, render,
+                       render_cutouts, replay_eval, train, train_box_net)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(Li et al., ICCV 2023) and evaluate it.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (render, render_cutouts, train, evaluate, export, ablate, make_bag, import_bop,
-                   replay_eval, train_box_net):
+                   replay_eval, label, train_box_net):
         module.register(sub)
     return parser
 

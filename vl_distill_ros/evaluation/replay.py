@@ -65,7 +65,8 @@ from .replay_settings import (TUNABLE_PARAMS, InputError, NodeError, Recording, 
 __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
            "TUNABLE_PARAMS", "NODE_NAME", "default_model_path", "parse_param",
            "node_parameter_values", "pipeline_settings", "open_bag", "run_live",
-           "run_offline", "stamp_from_cdr", "resolve_device", "LivePlan", "plan_live",
+           "run_offline", "offline_pipeline", "check_model", "stamp_from_cdr",
+           "resolve_device", "LivePlan", "plan_live",
            "DiagnosticsLog", "ReplayNode", "start_node", "wait_for_node", "PacedRun",
            "publish_paced", "drain", "collect_documents", "node_counters"]
 
@@ -97,8 +98,8 @@ def _frame_depth(frame: Any) -> tuple[Any, Any]:
         return depth, None
 
 
-def _offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str, Any],
-                      device: str):
+def offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str, Any],
+                     device: str):
     """The :class:`PerceptionPipeline` of an offline replay, its vocabulary and where the
     vocabulary came from (the node's rules; every problem is an :class:`InputError`)."""
     import torch
@@ -155,7 +156,7 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
     values = with_bag_close_topics(node_parameter_values(settings.params),
                                    contents.image_topics)
     device = resolve_device(settings.device)
-    pipe, vocab, source = _offline_pipeline(model, settings, values, device)
+    pipe, vocab, source = offline_pipeline(model, settings, values, device)
     rec = Recording(mode="offline", settings=reported_settings(values),
                     vocabulary={"source": source, "names": vocab.names},
                     node={"model_path": str(model), "device": device})

@@ -1,0 +1,130 @@
+"""``vl-distill label``: the node's ``~/labels`` documents for image files, without ROS."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from vl_distill_ros import cli
+from vl_distill_ros.bags.bag_io import BagFrame, read_camera_bag, write_camera_bag
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "demo" / "sample_tabletop"
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """The sample bag's first two colour frames and the first one's ground truth."""
+    bag = read_camera_bag(SAMPLE)
+    out = []
+    for msg in bag.images():
+        out.append((msg.image, bag.objects_for(msg.topic, msg.stamp_ns) or []))
+        if len(out) == 2:
+            return out
+    raise AssertionError("the sample bag has fewer than two frames")
+
+
+def _png(path: Path, image: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _docs(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_an_image_is_labelled_as_the_offline_replay_labels_its_frame(tmp_path, frames, capsys):
+    """The same pixels through ``label`` and through ``replay-eval --offline`` (a one-frame
+    colour bag): the same objects, boxes, labels and scores."""
+    image, truth = frames[0]
+    bag = write_camera_bag(tmp_path / "one", [BagFrame(1_000_000_000, image, truth)])
+    assert cli.main(["replay-eval", str(bag), "--offline", "--out", str(tmp_path / "r"),
+                     "--no-plots", "--no-progress"]) == 0
+    replayed = _docs((tmp_path / "r" / "labels.jsonl").read_text())[0]
+    capsys.readouterr()
+    png = _png(tmp_path / "frame.png", image)
+    assert cli.main(["label", str(png), "--out", str(tmp_path / "out")]) == 0
+    (doc,) = _docs(capsys.readouterr().out)
+    assert doc["camera"] == str(png) and doc["header"]["frame_id"] == "frame.png"
+    assert doc["objects"] and doc["objects"] == replayed["doc"]["objects"]
+    # --out: the same documents as JSON Lines, and the image with its boxes drawn
+    assert _docs((tmp_path / "out" / "labels.jsonl").read_text()) == [doc]
+    drawn = cv2.imread(str(tmp_path / "out" / "00000_frame.png"))
+    assert drawn is not None and drawn.shape == image.shape
+    assert not np.array_equal(cv2.cvtColor(drawn, cv2.COLOR_BGR2RGB), image)
+
+
+def test_parameters_and_vocabulary_apply(tmp_path, frames, capsys):
+    image = frames[0][0]
+    png = _png(tmp_path / "a.png", image)
+    assert cli.main(["label", str(png), "--crop-source", "full_frame", "-p", "top_k:=5"]) == 0
+    (doc,) = _docs(capsys.readouterr().out)
+    (obj,) = doc["objects"]
+    height, width = image.shape[:2]
+    assert obj["bbox"] == [0, 0, width, height] and len(obj["top_k"]) == 5
+    names = {label["name"] for label in
+             yaml.safe_load((ROOT / "config" / "ycb_vocabulary.yaml").read_text())["labels"]}
+    assert obj["label"] in names | {"unknown"} and {n for n, _ in obj["top_k"]} <= names
+    # every crop below the open-set threshold
+    assert cli.main(["label", str(png), "-p", "unknown_threshold:=1.0"]) == 0
+    (doc,) = _docs(capsys.readouterr().out)
+    assert doc["objects"] and all(o["label"] == "unknown" and not o["known"]
+                                  for o in doc["objects"])
+    # an operator's vocabulary: only its names are given
+    vocab = tmp_path / "vocab.yaml"
+    vocab.write_text(yaml.safe_dump({"labels": [{"name": "banana"}, {"name": "coffee mug"}]}))
+    assert cli.main(["label", str(png), "--vocabulary", str(vocab), "--text-cache-dir", "",
+                     "--crop-source", "full_frame"]) == 0
+    (doc,) = _docs(capsys.readouterr().out)
+    assert {n for o in doc["objects"] for n, _ in o["top_k"]} <= {"banana", "coffee mug"}
+
+
+def test_bad_files_are_reported_and_the_others_still_labelled(tmp_path, frames, capsys):
+    good = [_png(tmp_path / "good0.png", frames[0][0]), tmp_path / "good1.jpg"]
+    assert cv2.imwrite(str(good[1]), cv2.cvtColor(frames[1][0], cv2.COLOR_RGB2BGR))
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good[0].read_bytes()[:200])
+    huge = tmp_path / "huge.png"           # a PNG header that declares 100000 x 100000 pixels
+    head = bytearray(good[0].read_bytes()[:33])
+    head[16:24] = (100_000).to_bytes(4, "big") * 2
+    huge.write_bytes(bytes(head))
+    args = [str(good[0]), str(tmp_path / "missing.png"), str(text), str(cut), str(huge),
+            str(tmp_path), str(good[1])]
+    assert cli.main(["label", *args]) == 2
+    captured = capsys.readouterr()
+    assert [d["camera"] for d in _docs(captured.out)] == [str(good[0]), str(good[1])]
+    err = captured.err
+    assert "missing.png: no such file" in err
+    assert "notes.png" in err and "neither JPEG nor PNG" in err
+    assert "cut.png" in err and "huge.png" in err and "too large" in err
+    assert f"{tmp_path}: cannot read it" in err
+    assert "5 of 7 images could not be labelled" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "no_such_param:=1"], "not a tunable node parameter"),
+    (["-p", "top_k:=0"], "top_k"),
+    (["--model", "/no/such/bundle.vdb"], "model bundle not found"),
+])
+def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsys, args,
+                                                         message):
+    png = _png(tmp_path / "a.png", frames[0][0])
+    assert cli.main(["label", str(png), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and "vl-distill label: error" in \
+        captured.err
+
+
+def test_a_bad_vocabulary_file_is_a_clear_error(tmp_path, frames, capsys):
+    png = _png(tmp_path / "a.png", frames[0][0])
+    vocab = tmp_path / "vocab.yaml"
+    vocab.write_text("labels:\n  - name: ''\n")
+    assert cli.main(["label", str(png), "--vocabulary", str(vocab)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and str(vocab) in captured.err

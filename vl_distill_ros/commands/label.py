@@ -1,0 +1,144 @@
+"""``vl-distill label``: name the objects in image files, as the node would, without ROS.
+
+A robotics engineer's first question is whether the student names *their* objects. This
+command runs the node's pipeline (the same bundle, vocabulary rules, parameters and scoring
+as ``vl-distill replay-eval --offline``) on PNG or JPEG files and prints, for each image, the
+JSON document the node publishes on ``~/labels`` (one per line; ``camera`` is the file's
+path). ``--out DIR`` also writes ``labels.jsonl`` and each image with its boxes drawn.
+Images are colour only (no depth). A file that cannot be read or decoded is reported on
+stderr with its reason and the others are still labelled (exit status 2 then).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PROG = "vl-distill label"
+#: Largest image file read (bytes) and decoded (pixels): bounds on one file's memory.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+#: Most image files one call takes.
+MAX_IMAGES = 100_000
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``label`` subcommand to ``sub`` (sets ``func=run``)."""
+    p = sub.add_parser(
+        "label", help="name the objects in image files as the node would (no ROS needed)",
+        description="Run the node's pipeline (proposals, the student, the vocabulary and its "
+                    "calibration) on PNG or JPEG files and print each image's ~/labels JSON "
+                    "document, one per line. Exit codes: 0 done, 2 bad input (the other "
+                    "images are still labelled).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--model", default=None, metavar="BUNDLE",
+                   help="student bundle (.vdb) (default: the packaged default bundle)")
+    p.add_argument("--vocabulary", default=None, metavar="FILE",
+                   help="vocabulary YAML (format of config/ycb_vocabulary.yaml; default: the "
+                        "bundle's own vocabulary)")
+    p.add_argument("--crop-source", choices=("proposals", "full_frame", "rois"), default=None,
+                   help="the node's crop_source parameter (default: the node's, proposals; "
+                        "full_frame names each image as one object)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="another node parameter (pipeline settings), e.g. -p "
+                        "unknown_threshold:=0.3 or -p rois:=[0,0,64,64]; repeatable")
+    p.add_argument("--device", default="auto",
+                   help="torch device of the student: auto, cpu, cuda, cuda:N "
+                        "(default: %(default)s)")
+    p.add_argument("--text-cache-dir", default=None, metavar="DIR",
+                   help="label text-embedding cache (default: the node's, "
+                        "~/.cache/vl_distill_ros/text_embeddings; '' disables it)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also write labels.jsonl and the images with their boxes drawn here")
+    p.set_defaults(func=run)
+
+
+def read_image(path: Path):
+    """The RGB uint8 ``(H, W, 3)`` image of a PNG or JPEG file.
+
+    Raises:
+        InputError: not a readable regular file, too large, or not a decodable PNG or JPEG.
+    """
+    import numpy as np
+
+    from ..atomic_io import FileRejected, read_regular_file
+    from ..evaluation.replay import InputError
+    from ..perception.compressed_codec import decode_compressed_image, payload_kind
+    from ..perception.image_codec import ImageDecodeError
+
+    try:
+        data = read_regular_file(path, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (FileRejected, OSError) as exc:
+        raise InputError(f"{path}: cannot read it: {exc}") from None
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        return decode_compressed_image(payload_kind(buf), buf, max_pixels=MAX_PIXELS)
+    except ImageDecodeError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Label every image; returns the exit code (0, or 2 when any input was bad)."""
+    from ..evaluation.replay import (InputError, ReplaySettings, check_model,
+                                     node_parameter_values, offline_pipeline, parse_param,
+                                     resolve_device)
+    from ..perception.labels_output import draw_annotations, labels_document
+    from ..perception.pipeline import PipelineError
+
+    try:
+        if len(args.images) > MAX_IMAGES:
+            raise InputError(f"{len(args.images)} images; at most {MAX_IMAGES} a call")
+        params = dict(parse_param(text) for text in args.param)
+        if args.crop_source:
+            params["crop_source"] = args.crop_source
+        settings = ReplaySettings(model=Path(args.model) if args.model else None,
+                                  vocabulary=Path(args.vocabulary) if args.vocabulary else None,
+                                  params=params, device=args.device)
+        if args.text_cache_dir is not None:
+            settings.text_cache_dir = args.text_cache_dir
+        model = check_model(settings.model)
+        values = node_parameter_values(settings.params)
+        pipe, _, _ = offline_pipeline(model, settings, values, resolve_device(args.device))
+    except InputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    bad = 0
+    jsonl = None
+    try:
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            jsonl = (out / "labels.jsonl").open("w", encoding="utf-8")
+        for i, name in enumerate(args.images):
+            path = Path(name)
+            try:
+                image = read_image(path)
+                objects, version = pipe.process(image, camera=str(path))
+            except (InputError, PipelineError) as exc:
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
+                bad += 1
+                continue
+            line = json.dumps(labels_document(0, 0, path.name, str(path), version, objects))
+            print(line, flush=True)
+            if jsonl is not None:
+                jsonl.write(line + "\n")
+                _write_annotated(out / f"{i:05d}_{path.stem}.png",
+                                 draw_annotations(image, objects))
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+        pipe.close()
+    if bad:
+        print(f"{PROG}: {bad} of {len(args.images)} images could not be labelled",
+              file=sys.stderr)
+    return 2 if bad else 0
+
+
+def _write_annotated(path: Path, image_rgb) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
