@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from .replay_eval import add_student_options
+
 PROG = "vl-distill label"
 #: Largest image file read (bytes) and decoded (pixels): bounds on one file's memory.
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -43,12 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="another node parameter (pipeline settings), e.g. -p "
                         "unknown_threshold:=0.3 or -p rois:=[0,0,64,64]; repeatable")
-    p.add_argument("--device", default="auto",
-                   help="torch device of the student: auto, cpu, cuda, cuda:N "
-                        "(default: %(default)s)")
-    p.add_argument("--text-cache-dir", default=None, metavar="DIR",
-                   help="label text-embedding cache (default: the node's, "
-                        "~/.cache/vl_distill_ros/text_embeddings; '' disables it)")
+    add_student_options(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="also write labels.jsonl and the images with their boxes drawn here")
     p.set_defaults(func=run)

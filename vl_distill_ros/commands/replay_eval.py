@@ -76,6 +76,17 @@ def _add_depth_options(p: argparse.ArgumentParser) -> None:
                         "when the depth and colour frame ids differ); repeatable")
 
 
+def add_student_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--text-cache-dir``: where the student runs and where label text
+    embeddings are cached (``replay-eval`` and ``label``)."""
+    p.add_argument("--device", default="auto",
+                   help="torch device of the student: auto, cpu, cuda, cuda:N "
+                        "(default: %(default)s)")
+    p.add_argument("--text-cache-dir", default=None, metavar="DIR",
+                   help="label text-embedding cache (default: the node's, "
+                        "~/.cache/vl_distill_ros/text_embeddings; '' disables it)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``replay-eval`` subcommand to ``sub`` (sets ``func=run``)."""
     p = sub.add_parser(
@@ -121,12 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sidecar", default=None, metavar="JSONL",
                    help="ground truth from this JSON Lines file instead of the bag's "
                         "/ground_truth topic")
-    p.add_argument("--device", default="auto",
-                   help="torch device of the student: auto, cpu, cuda, cuda:N "
-                        "(default: %(default)s)")
-    p.add_argument("--text-cache-dir", default=None, metavar="DIR",
-                   help="label text-embedding cache (default: the node's, "
-                        "~/.cache/vl_distill_ros/text_embeddings; '' disables it)")
+    add_student_options(p)
     p.add_argument("--node-timeout", type=float, default=60.0, metavar="S",
                    help="seconds the node may take to come up (default: %(default)s)")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
