@@ -128,3 +128,12 @@ def test_a_bad_vocabulary_file_is_a_clear_error(tmp_path, frames, capsys):
     assert cli.main(["label", str(png), "--vocabulary", str(vocab)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and str(vocab) in captured.err
+
+
+def test_an_out_folder_that_cannot_be_written_is_a_clear_error(tmp_path, frames, capsys):
+    png = _png(tmp_path / "a.png", frames[0][0])
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    assert cli.main(["label", str(png), "--out", str(taken)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "cannot write into --out" in captured.err

@@ -107,8 +107,12 @@ def run(args: argparse.Namespace) -> int:
     jsonl = None
     try:
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            jsonl = (out / "labels.jsonl").open("w", encoding="utf-8")
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                jsonl = (out / "labels.jsonl").open("w", encoding="utf-8")
+            except OSError as exc:
+                print(f"{PROG}: error: cannot write into --out {out}: {exc}", file=sys.stderr)
+                return 2
         for i, name in enumerate(args.images):
             path = Path(name)
             try:
@@ -122,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
             print(line, flush=True)
             if jsonl is not None:
                 jsonl.write(line + "\n")
-                _write_annotated(out / f"{i:05d}_{path.stem}.png",
-                                 draw_annotations(image, objects))
+                drawn = out / f"{i:05d}_{path.stem}.png"
+                if not _write_png(drawn, draw_annotations(image, objects)):
+                    print(f"{PROG}: error: could not write {drawn}", file=sys.stderr)
+                    bad += 1
     finally:
         if jsonl is not None:
             jsonl.close()
@@ -134,8 +140,11 @@ def run(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _write_annotated(path: Path, image_rgb) -> None:
+def _write_png(path: Path, image_rgb) -> bool:
+    """Write an RGB image as PNG; False when it could not be written."""
     import cv2
 
-    if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    try:
+        return bool(cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)))
+    except cv2.error:
+        return False
