@@ -107,33 +107,27 @@ def test_bad_files_are_reported_and_the_others_still_labelled(tmp_path, frames, 
     assert "5 of 7 images could not be labelled" in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-p", "no_such_param:=1"], "not a tunable node parameter"),
-    (["-p", "top_k:=0"], "top_k"),
-    (["--model", "/no/such/bundle.vdb"], "model bundle not found"),
+def _bad_vocabulary(folder: Path) -> list[str]:
+    (folder / "vocab.yaml").write_text("labels:\n  - name: ''\n")
+    return ["--vocabulary", str(folder / "vocab.yaml")]
+
+
+def _out_is_a_file(folder: Path) -> list[str]:
+    (folder / "taken").write_text("a file, not a folder")
+    return ["--out", str(folder / "taken")]
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda folder: ["-p", "no_such_param:=1"], "not a tunable node parameter"),
+    (lambda folder: ["-p", "top_k:=0"], "top_k"),
+    (lambda folder: ["--model", "/no/such/bundle.vdb"], "model bundle not found"),
+    (_bad_vocabulary, "vocab.yaml"),
+    (_out_is_a_file, "cannot write into --out"),
 ])
-def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsys, args,
+def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsys, make_args,
                                                          message):
     png = _png(tmp_path / "a.png", frames[0][0])
-    assert cli.main(["label", str(png), *args]) == 2
+    assert cli.main(["label", str(png), *make_args(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err and "vl-distill label: error" in \
         captured.err
-
-
-def test_a_bad_vocabulary_file_is_a_clear_error(tmp_path, frames, capsys):
-    png = _png(tmp_path / "a.png", frames[0][0])
-    vocab = tmp_path / "vocab.yaml"
-    vocab.write_text("labels:\n  - name: ''\n")
-    assert cli.main(["label", str(png), "--vocabulary", str(vocab)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and str(vocab) in captured.err
-
-
-def test_an_out_folder_that_cannot_be_written_is_a_clear_error(tmp_path, frames, capsys):
-    png = _png(tmp_path / "a.png", frames[0][0])
-    taken = tmp_path / "taken"
-    taken.write_text("a file, not a folder")
-    assert cli.main(["label", str(png), "--out", str(taken)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and "cannot write into --out" in captured.err
