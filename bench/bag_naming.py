@@ -142,14 +142,14 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     limit = a.max_frames or MAX_FRAMES
     try:
         for msg in bag.images():
-            objects = [o for o in bag.objects_for(msg.topic, msg.stamp_ns) or []]
+            if frames == limit:
+                break
+            objects = list(bag.objects_for(msg.topic, msg.stamp_ns) or [])
             outside.update(o.label for o in objects if o.label not in names)
             objects = [o for o in objects if o.label in names]
             if not objects:
                 continue
             frames += 1
-            if frames > limit:
-                break
             boxes = [tuple(int(v) for v in o.bbox) for o in objects]
             pipe.configure(rois=boxes)
             found, _ = pipe.process(msg.image)
@@ -172,7 +172,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         raise BenchError("no ground-truth object of the bag has a name in the vocabulary",
                          exit_code=2, not_in_vocabulary=dict(outside))
     out.update(machine=_common.machine_info(["torch", "onnxruntime"]),
-               frames=min(frames, limit), vocabulary_size=len(vocab),
+               frames=frames, vocabulary_size=len(vocab),
                not_in_vocabulary=dict(outside))
     groups: dict[str, Any] = {}
     per_object: dict[str, dict[str, Any]] = {}
