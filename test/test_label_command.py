@@ -107,6 +107,80 @@ def test_bad_files_are_reported_and_the_others_still_labelled(tmp_path, frames, 
     assert "5 of 7 images could not be labelled" in err
 
 
+@pytest.fixture(scope="module")
+def rgbd_frame():
+    """The sample bag's first RGB-D frame: colour, depth (metres) and (fx, fy, cx, cy)."""
+    for frame in read_camera_bag(SAMPLE).rgbd_frames():
+        info = frame.camera_info
+        assert frame.depth is not None and info is not None
+        return frame.image, frame.depth, tuple(info[:4])
+    raise AssertionError("the sample bag has no frame")
+
+
+def _depth_png(path: Path, depth_m: np.ndarray, unit_m: float = 0.001) -> Path:
+    units = np.round(depth_m / unit_m).astype(np.uint16)
+    assert cv2.imwrite(str(path), units)
+    return path
+
+
+def test_depth_files_run_the_depth_proposer_as_the_offline_replay(tmp_path, rgbd_frame, capsys):
+    """``--depth`` and ``--intrinsics``: the same RGB-D frame through ``label`` and through
+    ``replay-eval --offline`` (a one-frame RGB-D bag) gives the same objects, and other ones
+    than the colour image alone; a depth PNG in other units is read with ``--depth-scale``."""
+    image, depth, camera = rgbd_frame
+    bag = write_camera_bag(tmp_path / "rgbd", [BagFrame(1_000_000_000, image, [], depth=depth,
+                                                        intrinsics=camera)])
+    assert cli.main(["replay-eval", str(bag), "--offline", "--out", str(tmp_path / "r"),
+                     "--no-plots", "--no-progress"]) == 0
+    replayed = _docs((tmp_path / "r" / "labels.jsonl").read_text())[0]["doc"]["objects"]
+    capsys.readouterr()
+    png = _png(tmp_path / "frame.png", image)
+    intrinsics = ",".join(f"{v:.17g}" for v in camera)
+    mm = _depth_png(tmp_path / "depth.png", depth)
+    assert cli.main(["label", str(png), "--depth", str(mm), "--intrinsics", intrinsics]) == 0
+    captured = capsys.readouterr()
+    (doc,) = _docs(captured.out)
+    assert doc["objects"] and doc["objects"] == replayed and "depth not used" not in captured.err
+    assert cli.main(["label", str(png)]) == 0
+    (colour,) = _docs(capsys.readouterr().out)
+    assert colour["objects"] != doc["objects"]
+    tenth = _depth_png(tmp_path / "depth_tenth_mm.png", depth, 0.0001)
+    assert cli.main(["label", str(png), "--depth", str(tenth), "--intrinsics", intrinsics,
+                     "--depth-scale", "0.0001"]) == 0
+    (scaled,) = _docs(capsys.readouterr().out)
+    assert [o["bbox"] for o in scaled["objects"]] == [o["bbox"] for o in doc["objects"]]
+
+
+def test_bad_depth_files_are_reported_and_their_images_labelled_colour_only(
+        tmp_path, rgbd_frame, capsys):
+    image, depth, camera = rgbd_frame
+    png = _png(tmp_path / "frame.png", image)
+    intrinsics = ",".join(str(v) for v in camera)
+    eight_bit = tmp_path / "eight_bit.png"
+    assert cv2.imwrite(str(eight_bit), (depth * 50).astype(np.uint8))
+    small = _depth_png(tmp_path / "small.png", depth[:100, :100])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    flat = _depth_png(tmp_path / "flat.png", np.zeros_like(depth))   # no depth anywhere
+    cases = [eight_bit, small, text, tmp_path / "missing.png", flat]
+    args = ["label"] + [str(png)] * len(cases)
+    for depth_file in cases:
+        args += ["--depth", str(depth_file)]
+    assert cli.main(args + ["--intrinsics", intrinsics]) == 2
+    captured = capsys.readouterr()
+    assert cli.main(["label", str(png)]) == 0
+    (colour,) = _docs(capsys.readouterr().out)
+    docs = _docs(captured.out)
+    assert len(docs) == len(cases) and all(d["objects"] == colour["objects"] for d in docs)
+    err = captured.err
+    assert "eight_bit.png: depth must be a single-channel 16-bit PNG" in err
+    assert "small.png: depth is 100x100 but the image is" in err
+    assert "notes.png: not a PNG file" in err and "missing.png: no such depth file" in err
+    assert "labelled colour only" in err and "flat.png" not in err
+    assert f"{png}: depth not used (" in err
+    assert "4 of 5 images could not be labelled" in err
+
+
 def _bad_vocabulary(folder: Path) -> list[str]:
     (folder / "vocab.yaml").write_text("labels:\n  - name: ''\n")
     return ["--vocabulary", str(folder / "vocab.yaml")]
@@ -123,6 +197,12 @@ def _out_is_a_file(folder: Path) -> list[str]:
     (lambda folder: ["--model", "/no/such/bundle.vdb"], "model bundle not found"),
     (_bad_vocabulary, "vocab.yaml"),
     (_out_is_a_file, "cannot write into --out"),
+    (lambda folder: ["--depth", "a.png", "--depth", "b.png", "--intrinsics", "1,1,0,0"],
+     "2 --depth files for 1 images"),
+    (lambda folder: ["--depth", "a.png"], "--depth needs --intrinsics"),
+    (lambda folder: ["--depth", "a.png", "--intrinsics", "500,0,320,240"], "--intrinsics must"),
+    (lambda folder: ["--intrinsics", "500,500,nan,240"], "--intrinsics must"),
+    (lambda folder: ["--depth-scale", "0"], "--depth-scale must"),
 ])
 def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsys, make_args,
                                                          message):

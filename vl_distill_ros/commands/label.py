@@ -5,8 +5,10 @@ command runs the node's pipeline (the same bundle, vocabulary rules, parameters 
 as ``vl-distill replay-eval --offline``) on PNG or JPEG files and prints, for each image, the
 JSON document the node publishes on ``~/labels`` (one per line; ``camera`` is the file's
 path). ``--out DIR`` also writes ``labels.jsonl`` and each image with its boxes drawn.
-Images are colour only (no depth). A file that cannot be read or decoded is reported on
-stderr with its reason and the others are still labelled (exit status 2 then).
+With ``--depth`` (one registered 16-bit depth PNG per image, in ``--depth-scale`` units) and
+``--intrinsics`` the depth proposer runs as on an RGB-D camera's frames. A file that cannot
+be read or decoded is reported on stderr with its reason and the others are still labelled
+(exit status 2 then); an image whose depth file is bad is labelled colour only.
 """
 from __future__ import annotations
 
@@ -45,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="another node parameter (pipeline settings), e.g. -p "
                         "unknown_threshold:=0.3 or -p rois:=[0,0,64,64]; repeatable")
+    p.add_argument("--depth", action="append", default=[], metavar="DEPTH",
+                   help="a depth image registered to the colour image: a single-channel "
+                        "16-bit PNG in units of --depth-scale (0 = no depth); give one per "
+                        "IMAGE, in the same order; needs --intrinsics")
+    p.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY",
+                   help="the colour camera's focal lengths and principal point (pixels), "
+                        "for --depth")
+    p.add_argument("--depth-scale", type=float, default=0.001, metavar="METRES",
+                   help="metres per unit of the --depth PNGs, as the node's depth_scale "
+                        "(default 0.001: millimetres; YCB-Video's 0.0001)")
     add_student_options(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="also write labels.jsonl and the images with their boxes drawn here")
@@ -77,6 +89,64 @@ def read_image(path: Path):
         raise InputError(f"{path}: {exc}") from None
 
 
+def read_depth(path: Path, unit_m: float):
+    """The float32 metres ``(H, W)`` of a single-channel 16-bit PNG depth image in units of
+    ``unit_m`` metres (0 stays 0: no depth).
+
+    Raises:
+        InputError: not a readable regular file, too large, or not a 16-bit single-channel
+            PNG.
+    """
+    import cv2
+    import numpy as np
+
+    from ..atomic_io import FileRejected, read_regular_file
+    from ..evaluation.replay import InputError
+
+    try:
+        data = read_regular_file(path, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such depth file") from None
+    except (FileRejected, OSError) as exc:
+        raise InputError(f"{path}: cannot read it: {exc}") from None
+    buf = np.frombuffer(data, np.uint8)
+    if buf[:8].tobytes() != b"\x89PNG\r\n\x1a\n":
+        raise InputError(f"{path}: not a PNG file (depth must be a 16-bit PNG)")
+    width, height = (int.from_bytes(buf[16:20].tobytes(), "big"),
+                     int.from_bytes(buf[20:24].tobytes(), "big")) if buf.size >= 24 else (0, 0)
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{path}: depth image too large: {width}x{height} pixels")
+    depth = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise InputError(f"{path}: not a decodable PNG")
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        channels = 1 if depth.ndim == 2 else depth.shape[2]
+        raise InputError(f"{path}: depth must be a single-channel 16-bit PNG, got {channels} "
+                         f"channel(s) of {depth.dtype}")
+    return depth.astype(np.float32) * np.float32(unit_m)
+
+
+def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
+    """``FX,FY,CX,CY`` as four finite numbers with positive focal lengths.
+
+    Raises:
+        InputError: not four such numbers.
+    """
+    import math
+
+    from ..evaluation.replay import InputError
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values) or \
+            values[0] <= 0 or values[1] <= 0:
+        raise InputError(f"--intrinsics must be FX,FY,CX,CY (four numbers, focal lengths > 0), "
+                         f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def run(args: argparse.Namespace) -> int:
     """Label every image; returns the exit code (0, or 2 when any input was bad)."""
     from ..evaluation.replay import (InputError, ReplaySettings, check_model,
@@ -88,6 +158,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if len(args.images) > MAX_IMAGES:
             raise InputError(f"{len(args.images)} images; at most {MAX_IMAGES} a call")
+        if args.depth and len(args.depth) != len(args.images):
+            raise InputError(f"{len(args.depth)} --depth files for {len(args.images)} images; "
+                             "give one per image, in the same order")
+        if args.depth and args.intrinsics is None:
+            raise InputError("--depth needs --intrinsics FX,FY,CX,CY (the colour camera's)")
+        camera = parse_intrinsics(args.intrinsics) if args.intrinsics is not None else None
+        if not 0.0 < args.depth_scale <= 1.0:
+            raise InputError(f"--depth-scale must be in (0, 1] metres, got {args.depth_scale}")
         params = dict(parse_param(text) for text in args.param)
         if args.crop_source:
             params["crop_source"] = args.crop_source
@@ -117,11 +195,28 @@ def run(args: argparse.Namespace) -> int:
             path = Path(name)
             try:
                 image = read_image(path)
-                objects, version = pipe.process(image, camera=str(path))
-            except (InputError, PipelineError) as exc:
+            except InputError as exc:
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
                 bad += 1
                 continue
+            depth, intrinsics = None, None
+            if args.depth:
+                try:
+                    depth, intrinsics = _depth_for(Path(args.depth[i]), image, camera,
+                                                   args.depth_scale)
+                except InputError as exc:   # labelled colour only, as the node would
+                    print(f"{PROG}: error: {exc}; {path} labelled colour only",
+                          file=sys.stderr)
+                    bad += 1
+            try:
+                objects, version = pipe.process(image, depth, intrinsics, camera=str(path))
+            except PipelineError as exc:
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
+                bad += 1
+                continue
+            if depth is not None and pipe.last_depth_status != "used":
+                print(f"{PROG}: {path}: depth not used ({pipe.last_depth_status}); colour only",
+                      file=sys.stderr)
             line = json.dumps(labels_document(0, 0, path.name, str(path), version, objects))
             print(line, flush=True)
             if jsonl is not None:
@@ -138,6 +233,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {bad} of {len(args.images)} images could not be labelled",
               file=sys.stderr)
     return 2 if bad else 0
+
+
+def _depth_for(path: Path, image, camera: tuple[float, float, float, float] | None,
+               unit_m: float):
+    """``(depth, intrinsics)`` for one image from its depth file and ``--intrinsics``.
+
+    Raises:
+        InputError: the depth file is bad or its size is not the image's.
+    """
+    from ..evaluation.replay import InputError
+    from ..perception.camera_model import CameraIntrinsics
+
+    depth = read_depth(path, unit_m)
+    height, width = image.shape[:2]
+    if depth.shape != (height, width):
+        raise InputError(f"{path}: depth is {depth.shape[1]}x{depth.shape[0]} but the image "
+                         f"is {width}x{height}")
+    assert camera is not None
+    return depth, CameraIntrinsics(*camera, width=width, height=height)
 
 
 def _write_png(path: Path, image_rgb) -> bool:
