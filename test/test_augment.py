@@ -9,7 +9,7 @@ import torch
 
 from vl_distill_ros.config import AugmentConfig, ConfigError, load_train_config
 from vl_distill_ros.model.student import InputSpec
-from vl_distill_ros.training.augment import CropAugment, _motion_blur, motion_kernel
+from vl_distill_ros.training.augment import CropAugment, _motion_blur, mix_views, motion_kernel
 
 SPEC = InputSpec(48, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # output = pixels in [0, 1]
 TABLE = (170, 140, 110)
@@ -138,3 +138,31 @@ def test_bad_settings_are_configuration_errors(tmp_path):
     path.write_text("data:\n  augment:\n    whitebalance: 0.2\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         load_train_config(path)
+
+
+def test_mixup_blends_the_same_rows_for_student_and_teacher():
+    """``mix_views``: about ``prob`` of the rows become ``lam * row + (1 - lam) * partner``
+    with one ``lam`` and one partner (another row) for the student's tensor and the
+    teacher's uint8 views; blended rows lose their label, the others stay as they were;
+    the same generator seed gives the same blend, and prob 0 changes nothing."""
+    n = 64
+    rows = torch.arange(n, dtype=torch.float32)
+    x = rows.view(n, 1, 1, 1).expand(n, 3, 2, 2).clone()          # row i is all i
+    views = np.repeat(np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * 3, 4, axis=1)
+    views = np.repeat(views, 4, axis=2).repeat(3, axis=3)        # row i is all 3 i
+    labels = torch.arange(n)
+    mx, mv, ml = mix_views(x, views, labels, 0.5, 1.0, torch.Generator().manual_seed(3))
+    blended = ml == -1
+    assert 16 <= int(blended.sum()) <= 48
+    assert torch.equal(ml[~blended], labels[~blended]) and torch.equal(mx[~blended], x[~blended])
+    assert np.array_equal(mv[~blended.numpy()], views[~blended.numpy()])
+    assert torch.equal(x, rows.view(n, 1, 1, 1).expand(n, 3, 2, 2))  # inputs untouched
+    for i in torch.nonzero(blended).flatten().tolist():
+        value = float(mx[i, 0, 0, 0])
+        assert torch.all(mx[i] == value) and value != i
+        # the teacher's view is the same blend of the same rows (x 3, rounded to uint8)
+        assert abs(int(mv[i, 0, 0, 0]) - 3 * value) <= 1.0
+    again = mix_views(x, views, labels, 0.5, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], mx) and np.array_equal(again[1], mv)
+    same = mix_views(x, views, labels, 0.0, 1.0, torch.Generator().manual_seed(3))
+    assert same[0] is x and same[1] is views and same[2] is labels

@@ -751,6 +751,42 @@ def test_consistent_teacher_targets_embed_each_batchs_views(toy: Path, monkeypat
         load_train_config(_config(toy, "bad_targets", loss={"teacher_targets": "online"}))
 
 
+def test_mixup_shows_the_teacher_the_blends_and_drops_their_labels(toy: Path, monkeypatch):
+    """``loss.mixup_prob``: with every view blended, the teacher is shown blends (the first
+    step's views all differ from those of the same seed without mixup, whose crops are drawn
+    alike), L_cls and L_vlprox see no labelled row (0) while the teacher-only L_im-cst still
+    trains; mixup without consistent targets, or out of [0, 1], is a configuration error."""
+    from vl_distill_ros.model.teachers.conse import ConSETeacher
+
+    seen: list[np.ndarray] = []
+    real = ConSETeacher.encode_images
+
+    def spy(self, images):
+        images = list(images)
+        if images and images[0].shape == (224, 224, 3):
+            seen.append(np.stack(images))
+        return real(self, images)
+
+    monkeypatch.setattr(ConSETeacher, "encode_images", spy)
+    cfg = _config(toy, "mixup", optim={"epochs": 1},
+                  loss={"teacher_targets": "consistent", "mixup_prob": 1.0})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    row = _rows(toy / "mixup")[0]
+    assert row["cls"] == 0.0 and row["vlprox"] == 0.0 and row["imcst"] > 0.0, row
+    blended = seen[0]
+    seen.clear()
+    plain = _config(toy, "no_mixup", optim={"epochs": 1}, loss={"teacher_targets": "consistent"})
+    assert cli_main(["train", "--config", str(plain), "--no-progress"]) == 0
+    assert _rows(toy / "no_mixup")[0]["cls"] > 0.0
+    assert blended.shape == seen[0].shape == (8, 224, 224, 3)
+    assert all(not np.array_equal(a, b) for a, b in zip(blended, seen[0]))
+    with pytest.raises(Exception, match="mixup_prob > 0 needs loss.teacher_targets"):
+        load_train_config(_config(toy, "bad_mixup", loss={"mixup_prob": 0.5}))
+    with pytest.raises(Exception, match="mixup_prob must be in"):
+        load_train_config(_config(toy, "bad_mixup2", loss={"teacher_targets": "consistent",
+                                                           "mixup_prob": 1.5}))
+
+
 def test_centred_calibration_is_the_mean_calibration_embedding(toy: Path):
     """``calibration.center``: the record's centre is the mean student embedding of the
     calibration crops (ID and pseudo-unseen), the bias curve is computed on the centred

@@ -125,6 +125,14 @@ class LossConfig:
     #: the student's alone; Beyer et al., CVPR 2022, "function matching"). ``consistent``
     #: runs the teacher on every training batch.
     teacher_targets: str = "cached"
+    #: Share of each batch's views blended with another view of the same batch (mixup,
+    #: Zhang et al., ICLR 2018), student's and teacher's views alike, so the teacher embeds
+    #: the blend the student sees (Beyer et al.'s function matching: the losses then see
+    #: images between the training images, not only those images). Blended views lose their
+    #: label (the teacher-only terms alone use them). Needs ``teacher_targets: consistent``.
+    mixup_prob: float = 0.0
+    #: Each blend's weight of its first view is drawn from Beta(alpha, alpha) (1: uniform).
+    mixup_alpha: float = 1.0
 
 
 @dataclass
@@ -347,6 +355,13 @@ def validate_train_config(cfg: "TrainConfig") -> None:
     if not 0.0 <= cfg.calibration.max_bias <= 1.0:
         raise ConfigError(f"calibration.max_bias must be in [0, 1], got "
                           f"{cfg.calibration.max_bias}")
+    if not 0.0 <= cfg.loss.mixup_prob <= 1.0:
+        raise ConfigError(f"loss.mixup_prob must be in [0, 1], got {cfg.loss.mixup_prob}")
+    if not 0.0 < cfg.loss.mixup_alpha <= 100.0:
+        raise ConfigError(f"loss.mixup_alpha must be in (0, 100], got {cfg.loss.mixup_alpha}")
+    if cfg.loss.mixup_prob > 0 and cfg.loss.teacher_targets != "consistent":
+        raise ConfigError("loss.mixup_prob > 0 needs loss.teacher_targets: consistent (a "
+                          "cached embedding is of an unblended image)")
     if cfg.loss.vlkl_weight > 0 and not cfg.data.broad_vocabulary:
         raise ConfigError("loss.vlkl_weight > 0 needs data.broad_vocabulary (e.g. imagenet)")
     if not 0.0 < cfg.data.named_merge_similarity <= 1.0:

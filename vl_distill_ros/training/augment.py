@@ -210,3 +210,36 @@ def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
         return img
     back = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(back)).permute(2, 0, 1).to(img.device, img.dtype)
+
+
+def mix_views(x: torch.Tensor, views: np.ndarray, labels: torch.Tensor, prob: float,
+              alpha: float, generator: torch.Generator
+              ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    """Mixup of a batch's views, the student's and the teacher's alike.
+
+    Each row is, with probability ``prob``, blended with another row of the batch (a
+    random partner, never itself): ``lam * row + (1 - lam) * partner`` with ``lam`` drawn
+    from Beta(``alpha``, ``alpha``), the same ``lam`` and partner for the student's
+    normalised ``x`` (N, 3, S, S) and the teacher's uint8 ``views`` (N, T, T, 3), so the
+    teacher embeds exactly the blend the student is shown. Blended rows get the label
+    ``-1`` (no single name fits them). Returns new tensors; the inputs are left as they
+    are. Deterministic for a given ``generator``.
+    """
+    n = x.shape[0]
+    if prob <= 0 or n < 2:
+        return x, views, labels
+    pick = torch.rand(n, generator=generator) < prob
+    partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    # torch's Beta sampler takes no generator: draw from a forked global RNG seeded by ours
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        lam = beta.sample((n,))
+    lam = torch.where(pick, lam, torch.ones(n))
+    lx = lam.to(x.device, x.dtype).view(n, 1, 1, 1)
+    mixed_x = lx * x + (1 - lx) * x[partner.to(x.device)]
+    lv = lam.numpy().astype(np.float32).reshape(n, 1, 1, 1)
+    v = views.astype(np.float32)
+    mixed_views = np.clip(lv * v + (1 - lv) * v[partner.numpy()] + 0.5, 0, 255).astype(np.uint8)
+    new_labels = torch.where(pick.to(labels.device), torch.full_like(labels, -1), labels)
+    return mixed_x, mixed_views, new_labels

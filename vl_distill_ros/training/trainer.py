@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ..atomic_io import atomic_write_bytes
 from ..config import TrainConfig, from_dict, to_dict
-from .augment import CropAugment
+from .augment import CropAugment, mix_views
 from .losses import DistillLoss
 from .metrics import accuracy
 from ..perception.preprocess import preprocess_crops
@@ -477,19 +477,24 @@ class _Run:
 
 
 def _batch(run: _Run, idx: torch.Tensor, aug_gen: torch.Generator
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's augmented batch and the teacher embeddings it is matched to: cached
-    ones of the un-augmented images, or (``loss.teacher_targets: consistent``) the
-    teacher's embeddings of the same views, computed now."""
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The student's augmented batch, the teacher embeddings it is matched to and its
+    labels: cached embeddings of the un-augmented images, or (``loss.teacher_targets:
+    consistent``) the teacher's embeddings of the same views, computed now, a share of them
+    blended in pairs (``loss.mixup_prob``; blended views lose their label)."""
     device = run.env.device
+    labels = run.labels[idx]
     if run.cfg.loss.teacher_targets != "consistent":
         x = run.augment(run.images[idx], aug_gen)
-        return x.to(device), run.targets[idx].to(device)
+        return x.to(device), run.targets[idx].to(device), labels.to(device)
     teacher = run.teacher.get()
     x, views = run.augment.with_teacher_view(run.images[idx], aug_gen, teacher.input_size)
+    if run.cfg.loss.mixup_prob > 0:
+        x, views, labels = mix_views(x, views, labels, run.cfg.loss.mixup_prob,
+                                     run.cfg.loss.mixup_alpha, aug_gen)
     with torch.no_grad():
         targets = teacher.encode_images(list(views))
-    return x.to(device), targets.float().to(device)
+    return x.to(device), targets.float().to(device), labels.to(device)
 
 
 def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
@@ -511,12 +516,12 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
         for group in run.optimizer.param_groups:
             group["lr"] = lr_at(g, run.total_steps, run.warmup, cfg.optim.lr) * group["lr_scale"]
         idx = shard_indices(perm, step, run.local_bs, env.rank, env.world)
-        x, targets = _batch(run, idx, aug_gen)
+        x, targets, labels = _batch(run, idx, aug_gen)
         if cfg.optim.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         s = run.model(x)
-        total, parts = run.loss_fn(s, targets, run.text_emb,
-                                   run.labels[idx].to(env.device), run.broad, as_float=False)
+        total, parts = run.loss_fn(s, targets, run.text_emb, labels, run.broad,
+                                   as_float=False)
         run.optimizer.zero_grad(set_to_none=True)
         total.backward()
         run.optimizer.step()
