@@ -272,6 +272,14 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     for d in (a, b):
         del d["name"], d["output_dir"], d["student"]["head"]
     assert a == b
+    # session 69's probe is row 15 with function matching (consistent targets, mixup)
+    probe = load_train_config("config/ablation/gzsl_mixup.yaml")
+    assert (probe.loss.teacher_targets, probe.loss.mixup_prob) == ("consistent", 0.5)
+    assert (last.loss.teacher_targets, last.loss.mixup_prob) == ("cached", 0.0)
+    a, b = to_dict(probe), to_dict(last)
+    for d in (a, b):
+        del d["name"], d["output_dir"], d["loss"]["teacher_targets"], d["loss"]["mixup_prob"]
+    assert a == b
     last = row13
     # row 13 is row 12 with the twelve-crop folder, row 12 row 11 with the six-crop folder
     # (both made by `make cutouts`), nothing else
