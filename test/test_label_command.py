@@ -151,6 +151,13 @@ def test_depth_files_run_the_depth_proposer_as_the_offline_replay(tmp_path, rgbd
     assert [o["bbox"] for o in scaled["objects"]] == [o["bbox"] for o in doc["objects"]]
 
 
+def test_depth_scale_range_is_the_nodes():
+    from vl_distill_ros.commands.label import DEPTH_SCALE_RANGE
+    from vl_distill_ros.ros import params
+
+    assert params.BY_NAME["depth_scale"].range == DEPTH_SCALE_RANGE
+
+
 def test_bad_depth_files_are_reported_and_their_images_labelled_colour_only(
         tmp_path, rgbd_frame, capsys):
     image, depth, camera = rgbd_frame
@@ -203,6 +210,7 @@ def _out_is_a_file(folder: Path) -> list[str]:
     (lambda folder: ["--depth", "a.png", "--intrinsics", "500,0,320,240"], "--intrinsics must"),
     (lambda folder: ["--intrinsics", "500,500,nan,240"], "--intrinsics must"),
     (lambda folder: ["--depth-scale", "0"], "--depth-scale must"),
+    (lambda folder: ["--depth-scale", "1"], "--depth-scale must"),
 ])
 def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsys, make_args,
                                                          message):

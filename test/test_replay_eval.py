@@ -507,3 +507,34 @@ def test_stamp_from_cdr_checks_the_whole_image_message(bag):
     for bad in (raw.data[: len(raw.data) // 2], raw.data[:40]):
         with pytest.raises(replay.InputError, match="corrupt bag"):
             replay.stamp_from_cdr(bad)
+
+
+def test_depth_scale_reads_a_bags_16_bit_depth_in_other_units(tmp_path, capsys):
+    """``-p depth_scale:=...``: a bag whose 16UC1 depth is in tenths of a millimetre (as
+    YCB-Video stores it) replays offline as the same frame in millimetres does; read as
+    millimetres it is ten times too far and the objects differ."""
+    import numpy as np
+
+    from vl_distill_ros.bags.bag_io import BagFrame, write_camera_bag
+
+    sample = Path(__file__).resolve().parents[1] / "demo" / "sample_tabletop"
+    frame = next(read_camera_bag(sample).rgbd_frames())
+    camera = tuple(frame.camera_info[:4])
+    tenths = np.round(frame.depth * 10000.0).astype(np.uint16)   # uint16: written as is
+    mm = write_camera_bag(tmp_path / "mm", [BagFrame(1_000_000_000, frame.image, [],
+                                                     depth=frame.depth, intrinsics=camera)])
+    fine = write_camera_bag(tmp_path / "tenths", [BagFrame(1_000_000_000, frame.image, [],
+                                                           depth=tenths, intrinsics=camera)])
+
+    def objects(bag: Path, *extra: str) -> list:
+        out = tmp_path / f"out_{bag.name}_{len(extra)}"
+        code, _, err = run_cli([str(bag), "--offline", "--out", str(out), "--no-plots",
+                                *extra], capsys)
+        assert code == 0, err
+        (doc,) = load_labels_jsonl(out / "labels.jsonl")
+        return doc["doc"]["objects"]
+
+    reference = objects(mm)
+    assert reference
+    assert objects(fine, "-p", "depth_scale:=0.0001") == reference
+    assert objects(fine) != reference

@@ -25,6 +25,9 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_PIXELS = 50_000_000
 #: Most image files one call takes.
 MAX_IMAGES = 100_000
+#: Metres per unit of a 16-bit depth PNG that --depth-scale accepts: the node's
+#: ``depth_scale`` range (vl_distill_ros.ros.params; kept equal by a test).
+DEPTH_SCALE_RANGE = (1e-6, 0.1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,36 +150,51 @@ def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Label every image; returns the exit code (0, or 2 when any input was bad)."""
+def _pipeline(args: argparse.Namespace):
+    """The offline pipeline of the command's settings and the parsed ``--intrinsics``
+    (None without them).
+
+    Raises:
+        InputError: a bad option, parameter, bundle or vocabulary.
+    """
     from ..evaluation.replay import (InputError, ReplaySettings, check_model,
                                      node_parameter_values, offline_pipeline, parse_param,
                                      resolve_device)
+
+    if len(args.images) > MAX_IMAGES:
+        raise InputError(f"{len(args.images)} images; at most {MAX_IMAGES} a call")
+    if args.depth and len(args.depth) != len(args.images):
+        raise InputError(f"{len(args.depth)} --depth files for {len(args.images)} images; "
+                         "give one per image, in the same order")
+    if args.depth and args.intrinsics is None:
+        raise InputError("--depth needs --intrinsics FX,FY,CX,CY (the colour camera's)")
+    camera = parse_intrinsics(args.intrinsics) if args.intrinsics is not None else None
+    low, high = DEPTH_SCALE_RANGE
+    if not low <= args.depth_scale <= high:
+        raise InputError(f"--depth-scale must be in [{low:g}, {high:g}] metres (the node's "
+                         f"depth_scale), got {args.depth_scale}")
+    params = dict(parse_param(text) for text in args.param)
+    if args.crop_source:
+        params["crop_source"] = args.crop_source
+    settings = ReplaySettings(model=Path(args.model) if args.model else None,
+                              vocabulary=Path(args.vocabulary) if args.vocabulary else None,
+                              params=params, device=args.device)
+    if args.text_cache_dir is not None:
+        settings.text_cache_dir = args.text_cache_dir
+    model = check_model(settings.model)
+    values = node_parameter_values(settings.params)
+    pipe, _, _ = offline_pipeline(model, settings, values, resolve_device(args.device))
+    return pipe, camera
+
+
+def run(args: argparse.Namespace) -> int:
+    """Label every image; returns the exit code (0, or 2 when any input was bad)."""
+    from ..evaluation.replay import InputError
     from ..perception.labels_output import draw_annotations, labels_document
     from ..perception.pipeline import PipelineError
 
     try:
-        if len(args.images) > MAX_IMAGES:
-            raise InputError(f"{len(args.images)} images; at most {MAX_IMAGES} a call")
-        if args.depth and len(args.depth) != len(args.images):
-            raise InputError(f"{len(args.depth)} --depth files for {len(args.images)} images; "
-                             "give one per image, in the same order")
-        if args.depth and args.intrinsics is None:
-            raise InputError("--depth needs --intrinsics FX,FY,CX,CY (the colour camera's)")
-        camera = parse_intrinsics(args.intrinsics) if args.intrinsics is not None else None
-        if not 0.0 < args.depth_scale <= 1.0:
-            raise InputError(f"--depth-scale must be in (0, 1] metres, got {args.depth_scale}")
-        params = dict(parse_param(text) for text in args.param)
-        if args.crop_source:
-            params["crop_source"] = args.crop_source
-        settings = ReplaySettings(model=Path(args.model) if args.model else None,
-                                  vocabulary=Path(args.vocabulary) if args.vocabulary else None,
-                                  params=params, device=args.device)
-        if args.text_cache_dir is not None:
-            settings.text_cache_dir = args.text_cache_dir
-        model = check_model(settings.model)
-        values = node_parameter_values(settings.params)
-        pipe, _, _ = offline_pipeline(model, settings, values, resolve_device(args.device))
+        pipe, camera = _pipeline(args)
     except InputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -124,8 +124,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the node's crop_source parameter (default: the node's, proposals)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="another node parameter (pipeline settings, qos_reliability, "
-                        "qos_depth, torch_threads), e.g. -p unknown_threshold:=0.3; "
-                        "repeatable")
+                        "qos_depth, torch_threads, depth_scale, depth_sync_tolerance), e.g. "
+                        "-p unknown_threshold:=0.3 or -p depth_scale:=0.0001 for a bag's "
+                        "16-bit depth in tenths of a millimetre; repeatable")
     p.add_argument("--iou", type=float, default=0.5,
                    help="IoU needed to match a box to a ground-truth object "
                         "(default: %(default)s)")

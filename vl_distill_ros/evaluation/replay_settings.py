@@ -29,7 +29,8 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
 TUNABLE_PARAMS: frozenset[str] = frozenset(P.SETTINGS_PARAMS | {
     "qos_reliability", "qos_depth", "torch_threads", "publish_annotated",
     "inference_backend", "inference_backend_behind", "inference_threads", "proposal_threads",
-    "proposal_box_net_close_topics", "description_catalogue"})
+    "proposal_box_net_close_topics", "description_catalogue", "depth_scale",
+    "depth_sync_tolerance"})
 #: Diagnostics period requested from the node (s): counters are read from diagnostics.
 DIAGNOSTICS_PERIOD = 0.5
 #: Lines of node output quoted in errors.
