@@ -180,9 +180,12 @@ def test_bad_depth_files_are_reported_and_their_images_labelled_colour_only(
     docs = _docs(captured.out)
     assert len(docs) == len(cases) and all(d["objects"] == colour["objects"] for d in docs)
     err = captured.err
-    assert "eight_bit.png: depth must be a single-channel 16-bit PNG" in err
+    lines = {name: next((line for line in err.splitlines() if f"{name}:" in line), "")
+             for name in ("eight_bit.png", "notes.png")}
+    assert "uint8" in lines["eight_bit.png"] and "neither JPEG nor PNG" in lines["notes.png"]
+    assert all("(depth must be a single-channel 16-bit PNG)" in line for line in lines.values())
     assert "small.png: depth is 100x100 but the image is" in err
-    assert "notes.png: not a PNG file" in err and "missing.png: no such depth file" in err
+    assert "missing.png: no such depth file" in err
     assert "labelled colour only" in err and "flat.png" not in err
     assert f"{png}: depth not used (" in err
     assert "4 of 5 images could not be labelled" in err

@@ -66,26 +66,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _read_payload(path: Path, what: str):
+    """The bytes of a regular file of at most :data:`MAX_FILE_BYTES`, as a uint8 array.
+
+    Raises:
+        InputError: missing, not a regular file, unreadable or too large.
+    """
+    import numpy as np
+
+    from ..atomic_io import FileRejected, read_regular_file
+    from ..evaluation.replay import InputError
+
+    try:
+        return np.frombuffer(read_regular_file(path, MAX_FILE_BYTES), np.uint8)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such {what}") from None
+    except (FileRejected, OSError) as exc:
+        raise InputError(f"{path}: cannot read it: {exc}") from None
+
+
 def read_image(path: Path):
     """The RGB uint8 ``(H, W, 3)`` image of a PNG or JPEG file.
 
     Raises:
         InputError: not a readable regular file, too large, or not a decodable PNG or JPEG.
     """
-    import numpy as np
-
-    from ..atomic_io import FileRejected, read_regular_file
     from ..evaluation.replay import InputError
     from ..perception.compressed_codec import decode_compressed_image, payload_kind
     from ..perception.image_codec import ImageDecodeError
 
-    try:
-        data = read_regular_file(path, MAX_FILE_BYTES)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (FileRejected, OSError) as exc:
-        raise InputError(f"{path}: cannot read it: {exc}") from None
-    buf = np.frombuffer(data, np.uint8)
+    buf = _read_payload(path, "file")
     try:
         return decode_compressed_image(payload_kind(buf), buf, max_pixels=MAX_PIXELS)
     except ImageDecodeError as exc:
@@ -94,39 +104,22 @@ def read_image(path: Path):
 
 def read_depth(path: Path, unit_m: float):
     """The float32 metres ``(H, W)`` of a single-channel 16-bit PNG depth image in units of
-    ``unit_m`` metres (0 stays 0: no depth).
+    ``unit_m`` metres (0 stays 0: no depth), decoded as the node decodes a compressed depth
+    image (the size read from the header first).
 
     Raises:
         InputError: not a readable regular file, too large, or not a 16-bit single-channel
             PNG.
     """
-    import cv2
-    import numpy as np
-
-    from ..atomic_io import FileRejected, read_regular_file
     from ..evaluation.replay import InputError
+    from ..perception.compressed_codec import decode_compressed_depth
+    from ..perception.image_codec import ImageDecodeError
 
+    buf = _read_payload(path, "depth file")
     try:
-        data = read_regular_file(path, MAX_FILE_BYTES)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such depth file") from None
-    except (FileRejected, OSError) as exc:
-        raise InputError(f"{path}: cannot read it: {exc}") from None
-    buf = np.frombuffer(data, np.uint8)
-    if buf[:8].tobytes() != b"\x89PNG\r\n\x1a\n":
-        raise InputError(f"{path}: not a PNG file (depth must be a 16-bit PNG)")
-    width, height = (int.from_bytes(buf[16:20].tobytes(), "big"),
-                     int.from_bytes(buf[20:24].tobytes(), "big")) if buf.size >= 24 else (0, 0)
-    if width * height > MAX_PIXELS:
-        raise InputError(f"{path}: depth image too large: {width}x{height} pixels")
-    depth = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise InputError(f"{path}: not a decodable PNG")
-    if depth.dtype != np.uint16 or depth.ndim != 2:
-        channels = 1 if depth.ndim == 2 else depth.shape[2]
-        raise InputError(f"{path}: depth must be a single-channel 16-bit PNG, got {channels} "
-                         f"channel(s) of {depth.dtype}")
-    return depth.astype(np.float32) * np.float32(unit_m)
+        return decode_compressed_depth("16UC1; png", buf, MAX_PIXELS, unit_m)
+    except ImageDecodeError as exc:
+        raise InputError(f"{path}: {exc} (depth must be a single-channel 16-bit PNG)") from None
 
 
 def parse_intrinsics(text: str) -> tuple[float, float, float, float]:
