@@ -144,7 +144,8 @@ def test_mixup_blends_the_same_rows_for_student_and_teacher():
     """``mix_views``: about ``prob`` of the rows become ``lam * row + (1 - lam) * partner``
     with one ``lam`` and one partner (another row) for the student's tensor and the
     teacher's uint8 views; blended rows lose their label, the others stay as they were;
-    the same generator seed gives the same blend, and prob 0 changes nothing."""
+    the same generator seed gives the same blend, prob 0 changes nothing, and with
+    ``labelled=False`` only unlabelled rows are blended."""
     n = 64
     rows = torch.arange(n, dtype=torch.float32)
     x = rows.view(n, 1, 1, 1).expand(n, 3, 2, 2).clone()          # row i is all i
@@ -166,3 +167,9 @@ def test_mixup_blends_the_same_rows_for_student_and_teacher():
     assert torch.equal(again[0], mx) and np.array_equal(again[1], mv)
     same = mix_views(x, views, labels, 0.0, 1.0, torch.Generator().manual_seed(3))
     assert same[0] is x and same[1] is views and same[2] is labels
+    # labelled=False: only unlabelled rows are blended; every labelled row is kept as it was
+    half = torch.where(labels % 2 == 0, labels, torch.full_like(labels, -1))
+    kx, _, kl = mix_views(x, views, half, 1.0, 1.0, torch.Generator().manual_seed(3),
+                          labelled=False)
+    changed = (kx != x).flatten(1).any(1)
+    assert torch.equal(changed, half < 0) and torch.equal(kl, half)

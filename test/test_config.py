@@ -280,6 +280,12 @@ def test_every_gzsl_row_loads_and_the_default_bundle_is_the_last_row(repo_root, 
     for d in (a, b):
         del d["name"], d["output_dir"], d["loss"]["teacher_targets"], d["loss"]["mixup_prob"]
     assert a == b
+    aux_only = load_train_config("config/ablation/gzsl_mixup_aux.yaml")
+    assert probe.loss.mixup_labelled and not aux_only.loss.mixup_labelled
+    a, b = to_dict(aux_only), to_dict(probe)
+    for d in (a, b):
+        del d["name"], d["output_dir"], d["loss"]["mixup_labelled"]
+    assert a == b
     last = row13
     # row 13 is row 12 with the twelve-crop folder, row 12 row 11 with the six-crop folder
     # (both made by `make cutouts`), nothing else

@@ -133,6 +133,9 @@ class LossConfig:
     mixup_prob: float = 0.0
     #: Each blend's weight of its first view is drawn from Beta(alpha, alpha) (1: uniform).
     mixup_alpha: float = 1.0
+    #: Blend labelled views too (they then lose their label); False: only the unlabelled
+    #: (auxiliary) views are blended, and L_cls keeps every labelled view.
+    mixup_labelled: bool = True
 
 
 @dataclass

@@ -213,7 +213,7 @@ def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def mix_views(x: torch.Tensor, views: np.ndarray, labels: torch.Tensor, prob: float,
-              alpha: float, generator: torch.Generator
+              alpha: float, generator: torch.Generator, labelled: bool = True
               ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
     """Mixup of a batch's views, the student's and the teacher's alike.
 
@@ -222,13 +222,16 @@ def mix_views(x: torch.Tensor, views: np.ndarray, labels: torch.Tensor, prob: fl
     from Beta(``alpha``, ``alpha``), the same ``lam`` and partner for the student's
     normalised ``x`` (N, 3, S, S) and the teacher's uint8 ``views`` (N, T, T, 3), so the
     teacher embeds exactly the blend the student is shown. Blended rows get the label
-    ``-1`` (no single name fits them). Returns new tensors; the inputs are left as they
-    are. Deterministic for a given ``generator``.
+    ``-1`` (no single name fits them). With ``labelled`` False only unlabelled rows
+    (label ``-1``) are blended, so every labelled view keeps its label. Returns new
+    tensors; the inputs are left as they are. Deterministic for a given ``generator``.
     """
     n = x.shape[0]
     if prob <= 0 or n < 2:
         return x, views, labels
     pick = torch.rand(n, generator=generator) < prob
+    if not labelled:
+        pick &= labels.cpu() < 0
     partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n
     beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
     # torch's Beta sampler takes no generator: draw from a forked global RNG seeded by ours

@@ -491,7 +491,8 @@ def _batch(run: _Run, idx: torch.Tensor, aug_gen: torch.Generator
     x, views = run.augment.with_teacher_view(run.images[idx], aug_gen, teacher.input_size)
     if run.cfg.loss.mixup_prob > 0:
         x, views, labels = mix_views(x, views, labels, run.cfg.loss.mixup_prob,
-                                     run.cfg.loss.mixup_alpha, aug_gen)
+                                     run.cfg.loss.mixup_alpha, aug_gen,
+                                     run.cfg.loss.mixup_labelled)
     with torch.no_grad():
         targets = teacher.encode_images(list(views))
     return x.to(device), targets.float().to(device), labels.to(device)
