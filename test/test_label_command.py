@@ -188,7 +188,8 @@ def test_bad_depth_files_are_reported_and_their_images_labelled_colour_only(
     assert "missing.png: no such depth file" in err
     assert "labelled colour only" in err and "flat.png" not in err
     assert f"{png}: depth not used (" in err
-    assert "4 of 5 images could not be labelled" in err
+    assert "4 of 5 images labelled colour only (bad depth files)" in err
+    assert "could not be labelled" not in err
 
 
 def _bad_vocabulary(folder: Path) -> list[str]:

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
-    bad = 0
+    bad = colour_only = 0
     jsonl = None
     try:
         if out is not None:
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 except InputError as exc:   # labelled colour only, as the node would
                     print(f"{PROG}: error: {exc}; {path} labelled colour only",
                           file=sys.stderr)
-                    bad += 1
+                    colour_only += 1
             try:
                 objects, version = pipe.process(image, depth, intrinsics, camera=str(path))
             except PipelineError as exc:
@@ -243,7 +243,10 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         print(f"{PROG}: {bad} of {len(args.images)} images could not be labelled",
               file=sys.stderr)
-    return 2 if bad else 0
+    if colour_only:
+        print(f"{PROG}: {colour_only} of {len(args.images)} images labelled colour only (bad "
+              "depth files)", file=sys.stderr)
+    return 2 if bad or colour_only else 0
 
 
 def _depth_for(path: Path, image, camera: tuple[float, float, float, float] | None,
