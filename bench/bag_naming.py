@@ -60,9 +60,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _tally(rows: list[tuple[str, str, str, bool]]) -> dict[str, Any]:
-    """``rows`` of (key, true name, predicted name, unknown) -> counts and the most given."""
+    """``rows`` of (key, true name, predicted name, unknown) -> counts and the most given.
+    ``right``: the top-1 name is right; ``right_known``: and the open-set rule keeps it
+    (``known``), so the node publishes it as the label."""
     right = sum(int(pred == truth) for _, truth, pred, _ in rows)
     return {"objects": len(rows), "right": right,
+            "right_known": sum(int(pred == truth and not u) for _, truth, pred, u in rows),
             "accuracy": _common.r(right / len(rows), 4) if rows else None,
             "unknown": sum(int(u) for *_, u in rows),
             "most_given": dict(Counter(pred for _, _, pred, _ in rows).most_common(3))}

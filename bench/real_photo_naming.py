@@ -46,12 +46,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _tally(rows: list[tuple[str, str, bool]]) -> dict[str, Any]:
-    """``rows`` of (true name, predicted name, unknown) -> counts, per-name accuracy."""
+    """``rows`` of (true name, predicted name, unknown) -> counts, per-name accuracy.
+    ``right``: the top-1 name is right; ``right_known``: and the open-set rule keeps it
+    (``known``), so the node publishes it as the label."""
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for truth, pred, _ in rows:
         per[truth][0] += int(pred == truth)
         per[truth][1] += 1
     return {"objects": len(rows), "right": sum(r for r, _ in per.values()),
+            "right_known": sum(int(pred == truth and not u) for truth, pred, u in rows),
             "unknown": sum(int(u) for *_, u in rows),
             "mean_over_names": _common.r(float(np.mean([r / n for r, n in per.values()])), 4),
             "per_name": {k: f"{r}/{n}" for k, (r, n) in sorted(per.items())},

@@ -51,7 +51,9 @@ def test_the_sample_bags_objects_are_named_by_student_and_teacher(tmp_path, caps
             assert cell["right"] == sum(v[who]["right"] for v in out["per_object"].values()
                                         if v["group"] == g)
             assert 0 <= cell["right"] <= cell["objects"]
+            assert 0 <= cell["right"] - cell["right_known"] <= cell["unknown"]
         assert groups[g]["teacher"]["unknown"] == 0      # the teacher has no open-set rule
+        assert groups[g]["teacher"]["right_known"] == groups[g]["teacher"]["right"]
     # the shipped student names its trained objects in the sample bag's renders
     assert groups["id"]["student"]["accuracy"] >= 0.8
     assert plot.stat().st_size > 10_000 and out["plot"] == str(plot)

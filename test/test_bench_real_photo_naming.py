@@ -22,6 +22,9 @@ def test_names_every_box_of_the_photos_that_are_here(capsys):
     for result in (small, large):
         student = result["student"]
         assert student["objects"] == boxes and 0 <= student["unknown"] <= boxes
+        # named right and kept by the open-set rule: at most the right ones, and the right
+        # ones it drops are among those it calls unknown
+        assert 0 <= student["right"] - student["right_known"] <= student["unknown"]
         assert result["chance"] == pytest.approx(1 / result["names"], abs=1e-4)
         counts = [tuple(map(int, v.split("/"))) for v in student["per_name"].values()]
         assert sum(n for _, n in counts) == boxes
