@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "vl-distill = vl_distill_ros.cli:main",
             "vl_distill_node = vl_distill_ros.ros.node:main",
+            "vl_distill_lifecycle_node = vl_distill_ros.ros.lifecycle_node:main",
         ],
     },
 )

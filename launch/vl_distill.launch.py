@@ -4,6 +4,7 @@
     ros2 launch vl_distill_ros vl_distill.launch.py image_topics:=/cam1/image_raw,/cam2/image_raw
     ros2 launch vl_distill_ros vl_distill.launch.py namespace:=robot1 \
         params_file:=/path/to/my_params.yaml model_path:=/path/to/student.vdb
+    ros2 launch vl_distill_ros vl_distill.launch.py lifecycle:=true   # a managed node
 
 Arguments:
     image_topics: comma-separated camera topics; empty keeps the params file's value
@@ -12,6 +13,11 @@ Arguments:
     params_file: parameter YAML (default: the package's ``config/vl_distill.yaml``).
     model_path: exported bundle (.vdb); empty keeps the params file's value (empty there means
         the bundle shipped with the package).
+    lifecycle: ``true`` runs ``vl_distill_lifecycle_node``, the managed node, which starts
+        unconfigured (a lifecycle manager or ``ros2 lifecycle set`` configures and activates
+        it); default ``false``: ``vl_distill_node``, working at once.
+    autostart: with ``lifecycle:=true``, ``true`` has the launch configure the node and then
+        activate it once it is inactive (default ``false``).
 """
 import os
 
@@ -32,19 +38,49 @@ def _launch_node(context, *args, **kwargs):
     model_path = LaunchConfiguration("model_path").perform(context)
     if model_path:
         overrides["model_path"] = model_path
-    return [Node(
-        package="vl_distill_ros",
-        executable="vl_distill_node",
-        name="vl_distill_node",
-        namespace=LaunchConfiguration("namespace").perform(context),
-        parameters=[params_file, overrides] if overrides else [params_file],
-        output="screen",
-        emulate_tty=True,
-    )]
+    common = dict(package="vl_distill_ros", name="vl_distill_node",
+                  namespace=LaunchConfiguration("namespace").perform(context),
+                  parameters=[params_file, overrides] if overrides else [params_file],
+                  output="screen", emulate_tty=True)
+    if not _true(LaunchConfiguration("lifecycle").perform(context), "lifecycle"):
+        return [Node(executable="vl_distill_node", **common)]
+    return _lifecycle_node(common, _true(LaunchConfiguration("autostart").perform(context),
+                                         "autostart"))
+
+
+def _true(value: str, name: str) -> bool:
+    """A launch argument's boolean value (true/false, any case)."""
+    if value.strip().lower() not in ("true", "false"):
+        raise ValueError(f"launch argument {name} must be true or false, got {value!r}")
+    return value.strip().lower() == "true"
+
+
+def _lifecycle_node(common: dict, autostart: bool) -> list:
+    """The managed node; with ``autostart`` also the events that configure it and, once it
+    is inactive, activate it."""
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.events import matches_action
+    from launch_ros.actions import LifecycleNode
+    from launch_ros.event_handlers import OnStateTransition
+    from launch_ros.events.lifecycle import ChangeState
+    from lifecycle_msgs.msg import Transition
+
+    node = LifecycleNode(executable="vl_distill_lifecycle_node", **common)
+    if not autostart:
+        return [node]
+
+    def change(transition: int) -> EmitEvent:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                           transition_id=transition))
+    return [node,
+            RegisterEventHandler(OnStateTransition(
+                target_lifecycle_node=node, goal_state="inactive",
+                entities=[change(Transition.TRANSITION_ACTIVATE)])),
+            change(Transition.TRANSITION_CONFIGURE)]
 
 
 def generate_launch_description():
-    """The launch description: four arguments and the node."""
+    """The launch description: six arguments and the node."""
     default_params = os.path.join(get_package_share_directory("vl_distill_ros"), "config",
                                   "vl_distill.yaml")
     return LaunchDescription([
@@ -58,5 +94,11 @@ def generate_launch_description():
         DeclareLaunchArgument("model_path", default_value="",
                               description="Exported student bundle (.vdb); empty: the params "
                                           "file's model_path (empty there: the packaged one)"),
+        DeclareLaunchArgument("lifecycle", default_value="false",
+                              description="true: the managed node vl_distill_lifecycle_node, "
+                                          "started unconfigured"),
+        DeclareLaunchArgument("autostart", default_value="false",
+                              description="With lifecycle:=true, configure and activate the "
+                                          "node at launch"),
         OpaqueFunction(function=_launch_node),
     ])

@@ -150,3 +150,76 @@ def test_launch_shuts_down_when_the_player_exits(real_launch, tmp_path):
     assert "player: bag play" in out and "sample_tabletop" in out
     assert "bag playback finished" in out or "process has finished cleanly" in out
     assert secs < 60, out
+
+
+NODE_LAUNCH = REPO / "launch" / "vl_distill.launch.py"
+
+
+def _lifecycle_state(ctx, fqn: str, timeout: float) -> str:
+    """The label of ``fqn``'s lifecycle state (``ros2 lifecycle get``), or "" if it never
+    answered within ``timeout`` seconds."""
+    import rclpy
+    from lifecycle_msgs.srv import GetState
+    from rclpy.executors import SingleThreadedExecutor
+
+    node = rclpy.create_node("lifecycle_probe", context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    try:
+        client = node.create_client(GetState, f"{fqn}/get_state")
+        if not client.wait_for_service(timeout_sec=timeout):
+            return ""
+        future = client.call_async(GetState.Request())
+        end = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.1)
+        return future.result().current_state.label if future.done() else ""
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("autostart,expected", [("false", "unconfigured"), ("true", "active")])
+def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, autostart,
+                                                  expected):
+    """``lifecycle:=true`` starts vl_distill_lifecycle_node unconfigured; ``autostart:=true``
+    has the launch configure it and, once inactive, activate it (real LaunchService)."""
+    sys.path.insert(0, str(REPO / "test"))
+    from test_node import make_node_test_bundle
+
+    bundle = make_node_test_bundle(tmp_path / "b.vdb")
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    subprocess.run([sys.executable, str(REPO / "tools" / "ament_develop.py"), "--prefix",
+                    str(prefix)], check=True, capture_output=True, timeout=120)
+    env = _launch_env(tmp_path, os.environ["PATH"])
+    env["AMENT_PREFIX_PATH"] = os.pathsep.join([str(prefix), env.get("AMENT_PREFIX_PATH", "")])
+    args = {"lifecycle": "true", "autostart": autostart, "model_path": str(bundle),
+            "namespace": f"lc_{autostart}"}
+    script = (
+        "import sys\n"
+        "from launch import LaunchService\n"
+        "from launch.actions import IncludeLaunchDescription\n"
+        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
+        "ls = LaunchService()\n"
+        f"ls.include_launch_description(IncludeLaunchDescription(PythonLaunchDescriptionSource("
+        f"{str(NODE_LAUNCH)!r}), launch_arguments={args!r}.items()))\n"
+        "sys.exit(ls.run())\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        fqn = f"/lc_{autostart}/vl_distill_node"
+        end = time.monotonic() + 60
+        label = ""
+        while time.monotonic() < end and label != expected and proc.poll() is None:
+            label = _lifecycle_state(ctx, fqn, 5.0)
+        assert label == expected
+    finally:
+        proc.send_signal(subprocess.signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "vl_distill_lifecycle_node" in out, out
+    assert ("ready:" in out) == (autostart == "true"), out

@@ -896,7 +896,8 @@ def test_launch_file_is_valid_and_uses_config_parameter_names():
     assert '"vl_distill.yaml"' in source  # the default params file is the package's config
     args = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
             and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
-    assert args == {"image_topics", "namespace", "params_file", "model_path"}
+    assert args == {"image_topics", "namespace", "params_file", "model_path", "lifecycle",
+                    "autostart"}
     try:
         import launch_ros  # noqa: F401
     except ImportError:

@@ -76,7 +76,7 @@ from .vocabulary_controller import (SAVE_PENDING_WAIT_S, VOCABULARY_DEBOUNCE_S,
                                     VocabularyController, build_vocabulary, descriptions_param)
 
 __all__ = ["NODE_NAME", "VlDistillNode", "StartupError", "build_vocabulary", "clip_text",
-           "default_store_path", "main", "usage_text", "BAD_FRAME_LOG_PERIOD",
+           "default_store_path", "main", "run_node", "usage_text", "BAD_FRAME_LOG_PERIOD",
            "LATENCY_WINDOW", "MAX_DIAGNOSTIC_TEXT", "SAVE_PENDING_WAIT_S",
            "VOCABULARY_DEBOUNCE_S"]
 
@@ -140,6 +140,8 @@ class VlDistillNode(Node):
         #: The frame stage 1 has prepared and stage 2 has not taken yet (``pipelined``).
         self._staged: _Staged | None = None
         self.vocabulary: VocabularyController | None = None
+        #: A ``~/label_info`` skipped while the node was not active, sent on activation.
+        self._label_info_due = False
         try:
             self._start()
         except BaseException:
@@ -151,7 +153,17 @@ class VlDistillNode(Node):
     # start-up
     # =========================================================================================
     def _start(self) -> None:
+        """Declare the parameters, then configure and activate at once (the plain node)."""
         p = P.declare_parameters(self)
+        self._configure(p)
+        self._parameter_service = GroupedParameterService(
+            self, (P.VOCABULARY_PARAMS, P.SETTINGS_PARAMS))
+        self._activate()
+
+    def _configure(self, p: dict) -> None:
+        """Everything but the inputs: the model, the vocabulary, the pipeline, the outputs,
+        ``~/save_vocabulary`` and the set-parameters callbacks (``p``: the parameters'
+        values). Raises :class:`StartupError`."""
         self._p = p
         check_startup_params(p)
         #: proposal_box_net_close_topics as the cameras' resolved names (the pipeline's keys)
@@ -205,28 +217,85 @@ class VlDistillNode(Node):
             Parameter("vocabulary_file", Parameter.Type.STRING, vocab_file)])
         self._publish_annotated = bool(p["publish_annotated"])
         self._create_outputs()
-        self._create_inputs(p)
         self._save_srv = self.create_service(Trigger, "~/save_vocabulary", self._on_save)
         # -- parameter callbacks (after every declaration and internal set)
-        self.add_pre_set_parameters_callback(self._pre_set_parameters)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._post_set_parameters)
-        self._parameter_service = GroupedParameterService(
-            self, (P.VOCABULARY_PARAMS, P.SETTINGS_PARAMS))
-        # -- workers
+        self._parameter_callbacks = (
+            self.add_pre_set_parameters_callback(self._pre_set_parameters),
+            self.add_on_set_parameters_callback(self._on_set_parameters),
+            self.add_post_set_parameters_callback(self._post_set_parameters))
+        self.vocabulary.start()
+        self._ready_text = (f"model {self.bundle.path} (teacher {self.bundle.teacher_id}), "
+                            f"{len(vocab)} labels from {source}, "
+                            f"crop_source={settings.crop_source}")
+
+    def _activate(self) -> None:
+        """Subscribe to the cameras, start the worker threads and the diagnostics timer."""
+        p = self._p
+        self._stop.clear()
+        self._create_inputs(p)
         if p["pipelined"]:
             self._start_thread(self._prepare_loop, "vl_distill_prepare")
             self._start_thread(self._classify_loop, "vl_distill_classify")
         else:
             self._start_thread(self._inference_loop, "vl_distill_inference")
-        self.vocabulary.start()
         self._diag_timer = self.create_timer(float(p["diagnostics_period"]),
                                              self._publish_diagnostics)
+        if self._label_info_due:  # a change while inactive (lifecycle node)
+            self._publish_label_info()
         self.get_logger().info(
-            f"ready: model {self.bundle.path} (teacher {self.bundle.teacher_id}), "
-            f"{len(vocab)} labels from {source}, crop_source={settings.crop_source}, cameras "
-            f"{[c.resolved for c in self._cameras]}, labels on {self._labels_pub.topic_name}"
+            f"ready: {self._ready_text}, cameras {[c.resolved for c in self._cameras]}, labels "
+            f"on {self._labels_pub.topic_name}"
             + (f", detections on {self._det_pub.topic_name}" if self._det_pub else ""))
+
+    def _deactivate(self) -> None:
+        """Undo :meth:`_activate`: no more frames are taken or published; the model, the
+        vocabulary and the outputs stay (a frame being classified is dropped)."""
+        timer = getattr(self, "_diag_timer", None)
+        if timer is not None:
+            self.destroy_timer(timer)
+            self._diag_timer = None
+        self._stop_workers()
+        for sub in getattr(self, "_subs", []):
+            self.destroy_subscription(sub)
+        self._subs, self._cameras, self._staged = [], [], None
+
+    def _stop_workers(self) -> None:
+        """Stop and join the worker threads (``_stop`` stays set until the next activation)."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=10.0)
+        self._threads = []
+
+    def _cleanup(self) -> None:
+        """Undo :meth:`_configure` (after :meth:`_deactivate`): stop the vocabulary
+        controller, remove the callbacks, destroy the outputs and free the model."""
+        self._stop_workers()
+        if self.vocabulary is not None:
+            self.vocabulary.stop()
+            self.vocabulary = None
+        pre, on, post = getattr(self, "_parameter_callbacks", (None, None, None))
+        if pre is not None:
+            self.remove_pre_set_parameters_callback(pre)
+            self.remove_on_set_parameters_callback(on)
+            self.remove_post_set_parameters_callback(post)
+        self._parameter_callbacks = (None, None, None)
+        for name in ("_save_srv",):
+            if getattr(self, name, None) is not None:
+                self.destroy_service(getattr(self, name))
+                setattr(self, name, None)
+        if hasattr(self, "_annotated_lock"):
+            self._set_annotated(False)
+        for name in ("_labels_pub", "_diag_pub", "_det_pub", "_label_info_pub"):
+            if getattr(self, name, None) is not None:
+                self.destroy_publisher(getattr(self, name))
+                setattr(self, name, None)
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            pipeline.close()
+        self.pipeline = self.bundle = self.text_service = None
 
     def _settings_from(self, values: dict) -> PipelineSettings:
         """:meth:`PipelineSettings.from_params` of ``values``, the close pass's cameras by
@@ -305,8 +374,12 @@ class VlDistillNode(Node):
     def _publish_label_info(self, *_: Any) -> None:
         """Publish the active vocabulary and open-set threshold on ``~/label_info`` (at
         start-up, after every vocabulary swap and every change of the scoring settings)."""
-        if self._label_info_pub is None or self._stop.is_set():
+        if self._label_info_pub is None:
             return
+        if self._stop.is_set():
+            self._label_info_due = True
+            return
+        self._label_info_due = False
         assert self._vision_msgs is not None
         active = self.pipeline.active
         try:
@@ -735,6 +808,7 @@ class VlDistillNode(Node):
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=10.0)
+        self._threads = []
         pipeline = getattr(self, "pipeline", None)   # None when start-up failed before it
         if pipeline is not None:
             pipeline.close()
@@ -763,6 +837,14 @@ def usage_text() -> str:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console script ``vl_distill_node``: run the node until Ctrl-C; returns the exit code."""
+    return run_node(VlDistillNode, args)
+
+
+def run_node(node_class: type, args: Sequence[str] | None = None,
+             usage: str | None = None) -> int:
+    """Run ``node_class()`` (this node or its managed variant) until Ctrl-C; ``--help``
+    prints ``usage`` (default :func:`usage_text`) without starting rclpy. Returns the exit
+    code: 1 when the node cannot start."""
     import sys
 
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -770,21 +852,19 @@ def main(args: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if args is None else args)
     own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
     if "-h" in own or "--help" in own:
-        print(usage_text())  # without starting rclpy: no DDS participant for --help
+        print(usage or usage_text())  # without starting rclpy: no DDS participant for --help
         return 0
     rclpy.init(args=args)
     node = None
     code = 0
     try:
-        node = VlDistillNode()
+        node = node_class()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except StartupError as exc:
-        import sys
-
         msg = f"[{NODE_NAME}] cannot start: {exc}"
         try:
             rclpy.logging.get_logger(NODE_NAME).fatal(msg)

@@ -1,0 +1,163 @@
+"""vl_distill_lifecycle_node: the managed node's transitions, driven over DDS as
+``ros2 lifecycle set`` and nav2's lifecycle manager drive them (lifecycle_msgs'
+``~/change_state`` and ``~/get_state`` services), with test_node.py's colour bundle."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+
+from test_node import (NAMES, NEW_LABEL, RED, YELLOW, Tester, colour_image, make_msg,
+                       make_node_test_bundle, publish_until_labelled, wait_for)
+from helpers import os_thread_names
+from vl_distill_ros.ros.lifecycle_node import VlDistillLifecycleNode
+
+STRING_ARRAY = Parameter.Type.STRING_ARRAY
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory) -> Path:
+    """test_node.py's colour bundle (its module docstring says what it predicts)."""
+    return make_node_test_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb")
+
+
+@pytest.fixture(scope="module")
+def tester(ctx):
+    t = Tester(ctx, name="vl_distill_lifecycle_tester")
+    yield t
+    t.close()
+
+
+@contextmanager
+def managed_node(ctx, namespace: str, bundle: Path, tmp: Path, **overrides):
+    """A VlDistillLifecycleNode in ``namespace``, spun in its own thread; destroyed after."""
+    values = {"model_path": str(bundle), "crop_source": "full_frame",
+              "text_cache_dir": str(tmp / "text_cache"),
+              "vocabulary_store": str(tmp / "store.yaml"), "diagnostics_period": 0.2,
+              **overrides}
+    params = [Parameter(k, value=v) for k, v in values.items()]
+    node = VlDistillLifecycleNode(namespace=namespace, context=ctx, parameter_overrides=params)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        thread.join(timeout=5.0)
+        node.destroy_node()
+
+
+def change(tester: Tester, fqn: str, transition: int) -> bool:
+    """``ros2 lifecycle set FQN TRANSITION``: whether the node took it."""
+    return tester.call(ChangeState, f"{fqn}/change_state", ChangeState.Request(
+        transition=Transition(id=transition)), timeout=60.0).success
+
+
+def state(tester: Tester, fqn: str) -> str:
+    """``ros2 lifecycle get FQN``: the current state's label."""
+    return tester.call(GetState, f"{fqn}/get_state", GetState.Request()).current_state.label
+
+
+def _workers() -> int:
+    return sum(name in ("vl_prepare", "vl_classify") for name in os_thread_names())
+
+
+def test_managed_node_takes_frames_only_while_active(ctx, tester, bundle_path, tmp_path):
+    ns, fqn = "/lc", "/lc/vl_distill_node"
+    labels = tester.watch_labels(f"{fqn}/labels")
+    yellow = make_msg("rgb8", colour_image(24, 32, YELLOW), "lc-yellow", 1)
+    workers_before = _workers()
+    with managed_node(ctx, ns, bundle_path, tmp_path):
+        assert state(tester, fqn) == "unconfigured"
+        # unconfigured: parameters are served, nothing else exists
+        assert tester.get_params(fqn, ["crop_source"]) == {"crop_source": "full_frame"}
+        assert tester.node.count_publishers(f"{fqn}/labels") == 0
+        assert tester.node.count_subscribers(f"{ns}/image") == 0
+
+        assert change(tester, fqn, Transition.TRANSITION_CONFIGURE)
+        assert state(tester, fqn) == "inactive"
+        assert wait_for(lambda: tester.node.count_publishers(f"{fqn}/labels") == 1, 5.0)
+        assert tester.node.count_subscribers(f"{ns}/image") == 0
+        assert _workers() == workers_before
+
+        assert change(tester, fqn, Transition.TRANSITION_ACTIVATE)
+        assert state(tester, fqn) == "active"
+        assert _workers() == workers_before + 2
+        doc = publish_until_labelled(tester, f"{ns}/image", yellow, labels)
+        assert doc["objects"][0]["label"] == "banana"
+
+        # inactive: the cameras are let go, the model stays; a vocabulary change is applied
+        assert change(tester, fqn, Transition.TRANSITION_DEACTIVATE)
+        assert state(tester, fqn) == "inactive"
+        assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/image") == 0, 5.0)
+        assert _workers() == workers_before
+        assert all(r.successful for r in tester.set_params(
+            fqn, [Parameter("labels", STRING_ARRAY, NAMES + [NEW_LABEL])]))
+        red = make_msg("rgb8", colour_image(24, 32, RED), "lc-red", 2)
+        seen = len(labels)
+        for _ in range(8):
+            tester.publish(f"{ns}/image", red)
+        assert not wait_for(lambda: len(labels) > seen, 1.0), "labelled while inactive"
+
+        assert change(tester, fqn, Transition.TRANSITION_ACTIVATE)
+        assert wait_for(lambda: tester.get_params(fqn, ["labels"])["labels"]
+                        == NAMES + [NEW_LABEL], 10.0)
+        doc = publish_until_labelled(tester, f"{ns}/image", red, labels, timeout=30.0)
+        assert doc["objects"][0]["label"] == NEW_LABEL
+
+        # cleanup frees the model and the outputs; configuring again starts afresh
+        assert change(tester, fqn, Transition.TRANSITION_DEACTIVATE)
+        assert change(tester, fqn, Transition.TRANSITION_CLEANUP)
+        assert state(tester, fqn) == "unconfigured"
+        assert wait_for(lambda: tester.node.count_publishers(f"{fqn}/labels") == 0, 5.0)
+        assert change(tester, fqn, Transition.TRANSITION_CONFIGURE)
+        assert change(tester, fqn, Transition.TRANSITION_ACTIVATE)
+        again = make_msg("rgb8", colour_image(24, 32, YELLOW), "lc-again", 3)
+        doc = publish_until_labelled(tester, f"{ns}/image", again, labels)
+        assert doc["objects"][0]["label"] == "banana"
+        assert _workers() == workers_before + 2
+
+        assert change(tester, fqn, Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        assert state(tester, fqn) == "finalized"
+        assert _workers() == workers_before
+        assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/image") == 0, 5.0)
+
+
+def test_a_failed_configure_leaves_the_node_unconfigured_and_fixable(
+        ctx, tester, bundle_path, tmp_path):
+    ns, fqn = "/lcbad", "/lcbad/vl_distill_node"
+    labels = tester.watch_labels(f"{fqn}/labels")
+    with managed_node(ctx, ns, bundle_path, tmp_path,
+                      vocabulary_file=str(tmp_path / "missing.yaml")):
+        assert not change(tester, fqn, Transition.TRANSITION_CONFIGURE)
+        assert state(tester, fqn) == "unconfigured"
+        assert tester.node.count_publishers(f"{fqn}/labels") == 0
+        # the plain node would have exited; here the parameter is fixed and configured again
+        assert all(r.successful for r in tester.set_params(
+            fqn, [Parameter("vocabulary_file", value="")]))
+        assert change(tester, fqn, Transition.TRANSITION_CONFIGURE)
+        assert change(tester, fqn, Transition.TRANSITION_ACTIVATE)
+        doc = publish_until_labelled(tester, f"{ns}/image", make_msg(
+            "rgb8", colour_image(24, 32, YELLOW), "lcbad", 4), labels)
+        assert doc["objects"][0]["label"] == "banana"
+        assert doc["objects"][0]["top_k"], doc
+
+
+def test_lifecycle_console_script_help_names_the_transitions():
+    exe = Path(sys.executable).with_name("vl_distill_lifecycle_node")
+    if not exe.exists():
+        pytest.skip("console script not installed (pip install -e .)")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: vl_distill_lifecycle_node")
+    assert "configure" in out.stdout and "model_path" in out.stdout
