@@ -85,10 +85,16 @@ def make_node_test_bundle(path: Path) -> Path:
                               vocabulary=Vocabulary.from_names(NAMES, DESCRIPTIONS))
 
 
-@pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory) -> Path:
-    """The colour bundle of :func:`make_node_test_bundle`."""
-    return make_node_test_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb")
+def module_bundle():
+    """A module-scoped ``bundle_path`` fixture: the colour bundle of
+    :func:`make_node_test_bundle` (made once per test module that takes it)."""
+    @pytest.fixture(scope="module")
+    def bundle_path(tmp_path_factory) -> Path:
+        return make_node_test_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb")
+    return bundle_path
+
+
+bundle_path = module_bundle()
 
 
 class Tester:
@@ -179,16 +185,25 @@ class Tester:
         self.node.destroy_node()
 
 
-@pytest.fixture(scope="module")
-def tester(ctx):
-    t = Tester(ctx)
-    yield t
-    t.close()
+def module_tester(name: str):
+    """A module-scoped ``tester`` fixture: a :class:`Tester` whose node is called ``name``
+    (each test module gives its own, so that no two share a name)."""
+    @pytest.fixture(scope="module")
+    def tester(ctx):
+        t = Tester(ctx, name)
+        yield t
+        t.close()
+    return tester
+
+
+tester = module_tester("vl_distill_tester")
 
 
 @contextmanager
-def running_node(ctx, namespace: str, bundle: Path, tmp: Path, **overrides):
-    """Start VlDistillNode in ``namespace`` with its own executor thread; stop it after."""
+def running_node(ctx, namespace: str, bundle: Path, tmp: Path, node_class: type = VlDistillNode,
+                 **overrides):
+    """Start ``node_class`` (VlDistillNode) in ``namespace`` with its own executor thread;
+    stop it after."""
     values = {"model_path": str(bundle), "crop_source": "full_frame",
               "text_cache_dir": str(tmp / "text_cache"),
               "vocabulary_store": str(tmp / "store.yaml"), "diagnostics_period": 0.2,
@@ -201,7 +216,7 @@ def running_node(ctx, namespace: str, bundle: Path, tmp: Path, **overrides):
             params.append(Parameter(name, Parameter.Type.INTEGER_ARRAY, value))
         else:
             params.append(Parameter(name, value=value))
-    node = VlDistillNode(namespace=namespace, context=ctx, parameter_overrides=params)
+    node = node_class(namespace=namespace, context=ctx, parameter_overrides=params)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)

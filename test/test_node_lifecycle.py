@@ -5,56 +5,28 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from test_node import (NAMES, NEW_LABEL, RED, YELLOW, Tester, colour_image, make_msg,
-                       make_node_test_bundle, publish_until_labelled, wait_for)
+                       module_bundle, module_tester, publish_until_labelled, running_node, wait_for)
 from helpers import os_thread_names
 from vl_distill_ros.ros.lifecycle_node import VlDistillLifecycleNode
 
 STRING_ARRAY = Parameter.Type.STRING_ARRAY
 
-
-@pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory) -> Path:
-    """test_node.py's colour bundle (its module docstring says what it predicts)."""
-    return make_node_test_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb")
+tester = module_tester("vl_distill_lifecycle_tester")
+bundle_path = module_bundle()  # test_node.py's colour bundle
 
 
-@pytest.fixture(scope="module")
-def tester(ctx):
-    t = Tester(ctx, name="vl_distill_lifecycle_tester")
-    yield t
-    t.close()
-
-
-@contextmanager
 def managed_node(ctx, namespace: str, bundle: Path, tmp: Path, **overrides):
-    """A VlDistillLifecycleNode in ``namespace``, spun in its own thread; destroyed after."""
-    values = {"model_path": str(bundle), "crop_source": "full_frame",
-              "text_cache_dir": str(tmp / "text_cache"),
-              "vocabulary_store": str(tmp / "store.yaml"), "diagnostics_period": 0.2,
-              **overrides}
-    params = [Parameter(k, value=v) for k, v in values.items()]
-    node = VlDistillLifecycleNode(namespace=namespace, context=ctx, parameter_overrides=params)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
-        yield node
-    finally:
-        executor.shutdown(timeout_sec=5.0)
-        thread.join(timeout=5.0)
-        node.destroy_node()
+    """test_node.running_node with a VlDistillLifecycleNode."""
+    return running_node(ctx, namespace, bundle, tmp, node_class=VlDistillLifecycleNode,
+                        **overrides)
 
 
 def change(tester: Tester, fqn: str, transition: int) -> bool:

@@ -24,24 +24,15 @@ from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from test_node import (DESCRIPTIONS, NAMES, RED, YELLOW, Tester, colour_image, make_msg,
-                       make_node_test_bundle, publish_until_labelled, running_node, wait_for)
+                       module_bundle, module_tester, publish_until_labelled, running_node, wait_for)
 
 REPO = Path(__file__).resolve().parents[1]
 STRING_ARRAY = Parameter.Type.STRING_ARRAY
 
 
-@pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory) -> Path:
-    """test_node.py's colour bundle (its module docstring says what it predicts)."""
-    return make_node_test_bundle(tmp_path_factory.mktemp("bundle") / "test_student.vdb")
-
-
-@pytest.fixture(scope="module")
-def tester(ctx):
-    """The other node (test_node.Tester): publishes, subscribes, calls services."""
-    t = Tester(ctx, "vl_distill_cli_tester")
-    yield t
-    t.close()
+#: The other node (test_node.Tester): publishes, subscribes, calls services.
+tester = module_tester("vl_distill_cli_tester")
+bundle_path = module_bundle()  # test_node.py's colour bundle
 
 
 def _done(future, timeout: float = 15.0):
