@@ -26,7 +26,11 @@ A thin layer over :class:`~vl_distill_ros.perception.pipeline.PerceptionPipeline
 * counts, latencies and the vocabulary version go to ``/diagnostics`` (:mod:`.diagnostics`);
 * the parameter services are :class:`~vl_distill_ros.ros.parameter_service.GroupedParameterService`
   (a ``ros2 param load`` of a dump restores the vocabulary and the settings whatever their
-  order; empty lists are accepted for array parameters).
+  order; empty lists are accepted for array parameters);
+* start-up is two steps, :meth:`VlDistillNode._configure` (model, vocabulary, pipeline,
+  outputs, callbacks) and :meth:`VlDistillNode._activate` (subscriptions, workers, timer),
+  which this node takes at once and :mod:`.lifecycle_node`'s managed node on its
+  ``configure`` and ``activate`` transitions.
 """
 from __future__ import annotations
 
