@@ -286,10 +286,9 @@ class VlDistillNode(Node):
             self.remove_on_set_parameters_callback(on)
             self.remove_post_set_parameters_callback(post)
         self._parameter_callbacks = (None, None, None)
-        for name in ("_save_srv",):
-            if getattr(self, name, None) is not None:
-                self.destroy_service(getattr(self, name))
-                setattr(self, name, None)
+        if getattr(self, "_save_srv", None) is not None:
+            self.destroy_service(self._save_srv)
+            self._save_srv = None
         if hasattr(self, "_annotated_lock"):
             self._set_annotated(False)
         for name in ("_labels_pub", "_diag_pub", "_det_pub", "_label_info_pub"):
