@@ -133,3 +133,25 @@ def test_lifecycle_console_script_help_names_the_transitions():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: vl_distill_lifecycle_node")
     assert "configure" in out.stdout and "model_path" in out.stdout
+
+
+def test_configure_cleanup_cycles_leave_no_threads_behind(ctx, bundle_path, tmp_path):
+    """Each cleanup stops every thread its configure and activate started (the text
+    encoder's too): a robot that cycles the node does not pile threads and models up."""
+    import threading
+
+    node = VlDistillLifecycleNode(namespace="/lccycle", context=ctx, parameter_overrides=[
+        Parameter("model_path", value=str(bundle_path)),
+        Parameter("text_cache_dir", value=str(tmp_path / "cache")),
+        Parameter("vocabulary_store", value=str(tmp_path / "store.yaml"))])
+    try:
+        before = sorted(t.name for t in threading.enumerate())
+        for _ in range(3):
+            for trigger in (node.trigger_configure, node.trigger_activate,
+                            node.trigger_deactivate, node.trigger_cleanup):
+                assert trigger().name == "SUCCESS", trigger
+            assert wait_for(lambda: sorted(t.name for t in threading.enumerate()) == before,
+                            5.0), sorted(t.name for t in threading.enumerate())
+        assert node.pipeline is None and node.bundle is None and node.text_service is None
+    finally:
+        node.destroy_node()

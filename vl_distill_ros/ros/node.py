@@ -298,6 +298,9 @@ class VlDistillNode(Node):
         pipeline = getattr(self, "pipeline", None)
         if pipeline is not None:
             pipeline.close()
+        text_service = getattr(self, "text_service", None)
+        if text_service is not None:
+            text_service.close()  # its encoder thread holds the text encoder
         self.pipeline = self.bundle = self.text_service = None
 
     def _settings_from(self, values: dict) -> PipelineSettings:
