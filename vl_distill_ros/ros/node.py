@@ -149,7 +149,7 @@ class VlDistillNode(Node):
         try:
             self._start()
         except BaseException:
-            self._shutdown_threads()
+            self._cleanup()
             Node.destroy_node(self)
             raise
 
@@ -805,23 +805,9 @@ class VlDistillNode(Node):
     # =========================================================================================
     # shutdown
     # =========================================================================================
-    def _shutdown_threads(self) -> None:
-        self._stop.set()
-        with self._lock:
-            self._lock.notify_all()
-        if self.vocabulary is not None:
-            self.vocabulary.stop()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=10.0)
-        self._threads = []
-        pipeline = getattr(self, "pipeline", None)   # None when start-up failed before it
-        if pipeline is not None:
-            pipeline.close()
-
     def destroy_node(self) -> None:
-        """Stop the worker threads, then destroy the node."""
-        self._shutdown_threads()
+        """Stop the worker threads and free the model, then destroy the node."""
+        self._cleanup()
         super().destroy_node()
 
 
