@@ -155,3 +155,37 @@ def test_configure_cleanup_cycles_leave_no_threads_behind(ctx, bundle_path, tmp_
         assert node.pipeline is None and node.bundle is None and node.text_service is None
     finally:
         node.destroy_node()
+
+
+def test_label_info_waits_for_activation_with_real_vision_msgs(
+        ctx, tester, bundle_path, tmp_path):
+    """An inactive node publishes nothing: the vocabulary's ``~/label_info`` (vision_msgs,
+    latched) is sent on activation, and a vocabulary changed while inactive on the next."""
+    vision_msgs = pytest.importorskip(
+        "vision_msgs.msg", reason="vision_msgs is not on PyPI; build it with "
+        "../shared/tools/vision_msgs_build.sh and source its env.sh to run this")
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    ns, fqn = "/lcinfo", "/lcinfo/vl_distill_node"
+    infos: list = []
+    tester.node.create_subscription(
+        vision_msgs.LabelInfo, f"{fqn}/label_info", infos.append,
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL))
+
+    def names():
+        return [c.class_name for c in infos[-1].class_map] if infos else None
+
+    with managed_node(ctx, ns, bundle_path, tmp_path):
+        assert change(tester, fqn, Transition.TRANSITION_CONFIGURE)
+        assert wait_for(lambda: tester.node.count_publishers(f"{fqn}/label_info") == 1, 5.0)
+        assert not wait_for(lambda: infos, 1.5), "label_info published while inactive"
+        assert change(tester, fqn, Transition.TRANSITION_ACTIVATE)
+        assert wait_for(lambda: names() == NAMES, 10.0), names()
+        assert change(tester, fqn, Transition.TRANSITION_DEACTIVATE)
+        seen = len(infos)
+        assert all(r.successful for r in tester.set_params(
+            fqn, [Parameter("labels", STRING_ARRAY, ["zebra", "banana"])]))
+        assert not wait_for(lambda: len(infos) > seen, 1.5), "label_info while inactive"
+        assert change(tester, fqn, Transition.TRANSITION_ACTIVATE)
+        assert wait_for(lambda: names() == ["zebra", "banana"], 30.0), names()
