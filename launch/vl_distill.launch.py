@@ -73,8 +73,8 @@ def _lifecycle_node(common: dict, autostart: bool) -> list:
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                            transition_id=transition))
     return [node,
-            RegisterEventHandler(OnStateTransition(
-                target_lifecycle_node=node, goal_state="inactive",
+            RegisterEventHandler(OnStateTransition(  # after configure only, not deactivate
+                target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
                 entities=[change(Transition.TRANSITION_ACTIVATE)])),
             change(Transition.TRANSITION_CONFIGURE)]
 

@@ -155,28 +155,38 @@ def test_launch_shuts_down_when_the_player_exits(real_launch, tmp_path):
 NODE_LAUNCH = REPO / "launch" / "vl_distill.launch.py"
 
 
-def _lifecycle_state(ctx, fqn: str, timeout: float) -> str:
-    """The label of ``fqn``'s lifecycle state (``ros2 lifecycle get``), or "" if it never
-    answered within ``timeout`` seconds."""
+def _lifecycle_call(ctx, fqn: str, service: str, request, timeout: float):
+    """Call ``fqn``'s lifecycle service (``get_state``, ``change_state``: what ``ros2
+    lifecycle get/set`` call); its response, or None if none came within ``timeout`` s."""
     import rclpy
-    from lifecycle_msgs.srv import GetState
+    from lifecycle_msgs.srv import ChangeState, GetState
     from rclpy.executors import SingleThreadedExecutor
 
     node = rclpy.create_node("lifecycle_probe", context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     try:
-        client = node.create_client(GetState, f"{fqn}/get_state")
+        client = node.create_client({"get_state": GetState, "change_state": ChangeState}[service],
+                                    f"{fqn}/{service}")
         if not client.wait_for_service(timeout_sec=timeout):
-            return ""
-        future = client.call_async(GetState.Request())
+            return None
+        future = client.call_async(request)
         end = time.monotonic() + timeout
         while not future.done() and time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
-        return future.result().current_state.label if future.done() else ""
+        return future.result() if future.done() else None
     finally:
         executor.shutdown()
         node.destroy_node()
+
+
+def _lifecycle_state(ctx, fqn: str, timeout: float) -> str:
+    """The label of ``fqn``'s lifecycle state (``ros2 lifecycle get``), or "" if it never
+    answered within ``timeout`` seconds."""
+    from lifecycle_msgs.srv import GetState
+
+    res = _lifecycle_call(ctx, fqn, "get_state", GetState.Request(), timeout)
+    return res.current_state.label if res is not None else ""
 
 
 @pytest.mark.parametrize("autostart,expected", [("false", "unconfigured"), ("true", "active")])
@@ -214,6 +224,15 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
         while time.monotonic() < end and label != expected and proc.poll() is None:
             label = _lifecycle_state(ctx, fqn, 5.0)
         assert label == expected
+        if autostart == "true":  # a later deactivate is the manager's, not undone by launch
+            from lifecycle_msgs.msg import Transition
+            from lifecycle_msgs.srv import ChangeState
+
+            res = _lifecycle_call(ctx, fqn, "change_state", ChangeState.Request(
+                transition=Transition(id=Transition.TRANSITION_DEACTIVATE)), 30.0)
+            assert res is not None and res.success
+            time.sleep(3.0)
+            assert _lifecycle_state(ctx, fqn, 5.0) == "inactive"
     finally:
         proc.send_signal(subprocess.signal.SIGINT)
         try:
@@ -222,4 +241,4 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
             proc.kill()
             out, _ = proc.communicate()
     assert "vl_distill_lifecycle_node" in out, out
-    assert ("ready:" in out) == (autostart == "true"), out
+    assert out.count("ready:") == (autostart == "true"), out

@@ -66,7 +66,6 @@ class VlDistillLifecycleNode(VlDistillNode, LifecycleNode):
             self._deactivate()
             self._active = False
         self._cleanup()
-        self._stop.set()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the model, the vocabulary and the pipeline; create the outputs."""
