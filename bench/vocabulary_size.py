@@ -144,6 +144,9 @@ def measure(name: str, student: Any, cfg: Any, rec: Any, extra: list[str], sizes
         raise BenchError(f"{name}'s config names no calibration.openset_test folder")
     teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
     vocabs = load_vocabularies(cfg.data)
+    clash = sorted({n.casefold() for n in extra} & {n.casefold() for n in vocabs.all.names})
+    if clash:
+        raise BenchError(f"--names holds labels of the split itself: {clash}")
     cpu = torch.device("cpu")
     s_parts, t_parts, y_parts = [], [], []
     for split, label_set in (("test_shift_id", "id"), ("test_ood", "ood")):
