@@ -53,3 +53,12 @@ def test_a_bundle_of_another_teacher_is_refused(bench, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert code == 2, out
     assert "gives another teacher" in out["error"], out
+
+
+def test_extra_names_that_are_labels_are_refused(bench, tmp_path, capsys):
+    """An extra name that is one of the split's labels would be counted twice."""
+    names = tmp_path / "names.txt"
+    names.write_text("ladder\nBanana\n")
+    assert bench.main(["--names", str(names), "--sizes", "0,2"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert "labels of the split itself: ['banana']" in out["error"], out
