@@ -129,9 +129,8 @@ def measure(name: str, student: Any, cfg: Any, rec: Any, extra: list[str], sizes
     """The figures of one student, its config and calibration record (module docstring)."""
     import torch
 
-    from vl_distill_ros.model.calibration import adjusted_scores, bias_vector, negative_mask
     from vl_distill_ros.model.vocabulary import Vocabulary
-    from vl_distill_ros.training.calibrate import trained_text_embeddings
+    from vl_distill_ros.training.calibrate import node_scores, trained_text_embeddings
     from vl_distill_ros.training.data import (LazyTeacher, full_vocabulary, load_split_images,
                                               load_vocabularies, outside_split_keys,
                                               teacher_image_targets, text_classifier)
@@ -166,7 +165,8 @@ def measure(name: str, student: Any, cfg: Any, rec: Any, extra: list[str], sizes
     keys = outside_split_keys(cfg.calibration.openset_test, full, vocabs, "openset_test")
     oov = load_image_folder(cfg.calibration.openset_test, full, keys=keys)
     s_oov = rec.center(embed_images(student, oov.images, cpu).numpy())
-    trained_emb = trained_text_embeddings(teacher, cfg, list(rec.trained_names))
+    trained_emb = (trained_text_embeddings(teacher, cfg, list(rec.trained_names))
+                   if rec.negatives else None)
     base = text_classifier(teacher, vocabs.all, cfg.data).numpy()
     extra_emb = text_classifier(teacher, Vocabulary.from_names(extra), cfg.data).numpy()
     n_base = len(vocabs.all)
@@ -179,12 +179,8 @@ def measure(name: str, student: Any, cfg: Any, rec: Any, extra: list[str], sizes
             idx = rng.choice(len(extra), k, replace=False) if k else np.array([], int)
             names = list(vocabs.all.names) + [extra[i] for i in idx]
             text = np.concatenate([base, extra_emb[idx]])
-            bias = bias_vector(names, rec.trained_names, rec.seen_bias)
-            keep = negative_mask(names, text, rec.trained_names, trained_emb,
-                                 rec.negative_similarity)
-            neg = trained_emb[keep].T
-            p_in = adjusted_scores(s_in @ text.T, bias, rec.score_temperature, s_in @ neg)
-            p_oov = adjusted_scores(s_oov @ text.T, bias, rec.score_temperature, s_oov @ neg)
+            p_in = node_scores(s_in, names, text, rec, trained_emb)
+            p_oov = node_scores(s_oov, names, text, rec, trained_emb)
             pred, t_pred = p_in.argmax(1), (t_in @ text.T).argmax(1)
             right, known = pred == y, p_in.max(1) >= rec.unknown_threshold
             rows.append({"seen_right": right[seen].mean(), "unseen_right": right[~seen].mean(),

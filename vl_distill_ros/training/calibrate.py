@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.calibration import (Calibration, CalibrationError, adjusted_scores, auroc,
+from ..model.calibration import (DEFAULT_TEMPERATURE, Calibration, CalibrationError,
+                                 adjusted_scores, auroc,
                                  bias_curve, bias_vector, center_embeddings, choose_seen_bias,
                                  negative_mask, threshold_for_coverage)
 from ..config import TrainConfig
@@ -34,6 +35,27 @@ def trained_text_embeddings(teacher: LazyTeacher, cfg: TrainConfig,
     vocab = Vocabulary([full[full.index(n)] if _has(full, n) else
                         Vocabulary.from_names([n])[0] for n in trained_names])
     return text_classifier(teacher, vocab, cfg.data).cpu().numpy()
+
+
+def node_scores(embeddings: np.ndarray, names: list[str], text: np.ndarray,
+                calibration: Calibration | None,
+                trained_emb: np.ndarray | None = None) -> np.ndarray:
+    """(N, L) scores of ``embeddings`` (centred as the record says) over the labels ``names``
+    (text embeddings ``text``), as the node computes them: the seen bias on trained names,
+    the record's temperature, and, when the record has negatives, the trained names outside
+    ``names`` (``trained_emb``: :func:`trained_text_embeddings`) in the softmax. Without a
+    record: no bias, the default temperature, no negatives."""
+    if calibration is None:
+        return adjusted_scores(embeddings @ text.T, 0.0, DEFAULT_TEMPERATURE)
+    bias = bias_vector(names, calibration.trained_names, calibration.seen_bias)
+    negatives = None
+    if calibration.negatives:
+        if trained_emb is None:
+            raise ValueError("the calibration record has negatives: trained_emb is needed")
+        keep = negative_mask(names, text, calibration.trained_names, trained_emb,
+                             calibration.negative_similarity)
+        negatives = embeddings @ trained_emb[keep].T
+    return adjusted_scores(embeddings @ text.T, bias, calibration.score_temperature, negatives)
 
 
 def _has(vocab: Vocabulary, name: str) -> bool:

@@ -22,7 +22,8 @@ from .data import (EVAL_SPLITS, LazyTeacher, load_split_images, load_vocabularie
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, Calibration,
                                  adjusted_scores, auroc, bias_curve, bias_vector,
                                  gzsl_accuracies, negative_mask)
-from .calibrate import calibrate, read_calibration, write_calibration
+from .calibrate import (calibrate, node_scores, read_calibration, trained_text_embeddings,
+                        write_calibration)
 from .trainer import TrainingError, embed_images, load_trained_student
 
 SUMMARY_COLUMNS = {
@@ -272,21 +273,16 @@ def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Ten
     t_in = torch.cat([per_split[k][1] for k in splits]).numpy()
     y_in = np.concatenate([per_split[k][2] for k in splits])
     text = text_all.numpy()
-    trained = calibration.trained_names if calibration else vocabs.id.names
-    bias = bias_vector(vocabs.all.names, trained,
-                       calibration.seen_bias if calibration else 0.0)
     temp = calibration.score_temperature if calibration else DEFAULT_TEMPERATURE
     thr = calibration.unknown_threshold if calibration else DEFAULT_UNKNOWN_THRESHOLD
-    neg_in = neg_oov = None
+    trained_emb = None
     if calibration is not None and calibration.negatives:
-        from .calibrate import trained_text_embeddings
-
         trained_emb = trained_text_embeddings(teacher, cfg, list(calibration.trained_names))
-        keep = negative_mask(vocabs.all.names, text, calibration.trained_names, trained_emb,
-                             calibration.negative_similarity)
-        neg_in, neg_oov = s_in @ trained_emb[keep].T, s_oov @ trained_emb[keep].T
-    p_in = adjusted_scores(s_in @ text.T, bias, temp, neg_in)
-    p_oov = adjusted_scores(s_oov @ text.T, bias, temp, neg_oov)
+        n_negatives = int(negative_mask(vocabs.all.names, text, calibration.trained_names,
+                                        trained_emb, calibration.negative_similarity).sum())
+    names = list(vocabs.all.names)
+    p_in = node_scores(s_in, names, text, calibration, trained_emb)
+    p_oov = node_scores(s_oov, names, text, calibration, trained_emb)
     pt_in = adjusted_scores(t_in @ text.T, 0.0, DEFAULT_TEMPERATURE)
     pt_oov = adjusted_scores(t_oov @ text.T, 0.0, DEFAULT_TEMPERATURE)
     best_in, best_oov = p_in.max(1), p_oov.max(1)
@@ -294,7 +290,7 @@ def open_set_metrics(student, teacher, cfg, per_split: dict, text_all: torch.Ten
     return {
         "n_in_vocabulary": int(len(y_in)), "n_out_of_vocabulary": int(len(data)),
         "oov_objects": keys, "unknown_threshold": thr, "score_temperature": temp,
-        "negatives": int(neg_in.shape[1]) if neg_in is not None else 0,
+        "negatives": n_negatives if trained_emb is not None else 0,
         "unknown_rate_per_oov_object": {
             full[int(lab)].name: float(np.mean(best_oov[data.labels == lab] < thr))
             for lab in np.unique(data.labels)},
