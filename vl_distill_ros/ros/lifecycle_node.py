@@ -108,11 +108,6 @@ class VlDistillLifecycleNode(VlDistillNode, LifecycleNode):
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
-    def destroy_node(self) -> None:
-        """Free everything, then destroy the node."""
-        self._teardown()
-        super().destroy_node()
-
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console script ``vl_distill_lifecycle_node``: run the managed node until Ctrl-C."""
