@@ -82,6 +82,18 @@ def cast_tabletop(objects: list[tuple[float, float, float, float, float]],
     return depth, owner
 
 
+def cuboid_centre(obj: tuple[float, ...], tilt_deg: float = 50.0,
+                  distance: float = 0.9) -> np.ndarray:
+    """The centre of a cuboid of :func:`cast_tabletop` (``(a, b, length, width, height)``)
+    in the camera's optical frame."""
+    a, b, _, _, height = obj
+    t = math.radians(tilt_deg)
+    n = np.array([0.0, -math.sin(t), -math.cos(t)])
+    e1 = np.array([1.0, 0.0, 0.0])
+    e2 = np.cross(n, e1)
+    return np.array([0.0, 0.0, distance]) + a * e1 + b * e2 + 0.5 * height * n
+
+
 def depth_and_boxes(depth: np.ndarray, owner: np.ndarray, count: int
                     ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """A ray-cast depth image as float32 (0 where no surface) and the visible box of each

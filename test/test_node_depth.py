@@ -19,7 +19,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from helpers import make_colour_bundle
-from test_depth import render_tabletop
+from test_depth import cuboid_centre, render_tabletop
 from test_node import Tester, running_node, wait_for
 from vl_distill_ros.perception.compressed_codec import (encode_compressed_depth,
                                                         encode_compressed_image)
@@ -145,6 +145,12 @@ def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
         info = info_msg(K)
         doc = rig.send("paired", 10, depth_msg(depth, 10, 0), info)
         assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        # each object placed in the camera's frame: its centre and height (mm depth steps)
+        for i, j, _ in match_boxes(truth, _boxes(doc), 0.5):
+            obj = doc["objects"][j]
+            assert np.linalg.norm(np.array(obj["position"]) - cuboid_centre(SCENE[i])) \
+                < 0.02, (SCENE[i], obj)
+            assert abs(obj["size"][2] - SCENE[i][4]) < 0.01, (SCENE[i], obj)
         doc = rig.send("metres", 11, depth_msg(depth, 11, 0, "32FC1"), info)
         assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
         # depth 20 ms late on the wire: the frame waits for it (tolerance 50 ms)

@@ -64,6 +64,10 @@ class GroundTruthObject(NamedTuple):
     #: removed) in [0, 1], where the source knows it (a render, a BOP ``visib_fract``);
     #: ``None`` otherwise.
     visible_fraction: float | None = None
+    #: The centre of the object's 3-D bounding box in the camera's optical frame (metres),
+    #: where the source knows it (a render); ``None`` otherwise. Scored against the
+    #: ``position`` the node publishes with depth.
+    position: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -162,7 +166,7 @@ def ground_truth_document(stamp_ns: int, frame_id: str, camera: str,
                           objects: Sequence[GroundTruthObject]) -> dict[str, Any]:
     """The ``/ground_truth`` JSON document of one image (the node's ``~/labels`` schema with
     ``score`` 1, ``known`` true, an empty ``top_k``, each object's ``key`` and, where known,
-    its ``visible_fraction``)."""
+    its ``visible_fraction`` and ``position``)."""
     sec, nanosec = ns_to_stamp(stamp_ns)
     return {
         "header": {"stamp": {"sec": sec, "nanosec": nanosec}, "frame_id": str(frame_id)},
@@ -175,11 +179,13 @@ def ground_truth_document(stamp_ns: int, frame_id: str, camera: str,
 
 def object_document(o: GroundTruthObject) -> dict[str, Any]:
     """One ground-truth object as JSON: ``bbox``, ``label``, ``key`` and, where known,
-    ``visible_fraction`` (rounded to 4 places)."""
+    ``visible_fraction`` (rounded to 4 places) and ``position`` (metres, to 0.1 mm)."""
     out: dict[str, Any] = {"bbox": [int(v) for v in o.bbox], "label": str(o.label),
                            "key": str(o.key)}
     if o.visible_fraction is not None:
         out["visible_fraction"] = round(float(o.visible_fraction), 4)
+    if o.position is not None:
+        out["position"] = [round(float(v), 4) for v in o.position]
     return out
 
 

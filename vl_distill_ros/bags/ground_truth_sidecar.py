@@ -15,7 +15,10 @@ from vl_distill_ros.bags.bag_frames import (GroundTruthObject, ns_to_stamp, obje
 from vl_distill_ros.bags.raw_io import BagError
 
 __all__ = ["read_ground_truth_sidecar", "write_ground_truth_sidecar", "parse_stamp",
-           "parse_objects"]
+           "parse_objects", "MAX_POSITION_M"]
+
+#: Largest coordinate (metres) a ground-truth ``position`` may have.
+MAX_POSITION_M = 1000.0
 
 
 def parse_stamp(value: Any, where: str) -> int:
@@ -39,7 +42,8 @@ def parse_stamp(value: Any, where: str) -> int:
 
 def parse_objects(value: Any, where: str) -> list[GroundTruthObject]:
     """A JSON list of ``{"bbox": [x, y, w, h], "label": str, "key": str}`` objects, each
-    optionally with a ``visible_fraction`` in [0, 1].
+    optionally with a ``visible_fraction`` in [0, 1] and a ``position`` ``[x, y, z]``
+    (metres, the camera's optical frame, ``z`` > 0).
 
     Raises:
         BagError: not such a list (``where`` and the object's index in the message).
@@ -69,8 +73,18 @@ def parse_objects(value: Any, where: str) -> list[GroundTruthObject]:
                                     or not 0.0 <= visible <= 1.0):
             raise BagError(f"{here}: 'visible_fraction' must be a number in [0, 1], "
                            f"got {visible!r}")
+        position = obj.get("position")
+        if position is not None and (
+                not isinstance(position, list) or len(position) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) and abs(v) <= MAX_POSITION_M for v in position)
+                or not position[2] > 0):
+            raise BagError(f"{here}: 'position' must be [x, y, z] (3 numbers in metres, "
+                           f"|v| <= {MAX_POSITION_M:g}, z > 0), got {position!r}")
         out.append(GroundTruthObject(tuple(int(round(v)) for v in bbox), label, key,
-                                     None if visible is None else float(visible)))
+                                     None if visible is None else float(visible),
+                                     None if position is None
+                                     else tuple(float(v) for v in position)))
     return out
 
 

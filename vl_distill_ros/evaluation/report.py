@@ -108,6 +108,7 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
         "not_in_vocabulary": scores.get("not_in_vocabulary"),
         "gzsl": scores.get("gzsl"),
         "open_set": scores.get("open_set"),
+        "placement": scores.get("placement"),
         "confusion": scores["confusion"],
         "latency_kind": "end_to_end" if rec.mode == "live" else "processing",
         "latency_ms": scores["latency_ms"],
@@ -156,7 +157,18 @@ def summary_table(report: Mapping[str, Any]) -> str:
                  f"(n={lat['n']}); macro F1 {_fmt(report['macro_f1'])}; false-positive boxes "
                  f"{report['false_positives']['boxes']}")
     lines.append(_gzsl_line(report))
+    if report.get("placement"):
+        lines.append(_placement_line(report["placement"]))
     return "\n".join(lines)
+
+
+def _placement_line(p: Mapping[str, Any]) -> str:
+    """Published positions against the ground truth's (``placement``)."""
+    err = p["error_m"]
+    cm = (lambda v: "n/a" if v is None else f"{100.0 * v:.1f} cm")
+    return (f"positions: {p['placed']} of {p['objects']} matched objects with a true position "
+            f"were published with one; error p50 {cm(err['p50'])}, p95 {cm(err['p95'])}; "
+            f"within 2 cm {_fmt(p['within_2cm'])}, within 5 cm {_fmt(p['within_5cm'])}")
 
 
 def _gzsl_line(report: Mapping[str, Any]) -> str:
@@ -205,6 +217,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     out.append(f"- {kind}: p50 {_fmt(lat['p50'], 1)} ms, p95 {_fmt(lat['p95'], 1)} ms, "
                f"max {_fmt(lat['max'], 1)} ms")
     out.append(f"- {_gzsl_line(report)}")
+    if report.get("placement"):
+        out.append(f"- {_placement_line(report['placement'])}")
     out.append(f"- macro F1 {_fmt(report['macro_f1'])}; false-positive boxes "
                f"{report['false_positives']['boxes']} ({report['false_positives']['known']} "
                "named, " f"{report['false_positives']['unknown']} unknown)")

@@ -51,6 +51,14 @@ Generalised zero-shot and open set
     AUROC of the published ``score`` between matched objects whose label is in the active
     vocabulary and those whose label is not, and the ``unknown`` rate of each.
 
+Positions
+    ``placement``: of the matched objects whose ground truth has a ``position`` (the centre
+    of the object's 3-D bounding box in the camera's optical frame, which ``make-bag
+    --depth`` writes), how many were published with one (``placed``; the node places
+    objects only with depth) and the distance between the two (``error_m``: p50 / p95 /
+    mean / max, metres), with the shares within 2 and 5 cm. ``None`` when no ground truth
+    has positions.
+
 Frames and latency
     ``frames``: total, labelled, dropped (= total - labelled), with ground truth, evaluated
     (labelled and with ground truth), unexpected (labels for frames not in the input).
@@ -91,6 +99,8 @@ class GTObject(NamedTuple):
     bbox: tuple[int, int, int, int]
     label: str
     key: str = ""
+    #: The object's centre in the camera's optical frame (metres), where known.
+    position: tuple[float, float, float] | None = None
 
 
 def fold_label(text: str) -> str:
@@ -192,15 +202,27 @@ def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den else None
 
 
+def _position(value: Any) -> tuple[float, float, float] | None:
+    """A ground-truth or published ``position`` as three finite floats, or None."""
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if all(math.isfinite(v) for v in out) else None  # type: ignore[return-value]
+
+
 def _gt_list(objects: Iterable[Any]) -> list[GTObject]:
     out = []
     for o in objects:
         if isinstance(o, Mapping):
             out.append(GTObject(tuple(int(v) for v in o["bbox"]), str(o["label"]),
-                                str(o.get("key", "") or "")))
+                                str(o.get("key", "") or ""), _position(o.get("position"))))
         elif hasattr(o, "bbox"):
             out.append(GTObject(tuple(int(v) for v in o.bbox), str(o.label),
-                                str(getattr(o, "key", "") or "")))
+                                str(getattr(o, "key", "") or ""),
+                                _position(getattr(o, "position", None))))
         else:  # a plain (bbox, label[, key]) tuple
             bbox, label, *rest = o
             out.append(GTObject(tuple(int(v) for v in bbox), str(label),
@@ -244,6 +266,9 @@ class _Tally:
         self.vocab_scores: dict[bool, list[float]] = {True: [], False: []}
         self.vocab_unknown = {True: 0, False: 0}
         self.not_in_vocab = {"objects": 0, "rejected": 0, "renamed": 0}
+        #: matched objects with a true position, those published with one, their errors (m)
+        self.placement = {"objects": 0, "placed": 0}
+        self.placement_errors: list[float] = []
 
     def name_of(self, label: str) -> str:
         return self.display.setdefault(fold_label(label), str(label))
@@ -305,6 +330,12 @@ class _Tally:
         if self.vocab_fold is not None and gl not in self.vocab_fold:
             self.not_in_vocab["objects"] += 1
         outcome, pred_col = self._outcome(gl, pred)
+        if pred is not None and g.position is not None:
+            self.placement["objects"] += 1
+            placed = _position(pred.get("position"))
+            if placed is not None:
+                self.placement["placed"] += 1
+                self.placement_errors.append(math.dist(placed, g.position))
         if pred is not None and self.vocab_fold is not None:
             in_vocab = gl in self.vocab_fold
             self.vocab_scores[in_vocab].append(float(pred.get("score", 0.0) or 0.0))
@@ -333,6 +364,18 @@ class _Tally:
             self.fp_background[pl] = self.fp_background.get(pl, 0) + 1
 
     # -- summaries ----------------------------------------------------------------------
+    def placement_summary(self) -> dict[str, Any] | None:
+        """The published positions of matched objects against their true positions (None
+        when no ground truth has positions)."""
+        if not self.placement["objects"]:
+            return None
+        errors = self.placement_errors
+        return {**self.placement,
+                "placed_rate": _ratio(self.placement["placed"], self.placement["objects"]),
+                "error_m": percentiles(errors),
+                "within_2cm": _ratio(sum(e <= 0.02 for e in errors), len(errors)),
+                "within_5cm": _ratio(sum(e <= 0.05 for e in errors), len(errors))}
+
     def group_summary(self) -> dict[str, dict[str, Any]]:
         return {g: {**c, "accuracy": _ratio(c["correct"], c["matched"]),
                     "recall": _ratio(c["correct"], c["objects"]),
@@ -430,7 +473,10 @@ def score_frames(frames: Sequence[FrameKey],
 
     Returns:
         A JSON-ready dict: ``frames``, ``groups``, ``per_object``, ``macro_f1``,
-        ``false_positives``, ``confusion``, ``latency_ms``, ``iou_threshold``.
+        ``false_positives``, ``confusion``, ``latency_ms``, ``iou_threshold`` and
+        ``placement`` (matched objects whose ground truth has a ``position``: how many were
+        published with one, the distances between the two in metres, the shares within 2 and
+        5 cm; None without such ground truth).
     """
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
@@ -469,6 +515,7 @@ def score_frames(frames: Sequence[FrameKey],
         "not_in_vocabulary": tally.not_in_vocab if vocab_fold is not None else None,
         "gzsl": tally.gzsl(),
         "open_set": tally.open_set(),
+        "placement": tally.placement_summary(),
         "confusion": tally.confusion_matrix(gt_labels, pred_only),
         "latency_ms": percentiles(lat),
     }

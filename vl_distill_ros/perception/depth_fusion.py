@@ -18,7 +18,7 @@ import numpy as np
 from .boxes import Box, box_containment, box_iou
 from .depth_cloud import back_project
 from .depth_config import DepthProposalConfig
-from .depth_proposals import DepthProposals
+from .depth_proposals import DepthProposals, box_cells
 from .proposal_config import ProposalConfig
 
 __all__ = ["fuse_proposals", "fuse_proposals_with_views", "fusion_colour_config",
@@ -226,7 +226,7 @@ def _on_support(depth: DepthProposals, box: Box, cfg: DepthProposalConfig) -> bo
     samples within the height band (:func:`_supported`; true when they are too few)."""
     if depth.height_grid is None:
         return True
-    window = _box_cells(depth, [int(round(v)) for v in box])
+    window = box_cells(depth, [int(round(v)) for v in box])
     cells = depth.height_grid[window]
     return _supported(depth, window, _raised(depth, window, cfg) & (cells < cfg.max_height_m))
 
@@ -248,7 +248,7 @@ def flat_on_support(depth: DepthProposals, box: Box, cfg: DepthProposalConfig) -
     behind it would be taken for flat: ``fuse_network_flat_m: 0`` keeps it.)"""
     if cfg.fuse_network_flat_m <= 0 or depth.height_grid is None:
         return False
-    cells = depth.height_grid[_box_cells(depth, [int(round(v)) for v in box])]
+    cells = depth.height_grid[box_cells(depth, [int(round(v)) for v in box])]
     heights = cells[np.isfinite(cells)]
     if heights.size < max(FLAT_MIN_SAMPLES, cfg.fuse_network_flat_valid * cells.size):
         return False
@@ -341,7 +341,7 @@ def fuse_depth_colour(depth: DepthProposals, colour_boxes: Sequence[Box],
         if len(out) >= max_count or any(box_iou(box, b) > cfg.fuse_max_iou for b in out) \
                 or _part_of(depth, box, out, cfg):
             continue
-        window = _box_cells(depth, box)
+        window = box_cells(depth, box)
         cells = grid[window]
         if cells.size == 0:
             continue
@@ -386,7 +386,7 @@ def _holey(depth: DepthProposals, box: Box, inside: Sequence[int],
     its depth (black or shiny parts) cut into pieces."""
     if cfg.fuse_holes_frac <= 0 or len(inside) < 2 or depth.height_grid is None:
         return False
-    cells = depth.height_grid[_box_cells(depth, box)]
+    cells = depth.height_grid[box_cells(depth, box)]
     return cells.size > 0 and \
         np.count_nonzero(np.isnan(cells)) >= cfg.fuse_holes_frac * cells.size
 
@@ -455,19 +455,10 @@ def _split_candidates(box: Box, colour_boxes: Sequence[Box],
     return inside if _cover(box, inside) >= cfg.fuse_split_cover else []
 
 
-def _box_cells(depth: DepthProposals, box: Sequence[int]) -> tuple[slice, slice]:
-    """The rows and columns of ``depth``'s grids whose samples lie inside ``box``."""
-    x, y, w, h = box
-    s, off = depth.stride, depth.offset
-    c0, r0 = max((x - off + s - 1) // s, 0), max((y - off + s - 1) // s, 0)
-    c1, r1 = (x + w - 1 - off) // s + 1, (y + h - 1 - off) // s + 1
-    return slice(r0, r1), slice(c0, c1)
-
-
 def _box_top(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig) -> float:
     """90th percentile of the heights above the plane (m) of the samples in ``box`` that
     stand ``min_height_m`` above it (0 when none do)."""
-    cells = depth.height_grid[_box_cells(depth, box)]
+    cells = depth.height_grid[box_cells(depth, box)]
     up = cells[np.nan_to_num(cells, nan=-1.0) > cfg.min_height_m]
     return float(np.percentile(up, 90)) if up.size else 0.0
 

@@ -82,7 +82,7 @@ from .depth_registration import DepthRegistration, shift_depth, strip_fattening
 from .support_plane import DepthNoiseEstimate, fit_plane_ransac, noise_curve, raised_plane
 from .support_region import SupportRegion, support_region
 
-__all__ = ["DepthProposals", "propose_depth_boxes", "boxes_from_clusters"]
+__all__ = ["DepthProposals", "propose_depth_boxes", "boxes_from_clusters", "box_cells"]
 
 
 @dataclass
@@ -123,6 +123,16 @@ class DepthProposals:
     support: SupportRegion | None = None
     depth_grid: np.ndarray | None = None
     camera: CameraIntrinsics | None = None
+
+
+def box_cells(depth: DepthProposals, box: Sequence[int]) -> tuple[slice, slice]:
+    """The rows and columns of ``depth``'s grids whose samples lie inside ``box``
+    (``(x, y, w, h)`` colour pixels)."""
+    x, y, w, h = box
+    s, off = depth.stride, depth.offset
+    c0, r0 = max((x - off + s - 1) // s, 0), max((y - off + s - 1) // s, 0)
+    c1, r1 = (x + w - 1 - off) // s + 1, (y + h - 1 - off) // s + 1
+    return slice(r0, r1), slice(c0, c1)
 
 
 def _too_little_depth_note(valid_frac: float, depth: np.ndarray,

@@ -22,8 +22,9 @@ from .camera_model import CameraIntrinsics, DepthError
 from .depth_alignment import UnalignedDepth
 from .depth_config import DepthProposalConfig, stride_for
 from .depth_fusion import fuse_proposals_with_views, fusion_colour_config, takes_close_pass
-from .depth_proposals import propose_depth_boxes
+from .depth_proposals import DepthProposals, propose_depth_boxes
 from .depth_registration import DepthRegistration
+from .object_placement import ObjectPlacement, place_objects
 from .pipeline_settings import PipelineError, PipelineSettings
 from .proposals import (NetworkBoxes, colour_model_boxes, network_detections, propose_boxes,
                         with_colour_model)
@@ -118,10 +119,11 @@ class FrameBoxes:
     def boxes(self, image_rgb: np.ndarray, s: PipelineSettings,
               depth: np.ndarray | UnalignedDepth | None,
               intrinsics: CameraIntrinsics | None, camera: str = "", behind: bool = False
-              ) -> tuple[list[Box], list[Box], str]:
+              ) -> tuple[list[Box], list[Box], str, list[ObjectPlacement | None] | None]:
         """The sanitized boxes ``s``'s crop source gives for this frame (may be empty), the
-        boxes the student's windows are made from (one per box) and the depth status
-        (``""``: no depth given, ``used``, or why not).
+        boxes the student's windows are made from (one per box), the depth status
+        (``""``: no depth given, ``used``, or why not) and, when depth was used, where each
+        box's object stands (:func:`~.object_placement.place_objects`; None otherwise).
 
         With ``crop_source`` ``proposals``, a registered ``depth`` (metres, same size as the
         image; or a depth camera's own image, aligned here) and the colour camera's
@@ -133,30 +135,34 @@ class FrameBoxes:
         s = s.for_camera(camera)
         height, width = image_rgb.shape[:2]
         status = "" if depth is None else "not used"
-        views = None
+        views, found = None, None
         if s.crop_source == "full_frame":
             raw: list = [full_frame_box(width, height)]
         elif s.crop_source == "rois":
             raw = list(s.rois)
         else:
-            raw, views, status = self._proposals(image_rgb, s, depth, intrinsics, camera,
-                                                 behind)
+            raw, views, status, found = self._proposals(image_rgb, s, depth, intrinsics,
+                                                        camera, behind)
         boxes, views = _sanitize_with_views(raw, views, width, height, s.min_box_size)
         if not boxes and s.crop_source == "proposals" and s.fallback_full_frame:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
                                    min_size=s.min_box_size)
             views = list(boxes)
-        return boxes, views, status
+        placements = place_objects(found, boxes, s.depth_cfg) if found is not None else None
+        return boxes, views, status, placements
 
     def _proposals(self, image: np.ndarray, s: PipelineSettings,
                    depth: np.ndarray | UnalignedDepth | None,
                    intrinsics: CameraIntrinsics | None, camera: str = "",
-                   behind: bool = False) -> tuple[list[Box], list[Box] | None, str]:
+                   behind: bool = False
+                   ) -> tuple[list[Box], list[Box] | None, str, DepthProposals | None]:
         """Colour, depth or fused proposals, the boxes the student's windows are made from
-        (None: the proposals themselves) and the depth status (see :meth:`boxes`)."""
+        (None: the proposals themselves), the depth status (see :meth:`boxes`) and what the
+        depth proposer found when depth was used (None otherwise)."""
         if depth is None or s.proposal_source == "colour":
             s = s.for_frames_behind() if behind else s
-            return self._colour_only(image, s), None, "" if depth is None else "not used"
+            return self._colour_only(image, s), None, "" if depth is None else "not used", \
+                None
         s = s.for_depth_frames()   # the box network of frames with depth (box_net_depth)
         s = s.for_frames_behind() if behind else s
         if s.proposal_cfg.box_net_close_width and not takes_close_pass(
@@ -164,12 +170,13 @@ class FrameBoxes:
                 camera in s.close_cameras):
             s = s.without_close_pass()   # a frame with depth: only a close camera takes it
         if intrinsics is None:
-            return self._colour_only(image, s), None, "no camera intrinsics"
+            return self._colour_only(image, s), None, "no camera intrinsics", None
         unaligned = isinstance(depth, UnalignedDepth)
         size = (intrinsics.height, intrinsics.width) if unaligned else np.shape(depth)
         if size != image.shape[:2]:
             return self._colour_only(image, s), None, (
-                f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}")
+                f"depth is {size[::-1]} but the image is {image.shape[1]}x{image.shape[0]}"), \
+                None
         # auto needs the colour boxes whatever depth gives: the box network runs in the
         # second thread while the depth proposer (and then, with fuse_colour_model, the
         # colour model) runs here (all spend their time in ONNX Runtime, OpenCV and numpy,
@@ -185,24 +192,24 @@ class FrameBoxes:
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
                                         self._registration(camera, depth_cfg))
         except DepthError as exc:
-            return self._colour_only(image, s, pending), None, str(exc)   # colour only
+            return self._colour_only(image, s, pending), None, str(exc), None  # colour only
         except Exception as exc:  # noqa: BLE001 - a depth image no test foresaw
             # the frame keeps its colour boxes; the status names the failure per camera
             return self._colour_only(image, s, pending), None, (
                 f"the depth proposer failed on this frame ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); colour only")
+                f"{str(exc)[:200]}); colour only"), None
         if found.plane is None:
-            return self._colour_only(image, s, pending), None, found.note
+            return self._colour_only(image, s, pending), None, found.note, None
         with self._registration_lock:
             _remember(self._depth_noise, camera, found.noise_m)
             _remember(self._depth_sparse, camera, found.sparse)
         count = int(s.proposal_cfg.max_count)
         if s.proposal_source == "depth":
-            return list(found.boxes)[:count], None, "used"
+            return list(found.boxes)[:count], None, "used", found
         colour, network, weak = self._colour_boxes(image, s, pending)
         boxes, views = fuse_proposals_with_views(found, colour, s.depth_cfg, count, network,
                                                  weak)
-        return boxes, views, "used"
+        return boxes, views, "used", found
 
     def _colour_only(self, image: np.ndarray, s: PipelineSettings,
                      pending: "Future[NetworkBoxes | None] | None" = None) -> list[Box]:

@@ -22,6 +22,9 @@ class ObjectResult:
         score: softmax score of the best label (even when ``label`` is ``"unknown"``).
         known: False when the crop was labelled ``"unknown"``.
         top_k: the ``top_k`` best ``(label, score)`` pairs, best first.
+        position: with depth, the centre of the object in the camera's optical frame
+            (metres; :mod:`~.object_placement`), else None.
+        size: with depth, its ``(across, along, height)`` extent (metres), else None.
     """
 
     bbox: tuple[int, int, int, int]
@@ -29,6 +32,8 @@ class ObjectResult:
     score: float
     known: bool
     top_k: list[tuple[str, float]] = field(default_factory=list)
+    position: tuple[float, float, float] | None = None
+    size: tuple[float, float, float] | None = None
 
 
 def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,
@@ -42,21 +47,32 @@ def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: s
          "camera": str,                      # the image topic
          "vocabulary_version": int,
          "objects": [{"bbox": [x, y, w, h], "label": str, "score": float, "known": bool,
-                      "top_k": [[label, score], ...]}]}
+                      "top_k": [[label, score], ...],
+                      "position": [x, y, z], "size": [across, along, height]}]}
 
-    Scores are rounded to ``score_digits`` decimals.
+    Scores are rounded to ``score_digits`` decimals. ``position`` (metres, the camera's
+    optical frame, i.e. the header's ``frame_id``) and ``size`` (metres) are present only for
+    objects placed with depth (:attr:`ObjectResult.position`); positions and sizes are
+    rounded to millimetres.
     """
     return {
         "header": {"stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
                    "frame_id": str(frame_id)},
         "camera": str(camera),
         "vocabulary_version": int(version),
-        "objects": [
-            {"bbox": [int(v) for v in o.bbox], "label": o.label,
-             "score": round(float(o.score), score_digits), "known": bool(o.known),
-             "top_k": [[str(name), round(float(s), score_digits)] for name, s in o.top_k]}
-            for o in objects],
+        "objects": [_object_document(o, score_digits) for o in objects],
     }
+
+
+def _object_document(o: ObjectResult, score_digits: int) -> dict:
+    """One object of :func:`labels_document`."""
+    doc = {"bbox": [int(v) for v in o.bbox], "label": o.label,
+           "score": round(float(o.score), score_digits), "known": bool(o.known),
+           "top_k": [[str(name), round(float(s), score_digits)] for name, s in o.top_k]}
+    if o.position is not None and o.size is not None:
+        doc["position"] = [round(float(v), 3) for v in o.position]
+        doc["size"] = [round(float(v), 3) for v in o.size]
+    return doc
 
 
 def draw_annotations(image: np.ndarray, objects: Sequence[ObjectResult]) -> np.ndarray:

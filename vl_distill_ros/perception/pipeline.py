@@ -62,6 +62,7 @@ from .depth_alignment import UnalignedDepth
 from .depth_config import DepthProposalConfig
 from .frame_boxes import MAX_REGISTERED_CAMERAS, FrameBoxes
 from .labels_output import ObjectResult, draw_annotations, labels_document
+from .object_placement import ObjectPlacement
 from .pipeline_settings import (CROP_CONTEXT, CROP_SOURCES, FROM_BUNDLE, MAX_ROIS,
                                 PROPOSAL_SOURCES, PipelineError, PipelineSettings,
                                 rois_from_flat)
@@ -139,6 +140,9 @@ class PreparedFrame:
     #: Classify it with :attr:`PerceptionPipeline.runner_behind` (prepared two steps behind
     #: the cameras).
     student_behind: bool = False
+    #: With depth used: where each box's object stands (one per box, None where it could
+    #: not be measured; :mod:`~.object_placement`); None without.
+    placements: list[ObjectPlacement | None] | None = None
 
 
 class PerceptionPipeline:
@@ -362,7 +366,7 @@ class PerceptionPipeline:
         was (``used``) or why not. Depth problems never raise: the frame falls back to
         colour proposals. ``camera`` names the camera whose registration check
         (:meth:`depth_shift`) the frame updates; give each camera its own."""
-        boxes, _, self.last_depth_status = self.frame_boxes.boxes(
+        boxes, _, self.last_depth_status, _ = self.frame_boxes.boxes(
             image_rgb, settings or self._settings, depth, intrinsics, camera)
         return boxes
 
@@ -412,9 +416,9 @@ class PerceptionPipeline:
                                 f"{image.shape} dtype {image.dtype}")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise PipelineError(f"empty image of shape {image.shape}")
-        boxes, views, status = self.frame_boxes.boxes(image, settings, depth, intrinsics,
-                                                      camera, behind >= 1)
-        return PreparedFrame(image, boxes, settings, status, views, behind >= 2)
+        boxes, views, status, placements = self.frame_boxes.boxes(
+            image, settings, depth, intrinsics, camera, behind >= 1)
+        return PreparedFrame(image, boxes, settings, status, views, behind >= 2, placements)
 
     def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:
         """Stage 2 of :meth:`process`: run the student on a prepared frame's crops and score
@@ -463,12 +467,16 @@ class PerceptionPipeline:
         top_p_l, top_i_l, best_cos_l = top_p.tolist(), top_i.tolist(), best_cos.tolist()
         objects = []
         threshold = self.effective_unknown_threshold(settings)
-        for box, ps, idx, bc in zip(boxes, top_p_l, top_i_l, best_cos_l):
+        placements = frame.placements if frame.placements is not None \
+            and len(frame.placements) == len(boxes) else [None] * len(boxes)
+        for box, ps, idx, bc, place in zip(boxes, top_p_l, top_i_l, best_cos_l, placements):
             known = ps[0] >= threshold and bc >= settings.min_similarity
             objects.append(ObjectResult(
                 bbox=tuple(int(v) for v in box), label=names[idx[0]] if known else UNKNOWN_LABEL,
                 score=float(ps[0]), known=bool(known),
-                top_k=[(names[i], float(p)) for i, p in zip(idx, ps)]))
+                top_k=[(names[i], float(p)) for i, p in zip(idx, ps)],
+                position=None if place is None else place.position,
+                size=None if place is None else place.size))
         return objects, active.version
 
     def process(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,

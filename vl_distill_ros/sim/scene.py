@@ -305,6 +305,11 @@ def _scene_meta(layout: SceneLayout, stats: dict[str, Any], cam: SceneCamera, at
     """:attr:`SceneFrame.meta` (JSON-serialisable)."""
     meta = {
         "placed": [{"key": o.key, "xy": _r(o.xy), "yaw_deg": _r(math.degrees(o.yaw)),
+                    # the centre of its bounding box in the camera's optical frame and the
+                    # box's size (model x, model y, height), metres: ground truth of
+                    # perception.object_placement
+                    "centre_camera": _r(cam.optical(o.centre[None])[0]),
+                    "size": _r([2.0 * o.half[0], 2.0 * o.half[1], o.height]),
                     **stats.get(o.key, {})} for o in layout.placed],
         "table": {"kind": layout.table_kind, "size": _r(2 * layout.table_half),
                   "floor": layout.floor_kind},

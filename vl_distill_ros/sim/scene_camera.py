@@ -62,6 +62,12 @@ class SceneCamera:
         v = self.cy - self.focal * cam[:, 1] / safe
         return np.stack([u, v], axis=1), depth
 
+    def optical(self, points: np.ndarray) -> np.ndarray:
+        """World ``points`` (N, 3) in the camera's optical frame (x right, y down, z forward,
+        metres): the frame of its images and of :meth:`intrinsics`."""
+        cam = np.asarray(points, float) @ self.view[:3, :3].T + self.view[:3, 3]
+        return cam * np.array([1.0, -1.0, -1.0])
+
     def plane_homography(self, z: float) -> np.ndarray:
         """3x3 map from world ``(x, y, 1)`` on the plane at height ``z`` to pixel indices
         (pixel ``i`` has its centre at ``i + 0.5`` in :meth:`project` coordinates)."""

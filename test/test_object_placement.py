@@ -1,0 +1,170 @@
+"""Object placement with depth (perception/object_placement.py): each boxed object's centre
+and size from the depth proposer's grids, on analytic tabletops with known cuboids (no YCB
+models needed) and on rendered scenes; the ``~/labels`` fields, the ground truth's
+``position`` and its score in replay-eval."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vl_distill_ros.bags.bag_frames import GroundTruthObject, object_document
+from vl_distill_ros.bags.ground_truth_sidecar import parse_objects
+from vl_distill_ros.bags.raw_io import BagError
+from vl_distill_ros.evaluation.scoring import score_frames
+from vl_distill_ros.perception.depth_config import DepthProposalConfig
+from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
+from vl_distill_ros.perception.labels_output import ObjectResult, labels_document
+from vl_distill_ros.perception.object_placement import place_objects
+
+from test_depth import K, OBJECTS, cast_tabletop, cuboid_centre, depth_and_boxes
+
+CFG = DepthProposalConfig()
+
+
+@pytest.fixture(scope="module")
+def scene_renderer(ycb_models):
+    from vl_distill_ros.sim.scene import SceneRenderer
+
+    with SceneRenderer(ycb_models) as r:
+        yield r
+
+
+def _placed(objects, tilt_deg: float = 50.0, depth_fn=None):
+    depth, owner = cast_tabletop(objects, tilt_deg)
+    depth, boxes = depth_and_boxes(depth, owner, len(objects))
+    if depth_fn is not None:
+        depth = depth_fn(depth)
+    found = propose_depth_boxes(depth, K, CFG)
+    return place_objects(found, boxes, CFG), boxes, found
+
+
+@pytest.mark.parametrize("tilt", [35.0, 50.0, 65.0])
+def test_cuboids_are_placed_at_their_centres_with_their_height(tilt):
+    placed, _, _ = _placed(OBJECTS, tilt)
+    for obj, p in zip(OBJECTS, placed):
+        assert p is not None, obj
+        err = np.linalg.norm(np.array(p.position) - cuboid_centre(obj, tilt))
+        # the hidden back half of each cuboid is not seen; its top and front span it
+        assert err < 0.015, (tilt, obj, p, cuboid_centre(obj, tilt))
+        across, along, height = p.size
+        assert abs(height - obj[4]) < 0.008, (obj, p.size)
+        assert abs(across - obj[2]) < 0.012, (obj, p.size)   # the cuboid's length is across
+        assert along <= obj[3] + 0.012
+
+
+def test_an_object_behind_a_taller_one_is_placed_by_its_own_samples():
+    # a wide flat tray (2 cm) behind a tall box that hides its middle: the tray's box holds
+    # mostly the tall box's samples, but the tray's visible rest spans it
+    tray, tall = (0.0, 0.12, 0.3, 0.12, 0.02), (0.0, 0.0, 0.06, 0.06, 0.25)
+    depth, owner = cast_tabletop([tray, tall])
+    depth, boxes = depth_and_boxes(depth, owner, 2)
+    found = propose_depth_boxes(depth, K, CFG)
+    p_tray, p_tall = place_objects(found, boxes, CFG)
+    assert p_tray is not None and p_tall is not None
+    assert p_tray.size[2] < 0.03, p_tray       # its own height, not the tall box's
+    assert abs(p_tall.size[2] - 0.25) < 0.01, p_tall
+    assert np.linalg.norm(np.array(p_tray.position) - cuboid_centre(tray)) < 0.03
+    assert np.linalg.norm(np.array(p_tall.position) - cuboid_centre(tall)) < 0.02
+
+
+def test_boxes_without_raised_depth_or_without_a_plane_get_no_placement():
+    def holes(depth):
+        out = depth.copy()
+        out[owner_of_first] = 0.0          # the first object's depth is all missing
+        return out
+
+    depth, owner = cast_tabletop(OBJECTS)
+    owner_of_first = owner == 0
+    placed, boxes, _ = _placed(OBJECTS, depth_fn=holes)
+    assert placed[0] is None and placed[1] is not None and placed[2] is not None
+    # a box on bare table, and a box outside the grid
+    found = propose_depth_boxes(depth_and_boxes(depth, owner, 3)[0], K, CFG)
+    assert place_objects(found, [(5, 5, 20, 20), (700, 500, 10, 10)], CFG) == [None, None]
+    # no plane: nothing is placed
+    flat = propose_depth_boxes(np.zeros((480, 640), np.float32), K, CFG)
+    assert flat.plane is None
+    assert place_objects(flat, boxes, CFG) == [None, None, None]
+
+
+def test_placement_follows_noisy_depth():
+    from vl_distill_ros.sim.depth_noise import NOISE_MODELS, apply_depth_noise
+
+    rng = np.random.default_rng(0)
+    placed, _, _ = _placed(OBJECTS, depth_fn=lambda d: apply_depth_noise(
+        d, rng, NOISE_MODELS["coarse"]))
+    for obj, p in zip(OBJECTS[:2], placed[:2]):
+        assert p is not None
+        assert np.linalg.norm(np.array(p.position) - cuboid_centre(obj)) < 0.025, (obj, p)
+        assert abs(p.size[2] - obj[4]) < 0.015
+
+
+def test_labels_carry_position_and_size_only_for_placed_objects():
+    objs = [ObjectResult((1, 2, 3, 4), "apple", 0.9, True, [("apple", 0.9)],
+                         position=(0.01234, -0.2, 0.87654), size=(0.07, 0.06, 0.0751)),
+            ObjectResult((5, 6, 7, 8), "unknown", 0.1, False, [("pear", 0.1)])]
+    doc = json.loads(json.dumps(labels_document(1, 2, "cam", "/image", 3, objs)))
+    assert doc["objects"][0]["position"] == [0.012, -0.2, 0.877]
+    assert doc["objects"][0]["size"] == [0.07, 0.06, 0.075]
+    assert set(doc["objects"][1]) == {"bbox", "label", "score", "known", "top_k"}
+
+
+def test_ground_truth_position_is_checked_and_written():
+    ok = parse_objects([{"bbox": [1, 2, 3, 4], "label": "apple",
+                         "position": [0.1, -0.2, 0.9]}], "gt")
+    assert ok[0].position == (0.1, -0.2, 0.9)
+    assert object_document(GroundTruthObject((1, 2, 3, 4), "apple", "013_apple", None,
+                                             (0.123456, 0.0, 1.0)))["position"] == \
+        [0.1235, 0.0, 1.0]
+    assert "position" not in object_document(GroundTruthObject((1, 2, 3, 4), "apple"))
+    for bad in ([0.1, 0.2], [0.1, 0.2, -1.0], [0.1, float("nan"), 1.0], [True, 0.0, 1.0],
+                "0 0 1", [0.0, 0.0, 1e9]):
+        with pytest.raises(BagError, match="'position' must be"):
+            parse_objects([{"bbox": [1, 2, 3, 4], "label": "apple", "position": bad}], "gt")
+
+
+def test_replay_scores_published_positions_against_the_ground_truth():
+    key = ("/image", 1)
+    truth = {key: [GroundTruthObject((0, 0, 10, 10), "apple", "", None, (0.0, 0.0, 1.0)),
+                   GroundTruthObject((50, 50, 10, 10), "pear", "", None, (0.1, 0.0, 1.0)),
+                   GroundTruthObject((90, 90, 10, 10), "plum")]}
+    doc = {"header": {"stamp": {"sec": 0, "nanosec": 1}}, "camera": "/image", "objects": [
+        {"bbox": [0, 0, 10, 10], "label": "apple", "score": 0.9, "known": True,
+         "position": [0.0, 0.03, 1.0], "size": [0.1, 0.1, 0.1]},
+        {"bbox": [50, 50, 10, 10], "label": "pear", "score": 0.9, "known": True},
+        {"bbox": [90, 90, 10, 10], "label": "plum", "score": 0.9, "known": True,
+         "position": [0.0, 0.0, 1.0], "size": [0.1, 0.1, 0.1]}]}
+    out = score_frames([key], truth, {key: doc})["placement"]
+    assert out["objects"] == 2 and out["placed"] == 1     # plum has no true position
+    assert out["error_m"]["p50"] == pytest.approx(0.03)
+    assert out["within_2cm"] == 0.0 and out["within_5cm"] == 1.0
+    plain = {key: [GroundTruthObject((0, 0, 10, 10), "apple")]}
+    assert score_frames([key], plain, {key: doc})["placement"] is None
+
+
+def test_rendered_scenes_are_placed_within_centimetres(scene_renderer):
+    """The renderer's scenes (YCB meshes): every visible object's box placed, the centre
+    of its 3-D bounding box found within a few centimetres (most within 2)."""
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
+    from vl_distill_ros.sim.scene import SceneSpec, render_scene
+
+    keys = ["003_cracker_box", "005_tomato_soup_can", "006_mustard_bottle", "011_banana",
+            "013_apple", "025_mug", "035_power_drill", "019_pitcher_base"]
+    errors, heights = [], []
+    for seed in range(6):
+        frame = render_scene(scene_renderer, keys, np.random.default_rng(seed),
+                             SceneSpec(depth=True, objects_per_scene=(3, 4)))
+        fx, fy, cx, cy = frame.intrinsics
+        k = CameraIntrinsics(fx, fy, cx, cy, frame.depth.shape[1], frame.depth.shape[0])
+        truth = {p["key"]: p for p in frame.meta["placed"]}
+        found = propose_depth_boxes(frame.depth, k, CFG, frame.image)
+        for obj, p in zip(frame.objects, place_objects(found, [o.bbox for o in frame.objects],
+                                                       CFG)):
+            assert p is not None, obj
+            errors.append(np.linalg.norm(np.array(p.position)
+                                         - truth[obj.key]["centre_camera"]))
+            heights.append(abs(p.size[2] - truth[obj.key]["size"][2]))
+    assert len(errors) >= 18
+    assert np.median(errors) < 0.02 and max(errors) < 0.08, sorted(errors)
+    assert np.median(heights) < 0.005, sorted(heights)
