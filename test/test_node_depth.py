@@ -176,6 +176,48 @@ def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
         assert st["depth_fattening_px"] == "0"                   # sharp ray-cast edges
 
 
+def test_placed_objects_are_published_as_3d_detections(ctx, tester, bundle, scene, tmp_path):
+    """With the real vision_msgs: ``~/detections_3d`` holds one Detection3D per named,
+    placed object (its 3-D box in the camera's frame, the same as ``~/labels``), one message
+    per RGB-D frame; a node without depth topics does not advertise it."""
+    vm = pytest.importorskip(
+        "vision_msgs.msg", reason="vision_msgs is not on PyPI; build it with "
+        "../shared/tools/vision_msgs_build.sh and source its env.sh to run this")
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    depth, truth = scene
+    rig = Rig(tester, "/rgbd3")
+    got: list = []
+    tester.node.create_subscription(vm.Detection3DArray, "/rgbd3/vl_distill_node/detections_3d",
+                                    got.append, 10)
+    with _node(ctx, "/rgbd3", bundle, tmp_path):
+        doc = rig.send("placed", 20, depth_msg(depth, 20, 0), info_msg(K))
+        assert wait_for(lambda: any(a.header.frame_id == "placed" for a in got), 5.0)
+        arr = next(a for a in got if a.header.frame_id == "placed")
+        known = [o for o in doc["objects"] if o["known"]]
+        assert len(arr.detections) == len(known) and known, doc
+        for det, obj in zip(arr.detections, known):
+            c = det.bbox.center
+            assert [c.position.x, c.position.y, c.position.z] == pytest.approx(obj["position"],
+                                                                               abs=1e-3)
+            assert [c.orientation.x, c.orientation.y, c.orientation.z, c.orientation.w] == \
+                pytest.approx(obj["orientation"], abs=1e-3)
+            assert [det.bbox.size.x, det.bbox.size.y, det.bbox.size.z] == pytest.approx(
+                obj["size"], abs=1e-3)
+            assert det.results[0].hypothesis.class_id == obj["label"]
+            assert det.results[0].pose.pose.position.z == pytest.approx(obj["position"][2],
+                                                                       abs=1e-3)
+        for i, j, _ in match_boxes(truth, _boxes(doc), 0.5):
+            assert np.linalg.norm(np.array(doc["objects"][j]["position"])
+                                  - cuboid_centre(SCENE[i])) < 0.02
+    with running_node(ctx, "/colour3", bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image"], inference_backend="torch",
+                      warm_text_encoder=False):
+        time.sleep(0.5)
+        assert tester.node.count_publishers("/colour3/vl_distill_node/detections_3d") == 0
+        assert tester.node.count_publishers("/colour3/vl_distill_node/detections") == 1
+
+
 @pytest.mark.parametrize("problem, expected", [
     ("encoding", "unsupported depth encoding 'rgb8'"),
     ("size", "depth must be registered (aligned) to the colour image"),

@@ -16,7 +16,7 @@ from vl_distill_ros.evaluation.scoring import score_frames
 from vl_distill_ros.perception.depth_config import DepthProposalConfig
 from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.labels_output import ObjectResult, labels_document
-from vl_distill_ros.perception.object_placement import place_objects
+from vl_distill_ros.perception.object_placement import place_objects, quaternion_of
 
 from test_depth import K, OBJECTS, cast_tabletop, cuboid_centre, depth_and_boxes
 
@@ -52,6 +52,33 @@ def test_cuboids_are_placed_at_their_centres_with_their_height(tilt):
         assert abs(height - obj[4]) < 0.008, (obj, p.size)
         assert abs(across - obj[2]) < 0.012, (obj, p.size)   # the cuboid's length is across
         assert along <= obj[3] + 0.012
+        # the box axes: across (the image's x here), along (away on the table), the normal
+        rot = _matrix(p.orientation)
+        t = np.radians(tilt)
+        normal = np.array([0.0, -np.sin(t), -np.cos(t)])
+        assert rot[:, 0] @ [1.0, 0.0, 0.0] > 0.999 and rot[:, 2] @ normal > 0.999, rot
+        assert rot[:, 1] @ np.cross(normal, [1.0, 0.0, 0.0]) > 0.999, rot
+
+
+def _matrix(q) -> np.ndarray:
+    """The rotation matrix of a unit quaternion ``(x, y, z, w)``."""
+    x, y, z, w = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def test_quaternion_of_inverts_the_rotation_matrix():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        q = -q if q[3] < 0 else q
+        got = np.array(quaternion_of(_matrix(q)))
+        assert np.allclose(got, q, atol=1e-9), (got, q)
+    for m in (np.eye(3), np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]),
+              np.diag([-1.0, -1.0, 1.0])):          # w = 0: the other branches
+        assert np.allclose(_matrix(quaternion_of(m)), m, atol=1e-9)
 
 
 def test_an_object_behind_a_taller_one_is_placed_by_its_own_samples():
@@ -102,11 +129,13 @@ def test_placement_follows_noisy_depth():
 
 def test_labels_carry_position_and_size_only_for_placed_objects():
     objs = [ObjectResult((1, 2, 3, 4), "apple", 0.9, True, [("apple", 0.9)],
-                         position=(0.01234, -0.2, 0.87654), size=(0.07, 0.06, 0.0751)),
+                         position=(0.01234, -0.2, 0.87654), size=(0.07, 0.06, 0.0751),
+                         orientation=(0.0, 0.0, 0.0, 1.0)),
             ObjectResult((5, 6, 7, 8), "unknown", 0.1, False, [("pear", 0.1)])]
     doc = json.loads(json.dumps(labels_document(1, 2, "cam", "/image", 3, objs)))
     assert doc["objects"][0]["position"] == [0.012, -0.2, 0.877]
     assert doc["objects"][0]["size"] == [0.07, 0.06, 0.075]
+    assert doc["objects"][0]["orientation"] == [0.0, 0.0, 0.0, 1.0]
     assert set(doc["objects"][1]) == {"bbox", "label", "score", "known", "top_k"}
 
 

@@ -25,6 +25,8 @@ class ObjectResult:
         position: with depth, the centre of the object in the camera's optical frame
             (metres; :mod:`~.object_placement`), else None.
         size: with depth, its ``(across, along, height)`` extent (metres), else None.
+        orientation: with depth, the ``(x, y, z, w)`` quaternion of its box's axes in the
+            camera's optical frame (:class:`~.object_placement.ObjectPlacement`), else None.
     """
 
     bbox: tuple[int, int, int, int]
@@ -34,6 +36,7 @@ class ObjectResult:
     top_k: list[tuple[str, float]] = field(default_factory=list)
     position: tuple[float, float, float] | None = None
     size: tuple[float, float, float] | None = None
+    orientation: tuple[float, float, float, float] | None = None
 
 
 def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,
@@ -48,12 +51,13 @@ def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: s
          "vocabulary_version": int,
          "objects": [{"bbox": [x, y, w, h], "label": str, "score": float, "known": bool,
                       "top_k": [[label, score], ...],
-                      "position": [x, y, z], "size": [across, along, height]}]}
+                      "position": [x, y, z], "size": [across, along, height],
+                      "orientation": [x, y, z, w]}]}
 
     Scores are rounded to ``score_digits`` decimals. ``position`` (metres, the camera's
-    optical frame, i.e. the header's ``frame_id``) and ``size`` (metres) are present only for
-    objects placed with depth (:attr:`ObjectResult.position`); positions and sizes are
-    rounded to millimetres.
+    optical frame, i.e. the header's ``frame_id``), ``size`` (metres) and ``orientation``
+    (the box axes' quaternion) are present only for objects placed with depth
+    (:attr:`ObjectResult.position`); positions and sizes are rounded to millimetres.
     """
     return {
         "header": {"stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
@@ -72,6 +76,8 @@ def _object_document(o: ObjectResult, score_digits: int) -> dict:
     if o.position is not None and o.size is not None:
         doc["position"] = [round(float(v), 3) for v in o.position]
         doc["size"] = [round(float(v), 3) for v in o.size]
+        if o.orientation is not None:
+            doc["orientation"] = [round(float(v), 4) for v in o.orientation]
     return doc
 
 

@@ -476,7 +476,8 @@ class PerceptionPipeline:
                 score=float(ps[0]), known=bool(known),
                 top_k=[(names[i], float(p)) for i, p in zip(idx, ps)],
                 position=None if place is None else place.position,
-                size=None if place is None else place.size))
+                size=None if place is None else place.size,
+                orientation=None if place is None else place.orientation))
         return objects, active.version
 
     def process(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,

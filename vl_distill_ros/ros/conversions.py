@@ -22,7 +22,7 @@ from ..perception.image_codec import encode_rgb8
 from ..perception.pipeline import ObjectResult, draw_annotations
 
 __all__ = ["import_vision_msgs", "labels_msg", "detection_entries", "detections_msg",
-           "label_info_msg", "annotated_msg"]
+           "detections_3d_msg", "label_info_msg", "annotated_msg"]
 
 #: One ``~/detections`` entry: box (centre x, centre y, width, height) in pixels and the
 #: hypotheses ``[(class_id, score), ...]``, best first.
@@ -40,6 +40,11 @@ def import_vision_msgs() -> dict[str, Any] | None:
     classes = {"Detection2DArray": Detection2DArray, "Detection2D": Detection2D,
                "ObjectHypothesis": ObjectHypothesis,
                "ObjectHypothesisWithPose": ObjectHypothesisWithPose}
+    try:
+        from vision_msgs.msg import Detection3D, Detection3DArray
+        classes.update(Detection3D=Detection3D, Detection3DArray=Detection3DArray)
+    except ImportError:  # pragma: no cover - a vision_msgs without 3-D detections
+        pass
     try:
         from vision_msgs.msg import LabelInfo, VisionClass
     except ImportError:  # pragma: no cover - vision_msgs 3 (before LabelInfo)
@@ -104,6 +109,37 @@ def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[Ob
         for class_id, score in hypotheses:
             hyp = vision_msgs["ObjectHypothesisWithPose"]()
             hyp.hypothesis.class_id, hyp.hypothesis.score = class_id, score
+            det.results.append(hyp)
+        arr.detections.append(det)
+    return arr
+
+
+def detections_3d_msg(vision_msgs: dict[str, Any], src: Image,
+                      objects: Sequence[ObjectResult]):
+    """A Detection3DArray (``src``'s header: the camera's optical frame) with one
+    Detection3D per *known* object placed with depth (:attr:`ObjectResult.position`):
+    ``bbox`` its 3-D box (centre, the box axes' orientation, size across / along / height in
+    metres), ``results`` its top-k hypotheses as in ``~/detections``, each with the box
+    centre as its pose, ``id`` empty. Objects without a placement are left out."""
+    arr = vision_msgs["Detection3DArray"]()
+    arr.header = src.header
+    for o in objects:
+        if not o.known or o.position is None or o.size is None:
+            continue
+        det = vision_msgs["Detection3D"]()
+        det.header = src.header
+        centre = det.bbox.center
+        centre.position.x, centre.position.y, centre.position.z = (float(v) for v in o.position)
+        qx, qy, qz, qw = o.orientation or (0.0, 0.0, 0.0, 1.0)
+        centre.orientation.x, centre.orientation.y = float(qx), float(qy)
+        centre.orientation.z, centre.orientation.w = float(qz), float(qw)
+        det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in o.size)
+        hypotheses = [(str(name), float(score)) for name, score in o.top_k] or [
+            (o.label, float(o.score))]
+        for class_id, score in hypotheses:
+            hyp = vision_msgs["ObjectHypothesisWithPose"]()
+            hyp.hypothesis.class_id, hyp.hypothesis.score = class_id, score
+            hyp.pose.pose = centre
             det.results.append(hyp)
         arr.detections.append(det)
     return arr

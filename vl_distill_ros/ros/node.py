@@ -67,8 +67,8 @@ from ..perception.pipeline import (ObjectResult, PerceptionPipeline, PipelineErr
 from ..perception.static_transforms import StaticTransforms
 from ..thread_names import os_named
 from . import params as P
-from .conversions import (annotated_msg, detections_msg, import_vision_msgs, label_info_msg,
-                          labels_msg)
+from .conversions import (annotated_msg, detections_3d_msg, detections_msg, import_vision_msgs,
+                          label_info_msg, labels_msg)
 from .depth_input import DepthInput, stamp_ns
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, model_status)
@@ -220,7 +220,7 @@ class VlDistillNode(Node):
             Parameter("descriptions", Parameter.Type.STRING_ARRAY, descriptions_param(vocab)),
             Parameter("vocabulary_file", Parameter.Type.STRING, vocab_file)])
         self._publish_annotated = bool(p["publish_annotated"])
-        self._create_outputs()
+        self._create_outputs(bool(p["depth_topics"]))
         self._save_srv = self.create_service(Trigger, "~/save_vocabulary", self._on_save)
         # -- parameter callbacks (after every declaration and internal set)
         self._parameter_callbacks = (
@@ -291,7 +291,7 @@ class VlDistillNode(Node):
             self._save_srv = None
         if hasattr(self, "_annotated_lock"):
             self._set_annotated(False)
-        for name in ("_labels_pub", "_diag_pub", "_det_pub", "_label_info_pub"):
+        for name in ("_labels_pub", "_diag_pub", "_det_pub", "_det3d_pub", "_label_info_pub"):
             if getattr(self, name, None) is not None:
                 self.destroy_publisher(getattr(self, name))
                 setattr(self, name, None)
@@ -350,7 +350,7 @@ class VlDistillNode(Node):
             return self.bundle.vocabulary, "bundle", "", self.bundle.text_embeddings
         return vocab, source, vocab_file, emb
 
-    def _create_outputs(self) -> None:
+    def _create_outputs(self, with_depth: bool) -> None:
         self._labels_pub = self.create_publisher(String, "~/labels", 10)
         self._annotated_lock = threading.Lock()
         self._annotated_pub = None  # advertised only while publish_annotated is true
@@ -359,6 +359,10 @@ class VlDistillNode(Node):
         vm = self._vision_msgs = self._import_vision_msgs()
         self._det_pub = (self.create_publisher(vm["Detection2DArray"], "~/detections", 10)
                          if vm else None)
+        # 3-D boxes of the objects placed with depth, for cameras with depth topics
+        self._det3d_pub = (
+            self.create_publisher(vm["Detection3DArray"], "~/detections_3d", 10)
+            if vm and "Detection3DArray" in vm and with_depth else None)
         # the vocabulary as class ids -> names; late joiners get the last one
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
@@ -680,6 +684,9 @@ class VlDistillNode(Node):
         self._labels_pub.publish(labels_msg(doc))
         if self._det_pub is not None:
             self._det_pub.publish(self._detections_msg(msg, objects))
+        if self._det3d_pub is not None and staged.has_depth:
+            assert self._vision_msgs is not None
+            self._det3d_pub.publish(detections_3d_msg(self._vision_msgs, msg, objects))
         with self._annotated_lock:
             if self._annotated_pub is not None:
                 self._annotated_pub.publish(annotated_msg(msg, staged.frame.image, objects))
