@@ -82,18 +82,50 @@ def test_quaternion_of_inverts_the_rotation_matrix():
 
 
 def test_an_object_behind_a_taller_one_is_placed_by_its_own_samples():
-    # a wide flat tray (2 cm) behind a tall box that hides its middle: the tray's box holds
-    # mostly the tall box's samples, but the tray's visible rest spans it
-    tray, tall = (0.0, 0.12, 0.3, 0.12, 0.02), (0.0, 0.0, 0.06, 0.06, 0.25)
+    # a wide low crate (5 cm) behind a tall box that hides its middle: the crate's box
+    # holds mostly the tall box's samples, but the crate's two visible pieces span it
+    tray, tall = (0.0, 0.12, 0.3, 0.12, 0.05), (0.0, 0.0, 0.06, 0.06, 0.25)
     depth, owner = cast_tabletop([tray, tall])
     depth, boxes = depth_and_boxes(depth, owner, 2)
     found = propose_depth_boxes(depth, K, CFG)
     p_tray, p_tall = place_objects(found, boxes, CFG)
     assert p_tray is not None and p_tall is not None
-    assert p_tray.size[2] < 0.03, p_tray       # its own height, not the tall box's
+    assert abs(p_tray.size[2] - 0.05) < 0.005, p_tray   # its own height, not the tall box's
+    assert abs(p_tray.size[0] - 0.3) < 0.02, p_tray     # both pieces: its whole length
     assert abs(p_tall.size[2] - 0.25) < 0.01, p_tall
-    assert np.linalg.norm(np.array(p_tray.position) - cuboid_centre(tray)) < 0.03
+    assert np.linalg.norm(np.array(p_tray.position) - cuboid_centre(tray)) < 0.01
     assert np.linalg.norm(np.array(p_tall.position) - cuboid_centre(tall)) < 0.02
+
+
+def test_a_neighbour_of_about_the_same_height_is_not_taken_for_part_of_the_object():
+    # a box in front of another and to its left, about as tall, reaches into its image box:
+    # nothing nearer lies between them, so it is not a piece of the same object
+    back, front = (0.0, 0.1, 0.1, 0.1, 0.15), (-0.07, -0.03, 0.08, 0.08, 0.16)
+    placed, _, _ = _placed([back, front])
+    for obj, p in zip((back, front), placed):
+        assert p is not None
+        assert np.linalg.norm(np.array(p.position) - cuboid_centre(obj)) < 0.012, (obj, p)
+        assert p.size[1] < 0.1, (obj, p)
+
+
+def test_a_flat_object_is_centred_by_its_box_where_its_thin_middle_is_not_raised():
+    # a wrench-like object lying flat: two 12 mm ends and a 3 mm shaft between them, under
+    # the height band; its box spans all three, its raised samples only the ends
+    parts = [(-0.08, 0.0, 0.04, 0.04, 0.012), (0.0, 0.0, 0.12, 0.015, 0.003),
+             (0.08, 0.0, 0.04, 0.04, 0.012)]
+    depth, owner = cast_tabletop(parts)
+    depth, boxes = depth_and_boxes(depth, owner, 3)
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1 = max(b[0] + b[2] for b in boxes)
+    y1 = max(b[1] + b[3] for b in boxes)
+    found = propose_depth_boxes(depth, K, CFG)
+    (p,) = place_objects(found, [(x0, y0, x1 - x0, y1 - y0)], CFG)
+    assert p is not None and abs(p.size[2] - 0.012) < 0.004, p
+    truth = cuboid_centre((0.0, 0.0, 0.2, 0.04, 0.012))
+    assert np.linalg.norm(np.array(p.position) - truth) < 0.01, (p, truth)
+    # one end's box alone: that end
+    (end,) = place_objects(found, [boxes[0]], CFG)
+    assert np.linalg.norm(np.array(end.position) - cuboid_centre(parts[0])) < 0.01, end
 
 
 def test_boxes_without_raised_depth_or_without_a_plane_get_no_placement():

@@ -6,8 +6,9 @@ frame, not only its box in the image. :func:`place_objects` reads it off what
 sampled depth and each sample's height above the plane), so it costs no second pass over
 the depth image: for each box, the grid samples inside it that stand above the plane
 (``min_height_m`` plus their noise allowance, up to ``max_height_m``) are grouped into
-8-connected pieces on the grid, and pieces whose tops stand at about the same height are
-taken together (one object cut apart by a nearer one in front of it); the group whose
+8-connected pieces on the grid, and pieces whose tops stand at about the same height with a
+nearer piece between them are taken together (one object cut apart by a nearer one in
+front of it); the group whose
 extent on the grid fills most of the box is the object (the box was drawn around it; an
 object beside it reaches into an edge of the box, one in front of it covers a part, and
 the object's visible rest spans the box), together with the samples of other pieces that
@@ -20,8 +21,12 @@ flying pixels (2nd to 98th percentiles; the top at the 95th):
 * the object's **height** is its top above the plane (it stands on the plane);
 * its **centre** lies halfway up, at the middle of its samples' extent along and across
   (its top and the side facing the camera together span its depth; a box seen from low
-  down shows only its front, and the centre then lies at that face);
-* its **size** is ``[across, along, height]`` (metres);
+  down shows only its front, and the centre then lies at that face); for a flat object
+  (top under ``FLAT_TOP_M``: a knife, a wrench, whose thin parts fall under the height
+  band) the centre along and across is that of its image box laid on the plane at half
+  its height;
+* its **size** is ``[across, along, height]`` (metres; of a flat object, only its parts
+  that stand above the height band);
 * its box's **orientation** in the camera's frame is the quaternion ``(x, y, z, w)`` of the
   box axes *across*, *along* and *up* (a right-handed frame whose x, y, z extents are the
   size's three values): with the centre, a 3-D box standing on the table, as
@@ -40,20 +45,26 @@ import cv2
 import numpy as np
 
 from .boxes import Box
+from .camera_model import CameraIntrinsics
 from .depth_cloud import back_project
 from .depth_config import DepthProposalConfig
 from .depth_proposals import DepthProposals, box_cells
 
 __all__ = ["ObjectPlacement", "place_objects", "quaternion_of", "MIN_PLACEMENT_SAMPLES",
            "SAME_TOP_M",
-           "SAME_TOP_FRAC"]
+           "SAME_TOP_FRAC", "OCCLUDER_M", "FLAT_TOP_M"]
 
 #: A box needs at least this many raised grid samples on its object to be placed.
 MIN_PLACEMENT_SAMPLES = 6
 
 #: Pieces of a box whose tops differ by at most this (metres) or this fraction of the
-#: higher top are taken for parts of one object (cut apart by a nearer one).
+#: higher top are taken for parts of one object cut apart by a nearer one ...
 SAME_TOP_M, SAME_TOP_FRAC = 0.015, 0.25
+#: ... when another piece at least this much nearer (metres) lies between them.
+OCCLUDER_M = 0.01
+#: An object whose top stands lower than this (metres) is flat: its centre on the table is
+#: its box's laid on the plane (its thin parts fall under the height band).
+FLAT_TOP_M = 0.04
 
 #: Percentiles of the robust extents along and across (flying pixels and noise stay
 #: outside them) and of the top.
@@ -135,12 +146,14 @@ def _piece_tops(labels: np.ndarray, heights: np.ndarray, count: int) -> np.ndarr
     return h[order][starts + ((sizes - 1) * (_TOP / 100.0)).astype(np.int64)]
 
 
-def _object_pieces(raised: np.ndarray, heights: np.ndarray
+def _object_pieces(raised: np.ndarray, heights: np.ndarray, z: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The pieces of a box's ``raised`` grid samples (``heights``: above the plane) and which
-    of them are the object (module docstring): the label image and a boolean per label
-    (label 0, the rest, is never the object); None when they are too few."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(raised.view(np.uint8), 8)
+    """The pieces of a box's ``raised`` grid samples (``heights``: above the plane, ``z``:
+    depth) and which of them are the object (module docstring): the label image and a
+    boolean per label (label 0, the rest, is never the object); None when they are too
+    few."""
+    count, labels, stats, centres = cv2.connectedComponentsWithStats(
+        raised.view(np.uint8), 8)
     if count <= 1:
         return None
     chosen = np.zeros(count, bool)
@@ -154,10 +167,17 @@ def _object_pieces(raised: np.ndarray, heights: np.ndarray
     right = left + stats[1:, cv2.CC_STAT_WIDTH]
     bottom = top + stats[1:, cv2.CC_STAT_HEIGHT]
     sizes = stats[1:, cv2.CC_STAT_AREA]
+    near = np.bincount(labels.ravel(), weights=np.where(raised, z, 0.0).ravel(),
+                       minlength=count)[1:] / np.maximum(sizes, 1)   # mean depth
+    centre = centres[1:]
     best, best_key = None, None
     for i in range(count - 1):
-        # the pieces of about this piece's height: one object cut apart by a nearer one
-        same = np.abs(tops - tops[i]) <= max(SAME_TOP_M, SAME_TOP_FRAC * float(tops[i]))
+        same = np.zeros(count - 1, bool)
+        same[i] = True
+        for j in range(count - 1):
+            if j != i and abs(tops[j] - tops[i]) <= max(SAME_TOP_M, SAME_TOP_FRAC * float(
+                    max(tops[i], tops[j]))) and _cut_apart(i, j, centre, near):
+                same[j] = True
         cover = (right[same].max() - left[same].min()) * (bottom[same].max() - top[same].min())
         key = (int(cover), int(sizes[same].sum()))
         if best_key is None or key > best_key:
@@ -167,6 +187,17 @@ def _object_pieces(raised: np.ndarray, heights: np.ndarray
         return None
     chosen[1:] = best
     return labels, chosen
+
+
+def _cut_apart(i: int, j: int, centre: np.ndarray, depth: np.ndarray) -> bool:
+    """Whether pieces ``i`` and ``j`` (their centres on the grid and mean depths) may be one
+    object cut apart by a nearer one: another piece, :data:`OCCLUDER_M` nearer than both,
+    has its centre between theirs (in columns or in rows)."""
+    lo, hi = np.minimum(centre[i], centre[j]), np.maximum(centre[i], centre[j])
+    nearer = depth < min(depth[i], depth[j]) - OCCLUDER_M
+    between = ((centre[:, 0] > lo[0]) & (centre[:, 0] < hi[0])) \
+        | ((centre[:, 1] > lo[1]) & (centre[:, 1] < hi[1]))
+    return bool(np.any(nearer & between))
 
 
 def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
@@ -183,7 +214,7 @@ def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
     z_grid = depth.depth_grid[window]
     raised = (heights > cfg.min_height_m + allowance) & (heights < cfg.max_height_m) \
         & (z_grid > 0)
-    found = _object_pieces(raised, heights)
+    found = _object_pieces(raised, heights, z_grid)
     if found is None:
         return None
     labels, chosen = found
@@ -209,12 +240,37 @@ def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
         c_lo, c_hi = _quantiles(c, [_LOW, _HIGH])
     top = float(_quantiles(up, [_TOP])[0])
     offset = axes[3]
-    centre = 0.5 * (a_lo + a_hi) * along + 0.5 * (c_lo + c_hi) * across \
-        + (0.5 * top - offset) * normal
+    mid_a, mid_c = 0.5 * (a_lo + a_hi), 0.5 * (c_lo + c_hi)
+    if top < FLAT_TOP_M:
+        # a flat object (a knife, a wrench): its thin parts fall under the height band, but
+        # its box, laid on the plane at half its height, outlines it
+        on_plane = _box_on_plane(depth.camera, box, normal, offset, 0.5 * top)
+        if on_plane is not None:
+            mid_a = 0.5 * float((on_plane @ along).min() + (on_plane @ along).max())
+            mid_c = 0.5 * float((on_plane @ across).min() + (on_plane @ across).max())
+    centre = mid_a * along + mid_c * across + (0.5 * top - offset) * normal
     return ObjectPlacement(position=tuple(round(float(v), 4) for v in centre),
                            size=(round(float(c_hi - c_lo), 4), round(float(a_hi - a_lo), 4),
                                  round(top, 4)),
                            samples=int(up.size), orientation=orientation)
+
+
+def _box_on_plane(camera: CameraIntrinsics, box: Sequence[int], normal: np.ndarray,
+                  offset: float, height: float) -> np.ndarray | None:
+    """The corners of ``box`` (colour pixels) laid on the plane ``height`` above the support
+    plane (``(4, 3)`` camera-frame points, along the rays the lens bends onto the corner
+    pixels), or None when a corner's ray does not meet it in front of the camera."""
+    x, y, w, h = box
+    cols = np.clip([x, x + w - 1, x, x + w - 1], 0, camera.width - 1)
+    rows = np.clip([y, y, y + h - 1, y + h - 1], 0, camera.height - 1)
+    rays = back_project(camera, np.asarray(rows), np.asarray(cols), np.ones(4), 1, 0)
+    along_normal = rays @ normal
+    if np.any(np.abs(along_normal) < 1e-6):
+        return None
+    t = (height - offset) / along_normal
+    if np.any(t <= 0):
+        return None
+    return rays * t[:, None]
 
 
 def place_objects(depth: DepthProposals, boxes: Sequence[Box], cfg: DepthProposalConfig
