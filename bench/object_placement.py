@@ -143,11 +143,12 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
                     s["signed"].append(d)
                     s["heights"].append(p.size[2] - float(truth[obj.key]["size"][2]))
     out["machine"] = _common.machine_info()
-    out["results"] = {m: {**_summary(s["errors"], s["heights"], s["signed"], s["placed"],
-                                     s["objects"], s["cost"]),
-                          "depth_proposer_ms_per_frame_p50": r(float(np.median(s["proposer"])),
-                                                                2)}
-                      for m, s in per.items()}
+    out["results"] = {}
+    for m, s in per.items():
+        out["results"][m] = _summary(s["errors"], s["heights"], s["signed"], s["placed"],
+                                     s["objects"], s["cost"])
+        out["results"][m]["depth_proposer_ms_per_frame_p50"] = r(
+            float(np.median(s["proposer"])), 2)
     if a.plot is not None:
         _plot({m: s["errors"] for m, s in per.items()}, a.plot)
         out["plot"] = str(a.plot)

@@ -205,8 +205,8 @@ def test_placed_objects_are_published_as_3d_detections(ctx, tester, bundle, scen
             assert [det.bbox.size.x, det.bbox.size.y, det.bbox.size.z] == pytest.approx(
                 obj["size"], abs=1e-3)
             assert det.results[0].hypothesis.class_id == obj["label"]
-            assert det.results[0].pose.pose.position.z == pytest.approx(obj["position"][2],
-                                                                       abs=1e-3)
+            z = det.results[0].pose.pose.position.z
+            assert z == pytest.approx(obj["position"][2], abs=1e-3)
         for i, j, _ in match_boxes(truth, _boxes(doc), 0.5):
             assert np.linalg.norm(np.array(doc["objects"][j]["position"])
                                   - cuboid_centre(SCENE[i])) < 0.02
