@@ -270,3 +270,69 @@ def test_bad_options_exit_2(scene, tmp_path, capsys, args, match):
     code, _, err = import_bop([str(scene), "--out", str(tmp_path / "bag"), *args], capsys)
     assert code == 2 and match in err
     assert not (tmp_path / "bag").exists()
+
+
+def test_poses_and_models_info_give_each_object_its_true_position(sample_frames, tmp_path,
+                                                                  capsys):
+    """With ``--models-info`` each object's ``cam_R_m2c`` / ``cam_t_m2c`` place the centre
+    of its model's bounding box in the camera (ground truth ``position``, metres); without
+    it, or for an id the file does not hold, there is none."""
+    folder = tmp_path / "scene"
+    ids = write_bop_scene(folder, sample_frames[:2])
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 deg about z
+    _edit(folder, "scene_gt", lambda doc: [o.update(cam_R_m2c=rot.ravel().tolist(),
+                                                    cam_t_m2c=[10.0, -20.0, 700.0])
+                                           for v in doc.values() for o in v])
+    first_id = min(ids.values())
+    info = {str(first_id): {"min_x": -30.0, "min_y": -10.0, "min_z": 0.0, "size_x": 80.0,
+                            "size_y": 20.0, "size_z": 100.0, "diameter": 130.0}}
+    (folder / "models_info.json").write_text(json.dumps(info))
+    out = tmp_path / "bag"
+    code, _, err = import_bop([str(folder), "--out", str(out), "--objects",
+                               str(folder / "objects.yaml"), "--models-info",
+                               str(folder / "models_info.json")], capsys)
+    assert code == 0, err
+    contents = read_camera_bag(out)
+    first_key = next(k for k, v in ids.items() if v == first_id)
+    seen = 0
+    for frame in contents.rgbd_frames(tolerance_ns=0):
+        for o in contents.objects_for(frame.topic, frame.stamp_ns):
+            if o.key == first_key:   # centre (10, 0, 50) mm turned 90 deg, then moved
+                assert o.position == pytest.approx((0.01, -0.01, 0.75), abs=1e-6)
+                seen += 1
+            else:
+                assert o.position is None
+    assert seen >= 1
+    plain = tmp_path / "plain"
+    assert import_bop([str(folder), "--out", str(plain), "--objects",
+                       str(folder / "objects.yaml")], capsys)[0] == 0
+    back = read_camera_bag(plain)
+    assert all(o.position is None for objs in back.ground_truth.values() for o in objs)
+
+
+@pytest.mark.parametrize("spoil, match", [
+    (lambda d: d.update({"1": {"min_x": 0}}), "needs min_x"),
+    (lambda d: d.update({"1": {**{f"min_{a}": 0 for a in "xyz"},
+                               **{f"size_{a}": -1 for a in "xyz"}}}), "out of range"),
+    (lambda d: d.clear(), "expected a mapping"),
+])
+def test_a_bad_models_info_exits_2(sample_frames, tmp_path, capsys, spoil, match):
+    folder = tmp_path / "scene"
+    write_bop_scene(folder, sample_frames[:1])
+    doc = {"1": {**{f"min_{a}": 0 for a in "xyz"}, **{f"size_{a}": 10 for a in "xyz"}}}
+    spoil(doc)
+    (folder / "models_info.json").write_text(json.dumps(doc))
+    code, _, err = import_bop([str(folder), "--out", str(tmp_path / "bag"), "--objects",
+                               str(folder / "objects.yaml"), "--models-info",
+                               str(folder / "models_info.json")], capsys)
+    assert code == 2 and match in err, err
+    assert not (tmp_path / "bag").exists()
+
+
+def test_a_bad_pose_is_refused(sample_frames, tmp_path):
+    folder = tmp_path / "scene"
+    write_bop_scene(folder, sample_frames[:1])
+    _edit(folder, "scene_gt", lambda doc: doc["1"][0].update(cam_R_m2c=[2, 0, 0, 0, 1, 0,
+                                                                        0, 0, 1]))
+    with pytest.raises(BagError, match="cam_R_m2c must be a rotation"):
+        read_bop_scene(folder)

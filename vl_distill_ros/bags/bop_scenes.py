@@ -8,7 +8,7 @@ scene folder holds::
 
     rgb/000001.png (or .jpg; gray/ for grey cameras)   depth/000001.png (16-bit)
     scene_camera.json    {"1": {"cam_K": [fx, 0, cx, 0, fy, cy, 0, 0, 1], "depth_scale": 0.1}}
-    scene_gt.json        {"1": [{"obj_id": 2, ...}, ...]}
+    scene_gt.json        {"1": [{"obj_id": 2, "cam_R_m2c": [...], "cam_t_m2c": [...]}, ...]}
     scene_gt_info.json   {"1": [{"bbox_visib": [x, y, w, h], "visib_fract": 0.93}, ...]}
 
 ``depth_scale`` is the millimetres one unit of the depth PNG holds (YCB-V: 0.1); the lists
@@ -16,6 +16,11 @@ of ``scene_gt.json`` and ``scene_gt_info.json`` are parallel, one entry per obje
 object's ground-truth box is its ``bbox_visib`` (the box of what is in view, as the project's
 rendered bags label); objects less visible than ``min_visible`` are left out, as they are
 from rendered bags (``make-bag`` labels what is in view).
+
+With the dataset's ``models/models_info.json`` (:func:`load_models_info`), each object's
+pose (``cam_R_m2c``, ``cam_t_m2c``) places the centre of its model's bounding box in the
+camera's frame: the ground truth's ``position``, which ``replay-eval`` scores the node's
+published positions against.
 
 Object ids become the node's label names through an :class:`ObjectNames` table: YCB-V's 21
 built in (:data:`YCBV_OBJECT_KEYS`, the YCB model keys, named through a vocabulary file), or
@@ -41,7 +46,7 @@ from vl_distill_ros.bags.raw_io import BagError
 
 __all__ = ["YCBV_OBJECT_KEYS", "MAX_JSON_BYTES", "MAX_IMAGE_BYTES", "ObjectNames",
            "BopScene", "read_bop_scene", "scene_frames", "load_object_names",
-           "ycbv_object_names"]
+           "ycbv_object_names", "load_models_info", "MAX_TRANSLATION_MM"]
 
 #: YCB-V's object ids (BOP) and the YCB model keys they are (YCB-Video's 21 objects, in the
 #: dataset's own order).
@@ -57,6 +62,8 @@ YCBV_OBJECT_KEYS: dict[int, str] = {
 MAX_JSON_BYTES = 256 * 1024 * 1024
 #: Largest image file read.
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
+#: Largest translation (millimetres) of a pose or model extent taken.
+MAX_TRANSLATION_MM = 1e6
 #: Largest object id taken (BOP's ids are small integers).
 MAX_OBJECT_ID = 1_000_000
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -171,8 +178,11 @@ class BopScene:
     image_ids: list[int]
     #: Per image id: ``(fx, fy, cx, cy)`` and the depth PNG's millimetres per unit.
     cameras: dict[int, tuple[tuple[float, float, float, float], float]]
-    #: Per image id: ``(obj_id, (x, y, w, h) of its visible part, visible fraction)``.
-    objects: dict[int, list[tuple[int, tuple[int, int, int, int], float]]] = \
+    #: Per image id: ``(obj_id, (x, y, w, h) of its visible part, visible fraction, pose)``,
+    #: the pose ``(R, t)`` of the model in the camera (``cam_R_m2c`` as a 3x3 array,
+    #: ``cam_t_m2c`` in millimetres) or None where ``scene_gt.json`` gives none.
+    objects: dict[int, list[tuple[int, tuple[int, int, int, int], float,
+                                  tuple[np.ndarray, np.ndarray] | None]]] = \
         field(default_factory=dict)
 
 
@@ -236,7 +246,8 @@ def _camera(cam: Any, where: str) -> tuple[tuple[float, float, float, float], fl
 
 
 def _object(gt: Any, info: Any, where: str
-            ) -> tuple[int, tuple[int, int, int, int], float]:
+            ) -> tuple[int, tuple[int, int, int, int], float,
+                       tuple[np.ndarray, np.ndarray] | None]:
     if not isinstance(gt, dict) or not isinstance(info, dict):
         raise BagError(f"{where}: each scene_gt / scene_gt_info entry must be a mapping")
     obj_id = _object_id(gt.get("obj_id"), where)
@@ -250,7 +261,55 @@ def _object(gt: Any, info: Any, where: str
             or not math.isfinite(fract):
         raise BagError(f"{where}: object {obj_id} needs bbox_visib [x, y, w, h] and a numeric "
                        f"visib_fract, got {info.get('bbox_visib')!r}, {info.get('visib_fract')!r}")
-    return obj_id, box, float(fract)
+    return obj_id, box, float(fract), _pose(gt, f"{where}: object {obj_id}")
+
+
+def _pose(gt: Mapping[str, Any], where: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``cam_R_m2c`` (row-major 3x3) and ``cam_t_m2c`` (mm) of a ``scene_gt.json`` entry,
+    or None when it has neither."""
+    if "cam_R_m2c" not in gt and "cam_t_m2c" not in gt:
+        return None
+    try:
+        rot = np.asarray([float(v) for v in gt.get("cam_R_m2c")], np.float64).reshape(3, 3)
+        t = np.asarray([float(v) for v in gt.get("cam_t_m2c")], np.float64).reshape(3)
+    except (TypeError, ValueError):
+        rot = t = None
+    if rot is None or t is None or not np.all(np.isfinite(rot)) or not np.all(np.isfinite(t)) \
+            or not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3) \
+            or np.abs(t).max() > MAX_TRANSLATION_MM:
+        raise BagError(f"{where}: cam_R_m2c must be a rotation (9 numbers, row-wise) and "
+                       f"cam_t_m2c 3 numbers in millimetres (|t| <= {MAX_TRANSLATION_MM:g}), "
+                       f"got {gt.get('cam_R_m2c')!r}, {gt.get('cam_t_m2c')!r}")
+    return rot, t
+
+
+def load_models_info(path: str | Path) -> dict[int, np.ndarray]:
+    """The centre of each model's bounding box in its own frame (millimetres), from a BOP
+    dataset's ``models/models_info.json`` (``{"1": {"min_x": .., "size_x": .., ...}}``).
+
+    Raises:
+        BagError: the file is missing, too large, or not such a mapping of finite numbers.
+    """
+    path = Path(path).expanduser()
+    data = _read_json(path)
+    if not isinstance(data, dict) or not data:
+        raise BagError(f"{path}: expected a mapping of object ids to model extents "
+                       "(BOP's models_info.json)")
+    centres: dict[int, np.ndarray] = {}
+    for raw_id, info in data.items():
+        obj_id = _object_id(raw_id, str(path))
+        try:
+            lo = np.array([float(info[f"min_{a}"]) for a in "xyz"])
+            size = np.array([float(info[f"size_{a}"]) for a in "xyz"])
+        except (KeyError, TypeError, ValueError):
+            raise BagError(f"{path}: object {obj_id} needs min_x, min_y, min_z, size_x, size_y "
+                           f"and size_z (millimetres), got {info!r}") from None
+        centre = lo + 0.5 * size
+        if not np.all(np.isfinite(centre)) or np.abs(centre).max() > MAX_TRANSLATION_MM \
+                or np.any(size < 0):
+            raise BagError(f"{path}: object {obj_id} has extents out of range: {info!r}")
+        centres[obj_id] = centre
+    return centres
 
 
 def _image_file(folder: Path, kinds: Sequence[str], image_id: int) -> Path | None:
@@ -295,12 +354,15 @@ def _clip_box(box: tuple[int, int, int, int], width: int, height: int
 def scene_frames(scene: BopScene, names: ObjectNames, start_ns: int, period_ns: float,
                  depth: bool = True, min_visible: float = 0.1, every: int = 1,
                  max_frames: int = 0, max_pixels: int = 50_000_000,
-                 first_index: int = 0) -> Iterator[BagFrame]:
+                 first_index: int = 0,
+                 model_centres: Mapping[int, np.ndarray] | None = None) -> Iterator[BagFrame]:
     """The frames of ``scene`` (every ``every``-th image id, at most ``max_frames``; 0: all)
     as :class:`BagFrame` objects stamped ``start_ns + (first_index + i) * period_ns``: the
     colour image (grey replicated to RGB), with ``depth`` its registered depth in metres and
     its intrinsics, and the objects at least ``min_visible`` in view, boxed by their visible
-    part (clipped to the image; empty boxes left out).
+    part (clipped to the image; empty boxes left out). With ``model_centres``
+    (:func:`load_models_info`) each object whose pose is known also gets its ``position``:
+    the centre of its model's bounding box in the camera's frame, metres.
 
     Raises:
         BagError: a missing or unreadable image, a depth image of another size than its
@@ -331,11 +393,17 @@ def scene_frames(scene: BopScene, names: ObjectNames, start_ns: int, period_ns: 
                                f"does not match its colour image of {width}x{height} (BOP's "
                                "depth is registered to the colour image)")
         objects = []
-        for obj_id, box, fract in scene.objects.get(image_id, []):
+        for obj_id, box, fract, pose in scene.objects.get(image_id, []):
             label, key = names.lookup(obj_id, where)
             clipped = _clip_box(box, width, height)
             if clipped is None or fract < min_visible:
                 continue
-            objects.append(GroundTruthObject(clipped, label, key, min(1.0, max(0.0, fract))))
+            position = None
+            if pose is not None and model_centres is not None and obj_id in model_centres:
+                centre = (pose[0] @ model_centres[obj_id] + pose[1]) / 1000.0
+                if centre[2] > 0:
+                    position = (float(centre[0]), float(centre[1]), float(centre[2]))
+            objects.append(GroundTruthObject(clipped, label, key, min(1.0, max(0.0, fract)),
+                                             position))
         yield BagFrame(int(start_ns + round((first_index + i) * period_ns)), image, objects,
                        depth=depth_m, intrinsics=intrinsics if depth else None)

@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--start-time", type=float, default=DEFAULT_START_TIME,
                    help="stamp of the first frame, seconds since the epoch "
                         "(default: %(default)s)")
+    p.add_argument("--models-info", default=None, metavar="FILE",
+                   help="the dataset's models/models_info.json: each object's pose places the "
+                        "centre of its model in the camera (ground-truth position, scored by "
+                        "replay-eval against the positions the node publishes with depth)")
     p.add_argument("--no-depth", action="store_true",
                    help="write colour and ground truth only (no depth, no CameraInfo)")
     _add_storage_args(p)
@@ -87,7 +91,7 @@ def _object_names(args: argparse.Namespace):
     return load_object_names(args.objects, vocabulary)
 
 
-def _frames(args: argparse.Namespace, scenes, names, stats: dict):
+def _frames(args: argparse.Namespace, scenes, names, stats: dict, centres=None):
     from tqdm import tqdm
 
     from ..bags.bop_scenes import scene_frames
@@ -104,7 +108,7 @@ def _frames(args: argparse.Namespace, scenes, names, stats: dict):
             for frame in scene_frames(scene, names, start_ns, period_ns,
                                       depth=not args.no_depth, min_visible=args.min_visible,
                                       every=args.every, max_frames=args.max_frames,
-                                      first_index=done):
+                                      first_index=done, model_centres=centres):
                 stats["frames"] += 1
                 stats["objects"] += len(frame.objects)
                 for o in frame.objects:
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..bags.bag_io import BagError, BagTopics, write_camera_bag
-    from ..bags.bop_scenes import read_bop_scene
+    from ..bags.bop_scenes import load_models_info, read_bop_scene
     from ..model.vocabulary import VocabularyError
 
     prog = "vl-distill import-bop"
@@ -130,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         _check_args(args)
         names = _object_names(args)
         scenes = [read_bop_scene(s) for s in args.scenes]
-        out = write_camera_bag(args.out, _frames(args, scenes, names, stats),
+        centres = load_models_info(args.models_info) if args.models_info else None
+        out = write_camera_bag(args.out, _frames(args, scenes, names, stats, centres),
                                storage=args.storage, topics=BagTopics(),
                                compression=args.compression, overwrite=args.overwrite,
                                image_format=args.image_format, jpeg_quality=args.jpeg_quality)
