@@ -229,3 +229,16 @@ def test_rendered_scenes_are_placed_within_centimetres(scene_renderer):
     assert len(errors) >= 18
     assert np.median(errors) < 0.02 and max(errors) < 0.08, sorted(errors)
     assert np.median(heights) < 0.005, sorted(heights)
+
+
+def test_the_annotated_image_gives_a_placed_object_s_distance():
+    from vl_distill_ros.perception.labels_output import draw_annotations
+
+    image = np.zeros((120, 320, 3), np.uint8)
+    plain = ObjectResult((20, 40, 60, 60), "mug", 0.9, True, [("mug", 0.9)])
+    placed = ObjectResult((20, 40, 60, 60), "mug", 0.9, True, [("mug", 0.9)],
+                          position=(0.0, 0.3, 0.4), size=(0.08, 0.08, 0.1))
+    label_band = (slice(0, 40), slice(0, 320))
+    wide = np.nonzero(draw_annotations(image, [placed])[label_band].any(axis=(0, 2)))[0]
+    narrow = np.nonzero(draw_annotations(image, [plain])[label_band].any(axis=(0, 2)))[0]
+    assert wide.max() > narrow.max() + 20     # "mug 0.90 @ 0.50 m" against "mug 0.90"
