@@ -18,7 +18,7 @@ from vl_distill_ros.perception.depth_proposals import propose_depth_boxes
 from vl_distill_ros.perception.labels_output import ObjectResult, labels_document
 from vl_distill_ros.perception.object_placement import place_objects, quaternion_of
 
-from test_depth import K, OBJECTS, cast_tabletop, cuboid_centre, depth_and_boxes
+from test_depth import K, OBJECTS, _hostile, cast_tabletop, cuboid_centre, depth_and_boxes
 
 CFG = DepthProposalConfig()
 
@@ -242,3 +242,17 @@ def test_the_annotated_image_gives_a_placed_object_s_distance():
     wide = np.nonzero(draw_annotations(image, [placed])[label_band].any(axis=(0, 2)))[0]
     narrow = np.nonzero(draw_annotations(image, [plain])[label_band].any(axis=(0, 2)))[0]
     assert wide.max() > narrow.max() + 20     # "mug 0.90 @ 0.50 m" against "mug 0.90"
+
+
+@pytest.mark.parametrize("kind", ["inf", "negative", "salt", "nan_half", "float_max",
+                                  "subnormal"])
+def test_hostile_depth_places_objects_or_none_never_raises(kind):
+    depth, owner = cast_tabletop(OBJECTS)
+    depth, boxes = depth_and_boxes(depth, owner, len(OBJECTS))
+    spoilt = _hostile(kind, depth, np.random.default_rng(0))
+    found = propose_depth_boxes(spoilt, K, CFG)
+    placed = place_objects(found, boxes + [(0, 0, 640, 480), (639, 479, 1, 1)], CFG)
+    assert len(placed) == len(boxes) + 2
+    for p in placed:
+        assert p is None or (all(np.isfinite(p.position)) and all(np.isfinite(p.size))
+                             and p.position[2] > 0 and min(p.size) >= 0), p

@@ -148,7 +148,12 @@ class FrameBoxes:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
                                    min_size=s.min_box_size)
             views = list(boxes)
-        placements = place_objects(found, boxes, s.depth_cfg) if found is not None else None
+        placements = None
+        if found is not None:
+            try:
+                placements = place_objects(found, boxes, s.depth_cfg)
+            except Exception:  # noqa: BLE001 - a depth image no test foresaw: boxes kept
+                placements = None
         return boxes, views, status, placements
 
     def _proposals(self, image: np.ndarray, s: PipelineSettings,
