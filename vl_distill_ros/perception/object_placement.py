@@ -52,7 +52,7 @@ from .depth_proposals import DepthProposals, box_cells
 
 __all__ = ["ObjectPlacement", "place_objects", "quaternion_of", "MIN_PLACEMENT_SAMPLES",
            "SAME_TOP_M",
-           "SAME_TOP_FRAC", "OCCLUDER_M", "FLAT_TOP_M"]
+           "SAME_TOP_FRAC", "OCCLUDER_M", "FLAT_TOP_M", "MAX_PIECES"]
 
 #: A box needs at least this many raised grid samples on its object to be placed.
 MIN_PLACEMENT_SAMPLES = 6
@@ -62,6 +62,8 @@ MIN_PLACEMENT_SAMPLES = 6
 SAME_TOP_M, SAME_TOP_FRAC = 0.015, 0.25
 #: ... when another piece at least this much nearer (metres) lies between them.
 OCCLUDER_M = 0.01
+#: At most this many pieces of a box (the largest) are judged.
+MAX_PIECES = 32
 #: An object whose top stands lower than this (metres) is flat: its centre on the table is
 #: its box's laid on the plane (its thin parts fall under the height band).
 FLAT_TOP_M = 0.04
@@ -162,42 +164,40 @@ def _object_pieces(raised: np.ndarray, heights: np.ndarray, z: np.ndarray
             return None
         chosen[1] = True
         return labels, chosen
-    tops = _piece_tops(labels, heights, count)
-    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
-    right = left + stats[1:, cv2.CC_STAT_WIDTH]
-    bottom = top + stats[1:, cv2.CC_STAT_HEIGHT]
-    sizes = stats[1:, cv2.CC_STAT_AREA]
-    near = np.bincount(labels.ravel(), weights=np.where(raised, z, 0.0).ravel(),
-                       minlength=count)[1:] / np.maximum(sizes, 1)   # mean depth
-    centre = centres[1:]
-    best, best_key = None, None
-    for i in range(count - 1):
-        same = np.zeros(count - 1, bool)
-        same[i] = True
-        for j in range(count - 1):
-            if j != i and abs(tops[j] - tops[i]) <= max(SAME_TOP_M, SAME_TOP_FRAC * float(
-                    max(tops[i], tops[j]))) and _cut_apart(i, j, centre, near):
-                same[j] = True
-        cover = (right[same].max() - left[same].min()) * (bottom[same].max() - top[same].min())
-        key = (int(cover), int(sizes[same].sum()))
-        if best_key is None or key > best_key:
-            best, best_key = same, key
-    assert best is not None and best_key is not None
-    if best_key[1] < MIN_PLACEMENT_SAMPLES:
+    # the largest MAX_PIECES pieces are judged (noise leaves specks; the rest never count)
+    ids = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:MAX_PIECES] + 1
+    tops = _piece_tops(labels, heights, count)[ids - 1]
+    left, top = stats[ids, cv2.CC_STAT_LEFT], stats[ids, cv2.CC_STAT_TOP]
+    right = left + stats[ids, cv2.CC_STAT_WIDTH]
+    bottom = top + stats[ids, cv2.CC_STAT_HEIGHT]
+    sizes = stats[ids, cv2.CC_STAT_AREA]
+    near = (np.bincount(labels.ravel(), weights=np.where(raised, z, 0.0).ravel(),
+                        minlength=count)[ids] / np.maximum(sizes, 1))   # mean depth
+    # the pieces of about each piece's height that a nearer piece cuts off it: (i, j)
+    same = np.abs(tops[:, None] - tops[None, :]) <= np.maximum(
+        SAME_TOP_M, SAME_TOP_FRAC * np.maximum(tops[:, None], tops[None, :]))
+    group = same & (_cut_apart(centres[ids], near) | np.eye(ids.size, dtype=bool))
+    big = np.iinfo(np.int32).max
+    extent = ((np.where(group, right, -big).max(1) - np.where(group, left, big).min(1))
+              * (np.where(group, bottom, -big).max(1) - np.where(group, top, big).min(1)))
+    held = (group * sizes).sum(1)
+    best = int(np.lexsort((held, extent))[-1])     # the group that fills most of the box
+    if held[best] < MIN_PLACEMENT_SAMPLES:
         return None
-    chosen[1:] = best
+    chosen[ids[group[best]]] = True
     return labels, chosen
 
 
-def _cut_apart(i: int, j: int, centre: np.ndarray, depth: np.ndarray) -> bool:
-    """Whether pieces ``i`` and ``j`` (their centres on the grid and mean depths) may be one
-    object cut apart by a nearer one: another piece, :data:`OCCLUDER_M` nearer than both,
-    has its centre between theirs (in columns or in rows)."""
-    lo, hi = np.minimum(centre[i], centre[j]), np.maximum(centre[i], centre[j])
-    nearer = depth < min(depth[i], depth[j]) - OCCLUDER_M
-    between = ((centre[:, 0] > lo[0]) & (centre[:, 0] < hi[0])) \
-        | ((centre[:, 1] > lo[1]) & (centre[:, 1] < hi[1]))
-    return bool(np.any(nearer & between))
+def _cut_apart(centre: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """For each pair of pieces (their centres on the grid and mean depths), whether they may
+    be one object cut apart by a nearer one: another piece, :data:`OCCLUDER_M` nearer than
+    both, has its centre between theirs (in columns or in rows)."""
+    lo = np.minimum(centre[:, None, :], centre[None, :, :])[:, :, None, :]   # (n, n, 1, 2)
+    hi = np.maximum(centre[:, None, :], centre[None, :, :])[:, :, None, :]
+    inside = (centre[None, None] > lo) & (centre[None, None] < hi)             # (n, n, k, 2)
+    nearer = depth[None, None, :] < np.minimum(depth[:, None], depth[None, :])[:, :, None] \
+        - OCCLUDER_M
+    return (nearer & inside.any(-1)).any(-1)
 
 
 def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
