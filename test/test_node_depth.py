@@ -166,6 +166,8 @@ def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
         assert wait_for(lambda: int(rig.status().get("colour_only", 0)) >= 2, 5.0)
         st = rig.status()
         assert int(st["depth_used"]) >= 4 and int(st["depth_errors"]) == 0
+        # every object of the frames with depth was placed (two per frame)
+        assert int(st["objects_placed"]) >= 8 and st["objects_not_placed"] == "0", st
         assert "no depth image within 0.05 s" in st["last_colour_only_reason"]
         assert st["depth_topic"] == "/rgbd/cam/depth" and st["level"] == b"\x00"
         assert st["camera_info_distortion_px"] == "0.0"       # a CameraInfo without d

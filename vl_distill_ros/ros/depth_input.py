@@ -86,7 +86,8 @@ class DepthInput:
         self.info: Any = None
         self.last_receipt = float("-inf")
         self.counts = {"depth_received": 0, "camera_info_received": 0, "depth_used": 0,
-                       "colour_only": 0, "depth_errors": 0}
+                       "colour_only": 0, "depth_errors": 0, "objects_placed": 0,
+                       "objects_not_placed": 0}
         self.errors_in_period = 0
         self.colour_only_in_period = 0
         self.last_depth_error = ""
@@ -287,11 +288,14 @@ class DepthInput:
                 "align_depth), give depth_camera_info_topics and depth_to_colour_poses (an "
                 "empty pose reads /tf_static)")
 
-    def record(self, status: str) -> None:
-        """Count how the pipeline used a paired depth image (``used`` or why not)."""
+    def record(self, status: str, placed: int = 0, not_placed: int = 0) -> None:
+        """Count how the pipeline used a paired depth image (``used`` or why not) and, when
+        used, how many of the frame's objects were placed with it and how many not."""
         with self._lock:
             if status == "used":
                 self.counts["depth_used"] += 1
+                self.counts["objects_placed"] += int(placed)
+                self.counts["objects_not_placed"] += int(not_placed)
             else:
                 self.counts["colour_only"] += 1
                 self.colour_only_in_period += 1

@@ -676,7 +676,8 @@ class VlDistillNode(Node):
         objects, version = self.pipeline.classify(staged.frame)
         t1 = time.monotonic()
         if staged.has_depth:
-            cam.depth.record(staged.frame.depth_status)
+            placed = sum(o.position is not None for o in objects)
+            cam.depth.record(staged.frame.depth_status, placed, len(objects) - placed)
         doc = labels_document(msg.header.stamp.sec, msg.header.stamp.nanosec,
                               msg.header.frame_id, cam.resolved, version, objects)
         if self._stop.is_set():
