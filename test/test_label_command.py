@@ -141,9 +141,11 @@ def test_depth_files_run_the_depth_proposer_as_the_offline_replay(tmp_path, rgbd
     captured = capsys.readouterr()
     (doc,) = _docs(captured.out)
     assert doc["objects"] and doc["objects"] == replayed and "depth not used" not in captured.err
+    assert all(o["position"][2] > 0 and len(o["size"]) == 3 for o in doc["objects"]), doc
     assert cli.main(["label", str(png)]) == 0
     (colour,) = _docs(capsys.readouterr().out)
     assert colour["objects"] != doc["objects"]
+    assert not any("position" in o for o in colour["objects"])   # colour only: not placed
     tenth = _depth_png(tmp_path / "depth_tenth_mm.png", depth, 0.0001)
     assert cli.main(["label", str(png), "--depth", str(tenth), "--intrinsics", intrinsics,
                      "--depth-scale", "0.0001"]) == 0
