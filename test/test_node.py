@@ -21,6 +21,7 @@ the others, as soon as it is added every red frame scored with the new vocabular
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import signal
@@ -821,6 +822,13 @@ def test_detections_and_label_info_msgs_with_real_vision_msgs():
     assert (det.bbox.size_x, det.bbox.size_y) == (30.0, 40.0)
     assert [(h.hypothesis.class_id, h.hypothesis.score) for h in det.results] == [
         ("banana", 0.875), ("mug", pytest.approx(0.1)), ("power drill", 0.025)]
+    assert det.results[0].pose.pose.position.z == 0.0             # not placed: no pose
+    placed = [dataclasses.replace(o, position=(0.1, -0.05, 0.8), size=(0.1, 0.1, 0.2))
+              for o in _objects()]
+    (det,) = VlDistillNode._detections_msg(SimpleNamespace(_vision_msgs=vm), src,
+                                           placed).detections
+    assert [(h.pose.pose.position.x, h.pose.pose.position.z) for h in det.results] == \
+        [(0.1, 0.8)] * 3
     info = label_info_msg(vm, ["banana", "mug"], 0.4)
     assert isinstance(info, vm_mod.LabelInfo)
     assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "banana"), (1, "mug")]

@@ -93,11 +93,13 @@ def detection_entries(objects: Sequence[ObjectResult]) -> list[DetectionEntry]:
 
 def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[ObjectResult]):
     """A Detection2DArray (``src``'s header) of :func:`detection_entries`: one detection per
-    known object, ``results`` its top-k hypotheses, ``id`` empty (objects are not tracked).
+    known object, ``results`` its top-k hypotheses (each with the object's centre as its
+    ``pose`` when it was placed with depth), ``id`` empty (objects are not tracked).
     Works with vision_msgs 3 and >= 4 (Jazzy)."""
     arr = vision_msgs["Detection2DArray"]()
     arr.header = src.header
-    for (cx, cy, w, h), hypotheses in detection_entries(objects):
+    known = [o for o in objects if o.known]      # detection_entries keeps these, in order
+    for o, ((cx, cy, w, h), hypotheses) in zip(known, detection_entries(objects)):
         det = vision_msgs["Detection2D"]()
         det.header = src.header
         center = det.bbox.center
@@ -109,6 +111,9 @@ def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[Ob
         for class_id, score in hypotheses:
             hyp = vision_msgs["ObjectHypothesisWithPose"]()
             hyp.hypothesis.class_id, hyp.hypothesis.score = class_id, score
+            if o.position is not None:   # placed with depth: its centre (camera frame, m)
+                pos = hyp.pose.pose.position
+                pos.x, pos.y, pos.z = (float(v) for v in o.position)
             det.results.append(hyp)
         arr.detections.append(det)
     return arr
