@@ -51,8 +51,7 @@ from .depth_config import DepthProposalConfig
 from .depth_proposals import DepthProposals, box_cells
 
 __all__ = ["ObjectPlacement", "place_objects", "quaternion_of", "MIN_PLACEMENT_SAMPLES",
-           "SAME_TOP_M",
-           "SAME_TOP_FRAC", "OCCLUDER_M", "FLAT_TOP_M", "MAX_PIECES"]
+           "SAME_TOP_M", "SAME_TOP_FRAC", "OCCLUDER_M", "FLAT_TOP_M", "MAX_PIECES"]
 
 #: A box needs at least this many raised grid samples on its object to be placed.
 MIN_PLACEMENT_SAMPLES = 6
@@ -218,7 +217,7 @@ def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
     if found is None:
         return None
     labels, chosen = found
-    normal, along, across, _ = axes
+    normal, along, across, offset = axes
     rows, cols = np.nonzero(raised)
     points = back_project(depth.camera, rows + (window[0].start or 0),
                           cols + (window[1].start or 0),
@@ -239,7 +238,6 @@ def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
         a_lo, a_hi = _quantiles(a, [_LOW, _HIGH])
         c_lo, c_hi = _quantiles(c, [_LOW, _HIGH])
     top = float(_quantiles(up, [_TOP])[0])
-    offset = axes[3]
     mid_a, mid_c = 0.5 * (a_lo + a_hi), 0.5 * (c_lo + c_hi)
     if top < FLAT_TOP_M:
         # a flat object (a knife, a wrench): its thin parts fall under the height band, but
