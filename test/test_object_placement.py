@@ -256,3 +256,32 @@ def test_hostile_depth_places_objects_or_none_never_raises(kind):
     for p in placed:
         assert p is None or (all(np.isfinite(p.position)) and all(np.isfinite(p.size))
                              and p.position[2] > 0 and min(p.size) >= 0), p
+
+
+def test_the_pipeline_places_proposals_but_not_a_full_frame_fallback(tmp_path):
+    """Through the pipeline: proposals found with depth are placed; with nothing proposed
+    and ``fallback_full_frame``, the whole frame is classified but not placed."""
+    from helpers import make_colour_bundle
+
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+
+    bundle = load_bundle(make_colour_bundle(tmp_path / "b.vdb", ["banana", "apple"],
+                                            ["banana", "apple"]))
+    grey = np.full((480, 640, 3), 150, np.uint8)
+    pipe = PerceptionPipeline(bundle, fallback_full_frame=True)
+    try:
+        depth, truth = depth_and_boxes(*cast_tabletop(OBJECTS[:2]), 2)
+        frame = pipe.prepare(grey, depth, K)
+        assert frame.depth_status == "used" and len(frame.boxes) >= 2
+        assert frame.placements is not None and len(frame.placements) == len(frame.boxes)
+        assert sum(p is not None for p in frame.placements) >= 2
+        objects, _ = pipe.classify(frame)
+        assert sum(o.position is not None for o in objects) >= 2
+        empty = depth_and_boxes(*cast_tabletop([]), 0)[0]       # a bare table
+        frame = pipe.prepare(grey, empty, K)
+        assert frame.depth_status == "used" and frame.boxes == [(0, 0, 640, 480)]
+        assert frame.placements is None
+        assert all(o.position is None for o in pipe.classify(frame)[0])
+    finally:
+        pipe.close()

@@ -148,6 +148,7 @@ class FrameBoxes:
             boxes = sanitize_boxes([full_frame_box(width, height)], width, height,
                                    min_size=s.min_box_size)
             views = list(boxes)
+            found = None          # the whole frame is no object to place
         placements = None
         if found is not None:
             try:
