@@ -294,9 +294,9 @@ def _frames(args: argparse.Namespace, renderer, pool, names, spec, topics, stats
                 [int(args.seed), zlib.crc32(b"make-bag"), i]))
             scene = render_scene(renderer, pool, rng, spec)
             stamp = start_ns + int(round(i * period_ns))
-            centres = {p["key"]: p.get("centre_camera") for p in scene.meta["placed"]}
+            centres = {p["key"]: tuple(p["centre_camera"]) for p in scene.meta["placed"]}
             objs = [GroundTruthObject(o.bbox, names[o.key], o.key, o.visible_frac,
-                                      _position(centres.get(o.key)) if spec.depth else None)
+                                      centres[o.key] if spec.depth else None)
                     for o in scene.objects]
             hand = [GroundTruthObject(o.bbox, names[o.key], o.key, o.visible_frac)
                     for o in scene.hand_objects]
@@ -322,14 +322,6 @@ def _frames(args: argparse.Namespace, renderer, pool, names, spec, topics, stats
                            intrinsics=scene.intrinsics, hand_depth=hand_depth,
                            hand_intrinsics=scene.hand_intrinsics,
                            depth_camera=scene.depth_camera, depth_pose=scene.depth_pose)
-
-
-def _position(centre: object) -> tuple[float, float, float] | None:
-    """A scene's ``centre_camera`` (see :mod:`vl_distill_ros.sim.scene`) as a ground-truth
-    position, or None."""
-    if not isinstance(centre, (list, tuple)) or len(centre) != 3:
-        return None
-    return (float(centre[0]), float(centre[1]), float(centre[2]))
 
 
 def _summary(args: argparse.Namespace, out, topics, stats: dict, elapsed: float) -> None:

@@ -85,10 +85,29 @@ def detection_entries(objects: Sequence[ObjectResult]) -> list[DetectionEntry]:
         if not o.known:
             continue
         x, y, w, h = o.bbox
-        hypotheses = [(str(name), float(score)) for name, score in o.top_k] or [
-            (o.label, float(o.score))]
-        entries.append(((x + w / 2.0, y + h / 2.0, float(w), float(h)), hypotheses))
+        entries.append(((x + w / 2.0, y + h / 2.0, float(w), float(h)), _hypotheses(o)))
     return entries
+
+
+def _hypotheses(o: ObjectResult) -> list[tuple[str, float]]:
+    """An object's ``(class_id, score)`` hypotheses: its top-k, best first (its label alone
+    when it has none)."""
+    return [(str(name), float(score)) for name, score in o.top_k] or [
+        (o.label, float(o.score))]
+
+
+def _hypothesis_msgs(vision_msgs: dict[str, Any], hypotheses: list[tuple[str, float]],
+                     pose: Any = None) -> list:
+    """ObjectHypothesisWithPose messages of ``hypotheses``, each with ``pose`` (a
+    geometry_msgs/Pose: the placed object's centre) when given."""
+    out = []
+    for class_id, score in hypotheses:
+        hyp = vision_msgs["ObjectHypothesisWithPose"]()
+        hyp.hypothesis.class_id, hyp.hypothesis.score = class_id, score
+        if pose is not None:
+            hyp.pose.pose = pose
+        out.append(hyp)
+    return out
 
 
 def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[ObjectResult]):
@@ -108,15 +127,21 @@ def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[Ob
         else:  # vision_msgs 3: geometry_msgs/Pose2D
             center.x, center.y = cx, cy
         det.bbox.size_x, det.bbox.size_y = w, h
-        for class_id, score in hypotheses:
-            hyp = vision_msgs["ObjectHypothesisWithPose"]()
-            hyp.hypothesis.class_id, hyp.hypothesis.score = class_id, score
-            if o.position is not None:   # placed with depth: its centre (camera frame, m)
-                pos = hyp.pose.pose.position
-                pos.x, pos.y, pos.z = (float(v) for v in o.position)
-            det.results.append(hyp)
+        det.results = _hypothesis_msgs(vision_msgs, hypotheses, _centre_pose(o))
         arr.detections.append(det)
     return arr
+
+
+def _centre_pose(o: ObjectResult):
+    """A placed object's centre (camera frame, metres) as a geometry_msgs/Pose (identity
+    orientation), or None when it was not placed with depth."""
+    if o.position is None:
+        return None
+    from geometry_msgs.msg import Pose
+
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in o.position)
+    return pose
 
 
 def detections_3d_msg(vision_msgs: dict[str, Any], src: Image,
@@ -139,13 +164,7 @@ def detections_3d_msg(vision_msgs: dict[str, Any], src: Image,
         centre.orientation.x, centre.orientation.y = float(qx), float(qy)
         centre.orientation.z, centre.orientation.w = float(qz), float(qw)
         det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in o.size)
-        hypotheses = [(str(name), float(score)) for name, score in o.top_k] or [
-            (o.label, float(o.score))]
-        for class_id, score in hypotheses:
-            hyp = vision_msgs["ObjectHypothesisWithPose"]()
-            hyp.hypothesis.class_id, hyp.hypothesis.score = class_id, score
-            hyp.pose.pose = centre
-            det.results.append(hyp)
+        det.results = _hypothesis_msgs(vision_msgs, _hypotheses(o), centre)
         arr.detections.append(det)
     return arr
 
