@@ -285,3 +285,30 @@ def test_the_pipeline_places_proposals_but_not_a_full_frame_fallback(tmp_path):
         assert all(o.position is None for o in pipe.classify(frame)[0])
     finally:
         pipe.close()
+
+
+def test_a_flat_object_s_box_corners_without_a_ray_do_not_make_its_centre_nan():
+    """A corrupt lens model leaves some pixels without a ray (NaN, see test_depth's
+    lens-model test); a flat object's box whose corners are such pixels is not laid on the
+    plane, and its centre comes from its own samples (`tools/fuzz_inputs.py --seed 73` found
+    a NaN position: ~/labels would have carried it, and JSON has no NaN)."""
+    import dataclasses
+
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics
+
+    parts = [(-0.08, 0.0, 0.04, 0.04, 0.012), (0.0, 0.0, 0.12, 0.015, 0.003),
+             (0.08, 0.0, 0.04, 0.04, 0.012)]
+    depth, owner = cast_tabletop(parts)
+    depth, _ = depth_and_boxes(depth, owner, 3)
+    found = propose_depth_boxes(depth, K, CFG)
+    lens = CameraIntrinsics(K.fx, K.fy, K.cx, K.cy, K.width, K.height, "rational_polynomial",
+                            (-2.0444, -3.5667, 2.3256, -0.8238, 3.0104, 0.3649, -1.5395,
+                             0.6021))
+    rx, _ = lens.pixel_rays()
+    assert np.isnan(rx[[0, 0, -1, -1], [0, -1, 0, -1]]).all()   # no ray at the corners
+    with_lens = dataclasses.replace(found, camera=lens)
+    (p,) = place_objects(with_lens, [(0, 0, K.width, K.height)], CFG)
+    assert p is not None and np.isfinite(p.position).all() and np.isfinite(p.size).all(), p
+    # the whole frame's box holds both ends, apart on the table: one end is the object
+    assert min(np.linalg.norm(np.array(p.position) - cuboid_centre(end))
+               for end in (parts[0], parts[2])) < 0.03, p   # rays bent by the lens

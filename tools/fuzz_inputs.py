@@ -14,7 +14,9 @@ Six targets, drawn from one seeded generator (``--seed``):
   spoilt (inf, NaN, negative, random, wrong units, stripes, a single row, ...) and their
   CameraInfo spoilt (tiny or huge focal lengths, the centre off the image, strong lens
   models), through :func:`~vl_distill_ros.perception.depth_proposals.propose_depth_boxes`;
-  it must return boxes or a note.
+  it must return boxes or a note. What it found then places its boxes and some odd ones
+  (:func:`~vl_distill_ros.perception.object_placement.place_objects`, whose errors the
+  node swallows): one finite answer or None per box.
 - ``pipeline``: frames of odd sizes (1x1 to 2000x2000, 1 px wide or high) and contents,
   with and without depth, through the whole pipeline (``prepare`` and ``classify``, the
   default bundle): every frame must give its objects.
@@ -280,6 +282,7 @@ def fuzz_depth(count: int, frames: list, rng: np.random.Generator) -> Tally:
             raise AssertionError("no plane and no note saying why")
         if any(w <= 0 or h <= 0 for _, _, w, h in found.boxes):
             raise AssertionError(f"an empty box among {found.boxes}")
+        check_placements(found, list(found.boxes) + odd_boxes(depth.shape, rng))
 
     tally = Tally()
     for _ in range(count):
@@ -294,6 +297,34 @@ def fuzz_depth(count: int, frames: list, rng: np.random.Generator) -> Tally:
         tally.run(f"depth {kind}, camera {lens}",
                   lambda: step(image, spoil_depth(depth, kind, rng), spoilt))
     return tally
+
+
+def odd_boxes(shape: tuple[int, ...], rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """Boxes no proposer makes: empty, one pixel, outside or larger than the frame."""
+    h, w = int(shape[0]), int(shape[1])
+    return [(0, 0, 0, 0), (w - 1, h - 1, 1, 1), (-w, -h, w // 2 + 1, h // 2 + 1),
+            (w + 5, 0, 10, 10), (-5, -5, 2 * w + 10, 2 * h + 10),
+            (int(rng.integers(0, max(w, 1))), int(rng.integers(0, max(h, 1))),
+             int(rng.integers(1, max(w, 2))), int(rng.integers(1, max(h, 2))))]
+
+
+def check_placements(found: Any, boxes: list) -> None:
+    """:func:`~vl_distill_ros.perception.object_placement.place_objects` on what the depth
+    proposer found (the node swallows its errors, so they are raised here): one answer per
+    box, each None or finite, with sizes >= 0 and a unit quaternion."""
+    from vl_distill_ros.perception.object_placement import place_objects
+    from vl_distill_ros.perception.depth_config import DepthProposalConfig
+
+    placements = place_objects(found, boxes, DepthProposalConfig())
+    if len(placements) != len(boxes):
+        raise AssertionError(f"{len(placements)} placements for {len(boxes)} boxes")
+    for box, placed in zip(boxes, placements):
+        if placed is None:
+            continue
+        values = np.array([*placed.position, *placed.size, *placed.orientation], np.float64)
+        if not np.isfinite(values).all() or min(placed.size) < 0 \
+                or abs(float(np.linalg.norm(placed.orientation)) - 1.0) > 1e-3:
+            raise AssertionError(f"box {box} placed at {placed}")
 
 
 def odd_frame(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, Any]:

@@ -247,6 +247,8 @@ def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
             mid_a = 0.5 * float((on_plane @ along).min() + (on_plane @ along).max())
             mid_c = 0.5 * float((on_plane @ across).min() + (on_plane @ across).max())
     centre = mid_a * along + mid_c * across + (0.5 * top - offset) * normal
+    if not (np.isfinite(centre).all() and np.isfinite([a_lo, a_hi, c_lo, c_hi, top]).all()):
+        return None       # never a NaN into ~/labels (JSON has none) or a pose
     return ObjectPlacement(position=tuple(round(float(v), 4) for v in centre),
                            size=(round(float(c_hi - c_lo), 4), round(float(a_hi - a_lo), 4),
                                  round(top, 4)),
@@ -263,8 +265,8 @@ def _box_on_plane(camera: CameraIntrinsics, box: Sequence[int], normal: np.ndarr
     rows = np.clip([y, y, y + h - 1, y + h - 1], 0, camera.height - 1)
     rays = back_project(camera, np.asarray(rows), np.asarray(cols), np.ones(4), 1, 0)
     along_normal = rays @ normal
-    if np.any(np.abs(along_normal) < 1e-6):
-        return None
+    if not np.isfinite(along_normal).all() or np.any(np.abs(along_normal) < 1e-6):
+        return None       # a corner no ray of the lens model reaches (NaN), or parallel
     t = (height - offset) / along_normal
     if np.any(t <= 0):
         return None
