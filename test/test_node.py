@@ -829,6 +829,11 @@ def test_detections_and_label_info_msgs_with_real_vision_msgs():
                                            placed).detections
     assert [(h.pose.pose.position.x, h.pose.pose.position.z) for h in det.results] == \
         [(0.1, 0.8)] * 3
+    assert det.id == ""                                          # not tracked
+    tracked = [dataclasses.replace(o, track_id=7) for o in _objects()]
+    (det,) = VlDistillNode._detections_msg(SimpleNamespace(_vision_msgs=vm), src,
+                                           tracked).detections
+    assert det.id == "7"
     info = label_info_msg(vm, ["banana", "mug"], 0.4)
     assert isinstance(info, vm_mod.LabelInfo)
     assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "banana"), (1, "mug")]

@@ -207,6 +207,7 @@ def test_placed_objects_are_published_as_3d_detections(ctx, tester, bundle, scen
             assert [det.bbox.size.x, det.bbox.size.y, det.bbox.size.z] == pytest.approx(
                 obj["size"], abs=1e-3)
             assert det.results[0].hypothesis.class_id == obj["label"]
+            assert det.id == str(obj["track_id"])            # object tracking is on
             z = det.results[0].pose.pose.position.z
             assert z == pytest.approx(obj["position"][2], abs=1e-3)
         for i, j, _ in match_boxes(truth, _boxes(doc), 0.5):
@@ -718,3 +719,26 @@ def test_the_close_pass_runs_on_the_listed_cameras_only(ctx, tester, bundle, tmp
         executor.shutdown(timeout_sec=5.0)
         thread.join(timeout=5.0)
         node.destroy_node()
+
+
+def test_objects_keep_their_track_ids_from_frame_to_frame(ctx, tester, bundle, scene, tmp_path):
+    """Over DDS: the objects of consecutive RGB-D frames keep their track ids in ~/labels;
+    a frame more than ``track_max_gap_s`` after the last starts new tracks; with
+    ``track_objects`` false no object carries one."""
+    from rclpy.parameter import Parameter
+
+    depth, _ = scene
+    rig = Rig(tester, "/tracks")
+    with _node(ctx, "/tracks", bundle, tmp_path) as node:
+        docs = [rig.send(f"t{sec}", sec, depth_msg(depth, sec, 0), info_msg(K))
+                for sec in (30, 31, 34)]
+        ids = [{tuple(o["bbox"]): o["track_id"] for o in d["objects"]} for d in docs]
+        assert len(ids[0]) == 2 and ids[1] == ids[0], docs        # the same two objects
+        assert set(ids[2].keys()) == set(ids[0].keys())
+        assert not set(ids[2].values()) & set(ids[0].values())  # 3 s later: new tracks
+        assert wait_for(lambda: rig.status().get("tracks_started") == "4", 5.0)
+        assert rig.status()["tracks_active"] == "2"
+        assert node.set_parameters([Parameter("track_objects", value=False)])[0].successful
+        doc = rig.send("t35", 35, depth_msg(depth, 35, 0), info_msg(K))
+        assert len(doc["objects"]) == 2 and all("track_id" not in o for o in doc["objects"])
+        assert not node.set_parameters([Parameter("track_memory", value=1.0)])[0].successful

@@ -655,3 +655,64 @@ def test_make_bag_depth_camera_writes_a_realsense_bag_recorded_without_alignment
                          ({"depth_camera_baseline_m": 2.0}, "depth_camera_baseline_m")):
         with pytest.raises(RenderError, match=message):
             SceneSpec(depth=True, depth_camera=True, **bad).validate()
+
+
+def test_render_views_turns_the_camera_about_one_scene(scene_renderer):
+    """``render_views``: one layout seen along an arc: the same objects in every view, the
+    camera at the same height and distance from its aim point, turned by equal steps that
+    add up to the sweep; one look for all views (the same colours: the object tracks' scene
+    cut does not fire); the same seed, the same views."""
+    from vl_distill_ros.perception.object_tracks import (SCENE_CUT, colour_histogram,
+                                                         histogram_distance)
+    from vl_distill_ros.sim.meshes import RenderError
+    from vl_distill_ros.sim.scene import SceneSpec, render_views
+
+    spec = SceneSpec(width=160, height=120, objects_per_scene=(3, 3))
+    views = render_views(scene_renderer, POOL, np.random.default_rng(3), spec, views=4,
+                         sweep_deg=30.0)
+    again = render_views(scene_renderer, POOL, np.random.default_rng(3), spec, views=4,
+                         sweep_deg=30.0)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(views, again))
+    hists = [colour_histogram(v.image) for v in views]
+    assert max(histogram_distance(a, b) for a, b in zip(hists, hists[1:])) < SCENE_CUT / 2
+    placed = [[(p["key"], p["xy"]) for p in v.meta["placed"]] for v in views]
+    assert all(p == placed[0] for p in placed)
+    cams = [v.meta["camera"] for v in views]
+    eyes = np.array([c["eye"] for c in cams])
+    target = np.array(cams[0]["target"])
+    assert all(np.allclose(c["target"], target) for c in cams)
+    rel = eyes - target
+    assert np.allclose(rel[:, 2], rel[0, 2], atol=1e-3)                 # same height
+    assert np.allclose(np.linalg.norm(rel, axis=1), np.linalg.norm(rel[0]), atol=1e-3)
+    turns = np.degrees(np.diff(np.unwrap(np.arctan2(rel[:, 1], rel[:, 0]))))
+    assert np.allclose(np.abs(turns), 10.0, atol=0.01) and abs(turns.sum()) == \
+        pytest.approx(30.0, abs=0.05)
+    assert not np.array_equal(views[1].image, views[0].image)
+    for bad in ({"views": 0}, {"views": 1001}, {"sweep_deg": -1.0}, {"sweep_deg": 361.0}):
+        with pytest.raises(RenderError):
+            render_views(scene_renderer, POOL, np.random.default_rng(3), spec, **bad)
+
+
+def test_make_bag_views_per_scene_writes_consecutive_views_of_each_scene(
+        ycb_models: Path, tmp_path: Path, repo_root: Path, capsys):
+    """``--views-per-scene 3``: frames come in runs of three views of one scene (the same
+    objects), the next run another scene; 7 frames end with a run of one. Bad values are
+    usage errors."""
+    bag = tmp_path / "views"
+    common = ["--width", "160", "--height", "120", "--objects", ",".join(POOL),
+              "--objects-per-scene", "2", "--models-dir", str(ycb_models), "--no-progress",
+              "--vocabulary", str(repo_root / "config" / "ycb_vocabulary.yaml"),
+              "--split", str(repo_root / "config" / "splits" / "ycb_paper.yaml")]
+    assert _make_bag(["--out", str(bag), "--frames", "7", "--views-per-scene", "3",
+                      "--sweep", "20", *common]) == 0
+    contents = read_camera_bag(bag)
+    keys = [sorted(o.key for o in contents.objects_for(m.topic, m.stamp_ns))
+            for m in contents.images([CAMERA])]
+    assert len(keys) == 7
+    runs = [keys[0:3], keys[3:6], keys[6:]]
+    for run in runs:
+        assert all(k == run[0] for k in run), keys
+    assert keys[0] != keys[3] or keys[3] != keys[6]
+    for bad in (["--views-per-scene", "0"], ["--sweep", "400"]):
+        assert _make_bag(["--out", str(tmp_path / "bad"), "--frames", "2", *bad, *common]) == 2
+        assert "must be in" in capsys.readouterr().err

@@ -75,6 +75,18 @@ def _add_depth_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def _add_views_args(p: argparse.ArgumentParser) -> None:
+    """The camera-stream options of ``make-bag`` (``--views-per-scene``, ``--sweep``)."""
+    p.add_argument("--views-per-scene", type=int, default=1, metavar="N",
+                   help="consecutive frames of each scene, its camera turning along an arc "
+                        "(--sweep), as a robot's camera streams one table: object tracking's "
+                        "test (1-1000; default 1: a new scene every frame, frames identical "
+                        "to earlier versions)")
+    p.add_argument("--sweep", type=float, default=30.0, metavar="DEG",
+                   help="with --views-per-scene: degrees the camera turns about the table's "
+                        "vertical over one scene's frames (0-360; default: %(default)s)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``make-bag`` subcommand to ``subparsers`` (sets ``func=run``)."""
     from ..sim.scene_spec import BUSY_TABLE_KINDS, TABLE_KINDS
@@ -92,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bag folder to create (refused if it exists, unless --overwrite)")
     p.add_argument("--frames", type=int, default=60,
                    help="number of frames, one new scene each (default: %(default)s)")
+    _add_views_args(p)
     p.add_argument("--fps", type=float, default=10.0,
                    help="frame rate: stamps are start + i / fps (default: %(default)s)")
     p.add_argument("--objects", default="all",
@@ -218,6 +231,10 @@ def _setup(args: argparse.Namespace):
 
     if args.frames < 1:
         raise _UsageError(f"--frames must be >= 1, got {args.frames}")
+    if not 1 <= getattr(args, "views_per_scene", 1) <= 1000:
+        raise _UsageError(f"--views-per-scene must be in 1..1000, got {args.views_per_scene}")
+    if not 0.0 <= getattr(args, "sweep", 0.0) <= 360.0:
+        raise _UsageError(f"--sweep must be in 0..360 degrees, got {args.sweep}")
     if not args.fps > 0:
         raise _UsageError(f"--fps must be positive, got {args.fps}")
     if args.seed < 0:
@@ -282,17 +299,29 @@ def _frames(args: argparse.Namespace, renderer, pool, names, spec, topics, stats
 
     from ..bags.bag_io import BagFrame, GroundTruthObject
     from ..sim.depth_noise import NOISE_MODELS, apply_depth_noise
-    from ..sim.scene import render_scene
+    from ..sim.scene import render_scene, render_views
 
     start_ns = int(round(args.start_time * 1e9))
     period_ns = 1e9 / args.fps
     noise = NOISE_MODELS[getattr(args, "depth_noise", "none")]
+    views = int(getattr(args, "views_per_scene", 1))
+
+    def scenes():
+        """Each frame's rendered scene, in order."""
+        if views == 1:
+            for i in range(args.frames):
+                yield render_scene(renderer, pool, np.random.default_rng(np.random.SeedSequence(
+                    [int(args.seed), zlib.crc32(b"make-bag"), i])), spec)
+            return
+        for j in range(-(-args.frames // views)):
+            rng = np.random.default_rng(np.random.SeedSequence(
+                [int(args.seed), zlib.crc32(b"make-bag-views"), j]))
+            yield from render_views(renderer, pool, rng, spec, min(views, args.frames - j * views),
+                                    float(args.sweep))
+
     with tqdm(total=args.frames, disable=args.no_progress, unit="frame",
               desc="make-bag") as bar:
-        for i in range(args.frames):
-            rng = np.random.default_rng(np.random.SeedSequence(
-                [int(args.seed), zlib.crc32(b"make-bag"), i]))
-            scene = render_scene(renderer, pool, rng, spec)
+        for i, scene in enumerate(scenes()):
             stamp = start_ns + int(round(i * period_ns))
             centres = {p["key"]: tuple(p["centre_camera"]) for p in scene.meta["placed"]}
             objs = [GroundTruthObject(o.bbox, names[o.key], o.key, o.visible_frac,

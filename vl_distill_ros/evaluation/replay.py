@@ -167,7 +167,8 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
         for img in _offline_frames(contents, settings, values):
             key = (img.topic, int(img.stamp_ns))
             t0 = time.perf_counter()
-            objects, version = pipe.process(img.image, *_frame_depth(img), camera=img.topic)
+            objects, version = pipe.process(img.image, *_frame_depth(img), camera=img.topic,
+                                            stamp=int(img.stamp_ns) * 1e-9)
             dt = time.perf_counter() - t0
             if getattr(img, "depth_note", None) is not None and \
                     img.topic in contents.depth_topics:

@@ -27,6 +27,8 @@ class ObjectResult:
         size: with depth, its ``(across, along, height)`` extent (metres), else None.
         orientation: with depth, the ``(x, y, z, w)`` quaternion of its box's axes in the
             camera's optical frame (:class:`~.object_placement.ObjectPlacement`), else None.
+        track_id: with object tracking, the id of the object's track in its camera (the
+            same object keeps it from frame to frame; :mod:`~.object_tracks`), else None.
     """
 
     bbox: tuple[int, int, int, int]
@@ -37,6 +39,7 @@ class ObjectResult:
     position: tuple[float, float, float] | None = None
     size: tuple[float, float, float] | None = None
     orientation: tuple[float, float, float, float] | None = None
+    track_id: int | None = None
 
 
 def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: str,
@@ -52,12 +55,13 @@ def labels_document(stamp_sec: int, stamp_nanosec: int, frame_id: str, camera: s
          "objects": [{"bbox": [x, y, w, h], "label": str, "score": float, "known": bool,
                       "top_k": [[label, score], ...],
                       "position": [x, y, z], "size": [across, along, height],
-                      "orientation": [x, y, z, w]}]}
+                      "orientation": [x, y, z, w], "track_id": int}]}
 
     Scores are rounded to ``score_digits`` decimals. ``position`` (metres, the camera's
     optical frame, i.e. the header's ``frame_id``), ``size`` (metres) and ``orientation``
     (the box axes' quaternion) are present only for objects placed with depth
     (:attr:`ObjectResult.position`); positions and sizes are rounded to millimetres.
+    ``track_id`` is present only with object tracking (``track_objects``).
     """
     return {
         "header": {"stamp": {"sec": int(stamp_sec), "nanosec": int(stamp_nanosec)},
@@ -78,6 +82,8 @@ def _object_document(o: ObjectResult, score_digits: int) -> dict:
         doc["size"] = [round(float(v), 3) for v in o.size]
         if o.orientation is not None:
             doc["orientation"] = [round(float(v), 4) for v in o.orientation]
+    if o.track_id is not None:
+        doc["track_id"] = int(o.track_id)
     return doc
 
 

@@ -56,13 +56,14 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD,
                                  bias_vector, negative_mask)
 from ..model.descriptions import DescriptionCatalogue
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
-from .boxes import Box, classification_window, crop
+from .boxes import Box, classification_window, crop, full_frame_box
 from .camera_model import CameraIntrinsics
 from .depth_alignment import UnalignedDepth
 from .depth_config import DepthProposalConfig
 from .frame_boxes import MAX_REGISTERED_CAMERAS, FrameBoxes
 from .labels_output import ObjectResult, draw_annotations, labels_document
 from .object_placement import ObjectPlacement
+from .object_tracks import ObjectTracks, TrackSettings
 from .pipeline_settings import (CROP_CONTEXT, CROP_SOURCES, FROM_BUNDLE, MAX_ROIS,
                                 PROPOSAL_SOURCES, PipelineError, PipelineSettings,
                                 rois_from_flat)
@@ -143,6 +144,10 @@ class PreparedFrame:
     #: With depth used: where each box's object stands (one per box, None where it could
     #: not be measured; :mod:`~.object_placement`); None without.
     placements: list[ObjectPlacement | None] | None = None
+    #: The camera it came from (``prepare``'s ``camera``) and its stamp (seconds; None: not
+    #: followed by the object tracks).
+    camera: str = ""
+    stamp: float | None = None
 
 
 class PerceptionPipeline:
@@ -177,6 +182,8 @@ class PerceptionPipeline:
             the cameras (``prepare(..., behind=2)``): ``same`` or ``onnxruntime_int8`` (only
             in place of ONNX Runtime float32 that ``inference_backend: auto`` chose; see
             :func:`~vl_distill_ros.model.runtime.make_behind_runner`).
+        tracks: following objects across a camera's frames (frames given a ``stamp``) and
+            scoring their pooled views (default: on; :class:`~.object_tracks.TrackSettings`).
         catalogue: the description catalogue the vocabulary's labels were embedded with
             (:attr:`TextEmbeddingService.catalogue`): a label then counts as a trained name
             (the seen bias, the negatives) when the name it was prompted with is one, so
@@ -203,7 +210,8 @@ class PerceptionPipeline:
                  depth_cfg: DepthProposalConfig | None = None, crop_square: bool = True,
                  crop_context: float = CROP_CONTEXT, proposal_threads: int = 2,
                  close_cameras: Sequence[str] = (),
-                 catalogue: DescriptionCatalogue | None = None) -> None:
+                 catalogue: DescriptionCatalogue | None = None,
+                 tracks: TrackSettings | None = None) -> None:
         from ..model.runtime import make_behind_runner, make_runner
 
         #: The first stage: each frame's boxes, the box network's thread and each camera's
@@ -239,7 +247,10 @@ class PerceptionPipeline:
             fallback_full_frame=bool(fallback_full_frame), seen_bias=float(seen_bias),
             negative_names=bool(negative_names), proposal_source=str(proposal_source),
             depth_cfg=depth_cfg or DepthProposalConfig(), crop_square=bool(crop_square),
-            crop_context=float(crop_context), close_cameras=tuple(close_cameras))
+            crop_context=float(crop_context), close_cameras=tuple(close_cameras),
+            tracks=tracks or TrackSettings())
+        #: Each camera's object tracks (``tracks``; see :mod:`~.object_tracks`).
+        self.tracks = ObjectTracks()
         if vocabulary is None:
             if embeddings is not None:
                 raise PipelineError("embeddings given without their vocabulary")
@@ -397,12 +408,13 @@ class PerceptionPipeline:
 
     def prepare(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,
                 intrinsics: CameraIntrinsics | None = None, camera: str = "",
-                behind: int = 0) -> PreparedFrame:
+                behind: int = 0, stamp: float | None = None) -> PreparedFrame:
         """Stage 1 of :meth:`process`: check the frame and find its boxes (see :meth:`boxes`)
         with the current settings (``behind``: how far the node is behind its cameras, see
         :mod:`~vl_distill_ros.perception.keeping_up`: from 1 the boxes are found with
         ``proposal_box_net_behind``'s network, from 2 the frame is classified with
-        :attr:`runner_behind` too; True counts as 1). Touches no pipeline state but
+        :attr:`runner_behind` too; True counts as 1; ``stamp``: the frame's time in seconds,
+        which lets ``tracks`` follow its objects). Touches no pipeline state but
         ``camera``'s registration check, so it may run in one thread while :meth:`classify`
         runs in another.
 
@@ -418,7 +430,8 @@ class PerceptionPipeline:
             raise PipelineError(f"empty image of shape {image.shape}")
         boxes, views, status, placements = self.frame_boxes.boxes(
             image, settings, depth, intrinsics, camera, behind >= 1)
-        return PreparedFrame(image, boxes, settings, status, views, behind >= 2, placements)
+        return PreparedFrame(image, boxes, settings, status, views, behind >= 2, placements,
+                             camera, None if stamp is None else float(stamp))
 
     def classify(self, frame: PreparedFrame) -> tuple[list[ObjectResult], int]:
         """Stage 2 of :meth:`process`: run the student on a prepared frame's crops and score
@@ -449,6 +462,15 @@ class PerceptionPipeline:
                 batch = preprocess_crops(crops, self.input_spec)
                 chunks.append(torch.from_numpy(runner.embed(batch)).float())
             emb = F.normalize(torch.cat(chunks), dim=-1)
+            track_ids: list[int | None] = [None] * len(boxes)
+            if settings.tracks.enabled and frame.stamp is not None \
+                    and settings.crop_source == "proposals" \
+                    and boxes != [full_frame_box(width, height)]:
+                # a fixed region or the whole frame is no object to follow: frames of
+                # different objects would be pooled
+                pooled, track_ids = self.tracks.update(frame.camera, frame.stamp, image, boxes,
+                                                       emb.numpy(), settings.tracks)
+                emb = torch.from_numpy(pooled)
             if self._center is not None:   # as calibration.center_embeddings
                 emb = F.normalize(emb - self._center, dim=-1, eps=1e-6)
             cos = emb @ active.embeddings.T                           # (N, L)
@@ -469,7 +491,8 @@ class PerceptionPipeline:
         threshold = self.effective_unknown_threshold(settings)
         placements = frame.placements if frame.placements is not None \
             and len(frame.placements) == len(boxes) else [None] * len(boxes)
-        for box, ps, idx, bc, place in zip(boxes, top_p_l, top_i_l, best_cos_l, placements):
+        for box, ps, idx, bc, place, track in zip(boxes, top_p_l, top_i_l, best_cos_l,
+                                                  placements, track_ids):
             known = ps[0] >= threshold and bc >= settings.min_similarity
             objects.append(ObjectResult(
                 bbox=tuple(int(v) for v in box), label=names[idx[0]] if known else UNKNOWN_LABEL,
@@ -477,12 +500,12 @@ class PerceptionPipeline:
                 top_k=[(names[i], float(p)) for i, p in zip(idx, ps)],
                 position=None if place is None else place.position,
                 size=None if place is None else place.size,
-                orientation=None if place is None else place.orientation))
+                orientation=None if place is None else place.orientation, track_id=track))
         return objects, active.version
 
     def process(self, image_rgb: np.ndarray, depth: "np.ndarray | UnalignedDepth | None" = None,
-                intrinsics: CameraIntrinsics | None = None, camera: str = ""
-                ) -> tuple[list[ObjectResult], int]:
+                intrinsics: CameraIntrinsics | None = None, camera: str = "",
+                stamp: float | None = None) -> tuple[list[ObjectResult], int]:
         """Classify the objects in one RGB uint8 ``(H, W, 3)`` frame, optionally with its
         registered ``depth`` (float metres, 0 = none; or a depth camera's own image as
         :class:`~vl_distill_ros.perception.depth_alignment.UnalignedDepth`, aligned in the
@@ -497,6 +520,6 @@ class PerceptionPipeline:
         Raises:
             PipelineError: the image is not a non-empty (H, W, 3) uint8 array.
         """
-        frame = self.prepare(image_rgb, depth, intrinsics, camera)
+        frame = self.prepare(image_rgb, depth, intrinsics, camera, stamp=stamp)
         self.last_depth_status = frame.depth_status
         return self.classify(frame)

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from .box_net import load_box_net, resolve_box_net
 from .camera_model import DepthError
 from .depth_config import DepthProposalConfig, load_depth_config
+from .object_tracks import TrackSettings
 from .proposal_config import ProposalConfig
 
 __all__ = ["CROP_SOURCES", "PROPOSAL_SOURCES", "FROM_BUNDLE", "MAX_ROIS", "MAX_CLOSE_CAMERAS",
@@ -75,6 +76,8 @@ class PipelineSettings:
             with depth too; empty: every camera's frames without depth (and with depth when
             it says the camera is close, ``depth_cfg.close_view_m``, or
             ``depth_cfg.fuse_close_pass``). See :meth:`for_camera`.
+        tracks: following objects across a camera's frames and pooling their views
+            (:mod:`~vl_distill_ros.perception.object_tracks`; frames with a stamp only).
     """
 
     crop_source: str = "proposals"
@@ -93,6 +96,7 @@ class PipelineSettings:
     crop_square: bool = True
     crop_context: float = CROP_CONTEXT
     close_cameras: tuple[str, ...] = ()
+    tracks: TrackSettings = field(default_factory=TrackSettings)
 
     def __post_init__(self) -> None:
         cameras = tuple(str(c) for c in self.close_cameras)
@@ -170,6 +174,14 @@ class PipelineSettings:
                     load_box_net(net, proposal_cfg.box_net_threads)
         except ValueError as exc:
             raise PipelineError(f"proposal settings: {exc}") from None
+        try:
+            tracks = TrackSettings(
+                enabled=bool(values.get("track_objects", TrackSettings.enabled)),
+                memory=float(values.get("track_memory", TrackSettings.memory)),
+                min_iou=float(values.get("track_min_iou", TrackSettings.min_iou)),
+                max_gap_s=float(values.get("track_max_gap_s", TrackSettings.max_gap_s)))
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
         depth_path = str(values.get("depth_proposal_config", "") or "")
         try:
             depth_cfg = load_depth_config(depth_path) if depth_path else DepthProposalConfig()
@@ -189,7 +201,8 @@ class PipelineSettings:
             crop_square=bool(values.get("crop_square", True)),
             crop_context=float(values.get("crop_context", CROP_CONTEXT)),
             close_cameras=tuple(str(t).strip() for t in
-                                values.get("proposal_box_net_close_topics", ()) or ()))
+                                values.get("proposal_box_net_close_topics", ()) or ()),
+            tracks=tracks)
 
     def for_camera(self, camera: str) -> "PipelineSettings":
         """The settings for a frame of ``camera``: these, without the box network's close

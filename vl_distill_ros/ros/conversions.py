@@ -113,7 +113,8 @@ def _hypothesis_msgs(vision_msgs: dict[str, Any], hypotheses: list[tuple[str, fl
 def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[ObjectResult]):
     """A Detection2DArray (``src``'s header) of :func:`detection_entries`: one detection per
     known object, ``results`` its top-k hypotheses (each with the object's centre as its
-    ``pose`` when it was placed with depth), ``id`` empty (objects are not tracked).
+    ``pose`` when it was placed with depth), ``id`` the object's track id with object
+    tracking (:attr:`ObjectResult.track_id`, as a string), else empty.
     Works with vision_msgs 3 and >= 4 (Jazzy)."""
     arr = vision_msgs["Detection2DArray"]()
     arr.header = src.header
@@ -127,9 +128,15 @@ def detections_msg(vision_msgs: dict[str, Any], src: Image, objects: Sequence[Ob
         else:  # vision_msgs 3: geometry_msgs/Pose2D
             center.x, center.y = cx, cy
         det.bbox.size_x, det.bbox.size_y = w, h
+        det.id = _track_id(o)
         det.results = _hypothesis_msgs(vision_msgs, hypotheses, _centre_pose(o))
         arr.detections.append(det)
     return arr
+
+
+def _track_id(o: ObjectResult) -> str:
+    """A detection's ``id``: the object's track id as a string, empty when not tracked."""
+    return "" if o.track_id is None else str(int(o.track_id))
 
 
 def _centre_pose(o: ObjectResult):
@@ -150,7 +157,8 @@ def detections_3d_msg(vision_msgs: dict[str, Any], src: Image,
     Detection3D per *known* object placed with depth (:attr:`ObjectResult.position`):
     ``bbox`` its 3-D box (centre, the box axes' orientation, size across / along / height in
     metres), ``results`` its top-k hypotheses as in ``~/detections``, each with the box
-    centre as its pose, ``id`` empty. Objects without a placement are left out."""
+    centre as its pose, ``id`` as in ``~/detections``. Objects without a placement are left
+    out."""
     arr = vision_msgs["Detection3DArray"]()
     arr.header = src.header
     for o in objects:
@@ -164,6 +172,7 @@ def detections_3d_msg(vision_msgs: dict[str, Any], src: Image,
         centre.orientation.x, centre.orientation.y = float(qx), float(qy)
         centre.orientation.z, centre.orientation.w = float(qz), float(qw)
         det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in o.size)
+        det.id = _track_id(o)
         det.results = _hypothesis_msgs(vision_msgs, _hypotheses(o), centre)
         arr.detections.append(det)
     return arr

@@ -666,7 +666,9 @@ class VlDistillNode(Node):
         t0 = time.monotonic()
         behind = self._keeping_up.level(t0, self.pipeline.settings.behind_changes_boxes())
         frame = self.pipeline.prepare(image, depth, None if depth is None else k,
-                                      camera=cam.resolved, behind=behind)
+                                      camera=cam.resolved, behind=behind,
+                                      stamp=msg.header.stamp.sec
+                                      + msg.header.stamp.nanosec * 1e-9)
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0,
                        behind)
 
@@ -807,6 +809,10 @@ class VlDistillNode(Node):
                     f"{1000.0 * self.pipeline.depth_noise(cam.resolved):.2f}"
                 period["values"]["depth_sparse"] = \
                     str(self.pipeline.depth_sparse(cam.resolved)).lower()
+            if self.pipeline.settings.tracks.enabled:
+                active_tracks, started = self.pipeline.tracks.counts(cam.resolved)
+                period["values"]["tracks_active"] = active_tracks
+                period["values"]["tracks_started"] = started
             arr.status.append(camera_status(fq, period, active.version))
         return arr
 

@@ -332,6 +332,26 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "vocabulary (and not close to an active name) join the softmax as negatives, so "
               "a crop that looks like one of them scores low and becomes 'unknown'. Needs a "
               "bundle whose calibration record has negatives; scores then sum to at most 1."),
+    # -- object tracks (dynamic) --------------------------------------------------------------
+    ParamSpec("track_objects", True, "bool",
+              "Follow each camera's objects from frame to frame (a box joins the track of the "
+              "box it overlaps in the camera's last frames when the student sees them alike; "
+              "crop_source proposals only, a fixed region or the whole frame is no object to "
+              "follow) "
+              "and name each object from its pooled views instead of one frame's; ~/labels "
+              "gains track_id and ~/detections its id. Frames are taken in stamp order; a frame "
+              "unlike the one before (another scene) ends the camera's tracks. See Object "
+              "tracks."),
+    ParamSpec("track_memory", 0.5, "double",
+              "Weight of a track's earlier views against the newest (each older view weighs "
+              "this much less again); 0: ids only, nothing pooled.", range=(0.0, 0.95)),
+    ParamSpec("track_min_iou", 0.3, "double",
+              "Least overlap (intersection over union) of a box with its track's last box, both "
+              "doubled in size about their centres.",
+              range=(0.05, 1.0)),
+    ParamSpec("track_max_gap_s", 1.0, "double",
+              "Longest time (s, by stamps) a track waits for its object to be seen again.",
+              range=(0.0, 10.0)),
     # -- outputs (dynamic) --------------------------------------------------------------------
     ParamSpec("publish_annotated", False, "bool",
               "Publish ~/image_annotated (sensor_msgs/Image, rgb8) with boxes and labels; the "
@@ -352,7 +372,8 @@ SETTINGS_PARAMS = frozenset({"crop_source", "rois", "proposal_min_area_frac",
                              "crop_square", "crop_context",
                              "unknown_threshold", "seen_bias",
                              "min_similarity", "top_k", "score_temperature",
-                             "negative_names"})
+                             "negative_names", "track_objects", "track_memory",
+                             "track_min_iou", "track_max_gap_s"})
 
 BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 

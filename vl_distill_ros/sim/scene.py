@@ -4,7 +4,8 @@ ROS-free and torch-free. Like :mod:`vl_distill_ros.sim.render` (both use the mod
 mesh and texture helpers of :mod:`vl_distill_ros.sim.meshes`), objects are drawn by
 pybullet's software TinyRenderer in ``DIRECT`` mode, so no GPU, display or OpenGL is needed.
 
-One call of :func:`render_scene` draws one :class:`SceneFrame`:
+One call of :func:`render_scene` draws one :class:`SceneFrame` (:func:`render_views`: one
+scene from a camera moving along an arc, a frame per view):
 
 * a table top (a procedural texture from :func:`~vl_distill_ros.sim.backgrounds.
   make_background`: wood, plain or cloth patterns) with visible side faces, a floor below and
@@ -43,6 +44,7 @@ gives byte-identical images.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,7 +58,9 @@ from vl_distill_ros.sim.scene_camera import SceneCamera, sample_hand_camera, sam
 from vl_distill_ros.sim.scene_drawing import (
     amodal_pixels,
     bbox_from_mask,
+    CameraFinish,
     draw_environment,
+    draw_finish,
     environment_depth,
     furniture_hits,
     post_process,
@@ -65,7 +69,7 @@ from vl_distill_ros.sim.scene_layout import SceneLayout, sample_layout
 from vl_distill_ros.sim.scene_spec import TABLE_KINDS, SceneFrame, SceneObject, SceneSpec
 
 __all__ = ["SceneSpec", "SceneObject", "SceneFrame", "SceneRenderer", "render_scene",
-           "TABLE_KINDS", "bbox_from_mask"]
+           "render_views", "TABLE_KINDS", "bbox_from_mask"]
 
 
 class SceneRenderer(MeshBodies):
@@ -201,11 +205,13 @@ def _depth_camera_view(renderer: SceneRenderer, layout: SceneLayout, cam: SceneC
 
 
 def _render_camera(renderer: SceneRenderer, layout: SceneLayout, ids: dict[str, int],
-                   cam: SceneCamera, rng: np.random.Generator, spec: SceneSpec
+                   cam: SceneCamera, rng: np.random.Generator, spec: SceneSpec,
+                   finish: CameraFinish | None = None
                    ) -> tuple[np.ndarray, list[SceneObject], dict[str, Any], np.ndarray | None]:
     """One image of the laid-out scene from ``cam``: the image, its visible objects (all
     placed objects with at least ``min_visible_pixels``), per-object pixel statistics and,
-    with ``spec.depth``, the registered depth in metres."""
+    with ``spec.depth``, the registered depth in metres (``finish``: the camera's look,
+    else drawn)."""
     rgb, seg, depth, furniture = _scene_layers(renderer, layout, cam, spec.depth)
     img = draw_environment(cam, layout)
     if furniture is not None:
@@ -213,7 +219,7 @@ def _render_camera(renderer: SceneRenderer, layout: SceneLayout, ids: dict[str, 
         np.copyto(img, (shade * 255 + 0.5).astype(np.uint8), where=shown[..., None])
     depth = depth if spec.depth else None
     np.copyto(img, rgb, where=(seg >= 0)[..., None])
-    image = post_process(img, rng, spec)
+    image = post_process(img, rng, spec, finish)
     objects: list[SceneObject] = []
     stats: dict[str, Any] = {}
     for obj in layout.placed:
@@ -250,22 +256,91 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
         RenderError: empty pool, unknown keys, bad spec or a closed renderer.
     """
     spec = spec or SceneSpec()
+    layout, ids = _lay_out(renderer, objects, rng, spec)
+    cam, image, found, stats, attempts, depth = _first_view(renderer, layout, ids, rng, spec)
+    return _scene_frame(renderer, layout, ids, cam, rng, spec,
+                        (image, found, stats, depth), attempts)
+
+
+def render_views(renderer: SceneRenderer, objects: Sequence[str], rng: np.random.Generator,
+                 spec: SceneSpec | None = None, views: int = 8, sweep_deg: float = 30.0
+                 ) -> list[SceneFrame]:
+    """One tabletop scene seen ``views`` times by a camera moving along an arc, as a robot's
+    camera streams one scene (consecutive frames of the same objects, each a little turned).
+
+    The scene and its first camera are drawn as :func:`render_scene` draws them; the camera
+    then turns about the vertical through its aim point by ``sweep_deg`` degrees in all (in
+    equal steps, a random direction), keeping its height, distance, roll, lens and look
+    (blur, light fall-off, white balance and noise level: one :class:`CameraFinish` for the
+    scene, as a video's frames share them). Each view is a :class:`SceneFrame` with its own
+    visible objects, sensor noise and (``spec.hand_camera``) hand camera; an object may leave
+    the view near the arc's ends.
+
+    Raises:
+        RenderError: as :func:`render_scene`, or ``views`` outside 1..1000 or ``sweep_deg``
+            outside 0..360.
+    """
+    spec = spec or SceneSpec()
+    if not 1 <= int(views) <= 1000:
+        raise RenderError(f"views must be in 1..1000, got {views}")
+    if not 0.0 <= float(sweep_deg) <= 360.0:
+        raise RenderError(f"sweep_deg must be in 0..360, got {sweep_deg}")
+    finish = dataclasses.replace(draw_finish(rng, spec),
+                                 sigma=float(rng.uniform(*spec.noise_sigma)))
+    layout, ids = _lay_out(renderer, objects, rng, spec)
+    cam, image, found, stats, attempts, depth = _first_view(renderer, layout, ids, rng, spec,
+                                                            finish)
+    frames = [_scene_frame(renderer, layout, ids, cam, rng, spec,
+                           (image, found, stats, depth), attempts)]
+    step = math.radians(float(sweep_deg)) / max(int(views) - 1, 1) \
+        * (1.0 if rng.random() < 0.5 else -1.0)
+    for i in range(1, int(views)):
+        turned = _turned(cam, step * i)
+        frames.append(_scene_frame(renderer, layout, ids, turned, rng, spec,
+                                   _render_camera(renderer, layout, ids, turned, rng, spec,
+                                                  finish), attempts))
+    return frames
+
+
+def _turned(cam: SceneCamera, angle: float) -> SceneCamera:
+    """``cam`` turned by ``angle`` radians about the vertical (world z) through its target."""
+    c, s = math.cos(angle), math.sin(angle)
+    rel = np.asarray(cam.eye, float) - np.asarray(cam.target, float)
+    eye = np.asarray(cam.target, float) + np.array([c * rel[0] - s * rel[1],
+                                                    s * rel[0] + c * rel[1], rel[2]])
+    return SceneCamera(eye=eye, target=np.asarray(cam.target, float), roll=cam.roll,
+                       fov_y=cam.fov_y, width=cam.width, height=cam.height, near=cam.near,
+                       far=cam.far, shift=cam.shift)
+
+
+def _lay_out(renderer: SceneRenderer, objects: Sequence[str], rng: np.random.Generator,
+             spec: SceneSpec) -> tuple[SceneLayout, dict[str, int]]:
+    """A random layout of ``objects`` (see :func:`render_scene`), shown in ``renderer``;
+    the objects' body ids by key."""
     spec.validate()
     pool = list(dict.fromkeys(objects))
     if not pool:
         raise RenderError("no objects to place: give at least one object key")
     renderer.check_keys(pool)
-
     layout = sample_layout(renderer.geometry, pool, rng, spec)
     poses = {o.key: (o.base, o.yaw) for o in layout.placed}
     ids = renderer._show(poses)
     for o in layout.placed:
         o.body = ids[o.key]
+    return layout, ids
 
+
+def _first_view(renderer: SceneRenderer, layout: SceneLayout, ids: dict[str, int],
+                rng: np.random.Generator, spec: SceneSpec,
+                finish: CameraFinish | None = None) -> tuple:
+    """The main camera, redrawn (up to ``spec.camera_attempts`` times) while an object is
+    hidden: ``(camera, image, visible objects, stats, attempts, depth)`` of the best view
+    (``finish``: the camera's look, else drawn for each)."""
     best = None
     for attempt in range(int(spec.camera_attempts)):
         cam = sample_main_camera(layout, rng, spec)
-        image, found, stats, depth = _render_camera(renderer, layout, ids, cam, rng, spec)
+        image, found, stats, depth = _render_camera(renderer, layout, ids, cam, rng, spec,
+                                                    finish)
         score = (len(found), min((o.visible_frac for o in found), default=0.0))
         if best is None or score > best[0]:
             best = (score, cam, image, found, stats, attempt + 1, depth)
@@ -273,7 +348,15 @@ def render_scene(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
                 o.visible_frac >= spec.min_visible_fraction for o in found):
             break
     assert best is not None
-    _, cam, image, found, stats, attempts, depth = best
+    return best[1:]
+
+
+def _scene_frame(renderer: SceneRenderer, layout: SceneLayout, ids: dict[str, int],
+                 cam: SceneCamera, rng: np.random.Generator, spec: SceneSpec,
+                 view: tuple, attempts: int) -> SceneFrame:
+    """The :class:`SceneFrame` of ``cam``'s ``view`` (its image, visible objects, stats and
+    depth): the separate depth camera's image and the hand camera (``spec``) added."""
+    image, found, stats, depth = view
     depth_camera = depth_pose = None
     if spec.depth and spec.depth_camera:
         depth, depth_camera, depth_pose = _depth_camera_view(renderer, layout, cam, spec)

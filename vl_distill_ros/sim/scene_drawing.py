@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import cv2
@@ -21,7 +22,7 @@ from vl_distill_ros.sim.scene_layout import FLOOR_Z, ROOM_RADIUS, PlacedObject, 
 from vl_distill_ros.sim.scene_spec import SceneSpec
 
 __all__ = ["draw_environment", "furniture_hits", "environment_depth", "amodal_pixels",
-           "post_process", "bbox_from_mask"]
+           "post_process", "draw_finish", "CameraFinish", "bbox_from_mask"]
 
 
 _NOISE_PAD = 32         # noise bank margin (frames use a random window of it)
@@ -238,21 +239,52 @@ def _noise_bank(height: int, width: int) -> np.ndarray:
     return bank
 
 
-def post_process(img: np.ndarray, rng: np.random.Generator, spec: SceneSpec) -> np.ndarray:
+@dataclass(frozen=True)
+class CameraFinish:
+    """The camera's own look in :func:`post_process`: blur, light gradient (angle and
+    strength), vignetting, white-balance gains and noise level. A video's frames share it;
+    each frame draws only its noise."""
+
+    blur: float
+    angle: float
+    gradient: float
+    vignette: float
+    gains: tuple[float, float, float]
+    sigma: float
+
+
+def draw_finish(rng: np.random.Generator, spec: SceneSpec) -> CameraFinish:
+    """A random :class:`CameraFinish` (the draws :func:`post_process` makes without one)."""
+    blur = float(rng.uniform(0.3, 0.7))
+    angle = float(rng.uniform(0.0, 2 * math.pi))
+    gradient = float(rng.uniform(0.0, 0.25))
+    vignette = float(rng.uniform(0.05, 0.3))
+    gains = tuple(float(g) for g in rng.uniform(0.95, 1.05, size=3))
+    return CameraFinish(blur, angle, gradient, vignette, gains,  # type: ignore[arg-type]
+                        float("nan"))
+
+
+def post_process(img: np.ndarray, rng: np.random.Generator, spec: SceneSpec,
+                 finish: CameraFinish | None = None) -> np.ndarray:
     """Camera-like finish of a uint8 RGB image: slight blur, illumination fall-off and
-    gradient, white balance and sensor noise; returns uint8."""
+    gradient, white balance and sensor noise; returns uint8. ``finish``: the camera's look
+    (:func:`draw_finish`, shared by a video's frames; only the noise is drawn then);
+    None: all of it drawn from ``rng``."""
     h, w = img.shape[:2]
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.7))
+    own = finish is None
+    if finish is None:
+        finish = draw_finish(rng, spec)
+    img = cv2.GaussianBlur(img, (0, 0), finish.blur)
     ys = (np.arange(h, dtype=np.float32) - h / 2) / max(h, w)
     xs = (np.arange(w, dtype=np.float32) - w / 2) / max(h, w)
-    ang = rng.uniform(0.0, 2 * math.pi)
-    grad = 1.0 + rng.uniform(0.0, 0.25) * (xs[None, :] * math.cos(ang)
-                                           + ys[:, None] * math.sin(ang))
-    vignette = 1.0 - rng.uniform(0.05, 0.3) * (xs[None, :] ** 2 + ys[:, None] ** 2)
-    gains = rng.uniform(0.95, 1.05, size=3).astype(np.float32)
+    grad = 1.0 + finish.gradient * (xs[None, :] * math.cos(finish.angle)
+                                    + ys[:, None] * math.sin(finish.angle))
+    vignette = 1.0 - finish.vignette * (xs[None, :] ** 2 + ys[:, None] ** 2)
+    gains = np.asarray(finish.gains, np.float32)
     field = (grad * vignette).astype(np.float32)
     ox, oy = (int(v) for v in rng.integers(0, _NOISE_PAD + 1, size=2))
-    sigma = np.float32(rng.uniform(*spec.noise_sigma))
+    sigma = np.float32(rng.uniform(*spec.noise_sigma)) if own or not math.isfinite(
+        finish.sigma) else np.float32(finish.sigma)
     noise = _noise_bank(h, w)[oy:oy + h, ox:ox + w]
     out = cv2.multiply(img.astype(np.float32), cv2.merge([field * g for g in gains]))
     out = cv2.scaleAdd(noise, float(sigma), out)
