@@ -188,3 +188,12 @@ def test_the_pipeline_follows_each_object_across_views_and_scores_its_pooled_vie
             assert whole.track_id is None
     finally:
         pipe.configure(crop_source="proposals")
+    # nor the full frame that proposals fall back to when they find nothing
+    pipe.configure(fallback_full_frame=True)
+    try:
+        blank = np.full((240, 320, 3), 128, np.uint8)
+        for i in range(2):
+            (whole,) = pipe.process(blank, camera="blank", stamp=2.0 + 0.1 * i)[0]
+            assert whole.bbox == (0, 0, 320, 240) and whole.track_id is None
+    finally:
+        pipe.configure(fallback_full_frame=False)
