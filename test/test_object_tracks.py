@@ -154,6 +154,8 @@ def test_the_pipeline_follows_each_object_across_views_and_scores_its_pooled_vie
     pipe.tracks.reset()
     alone = [pipe.process(v.image)[0] for v in views]          # no stamp: not followed
     assert all(o.track_id is None for objs in alone for o in objs)
+    no_time = pipe.process(views[0].image, camera="cam", stamp=float("nan"))[0]
+    assert no_time and all(o.track_id is None for o in no_time)
     tracked = [pipe.process(v.image, camera="cam", stamp=0.1 * i)[0]
                for i, v in enumerate(views)]
     ids_by_key: dict[str, set] = {}

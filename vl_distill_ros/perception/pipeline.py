@@ -44,6 +44,7 @@ the same way with :meth:`~PerceptionPipeline.configure`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
@@ -430,6 +431,8 @@ class PerceptionPipeline:
             raise PipelineError(f"empty image of shape {image.shape}")
         boxes, views, status, placements = self.frame_boxes.boxes(
             image, settings, depth, intrinsics, camera, behind >= 1)
+        if stamp is not None and not math.isfinite(float(stamp)):
+            stamp = None                      # no time: the frame is not followed
         return PreparedFrame(image, boxes, settings, status, views, behind >= 2, placements,
                              camera, None if stamp is None else float(stamp))
 
