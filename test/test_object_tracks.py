@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vl_distill_ros.perception.boxes import box_iou_matrix
 from vl_distill_ros.perception.object_tracks import (MAX_TRACKS, MIN_SIMILARITY, ObjectTracks,
-                                                     TrackSettings, box_iou_matrix)
+                                                     TrackSettings)
 
 ON = TrackSettings(enabled=True)
 

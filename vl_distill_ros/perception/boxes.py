@@ -10,8 +10,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Box", "full_frame_box", "crop", "classification_window", "box_iou", "box_containment",
-           "sanitize_boxes"]
+__all__ = ["Box", "full_frame_box", "crop", "classification_window", "box_iou", "box_iou_matrix",
+           "box_containment", "sanitize_boxes"]
 
 #: ``(x, y, w, h)`` in pixels: top-left corner, width and height.
 Box = tuple[int, int, int, int]
@@ -69,6 +69,20 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = iw * ih
     union = aw * ah + bw * bh - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def box_iou_matrix(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
+    """``(len(a), len(b))`` intersection over union of ``(x, y, w, h)`` boxes."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    p, q = np.asarray(a, np.float64)[:, None, :], np.asarray(b, np.float64)[None, :, :]
+    w = np.clip(np.minimum(p[..., 0] + p[..., 2], q[..., 0] + q[..., 2])
+                - np.maximum(p[..., 0], q[..., 0]), 0, None)
+    h = np.clip(np.minimum(p[..., 1] + p[..., 3], q[..., 1] + q[..., 3])
+                - np.maximum(p[..., 1], q[..., 1]), 0, None)
+    inter = w * h
+    union = p[..., 2] * p[..., 3] + q[..., 2] * q[..., 3] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def box_containment(inner: Sequence[float], outer: Sequence[float]) -> float:

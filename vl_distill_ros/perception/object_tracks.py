@@ -46,8 +46,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .boxes import box_iou_matrix
+
 __all__ = ["TrackSettings", "ObjectTracks", "MIN_SIMILARITY", "SCENE_CUT", "MAX_TRACKS",
-           "MAX_CAMERAS", "GROW", "box_iou_matrix", "colour_histogram", "histogram_distance"]
+           "MAX_CAMERAS", "GROW", "colour_histogram", "histogram_distance"]
 
 #: Boxes are compared doubled in size about their centres.
 GROW = 2.0
@@ -104,20 +106,6 @@ class _Camera:
     hist: np.ndarray
     tracks: list[_Track] = field(default_factory=list)
     next_id: int = 1
-
-
-def box_iou_matrix(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> np.ndarray:
-    """``(len(a), len(b))`` intersection over union of ``(x, y, w, h)`` boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    p, q = np.asarray(a, np.float64)[:, None, :], np.asarray(b, np.float64)[None, :, :]
-    w = np.clip(np.minimum(p[..., 0] + p[..., 2], q[..., 0] + q[..., 2])
-                - np.maximum(p[..., 0], q[..., 0]), 0, None)
-    h = np.clip(np.minimum(p[..., 1] + p[..., 3], q[..., 1] + q[..., 3])
-                - np.maximum(p[..., 1], q[..., 1]), 0, None)
-    inter = w * h
-    union = p[..., 2] * p[..., 3] + q[..., 2] * q[..., 3] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def _grown(boxes: Sequence[Sequence[float]]) -> list[tuple[float, float, float, float]]:
