@@ -281,6 +281,7 @@ def render_views(renderer: SceneRenderer, objects: Sequence[str], rng: np.random
             outside 0..360.
     """
     spec = spec or SceneSpec()
+    spec.validate()           # before the look is drawn from its noise range
     if not 1 <= int(views) <= 1000:
         raise RenderError(f"views must be in 1..1000, got {views}")
     if not 0.0 <= float(sweep_deg) <= 360.0:

@@ -242,8 +242,8 @@ def _noise_bank(height: int, width: int) -> np.ndarray:
 @dataclass(frozen=True)
 class CameraFinish:
     """The camera's own look in :func:`post_process`: blur, light gradient (angle and
-    strength), vignetting, white-balance gains and noise level. A video's frames share it;
-    each frame draws only its noise."""
+    strength), vignetting, white-balance gains and noise level (``sigma``, 8-bit levels; NaN:
+    drawn for each image). A video's frames share it; each frame draws only its noise."""
 
     blur: float
     angle: float
