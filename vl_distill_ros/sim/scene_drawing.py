@@ -271,7 +271,6 @@ def post_process(img: np.ndarray, rng: np.random.Generator, spec: SceneSpec,
     (:func:`draw_finish`, shared by a video's frames; only the noise is drawn then);
     None: all of it drawn from ``rng``."""
     h, w = img.shape[:2]
-    own = finish is None
     if finish is None:
         finish = draw_finish(rng, spec)
     img = cv2.GaussianBlur(img, (0, 0), finish.blur)
@@ -283,8 +282,8 @@ def post_process(img: np.ndarray, rng: np.random.Generator, spec: SceneSpec,
     gains = np.asarray(finish.gains, np.float32)
     field = (grad * vignette).astype(np.float32)
     ox, oy = (int(v) for v in rng.integers(0, _NOISE_PAD + 1, size=2))
-    sigma = np.float32(rng.uniform(*spec.noise_sigma)) if own or not math.isfinite(
-        finish.sigma) else np.float32(finish.sigma)
+    sigma = np.float32(finish.sigma if math.isfinite(finish.sigma)
+                       else rng.uniform(*spec.noise_sigma))
     noise = _noise_bank(h, w)[oy:oy + h, ox:ox + w]
     out = cv2.multiply(img.astype(np.float32), cv2.merge([field * g for g in gains]))
     out = cv2.scaleAdd(noise, float(sigma), out)
