@@ -137,9 +137,14 @@ def test_stamp_buffer_exact_nearest_tolerance_and_bound():
     assert buf.match(151) is None and buf.match(89) is None  # beyond the tolerance
     buf.add(160, "d160")                                     # over capacity: 100 goes
     assert len(buf) == 3 and buf.evicted == 1 and buf.match(100) is None
+    assert buf.latest_stamp() == 160
     buf.add(140, "again")                                    # same stamp replaces
     assert buf.match(140) == (140, "again") and len(buf) == 3
-    assert buf.latest_stamp() == 160
+    assert buf.latest_stamp() == 140                         # ... and was received last
+    buf.add(170, "d170")                                     # 120 was received first
+    assert buf.match(120) is None and buf.match(160) == (160, "d160")
+    buf.add(180, "d180")                                     # then 160, before 140
+    assert buf.match(160) == (170, "d170") and buf.match(140) == (140, "again")
     exact = StampBuffer(0, 2)
     exact.add(5, "x")
     assert exact.match(5) == (5, "x") and exact.match(6) is None
@@ -408,6 +413,25 @@ def _rgbd_bag(path: Path, n: int = 4, drop_depth: tuple[int, ...] = (),
     return write_camera_bag(path, frames, image_format=image_format)
 
 
+def test_stamp_buffer_pairs_again_when_the_stamps_go_back():
+    """A stream whose time goes back (``ros2 bag play --loop`` starting over, a simulator
+    restarted): the full buffer lets go of what it received first, so the new messages
+    are kept and matched at once; dropping the smallest stamp would drop each new one."""
+    buf: StampBuffer[int] = StampBuffer(tolerance_ns=5, capacity=4)
+    for stamp in range(1000, 1100, 10):
+        buf.add(stamp, stamp)
+    assert buf.latest_stamp() == 1090 and buf.evicted == 6
+    buf.add(100, 100)                                       # back to the start
+    assert buf.match(100) == (100, 100) and buf.match(1090) == (1090, 1090)
+    assert buf.latest_stamp() == 100 and len(buf) == 4
+    for stamp in range(110, 150, 10):
+        buf.add(stamp, stamp)
+        assert buf.match(stamp + 3) == (stamp, stamp)
+    assert buf.match(1090) is None and len(buf) == 4          # the old pass is gone
+    buf.clear()
+    assert len(buf) == 0 and buf.latest_stamp() is None
+
+
 def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
     bag = read_camera_bag(_rgbd_bag(tmp_path / "rgbd", n=4, drop_depth=(2,)))
     topics = BagTopics()
@@ -425,10 +449,13 @@ def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
     assert len(list(bag.images())) == 4
 
 
-def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw") -> Path:
+def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw",
+                         log_times: list[int] | None = None) -> Path:
     """A bag of one camera's ``colour`` topic, ``/cam/depth/image_raw`` and
     ``/cam/camera_info``: per item of ``frames``, ``(stamp, bag time of the depth and
-    CameraInfo, size, intrinsics, change(info))``, with ``change`` editing the CameraInfo."""
+    CameraInfo, size, intrinsics, change(info))``, with ``change`` editing the CameraInfo.
+    ``log_times``: each item's bag time for all three messages instead (the depth and
+    CameraInfo then carry the colour's stamp)."""
     from rosbags.rosbag2 import Writer
 
     from vl_distill_ros.bags import bag_io, bag_writer
@@ -438,14 +465,15 @@ def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw") -> 
         col = writer.add_connection(colour, bag_io.IMAGE_TYPE, typestore=store)
         dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
         inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
-        for t, t_depth, n, k, change in frames:
+        for i, (t, t_depth, n, k, change) in enumerate(frames):
+            log = None if log_times is None else log_times[i]
             info = bag_writer._camera_info_msg(store, k, n, n, t, "f")
             change(info)
-            writer.write(inf, t_depth, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
+            writer.write(inf, log or t_depth, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
             _, dmsg = bag_writer._depth_msg(store, np.ones((n, n), np.float32), t_depth, "f")
-            writer.write(dep, t_depth, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
+            writer.write(dep, log or t_depth, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
             _, img = bag_writer._image_msg(store, np.zeros((n, n, 3), np.uint8), t, "f")
-            writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
+            writer.write(col, log or t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
     return path
 
 
@@ -459,6 +487,21 @@ def test_rgbd_frames_match_nearest_stamp_within_tolerance(tmp_path):
     assert len(ok) == 3 and all(f.depth is not None for f in ok)
     tight = list(bag.rgbd_frames(tolerance_ns=1_000_000))
     assert len(tight) == 3 and all(f.depth is None for f in tight)
+
+
+def test_rgbd_frames_pair_depth_after_the_stamps_go_back(tmp_path):
+    """A recording whose stamps start over part way (a simulator restarted while
+    recording, recordings put together): every colour frame still gets its depth, also
+    when more frames came before the jump than the matcher buffers."""
+    stamps = [5_000_000_000 + i * 100_000_000 for i in range(8)] + \
+        [1_000_000_000 + i * 100_000_000 for i in range(6)]
+    frames = [(t, t, 4, (2, 2, 1.5, 1.5), lambda info: None) for t in stamps]
+    log_times = [9_000_000_000 + i * 100_000_000 for i in range(len(stamps))]
+    bag = read_camera_bag(_write_rgbd_messages(tmp_path / "again", frames,
+                                               log_times=log_times))
+    got = list(bag.rgbd_frames(tolerance_ns=10_000_000, capacity=5))
+    assert [f.stamp_ns for f in got] == stamps
+    assert all(f.depth is not None for f in got), [f.depth_note for f in got]
 
 
 def test_write_refuses_unregistered_depth(tmp_path):

@@ -742,3 +742,34 @@ def test_objects_keep_their_track_ids_from_frame_to_frame(ctx, tester, bundle, s
         doc = rig.send("t35", 35, depth_msg(depth, 35, 0), info_msg(K))
         assert len(doc["objects"]) == 2 and all("track_id" not in o for o in doc["objects"])
         assert not node.set_parameters([Parameter("track_memory", value=1.0)])[0].successful
+
+
+def test_depth_and_tracks_carry_on_when_the_stamps_go_back(ctx, tester, bundle, scene,
+                                                           tmp_path):
+    """Over DDS: a camera whose time goes back (``ros2 bag play --loop`` starting over, a
+    simulator restarted) after more depth images than the node buffers keeps pairing
+    depth with its frames (the objects are grey on a grey table: found by depth only) and
+    following its objects under new track ids, not colour-only and untracked until the
+    stamps pass the old ones."""
+    from vl_distill_ros.evaluation.scoring import match_boxes
+    from vl_distill_ros.ros.depth_input import DEPTH_BUFFER
+
+    depth, truth = scene
+    rig = Rig(tester, "/again")
+    with _node(ctx, "/again", bundle, tmp_path):
+        first = [rig.send(f"a{sec}", sec, depth_msg(depth, sec, 0), info_msg(K))
+                 for sec in (100, 101)]
+        for sec in range(102, 104 + DEPTH_BUFFER):              # the rest of the first pass
+            tester.publish("/again/cam/depth", depth_msg(depth, sec, 0))
+            time.sleep(0.01)
+        assert wait_for(lambda: int(rig.status().get("depth_received", 0))
+                        >= 2 + DEPTH_BUFFER, 10.0), rig.status()
+        again = [rig.send(f"b{sec}", sec, depth_msg(depth, sec, 0), info_msg(K))
+                 for sec in (40, 41)]
+        for doc in again:
+            assert len(match_boxes(truth, _boxes(doc), 0.5)) == 2, doc
+        ids = [{tuple(o["bbox"]): o.get("track_id") for o in d["objects"]}
+               for d in first + again]
+        assert ids[1] == ids[0] and ids[3] == ids[2], ids
+        assert None not in ids[2].values()
+        assert not set(ids[2].values()) & set(ids[0].values())     # new tracks

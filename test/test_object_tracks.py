@@ -85,11 +85,18 @@ def test_a_scene_cut_a_gap_and_another_camera_end_or_keep_tracks_apart():
     assert ids == [3]
     _, ids = tracks.update("other", 0.3 + ON.max_gap_s, _image(220), box, a[None], ON)
     assert ids == [1]                          # cameras count their own tracks
-    # a frame older than the camera's last is scored alone and changes nothing
-    pooled, ids = tracks.update("cam", 0.0, _image(220), box, _unit(0.8, 0.6, 0)[None], ON)
+    # a frame older than the camera's last (by up to max_gap_s) is scored alone and
+    # changes nothing
+    pooled, ids = tracks.update("cam", 0.5, _image(220), box, _unit(0.8, 0.6, 0)[None], ON)
     assert ids == [None] and np.allclose(pooled[0], _unit(0.8, 0.6, 0))
     _, ids = tracks.update("cam", 0.4 + ON.max_gap_s, _image(220), box, a[None], ON)
     assert ids == [3]
+    # time gone back by more than max_gap_s (a bag played again, a simulator restarted):
+    # the camera's tracks end and the frames are followed again, ids counting on
+    _, ids = tracks.update("cam", 0.0, _image(220), box, a[None], ON)
+    assert ids == [4] and tracks.counts("cam") == (1, 4)
+    _, ids = tracks.update("cam", 0.1, _image(220), box, a[None], ON)
+    assert ids == [4]
     tracks.reset()
     _, ids = tracks.update("cam", 9.0, _image(220), box, a[None], ON)
     assert ids == [1]

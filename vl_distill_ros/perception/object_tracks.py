@@ -33,7 +33,12 @@ Pooling: a track keeps the running sum ``memory * sum + e`` of its unit embeddin
 (older views weigh ``memory``, ``memory**2``, ... against the newest view's 1); the pooled
 embedding is that sum normalised. ``memory`` 0 keeps the ids and pools nothing.
 
-A frame older than the camera's last (out of order) is scored alone and changes nothing.
+A frame older than the camera's last (out of order) by up to ``max_gap_s`` is scored alone
+and changes nothing. One older by more means that the camera's time went back (``ros2 bag
+play --loop`` starting over, a simulator restarted, a bag put together from several
+recordings): as at a scene cut, the camera's tracks end and the frame starts new ones (their
+ids go on counting), rather than every frame being scored alone until the stamps pass the old
+ones.
 Bounded: at most :data:`MAX_TRACKS` tracks per camera (the longest unseen dropped first) and
 :data:`MAX_CAMERAS` cameras (the one seen longest ago forgotten).
 """
@@ -156,7 +161,8 @@ class ObjectTracks:
 
         Returns:
             ``(pooled, ids)``: the ``(N, D)`` unit embeddings to score (each box's own where
-            it starts a track) and each box's track id (None for a frame out of order).
+            it starts a track) and each box's track id (None for a frame out of order by
+            up to ``settings.max_gap_s``).
         """
         emb = np.asarray(embeddings, np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(boxes):
@@ -164,9 +170,10 @@ class ObjectTracks:
         hist = colour_histogram(np.asarray(image))
         with self._lock:
             cam = self._cameras.get(camera)
-            if cam is not None and stamp < cam.stamp:
+            back = cam is not None and stamp < cam.stamp
+            if cam is not None and back and cam.stamp - stamp <= settings.max_gap_s:
                 return emb, [None] * len(boxes)       # out of order: scored alone
-            if cam is None or histogram_distance(cam.hist, hist) > SCENE_CUT:
+            if cam is None or back or histogram_distance(cam.hist, hist) > SCENE_CUT:
                 next_id = cam.next_id if cam is not None else 1
                 cam = _Camera(stamp, hist, next_id=next_id)
                 self._remember(camera, cam)

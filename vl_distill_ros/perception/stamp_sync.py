@@ -6,6 +6,12 @@ partner of a primary (colour) stamp: the message with exactly that stamp, else t
 one within ``tolerance_ns``, else none. Colour frames themselves are not buffered here: the
 caller keeps its "latest wins" slot and asks for a partner when it processes a frame.
 
+The bound is by arrival: a full buffer lets go of the message received first, not of the
+smallest stamp. The two are the same while stamps grow; they differ when a stream's time
+goes back (``ros2 bag play --loop`` starting over, a simulator restarted, a bag recorded from
+several sources), where dropping the smallest stamp would throw away every new message as it
+came and leave the stream without partners until its stamps passed the old ones.
+
 Thread safety: every method takes an internal lock, so a subscription callback may
 :meth:`~StampBuffer.add` while a worker thread calls :meth:`~StampBuffer.match`.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections import deque
 from typing import Any, Generic, TypeVar
 
 __all__ = ["StampBuffer", "MAX_CAPACITY"]
@@ -27,8 +34,8 @@ class StampBuffer(Generic[T]):
 
     Args:
         tolerance_ns: largest ``|stamp - query|`` (ns) :meth:`match` accepts (0: exact only).
-        capacity: most items kept (1 .. :data:`MAX_CAPACITY`); adding more drops the oldest
-            stamp, which is counted in :attr:`evicted`.
+        capacity: most items kept (1 .. :data:`MAX_CAPACITY`); adding more drops the item
+            received first, which is counted in :attr:`evicted`.
 
     Raises:
         ValueError: a negative tolerance or a capacity out of range.
@@ -43,6 +50,8 @@ class StampBuffer(Generic[T]):
         self.capacity = int(capacity)
         self._stamps: list[int] = []
         self._items: list[Any] = []
+        #: The held stamps in the order they were received (each once).
+        self._arrivals: deque[int] = deque()
         self._lock = threading.Lock()
         #: Items dropped because the buffer was full.
         self.evicted = 0
@@ -52,19 +61,23 @@ class StampBuffer(Generic[T]):
             return len(self._stamps)
 
     def add(self, stamp_ns: int, item: T) -> None:
-        """Insert ``item`` at ``stamp_ns`` (an equal stamp replaces the older item); when the
-        buffer is over capacity the oldest stamp goes."""
+        """Insert ``item`` at ``stamp_ns`` (an equal stamp replaces the older item, and counts
+        as received now); when the buffer is over capacity the item received first goes."""
         stamp = int(stamp_ns)
         with self._lock:
             i = bisect.bisect_left(self._stamps, stamp)
             if i < len(self._stamps) and self._stamps[i] == stamp:
                 self._items[i] = item
+                self._arrivals.remove(stamp)
+                self._arrivals.append(stamp)
                 return
             self._stamps.insert(i, stamp)
             self._items.insert(i, item)
+            self._arrivals.append(stamp)
             while len(self._stamps) > self.capacity:
-                del self._stamps[0]
-                del self._items[0]
+                j = bisect.bisect_left(self._stamps, self._arrivals.popleft())
+                del self._stamps[j]
+                del self._items[j]
                 self.evicted += 1
 
     def match(self, stamp_ns: int) -> tuple[int, T] | None:
@@ -84,12 +97,14 @@ class StampBuffer(Generic[T]):
             return self._stamps[best[1]], self._items[best[1]]
 
     def latest_stamp(self) -> int | None:
-        """The newest stamp held, or ``None`` when empty."""
+        """The stamp of the item received last (the newest stamp while stamps grow), or
+        ``None`` when empty."""
         with self._lock:
-            return self._stamps[-1] if self._stamps else None
+            return self._arrivals[-1] if self._arrivals else None
 
     def clear(self) -> None:
         """Drop every item."""
         with self._lock:
             self._stamps.clear()
             self._items.clear()
+            self._arrivals.clear()

@@ -163,7 +163,8 @@ class DepthInput:
     # -- inference thread -----------------------------------------------------------------
     def may_still_arrive(self, stamp: int, now: float) -> bool:
         """Whether a depth partner of ``stamp`` may still come: none matches yet, the stream
-        is alive and its newest stamp is older than ``stamp`` plus the tolerance."""
+        is alive and the stamp of the depth image it received last is older than ``stamp``
+        plus the tolerance."""
         if self.buffer.match(stamp) is not None:
             return False
         latest = self.buffer.latest_stamp()
