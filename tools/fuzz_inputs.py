@@ -19,8 +19,8 @@ Six targets, drawn from one seeded generator (``--seed``):
   node swallows): one finite answer or None per box.
 - ``pipeline``: frames of odd sizes (1x1 to 2000x2000, 1 px wide or high) and contents,
   with and without depth, through the whole pipeline (``prepare`` and ``classify``, the
-  default bundle) as one camera's stream (stamps on in time, now and then back or far on:
-  the object tracks follow them): every frame must give its objects.
+  default bundle) as one camera's stream (stamps on in time, now and then a little or far
+  back, or far on: the object tracks follow them): every frame must give its objects.
 - ``vocabularies``: vocabulary documents of random structure (labels that are numbers,
   lists or mappings, names that are empty, huge, duplicated, reserved or hold control
   characters, descriptions of the wrong type), as a ``vocabulary_file`` and a bundle's
@@ -360,8 +360,9 @@ def fuzz_pipeline(count: int, rng: np.random.Generator) -> Tally:
     try:
         for _ in range(count):
             image, depth, camera = odd_frame(rng)
-            # one camera's stream (object tracks): on in time, now and then back or far on
-            stamp += float(rng.choice([0.033, 0.033, 0.0, -0.5, 5.0]))
+            # one camera's stream (object tracks): on in time, now and then a little back
+            # (out of order), far back (a bag played again) or far on
+            stamp += float(rng.choice([0.033, 0.033, 0.0, -0.5, -30.0, 5.0]))
             tally.run(f"frame {image.shape[1]}x{image.shape[0]}, depth {depth is not None}",
                       lambda: pipe.classify(pipe.prepare(image, depth, camera, "fuzz",
                                                          stamp=stamp)))
