@@ -114,6 +114,12 @@ def test_tracks_and_cameras_are_bounded_and_bad_input_is_refused():
     for c in range(100):
         tracks.update(f"cam{c}", float(c), _image(), [(0, 0, 2, 2)], _unit(1, 0)[None], ON)
     assert len(tracks._cameras) <= 32
+    # the camera whose last frame came longest ago goes, whatever the stamps (cameras need
+    # not share a clock): a new camera on a clock far behind the others is kept
+    for f in range(2):
+        _, ids = tracks.update("sim", 0.1 * f, _image(), [(0, 0, 2, 2)], _unit(1, 0)[None], ON)
+        assert ids == [1] and "sim" in tracks._cameras
+    assert "cam68" not in tracks._cameras and "cam69" in tracks._cameras
     with pytest.raises(ValueError, match="boxes but embeddings"):
         tracks.update("cam", 1.0, _image(), [(0, 0, 2, 2)], np.zeros((2, 3), np.float32), ON)
     for bad in ({"memory": 1.0}, {"min_iou": 0.0}, {"max_gap_s": -1.0}, {"max_gap_s": 11.0}):

@@ -40,7 +40,8 @@ recordings): as at a scene cut, the camera's tracks end and the frame starts new
 ids go on counting), rather than every frame being scored alone until the stamps pass the old
 ones.
 Bounded: at most :data:`MAX_TRACKS` tracks per camera (the longest unseen dropped first) and
-:data:`MAX_CAMERAS` cameras (the one seen longest ago forgotten).
+:data:`MAX_CAMERAS` cameras (the one whose last frame came longest ago forgotten, whatever
+the stamps: cameras need not share a clock).
 """
 from __future__ import annotations
 
@@ -176,17 +177,19 @@ class ObjectTracks:
             if cam is None or back or histogram_distance(cam.hist, hist) > SCENE_CUT:
                 next_id = cam.next_id if cam is not None else 1
                 cam = _Camera(stamp, hist, next_id=next_id)
-                self._remember(camera, cam)
+            self._remember(camera, cam)
             cam.tracks = [t for t in cam.tracks if stamp - t.last_seen <= settings.max_gap_s]
             pooled, ids = self._link(cam, stamp, boxes, emb, settings)
             cam.stamp, cam.hist = stamp, hist
             return pooled, ids
 
     def _remember(self, camera: str, cam: _Camera) -> None:
+        """Keep ``cam`` as ``camera``'s, the camera of the latest frame (the dict's order is
+        the order of the cameras' last frames); forget the ones past :data:`MAX_CAMERAS`."""
         self._cameras.pop(camera, None)
         self._cameras[camera] = cam
         while len(self._cameras) > MAX_CAMERAS:
-            del self._cameras[min(self._cameras, key=lambda c: self._cameras[c].stamp)]
+            del self._cameras[next(iter(self._cameras))]
 
     @staticmethod
     def _link(cam: _Camera, stamp: float, boxes: Sequence[Sequence[int]], emb: np.ndarray,
