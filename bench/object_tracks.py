@@ -67,7 +67,9 @@ def _run(cmd: list[str], what: str) -> None:
         raise BenchError(f"{what} failed: {done.stderr[-2000:]}", exit_code=3)
 
 
-def _replay(bag: Path, out: Path, params: list[str]) -> dict[str, Any]:
+def _replay(bag: Path, out: Path, params: list[str], links: bool = False) -> dict[str, Any]:
+    """Replay ``bag`` offline with ``params``; its groups' counts, false-positive boxes and,
+    with ``links``, :func:`_links`."""
     cmd = VL + ["replay-eval", str(bag), "--offline", "--out", str(out), "--no-progress",
                 "--no-plots"]
     for p in params:
@@ -75,9 +77,40 @@ def _replay(bag: Path, out: Path, params: list[str]) -> dict[str, Any]:
     _run(cmd, f"replay-eval of {bag.name}")
     report = json.loads((out / "report.json").read_text())
     groups = report["groups"]
-    return {"id": {k: groups["id"][k] for k in ("matched", "correct", "unknown")},
-            "ood": {k: groups["ood"][k] for k in ("matched", "correct", "unknown")},
-            "false_positive_boxes": report["false_positives"]["boxes"]}
+    row = {"id": {k: groups["id"][k] for k in ("matched", "correct", "unknown")},
+           "ood": {k: groups["ood"][k] for k in ("matched", "correct", "unknown")},
+           "false_positive_boxes": report["false_positives"]["boxes"]}
+    if links:
+        row["links"] = _links(bag, out / "labels.jsonl")
+    return row
+
+
+def _links(bag: Path, labels: Path) -> dict[str, int]:
+    """The replay's track links checked against the bag's ground truth: each time a track id
+    comes again, whether its box (matched at IoU 0.5) is the same true object as the last
+    time (``same_object``) or another one (``other_object``: a wrong link)."""
+    from vl_distill_ros.bags.bag_io import read_camera_bag
+    from vl_distill_ros.evaluation.scoring import match_boxes
+
+    contents = read_camera_bag(bag)
+    last: dict[tuple[str, int], str] = {}
+    counts = {"same_object": 0, "other_object": 0}
+    for line in labels.read_text().splitlines():
+        doc = json.loads(line)["doc"]
+        stamp = doc["header"]["stamp"]
+        truth = contents.objects_for(doc["camera"],
+                                     int(stamp["sec"]) * 10**9 + int(stamp["nanosec"])) or []
+        matched = match_boxes([tuple(o.bbox) for o in truth],
+                              [tuple(o["bbox"]) for o in doc["objects"]], 0.5)
+        key_of = {j: truth[i].key or truth[i].label for i, j, _ in matched}
+        for j, obj in enumerate(doc["objects"]):
+            if obj.get("track_id") is None or j not in key_of:
+                continue
+            track = (doc["camera"], int(obj["track_id"]))
+            if track in last:
+                counts["same_object" if last[track] == key_of[j] else "other_object"] += 1
+            last[track] = key_of[j]
+    return counts
 
 
 def _update_cost_ms(repeats: int = 200) -> float:
@@ -163,9 +196,10 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
                                "sweep_deg": sweep,
                                "off": _replay(bag, work / f"{name}_off",
                                               ["track_objects:=false"]),
-                               "on": _replay(bag, work / f"{name}_on", [])}
+                               "on": _replay(bag, work / f"{name}_on", [], links=True)}
         for m in memories:
-            row[f"memory_{m}"] = _replay(bag, work / f"{name}_m{m}", [f"track_memory:={m}"])
+            row[f"memory_{m}"] = _replay(bag, work / f"{name}_m{m}", [f"track_memory:={m}"],
+                                         links=True)
         rows.append(row)
         log(f"{name}: seen {row['off']['id']['correct']} -> {row['on']['id']['correct']}, "
             f"unseen {row['off']['ood']['correct']} -> {row['on']['ood']['correct']}")
@@ -174,9 +208,13 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     out["totals"] = {s: {g: {k: int(sum(b[s][g][k] for b in rows))
                              for k in ("matched", "correct", "unknown")}
                          for g in ("id", "ood")} for s in settings}
+    for s in settings[1:]:
+        out["totals"][s]["links"] = {k: int(sum(b[s]["links"][k] for b in rows))
+                                     for k in ("same_object", "other_object")}
     if a.check_bag:
         off = _replay(Path(a.check_bag), work / "check_off", ["track_objects:=false"])
-        on = _replay(Path(a.check_bag), work / "check_on", [])
+        on = _replay(Path(a.check_bag), work / "check_on", [], links=True)
+        out["unrelated_frames_links"] = on.pop("links")
         out["unrelated_frames"] = {"bag": str(a.check_bag), "off": off, "on": on,
                                    "equal": off == on}
     out["update_ms_p50"] = r(_update_cost_ms(), 3)

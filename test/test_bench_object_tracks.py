@@ -50,5 +50,28 @@ def test_two_small_view_bags_are_scored_with_tracking_off_and_on(bench, ycb_mode
         assert b["on"]["false_positive_boxes"] == b["off"]["false_positive_boxes"]
     assert out["totals"]["on"]["id"]["matched"] == sum(b["on"]["id"]["matched"]
                                                        for b in out["bags"])
+    # the links checked against the ground truth: views 3 of a table in a row, so objects
+    # were followed (each bag's 6 frames: two tables), and every link counted once
+    links = out["totals"]["on"]["links"]
+    assert links["same_object"] > 0 and links["other_object"] >= 0
+    assert links == {k: sum(b["on"]["links"][k] for b in out["bags"]) for k in links}
+    assert "links" not in out["bags"][0]["off"]
     assert 0 < out["update_ms_p50"] < 50
     assert (tmp_path / "p.png").stat().st_size > 0
+    # a wrong link is counted: the labels of two frames of one table whose track ids swap
+    from vl_distill_ros.bags.bag_io import read_camera_bag
+
+    bag = tmp_path / out["bags"][0]["name"]
+    frames = [(m, read_camera_bag(bag).objects_for(m.topic, m.stamp_ns))
+              for m in read_camera_bag(bag).images()][:2]
+    assert all(len(objs) >= 2 for _, objs in frames)
+    lines = []
+    for f, (msg, objs) in enumerate(frames):
+        ids = [1, 2] if f == 0 else [2, 1]
+        lines.append(json.dumps({"doc": {
+            "header": {"stamp": {"sec": msg.stamp_ns // 10**9, "nanosec": msg.stamp_ns % 10**9}},
+            "camera": msg.topic,
+            "objects": [{"bbox": list(o.bbox), "track_id": i} for o, i in zip(objs, ids)]}}))
+    (tmp_path / "swapped.jsonl").write_text("\n".join(lines) + "\n")
+    links = bench._links(bag, tmp_path / "swapped.jsonl")
+    assert links == {"same_object": 0, "other_object": 2}
