@@ -276,7 +276,16 @@ def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
             ([Parameter("depth_camera_info_topics", Parameter.Type.STRING_ARRAY, ["x", ""]),
               Parameter("depth_to_colour_poses", Parameter.Type.STRING_ARRAY,
                         ["0 0 0 0 0 0 1", ""])],
-             "camera 0: an unregistered depth camera needs a depth topic")):
+             "camera 0: an unregistered depth camera needs a depth topic"),
+            # one camera listed twice, as written or after name resolution: each of its
+            # frames would be labelled twice
+            ([Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a", " a"])],
+             r"lists the camera a twice \('a' and ' a'\)"),
+            ([Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a", "/startup/a"])],
+             r"lists the camera /startup/a twice \('a' and '/startup/a'\)"),
+            ([Parameter("image_topics", Parameter.Type.STRING_ARRAY,
+                        [f"c{i}" for i in range(33)])],
+             "image_topics lists 33 cameras; one node serves at most 32")):
         with pytest.raises(StartupError, match=why):
             VlDistillNode(namespace="/startup", context=ctx, parameter_overrides=base + extra)
 

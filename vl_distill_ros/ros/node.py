@@ -73,8 +73,9 @@ from .depth_input import DepthInput, stamp_ns
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, model_status)
 from .parameter_service import GroupedParameterService
-from .startup_checks import (StartupError, TFMessage, alignments, check_startup_params,
-                             default_store_path, missing_default_model_message)
+from .startup_checks import (StartupError, TFMessage, alignments, check_distinct_cameras,
+                             check_startup_params, default_store_path,
+                             missing_default_model_message)
 from .params import default_model_path
 from .vocabulary_controller import (SAVE_PENDING_WAIT_S, VOCABULARY_DEBOUNCE_S,
                                     VocabularyController, build_vocabulary, descriptions_param)
@@ -170,6 +171,8 @@ class VlDistillNode(Node):
         values). Raises :class:`StartupError`."""
         self._p = p
         check_startup_params(p)
+        check_distinct_cameras(list(p["image_topics"]),
+                               [self.resolve_topic_name(t.strip()) for t in p["image_topics"]])
         #: proposal_box_net_close_topics as the cameras' resolved names (the pipeline's keys)
         self._close_cameras = tuple(self.resolve_topic_name(t.strip())
                                     for t in p["proposal_box_net_close_topics"])

@@ -65,8 +65,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Camera topics (sensor_msgs/Image) to subscribe to; a topic ending in "
               "/compressed (after remapping) is read as sensor_msgs/CompressedImage (JPEG or "
               "PNG, image_transport's compressed topic). Relative names resolve in the node's "
-              "namespace, so remapping 'image' works as usual. One model serves all of them.",
-              read_only=True),
+              "namespace, so remapping 'image' works as usual. One model serves all of them: "
+              "at most 32 cameras, each listed once (after name resolution and remapping).",
+              read_only=True, constraints="1..32 distinct topics"),
     ParamSpec("depth_topics", [], "string_array",
               "Registered depth images (sensor_msgs/Image, 16UC1 in mm or 32FC1 in m, aligned "
               "to the colour image; a topic ending in /compressedDepth is read as "

@@ -19,9 +19,10 @@ from ..model.runtime import BACKENDS, BEHIND_BACKENDS
 from ..perception.camera_model import DepthError
 from ..perception.compressed_codec import topic_transport
 from ..perception.depth_alignment import transform_from_pose
+from ..perception.object_tracks import MAX_CAMERAS
 
 __all__ = ["StartupError", "TFMessage", "missing_default_model_message", "default_store_path",
-           "check_startup_params", "alignments"]
+           "check_startup_params", "check_distinct_cameras", "alignments", "MAX_CAMERAS"]
 
 
 class StartupError(RuntimeError):
@@ -51,7 +52,8 @@ def check_startup_params(p: dict) -> None:
 
     Raises:
         StartupError: an unknown ``inference_backend``, ``inference_backend_behind`` or
-            ``qos_reliability``, or no topic.
+            ``qos_reliability``, no topic, a topic listed twice, or more than
+            :data:`MAX_CAMERAS` cameras (as many as the object tracks keep).
     """
     if p["inference_backend"] not in BACKENDS:
         raise StartupError(f"inference_backend must be one of {', '.join(BACKENDS)}, got "
@@ -65,6 +67,10 @@ def check_startup_params(p: dict) -> None:
     if not p["image_topics"] or any(not t.strip() for t in p["image_topics"]):
         raise StartupError("image_topics must list at least one non-empty topic name")
     n = len(p["image_topics"])
+    if n > MAX_CAMERAS:
+        raise StartupError(f"image_topics lists {n} cameras; one node serves at most "
+                           f"{MAX_CAMERAS} (start another node for more)")
+    check_distinct_cameras(list(p["image_topics"]), [t.strip() for t in p["image_topics"]])
     for name in ("depth_topics", "camera_info_topics"):
         topics = p[name]
         if topics and (len(topics) != n or any(not t.strip() for t in topics)):
@@ -83,6 +89,23 @@ def check_startup_params(p: dict) -> None:
         raise StartupError("depth_topics and camera_info_topics go together: depth is "
                            "back-projected with the colour camera's CameraInfo")
     alignments(p)
+
+
+def check_distinct_cameras(topics: list[str], resolved: list[str]) -> None:
+    """Reject ``image_topics`` entries (``topics``) that name one camera twice: equal
+    ``resolved`` names (as given, or after name resolution and remapping: ``image`` and
+    ``/robot/image`` in the namespace ``/robot``), which would subscribe to it twice and
+    label each of its frames twice.
+
+    Raises:
+        StartupError: the entries and the name they share.
+    """
+    first: dict[str, str] = {}
+    for topic, name in zip(topics, resolved):
+        if name in first:
+            raise StartupError(f"image_topics lists the camera {name} twice ({first[name]!r} "
+                               f"and {topic!r}): list each camera once")
+        first[name] = topic
 
 
 def alignments(p: dict) -> list[tuple[str, Any] | None]:
