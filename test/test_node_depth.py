@@ -280,9 +280,13 @@ def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
             # one camera listed twice, as written or after name resolution: each of its
             # frames would be labelled twice
             ([Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a", " a"])],
-             r"lists the camera a twice \('a' and ' a'\)"),
+             r"image_topics lists a twice \('a' and ' a'\)"),
             ([Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a", "/startup/a"])],
-             r"lists the camera /startup/a twice \('a' and '/startup/a'\)"),
+             r"image_topics lists /startup/a twice \('a' and '/startup/a'\)"),
+            # one registered depth topic cannot belong to two colour cameras
+            ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["d", "/startup/d"]),
+              Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["ia", "ib"])],
+             r"depth_topics lists /startup/d twice"),
             ([Parameter("image_topics", Parameter.Type.STRING_ARRAY,
                         [f"c{i}" for i in range(33)])],
              "image_topics lists 33 cameras; one node serves at most 32")):

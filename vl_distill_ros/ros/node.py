@@ -73,7 +73,7 @@ from .depth_input import DepthInput, stamp_ns
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, model_status)
 from .parameter_service import GroupedParameterService
-from .startup_checks import (StartupError, TFMessage, alignments, check_distinct_cameras,
+from .startup_checks import (StartupError, TFMessage, alignments, check_distinct_topics,
                              check_startup_params, default_store_path,
                              missing_default_model_message)
 from .params import default_model_path
@@ -171,8 +171,9 @@ class VlDistillNode(Node):
         values). Raises :class:`StartupError`."""
         self._p = p
         check_startup_params(p)
-        check_distinct_cameras(list(p["image_topics"]),
-                               [self.resolve_topic_name(t.strip()) for t in p["image_topics"]])
+        for name in ("image_topics", "depth_topics"):
+            check_distinct_topics(name, list(p[name]),
+                                  [self.resolve_topic_name(t.strip()) for t in p[name]])
         #: proposal_box_net_close_topics as the cameras' resolved names (the pipeline's keys)
         self._close_cameras = tuple(self.resolve_topic_name(t.strip())
                                     for t in p["proposal_box_net_close_topics"])

@@ -74,8 +74,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "image_transport's compressedDepth PNG), one per image_topics entry in the "
               "same order, or empty for colour only; a depth camera's own (unregistered) "
               "images with depth_camera_info_topics. Paired with colour frames by header "
-              "stamp.", read_only=True,
-              constraints="empty or len(image_topics) topics"),
+              "stamp. Each camera's own topic (none listed twice).", read_only=True,
+              constraints="empty or len(image_topics) distinct topics"),
     ParamSpec("camera_info_topics", [], "string_array",
               "sensor_msgs/CameraInfo of each colour camera (its K, distortion_model and d "
               "give the rays depth is back-projected along), one per image_topics entry; "

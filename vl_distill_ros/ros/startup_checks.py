@@ -22,7 +22,7 @@ from ..perception.depth_alignment import transform_from_pose
 from ..perception.object_tracks import MAX_CAMERAS
 
 __all__ = ["StartupError", "TFMessage", "missing_default_model_message", "default_store_path",
-           "check_startup_params", "check_distinct_cameras", "alignments", "MAX_CAMERAS"]
+           "check_startup_params", "check_distinct_topics", "alignments", "MAX_CAMERAS"]
 
 
 class StartupError(RuntimeError):
@@ -52,8 +52,8 @@ def check_startup_params(p: dict) -> None:
 
     Raises:
         StartupError: an unknown ``inference_backend``, ``inference_backend_behind`` or
-            ``qos_reliability``, no topic, a topic listed twice, or more than
-            :data:`MAX_CAMERAS` cameras (as many as the object tracks keep).
+            ``qos_reliability``, no topic, a camera or depth topic listed twice, or more
+            than :data:`MAX_CAMERAS` cameras (as many as the object tracks keep).
     """
     if p["inference_backend"] not in BACKENDS:
         raise StartupError(f"inference_backend must be one of {', '.join(BACKENDS)}, got "
@@ -70,7 +70,8 @@ def check_startup_params(p: dict) -> None:
     if n > MAX_CAMERAS:
         raise StartupError(f"image_topics lists {n} cameras; one node serves at most "
                            f"{MAX_CAMERAS} (start another node for more)")
-    check_distinct_cameras(list(p["image_topics"]), [t.strip() for t in p["image_topics"]])
+    for name in ("image_topics", "depth_topics"):
+        check_distinct_topics(name, list(p[name]), [t.strip() for t in p[name]])
     for name in ("depth_topics", "camera_info_topics"):
         topics = p[name]
         if topics and (len(topics) != n or any(not t.strip() for t in topics)):
@@ -91,11 +92,12 @@ def check_startup_params(p: dict) -> None:
     alignments(p)
 
 
-def check_distinct_cameras(topics: list[str], resolved: list[str]) -> None:
-    """Reject ``image_topics`` entries (``topics``) that name one camera twice: equal
-    ``resolved`` names (as given, or after name resolution and remapping: ``image`` and
-    ``/robot/image`` in the namespace ``/robot``), which would subscribe to it twice and
-    label each of its frames twice.
+def check_distinct_topics(param: str, topics: list[str], resolved: list[str]) -> None:
+    """Reject entries of ``param`` (``image_topics`` or ``depth_topics``: ``topics``) that
+    name one topic twice: equal ``resolved`` names (as given, or after name resolution and
+    remapping: ``image`` and ``/robot/image`` in the namespace ``/robot``). A camera listed
+    twice would be subscribed twice and each of its frames labelled twice; a depth topic
+    registered to one colour camera cannot be another's.
 
     Raises:
         StartupError: the entries and the name they share.
@@ -103,8 +105,8 @@ def check_distinct_cameras(topics: list[str], resolved: list[str]) -> None:
     first: dict[str, str] = {}
     for topic, name in zip(topics, resolved):
         if name in first:
-            raise StartupError(f"image_topics lists the camera {name} twice ({first[name]!r} "
-                               f"and {topic!r}): list each camera once")
+            raise StartupError(f"{param} lists {name} twice ({first[name]!r} and {topic!r}): "
+                               "each camera has its own topics")
         first[name] = topic
 
 
