@@ -70,13 +70,13 @@ def check_startup_params(p: dict) -> None:
     if n > MAX_CAMERAS:
         raise StartupError(f"image_topics lists {n} cameras; one node serves at most "
                            f"{MAX_CAMERAS} (start another node for more)")
-    for name in ("image_topics", "depth_topics"):
-        check_distinct_topics(name, list(p[name]), [t.strip() for t in p[name]])
     for name in ("depth_topics", "camera_info_topics"):
         topics = p[name]
         if topics and (len(topics) != n or any(not t.strip() for t in topics)):
             raise StartupError(f"{name} must be empty or list one non-empty topic per "
                                f"image_topics entry ({n}), got {list(topics)}")
+    for name in ("image_topics", "depth_topics"):
+        check_distinct_topics(name, list(p[name]), [t.strip() for t in p[name]])
     depth_on_colour = [t for t in p["image_topics"] if topic_transport(t) == "compressedDepth"]
     if depth_on_colour:
         raise StartupError(f"image_topics {depth_on_colour} carry compressedDepth (depth) "
