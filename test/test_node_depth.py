@@ -280,7 +280,7 @@ def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
             # one camera listed twice, as written or after name resolution: each of its
             # frames would be labelled twice
             ([Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a", " a"])],
-             r"image_topics lists a twice \('a' and ' a'\)"),
+             r"image_topics lists /startup/a twice \('a' and ' a'\)"),
             ([Parameter("image_topics", Parameter.Type.STRING_ARRAY, ["a", "/startup/a"])],
              r"image_topics lists /startup/a twice \('a' and '/startup/a'\)"),
             # one registered depth topic cannot belong to two colour cameras

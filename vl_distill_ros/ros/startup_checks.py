@@ -52,8 +52,9 @@ def check_startup_params(p: dict) -> None:
 
     Raises:
         StartupError: an unknown ``inference_backend``, ``inference_backend_behind`` or
-            ``qos_reliability``, no topic, a camera or depth topic listed twice, or more
-            than :data:`MAX_CAMERAS` cameras (as many as the object tracks keep).
+            ``qos_reliability``, no topic, or more than :data:`MAX_CAMERAS` cameras (as
+            many as the object tracks keep). Topics listed twice are the node's check
+            (:func:`check_distinct_topics`, on the resolved names).
     """
     if p["inference_backend"] not in BACKENDS:
         raise StartupError(f"inference_backend must be one of {', '.join(BACKENDS)}, got "
@@ -75,8 +76,6 @@ def check_startup_params(p: dict) -> None:
         if topics and (len(topics) != n or any(not t.strip() for t in topics)):
             raise StartupError(f"{name} must be empty or list one non-empty topic per "
                                f"image_topics entry ({n}), got {list(topics)}")
-    for name in ("image_topics", "depth_topics"):
-        check_distinct_topics(name, list(p[name]), [t.strip() for t in p[name]])
     depth_on_colour = [t for t in p["image_topics"] if topic_transport(t) == "compressedDepth"]
     if depth_on_colour:
         raise StartupError(f"image_topics {depth_on_colour} carry compressedDepth (depth) "
