@@ -671,8 +671,7 @@ class VlDistillNode(Node):
         behind = self._keeping_up.level(t0, self.pipeline.settings.behind_changes_boxes())
         frame = self.pipeline.prepare(image, depth, None if depth is None else k,
                                       camera=cam.resolved, behind=behind,
-                                      stamp=msg.header.stamp.sec
-                                      + msg.header.stamp.nanosec * 1e-9)
+                                      stamp=stamp_ns(msg) * 1e-9)
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0,
                        behind)
 
