@@ -4,7 +4,8 @@ What ``node_throughput.py`` and ``vocabulary_update.py`` share, so that each ben
 its measurement:
 
 * :data:`ROS_ENV`: DDS discovery forced onto loopback and a private ``ROS_DOMAIN_ID``, set
-  when this module is imported (before any rclpy import, inherited by every child);
+  when this module is imported (before any rclpy import, inherited by every child), and the
+  Fast DDS profile (:func:`use_dds_profile`: the shared-memory one unless one is named);
 * :class:`NodeProcess`: ``vl_distill_node`` started by the library's
   :class:`vl_distill_ros.ros.node_process.NodeProcess` (own process group, always stopped
   with the group), plus its ``/proc`` statistics (:class:`ProcStats`);
@@ -40,6 +41,8 @@ from vl_distill_ros.perception.image_codec import encode_depth_mm, encode_rgb8
 from vl_distill_ros.ros import node_process
 from vl_distill_ros.ros.node_process import NODE_NAME, log_tail, node_command
 
+#: The package's Fast DDS profile for one host (camera frames through shared memory).
+SHM_PROFILE = REPO / "config" / "fastdds_shm_localhost.xml"
 #: Teacher text prompts of the bench bundles (as config/train_ycb.yaml).
 TEMPLATES = ["a photo of a {name}."]
 #: Libraries whose versions the JSON records (the node's runtime).
@@ -64,6 +67,30 @@ def setup_ros_env() -> dict[str, str]:
         os.environ["ROS_DOMAIN_ID"] = str(10 + secrets.randbelow(90))
     return {"ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"],
             "ROS_DOMAIN_ID": os.environ["ROS_DOMAIN_ID"]}
+
+
+def use_dds_profile(environ: dict | None = None) -> str:
+    """Give the bench's processes a Fast DDS profile; the benches call it first in ``main``
+    (not on import: the tests import this module) and :data:`ROS_ENV` records it.
+
+    ``FASTRTPS_DEFAULT_PROFILES_FILE``, when absent from ``environ`` (``os.environ``), is set
+    to the package's shared-memory profile (:data:`SHM_PROFILE`, as ``make bench`` and the
+    README's "Running it" do): without it Fast DDS sends 640x480 frames over loopback UDP,
+    loses most of them with depth, and a bench of the node measures the transport instead
+    (session 75, ``--scene ycb --depth``: 8.6 frames/s against 22.7 with the profile, 71% of
+    the frames never reaching the node, which sat waiting for them). Set it to an empty value
+    to measure Fast DDS's built-in transports: it is then taken out of ``environ`` (Fast DDS
+    given an empty path prints an XML error on stdout, into the JSON). Returns the profile
+    used ("" for none)."""
+    env = os.environ if environ is None else environ
+    profile = env.get("FASTRTPS_DEFAULT_PROFILES_FILE", str(SHM_PROFILE)).strip()
+    if profile:
+        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = profile
+    else:
+        env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
+    if environ is None:
+        ROS_ENV["FASTRTPS_DEFAULT_PROFILES_FILE"] = profile
+    return profile
 
 
 ROS_ENV = setup_ros_env()

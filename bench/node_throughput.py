@@ -66,7 +66,7 @@ from _common import (REPO, BenchError, bench_main, loadavg, log, machine_info, p
 from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, Recorder,
                         add_node_arguments, pinned_cpus,
                         build_bundle, describe_bundle, other_busy_processes, parse_node_params,
-                        public)
+                        public, use_dds_profile)
 from _frames import make_frames, offline_proposals, rgbd_frames, yaml_value
 
 from vl_distill_ros.ros.params import default_model_path  # noqa: E402 - the packaged bundle
@@ -666,6 +666,7 @@ def judge(a, out: dict) -> tuple[dict[str, Any], bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; prints one JSON object and returns the exit status."""
+    use_dds_profile()
     return bench_main("node_throughput", ISSUE_TARGET, build_parser(), run, argv, wall_time=False)
 
 

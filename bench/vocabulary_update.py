@@ -567,6 +567,7 @@ def judge(a, res: dict) -> tuple[dict[str, Any], bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; prints one JSON object and returns the exit status."""
+    nt.use_dds_profile()
     return bench_main("vocabulary_update", ISSUE_TARGET, build_parser(), run, argv)
 
 

@@ -21,7 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 from _frames import offline_proposals  # noqa: E402
-from _live_node import ProcStats  # noqa: E402
+from _live_node import SHM_PROFILE, ProcStats, use_dds_profile  # noqa: E402
 from node_throughput import thread_cpu, thread_group  # noqa: E402
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -164,3 +164,17 @@ def test_the_bench_times_the_colour_proposer_before_the_node_starts():
     assert all(0.0 < t < 10_000.0 for t in times)
     counts, _ = offline_proposals([(frame, [])], {"proposal_max_count": "0"})
     assert counts == [0]
+
+
+def test_live_benches_default_to_the_shared_memory_profile():
+    """The live benches give their processes the package's shared-memory Fast DDS profile
+    when none is named (over loopback UDP the node waited for frames that never came), keep
+    a named one, and take an empty value out of the environment (Fast DDS would print an
+    XML error on stdout, into the bench's JSON)."""
+    env: dict = {}
+    assert use_dds_profile(env) == str(SHM_PROFILE) == env["FASTRTPS_DEFAULT_PROFILES_FILE"]
+    assert SHM_PROFILE.is_file()
+    env = {"FASTRTPS_DEFAULT_PROFILES_FILE": "/opt/my_profile.xml"}
+    assert use_dds_profile(env) == "/opt/my_profile.xml" == env["FASTRTPS_DEFAULT_PROFILES_FILE"]
+    env = {"FASTRTPS_DEFAULT_PROFILES_FILE": " "}
+    assert use_dds_profile(env) == "" and "FASTRTPS_DEFAULT_PROFILES_FILE" not in env
