@@ -539,3 +539,25 @@ def test_a_window_that_cannot_be_square_is_padded_not_stretched(bundle, student_
     assert pad_long_crop(tall).shape == (50, 50, 3)
     assert pad_long_crop(tall[:13]).shape == (13, 10, 3)             # 1.3: within 4:3
     assert pad_long_crop(tall[:0]).shape == (0, 10, 3)
+
+
+def test_a_thin_frame_is_padded_within_bounded_memory():
+    """A valid thin frame (4 x 20000, 234 kB) was padded to a 20000-pixel square (1.2 GB)
+    before the resize to the student's input: a crop longer than MAX_PADDED_SIDE is shrunk
+    first, and crops within it are padded as before."""
+    import tracemalloc
+
+    from vl_distill_ros.perception.preprocess import MAX_PADDED_SIDE, pad_long_crop
+
+    thin = np.random.default_rng(0).integers(0, 256, (4, 20000, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        out = pad_long_crop(thin)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (MAX_PADDED_SIDE, MAX_PADDED_SIDE, 3)
+    assert peak < 4 * MAX_PADDED_SIDE ** 2 * 3
+    assert (out == out[:1]).all()          # one row after shrinking, its edge repeated
+    wide = np.zeros((100, 1000, 3), np.uint8)
+    assert pad_long_crop(wide).shape == (1000, 1000, 3)             # within: unchanged

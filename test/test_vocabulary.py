@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from vl_distill_ros.model.vocabulary import (
     DEFAULT_TEMPLATES,
     DESCRIPTION_QUESTION,
     MAX_DESCRIPTION_LENGTH,
+    MAX_KEY_LENGTH,
     MAX_NAME_LENGTH,
     Label,
     Split,
@@ -308,8 +310,56 @@ def test_rejects_non_mapping_yaml(tmp_path, text):
 def test_rejects_entries_without_name_or_with_non_string_name():
     with pytest.raises(VocabularyError, match=r"labels\[0\] needs a 'name'"):
         Vocabulary.from_dict({"labels": [{"key": "011_banana"}]})
-    with pytest.raises(VocabularyError, match=r"labels\[1\] name must be a string"):
+    with pytest.raises(VocabularyError, match=r"labels\[1\] name is 7, not text"):
         Vocabulary.from_dict({"labels": ["banana", {"name": 7}]})
+    with pytest.raises(VocabularyError, match=r"labels\[1\] name must be a string, not list"):
+        Vocabulary.from_dict({"labels": ["banana", {"name": ["a"]}]})
+
+
+@pytest.mark.parametrize("entry", ["yes", "off", "null", "12", "1.5"])
+def test_a_name_yaml_does_not_read_as_text_is_named_so(entry, tmp_path):
+    """A names-only file with ``- yes`` (a boolean to YAML) says the entry is not text and
+    to quote it (it said "labels[1] needs a 'name'"); quoted, it loads."""
+    path = tmp_path / "v.yaml"
+    path.write_text(f"labels:\n  - mug\n  - {entry}\n")
+    with pytest.raises(VocabularyError, match=r"labels\[1\] is .*, not text: YAML reads "
+                                              r"unquoted .*quote it"):
+        Vocabulary.load(path)
+    path.write_text(f"labels:\n  - mug\n  - '{entry}'\n")
+    assert Vocabulary.load(path).names == ["mug", entry]
+
+
+def test_keys_are_text_of_bounded_length(tmp_path):
+    """A key must be a string (``key: 011`` is the octal number 9 to YAML) of at most
+    MAX_KEY_LENGTH characters: a 422-byte file whose key was a chain of YAML aliases took
+    7 s and 77 MB to turn into text, ten times more per level (four levels here)."""
+    path = tmp_path / "v.yaml"
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 5)]
+    path.write_text("\n".join(levels) + "\nlabels:\n  - name: mug\n    key: *a4\n")
+    start = time.perf_counter()
+    with pytest.raises(VocabularyError, match=r"labels\[0\] key must be a string, not list"):
+        Vocabulary.load(path)
+    assert time.perf_counter() - start < 1.0
+    path.write_text("labels:\n  - name: mug\n    key: 011\n")
+    with pytest.raises(VocabularyError, match=r"key is 9, not text"):
+        Vocabulary.load(path)
+    with pytest.raises(VocabularyError, match=f"key is {MAX_KEY_LENGTH + 1} characters"):
+        Vocabulary((Label("mug", key="k" * (MAX_KEY_LENGTH + 1)),))
+    assert Vocabulary((Label("mug", key="k" * MAX_KEY_LENGTH),)).keys == ["k" * MAX_KEY_LENGTH]
+    split = tmp_path / "s.yaml"
+    split.write_text("\n".join(levels) + "\nname: *a4\nin_distribution: [mug]\n"
+                     "out_of_distribution: [cup]\n")
+    with pytest.raises(VocabularyError, match="'name' must be a string"):
+        Split.load(split)
+
+
+def test_names_differing_only_in_underscores_are_duplicates():
+    """'sugar box' and 'sugar_box' are one name to the keys and lookups (``index``): the
+    error says so (it was "duplicate key 'sugar_box'", a key the user never gave)."""
+    with pytest.raises(VocabularyError, match=r"duplicate label 'Sugar_Box' .*'_' read as a "
+                                              "space"):
+        Vocabulary.from_names(["sugar box", "Sugar_Box"])
 
 
 def test_rejects_missing_file_and_invalid_yaml(tmp_path):

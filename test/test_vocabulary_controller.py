@@ -89,7 +89,8 @@ def wait_version(ctl: VocabularyController, version: int, timeout: float = 60.0)
 def test_labels_alone_carry_descriptions_and_clear_the_file(ctl, bundle):
     params = Params(ctl, bundle.vocabulary, vocab_file="/some/file.yaml")
     extra = ctl.complete({"labels": ["BANANA ", "zebra"]}, "/some/file.yaml")
-    assert extra == {"vocabulary_file": "", "descriptions": ["A curved yellow fruit.", ""]}
+    assert extra == {"vocabulary_file": "", "descriptions": ["A curved yellow fruit.", ""],
+                     "labels": ["BANANA", "zebra"]}    # the parameter shows the names used
     # a name whose description is dropped: no descriptions at all
     assert ctl.complete({"labels": ["mug", "zebra"]}, "") == {"descriptions": []}
     v0 = ctl.pipeline.active.version
@@ -151,6 +152,55 @@ def test_a_file_replaces_labels_and_descriptions(ctl, bundle, tmp_path):
     reason = ctl.validate({"vocabulary_file": str(vfile), "labels": ["mug"]},
                           params.values.__getitem__)
     assert reason is not None and "disagree" in reason
+
+
+def test_a_file_set_with_labels_or_descriptions_keeps_the_three_consistent(ctl, bundle,
+                                                                           tmp_path):
+    """labels or descriptions given in the file's set: the file's, or the set is rejected;
+    the one not given is set to the file's (the parameters showed the old labels, or none of
+    the file's descriptions, while the file's vocabulary was used)."""
+    vfile = tmp_path / "v.yaml"
+    vfile.write_text(yaml.safe_dump({"labels": [
+        {"name": "zebra", "description": "A striped horse."}, {"name": "kettle"}]}))
+    params = Params(ctl, bundle.vocabulary)
+    before = dict(params.values)
+    for given in ({"descriptions": []}, {"descriptions": ["x1", "x2"]},
+                  {"labels": ["zebra", "kettle"], "descriptions": []}):
+        reason = params.set(vocabulary_file=str(vfile), **given)
+        assert reason is not None and "disagree" in reason, given
+        assert params.values == before and ctl.requested == bundle.vocabulary
+    assert params.set(vocabulary_file=str(vfile), labels=["zebra", "kettle"]) is None
+    assert params.values == {"labels": ["zebra", "kettle"], "vocabulary_file": str(vfile),
+                             "descriptions": ["A striped horse.", ""]}
+    assert params.set(labels=["banana"]) is None
+    assert params.set(vocabulary_file=str(vfile),
+                      descriptions=[" A striped horse. ", ""]) is None
+    assert params.values["labels"] == ["zebra", "kettle"]
+    assert [lb.description for lb in ctl.requested] == ["A striped horse.", ""]
+
+
+def test_the_parameters_show_names_without_the_spaces_dropped(ctl, bundle):
+    """Names and descriptions are used without the spaces around them; the parameters show
+    them so (they kept "  mug " while the node published mug)."""
+    params = Params(ctl, bundle.vocabulary)
+    assert params.set(labels=["  mug ", "banana\u00a0"], descriptions=[" A cup. ", ""]) is None
+    assert params.values["labels"] == ["mug", "banana"]
+    assert params.values["descriptions"] == ["A cup.", ""]
+    assert ctl.requested.names == ["mug", "banana"]
+
+
+def test_a_kept_dataset_key_never_rejects_a_new_name(bundle, tmp_path, service):
+    """A name keeps its key from the previous vocabulary unless another name now has that
+    key as its own: {mug, key cup} then labels [mug, cup] was rejected as "duplicate key
+    'cup'", though the names are distinct (and accepted after any other change)."""
+    from vl_distill_ros.ros.vocabulary_controller import build_vocabulary
+
+    previous = Vocabulary((Label("mug", key="cup"), Label("banana", key="011_banana")))
+    vocab = build_vocabulary(["mug", "cup", "banana"], [], previous)
+    assert vocab.keys == ["mug", "cup", "011_banana"]
+    assert build_vocabulary(["mug", "zebra"], [], previous).keys == ["cup", "zebra"]
+    with pytest.raises(VocabularyError, match="read as a space"):
+        build_vocabulary(["sugar box", "Sugar_Box"], [], None)
 
 
 def test_bad_changes_are_rejected_with_the_reason_and_change_nothing(ctl, bundle, tmp_path):

@@ -33,6 +33,8 @@ DESCRIPTION_QUESTION = (
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {name}.",)
 
 MAX_NAME_LENGTH = 64
+#: Longest key (a dataset folder name such as ``011_banana``; by default the name's).
+MAX_KEY_LENGTH = 128
 MAX_DESCRIPTION_LENGTH = 300
 MAX_LABELS = 1000
 #: The label of a crop the open-set rule rejects (``known: false``); reserved, so no
@@ -99,9 +101,17 @@ def _read_yaml(path: Path, what: str) -> object:
         raise VocabularyError(f"cannot read {what} file {path}: not valid YAML: {exc}") from None
 
 
-def _fold_key(text: str) -> str:
+def fold_key(text: str) -> str:
     """Case- and underscore-insensitive form used to compare keys and names."""
     return text.strip().casefold().replace("_", " ")
+
+
+def _not_text(value: object) -> str:
+    """Why a YAML value that should be a name is not one (with the usual cause)."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        return (f"is {value!r}, not text: YAML reads unquoted yes/no/on/off/true/false, null "
+                "and numbers as such; quote it")
+    return f"must be a string, not {type(value).__name__}"
 
 
 def _bad_characters(text: str) -> str:
@@ -116,8 +126,9 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
     """Raise :class:`VocabularyError` with a reason if the labels do not form a vocabulary.
 
     Rejects: no labels, too many labels, empty/whitespace names, names that are too long or
-    contain control characters, over-long descriptions, duplicate names (case-insensitive),
-    duplicate keys and the reserved name ``unknown`` (:data:`UNKNOWN_NAME`).
+    contain control characters, over-long descriptions, duplicate names (case-insensitive,
+    ``_`` read as a space, as keys and lookups read them), empty, over-long or duplicate
+    keys and the reserved name ``unknown`` (:data:`UNKNOWN_NAME`).
     """
     if len(labels) == 0:
         raise VocabularyError("vocabulary is empty: give at least one label")
@@ -147,7 +158,7 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
             raise VocabularyError(
                 f"label {i} ({label.name!r}) description is {len(label.description)} "
                 f"characters; the limit is {MAX_DESCRIPTION_LENGTH}")
-        folded = label.name.strip().casefold()
+        folded = fold_key(label.name)
         if folded == UNKNOWN_NAME:
             raise VocabularyError(
                 f"label {i} {label.name!r} is reserved: it is what the node publishes for an "
@@ -155,14 +166,17 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
         if folded in seen:
             raise VocabularyError(
                 f"duplicate label {label.name!r} (entries {seen[folded]} and {i}, "
-                "compared case-insensitively)")
+                "compared case-insensitively, '_' read as a space)")
         seen[folded] = i
         if not isinstance(label.key, str) or not label.key.strip() or _bad_characters(label.key):
             raise VocabularyError(f"label {i} ({label.name!r}) has an empty or invalid key")
-        if _fold_key(label.key) in keys:
+        if len(label.key) > MAX_KEY_LENGTH:
+            raise VocabularyError(f"label {i} ({label.name!r}) key is {len(label.key)} "
+                                  f"characters; the limit is {MAX_KEY_LENGTH}")
+        if fold_key(label.key) in keys:
             raise VocabularyError(f"duplicate key {label.key!r} (entries "
-                                  f"{keys[_fold_key(label.key)]} and {i})")
-        keys[_fold_key(label.key)] = i
+                                  f"{keys[fold_key(label.key)]} and {i})")
+        keys[fold_key(label.key)] = i
 
 
 @dataclass(frozen=True)
@@ -205,6 +219,8 @@ class Vocabulary:
         for i, entry in enumerate(data["labels"]):
             if isinstance(entry, str):
                 entry = {"name": entry}
+            if not isinstance(entry, (dict, list)):
+                raise VocabularyError(f"{source}: labels[{i}] {_not_text(entry)}")
             if not isinstance(entry, dict) or "name" not in entry:
                 raise VocabularyError(f"{source}: labels[{i}] needs a 'name'")
             unknown = set(entry) - {"name", "description", "key"}
@@ -212,13 +228,16 @@ class Vocabulary:
                 raise VocabularyError(f"{source}: labels[{i}] has unknown fields {sorted(unknown)}")
             name = entry["name"]
             if not isinstance(name, str):
-                raise VocabularyError(f"{source}: labels[{i}] name must be a string")
+                raise VocabularyError(f"{source}: labels[{i}] name {_not_text(name)}")
             description = entry.get("description")
             if description is not None and not isinstance(description, str):
                 raise VocabularyError(f"{source}: labels[{i}] description must be a string")
+            key = entry.get("key")
+            if key is not None and not isinstance(key, str):   # e.g. key: 011 (octal 9)
+                raise VocabularyError(f"{source}: labels[{i}] key {_not_text(key)}")
             labels.append(Label(name=name.strip(),
                                 description=(description or "").strip(),
-                                key=str(entry.get("key") or "")))
+                                key=key or ""))
         try:
             return cls(tuple(labels))
         except VocabularyError as exc:
@@ -263,9 +282,9 @@ class Vocabulary:
 
     def index(self, key_or_name: str) -> int:
         """Index of the label whose key or name (case-insensitive, '_' = ' ') matches."""
-        want = _fold_key(key_or_name)
+        want = fold_key(key_or_name)
         for i, lb in enumerate(self.labels):
-            if _fold_key(lb.key) == want or _fold_key(lb.name) == want:
+            if fold_key(lb.key) == want or fold_key(lb.name) == want:
                 return i
         raise KeyError(f"{key_or_name!r} is not in the vocabulary")
 
@@ -297,8 +316,10 @@ class Split:
             value = data.get(field_name)
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise VocabularyError(f"{path}: '{field_name}' must be a list of label keys")
+        if not isinstance(data.get("name", path.stem), str):
+            raise VocabularyError(f"{path}: 'name' must be a string")
         try:
-            split = cls(name=str(data.get("name", path.stem)),
+            split = cls(name=data.get("name", path.stem),
                         in_distribution=tuple(data["in_distribution"]),
                         out_of_distribution=tuple(data["out_of_distribution"]))
         except (KeyError, TypeError) as exc:

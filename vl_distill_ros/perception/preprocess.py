@@ -13,19 +13,32 @@ from ..model.student import InputSpec
 #: input: training's random resized crops draw aspects from 3/4 to 4/3
 #: (``training.augment.CropAugment``'s ``ratio``).
 MAX_STRETCH_ASPECT = 4.0 / 3.0
+#: Longest side (pixels) of the square :func:`pad_long_crop` makes: a longer crop is shrunk
+#: to it first, so that a thin frame (4 x 12000 pixels) is not padded to a 12000-pixel
+#: square (430 MB) on its way to the student's 160-pixel input.
+MAX_PADDED_SIDE = 1024
 
 
 class ImageInputError(ValueError):
     """An image or crop cannot be given to the network; the message says why."""
 
 
-def pad_long_crop(image: np.ndarray, max_aspect: float = MAX_STRETCH_ASPECT) -> np.ndarray:
+def pad_long_crop(image: np.ndarray, max_aspect: float = MAX_STRETCH_ASPECT,
+                  max_side: int = MAX_PADDED_SIDE) -> np.ndarray:
     """A crop longer than ``max_aspect`` padded to a square with its edge pixels (as
     training pads its loose crops), so that resizing it to the square input does not
-    stretch it beyond what the student saw; other crops unchanged."""
+    stretch it beyond what the student saw; other crops unchanged. A crop longer than
+    ``max_side`` is first shrunk (area filter, aspect kept) to that length, which bounds the
+    square's memory whatever the frame's shape."""
     h, w = image.shape[:2]
     if min(h, w) == 0 or max(h, w) <= max_aspect * min(h, w):
         return image
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        image = cv2.resize(image, (max(1, min(max_side, round(w * scale))),
+                                   max(1, min(max_side, round(h * scale)))),
+                           interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
     return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left,

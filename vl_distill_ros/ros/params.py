@@ -200,8 +200,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "vocabulary with its descriptions. After start-up it always shows the active (or "
               "being embedded) vocabulary. Setting it alone keeps the descriptions of names "
               "that stay and clears the others.",
-              constraints="0 (the bundle's) or 1..1000 unique (case-insensitive) non-empty "
-                          "names of <= 64 chars, not 'unknown'"),
+              constraints="0 (the bundle's) or 1..1000 unique (case-insensitive, '_' read "
+                          "as a space) non-empty names of <= 64 chars, not 'unknown'"),
     ParamSpec("descriptions", [], "string_array",
               "One-sentence appearance descriptions, empty or one per label (same order); "
               "used for language enrichment when the bundle was exported with it; a label "

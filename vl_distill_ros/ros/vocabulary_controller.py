@@ -28,8 +28,9 @@ once its text embeddings are ready.
   worker only embeds the latest request.
 * ``vocabulary_file`` set to a YAML file replaces ``labels`` and ``descriptions`` (they are
   set to the file's contents in the same atomic set); setting ``labels`` or
-  ``descriptions`` clears ``vocabulary_file``. ``labels`` given together with a
-  ``vocabulary_file`` must equal the file's names.
+  ``descriptions`` clears ``vocabulary_file``. ``labels`` or ``descriptions`` given together
+  with a ``vocabulary_file`` must equal the file's (the one not given is set to the file's).
+* the parameters show names and descriptions without the spaces around them (as used).
 * a rejected change (bad name, duplicate, mismatched lengths, unreadable file) fails the
   whole set with the reason; the active vocabulary is unchanged.
 
@@ -74,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..model.text_service import TextEmbeddingService
 from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
-from ..model.vocabulary import Label, Vocabulary, VocabularyError
+from ..model.vocabulary import Label, Vocabulary, VocabularyError, fold_key
 from ..perception.pipeline import PipelineError
 from ..thread_names import os_named
 from .diagnostics import clip_text
@@ -99,7 +100,9 @@ def build_vocabulary(names: Sequence[str], descriptions: Sequence[str],
     """Validate parameter values into a :class:`Vocabulary`.
 
     ``descriptions`` must be empty or one per name. Keys of names that were in ``previous``
-    (case-insensitive) are kept, so a saved store keeps dataset keys.
+    (case-insensitive) are kept, so a saved store keeps dataset keys, unless one would equal
+    another name's key (``previous`` named ``mug`` ``cup``, and ``cup`` is a name now): that
+    name then takes its own (its name, ``_`` for spaces).
 
     Raises:
         VocabularyError: the reason (empty/whitespace name, duplicate, too long, too many,
@@ -120,6 +123,12 @@ def build_vocabulary(names: Sequence[str], descriptions: Sequence[str],
         clean = name.strip()
         labels.append(Label(name=clean, description=(desc or "").strip(),
                             key=keys.get(clean.casefold(), "")))
+    own = [fold_key(lb.name) for lb in labels]        # each name's own key, folded
+    carried = [fold_key(lb.key) for lb in labels]
+    for i, lb in enumerate(labels):
+        others = own[:i] + own[i + 1:] + carried[:i] + carried[i + 1:]
+        if carried[i] != own[i] and carried[i] in others:
+            labels[i] = Label(name=lb.name, description=lb.description)
     return Vocabulary(tuple(labels))
 
 
@@ -127,6 +136,15 @@ def descriptions_param(vocab: Vocabulary) -> list[str]:
     """The ``descriptions`` parameter value of ``vocab``: ``[]`` when no label has one."""
     descs = [lb.description for lb in vocab]
     return descs if any(descs) else []
+
+
+def _same_descriptions(given: Any, vocab: Vocabulary) -> bool:
+    """Whether a ``descriptions`` value describes ``vocab``'s labels as they are (``[]``: none
+    has one)."""
+    if not _is_string_array(given):
+        return False
+    given = [d.strip() for d in given] or [""] * len(vocab)
+    return given == [lb.description for lb in vocab]
 
 
 def _is_string_array(value: Any) -> bool:
@@ -292,14 +310,17 @@ class VocabularyController:
         vf, lb, ds = (changes.get("vocabulary_file"), changes.get("labels"),
                       changes.get("descriptions"))
         extra: dict[str, Any] = {}
-        if (isinstance(vf, str) and vf.strip() and "labels" not in changes
-                and "descriptions" not in changes):
+        if isinstance(vf, str) and vf.strip():
             try:
                 vocab = Vocabulary.load(Path(vf).expanduser())
             except VocabularyError:
                 return extra  # validate() rejects it with the reason
             self._tls.file_vocab = (vf, vocab)
-            return {"labels": vocab.names, "descriptions": descriptions_param(vocab)}
+            # labels or descriptions given with the file must be the file's (validate()
+            # rejects others); the ones not given are set to the file's
+            return {name: value for name, value in (
+                ("labels", vocab.names), ("descriptions", descriptions_param(vocab)))
+                if name not in changes}
         if (lb is not None or ds is not None) and vf is None and current_file:
             extra["vocabulary_file"] = ""
         if _is_string_array(lb) and len(lb) == 0 and self.default is not None and not ds:
@@ -307,6 +328,11 @@ class VocabularyController:
             extra.update(labels=self.default.names,
                          descriptions=descriptions_param(self.default))
             return extra
+        # the parameters show what is used: names and descriptions without the spaces
+        # around them that the vocabulary drops
+        for name, value in (("labels", lb), ("descriptions", ds)):
+            if _is_string_array(value) and any(v != v.strip() for v in value):
+                extra[name] = [v.strip() for v in value]
         if lb is not None and ds is None and _is_string_array(lb):
             requested = self.requested if self.requested is not None else Vocabulary(())
             old = {x.name.casefold(): x.description for x in requested}
@@ -337,6 +363,11 @@ class VocabularyController:
                 if "labels" in changes and list(changes["labels"]) != vocab.names:
                     raise VocabularyError("labels and vocabulary_file were both given and "
                                           "disagree; set one of them")
+                if "descriptions" in changes and not _same_descriptions(
+                        changes["descriptions"], vocab):
+                    raise VocabularyError("descriptions and vocabulary_file were both given "
+                                          "and disagree; set one of them (the file's "
+                                          "descriptions come with it)")
                 self._tls.vocab = vocab
             elif "labels" in changes or "descriptions" in changes:
                 names = changes["labels"] if "labels" in changes else current("labels")
