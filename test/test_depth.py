@@ -477,6 +477,49 @@ def _write_rgbd_messages(path: Path, frames, colour: str = "/cam/image_raw",
     return path
 
 
+def _write_info_stamped(path: Path, n_frames: int, info_at: dict[int, int]) -> Path:
+    """A bag of ``/cam/image_raw`` with ``/cam/depth/image_raw`` of the same stamps, and a
+    CameraInfo before frame ``i`` stamped ``info_at[i]`` (frames not in it get none)."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags import bag_io, bag_writer
+
+    store = bag_io.typestore()
+    with Writer(path, version=Writer.VERSION_LATEST) as writer:
+        col = writer.add_connection("/cam/image_raw", bag_io.IMAGE_TYPE, typestore=store)
+        dep = writer.add_connection("/cam/depth/image_raw", bag_io.IMAGE_TYPE, typestore=store)
+        inf = writer.add_connection("/cam/camera_info", bag_io.CAMERA_INFO_TYPE, typestore=store)
+        for i in range(n_frames):
+            t = 1_000_000_000 + i * 100_000_000
+            if i in info_at:
+                info = bag_writer._camera_info_msg(store, (2, 2, 1.5, 1.5), 4, 4, info_at[i], "f")
+                writer.write(inf, t, store.serialize_cdr(info, bag_io.CAMERA_INFO_TYPE))
+            _, dmsg = bag_writer._depth_msg(store, np.ones((4, 4), np.float32), t, "f")
+            writer.write(dep, t, store.serialize_cdr(dmsg, bag_io.IMAGE_TYPE))
+            _, img = bag_writer._image_msg(store, np.zeros((4, 4, 3), np.uint8), t, "f")
+            writer.write(col, t, store.serialize_cdr(img, bag_io.IMAGE_TYPE))
+    return path
+
+
+def test_rgbd_frames_take_the_latest_camera_info_as_the_node_does(tmp_path):
+    """A CameraInfo recorded once, stamped 0, or on every other frame serves every frame
+    after it, as the node takes the latest (offline, those frames went colour-only with
+    "no depth image within the tolerance", live they had depth); frames before the first
+    say that no CameraInfo came yet."""
+    for name, info_at in (("once", {0: 1_000_000_000}), ("zero", {i: 0 for i in range(4)}),
+                          ("every_other", {0: 1_000_000_000, 2: 1_200_000_000})):
+        bag = read_camera_bag(_write_info_stamped(tmp_path / name, 4, info_at))
+        frames = list(bag.rgbd_frames(tolerance_ns=20_000_000))
+        assert [f.depth is not None for f in frames] == [True] * 4, (
+            name, [f.depth_note for f in frames])
+        assert all(f.camera_info[:4] == pytest.approx((2, 2, 1.5, 1.5)) for f in frames)
+    bag = read_camera_bag(_write_info_stamped(tmp_path / "late", 4, {2: 1_200_000_000}))
+    frames = list(bag.rgbd_frames(tolerance_ns=20_000_000))
+    # frame 1 waits for it until a message past the tolerance comes: the CameraInfo itself
+    assert [f.depth is not None for f in frames] == [False, True, True, True]
+    assert frames[0].depth_note == "no CameraInfo received on /cam/camera_info yet"
+
+
 def test_rgbd_frames_match_nearest_stamp_within_tolerance(tmp_path):
     """Depth 5 ms after its colour frame pairs with a 10 ms tolerance, not with 1 ms."""
     frames = [(2_000_000_000 + i * 100_000_000, 2_005_000_000 + i * 100_000_000, 4,

@@ -141,9 +141,11 @@ class BagContents:
                     capacity: int = 30, depth_unit_m: float = MILLIMETRE,
                     defer_alignment: bool = False) -> Iterator[RGBDFrame]:
         """Decoded colour images of ``topics`` (default: all) in bag-time order, each with its
-        depth partner: the depth image (and CameraInfo) of the same stamp, or the nearest
-        within ``tolerance_ns`` (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`,
-        ``capacity`` messages per stream). A colour image waits for its partner until a
+        depth partner: the depth image of the same stamp, or the nearest within
+        ``tolerance_ns`` (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`,
+        ``capacity`` messages per stream), and the CameraInfo of that stamp, else the one
+        read last (as the node takes the latest: a CameraInfo recorded once, or stamped
+        otherwise, serves every frame). A colour image waits for its partner until a
         message ``tolerance_ns`` later in bag time was read (at most ``capacity`` images
         wait); then it comes without depth and :attr:`RGBDFrame.depth_note` says why. An
         undecodable depth image or a camera without CameraInfo gives a note, not an error.
@@ -185,7 +187,7 @@ class BagContents:
                 first, stamp = pending[0]
                 partner = self._partner(first.topic, stamp, buffers)
                 late = raw.timestamp_ns > first.timestamp_ns + tolerance_ns
-                if partner is None and not late and len(pending) <= capacity:
+                if isinstance(partner, str) and not late and len(pending) <= capacity:
                     break
                 pending.pop(0)
                 yield self._rgbd(first, stamp, partner, depth_unit_m, defer_alignment)
@@ -193,24 +195,31 @@ class BagContents:
             yield self._rgbd(first, stamp, self._partner(first.topic, stamp, buffers),
                              depth_unit_m, defer_alignment)
 
-    def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | None:
+    def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | str:
         """``(depth CDR or None, info CDR or None, depth camera's info CDR or None)`` once
-        every partner of the colour image is there (the depth camera's CameraInfo: that of
-        the depth image's stamp, unregistered depth only); ``None`` while one is missing.
-        ``(None, None)``: the camera has no depth."""
+        every partner of the colour image is there (each CameraInfo: that of the stamp,
+        else the one read last; the depth camera's, unregistered depth only); while one is
+        missing, what is missing. ``(None, None)``: the camera has no depth."""
         if ("depth", colour) not in buffers:
             return (None, None)
         depth = buffers[("depth", colour)].match(stamp)
-        info = buffers[("info", colour)].match(stamp) if ("info", colour) in buffers \
-            else (0, None)
-        if depth is None or info is None:
-            return None
+        if depth is None:
+            return "no depth image within the tolerance"
+        info = (0, None)
+        if ("info", colour) in buffers:
+            info = buffers[("info", colour)].match(stamp) or buffers[("info", colour)].latest()
+            if info is None:
+                return f"no CameraInfo received on {self.camera_info_topics[colour]} yet"
         if ("depth_info", colour) not in buffers:
             return depth[1], info[1], None
-        depth_info = buffers[("depth_info", colour)].match(depth[0])
-        return None if depth_info is None else (depth[1], info[1], depth_info[1])
+        depth_info = (buffers[("depth_info", colour)].match(depth[0])
+                      or buffers[("depth_info", colour)].latest())
+        if depth_info is None:
+            topic = self.depth_alignment[colour].depth_camera_info_topic
+            return f"no depth CameraInfo received on {topic} yet"
+        return depth[1], info[1], depth_info[1]
 
-    def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | None,
+    def _rgbd(self, raw: RawMessage, stamp: int, partner: tuple | str,
               depth_unit_m: float = MILLIMETRE, defer_alignment: bool = False) -> RGBDFrame:
         from vl_distill_ros.perception.compressed_codec import (decode_depth_message,
                                                                 is_rectified_topic)
@@ -220,8 +229,8 @@ class BagContents:
         img = self._decode(raw)
         if raw.topic not in self.depth_topics:
             return RGBDFrame(*img)
-        if partner is None:
-            return RGBDFrame(*img, depth_note="no depth image within the tolerance")
+        if isinstance(partner, str):
+            return RGBDFrame(*img, depth_note=partner)
         depth_cdr, info_cdr, depth_info_cdr = partner
         if info_cdr is None:
             return RGBDFrame(*img, depth_note=f"no CameraInfo for {raw.topic}")

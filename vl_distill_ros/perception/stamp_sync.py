@@ -102,6 +102,14 @@ class StampBuffer(Generic[T]):
         with self._lock:
             return self._arrivals[-1] if self._arrivals else None
 
+    def latest(self) -> tuple[int, T] | None:
+        """``(stamp, item)`` of the item received last, or ``None`` when empty."""
+        with self._lock:
+            if not self._arrivals:
+                return None
+            stamp = self._arrivals[-1]
+            return stamp, self._items[bisect.bisect_left(self._stamps, stamp)]
+
     def clear(self) -> None:
         """Drop every item."""
         with self._lock:
