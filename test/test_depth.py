@@ -1507,6 +1507,26 @@ def test_rectified_topics_take_p_and_no_lens():
     assert (rect.fx, rect.cx, rect.distorted) == (300.0, 160.0, False)
 
 
+def test_a_rectified_roi_of_a_real_camera_info_is_refused_on_raw_frames():
+    """``do_rectify`` is a field of a real CameraInfo's ``roi`` (it was read from the
+    message itself, where it never is, so a raw frame with a rectified ROI was used with
+    the wrong principal point, and nothing said so)."""
+    from sensor_msgs.msg import CameraInfo
+
+    from vl_distill_ros.perception.camera_model import image_camera
+
+    info = CameraInfo(width=800, height=600, distortion_model="plumb_bob",
+                      d=[-0.2, 0.05, 0.001, -0.002, 0.0],
+                      k=[400.0, 0.0, 399.5, 0.0, 410.0, 299.5, 0.0, 0.0, 1.0],
+                      p=[390.0, 0, 395.0, 0, 0, 392.0, 301.0, 0, 0, 0, 1, 0])
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 80, 60, 640, 480
+    assert image_camera(info) == (400.0, 410.0, 319.5, 239.5, 640, 480)
+    info.roi.do_rectify = True
+    with pytest.raises(DepthError, match="rectified coordinates"):
+        image_camera(info)
+    assert image_camera(info, rectified=True) == (390.0, 392.0, 315.0, 241.0, 640, 480)
+
+
 def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
     """REP 104 (image_geometry's reading): a CameraInfo's ROI (full-resolution pixels) and
     binning describe smaller images; their camera is fx / b, (cx - x_offset) / b, and each
@@ -1520,7 +1540,7 @@ def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
     roi = SimpleNamespace(x_offset=80, y_offset=60, width=640, height=480)
     info = SimpleNamespace(k=[400.0, 0, 399.5, 0, 410.0, 299.5, 0, 0, 1], width=800,
                            height=600, distortion_model="plumb_bob", d=d, binning_x=2,
-                           binning_y=2, roi=roi, p=[0.0] * 12, do_rectify=False)
+                           binning_y=2, roi=roi, p=[0.0] * 12)
     assert image_camera(info) == (200.0, 205.0, 159.75, 119.75, 320, 240)
     small = CameraIntrinsics.from_camera_info(info)
     assert (small.width, small.height, small.distorted) == (320, 240, True)
@@ -1541,18 +1561,16 @@ def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
     # a rectified topic takes P, reduced the same way
     info.p = [390.0, 0, 395.0, 0, 0, 392.0, 301.0, 0, 0, 0, 1, 0]
     info.binning_x = info.binning_y = 2
-    info.roi, info.do_rectify = roi, True
+    info.roi = SimpleNamespace(**vars(roi), do_rectify=True)     # a field of the roi
     assert image_camera(info, rectified=True) == (195.0, 196.0, 157.5, 120.5, 320, 240)
     with pytest.raises(DepthError, match="rectified coordinates"):
         image_camera(info)                            # a rectified ROI on raw frames
-    info.roi = SimpleNamespace(x_offset=0, y_offset=0, width=800, height=600)
+    info.roi = SimpleNamespace(x_offset=0, y_offset=0, width=800, height=600, do_rectify=True)
     assert image_camera(info) == (200.0, 205.0, 199.75, 149.75, 400, 300)   # the whole frame
     info.roi = roi
     # images of the full frame: a binning and ROI filled in but not used are passed over
-    info.do_rectify = False
     assert image_camera(info, image_size=(800, 600)) == (400.0, 410.0, 399.5, 299.5, 800, 600)
     assert image_camera(info, image_size=(320, 240))[4:] == (320, 240)
-    info.do_rectify = False
     for change, message in ((dict(binning_x=65), "binning 65x2"),
                             (dict(binning_y=-1), "binning 2x-1"),
                             (dict(roi=SimpleNamespace(x_offset=200, y_offset=0, width=640,

@@ -200,7 +200,7 @@ def image_camera(info: object, rectified: bool = False,
                     for name in ("x_offset", "y_offset", "width", "height"))
     if w == 0 or h == 0 or (x0, y0, w, h) == (0, 0, width, height):
         x0, y0, w, h = 0, 0, width, height                    # the whole frame
-    elif not rectified and bool(getattr(info, "do_rectify", False)):
+    elif not rectified and bool(getattr(roi, "do_rectify", False)):   # a field of the roi
         raise DepthError("CameraInfo roi is in rectified coordinates (do_rectify) but the "
                          "images are raw: use the rectified topic (image_rect)")
     elif x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
