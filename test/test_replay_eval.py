@@ -103,7 +103,9 @@ def test_score_frames_counts_every_outcome():
                                                                        (cam, 2): 0.03})
     assert s["frames"] == {"total": 3, "labelled": 2, "dropped": 1, "with_ground_truth": 3,
                            "evaluated": 2, "unexpected": 1,
-                           "ground_truth_objects_in_dropped_frames": 1}
+                           "ground_truth_objects_in_dropped_frames": 1,
+                           "left_out_repeated_stamps": 0, "ground_truth_without_frame": 0,
+                           "ground_truth_without_frame_examples": []}
     a, i, o = s["groups"]["all"], s["groups"]["id"], s["groups"]["ood"]
     assert (a["objects"], a["matched"], a["missed"], a["correct"], a["wrong"], a["unknown"]) \
         == (4, 3, 1, 1, 1, 1)
@@ -507,6 +509,85 @@ def test_stamp_from_cdr_checks_the_whole_image_message(bag):
     for bad in (raw.data[: len(raw.data) // 2], raw.data[:40]):
         with pytest.raises(replay.InputError, match="corrupt bag"):
             replay.stamp_from_cdr(bad)
+
+
+def test_frames_sharing_a_stamp_are_left_out_not_scored_twice():
+    """Labels and ground truth are matched by (camera, stamp): frames that share one (a
+    recording whose stamps start over, every image stamped 0) were each scored with the
+    first frame's labels against the last frame's ground truth, counting its objects and
+    false positives once per repeat. They are left out and counted; so is a frame that
+    several ground-truth documents name; ground truth of no frame is counted."""
+    cam = "/cam"
+    gt = {(cam, 1): [((0, 0, 10, 10), "banana", "")], (cam, 2): [((0, 0, 10, 10), "apple", "")],
+          (cam, 3): [((0, 0, 10, 10), "apple", "")], (cam, 7): [((0, 0, 10, 10), "apple", "")]}
+    labels = {k: _doc(cam, k[1], [((0, 0, 10, 10), "apple"), ((50, 0, 9, 9), "apple")])
+              for k in gt}
+    s = score_frames([(cam, 1), (cam, 2), (cam, 1), (cam, 3)], gt, labels,
+                     ambiguous={(cam, 3)})
+    assert s["frames"]["left_out_repeated_stamps"] == 3
+    assert s["frames"]["evaluated"] == 1 and s["groups"]["all"]["objects"] == 1
+    assert s["groups"]["all"]["correct"] == 1 and s["false_positives"]["boxes"] == 1
+    assert s["frames"]["ground_truth_without_frame"] == 1
+    assert s["frames"]["ground_truth_without_frame_examples"] == [[cam, 7]]
+
+
+def test_replay_of_a_bag_whose_stamps_repeat_says_what_it_left_out(bundle, tmp_path, capsys):
+    """End to end: a bag with two frames of one stamp and ground truth naming a camera
+    without its leading '/' (read as the topic) and one naming no frame: the scores count
+    the other frames once, and replay-eval warns about both."""
+    from vl_distill_ros.bags.bag_io import write_camera_bag
+    from helpers import synthetic_frames
+
+    frames = synthetic_frames(4, NAMES, seed=5)
+    frames[1].stamp_ns = frames[0].stamp_ns                 # two frames of one stamp
+    bag = write_camera_bag(tmp_path / "repeat", frames)
+    contents = read_camera_bag(bag)
+    assert len(contents.ground_truth) == 3 and contents.ground_truth_repeated == {
+        ("/camera/image_raw", frames[0].stamp_ns)}
+    out = tmp_path / "out"
+    code, _, err = run_cli([str(bag), "--offline", "--model", str(bundle), "--out", str(out),
+                            "--no-plots", *PARAMS], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"]["left_out_repeated_stamps"] == 2
+    assert report["frames"]["evaluated"] == 2
+    assert report["groups"]["all"]["objects"] == sum(len(f.objects) for f in frames[2:])
+    assert "2 frame(s) left out of the scores" in err
+
+
+def test_ground_truth_of_a_camera_without_its_slash_is_read_as_the_topic(tmp_path):
+    """A ground-truth document whose camera lacks the topic's leading '/' names the topic
+    (it matched no frame, silently); a document of no frame is warned about."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags import bag_io
+    from vl_distill_ros.commands.replay_eval import scoring_warnings
+    from helpers import synthetic_frames
+
+    frames = synthetic_frames(2, NAMES, seed=6)
+    bag = bag_io.write_camera_bag(tmp_path / "plain", frames)
+    store = bag_io.typestore()
+    moved = tmp_path / "slashless"
+    with Writer(moved, version=Writer.VERSION_LATEST) as writer:
+        conns, topics = {}, read_camera_bag(bag).topics
+        for raw in bag_io.iter_raw_messages(bag, list(topics)):
+            if raw.topic not in conns:
+                conns[raw.topic] = writer.add_connection(raw.topic, topics[raw.topic],
+                                                         typestore=store)
+            data = raw.data
+            if raw.topic == bag_io.BagTopics.ground_truth:
+                doc = json.loads(store.deserialize_cdr(data, bag_io.STRING_TYPE).data)
+                doc["camera"] = doc["camera"].lstrip("/")
+                message = store.types[bag_io.STRING_TYPE](data=json.dumps(doc))
+                data = store.serialize_cdr(message, bag_io.STRING_TYPE)
+            writer.write(conns[raw.topic], raw.timestamp_ns, data)
+    contents = read_camera_bag(moved)
+    assert set(contents.ground_truth) == set(read_camera_bag(bag).ground_truth)
+    report = {"frames": {"ground_truth_without_frame": 1,
+                         "ground_truth_without_frame_examples": [["/cam", 5]]},
+              "bag": {"image_topics": ["/camera/image_raw"]}}
+    (warning,) = scoring_warnings(report)
+    assert "1 ground-truth document(s) name no frame of the bag (e.g. /cam at 5 ns)" in warning
 
 
 def test_depth_scale_reads_a_bags_16_bit_depth_in_other_units(tmp_path, capsys):

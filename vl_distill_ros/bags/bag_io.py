@@ -106,6 +106,9 @@ class BagContents:
     ground_truth: dict[tuple[str, int], list[GroundTruthObject]] = field(default_factory=dict)
     #: Where the ground truth came from: ``topic``, ``sidecar`` or ``none``.
     ground_truth_source: str = "none"
+    #: Keys of :attr:`ground_truth` that more than one document gave (the last is kept):
+    #: which of the frames of that camera and stamp each describes cannot be told.
+    ground_truth_repeated: set[tuple[str, int]] = field(default_factory=set)
     #: First and last message time (ns); 0 for an empty bag.
     start_ns: int = 0
     end_ns: int = 0
@@ -453,19 +456,24 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
     contents.depth_alignment = plan_depth_alignment(path, topics, depth_of,
                                                     depth_camera_info_topics)
     if ground_truth is not None:
-        contents.ground_truth = read_ground_truth_sidecar(ground_truth)
+        contents.ground_truth = read_ground_truth_sidecar(ground_truth,
+                                                          contents.ground_truth_repeated)
         contents.ground_truth_source = "sidecar"
     elif ground_truth_topic in topics:
         if topics[ground_truth_topic] != STRING_TYPE:
             raise BagError(f"{path}: ground-truth topic {ground_truth_topic} has type "
                            f"{topics[ground_truth_topic]}, expected {STRING_TYPE}")
-        contents.ground_truth = _read_ground_truth_topic(path, ground_truth_topic)
+        contents.ground_truth = _read_ground_truth_topic(path, ground_truth_topic,
+                                                         contents.ground_truth_repeated)
         contents.ground_truth_source = "topic"
     return contents
 
 
-def _read_ground_truth_topic(path: Path, topic: str
+def _read_ground_truth_topic(path: Path, topic: str, repeated: set | None = None
                              ) -> dict[tuple[str, int], list[GroundTruthObject]]:
+    """The ground-truth documents of ``topic``: ``{(camera, stamp ns): objects}`` (a camera
+    written without its leading ``/`` gets it, as topics are named); the keys of documents
+    that came more than once are added to ``repeated``."""
     store = typestore()
     out: dict[tuple[str, int], list[GroundTruthObject]] = {}
     for raw in iter_raw_messages(path, [topic]):
@@ -482,7 +490,10 @@ def _read_ground_truth_topic(path: Path, topic: str
         if not isinstance(camera, str):
             raise BagError(f"{where}: 'camera' must be the image topic, got {camera!r}")
         stamp = parse_stamp(doc["header"].get("stamp"), where)
-        out[(camera, stamp)] = parse_objects(doc.get("objects"), where)
+        key = (camera if camera.startswith("/") else "/" + camera, stamp)
+        if key in out and repeated is not None:
+            repeated.add(key)
+        out[key] = parse_objects(doc.get("objects"), where)
     return out
 
 

@@ -88,11 +88,13 @@ def parse_objects(value: Any, where: str) -> list[GroundTruthObject]:
     return out
 
 
-def read_ground_truth_sidecar(path: str | Path) -> dict[tuple[str, int], list[GroundTruthObject]]:
+def read_ground_truth_sidecar(path: str | Path, repeated: set | None = None
+                              ) -> dict[tuple[str, int], list[GroundTruthObject]]:
     """Read a JSON Lines ground-truth file (format in the module docstring).
 
-    Returns ``{(camera topic, stamp ns): objects}``. Raises :class:`BagError` naming the
-    file and line of the first bad line.
+    Returns ``{(camera topic, stamp ns): objects}`` (a key given on several lines: the last;
+    such keys are added to ``repeated``). Raises :class:`BagError` naming the file and line
+    of the first bad line.
     """
     path = Path(path).expanduser()
     try:
@@ -121,7 +123,10 @@ def read_ground_truth_sidecar(path: str | Path) -> dict[tuple[str, int], list[Gr
             raise BagError(f"{where}: 'camera' must be the image topic (e.g. "
                            f"\"/camera/image_raw\"), got {camera!r}")
         objects = parse_objects(entry["objects"], where)
-        out[(camera, parse_stamp(entry["stamp"], where))] = objects
+        key = (camera, parse_stamp(entry["stamp"], where))
+        if key in out and repeated is not None:
+            repeated.add(key)
+        out[key] = objects
     return out
 
 

@@ -53,6 +53,24 @@ def transport_warning(environ: "os._Environ[str] | dict[str, str]") -> str | Non
             "(README: Large frames and shared memory)")
 
 
+def scoring_warnings(report: dict) -> list[str]:
+    """What to say when some of the bag's frames or ground truth could not be scored."""
+    frames, out = report["frames"], []
+    if frames.get("left_out_repeated_stamps"):
+        out.append(f"{frames['left_out_repeated_stamps']} frame(s) left out of the scores: "
+                   "another frame of their camera has the same header stamp, or several "
+                   "ground-truth documents name it (labels and ground truth are matched by "
+                   "camera and stamp; give each frame its own stamp)")
+    if frames.get("ground_truth_without_frame"):
+        examples = ", ".join(f"{camera} at {stamp} ns" for camera, stamp in
+                             frames.get("ground_truth_without_frame_examples") or [])
+        out.append(f"{frames['ground_truth_without_frame']} ground-truth document(s) name no "
+                   f"frame of the bag (e.g. {examples}): their 'camera' must be one of the "
+                   f"image topics {report['bag']['image_topics']} and their stamp an image's "
+                   "header stamp")
+    return out
+
+
 def _add_depth_options(p: argparse.ArgumentParser) -> None:
     """The options that pair colour topics with their depth and CameraInfo topics."""
     p.add_argument("--depth-topic", action="append", default=[], metavar="COLOUR=DEPTH",
@@ -243,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
     if not report["bag"]["ground_truth_frames"]:
         print(f"{PROG}: warning: the bag has no ground truth (no /ground_truth topic and no "
               "--sidecar): only frames and latency are reported", file=sys.stderr)
+    for warning in scoring_warnings(report):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     lost = report["frames"].get("lost_in_transport")
     if lost and (warning := transport_warning(os.environ)) is not None:
         print(f"{PROG}: warning: {lost} frame(s) never reached the node: {warning}",

@@ -273,7 +273,8 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
     membership = Membership.from_split(split, vocabularies)
     gt = {k: list(v) for k, v in contents.ground_truth.items()}
     scores = score_frames(rec.frames, gt, rec.labels, membership, iou_threshold,
-                          latencies_s=rec.latencies_s, vocabulary_names=names or None)
+                          latencies_s=rec.latencies_s, vocabulary_names=names or None,
+                          ambiguous=contents.ground_truth_repeated)
     report = build_report(contents, rec, scores, rate=settings.rate if not offline else None,
                           split_name=membership.split_name, split_path=split_path,
                           model=str(model))

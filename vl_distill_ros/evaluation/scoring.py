@@ -61,7 +61,12 @@ Positions
 
 Frames and latency
     ``frames``: total, labelled, dropped (= total - labelled), with ground truth, evaluated
-    (labelled and with ground truth), unexpected (labels for frames not in the input).
+    (labelled and with ground truth), unexpected (labels for frames not in the input),
+    ``left_out_repeated_stamps`` (frames left out of every metric because another frame of
+    the same camera has their stamp, or several ground-truth documents name it: labels and
+    ground truth are matched by camera and stamp, so which belongs to which cannot be told)
+    and ``ground_truth_without_frame`` (ground-truth documents whose camera and stamp no
+    input frame has; up to 3 of them in ``ground_truth_without_frame_examples``).
     ``latency_ms``: p50 / p95 / mean / max over the labelled frames' latencies when given.
 
 Only frames that were labelled are scored: objects in dropped frames are counted in
@@ -71,6 +76,7 @@ describe the labels the node actually published.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -456,7 +462,8 @@ def score_frames(frames: Sequence[FrameKey],
                  labels: Mapping[FrameKey, Mapping[str, Any]],
                  membership: Membership | None = None, iou_threshold: float = 0.5,
                  latencies_s: Mapping[FrameKey, float] | None = None,
-                 vocabulary_names: Sequence[str] | None = None) -> dict[str, Any]:
+                 vocabulary_names: Sequence[str] | None = None,
+                 ambiguous: Iterable[FrameKey] = ()) -> dict[str, Any]:
     """Score labels documents against ground truth (see the module docstring).
 
     Args:
@@ -470,6 +477,8 @@ def score_frames(frames: Sequence[FrameKey],
         vocabulary_names: the active vocabulary; when given, objects whose label is not in
             it are counted in ``not_in_vocabulary`` (``objects``; ``renamed``: scored under
             the vocabulary's form of their label or key, see ``correct`` above).
+        ambiguous: frames whose ground truth is not known to be theirs (several documents
+            named them); left out, as are frames whose key repeats in ``frames``.
 
     Returns:
         A JSON-ready dict: ``frames``, ``groups``, ``per_object``, ``macro_f1``,
@@ -482,8 +491,12 @@ def score_frames(frames: Sequence[FrameKey],
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     tally = _Tally(membership or Membership(), vocabulary_names)
     vocab_fold = tally.vocab_fold
-    gt_in_dropped = with_gt = evaluated = 0
+    gt_in_dropped = with_gt = evaluated = left_out = 0
+    repeated = {k for k, n in Counter(frames).items() if n > 1} | set(ambiguous)
     for key in frames:
+        if key in repeated:
+            left_out += 1
+            continue
         gt_raw = ground_truth.get(key)
         if gt_raw is None:
             continue
@@ -498,6 +511,7 @@ def score_frames(frames: Sequence[FrameKey],
     gt_labels, pred_only = tally.row_labels()
     per_object, f1s = tally.per_object(gt_labels + pred_only)
     frame_set = set(frames)
+    no_frame = [k for k in ground_truth if k not in frame_set]
     labelled = sum(1 for k in frames if k in labels)
     lat = [latencies_s[k] * 1e3 for k in frames if latencies_s and k in labels
            and latencies_s.get(k) is not None]
@@ -507,7 +521,10 @@ def score_frames(frames: Sequence[FrameKey],
                    "dropped": len(frames) - labelled, "with_ground_truth": with_gt,
                    "evaluated": evaluated,
                    "unexpected": sum(1 for k in labels if k not in frame_set),
-                   "ground_truth_objects_in_dropped_frames": gt_in_dropped},
+                   "ground_truth_objects_in_dropped_frames": gt_in_dropped,
+                   "left_out_repeated_stamps": left_out,
+                   "ground_truth_without_frame": len(no_frame),
+                   "ground_truth_without_frame_examples": [list(k) for k in no_frame[:3]]},
         "groups": tally.group_summary(),
         "per_object": per_object,
         "macro_f1": (sum(f1s) / len(f1s)) if f1s else None,
