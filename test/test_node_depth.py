@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -528,7 +529,8 @@ def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_
     ``depth_scale: 0.00025`` the node boxes the four objects from depth (read as
     millimetres, the table's centre would lie 3.2 m away). In 0.1 mm
     units read as millimetres it lies 8 m away: the frame goes colour-only and its reason
-    in ``/diagnostics`` asks about the units."""
+    in ``/diagnostics`` and in the log asks about the units (it was only in
+    ``/diagnostics``)."""
     from vl_distill_ros.evaluation.scoring import match_boxes
 
     objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12),
@@ -557,13 +559,20 @@ def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_
     with running_node(ctx, "/tenth", bundle, tmp_path, crop_source="proposals",
                       image_topics=["cam/image"], depth_topics=["cam/depth"],
                       camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
-                      inference_backend="torch", warm_text_encoder=False):
+                      inference_backend="torch", warm_text_encoder=False) as node:
+        warnings: list[str] = []
+        logger = node.get_logger()
+        node.get_logger = lambda: SimpleNamespace(
+            warning=lambda text, **kw: (warnings.append(text), logger.warning(text)),
+            info=logger.info, error=logger.error, debug=logger.debug)
         assert wait_for(lambda: tester.node.count_subscribers("/tenth/cam/depth") > 0, 10.0)
         rig.send("tenth", 80, msg, info_msg(K))
         assert wait_for(lambda: int(rig.status().get("colour_only", 0)) >= 1, 10.0), \
             str(rig.status())
         reason = rig.status()["last_colour_only_reason"]
         assert "lies beyond max_depth_m" in reason and "depth_scale" in reason, reason
+        logged = [w for w in warnings if "depth paired but not used" in w]
+        assert len(logged) == 1 and "depth_scale" in logged[0], warnings
 
 
 def test_unregistered_depth_is_aligned_to_the_colour_camera(ctx, tester, bundle, tmp_path):

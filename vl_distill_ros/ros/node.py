@@ -675,6 +675,21 @@ class VlDistillNode(Node):
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0,
                        behind)
 
+    def _log_depth_unused(self, cam: CameraState, reason: str) -> None:
+        """Log why a paired depth image was not used (depth in other units than
+        ``depth_scale`` says, too little valid depth, no table): when the reason is new for
+        the camera, else at most every :data:`BAD_FRAME_LOG_PERIOD` (it was only in
+        ``/diagnostics``, and a node whose every frame went colour-only logged nothing)."""
+        now = time.monotonic()
+        kind = reason.split(":")[0][:60]
+        if kind == cam.log_times.get("depth_unused_kind") and \
+                now - cam.log_times.get("depth_unused", -BAD_FRAME_LOG_PERIOD) < \
+                BAD_FRAME_LOG_PERIOD:
+            return
+        cam.log_times["depth_unused"], cam.log_times["depth_unused_kind"] = now, kind
+        self.get_logger().warning(f"{cam.resolved}: depth paired but not used, processed "
+                                  f"colour-only: {clip_text(reason)}")
+
     def _classify_and_publish(self, staged: "_Staged") -> None:
         cam, msg = staged.cam, staged.msg
         t0 = time.monotonic()
@@ -683,6 +698,8 @@ class VlDistillNode(Node):
         if staged.has_depth:
             placed = sum(o.position is not None for o in objects)
             cam.depth.record(staged.frame.depth_status, placed, len(objects) - placed)
+            if staged.frame.depth_status not in ("used", "not used"):   # "not used": settings
+                self._log_depth_unused(cam, staged.frame.depth_status)
         doc = labels_document(msg.header.stamp.sec, msg.header.stamp.nanosec,
                               msg.header.frame_id, cam.resolved, version, objects)
         if self._stop.is_set():
