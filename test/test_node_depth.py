@@ -179,6 +179,38 @@ def test_depth_pairs_by_stamp_and_missing_late_or_far_depth_goes_colour_only(
         assert st["depth_fattening_px"] == "0"                   # sharp ray-cast edges
 
 
+def test_a_latched_camera_info_reaches_a_transient_local_subscription(ctx, tester, bundle,
+                                                                      scene, tmp_path):
+    """A CameraInfo published once, latched (reliable, transient local), before the node
+    starts: with ``camera_info_durability: transient_local`` the node gets it and uses
+    depth; with the default (volatile) it never does, and its reason says which setting
+    to change (it said only "no CameraInfo received yet", forever)."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    depth, _ = scene
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    for ns, durability, used in (("/latched", "transient_local", True),
+                                 ("/volatile", "volatile", False)):
+        pub = tester.node.create_publisher(CameraInfo, f"{ns}/cam/info", latched)
+        pub.publish(info_msg(K))                            # once, before the node
+        rig = Rig(tester, ns)
+        with running_node(ctx, ns, bundle, tmp_path, crop_source="proposals",
+                          image_topics=["cam/image"], depth_topics=["cam/depth"],
+                          camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
+                          inference_backend="torch", warm_text_encoder=False,
+                          camera_info_durability=durability):
+            assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth") > 0, 10.0)
+            doc = rig.send(durability, 30, depth_msg(depth, 30, 0))
+            assert (len(doc["objects"]) == 2) is used, doc
+            st = rig.status()
+            assert (int(st["depth_used"]) >= 1) is used, st
+            if not used:
+                assert "camera_info_durability: transient_local" in \
+                    st["last_colour_only_reason"], st
+        tester.node.destroy_publisher(pub)
+
+
 def test_placed_objects_are_published_as_3d_detections(ctx, tester, bundle, scene, tmp_path):
     """With the real vision_msgs: ``~/detections_3d`` holds one Detection3D per named,
     placed object (its 3-D box in the camera's frame, the same as ``~/labels``), one message

@@ -39,6 +39,9 @@ __all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
 
 #: Depth images kept per camera (the matcher's bounded buffer).
 DEPTH_BUFFER = 30
+#: Said with "no CameraInfo received yet": the usual cause when it lasts.
+LATCHED_INFO_HINT = ("a CameraInfo published once before the node started needs "
+                     "camera_info_durability: transient_local")
 #: A depth stream silent for longer than this (s) is not waited for.
 STALE_AFTER_S = 1.0
 
@@ -185,7 +188,8 @@ class DepthInput:
         with self._lock:
             info = self.info
         if info is None:
-            return self._colour_only(f"no CameraInfo received on {self.info_topic} yet")
+            return self._colour_only(f"no CameraInfo received on {self.info_topic} yet "
+                                     f"({LATCHED_INFO_HINT})")
         msg = found[1]
         height, width = int(image_shape[0]), int(image_shape[1])
         try:
@@ -221,7 +225,7 @@ class DepthInput:
             depth_info = self.depth_info
         if depth_info is None:
             return self._colour_only(f"no depth CameraInfo received on "
-                                     f"{self.depth_info_topic} yet")
+                                     f"{self.depth_info_topic} yet ({LATCHED_INFO_HINT})")
         pose = self._pose(colour_frame, depth_frame)
         if isinstance(pose, str):
             return self._colour_only(pose)

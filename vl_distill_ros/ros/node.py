@@ -417,6 +417,11 @@ class VlDistillNode(Node):
             reliability=(ReliabilityPolicy.RELIABLE if p["qos_reliability"] == "reliable"
                          else ReliabilityPolicy.BEST_EFFORT),
             durability=DurabilityPolicy.VOLATILE)
+        # a latched CameraInfo reaches a node started after it only through a transient
+        # local subscription, which must be reliable to be sent the stored message
+        info_qos = qos if p["camera_info_durability"] == "volatile" else QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._cameras: list[CameraState] = []
         self._subs = []
         self._static_tf: StaticTransforms | None = None    # /tf_static, when a pose needs it
@@ -437,7 +442,7 @@ class VlDistillNode(Node):
                     depth_topic.strip(), lambda msg, cam=cam: self._on_depth(msg, cam), qos))
                 self._subs.append(self.create_subscription(
                     CameraInfo, info_topic.strip(), lambda msg, cam=cam: cam.depth.add_info(msg),
-                    qos))
+                    info_qos))
                 cam.depth = DepthInput(self._subs[-2].topic_name, self._subs[-1].topic_name,
                                        float(p["depth_sync_tolerance"]),
                                        rectified=is_rectified_topic(resolved),
@@ -446,7 +451,7 @@ class VlDistillNode(Node):
                     info, transform = alignment
                     self._subs.append(self.create_subscription(
                         CameraInfo, info, lambda msg, cam=cam: cam.depth.add_depth_info(msg),
-                        qos))
+                        info_qos))
                     if transform is None:       # the pose from /tf_static
                         cam.depth.set_alignment(self._subs[-1].topic_name,
                                                 lookup=self._static_transform_lookup())

@@ -113,6 +113,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "History depth of the image subscriptions. Frames are processed 'latest wins' "
               "per camera regardless, so a deeper queue only adds latency.",
               read_only=True, range=(1, 100)),
+    ParamSpec("camera_info_durability", "volatile", "string",
+              "Durability of the CameraInfo subscriptions (camera_info_topics, "
+              "depth_camera_info_topics): volatile (drivers that publish CameraInfo with "
+              "every frame: RealSense, Azure Kinect, Orbbec) or transient_local (a CameraInfo "
+              "published once and latched, e.g. a static publisher started before the node: "
+              "a volatile subscription never gets it; the subscription is then reliable, "
+              "which a volatile or best-effort publisher does not match).",
+              read_only=True, constraints="volatile or transient_local"),
     ParamSpec("device", "auto", "string",
               "Torch device of the student: cpu, cuda, cuda:N, or auto (cuda when available).",
               read_only=True),

@@ -51,10 +51,11 @@ def check_startup_params(p: dict) -> None:
     """Reject start-up parameter values that rclpy's descriptors cannot check.
 
     Raises:
-        StartupError: an unknown ``inference_backend``, ``inference_backend_behind`` or
-            ``qos_reliability``, no topic, or more than :data:`MAX_CAMERAS` cameras (as
-            many as the object tracks keep). Topics listed twice are the node's check
-            (:func:`check_distinct_topics`, on the resolved names).
+        StartupError: an unknown ``inference_backend``, ``inference_backend_behind``,
+            ``qos_reliability`` or ``camera_info_durability``, no topic, or more than
+            :data:`MAX_CAMERAS` cameras (as many as the object tracks keep). Topics
+            listed twice are the node's check (:func:`check_distinct_topics`, on the
+            resolved names).
     """
     if p["inference_backend"] not in BACKENDS:
         raise StartupError(f"inference_backend must be one of {', '.join(BACKENDS)}, got "
@@ -65,6 +66,9 @@ def check_startup_params(p: dict) -> None:
     if p["qos_reliability"] not in ("best_effort", "reliable"):
         raise StartupError(f"qos_reliability must be best_effort or reliable, got "
                            f"{p['qos_reliability']!r}")
+    if p["camera_info_durability"] not in ("volatile", "transient_local"):
+        raise StartupError(f"camera_info_durability must be volatile or transient_local, got "
+                           f"{p['camera_info_durability']!r}")
     if not p["image_topics"] or any(not t.strip() for t in p["image_topics"]):
         raise StartupError("image_topics must list at least one non-empty topic name")
     n = len(p["image_topics"])
