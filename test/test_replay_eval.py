@@ -590,6 +590,48 @@ def test_ground_truth_of_a_camera_without_its_slash_is_read_as_the_topic(tmp_pat
     assert "1 ground-truth document(s) name no frame of the bag (e.g. /cam at 5 ns)" in warning
 
 
+def test_depth_no_colour_topic_takes_is_listed_and_warned_about():
+    """A depth topic the naming convention pairs with no colour topic (its camera holds
+    raw and rectified colour, or none) was left unused without a word: it is listed in
+    the report and warned about; a camera's raw depth beside its registered one is not."""
+    from vl_distill_ros.bags.bag_io import (CAMERA_INFO_TYPE, IMAGE_TYPE, pair_camera_topics,
+                                            unpaired_depth_topics)
+    from vl_distill_ros.commands.replay_eval import scoring_warnings
+
+    topics = {"/camera/color/image_raw": IMAGE_TYPE, "/camera/color/image_rect_color": IMAGE_TYPE,
+              "/camera/depth/image_raw": IMAGE_TYPE, "/camera/color/camera_info": CAMERA_INFO_TYPE,
+              "/arm/depth/image_raw": IMAGE_TYPE,
+              "/kinect/rgb/image_raw": IMAGE_TYPE, "/kinect/depth/image_raw": IMAGE_TYPE,
+              "/kinect/depth_registered/image_raw": IMAGE_TYPE}
+    colour, depth_of, _ = pair_camera_topics(topics)
+    assert depth_of == {"/kinect/rgb/image_raw": "/kinect/depth_registered/image_raw"}
+    assert unpaired_depth_topics(topics, depth_of) == ["/arm/depth/image_raw",
+                                                       "/camera/depth/image_raw"]
+    colour, depth_of, _ = pair_camera_topics(
+        topics, {"/camera/color/image_raw": "/camera/depth/image_raw"})
+    assert unpaired_depth_topics(topics, depth_of) == ["/arm/depth/image_raw"]
+    report = {"frames": {}, "bag": {"unpaired_depth_topics": ["/arm/depth/image_raw"]}}
+    (warning,) = scoring_warnings(report)
+    assert "depth topic /arm/depth/image_raw was paired with no colour topic" in warning
+    assert "--depth-topic COLOUR=/arm/depth/image_raw" in warning
+
+
+def test_ground_truth_naming_the_base_topic_of_a_compressed_camera_scores_it(tmp_path):
+    """Ground truth that names ``/camera/image_raw`` in a bag holding only its
+    ``/compressed`` transport matched no frame: it is the frames of that transport."""
+    from vl_distill_ros.bags.bag_io import BagContents, _name_transport_topics
+
+    contents = BagContents(path=tmp_path, storage="mcap", topics={}, message_counts={},
+                           image_topics=["/camera/image_raw/compressed", "/hand/image_raw"],
+                           ground_truth={("/camera/image_raw", 5): [], ("/hand/image_raw", 5): [],
+                                         ("/other/image_raw", 5): []},
+                           ground_truth_repeated={("/camera/image_raw", 5)})
+    _name_transport_topics(contents)
+    assert set(contents.ground_truth) == {("/camera/image_raw/compressed", 5),
+                                          ("/hand/image_raw", 5), ("/other/image_raw", 5)}
+    assert contents.ground_truth_repeated == {("/camera/image_raw/compressed", 5)}
+
+
 def test_depth_scale_reads_a_bags_16_bit_depth_in_other_units(tmp_path, capsys):
     """``-p depth_scale:=...``: a bag whose 16UC1 depth is in tenths of a millimetre (as
     YCB-Video stores it) replays offline as the same frame in millimetres does; read as

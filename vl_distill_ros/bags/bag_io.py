@@ -117,6 +117,9 @@ class BagContents:
     depth_topics: dict[str, str] = field(default_factory=dict)
     #: CameraInfo topic of each colour topic that has one.
     camera_info_topics: dict[str, str] = field(default_factory=dict)
+    #: Depth topics paired with no colour topic (:func:`unpaired_depth_topics`): read by no
+    #: one unless ``--depth-topic`` pairs them.
+    unpaired_depth_topics: list[str] = field(default_factory=list)
     #: Colour topics whose depth may come from a separate depth camera: how it is aligned
     #: (:func:`~vl_distill_ros.bags.unregistered_depth.plan_depth_alignment`).
     depth_alignment: dict[str, DepthAlignmentPlan] = field(default_factory=dict)
@@ -380,6 +383,17 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     return colour, depth, camera_info
 
 
+def unpaired_depth_topics(topics: dict[str, str], depth_of: dict[str, str]) -> list[str]:
+    """The depth image topics of ``topics`` that :func:`pair_camera_topics` paired with no
+    colour topic although no colour topic of their camera has depth (its namespace holds
+    no colour topic, or several: raw and rectified), sorted. A second depth topic of a
+    camera that has one (its raw depth beside the registered) is not listed."""
+    with_depth = {_camera_namespace(c) for c in depth_of}
+    return sorted(t for t, ty in topics.items() if ty in IMAGE_TYPES and is_depth_topic(t)
+                  and t not in depth_of.values() and not _transport_copy(t, topics)
+                  and _camera_namespace(t) not in with_depth)
+
+
 def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
                      ) -> tuple[Any, np.ndarray]:
     """Deserialise one CDR ``sensor_msgs/msg/Image`` (or ``CompressedImage``, ``msgtype``)
@@ -452,7 +466,8 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
     contents = BagContents(path=path, storage=storage, topics=topics, message_counts=counts,
                            image_topics=image_topics, start_ns=int(start),
                            end_ns=int(max(end - 1, start)) if end else 0,
-                           depth_topics=depth_of, camera_info_topics=info_of)
+                           depth_topics=depth_of, camera_info_topics=info_of,
+                           unpaired_depth_topics=unpaired_depth_topics(topics, depth_of))
     contents.depth_alignment = plan_depth_alignment(path, topics, depth_of,
                                                     depth_camera_info_topics)
     if ground_truth is not None:
@@ -466,7 +481,24 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
         contents.ground_truth = _read_ground_truth_topic(path, ground_truth_topic,
                                                          contents.ground_truth_repeated)
         contents.ground_truth_source = "topic"
+    _name_transport_topics(contents)
     return contents
+
+
+def _name_transport_topics(contents: BagContents) -> None:
+    """Ground truth naming a camera by its base topic (``/camera/image_raw``) where the bag
+    holds only one transport of it (``/camera/image_raw/compressed``): keyed by that
+    transport's topic, the camera the frames come from."""
+    bases: dict[str, list[str]] = {}
+    for t in contents.image_topics:
+        if base_topic(t) != t and base_topic(t) not in contents.image_topics:
+            bases.setdefault(base_topic(t), []).append(t)
+    rename = {b: ts[0] for b, ts in bases.items() if len(ts) == 1}
+    if rename:
+        contents.ground_truth = {(rename.get(c, c), s): v
+                                 for (c, s), v in contents.ground_truth.items()}
+        contents.ground_truth_repeated = {(rename.get(c, c), s)
+                                          for c, s in contents.ground_truth_repeated}
 
 
 def _read_ground_truth_topic(path: Path, topic: str, repeated: set | None = None

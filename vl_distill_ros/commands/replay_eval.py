@@ -54,8 +54,12 @@ def transport_warning(environ: "os._Environ[str] | dict[str, str]") -> str | Non
 
 
 def scoring_warnings(report: dict) -> list[str]:
-    """What to say when some of the bag's frames or ground truth could not be scored."""
+    """What to say when some of the bag's depth, frames or ground truth went unused."""
     frames, out = report["frames"], []
+    for topic in report["bag"].get("unpaired_depth_topics") or []:
+        out.append(f"depth topic {topic} was paired with no colour topic (its camera "
+                   "namespace holds none, or several), so its frames were not used: pair it "
+                   f"with --depth-topic COLOUR={topic} (and --camera-info-topic)")
     if frames.get("left_out_repeated_stamps"):
         out.append(f"{frames['left_out_repeated_stamps']} frame(s) left out of the scores: "
                    "another frame of their camera has the same header stamp, or several "
