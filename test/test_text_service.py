@@ -1,6 +1,7 @@
 """TextEmbeddingService: cached, lazily computed, persisted teacher text embeddings."""
 import hashlib
 import logging
+import os
 import threading
 import time
 from typing import Sequence
@@ -183,6 +184,75 @@ def test_corrupt_cache_file_is_set_aside(tmp_path, caplog, damage):
     assert svc.stats["cached_entries"] == 0
     assert svc.embed_vocabulary(VOCAB).shape == (3, DIM)  # still works, rewrites the cache
     assert make_service(Factory(), cache_dir=tmp_path).stats["cached_entries"] == 3
+
+
+def _rewrite_cache(path, **members) -> None:
+    """The cache file at ``path`` with some members replaced (as np.savez writes them)."""
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    out.update(members)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **out)
+
+
+@pytest.mark.parametrize("damage", ["zero_row", "long_row", "float16", "unpacks_huge"])
+def test_a_cache_file_that_would_mislead_or_flood_is_set_aside(tmp_path, damage):
+    """A cache entry that is not a unit-length float vector (a zero row made the node's
+    start-up fail with "a text embedding is the zero vector", and every request with that
+    name fail after it), and a small compressed file whose embeddings unpack to 600 MB
+    (read in full before any check), are set aside and the names embedded again."""
+    import tracemalloc
+
+    first = make_service(Factory(), cache_dir=tmp_path)
+    emb = first.embed_vocabulary(VOCAB).numpy()
+    path = first.cache_path
+    if damage == "zero_row":
+        emb[1] = 0.0
+    elif damage == "long_row":
+        emb[1] *= 1e6
+    elif damage == "float16":
+        emb = emb.astype(np.float16)
+    else:
+        emb = np.zeros((200_000, 1024), np.float32)    # 800 MB unpacked, under 1 MB packed
+    _rewrite_cache(path, embeddings=emb)
+    tracemalloc.start()
+    try:
+        svc = make_service(Factory(), cache_dir=tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert svc.cache_error is not None and "corrupt" in svc.cache_error
+    assert peak < 100 << 20, peak
+    assert svc.stats["cached_entries"] == 0
+    assert torch.allclose(svc.embed_vocabulary(VOCAB).norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_a_fifo_in_place_of_the_cache_file_does_not_block(tmp_path):
+    """A FIFO where the cache file should be blocked the node's start-up for ever (the file
+    was opened without a type check): it is reported and left in place."""
+    path = make_service(Factory(), cache_dir=tmp_path).cache_path
+    os.mkfifo(path)
+    start = time.monotonic()
+    svc = make_service(Factory(), cache_dir=tmp_path)
+    assert time.monotonic() - start < 5.0
+    assert "not a regular file" in svc.cache_error and "left in place" in svc.cache_error
+    assert svc.embed_vocabulary(VOCAB).shape == (3, DIM)
+
+
+def test_services_sharing_a_cache_file_keep_each_others_entries(tmp_path):
+    """Two nodes (one per camera) sharing text_cache_dir: each rewrote the file from its own
+    memory, so the last writer dropped the other's new names and a restarted node needed
+    the teacher again. A write now keeps the entries it lacks from the file."""
+    left = make_service(Factory(), cache_dir=tmp_path)
+    right = make_service(Factory(), cache_dir=tmp_path)     # started before left wrote
+    left.embed([Label("zebra")])
+    right.embed([Label("kettle")])
+    f = Factory()
+    restarted = make_service(f, cache_dir=tmp_path)
+    assert restarted.stats["cached_entries"] == 2
+    restarted.embed([Label("zebra"), Label("kettle")])
+    assert f.builds == 0
+    assert [p.name for p in tmp_path.iterdir()] == [left.cache_path.name]   # no lock file
 
 
 def test_concurrent_embeds_are_safe(tmp_path):

@@ -118,3 +118,30 @@ def test_store_under_a_regular_file_gets_a_clear_message(tmp_path):
     assert f"{blocker} is a file, not a directory" in str(err.value)
     assert "File exists" not in str(err.value)
     assert blocker.read_text() == "I am a file\n"
+
+
+def test_every_vocabulary_the_node_accepts_saves_and_restores(tmp_path, monkeypatch):
+    """1000 labels of 64-character names, 300-character descriptions and 128-character keys
+    in 3-byte characters pass validation and were saved (1.3 MB), then refused at the next
+    start as over the 1 MiB a vocabulary file may have: the store reads back what it
+    writes, and refuses up front what it could not."""
+    import yaml
+
+    from vl_distill_ros.model import vocab_store
+    from vl_distill_ros.model.vocabulary import Label
+
+    vocab = Vocabulary(tuple(Label(name=f"{i:04d}" + "中" * 60, description="中" * 300,
+                                   key=f"{i:04d}" + "中" * 124) for i in range(1000)))
+    path = save_vocabulary_atomic(vocab, tmp_path / "store.yaml")
+    assert path.stat().st_size > 1 << 20
+    assert load_vocabulary_store_result(path).vocabulary == vocab
+    # characters YAML escapes (10 bytes each) still fit
+    big = Vocabulary(tuple(Label(name=f"{i:04d}" + "\U000E0041" * 60,
+                                 description="\U000E0041" * 300,
+                                 key=f"{i:04d}" + "\U000E0041" * 124) for i in range(1000)))
+    assert len(yaml.safe_dump(big.to_dict(), allow_unicode=True).encode()) \
+        < vocab_store.MAX_STORE_BYTES
+    monkeypatch.setattr(vocab_store, "MAX_STORE_BYTES", 100)
+    with pytest.raises(OSError, match="would not be read back"):
+        save_vocabulary_atomic(Vocabulary.from_names(["mug", "cup", "bowl"]), path)
+    assert load_vocabulary_store_result(path).vocabulary is None     # over the lowered limit

@@ -18,9 +18,12 @@ Cache
     (temp file + fsync + rename) after each teacher call. A file that cannot be read is
     reported with ``logging.warning`` (naming the path), renamed to
     ``<file>.corrupt-<UTC timestamp>`` and the service starts with an empty cache. A failed
-    write is logged and the service keeps working from memory. One process per cache file is
-    assumed: two processes writing the same file never corrupt it, but may drop each other's
-    new entries (last writer wins).
+    write is logged and the service keeps working from memory. Processes sharing a cache
+    file (a node per camera with the default ``text_cache_dir``) keep each other's entries:
+    a write first reads the file again under an advisory lock and keeps the entries it
+    lacks, within ``max_entries``. Only a regular file of at most
+    :data:`MAX_CACHE_FILE_BYTES` (unpacked too) whose embeddings are floating point and of
+    unit length is used (:func:`read_cache_file`).
 
 Description catalogue
     A service made with a ``catalogue`` (:mod:`.descriptions`; :meth:`from_bundle` takes the
@@ -56,6 +59,8 @@ CPU budget
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -63,6 +68,8 @@ import logging
 import os
 import re
 import threading
+import time
+import zipfile
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,7 +79,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic_io import atomic_write_bytes, set_aside
+from ..atomic_io import atomic_write_bytes, read_regular_file, set_aside
 from ..thread_names import name_os_thread
 from .descriptions import DescriptionCatalogue
 from .vocabulary import Label, Vocabulary, build_prompts
@@ -87,6 +94,11 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 #: Most label embeddings a service keeps (memory and file); least recently used go first.
 MAX_CACHE_ENTRIES = 2048
+#: Largest cache file read, and most its members may unpack to (bytes): 2048 entries of a
+#: 1024-dimensional teacher with long prompts fit well within it.
+MAX_CACHE_FILE_BYTES = 64 << 20
+#: How far a cached embedding's length may be from 1 (they are L2-normalised).
+UNIT_TOLERANCE = 1e-3
 #: torch intra-op threads of the teacher's text encoder while it embeds (0: torch's setting).
 TEXT_ENCODER_THREADS = 1
 #: How much the encoder thread's nice value is raised (0..19; 0: unchanged).
@@ -104,6 +116,76 @@ def cache_file_name(teacher_id: str) -> str:
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher_id).strip("._")[:80] or "teacher"
     digest = hashlib.sha256(teacher_id.encode("utf-8")).hexdigest()[:12]
     return f"{readable}-{digest}.npz"
+
+
+def read_cache_file(path: Path, teacher_id: str) -> tuple[list[list[str]], np.ndarray]:
+    """``(prompts, embeddings)`` of a cache file for ``teacher_id``, checked: a regular file
+    (a FIFO would block, :func:`~vl_distill_ros.atomic_io.read_regular_file`) of at most
+    :data:`MAX_CACHE_FILE_BYTES`, whose members unpack to at most as much (a small
+    compressed file cannot fill the memory), of this format version and teacher, one
+    floating-point row of unit length per prompt list (a zero row would reach the student's
+    classifier).
+
+    Raises:
+        ValueError, OSError, KeyError: why the file is unusable.
+    """
+    raw = read_regular_file(path, MAX_CACHE_FILE_BYTES)
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        unpacked = sum(info.file_size for info in zf.infolist())
+    if unpacked > MAX_CACHE_FILE_BYTES:
+        raise ValueError(f"its members unpack to {unpacked} bytes; the limit is "
+                         f"{MAX_CACHE_FILE_BYTES}")
+    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+        version = int(data["version"])
+        file_teacher = str(data["teacher_id"])
+        prompts = json.loads(str(data["prompts"]))
+        emb = data["embeddings"]
+    if version != CACHE_VERSION:
+        raise ValueError(f"cache format version {version}, expected {CACHE_VERSION}")
+    if file_teacher != teacher_id:
+        raise ValueError(f"cache is for teacher {file_teacher!r}")
+    if emb.dtype.kind != "f" or emb.dtype.itemsize < 4:
+        raise ValueError(f"embeddings of type {emb.dtype}, expected float32")
+    if (not isinstance(prompts, list) or emb.ndim != 2 or emb.shape[0] != len(prompts)
+            or not all(isinstance(p, list) and all(isinstance(s, str) for s in p)
+                       for p in prompts)):
+        raise ValueError(f"inconsistent contents ({len(prompts)} keys, embeddings "
+                         f"{emb.shape})")
+    emb = np.asarray(emb, dtype=np.float32)
+    if not np.isfinite(emb).all():
+        raise ValueError("non-finite embeddings")
+    norms = np.linalg.norm(emb, axis=1)
+    if len(norms) and np.abs(norms - 1.0).max() > UNIT_TOLERANCE:
+        bad = int(np.argmax(np.abs(norms - 1.0)))
+        raise ValueError(f"embedding {bad} ({prompts[bad][:1]}) has length {norms[bad]:.4g}, "
+                         "not 1")
+    return prompts, emb
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path, timeout_s: float = 2.0):
+    """An advisory lock on the folder of ``path`` for the duration (no lock file is left:
+    other processes sharing the folder wait up to ``timeout_s``; then, or where locking
+    fails, the caller goes on unlocked)."""
+    fd = None
+    try:
+        fd = os.open(Path(path).parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    break
+                time.sleep(0.01)
+    except OSError:
+        pass                  # e.g. a read-only cache folder: the write will say so
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)      # releases the lock
 
 
 def _combine(prompt_embeddings: torch.Tensor, n_labels: int, n_templates: int) -> torch.Tensor:
@@ -539,27 +621,12 @@ class TextEmbeddingService:
     def _load_disk_cache(self) -> None:
         path = self.cache_path
         assert path is not None
-        if not path.exists():
+        if not os.path.lexists(path):
             return
         try:
-            with np.load(path, allow_pickle=False) as data:
-                version = int(data["version"])
-                file_teacher = str(data["teacher_id"])
-                prompts = json.loads(str(data["prompts"]))
-                emb = np.asarray(data["embeddings"], dtype=np.float32)
-            if version != CACHE_VERSION:
-                raise ValueError(f"cache format version {version}, expected {CACHE_VERSION}")
-            if file_teacher != self.teacher_id:
-                raise ValueError(f"cache is for teacher {file_teacher!r}")
-            if (not isinstance(prompts, list) or emb.ndim != 2 or emb.shape[0] != len(prompts)
-                    or not all(isinstance(p, list) and all(isinstance(s, str) for s in p)
-                               for p in prompts)):
-                raise ValueError(f"inconsistent contents ({len(prompts)} keys, embeddings "
-                                 f"{emb.shape})")
-            if not np.isfinite(emb).all():
-                raise ValueError("non-finite embeddings")
+            prompts, emb = read_cache_file(path, self.teacher_id)
         except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-            moved = set_aside(path)
+            moved = set_aside(path) if os.path.isfile(path) else None   # not a FIFO, a device
             self.cache_error = (f"text embedding cache {path} is corrupt or unreadable ({exc}); "
                                 f"{'moved to ' + str(moved) if moved else 'left in place'}; "
                                 "starting with an empty cache")
@@ -572,21 +639,41 @@ class TextEmbeddingService:
         log.info("text embedding cache %s: %d entries", path, len(prompts))
 
     def _save_disk_cache(self) -> None:
+        """Rewrite the cache file with this service's entries and, when another process
+        sharing the file (a second camera's node) wrote entries this one lacks, theirs too
+        (read again under an advisory lock on its folder, older than this service's
+        entries, within ``max_entries``): nodes sharing ``text_cache_dir`` no longer drop
+        each other's names."""
         path = self.cache_path
         if path is None:
             return
         with self._lock:
             keys, emb = self._cache.items()
             dim = self._dim or 0
+            capacity = self._cache.capacity
         prompts = [list(k[1]) for k in keys]
         if emb is None:
             emb = np.zeros((0, dim), np.float32)
-        buf = io.BytesIO()
-        np.savez(buf, version=np.array(CACHE_VERSION), teacher_id=np.array(self.teacher_id),
-                 prompts=np.array(json.dumps(prompts, ensure_ascii=False)),
-                 embeddings=emb)  # float32 already: no copy
-        try:
-            atomic_write_bytes(path, buf.getbuffer())  # a view: no copy of the file
-        except OSError as exc:
-            log.warning("could not write text embedding cache %s: %s (continuing in memory)",
-                        path, exc)
+        with _folder_lock(path):
+            try:
+                theirs, their_emb = read_cache_file(path, self.teacher_id)
+            except Exception:  # noqa: BLE001 - none, or unusable: this service's alone
+                theirs, their_emb = [], None
+            if their_emb is not None and (not prompts or their_emb.shape[1] == emb.shape[1]):
+                mine = {tuple(p) for p in prompts}
+                extra = [i for i, p in enumerate(theirs) if tuple(p) not in mine]
+                room = max(0, capacity - len(prompts))
+                extra = extra[max(0, len(extra) - room):] if room else []   # their newest
+                if extra:
+                    prompts = [theirs[i] for i in extra] + prompts
+                    emb = np.concatenate([their_emb[extra], emb]) if len(emb) \
+                        else their_emb[extra]
+            buf = io.BytesIO()
+            np.savez(buf, version=np.array(CACHE_VERSION), teacher_id=np.array(self.teacher_id),
+                     prompts=np.array(json.dumps(prompts, ensure_ascii=False)),
+                     embeddings=emb)  # float32 already: no copy
+            try:
+                atomic_write_bytes(path, buf.getbuffer())  # a view: no copy of the file
+            except OSError as exc:
+                log.warning("could not write text embedding cache %s: %s (continuing in "
+                            "memory)", path, exc)

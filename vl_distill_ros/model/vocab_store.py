@@ -15,8 +15,8 @@ Reading contract (:func:`load_vocabulary_store_result` / :func:`load_vocabulary_
   not destroy the evidence, and no vocabulary is returned; the reason and the new location
   are in the :class:`StoreLoadResult` (``status == "corrupt"``) so the node can publish a
   diagnostic and fall back to its configured vocabulary;
-* the file cannot be read at all (permissions, a directory, a FIFO or device, over 1 MiB,
-  I/O error) -> an error is logged
+* the file cannot be read at all (permissions, a directory, a FIFO or device, over
+  :data:`MAX_STORE_BYTES`, I/O error) -> an error is logged
   and returned, and the file is left where it is (``status == "unreadable"``).
 
 Nothing here raises for a bad store file; only :func:`save_vocabulary_atomic` raises
@@ -33,10 +33,16 @@ from pathlib import Path
 import yaml
 
 from ..atomic_io import atomic_write_bytes, read_regular_file, set_aside  # noqa: F401
-from .vocabulary import MAX_VOCABULARY_FILE_BYTES, Vocabulary, VocabularyError
+from .vocabulary import Vocabulary, VocabularyError
 
 log = logging.getLogger(__name__)
 
+#: Largest store file read back (bytes): every vocabulary the node accepts fits (1000 labels
+#: of 64-character names, 300-character descriptions and 128-character keys take at most
+#: about 5 MB even when YAML escapes every character); a vocabulary file a user writes is
+#: held to 1 MiB (``MAX_VOCABULARY_FILE_BYTES``), but a saved store of 3-byte characters
+#: could exceed that and was then refused at the next start.
+MAX_STORE_BYTES = 8 << 20
 #: First lines of a saved store file.
 STORE_HEADER = ("# Active vocabulary of the vl_distill_ros node (written automatically; "
                 "same format as config/ycb_vocabulary.yaml).\n")
@@ -46,10 +52,15 @@ def save_vocabulary_atomic(vocab: Vocabulary, path: str | Path) -> Path:
     """Save ``vocab`` as YAML at ``path`` atomically (see module doc); returns the path.
 
     Raises:
-        OSError: the file could not be written; an existing file at ``path`` is unchanged.
+        OSError: the file could not be written, or would be larger than
+            :data:`MAX_STORE_BYTES` (not read back); an existing file at ``path`` is unchanged.
     """
     text = STORE_HEADER + yaml.safe_dump(vocab.to_dict(), sort_keys=False, allow_unicode=True)
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    data = text.encode("utf-8")
+    if len(data) > MAX_STORE_BYTES:
+        raise OSError(f"the vocabulary takes {len(data)} bytes; a store over "
+                      f"{MAX_STORE_BYTES} bytes would not be read back")
+    return atomic_write_bytes(path, data)
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ def load_vocabulary_store_result(path: str | Path) -> StoreLoadResult:
     """Load the stored vocabulary per the module's reading contract; never raises for bad files."""
     path = Path(path)
     try:
-        raw = read_regular_file(path, MAX_VOCABULARY_FILE_BYTES)  # never blocks (FIFO)
+        raw = read_regular_file(path, MAX_STORE_BYTES)  # never blocks (FIFO)
     except FileNotFoundError:
         return StoreLoadResult(path=path)
     except OSError as exc:
