@@ -145,3 +145,24 @@ def test_every_vocabulary_the_node_accepts_saves_and_restores(tmp_path, monkeypa
     with pytest.raises(OSError, match="would not be read back"):
         save_vocabulary_atomic(Vocabulary.from_names(["mug", "cup", "bowl"]), path)
     assert load_vocabulary_store_result(path).vocabulary is None     # over the lowered limit
+
+
+def test_default_store_paths_of_distinct_nodes_differ(tmp_path, monkeypatch):
+    """The default vocabulary_store is one file per node: '/' became '_', which ROS names
+    also hold, so /cam_left/node and /cam/left/node shared a file (with persist_vocabulary
+    each restored the other's vocabulary). A store under the older name is still found."""
+    from vl_distill_ros.ros.startup_checks import default_store_path
+
+    monkeypatch.setenv("ROS_HOME", str(tmp_path))
+    pairs = [(("/cam_left", "vl_distill_node"), ("/cam/left", "vl_distill_node")),
+             (("/robot_front", "vl_distill_node"), ("/robot", "front_vl_distill_node"))]
+    for a, b in pairs:
+        assert default_store_path(*a) != default_store_path(*b)
+    path = default_store_path("/cam/left", "vl_distill_node")
+    assert path == tmp_path / "vl_distill_ros" / "cam.left.vl_distill_node.vocabulary.yaml"
+    assert default_store_path("/", "vl_distill_node").name == "vl_distill_node.vocabulary.yaml"
+    older = tmp_path / "vl_distill_ros" / "cam_left_vl_distill_node.vocabulary.yaml"
+    save_vocabulary_atomic(VOCAB, older)                 # written before the change
+    assert default_store_path("/cam/left", "vl_distill_node") == older
+    save_vocabulary_atomic(VOCAB, path)                  # once the new one exists, it wins
+    assert default_store_path("/cam/left", "vl_distill_node") == path

@@ -197,8 +197,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "empty disables the disk cache.", read_only=True),
     ParamSpec("vocabulary_store", "", "string",
               "YAML file the active vocabulary is saved to (~/save_vocabulary, "
-              "persist_vocabulary). Empty: $ROS_HOME/vl_distill_ros/<namespace_node>"
-              ".vocabulary.yaml (ROS_HOME defaults to ~/.ros).", read_only=True),
+              "persist_vocabulary). Empty: $ROS_HOME/vl_distill_ros/<namespace.node>"
+              ".vocabulary.yaml, the node's full name with '.' for '/' (ROS_HOME defaults "
+              "to ~/.ros; a store under the older <namespace_node> name is still read).",
+              read_only=True),
     ParamSpec("diagnostics_period", 1.0, "double",
               "Seconds between diagnostic_msgs/DiagnosticArray messages on /diagnostics.",
               read_only=True, range=(0.05, 60.0)),

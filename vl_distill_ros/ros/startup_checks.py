@@ -40,11 +40,17 @@ def missing_default_model_message(path: Path) -> str:
 
 
 def default_store_path(namespace: str, name: str) -> Path:
-    """``$ROS_HOME/vl_distill_ros/<namespace_node>.vocabulary.yaml`` (ROS_HOME: ~/.ros)."""
+    """``$ROS_HOME/vl_distill_ros/<namespace.node>.vocabulary.yaml`` (ROS_HOME: ~/.ros), the
+    node's full name with ``.`` for ``/``: one file per node (``_`` for ``/`` gave
+    ``/cam_left/node`` and ``/cam/left/node`` the same file, each restoring the other's
+    vocabulary). A store written under that older name, and none under the new, is kept."""
     ros_home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros").expanduser()
     fq = f"{namespace.strip('/')}/{name}".strip("/")
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", fq) or name
-    return ros_home / "vl_distill_ros" / f"{safe}.vocabulary.yaml"
+    folder = ros_home / "vl_distill_ros"
+    path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', fq.replace('/', '.')) or name}" \
+        ".vocabulary.yaml"
+    older = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', fq) or name}.vocabulary.yaml"
+    return older if older != path and older.exists() and not path.exists() else path
 
 
 def check_startup_params(p: dict) -> None:
