@@ -157,6 +157,34 @@ def test_configure_cleanup_cycles_leave_no_threads_behind(ctx, bundle_path, tmp_
         node.destroy_node()
 
 
+def test_cleanup_removes_the_parameter_callbacks(ctx, bundle_path, tmp_path):
+    """rclpy's add_*_set_parameters_callback return None, and cleanup removed what they
+    returned: after cleanup a parameter set hit the old callbacks (assert vocabulary is not
+    None) and killed the process; each configure piled another set of callbacks up, and the
+    start-up vocabulary was embedded again (vocabulary_version 2 with no change)."""
+    node = VlDistillLifecycleNode(namespace="/lccb", context=ctx, parameter_overrides=[
+        Parameter("model_path", value=str(bundle_path)),
+        Parameter("text_cache_dir", value=str(tmp_path / "cache")),
+        Parameter("vocabulary_store", value=str(tmp_path / "store.yaml"))])
+
+    def callbacks() -> tuple[int, int, int]:
+        return (len(node._pre_set_parameters_callbacks), len(node._on_set_parameters_callbacks),
+                len(node._post_set_parameters_callbacks))
+
+    try:
+        unconfigured = callbacks()
+        for _ in range(3):
+            assert node.trigger_configure().name == "SUCCESS"
+            assert callbacks() == tuple(n + 1 for n in unconfigured)
+            assert node.pipeline.active.version == 1
+            assert node.trigger_cleanup().name == "SUCCESS"
+            assert callbacks() == unconfigured
+            (result,) = node.set_parameters([Parameter("top_k", value=5)])
+            assert result.successful
+    finally:
+        node.destroy_node()
+
+
 def test_label_info_waits_for_activation_with_real_vision_msgs(
         ctx, tester, bundle_path, tmp_path):
     """An inactive node publishes nothing: the vocabulary's ``~/label_info`` (vision_msgs,

@@ -226,11 +226,13 @@ class VlDistillNode(Node):
         self._publish_annotated = bool(p["publish_annotated"])
         self._create_outputs(bool(p["depth_topics"]))
         self._save_srv = self.create_service(Trigger, "~/save_vocabulary", self._on_save)
-        # -- parameter callbacks (after every declaration and internal set)
-        self._parameter_callbacks = (
-            self.add_pre_set_parameters_callback(self._pre_set_parameters),
-            self.add_on_set_parameters_callback(self._on_set_parameters),
-            self.add_post_set_parameters_callback(self._post_set_parameters))
+        # -- parameter callbacks (after every declaration and internal set); rclpy's add_*
+        # return None: the callbacks themselves are what _cleanup removes
+        self.add_pre_set_parameters_callback(self._pre_set_parameters)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._post_set_parameters)
+        self._parameter_callbacks = (self._pre_set_parameters, self._on_set_parameters,
+                                     self._post_set_parameters)
         self.vocabulary.start()
         self._ready_text = (f"model {self.bundle.path} (teacher {self.bundle.teacher_id}), "
                             f"{len(vocab)} labels from {source}, "
