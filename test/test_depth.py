@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -1578,3 +1580,25 @@ def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
         bad = SimpleNamespace(**{**vars(info), **change})
         with pytest.raises(DepthError, match=message):
             CameraIntrinsics.from_camera_info(bad)
+
+
+def test_a_depth_config_or_box_network_that_is_no_regular_file_is_refused_at_once(tmp_path):
+    """``depth_proposal_config`` naming a FIFO blocked the executor (its parameter call
+    never answered) and ``/dev/zero`` grew the node by 300 MB a second: both are refused
+    at once with the reason, as a box network file is."""
+    from vl_distill_ros.perception.box_net import BoxNetError, _read_model
+    from vl_distill_ros.perception.depth_config import load_depth_config
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(DepthError, match="not a regular file"):
+            load_depth_config(path)
+        with pytest.raises(BoxNetError, match="not a regular file"):
+            _read_model(path)
+    assert time.monotonic() - start < 2.0
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * ((1 << 20) + 1))
+    with pytest.raises(DepthError, match="limit"):
+        load_depth_config(big)

@@ -8,6 +8,7 @@ student outputs that direction for every crop and the expected scores can be com
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -244,6 +245,14 @@ def test_settings_validation(bundle):
         with pytest.raises(PipelineError):
             pipe.configure(**bad)
     assert pipe.settings.crop_source == "full_frame"
+    # a subnormal temperature overflowed the cosines to inf: NaN scores, not JSON
+    for tiny in (5e-324, 1e-310, 5e-5):
+        with pytest.raises(PipelineError, match="score_temperature must be >= 0.0001"):
+            pipe.configure(score_temperature=tiny)
+    pipe.configure(score_temperature=1e-4)
+    (obj,) = pipe.process(frame(32, 32))[0]
+    assert all(math.isfinite(score) for _, score in obj.top_k) and math.isfinite(obj.score)
+    pipe.configure(score_temperature=0.0)
     s = pipe.configure(crop_source="rois", rois=[0, 0, 8, 8, 4, 4, 10, 10])
     assert s.rois == ((0, 0, 8, 8), (4, 4, 10, 10))
     assert rois_from_flat([1, 2, 3, 4]) == ((1, 2, 3, 4),)

@@ -29,6 +29,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..atomic_io import FileRejected, read_regular_file
 from ..thread_names import os_thread_named
 
 __all__ = ["BoxNet", "BoxNetError", "DEFAULT_BOX_NET", "DEFAULT_BOX_NET_INT8", "decode_boxes",
@@ -317,12 +318,12 @@ def _clip(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _read_model(path: Path) -> bytes:
+    """The model file's bytes: a regular file of at most ``MAX_MODEL_BYTES``, read without
+    blocking (:func:`~vl_distill_ros.atomic_io.read_regular_file`)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise BoxNetError(f"box network {path} is {size} bytes, more than "
-                              f"{MAX_MODEL_BYTES}")
-        return path.read_bytes()
+        return read_regular_file(path, MAX_MODEL_BYTES)
+    except FileRejected as exc:
+        raise BoxNetError(f"box network {exc}") from None
     except OSError as exc:
         raise BoxNetError(f"cannot read box network {path}: {exc.strerror or exc}") from None
 

@@ -390,6 +390,10 @@ def with_stride(cfg: DepthProposalConfig, stride: int) -> DepthProposalConfig:
                    max_grid_width=0)
 
 
+#: Largest depth proposal config file read (bytes).
+MAX_DEPTH_CONFIG_BYTES = 1 << 20
+
+
 def load_depth_config(path: str | Path) -> DepthProposalConfig:
     """Read a :class:`DepthProposalConfig` from YAML (a mapping of its fields; unknown keys
     and wrong types are errors).
@@ -399,11 +403,13 @@ def load_depth_config(path: str | Path) -> DepthProposalConfig:
     """
     import yaml
 
+    from ..atomic_io import read_regular_file
     from ..config import ConfigError, from_dict
 
-    try:
-        data = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    try:   # a regular file of bounded size: a FIFO or /dev/zero blocked the executor
+        raw = read_regular_file(Path(path).expanduser(), MAX_DEPTH_CONFIG_BYTES)
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise DepthError(f"cannot read depth proposal config {path}: {exc}") from None
     if not isinstance(data, dict):
         raise DepthError(f"{path}: expected a mapping of DepthProposalConfig fields")

@@ -27,6 +27,9 @@ PROPOSAL_SOURCES: tuple[str, ...] = ("auto", "colour", "depth")
 FROM_BUNDLE = -1.0
 #: Most fixed regions (``rois``), like ``proposal_max_count``'s upper bound.
 MAX_ROIS = 256
+#: Smallest score_temperature other than 0 (a subnormal one, 1e-310, overflowed the
+#: cosines to inf and published NaN scores, which are not JSON).
+MIN_SCORE_TEMPERATURE = 1e-4
 #: Most cameras ``close_cameras`` may name.
 MAX_CLOSE_CAMERAS = 64
 #: Default margin of the square window the student sees around a box (``crop_context``),
@@ -133,9 +136,10 @@ class PipelineSettings:
         if int(self.top_k) < 1:
             raise PipelineError(f"top_k must be >= 1, got {self.top_k}")
         t = float(self.score_temperature)
-        if not (math.isfinite(t) and t >= 0):
-            raise PipelineError(f"score_temperature must be > 0, or 0 for the bundle's "
-                                f"calibrated temperature; got {self.score_temperature}")
+        if not (math.isfinite(t) and (t == 0 or t >= MIN_SCORE_TEMPERATURE)):
+            raise PipelineError(f"score_temperature must be >= {MIN_SCORE_TEMPERATURE:g}, or "
+                                f"0 for the bundle's calibrated temperature; got "
+                                f"{self.score_temperature}")
         if int(self.min_box_size) < 1:
             raise PipelineError(f"min_box_size must be >= 1, got {self.min_box_size}")
 

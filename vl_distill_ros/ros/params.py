@@ -337,7 +337,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("score_temperature", 0.0, "double",
               "Softmax temperature over cosine similarities (0.01 equals CLIP's logit scale "
               "100). 0: the bundle's calibrated temperature (0.01 for a bundle without "
-              "calibration).", range=(0.0, 10.0)),
+              "calibration); otherwise at least 0.0001.", range=(0.0, 10.0)),
     ParamSpec("negative_names", True, "bool",
               "Open set: the names the student was trained on that are not in the active "
               "vocabulary (and not close to an active name) join the softmax as negatives, so "
