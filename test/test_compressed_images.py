@@ -113,7 +113,11 @@ def test_jpeg_size_is_read_past_metadata_and_from_progressive_frames():
     # an APP1 (EXIF-like) segment of 5 kB between SOI and the rest
     app1 = b"\xff\xe1" + struct.pack(">H", 5002) + bytes(5000)
     with_meta = plain[:2] + app1 + plain[2:]
-    for data in (plain, with_meta, _jpeg(bgr, IMWRITE_JPEG_PROGRESSIVE=1)):
+    # 17 ICC profile chunks of 64 kB (over 1 MiB before the frame header: refused as
+    # corrupt, though every decoder reads it)
+    icc = b"\xff\xe2" + struct.pack(">H", 65535) + b"ICC_PROFILE\0" + bytes(65535 - 2 - 12)
+    with_icc = plain[:2] + icc * 17 + plain[2:]
+    for data in (plain, with_meta, _jpeg(bgr, IMWRITE_JPEG_PROGRESSIVE=1), with_icc):
         buf = np.frombuffer(data, np.uint8)
         assert cc.payload_size(buf) == ("jpeg", 50, 30)
         assert cc.decode_compressed_image("jpeg", data).shape == (30, 50, 3)

@@ -131,6 +131,17 @@ def test_replay_eval_scores_the_imported_bag_as_the_original(scene, tmp_path, ca
     assert a["frames"]["evaluated"] == b["frames"]["evaluated"] == N_FRAMES
 
 
+def test_zero_padded_image_ids_are_read_alike_in_the_three_files(sample_frames, tmp_path):
+    """Keys "000001" in all three files: scene_camera.json's were read as numbers and the
+    annotations looked up as "1", so every frame was written with no objects."""
+    folder = tmp_path / "scene"
+    write_bop_scene(folder, sample_frames[:2])
+    for name in ("scene_camera", "scene_gt", "scene_gt_info"):
+        _edit(folder, name, lambda d: [d.update({f"{int(k):06d}": d.pop(k)}) for k in list(d)])
+    scene = read_bop_scene(folder)
+    assert scene.image_ids == [1, 2] and all(scene.objects[i] for i in scene.image_ids)
+
+
 def test_ycbv_ids_are_named_through_the_vocabulary():
     names = ycbv_object_names(Vocabulary.load(VOCABULARY))
     assert len(names.names) == 21 == len(YCBV_OBJECT_KEYS)
@@ -228,6 +239,19 @@ def test_grey_jpeg_scenes_every_and_several_scenes(sample_frames, tmp_path, caps
     (lambda f: _edit(f, "scene_camera", lambda d: d.update(first=d["1"])),
      "image id 'first' is not an integer"),
     (lambda f: _edit(f, "scene_gt_info", lambda d: d["1"].pop()), "lists of the same length"),
+    # an image without a camera was dropped, one without annotations written as empty of
+    # objects (its every box a false positive), both without a word
+    (lambda f: _edit(f, "scene_camera", lambda d: d.pop("2")),
+     r"images \[2\] have no entry in scene_camera.json"),
+    (lambda f: (_edit(f, "scene_gt", lambda d: d.pop("2")),
+                _edit(f, "scene_gt_info", lambda d: d.pop("2"))),
+     r"scene_gt.json: no entry for images \[2\]"),
+    (lambda f: _edit(f, "scene_gt", lambda d: d.update({"0002": d["2"]})),
+     "image id 2 is given twice"),
+    # JSON reads 1e999 as infinity: a traceback (exit 1) before
+    (lambda f: (f / "scene_gt.json").write_text(
+        (f / "scene_gt.json").read_text().replace('"obj_id": ', '"obj_id": 1e999, "x": ', 1)),
+     "object id inf is not an integer"),
     (lambda f: _edit(f, "scene_gt", lambda d: d["3"][0].update(obj_id=999)),
      "object id 999 is not in"),
     (lambda f: (f / "rgb" / "000002.png").unlink(), "no rgb/000002.png"),

@@ -66,6 +66,41 @@ def test_an_image_is_labelled_as_the_offline_replay_labels_its_frame(tmp_path, f
     assert not np.array_equal(cv2.cvtColor(drawn, cv2.COLOR_BGR2RGB), image)
 
 
+def test_a_photo_stored_sideways_is_labelled_as_it_is_shown(tmp_path, frames, capsys):
+    """Phones store a portrait photo sideways with an EXIF orientation (6: turn 90 degrees
+    clockwise): its boxes lay on the stored pixels, outside the picture people see. The
+    image is turned as viewers turn it; each orientation as PIL's exif_transpose does."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from vl_distill_ros.commands.label import upright
+
+    image, _ = frames[0]
+    stored = np.ascontiguousarray(np.rot90(image, 1))          # upright = rot90(stored, -1)
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "sideways.jpg", quality=95, exif=exif.tobytes())
+    photo.save(tmp_path / "plain.jpg", quality=95)
+    assert cli.main(["label", str(tmp_path / "sideways.jpg"), "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    drawn = cv2.imread(str(tmp_path / "o" / "00000_sideways.png"))
+    assert drawn.shape == image.shape                     # upright: as wide as the frame
+    assert cli.main(["label", str(tmp_path / "plain.jpg"), "--out", str(tmp_path / "p")]) == 0
+    assert cv2.imread(str(tmp_path / "p" / "00000_plain.png")).shape == stored.shape
+    capsys.readouterr()
+    a = np.random.default_rng(0).integers(0, 255, (5, 7, 3), np.uint8)
+    for orientation in range(1, 9):
+        im = Image.fromarray(a)
+        ex = im.getexif()
+        ex[0x0112] = orientation
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", exif=ex.tobytes())
+        want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
+        assert np.array_equal(upright(a, orientation), want), orientation
+
+
 def test_parameters_and_vocabulary_apply(tmp_path, frames, capsys):
     image = frames[0][0]
     png = _png(tmp_path / "a.png", image)

@@ -142,7 +142,7 @@ def _object_id(raw: Any, where: str, what: str = "object id") -> int:
     """``raw`` (a JSON or YAML key or value) as an id in ``[0, MAX_OBJECT_ID]``."""
     try:
         obj_id = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):    # OverflowError: 1e999 is infinity
         raise BagError(f"{where}: {what} {raw!r} is not an integer") from None
     if isinstance(raw, float) or not 0 <= obj_id <= MAX_OBJECT_ID:
         raise BagError(f"{where}: {what} {raw!r} is not an integer in [0, {MAX_OBJECT_ID}]")
@@ -192,7 +192,8 @@ def read_bop_scene(folder: str | Path) -> BopScene:
 
     Raises:
         BagError: a missing or malformed file, a bad ``cam_K`` or ``depth_scale``, lists of
-            ``scene_gt.json`` and ``scene_gt_info.json`` of different lengths.
+            ``scene_gt.json`` and ``scene_gt_info.json`` of different lengths, an image one
+            of the three files has and another lacks.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -208,12 +209,21 @@ def read_bop_scene(folder: str | Path) -> BopScene:
         if not isinstance(doc, dict):
             raise BagError(f"{folder / name}: expected a mapping of image ids")
     cameras = {}
-    for raw_id, cam in cams_raw.items():
-        image_id = _object_id(raw_id, str(folder / "scene_camera.json"), "image id")
+    for image_id, cam in _by_image_id(cams_raw, folder / "scene_camera.json").items():
         cameras[image_id] = _camera(cam, f"{folder / 'scene_camera.json'}, image {image_id}")
+    gt_by_id = _by_image_id(gt_raw, folder / "scene_gt.json")
+    info_by_id = _by_image_id(info_raw, folder / "scene_gt_info.json")
+    for name, table in (("scene_gt.json", gt_by_id), ("scene_gt_info.json", info_by_id)):
+        missing = sorted(set(cameras) - set(table))
+        extra = sorted(set(table) - set(cameras))
+        if missing or extra:   # a frame without annotation would score as empty of objects
+            raise BagError(f"{folder / name}: " + (
+                f"no entry for images {missing[:5]} of scene_camera.json" if missing else
+                f"images {extra[:5]} have no entry in scene_camera.json (no camera)")
+                + (" ..." if len(missing or extra) > 5 else ""))
     objects = {}
     for image_id in cameras:
-        gts, infos = gt_raw.get(str(image_id), []), info_raw.get(str(image_id), [])
+        gts, infos = gt_by_id[image_id], info_by_id[image_id]
         where = f"{folder}, image {image_id}"
         if not isinstance(gts, list) or not isinstance(infos, list) or len(gts) != len(infos):
             raise BagError(f"{where}: scene_gt.json and scene_gt_info.json must hold lists of "
@@ -223,6 +233,18 @@ def read_bop_scene(folder: str | Path) -> BopScene:
                            f"{len(infos) if isinstance(infos, list) else '?'}")
         objects[image_id] = [_object(gt, info, where) for gt, info in zip(gts, infos)]
     return BopScene(folder, sorted(cameras), cameras, objects)
+
+
+def _by_image_id(doc: dict, path: Path) -> dict[int, Any]:
+    """``doc`` keyed by image id (``"1"`` and ``"000001"`` alike); a repeated id is an
+    error."""
+    out: dict[int, Any] = {}
+    for raw_id, value in doc.items():
+        image_id = _object_id(raw_id, str(path), "image id")
+        if image_id in out:
+            raise BagError(f"{path}: image id {image_id} is given twice")
+        out[image_id] = value
+    return out
 
 
 def _camera(cam: Any, where: str) -> tuple[tuple[float, float, float, float], float]:
@@ -254,7 +276,7 @@ def _object(gt: Any, info: Any, where: str
     box = info.get("bbox_visib")
     try:
         box = tuple(int(round(float(v))) for v in box)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         box = ()
     fract = info.get("visib_fract", 1.0)
     if len(box) != 4 or isinstance(fract, bool) or not isinstance(fract, (int, float)) \

@@ -97,9 +97,38 @@ def read_image(path: Path):
 
     buf = _read_payload(path, "file")
     try:
-        return decode_compressed_image(payload_kind(buf), buf, max_pixels=MAX_PIXELS)
+        kind = payload_kind(buf)
+        image = decode_compressed_image(kind, buf, max_pixels=MAX_PIXELS)
     except ImageDecodeError as exc:
         raise InputError(f"{path}: {exc}") from None
+    return upright(image, exif_orientation(buf)) if kind == "jpeg" else image
+
+
+def exif_orientation(buf) -> int:
+    """The EXIF ``Orientation`` (1..8) of a JPEG payload, 1 when it has none or it cannot be
+    read (only the header is parsed)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(memoryview(buf).tobytes())) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - metadata only: the pixels decoded already
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(image, orientation: int):
+    """``image`` as a viewer shows a photo of that EXIF orientation (phones store portrait
+    photos sideways with orientation 6 or 8): boxes then lie on the picture people see."""
+    import numpy as np
+
+    turn = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
+            4: lambda a: a[::-1], 5: lambda a: a.transpose(1, 0, 2),
+            6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+            8: lambda a: np.rot90(a, 1)}[orientation]
+    return np.ascontiguousarray(turn(image))
 
 
 def read_depth(path: Path, unit_m: float):

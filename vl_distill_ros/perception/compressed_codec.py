@@ -89,7 +89,7 @@ def _png_size(b: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _jpeg_size(b: bytes) -> tuple[int, int]:
+def _jpeg_size(b: bytes | memoryview) -> tuple[int, int]:
     """Width and height from the first start-of-frame segment, walking the segments."""
     i, n = 2, len(b)
     while i + 4 <= n:
@@ -134,9 +134,11 @@ def payload_size(buf: np.ndarray) -> tuple[str, int, int]:
     if kind == "jpeg" and (scans := _count_jpeg_scans(buf)) > MAX_JPEG_SCANS:
         raise ImageDecodeError(f"JPEG with {scans} scans refused (at most {MAX_JPEG_SCANS}; "
                                "a progressive JPEG has about 10)")
-    # the frame header of a JPEG sits after its metadata segments (EXIF: up to 64 kB each)
-    head = buf[:1 << 20].tobytes()
-    width, height = _png_size(head) if kind == "png" else _jpeg_size(head)
+    if kind == "png":
+        width, height = _png_size(buf[:1 << 20].tobytes())
+    else:   # the frame header sits after the metadata segments, however many (ICC, EXIF:
+        # up to 64 kB each; 1 MiB of them was refused as corrupt): walked, not copied
+        width, height = _jpeg_size(memoryview(np.ascontiguousarray(buf, np.uint8)).cast("B"))
     return kind, width, height
 
 
