@@ -185,6 +185,38 @@ def test_cleanup_removes_the_parameter_callbacks(ctx, bundle_path, tmp_path):
         node.destroy_node()
 
 
+def test_an_unconfigured_node_checks_runtime_parameters(ctx, bundle_path, tmp_path):
+    """Before configure the node's checks were not registered: crop_source 'bogus', three
+    integers as rois or duplicate labels were accepted, and the next configure failed.
+    They are rejected with the reason; good values are taken and configure uses them."""
+    node = VlDistillLifecycleNode(namespace="/lcun", context=ctx, parameter_overrides=[
+        Parameter("model_path", value=str(bundle_path)),
+        Parameter("text_cache_dir", value=str(tmp_path / "cache")),
+        Parameter("vocabulary_store", value=str(tmp_path / "store.yaml"))])
+    try:
+        before = node.get_parameter("crop_source").value
+        for bad, reason in (([Parameter("crop_source", value="bogus")], "crop_source"),
+                            ([Parameter("rois", Parameter.Type.INTEGER_ARRAY, [1, 2, 3])],
+                             "4 integers"),
+                            ([Parameter("labels", STRING_ARRAY, ["mug", "Mug"])], "duplicate"),
+                            ([Parameter("vocabulary_file", value=str(tmp_path / "none.yaml"))],
+                             "not found"),
+                            ([Parameter("score_temperature", value=1e-310)], "0.0001")):
+            (result,) = node.set_parameters(bad)
+            assert not result.successful and reason in result.reason, (bad, result.reason)
+        assert node.get_parameter("crop_source").value == before
+        assert node.set_parameters_atomically([
+            Parameter("crop_source", value="rois"),
+            Parameter("rois", Parameter.Type.INTEGER_ARRAY, [0, 0, 8, 8])]).successful
+        (result,) = node.set_parameters([Parameter("labels", STRING_ARRAY, ["mug", "zebra"])])
+        assert result.successful
+        assert node.trigger_configure().name == "SUCCESS"
+        assert node.pipeline.settings.crop_source == "rois"
+        assert node.vocabulary.requested.names == ["mug", "zebra"]
+    finally:
+        node.destroy_node()
+
+
 def test_label_info_waits_for_activation_with_real_vision_msgs(
         ctx, tester, bundle_path, tmp_path):
     """An inactive node publishes nothing: the vocabulary's ``~/label_info`` (vision_msgs,

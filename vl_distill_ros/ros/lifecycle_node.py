@@ -5,7 +5,9 @@ services, diagnostics), run through the ROS 2 node life cycle so that a lifecycl
 (nav2's ``lifecycle_manager``, launch_ros' ``LifecycleNode`` with its events, or
 ``ros2 lifecycle set``) decides when it loads its model and when it works:
 
-* **unconfigured** (at start): the parameters are declared and can be set; nothing else.
+* **unconfigured** (at start): the parameters are declared and can be set, checked as the
+  configured node checks them (the pipeline settings, and names, descriptions and
+  vocabulary files without embedding them); nothing else.
 * ``configure``: the model bundle, the text encoder, the start-up vocabulary, the pipeline,
   the outputs (``~/labels``, ``~/detections``, ``~/label_info``, ``/diagnostics``) and
   ``~/save_vocabulary``. A bad model path or vocabulary fails the transition with the
@@ -22,12 +24,18 @@ services, diagnostics), run through the ROS 2 node life cycle so that a lifecycl
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 
+from ..model.vocabulary import Vocabulary, VocabularyError
+from ..perception.pipeline_settings import PipelineError, PipelineSettings
 from . import params as P
 from .node import NODE_NAME, StartupError, VlDistillNode, _plain, run_node, usage_text
+from .vocabulary_controller import build_vocabulary
 from .parameter_service import GroupedParameterService
 
 __all__ = ["VlDistillLifecycleNode", "main"]
@@ -48,6 +56,32 @@ class VlDistillLifecycleNode(VlDistillNode, LifecycleNode):
         self._active = False
         self._parameter_service = GroupedParameterService(
             self, (P.VOCABULARY_PARAMS, P.SETTINGS_PARAMS))
+        self.add_on_set_parameters_callback(self._check_unconfigured)
+
+    def _check_unconfigured(self, parameters: list[Parameter]) -> SetParametersResult:
+        """While no ``configure`` made the node's own checks (they come with the pipeline
+        and the vocabulary), reject the runtime values they would reject: the pipeline
+        settings, names, descriptions and a vocabulary file (read, not embedded). An
+        unconfigured node accepted ``crop_source: bogus`` and made the next configure fail."""
+        if self.vocabulary is not None:
+            return SetParametersResult(successful=True)    # configured: its own checks
+        by = {p.name: _plain(p.value) for p in parameters}
+        current = {name: _plain(self.get_parameter(name).value)
+                   for name in P.SETTINGS_PARAMS | P.VOCABULARY_PARAMS}
+        values = {**current, **by}
+        try:
+            if P.SETTINGS_PARAMS & by.keys():
+                PipelineSettings.from_params(values)
+            if (vf := str(by.get("vocabulary_file") or "").strip()):
+                Vocabulary.load(Path(vf).expanduser())
+            elif {"labels", "descriptions"} & by.keys() and values["labels"]:
+                descs = by.get("descriptions", [] if "labels" in by else values["descriptions"])
+                build_vocabulary(list(values["labels"]), list(descs or []))
+        except (PipelineError, VocabularyError, ValueError, TypeError) as exc:
+            reason = f"rejected: {exc}"
+            self.get_logger().warning(reason)
+            return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
 
     def _parameter_values(self) -> dict[str, Any]:
         """Every parameter's current value (arrays as lists), as ``declare_parameters``
