@@ -255,6 +255,14 @@ def test_placed_objects_are_published_as_3d_detections(ctx, tester, bundle, scen
         for i, j, _ in match_boxes(truth, _boxes(doc), 0.5):
             assert np.linalg.norm(np.array(doc["objects"][j]["position"])
                                   - cuboid_centre(SCENE[i])) < 0.02
+        # depth that came but was refused (another size): an empty array for the frame,
+        # as for depth paired but not used (it sent none, and a consumer lost step)
+        rig.send("refused", 21, depth_msg(depth[:, :200], 21, 0), info_msg(K))
+        assert wait_for(lambda: any(a.header.frame_id == "refused" for a in got), 5.0)
+        assert next(a for a in got if a.header.frame_id == "refused").detections == []
+        rig.send("no-depth", 22)                          # no depth at all: no array
+        time.sleep(0.5)
+        assert not any(a.header.frame_id == "no-depth" for a in got)
     with running_node(ctx, "/colour3", bundle, tmp_path, crop_source="proposals",
                       image_topics=["cam/image"], inference_backend="torch",
                       warm_text_encoder=False):

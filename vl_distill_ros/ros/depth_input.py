@@ -35,10 +35,13 @@ from ..perception.image_codec import MILLIMETRE, ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
 from ..perception.static_transforms import Transform
 
-__all__ = ["DepthInput", "DEPTH_BUFFER", "stamp_ns"]
+__all__ = ["DepthInput", "DEPTH_BUFFER", "NO_PARTNER", "stamp_ns"]
 
 #: Depth images kept per camera (the matcher's bounded buffer).
 DEPTH_BUFFER = 30
+#: How :meth:`DepthInput.pair`'s reason starts when no depth image was near the frame's
+#: stamp (any other reason: one was, and could not be used).
+NO_PARTNER = "no depth image within"
 #: Said with "no CameraInfo received yet": the usual cause when it lasts.
 LATCHED_INFO_HINT = ("a CameraInfo published once before the node started needs "
                      "camera_info_durability: transient_local")
@@ -184,7 +187,7 @@ class DepthInput:
         aligns it in its depth thread)."""
         found = self.buffer.match(stamp)
         if found is None:
-            return self._colour_only(f"no depth image within {self.tolerance_s:g} s")
+            return self._colour_only(f"{NO_PARTNER} {self.tolerance_s:g} s")
         with self._lock:
             info = self.info
         if info is None:

@@ -69,7 +69,7 @@ from ..thread_names import os_named
 from . import params as P
 from .conversions import (annotated_msg, detections_3d_msg, detections_msg, import_vision_msgs,
                           label_info_msg, labels_msg)
-from .depth_input import DepthInput, stamp_ns
+from .depth_input import NO_PARTNER, DepthInput, stamp_ns
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, model_status)
 from .parameter_service import GroupedParameterService
@@ -121,6 +121,9 @@ class _Staged:
     #: How far behind its cameras the node was when it prepared the frame (0: not behind;
     #: 1: ``proposal_box_net_behind``; 2: ``inference_backend_behind`` too).
     behind: int = 0
+    #: A depth image came with the frame (``has_depth``: and was paired; refused depth, of
+    #: another size, encoding or without CameraInfo, comes but is not paired).
+    depth_came: bool = False
 
 
 class VlDistillNode(Node):
@@ -571,12 +574,13 @@ class VlDistillNode(Node):
         with self._lock:
             self._lock.notify_all()
 
-    def _depth_for(self, cam: CameraState, msg: Image, image: Any) -> tuple[Any, Any]:
-        """``(depth, intrinsics)`` paired with this colour frame, waiting at most
-        ``depth_sync_tolerance`` for a partner that may still arrive; ``(None, None)``
-        (colour only, counted by the camera's :class:`DepthInput`) otherwise."""
+    def _depth_for(self, cam: CameraState, msg: Image, image: Any) -> tuple[Any, Any, bool]:
+        """``(depth, intrinsics, came)`` paired with this colour frame, waiting at most
+        ``depth_sync_tolerance`` for a partner that may still arrive; ``(None, None, came)``
+        (colour only, counted by the camera's :class:`DepthInput`) otherwise, ``came``
+        saying whether a depth image was near the frame's stamp (and refused)."""
         if cam.depth is None:
-            return None, None
+            return None, None, False
         stamp = stamp_ns(msg)
         deadline = time.monotonic() + self._depth_wait
         with self._lock:
@@ -596,7 +600,7 @@ class VlDistillNode(Node):
                 cam.log_times["depth"] = now
                 self.get_logger().warning(f"{cam.resolved}: processed colour-only: "
                                           f"{clip_text(reason)}")
-        return depth, k
+        return depth, k, depth is not None or not reason.startswith(NO_PARTNER)
 
     def _next_frame(self) -> tuple[CameraState, Image, float] | None:
         """Round-robin over cameras with a pending frame (caller holds the lock)."""
@@ -673,14 +677,14 @@ class VlDistillNode(Node):
         except ImageDecodeError as exc:
             self._report_frame_problem(cam, "bad_frame", f"skipped a frame: {exc}")
             return None
-        depth, k = self._depth_for(cam, msg, image)
+        depth, k, came = self._depth_for(cam, msg, image)
         t0 = time.monotonic()
         behind = self._keeping_up.level(t0, self.pipeline.settings.behind_changes_boxes())
         frame = self.pipeline.prepare(image, depth, None if depth is None else k,
                                       camera=cam.resolved, behind=behind,
                                       stamp=stamp_ns(msg) * 1e-9)
         return _Staged(cam, msg, t_recv, frame, depth is not None, time.monotonic() - t0,
-                       behind)
+                       behind, came)
 
     def _log_depth_unused(self, cam: CameraState, reason: str) -> None:
         """Log why a paired depth image was not used (depth in other units than
@@ -714,7 +718,7 @@ class VlDistillNode(Node):
         self._labels_pub.publish(labels_msg(doc))
         if self._det_pub is not None:
             self._det_pub.publish(self._detections_msg(msg, objects))
-        if self._det3d_pub is not None and staged.has_depth:
+        if self._det3d_pub is not None and staged.depth_came:   # empty when not used
             assert self._vision_msgs is not None
             self._det3d_pub.publish(detections_3d_msg(self._vision_msgs, msg, objects))
         with self._annotated_lock:
