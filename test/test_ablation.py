@@ -94,3 +94,27 @@ def test_ablate_renders_every_missing_auxiliary_render_config(tmp_path, monkeypa
     rendered.clear()
     run_ablation(tmp_path / "ablate.yaml", progress=False)
     assert [Path(p).name for p in rendered] == ["ycb_varied"]
+
+
+def test_ablation_entries_of_the_wrong_shape_are_config_errors(tmp_path):
+    """An entry without 'row', seeds that are not numbers, a missing file or a directory
+    gave Python's own errors (KeyError, ValueError, IsADirectoryError)."""
+    import pytest
+
+    from vl_distill_ros.config import ConfigError
+    from vl_distill_ros.training.ablation import read_ablation_spec
+
+    spec = tmp_path / "ablation.yaml"
+    cases = [("runs: [{config: a.yaml}]", "'row' name and a 'config' file"),
+             ("runs: [{row: a, config: a.yaml, seeds: [x]}]", "seeds must be a list of whole"),
+             ("runs: [{row: a, config: a.yaml, overrides: [1]}]", "overrides must be a list"),
+             ("runs: [1, 2", "ablation config"), ("out_dir: x", "expected 'runs'")]
+    for text, message in cases:
+        spec.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            read_ablation_spec(spec)
+    for path, message in ((tmp_path / "none.yaml", "not found"), (tmp_path, "directory")):
+        with pytest.raises(ConfigError, match=message):
+            read_ablation_spec(path)
+    spec.write_text("runs: [{row: a, config: a.yaml, seeds: [0, 1]}]")
+    assert read_ablation_spec(spec)["runs"][0]["seeds"] == [0, 1]

@@ -108,6 +108,21 @@ def test_missing_and_invalid_files(tmp_path):
     ("loss.mse_weight=-1", "loss.mse_weight must be a finite number >= 0"),
     ("loss.vlprox_topk=0", "loss.vlprox_topk must be a finite number >= 1"),
     ("data.templates=['a photo']", "every template needs '{name}'"),
+    # session 76: values that passed and then failed deep inside training with a traceback,
+    # or allocated without bound
+    ("data.templates=[]", "data.templates is empty"),
+    ("data.templates=['{name} {x}']", "not a format string whose only field is {name}"),
+    ("data.augment.blur_sigma=[a, b]", "data.augment.blur_sigma[0]: expected a number"),
+    ("data.train_splits=[{a: 1}]", "data.train_splits[0]: expected a string"),
+    ("optim.seed=-1", "optim.seed must be a finite number >= 0, got -1"),
+    ("optim.seed=99999999999", "optim.seed must be at most 4294967295"),
+    ("optim.threads=100000000000", "optim.threads must be at most 1024"),
+    ("student.image_size=16384", "student.image_size must be at most 1024"),
+    ("student.head_hidden=1000000000", "student.head_hidden must be at most 16384"),
+    ("teacher.device=bogus", "teacher.device must be auto, cpu, cuda or cuda:N"),
+    ("output_dir=", "output_dir is empty"),
+    ("optim.epochs=[", "the value is not valid YAML"),
+    ("optim.epochs=!!python/object/apply:os.system [ls]", "the value is not valid YAML"),
 ])
 def test_out_of_range_numbers_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -119,6 +134,43 @@ def test_in_range_values_still_load():
                                    "student.image_size=32", "student.image_size=96",
                                    "optim.weight_decay=0", "loss.mse_weight=0"])
     assert cfg.student.image_size == 96 and cfg.optim.epochs == 1
+
+
+def test_settings_that_cannot_train_together_are_config_errors():
+    zero = [f"loss.{k}_weight=0" for k in ("cls", "mse", "imcst", "vlprox", "vlkl")]
+    with pytest.raises(ConfigError, match="every loss weight is 0"):
+        load_train_config(None, zero)
+    with pytest.raises(ConfigError, match="image_size 32 needs optim.batch_size >= 2"):
+        load_train_config(None, ["student.image_size=32", "optim.batch_size=1"])
+    assert load_train_config(None, ["teacher.device=cuda:1"]).teacher.device == "cuda:1"
+    assert load_train_config(None, ["data.train_splits=[1]"]).data.train_splits == ["1"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "big"])
+def test_config_that_is_a_fifo_or_endless_is_refused_without_blocking(tmp_path, kind):
+    """A FIFO blocked `vl-distill train` (and `ablate`) for ever; /dev/zero filled the
+    memory: configs are read as regular files of at most 1 MiB."""
+    import os
+
+    from vl_distill_ros.training.ablation import read_ablation_spec
+
+    if kind == "fifo":
+        path = tmp_path / "cfg.yaml"
+        os.mkfifo(path)
+        message = "FIFO"
+    elif kind == "dev_zero":
+        path, message = Path("/dev/zero"), "not a regular file"
+    else:
+        path, message = tmp_path / "big.yaml", "the limit is"
+        path.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(path)
+    based = tmp_path / "based.yaml"
+    based.write_text(f"base: {path}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(based)
+    with pytest.raises(ConfigError, match=message):
+        read_ablation_spec(path)
 
 
 def test_binary_or_directory_config_is_a_one_line_error_with_exit_2(tmp_path, capsys):

@@ -225,3 +225,60 @@ def test_bundle_whose_manifest_has_values_of_the_wrong_kind_is_refused(tmp_path,
         m["manifest.json"] = json.dumps(man).encode()
     with pytest.raises(BundleError, match=re.escape(reason)):
         load_bundle(rewrite_zip(path, tmp_path / "bad.vdb", edit))
+
+
+def test_bundle_members_that_unpack_beyond_their_limit_are_refused(tmp_path, monkeypatch):
+    """A 0.8 MB bundle whose manifest.json unpacked to 800 MB of spaces (valid JSON) took
+    the loader to 2.2 GB before anything was checked: members are read with a limit (the
+    manifest 16 MiB, all members together 1 GiB), however small the file is."""
+    from vl_distill_ros.model import bundle as bundle_module
+
+    path, _, _ = _bundle(tmp_path)
+
+    def padded(m):
+        m["manifest.json"] = b" " * (17 * 1024 * 1024) + m["manifest.json"]
+    big = tmp_path / "padded.vdb"
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    padded(members)
+    with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    assert big.stat().st_size < path.stat().st_size + 100_000  # 17 MiB of spaces deflate
+    with pytest.raises(BundleError, match="manifest.json unpacks to more than 16777216"):
+        load_bundle(big)
+    monkeypatch.setattr(bundle_module, "MAX_UNPACKED_BYTES", 100_000)
+    with pytest.raises(BundleError, match="student.pt unpacks to more than"):
+        load_bundle(path)
+
+
+def test_bundle_with_non_finite_weights_or_embeddings_is_refused(tmp_path):
+    """A bundle exported from a diverged run (NaN weights) loaded, and the node published
+    NaN scores (not JSON)."""
+    import hashlib
+    import io
+
+    path, s, _ = _bundle(tmp_path)
+    state = s.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+
+    def nan_weights(m):
+        m["student.pt"] = buf.getvalue()
+        man = json.loads(m["manifest.json"])
+        man["files"]["student.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()
+        m["manifest.json"] = json.dumps(man).encode()
+    with pytest.raises(BundleError, match=f"student weight {re.escape(name)} holds non-finite"):
+        load_bundle(rewrite_zip(path, tmp_path / "nan.vdb", nan_weights))
+    emb = io.BytesIO()
+    np.save(emb, np.full((3, 16), np.nan, np.float32))
+
+    def nan_text(m):
+        m["text_embeddings.npy"] = emb.getvalue()
+        man = json.loads(m["manifest.json"])
+        man["files"]["text_embeddings.npy"] = hashlib.sha256(emb.getvalue()).hexdigest()
+        m["manifest.json"] = json.dumps(man).encode()
+    with pytest.raises(BundleError, match="text_embeddings.npy holds non-finite"):
+        load_bundle(rewrite_zip(path, tmp_path / "nan_text.vdb", nan_text))

@@ -174,10 +174,36 @@ def test_bad_encoder_output_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="non-finite"):
         cache.get_or_compute(keys, _loader(keys), lambda imgs: torch.full((2, D), float("nan")),
                              progress=False)
+
+
+def test_teacher_of_another_size_drops_the_stale_cache_and_recomputes(tmp_path: Path, caplog
+                                                                      ) -> None:
+    """The teacher is what the embeddings must match: a cache of its id holding another
+    size (a stale cache) is set aside and what it held recomputed; it used to stop training
+    ("encoder returned D=..."), even for keys the cache did not hold."""
+    cache = TeacherImageCache(tmp_path, "t")
     cache.get_or_compute(["a"], _loader(["a"]), CountingEncoder(), progress=False)
-    with pytest.raises(ValueError, match="D="):
-        cache.get_or_compute(["b"], _loader(["b"]), lambda imgs: torch.zeros(1, D + 1),
-                             progress=False)
+    wider = lambda imgs: torch.ones(len(imgs), D + 1)  # noqa: E731
+    out = cache.get_or_compute(["a", "b"], _loader(["a", "b"]), wider, progress=False)
+    assert out.shape == (2, D + 1) and torch.equal(out, torch.ones(2, D + 1))
+    assert "not the teacher's" in caplog.text
+    assert len(list(cache.root.glob("shard-*.npz.corrupt-*"))) == 1
+    assert TeacherImageCache(tmp_path, "t").embed_dim == D + 1
+
+
+def test_one_shard_of_another_size_does_not_discard_the_others(tmp_path: Path) -> None:
+    """The size is the one most entries have: an older-named shard of another size was read
+    first, fixed the size, and every good shard was set aside (then training stopped)."""
+    keys = ["a", "b", "c"]
+    first = TeacherImageCache(tmp_path, "t")
+    first.get_or_compute(keys, _loader(keys), CountingEncoder(), progress=False)
+    cache = TeacherImageCache(tmp_path, "t")
+    np.savez(cache.root / "shard-0000-odd.npz", keys=np.asarray(["x"]),
+             embeddings=np.ones((1, 10), np.float32), teacher_id=np.asarray("t"))
+    fresh = TeacherImageCache(tmp_path, "t")
+    assert fresh.embed_dim == D and len(fresh) == 3
+    assert torch.allclose(fresh.lookup(keys), _expected(keys))
+    assert [p.name for p in fresh.root.glob("*.corrupt-*")][0].startswith("shard-0000-odd")
 
 
 def test_compaction_merges_shards(tmp_path: Path) -> None:

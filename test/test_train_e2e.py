@@ -927,3 +927,115 @@ def test_zero_shot_prior_is_added_after_training_and_by_resuming(toy: Path, caps
     bad = _config(toy, "prior_bad", student={"zero_shot_prior": 2.0, "head": "conse"})
     assert cli_main(["train", "--config", str(bad), "--no-progress"]) == 2
     assert not (toy / "prior_bad" / "checkpoint.pt").exists()
+
+
+# -- session 76: runs that diverge, reused run folders, malformed run files ------------------
+def test_a_diverged_run_stops_and_saves_nothing_of_it(toy: Path, tmp_path: Path, capsys):
+    """loss.tau 1e-300 (in range) turns the loss NaN in the first epoch: train exited 0 with
+    NaN weights in student_final.pt, eval scored them, export bundled them and the node
+    published NaN scores. Training now stops at the diverged epoch; a student with NaN
+    weights is refused by eval, export and the bundle loader."""
+    import torch
+
+    from vl_distill_ros.model.bundle import BundleError, save_bundle
+    from vl_distill_ros.model.vocabulary import Vocabulary
+    from vl_distill_ros.training.trainer import load_trained_student
+
+    cfg = _config(toy, "diverged", loss={"tau": 1e-300})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    err = _one_line_error(capsys, "train")
+    assert "training diverged in epoch 1" in err and "nothing was saved" in err, err
+    run = toy / "diverged"
+    assert not (run / "checkpoint.pt").exists() and not (run / "student_final.pt").exists()
+    # a run folder written before this check: NaN weights in student_final.pt
+    good = toy / "nan_final"
+    assert cli_main(["train", "--config", str(_config(toy, "nan_final", optim={"epochs": 1})),
+                     "--no-progress"]) == 0
+    student, _, _ = load_trained_student(good)
+    ckpt = torch.load(good / "student_final.pt", weights_only=True)
+    name = next(k for k, v in ckpt["student"].items() if v.is_floating_point())
+    ckpt["student"][name] = torch.full_like(ckpt["student"][name], float("nan"))
+    torch.save(ckpt, good / "student_final.pt")
+    for command, argv in (("eval", ["eval", "--run", str(good), "--no-progress"]),
+                          ("export", ["export", "--run", str(good), "--out",
+                                      str(tmp_path / "nan.vdb"), "--no-int8"])):
+        assert cli_main(argv) == 2, command
+        assert f"student weight {name} holds non-finite values" in \
+            _one_line_error(capsys, command)
+    assert not (tmp_path / "nan.vdb").exists()
+    with torch.no_grad():
+        next(p for p in student.parameters()).fill_(float("inf"))
+    emb = torch.nn.functional.normalize(torch.randn(1, student.embed_dim), dim=1)
+    with pytest.raises(BundleError, match="non-finite"):
+        save_bundle(tmp_path / "inf.vdb", student, emb, Vocabulary.from_names(["x"]), "t",
+                    {}, ["{name}"], False, onnx=False)
+
+
+def test_a_fresh_run_sets_an_earlier_runs_files_aside(toy: Path, capsys):
+    """A new run (no --resume) into a folder holding a run kept the old metrics rows
+    (epochs [2, 3, 1], plotted together) and calibration.json, which export then bundled
+    with the new, different student. The earlier files now move to previous_run/."""
+    aux = toy / "aux"
+    cal = {"seen": str(aux / "calib_id"), "unseen": str(aux / "calib_unseen")}
+    first = _config(toy, "reused", optim={"epochs": 2}, calibration=cal)
+    assert cli_main(["train", "--config", str(first), "--no-progress"]) == 0
+    run = toy / "reused"
+    assert (run / "calibration.json").is_file()
+    second = _config(toy, "reused", optim={"epochs": 1, "seed": 5})
+    assert cli_main(["train", "--config", str(second), "--no-progress"]) == 0
+    assert "held an earlier run" in capsys.readouterr().out
+    assert [r["epoch"] for r in _rows(run)] == [1]
+    assert not (run / "calibration.json").exists()
+    previous = run / "previous_run"
+    assert (previous / "calibration.json").is_file() and (previous / "student_final.pt").is_file()
+    assert [json.loads(x)["epoch"] for x in
+            (previous / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # calibration folders are checked before training, not after the last epoch
+    missing = _config(toy, "reused", calibration={"seen": cal["seen"],
+                                                  "unseen": str(aux / "nowhere")})
+    before = (run / "student_final.pt").read_bytes()
+    assert cli_main(["train", "--config", str(missing), "--no-progress"]) == 2
+    assert "calibration.unseen folder" in _one_line_error(capsys, "train")
+    assert (run / "student_final.pt").read_bytes() == before
+
+
+def test_resume_checks_the_epoch_and_reads_a_cut_metrics_file(toy: Path, capsys):
+    """A checkpoint without a whole-number epoch gave tracebacks (KeyError, ValueError) or
+    trained epochs -4..1; a metrics.jsonl cut short by a kill stopped every later run in the
+    folder (JSONDecodeError); a changed teacher batch size or device refused --resume."""
+    import torch
+
+    cfg = _config(toy, "resumed", optim={"epochs": 1})
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    run = toy / "resumed"
+    good = torch.load(run / "checkpoint.pt", weights_only=True)
+    for epoch in (-5, "abc", True, None):
+        bad = dict(good)
+        if epoch is None:
+            bad.pop("epoch")
+        else:
+            bad["epoch"] = epoch
+        torch.save(bad, run / "checkpoint.pt")
+        assert cli_main(["train", "--config", str(cfg), "--resume", "--no-progress"]) == 2
+        assert "its 'epoch' must be a whole number >= 0" in _one_line_error(capsys, "train")
+    torch.save(good, run / "checkpoint.pt")
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": 2, "lo')
+    more = _config(toy, "resumed", optim={"epochs": 2}, teacher={"batch_size": 8})
+    assert cli_main(["train", "--config", str(more), "--resume", "--no-progress"]) == 0
+    assert "1 line(s) that are no row of epochs 1-1 left out" in capsys.readouterr().out
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_errors(toy: Path, tmp_path: Path,
+                                                                 capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cfg = _config(toy, "unwritable")
+    text = yaml.safe_load(cfg.read_text())
+    text["output_dir"] = str(a_file)
+    cfg.write_text(yaml.safe_dump(text))
+    assert cli_main(["train", "--config", str(cfg), "--no-progress"]) == 2
+    assert "a_file" in _one_line_error(capsys, "train")
+    assert cli_main(["export", "--run", str(toy / "resumed"), "--out", str(tmp_path)]) == 2
+    assert "is a directory" in _one_line_error(capsys, "export")

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar, get_type_hints
+from typing import Any, Sequence, TypeVar, get_args, get_type_hints
 
 import yaml
+
+from .atomic_io import FileRejected, read_regular_file
+
+#: Largest config file read (a config is a few kB; a FIFO or /dev/zero must not block or
+#: fill the memory).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -374,12 +381,13 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         raise ConfigError("loss.cls_label_set 'id+aux' needs data.aux_splits")
     if not cfg.data.train_splits:
         raise ConfigError("data.train_splits is empty")
-    for dotted, low, strict in NUMBER_RANGES:
-        section, name = dotted.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not (math.isfinite(value) and (value > low if strict else value >= low)):
-            raise ConfigError(f"{dotted} must be a finite number {'>' if strict else '>='} "
-                              f"{low:g}, got {value!r}")
+    if not str(cfg.output_dir).strip():
+        raise ConfigError("output_dir is empty (it would write the run into the working "
+                          "directory)")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.teacher.device):
+        raise ConfigError(f"teacher.device must be auto, cpu, cuda or cuda:N, got "
+                          f"{cfg.teacher.device!r}")
+    _check_numbers(cfg)
     if cfg.student.head == "conse" and (cfg.student.backbone != "efficientnet_lite0"
                                         or cfg.student.head_hidden):
         raise ConfigError("student.head: conse needs student.backbone: efficientnet_lite0 "
@@ -400,10 +408,47 @@ def validate_train_config(cfg: "TrainConfig") -> None:
     size = cfg.student.image_size
     if size < 32 or size % 32:
         raise ConfigError(f"student.image_size must be a positive multiple of 32, got {size}")
-    for template in cfg.data.templates:
+    if size == 32 and cfg.optim.batch_size < 2:
+        raise ConfigError("student.image_size 32 needs optim.batch_size >= 2 (the backbone's "
+                          "last feature map is 1x1: batch norm needs two values per channel)")
+    _check_templates(cfg.data.templates)
+
+
+def _check_numbers(cfg: "TrainConfig") -> None:
+    """Raise :class:`ConfigError` for a number outside :data:`NUMBER_RANGES` or above
+    :data:`NUMBER_MAXIMA`, or when every loss weight is 0."""
+    for dotted, low, strict in NUMBER_RANGES:
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise ConfigError(f"{dotted} must be a finite number {'>' if strict else '>='} "
+                              f"{low:g}, got {value!r}")
+    for dotted, high in NUMBER_MAXIMA:
+        section, name = dotted.split(".")
+        if getattr(getattr(cfg, section), name) > high:
+            raise ConfigError(f"{dotted} must be at most {high}, got "
+                              f"{getattr(getattr(cfg, section), name)!r}")
+    if not any(getattr(cfg.loss, f"{k}_weight") > 0
+               for k in ("cls", "mse", "imcst", "vlprox", "vlkl")):
+        raise ConfigError("every loss weight is 0 (loss.cls_weight, mse_weight, "
+                          "imcst_weight, vlprox_weight, vlkl_weight): nothing to train")
+
+
+def _check_templates(templates: list) -> None:
+    """Raise :class:`ConfigError` unless ``templates`` is a non-empty list of format strings
+    whose only field is ``{name}``."""
+    if not templates:
+        raise ConfigError("data.templates is empty (at least one prompt template with "
+                          "'{name}' is needed)")
+    for template in templates:
         if not isinstance(template, str) or "{name}" not in template:
             raise ConfigError(f"data.templates: every template needs '{{name}}', got "
                               f"{template!r}")
+        try:
+            template.format(name="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"data.templates: {template!r:.80} is not a format string whose "
+                              f"only field is {{name}} ({exc!r})") from None
 
 
 #: (setting, bound, strict): numbers that must be finite and > bound (strict) or >= bound.
@@ -419,7 +464,15 @@ NUMBER_RANGES = (
     ("loss.cls_weight", 0, False), ("loss.mse_weight", 0, False),
     ("loss.imcst_weight", 0, False), ("loss.vlprox_weight", 0, False),
     ("loss.vlkl_weight", 0, False), ("loss.tau", 0, True), ("loss.vlprox_topk", 1, False),
-    ("loss.vlprox_tau", 0, True), ("loss.vlkl_tau", 0, True),
+    ("loss.vlprox_tau", 0, True), ("loss.vlkl_tau", 0, True), ("optim.seed", 0, False),
+)
+
+#: (setting, largest value): sizes a setting controls stay bounded (a typo such as
+#: ``student.image_size=16384`` would allocate tens of GB before anything is reported).
+NUMBER_MAXIMA = (
+    ("optim.seed", 2**32 - 1), ("optim.threads", 1024), ("optim.epochs", 100000),
+    ("optim.batch_size", 65536), ("teacher.batch_size", 65536),
+    ("student.image_size", 1024), ("student.head_hidden", 16384),
 )
 
 
@@ -452,7 +505,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if text.startswith("list"):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return list(value)
+        item = get_args(hint)
+        if not item:
+            return list(value)
+        return [_coerce(v, item[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is str or "str" in text:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -484,7 +540,11 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({' '.join(str(exc).split())})") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -509,11 +569,15 @@ def read_yaml_with_base(path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
     relative to the working directory."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if path.is_dir():
+            raise IsADirectoryError(path)
+        data = yaml.safe_load(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+    except FileRejected as exc:
+        raise ConfigError(f"config file {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_ablation(args.config, args.skip_render, args.force, progress=not args.no_progress)
     except (ConfigError, DatasetError, VocabularyError, TrainingError, CalibrationError,
-            RenderError) as exc:
+            RenderError, OSError) as exc:
         print(f"vl-distill ablate: error: {exc}", file=sys.stderr)
         return 2
     return 0

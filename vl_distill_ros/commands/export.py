@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 
 
@@ -42,11 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from ..training.export import export_bundle
     from ..training.trainer import TrainingError
 
+    if Path(args.out).is_dir():
+        print(f"vl-distill export: error: --out {args.out} is a directory; name the bundle "
+              "file (e.g. models/ycb.vdb)", file=sys.stderr)
+        return 2
     try:
         path = export_bundle(args.run, args.out, args.vocabulary, args.labels, args.enrich,
                              onnx=args.onnx, int8=args.int8)
         bundle = load_bundle(path)  # validate what was written
-    except (TrainingError, VocabularyError, BundleError, KeyError, CalibrationError) as exc:
+    except (TrainingError, VocabularyError, BundleError, KeyError, CalibrationError,
+            OSError) as exc:  # OSError: --out in a folder that is a file, not writable
         print(f"vl-distill export: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"[export] {path}: {len(bundle.vocabulary)} labels, teacher {bundle.teacher_id}")

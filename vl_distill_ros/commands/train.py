@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         out = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, VocabularyError, DatasetError, TrainingError, CalibrationError) as exc:
+    except (ConfigError, VocabularyError, DatasetError, TrainingError, CalibrationError,
+            OSError) as exc:  # OSError: output_dir a file, not writable, disk full
         print(f"vl-distill train: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"[train] done: {out}")

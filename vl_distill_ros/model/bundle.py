@@ -53,6 +53,12 @@ TEXT_EMB = "text_embeddings.npy"
 ONNX_MODEL = "student.onnx"
 ONNX_INT8_MODEL = "student_int8.onnx"
 TRAINED_EMB = "trained_text_embeddings.npy"
+# What a bundle's members may unpack to: the manifest (vocabulary, descriptions, calibration:
+# ~30 kB for the 26 YCB names) and every member together. A zip holds members compressed, so
+# without them a small file (1 MB of zeros or spaces deflates ~1000x) could make the robot
+# allocate gigabytes before a checksum or a shape is looked at.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +147,16 @@ def _calibration_members(calibration: Calibration | None, trained_embeddings: An
     return {TRAINED_EMB: tr_bytes.getvalue()}
 
 
+def nonfinite_weight(student: torch.nn.Module) -> str | None:
+    """Why ``student`` cannot be used (a floating-point weight or buffer holding NaN or
+    infinity, what a diverged training run leaves: every score would be NaN), or None."""
+    for name, value in student.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return (f"student weight {name} holds non-finite values (NaN or infinity; the "
+                    "training that wrote it diverged)")
+    return None
+
+
 def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tensor,
                 vocabulary: Vocabulary, teacher_id: str, teacher_spec: dict[str, Any],
                 templates: list[str], enrich: bool, metrics: dict | None = None,
@@ -170,6 +186,11 @@ def save_bundle(path: str | Path, student: Student, text_embeddings: torch.Tenso
     if emb.shape != (len(vocabulary), student.embed_dim):
         raise BundleError(f"text embeddings {emb.shape} do not match {len(vocabulary)} labels "
                           f"x {student.embed_dim} dims")
+    if not np.isfinite(emb).all():
+        raise BundleError("text embeddings hold non-finite values")
+    bad = nonfinite_weight(student)
+    if bad is not None:
+        raise BundleError(bad)
     weights = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, weights)
     emb_bytes = io.BytesIO()
@@ -273,8 +294,8 @@ def read_manifest(path: str | Path) -> dict:
         raise BundleError(f"bundle not found: {path}")
     try:
         with zipfile.ZipFile(path) as zf:
-            raw = zf.read(MANIFEST)
-    except zipfile.BadZipFile:
+            raw = _read_member(zf, MANIFEST, MAX_MANIFEST_BYTES)
+    except (zipfile.BadZipFile, zlib_error()):
         raise BundleError(f"{path} is not a bundle (not a zip file, or truncated)") from None
     except KeyError:
         raise BundleError(f"{path} has no {MANIFEST}; not a vl_distill_ros bundle") from None
@@ -324,26 +345,72 @@ def _check_teacher_and_templates(manifest: dict) -> None:
         raise ValueError("vocabulary 'enrich' must be true or false")
 
 
-def _read_members(path: Path, files: dict[str, str]) -> dict[str, bytes]:
-    """Every member the manifest lists, each checked against its SHA-256.
+def _read_member(zf: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
+    """Member ``name`` of ``zf``, refused (:class:`BundleError`) when it unpacks to more than
+    ``max_bytes``: its declared size is checked first and at most ``max_bytes + 1`` bytes are
+    inflated, so a member whose header understates its size cannot fill the memory either.
 
     Raises:
-        BundleError: a member is missing or corrupt, or the zip itself is.
+        KeyError: no such member.
+        BundleError: the member is larger than ``max_bytes``.
+    """
+    info = zf.getinfo(name)
+    too_big = BundleError(f"{zf.filename}: member {name} unpacks to more than {max_bytes} "
+                          "bytes; not a bundle this package wrote")
+    if info.file_size > max_bytes:
+        raise too_big
+    with zf.open(info) as member:
+        data = member.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise too_big
+    return data
+
+
+def _read_members(path: Path, files: dict[str, str]) -> dict[str, bytes]:
+    """Every member the manifest lists, each checked against its SHA-256; together they may
+    unpack to at most :data:`MAX_UNPACKED_BYTES`.
+
+    Raises:
+        BundleError: a member is missing or corrupt, the members are too large, or the zip
+            itself is corrupt.
     """
     members: dict[str, bytes] = {}
+    left = MAX_UNPACKED_BYTES
     try:
         with zipfile.ZipFile(path) as zf:
             for name, digest in files.items():
                 try:
-                    data = zf.read(name)
+                    data = _read_member(zf, name, left)
                 except KeyError:
                     raise BundleError(f"{path}: member {name} is missing") from None
+                left -= len(data)
                 if _sha256(data) != digest:
                     raise BundleError(f"{path}: member {name} is corrupt (checksum mismatch)")
                 members[name] = data
     except (zipfile.BadZipFile, zlib_error()) as exc:
         raise BundleError(f"{path}: corrupt bundle ({exc})") from None
     return members
+
+
+def _load_student(path: Path, members: dict[str, bytes], student_cfg: StudentConfig,
+                  embed_dim: int) -> Student:
+    """The bundle's student with its weights (finite ones: a diverged training run would
+    make every score NaN).
+
+    Raises:
+        BundleError: the weights do not fit the declared student, or are not finite.
+    """
+    try:
+        student = build_student(student_cfg, embed_dim, load_weights=False)
+        state = torch.load(io.BytesIO(members[WEIGHTS]), map_location="cpu", weights_only=True)
+        student.load_state_dict(state, strict=True)
+    except (StudentError, RuntimeError, KeyError, Exception) as exc:  # noqa: BLE001
+        raise BundleError(f"{path}: student weights do not fit the declared "
+                          f"{student_cfg.backbone} student: {str(exc)[:300]}") from None
+    bad = nonfinite_weight(student)
+    if bad is not None:
+        raise BundleError(f"{path}: {bad}")
+    return student
 
 
 def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
@@ -401,13 +468,9 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
     if emb.shape != (len(vocabulary), embed_dim):
         raise BundleError(f"{path}: text embeddings have shape {emb.shape}, expected "
                           f"({len(vocabulary)}, {embed_dim})")
-    try:
-        student = build_student(student_cfg, embed_dim, load_weights=False)
-        state = torch.load(io.BytesIO(members[WEIGHTS]), map_location="cpu", weights_only=True)
-        student.load_state_dict(state, strict=True)
-    except (StudentError, RuntimeError, KeyError, Exception) as exc:  # noqa: BLE001
-        raise BundleError(f"{path}: student weights do not fit the declared "
-                          f"{student_cfg.backbone} student: {str(exc)[:300]}") from None
+    if not np.isfinite(emb).all():
+        raise BundleError(f"{path}: {TEXT_EMB} holds non-finite values")
+    student = _load_student(path, members, student_cfg, embed_dim)
     try:
         declared = InputSpec.from_dict(manifest["student"]["input_spec"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -118,12 +118,46 @@ def _with_seed(cfg, seed: int):
     return out
 
 
+def read_ablation_spec(config_path: str | Path) -> dict:
+    """The ablation YAML ``config_path``, checked: a regular file of at most
+    :data:`~vl_distill_ros.config.MAX_CONFIG_BYTES` holding ``runs``, a list of mappings with
+    a ``row`` name and a ``config`` file, optional ``overrides`` (strings) and ``seeds``
+    (whole numbers).
+
+    Raises:
+        ConfigError: why the file is unusable.
+    """
+    from ..atomic_io import read_regular_file
+    from ..config import MAX_CONFIG_BYTES
+
+    try:
+        spec = yaml.safe_load(read_regular_file(config_path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"ablation config not found: {config_path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"ablation config {config_path}: {' '.join(str(exc).split())}"
+                          ) from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
+        raise ConfigError(f"{config_path}: expected 'runs' (a list of {{row, config}})")
+    for i, r in enumerate(spec["runs"]):
+        where = f"{config_path}: runs[{i}]"
+        if not isinstance(r, dict) or not isinstance(r.get("row"), str) \
+                or not isinstance(r.get("config"), str):
+            raise ConfigError(f"{where} must be a mapping with a 'row' name and a 'config' file")
+        overrides = r.get("overrides") or []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise ConfigError(f"{where}.overrides must be a list of key=value strings")
+        seeds = r.get("seeds") or []
+        if not isinstance(seeds, list) or not all(type(s) is int and 0 <= s < 2**32
+                                                  for s in seeds):
+            raise ConfigError(f"{where}.seeds must be a list of whole numbers in 0..2^32-1")
+    return spec
+
+
 def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool = False,
                  progress: bool = True) -> dict:
     """Run every row of an ablation YAML; write results.{json,md,png} to its out_dir."""
-    spec = yaml.safe_load(Path(config_path).read_text())
-    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
-        raise ConfigError(f"{config_path}: expected 'runs' (a list of {{row, config}})")
+    spec = read_ablation_spec(config_path)
     out = Path(spec.get("out_dir", "runs/ablation"))
     out.mkdir(parents=True, exist_ok=True)
     cfgs = [(r["row"], load_train_config(r["config"], r.get("overrides", [])))

@@ -135,6 +135,7 @@ class BoxNetTrainConfig:
             "noise_max_sigma": 0 <= self.noise_max_sigma <= 50,
             "jpeg_min_quality": 5 <= self.jpeg_min_quality <= 89,
             "threads": 1 <= self.threads <= 256,
+            "seed": 0 <= self.seed < 2**32,
             "log_every": self.log_every >= 1,
             "save_every": self.save_every >= 1,
             "int8_frames": self.int8_frames == 0 or 2 <= self.int8_frames <= 512,
@@ -632,14 +633,16 @@ def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     samples = load_samples(expand_bags(cfg.bags), cfg.input_width, progress)
     model = BoxNetModel(pretrained=cfg.pretrained == "imagenet" and not cfg.init_from)
     if str(cfg.init_from).lower().endswith(".onnx"):
         load_onnx_weights(model, cfg.init_from)
     elif cfg.init_from:
         load_state(model, cfg.init_from)
+    # only once the inputs are read: a run that fails on them leaves an earlier model's
+    # config.json describing that model
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.iterations, desc="box net", unit="step", disable=not progress)
     start, window = time.monotonic(), []

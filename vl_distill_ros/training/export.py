@@ -101,7 +101,7 @@ def _int8_model(student: Student, cfg: TrainConfig, text: np.ndarray, want: bool
         return None
     try:
         model, parity = quantize_student(student, training.data.images, text)
-    except RuntimeBackendError as exc:
+    except (RuntimeBackendError, ValueError) as exc:  # ValueError: under 2 training images
         if want:
             raise TrainingError(str(exc)) from None
         log.warning("no INT8 model: %s", exc)

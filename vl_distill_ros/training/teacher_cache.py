@@ -113,6 +113,7 @@ class TeacherImageCache:
         self.flush_every = max(1, int(flush_every))
         self.max_shards = max(1, int(max_shards))
         self._blocks: list[np.ndarray] = []
+        self._block_files: list[str] = []  # the shard each block was read from or written to
         self._index: dict[str, tuple[int, int]] = {}
         self._loaded_files: set[str] = set()
         self._embed_dim: int | None = None
@@ -164,8 +165,6 @@ class TeacherImageCache:
             problem = f"bad keys array {keys.dtype} {keys.shape}"
         elif emb.ndim != 2 or emb.shape[0] != keys.shape[0] or emb.dtype.kind != "f":
             problem = f"bad embeddings array {emb.dtype} {emb.shape} for {keys.shape[0]} keys"
-        elif self._embed_dim is not None and emb.shape[1] != self._embed_dim:
-            problem = f"embedding size {emb.shape[1]} != {self._embed_dim} of the other shards"
         elif not np.isfinite(emb).all():
             problem = "non-finite embeddings"
         if problem:
@@ -173,9 +172,10 @@ class TeacherImageCache:
             return None
         return keys, emb.astype(np.float32, copy=False)
 
-    def _add_block(self, keys: Iterable[str], emb: np.ndarray) -> None:
+    def _add_block(self, keys: Iterable[str], emb: np.ndarray, file: str = "") -> None:
         block = len(self._blocks)
         self._blocks.append(emb)
+        self._block_files.append(file)
         if self._embed_dim is None:
             self._embed_dim = int(emb.shape[1])
         for row, key in enumerate(keys):
@@ -183,20 +183,33 @@ class TeacherImageCache:
 
     def refresh(self) -> int:
         """Load shards written since the last look (also by other processes); returns how many."""
-        added = 0
+        shards = []
         for path in self._shard_files():
             if path.name in self._loaded_files:
                 continue
             self._loaded_files.add(path.name)
             shard = self._read_shard(path)
             if shard is not None:
-                self._add_block(*shard)
-                added += 1
+                shards.append((path, shard))
+        if self._embed_dim is None and shards:  # the size most entries have, not the first's
+            rows: dict[int, int] = {}
+            for _, (keys, emb) in shards:
+                rows[emb.shape[1]] = rows.get(emb.shape[1], 0) + len(keys)
+            self._embed_dim = max(rows, key=lambda d: rows[d])
+        added = 0
+        for path, (keys, emb) in shards:
+            if emb.shape[1] != self._embed_dim:
+                self._set_aside(path, f"embedding size {emb.shape[1]} != {self._embed_dim} of "
+                                      "the other shards")
+                continue
+            self._add_block(keys, emb, path.name)
+            added += 1
         return added
 
     def reload(self) -> None:
         """Forget everything in memory and read the folder again."""
         self._blocks, self._index, self._loaded_files = [], {}, set()
+        self._block_files = []
         self._embed_dim = None
         self.refresh()
 
@@ -232,6 +245,17 @@ class TeacherImageCache:
         self._loaded_files.add(name)
         return path
 
+    def _discard_other_size(self, size: int) -> None:
+        """The teacher itself gives embeddings of ``size``: every loaded shard of another
+        size (same teacher id, another network: a stale cache) is set aside and forgotten."""
+        reason = (f"its embedding size {self._embed_dim} is not the teacher's {size} (the "
+                  "cache is stale)")
+        for name in set(self._block_files):
+            if name:
+                self._set_aside(self.root / name, reason)
+        self._blocks, self._block_files, self._index = [], [], {}
+        self._embed_dim = size
+
     def add(self, keys: Sequence[str], embeddings: torch.Tensor | np.ndarray) -> None:
         """Store embeddings for ``keys`` (one new shard); already cached keys are skipped."""
         emb = self._check_embeddings(embeddings, len(keys))
@@ -242,8 +266,8 @@ class TeacherImageCache:
                 fresh[key] = i
         if fresh:
             rows = emb[list(fresh.values())]
-            self._write_shard(list(fresh), rows)
-            self._add_block(list(fresh), rows)
+            path = self._write_shard(list(fresh), rows)
+            self._add_block(list(fresh), rows, path.name)
 
     def _check_embeddings(self, embeddings: torch.Tensor | np.ndarray, count: int) -> np.ndarray:
         if isinstance(embeddings, torch.Tensor):
@@ -253,11 +277,10 @@ class TeacherImageCache:
         if emb.ndim != 2 or emb.shape[0] != count:
             raise ValueError(f"encoder returned shape {tuple(emb.shape)} for {count} images; "
                              f"expected ({count}, D)")
-        if self._embed_dim is not None and emb.shape[1] != self._embed_dim:
-            raise ValueError(f"encoder returned D={emb.shape[1]} but the cache {self.root} "
-                             f"holds D={self._embed_dim} for teacher {self.teacher_id!r}")
         if not np.isfinite(emb).all():
             raise ValueError("encoder returned non-finite embeddings; not caching them")
+        if self._embed_dim is not None and emb.shape[1] != self._embed_dim:
+            self._discard_other_size(int(emb.shape[1]))
         return np.ascontiguousarray(emb, dtype=np.float32)
 
     def get_or_compute(self, keys: Sequence[str], load_images: LoadImages, encode: Encode,
@@ -284,6 +307,11 @@ class TeacherImageCache:
                 todo[key] = i
         if todo:
             self._compute(list(todo.items()), load_images, encode, batch_size, progress)
+        # a stale cache found while computing (embeddings of another size) was dropped:
+        # what it held is computed now
+        todo = {key: i for i, key in enumerate(keys) if key not in self._index}
+        if todo:
+            self._compute(list(todo.items()), load_images, encode, batch_size, progress)
         return self.lookup(keys)
 
     def _compute(self, todo: list[tuple[str, int]], load_images: LoadImages, encode: Encode,
@@ -296,8 +324,8 @@ class TeacherImageCache:
         def flush() -> None:
             if pending_keys:
                 emb = np.concatenate(pending)
-                self._write_shard(list(pending_keys), emb)
-                self._add_block(list(pending_keys), emb)
+                path = self._write_shard(list(pending_keys), emb)
+                self._add_block(list(pending_keys), emb, path.name)
                 pending_keys.clear()
                 pending.clear()
 

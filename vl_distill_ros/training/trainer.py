@@ -31,7 +31,7 @@ from .augment import CropAugment, mix_views
 from .losses import DistillLoss
 from .metrics import accuracy
 from ..perception.preprocess import preprocess_crops
-from ..model.student import (Student, build_student, conse_class_prompts,
+from ..model.student import (Student, StudentError, build_student, conse_class_prompts,
                              with_zero_shot_prior)
 from .data import (LazyTeacher, TrainingSet, broad_text_embeddings, load_split_images,
                    load_training_set, load_vocabularies, merge_similar_names,
@@ -48,6 +48,12 @@ MAX_CHECKPOINT_META_BYTES = 1 << 20
 META_KEYS = ("config", "teacher_id", "embed_dim", "trained_names")
 #: The progress bar's running loss is refreshed (one device sync) every this many steps.
 POSTFIX_EVERY = 20
+#: What a run writes into its ``output_dir``: a fresh run (not ``--resume``) moves an earlier
+#: run's files into :data:`PREVIOUS_RUN` first, so its metrics, curves and calibration are
+#: never mixed with the new student's (and ``export`` never pairs them).
+RUN_FILES = ("config.yaml", CHECKPOINT, "checkpoint.yaml", FINAL, "student_final.yaml",
+             "metrics.csv", "metrics.jsonl", "training_curves.png", "calibration.json")
+PREVIOUS_RUN = "previous_run"
 
 
 class TrainingError(RuntimeError):
@@ -337,27 +343,42 @@ def _check_ranks_in_sync(student: torch.nn.Module, env: DistEnv) -> None:
 
 
 class _CsvLog:
-    """Per-epoch metrics as CSV and JSON lines (columns grow as needed)."""
+    """Per-epoch metrics as CSV and JSON lines (columns grow as needed). A resumed run keeps
+    the rows of the epochs its checkpoint holds (``up_to_epoch``); lines that are not such a
+    row (a write cut short) are skipped with a warning."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, up_to_epoch: int = 0) -> None:
         self.csv_path = out_dir / "metrics.csv"
         self.jsonl_path = out_dir / "metrics.jsonl"
         self.rows: list[dict] = []
-        if self.jsonl_path.exists():
-            for line in self.jsonl_path.read_text().splitlines():
-                if line.strip():
-                    self.rows.append(json.loads(line))
+        if self.jsonl_path.is_file() and up_to_epoch > 0:
+            skipped = 0
+            for line in self.jsonl_path.read_text(errors="replace").splitlines():
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    row = None
+                if isinstance(row, dict) and type(row.get("epoch")) is int \
+                        and 1 <= row["epoch"] <= up_to_epoch:
+                    self.rows.append(row)
+                elif line.strip():
+                    skipped += 1
+            if skipped:
+                print(f"[train] {self.jsonl_path}: {skipped} line(s) that are no row of "
+                      f"epochs 1-{up_to_epoch} left out")
 
     def append(self, row: dict) -> None:
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
-        self.jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        atomic_write_bytes(self.jsonl_path,
+                           "".join(json.dumps(r) + "\n" for r in self.rows).encode())
         cols: list[str] = []
         for r in self.rows:
             cols += [k for k in r if k not in cols]
-        with self.csv_path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=cols)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.csv_path, text.getvalue().encode())
 
 
 def _trained_student_settings(cfg: TrainConfig) -> dict:
@@ -376,13 +397,65 @@ def _resume_checkpoint(cfg: TrainConfig, env: DistEnv, ckpt_path: Path,
         ckpt = load_checkpoint(ckpt_path)
         saved = checkpoint_config(ckpt, ckpt_path)
         if (_trained_student_settings(saved) != _trained_student_settings(cfg)
-                or to_dict(saved.teacher) != to_dict(cfg.teacher)):
+                or _teacher_identity(saved) != _teacher_identity(cfg)):
             raise TrainingError(f"{ckpt_path} was written for a different student/teacher "
                                 "configuration; use another output_dir or drop --resume")
-        return ckpt, int(ckpt["epoch"])
+        epoch = ckpt.get("epoch")
+        if type(epoch) is not int or epoch < 0:
+            raise TrainingError(f"checkpoint {ckpt_path} is malformed: its 'epoch' must be a "
+                                f"whole number >= 0, got {epoch!r:.40} (a final student is no "
+                                "checkpoint to resume); delete it or train without --resume")
+        return ckpt, epoch
     if resume and env.is_main:
         print(f"[train] no checkpoint at {ckpt_path}; starting from scratch")
     return None, 0
+
+
+def _teacher_identity(cfg: TrainConfig) -> dict:
+    """The teacher settings the cached targets and a checkpoint depend on: all but where and
+    in what batches it runs (``device``, ``batch_size``), so a run started on a CPU can be
+    resumed on a GPU."""
+    settings = to_dict(cfg.teacher)
+    for key in ("device", "batch_size"):
+        settings.pop(key, None)
+    return settings
+
+
+def _prepare_output(cfg: TrainConfig, env: DistEnv, out: Path, resume: bool
+                    ) -> tuple[dict | None, int]:
+    """Before a run: ``out`` made, the devices the run names exist, the calibration folders
+    it will read at the end are there, and (a fresh run, rank 0) an earlier run's files in
+    ``out`` are moved into ``out/previous_run`` (replacing an older one there). Returns
+    :func:`_resume_checkpoint`'s (checkpoint, first epoch)."""
+    import shutil
+
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    _barrier(env)
+    ckpt, start_epoch = _resume_checkpoint(cfg, env, out / CHECKPOINT, resume)
+
+    for name in ("optim.device", "teacher.device"):
+        section, key = name.split(".")
+        if getattr(getattr(cfg, section), key).startswith("cuda") \
+                and not torch.cuda.is_available():
+            raise TrainingError(f"{name} is {getattr(getattr(cfg, section), key)!r} but no "
+                                "CUDA device is available; use auto or cpu")
+    for name in ("seen", "unseen"):
+        folder = getattr(cfg.calibration, name)
+        if cfg.calibration.seen and cfg.calibration.unseen and not Path(folder).is_dir():
+            raise TrainingError(f"calibration.{name} folder {folder} does not exist (it is "
+                                "read after the last epoch)")
+    earlier = [out / f for f in RUN_FILES if (out / f).exists()]
+    if ckpt is None and env.is_main and earlier:
+        previous = out / PREVIOUS_RUN
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        for f in earlier:
+            f.rename(previous / f.name)
+        print(f"[train] {out} held an earlier run: its {len(earlier)} files were moved to "
+              f"{previous} (use --resume to continue a run)")
+    _barrier(env)
+    return ckpt, start_epoch
 
 
 def _label_texts(cfg: TrainConfig, env: DistEnv, teacher: "LazyTeacher",
@@ -429,8 +502,11 @@ def _build_model(cfg: TrainConfig, env: DistEnv, embed_dim: int, ckpt: dict | No
     # seeded here, not only at the start: whether the teacher had to be built (a cold
     # cache) must not change the student's initial head
     torch.manual_seed(cfg.optim.seed)
-    student = build_student(cfg.student, embed_dim, load_weights=ckpt is None,
-                            class_embeddings=class_embeddings).to(env.device)
+    try:
+        student = build_student(cfg.student, embed_dim, load_weights=ckpt is None,
+                                class_embeddings=class_embeddings).to(env.device)
+    except StudentError as exc:
+        raise TrainingError(f"cannot build the student: {exc}") from None
     if ckpt is not None:
         load_student_weights(student, ckpt["student"], ckpt_path)
     if cfg.optim.channels_last:
@@ -540,6 +616,19 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
                                   / max(elapsed, 1e-9), 1)}
 
 
+def _check_finite(row: dict[str, Any], student: Student, epoch: int, ckpt_path: Path) -> None:
+    """Raise :class:`TrainingError` when epoch ``epoch`` (0-based) diverged: a non-finite
+    loss or weight. Nothing of it is saved: the last checkpoint stays the last good epoch."""
+    from ..model.bundle import nonfinite_weight
+
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    reason = (f"its mean {bad[0]} is {row[bad[0]]}" if bad else nonfinite_weight(student))
+    if reason:
+        kept = (f"{ckpt_path} (epoch {epoch}) is kept" if epoch else "nothing was saved")
+        raise TrainingError(f"training diverged in epoch {epoch + 1}: {reason}; {kept}. "
+                            "Lower optim.lr or raise the loss temperatures")
+
+
 def _finish(cfg: TrainConfig, env: DistEnv, out: Path, student: Student, teacher: "LazyTeacher",
             trained_names: list[str], embed_dim: int, log: "_CsvLog | None") -> None:
     """Rank 0: the final student (with ``student.zero_shot_prior``, the trained one with the
@@ -580,11 +669,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if cfg.optim.threads > 0:
         torch.set_num_threads(cfg.optim.threads)
     out = Path(cfg.output_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    _barrier(env)
     ckpt_path = out / CHECKPOINT
-    ckpt, start_epoch = _resume_checkpoint(cfg, env, ckpt_path, resume)
+    ckpt, start_epoch = _prepare_output(cfg, env, out, resume)
     torch.manual_seed(cfg.optim.seed)
     np.random.seed(cfg.optim.seed)
     vocabs = load_vocabularies(cfg.data)
@@ -618,7 +704,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                torch.from_numpy(train_data.labels), targets, text_emb, broad, local_bs,
                teacher, steps_per_epoch, steps_per_epoch * cfg.optim.epochs,
                int(cfg.optim.warmup_epochs * steps_per_epoch))
-    log = _CsvLog(out) if env.is_main else None
+    log = _CsvLog(out, start_epoch) if env.is_main else None
     if env.is_main:
         (out / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
         print(f"[train] {cfg.name}: {n} images ({train_set.n_labelled_id} labelled ID, "
@@ -629,6 +715,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
               f"{steps_per_epoch} steps/epoch x {cfg.optim.epochs} epochs")
     for epoch in range(start_epoch, cfg.optim.epochs):
         row = _train_epoch(run, epoch, progress)
+        _check_finite(row, student, epoch, ckpt_path)
         if env.is_main:
             if val_data is not None:
                 emb = embed_images(student, val_data.images, env.device)
@@ -665,6 +752,11 @@ def load_trained_student(run_dir: str | Path) -> tuple[Student, TrainConfig, str
         raise TrainingError(f"checkpoint {path}: cannot build its student "
                             f"({_first_line(exc)})") from None
     load_student_weights(student, ckpt["student"], path)
+    from ..model.bundle import nonfinite_weight
+
+    bad = nonfinite_weight(student)
+    if bad:
+        raise TrainingError(f"checkpoint {path}: {bad}")
     teacher_id = ckpt.get("teacher_id")
     if not isinstance(teacher_id, str) or not teacher_id:
         raise TrainingError(f"checkpoint {path} is malformed: 'teacher_id' must be a non-empty "
