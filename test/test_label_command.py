@@ -261,6 +261,9 @@ def _out_is_a_file(folder: Path) -> list[str]:
     (lambda folder: ["--intrinsics", "500,500,nan,240"], "--intrinsics must"),
     (lambda folder: ["--depth-scale", "0"], "--depth-scale must"),
     (lambda folder: ["--depth-scale", "1"], "--depth-scale must"),
+    # accepted and silently ignored until session 76 (the depth files' units are an option)
+    (lambda folder: ["-p", "depth_scale:=0.0001"], "given with --depth-scale METRES"),
+    (lambda folder: ["-p", "depth_sync_tolerance:=0.1"], "its own --depth file"),
 ])
 def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsys, make_args,
                                                          message):
@@ -269,3 +272,48 @@ def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsy
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err and "vl-distill label: error" in \
         captured.err
+
+
+def test_a_run_that_labels_nothing_keeps_the_earlier_labels_and_odd_names_work(
+        tmp_path, frames, capsys):
+    """--out's labels.jsonl was opened for writing first: a run with a mistyped image name
+    emptied an earlier run's results. A name that is not UTF-8 crashed the process in
+    OpenCV's writer (SIGSEGV) with labels.jsonl still empty."""
+    import os
+
+    png = _png(tmp_path / "a.png", frames[0][0])
+    out = tmp_path / "out"
+    assert cli.main(["label", str(png), "--out", str(out)]) == 0
+    earlier = (out / "labels.jsonl").read_bytes()
+    assert len(earlier.splitlines()) == 1
+    assert cli.main(["label", str(tmp_path / "typo.png"), "--out", str(out)]) == 2
+    assert (out / "labels.jsonl").read_bytes() == earlier
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")
+    png.rename(odd)
+    capsys.readouterr()
+    assert cli.main(["label", str(odd), "--out", str(out)]) == 0
+    assert len((out / "labels.jsonl").read_bytes().splitlines()) == 1
+    assert (out / os.fsdecode(b"00000_caf\xe9.png")).stat().st_size > 0
+
+
+def test_stdout_closed_early_is_not_a_traceback(tmp_path, frames):
+    """`label a b c | head -n 1` ended in a BrokenPipeError traceback (exit 1); a full disk
+    (/dev/full) in an OSError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    pngs = [str(_png(tmp_path / f"{i}.png", frames[i % 2][0])) for i in range(3)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "vl_distill_ros.cli", "label", *pngs]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert json.loads(proc.stdout.readline())["camera"] == pngs[0]
+    proc.stdout.close()  # what `| head -n 1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command[:-2], stdout=full, stderr=subprocess.PIPE, env=env,
+                              timeout=120)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "cannot write to stdout" in err, err
+    assert "Traceback" not in err, err

@@ -309,3 +309,73 @@ def test_the_merge_similarity_is_bounded(tmp_path, value, ok):
     else:
         with pytest.raises(ConfigError, match="named_merge_similarity"):
             load_train_config(path)
+
+
+def test_an_interrupted_run_leaves_the_earlier_crops_as_they_were(stamps, tmp_path,
+                                                                  monkeypatch):
+    """render-cutouts deleted the earlier crops first and wrote in place: an interrupted
+    run left the old manifest naming missing crops, and ~900 stray crops that training
+    (which reads every image below the folder) took. It now writes a sibling folder that
+    replaces the output only when complete."""
+    from vl_distill_ros.sim import photo_cutouts
+
+    out = tmp_path / "crops"
+    render_cutouts(_spec(stamps, out, views=2), progress=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    written = []
+
+    def failing(path, image):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(path)
+        return cv2.imwrite(str(path), image)
+    monkeypatch.setattr(photo_cutouts, "write_image_file", failing)
+    with pytest.raises(KeyboardInterrupt):
+        render_cutouts(_spec(stamps, out, views=3, seed=9), progress=False)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not list(tmp_path.glob(".crops.partial-*"))
+
+
+def test_render_and_render_cutouts_do_not_replace_each_others_folders(stamps, tmp_path):
+    """Each took any manifest.json with an image list for its own and replaced the folder:
+    render-cutouts deleted a rendered data set's crops, render deleted a folder holding a
+    web project's manifest.json."""
+    from vl_distill_ros.sim.crop_dataset import _check_out_dir
+    from vl_distill_ros.sim.meshes import RenderError
+
+    crops = tmp_path / "crops"
+    render_cutouts(_spec(stamps, crops), progress=False)
+    with pytest.raises(RenderError, match="not a dataset `vl-distill render` wrote"):
+        _check_out_dir(crops)
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "app", "images": [{"file": "a.png"}]}')
+    (web / "index.html").write_text("<html/>")
+    for folder in (web,):
+        with pytest.raises(RenderError, match="refusing to replace it"):
+            _check_out_dir(folder)
+        with pytest.raises(CutoutError, match="not an earlier output of render-cutouts"):
+            render_cutouts(_spec(stamps, folder), progress=False)
+    assert (web / "index.html").read_text() == "<html/>"
+
+
+def test_source_files_that_block_crash_or_declare_huge_images_are_skipped(stamps, tmp_path,
+                                                                          monkeypatch):
+    """A FIFO named *.png blocked render-cutouts for ever (cv2.imread); a 389 kB PNG whose
+    header declared 10000 x 10000 was decoded whole (830 MB); a cut-out whose file name is
+    not UTF-8 crashed OpenCV (SIGSEGV). Files are read as bounded regular files, their
+    declared size checked before decoding, and decoded from memory."""
+    import os
+
+    from vl_distill_ros.sim import photo_cutouts
+
+    os.mkfifo(stamps / "food" / "pipe.png")
+    assert read_cutout(stamps / "food" / "pipe.png") is None
+    odd = stamps / "food" / os.fsdecode(b"caf\xe9.png")
+    (stamps / "food" / "apple.png").rename(odd)
+    assert read_cutout(odd) is not None
+    manifest = render_cutouts(_spec(stamps, tmp_path / "out"), progress=False)
+    assert any(e["file"].startswith("food/caf") for e in manifest["images"])
+    monkeypatch.setattr(photo_cutouts, "MAX_SOURCE_PIXELS", 100 * 80 - 1)
+    assert read_cutout(odd) is None  # 100 x 80 declared: over the (lowered) limit

@@ -352,3 +352,59 @@ def test_render_dataset_rejects_unknown_key_and_foreign_out_dir(ycb_models: Path
     with pytest.raises(RenderError, match="refusing"):
         render_dataset(spec, progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_render_configs_that_block_or_never_end_are_refused(tmp_path: Path):
+    """A render config that is a FIFO hung `render`, /dev/zero filled the memory, a folder
+    gave a traceback; --views-scale inf an OverflowError, 1e12 a render that never ends; a
+    split named manifest.json or holding a NUL failed after rendering."""
+    import os
+
+    fifo = tmp_path / "render.yaml"
+    os.mkfifo(fifo)
+    for path, message in ((fifo, "FIFO"), (Path("/dev/zero"), "not a regular file"),
+                          (tmp_path, "directory")):
+        with pytest.raises(RenderError, match=message):
+            load_render_spec(path)
+    good = tmp_path / "good.yaml"
+    good.write_text("splits: {s1: {objects: [a], views: 2}}\n")
+    for scale in (float("inf"), float("nan"), 1e12, 0):
+        with pytest.raises(RenderError, match="views scale must be a number in"):
+            load_render_spec(good, views_scale=scale)
+    for name in ("manifest.json", "a\x00b", "a\tb"):
+        spec = RenderSpec(out_dir=str(tmp_path / "o"), splits={name: SplitSpec(["a"], 1)})
+        with pytest.raises(RenderError, match="not a valid folder name"):
+            render_dataset(spec, progress=False)
+    spec = RenderSpec(out_dir=str(tmp_path / "o"), splits={"s": SplitSpec(["a"], 10**6)})
+    with pytest.raises(RenderError, match="views must be an integer in 1..100000"):
+        render_dataset(spec, progress=False)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("v a b c\nf 1 1 1\n", "not three numbers"),
+    ("v 0 0\nv 1 0\nv 0 1\nf 1 2 3\n", "fewer than three coordinates"),
+    ("v 0 0 0\nv nan 0 0\nv 0 1 0\nf 1 2 3\n", "not finite"),
+    ("v 0 0 0\nv inf 0 0\nv 0 1 0\nf 1 2 3\n", "not finite"),
+    ("v 0 0 0\nf 1 1 1\n", "span no surface"),
+    ("v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", "span no surface"),
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\n", "no faces"),
+])
+def test_meshes_that_cannot_be_drawn_are_render_errors(tmp_path: Path, text, message):
+    """They gave tracebacks (ValueError, IndexError, OverflowError) or, for NaN vertices or
+    no faces, crops labelled with an object that is not in them (mask_fraction 0)."""
+    obj = tmp_path / "textured.obj"
+    obj.write_text(text)
+    with pytest.raises(RenderError, match=message):
+        load_mesh_vertices(obj)
+
+
+def test_a_model_folder_whose_name_is_not_utf8_is_skipped(tmp_path: Path, caplog):
+    """Drawn as a clutter distractor it crashed the render (OpenCV given its name:
+    SIGSEGV); its name could not be a key in labels or ROS messages anyway."""
+    import os
+
+    for name in ("good", os.fsdecode(b"caf\xe9_mug"), "tab\tname"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "textured.obj").write_text("v 0 0 0\n")
+    assert list(find_models(tmp_path)) == ["good"]
+    assert "not UTF-8" in caplog.text and "control characters" in caplog.text

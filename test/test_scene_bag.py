@@ -716,3 +716,31 @@ def test_make_bag_views_per_scene_writes_consecutive_views_of_each_scene(
     for bad in (["--views-per-scene", "0"], ["--sweep", "400"]):
         assert _make_bag(["--out", str(tmp_path / "bad"), "--frames", "2", *bad, *common]) == 2
         assert "must be in" in capsys.readouterr().err
+
+
+def test_make_bag_stamps_and_sidecar_are_checked_before_anything_is_written(tmp_path, capsys):
+    """--fps inf gave every frame one stamp (left out of every score), --fps 1e-12 or
+    --start-time 5e9 a struct.error (ROS Time holds seconds below 2^31), --start-time nan a
+    traceback; a --sidecar that is a folder failed after the bag had replaced the earlier
+    one (its ground truth then belonged to another bag)."""
+    out = tmp_path / "bag"
+    for option, value, message in (("--fps", "inf", "--fps must be a number in (0, 1e9]"),
+                                   ("--fps", "1e10", "--fps must be a number in (0, 1e9]"),
+                                   ("--fps", "1e-12", "seconds below 2^31"),
+                                   ("--start-time", "5e9", "seconds below 2^31"),
+                                   ("--start-time", "nan", "--start-time must be a finite"),
+                                   ("--start-time", "inf", "--start-time must be a finite")):
+        assert _make_bag(["--out", str(out), f"{option}={value}", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (option, value, err)
+    folder = tmp_path / "sidecar_dir"
+    folder.mkdir()
+    earlier = tmp_path / "gt.jsonl"
+    earlier.write_text("{}\n")
+    for sidecar, overwrite, message in ((folder, True, "is a folder"),
+                                        (earlier, False, "exists already"),
+                                        (earlier / "x.jsonl", True, "is not a folder")):
+        argv = ["--out", str(out), "--sidecar", str(sidecar), "--no-progress"]
+        assert _make_bag(argv + (["--overwrite"] if overwrite else [])) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists() and earlier.read_text() == "{}\n"

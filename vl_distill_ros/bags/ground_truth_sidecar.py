@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from vl_distill_ros.atomic_io import atomic_write_bytes
 
 from vl_distill_ros.bags.bag_frames import (GroundTruthObject, ns_to_stamp, object_document,
                                             stamp_to_ns)
@@ -148,7 +149,5 @@ def write_ground_truth_sidecar(path: str | Path,
         lines.append(json.dumps({"stamp": {"sec": sec, "nanosec": nanosec}, "camera": camera,
                                  "objects": obj_list}, separators=(",", ":")))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
     return path

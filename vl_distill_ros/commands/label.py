@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,13 @@ MAX_IMAGES = 100_000
 #: Metres per unit of a 16-bit depth PNG that --depth-scale accepts: the node's
 #: ``depth_scale`` range (vl_distill_ros.ros.params; kept equal by a test).
 DEPTH_SCALE_RANGE = (1e-6, 0.1)
+#: Node parameters ``-p`` does not take here, and what to use instead (they were accepted
+#: and silently ignored).
+NOT_PARAMETERS_HERE = {
+    "depth_scale": "the depth files' units are given with --depth-scale METRES here",
+    "depth_sync_tolerance": "each image is paired with its own --depth file here (no "
+                            "stamps to match)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -196,6 +204,9 @@ def _pipeline(args: argparse.Namespace):
         raise InputError(f"--depth-scale must be in [{low:g}, {high:g}] metres (the node's "
                          f"depth_scale), got {args.depth_scale}")
     params = dict(parse_param(text) for text in args.param)
+    for name, instead in NOT_PARAMETERS_HERE.items():
+        if name in params:
+            raise InputError(f"-p {name}: {instead}")
     if args.crop_source:
         params["crop_source"] = args.crop_source
     settings = ReplaySettings(model=Path(args.model) if args.model else None,
@@ -209,8 +220,32 @@ def _pipeline(args: argparse.Namespace):
     return pipe, camera
 
 
+class _Stdout:
+    """Where each image's line is printed: stdout until it is closed (``| head -n 1``: the
+    rest go quietly, Unix tools' way) or fails (a full disk: one error line)."""
+
+    def __init__(self) -> None:
+        self.open, self.error = True, ""
+
+    def print(self, line: str) -> None:
+        """Print ``line`` while stdout takes it."""
+        if not self.open:
+            return
+        try:
+            print(line, flush=True)
+        except OSError as exc:
+            self.open = False
+            if not isinstance(exc, BrokenPipeError):
+                self.error = f"cannot write to stdout: {exc}"
+            # Python would report the unflushed rest at exit: point stdout at /dev/null
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
 def run(args: argparse.Namespace) -> int:
     """Label every image; returns the exit code (0, or 2 when any input was bad)."""
+    from ..atomic_io import atomic_write_bytes
     from ..evaluation.replay import InputError
     from ..perception.labels_output import draw_annotations, labels_document
     from ..perception.pipeline import PipelineError
@@ -222,16 +257,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out) if args.out else None
     bad = colour_only = 0
-    jsonl = None
+    lines: list[str] = []
+    stdout = _Stdout()
     try:
         if out is not None:
             try:
                 out.mkdir(parents=True, exist_ok=True)
-                jsonl = (out / "labels.jsonl").open("w", encoding="utf-8")
             except OSError as exc:
                 print(f"{PROG}: error: cannot write into --out {out}: {exc}", file=sys.stderr)
                 return 2
         for i, name in enumerate(args.images):
+            if not stdout.open and out is None:
+                break  # nobody reads the labels any more
             path = Path(name)
             try:
                 image = read_image(path)
@@ -258,24 +295,31 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{PROG}: {path}: depth not used ({pipe.last_depth_status}); colour only",
                       file=sys.stderr)
             line = json.dumps(labels_document(0, 0, path.name, str(path), version, objects))
-            print(line, flush=True)
-            if jsonl is not None:
-                jsonl.write(line + "\n")
+            stdout.print(line)
+            lines.append(line)
+            if out is not None:
                 drawn = out / f"{i:05d}_{path.stem}.png"
                 if not _write_png(drawn, draw_annotations(image, objects)):
                     print(f"{PROG}: error: could not write {drawn}", file=sys.stderr)
                     bad += 1
+        # written whole at the end, and only when something was labelled: a run that fails
+        # on every image (a mistyped name) leaves an earlier run's labels.jsonl as it was
+        if out is not None and lines:
+            atomic_write_bytes(out / "labels.jsonl", "".join(f"{x}\n" for x in lines).encode())
+    except OSError as exc:
+        print(f"{PROG}: error: cannot write into --out {out}: {exc}", file=sys.stderr)
+        return 2
     finally:
-        if jsonl is not None:
-            jsonl.close()
         pipe.close()
+    if stdout.error:
+        print(f"{PROG}: error: {stdout.error}", file=sys.stderr)
     if bad:
         print(f"{PROG}: {bad} of {len(args.images)} images could not be labelled",
               file=sys.stderr)
     if colour_only:
         print(f"{PROG}: {colour_only} of {len(args.images)} images labelled colour only (bad "
               "depth files)", file=sys.stderr)
-    return 2 if bad or colour_only else 0
+    return 2 if bad or colour_only or stdout.error else 0
 
 
 def _depth_for(path: Path, image, camera: tuple[float, float, float, float] | None,
@@ -298,10 +342,10 @@ def _depth_for(path: Path, image, camera: tuple[float, float, float, float] | No
 
 
 def _write_png(path: Path, image_rgb) -> bool:
-    """Write an RGB image as PNG; False when it could not be written."""
+    """Write an RGB image as PNG; False when it could not be written (encoded in memory and
+    written by Python: OpenCV's own writer crashes on a name that is not UTF-8)."""
     import cv2
 
-    try:
-        return bool(cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)))
-    except cv2.error:
-        return False
+    from ..perception.image_files import write_image_file
+
+    return write_image_file(path, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))

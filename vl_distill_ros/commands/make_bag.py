@@ -235,15 +235,13 @@ def _setup(args: argparse.Namespace):
         raise _UsageError(f"--views-per-scene must be in 1..1000, got {args.views_per_scene}")
     if not 0.0 <= getattr(args, "sweep", 0.0) <= 360.0:
         raise _UsageError(f"--sweep must be in 0..360 degrees, got {args.sweep}")
-    if not args.fps > 0:
-        raise _UsageError(f"--fps must be positive, got {args.fps}")
+    _check_stamps(args)
     if args.seed < 0:
         raise _UsageError(f"--seed must be non-negative, got {args.seed}")
-    if args.start_time < 0:
-        raise _UsageError(f"--start-time must be non-negative, got {args.start_time}")
     if Path(args.out).expanduser().exists() and not args.overwrite:
         raise _UsageError(f"{args.out} exists already; choose another --out or pass "
                           "--overwrite to replace the bag there")
+    _check_sidecar(args)
     if getattr(args, "depth_camera", False) and not getattr(args, "depth", False):
         raise _UsageError("--depth-camera needs --depth")
     per_scene = _parse_range(args.objects_per_scene, "--objects-per-scene")
@@ -287,6 +285,43 @@ def _setup(args: argparse.Namespace):
         renderer.close()
         raise
     return spec, pool, names, renderer
+
+
+def _check_stamps(args: argparse.Namespace) -> None:
+    """Raise :class:`_UsageError` unless ``--fps`` and ``--start-time`` give every frame its
+    own stamp (at least 1 ns apart) that a ROS ``builtin_interfaces/Time`` holds (seconds
+    below 2^31)."""
+    import math
+
+    if not (math.isfinite(args.fps) and 0 < args.fps <= 1e9):
+        raise _UsageError(f"--fps must be a number in (0, 1e9] (frames at least 1 ns apart), "
+                          f"got {args.fps}")
+    if not (math.isfinite(args.start_time) and args.start_time >= 0):
+        raise _UsageError(f"--start-time must be a finite number >= 0, got {args.start_time}")
+    last = args.start_time + (args.frames - 1) / args.fps
+    if not last < 2**31:
+        raise _UsageError(f"the last frame would be stamped {last:.6g} s: ROS stamps hold "
+                          f"seconds below 2^31 ({2**31}); lower --start-time or --frames, "
+                          "or raise --fps")
+
+
+def _check_sidecar(args: argparse.Namespace) -> None:
+    """Raise :class:`_UsageError` when ``--sidecar`` could not be written after the bag (a
+    folder; an existing file without ``--overwrite``; a parent that is a file): found
+    after the bag had replaced the earlier one, it left that bag without its ground truth."""
+    from pathlib import Path
+
+    if not args.sidecar:
+        return
+    path = Path(args.sidecar).expanduser()
+    if path.is_dir():
+        raise _UsageError(f"--sidecar {args.sidecar} is a folder; name a .jsonl file")
+    if path.exists() and not args.overwrite:
+        raise _UsageError(f"--sidecar {args.sidecar} exists already; choose another file or "
+                          "pass --overwrite")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise _UsageError(f"--sidecar {args.sidecar}: {parent} is not a folder")
 
 
 def _frames(args: argparse.Namespace, renderer, pool, names, spec, topics, stats, sidecar):

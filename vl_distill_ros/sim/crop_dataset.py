@@ -38,6 +38,12 @@ __all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SplitSpec", "RenderSpec", "view
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+#: Most views of one object in one split (a typo in ``views`` or ``--views-scale`` must not
+#: start a render that never ends).
+MAX_VIEWS = 100_000
+#: Largest render config read, and largest manifest read to recognise a rendered dataset.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
 
 @dataclass
@@ -99,7 +105,7 @@ def validate_spec(spec: RenderSpec) -> None:
         raise RenderError("no splits to render: give at least one under 'splits'")
     for name, split in spec.splits.items():
         if not name or name.startswith(".") or any(c in name for c in "/\\:") \
-                or name != name.strip():
+                or name != name.strip() or not name.isprintable() or name == MANIFEST_NAME:
             raise RenderError(f"split name {name!r} is not a valid folder name")
         if split.domain not in DOMAINS:
             raise RenderError(
@@ -108,9 +114,9 @@ def validate_spec(spec: RenderSpec) -> None:
             raise RenderError(
                 f"splits.{name}.appearance {split.appearance!r} is not one of "
                 f"{list(APPEARANCES)}")
-        if not isinstance(split.views, int) or split.views < 1:
-            raise RenderError(
-                f"splits.{name}.views must be a positive integer, got {split.views!r}")
+        if not isinstance(split.views, int) or not 1 <= split.views <= MAX_VIEWS:
+            raise RenderError(f"splits.{name}.views must be an integer in 1..{MAX_VIEWS}, "
+                              f"got {split.views!r}")
         if not split.objects:
             raise RenderError(f"splits.{name}.objects is empty")
         for key in split.objects:
@@ -129,13 +135,33 @@ def _jobs(spec: RenderSpec) -> Iterator[tuple[str, SplitSpec, str, int]]:
                 yield split_name, split, key, index
 
 
+def is_rendered_dataset(folder: Path) -> bool:
+    """Whether ``folder`` holds a dataset ``vl-distill render`` wrote: its ``manifest.json``
+    has render's version, attribution, counts, spec and image list (any ``manifest.json`` is
+    not enough: a web project or a ``render-cutouts`` folder has one too)."""
+    from vl_distill_ros.atomic_io import read_regular_file
+
+    try:
+        manifest = json.loads(read_regular_file(folder / MANIFEST_NAME, MAX_MANIFEST_BYTES))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("version") == MANIFEST_VERSION
+            and isinstance(manifest.get("attribution"), str)
+            and isinstance(manifest.get("counts"), dict)
+            and isinstance(manifest.get("spec"), dict) and "splits" in manifest["spec"]
+            and isinstance(manifest.get("images"), list)
+            and all(isinstance(r, dict) and {"split", "key", "file"} <= r.keys()
+                    for r in manifest["images"]))
+
+
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RenderError(f"output path exists and is not a folder: {out}")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+    if out.is_dir() and any(out.iterdir()) and not is_rendered_dataset(out):
         raise RenderError(
-            f"output folder {out} is not empty and holds no {MANIFEST_NAME} (not a rendered "
-            "dataset); refusing to replace it. Choose another --out or empty it.")
+            f"output folder {out} is not empty and is not a dataset `vl-distill render` "
+            "wrote (no manifest.json of its kind); refusing to replace it. Choose another "
+            "--out or empty it.")
 
 
 def render_dataset(spec: RenderSpec, progress: bool = True) -> Path:
@@ -281,11 +307,16 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
     where = str(config_path) if config_path is not None else "render config"
     data: Any = {}
     if config_path is not None:
+        from vl_distill_ros.atomic_io import read_regular_file
+
         try:
-            data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(read_regular_file(config_path, MAX_CONFIG_BYTES)
+                                  .decode("utf-8")) or {}
         except FileNotFoundError:
             raise RenderError(f"render config not found: {config_path} (give the path of a "
                               "render YAML such as config/render_ycb.yaml)") from None
+        except OSError as exc:  # a directory, FIFO, device or a file over the limit
+            raise RenderError(f"cannot read render config {config_path}: {exc}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise RenderError(f"{config_path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
@@ -305,8 +336,9 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
     raw_splits = data.pop("splits", None) or {}
     if not isinstance(raw_splits, dict):
         raise RenderError(f"{where}: 'splits' must be a mapping of split name -> settings")
-    if not isinstance(views_scale, (int, float)) or not views_scale > 0:
-        raise RenderError(f"views scale must be positive, got {views_scale!r}")
+    if not isinstance(views_scale, (int, float)) or not 0 < views_scale <= MAX_VIEWS:
+        raise RenderError(f"views scale must be a number in (0, {MAX_VIEWS}], got "
+                          f"{views_scale!r}")
     try:
         spec = from_dict(RenderSpec, data, where)
         splits: dict[str, SplitSpec] = {}

@@ -19,6 +19,8 @@ from typing import Sequence, TypeVar
 import cv2
 import numpy as np
 
+from ..perception.image_files import write_image_file
+
 LOG = logging.getLogger(__name__)
 
 __all__ = ["MODELS_ENV", "DEFAULT_MODELS_DIR", "MODELS_HELP", "YCB_ATTRIBUTION", "MESH_FILE",
@@ -68,12 +70,27 @@ def _load_vertices_cached(path: str, mtime_ns: int) -> np.ndarray:
     rows = [line[2:] for line in data.split(b"\n") if line.startswith(b"v ")]
     if not rows:
         raise RenderError(f"{path}: no vertices ('v x y z' lines) found")
-    ncols = len(rows[0].split())
-    flat = np.array(b" ".join(rows).split(), dtype=np.float64)
-    if ncols >= 3 and flat.size == ncols * len(rows):
-        verts = flat.reshape(len(rows), ncols)[:, :3]
-    else:  # rows of mixed length (optional w / vertex colours): parse one by one
-        verts = np.array([[float(t) for t in r.split()[:3]] for r in rows], dtype=np.float64)
+    try:
+        ncols = len(rows[0].split())
+        flat = np.array(b" ".join(rows).split(), dtype=np.float64)
+        if ncols >= 3 and flat.size == ncols * len(rows):
+            verts = flat.reshape(len(rows), ncols)[:, :3]
+        else:  # rows of mixed length (optional w / vertex colours): parse one by one
+            verts = np.array([[float(t) for t in r.split()[:3]] for r in rows],
+                             dtype=np.float64)
+    except ValueError as exc:  # a coordinate that is no number, rows of two coordinates
+        raise RenderError(f"{path}: not a mesh this renderer can read: a 'v' line is not "
+                          f"three numbers ({exc})") from None
+    if verts.ndim != 2 or verts.shape[1] != 3:
+        raise RenderError(f"{path}: not a mesh this renderer can read: a 'v' line has fewer "
+                          "than three coordinates")
+    if not np.isfinite(verts).all():
+        raise RenderError(f"{path}: a vertex is not finite (NaN or infinity)")
+    if len(verts) < 3 or not (np.ptp(verts, axis=0) > 0).sum() >= 2:
+        raise RenderError(f"{path}: its vertices span no surface (fewer than 3, or all on "
+                          "one line)")
+    if not any(line.startswith(b"f ") for line in data.split(b"\n")):
+        raise RenderError(f"{path}: no faces ('f' lines): nothing to draw")
     verts = np.ascontiguousarray(verts)
     verts.setflags(write=False)
     return verts
@@ -130,9 +147,19 @@ def _read_texture(path: Path, max_size: int) -> np.ndarray | None:
     JPEG decoding at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) is several times faster
     than decoding a 4096^2 YCB texture fully and then shrinking it.
     """
+    from ..atomic_io import read_regular_file
+    from ..perception.image_files import MAX_IMAGE_FILE_BYTES
+
+    try:  # bytes, not a path: OpenCV crashes on a name that is not UTF-8
+        buf = np.frombuffer(read_regular_file(path, MAX_IMAGE_FILE_BYTES), np.uint8)
+    except OSError:
+        return None
     for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                          (2, cv2.IMREAD_REDUCED_COLOR_2), (1, cv2.IMREAD_COLOR)):
-        img = cv2.imread(str(path), flag)
+        try:
+            img = cv2.imdecode(buf, flag)
+        except cv2.error:
+            return None
         if img is None:
             return None
         if factor == 1 or max(img.shape[:2]) >= max_size:
@@ -171,7 +198,10 @@ def prepare_mesh_files(src: Path, folder: Path, texture_size: int, key: str = ""
             if scale < 1:
                 img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
                                  interpolation=cv2.INTER_AREA)
-            cv2.imwrite(str(folder / "texture.bmp"), img)  # BMP: fastest to write and read
+            # BMP: fastest to write and read; encoded in memory (OpenCV's own writer crashes
+            # on a path that is not UTF-8)
+            if not write_image_file(folder / "texture.bmp", img):
+                raise RenderError(f"{name}: cannot write its texture into {folder}")
             mtl_body += "map_Kd texture.bmp\n"
     else:
         LOG.warning("%s: no texture found next to %s; rendering untextured", name, src)
@@ -192,10 +222,28 @@ def find_models(models_dir: str | Path) -> dict[str, Path]:
     if not root.is_dir():
         raise RenderError(f"models folder not found: {root.resolve()}. {MODELS_HELP}")
     found = {d.name: d / MESH_FILE for d in sorted(root.iterdir())
-             if d.is_dir() and (d / MESH_FILE).is_file()}
+             if d.is_dir() and (d / MESH_FILE).is_file() and _usable_key(d)}
     if not found:
         raise RenderError(f"no '<key>/{MESH_FILE}' models in {root.resolve()}. {MODELS_HELP}")
     return found
+
+
+def _usable_key(folder: Path) -> bool:
+    """Whether ``folder``'s name can be an object key: UTF-8 text (keys go into labels,
+    manifests and ROS messages, which hold UTF-8 only) without control characters. Other
+    folders are skipped with a warning."""
+    name = folder.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        LOG.warning("skipping %r in the models folder: its name is not UTF-8 text, so it "
+                    "cannot be an object key", name)
+        return False
+    if not name.isprintable():
+        LOG.warning("skipping %r in the models folder: its name holds control characters",
+                    name)
+        return False
+    return True
 
 
 def unknown_keys_error(unknown: Sequence[str], available: Sequence[str],

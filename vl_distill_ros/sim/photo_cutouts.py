@@ -20,6 +20,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..atomic_io import atomic_write_bytes
+from ..atomic_io import read_regular_file, replace_dir
+from ..perception.image_files import read_image_file, write_image_file
 from ..model.vocabulary import MAX_NAME_LENGTH, UNKNOWN_NAME
 from .backgrounds import sample_background
 
@@ -36,6 +39,11 @@ MAX_SOURCE_SIDE = 1024
 #: Largest crop side ``image_size`` may ask for, and the most crops per cut-out.
 MAX_IMAGE_SIZE = 1024
 MAX_VIEWS = 1000
+#: Most pixels a source cut-out may declare (read from its header before decoding: a small
+#: PNG can declare 10000 x 10000).
+MAX_SOURCE_PIXELS = 50_000_000
+#: Largest cut-out config read.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class CutoutError(ValueError):
@@ -89,9 +97,9 @@ def load_cutout_spec(path: str | Path) -> CutoutSpec:
     from ..config import ConfigError, from_dict
 
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise CutoutError(f"cannot read cut-out config {path}: {exc}") from exc
+        raw = yaml.safe_load(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CutoutError(f"cannot read cut-out config {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise CutoutError(f"{path}: expected a mapping")
     try:
@@ -188,7 +196,7 @@ def find_cutouts(spec: CutoutSpec) -> list[Path]:
 def read_cutout(path: Path, min_fill: float = 0.15) -> Cutout | None:
     """Read an RGBA cut-out trimmed to its opaque part; None when it is not a usable one
     (unreadable, no alpha, too small, or too thin by ``min_fill``)."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = read_image_file(path, cv2.IMREAD_UNCHANGED, max_pixels=MAX_SOURCE_PIXELS)
     if img is None or img.ndim != 3 or img.shape[2] != 4:
         return None
     if img.dtype != np.uint8:
@@ -280,34 +288,35 @@ def compose_crop(cut: Cutout, spec: CutoutSpec, rng: np.random.Generator,
     return (np.clip(canvas * 255.0 + 0.5, 0, 255)).astype(np.uint8), meta
 
 
-def _clear_earlier_crops(out: Path) -> None:
-    """Remove the crops an earlier ``render-cutouts`` listed in ``out/manifest.json``; refuse
-    a folder that holds anything else without such a manifest (it is not ours to empty)."""
+def _check_out_dir(out: Path) -> None:
+    """Refuse an output path that is a file, or a non-empty folder that is not an earlier
+    ``render-cutouts`` output (its ``manifest.json`` with the spec's ``source_dir``, the
+    cut-out and crop counts and the crop list): it is not ours to replace."""
     if out.exists() and not out.is_dir():
         raise CutoutError(f"output path exists and is not a folder: {out}")
     if not out.is_dir() or not any(out.iterdir()):
         return
     try:
-        earlier = json.loads((out / "manifest.json").read_text())["images"]
-        files = [out / str(entry["file"]) for entry in earlier]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CutoutError(f"output folder {out} is not empty and holds no manifest of "
-                          "render-cutouts; refusing to write into it. Choose another --out "
-                          "or empty it.") from exc
-    for f in files:
-        if f.resolve().is_relative_to(out.resolve()) and f.suffix == ".png":
-            f.unlink(missing_ok=True)
+        earlier = json.loads(read_regular_file(out / "manifest.json", 512 * 1024 * 1024))
+        ours = (isinstance(earlier, dict) and isinstance(earlier.get("spec"), dict)
+                and "source_dir" in earlier["spec"] and isinstance(earlier.get("cutouts"), int)
+                and isinstance(earlier.get("crops"), int)
+                and isinstance(earlier.get("images"), list))
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise CutoutError(f"output folder {out} is not empty and is not an earlier output of "
+                          "render-cutouts (no manifest.json of its kind); refusing to replace "
+                          "it. Choose another --out or empty it.")
 
 
 def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
-    """Write ``views`` crops of every usable cut-out under ``spec.out_dir`` (replacing the
-    crops of an earlier run there; a folder holding anything else is refused) and its
-    ``manifest.json``; returns the manifest.
+    """Write ``views`` crops of every usable cut-out under ``spec.out_dir`` and its
+    ``manifest.json``; returns the manifest. An earlier ``render-cutouts`` output there is
+    replaced once the new one is complete; a folder holding anything else is refused.
 
     Deterministic for a seed: crop ``v`` of cut-out ``i`` draws from ``(seed, i, v)``.
     """
-    from tqdm import tqdm
-
     check_spec(spec)
     root = Path(spec.source_dir)
     cutouts = [c for c in (read_cutout(p, spec.min_fill) for p in find_cutouts(spec))
@@ -315,8 +324,28 @@ def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
     if not cutouts:
         raise CutoutError(f"{root}: no usable RGBA cut-out (they need an alpha channel)")
     out = Path(spec.out_dir)
-    _clear_earlier_crops(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written into a hidden sibling that replaces ``out`` only when complete: an interrupted
+    # or failed run leaves the earlier crops as they were (and no stray crops that training,
+    # which reads every image of the folder, would take)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        manifest = _write_crops(spec, cutouts, root, tmp, progress)
+        _check_out_dir(out)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_crops(spec: CutoutSpec, cutouts: list, root: Path, out: Path, progress: bool
+                 ) -> dict[str, Any]:
+    """Write every crop of :func:`render_cutouts` and the manifest into ``out``; return the
+    manifest."""
+    from tqdm import tqdm
+
     written = []
     for i, v in tqdm(list(itertools.product(range(len(cutouts)), range(int(spec.views)))),
                      desc="cut-outs", unit="crop", disable=not progress):
@@ -329,12 +358,11 @@ def render_cutouts(spec: CutoutSpec, progress: bool = True) -> dict[str, Any]:
         rel = cutouts[i].path.relative_to(root).with_suffix("")
         dest = out / rel.parent / f"{rel.name}_{v}.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
+        if not write_image_file(dest, cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)):
             raise CutoutError(f"cannot write {dest}")
         written.append({"file": dest.relative_to(out).as_posix(),
                         "name": name_of(cutouts[i].path), **meta})
     manifest = {"spec": {**asdict(spec), "scale": list(spec.scale)},
                 "cutouts": len(cutouts), "crops": len(written), "images": written}
-    # the next run trusts this list to know what it may delete: never leave half of it
-    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return manifest

@@ -299,6 +299,9 @@ class ObjectRenderer(MeshBodies):
         target = self._render_layer(key, rng, size, harsh=clutter,
                                     elevation=(10.0, 85.0) if clutter else (15.0, 80.0),
                                     look=look)
+        if not (target.alpha >= 0.5).any():  # a crop labelled with an object it does not show
+            raise RenderError(f"{key}: the object covers no pixel of its view (a degenerate "
+                              "mesh: no surface, or all of it outside the camera)")
         background, bg_kind = sample_background(domain, size, rng)
         canvas = background.astype(np.float32) / 255.0
 

@@ -15,10 +15,13 @@ import numpy as np
 
 from ..atomic_io import FileRejected, read_regular_file
 from ..model.vocabulary import MAX_NAME_LENGTH, Vocabulary, VocabularyError
+from ..perception.image_files import read_image_file
 
 #: Largest ``manifest.json`` of a named image folder read, in bytes (16 MiB).
 MAX_MANIFEST_BYTES = 16 << 20
 
+#: Most pixels a training image may declare (checked in its header before decoding).
+MAX_IMAGE_PIXELS = 50_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -41,9 +44,10 @@ class LabeledImages:
 
 def read_rgb(path: Path, size: int | None = None) -> np.ndarray:
     """Read an image file as RGB uint8; with ``size``, centre-crop square and resize."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    bgr = read_image_file(path, cv2.IMREAD_COLOR, max_pixels=MAX_IMAGE_PIXELS)
     if bgr is None:
-        raise DatasetError(f"cannot read image {path} (missing or corrupt)")
+        raise DatasetError(f"cannot read image {path} (missing, not a regular file, corrupt "
+                           f"or over {MAX_IMAGE_PIXELS} pixels)")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if size is not None:
         h, w = rgb.shape[:2]
