@@ -25,6 +25,8 @@ Arguments:
     delay: seconds between starting the node and starting playback (default 10).
     record_labels: output folder for a bag of the node's labels; empty: do not record.
 """
+import os
+
 from launch import LaunchDescription
 from launch.actions import (DeclareLaunchArgument, ExecuteProcess, OpaqueFunction,
                             RegisterEventHandler, Shutdown, TimerAction)
@@ -41,28 +43,33 @@ def _actions(context, *args, **kwargs):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    problem = replay_launch_problem(arg("bag"), record=bool(arg("record_labels")))
+    # ~ expanded here: ros2 bag gets the path as is (no shell), and checks it unexpanded
+    bag, record = os.path.expanduser(arg("bag")), os.path.expanduser(arg("record_labels"))
+    topics = [t.strip() for t in arg("image_topics").split(",") if t.strip()]
+    problem = replay_launch_problem(bag, record=bool(record), topics=topics)
     if problem:  # launch prints "Caught exception in launch ...: <problem>" and exits 1
         raise RuntimeError(problem)
-    topics = [t.strip() for t in arg("image_topics").split(",") if t.strip()]
     params = {"image_topics": topics, "crop_source": arg("crop_source"),
               "persist_vocabulary": False}
     if arg("model_path"):
         params["model_path"] = arg("model_path")
     if arg("vocabulary_file"):
         params["vocabulary_file"] = arg("vocabulary_file")
-    player = ExecuteProcess(cmd=["ros2", "bag", "play", arg("bag"), "--rate", arg("rate"),
+    player = ExecuteProcess(cmd=["ros2", "bag", "play", bag, "--rate", arg("rate"),
                                  "--topics", *topics], output="screen")
     actions = [
+        # a node that cannot start (a bad model, vocabulary or setting) ends the launch: the
+        # bag would play to nobody
         Node(package="vl_distill_ros", executable="vl_distill_node", name="vl_distill_node",
-             namespace=NAMESPACE, parameters=[params], output="screen", emulate_tty=True),
+             namespace=NAMESPACE, parameters=[params], output="screen", emulate_tty=True,
+             on_exit=[Shutdown(reason="vl_distill_node exited")]),
         TimerAction(period=float(arg("delay")), actions=[player]),
         RegisterEventHandler(OnProcessExit(target_action=player, on_exit=[
             Shutdown(reason="bag playback finished")])),
     ]
-    if arg("record_labels"):
+    if record:
         actions.append(ExecuteProcess(
-            cmd=["ros2", "bag", "record", "-o", arg("record_labels"),
+            cmd=["ros2", "bag", "record", "-o", record,
                  f"/{NAMESPACE}/vl_distill_node/labels"], output="screen"))
     return actions
 

@@ -17,7 +17,8 @@ Arguments:
         unconfigured (a lifecycle manager or ``ros2 lifecycle set`` configures and activates
         it); default ``false``: ``vl_distill_node``, working at once.
     autostart: with ``lifecycle:=true``, ``true`` has the launch configure the node and then
-        activate it once it is inactive (default ``false``).
+        activate it once it is inactive, once (a later cleanup + configure leaves it
+        inactive; default ``false``).
 """
 import os
 
@@ -29,7 +30,9 @@ from launch_ros.actions import Node
 
 
 def _launch_node(context, *args, **kwargs):
-    params_file = LaunchConfiguration("params_file").perform(context)
+    params_file = os.path.expanduser(LaunchConfiguration("params_file").perform(context))
+    if not os.path.isfile(params_file):  # launch_ros only warns, and the node ran on defaults
+        raise RuntimeError(f"vl_distill.launch.py: params_file {params_file} is not a file")
     overrides = {}
     topics = LaunchConfiguration("image_topics").perform(context)
     topics = [t.strip() for t in topics.split(",") if t.strip()]
@@ -73,9 +76,11 @@ def _lifecycle_node(common: dict, autostart: bool) -> list:
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
                                            transition_id=transition))
     return [node,
-            RegisterEventHandler(OnStateTransition(  # after configure only, not deactivate
+            # after the launch's own configure only: not after a deactivate, and not after a
+            # later cleanup + configure (a manager reloading the model expects inactive)
+            RegisterEventHandler(OnStateTransition(
                 target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
-                entities=[change(Transition.TRANSITION_ACTIVATE)])),
+                entities=[change(Transition.TRANSITION_ACTIVATE)], handle_once=True)),
             change(Transition.TRANSITION_CONFIGURE)]
 
 

@@ -86,6 +86,16 @@ def test_replay_launch_checks_first_and_shuts_down_when_the_player_exits():
     kw = {k.arg: k.value for k in handler.keywords}
     assert ast.unparse(kw["target_action"]) == "player"
     assert "Shutdown(" in ast.unparse(kw["on_exit"])
+    # a node that cannot start ends the launch too (the bag played to nobody, exit 0)
+    node = calls[names.index("Node")]
+    assert "Shutdown(" in ast.unparse({k.arg: k.value for k in node.keywords}["on_exit"])
+
+
+def test_replay_launch_refuses_empty_image_topics():
+    """`image_topics:=,` gave launch's own cryptic "Expected 'value' to be one of [...] but
+    got '()'"."""
+    bag = str(REPO / "demo" / "sample_tabletop")
+    assert "image_topics is empty" in replay_launch_problem(bag, record=False, topics=[])
 
 
 def _run_launch(args: dict[str, str], env: dict[str, str], timeout: float
@@ -233,6 +243,14 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
             assert res is not None and res.success
             time.sleep(3.0)
             assert _lifecycle_state(ctx, fqn, 5.0) == "inactive"
+            # a manager's cleanup + configure (to reload the model, say): the launch's
+            # autostart activated the node again after every configure
+            for transition in (Transition.TRANSITION_CLEANUP, Transition.TRANSITION_CONFIGURE):
+                res = _lifecycle_call(ctx, fqn, "change_state", ChangeState.Request(
+                    transition=Transition(id=transition)), 30.0)
+                assert res is not None and res.success
+            time.sleep(3.0)
+            assert _lifecycle_state(ctx, fqn, 5.0) == "inactive"
     finally:
         proc.send_signal(subprocess.signal.SIGINT)
         try:
@@ -242,3 +260,52 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
             out, _ = proc.communicate()
     assert "vl_distill_lifecycle_node" in out, out
     assert out.count("ready:") == (autostart == "true"), out
+
+
+def _run_node_launch(args: dict[str, str], env: dict[str, str], timeout: float
+                     ) -> tuple[int, str]:
+    """Run vl_distill.launch.py through a real LaunchService in a child process."""
+    script = (
+        "import sys\n"
+        "from launch import LaunchService\n"
+        "from launch.actions import IncludeLaunchDescription\n"
+        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
+        "ls = LaunchService()\n"
+        f"ls.include_launch_description(IncludeLaunchDescription(PythonLaunchDescriptionSource("
+        f"{str(NODE_LAUNCH)!r}), launch_arguments={args!r}.items()))\n"
+        "sys.exit(ls.run())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_params_file_that_does_not_exist_stops_the_launch(real_launch, tmp_path):
+    """launch_ros only warned ("Parameter file path is not a file") and the node ran on its
+    defaults: a mistyped params_file went unnoticed."""
+    env = _launch_env(tmp_path, os.environ["PATH"])
+    rc, out = _run_node_launch({"params_file": str(tmp_path / "my_parms.yaml")}, env, 60)
+    assert rc == 1 and "my_parms.yaml is not a file" in out, out
+    assert "vl_distill_node-1" not in out  # nothing was started
+
+
+def test_replay_launch_ends_when_the_node_cannot_start_and_expands_home(real_launch, tmp_path):
+    """A node that died at start-up (a bad vocabulary file) left the bag playing to nobody
+    and the launch exiting 0; `bag:=~/...` passed the check but reached `ros2 bag play`
+    with a literal ~."""
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    subprocess.run([sys.executable, str(REPO / "tools" / "ament_develop.py"), "--prefix",
+                    str(prefix)], check=True, capture_output=True, timeout=120)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "bags").symlink_to(REPO / "demo")
+    bin_dir = _bin_with_ros2(tmp_path, 'echo "player: $*"; sleep 60; exit 0')
+    env = _launch_env(tmp_path, f"{bin_dir}:/usr/bin:/bin",
+                      _dist_with_bag_verbs(tmp_path, ("play",)))
+    env.update(HOME=str(home), AMENT_PREFIX_PATH=os.pathsep.join(
+        [str(prefix), env.get("AMENT_PREFIX_PATH", "")]))
+    rc, out, secs = _run_launch({"bag": "~/bags/sample_tabletop", "delay": "0.5",
+                                 "vocabulary_file": str(tmp_path / "missing.yaml")}, env, 120)
+    assert f"player: bag play {home}/bags/sample_tabletop" in out, out
+    assert "cannot start" in out and "process[vl_distill_node-1] was required" in out, out
+    assert secs < 50, out  # not the player's 60 s

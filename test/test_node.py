@@ -24,6 +24,7 @@ import ast
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1000,3 +1001,62 @@ def test_names_given_alone_take_the_bundle_s_catalogued_descriptions(
         assert node.text_service.stats["misses"] == 2     # "Banana" and "power_drill" embedded
         values = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
         assert values["catalogued_descriptions"] == "0"
+
+
+def test_start_up_values_of_the_wrong_type_or_bad_topic_names_are_startup_errors(
+        ctx, bundle_path, tmp_path):
+    """`-p top_k:=2.5`, `-p unknown_threshold:=0` (an integer for a double) or
+    `-p image_topics:=/camera/image_raw` (no brackets) ended in rclpy's
+    InvalidParameterTypeException traceback; a topic name rclpy cannot resolve
+    (`image_topics:="[/a,/b]"` through the launch file, `camera_info_topics: ['/i-1']`) in
+    an RCLError traceback, or only after the model had loaded."""
+    common = [Parameter("model_path", value=str(bundle_path)),
+              Parameter("text_cache_dir", value=str(tmp_path / "cache")),
+              Parameter("vocabulary_store", value=str(tmp_path / "store.yaml"))]
+    cases = [
+        (Parameter("top_k", value=2.5), "top_k: 2.5 (a double) is not of its type integer"),
+        (Parameter("unknown_threshold", value=0), "(0.0, not 0)"),
+        (Parameter("image_topics", value="/camera/image_raw"), "a list in brackets"),
+        (Parameter("image_topics", STRING_ARRAY, ["[/a"]), "'[/a' is not a valid topic name"),
+        (Parameter("image_topics", STRING_ARRAY, ["/ok", "/x y"]),
+         "image_topics: '/x y' is not a valid topic name"),
+    ]
+    for i, (param, message) in enumerate(cases):
+        with pytest.raises(StartupError, match=re.escape(message)):
+            VlDistillNode(namespace=f"/typed{i}", context=ctx,
+                          parameter_overrides=common + [param])
+    loaded = []
+    real = VlDistillNode._load_model
+
+    def spy(self, *args):
+        loaded.append(args)
+        return real(self, *args)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VlDistillNode, "_load_model", spy)
+        with pytest.raises(StartupError, match="camera_info_topics: '/i-1' is not a valid"):
+            VlDistillNode(namespace="/typed_info", context=ctx, parameter_overrides=common + [
+                Parameter("depth_topics", STRING_ARRAY, ["/d"]),
+                Parameter("camera_info_topics", STRING_ARRAY, ["/i-1"])])
+    assert not loaded  # refused before the model was loaded
+
+
+def test_box_network_off_is_taken_as_yaml_reads_it(ctx, bundle_path, tmp_path):
+    """README: `proposal_box_net: off`. YAML 1.1 (parameter files, `-p x:=off`, `ros2 param
+    set`) reads off as false, and the string parameter refused it: start-up crashed
+    (InvalidParameterTypeException), a runtime set was rejected ("Wrong parameter type")."""
+    node = VlDistillNode(namespace="/boxoff", context=ctx, parameter_overrides=[
+        Parameter("model_path", value=str(bundle_path)),
+        Parameter("text_cache_dir", value=str(tmp_path / "cache")),
+        Parameter("vocabulary_store", value=str(tmp_path / "store.yaml")),
+        Parameter("proposal_box_net", value=False),
+        Parameter("proposal_box_net_depth", value=False)])
+    try:
+        assert node.get_parameter("proposal_box_net").value == "off"
+        assert node.get_parameter("proposal_box_net_depth").value == "off"
+        result = node.set_parameters([Parameter("proposal_box_net_behind", value=False)])[0]
+        assert result.successful, result.reason
+        assert node.get_parameter("proposal_box_net_behind").value == "off"
+        result = node.set_parameters([Parameter("proposal_box_net", value=True)])[0]
+        assert not result.successful  # only false stands for a word ('off')
+    finally:
+        node.destroy_node()

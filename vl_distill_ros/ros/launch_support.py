@@ -31,13 +31,18 @@ def missing_bag_verbs(verbs: tuple[str, ...]) -> str | None:
     return f"{listed} is not available (rosbag2's ros2bag is not installed)"
 
 
-def replay_launch_problem(bag: str, record: bool) -> str | None:
+def replay_launch_problem(bag: str, record: bool, topics: list[str] | None = None
+                          ) -> str | None:
     """What stops ``replay_eval.launch.py`` from playing ``bag`` (and recording the labels
-    when ``record``), as one message for the user, or None when nothing does."""
+    when ``record``) into a node subscribed to ``topics``, as one message for the user, or
+    None when nothing does."""
     if not bag:
         return "replay_eval.launch.py: no bag given; use bag:=/path/to/bag"
     if not Path(bag).expanduser().exists():
         return f"replay_eval.launch.py: bag {bag} does not exist"
+    if topics is not None and not topics:
+        return ("replay_eval.launch.py: image_topics is empty; name the bag's image topics, "
+                "e.g. image_topics:=/camera/image_raw")
     problem = missing_bag_verbs(("play", "record") if record else ("play",))
     if problem is None:
         return None

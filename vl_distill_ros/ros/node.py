@@ -86,6 +86,9 @@ __all__ = ["NODE_NAME", "VlDistillNode", "StartupError", "build_vocabulary", "cl
            "VOCABULARY_DEBOUNCE_S"]
 
 NODE_NAME = "vl_distill_node"
+#: Parameters that name topics: each entry is checked as a topic name at start-up.
+TOPIC_PARAMS = ("image_topics", "depth_topics", "camera_info_topics",
+                "depth_camera_info_topics", "proposal_box_net_close_topics")
 #: Seconds between repeated log lines about the same kind of bad frame on one camera.
 BAD_FRAME_LOG_PERIOD = 30.0
 #: Types of the vocabulary parameters the controller adds to a set.
@@ -168,18 +171,33 @@ class VlDistillNode(Node):
             self, (P.VOCABULARY_PARAMS, P.SETTINGS_PARAMS))
         self._activate()
 
+    def _resolve_topics(self, name: str, topics: list[str]) -> list[str]:
+        """The resolved names of the topic parameter ``name``'s entries (an empty entry, "no
+        topic", stays empty); one that is no valid topic name is a StartupError, before the
+        model loads (a subscription would raise it only after, or at activation)."""
+        out = []
+        for topic in topics:
+            if not topic.strip():
+                out.append("")
+                continue
+            try:
+                out.append(self.resolve_topic_name(topic.strip()))
+            except Exception as exc:  # noqa: BLE001 - rclpy's RCLError or a name exception
+                raise StartupError(f"{name}: {topic!r} is not a valid topic name "
+                                   f"({' '.join(str(exc).split())[:200]})") from None
+        return out
+
     def _configure(self, p: dict) -> None:
         """Everything but the inputs: the model, the vocabulary, the pipeline, the outputs,
         ``~/save_vocabulary`` and the set-parameters callbacks (``p``: the parameters'
         values). Raises :class:`StartupError`."""
         self._p = p
         check_startup_params(p)
+        resolved = {name: self._resolve_topics(name, p[name]) for name in TOPIC_PARAMS}
         for name in ("image_topics", "depth_topics"):
-            check_distinct_topics(name, list(p[name]),
-                                  [self.resolve_topic_name(t.strip()) for t in p[name]])
+            check_distinct_topics(name, list(p[name]), resolved[name])
         #: proposal_box_net_close_topics as the cameras' resolved names (the pipeline's keys)
-        self._close_cameras = tuple(self.resolve_topic_name(t.strip())
-                                    for t in p["proposal_box_net_close_topics"])
+        self._close_cameras = tuple(resolved["proposal_box_net_close_topics"])
         if p["torch_threads"] > 0:
             import torch
 
@@ -501,8 +519,10 @@ class VlDistillNode(Node):
         return _plain(self.get_parameter(name).value)
 
     def _pre_set_parameters(self, parameters: list[Parameter]) -> list[Parameter]:
-        """Complete a vocabulary change so that the parameters stay mutually consistent."""
+        """Complete a vocabulary change so that the parameters stay mutually consistent; a
+        box-network parameter set to ``off`` (YAML's false) gets the string ``off``."""
         assert self.vocabulary is not None
+        parameters = P.off_as_string(parameters)
         changes = {p.name: _plain(p.value) for p in parameters}
         extra = self.vocabulary.complete(changes, self._current("vocabulary_file"))
         # a completed value replaces the one given (labels: [] -> the bundle's names)

@@ -407,6 +407,23 @@ def descriptor_for(spec: ParamSpec):
     return desc
 
 
+def _declare(node: "Node", spec: ParamSpec, value: Any, desc: Any) -> Any:
+    """``node.declare_parameter``; a start-up value of another type than ``spec``'s (rclpy's
+    InvalidParameterTypeException, a traceback) is a StartupError saying what to write."""
+    from rclpy.exceptions import InvalidParameterTypeException
+
+    from .startup_checks import StartupError
+
+    try:
+        return node.declare_parameter(spec.name, value, desc)
+    except InvalidParameterTypeException:
+        given = getattr(node, "_parameter_overrides", {}).get(spec.name)
+        shown = (f"{given.value!r} (a {given.type_.name.lower()})" if given is not None
+                 else "the value given")
+        raise StartupError(f"{spec.name}: {shown} is not of its type {spec.type}; write "
+                           f"{_TYPE_HINTS.get(spec.type, spec.type)}") from None
+
+
 def _rclpy_type(spec: ParamSpec):
     from rclpy.parameter import Parameter
 
@@ -414,6 +431,28 @@ def _rclpy_type(spec: ParamSpec):
             "double": Parameter.Type.DOUBLE, "string": Parameter.Type.STRING,
             "string_array": Parameter.Type.STRING_ARRAY,
             "integer_array": Parameter.Type.INTEGER_ARRAY}[spec.type]
+
+
+#: String parameters that take ``off``, which YAML 1.1 (rcl's parameter files, ``-p x:=off``,
+#: ``ros2 param set``) reads as the boolean false: false is taken as ``off``.
+OFF_STRING_PARAMS = ("proposal_box_net", "proposal_box_net_depth", "proposal_box_net_behind")
+
+#: What to write instead, by declared type, when a start-up value has another type.
+_TYPE_HINTS = {"double": "a number with a decimal point (0.0, not 0)",
+               "integer": "a whole number", "bool": "true or false",
+               "string": "text (quote values YAML reads otherwise: 'off', '123')",
+               "string_array": "a list in brackets: \"['a', 'b']\" (not a bare a,b)",
+               "integer_array": "a list of whole numbers in brackets: \"[1, 2]\""}
+
+
+def off_as_string(parameters: list) -> list:
+    """``parameters`` with a boolean false for one of :data:`OFF_STRING_PARAMS` turned into
+    the string ``off`` (what the user wrote before YAML read it)."""
+    from rclpy.parameter import Parameter
+
+    return [Parameter(p.name, Parameter.Type.STRING, "off")
+            if p.name in OFF_STRING_PARAMS and p.type_ == Parameter.Type.BOOL and not p.value
+            else p for p in parameters]
 
 
 def declare_parameters(node: "Node") -> dict[str, Any]:
@@ -426,6 +465,10 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
     """
     from rclpy.parameter import Parameter
 
+    overrides = getattr(node, "_parameter_overrides", None)  # rclpy's start-up values
+    if isinstance(overrides, dict):
+        overrides.update({p.name: p for p in off_as_string(
+            [overrides[n] for n in OFF_STRING_PARAMS if n in overrides])})
     values: dict[str, Any] = {}
     fixups = []
     lock_after: list[ParamSpec] = []
@@ -434,7 +477,7 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
         if isinstance(spec.default, list) and not spec.default:
             if spec.read_only:  # writable until its typed empty value is set, then locked
                 desc.read_only = False
-            param = node.declare_parameter(spec.name, _rclpy_type(spec), desc)
+            param = _declare(node, spec, _rclpy_type(spec), desc)
             if spec.read_only:
                 lock_after.append(spec)
             if param.type_ == Parameter.Type.NOT_SET:
@@ -442,7 +485,7 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
                 values[spec.name] = []
                 continue
         else:
-            param = node.declare_parameter(spec.name, spec.default, desc)
+            param = _declare(node, spec, spec.default, desc)
         values[spec.name] = param.value
     if fixups:
         # read-only ones were declared writable for this and are locked just below
