@@ -1060,3 +1060,24 @@ def test_box_network_off_is_taken_as_yaml_reads_it(ctx, bundle_path, tmp_path):
         assert not result.successful  # only false stands for a word ('off')
     finally:
         node.destroy_node()
+
+
+def test_a_frame_in_flight_at_ctrl_c_is_not_reported_as_failed(ctx, bundle_path, tmp_path):
+    """rclpy's Ctrl-C shuts the context down before destroy_node stops the workers: a frame
+    being published then failed on the dead context and was logged as 'processing failed'
+    (and counted as an error). Once the node stops, or its context is down, such failures
+    are the shutdown's, not the frame's; run_node stops the workers when the context goes
+    down."""
+    import inspect
+
+    with running_node(ctx, "/ctrlc", bundle_path, tmp_path) as node:
+        reported: list[str] = []
+        node._report_frame_problem = lambda cam, kind, text: reported.append(text)
+
+        def fails() -> None:
+            raise RuntimeError("Failed to publish: publisher's context is invalid")
+        assert node._guarded(None, fails) is None and len(reported) == 1
+        node._stop.set()
+        assert node._guarded(None, fails) is None and len(reported) == 1
+        node._stop.clear()
+    assert "on_shutdown(node._stop.set)" in inspect.getsource(node_mod.run_node)

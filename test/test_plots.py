@@ -73,3 +73,36 @@ def test_results_bars(tmp_path):
     }
     out = plot_results_bars(table, tmp_path / "bars" / "results.png")
     assert_png(out)
+
+
+def test_label_names_with_dollar_signs_are_drawn_as_text(tmp_path):
+    """A ground-truth label 'cup $_$ holder' failed to parse as matplotlib math text and
+    crashed a finished replay's report (labels.jsonl already replaced, report.json not);
+    '$5 and $10 bills' was drawn as math. Labels are users' text: drawn as given."""
+    from vl_distill_ros.evaluation.report import plot_confusion, plot_per_object
+    from vl_distill_ros.evaluation.scoring import score_frames
+
+    cam = "/cam"
+    gt = {(cam, 1): [((0, 0, 10, 10), "cup $_$ holder", ""),
+                     ((20, 0, 10, 10), "$5 and $10 bills", "")]}
+    doc = {"header": {"stamp": {"sec": 0, "nanosec": 1}}, "camera": cam, "objects": [
+        {"bbox": [0, 0, 10, 10], "label": "cup $_$ holder", "known": True, "score": 0.9,
+         "top_k": []}]}
+    scores = score_frames([(cam, 1)], gt, {(cam, 1): doc})
+    assert plot_confusion(scores["confusion"], tmp_path / "c.png").stat().st_size > 0
+    assert plot_per_object(scores["per_object"], tmp_path / "p.png").stat().st_size > 0
+
+
+def test_a_label_named_unknown_is_the_unknown_column_not_a_second_one():
+    """Ground truth labelled 'Unknown' gave the confusion matrix two unknown columns: each
+    row's unknown count twice (row sum 2, support 1)."""
+    from vl_distill_ros.evaluation.scoring import score_frames
+
+    cam = "/cam"
+    gt = {(cam, 1): [((0, 0, 10, 10), "Unknown", ""), ((20, 0, 10, 10), "apple", "")]}
+    doc = {"header": {"stamp": {"sec": 0, "nanosec": 1}}, "camera": cam, "objects": [
+        {"bbox": b, "label": "unknown", "known": False, "score": 0.5, "top_k": []}
+        for b in ([0, 0, 10, 10], [20, 0, 10, 10])]}
+    confusion = score_frames([(cam, 1)], gt, {(cam, 1): doc})["confusion"]
+    assert confusion["columns"].count("unknown") == 1
+    assert [sum(row) for row in confusion["matrix"]] == [1, 1]

@@ -661,3 +661,25 @@ def test_depth_scale_reads_a_bags_16_bit_depth_in_other_units(tmp_path, capsys):
     assert reference
     assert objects(fine, "-p", "depth_scale:=0.0001") == reference
     assert objects(fine) != reference
+
+
+def test_options_that_gave_tracebacks_are_exit_2(bag, bundle, tmp_path, capsys, monkeypatch):
+    """`-p qos_depth:=.inf` (OverflowError), `--out` a file (FileExistsError),
+    `--node-command` with an unbalanced quote (ValueError), `--namespace bad-ns`
+    (InvalidNamespaceException): tracebacks with exit 1; `--device bogus` live started the
+    node and exited 3 where --offline exits 2. All are bad input: one line, exit 2, no node."""
+    spy = PopenSpy(monkeypatch)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = str(tmp_path / "out")
+    cases = [(["--offline", "-p", "qos_depth:=.inf", "--out", out], "qos_depth"),
+             (["--offline", "--out", str(a_file)], "cannot be a folder"),
+             (["--offline", "--out", str(a_file / "sub")], "cannot be a folder"),
+             (["--node-command", "vl_distill_node 'unbalanced", "--out", out],
+              "No closing quotation"),
+             (["--namespace", "bad-ns", "--out", out], "--namespace 'bad-ns'"),
+             (["--device", "bogus", "--out", out], "--device 'bogus'")]
+    for args, message in cases:
+        code, _, err = run_cli([str(bag), "--model", str(bundle), *args], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    assert not spy.pids  # no node was started

@@ -165,7 +165,8 @@ def test_collect_keeps_the_first_document_per_frame():
     assert node_counters({"a": {"received": "3", "dropped": "1", "processed_behind": "2"},
                           "b": {"received": "2"}}) == {
         "received": 5, "processed": 0, "dropped": 1, "bad_frames": 0, "errors": 0,
-        "processed_behind": 2, "processed_behind_student": 0}
+        "processed_behind": 2, "processed_behind_student": 0, "depth_received": 0,
+        "camera_info_received": 0}
     assert node_counters({"a": {"received": "x"}})["received"] is None
 
 
@@ -189,3 +190,50 @@ def test_diagnostics_log_reads_only_its_node():
     assert log.seen() and log.received() == 1
     assert log.node["level"] == 1 and log.node["vocabulary_size"] == "6"
     assert log.cameras == {"/ns/cam": {"topic": "/ns/cam", "received": "4"}}
+
+
+def test_drain_waits_the_whole_timeout_for_a_node_that_has_not_answered_yet():
+    """Before any label, the 2 s quiet rule ended the drain regardless of --drain-timeout: a
+    node slow on its first frame (a warming device) was 'the node never answered' (exit 3)."""
+    run = PacedRun(frames=[("/cam", T0)], t_start=time.monotonic(), t_last=time.monotonic())
+    run.pub_time = {run.frames[0]: run.t_start}
+    start = time.monotonic()
+    drain([], run, {"/ns/cam": "/cam"}, 3.0, lambda: None)
+    assert time.monotonic() - start >= 2.9
+
+
+def test_depth_and_camera_info_lost_on_the_way_are_counted():
+    """Live, depth or CameraInfo that never reached the node left its frames colour only
+    (labels unlike --offline's) while the report said nothing was lost."""
+    from vl_distill_ros.evaluation.report import _side_topic_counts
+
+    info = "sensor_msgs/msg/CameraInfo"
+    msgs = [raw_image("/cam", T0, 0), RawMessage("/depth", "sensor_msgs/msg/Image", 1, b""),
+            RawMessage("/info", info, 2, b""), RawMessage("/depth", "sensor_msgs/msg/Image",
+                                                          3, b"")]
+    run = publish_paced(msgs, 1000.0, lambda *a: None, lambda n: None, frame_topics={"/cam"})
+    assert run.side_published == {"/depth": 2, "/info": 1} and len(run.frames) == 1
+    contents = SimpleNamespace(depth_topics={"/cam": "/depth"},
+                               camera_info_topics={"/cam": "/info"})
+    frames: dict = {}
+    _side_topic_counts(frames, contents, run.side_published,
+                       {"depth_received": 1, "camera_info_received": 1})
+    assert frames == {"depth_published": 2, "node_depth_received": 1,
+                      "depth_lost_in_transport": 1, "camera_info_published": 1,
+                      "node_camera_info_received": 1, "camera_info_lost_in_transport": 0}
+
+
+def test_the_live_depth_note_says_why_a_bags_depth_is_not_used():
+    """A bag where only some cameras have depth: the live node ran every camera colour
+    only (it takes depth for every camera or none) while --offline used the depth; the
+    report still listed the pairing. Now the report's node.depth_input and a warning say
+    so."""
+    from vl_distill_ros.evaluation.live_replay import _live_depth_note
+
+    contents = SimpleNamespace(image_topics=["/a", "/b"], depth_topics={"/a": "/a/depth"})
+    plan = SimpleNamespace(side_topics={})
+    assert _live_depth_note(contents, ReplaySettings(), plan).startswith(
+        "not used: only 1 of the 2 cameras")
+    assert _live_depth_note(contents, ReplaySettings(depth=False), plan) == "--no-depth"
+    plan.side_topics = {"/a/depth": "sensor_msgs/msg/Image"}
+    assert _live_depth_note(contents, ReplaySettings(), plan) == "used"

@@ -28,6 +28,9 @@ def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    # every text is drawn as given: label names are the users' ('cup $_$ holder' failed to
+    # parse as math and crashed a finished replay's report; '$5 and $10' was set as math)
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

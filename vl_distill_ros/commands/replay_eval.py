@@ -196,6 +196,49 @@ def topic_pairs(items: list[str], option: str) -> dict[str, str]:
     return out
 
 
+def _print_warnings(report: dict) -> None:
+    """After the summary: what went unused or was lost, on stderr."""
+    if not report["bag"]["ground_truth_frames"]:
+        print(f"{PROG}: warning: the bag has no ground truth (no /ground_truth topic and no "
+              "--sidecar): only frames and latency are reported", file=sys.stderr)
+    for warning in scoring_warnings(report):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    lost = report["frames"].get("lost_in_transport")
+    if lost:  # counted as the node's subscription saw them: its qos_depth queue is part of it
+        warning = transport_warning(os.environ)
+        print(f"{PROG}: warning: {lost} frame(s) never reached the node's callback: lost in "
+              "transport or overwritten in its subscription queue (qos_depth "
+              f"{report['settings'].get('qos_depth', '?')}: raise it with -p qos_depth:=N, or "
+              "lower --rate)" + (f"; {warning}" if warning else ""), file=sys.stderr)
+    side = {kind: report["frames"].get(f"{kind}_lost_in_transport")
+            for kind in ("depth", "camera_info")}
+    if any(side.values()):
+        print(f"{PROG}: warning: {side['depth'] or 0} depth image(s) and "
+              f"{side['camera_info'] or 0} CameraInfo message(s) never reached the node: "
+              "their frames were labelled colour only, unlike --offline"
+              + (f" ({warning})" if (warning := transport_warning(os.environ)) else ""),
+              file=sys.stderr)
+    depth = (report.get("node") or {}).get("depth_input", "")
+    if depth.startswith("not used"):
+        print(f"{PROG}: warning: the bag's depth was {depth}", file=sys.stderr)
+
+
+def _node_command(text: str | None) -> list[str] | None:
+    """``--node-command`` split as a shell would (None when not given).
+
+    Raises:
+        InputError: unbalanced quotes.
+    """
+    from ..evaluation.replay import InputError
+
+    if not text:
+        return None
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise InputError(f"--node-command {text!r}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation; returns the exit code (0, 2, 3 or 130)."""
     from ..model.vocabulary import Split, Vocabulary, VocabularyError
@@ -240,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
             params=params, device=args.device, rate=args.rate,
             node_timeout=args.node_timeout, drain_timeout=args.drain_timeout,
             namespace=args.namespace,
-            node_command=shlex.split(args.node_command) if args.node_command else None,
+            node_command=_node_command(args.node_command),
             progress=not args.no_progress, depth=not args.no_depth,
             depth_topics=topic_pairs(args.depth_topic, "--depth-topic"),
             camera_info_topics=topic_pairs(args.camera_info_topic, "--camera-info-topic"),
@@ -262,14 +305,6 @@ def run(args: argparse.Namespace) -> int:
         _error("interrupted")
         return 130
     print(summary_table(report))
-    if not report["bag"]["ground_truth_frames"]:
-        print(f"{PROG}: warning: the bag has no ground truth (no /ground_truth topic and no "
-              "--sidecar): only frames and latency are reported", file=sys.stderr)
-    for warning in scoring_warnings(report):
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    lost = report["frames"].get("lost_in_transport")
-    if lost and (warning := transport_warning(os.environ)) is not None:
-        print(f"{PROG}: warning: {lost} frame(s) never reached the node: {warning}",
-              file=sys.stderr)
+    _print_warnings(report)
     print(f"report: {report['files']['report_json']}")
     return 0

@@ -356,6 +356,8 @@ class PacedRun:
     pub_time: dict[FrameKey, float] = field(default_factory=dict)
     t_start: float | None = None
     t_last: float = 0.0
+    #: messages published per depth / CameraInfo topic (they expect no labels)
+    side_published: dict[str, int] = field(default_factory=dict)
 
 
 def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, bytes], None],
@@ -392,6 +394,7 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
             time.sleep(min(0.05, target - now))
         publish(raw.topic, raw.data)
         if not is_frame:
+            run.side_published[raw.topic] = run.side_published.get(raw.topic, 0) + 1
             continue
         run.pub_time[key] = time.monotonic()
         run.frames.append(key)
@@ -455,7 +458,9 @@ def drain(arrivals: Sequence[tuple[float, str]], run: PacedRun, camera_map: Mapp
         last_arrival = arrivals[-1][0] if arrivals else run.t_last
         quiet = max(2.0, 3.0 * max(recent_latency, default=0.0))
         now = time.monotonic()
-        if now - max(last_arrival, run.t_last) > quiet or now >= deadline:
+        # the quiet rule needs a node that has answered; until its first labels (a slow
+        # first frame, a warming device) the whole --drain-timeout is waited
+        if (arrivals and now - max(last_arrival, run.t_last) > quiet) or now >= deadline:
             return
         check()
         time.sleep(0.05)
@@ -497,7 +502,8 @@ def node_counters(cameras: Mapping[str, Mapping[str, str]]) -> dict[str, int | N
     """The node's counters summed over its cameras' diagnostics (None when unreadable)."""
     counters: dict[str, int | None] = {}
     for name in ("received", "processed", "dropped", "bad_frames", "errors",
-                 "processed_behind", "processed_behind_student"):
+                 "processed_behind", "processed_behind_student", "depth_received",
+                 "camera_info_received"):
         try:
             counters[name] = sum(int(c.get(name, 0)) for c in cameras.values())
         except ValueError:
@@ -540,6 +546,49 @@ def _teardown(rec: Recording, plan: LivePlan, node: NodeProcess | None,
             shutil.rmtree(plan.tmp_log, ignore_errors=True)
 
 
+def _live_depth_note(contents: BagContents, settings: ReplaySettings, plan: LivePlan) -> str:
+    """Whether the live node gets the bag's depth, and if not why (``used`` / ``none in the
+    bag`` / ``--no-depth`` / ``not used: ...``)."""
+    depth = getattr(contents, "depth_topics", None) or {}
+    if not settings.depth:
+        return "--no-depth"
+    if not depth:
+        return "none in the bag"
+    if any(t in plan.side_topics for t in depth.values()):
+        return "used"
+    have = [t for t in contents.image_topics if t in depth]
+    return (f"not used: only {len(have)} of the {len(contents.image_topics)} cameras have "
+            "depth and CameraInfo, and the node takes them for every camera or none "
+            "(--offline uses them where they are)")
+
+
+def _check_device(device: str) -> None:
+    """Raise :class:`InputError` unless ``device`` is ``auto`` or a device torch knows
+    (and, for CUDA, has)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"--device {device!r} is not a device: {exc}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device!r}: no CUDA device is available")
+
+
+def _check_namespace(namespace: str | None) -> None:
+    """Raise :class:`InputError` unless ``namespace`` (when given) is a valid ROS namespace."""
+    if not namespace:
+        return
+    from rclpy.validate_namespace import validate_namespace
+
+    try:
+        validate_namespace("/" + namespace.strip("/"))
+    except Exception as exc:  # noqa: BLE001 - rclpy's InvalidNamespaceException
+        raise InputError(f"--namespace {namespace!r}: {' '.join(str(exc).split())}") from None
+
+
 def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
     """Replay the bag into a live node and record its labels (see the module docstring).
 
@@ -549,6 +598,8 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
     """
     if not math.isfinite(settings.rate) or settings.rate <= 0:
         raise InputError(f"--rate must be a finite number > 0, got {settings.rate}")
+    _check_device(settings.device)  # as --offline: bad input (2), not a node failure (3)
+    _check_namespace(settings.namespace)
     model = check_model(settings.model)
     check_bundle_loads(model)  # a corrupt bundle is bad input (2), found before the node runs
     vocab_file = load_vocabulary_file(settings.vocabulary)
@@ -567,7 +618,8 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
         replay = ReplayNode(plan)
         node = start_node(plan)
         rec.node = {"command": plan.cmd, "pid": node.pid, "namespace": plan.namespace,
-                    "labels_topic": plan.labels_topic, "log": str(plan.log_path)}
+                    "labels_topic": plan.labels_topic, "log": str(plan.log_path),
+                    "depth_input": _live_depth_note(contents, settings, plan)}
         t_launch = time.monotonic()
         status = wait_for_node(replay, node, settings.node_timeout)
         rec.node["startup_s"] = time.monotonic() - t_launch
@@ -576,6 +628,7 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
         time.sleep(0.3)  # let the endpoint matching settle on both sides
         run = _replay_bag(contents, replay, node, settings)
         rec.frames, rec.published = list(run.frames), len(run.frames)
+        rec.node["side_published"] = dict(run.side_published)
         drain(replay.arrivals, run, plan.camera_map, settings.drain_timeout,
               lambda: _check_running(node, "while its last frames were processed"))
         _finish(rec, replay, node, run)

@@ -253,7 +253,10 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
         raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
                          "image messages")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file, below a file, not writable
+        raise InputError(f"--out {out_dir} cannot be a folder: {exc}") from None
     if settings.log_dir is None:
         settings.log_dir = out
     rec = run_offline(contents, settings) if offline else run_live(contents, settings)

@@ -177,7 +177,7 @@ def _coerce(name: str, value: Any) -> Any:
             out = [str(v) for v in value]
         else:  # pragma: no cover - every type is listed above
             raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(.inf)
         raise InputError(f"parameter {name} must be of type {kind}, got {value!r}") from None
     if name == "qos_reliability" and out not in ("best_effort", "reliable"):
         raise InputError(f"parameter qos_reliability must be best_effort or reliable, got "

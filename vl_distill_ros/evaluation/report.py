@@ -50,6 +50,23 @@ def depth_alignment_summary(contents: Any) -> dict[str, dict[str, Any]]:
             for colour, plan in sorted(plans.items())}
 
 
+def _side_topic_counts(frames: dict[str, Any], contents: Any, published: Mapping[str, int],
+                       counters: Mapping[str, Any]) -> None:
+    """Live: the depth and CameraInfo messages published to the node and those it received
+    (``depth_lost_in_transport``, ``camera_info_lost_in_transport``): a frame whose depth
+    was lost is labelled colour only, so its labels differ from ``--offline``'s."""
+    for kind, pairing in (("depth", getattr(contents, "depth_topics", None) or {}),
+                          ("camera_info", getattr(contents, "camera_info_topics", None) or {})):
+        sent = sum(int(published.get(t, 0)) for t in set(pairing.values()))
+        if not sent:
+            continue
+        received = counters.get(f"{kind}_received")
+        frames[f"{kind}_published"] = sent
+        frames[f"node_{kind}_received"] = received
+        frames[f"{kind}_lost_in_transport"] = (sent - received if received is not None
+                                               else None)
+
+
 def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: float | None,
                  split_name: str = "", split_path: str = "",
                  model: str = "") -> dict[str, Any]:
@@ -76,6 +93,7 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
         frames["node_errors"] = counters.get("errors")
         frames["lost_in_transport"] = (rec.published - received if received is not None
                                        else None)
+        _side_topic_counts(frames, contents, rec.node.get("side_published") or {}, counters)
     groups = scores["groups"]
     return {
         "tool": "vl-distill replay-eval",
@@ -345,28 +363,35 @@ def write_report(out_dir: str | Path, report: dict[str, Any], rows: Sequence[Map
                  latencies_ms: Sequence[float], plots: bool = True) -> dict[str, str]:
     """Write ``labels.jsonl``, the PNG plots, ``report.json`` and ``report.md`` into
     ``out_dir``; ``report["files"]`` is filled in. Returns that mapping."""
+    import sys
+
+    from ..atomic_io import atomic_write_bytes
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
+    if plots:  # first: a plot that fails is left out (with a warning), never the scores
+        for key, draw in (
+                ("confusion_matrix", lambda: plot_confusion(report["confusion"],
+                                                            out / "confusion_matrix.png")),
+                ("per_object_f1", lambda: plot_per_object(report["per_object"],
+                                                          out / "per_object_f1.png")),
+                ("latency", lambda: plot_latency(latencies_ms, out / "latency_hist.png",
+                                                 report["latency_kind"]))):
+            try:
+                files[key] = str(draw())
+            except Exception as exc:  # noqa: BLE001 - matplotlib raises many kinds
+                print(f"warning: the {key} plot was not drawn: "
+                      f"{' '.join(str(exc).split())[:200]}", file=sys.stderr)
     labels_path = out / "labels.jsonl"
-    with open(labels_path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, separators=(",", ":")) + "\n")
-    files["labels"] = str(labels_path)
-    if plots:
-        files["confusion_matrix"] = str(plot_confusion(report["confusion"],
-                                                       out / "confusion_matrix.png"))
-        files["per_object_f1"] = str(plot_per_object(report["per_object"],
-                                                     out / "per_object_f1.png"))
-        files["latency"] = str(plot_latency(latencies_ms, out / "latency_hist.png",
-                                            report["latency_kind"]))
+    atomic_write_bytes(labels_path, "".join(json.dumps(row, separators=(",", ":")) + "\n"
+                                            for row in rows).encode("utf-8"))
+    files = {"labels": str(labels_path), **files}
     files["report_md"] = str(out / "report.md")
     files["report_json"] = str(out / "report.json")
     report["files"] = files
-    (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
-    tmp = out / ".report.json.partial"
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    tmp.replace(out / "report.json")
+    atomic_write_bytes(out / "report.md", markdown_report(report).encode("utf-8"))
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode("utf-8"))
     return files
 
 

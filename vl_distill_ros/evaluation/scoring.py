@@ -422,7 +422,10 @@ class _Tally:
         return per_object, f1s
 
     def confusion_matrix(self, gt_labels: list[str], pred_only: list[str]) -> dict[str, Any]:
-        columns = gt_labels + pred_only + [fold_label(UNKNOWN_LABEL), MISSED_COLUMN]
+        reserved = [fold_label(UNKNOWN_LABEL), MISSED_COLUMN]
+        # a ground-truth or predicted label named like a reserved column is that column (it
+        # was listed twice, and each of its rows counted twice)
+        columns = [c for c in gt_labels + pred_only if c not in reserved] + reserved
         matrix = [[self.confusion.get((r, c), 0) for c in columns] for r in gt_labels]
         col_names = [self.display.get(c, c) if c not in (MISSED_COLUMN,) else c
                      for c in columns]

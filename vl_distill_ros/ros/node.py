@@ -649,6 +649,8 @@ class VlDistillNode(Node):
         try:
             return step(*args)
         except Exception as exc:  # noqa: BLE001
+            if self._stop.is_set() or not self.context.ok():
+                return None  # Ctrl-C: the context went down while a frame was in flight
             self._report_frame_problem(cam, "error", f"processing failed: {exc!r}")
             return None
 
@@ -916,6 +918,9 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
     code = 0
     try:
         node = node_class()
+        # Ctrl-C shuts the context down before destroy_node: the workers stop at once
+        # instead of publishing a frame on the dead context (logged as a failed frame)
+        rclpy.get_default_context().on_shutdown(node._stop.set)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
@@ -928,6 +933,9 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
         finally:
             print(msg, file=sys.stderr)
         code = 1
+    except Exception:  # noqa: BLE001 - rclpy raising from inside a take during Ctrl-C
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
