@@ -98,21 +98,26 @@ def test_replay_launch_refuses_empty_image_topics():
     assert "image_topics is empty" in replay_launch_problem(bag, record=False, topics=[])
 
 
+def _launch_script(launch_file: Path, args: dict[str, str]) -> str:
+    """A Python program that runs ``launch_file`` with ``args`` through a real LaunchService
+    (what ``ros2 launch`` does) and exits with its return code."""
+    return (
+        "import sys\n"
+        "from launch import LaunchService\n"
+        "from launch.actions import IncludeLaunchDescription\n"
+        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
+        "ls = LaunchService()\n"
+        f"ls.include_launch_description(IncludeLaunchDescription(PythonLaunchDescriptionSource("
+        f"{str(launch_file)!r}), launch_arguments={args!r}.items()))\n"
+        "sys.exit(ls.run())\n")
+
+
 def _run_launch(args: dict[str, str], env: dict[str, str], timeout: float
                 ) -> tuple[int, str, float]:
     """Run replay_eval.launch.py through a real LaunchService in a child process."""
-    script = (
-        "import sys\n"
-        "from launch import LaunchDescription, LaunchService\n"
-        "from launch.actions import IncludeLaunchDescription\n"
-        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
-        f"ls = LaunchService()\n"
-        f"ls.include_launch_description(IncludeLaunchDescription(PythonLaunchDescriptionSource("
-        f"{str(REPLAY_LAUNCH)!r}), launch_arguments={args!r}.items()))\n"
-        "sys.exit(ls.run())\n")
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    done = subprocess.run([sys.executable, "-c", _launch_script(REPLAY_LAUNCH, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
     return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 
 
@@ -216,16 +221,8 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
     env["AMENT_PREFIX_PATH"] = os.pathsep.join([str(prefix), env.get("AMENT_PREFIX_PATH", "")])
     args = {"lifecycle": "true", "autostart": autostart, "model_path": str(bundle),
             "namespace": f"lc_{autostart}"}
-    script = (
-        "import sys\n"
-        "from launch import LaunchService\n"
-        "from launch.actions import IncludeLaunchDescription\n"
-        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
-        "ls = LaunchService()\n"
-        f"ls.include_launch_description(IncludeLaunchDescription(PythonLaunchDescriptionSource("
-        f"{str(NODE_LAUNCH)!r}), launch_arguments={args!r}.items()))\n"
-        "sys.exit(ls.run())\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", _launch_script(NODE_LAUNCH, args)],
+                            env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         fqn = f"/lc_{autostart}/vl_distill_node"
@@ -265,17 +262,8 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
 def _run_node_launch(args: dict[str, str], env: dict[str, str], timeout: float
                      ) -> tuple[int, str]:
     """Run vl_distill.launch.py through a real LaunchService in a child process."""
-    script = (
-        "import sys\n"
-        "from launch import LaunchService\n"
-        "from launch.actions import IncludeLaunchDescription\n"
-        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
-        "ls = LaunchService()\n"
-        f"ls.include_launch_description(IncludeLaunchDescription(PythonLaunchDescriptionSource("
-        f"{str(NODE_LAUNCH)!r}), launch_arguments={args!r}.items()))\n"
-        "sys.exit(ls.run())\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    done = subprocess.run([sys.executable, "-c", _launch_script(NODE_LAUNCH, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
     return done.returncode, done.stdout + done.stderr
 
 
