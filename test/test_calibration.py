@@ -111,3 +111,17 @@ def test_centring_subtracts_the_mean_and_renormalises():
     assert center_embeddings(e, ()) is e
     rec = Calibration(0.0, 0.5, 0.01, ("a",), embedding_center=tuple(c))
     assert np.allclose(rec.center(e), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, coverage", [(10, 0.9), (20, 0.9), (500, 0.9), (5, 0.8), (7, 0.9)])
+def test_the_threshold_keeps_the_coverage_not_one_more(n, coverage):
+    """(1 - 0.9) * 10 is 0.9999999999999998 in floats: the threshold came out one rank too
+    low, keeping every correct crop known, whenever their count was a multiple of 10."""
+    import math
+
+    from vl_distill_ros.model.calibration import threshold_for_coverage
+
+    scores = np.linspace(0.5, 0.6, n)
+    threshold = threshold_for_coverage(scores, coverage)
+    kept = int((scores >= threshold).sum())
+    assert kept == math.ceil(round(coverage * n, 9)), (kept, threshold)

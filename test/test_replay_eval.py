@@ -683,3 +683,44 @@ def test_options_that_gave_tracebacks_are_exit_2(bag, bundle, tmp_path, capsys, 
         code, _, err = run_cli([str(bag), "--model", str(bundle), *args], capsys)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
     assert not spy.pids  # no node was started
+
+
+def test_an_object_is_grouped_by_its_vocabulary_name_whatever_frame_comes_first():
+    """Ground truth 'Sugar-Box' (scored under the vocabulary's 'sugar box', README) was
+    grouped by its raw label, 'other', and the label's group was the first frame's: the id
+    count, the per-object group and the GZSL seen accuracy and H depended on frame order."""
+    from vl_distill_ros.evaluation.scoring import Membership, score_frames
+    from vl_distill_ros.model.vocabulary import Split, Vocabulary
+
+    split = Split("s", ("004_sugar_box",), ("025_mug",))
+    vocab = Vocabulary.from_dict({"labels": [{"key": "004_sugar_box", "name": "sugar box"},
+                                             {"key": "025_mug", "name": "mug"}]})
+    membership = Membership.from_split(split, [vocab])
+
+    def doc(label):
+        return {"objects": [{"bbox": [0, 0, 10, 10], "label": label, "score": 0.9,
+                             "known": True}]}
+    keys = [("/cam", i) for i in (1, 2, 3)]
+    gt = {keys[0]: [((0, 0, 10, 10), "Sugar-Box")], keys[1]: [((0, 0, 10, 10), "sugar box")],
+          keys[2]: [((0, 0, 10, 10), "mug")]}
+    labels = {keys[0]: doc("sugar box"), keys[1]: doc("sugar box"), keys[2]: doc("mug")}
+    for order in (keys, [keys[1], keys[0], keys[2]]):
+        r = score_frames(order, gt, labels, membership, vocabulary_names=["sugar box", "mug"])
+        assert [r["groups"][g]["objects"] for g in ("id", "ood", "other")] == [2, 1, 0]
+        assert r["per_object"]["sugar box"]["group"] == "id"
+        assert r["gzsl"]["seen"] == 1.0 and r["gzsl"]["h"] == 1.0
+    assert membership.group("SUGAR-BOX") == "id" and membership.group("", "25-mug") == "ood"
+
+
+def test_a_placement_error_of_exactly_2_cm_is_within_2_cm():
+    from vl_distill_ros.evaluation.scoring import score_frames
+
+    key = ("/cam", 1)
+    gt = {key: [{"bbox": [0, 0, 10, 10], "label": "a", "position": [0.0, 0.0, 1.0]},
+                {"bbox": [20, 0, 10, 10], "label": "b", "position": [0.0, 0.0, 0.7]}]}
+    doc = {"objects": [{"bbox": [0, 0, 10, 10], "label": "a", "score": .9, "known": True,
+                        "position": [0.0, 0.0, 1.02]},
+                       {"bbox": [20, 0, 10, 10], "label": "b", "score": .9, "known": True,
+                        "position": [0.0, 0.0, 0.75]}]}
+    placement = score_frames([key], gt, {key: doc})["placement"]
+    assert placement["within_2cm"] == 0.5 and placement["within_5cm"] == 1.0

@@ -295,5 +295,7 @@ def threshold_for_coverage(correct_scores: np.ndarray, coverage: float) -> float
     scores = np.sort(np.asarray(correct_scores, np.float64))
     if scores.size == 0:
         return DEFAULT_UNKNOWN_THRESHOLD
-    k = int(np.floor((1.0 - coverage) * scores.size))
+    # how many may fall below: (1 - 0.9) * 10 is 0.9999999999999998 in floats, which kept
+    # all 10 (the threshold one rank too low whenever the count is a multiple of 10)
+    k = int(np.floor((1.0 - coverage) * scores.size + 1e-9))
     return float(np.clip(scores[min(k, scores.size - 1)], 0.0, 1.0))
