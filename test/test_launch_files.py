@@ -112,13 +112,31 @@ def _launch_script(launch_file: Path, args: dict[str, str]) -> str:
         "sys.exit(ls.run())\n")
 
 
+def _run_launch_file(launch_file: Path, args: dict[str, str], env: dict[str, str],
+                     timeout: float) -> tuple[int, str, float]:
+    """Run ``launch_file`` through a real LaunchService in a child process of its own
+    session: ``(return code, output, seconds)``. Past ``timeout`` the whole session is
+    killed (the launched node too: a failing check must not leave a node running) and the
+    test fails."""
+    import signal
+
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", _launch_script(launch_file, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"the launch ran past {timeout} s:\n{out}")
+    return proc.returncode, out, time.monotonic() - start
+
+
 def _run_launch(args: dict[str, str], env: dict[str, str], timeout: float
                 ) -> tuple[int, str, float]:
     """Run replay_eval.launch.py through a real LaunchService in a child process."""
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", _launch_script(REPLAY_LAUNCH, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+    return _run_launch_file(REPLAY_LAUNCH, args, env, timeout)
 
 
 def _launch_env(tmp_path: Path, path: str, extra_site: Path | None = None) -> dict[str, str]:
@@ -222,7 +240,7 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
     args = {"lifecycle": "true", "autostart": autostart, "model_path": str(bundle),
             "namespace": f"lc_{autostart}"}
     proc = subprocess.Popen([sys.executable, "-c", _launch_script(NODE_LAUNCH, args)],
-                            env=env, text=True,
+                            env=env, text=True, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         fqn = f"/lc_{autostart}/vl_distill_node"
@@ -253,7 +271,7 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
         try:
             out, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, subprocess.signal.SIGKILL)  # the node too
             out, _ = proc.communicate()
     assert "vl_distill_lifecycle_node" in out, out
     assert out.count("ready:") == (autostart == "true"), out
@@ -262,9 +280,8 @@ def test_launch_lifecycle_starts_the_managed_node(real_launch, ctx, tmp_path, au
 def _run_node_launch(args: dict[str, str], env: dict[str, str], timeout: float
                      ) -> tuple[int, str]:
     """Run vl_distill.launch.py through a real LaunchService in a child process."""
-    done = subprocess.run([sys.executable, "-c", _launch_script(NODE_LAUNCH, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-    return done.returncode, done.stdout + done.stderr
+    code, out, _ = _run_launch_file(NODE_LAUNCH, args, env, timeout)
+    return code, out
 
 
 def test_a_params_file_that_does_not_exist_stops_the_launch(real_launch, tmp_path):

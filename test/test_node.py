@@ -906,9 +906,19 @@ def test_the_node_s_workers_carry_their_names_in_the_os(ctx, bundle_path, tmp_pa
 
 
 def test_docs_table_documents_every_parameter():
+    """Every parameter has a README row; a constrained one shows its allowed values as
+    `ros2 param describe` does (proposal_box_net_close_topics' row lacked them)."""
     text = (REPO / "README.md").read_text()
+    rows: dict[str, str] = {}  # the Parameters table's rows: name | type | default | ...
+    for line in text.splitlines():
+        cells = line.split("|")
+        if line.startswith("| `") and len(cells) > 3 and cells[2].strip() in (
+                "bool", "integer", "double", "string", "string_array", "integer_array"):
+            rows.setdefault(cells[1].strip(), line)
     for p in PARAMETERS:
-        assert f"| `{p.name}` |" in text, p.name
+        assert f"`{p.name}`" in rows, p.name
+        if p.constraints:
+            assert f"Allowed: {p.constraints}" in rows[f"`{p.name}`"], p.name
 
 
 def test_launch_file_is_valid_and_uses_config_parameter_names():

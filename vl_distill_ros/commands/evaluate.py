@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None,
                    help="with --bundle: the training YAML naming the teacher, vocabulary, "
                         "split, prompts, data root and open-set folder (the bundle's own, "
-                        "e.g. config/ablation/gzsl_augment.yaml for the default bundle)")
+                        "e.g. config/ablation/gzsl_zero_shot_prior.yaml for the default bundle)")
     p.add_argument("--data-root", default=None,
                    help="rendered dataset root (default: the run's or the config's data.root)")
     p.add_argument("--out", default=None, help="output directory (default: <run>/eval)")
