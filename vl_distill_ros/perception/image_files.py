@@ -21,6 +21,16 @@ from .image_codec import ImageDecodeError
 MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
 
 
+def read_file_bytes(path: str | Path, max_bytes: int = MAX_IMAGE_FILE_BYTES
+                    ) -> np.ndarray | None:
+    """``path``'s bytes as a uint8 array (what ``cv2.imdecode`` takes), or None when it is
+    missing, not a regular file or larger than ``max_bytes``."""
+    try:
+        return np.frombuffer(read_regular_file(path, max_bytes), np.uint8)
+    except OSError:
+        return None
+
+
 def read_image_file(path: str | Path, flags: int = cv2.IMREAD_COLOR,
                     max_pixels: int | None = None,
                     max_bytes: int = MAX_IMAGE_FILE_BYTES) -> np.ndarray | None:
@@ -29,9 +39,8 @@ def read_image_file(path: str | Path, flags: int = cv2.IMREAD_COLOR,
     ``max_bytes``, not decodable, or (``max_pixels``) a PNG or JPEG whose header declares
     more pixels than that (checked before anything is decoded: a small file can declare a
     huge image)."""
-    try:
-        buf = np.frombuffer(read_regular_file(path, max_bytes), np.uint8)
-    except OSError:
+    buf = read_file_bytes(path, max_bytes)
+    if buf is None:
         return None
     if max_pixels is not None:
         try:

@@ -19,7 +19,7 @@ from typing import Sequence, TypeVar
 import cv2
 import numpy as np
 
-from ..perception.image_files import write_image_file
+from ..perception.image_files import read_file_bytes, write_image_file
 
 LOG = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class RenderError(ValueError):
 
 @functools.lru_cache(maxsize=256)
 def _load_vertices_cached(path: str, mtime_ns: int) -> np.ndarray:
-    data = Path(path).read_bytes()
-    rows = [line[2:] for line in data.split(b"\n") if line.startswith(b"v ")]
+    lines = Path(path).read_bytes().split(b"\n")
+    rows = [line[2:] for line in lines if line.startswith(b"v ")]
     if not rows:
         raise RenderError(f"{path}: no vertices ('v x y z' lines) found")
     try:
@@ -89,7 +89,7 @@ def _load_vertices_cached(path: str, mtime_ns: int) -> np.ndarray:
     if len(verts) < 3 or not (np.ptp(verts, axis=0) > 0).sum() >= 2:
         raise RenderError(f"{path}: its vertices span no surface (fewer than 3, or all on "
                           "one line)")
-    if not any(line.startswith(b"f ") for line in data.split(b"\n")):
+    if not any(line.startswith(b"f ") for line in lines):
         raise RenderError(f"{path}: no faces ('f' lines): nothing to draw")
     verts = np.ascontiguousarray(verts)
     verts.setflags(write=False)
@@ -147,12 +147,8 @@ def _read_texture(path: Path, max_size: int) -> np.ndarray | None:
     JPEG decoding at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) is several times faster
     than decoding a 4096^2 YCB texture fully and then shrinking it.
     """
-    from ..atomic_io import read_regular_file
-    from ..perception.image_files import MAX_IMAGE_FILE_BYTES
-
-    try:  # bytes, not a path: OpenCV crashes on a name that is not UTF-8
-        buf = np.frombuffer(read_regular_file(path, MAX_IMAGE_FILE_BYTES), np.uint8)
-    except OSError:
+    buf = read_file_bytes(path)  # bytes, not a path: OpenCV crashes on non-UTF-8 names
+    if buf is None:
         return None
     for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                          (2, cv2.IMREAD_REDUCED_COLOR_2), (1, cv2.IMREAD_COLOR)):
