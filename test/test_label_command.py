@@ -250,6 +250,8 @@ def _out_is_a_file(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("make_args, message", [
     (lambda folder: ["-p", "no_such_param:=1"], "not a tunable node parameter"),
+    # the list of tunable names it gives leaves out the two label refuses
+    (lambda folder: ["-p", "no_such_param:=1"], "'depth_proposal_config', 'description_catalogue'"),
     (lambda folder: ["-p", "top_k:=0"], "top_k"),
     (lambda folder: ["--model", "/no/such/bundle.vdb"], "model bundle not found"),
     (_bad_vocabulary, "vocab.yaml"),

@@ -190,6 +190,7 @@ def _pipeline(args: argparse.Namespace):
     from ..evaluation.replay import (InputError, ReplaySettings, check_model,
                                      node_parameter_values, offline_pipeline, parse_param,
                                      resolve_device)
+    from ..evaluation.replay_settings import TUNABLE_PARAMS
 
     if len(args.images) > MAX_IMAGES:
         raise InputError(f"{len(args.images)} images; at most {MAX_IMAGES} a call")
@@ -203,10 +204,12 @@ def _pipeline(args: argparse.Namespace):
     if not low <= args.depth_scale <= high:
         raise InputError(f"--depth-scale must be in [{low:g}, {high:g}] metres (the node's "
                          f"depth_scale), got {args.depth_scale}")
-    params = dict(parse_param(text) for text in args.param)
-    for name, instead in NOT_PARAMETERS_HERE.items():
-        if name in params:
-            raise InputError(f"-p {name}: {instead}")
+    for text in args.param:
+        name = text.partition(":=" if ":=" in text else "=")[0].strip()
+        if name in NOT_PARAMETERS_HERE:
+            raise InputError(f"-p {name}: {NOT_PARAMETERS_HERE[name]}")
+    tunable = TUNABLE_PARAMS - NOT_PARAMETERS_HERE.keys()
+    params = dict(parse_param(text, tunable) for text in args.param)
     if args.crop_source:
         params["crop_source"] = args.crop_source
     settings = ReplaySettings(model=Path(args.model) if args.model else None,

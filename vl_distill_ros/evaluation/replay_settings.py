@@ -10,7 +10,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import AbstractSet, Any, Mapping, Sequence
 
 from ..bags.bag_io import IMAGE_TYPE, BagContents, BagError, decode_image_cdr, read_camera_bag
 from ..ros import params as P
@@ -189,12 +189,13 @@ def _coerce(name: str, value: Any) -> Any:
     return out
 
 
-def parse_param(text: str) -> tuple[str, Any]:
+def parse_param(text: str, tunable: AbstractSet[str] = TUNABLE_PARAMS) -> tuple[str, Any]:
     """``NAME:=VALUE`` (or ``NAME=VALUE``) -> ``(name, typed value)``; the value is read as
-    YAML like ``ros2 run ... -p`` does (``0.3``, ``true``, ``[0, 0, 64, 64]``).
+    YAML like ``ros2 run ... -p`` does (``0.3``, ``true``, ``[0, 0, 64, 64]``); ``tunable``:
+    the names taken (a command that has no use for some narrows it).
 
     Raises:
-        InputError: bad syntax, a name not in :data:`TUNABLE_PARAMS`, or a bad value.
+        InputError: bad syntax, a name not in ``tunable``, or a bad value.
     """
     import yaml
 
@@ -203,9 +204,9 @@ def parse_param(text: str) -> tuple[str, Any]:
     name = name.strip()
     if not _ or not name:
         raise InputError(f"--param expects NAME:=VALUE, got {text!r}")
-    if name not in TUNABLE_PARAMS:
+    if name not in tunable:
         raise InputError(f"--param {name}: not a tunable node parameter; choose one of "
-                         f"{sorted(TUNABLE_PARAMS)} (model, vocabulary, device and text "
+                         f"{sorted(tunable)} (model, vocabulary, device and text "
                          "cache have their own options)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
