@@ -203,9 +203,9 @@ def _print_warnings(report: dict) -> None:
               "--sidecar): only frames and latency are reported", file=sys.stderr)
     for warning in scoring_warnings(report):
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    warning = transport_warning(os.environ)
     lost = report["frames"].get("lost_in_transport")
     if lost:  # counted as the node's subscription saw them: its qos_depth queue is part of it
-        warning = transport_warning(os.environ)
         print(f"{PROG}: warning: {lost} frame(s) never reached the node's callback: lost in "
               "transport or overwritten in its subscription queue (qos_depth "
               f"{report['settings'].get('qos_depth', '?')}: raise it with -p qos_depth:=N, or "
@@ -216,7 +216,7 @@ def _print_warnings(report: dict) -> None:
         print(f"{PROG}: warning: {side['depth'] or 0} depth image(s) and "
               f"{side['camera_info'] or 0} CameraInfo message(s) never reached the node: "
               "their frames were labelled colour only, unlike --offline"
-              + (f" ({warning})" if (warning := transport_warning(os.environ)) else ""),
+              + (f" ({warning})" if warning else ""),
               file=sys.stderr)
     depth = (report.get("node") or {}).get("depth_input", "")
     if depth.startswith("not used"):

@@ -75,6 +75,7 @@ describe the labels the node actually published.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -183,18 +184,17 @@ class Membership:
         else its label, each folded (case, ``_``), then in any written form (``Sugar-Box``,
         ``004_sugar_box``: :func:`~vl_distill_ros.model.descriptions.catalogue_key`)."""
         for fold in (fold_label, catalogue_key):
-            table = self.names if fold is fold_label else self._forms()
+            table = self.names if fold is fold_label else self._forms
             for form in (key, label):
                 g = table.get(fold(form)) if form else None
                 if g is not None:
                     return g
         return "other"
 
+    @functools.cached_property
     def _forms(self) -> dict[str, str]:
-        """:attr:`names` keyed by :func:`catalogue_key` (made once)."""
-        if getattr(self, "_forms_cache", None) is None:
-            self._forms_cache = {catalogue_key(n): g for n, g in self.names.items()}
-        return self._forms_cache
+        """:attr:`names` keyed by :func:`catalogue_key`."""
+        return {catalogue_key(n): g for n, g in self.names.items()}
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:

@@ -42,8 +42,9 @@ MAX_VIEWS = 1000
 #: Most pixels a source cut-out may declare (read from its header before decoding: a small
 #: PNG can declare 10000 x 10000).
 MAX_SOURCE_PIXELS = 50_000_000
-#: Largest cut-out config read.
+#: Largest cut-out config read, and largest manifest read to recognise an earlier output.
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
 
 class CutoutError(ValueError):
@@ -297,7 +298,7 @@ def _check_out_dir(out: Path) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     try:
-        earlier = json.loads(read_regular_file(out / "manifest.json", 512 * 1024 * 1024))
+        earlier = json.loads(read_regular_file(out / "manifest.json", MAX_MANIFEST_BYTES))
         ours = (isinstance(earlier, dict) and isinstance(earlier.get("spec"), dict)
                 and "source_dir" in earlier["spec"] and isinstance(earlier.get("cutouts"), int)
                 and isinstance(earlier.get("crops"), int)
