@@ -1073,6 +1073,37 @@ def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path, image_format)
     assert report["groups"]["all"]["matched"] == report["groups"]["all"]["objects"]
 
 
+def test_live_replay_gives_depth_to_the_cameras_that_have_it(bundle, tmp_path):
+    """A bag of an RGB-D camera (objects the colour of the table: only depth finds them)
+    and a colour-only hand camera (red objects): the node took depth for every camera or
+    none, so the live replay ran both colour only and found none of the RGB-D camera's
+    objects, while --offline found them. Now the node gets ``""`` for the hand camera."""
+    small = CameraIntrinsics(270.0, 270.0, 159.5, 119.5, 320, 240)
+    frames = []
+    for i in range(3):
+        depth, boxes = render_tabletop([(-0.15 + 0.02 * i, 0.0, 0.08, 0.06, 0.08),
+                                        (0.15, 0.05, 0.05, 0.07, 0.12)], k=small)
+        hand = np.full((96, 128, 3), 150, np.uint8)    # small: the three images of a
+        hand[24:72, 40:88] = (200, 40, 40)              # stamp fit DDS's shared memory
+        frames.append(BagFrame(
+            1_000_000_000 + i * 100_000_000, np.full((240, 320, 3), 150, np.uint8),
+            [GroundTruthObject(b, "apple", "013_apple") for b in boxes], hand_image=hand,
+            hand_objects=[GroundTruthObject((40, 24, 48, 48), "apple", "013_apple")],
+            depth=depth, intrinsics=(small.fx, small.fy, small.cx, small.cy)))
+    bag = write_camera_bag(tmp_path / "two", frames)
+    report = _replay_live(bag, bundle, tmp_path / "out")
+    main, hand = BagTopics().camera, BagTopics().hand_camera
+    assert report["node"]["depth_input"] == "used for 1 of the 2 cameras (the others have none)"
+    assert int(report["cameras"][main]["depth_used"]) >= 1
+    assert int(report["cameras"][main]["depth_errors"]) == 0
+    assert "depth_used" not in report["cameras"][hand]
+    # the hand camera's red object is found in colour; the RGB-D camera's two objects in
+    # every frame that had its depth (none in a frame whose depth was lost on the way)
+    colour_only = int(report["cameras"][main]["colour_only"])
+    assert report["groups"]["all"]["matched"] == \
+        report["groups"]["all"]["objects"] - 2 * colour_only
+
+
 def _replay_live(bag: Path, bundle: Path, out: Path) -> dict:
     import json
 

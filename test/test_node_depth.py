@@ -21,7 +21,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from helpers import make_colour_bundle
 from test_depth import cuboid_centre, render_tabletop
-from test_node import Tester, running_node, wait_for
+from test_node import Tester, publish_until_labelled, running_node, wait_for
 from vl_distill_ros.perception.compressed_codec import (encode_compressed_depth,
                                                         encode_compressed_image)
 from vl_distill_ros.perception.camera_model import CameraIntrinsics
@@ -309,7 +309,17 @@ def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
     for extra, why in (
             ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da"]),
               Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["ia", "ib"])],
-             "depth_topics must be empty or list one non-empty topic per image_topics"),
+             "depth_topics must be empty or list one entry per image_topics entry"),
+            # a camera without depth has "" in both lists, not in one of them
+            ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da", ""]),
+              Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["ia", "ib"])],
+             r"camera 1 \(b\): depth_topics and camera_info_topics entries go together"),
+            ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["", "db"]),
+              Parameter("camera_info_topics", Parameter.Type.STRING_ARRAY, ["", "ib"]),
+              Parameter("depth_camera_info_topics", Parameter.Type.STRING_ARRAY, ["x", ""]),
+              Parameter("depth_to_colour_poses", Parameter.Type.STRING_ARRAY,
+                        ["0 0 0 0 0 0 1", ""])],
+             "camera 0: an unregistered depth camera needs a depth topic"),
             ([Parameter("depth_topics", Parameter.Type.STRING_ARRAY, ["da", "db"])],
              "depth_topics and camera_info_topics go together"),
             ([Parameter("image_topics", Parameter.Type.STRING_ARRAY,
@@ -342,6 +352,34 @@ def test_depth_parameters_are_checked_at_start_up(ctx, bundle, tmp_path):
              "image_topics lists 33 cameras; one node serves at most 32")):
         with pytest.raises(StartupError, match=why):
             VlDistillNode(namespace="/startup", context=ctx, parameter_overrides=base + extra)
+
+
+def test_a_camera_without_depth_beside_an_rgbd_camera_runs_colour_only(
+        ctx, tester, bundle, scene, tmp_path):
+    """``""`` in ``depth_topics``/``camera_info_topics``: that camera has no depth (its
+    frames are labelled colour only, not held back waiting for a partner, and its status
+    has no depth counters) while the RGB-D camera beside it pairs its depth. The node took
+    depth for every camera or none: such a rig ran colour only, and replay-eval replayed a
+    bag where only some cameras have depth without any."""
+    depth, _ = scene
+    ns = "/some_depth"
+    rig = Rig(tester, ns)
+    with running_node(ctx, ns, bundle, tmp_path, crop_source="proposals",
+                      image_topics=["cam/image", "web/image"],
+                      depth_topics=["cam/depth", ""], camera_info_topics=["cam/info", ""],
+                      depth_sync_tolerance=0.05, inference_backend="torch",
+                      warm_text_encoder=False) as node:
+        assert [cam.depth is None for cam in node._cameras] == [False, True]
+        assert node._det3d_pub is not None or node._vision_msgs is None
+        doc = rig.send("rgbd", 30, depth_msg(depth, 30, 0), info_msg(K))
+        assert len(doc["objects"]) == 2                  # paired with its depth
+        labels = tester.watch_labels(f"{ns}/vl_distill_node/labels")
+        doc = publish_until_labelled(tester, f"{ns}/web/image", colour_msg(31, 0, "web"), labels)
+        assert doc["camera"] == f"{ns}/web/image" and doc["objects"] == []
+        assert wait_for(lambda: tester.camera_status(rig.fqn, f"{ns}/web/image"), 10.0)
+        web = tester.camera_status(rig.fqn, f"{ns}/web/image")
+        assert "depth_used" not in web and web["level"] == b"\x00", web
+        assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
 
 
 def test_depth_topics_are_read_only(ctx, bundle, tmp_path):

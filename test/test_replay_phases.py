@@ -223,17 +223,24 @@ def test_depth_and_camera_info_lost_on_the_way_are_counted():
                       "node_camera_info_received": 1, "camera_info_lost_in_transport": 0}
 
 
-def test_the_live_depth_note_says_why_a_bags_depth_is_not_used():
-    """A bag where only some cameras have depth: the live node ran every camera colour
-    only (it takes depth for every camera or none) while --offline used the depth; the
-    report still listed the pairing. Now the report's node.depth_input and a warning say
-    so."""
-    from vl_distill_ros.evaluation.live_replay import _live_depth_note
+def test_the_live_depth_note_says_which_cameras_get_the_bags_depth():
+    """The report's node.depth_input: depth for every camera, for some of them (the node
+    gets "" for the others; it took depth for every camera or none, so such a bag ran colour
+    only live), or why none (no CameraInfo beside the depth, --no-depth)."""
+    from vl_distill_ros.evaluation.live_replay import _depth_plan, _live_depth_note
 
-    contents = SimpleNamespace(image_topics=["/a", "/b"], depth_topics={"/a": "/a/depth"})
+    contents = SimpleNamespace(image_topics=["/a", "/b"], depth_topics={"/a": "/a/depth"},
+                               camera_info_topics={"/a": "/a/info"})
+    assert _depth_plan(contents, ReplaySettings(), ["/a", "/b"]) == {
+        "depth_topics": ["/a/depth", ""], "camera_info_topics": ["/a/info", ""]}
+    assert _depth_plan(contents, ReplaySettings(depth=False), ["/a", "/b"]) == {
+        "depth_topics": [], "camera_info_topics": []}
     plan = SimpleNamespace(side_topics={})
     assert _live_depth_note(contents, ReplaySettings(), plan).startswith(
-        "not used: only 1 of the 2 cameras")
+        "not used: no camera has both a depth topic and a CameraInfo topic")
     assert _live_depth_note(contents, ReplaySettings(depth=False), plan) == "--no-depth"
     plan.side_topics = {"/a/depth": "sensor_msgs/msg/Image"}
+    assert _live_depth_note(contents, ReplaySettings(), plan) == \
+        "used for 1 of the 2 cameras (the others have none)"
+    contents.image_topics = ["/a"]
     assert _live_depth_note(contents, ReplaySettings(), plan) == "used"

@@ -104,14 +104,16 @@ class LivePlan:
 
 def _depth_plan(contents: BagContents, settings: ReplaySettings,
                 topics: Sequence[str]) -> dict[str, list[str]]:
-    """The bag's depth and CameraInfo topics in ``image_topics`` order, when the replay
-    uses depth and every camera has both; else empty lists (colour only)."""
+    """The bag's depth and CameraInfo topics in ``image_topics`` order (``""`` for a camera
+    without both: the node runs it colour only), when the replay uses depth and a camera
+    has both; else empty lists (colour only)."""
     depth = getattr(contents, "depth_topics", None) or {}
     info = getattr(contents, "camera_info_topics", None) or {}
-    if not settings.depth or not all(t in depth and t in info for t in topics):
+    has = [t in depth and t in info for t in topics]
+    if not settings.depth or not any(has):
         return {"depth_topics": [], "camera_info_topics": []}
-    return {"depth_topics": [depth[t] for t in topics],
-            "camera_info_topics": [info[t] for t in topics]}
+    return {"depth_topics": [depth[t] if h else "" for t, h in zip(topics, has)],
+            "camera_info_topics": [info[t] if h else "" for t, h in zip(topics, has)]}
 
 
 def _alignment_plan(contents: BagContents, topics: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -139,9 +141,10 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
     ns = "/" + ns.strip("/")
     topics = list(contents.image_topics)
     depth = _depth_plan(contents, settings, topics)
-    aligned = _alignment_plan(contents, topics) if depth["depth_topics"] else {}
+    with_depth = [t for t, d in zip(topics, depth["depth_topics"]) if d]
+    aligned = _alignment_plan(contents, with_depth)
     side = {t: contents.topics[t] for t in [*depth["depth_topics"], *depth["camera_info_topics"],
-                                            *(info for info, _ in aligned.values())]}
+                                            *(info for info, _ in aligned.values())] if t}
     types = getattr(contents, "topics", None) or {}
     suffix = {t: _transport_suffix(t, types.get(t, IMAGE_TYPE),
                                    "compressedDepth" if t in depth["depth_topics"]
@@ -156,7 +159,7 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
         close = with_bag_close_topics(values, topics)["proposal_box_net_close_topics"]
         node_values["proposal_box_net_close_topics"] = [replay_topic[t] for t in close]
     if side:
-        node_values.update({name: [replay_topic[t] for t in listed]
+        node_values.update({name: [replay_topic[t] if t else "" for t in listed]
                             for name, listed in depth.items()})
         node_values["depth_sync_tolerance"] = values["depth_sync_tolerance"]
     if aligned:
@@ -547,19 +550,22 @@ def _teardown(rec: Recording, plan: LivePlan, node: NodeProcess | None,
 
 
 def _live_depth_note(contents: BagContents, settings: ReplaySettings, plan: LivePlan) -> str:
-    """Whether the live node gets the bag's depth, and if not why (``used`` / ``none in the
-    bag`` / ``--no-depth`` / ``not used: ...``)."""
+    """Whether the live node gets the bag's depth (``used``, or ``used for k of the n
+    cameras`` where only some have depth and CameraInfo: the others run colour only, as
+    offline), and if not why (``none in the bag`` / ``--no-depth`` / ``not used: ...``)."""
     depth = getattr(contents, "depth_topics", None) or {}
     if not settings.depth:
         return "--no-depth"
     if not depth:
         return "none in the bag"
-    if any(t in plan.side_topics for t in depth.values()):
+    cameras = list(contents.image_topics)
+    used = [t for t in cameras if depth.get(t) in plan.side_topics]
+    if len(used) == len(cameras):
         return "used"
-    have = [t for t in contents.image_topics if t in depth]
-    return (f"not used: only {len(have)} of the {len(contents.image_topics)} cameras have "
-            "depth and CameraInfo, and the node takes them for every camera or none "
-            "(--offline uses them where they are)")
+    if used:
+        return f"used for {len(used)} of the {len(cameras)} cameras (the others have none)"
+    return ("not used: no camera has both a depth topic and a CameraInfo topic in the bag "
+            "(bag.depth_topics, bag.camera_info_topics)")
 
 
 def _check_device(device: str) -> None:

@@ -74,7 +74,7 @@ from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, came
                           clip_text, model_status)
 from .parameter_service import GroupedParameterService
 from .startup_checks import (StartupError, TFMessage, alignments, check_distinct_topics,
-                             check_startup_params, default_store_path,
+                             check_startup_params, default_store_path, depth_cameras,
                              missing_default_model_message)
 from .params import default_model_path
 from .vocabulary_controller import (SAVE_PENDING_WAIT_S, VOCABULARY_DEBOUNCE_S,
@@ -245,7 +245,7 @@ class VlDistillNode(Node):
             Parameter("descriptions", Parameter.Type.STRING_ARRAY, descriptions_param(vocab)),
             Parameter("vocabulary_file", Parameter.Type.STRING, vocab_file)])
         self._publish_annotated = bool(p["publish_annotated"])
-        self._create_outputs(bool(p["depth_topics"]))
+        self._create_outputs(any(depth_cameras(p)))
         self._save_srv = self.create_service(Trigger, "~/save_vocabulary", self._on_save)
         # -- parameter callbacks (after every declaration and internal set); rclpy's add_*
         # return None: the callbacks themselves are what _cleanup removes
@@ -459,7 +459,7 @@ class VlDistillNode(Node):
             sub = self.create_subscription(_message_type(resolved), topic,
                                            lambda msg, cam=cam: self._on_image(msg, cam), qos)
             cam.resolved = sub.topic_name
-            if depth_topic:
+            if depth_topic.strip():     # "": this camera has no depth
                 self._subs.append(self.create_subscription(
                     _message_type(self.resolve_topic_name(depth_topic.strip())),
                     depth_topic.strip(), lambda msg, cam=cam: self._on_depth(msg, cam), qos))

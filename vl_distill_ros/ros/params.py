@@ -72,15 +72,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Registered depth images (sensor_msgs/Image, 16UC1 in mm or 32FC1 in m, aligned "
               "to the colour image; a topic ending in /compressedDepth is read as "
               "image_transport's compressedDepth PNG), one per image_topics entry in the "
-              "same order, or empty for colour only; a depth camera's own (unregistered) "
-              "images with depth_camera_info_topics. Paired with colour frames by header "
-              "stamp. Each camera's own topic (none listed twice).", read_only=True,
-              constraints="empty or len(image_topics) distinct topics"),
+              "same order (\"\" for a camera without depth), or empty for colour only; a "
+              "depth camera's own (unregistered) images with depth_camera_info_topics. "
+              "Paired with colour frames by header stamp. Each camera's own topic (none "
+              "listed twice).", read_only=True,
+              constraints="empty or len(image_topics) entries, distinct topics or \"\""),
     ParamSpec("camera_info_topics", [], "string_array",
               "sensor_msgs/CameraInfo of each colour camera (its K, distortion_model and d "
-              "give the rays depth is back-projected along), one per image_topics entry; "
-              "needed with depth_topics.", read_only=True,
-              constraints="empty or len(image_topics) topics"),
+              "give the rays depth is back-projected along), one per image_topics entry "
+              "(\"\" where depth_topics has \"\"); needed with depth_topics.", read_only=True,
+              constraints="empty or len(image_topics) entries, \"\" where depth_topics has \"\""),
     ParamSpec("depth_camera_info_topics", [], "string_array",
               "For depth that is not registered to its colour image (a driver's own depth "
               "image, e.g. a RealSense without align_depth): the depth camera's "

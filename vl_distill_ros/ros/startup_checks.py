@@ -22,7 +22,8 @@ from ..perception.depth_alignment import transform_from_pose
 from ..perception.object_tracks import MAX_CAMERAS
 
 __all__ = ["StartupError", "TFMessage", "missing_default_model_message", "default_store_path",
-           "check_startup_params", "check_distinct_topics", "alignments", "MAX_CAMERAS"]
+           "check_startup_params", "check_distinct_topics", "alignments", "depth_cameras",
+           "MAX_CAMERAS"]
 
 
 class StartupError(RuntimeError):
@@ -83,9 +84,10 @@ def check_startup_params(p: dict) -> None:
                            f"{MAX_CAMERAS} (start another node for more)")
     for name in ("depth_topics", "camera_info_topics"):
         topics = p[name]
-        if topics and (len(topics) != n or any(not t.strip() for t in topics)):
-            raise StartupError(f"{name} must be empty or list one non-empty topic per "
-                               f"image_topics entry ({n}), got {list(topics)}")
+        if topics and len(topics) != n:
+            raise StartupError(f"{name} must be empty or list one entry per image_topics "
+                               f"entry ({n}; \"\" for a camera without depth), got "
+                               f"{list(topics)}")
     depth_on_colour = [t for t in p["image_topics"] if topic_transport(t) == "compressedDepth"]
     if depth_on_colour:
         raise StartupError(f"image_topics {depth_on_colour} carry compressedDepth (depth) "
@@ -98,7 +100,19 @@ def check_startup_params(p: dict) -> None:
     if bool(p["depth_topics"]) != bool(p["camera_info_topics"]):
         raise StartupError("depth_topics and camera_info_topics go together: depth is "
                            "back-projected with the colour camera's CameraInfo")
+    for i, (depth, info) in enumerate(zip(p["depth_topics"], p["camera_info_topics"])):
+        if bool(depth.strip()) != bool(info.strip()):
+            raise StartupError(f"camera {i} ({p['image_topics'][i]}): depth_topics and "
+                               f"camera_info_topics entries go together (both \"\" for a "
+                               f"camera without depth), got {depth!r} and {info!r}")
     alignments(p)
+
+
+def depth_cameras(p: dict) -> list[bool]:
+    """Per ``image_topics`` entry, whether the camera has depth (a non-empty
+    ``depth_topics`` entry; an empty list: none has)."""
+    depth = list(p["depth_topics"]) or [""] * len(p["image_topics"])
+    return [bool(t.strip()) for t in depth]
 
 
 def check_distinct_topics(param: str, topics: list[str], resolved: list[str]) -> None:
@@ -113,6 +127,8 @@ def check_distinct_topics(param: str, topics: list[str], resolved: list[str]) ->
     """
     first: dict[str, str] = {}
     for topic, name in zip(topics, resolved):
+        if not name:        # "": a camera without depth
+            continue
         if name in first:
             raise StartupError(f"{param} lists {name} twice ({first[name]!r} and {topic!r}): "
                                "each camera has its own topics")
@@ -142,7 +158,7 @@ def alignments(p: dict) -> list[tuple[str, Any] | None]:
         if not info.strip() and not pose.strip():
             out.append(None)
             continue
-        if not info.strip() or not p["depth_topics"]:
+        if not info.strip() or not depth_cameras(p)[i]:
             raise StartupError(f"camera {i}: an unregistered depth camera needs a depth topic "
                                f"and its CameraInfo topic, got {info!r} and {pose!r}")
         if not pose.strip():
