@@ -136,3 +136,33 @@ def test_a_zstd_file_is_refused_and_a_bomb_is_bounded(monkeypatch):
     monkeypatch.setattr(qt_rcc, "MAX_FILE_BYTES", 500)
     with pytest.raises(qt_rcc.RccError, match="unpacks to 1000 bytes, more than 500"):
         qt_rcc.read_rcc(good)
+
+
+def test_shared_data_names_and_a_root_file_are_refused_and_all_files_are_bounded(
+        tmp_path, monkeypatch):
+    """Eight file nodes pointing at one 256 MiB zlib bomb (a 261 kB file) took 2.4 GB: each
+    file's bound held, all of them together had none. A name with a NUL gave a ValueError
+    traceback when written; a root node that is a file wrote DEST itself; a FIFO hung."""
+    import os
+
+    good = write_rcc({"a/x.bin": b"x" * 1000, "a/y.bin": b"y" * 1000},
+                     compress=("a/x.bin", "a/y.bin"))
+    _, tree_at, _, _ = struct.unpack(">IIII", good[4:20])
+    x_offset = good[tree_at + 2 * 22 + 10:tree_at + 2 * 22 + 14]   # node 2: a/x.bin
+    shared = _corrupt(good, tree_at + 3 * 22 + 10, x_offset)     # node 3 reads x's data
+    with pytest.raises(qt_rcc.RccError, match="its data is another file's"):
+        qt_rcc.read_rcc(shared)
+    monkeypatch.setattr(qt_rcc, "MAX_TOTAL_BYTES", 1500)
+    with pytest.raises(qt_rcc.RccError, match="more than 1500 bytes in all"):
+        qt_rcc.read_rcc(good)
+    monkeypatch.undo()
+    assert len(qt_rcc.read_rcc(good)) == 2
+    with pytest.raises(qt_rcc.RccError, match=r"named 'a\\x00b'"):
+        qt_rcc.read_rcc(write_rcc({"a\x00b": b"x"}))
+    root_file = _corrupt(good, tree_at + 4, struct.pack(">H", 0))
+    with pytest.raises(qt_rcc.RccError, match="root of the tree is a file"):
+        qt_rcc.read_rcc(root_file)
+    fifo = tmp_path / "pipe.rcc"
+    os.mkfifo(fifo)
+    assert qt_rcc.main([str(fifo), str(tmp_path / "out")]) == 1
+    assert not (tmp_path / "out").exists()

@@ -20,8 +20,16 @@ trap 'rm -rf "$work"' EXIT
     echo "fetch_cutouts: apt-get download tuxpaint-stamps-default failed (no Debian archive?)" >&2
     exit 1
 }
+# unpacked beside DEST's usr/ and renamed into place when whole: an interrupted run left a
+# usr/ with some of the folders, which the check above then took for a complete fetch
 mkdir -p "$DEST"
-dpkg-deb --fsys-tarfile "$work"/tuxpaint-stamps-default_*.deb | tar -x -C "$DEST" \
+partial="$DEST/.fetch_cutouts.partial"
+rm -rf "$partial"
+mkdir "$partial"
+dpkg-deb --fsys-tarfile "$work"/tuxpaint-stamps-default_*.deb | tar -x -C "$partial" \
     --wildcards "./$INNER/*.png" "./$INNER/*.txt" "./usr/share/doc/tuxpaint-stamps-default/copyright"
-[ -d "$DEST/$INNER/food" ] || { echo "fetch_cutouts: no stamps in the package" >&2; exit 1; }
+[ -d "$partial/$INNER/food" ] || { echo "fetch_cutouts: no stamps in the package" >&2; exit 1; }
+rm -rf "$DEST/usr"
+mv "$partial/usr" "$DEST/usr"
+rmdir "$partial"
 echo "fetch_cutouts: $(find "$DEST/$INNER" -name '*.png' | wc -l) stamps in $DEST/$INNER"

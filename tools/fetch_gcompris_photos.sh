@@ -28,10 +28,17 @@ else
     dpkg-deb --fsys-tarfile "$work"/gcompris-qt-data_*.deb | tar -x -C "$work" "./$RCC"
     mv "$work/$RCC" "$work/categorization.rcc"
 fi
+# written beside DEST/categorization and renamed into place when whole: an interrupted run
+# left some photos, which the check above then took for a complete fetch
+mkdir -p "$DEST"
+partial="$DEST/.categorization.partial"
+rm -rf "$partial"
 for folder in tools others; do
-    python3 "$HERE/qt_rcc.py" "$work/categorization.rcc" "$DEST/categorization/$folder" \
+    python3 "$HERE/qt_rcc.py" "$work/categorization.rcc" "$partial/$folder" \
         --under "$IMAGES/$folder"
 done
-[ -s "$DEST/categorization/tools/hammer1.webp" ] || {
+[ -s "$partial/tools/hammer1.webp" ] || {
     echo "fetch_gcompris_photos: no photos in the package" >&2; exit 1; }
+rm -rf "$DEST/categorization"
+mv "$partial" "$DEST/categorization"
 echo "fetch_gcompris_photos: $(find "$DEST/categorization" -name '*.webp' | wc -l) photos in $DEST/categorization"
