@@ -442,6 +442,47 @@ def test_compressed_copies_and_the_colour_compressed_depth_topic_are_left_out():
     assert depth == {"/camera/color/image_raw": "/camera/color/image_raw/compressedDepth"}
 
 
+def test_empty_raw_topics_and_other_transports_leave_the_frames_to_the_topic_that_has_them():
+    """A raw topic recorded without messages (advertised, only the compressed stream
+    published) hid its /compressed and /compressedDepth topics: no image messages (exit 2),
+    or depth never used (exit 0). The /zstd copy `ros2 bag record -a` writes beside the raw
+    or compressed topic was read as a camera and stopped the replay (neither JPEG nor PNG)."""
+    img, comp, info = IMAGE_TYPE, COMPRESSED_IMAGE_TYPE, "sensor_msgs/msg/CameraInfo"
+    topics = {"/camera/image_raw": img, "/camera/image_raw/compressed": comp,
+              "/camera/depth/image_raw": img, "/camera/depth/image_raw/compressedDepth": comp,
+              "/camera/camera_info": info}
+    counts = {"/camera/image_raw": 0, "/camera/image_raw/compressed": 6,
+              "/camera/depth/image_raw": 0, "/camera/depth/image_raw/compressedDepth": 6,
+              "/camera/camera_info": 6}
+    colour, depth, cinfo = pair_camera_topics(topics, counts=counts)
+    assert colour == ["/camera/image_raw/compressed"]
+    assert depth == {colour[0]: "/camera/depth/image_raw/compressedDepth"}
+    assert cinfo == {colour[0]: "/camera/camera_info"}
+    full = {t: 6 for t in topics}       # raw topics with messages are still preferred
+    assert pair_camera_topics(topics, counts=full)[:2] == (
+        ["/camera/image_raw"], {"/camera/image_raw": "/camera/depth/image_raw"})
+    for present in ("/camera/image_raw", "/camera/image_raw/compressed"):
+        zstd = {present: topics[present], "/camera/image_raw/zstd": comp}
+        assert pair_camera_topics(zstd)[0] == [present]
+
+
+def test_a_topic_recorded_with_two_message_types_is_refused(tmp_path):
+    """The reader kept the last connection's type: half a depth topic recorded as Image and
+    CompressedImage was decoded as the wrong type and silently dropped (exit 0)."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags.bag_io import typestore
+
+    store = typestore()
+    with Writer(tmp_path / "two", version=Writer.VERSION_LATEST) as writer:
+        writer.add_connection("/camera/image_raw", IMAGE_TYPE, typestore=store)
+        writer.add_connection("/camera/image_raw", "sensor_msgs/msg/CameraInfo",
+                              typestore=store)
+    with pytest.raises(BagError, match="topic /camera/image_raw was recorded with two message "
+                                       "types"):
+        read_camera_bag(tmp_path / "two")
+
+
 def test_bad_image_format_arguments_are_refused(tmp_path):
     with pytest.raises(BagError, match="unknown image format"):
         write_camera_bag(tmp_path / "a", synthetic_frames(1, NAMES[:2]), image_format="bmp")

@@ -306,16 +306,33 @@ def is_depth_topic(topic: str) -> bool:
     return any("depth" in seg.lower() for seg in base_topic(topic).strip("/").split("/"))
 
 
-def _transport_copy(topic: str, topics: dict[str, str]) -> bool:
+def _transport_copy(topic: str, topics: dict[str, str],
+                    counts: dict[str, int] | None = None) -> bool:
     """Whether ``topic`` is an image_transport topic to leave out: a ``compressed`` or
-    ``compressedDepth`` copy of a raw ``Image`` topic the bag also holds (the raw one is
-    read), or a ``compressedDepth`` topic of a colour stream (image_transport advertises one
-    for every image, but it only carries depth)."""
+    ``compressedDepth`` copy of a raw ``Image`` topic the bag also holds with messages (the
+    raw one is read), a ``compressedDepth`` topic of a colour stream (image_transport
+    advertises one for every image, but it only carries depth), a ``CompressedImage`` of
+    another transport (``<image topic>/zstd``, which ``ros2 bag record -a`` records beside
+    the raw or compressed topic), or a raw topic without messages (``counts``; a topic not
+    in it counts as having some) beside its compressed topic that has them (recorded where
+    only the compressed stream was published)."""
+    counts = counts or {}
+
+    def has_messages(t: str) -> bool:
+        return counts.get(t, 1) > 0
+
     transport, base = topic_transport(topic), base_topic(topic)
     if transport == "raw":
-        return False
-    return topics.get(base) == IMAGE_TYPE or (transport == "compressedDepth"
-                                              and not is_depth_topic(base))
+        parent = topic.rstrip("/").rsplit("/", 1)[0]
+        if topics.get(topic) == COMPRESSED_IMAGE_TYPE and any(
+                topics.get(t) in IMAGE_TYPES and has_messages(t)
+                for t in (parent, parent + "/compressed", parent + "/compressedDepth")):
+            return True
+        return not has_messages(topic) and any(
+            topics.get(t) == COMPRESSED_IMAGE_TYPE and has_messages(t)
+            for t in (topic + "/compressed", topic + "/compressedDepth"))
+    return (topics.get(base) == IMAGE_TYPE and has_messages(base)) or (
+        transport == "compressedDepth" and not is_depth_topic(base))
 
 
 def _camera_namespace(topic: str) -> str:
@@ -333,14 +350,17 @@ def _camera_namespace(topic: str) -> str:
 
 
 def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = None,
-                       camera_info: dict[str, str] | None = None
+                       camera_info: dict[str, str] | None = None,
+                       counts: dict[str, int] | None = None
                        ) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Split a bag's topics (``{topic: msgtype}``) into colour cameras and their depth and
     CameraInfo partners.
 
     Image topics are ``Image`` or ``CompressedImage`` topics (image_transport's
     ``.../compressed`` and ``.../compressedDepth``); a compressed copy of a raw topic the bag
-    also holds is left out, as is the ``compressedDepth`` topic of a colour stream.
+    also holds is left out, as is the ``compressedDepth`` topic of a colour stream, another
+    transport's copy (``.../zstd``) and, by ``counts`` (``{topic: messages}``), a raw topic
+    without messages beside a compressed one with them.
     By convention (the layout of RealSense, Azure Kinect and OpenNI drivers and of
     ``make-bag --depth``) an image topic is depth when :func:`is_depth_topic`; it belongs to
     the colour topic of the same camera namespace (``/camera/depth/image_raw`` and
@@ -366,7 +386,7 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
                                    f"(its topics: {sorted(topics)})")
     chosen = set(depth.values()) | set(camera_info.values())
     images = [t for t, ty in topics.items() if ty in IMAGE_TYPES and t not in chosen
-              and (t in depth or not _transport_copy(t, topics))]
+              and (t in depth or not _transport_copy(t, topics, counts))]
     colour = sorted(t for t in images if not is_depth_topic(t))
     by_ns: dict[str, list[str]] = {}
     for t in colour:
@@ -383,14 +403,15 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     return colour, depth, camera_info
 
 
-def unpaired_depth_topics(topics: dict[str, str], depth_of: dict[str, str]) -> list[str]:
+def unpaired_depth_topics(topics: dict[str, str], depth_of: dict[str, str],
+                          counts: dict[str, int] | None = None) -> list[str]:
     """The depth image topics of ``topics`` that :func:`pair_camera_topics` paired with no
     colour topic although no colour topic of their camera has depth (its namespace holds
     no colour topic, or several: raw and rectified), sorted. A second depth topic of a
     camera that has one (its raw depth beside the registered) is not listed."""
     with_depth = {_camera_namespace(c) for c in depth_of}
     return sorted(t for t, ty in topics.items() if ty in IMAGE_TYPES and is_depth_topic(t)
-                  and t not in depth_of.values() and not _transport_copy(t, topics)
+                  and t not in depth_of.values() and not _transport_copy(t, topics, counts)
                   and _camera_namespace(t) not in with_depth)
 
 
@@ -417,6 +438,22 @@ def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
     except ImageDecodeError as exc:
         raise BagError(f"{where}: {exc}") from None
     return msg, image
+
+
+def _topic_types(path: Path, connections: Sequence[Any]) -> dict[str, str]:
+    """``{topic: message type}`` of a bag's connections.
+
+    Raises:
+        BagError: a topic recorded with two message types (only one would be read: the
+            other's messages deserialised as the wrong type, or silently dropped).
+    """
+    topics: dict[str, str] = {}
+    for c in connections:
+        if topics.setdefault(c.topic, c.msgtype) != c.msgtype:
+            raise BagError(f"{path}: topic {c.topic} was recorded with two message types "
+                           f"({topics[c.topic]} and {c.msgtype}); this reader takes one type "
+                           "per topic")
+    return topics
 
 
 def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
@@ -449,7 +486,7 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
     path = Path(path).expanduser()
     reader = open_reader(path)
     try:
-        topics = {c.topic: c.msgtype for c in reader.connections}
+        topics = _topic_types(path, reader.connections)
         counts: dict[str, int] = {}
         for c in reader.connections:
             counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
@@ -458,7 +495,7 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
     finally:
         reader.close()
     image_topics, depth_of, info_of = pair_camera_topics(topics, depth_topics,
-                                                         camera_info_topics)
+                                                         camera_info_topics, counts)
     if not image_topics:
         listing = ", ".join(f"{t} ({ty})" for t, ty in sorted(topics.items())) or "none"
         raise BagError(f"{path} has no image topics (sensor_msgs/msg/Image or "
@@ -467,7 +504,8 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
                            image_topics=image_topics, start_ns=int(start),
                            end_ns=int(max(end - 1, start)) if end else 0,
                            depth_topics=depth_of, camera_info_topics=info_of,
-                           unpaired_depth_topics=unpaired_depth_topics(topics, depth_of))
+                           unpaired_depth_topics=unpaired_depth_topics(topics, depth_of,
+                                                                       counts))
     contents.depth_alignment = plan_depth_alignment(path, topics, depth_of,
                                                     depth_camera_info_topics)
     if ground_truth is not None:
