@@ -724,3 +724,49 @@ def test_a_placement_error_of_exactly_2_cm_is_within_2_cm():
                         "position": [0.0, 0.0, 0.75]}]}
     placement = score_frames([key], gt, {key: doc})["placement"]
     assert placement["within_2cm"] == 0.5 and placement["within_5cm"] == 1.0
+
+
+def _edit_image_topic_metadata(bag: Path, edit) -> None:
+    """Apply ``edit(topic entry)`` to the camera topic's entry of ``bag``'s metadata.yaml."""
+    import yaml
+
+    meta = bag / "metadata.yaml"
+    doc = yaml.safe_load(meta.read_text())
+    for entry in doc["rosbag2_bagfile_information"]["topics_with_message_count"]:
+        if entry["topic_metadata"]["name"] == "/camera/image_raw":
+            edit(entry)
+    meta.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_offline_counts_the_images_it_reads_not_what_metadata_yaml_says(bundle, tmp_path,
+                                                                        capsys):
+    """A metadata.yaml whose counts disagree with its storage files: 0 images listed refused a
+    readable bag (exit 2), 60 listed reported frames.in_bag 60 for 6 frames read; one whose
+    QoS profiles disagree with the storage's hid every image from the reader, and the
+    replay exited 0 with nothing processed."""
+    args = ["--offline", "--model", str(bundle), "--text-cache-dir", "", "--split", "none",
+            "--no-plots", "--no-progress"]
+    for listed in (0, 60):
+        bag = make_synthetic_bag(tmp_path / f"listed{listed}", 3, NAMES, seed=3)
+        _edit_image_topic_metadata(bag, lambda e: e.update(message_count=listed))
+        out = tmp_path / f"out{listed}"
+        assert cli.main(["replay-eval", str(bag), "--out", str(out), *args]) == 0
+        frames = json.loads((out / "report.json").read_text())["frames"]
+        assert (frames["in_bag"], frames["in_bag_metadata"], frames["labelled"]) == (3, listed, 3)
+        assert f"metadata.yaml lists {listed} image message(s), 3 were read" in \
+            capsys.readouterr().err
+
+    def second_profile(entry: dict) -> None:     # the storage's connection has one or none
+        zero = {"sec": 0, "nsec": 0}
+        profile = {"history": "keep_last", "depth": 10, "reliability": "reliable",
+                   "durability": "volatile", "deadline": zero, "lifespan": zero,
+                   "liveliness": "automatic", "liveliness_lease_duration": zero,
+                   "avoid_ros_namespace_conventions": False}
+        entry["topic_metadata"]["offered_qos_profiles"] = [
+            profile, {**profile, "reliability": "best_effort"}]
+
+    bag = make_synthetic_bag(tmp_path / "qos", 3, NAMES, seed=3)
+    _edit_image_topic_metadata(bag, second_profile)
+    assert cli.main(["replay-eval", str(bag), "--out", str(tmp_path / "qos_out"), *args]) == 2
+    assert "no image message of ['/camera/image_raw'] could be read (its metadata.yaml " \
+        "lists 3" in capsys.readouterr().err

@@ -56,6 +56,10 @@ def transport_warning(environ: "os._Environ[str] | dict[str, str]") -> str | Non
 def scoring_warnings(report: dict) -> list[str]:
     """What to say when some of the bag's depth, frames or ground truth went unused."""
     frames, out = report["frames"], []
+    if frames.get("in_bag_metadata") is not None:
+        out.append(f"the bag's metadata.yaml lists {frames['in_bag_metadata']} image "
+                   f"message(s), {frames['in_bag']} were read: frames.in_bag counts what was "
+                   "read (`ros2 bag reindex` rewrites a stale metadata.yaml)")
     for topic in report["bag"].get("unpaired_depth_topics") or []:
         out.append(f"depth topic {topic} was paired with no colour topic (its camera "
                    "namespace holds none, or several), so its frames were not used: pair it "

@@ -249,7 +249,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
         for colour, plan in sorted(contents.depth_alignment.items()):
             if plan.pose is None:
                 print(f"warning: {colour}: {plan.note}", file=sys.stderr)
-    if image_count(contents) == 0:
+    if image_count(contents) == 0 and not offline:   # offline counts what it reads
         raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
                          "image messages")
     out = Path(out_dir)
@@ -260,6 +260,11 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
     if settings.log_dir is None:
         settings.log_dir = out
     rec = run_offline(contents, settings) if offline else run_live(contents, settings)
+    if rec.published == 0:
+        raise InputError(f"{contents.path}: no image message of {contents.image_topics} could "
+                         f"be read (its metadata.yaml lists {image_count(contents)}; a "
+                         "metadata.yaml that disagrees with the storage files, e.g. in its "
+                         "QoS profiles, hides their messages: `ros2 bag reindex` rewrites it)")
 
     vocabularies: list[Any] = []
     names = rec.vocabulary.get("names") or []

@@ -77,6 +77,10 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
     image_messages = {t: int(contents.message_counts.get(t, 0)) for t in contents.image_topics}
     frames = dict(scores["frames"])
     frames["in_bag"] = sum(image_messages.values())
+    if rec.mode == "offline" and rec.published != frames["in_bag"]:
+        # offline reads every image: what it read is what the bag holds; metadata.yaml's
+        # count (a stale or hand-edited one) is kept beside it
+        frames["in_bag_metadata"], frames["in_bag"] = frames["in_bag"], rec.published
     frames["published"] = rec.published
     frames["duplicate_documents"] = rec.duplicates
     frames["unexpected_documents"] = rec.unexpected + frames.pop("unexpected", 0)
