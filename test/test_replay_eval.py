@@ -770,3 +770,46 @@ def test_offline_counts_the_images_it_reads_not_what_metadata_yaml_says(bundle, 
     assert cli.main(["replay-eval", str(bag), "--out", str(tmp_path / "qos_out"), *args]) == 2
     assert "no image message of ['/camera/image_raw'] could be read (its metadata.yaml " \
         "lists 3" in capsys.readouterr().err
+
+
+def test_image_topic_names_the_cameras_of_a_bag_with_other_images(bundle, bag, tmp_path,
+                                                                  capsys):
+    """A ZED bag's 32FC1 confidence map (an Image topic not named depth) was read as a
+    camera and stopped the replay, with no way to leave it out: --image-topic names the
+    cameras, and the error says so."""
+    import numpy as np
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags import bag_io
+    from vl_distill_ros.bags.raw_io import iter_raw_messages
+
+    store = bag_io.typestore()
+    out_bag = tmp_path / "zed_like"
+    with Writer(out_bag, version=Writer.VERSION_LATEST) as writer:
+        conns: dict[str, object] = {}
+        for raw in iter_raw_messages(bag):
+            if raw.topic not in conns:
+                conns[raw.topic] = writer.add_connection(raw.topic, raw.msgtype,
+                                                         typestore=store)
+            writer.write(conns[raw.topic], raw.timestamp_ns, raw.data)
+            if raw.topic == "/camera/image_raw":
+                if "conf" not in conns:
+                    conns["conf"] = writer.add_connection(
+                        "/camera/confidence/confidence_map", bag_io.IMAGE_TYPE, typestore=store)
+                msg = store.deserialize_cdr(raw.data, raw.msgtype)
+                msg.encoding, msg.step = "32FC1", msg.width * 4
+                msg.data = np.zeros(msg.height * msg.width * 4, np.uint8)
+                writer.write(conns["conf"], raw.timestamp_ns,
+                             store.serialize_cdr(msg, bag_io.IMAGE_TYPE))
+    args = ["replay-eval", str(out_bag), "--offline", "--model", str(bundle),
+            "--text-cache-dir", "", "--split", "none", "--no-plots", "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err
+    assert "unsupported image encoding '32FC1'" in err and "--image-topic" in err
+    assert cli.main([*args, "--out", str(tmp_path / "cam"),
+                     "--image-topic", "/camera/image_raw"]) == 0
+    report = json.loads((tmp_path / "cam" / "report.json").read_text())
+    assert report["bag"]["image_topics"] == ["/camera/image_raw"]
+    assert report["frames"]["labelled"] == report["frames"]["in_bag"] == N_FRAMES
+    assert cli.main([*args, "--out", str(tmp_path / "bad"), "--image-topic", "/nope"]) == 2
+    assert "--image-topic /nope is not a sensor_msgs/msg/Image" in capsys.readouterr().err

@@ -351,7 +351,8 @@ def _camera_namespace(topic: str) -> str:
 
 def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = None,
                        camera_info: dict[str, str] | None = None,
-                       counts: dict[str, int] | None = None
+                       counts: dict[str, int] | None = None,
+                       cameras: Sequence[str] | None = None
                        ) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Split a bag's topics (``{topic: msgtype}``) into colour cameras and their depth and
     CameraInfo partners.
@@ -370,14 +371,20 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     which has the depth camera's size), as does a non-depth ``CameraInfo`` topic
     (``/camera/camera_info``, ``/camera/color/camera_info``). ``depth`` and ``camera_info``
     (``{colour topic: topic}``) override the convention; their topics are never colour.
+    ``cameras`` (non-empty) names the colour topics instead of the convention (a bag with
+    other image topics: infrared, confidence maps).
 
     Returns:
         ``(colour topics sorted, {colour: depth topic}, {colour: camera_info topic})``.
 
     Raises:
-        BagError: an override names a missing topic or one of the wrong type.
+        BagError: an override or a camera names a missing topic or one of the wrong type.
     """
     depth, camera_info = dict(depth or {}), dict(camera_info or {})
+    for t in cameras or ():
+        if topics.get(t) not in IMAGE_TYPES:
+            raise BagError(f"--image-topic {t} is not a {' or '.join(IMAGE_TYPES)} topic of "
+                           f"the bag (its topics: {sorted(topics)})")
     for table, kind in ((depth, IMAGE_TYPES), (camera_info, (CAMERA_INFO_TYPE,))):
         for colour, other in table.items():
             for t, want in ((colour, IMAGE_TYPES), (other, kind)):
@@ -387,19 +394,27 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     chosen = set(depth.values()) | set(camera_info.values())
     images = [t for t, ty in topics.items() if ty in IMAGE_TYPES and t not in chosen
               and (t in depth or not _transport_copy(t, topics, counts))]
-    colour = sorted(t for t in images if not is_depth_topic(t))
+    if set(cameras or ()) & chosen:
+        raise BagError(f"--image-topic {sorted(set(cameras or ()) & chosen)} also named as "
+                       "depth or CameraInfo")
+    colour = sorted(set(cameras) if cameras else
+                    (t for t in images if not is_depth_topic(t)))
     by_ns: dict[str, list[str]] = {}
     for t in colour:
         by_ns.setdefault(_camera_namespace(t), []).append(t)
     # a driver's registered depth before its raw depth (another size) of the same camera
-    conventional = [(t, depth) for t in sorted((t for t in images if is_depth_topic(t)),
-                                               key=lambda t: (not is_registered_depth_topic(t), t))]
+    conventional = [(t, depth) for t in sorted(
+        (t for t in images if is_depth_topic(t) and t not in colour),
+        key=lambda t: (not is_registered_depth_topic(t), t))]
     conventional += [(t, camera_info) for t, ty in topics.items()
                      if ty == CAMERA_INFO_TYPE and not is_depth_topic(t) and t not in chosen]
     for t, table in conventional:
         owners = by_ns.get(_camera_namespace(t), [])
         if len(owners) == 1 and owners[0] not in table:
             table[owners[0]] = t
+    if cameras:
+        depth = {c: t for c, t in depth.items() if c in colour}
+        camera_info = {c: t for c, t in camera_info.items() if c in colour}
     return colour, depth, camera_info
 
 
@@ -460,7 +475,8 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
                     ground_truth_topic: str = BagTopics.ground_truth,
                     depth_topics: dict[str, str] | None = None,
                     camera_info_topics: dict[str, str] | None = None,
-                    depth_camera_info_topics: dict[str, str] | None = None) -> BagContents:
+                    depth_camera_info_topics: dict[str, str] | None = None,
+                    cameras: Sequence[str] | None = None) -> BagContents:
     """Open a camera bag: topics, message counts, image topics and ground truth, and how
     depth not registered to colour is aligned.
 
@@ -478,6 +494,8 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
             for depth not registered to colour, overriding the convention of
             :func:`~vl_distill_ros.bags.unregistered_depth.plan_depth_alignment` (the depth
             is then aligned with the bag's ``/tf_static``).
+        cameras: the colour topics to read (``--image-topic``); default: every image topic
+            that is not depth by the convention of :func:`pair_camera_topics`.
 
     Raises:
         BagError: missing path, not a bag, corrupt metadata or storage, no image topic, an
@@ -495,7 +513,7 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
     finally:
         reader.close()
     image_topics, depth_of, info_of = pair_camera_topics(topics, depth_topics,
-                                                         camera_info_topics, counts)
+                                                         camera_info_topics, counts, cameras)
     if not image_topics:
         listing = ", ".join(f"{t} ({ty})" for t, ty in sorted(topics.items())) or "none"
         raise BagError(f"{path} has no image topics (sensor_msgs/msg/Image or "

@@ -80,7 +80,13 @@ def scoring_warnings(report: dict) -> list[str]:
 
 
 def _add_depth_options(p: argparse.ArgumentParser) -> None:
-    """The options that pair colour topics with their depth and CameraInfo topics."""
+    """The options that choose the colour topics and pair them with their depth and
+    CameraInfo topics."""
+    p.add_argument("--image-topic", action="append", default=[], metavar="TOPIC",
+                   help="a colour image topic to replay (sensor_msgs/Image or "
+                        "CompressedImage); repeatable. Default: every image topic that is "
+                        "not depth by name, so a bag with other image topics (infrared, a "
+                        "confidence map) names its colour cameras here")
     p.add_argument("--depth-topic", action="append", default=[], metavar="COLOUR=DEPTH",
                    help="pair a colour image topic with its registered depth topic (16UC1 mm "
                         "or 32FC1 m), overriding the convention: an image topic with a "
@@ -292,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
             depth_topics=topic_pairs(args.depth_topic, "--depth-topic"),
             camera_info_topics=topic_pairs(args.camera_info_topic, "--camera-info-topic"),
             depth_camera_info_topics=topic_pairs(args.depth_camera_info_topic,
-                                                 "--depth-camera-info-topic"))
+                                                 "--depth-camera-info-topic"),
+            image_topics=list(dict.fromkeys(args.image_topic)))
         if args.text_cache_dir is not None:
             settings.text_cache_dir = args.text_cache_dir
         report = evaluate_bag(bag, settings, out, offline=args.offline, sidecar=args.sidecar,

@@ -190,7 +190,10 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                 rec.latencies_s[key] = dt
             bar.update(1)
     except BagError as exc:
-        raise InputError(str(exc)) from None
+        hint = ("; if that topic is no colour camera (infrared, a confidence map), name the "
+                "cameras with --image-topic" if ": image on " in str(exc)
+                and not settings.image_topics else "")
+        raise InputError(f"{exc}{hint}") from None
     except PipelineError as exc:
         raise InputError(f"an image of the bag cannot be processed: {exc}") from None
     finally:
@@ -244,7 +247,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise InputError(f"--iou must be in (0, 1], got {iou_threshold}")
     contents = open_bag(bag, sidecar, settings.depth_topics, settings.camera_info_topics,
-                        settings.depth_camera_info_topics)
+                        settings.depth_camera_info_topics, settings.image_topics)
     if settings.depth:
         for colour, plan in sorted(contents.depth_alignment.items()):
             if plan.pose is None:

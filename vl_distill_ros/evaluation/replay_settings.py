@@ -82,6 +82,8 @@ class ReplaySettings:
         depth_camera_info_topics: ``{colour topic: the depth camera's CameraInfo topic}`` for
             depth not registered to colour (aligned with the bag's ``/tf_static``; see
             :mod:`~vl_distill_ros.bags.unregistered_depth`), overriding its convention.
+        image_topics: the colour topics to replay (``--image-topic``); empty: every image
+            topic that is not depth by the naming convention.
     """
 
     model: Path | None = None
@@ -100,6 +102,7 @@ class ReplaySettings:
     depth_topics: dict[str, str] = field(default_factory=dict)
     camera_info_topics: dict[str, str] = field(default_factory=dict)
     depth_camera_info_topics: dict[str, str] = field(default_factory=dict)
+    image_topics: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -272,15 +275,17 @@ def reported_settings(values: Mapping[str, Any]) -> dict[str, Any]:
 def open_bag(path: str | Path, sidecar: str | Path | None = None,
              depth_topics: Mapping[str, str] | None = None,
              camera_info_topics: Mapping[str, str] | None = None,
-             depth_camera_info_topics: Mapping[str, str] | None = None) -> BagContents:
+             depth_camera_info_topics: Mapping[str, str] | None = None,
+             cameras: Sequence[str] = ()) -> BagContents:
     """:func:`~vl_distill_ros.bags.bag_io.read_camera_bag`, with every problem an
     :class:`InputError` (missing or corrupt bag, no image topics, bad ground truth, a
-    depth or camera-info pairing naming a missing topic)."""
+    depth or camera-info pairing or a camera (``--image-topic``) naming a missing topic)."""
     try:
         return read_camera_bag(path, ground_truth=sidecar,
                                depth_topics=dict(depth_topics or {}),
                                camera_info_topics=dict(camera_info_topics or {}),
-                               depth_camera_info_topics=dict(depth_camera_info_topics or {}))
+                               depth_camera_info_topics=dict(depth_camera_info_topics or {}),
+                               cameras=list(cameras))
     except BagError as exc:
         raise InputError(str(exc)) from None
 
