@@ -343,7 +343,8 @@ def test_bad_rvl_data_is_a_clear_error_and_sizes_are_checked_first(monkeypatch):
             (struct.pack("<II", 0, 24) + good[8:], "empty RVL depth frame"),
             (struct.pack("<II", 60000, 60000) + good[8:], "too large: 60000x60000"),
             (good[:len(good) // 2], "passes the end of the frame or of the data"),
-            (struct.pack("<II", 32, 48) + good[8:], "it ends after 768 of 1536 pixels"),
+            # the last word's padding nibbles read as one empty run
+            (struct.pack("<II", 32, 48) + good[8:], "an empty run after 768 of 1536 pixels"),
             (struct.pack("<II", 16, 24) + good[8:], "passes the end of the frame"),
             (good[:8] + struct.pack("<II", 0xFFFFFFFF, 0xFFFF0000), "longer than 32 bits"),
             (good[:8] + b"\xff" * 64, "it ends after 0 of 768")):
@@ -352,6 +353,24 @@ def test_bad_rvl_data_is_a_clear_error_and_sizes_are_checked_first(monkeypatch):
     header = struct.pack("<iff", 0, 0.0, 0.0)
     with pytest.raises(ImageDecodeError, match="max_pixels=100"):
         cc.decode_compressed_depth("16UC1; compressedDepth rvl", header + good, max_pixels=100)
+
+
+def test_hostile_rvl_payloads_cost_what_the_frame_size_allows(monkeypatch):
+    """A compressedDepth RVL payload of empty runs (0 zeros, 0 values: no encoder writes
+    one) was walked to its end, one Python step and three list entries per run: 32 MB for
+    a 640x480 frame took 15 s and 2.8 GB; and the whole payload was unpacked into values
+    however little of it the frame could need."""
+    mm = np.round(_depth_m() * 1000).astype(np.uint16)
+    n = mm.size
+    zeros = struct.pack("<II", mm.shape[1], mm.shape[0]) + bytes(4_000_000)
+    with pytest.raises(ImageDecodeError, match=f"an empty run after 0 of {n} pixels"):
+        cc.decode_rvl(np.frombuffer(zeros, np.uint8))
+    seen: list[int] = []
+    real = cc._vle_values
+    monkeypatch.setattr(cc, "_vle_values", lambda body: seen.append(len(body)) or real(body))
+    padded = _rvl(mm) + b"\xff" * 4_000_000              # a good frame, then junk
+    np.testing.assert_array_equal(cc.decode_rvl(np.frombuffer(padded, np.uint8)), mm)
+    assert seen and seen[-1] <= 17 * n + 16
 
 
 @pytest.mark.parametrize("fmt, data, message", [

@@ -156,6 +156,45 @@ def test_stamp_buffer_exact_nearest_tolerance_and_bound():
         StampBuffer(-1, 3)
 
 
+def test_stamp_buffer_bounds_the_bytes_it_holds_and_depth_input_refuses_huge_images(
+        monkeypatch):
+    """A camera's depth buffer kept 30 messages of any size until a colour frame paired with
+    one: 35 depth images of 5000x5000 32FC1 that could never pair took the node from 1.1 to
+    4.4 GB. The buffer is bounded in bytes too (the newest is always kept), and a depth
+    image over the pixel or byte bound is an error on arrival, not buffered."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.ros import depth_input
+
+    buf: StampBuffer[bytes] = StampBuffer(0, capacity=30, max_bytes=100, size_of=len)
+    for stamp in range(5):
+        buf.add(stamp, bytes(30))
+    assert len(buf) == 3 and buf.evicted == 2 and buf.match(1) is None   # 90 of 100 bytes
+    buf.add(4, bytes(10))                         # a replaced item gives its bytes back
+    buf.add(5, bytes(30))
+    assert len(buf) == 4
+    buf.add(6, bytes(500))                        # alone over the bound: kept, the rest go
+    assert len(buf) == 1 and buf.match(6) is not None
+    buf.clear()
+    buf.add(7, bytes(100))
+    assert len(buf) == 1
+
+    def depth(stamp: int, width: int, height: int, size: int):
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=stamp,
+                                                                            nanosec=0)),
+                               width=width, height=height, encoding="16UC1", data=bytes(size))
+    monkeypatch.setattr(depth_input, "DEPTH_BUFFER_BYTES", 1000)
+    cam = depth_input.DepthInput("/d", "/i", 0.02)
+    cam.add_depth(depth(1, 20, 20, 800), 0.0)
+    cam.add_depth(depth(2, 20, 20, 800), 0.0)     # the first goes: 1600 > 1000 bytes
+    assert len(cam.buffer) == 1 and cam.buffer.match(2 * 10**9) is not None
+    cam.add_depth(depth(3, 40, 40, 3200), 0.0)    # larger than the whole bound
+    cam.add_depth(depth(4, 10_000, 6_000, 0), 0.0)   # 60 M pixels declared
+    assert len(cam.buffer) == 1 and cam.counts["depth_errors"] == 2
+    assert cam.counts["depth_received"] == 4
+    assert "a 10000x6000 image of 0 bytes is larger than" in cam.last_depth_error
+
+
 # ---------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------

@@ -316,7 +316,9 @@ def decode_rvl(buf: np.ndarray, max_pixels: int = 50_000_000) -> np.ndarray:
 
     Raises:
         ImageDecodeError: a size of 0 or above ``max_pixels`` (checked before decoding),
-            data that ends early, or runs that do not add up to the frame.
+            data that ends early, an empty run (0 zeros, 0 values: a hostile payload of
+            them was walked to its end, 2.8 GB for 32 MB), or runs that do not add up to
+            the frame.
     """
     if buf.size < 8:
         raise ImageDecodeError(f"RVL data has {buf.size} bytes: no room for its size")
@@ -327,7 +329,11 @@ def decode_rvl(buf: np.ndarray, max_pixels: int = 50_000_000) -> np.ndarray:
     if n > max_pixels:
         raise ImageDecodeError(f"RVL depth frame too large: {width}x{height} = {n} pixels > "
                                f"max_pixels={max_pixels}")
-    values = _vle_values(buf[8:8 + (buf.size - 8) // 4 * 4].tobytes())
+    # n pixels need at most 3n values (each run's two counts and its pixels, every run
+    # covering a pixel) of at most 11 nibbles: data past that is never read, and a payload
+    # of any length no longer costs memory and time in proportion to its length
+    body = min(buf.size - 8, (33 * n + 1) // 2 + 8)
+    values = _vle_values(buf[8:8 + body // 4 * 4].tobytes())
     pixel = i = 0
     heads: list[int] = []                              # where each run's two counts are,
     zeros: list[int] = []                              # its zeros and its values
@@ -337,6 +343,9 @@ def decode_rvl(buf: np.ndarray, max_pixels: int = 50_000_000) -> np.ndarray:
         if i + 2 > size:
             raise ImageDecodeError(f"corrupt RVL data: it ends after {pixel} of {n} pixels")
         count = seq[i + 1]
+        if seq[i] + count == 0:                        # no encoder writes an empty run
+            raise ImageDecodeError(f"corrupt RVL data: an empty run after {pixel} of {n} "
+                                   "pixels")
         if pixel + seq[i] + count > n or i + 2 + count > size:
             raise ImageDecodeError(f"corrupt RVL data: a run passes the end of the frame or "
                                    f"of the data ({n} pixels)")

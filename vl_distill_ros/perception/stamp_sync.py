@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
-from typing import Any, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 __all__ = ["StampBuffer", "MAX_CAPACITY"]
 
@@ -36,18 +36,27 @@ class StampBuffer(Generic[T]):
         tolerance_ns: largest ``|stamp - query|`` (ns) :meth:`match` accepts (0: exact only).
         capacity: most items kept (1 .. :data:`MAX_CAPACITY`); adding more drops the item
             received first, which is counted in :attr:`evicted`.
+        max_bytes: with ``size_of``, most bytes the items may hold together (0: no bound);
+            adding more drops the items received first, all but the newest (30 depth images
+            of any size were a camera's bound: 3 GB of 100 MB images that could never pair).
+        size_of: an item's size in bytes.
 
     Raises:
         ValueError: a negative tolerance or a capacity out of range.
     """
 
-    def __init__(self, tolerance_ns: int, capacity: int = 10) -> None:
+    def __init__(self, tolerance_ns: int, capacity: int = 10, max_bytes: int = 0,
+                 size_of: Callable[[T], int] | None = None) -> None:
         if int(tolerance_ns) < 0:
             raise ValueError(f"tolerance_ns must be >= 0, got {tolerance_ns}")
         if not 1 <= int(capacity) <= MAX_CAPACITY:
             raise ValueError(f"capacity must be in [1, {MAX_CAPACITY}], got {capacity}")
         self.tolerance_ns = int(tolerance_ns)
         self.capacity = int(capacity)
+        self.max_bytes = int(max_bytes) if size_of is not None else 0
+        self._size_of = size_of
+        self._sizes: dict[int, int] = {}       # stamp -> bytes (with max_bytes)
+        self._bytes = 0
         self._stamps: list[int] = []
         self._items: list[Any] = []
         #: The held stamps in the order they were received (each once).
@@ -64,20 +73,27 @@ class StampBuffer(Generic[T]):
         """Insert ``item`` at ``stamp_ns`` (an equal stamp replaces the older item, and counts
         as received now); when the buffer is over capacity the item received first goes."""
         stamp = int(stamp_ns)
+        size = int(self._size_of(item)) if self.max_bytes else 0
         with self._lock:
+            self._bytes += size - self._sizes.pop(stamp, 0)
+            if self.max_bytes:
+                self._sizes[stamp] = size
             i = bisect.bisect_left(self._stamps, stamp)
             if i < len(self._stamps) and self._stamps[i] == stamp:
                 self._items[i] = item
                 self._arrivals.remove(stamp)
                 self._arrivals.append(stamp)
-                return
-            self._stamps.insert(i, stamp)
-            self._items.insert(i, item)
-            self._arrivals.append(stamp)
-            while len(self._stamps) > self.capacity:
-                j = bisect.bisect_left(self._stamps, self._arrivals.popleft())
+            else:
+                self._stamps.insert(i, stamp)
+                self._items.insert(i, item)
+                self._arrivals.append(stamp)
+            while len(self._stamps) > self.capacity or (
+                    self.max_bytes and self._bytes > self.max_bytes and len(self._stamps) > 1):
+                gone = self._arrivals.popleft()
+                j = bisect.bisect_left(self._stamps, gone)
                 del self._stamps[j]
                 del self._items[j]
+                self._bytes -= self._sizes.pop(gone, 0)
                 self.evicted += 1
 
     def match(self, stamp_ns: int) -> tuple[int, T] | None:
@@ -116,3 +132,5 @@ class StampBuffer(Generic[T]):
             self._stamps.clear()
             self._items.clear()
             self._arrivals.clear()
+            self._sizes.clear()
+            self._bytes = 0

@@ -35,10 +35,15 @@ from ..perception.image_codec import MILLIMETRE, ImageDecodeError
 from ..perception.stamp_sync import StampBuffer
 from ..perception.static_transforms import Transform
 
-__all__ = ["DepthInput", "DEPTH_BUFFER", "NO_PARTNER", "stamp_ns"]
+__all__ = ["DepthInput", "DEPTH_BUFFER", "DEPTH_BUFFER_BYTES", "MAX_DEPTH_PIXELS", "NO_PARTNER",
+           "stamp_ns"]
 
-#: Depth images kept per camera (the matcher's bounded buffer).
+#: Depth images kept per camera (the matcher's bounded buffer), and the bytes they may hold
+#: together (30 depth images of 640x480 32FC1 hold 37 MB; of 1920x1080, 249 MB).
 DEPTH_BUFFER = 30
+DEPTH_BUFFER_BYTES = 256 * 1024 * 1024
+#: Largest depth image taken, in pixels (the decoders' bound, checked on arrival too).
+MAX_DEPTH_PIXELS = 50_000_000
 #: How :meth:`DepthInput.pair`'s reason starts when no depth image was near the frame's
 #: stamp (any other reason: one was, and could not be used).
 NO_PARTNER = "no depth image within"
@@ -87,7 +92,8 @@ class DepthInput:
         #: CameraInfo's P, without its lens model.
         self.rectified = bool(rectified)
         self.tolerance_s = float(tolerance_s)
-        self.buffer: StampBuffer[Any] = StampBuffer(int(round(tolerance_s * 1e9)), capacity)
+        self.buffer: StampBuffer[Any] = StampBuffer(int(round(tolerance_s * 1e9)), capacity,
+                                                    DEPTH_BUFFER_BYTES, _message_bytes)
         self._lock = threading.Lock()
         self.info: Any = None
         self.last_receipt = float("-inf")
@@ -110,11 +116,24 @@ class DepthInput:
 
     # -- executor thread ------------------------------------------------------------------
     def add_depth(self, msg: Any, now: float) -> None:
-        """Buffer a depth image (by its header stamp)."""
-        self.buffer.add(stamp_ns(msg), msg)
+        """Buffer a depth image (by its header stamp); one larger than
+        :data:`MAX_DEPTH_PIXELS` or :data:`DEPTH_BUFFER_BYTES` is counted as an error and
+        not kept (it was held until a colour frame paired with it)."""
         with self._lock:
             self.counts["depth_received"] += 1
             self.last_receipt = now
+        pixels = int(getattr(msg, "height", 0) or 0) * int(getattr(msg, "width", 0) or 0)
+        size = _message_bytes(msg)
+        if pixels > MAX_DEPTH_PIXELS or size > DEPTH_BUFFER_BYTES:
+            with self._lock:
+                self.counts["depth_errors"] += 1
+                self.errors_in_period += 1
+                self.last_depth_error = (
+                    f"depth on {self.depth_topic}: a {getattr(msg, 'width', '?')}x"
+                    f"{getattr(msg, 'height', '?')} image of {size} bytes is larger than "
+                    f"{MAX_DEPTH_PIXELS} pixels or {DEPTH_BUFFER_BYTES} bytes: not kept")
+            return
+        self.buffer.add(stamp_ns(msg), msg)
 
     def add_info(self, msg: Any) -> None:
         """Keep the latest CameraInfo (intrinsics rarely change; they are checked on use)."""
@@ -345,6 +364,14 @@ class DepthInput:
             errors = self.errors_in_period
             self.errors_in_period = self.colour_only_in_period = 0
         return {"values": values, "errors_recent": errors}
+
+
+def _message_bytes(msg: Any) -> int:
+    """Bytes of a depth message's data (what its buffer holds)."""
+    try:
+        return len(msg.data)
+    except TypeError:
+        return 0
 
 
 def _pose_text(alignment: tuple[np.ndarray, np.ndarray] | None) -> str:
