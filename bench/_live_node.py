@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import sys
@@ -713,8 +714,36 @@ def publisher_main(topics: list[str], frames: list[np.ndarray], fps: float, dura
             pass
 
 
+#: Highest camera rate a bench publishes at (a rate of inf scheduled every frame at once and
+#: never reached the end of its duration).
+MAX_FPS = 1000.0
+
+
+class StopFlag:
+    """A stop flag shared with the publisher process, without a lock: a
+    ``multiprocessing.Event`` takes a lock on every ``is_set()``, and a publisher killed while
+    holding it (a SIGTERM to the process group) left ``set()`` in the bench blocked for good,
+    with the node still running."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        """Ask the publisher to stop."""
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        """Whether a stop was asked for."""
+        return bool(self._value.value)
+
+
 class Publisher:
-    """The camera publisher process (multiprocessing, spawn: no fork of an rclpy process)."""
+    """The camera publisher process (multiprocessing, spawn: no fork of an rclpy process).
+
+    Raises:
+        BenchError: ``fps`` not in (0, :data:`MAX_FPS`] or ``duration_s`` not > 0 (inf:
+            until stopped).
+    """
 
     def __init__(self, topics: list[str], frames: list[np.ndarray], fps: float,
                  duration_s: float, wait_subscribers_s: float = 30.0,
@@ -723,9 +752,13 @@ class Publisher:
                  image_format: str = "raw") -> None:
         import multiprocessing as mp
 
+        if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+            raise BenchError(f"--fps must be a number in (0, {MAX_FPS:g}], got {fps}")
+        if not duration_s > 0:
+            raise BenchError(f"the publishing duration must be > 0 s, got {duration_s}")
         ctx = mp.get_context("spawn")
         self.queue = ctx.Queue()
-        self.stop_event = ctx.Event()
+        self.stop_event = StopFlag(ctx)
         self.proc = ctx.Process(target=publisher_main, name="vl_bench_camera", daemon=True,
                                 args=(topics, frames, fps, duration_s, self.queue,
                                       self.stop_event, wait_subscribers_s),

@@ -48,6 +48,7 @@ when the node fails to start or dies, 130 when interrupted. Run from the reposit
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import secrets
@@ -63,7 +64,8 @@ import numpy as np
 
 from _common import (REPO, BenchError, bench_main, loadavg, log, machine_info, percentile, r)
 # _live_node sets the ROS environment (loopback discovery, own domain) before rclpy loads
-from _live_node import (LIBRARIES, ROS_ENV, NodeProcess, ProcStats, Publisher, Recorder,
+from _live_node import (LIBRARIES, MAX_FPS, ROS_ENV, NodeProcess, ProcStats, Publisher,
+                        Recorder,
                         add_node_arguments, pinned_cpus,
                         build_bundle, describe_bundle, other_busy_processes, parse_node_params,
                         public, use_dds_profile)
@@ -172,12 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(a: argparse.Namespace) -> None:
     if a.cameras < 1:
         raise BenchError("--cameras must be >= 1")
-    if not a.fps > 0:
-        raise BenchError("--fps must be > 0")
+    if not (math.isfinite(a.fps) and 0 < a.fps <= MAX_FPS):
+        raise BenchError(f"--fps must be in (0, {MAX_FPS:g}]")
     if a.objects < 1:
         raise BenchError("--objects must be >= 1")
-    if a.duration <= 0 or a.warmup < 0:
-        raise BenchError("--duration must be > 0 and --warmup >= 0")
+    if not (math.isfinite(a.duration) and math.isfinite(a.warmup)
+            and a.duration > 0 and a.warmup >= 0):
+        raise BenchError("--duration must be > 0 and --warmup >= 0 (finite)")
     if a.frames < 1 or a.width < 32 or a.height < 32:
         raise BenchError("--frames must be >= 1 and the frame at least 32x32")
     if a.rss_interval <= 0:
