@@ -452,7 +452,8 @@ def test_targets_and_placement():
         assert 0 <= b[0] < b[2] <= 80 and 0 <= b[1] < b[3] <= 40
 
 
-def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_path):
+def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_path,
+                                                               monkeypatch):
     """``tools/make_box_net_bags.py``: each bag's settings come from its seed alone; the
     bags from ``FAR_FROM`` on are far views; the split's OOD objects are never rendered."""
     import yaml
@@ -497,6 +498,18 @@ def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_pa
     if models.is_dir():
         objects = tool.training_objects(str(models))
         assert objects and not set(objects) & set(split["out_of_distribution"])
+    # a count past its kind's index range made bags of the next kind (--rolled 41: the
+    # 41st "rolled" bag was a cut-border one)
+    import vl_distill_ros.cli
+
+    def no_rendering(argv):
+        raise AssertionError(f"rendered a bag: {argv[:3]}")
+    monkeypatch.setattr(vl_distill_ros.cli, "main", no_rendering)
+    for option_name, count in (("--count", 131), ("--rolled", 41), ("--cut-border", 41),
+                               ("--clutter", 31), ("--busy", -1)):
+        with pytest.raises(SystemExit):
+            tool.main([str(tmp_path / "bags"), option_name, str(count)])
+    assert not (tmp_path / "bags").exists()
 
 
 def test_train_box_net_end_to_end_writes_a_loadable_network(repo_root, tmp_path, capsys):

@@ -102,3 +102,12 @@ def test_the_blend_refuses_other_networks_bad_files_and_weights(repo_root, tmp_p
         assert not out.exists()
     assert tool.main([str(shipped), str(garbage), "--weight", "0.5", "--out", str(out)]) == 2
     assert "not an ONNX file" in capsys.readouterr().err
+    # --out a folder, or below a file: IsADirectoryError / FileExistsError tracebacks
+    (tmp_path / "folder").mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for bad, message in ((tmp_path / "folder", "is a folder"),
+                         (blocker / "out.onnx", "cannot write")):
+        assert tool.main([str(shipped), str(shipped), "--weight", "0.5", "--out",
+                          str(bad)]) == 2
+        assert message in capsys.readouterr().err

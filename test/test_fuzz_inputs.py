@@ -66,3 +66,15 @@ def test_odd_vocabularies_and_manifest_records_take_other_kinds():
     paths = fuzz_inputs._record_paths({"a": {"b": [1, {"c": 2}]}, "d": 3})
     assert paths == [("a",), ("a", "b"), ("a", "b", 0), ("a", "b", 1), ("a", "b", 1, "c"),
                      ("d",)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "must be >= 0"), (["--codecs", "-5"], "must be >= 0"),
+    (["--bag", "/nonexistent"], "--bag /nonexistent does not exist"),
+    (["--bundle", "/nonexistent.vdb"], "--bundle /nonexistent.vdb does not exist")])
+def test_bad_options_are_one_line_errors(args, message, capsys):
+    """A negative seed or a missing bag or bundle gave a traceback (after the earlier
+    targets had run); a negative trial count silently ran none."""
+    with pytest.raises(SystemExit) as exc:
+        fuzz_inputs.main(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err

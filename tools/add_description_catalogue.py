@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise VocabularyError("neither the bundle nor the vocabulary has a description")
         out = replace_descriptions(args.bundle, args.out or args.bundle, catalogue)
         written = load_bundle(out)                           # what was written loads
-    except (BundleError, VocabularyError) as exc:
+    except (BundleError, VocabularyError, OSError) as exc:   # OSError: --out a folder
         print(f"add_description_catalogue: error: {' '.join(str(exc).split())}",
               file=sys.stderr)
         return 2

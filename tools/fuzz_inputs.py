@@ -487,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
                     default=ROOT / "vl_distill_ros" / "bundles" / "default_student.vdb",
                     help="bundle whose manifest the bundles target spoils")
     args = ap.parse_args(argv)
+    counts = ("codecs", "camera_info", "depth", "pipeline", "vocabularies", "bundles")
+    if args.seed < 0 or any(getattr(args, name) < 0 for name in counts):
+        ap.error("--seed and the trial counts must be >= 0")
+    for option, path, needed in (("--bag", args.bag, args.depth),
+                                 ("--bundle", args.bundle, args.bundles)):
+        if needed and not path.exists():
+            ap.error(f"{option} {path} does not exist")
     rng = np.random.default_rng(args.seed)
     results: dict[str, Any] = {"seed": args.seed}
     if args.codecs:

@@ -73,6 +73,8 @@ CLUTTER_ELEVATION = ["45,85", "35,70"]
 #: The busy-cloth bags (``--busy``) follow the clutter ones from this index on: near views
 #: of fuller tables (these overrides of ``CHOICES``) laid with one of ``BUSY_TABLE_KINDS``.
 BUSY_FROM = 240
+#: Most busy-cloth bags (the last kind: any count fits, this bounds the work asked for).
+MAX_BUSY = 1000
 BUSY_CHOICES = {
     "--objects-per-scene": ["2-4", "3-6", "4-8", "5-8"],
     "--contact-prob": [0.2, 0.4, 0.6, 0.8],
@@ -136,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy", type=int, default=0,
                         help="also make this many busy-cloth bags (indices from 240 on)")
     args = parser.parse_args(argv)
+    # each kind has its own index range: a count past it made bags of the next kind
+    for name, count, room in (("--count", args.count, ROLL_FROM),
+                              ("--rolled", args.rolled, CUT_FROM - ROLL_FROM),
+                              ("--cut-border", args.cut_border, CLUTTER_FROM - CUT_FROM),
+                              ("--clutter", args.clutter, BUSY_FROM - CLUTTER_FROM),
+                              ("--busy", args.busy, MAX_BUSY)):
+        if not 0 <= count <= room:
+            parser.error(f"{name} must be in 0..{room}, got {count}")
     objects = training_objects()
     indices = list(range(args.count)) + list(range(ROLL_FROM, ROLL_FROM + args.rolled)) \
         + list(range(CUT_FROM, CUT_FROM + args.cut_border)) \

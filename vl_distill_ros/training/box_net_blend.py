@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_io import atomic_write_bytes
 from ..config import ConfigError
 from .box_net import read_onnx
 
@@ -45,7 +46,8 @@ def blend_box_nets(first: str | Path, second: str | Path, weight: float,
 
     Raises:
         ConfigError: ``weight`` outside [0, 1], a missing or unreadable file, or two files
-        that are not the same network (their convolutions differ in number or shape).
+        that are not the same network (their convolutions differ in number or shape), or an
+        ``out`` that is a folder or cannot be written (the file is written whole or not).
     """
     from onnx import numpy_helper
 
@@ -68,6 +70,9 @@ def blend_box_nets(first: str | Path, second: str | Path, weight: float,
         if tensor.name in mixed:
             tensor.CopyFrom(numpy_helper.from_array(mixed[tensor.name], tensor.name))
     path = Path(out).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(proto_a.SerializeToString())
-    return path
+    if path.is_dir():
+        raise ConfigError(f"box net blend: --out {out} is a folder; name the .onnx file")
+    try:    # whole or not at all: a cut file at --out would be read as a broken network
+        return atomic_write_bytes(path, proto_a.SerializeToString())
+    except OSError as exc:
+        raise ConfigError(f"box net blend: cannot write {out}: {exc}") from None
