@@ -13,7 +13,13 @@ import numpy as np
 
 from .camera_model import DepthError
 
-__all__ = ["DepthProposalConfig", "load_depth_config", "stride_for", "with_stride"]
+__all__ = ["DepthProposalConfig", "load_depth_config", "stride_for", "with_stride",
+           "MAX_RANSAC_DISTANCES"]
+
+#: Most ``ransac_iterations`` x ``ransac_samples`` (the point-plane distances RANSAC scores
+#: its hypotheses on per frame: about 0.1-0.4 s of CPU at this bound; 312x the defaults').
+#: The scoring's memory is bounded apart from it (``support_plane.RANSAC_CHUNK_VALUES``).
+MAX_RANSAC_DISTANCES = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class DepthProposalConfig:
     #: A sample whose 3x3 grid neighbourhood spans more than this fraction of its depth
     #: lies on a discontinuity and is dropped.
     edge_jump_frac: float = 0.03
+    #: RANSAC: hypotheses, and the points each is scored on; their product at most
+    #: :data:`MAX_RANSAC_DISTANCES`.
     ransac_iterations: int = 80
     ransac_samples: int = 2000
     plane_threshold_m: float = 0.006
@@ -302,11 +310,7 @@ class DepthProposalConfig:
                 raise DepthError(f"{name} must be in [0, 16], got {getattr(self, name)}")
         if not 0.0 <= self.min_depth_m < self.max_depth_m <= 100.0:
             raise DepthError("need 0 <= min_depth_m < max_depth_m <= 100")
-        if not 1 <= int(self.ransac_iterations) <= 10000:
-            raise DepthError(f"ransac_iterations must be in [1, 10000], got "
-                             f"{self.ransac_iterations}")
-        if not 3 <= int(self.ransac_samples) <= 1_000_000:
-            raise DepthError(f"ransac_samples must be in [3, 1000000], got {self.ransac_samples}")
+        self._check_ransac()
         if not 0.0 <= self.min_height_m < self.max_height_m:
             raise DepthError("need 0 <= min_height_m < max_height_m")
         if not 0.0 <= float(self.raised_plane_min_m) <= 10.0:
@@ -360,6 +364,20 @@ class DepthProposalConfig:
                      "sparse_fill_frac", "close_view_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise DepthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def _check_ransac(self) -> None:
+        """Raise :class:`DepthError` unless the RANSAC settings are in range and their
+        product is at most :data:`MAX_RANSAC_DISTANCES`."""
+        if not 1 <= int(self.ransac_iterations) <= 10000:
+            raise DepthError(f"ransac_iterations must be in [1, 10000], got "
+                             f"{self.ransac_iterations}")
+        if not 3 <= int(self.ransac_samples) <= 1_000_000:
+            raise DepthError(f"ransac_samples must be in [3, 1000000], got {self.ransac_samples}")
+        if int(self.ransac_iterations) * int(self.ransac_samples) > MAX_RANSAC_DISTANCES:
+            raise DepthError(
+                f"ransac_iterations x ransac_samples must be at most {MAX_RANSAC_DISTANCES:,} "
+                f"(point-plane distances a frame's RANSAC computes; the defaults, 80 x 2000: "
+                f"160,000), got {self.ransac_iterations} x {self.ransac_samples}")
 
 
 def stride_for(cfg: DepthProposalConfig, width: int, focal: float = 0.0, height: int = 0

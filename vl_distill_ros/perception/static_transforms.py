@@ -12,18 +12,23 @@ frames, as ``tf2_echo TARGET SOURCE`` does: the result takes a point given in ``
 """
 from __future__ import annotations
 
+import heapq
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 __all__ = ["Transform", "StaticTransforms", "TransformError", "rotation_from_quaternion",
-           "MAX_FRAMES", "frame_name"]
+           "MAX_FRAMES", "MAX_FRAME_NAME", "frame_name"]
 
 #: Most frames one :class:`StaticTransforms` holds (a robot has tens to a few hundred).
 MAX_FRAMES = 4096
+#: Longest frame name kept (characters, after :func:`frame_name`); a transform naming a
+#: longer one is refused (URDF frame names are short: ``camera_color_optical_frame``).
+MAX_FRAME_NAME = 256
+#: Characters of a frame name an error text quotes (the rest is elided).
+QUOTED_NAME_CHARS = 64
 
 
 class TransformError(ValueError):
@@ -110,40 +115,92 @@ def frame_name(name: Any) -> str:
     return str(name).strip().lstrip("/")
 
 
+def _quoted(name: str) -> str:
+    """``name`` as an error text quotes it: ``repr``, cut to :data:`QUOTED_NAME_CHARS`."""
+    if len(name) <= QUOTED_NAME_CHARS:
+        return repr(name)
+    return f"{name[:QUOTED_NAME_CHARS]!r}... [{len(name)} chars]"
+
+
 class StaticTransforms:
-    """A set of static transforms between named frames, looked up along any chain."""
+    """A set of static transforms between named frames, looked up along any chain.
+
+    As tf2 keeps them: one parent per frame (a later transform to a child replaces its
+    earlier parent link; the same link published the other way round replaces it too), so
+    the store holds at most one link per frame, and :data:`MAX_FRAMES` frames whose names
+    are at most :data:`MAX_FRAME_NAME` characters. :meth:`add` costs O(1); :meth:`lookup`
+    walks the two frames' parent chains.
+    """
 
     def __init__(self) -> None:
-        #: ``{frame: {neighbour: transform taking points of frame into neighbour}}``
-        self._edges: dict[str, dict[str, Transform]] = {}
+        #: ``{child: (parent, transform taking points of child into parent)}``
+        self._parent: dict[str, tuple[str, Transform]] = {}
+        #: ``{frame: links naming it}``: the frames held (a frame no link names is dropped)
+        self._refs: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._edges)
+        return len(self._refs)
 
     @property
     def frames(self) -> list[str]:
         """Every frame named by a transform, sorted."""
-        return sorted(self._edges)
+        return sorted(self._refs)
+
+    def _checked_names(self, parent: Any, child: Any) -> tuple[str, str]:
+        """The two frame names as tf2 compares them, checked.
+
+        Raises:
+            TransformError: empty, equal or over-long names.
+        """
+        parent, child = frame_name(parent), frame_name(child)
+        for name in (parent, child):
+            if len(name) > MAX_FRAME_NAME:
+                raise TransformError(f"frame name {_quoted(name)} is {len(name)} characters; "
+                                     f"the limit is {MAX_FRAME_NAME}")
+        if not parent or not child or parent == child:
+            raise TransformError(f"a transform links two named frames, got {_quoted(parent)} "
+                                 f"-> {_quoted(child)}")
+        return parent, child
+
+    def _unlink(self, child: str) -> None:
+        """Drop ``child``'s parent link (if any), and the frames no link names any more."""
+        old = self._parent.pop(child, None)
+        if old is None:
+            return
+        for name in (old[0], child):
+            self._refs[name] -= 1
+            if not self._refs[name]:
+                del self._refs[name]
 
     def add(self, parent: str, child: str, translation: Sequence[float],
             quaternion: Sequence[float]) -> None:
         """Add (or replace) ``child``'s pose in ``parent``, as a ``TransformStamped`` holds it
-        (``header.frame_id``, ``child_frame_id``, translation, rotation ``x y z w``).
+        (``header.frame_id``, ``child_frame_id``, translation, rotation ``x y z w``). As in
+        tf2, ``child`` has one parent: this replaces its earlier link (and a link from
+        ``parent`` to ``child`` published the other way round). O(1).
 
         Raises:
-            TransformError: empty or equal frame names, non-finite values, a zero
-                quaternion, or more than :data:`MAX_FRAMES` frames.
+            TransformError: empty or equal frame names, a name over :data:`MAX_FRAME_NAME`
+                characters, non-finite values, a zero quaternion, or more than
+                :data:`MAX_FRAMES` frames.
         """
-        parent, child = frame_name(parent), frame_name(child)
-        if not parent or not child or parent == child:
-            raise TransformError(f"a transform links two named frames, got {parent!r} -> "
-                                 f"{child!r}")
+        parent, child = self._checked_names(parent, child)
         pose = Transform.from_pose([*translation, *quaternion])
-        new = {parent, child} - set(self._edges)
-        if len(self._edges) + len(new) > MAX_FRAMES:
+        replaced = [c for c in (child, parent)
+                    if c in self._parent and (c == child or self._parent[c][0] == child)]
+        delta = {parent: 1, child: 1}        # links naming each frame, after this add
+        for c in replaced:
+            for name in (self._parent[c][0], c):
+                delta[name] = delta.get(name, 0) - 1
+        count = len(self._refs) + sum(
+            (self._refs.get(name, 0) + d > 0) - (name in self._refs) for name, d in delta.items())
+        if count > MAX_FRAMES:
             raise TransformError(f"more than {MAX_FRAMES} frames of static transforms")
-        self._edges.setdefault(parent, {})[child] = pose.inverse()
-        self._edges.setdefault(child, {})[parent] = pose
+        for c in replaced:
+            self._unlink(c)
+        self._parent[child] = (parent, pose)
+        for name in (parent, child):
+            self._refs[name] = self._refs.get(name, 0) + 1
 
     def add_message(self, msg: Any) -> int:
         """Add every transform of a ``tf2_msgs/msg/TFMessage``; returns how many were added.
@@ -161,7 +218,8 @@ class StaticTransforms:
 
     def lookup(self, target: str, source: str) -> Transform:
         """The transform that takes points given in ``source`` into ``target`` (the chain of
-        transforms between them, whichever way each was published).
+        transforms between them, whichever way each was published): up ``source``'s parent
+        chain to the first frame of ``target``'s, then down to ``target``.
 
         Raises:
             TransformError: a frame is unknown, or the two are not connected.
@@ -170,18 +228,25 @@ class StaticTransforms:
         if target == source:
             return Transform(np.eye(3), np.zeros(3))
         for name in (source, target):
-            if name not in self._edges:
-                raise TransformError(f"no static transform names frame {name!r} (known: "
-                                     f"{self.frames[:12]})")
-        found = {source: Transform(np.eye(3), np.zeros(3))}
-        queue = deque([source])
-        while queue:
-            here = queue.popleft()
-            for there, step in self._edges[here].items():
-                if there not in found:
-                    found[there] = found[here].then(step)
-                    queue.append(there)
-        if target not in found:
-            raise TransformError(f"the static transforms do not connect frame {source!r} to "
-                                 f"{target!r}")
-        return found[target]
+            if name not in self._refs:
+                known = ", ".join(_quoted(n) for n in heapq.nsmallest(12, self._refs))
+                raise TransformError(f"no static transform names frame {_quoted(name)} "
+                                     f"(known: [{known}])")
+        up = {source: Transform(np.eye(3), np.zeros(3))}   # source -> each of its ancestors
+        here = source
+        while here in self._parent and self._parent[here][0] not in up:
+            parent, pose = self._parent[here]
+            up[parent] = up[here].then(pose)
+            here = parent
+        down, seen = [target], {target}   # target, its parent, ... up to a frame in ``up``
+        while down[-1] not in up:
+            link = self._parent.get(down[-1])
+            if link is None or link[0] in seen:
+                raise TransformError(f"the static transforms do not connect frame "
+                                     f"{_quoted(source)} to {_quoted(target)}")
+            seen.add(link[0])
+            down.append(link[0])
+        found = up[down[-1]]
+        for child in reversed(down[:-1]):
+            found = found.then(self._parent[child][1].inverse())
+        return found

@@ -34,6 +34,10 @@ NOISE_BAND = 12.0
 MIN_NOISE_SAMPLES = 500
 NOISE_SLICE_M = 0.25
 NOISE_STRIDE = 4
+#: RANSAC scores its hypotheses on at most this many point-plane distances at a time
+#: (float32: 64 MB, plus 16 MB of flags), whatever ``ransac_iterations`` x
+#: ``ransac_samples`` (:func:`fit_plane_ransac`).
+RANSAC_CHUNK_VALUES = 1 << 24
 
 
 def noise_curve(z: np.ndarray | float) -> np.ndarray | float:
@@ -110,12 +114,7 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
     normals = normals[ok] / norm[ok, None]
     offsets = -np.einsum("ij,ij->i", normals, tri[ok, 0])
     thr_sub = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * sub[:, 2] ** 2
-    dist = sub @ normals.T
-    dist += offsets
-    np.abs(dist, out=dist)
-    # a count per column as a uint8 sum: 4x count_nonzero(axis=0)'s speed
-    scores = np.add.reduce((dist < thr_sub[:, None]).view(np.uint8), axis=0, dtype=np.int64)
-    best = int(np.argmax(scores))
+    best = int(np.argmax(_ransac_scores(sub, thr_sub, normals, offsets)))
     n, d = normals[best].astype(np.float64), float(offsets[best])
     thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * fit[:, 2] ** 2
     fit = fit.astype(np.float64)   # once: each product with the float64 normal casts it
@@ -128,6 +127,30 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
         n, d = -n, -d
     frac = float(np.count_nonzero(np.abs(fit @ n + d) < thr)) / len(fit)
     return n, d, frac
+
+
+def _ransac_scores(sub: np.ndarray, thr_sub: np.ndarray, normals: np.ndarray,
+                   offsets: np.ndarray) -> np.ndarray:
+    """Inliers of each hypothesis plane (``normals[k] . p + offsets[k]``) among the points
+    ``sub`` (within ``thr_sub`` of it).
+
+    At most :data:`RANSAC_CHUNK_VALUES` distances (or 1024 points' to every hypothesis)
+    are held at a time, whatever ``ransac_iterations`` x ``ransac_samples``: the points are
+    taken in chunks of a multiple of 1024 rows (OpenBLAS gave the one pass's distances bit
+    for bit in every shape tried; the counts add up exactly). Up to that bound, as with
+    the default settings (80 x 2000), it is the one pass of before."""
+    rows = len(sub)
+    if rows * len(normals) > RANSAC_CHUNK_VALUES:
+        rows = max(1024, RANSAC_CHUNK_VALUES // len(normals) // 1024 * 1024)
+    scores = np.zeros(len(normals), np.int64)
+    for start in range(0, len(sub), rows):
+        dist = sub[start:start + rows] @ normals.T
+        dist += offsets
+        np.abs(dist, out=dist)
+        # a count per column as a uint8 sum: 4x count_nonzero(axis=0)'s speed
+        scores += np.add.reduce((dist < thr_sub[start:start + rows, None]).view(np.uint8),
+                                axis=0, dtype=np.int64)
+    return scores
 
 
 def _least_squares_plane(sel: np.ndarray) -> tuple[np.ndarray, float]:

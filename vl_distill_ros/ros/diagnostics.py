@@ -3,8 +3,9 @@
 :class:`CameraState` holds one camera's latest-wins slot and counters (guarded by the node's
 lock); :func:`model_status` and :func:`camera_status` build the
 ``diagnostic_msgs/DiagnosticStatus`` entries the node publishes (one for the model and
-vocabulary, one per camera). Error texts may quote input from the wire or from files, so
-every value whose key ends in ``error`` is cut with :func:`clip_text`.
+vocabulary, one per camera). Error texts and other free texts (``last_colour_only_reason``)
+may quote input from the wire or from files, so every value is cut with :func:`clip_text`
+to :data:`MAX_DIAGNOSTIC_TEXT` characters.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+from ..model.vocabulary import MAX_NAME_LENGTH
 
 __all__ = ["MAX_DIAGNOSTIC_TEXT", "LATENCY_WINDOW", "CameraState", "clip_text",
            "key_values", "model_status", "camera_status"]
@@ -23,6 +26,10 @@ MAX_DIAGNOSTIC_TEXT = 200
 LATENCY_WINDOW = 200
 #: Label names listed in the ``labels`` value (the rest is elided).
 MAX_LISTED_LABELS = 50
+#: Longest ``labels`` value: :data:`MAX_LISTED_LABELS` names of at most
+#: :data:`~vl_distill_ros.model.vocabulary.MAX_NAME_LENGTH` characters, ``", "`` between
+#: them and ``" ..."`` (the only value allowed more than :data:`MAX_DIAGNOSTIC_TEXT`).
+MAX_LABELS_TEXT = MAX_LISTED_LABELS * (MAX_NAME_LENGTH + 2) + 4
 
 
 def clip_text(text: object, limit: int = MAX_DIAGNOSTIC_TEXT) -> str:
@@ -101,9 +108,14 @@ class CameraState:
         return period
 
 
-def key_values(pairs: Mapping[str, Any]) -> list[KeyValue]:
-    """``pairs`` as ``KeyValue`` messages; values of ``*error`` keys are clipped."""
-    return [KeyValue(key=str(k), value=clip_text(v) if k.endswith("error") else str(v))
+def key_values(pairs: Mapping[str, Any],
+               limits: Mapping[str, int] | None = None) -> list[KeyValue]:
+    """``pairs`` as ``KeyValue`` messages, every value cut with :func:`clip_text` to
+    :data:`MAX_DIAGNOSTIC_TEXT` characters (free texts such as ``last_colour_only_reason``
+    may quote input from the wire, as error texts do), or to ``limits[key]`` where given (a
+    listing bounded by construction, such as the ``labels`` value)."""
+    limits = limits or {}
+    return [KeyValue(key=str(k), value=clip_text(v, limits.get(k, MAX_DIAGNOSTIC_TEXT)))
             for k, v in pairs.items()]
 
 
@@ -146,7 +158,7 @@ def model_status(fq_name: str, version: int, names: list[str], vocabulary: Mappi
         "vocabulary_error": error,
     }
     values.update(facts)
-    status.values = key_values(values)
+    status.values = key_values(values, {"labels": MAX_LABELS_TEXT})
     return status
 
 

@@ -17,6 +17,10 @@
 * **Empty lists.** ros2param types an empty YAML list (``[]``, ``ros2 param set NAME "[]"``)
   as ``BOOL_ARRAY``, since it cannot know the element type. An empty array of any type for a
   parameter declared as another array type is given the declared type.
+* **Bounded requests.** A request of more than :data:`MAX_REQUEST_PARAMETERS` parameters
+  is refused whole (each parameter's result says why), before any is read or set: the
+  handler runs in the executor thread, and tens of thousands of entries blocked it for
+  seconds.
 * **Undeclared names.** rclpy rejects an undeclared parameter with
   ``Invalid access to undeclared parameter(s): []`` (an exhausted generator); here the reason
   names them.
@@ -34,6 +38,12 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_service import ParameterService
 
+#: Most parameters one ``SetParameters`` or ``SetParametersAtomically`` request may carry
+#: (the node has about a hundred; ``ros2 param load`` of a full dump sends each once). A
+#: longer request is refused whole, before any of it is read or set: every parameter gets
+#: ``successful: false`` with the reason.
+MAX_REQUEST_PARAMETERS = 4096
+
 #: Parameter types whose values are arrays.
 ARRAY_TYPES = frozenset({Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY,
                          Parameter.Type.INTEGER_ARRAY, Parameter.Type.DOUBLE_ARRAY,
@@ -44,19 +54,29 @@ def set_steps(names: Sequence[str], groups: Iterable[frozenset[str]]) -> list[li
     """How one ``SetParameters`` request with parameters ``names`` is applied: a list of
     steps in order, each the request indexes set together. Two or more members of a group
     form one step at the first member's place; a group with a name given twice is
-    not grouped (each parameter is a step of its own, as in rclpy)."""
+    not grouped (each parameter is a step of its own, as in rclpy).
+
+    Linear in ``len(names)`` (times the number of groups): each name's group is looked up
+    once and each group's members are collected in one pass over the request."""
     groups = list(groups)
-    steps: list[list[int]] = []
-    placed: set[int] = set()
+    group_of: dict[str, int] = {}        # name -> index of the first group holding it
+    for k, group in enumerate(groups):
+        for name in group:
+            group_of.setdefault(name, k)
+    members: dict[int, list[int]] = {}   # group index -> its request indexes, in order
     for i, name in enumerate(names):
-        if i in placed:
-            continue
-        group = next((g for g in groups if name in g), frozenset())
-        members = [j for j, other in enumerate(names) if other in group]
-        if len(members) < 2 or len({names[j] for j in members}) < len(members):
-            members = [i]
-        steps.append(members)
-        placed.update(members)
+        k = group_of.get(name)
+        if k is not None:
+            members.setdefault(k, []).append(i)
+    together = {k: idx for k, idx in members.items()
+                if len(idx) >= 2 and len({names[j] for j in idx}) == len(idx)}
+    steps: list[list[int]] = []
+    for i, name in enumerate(names):
+        idx = together.get(group_of.get(name, -1))
+        if idx is None:
+            steps.append([i])
+        elif idx[0] == i:
+            steps.append(idx)
     return steps
 
 
@@ -107,8 +127,24 @@ class GroupedParameterService(ParameterService):
         except ParameterNotDeclaredException as exc:  # pragma: no cover - a callback added one
             return SetParametersResult(successful=False, reason=str(exc))
 
+    def _too_long(self, count: int) -> SetParametersResult | None:
+        """The failure of a request of ``count`` parameters, ``None`` when it is within
+        :data:`MAX_REQUEST_PARAMETERS`."""
+        if count <= MAX_REQUEST_PARAMETERS:
+            return None
+        return SetParametersResult(
+            successful=False,
+            reason=f"the request sets {count} parameters; the limit is "
+                   f"{MAX_REQUEST_PARAMETERS} per request (nothing was set)")
+
     def _set_parameters_callback(self, request, response):
-        """``SetParameters``: one result per parameter, in request order; groups together."""
+        """``SetParameters``: one result per parameter, in request order; groups together.
+        A request of more than :data:`MAX_REQUEST_PARAMETERS` parameters sets none (each
+        result says why)."""
+        refused = self._too_long(len(request.parameters))
+        if refused is not None:
+            response.results = [refused] * len(request.parameters)
+            return response
         params = self._prepare(request.parameters)
         results: list[SetParametersResult | None] = [None] * len(params)
         for step in set_steps([p.name for p in params], self._groups):
@@ -125,6 +161,8 @@ class GroupedParameterService(ParameterService):
 
     def _set_parameters_atomically_callback(self, request, response):
         """``SetParametersAtomically``: rclpy's, with empty-array types and named
-        undeclared parameters."""
-        response.result = self._set(self._prepare(request.parameters))
+        undeclared parameters; at most :data:`MAX_REQUEST_PARAMETERS` parameters."""
+        refused = self._too_long(len(request.parameters))
+        response.result = refused if refused is not None else self._set(
+            self._prepare(request.parameters))
         return response

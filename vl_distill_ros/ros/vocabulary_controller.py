@@ -70,12 +70,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..model.text_service import TextEmbeddingService
 from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
-from ..model.vocabulary import Label, Vocabulary, VocabularyError, fold_key
+from ..model.vocabulary import (MAX_DESCRIPTION_LENGTH, MAX_LABELS, MAX_NAME_LENGTH, Label,
+                                Vocabulary, VocabularyError, fold_key)
 from ..perception.pipeline import PipelineError
 from ..thread_names import os_named
 from .diagnostics import clip_text
@@ -113,23 +115,45 @@ def build_vocabulary(names: Sequence[str], descriptions: Sequence[str],
     if descriptions and len(descriptions) != len(names):
         raise VocabularyError(f"{len(names)} labels but {len(descriptions)} descriptions; give "
                               "no descriptions or exactly one per label")
+    if len(names) > MAX_LABELS:   # before any per-name work: a huge list is refused at once
+        raise VocabularyError(f"vocabulary has {len(names)} labels; the limit is {MAX_LABELS}")
     if not descriptions:
         descriptions = [""] * len(names)
     keys = {lb.name.casefold(): lb.key for lb in previous} if previous is not None else {}
     labels = []
     for i, (name, desc) in enumerate(zip(names, descriptions)):
-        if not isinstance(name, str) or not name.strip():
-            raise VocabularyError(f"label {i} is empty or whitespace")
-        clean = name.strip()
-        labels.append(Label(name=clean, description=(desc or "").strip(),
-                            key=keys.get(clean.casefold(), "")))
+        labels.append(_checked_label(i, name, desc, keys))
     own = [fold_key(lb.name) for lb in labels]        # each name's own key, folded
     carried = [fold_key(lb.key) for lb in labels]
+    # a carried key clashes when another entry's own or carried key equals it; counted once
+    # (linear): carried[i] != own[i], so entry i itself adds 1 to its count
+    counts = Counter(own) + Counter(carried)
     for i, lb in enumerate(labels):
-        others = own[:i] + own[i + 1:] + carried[:i] + carried[i + 1:]
-        if carried[i] != own[i] and carried[i] in others:
+        if carried[i] != own[i] and counts[carried[i]] > 1:
             labels[i] = Label(name=lb.name, description=lb.description)
     return Vocabulary(tuple(labels))
+
+
+def _checked_label(i: int, name: Any, desc: Any, keys: Mapping[str, str]) -> Label:
+    """Entry ``i`` as a :class:`Label` (stripped, with its carried key from ``keys``), its
+    name and description checked against the lengths :class:`Vocabulary` allows before any
+    further work on them.
+
+    Raises:
+        VocabularyError: an empty or whitespace name, a name or description too long.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise VocabularyError(f"label {i} is empty or whitespace")
+    clean = name.strip()
+    if len(clean) > MAX_NAME_LENGTH:
+        raise VocabularyError(f"label {i} name {clean[:20]!r}... is {len(clean)} characters; "
+                              f"the limit is {MAX_NAME_LENGTH}")
+    description = (desc or "").strip()
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise VocabularyError(
+            f"label {i} ({clean!r}) description is {len(description)} characters; the limit "
+            f"is {MAX_DESCRIPTION_LENGTH}")
+    return Label(name=clean, description=description, key=keys.get(clean.casefold(), ""))
 
 
 def descriptions_param(vocab: Vocabulary) -> list[str]:
