@@ -9,6 +9,7 @@ machine the numbers come from.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 #: The repository root (the folder above ``bench/``).
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +29,53 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def non_finite(obj: Any, where: str = "") -> str | None:
+    """The place (``a.b[2]``) of the first NaN or infinity in ``obj``, else None: strict JSON
+    has no such numbers."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (where or "the value")
+    if isinstance(obj, dict):
+        items: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for place, value in items:
+        found = non_finite(value, place)
+        if found is not None:
+            return found
+    return None
+
+
+def json_text(obj: dict) -> str:
+    """``obj`` as strict JSON (indented; other types as ``str``).
+
+    Raises:
+        BenchError: ``obj`` holds a NaN or an infinity, which strict JSON cannot carry.
+    """
+    try:
+        return json.dumps(obj, indent=2, default=str, allow_nan=False)
+    except ValueError:
+        place = non_finite(obj) or "a value"
+        raise BenchError(f"the result is not strict JSON: {place} is not a finite "
+                         "number") from None
+
+
 def emit(obj: dict) -> None:
-    """Print the one JSON object of the run on stdout."""
-    print(json.dumps(obj, indent=2, default=str), flush=True)
+    """Print the one JSON object of the run on stdout (strict JSON: nothing is printed and
+    :class:`BenchError` is raised when it holds a NaN or an infinity)."""
+    print(json_text(obj), flush=True)
+
+
+def emit_or_error(obj: dict, code: int = 0) -> int:
+    """:func:`emit` ``obj`` and return ``code``; when it is not strict JSON, print a JSON
+    object with the bench's name and the reason instead and return the error's exit status."""
+    try:
+        emit(obj)
+    except BenchError as exc:
+        emit({"bench": obj.get("bench"), "error": str(exc)})
+        return exc.exit_code
+    return code
 
 
 class BenchError(RuntimeError):
@@ -50,9 +95,83 @@ def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# ==========================================================================================
+# option types (argparse ``type=``): bad values end in argparse's one-line error, exit 2
+# ==========================================================================================
+def finite_float(text: str) -> float:
+    """A finite number (NaN and infinities refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number, 0 or above."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or above, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer, 1 or above."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or above, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer, 0 or above."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or above, got {text!r}")
+    return value
+
+
+def png_path(text: str) -> Path:
+    """Where a PNG figure goes: ``.png`` is added to a name without a suffix (the figure is
+    written to exactly the path returned, which the JSON object names); another suffix, an
+    empty name or an existing folder is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text} is a folder: name a .png file")
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"a figure is a .png file, got {text!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder: name a .png file")
+    return path
+
+
 def args_config(a: argparse.Namespace) -> dict[str, Any]:
-    """The parsed options as JSON values (paths as strings), for the ``"config"`` entry."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    """The parsed options as JSON values (paths, NaN and infinities as strings: an option
+    that slipped past its checks must not make the run's JSON object invalid), for the
+    ``"config"`` entry."""
+    return {k: (str(v) if isinstance(v, Path) or (isinstance(v, float) and not math.isfinite(v))
+                else v) for k, v in vars(a).items()}
 
 
 def run_bench(run: Callable[[], None], out: dict[str, Any]) -> int:
@@ -93,10 +212,24 @@ def depth_frames_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--bag", default=str(REPO / "demo" / "sample_tabletop"),
                    help="an RGB-D camera bag (default: the shipped sample bag)")
-    p.add_argument("--frames", type=int, default=8, help="depth frames to take (default 8)")
-    p.add_argument("--repeats", type=int, default=repeats,
+    p.add_argument("--frames", type=positive_int, default=8,
+                   help="depth frames to take (default 8)")
+    p.add_argument("--repeats", type=positive_int, default=repeats,
                    help=f"rounds over the frames (default {repeats})")
     return p
+
+
+@contextlib.contextmanager
+def bag_errors(bag: Any) -> Iterator[None]:
+    """A bag that cannot be read (``BagError`` inside: missing, not a bag, corrupt) as a
+    :class:`BenchError` naming it (exit status 2)."""
+    from vl_distill_ros.bags.raw_io import BagError
+
+    try:
+        yield
+    except BagError as exc:
+        text = str(exc)
+        raise BenchError(text if str(bag) in text else f"{bag}: {text}") from None
 
 
 def bench_main(name: str, issue_target: Any, parser: argparse.ArgumentParser,
@@ -114,8 +247,7 @@ def bench_main(name: str, issue_target: Any, parser: argparse.ArgumentParser,
     code = run_bench(lambda: run(a, out), out)
     if wall_time:
         out["wall_s"] = r(time.monotonic() - t0, 1)
-    emit(out)
-    return code
+    return emit_or_error(out, code)
 
 
 # ==========================================================================================

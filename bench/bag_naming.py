@@ -54,8 +54,9 @@ def parser() -> argparse.ArgumentParser:
                          f"{MAX_FRAMES})")
     ap.add_argument("--no-teacher", action="store_true",
                     help="score the student alone (the teacher takes most of the time)")
-    ap.add_argument("--plot", type=Path, default=None,
-                    help="PNG of the per-object accuracies (student and teacher)")
+    ap.add_argument("--plot", type=_common.png_path, default=None,
+                    help="PNG of the per-object accuracies (student and teacher; .png is "
+                         "added to a name without one)")
     return ap
 
 
@@ -104,18 +105,40 @@ def plot_per_object(per_object: dict[str, dict[str, Any]], path: Path, title: st
     return save_figure(fig, path)
 
 
-def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
-    """Fill ``out`` with the scores per group and per object."""
-    import torch
+def _grouped(student: list[tuple[str, str, str, bool]],
+             teacher_rows: list[tuple[str, str, str, bool]], split: Any
+             ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The student's (and the teacher's, when measured) :func:`_tally` per group of
+    ``split`` and per object key."""
+    groups: dict[str, Any] = {}
+    per_object: dict[str, dict[str, Any]] = {}
+    by_group: dict[str, list[int]] = defaultdict(list)
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, (key, *_rest) in enumerate(student):
+        by_group[_group_of(key, split)].append(i)
+        by_key[key].append(i)
+    for g, idx in sorted(by_group.items()):
+        groups[g] = {"student": _tally([student[i] for i in idx])}
+        if teacher_rows:
+            groups[g]["teacher"] = _tally([teacher_rows[i] for i in idx])
+    for key in sorted(by_key, key=lambda k: (_group_of(k, split), k)):
+        idx = by_key[key]
+        per_object[key] = {"group": _group_of(key, split),
+                           "student": _tally([student[i] for i in idx])}
+        if teacher_rows:
+            per_object[key]["teacher"] = _tally([teacher_rows[i] for i in idx])
+    return groups, per_object
 
+
+def _inputs(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """The bag, the split, the vocabulary (``--vocabulary`` or the bundle's) and the bundle.
+
+    Raises:
+        BenchError: one of them cannot be read, or the bag has no ground-truth object.
+    """
     from vl_distill_ros.bags.bag_io import BagError, read_camera_bag
-    from vl_distill_ros.model.bundle import load_bundle
-    from vl_distill_ros.model.teachers.factory import build_teacher_from_spec
-    from vl_distill_ros.model.text_service import TextEmbeddingService
+    from vl_distill_ros.model.bundle import BundleError, load_bundle
     from vl_distill_ros.model.vocabulary import Split, Vocabulary, VocabularyError
-    from vl_distill_ros.perception.boxes import classification_window, crop
-    from vl_distill_ros.perception.pipeline import PerceptionPipeline
-    from vl_distill_ros.perception.preprocess import pad_long_crop
     from vl_distill_ros.ros.params import default_model_path
 
     if not 0 <= a.max_frames <= MAX_FRAMES:
@@ -129,8 +152,24 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     if not any(bag.ground_truth.values()):
         raise BenchError(f"{a.bag}: no ground-truth object (a /ground_truth topic or "
                          "--sidecar)", exit_code=2)
-    bundle = load_bundle(a.model or default_model_path(), device="cpu")
-    vocab = vocab or bundle.vocabulary
+    try:
+        bundle = load_bundle(a.model or default_model_path(), device="cpu")
+    except BundleError as exc:
+        raise BenchError(f"--model: {exc}") from None
+    return bag, split, vocab or bundle.vocabulary, bundle
+
+
+def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Fill ``out`` with the scores per group and per object."""
+    import torch
+
+    from vl_distill_ros.model.teachers.factory import build_teacher_from_spec
+    from vl_distill_ros.model.text_service import TextEmbeddingService
+    from vl_distill_ros.perception.boxes import classification_window, crop
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+    from vl_distill_ros.perception.preprocess import pad_long_crop
+
+    bag, split, vocab, bundle = _inputs(a)
     service = TextEmbeddingService.from_bundle(bundle)
     emb = service.embed_vocabulary(vocab)
     names = set(vocab.names)
@@ -177,23 +216,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     out.update(machine=_common.machine_info(["torch", "onnxruntime"]),
                frames=frames, vocabulary_size=len(vocab),
                not_in_vocabulary=dict(outside))
-    groups: dict[str, Any] = {}
-    per_object: dict[str, dict[str, Any]] = {}
-    by_group: dict[str, list[int]] = defaultdict(list)
-    by_key: dict[str, list[int]] = defaultdict(list)
-    for i, (key, *_rest) in enumerate(student):
-        by_group[_group_of(key, split)].append(i)
-        by_key[key].append(i)
-    for g, idx in sorted(by_group.items()):
-        groups[g] = {"student": _tally([student[i] for i in idx])}
-        if teacher_rows:
-            groups[g]["teacher"] = _tally([teacher_rows[i] for i in idx])
-    for key in sorted(by_key, key=lambda k: (_group_of(k, split), k)):
-        idx = by_key[key]
-        per_object[key] = {"group": _group_of(key, split),
-                           "student": _tally([student[i] for i in idx])}
-        if teacher_rows:
-            per_object[key]["teacher"] = _tally([teacher_rows[i] for i in idx])
+    groups, per_object = _grouped(student, teacher_rows, split)
     out["groups"] = groups
     out["per_object"] = per_object
     for g, v in groups.items():

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -90,13 +91,12 @@ def replay(bag: Path, vocab: Path, split: Path, out: Path, params: list[str],
             for g, k in (("id", "id"), ("pseudo_unseen", "ood"))}
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path) -> Path:
     """Accuracy of both groups against the margin (square windows), with and without the
-    threshold; the stretched box as dashed lines."""
-    import matplotlib
+    threshold; the stretched box as dashed lines; written to exactly ``path``."""
+    from vl_distill_ros.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     square = [r for r in results if r["crop_square"]]
@@ -115,8 +115,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_title("Dashed: box stretched to a square (crop_square: false)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=120)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,11 +126,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--render-config", type=Path, default=REPO / "config/render_ycb_aux.yaml",
                     help="auxiliary render config whose calib_unseen objects are used")
     ap.add_argument("--split", type=Path, default=REPO / "config/splits/ycb_paper.yaml")
-    ap.add_argument("--contexts", default="0,0.05,0.1,0.15,0.2,0.3")
-    ap.add_argument("--frames", type=int, default=80)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--contexts", default="0,0.05,0.1,0.15,0.2,0.3",
+                    help="comma-separated crop_context margins to replay, each in [0, 1]")
+    ap.add_argument("--frames", type=_common.positive_int, default=80)
+    ap.add_argument("--seed", type=_common.non_negative_int, default=7)
     ap.add_argument("--models-dir", default="")
-    ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--plot", type=_common.png_path, default=None,
+                    help="PNG of accuracy against the margin (.png is added to a name "
+                         "without one)")
     ap.add_argument("--crops-only", action="store_true",
                     help="only the full-frame crops of the ground-truth boxes (no replays)")
     ap.add_argument("--bag", type=Path, action="append", default=[],
@@ -140,6 +142,26 @@ def parser() -> argparse.ArgumentParser:
                          "split's ID and OOD names; repeatable; nothing is rendered or "
                          "replayed")
     return ap
+
+
+def parse_contexts(text: str) -> list[float]:
+    """The ``--contexts`` margins: comma-separated finite numbers in [0, 1] (the node's
+    ``crop_context`` range), at least one.
+
+    Raises:
+        BenchError: an empty list, a word, NaN, an infinity or a margin out of range.
+    """
+    out = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise BenchError(f"--contexts must be numbers in [0, 1], got {item.strip()!r} in "
+                             f"{text!r}") from None
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise BenchError(f"--contexts must be numbers in [0, 1], got {item.strip()!r}")
+        out.append(value)
+    return out
 
 
 def render_bag(a: argparse.Namespace, keys: list[str]) -> Path:
@@ -232,6 +254,7 @@ def full_frame_crops(bags: Path | list[Path], vocab: Path, id_keys: list[str], m
 
 def run(a: argparse.Namespace, out: dict) -> None:
     """Render the bag, replay it once per setting, fill ``out``."""
+    contexts = parse_contexts(a.contexts)       # before any work
     out["machine"] = _common.machine_info()
     a.out.mkdir(parents=True, exist_ok=True)
     id_keys = _keys(a.split, "in_distribution")
@@ -253,7 +276,7 @@ def run(a: argparse.Namespace, out: dict) -> None:
     out["full_frame_crops"] = full_frame_crops(bag, vocab, id_keys, a.model)
     if a.crops_only:
         return
-    settings = [(False, 0.0)] + [(True, float(c)) for c in a.contexts.split(",")]
+    settings = [(False, 0.0)] + [(True, c) for c in contexts]
     results = []
     for square, context in settings:
         for thr, extra in (("calibrated", []), ("none", ["unknown_threshold:=0.0"])):
@@ -268,8 +291,7 @@ def run(a: argparse.Namespace, out: dict) -> None:
     out["best_context"] = max(top1, key=lambda r: r["id"]["accuracy"] +
                               r["pseudo_unseen"]["accuracy"])["crop_context"]
     if a.plot:
-        plot(results, a.plot)
-        out["plot"] = str(a.plot)
+        out["plot"] = str(plot(results, a.plot))
 
 
 def main(argv: list[str] | None = None) -> int:

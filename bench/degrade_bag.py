@@ -14,6 +14,7 @@ naming as well as to proposals:
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -55,7 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vl_distill_ros.bags.bag_io import BagError, write_camera_bag
 
     try:
-        write_camera_bag(args.out, degraded_frames(args.bag, steps))
+        frames = degraded_frames(args.bag, steps)
+        first = next(frames, None)      # nothing is written for a bag without such frames
+        if first is None:
+            print(f"degrade_bag: {args.bag} has no frame of the main camera with ground truth: "
+                  "nothing to write", file=sys.stderr)
+            return 2
+        write_camera_bag(args.out, itertools.chain([first], frames))
     except (BagError, OSError) as exc:
         print(f"degrade_bag: {exc}", file=sys.stderr)
         return 2

@@ -30,7 +30,8 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from _common import BenchError, bench_main, depth_frames_parser, log, machine_info
+from _common import (BenchError, bag_errors, bench_main, depth_frames_parser, finite_float,
+                     log, machine_info, positive_float)
 
 
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -38,24 +39,27 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         return run_pipeline(a, out)
     from vl_distill_ros.bags.bag_io import read_camera_bag
     from vl_distill_ros.perception.depth_alignment import align_depth, transform_from_pose
-    from vl_distill_ros.perception.camera_model import CameraIntrinsics
+    from vl_distill_ros.perception.camera_model import CameraIntrinsics, DepthError
 
     out["machine"] = machine_info(["numpy", "cv2"])
     frames = []
-    for frame in read_camera_bag(a.bag).rgbd_frames(tolerance_ns=20_000_000):
-        if frame.depth is not None and frame.camera_info is not None:
-            frames.append((frame.depth, frame.intrinsics()))
-        if len(frames) == a.frames:
-            break
+    with bag_errors(a.bag):
+        for frame in read_camera_bag(a.bag).rgbd_frames(tolerance_ns=20_000_000):
+            if frame.depth is not None and frame.camera_info is not None:
+                frames.append((frame.depth, frame.intrinsics()))
+            if len(frames) == a.frames:
+                break
     if not frames:
         raise BenchError(f"{a.bag} has no frame with depth and a CameraInfo")
-    rotation, translation = transform_from_pose([a.baseline, 0, 0, 0, 0, 0, 1])
-    cams = []
-    for depth, cam in frames:
-        colour = CameraIntrinsics(cam.fx * a.focal_scale, cam.fy * a.focal_scale,
-                                  (cam.width - 1) / 2, (cam.height - 1) / 2, cam.width,
-                                  cam.height)
-        cams.append((depth, cam, colour))
+    try:
+        rotation, translation = transform_from_pose([a.baseline, 0, 0, 0, 0, 0, 1])
+        cams = [(depth, cam, CameraIntrinsics(cam.fx * a.focal_scale, cam.fy * a.focal_scale,
+                                              (cam.width - 1) / 2, (cam.height - 1) / 2,
+                                              cam.width, cam.height))
+                for depth, cam in frames]
+    except DepthError as exc:
+        raise BenchError(f"--baseline {a.baseline} / --focal-scale {a.focal_scale}: "
+                         f"{exc}") from None
     log(f"{len(frames)} depth frames of {cams[0][1].width}x{cams[0][1].height}")
     times, cover, own = [], [], []
     for depth, cam, colour in cams:
@@ -84,16 +88,19 @@ def run_pipeline(a: argparse.Namespace, out: dict[str, Any]) -> None:
     from vl_distill_ros.ros.params import default_model_path
 
     out["machine"] = machine_info(["numpy", "cv2", "onnxruntime"])
-    contents = read_camera_bag(a.bag)
-    if not any(p.pose is not None for p in contents.depth_alignment.values()):
-        raise BenchError(f"{a.bag} has no depth to align (write one with `vl-distill make-bag "
-                         "--depth --depth-camera`)")
-    frames = []
-    for f in contents.rgbd_frames(tolerance_ns=20_000_000, defer_alignment=True):
-        if isinstance(f.depth, UnalignedDepth):
-            frames.append((f.image, f.depth, f.intrinsics()))
-        if len(frames) == a.frames:
-            break
+    with bag_errors(a.bag):
+        contents = read_camera_bag(a.bag)
+        if not any(p.pose is not None for p in contents.depth_alignment.values()):
+            raise BenchError(f"{a.bag} has no depth to align (write one with `vl-distill "
+                             "make-bag --depth --depth-camera`)")
+        frames = []
+        for f in contents.rgbd_frames(tolerance_ns=20_000_000, defer_alignment=True):
+            if isinstance(f.depth, UnalignedDepth):
+                frames.append((f.image, f.depth, f.intrinsics()))
+            if len(frames) == a.frames:
+                break
+    if not frames:
+        raise BenchError(f"{a.bag} has no colour frame with unaligned depth")
     pipe = PerceptionPipeline(load_bundle(default_model_path(), device="cpu"),
                               **pipeline_settings(node_parameter_values()).as_kwargs())
     ways = {"registered": [], "align_then_prepare": [], "deferred": []}
@@ -125,9 +132,9 @@ def run_pipeline(a: argparse.Namespace, out: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = depth_frames_parser(__doc__, repeats=10)
-    p.add_argument("--focal-scale", type=float, default=1.15,
+    p.add_argument("--focal-scale", type=positive_float, default=1.15,
                    help="colour focal length over the depth camera's (default 1.15)")
-    p.add_argument("--baseline", type=float, default=0.015,
+    p.add_argument("--baseline", type=finite_float, default=0.015,
                    help="the depth camera's offset along x in metres (default 0.015)")
     p.add_argument("--pipeline", action="store_true",
                    help="time the pipeline's stage 1 with registered, serially aligned and "

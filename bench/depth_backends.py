@@ -35,7 +35,7 @@ import types
 from typing import Any, Sequence
 
 import numpy as np
-from _common import cpu_model
+from _common import cpu_model, emit_or_error, non_negative_int, positive_float
 
 
 def _numpy_backend(cloud, k, cfg):
@@ -83,41 +83,65 @@ def _open3d_backend(o3d, cloud, k, cfg, eps_cells: float):
     return dp.boxes_from_clusters(clusters, cloud.points, height, n, k, cfg, noise)[0]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bags", nargs="+", required=True, help="RGB-D bags with ground truth")
-    ap.add_argument("--max-frames", type=int, default=0, help="per bag (0: all)")
-    ap.add_argument("--eps-cells", type=float, default=2.5,
-                    help="DBSCAN eps in grid spacings at the median depth (default 2.5)")
-    ap.add_argument("--stub-visualization", action="store_true",
-                    help="do not import open3d.visualization (needs plotly and dash)")
-    args = ap.parse_args(argv)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+def _error(message: str) -> int:
+    """Print the run's JSON object with ``message`` as its error; exit status 2."""
+    print(json.dumps({"bench": "depth_backends", "error": message}))
+    return 2
+
+
+def _tallies(o3d: Any, bags: Sequence[str], max_frames: int, eps_cells: float
+             ) -> dict[str, Any]:
+    """Both backends on every frame of ``bags`` with ground truth and depth: their
+    ``Tally`` (raises ``BagError`` for a bag that cannot be read)."""
     from proposals_recall import Tally, load_rgbd_frames
 
     from vl_distill_ros.perception.depth_cloud import depth_cloud
     from vl_distill_ros.perception.depth_config import DepthProposalConfig
 
+    cfg = DepthProposalConfig()
+    tallies = {"numpy": Tally(), "open3d": Tally()}
+    for bag in bags:
+        for image, truth, depth, k in load_rgbd_frames(bag, max_frames):
+            cloud = depth_cloud(depth, k, cfg)
+            for name, run in (("numpy", lambda: _numpy_backend(cloud, k, cfg)),
+                              ("open3d", lambda: _open3d_backend(o3d, cloud, k, cfg,
+                                                                 eps_cells))):
+                t0 = time.perf_counter()
+                boxes = run()
+                tallies[name].add(truth, boxes, 0.5, 1000.0 * (time.perf_counter() - t0))
+    return tallies
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bags", nargs="+", required=True, help="RGB-D bags with ground truth")
+    ap.add_argument("--max-frames", type=non_negative_int, default=0, help="per bag (0: all)")
+    ap.add_argument("--eps-cells", type=positive_float, default=2.5,
+                    help="DBSCAN eps in grid spacings at the median depth (default 2.5)")
+    ap.add_argument("--stub-visualization", action="store_true",
+                    help="do not import open3d.visualization (needs plotly and dash)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from vl_distill_ros.bags.bag_io import BagError, read_camera_bag
+    from vl_distill_ros.perception.depth_config import DepthProposalConfig
+
+    try:
+        for bag in args.bags:       # every bag readable before Open3D is needed
+            read_camera_bag(bag)
+    except BagError as exc:
+        return _error(str(exc))
     if args.stub_visualization:
         sys.modules.setdefault("open3d.visualization", types.ModuleType("open3d.visualization"))
     try:
         import open3d as o3d
     except ImportError as exc:
-        print(json.dumps({"bench": "depth_backends", "error": f"open3d not importable: {exc}"}))
-        return 2
-    cfg = DepthProposalConfig()
-    tallies = {"numpy": Tally(), "open3d": Tally()}
-    for bag in args.bags:
-        for image, truth, depth, k in load_rgbd_frames(bag, args.max_frames):
-            cloud = depth_cloud(depth, k, cfg)
-            for name, run in (("numpy", lambda: _numpy_backend(cloud, k, cfg)),
-                              ("open3d", lambda: _open3d_backend(o3d, cloud, k, cfg,
-                                                                 args.eps_cells))):
-                t0 = time.perf_counter()
-                boxes = run()
-                tallies[name].add(truth, boxes, 0.5, 1000.0 * (time.perf_counter() - t0))
-    out: dict[str, Any] = {"bench": "depth_backends", "open3d": o3d.__version__,
-                           "stride": cfg.stride, "eps_cells": args.eps_cells}
+        return _error(f"open3d not importable: {exc}")
+    try:
+        tallies = _tallies(o3d, args.bags, args.max_frames, args.eps_cells)
+    except BagError as exc:
+        return _error(str(exc))
+    out: dict[str, Any] = {"bench": "depth_backends", "open3d_version": o3d.__version__,
+                           "stride": DepthProposalConfig().stride, "eps_cells": args.eps_cells}
     for name, t in tallies.items():
         s = t.summary(False)
         out[name] = {"frames": s["frames"], "objects": s["objects"], "recall": s["recall"],
@@ -126,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "ms_per_frame": s["ms_per_frame"]}
     out["machine"] = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                       "loadavg": list(os.getloadavg())}
-    print(json.dumps(out, indent=2))
-    return 0
+    return emit_or_error(out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-from _common import BenchError, bench_main, depth_frames_parser, log, machine_info
+from _common import BenchError, bag_errors, bench_main, depth_frames_parser, log, machine_info
 
 #: compressedDepth's 12-byte header: format (int32) and the two float quantisation values.
 HEADER = struct.pack("<iff", 0, 0.0, 0.0)
@@ -81,11 +81,12 @@ def _frames(bag: str, count: int) -> list[np.ndarray]:
     from vl_distill_ros.bags.bag_io import read_camera_bag
 
     out = []
-    for frame in read_camera_bag(bag).rgbd_frames(tolerance_ns=20_000_000):
-        if frame.depth is not None:
-            out.append(np.round(frame.depth * 1000.0).astype(np.uint16))
-        if len(out) == count:
-            break
+    with bag_errors(bag):
+        for frame in read_camera_bag(bag).rgbd_frames(tolerance_ns=20_000_000):
+            if frame.depth is not None:
+                out.append(np.round(frame.depth * 1000.0).astype(np.uint16))
+            if len(out) == count:
+                break
     if not out:
         raise BenchError(f"{bag} has no frame with depth")
     return out

@@ -17,12 +17,14 @@ publishes unrectified images with a pinhole CameraInfo. Score both copies with
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
+from _common import finite_float
 
 #: Ground-truth boxes narrower or shorter than this (pixels) after the lens are dropped.
 MIN_SIDE = 8
@@ -123,15 +125,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bag", help="RGB-D camera bag with ground truth (make-bag --depth output)")
     ap.add_argument("out", help="folder of the copy (must not exist)")
-    ap.add_argument("--k1", type=float, default=-0.15, help="radial coefficient k1")
-    ap.add_argument("--k2", type=float, default=0.02, help="radial coefficient k2")
+    ap.add_argument("--k1", type=finite_float, default=-0.15, help="radial coefficient k1")
+    ap.add_argument("--k2", type=finite_float, default=0.02, help="radial coefficient k2")
     ap.add_argument("--hide-lens", action="store_true",
                     help="write a distortion-free CameraInfo (the pinhole assumption)")
     args = ap.parse_args(argv)
     from vl_distill_ros.bags.bag_io import BagError, write_camera_bag
 
     try:
-        write_camera_bag(args.out, lens_frames(args.bag, args.k1, args.k2, args.hide_lens))
+        frames = lens_frames(args.bag, args.k1, args.k2, args.hide_lens)
+        first = next(frames, None)      # nothing is written for a bag without such frames
+        if first is None:
+            print(f"lens_bag: {args.bag} has no frame of the main camera with ground truth and "
+                  "depth: nothing to write", file=sys.stderr)
+            return 2
+        write_camera_bag(args.out, itertools.chain([first], frames))
     except (BagError, OSError, ValueError) as exc:
         print(f"lens_bag: {exc}", file=sys.stderr)
         return 2

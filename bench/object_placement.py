@@ -41,10 +41,12 @@ def parser() -> argparse.ArgumentParser:
                     help="objects per scene, LO,HI (default 2,6)")
     ap.add_argument("--noise", nargs="+", default=["none", "sensor", "coarse"],
                     choices=("none", "sensor", "coarse"), help="depth noise models")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the scenes and the noise")
+    ap.add_argument("--seed", type=_common.non_negative_int, default=0,
+                    help="seed of the scenes and the noise (0 or above)")
     ap.add_argument("--ycb-models", type=Path, default=_common.REPO.parent / "shared" /
                     "ycb_models", help="YCB models folder (default ../shared/ycb_models)")
-    ap.add_argument("--plot", type=Path, default=None, help="write the error CDF here (PNG)")
+    ap.add_argument("--plot", type=_common.png_path, default=None,
+                    help="write the error CDF here (PNG; .png is added to a name without one)")
     return ap
 
 
@@ -63,11 +65,11 @@ def _summary(errors: list[float], heights: list[float], signed: list[np.ndarray]
             "placement_ms_per_frame_p50": r(float(np.median(cost_ms)), 2) if cost_ms else None}
 
 
-def _plot(curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
+def _plot(curves: dict[str, list[float]], path: Path) -> Path:
+    """The error's cumulative distribution per noise model, written to exactly ``path``."""
+    from vl_distill_ros.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, errors in curves.items():
@@ -80,9 +82,7 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
     ax.legend(loc="lower right")
     ax.set_title("Objects placed with depth: rendered scenes, ground-truth boxes")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=110)
 
 
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -150,8 +150,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         out["results"][m]["depth_proposer_ms_per_frame_p50"] = r(
             float(np.median(s["proposer"])), 2)
     if a.plot is not None:
-        _plot({m: s["errors"] for m, s in per.items()}, a.plot)
-        out["plot"] = str(a.plot)
+        out["plot"] = str(_plot({m: s["errors"] for m, s in per.items()}, a.plot))
 
 
 def main(argv: list[str] | None = None) -> int:

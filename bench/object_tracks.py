@@ -45,11 +45,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--bags", type=int, default=6, help="bags to render (default 6)")
     ap.add_argument("--frames", type=int, default=240, help="frames per bag (default 240)")
     ap.add_argument("--views", type=int, default=8, help="views per scene (default 8)")
-    ap.add_argument("--sweep", type=float, default=30.0,
+    ap.add_argument("--sweep", type=_common.finite_float, default=30.0,
                     help="degrees the camera turns over a scene's views (default 30)")
     ap.add_argument("--wide", action="store_true",
                     help="the last bag: twice the views over 90 degrees")
-    ap.add_argument("--seed", type=int, default=1, help="seed of the first bag (default 1)")
+    ap.add_argument("--seed", type=_common.non_negative_int, default=1,
+                    help="seed of the first bag (default 1)")
     ap.add_argument("--memories", default="",
                     help="comma-separated track_memory values to score besides the default")
     ap.add_argument("--check-bag", default=str(REPO / "demo" / "sample_tabletop"),
@@ -57,8 +58,15 @@ def parser() -> argparse.ArgumentParser:
                          "(default: the shipped sample bag; '' skips)")
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep the bags and reports in this folder (default: a temporary one)")
-    ap.add_argument("--plot", type=Path, default=None, help="write the per-bag plot here (PNG)")
+    ap.add_argument("--plot", type=_common.png_path, default=None,
+                    help="write the per-bag plot here (PNG; .png is added to a name without one)")
     return ap
+
+
+def bag_name(seed: int, depth: bool, views: int, sweep: float, frames: int) -> str:
+    """The name of a rendered bag, from everything that shapes it: a bag ``--keep`` holds
+    from an earlier run is used again only when it was rendered alike."""
+    return f"seed{seed}{'_depth' if depth else ''}_{views}x{float(sweep)!r}deg_{frames}f"
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -130,11 +138,11 @@ def _update_cost_ms(repeats: int = 200) -> float:
     return float(np.median(times))
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Objects named right per bag, tracking off against on, written to exactly ``path``."""
+    from vl_distill_ros.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     x = np.arange(len(rows))
@@ -155,9 +163,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.suptitle("Object tracks: rendered views of each table, offline replay, 26 names",
                  fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=110)
 
 
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -173,6 +179,8 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         memories = [float(v) for v in a.memories.split(",") if v.strip()]
     except ValueError:
         raise BenchError(f"--memories must be numbers, got {a.memories!r}") from None
+    if not all(0.0 <= m <= 0.95 for m in memories):      # NaN fails too
+        raise BenchError(f"--memories must be in [0, 0.95] (track_memory), got {a.memories!r}")
     if a.keep is not None:
         work = a.keep
         work.mkdir(parents=True, exist_ok=True)
@@ -185,7 +193,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
         depth = i % 2 == 1
         wide = a.wide and i == a.bags - 1
         views, sweep = (2 * a.views, 90.0) if wide else (a.views, a.sweep)
-        name = f"seed{seed}{'_depth' if depth else ''}_{views}x{r(sweep, 0)}deg"
+        name = bag_name(seed, depth, views, sweep, a.frames)
         bag = work / name
         if not bag.exists():
             _run(VL + ["make-bag", "--out", str(bag), "--frames", str(a.frames),
@@ -220,8 +228,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     out["update_ms_p50"] = r(_update_cost_ms(), 3)
     out["machine"] = _common.machine_info()
     if a.plot is not None:
-        _plot(rows, a.plot)
-        out["plot"] = str(a.plot)
+        out["plot"] = str(_plot(rows, a.plot))
 
 
 def main(argv: list[str] | None = None) -> int:

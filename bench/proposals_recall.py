@@ -82,15 +82,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from _common import cpu_model
+from _common import (cpu_model, emit_or_error, finite_float, non_negative_float,
+                     non_negative_int)
 
 #: Size buckets by the square root of the ground-truth box area, in pixels (as COCO's
 #: 32^2 / 96^2 area limits): ``small`` < 32, ``medium`` < 96, ``large`` otherwise.
@@ -243,6 +246,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             value = raw.strip()
         else:
             value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(f"bad override {item!r}: {name} must be a finite number")
         out[name] = value
     return out
 
@@ -536,6 +541,8 @@ def parse_fusion_sweep(items: Iterable[str], depth_cfg: Any) -> dict[str, Any]:
         for text in values.split(","):
             try:
                 number = float(text)
+                if not math.isfinite(number):
+                    raise ValueError("not a finite number")
                 if kind is int and not number.is_integer():
                     raise ValueError(f"{name} takes whole numbers")
                 value = int(number) if kind is int else number
@@ -658,12 +665,50 @@ def _kind_summary(t: Tally) -> dict[str, Any]:
     return s
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+#: ``--depth-shift``: two whole numbers of pixels, each with an optional minus sign.
+SHIFT_RE = re.compile(r"^\s*(-?\d+)\s*,\s*(-?\d+)\s*$")
+
+
+def check_options(ap: argparse.ArgumentParser, args: argparse.Namespace
+                  ) -> tuple[list, tuple[str, float] | None, tuple[int, int]]:
+    """Refuse options out of their range (``ap.error``: one line, exit status 2); the
+    ``--degrade`` chain, the ``--sparse-depth`` kind and the ``--depth-shift`` they give."""
+    from _degrade import parse_degradation
+
+    if not 0.0 < args.iou <= 1.0:
+        ap.error(f"--iou must be in (0, 1], got {args.iou}")
+    if not 0.0 <= args.min_visible <= 1.0:
+        ap.error(f"--min-visible must be in [0, 1], got {args.min_visible}")
+    try:
+        degradation = parse_degradation(args.degrade)
+    except ValueError as exc:
+        ap.error(f"--degrade: {exc}")
+    for name in ("vignette", "light_gradient"):
+        if not 0.0 <= getattr(args, name) <= 0.9:
+            ap.error(f"--{name.replace('_', '-')} must be in [0, 0.9], got "
+                     f"{getattr(args, name)}")
+    if not 0.0 <= args.smooth_depth <= 10.0:
+        ap.error(f"--smooth-depth must be in [0, 10], got {args.smooth_depth}")
+    if not 0.0 <= args.dark_holes <= 255.0:
+        ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
+    try:
+        sparse = parse_sparse_depth(args.sparse_depth)
+    except ValueError as exc:
+        ap.error(f"--sparse-depth: {exc}")
+    match = SHIFT_RE.match(args.depth_shift)
+    if match is None:
+        ap.error(f"--depth-shift must be DX,DY in whole pixels, got {args.depth_shift!r}")
+    return degradation, sparse, (int(match.group(1)), int(match.group(2)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bags", nargs="+", default=[str(DEFAULT_BAG)],
                     help="camera bags with ground truth (default: demo/sample_tabletop)")
-    ap.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default: 0.5)")
-    ap.add_argument("--min-visible", type=float, default=0.0, metavar="F",
+    ap.add_argument("--iou", type=finite_float, default=0.5,
+                    help="IoU for a match, in (0, 1] (default: 0.5)")
+    ap.add_argument("--min-visible", type=non_negative_float, default=0.0, metavar="F",
                     help="ignore objects whose ground truth records a visible fraction under F "
                          "(neither found nor missed; a box on one is not a false one); "
                          "default 0: every object counts. BOP's convention is 0.1")
@@ -672,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--topics", nargs="*", default=None,
                     help="image topics to use, also with --depth (default: every image "
                          "topic)")
-    ap.add_argument("--max-frames", type=int, default=0,
+    ap.add_argument("--max-frames", type=non_negative_int, default=0,
                     help="at most this many frames per bag (0: all)")
     ap.add_argument("--no-labels", action="store_true", help="leave out recall_by_label")
     ap.add_argument("--depth", action="store_true",
@@ -689,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--depth-shift", default="0,0", metavar="DX,DY",
                     help="with --depth: move the depth DX pixels right and DY down first (a "
                          "registration error between depth and colour; default: 0,0)")
-    ap.add_argument("--dark-holes", type=float, default=0.0, metavar="L",
+    ap.add_argument("--dark-holes", type=non_negative_float, default=0.0, metavar="L",
                     help="with --depth: no depth where the colour image's Lab lightness "
                          "(0-255) is under L, as infrared sensors lose black objects "
                          "(default: 0, off)")
@@ -699,46 +744,104 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "dropout:P (each pixel lost with probability P) or band:F (none in "
                          "the image's left fraction F, a stereo camera's invalid band; "
                          "default: none)")
-    ap.add_argument("--smooth-depth", type=float, default=0.0, metavar="SIGMA",
+    ap.add_argument("--smooth-depth", type=non_negative_float, default=0.0, metavar="SIGMA",
                     help="with --depth: smooth the depth over its measured pixels with a "
                          "Gaussian of SIGMA pixels (0-10), as stereo cameras and depth "
                          "filters do (default: 0, off)")
-    ap.add_argument("--vignette", type=float, default=0.0, metavar="A",
+    ap.add_argument("--vignette", type=non_negative_float, default=0.0, metavar="A",
                     help="darken the colour images towards the corners by A (0-0.9: 1 - A "
                          "r^2, a lens's fall-off; default: 0, off)")
-    ap.add_argument("--light-gradient", type=float, default=0.0, metavar="A",
+    ap.add_argument("--light-gradient", type=non_negative_float, default=0.0, metavar="A",
                     help="darken the colour images from left to right by A (0-0.9, uneven "
                          "room light; default: 0, off)")
     ap.add_argument("--degrade", default="", metavar="CHAIN",
                     help="real-camera effects on the colour images after the lighting, e.g. "
                          "motion:9, noise:8+jpeg:40 (kinds and ranges: bench/_degrade.py; "
                          "default: none)")
-    args = ap.parse_args(argv)
-    if not 0.0 <= args.min_visible <= 1.0:
-        ap.error(f"--min-visible must be in [0, 1], got {args.min_visible}")
-    from _degrade import degrade, parse_degradation
+    return ap
+
+
+def build_result(args: argparse.Namespace, cfg: Any, depth_cfg: Any, light: dict[str, float],
+                 shift: tuple[int, int], sweep: dict[str, Any], total: Tally,
+                 per_bag: dict[str, Any], depth_total: dict[str, Tally],
+                 depth_bags: dict[str, Any], cut_total: dict[str, Tally],
+                 total_s: float) -> dict[str, Any]:
+    """The run's JSON object from its tallies (all bags, per bag, ``--depth``,
+    ``--cut-border``)."""
+    import cv2
+
+    return {
+        "bench": "proposals_recall",
+        "iou_threshold": args.iou,
+        "min_visible": args.min_visible,
+        "lighting": light,
+        "degradation": args.degrade.strip() or "none",
+        "config": dataclasses.asdict(cfg),
+        "overrides": parse_overrides(args.params),
+        "size_buckets_px": {name: limit if np.isfinite(limit) else None
+                            for name, limit in SIZE_BUCKETS},
+        "all": total.summary(not args.no_labels),
+        "bags": per_bag,
+        **({"depth": {"config": dataclasses.asdict(depth_cfg), "shift_px": list(shift),
+                      "dark_holes_below": args.dark_holes,
+                      "sparse_depth": args.sparse_depth.strip() or "none",
+                      "smooth_depth_sigma_px": args.smooth_depth,
+                      "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()
+                              if "@" not in k},
+                      **({"fusion_sweep": {k.split("@", 1)[1]: v.summary(False)
+                                           for k, v in depth_total.items() if "@" in k}}
+                         if sweep else {}),
+                      "bags": depth_bags}} if args.depth else {}),
+        **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,
+                           **{k: _kind_summary(v) for k, v in cut_total.items() if v.frames}}}
+           if args.cut_border else {}),
+        "total_s": total_s,
+        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+                    "python": platform.python_version(), "numpy": np.__version__,
+                    "opencv": cv2.__version__,
+                    "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+    }
+
+
+def load_configs(ap: argparse.ArgumentParser, args: argparse.Namespace
+                 ) -> tuple[Any, Any, dict[str, Any]]:
+    """The proposer's config (with the ``-p`` overrides), the depth proposer's
+    (``--depth-config``) and the ``--fusion-sweep`` settings (a bad sweep ends in
+    ``ap.error``).
+
+    Raises:
+        ValueError: a bad override or a depth config that cannot be read (the message is
+            the run's JSON error).
+    """
+    from vl_distill_ros.perception.camera_model import DepthError
+    from vl_distill_ros.perception.depth_config import DepthProposalConfig, load_depth_config
+    from vl_distill_ros.perception.proposal_config import ProposalConfig
 
     try:
-        degradation = parse_degradation(args.degrade)
-    except ValueError as exc:
-        ap.error(f"--degrade: {exc}")
-    for name in ("vignette", "light_gradient"):
-        if not 0.0 <= getattr(args, name) <= 0.9:
-            ap.error(f"--{name.replace('_', '-')} must be in [0, 0.9], got "
-                     f"{getattr(args, name)}")
-    light = {"vignette": args.vignette, "gradient": args.light_gradient}
-    if not 0.0 <= args.smooth_depth <= 10.0:
-        ap.error(f"--smooth-depth must be in [0, 10], got {args.smooth_depth}")
-    if not 0.0 <= args.dark_holes <= 255.0:
-        ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
+        cfg = ProposalConfig(**parse_overrides(args.params))
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
     try:
-        sparse = parse_sparse_depth(args.sparse_depth)
+        depth_cfg = load_depth_config(args.depth_config) if args.depth_config \
+            else DepthProposalConfig()
+    except DepthError as exc:
+        raise ValueError(f"--depth-config: {exc}") from None
+    try:
+        sweep = parse_fusion_sweep(args.fusion_sweep, depth_cfg)
     except ValueError as exc:
-        ap.error(f"--sparse-depth: {exc}")
-    parts = args.depth_shift.split(",")
-    if len(parts) != 2 or not all(v.strip().lstrip("-").isdigit() for v in parts):
-        ap.error(f"--depth-shift must be DX,DY in pixels, got {args.depth_shift!r}")
-    shift = (int(parts[0]), int(parts[1]))
+        ap.error(f"--fusion-sweep: {exc}")
+    if sweep and not args.depth:
+        ap.error("--fusion-sweep needs --depth")
+    return cfg, depth_cfg, sweep
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    from _degrade import degrade
+
+    degradation, sparse, shift = check_options(ap, args)
+    light = {"vignette": args.vignette, "gradient": args.light_gradient}
 
     def look(bag_index: int, frame_index: int, image: np.ndarray) -> np.ndarray:
         """A colour frame as the run sees it: relit, then degraded (seeded by its place)."""
@@ -752,25 +855,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             depth = sparse_depth(depth, sparse, np.random.default_rng([bag_index, frame_index, 1]))
         return smooth_depth(depth, args.smooth_depth) if args.smooth_depth > 0 else depth
 
-    from vl_distill_ros.perception.proposal_config import ProposalConfig
-
     try:
-        cfg = ProposalConfig(**parse_overrides(args.params))
-    except (TypeError, ValueError) as exc:
+        cfg, depth_cfg, sweep = load_configs(ap, args)
+    except ValueError as exc:
         print(json.dumps({"bench": "proposals_recall", "error": str(exc)}))
         return 2
-    import cv2
-
-    from vl_distill_ros.perception.depth_config import DepthProposalConfig, load_depth_config
-
-    depth_cfg = load_depth_config(args.depth_config) if args.depth_config \
-        else DepthProposalConfig()
-    try:
-        sweep = parse_fusion_sweep(args.fusion_sweep, depth_cfg)
-    except ValueError as exc:
-        ap.error(f"--fusion-sweep: {exc}")
-    if sweep and not args.depth:
-        ap.error("--fusion-sweep needs --depth")
     mv = args.min_visible
     depth_total = {name: Tally(mv) for name in ("colour", "depth", "auto",
                                                 *(f"auto@{n}" for n in sweep))}
@@ -813,39 +902,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     mv)
                 for name, t in cut.items():
                     cut_total[name].merge(t)
-    result = {
-        "bench": "proposals_recall",
-        "iou_threshold": args.iou,
-        "min_visible": args.min_visible,
-        "lighting": light,
-        "degradation": args.degrade.strip() or "none",
-        "config": dataclasses.asdict(cfg),
-        "overrides": parse_overrides(args.params),
-        "size_buckets_px": {name: limit if np.isfinite(limit) else None
-                            for name, limit in SIZE_BUCKETS},
-        "all": total.summary(not args.no_labels),
-        "bags": per_bag,
-        **({"depth": {"config": dataclasses.asdict(depth_cfg), "shift_px": list(shift),
-                      "dark_holes_below": args.dark_holes,
-                      "sparse_depth": args.sparse_depth.strip() or "none",
-                      "smooth_depth_sigma_px": args.smooth_depth,
-                      "all": {k: v.summary(not args.no_labels) for k, v in depth_total.items()
-                              if "@" not in k},
-                      **({"fusion_sweep": {k.split("@", 1)[1]: v.summary(False)
-                                           for k, v in depth_total.items() if "@" in k}}
-                         if sweep else {}),
-                      "bags": depth_bags}} if args.depth else {}),
-        **({"cut_border": {"keep_fraction": list(CUT_KEEP), "min_visible": CUT_MIN_VISIBLE,
-                           **{k: _kind_summary(v) for k, v in cut_total.items() if v.frames}}}
-           if args.cut_border else {}),
-        "total_s": round(time.perf_counter() - t_start, 2),
-        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "opencv": cv2.__version__,
-                    "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-    }
-    print(json.dumps(result, indent=2))
-    return 0
+    result = build_result(args, cfg, depth_cfg, light, shift, sweep, total, per_bag,
+                          depth_total, depth_bags, cut_total,
+                          round(time.perf_counter() - t_start, 2))
+    return emit_or_error(result)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     """Fill ``out`` with each vocabulary's and network's scores."""
     import torch
 
-    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.model.bundle import BundleError, load_bundle
     from vl_distill_ros.model.teachers.factory import build_teacher_from_spec
     from vl_distill_ros.model.text_service import TextEmbeddingService
     from vl_distill_ros.model.vocabulary import Vocabulary
@@ -74,12 +74,15 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     from vl_distill_ros.perception.preprocess import pad_long_crop
     from vl_distill_ros.ros.params import default_model_path
 
+    try:
+        bundle = load_bundle(a.model or default_model_path(), device="cpu")
+    except BundleError as exc:
+        raise BenchError(f"--model: {exc}") from None
     skipped: list[str] = []
     photos = load_photos(a.labels, skipped)
     if not photos:
         raise BenchError("no real photos here: " + "; ".join(skipped))
     out["skipped"] = skipped
-    bundle = load_bundle(a.model or default_model_path(), device="cpu")
     names = sorted({name for *_, labels in photos for name in labels})
     vocabularies = {"photo_names": Vocabulary.from_names(names),
                     "photo_names_and_26": Vocabulary.from_names(

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -113,12 +114,12 @@ def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
     """
     try:
         doc = json.loads(labels.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BenchError(f"cannot read the photos' boxes {labels}: {exc}") from None
     folders: dict[str, Path | None] = {}
     out = []
-    for name, entry in doc["images"].items():
-        package = entry.get("package", doc["package"])
+    for name, entry in _entries(doc, labels):
+        package = entry.get("package", doc.get("package"))
         if package not in folders:
             try:
                 folders[package] = photo_dir(package)
@@ -144,6 +145,48 @@ def load_photos(labels: Path = LABELS, skipped: list[str] | None = None
             boxes = [tuple(b) for b in entry["boxes"]]
         out.append((name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), boxes, list(entry["labels"])))
     return out
+
+
+def _entries(doc: Any, labels: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, entry)`` of every photo of a labels document, each checked for what
+    :func:`load_photos` reads: a package (its own or the file's), a list of label names, and
+    ``boxes`` of four numbers each (one per label) unless it is a ``cutout`` (with its
+    ``backgrounds``) or a ``whole_frame`` photo.
+
+    Raises:
+        BenchError: the document or an entry lacks one of these (named in the message).
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), dict) \
+            or not doc["images"]:
+        raise BenchError(f"{labels}: expected an object with a non-empty \"images\" object "
+                         "of photo name -> entry")
+    for name, entry in doc["images"].items():
+        where = f"{labels}: images[{name!r}]"
+        if not isinstance(entry, dict):
+            raise BenchError(f"{where} is not an object")
+        if not isinstance(entry.get("package", doc.get("package")), str):
+            raise BenchError(f"{where} has no \"package\" (nor has the file)")
+        names = entry.get("labels")
+        if not isinstance(names, list) or not names or \
+                not all(isinstance(v, str) for v in names):
+            raise BenchError(f"{where} needs \"labels\", a list of names")
+        if "cutout" in entry:
+            cut = entry["cutout"]
+            if not isinstance(cut, dict) or not isinstance(cut.get("backgrounds"), list) or \
+                    not all(_is_number(v) for v in cut["backgrounds"] + [cut.get("margin", 0)]):
+                raise BenchError(f"{where}: \"cutout\" needs \"backgrounds\", a list of greys")
+        elif not entry.get("whole_frame"):
+            boxes = entry.get("boxes")
+            if not isinstance(boxes, list) or len(boxes) != len(names) or not all(
+                    isinstance(b, list) and len(b) == 4 and all(map(_is_number, b))
+                    for b in boxes):
+                raise BenchError(f"{where} needs \"boxes\", one [x, y, w, h] per label")
+    return list(doc["images"].items())
+
+
+def _is_number(v: Any) -> bool:
+    """A JSON number (not a boolean)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _cutout_photos(path: Path, name: str, entry: dict[str, Any]
@@ -201,6 +244,50 @@ def draw(image: np.ndarray, truth: Sequence[tuple], boxes: Sequence[tuple]) -> n
     return out
 
 
+#: Suffixes of the photos' names kept for the drawn copies (OpenCV writes them); any other
+#: name gets ``.png``.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_file_name(name: str) -> Path:
+    """A safe relative file name for the drawn copy of photo ``name``: its folders kept,
+    each part's characters other than letters, digits, ``.``, ``_`` and ``-`` made ``_``
+    (no ``..`` or absolute path), ``.png`` added unless it ends in :data:`IMAGE_SUFFIXES`
+    (``food/orange.png on grey 235`` -> ``food/orange_png_on_grey_235.png``)."""
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "_", p).strip(".") or "_"
+             for p in name.replace("\\", "/").split("/") if p.strip()] or ["photo"]
+    last = parts[-1]
+    if Path(last).suffix.lower() not in IMAGE_SUFFIXES or last.startswith("."):
+        parts[-1] = last.replace(".", "_") + ".png"
+    return Path(*parts)
+
+
+def write_drawn(folder: Path, name: str, image_bgr: np.ndarray, taken: set[Path]) -> Path:
+    """Write ``image_bgr`` under ``folder`` as :func:`image_file_name` of ``name`` (``_2``,
+    ``_3``, ... before the suffix when two names come out the same), folders created;
+    returns the path.
+
+    Raises:
+        BenchError: the folder or the file cannot be written.
+    """
+    from vl_distill_ros.perception.image_files import write_image_file
+
+    rel = image_file_name(name)
+    n = 1
+    while rel in taken:
+        n += 1
+        rel = rel.with_name(f"{image_file_name(name).stem}_{n}{rel.suffix}")
+    taken.add(rel)
+    path = folder / rel
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"--out: cannot make the folder {path.parent}: {exc}") from None
+    if not write_image_file(path, image_bgr):
+        raise BenchError(f"--out: cannot write {path}")
+    return path
+
+
 def parser() -> argparse.ArgumentParser:
     """The bench's options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -244,14 +331,15 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     out["photos"] = {name: {"objects": len(truth), "size": list(image.shape[:2])}
                      for name, image, truth, _ in photos}
     results: dict[str, Any] = {}
+    written: dict[str, str] = {}
+    taken: set[Path] = set()
     for key, cfg in settings(base).items():
         per = {}
         for name, image, truth, _ in photos:
             boxes = propose_boxes(image, cfg)
             per[name] = score(truth, boxes)
             if a.out is not None and key == "default":
-                a.out.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(a.out / name), draw(image, truth, boxes))
+                written[name] = str(write_drawn(a.out, name, draw(image, truth, boxes), taken))
         per["all"] = {k: sum(p[k] for p in per.values())
                       for k in ("objects", "found", "boxes", "false_boxes")}
         results[key] = per
@@ -260,6 +348,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
     out["results"] = results
     if a.out is not None:
         out["images"] = str(a.out)
+        out["image_files"] = written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -30,7 +29,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from _common import loadavg, log, machine_info
+from _common import (emit_or_error, loadavg, log, machine_info, non_negative_float,
+                     non_negative_int)
 
 
 def _set_omp_wait_policy(argv: Sequence[str]) -> str:
@@ -64,6 +64,11 @@ TEACHER_MODEL = "ViT-B-32"
 EMBED_DIM = 512
 #: Issue target: student crops/s >= this many times the teacher's.
 TARGET_RATIO = 10.0
+#: Student input sizes ``--sizes`` may name: multiples of 32 (the backbones' stride) in this
+#: range.
+SIZE_RANGE = (32, 512)
+#: The largest crop side ``--crop-max`` may ask for, in pixels.
+MAX_CROP_SIDE = 4096
 
 
 def bench_machine_info(threads: int) -> dict[str, Any]:
@@ -177,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backends", default=",".join(BACKENDS), help=f"subset of {BACKENDS}")
     ap.add_argument("--crop-min", type=int, default=60, help="smallest crop side in pixels")
     ap.add_argument("--crop-max", type=int, default=200, help="largest crop side in pixels")
-    ap.add_argument("--max-run-s", type=float, default=1.5,
+    ap.add_argument("--max-run-s", type=non_negative_float, default=1.5,
                     help="stop a timed run after the batch that passes this many seconds "
                          "(at least --min-batches batches); 0 = always all crops")
     ap.add_argument("--min-batches", type=int, default=1, help="batches per run at least")
@@ -189,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OMP_WAIT_POLICY for torch (read from the command line at start-up; "
                          "'env' keeps the environment's); passive avoids spin-wait collapse "
                          "on a shared CPU")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=non_negative_int, default=0, help="seed of the crops")
     return ap
 
 
@@ -268,16 +273,38 @@ def add_results(result: dict[str, Any], teacher_runs: list, configs: list[dict[s
         }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace
+               ) -> tuple[list[int], list[str], list[str]]:
+    """The sizes, backbones and backends to run; a bad option ends in ``ap.error`` (one
+    line naming it, exit status 2) before anything is built."""
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--sizes must be comma-separated whole numbers, got {args.sizes!r}")
+    lo, hi = SIZE_RANGE
+    if not sizes or any(s % 32 or not lo <= s <= hi for s in sizes):
+        ap.error(f"--sizes must be multiples of 32 in {lo}..{hi}, got {args.sizes!r}")
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = [b for b in backends if b not in BACKENDS] + [b for b in backbones if b not in BACKBONES]
-    if (bad or args.crops < 1 or args.batch < 1 or args.repeats < 1 or args.threads < 0
-            or args.min_batches < 1 or args.teacher_min_batches < 1 or args.max_run_s < 0):
-        ap.error(f"invalid arguments {bad or ''}")
+    if bad or not backbones or not backends:
+        ap.error(f"unknown or no backbones/backends {bad}: backbones {', '.join(BACKBONES)}; "
+                 f"backends {', '.join(BACKENDS)}")
+    for name in ("crops", "batch", "repeats", "min_batches", "teacher_min_batches"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be 1 or above, got {getattr(args, name)}")
+    if args.threads < 0:
+        ap.error(f"--threads must be 0 or above, got {args.threads}")
+    if not 1 <= args.crop_min <= args.crop_max <= MAX_CROP_SIDE:
+        ap.error(f"--crop-min and --crop-max need 1 <= crop-min <= crop-max <= "
+                 f"{MAX_CROP_SIDE}, got {args.crop_min} and {args.crop_max}")
+    return sizes, backbones, backends
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    sizes, backbones, backends = check_args(ap, args)
     t_start = time.perf_counter()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -300,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_results(result, teacher_runs, configs, teacher is not None)
     result["machine"]["loadavg_end"] = loadavg()
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    print(json.dumps(result))
-    return 0
+    return emit_or_error(result)
 
 
 if __name__ == "__main__":

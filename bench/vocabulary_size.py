@@ -66,8 +66,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--draws", type=int, default=3,
                     help=f"random draws of the extra names per size, 1..{MAX_DRAWS} (default 3; "
                          "one where the size takes all or none)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
-    ap.add_argument("--plot", type=Path, default=None, help="PNG of accuracy against size")
+    ap.add_argument("--seed", type=_common.non_negative_int, default=0,
+                    help="seed of the draws (default 0)")
+    ap.add_argument("--plot", type=_common.png_path, default=None,
+                    help="PNG of accuracy against size (.png is added to a name without one)")
     return ap
 
 
@@ -201,12 +203,12 @@ def measure(name: str, student: Any, cfg: Any, rec: Any, extra: list[str], sizes
             "wrong_answers_to_extra_names_at_largest_size": taken}
 
 
-def plot(out: dict[str, Any], path: Path) -> None:
-    """Seen and unseen accuracy against the number of extra names (mean over runs)."""
-    import matplotlib
+def plot(out: dict[str, Any], path: Path) -> Path:
+    """Seen and unseen accuracy against the number of extra names (mean over runs), written
+    to exactly ``path``."""
+    from vl_distill_ros.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sizes = [int(k) for k in out["mean"]]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -224,8 +226,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
     ax.legend()
     ax.set_title(f"Names not in view ({len(out['runs'])} student(s))")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=120)
 
 
 def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -245,8 +246,7 @@ def run(a: argparse.Namespace, out: dict[str, Any]) -> None:
                             for m in per_size[0][k]}
                    for k in sizes}
     if a.plot:
-        plot(out, a.plot)
-        out["plot"] = str(a.plot)
+        out["plot"] = str(plot(out, a.plot))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,12 +37,20 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = _DPI) -> Path:
-    """Write ``fig`` as a PNG to ``path`` (parent folders created), close it; return the path."""
+    """Write ``fig`` as a PNG to exactly ``path`` (parent folders created), close it; return
+    the path.
+
+    The format is named, so matplotlib neither appends ``.png`` to a name without a suffix
+    (a caller would report a file that was never written) nor picks another format from
+    the suffix.
+    """
     plt = pyplot()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=dpi, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return out
 
 
