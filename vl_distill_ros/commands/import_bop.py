@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..package_files import packaged_path
+
 DEFAULT_START_TIME = 1_700_000_000.0
 
 
@@ -37,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "by --vocabulary) or a YAML file mapping ids to vocabulary keys or "
                         "names, e.g. '1: mug' (default: %(default)s)")
     p.add_argument("--vocabulary", default="config/ycb_vocabulary.yaml",
-                   help="vocabulary YAML whose keys name the objects (default: %(default)s)")
+                   type=packaged_path("config/ycb_vocabulary.yaml"),
+                   help="vocabulary YAML whose keys name the objects (default: the "
+                        "package's %(default)s)")
     p.add_argument("--min-visible", type=float, default=0.1, metavar="F",
                    help="leave out objects with less than this fraction in view (BOP's "
                         "visib_fract; 0-1, default: %(default)s)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..package_files import packaged_path
+
 DEFAULT_START_TIME = 1_700_000_000.0
 
 
@@ -127,10 +129,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "meshes from ycbbenchmarks.com) (default: $VL_DISTILL_YCB_MODELS, "
                         "else ../shared/ycb_models)")
     p.add_argument("--vocabulary", default="config/ycb_vocabulary.yaml",
+                   type=packaged_path("config/ycb_vocabulary.yaml"),
                    help="vocabulary YAML mapping keys to the natural names written as "
-                        "ground-truth labels (default: %(default)s)")
+                        "ground-truth labels (default: the package's %(default)s)")
     p.add_argument("--split", default="config/splits/ycb_paper.yaml",
-                   help="ID/OOD split YAML for --objects id|ood|all (default: %(default)s)")
+                   type=packaged_path("config/splits/ycb_paper.yaml"),
+                   help="ID/OOD split YAML for --objects id|ood|all (default: the "
+                        "package's %(default)s)")
     p.add_argument("--width", type=int, default=640,
                    help="main camera image width (default: %(default)s)")
     p.add_argument("--height", type=int, default=480,

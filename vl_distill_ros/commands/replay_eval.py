@@ -20,6 +20,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..package_files import find_config
+
 PROG = "vl-distill replay-eval"
 DEFAULT_SPLIT = "config/splits/ycb_paper.yaml"
 DEFAULT_REFERENCE_VOCABULARY = "config/ycb_vocabulary.yaml"
@@ -27,15 +29,6 @@ DEFAULT_REFERENCE_VOCABULARY = "config/ycb_vocabulary.yaml"
 SHM_PROFILE = "config/fastdds_shm_localhost.xml"
 #: The variables through which Fast DDS reads a profile (its 2.x name and its 3.x name).
 PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
-
-
-def find_config(relative: str) -> Path | None:
-    """A packaged config file: the source tree's, the installed share folder's, or the
-    current directory's (first that exists)."""
-    candidates = [Path(__file__).resolve().parents[2] / relative,
-                  Path(sys.prefix) / "share" / "vl_distill_ros" / relative,
-                  Path.cwd() / relative]
-    return next((p for p in candidates if p.is_file()), None)
 
 
 def transport_warning(environ: "os._Environ[str] | dict[str, str]") -> str | None:

@@ -186,6 +186,27 @@ def plan_live(contents: BagContents, settings: ReplaySettings, model: Path, voca
                     image_types={t: types.get(t, IMAGE_TYPE) for t in topics})
 
 
+def _init_with_log_dir(rclpy: Any, context: Any, log_dir: str | None) -> None:
+    """``rclpy.init`` of the replay's own context, its ROS log files in ``log_dir`` (the
+    node's) unless ``ROS_LOG_DIR`` is set: with an unwritable home folder ``~/.ros/log``
+    cannot be made and the replay failed with a traceback (exit 1).
+
+    Raises:
+        InputError: ROS cannot initialise (the reason, and what to set).
+    """
+    set_here = bool(log_dir) and not os.environ.get("ROS_LOG_DIR")
+    if set_here:
+        os.environ["ROS_LOG_DIR"] = str(log_dir)
+    try:
+        rclpy.init(args=[], context=context)
+    except Exception as exc:  # noqa: BLE001 - rclpy's RCLError
+        raise InputError(f"ROS could not initialise: {' '.join(str(exc).split())[:300]} (set "
+                         "ROS_LOG_DIR or ROS_HOME to a writable folder)") from None
+    finally:
+        if set_here:
+            os.environ.pop("ROS_LOG_DIR", None)
+
+
 class DiagnosticsLog:
     """The node's ``/diagnostics`` as last seen: its model/vocabulary status, its cameras'
     values and how many messages arrived (thread-safe; :meth:`on_message` is the
@@ -258,7 +279,7 @@ class ReplayNode:
         self.diagnostics = DiagnosticsLog(plan.fqn)
         self.executor = self.spin_thread = self.node = None
         self.context = rclpy.Context()
-        rclpy.init(args=[], context=self.context)
+        _init_with_log_dir(rclpy, self.context, plan.env.get("ROS_LOG_DIR"))
         try:
             self.node = rclpy.create_node("vl_distill_replay", namespace=plan.namespace,
                                           context=self.context, start_parameter_services=False)

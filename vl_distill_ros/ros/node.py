@@ -899,6 +899,16 @@ def main(args: Sequence[str] | None = None) -> int:
     return run_node(VlDistillNode, args)
 
 
+def _init_hint(error: str) -> str:
+    """What to do about an ``rclpy.init`` failure ``error`` ("" when there is nothing to
+    say): ROS writes its log files below ``$ROS_HOME`` (``~/.ros``), which an unwritable home
+    folder refuses."""
+    if "log" not in error.lower():
+        return ""
+    return ("; set ROS_LOG_DIR (or ROS_HOME) to a writable folder, or pass --ros-args "
+            "--disable-external-lib-logs")
+
+
 def run_node(node_class: type, args: Sequence[str] | None = None,
              usage: str | None = None) -> int:
     """Run ``node_class()`` (this node or its managed variant) until Ctrl-C; ``--help``
@@ -913,7 +923,12 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
     if "-h" in own or "--help" in own:
         print(usage or usage_text())  # without starting rclpy: no DDS participant for --help
         return 0
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # noqa: BLE001 - rclpy's RCLError, e.g. no log folder
+        print(f"[{NODE_NAME}] cannot start: ROS could not initialise: "
+              f"{' '.join(str(exc).split())[:300]}{_init_hint(str(exc))}", file=sys.stderr)
+        return 1
     node = None
     code = 0
     try:
