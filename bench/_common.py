@@ -109,20 +109,23 @@ def finite_float(text: str) -> float:
     return value
 
 
+def _checked(value: Any, text: str, ok: bool, need: str) -> Any:
+    """``value``, or an ``ArgumentTypeError`` saying it ``must be {need}``."""
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number above 0."""
     value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
-    return value
+    return _checked(value, text, value > 0, "above 0")
 
 
 def non_negative_float(text: str) -> float:
     """A finite number, 0 or above."""
     value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or above, got {text!r}")
-    return value
+    return _checked(value, text, value >= 0, "0 or above")
 
 
 def _integer(text: str) -> int:
@@ -135,17 +138,29 @@ def _integer(text: str) -> int:
 def positive_int(text: str) -> int:
     """An integer, 1 or above."""
     value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or above, got {text!r}")
-    return value
+    return _checked(value, text, value >= 1, "1 or above")
 
 
 def non_negative_int(text: str) -> int:
     """An integer, 0 or above."""
     value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or above, got {text!r}")
-    return value
+    return _checked(value, text, value >= 0, "0 or above")
+
+
+def write_first_or_refuse(out: Any, frames: Any, prog: str, nothing: str) -> int:
+    """Write the camera bag ``out`` of ``frames`` (a generator) when it yields a frame: 0;
+    else say ``{prog}: {nothing}: nothing to write`` on stderr, write nothing and return 2
+    (an empty bag was written and reported as done)."""
+    import itertools
+
+    from vl_distill_ros.bags.bag_io import write_camera_bag
+
+    first = next(frames, None)
+    if first is None:
+        print(f"{prog}: {nothing}: nothing to write", file=sys.stderr)
+        return 2
+    write_camera_bag(out, itertools.chain([first], frames))
+    return 0
 
 
 def png_path(text: str) -> Path:

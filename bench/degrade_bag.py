@@ -14,13 +14,13 @@ naming as well as to proposals:
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from _common import write_first_or_refuse
 from _degrade import Step, degrade, parse_degradation
 
 
@@ -53,16 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = parse_degradation(args.degrade)
     except ValueError as exc:
         ap.error(f"--degrade: {exc}")
-    from vl_distill_ros.bags.bag_io import BagError, write_camera_bag
+    from vl_distill_ros.bags.bag_io import BagError
 
     try:
-        frames = degraded_frames(args.bag, steps)
-        first = next(frames, None)      # nothing is written for a bag without such frames
-        if first is None:
-            print(f"degrade_bag: {args.bag} has no frame of the main camera with ground truth: "
-                  "nothing to write", file=sys.stderr)
-            return 2
-        write_camera_bag(args.out, itertools.chain([first], frames))
+        status = write_first_or_refuse(
+            args.out, degraded_frames(args.bag, steps), "degrade_bag",
+            f"{args.bag} has no frame of the main camera with ground truth")
+        if status:
+            return status
     except (BagError, OSError) as exc:
         print(f"degrade_bag: {exc}", file=sys.stderr)
         return 2

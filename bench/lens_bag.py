@@ -17,14 +17,13 @@ publishes unrectified images with a pinhole CameraInfo. Score both copies with
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
-from _common import finite_float
+from _common import finite_float, write_first_or_refuse
 
 #: Ground-truth boxes narrower or shorter than this (pixels) after the lens are dropped.
 MIN_SIDE = 8
@@ -130,16 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--hide-lens", action="store_true",
                     help="write a distortion-free CameraInfo (the pinhole assumption)")
     args = ap.parse_args(argv)
-    from vl_distill_ros.bags.bag_io import BagError, write_camera_bag
+    from vl_distill_ros.bags.bag_io import BagError
 
     try:
-        frames = lens_frames(args.bag, args.k1, args.k2, args.hide_lens)
-        first = next(frames, None)      # nothing is written for a bag without such frames
-        if first is None:
-            print(f"lens_bag: {args.bag} has no frame of the main camera with ground truth and "
-                  "depth: nothing to write", file=sys.stderr)
-            return 2
-        write_camera_bag(args.out, itertools.chain([first], frames))
+        status = write_first_or_refuse(
+            args.out, lens_frames(args.bag, args.k1, args.k2, args.hide_lens), "lens_bag",
+            f"{args.bag} has no frame of the main camera with ground truth and depth")
+        if status:
+            return status
     except (BagError, OSError, ValueError) as exc:
         print(f"lens_bag: {exc}", file=sys.stderr)
         return 2

@@ -677,20 +677,15 @@ def check_options(ap: argparse.ArgumentParser, args: argparse.Namespace
 
     if not 0.0 < args.iou <= 1.0:
         ap.error(f"--iou must be in (0, 1], got {args.iou}")
-    if not 0.0 <= args.min_visible <= 1.0:
-        ap.error(f"--min-visible must be in [0, 1], got {args.min_visible}")
+    for name, high in (("min_visible", 1.0), ("vignette", 0.9), ("light_gradient", 0.9),
+                       ("smooth_depth", 10.0), ("dark_holes", 255.0)):
+        if not 0.0 <= getattr(args, name) <= high:
+            ap.error(f"--{name.replace('_', '-')} must be in [0, {high:g}], got "
+                     f"{getattr(args, name)}")
     try:
         degradation = parse_degradation(args.degrade)
     except ValueError as exc:
         ap.error(f"--degrade: {exc}")
-    for name in ("vignette", "light_gradient"):
-        if not 0.0 <= getattr(args, name) <= 0.9:
-            ap.error(f"--{name.replace('_', '-')} must be in [0, 0.9], got "
-                     f"{getattr(args, name)}")
-    if not 0.0 <= args.smooth_depth <= 10.0:
-        ap.error(f"--smooth-depth must be in [0, 10], got {args.smooth_depth}")
-    if not 0.0 <= args.dark_holes <= 255.0:
-        ap.error(f"--dark-holes must be in [0, 255], got {args.dark_holes}")
     try:
         sparse = parse_sparse_depth(args.sparse_depth)
     except ValueError as exc:
