@@ -483,6 +483,17 @@ def test_empty_raw_topics_and_other_transports_leave_the_frames_to_the_topic_tha
     for present in ("/camera/image_raw", "/camera/image_raw/compressed"):
         zstd = {present: topics[present], "/camera/image_raw/zstd": comp}
         assert pair_camera_topics(zstd)[0] == [present]
+    # --image-topic names the cameras; a depth pairing of a topic it leaves out is refused,
+    # not dropped without a word
+    rig = {"/a/color/image_raw": img, "/a/infra/image_raw": img, "/a/depth/image_raw": img}
+    assert pair_camera_topics(rig, cameras=["/a/color/image_raw"])[:2] == (
+        ["/a/color/image_raw"], {"/a/color/image_raw": "/a/depth/image_raw"})
+    with pytest.raises(BagError, match="which --image-topic does not name"):
+        pair_camera_topics(rig, {"/a/infra/image_raw": "/a/depth/image_raw"},
+                           cameras=["/a/color/image_raw"])
+    # a stale metadata.yaml counting 0 for both: one camera, the raw topic, as before
+    stale = {t: 0 for t in topics}
+    assert pair_camera_topics(topics, counts=stale)[0] == ["/camera/image_raw"]
 
 
 def test_a_topic_recorded_with_two_message_types_is_refused(tmp_path):
@@ -500,6 +511,12 @@ def test_a_topic_recorded_with_two_message_types_is_refused(tmp_path):
     with pytest.raises(BagError, match="topic /camera/image_raw was recorded with two message "
                                        "types"):
         read_camera_bag(tmp_path / "two")
+    # a topic of two types this reader never reads does not stop it
+    with Writer(tmp_path / "other", version=Writer.VERSION_LATEST) as writer:
+        writer.add_connection("/camera/image_raw", IMAGE_TYPE, typestore=store)
+        writer.add_connection("/robot/status", "std_msgs/msg/Int32", typestore=store)
+        writer.add_connection("/robot/status", "std_msgs/msg/Float64", typestore=store)
+    assert read_camera_bag(tmp_path / "other").image_topics == ["/camera/image_raw"]
 
 
 def test_bad_image_format_arguments_are_refused(tmp_path):

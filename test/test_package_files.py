@@ -58,6 +58,11 @@ def test_a_default_vocabulary_is_the_packages_from_any_folder(tmp_path, monkeypa
     assert args.vocabulary.is_file() and args.split == REPO / "config/splits/ycb_paper.yaml"
     given = parser.parse_args(["import-bop", "s", "--out", "b", "--vocabulary", "mine.yaml"])
     assert given.vocabulary == Path("mine.yaml")
+    # a folder with its own config/ycb_vocabulary.yaml reads it, as it did
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "ycb_vocabulary.yaml").write_text("labels: []\n")
+    local = parser.parse_args(["import-bop", "s", "--out", "b"])
+    assert local.vocabulary == Path("config/ycb_vocabulary.yaml")
 
 
 def test_the_node_says_in_one_line_that_ros_cannot_write_its_logs(tmp_path):

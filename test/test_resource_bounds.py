@@ -34,7 +34,7 @@ from vl_distill_ros.perception.static_transforms import (StaticTransforms, Trans
                                                          TransformError)
 from vl_distill_ros.perception.support_plane import fit_plane_ransac
 from vl_distill_ros.ros import parameter_service, vocabulary_controller
-from vl_distill_ros.ros.diagnostics import (MAX_DIAGNOSTIC_TEXT, camera_status,
+from vl_distill_ros.ros.diagnostics import (MAX_DIAGNOSTIC_TEXT, MAX_VALUE_TEXT, camera_status,
                                             model_status)
 from vl_distill_ros.ros.parameter_service import GroupedParameterService, set_steps
 
@@ -115,13 +115,19 @@ def _period(**values) -> dict:
 
 
 def test_every_diagnostic_value_is_clipped():
-    """A depth encoding of 4 MB reached ``last_colour_only_reason`` whole."""
+    """A depth encoding of 4 MB reached ``last_colour_only_reason`` whole. Free texts are cut
+    to 200 characters, identifiers (topics, paths) only past MAX_VALUE_TEXT: replay-eval
+    keys cameras by ``topic``."""
     huge = "E" * 4_000_000
+    long_topic = "/" + "t" * 300
     status = camera_status("/n", _period(last_colour_only_reason=f"bad encoding {huge}",
-                                         depth_topic=huge, last_depth_error=huge), 1)
+                                         depth_topic=huge, last_depth_error=huge,
+                                         topic=long_topic), 1)
     values = {kv.key: kv.value for kv in status.values}
-    assert all(len(v) <= MAX_DIAGNOSTIC_TEXT for v in values.values()), \
-        {k: len(v) for k, v in values.items() if len(v) > MAX_DIAGNOSTIC_TEXT}
+    assert len(values["last_depth_error"]) <= MAX_DIAGNOSTIC_TEXT
+    assert len(values["last_colour_only_reason"]) <= MAX_DIAGNOSTIC_TEXT
+    assert values["topic"] == long_topic
+    assert all(len(v) <= MAX_VALUE_TEXT for v in values.values())
     assert values["last_colour_only_reason"].startswith("bad encoding EEE")
     assert values["last_colour_only_reason"].endswith(f"[{len(huge) + 13} chars]")
     assert values["received"] == "3"
@@ -133,7 +139,7 @@ def test_the_label_listing_keeps_fifty_whole_names():
     status = model_status("/n", 1, names, vocab, 1, {"model_path": "m" * 100_000})
     values = {kv.key: kv.value for kv in status.values}
     assert values["labels"] == ", ".join(names[:50]) + " ..."
-    assert len(values["model_path"]) <= MAX_DIAGNOSTIC_TEXT
+    assert len(values["model_path"]) <= MAX_VALUE_TEXT
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,21 +15,25 @@ if [ -d "$DEST/$INNER/food" ] && [ -d "$DEST/$INNER/animals" ]; then
 fi
 command -v apt-get >/dev/null || { echo "fetch_cutouts: no apt-get here" >&2; exit 1; }
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+partial="$DEST/.fetch_cutouts.partial"
+trap 'rm -rf "$work" "$partial"' EXIT
 (cd "$work" && apt-get download tuxpaint-stamps-default >/dev/null 2>&1) || {
     echo "fetch_cutouts: apt-get download tuxpaint-stamps-default failed (no Debian archive?)" >&2
     exit 1
 }
-# unpacked beside DEST's usr/ and renamed into place when whole: an interrupted run left a
-# usr/ with some of the folders, which the check above then took for a complete fetch
+# unpacked beside DEST and renamed into place when whole (only the stamps' folder and the
+# copyright's are replaced): an interrupted run left some of the folders, which the check
+# above then took for a complete fetch
+DOC=usr/share/doc/tuxpaint-stamps-default
 mkdir -p "$DEST"
-partial="$DEST/.fetch_cutouts.partial"
 rm -rf "$partial"
 mkdir "$partial"
 dpkg-deb --fsys-tarfile "$work"/tuxpaint-stamps-default_*.deb | tar -x -C "$partial" \
-    --wildcards "./$INNER/*.png" "./$INNER/*.txt" "./usr/share/doc/tuxpaint-stamps-default/copyright"
+    --wildcards "./$INNER/*.png" "./$INNER/*.txt" "./$DOC/copyright"
 [ -d "$partial/$INNER/food" ] || { echo "fetch_cutouts: no stamps in the package" >&2; exit 1; }
-rm -rf "$DEST/usr"
-mv "$partial/usr" "$DEST/usr"
-rmdir "$partial"
+for dir in "$DOC" "$INNER"; do        # the stamps last: their folder marks a whole fetch
+    mkdir -p "$(dirname "$DEST/$dir")"
+    rm -rf "${DEST:?}/$dir"
+    mv "$partial/$dir" "$DEST/$dir"
+done
 echo "fetch_cutouts: $(find "$DEST/$INNER" -name '*.png' | wc -l) stamps in $DEST/$INNER"

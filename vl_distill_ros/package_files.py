@@ -44,9 +44,10 @@ def find_config(relative: str) -> Path | None:
 
 def config_argument(value: str | os.PathLike, default: str) -> Path:
     """A command-line path option whose default names a packaged file: the value as given,
-    except the untouched ``default``, which is looked up with :func:`find_config` (it was
-    read relative to the current directory, so it worked only inside the checkout)."""
-    if str(value) == default:
+    except ``default`` where the current directory has no such file, which is looked up
+    with :func:`find_config` (it was read relative to the current directory, so it worked
+    only inside the checkout)."""
+    if str(value) == default and not Path(default).is_file():
         return find_config(default) or Path(default)
     return Path(value).expanduser()
 

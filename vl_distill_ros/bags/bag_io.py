@@ -69,7 +69,8 @@ from vl_distill_ros.bags.raw_io import (CAMERA_INFO_TYPE, COMPRESSED_IMAGE_TYPE,
                                         IMAGE_TYPES, STRING_TYPE, BagError, RawMessage,
                                         header_stamp, iter_raw_messages, open_reader,
                                         typestore)
-from vl_distill_ros.bags.unregistered_depth import (DepthAlignmentPlan, is_registered_depth_topic,
+from vl_distill_ros.bags.unregistered_depth import (TF_MESSAGE_TYPE, DepthAlignmentPlan,
+                                                    is_registered_depth_topic,
                                                     plan_depth_alignment)
 from vl_distill_ros.perception.compressed_codec import base_topic, topic_transport
 from vl_distill_ros.perception.image_codec import MILLIMETRE
@@ -321,17 +322,22 @@ def _transport_copy(topic: str, topics: dict[str, str],
     def has_messages(t: str) -> bool:
         return counts.get(t, 1) > 0
 
+    def gives_way_to(t: str) -> bool:
+        """``topic`` is left for ``t`` unless only ``topic`` has messages (counts of 0 on
+        both, a stale metadata.yaml, keep one of them: the one read before)."""
+        return has_messages(t) or not has_messages(topic)
+
     transport, base = topic_transport(topic), base_topic(topic)
     if transport == "raw":
         parent = topic.rstrip("/").rsplit("/", 1)[0]
         if topics.get(topic) == COMPRESSED_IMAGE_TYPE and any(
-                topics.get(t) in IMAGE_TYPES and has_messages(t)
+                topics.get(t) in IMAGE_TYPES and gives_way_to(t)
                 for t in (parent, parent + "/compressed", parent + "/compressedDepth")):
             return True
         return not has_messages(topic) and any(
             topics.get(t) == COMPRESSED_IMAGE_TYPE and has_messages(t)
             for t in (topic + "/compressed", topic + "/compressedDepth"))
-    return (topics.get(base) == IMAGE_TYPE and has_messages(base)) or (
+    return (topics.get(base) == IMAGE_TYPE and gives_way_to(base)) or (
         transport == "compressedDepth" and not is_depth_topic(base))
 
 
@@ -397,6 +403,10 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
     if set(cameras or ()) & chosen:
         raise BagError(f"--image-topic {sorted(set(cameras or ()) & chosen)} also named as "
                        "depth or CameraInfo")
+    stray = sorted(c for c in (*depth, *camera_info) if cameras and c not in cameras)
+    if stray:
+        raise BagError(f"--depth-topic / --camera-info-topic pair {stray}, which --image-topic "
+                       f"does not name ({sorted(cameras or ())})")
     colour = sorted(set(cameras) if cameras else
                     (t for t in images if not is_depth_topic(t)))
     by_ns: dict[str, list[str]] = {}
@@ -412,9 +422,6 @@ def pair_camera_topics(topics: dict[str, str], depth: dict[str, str] | None = No
         owners = by_ns.get(_camera_namespace(t), [])
         if len(owners) == 1 and owners[0] not in table:
             table[owners[0]] = t
-    if cameras:
-        depth = {c: t for c, t in depth.items() if c in colour}
-        camera_info = {c: t for c, t in camera_info.items() if c in colour}
     return colour, depth, camera_info
 
 
@@ -456,18 +463,21 @@ def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
 
 
 def _topic_types(path: Path, connections: Sequence[Any]) -> dict[str, str]:
-    """``{topic: message type}`` of a bag's connections.
+    """``{topic: message type}`` of a bag's connections (a topic of two types this reader
+    never reads, ``/rosout`` or a robot's own, keeps its first).
 
     Raises:
-        BagError: a topic recorded with two message types (only one would be read: the
-            other's messages deserialised as the wrong type, or silently dropped).
+        BagError: a topic recorded with two message types one of which this reader reads
+            (an image, CameraInfo, ground-truth String or TFMessage: only one type would be
+            read, the other's messages deserialised as the wrong type or silently dropped).
     """
+    read = (*IMAGE_TYPES, CAMERA_INFO_TYPE, STRING_TYPE, TF_MESSAGE_TYPE)
     topics: dict[str, str] = {}
     for c in connections:
-        if topics.setdefault(c.topic, c.msgtype) != c.msgtype:
+        first = topics.setdefault(c.topic, c.msgtype)
+        if first != c.msgtype and (first in read or c.msgtype in read):
             raise BagError(f"{path}: topic {c.topic} was recorded with two message types "
-                           f"({topics[c.topic]} and {c.msgtype}); this reader takes one type "
-                           "per topic")
+                           f"({first} and {c.msgtype}); this reader takes one type per topic")
     return topics
 
 

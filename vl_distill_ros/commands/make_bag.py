@@ -89,6 +89,22 @@ def _add_views_args(p: argparse.ArgumentParser) -> None:
                         "vertical over one scene's frames (0-360; default: %(default)s)")
 
 
+def _add_object_files_args(p: argparse.ArgumentParser) -> None:
+    """The options naming the meshes, the vocabulary and the split."""
+    p.add_argument("--models-dir", default=None,
+                   help="folder with one <key>/textured.obj per YCB object (the google_16k "
+                        "meshes from ycbbenchmarks.com) (default: $VL_DISTILL_YCB_MODELS, "
+                        "else ../shared/ycb_models)")
+    p.add_argument("--vocabulary", default="config/ycb_vocabulary.yaml",
+                   type=packaged_path("config/ycb_vocabulary.yaml"),
+                   help="vocabulary YAML mapping keys to the natural names written as "
+                        "ground-truth labels (default: the package's %(default)s)")
+    p.add_argument("--split", default="config/splits/ycb_paper.yaml",
+                   type=packaged_path("config/splits/ycb_paper.yaml"),
+                   help="ID/OOD split YAML for --objects id|ood|all (default: the "
+                        "package's %(default)s)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``make-bag`` subcommand to ``subparsers`` (sets ``func=run``)."""
     from ..sim.scene_spec import BUSY_TABLE_KINDS, TABLE_KINDS
@@ -124,18 +140,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_depth_args(p)
     p.add_argument("--seed", type=int, default=0,
                    help="random seed (non-negative; default: %(default)s)")
-    p.add_argument("--models-dir", default=None,
-                   help="folder with one <key>/textured.obj per YCB object (the google_16k "
-                        "meshes from ycbbenchmarks.com) (default: $VL_DISTILL_YCB_MODELS, "
-                        "else ../shared/ycb_models)")
-    p.add_argument("--vocabulary", default="config/ycb_vocabulary.yaml",
-                   type=packaged_path("config/ycb_vocabulary.yaml"),
-                   help="vocabulary YAML mapping keys to the natural names written as "
-                        "ground-truth labels (default: the package's %(default)s)")
-    p.add_argument("--split", default="config/splits/ycb_paper.yaml",
-                   type=packaged_path("config/splits/ycb_paper.yaml"),
-                   help="ID/OOD split YAML for --objects id|ood|all (default: the "
-                        "package's %(default)s)")
+    _add_object_files_args(p)
     p.add_argument("--width", type=int, default=640,
                    help="main camera image width (default: %(default)s)")
     p.add_argument("--height", type=int, default=480,

@@ -121,6 +121,19 @@ def _bad_characters(text: str) -> str:
     return ", ".join(f"U+{ord(c):04X}" for c in bad)
 
 
+def check_label_lengths(i: int, name: str, description: str = "",
+                        max_name_length: int = MAX_NAME_LENGTH) -> None:
+    """Raise :class:`VocabularyError` when label ``i``'s ``name`` is longer than
+    ``max_name_length`` or its ``description`` longer than :data:`MAX_DESCRIPTION_LENGTH`
+    (checked before any other work on a list of names: the node's ``labels`` parameter)."""
+    if len(name) > max_name_length:
+        raise VocabularyError(f"label {i} name {name[:20]!r}... is {len(name)} characters; "
+                              f"the limit is {max_name_length}")
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise VocabularyError(f"label {i} ({name!r}) description is {len(description)} "
+                              f"characters; the limit is {MAX_DESCRIPTION_LENGTH}")
+
+
 def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
                     max_name_length: int = MAX_NAME_LENGTH) -> None:
     """Raise :class:`VocabularyError` with a reason if the labels do not form a vocabulary.
@@ -139,10 +152,7 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
     for i, label in enumerate(labels):
         if not isinstance(label.name, str) or not label.name.strip():
             raise VocabularyError(f"label {i} has an empty name")
-        if len(label.name) > max_name_length:
-            raise VocabularyError(
-                f"label {i} name {label.name[:20]!r}... is {len(label.name)} characters; "
-                f"the limit is {max_name_length}")
+        check_label_lengths(i, label.name, "", max_name_length)
         bad = _bad_characters(label.name)
         if bad:
             raise VocabularyError(f"label {i} name {label.name!r} contains control characters "
@@ -154,10 +164,7 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
             raise VocabularyError(f"label {i} ({label.name!r}) description contains control "
                                   f"characters ({bad}); descriptions must be one line of "
                                   "printable text")
-        if len(label.description) > MAX_DESCRIPTION_LENGTH:
-            raise VocabularyError(
-                f"label {i} ({label.name!r}) description is {len(label.description)} "
-                f"characters; the limit is {MAX_DESCRIPTION_LENGTH}")
+        check_label_lengths(i, label.name, label.description, max_name_length)
         folded = fold_key(label.name)
         if folded == UNKNOWN_NAME:
             raise VocabularyError(

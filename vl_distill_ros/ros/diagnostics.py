@@ -4,8 +4,8 @@
 lock); :func:`model_status` and :func:`camera_status` build the
 ``diagnostic_msgs/DiagnosticStatus`` entries the node publishes (one for the model and
 vocabulary, one per camera). Error texts and other free texts (``last_colour_only_reason``)
-may quote input from the wire or from files, so every value is cut with :func:`clip_text`
-to :data:`MAX_DIAGNOSTIC_TEXT` characters.
+may quote input from the wire or from files, so they are cut with :func:`clip_text` to
+:data:`MAX_DIAGNOSTIC_TEXT` characters; every other value to :data:`MAX_VALUE_TEXT`.
 """
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ MAX_DIAGNOSTIC_TEXT = 200
 LATENCY_WINDOW = 200
 #: Label names listed in the ``labels`` value (the rest is elided).
 MAX_LISTED_LABELS = 50
-#: Longest ``labels`` value: :data:`MAX_LISTED_LABELS` names of at most
-#: :data:`~vl_distill_ros.model.vocabulary.MAX_NAME_LENGTH` characters, ``", "`` between
-#: them and ``" ..."`` (the only value allowed more than :data:`MAX_DIAGNOSTIC_TEXT`).
-MAX_LABELS_TEXT = MAX_LISTED_LABELS * (MAX_NAME_LENGTH + 2) + 4
+#: Longest value that is not free text (a topic, a path, the ``labels`` listing: at most
+#: :data:`MAX_LISTED_LABELS` names of :data:`~vl_distill_ros.model.vocabulary.MAX_NAME_LENGTH`
+#: characters): cut only there, so that readers of the status (replay-eval keys cameras by
+#: ``topic``) get them whole.
+MAX_VALUE_TEXT = max(4096, MAX_LISTED_LABELS * (MAX_NAME_LENGTH + 2) + 4)
+#: Free-text values, which may quote input from the wire: cut to :data:`MAX_DIAGNOSTIC_TEXT`.
+FREE_TEXT_KEYS = ("error", "reason")
 
 
 def clip_text(text: object, limit: int = MAX_DIAGNOSTIC_TEXT) -> str:
@@ -108,15 +111,14 @@ class CameraState:
         return period
 
 
-def key_values(pairs: Mapping[str, Any],
-               limits: Mapping[str, int] | None = None) -> list[KeyValue]:
-    """``pairs`` as ``KeyValue`` messages, every value cut with :func:`clip_text` to
-    :data:`MAX_DIAGNOSTIC_TEXT` characters (free texts such as ``last_colour_only_reason``
-    may quote input from the wire, as error texts do), or to ``limits[key]`` where given (a
-    listing bounded by construction, such as the ``labels`` value)."""
-    limits = limits or {}
-    return [KeyValue(key=str(k), value=clip_text(v, limits.get(k, MAX_DIAGNOSTIC_TEXT)))
-            for k, v in pairs.items()]
+def key_values(pairs: Mapping[str, Any]) -> list[KeyValue]:
+    """``pairs`` as ``KeyValue`` messages, each value cut with :func:`clip_text`: free texts
+    (keys ending in :data:`FREE_TEXT_KEYS`: ``last_depth_error``,
+    ``last_colour_only_reason``, which may quote an encoding string from the wire) to
+    :data:`MAX_DIAGNOSTIC_TEXT` characters, every other value to :data:`MAX_VALUE_TEXT`."""
+    return [KeyValue(key=str(k), value=clip_text(
+        v, MAX_DIAGNOSTIC_TEXT if str(k).endswith(FREE_TEXT_KEYS) else MAX_VALUE_TEXT))
+        for k, v in pairs.items()]
 
 
 def model_status(fq_name: str, version: int, names: list[str], vocabulary: Mapping[str, str],
@@ -158,7 +160,7 @@ def model_status(fq_name: str, version: int, names: list[str], vocabulary: Mappi
         "vocabulary_error": error,
     }
     values.update(facts)
-    status.values = key_values(values, {"labels": MAX_LABELS_TEXT})
+    status.values = key_values(values)
     return status
 
 

@@ -76,8 +76,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..model.text_service import TextEmbeddingService
 from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
-from ..model.vocabulary import (MAX_DESCRIPTION_LENGTH, MAX_LABELS, MAX_NAME_LENGTH, Label,
-                                Vocabulary, VocabularyError, fold_key)
+from ..model.vocabulary import (MAX_LABELS, Label, Vocabulary, VocabularyError,
+                                check_label_lengths, fold_key)
 from ..perception.pipeline import PipelineError
 from ..thread_names import os_named
 from .diagnostics import clip_text
@@ -145,14 +145,8 @@ def _checked_label(i: int, name: Any, desc: Any, keys: Mapping[str, str]) -> Lab
     if not isinstance(name, str) or not name.strip():
         raise VocabularyError(f"label {i} is empty or whitespace")
     clean = name.strip()
-    if len(clean) > MAX_NAME_LENGTH:
-        raise VocabularyError(f"label {i} name {clean[:20]!r}... is {len(clean)} characters; "
-                              f"the limit is {MAX_NAME_LENGTH}")
     description = (desc or "").strip()
-    if len(description) > MAX_DESCRIPTION_LENGTH:
-        raise VocabularyError(
-            f"label {i} ({clean!r}) description is {len(description)} characters; the limit "
-            f"is {MAX_DESCRIPTION_LENGTH}")
+    check_label_lengths(i, clean, description)
     return Label(name=clean, description=description, key=keys.get(clean.casefold(), ""))
 
 
