@@ -102,3 +102,10 @@ def test_measure_runs_proposals_recall_per_group_and_totals_them(tool, tmp_path,
     assert tool.main([str(tmp_path / "out"), "--groups", "mini", "--measure",
                       "-p", "no_such_field=1"]) == 1
     assert "proposals_recall failed on mini" in capsys.readouterr().err
+
+
+def test_a_missing_models_folder_is_a_one_line_error(tool, tmp_path):
+    """``--models-dir /nonexistent`` with a group of every model: FileNotFoundError
+    traceback."""
+    with pytest.raises(SystemExit, match="the models folder .*nonexistent does not exist"):
+        tool.every_model(tmp_path / "nonexistent")

@@ -61,6 +61,17 @@ def test_bag_step_writes_colour_depth_and_named_ground_truth(tool, tmp_path):
     assert all(f.depth is None for f in read_camera_bag(tmp_path / "rgb").rgbd_frames())
     with pytest.raises(SystemExit, match="no frame_"):
         tool.main(["bag", "--frames-dir", str(tmp_path), "--out", str(tmp_path / "none")])
+    # an existing --out, a frame file cut short, an unknown key: one line, exit 2 (tracebacks)
+    args = ["bag", "--frames-dir", str(frames), "--depth-noise", "none"]
+    assert tool.main([*args, "--out", str(tmp_path / "bag")]) == 2
+    (frames / "frame_0001.npz").write_bytes((frames / "frame_0001.npz").read_bytes()[:40])
+    assert tool.main([*args, "--out", str(tmp_path / "cut")]) == 2
+    (frames / "frame_0001.npz").unlink()
+    np.savez_compressed(frames / "frame_0002.npz", image=written[0][0], depth=written[0][1],
+                        intrinsics=np.array([50.0, 50.0, 32.0, 24.0]),
+                        objects=json.dumps([{"key": "999_nothing", "bbox": [1, 1, 2, 2]}]))
+    assert tool.main([*args, "--out", str(tmp_path / "unknown")]) == 2
+    assert not (tmp_path / "cut").exists() and not (tmp_path / "unknown").exists()
 
 
 def test_placement_keeps_bounding_circles_apart_and_objects_on_the_table(tool):

@@ -113,6 +113,8 @@ GROUPS: dict[str, tuple[bool, dict[str, str]]] = {
 def every_model(models_dir: Path) -> str:
     """The ``--objects`` list of every model in ``models_dir`` (its sub-directories, sorted
     by name)."""
+    if not models_dir.is_dir():
+        raise SystemExit(f"error: the models folder {models_dir} does not exist")
     names = sorted(p.name for p in models_dir.iterdir() if p.is_dir() and "." not in p.name)
     if not names:
         raise SystemExit(f"error: no models in {models_dir}")

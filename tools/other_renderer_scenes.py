@@ -38,6 +38,7 @@ import json
 import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +284,7 @@ def run_render(args) -> int:
 def run_bag(args) -> int:
     """``bag``: write the rendered frames as a camera bag (project interpreter)."""
     sys.path.insert(0, str(REPO))
-    from vl_distill_ros.bags.bag_io import BagFrame, GroundTruthObject, write_camera_bag
+    from vl_distill_ros.bags.bag_io import BagError, BagFrame, GroundTruthObject, write_camera_bag
     from vl_distill_ros.model.vocabulary import Vocabulary
     from vl_distill_ros.sim.depth_noise import NOISE_MODELS, apply_depth_noise
 
@@ -305,7 +306,12 @@ def run_bag(args) -> int:
                 yield BagFrame(int(1.7e18) + i * 100_000_000, z["image"], objs, depth=depth,
                                intrinsics=tuple(float(v) for v in z["intrinsics"]))
 
-    write_camera_bag(args.out, frames(), compression="zstd", overwrite=args.overwrite)
+    try:
+        write_camera_bag(args.out, frames(), compression="zstd", overwrite=args.overwrite)
+    except (BagError, KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        # an existing --out, a frame file cut short or of another layout, an unknown key
+        print(f"other_renderer_scenes: error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(files)} frames to {args.out}")
     return 0
 
