@@ -76,7 +76,8 @@ from vl_distill_ros.perception.compressed_codec import base_topic, topic_transpo
 from vl_distill_ros.perception.image_codec import MILLIMETRE
 
 __all__ = [
-    "BagError", "BagTopics", "GroundTruthObject", "BagFrame", "ImageMessage", "RawMessage",
+    "BagError", "UndecodableImage", "BagTopics", "GroundTruthObject", "BagFrame",
+    "ImageMessage", "RawMessage",
     "BagContents", "write_camera_bag", "read_camera_bag", "iter_raw_messages",
     "read_ground_truth_sidecar", "write_ground_truth_sidecar", "ground_truth_document",
     "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS", "CAMERA_INFO_TYPE",
@@ -288,8 +289,12 @@ class BagContents:
         return unaligned if defer else unaligned.aligned(camera)
 
     def _decode(self, raw: RawMessage) -> ImageMessage:
-        msg, image = decode_image_cdr(
-            raw.data, f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns", raw.msgtype)
+        try:
+            msg, image = decode_image_cdr(
+                raw.data, f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns",
+                raw.msgtype)
+        except BagError as exc:
+            raise UndecodableImage(str(exc), raw.topic) from None
         return ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
                                                    msg.header.stamp.nanosec),
                             raw.timestamp_ns, msg.header.frame_id,
@@ -435,6 +440,15 @@ def unpaired_depth_topics(topics: dict[str, str], depth_of: dict[str, str],
     return sorted(t for t, ty in topics.items() if ty in IMAGE_TYPES and is_depth_topic(t)
                   and t not in depth_of.values() and not _transport_copy(t, topics, counts)
                   and _camera_namespace(t) not in with_depth)
+
+
+class UndecodableImage(BagError):
+    """An image of a bag's camera topic (:attr:`topic`) that cannot be read: a corrupt
+    message, or one that is no colour image (a confidence map's 32FC1)."""
+
+    def __init__(self, message: str, topic: str) -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..bags.bag_io import BagContents, BagError
+from ..bags.bag_io import BagContents, BagError, UndecodableImage
 from ..ros.node_process import NODE_NAME
 from .live_replay import (DiagnosticsLog, LivePlan, PacedRun, ReplayNode, collect_documents,
                           drain, node_counters, plan_live, publish_paced, run_live,
@@ -191,7 +191,7 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
             bar.update(1)
     except BagError as exc:
         hint = ("; if that topic is no colour camera (infrared, a confidence map), name the "
-                "cameras with --image-topic" if ": image on " in str(exc)
+                "cameras with --image-topic" if isinstance(exc, UndecodableImage)
                 and not settings.image_topics else "")
         raise InputError(f"{exc}{hint}") from None
     except PipelineError as exc:
