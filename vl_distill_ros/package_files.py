@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["PACKAGE", "share_dirs", "find_config", "config_argument", "packaged_path"]
+__all__ = ["PACKAGE", "share_dirs", "find_config", "config_argument", "packaged_path",
+           "add_packaged_option"]
 
 PACKAGE = "vl_distill_ros"
 
@@ -59,3 +60,11 @@ def packaged_path(default: str) -> Callable[[str], Path]:
         return config_argument(value, default)
     convert.__name__ = "path"
     return convert
+
+
+def add_packaged_option(parser: Any, flag: str, relative: str, help_text: str) -> None:
+    """Add the path option ``flag`` to the argparse ``parser`` whose default is the package's
+    data file ``relative`` (:func:`packaged_path`), its help ``help_text`` followed by the
+    default."""
+    parser.add_argument(flag, default=relative, type=packaged_path(relative),
+                        help=f"{help_text} (default: the package's %(default)s)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..package_files import packaged_path
+from ..package_files import add_packaged_option
 
 DEFAULT_START_TIME = 1_700_000_000.0
 
@@ -38,10 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="what each object id is called: 'ycbv' (YCB-V's 21 YCB objects, named "
                         "by --vocabulary) or a YAML file mapping ids to vocabulary keys or "
                         "names, e.g. '1: mug' (default: %(default)s)")
-    p.add_argument("--vocabulary", default="config/ycb_vocabulary.yaml",
-                   type=packaged_path("config/ycb_vocabulary.yaml"),
-                   help="vocabulary YAML whose keys name the objects (default: the "
-                        "package's %(default)s)")
+    add_packaged_option(p, "--vocabulary", "config/ycb_vocabulary.yaml",
+                        "vocabulary YAML whose keys name the objects")
     p.add_argument("--min-visible", type=float, default=0.1, metavar="F",
                    help="leave out objects with less than this fraction in view (BOP's "
                         "visib_fract; 0-1, default: %(default)s)")

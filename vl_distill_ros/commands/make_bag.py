@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..package_files import packaged_path
+from ..package_files import add_packaged_option
 
 DEFAULT_START_TIME = 1_700_000_000.0
 
@@ -95,14 +95,11 @@ def _add_object_files_args(p: argparse.ArgumentParser) -> None:
                    help="folder with one <key>/textured.obj per YCB object (the google_16k "
                         "meshes from ycbbenchmarks.com) (default: $VL_DISTILL_YCB_MODELS, "
                         "else ../shared/ycb_models)")
-    p.add_argument("--vocabulary", default="config/ycb_vocabulary.yaml",
-                   type=packaged_path("config/ycb_vocabulary.yaml"),
-                   help="vocabulary YAML mapping keys to the natural names written as "
-                        "ground-truth labels (default: the package's %(default)s)")
-    p.add_argument("--split", default="config/splits/ycb_paper.yaml",
-                   type=packaged_path("config/splits/ycb_paper.yaml"),
-                   help="ID/OOD split YAML for --objects id|ood|all (default: the "
-                        "package's %(default)s)")
+    add_packaged_option(p, "--vocabulary", "config/ycb_vocabulary.yaml",
+                        "vocabulary YAML mapping keys to the natural names written as "
+                        "ground-truth labels")
+    add_packaged_option(p, "--split", "config/splits/ycb_paper.yaml",
+                        "ID/OOD split YAML for --objects id|ood|all")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
