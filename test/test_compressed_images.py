@@ -573,13 +573,18 @@ def test_offline_replay_of_a_jpeg_bag_scores_like_the_raw_bag(tmp_path, capsys):
     # JPEG at quality 92 moves few boxes or labels on these frames
     assert abs(g_jpg["correct"] - g_raw["correct"]) <= 2, (g_raw, g_jpg)
     assert g_jpg["correct"] > 0
-    # a corrupt JPEG in the bag stops --offline with exit 2 and names the topic
+    # a corrupt JPEG in the bag is skipped (as the node drops it), counted and named with
+    # its topic; the other frames are scored as before
     bad = _corrupt_first_jpeg(tmp_path / "jpg", tmp_path / "bad")
+    capsys.readouterr()
     code = cli.main(["replay-eval", str(bad), "--offline", "--model", str(bundle), "--out",
                      str(tmp_path / "out_bad"), "--text-cache-dir", "", "--no-progress"])
-    assert code == 2
+    assert code == 0
     err = capsys.readouterr().err
     assert "/camera/image_raw/compressed" in err and "neither JPEG nor PNG" in err
+    bad_report = json.loads((tmp_path / "out_bad" / "report.json").read_text())
+    assert bad_report["frames"]["undecodable"] == 1
+    assert bad_report["frames"]["labelled"] == 5 and bad_report["frames"]["dropped"] == 1
 
 
 def test_16_bit_depth_in_other_units_than_millimetres():

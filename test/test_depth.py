@@ -1672,3 +1672,41 @@ def test_a_depth_config_or_box_network_that_is_no_regular_file_is_refused_at_onc
     big.write_bytes(b"#" * ((1 << 20) + 1))
     with pytest.raises(DepthError, match="limit"):
         load_depth_config(big)
+
+
+def test_rgbd_frames_skip_an_undecodable_colour_image_when_asked(tmp_path):
+    """A colour image that deserialises but cannot be decoded (its pixel data cut short)
+    raises UndecodableImage, with its topic and stamp; with ``on_undecodable`` it is handed
+    over and skipped, and the frames around it keep their depth (replay-eval goes on past
+    it, as the node does)."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags.bag_io import UndecodableImage, iter_raw_messages, typestore
+
+    src = _rgbd_bag(tmp_path / "rgbd", n=4)
+    dst, store, n = tmp_path / "broken", typestore(), 0
+    with Writer(dst, version=Writer.VERSION_LATEST) as writer:
+        conns: dict[str, object] = {}
+        for raw in iter_raw_messages(src):
+            if raw.topic not in conns:
+                conns[raw.topic] = writer.add_connection(raw.topic, raw.msgtype,
+                                                         typestore=store)
+            data = raw.data
+            if raw.topic == BagTopics().camera:
+                n += 1
+                if n == 2:
+                    msg = store.deserialize_cdr(data, raw.msgtype)
+                    msg.data = msg.data[:10]
+                    data = store.serialize_cdr(msg, raw.msgtype)
+            writer.write(conns[raw.topic], raw.timestamp_ns, data)
+    bag = read_camera_bag(dst)
+    with pytest.raises(UndecodableImage) as info:
+        list(bag.rgbd_frames())
+    assert info.value.topic == BagTopics().camera and info.value.stamp_ns == 1_100_000_000
+    skipped: list[UndecodableImage] = []
+    frames = list(bag.rgbd_frames(on_undecodable=skipped.append))
+    assert [f.stamp_ns for f in frames] == [1_000_000_000, 1_200_000_000, 1_300_000_000]
+    assert all(f.depth is not None for f in frames)
+    assert [(e.topic, e.stamp_ns) for e in skipped] == [(BagTopics().camera, 1_100_000_000)]
+    assert [m.stamp_ns for m in bag.images(on_undecodable=lambda e: None)] == \
+        [1_000_000_000, 1_200_000_000, 1_300_000_000]

@@ -460,9 +460,13 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return process_gone(pid)
 
 
-def _corrupt_image_cdr_bag(src: Path, dst: Path, corrupt_index: int = 4) -> Path:
-    """A copy of ``src`` whose ``corrupt_index``-th image message has its CDR cut in half
-    (header and stamp intact, the pixel data truncated)."""
+def _corrupt_image_cdr_bag(src: Path, dst: Path, corrupt_index: int | None = 4,
+                           pixels_only: bool = False) -> Path:
+    """A copy of ``src`` whose ``corrupt_index``-th (None: every) image message has its CDR
+    cut in half
+    (header and stamp intact, the pixel data truncated), or with ``pixels_only`` its pixel
+    data cut in half in a message that still deserialises (data shorter than step x height).
+    """
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -478,7 +482,11 @@ def _corrupt_image_cdr_bag(src: Path, dst: Path, corrupt_index: int = 4) -> Path
             data = raw.data
             if raw.msgtype == "sensor_msgs/msg/Image":
                 n += 1
-                if n == corrupt_index:
+                if corrupt_index in (n, None) and pixels_only:
+                    msg = store.deserialize_cdr(data, raw.msgtype)
+                    msg.data = msg.data[: len(msg.data) // 2]
+                    data = store.serialize_cdr(msg, raw.msgtype)
+                elif n == corrupt_index:
                     data = data[: len(data) // 2]
             writer.write(conns[raw.topic], raw.timestamp_ns, data)
     return dst
@@ -500,12 +508,55 @@ def test_corrupt_image_cdr_exits_2_live_as_offline(bag, bundle, tmp_path, capsys
     assert wait_gone(spy.pids[0], 15.0), spy.pids
 
 
+def test_an_image_that_cannot_be_decoded_is_skipped_and_counted_live_as_offline(
+        bag, bundle, tmp_path, capsys):
+    """A message that deserialises but whose image cannot be decoded (pixel data cut short)
+    stopped the whole offline replay (and the live one before publishing): one bad frame in
+    a long recording lost every result. The node drops such a frame and goes on; both modes
+    now skip it, count it (frames.undecodable) and score its frame as unlabelled."""
+    broken = _corrupt_image_cdr_bag(bag, tmp_path / "pixels", pixels_only=True)
+    gt_frame = read_camera_bag(bag)
+    keys = [(img.topic, img.stamp_ns) for img in gt_frame.images()]
+    broken_key = keys[3]
+    objects = len(gt_frame.objects_for(*broken_key) or [])
+    assert objects > 0
+    reports = {}
+    for mode in (["--offline"], []):
+        out = tmp_path / f"out{len(mode)}"
+        code, stdout, err = run_cli([str(broken), "--model", str(bundle), "--out", str(out),
+                                     "--node-timeout", "90", *PARAMS, *mode], capsys)
+        assert code == 0, err
+        report = json.loads((out / "report.json").read_text())
+        fr = report["frames"]
+        assert fr["undecodable"] == 1 and fr["in_bag"] == N_FRAMES, fr
+        assert fr["labelled"] == N_FRAMES - 1 and fr["dropped"] == 1, fr
+        assert fr["ground_truth_objects_in_dropped_frames"] == objects, fr
+        skipped = fr["undecodable_by_topic"]["/camera/image_raw"]
+        assert skipped["images"] == 1 and skipped["decoded"] == N_FRAMES - 1, skipped
+        assert "data" in skipped["first_error"], skipped
+        assert "1 of the 16 image(s) on /camera/image_raw could not be decoded" in err, err
+        assert "(1 undecodable)" in stdout
+        labelled = {tuple(row["frame"]) for row in load_labels_jsonl(out / "labels.jsonl")}
+        assert tuple(broken_key) not in labelled and len(labelled) == N_FRAMES - 1
+        reports[len(mode)] = report     # 1: offline, 0: live
+    assert "node_bad_frames" not in reports[1]["frames"]  # offline: no node
+    assert reports[0]["frames"]["node_bad_frames"] == 1   # live: the node dropped it
+    # with no image to score at all, both stop with one line (exit 2)
+    none = _corrupt_image_cdr_bag(bag, tmp_path / "none", corrupt_index=None, pixels_only=True)
+    for mode in (["--offline"], []):
+        code, _, err = run_cli([str(none), "--model", str(bundle), "--out",
+                                str(tmp_path / f"none{len(mode)}"), "--node-timeout", "90",
+                                *PARAMS, *mode], capsys)
+        assert code == 2 and "replay-eval: error:" in err and "--image-topic" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
+
 def test_stamp_from_cdr_checks_the_whole_image_message(bag):
     from vl_distill_ros.bags.bag_io import iter_raw_messages
 
     raw = next(r for r in iter_raw_messages(bag) if r.msgtype == "sensor_msgs/msg/Image")
-    stamp = replay.stamp_from_cdr(raw.data)
-    assert stamp > 0
+    stamp, undecodable = replay.stamp_from_cdr(raw.data)
+    assert stamp > 0 and undecodable is None
     for bad in (raw.data[: len(raw.data) // 2], raw.data[:40]):
         with pytest.raises(replay.InputError, match="corrupt bag"):
             replay.stamp_from_cdr(bad)
@@ -803,9 +854,17 @@ def test_image_topic_names_the_cameras_of_a_bag_with_other_images(bundle, bag, t
                              store.serialize_cdr(msg, bag_io.IMAGE_TYPE))
     args = ["replay-eval", str(out_bag), "--offline", "--model", str(bundle),
             "--text-cache-dir", "", "--split", "none", "--no-plots", "--no-progress"]
-    assert cli.main([*args, "--out", str(tmp_path / "all")]) == 2
+    # a topic none of whose images decode is skipped with a warning that names the option
+    # (it stopped the replay: a report of the real camera is worth more than none)
+    assert cli.main([*args, "--out", str(tmp_path / "all")]) == 0
     err = capsys.readouterr().err
+    assert "none of the 16 image(s) on /camera/confidence/confidence_map could be " \
+        "decoded" in err
     assert "unsupported image encoding '32FC1'" in err and "--image-topic" in err
+    report = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert report["frames"]["undecodable"] == N_FRAMES
+    assert report["frames"]["labelled"] == N_FRAMES
+    assert report["frames"]["evaluated"] == N_FRAMES    # the camera's frames are all scored
     assert cli.main([*args, "--out", str(tmp_path / "cam"),
                      "--image-topic", "/camera/image_raw"]) == 0
     report = json.loads((tmp_path / "cam" / "report.json").read_text())

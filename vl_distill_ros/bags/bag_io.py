@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -131,11 +131,14 @@ class BagContents:
         that image has no ground truth)."""
         return self.ground_truth.get((topic, int(stamp_ns)))
 
-    def images(self, topics: Sequence[str] | None = None) -> Iterator[ImageMessage]:
+    def images(self, topics: Sequence[str] | None = None,
+               on_undecodable: OnUndecodable | None = None) -> Iterator[ImageMessage]:
         """Decoded images of ``topics`` (default: every image topic) in bag-time order.
 
-        Raises :class:`BagError` on an image that cannot be decoded (the message names the
-        topic and time) or a storage read error.
+        Raises :class:`BagError` on a storage read error or a message that does not
+        deserialise, and :class:`UndecodableImage` on an image that cannot be decoded (the
+        message names the topic and time) unless ``on_undecodable`` is given: then that
+        image is handed to it and skipped.
         """
         wanted = list(self.image_topics if topics is None else topics)
         bad = [t for t in wanted if t not in self.image_topics]
@@ -143,11 +146,19 @@ class BagContents:
             raise BagError(f"{self.path}: {bad} are not image topics; image topics: "
                            f"{self.image_topics}")
         for raw in iter_raw_messages(self.path, wanted):
-            yield self._decode(raw)
+            try:
+                img = self._decode(raw)
+            except UndecodableImage as exc:
+                if on_undecodable is None:
+                    raise
+                on_undecodable(exc)
+                continue
+            yield img
 
     def rgbd_frames(self, topics: Sequence[str] | None = None, tolerance_ns: int = 0,
                     capacity: int = 30, depth_unit_m: float = MILLIMETRE,
-                    defer_alignment: bool = False) -> Iterator[RGBDFrame]:
+                    defer_alignment: bool = False,
+                    on_undecodable: OnUndecodable | None = None) -> Iterator[RGBDFrame]:
         """Decoded colour images of ``topics`` (default: all) in bag-time order, each with its
         depth partner: the depth image of the same stamp, or the nearest within
         ``tolerance_ns`` (:class:`~vl_distill_ros.perception.stamp_sync.StampBuffer`,
@@ -161,7 +172,9 @@ class BagContents:
         node's ``depth_scale``). Depth of a separate depth camera (:attr:`depth_alignment`) is
         aligned to the colour image, or with ``defer_alignment`` comes as an
         :class:`~vl_distill_ros.perception.depth_alignment.UnalignedDepth` that the pipeline
-        aligns in its depth thread, as the node hands it over.
+        aligns in its depth thread, as the node hands it over. A colour image that cannot be
+        decoded raises :class:`UndecodableImage`, or with ``on_undecodable`` is handed to it
+        and skipped (as :meth:`images`).
 
         Raises:
             BagError: unknown topics, an undecodable colour image or a storage read error.
@@ -198,10 +211,28 @@ class BagContents:
                 if isinstance(partner, str) and not late and len(pending) <= capacity:
                     break
                 pending.pop(0)
-                yield self._rgbd(first, stamp, partner, depth_unit_m, defer_alignment)
+                frame = self._rgbd_or_skip(first, stamp, partner, depth_unit_m,
+                                           defer_alignment, on_undecodable)
+                if frame is not None:
+                    yield frame
         for first, stamp in pending:
-            yield self._rgbd(first, stamp, self._partner(first.topic, stamp, buffers),
-                             depth_unit_m, defer_alignment)
+            frame = self._rgbd_or_skip(first, stamp, self._partner(first.topic, stamp, buffers),
+                                       depth_unit_m, defer_alignment, on_undecodable)
+            if frame is not None:
+                yield frame
+
+    def _rgbd_or_skip(self, raw: RawMessage, stamp: int, partner: tuple | str,
+                      depth_unit_m: float, defer_alignment: bool,
+                      on_undecodable: OnUndecodable | None) -> RGBDFrame | None:
+        """:meth:`_rgbd`, or None for an undecodable colour image handed to
+        ``on_undecodable`` (raised without one)."""
+        try:
+            return self._rgbd(raw, stamp, partner, depth_unit_m, defer_alignment)
+        except UndecodableImage as exc:
+            if on_undecodable is None:
+                raise
+            on_undecodable(exc)
+            return None
 
     def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | str:
         """``(depth CDR or None, info CDR or None, depth camera's info CDR or None)`` once
@@ -293,8 +324,8 @@ class BagContents:
             msg, image = decode_image_cdr(
                 raw.data, f"{self.path}: image on {raw.topic} at {raw.timestamp_ns} ns",
                 raw.msgtype)
-        except BagError as exc:
-            raise UndecodableImage(str(exc), raw.topic) from None
+        except UndecodableImage as exc:
+            raise UndecodableImage(str(exc), raw.topic, exc.stamp_ns) from None
         return ImageMessage(raw.topic, stamp_to_ns(msg.header.stamp.sec,
                                                    msg.header.stamp.nanosec),
                             raw.timestamp_ns, msg.header.frame_id,
@@ -443,12 +474,21 @@ def unpaired_depth_topics(topics: dict[str, str], depth_of: dict[str, str],
 
 
 class UndecodableImage(BagError):
-    """An image of a bag's camera topic (:attr:`topic`) that cannot be read: a corrupt
-    message, or one that is no colour image (a confidence map's 32FC1)."""
+    """An image message of a bag's camera topic (:attr:`topic`) that deserialises but whose
+    image cannot be decoded: a bad encoding, step or data length, a broken JPEG, or no
+    colour image at all (a confidence map's 32FC1). The node drops such a frame; a message
+    that does not deserialise is a corrupt bag (a plain :class:`BagError`). :attr:`stamp_ns`:
+    its header stamp."""
 
-    def __init__(self, message: str, topic: str) -> None:
+    def __init__(self, message: str, topic: str, stamp_ns: int) -> None:
         super().__init__(message)
         self.topic = topic
+        self.stamp_ns = stamp_ns
+
+
+#: What :meth:`BagContents.images` and :meth:`BagContents.rgbd_frames` call with an image
+#: they cannot decode, instead of raising (the frame is skipped).
+OnUndecodable = Callable[[UndecodableImage], None]
 
 
 def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
@@ -457,8 +497,9 @@ def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
     and decode its pixels, as the offline replay does: ``(message, H x W x 3 uint8 RGB)``.
 
     Raises:
-        BagError: starting with ``where``, when the CDR does not deserialise or the image
-            cannot be decoded (bad encoding, step, size or data length).
+        BagError: starting with ``where``, when the CDR does not deserialise (a corrupt
+            message), and as :class:`UndecodableImage` (with the header stamp, no topic)
+            when the image cannot be decoded (bad encoding, step, size or data length).
     """
     from vl_distill_ros.perception.compressed_codec import decode_image_message
     from vl_distill_ros.perception.image_codec import ImageDecodeError
@@ -472,7 +513,8 @@ def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE
     try:
         image = decode_image_message(msg)
     except ImageDecodeError as exc:
-        raise BagError(f"{where}: {exc}") from None
+        stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+        raise UndecodableImage(f"{where}: {exc}", "", stamp) from None
     return msg, image
 
 

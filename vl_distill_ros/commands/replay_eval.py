@@ -53,6 +53,15 @@ def scoring_warnings(report: dict) -> list[str]:
         out.append(f"the bag's metadata.yaml lists {frames['in_bag_metadata']} image "
                    f"message(s), {frames['in_bag']} were read: frames.in_bag counts what was "
                    "read (`ros2 bag reindex` rewrites a stale metadata.yaml)")
+    for topic, skipped in (frames.get("undecodable_by_topic") or {}).items():
+        none = not skipped.get("decoded")
+        total = skipped["images"] + skipped.get("decoded", 0)
+        out.append((f"none of the {total} image(s) on {topic} could be decoded" if none else
+                    f"{skipped['images']} of the {total} image(s) on {topic} could not be "
+                    "decoded") + " and were skipped (their frames count as unlabelled, as the "
+                   f"node drops them): {skipped['first_error']}"
+                   + ("; if that topic is no colour camera (infrared, a confidence map), "
+                      "name the cameras with --image-topic" if none else ""))
     for topic in report["bag"].get("unpaired_depth_topics") or []:
         out.append(f"depth topic {topic} was paired with no colour topic (its camera "
                    "namespace holds none, or several), so its frames were not used: pair it "

@@ -25,7 +25,8 @@ from .replay_settings import (DIAGNOSTICS_PERIOD, LOG_TAIL_LINES, InputError, No
                               Recording, ReplaySettings, check_bundle_loads, check_model,
                               image_count, load_vocabulary_file, manifest_names,
                               node_parameter_values, pipeline_settings, progress_bar,
-                              reported_settings, stamp_from_cdr, with_bag_close_topics)
+                              reported_settings, stamp_from_cdr, undecodable_hint,
+                              with_bag_close_topics)
 from .scoring import FrameKey, doc_frame_key
 
 __all__ = ["run_live", "LivePlan", "plan_live", "DiagnosticsLog", "ReplayNode", "start_node",
@@ -382,6 +383,10 @@ class PacedRun:
     t_last: float = 0.0
     #: messages published per depth / CameraInfo topic (they expect no labels)
     side_published: dict[str, int] = field(default_factory=dict)
+    #: frames whose image cannot be decoded, per topic (published: the node drops them),
+    #: and the first reason of each topic
+    undecodable: dict[str, int] = field(default_factory=dict)
+    undecodable_errors: dict[str, str] = field(default_factory=dict)
 
 
 def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, bytes], None],
@@ -406,7 +411,13 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
         is_frame = frame_topics is None or raw.topic in frame_topics
         # colour frames are checked as --offline reads them; depth and CameraInfo messages
         # go to the node as they are (it reports bad depth per camera)
-        key = (raw.topic, stamp_from_cdr(raw.data, raw.msgtype)) if is_frame else None
+        key = None
+        if is_frame:
+            stamp, undecodable = stamp_from_cdr(raw.data, raw.msgtype)
+            key = (raw.topic, stamp)
+            if undecodable is not None:
+                run.undecodable[raw.topic] = run.undecodable.get(raw.topic, 0) + 1
+                run.undecodable_errors.setdefault(raw.topic, undecodable)
         if run.t_start is None:
             run.t_start, t_bag0 = time.monotonic(), raw.timestamp_ns
         target = run.t_start + (raw.timestamp_ns - t_bag0) / 1e9 / rate
@@ -656,6 +667,10 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
         run = _replay_bag(contents, replay, node, settings)
         rec.frames, rec.published = list(run.frames), len(run.frames)
         rec.node["side_published"] = dict(run.side_published)
+        rec.undecodable, rec.undecodable_errors = run.undecodable, run.undecodable_errors
+        if rec.undecodable and sum(rec.undecodable.values()) == rec.published:
+            topic = next(iter(rec.undecodable_errors))
+            raise InputError(f"{rec.undecodable_errors[topic]}{undecodable_hint(settings)}")
         drain(replay.arrivals, run, plan.camera_map, settings.drain_timeout,
               lambda: _check_running(node, "while its last frames were processed"))
         _finish(rec, replay, node, run)

@@ -60,7 +60,8 @@ from .replay_settings import (TUNABLE_PARAMS, InputError, NodeError, Recording, 
                               ReplaySettings, check_model, default_model_path, image_count,
                               load_vocabulary_file, node_parameter_values, open_bag,
                               parse_param, pipeline_settings, progress_bar, reported_settings,
-                              resolve_device, stamp_from_cdr, with_bag_close_topics)
+                              resolve_device, stamp_from_cdr, undecodable_hint,
+                              with_bag_close_topics)
 
 __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
            "TUNABLE_PARAMS", "NODE_NAME", "default_model_path", "parse_param",
@@ -74,14 +75,32 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
 # -------------------------------------------------------------------------------------------
 # offline
 # -------------------------------------------------------------------------------------------
-def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Mapping[str, Any]):
+def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Mapping[str, Any],
+                    rec: Recording):
     """The bag's colour frames: RGB-D frames (depth paired by stamp within the node's
-    ``depth_sync_tolerance``) when the bag has depth and ``settings.depth``, else images."""
+    ``depth_sync_tolerance``) when the bag has depth and ``settings.depth``, else images.
+    An image that cannot be decoded is skipped, as the node drops it: counted in
+    ``rec.undecodable`` and input to ``rec.frames`` (unlabelled: its ground truth counts
+    as missed, as live)."""
+    def skip(exc: UndecodableImage) -> None:
+        rec.undecodable[exc.topic] = rec.undecodable.get(exc.topic, 0) + 1
+        rec.undecodable_errors.setdefault(exc.topic, str(exc))
+        rec.frames.append((exc.topic, int(exc.stamp_ns)))
+
     if settings.depth and contents.depth_topics:
         tol = int(round(float(values["depth_sync_tolerance"]) * 1e9))
         return contents.rgbd_frames(tolerance_ns=tol, depth_unit_m=float(values["depth_scale"]),
-                                    defer_alignment=True)   # aligned as the node does
-    return contents.images()
+                                    defer_alignment=True,   # aligned as the node does
+                                    on_undecodable=skip)
+    return contents.images(on_undecodable=skip)
+
+
+def _undecodable_check(rec: Recording, settings: ReplaySettings) -> None:
+    """Refuse a replay none of whose images could be decoded (nothing to score); skipped
+    images are reported (``frames.undecodable``) and warned about by the command."""
+    if rec.undecodable and not rec.published:
+        topic = next(iter(rec.undecodable_errors))
+        raise InputError(f"{rec.undecodable_errors[topic]}{undecodable_hint(settings)}")
 
 
 def _frame_depth(frame: Any) -> tuple[Any, Any]:
@@ -164,7 +183,7 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
     t_start = time.monotonic()
     depth_counts: dict[str, int] = {}
     try:
-        for img in _offline_frames(contents, settings, values):
+        for img in _offline_frames(contents, settings, values, rec):
             key = (img.topic, int(img.stamp_ns))
             t0 = time.perf_counter()
             objects, version = pipe.process(img.image, *_frame_depth(img), camera=img.topic,
@@ -190,15 +209,13 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                 rec.latencies_s[key] = dt
             bar.update(1)
     except BagError as exc:
-        hint = ("; if that topic is no colour camera (infrared, a confidence map), name the "
-                "cameras with --image-topic" if isinstance(exc, UndecodableImage)
-                and not settings.image_topics else "")
-        raise InputError(f"{exc}{hint}") from None
+        raise InputError(str(exc)) from None
     except PipelineError as exc:
         raise InputError(f"an image of the bag cannot be processed: {exc}") from None
     finally:
         bar.close()
         pipe.close()
+    _undecodable_check(rec, settings)
     if depth_counts:
         rec.node["depth"] = {"topics": dict(contents.depth_topics),
                              "frames_by_status": depth_counts,

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AbstractSet, Any, Mapping, Sequence
 
-from ..bags.bag_io import IMAGE_TYPE, BagContents, BagError, decode_image_cdr, read_camera_bag
+from ..bags.bag_io import (IMAGE_TYPE, BagContents, BagError, UndecodableImage, decode_image_cdr,
+                           read_camera_bag)
 from ..ros import params as P
 from ..ros.params import default_model_path  # the packaged bundle, as the node resolves it
 from .scoring import FrameKey
@@ -21,7 +22,7 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
            "TUNABLE_PARAMS", "default_model_path", "parse_param", "node_parameter_values",
            "with_bag_close_topics", "pipeline_settings", "reported_settings", "open_bag",
            "check_model", "check_bundle_loads", "load_vocabulary_file", "manifest_names",
-           "stamp_from_cdr",
+           "stamp_from_cdr", "undecodable_hint",
            "resolve_device", "progress_bar", "image_count"]
 
 #: Node parameters that ``--param`` may set (the others have dedicated options or are
@@ -124,6 +125,8 @@ class Recording:
         vocabulary: ``{"source", "names"}`` of the vocabulary in use.
         settings: the pipeline parameter values used.
         duration_s: wall time of the replay (first input to last label).
+        undecodable: offline, images that could not be decoded and were skipped, per topic
+            (their frames count as input, unlabelled), and the first error of each topic.
     """
 
     mode: str
@@ -137,6 +140,8 @@ class Recording:
     node: dict[str, Any] = field(default_factory=dict)
     vocabulary: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    undecodable: dict[str, int] = field(default_factory=dict)
+    undecodable_errors: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -344,17 +349,18 @@ def manifest_names(model: Path) -> list[str] | None:
         return None
 
 
-def stamp_from_cdr(data: bytes, msgtype: str = IMAGE_TYPE) -> int:
+def stamp_from_cdr(data: bytes, msgtype: str = IMAGE_TYPE) -> tuple[int, str | None]:
     """``header.stamp`` (ns) of a serialised ``sensor_msgs/msg/Image`` or ``CompressedImage``
     (``msgtype``; the stamp starts either message, right after the 4-byte CDR encapsulation
-    header), after checking that the whole message
-    deserialises and its image decodes, exactly as the offline replay reads it; so the live
-    replay stops on a corrupt image message with exit code 2 as ``--offline`` does, instead
-    of publishing bytes the node can only drop.
+    header), after checking that the whole message deserialises and its image decodes,
+    exactly as the offline replay reads it: ``(stamp, None)``, or ``(stamp, why)`` for a
+    message whose image cannot be decoded (the node drops such a frame, and ``--offline``
+    skips it). So the live replay stops on a corrupt message with exit code 2 as
+    ``--offline`` does, instead of publishing bytes the node can only drop.
 
     Raises:
-        InputError: too short, an unknown encapsulation, an invalid stamp, CDR that does not
-            deserialise or an image that cannot be decoded.
+        InputError: too short, an unknown encapsulation, an invalid stamp, or CDR that does
+            not deserialise.
     """
     if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1, 2, 3):
         raise InputError("an image message in the bag is not a CDR-serialised "
@@ -366,9 +372,17 @@ def stamp_from_cdr(data: bytes, msgtype: str = IMAGE_TYPE) -> int:
                          f"{nanosec} ns) (corrupt bag)")
     try:
         decode_image_cdr(data, f"the image message stamped {sec}.{nanosec:09d} s", msgtype)
+    except UndecodableImage as exc:
+        return sec * 1_000_000_000 + nanosec, str(exc)
     except BagError as exc:
         raise InputError(f"{exc} (corrupt bag)") from None
-    return sec * 1_000_000_000 + nanosec
+    return sec * 1_000_000_000 + nanosec, None
+
+
+def undecodable_hint(settings: ReplaySettings) -> str:
+    """The ``--image-topic`` hint for images that cannot be decoded (without the option)."""
+    return ("; if that topic is no colour camera (infrared, a confidence map), name the "
+            "cameras with --image-topic" if not settings.image_topics else "")
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

@@ -67,6 +67,21 @@ def _side_topic_counts(frames: dict[str, Any], contents: Any, published: Mapping
                                                else None)
 
 
+def _read_counts(frames: dict[str, Any], rec: Any) -> None:
+    """``frames``' counts of what was read: offline, ``in_bag`` is what it read (every
+    image), a ``metadata.yaml`` count that disagrees (stale, hand-edited) kept in
+    ``in_bag_metadata``; ``undecodable``: images that cannot be decoded (offline skips
+    them, live publishes them and the node drops them; their frames count as unlabelled)."""
+    read = rec.published + (sum(rec.undecodable.values()) if rec.mode == "offline" else 0)
+    if rec.mode == "offline" and read != frames["in_bag"]:
+        frames["in_bag_metadata"], frames["in_bag"] = frames["in_bag"], read
+    frames["undecodable"] = sum(rec.undecodable.values())
+    frames["undecodable_by_topic"] = {
+        topic: {"images": n, "decoded": sum(1 for t, _ in rec.frames if t == topic) - n,
+                "first_error": rec.undecodable_errors.get(topic, "")}
+        for topic, n in sorted(rec.undecodable.items())}
+
+
 def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: float | None,
                  split_name: str = "", split_path: str = "",
                  model: str = "") -> dict[str, Any]:
@@ -77,10 +92,7 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
     image_messages = {t: int(contents.message_counts.get(t, 0)) for t in contents.image_topics}
     frames = dict(scores["frames"])
     frames["in_bag"] = sum(image_messages.values())
-    if rec.mode == "offline" and rec.published != frames["in_bag"]:
-        # offline reads every image: what it read is what the bag holds; metadata.yaml's
-        # count (a stale or hand-edited one) is kept beside it
-        frames["in_bag_metadata"], frames["in_bag"] = frames["in_bag"], rec.published
+    _read_counts(frames, rec)
     frames["published"] = rec.published
     frames["duplicate_documents"] = rec.duplicates
     frames["unexpected_documents"] = rec.unexpected + frames.pop("unexpected", 0)
@@ -150,7 +162,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
     lines = [head]
     frames = (f"frames: {fr['in_bag']} in bag, {fr['published']} "
               f"{'published' if report['mode'] == 'live' else 'processed'}, "
-              f"{fr['labelled']} labelled, {fr['dropped']} dropped")
+              f"{fr['labelled']} labelled, {fr['dropped']} dropped"
+              + (f" ({fr['undecodable']} undecodable)" if fr.get("undecodable") else ""))
     if report["mode"] == "live":
         frames += (f" (node latest-wins {_fmt(fr.get('node_dropped_latest_wins'))}, lost in "
                    f"transport {_fmt(fr.get('lost_in_transport'))}, processed behind "
@@ -223,7 +236,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
                f"{report['iou_threshold']:g}")
     frames = (f"- frames: {fr['in_bag']} in bag, {fr['published']} "
               f"{'published' if report['mode'] == 'live' else 'processed'}, "
-              f"{fr['labelled']} labelled, {fr['dropped']} dropped")
+              f"{fr['labelled']} labelled, {fr['dropped']} dropped"
+              + (f" ({fr['undecodable']} undecodable)" if fr.get("undecodable") else ""))
     if report["mode"] == "live":
         frames += (f" (dropped by the node's latest-wins policy: "
                    f"{_fmt(fr.get('node_dropped_latest_wins'))}, lost in transport: "
