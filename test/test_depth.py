@@ -1549,7 +1549,8 @@ def test_bags_carry_the_camera_info_lens_model_to_the_offline_replay(tmp_path):
     (frame,) = list(bag.rgbd_frames(depth_unit_m=0.00025))
     assert float(frame.depth.max()) == pytest.approx(0.25)
     values = replay.node_parameter_values({"depth_scale": 0.00025})
-    (frame,) = list(replay._offline_frames(bag, replay.ReplaySettings(), values))
+    (frame,) = list(replay._offline_frames(bag, replay.ReplaySettings(), values,
+                                           replay.Recording(mode="offline")))
     assert float(frame.depth.max()) == pytest.approx(0.25)
 
 

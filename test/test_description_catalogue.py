@@ -26,14 +26,17 @@ CATALOGUE = DescriptionCatalogue([SUGAR, CUPS, Label("mug", "", "025_mug")])
 @pytest.mark.parametrize("written, key", [
     ("004_sugar_box", "sugar box"), ("sugar_box", "sugar box"), ("  Sugar   Box ", "sugar box"),
     ("sugar-box", "sugar box"), ("065-a_cups", "a cups"), ("2 forks", "2 forks"),
-    ("7up", "7up"), ("42", "42")])
+    ("7up", "7up"), ("42", "42"), ("7_up_can", "7 up can"), ("Rubik\u2019s cube", "rubik's cube"),
+    ("\uff53\uff55\uff47\uff41\uff52 box", "sugar box"), ("sugar\u200b box", "sugar box")])
 def test_catalogue_key_forms(written, key):
     assert catalogue_key(written) == key
 
 
 @pytest.mark.parametrize("written, readable", [
     ("coffee_mug", "coffee mug"), ("004_sugar_box", "sugar box"), ("coffee mug", "coffee mug"),
-    ("my_red cup", "my_red cup"), ("banana", "banana"), ("007", "007"), ("_", "_")])
+    ("my_red cup", "my_red cup"), ("banana", "banana"), ("007", "007"), ("_", "_"),
+    # only a dataset key's three digits are a prefix to drop: these numbers are the name's
+    ("7_up_can", "7 up can"), ("3_in_1_oil", "3 in 1 oil"), ("2_liter_bottle", "2 liter bottle")])
 def test_readable_name(written, readable):
     assert readable_name(written) == readable
 
@@ -194,6 +197,20 @@ def test_labels_prompted_alike_are_reported():
     assert svc.prompted_alike(labels) == [("sugar box", "004_sugar_box"),
                                           ("sugar box", "Sugar_Box")]
     assert _service(None, Factory()).prompted_alike(labels[:3]) == []
+
+
+def test_labels_the_teacher_embeds_alike_are_reported_from_their_embeddings():
+    """Names the teacher cannot tell apart (MiniLM's tokenizer reads every emoji as [UNK];
+    prompts that differ only past the context length) have equal embeddings though their
+    prompts differ: given the embeddings, they are reported too, each later name once."""
+    svc = _service(None, Factory())
+    labels = [Label("apple"), Label("banana"), Label("pear"), Label("plum")]
+    emb = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator()
+                                                    .manual_seed(0)), dim=-1)
+    assert svc.prompted_alike(labels, emb) == []
+    emb[2] = emb[0] * 1.00001
+    emb[3] = emb[0]
+    assert svc.prompted_alike(labels, emb) == [("apple", "pear"), ("apple", "plum")]
 
 
 def test_the_vocabulary_controller_warns_of_labels_prompted_alike(tmp_path):

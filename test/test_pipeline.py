@@ -376,6 +376,47 @@ def test_bundle_seen_bias_moves_the_label_off_trained_names(tmp_path, text_emb, 
     assert o.label == "c"                              # index of 'power drill' in text_emb
 
 
+def test_min_similarity_takes_the_best_raw_cosine_not_the_biased_top_labels(
+        tmp_path, text_emb, direction):
+    """min_similarity is documented as the crop's best raw cosine: with the seen bias moving
+    the label off the trained name, a threshold between the two labels' cosines kept the
+    crop only when checked against the best raw cosine (it was the top label's)."""
+    cos = (text_emb @ direction)
+    order = torch.argsort(cos, descending=True).tolist()
+    gap = float(cos[order[0]] - cos[order[1]])
+    b = _calibrated_bundle(tmp_path, text_emb, direction, seen_bias=min(1.0, gap + 0.02))
+    between = float(cos[order[0]] + cos[order[1]]) / 2
+    pipe = PerceptionPipeline(b, crop_source="full_frame", unknown_threshold=0.0,
+                              min_similarity=between)
+    (o,), _ = pipe.process(frame())
+    assert o.known and o.label == NAMES[order[1]]
+    pipe.configure(min_similarity=float(cos[order[0]]) + 0.01)
+    (o,), _ = pipe.process(frame())
+    assert not o.known
+
+
+@pytest.mark.parametrize("size", [3, 5, 26, 100])
+def test_labels_embedded_alike_publish_the_first_whatever_the_size_or_top_k(
+        bundle, direction, size):
+    """Two names the teacher embeds alike tie: torch.topk's order among ties depends on the
+    vocabulary's size and k, so the published one changed with top_k (a reporting setting).
+    Now the first in the vocabulary wins, and the tie is listed in vocabulary order."""
+    rng = torch.Generator().manual_seed(size)
+    emb = unit(torch.randn(size, DIM, generator=rng))
+    first, later = 1, size - 1
+    emb[first] = emb[later] = direction                     # the best, twice
+    names = [f"thing {i}" for i in range(size)]
+    pipe = PerceptionPipeline(bundle, vocabulary=Vocabulary.from_names(names), embeddings=emb,
+                              crop_source="full_frame", unknown_threshold=0.0)
+    for k in sorted({1, 2, 3, min(10, size), size}):
+        pipe.configure(top_k=k)
+        (o,), _ = pipe.process(frame())
+        assert o.label == names[first], (size, k)
+        if k >= 2:
+            assert [n for n, _ in o.top_k[:2]] == [names[first], names[later]]
+            assert o.top_k[0][1] == o.top_k[1][1]
+
+
 def test_bundle_threshold_is_the_default_and_can_be_overridden(tmp_path, text_emb, direction):
     b = _calibrated_bundle(tmp_path, text_emb, direction, unknown_threshold=1.0)
     pipe = PerceptionPipeline(b, crop_source="full_frame", score_temperature=1.0)

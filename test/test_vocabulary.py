@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -232,7 +233,9 @@ def test_rejects_duplicates_differing_only_in_case():
         Vocabulary.from_dict({"labels": [{"name": "Mug", "key": "a"}, {"name": "mug", "key": "b"}]})
 
 
-@pytest.mark.parametrize("name", ["unknown", "Unknown", " UNKNOWN "])
+@pytest.mark.parametrize("name", ["unknown", "Unknown", " UNKNOWN ", "unknown_", "_unknown",
+                                  "unk\u200bnown", "\ufeffunknown",
+                                  "\uff55\uff4e\uff4b\uff4e\uff4f\uff57\uff4e"])
 def test_the_open_set_label_unknown_is_reserved(name, tmp_path):
     from vl_distill_ros.perception.pipeline import UNKNOWN_LABEL
 
@@ -360,6 +363,38 @@ def test_names_differing_only_in_underscores_are_duplicates():
     with pytest.raises(VocabularyError, match=r"duplicate label 'Sugar_Box' .*'_' read as a "
                                               "space"):
         Vocabulary.from_names(["sugar box", "Sugar_Box"])
+
+
+@pytest.mark.parametrize("first, later", [
+    ("banana", "banana_"), ("caf\u00e9 mug", "cafe\u0301 mug"),          # NFC and NFD
+    ("mug", "\uff4d\uff55\uff47"), ("sugar box", "sugar  box"),          # full-width, spacing
+    ("mug", "mu\u200bg"), ("Rubik's cube", "Rubik\u2019s cube")])          # invisible, quote
+def test_names_that_read_alike_are_duplicates(first, later):
+    """Names that differ only in their Unicode spelling, invisible characters, spacing, a
+    typographic apostrophe or a trailing '_' were accepted as two labels (two identical
+    entries in top_k, the later arbitrary)."""
+    with pytest.raises(VocabularyError, match="duplicate label"):
+        Vocabulary.from_names([first, later])
+
+
+@pytest.mark.parametrize("name", ["___", "\u200b", "\u200d\u200c", "\u2060", "\ufeff",
+                                  "\u00ad", "\u3164", "\u2800", "\u034f", " _ "])
+def test_names_that_show_nothing_are_rejected(name):
+    """Names of underscores or invisible characters only were accepted (a label published
+    as "\u200b" displays as nothing)."""
+    with pytest.raises(VocabularyError, match="empty|shows nothing"):
+        Vocabulary.from_names(["mug", name])
+
+
+def test_name_length_counts_composed_characters():
+    """A decomposed (NFD) name counts its characters as composed: the same visible name was
+    accepted in NFC and refused in NFD."""
+    nfc = "caf\u00e9 " * 10 + "mug"                       # 53 characters, 63 in NFD
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert len(nfd) > 64 - 4 and len(nfc) < 64
+    assert Vocabulary.from_names([nfd + "s" * 8]).names == [nfd + "s" * 8]
+    with pytest.raises(VocabularyError, match="is 65 characters; the limit is 64"):
+        Vocabulary.from_names([nfc + "s" * 12])
 
 
 def test_rejects_missing_file_and_invalid_yaml(tmp_path):

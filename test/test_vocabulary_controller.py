@@ -93,6 +93,11 @@ def test_labels_alone_carry_descriptions_and_clear_the_file(ctl, bundle):
                      "labels": ["BANANA", "zebra"]}    # the parameter shows the names used
     # a name whose description is dropped: no descriptions at all
     assert ctl.complete({"labels": ["mug", "zebra"]}, "") == {"descriptions": []}
+    # a name that stays in another spelling (as names are compared: '_' for a space,
+    # Unicode forms) keeps its description too; it was dropped for the '_' spellings
+    for spelling in ("Banana_", "\uff42anana", "ba\u200bnana"):
+        assert ctl.complete({"labels": [spelling, "zebra"]}, "") == {
+            "descriptions": ["A curved yellow fruit.", ""]}, spelling
     v0 = ctl.pipeline.active.version
     assert params.set(labels=["banana", "zebra"]) is None
     assert params.values["vocabulary_file"] == ""

@@ -125,7 +125,7 @@ def offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str,
 
     from ..model.bundle import BundleError, load_bundle
     from ..model.runtime import RuntimeBackendError
-    from ..model.text_service import TextEmbeddingService
+    from ..model.text_service import TextEmbeddingService, alike_warning
     from ..perception.pipeline import PerceptionPipeline, PipelineError
 
     vocab_file = load_vocabulary_file(settings.vocabulary)
@@ -149,6 +149,9 @@ def offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str,
             raise InputError(f"could not embed the vocabulary {settings.vocabulary}: "
                              f"{exc}") from None
         vocab, source, catalogue = vocab_file, f"file {settings.vocabulary}", service.catalogue
+        alike = service.prompted_alike(vocab.labels, emb)
+        if alike:   # as the node warns
+            print(f"warning: {alike_warning(alike)}", file=sys.stderr)
     else:
         vocab, emb, source = bundle.vocabulary, bundle.text_embeddings, "bundle"
         catalogue = None

@@ -83,6 +83,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 # the proposer's IoU (re-exported: ``scoring.box_iou`` is part of this module's API)
 from ..model.descriptions import catalogue_key
+from ..model.vocabulary import fold_key
 from ..perception.boxes import box_iou
 
 __all__ = ["FrameKey", "GTObject", "Membership", "UNKNOWN_LABEL", "MISSED_COLUMN", "GROUPS",
@@ -112,8 +113,9 @@ class GTObject(NamedTuple):
 
 def fold_label(text: str) -> str:
     """Case- and underscore-insensitive form of a label or key
-    (``Power_Drill`` -> ``power drill``)."""
-    return str(text).strip().casefold().replace("_", " ")
+    (``Power_Drill`` -> ``power drill``): the vocabulary's
+    :func:`~vl_distill_ros.model.vocabulary.fold_key`."""
+    return fold_key(str(text))
 
 
 def match_boxes(gt_boxes: Sequence[Sequence[float]], pred_boxes: Sequence[Sequence[float]],

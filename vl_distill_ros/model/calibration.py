@@ -43,6 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .vocabulary import fold_key
+
 __all__ = ["Calibration", "CalibrationError", "center_embeddings", "bias_vector",
            "adjusted_scores", "negative_mask",
            "mean_class_accuracy", "harmonic_mean", "auroc", "choose_seen_bias",
@@ -58,7 +60,9 @@ class CalibrationError(ValueError):
 
 
 def _fold(name: str) -> str:
-    return " ".join(name.split()).casefold()
+    """How a name is matched to the trained names (:func:`~.vocabulary.fold_key`:
+    ``coffee_mug`` is the trained ``coffee mug``)."""
+    return fold_key(name)
 
 
 @dataclass(frozen=True)

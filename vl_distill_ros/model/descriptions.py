@@ -24,17 +24,20 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from .vocabulary import Label, Vocabulary
+from .vocabulary import Label, Vocabulary, fold_key
 
 __all__ = ["DescriptionCatalogue", "catalogue_key", "catalogue_vocabulary", "readable_name"]
 
-_NUMBER_PREFIX = re.compile(r"^\d+[_\-]+(?=\S)")
+#: A dataset key's leading number (YCB's and BOP's three digits: ``004_sugar_box``,
+#: ``065-a_cups``); a name such as ``7_up_can`` or ``3_in_1_oil`` keeps its number.
+_NUMBER_PREFIX = re.compile(r"^\d{3}[_\-\s]+(?=\S)")
 
 
 def readable_name(name: str) -> str:
     """``name`` as words: an identifier-style name (``coffee_mug``, ``004_sugar_box``; no
-    spaces) has its underscores read as spaces and a leading number dropped; any other name
-    is returned stripped, unchanged."""
+    spaces) has its underscores read as spaces and a dataset key's three-digit leading
+    number dropped (``7_up_can`` reads ``7 up can``); any other name is returned stripped,
+    unchanged."""
     name = name.strip()
     if " " in name or "_" not in name:
         return name
@@ -43,11 +46,13 @@ def readable_name(name: str) -> str:
 
 
 def catalogue_key(text: str) -> str:
-    """The form under which the catalogue compares names and keys: casefolded, ``_`` and
-    ``-`` read as spaces, single spaces, a leading number (``004_``) dropped."""
-    text = text.strip()
+    """The form under which the catalogue compares names and keys: the vocabulary's
+    :func:`~vl_distill_ros.model.vocabulary.fold_key` (case, ``_`` and spacing aside,
+    Unicode-normalised, typographic apostrophes as ``'``), ``-`` read as a space too and a
+    dataset key's leading number (``004_``) dropped."""
+    text = fold_key(text)
     text = _NUMBER_PREFIX.sub("", text) or text
-    return re.sub(r"[_\-\s]+", " ", text.casefold()).strip()
+    return re.sub(r"[\-\s]+", " ", text).strip()
 
 
 class DescriptionCatalogue:

@@ -94,6 +94,9 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 #: Most label embeddings a service keeps (memory and file); least recently used go first.
 MAX_CACHE_ENTRIES = 2048
+#: Text embeddings at least this close (cosine) are the same to the teacher
+#: (:meth:`TextEmbeddingService.prompted_alike`).
+ALIKE_COSINE = 0.9999
 #: Largest cache file read, and most its members may unpack to (bytes): 2048 entries of a
 #: 1024-dimensional teacher with long prompts fit well within it.
 MAX_CACHE_FILE_BYTES = 64 << 20
@@ -272,6 +275,16 @@ class _LruVectors:
         return keys, self.matrix[[self.rows[k] for k in keys]]
 
 
+def alike_warning(pairs: Sequence[tuple[str, str]]) -> str:
+    """The warning for labels :meth:`TextEmbeddingService.prompted_alike` found (at most 10
+    pairs listed)."""
+    listed = ", ".join(f"{later!r} (as {first!r})" for first, later in pairs[:10])
+    return ("labels the teacher embeds alike (the same prompt, or text it cannot tell "
+            f"apart), so the later is never chosen: {listed}"
+            + (" ..." if len(pairs) > 10 else "")
+            + "; give one of each pair a description of its own, or drop it")
+
+
 class TextEmbeddingService:
     """Label -> teacher text embedding, cached in memory and on disk (see module doc).
 
@@ -392,10 +405,14 @@ class TextEmbeddingService:
         else :meth:`DescriptionCatalogue.prompt_label`."""
         return label if self.catalogue is None else self.catalogue.prompt_label(label)
 
-    def prompted_alike(self, labels: Sequence[Label]) -> list[tuple[str, str]]:
+    def prompted_alike(self, labels: Sequence[Label],
+                       embeddings: torch.Tensor | None = None) -> list[tuple[str, str]]:
         """Pairs ``(first, later)`` of ``labels`` whose prompts are the same (e.g. ``pitcher``
-        and ``pitcher base``, or ``sugar box`` and ``004_sugar_box``, through the catalogue):
-        their embeddings are equal, so the later name never wins over the first."""
+        and ``pitcher base``, or ``sugar box`` and ``004_sugar_box``, through the catalogue),
+        or, given their ``embeddings`` (rows in the order of ``labels``), that the teacher
+        embeds alike (cosine >= :data:`ALIKE_COSINE`: text its tokenizer cannot tell apart,
+        such as names of emoji or accents only, or prompts that differ only past its context
+        length): the later name never wins over the first."""
         first: dict[CacheKey, str] = {}
         pairs = []
         for label in labels:
@@ -404,6 +421,14 @@ class TextEmbeddingService:
                 pairs.append((first[key], label.name))
             else:
                 first[key] = label.name
+        if embeddings is not None and len(labels) > 1:
+            later = {b for _, b in pairs}
+            emb = F.normalize(embeddings.detach().float().cpu(), dim=-1)
+            close = torch.triu(emb @ emb.T >= ALIKE_COSINE, diagonal=1).nonzero().tolist()
+            for i, j in close:      # row-major: each later name with its first alike
+                if labels[j].name not in later and labels[i].name not in later:
+                    later.add(labels[j].name)
+                    pairs.append((labels[i].name, labels[j].name))
         return pairs
 
     def catalogued(self, labels: Sequence[Label]) -> list[str]:

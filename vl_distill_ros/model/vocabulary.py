@@ -101,9 +101,29 @@ def _read_yaml(path: Path, what: str) -> object:
         raise VocabularyError(f"cannot read {what} file {path}: not valid YAML: {exc}") from None
 
 
+#: Characters that show nothing and are not format characters (category Cf, also left
+#: out): the combining grapheme joiner, the Hangul fillers, the blank Braille pattern.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0\u2800")
+#: Typographic apostrophes and quotes read as ASCII ones (a phone keyboard's ``Rubik’s``).
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"',
+                         "\u201d": '"'})
+
+
+def visible_text(text: str) -> str:
+    """``text`` without the characters that show nothing: format characters (zero-width
+    spaces and joiners, the byte-order mark, soft hyphens: Unicode category Cf) and the
+    blank letters of :data:`_INVISIBLE`."""
+    return "".join(c for c in text
+                   if c not in _INVISIBLE and unicodedata.category(c) != "Cf")
+
+
 def fold_key(text: str) -> str:
-    """Case- and underscore-insensitive form used to compare keys and names."""
-    return text.strip().casefold().replace("_", " ")
+    """The form under which names and keys are compared (duplicates, the reserved
+    ``unknown``, lookups): Unicode compatibility-normalised (NFKC: NFC and NFD spellings,
+    full-width letters), without invisible characters (:func:`visible_text`), typographic
+    apostrophes as ``'``, case-folded, ``_`` read as a space and runs of spaces as one."""
+    text = visible_text(unicodedata.normalize("NFKC", text)).translate(_QUOTES)
+    return " ".join(text.casefold().replace("_", " ").split())
 
 
 def _not_text(value: object) -> str:
@@ -127,21 +147,28 @@ def check_label_lengths(i: int, name: str, description: str = "",
     ``max_name_length`` or its ``description`` longer than :data:`MAX_DESCRIPTION_LENGTH`
     (checked before any other work on a list of names: the node's ``labels`` parameter)."""
     if len(name) > max_name_length:
-        raise VocabularyError(f"label {i} name {name[:20]!r}... is {len(name)} characters; "
-                              f"the limit is {max_name_length}")
+        # counted as composed characters (NFC): a decomposed é is one character, not two
+        length = len(unicodedata.normalize("NFC", name))
+        if length > max_name_length:
+            raise VocabularyError(f"label {i} name {name[:20]!r}... is {length} characters; "
+                                  f"the limit is {max_name_length}")
     if len(description) > MAX_DESCRIPTION_LENGTH:
-        raise VocabularyError(f"label {i} ({name!r}) description is {len(description)} "
-                              f"characters; the limit is {MAX_DESCRIPTION_LENGTH}")
+        length = len(unicodedata.normalize("NFC", description))
+        if length > MAX_DESCRIPTION_LENGTH:
+            raise VocabularyError(f"label {i} ({name!r}) description is {length} "
+                                  f"characters; the limit is {MAX_DESCRIPTION_LENGTH}")
 
 
 def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
                     max_name_length: int = MAX_NAME_LENGTH) -> None:
     """Raise :class:`VocabularyError` with a reason if the labels do not form a vocabulary.
 
-    Rejects: no labels, too many labels, empty/whitespace names, names that are too long or
-    contain control characters, over-long descriptions, duplicate names (case-insensitive,
-    ``_`` read as a space, as keys and lookups read them), empty, over-long or duplicate
-    keys and the reserved name ``unknown`` (:data:`UNKNOWN_NAME`).
+    Rejects: no labels, too many labels, names of nothing visible (empty, whitespace, ``_``
+    or invisible characters only), names that are too long or contain control characters,
+    over-long descriptions, duplicate names (compared by :func:`fold_key`: case, ``_`` and
+    spacing aside, Unicode-normalised, invisible characters left out, as keys and lookups
+    read them), empty, over-long or duplicate keys and the reserved name ``unknown``
+    (:data:`UNKNOWN_NAME`, in any of those spellings).
     """
     if len(labels) == 0:
         raise VocabularyError("vocabulary is empty: give at least one label")
@@ -166,6 +193,9 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
                                   "printable text")
         check_label_lengths(i, label.name, label.description, max_name_length)
         folded = fold_key(label.name)
+        if not folded:
+            raise VocabularyError(f"label {i} name {label.name!r} shows nothing (only spaces, "
+                                  "'_' or invisible characters)")
         if folded == UNKNOWN_NAME:
             raise VocabularyError(
                 f"label {i} {label.name!r} is reserved: it is what the node publishes for an "
@@ -173,9 +203,11 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
         if folded in seen:
             raise VocabularyError(
                 f"duplicate label {label.name!r} (entries {seen[folded]} and {i}, "
-                "compared case-insensitively, '_' read as a space)")
+                "compared case-insensitively, '_' read as a space, spacing aside, "
+                "Unicode-normalised, invisible characters left out)")
         seen[folded] = i
-        if not isinstance(label.key, str) or not label.key.strip() or _bad_characters(label.key):
+        if not isinstance(label.key, str) or not fold_key(label.key) \
+                or _bad_characters(label.key):
             raise VocabularyError(f"label {i} ({label.name!r}) has an empty or invalid key")
         if len(label.key) > MAX_KEY_LENGTH:
             raise VocabularyError(f"label {i} ({label.name!r}) key is {len(label.key)} "

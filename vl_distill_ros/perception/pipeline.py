@@ -486,8 +486,14 @@ class PerceptionPipeline:
             probs = torch.from_numpy(adjusted_scores(
                 cos.numpy(), np.asarray(bias), self.effective_temperature(settings), negatives))
             k = min(int(settings.top_k), probs.shape[1])
-            top_p, top_i = probs.topk(k, dim=-1)
-            best_cos = cos.gather(1, top_i[:, :1]).squeeze(1)
+            # a stable sort: of labels with equal scores (names the teacher embeds alike)
+            # the first in the vocabulary wins, whatever the vocabulary's size or top_k
+            # (torch.topk's order among ties depends on both)
+            top_p, top_i = probs.sort(dim=-1, descending=True, stable=True)
+            top_p, top_i = top_p[:, :k], top_i[:, :k]
+            # the crop's best raw cosine over every label (before the seen bias moves the
+            # top label), as min_similarity is documented
+            best_cos = cos.max(dim=1).values
         names = active.vocabulary.names
         top_p_l, top_i_l, best_cos_l = top_p.tolist(), top_i.tolist(), best_cos.tolist()
         objects = []

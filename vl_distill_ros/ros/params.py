@@ -208,11 +208,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # -- vocabulary (dynamic) -----------------------------------------------------------------
     ParamSpec("labels", [], "string_array",
               "Active label names. Empty (at start-up or set at runtime): the bundle's "
-              "vocabulary with its descriptions. After start-up it always shows the active (or "
-              "being embedded) vocabulary. Setting it alone keeps the descriptions of names "
-              "that stay and clears the others.",
+              "vocabulary with its descriptions. After start-up it shows the active vocabulary, "
+              "or the one requested last while it is embedded or when it could not be "
+              "(/diagnostics: vocabulary_state error, the active one unchanged). Setting it "
+              "alone keeps the descriptions of names that stay and clears the others.",
               constraints="0 (the bundle's) or 1..1000 unique (case-insensitive, '_' read "
-                          "as a space) non-empty names of <= 64 chars, not 'unknown'"),
+                          "as a space, Unicode-normalised, invisible characters aside) "
+                          "names that show something, of <= 64 chars, not 'unknown'"),
     ParamSpec("descriptions", [], "string_array",
               "One-sentence appearance descriptions, empty or one per label (same order); "
               "used for language enrichment when the bundle was exported with it; a label "

@@ -74,7 +74,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ..model.text_service import TextEmbeddingService
+from ..model.text_service import TextEmbeddingService, alike_warning
 from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
 from ..model.vocabulary import (MAX_LABELS, Label, Vocabulary, VocabularyError,
                                 check_label_lengths, fold_key)
@@ -83,6 +83,8 @@ from ..thread_names import os_named
 from .diagnostics import clip_text
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from ..perception.pipeline import PerceptionPipeline
 
 __all__ = ["VOCABULARY_DEBOUNCE_S", "SAVE_PENDING_WAIT_S", "VocabularyController",
@@ -119,7 +121,7 @@ def build_vocabulary(names: Sequence[str], descriptions: Sequence[str],
         raise VocabularyError(f"vocabulary has {len(names)} labels; the limit is {MAX_LABELS}")
     if not descriptions:
         descriptions = [""] * len(names)
-    keys = {lb.name.casefold(): lb.key for lb in previous} if previous is not None else {}
+    keys = {fold_key(lb.name): lb.key for lb in previous} if previous is not None else {}
     labels = []
     for i, (name, desc) in enumerate(zip(names, descriptions)):
         labels.append(_checked_label(i, name, desc, keys))
@@ -147,7 +149,7 @@ def _checked_label(i: int, name: Any, desc: Any, keys: Mapping[str, str]) -> Lab
     clean = name.strip()
     description = (desc or "").strip()
     check_label_lengths(i, clean, description)
-    return Label(name=clean, description=description, key=keys.get(clean.casefold(), ""))
+    return Label(name=clean, description=description, key=keys.get(fold_key(clean), ""))
 
 
 def descriptions_param(vocab: Vocabulary) -> list[str]:
@@ -247,25 +249,26 @@ class VocabularyController:
                 raise VocabularyError(f"labels/descriptions: {exc}") from None
         return bundle_vocabulary, "bundle", ""
 
-    def _warn_prompted_alike(self, vocab: Vocabulary) -> None:
-        """Log a warning for labels of ``vocab`` that are prompted alike (never chosen)."""
-        pairs = self.text_service.prompted_alike(vocab.labels)
+    def _warn_prompted_alike(self, vocab: Vocabulary, emb: "torch.Tensor | None" = None
+                             ) -> None:
+        """Log a warning for labels of ``vocab`` that are prompted or (given their
+        embeddings ``emb``) embedded alike: the later is never chosen."""
+        pairs = self.text_service.prompted_alike(vocab.labels, emb)
         if pairs:
-            self.log.warning("labels prompted alike, so the later is never chosen: " + ", ".join(
-                f"{later!r} (as {first!r})" for first, later in pairs[:10])
-                + (" ..." if len(pairs) > 10 else "")
-                + "; give one of each pair a description of its own, or drop it")
+            self.log.warning(alike_warning(pairs))
 
     def embed_startup(self, vocab: Vocabulary):
         """The embeddings of ``vocab``, or ``None`` (error recorded and logged) on failure."""
-        self._warn_prompted_alike(vocab)
         try:
-            return self.text_service.embed_vocabulary(vocab)
+            emb = self.text_service.embed_vocabulary(vocab)
         except Exception as exc:  # noqa: BLE001 - e.g. teacher weights missing offline
+            self._warn_prompted_alike(vocab)
             self.error = f"could not embed the start-up vocabulary: {exc}"
             self.state = "error"
             self.log.error(self.error + "; using the bundle's vocabulary")
             return None
+        self._warn_prompted_alike(vocab, emb)
+        return emb
 
     def attach(self, pipeline: "PerceptionPipeline", vocab: Vocabulary, source: str,
                default: Vocabulary | None = None,
@@ -353,8 +356,8 @@ class VocabularyController:
                 extra[name] = [v.strip() for v in value]
         if lb is not None and ds is None and _is_string_array(lb):
             requested = self.requested if self.requested is not None else Vocabulary(())
-            old = {x.name.casefold(): x.description for x in requested}
-            carried = [old.get(str(n).strip().casefold(), "") for n in lb]
+            old = {fold_key(x.name): x.description for x in requested}
+            carried = [old.get(fold_key(str(n)), "") for n in lb]
             extra["descriptions"] = carried if any(carried) else []
         return extra
 
@@ -494,7 +497,7 @@ class VocabularyController:
             self.source = "parameters"
             self._lock.notify_all()  # a waiting save()
         catalogued = self.text_service.catalogued(vocab.labels)
-        self._warn_prompted_alike(vocab)
+        self._warn_prompted_alike(vocab, emb)
         self.log.info(f"vocabulary version {version}: {len(vocab)} labels, embedded in "
                       f"{time.perf_counter() - start:.2f} s ({self.text_service.stats})"
                       + (f"; {len(catalogued)} without a description take the bundle's "
