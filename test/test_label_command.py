@@ -319,3 +319,26 @@ def test_stdout_closed_early_is_not_a_traceback(tmp_path, frames):
     err = done.stderr.decode()
     assert done.returncode == 2 and "cannot write to stdout" in err, err
     assert "Traceback" not in err, err
+
+
+def test_without_pillow_exif_orientation_is_skipped_with_one_warning(monkeypatch, capsys):
+    """Without Pillow, `label` on any JPEG crashed with a traceback (the import sat outside
+    the guard); now the orientation is taken as upright and that is said once."""
+    import builtins
+
+    from vl_distill_ros.commands import label
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    assert ok
+    real_import = builtins.__import__
+
+    def no_pil(name, *a, **kw):
+        if name == "PIL" or name.startswith("PIL."):
+            raise ModuleNotFoundError("No module named 'PIL'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(label, "_WARNED_NO_PIL", [])
+    monkeypatch.setattr(builtins, "__import__", no_pil)
+    assert label.exif_orientation(buf) == 1 and label.exif_orientation(buf) == 1
+    err = capsys.readouterr().err
+    assert err.count("Pillow is not installed") == 1, err

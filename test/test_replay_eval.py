@@ -160,6 +160,13 @@ def test_offline_settings_are_the_nodes(monkeypatch):
         replay.parse_param("unknown_threshold:=3")
     with pytest.raises(replay.InputError, match=r"\[-1.0, 1.0\]"):
         replay.parse_param("seen_bias:=2")
+    # a string parameter takes its text as written: YAML 1.1 read `off` as False and the
+    # README's proposal_box_net:=off was refused ("no model file at False")
+    assert replay.parse_param("proposal_box_net:=off") == ("proposal_box_net", "off")
+    assert replay.parse_param("proposal_box_net_depth:= no") == ("proposal_box_net_depth", "no")
+    assert replay.parse_param("crop_source:='full_frame'") == ("crop_source", "full_frame")
+    values = replay.node_parameter_values(dict([replay.parse_param("proposal_box_net:=off")]))
+    assert replay.pipeline_settings(values) == PipelineSettings.from_params(values)
 
 
 # ----------------------------------------------------------------------------------------
@@ -737,6 +744,25 @@ def test_options_that_gave_tracebacks_are_exit_2(bag, bundle, tmp_path, capsys, 
         code, _, err = run_cli([str(bag), "--model", str(bundle), *args], capsys)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
     assert not spy.pids  # no node was started
+
+    # an existing --out that refuses files (a read-only mount) let the whole replay run and
+    # then failed with a traceback writing the report; now refused before any work
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+
+    def refuse(*args, **kwargs):
+        if Path(kwargs.get("dir", "")) == read_only:
+            raise OSError(30, "Read-only file system")
+        return real(*args, **kwargs)
+
+    real = replay.tempfile.TemporaryFile
+    monkeypatch.setattr(replay.tempfile, "TemporaryFile", refuse)
+    for mode in (["--offline"], []):
+        code, _, err = run_cli([str(bag), "--model", str(bundle), "--out", str(read_only),
+                                *mode], capsys)
+        assert code == 2 and "Read-only file system" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert not spy.pids and not list(read_only.iterdir())
 
 
 def test_an_object_is_grouped_by_its_vocabulary_name_whatever_frame_comes_first():

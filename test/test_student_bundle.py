@@ -161,6 +161,26 @@ def test_bundle_rejects_mismatched_student(tmp_path):
         load_bundle(rewrite_zip(path, tmp_path / "t4.vdb", fewer_labels))
 
 
+def test_a_backbone_package_missing_is_not_called_a_corrupt_bundle(monkeypatch):
+    """Without efficientnet_lite_pytorch the shipped bundle was reported as weights that "do
+    not fit the declared student" (every exception was); the package is named instead."""
+    import builtins
+
+    from vl_distill_ros.ros.params import default_model_path
+
+    real_import = builtins.__import__
+
+    def no_package(name, *a, **kw):
+        if name.startswith("efficientnet_lite_pytorch"):
+            raise ModuleNotFoundError("No module named 'efficientnet_lite_pytorch'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_package)
+    with pytest.raises(BundleError, match="student needs a package this machine lacks "
+                                          r"\(No module named 'efficientnet_lite_pytorch'\)"):
+        load_bundle(default_model_path())
+
+
 def test_save_bundle_checks_embedding_shape(tmp_path):
     s = build_student(SMALL, 16)
     with pytest.raises(BundleError, match="do not match"):

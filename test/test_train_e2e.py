@@ -122,6 +122,7 @@ def test_train_resume_eval_export(toy: Path, capsys):
     assert 0.0 <= metrics["embedding"]["mean_angle_deg"] <= 180.0
     for png in ("confusion_matrix.png", "per_class_accuracy.png"):
         assert (run / "eval" / png).stat().st_size > 5000
+    _check_eval_without_matplotlib(run, capsys)
 
     bundle_path = toy / "student.vdb"
     assert cli_main(["export", "--run", str(run), "--out", str(bundle_path)]) == 0
@@ -138,6 +139,30 @@ def test_train_resume_eval_export(toy: Path, capsys):
         f"A {AUX['aux'][0].split('_')[0]} coloured {AUX['aux'][0].split('_')[1]}."
     _check_int8_export(toy, run, bundle, capsys, cfg_path)
     _check_bundle_eval(toy, run, bundle_path, cfg_path, capsys)
+
+
+def _check_eval_without_matplotlib(run: Path, capsys) -> None:
+    """Without matplotlib, `eval` crashed in its first plot with a traceback and wrote no
+    metrics.json: now each plot is left out with a warning and the metrics are written."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **kw):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError("No module named 'matplotlib'")
+        return real_import(name, *a, **kw)
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builtins, "__import__", no_matplotlib)
+        assert cli_main(["eval", "--run", str(run), "--no-progress", "--out",
+                         str(run / "eval_no_plots")]) == 0
+    err = capsys.readouterr().err
+    assert "the confusion matrix plot was not drawn: matplotlib is not installed" in err, err
+    assert (run / "eval_no_plots" / "metrics.json").read_text() == \
+        (run / "eval" / "metrics.json").read_text()
+    assert not list((run / "eval_no_plots").glob("*.png"))
 
 
 def _check_int8_export(toy: Path, run: Path, bundle, capsys, cfg_path: Path) -> None:
@@ -410,6 +435,34 @@ def test_missing_data_is_reported(toy: Path, capsys):
     cfg_path = _config(toy, "nodata", data={"root": str(toy / "nowhere")})
     assert cli_main(["train", "--config", str(cfg_path), "--no-progress"]) == 2
     assert "no training images" in capsys.readouterr().err
+
+
+def test_teacher_weights_not_on_this_machine_is_one_error_line(toy: Path, capsys,
+                                                               monkeypatch):
+    """The open_clip teacher without its weights (no hub here): its message, what to fetch
+    and where to put it, came buried in 92 lines of four chained tracebacks (exit 1); and
+    without open_clip installed a bare ModuleNotFoundError. Now one error line, exit 2."""
+    import builtins
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg_path = _config(toy, "clip_missing")
+    args = ["train", "--config", str(cfg_path), "--no-progress", "teacher.backend=open_clip",
+            "teacher.model=ViT-B-32", "teacher.pretrained=openai"]
+    assert cli_main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.startswith("vl-distill")]
+    assert len(err) == 1 and "not on this machine" in err[0] and "Download:" in err[0], err
+    real_import = builtins.__import__
+
+    def no_open_clip(name, *a, **kw):
+        if name == "open_clip" or name.startswith("open_clip."):
+            raise ModuleNotFoundError("No module named 'open_clip'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_open_clip)
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs the open_clip_torch package" in err and "Traceback" not in err, err
 
 
 def test_ddp_two_gloo_processes(toy: Path):

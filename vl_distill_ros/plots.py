@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ __all__ = [
     "plot_per_class_accuracy",
     "plot_training_curves",
     "plot_results_bars",
+    "drawn_or_warned",
 ]
 
 _DPI = 120
@@ -25,7 +26,11 @@ _DPI = 120
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive ``Agg`` backend (imported on first use)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError(f"matplotlib is not installed ({exc}): pip install -r "
+                          "requirements.txt") from None
 
     matplotlib.use("Agg", force=True)
     # every text is drawn as given: label names are the users' ('cup $_$ holder' failed to
@@ -34,6 +39,20 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def drawn_or_warned(draw: Callable[[], Path], what: str) -> Path | None:
+    """``draw()``'s path, or ``None`` with a warning on stderr when the plot cannot be
+    drawn (matplotlib not installed, a label it cannot set): a plot never costs the
+    results it shows."""
+    import sys
+
+    try:
+        return draw()
+    except Exception as exc:  # noqa: BLE001 - matplotlib raises many kinds
+        print(f"warning: the {what} plot was not drawn: {' '.join(str(exc).split())[:200]}",
+              file=sys.stderr)
+        return None
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = _DPI) -> Path:

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vl-distill ablate``; returns the exit status."""
+    from ..model.teachers.base import TeacherWeightsMissing
     from ..model.calibration import CalibrationError
     from ..config import ConfigError
     from ..training.image_folder import DatasetError
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         run_ablation(args.config, args.skip_render, args.force, progress=not args.no_progress)
-    except (ConfigError, DatasetError, VocabularyError, TrainingError, CalibrationError,
+    except (TeacherWeightsMissing,  # e.g. open_clip weights not on this machine
+            ConfigError, DatasetError, VocabularyError, TrainingError, CalibrationError,
             RenderError, OSError) as exc:
         print(f"vl-distill ablate: error: {exc}", file=sys.stderr)
         return 2

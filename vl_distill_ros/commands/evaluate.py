@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vl-distill eval``; returns the exit status."""
+    from ..model.teachers.base import TeacherWeightsMissing
     from ..model.calibration import CalibrationError
     from ..config import ConfigError
     from ..training.image_folder import DatasetError
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = evaluate_run(args.run, args.data_root, args.out,
                                   progress=not args.no_progress)
-    except (TrainingError, DatasetError, VocabularyError, CalibrationError, ConfigError,
+    except (TeacherWeightsMissing,  # e.g. open_clip weights not on this machine
+            TrainingError, DatasetError, VocabularyError, CalibrationError, ConfigError,
             OSError) as exc:  # OSError: --out a file, not writable
         print(f"vl-distill eval: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

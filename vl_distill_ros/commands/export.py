@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vl-distill export``; returns the exit status."""
+    from ..model.teachers.base import TeacherWeightsMissing
     from ..model.calibration import CalibrationError
     from ..model.bundle import BundleError, load_bundle
     from ..model.vocabulary import VocabularyError
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         path = export_bundle(args.run, args.out, args.vocabulary, args.labels, args.enrich,
                              onnx=args.onnx, int8=args.int8)
         bundle = load_bundle(path)  # validate what was written
-    except (TrainingError, VocabularyError, BundleError, KeyError, CalibrationError,
+    except (TeacherWeightsMissing,  # e.g. open_clip weights not on this machine
+            TrainingError, VocabularyError, BundleError, KeyError, CalibrationError,
             OSError) as exc:  # OSError: --out in a folder that is a file, not writable
         print(f"vl-distill export: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

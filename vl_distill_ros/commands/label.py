@@ -112,13 +112,23 @@ def read_image(path: Path):
     return upright(image, exif_orientation(buf)) if kind == "jpeg" else image
 
 
+#: Whether the missing-Pillow warning was given (a list: set once, no ``global``).
+_WARNED_NO_PIL: list[bool] = []
+
+
 def exif_orientation(buf) -> int:
     """The EXIF ``Orientation`` (1..8) of a JPEG payload, 1 when it has none or it cannot be
     read (only the header is parsed)."""
     import io
 
-    from PIL import Image
-
+    try:
+        from PIL import Image
+    except ImportError as exc:   # torchvision brings Pillow; without it, say so once
+        if not _WARNED_NO_PIL:
+            _WARNED_NO_PIL.append(True)
+            print(f"{PROG}: warning: Pillow is not installed ({exc}): JPEG EXIF orientation "
+                  "is not read (photos taken sideways stay sideways)", file=sys.stderr)
+        return 1
     try:
         with Image.open(io.BytesIO(memoryview(buf).tobytes())) as im:
             value = int(im.getexif().get(0x0112, 1))

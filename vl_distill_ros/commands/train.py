@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``vl-distill train``; returns the exit status."""
+    from ..model.teachers.base import TeacherWeightsMissing
     from ..model.calibration import CalibrationError
     from ..config import ConfigError, load_train_config
     from ..model.vocabulary import VocabularyError
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         out = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, VocabularyError, DatasetError, TrainingError, CalibrationError,
+    except (TeacherWeightsMissing,  # e.g. open_clip weights not on this machine
+            ConfigError, VocabularyError, DatasetError, TrainingError, CalibrationError,
             OSError) as exc:  # OSError: output_dir a file, not writable, disk full
         print(f"vl-distill train: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

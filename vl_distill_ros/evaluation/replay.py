@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -233,6 +234,24 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
 # -------------------------------------------------------------------------------------------
 # the whole evaluation
 # -------------------------------------------------------------------------------------------
+def writable_folder(out_dir: str | Path) -> Path:
+    """``out_dir``, made if missing, once a file can be made in it: an existing folder may
+    still refuse files (a read-only mount, permissions), found now rather than after the
+    whole replay when the report is written.
+
+    Raises:
+        InputError: ``out_dir`` is a file, below a file, or cannot take files.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise InputError(f"--out {out_dir} cannot be a folder this replay writes into: "
+                         f"{exc}") from None
+    return out
+
+
 def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path, *,
                  offline: bool = False, sidecar: str | Path | None = None,
                  split: Any | None = None, split_path: str = "",
@@ -275,11 +294,7 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
     if image_count(contents) == 0 and not offline:   # offline counts what it reads
         raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
                          "image messages")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file, below a file, not writable
-        raise InputError(f"--out {out_dir} cannot be a folder: {exc}") from None
+    out = writable_folder(out_dir)
     if settings.log_dir is None:
         settings.log_dir = out
     rec = run_offline(contents, settings) if offline else run_live(contents, settings)

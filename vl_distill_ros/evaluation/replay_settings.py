@@ -220,6 +220,10 @@ def parse_param(text: str, tunable: AbstractSet[str] = TUNABLE_PARAMS) -> tuple[
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise InputError(f"--param {name}: cannot parse {raw!r}: {exc}") from None
+    if P.BY_NAME[name].type == "string" and not isinstance(value, (str, list, dict)):
+        # a string parameter takes the text as written: YAML 1.1 reads off/no/on/yes as
+        # booleans (proposal_box_net:=off became False, "no model file at False")
+        value = raw.strip()
     return name, _coerce(name, value)
 
 

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..plots import pyplot, save_figure
+from ..plots import drawn_or_warned, pyplot, save_figure
 
 __all__ = ["build_report", "write_report", "summary_table", "markdown_report",
            "load_labels_jsonl", "plot_confusion", "plot_per_object", "plot_latency"]
@@ -381,8 +381,6 @@ def write_report(out_dir: str | Path, report: dict[str, Any], rows: Sequence[Map
                  latencies_ms: Sequence[float], plots: bool = True) -> dict[str, str]:
     """Write ``labels.jsonl``, the PNG plots, ``report.json`` and ``report.md`` into
     ``out_dir``; ``report["files"]`` is filled in. Returns that mapping."""
-    import sys
-
     from ..atomic_io import atomic_write_bytes
 
     out = Path(out_dir)
@@ -396,11 +394,9 @@ def write_report(out_dir: str | Path, report: dict[str, Any], rows: Sequence[Map
                                                           out / "per_object_f1.png")),
                 ("latency", lambda: plot_latency(latencies_ms, out / "latency_hist.png",
                                                  report["latency_kind"]))):
-            try:
-                files[key] = str(draw())
-            except Exception as exc:  # noqa: BLE001 - matplotlib raises many kinds
-                print(f"warning: the {key} plot was not drawn: "
-                      f"{' '.join(str(exc).split())[:200]}", file=sys.stderr)
+            drawn = drawn_or_warned(draw, key)
+            if drawn is not None:
+                files[key] = str(drawn)
     labels_path = out / "labels.jsonl"
     atomic_write_bytes(labels_path, "".join(json.dumps(row, separators=(",", ":")) + "\n"
                                             for row in rows).encode("utf-8"))

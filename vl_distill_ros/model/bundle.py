@@ -404,6 +404,9 @@ def _load_student(path: Path, members: dict[str, bytes], student_cfg: StudentCon
         student = build_student(student_cfg, embed_dim, load_weights=False)
         state = torch.load(io.BytesIO(members[WEIGHTS]), map_location="cpu", weights_only=True)
         student.load_state_dict(state, strict=True)
+    except ImportError as exc:   # the backbone's package, not the bundle, is missing
+        raise BundleError(f"{path}: its {student_cfg.backbone} student needs a package this "
+                          f"machine lacks ({exc}): pip install -r requirements.txt") from None
     except (StudentError, RuntimeError, KeyError, Exception) as exc:  # noqa: BLE001
         raise BundleError(f"{path}: student weights do not fit the declared "
                           f"{student_cfg.backbone} student: {str(exc)[:300]}") from None

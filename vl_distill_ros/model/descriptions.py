@@ -28,9 +28,12 @@ from .vocabulary import Label, Vocabulary, fold_key
 
 __all__ = ["DescriptionCatalogue", "catalogue_key", "catalogue_vocabulary", "readable_name"]
 
-#: A dataset key's leading number (YCB's and BOP's three digits: ``004_sugar_box``,
-#: ``065-a_cups``); a name such as ``7_up_can`` or ``3_in_1_oil`` keeps its number.
-_NUMBER_PREFIX = re.compile(r"^\d{3}[_\-\s]+(?=\S)")
+#: A dataset key's leading number as prompts drop it (YCB's and BOP's three digits:
+#: ``004_sugar_box``, ``065-a_cups``); a name such as ``7_up_can`` or ``3_in_1_oil`` keeps
+#: its number in its prompt.
+_KEY_NUMBER = re.compile(r"^\d{3}[_\-]+(?=\S)")
+#: Any leading number, as lookups and scoring compare names (``25-mug`` is a mug's label).
+_NUMBER_PREFIX = re.compile(r"^\d+[_\-]+(?=\S)")
 
 
 def readable_name(name: str) -> str:
@@ -41,7 +44,7 @@ def readable_name(name: str) -> str:
     name = name.strip()
     if " " in name or "_" not in name:
         return name
-    words = _NUMBER_PREFIX.sub("", name).replace("_", " ")
+    words = _KEY_NUMBER.sub("", name).replace("_", " ")
     return " ".join(words.split()) or name
 
 
@@ -49,9 +52,9 @@ def catalogue_key(text: str) -> str:
     """The form under which the catalogue compares names and keys: the vocabulary's
     :func:`~vl_distill_ros.model.vocabulary.fold_key` (case, ``_`` and spacing aside,
     Unicode-normalised, typographic apostrophes as ``'``), ``-`` read as a space too and a
-    dataset key's leading number (``004_``) dropped."""
-    text = fold_key(text)
-    text = _NUMBER_PREFIX.sub("", text) or text
+    leading number (``004_``, ``25-``) dropped."""
+    text = text.strip()
+    text = fold_key(_NUMBER_PREFIX.sub("", text) or text)
     return re.sub(r"[\-\s]+", " ", text).strip()
 
 

@@ -171,7 +171,10 @@ class BoxNet:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a dependency of the package
-            raise BoxNetError(f"onnxruntime is not installed: {exc}") from None
+            raise BoxNetError(f"onnxruntime is not installed ({exc}): the box network needs "
+                              "it (pip install -r requirements.txt), or set "
+                              "proposal_box_net: off (and proposal_box_net_depth: off) to "
+                              "propose with the colour model alone") from None
         data = model if isinstance(model, bytes) else _read_model(Path(model))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, int(threads))

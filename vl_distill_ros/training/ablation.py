@@ -209,9 +209,10 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
         md += "\n" + gzsl_markdown(rows)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    from ..plots import plot_results_bars
+    from ..plots import drawn_or_warned, plot_results_bars
 
-    plot_results_bars({r["row"]: {c: r["summary"].get(c, float("nan")) for c in TABLE_COLUMNS}
-                       for r in rows}, out / "results.png", title="Student accuracy (YCB)")
+    drawn_or_warned(lambda: plot_results_bars(
+        {r["row"]: {c: r["summary"].get(c, float("nan")) for c in TABLE_COLUMNS} for r in rows},
+        out / "results.png", title="Student accuracy (YCB)"), "results")
     print(md)
     return {"rows": rows, "markdown": md, "out_dir": str(out)}

@@ -628,7 +628,7 @@ def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = 
     """
     from tqdm import tqdm
 
-    from ..plots import plot_training_curves
+    from ..plots import drawn_or_warned, plot_training_curves
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -662,8 +662,9 @@ def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = 
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.iterations:
                 torch.save(model.state_dict(), out / "box_net.pt")
     bar.close()
-    plot_training_curves([{k: v for k, v in r.items() if k != "seconds"} for r in rows],
-                         out / "training_curves.png")
+    drawn_or_warned(lambda: plot_training_curves(
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows],
+        out / "training_curves.png"), "training curves")
     path = export_onnx(model, out / "box_net.onnx", cfg.input_width, cfg.input_height)
     if cfg.int8_frames:
         write_int8_copy(cfg, path, out, progress)

@@ -159,12 +159,14 @@ def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | Non
     result["summary"] = summary_row(result)
 
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    from ..plots import plot_confusion_matrix, plot_per_class_accuracy
+    from ..plots import drawn_or_warned, plot_confusion_matrix, plot_per_class_accuracy
 
-    plot_confusion_matrix(cm, vocabs.all.names, out / "confusion_matrix.png",
-                          title=f"{cfg.name}: student, all {n_all} labels")
-    plot_per_class_accuracy(result["per_class_acc"], out / "per_class_accuracy.png",
-                            title=f"{cfg.name}: per-class accuracy (all labels)")
+    drawn_or_warned(lambda: plot_confusion_matrix(
+        cm, vocabs.all.names, out / "confusion_matrix.png",
+        title=f"{cfg.name}: student, all {n_all} labels"), "confusion matrix")
+    drawn_or_warned(lambda: plot_per_class_accuracy(
+        result["per_class_acc"], out / "per_class_accuracy.png",
+        title=f"{cfg.name}: per-class accuracy (all labels)"), "per-class accuracy")
     return result
 
 
@@ -244,10 +246,10 @@ def generalised_zero_shot(per_split: dict, text_all: torch.Tensor, vocabs,
 
     cos_s, cos_t = s @ text.T, t @ text.T
     curve = bias_curve(cos_s, y, is_seen, mask, max_bias=0.3)
-    from ..plots import plot_bias_curve
+    from ..plots import drawn_or_warned, plot_bias_curve
 
-    plot_bias_curve(curve, out / "gzsl_bias_curve.png", chosen=bias,
-                    teacher=pack(cos_t, 0.0))
+    drawn_or_warned(lambda: plot_bias_curve(curve, out / "gzsl_bias_curve.png", chosen=bias,
+                                            teacher=pack(cos_t, 0.0)), "seen-bias curve")
     return {"gzsl": {"student": pack(cos_s, 0.0), "student_calibrated": pack(cos_s, bias),
                      "teacher": pack(cos_t, 0.0), "bias_curve": curve,
                      "calibration": calibration.to_dict() if calibration else None}}

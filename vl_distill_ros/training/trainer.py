@@ -643,9 +643,10 @@ def _finish(cfg: TrainConfig, env: DistEnv, out: Path, student: Student, teacher
                      "teacher_id": teacher.id, "embed_dim": embed_dim,
                      "trained_names": trained_names}, out / FINAL)
     if log is not None and log.rows:
-        from ..plots import plot_training_curves
+        from ..plots import drawn_or_warned, plot_training_curves
 
-        plot_training_curves(log.rows, out / "training_curves.png")
+        drawn_or_warned(lambda: plot_training_curves(log.rows, out / "training_curves.png"),
+                        "training curves")
     if cfg.calibration.seen and cfg.calibration.unseen:
         from .calibrate import calibrate, write_calibration
 

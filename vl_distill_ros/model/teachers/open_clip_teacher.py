@@ -36,8 +36,12 @@ TEXT_BATCH = 256
 
 
 def _open_clip():
-    import open_clip  # imported lazily: it pulls in timm/transformers and takes a while
-
+    try:
+        import open_clip  # imported lazily: it pulls in timm/transformers and takes a while
+    except ImportError as exc:
+        raise TeacherWeightsMissing(
+            f"the open_clip teacher needs the open_clip_torch package ({exc}): "
+            "pip install -r requirements.txt (it pins open_clip_torch)") from None
     return open_clip
 
 
