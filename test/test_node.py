@@ -1091,3 +1091,35 @@ def test_a_frame_in_flight_at_ctrl_c_is_not_reported_as_failed(ctx, bundle_path,
         assert node._guarded(None, fails) is None and len(reported) == 1
         node._stop.clear()
     assert "on_shutdown(node._stop.set)" in inspect.getsource(node_mod.run_node)
+
+
+def test_a_node_told_to_stop_while_it_loads_stops_there(bundle_path, tmp_path, monkeypatch):
+    """SIGTERM during start-up shut the context down, yet the node went on loading for
+    seconds (its text encoder, the start-up vocabulary, the pipeline: ~20 s on a loaded
+    machine) and then exited as if it had run. It now stops at the next step."""
+    import rclpy
+
+    from vl_distill_ros.ros.startup_checks import StartupCancelled
+    from vl_distill_ros.ros.vocabulary_controller import VocabularyController
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    real = VlDistillNode._load_model
+
+    def load_then_sigterm(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        context.shutdown()                # what rclpy's SIGINT/SIGTERM handler does
+        return out
+
+    warmed: list[bool] = []
+    monkeypatch.setattr(VlDistillNode, "_load_model", load_then_sigterm)
+    monkeypatch.setattr(VocabularyController, "warm", lambda self: warmed.append(True))
+    try:
+        with pytest.raises(StartupCancelled, match="stopped during start-up"):
+            VlDistillNode(namespace="/cancelled", context=context, parameter_overrides=[
+                Parameter("model_path", value=str(bundle_path)),
+                Parameter("text_cache_dir", value=str(tmp_path / "cache")),
+                Parameter("vocabulary_store", value=str(tmp_path / "store.yaml"))])
+        assert not warmed            # nothing after the model was loaded
+    finally:
+        context.try_shutdown()

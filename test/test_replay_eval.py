@@ -439,6 +439,38 @@ def test_node_that_fails_or_never_answers_exits_3_and_leaves_no_process(bag, bun
         assert process_gone(pid), pid
 
 
+def test_sigterm_stops_a_live_replay_and_its_node_as_ctrl_c_does(bag, bundle, tmp_path):
+    """`timeout` or `kill` (SIGTERM) ended a live replay at once, without its teardown: the
+    node it started lived on (parented to init) and its shared-memory segment stayed in
+    /dev/shm. SIGTERM now runs the same clean-up as Ctrl-C: exit 143, the node stopped."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vl_distill_ros.cli", "replay-eval", str(bag), "--model",
+         str(bundle), "--out", str(tmp_path / "out"), "--text-cache-dir", "", "--rate", "0.2",
+         "--node-timeout", "90", "--no-progress", *PARAMS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        node = None
+        deadline = time.monotonic() + 60
+        while node is None and time.monotonic() < deadline and proc.poll() is None:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            pids = children.read_text().split() if children.exists() else []
+            node = int(pids[0]) if pids else None
+            time.sleep(0.1)
+        assert node is not None, proc.communicate(timeout=30)
+        time.sleep(3.0)                       # the node is starting up, or replaying
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "replay-eval: error: terminated" in err and "Traceback" not in err, err
+    assert wait_gone(node, 15.0), node
+
+
 def test_live_replay_of_storage_that_fails_mid_bag_exits_2_and_stops_the_node(
         bundle, tmp_path, capsys, monkeypatch):
     """Ground truth from a sidecar, so the bag opens; its image chunk is corrupt, which shows

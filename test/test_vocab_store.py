@@ -166,3 +166,25 @@ def test_default_store_paths_of_distinct_nodes_differ(tmp_path, monkeypatch):
     assert default_store_path("/cam/left", "vl_distill_node") == older
     save_vocabulary_atomic(VOCAB, path)                  # once the new one exists, it wins
     assert default_store_path("/cam/left", "vl_distill_node") == path
+
+
+def test_temp_files_of_writers_killed_mid_write_are_removed_by_the_next_write(tmp_path):
+    """A node killed (SIGKILL) while it rewrote its text cache or store left a hidden
+    `.<file>.XXXXXXXX.tmp` behind, one more per crash, never removed. The next write of
+    the file removes those older than STALE_TEMP_AGE_S; a live writer's fresh one stays,
+    as do other files."""
+    import time
+
+    target = tmp_path / "store.yaml"
+    old = [tmp_path / f".store.yaml.{c * 8}.tmp" for c in "ab"]
+    fresh = tmp_path / ".store.yaml.cccccccc.tmp"
+    others = [tmp_path / ".other.yaml.dddddddd.tmp", tmp_path / ".store.yaml.long_name.tmp"]
+    for path in (*old, fresh, *others):
+        path.write_bytes(b"partial")
+    past = time.time() - atomic_io.STALE_TEMP_AGE_S - 60
+    for path in (*old, *others):
+        os.utime(path, (past, past))
+    atomic_io.atomic_write_bytes(target, b"labels: []\n")
+    assert target.read_bytes() == b"labels: []\n"
+    assert not any(p.exists() for p in old)
+    assert fresh.exists() and all(p.exists() for p in others)

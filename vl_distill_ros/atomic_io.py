@@ -13,9 +13,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -110,15 +112,43 @@ def _make_parent(path: Path) -> None:
                                                 f"{blocker} is a file, not a directory") from None
 
 
+#: Age (s) after which a temp file of :func:`atomic_write_bytes` is a crashed writer's.
+STALE_TEMP_AGE_S = 600.0
+
+
+def remove_stale_temporaries(path: Path, max_age_s: float = STALE_TEMP_AGE_S) -> int:
+    """Remove the temp files that writers of ``path`` killed mid-write (SIGKILL, power
+    loss) left beside it (``.<name>.XXXXXXXX.tmp``, older than ``max_age_s``: a live
+    writer's is seconds old); returns how many. Errors are ignored."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False) \
+                    and now - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and durably; creates parent directories.
 
     Temp file in the same directory, flush + fsync, :func:`os.replace`, fsync the directory.
     On any error the temp file is removed, the previous ``path`` (if any) is untouched and
-    the error is re-raised.
+    the error is re-raised. Temp files of earlier writers of ``path`` that were killed
+    mid-write are removed (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     _make_parent(path)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shipped files from others

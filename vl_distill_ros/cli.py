@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Iterator, Sequence
 
 from .commands import (ablate, evaluate, export, import_bop, label, make_bag, render,
                        render_cutouts, replay_eval, train, train_box_net)
@@ -22,11 +25,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (as Ctrl-C raises KeyboardInterrupt), so that its
+    clean-up runs: a live replay stops its node and frees its shared memory, make-bag
+    removes its partial bag (both were left behind by ``timeout`` or ``kill``)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (main thread only; the
+    previous handler comes back after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code (143 after SIGTERM, 130 after Ctrl-C
+    where the command does not say otherwise)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    with _sigterm_as_interrupt():
+        try:
+            return int(args.func(args) or 0)
+        except Terminated:
+            print(f"vl-distill {args.command}: terminated", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print(f"vl-distill {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

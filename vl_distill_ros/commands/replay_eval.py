@@ -314,9 +314,10 @@ def run(args: argparse.Namespace) -> int:
     except ReplayError as exc:
         _error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (cli.Terminated)
+        terminated = type(exc).__name__ == "Terminated"
+        _error("terminated" if terminated else "interrupted")
+        return 143 if terminated else 130
     print(summary_table(report))
     _print_warnings(report)
     print(f"report: {report['files']['report_json']}")

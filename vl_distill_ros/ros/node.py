@@ -73,9 +73,9 @@ from .depth_input import NO_PARTNER, DepthInput, stamp_ns
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, model_status)
 from .parameter_service import GroupedParameterService
-from .startup_checks import (StartupError, TFMessage, alignments, check_distinct_topics,
-                             check_startup_params, default_store_path, depth_cameras,
-                             missing_default_model_message)
+from .startup_checks import (StartupCancelled, StartupError, TFMessage, alignments,
+                             check_distinct_topics, check_startup_params, default_store_path,
+                             depth_cameras, missing_default_model_message)
 from .params import default_model_path
 from .vocabulary_controller import (SAVE_PENDING_WAIT_S, VOCABULARY_DEBOUNCE_S,
                                     VocabularyController, build_vocabulary, descriptions_param)
@@ -187,6 +187,13 @@ class VlDistillNode(Node):
                                    f"({' '.join(str(exc).split())[:200]})") from None
         return out
 
+    def _stop_if_shut_down(self) -> None:
+        """Between the long steps of the start-up: raise :class:`StartupCancelled` once the
+        context is shut down (rclpy's SIGINT/SIGTERM handler), so a stopped node does not
+        go on loading its models for seconds and then exit as if it had run."""
+        if not self.context.ok():
+            raise StartupCancelled("stopped during start-up (SIGINT or SIGTERM)")
+
     def _configure(self, p: dict) -> None:
         """Everything but the inputs: the model, the vocabulary, the pipeline, the outputs,
         ``~/save_vocabulary`` and the set-parameters callbacks (``p``: the parameters'
@@ -203,6 +210,7 @@ class VlDistillNode(Node):
 
             torch.set_num_threads(int(p["torch_threads"]))
         self.bundle = self._load_model(p["model_path"], p["device"])
+        self._stop_if_shut_down()
         cache_dir = os.path.expanduser(p["text_cache_dir"]) if p["text_cache_dir"] else None
         self.text_service = TextEmbeddingService.from_bundle(
             self.bundle, cache_dir=cache_dir, catalogue=p["description_catalogue"])
@@ -215,7 +223,9 @@ class VlDistillNode(Node):
             persist=lambda: bool(self.get_parameter("persist_vocabulary").value))
         if p["warm_text_encoder"]:
             self.vocabulary.warm()  # before any subscription (see VocabularyController.warm)
+            self._stop_if_shut_down()
         vocab, source, vocab_file, emb = self._startup_vocabulary(p)
+        self._stop_if_shut_down()
         try:
             settings = self._settings_from(p)
         except PipelineError as exc:
@@ -941,6 +951,8 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except StartupCancelled as exc:     # told to stop: not a failure to start
+        print(f"[{NODE_NAME}] {exc}", file=sys.stderr)
     except StartupError as exc:
         msg = f"[{NODE_NAME}] cannot start: {exc}"
         try:

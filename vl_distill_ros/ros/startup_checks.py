@@ -30,6 +30,11 @@ class StartupError(RuntimeError):
     """The node cannot start (no model, bad start-up vocabulary); the message says why."""
 
 
+class StartupCancelled(StartupError):
+    """The node was told to stop (SIGINT, SIGTERM: its ROS context shut down) while it was
+    starting up: the rest of the start-up (seconds of model loading) is not done."""
+
+
 def missing_default_model_message(path: Path) -> str:
     """The start-up error shown when the packaged default bundle is absent."""
     return (f"no model: model_path is empty and the packaged default bundle {path} does not "
