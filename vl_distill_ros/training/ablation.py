@@ -104,7 +104,7 @@ def _cached_eval(run_dir: Path, force: bool) -> dict | None:
     newest = max(p.stat().st_mtime for p in (final, run_dir / "calibration.json") if p.exists())
     if metrics.stat().st_mtime < newest:
         return None
-    result = json.loads(metrics.read_text())
+    result = json.loads(metrics.read_text(encoding="utf-8"))
     return result if "summary" in result else None
 
 
@@ -191,9 +191,9 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
             if force or not (run_dir / FINAL).exists():
                 t0 = time.time()
                 train(run_cfg, resume=not force, progress=progress)
-                timing.write_text(json.dumps({"train_s": time.time() - t0}))
-            times.append(json.loads(timing.read_text())["train_s"] if timing.exists()
-                         else float("nan"))
+                timing.write_text(json.dumps({"train_s": time.time() - t0}), encoding="utf-8")
+            times.append(json.loads(timing.read_text(encoding="utf-8"))["train_s"]
+                         if timing.exists() else float("nan"))
             result = _cached_eval(run_dir, force) or evaluate_run(run_dir, progress=progress)
             summaries.append(result["summary"])
             first = first or result
@@ -207,8 +207,8 @@ def run_ablation(config_path: str | Path, skip_render: bool = False, force: bool
     md = results_markdown(rows)
     if any("H (all)" in r["summary"] for r in rows):
         md += "\n" + gzsl_markdown(rows)
-    (out / "results.md").write_text(md)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "results.md").write_text(md, encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     from ..plots import drawn_or_warned, plot_results_bars
 
     drawn_or_warned(lambda: plot_results_bars(

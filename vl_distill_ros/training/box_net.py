@@ -613,7 +613,7 @@ def write_int8_copy(cfg: BoxNetTrainConfig, fp32_path: str | Path, out_dir: str 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "box_net_int8.json").write_text(json.dumps(
-        {"source": str(fp32_path), **asdict(parity)}, indent=2) + "\n")
+        {"source": str(fp32_path), **asdict(parity)}, indent=2) + "\n", encoding="utf-8")
     path = out / "box_net_int8.onnx"
     path.write_bytes(model)
     return path
@@ -642,7 +642,8 @@ def train_box_net(cfg: BoxNetTrainConfig, out_dir: str | Path, progress: bool = 
     # only once the inputs are read: a run that fails on them leaves an earlier model's
     # config.json describing that model
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n",
+                                     encoding="utf-8")
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.iterations, desc="box net", unit="step", disable=not progress)
     start, window = time.monotonic(), []

@@ -175,7 +175,8 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
 def write_calibration(run_dir: str | Path, record: Calibration, curve: list) -> Path:
     """Write ``calibration.json`` (the record and its bias curve) into the run folder."""
     path = Path(run_dir) / CALIBRATION_FILE
-    path.write_text(json.dumps({"calibration": record.to_dict(), "curve": curve}, indent=1))
+    path.write_text(json.dumps({"calibration": record.to_dict(), "curve": curve}, indent=1),
+                    encoding="utf-8")
     return path
 
 
@@ -185,6 +186,6 @@ def read_calibration(run_dir: str | Path) -> Calibration | None:
     if not path.exists():
         return None
     try:
-        return Calibration.from_dict(json.loads(path.read_text())["calibration"])
+        return Calibration.from_dict(json.loads(path.read_text(encoding="utf-8"))["calibration"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CalibrationError(f"{path}: {exc}") from None

@@ -158,7 +158,7 @@ def _evaluate(student, cfg, teacher: LazyTeacher, calibration: Calibration | Non
                                for i in range(n_all) if cm[i].sum() > 0}
     result["summary"] = summary_row(result)
 
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     from ..plots import drawn_or_warned, plot_confusion_matrix, plot_per_class_accuracy
 
     drawn_or_warned(lambda: plot_confusion_matrix(

@@ -353,7 +353,7 @@ class _CsvLog:
         self.rows: list[dict] = []
         if self.jsonl_path.is_file() and up_to_epoch > 0:
             skipped = 0
-            for line in self.jsonl_path.read_text(errors="replace").splitlines():
+            for line in self.jsonl_path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     row = json.loads(line) if line.strip() else None
                 except json.JSONDecodeError:
@@ -707,7 +707,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                int(cfg.optim.warmup_epochs * steps_per_epoch))
     log = _CsvLog(out, start_epoch) if env.is_main else None
     if env.is_main:
-        (out / "config.yaml").write_text(_yaml_dump(to_dict(cfg)))
+        (out / "config.yaml").write_text(_yaml_dump(to_dict(cfg)), encoding="utf-8")
         print(f"[train] {cfg.name}: {n} images ({train_set.n_labelled_id} labelled ID, "
               f"{train_set.n_aux} auxiliary), L_cls over {len(train_set.cls_vocab)} labels, "
               f"teacher {teacher.id}, "
