@@ -1711,3 +1711,29 @@ def test_rgbd_frames_skip_an_undecodable_colour_image_when_asked(tmp_path):
     assert [(e.topic, e.stamp_ns) for e in skipped] == [(BagTopics().camera, 1_100_000_000)]
     assert [m.stamp_ns for m in bag.images(on_undecodable=lambda e: None)] == \
         [1_000_000_000, 1_200_000_000, 1_300_000_000]
+
+
+def test_lens_ray_tables_are_kept_within_their_byte_bound(monkeypatch):
+    """The ray tables were an lru_cache of 8 of any size: a CameraInfo whose K moves every
+    frame kept 1 GB at 4K. They are now kept within RAY_TABLE_BYTES (least recent out;
+    the latest always kept), and a camera seen again is served from the cache."""
+    from vl_distill_ros.perception import camera_model
+
+    monkeypatch.setattr(camera_model, "_RAY_TABLES", camera_model.OrderedDict())
+    one_table = 2 * 8 * 160 * 120
+    monkeypatch.setattr(camera_model, "RAY_TABLE_BYTES", 3 * one_table)
+    cams = [CameraIntrinsics.from_k([150.0 + i, 0, 79.5, 0, 150.0 + i, 59.5, 0, 0, 1], 160,
+                                    120, "plumb_bob", [-0.1, 0.01, 0.0, 0.0, 0.0])
+            for i in range(5)]
+    first = cams[0].pixel_rays()[0]
+    assert np.shares_memory(cams[0].pixel_rays()[0], first)     # kept: the same table
+    for cam in cams[1:]:
+        cam.pixel_rays()
+    kept = camera_model._RAY_TABLES
+    assert len(kept) == 3 and sum(a.nbytes + b.nbytes for a, b in kept.values()) == \
+        3 * one_table
+    assert not np.shares_memory(cams[0].pixel_rays()[0], first)  # let go, computed again
+    np.testing.assert_array_equal(cams[0].pixel_rays()[0], first)
+    monkeypatch.setattr(camera_model, "RAY_TABLE_BYTES", 1)      # smaller than any table
+    cams[1].pixel_rays()
+    assert len(kept) == 1                                        # the latest stays

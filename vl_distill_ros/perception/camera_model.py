@@ -9,8 +9,9 @@ which the depth proposer (:mod:`.depth_proposals`) raises for unusable depth too
 """
 from __future__ import annotations
 
-import functools
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -37,6 +38,10 @@ MAX_DISTORTION_COEFFS = 14
 #: inverse of the model returns some other ray, 1e100 or NaN; a real calibration's rays come
 #: back within 1e-3 px. The other pixels' rays are NaN, and their depth is not used.
 RAY_REPROJECTION_PX = 0.5
+#: Most bytes the lens ray tables of :meth:`CameraIntrinsics.pixel_rays` keep (the least
+#: recently used go first; 16 bytes a pixel: 4K 127 MB, 1080p 32 MB, VGA 5 MB). It was 8
+#: tables of any size: a CameraInfo whose K moves every frame kept 1 GB at 4K.
+RAY_TABLE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -283,11 +288,34 @@ def _distort(rays: np.ndarray, k: tuple[float, ...], model: str, d: Sequence[flo
     return np.stack([fx * xd + cx, fy * yd + cy], 1)
 
 
-@functools.lru_cache(maxsize=8)
+_RAY_TABLES: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+_RAY_TABLES_LOCK = threading.Lock()
+
+
 def _ray_table(k: tuple[float, ...], model: str, d: tuple[float, ...],
                frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Every pixel's undistorted ray ``(x, y)`` of a frame of size ``frame`` (read-only;
-    NaN where the lens model cannot give it: :data:`RAY_REPROJECTION_PX`)."""
+    NaN where the lens model cannot give it: :data:`RAY_REPROJECTION_PX`), kept while the
+    tables fit in :data:`RAY_TABLE_BYTES` (the latest always is)."""
+    key = (k, model, d, frame)
+    with _RAY_TABLES_LOCK:
+        table = _RAY_TABLES.get(key)
+        if table is not None:
+            _RAY_TABLES.move_to_end(key)
+            return table
+    table = _compute_ray_table(k, model, d, frame)
+    with _RAY_TABLES_LOCK:
+        _RAY_TABLES[key] = table
+        _RAY_TABLES.move_to_end(key)
+        while len(_RAY_TABLES) > 1 and sum(
+                a.nbytes + b.nbytes for a, b in _RAY_TABLES.values()) > RAY_TABLE_BYTES:
+            _RAY_TABLES.popitem(last=False)
+    return table
+
+
+def _compute_ray_table(k: tuple[float, ...], model: str, d: tuple[float, ...],
+                       frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The table of :func:`_ray_table`, computed."""
     w, h = frame
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     pix = np.stack([u.ravel(), v.ravel()], 1).reshape(-1, 1, 2)
