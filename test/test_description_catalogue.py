@@ -27,7 +27,10 @@ CATALOGUE = DescriptionCatalogue([SUGAR, CUPS, Label("mug", "", "025_mug")])
     ("004_sugar_box", "sugar box"), ("sugar_box", "sugar box"), ("  Sugar   Box ", "sugar box"),
     ("sugar-box", "sugar box"), ("065-a_cups", "a cups"), ("2 forks", "2 forks"),
     ("7up", "7up"), ("42", "42"), ("7_up_can", "up can"), ("Rubik\u2019s cube", "rubik's cube"),
-    ("\uff53\uff55\uff47\uff41\uff52 box", "sugar box"), ("sugar\u200b box", "sugar box")])
+    ("\uff53\uff55\uff47\uff41\uff52 box", "sugar box"), ("sugar\u200b box", "sugar box"),
+    # normalised before the number is dropped: a BOM from a CSV export, a full-width _
+    ("\ufeff004_sugar_box", "sugar box"), ("004\uff3fsugar_box", "sugar box"),
+    ("004\u200b_sugar_box", "sugar box")])
 def test_catalogue_key_forms(written, key):
     assert catalogue_key(written) == key
 

@@ -213,6 +213,23 @@ def test_a_bad_named_folder_is_a_clear_error(tmp_path, manifest, error):
         load_named_folder(root, Vocabulary.from_names(["cup"]))
 
 
+def test_a_named_folder_s_spellings_of_one_name_are_one_name(tmp_path):
+    """A manifest naming one thing in two spellings the vocabulary reads as one (a
+    typographic apostrophe; NFC and NFD, as macOS writes file names) stopped training with
+    'duplicate label' once names were compared Unicode-normalised: they are one name."""
+    import unicodedata
+
+    names = ["Rubik's cube", "Rubik\u2019s cube", "caf\u00e9 mug",
+             unicodedata.normalize("NFD", "caf\u00e9 mug")]
+    entries = []
+    for i, name in enumerate(names):
+        _stamp(tmp_path / f"{i}.png", (40 * i, 40, 40))
+        entries.append({"file": f"{i}.png", "name": name})
+    (tmp_path / "manifest.json").write_text(json.dumps({"images": entries}))
+    data, got = load_named_folder(tmp_path, Vocabulary.from_names(["banana"]), size=32)
+    assert len(data.paths) == 4 and got == names
+
+
 def test_the_fetch_script_takes_only_the_stamps_images_and_texts(tmp_path):
     """``tools/fetch_cutouts.sh`` against a stand-in ``apt-get download`` that hands out a
     small package of the real one's layout: the stamps' PNG and TXT files (and the copyright)

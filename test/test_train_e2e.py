@@ -449,8 +449,9 @@ def test_teacher_weights_not_on_this_machine_is_one_error_line(toy: Path, capsys
     args = ["train", "--config", str(cfg_path), "--no-progress", "teacher.backend=open_clip",
             "teacher.model=ViT-B-32", "teacher.pretrained=openai"]
     assert cli_main(args) == 2
-    err = [line for line in capsys.readouterr().err.splitlines()
-           if line.startswith("vl-distill")]
+    full = capsys.readouterr().err
+    assert "Traceback" not in full, full
+    err = [line for line in full.splitlines() if line.startswith("vl-distill")]
     assert len(err) == 1 and "not on this machine" in err[0] and "Download:" in err[0], err
     real_import = builtins.__import__
 

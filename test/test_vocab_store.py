@@ -188,3 +188,27 @@ def test_temp_files_of_writers_killed_mid_write_are_removed_by_the_next_write(tm
     assert target.read_bytes() == b"labels: []\n"
     assert not any(p.exists() for p in old)
     assert fresh.exists() and all(p.exists() for p in others)
+
+
+def test_a_store_saved_under_the_older_name_rules_is_kept_not_set_aside(tmp_path, caplog):
+    """Names are now compared Unicode-normalised, without invisible characters: a store an
+    older version saved with `Rubik's cube` and `Rubik’s cube`, or `unknown_`, was called
+    corrupt and renamed, losing the saved vocabulary. It is read with those left out."""
+    import yaml
+
+    path = tmp_path / "store.yaml"
+    path.write_text(yaml.safe_dump({"labels": [
+        {"name": "Rubik's cube", "key": "rubiks_cube", "description": "A cube."},
+        {"name": "Rubik\u2019s cube", "key": "rubiks_cube_2", "description": ""},
+        {"name": "cup", "key": "cup", "description": ""},
+        {"name": "unknown_", "key": "unknown_", "description": ""}]}, allow_unicode=True),
+        encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        result = load_vocabulary_store_result(path)
+    assert result.vocabulary is not None and result.moved_to is None and not result.error
+    assert result.vocabulary.names == ["Rubik's cube", "cup"]
+    assert result.vocabulary.labels[0].description == "A cube."
+    assert path.exists() and "2 label(s) left out" in caplog.text
+    path.write_text("labels: [{name: ''}]\n", encoding="utf-8")   # still corrupt: set aside
+    result = load_vocabulary_store_result(path)
+    assert result.vocabulary is None and result.moved_to is not None

@@ -386,6 +386,16 @@ def test_names_that_show_nothing_are_rejected(name):
         Vocabulary.from_names(["mug", name])
 
 
+def test_characters_that_show_are_not_folded_away():
+    """Only characters that show nothing are left out when names are compared: the tag
+    characters of subdivision flags tell Scotland's from Wales's, U+0600 shows."""
+    scotland = "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F"
+    wales = "\U0001F3F4\U000E0067\U000E0062\U000E0077\U000E006C\U000E0073\U000E007F"
+    assert Vocabulary.from_names([f"{scotland} flag", f"{wales} flag"]).names == [
+        f"{scotland} flag", f"{wales} flag"]
+    assert Vocabulary.from_names(["\u0600"]).names == ["\u0600"]
+
+
 def test_name_length_counts_composed_characters():
     """A decomposed (NFD) name counts its characters as composed: the same visible name was
     accepted in NFC and refused in NFD."""
@@ -395,6 +405,9 @@ def test_name_length_counts_composed_characters():
     assert Vocabulary.from_names([nfd + "s" * 8]).names == [nfd + "s" * 8]
     with pytest.raises(VocabularyError, match="is 65 characters; the limit is 64"):
         Vocabulary.from_names([nfc + "s" * 12])
+    # the key made from a decomposed name is composed too (it was 3x the name's length)
+    long_nfd = unicodedata.normalize("NFD", "\u1ec7" * 64)
+    assert Vocabulary.from_names([long_nfd]).labels[0].key == "\u1ec7" * 64
 
 
 def test_rejects_missing_file_and_invalid_yaml(tmp_path):

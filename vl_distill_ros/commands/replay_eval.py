@@ -9,7 +9,8 @@ for the equivalent on a ROS 2 install.
 
 Exit codes: 0 evaluation completed; 2 bad input (missing or corrupt bag, no image topics,
 unreadable ground truth, model, vocabulary, split or parameter); 3 the node never answered
-or exited (its last output lines are shown); 130 interrupted.
+or exited (its last output lines are shown); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM: ``timeout``, ``kill``). The node is stopped in every case.
 """
 from __future__ import annotations
 
@@ -252,7 +253,7 @@ def _node_command(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; returns the exit code (0, 2, 3 or 130)."""
+    """Run the evaluation; returns the exit code (0, 2, 3, 130 or 143)."""
     from ..model.vocabulary import Split, Vocabulary, VocabularyError
     from ..evaluation.replay import (InputError, ReplayError, ReplaySettings, evaluate_bag,
                                      parse_param)

@@ -387,6 +387,8 @@ class PacedRun:
     #: and the first reason of each topic
     undecodable: dict[str, int] = field(default_factory=dict)
     undecodable_errors: dict[str, str] = field(default_factory=dict)
+    #: their frames (no labels are waited for: the node drops them)
+    undecodable_frames: set = field(default_factory=set)
 
 
 def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, bytes], None],
@@ -416,6 +418,7 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
             stamp, undecodable = stamp_from_cdr(raw.data, raw.msgtype)
             key = (raw.topic, stamp)
             if undecodable is not None:
+                run.undecodable_frames.add(key)
                 run.undecodable[raw.topic] = run.undecodable.get(raw.topic, 0) + 1
                 run.undecodable_errors.setdefault(raw.topic, undecodable)
         if run.t_start is None:
@@ -470,8 +473,9 @@ def drain(arrivals: Sequence[tuple[float, str]], run: PacedRun, camera_map: Mapp
           timeout: float, check: Callable[[], None]) -> None:
     """Phase 4: wait until every published frame is labelled, or no label arrived for a
     quiet period (2 s, or 3x the recent latency when longer), or ``timeout`` seconds after
-    the last publication. ``check`` is called between polls (raises to abort)."""
-    wanted = set(run.frames)
+    the last publication (frames whose image cannot be decoded are not waited for: the node
+    drops them). ``check`` is called between polls (raises to abort)."""
+    wanted = set(run.frames) - run.undecodable_frames
     got: set[FrameKey] = set()
     recent_latency: list[float] = []
     parsed = 0

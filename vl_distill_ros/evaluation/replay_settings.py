@@ -125,8 +125,9 @@ class Recording:
         vocabulary: ``{"source", "names"}`` of the vocabulary in use.
         settings: the pipeline parameter values used.
         duration_s: wall time of the replay (first input to last label).
-        undecodable: offline, images that could not be decoded and were skipped, per topic
-            (their frames count as input, unlabelled), and the first error of each topic.
+        undecodable: images that could not be decoded, per topic (offline skips them, live
+            publishes them and the node drops them; their frames count as input,
+            unlabelled), and the first error of each topic.
     """
 
     mode: str
@@ -220,9 +221,11 @@ def parse_param(text: str, tunable: AbstractSet[str] = TUNABLE_PARAMS) -> tuple[
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise InputError(f"--param {name}: cannot parse {raw!r}: {exc}") from None
-    if P.BY_NAME[name].type == "string" and not isinstance(value, (str, list, dict)):
-        # a string parameter takes the text as written: YAML 1.1 reads off/no/on/yes as
-        # booleans (proposal_box_net:=off became False, "no model file at False")
+    if name in P.OFF_STRING_PARAMS and value is False:
+        value = "off"        # the node's rule (params.off_as_string): false, no, off
+    elif P.BY_NAME[name].type == "string" and not isinstance(value, (str, list, dict)):
+        # another string parameter takes the text as written (YAML 1.1 reads on/yes/...
+        # as booleans and 1e3 as a number)
         value = raw.strip()
     return name, _coerce(name, value)
 

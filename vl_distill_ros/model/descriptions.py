@@ -22,9 +22,10 @@ published name is always the operator's.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Iterable
 
-from .vocabulary import Label, Vocabulary, fold_key
+from .vocabulary import Label, Vocabulary, fold_key, visible_text
 
 __all__ = ["DescriptionCatalogue", "catalogue_key", "catalogue_vocabulary", "readable_name"]
 
@@ -36,6 +37,12 @@ _KEY_NUMBER = re.compile(r"^\d{3}[_\-]+(?=\S)")
 _NUMBER_PREFIX = re.compile(r"^\d+[_\-]+(?=\S)")
 
 
+def _normalised(text: str) -> str:
+    """``text`` NFKC-normalised without invisible characters, stripped: what the number
+    prefix is looked for in (a BOM or full-width ``＿`` before ``004_``)."""
+    return visible_text(unicodedata.normalize("NFKC", text)).strip()
+
+
 def readable_name(name: str) -> str:
     """``name`` as words: an identifier-style name (``coffee_mug``, ``004_sugar_box``; no
     spaces) has its underscores read as spaces and a dataset key's three-digit leading
@@ -44,7 +51,7 @@ def readable_name(name: str) -> str:
     name = name.strip()
     if " " in name or "_" not in name:
         return name
-    words = _KEY_NUMBER.sub("", name).replace("_", " ")
+    words = _KEY_NUMBER.sub("", _normalised(name)).replace("_", " ")
     return " ".join(words.split()) or name
 
 
@@ -53,7 +60,7 @@ def catalogue_key(text: str) -> str:
     :func:`~vl_distill_ros.model.vocabulary.fold_key` (case, ``_`` and spacing aside,
     Unicode-normalised, typographic apostrophes as ``'``), ``-`` read as a space too and a
     leading number (``004_``, ``25-``) dropped."""
-    text = text.strip()
+    text = _normalised(text)
     text = fold_key(_NUMBER_PREFIX.sub("", text) or text)
     return re.sub(r"[\-\s]+", " ", text).strip()
 

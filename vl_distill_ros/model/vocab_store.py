@@ -105,7 +105,8 @@ def load_vocabulary_store_result(path: str | Path) -> StoreLoadResult:
             data = yaml.safe_load(raw.decode("utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise VocabularyError(f"not valid YAML: {exc}") from None
-        vocabulary = Vocabulary.from_dict(data, source=str(path))
+        # a store saved under older name rules keeps what they still accept
+        vocabulary, dropped = Vocabulary.from_dict_migrating(data, source=str(path))
     except VocabularyError as exc:
         reason = str(exc)
         moved_to = set_aside(path)
@@ -113,6 +114,10 @@ def load_vocabulary_store_result(path: str | Path) -> StoreLoadResult:
         error = f"vocabulary store {path} is corrupt ({reason}); {where}"
         log.error("%s", error)
         return StoreLoadResult(path=path, error=error, moved_to=moved_to)
+    if dropped:
+        log.warning("vocabulary store %s: %d label(s) left out, spellings the name rules now "
+                    "read as an earlier name, as nothing or as 'unknown': %s", path,
+                    len(dropped), ", ".join(repr(n) for n in dropped[:10]))
     return StoreLoadResult(path=path, vocabulary=vocabulary)
 
 

@@ -62,7 +62,9 @@ class Label:
 
     def __post_init__(self) -> None:
         if not self.key and isinstance(self.name, str):
-            object.__setattr__(self, "key", self.name.strip().replace(" ", "_"))
+            # composed (NFC), as lengths are counted: a decomposed name's key is no longer
+            object.__setattr__(self, "key", unicodedata.normalize(
+                "NFC", self.name.strip()).replace(" ", "_"))
 
 
 def build_prompts(label: Label, templates: Sequence[str] = DEFAULT_TEMPLATES,
@@ -101,20 +103,27 @@ def _read_yaml(path: Path, what: str) -> object:
         raise VocabularyError(f"cannot read {what} file {path}: not valid YAML: {exc}") from None
 
 
-#: Characters that show nothing and are not format characters (category Cf, also left
-#: out): the combining grapheme joiner, the Hangul fillers, the blank Braille pattern.
-_INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0\u2800")
+#: Characters that show nothing (Unicode's default-ignorable code points, and blank
+#: letters): the soft hyphen, the combining grapheme joiner, the Arabic letter mark, the
+#: Hangul fillers, Khmer's inherent vowels, Mongolian's variation selectors and vowel
+#: separator, the zero-width space, (non-)joiners and direction marks, bidirectional
+#: embeddings, the word joiner and invisible operators, the blank Braille pattern, variation
+#: selectors and the byte-order mark. Not every format character: U+0600's number signs show,
+#: and the tag characters of a subdivision flag tell Scotland's from Wales's.
+_INVISIBLE = frozenset(
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f"
+    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    + "".join(chr(c) for c in range(0x2060, 0x2070))
+    + "\u2800\u3164" + "".join(chr(c) for c in range(0xFE00, 0xFE10)) + "\ufeff\uffa0")
 #: Typographic apostrophes and quotes read as ASCII ones (a phone keyboard's ``Rubik’s``).
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"',
                          "\u201d": '"'})
 
 
 def visible_text(text: str) -> str:
-    """``text`` without the characters that show nothing: format characters (zero-width
-    spaces and joiners, the byte-order mark, soft hyphens: Unicode category Cf) and the
-    blank letters of :data:`_INVISIBLE`."""
-    return "".join(c for c in text
-                   if c not in _INVISIBLE and unicodedata.category(c) != "Cf")
+    """``text`` without the characters that show nothing (:data:`_INVISIBLE`: zero-width
+    spaces and joiners, the byte-order mark, soft hyphens, blank letters)."""
+    return "".join(c for c in text if c not in _INVISIBLE)
 
 
 def fold_key(text: str) -> str:
@@ -218,6 +227,44 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
         keys[fold_key(label.key)] = i
 
 
+def _labels_from_dict(data: object, source: str) -> list[Label]:
+    """The labels of the parsed YAML structure ``{"labels": [{name, description, key}]}``,
+    each checked for its fields' types (the vocabulary's rules are :class:`Vocabulary`'s).
+
+    Raises:
+        VocabularyError: not that structure, too many labels, a field of the wrong type.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
+        raise VocabularyError(f"{source}: expected a mapping with a 'labels' list")
+    if len(data["labels"]) > MAX_LABELS:
+        raise VocabularyError(f"{source}: vocabulary has {len(data['labels'])} labels; the "
+                              f"limit is {MAX_LABELS}")
+    labels = []
+    for i, entry in enumerate(data["labels"]):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, (dict, list)):
+            raise VocabularyError(f"{source}: labels[{i}] {_not_text(entry)}")
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise VocabularyError(f"{source}: labels[{i}] needs a 'name'")
+        unknown = set(entry) - {"name", "description", "key"}
+        if unknown:
+            raise VocabularyError(f"{source}: labels[{i}] has unknown fields {sorted(unknown)}")
+        name = entry["name"]
+        if not isinstance(name, str):
+            raise VocabularyError(f"{source}: labels[{i}] name {_not_text(name)}")
+        description = entry.get("description")
+        if description is not None and not isinstance(description, str):
+            raise VocabularyError(f"{source}: labels[{i}] description must be a string")
+        key = entry.get("key")
+        if key is not None and not isinstance(key, str):   # e.g. key: 011 (octal 9)
+            raise VocabularyError(f"{source}: labels[{i}] key {_not_text(key)}")
+        labels.append(Label(name=name.strip(),
+                            description=(description or "").strip(),
+                            key=key or ""))
+    return labels
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """An ordered, validated list of labels."""
@@ -249,38 +296,51 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, data: object, source: str = "<dict>") -> "Vocabulary":
         """Build from the parsed YAML structure ``{"labels": [{name, description, key}]}``."""
-        if not isinstance(data, dict) or not isinstance(data.get("labels"), list):
-            raise VocabularyError(f"{source}: expected a mapping with a 'labels' list")
-        if len(data["labels"]) > MAX_LABELS:
-            raise VocabularyError(f"{source}: vocabulary has {len(data['labels'])} labels; the "
-                                  f"limit is {MAX_LABELS}")
-        labels = []
-        for i, entry in enumerate(data["labels"]):
-            if isinstance(entry, str):
-                entry = {"name": entry}
-            if not isinstance(entry, (dict, list)):
-                raise VocabularyError(f"{source}: labels[{i}] {_not_text(entry)}")
-            if not isinstance(entry, dict) or "name" not in entry:
-                raise VocabularyError(f"{source}: labels[{i}] needs a 'name'")
-            unknown = set(entry) - {"name", "description", "key"}
-            if unknown:
-                raise VocabularyError(f"{source}: labels[{i}] has unknown fields {sorted(unknown)}")
-            name = entry["name"]
-            if not isinstance(name, str):
-                raise VocabularyError(f"{source}: labels[{i}] name {_not_text(name)}")
-            description = entry.get("description")
-            if description is not None and not isinstance(description, str):
-                raise VocabularyError(f"{source}: labels[{i}] description must be a string")
-            key = entry.get("key")
-            if key is not None and not isinstance(key, str):   # e.g. key: 011 (octal 9)
-                raise VocabularyError(f"{source}: labels[{i}] key {_not_text(key)}")
-            labels.append(Label(name=name.strip(),
-                                description=(description or "").strip(),
-                                key=key or ""))
+        labels = _labels_from_dict(data, source)
         try:
             return cls(tuple(labels))
         except VocabularyError as exc:
             raise VocabularyError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_dict_migrating(cls, data: object, source: str = "<dict>"
+                            ) -> tuple["Vocabulary", list[str]]:
+        """:meth:`from_dict` for a vocabulary saved under older, looser name rules (a store
+        written before names were compared Unicode-normalised): the labels the rules now
+        refuse (a later spelling of an earlier name or key, a name that shows nothing or
+        spells ``unknown``) are left out; returns the vocabulary and the names left out.
+
+        Raises:
+            VocabularyError: not a vocabulary even then (the reason of :meth:`from_dict`).
+        """
+        try:
+            return cls.from_dict(data, source), []
+        except VocabularyError as exc:
+            error = exc
+        kept: list[Label] = []
+        dropped: list[str] = []
+        names: set[str] = set()
+        keys: set[str] = set()
+        old_names: set[str] = set()
+        for label in _labels_from_dict(data, source):
+            # what the older rules compared: refused by them too is no older vocabulary
+            old = label.name.strip().casefold().replace("_", " ")
+            if not old or old == UNKNOWN_NAME or old in old_names:
+                raise error
+            old_names.add(old)
+            name, key = fold_key(label.name), fold_key(label.key)
+            if not name or name == UNKNOWN_NAME or name in names or key in keys:
+                dropped.append(label.name)
+                continue
+            names.add(name)
+            keys.add(key)
+            kept.append(label)
+        if not dropped:
+            raise error
+        try:
+            return cls(tuple(kept)), dropped
+        except VocabularyError:
+            raise error from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":

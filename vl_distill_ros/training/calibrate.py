@@ -20,7 +20,7 @@ from ..model.calibration import (DEFAULT_TEMPERATURE, Calibration, CalibrationEr
 from ..config import TrainConfig
 from .image_folder import DatasetError, load_image_folder
 from ..model.student import Student
-from ..model.vocabulary import Vocabulary
+from ..model.vocabulary import Vocabulary, fold_key
 from .data import (LazyTeacher, full_vocabulary, load_vocabularies, outside_split_keys,
                    text_classifier)
 
@@ -75,9 +75,9 @@ def _open_set_auroc(cos_v: np.ndarray, bias: np.ndarray, cos_n: np.ndarray,
 def _check_new_to_the_student(full: Vocabulary, unseen_keys: list[str],
                               trained_names: list[str]) -> None:
     """Raise :class:`DatasetError` when a pseudo-unseen calibration object was trained on."""
-    trained_fold = {n.casefold() for n in trained_names}
+    trained_fold = {fold_key(n) for n in trained_names}    # as the seen bias matches them
     overlap = [full[full.index(k)].name for k in unseen_keys
-               if full[full.index(k)].name.casefold() in trained_fold]
+               if fold_key(full[full.index(k)].name) in trained_fold]
     if overlap:
         raise DatasetError(f"calibration.unseen objects {overlap} were trained on; pseudo-unseen "
                            "objects must be new to the student")

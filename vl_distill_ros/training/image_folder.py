@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..atomic_io import FileRejected, read_regular_file
-from ..model.vocabulary import MAX_NAME_LENGTH, Vocabulary, VocabularyError
+from ..model.vocabulary import MAX_NAME_LENGTH, Vocabulary, VocabularyError, fold_key
 from ..perception.image_files import read_image_file
 
 #: Largest ``manifest.json`` of a named image folder read, in bytes (16 MiB).
@@ -151,7 +151,7 @@ def load_named_folder(root: str | Path, vocabulary: Vocabulary,
         paths.append(path)
         names.append(" ".join(name.split()))
     try:
-        Vocabulary.from_names(sorted({n.casefold(): n for n in names}.values()))
+        Vocabulary.from_names(sorted({fold_key(n): n for n in names}.values()))
     except VocabularyError as exc:
         raise DatasetError(f"{manifest}: {exc}") from None
     images = np.stack([read_rgb(p, size) for p in paths])
