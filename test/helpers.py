@@ -181,6 +181,26 @@ def flip_byte(member: str) -> Callable[[dict[str, bytes]], None]:
     return change
 
 
+def rewrite_bag(src: Path, dst: Path,
+                edit: Callable[[object, object], Sequence[tuple[str, str, bytes]]]) -> Path:
+    """Copy the bag ``src`` to ``dst`` message by message, writing for each the messages
+    ``edit(raw, typestore)`` gives as ``(topic, message type, CDR bytes)`` (none drops it;
+    ``[(raw.topic, raw.msgtype, raw.data)]`` keeps it), at its bag time; returns ``dst``."""
+    from rosbags.rosbag2 import Writer
+
+    from vl_distill_ros.bags.bag_io import iter_raw_messages, typestore
+
+    store = typestore()
+    with Writer(dst, version=Writer.VERSION_LATEST) as writer:
+        conns: dict[str, object] = {}
+        for raw in iter_raw_messages(src):
+            for topic, msgtype, data in edit(raw, store):
+                if topic not in conns:
+                    conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+                writer.write(conns[topic], raw.timestamp_ns, data)
+    return dst
+
+
 def rewrite_zip(path: Path, out: Path, change: Callable[[dict[str, bytes]], None]) -> Path:
     """Copy the zip file ``path`` to ``out`` after ``change`` edited its ``{name: bytes}``
     members in place (members may be changed, added or removed); returns ``out``."""

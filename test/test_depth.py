@@ -1680,27 +1680,23 @@ def test_rgbd_frames_skip_an_undecodable_colour_image_when_asked(tmp_path):
     raises UndecodableImage, with its topic and stamp; with ``on_undecodable`` it is handed
     over and skipped, and the frames around it keep their depth (replay-eval goes on past
     it, as the node does)."""
-    from rosbags.rosbag2 import Writer
+    from helpers import rewrite_bag
+    from vl_distill_ros.bags.bag_io import UndecodableImage
 
-    from vl_distill_ros.bags.bag_io import UndecodableImage, iter_raw_messages, typestore
+    seen: list[int] = []
 
-    src = _rgbd_bag(tmp_path / "rgbd", n=4)
-    dst, store, n = tmp_path / "broken", typestore(), 0
-    with Writer(dst, version=Writer.VERSION_LATEST) as writer:
-        conns: dict[str, object] = {}
-        for raw in iter_raw_messages(src):
-            if raw.topic not in conns:
-                conns[raw.topic] = writer.add_connection(raw.topic, raw.msgtype,
-                                                         typestore=store)
-            data = raw.data
-            if raw.topic == BagTopics().camera:
-                n += 1
-                if n == 2:
-                    msg = store.deserialize_cdr(data, raw.msgtype)
-                    msg.data = msg.data[:10]
-                    data = store.serialize_cdr(msg, raw.msgtype)
-            writer.write(conns[raw.topic], raw.timestamp_ns, data)
-    bag = read_camera_bag(dst)
+    def cut_second_colour_image(raw, store):
+        data = raw.data
+        if raw.topic == BagTopics().camera:
+            seen.append(1)
+            if len(seen) == 2:
+                msg = store.deserialize_cdr(data, raw.msgtype)
+                msg.data = msg.data[:10]
+                data = store.serialize_cdr(msg, raw.msgtype)
+        return [(raw.topic, raw.msgtype, data)]
+
+    bag = read_camera_bag(rewrite_bag(_rgbd_bag(tmp_path / "rgbd", n=4), tmp_path / "broken",
+                                      cut_second_colour_image))
     with pytest.raises(UndecodableImage) as info:
         list(bag.rgbd_frames())
     assert info.value.topic == BagTopics().camera and info.value.stamp_ns == 1_100_000_000

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OBJECTS, make_colour_bundle, make_synthetic_bag
+from helpers import OBJECTS, make_colour_bundle, make_synthetic_bag, rewrite_bag
 from vl_distill_ros import cli
 from vl_distill_ros.bags.bag_io import read_camera_bag
 from vl_distill_ros.model.vocabulary import Label, Split, Vocabulary
@@ -893,29 +893,20 @@ def test_image_topic_names_the_cameras_of_a_bag_with_other_images(bundle, bag, t
     camera and stopped the replay, with no way to leave it out: --image-topic names the
     cameras, and the error says so."""
     import numpy as np
-    from rosbags.rosbag2 import Writer
 
     from vl_distill_ros.bags import bag_io
-    from vl_distill_ros.bags.raw_io import iter_raw_messages
 
-    store = bag_io.typestore()
-    out_bag = tmp_path / "zed_like"
-    with Writer(out_bag, version=Writer.VERSION_LATEST) as writer:
-        conns: dict[str, object] = {}
-        for raw in iter_raw_messages(bag):
-            if raw.topic not in conns:
-                conns[raw.topic] = writer.add_connection(raw.topic, raw.msgtype,
-                                                         typestore=store)
-            writer.write(conns[raw.topic], raw.timestamp_ns, raw.data)
-            if raw.topic == "/camera/image_raw":
-                if "conf" not in conns:
-                    conns["conf"] = writer.add_connection(
-                        "/camera/confidence/confidence_map", bag_io.IMAGE_TYPE, typestore=store)
-                msg = store.deserialize_cdr(raw.data, raw.msgtype)
-                msg.encoding, msg.step = "32FC1", msg.width * 4
-                msg.data = np.zeros(msg.height * msg.width * 4, np.uint8)
-                writer.write(conns["conf"], raw.timestamp_ns,
-                             store.serialize_cdr(msg, bag_io.IMAGE_TYPE))
+    def with_confidence(raw, store):
+        out = [(raw.topic, raw.msgtype, raw.data)]
+        if raw.topic == "/camera/image_raw":
+            msg = store.deserialize_cdr(raw.data, raw.msgtype)
+            msg.encoding, msg.step = "32FC1", msg.width * 4
+            msg.data = np.zeros(msg.height * msg.width * 4, np.uint8)
+            out.append(("/camera/confidence/confidence_map", bag_io.IMAGE_TYPE,
+                        store.serialize_cdr(msg, bag_io.IMAGE_TYPE)))
+        return out
+
+    out_bag = rewrite_bag(bag, tmp_path / "zed_like", with_confidence)
     args = ["replay-eval", str(out_bag), "--offline", "--model", str(bundle),
             "--text-cache-dir", "", "--split", "none", "--no-plots", "--no-progress"]
     # a topic none of whose images decode is skipped with a warning that names the option
