@@ -39,7 +39,8 @@ def test_catalogue_key_forms(written, key):
     ("coffee_mug", "coffee mug"), ("004_sugar_box", "sugar box"), ("coffee mug", "coffee mug"),
     ("my_red cup", "my_red cup"), ("banana", "banana"), ("007", "007"), ("_", "_"),
     # only a dataset key's three digits are a prefix to drop: these numbers are the name's
-    ("7_up_can", "7 up can"), ("3_in_1_oil", "3 in 1 oil"), ("2_liter_bottle", "2 liter bottle")])
+    ("7_up_can", "7 up can"), ("3_in_1_oil", "3 in 1 oil"), ("2_liter_bottle", "2 liter bottle"),
+    ("004\uff3fsugar\uff3fbox", "sugar box")])
 def test_readable_name(written, readable):
     assert readable_name(written) == readable
 

@@ -163,7 +163,7 @@ def test_offline_settings_are_the_nodes(monkeypatch):
     # a string parameter takes its text as written: YAML 1.1 read `off` as False and the
     # README's proposal_box_net:=off was refused ("no model file at False")
     # (the node reads a false for these as off: so does replay-eval)
-    for text in ("off", "false", "False", " no"):
+    for text in ("off", "false", "False", " no", "n", "N"):
         for name in ("proposal_box_net", "proposal_box_net_depth", "proposal_box_net_behind"):
             assert replay.parse_param(f"{name}:={text}") == (name, "off")
     assert replay.parse_param("crop_source:='full_frame'") == ("crop_source", "full_frame")
@@ -825,6 +825,31 @@ def test_an_object_is_grouped_by_its_vocabulary_name_whatever_frame_comes_first(
         assert r["per_object"]["sugar box"]["group"] == "id"
         assert r["gzsl"]["seen"] == 1.0 and r["gzsl"]["h"] == 1.0
     assert membership.group("SUGAR-BOX") == "id" and membership.group("", "25-mug") == "ood"
+
+
+def test_ground_truth_is_scored_under_the_vocabulary_name_of_its_key():
+    """A vocabulary naming YCB objects in another language keeps their keys (香蕉 for
+    011_banana): ground truth labelled `banana` (key 011_banana) was never mapped to 香蕉, so
+    every right answer was scored wrong and as a false positive."""
+    from vl_distill_ros.evaluation.scoring import Membership, score_frames
+
+    vocab = Vocabulary.from_dict({"labels": [{"name": "P\u00eache", "key": "015_peach"},
+                                             {"name": "\u9999\u8549", "key": "011_banana"}]})
+    frame = ("/cam", 0)
+    gt = {frame: [{"bbox": [0, 0, 50, 50], "label": "peach", "key": "015_peach"},
+                  {"bbox": [100, 100, 50, 50], "label": "banana", "key": ""}]}
+    doc = {"objects": [
+        {"bbox": [0, 0, 50, 50], "label": "P\u00eache", "score": 0.9, "known": True},
+        {"bbox": [100, 100, 50, 50], "label": "\u9999\u8549", "score": 0.9, "known": True}]}
+    scores = score_frames([frame], gt, {frame: doc}, Membership(), 0.5,
+                          vocabulary_names=vocab.names, vocabulary_keys=vocab.keys)
+    assert scores["groups"]["all"]["correct"] == 2
+    assert scores["false_positives"]["boxes"] == 0
+    assert sorted(scores["per_object"]) == sorted(vocab.names)
+    assert scores["not_in_vocabulary"]["renamed"] == 2
+    without = score_frames([frame], gt, {frame: doc}, Membership(), 0.5,
+                           vocabulary_names=vocab.names)
+    assert without["groups"]["all"]["correct"] == 0
 
 
 def test_a_placement_error_of_exactly_2_cm_is_within_2_cm():

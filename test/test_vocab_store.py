@@ -208,7 +208,31 @@ def test_a_store_saved_under_the_older_name_rules_is_kept_not_set_aside(tmp_path
     assert result.vocabulary is not None and result.moved_to is None and not result.error
     assert result.vocabulary.names == ["Rubik's cube", "cup"]
     assert result.vocabulary.labels[0].description == "A cube."
-    assert path.exists() and "2 label(s) left out" in caplog.text
+    assert path.exists() and "2 change(s)" in caplog.text
     path.write_text("labels: [{name: ''}]\n", encoding="utf-8")   # still corrupt: set aside
+    result = load_vocabulary_store_result(path)
+    assert result.vocabulary is None and result.moved_to is not None
+
+
+def test_an_older_store_s_keys_the_rules_now_refuse_are_replaced_not_its_labels(tmp_path):
+    """A label whose name is its own but whose key the rules now read as nothing (`_`) or
+    as an earlier key (NFC and NFD `tasse_café`) kept its place only if the store was thrown
+    away; its key is replaced instead. A store the older rules refused too (keys `k` and
+    `K`) is still set aside."""
+    import unicodedata
+
+    import yaml
+
+    path = tmp_path / "store.yaml"
+    path.write_text(yaml.safe_dump({"labels": [
+        {"name": "mug", "key": "tasse_caf\u00e9"},
+        {"name": "teacup", "key": unicodedata.normalize("NFD", "tasse_caf\u00e9")},
+        {"name": "plate", "key": "_"}]}, allow_unicode=True), encoding="utf-8")
+    result = load_vocabulary_store_result(path)
+    assert result.vocabulary is not None and result.moved_to is None
+    assert result.vocabulary.names == ["mug", "teacup", "plate"]
+    assert result.vocabulary.keys == ["tasse_caf\u00e9", "teacup", "plate"]
+    path.write_text(yaml.safe_dump({"labels": [{"name": "a", "key": "k"},
+                                               {"name": "b", "key": "K"}]}), encoding="utf-8")
     result = load_vocabulary_store_result(path)
     assert result.vocabulary is None and result.moved_to is not None

@@ -394,6 +394,9 @@ def test_characters_that_show_are_not_folded_away():
     assert Vocabulary.from_names([f"{scotland} flag", f"{wales} flag"]).names == [
         f"{scotland} flag", f"{wales} flag"]
     assert Vocabulary.from_names(["\u0600"]).names == ["\u0600"]
+    # the supplementary variation selectors show nothing: "apple" twice
+    with pytest.raises(VocabularyError, match="duplicate label"):
+        Vocabulary.from_names(["apple", "apple\U000E0100"])
 
 
 def test_name_length_counts_composed_characters():

@@ -318,9 +318,13 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
     vocabularies += [v for v in reference_vocabularies if v is not None]
     membership = Membership.from_split(split, vocabularies)
     gt = {k: list(v) for k, v in contents.ground_truth.items()}
+    # the active vocabulary's keys: ground truth labelled by key (011_banana) or by another
+    # name of that key is scored under the vocabulary's name for it (a vocabulary in
+    # another language keeps the YCB keys)
+    keys = next(([lb.key for lb in v] for v in vocabularies if v.names == names), None)
     scores = score_frames(rec.frames, gt, rec.labels, membership, iou_threshold,
                           latencies_s=rec.latencies_s, vocabulary_names=names or None,
-                          ambiguous=contents.ground_truth_repeated)
+                          vocabulary_keys=keys, ambiguous=contents.ground_truth_repeated)
     report = build_report(contents, rec, scores, rate=settings.rate if not offline else None,
                           split_name=membership.split_name, split_path=split_path,
                           model=str(model))

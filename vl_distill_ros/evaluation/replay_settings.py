@@ -221,8 +221,8 @@ def parse_param(text: str, tunable: AbstractSet[str] = TUNABLE_PARAMS) -> tuple[
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise InputError(f"--param {name}: cannot parse {raw!r}: {exc}") from None
-    if name in P.OFF_STRING_PARAMS and value is False:
-        value = "off"        # the node's rule (params.off_as_string): false, no, off
+    if name in P.OFF_STRING_PARAMS and (value is False or raw.strip() in ("n", "N")):
+        value = "off"   # the node's rule (params.off_as_string) on rcl's booleans: off, no, n
     elif P.BY_NAME[name].type == "string" and not isinstance(value, (str, list, dict)):
         # another string parameter takes the text as written (YAML 1.1 reads on/yes/...
         # as booleans and 1e3 as a number)

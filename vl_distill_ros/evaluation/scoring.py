@@ -262,7 +262,8 @@ def doc_frame_key(doc: Mapping[str, Any], camera_map: Mapping[str, str] | None =
 class _Tally:
     """The counters :func:`score_frames` fills frame by frame (labels are folded)."""
 
-    def __init__(self, membership: Membership, vocabulary_names: Sequence[str] | None) -> None:
+    def __init__(self, membership: Membership, vocabulary_names: Sequence[str] | None,
+                 vocabulary_keys: Sequence[str] | None = None) -> None:
         self.membership = membership
         self.vocab_fold = ({fold_label(n) for n in vocabulary_names} if vocabulary_names
                            else None)
@@ -270,6 +271,11 @@ class _Tally:
         self.vocab_forms: dict[str, str] = {}
         for name in vocabulary_names or ():
             self.vocab_forms.setdefault(catalogue_key(name), name)
+        # then each name's key: an object whose label or key is the key's (011_banana,
+        # banana) is the vocabulary's name for it (香蕉)
+        for name, key in zip(vocabulary_names or (), vocabulary_keys or ()):
+            if key:
+                self.vocab_forms.setdefault(catalogue_key(key), name)
         self.groups = {g: {"objects": 0, "matched": 0, "missed": 0, "correct": 0, "wrong": 0,
                            "unknown": 0} for g in GROUPS}
         self.display: dict[str, str] = {}        # folded label -> display name (first seen)
@@ -482,6 +488,7 @@ def score_frames(frames: Sequence[FrameKey],
                  membership: Membership | None = None, iou_threshold: float = 0.5,
                  latencies_s: Mapping[FrameKey, float] | None = None,
                  vocabulary_names: Sequence[str] | None = None,
+                 vocabulary_keys: Sequence[str] | None = None,
                  ambiguous: Iterable[FrameKey] = ()) -> dict[str, Any]:
     """Score labels documents against ground truth (see the module docstring).
 
@@ -496,6 +503,9 @@ def score_frames(frames: Sequence[FrameKey],
         vocabulary_names: the active vocabulary; when given, objects whose label is not in
             it are counted in ``not_in_vocabulary`` (``objects``; ``renamed``: scored under
             the vocabulary's form of their label or key, see ``correct`` above).
+        vocabulary_keys: the keys of ``vocabulary_names`` (same order): an object whose
+            label or key is a name's key in another written form (``banana`` or
+            ``011_banana`` for the key ``011_banana``) is scored under that name too.
         ambiguous: frames whose ground truth is not known to be theirs (several documents
             named them); left out, as are frames whose key repeats in ``frames``.
 
@@ -508,7 +518,7 @@ def score_frames(frames: Sequence[FrameKey],
     """
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    tally = _Tally(membership or Membership(), vocabulary_names)
+    tally = _Tally(membership or Membership(), vocabulary_names, vocabulary_keys)
     vocab_fold = tally.vocab_fold
     gt_in_dropped = with_gt = evaluated = left_out = 0
     repeated = {k for k, n in Counter(frames).items() if n > 1} | set(ambiguous)

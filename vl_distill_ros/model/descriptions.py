@@ -49,9 +49,10 @@ def readable_name(name: str) -> str:
     number dropped (``7_up_can`` reads ``7 up can``); any other name is returned stripped,
     unchanged."""
     name = name.strip()
-    if " " in name or "_" not in name:
+    plain = _normalised(name)     # a full-width ＿ is an underscore too
+    if " " in plain or "_" not in plain:
         return name
-    words = _KEY_NUMBER.sub("", _normalised(name)).replace("_", " ")
+    words = _KEY_NUMBER.sub("", plain).replace("_", " ")
     return " ".join(words.split()) or name
 
 

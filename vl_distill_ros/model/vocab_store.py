@@ -115,9 +115,10 @@ def load_vocabulary_store_result(path: str | Path) -> StoreLoadResult:
         log.error("%s", error)
         return StoreLoadResult(path=path, error=error, moved_to=moved_to)
     if dropped:
-        log.warning("vocabulary store %s: %d label(s) left out, spellings the name rules now "
-                    "read as an earlier name, as nothing or as 'unknown': %s", path,
-                    len(dropped), ", ".join(repr(n) for n in dropped[:10]))
+        log.warning("vocabulary store %s, saved under older name rules: %d change(s), "
+                    "labels left out that the rules now read as an earlier name, as nothing "
+                    "or as 'unknown', or keys replaced: %s", path, len(dropped),
+                    ", ".join(repr(n) for n in dropped[:10]))
     return StoreLoadResult(path=path, vocabulary=vocabulary)
 
 

@@ -108,13 +108,18 @@ def _read_yaml(path: Path, what: str) -> object:
 #: Hangul fillers, Khmer's inherent vowels, Mongolian's variation selectors and vowel
 #: separator, the zero-width space, (non-)joiners and direction marks, bidirectional
 #: embeddings, the word joiner and invisible operators, the blank Braille pattern, variation
-#: selectors and the byte-order mark. Not every format character: U+0600's number signs show,
-#: and the tag characters of a subdivision flag tell Scotland's from Wales's.
+#: selectors (also the supplementary ones), the byte-order mark, the shorthand format
+#: controls, the musical formatting characters and the unassigned default-ignorables. Not
+#: every format character: U+0600's number signs show, and the tag characters of a
+#: subdivision flag (U+E0020-E007F) tell Scotland's from Wales's.
 _INVISIBLE = frozenset(
     "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f"
     "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
     + "".join(chr(c) for c in range(0x2060, 0x2070))
-    + "\u2800\u3164" + "".join(chr(c) for c in range(0xFE00, 0xFE10)) + "\ufeff\uffa0")
+    + "\u2800\u3164" + "".join(chr(c) for c in range(0xFE00, 0xFE10)) + "\ufeff\uffa0"
+    + "".join(chr(c) for c in (*range(0xFFF0, 0xFFF9), *range(0x1BCA0, 0x1BCA4),
+                               *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE0020),
+                               *range(0xE0080, 0xE1000))))
 #: Typographic apostrophes and quotes read as ASCII ones (a phone keyboard's ``Rubik’s``).
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"',
                          "\u201d": '"'})
@@ -307,8 +312,10 @@ class Vocabulary:
                             ) -> tuple["Vocabulary", list[str]]:
         """:meth:`from_dict` for a vocabulary saved under older, looser name rules (a store
         written before names were compared Unicode-normalised): the labels the rules now
-        refuse (a later spelling of an earlier name or key, a name that shows nothing or
-        spells ``unknown``) are left out; returns the vocabulary and the names left out.
+        refuse (a later spelling of an earlier name, a name that shows nothing or spells
+        ``unknown``) are left out, and a key they read as nothing or as an earlier one is
+        replaced by one made from the name; returns the vocabulary and what changed (the
+        names left out, the keys replaced).
 
         Raises:
             VocabularyError: not a vocabulary even then (the reason of :meth:`from_dict`).
@@ -317,26 +324,38 @@ class Vocabulary:
             return cls.from_dict(data, source), []
         except VocabularyError as exc:
             error = exc
-        kept: list[Label] = []
-        dropped: list[str] = []
-        names: set[str] = set()
-        keys: set[str] = set()
+        labels = _labels_from_dict(data, source)
         old_names: set[str] = set()
-        for label in _labels_from_dict(data, source):
+        old_keys: set[str] = set()
+        for label in labels:
             # what the older rules compared: refused by them too is no older vocabulary
             old = label.name.strip().casefold().replace("_", " ")
-            if not old or old == UNKNOWN_NAME or old in old_names:
+            old_key = label.key.strip().casefold().replace("_", " ")
+            if not old or old == UNKNOWN_NAME or old in old_names or not old_key \
+                    or old_key in old_keys:
                 raise error
             old_names.add(old)
-            name, key = fold_key(label.name), fold_key(label.key)
-            if not name or name == UNKNOWN_NAME or name in names or key in keys:
+            old_keys.add(old_key)
+        kept: list[Label] = []
+        dropped: list[str] = []
+        seen_names: set[str] = set()
+        keys: set[str] = set()
+        for label in labels:
+            name = fold_key(label.name)
+            if not name or name == UNKNOWN_NAME or name in seen_names:
                 dropped.append(label.name)
                 continue
-            names.add(name)
-            keys.add(key)
-            kept.append(label)
-        if not dropped:
-            raise error
+            seen_names.add(name)
+            key = label.key
+            if not fold_key(key) or fold_key(key) in keys:
+                # a key the rules now read as nothing or as another's: a fresh one
+                base = unicodedata.normalize("NFC", label.name.strip()).replace(" ", "_")
+                key, n = base, 2
+                while fold_key(key) in keys:
+                    key, n = f"{base}_{n}", n + 1
+                dropped.append(f"{label.name} (key {label.key!r} now {key!r})")
+            keys.add(fold_key(key))
+            kept.append(Label(label.name, label.description, key))
         try:
             return cls(tuple(kept)), dropped
         except VocabularyError:

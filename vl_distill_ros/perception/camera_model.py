@@ -39,9 +39,10 @@ MAX_DISTORTION_COEFFS = 14
 #: back within 1e-3 px. The other pixels' rays are NaN, and their depth is not used.
 RAY_REPROJECTION_PX = 0.5
 #: Most bytes the lens ray tables of :meth:`CameraIntrinsics.pixel_rays` keep (the least
-#: recently used go first; 16 bytes a pixel: 4K 127 MB, 1080p 32 MB, VGA 5 MB). It was 8
-#: tables of any size: a CameraInfo whose K moves every frame kept 1 GB at 4K.
-RAY_TABLE_BYTES = 256 << 20
+#: recently used go first; 16 bytes a pixel: 4K 133 MB, 1080p 33 MB, VGA 5 MB): three 4K
+#: cameras taking turns keep theirs. It was 8 tables of any size: 1 GB at 4K, 6 GB at the
+#: largest frame, for a CameraInfo whose K moves every frame.
+RAY_TABLE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
