@@ -482,6 +482,24 @@ class _Tally:
                 "unknown_rate_out_of_vocabulary": _ratio(self.vocab_unknown[False], n_out)}
 
 
+def _frame_counts(frames: Sequence[FrameKey], ground_truth: Mapping[FrameKey, Any],
+                  labels: Mapping[FrameKey, Any], counts: Mapping[str, int]) -> dict[str, Any]:
+    """The ``frames`` section of :func:`score_frames`' result (``counts``: those counted
+    while scoring)."""
+    frame_set = set(frames)
+    no_frame = [k for k in ground_truth if k not in frame_set]
+    labelled = sum(1 for k in frames if k in labels)
+    return {"total": len(frames), "labelled": labelled, "dropped": len(frames) - labelled,
+            "with_ground_truth": counts["with_ground_truth"],
+            "evaluated": counts["evaluated"],
+            "unexpected": sum(1 for k in labels if k not in frame_set),
+            "ground_truth_objects_in_dropped_frames":
+                counts["ground_truth_objects_in_dropped_frames"],
+            "left_out_repeated_stamps": counts["left_out_repeated_stamps"],
+            "ground_truth_without_frame": len(no_frame),
+            "ground_truth_without_frame_examples": [list(k) for k in no_frame[:3]]}
+
+
 def score_frames(frames: Sequence[FrameKey],
                  ground_truth: Mapping[FrameKey, Sequence[Any] | None],
                  labels: Mapping[FrameKey, Mapping[str, Any]],
@@ -539,21 +557,14 @@ def score_frames(frames: Sequence[FrameKey],
         tally.add_frame(gt, list(doc.get("objects") or []), iou_threshold)
     gt_labels, pred_only = tally.row_labels()
     per_object, f1s = tally.per_object(gt_labels + pred_only)
-    frame_set = set(frames)
-    no_frame = [k for k in ground_truth if k not in frame_set]
-    labelled = sum(1 for k in frames if k in labels)
     lat = [latencies_s[k] * 1e3 for k in frames if latencies_s and k in labels
            and latencies_s.get(k) is not None]
+    counts = {"with_ground_truth": with_gt, "evaluated": evaluated,
+              "ground_truth_objects_in_dropped_frames": gt_in_dropped,
+              "left_out_repeated_stamps": left_out}
     return {
         "iou_threshold": float(iou_threshold),
-        "frames": {"total": len(frames), "labelled": labelled,
-                   "dropped": len(frames) - labelled, "with_ground_truth": with_gt,
-                   "evaluated": evaluated,
-                   "unexpected": sum(1 for k in labels if k not in frame_set),
-                   "ground_truth_objects_in_dropped_frames": gt_in_dropped,
-                   "left_out_repeated_stamps": left_out,
-                   "ground_truth_without_frame": len(no_frame),
-                   "ground_truth_without_frame_examples": [list(k) for k in no_frame[:3]]},
+        "frames": _frame_counts(frames, ground_truth, labels, counts),
         "groups": tally.group_summary(),
         "per_object": per_object,
         "macro_f1": (sum(f1s) / len(f1s)) if f1s else None,
