@@ -228,6 +228,13 @@ def test_a_named_folder_s_spellings_of_one_name_are_one_name(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"images": entries}))
     data, got = load_named_folder(tmp_path, Vocabulary.from_names(["banana"]), size=32)
     assert len(data.paths) == 4 and got == names
+    # a name counts its characters composed, as the vocabulary does (22 letters, 66 code
+    # points in NFD, were refused as over 64)
+    long_nfd = unicodedata.normalize("NFD", "\u1ec7" * 22)
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"images": [{"file": "0.png", "name": long_nfd}]}))
+    assert load_named_folder(tmp_path, Vocabulary.from_names(["banana"]), size=32)[1] == [
+        long_nfd]
 
 
 def test_the_fetch_script_takes_only_the_stamps_images_and_texts(tmp_path):

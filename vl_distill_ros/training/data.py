@@ -244,7 +244,7 @@ def _named_part(folder: Path, cls_vocab: Vocabulary,
                            f"unseen ({', '.join(ood)}); no OOD name may be trained on")
     for n in distinct:   # a name matching a label (case, underscores aside) labels that class
         if not _has(cls_vocab, n):
-            cls_vocab = Vocabulary(cls_vocab.labels + (Label(name=n, key=n.replace(" ", "_")),))
+            cls_vocab = Vocabulary(cls_vocab.labels + (Label(name=n),))  # key: the name's
     part.labels = np.array([cls_vocab.index(n) for n in names], np.int64)
     return part, cls_vocab
 

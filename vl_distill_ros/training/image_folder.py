@@ -6,6 +6,7 @@ match vocabulary labels by key, by name, or by name with underscores for spaces.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -142,7 +143,8 @@ def load_named_folder(root: str | Path, vocabulary: Vocabulary,
     paths, names = [], []
     top = root.resolve()
     for file, name in pairs:
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        if not isinstance(name, str) or not name.strip() \
+                or len(unicodedata.normalize("NFC", name)) > MAX_NAME_LENGTH:  # as labels
             raise DatasetError(f"{manifest}: {file!r} has no usable name ({name!r}: 1-"
                                f"{MAX_NAME_LENGTH} characters)")
         path = root / file
