@@ -150,7 +150,7 @@ def test_drain_stops_when_everything_is_labelled_or_at_the_timeout():
     assert 0.2 <= time.monotonic() - start < 1.5 and calls
     # a frame whose image cannot be decoded is never labelled (the node drops it): not
     # waited for (one such frame cost the whole quiet period, >= 2 s)
-    run.undecodable_frames = {("/cam", T0 + 1)}
+    run.undecodable.add(("/cam", T0 + 1), "unsupported image encoding '32FC1'")
     start = time.monotonic()
     drain(arrivals[:1], run, camera_map, 30.0, lambda: None)
     assert time.monotonic() - start < 1.0

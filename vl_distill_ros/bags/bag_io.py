@@ -146,14 +146,9 @@ class BagContents:
             raise BagError(f"{self.path}: {bad} are not image topics; image topics: "
                            f"{self.image_topics}")
         for raw in iter_raw_messages(self.path, wanted):
-            try:
-                img = self._decode(raw)
-            except UndecodableImage as exc:
-                if on_undecodable is None:
-                    raise
-                on_undecodable(exc)
-                continue
-            yield img
+            img = _or_skip(lambda: self._decode(raw), on_undecodable)
+            if img is not None:
+                yield img
 
     def rgbd_frames(self, topics: Sequence[str] | None = None, tolerance_ns: int = 0,
                     capacity: int = 30, depth_unit_m: float = MILLIMETRE,
@@ -211,28 +206,16 @@ class BagContents:
                 if isinstance(partner, str) and not late and len(pending) <= capacity:
                     break
                 pending.pop(0)
-                frame = self._rgbd_or_skip(first, stamp, partner, depth_unit_m,
-                                           defer_alignment, on_undecodable)
+                frame = _or_skip(lambda: self._rgbd(first, stamp, partner, depth_unit_m,
+                                                    defer_alignment), on_undecodable)
                 if frame is not None:
                     yield frame
         for first, stamp in pending:
-            frame = self._rgbd_or_skip(first, stamp, self._partner(first.topic, stamp, buffers),
-                                       depth_unit_m, defer_alignment, on_undecodable)
+            partner = self._partner(first.topic, stamp, buffers)
+            frame = _or_skip(lambda: self._rgbd(first, stamp, partner, depth_unit_m,
+                                                defer_alignment), on_undecodable)
             if frame is not None:
                 yield frame
-
-    def _rgbd_or_skip(self, raw: RawMessage, stamp: int, partner: tuple | str,
-                      depth_unit_m: float, defer_alignment: bool,
-                      on_undecodable: OnUndecodable | None) -> RGBDFrame | None:
-        """:meth:`_rgbd`, or None for an undecodable colour image handed to
-        ``on_undecodable`` (raised without one)."""
-        try:
-            return self._rgbd(raw, stamp, partner, depth_unit_m, defer_alignment)
-        except UndecodableImage as exc:
-            if on_undecodable is None:
-                raise
-            on_undecodable(exc)
-            return None
 
     def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | str:
         """``(depth CDR or None, info CDR or None, depth camera's info CDR or None)`` once
@@ -489,6 +472,18 @@ class UndecodableImage(BagError):
 #: What :meth:`BagContents.images` and :meth:`BagContents.rgbd_frames` call with an image
 #: they cannot decode, instead of raising (the frame is skipped).
 OnUndecodable = Callable[[UndecodableImage], None]
+
+
+def _or_skip(decode: Callable[[], Any], on_undecodable: OnUndecodable | None) -> Any:
+    """``decode()``, or None for an undecodable image handed to ``on_undecodable`` (raised
+    without one)."""
+    try:
+        return decode()
+    except UndecodableImage as exc:
+        if on_undecodable is None:
+            raise
+        on_undecodable(exc)
+        return None
 
 
 def decode_image_cdr(data: bytes, where: str, msgtype: str = IMAGE_TYPE

@@ -316,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (cli.Terminated)
+        # by name: under `python -m vl_distill_ros.cli` the class is __main__'s, and the
+        # commands do not import the cli that imports them
         terminated = type(exc).__name__ == "Terminated"
         _error("terminated" if terminated else "interrupted")
         return 143 if terminated else 130

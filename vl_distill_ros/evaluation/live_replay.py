@@ -22,11 +22,11 @@ from ..perception.compressed_codec import topic_transport
 from ..ros.node_process import (NODE_NAME, NodeProcess, default_node_command, log_tail,
                                 node_command)
 from .replay_settings import (DIAGNOSTICS_PERIOD, LOG_TAIL_LINES, InputError, NodeError,
-                              Recording, ReplaySettings, check_bundle_loads, check_model,
+                              Recording, ReplaySettings, UndecodableImages,
+                              check_bundle_loads, check_model,
                               image_count, load_vocabulary_file, manifest_names,
                               node_parameter_values, pipeline_settings, progress_bar,
-                              reported_settings, stamp_from_cdr, undecodable_hint,
-                              with_bag_close_topics)
+                              reported_settings, stamp_from_cdr, with_bag_close_topics)
 from .scoring import FrameKey, doc_frame_key
 
 __all__ = ["run_live", "LivePlan", "plan_live", "DiagnosticsLog", "ReplayNode", "start_node",
@@ -383,12 +383,9 @@ class PacedRun:
     t_last: float = 0.0
     #: messages published per depth / CameraInfo topic (they expect no labels)
     side_published: dict[str, int] = field(default_factory=dict)
-    #: frames whose image cannot be decoded, per topic (published: the node drops them),
-    #: and the first reason of each topic
-    undecodable: dict[str, int] = field(default_factory=dict)
-    undecodable_errors: dict[str, str] = field(default_factory=dict)
-    #: their frames (no labels are waited for: the node drops them)
-    undecodable_frames: set = field(default_factory=set)
+    #: frames whose image cannot be decoded (published: the node drops them, so no labels
+    #: are waited for)
+    undecodable: UndecodableImages = field(default_factory=UndecodableImages)
 
 
 def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, bytes], None],
@@ -418,9 +415,7 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
             stamp, undecodable = stamp_from_cdr(raw.data, raw.msgtype)
             key = (raw.topic, stamp)
             if undecodable is not None:
-                run.undecodable_frames.add(key)
-                run.undecodable[raw.topic] = run.undecodable.get(raw.topic, 0) + 1
-                run.undecodable_errors.setdefault(raw.topic, undecodable)
+                run.undecodable.add(key, undecodable)
         if run.t_start is None:
             run.t_start, t_bag0 = time.monotonic(), raw.timestamp_ns
         target = run.t_start + (raw.timestamp_ns - t_bag0) / 1e9 / rate
@@ -475,7 +470,7 @@ def drain(arrivals: Sequence[tuple[float, str]], run: PacedRun, camera_map: Mapp
     quiet period (2 s, or 3x the recent latency when longer), or ``timeout`` seconds after
     the last publication (frames whose image cannot be decoded are not waited for: the node
     drops them). ``check`` is called between polls (raises to abort)."""
-    wanted = set(run.frames) - run.undecodable_frames
+    wanted = set(run.frames) - run.undecodable.frames
     got: set[FrameKey] = set()
     recent_latency: list[float] = []
     parsed = 0
@@ -671,10 +666,8 @@ def run_live(contents: BagContents, settings: ReplaySettings) -> Recording:
         run = _replay_bag(contents, replay, node, settings)
         rec.frames, rec.published = list(run.frames), len(run.frames)
         rec.node["side_published"] = dict(run.side_published)
-        rec.undecodable, rec.undecodable_errors = run.undecodable, run.undecodable_errors
-        if rec.undecodable and sum(rec.undecodable.values()) == rec.published:
-            topic = next(iter(rec.undecodable_errors))
-            raise InputError(f"{rec.undecodable_errors[topic]}{undecodable_hint(settings)}")
+        rec.undecodable = run.undecodable
+        rec.undecodable.refuse_if_all(rec.frames, settings)
         drain(replay.arrivals, run, plan.camera_map, settings.drain_timeout,
               lambda: _check_running(node, "while its last frames were processed"))
         _finish(rec, replay, node, run)

@@ -61,8 +61,7 @@ from .replay_settings import (TUNABLE_PARAMS, InputError, NodeError, Recording, 
                               ReplaySettings, check_model, default_model_path, image_count,
                               load_vocabulary_file, node_parameter_values, open_bag,
                               parse_param, pipeline_settings, progress_bar, reported_settings,
-                              resolve_device, stamp_from_cdr, undecodable_hint,
-                              with_bag_close_topics)
+                              resolve_device, stamp_from_cdr, with_bag_close_topics)
 
 __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recording",
            "TUNABLE_PARAMS", "NODE_NAME", "default_model_path", "parse_param",
@@ -84,9 +83,9 @@ def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Map
     ``rec.undecodable`` and input to ``rec.frames`` (unlabelled: its ground truth counts
     as missed, as live)."""
     def skip(exc: UndecodableImage) -> None:
-        rec.undecodable[exc.topic] = rec.undecodable.get(exc.topic, 0) + 1
-        rec.undecodable_errors.setdefault(exc.topic, str(exc))
-        rec.frames.append((exc.topic, int(exc.stamp_ns)))
+        key = (exc.topic, int(exc.stamp_ns))
+        rec.undecodable.add(key, str(exc))
+        rec.frames.append(key)
 
     if settings.depth and contents.depth_topics:
         tol = int(round(float(values["depth_sync_tolerance"]) * 1e9))
@@ -94,14 +93,6 @@ def _offline_frames(contents: BagContents, settings: ReplaySettings, values: Map
                                     defer_alignment=True,   # aligned as the node does
                                     on_undecodable=skip)
     return contents.images(on_undecodable=skip)
-
-
-def _undecodable_check(rec: Recording, settings: ReplaySettings) -> None:
-    """Refuse a replay none of whose images could be decoded (nothing to score); skipped
-    images are reported (``frames.undecodable``) and warned about by the command."""
-    if rec.undecodable and not rec.published:
-        topic = next(iter(rec.undecodable_errors))
-        raise InputError(f"{rec.undecodable_errors[topic]}{undecodable_hint(settings)}")
 
 
 def _frame_depth(frame: Any) -> tuple[Any, Any]:
@@ -219,7 +210,7 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
     finally:
         bar.close()
         pipe.close()
-    _undecodable_check(rec, settings)
+    rec.undecodable.refuse_if_all(rec.frames, settings)
     if depth_counts:
         rec.node["depth"] = {"topics": dict(contents.depth_topics),
                              "frames_by_status": depth_counts,

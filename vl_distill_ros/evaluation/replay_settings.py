@@ -22,7 +22,7 @@ __all__ = ["ReplayError", "InputError", "NodeError", "ReplaySettings", "Recordin
            "TUNABLE_PARAMS", "default_model_path", "parse_param", "node_parameter_values",
            "with_bag_close_topics", "pipeline_settings", "reported_settings", "open_bag",
            "check_model", "check_bundle_loads", "load_vocabulary_file", "manifest_names",
-           "stamp_from_cdr", "undecodable_hint",
+           "stamp_from_cdr", "undecodable_hint", "UndecodableImages",
            "resolve_device", "progress_bar", "image_count"]
 
 #: Node parameters that ``--param`` may set (the others have dedicated options or are
@@ -107,6 +107,34 @@ class ReplaySettings:
 
 
 @dataclass
+class UndecodableImages:
+    """Image messages that deserialise but whose image cannot be decoded (offline skips
+    them; live publishes them and the node drops them): their frames, how many per topic
+    and the first reason of each topic."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    first_error: dict[str, str] = field(default_factory=dict)
+    frames: set[FrameKey] = field(default_factory=set)
+
+    def add(self, key: FrameKey, why: str) -> None:
+        """Count the frame ``key`` (camera topic, stamp), undecodable for ``why``."""
+        self.frames.add(key)
+        self.counts[key[0]] = self.counts.get(key[0], 0) + 1
+        self.first_error.setdefault(key[0], why)
+
+    def total(self) -> int:
+        """How many images could not be decoded."""
+        return sum(self.counts.values())
+
+    def refuse_if_all(self, frames: Sequence[FrameKey], settings: "ReplaySettings") -> None:
+        """Raise :class:`InputError` (with the ``--image-topic`` hint) when no image of
+        ``frames``, the replay's input, could be decoded: there is nothing to score."""
+        if self.counts and self.total() >= len(frames):
+            why = next(iter(self.first_error.values()))
+            raise InputError(f"{why}{undecodable_hint(settings)}")
+
+
+@dataclass
 class Recording:
     """What one replay produced.
 
@@ -125,9 +153,8 @@ class Recording:
         vocabulary: ``{"source", "names"}`` of the vocabulary in use.
         settings: the pipeline parameter values used.
         duration_s: wall time of the replay (first input to last label).
-        undecodable: images that could not be decoded, per topic (offline skips them, live
-            publishes them and the node drops them; their frames count as input,
-            unlabelled), and the first error of each topic.
+        undecodable: images that could not be decoded (their frames count as input,
+            unlabelled).
     """
 
     mode: str
@@ -141,8 +168,7 @@ class Recording:
     node: dict[str, Any] = field(default_factory=dict)
     vocabulary: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    undecodable: dict[str, int] = field(default_factory=dict)
-    undecodable_errors: dict[str, str] = field(default_factory=dict)
+    undecodable: UndecodableImages = field(default_factory=UndecodableImages)
     duration_s: float = 0.0
 
 

@@ -72,14 +72,14 @@ def _read_counts(frames: dict[str, Any], rec: Any) -> None:
     image), a ``metadata.yaml`` count that disagrees (stale, hand-edited) kept in
     ``in_bag_metadata``; ``undecodable``: images that cannot be decoded (offline skips
     them, live publishes them and the node drops them; their frames count as unlabelled)."""
-    read = rec.published + (sum(rec.undecodable.values()) if rec.mode == "offline" else 0)
+    read = rec.published + (rec.undecodable.total() if rec.mode == "offline" else 0)
     if rec.mode == "offline" and read != frames["in_bag"]:
         frames["in_bag_metadata"], frames["in_bag"] = frames["in_bag"], read
-    frames["undecodable"] = sum(rec.undecodable.values())
+    frames["undecodable"] = rec.undecodable.total()
     frames["undecodable_by_topic"] = {
         topic: {"images": n, "decoded": sum(1 for t, _ in rec.frames if t == topic) - n,
-                "first_error": rec.undecodable_errors.get(topic, "")}
-        for topic, n in sorted(rec.undecodable.items())}
+                "first_error": rec.undecodable.first_error.get(topic, "")}
+        for topic, n in sorted(rec.undecodable.counts.items())}
 
 
 def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: float | None,

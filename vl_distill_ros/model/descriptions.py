@@ -22,10 +22,9 @@ published name is always the operator's.
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Iterable
 
-from .vocabulary import Label, Vocabulary, fold_key, visible_text
+from .vocabulary import Label, Vocabulary, fold_key, normalised_text
 
 __all__ = ["DescriptionCatalogue", "catalogue_key", "catalogue_vocabulary", "readable_name"]
 
@@ -37,19 +36,13 @@ _KEY_NUMBER = re.compile(r"^\d{3}[_\-]+(?=\S)")
 _NUMBER_PREFIX = re.compile(r"^\d+[_\-]+(?=\S)")
 
 
-def _normalised(text: str) -> str:
-    """``text`` NFKC-normalised without invisible characters, stripped: what the number
-    prefix is looked for in (a BOM or full-width ``＿`` before ``004_``)."""
-    return visible_text(unicodedata.normalize("NFKC", text)).strip()
-
-
 def readable_name(name: str) -> str:
     """``name`` as words: an identifier-style name (``coffee_mug``, ``004_sugar_box``; no
     spaces) has its underscores read as spaces and a dataset key's three-digit leading
     number dropped (``7_up_can`` reads ``7 up can``); any other name is returned stripped,
     unchanged."""
     name = name.strip()
-    plain = _normalised(name)     # a full-width ＿ is an underscore too
+    plain = normalised_text(name)     # a full-width ＿ is an underscore too
     if " " in plain or "_" not in plain:
         return name
     words = _KEY_NUMBER.sub("", plain).replace("_", " ")
@@ -61,7 +54,7 @@ def catalogue_key(text: str) -> str:
     :func:`~vl_distill_ros.model.vocabulary.fold_key` (case, ``_`` and spacing aside,
     Unicode-normalised, typographic apostrophes as ``'``), ``-`` read as a space too and a
     leading number (``004_``, ``25-``) dropped."""
-    text = _normalised(text)
+    text = normalised_text(text)
     text = fold_key(_NUMBER_PREFIX.sub("", text) or text)
     return re.sub(r"[\-\s]+", " ", text).strip()
 

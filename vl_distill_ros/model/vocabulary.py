@@ -131,12 +131,18 @@ def visible_text(text: str) -> str:
     return "".join(c for c in text if c not in _INVISIBLE)
 
 
+def normalised_text(text: str) -> str:
+    """``text`` Unicode compatibility-normalised (NFKC: NFC and NFD spellings, full-width
+    letters) without the characters that show nothing (:func:`visible_text`), stripped."""
+    return visible_text(unicodedata.normalize("NFKC", text)).strip()
+
+
 def fold_key(text: str) -> str:
     """The form under which names and keys are compared (duplicates, the reserved
     ``unknown``, lookups): Unicode compatibility-normalised (NFKC: NFC and NFD spellings,
     full-width letters), without invisible characters (:func:`visible_text`), typographic
     apostrophes as ``'``, case-folded, ``_`` read as a space and runs of spaces as one."""
-    text = visible_text(unicodedata.normalize("NFKC", text)).translate(_QUOTES)
+    text = normalised_text(text).translate(_QUOTES)
     return " ".join(text.casefold().replace("_", " ").split())
 
 
