@@ -233,3 +233,35 @@ def test_the_vocabulary_controller_warns_of_labels_prompted_alike(tmp_path):
     controller = VocabularyController(_service(CATALOGUE, Factory()), tmp_path / "s.yaml", log)
     controller.embed_startup(Vocabulary((Label("sugar box"), Label("004_sugar_box"))))
     assert any("'004_sugar_box' (as 'sugar box')" in line for line in log.lines)
+
+
+def test_descriptions_past_the_teachers_context_are_named_and_warned_of(tmp_path):
+    """A description within 300 characters can exceed the teacher's context (CLIP: 77
+    tokens); the teacher embeds only its beginning. The labels so cut are named, and the
+    vocabulary controller warns of them, as of labels embedded alike."""
+    from vl_distill_ros.ros.vocabulary_controller import VocabularyController
+
+    class Cutting(FakeTeacher):
+        def cut_texts(self, texts):
+            return [i for i, t in enumerate(texts) if len(t.split()) > 20]
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, text):
+            self.lines.append(text)
+
+        info = error = debug = warning
+
+    factory = Factory()
+    factory.teacher = Cutting()
+    svc = _service(None, factory)
+    long = Label("kettle", "a tall steel kettle " + "with a black handle " * 6)
+    labels = [Label("mug", "a white mug."), long, Label("pan")]
+    log = Log()
+    controller = VocabularyController(svc, tmp_path / "s.yaml", log)
+    controller.embed_startup(Vocabulary(tuple(labels)))
+    assert svc.cut_labels(labels) == ["kettle"]
+    assert [line for line in log.lines if "'kettle'" in line and "beginning" in line]
+    assert not [line for line in log.lines if "'mug'" in line]

@@ -977,3 +977,21 @@ def test_offline_replay_warns_of_labels_the_teacher_embeds_alike(bundle, bag, tm
             pairs += 1
             assert order.index(names[0]) < order.index(f"042_{names[0].replace(' ', '_')}")
     assert pairs > 0
+
+
+def test_offline_replay_warns_of_descriptions_past_the_teachers_context(bundle, bag, tmp_path,
+                                                                        capsys):
+    """A description of 300 characters can be longer than the teacher's text context (here
+    MiniLM's 256 tokens: one per ideograph); only its beginning is embedded, and replay-eval
+    says which label's."""
+    names = list(NAMES)
+    path = tmp_path / "long.yaml"
+    Vocabulary(tuple([Label(n, key=OBJECTS[n][1]) for n in names[1:]]
+                     + [Label(names[0], "香" * 290 + "。", key=OBJECTS[names[0]][1])])
+               ).save(path)
+    code, _, err = run_cli([str(bag), "--offline", "--model", str(bundle), "--vocabulary",
+                            str(path), "--out", str(tmp_path / "out"), "--text-cache-dir", "",
+                            "--split", "none", "--no-plots", *PARAMS], capsys)
+    assert code == 0, err
+    assert f"beginning of the prompts of '{names[0]}'" in err
+    assert not any(f"'{n}'" in err for n in names[1:])

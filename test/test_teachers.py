@@ -332,3 +332,13 @@ def test_factory_backends_ids_and_specs(tiny_arch: str) -> None:
         teacher_config_from_spec(dict(teacher_spec(offline), colour="red"))
     with pytest.raises(ValueError, match="backend"):
         teacher_config_from_spec({"backend": "nope"})
+
+
+def test_open_clip_tells_which_texts_it_cuts_at_its_context(tiny_teacher: OpenClipTeacher):
+    """CLIP's text tower sees 77 tokens: a prompt with a long description is cut there and
+    its end never embedded; cut_texts names such texts (74 words of one token each and the
+    start and end tokens fit, 76 do not)."""
+    fits, over = "a " * 75, "a " * 76
+    assert tiny_teacher.cut_texts(["a photo of a mug.", fits, over, ""]) == [2]
+    emb = tiny_teacher.encode_texts([over, over + "mug " * 20])
+    assert torch.allclose(emb[0], emb[1])    # what the cut leaves out changes nothing

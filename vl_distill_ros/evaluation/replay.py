@@ -117,7 +117,7 @@ def offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str,
 
     from ..model.bundle import BundleError, load_bundle
     from ..model.runtime import RuntimeBackendError
-    from ..model.text_service import TextEmbeddingService, alike_warning
+    from ..model.text_service import TextEmbeddingService, alike_warning, cut_warning
     from ..perception.pipeline import PerceptionPipeline, PipelineError
 
     vocab_file = load_vocabulary_file(settings.vocabulary)
@@ -144,6 +144,9 @@ def offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str,
         alike = service.prompted_alike(vocab.labels, emb)
         if alike:   # as the node warns
             print(f"warning: {alike_warning(alike)}", file=sys.stderr)
+        cut = service.cut_labels(vocab.labels)
+        if cut:
+            print(f"warning: {cut_warning(cut)}", file=sys.stderr)
     else:
         vocab, emb, source = bundle.vocabulary, bundle.text_embeddings, "bundle"
         catalogue = None

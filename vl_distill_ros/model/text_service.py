@@ -285,6 +285,25 @@ def alike_warning(pairs: Sequence[tuple[str, str]]) -> str:
             + "; give one of each pair a description of its own, or drop it")
 
 
+def cut_warning(names: Sequence[str]) -> str:
+    """The warning for labels :meth:`TextEmbeddingService.cut_labels` found (at most 10
+    names listed)."""
+    listed = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+    return ("the teacher's text encoder embeds only the beginning of the prompts of "
+            f"{listed}: a prompt with its description is longer than its context (CLIP: 77 "
+            "tokens, about 50 words); shorten the description")
+
+
+def _cut_texts(teacher: "Teacher", texts: list[str]) -> list[int]:
+    """``teacher.cut_texts(texts)``, or none where the teacher cannot tell (never raises:
+    the embeddings are good either way)."""
+    try:
+        return [int(i) for i in teacher.cut_texts(texts)]
+    except Exception as exc:  # noqa: BLE001 - a custom teacher, a tokenizer quirk
+        log.debug("cannot tell which prompts %s cuts: %s", getattr(teacher, "id", "?"), exc)
+        return []
+
+
 class TextEmbeddingService:
     """Label -> teacher text embedding, cached in memory and on disk (see module doc).
 
@@ -345,6 +364,9 @@ class TextEmbeddingService:
         self._hits = 0
         self._misses = 0
         self._teacher_loads = 0
+        #: Keys whose prompts the teacher's text encoder cut at its context when this service
+        #: embedded them (at most max_entries, the latest kept).
+        self._cut: dict[CacheKey, None] = {}
         #: Why the on-disk cache could not be used at start-up (None when fine or absent).
         self.cache_error: str | None = None
         if self.cache_dir is not None:
@@ -430,6 +452,14 @@ class TextEmbeddingService:
                     later.add(labels[j].name)
                     pairs.append((labels[i].name, labels[j].name))
         return pairs
+
+    def cut_labels(self, labels: Sequence[Label]) -> list[str]:
+        """The names among ``labels`` whose prompts the teacher's text encoder cut at its
+        context (CLIP: 77 tokens) when this service embedded them: the end of their
+        description is not embedded. (Labels embedded by an earlier run, read from the
+        cache, are not known.)"""
+        with self._lock:
+            return [label.name for label in labels if self.key(label) in self._cut]
 
     def catalogued(self, labels: Sequence[Label]) -> list[str]:
         """The names among ``labels`` that have no description and are prompted with the
@@ -636,7 +666,12 @@ class TextEmbeddingService:
             raise ValueError(f"teacher {teacher.id!r} returned {tuple(raw.shape)} for "
                              f"{len(prompts)} prompts")
         emb = _combine(raw.detach().cpu(), len(keys), n_templates)
+        cut_rows = {j // n_templates for j in _cut_texts(teacher, prompts)}
         with self._lock:
+            for i in sorted(cut_rows):
+                self._cut[keys[i]] = None
+            while len(self._cut) > self._cache.capacity:
+                del self._cut[next(iter(self._cut))]
             if self._dim is not None and self._dim != emb.shape[1]:
                 raise ValueError(f"teacher {teacher.id!r} gives {emb.shape[1]}-d embeddings but "
                                  f"the cache holds {self._dim}-d ones")

@@ -74,7 +74,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from ..model.text_service import TextEmbeddingService, alike_warning
+from ..model.text_service import TextEmbeddingService, alike_warning, cut_warning
 from ..model.vocab_store import load_vocabulary_store_result, save_vocabulary_atomic
 from ..model.vocabulary import (MAX_LABELS, Label, Vocabulary, VocabularyError,
                                 check_label_lengths, fold_key)
@@ -252,10 +252,14 @@ class VocabularyController:
     def _warn_prompted_alike(self, vocab: Vocabulary, emb: "torch.Tensor | None" = None
                              ) -> None:
         """Log a warning for labels of ``vocab`` that are prompted or (given their
-        embeddings ``emb``) embedded alike: the later is never chosen."""
+        embeddings ``emb``) embedded alike: the later is never chosen; and for labels whose
+        prompts the teacher cut at its context."""
         pairs = self.text_service.prompted_alike(vocab.labels, emb)
         if pairs:
             self.log.warning(alike_warning(pairs))
+        cut = self.text_service.cut_labels(vocab.labels)
+        if cut:
+            self.log.warning(cut_warning(cut))
 
     def embed_startup(self, vocab: Vocabulary):
         """The embeddings of ``vocab``, or ``None`` (error recorded and logged) on failure."""

@@ -41,3 +41,8 @@ class Teacher(ABC):
     def to(self, device: str | torch.device) -> "Teacher":
         """Move the teacher's networks to ``device`` (default: no-op)."""
         return self
+
+    def cut_texts(self, texts: Sequence[str]) -> list[int]:
+        """Indices of ``texts`` longer than the text encoder's context, of which it embeds
+        only the beginning (default: none known)."""
+        return []

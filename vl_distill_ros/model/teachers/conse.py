@@ -180,6 +180,13 @@ class MiniLMTextEncoder:
             self._model.to(self.device)
         return self
 
+    def cut_texts(self, texts: Sequence[str]) -> list[int]:
+        """Indices of ``texts`` of more than :data:`MINILM_MAX_TOKENS` tokens (with the
+        special tokens): only their beginning is embedded."""
+        self.load()
+        return [i for i, t in enumerate(texts)
+                if len(self._tokenizer(t, truncation=False)["input_ids"]) > MINILM_MAX_TOKENS]
+
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed strings -> (M, 384) float32, L2-normalised, on the CPU."""
@@ -365,6 +372,12 @@ class ConSETeacher(Teacher):
         if not texts:
             return torch.zeros(0, self.embed_dim)
         return F.normalize(self._text_encoder(texts).float().cpu(), dim=-1).contiguous()
+
+    def cut_texts(self, texts: Sequence[str]) -> list[int]:
+        """Indices of ``texts`` longer than the sentence encoder's context (256 tokens; none
+        known for a custom encoder without ``cut_texts``)."""
+        cut = getattr(self._text_encoder, "cut_texts", None)
+        return list(cut(list(texts))) if cut is not None else []
 
     def __repr__(self) -> str:
         return f"ConSETeacher(id={self.id!r}, embed_dim={self.embed_dim}, device={self.device})"

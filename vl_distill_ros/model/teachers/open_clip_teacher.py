@@ -305,5 +305,20 @@ class OpenClipTeacher(Teacher):
             return torch.zeros(0, self.embed_dim)
         return torch.cat(outputs).contiguous()
 
+    def cut_texts(self, texts: Sequence[str]) -> list[int]:
+        """Indices of ``texts`` whose tokens (with the start and end tokens) exceed the
+        tokenizer's context (77 for CLIP): the text tower sees only their beginning."""
+        tokenizer = self._tokenizer
+        context = int(getattr(tokenizer, "context_length", 0) or 0)
+        if context <= 0:
+            return []
+        if hasattr(tokenizer, "encode"):    # open_clip's SimpleTokenizer: BPE ids only
+            return [i for i, t in enumerate(texts) if len(tokenizer.encode(t)) + 2 > context]
+        inner = getattr(tokenizer, "tokenizer", None)   # open_clip's HFTokenizer
+        if inner is None:
+            return []
+        return [i for i, t in enumerate(texts)
+                if len(inner(t, truncation=False)["input_ids"]) > context]
+
     def __repr__(self) -> str:
         return f"OpenClipTeacher(id={self.id!r}, embed_dim={self.embed_dim}, device={self.device})"
