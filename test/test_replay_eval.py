@@ -995,3 +995,25 @@ def test_offline_replay_warns_of_descriptions_past_the_teachers_context(bundle, 
     assert code == 0, err
     assert f"beginning of the prompts of '{names[0]}'" in err
     assert not any(f"'{n}'" in err for n in names[1:])
+
+
+def test_a_missing_required_package_is_named_not_a_traceback(bag, tmp_path):
+    """setup.py installs no Python requirements (ament_python: they come from
+    requirements.txt); a machine without rosbags got a 20-line traceback from replay-eval.
+    Now one line names the package and how to install the requirements, exit 2."""
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'rosbags':\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "block"))
+    done = subprocess.run([sys.executable, "-m", "vl_distill_ros.cli", "replay-eval", str(bag),
+                           "--offline", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "needs the Python package that provides 'rosbags'" in done.stderr
+    assert "requirements.txt" in done.stderr

@@ -63,6 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"vl-distill {args.command}: interrupted", file=sys.stderr)
             return 130
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.split(".")[0] == __package__:
+                raise               # our own module missing: a broken install, keep the trace
+            print(f"error: vl-distill {args.command} needs the Python package that provides "
+                  f"'{exc.name}', which is not installed here: install the project's "
+                  "requirements (make setup, or pip install -r requirements.txt from its "
+                  "source)", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
