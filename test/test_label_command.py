@@ -342,3 +342,22 @@ def test_without_pillow_exif_orientation_is_skipped_with_one_warning(monkeypatch
     assert label.exif_orientation(buf) == 1 and label.exif_orientation(buf) == 1
     err = capsys.readouterr().err
     assert err.count("Pillow is not installed") == 1, err
+
+
+def test_an_earlier_runs_drawn_images_do_not_pass_for_this_runs(tmp_path, frames, capsys):
+    """Drawn images are named by their place among the IMAGEs: a second run of fewer images
+    into the same --out left the first run's other drawings beside its labels.jsonl, as if
+    labelled now. They are removed once this run has labelled something; other files stay."""
+    a, b = _png(tmp_path / "a.png", frames[0][0]), _png(tmp_path / "b.png", frames[1][0])
+    out = tmp_path / "out"
+    assert cli.main(["label", str(a), str(b), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000_a.png", "00001_b.png",
+                                                     "labels.jsonl"]
+    (out / "notes.png").write_bytes(b"mine")
+    assert cli.main(["label", str(tmp_path / "typo.png"), "--out", str(out)]) == 2
+    assert (out / "00001_b.png").exists()       # nothing labelled: the earlier run kept whole
+    assert cli.main(["label", str(b), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000_b.png", "labels.jsonl",
+                                                     "notes.png"]
+    assert len(_docs((out / "labels.jsonl").read_text())) == 1
+    capsys.readouterr()

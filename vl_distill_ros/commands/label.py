@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -233,6 +234,23 @@ def _pipeline(args: argparse.Namespace):
     return pipe, camera
 
 
+#: The name of an image ``--out`` draws: its place among the IMAGE arguments and its stem.
+_DRAWN_NAME = re.compile(r"\d{5}_.*\.png")
+
+
+def _remove_earlier_drawings(out: Path, written: set[str]) -> None:
+    """Remove the drawn images of an earlier run into ``out`` that this run did not write
+    again (its images fewer, other or not labelled): they would pass for this run's."""
+    for entry in out.iterdir():
+        if (entry.name not in written and _DRAWN_NAME.fullmatch(entry.name)
+                and entry.is_file() and not entry.is_symlink()):
+            try:
+                entry.unlink()
+            except OSError as exc:
+                print(f"{PROG}: warning: could not remove {entry}, drawn by an earlier run: "
+                      f"{exc}", file=sys.stderr)
+
+
 class _Stdout:
     """Where each image's line is printed: stdout until it is closed (``| head -n 1``: the
     rest go quietly, Unix tools' way) or fails (a full disk: one error line)."""
@@ -271,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     bad = colour_only = 0
     lines: list[str] = []
+    written: set[str] = set()
     stdout = _Stdout()
     try:
         if out is not None:
@@ -315,10 +334,12 @@ def run(args: argparse.Namespace) -> int:
                 if not _write_png(drawn, draw_annotations(image, objects)):
                     print(f"{PROG}: error: could not write {drawn}", file=sys.stderr)
                     bad += 1
+                written.add(drawn.name)
         # written whole at the end, and only when something was labelled: a run that fails
         # on every image (a mistyped name) leaves an earlier run's labels.jsonl as it was
         if out is not None and lines:
             atomic_write_bytes(out / "labels.jsonl", "".join(f"{x}\n" for x in lines).encode())
+            _remove_earlier_drawings(out, written)
     except OSError as exc:
         print(f"{PROG}: error: cannot write into --out {out}: {exc}", file=sys.stderr)
         return 2
