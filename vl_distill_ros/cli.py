@@ -49,9 +49,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def printable_output() -> None:
+    """Let stdout print any text: where it does not encode UTF-8 (the C locale with
+    ``PYTHONUTF8=0``: ASCII), a character it cannot encode is written as ``\\xe9``, not a
+    UnicodeEncodeError that ends the command after its work (an ablation table's non-ASCII
+    row names). stderr does so already."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        with contextlib.suppress(Exception):   # a replaced stream that cannot be changed
+            sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (143 after SIGTERM, 130 after Ctrl-C
     where the command does not say otherwise)."""
+    printable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     with _sigterm_as_interrupt():
