@@ -265,3 +265,29 @@ def test_descriptions_past_the_teachers_context_are_named_and_warned_of(tmp_path
     assert svc.cut_labels(labels) == ["kettle"]
     assert [line for line in log.lines if "'kettle'" in line and "beginning" in line]
     assert not [line for line in log.lines if "'mug'" in line]
+
+
+def test_an_older_bundles_catalogue_with_spellings_now_read_as_one_loads(tmp_path, caplog):
+    """A bundle exported before names were compared Unicode-normalised may hold `Rubik's
+    cube` and `Rubik’s cube` in its catalogue; the bundle was refused as invalid. Its
+    catalogue is now read as an older vocabulary store is: the later spelling left out,
+    with a warning."""
+    path = replace_descriptions(_small_bundle(tmp_path), tmp_path / "c.vdb",
+                                Vocabulary((Label("Rubik's cube", "A cube of colours."),
+                                            Label("mug", "A mug."))))
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    manifest = json.loads(members["manifest.json"])
+    manifest["descriptions"]["labels"].insert(
+        1, {"name": "Rubik\u2019s cube", "key": "rubiks_cube_2", "description": "Another."})
+    members["manifest.json"] = json.dumps(manifest).encode()
+    old = tmp_path / "old.vdb"
+    with zipfile.ZipFile(old, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    with caplog.at_level("WARNING"):
+        bundle = load_bundle(old)
+    assert [lb.name for lb in bundle.descriptions] == ["Rubik's cube", "mug"]
+    assert "Rubik\u2019s cube" in caplog.text
+    assert bundle.description_catalogue().lookup("Rubik\u2019s cube").description == \
+        "A cube of colours."

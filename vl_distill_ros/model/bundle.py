@@ -435,8 +435,7 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
     members = _read_members(path, manifest["files"])
     try:
         vocabulary = Vocabulary.from_dict(manifest["vocabulary"], source=f"{path}:vocabulary")
-        descriptions = (Vocabulary.from_dict(manifest["descriptions"],
-                                             source=f"{path}:descriptions")
+        descriptions = (_catalogue_from_manifest(manifest["descriptions"], path)
                         if "descriptions" in manifest else None)
         student_cfg = from_dict(StudentConfig, manifest["student"]["config"], "student")
         embed_dim = int(manifest["teacher"]["embed_dim"])
@@ -491,6 +490,19 @@ def load_bundle(path: str | Path, expected_teacher_id: str | None = None,
                   onnx_int8_bytes=members.get(ONNX_INT8_MODEL),
                   calibration=calibration, trained_embeddings=trained_emb,
                   descriptions=descriptions)
+
+
+def _catalogue_from_manifest(record: object, path: Path) -> Vocabulary:
+    """A bundle's description catalogue, read as a store saved under older name rules is
+    (:meth:`Vocabulary.from_dict_migrating`): a bundle exported before names were compared
+    Unicode-normalised may hold two spellings now read as one (``Rubik's`` / ``Rubik’s``);
+    the later is left out, with a warning, rather than the bundle refused."""
+    catalogue, changed = Vocabulary.from_dict_migrating(record, source=f"{path}:descriptions")
+    if changed:
+        log.warning("%s: description catalogue read under today's name rules (a later "
+                    "spelling of an earlier name left out, a key made again): %s", path,
+                    "; ".join(changed))
+    return catalogue
 
 
 def zlib_error() -> type[Exception]:
