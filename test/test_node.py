@@ -1123,3 +1123,39 @@ def test_a_node_told_to_stop_while_it_loads_stops_there(bundle_path, tmp_path, m
         assert not warmed            # nothing after the model was loaded
     finally:
         context.try_shutdown()
+
+
+def test_a_publisher_whose_qos_the_subscription_does_not_match_is_reported(
+        ctx, tester, bundle_path, tmp_path):
+    """A best-effort camera with `qos_reliability: reliable` sends the node nothing: the
+    camera's diagnostics said "no images received yet" at level OK. Now the mismatch is
+    logged and the camera's status WARNs with the topic, the policy and the setting, until
+    frames come (from a publisher that matches)."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    ns = "/qosmismatch"
+    with running_node(ctx, ns, bundle_path, tmp_path, qos_reliability="reliable") as node:
+        fqn = node.get_fully_qualified_name()
+        topic = f"{ns}/image"
+        labels = tester.watch_labels(f"{fqn}/labels")
+        msg = make_msg("rgb8", rgb_image(48, 64), "qos", 1)
+        best_effort = tester.node.create_publisher(
+            Image, topic, QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        try:
+            def warned():
+                st = tester.camera_status(fqn, topic)
+                return st is not None and st["level"] == DiagnosticStatus.WARN \
+                    and "does not match" in st["message"]
+            assert wait_for(warned, 20.0), tester.camera_status(fqn, topic)
+            st = tester.camera_status(fqn, topic)
+            assert "reliability" in st["message"] and "qos_reliability: reliable" in \
+                st["message"] and st["incompatible_qos"] == st["message"]
+            for _ in range(5):
+                best_effort.publish(msg)
+                time.sleep(0.05)
+            assert not labels and tester.camera_status(fqn, topic)["received"] == "0"
+            publish_until_labelled(tester, topic, msg, labels)      # a reliable publisher
+            assert wait_for(lambda: tester.camera_status(fqn, topic)["level"]
+                            == DiagnosticStatus.OK, 10.0)
+        finally:
+            tester.node.destroy_publisher(best_effort)

@@ -76,6 +76,9 @@ class CameraState:
     last_latency: float = 0.0
     #: The camera's :class:`~vl_distill_ros.ros.depth_input.DepthInput`, or ``None``.
     depth: Any = None
+    #: The last publisher found on one of the camera's topics with a QoS its subscription
+    #: does not match (:func:`incompatible_qos_text`; "" for none).
+    incompatible_qos: str = ""
 
     def take_period(self) -> dict[str, Any]:
         """Counters and the period's latency samples; resets the per-period values (the
@@ -94,6 +97,7 @@ class CameraState:
                 "processed_in_period": self.processed_in_period,
                 "bad_frames_in_period": self.bad_in_period,
                 "last_error": self.last_error,
+                "incompatible_qos": self.incompatible_qos,
             },
             "latencies": sorted(self.latencies),
             "processing": list(self.processing),
@@ -164,6 +168,16 @@ def model_status(fq_name: str, version: int, names: list[str], vocabulary: Mappi
     return status
 
 
+def incompatible_qos_text(topic: str, event: Any, setting: str) -> str:
+    """What a subscription's ``incompatible_qos`` event (rclpy's
+    ``QoSRequestedIncompatibleQoSInfo``) means, for the log and ``/diagnostics``."""
+    kind = getattr(event, "last_policy_kind", "")
+    policy = str(getattr(kind, "name", kind)).removeprefix("RMW_QOS_POLICY_").lower()
+    return (f"{topic}: {getattr(event, 'total_count', '?')} publisher(s) found whose QoS this "
+            f"node's subscription does not match (last: {policy}; this node's {setting}): "
+            "nothing is received from them")
+
+
 def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> DiagnosticStatus:
     """The ``<node>: camera <topic>`` status from :meth:`CameraState.take_period`: counters
     (with depth: received, used, colour-only frames, errors), latency statistics of the period
@@ -188,6 +202,10 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         status.level = DiagnosticStatus.WARN
         status.message = clip_text(f"{depth_errors} frame(s) processed colour-only, bad depth: "
                                    f"{values['last_depth_error']}")
+    elif values["incompatible_qos"] and (not values["processed_in_period"]
+                                         or values.get("colour_only_in_period")):
+        status.level = DiagnosticStatus.WARN    # nothing comes, or no depth: say why
+        status.message = clip_text(values["incompatible_qos"])
     else:
         status.level = DiagnosticStatus.OK
         status.message = (f"{values['processed']} processed, {values['dropped']} dropped"

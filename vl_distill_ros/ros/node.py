@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -71,7 +72,7 @@ from .conversions import (annotated_msg, detections_3d_msg, detections_msg, impo
                           label_info_msg, labels_msg)
 from .depth_input import NO_PARTNER, DepthInput, stamp_ns
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
-                          clip_text, model_status)
+                          clip_text, incompatible_qos_text, model_status)
 from .parameter_service import GroupedParameterService
 from .startup_checks import (StartupCancelled, StartupError, TFMessage, alignments,
                              check_distinct_topics, check_startup_params, default_store_path,
@@ -467,15 +468,19 @@ class VlDistillNode(Node):
             resolved = self.resolve_topic_name(topic)
             cam = CameraState(topic=topic, transport=topic_transport(resolved))
             sub = self.create_subscription(_message_type(resolved), topic,
-                                           lambda msg, cam=cam: self._on_image(msg, cam), qos)
+                                           lambda msg, cam=cam: self._on_image(msg, cam), qos,
+                                           event_callbacks=self._qos_events(cam, resolved, p))
             cam.resolved = sub.topic_name
             if depth_topic.strip():     # "": this camera has no depth
+                depth_name = self.resolve_topic_name(depth_topic.strip())
                 self._subs.append(self.create_subscription(
-                    _message_type(self.resolve_topic_name(depth_topic.strip())),
-                    depth_topic.strip(), lambda msg, cam=cam: self._on_depth(msg, cam), qos))
+                    _message_type(depth_name), depth_topic.strip(),
+                    lambda msg, cam=cam: self._on_depth(msg, cam), qos,
+                    event_callbacks=self._qos_events(cam, depth_name, p)))
                 self._subs.append(self.create_subscription(
                     CameraInfo, info_topic.strip(), lambda msg, cam=cam: cam.depth.add_info(msg),
-                    info_qos))
+                    info_qos, event_callbacks=self._qos_events(
+                        cam, self.resolve_topic_name(info_topic.strip()), p, info=True)))
                 cam.depth = DepthInput(self._subs[-2].topic_name, self._subs[-1].topic_name,
                                        float(p["depth_sync_tolerance"]),
                                        rectified=is_rectified_topic(resolved),
@@ -484,7 +489,8 @@ class VlDistillNode(Node):
                     info, transform = alignment
                     self._subs.append(self.create_subscription(
                         CameraInfo, info, lambda msg, cam=cam: cam.depth.add_depth_info(msg),
-                        info_qos))
+                        info_qos, event_callbacks=self._qos_events(
+                            cam, self.resolve_topic_name(info), p, info=True)))
                     if transform is None:       # the pose from /tf_static
                         cam.depth.set_alignment(self._subs[-1].topic_name,
                                                 lookup=self._static_transform_lookup())
@@ -494,6 +500,23 @@ class VlDistillNode(Node):
             self._subs.append(sub)
         self._depth_wait = float(p["depth_sync_tolerance"])
         self._rr = 0
+
+    def _qos_events(self, cam: CameraState, topic: str, p: dict,
+                    info: bool = False) -> SubscriptionEventCallbacks:
+        """Event callbacks of one of ``cam``'s input subscriptions: a publisher on ``topic``
+        whose QoS it does not match (a best-effort camera with ``qos_reliability:
+        reliable``, a volatile CameraInfo with ``camera_info_durability: transient_local``)
+        sends it nothing; that is logged and put in the camera's diagnostics."""
+        setting = (f"camera_info_durability: {p['camera_info_durability']}" if info
+                   else f"qos_reliability: {p['qos_reliability']}")
+
+        def mismatch(event: Any) -> None:
+            text = incompatible_qos_text(topic, event, setting)
+            with self._lock:
+                cam.incompatible_qos = text
+            self.get_logger().warning(text)
+
+        return SubscriptionEventCallbacks(incompatible_qos=mismatch)
 
     def _static_transform_lookup(self):
         """``lookup(target, source) -> (R, t)`` over ``/tf_static`` (subscribed on first use,

@@ -108,7 +108,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "raw units, 0.0002 for datasets stored at 5000 per metre. 32FC1 is metres "
               "whatever this is.", read_only=True, range=(1e-6, 0.1)),
     ParamSpec("qos_reliability", "best_effort", "string",
-              "Reliability of the image subscriptions (sensor-data QoS otherwise).",
+              "Reliability of the image and depth subscriptions (sensor-data QoS "
+              "otherwise). A reliable subscription gets nothing from a best-effort camera: "
+              "the camera's /diagnostics status then warns (incompatible_qos), as the log "
+              "does.",
               read_only=True, constraints="best_effort or reliable"),
     ParamSpec("qos_depth", 1, "integer",
               "History depth of the image subscriptions. Frames are processed 'latest wins' "
