@@ -212,6 +212,8 @@ def test_a_latched_camera_info_reaches_a_transient_local_subscription(ctx, teste
                     break
             assert (len(docs[-1]["objects"]) == 2) is used, docs[-1]
             assert used or not any(d["objects"] for d in docs), docs
+            # the status after that frame comes with the next diagnostics period
+            assert not used or wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 5.0)
             st = rig.status()
             assert (int(st["depth_used"]) >= 1) is used, st
             if not used:
