@@ -217,19 +217,22 @@ def test_labels_the_teacher_embeds_alike_are_reported_from_their_embeddings():
     assert svc.prompted_alike(labels, emb) == [("apple", "pear"), ("apple", "plum")]
 
 
+class _Log:
+    """A logger that keeps what it is told."""
+
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, text):
+        self.lines.append(text)
+
+    info = error = debug = warning
+
+
 def test_the_vocabulary_controller_warns_of_labels_prompted_alike(tmp_path):
     from vl_distill_ros.ros.vocabulary_controller import VocabularyController
 
-    class Log:
-        def __init__(self):
-            self.lines = []
-
-        def warning(self, text):
-            self.lines.append(text)
-
-        info = error = debug = warning
-
-    log = Log()
+    log = _Log()
     controller = VocabularyController(_service(CATALOGUE, Factory()), tmp_path / "s.yaml", log)
     controller.embed_startup(Vocabulary((Label("sugar box"), Label("004_sugar_box"))))
     assert any("'004_sugar_box' (as 'sugar box')" in line for line in log.lines)
@@ -245,21 +248,12 @@ def test_descriptions_past_the_teachers_context_are_named_and_warned_of(tmp_path
         def cut_texts(self, texts):
             return [i for i, t in enumerate(texts) if len(t.split()) > 20]
 
-    class Log:
-        def __init__(self):
-            self.lines = []
-
-        def warning(self, text):
-            self.lines.append(text)
-
-        info = error = debug = warning
-
     factory = Factory()
     factory.teacher = Cutting()
     svc = _service(None, factory)
     long = Label("kettle", "a tall steel kettle " + "with a black handle " * 6)
     labels = [Label("mug", "a white mug."), long, Label("pan")]
-    log = Log()
+    log = _Log()
     controller = VocabularyController(svc, tmp_path / "s.yaml", log)
     controller.embed_startup(Vocabulary(tuple(labels)))
     assert svc.cut_labels(labels) == ["kettle"]
