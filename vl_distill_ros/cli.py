@@ -50,8 +50,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def printable_output() -> None:
-    """Let stdout print any text: where it does not encode UTF-8 (the C locale with
-    ``PYTHONUTF8=0``: ASCII), a character it cannot encode is written as ``\\xe9``, not a
+    r"""Let stdout print any text: where it does not encode UTF-8 (the C locale with
+    ``PYTHONUTF8=0``: ASCII), a character it cannot encode is written as ``\xe9``, not a
     UnicodeEncodeError that ends the command after its work (an ablation table's non-ASCII
     row names). stderr does so already."""
     encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")

@@ -202,8 +202,8 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         status.level = DiagnosticStatus.WARN
         status.message = clip_text(f"{depth_errors} frame(s) processed colour-only, bad depth: "
                                    f"{values['last_depth_error']}")
-    elif values["incompatible_qos"] and (not values["processed_in_period"]
-                                         or values.get("colour_only_in_period")):
+    elif values.get("incompatible_qos") and (
+            not values["processed_in_period"] or values.get("colour_only_in_period")):
         status.level = DiagnosticStatus.WARN    # nothing comes, or no depth: say why
         status.message = clip_text(values["incompatible_qos"])
     else:
