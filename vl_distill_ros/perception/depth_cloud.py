@@ -44,6 +44,9 @@ class DepthCloud:
     flat: np.ndarray | None = None
     #: The depth was sparse: samples were filled from their cells (``sparse_fill_frac``).
     sparse: bool = False
+    #: :func:`depth_span` of ``z`` over its cells with depth (``z > 0``), when kept from the
+    #: sampling (the clusters' steps use it again); ``None`` otherwise.
+    span: np.ndarray | None = None
 
     def flat_index(self) -> np.ndarray:
         """Row-major grid index of each valid sample."""
@@ -80,8 +83,9 @@ def depth_samples(depth: np.ndarray, cfg: DepthProposalConfig
 
 
 def _samples(depth: np.ndarray, cfg: DepthProposalConfig
-             ) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
-    """:func:`depth_samples` and whether the depth was sparse (its samples filled)."""
+             ) -> tuple[np.ndarray, np.ndarray, int, int, bool, np.ndarray]:
+    """:func:`depth_samples`, whether the depth was sparse (its samples filled) and the
+    :func:`depth_span` of the samples (over those in range)."""
     s = int(cfg.stride)
     off = s // 2
     z = np.ascontiguousarray(depth[off::s, off::s], dtype=np.float32)
@@ -91,8 +95,9 @@ def _samples(depth: np.ndarray, cfg: DepthProposalConfig
         _is_sparse(depth, valid, s, cfg)
     if sparse:
         _fill_grid(depth, z, valid, s, cfg)
-    valid &= depth_span(z, valid) <= cfg.edge_jump_frac * z
-    return z, valid, s, off, sparse
+    span = depth_span(z, valid)
+    valid &= span <= cfg.edge_jump_frac * z
+    return z, valid, s, off, sparse, span
 
 
 #: Sparse depth is told from dense on every this-many-th row of the grid (a quarter of the
@@ -104,9 +109,17 @@ def _is_sparse(depth: np.ndarray, valid: np.ndarray, s: int, cfg: DepthProposalC
                ) -> bool:
     """Whether more than ``sparse_fill_frac`` of the samples (of every
     :data:`SPARSE_PROBE_ROWS`-th grid row) lack a measurement their cell holds."""
-    probe = valid[::SPARSE_PROBE_ROWS].copy()
-    z = np.zeros(probe.shape, np.float32)
-    filled = _fill_grid(depth, z, probe, s, cfg, SPARSE_PROBE_ROWS)
+    probe = valid[::SPARSE_PROBE_ROWS]
+    # the samples _fill_grid would fill: those without a measurement whose cell holds one
+    # in range (counted only: no depth is written)
+    measured = np.zeros(probe.shape, bool)
+    for dy, dx in _cell_order(s):
+        view = depth[dy::s * SPARSE_PROBE_ROWS, dx::s][:probe.shape[0], :probe.shape[1]]
+        rows, cols = view.shape
+        values = view.astype(np.float32, copy=False)
+        measured[:rows, :cols] |= np.isfinite(values) & (values >= cfg.min_depth_m) & \
+            (values <= cfg.max_depth_m)
+    filled = int(np.count_nonzero(measured & ~probe))
     return filled > float(cfg.sparse_fill_frac) * probe.size
 
 
@@ -164,7 +177,9 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
     """Sample ``depth`` every ``cfg.stride`` pixels, drop invalid and discontinuity samples
     (:func:`depth_samples`) and those whose ray the lens model cannot give (NaN in
     ``k.pixel_rays()``), and back-project the rest with ``k``."""
-    z, valid, s, off, sparse = _samples(depth, cfg)
+    z, valid, s, off, sparse, span = _samples(depth, cfg)
+    if cfg.min_depth_m <= 0:   # the samples in range are then not those with z > 0
+        span = None
     if k.distorted:
         rays_known = np.isfinite(k.pixel_rays()[0][off::s, off::s][:z.shape[0], :z.shape[1]])
         if rays_known.shape == valid.shape and not rays_known.all():
@@ -182,10 +197,14 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
         pix = (off + rows * s) * rx.shape[1] + (off + cols * s)
         pts[:, 0] = np.take(rx, pix) * zz
         pts[:, 1] = np.take(ry, pix) * zz
-    else:
+    else:   # (zz in float64 once: each product would cast it)
         u = (off + np.arange(z.shape[1]) * s) - k.cx
         v = (off + np.arange(z.shape[0]) * s) - k.cy
-        pts[:, 0] = np.take(u, cols) * zz / k.fx
-        pts[:, 1] = np.take(v, rows) * zz / k.fy
+        z64 = zz.astype(np.float64)
+        for axis, along, cells, f in ((0, u, cols, k.fx), (1, v, rows, k.fy)):
+            value = np.take(along, cells)
+            value *= z64
+            value /= f
+            pts[:, axis] = value
     pts[:, 2] = zz
-    return DepthCloud(z, valid, s, off, rows, cols, pts, flat, sparse)
+    return DepthCloud(z, valid, s, off, rows, cols, pts, flat, sparse, span)

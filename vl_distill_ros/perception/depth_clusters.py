@@ -13,6 +13,8 @@ where its height map steps (:mod:`.top_view`). The settings are fields of
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -24,17 +26,21 @@ from .top_view import nearest_label, piece_need, split_top_view
 __all__ = ["object_clusters", "in_band", "below_taller", "crease_radii", "ColourEdges"]
 
 
-def in_band(points: np.ndarray, height: np.ndarray, cfg: DepthProposalConfig) -> np.ndarray:
+def in_band(points: np.ndarray, height: np.ndarray, cfg: DepthProposalConfig,
+            allowance: np.ndarray | None = None) -> np.ndarray:
     """Which samples stand in the height band: over ``min_height_m`` plus the noise
-    allowance at their depth, under ``max_height_m``."""
-    low = cfg.min_height_m + cfg.plane_threshold_quadratic * points[:, 2] ** 2
+    allowance at their depth (``plane_threshold_quadratic * z ** 2``; ``allowance`` when
+    already at hand), under ``max_height_m``."""
+    if allowance is None:
+        allowance = cfg.plane_threshold_quadratic * points[:, 2] ** 2
+    low = cfg.min_height_m + allowance
     return (height > low) & (height < cfg.max_height_m)
 
 
 def below_taller(height_grid: np.ndarray, cfg: DepthProposalConfig) -> np.ndarray:
     """Grid of the cells next to (3x3) a sample above ``max_height_m``: two valid samples
     side by side lie on one surface (a sample across a depth step is no valid sample)."""
-    above = np.nan_to_num(height_grid, nan=-1.0) >= cfg.max_height_m
+    above = height_grid >= cfg.max_height_m   # NaN (no sample): False
     return cv2.dilate(above.view(np.uint8), SQUARE_3X3) > 0
 
 
@@ -68,8 +74,10 @@ def _thin_marks(crease: np.ndarray) -> np.ndarray:
     thick = cv2.morphologyEx(crease.view(np.uint8), cv2.MORPH_OPEN, _THICK) > 0
     if not thick.any():
         return crease
-    _, groups = cv2.connectedComponents(crease.view(np.uint8), connectivity=8)
-    return crease & ~np.isin(groups, np.unique(groups[thick]))
+    n, groups = cv2.connectedComponents(crease.view(np.uint8), connectivity=8)
+    has_thick = np.zeros(n, bool)   # a lookup table: np.isin's cells, 10x faster
+    has_thick[groups[thick]] = True
+    return crease & ~np.take(has_thick, groups)
 
 
 class ColourEdges:
@@ -83,25 +91,28 @@ class ColourEdges:
                  cfg: DepthProposalConfig) -> None:
         """``image_rgb``: the uint8 RGB colour image (the depth's size); ``shape``: the
         grid's."""
-        self._image, self._shape, self._cfg = image_rgb, shape, cfg
+        self._image, self._shape, self._cfg = image_rgb, tuple(shape), cfg
         self._lab: np.ndarray | None = None
 
     def window(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """``bool`` cells of the grid window ``(x, y, w, h)`` on (or next to) a colour
         edge."""
-        if self._lab is None:   # the image on the grid, in Lab, once for all windows
-            gh, gw = self._shape
-            image = np.ascontiguousarray(self._image)
-            if image.shape[:2] != (gh, gw):
-                image = cv2.resize(image, (gw, gh), interpolation=cv2.INTER_AREA)
-            self._lab = cv2.cvtColor(image, cv2.COLOR_RGB2Lab)
         p = self.PAD
         y0, x0 = max(y - p, 0), max(x - p, 0)
-        lab = self._lab[y0:y + h + p, x0:x + w + p]
+        if self._image.shape[:2] == self._shape:   # the grid is the image: the window only
+            lab = cv2.cvtColor(np.ascontiguousarray(self._image[y0:y + h + p, x0:x + w + p]),
+                               cv2.COLOR_RGB2Lab)   # (Lab is per pixel)
+        else:
+            if self._lab is None:   # the image on the grid, in Lab, once for all windows
+                gh, gw = self._shape
+                image = cv2.resize(np.ascontiguousarray(self._image), (gw, gh),
+                                   interpolation=cv2.INTER_AREA)
+                self._lab = cv2.cvtColor(image, cv2.COLOR_RGB2Lab)
+            lab = self._lab[y0:y + h + p, x0:x + w + p]
         edges = np.zeros(lab.shape[:2], np.uint8)
-        for c in range(3):
-            edges |= cv2.Canny(np.ascontiguousarray(lab[..., c]),
-                               int(self._cfg.colour_edge_low), int(self._cfg.colour_edge_high))
+        for channel in cv2.split(lab):
+            edges |= cv2.Canny(channel, int(self._cfg.colour_edge_low),
+                               int(self._cfg.colour_edge_high))
         edges = cv2.dilate(edges, SQUARE_3X3) > 0
         return edges[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
@@ -131,17 +142,18 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(cfg.close_cells) | 1,) * 2)
         joined = cv2.morphologyEx(grid, cv2.MORPH_CLOSE, kernel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
-    clusters = []
+    clusters, spans = [], _Spans(cloud)
     for i in range(1, count):
         if stats[i, cv2.CC_STAT_AREA] < cfg.min_cluster_points:
             continue
         x, y, bw, bh = (int(v) for v in stats[i, :4])
         comp = labels[y:y + bh, x:x + bw] == i
         own = comp & (grid[y:y + bh, x:x + bw] > 0)
-        parts, kept, crease = [comp], comp, None
+        parts, kept, crease, kept_pieces = [comp], comp, None, None
         if cfg.cut_jump_frac > 0:  # not across a depth step ...
-            kept = comp & ~_steps(cloud, (x, y, bw, bh), cfg)
-            parts = _large_parts(comp, kept, own, cfg) or parts
+            kept = comp & ~spans.steps((x, y, bw, bh), cfg.cut_jump_frac)
+            kept_pieces = _pieces(kept, own, comp)
+            parts = _large_parts(comp, kept, own, cfg, kept_pieces) or parts
         if cfg.crease_m > 0:  # ... nor across a concave crease
             crease = _creases(cloud, grid, (x, y, bw, bh), cfg) & comp
             if edges is not None and crease.any():
@@ -155,16 +167,17 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
                                      _CROSS).view(bool) & comp & ~own
             if crease.any():  # the finer of: steps and creases at once, creases per piece
                 kept = kept & ~crease
-                joint = _large_parts(comp, kept, own, cfg) or [comp]
+                kept_pieces = _pieces(kept, own)
+                joint = _large_parts(comp, kept, own, cfg, kept_pieces) or [comp]
                 parts = [p for part in parts for p in
                          _large_parts(part, part & ~crease, own & part, cfg) or [part]]
                 if len(joint) > len(parts):
                     parts = joint
         if cfg.weak_jump_frac > 0 and heights is not None:  # ... nor a weaker one in front
-            parts = _front_parts(cloud, (x, y, bw, bh), parts, own, cfg, crease,
+            parts = _front_parts(spans, (x, y, bw, bh), (comp, parts), own, cfg, crease,
                                  heights[y:y + bh, x:x + bw])
         if cfg.small_piece_points > 0 and kept is not comp:
-            parts = parts + _small_pieces(kept, own, cfg)
+            parts = parts + _small_pieces(kept, own, cfg, kept_pieces)
         for part in parts:
             sel = own & part
             if np.count_nonzero(sel) >= cfg.min_cluster_points:
@@ -172,16 +185,25 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
     return clusters
 
 
-def _steps(cloud: DepthCloud, roi: tuple[int, int, int, int],
-           cfg: DepthProposalConfig, frac: float | None = None) -> np.ndarray:
-    """Cells of the grid window ``roi`` = ``(x, y, w, h)`` with depth whose 3x3
-    neighbourhood spans more than ``frac`` (default ``cut_jump_frac``) of it."""
-    x, y, w, h = roi
-    y0, x0 = max(y - 1, 0), max(x - 1, 0)
-    z = cloud.z[y0:y + h + 1, x0:x + w + 1]
-    frac = cfg.cut_jump_frac if frac is None else frac
-    step = (z > 0) & (depth_span(z, z > 0) > frac * z)
-    return step[y - y0:y - y0 + h, x - x0:x - x0 + w]
+class _Spans:
+    """The 3x3 depth span (:func:`.depth_cloud.depth_span`) of every cell of a cloud's
+    grid, computed once (on first use) for all the clusters of the grid."""
+
+    def __init__(self, cloud: DepthCloud) -> None:
+        self.z = cloud.z
+        self._has: np.ndarray | None = None
+        self._span = cloud.span   # the sampling's, when the cloud kept it
+
+    def steps(self, roi: tuple[int, int, int, int], frac: float) -> np.ndarray:
+        """Cells of the grid window ``roi`` = ``(x, y, w, h)`` with depth whose 3x3
+        neighbourhood spans more than ``frac`` of it."""
+        if self._has is None:
+            self._has = self.z > 0
+            if self._span is None:
+                self._span = depth_span(self.z, self._has)
+        x, y, w, h = roi
+        z = self.z[y:y + h, x:x + w]
+        return self._has[y:y + h, x:x + w] & (self._span[y:y + h, x:x + w] > frac * z)
 
 
 #: :func:`_lower_in_front`: the contact of two pieces is the cells of each within this many
@@ -189,20 +211,25 @@ def _steps(cloud: DepthCloud, roi: tuple[int, int, int, int],
 CONTACT_CELLS = 2
 
 
-def _front_parts(cloud: DepthCloud, roi: tuple[int, int, int, int], parts: list[np.ndarray],
-                 own: np.ndarray, cfg: DepthProposalConfig, crease: np.ndarray | None,
+def _front_parts(spans: _Spans, roi: tuple[int, int, int, int],
+                 split: tuple[np.ndarray, list[np.ndarray]], own: np.ndarray,
+                 cfg: DepthProposalConfig, crease: np.ndarray | None,
                  heights: np.ndarray) -> list[np.ndarray]:
-    """Each of a cluster's ``parts`` (masks of the grid window ``roi``) cut into the
-    pieces that its weaker steps (``weak_jump_frac``) and ``crease`` cells leave, where
+    """Each of a cluster's parts (``split``: its component and the masks of the grid window
+    ``roi`` it was cut into, or the component itself) cut into the pieces that its weaker
+    steps (``weak_jump_frac``, on the grid of ``spans``) and ``crease`` cells leave, where
     every two touching pieces have the lower one in front (:func:`_lower_in_front`)."""
+    comp, parts = split
     x, y, w, h = roi
-    weak = _steps(cloud, roi, cfg, cfg.weak_jump_frac)
+    weak = spans.steps(roi, cfg.weak_jump_frac)
     if crease is not None:
         weak = weak | crease
-    z = cloud.z[y:y + h, x:x + w]
+    z = spans.z[y:y + h, x:x + w]
     out = []
     for part in parts:
-        pieces = _large_parts(part, part & ~weak, own & part, cfg)
+        cut, mine = part & ~weak, own & part
+        pieces = _large_parts(part, cut, mine, cfg,
+                              _pieces(cut, mine, comp) if part is comp else None)
         out.extend(pieces if pieces and _lower_in_front(pieces, own, z, heights) else [part])
     return out
 
@@ -227,6 +254,7 @@ def _lower_in_front(pieces: list[np.ndarray], own: np.ndarray, z: np.ndarray,
     return True
 
 
+@functools.lru_cache(maxsize=16)
 def crease_radii(cells: int) -> tuple[int, ...]:
     """The neighbourhood sizes (grid cells) of the crease test: ``cells`` times 2/3, 1 and
     3/2 (small objects have their crease within a few cells, large ones further out)."""
@@ -253,43 +281,51 @@ def _creases(cloud: DepthCloud, above: np.ndarray, roi: tuple[int, int, int, int
     # behind the chord: z - (a + b) / 2 > thr, i.e. a + b < 2 z - 2 thr
     limit = 2 * z - 2 * (np.float32(cfg.crease_m)
                          + np.float32(cfg.plane_threshold_quadratic) * z * z)
-    has = zp > 0
-    centre = has[m:m + hh, m:m + ww]
+    # a cell without a sample is infinitely far: a sum with it is under no limit, and the
+    # limit of a cell without one is negative (the test needs all three samples)
+    np.copyto(zp, np.float32(np.inf), where=zp <= 0)
     crease = np.zeros(z.shape, bool)
     concave = np.zeros(zp.shape, bool)
     inner = concave[m:m + hh, m:m + ww]
+    total = np.empty(z.shape, np.float32)
+    beside = np.empty(z.shape, bool)
     for r in radii:
         for dy, dx in ((0, r), (r, 0), (r, r), (r, -r)):
             ia = (slice(m - dy, m - dy + hh), slice(m - dx, m - dx + ww))
             ib = (slice(m + dy, m + dy + hh), slice(m + dx, m + dx + ww))
-            np.less(zp[ia] + zp[ib], limit, out=inner)
-            inner &= has[ia]
-            inner &= has[ib]
-            inner &= centre
+            np.less(np.add(zp[ia], zp[ib], out=total), limit, out=inner)
+            if not inner.any():   # (often: the rest would add nothing)
+                continue
             # a crease between two surfaces that are not concave there themselves (the
-            # inside of a cup or a bowl is concave all over: no crease)
-            crease |= inner & ~(concave[ia] | concave[ib])
+            # inside of a cup or a bowl is concave all over: no crease): inner > beside
+            np.logical_or(concave[ia], concave[ib], out=beside)
+            crease |= np.greater(inner, beside, out=beside)
     return crease[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
 
 def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
-                 cfg: DepthProposalConfig) -> list[np.ndarray] | None:
+                 cfg: DepthProposalConfig,
+                 pieces: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> list[np.ndarray] | None:
     """Masks of the pieces of the grid component ``comp`` when its ``cut`` pixels (``comp``
     less its depth discontinuities) fall apart into two or more pieces that each hold at
     least ``split_min_frac`` of its ``own`` samples or ``split_min_points`` of them (and
     ``min_cluster_points``); each
     large piece grows over the rest of ``comp`` from its interior cells (every cell goes to
     the nearest one).
-    ``None`` when ``comp`` stays one cluster."""
-    labels, count = _pieces(cut, own)
+    ``None`` when ``comp`` stays one cluster. ``pieces``: :func:`_pieces` of ``cut`` and
+    ``own`` when already at hand."""
+    labels, count = pieces or _pieces(cut, own)
     big = np.flatnonzero(count >= _split_need(own, cfg))
     if len(big) < 2:
         return None
     # seeds: the interior cells of the large pieces (a piece without any is not one)
     lab = labels.astype(np.float32)
     inner = cv2.dilate(lab, SQUARE_3X3) == cv2.erode(lab, SQUARE_3X3)
-    seed = np.isin(labels, big) & inner
-    ids = np.unique(labels[seed])
+    is_big = np.zeros(len(count), bool)
+    is_big[big] = True
+    seed = np.take(is_big, labels) & inner
+    ids = np.flatnonzero(np.bincount(labels[seed], minlength=len(count)))
     if len(ids) < 2:
         return None
     # every cell goes to its nearest seed cell's piece (a piece whose interior falls into
@@ -298,11 +334,15 @@ def _large_parts(comp: np.ndarray, cut: np.ndarray, own: np.ndarray,
     return [comp & (piece == k) for k in ids]
 
 
-def _pieces(cut: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pieces(cut: np.ndarray, own: np.ndarray, whole: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """The 8-connected pieces of the ``cut`` mask (labels, 0 outside) and how many ``own``
-    samples each holds (``count[0]`` is 0)."""
-    _, labels = cv2.connectedComponents(cut.view(np.uint8), connectivity=8)
-    count = np.bincount(labels[own], minlength=int(labels.max()) + 1)
+    samples each holds (``count[0]`` is 0). With ``whole``, one 8-connected mask holding
+    ``cut`` and ``own``: when ``cut`` is all of it, its one piece, without labelling."""
+    if whole is not None and not np.greater(whole, cut).any():
+        return whole.view(np.uint8), np.array([0, np.count_nonzero(own)], np.int64)
+    n, labels = cv2.connectedComponents(cut.view(np.uint8), connectivity=8)
+    count = np.bincount(labels[own], minlength=n)
     count[0] = 0
     return labels, count
 
@@ -314,10 +354,12 @@ def _split_need(own: np.ndarray, cfg: DepthProposalConfig) -> float:
                       int(cfg.split_min_points), int(cfg.min_cluster_points))
 
 
-def _small_pieces(cut: np.ndarray, own: np.ndarray,
-                  cfg: DepthProposalConfig) -> list[np.ndarray]:
+def _small_pieces(cut: np.ndarray, own: np.ndarray, cfg: DepthProposalConfig,
+                  pieces: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> list[np.ndarray]:
     """Masks of the pieces of a cluster's ``cut`` mask too small to split it but holding at
-    least ``small_piece_points`` of its ``own`` samples (see ``small_piece_points``)."""
-    labels, count = _pieces(cut, own)
+    least ``small_piece_points`` of its ``own`` samples (see ``small_piece_points``;
+    ``pieces``: as :func:`_large_parts`')."""
+    labels, count = pieces or _pieces(cut, own)
     keep = np.flatnonzero((count >= cfg.small_piece_points) & (count < _split_need(own, cfg)))
     return [labels == j for j in keep]

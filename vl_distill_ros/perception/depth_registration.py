@@ -20,6 +20,7 @@ edges lie (0, 1, 2, ... grid cells), the same camera average picks the width
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -87,6 +88,25 @@ def _colour_edge_distance(image_rgb: np.ndarray, shape: tuple[int, int]) -> np.n
     return cv2.distanceTransform((edges == 0).view(np.uint8), cv2.DIST_L2, 3)
 
 
+#: The distance (cells) to the colour edges per cell of a grid of a shape (see
+#: :func:`_colour_edge_distance`): what :func:`shift_scores` and :func:`fattening_scores`
+#: score depth edges on.
+EdgeDistance = Callable[[tuple[int, int]], np.ndarray]
+
+
+def _edge_distance(image_rgb: np.ndarray) -> EdgeDistance:
+    """:func:`_colour_edge_distance` of ``image_rgb``, computed once per grid shape (the
+    fattening and the shift scores of one frame share it)."""
+    known: dict[tuple[int, int], np.ndarray] = {}
+
+    def distance(shape: tuple[int, int]) -> np.ndarray:
+        key = (int(shape[0]), int(shape[1]))
+        if key not in known:
+            known[key] = _colour_edge_distance(image_rgb, key)
+        return known[key]
+    return distance
+
+
 def _at_most_scored(*cells: np.ndarray) -> tuple[np.ndarray, ...]:
     """The edge cells' arrays (rows, columns, ...), cut to at most :data:`MAX_EDGE_CELLS`
     evenly spaced cells."""
@@ -103,13 +123,13 @@ def _grid(depth_m: np.ndarray, stride: int) -> np.ndarray:
 
 
 def shift_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
-                 stride: int = 2) -> np.ndarray | None:
+                 stride: int = 2, distance: EdgeDistance | None = None) -> np.ndarray | None:
     """How well each shift of ``depth_m`` lays its occluding edges onto the edges of
     ``image_rgb`` (same size): a ``(2r + 1, 2r + 1)`` array (``r = search_px // stride``;
     row: dy, column: dx, in ``stride`` steps, centre: no shift) of the mean distance, in
     grid cells and capped, from the moved depth edges to the nearest colour edge (lower is
     better); ``None`` when the depth has fewer than ``MIN_EDGE_CELLS`` edge cells or
-    ``r`` < 1.
+    ``r`` < 1. ``distance``: the image's :func:`_edge_distance` when already at hand.
 
     Raises:
         ValueError: the image and the depth differ in size, or ``stride`` < 1.
@@ -126,7 +146,7 @@ def shift_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
     if rows.size < MIN_EDGE_CELLS:
         return None
     rows, cols = _at_most_scored(rows, cols)
-    dist = _colour_edge_distance(image_rgb, z.shape)
+    dist = (distance or _edge_distance(image_rgb))(z.shape)
     dist = np.pad(np.minimum(dist, _CAP_CELLS), r, constant_values=_CAP_CELLS)
     steps = np.arange(-r, r + 1)
     sy, sx = np.meshgrid(steps, steps, indexing="ij")
@@ -152,12 +172,14 @@ def _foreground_edges(z: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def fattening_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
-                     stride: int = 2) -> np.ndarray | None:
+                     stride: int = 2, distance: EdgeDistance | None = None
+                     ) -> np.ndarray | None:
     """How well the colour edges lie 0, 1, ..., ``search_px // stride`` grid cells inside
     the foreground edges of ``depth_m`` (same size as ``image_rgb``): the mean distance,
     in cells and capped, from each foreground edge cell moved that far inward (away from
     its farther neighbour) to the nearest colour edge (lower is better); ``None`` when
-    there are fewer than ``MIN_EDGE_CELLS`` such cells or the range is under one cell."""
+    there are fewer than ``MIN_EDGE_CELLS`` such cells or the range is under one cell
+    (``distance``: as :func:`shift_scores`')."""
     if image_rgb.shape[:2] != depth_m.shape[:2]:
         raise ValueError(f"image {image_rgb.shape[:2]} and depth {depth_m.shape[:2]} differ")
     r = int(search_px) // int(stride)
@@ -168,7 +190,7 @@ def fattening_scores(image_rgb: np.ndarray, depth_m: np.ndarray, search_px: int,
     if rows.size < MIN_EDGE_CELLS:
         return None
     rows, cols, dr, dc = _at_most_scored(rows, cols, dr, dc)
-    dist = np.minimum(_colour_edge_distance(image_rgb, z.shape), _FAT_CAP_CELLS)
+    dist = np.minimum((distance or _edge_distance(image_rgb))(z.shape), _FAT_CAP_CELLS)
     dist = np.pad(dist, r, constant_values=_FAT_CAP_CELLS)
     return np.array([dist[rows + r + f * dr, cols + r + f * dc].mean() for f in range(r + 1)])
 
@@ -258,14 +280,16 @@ class DepthRegistration:
             due = any(n < 2 * self.min_frames for n in counts) or self.calls % self.every == 0
         if not due:
             return self.shift
+        distance = _edge_distance(image_rgb)   # the colour edges once for both scores
         if self.fattening_px >= self.stride:   # symmetric: a shift moves it both ways
-            fat = fattening_scores(image_rgb, depth_m, self.fattening_px, self.stride)
+            fat = fattening_scores(image_rgb, depth_m, self.fattening_px, self.stride,
+                                   distance)
             with self._lock:
                 self._add_fattening(fat)
                 width = self.fattening
             if width > 0:   # a fattened rim would pull the shift towards one side
                 depth_m = strip_fattening(depth_m, width)
-        scores = shift_scores(image_rgb, depth_m, self.search_px, self.stride)
+        scores = shift_scores(image_rgb, depth_m, self.search_px, self.stride, distance)
         with self._lock:
             return self._add(scores)
 

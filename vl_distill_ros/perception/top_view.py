@@ -19,6 +19,7 @@ body) stand at about one height.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Protocol
 
@@ -47,7 +48,14 @@ MAX_BINS = 256
 
 def plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two orthonormal vectors spanning the plane whose normal is ``normal``."""
-    x, y, z = (float(v) for v in normal)
+    e1, e2 = _basis(*(float(v) for v in normal))
+    return e1.copy(), e2.copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _basis(x: float, y: float, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`plane_basis` of the normal ``(x, y, z)``, kept (read-only) for the frame's
+    clusters: they share their plane."""
     norm = math.sqrt(x * x + y * y + z * z)
     x, y, z = x / norm, y / norm, z / norm
     # n x (1, 0, 0), or n x (0, 1, 0) when n is near the x axis (np.cross is slow on 3-vectors)
@@ -55,7 +63,10 @@ def plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     la = math.sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2])
     e1 = (a[0] / la, a[1] / la, a[2] / la)
     e2 = (y * e1[2] - z * e1[1], z * e1[0] - x * e1[2], x * e1[1] - y * e1[0])
-    return np.array(e1), np.array(e2)
+    out = np.array(e1), np.array(e2)
+    for v in out:
+        v.setflags(write=False)
+    return out
 
 
 def height_map(points: np.ndarray, heights: np.ndarray, normal: np.ndarray, bin_m: float
@@ -63,7 +74,7 @@ def height_map(points: np.ndarray, heights: np.ndarray, normal: np.ndarray, bin_
     """``(hmap, rows, cols)``: the highest of ``heights`` per ``bin_m`` bin of the plane
     (-1 where no sample falls; a one-bin margin all round) and each sample's bin; ``None``
     when the map would exceed :data:`MAX_BINS` a side."""
-    e1, e2 = plane_basis(normal)
+    e1, e2 = _basis(*(float(v) for v in normal))
     pts = np.asarray(points, np.float64)
     a, b = pts @ e1, pts @ e2
     cols = ((a - a.min()) / bin_m).astype(np.int64) + 1
@@ -72,7 +83,8 @@ def height_map(points: np.ndarray, heights: np.ndarray, normal: np.ndarray, bin_
     if max(shape) > MAX_BINS:
         return None
     hmap = np.full(shape, -1.0, np.float32)
-    np.maximum.at(hmap, (rows, cols), np.asarray(heights, np.float32))
+    # on the flat map: 2x the (rows, cols) index's speed
+    np.maximum.at(hmap.reshape(-1), rows * shape[1] + cols, np.asarray(heights, np.float32))
     return hmap, rows, cols
 
 
@@ -152,23 +164,28 @@ def split_top_view(cluster: np.ndarray, points: np.ndarray, heights: np.ndarray,
         return [cluster]     # too few samples for two pieces
     need = piece_need(len(cluster), cfg.split_min_frac, int(cfg.top_view_min_points),
                       int(cfg.min_cluster_points))
-    h = heights[cluster]
-    found = height_map(points[cluster], h, normal, float(cfg.top_view_bin_m))
+    h = np.take(heights, cluster)   # np.take: fancy indexing's rows, 3-5x faster
+    found = height_map(np.take(points, cluster, 0), h, normal, float(cfg.top_view_bin_m))
     if found is None:
         return [cluster]
     hmap, rows, cols = found
     occupied, step = step_bins(hmap, float(cfg.top_view_step_m))
-    _, labels = cv2.connectedComponents((occupied & ~step).view(np.uint8), connectivity=4)
-    own = labels[rows, cols]
-    count = np.bincount(own, minlength=int(labels.max()) + 1)
+    n, labels = cv2.connectedComponents((occupied & ~step).view(np.uint8), connectivity=4)
+    cell = rows * hmap.shape[1] + cols   # each sample's bin on the flat map
+    own = np.take(labels, cell)
+    count = np.bincount(own, minlength=n)
     count[0] = 0
     big = np.flatnonzero(count >= need)
     if len(big) < 2:
         return [cluster]
-    piece = nearest_label(labels, np.isin(labels, big))   # every bin to its nearest piece
-    sample_piece = piece[rows, cols]
-    tops = {int(i): float(np.percentile(h[sample_piece == i], 90))
-            if np.any(sample_piece == i) else 0.0 for i in big}
+    is_big = np.zeros(len(count), bool)
+    is_big[big] = True
+    piece = nearest_label(labels, np.take(is_big, labels))   # every bin to its nearest piece
+    sample_piece = np.take(piece, cell)
+    tops: dict[int, float] = {}
+    for i in big.tolist():
+        mine = sample_piece == i
+        tops[i] = float(np.percentile(np.compress(mine, h), 90)) if mine.any() else 0.0
     groups = _join_alike(piece, big, tops, cfg)
     if len(groups) < 2:
         return [cluster]
