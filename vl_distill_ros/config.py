@@ -25,6 +25,36 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid."""
 
 
+class UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe YAML loader (the C parser when PyYAML has it) that refuses a key given twice in
+    one mapping: PyYAML keeps the last one silently, so a second ``loss:`` section dropped the
+    first one's settings without a word."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102 - PyYAML's hook
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # << merges may repeat keys
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:       # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line "
+                        f"{first.line + 1}; a key may appear once in a mapping)",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`); raises
+    :class:`yaml.YAMLError` (a duplicate key is a ``ConstructorError``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a safe loader
+
+
 @dataclass
 class TeacherConfig:
     """Which vision-language teacher to distil from."""
@@ -342,6 +372,13 @@ CHOICES = {
 }
 
 
+#: Stages of each backbone (``student.freeze_stages`` is at most this; a test keeps them equal
+#: to the built students'): checked when the config loads, not when the student is built,
+#: after the teacher's pass over the training set and after an earlier run in ``output_dir``
+#: was moved to ``previous_run``.
+BACKBONE_STAGES = {"efficientnet_lite0": 9, "resnet18": 5, "mobilenet_v3_small": 13}
+
+
 def validate_train_config(cfg: "TrainConfig") -> None:
     """Raise :class:`ConfigError` for an out-of-range string enum or number."""
     for dotted, allowed in CHOICES.items():
@@ -349,6 +386,11 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{dotted} must be one of {list(allowed)}, got {value!r}")
+    if bool(cfg.calibration.seen) != bool(cfg.calibration.unseen):
+        # one alone skipped the calibration without a word (every calibration.* setting dead)
+        given, missing = ("seen", "unseen") if cfg.calibration.seen else ("unseen", "seen")
+        raise ConfigError(f"calibration.{given} is set but calibration.{missing} is empty: the "
+                          "calibration needs both folders (or neither: no calibration)")
     if not 0.0 < cfg.calibration.known_coverage <= 1.0:
         raise ConfigError(f"calibration.known_coverage must be in (0, 1], got "
                           f"{cfg.calibration.known_coverage}")
@@ -388,6 +430,10 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         raise ConfigError(f"teacher.device must be auto, cpu, cuda or cuda:N, got "
                           f"{cfg.teacher.device!r}")
     _check_numbers(cfg)
+    stages = BACKBONE_STAGES.get(cfg.student.backbone)
+    if stages is not None and cfg.student.freeze_stages > stages:
+        raise ConfigError(f"student.freeze_stages must be in 0..{stages} for "
+                          f"{cfg.student.backbone} (its stages), got {cfg.student.freeze_stages}")
     if cfg.student.head == "conse" and (cfg.student.backbone != "efficientnet_lite0"
                                         or cfg.student.head_hidden):
         raise ConfigError("student.head: conse needs student.backbone: efficientnet_lite0 "
@@ -478,6 +524,10 @@ NUMBER_MAXIMA = (
 
 T = TypeVar("T")
 
+#: A number in exponent notation without a decimal point or without a sign in the exponent
+#: (``1e-3``, ``5e4``, ``1.0e300``), which YAML 1.1 does not read as a float.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check/convert one YAML value against a dataclass field type."""
@@ -499,9 +549,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)    # 1e-3: YAML 1.1 (PyYAML) reads it as a string, YAML 1.2 not
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if text.startswith("tuple"):
+        items = get_args(hint)
+        if not isinstance(value, list) or (items and Ellipsis not in items
+                                           and len(value) != len(items)):
+            raise ConfigError(f"{where}: expected a list of {len(items)} values, got {value!r}")
+        if not items or Ellipsis in items:
+            return tuple(value)
+        return tuple(_coerce(v, h, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, items)))
     if text.startswith("list"):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -512,6 +572,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is str or "str" in text:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, bool):   # str(False) was taken: 'no' became the text "False"
+            raise ConfigError(f"{where}: expected text, got the boolean {value} (YAML reads "
+                              f"yes/no/on/off/true/false as booleans: quote the word)")
         if isinstance(value, str) and value.lower() in ("none", "null") and "None" in text:
             return None
         return str(value)
@@ -524,7 +587,13 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+        import difflib
+
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+                 for k in sorted(unknown, key=str)
+                 for close in [difflib.get_close_matches(str(k), sorted(names), n=1)]]
+        raise ConfigError(f"{where}: unknown keys [{', '.join(hints)}]; known: "
+                          f"{sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -571,7 +640,7 @@ def read_yaml_with_base(path: str | Path, _seen: tuple[str, ...] = ()) -> dict:
     try:
         if path.is_dir():
             raise IsADirectoryError(path)
-        data = yaml.safe_load(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")) or {}
+        data = load_yaml(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:

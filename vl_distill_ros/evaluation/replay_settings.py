@@ -217,6 +217,15 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "qos_reliability" and out not in ("best_effort", "reliable"):
         raise InputError(f"parameter qos_reliability must be best_effort or reliable, got "
                          f"{out!r}")
+    if name in ("inference_backend", "inference_backend_behind"):
+        # the node's start-up check (startup_checks): offline, make_runner's ValueError was a
+        # traceback, and an unknown inference_backend_behind was taken as "same"
+        from ..model.runtime import BACKENDS, BEHIND_BACKENDS
+
+        allowed = BACKENDS if name == "inference_backend" else BEHIND_BACKENDS
+        if out not in allowed:
+            raise InputError(f"parameter {name} must be one of {', '.join(allowed)}, got "
+                             f"{out!r}")
     if spec.range is not None and kind in ("integer", "double"):
         lo, hi = spec.range
         if not lo <= out <= hi:

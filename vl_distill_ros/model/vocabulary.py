@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import yaml
 
 from ..atomic_io import FileRejected, read_regular_file
+from ..config import load_yaml
 
 #: The question asked of a language model to write a label's description (the paper's).
 DESCRIPTION_QUESTION = (
@@ -42,10 +43,6 @@ MAX_LABELS = 1000
 UNKNOWN_NAME = "unknown"
 #: Largest vocabulary (or split) file read, in bytes (1 MiB); only regular files are read.
 MAX_VOCABULARY_FILE_BYTES = 1 << 20
-
-#: The C YAML parser when PyYAML has it (about 15x faster: a 1 MiB file parses in well under
-#: the 1 s a parameter call may take), else the pure-Python one; both are safe loaders.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class VocabularyError(ValueError):
@@ -92,7 +89,7 @@ def _read_yaml(path: Path, what: str) -> object:
     """
     try:
         text = read_regular_file(path, MAX_VOCABULARY_FILE_BYTES).decode("utf-8")
-        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a safe loader
+        return load_yaml(text)   # the C parser when PyYAML has it; duplicate keys refused
     except FileNotFoundError:
         raise VocabularyError(f"{what} file not found: {path}") from None
     except FileRejected as exc:
@@ -238,6 +235,18 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
         keys[fold_key(label.key)] = i
 
 
+def _check_top_keys(data: object, known: tuple[str, ...], path: Path, hint: str) -> None:
+    """Raise :class:`VocabularyError` for a top-level key of a vocabulary or split file that
+    is not in ``known`` (it was ignored: ``descriptions: [...]`` beside ``labels`` dropped
+    every description without a word)."""
+    if not isinstance(data, dict):
+        return
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise VocabularyError(f"{path}: unknown top-level keys {unknown}; known: {list(known)}"
+                              + (f" ({hint})" if hint else ""))
+
+
 def _labels_from_dict(data: object, source: str) -> list[Label]:
     """The labels of the parsed YAML structure ``{"labels": [{name, description, key}]}``,
     each checked for its fields' types (the vocabulary's rules are :class:`Vocabulary`'s).
@@ -372,7 +381,10 @@ class Vocabulary:
         """Load a vocabulary YAML file, raising :class:`VocabularyError` on any problem."""
         path = Path(path)
         data = _read_yaml(path, "vocabulary")
-        return cls.from_dict(data, source=str(path))
+        vocabulary = cls.from_dict(data, source=str(path))
+        _check_top_keys(data, ("labels",), path, "a vocabulary file holds 'labels' only; a "
+                        "description goes with its label: - {name: ..., description: ...}")
+        return vocabulary
 
     def to_dict(self) -> dict:
         """The YAML-ready structure that :meth:`from_dict` reads."""
@@ -453,6 +465,7 @@ class Split:
         overlap = set(split.in_distribution) & set(split.out_of_distribution)
         if overlap:
             raise VocabularyError(f"{path}: keys in both ID and OOD: {sorted(overlap)}")
+        _check_top_keys(data, ("name", "in_distribution", "out_of_distribution"), path, "")
         return split
 
     @property

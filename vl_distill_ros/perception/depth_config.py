@@ -294,6 +294,8 @@ class DepthProposalConfig:
     support_margin_m: float = 0.05
 
     def __post_init__(self) -> None:
+        if not 0 <= int(self.seed) < 2**32:   # numpy's default_rng refuses a negative seed
+            raise DepthError(f"seed must be in [0, 2^32 - 1], got {self.seed}")
         if not 1 <= int(self.stride) <= 16:
             raise DepthError(f"stride must be in [1, 16], got {self.stride}")
         if not 0 <= int(self.max_grid_width) <= 100_000:
@@ -422,11 +424,11 @@ def load_depth_config(path: str | Path) -> DepthProposalConfig:
     import yaml
 
     from ..atomic_io import read_regular_file
-    from ..config import ConfigError, from_dict
+    from ..config import ConfigError, from_dict, load_yaml
 
     try:   # a regular file of bounded size: a FIFO or /dev/zero blocked the executor
         raw = read_regular_file(Path(path).expanduser(), MAX_DEPTH_CONFIG_BYTES)
-        data = yaml.safe_load(raw.decode("utf-8")) or {}
+        data = load_yaml(raw.decode("utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise DepthError(f"cannot read depth proposal config {path}: {exc}") from None
     if not isinstance(data, dict):

@@ -144,10 +144,13 @@ class PipelineSettings:
             raise PipelineError(f"min_box_size must be >= 1, got {self.min_box_size}")
 
     @classmethod
-    def from_params(cls, values: Mapping[str, Any]) -> "PipelineSettings":
+    def from_params(cls, values: Mapping[str, Any],
+                    depth_cfg: DepthProposalConfig | None = None) -> "PipelineSettings":
         """Validated settings from the node's parameter values (``crop_source``, ``rois``,
         ``proposal_*``, ``unknown_threshold``, ... as named in :mod:`vl_distill_ros.ros.params`):
-        the one rule of the node and of the offline replay.
+        the one rule of the node and of the offline replay. ``depth_cfg``: the depth
+        proposer settings already read from ``depth_proposal_config`` (a change of another
+        parameter does not read that file again); None: read it.
 
         Raises:
             PipelineError: an invalid setting.
@@ -188,7 +191,9 @@ class PipelineSettings:
             raise PipelineError(str(exc)) from None
         depth_path = str(values.get("depth_proposal_config", "") or "")
         try:
-            depth_cfg = load_depth_config(depth_path) if depth_path else DepthProposalConfig()
+            if depth_cfg is None:
+                depth_cfg = load_depth_config(depth_path) if depth_path else \
+                    DepthProposalConfig()
         except DepthError as exc:
             raise PipelineError(f"depth_proposal_config: {exc}") from None
         return cls(

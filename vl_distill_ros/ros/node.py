@@ -341,11 +341,12 @@ class VlDistillNode(Node):
             text_service.close()  # its encoder thread holds the text encoder
         self.pipeline = self.bundle = self.text_service = None
 
-    def _settings_from(self, values: dict) -> PipelineSettings:
+    def _settings_from(self, values: dict, depth_cfg=None) -> PipelineSettings:
         """:meth:`PipelineSettings.from_params` of ``values``, the close pass's cameras by
-        their resolved names (as the frames' camera keys)."""
+        their resolved names (as the frames' camera keys); ``depth_cfg``: the depth proposer
+        settings in use, when ``depth_proposal_config`` is not among the changes."""
         return PipelineSettings.from_params(
-            {**values, "proposal_box_net_close_topics": self._close_cameras})
+            {**values, "proposal_box_net_close_topics": self._close_cameras}, depth_cfg)
 
     def _start_thread(self, target, name: str) -> None:
         """Start a worker thread named ``name`` (in the OS ``vl_...``, see thread_names)."""
@@ -574,7 +575,11 @@ class VlDistillNode(Node):
             values = {name: self._current(name) for name in P.SETTINGS_PARAMS}
             values.update({name: by[name] for name in P.SETTINGS_PARAMS & by.keys()})
             try:
-                self._tls.settings = self._settings_from(values)
+                # the depth file is read when it is set, not again for another change (an
+                # edit of it, or a broken file, took effect or refused e.g. a top_k change)
+                keep = None if "depth_proposal_config" in by else \
+                    self.pipeline.settings.depth_cfg
+                self._tls.settings = self._settings_from(values, keep)
             except (PipelineError, ValueError) as exc:
                 reason = f"rejected: {exc}"
                 self.get_logger().warning(reason)

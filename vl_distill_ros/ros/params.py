@@ -416,12 +416,17 @@ def descriptor_for(spec: ParamSpec):
 def _declare(node: "Node", spec: ParamSpec, value: Any, desc: Any) -> Any:
     """``node.declare_parameter``; a start-up value of another type than ``spec``'s (rclpy's
     InvalidParameterTypeException, a traceback) is a StartupError saying what to write."""
-    from rclpy.exceptions import InvalidParameterTypeException
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
     from .startup_checks import StartupError
 
     try:
         return node.declare_parameter(spec.name, value, desc)
+    except InvalidParameterValueException:   # out of the descriptor's range: a traceback
+        given = getattr(node, "_parameter_overrides", {}).get(spec.name)
+        shown = repr(given.value) if given is not None else "the value given"
+        bounds = "[{:g}, {:g}]".format(*spec.range) if spec.range is not None else ""
+        raise StartupError(f"{spec.name}: {shown} is outside its range {bounds}") from None
     except InvalidParameterTypeException:
         given = getattr(node, "_parameter_overrides", {}).get(spec.name)
         shown = (f"{given.value!r} (a {given.type_.name.lower()})" if given is not None
@@ -461,6 +466,29 @@ def off_as_string(parameters: list) -> list:
             else p for p in parameters]
 
 
+#: Start-up values rclpy itself takes (not :data:`PARAMETERS`), by name or by prefix.
+ROS_OWN_PARAMS = ("use_sim_time", "start_type_description_service")
+ROS_OWN_PREFIXES = ("qos_overrides.",)
+
+
+def unknown_overrides_warning(overrides: Any) -> str:
+    """The warning for start-up values (``--params-file``, ``-p``) of names that are no
+    parameter of the node ("" when there are none): rclpy keeps them undeclared and says
+    nothing, so a misspelt ``unknown_treshold: 0.3`` left the default in force. A warning,
+    not a refusal: a params file's ``/**`` section may hold other nodes' settings."""
+    import difflib
+
+    names = [n for n in (overrides or {}) if n not in BY_NAME and n not in ROS_OWN_PARAMS
+             and not n.startswith(ROS_OWN_PREFIXES)]
+    if not names:
+        return ""
+    hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+             for n in sorted(names)[:20]
+             for close in [difflib.get_close_matches(n, list(BY_NAME), n=1)]]
+    return (f"start-up value(s) of unknown parameter(s) ignored: {', '.join(hints)}"
+            + (" ..." if len(names) > 20 else "") + " (README, Parameters)")
+
+
 def declare_parameters(node: "Node") -> dict[str, Any]:
     """Declare every parameter of :data:`PARAMETERS` on ``node``; return ``{name: value}``.
 
@@ -473,6 +501,9 @@ def declare_parameters(node: "Node") -> dict[str, Any]:
 
     overrides = getattr(node, "_parameter_overrides", None)  # rclpy's start-up values
     if isinstance(overrides, dict):
+        unknown = unknown_overrides_warning(overrides)
+        if unknown:
+            node.get_logger().warning(unknown)
         overrides.update({p.name: p for p in off_as_string(
             [overrides[n] for n in OFF_STRING_PARAMS if n in overrides])})
     values: dict[str, Any] = {}

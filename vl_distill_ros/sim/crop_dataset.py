@@ -300,7 +300,7 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
     are added to ``distractor_exclude``. ``views_scale`` multiplies every split's ``views``
     (rounded, at least 1). Raises :class:`RenderError` on any problem.
     """
-    from vl_distill_ros.config import ConfigError, apply_overrides, from_dict
+    from vl_distill_ros.config import ConfigError, apply_overrides, from_dict, load_yaml
     from vl_distill_ros.model.vocabulary import Split, VocabularyError
 
     config_path = Path(path) if path is not None else None
@@ -310,8 +310,8 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
         from vl_distill_ros.atomic_io import read_regular_file
 
         try:
-            data = yaml.safe_load(read_regular_file(config_path, MAX_CONFIG_BYTES)
-                                  .decode("utf-8")) or {}
+            data = load_yaml(read_regular_file(config_path, MAX_CONFIG_BYTES)
+                             .decode("utf-8")) or {}
         except FileNotFoundError:
             raise RenderError(f"render config not found: {config_path} (give the path of a "
                               "render YAML such as config/render_ycb.yaml)") from None
@@ -356,9 +356,26 @@ def load_render_spec(path: str | Path | None, overrides: Sequence[str] = (),
     except ConfigError as exc:
         raise RenderError(str(exc)) from None
     spec.splits = splits
+    given_exclude = list(spec.distractor_exclude)
     if split is not None:
         spec.distractor_exclude = list(dict.fromkeys(
             list(spec.distractor_exclude) + list(split.all_keys)))
     spec.models_dir = str(Path(spec.models_dir or default_models_dir()).expanduser())
     validate_spec(spec)
+    _check_exclude_keys(given_exclude, spec.models_dir)
     return spec
+
+
+def _check_exclude_keys(keys: Sequence[str], models_dir: str) -> None:
+    """Raise :class:`RenderError` for a ``distractor_exclude`` key with no model in
+    ``models_dir`` (a misspelt key excluded nothing: the object it meant stayed a clutter
+    distractor); nothing to check when the folder holds no models (reported when rendering)."""
+    if not keys:
+        return
+    try:
+        models = find_models(models_dir)
+    except RenderError:
+        return
+    unknown = [k for k in keys if k not in models]
+    if unknown:
+        raise unknown_keys_error(unknown, list(models), Path(models_dir))

@@ -95,17 +95,16 @@ def load_cutout_spec(path: str | Path) -> CutoutSpec:
     """
     import yaml
 
-    from ..config import ConfigError, from_dict
+    from ..config import ConfigError, from_dict, load_yaml
 
     try:
-        raw = yaml.safe_load(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")) or {}
+        raw = load_yaml(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise CutoutError(f"cannot read cut-out config {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise CutoutError(f"{path}: expected a mapping")
     try:
-        spec = from_dict(CutoutSpec, raw, str(path))
-        spec.scale = (float(spec.scale[0]), float(spec.scale[1]))
+        spec = from_dict(CutoutSpec, raw, str(path))   # scale: a list of two numbers
         spec.exclude_dirs = [str(d) for d in spec.exclude_dirs]
         spec.exclude_words = [str(w) for w in spec.exclude_words]
     except (ConfigError, TypeError, IndexError, ValueError) as exc:

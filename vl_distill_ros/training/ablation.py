@@ -118,6 +118,23 @@ def _with_seed(cfg, seed: int):
     return out
 
 
+#: The keys of an ablation YAML, and of each of its ``runs``.
+SPEC_KEYS = ("render", "render_aux", "out_dir", "runs")
+RUN_KEYS = ("row", "config", "overrides", "seeds")
+
+
+def _check_keys(data: dict, known: tuple[str, ...], where: str) -> None:
+    """Raise :class:`ConfigError` for a key of ``data`` not in ``known`` (a typo such as
+    ``override:`` or ``seed:`` was ignored: the row trained without them)."""
+    import difflib
+
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+                 for k in unknown for close in [difflib.get_close_matches(str(k), known, n=1)]]
+        raise ConfigError(f"{where}: unknown keys [{', '.join(hints)}]; known: {list(known)}")
+
+
 def read_ablation_spec(config_path: str | Path) -> dict:
     """The ablation YAML ``config_path``, checked: a regular file of at most
     :data:`~vl_distill_ros.config.MAX_CONFIG_BYTES` holding ``runs``, a list of mappings with
@@ -128,10 +145,10 @@ def read_ablation_spec(config_path: str | Path) -> dict:
         ConfigError: why the file is unusable.
     """
     from ..atomic_io import read_regular_file
-    from ..config import MAX_CONFIG_BYTES
+    from ..config import MAX_CONFIG_BYTES, load_yaml
 
     try:
-        spec = yaml.safe_load(read_regular_file(config_path, MAX_CONFIG_BYTES).decode("utf-8"))
+        spec = load_yaml(read_regular_file(config_path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"ablation config not found: {config_path}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -139,11 +156,15 @@ def read_ablation_spec(config_path: str | Path) -> dict:
                           ) from None
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
         raise ConfigError(f"{config_path}: expected 'runs' (a list of {{row, config}})")
+    _check_keys(spec, SPEC_KEYS, str(config_path))
+    if not isinstance(spec.get("out_dir", ""), str):
+        raise ConfigError(f"{config_path}: out_dir must be a folder name")
     for i, r in enumerate(spec["runs"]):
         where = f"{config_path}: runs[{i}]"
         if not isinstance(r, dict) or not isinstance(r.get("row"), str) \
                 or not isinstance(r.get("config"), str):
             raise ConfigError(f"{where} must be a mapping with a 'row' name and a 'config' file")
+        _check_keys(r, RUN_KEYS, where)
         overrides = r.get("overrides") or []
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             raise ConfigError(f"{where}.overrides must be a list of key=value strings")
