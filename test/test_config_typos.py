@@ -57,10 +57,15 @@ def test_cutout_scale_is_two_numbers(tmp_path):
     assert load_cutout_spec(_write(tmp_path, "scale: [0.4, 0.9]\n")).scale == (0.4, 0.9)
 
 
-def test_vocabulary_and_split_files_refuse_unknown_top_level_keys(tmp_path):
+def test_unknown_top_level_keys_of_vocabulary_and_split_files(tmp_path, caplog):
+    """``descriptions: [...]`` beside ``labels`` dropped every description without a word:
+    a vocabulary file warns of keys it does not read (a file another tool writes may carry
+    more: the node's vocabulary_file is a public interface), a split file refuses them."""
     path = _write(tmp_path, "labels: [mug, bowl]\ndescriptions: [a red mug, a bowl]\n")
-    with pytest.raises(VocabularyError, match=r"unknown top-level keys \['descriptions'\]"):
-        Vocabulary.load(path)
+    with caplog.at_level("WARNING"):
+        assert Vocabulary.load(path).names == ["mug", "bowl"]
+    assert "unknown top-level keys ['descriptions']" in caplog.text
+    assert "{name: ..., description: ...}" in caplog.text
     path = _write(tmp_path, "in_distribution: [a]\nout_of_distribution: [b]\nauxiliary: [c]\n")
     with pytest.raises(VocabularyError, match=r"unknown top-level keys \['auxiliary'\]"):
         Split.load(path)

@@ -14,6 +14,7 @@ YAML format (``config/ycb_vocabulary.yaml``)::
 """
 from __future__ import annotations
 
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ import yaml
 
 from ..atomic_io import FileRejected, read_regular_file
 from ..config import load_yaml
+
+log = logging.getLogger(__name__)
 
 #: The question asked of a language model to write a label's description (the paper's).
 DESCRIPTION_QUESTION = (
@@ -235,16 +238,17 @@ def validate_labels(labels: Sequence[Label], max_labels: int = MAX_LABELS,
         keys[fold_key(label.key)] = i
 
 
-def _check_top_keys(data: object, known: tuple[str, ...], path: Path, hint: str) -> None:
-    """Raise :class:`VocabularyError` for a top-level key of a vocabulary or split file that
-    is not in ``known`` (it was ignored: ``descriptions: [...]`` beside ``labels`` dropped
-    every description without a word)."""
+def _unknown_top_keys(data: object, known: tuple[str, ...], path: Path, hint: str) -> str:
+    """What to say of the top-level keys of a vocabulary or split file that are not in
+    ``known`` ("" for none): they are not read (``descriptions: [...]`` beside ``labels``
+    dropped every description without a word)."""
     if not isinstance(data, dict):
-        return
+        return ""
     unknown = [k for k in data if k not in known]
-    if unknown:
-        raise VocabularyError(f"{path}: unknown top-level keys {unknown}; known: {list(known)}"
-                              + (f" ({hint})" if hint else ""))
+    if not unknown:
+        return ""
+    return (f"{path}: unknown top-level keys {unknown[:10]}; known: {list(known)}"
+            + (f" ({hint})" if hint else ""))
 
 
 def _labels_from_dict(data: object, source: str) -> list[Label]:
@@ -382,8 +386,11 @@ class Vocabulary:
         path = Path(path)
         data = _read_yaml(path, "vocabulary")
         vocabulary = cls.from_dict(data, source=str(path))
-        _check_top_keys(data, ("labels",), path, "a vocabulary file holds 'labels' only; a "
-                        "description goes with its label: - {name: ..., description: ...}")
+        unknown = _unknown_top_keys(data, ("labels",), path, "a vocabulary file holds "
+                                    "'labels' only; a description goes with its label: - "
+                                    "{name: ..., description: ...}")
+        if unknown:     # warned, not refused: a file others write may carry more
+            log.warning("%s; they are not read", unknown)
         return vocabulary
 
     def to_dict(self) -> dict:
@@ -465,7 +472,10 @@ class Split:
         overlap = set(split.in_distribution) & set(split.out_of_distribution)
         if overlap:
             raise VocabularyError(f"{path}: keys in both ID and OOD: {sorted(overlap)}")
-        _check_top_keys(data, ("name", "in_distribution", "out_of_distribution"), path, "")
+        unknown = _unknown_top_keys(data, ("name", "in_distribution", "out_of_distribution"),
+                                    path, "")
+        if unknown:
+            raise VocabularyError(unknown)
         return split
 
     @property
