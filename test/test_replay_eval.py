@@ -334,6 +334,12 @@ def test_offline_gives_the_same_labels_as_live(live_run, bundle, bag, vocabulary
     print(f"\nlive vs offline: {cmp['common']} common frames, {cmp['agree']} agree, "
           f"max score difference {cmp['max_score_diff']:.2e}")
     assert cmp["common"] == len(live_docs) >= N_FRAMES // 2
+    live_frames = json.loads((live_out / "report.json").read_text())["frames"]
+    if live_frames["dropped"] or live_frames.get("node_processed_behind"):
+        # a loaded host: the node fell behind, took its cheaper box network and student and
+        # its tracks pooled fewer views; the README promises the same labels without drops
+        assert len(cmp["disagree"]) <= cmp["common"] // 2, cmp
+        return
     assert cmp["disagree"] == [], cmp
     # scored on the same frames, the two modes give the same numbers
     contents = read_camera_bag(bag)
@@ -343,8 +349,7 @@ def test_offline_gives_the_same_labels_as_live(live_run, bundle, bag, vocabulary
     a = score_frames(common, contents.ground_truth, live_docs, membership)
     b = score_frames(common, contents.ground_truth, off_docs, membership)
     assert a["groups"] == b["groups"] and a["per_object"] == b["per_object"]
-    if json.loads((live_out / "report.json").read_text())["frames"]["dropped"] == 0:
-        assert off["groups"] == json.loads((live_out / "report.json").read_text())["groups"]
+    assert off["groups"] == json.loads((live_out / "report.json").read_text())["groups"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -1017,3 +1022,20 @@ def test_a_missing_required_package_is_named_not_a_traceback(bag, tmp_path):
     assert "Traceback" not in done.stderr
     assert "needs the Python package that provides 'rosbags'" in done.stderr
     assert "requirements.txt" in done.stderr
+
+
+def test_frames_processed_behind_are_warned_of(capsys):
+    """A live replay whose node fell behind ran those frames with its cheaper box network and
+    student: their labels may differ from --offline's. The counts were in the summary only;
+    now a warning says what it means and what to do."""
+    from vl_distill_ros.commands.replay_eval import _print_warnings
+
+    report = {"bag": {"ground_truth_frames": 3}, "groups": {}, "settings": {"qos_depth": 1},
+              "frames": {"node_processed_behind": 0}}
+    _print_warnings(report)
+    assert "behind" not in capsys.readouterr().err
+    report["frames"].update(node_processed_behind=33, node_processed_behind_student=30)
+    _print_warnings(report)
+    err = capsys.readouterr().err
+    assert "33 frame(s) were processed while the node was behind" in err
+    assert "30 of them" in err and "inference_backend_behind:=same" in err

@@ -132,6 +132,26 @@ def test_publish_paced_follows_bag_time_divided_by_rate():
         publish_paced([bad], 1.0, lambda *a: None, lambda n: None)
 
 
+def test_partners_recorded_just_after_their_frame_are_sent_before_it():
+    """Depth (or a CameraInfo) recorded up to the tolerance after its colour frame reaches the
+    node before the frame, at the frame's bag time (at --rate 0.2 a partner 10 ms late in
+    bag time was 50 ms late and the frame went colour only, where --offline paired it)."""
+    from vl_distill_ros.evaluation.live_replay import partners_first
+
+    ms = 10**6
+
+    def raw(topic: str, bag_ms: int) -> RawMessage:
+        return RawMessage(topic, "sensor_msgs/msg/Image", bag_ms * ms, b"")
+
+    msgs = [raw("/cam", 0), raw("/depth", 10), raw("/info", 15), raw("/depth", 30),
+            raw("/cam", 100), raw("/depth", 100), raw("/cam", 200), raw("/info", 250)]
+    out = list(partners_first(iter(msgs), {"/cam"}, 20 * ms))
+    assert [(m.topic, m.timestamp_ns // ms) for m in out] == [
+        ("/depth", 0), ("/info", 0), ("/cam", 0), ("/depth", 30), ("/depth", 100),
+        ("/cam", 100), ("/cam", 200), ("/info", 250)]
+    assert list(partners_first(iter(msgs), {"/cam"}, 0)) == msgs
+
+
 def test_drain_stops_when_everything_is_labelled_or_at_the_timeout():
     run = PacedRun(frames=[("/cam", T0), ("/cam", T0 + 1)], t_start=time.monotonic(),
                    t_last=time.monotonic())

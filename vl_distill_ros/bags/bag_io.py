@@ -201,10 +201,12 @@ class BagContents:
                                             raw.data)
             while pending:
                 first, stamp = pending[0]
-                partner = self._partner(first.topic, stamp, buffers)
+                partner = self._partner(first.topic, stamp, buffers, own_info=True)
                 late = raw.timestamp_ns > first.timestamp_ns + tolerance_ns
                 if isinstance(partner, str) and not late and len(pending) <= capacity:
                     break
+                if isinstance(partner, str):   # waited long enough: the latest CameraInfo
+                    partner = self._partner(first.topic, stamp, buffers)
                 pending.pop(0)
                 frame = _or_skip(lambda: self._rgbd(first, stamp, partner, depth_unit_m,
                                                     defer_alignment), on_undecodable)
@@ -217,11 +219,15 @@ class BagContents:
             if frame is not None:
                 yield frame
 
-    def _partner(self, colour: str, stamp: int, buffers: dict) -> tuple | str:
+    def _partner(self, colour: str, stamp: int, buffers: dict,
+                 own_info: bool = False) -> tuple | str:
         """``(depth CDR or None, info CDR or None, depth camera's info CDR or None)`` once
         every partner of the colour image is there (each CameraInfo: that of the stamp,
         else the one read last; the depth camera's, unregistered depth only); while one is
-        missing, what is missing. ``(None, None)``: the camera has no depth."""
+        missing, what is missing. ``(None, None)``: the camera has no depth. ``own_info``:
+        the CameraInfo of the frame's stamp is missing too while none was read (a frame
+        waits for it within the tolerance: one recorded just after its frame, of a camera
+        whose intrinsics change, is the frame's, not the previous frame's)."""
         if ("depth", colour) not in buffers:
             return (None, None)
         depth = buffers[("depth", colour)].match(stamp)
@@ -229,7 +235,11 @@ class BagContents:
             return "no depth image within the tolerance"
         info = (0, None)
         if ("info", colour) in buffers:
-            info = buffers[("info", colour)].match(stamp) or buffers[("info", colour)].latest()
+            info = buffers[("info", colour)].match(stamp)
+            if info is None and own_info:
+                return (f"no CameraInfo of the frame's stamp on "
+                        f"{self.camera_info_topics[colour]} yet")
+            info = info or buffers[("info", colour)].latest()
             if info is None:
                 return f"no CameraInfo received on {self.camera_info_topics[colour]} yet"
         if ("depth_info", colour) not in buffers:

@@ -223,6 +223,14 @@ def _print_warnings(report: dict) -> None:
               "transport or overwritten in its subscription queue (qos_depth "
               f"{report['settings'].get('qos_depth', '?')}: raise it with -p qos_depth:=N, or "
               "lower --rate)" + (f"; {warning}" if warning else ""), file=sys.stderr)
+    behind = report["frames"].get("node_processed_behind")
+    if behind:   # the node's cheaper settings while behind: not what --offline runs
+        print(f"{PROG}: warning: {behind} frame(s) were processed while the node was behind "
+              f"its cameras ({report['frames'].get('node_processed_behind_student') or 0} of "
+              "them with the student of inference_backend_behind), with the cheaper settings "
+              "of proposal_box_net_behind / inference_backend_behind: their labels may differ "
+              "from --offline's; lower --rate, or give -p proposal_box_net_behind:=same -p "
+              "inference_backend_behind:=same", file=sys.stderr)
     side = {kind: report["frames"].get(f"{kind}_lost_in_transport")
             for kind in ("depth", "camera_info")}
     if any(side.values()):

@@ -12,9 +12,10 @@ import secrets
 import shlex
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Container, Iterable, Mapping, Sequence
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from ..bags.bag_io import (COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, BagContents, BagError,
                            iter_raw_messages)
@@ -388,6 +389,43 @@ class PacedRun:
     undecodable: UndecodableImages = field(default_factory=UndecodableImages)
 
 
+def partners_first(messages: Iterable[Any], frame_topics: Container[str],
+                   window_ns: int) -> Iterator[Any]:
+    """``messages`` (bag-time order), except that a depth or CameraInfo message recorded at
+    most ``window_ns`` after a colour frame (the node's ``depth_sync_tolerance``) comes just
+    before that frame, at the frame's bag time.
+
+    ``--offline`` pairs a frame with every partner recorded up to the tolerance after it (in
+    bag time); the node waits for a partner at most the tolerance in wall time, and a replay
+    at ``--rate`` r stretches a partner recorded d after its frame to d / r: depth a
+    RealSense records 10 ms after its colour frame reached the node 50 ms late at
+    ``--rate 0.2`` and the frame was labelled colour only. Sent first, it is paired as
+    offline, whatever the rate."""
+    if window_ns <= 0:
+        yield from messages
+        return
+    buf: deque[Any] = deque()
+
+    def release() -> Iterator[Any]:
+        first = buf.popleft()
+        if first.topic not in frame_topics:
+            yield first
+            return
+        end = first.timestamp_ns + window_ns
+        early = [m for m in buf if m.topic not in frame_topics and m.timestamp_ns <= end]
+        for m in early:
+            buf.remove(m)
+            yield m._replace(timestamp_ns=first.timestamp_ns)
+        yield first
+
+    for raw in messages:
+        buf.append(raw)
+        while buf and raw.timestamp_ns - buf[0].timestamp_ns > window_ns:
+            yield from release()
+    while buf:
+        yield from release()
+
+
 def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, bytes], None],
                   check: Callable[[int], None],
                   progress: Callable[[int], None] | None = None,
@@ -455,9 +493,13 @@ def _replay_bag(contents: BagContents, replay: ReplayNode, node: NodeProcess,
 
     try:
         plan = replay.plan
-        return publish_paced(iter_raw_messages(contents.path, [*plan.topics, *plan.side_topics]),
-                             settings.rate, replay.publish, check, progress,
-                             frame_topics=set(plan.topics))
+        frames = set(plan.topics)
+        tolerance = float(node_parameter_values(settings.params)["depth_sync_tolerance"])
+        messages = partners_first(
+            iter_raw_messages(contents.path, [*plan.topics, *plan.side_topics]), frames,
+            int(round(tolerance * 1e9)))
+        return publish_paced(messages, settings.rate, replay.publish, check, progress,
+                             frame_topics=frames)
     except BagError as exc:
         raise InputError(str(exc)) from None
     finally:
