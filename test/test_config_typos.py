@@ -156,3 +156,17 @@ def test_calibration_folders_go_together():
     """One of them alone ended the run without a calibration and without a word."""
     with pytest.raises(ConfigError, match="calibration.seen is set but calibration.unseen"):
         load_train_config(None, ["calibration.seen=data/x/calib_id"])
+
+
+def test_a_stored_run_config_with_one_calibration_folder_still_loads():
+    """A run trained before the check (calibration.seen alone: its calibration skipped) is
+    still evaluated, exported or resumed: its checkpoint's config is no user's typo."""
+    from pathlib import Path
+
+    from vl_distill_ros.config import TrainConfig, to_dict
+    from vl_distill_ros.training.trainer import checkpoint_config
+
+    cfg = to_dict(TrainConfig())
+    cfg["calibration"]["seen"] = "data/x/calib_id"
+    assert checkpoint_config({"config": cfg}, Path("old.pt")).calibration.seen == \
+        "data/x/calib_id"

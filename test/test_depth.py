@@ -1767,3 +1767,14 @@ def test_lens_ray_tables_are_kept_within_their_byte_bound(monkeypatch):
     monkeypatch.setattr(camera_model, "RAY_TABLE_BYTES", 1)      # smaller than any table
     cams[1].pixel_rays()
     assert len(kept) == 1                                        # the latest stays
+
+
+def test_integer_intrinsics_propose_as_float_ones():
+    """CameraIntrinsics does not make its numbers floats: integer ones (a hand-written
+    camera) propose the same boxes as the float ones (the cloud's in-place float products
+    refused an integer column offset)."""
+    depth = np.full((480, 640), 1.0, np.float32)
+    depth[200:260, 300:360] = 0.9
+    ints = propose_depth_boxes(depth, CameraIntrinsics(500, 500, 320, 240, 640, 480))
+    floats = propose_depth_boxes(depth, CameraIntrinsics(500.0, 500.0, 320.0, 240.0, 640, 480))
+    assert ints.boxes == floats.boxes and len(ints.boxes) == 1

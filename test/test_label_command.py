@@ -361,3 +361,17 @@ def test_an_earlier_runs_drawn_images_do_not_pass_for_this_runs(tmp_path, frames
                                                      "notes.png"]
     assert len(_docs((out / "labels.jsonl").read_text())) == 1
     capsys.readouterr()
+
+
+def test_out_keeps_the_users_own_numbered_images(tmp_path, frames, capsys):
+    """--out may be the images' own folder: files named like drawings (00000_color.png) that
+    no earlier run's labels.jsonl drew, and this run's inputs, stay."""
+    a = _png(tmp_path / "00000_color.png", frames[0][0])
+    other = _png(tmp_path / "00001_color.png", frames[1][0])
+    assert cli.main(["label", str(a), "--out", str(tmp_path)]) == 0
+    assert a.exists() and other.exists()
+    assert cli.main(["label", str(other), "--out", str(tmp_path)]) == 0
+    assert a.exists() and other.exists()
+    assert not (tmp_path / "00000_00000_color.png").exists()    # the earlier run's drawing
+    assert (tmp_path / "00000_00001_color.png").exists()
+    capsys.readouterr()

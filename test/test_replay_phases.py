@@ -150,6 +150,15 @@ def test_partners_recorded_just_after_their_frame_are_sent_before_it():
         ("/depth", 0), ("/info", 0), ("/cam", 0), ("/depth", 30), ("/depth", 100),
         ("/cam", 100), ("/cam", 200), ("/info", 250)]
     assert list(partners_first(iter(msgs), {"/cam"}, 0)) == msgs
+    # a tolerance of a frame period or more: only the frame's own partners go in front, not
+    # the next frames' too (a burst the node's qos_depth 1 queue overwrote)
+    msgs = [raw("/depth", 0), raw("/cam", 0), raw("/depth", 100), raw("/cam", 100),
+            raw("/depth", 200), raw("/cam2", 200), raw("/cam", 200), raw("/depth2", 205)]
+    out = list(partners_first(iter(msgs), {"/cam", "/cam2"}, 150 * ms,
+                              {"/depth": "/cam", "/depth2": "/cam2"}))
+    assert [(m.topic, m.timestamp_ns // ms) for m in out] == [
+        ("/depth", 0), ("/cam", 0), ("/depth", 100), ("/cam", 100), ("/depth", 200),
+        ("/depth2", 200), ("/cam2", 200), ("/cam", 200)]
 
 
 def test_drain_stops_when_everything_is_labelled_or_at_the_timeout():

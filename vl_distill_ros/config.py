@@ -386,11 +386,6 @@ def validate_train_config(cfg: "TrainConfig") -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{dotted} must be one of {list(allowed)}, got {value!r}")
-    if bool(cfg.calibration.seen) != bool(cfg.calibration.unseen):
-        # one alone skipped the calibration without a word (every calibration.* setting dead)
-        given, missing = ("seen", "unseen") if cfg.calibration.seen else ("unseen", "seen")
-        raise ConfigError(f"calibration.{given} is set but calibration.{missing} is empty: the "
-                          "calibration needs both folders (or neither: no calibration)")
     if not 0.0 < cfg.calibration.known_coverage <= 1.0:
         raise ConfigError(f"calibration.known_coverage must be in (0, 1], got "
                           f"{cfg.calibration.known_coverage}")
@@ -672,4 +667,18 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
     """Read a training YAML (optional) plus overrides into a :class:`TrainConfig`."""
     data: dict = read_yaml_with_base(path) if path is not None else {}
     apply_overrides(data, overrides)
-    return from_dict(TrainConfig, data, where=str(path or "config"))
+    cfg = from_dict(TrainConfig, data, where=str(path or "config"))
+    check_calibration_folders(cfg)
+    return cfg
+
+
+def check_calibration_folders(cfg: TrainConfig) -> None:
+    """Raise :class:`ConfigError` when only one of ``calibration.seen`` / ``unseen`` is set
+    (one alone skipped the calibration without a word: every calibration.* setting dead).
+    Checked on the configs a user writes (:func:`load_train_config`), not in
+    :func:`validate_train_config`: the config stored in a checkpoint of a run trained before
+    this check (its calibration skipped) must still load for eval, export and --resume."""
+    if bool(cfg.calibration.seen) != bool(cfg.calibration.unseen):
+        given, missing = ("seen", "unseen") if cfg.calibration.seen else ("unseen", "seen")
+        raise ConfigError(f"calibration.{given} is set but calibration.{missing} is empty: the "
+                          "calibration needs both folders (or neither: no calibration)")

@@ -235,20 +235,42 @@ def _pipeline(args: argparse.Namespace):
 
 
 #: The name of an image ``--out`` draws: its place among the IMAGE arguments and its stem.
-_DRAWN_NAME = re.compile(r"\d{5}_.*\.png")
+_DRAWN_NAME = re.compile(r"\d{5}_(.*)\.png")
 
 
-def _remove_earlier_drawings(out: Path, written: set[str]) -> None:
-    """Remove the drawn images of an earlier run into ``out`` that this run did not write
-    again (its images fewer, other or not labelled): they would pass for this run's."""
+def _earlier_stems(out: Path) -> set[str]:
+    """The stems of the images the ``labels.jsonl`` of an earlier run into ``out`` labelled
+    (its ``frame_id`` is the image's name): only their drawings are an earlier run's."""
+    try:
+        text = (out / "labels.jsonl").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return set()
+    stems = set()
+    for line in text.splitlines():
+        try:
+            stems.add(Path(str(json.loads(line)["header"]["frame_id"])).stem)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return stems
+
+
+def _remove_earlier_drawings(out: Path, written: set[str], earlier: set[str],
+                             inputs: set[Path]) -> None:
+    """Remove the drawn images of an earlier run into ``out`` (``NNNNN_<stem>.png`` of a stem
+    its labels.jsonl named, ``earlier``) that this run did not write again (its images
+    fewer, other or not labelled): they would pass for this run's. Other files of ``out``
+    (the user's own, this run's ``inputs``) are never touched."""
     for entry in out.iterdir():
-        if (entry.name not in written and _DRAWN_NAME.fullmatch(entry.name)
-                and entry.is_file() and not entry.is_symlink()):
-            try:
-                entry.unlink()
-            except OSError as exc:
-                print(f"{PROG}: warning: could not remove {entry}, drawn by an earlier run: "
-                      f"{exc}", file=sys.stderr)
+        drawn = _DRAWN_NAME.fullmatch(entry.name)
+        if (drawn is None or drawn.group(1) not in earlier or entry.name in written
+                or not entry.is_file() or entry.is_symlink()
+                or entry.resolve() in inputs):
+            continue
+        try:
+            entry.unlink()
+        except OSError as exc:
+            print(f"{PROG}: warning: could not remove {entry}, drawn by an earlier run: "
+                  f"{exc}", file=sys.stderr)
 
 
 class _Stdout:
@@ -298,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 print(f"{PROG}: error: cannot write into --out {out}: {exc}", file=sys.stderr)
                 return 2
+            earlier = _earlier_stems(out)
+            inputs = {Path(n).resolve() for n in [*args.images, *(args.depth or [])]}
         for i, name in enumerate(args.images):
             if not stdout.open and out is None:
                 break  # nobody reads the labels any more
@@ -339,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         # on every image (a mistyped name) leaves an earlier run's labels.jsonl as it was
         if out is not None and lines:
             atomic_write_bytes(out / "labels.jsonl", "".join(f"{x}\n" for x in lines).encode())
-            _remove_earlier_drawings(out, written)
+            _remove_earlier_drawings(out, written, earlier, inputs)
     except OSError as exc:
         print(f"{PROG}: error: cannot write into --out {out}: {exc}", file=sys.stderr)
         return 2

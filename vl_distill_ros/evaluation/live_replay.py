@@ -390,7 +390,7 @@ class PacedRun:
 
 
 def partners_first(messages: Iterable[Any], frame_topics: Container[str],
-                   window_ns: int) -> Iterator[Any]:
+                   window_ns: int, owner: Mapping[str, str] | None = None) -> Iterator[Any]:
     """``messages`` (bag-time order), except that a depth or CameraInfo message recorded at
     most ``window_ns`` after a colour frame (the node's ``depth_sync_tolerance``) comes just
     before that frame, at the frame's bag time.
@@ -400,7 +400,13 @@ def partners_first(messages: Iterable[Any], frame_topics: Container[str],
     at ``--rate`` r stretches a partner recorded d after its frame to d / r: depth a
     RealSense records 10 ms after its colour frame reached the node 50 ms late at
     ``--rate 0.2`` and the frame was labelled colour only. Sent first, it is paired as
-    offline, whatever the rate."""
+    offline, whatever the rate.
+
+    Only the frame's own partners move: those of its camera (``owner``: side topic ->
+    colour topic; a side topic it does not name may go with any frame) recorded nearer to
+    it than to that camera's next frame. With a tolerance of a frame period or more, the
+    next frames' depth went in front too, in one burst that the node's ``qos_depth`` 1 queue
+    overwrote (their frames labelled colour only)."""
     if window_ns <= 0:
         yield from messages
         return
@@ -412,7 +418,13 @@ def partners_first(messages: Iterable[Any], frame_topics: Container[str],
             yield first
             return
         end = first.timestamp_ns + window_ns
-        early = [m for m in buf if m.topic not in frame_topics and m.timestamp_ns <= end]
+        # that camera's next frame (None: beyond the window): a partner nearer to it in bag
+        # time is that frame's (a depth recorded with it, just before it, stays there)
+        after = next((m.timestamp_ns for m in buf if m.topic == first.topic), None)
+        early = [m for m in buf if m.timestamp_ns <= end and m.topic not in frame_topics
+                 and (owner or {}).get(m.topic, first.topic) == first.topic
+                 and (after is None or m.timestamp_ns - first.timestamp_ns
+                      < after - m.timestamp_ns)]
         for m in early:
             buf.remove(m)
             yield m._replace(timestamp_ns=first.timestamp_ns)
@@ -495,9 +507,13 @@ def _replay_bag(contents: BagContents, replay: ReplayNode, node: NodeProcess,
         plan = replay.plan
         frames = set(plan.topics)
         tolerance = float(node_parameter_values(settings.params)["depth_sync_tolerance"])
+        owner = {side: colour for table in (contents.depth_topics, contents.camera_info_topics,
+                                            {c: a.depth_camera_info_topic for c, a in
+                                             contents.depth_alignment.items()})
+                 for colour, side in table.items() if side}
         messages = partners_first(
             iter_raw_messages(contents.path, [*plan.topics, *plan.side_topics]), frames,
-            int(round(tolerance * 1e9)))
+            int(round(tolerance * 1e9)), owner)
         return publish_paced(messages, settings.rate, replay.publish, check, progress,
                              frame_topics=frames)
     except BagError as exc:

@@ -198,8 +198,9 @@ def depth_cloud(depth: np.ndarray, k: CameraIntrinsics, cfg: DepthProposalConfig
         pts[:, 0] = np.take(rx, pix) * zz
         pts[:, 1] = np.take(ry, pix) * zz
     else:   # (zz in float64 once: each product would cast it)
-        u = (off + np.arange(z.shape[1]) * s) - k.cx
-        v = (off + np.arange(z.shape[0]) * s) - k.cy
+        # float64 whatever the intrinsics' type (integer ones: the in-place products below)
+        u = (off + np.arange(z.shape[1]) * s) - float(k.cx)
+        v = (off + np.arange(z.shape[0]) * s) - float(k.cy)
         z64 = zz.astype(np.float64)
         for axis, along, cells, f in ((0, u, cols, k.fx), (1, v, rows, k.fy)):
             value = np.take(along, cells)

@@ -294,8 +294,10 @@ class DepthProposalConfig:
     support_margin_m: float = 0.05
 
     def __post_init__(self) -> None:
-        if not 0 <= int(self.seed) < 2**32:   # numpy's default_rng refuses a negative seed
-            raise DepthError(f"seed must be in [0, 2^32 - 1], got {self.seed}")
+        if int(self.seed) < 0:   # numpy's default_rng refuses a negative seed (any other int
+            # is fine: a seed of 2^32 or more loaded before)
+            raise DepthError(f"seed must be in [0, inf) (a non-negative integer), got "
+                             f"{self.seed}")
         if not 1 <= int(self.stride) <= 16:
             raise DepthError(f"stride must be in [1, 16], got {self.stride}")
         if not 0 <= int(self.max_grid_width) <= 100_000:

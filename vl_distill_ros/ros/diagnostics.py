@@ -202,9 +202,11 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         status.level = DiagnosticStatus.WARN
         status.message = clip_text(f"{depth_errors} frame(s) processed colour-only, bad depth: "
                                    f"{values['last_depth_error']}")
-    elif values.get("incompatible_qos") and (
-            not values["processed_in_period"] or values.get("colour_only_in_period")):
-        status.level = DiagnosticStatus.WARN    # nothing comes, or no depth: say why
+    elif values.get("incompatible_qos") and (values.get("colour_only_in_period", 0)
+                                             >= values["processed_in_period"]):
+        # nothing processed, or (with depth) every frame colour only: the mismatch may be
+        # why (a mismatch is never cleared: rclpy reports no publisher that left)
+        status.level = DiagnosticStatus.WARN
         status.message = clip_text(values["incompatible_qos"])
     else:
         status.level = DiagnosticStatus.OK
