@@ -369,15 +369,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         pipe.close()
-    if stdout.error:
-        print(f"{PROG}: error: {stdout.error}", file=sys.stderr)
+    return _exit_code(len(args.images), bad, colour_only, stdout.error)
+
+
+def _exit_code(images: int, bad: int, colour_only: int, stdout_error: str) -> int:
+    """Say what went wrong, on stderr; the exit code: 2 when anything did, else 0."""
+    if stdout_error:
+        print(f"{PROG}: error: {stdout_error}", file=sys.stderr)
     if bad:
-        print(f"{PROG}: {bad} of {len(args.images)} images could not be labelled",
-              file=sys.stderr)
+        print(f"{PROG}: {bad} of {images} images could not be labelled", file=sys.stderr)
     if colour_only:
-        print(f"{PROG}: {colour_only} of {len(args.images)} images labelled colour only (bad "
-              "depth files)", file=sys.stderr)
-    return 2 if bad or colour_only or stdout.error else 0
+        print(f"{PROG}: {colour_only} of {images} images labelled colour only (bad depth "
+              "files)", file=sys.stderr)
+    return 2 if bad or colour_only or stdout_error else 0
 
 
 def _depth_for(path: Path, image, camera: tuple[float, float, float, float] | None,
