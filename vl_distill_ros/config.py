@@ -576,19 +576,24 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def closest_names(unknown: Sequence[Any], known: Sequence[str]) -> list[str]:
+    """Each of ``unknown`` (misspelt keys or names) quoted, with the closest of ``known``
+    where one is close: ``'epoch' (did you mean 'epochs'?)``."""
+    import difflib
+
+    known = list(known)
+    return [repr(k) + (f" (did you mean {close[0]!r}?)" if close else "")
+            for k in unknown for close in [difflib.get_close_matches(str(k), known, n=1)]]
+
+
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        import difflib
-
-        hints = [f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
-                 for k in sorted(unknown, key=str)
-                 for close in [difflib.get_close_matches(str(k), sorted(names), n=1)]]
-        raise ConfigError(f"{where}: unknown keys [{', '.join(hints)}]; known: "
-                          f"{sorted(names)}")
+        listed = ", ".join(closest_names(sorted(unknown, key=str), sorted(names)))
+        raise ConfigError(f"{where}: unknown keys [{listed}]; known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 

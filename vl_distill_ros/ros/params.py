@@ -476,15 +476,13 @@ def unknown_overrides_warning(overrides: Any) -> str:
     parameter of the node ("" when there are none): rclpy keeps them undeclared and says
     nothing, so a misspelt ``unknown_treshold: 0.3`` left the default in force. A warning,
     not a refusal: a params file's ``/**`` section may hold other nodes' settings."""
-    import difflib
+    from ..config import closest_names
 
     names = [n for n in (overrides or {}) if n not in BY_NAME and n not in ROS_OWN_PARAMS
              and not n.startswith(ROS_OWN_PREFIXES)]
     if not names:
         return ""
-    hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-             for n in sorted(names)[:20]
-             for close in [difflib.get_close_matches(n, list(BY_NAME), n=1)]]
+    hints = closest_names(sorted(names)[:20], list(BY_NAME))
     return (f"start-up value(s) of unknown parameter(s) ignored: {', '.join(hints)}"
             + (" ..." if len(names) > 20 else "") + " (README, Parameters)")
 

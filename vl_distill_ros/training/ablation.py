@@ -126,13 +126,12 @@ RUN_KEYS = ("row", "config", "overrides", "seeds")
 def _check_keys(data: dict, known: tuple[str, ...], where: str) -> None:
     """Raise :class:`ConfigError` for a key of ``data`` not in ``known`` (a typo such as
     ``override:`` or ``seed:`` was ignored: the row trained without them)."""
-    import difflib
+    from ..config import closest_names
 
     unknown = [k for k in data if k not in known]
     if unknown:
-        hints = [f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
-                 for k in unknown for close in [difflib.get_close_matches(str(k), known, n=1)]]
-        raise ConfigError(f"{where}: unknown keys [{', '.join(hints)}]; known: {list(known)}")
+        raise ConfigError(f"{where}: unknown keys [{', '.join(closest_names(unknown, known))}]; "
+                          f"known: {list(known)}")
 
 
 def read_ablation_spec(config_path: str | Path) -> dict:
