@@ -266,6 +266,11 @@ def _out_is_a_file(folder: Path) -> list[str]:
     # accepted and silently ignored until session 76 (the depth files' units are an option)
     (lambda folder: ["-p", "depth_scale:=0.0001"], "given with --depth-scale METRES"),
     (lambda folder: ["-p", "depth_sync_tolerance:=0.1"], "its own --depth file"),
+    # accepted and silently ignored until session 80 (no ROS transport here)
+    (lambda folder: ["-p", "qos_depth:=5"], "not subscribed to"),
+    (lambda folder: ["-p", "publish_annotated:=true"], "--out DIR draws"),
+    # 3.0 is a double: the node refuses it for an integer (it was read as 3)
+    (lambda folder: ["-p", "top_k:=3.0"], "top_k must be of type integer"),
 ])
 def test_bad_settings_are_a_clear_error_before_any_image(tmp_path, frames, capsys, make_args,
                                                          message):

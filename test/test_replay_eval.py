@@ -160,6 +160,12 @@ def test_offline_settings_are_the_nodes(monkeypatch):
         replay.parse_param("unknown_threshold:=3")
     with pytest.raises(replay.InputError, match=r"\[-1.0, 1.0\]"):
         replay.parse_param("seen_bias:=2")
+    # doubles for integers: the node refuses them (rclpy's type check); read as 3 and 20
+    # until session 80
+    with pytest.raises(replay.InputError, match="top_k must be of type integer"):
+        replay.parse_param("top_k:=3.0")
+    with pytest.raises(replay.InputError, match="rois must be of type integer_array"):
+        replay.parse_param("rois:=[0, 0, 20.0, 20]")
     # a string parameter takes its text as written: YAML 1.1 read `off` as False and the
     # README's proposal_box_net:=off was refused ("no model file at False")
     # (the node reads a false for these as off: so does replay-eval)
@@ -170,6 +176,18 @@ def test_offline_settings_are_the_nodes(monkeypatch):
     values = replay.node_parameter_values(dict([replay.parse_param("proposal_box_net:=off")]))
     assert replay.pipeline_settings(values).proposal_cfg.box_net == "off"
     assert replay.pipeline_settings(replay.node_parameter_values()).proposal_cfg.box_net != "off"
+
+
+def test_offline_warns_of_transport_parameters(capsys):
+    """-p qos_depth, qos_reliability and publish_annotated do nothing with --offline: said,
+    not silently taken."""
+    from vl_distill_ros.commands.replay_eval import _warn_transport_params
+
+    _warn_transport_params({"top_k": 2, "unknown_threshold": 0.3})
+    assert capsys.readouterr().err == ""
+    _warn_transport_params({"qos_depth": 5, "top_k": 2, "publish_annotated": True})
+    err = capsys.readouterr().err
+    assert "qos_depth, publish_annotated: no effect with --offline" in err
 
 
 # ----------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ NOT_PARAMETERS_HERE = {
     "depth_scale": "the depth files' units are given with --depth-scale METRES here",
     "depth_sync_tolerance": "each image is paired with its own --depth file here (no "
                             "stamps to match)",
+    "qos_reliability": "files are read here, not subscribed to (QoS is the node's)",
+    "qos_depth": "files are read here, not subscribed to (QoS is the node's)",
+    "publish_annotated": "--out DIR draws the boxes and labels here",
 }
 
 

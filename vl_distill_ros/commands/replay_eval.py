@@ -260,6 +260,19 @@ def _node_command(text: str | None) -> list[str] | None:
         raise InputError(f"--node-command {text!r}: {exc}") from None
 
 
+#: Node parameters of the ROS transport: with --offline (no ROS) they change nothing.
+TRANSPORT_PARAMS = ("qos_reliability", "qos_depth", "publish_annotated")
+
+
+def _warn_transport_params(params: dict) -> None:
+    """Warn of ``params`` that only the live replay's ROS transport uses."""
+    given = [name for name in TRANSPORT_PARAMS if name in params]
+    if given:
+        print(f"{PROG}: warning: -p {', '.join(given)}: no effect with --offline (the bag's "
+              "images are read directly, with no ROS subscription or publisher)",
+              file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation; returns the exit code (0, 2, 3, 130 or 143)."""
     from ..model.vocabulary import Split, Vocabulary, VocabularyError
@@ -276,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
         if not math.isfinite(args.rate) or args.rate <= 0:
             raise InputError(f"--rate must be a finite number > 0, got {args.rate}")
         params = dict(parse_param(text) for text in args.param)
+        if args.offline:
+            _warn_transport_params(params)
         if args.crop_source:
             params["crop_source"] = args.crop_source
         for name, value in (("--node-timeout", args.node_timeout),

@@ -6,6 +6,7 @@ and model checks both replay modes (:mod:`.replay` offline, :mod:`.live_replay` 
 """
 from __future__ import annotations
 
+import numbers
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -193,7 +194,9 @@ def _coerce(name: str, value: Any) -> Any:
                 return value
             raise TypeError
         if kind == "integer":
-            if isinstance(value, bool) or float(value) != int(value):
+            # 3.0 is a double to the node (rclpy refuses it for an integer parameter), so
+            # refused here too: a command tried offline must run on the node as written
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError
             out: Any = int(value)
         elif kind == "double":
@@ -203,7 +206,8 @@ def _coerce(name: str, value: Any) -> Any:
         elif kind == "string":
             out = str(value)
         elif kind == "integer_array":
-            if not isinstance(value, (list, tuple)):
+            if not isinstance(value, (list, tuple)) or any(
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
                 raise TypeError
             out = [int(v) for v in value]
         elif kind == "string_array":
