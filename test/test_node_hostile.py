@@ -283,3 +283,31 @@ def test_new_names_are_embedded_on_a_low_priority_one_thread_encoder(ctx, tester
         assert torch.get_num_threads() == 2  # the node's own torch setting is untouched
         assert node.text_service.stats["cached_entries"] <= bound
         assert node.text_service.stats["misses"] >= 5
+
+
+def test_library_warnings_reach_rosout_under_the_node_s_name(ctx, tester, bundle_path, tmp_path):
+    """A vocabulary file's unknown key is warned of by the ROS-free library (Python logging):
+    until session 80 the warning was printed bare on stderr, never on /rosout nor in the
+    node's log. While the node lives the package's records go to its logger; after it, not."""
+    import logging
+
+    from rcl_interfaces.msg import Log
+
+    from vl_distill_ros.ros import log_bridge
+
+    got: list = []
+    sub = tester.node.create_subscription(Log, "/rosout", got.append, 100)
+    vfile = tmp_path / "vocab.yaml"
+    vfile.write_text("labels: [banana, mug]\nlables_typo: [zebra]\n")
+    try:
+        with running_node(ctx, "/logbridge", bundle_path, tmp_path,
+                          vocabulary_file=str(vfile)) as node:
+            assert node.pipeline.active.names == ["banana", "mug"]
+            name = node.get_logger().name
+            assert wait_for(lambda: any(m.name == name and "lables_typo" in m.msg
+                                        and m.level == Log.WARN for m in got), 10.0), \
+                [(m.name, m.msg[:80]) for m in got]
+        package = logging.getLogger(log_bridge.PACKAGE_LOGGER)
+        assert not package.handlers     # removed with the node
+    finally:
+        tester.node.destroy_subscription(sub)

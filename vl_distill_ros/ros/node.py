@@ -71,6 +71,7 @@ from . import params as P
 from .conversions import (annotated_msg, detections_3d_msg, detections_msg, import_vision_msgs,
                           label_info_msg, labels_msg)
 from .depth_input import NO_PARTNER, DepthInput, stamp_ns
+from . import log_bridge
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
                           clip_text, incompatible_qos_text, model_status)
 from .parameter_service import GroupedParameterService
@@ -145,6 +146,7 @@ class VlDistillNode(Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         # the parameter services are created once every callback is in place (_start)
         super().__init__(node_name, **{**kwargs, "start_parameter_services": False})
+        log_bridge.install(self.get_logger())   # the library's warnings on /rosout
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._tls = threading.local()
@@ -158,6 +160,7 @@ class VlDistillNode(Node):
             self._start()
         except BaseException:
             self._cleanup()
+            log_bridge.remove(self.get_logger())
             Node.destroy_node(self)
             raise
 
@@ -913,6 +916,7 @@ class VlDistillNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker threads and free the model, then destroy the node."""
         self._cleanup()
+        log_bridge.remove(self.get_logger())
         super().destroy_node()
 
 
