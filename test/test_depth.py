@@ -473,6 +473,32 @@ def test_stamp_buffer_pairs_again_when_the_stamps_go_back():
     assert len(buf) == 0 and buf.latest_stamp() is None
 
 
+def test_the_first_frame_after_the_stamps_go_back_waits_for_its_depth():
+    """``ros2 bag play --loop`` starting over, depth arriving just after its colour frame:
+    the depth received last is from the end of the pass before, newer than the frame, and
+    the first frame of every pass went colour-only without waiting for its own depth."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.ros.depth_input import DepthInput
+
+    def depth(stamp: int) -> SimpleNamespace:
+        sec, nanosec = divmod(stamp, 10**9)
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(
+            sec=sec, nanosec=nanosec)), height=2, width=2, data=bytes(8))
+
+    inp = DepthInput("/d", "/i", 0.02)
+    start = 100 * 10**9
+    for i in range(60):                                     # a 2 s pass at 30 fps
+        inp.add_depth(depth(start + i * 33_000_000), now=10.0 + i * 0.033)
+    now = 10.0 + 60 * 0.033
+    assert not inp.may_still_arrive(start + 59 * 33_000_000, now)     # it is here
+    assert not inp.may_still_arrive(start + 59 * 33_000_000 - 15_000_000, now)  # near
+    assert inp.may_still_arrive(start + 60 * 33_000_000, now)         # the next: wait
+    assert inp.may_still_arrive(start, now)                 # the pass starts over: wait
+    assert not inp.may_still_arrive(start + 59 * 33_000_000 - 100_000_000, now)  # a late one
+    assert not inp.may_still_arrive(start, now + 5.0)       # the stream went silent
+
+
 def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
     bag = read_camera_bag(_rgbd_bag(tmp_path / "rgbd", n=4, drop_depth=(2,)))
     topics = BagTopics()

@@ -102,6 +102,24 @@ def test_a_scene_cut_a_gap_and_another_camera_end_or_keep_tracks_apart():
     assert ids == [1]
 
 
+def test_a_loop_shorter_than_the_gap_is_followed_again_not_scored_alone():
+    """``ros2 bag play --loop`` of a clip shorter than ``track_max_gap_s`` (or a clock
+    stepped back by less): every frame after the first pass was older than the clip's last
+    by less than the gap and scored alone, all but the clip's last, for as long as the loop
+    ran. Two frames in a row older than the last one, in order, mean the time went back."""
+    a, box = _unit(1, 0, 0), [(10, 10, 20, 20)]
+    tracks = ObjectTracks()
+    clip = [50.0 + 0.1 * i for i in range(8)]
+    first = [tracks.update("cam", s, _image(), box, a[None], ON)[1][0] for s in clip]
+    again = [tracks.update("cam", s, _image(), box, a[None], ON)[1][0] for s in clip]
+    assert first == [1] * 8 and again[0] is None and again[1:] == [2] * 7, (first, again)
+    # one late frame between frames in order, now and then, is still only scored alone
+    tracks = ObjectTracks()
+    ids = [tracks.update("cam", s, _image(), box, a[None], ON)[1][0]
+           for s in (1.0, 1.1, 1.2, 1.05, 1.3, 1.4, 1.35, 1.5)]
+    assert ids == [1, 1, 1, None, 1, 1, None, 1], ids
+
+
 def test_tracks_and_cameras_are_bounded_and_bad_input_is_refused():
     tracks = ObjectTracks()
     rng = np.random.default_rng(0)
@@ -128,6 +146,27 @@ def test_tracks_and_cameras_are_bounded_and_bad_input_is_refused():
     # no boxes: nothing to link, the frame still counts for the scene
     pooled, ids = tracks.update("cam", 2.0, _image(), [], np.zeros((0, 3), np.float32), ON)
     assert pooled.shape == (0, 3) and ids == []
+
+
+@pytest.mark.parametrize("stamp_of", [lambda f: 5.0 + 0.1 * f, lambda f: 0.0],
+                         ids=["stamps", "every-stamp-0"])
+def test_a_new_object_keeps_its_track_when_stamps_repeat_past_the_track_bound(stamp_of):
+    """Header stamps that do not move (a driver that leaves them 0, a camera stamped by a
+    paused sim clock): no track ends by gap, so the bound is reached; it cut the newest
+    tracks (the frame's own, all of one stamp), and every object seen after that got a new
+    id on every frame while ``tracks_active`` counted every remembered track."""
+    tracks = ObjectTracks()
+    rng = np.random.default_rng(1)
+    for f in range(MAX_TRACKS + 6):           # objects passing by, each seen once
+        e = rng.normal(size=(1, 8)).astype(np.float32)
+        tracks.update("cam", stamp_of(f), _image(), [(1000 * f, 0, 20, 20)],
+                      e / np.linalg.norm(e), ON)
+    still = _unit(1, 2, 3, 4, 5, 6, 7, 8)[None]
+    ids = [tracks.update("cam", stamp_of(MAX_TRACKS + 6 + k), _image(), [(-5000, 0, 20, 20)],
+                         still, ON)[1][0] for k in range(4)]
+    assert len(set(ids)) == 1, ids
+    assert tracks.counts("cam") == (1, MAX_TRACKS + 7)
+    assert len(tracks._cameras["cam"].tracks) <= MAX_TRACKS
 
 
 # -- through the pipeline, the shipped student on rendered views ------------------------------

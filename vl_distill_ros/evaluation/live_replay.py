@@ -12,7 +12,7 @@ import secrets
 import shlex
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Container, Iterable, Iterator, Mapping, Sequence
@@ -380,6 +380,9 @@ class PacedRun:
 
     frames: list[FrameKey] = field(default_factory=list)
     pub_time: dict[FrameKey, float] = field(default_factory=dict)
+    #: every publication time of each frame key, in order (a bag whose stamps start over
+    #: publishes one key more than once; :attr:`pub_time` holds the last)
+    pub_times: dict[FrameKey, list[float]] = field(default_factory=dict)
     t_start: float | None = None
     t_last: float = 0.0
     #: messages published per depth / CameraInfo topic (they expect no labels)
@@ -480,6 +483,7 @@ def publish_paced(messages: Iterable[Any], rate: float, publish: Callable[[str, 
             run.side_published[raw.topic] = run.side_published.get(raw.topic, 0) + 1
             continue
         run.pub_time[key] = time.monotonic()
+        run.pub_times.setdefault(key, []).append(run.pub_time[key])
         run.frames.append(key)
         n = len(run.frames)
         if progress is not None:
@@ -522,14 +526,26 @@ def _replay_bag(contents: BagContents, replay: ReplayNode, node: NodeProcess,
         bar.close()
 
 
+def published_before(run: PacedRun, key: FrameKey, t_recv: float) -> float | None:
+    """When the frame a labels document received at ``t_recv`` was published: the last
+    publication of ``key`` at or before ``t_recv`` (a key published again later, a bag whose
+    stamps start over, gave the first pass's labels the second pass's time: a latency of
+    minus the loop's length), else ``run.pub_time``'s."""
+    times = run.pub_times.get(key)
+    if not times:
+        return run.pub_time.get(key)
+    before = [t for t in times if t <= t_recv]
+    return before[-1] if before else times[0]
+
+
 def drain(arrivals: Sequence[tuple[float, str]], run: PacedRun, camera_map: Mapping[str, str],
           timeout: float, check: Callable[[], None]) -> None:
     """Phase 4: wait until every published frame is labelled, or no label arrived for a
     quiet period (2 s, or 3x the recent latency when longer), or ``timeout`` seconds after
     the last publication (frames whose image cannot be decoded are not waited for: the node
     drops them). ``check`` is called between polls (raises to abort)."""
-    wanted = set(run.frames) - run.undecodable.frames
-    got: set[FrameKey] = set()
+    wanted = Counter(k for k in run.frames if k not in run.undecodable.frames)
+    got: Counter[FrameKey] = Counter()   # a key published n times is waited for n times
     recent_latency: list[float] = []
     parsed = 0
     deadline = run.t_last + timeout
@@ -540,12 +556,13 @@ def drain(arrivals: Sequence[tuple[float, str]], run: PacedRun, camera_map: Mapp
                 key = doc_frame_key(json.loads(data), camera_map)
             except (ValueError, KeyError, TypeError):
                 continue
-            got.add(key)
-            if key in run.pub_time:
-                recent_latency.append(t_recv - run.pub_time[key])
+            got[key] += 1
+            t_pub = published_before(run, key, t_recv)
+            if t_pub is not None:
+                recent_latency.append(t_recv - t_pub)
         parsed = current
         del recent_latency[:-20]
-        if wanted <= got:
+        if all(got[k] >= n for k, n in wanted.items()):
             return
         last_arrival = arrivals[-1][0] if arrivals else run.t_last
         quiet = max(2.0, 3.0 * max(recent_latency, default=0.0))
@@ -571,7 +588,7 @@ def collect_documents(rec: Recording, arrivals: Sequence[tuple[float, str]], run
         except (ValueError, KeyError, TypeError):
             rec.unexpected += 1
             continue
-        t_pub = run.pub_time.get(key)
+        t_pub = published_before(run, key, t_recv)
         latency = (t_recv - t_pub) if t_pub is not None else None
         rec.rows.append({"frame": [key[0], key[1]],
                          "received_s": t_recv - (t_start or t_recv),

@@ -38,7 +38,8 @@ and changes nothing. One older by more means that the camera's time went back (`
 play --loop`` starting over, a simulator restarted, a bag put together from several
 recordings): as at a scene cut, the camera's tracks end and the frame starts new ones (their
 ids go on counting), rather than every frame being scored alone until the stamps pass the old
-ones.
+ones. So does a second frame in a row older than the camera's last, newer than the first (a
+loop shorter than ``max_gap_s``, a clock stepped back by less).
 Bounded: at most :data:`MAX_TRACKS` tracks per camera (the longest unseen dropped first) and
 :data:`MAX_CAMERAS` cameras (the one whose last frame came longest ago forgotten, whatever
 the stamps: cameras need not share a clock).
@@ -104,6 +105,9 @@ class _Track:
     box: tuple[int, int, int, int]
     pooled: np.ndarray          # running sum of unit embeddings (memory-weighted)
     last_seen: float
+    #: The camera's frame (:attr:`_Camera.frames`) it was last seen in: stamps may repeat
+    #: (every stamp 0, a paused clock), frames do not.
+    last_frame: int = 0
 
 
 @dataclass
@@ -112,6 +116,11 @@ class _Camera:
     hist: np.ndarray
     tracks: list[_Track] = field(default_factory=list)
     next_id: int = 1
+    #: Frames linked so far (the last one's number).
+    frames: int = 0
+    #: The stamp of the last frame scored alone as out of order (None: the last frame was
+    #: in order).
+    late: float | None = None
 
 
 def _grown(boxes: Sequence[Sequence[float]]) -> list[tuple[float, float, float, float]]:
@@ -152,7 +161,7 @@ class ObjectTracks:
             cam = self._cameras.get(camera)
             if cam is None:
                 return 0, 0
-            return sum(t.last_seen == cam.stamp for t in cam.tracks), cam.next_id - 1
+            return sum(t.last_frame == cam.frames for t in cam.tracks), cam.next_id - 1
 
     def update(self, camera: str, stamp: float, image: np.ndarray,
                boxes: Sequence[Sequence[int]], embeddings: np.ndarray,
@@ -172,7 +181,14 @@ class ObjectTracks:
         with self._lock:
             cam = self._cameras.get(camera)
             back = cam is not None and stamp < cam.stamp
-            if cam is not None and back and cam.stamp - stamp <= settings.max_gap_s:
+            # a second frame in a row older than the last linked one, and newer than the
+            # first: not late frames but the camera's time gone back by up to max_gap_s (a
+            # loop shorter than it, a clock stepped back); scored alone, every frame but the
+            # loop's last was, for as long as it ran
+            again = back and cam.late is not None and stamp > cam.late
+            if cam is not None and back and not again and \
+                    cam.stamp - stamp <= settings.max_gap_s:
+                cam.late = stamp
                 return emb, [None] * len(boxes)       # out of order: scored alone
             if cam is None or back or histogram_distance(cam.hist, hist) > SCENE_CUT:
                 next_id = cam.next_id if cam is not None else 1
@@ -180,7 +196,7 @@ class ObjectTracks:
             self._remember(camera, cam)
             cam.tracks = [t for t in cam.tracks if stamp - t.last_seen <= settings.max_gap_s]
             pooled, ids = self._link(cam, stamp, boxes, emb, settings)
-            cam.stamp, cam.hist = stamp, hist
+            cam.stamp, cam.hist, cam.late = stamp, hist, None
             return pooled, ids
 
     def _remember(self, camera: str, cam: _Camera) -> None:
@@ -195,6 +211,7 @@ class ObjectTracks:
     def _link(cam: _Camera, stamp: float, boxes: Sequence[Sequence[int]], emb: np.ndarray,
               settings: TrackSettings) -> tuple[np.ndarray, list[int | None]]:
         tracks = cam.tracks
+        cam.frames += 1
         match: dict[int, int] = {}
         if tracks and len(boxes):
             iou = box_iou_matrix(_grown(boxes), _grown([t.box for t in tracks]))
@@ -217,14 +234,18 @@ class ObjectTracks:
                 t = tracks[match[i]]
                 t.pooled = float(settings.memory) * t.pooled + emb[i]
                 t.box, t.last_seen = box_t, stamp        # type: ignore[assignment]
+                t.last_frame = cam.frames
                 pooled[i] = t.pooled / max(float(np.linalg.norm(t.pooled)), 1e-12)
             else:
                 t = _Track(cam.next_id, box_t,  # type: ignore[arg-type]
-                           emb[i].astype(np.float32).copy(), stamp)
+                           emb[i].astype(np.float32).copy(), stamp, cam.frames)
                 cam.next_id += 1
                 tracks.append(t)
             ids.append(t.ident)
         if len(tracks) > MAX_TRACKS:
-            tracks.sort(key=lambda t: t.last_seen, reverse=True)
+            # the longest unseen go; of one stamp (stamps that repeat), the longest unseen
+            # by frames: sorting by the stamp alone kept the oldest tracks and cut the
+            # frame's new ones, so no new object kept its track once 64 existed
+            tracks.sort(key=lambda t: (t.last_seen, t.last_frame), reverse=True)
             del tracks[MAX_TRACKS:]
         return pooled, ids

@@ -189,13 +189,16 @@ class DepthInput:
     def may_still_arrive(self, stamp: int, now: float) -> bool:
         """Whether a depth partner of ``stamp`` may still come: none matches yet, the stream
         is alive and the stamp of the depth image it received last is older than ``stamp``
-        plus the tolerance."""
+        plus the tolerance, or newer by more than :data:`STALE_AFTER_S` (the camera's time
+        went back, ``ros2 bag play --loop`` starting over: that image is from before, and
+        the first frame after the jump went colour-only without waiting for its depth)."""
         if self.buffer.match(stamp) is not None:
             return False
         latest = self.buffer.latest_stamp()
         with self._lock:
             alive = now - self.last_receipt < STALE_AFTER_S
-        return alive and (latest is None or latest < stamp + self.buffer.tolerance_ns)
+        return alive and (latest is None or latest < stamp + self.buffer.tolerance_ns
+                          or latest - stamp > STALE_AFTER_S * 1e9)
 
     def pair(self, stamp: int, image_shape: tuple[int, ...], colour_frame: str = ""
              ) -> tuple[np.ndarray | UnalignedDepth | None, CameraIntrinsics | None, str]:
