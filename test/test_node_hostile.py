@@ -311,3 +311,30 @@ def test_library_warnings_reach_rosout_under_the_node_s_name(ctx, tester, bundle
         assert not package.handlers     # removed with the node
     finally:
         tester.node.destroy_subscription(sub)
+
+
+def test_a_camera_that_went_silent_is_warned_of_in_diagnostics(ctx, tester, bundle_path,
+                                                               tmp_path, monkeypatch):
+    """A camera that stopped (its driver died, its bag ended) stayed OK in /diagnostics with
+    its last latency; it turns WARN "no image for ..." (5 s in the node, 1 s here), and OK
+    again with its next image."""
+    from vl_distill_ros.ros import diagnostics
+
+    monkeypatch.setattr(diagnostics, "SILENT_AFTER_S", 1.0)
+    ns = "/silent"
+    with running_node(ctx, ns, bundle_path, tmp_path) as node:
+        fqn = node.get_fully_qualified_name()
+        topic = f"{ns}/image"
+        labels = tester.watch_labels(f"{fqn}/labels")
+        publish_until_labelled(tester, topic, make_msg("rgb8", rgb_image(32, 48), "a", 0),
+                               labels)
+
+        def level_and_message():
+            st = tester.camera_status(fqn, topic)
+            return (st["level"], st["message"]) if st is not None else (None, "")
+
+        assert wait_for(lambda: level_and_message()[0] == b"\x01", 10.0), level_and_message()
+        assert level_and_message()[1].startswith("no image for ")
+        publish_until_labelled(tester, topic, make_msg("rgb8", rgb_image(32, 48), "b", 1),
+                               labels)
+        assert wait_for(lambda: level_and_message()[0] == b"\x00", 10.0), level_and_message()

@@ -34,8 +34,8 @@ from vl_distill_ros.perception.static_transforms import (StaticTransforms, Trans
                                                          TransformError)
 from vl_distill_ros.perception.support_plane import fit_plane_ransac
 from vl_distill_ros.ros import parameter_service, vocabulary_controller
-from vl_distill_ros.ros.diagnostics import (MAX_DIAGNOSTIC_TEXT, MAX_VALUE_TEXT, camera_status,
-                                            model_status)
+from vl_distill_ros.ros.diagnostics import (MAX_DIAGNOSTIC_TEXT, MAX_VALUE_TEXT, CameraState,
+                                            camera_status, model_status)
 from vl_distill_ros.ros.parameter_service import GroupedParameterService, set_steps
 
 
@@ -131,6 +131,39 @@ def test_every_diagnostic_value_is_clipped():
     assert values["last_colour_only_reason"].startswith("bad encoding EEE")
     assert values["last_colour_only_reason"].endswith(f"[{len(huge) + 13} chars]")
     assert values["received"] == "3"
+
+
+def test_a_camera_that_stops_sending_is_reported_silent(monkeypatch):
+    """A camera whose driver died stayed OK with its last latency in /diagnostics (only
+    processed_in_period 0 told): after 5 s without an image (or 10 of its recent intervals
+    when longer: a slow camera) its status is WARN, "no image for ..."; a camera that has
+    sent nothing yet is not silent."""
+    from vl_distill_ros.ros import diagnostics
+    from vl_distill_ros.ros.diagnostics import DiagnosticStatus
+
+    now = [100.0]
+    monkeypatch.setattr(diagnostics.time, "monotonic", lambda: now[0])
+    fresh = CameraState("/cam/image", resolved="/cam/image")
+    assert camera_status("/n", fresh.take_period(), 1).level == DiagnosticStatus.OK
+    cam = CameraState("/cam/image", resolved="/cam/image")
+    for i in range(30):                     # 30 images/s
+        cam.image_arrived(100.0 + i / 30)
+        cam.received += 1
+    now[0] = 101.0 + 4.0
+    status = camera_status("/n", cam.take_period(), 1)
+    assert status.level == DiagnosticStatus.OK, status.message
+    assert {kv.key: kv.value for kv in status.values}["last_image_age_s"] == "4.0"
+    now[0] = 101.0 + 6.0
+    status = camera_status("/n", cam.take_period(), 1)
+    assert status.level == DiagnosticStatus.WARN
+    assert status.message.startswith("no image for 6.0 s (before: 30.0 images/s)")
+    slow = CameraState("/slow/image", resolved="/slow/image")
+    for i in range(4):                      # one image every 2 s
+        slow.image_arrived(100.0 + 2.0 * i)
+    now[0] = 106.0 + 12.0
+    assert camera_status("/n", slow.take_period(), 1).level == DiagnosticStatus.OK
+    now[0] = 106.0 + 21.0
+    assert camera_status("/n", slow.take_period(), 1).level == DiagnosticStatus.WARN
 
 
 def test_the_label_listing_keeps_fifty_whole_names():

@@ -9,6 +9,7 @@ may quote input from the wire or from files, so they are cut with :func:`clip_te
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -31,6 +32,11 @@ MAX_LISTED_LABELS = 50
 #: characters): cut only there, so that readers of the status (replay-eval keys cameras by
 #: ``topic``) get them whole.
 MAX_VALUE_TEXT = max(4096, MAX_LISTED_LABELS * (MAX_NAME_LENGTH + 2) + 4)
+#: A camera that sent images and then none for this long (s), or for
+#: :data:`SILENT_INTERVALS` of its recent intervals between images when that is longer, is
+#: reported WARN (a driver that died, a cable, a bag that ended).
+SILENT_AFTER_S = 5.0
+SILENT_INTERVALS = 10.0
 #: Free-text values, which may quote input from the wire: cut to :data:`MAX_DIAGNOSTIC_TEXT`.
 FREE_TEXT_KEYS = ("error", "reason")
 
@@ -79,6 +85,26 @@ class CameraState:
     #: The last publisher found on one of the camera's topics with a QoS its subscription
     #: does not match (:func:`incompatible_qos_text`; "" for none).
     incompatible_qos: str = ""
+    #: When the last image arrived (``time.monotonic``; 0: none yet), and the camera's
+    #: recent interval between images (s, smoothed; 0: fewer than two images).
+    last_received_t: float = 0.0
+    interval: float = 0.0
+
+    def image_arrived(self, now: float) -> None:
+        """Note an image's arrival at ``now`` (``time.monotonic``) for :meth:`silent_for`."""
+        if self.last_received_t:
+            gap = max(0.0, now - self.last_received_t)
+            self.interval = gap if not self.interval else 0.8 * self.interval + 0.2 * gap
+        self.last_received_t = now
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since the last image when that is longer than the camera's silence bound
+        (:data:`SILENT_AFTER_S`, or :data:`SILENT_INTERVALS` of its recent interval), else
+        0.0 (also before the first image: a camera not started yet is not silent)."""
+        if not self.last_received_t:
+            return 0.0
+        age = now - self.last_received_t
+        return age if age > max(SILENT_AFTER_S, SILENT_INTERVALS * self.interval) else 0.0
 
     def take_period(self) -> dict[str, Any]:
         """Counters and the period's latency samples; resets the per-period values (the
@@ -104,7 +130,12 @@ class CameraState:
             "bad_recent": self.bad_in_period,
             "last_error": self.last_error,
             "last_latency": self.last_latency,
+            "silent_s": self.silent_for(time.monotonic()),
+            "interval": self.interval,
         }
+        if self.last_received_t:
+            period["values"]["last_image_age_s"] = \
+                f"{time.monotonic() - self.last_received_t:.1f}"
         if self.depth is not None:
             depth = self.depth.take_period()
             period["values"].update(depth["values"])
@@ -181,7 +212,8 @@ def incompatible_qos_text(topic: str, event: Any, setting: str) -> str:
 def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> DiagnosticStatus:
     """The ``<node>: camera <topic>`` status from :meth:`CameraState.take_period`: counters
     (with depth: received, used, colour-only frames, errors), latency statistics of the period
-    (ms); WARN when frames were skipped or depth was unusable in the period."""
+    (ms); WARN when frames were skipped or depth was unusable in the period, or the camera
+    went silent (:meth:`CameraState.silent_for`)."""
     values = dict(period["values"])
     lat, proc = period["latencies"], period["processing"]
     values["latency_ms_last"] = f"{period['last_latency'] * 1e3:.1f}"
@@ -202,6 +234,11 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         status.level = DiagnosticStatus.WARN
         status.message = clip_text(f"{depth_errors} frame(s) processed colour-only, bad depth: "
                                    f"{values['last_depth_error']}")
+    elif period.get("silent_s"):
+        status.level = DiagnosticStatus.WARN
+        rate = f" (before: {1.0 / period['interval']:.1f} images/s)" \
+            if period.get("interval") else ""
+        status.message = f"no image for {period['silent_s']:.1f} s{rate}"
     elif values.get("incompatible_qos") and (values.get("colour_only_in_period", 0)
                                              >= values["processed_in_period"]):
         # nothing processed, or (with depth) every frame colour only: the mismatch may be

@@ -622,6 +622,7 @@ class VlDistillNode(Node):
         now = time.monotonic()
         with self._lock:
             cam.received += 1
+            cam.image_arrived(now)
             dropped = cam.pending is not None
             if dropped:
                 cam.dropped += 1
