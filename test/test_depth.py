@@ -1640,10 +1640,14 @@ def test_rectified_topics_take_p_and_no_lens():
     assert (rect.fx, rect.cx, rect.distorted) == (300.0, 160.0, False)
 
 
-def test_a_rectified_roi_of_a_real_camera_info_is_refused_on_raw_frames():
-    """``do_rectify`` is a field of a real CameraInfo's ``roi`` (it was read from the
-    message itself, where it never is, so a raw frame with a rectified ROI was used with
-    the wrong principal point, and nothing said so)."""
+def test_a_subwindow_roi_with_do_rectify_is_read_as_image_geometry_does():
+    """A raw camera capturing a subwindow of its sensor sets ``roi`` and, as
+    sensor_msgs/RegionOfInterest says is typical then, ``do_rectify`` True. The ROI is still
+    the raw sensor window ("always denotes the same window of pixels on the camera
+    sensor"); ``do_rectify`` only asks for a rectified ROI to be computed from it.
+    image_geometry moves K's and P's principal points by the offset either way; the depth of
+    such a camera was refused ("roi is in rectified coordinates") and every frame went
+    colour-only."""
     from sensor_msgs.msg import CameraInfo
 
     from vl_distill_ros.perception.camera_model import image_camera
@@ -1653,11 +1657,13 @@ def test_a_rectified_roi_of_a_real_camera_info_is_refused_on_raw_frames():
                       k=[400.0, 0.0, 399.5, 0.0, 410.0, 299.5, 0.0, 0.0, 1.0],
                       p=[390.0, 0, 395.0, 0, 0, 392.0, 301.0, 0, 0, 0, 1, 0])
     info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 80, 60, 640, 480
-    assert image_camera(info) == (400.0, 410.0, 319.5, 239.5, 640, 480)
-    info.roi.do_rectify = True
-    with pytest.raises(DepthError, match="rectified coordinates"):
-        image_camera(info)
-    assert image_camera(info, rectified=True) == (390.0, 392.0, 315.0, 241.0, 640, 480)
+    for do_rectify in (False, True):
+        info.roi.do_rectify = do_rectify
+        assert image_camera(info) == (400.0, 410.0, 319.5, 239.5, 640, 480)
+        assert image_camera(info, rectified=True) == (390.0, 392.0, 315.0, 241.0, 640, 480)
+        cam = CameraIntrinsics.from_camera_info(info, image_size=(640, 480))
+        assert (cam.cx, cam.cy, cam.width, cam.height, cam.distorted) == (
+            319.5, 239.5, 640, 480, True)
 
 
 def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
@@ -1696,8 +1702,7 @@ def test_binning_and_roi_give_the_camera_of_the_smaller_frames():
     info.binning_x = info.binning_y = 2
     info.roi = SimpleNamespace(**vars(roi), do_rectify=True)     # a field of the roi
     assert image_camera(info, rectified=True) == (195.0, 196.0, 157.5, 120.5, 320, 240)
-    with pytest.raises(DepthError, match="rectified coordinates"):
-        image_camera(info)                            # a rectified ROI on raw frames
+    assert image_camera(info) == (200.0, 205.0, 159.75, 119.75, 320, 240)   # raw: the same
     info.roi = SimpleNamespace(x_offset=0, y_offset=0, width=800, height=600, do_rectify=True)
     assert image_camera(info) == (200.0, 205.0, 199.75, 149.75, 400, 300)   # the whole frame
     info.roi = roi

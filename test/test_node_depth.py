@@ -586,12 +586,15 @@ def test_an_image_rect_topic_is_taken_as_rectified(ctx, tester, bundle, tmp_path
             "camera_info_distortion_px") == "0.0", 10.0)
 
 
+@pytest.mark.parametrize("do_rectify", [False, True])
 def test_binning_and_roi_in_the_camera_info_describe_the_smaller_frames(ctx, tester, bundle,
-                                                                        tmp_path):
+                                                                        tmp_path, do_rectify):
     """A camera binned 2x2 over a 640x480 window of its 800x600 sensor (REP 104) sends
     320x240 frames with the full-resolution K, its binning and its ROI: the node takes the
     camera of those frames and boxes the four objects from depth; read as the
-    full-resolution camera the CameraInfo would not fit the frames (depth refused)."""
+    full-resolution camera the CameraInfo would not fit the frames (depth refused). The
+    ROI's ``do_rectify`` (typically True when a subwindow is captured, says
+    sensor_msgs/RegionOfInterest) changes nothing: the ROI is the raw sensor window."""
     from vl_distill_ros.evaluation.scoring import match_boxes
 
     small = CameraIntrinsics(200.0, 200.0, 159.75, 119.75, 320, 240)
@@ -604,9 +607,11 @@ def test_binning_and_roi_in_the_camera_info_describe_the_smaller_frames(ctx, tes
     info.k = [400.0, 0.0, 399.5, 0.0, 400.0, 299.5, 0.0, 0.0, 1.0]
     info.binning_x = info.binning_y = 2
     info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 80, 60, 640, 480
-    rig = Rig(tester, "/binned")
-    with _node(ctx, "/binned", bundle, tmp_path):
-        assert wait_for(lambda: tester.node.count_subscribers("/binned/cam/depth") > 0, 10.0)
+    info.roi.do_rectify = do_rectify
+    ns = f"/binned{int(do_rectify)}"
+    rig = Rig(tester, ns)
+    with _node(ctx, ns, bundle, tmp_path):
+        assert wait_for(lambda: tester.node.count_subscribers(f"{ns}/cam/depth") > 0, 10.0)
         boxes = _boxes(rig.send("binned", 70, depth_msg(depth, 70, 0), info))
         assert len(boxes) == 4 and len(match_boxes(truth, boxes, 0.5)) == 4, boxes
         assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()

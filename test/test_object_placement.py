@@ -312,3 +312,24 @@ def test_a_flat_object_s_box_corners_without_a_ray_do_not_make_its_centre_nan():
     # the whole frame's box holds both ends, apart on the table: one end is the object
     assert min(np.linalg.norm(np.array(p.position) - cuboid_centre(end))
                for end in (parts[0], parts[2])) < 0.03, p   # rays bent by the lens
+
+
+def test_an_object_without_depth_is_not_placed_at_a_neighbour_reaching_into_its_box():
+    """A black or shiny object reads no depth; its box (a detector's, a little larger than
+    its pixels) catches the edge of a taller neighbour beside it. It gets no position (as
+    documented), not the neighbour's edge: it was placed 6 cm off with twice its height."""
+    tall = (0.0, 0.05, 0.08, 0.08, 0.25)
+    for gap in (0.07, 0.075):
+        low = (gap, 0.05, 0.06, 0.06, 0.06)
+        depth, owner = cast_tabletop([tall, low])
+        depth, boxes = depth_and_boxes(depth, owner, 2)
+        x, y, w, h = boxes[1]
+        boxes[1] = (int(x - 0.075 * w), int(y - 0.075 * h), int(1.15 * w), int(1.15 * h))
+        found = propose_depth_boxes(depth, K, CFG)
+        placed = place_objects(found, boxes, CFG)
+        assert placed[1] is not None and np.linalg.norm(
+            np.array(placed[1].position) - cuboid_centre(low)) < 0.015      # with its depth
+        black = np.where(owner == 1, 0.0, depth).astype(np.float32)
+        found = propose_depth_boxes(black, K, CFG)
+        placed = place_objects(found, boxes, CFG)
+        assert placed[0] is not None and placed[1] is None, (gap, placed[1])

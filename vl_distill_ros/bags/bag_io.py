@@ -303,8 +303,11 @@ class BagContents:
         from vl_distill_ros.perception.camera_model import CameraIntrinsics, DepthError
 
         camera = CameraIntrinsics.from_camera_info(info_msg, rectified, (shape[1], shape[0]))
-        depth_camera = CameraIntrinsics.from_camera_info(
-            depth_info_msg, image_size=(depth.shape[1], depth.shape[0]))
+        from vl_distill_ros.perception.compressed_codec import is_rectified_topic
+
+        depth_camera = CameraIntrinsics.from_camera_info(       # image_rect: P, no lens
+            depth_info_msg, is_rectified_topic(self.depth_topics[colour]),
+            image_size=(depth.shape[1], depth.shape[0]))
         if depth.shape != (depth_camera.height, depth_camera.width):
             raise DepthError(f"the depth image is {depth.shape[1]}x{depth.shape[0]} but its "
                              f"CameraInfo is for {depth_camera.width}x{depth_camera.height}")

@@ -26,6 +26,10 @@ __all__ = ["align_depth", "transform_from_pose", "POSE_VALUES", "UnalignedDepth"
 
 #: Values of one pose: translation x, y, z (m), rotation as a quaternion x, y, z, w.
 POSE_VALUES = 7
+#: A point projected through the colour camera's lens lands on a pixel whose ray (the lens
+#: model's inverse) is its own within this many pixels (at the focal length), or it is a
+#: point the lens model folds back onto the image from outside its field of view.
+RAY_MATCH_PX = 8.0
 
 
 def transform_from_pose(pose: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +100,17 @@ def align_depth(depth: np.ndarray, depth_camera: CameraIntrinsics,
     ui, vi = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
     inside = (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
     idx, z = vi[inside] * w + ui[inside], zc[inside]
+    if colour_camera.distorted:
+        # a lens model bends the rays only so far: beyond that (a barrel lens, k1 < 0, far
+        # outside the colour camera's field of view, which a wider depth camera sees) its
+        # polynomial turns back and folds such points onto the image. Keep the points whose
+        # ray is the one the lens bends onto their pixel (the colour camera's ray table, NaN
+        # where the lens gives none), as back-projection does.
+        rx, ry = colour_camera.pixel_rays()
+        tol = RAY_MATCH_PX / colour_camera.focal
+        same = (np.abs(np.take(rx, idx) - xc[inside] / z) <= tol) & \
+            (np.abs(np.take(ry, idx) - yc[inside] / z) <= tol)
+        idx, z = idx[same], z[same]
     shared = np.bincount(idx, minlength=h * w)[idx] > 1   # pixels that several points reach
     out[idx[~shared]] = z[~shared]
     if shared.any():                                       # the nearest surface wins

@@ -63,6 +63,9 @@ SAME_TOP_M, SAME_TOP_FRAC = 0.015, 0.25
 OCCLUDER_M = 0.01
 #: At most this many pieces of a box (the largest) are judged.
 MAX_PIECES = 32
+#: The samples taken for a box's object that lie along one side of the box, narrower than
+#: this fraction of it, are a neighbour reaching in (the object has no depth): not placed.
+EDGE_SLIVER_FRAC = 0.3
 #: An object whose top stands lower than this (metres) is flat: its centre on the table is
 #: its box's laid on the plane (its thin parts fall under the height band).
 FLAT_TOP_M = 0.04
@@ -187,6 +190,19 @@ def _object_pieces(raised: np.ndarray, heights: np.ndarray, z: np.ndarray
     return labels, chosen
 
 
+def _edge_sliver(mask: np.ndarray) -> bool:
+    """Whether the chosen samples (``mask``, the box's grid cells) are a strip along a side
+    of the box, under :data:`EDGE_SLIVER_FRAC` of its width (or height) and touching that
+    side: a neighbour reaching into the box of an object that has no depth of its own
+    (black, shiny), not the object the box was drawn around."""
+    rows, cols = np.nonzero(mask)
+    h, w = mask.shape
+    for lo, hi, size in ((cols.min(), cols.max(), w), (rows.min(), rows.max(), h)):
+        if size >= 4 and hi - lo + 1 < EDGE_SLIVER_FRAC * size and (lo == 0 or hi == size - 1):
+            return True
+    return False
+
+
 def _cut_apart(centre: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """For each pair of pieces (their centres on the grid and mean depths), whether they may
     be one object cut apart by a nearer one: another piece, :data:`OCCLUDER_M` nearer than
@@ -238,6 +254,10 @@ def _place(depth: DepthProposals, box: Sequence[int], cfg: DepthProposalConfig,
         a_lo, a_hi = _quantiles(a, [_LOW, _HIGH])
         c_lo, c_hi = _quantiles(c, [_LOW, _HIGH])
     top = float(_quantiles(up, [_TOP])[0])
+    if top >= FLAT_TOP_M and _edge_sliver(chosen[labels]):
+        # only a neighbour reaching in: the boxed object has no depth (a flat object's few
+        # raised samples may lie at one end of its box; its centre comes from the box)
+        return None
     mid_a, mid_c = 0.5 * (a_lo + a_hi), 0.5 * (c_lo + c_hi)
     if top < FLAT_TOP_M:
         # a flat object (a knife, a wrench): its thin parts fall under the height band, but

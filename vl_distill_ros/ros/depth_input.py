@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..perception.compressed_codec import decode_depth_message
+from ..perception.compressed_codec import decode_depth_message, is_rectified_topic
 from ..perception.depth_alignment import UnalignedDepth
 from ..perception.camera_model import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS, CameraIntrinsics,
                                        DepthError, distortion_corner_px)
@@ -255,8 +255,11 @@ class DepthInput:
         if isinstance(pose, str):
             return self._colour_only(pose)
         try:
+            # a depth image on an image_rect topic (image_proc's rectified depth) is read as
+            # the colour images are: P, its lens taken out already (REP 104)
             camera = CameraIntrinsics.from_camera_info(
-                depth_info, image_size=(depth.shape[1], depth.shape[0]))
+                depth_info, is_rectified_topic(self.depth_topic),
+                image_size=(depth.shape[1], depth.shape[0]))
         except DepthError as exc:
             return self._error(f"depth CameraInfo on {self.depth_info_topic}: {exc}")
         if depth.shape != (camera.height, camera.width):
