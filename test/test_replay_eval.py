@@ -1057,3 +1057,31 @@ def test_frames_processed_behind_are_warned_of(capsys):
     err = capsys.readouterr().err
     assert "33 frame(s) were processed while the node was behind" in err
     assert "30 of them" in err and "inference_backend_behind:=same" in err
+
+
+def test_a_replay_into_an_out_folder_another_replay_writes_stops_at_once(bag, bundle,
+                                                                         tmp_path, capsys):
+    """Two replay-eval runs given the same --out (or the same default runs/replay/<bag>),
+    e.g. the same bag with other parameters in two terminals: the second truncated the
+    first's node.log, overwrote its report with its own, and both printed the same
+    report path with exit 0. The folder is held while a run writes it: the second exits 2
+    at once and the first's files are untouched; once the first is done the folder is free."""
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "report.json").write_text('{"first": true}')
+    fd = os.open(out, os.O_RDONLY)           # the first run, still writing
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        code, _, err = run_cli(["--model", str(bundle), "--out", str(out), str(bag),
+                                "--offline", "--no-plots"], capsys)
+        assert code == 2, err
+        assert "in use by another replay-eval run" in err and "Traceback" not in err, err
+        assert (out / "report.json").read_text() == '{"first": true}'
+    finally:
+        os.close(fd)
+    code, _, err = run_cli(["--model", str(bundle), "--out", str(out), str(bag),
+                            "--offline", "--no-plots"], capsys)
+    assert code == 0, err
+    assert "first" not in (out / "report.json").read_text()

@@ -378,3 +378,23 @@ def test_minilm_weights_are_not_paged_in_from_the_model_file():
                 mapped.append((lo, hi))
     ptrs = [t.data_ptr() for t in [*enc._model.parameters(), *enc._model.buffers()]]
     assert ptrs and not [p for p in ptrs if any(lo <= p < hi for lo, hi in mapped)]
+
+
+def test_the_first_write_of_a_cache_folder_that_does_not_exist_yet_is_locked(tmp_path):
+    """Two nodes on a fresh robot (no ~/.cache/vl_distill_ros/text_embeddings yet) embedding
+    their start-up names at once: the lock on the folder could not be taken before the
+    folder existed, both wrote unlocked and the later file dropped the other's entries
+    (/tmp/s80/hmulti/cache_first_write.py: 6 of 16 lost). The folder is made first and
+    locked."""
+    import fcntl
+
+    from vl_distill_ros.model.text_service import _folder_lock
+
+    folder = tmp_path / "fresh" / "text_embeddings"
+    with _folder_lock(folder / "teacher.npz"):
+        fd = os.open(folder, os.O_RDONLY)   # another process's writer
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)

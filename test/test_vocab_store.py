@@ -151,7 +151,7 @@ def test_default_store_paths_of_distinct_nodes_differ(tmp_path, monkeypatch):
     """The default vocabulary_store is one file per node: '/' became '_', which ROS names
     also hold, so /cam_left/node and /cam/left/node shared a file (with persist_vocabulary
     each restored the other's vocabulary). A store under the older name is still found."""
-    from vl_distill_ros.ros.startup_checks import default_store_path
+    from vl_distill_ros.ros.startup_checks import default_store_path, older_store_path
 
     monkeypatch.setenv("ROS_HOME", str(tmp_path))
     pairs = [(("/cam_left", "vl_distill_node"), ("/cam/left", "vl_distill_node")),
@@ -163,9 +163,11 @@ def test_default_store_paths_of_distinct_nodes_differ(tmp_path, monkeypatch):
     assert default_store_path("/", "vl_distill_node").name == "vl_distill_node.vocabulary.yaml"
     older = tmp_path / "vl_distill_ros" / "cam_left_vl_distill_node.vocabulary.yaml"
     save_vocabulary_atomic(VOCAB, older)                 # written before the change
-    assert default_store_path("/cam/left", "vl_distill_node") == older
-    save_vocabulary_atomic(VOCAB, path)                  # once the new one exists, it wins
+    # the store is saved under the new name whatever exists; the older is only read
     assert default_store_path("/cam/left", "vl_distill_node") == path
+    assert older_store_path("/cam/left", "vl_distill_node") == older
+    assert older_store_path("/cam_left", "vl_distill_node") == older
+    assert older_store_path("/", "vl_distill_node") is None
 
 
 def test_temp_files_of_writers_killed_mid_write_are_removed_by_the_next_write(tmp_path):

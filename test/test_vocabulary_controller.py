@@ -359,3 +359,33 @@ def test_startup_embedding_failure_is_reported(bundle, service, tmp_path):
     status = ctl.status()
     assert status["state"] == "error" and "start-up vocabulary: offline" in status["error"]
     assert isinstance(Path(ctl.store_path), Path)
+
+
+def test_nodes_that_shared_an_older_store_name_save_to_their_own_stores(bundle, service,
+                                                                        tmp_path, monkeypatch):
+    """/cam_left/vl_distill_node and /cam/left/vl_distill_node shared one store before '.'
+    stood for '/' (cam_left_vl_distill_node.vocabulary.yaml). After the upgrade both still
+    restored that file and both saved into it, so /cam/left's change was /cam_left's
+    vocabulary at its next start. The older file is only read: each node saves its own."""
+    from vl_distill_ros.ros.startup_checks import default_store_path, older_store_path
+
+    monkeypatch.setenv("ROS_HOME", str(tmp_path))
+    older = tmp_path / "vl_distill_ros" / "cam_left_vl_distill_node.vocabulary.yaml"
+    save_vocabulary_atomic(Vocabulary.from_names(["mug", "teapot"]), older)
+    values = {"persist_vocabulary": True, "vocabulary_file": "", "labels": [],
+              "descriptions": []}
+
+    def node(ns: str) -> VocabularyController:
+        return VocabularyController(service, default_store_path(ns, "vl_distill_node"), LOG,
+                                    persist=lambda: True,
+                                    older_store=older_store_path(ns, "vl_distill_node"))
+
+    left, cam_left = node("/cam/left"), node("/cam_left")
+    for ctl in (left, cam_left):   # the store both had before the upgrade
+        assert ctl.startup_vocabulary(values, bundle.vocabulary)[0].names == ["mug", "teapot"]
+    assert left.save_store(Vocabulary.from_names(["zebra", "giraffe"]))[0]
+    # /cam_left restarts: not /cam/left's vocabulary
+    vocab, source, _ = node("/cam_left").startup_vocabulary(values, bundle.vocabulary)
+    assert vocab.names == ["mug", "teapot"], source
+    vocab, source, _ = node("/cam/left").startup_vocabulary(values, bundle.vocabulary)
+    assert vocab.names == ["zebra", "giraffe"], source

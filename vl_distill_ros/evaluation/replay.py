@@ -44,6 +44,8 @@ the node never answered, or exited).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -246,6 +248,31 @@ def writable_folder(out_dir: str | Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def claimed_folder(out: Path):
+    """Hold an exclusive advisory lock on the folder ``out`` while a replay writes into it
+    (``node.log``, ``labels.jsonl``, the report and plots): a second ``replay-eval`` given the
+    same ``--out`` (or the same default ``runs/replay/<bag name>``) stops at once instead of
+    truncating the first one's ``node.log`` and overwriting its report with its own. No lock
+    file is made: the lock goes with the process, also when it is killed.
+
+    Raises:
+        InputError: another process holds the folder.
+    """
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"--out {out} is in use by another replay-eval run; give each "
+                             "run its own --out") from None
+        except OSError:
+            pass      # a file system without flock: go on as before
+        yield out
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path, *,
                  offline: bool = False, sidecar: str | Path | None = None,
                  split: Any | None = None, split_path: str = "",
@@ -273,10 +300,6 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
     Raises:
         InputError, NodeError: see the module docstring.
     """
-    from ..model.vocabulary import Vocabulary
-    from .report import build_report, write_report
-    from .scoring import Membership, score_frames
-
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise InputError(f"--iou must be in (0, 1], got {iou_threshold}")
     contents = open_bag(bag, sidecar, settings.depth_topics, settings.camera_info_topics,
@@ -289,6 +312,19 @@ def evaluate_bag(bag: str | Path, settings: ReplaySettings, out_dir: str | Path,
         raise InputError(f"{contents.path} has image topics {contents.image_topics} but no "
                          "image messages")
     out = writable_folder(out_dir)
+    with claimed_folder(out):
+        return _evaluate_into(out, contents, settings, offline, split, split_path,
+                              reference_vocabularies, iou_threshold, plots)
+
+
+def _evaluate_into(out: Path, contents: BagContents, settings: ReplaySettings, offline: bool,
+                   split: Any | None, split_path: str, reference_vocabularies: Sequence[Any],
+                   iou_threshold: float, plots: bool) -> dict[str, Any]:
+    """:func:`evaluate_bag` once ``out`` is claimed: replay, score, write the report."""
+    from ..model.vocabulary import Vocabulary
+    from .report import build_report, write_report
+    from .scoring import Membership, score_frames
+
     if settings.log_dir is None:
         settings.log_dir = out
     rec = run_offline(contents, settings) if offline else run_live(contents, settings)

@@ -169,9 +169,12 @@ def read_cache_file(path: Path, teacher_id: str) -> tuple[list[list[str]], np.nd
 def _folder_lock(path: Path, timeout_s: float = 2.0):
     """An advisory lock on the folder of ``path`` for the duration (no lock file is left:
     other processes sharing the folder wait up to ``timeout_s``; then, or where locking
-    fails, the caller goes on unlocked)."""
+    fails, the caller goes on unlocked). The folder is made first: the first write of a
+    fresh cache folder, two nodes embedding their start-up names at once, is locked too
+    (it went unlocked and one node's entries were lost)."""
     fd = None
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(Path(path).parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         end = time.monotonic() + timeout_s
         while True:

@@ -77,7 +77,8 @@ from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, came
 from .parameter_service import GroupedParameterService
 from .startup_checks import (StartupCancelled, StartupError, TFMessage, alignments,
                              check_distinct_topics, check_startup_params, default_store_path,
-                             depth_cameras, missing_default_model_message)
+                             depth_cameras, missing_default_model_message,
+                             older_store_path)
 from .params import default_model_path
 from .vocabulary_controller import (SAVE_PENDING_WAIT_S, VOCABULARY_DEBOUNCE_S,
                                     VocabularyController, build_vocabulary, descriptions_param)
@@ -224,7 +225,9 @@ class VlDistillNode(Node):
                            else default_store_path(self.get_namespace(), self.get_name()))
         self.vocabulary = VocabularyController(
             self.text_service, self.store_path, self.get_logger(),
-            persist=lambda: bool(self.get_parameter("persist_vocabulary").value))
+            persist=lambda: bool(self.get_parameter("persist_vocabulary").value),
+            older_store=(None if p["vocabulary_store"]
+                         else older_store_path(self.get_namespace(), self.get_name())))
         if p["warm_text_encoder"]:
             self.vocabulary.warm()  # before any subscription (see VocabularyController.warm)
             self._stop_if_shut_down()

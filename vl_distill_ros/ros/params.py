@@ -203,7 +203,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "YAML file the active vocabulary is saved to (~/save_vocabulary, "
               "persist_vocabulary). Empty: $ROS_HOME/vl_distill_ros/<namespace.node>"
               ".vocabulary.yaml, the node's full name with '.' for '/' (ROS_HOME defaults "
-              "to ~/.ros; a store under the older <namespace_node> name is still read).",
+              "to ~/.ros; a store under the older <namespace_node> name is still read while "
+              "the node has none of its own, never written).",
               read_only=True),
     ParamSpec("diagnostics_period", 1.0, "double",
               "Seconds between diagnostic_msgs/DiagnosticArray messages on /diagnostics.",

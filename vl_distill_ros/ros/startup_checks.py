@@ -22,6 +22,7 @@ from ..perception.depth_alignment import transform_from_pose
 from ..perception.object_tracks import MAX_CAMERAS
 
 __all__ = ["StartupError", "TFMessage", "missing_default_model_message", "default_store_path",
+           "older_store_path",
            "check_startup_params", "check_distinct_topics", "alignments", "depth_cameras",
            "MAX_CAMERAS"]
 
@@ -45,18 +46,32 @@ def missing_default_model_message(path: Path) -> str:
             "-p model_path:=/path/to/student.vdb")
 
 
-def default_store_path(namespace: str, name: str) -> Path:
-    """``$ROS_HOME/vl_distill_ros/<namespace.node>.vocabulary.yaml`` (ROS_HOME: ~/.ros), the
-    node's full name with ``.`` for ``/``: one file per node (``_`` for ``/`` gave
-    ``/cam_left/node`` and ``/cam/left/node`` the same file, each restoring the other's
-    vocabulary). A store written under that older name, and none under the new, is kept."""
+def _store_names(namespace: str, name: str) -> tuple[Path, Path]:
+    """(the store path of the node, the one it had before '.' stood for '/')."""
     ros_home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros").expanduser()
     fq = f"{namespace.strip('/')}/{name}".strip("/")
     folder = ros_home / "vl_distill_ros"
     path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', fq.replace('/', '.')) or name}" \
         ".vocabulary.yaml"
     older = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', fq) or name}.vocabulary.yaml"
-    return older if older != path and older.exists() and not path.exists() else path
+    return path, older
+
+
+def default_store_path(namespace: str, name: str) -> Path:
+    """``$ROS_HOME/vl_distill_ros/<namespace.node>.vocabulary.yaml`` (ROS_HOME: ~/.ros), the
+    node's full name with ``.`` for ``/``: one file per node (``_`` for ``/`` gave
+    ``/cam_left/node`` and ``/cam/left/node`` the same file, each restoring the other's
+    vocabulary). The store is always saved here; :func:`older_store_path` is only read."""
+    return _store_names(namespace, name)[0]
+
+
+def older_store_path(namespace: str, name: str) -> Path | None:
+    """The store name of the node before '.' stood for '/' (``_`` for ``/``), when it is
+    another file: read at start-up while the node has no store of its own, never written
+    (it may be another node's too: ``/cam_left/node`` and ``/cam/left/node`` shared it,
+    and writing it kept them restoring each other's vocabulary after the upgrade)."""
+    path, older = _store_names(namespace, name)
+    return older if older != path else None
 
 
 def check_startup_params(p: dict) -> None:

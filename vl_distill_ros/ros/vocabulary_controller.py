@@ -68,6 +68,7 @@ reports success for a vocabulary other than the one last requested. With
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -181,6 +182,8 @@ class VocabularyController:
             :class:`logging.Logger`).
         persist: returns the current ``persist_vocabulary`` value.
         debounce_s: see :data:`VOCABULARY_DEBOUNCE_S`.
+        older_store: a store under an older default name, read at start-up while
+            ``store_path`` does not exist and never written (saves go to ``store_path``).
 
     Attributes:
         requested: the vocabulary last requested (shown by the parameters).
@@ -189,9 +192,11 @@ class VocabularyController:
 
     def __init__(self, text_service: TextEmbeddingService, store_path: Path, logger: Any,
                  persist: Callable[[], bool] = lambda: False,
-                 debounce_s: float = VOCABULARY_DEBOUNCE_S) -> None:
+                 debounce_s: float = VOCABULARY_DEBOUNCE_S,
+                 older_store: Path | None = None) -> None:
         self.text_service = text_service
         self.store_path = Path(store_path)
+        self.older_store = Path(older_store) if older_store is not None else None
         self.log = logger
         self._persist = persist
         self.debounce_s = float(debounce_s)
@@ -226,11 +231,16 @@ class VocabularyController:
         """
         if values.get("persist_vocabulary"):
             result = load_vocabulary_store_result(self.store_path)
+            if (result.status == "missing" and self.older_store is not None
+                    and os.path.lexists(self.older_store)):
+                result = load_vocabulary_store_result(self.older_store)   # read, not written
             self.store_status = result.status
             if result.vocabulary is not None:
-                self.log.info(f"vocabulary store {self.store_path}: "
-                              f"{len(result.vocabulary)} labels (restored)")
-                return result.vocabulary, f"store {self.store_path}", ""
+                saved = ("" if result.path == self.store_path
+                         else f"; saved to {self.store_path} from now on")
+                self.log.info(f"vocabulary store {result.path}: "
+                              f"{len(result.vocabulary)} labels (restored{saved})")
+                return result.vocabulary, f"store {result.path}", ""
             if result.error:
                 self.store_error = result.error
                 self.log.error(result.error)
