@@ -206,8 +206,9 @@ class AugmentConfig:
     #: of its size on each side before cropping, so the object fills less of the crop.
     loose_prob: float = 0.0
     loose_pad: float = 0.3
-    #: Probability of a cut crop: a crop of ``cut_scale`` of the area that cuts part of
-    #: the object off, as a proposal box that misses part of it.
+    #: Probability of a cut crop, of the crops that are not loose (``(1 - loose_prob) *
+    #: cut_prob`` of all): a crop of ``cut_scale`` of the area that cuts part of the object
+    #: off, as a proposal box that misses part of it.
     cut_prob: float = 0.0
     cut_scale: list[float] = field(default_factory=lambda: [0.3, 0.6])
 

@@ -184,7 +184,8 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
         parts.append(part)
     first_named = len(cls_vocab)
     for name in data_cfg.named_splits:
-        part, cls_vocab = _named_part(split_folder(data_cfg.root, name), cls_vocab, vocabs)
+        part, cls_vocab = _named_part(split_folder(data_cfg.root, name), cls_vocab, vocabs,
+                                      full)
         parts.append(part)
     for name in data_cfg.unlabelled_splits:
         folder = split_folder(data_cfg.root, name)
@@ -229,10 +230,13 @@ def merge_similar_names(train_set: TrainingSet, text_emb: torch.Tensor,
             text_emb[torch.as_tensor(keep, device=text_emb.device)])
 
 
-def _named_part(folder: Path, cls_vocab: Vocabulary,
-                vocabs: Vocabularies) -> tuple[LabeledImages, Vocabulary]:
+def _named_part(folder: Path, cls_vocab: Vocabulary, vocabs: Vocabularies,
+                full: Vocabulary | None = None) -> tuple[LabeledImages, Vocabulary]:
     """A named folder's images labelled by name, and ``cls_vocab`` with its new names
-    appended (a name already in it, such as an ID object's, labels that class)."""
+    appended (a name already in it, such as an ID object's, labels that class). A new name
+    that ``full`` (the run's vocabulary file) holds joins as that entry, with its
+    description, as the trained names are prompted after training (calibration negatives,
+    the bundle's description catalogue)."""
     if not folder.is_dir():
         raise DatasetError(f"named folder {folder} not found (`vl-distill render-cutouts` "
                            "writes data/cutouts: `make cutouts`)")
@@ -244,7 +248,8 @@ def _named_part(folder: Path, cls_vocab: Vocabulary,
                            f"unseen ({', '.join(ood)}); no OOD name may be trained on")
     for n in distinct:   # a name matching a label (case, underscores aside) labels that class
         if not _has(cls_vocab, n):
-            cls_vocab = Vocabulary(cls_vocab.labels + (Label(name=n),))  # key: the name's
+            label = full[full.index(n)] if full is not None and _has(full, n) else Label(name=n)
+            cls_vocab = Vocabulary(cls_vocab.labels + (label,))  # key: the name's
     part.labels = np.array([cls_vocab.index(n) for n in names], np.int64)
     return part, cls_vocab
 

@@ -526,6 +526,12 @@ def _build_model(cfg: TrainConfig, env: DistEnv, embed_dim: int, ckpt: dict | No
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise TrainingError(f"checkpoint {ckpt_path}: cannot restore the optimizer state "
                                 f"({_first_line(exc)}); train without --resume") from None
+        # load_state_dict also restores each group's settings as they were saved; the
+        # settings come from the config the run continues with (its config.yaml), only the
+        # moments and step counts from the checkpoint
+        for group, scale in zip(optimizer.param_groups, (cfg.optim.backbone_lr_scale, 1.0)):
+            group["lr_scale"] = scale
+            group["weight_decay"] = cfg.optim.weight_decay
     return student, model, optimizer
 
 
