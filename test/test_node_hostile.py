@@ -307,8 +307,12 @@ def test_library_warnings_reach_rosout_under_the_node_s_name(ctx, tester, bundle
             assert wait_for(lambda: any(m.name == name and "lables_typo" in m.msg
                                         and m.level == Log.WARN for m in got), 10.0), \
                 [(m.name, m.msg[:80]) for m in got]
+            logger = node.get_logger()
+            assert log_bridge._handler.loggers[-1] is logger
+        # removed with the node (other nodes of the test session may still be alive)
+        assert all(other is not logger for other in log_bridge._handler.loggers)
         package = logging.getLogger(log_bridge.PACKAGE_LOGGER)
-        assert not package.handlers     # removed with the node
+        assert (log_bridge._handler in package.handlers) == bool(log_bridge._handler.loggers)
     finally:
         tester.node.destroy_subscription(sub)
 
