@@ -491,12 +491,33 @@ def test_the_first_frame_after_the_stamps_go_back_waits_for_its_depth():
     for i in range(60):                                     # a 2 s pass at 30 fps
         inp.add_depth(depth(start + i * 33_000_000), now=10.0 + i * 0.033)
     now = 10.0 + 60 * 0.033
+    inp.pair(start + 59 * 33_000_000, (2, 2))               # the pass's last colour frame
     assert not inp.may_still_arrive(start + 59 * 33_000_000, now)     # it is here
     assert not inp.may_still_arrive(start + 59 * 33_000_000 - 15_000_000, now)  # near
     assert inp.may_still_arrive(start + 60 * 33_000_000, now)         # the next: wait
     assert inp.may_still_arrive(start, now)                 # the pass starts over: wait
     assert not inp.may_still_arrive(start + 59 * 33_000_000 - 100_000_000, now)  # a late one
     assert not inp.may_still_arrive(start, now + 5.0)       # the stream went silent
+
+
+@pytest.mark.parametrize("colour_stamp", [0, 97 * 10**9], ids=["stamps-0", "clock-3s-behind"])
+def test_colour_stamps_that_never_meet_the_depth_s_are_not_waited_for(colour_stamp):
+    """A colour driver that leaves its stamps 0, or stamps on a clock over 1 s behind the
+    depth camera's: no depth image can pair with its frames, and each went colour-only at
+    once; the wait for a looped bag's first frame made every one of them wait the whole
+    depth_sync_tolerance (0.02 s by default, up to 1 s) as depth kept arriving."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.ros.depth_input import DepthInput
+
+    inp = DepthInput("/d", "/i", 0.02)
+    for i in range(10):
+        sec, nanosec = divmod(100 * 10**9 + i * 33_000_000, 10**9)
+        inp.add_depth(SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(
+            sec=sec, nanosec=nanosec)), height=2, width=2, data=bytes(8)), now=10.0)
+    for _ in range(3):                                      # frame after frame
+        assert not inp.may_still_arrive(colour_stamp, 10.1)
+        inp.pair(colour_stamp, (2, 2))
 
 
 def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):

@@ -157,9 +157,14 @@ def test_offline_settings_are_the_nodes(monkeypatch):
     with pytest.raises(replay.InputError, match="not a tunable"):
         replay.parse_param("model_path:=/x.vdb")
     with pytest.raises(replay.InputError, match=r"\[-1.0, 1.0\]"):
-        replay.parse_param("unknown_threshold:=3")
+        replay.parse_param("unknown_threshold:=3.0")
     with pytest.raises(replay.InputError, match=r"\[-1.0, 1.0\]"):
-        replay.parse_param("seen_bias:=2")
+        replay.parse_param("seen_bias:=2.0")
+    # integers for doubles: the node refuses them too (README: a start-up value of another
+    # type, `-p unknown_threshold:=0`); read as 0.0 offline
+    for text in ("unknown_threshold:=0", "seen_bias:=1"):
+        with pytest.raises(replay.InputError, match="must be of type double"):
+            replay.parse_param(text)
     # doubles for integers: the node refuses them (rclpy's type check); read as 3 and 20
     # until session 80
     with pytest.raises(replay.InputError, match="top_k must be of type integer"):
@@ -1085,3 +1090,25 @@ def test_a_replay_into_an_out_folder_another_replay_writes_stops_at_once(bag, bu
                             "--offline", "--no-plots"], capsys)
     assert code == 0, err
     assert "first" not in (out / "report.json").read_text()
+
+
+def test_an_out_folder_that_can_be_written_but_not_read_is_not_a_traceback(tmp_path,
+                                                                           monkeypatch):
+    """A drop folder (mode 0733: files can be made in it, it cannot be listed or opened for
+    reading) passes writable_folder; opening it to lock it raised PermissionError, which
+    replay-eval does not catch (a traceback and exit 1 where the replay used to run). As
+    for a file system without flock, the replay goes on unlocked. (Root opens any folder,
+    so the refusal is simulated.)"""
+    from vl_distill_ros.evaluation import replay as replay_module
+
+    out = replay_module.writable_folder(tmp_path / "drop")
+    real_open = os.open
+
+    def no_read(path, flags, *args, **kwargs):
+        if Path(path) == out:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(replay_module.os, "open", no_read)
+    with replay_module.claimed_folder(out) as claimed:
+        assert claimed == out

@@ -142,7 +142,7 @@ def test_a_camera_that_stops_sending_is_reported_silent(monkeypatch):
     from vl_distill_ros.ros.diagnostics import DiagnosticStatus
 
     now = [100.0]
-    monkeypatch.setattr(diagnostics.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(diagnostics, "time", NS(monotonic=lambda: now[0]))  # this module's
     fresh = CameraState("/cam/image", resolved="/cam/image")
     assert camera_status("/n", fresh.take_period(), 1).level == DiagnosticStatus.OK
     cam = CameraState("/cam/image", resolved="/cam/image")

@@ -5,6 +5,7 @@ node's diagnostics recorded, and everything torn down whatever happens.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -534,8 +535,8 @@ def published_before(run: PacedRun, key: FrameKey, t_recv: float) -> float | Non
     times = run.pub_times.get(key)
     if not times:
         return run.pub_time.get(key)
-    before = [t for t in times if t <= t_recv]
-    return before[-1] if before else times[0]
+    i = bisect.bisect_right(times, t_recv)   # times grow (time.monotonic): no scan
+    return times[i - 1] if i else times[0]
 
 
 def drain(arrivals: Sequence[tuple[float, str]], run: PacedRun, camera_map: Mapping[str, str],

@@ -259,7 +259,13 @@ def claimed_folder(out: Path):
     Raises:
         InputError: another process holds the folder.
     """
-    fd = os.open(out, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(out, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        # a folder this user may write into but not read (mode 0733: writable_folder took
+        # it): no lock to hold, go on as before
+        yield out
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -266,6 +266,12 @@ def parse_param(text: str, tunable: AbstractSet[str] = TUNABLE_PARAMS) -> tuple[
         # another string parameter takes the text as written (YAML 1.1 reads on/yes/...
         # as booleans and 1e3 as a number)
         value = raw.strip()
+    elif P.BY_NAME[name].type == "double" and isinstance(value, int) \
+            and not isinstance(value, bool):
+        # 0 is an integer to the node (rclpy refuses it for a double parameter, README: a
+        # start-up value of another type), so refused here too, as 3.0 for an integer is
+        raise InputError(f"parameter {name} must be of type double, got {value!r}: write "
+                         f"{value}.0 (the node refuses an integer for a double)")
     return name, _coerce(name, value)
 
 

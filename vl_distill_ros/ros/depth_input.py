@@ -113,6 +113,9 @@ class DepthInput:
         #: ``(depth frame, colour frame)`` of registered depth in another frame (noted once).
         self._frames_differ: tuple[str, str] | None = None
         self._frames_noted = False
+        #: The stamp of the colour frame paired last (:meth:`pair`; None: none yet): the
+        #: camera's time went back when a frame is older than it by over STALE_AFTER_S.
+        self._last_colour: int | None = None
 
     # -- executor thread ------------------------------------------------------------------
     def add_depth(self, msg: Any, now: float) -> None:
@@ -189,16 +192,20 @@ class DepthInput:
     def may_still_arrive(self, stamp: int, now: float) -> bool:
         """Whether a depth partner of ``stamp`` may still come: none matches yet, the stream
         is alive and the stamp of the depth image it received last is older than ``stamp``
-        plus the tolerance, or newer by more than :data:`STALE_AFTER_S` (the camera's time
-        went back, ``ros2 bag play --loop`` starting over: that image is from before, and
-        the first frame after the jump went colour-only without waiting for its depth)."""
+        plus the tolerance, or newer by more than :data:`STALE_AFTER_S` while the colour
+        frames' own time went back by as much (``ros2 bag play --loop`` starting over: that
+        image is from before, and the first frame after the jump went colour-only without
+        waiting for its depth). Colour stamps that never meet the depth's (left 0 by a
+        driver, another clock) are not waited for: no partner can come."""
         if self.buffer.match(stamp) is not None:
             return False
         latest = self.buffer.latest_stamp()
+        stale_ns = STALE_AFTER_S * 1e9
         with self._lock:
             alive = now - self.last_receipt < STALE_AFTER_S
+            went_back = self._last_colour is not None and self._last_colour - stamp > stale_ns
         return alive and (latest is None or latest < stamp + self.buffer.tolerance_ns
-                          or latest - stamp > STALE_AFTER_S * 1e9)
+                          or (went_back and latest - stamp > stale_ns))
 
     def pair(self, stamp: int, image_shape: tuple[int, ...], colour_frame: str = ""
              ) -> tuple[np.ndarray | UnalignedDepth | None, CameraIntrinsics | None, str]:
@@ -207,6 +214,8 @@ class DepthInput:
         problems are counted. Depth to align comes as
         :class:`~vl_distill_ros.perception.depth_alignment.UnalignedDepth` (the pipeline
         aligns it in its depth thread)."""
+        with self._lock:
+            self._last_colour = int(stamp)
         found = self.buffer.match(stamp)
         if found is None:
             return self._colour_only(f"{NO_PARTNER} {self.tolerance_s:g} s")

@@ -204,7 +204,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "persist_vocabulary). Empty: $ROS_HOME/vl_distill_ros/<namespace.node>"
               ".vocabulary.yaml, the node's full name with '.' for '/' (ROS_HOME defaults "
               "to ~/.ros; a store under the older <namespace_node> name is still read while "
-              "the node has none of its own, never written).",
+              "the node has none of its own, never saved to).",
               read_only=True),
     ParamSpec("diagnostics_period", 1.0, "double",
               "Seconds between diagnostic_msgs/DiagnosticArray messages on /diagnostics.",

@@ -241,9 +241,8 @@ class VocabularyController:
                 self.log.info(f"vocabulary store {result.path}: "
                               f"{len(result.vocabulary)} labels (restored{saved})")
                 return result.vocabulary, f"store {result.path}", ""
-            if result.error:
+            if result.error:    # logged by the store's reader (on the node's logger too)
                 self.store_error = result.error
-                self.log.error(result.error)
         vocab_file = values.get("vocabulary_file") or ""
         if vocab_file:
             try:
