@@ -125,3 +125,32 @@ def test_the_threshold_keeps_the_coverage_not_one_more(n, coverage):
     threshold = threshold_for_coverage(scores, coverage)
     kept = int((scores >= threshold).sum())
     assert kept == math.ceil(round(coverage * n, 9)), (kept, threshold)
+
+
+def test_adjusted_scores_normalise_over_the_largest_logits_only():
+    """With more labels and negatives than ``max_competitors``, a row is normalised over
+    its M largest logits; a row that fits is scored exactly as without the cap."""
+    rng = np.random.default_rng(3)
+    cos = rng.uniform(-0.2, 0.6, (5, 40))
+    neg = rng.uniform(-0.2, 0.6, (5, 7))
+    bias = np.where(np.arange(40) < 10, 0.07, 0.0)
+    full = adjusted_scores(cos, bias, 0.1, neg)
+    assert np.array_equal(adjusted_scores(cos, bias, 0.1, neg, max_competitors=47), full)
+    assert np.array_equal(adjusted_scores(cos, bias, 0.1, neg, max_competitors=None), full)
+    capped = adjusted_scores(cos, bias, 0.1, neg, max_competitors=6)
+    z = np.concatenate([cos - bias, neg], axis=1) / 0.1
+    for row in range(5):
+        keep = np.argsort(z[row])[::-1][:6]
+        expect = np.zeros(47)
+        expect[keep] = np.exp(z[row, keep]) / np.exp(z[row, keep]).sum()
+        assert capped[row] == pytest.approx(expect[:40], abs=1e-12)
+    assert (capped > 0).sum(axis=1).max() <= 6
+    assert np.all(capped.max(axis=1) >= full.max(axis=1))
+
+
+def test_softmax_size_is_the_calibration_vocabulary_plus_the_trained_names():
+    rec = Calibration(seen_bias=0.07, unknown_threshold=0.06, score_temperature=0.1,
+                      trained_names=("a", "b", "c"), chosen_on={"vocabulary_size": 24})
+    assert rec.softmax_size == 27
+    assert Calibration(seen_bias=0.0, unknown_threshold=0.5, score_temperature=0.01,
+                       trained_names=("a",)).softmax_size is None

@@ -611,3 +611,60 @@ def test_a_thin_frame_is_padded_within_bounded_memory():
     assert (out == out[:1]).all()          # one row after shrinking, its edge repeated
     wide = np.zeros((100, 1000, 3), np.uint8)
     assert pad_long_crop(wide).shape == (1000, 1000, 3)             # within: unchanged
+
+
+def test_labels_embedded_alike_publish_the_first_with_the_shipped_students_size():
+    """The shipped bundle (384-d): 'master chef can' then '002_master_chef_can' (prompted
+    alike) published the later on 7 of 14 renders of the can, as a 1 x 384 @ 384 x 27
+    product gave the equal columns cosines 1e-8 apart (not with 26 + 26 labels: a multiple
+    of the kernel's width). Whatever the vocabulary's size, the first now wins, tied."""
+    from vl_distill_ros.ros.params import default_model_path
+
+    b = load_bundle(default_model_path(), device="cpu")
+    names, emb = b.vocabulary.names, b.text_embeddings.float()
+    # no seen bias: a copy named otherwise than a trained name would not get it
+    pipe = PerceptionPipeline(b, crop_source="full_frame", unknown_threshold=0.0,
+                              seen_bias=0.0, inference_backend="torch")
+    try:
+        for seed in range(6):
+            image = frame(96, 96, seed)
+            pipe.set_vocabulary(b.vocabulary, emb)
+            (o,), _ = pipe.process(image)
+            top = names.index(o.label)
+            for extra in range(1, 8):              # 27 .. 33 labels
+                copies = [top] + [(top + i) % len(names) for i in range(1, extra)]
+                vocab = Vocabulary.from_names(names + [f"copy {i}" for i in range(extra)])
+                pipe.set_vocabulary(vocab, torch.cat([emb, emb[copies]]))
+                (o,), _ = pipe.process(image)
+                assert o.label == names[top], (seed, extra, o.top_k)
+                assert o.top_k[1] == ("copy 0", o.top_k[0][1]), (seed, extra, o.top_k)
+    finally:
+        pipe.close()
+
+
+def test_hundreds_of_names_do_not_turn_a_named_crop_unknown(tmp_path, text_emb, direction):
+    """The threshold is a softmax probability chosen at the calibration's softmax size
+    (vocabulary plus negatives). Hundreds of names, each a little below the crop's best,
+    took every name's share below it: a crop named right was published 'unknown' (the
+    shipped bundle: 78 YCB names plus 900 others kept 31 of 150 seen renders named right).
+    Only the calibration's number of largest logits now share the probability."""
+    b = _calibrated_bundle(tmp_path, text_emb, direction, unknown_threshold=0.5,
+                           chosen_on={"vocabulary_size": 3})     # 3 names + 1 trained: 4
+    pipe = PerceptionPipeline(b, crop_source="full_frame", seen_bias=0.0)
+    (small,), _ = pipe.process(frame())
+    assert small.known and small.label == "power drill"
+    # 300 names each 0.03 below the crop's best cosine (other directions around the crop's)
+    gen = torch.Generator().manual_seed(7)
+    side = torch.randn(300, DIM, generator=gen)
+    side = unit(side - (side @ direction)[:, None] * direction[None])   # orthogonal to it
+    c = float(text_emb[2] @ direction) - 0.03 - 1e-4 * torch.arange(300)[:, None]
+    others = unit(c * direction[None] + torch.sqrt(1 - c * c) * side)
+    names = NAMES + [f"thing {i}" for i in range(300)]
+    pipe.set_vocabulary(Vocabulary.from_names(names), torch.cat([text_emb, others]))
+    (big,), _ = pipe.process(frame())
+    z = (torch.cat([text_emb, others]) @ direction).double() / 0.01
+    full = torch.softmax(z, 0)
+    assert float(full.max()) < 0.5                     # the whole softmax: below the threshold
+    top = torch.topk(z, 4).values
+    assert big.label == "power drill" and big.known
+    assert big.score == pytest.approx(float(torch.softmax(top, 0)[0]), rel=1e-4)

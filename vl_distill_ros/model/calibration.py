@@ -30,6 +30,14 @@ JMLR 2010; in zero-shot learning, Dinu et al., ICLR 2015 workshop). The mean emb
 
 and the cosines above are taken with S'(x).
 
+**Competitors** (``max_competitors``). The threshold is a softmax probability, so it is
+only meaningful at the size of softmax it was chosen at: with hundreds of names every
+name's share shrinks, and a crop the student names right would fall below it (the shipped
+bundle, 78 YCB names plus 900 others: 31 of 150 seen renders named right stayed known). The
+normalisation therefore takes only the ``max_competitors`` largest adjusted logits of a
+crop (active names and negatives together; :attr:`Calibration.softmax_size`, the size of
+the calibration's softmax); a vocabulary that fits scores exactly as before.
+
 A crop whose best score is below ``unknown_threshold`` is ``unknown``. The bias, the
 temperature and the threshold are chosen after training on calibration images that never
 include the split's OOD objects (ID objects plus pseudo-unseen auxiliary objects) and
@@ -117,6 +125,16 @@ class Calibration:
                                    f"{self.negatives!r}")
         object.__setattr__(self, "embedding_center", _center_tuple(self.embedding_center))
 
+    @property
+    def softmax_size(self) -> int | None:
+        """At most how many entries the softmax had where the threshold was chosen: the
+        calibration vocabulary (``chosen_on["vocabulary_size"]``) plus every trained name
+        (its negatives); None when the record does not say (no cap)."""
+        size = self.chosen_on.get("vocabulary_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            return None
+        return size + len(self.trained_names)
+
     def center(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, D) unit embeddings -> the same, centred (``embedding_center`` subtracted) and
         re-normalised; unchanged when the record has no centre."""
@@ -199,19 +217,30 @@ def bias_vector(names: Sequence[str], trained_names: Sequence[str], seen_bias: f
 
 
 def adjusted_scores(cos: np.ndarray, bias: np.ndarray, temperature: float,
-                    negative_cos: np.ndarray | None = None) -> np.ndarray:
+                    negative_cos: np.ndarray | None = None,
+                    max_competitors: int | None = None) -> np.ndarray:
     """Softmax over ``(cos - bias) / temperature`` along the last axis; with
-    ``negative_cos`` (N, K) the negatives join the normalisation but are not returned."""
+    ``negative_cos`` (N, K) the negatives join the normalisation but are not returned.
+    With ``max_competitors`` M and more than M labels and negatives, each row is normalised
+    over its M largest logits; the others score 0."""
     z = (np.asarray(cos, np.float64) - np.asarray(bias, np.float64)) / float(temperature)
-    top = z.max(axis=-1, keepdims=True)
     zn = None
     if negative_cos is not None and np.asarray(negative_cos).shape[-1] > 0:
         zn = np.asarray(negative_cos, np.float64) / float(temperature)
-        top = np.maximum(top, zn.max(axis=-1, keepdims=True))
+    every = z if zn is None else np.concatenate([z, zn], axis=-1)
+    top = every.max(axis=-1, keepdims=True)
     e = np.exp(z - top)
+    en = None if zn is None else np.exp(zn - top)
+    if max_competitors is not None and 0 < int(max_competitors) < every.shape[-1]:
+        # exactly M: of logits tied at the M-th, which are kept does not change the sum
+        cut = every.shape[-1] - int(max_competitors)
+        kept = np.zeros(every.shape, bool)
+        np.put_along_axis(kept, np.argpartition(every, cut, axis=-1)[..., cut:], True, -1)
+        e = np.where(kept[..., :z.shape[-1]], e, 0.0)
+        en = None if en is None else np.where(kept[..., z.shape[-1]:], en, 0.0)
     denom = e.sum(axis=-1, keepdims=True)
-    if zn is not None:
-        denom = denom + np.exp(zn - top).sum(axis=-1, keepdims=True)
+    if en is not None:
+        denom = denom + en.sum(axis=-1, keepdims=True)
     return e / denom
 
 

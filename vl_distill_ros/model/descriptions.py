@@ -26,7 +26,8 @@ from typing import Iterable
 
 from .vocabulary import Label, Vocabulary, fold_key, normalised_text
 
-__all__ = ["DescriptionCatalogue", "catalogue_key", "catalogue_vocabulary", "readable_name"]
+__all__ = ["DescriptionCatalogue", "catalogue_key", "catalogue_vocabulary", "readable_name",
+           "singular_key"]
 
 #: A dataset key's leading number as prompts drop it (YCB's and BOP's three digits:
 #: ``004_sugar_box``, ``065-a_cups``); a name such as ``7_up_can`` or ``3_in_1_oil`` keeps
@@ -49,6 +50,21 @@ def readable_name(name: str) -> str:
     return " ".join(words.split()) or name
 
 
+def singular_key(key: str) -> str:
+    """A :func:`catalogue_key` with an English plural ending of its last word taken off
+    (``tennis balls``, ``peaches``, ``strawberries`` -> ``tennis ball``, ``peach``,
+    ``strawberry``; a word ending in ``ss``, ``us`` or ``is`` is left alone), the form in
+    which :meth:`DescriptionCatalogue.lookup` matches names that are not found as written."""
+    head, _, last = key.rpartition(" ")
+    if len(last) > 3 and last.endswith("ies"):
+        last = last[:-3] + "y"
+    elif len(last) > 3 and last.endswith(("ches", "shes", "sses", "xes", "zes")):
+        last = last[:-2]
+    elif len(last) > 2 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        last = last[:-1]
+    return f"{head} {last}" if head else last
+
+
 def catalogue_key(text: str) -> str:
     """The form under which the catalogue compares names and keys: the vocabulary's
     :func:`~vl_distill_ros.model.vocabulary.fold_key` (case, ``_`` and spacing aside,
@@ -69,12 +85,16 @@ class DescriptionCatalogue:
 
     def __init__(self, labels: Iterable[Label]) -> None:
         self._entries: dict[str, Label] = {}
+        #: The entries' names in their singular form (:func:`singular_key`), for a name
+        #: written in the plural (or singular) of a catalogued one; keys are not folded.
+        self._singular: dict[str, Label] = {}
         for label in labels:
             if not label.description:
                 continue
             for form in (label.name, label.key):
                 if form:
                     self._entries.setdefault(catalogue_key(form), label)
+            self._singular.setdefault(singular_key(catalogue_key(label.name)), label)
 
     @classmethod
     def from_vocabularies(cls, *vocabularies: Vocabulary | None) -> "DescriptionCatalogue":
@@ -85,8 +105,12 @@ class DescriptionCatalogue:
         return len({id(label) for label in self._entries.values()})
 
     def lookup(self, name: str) -> Label | None:
-        """The catalogued label of ``name`` (a name or key in any of the matched forms)."""
-        return self._entries.get(catalogue_key(name))
+        """The catalogued label of ``name`` (a name or key in any of the matched forms), else
+        of the entry whose name is ``name`` in another number (``bananas``, ``tennis
+        balls``, ``scissor``: :func:`singular_key`)."""
+        key = catalogue_key(name)
+        found = self._entries.get(key)
+        return found if found is not None else self._singular.get(singular_key(key))
 
     def prompt_label(self, label: Label) -> Label:
         """The label whose prompts stand for ``label``: its own description, else the

@@ -101,11 +101,26 @@ class ActiveVocabulary:
     #: (K, D) unit text embeddings of the open-set negatives for this vocabulary (trained
     #: names outside it), or None.
     negatives: torch.Tensor | None = None
+    #: (L,) for each label the first label with the very same embedding (labels prompted
+    #: alike), whose cosine it takes; None when no two labels share one.
+    first_alike: torch.Tensor | None = None
 
     @property
     def names(self) -> list[str]:
         """The label names, in order."""
         return self.vocabulary.names
+
+
+def _first_alike(emb: torch.Tensor) -> torch.Tensor | None:
+    """(L,) the index of the first row equal to each row of ``emb``; None when all differ.
+    A matrix product gives two equal columns cosines that differ in their last bits (a
+    vectorised kernel treats a vocabulary's last columns apart when its size is not a
+    multiple of its width), so the later of two labels prompted alike won about half of the
+    crops where they were on top; the later now takes the first's cosine."""
+    _, inverse = torch.unique(emb, dim=0, return_inverse=True)
+    first: dict[int, int] = {}
+    index = [first.setdefault(int(g), i) for i, g in enumerate(inverse.tolist())]
+    return None if len(first) == len(index) else torch.tensor(index, dtype=torch.long)
 
 
 def _check_embeddings(vocab: Vocabulary, embeddings: torch.Tensor | np.ndarray,
@@ -264,7 +279,8 @@ class PerceptionPipeline:
         checked = _check_embeddings(vocabulary, embeddings, self.embed_dim)
         self._active = ActiveVocabulary(vocabulary, checked, version=1,
                                         trained_mask=self._trained_mask(vocabulary),
-                                        negatives=self._negatives(vocabulary, checked))
+                                        negatives=self._negatives(vocabulary, checked),
+                                        first_alike=_first_alike(checked))
 
     def _prompted_names(self, vocab: Vocabulary) -> list[str]:
         """The names ``vocab``'s labels were prompted with (see ``catalogue``)."""
@@ -330,7 +346,8 @@ class PerceptionPipeline:
         with self._write_lock:
             new = ActiveVocabulary(vocab, emb, self._active.version + 1,
                                    trained_mask=self._trained_mask(vocab),
-                                   negatives=self._negatives(vocab, emb))
+                                   negatives=self._negatives(vocab, emb),
+                                   first_alike=_first_alike(emb))
             self._active = new  # one reference assignment: atomic for readers
         return new.version
 
@@ -477,6 +494,8 @@ class PerceptionPipeline:
             if self._center is not None:   # as calibration.center_embeddings
                 emb = F.normalize(emb - self._center, dim=-1, eps=1e-6)
             cos = emb @ active.embeddings.T                           # (N, L)
+            if active.first_alike is not None:   # labels prompted alike: exactly one cosine
+                cos = cos[:, active.first_alike]
             bias = self.effective_seen_bias(settings) * active.trained_mask \
                 if active.trained_mask is not None else 0.0
             negatives = None
@@ -484,7 +503,8 @@ class PerceptionPipeline:
                 negatives = (emb @ active.negatives.T).numpy()          # (N, K)
             # the same scoring function as the evaluator's (core.calibration)
             probs = torch.from_numpy(adjusted_scores(
-                cos.numpy(), np.asarray(bias), self.effective_temperature(settings), negatives))
+                cos.numpy(), np.asarray(bias), self.effective_temperature(settings), negatives,
+                self.calibration.softmax_size if self.calibration is not None else None))
             k = min(int(settings.top_k), probs.shape[1])
             # a stable sort: of labels with equal scores (names the teacher embeds alike)
             # the first in the vocabulary wins, whatever the vocabulary's size or top_k

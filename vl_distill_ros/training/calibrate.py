@@ -55,7 +55,8 @@ def node_scores(embeddings: np.ndarray, names: list[str], text: np.ndarray,
         keep = negative_mask(names, text, calibration.trained_names, trained_emb,
                              calibration.negative_similarity)
         negatives = embeddings @ trained_emb[keep].T
-    return adjusted_scores(embeddings @ text.T, bias, calibration.score_temperature, negatives)
+    return adjusted_scores(embeddings @ text.T, bias, calibration.score_temperature, negatives,
+                           calibration.softmax_size)
 
 
 def _has(vocab: Vocabulary, name: str) -> bool:
