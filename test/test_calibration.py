@@ -148,9 +148,39 @@ def test_adjusted_scores_normalise_over_the_largest_logits_only():
     assert np.all(capped.max(axis=1) >= full.max(axis=1))
 
 
-def test_softmax_size_is_the_calibration_vocabulary_plus_the_trained_names():
-    rec = Calibration(seen_bias=0.07, unknown_threshold=0.06, score_temperature=0.1,
-                      trained_names=("a", "b", "c"), chosen_on={"vocabulary_size": 24})
-    assert rec.softmax_size == 27
+def test_softmax_size_is_the_calibrations_recorded_size_or_an_upper_bound():
+    """Calibration records the size of the softmax its threshold was chosen on (its
+    vocabulary plus the negatives it used); an older record gives an upper bound, its
+    vocabulary plus every trained name with negatives, only its vocabulary without."""
+    unseen = [f"u{i}" for i in range(10)]
+    trained = tuple(f"t{i}" for i in range(46))           # 14 of them the ID names
+    older = Calibration(seen_bias=0.07, unknown_threshold=0.06, score_temperature=0.1,
+                        trained_names=trained, negatives=True,
+                        chosen_on={"vocabulary_size": 24, "unseen_objects": unseen})
+    assert older.softmax_size == 24 + 46
+    plain = Calibration(seen_bias=0.07, unknown_threshold=0.06, score_temperature=0.1,
+                        trained_names=("a", "b", "c"), chosen_on={"vocabulary_size": 24})
+    assert plain.softmax_size == 24
+    exact = Calibration(seen_bias=0.07, unknown_threshold=0.06, score_temperature=0.1,
+                        trained_names=trained, negatives=True,
+                        chosen_on={"vocabulary_size": 24, "unseen_objects": unseen,
+                                   "softmax_size": 54})
+    assert exact.softmax_size == 54
     assert Calibration(seen_bias=0.0, unknown_threshold=0.5, score_temperature=0.01,
                        trained_names=("a",)).softmax_size is None
+
+
+def test_the_shipped_bundles_softmax_cap_leaves_its_default_vocabulary_as_it_was():
+    """The shipped record predates the recorded size: its bound is 24 + 46 = 70 (the
+    threshold was chosen on 54 entries, 24 names and the 30 negatives outside them), above
+    its default vocabulary's 26 names and 31 negatives, which are scored as before."""
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.ros.params import default_model_path
+
+    b = load_bundle(default_model_path(), device="cpu")
+    rec = b.calibration
+    assert rec.chosen_on["vocabulary_size"] == 24 and len(rec.trained_names) == 46
+    assert "softmax_size" not in rec.chosen_on and rec.softmax_size == 70
+    names = b.vocabulary.names
+    outside = [n for n in rec.trained_names if n not in names]
+    assert len(names) + len(outside) <= rec.softmax_size

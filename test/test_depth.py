@@ -520,6 +520,28 @@ def test_colour_stamps_that_never_meet_the_depth_s_are_not_waited_for(colour_sta
         inp.pair(colour_stamp, (2, 2))
 
 
+@pytest.mark.parametrize("depth_start", [0, 3 * 10**9], ids=["depth-0", "depth-97s-behind"])
+def test_depth_stamps_that_never_meet_the_colour_s_are_not_waited_for(depth_start):
+    """The mirror case: a depth driver that leaves its stamps 0, or a depth clock over 1 s
+    behind the colour camera's, while depth keeps arriving: no depth image can pair, and
+    each colour frame waited the whole depth_sync_tolerance for one."""
+    from types import SimpleNamespace
+
+    from vl_distill_ros.ros.depth_input import DepthInput
+
+    inp = DepthInput("/d", "/i", 0.02)
+    for i in range(10):
+        sec, nanosec = divmod(depth_start + (i * 33_000_000 if depth_start else 0), 10**9)
+        inp.add_depth(SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(
+            sec=sec, nanosec=nanosec)), height=2, width=2, data=bytes(8)), now=10.0)
+    for k in range(3):                                      # frame after frame
+        colour = 100 * 10**9 + k * 33_000_000
+        assert not inp.may_still_arrive(colour, 10.1)
+        inp.pair(colour, (2, 2))
+    # depth a frame behind the colour (ordinary latency) is still waited for
+    assert inp.may_still_arrive(3 * 10**9 + 10 * 33_000_000 if depth_start else 50_000_000, 10.1)
+
+
 def test_rgbd_bag_round_trip_pairs_depth_and_camera_info(tmp_path):
     bag = read_camera_bag(_rgbd_bag(tmp_path / "rgbd", n=4, drop_depth=(2,)))
     topics = BagTopics()

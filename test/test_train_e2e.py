@@ -509,6 +509,13 @@ def test_auxiliary_distillation_calibration_and_open_set(toy: Path, capsys):
     assert 0.0 <= rec["seen_bias"] <= 0.3 and 0.0 <= rec["unknown_threshold"] <= 1.0
     assert rec["trained_names"] == ["red ball", "green box", "purple ball", "orange box"]
     assert rec["chosen_on"]["unseen_objects"] == ["cyan_ball"]
+    # the threshold's softmax: 3 names (2 ID, 1 pseudo-unseen) and at most the 2 trained
+    # names outside them as negatives, which the node caps its softmax at
+    from vl_distill_ros.model.calibration import Calibration
+
+    assert rec["chosen_on"]["vocabulary_size"] == 3
+    assert 3 <= rec["chosen_on"]["softmax_size"] <= 5
+    assert Calibration.from_dict(rec).softmax_size == rec["chosen_on"]["softmax_size"]
     # the best H among the biases that keep calibration.keep_seen (default 0.97) of the
     # unbiased seen accuracy (the rule of calibration.choose_seen_bias)
     from vl_distill_ros.config import CalibrationConfig

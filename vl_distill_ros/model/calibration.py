@@ -36,7 +36,8 @@ name's share shrinks, and a crop the student names right would fall below it (th
 bundle, 78 YCB names plus 900 others: 31 of 150 seen renders named right stayed known). The
 normalisation therefore takes only the ``max_competitors`` largest adjusted logits of a
 crop (active names and negatives together; :attr:`Calibration.softmax_size`, the size of
-the calibration's softmax); a vocabulary that fits scores exactly as before.
+the calibration's softmax: its vocabulary plus the trained names outside it); a
+vocabulary that fits scores exactly as before.
 
 A crop whose best score is below ``unknown_threshold`` is ``unknown``. The bias, the
 temperature and the threshold are chosen after training on calibration images that never
@@ -128,12 +129,20 @@ class Calibration:
     @property
     def softmax_size(self) -> int | None:
         """At most how many entries the softmax had where the threshold was chosen: the
-        calibration vocabulary (``chosen_on["vocabulary_size"]``) plus every trained name
-        (its negatives); None when the record does not say (no cap)."""
+        record's ``chosen_on["softmax_size"]`` (the calibration vocabulary plus the negatives
+        it used), which calibration writes since session 80; for an older record (the
+        shipped bundle's) an upper bound, the calibration vocabulary
+        (``chosen_on["vocabulary_size"]``) plus, with negatives, every trained name (the
+        in-distribution names counted twice: 70 for the shipped bundle, whose threshold was
+        chosen on 54 entries), so that such a bundle scores every vocabulary of up to that
+        many entries exactly as before; None when the record does not say (no cap)."""
+        exact = self.chosen_on.get("softmax_size")
+        if not isinstance(exact, bool) and isinstance(exact, int) and exact >= 1:
+            return exact
         size = self.chosen_on.get("vocabulary_size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             return None
-        return size + len(self.trained_names)
+        return size + len(self.trained_names) if self.negatives else size
 
     def center(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, D) unit embeddings -> the same, centred (``embedding_center`` subtracted) and

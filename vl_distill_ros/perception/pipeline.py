@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from ..model.calibration import (DEFAULT_TEMPERATURE, DEFAULT_UNKNOWN_THRESHOLD, adjusted_scores,
                                  bias_vector, negative_mask)
 from ..model.descriptions import DescriptionCatalogue
+from ..model.text_service import ALIKE_COSINE
 from ..model.vocabulary import UNKNOWN_NAME, Vocabulary
 from .boxes import Box, classification_window, crop, full_frame_box
 from .camera_model import CameraIntrinsics
@@ -112,15 +113,24 @@ class ActiveVocabulary:
 
 
 def _first_alike(emb: torch.Tensor) -> torch.Tensor | None:
-    """(L,) the index of the first row equal to each row of ``emb``; None when all differ.
+    """(L,) for each row of ``emb`` the first row the teacher embeds alike (cosine at least
+    :data:`~vl_distill_ros.model.text_service.ALIKE_COSINE`, as
+    :meth:`TextEmbeddingService.prompted_alike` reports them); None when all differ.
     A matrix product gives two equal columns cosines that differ in their last bits (a
     vectorised kernel treats a vocabulary's last columns apart when its size is not a
     multiple of its width), so the later of two labels prompted alike won about half of the
-    crops where they were on top; the later now takes the first's cosine."""
-    _, inverse = torch.unique(emb, dim=0, return_inverse=True)
-    first: dict[int, int] = {}
-    index = [first.setdefault(int(g), i) for i, g in enumerate(inverse.tolist())]
-    return None if len(first) == len(index) else torch.tensor(index, dtype=torch.long)
+    crops where they were on top; the later now takes the first's cosine. Rows equal only
+    up to float noise (the same tokens embedded in another batch, or one read from the
+    cache: ~1e-7 apart) are alike too."""
+    if emb.shape[0] < 2:
+        return None
+    unit = F.normalize(emb.detach().to(torch.float64), dim=-1)
+    close = (unit @ unit.T) >= ALIKE_COSINE
+    close.fill_diagonal_(True)
+    index = close.to(torch.uint8).argmax(dim=1)       # the first alike row (itself at most)
+    if bool((index == torch.arange(len(index))).all()):
+        return None
+    return index.to(torch.long)
 
 
 def _check_embeddings(vocab: Vocabulary, embeddings: torch.Tensor | np.ndarray,

@@ -196,7 +196,8 @@ class DepthInput:
         frames' own time went back by as much (``ros2 bag play --loop`` starting over: that
         image is from before, and the first frame after the jump went colour-only without
         waiting for its depth). Colour stamps that never meet the depth's (left 0 by a
-        driver, another clock) are not waited for: no partner can come."""
+        driver, another clock), or depth stamps that never meet the colour's (left 0, a clock
+        behind), are not waited for: no partner can come."""
         if self.buffer.match(stamp) is not None:
             return False
         latest = self.buffer.latest_stamp()
@@ -204,7 +205,12 @@ class DepthInput:
         with self._lock:
             alive = now - self.last_receipt < STALE_AFTER_S
             went_back = self._last_colour is not None and self._last_colour - stamp > stale_ns
-        return alive and (latest is None or latest < stamp + self.buffer.tolerance_ns
+        # depth stamps over STALE_AFTER_S older than the frame's while depth keeps coming
+        # (a depth driver's stamps left 0, a depth clock behind the colour's): none can
+        # pair, as colour stamps that never meet the depth's
+        return alive and (latest is None
+                          or latest < stamp + self.buffer.tolerance_ns
+                          and stamp - latest <= stale_ns
                           or (went_back and latest - stamp > stale_ns))
 
     def pair(self, stamp: int, image_shape: tuple[int, ...], colour_frame: str = ""

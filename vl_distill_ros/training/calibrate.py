@@ -157,7 +157,8 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
         aurocs[f"{t:g}"] = float(np.nanmean(values))
     temperature = float(max(cal.temperatures, key=lambda t: (aurocs[f"{t:g}"], -t)))
 
-    probs = adjusted_scores(cos, bias, temperature, negatives_for(vocab.names, text))
+    final_negatives = negatives_for(vocab.names, text)
+    probs = adjusted_scores(cos, bias, temperature, final_negatives)
     correct = probs.argmax(1) == target
     threshold = threshold_for_coverage(probs.max(1)[correct], cal.known_coverage)
     record = Calibration(
@@ -167,6 +168,7 @@ def calibrate(student: Student, cfg: TrainConfig, teacher: LazyTeacher,
         chosen_on={"seen": str(cal.seen), "unseen": str(cal.unseen),
                    "unseen_objects": unseen_keys, "n_seen": int(len(seen)),
                    "n_unseen": int(len(unseen)), "vocabulary_size": len(vocab),
+                   "softmax_size": len(vocab) + int(final_negatives.shape[1]),
                    "seen_acc": best["seen"], "unseen_acc": best["unseen"], "h": best["h"],
                    "keep_seen": cal.keep_seen, "known_coverage": cal.known_coverage,
                    "auroc_by_temperature": aurocs})
