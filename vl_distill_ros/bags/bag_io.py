@@ -301,10 +301,9 @@ class BagContents:
         from vl_distill_ros.perception.depth_alignment import (UnalignedDepth,
                                                                transform_from_pose)
         from vl_distill_ros.perception.camera_model import CameraIntrinsics, DepthError
-
-        camera = CameraIntrinsics.from_camera_info(info_msg, rectified, (shape[1], shape[0]))
         from vl_distill_ros.perception.compressed_codec import is_rectified_topic
 
+        camera = CameraIntrinsics.from_camera_info(info_msg, rectified, (shape[1], shape[0]))
         depth_camera = CameraIntrinsics.from_camera_info(       # image_rect: P, no lens
             depth_info_msg, is_rectified_topic(self.depth_topics[colour]),
             image_size=(depth.shape[1], depth.shape[0]))

@@ -102,8 +102,8 @@ class ActiveVocabulary:
     #: (K, D) unit text embeddings of the open-set negatives for this vocabulary (trained
     #: names outside it), or None.
     negatives: torch.Tensor | None = None
-    #: (L,) for each label the first label with the very same embedding (labels prompted
-    #: alike), whose cosine it takes; None when no two labels share one.
+    #: (L,) for each label the first label embedded alike (:func:`_first_alike`), whose
+    #: cosine it takes; None when no two labels are alike.
     first_alike: torch.Tensor | None = None
 
     @property

@@ -209,8 +209,8 @@ class DepthInput:
         # (a depth driver's stamps left 0, a depth clock behind the colour's): none can
         # pair, as colour stamps that never meet the depth's
         return alive and (latest is None
-                          or latest < stamp + self.buffer.tolerance_ns
-                          and stamp - latest <= stale_ns
+                          or (latest < stamp + self.buffer.tolerance_ns
+                              and stamp - latest <= stale_ns)
                           or (went_back and latest - stamp > stale_ns))
 
     def pair(self, stamp: int, image_shape: tuple[int, ...], colour_frame: str = ""
