@@ -109,6 +109,7 @@ class CameraState:
     def take_period(self) -> dict[str, Any]:
         """Counters and the period's latency samples; resets the per-period values (the
         caller holds the node's lock)."""
+        now = time.monotonic()
         period = {
             "values": {
                 "topic": self.resolved,
@@ -130,12 +131,12 @@ class CameraState:
             "bad_recent": self.bad_in_period,
             "last_error": self.last_error,
             "last_latency": self.last_latency,
-            "silent_s": self.silent_for(time.monotonic()),
+            "silent_s": self.silent_for(now),
             "interval": self.interval,
         }
         if self.last_received_t:
             period["values"]["last_image_age_s"] = \
-                f"{time.monotonic() - self.last_received_t:.1f}"
+                f"{now - self.last_received_t:.1f}"
         if self.depth is not None:
             depth = self.depth.take_period()
             period["values"].update(depth["values"])
