@@ -68,7 +68,6 @@ reports success for a vocabulary other than the one last requested. With
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -231,8 +230,7 @@ class VocabularyController:
         """
         if values.get("persist_vocabulary"):
             result = load_vocabulary_store_result(self.store_path)
-            if (result.status == "missing" and self.older_store is not None
-                    and os.path.lexists(self.older_store)):
+            if result.status == "missing" and self.older_store is not None:
                 result = load_vocabulary_store_result(self.older_store)   # read, not written
             self.store_status = result.status
             if result.vocabulary is not None:
