@@ -14,6 +14,7 @@ import json
 import struct
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -104,6 +105,33 @@ def test_other_encoders_pixel_formats_decode_to_rgb(mode, fmt):
         assert np.abs(out.astype(int) - want).mean() < 3.0, mode
     else:                               # grey: three equal channels
         assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_a_png_of_a_bayer_mosaic_is_demosaiced_as_the_raw_topic_is(pattern):
+    """compressed_image_transport PNG-compresses a Bayer image as it is (a mosaic is no
+    colour encoding to it, so no target: format ``"bayer_rggb8; png compressed "``, one
+    8- or 16-bit channel). It was read as grey: an orange scene came back as a grey
+    checkerboard. Now it is demosaiced by the format's pattern, as the raw topic is; the
+    JPEG of a Bayer image (converted to ``mono8`` by the publisher) stays grey."""
+    h, w = 24, 32
+    rgb = np.empty((h, w, 3), np.uint8)
+    rgb[...] = (200, 60, 20)
+    mosaic = np.empty((h, w), np.uint8)
+    channel = {"r": 0, "g": 1, "b": 2}
+    for i, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, channel[pattern[i]]]
+    encoding = f"bayer_{pattern}8"
+    raw = decode_image(encoding, h, w, w, mosaic.tobytes())
+    assert np.abs(raw[4:-4, 4:-4].astype(int) - (200, 60, 20)).max() <= 1
+    png = cv2.imencode(".png", mosaic)[1].tobytes()
+    out = cc.decode_compressed_image(f"{encoding}; png compressed ", png)
+    assert np.array_equal(out, raw)
+    png16 = cv2.imencode(".png", mosaic.astype(np.uint16) * 16)[1].tobytes()   # 12-bit data
+    out16 = cc.decode_compressed_image(f"bayer_{pattern}16; png compressed ", png16)
+    assert np.abs(out16[4:-4, 4:-4].astype(int) - (255, 77, 26)).max() <= 1   # scaled by max
+    grey = cv2.imencode(".jpg", np.full((h, w), 90, np.uint8))[1].tobytes()
+    assert (cc.decode_compressed_image(f"{encoding}; jpeg compressed mono8", grey) == 90).all()
 
 
 def test_jpeg_size_is_read_past_metadata_and_from_progressive_frames():
@@ -436,6 +464,67 @@ def test_jpeg_bag_holds_compressed_topics_and_reads_like_the_raw_bag(tmp_path):
                                            image_format="png"))
     for fa, fp in zip(a, png.rgbd_frames()):
         np.testing.assert_array_equal(fa.image, fp.image)
+
+
+def _zstd_transport(msg) -> bytes:
+    """zstd_image_transport's payload of a raw Image (its publisher: a little-endian header
+    of height, width, is_bigendian, step and the encoding's length, the encoding, then the
+    data deflated with zlib's gzip wrapper, whatever the plugin's name says)."""
+    import zlib
+
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 31)
+    body = deflate.compress(bytes(msg.data)) + deflate.flush()
+    return struct.pack("<IIBII", msg.height, msg.width, msg.is_bigendian, msg.step,
+                       len(msg.encoding)) + msg.encoding.encode() + body
+
+
+def test_zstd_transport_topics_are_read_as_the_raw_images_they_carry(tmp_path):
+    """A bag (or camera) of zstd_image_transport topics only (Jazzy's image_transport_plugins:
+    lossless, `.../image_raw/zstd`): its colour frames were refused (neither JPEG nor PNG)
+    and its depth too (format 'zstd'). Now both read as the raw topics they carry, depth
+    paired by the usual naming; a corrupt or oversized payload is a clear error."""
+    from helpers import rewrite_bag
+
+    t = BagTopics()
+    raw_path = write_camera_bag(tmp_path / "raw", _frames_with_depth())
+
+    def to_zstd(raw, store):
+        if raw.topic not in (t.camera, t.depth):
+            return [(raw.topic, raw.msgtype, raw.data)]
+        msg = store.deserialize_cdr(raw.data, raw.msgtype)
+        comp = store.types[COMPRESSED_IMAGE_TYPE](
+            header=msg.header, format="zstd",
+            data=np.frombuffer(_zstd_transport(msg), np.uint8))
+        return [(raw.topic + "/zstd", COMPRESSED_IMAGE_TYPE,
+                 bytes(store.serialize_cdr(comp, COMPRESSED_IMAGE_TYPE)))]
+
+    bag = read_camera_bag(rewrite_bag(raw_path, tmp_path / "zstd", to_zstd))
+    colour = t.camera + "/zstd"
+    assert cc.topic_transport(colour) == "zstd" and cc.base_topic(colour) == t.camera
+    assert bag.image_topics == [colour] and bag.depth_topics == {colour: t.depth + "/zstd"}
+    a, b = list(read_camera_bag(raw_path).rgbd_frames()), list(bag.rgbd_frames())
+    assert len(a) == len(b) == 3
+    for fa, fb in zip(a, b):
+        np.testing.assert_array_equal(fa.image, fb.image)
+        np.testing.assert_array_equal(fa.depth, fb.depth)
+    rgb = _scene(6, 8)
+    padded = np.zeros((6, 28), np.uint8)            # rows padded past 8 * 3 bytes
+    padded[:, :24] = rgb.reshape(6, 24)
+    msg = SimpleNamespace(height=6, width=8, is_bigendian=0, step=28, encoding="rgb8",
+                          data=padded.tobytes())
+    payload = _zstd_transport(msg)
+    assert np.array_equal(cc.decode_compressed_image("zstd", payload), rgb)
+    huge = struct.pack("<IIBII", 10**5, 10**5, 0, 3 * 10**5, 4) + b"rgb8"
+    for data, message in ((payload[:10], "no room for its 17-byte header"),
+                          (payload[:-20], "inflates to"),
+                          (payload[:21] + b"junk", "corrupt zstd image data"),
+                          (huge, "too large")):
+        with pytest.raises(ImageDecodeError, match=message):
+            cc.decode_compressed_image("zstd", data)
+    # a small payload declaring a small frame inflates no more than the frame's bytes
+    msg.height, msg.width, msg.step, msg.data = 100, 100, 300, bytes(10**7)
+    with pytest.raises(ImageDecodeError, match="inflates to 30001 bytes"):
+        cc.decode_compressed_image("zstd", _zstd_transport(msg))
 
 
 def test_compressed_copies_and_the_colour_compressed_depth_topic_are_left_out():

@@ -129,6 +129,39 @@ def test_padded_rows(encoding: str, extra: int) -> None:
     assert np.abs(out.astype(int) - expected).max() <= (1 if bpp == 2 else 0)
 
 
+@pytest.mark.parametrize("bigendian", [0, 1])
+@pytest.mark.parametrize("encoding, order", [("rgb16", (0, 1, 2)), ("bgr16", (2, 1, 0)),
+                                             ("rgba16", (0, 1, 2, 3)),
+                                             ("bgra16", (2, 1, 0, 3))])
+def test_16_bit_colour_keeps_its_high_byte(rgb: np.ndarray, encoding: str, order: tuple,
+                                           bigendian: int) -> None:
+    """16-bit colour (machine-vision cameras) was refused as an unsupported encoding; it
+    comes back as its high byte (as a 16-bit colour PNG does), rows padded, either byte
+    order."""
+    rgba = np.dstack([rgb, np.full((H, W), 255, np.uint8)])
+    words = (rgba[..., list(order)].astype(np.uint16) << 8) | 0x5A        # noise in the low byte
+    raw = np.ascontiguousarray(words.astype(">u2" if bigendian else "<u2")).view(np.uint8)
+    raw = raw.reshape(H, -1)
+    step = raw.shape[1] + 3
+    out = decode_image(encoding, H, W, step, _pad_rows(raw, step), is_bigendian=bigendian)
+    _check_output(out)
+    np.testing.assert_array_equal(out, rgb)
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_16_bit_bayer_is_demosaiced_and_scaled_as_mono16(pattern: str) -> None:
+    """A 16-bit mosaic (FLIR Spinnaker's BayerRG16, 12-bit data in the low bits) was refused;
+    it is demosaiced as the 8-bit one and scaled by the frame's maximum as mono16 is."""
+    mosaic = np.random.default_rng(7).integers(1, 256, (6, 8)).astype(np.uint8)
+    eight = decode_image(f"bayer_{pattern}8", 6, 8, 8, mosaic.tobytes())
+    words = (mosaic.astype(np.uint16) * 16).astype(">u2")                  # 12-bit data
+    out = decode_image(f"bayer_{pattern}16", 6, 8, 16, words.tobytes(), is_bigendian=1)
+    _check_output(out, 6, 8)
+    scaled = np.round(eight.astype(float) * 255 / eight.max())
+    assert np.abs(out - scaled).max() <= 1
+    assert not decode_image(f"bayer_{pattern}16", 2, 2, 4, bytes(8)).any()  # black stays black
+
+
 def test_array_array_from_rclpy_and_other_itemsizes(rgb: np.ndarray) -> None:
     """rclpy gives uint8[] as array.array('B'); any buffer is read as raw bytes."""
     data = array.array("B")

@@ -1159,3 +1159,48 @@ def test_a_publisher_whose_qos_the_subscription_does_not_match_is_reported(
                             == DiagnosticStatus.OK, 10.0)
         finally:
             tester.node.destroy_publisher(best_effort)
+
+
+def test_a_publisher_of_another_message_type_is_reported(ctx, tester, bundle_path, tmp_path):
+    """A topic of another message type than the node reads by its name (a CompressedImage
+    stream not named `.../compressed`, a theora or ffmpeg transport topic) sent the node
+    nothing and its camera said "no images received yet" at level OK (rmw_fastrtps raises
+    no incompatible_type event for another type name). Now the camera's status WARNs with
+    the topic and both types, and the log says it once. A zstd_image_transport camera
+    (`.../zstd`: a CompressedImage the node subscribed as Image) is read."""
+    import rclpy
+    from sensor_msgs.msg import CompressedImage
+
+    from test_compressed_images import _zstd_transport
+
+    ns = "/typemismatch"
+    other = rclpy.Context()       # another participant: one may not hold a topic twice typed
+    rclpy.init(context=other)
+    try:
+        publisher_node = rclpy.create_node("jpeg_camera", context=other)
+        topic = f"{ns}/cam/image_jpeg"
+        pub = publisher_node.create_publisher(CompressedImage, topic, 10)
+        with running_node(ctx, ns, bundle_path, tmp_path, qos_reliability="reliable",
+                          image_topics=["cam/image_jpeg", "z/image_raw/zstd"]) as node:
+            fqn = node.get_fully_qualified_name()
+            msg = CompressedImage(format="jpeg", data=bytes(40))
+            labels = tester.watch_labels(f"{fqn}/labels")
+
+            def warned():
+                pub.publish(msg)
+                st = tester.camera_status(fqn, topic)
+                return st is not None and st["level"] == DiagnosticStatus.WARN
+            assert wait_for(warned, 20.0), tester.camera_status(fqn, topic)
+            st = tester.camera_status(fqn, topic)
+            assert st["received"] == "0" and st["incompatible_type"].startswith(topic)
+            assert "sensor_msgs/msg/CompressedImage" in st["incompatible_type"] and \
+                "reads sensor_msgs/msg/Image" in st["incompatible_type"]
+            assert st["message"].startswith(topic)
+            raw = make_msg("rgb8", rgb_image(48, 64), "zstd", 1)
+            zstd = CompressedImage(header=raw.header, format="zstd",
+                                   data=_zstd_transport(raw))
+            publish_until_labelled(tester, f"{ns}/z/image_raw/zstd", zstd, labels)
+            st = tester.camera_status(fqn, f"{ns}/z/image_raw/zstd")
+            assert st["incompatible_type"] == "" and st["transport"] == "zstd"
+    finally:
+        other.try_shutdown()

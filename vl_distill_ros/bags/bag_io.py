@@ -345,9 +345,10 @@ def _transport_copy(topic: str, topics: dict[str, str],
     raw one is read), a ``compressedDepth`` topic of a colour stream (image_transport
     advertises one for every image, but it only carries depth), a ``CompressedImage`` of
     another transport (``<image topic>/zstd``, which ``ros2 bag record -a`` records beside
-    the raw or compressed topic), or a raw topic without messages (``counts``; a topic not
-    in it counts as having some) beside its compressed topic that has them (recorded where
-    only the compressed stream was published)."""
+    the raw or compressed topic; read where it is the only one, as the raw image it
+    carries), or a raw topic without messages (``counts``; a topic not in it counts as
+    having some) beside its compressed or zstd topic that has them (recorded where only
+    that stream was published)."""
     counts = counts or {}
 
     def has_messages(t: str) -> bool:
@@ -367,7 +368,11 @@ def _transport_copy(topic: str, topics: dict[str, str],
             return True
         return not has_messages(topic) and any(
             topics.get(t) == COMPRESSED_IMAGE_TYPE and has_messages(t)
-            for t in (topic + "/compressed", topic + "/compressedDepth"))
+            for t in (topic + "/compressed", topic + "/compressedDepth", topic + "/zstd"))
+    if transport == "zstd" and any(     # the compressed stream before the zstd copy
+            topics.get(t) == COMPRESSED_IMAGE_TYPE and gives_way_to(t)
+            for t in (base + "/compressed", base + "/compressedDepth")):
+        return True
     return (topics.get(base) == IMAGE_TYPE and gives_way_to(base)) or (
         transport == "compressedDepth" and not is_depth_topic(base))
 

@@ -12,7 +12,9 @@ Robot bags usually hold colour as ``.../image_raw/compressed`` and depth as
   are decoded (OpenCV can read many more formats; an unexpected one is refused rather than
   handed to a rarely used decoder). 8-bit colour, grey and BGRA payloads come back as RGB;
   16-bit grey is scaled by the frame's own maximum as raw ``mono16`` is
-  (:func:`~vl_distill_ros.perception.image_codec.decode_image`).
+  (:func:`~vl_distill_ros.perception.image_codec.decode_image`). A Bayer camera's PNG
+  (``"bayer_rggb8; png compressed "``: the transport compresses the mosaic as it is) is
+  demosaiced by the format's pattern, as the raw topic is.
 * **Depth** (``compressedDepth`` transport): ``format`` is
   ``"<encoding>; compressedDepth png"`` (or ``"...; compressedDepth"``). The payload is a
   12-byte header (little-endian int32 format tag and two float32 quantisation parameters
@@ -25,6 +27,14 @@ Robot bags usually hold colour as ``.../image_raw/compressed`` and depth as
   topic holding a plain 16-bit PNG (``"16UC1; png compressed mono16"``) is read as
   millimetres too.
 
+* **zstd** transport (zstd_image_transport, Jazzy's image_transport_plugins; colour or
+  depth): ``format`` is ``"zstd"``; the payload is the raw image's height, width (uint32),
+  ``is_bigendian`` (uint8), step (uint32) and encoding length (uint32), little-endian, the
+  encoding, then the raw ``data`` deflated with a gzip wrapper (the plugin writes zlib's
+  gzip despite its name; a real zstd frame is read too where a zstd module is
+  importable). It is inflated, at most ``step * height`` bytes, and read as the raw
+  ``sensor_msgs/Image`` it was (:func:`decode_zstd_image`).
+
 Every size is checked from the file header **before** anything is decoded: a frame above
 ``max_pixels`` (or with a zero side) is refused, so a small hostile payload cannot make the
 decoder allocate gigabytes; a JPEG of more than :data:`MAX_JPEG_SCANS` scans is refused
@@ -34,20 +44,22 @@ too, so a small one cannot keep it busy for seconds. All problems raise
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .image_codec import (MILLIMETRE, ImageData, ImageDecodeError, as_byte_view, decode_depth,
-                          decode_image, encode_depth_mm, scale_mono16)
+from .image_codec import (BAYER_PATTERNS, BYTES_PER_PIXEL, DEPTH_ENCODINGS, MILLIMETRE,
+                          ImageData, ImageDecodeError, as_byte_view, decode_depth, decode_image,
+                          demosaic, encode_depth_mm, scale_mono16)
 
 __all__ = ["COMPRESSED_KINDS", "MAX_JPEG_SCANS", "payload_kind", "payload_size",
            "decode_compressed_image",
            "encode_compressed_image", "decode_compressed_depth", "encode_compressed_depth",
            "decode_image_message", "decode_depth_message", "is_compressed_message",
            "TRANSPORTS", "topic_transport", "base_topic", "decode_rvl",
-           "is_rectified_topic"]
+           "is_rectified_topic", "decode_zstd_image", "ZSTD_FORMAT"]
 
 #: Payload formats decoded (their file signatures are checked).
 COMPRESSED_KINDS: tuple[str, ...] = ("jpeg", "png")
@@ -163,6 +175,70 @@ def _imdecode(buf: np.ndarray, kind: str, width: int, height: int) -> np.ndarray
     return out
 
 
+#: The ``format`` of zstd_image_transport's messages.
+ZSTD_FORMAT = "zstd"
+#: zstd_image_transport's header: height, width, is_bigendian, step, encoding length.
+_ZSTD_HEADER = struct.Struct("<IIBII")
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def decode_zstd_image(data: ImageData, max_pixels: int = 50_000_000
+                      ) -> tuple[str, int, int, int, bytes, int]:
+    """``(encoding, height, width, step, data, is_bigendian)`` of the raw image a zstd
+    transport message holds (see the module docstring); the sizes are checked before
+    anything is inflated, and no more than ``step * height`` bytes are.
+
+    Raises:
+        ImageDecodeError: a short or corrupt header, a frame above ``max_pixels``, data
+            that does not inflate to exactly ``step * height`` bytes.
+    """
+    buf = as_byte_view(data)
+    head = _ZSTD_HEADER.size
+    if buf.size < head:
+        raise ImageDecodeError(f"zstd image data has {buf.size} bytes: no room for its "
+                               f"{head}-byte header")
+    height, width, bigendian, step, n = _ZSTD_HEADER.unpack(buf[:head].tobytes())
+    if n > 64 or head + n > buf.size:
+        raise ImageDecodeError(f"corrupt zstd image header: an encoding of {n} bytes")
+    encoding = buf[head:head + n].tobytes().decode("ascii", "replace")
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"zstd frame too large: {width}x{height} = {width * height} "
+                               f"pixels > max_pixels={max_pixels}")
+    bpp = {**BYTES_PER_PIXEL, **DEPTH_ENCODINGS}.get(encoding, 8)
+    if step > width * bpp + 4096:       # rows padded by up to a page: the frame's bytes
+        raise ImageDecodeError(f"zstd frame of {encoding[:20]!r} with a step of {step} bytes "
+                               f"for {width} pixels a row")
+    expected = step * height
+    raw = _inflate(buf[head + n:].tobytes(), expected)
+    if len(raw) != expected:
+        raise ImageDecodeError(f"zstd image data inflates to {len(raw)} bytes, expected "
+                               f"step*height = {step}*{height} = {expected}")
+    return encoding, height, width, step, raw, bigendian
+
+
+def _inflate(body: bytes, expected: int) -> bytes:
+    """At most ``expected + 1`` bytes of a gzip/zlib (or, where a zstd module is
+    importable, zstd) stream: a small payload cannot make it allocate more."""
+    if body.startswith(_ZSTD_MAGIC):
+        try:
+            from compression import zstd        # type: ignore[import-not-found]  # 3.14
+        except ImportError:
+            try:
+                from backports import zstd      # type: ignore[import-not-found,no-redef]
+            except ImportError:
+                raise ImageDecodeError("zstd image data is a zstd frame and no zstd module "
+                                       "is installed (backports.zstd)") from None
+        try:
+            return zstd.ZstdDecompressor().decompress(body, max_length=expected + 1)
+        except zstd.ZstdError as exc:
+            raise ImageDecodeError(f"corrupt zstd image data: {exc}") from None
+    try:
+        inflater = zlib.decompressobj(wbits=47)  # zlib or gzip, by its header
+        return inflater.decompress(body, expected + 1)
+    except zlib.error as exc:
+        raise ImageDecodeError(f"corrupt zstd image data: {exc}") from None
+
+
 def _check_format(fmt: Any) -> str:
     if not isinstance(fmt, str):
         raise ImageDecodeError(f"CompressedImage format must be a string, got "
@@ -187,9 +263,15 @@ def decode_compressed_image(fmt: str, data: ImageData,
     if "compresseddepth" in fmt.lower():
         raise ImageDecodeError(f"format {fmt[:80]!r} is a compressedDepth (depth) image, not "
                                "colour: list its topic in depth_topics")
+    if fmt == ZSTD_FORMAT:
+        encoding, height, width, step, raw, bigendian = decode_zstd_image(data, max_pixels)
+        return decode_image(encoding, height, width, step, raw, bigendian, max_pixels)
     buf = as_byte_view(data)
     kind, width, height = _checked_size(buf, max_pixels, "compressed frame")
     img = _imdecode(buf, kind, width, height)
+    mosaic = _bayer_mosaic(fmt)
+    if img.ndim == 2 and mosaic is not None:
+        return demosaic(img, mosaic)
     if img.ndim == 2:
         if img.dtype == np.uint16:  # 16-bit grey PNG, scaled as raw mono16 is
             img = scale_mono16(img)
@@ -200,6 +282,18 @@ def decode_compressed_image(fmt: str, data: ImageData,
         img = (img >> 8).astype(np.uint8)
     code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
     return cv2.cvtColor(img, code)
+
+
+def _bayer_mosaic(fmt: str) -> str | None:
+    """The 8-bit Bayer encoding of the pattern when ``fmt`` says the payload holds a Bayer
+    mosaic: a ``bayer_*8``/``bayer_*16`` image compressed as itself (compressed_image_transport's
+    PNG of a Bayer image: ``"bayer_rggb8; png compressed "``, no target format, since a mosaic
+    is not a colour encoding to it; its JPEG is converted to ``mono8`` first), else None."""
+    encoding, _, rest = fmt.partition(";")
+    encoding = encoding.strip()
+    pattern = encoding[:-2] + "8" if encoding.endswith("16") else encoding
+    target = rest.partition("compressed")[2].strip()
+    return pattern if pattern in BAYER_PATTERNS and target in ("", encoding) else None
 
 
 def encode_compressed_image(image: np.ndarray, kind: str = "jpeg",
@@ -249,6 +343,9 @@ def decode_compressed_depth(fmt: str, data: ImageData, max_pixels: int = 50_000_
             (:func:`decode_rvl`).
     """
     fmt = _check_format(fmt)
+    if fmt == ZSTD_FORMAT:
+        encoding, height, width, step, raw, bigendian = decode_zstd_image(data, max_pixels)
+        return decode_depth(encoding, height, width, step, raw, bigendian, max_pixels, unit_m)
     encoding = _depth_encoding(fmt)
     lower = fmt.lower()
     buf = as_byte_view(data)
@@ -383,20 +480,22 @@ def encode_compressed_depth(depth: np.ndarray) -> tuple[str, bytes]:
 
 
 #: image_transport's transports whose topics this package reads: ``raw`` (``sensor_msgs/Image``
-#: on the base topic), ``compressed`` and ``compressedDepth`` (``sensor_msgs/CompressedImage``
-#: on ``<base>/compressed`` and ``<base>/compressedDepth``).
-TRANSPORTS: tuple[str, ...] = ("raw", "compressed", "compressedDepth")
+#: on the base topic), ``compressed``, ``compressedDepth`` and ``zstd``
+#: (``sensor_msgs/CompressedImage`` on ``<base>/compressed``, ``<base>/compressedDepth`` and
+#: ``<base>/zstd``).
+TRANSPORTS: tuple[str, ...] = ("raw", "compressed", "compressedDepth", "zstd")
 
 
 def topic_transport(topic: str) -> str:
-    """The transport of a topic by image_transport's naming: ``compressed`` or
-    ``compressedDepth`` when that is its last name segment, else ``raw``."""
+    """The transport of a topic by image_transport's naming: ``compressed``,
+    ``compressedDepth`` or ``zstd`` when that is its last name segment, else ``raw``."""
     last = topic.rstrip("/").rsplit("/", 1)[-1]
     return last if last in TRANSPORTS[1:] else "raw"
 
 
 def base_topic(topic: str) -> str:
-    """``topic`` without an image_transport suffix (``/compressed``, ``/compressedDepth``)."""
+    """``topic`` without an image_transport suffix (``/compressed``, ``/compressedDepth``,
+    ``/zstd``)."""
     if topic_transport(topic) == "raw":
         return topic
     return topic.rstrip("/").rsplit("/", 1)[0]

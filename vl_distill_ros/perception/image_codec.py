@@ -32,7 +32,7 @@ import numpy as np
 
 __all__ = ["ImageDecodeError", "SUPPORTED_ENCODINGS", "BYTES_PER_PIXEL", "decode_image",
            "encode_rgb8", "DEPTH_ENCODINGS", "decode_depth", "encode_depth_mm", "as_byte_view",
-           "ImageData", "scale_mono16", "MILLIMETRE"]
+           "ImageData", "scale_mono16", "MILLIMETRE", "demosaic", "BAYER_PATTERNS"]
 
 
 class ImageDecodeError(ValueError):
@@ -44,7 +44,9 @@ class ImageDecodeError(ValueError):
 SUPPORTED_ENCODINGS: tuple[str, ...] = (
     "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "8UC1", "8UC3",
     "yuv422", "uyvy", "yuv422_yuy2", "yuyv",
-    "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8")
+    "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8",
+    "rgb16", "bgr16", "rgba16", "bgra16",
+    "bayer_rggb16", "bayer_bggr16", "bayer_gbrg16", "bayer_grbg16")
 
 #: Bytes per pixel of every supported encoding.
 BYTES_PER_PIXEL: dict[str, int] = {
@@ -52,6 +54,8 @@ BYTES_PER_PIXEL: dict[str, int] = {
     "mono8": 1, "8UC1": 1, "mono16": 2, "16UC1": 2,
     "yuv422": 2, "uyvy": 2, "yuv422_yuy2": 2, "yuyv": 2,
     "bayer_rggb8": 1, "bayer_bggr8": 1, "bayer_gbrg8": 1, "bayer_grbg8": 1,
+    "rgb16": 6, "bgr16": 6, "rgba16": 8, "bgra16": 8,
+    "bayer_rggb16": 2, "bayer_bggr16": 2, "bayer_gbrg16": 2, "bayer_grbg16": 2,
 }
 
 #: Packed YUV 4:2:2 (two pixels share U and V; ITU-R BT.601) as USB and RealSense colour
@@ -68,6 +72,18 @@ _BAYER_TO_RGB: dict[str, int] = {
     "bayer_rggb8": cv2.COLOR_BayerRGGB2RGB, "bayer_bggr8": cv2.COLOR_BayerBGGR2RGB,
     "bayer_gbrg8": cv2.COLOR_BayerGBRG2RGB, "bayer_grbg8": cv2.COLOR_BayerGRBG2RGB,
 }
+
+#: 16-bit colour (machine-vision cameras: FLIR Spinnaker's ``BayerRG16``, Basler's ``RGB16``)
+#: -> its 8-bit encoding: colour keeps the high byte (as a 16-bit colour PNG does); a 16-bit
+#: mosaic is demosaiced and scaled by the frame's maximum, as ``mono16`` is (12-bit sensors
+#: fill the low bits).
+_EIGHT_BIT_OF: dict[str, str] = {
+    "rgb16": "rgb8", "bgr16": "bgr8", "rgba16": "rgba8", "bgra16": "bgra8",
+    **{f"bayer_{p}16": f"bayer_{p}8" for p in ("rggb", "bggr", "gbrg", "grbg")},
+}
+
+#: The 8-bit Bayer encodings (a 16-bit one is ``bayer_*16``).
+BAYER_PATTERNS: tuple[str, ...] = tuple(_BAYER_TO_RGB)
 
 # encoding -> OpenCV conversion to RGB (None: already RGB)
 _TO_RGB: dict[str, int | None] = {
@@ -142,8 +158,9 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
         A new, writable, C-contiguous ``(height, width, 3)`` uint8 RGB array that does not share
         memory with ``data``. 16-bit mono is scaled as ``round(x * 255 / max(frame))`` (a frame
         whose maximum is 0 stays black) and replicated to three channels, as is 8-bit mono.
-        Packed YUV 4:2:2 (BT.601) is converted, an 8-bit Bayer mosaic demosaiced (OpenCV's
-        bilinear demosaicing).
+        Packed YUV 4:2:2 (BT.601) is converted, a Bayer mosaic demosaiced (OpenCV's
+        bilinear demosaicing); 16-bit colour keeps its high byte, a 16-bit mosaic is scaled
+        by the frame's maximum as 16-bit mono is.
 
     Raises:
         ImageDecodeError: unsupported encoding, empty frame, frame too large, ``step`` too
@@ -179,6 +196,8 @@ def decode_image(encoding: str, height: int, width: int, step: int, data: ImageD
             f"{expected}")
 
     rows = buf.reshape(height, step)[:, :row_bytes]  # strided view, no copy
+    if encoding in _EIGHT_BIT_OF:
+        return _decode_16bit_colour(encoding, rows, height, width, is_bigendian)
     if encoding in _YUV422_TO_RGB or encoding in _BAYER_TO_RGB:
         return _decode_packed(encoding, rows, height, width)
     if bpp == 2:
@@ -207,6 +226,39 @@ def scale_mono16(mono16: np.ndarray) -> np.ndarray:
         return np.zeros(mono16.shape, np.uint8)
     # saturating, rounding scale, done in one pass by OpenCV
     return cv2.convertScaleAbs(mono16, alpha=255.0 / peak)
+
+
+def demosaic(mosaic: np.ndarray, pattern: str) -> np.ndarray:
+    """RGB uint8 of a ``(H, W)`` Bayer mosaic, ``pattern`` its 8-bit encoding
+    (``bayer_rggb8``...): 8-bit as it is, 16-bit scaled by the frame's maximum as ``mono16``
+    is (a frame whose maximum is 0 stays black).
+
+    Raises:
+        ImageDecodeError: a frame under 2x2 pixels.
+    """
+    height, width = mosaic.shape[:2]
+    if height < 2 or width < 2:
+        raise ImageDecodeError(f"a Bayer mosaic ({pattern}) must be at least 2x2 pixels, got "
+                               f"{width}x{height}")
+    rgb = cv2.cvtColor(np.ascontiguousarray(mosaic), _BAYER_TO_RGB[pattern])
+    if rgb.dtype == np.uint8:
+        return rgb
+    peak = int(rgb.max())
+    return np.zeros(rgb.shape, np.uint8) if peak == 0 else cv2.convertScaleAbs(
+        rgb, alpha=255.0 / peak)
+
+
+def _decode_16bit_colour(encoding: str, rows: np.ndarray, height: int, width: int,
+                         is_bigendian: int) -> np.ndarray:
+    """16-bit colour or Bayer ``rows`` ((H, row_bytes) uint8) -> RGB (H, W, 3) uint8 (see
+    :data:`_EIGHT_BIT_OF`)."""
+    words = np.ascontiguousarray(rows).view(">u2" if is_bigendian else "<u2").astype(np.uint16)
+    eight = _EIGHT_BIT_OF[encoding]
+    if eight in _BAYER_TO_RGB:
+        return demosaic(words, eight)
+    pixels = (words >> 8).astype(np.uint8).reshape(height, width, -1)
+    code = _TO_RGB[eight]
+    return np.array(pixels, order="C") if code is None else cv2.cvtColor(pixels, code)
 
 
 def _decode_packed(encoding: str, rows: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from ..model.vocabulary import MAX_NAME_LENGTH
 
 __all__ = ["MAX_DIAGNOSTIC_TEXT", "LATENCY_WINDOW", "CameraState", "clip_text",
-           "key_values", "model_status", "camera_status"]
+           "key_values", "model_status", "camera_status", "incompatible_type_text"]
 
 #: Longest text (error messages, encodings from the wire) copied into logs and /diagnostics.
 MAX_DIAGNOSTIC_TEXT = 200
@@ -85,6 +85,9 @@ class CameraState:
     #: The last publisher found on one of the camera's topics with a QoS its subscription
     #: does not match (:func:`incompatible_qos_text`; "" for none).
     incompatible_qos: str = ""
+    #: Publishers found on the camera's topics with another message type than its
+    #: subscription takes (:func:`incompatible_type_text`; "" for none).
+    incompatible_type: str = ""
     #: When the last image arrived (``time.monotonic``; 0: none yet), and the camera's
     #: recent interval between images (s, smoothed; 0: fewer than two images).
     last_received_t: float = 0.0
@@ -125,6 +128,7 @@ class CameraState:
                 "bad_frames_in_period": self.bad_in_period,
                 "last_error": self.last_error,
                 "incompatible_qos": self.incompatible_qos,
+                "incompatible_type": self.incompatible_type,
             },
             "latencies": sorted(self.latencies),
             "processing": list(self.processing),
@@ -210,6 +214,17 @@ def incompatible_qos_text(topic: str, event: Any, setting: str) -> str:
             "nothing is received from them")
 
 
+def incompatible_type_text(topic: str, ours: str, theirs: Sequence[str]) -> str:
+    """Publishers of other message types (``theirs``) on ``topic``, read as ``ours``: DDS
+    matches them with nothing, and no event says so (for the log and ``/diagnostics``)."""
+    hint = ""
+    if ours.endswith("/Image") and any(t.endswith("/CompressedImage") for t in theirs):
+        hint = (" (a compressed stream under another name: subscribe it by a name ending "
+                "in /compressed, /compressedDepth for depth, e.g. with a remapping)")
+    return (f"{topic} has publishers of {', '.join(theirs)}; this node reads {ours} there "
+            f"(image_transport's naming): nothing comes from them{hint}")
+
+
 def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> DiagnosticStatus:
     """The ``<node>: camera <topic>`` status from :meth:`CameraState.take_period`: counters
     (with depth: received, used, colour-only frames, errors), latency statistics of the period
@@ -240,12 +255,13 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         rate = f" (before: {1.0 / period['interval']:.1f} images/s)" \
             if period.get("interval") else ""
         status.message = f"no image for {period['silent_s']:.1f} s{rate}"
-    elif values.get("incompatible_qos") and (values.get("colour_only_in_period", 0)
-                                             >= values["processed_in_period"]):
+    elif (values.get("incompatible_type") or values.get("incompatible_qos")) and (
+            values.get("colour_only_in_period", 0) >= values["processed_in_period"]):
         # nothing processed, or (with depth) every frame colour only: the mismatch may be
-        # why (a mismatch is never cleared: rclpy reports no publisher that left)
+        # why (a QoS mismatch is never cleared: rclpy reports no publisher that left)
         status.level = DiagnosticStatus.WARN
-        status.message = clip_text(values["incompatible_qos"])
+        status.message = clip_text(values.get("incompatible_type")
+                                   or values["incompatible_qos"])
     else:
         status.level = DiagnosticStatus.OK
         status.message = (f"{values['processed']} processed, {values['dropped']} dropped"

@@ -73,7 +73,8 @@ from .conversions import (annotated_msg, detections_3d_msg, detections_msg, impo
 from .depth_input import NO_PARTNER, DepthInput, stamp_ns
 from . import log_bridge
 from .diagnostics import (LATENCY_WINDOW, MAX_DIAGNOSTIC_TEXT, CameraState, camera_status,
-                          clip_text, incompatible_qos_text, model_status)
+                          clip_text, incompatible_qos_text, incompatible_type_text,
+                          model_status)
 from .parameter_service import GroupedParameterService
 from .startup_checks import (StartupCancelled, StartupError, TFMessage, alignments,
                              check_distinct_topics, check_startup_params, default_store_path,
@@ -106,6 +107,22 @@ def _message_type(topic: str) -> type:
     (:func:`~vl_distill_ros.perception.compressed_codec.topic_transport`): CompressedImage on
     ``.../compressed`` and ``.../compressedDepth``, Image otherwise."""
     return Image if topic_transport(topic) == "raw" else CompressedImage
+
+
+def _type_name(msg_type: type) -> str:
+    """A message class's ROS type name as the graph gives it (``sensor_msgs/msg/Image``)."""
+    return f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
+
+
+def _camera_inputs(cam: CameraState) -> list[tuple[str, str]]:
+    """``(topic, type name)`` of each of a camera's subscriptions."""
+    inputs = [(cam.resolved, _type_name(_message_type(cam.resolved)))]
+    if cam.depth is not None:
+        inputs += [(cam.depth.depth_topic, _type_name(_message_type(cam.depth.depth_topic))),
+                   (cam.depth.info_topic, _type_name(CameraInfo))]
+        if cam.depth.depth_info_topic:
+            inputs.append((cam.depth.depth_info_topic, _type_name(CameraInfo)))
+    return inputs
 
 
 def _plain(value: Any) -> Any:
@@ -848,10 +865,33 @@ class VlDistillNode(Node):
                 "(--ros-args -r __node:=NAME or -r __ns:=/NS).")
         self._duplicate_count = count
 
+    def _check_topic_types(self) -> None:
+        """Note publishers on a camera's topics of another message type than its
+        subscription takes (image_transport's zstd or theora topic, a CompressedImage under
+        a raw name): DDS matches them with nothing, so nothing comes, and no event says
+        why (rmw_fastrtps raises no incompatible_type for another type name). Logged when
+        it changes; in the camera's diagnostics (``incompatible_type``)."""
+        for cam in self._cameras:
+            found = []
+            for topic, ours in _camera_inputs(cam):
+                try:
+                    infos = self.get_publishers_info_by_topic(topic)
+                except Exception:  # noqa: BLE001 - e.g. during shutdown
+                    return
+                theirs = sorted({str(i.topic_type) for i in infos} - {ours})
+                if theirs:
+                    found.append(incompatible_type_text(topic, ours, theirs))
+            text = "; ".join(found)
+            with self._lock:
+                changed, cam.incompatible_type = text != cam.incompatible_type, text
+            if changed and text:
+                self.get_logger().warning(text)
+
     def _publish_diagnostics(self) -> None:
         if self._stop.is_set():
             return
         self._check_duplicate_name()
+        self._check_topic_types()
         try:
             self._diag_pub.publish(self.diagnostics())
         except Exception as exc:  # noqa: BLE001 - e.g. during shutdown

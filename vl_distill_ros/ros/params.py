@@ -64,14 +64,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("image_topics", ["image"], "string_array",
               "Camera topics (sensor_msgs/Image) to subscribe to; a topic ending in "
               "/compressed (after remapping) is read as sensor_msgs/CompressedImage (JPEG or "
-              "PNG, image_transport's compressed topic). Relative names resolve in the node's "
+              "PNG, image_transport's compressed topic), one ending in /zstd as "
+              "zstd_image_transport's. Relative names resolve in the node's "
               "namespace, so remapping 'image' works as usual. One model serves all of them: "
               "at most 32 cameras, each listed once (after name resolution and remapping).",
               read_only=True, constraints="1..32 distinct topics"),
     ParamSpec("depth_topics", [], "string_array",
               "Registered depth images (sensor_msgs/Image, 16UC1 in mm or 32FC1 in m, aligned "
               "to the colour image; a topic ending in /compressedDepth is read as "
-              "image_transport's compressedDepth PNG), one per image_topics entry in the "
+              "image_transport's compressedDepth PNG, one ending in /zstd as "
+              "zstd_image_transport's), one per image_topics entry in the "
               "same order (\"\" for a camera without depth), or empty for colour only; a "
               "depth camera's own (unregistered) images with depth_camera_info_topics. "
               "Paired with colour frames by header stamp. Each camera's own topic (none "
