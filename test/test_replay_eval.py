@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import OBJECTS, make_colour_bundle, make_synthetic_bag, rewrite_bag
@@ -1112,3 +1113,43 @@ def test_an_out_folder_that_can_be_written_but_not_read_is_not_a_traceback(tmp_p
     monkeypatch.setattr(replay_module.os, "open", no_read)
     with replay_module.claimed_folder(out) as claimed:
         assert claimed == out
+
+
+def test_a_depth_camera_named_without_depth_is_warned_about(bundle, vocabulary_file,
+                                                            tmp_path, capsys):
+    """depthai-ros publishes an OAK's depth (16UC1) on ``/oak/stereo/image_raw``: no segment
+    says depth, so the bag's depth was replayed as one more camera without a word (the
+    frames doubled, no object placed, depth labelled as grey images). It is listed in
+    ``report.json`` (``bag.depth_encoded_image_topics``) and warned about; paired with
+    ``--depth-topic`` it is depth and neither."""
+    from helpers import synthetic_frames
+    from vl_distill_ros.bags.bag_io import BagTopics, write_camera_bag
+
+    t = BagTopics()
+    frames = synthetic_frames(2, NAMES[:3], seed=4)
+    for f in frames:
+        f.depth = np.full(f.image.shape[:2], 0.8, np.float32)
+        f.intrinsics = (100.0, 100.0, f.image.shape[1] / 2, f.image.shape[0] / 2)
+    names = {t.camera: "/oak/rgb/image_raw", t.depth: "/oak/stereo/image_raw",
+             t.camera_info: "/oak/rgb/camera_info"}
+    oak = rewrite_bag(write_camera_bag(tmp_path / "plain", frames), tmp_path / "oak",
+                      lambda raw, store: [(names.get(raw.topic, raw.topic), raw.msgtype,
+                                           raw.data)])
+    assert read_camera_bag(oak).depth_encoded_topics == ["/oak/stereo/image_raw"]
+    paired = read_camera_bag(oak, depth_topics={"/oak/rgb/image_raw": "/oak/stereo/image_raw"})
+    assert paired.image_topics == ["/oak/rgb/image_raw"] and not paired.depth_encoded_topics
+    common = ["--offline", "--model", str(bundle), "--vocabulary", str(vocabulary_file),
+              "--text-cache-dir", "", *PARAMS]
+    code, _, err = run_cli([str(oak), "--out", str(tmp_path / "out"), *common], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["bag"]["depth_encoded_image_topics"] == ["/oak/stereo/image_raw"]
+    assert "image topic /oak/stereo/image_raw carries depth" in err
+    assert "--depth-topic COLOUR=/oak/stereo/image_raw" in err
+    code, _, err = run_cli([str(oak), "--out", str(tmp_path / "paired"), "--depth-topic",
+                            "/oak/rgb/image_raw=/oak/stereo/image_raw", "--camera-info-topic",
+                            "/oak/rgb/image_raw=/oak/rgb/camera_info", *common], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "paired" / "report.json").read_text())
+    assert report["bag"]["depth_encoded_image_topics"] == [] and "carries depth" not in err
+    assert report["bag"]["image_topics"] == ["/oak/rgb/image_raw"]

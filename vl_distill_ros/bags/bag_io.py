@@ -83,7 +83,8 @@ __all__ = [
     "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS", "CAMERA_INFO_TYPE",
     "RGBDFrame", "is_depth_topic", "pair_camera_topics", "camera_info_k",
     "COMPRESSED_IMAGE_TYPE", "IMAGE_TYPES", "IMAGE_FORMATS", "written_topics",
-    "is_registered_depth_topic", "typestore", "ns_to_stamp", "stamp_to_ns",
+    "is_registered_depth_topic", "depth_encoded_topics", "typestore", "ns_to_stamp",
+    "stamp_to_ns",
 ]
 
 
@@ -122,6 +123,11 @@ class BagContents:
     #: Depth topics paired with no colour topic (:func:`unpaired_depth_topics`): read by no
     #: one unless ``--depth-topic`` pairs them.
     unpaired_depth_topics: list[str] = field(default_factory=list)
+    #: Colour topics by the naming convention whose first image has a depth encoding
+    #: (``16UC1``, ``32FC1``; :func:`depth_encoded_topics`): a depth camera named without
+    #: ``depth`` (depthai-ros's ``/oak/stereo/image_raw``), replayed as a grey camera unless
+    #: ``--depth-topic`` pairs it or ``--image-topic`` leaves it out.
+    depth_encoded_topics: list[str] = field(default_factory=list)
     #: Colour topics whose depth may come from a separate depth camera: how it is aligned
     #: (:func:`~vl_distill_ros.bags.unregistered_depth.plan_depth_alignment`).
     depth_alignment: dict[str, DepthAlignmentPlan] = field(default_factory=dict)
@@ -604,6 +610,8 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
                                                                        counts))
     contents.depth_alignment = plan_depth_alignment(path, topics, depth_of,
                                                     depth_camera_info_topics)
+    if not cameras:     # the cameras by the naming convention
+        contents.depth_encoded_topics = depth_encoded_topics(path, topics, image_topics, counts)
     if ground_truth is not None:
         contents.ground_truth = read_ground_truth_sidecar(ground_truth,
                                                           contents.ground_truth_repeated)
@@ -617,6 +625,35 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
         contents.ground_truth_source = "topic"
     _name_transport_topics(contents)
     return contents
+
+
+def depth_encoded_topics(path: Path, topics: dict[str, str], image_topics: Sequence[str],
+                         counts: dict[str, int]) -> list[str]:
+    """The raw ``Image`` topics of ``image_topics`` whose first message has a depth encoding
+    (``16UC1`` or ``32FC1``: what depth drivers publish; a grey camera's is ``mono16``),
+    read from one message per topic. A message that does not deserialise, or storage that
+    cannot be read, ends the look quietly: reading the frames reports it as before.
+    """
+    from contextlib import closing
+
+    wanted = {t for t in image_topics if topics.get(t) == IMAGE_TYPE and counts.get(t, 0)}
+    found: list[str] = []
+    if not wanted:
+        return found
+    try:
+        with closing(iter_raw_messages(path, sorted(wanted))) as messages:
+            for raw in messages:
+                if raw.topic not in wanted:
+                    continue
+                wanted.discard(raw.topic)
+                encoding = typestore().deserialize_cdr(raw.data, raw.msgtype).encoding
+                if encoding in ("16UC1", "32FC1"):
+                    found.append(raw.topic)
+                if not wanted:
+                    break
+    except Exception:  # noqa: BLE001 - a corrupt bag is reported when its frames are read
+        pass
+    return sorted(found)
 
 
 def _name_transport_topics(contents: BagContents) -> None:

@@ -67,6 +67,12 @@ def scoring_warnings(report: dict) -> list[str]:
         out.append(f"depth topic {topic} was paired with no colour topic (its camera "
                    "namespace holds none, or several), so its frames were not used: pair it "
                    f"with --depth-topic COLOUR={topic} (and --camera-info-topic)")
+    for topic in report["bag"].get("depth_encoded_image_topics") or []:
+        out.append(f"image topic {topic} carries depth (16UC1 or 32FC1) but no segment of its "
+                   "name says depth, so it was replayed as one more camera and its depth "
+                   "labelled as grey images: pair it with its colour camera with "
+                   f"--depth-topic COLOUR={topic} (and --camera-info-topic), or name the "
+                   "cameras with --image-topic")
     if frames.get("left_out_repeated_stamps"):
         out.append(f"{frames['left_out_repeated_stamps']} frame(s) left out of the scores: "
                    "another frame of their camera has the same header stamp, or several "

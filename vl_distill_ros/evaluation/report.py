@@ -122,6 +122,8 @@ def build_report(contents: Any, rec: Any, scores: Mapping[str, Any], *, rate: fl
                 "depth_topics": dict(getattr(contents, "depth_topics", {}) or {}),
                 "camera_info_topics": dict(getattr(contents, "camera_info_topics", {}) or {}),
                 "unpaired_depth_topics": list(getattr(contents, "unpaired_depth_topics", [])),
+                "depth_encoded_image_topics": list(getattr(contents, "depth_encoded_topics",
+                                                           [])),
                 "depth_alignment": depth_alignment_summary(contents),
                 "ground_truth_source": contents.ground_truth_source,
                 "ground_truth_frames": len(contents.ground_truth),
