@@ -591,7 +591,7 @@ def evaluate_rgbd(frames: list[tuple], cfg: Any, depth_cfg: Any,
         # takes_close_pass says (no camera is named here)
         with_depth = cfg.for_depth_frames()
         fusion_cfg = fusion_colour_config(
-            with_depth if takes_close_pass(depth, depth_cfg)
+            with_depth if takes_close_pass(depth, depth_cfg, camera=k)
             else dataclasses.replace(with_depth, box_net_close_width=0), depth_cfg)
         net = network_detections(image, fusion_cfg, depth_cfg.fuse_network_weak_score)
         colour_boxes, network = with_colour_model(

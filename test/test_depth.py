@@ -1194,6 +1194,37 @@ def test_frames_with_depth_go_without_the_close_pass_unless_asked(bundle, monkey
         pipe.close()
 
 
+def test_a_long_focus_camera_takes_the_close_pass_from_farther(bundle, monkeypatch):
+    """A long-focus lens (YCB-Video's Xtion: fx 1067 px at 640 px wide) shows a table 0.7 m
+    away as large as a 53-degree lens shows it from 0.42 m: its frames with depth take the
+    close pass out to ``close_view_m`` times its fx / width (0.83 m); the default lens at
+    0.7 m, and the long focus at 1.2 m, do not (``depth_fusion.close_view``)."""
+    from helpers import record_box_net_widths
+    from vl_distill_ros.model.bundle import load_bundle
+    from vl_distill_ros.perception.depth_fusion import close_view
+    from vl_distill_ros.perception.pipeline import PerceptionPipeline
+
+    long_focus = CameraIntrinsics(fx=1067.0, fy=1067.0, cx=313.0, cy=241.0, width=640,
+                                  height=480)
+    assert K.fx / K.width <= 1.0
+    table = np.full((480, 640), 0.7, np.float32)
+    assert close_view(table, 0.5, long_focus) and not close_view(table, 0.5, K)
+    assert not close_view(table, 0.5) and not close_view(table * 1.7, 0.5, long_focus)
+    assert not close_view(table, 0.0, long_focus)           # the rule off
+    widths = record_box_net_widths(monkeypatch)
+    pipe = PerceptionPipeline(load_bundle(bundle, device="cpu"), inference_backend="torch")
+    image = np.full((480, 640, 3), 150, np.uint8)
+    runs = {}
+    for name, depth, camera in (("default lens", table, K), ("long focus", table, long_focus),
+                                ("long focus, far", table * 1.7, long_focus)):
+        widths.clear()
+        pipe.process(image, depth, camera)
+        runs[name] = sorted(set(widths))
+    pipe.close()
+    assert runs == {"default lens": [480], "long focus": [240, 480],
+                    "long focus, far": [480]}, runs
+
+
 @pytest.mark.parametrize("image_format", ["raw", "jpeg"])
 def test_live_replay_publishes_depth_to_the_node(bundle, tmp_path, image_format):
     """The live replay starts the node with depth_topics / camera_info_topics and replays

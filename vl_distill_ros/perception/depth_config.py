@@ -264,8 +264,9 @@ class DepthProposalConfig:
     #: ... and a frame whose depth says the camera is close takes it without being asked:
     #: the median of its measured depth (every 8th pixel) nearer than this (m), or no depth
     #: measured at all (nearer than the sensor's range). Chosen between the hand camera's
-    #: close-ups (medians 0.2-0.55 m) and the tables seen from 0.45 m on (0.64 m and more).
-    #: 0: off.
+    #: close-ups (medians 0.2-0.55 m) and the tables seen from 0.45 m on (0.64 m and more);
+    #: a long-focus lens's bound grows with its focal length over its image width
+    #: (``depth_fusion.CLOSE_VIEW_FOCAL_PER_WIDTH``: 0.83 m for YCB-Video's Xtion). 0: off.
     close_view_m: float = 0.5
     #: The top-view split (:mod:`.top_view`): each cluster, seen from above as a height map
     #: of bins this size on the plane (m), is cut where the map steps by more than

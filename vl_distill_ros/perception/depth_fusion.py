@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .boxes import Box, box_containment, box_iou
+from .camera_model import CameraIntrinsics
 from .depth_cloud import back_project
 from .depth_config import DepthProposalConfig
 from .depth_proposals import DepthProposals, box_cells
@@ -142,23 +143,38 @@ def fusion_colour_config(cfg: ProposalConfig, depth_cfg: DepthProposalConfig
     return replace(cfg, box_net_colour="none")
 
 
-def close_view(depth: np.ndarray, below_m: float) -> bool:
+#: :func:`close_view`: the lens ``close_view_m`` was chosen for, as its focal length over the
+#: image width (fx / width; 1.0 is a 53-degree horizontal view; the rendered tables and the
+#: hand camera's close-ups, 42-60 degrees vertical at 4:3, are 0.65-0.97). A longer focus
+#: (YCB-Video's Xtion: 1067 / 640 = 1.67) shows what it sees as large from farther away,
+#: and its distance bound grows in proportion; a shorter one keeps ``close_view_m``.
+CLOSE_VIEW_FOCAL_PER_WIDTH = 1.0
+
+
+def close_view(depth: np.ndarray, below_m: float,
+               camera: CameraIntrinsics | None = None) -> bool:
     """Whether registered ``depth`` (metres, 0 = none) says the camera is close to what it
-    sees: the median of every 8th pixel's measured depth nearer than ``below_m``, or none
-    measured (nearer than the sensor's range, or no depth). Always false for ``below_m`` 0."""
+    sees: the median of every 8th pixel's measured depth nearer than ``below_m`` (times
+    the ``camera``'s focal length over its width per :data:`CLOSE_VIEW_FOCAL_PER_WIDTH`,
+    when that is above 1: a long-focus lens sees objects as large from farther away), or
+    none measured (nearer than the sensor's range, or no depth). Always false for
+    ``below_m`` 0."""
     if below_m <= 0:
         return False
+    if camera is not None and camera.width > 0:
+        below_m *= max(1.0, float(camera.fx) / float(camera.width) / CLOSE_VIEW_FOCAL_PER_WIDTH)
     sample = np.asarray(depth)[::8, ::8]
     measured = sample[sample > 0]
     return measured.size == 0 or float(np.median(measured)) < below_m
 
 
-def takes_close_pass(depth: np.ndarray, cfg: DepthProposalConfig, named: bool = False
-                     ) -> bool:
+def takes_close_pass(depth: np.ndarray, cfg: DepthProposalConfig, named: bool = False,
+                     camera: CameraIntrinsics | None = None) -> bool:
     """Whether a frame with registered ``depth`` takes the box network's close pass: its
     camera is ``named`` for it, ``cfg.fuse_close_pass``, or its depth says the camera is
-    close (:func:`close_view` with ``cfg.close_view_m``). The node's and the bench's rule."""
-    return named or cfg.fuse_close_pass or close_view(depth, cfg.close_view_m)
+    close (:func:`close_view` with ``cfg.close_view_m`` and the ``camera``'s lens). The
+    node's and the bench's rule."""
+    return named or cfg.fuse_close_pass or close_view(depth, cfg.close_view_m, camera)
 
 
 def refine_network_boxes(network_boxes: Sequence[Box], depth_boxes: Sequence[Box],

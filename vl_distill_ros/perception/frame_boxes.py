@@ -173,7 +173,7 @@ class FrameBoxes:
         s = s.for_frames_behind() if behind else s
         if s.proposal_cfg.box_net_close_width and not takes_close_pass(
                 depth.depth if isinstance(depth, UnalignedDepth) else depth, s.depth_cfg,
-                camera in s.close_cameras):
+                camera in s.close_cameras, intrinsics):
             s = s.without_close_pass()   # a frame with depth: only a close camera takes it
         if intrinsics is None:
             return self._colour_only(image, s), None, "no camera intrinsics", None
