@@ -756,6 +756,66 @@ def test_console_script_runs_and_stops_on_sigint(tester, bundle_path, tmp_path):
     assert proc.returncode == 0, out
 
 
+def test_a_repeated_sigint_while_stopping_is_quiet():
+    """Ctrl-C on ros2 launch: the terminal's SIGINT and launch's own reach the node within
+    milliseconds; the second is ignored while it stops, a later one still interrupts."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        node_mod.quiet_repeated_interrupts(grace_s=30.0)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)                      # the handler runs here: nothing is raised
+        node_mod.quiet_repeated_interrupts(grace_s=0.0)
+        time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_run_node_leaves_sigint_ignored_for_the_exit():
+    """After the node has stopped only the process's exit follows: a late SIGINT (launch's
+    copy reaching a managed node as Python finalises) killed it, exit -2. (Its own process:
+    run_node initialises and shuts down rclpy's default context.)"""
+    script = ("import signal\n"
+              "from vl_distill_ros.ros import node\n"
+              "class Interrupted:\n"
+              "    def __init__(self):\n"
+              "        raise KeyboardInterrupt\n"          # Ctrl-C while the node is made
+              "code = node.run_node(Interrupted, ['vl_distill_node'])\n"
+              "print(code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n")
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["0", "True"], done.stdout + done.stderr
+
+
+def test_node_process_stops_cleanly_on_sigint_twice(bundle_path, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vl_distill_ros.ros.node", "--ros-args", "-r", "__ns:=/twice",
+         "-p", f"model_path:={bundle_path}", "-p", f"text_cache_dir:={tmp_path / 'cache'}",
+         "-p", f"vocabulary_store:={tmp_path / 'store.yaml'}"],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "ready:" in line:
+                break
+        assert "ready:" in "".join(lines), "".join(lines)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)       # the terminal's, to the whole group
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)       # launch's, forwarded to its node at once
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    out = "".join(lines) + out
+    assert proc.returncode == 0 and "Traceback" not in out, out
+
+
 def test_detections_published_when_vision_msgs_is_available(ctx, tester, bundle_path, tmp_path):
     pytest.importorskip("vision_msgs", reason="vision_msgs is not installable here (no ROS 2 "
                         "apt packages, not on PyPI); ~/detections is disabled without it")

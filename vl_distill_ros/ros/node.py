@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -999,7 +1000,8 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
              usage: str | None = None) -> int:
     """Run ``node_class()`` (this node or its managed variant) until Ctrl-C; ``--help``
     prints ``usage`` (default :func:`usage_text`) without starting rclpy. Returns the exit
-    code: 1 when the node cannot start."""
+    code: 1 when the node cannot start. The process is to exit then: SIGINT is ignored
+    from the node's end on (:func:`quiet_repeated_interrupts`)."""
     import sys
 
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -1040,10 +1042,40 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
         if rclpy.ok():
             raise
     finally:
+        quiet_repeated_interrupts()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        if threading.current_thread() is threading.main_thread():
+            # only the process's exit follows: a SIGINT there killed it (exit -2) once
+            # Python had put back the default handler, or raised in an atexit callback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
+
+
+#: Seconds after the node begins to stop in which a further SIGINT is ignored.
+REPEATED_INTERRUPT_GRACE_S = 2.0
+
+
+def quiet_repeated_interrupts(grace_s: float = REPEATED_INTERRUPT_GRACE_S) -> None:
+    """While the node stops, ignore SIGINTs of the next ``grace_s`` seconds; a later one
+    still interrupts (a person pressing Ctrl-C again).
+
+    Ctrl-C on ``ros2 launch`` sends SIGINT twice within milliseconds: the terminal's to the
+    whole process group, then launch's own to the node. The second one raised
+    ``KeyboardInterrupt`` wherever the clean-up was (joining the workers, rclpy's shutdown,
+    interpreter exit): a traceback, workers and rclpy not shut down, and launch reporting
+    "process has died [... exit code -2]". Main thread only (where Python runs handlers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    since = time.monotonic()
+
+    def handler(signum: int, frame: Any) -> None:
+        if time.monotonic() - since > grace_s:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

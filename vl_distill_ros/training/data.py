@@ -1,6 +1,7 @@
 """Data preparation shared by training and evaluation: vocabularies, splits, teacher targets."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from .image_folder import (DatasetError, LabeledImages, list_image_folder, load_
 from .teacher_cache import TeacherImageCache, file_digest
 from ..model.teachers import Teacher
 from ..model.teachers.factory import build_teacher, teacher_id_for
-from ..model.vocabulary import Label, Split, Vocabulary
+from ..model.vocabulary import Label, Split, Vocabulary, VocabularyError
 from ..model.zero_shot import build_zero_shot_classifier
+
+LOG = logging.getLogger(__name__)
 
 #: Rendered splits and the label set each is scored against.
 EVAL_SPLITS = {
@@ -44,8 +47,28 @@ def load_vocabularies(cfg: DataConfig) -> Vocabularies:
     split = Split.load(cfg.split)
     if not cfg.enrich:
         vocab = vocab.without_descriptions()
-    return Vocabularies(all=vocab.subset(split.all_keys), id=vocab.subset(split.in_distribution),
-                        ood=vocab.subset(split.out_of_distribution), split=split)
+    id_vocab = _split_part(vocab, split.in_distribution, "in_distribution", cfg)
+    ood_vocab = _split_part(vocab, split.out_of_distribution, "out_of_distribution", cfg)
+    return Vocabularies(all=vocab.subset(split.all_keys), id=id_vocab, ood=ood_vocab,
+                        split=split)
+
+
+def _split_part(vocab: Vocabulary, keys: tuple[str, ...], field: str,
+                cfg: DataConfig) -> Vocabulary:
+    """The labels of one list of the split, or a :class:`VocabularyError` naming the split
+    file: an empty list (an empty vocabulary's bare message said neither file nor list) or
+    a key the vocabulary file does not hold (was a bare ``KeyError`` traceback)."""
+    if not keys:
+        need = ("at least one object to train on" if field == "in_distribution" else
+                "at least one object held out of training (it needs no images: a split "
+                "folder without its images, such as test_ood, is skipped)")
+        raise VocabularyError(f"{cfg.split}: '{field}' is empty; a training split needs {need}")
+    missing = [k for k in keys if not _has(vocab, k)]
+    if missing:
+        raise VocabularyError(f"{cfg.split}: '{field}' names {', '.join(map(repr, missing))}, "
+                              f"which the vocabulary {cfg.vocabulary} does not hold (by key "
+                              "or name)")
+    return vocab.subset(keys)
 
 
 class LazyTeacher:
@@ -156,15 +179,17 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
             be auxiliary, so no OOD image or name is ever trained on.
     """
     parts = []
+    full = full_vocabulary(data_cfg)
     for name in data_cfg.train_splits:
+        _refuse_unnamed_folders(split_folder(data_cfg.root, name), full, data_cfg.vocabulary)
         part = load_split_images(data_cfg.root, name, vocabs.id)
         if part is None:
             if not parts:
                 return None
             raise DatasetError(f"training split {split_folder(data_cfg.root, name)} not found")
         parts.append(part)
+    _warn_untrained(parts, vocabs.id, data_cfg)
     n_id = sum(len(p) for p in parts)
-    full = full_vocabulary(data_cfg)
     aux_keys: list[str] = []
     aux_parts = []
     for name in data_cfg.aux_splits:
@@ -196,6 +221,31 @@ def load_training_set(data_cfg: DataConfig, cls_label_set: str,
     return TrainingSet(data=_concat(parts, cls_vocab), cls_vocab=cls_vocab,
                        n_labelled_id=n_id, n_aux=sum(len(p) for p in parts) - n_id,
                        first_named_label=first_named)
+
+
+def _refuse_unnamed_folders(folder: Path, full: Vocabulary, vocabulary_file: str) -> None:
+    """A training split's label folders must each name a label of the vocabulary file (by
+    key or name): a misspelt folder (``tape_measures`` for *tape measure*) was left out
+    without a word, its images never trained on."""
+    if not folder.is_dir():
+        return
+    unknown = sorted(p.name for p in folder.iterdir()         # hidden folders aside
+                     if p.is_dir() and not p.name.startswith(".") and not _has(full, p.name))
+    if unknown:
+        raise DatasetError(f"{folder}: folders {unknown[:10]} match no label of the vocabulary "
+                           f"{vocabulary_file} (by key or name); name each folder after a "
+                           "label's key or name, or add the label")
+
+
+def _warn_untrained(parts: list[LabeledImages], id_vocab: Vocabulary,
+                    data_cfg: DataConfig) -> None:
+    """Log the split's training objects that no training split has an image of."""
+    seen = {int(i) for p in parts for i in np.unique(p.labels)}
+    missing = [lb.name for i, lb in enumerate(id_vocab.labels) if i not in seen]
+    if missing:
+        LOG.warning("no training images of %s (in_distribution of %s) in %s: they are "
+                    "trained on as names only", ", ".join(missing), data_cfg.split,
+                    ", ".join(str(split_folder(data_cfg.root, n)) for n in data_cfg.train_splits))
 
 
 def merge_similar_names(train_set: TrainingSet, text_emb: torch.Tensor,
