@@ -197,6 +197,25 @@ def test_depth_files_run_the_depth_proposer_as_the_offline_replay(tmp_path, rgbd
     assert [o["bbox"] for o in scaled["objects"]] == [o["bbox"] for o in doc["objects"]]
 
 
+def test_depth_files_in_another_unit_are_warned_of_with_the_depth_scale(tmp_path, rgbd_frame,
+                                                                        capsys):
+    """A depth PNG in 0.1 mm units read as millimetres (the default ``--depth-scale``): the
+    image is labelled colour only, and one warning (not one per image) names the factor
+    and ``--depth-scale 0.0001``; it said only where the depth lay."""
+    image, depth, camera = rgbd_frame
+    png = _png(tmp_path / "frame.png", image)
+    intrinsics = ",".join(f"{v:.17g}" for v in camera)
+    tenth = _depth_png(tmp_path / "depth_tenth_mm.png", depth, 0.0001)
+    assert cli.main(["label", str(png), str(png), "--depth", str(tenth), "--depth",
+                     str(tenth), "--intrinsics", intrinsics]) == 0
+    err = capsys.readouterr().err
+    assert err.count("depth in the wrong unit?") == 1, err
+    assert "x0.1 would put its median" in err and "--depth-scale 0.0001 (now 0.001)" in err
+    mm = _depth_png(tmp_path / "depth.png", depth)
+    assert cli.main(["label", str(png), "--depth", str(mm), "--intrinsics", intrinsics]) == 0
+    assert "wrong unit" not in capsys.readouterr().err
+
+
 def test_depth_scale_range_is_the_nodes():
     from vl_distill_ros.commands.label import DEPTH_SCALE_RANGE
     from vl_distill_ros.ros import params

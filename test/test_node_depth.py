@@ -669,6 +669,46 @@ def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_
         assert len(logged) == 1 and "depth_scale" in logged[0], warnings
 
 
+def test_depth_in_the_wrong_unit_is_a_camera_warning_naming_the_depth_scale(
+        ctx, tester, bundle, tmp_path):
+    """Right depth first: OK, no ``depth_unit_warning``. Then 16UC1 in 0.1 mm units
+    (YCB-Video's) read as millimetres: every frame goes colour-only (still labelled), the
+    camera turns WARN in ``/diagnostics`` with ``depth_unit_warning`` naming the factor and
+    ``depth_scale 0.0001``, and the log says so once (rate-limited), where before only
+    ``last_colour_only_reason`` of an OK status asked about the units."""
+    objs = [(-0.25, -0.1, 0.08, 0.06, 0.1), (0.25, 0.15, 0.07, 0.07, 0.12)]
+    depth, _ = render_tabletop(objs, k=K, distance=0.8)
+    rig = Rig(tester, "/units")
+    with _node(ctx, "/units", bundle, tmp_path) as node:
+        warnings: list[str] = []
+        logger = node.get_logger()
+        node.get_logger = lambda: SimpleNamespace(
+            warning=lambda text, **kw: (warnings.append(text), logger.warning(text)),
+            info=logger.info, error=logger.error, debug=logger.debug)
+        assert wait_for(lambda: tester.node.count_subscribers("/units/cam/depth") > 0, 10.0)
+        rig.send("right", 90, depth_msg(depth, 90, 0), info_msg(K))
+        assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
+        assert rig.status()["level"] == b"\x00" and rig.status()["depth_unit_warning"] == ""
+        tenths = depth_msg(depth, 91, 0)
+        tenths.data = np.round(depth * 10000.0).astype(np.uint16).tobytes()
+        for sec in range(91, 95):
+            tenths.header.stamp.sec = sec
+            doc = rig.send(f"tenth-{sec}", sec, tenths, info_msg(K))
+            assert doc["objects"] == [] or all("position" not in o or o["position"] is None
+                                               for o in doc["objects"])
+
+        def warned():
+            st = rig.status()
+            return st["level"] == b"\x01" and "wrong unit" in st["message"]
+        assert wait_for(warned, 10.0), rig.status()
+        text = rig.status()["depth_unit_warning"]
+        assert "x0.1 would put its median" in text, text
+        assert "depth_scale 0.0001 (now 0.001)" in text, text
+        assert "32FC1" not in text                  # the camera's depth is 16-bit
+        logged = [w for w in warnings if "wrong unit" in w]
+        assert len(logged) == 1 and "depth_scale 0.0001" in logged[0], warnings
+
+
 def test_unregistered_depth_is_aligned_to_the_colour_camera(ctx, tester, bundle, tmp_path):
     """A depth camera 5 cm beside the colour camera, with its own intrinsics, publishing its
     own depth image and CameraInfo: with depth_camera_info_topics and depth_to_colour_poses

@@ -760,7 +760,10 @@ def test_ground_truth_naming_the_base_topic_of_a_compressed_camera_scores_it(tmp
 def test_depth_scale_reads_a_bags_16_bit_depth_in_other_units(tmp_path, capsys):
     """``-p depth_scale:=...``: a bag whose 16UC1 depth is in tenths of a millimetre (as
     YCB-Video stores it) replays offline as the same frame in millimetres does; read as
-    millimetres it is ten times too far and the objects differ."""
+    millimetres it is ten times too far and the objects differ, and a warning and
+    report.json's ``node.depth.unit_warnings`` name the unit and the depth_scale that fits
+    (the frames only went colour-only, their reason in ``frames_by_status``, without a
+    word); depth in the right unit is never warned of."""
     import numpy as np
 
     from vl_distill_ros.bags.bag_io import BagFrame, write_camera_bag
@@ -774,18 +777,25 @@ def test_depth_scale_reads_a_bags_16_bit_depth_in_other_units(tmp_path, capsys):
     fine = write_camera_bag(tmp_path / "tenths", [BagFrame(1_000_000_000, frame.image, [],
                                                            depth=tenths, intrinsics=camera)])
 
-    def objects(bag: Path, *extra: str) -> list:
+    def objects(bag: Path, *extra: str) -> tuple[list, str, dict]:
         out = tmp_path / f"out_{bag.name}_{len(extra)}"
         code, _, err = run_cli([str(bag), "--offline", "--out", str(out), "--no-plots",
                                 *extra], capsys)
         assert code == 0, err
         (doc,) = load_labels_jsonl(out / "labels.jsonl")
-        return doc["doc"]["objects"]
+        report = json.loads((out / "report.json").read_text())
+        return doc["doc"]["objects"], err, report["node"].get("depth") or {}
 
-    reference = objects(mm)
-    assert reference
-    assert objects(fine, "-p", "depth_scale:=0.0001") == reference
-    assert objects(fine) != reference
+    reference, err, depth = objects(mm)
+    assert reference and "wrong unit" not in err and "unit_warnings" not in depth
+    found, err, depth = objects(fine, "-p", "depth_scale:=0.0001")
+    assert found == reference and "wrong unit" not in err and "unit_warnings" not in depth
+    found, err, depth = objects(fine)
+    assert found != reference
+    (text,) = depth["unit_warnings"].values()
+    assert "x0.1 would put its median" in text and "depth_scale 0.0001 (now 0.001)" in text, text
+    assert "warning: /camera/image_raw: depth in the wrong unit?" in err
+    assert "-p depth_scale:=" in err
 
 
 def test_options_that_gave_tracebacks_are_exit_2(bag, bundle, tmp_path, capsys, monkeypatch):

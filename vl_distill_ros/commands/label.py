@@ -315,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
     bad = colour_only = 0
     lines: list[str] = []
     written: set[str] = set()
+    said: set[str] = set()
     stdout = _Stdout()
     try:
         if out is not None:
@@ -351,8 +352,7 @@ def run(args: argparse.Namespace) -> int:
                 bad += 1
                 continue
             if depth is not None and pipe.last_depth_status != "used":
-                print(f"{PROG}: {path}: depth not used ({pipe.last_depth_status}); colour only",
-                      file=sys.stderr)
+                _say_depth_unused(pipe, path, args.depth_scale, said)
             line = json.dumps(labels_document(0, 0, path.name, str(path), version, objects))
             stdout.print(line)
             lines.append(line)
@@ -373,6 +373,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         pipe.close()
     return _exit_code(len(args.images), bad, colour_only, stdout.error)
+
+
+def _say_depth_unused(pipe, path: Path, unit_m: float, said: set[str]) -> None:
+    """Say on stderr that ``path``'s depth was not used and why; the first time its depth
+    looks like another unit than ``--depth-scale`` says, also which
+    (:mod:`~vl_distill_ros.perception.depth_units`; ``said`` holds what was said)."""
+    from ..perception.depth_units import unit_warning
+
+    print(f"{PROG}: {path}: depth not used ({pipe.last_depth_status}); colour only",
+          file=sys.stderr)
+    verdict = pipe.depth_unit_verdict(str(path), min_frames=1)
+    if verdict is not None and "unit" not in said:
+        said.add("unit")
+        text = unit_warning(verdict, unit_m, False).replace("depth_scale ", "--depth-scale ")
+        print(f"{PROG}: warning: {path}: {text}", file=sys.stderr)
 
 
 def _exit_code(images: int, bad: int, colour_only: int, stdout_error: str) -> int:

@@ -73,6 +73,10 @@ def scoring_warnings(report: dict) -> list[str]:
                    "labelled as grey images: pair it with its colour camera with "
                    f"--depth-topic COLOUR={topic} (and --camera-info-topic), or name the "
                    "cameras with --image-topic")
+    for topic, text in sorted(((report.get("node") or {}).get("depth") or {}).get(
+            "unit_warnings", {}).items()):
+        out.append(f"{topic}: {text}" + (" (replay-eval takes it as -p depth_scale:=...)"
+                                         if "needs depth_scale" in text else ""))
     if frames.get("left_out_repeated_stamps"):
         out.append(f"{frames['left_out_repeated_stamps']} frame(s) left out of the scores: "
                    "another frame of their camera has the same header stamp, or several "

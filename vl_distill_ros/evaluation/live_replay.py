@@ -638,6 +638,10 @@ def _finish(rec: Recording, replay: ReplayNode, node: NodeProcess, run: PacedRun
                 for t, v in replay.diagnostics.cameras.items()}
     rec.node["counters"] = node_counters(cams)
     rec.node["cameras"] = cams
+    units = {t: v["depth_unit_warning"] for t, v in sorted(cams.items())
+             if v.get("depth_unit_warning")}
+    if units:   # as offline (README: depth in the wrong unit)
+        rec.node.setdefault("depth", {})["unit_warnings"] = units
 
 
 def _teardown(rec: Recording, plan: LivePlan, node: NodeProcess | None,

@@ -163,12 +163,34 @@ def offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str,
     return pipe, vocab, source
 
 
+def _float_depth(contents: BagContents, colour_topic: str) -> bool | None:
+    """Whether the first message of ``colour_topic``'s depth topic is 32FC1 (True), 16-bit
+    (False) or neither or unreadable (None), for the unit warning's advice."""
+    from contextlib import closing
+
+    from ..bags.bag_io import iter_raw_messages, typestore
+    from ..perception.depth_units import float_encoding
+
+    topic = contents.depth_topics.get(colour_topic)
+    try:
+        with closing(iter_raw_messages(contents.path, [topic])) as messages:
+            for raw in messages:
+                if raw.topic == topic:
+                    msg = typestore().deserialize_cdr(raw.data, raw.msgtype)
+                    return float_encoding(getattr(msg, "encoding", "")
+                                          or getattr(msg, "format", ""))
+    except Exception:  # noqa: BLE001 - the frames were read: the advice names both
+        pass
+    return None
+
+
 def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
     """Run the pipeline on every image of the bag (see the module docstring).
 
     Raises:
         InputError: bad model, vocabulary, settings or an undecodable image.
     """
+    from ..perception.depth_units import unit_warning
     from ..perception.pipeline import PipelineError, labels_document
 
     model = check_model(settings.model)
@@ -223,6 +245,12 @@ def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
                              "registration_shift_px": {
                                  topic: list(pipe.depth_shift(topic))
                                  for topic in contents.depth_topics}}
+        unit = float(values["depth_scale"])
+        units = {topic: unit_warning(v, unit, _float_depth(contents, topic))
+                 for topic in sorted(contents.depth_topics)
+                 if (v := pipe.depth_unit_verdict(topic, min_frames=1)) is not None}
+        if units:   # README: depth in the wrong unit
+            rec.node["depth"]["unit_warnings"] = units
     rec.duration_s = time.monotonic() - t_start
     return rec
 

@@ -23,6 +23,7 @@ from .depth_alignment import UnalignedDepth
 from .depth_config import DepthProposalConfig, stride_for
 from .depth_fusion import fuse_proposals_with_views, fusion_colour_config, takes_close_pass
 from .depth_proposals import DepthProposals, propose_depth_boxes
+from .depth_units import DepthUnitCheck, UnitVerdict
 from .depth_registration import DepthRegistration
 from .object_placement import ObjectPlacement, place_objects
 from .pipeline_settings import PipelineError, PipelineSettings
@@ -74,6 +75,8 @@ class FrameBoxes:
         self._depth_noise: dict[str, float] = {}
         #: Whether each camera's last frame with a support plane had sparse depth.
         self._depth_sparse: dict[str, bool] = {}
+        #: Each camera's depth unit check (:mod:`~.depth_units`), by camera key.
+        self._units: dict[str, DepthUnitCheck] = {}
 
     def depth_fattening(self, camera: str = "") -> int:
         """The width (pixels) of the fattened rim taken off ``camera``'s depth edges
@@ -100,6 +103,23 @@ class FrameBoxes:
         samples filled from their cells (``sparse_fill_frac``); False before one."""
         with self._registration_lock:
             return self._depth_sparse.get(camera, False)
+
+    def _unit_check(self, camera: str) -> DepthUnitCheck:
+        """``camera``'s depth unit check (a new one for a new camera)."""
+        with self._registration_lock:
+            check = self._units.get(camera)
+            if check is None:
+                check = DepthUnitCheck()
+                _remember(self._units, camera, check)
+            return check
+
+    def depth_unit_verdict(self, camera: str = "", min_frames: int = 3
+                           ) -> UnitVerdict | None:
+        """Whether ``camera``'s recent depth looks like the wrong unit
+        (:meth:`~.depth_units.DepthUnitCheck.verdict`); None before any frame with depth."""
+        with self._registration_lock:
+            check = self._units.get(camera)
+        return None if check is None else check.verdict(min_frames)
 
     def _registration(self, camera: str, cfg: DepthProposalConfig
                       ) -> DepthRegistration | None:
@@ -197,6 +217,8 @@ class FrameBoxes:
                                    image.shape[0])  # this camera's step
             found = propose_depth_boxes(depth, intrinsics, depth_cfg, image,
                                         self._registration(camera, depth_cfg))
+            self._unit_check(camera).update(depth, depth_cfg.min_depth_m,
+                                            depth_cfg.max_depth_m, found.plane is not None)
         except DepthError as exc:
             return self._colour_only(image, s, pending), None, str(exc), None  # colour only
         except Exception as exc:  # noqa: BLE001 - a depth image no test foresaw

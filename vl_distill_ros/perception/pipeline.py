@@ -62,6 +62,7 @@ from .boxes import Box, classification_window, crop, full_frame_box
 from .camera_model import CameraIntrinsics
 from .depth_alignment import UnalignedDepth
 from .depth_config import DepthProposalConfig
+from .depth_units import UnitVerdict
 from .frame_boxes import MAX_REGISTERED_CAMERAS, FrameBoxes
 from .labels_output import ObjectResult, draw_annotations, labels_document
 from .object_placement import ObjectPlacement
@@ -418,6 +419,12 @@ class PerceptionPipeline:
         """The pixels ``(dx, dy)`` by which ``camera``'s depth is moved onto its colour
         image (``registration_search_px``; ``(0, 0)`` until its frames show better)."""
         return self.frame_boxes.depth_shift(camera)
+
+    def depth_unit_verdict(self, camera: str = "", min_frames: int = 3
+                           ) -> UnitVerdict | None:
+        """Whether ``camera``'s recent frames' depth went unused for lying out of range as
+        depth in another unit would (:mod:`~vl_distill_ros.perception.depth_units`)."""
+        return self.frame_boxes.depth_unit_verdict(camera, min_frames)
 
     def depth_noise(self, camera: str = "") -> float:
         """The depth noise (standard deviation, m, at 1 m) that ``camera``'s last frame

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..perception.compressed_codec import decode_depth_message, is_rectified_topic
 from ..perception.depth_alignment import UnalignedDepth
+from ..perception.depth_units import float_encoding
 from ..perception.camera_model import (DISTORTION_MODELS, MAX_DISTORTION_COEFFS, CameraIntrinsics,
                                        DepthError, distortion_corner_px)
 from ..perception.image_codec import MILLIMETRE, ImageDecodeError
@@ -104,6 +105,8 @@ class DepthInput:
         self.colour_only_in_period = 0
         self.last_depth_error = ""
         self.last_colour_only_reason = ""
+        #: The last decoded depth image was 32FC1 (True), 16-bit (False), or not known yet.
+        self.float_depth: bool | None = None
         #: :func:`~vl_distill_ros.perception.camera_model.distortion_corner_px` of the
         #: CameraInfo in use (None: not measured yet, or an unknown model).
         self.distortion_px: float | None = None
@@ -236,6 +239,8 @@ class DepthInput:
             k = CameraIntrinsics.from_camera_info(info, self.rectified, (width, height))
             self._measure_distortion(info, k)
             depth = decode_depth_message(msg, unit_m=self.unit_m)
+            self.float_depth = float_encoding(getattr(msg, "encoding", "")
+                                              or getattr(msg, "format", ""))
         except DepthError as exc:
             return self._error(f"CameraInfo on {self.info_topic}: {exc}")
         except ImageDecodeError as exc:

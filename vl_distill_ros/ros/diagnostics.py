@@ -250,6 +250,9 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         status.level = DiagnosticStatus.WARN
         status.message = clip_text(f"{depth_errors} frame(s) processed colour-only, bad depth: "
                                    f"{values['last_depth_error']}")
+    elif values.get("depth_unit_warning"):
+        status.level = DiagnosticStatus.WARN
+        status.message = clip_text(values["depth_unit_warning"])
     elif period.get("silent_s"):
         status.level = DiagnosticStatus.WARN
         rate = f" (before: {1.0 / period['interval']:.1f} images/s)" \

@@ -61,6 +61,7 @@ from ..model.vocabulary import Vocabulary, VocabularyError
 from ..perception.compressed_codec import (decode_image_message, is_rectified_topic,
                                            topic_transport)
 from ..perception.depth_alignment import transform_from_pose
+from ..perception.depth_units import unit_warning
 from ..perception.camera_model import DepthError
 from ..perception.image_codec import ImageDecodeError
 from ..perception.keeping_up import KeepingUp
@@ -786,6 +787,24 @@ class VlDistillNode(Node):
         self.get_logger().warning(f"{cam.resolved}: depth paired but not used, processed "
                                   f"colour-only: {clip_text(reason)}")
 
+    def _depth_unit_warning(self, cam: CameraState) -> str:
+        """What the camera's depth unit check says (``""``: nothing wrong seen)."""
+        verdict = self.pipeline.depth_unit_verdict(cam.resolved)
+        if verdict is None:
+            return ""
+        return unit_warning(verdict, cam.depth.unit_m, cam.depth.float_depth)
+
+    def _log_depth_unit(self, cam: CameraState) -> None:
+        """Log the camera's depth unit warning, at most every :data:`BAD_FRAME_LOG_PERIOD`
+        (README: depth in the wrong unit)."""
+        now = time.monotonic()
+        if now - cam.log_times.get("depth_unit", -BAD_FRAME_LOG_PERIOD) < BAD_FRAME_LOG_PERIOD:
+            return
+        text = self._depth_unit_warning(cam)
+        if text:
+            cam.log_times["depth_unit"] = now
+            self.get_logger().warning(f"{cam.resolved}: {text}")
+
     def _classify_and_publish(self, staged: "_Staged") -> None:
         cam, msg = staged.cam, staged.msg
         t0 = time.monotonic()
@@ -796,6 +815,7 @@ class VlDistillNode(Node):
             cam.depth.record(staged.frame.depth_status, placed, len(objects) - placed)
             if staged.frame.depth_status not in ("used", "not used"):   # "not used": settings
                 self._log_depth_unused(cam, staged.frame.depth_status)
+                self._log_depth_unit(cam)
         doc = labels_document(msg.header.stamp.sec, msg.header.stamp.nanosec,
                               msg.header.frame_id, cam.resolved, version, objects)
         if self._stop.is_set():
@@ -948,6 +968,7 @@ class VlDistillNode(Node):
                     f"{1000.0 * self.pipeline.depth_noise(cam.resolved):.2f}"
                 period["values"]["depth_sparse"] = \
                     str(self.pipeline.depth_sparse(cam.resolved)).lower()
+                period["values"]["depth_unit_warning"] = self._depth_unit_warning(cam)
             if self.pipeline.settings.tracks.enabled:
                 active_tracks, started = self.pipeline.tracks.counts(cam.resolved)
                 period["values"]["tracks_active"] = active_tracks
