@@ -654,11 +654,7 @@ def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_
                       image_topics=["cam/image"], depth_topics=["cam/depth"],
                       camera_info_topics=["cam/info"], depth_sync_tolerance=0.05,
                       inference_backend="torch", warm_text_encoder=False) as node:
-        warnings: list[str] = []
-        logger = node.get_logger()
-        node.get_logger = lambda: SimpleNamespace(
-            warning=lambda text, **kw: (warnings.append(text), logger.warning(text)),
-            info=logger.info, error=logger.error, debug=logger.debug)
+        warnings = _captured_warnings(node)
         assert wait_for(lambda: tester.node.count_subscribers("/tenth/cam/depth") > 0, 10.0)
         rig.send("tenth", 80, msg, info_msg(K))
         assert wait_for(lambda: int(rig.status().get("colour_only", 0)) >= 1, 10.0), \
@@ -667,6 +663,16 @@ def test_depth_scale_reads_16_bit_depth_in_other_units(ctx, tester, bundle, tmp_
         assert "lies beyond max_depth_m" in reason and "depth_scale" in reason, reason
         logged = [w for w in warnings if "depth paired but not used" in w]
         assert len(logged) == 1 and "depth_scale" in logged[0], warnings
+
+
+def _captured_warnings(node) -> list[str]:
+    """The texts of the node's logged warnings from now on (still logged as usual)."""
+    warnings: list[str] = []
+    logger = node.get_logger()
+    node.get_logger = lambda: SimpleNamespace(
+        warning=lambda text, **kw: (warnings.append(text), logger.warning(text)),
+        info=logger.info, error=logger.error, debug=logger.debug)
+    return warnings
 
 
 def test_depth_in_the_wrong_unit_is_a_camera_warning_naming_the_depth_scale(
@@ -680,11 +686,7 @@ def test_depth_in_the_wrong_unit_is_a_camera_warning_naming_the_depth_scale(
     depth, _ = render_tabletop(objs, k=K, distance=0.8)
     rig = Rig(tester, "/units")
     with _node(ctx, "/units", bundle, tmp_path) as node:
-        warnings: list[str] = []
-        logger = node.get_logger()
-        node.get_logger = lambda: SimpleNamespace(
-            warning=lambda text, **kw: (warnings.append(text), logger.warning(text)),
-            info=logger.info, error=logger.error, debug=logger.debug)
+        warnings = _captured_warnings(node)
         assert wait_for(lambda: tester.node.count_subscribers("/units/cam/depth") > 0, 10.0)
         rig.send("right", 90, depth_msg(depth, 90, 0), info_msg(K))
         assert wait_for(lambda: int(rig.status()["depth_used"]) >= 1, 10.0), rig.status()
