@@ -100,3 +100,20 @@ def test_a_trained_object_without_images_is_warned_of(tmp_path, caplog):
         train_set = load_training_set(cfg, "id", load_vocabularies(cfg))
     assert len(train_set.data) == 2
     assert any("no training images of tape measure" in r.getMessage() for r in caplog.records)
+
+
+def test_a_data_error_leaves_an_earlier_run_in_place(tmp_path, capsys):
+    """A typo run moved the good run in output_dir aside (previous_run/) before its data
+    checks stopped it: the data are now checked first, and the earlier run stays."""
+    cfg = _files(tmp_path, "[pliers, tape measure]", "[multimeter]")
+    _photos(tmp_path / "images", {"pliers": 2, "tape_measures": 3})   # misspelt
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "student_final.pt").write_bytes(b"an earlier run's weights")
+    config = tmp_path / "train.yaml"
+    config.write_text(f"output_dir: {run}\ndata:\n  root: {cfg.root}\n"
+                      f"  vocabulary: {cfg.vocabulary}\n  split: {cfg.split}\n")
+    assert main(["train", "--config", str(config), "--no-progress"]) == 2
+    assert "match no label" in capsys.readouterr().err
+    assert (run / "student_final.pt").read_bytes() == b"an earlier run's weights"
+    assert not (run / "previous_run").exists()

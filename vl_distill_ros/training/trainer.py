@@ -677,15 +677,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         torch.set_num_threads(cfg.optim.threads)
     out = Path(cfg.output_dir)
     ckpt_path = out / CHECKPOINT
-    ckpt, start_epoch = _prepare_output(cfg, env, out, resume)
     torch.manual_seed(cfg.optim.seed)
     np.random.seed(cfg.optim.seed)
+    # the data are checked before an earlier run in output_dir is moved aside: a typo in
+    # the split or a folder name stops here and leaves that run where it was
     vocabs = load_vocabularies(cfg.data)
     train_set = load_training_set(cfg.data, cfg.loss.cls_label_set, vocabs)
     if train_set is None:
         first = Path(cfg.data.root) / cfg.data.train_splits[0]
         raise TrainingError(f"no training images at {first}; run `vl-distill render` first "
                             "or point data.root at an image folder")
+    ckpt, start_epoch = _prepare_output(cfg, env, out, resume)
     train_data = train_set.data
     val_data = load_split_images(cfg.data.root, "test_id", vocabs.id)
     teacher = LazyTeacher(cfg.teacher, seed=cfg.optim.seed)
