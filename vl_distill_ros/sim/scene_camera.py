@@ -147,7 +147,7 @@ def sample_main_camera(layout: SceneLayout, rng: np.random.Generator,
                        spec: SceneSpec) -> SceneCamera:
     """The main camera: aimed near the objects' centroid at a random azimuth, elevation and
     distance (``spec``), redrawn (up to 40 times, farther after 15) until every object's box
-    projects inside the image."""
+    projects inside the image; the first one drawn without ``spec.fit_view``."""
     centres = np.array([o.centre for o in layout.placed]) if layout.placed else np.zeros((1, 3))
     aim = centres.mean(axis=0)
     cam = None
@@ -161,7 +161,7 @@ def sample_main_camera(layout: SceneLayout, rng: np.random.Generator,
         cam = SceneCamera(eye=eye, target=target, roll=float(rng.uniform(*spec.roll_deg)),
                           fov_y=float(rng.uniform(*spec.fov_y_deg)), width=int(spec.width),
                           height=int(spec.height))
-        if _fits(cam, layout.placed, 0.02):
+        if not spec.fit_view or _fits(cam, layout.placed, 0.02):
             break
     assert cam is not None
     if spec.border_cut_prob > 0 and layout.placed and rng.random() < spec.border_cut_prob:

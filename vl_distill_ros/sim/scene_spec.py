@@ -101,6 +101,12 @@ class SceneSpec:
     #: the random generator, so frames are as without this setting.
     border_cut_prob: float = 0.0
     border_cut_keep: tuple[float, float] = (0.4, 0.7)
+    #: The main camera is redrawn, farther away after 15 tries, until every object's box
+    #: projects inside the image (a long lens so ends up far beyond ``distance_m``); False
+    #: keeps the first camera drawn at ``distance_m``, objects may leave the view (a long
+    #: lens close to a crowded table, as YCB-Video's Xtion; the ground truth is what is in
+    #: view, objects out of it left out).
+    fit_view: bool = True
     #: Render a close-up "hand camera" image of one object as well.
     hand_camera: bool = False
     hand_width: int = 320
