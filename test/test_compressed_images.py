@@ -525,6 +525,12 @@ def test_zstd_transport_topics_are_read_as_the_raw_images_they_carry(tmp_path):
     msg.height, msg.width, msg.step, msg.data = 100, 100, 300, bytes(10**7)
     with pytest.raises(ImageDecodeError, match="inflates to 30001 bytes"):
         cc.decode_compressed_image("zstd", _zstd_transport(msg))
+    # nor may a tall, narrow frame's padded rows declare gigabytes (1x200000 mono8, step
+    # 4097: 820 MB inflated from a few MB of payload)
+    msg.height, msg.width, msg.step, msg.encoding = 200_000, 1, 4097, "mono8"
+    msg.data = bytes(64)
+    with pytest.raises(ImageDecodeError, match="more than twice the frame's"):
+        cc.decode_compressed_image("zstd", _zstd_transport(msg))
 
 
 def test_compressed_copies_and_the_colour_compressed_depth_topic_are_left_out():

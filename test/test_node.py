@@ -782,11 +782,32 @@ def test_run_node_leaves_sigint_ignored_for_the_exit():
               "class Interrupted:\n"
               "    def __init__(self):\n"
               "        raise KeyboardInterrupt\n"          # Ctrl-C while the node is made
-              "code = node.run_node(Interrupted, ['vl_distill_node'])\n"
+              "code = node.run_node(Interrupted, ['vl_distill_node'], exiting=True)\n"
+              "print(code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+              "code = node.run_node(Interrupted, ['vl_distill_node'])\n"   # a library's
               "print(code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n")
     done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ),
                           capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["0", "True"], done.stdout + done.stderr
+    assert done.stdout.split() == ["0", "True", "0", "True"], done.stdout + done.stderr
+
+
+def test_run_node_called_as_a_library_puts_the_sigint_handler_back():
+    """A program (or test) calling run_node goes on after it: its Ctrl-C, and its child
+    processes' (SIG_IGN is inherited across exec), must still work."""
+    script = ("import signal, subprocess, sys\n"
+              "from vl_distill_ros.ros import node\n"
+              "class Interrupted:\n"
+              "    def __init__(self):\n"
+              "        raise KeyboardInterrupt\n"
+              "code = node.run_node(Interrupted, ['vl_distill_node'])\n"
+              "child = subprocess.run([sys.executable, '-c', 'import signal; print(signal."
+              "getsignal(signal.SIGINT) is signal.default_int_handler)'], capture_output=True,"
+              " text=True)\n"
+              "print(code, signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+              " child.stdout.strip())\n")
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["0", "True", "True"], done.stdout + done.stderr
 
 
 def test_node_process_stops_cleanly_on_sigint_twice(bundle_path, tmp_path):

@@ -353,3 +353,17 @@ def test_ransac_scores_in_bounded_chunks(monkeypatch, repo_root):
     assert np.array_equal(chunked[0], whole[0]) and chunked[1:] == whole[1:]
     shipped = load_depth_config(repo_root / "config" / "depth_proposals.yaml")
     assert (shipped.ransac_iterations, shipped.ransac_samples) == (80, 2000)
+
+
+def test_a_silent_camera_says_so_before_its_depth_unit_warning():
+    """A camera that sent depth in the wrong unit and then stopped kept saying the unit
+    warning (its window never empties): the outage hid behind it. Silence comes first;
+    the unit warning stays in the values."""
+    from vl_distill_ros.ros.diagnostics import DiagnosticStatus
+
+    unit = "depth in the wrong unit? x0.1 would put its median 9.8 m at 0.98 m"
+    status = camera_status("/n", {**_period(depth_unit_warning=unit), "silent_s": 6.0}, 1)
+    assert status.level == DiagnosticStatus.WARN and status.message == "no image for 6.0 s"
+    assert {kv.key: kv.value for kv in status.values}["depth_unit_warning"] == unit
+    status = camera_status("/n", _period(depth_unit_warning=unit), 1)
+    assert status.level == DiagnosticStatus.WARN and status.message == unit

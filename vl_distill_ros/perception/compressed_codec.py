@@ -180,6 +180,9 @@ ZSTD_FORMAT = "zstd"
 #: zstd_image_transport's header: height, width, is_bigendian, step, encoding length.
 _ZSTD_HEADER = struct.Struct("<IIBII")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: The rows' bytes a zstd frame may hold whatever its size (page-aligned rows of a small
+#: frame); a larger frame's rows are at most twice its pixels' bytes.
+_ZSTD_PADDED_BYTES = 1 << 24
 
 
 def decode_zstd_image(data: ImageData, max_pixels: int = 50_000_000
@@ -209,6 +212,10 @@ def decode_zstd_image(data: ImageData, max_pixels: int = 50_000_000
         raise ImageDecodeError(f"zstd frame of {encoding[:20]!r} with a step of {step} bytes "
                                f"for {width} pixels a row")
     expected = step * height
+    if expected > max(2 * width * bpp * height, _ZSTD_PADDED_BYTES):
+        # the +4096 a row times a tall, narrow frame: a small frame to inflate gigabytes
+        raise ImageDecodeError(f"zstd frame of {width}x{height} pixels with a step of {step} "
+                               f"bytes: {expected} bytes of rows, more than twice the frame's")
     raw = _inflate(buf[head + n:].tobytes(), expected)
     if len(raw) != expected:
         raise ImageDecodeError(f"zstd image data inflates to {len(raw)} bytes, expected "

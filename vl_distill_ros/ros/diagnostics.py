@@ -250,14 +250,14 @@ def camera_status(fq_name: str, period: Mapping[str, Any], version: int) -> Diag
         status.level = DiagnosticStatus.WARN
         status.message = clip_text(f"{depth_errors} frame(s) processed colour-only, bad depth: "
                                    f"{values['last_depth_error']}")
-    elif values.get("depth_unit_warning"):
-        status.level = DiagnosticStatus.WARN
-        status.message = clip_text(values["depth_unit_warning"])
     elif period.get("silent_s"):
         status.level = DiagnosticStatus.WARN
         rate = f" (before: {1.0 / period['interval']:.1f} images/s)" \
             if period.get("interval") else ""
         status.message = f"no image for {period['silent_s']:.1f} s{rate}"
+    elif values.get("depth_unit_warning"):   # after silence: the outage first
+        status.level = DiagnosticStatus.WARN
+        status.message = clip_text(values["depth_unit_warning"])
     elif (values.get("incompatible_type") or values.get("incompatible_qos")) and (
             values.get("colour_only_in_period", 0) >= values["processed_in_period"]):
         # nothing processed, or (with depth) every frame colour only: the mismatch may be

@@ -150,7 +150,7 @@ def main(args: Sequence[str] | None = None) -> int:
              + "\n\nA managed node: it starts unconfigured; then `ros2 lifecycle set "
                "/vl_distill_node configure`\nand `... activate` (see the README's \"Managed "
                "node (lifecycle)\").\n" + rest)
-    return run_node(VlDistillLifecycleNode, args, usage=usage)
+    return run_node(VlDistillLifecycleNode, args, usage=usage, exiting=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1004,7 +1004,7 @@ def usage_text() -> str:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console script ``vl_distill_node``: run the node until Ctrl-C; returns the exit code."""
-    return run_node(VlDistillNode, args)
+    return run_node(VlDistillNode, args, exiting=True)
 
 
 def _init_hint(error: str) -> str:
@@ -1018,11 +1018,13 @@ def _init_hint(error: str) -> str:
 
 
 def run_node(node_class: type, args: Sequence[str] | None = None,
-             usage: str | None = None) -> int:
+             usage: str | None = None, exiting: bool = False) -> int:
     """Run ``node_class()`` (this node or its managed variant) until Ctrl-C; ``--help``
     prints ``usage`` (default :func:`usage_text`) without starting rclpy. Returns the exit
-    code: 1 when the node cannot start. The process is to exit then: SIGINT is ignored
-    from the node's end on (:func:`quiet_repeated_interrupts`)."""
+    code: 1 when the node cannot start. SIGINTs in the node's first seconds of stopping
+    are ignored (:func:`quiet_repeated_interrupts`); then the SIGINT handler before the
+    call is put back, or, with ``exiting`` (the console scripts: only the process's exit
+    follows), SIGINT is left ignored."""
     import sys
 
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -1040,6 +1042,7 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
         return 1
     node = None
     code = 0
+    previous = signal.getsignal(signal.SIGINT)
     try:
         node = node_class()
         # Ctrl-C shuts the context down before destroy_node: the workers stop at once
@@ -1068,9 +1071,12 @@ def run_node(node_class: type, args: Sequence[str] | None = None,
             node.destroy_node()
         rclpy.try_shutdown()
         if threading.current_thread() is threading.main_thread():
-            # only the process's exit follows: a SIGINT there killed it (exit -2) once
-            # Python had put back the default handler, or raised in an atexit callback
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # exiting: only the process's exit follows: a SIGINT there killed it (exit -2)
+            # once Python had put back the default handler, or raised in an atexit
+            # callback. Else the caller's (and its children's, which inherit SIG_IGN)
+            # Ctrl-C is left as it was.
+            signal.signal(signal.SIGINT, signal.SIG_IGN if exiting or previous is None
+                          else previous)
     return code
 
 
