@@ -83,8 +83,8 @@ __all__ = [
     "IMAGE_TYPE", "STRING_TYPE", "STORAGES", "COMPRESSIONS", "CAMERA_INFO_TYPE",
     "RGBDFrame", "is_depth_topic", "pair_camera_topics", "camera_info_k",
     "COMPRESSED_IMAGE_TYPE", "IMAGE_TYPES", "IMAGE_FORMATS", "written_topics",
-    "is_registered_depth_topic", "depth_encoded_topics", "typestore", "ns_to_stamp",
-    "stamp_to_ns",
+    "is_registered_depth_topic", "depth_encoded_topics", "first_encodings", "typestore",
+    "ns_to_stamp", "stamp_to_ns",
 ]
 
 
@@ -627,33 +627,39 @@ def read_camera_bag(path: str | Path, ground_truth: str | Path | None = None,
     return contents
 
 
-def depth_encoded_topics(path: Path, topics: dict[str, str], image_topics: Sequence[str],
-                         counts: dict[str, int]) -> list[str]:
-    """The raw ``Image`` topics of ``image_topics`` whose first message has a depth encoding
-    (``16UC1`` or ``32FC1``: what depth drivers publish; a grey camera's is ``mono16``),
-    read from one message per topic. A message that does not deserialise, or storage that
-    cannot be read, ends the look quietly: reading the frames reports it as before.
-    """
+def first_encodings(path: Path, topics: Sequence[str]) -> dict[str, str]:
+    """``{topic: encoding}`` of the first message of each of ``topics`` (an ``Image``'s
+    encoding, a ``CompressedImage``'s format), reading no further than that. A message
+    that does not deserialise, or storage that cannot be read, ends the look quietly (the
+    topics not reached are left out): reading the frames reports it."""
     from contextlib import closing
 
-    wanted = {t for t in image_topics if topics.get(t) == IMAGE_TYPE and counts.get(t, 0)}
-    found: list[str] = []
+    wanted, found = set(topics), {}
     if not wanted:
         return found
     try:
         with closing(iter_raw_messages(path, sorted(wanted))) as messages:
             for raw in messages:
-                if raw.topic not in wanted:
-                    continue
-                wanted.discard(raw.topic)
-                encoding = typestore().deserialize_cdr(raw.data, raw.msgtype).encoding
-                if encoding in ("16UC1", "32FC1"):
-                    found.append(raw.topic)
+                if raw.topic in wanted:
+                    wanted.discard(raw.topic)
+                    msg = typestore().deserialize_cdr(raw.data, raw.msgtype)
+                    found[raw.topic] = str(getattr(msg, "encoding", None)
+                                           or getattr(msg, "format", ""))
                 if not wanted:
                     break
     except Exception:  # noqa: BLE001 - a corrupt bag is reported when its frames are read
         pass
-    return sorted(found)
+    return found
+
+
+def depth_encoded_topics(path: Path, topics: dict[str, str], image_topics: Sequence[str],
+                         counts: dict[str, int]) -> list[str]:
+    """The raw ``Image`` topics of ``image_topics`` whose first message has a depth encoding
+    (``16UC1`` or ``32FC1``: what depth drivers publish; a grey camera's is ``mono16``;
+    :func:`first_encodings`)."""
+    wanted = [t for t in image_topics if topics.get(t) == IMAGE_TYPE and counts.get(t, 0)]
+    return sorted(t for t, e in first_encodings(path, wanted).items()
+                  if e in ("16UC1", "32FC1"))
 
 
 def _name_transport_topics(contents: BagContents) -> None:

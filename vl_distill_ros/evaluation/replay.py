@@ -166,22 +166,11 @@ def offline_pipeline(model: Path, settings: ReplaySettings, values: Mapping[str,
 def _float_depth(contents: BagContents, colour_topic: str) -> bool | None:
     """Whether the first message of ``colour_topic``'s depth topic is 32FC1 (True), 16-bit
     (False) or neither or unreadable (None), for the unit warning's advice."""
-    from contextlib import closing
-
-    from ..bags.bag_io import iter_raw_messages, typestore
+    from ..bags.bag_io import first_encodings
     from ..perception.depth_units import float_encoding
 
-    topic = contents.depth_topics.get(colour_topic)
-    try:
-        with closing(iter_raw_messages(contents.path, [topic])) as messages:
-            for raw in messages:
-                if raw.topic == topic:
-                    msg = typestore().deserialize_cdr(raw.data, raw.msgtype)
-                    return float_encoding(getattr(msg, "encoding", "")
-                                          or getattr(msg, "format", ""))
-    except Exception:  # noqa: BLE001 - the frames were read: the advice names both
-        pass
-    return None
+    topic = contents.depth_topics[colour_topic]
+    return float_encoding(first_encodings(contents.path, [topic]).get(topic, ""))
 
 
 def run_offline(contents: BagContents, settings: ReplaySettings) -> Recording:
