@@ -310,13 +310,13 @@ def _dense_ransac(points: np.ndarray, cfg: DepthProposalConfig,
     best = int(np.argmax(scores))
     n, d = normals[best].astype(np.float64), float(offsets[best])
     thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * fit[:, 2] ** 2
-    fit = fit.astype(np.float64)
+    fit = np.ascontiguousarray(fit.T, np.float64)   # (the refit on coordinate rows, as now)
     for _ in range(2):
-        inliers = np.abs(fit @ n + d) < thr
-        n, d = support_plane._least_squares_plane(np.compress(inliers, fit, axis=0))
+        inliers = np.abs(n @ fit + d) < thr
+        n, d = support_plane._least_squares_plane(np.compress(inliers, fit, axis=1))
     if d < 0:
         n, d = -n, -d
-    return n, d, float(np.count_nonzero(np.abs(fit @ n + d) < thr)) / len(fit)
+    return n, d, float(np.count_nonzero(np.abs(n @ fit + d) < thr)) / fit.shape[1]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -14,6 +14,7 @@ where its height map steps (:mod:`.top_view`). The settings are fields of
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -117,14 +118,25 @@ class ColourEdges:
         return edges[y - y0:y - y0 + h, x - x0:x - x0 + w]
 
 
-def _colour_crease(crease: np.ndarray, edges: np.ndarray, own: np.ndarray,
+def _colour_crease(crease: np.ndarray, edges: Callable[[], np.ndarray], own: np.ndarray,
                    cells: int) -> np.ndarray:
-    """``crease`` closed along the colour ``edges`` (same window): the ``own`` cells on an
-    edge that a closing of the crease cells with a ``cells``-wide disc fills (a gap between
-    blobs of crease cells narrower than the disc; never past their ends)."""
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(cells),) * 2)
-    near = cv2.morphologyEx(crease.view(np.uint8), cv2.MORPH_CLOSE, disc).view(bool)
-    return crease | (near & edges & own)
+    """``crease`` closed along the colour edges (``edges()``: those of the same window, only
+    asked for when the closing fills a cell): the ``own`` cells on an edge that a closing
+    of the crease cells with a ``cells``-wide disc fills (a gap between blobs of crease
+    cells narrower than the disc; never past their ends)."""
+    near = cv2.morphologyEx(crease.view(np.uint8), cv2.MORPH_CLOSE, _disc(int(cells))).view(bool)
+    near &= own
+    if not np.greater(near, crease).any():   # it fills none (a quarter of the clusters)
+        return crease
+    return crease | (near & edges())
+
+
+@functools.lru_cache(maxsize=16)
+def _disc(cells: int) -> np.ndarray:
+    """The ``cells``-wide elliptic structuring element (made once)."""
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cells, cells))
+    disc.setflags(write=False)
+    return disc
 
 
 def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfig,
@@ -139,8 +151,7 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
     index = cloud.scatter(np.arange(len(cloud.rows)), -1, np.int64)
     joined = grid
     if int(cfg.close_cells) > 1:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(cfg.close_cells) | 1,) * 2)
-        joined = cv2.morphologyEx(grid, cv2.MORPH_CLOSE, kernel)
+        joined = cv2.morphologyEx(grid, cv2.MORPH_CLOSE, _disc(int(cfg.close_cells) | 1))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     clusters, spans = [], _Spans(cloud)
     for i in range(1, count):
@@ -157,8 +168,8 @@ def _grid_clusters(cloud: DepthCloud, above: np.ndarray, cfg: DepthProposalConfi
         if cfg.crease_m > 0:  # ... nor across a concave crease
             crease = _creases(cloud, grid, (x, y, bw, bh), cfg) & comp
             if edges is not None and crease.any():
-                crease = _colour_crease(crease, edges.window(x, y, bw, bh), own,
-                                        cfg.crease_colour_cells)
+                crease = _colour_crease(crease, functools.partial(edges.window, x, y, bw, bh),
+                                        own, cfg.crease_colour_cells)
             if crease.any() and int(cfg.close_cells) > 1:
                 # ... nor through a cell the closing filled right next to a thin line of
                 # marks (the gap at the objects' feet, below the height band or without

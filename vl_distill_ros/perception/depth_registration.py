@@ -160,14 +160,18 @@ def _foreground_edges(z: np.ndarray) -> tuple[np.ndarray, ...]:
     """Rows, columns and inward steps ``(dr, dc)`` of the grid cells that have a
     4-neighbour farther by more than :data:`FATTENING_STEP_M` (both measured): a
     foreground edge, whose inside lies away from that neighbour."""
-    h, w = z.shape
     found = []
-    for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-        here = z[max(-dr, 0):h - max(dr, 0), max(-dc, 0):w - max(dc, 0)]
-        there = z[max(dr, 0):h - max(-dr, 0), max(dc, 0):w - max(-dc, 0)]
-        r, c = np.nonzero((here > 0) & (there > 0) & (there - here > FATTENING_STEP_M))
-        found.append((r + max(-dr, 0), c + max(-dc, 0), np.full(r.size, -dr),
-                      np.full(r.size, -dc)))
+    measured = z > 0
+    for axis in (1, 0):   # each pair of neighbours once: a step up one way is down the other
+        a, b = (z[:, :-1], z[:, 1:]) if axis else (z[:-1, :], z[1:, :])
+        both = measured[:, :-1] & measured[:, 1:] if axis else measured[:-1, :] & measured[1:, :]
+        rise = b - a   # (a - b is exactly -rise)
+        for sign in (1, -1):   # the farther neighbour after (1) or before (-1) the cell
+            dr, dc = (0, sign) if axis else (sign, 0)
+            r, c = np.nonzero(both & (rise > FATTENING_STEP_M if sign > 0
+                                      else rise < -FATTENING_STEP_M))
+            found.append((r + max(-dr, 0), c + max(-dc, 0), np.full(r.size, -dr),
+                          np.full(r.size, -dc)))
     return tuple(np.concatenate(parts) for parts in zip(*found))
 
 

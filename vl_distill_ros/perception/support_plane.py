@@ -134,15 +134,17 @@ def fit_plane_ransac(points: np.ndarray, cfg: DepthProposalConfig,
     best = int(np.argmax(_ransac_scores(sub, thr_sub, normals, offsets)))
     n, d = normals[best].astype(np.float64), float(offsets[best])
     thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * fit[:, 2] ** 2
-    fit = fit.astype(np.float64)   # once: each product with the float64 normal casts it
+    # float64 once (each product with the float64 normal casts it), one row per coordinate:
+    # n @ (3, N) is 10x the speed of (N, 3) @ n
+    fit = np.ascontiguousarray(fit.T, np.float64)
     for _ in range(2):  # least-squares refits on the inliers (smallest-eigenvalue normal)
-        inliers = np.abs(fit @ n + d) < thr
+        inliers = np.abs(n @ fit + d) < thr
         if np.count_nonzero(inliers) < 3:
             return None
-        n, d = _least_squares_plane(np.compress(inliers, fit, axis=0))
+        n, d = _least_squares_plane(np.compress(inliers, fit, axis=1))
     if d < 0:  # the camera (origin) on the positive side: heights above the table > 0
         n, d = -n, -d
-    frac = float(np.count_nonzero(np.abs(fit @ n + d) < thr)) / len(fit)
+    frac = float(np.count_nonzero(np.abs(n @ fit + d) < thr)) / fit.shape[1]
     return n, d, frac
 
 
@@ -184,13 +186,17 @@ def _ransac_scores(sub: np.ndarray, thr_sub: np.ndarray, normals: np.ndarray,
 
 def _least_squares_plane(sel: np.ndarray) -> tuple[np.ndarray, float]:
     """Unit normal (the covariance's smallest eigenvector) and offset of the plane through
-    the float64 points ``sel`` ``(N, 3)``."""
-    centre = np.ones(len(sel)) @ sel / len(sel)   # a BLAS product: 10x np.mean's speed
-    # sel - centre per column: 2x the speed of the broadcast over rows of three
-    dev = np.empty(sel.shape, np.result_type(sel, centre))
-    for j in range(3):
-        np.subtract(sel[:, j], centre[j], out=dev[:, j])
-    n = np.linalg.eigh(dev.T @ dev)[1][:, 0]
+    the float64 points ``sel``, given as ``(3, N)`` rows of coordinates (contiguous rows:
+    the products below are then 2-4x faster than on ``(N, 3)`` points)."""
+    centre = sel.sum(axis=1) / sel.shape[1]
+    dev = sel - centre[:, None]
+    cov = np.empty((3, 3))
+    prod = np.empty(sel.shape[1])
+    for i in range(3):   # six sums of products of contiguous rows, without BLAS: a BLAS
+        # call threaded over long rows waits for its threads on a loaded host
+        for j in range(i, 3):
+            cov[i, j] = cov[j, i] = np.add.reduce(np.multiply(dev[i], dev[j], out=prod))
+    n = np.linalg.eigh(cov)[1][:, 0]
     return n, -float(n @ centre)
 
 
@@ -227,10 +233,12 @@ def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
     if float(cfg.raised_plane_frac) <= 0 or len(points) < 3:
         return None
     # every k-th sample, at most 8 * ransac_samples of them (as the plane's refit)
-    pts = np.asarray(points[::-(-len(points) // (8 * int(cfg.ransac_samples)))], np.float64)
-    need = float(cfg.raised_plane_frac) * len(pts)
+    # (3, N) rows of coordinates: see _least_squares_plane
+    pts = np.ascontiguousarray(
+        points[::-(-len(points) // (8 * int(cfg.ransac_samples)))].T, np.float64)
+    need = float(cfg.raised_plane_frac) * pts.shape[1]
     normal = np.asarray(plane[0], np.float64)
-    above = pts @ normal + float(plane[1]) - float(cfg.raised_plane_min_m)
+    above = normal @ pts + float(plane[1]) - float(cfg.raised_plane_min_m)
     up = above >= 0
     if np.count_nonzero(up) < need:
         return None
@@ -240,13 +248,13 @@ def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
     if pairs[peak] < need:
         return None
     sel = up & (np.abs(above - (peak + 1) * RAISED_PLANE_BIN_M) <= 1.5 * RAISED_PLANE_BIN_M)
-    thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * pts[:, 2] ** 2
+    thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * pts[2] ** 2
     for _ in range(2):  # least squares on the band, then on the refitted plane's inliers
         if np.count_nonzero(sel) < max(need, 3):
             return None
-        n, d = _least_squares_plane(np.compress(sel, pts, axis=0))
+        n, d = _least_squares_plane(np.compress(sel, pts, axis=1))
         n, d = (n, d) if n @ normal >= 0 else (-n, -d)
-        high = pts @ n + d
+        high = n @ pts + d
         sel = np.abs(high) < thr
     if np.count_nonzero(sel) < need or d <= 0 or \
             n @ normal < math.cos(math.radians(RAISED_PLANE_MAX_DEG)):
@@ -254,9 +262,9 @@ def raised_plane(points: np.ndarray, plane: tuple[np.ndarray, float],
     # the support is the plane with the objects: within the height band above the raised
     # plane, not fewer samples than above the dominant one (and under the raised one)
     if cloud is not None:
-        every = cloud.points.astype(np.float64)
-        thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * every[:, 2] ** 2
-        high, low = every @ n + d, every @ normal + float(plane[1])
+        every = np.ascontiguousarray(cloud.points.T, np.float64)
+        thr = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * every[2] ** 2
+        high, low = n @ every + d, normal @ every + float(plane[1])
         on_raised = _standing(cloud, high, 2 * thr, cfg)
         on_dominant = _standing(cloud, low, 2 * thr, cfg, under=high < -2 * thr)
         return (n, d) if on_raised >= on_dominant else None
