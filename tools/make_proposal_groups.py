@@ -2,23 +2,24 @@
 
 Since session 44 every change to the proposals is measured with ``bench/proposals_recall.py
 --depth`` on the same groups of ``vl-distill make-bag --depth`` bags: eight *looked-at*
-groups (a rule may be chosen on them) and nine *held-out* ones (measured once, after the
-choice). Their ``make-bag`` lines were spread over ``bench/README.md`` and the result files;
-this script holds them in one table (:data:`GROUPS`), makes the bags of the groups asked
-for (bags already there are kept) and prints, per group, its bag paths (``--list`` and
-``--paths`` print the table or one group's paths and make nothing). ``--objects``
-``every`` stands for all the models of the models directory (the 78 YCB meshes), listed in
-sorted order as ``ls`` lists them, as the bags were made.
+groups (a rule may be chosen on them; a ninth, ``ycbv``, since session 87) and nine
+*held-out* ones (measured once, after the choice). Their ``make-bag`` lines were spread
+over ``bench/README.md`` and the result files; this script holds them in one table
+(:data:`GROUPS`), makes the bags of the groups asked for (bags already there are kept) and
+prints, per group, its bag paths (``--list`` and ``--paths`` print the table or one
+group's paths and make nothing). ``--objects`` ``every`` stands for all the models of the
+models directory (the 78 YCB meshes), listed in sorted order as ``ls`` lists them, as the
+bags were made.
 
 Usage::
 
-    .venv/bin/python tools/make_proposal_groups.py OUT_DIR               # all 17 groups
+    .venv/bin/python tools/make_proposal_groups.py OUT_DIR               # all 18 groups
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --groups tuning cut
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --list        # nothing made
     .venv/bin/python tools/make_proposal_groups.py OUT_DIR --measure [--jobs 2] \
         [--results DIR] [--min-visible F] [-p FIELD=VALUE ...]   # make, then measure
 
-(about 6 minutes for all 17 groups on one core of the 2-core development machine; the
+(about 7 minutes for all 18 groups on one core of the 2-core development machine; the
 sample bag of the ``guard`` group is ``demo/sample_tabletop``, shipped.) Then, e.g.::
 
     .venv/bin/python bench/proposals_recall.py --depth --no-labels \\
@@ -44,6 +45,8 @@ _CLUTTER = ("--frames 40 --objects all --objects-per-scene 6-10 --contact-prob 0
             "--camera-distance 0.35,0.65 --elevation 45,85 --table-size 0.4,0.7 "
             "--furniture 2")
 _CUT = "--cut-border 1"
+_YCBV = ("--frames 40 --keep-distance --fov-y 24,27 --camera-distance 0.6,1.2 "
+         "--objects-per-scene 4-7 --contact-prob 0.6 --roll=-10,10")
 
 #: group -> (held out?, {bag name: make-bag options after ``--depth``}); the bag named
 #: ``sample`` is :data:`SAMPLE_BAG`.
@@ -86,6 +89,14 @@ GROUPS: dict[str, tuple[bool, dict[str, str]]] = {
     "clut": (False, {
         "clut4101": f"{_CLUTTER} --seed 4101",
         "clut4102": f"{_CLUTTER} --seed 4102"}),
+    # session 87: YCB-Video's views (its Xtion's long lens kept 0.6-1.2 m from a crowded
+    # table, --keep-distance; objects cut by the frame and hiding each other), with the
+    # RealSense-like and the Xtion-like (coarse) depth noise, plain and cut by the border
+    "ycbv": (False, {
+        "ycbv8701": f"{_YCBV} --seed 8701",
+        "ycbv8702": f"{_YCBV} --seed 8702 {_CUT}",
+        "ycbv8703": f"{_YCBV} --seed 8703 --depth-noise coarse",
+        "ycbv8704": f"{_YCBV} --seed 8704 --depth-noise coarse {_CUT}"}),
     "hcut": (True, {
         "cut151": f"{_CUT} --frames 60 --seed 151 --contact-prob 0.4 --objects-per-scene 2-5",
         "cut152": f"{_CUT} --frames 40 --seed 152 --objects every --contact-prob 0.5 "
