@@ -18,6 +18,8 @@
   tests of the colour model.
 * :func:`load_script`: a script of the repository (``tools/*.py``, a launch file) imported
   by its path, as a module.
+* :func:`ransac_draws`: the random draws of ``support_plane.fit_plane_ransac``, for the
+  tests that compare it with a reference version of itself.
 """
 from __future__ import annotations
 
@@ -252,3 +254,23 @@ def os_thread_names() -> list[str]:
         except OSError:
             continue
     return names
+
+
+def ransac_draws(points: np.ndarray, samples: int, iterations: int, rng: np.random.Generator,
+                 cross: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.cross
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What ``fit_plane_ransac`` draws, in its order: ``(sub, fit, normals, offsets)`` = the
+    scored subsample (``samples`` points), the refit's points (at most ``8 * samples``;
+    float32) and the planes through the ``iterations`` random triples that are no line
+    (unit ``normals`` by ``cross``, and ``offsets``)."""
+    n_pts = len(points)
+    pts = np.asarray(points, np.float32)
+    sub = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, samples)), 0)
+    fit = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, 8 * samples)),
+                  0) if n_pts > 8 * samples else pts
+    tri = np.take(pts, rng.integers(0, n_pts, size=(iterations, 3)), 0)
+    normals = cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(normals, axis=1)
+    ok = norm > 1e-9
+    normals = normals[ok] / norm[ok, None]
+    return sub, fit, normals, -np.einsum("ij,ij->i", normals, tri[ok, 0])

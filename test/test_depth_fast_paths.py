@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import ransac_draws
 from test_depth_proposals_identical import K, scene
 from vl_distill_ros.perception import depth_clusters, depth_registration, support_region
 from vl_distill_ros.perception import support_plane
@@ -31,17 +32,9 @@ def former_refit(points: np.ndarray, cfg: DepthProposalConfig, seed: int
     """fit_plane_ransac as it was: the same draws and hypotheses, the winner refitted twice
     on ``(N, 3)`` float64 points (a BLAS product for the centre and the covariance)."""
     rng = np.random.default_rng(seed)
-    n_pts, samples = len(points), int(cfg.ransac_samples)
-    pts = np.asarray(points, np.float32)
-    sub = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, samples)), 0)
-    fit = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, 8 * samples)),
-                  0) if n_pts > 8 * samples else pts
-    tri = np.take(pts, rng.integers(0, n_pts, size=(int(cfg.ransac_iterations), 3)), 0)
-    normals = support_plane._cross_rows(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    norm = np.linalg.norm(normals, axis=1)
-    ok = norm > 1e-9
-    normals = normals[ok] / norm[ok, None]
-    offsets = -np.einsum("ij,ij->i", normals, tri[ok, 0])
+    sub, fit, normals, offsets = ransac_draws(points, int(cfg.ransac_samples),
+                                              int(cfg.ransac_iterations), rng,
+                                              cross=support_plane._cross_rows)
     thr_sub = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * sub[:, 2] ** 2
     best = int(np.argmax(support_plane._ransac_scores(sub, thr_sub, normals, offsets)))
     n, d = normals[best].astype(np.float64), float(offsets[best])

@@ -23,6 +23,7 @@ from rclpy.parameter import Parameter
 
 import vl_distill_ros.perception.support_plane as support_plane
 from test_depth import K, OBJECTS, render_tabletop
+from helpers import ransac_draws
 from vl_distill_ros.model.vocabulary import (MAX_LABELS, MAX_NAME_LENGTH, Label, Vocabulary,
                                              VocabularyError, fold_key)
 from vl_distill_ros.perception.camera_model import DepthError
@@ -291,17 +292,8 @@ def test_long_frame_names_are_refused_and_errors_quote_them_clipped():
 def _dense_ransac(points: np.ndarray, cfg: DepthProposalConfig,
                   rng: np.random.Generator) -> tuple[np.ndarray, float, float] | None:
     """fit_plane_ransac as it was: every hypothesis scored in one dense matrix."""
-    n_pts, samples = len(points), int(cfg.ransac_samples)
-    pts = np.asarray(points, np.float32)
-    sub = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, samples)), 0)
-    fit = np.take(pts, rng.integers(0, n_pts, size=min(n_pts, 8 * samples)),
-                  0) if n_pts > 8 * samples else pts
-    tri = np.take(pts, rng.integers(0, n_pts, size=(int(cfg.ransac_iterations), 3)), 0)
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    norm = np.linalg.norm(normals, axis=1)
-    ok = norm > 1e-9
-    normals = normals[ok] / norm[ok, None]
-    offsets = -np.einsum("ij,ij->i", normals, tri[ok, 0])
+    sub, fit, normals, offsets = ransac_draws(points, int(cfg.ransac_samples),
+                                              int(cfg.ransac_iterations), rng)
     thr_sub = cfg.plane_threshold_m + cfg.plane_threshold_quadratic * sub[:, 2] ** 2
     dist = sub @ normals.T
     dist += offsets
