@@ -25,6 +25,10 @@ __all__ = ["SupportRegion", "support_region"]
 
 #: The 8-neighbourhood (3x3): the opening that removes lines up to two cells wide.
 _K3 = np.ones((3, 3), np.uint8)
+#: Up to this many pieces of the surface are each cut out of the whole grid (cheaper than
+#: their bounding boxes' statistics); more (a small ``min_frac`` keeps up to ``1 / min_frac``
+#: of them) are each cut out by its box, so that the cost stays linear in the grid's size.
+WHOLE_GRID_PIECES = 4
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,15 @@ def support_region(on_plane: np.ndarray, flat: np.ndarray, points: np.ndarray,
     keep = 1 + np.flatnonzero(areas >= min_frac * areas.sum())
     # a plane broken into many small pieces (speckled depth) may have none this large
     cells = []
+    boxes = [(0, 0, mask.shape[1], mask.shape[0])] * count   # the whole grid per piece
+    if keep.size > WHOLE_GRID_PIECES:   # (a small min_frac): each piece within its box
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        boxes = stats[:, :4].tolist()
     for label in keep.tolist():
-        piece = (labels == label).view(np.uint8)
-        contours, _ = cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        x, y, w, h = boxes[label]
+        piece = (labels[y:y + h, x:x + w] == label).view(np.uint8)
+        contours, _ = cv2.findContours(piece, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                       offset=(x, y))
         cells += [c.reshape(-1, 2) for c in contours]
     if not cells:
         return None
