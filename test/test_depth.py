@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,12 @@ def test_depth_proposals_fall_back_without_usable_depth():
     holes = np.where(np.arange(640) % 32 == 0, table, 0.0).astype(np.float32)
     note = propose_depth_boxes(holes, K).note
     assert "too little valid depth" in note and "depth_scale" not in note
+    # float32 depths near its largest value: the median is taken in float64 (float32's mean
+    # of the two middle values overflowed to inf, with a RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        note = propose_depth_boxes(np.full((480, 640), 3e38, np.float32), K).note
+    assert "beyond max_depth_m" in note and " inf m" not in note
     with pytest.raises(DepthError, match="registered to the colour image"):
         propose_depth_boxes(np.ones((240, 320), np.float32), K)
     with pytest.raises(DepthError, match="focal lengths must be > 0"):

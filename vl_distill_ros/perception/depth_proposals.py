@@ -152,7 +152,8 @@ def _too_little_depth_note(valid_frac: float, depth: np.ndarray,
     where = f"beyond max_depth_m ({cfg.max_depth_m:g} m)" if far >= near \
         else f"nearer than min_depth_m ({cfg.min_depth_m:g} m)"
     return (f"{note}; {100 * max(far, near):.0f}% of the measured depth lies {where}, median "
-            f"{float(np.median(d)):.2f} m: depth in other units than depth_scale says?")
+            f"{float(np.median(d.astype(np.float64))):.2f} m: depth in other units than "
+            "depth_scale says?")
 
 
 def propose_depth_boxes(depth_m: np.ndarray, intrinsics: CameraIntrinsics,
