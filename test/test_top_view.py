@@ -58,6 +58,28 @@ def test_one_block_and_alike_tops_stay_whole():
                                                            top_view_tops_m=0.0))) == 1
 
 
+def test_a_flat_object_against_a_low_one_is_cut_off():
+    # a 2 cm sponge lying against 6 mm scissors' blades: a 1.4 cm step, under
+    # top_view_step_m and top_view_tops_m, but 70% of the sponge's height (over
+    # top_view_low_step_frac 0.6) and both under top_view_low_m: two pieces
+    points, heights, truth = blocks((0.0, 0.0, 0.06, 0.06, 0.02), (0.06, 0.0, 0.06, 0.04, 0.006))
+    pieces = _split(points, heights)
+    assert len(pieces) == 2
+    for piece in pieces:   # each piece one block (but for the bins on their contact)
+        assert max(np.isin(piece, t).mean() for t in truth) > 0.95
+    for off in ({"top_view_low_m": 0.0}, {"top_view_low_step_frac": 0.0},
+                {"top_view_low_m": 0.015}):   # off, or the sponge above it
+        assert len(_split(points, heights, dataclasses.replace(CFG, **off))) == 1
+    # a drop of 40% of the top (2 cm beside 1.2 cm) cuts nothing: the slope of one object
+    points, heights, _ = blocks((0.0, 0.0, 0.06, 0.06, 0.02), (0.06, 0.0, 0.06, 0.04, 0.012))
+    assert len(_split(points, heights)) == 1
+    # taller objects keep the absolute step: a 6 cm block beside a 3 cm one stays whole
+    # under top_view_step_m 0.04 whatever top_view_low_step_frac says
+    points, heights, _ = blocks((0.0, 0.0, 0.06, 0.06, 0.06), (0.06, 0.0, 0.06, 0.04, 0.03))
+    assert len(_split(points, heights, dataclasses.replace(
+        CFG, top_view_step_m=0.04, top_view_tops_m=0.04, top_view_tops_frac=0.6))) == 1
+
+
 def test_pieces_need_enough_samples_and_the_split_can_be_turned_off():
     # a 2.4 cm cube (64 samples) against a large block: under 80 samples and 25% of the
     # cluster, so it stays; with 20 it is cut off
@@ -93,7 +115,8 @@ def test_the_height_map_keeps_each_bins_highest_sample_and_is_bounded():
 def test_top_view_settings_are_validated():
     for bad in ({"top_view_bin_m": 0.0005}, {"top_view_bin_m": 0.5},
                 {"top_view_step_m": -0.01}, {"top_view_min_points": -1},
-                {"top_view_tops_frac": 1.5}):
+                {"top_view_tops_frac": 1.5}, {"top_view_low_m": -0.01},
+                {"top_view_low_step_frac": 1.5}):
         with pytest.raises(DepthError, match="top_view"):
             DepthProposalConfig(**bad)
 

@@ -280,6 +280,13 @@ class DepthProposalConfig:
     top_view_min_points: int = 80
     top_view_tops_m: float = 0.015
     top_view_tops_frac: float = 0.25
+    #: Low objects seen from above (:mod:`.top_view`): where a bin's 3x3 neighbourhood
+    #: tops out under ``top_view_low_m`` (m), the map is also cut where it drops by more
+    #: than ``top_view_low_step_frac`` of that top (a flat object against another low one:
+    #: a sponge beside scissors); touching pieces both topping out under it join again only
+    #: by ``top_view_tops_frac`` (not ``top_view_tops_m``). 0 (either): off.
+    top_view_low_m: float = 0.045
+    top_view_low_step_frac: float = 0.6
     #: A cluster is kept only when its top stands at least this many times the frame's
     #: depth noise (measured on the samples just below the plane, :class:`DepthNoiseEstimate`,
     #: at the cluster's depth) above the plane: spatially correlated sensor noise raises
@@ -365,6 +372,7 @@ class DepthProposalConfig:
                      "fuse_network_whole_cover",
                      "fuse_network_weak_score", "fuse_network_flat_m", "fuse_network_flat_valid",
                      "top_view_step_m", "top_view_tops_m", "top_view_tops_frac",
+                     "top_view_low_m", "top_view_low_step_frac",
                      "refine_max_frac", "support_min_frac", "support_margin_m",
                      "sparse_fill_frac", "close_view_m"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:

@@ -38,7 +38,8 @@ to the colour image (metres, 0 = no measurement) and the colour camera's intrins
    two touching pieces is the nearer one (an object in front of a taller one; not a cavity's
    floor behind its rim). Last, each cluster seen from above as a height map on the plane is
    cut where the map steps (``top_view_*``, :mod:`.top_view`: a low object against a taller
-   one) into pieces of clearly different heights.
+   one; ``top_view_low_*``: a flat object against another low one) into pieces of clearly
+   different heights.
 4. **Filter and project**: clusters with fewer than ``min_cluster_points`` samples, or whose
    3-D extent is under ``min_size_m`` or over ``max_size_m``, are dropped; each remaining
    cluster's samples, together with their feet on the plane (the object's bottom, cut by

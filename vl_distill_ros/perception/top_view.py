@@ -16,6 +16,15 @@ or ``top_view_min_points``) split it; every bin goes to its nearest piece, and t
 pieces whose tops are alike (by less than ``top_view_tops_m`` or ``top_view_tops_frac`` of
 the taller) join again: the parts of one object (a can's rim and lid, a drill's handle and
 body) stand at about one height.
+
+Low objects (``top_view_low_m``): a flat object lying against another low one (a sponge
+beside scissors, a flat box beside a screwdriver) stands only a centimetre or two above the
+table, and the step between them is under ``top_view_step_m``. Where a bin's 3x3
+neighbourhood tops out under ``top_view_low_m``, it is also cut where the neighbourhood
+drops by more than ``top_view_low_step_frac`` of that top (and by :data:`LOW_STEP_FLOOR_M`),
+and touching pieces whose tops both stand under ``top_view_low_m`` join again only when
+they differ by less than ``top_view_tops_frac`` of the taller (or :data:`LOW_STEP_FLOOR_M`):
+``top_view_tops_m`` would join every two of them.
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ class TopViewSettings(Protocol):
     top_view_min_points: int
     top_view_tops_m: float
     top_view_tops_frac: float
+    top_view_low_m: float
+    top_view_low_step_frac: float
     split_min_frac: float
     min_cluster_points: int
 
@@ -44,6 +55,10 @@ _K3 = np.ones((3, 3), np.uint8)
 #: Most bins along a side of a cluster's height map (a cluster wider than this many bins is
 #: left whole: far larger than ``max_size_m``, it is dropped later anyway).
 MAX_BINS = 256
+#: A low object's step (``top_view_low_m``) and the difference of two low pieces' tops that
+#: keeps them apart are at least this (m): the noise of the bins' highest samples on a flat
+#: top stays under it at tabletop depths.
+LOW_STEP_FLOOR_M = 0.006
 
 
 def plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,16 +103,21 @@ def height_map(points: np.ndarray, heights: np.ndarray, normal: np.ndarray, bin_
     return hmap, rows, cols
 
 
-def step_bins(hmap: np.ndarray, step_m: float) -> tuple[np.ndarray, np.ndarray]:
+def step_bins(hmap: np.ndarray, step_m: float, low_m: float = 0.0,
+              low_frac: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``(occupied, step)``: the bins of ``hmap`` with a sample or between two such (a gap
-    of one bin), and those of them whose 3x3 neighbourhood spans more than ``step_m``."""
+    of one bin), and those of them whose 3x3 neighbourhood spans more than ``step_m``, or,
+    where its highest bin stands under ``low_m``, more than ``low_frac`` of that bin's
+    height and :data:`LOW_STEP_FLOOR_M` (``low_m`` or ``low_frac`` 0: not)."""
     occ = hmap >= 0
     occupied = cv2.morphologyEx(occ.view(np.uint8), cv2.MORPH_CLOSE, _K3).view(bool)
     filled = np.where(occ, hmap, cv2.dilate(hmap, _K3))   # a gap takes its highest neighbour
-    high = np.where(occupied, filled, np.float32(-1.0))
-    low = np.where(occupied, filled, np.float32(1e3))
-    span = cv2.dilate(high, _K3) - cv2.erode(low, _K3)
-    return occupied, occupied & (span > step_m)
+    high = cv2.dilate(np.where(occupied, filled, np.float32(-1.0)), _K3)
+    span = high - cv2.erode(np.where(occupied, filled, np.float32(1e3)), _K3)
+    step = span > step_m
+    if low_m > 0 and low_frac > 0:
+        step |= (high < low_m) & (span > low_frac * high) & (span > LOW_STEP_FLOOR_M)
+    return occupied, occupied & step
 
 
 def piece_need(samples: int, frac: float, min_points: int, min_cluster_points: int) -> float:
@@ -125,7 +145,10 @@ def _join_alike(piece: np.ndarray, ids: np.ndarray, tops: dict[int, float],
                 cfg: TopViewSettings) -> list[list[int]]:
     """Groups of the piece ``ids`` (labels of the map ``piece``, where every bin has its
     nearest piece's): pieces whose regions of the map touch and whose tops differ by less
-    than ``top_view_tops_m`` or ``top_view_tops_frac`` of the taller are one group."""
+    than ``top_view_tops_m`` or ``top_view_tops_frac`` of the taller are one group; when
+    both tops stand under ``top_view_low_m``, by less than ``top_view_tops_frac`` of the
+    taller or :data:`LOW_STEP_FLOOR_M` (see the module docstring)."""
+    low_m = float(cfg.top_view_low_m) if float(cfg.top_view_low_step_frac) > 0 else 0.0
     group = {int(i): int(i) for i in ids}
 
     def root(i: int) -> int:
@@ -137,7 +160,8 @@ def _join_alike(piece: np.ndarray, ids: np.ndarray, tops: dict[int, float],
         near = cv2.dilate((piece == i).view(np.uint8), _K3).view(bool)
         for j in ids[n + 1:]:
             hi, lo = max(tops[i], tops[j]), min(tops[i], tops[j])
-            alike = hi - lo < cfg.top_view_tops_m or hi - lo < cfg.top_view_tops_frac * hi
+            least = LOW_STEP_FLOOR_M if hi < low_m else cfg.top_view_tops_m
+            alike = hi - lo < least or hi - lo < cfg.top_view_tops_frac * hi
             if alike and np.any(near & (piece == j)):
                 group[root(int(j))] = root(int(i))
     out: dict[int, list[int]] = {}
@@ -169,7 +193,8 @@ def split_top_view(cluster: np.ndarray, points: np.ndarray, heights: np.ndarray,
     if found is None:
         return [cluster]
     hmap, rows, cols = found
-    occupied, step = step_bins(hmap, float(cfg.top_view_step_m))
+    occupied, step = step_bins(hmap, float(cfg.top_view_step_m), float(cfg.top_view_low_m),
+                               float(cfg.top_view_low_step_frac))
     n, labels = cv2.connectedComponents((occupied & ~step).view(np.uint8), connectivity=4)
     cell = rows * hmap.shape[1] + cols   # each sample's bin on the flat map
     own = np.take(labels, cell)
