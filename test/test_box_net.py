@@ -493,6 +493,17 @@ def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_pa
     assert {option(a, "--contact-prob") for a in busy} <= \
         {str(v) for v in tool.BUSY_CHOICES["--contact-prob"]}
     assert not any("--table-kinds" in a for a in near + far + rolled + clutter)
+    close = [tool.bag_args(i, tmp_path, ["a"]) for i in range(tool.CLOSE_FROM,
+                                                              tool.CLOSE_FROM + 30)]
+    assert option(close[0], "--seed") == "3340"
+    assert all("--keep-distance" in a for a in close)
+    assert not any("--keep-distance" in a for a in near + far + rolled + clutter + busy)
+    assert {option(a, "--fov-y") for a in close} == set(tool.CLOSE_CHOICES["--fov-y"])
+    assert {next(a for a in args if a.startswith("--roll=")) for args in close} == \
+        {f"--roll={r}" for r in tool.CLOSE_ROLL}
+    assert not any("--table-kinds" in a or a.startswith("--elevation") for a in sum(close, []))
+    seeds = [option(a, "--seed") for a in near + far + rolled + clutter + busy + close]
+    assert len(set(seeds)) == len(seeds)
     split = yaml.safe_load((repo_root / "config/splits/ycb_paper.yaml").read_text())
     models = repo_root.parent / "shared" / "ycb_models"
     if models.is_dir():
@@ -506,7 +517,8 @@ def test_training_bag_recipe_draws_far_views_for_the_last_bags(repo_root, tmp_pa
         raise AssertionError(f"rendered a bag: {argv[:3]}")
     monkeypatch.setattr(vl_distill_ros.cli, "main", no_rendering)
     for option_name, count in (("--count", 131), ("--rolled", 41), ("--cut-border", 41),
-                               ("--clutter", 31), ("--busy", -1)):
+                               ("--clutter", 31), ("--busy", tool.MAX_BUSY + 1),
+                               ("--close", -1), ("--close", tool.MAX_CLOSE + 1)):
         with pytest.raises(SystemExit):
             tool.main([str(tmp_path / "bags"), option_name, str(count)])
     assert not (tmp_path / "bags").exists()
@@ -894,6 +906,13 @@ def test_each_box_net_stage_takes_its_own_bags(repo_root: Path):
     assert chosen("train_box_net_busy.yaml") == names[:50] + names[100:110] + names[240:280]
     busy = load_box_net_config(repo_root / "config" / "train_box_net_busy.yaml")
     assert busy.init_from == cfg.init_from and busy.freeze_batch_norm
+    # the close-view stage (session 88): 40 near and 10 far bags of the first stage, 10
+    # cut-border bags, 11 clutter bags and the 30 close-view bags (seeds 3340-3369)
+    names += [f"data/box_net_bags/b{seed}" for seed in range(3280, 3400)]
+    assert chosen("train_box_net_close.yaml") == \
+        names[:40] + names[100:110] + names[170:180] + names[210:221] + names[340:370]
+    close = load_box_net_config(repo_root / "config" / "train_box_net_close.yaml")
+    assert close.init_from == cfg.init_from and close.freeze_batch_norm
 
 
 def test_the_shipped_network_s_third_stage_and_blend_are_what_make_box_net_runs(

@@ -15,12 +15,16 @@ cut-border stage's data (``config/train_box_net_cut.yaml``). ``--clutter N`` add
 the clutter stage's data (``config/train_box_net_clutter.yaml``). ``--busy N`` adds N bags
 (seeds 3240 on) on busy table cloths (``make-bag --table-kinds``: a tartan, a printed cloth
 of small motifs, large shapes; ``BUSY_CHOICES``), the busy-cloth stage's data
-(``config/train_box_net_busy.yaml``). The objects are the 66
+(``config/train_box_net_busy.yaml``). ``--close N`` adds N bags (seeds 3340 on) of close
+long-lens views that keep the drawn camera distance (``make-bag --keep-distance``: the
+view is not pulled back until every object is in it, so near objects are large and cut by
+the border, as in YCB-Video's frames; ``CLOSE_CHOICES``), the close-view stage's data
+(``config/train_box_net_close.yaml``). The objects are the 66
 YCB models outside the out-of-distribution half of ``config/splits/ycb_paper.yaml``, so the
 network is measured on objects it never saw.
 
 Usage: ``.venv/bin/python tools/make_box_net_bags.py OUT_DIR [--count 130] [--rolled 40]
-[--cut-border 40] [--clutter 30] [--busy 40]``
+[--cut-border 40] [--clutter 30] [--busy 40] [--close 30]``
 (about 23 minutes on one core for the 130; bags already there are kept).
 """
 from __future__ import annotations
@@ -73,13 +77,26 @@ CLUTTER_ELEVATION = ["45,85", "35,70"]
 #: The busy-cloth bags (``--busy``) follow the clutter ones from this index on: near views
 #: of fuller tables (these overrides of ``CHOICES``) laid with one of ``BUSY_TABLE_KINDS``.
 BUSY_FROM = 240
-#: Most busy-cloth bags (the last kind: any count fits, this bounds the work asked for).
-MAX_BUSY = 1000
+#: Most busy-cloth bags (the close views follow them).
+MAX_BUSY = 100
 BUSY_CHOICES = {
     "--objects-per-scene": ["2-4", "3-6", "4-8", "5-8"],
     "--contact-prob": [0.2, 0.4, 0.6, 0.8],
 }
 BUSY_TABLE_KINDS = "plaid,print,blobs"
+#: The close-view bags (``--close``) follow the busy-cloth ones from this index on: long
+#: lenses near the objects with the drawn distance kept (``make-bag --keep-distance``),
+#: these overrides of ``CHOICES`` and a small roll from ``CLOSE_ROLL``.
+CLOSE_FROM = BUSY_FROM + MAX_BUSY
+#: Most close-view bags (the last kind: this bounds the work asked for).
+MAX_CLOSE = 1000
+CLOSE_CHOICES = {
+    "--objects-per-scene": ["2-4", "3-6", "4-8"],
+    "--contact-prob": [0.2, 0.4, 0.6, 0.8],
+    "--fov-y": ["20,26", "24,30", "30,40"],
+    "--camera-distance": ["0.5,0.9", "0.6,1.2", "0.8,1.4"],
+}
+CLOSE_ROLL = ["-10,10", "-20,20"]
 
 
 def training_objects(models_dir: str | None = None) -> list[str]:
@@ -100,6 +117,8 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
     for k, (option, values) in enumerate(CHOICES.items(), start=1):
         if FAR_FROM <= index < ROLL_FROM:
             values = FAR_CHOICES.get(option, values)
+        elif index >= CLOSE_FROM:
+            values = CLOSE_CHOICES.get(option, values)
         elif index >= BUSY_FROM:
             values = BUSY_CHOICES.get(option, values)
         elif index >= CLUTTER_FROM:
@@ -109,7 +128,10 @@ def bag_args(index: int, out_dir: Path, objects: list[str]) -> list[str]:
             args += ["--width", str(value[0]), "--height", str(value[1])]
         else:
             args += [option, str(value)]
-    if index >= BUSY_FROM:
+    if index >= CLOSE_FROM:
+        roll = random.Random(seed * 7 + len(CHOICES) + 1).choice(CLOSE_ROLL)
+        args += ["--keep-distance", f"--roll={roll}"]
+    elif index >= BUSY_FROM:
         args += ["--table-kinds", BUSY_TABLE_KINDS]
     elif index >= CLUTTER_FROM:
         elevation = random.Random(seed * 7 + len(CHOICES) + 1).choice(CLUTTER_ELEVATION)
@@ -137,20 +159,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="also make this many clutter bags (indices from 210 on)")
     parser.add_argument("--busy", type=int, default=0,
                         help="also make this many busy-cloth bags (indices from 240 on)")
+    parser.add_argument("--close", type=int, default=0,
+                        help="also make this many close-view bags (indices from 340 on)")
     args = parser.parse_args(argv)
     # each kind has its own index range: a count past it made bags of the next kind
     for name, count, room in (("--count", args.count, ROLL_FROM),
                               ("--rolled", args.rolled, CUT_FROM - ROLL_FROM),
                               ("--cut-border", args.cut_border, CLUTTER_FROM - CUT_FROM),
                               ("--clutter", args.clutter, BUSY_FROM - CLUTTER_FROM),
-                              ("--busy", args.busy, MAX_BUSY)):
+                              ("--busy", args.busy, MAX_BUSY),
+                              ("--close", args.close, MAX_CLOSE)):
         if not 0 <= count <= room:
             parser.error(f"{name} must be in 0..{room}, got {count}")
     objects = training_objects()
     indices = list(range(args.count)) + list(range(ROLL_FROM, ROLL_FROM + args.rolled)) \
         + list(range(CUT_FROM, CUT_FROM + args.cut_border)) \
         + list(range(CLUTTER_FROM, CLUTTER_FROM + args.clutter)) \
-        + list(range(BUSY_FROM, BUSY_FROM + args.busy))
+        + list(range(BUSY_FROM, BUSY_FROM + args.busy)) \
+        + list(range(CLOSE_FROM, CLOSE_FROM + args.close))
     for i in indices:
         if (args.out_dir / f"b{FIRST_SEED + i}").exists():
             continue
