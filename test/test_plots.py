@@ -106,3 +106,51 @@ def test_a_label_named_unknown_is_the_unknown_column_not_a_second_one():
     confusion = score_frames([(cam, 1)], gt, {(cam, 1): doc})["confusion"]
     assert confusion["columns"].count("unknown") == 1
     assert [sum(row) for row in confusion["matrix"]] == [1, 1]
+
+
+def test_fallback_families_keep_their_order_and_only_installed_ones():
+    from vl_distill_ros.plots import FALLBACK_FAMILIES, fallback_families
+
+    installed = ["DejaVu Sans", FALLBACK_FAMILIES[3], "Some Font", FALLBACK_FAMILIES[0]]
+    assert fallback_families(installed) == [FALLBACK_FAMILIES[0], FALLBACK_FAMILIES[3]]
+    assert fallback_families(["DejaVu Sans"]) == []
+
+
+def test_labels_in_a_script_the_font_lacks_fall_back_or_are_said_once(
+        tmp_path, monkeypatch, capsys):
+    """A vocabulary in another script: the characters the first font lacks are drawn from an
+    installed fallback family (:data:`~vl_distill_ros.plots.FALLBACK_FAMILIES`); with none
+    that has them, one line on stderr names them instead of a matplotlib warning per glyph
+    and text, and the plot is still written."""
+    import warnings
+
+    from vl_distill_ros import plots
+
+    labels = ["коробка", "чашка"]     # Cyrillic: in DejaVu Sans, not in Computer Modern
+    cm = np.array([[3, 1], [0, 2]])
+    monkeypatch.setattr(plots, "FALLBACK_FAMILIES", ("DejaVu Sans",))
+    plots._installed_fallbacks.cache_clear()
+    monkeypatch.setattr(matplotlib, "rcParams", matplotlib.rcParams.copy())
+    plots.pyplot()
+    matplotlib.rcParams["font.sans-serif"] = ["cmss10"]
+    assert matplotlib.rcParams["font.family"] == ["sans-serif", "DejaVu Sans"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_png(plot_confusion_matrix(cm, labels, tmp_path / "fallback.png"), min_kb=2)
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert "no installed font" not in capsys.readouterr().err
+
+    monkeypatch.setattr(plots, "FALLBACK_FAMILIES", ())
+    plots._installed_fallbacks.cache_clear()
+    plots.pyplot()
+    matplotlib.rcParams["font.sans-serif"] = ["cmss10"]
+    assert matplotlib.rcParams["font.family"] == ["sans-serif"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_png(plot_confusion_matrix(cm, labels, tmp_path / "boxes.png"), min_kb=2)
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "no installed font" in line]
+    assert len(lines) == 1 and "boxes.png" in lines[0]
+    assert set("коробкачашка") <= set(lines[0]) and "7 characters" in lines[0]
+    plots._installed_fallbacks.cache_clear()

@@ -7,7 +7,11 @@ output's parent directories, writes one PNG and returns its path.
 """
 from __future__ import annotations
 
+import functools
 import math
+import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,6 +27,31 @@ __all__ = [
 
 _DPI = 120
 
+#: Font families that matplotlib falls back to, in this order, for characters its default
+#: font (DejaVu Sans: Latin, Greek, Cyrillic) lacks, where installed: label names are the
+#: users' and may be Chinese, Japanese or Korean (Debian/Ubuntu ``fonts-noto-cjk``,
+#: ``fonts-wqy-zenhei``, ``fonts-ipafont-gothic``, ``fonts-droid-fallback``).
+FALLBACK_FAMILIES = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR",
+    "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "IPAGothic",
+    "IPAexGothic", "TakaoGothic", "Droid Sans Fallback", "Unifont",
+)
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+def fallback_families(installed: Sequence[str]) -> list[str]:
+    """The :data:`FALLBACK_FAMILIES` among ``installed`` font family names, in order."""
+    have = set(installed)
+    return [f for f in FALLBACK_FAMILIES if f in have]
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_fallbacks() -> tuple[str, ...]:
+    """:func:`fallback_families` of the fonts matplotlib found (looked up once)."""
+    from matplotlib import font_manager
+
+    return tuple(fallback_families([f.name for f in font_manager.fontManager.ttflist]))
+
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive ``Agg`` backend (imported on first use)."""
@@ -36,6 +65,7 @@ def pyplot() -> Any:
     # every text is drawn as given: label names are the users' ('cup $_$ holder' failed to
     # parse as math and crashed a finished replay's report; '$5 and $10' was set as math)
     matplotlib.rcParams["text.parse_math"] = False
+    matplotlib.rcParams["font.family"] = ["sans-serif", *_installed_fallbacks()]
     import matplotlib.pyplot as plt
 
     return plt
@@ -45,8 +75,6 @@ def drawn_or_warned(draw: Callable[[], Path], what: str) -> Path | None:
     """``draw()``'s path, or ``None`` with a warning on stderr when the plot cannot be
     drawn (matplotlib not installed, a label it cannot set): a plot never costs the
     results it shows."""
-    import sys
-
     try:
         return draw()
     except Exception as exc:  # noqa: BLE001 - matplotlib raises many kinds
@@ -62,14 +90,32 @@ def save_figure(fig: Any, path: str | Path, dpi: int = _DPI) -> Path:
     The format is named, so matplotlib neither appends ``.png`` to a name without a suffix
     (a caller would report a file that was never written) nor picks another format from
     the suffix.
+
+    Characters that no installed font has (see :data:`FALLBACK_FAMILIES`) are drawn as
+    boxes and said once on stderr, not in one matplotlib warning per glyph and text.
     """
     plt = pyplot()
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=dpi, bbox_inches="tight", format="png")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fig.savefig(out, dpi=dpi, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
+    missing: dict[int, None] = {}
+    for w in caught:
+        glyph = _MISSING_GLYPH.search(str(w.message))
+        if glyph:
+            missing[int(glyph.group(1))] = None
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        chars = "".join(chr(c) for c in list(missing)[:12])
+        print(f"warning: {out}: {len(missing)} characters of its labels ({chars}"
+              f"{'...' if len(missing) > 12 else ''}) are in no installed font and are drawn "
+              "as boxes; install one that has them (fonts-noto-cjk for Chinese, Japanese and "
+              "Korean)", file=sys.stderr)
     return out
 
 
