@@ -36,7 +36,7 @@ FALLBACK_FAMILIES = (
     "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "IPAGothic",
     "IPAexGothic", "TakaoGothic", "Droid Sans Fallback", "Unifont",
 )
-_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+_MISSING_GLYPH = re.compile(r"Glyph (\d+)\b.*missing from")
 
 
 def fallback_families(installed: Sequence[str]) -> list[str]:
